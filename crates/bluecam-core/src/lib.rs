@@ -1,0 +1,16 @@
+//! BlueCam room core: membership, routing, resume and limits as pure state machines.
+//!
+//! Nothing here does I/O, reads a clock, draws random numbers or spawns: the shell passes
+//! `now` and fresh ids in, and takes what to send out as data ([`Output`]). That keeps the
+//! logic testable without sockets or sleeps, and lets one core serve the single-node server
+//! and cluster nodes alike.
+
+mod frame;
+mod hub;
+mod limits;
+
+pub use frame::Frame;
+pub use hub::{
+    ConnId, CoreConfig, FreshIds, Hub, HubStats, JoinRejected, JoinRequest, Output, RoomAccess,
+};
+pub use limits::{BadFrameWindow, RateLimiter, TokenBucket};

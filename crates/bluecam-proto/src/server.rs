@@ -1,0 +1,184 @@
+//! Frames from the server to a client.
+//!
+//! Serialization is derived (`op` tag). Deserialization, needed by clients, reads the `op` first
+//! and then the variant's own struct, because serde cannot buffer a [`RawValue`] inside an
+//! internally tagged enum.
+
+use crate::{
+    CloseCode, ErrorCode, IceServer, Limits, PeerId, PeerInfo, RoomSummary, SessionId,
+    SessionSecret,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Every frame the server sends.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    Joined(Box<Joined>),
+    PeerJoined(PeerJoined),
+    PeerLeft(PeerLeft),
+    Signal(SignalFrame<'a>),
+    Message(MessageFrame<'a>),
+    RoomClosed(RoomClosed),
+    Error(ErrorFrame),
+    Ping,
+    Pong,
+}
+
+/// `joined`: the answer to a successful `join` (or resume).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    #[serde(rename = "self")]
+    pub self_: PeerInfo,
+    pub room: RoomSummary,
+    /// The other peers present (including ones whose connection is momentarily resuming).
+    pub peers: Vec<PeerInfo>,
+    pub session: SessionInfo,
+    pub ice_servers: Vec<IceServer>,
+    pub limits: Limits,
+    /// True when this `joined` answers a resume: the peer id is the old one.
+    #[serde(default)]
+    pub resumed: bool,
+}
+
+/// Credentials for resuming the session after a lost connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub secret: SessionSecret,
+    pub resume_window_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerJoined {
+    pub peer: PeerInfo,
+}
+
+/// Why a peer left the room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its connection was lost and it did not resume within the window (or its resume buffer
+    /// overflowed).
+    Timeout,
+    /// The server removed it.
+    Kicked,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerLeft {
+    pub peer: PeerInfo,
+    pub reason: LeaveReason,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignalFrame<'a> {
+    pub from: PeerId,
+    pub data: Cow<'a, RawValue>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MessageFrame<'a> {
+    pub from: PeerId,
+    pub msg: Cow<'a, RawValue>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomClosedReason {
+    Deleted,
+    Expired,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomClosed {
+    pub reason: RoomClosedReason,
+}
+
+/// `error`: a frame was refused (or a join failed).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `ref` of the client frame this answers, when it had one.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<u64>,
+    /// For `unknown_peer`: the ids that were not delivered to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerId>>,
+    /// For `rate_limited`: when to retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// When the server will close the socket after this error, the close code it will use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<u16>,
+}
+
+impl ErrorFrame {
+    /// An error with just a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reference: None,
+            peers: None,
+            retry_after_ms: None,
+            close: None,
+        }
+    }
+
+    /// Sets the `ref` it answers.
+    pub fn with_ref(mut self, reference: Option<u64>) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    /// Announces the close that follows.
+    pub fn closing(mut self, close: CloseCode) -> Self {
+        self.close = Some(close.code());
+        self
+    }
+}
+
+#[derive(Deserialize)]
+struct OpOnly<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+}
+
+impl<'a> ServerMessage<'a> {
+    /// Serializes to the JSON text of one frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and no custom
+        // Serialize impl returns an error.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses one frame (for clients).
+    pub fn from_json(text: &'a str) -> Result<Self, serde_json::Error> {
+        let op: OpOnly<'_> = serde_json::from_str(text)?;
+        Ok(match &*op.op {
+            "joined" => Self::Joined(Box::new(serde_json::from_str(text)?)),
+            "peer_joined" => Self::PeerJoined(serde_json::from_str(text)?),
+            "peer_left" => Self::PeerLeft(serde_json::from_str(text)?),
+            "signal" => Self::Signal(serde_json::from_str(text)?),
+            "message" => Self::Message(serde_json::from_str(text)?),
+            "room_closed" => Self::RoomClosed(serde_json::from_str(text)?),
+            "error" => Self::Error(serde_json::from_str(text)?),
+            "ping" => Self::Ping,
+            "pong" => Self::Pong,
+            other => {
+                return Err(serde::de::Error::custom(format_args!(
+                    "unknown op {other:?}"
+                )));
+            }
+        })
+    }
+}

@@ -1,0 +1,396 @@
+//! The HTTP API for the app's backend (DESIGN.md 2.2): rooms and tokens, bearer-secret auth,
+//! and one error body shape for every failure.
+
+use crate::{AppState, auth::Claims, store::StoreError};
+use axum::{
+    Json, Router,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bluecam_proto::{ErrorCode, Identity, Permissions, RawValue, Room, RoomClosedReason, RoomId};
+use serde::{Deserialize, Serialize};
+
+/// Longest room id, name, description or identity accepted.
+const MAX_ID_LEN: usize = 128;
+const MAX_TEXT_LEN: usize = 1024;
+const MAX_MEMBERS: usize = 1000;
+const MAX_METADATA_BYTES: usize = 16 << 10;
+
+/// An HTTP error with the body `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    fn room_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::RoomNotFound, "no such room")
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::RoomExists,
+                "a room with this id exists already",
+            ),
+            StoreError::Backend(detail) => {
+                tracing::error!(%detail, "store failure");
+                Self::unavailable("the room store is unavailable; retry")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: ErrorCode,
+            message: &'a str,
+        }
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `Json` whose rejections use our error body.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => Self::Rejection::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ErrorCode::BadRequest,
+                    "expected Content-Type: application/json",
+                ),
+                other => ApiError::bad_request(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// The `/v1/rooms` routes, behind the bearer secret.
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/rooms", post(create_room).get(list_rooms))
+        .route("/v1/rooms/{id}", get(get_room).delete(delete_room))
+        .route("/v1/rooms/{id}/peers", get(room_peers))
+        .route("/v1/rooms/{id}/tokens", post(create_token))
+        .route_layer(middleware::from_fn_with_state(state, require_secret))
+}
+
+async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(secret) if state.secret.matches(secret.trim()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "wrong API secret",
+        )
+        .into_response(),
+        None => {
+            let mut res = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing Authorization: Bearer <API secret>",
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateRoom {
+    id: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    owner: Option<String>,
+    members: Option<Vec<String>>,
+    max_peers: Option<u32>,
+    empty_timeout_secs: Option<u64>,
+    metadata: Option<Box<RawValue>>,
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+fn check_identity(what: &str, identity: &str) -> Result<(), ApiError> {
+    if identity.is_empty() || identity.len() > MAX_TEXT_LEN {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be 1 to {MAX_TEXT_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_text(what: &str, text: Option<&String>) -> Result<(), ApiError> {
+    match text {
+        Some(t) if t.len() > MAX_TEXT_LEN => Err(ApiError::bad_request(format!(
+            "{what} is longer than {MAX_TEXT_LEN} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_metadata(metadata: Option<&RawValue>) -> Result<(), ApiError> {
+    match metadata {
+        Some(m) if m.get().len() > MAX_METADATA_BYTES => Err(ApiError::bad_request(format!(
+            "metadata is larger than {MAX_METADATA_BYTES} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn create_room(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateRoom>,
+) -> Result<(StatusCode, Json<Room>), ApiError> {
+    let id = match body.id {
+        Some(id) => {
+            check_id("id", &id)?;
+            id
+        }
+        None => crate::auth::random_token(16),
+    };
+    check_text("name", body.name.as_ref())?;
+    check_text("description", body.description.as_ref())?;
+    if let Some(owner) = &body.owner {
+        check_identity("owner", owner)?;
+    }
+    if let Some(members) = &body.members {
+        if members.len() > MAX_MEMBERS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_MEMBERS} members"
+            )));
+        }
+        for m in members {
+            check_identity("a member", m)?;
+        }
+    }
+    check_metadata(body.metadata.as_deref())?;
+    let cap = state.config.limits.max_peers_per_room;
+    let max_peers = body.max_peers.unwrap_or(cap);
+    if max_peers == 0 || max_peers > cap {
+        return Err(ApiError::bad_request(format!(
+            "maxPeers must be between 1 and {cap}"
+        )));
+    }
+    let room = Room {
+        id: RoomId::new(id),
+        name: body.name,
+        description: body.description,
+        owner: body.owner.map(Identity::new),
+        members: body
+            .members
+            .map(|m| m.into_iter().map(Identity::new).collect()),
+        max_peers,
+        empty_timeout_secs: body.empty_timeout_secs,
+        metadata: body.metadata,
+        created_at: unix_now(),
+        peer_count: 0,
+    };
+    state.store.create_room(room.clone()).await?;
+    tracing::info!(room = %room.id, "room created");
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    member: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoomList {
+    rooms: Vec<Room>,
+}
+
+async fn list_rooms(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RoomList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut rooms = state.store.rooms(query.member.map(Identity::new)).await?;
+    for room in &mut rooms {
+        room.peer_count = state.hub.peer_count(&room.id) as u32;
+    }
+    Ok(Json(RoomList { rooms }))
+}
+
+async fn load_room(state: &AppState, id: String) -> Result<Room, ApiError> {
+    let id = RoomId::new(id);
+    let mut room = state
+        .store
+        .room(id)
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    room.peer_count = state.hub.peer_count(&room.id) as u32;
+    Ok(room)
+}
+
+async fn get_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Room>, ApiError> {
+    Ok(Json(load_room(&state, id).await?))
+}
+
+async fn delete_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = RoomId::new(id);
+    if !state.store.delete_room(id.clone()).await? {
+        return Err(ApiError::room_not_found());
+    }
+    state.hub.close_room(&id, RoomClosedReason::Deleted);
+    tracing::info!(room = %id, "room deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct PeerList {
+    peers: Vec<bluecam_proto::PeerInfo>,
+}
+
+async fn room_peers(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PeerList>, ApiError> {
+    let room = load_room(&state, id).await?;
+    Ok(Json(PeerList {
+        peers: state.hub.peers(&room.id),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateToken {
+    identity: String,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+    permissions: Option<Permissions>,
+    metadata: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    token: String,
+    /// Seconds since the Unix epoch.
+    expires_at: u64,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    check_identity("identity", &body.identity)?;
+    check_text("name", body.name.as_ref())?;
+    check_metadata(body.metadata.as_deref())?;
+    let ttl = body.ttl_secs.unwrap_or(state.config.default_token_ttl_secs);
+    if ttl == 0 || ttl > state.config.max_token_ttl_secs {
+        return Err(ApiError::bad_request(format!(
+            "ttlSecs must be between 1 and {}",
+            state.config.max_token_ttl_secs
+        )));
+    }
+    let room = load_room(&state, id).await?;
+    let now = unix_now();
+    let claims = Claims {
+        sub: Identity::new(body.identity),
+        room: room.id,
+        exp: now + ttl,
+        iat: now,
+        nbf: None,
+        name: body.name,
+        metadata: body.metadata,
+        permissions: body.permissions,
+    };
+    let token = state.secret.mint(&claims).map_err(|e| {
+        tracing::error!(error = %e, "token signing failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not sign the token",
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse {
+            token,
+            expires_at: claims.exp,
+        }),
+    ))
+}

@@ -1,0 +1,178 @@
+//! Server configuration: defaults, the TOML file, and what the CLI layers on top.
+//! Every limit of DESIGN.md section 4 lives here with its default.
+
+use bluecam_proto::IceServer;
+use serde::Deserialize;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Everything `bluecam serve` can be told. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Directory for the SQLite file and the generated API secret.
+    pub data_dir: PathBuf,
+    /// The URL clients use to reach this server (printed, and used in links).
+    pub public_url: Option<String>,
+    /// The API secret (bearer secret of the HTTP API and HS256 key of tokens). When unset,
+    /// one is generated on first start and kept in `data_dir/api-secret` (mode 0600).
+    pub api_secret: Option<String>,
+    /// Origins allowed to open `/v1/ws` (`Origin` header). Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// ICE servers handed to clients in `joined`.
+    pub ice_servers: Vec<IceServer>,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
+    /// Default lifetime of tokens minted through the API, in seconds.
+    pub default_token_ttl_secs: u64,
+    /// Largest `ttlSecs` the token endpoint accepts.
+    pub max_token_ttl_secs: u64,
+    pub limits: LimitsConfig,
+}
+
+/// Limits with their overflow policies (see `docs/limits.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest text frame accepted (1 MiB message + envelope). Up to twice this gets
+    /// `too_large`; beyond, the socket closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Bytes queued towards one connection before it is disconnected as a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Frames queued towards one connection (a second bound beside the bytes).
+    pub outbound_queue_frames: usize,
+    pub rate_frames_per_sec: u32,
+    pub rate_burst_frames: u32,
+    pub rate_bytes_per_sec: u64,
+    pub rate_burst_bytes: u64,
+    /// Bad frames tolerated within `bad_frame_window_secs` before close 4029.
+    pub max_bad_frames: usize,
+    pub bad_frame_window_secs: u64,
+    pub join_timeout_secs: u64,
+    /// WebSocket ping interval; a connection silent for twice this is closed.
+    pub ping_interval_secs: u64,
+    /// Default and upper bound of a room's `maxPeers`.
+    pub max_peers_per_room: u32,
+    pub resume_window_secs: u64,
+    pub resume_buffer_frames: usize,
+    pub resume_buffer_bytes: usize,
+    /// Open WebSocket connections this node accepts; more get HTTP 503.
+    pub max_connections: usize,
+    /// Largest HTTP API request body.
+    pub max_http_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("bluecam-data"),
+            public_url: None,
+            api_secret: None,
+            allowed_origins: Vec::new(),
+            ice_servers: Vec::new(),
+            demo: true,
+            default_token_ttl_secs: 3600,
+            max_token_ttl_secs: 7 * 24 * 3600,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: (1 << 20) + (16 << 10),
+            outbound_queue_bytes: 4 << 20,
+            outbound_queue_frames: 4096,
+            rate_frames_per_sec: 200,
+            rate_burst_frames: 400,
+            rate_bytes_per_sec: 2 << 20,
+            rate_burst_bytes: 4 << 20,
+            max_bad_frames: 20,
+            bad_frame_window_secs: 10,
+            join_timeout_secs: 10,
+            ping_interval_secs: 20,
+            max_peers_per_room: 50,
+            resume_window_secs: 60,
+            resume_buffer_frames: 1024,
+            resume_buffer_bytes: 4 << 20,
+            max_connections: 100_000,
+            max_http_body_bytes: 256 << 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    /// A connection from which nothing arrived for this long is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.ping_interval() * 2
+    }
+
+    /// The cap above which a frame is not even read into memory.
+    pub fn hard_frame_cap(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(2)
+    }
+
+    /// The limits as clients see them in `joined`.
+    pub fn to_wire(&self, max_peers: u32) -> bluecam_proto::Limits {
+        bluecam_proto::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            rate_frames_per_sec: self.rate_frames_per_sec,
+            rate_burst_frames: self.rate_burst_frames,
+            rate_bytes_per_sec: self.rate_bytes_per_sec,
+            rate_burst_bytes: self.rate_burst_bytes,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            max_peers,
+            resume_window_secs: self.resume_window_secs,
+            ping_interval_secs: self.ping_interval_secs,
+        }
+    }
+
+    /// Settings of the room core.
+    pub fn core(&self) -> bluecam_core::CoreConfig {
+        bluecam_core::CoreConfig {
+            resume_window: Duration::from_secs(self.resume_window_secs),
+            resume_buffer_frames: self.resume_buffer_frames,
+            resume_buffer_bytes: self.resume_buffer_bytes,
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; keys not in it keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}

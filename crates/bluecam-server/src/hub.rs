@@ -1,0 +1,232 @@
+//! [`HubHandle`]: the live rooms of this node. It owns the room core and the outbound queue
+//! of every joined connection, behind one mutex: every routing decision needs both, each
+//! critical section is a few map lookups and non-blocking queue pushes, and it is never held
+//! across an `.await`.
+
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use bluecam_core::{ConnId, CoreConfig, Hub, HubStats, JoinRejected, JoinRequest, Output};
+use bluecam_proto::{ClientMessage, CloseCode, PeerId, PeerInfo, RoomClosedReason, RoomId};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+use tokio::sync::{Notify, mpsc};
+
+/// What the hub hands a connection task to write.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Utf8Bytes),
+    /// Close after the frames before it.
+    Close(CloseCode),
+}
+
+/// State shared between the hub and one connection task.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Bytes queued and not yet written; bounded by `outbound_queue_bytes`.
+    pub queued_bytes: AtomicUsize,
+    /// Set (with `kill`) when the hub drops the connection out of band: slow consumer.
+    kill_code: AtomicU16,
+    pub kill: Notify,
+}
+
+impl ConnShared {
+    /// The close code the hub asked for, if any.
+    pub fn kill_code(&self) -> Option<CloseCode> {
+        CloseCode::from_code(self.kill_code.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Debug)]
+struct ConnTx {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    core: Hub,
+    conns: HashMap<ConnId, ConnTx>,
+}
+
+/// Cheap to clone; all clones share one hub.
+#[derive(Clone, Debug)]
+pub struct HubHandle {
+    inner: Arc<Mutex<Inner>>,
+    next_conn: Arc<AtomicU64>,
+    queue_bytes: usize,
+    queue_frames: usize,
+    metrics: Metrics,
+}
+
+/// Rooms whose last peer left during a call; the caller records it in the store.
+pub type Vacated = Vec<RoomId>;
+
+impl HubHandle {
+    pub fn new(core: CoreConfig, queue_bytes: usize, queue_frames: usize, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                core: Hub::new(core),
+                conns: HashMap::new(),
+            })),
+            next_conn: Arc::new(AtomicU64::new(1)),
+            queue_bytes,
+            queue_frames: queue_frames.max(1),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in the core; the state is still the
+        // best we have, so keep serving rather than poison every connection.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives a new connection its id and outbound queue.
+    pub fn register(&self) -> (ConnId, mpsc::Receiver<Outbound>, Arc<ConnShared>) {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.queue_frames);
+        let shared = Arc::new(ConnShared::default());
+        self.lock().conns.insert(
+            conn,
+            ConnTx {
+                tx,
+                shared: Arc::clone(&shared),
+            },
+        );
+        (conn, rx, shared)
+    }
+
+    /// Admits a verified join.
+    pub fn join(&self, req: JoinRequest) -> Result<PeerId, JoinRejected> {
+        let resuming = req.resume.is_some();
+        let mut inner = self.lock();
+        let result = inner.core.handle_join(req);
+        self.drain(&mut inner, Instant::now());
+        if result.is_ok() {
+            if resuming {
+                self.metrics.resumes.increment(1);
+            } else {
+                self.metrics.joins.increment(1);
+            }
+        }
+        result
+    }
+
+    /// Routes one frame of a joined connection.
+    pub fn message(&self, conn: ConnId, msg: ClientMessage<'_>) -> Vacated {
+        let mut inner = self.lock();
+        inner.core.handle_message(conn, msg);
+        self.drain(&mut inner, Instant::now())
+    }
+
+    /// The connection task is ending: forget its queue; its peer (if still joined) becomes
+    /// resumable.
+    pub fn disconnect(&self, conn: ConnId, now: Instant) {
+        let mut inner = self.lock();
+        inner.conns.remove(&conn);
+        inner.core.handle_disconnect(conn, now);
+        self.drain(&mut inner, now);
+    }
+
+    /// Tells everyone in the room and disconnects them.
+    pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
+        let mut inner = self.lock();
+        inner.core.handle_room_closed(room, reason);
+        self.drain(&mut inner, Instant::now());
+    }
+
+    /// Ends expired sessions; returns vacated rooms and when to call again.
+    pub fn tick(&self, now: Instant) -> (Vacated, Option<Instant>) {
+        let mut inner = self.lock();
+        inner.core.handle_timeout(now);
+        let vacated = self.drain(&mut inner, now);
+        let stats = inner.core.stats();
+        self.set_gauges(stats);
+        (vacated, inner.core.poll_timeout())
+    }
+
+    pub fn peers(&self, room: &RoomId) -> Vec<PeerInfo> {
+        self.lock().core.peers(room)
+    }
+
+    pub fn peer_count(&self, room: &RoomId) -> usize {
+        self.lock().core.peer_count(room)
+    }
+
+    /// Refreshes the room and peer gauges.
+    pub fn stats(&self) -> HubStats {
+        let stats = self.lock().core.stats();
+        self.set_gauges(stats);
+        stats
+    }
+
+    fn set_gauges(&self, stats: HubStats) {
+        self.metrics.rooms.set(stats.rooms as f64);
+        self.metrics.peers.set(stats.peers as f64);
+        self.metrics.detached_peers.set(stats.detached as f64);
+    }
+
+    /// Carries out the core's outputs. A connection whose queue is full is dropped as a slow
+    /// consumer: the core detaches its peer (frames for it are kept for a resume) and its task
+    /// is woken to close the socket, so no other connection ever waits for it.
+    fn drain(&self, inner: &mut Inner, now: Instant) -> Vacated {
+        let mut vacated = Vec::new();
+        let mut slow = Vec::new();
+        while let Some(output) = inner.core.poll_output() {
+            match output {
+                Output::Deliver { conns, frame } => {
+                    let len = frame.len();
+                    let Ok(text) = Utf8Bytes::try_from(bytes::Bytes::from(frame)) else {
+                        tracing::error!("core produced a frame that is not UTF-8");
+                        continue;
+                    };
+                    for conn in conns {
+                        let Some(c) = inner.conns.get(&conn) else {
+                            continue;
+                        };
+                        let queued = c.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+                        if queued > self.queue_bytes
+                            || c.tx.try_send(Outbound::Frame(text.clone())).is_err()
+                        {
+                            c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                            slow.push(conn);
+                        }
+                    }
+                }
+                Output::Close { conn, code } => {
+                    if let Some(c) = inner.conns.remove(&conn)
+                        && c.tx.try_send(Outbound::Close(code)).is_err()
+                    {
+                        // The queue is full or gone: close at once instead of after it.
+                        c.shared.kill_code.store(code.code(), Ordering::Release);
+                        c.shared.kill.notify_one();
+                    }
+                }
+                Output::RoomVacated { room } => vacated.push(room),
+                Output::ResumeBufferOverflow { room, peer } => {
+                    tracing::info!(%room, %peer, "resume buffer overflowed; session ended");
+                    self.metrics.resume_buffer_overflows.increment(1);
+                }
+            }
+            // Slow consumers are detached between outputs, so later frames of this same
+            // batch already go to their resume buffer.
+            for conn in slow.drain(..) {
+                if let Some(c) = inner.conns.remove(&conn) {
+                    self.metrics.outbound_overflows.increment(1);
+                    c.shared
+                        .kill_code
+                        .store(CloseCode::SlowConsumer.code(), Ordering::Release);
+                    c.shared.kill.notify_one();
+                    inner.core.handle_disconnect(conn, now);
+                }
+            }
+        }
+        vacated
+    }
+}

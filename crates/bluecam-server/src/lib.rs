@@ -1,0 +1,312 @@
+//! The BlueCam server as a library: [`Server::bind`] then [`Server::run`] (or [`run`]), so
+//! `main` stays thin and tests start real servers on port 0.
+//!
+//! It owns the HTTP API ([`api`]), the WebSocket endpoint ([`ws`]), the live rooms
+//! ([`hub::HubHandle`]) and the room store ([`store::Store`]).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod store;
+pub mod ws;
+
+pub use auth::{Claims, Secret, SecretOrigin};
+pub use config::{Config, LimitsConfig};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use bluecam_proto::{ErrorCode, RoomClosedReason, RoomId};
+use std::{
+    net::SocketAddr,
+    ops::Deref,
+    sync::{Arc, atomic::AtomicUsize},
+    time::{Duration, Instant},
+};
+use store::{SqliteStore, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long shutdown waits for connections to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often rooms with `emptyTimeoutSecs` are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A server that could not start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot prepare the data dir: {0}")]
+    DataDir(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every handler and connection task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub secret: Secret,
+    pub store: Arc<dyn Store>,
+    pub hub: hub::HubHandle,
+    pub metrics: metrics::Metrics,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection and background tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Open WebSocket connections (bounded by `limits.max_connections`).
+    pub connections: AtomicUsize,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Whether a WebSocket from this `Origin` may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.config.allowed_origins;
+        allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o))
+    }
+
+    /// Records in the store that these rooms just became empty.
+    pub async fn touch_rooms(&self, rooms: Vec<RoomId>) {
+        let now = unix_now();
+        for room in rooms {
+            if let Err(e) = self.store.touch_room(room, now).await {
+                tracing::warn!(error = %e, "could not record that a room became empty");
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    secret_origin: SecretOrigin,
+}
+
+impl Server {
+    /// Opens the store and the API secret and takes the listener.
+    pub async fn bind(listener: TcpListener, config: Config) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(ServerError::DataDir)?;
+        let (secret, secret_origin) = match &config.api_secret {
+            Some(s) => (Secret::new(s.clone()), SecretOrigin::Configured),
+            None => auth::load_or_create_secret(&config.data_dir).map_err(ServerError::DataDir)?,
+        };
+        let store = SqliteStore::open(&config.data_dir)?;
+        let metrics = metrics::Metrics::new();
+        let hub = hub::HubHandle::new(
+            config.limits.core(),
+            config.limits.outbound_queue_bytes,
+            config.limits.outbound_queue_frames,
+            metrics.clone(),
+        );
+        let state = AppState(Arc::new(Shared {
+            config,
+            secret,
+            store: Arc::new(store),
+            hub,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            connections: AtomicUsize::new(0),
+        }));
+        Ok(Self {
+            listener,
+            state,
+            secret_origin,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.state.secret
+    }
+
+    pub fn secret_origin(&self) -> SecretOrigin {
+        self.secret_origin
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, tells every connected
+    /// client (close 1001, resumable) and waits up to a few seconds for them.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let state = self.state;
+        spawn_timers(&state);
+        let app = app(state.clone());
+        let inner_shutdown = state.shutdown.clone();
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            inner_shutdown.cancel();
+        })
+        .await;
+        state.shutdown.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within the grace period");
+        }
+        served.map_err(ServerError::Io)
+    }
+}
+
+/// Binds nothing itself: runs a server on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    Server::bind(listener, config).await?.run(shutdown).await
+}
+
+/// The router: HTTP API, WebSocket, health and metrics.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_http_body_bytes;
+    Router::new()
+        .merge(api::routes(state.clone()))
+        .route(bluecam_proto::WS_PATH, get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .route("/", get(index))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return api::ApiError::unavailable("shutting down").into_response();
+    }
+    match state.store.check().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not ready");
+            api::ApiError::unavailable("store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics_page(State(state): State<AppState>) -> Response {
+    state.hub.stats();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn index(State(state): State<AppState>) -> Response {
+    if !state.config.demo {
+        return not_found().await.into_response();
+    }
+    Html(include_str!("index.html")).into_response()
+}
+
+async fn not_found() -> api::ApiError {
+    api::ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> api::ApiError {
+    api::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest,
+        "method not allowed on this route",
+    )
+}
+
+/// Session expiry (as the core asks) and the empty-room sweep, until shutdown.
+fn spawn_timers(state: &AppState) {
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        loop {
+            let (vacated, next) = s.hub.tick(Instant::now());
+            s.touch_rooms(vacated).await;
+            // Wake at the core's next deadline, and at least every second for the gauges.
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = s.shutdown.cancelled() => return,
+            }
+        }
+    });
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => sweep_empty_rooms(&s).await,
+                () = s.shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Deletes rooms that have been empty longer than their `emptyTimeoutSecs`.
+async fn sweep_empty_rooms(state: &AppState) {
+    let expired = match state.store.expired_rooms(unix_now()).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "empty-room sweep failed");
+            return;
+        }
+    };
+    for id in expired {
+        if state.hub.peer_count(&id) > 0 {
+            continue;
+        }
+        match state.store.delete_room(id.clone()).await {
+            Ok(true) => {
+                state.hub.close_room(&id, RoomClosedReason::Expired);
+                tracing::info!(room = %id, "empty room expired");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not delete an expired room"),
+        }
+    }
+}

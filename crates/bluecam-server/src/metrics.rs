@@ -1,0 +1,92 @@
+//! Prometheus metrics. Handles of the hot-path counters are registered once and kept in
+//! [`Metrics`], so counting a frame is an atomic add, not a registry lookup.
+
+use bluecam_proto::ErrorCode;
+use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Client ops counted in `bluecam_frames_in_total{op}`; "invalid" for frames that did not parse.
+const OPS: [&str; 7] = ["join", "signal", "send", "leave", "ping", "pong", "invalid"];
+
+/// The metric handles of one server.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    frames_in: [Counter; OPS.len()],
+    pub frames_out: Counter,
+    pub relay_bytes: Counter,
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    pub peers: Gauge,
+    pub detached_peers: Gauge,
+    pub joins: Counter,
+    pub resumes: Counter,
+    pub outbound_overflows: Counter,
+    pub resume_buffer_overflows: Counter,
+    pub connections_refused: Counter,
+}
+
+/// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so
+/// several servers in one process (tests) share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; we then render an empty page
+        // rather than refuse to start.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was installed already; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+impl Metrics {
+    /// Registers every metric (so they all appear, at zero, from the start).
+    pub fn new() -> Self {
+        prometheus();
+        Self {
+            frames_in: OPS.map(|op| counter!("bluecam_frames_in_total", "op" => op)),
+            frames_out: counter!("bluecam_frames_out_total"),
+            relay_bytes: counter!("bluecam_relay_bytes_total"),
+            connections: gauge!("bluecam_connections"),
+            rooms: gauge!("bluecam_rooms_active"),
+            peers: gauge!("bluecam_peers"),
+            detached_peers: gauge!("bluecam_peers_resuming"),
+            joins: counter!("bluecam_joins_total"),
+            resumes: counter!("bluecam_resumes_total"),
+            outbound_overflows: counter!("bluecam_queue_overflows_total", "queue" => "outbound"),
+            resume_buffer_overflows: counter!("bluecam_queue_overflows_total", "queue" => "resume"),
+            connections_refused: counter!("bluecam_connections_refused_total"),
+        }
+    }
+
+    /// Counts one inbound frame of `op` (a name from the protocol, or "invalid").
+    pub fn frame_in(&self, op: &str) {
+        let i = OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1);
+        self.frames_in[i].increment(1);
+    }
+
+    /// Counts one error sent to a client.
+    pub fn error(&self, code: ErrorCode) {
+        counter!("bluecam_errors_total", "code" => code.as_str()).increment(1);
+    }
+
+    /// Counts one closed connection by reason.
+    pub fn closed(&self, code: bluecam_proto::CloseCode) {
+        counter!("bluecam_connections_closed_total", "code" => code.code().to_string())
+            .increment(1);
+    }
+
+    /// The Prometheus text page.
+    pub fn render(&self) -> String {
+        prometheus().render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

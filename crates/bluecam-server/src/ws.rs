@@ -1,0 +1,418 @@
+//! `GET /v1/ws`: one task per connection. It reads the `join` (within the deadline), then
+//! loops: frames in (size cap, rate limit, parse, hand to the hub), frames out (from its
+//! bounded queue, batched into one flush), liveness pings, and the hub's or the server's
+//! request to close.
+
+use crate::{AppState, auth::TokenError, hub::Outbound};
+use axum::{
+    extract::{
+        State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
+use bluecam_proto::{
+    ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomSummary,
+    ServerMessage, SessionId, SessionSecret,
+};
+use futures_util::SinkExt as _;
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+
+/// Frames written per flush at most, so one busy connection cannot hog its task's writes.
+const WRITE_BATCH: usize = 64;
+
+/// Frames up to this size still get their `ref` echoed in a `rate_limited` error (reading the
+/// `ref` of a larger frame would cost the parse the limit is there to avoid).
+const RATE_LIMITED_REF_MAX: usize = 64 << 10;
+
+/// Upgrades to a WebSocket after the origin and capacity checks.
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if !state.origin_allowed(headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())) {
+        return crate::api::ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        )
+        .into_response();
+    }
+    if state.shutdown.is_cancelled() {
+        return crate::api::ApiError::unavailable("server is shutting down").into_response();
+    }
+    // Reserve a slot before upgrading so a storm cannot overshoot the cap.
+    let open = state.connections.fetch_add(1, Ordering::AcqRel);
+    if open >= state.config.limits.max_connections {
+        state.connections.fetch_sub(1, Ordering::AcqRel);
+        state.metrics.connections_refused.increment(1);
+        return crate::api::ApiError::unavailable("too many connections on this node")
+            .into_response();
+    }
+    let slot = ConnectionSlot(state.clone());
+    let limits = &state.config.limits;
+    ws.read_buffer_size(4 << 10)
+        .write_buffer_size(16 << 10)
+        .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.hard_frame_cap()) * 2)
+        .max_message_size(limits.hard_frame_cap())
+        .max_frame_size(limits.hard_frame_cap())
+        .on_upgrade(move |socket| async move {
+            let _track = slot.0.tracker.token();
+            run(slot.0.clone(), socket).await;
+            drop(slot);
+        })
+}
+
+/// Holds one unit of `connections` (and the gauge) until dropped.
+struct ConnectionSlot(AppState);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0
+            .metrics
+            .connections
+            .set(self.0.connections.load(Ordering::Acquire) as f64);
+    }
+}
+
+async fn run(state: AppState, mut socket: WebSocket) {
+    state
+        .metrics
+        .connections
+        .set(state.connections.load(Ordering::Acquire) as f64);
+    let limits = &state.config.limits;
+    let first = tokio::select! {
+        first = tokio::time::timeout(limits.join_timeout(), first_text(&mut socket)) => first,
+        () = state.shutdown.cancelled() => {
+            close(&state, &mut socket, CloseCode::GoingAway).await;
+            return;
+        }
+    };
+    let text = match first {
+        Err(_elapsed) => {
+            send_error(&state, &mut socket, ErrorFrame::new(ErrorCode::BadRequest, "no join frame within the join deadline").closing(CloseCode::JoinTimeout)).await;
+            close(&state, &mut socket, CloseCode::JoinTimeout).await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(text)) => text,
+    };
+    state.metrics.frame_in("join");
+    let (conn, rx, shared) = state.hub.register();
+    if let Err((error, code)) = join(&state, conn, &text).await {
+        state.hub.disconnect(conn, Instant::now());
+        send_error(&state, &mut socket, error.closing(code)).await;
+        close(&state, &mut socket, code).await;
+        return;
+    }
+    let mut connection = Connection {
+        limiter: RateLimiter::new(
+            limits.rate_frames_per_sec,
+            limits.rate_burst_frames,
+            limits.rate_bytes_per_sec,
+            limits.rate_burst_bytes,
+            Instant::now(),
+        ),
+        bad_frames: BadFrameWindow::new(
+            limits.max_bad_frames,
+            Duration::from_secs(limits.bad_frame_window_secs),
+        ),
+        last_heard: Instant::now(),
+        state: state.clone(),
+        conn,
+    };
+    let end = connection.serve(&mut socket, rx, &shared).await;
+    state.hub.disconnect(conn, Instant::now());
+    if let Some(code) = end {
+        close(&state, &mut socket, code).await;
+    }
+}
+
+/// Reads until the first text frame; `None` when the client went away first.
+async fn first_text(socket: &mut WebSocket) -> Option<Utf8Bytes> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(text)) => return Some(text),
+            Ok(Message::Binary(_)) => return Some(Utf8Bytes::from_static("")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        }
+    }
+}
+
+/// Verifies the `join` and admits the peer.
+async fn join(state: &AppState, conn: ConnId, text: &str) -> Result<PeerId, (ErrorFrame, CloseCode)> {
+    let fail = |code: ErrorCode, message: &str| {
+        (ErrorFrame::new(code, message), CloseCode::for_join_error(code))
+    };
+    let msg = ClientMessage::from_json(text).map_err(|e| fail(ErrorCode::BadRequest, &e.message))?;
+    let ClientMessage::Join { token, resume } = msg else {
+        return Err(fail(ErrorCode::BadRequest, "the first frame must be join"));
+    };
+    let claims = state.secret.verify(&token).map_err(|e: TokenError| {
+        fail(ErrorCode::Unauthorized, &e.to_string())
+    })?;
+    let room = match state.store.room(claims.room.clone()).await {
+        Ok(Some(room)) => room,
+        Ok(None) => return Err(fail(ErrorCode::RoomNotFound, "no such room")),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed during join");
+            return Err(fail(ErrorCode::Unavailable, "the room store is unavailable; retry"));
+        }
+    };
+    let req = JoinRequest {
+        conn,
+        room: RoomAccess {
+            summary: RoomSummary::from(&room),
+            owner: room.owner.clone(),
+            members: room.members.clone(),
+        },
+        identity: claims.sub,
+        name: claims.name,
+        metadata: claims.metadata,
+        permissions: claims.permissions.unwrap_or_default(),
+        resume,
+        fresh: FreshIds {
+            peer: PeerId::new(crate::auth::random_token(12)),
+            session: SessionId::new(crate::auth::random_token(16)),
+            secret: SessionSecret::new(crate::auth::random_token(32)),
+        },
+        ice_servers: state.config.ice_servers.clone(),
+        limits: state.config.limits.to_wire(room.max_peers),
+    };
+    state.hub.join(req).map_err(|rejected| {
+        (
+            ErrorFrame::new(rejected.code(), rejected.message()),
+            CloseCode::for_join_error(rejected.code()),
+        )
+    })
+}
+
+/// The per-connection state of the main loop.
+struct Connection {
+    state: AppState,
+    conn: ConnId,
+    limiter: RateLimiter,
+    bad_frames: BadFrameWindow,
+    last_heard: Instant,
+}
+
+impl Connection {
+    /// Runs until the connection ends; returns the close code to send, if one is due.
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        mut rx: mpsc::Receiver<Outbound>,
+        shared: &Arc<crate::hub::ConnShared>,
+    ) -> Option<CloseCode> {
+        let state = self.state.clone();
+        let limits = &state.config.limits;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + limits.ping_interval(),
+            limits.ping_interval(),
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = state.shutdown.cancelled() => return Some(CloseCode::GoingAway),
+                () = shared.kill.notified() => {
+                    return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
+                }
+                out = rx.recv() => match out {
+                    Some(first) => {
+                        if let Some(code) = write_batch(socket, first, &mut rx, shared, &state).await {
+                            return code;
+                        }
+                    }
+                    None => return None,
+                },
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(code) = self.on_text(socket, &text).await {
+                            return Some(code);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        state.metrics.frame_in("invalid");
+                        let e = FrameError {
+                            code: ErrorCode::BadRequest,
+                            message: "binary frames are not part of the protocol".into(),
+                            reference: None,
+                        };
+                        if let Some(code) = self.reject(socket, e).await {
+                            return Some(code);
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.last_heard = Instant::now(),
+                    Some(Ok(Message::Close(_))) | None => return None,
+                    Some(Err(e)) => return read_error_close(e),
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= limits.idle_timeout() {
+                        return Some(CloseCode::IdleTimeout);
+                    }
+                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One text frame from the client. Returns a close code when the connection must end.
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &Utf8Bytes) -> Option<CloseCode> {
+        let now = Instant::now();
+        self.last_heard = now;
+        let state = &self.state;
+        let limits = &state.config.limits;
+        if text.len() > limits.max_frame_bytes {
+            state.metrics.frame_in("invalid");
+            let e = FrameError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    limits.max_frame_bytes
+                ),
+                reference: None,
+            };
+            return self.reject(socket, e).await;
+        }
+        if let Err(wait) = self.limiter.check(text.len(), now) {
+            state.metrics.frame_in("invalid");
+            let reference = if text.len() <= RATE_LIMITED_REF_MAX {
+                ClientMessage::from_json(text).ok().and_then(|m| frame_ref(&m))
+            } else {
+                None
+            };
+            let mut error = ErrorFrame::new(
+                ErrorCode::RateLimited,
+                "rate limit exceeded; the frame was dropped, send it again later",
+            )
+            .with_ref(reference);
+            error.retry_after_ms = Some(wait.as_millis().max(1) as u64);
+            state.metrics.error(ErrorCode::RateLimited);
+            return send_error_frame(socket, error).await.err();
+        }
+        match ClientMessage::from_json(text) {
+            Ok(msg) => {
+                state.metrics.frame_in(msg.op());
+                if let ClientMessage::Send { msg: payload, .. } = &msg {
+                    state.metrics.relay_bytes.increment(payload.get().len() as u64);
+                }
+                let vacated = state.hub.message(self.conn, msg);
+                state.touch_rooms(vacated).await;
+                None
+            }
+            Err(e) => {
+                state.metrics.frame_in("invalid");
+                self.reject(socket, e).await
+            }
+        }
+    }
+
+    /// Answers a bad frame with an error; too many bad frames end the connection.
+    async fn reject(
+        &mut self,
+        socket: &mut WebSocket,
+        e: FrameError,
+    ) -> Option<CloseCode> {
+        self.state.metrics.error(e.code);
+        let mut error = ErrorFrame::new(e.code, e.message).with_ref(e.reference);
+        let too_many = self.bad_frames.record(Instant::now());
+        if too_many {
+            error = error.closing(CloseCode::TooManyErrors);
+        }
+        if let Err(code) = send_error_frame(socket, error).await {
+            return Some(code);
+        }
+        too_many.then_some(CloseCode::TooManyErrors)
+    }
+}
+
+fn frame_ref(msg: &ClientMessage<'_>) -> Option<u64> {
+    match msg {
+        ClientMessage::Signal { reference, .. } | ClientMessage::Send { reference, .. } => {
+            *reference
+        }
+        _ => None,
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Returns `Some(close)` when the connection must end (`Some(None)`: the socket is gone).
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    shared: &crate::hub::ConnShared,
+    state: &AppState,
+) -> Option<Option<CloseCode>> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(out) = next.take() {
+        match out {
+            Outbound::Frame(text) => {
+                let len = text.len();
+                let sent = socket.feed(Message::Text(text)).await;
+                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if sent.is_err() {
+                    return Some(None);
+                }
+                state.metrics.frames_out.increment(1);
+                written += 1;
+            }
+            Outbound::Close(code) => {
+                let _ = socket.flush().await;
+                return Some(Some(code));
+            }
+        }
+        if written < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    if socket.flush().await.is_err() {
+        return Some(None);
+    }
+    None
+}
+
+/// The close code for a failed read: 1009 when the frame exceeded the hard cap; none when
+/// the socket broke (there is no one left to tell).
+fn read_error_close(e: axum::Error) -> Option<CloseCode> {
+    e.into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+        .then_some(CloseCode::MessageTooBig)
+}
+
+async fn send_error(state: &AppState, socket: &mut WebSocket, error: ErrorFrame) {
+    state.metrics.error(error.code);
+    let _ = send_error_frame(socket, error).await;
+}
+
+/// Sends an error frame; `Err(close)` when the socket is gone.
+async fn send_error_frame(socket: &mut WebSocket, error: ErrorFrame) -> Result<(), CloseCode> {
+    let text = ServerMessage::Error(error).to_json();
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| CloseCode::InternalError)
+}
+
+async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
+    state.metrics.closed(code);
+    // The peer may already be gone; a failed close frame changes nothing.
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from_static(code.reason()),
+        })))
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.flush()).await;
+}

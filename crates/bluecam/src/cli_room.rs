@@ -1,0 +1,201 @@
+//! `bluecam room …` (through the HTTP API) and `bluecam token` (offline, with the secret).
+
+use anyhow::{Context as _, bail};
+use bluecam_server::{Claims, Secret};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Server URL.
+    #[arg(long, env = "BLUECAM_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+/// The API secret: `--secret`, `BLUECAM_API_SECRET`, or the file a local server generated.
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    #[arg(long, env = "BLUECAM_API_SECRET", hide_env_values = true, global = true)]
+    secret: Option<String>,
+    /// Data dir of a local server, to read its generated secret from.
+    #[arg(long, env = "BLUECAM_DATA_DIR", default_value = "bluecam-data", global = true)]
+    data_dir: PathBuf,
+}
+
+impl SecretArgs {
+    fn resolve(&self) -> anyhow::Result<String> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        let path = self.data_dir.join("api-secret");
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| {
+                format!(
+                    "no API secret: pass --secret, set BLUECAM_API_SECRET, or run where {} exists",
+                    path.display()
+                )
+            })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RoomArgs {
+    #[command(subcommand)]
+    command: RoomCommand,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoomCommand {
+    /// Create a room; prints it as JSON.
+    Create {
+        /// Room id (default: an unguessable one).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Identities allowed besides the owner (repeatable); without any, any token may join.
+        #[arg(long = "member")]
+        members: Vec<String>,
+        #[arg(long)]
+        max_peers: Option<u32>,
+        #[arg(long)]
+        empty_timeout_secs: Option<u64>,
+        /// JSON value stored with the room.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List rooms (optionally those an identity owns or is a member of).
+    List {
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// Show one room.
+    Get { id: String },
+    /// Delete a room; peers inside get `room_closed`.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    identity: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Display name carried in the token.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
+    let secret = args.api.secret.resolve()?;
+    let base = args.api.server.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let request = match args.command {
+        RoomCommand::Create {
+            id,
+            name,
+            description,
+            owner,
+            members,
+            max_peers,
+            empty_timeout_secs,
+            metadata,
+        } => {
+            let metadata: Option<serde_json::Value> = metadata
+                .map(|m| serde_json::from_str(&m))
+                .transpose()
+                .context("--metadata must be JSON")?;
+            let mut body = serde_json::Map::new();
+            let mut put = |k: &str, v: serde_json::Value| {
+                if !v.is_null() {
+                    body.insert(k.to_owned(), v);
+                }
+            };
+            put("id", id.into());
+            put("name", name.into());
+            put("description", description.into());
+            put("owner", owner.into());
+            if !members.is_empty() {
+                put("members", members.into());
+            }
+            put("maxPeers", max_peers.into());
+            put("emptyTimeoutSecs", empty_timeout_secs.into());
+            put("metadata", metadata.unwrap_or_default());
+            http.post(format!("{base}/v1/rooms")).json(&body)
+        }
+        RoomCommand::List { member } => {
+            let req = http.get(format!("{base}/v1/rooms"));
+            match member {
+                Some(m) => req.query(&[("member", m)]),
+                None => req,
+            }
+        }
+        RoomCommand::Get { id } => http.get(format!("{base}/v1/rooms/{id}")),
+        RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
+    };
+    let response = request
+        .bearer_auth(secret)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("error")?;
+                Some(format!(
+                    "{} ({})",
+                    e.get("message")?.as_str()?,
+                    e.get("code")?.as_str()?
+                ))
+            })
+            .unwrap_or(text);
+        bail!("{status}: {message}");
+    }
+    if !text.is_empty() {
+        let value: serde_json::Value = serde_json::from_str(&text).context("invalid JSON answer")?;
+        print_line(&serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = Secret::new(args.secret.resolve()?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = Claims {
+        sub: args.identity.as_str().into(),
+        room: args.room.as_str().into(),
+        exp: now + args.ttl,
+        iat: now,
+        nbf: None,
+        name: args.name,
+        metadata: None,
+        permissions: None,
+    };
+    print_line(&secret.mint(&claims)?);
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the CLI's output
+fn print_line(text: &str) {
+    println!("{text}");
+}

@@ -1,0 +1,173 @@
+//! `bluecam`: the one binary. `serve` runs a node; `room` and `token` manage rooms and mint
+//! tokens for an app's backend or a shell; `bench` is the load generator.
+
+mod bench;
+mod cli_room;
+
+use anyhow::Context as _;
+use bluecam_server::{Config, SecretOrigin, Server};
+use clap::{Parser, Subcommand};
+use std::{net::SocketAddr, path::PathBuf};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "bluecam", version, about = "Private real-time rooms for web apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a BlueCam node (HTTP API, WebSocket signaling and relay).
+    Serve(ServeArgs),
+    /// Create, list, show and delete rooms through the HTTP API.
+    Room(cli_room::RoomArgs),
+    /// Mint a room token offline with the API secret; prints the token alone.
+    Token(cli_room::TokenArgs),
+    /// Load generator speaking the real protocol (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings (flags and environment win over it).
+    #[arg(long, env = "BLUECAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "BLUECAM_BIND")]
+    bind: Option<SocketAddr>,
+    /// Directory for the room database and the generated API secret [default: ./bluecam-data].
+    #[arg(long, env = "BLUECAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URL clients reach this node at (printed, used in links).
+    #[arg(long, env = "BLUECAM_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// API secret; when unset one is generated on first start and kept in the data dir.
+    #[arg(long, env = "BLUECAM_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    /// Redis URL for cluster mode.
+    #[arg(long, env = "BLUECAM_REDIS_URL")]
+    redis: Option<String>,
+    /// Origins allowed to open WebSockets (repeatable, or comma-separated in the env var).
+    #[arg(long = "allowed-origin", env = "BLUECAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Do not serve the demo page at `/`.
+    #[arg(long, env = "BLUECAM_NO_DEMO")]
+    no_demo: bool,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(redis) = self.redis {
+            anyhow::ensure!(
+                redis.is_empty(),
+                "cluster mode (--redis / BLUECAM_REDIS_URL) is not available in this version yet; \
+                 run a single node without it"
+            );
+        }
+        if let Some(bind) = self.bind {
+            config.bind = bind;
+        }
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if self.public_url.is_some() {
+            config.public_url = self.public_url;
+        }
+        if self.api_secret.is_some() {
+            config.api_secret = self.api_secret;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins;
+        }
+        if self.no_demo {
+            config.demo = false;
+        }
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Room(args) => cli_room::room(args).await,
+        Command::Token(args) => cli_room::token(args),
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[allow(clippy::print_stdout)] // printing the URL and the new secret is this command's job
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = args.into_config()?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let public_url = config.public_url.clone();
+    let data_dir = config.data_dir.clone();
+    let server = Server::bind(listener, config).await?;
+    let addr = server.local_addr()?;
+    let url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+    println!("BlueCam is listening on {url}");
+    match server.secret_origin() {
+        SecretOrigin::Generated => println!(
+            "Generated an API secret (kept in {}):\n  BLUECAM_API_SECRET={}",
+            data_dir.join("api-secret").display(),
+            server.secret().expose()
+        ),
+        SecretOrigin::Loaded => println!(
+            "API secret: read from {}",
+            data_dir.join("api-secret").display()
+        ),
+        SecretOrigin::Configured => println!("API secret: from the configuration"),
+    }
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    server.run(shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
