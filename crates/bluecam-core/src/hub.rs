@@ -469,6 +469,19 @@ impl Hub {
         self.rooms.get(room).map(sorted_peers).unwrap_or_default()
     }
 
+    /// Peers present in a room with whether each is connected (false while resumable).
+    pub fn peer_presence(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
+        let Some(room) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut peers: Vec<&PeerState> = room.peers.values().collect();
+        peers.sort_by_key(|p| p.seq);
+        peers
+            .into_iter()
+            .map(|p| (p.info.clone(), matches!(p.link, Link::Attached(_))))
+            .collect()
+    }
+
     /// Number of peers present in a room.
     pub fn peer_count(&self, room: &RoomId) -> usize {
         self.rooms.get(room).map_or(0, |r| r.peers.len())

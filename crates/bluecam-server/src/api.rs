@@ -320,7 +320,16 @@ async fn delete_room(
 
 #[derive(Serialize)]
 struct PeerList {
-    peers: Vec<bluecam_proto::PeerInfo>,
+    peers: Vec<PeerEntry>,
+}
+
+/// A peer as the API lists it: its info plus whether its WebSocket is up (false while it is
+/// away within the resume window).
+#[derive(Serialize)]
+struct PeerEntry {
+    #[serde(flatten)]
+    info: bluecam_proto::PeerInfo,
+    connected: bool,
 }
 
 async fn room_peers(
@@ -328,9 +337,13 @@ async fn room_peers(
     Path(id): Path<String>,
 ) -> Result<Json<PeerList>, ApiError> {
     let room = load_room(&state, id).await?;
-    Ok(Json(PeerList {
-        peers: state.hub.peers(&room.id),
-    }))
+    let peers = state
+        .hub
+        .peers(&room.id)
+        .into_iter()
+        .map(|(info, connected)| PeerEntry { info, connected })
+        .collect();
+    Ok(Json(PeerList { peers }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -151,8 +151,9 @@ impl HubHandle {
         (vacated, inner.core.poll_timeout())
     }
 
-    pub fn peers(&self, room: &RoomId) -> Vec<PeerInfo> {
-        self.lock().core.peers(room)
+    /// Peers of a room with whether each is connected right now.
+    pub fn peers(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
+        self.lock().core.peer_presence(room)
     }
 
     pub fn peer_count(&self, room: &RoomId) -> usize {

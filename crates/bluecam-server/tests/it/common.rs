@@ -1,0 +1,298 @@
+//! A real server on port 0 and clients for it.
+
+use bluecam_proto::{ClientMessage, CloseCode, Joined, ServerMessage};
+use bluecam_server::{Claims, Config, Secret};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use tokio::{net::TcpStream, task::JoinHandle};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub secret: Secret,
+    pub dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    keep_dir: bool,
+}
+
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "bluecam-it-{}",
+        bluecam_server::auth::random_token(9)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::in_dir(temp_dir(), tweak).await
+    }
+
+    pub async fn in_dir(dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            data_dir: dir.clone(),
+            api_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = bluecam_server::Server::bind(listener, config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            server.run(token).await.unwrap();
+        });
+        Self {
+            addr,
+            secret: Secret::new(SECRET),
+            dir,
+            shutdown,
+            task: Some(task),
+            keep_dir: false,
+        }
+    }
+
+    /// Shuts down and waits; the data dir is kept for a restart.
+    pub async fn stop(mut self) -> PathBuf {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+        self.keep_dir = true;
+        self.dir.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Creates a room through the API and returns its JSON.
+    pub async fn create_room(&self, body: Value) -> Value {
+        let res = self
+            .http()
+            .post(self.url("/v1/rooms"))
+            .bearer_auth(SECRET)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "room creation failed");
+        res.json().await.unwrap()
+    }
+
+    /// A room with a fresh id.
+    pub async fn room(&self) -> String {
+        self.create_room(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn token(&self, room: &str, identity: &str) -> String {
+        self.token_with(room, identity, |_| {})
+    }
+
+    pub fn token_with(&self, room: &str, identity: &str, tweak: impl FnOnce(&mut Claims)) -> String {
+        let now = now();
+        let mut claims = Claims {
+            sub: identity.into(),
+            room: room.into(),
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+            name: None,
+            metadata: None,
+            permissions: None,
+        };
+        tweak(&mut claims);
+        self.secret.mint(&claims).unwrap()
+    }
+
+    /// Waits until the API lists `peer` as present but not connected.
+    pub async fn wait_disconnected(&self, room: &str, peer: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let list: Value = self
+                .http()
+                .get(self.url(&format!("/v1/rooms/{room}/peers")))
+                .bearer_auth(SECRET)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let found = list["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == peer && p["connected"] == false);
+            if found {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "peer never detached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Connects and joins; panics unless `joined` comes back.
+    pub async fn join(&self, room: &str, identity: &str) -> Client {
+        let mut c = Client::connect(self.addr).await;
+        c.send_frame(&ClientMessage::Join {
+            token: self.token(room, identity),
+            resume: None,
+        })
+        .await;
+        c.expect_joined().await;
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// What a client saw when the server closed its socket.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed(pub Option<u16>);
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub joined: Option<Joined>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+            .await
+            .unwrap();
+        Self { ws, joined: None }
+    }
+
+    pub fn id(&self) -> String {
+        self.joined.as_ref().unwrap().self_.id.to_string()
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_frame(&mut self, frame: &ClientMessage<'_>) {
+        self.send_text(frame.to_json()).await;
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// The next text frame as JSON, or the close code if the server closed.
+    pub async fn next(&mut self) -> Result<Value, Closed> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    // Every server frame must parse with the protocol crate too.
+                    ServerMessage::from_json(&t).unwrap();
+                    return Ok(serde_json::from_str(&t).unwrap());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(Closed(None)),
+            }
+        }
+    }
+
+    /// The next frame, which must be a text frame.
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Ok(v) => v,
+            Err(c) => panic!("expected a frame, got close {c:?}"),
+        }
+    }
+
+    /// Skips frames until one with this op.
+    pub async fn recv_op(&mut self, op: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["op"] == op {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Err(Closed(code)) = self.next().await {
+                return code;
+            }
+        }
+    }
+
+    pub async fn expect_joined(&mut self) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["op"], "joined", "expected joined, got {v}");
+        self.joined = Some(serde_json::from_value(v.clone()).unwrap());
+        v
+    }
+
+    /// Expects an `error` with this code; returns it.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["op"], "error", "expected error {code}, got {v}");
+        assert_eq!(v["code"], code, "got {v}");
+        v
+    }
+
+    /// Proves the connection is still usable: ping → pong.
+    pub async fn assert_alive(&mut self) {
+        self.send_json(json!({"op": "ping"})).await;
+        self.recv_op("pong").await;
+    }
+
+    /// Sends a join that must fail with `code` and close with `close`.
+    pub async fn join_fails(addr: SocketAddr, token: String, code: &str, close: CloseCode) {
+        let mut c = Client::connect(addr).await;
+        c.send_frame(&ClientMessage::Join {
+            token,
+            resume: None,
+        })
+        .await;
+        let e = c.expect_error(code).await;
+        assert_eq!(e["close"], close.code());
+        assert_eq!(c.closed().await, Some(close.code()));
+    }
+}

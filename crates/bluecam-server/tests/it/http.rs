@@ -1,0 +1,209 @@
+//! The HTTP API: every route, every error status, auth.
+
+use crate::common::{SECRET, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn call(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = s.http().request(method, s.url(path)).bearer_auth(SECRET);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn create_get_list_delete_rooms() {
+    let s = TestServer::start().await;
+    let (st, room) = call(&s, Method::POST, "/v1/rooms", Some(json!({
+        "id": "r-1", "name": "Room", "description": "d", "owner": "o", "members": ["m1", "m2"],
+        "maxPeers": 4, "emptyTimeoutSecs": 600, "metadata": {"x": 1}
+    }))).await;
+    assert_eq!(st, 201);
+    for (k, v) in [("id", json!("r-1")), ("name", json!("Room")), ("description", json!("d")),
+        ("owner", json!("o")), ("members", json!(["m1", "m2"])), ("maxPeers", json!(4)),
+        ("emptyTimeoutSecs", json!(600)), ("metadata", json!({"x": 1})), ("peerCount", json!(0))] {
+        assert_eq!(room[k], v, "{k}");
+    }
+    assert!(room["createdAt"].as_u64().unwrap() > 1_700_000_000);
+
+    let (st, generated) = call(&s, Method::POST, "/v1/rooms", Some(json!({}))).await;
+    assert_eq!(st, 201);
+    let id = generated["id"].as_str().unwrap();
+    assert!(id.len() >= 22, "at least 128 random bits: {id}");
+    assert_eq!(generated["maxPeers"], 50);
+    assert_eq!(generated["members"], Value::Null);
+
+    let (st, body) = call(&s, Method::POST, "/v1/rooms", Some(json!({"id": "r-1"}))).await;
+    assert_eq!(st, 409);
+    assert_error(&body, "room_exists");
+
+    let (st, got) = call(&s, Method::GET, "/v1/rooms/r-1", None).await;
+    assert_eq!((st, got), (StatusCode::OK, room.clone()));
+
+    let (st, list) = call(&s, Method::GET, "/v1/rooms", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["rooms"].as_array().unwrap().len(), 2);
+    for member in ["o", "m2"] {
+        let (_, list) = call(&s, Method::GET, &format!("/v1/rooms?member={member}"), None).await;
+        assert_eq!(list["rooms"].as_array().unwrap().len(), 1, "{member}");
+        assert_eq!(list["rooms"][0]["id"], "r-1");
+    }
+    let (_, list) = call(&s, Method::GET, "/v1/rooms?member=nobody", None).await;
+    assert_eq!(list["rooms"], json!([]));
+
+    let (st, _) = call(&s, Method::DELETE, "/v1/rooms/r-1", None).await;
+    assert_eq!(st, 204);
+    let (st, body) = call(&s, Method::GET, "/v1/rooms/r-1", None).await;
+    assert_eq!(st, 404);
+    assert_error(&body, "room_not_found");
+    let (st, body) = call(&s, Method::DELETE, "/v1/rooms/r-1", None).await;
+    assert_eq!(st, 404);
+    assert_error(&body, "room_not_found");
+}
+
+#[tokio::test]
+async fn invalid_room_bodies_are_400() {
+    let s = TestServer::start().await;
+    for body in [
+        json!({"id": "has space"}),
+        json!({"id": ""}),
+        json!({"id": "x".repeat(200)}),
+        json!({"maxPeers": 0}),
+        json!({"maxPeers": 51}),
+        json!({"unknownField": 1}),
+        json!({"members": "not-a-list"}),
+        json!({"name": "n".repeat(2000)}),
+        json!([1, 2]),
+    ] {
+        let (st, err) = call(&s, Method::POST, "/v1/rooms", Some(body.clone())).await;
+        assert_eq!(st, 400, "{body}");
+        assert_error(&err, "bad_request");
+    }
+    let res = s.http().post(s.url("/v1/rooms")).bearer_auth(SECRET).body("{}").send().await.unwrap();
+    assert_eq!(res.status(), 415);
+    let res = s
+        .http()
+        .post(s.url("/v1/rooms"))
+        .bearer_auth(SECRET)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn peers_of_a_room() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let (st, body) = call(&s, Method::GET, &format!("/v1/rooms/{room}/peers"), None).await;
+    assert_eq!((st, body), (StatusCode::OK, json!({"peers": []})));
+    let a = s.join(&room, "alice").await;
+    let (_, body) = call(&s, Method::GET, &format!("/v1/rooms/{room}/peers"), None).await;
+    assert_eq!(body["peers"][0]["id"], a.id());
+    assert_eq!(body["peers"][0]["identity"], "alice");
+    assert_eq!(body["peers"][0]["connected"], true);
+    let (_, got) = call(&s, Method::GET, &format!("/v1/rooms/{room}"), None).await;
+    assert_eq!(got["peerCount"], 1);
+    let (st, body) = call(&s, Method::GET, "/v1/rooms/nope/peers", None).await;
+    assert_eq!(st, 404);
+    assert_error(&body, "room_not_found");
+}
+
+#[tokio::test]
+async fn tokens_from_the_api_open_their_room() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let (st, body) = call(&s, Method::POST, &format!("/v1/rooms/{room}/tokens"), Some(json!({
+        "identity": "alice", "name": "Alice", "ttlSecs": 120, "metadata": {"role": "host"},
+        "permissions": {"sendData": true}
+    }))).await;
+    assert_eq!(st, 201);
+    let token = body["token"].as_str().unwrap().to_owned();
+    let exp = body["expiresAt"].as_u64().unwrap();
+    assert!(exp >= crate::common::now() + 110 && exp <= crate::common::now() + 130);
+    let claims = s.secret.verify(&token).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.room.as_str()), ("alice", room.as_str()));
+
+    let mut c = crate::common::Client::connect(s.addr).await;
+    c.send_frame(&bluecam_proto::ClientMessage::Join { token, resume: None }).await;
+    let joined = c.expect_joined().await;
+    assert_eq!(joined["self"]["name"], "Alice");
+    assert_eq!(joined["self"]["metadata"], json!({"role": "host"}));
+
+    let (st, body) = call(&s, Method::POST, "/v1/rooms/nope/tokens", Some(json!({"identity": "a"}))).await;
+    assert_eq!(st, 404);
+    assert_error(&body, "room_not_found");
+    for bad in [json!({}), json!({"identity": ""}), json!({"identity": "a", "ttlSecs": 0})] {
+        let (st, body) = call(&s, Method::POST, &format!("/v1/rooms/{room}/tokens"), Some(bad)).await;
+        assert_eq!(st, 400);
+        assert_error(&body, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn auth_is_required_on_every_api_route() {
+    let s = TestServer::start().await;
+    let routes = [
+        (Method::POST, "/v1/rooms"),
+        (Method::GET, "/v1/rooms"),
+        (Method::GET, "/v1/rooms/x"),
+        (Method::DELETE, "/v1/rooms/x"),
+        (Method::GET, "/v1/rooms/x/peers"),
+        (Method::POST, "/v1/rooms/x/tokens"),
+    ];
+    for (method, path) in routes {
+        let res = s.http().request(method.clone(), s.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{method} {path}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let body: Value = res.json().await.unwrap();
+        assert_error(&body, "unauthorized");
+        let res = s
+            .http()
+            .request(method.clone(), s.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_unknown_routes() {
+    let s = TestServer::start().await;
+    let res = s.http().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = s.http().get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let room = s.room().await;
+    let _a = s.join(&room, "a").await;
+    let text = s.http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "bluecam_connections",
+        "bluecam_rooms_active",
+        "bluecam_peers",
+        "bluecam_frames_in_total{op=\"join\"}",
+        "bluecam_frames_out_total",
+        "bluecam_relay_bytes_total",
+        "bluecam_joins_total",
+        "bluecam_queue_overflows_total",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    let (st, body) = call(&s, Method::GET, "/nope", None).await;
+    assert_eq!(st, 404);
+    assert_error(&body, "not_found");
+    let res = s.http().put(s.url("/v1/rooms")).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+}

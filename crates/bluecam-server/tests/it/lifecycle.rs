@@ -1,0 +1,116 @@
+//! Room deletion, persistence across restarts, graceful shutdown.
+
+use crate::common::{Client, TestServer};
+use serde_json::json;
+
+#[tokio::test]
+async fn deleting_a_room_sends_room_closed_and_closes_4040() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let res = s
+        .http()
+        .delete(s.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(crate::common::SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let closed = a.recv_op("room_closed").await;
+    assert_eq!(closed["reason"], "deleted");
+    assert_eq!(a.closed().await, Some(4040));
+    // The room is gone for new joins too.
+    Client::join_fails(
+        s.addr,
+        s.token(&room, "b"),
+        "room_not_found",
+        bluecam_proto::CloseCode::RoomNotFound,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rooms_survive_a_restart() {
+    let s = TestServer::start().await;
+    let created = s
+        .create_room(json!({"id": "kept", "name": "Kept", "members": ["m"], "metadata": {"k": [1]}}))
+        .await;
+    let dir = s.stop().await;
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    let res = s
+        .http()
+        .get(s.url("/v1/rooms/kept"))
+        .bearer_auth(crate::common::SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let room: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(room, created);
+    s.join("kept", "m").await;
+}
+
+#[tokio::test]
+async fn the_generated_secret_survives_a_restart() {
+    let dir = crate::common::temp_dir();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = bluecam_server::Config {
+        data_dir: dir.clone(),
+        ..Default::default()
+    };
+    let first = bluecam_server::Server::bind(listener, config.clone()).await.unwrap();
+    assert_eq!(first.secret_origin(), bluecam_server::SecretOrigin::Generated);
+    let secret = first.secret().expose().to_owned();
+    drop(first);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = bluecam_server::Server::bind(listener, config).await.unwrap();
+    assert_eq!(second.secret_origin(), bluecam_server::SecretOrigin::Loaded);
+    assert_eq!(second.secret().expose(), secret);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_tells_connected_clients_to_go_away() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(a.closed().await, Some(1001));
+    let dir = stopping.await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn empty_rooms_expire_after_their_timeout() {
+    let s = TestServer::start().await;
+    let room = s.create_room(json!({"emptyTimeoutSecs": 0})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keep = s.room().await;
+    // The sweep runs every few seconds; wait for the condition, not a fixed time.
+    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
+    loop {
+        let status = s
+            .http()
+            .get(s.url(&format!("/v1/rooms/{room}")))
+            .bearer_auth(crate::common::SECRET)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "room never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let res = s
+        .http()
+        .get(s.url(&format!("/v1/rooms/{keep}")))
+        .bearer_auth(crate::common::SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a room without a timeout stays");
+}

@@ -1,0 +1,141 @@
+//! Limits and their overflow policies: frame size, rate, bad frames, slow readers, deadlines.
+
+use crate::common::{Client, TestServer};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn oversized_frame_gets_too_large_and_beyond_the_cap_closes_1009() {
+    let s = TestServer::with(|c| {
+        c.limits.max_frame_bytes = 10_000;
+        c.limits.rate_burst_bytes = 10 << 20;
+    })
+    .await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let big = "x".repeat(15_000);
+    a.send_json(json!({"op": "send", "msg": big})).await;
+    a.expect_error("too_large").await;
+    a.assert_alive().await;
+    let huge = "x".repeat(30_000);
+    a.send_json(json!({"op": "send", "msg": huge})).await;
+    assert_eq!(a.closed().await, Some(1009));
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_with_retry_after() {
+    let s = TestServer::with(|c| {
+        c.limits.rate_frames_per_sec = 5;
+        c.limits.rate_burst_frames = 10;
+    })
+    .await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let mut b = s.join(&room, "b").await;
+    for i in 0..30 {
+        a.send_json(json!({"op": "send", "msg": i, "ref": i})).await;
+    }
+    let mut delivered = 0;
+    let mut limited = Vec::new();
+    // Every frame is accounted for: delivered to b, or refused to a with its ref.
+    while delivered + limited.len() < 30 {
+        tokio::select! {
+            m = b.recv_op("message") => { let _ = m; delivered += 1; }
+            e = a.recv_op("error") => {
+                assert_eq!(e["code"], "rate_limited");
+                assert!(e["retryAfterMs"].as_u64().unwrap() > 0);
+                limited.push(e["ref"].as_u64().unwrap());
+            }
+        }
+    }
+    assert!(delivered >= 10 && delivered < 30, "delivered {delivered}");
+    assert_eq!(limited.len(), 30 - delivered);
+    // Rate limiting is back-pressure, not a fault: the connection stays.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.assert_alive().await;
+}
+
+#[tokio::test]
+async fn too_many_bad_frames_close_4029() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    for _ in 0..21 {
+        a.send_text("garbage").await;
+    }
+    let mut last = json!(null);
+    for _ in 0..21 {
+        last = a.expect_error("bad_request").await;
+    }
+    assert_eq!(last["close"], 4029);
+    assert_eq!(a.closed().await, Some(4029));
+}
+
+#[tokio::test]
+async fn join_deadline_closes_4008() {
+    let s = TestServer::with(|c| c.limits.join_timeout_secs = 1).await;
+    let mut c = Client::connect(s.addr).await;
+    c.expect_error("bad_request").await;
+    assert_eq!(c.closed().await, Some(4008));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
+    let s = TestServer::with(|c| {
+        c.limits.outbound_queue_bytes = 256 << 10;
+        c.limits.rate_frames_per_sec = 1_000_000;
+        c.limits.rate_burst_frames = 1_000_000;
+        c.limits.rate_bytes_per_sec = 1 << 40;
+        c.limits.rate_burst_bytes = 1 << 40;
+    })
+    .await;
+    let room = s.room().await;
+    let mut sender = s.join(&room, "sender").await;
+    let mut fast = s.join(&room, "fast").await;
+    let mut slow = s.join(&room, "slow").await; // never reads until the end
+    sender.recv_op("peer_joined").await;
+    sender.recv_op("peer_joined").await;
+    fast.recv_op("peer_joined").await;
+    let pad = "y".repeat(8 << 10);
+    let n = 4000u64; // 32 MiB: far more than socket buffers plus the 256 KiB queue
+    // The sender keeps at most `window` frames ahead of the fast reader, as a well-behaved
+    // app would: the fast peer's queue never fills, the slow one's must.
+    let window = 8u64;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let receiver = tokio::spawn(async move {
+        let mut next = 0u64;
+        while next < n {
+            let m = fast.recv_op("message").await;
+            assert_eq!(m["msg"]["i"], next, "fast peer lost or reordered a frame");
+            next += 1;
+            progress_tx.send_replace(next);
+        }
+        fast
+    });
+    for i in 0..n {
+        while i >= *progress.borrow() + window {
+            progress.changed().await.unwrap();
+        }
+        sender
+            .send_json(json!({"op": "send", "msg": {"i": i, "pad": pad}}))
+            .await;
+    }
+    receiver.await.unwrap();
+    // The slow reader was cut off with the slow-consumer code (after what it had buffered).
+    assert_eq!(slow.closed().await, Some(4030));
+    let metrics = s.http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("bluecam_queue_overflows_total{queue=\"outbound\"}"));
+}
+
+#[tokio::test]
+async fn origin_allow_list_refuses_other_origins() {
+    let s = TestServer::with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://{}/v1/ws", s.addr).into_client_request().unwrap();
+    req.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut req = format!("ws://{}/v1/ws", s.addr).into_client_request().unwrap();
+    req.headers_mut().insert("Origin", "https://app.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+}

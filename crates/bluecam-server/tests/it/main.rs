@@ -1,0 +1,9 @@
+//! Integration tests: real servers on port 0, real HTTP and WebSocket clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod http;
+mod lifecycle;
+mod limits;
+mod resume;
+mod ws;
