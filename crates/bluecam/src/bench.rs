@@ -530,8 +530,13 @@ async fn idle_worker(
     }
     drop(done_tx);
     let (mut ok, mut failed) = (0usize, 0usize);
-    while let Some(r) = done_rx.recv().await {
-        if r { ok += 1 } else { failed += 1 }
+    // Each task reports once, then keeps its sender while it holds its connection.
+    while ok + failed < count {
+        match done_rx.recv().await {
+            Some(true) => ok += 1,
+            Some(false) => failed += 1,
+            None => break,
+        }
     }
     say(&format!("ready {ok} {failed}"));
     // Hold until the parent closes our stdin.

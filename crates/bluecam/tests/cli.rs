@@ -1,0 +1,202 @@
+//! The `bluecam` binary end to end: `serve` (first start, secret file, SIGTERM), `room`,
+//! `token`, and a smoke run of every `bench` scenario at tiny size so they cannot rot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bluecam");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bluecam-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Served {
+    child: Child,
+    url: String,
+    lines: Vec<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bluecam serve` on a free port and reads what it prints until the secret line.
+fn serve(dir: &Path) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        lines.push(line.trim_end().to_owned());
+        if line.contains("BLUECAM_API_SECRET=") || line.starts_with("API secret:") {
+            break;
+        }
+        line.clear();
+    }
+    Served {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        lines,
+    }
+}
+
+fn bluecam(args: &[&str], dir: &Path, url: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--server", url, "--data-dir"])
+        .arg(dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn serve_room_token_and_graceful_shutdown() {
+    let dir = temp_dir("serve");
+    let served = serve(&dir);
+    assert!(served.lines[0].contains(&served.url), "{:?}", served.lines);
+    assert!(served.lines.iter().any(|l| l.starts_with("Generated an API secret")));
+    let secret_file = dir.join("api-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
+    assert!(served.lines.iter().any(|l| l.contains(&secret)), "the new secret is printed once");
+
+    let url = served.url.clone();
+    let room = json_of(&bluecam(&["room", "create", "--name", "Demo", "--member", "bob", "--owner", "alice"], &dir, &url));
+    let id = room["id"].as_str().unwrap().to_owned();
+    assert_eq!(room["name"], "Demo");
+    let list = json_of(&bluecam(&["room", "list", "--member", "bob"], &dir, &url));
+    assert_eq!(list["rooms"][0]["id"], id.as_str());
+    let got = json_of(&bluecam(&["room", "get", &id], &dir, &url));
+    assert_eq!(got["id"], id.as_str());
+
+    let token = Command::new(BIN)
+        .args(["token", "--room", &id, "--identity", "bob", "--ttl", "60", "--data-dir"])
+        .arg(&dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT alone on stdout");
+    join_with(&served.url, token.trim());
+
+    let deleted = bluecam(&["room", "delete", &id], &dir, &url);
+    assert!(deleted.status.success());
+    let missing = bluecam(&["room", "get", &id], &dir, &url);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("room_not_found"));
+
+    let wrong = Command::new(BIN)
+        .args(["room", "list", "--server", &url, "--secret", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("unauthorized"));
+
+    // SIGTERM: the server exits cleanly and quickly.
+    let mut served = served;
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second start reads the same secret back and prints no secret.
+    let again = serve(&dir);
+    assert!(again.lines.iter().all(|l| !l.contains(&secret)));
+    drop(again);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn join_with(url: &str, token: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        let ws_url = format!("{}/v1/ws", url.replace("http://", "ws://"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let join = serde_json::json!({"op": "join", "token": token}).to_string();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(join)).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        assert_eq!(v["op"], "joined", "{v}");
+        assert_eq!(v["self"]["identity"], "bob");
+    });
+}
+
+fn bench(args: &[&str]) -> Value {
+    let dir = temp_dir(&format!("bench-{}", args[0]));
+    let json = dir.join("result.json");
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .env_remove("BLUECAM_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    v
+}
+
+#[test]
+fn bench_idle_smoke() {
+    let v = bench(&["idle", "--connections", "40", "--room-size", "4", "--procs", "2", "--hold-secs", "1"]);
+    assert_eq!(v["connections_held"], 40, "{v}");
+    assert_eq!(v["connections_failed"], 0, "{v}");
+    assert!(v["server_rss_per_connection_bytes"].is_number(), "{v}");
+}
+
+#[test]
+fn bench_join_storm_smoke() {
+    let v = bench(&["join-storm", "--joins", "50", "--concurrency", "10", "--room-size", "5"]);
+    assert_eq!(v["joins"], 50, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(v["connect_and_join"]["p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_relay_smoke() {
+    for size in ["2", "4"] {
+        let v = bench(&["relay", "--rooms", "3", "--room-size", size, "--duration-secs", "1"]);
+        assert!(v["deliveries"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(v["failed_peers"], 0, "{v}");
+    }
+}
