@@ -8,7 +8,7 @@
 
 use crate::Frame;
 use bluecam_proto::{
-    CloseCode, ErrorCode, ErrorFrame, Identity, IceServer, Joined, LeaveReason, Limits,
+    CloseCode, ErrorCode, ErrorFrame, IceServer, Identity, Joined, LeaveReason, Limits,
     MessageFrame, PeerId, PeerInfo, PeerJoined, PeerLeft, Permissions, ResumeCredentials,
     RoomClosed, RoomClosedReason, RoomId, RoomSummary, ServerMessage, SessionId, SessionInfo,
     SessionSecret, SignalFrame,
@@ -259,14 +259,23 @@ impl Hub {
             .insert(req.conn, (room_id.clone(), info.id.clone()));
         self.sessions
             .insert(req.fresh.session, (room_id.clone(), info.id.clone()));
-        self.push_deliver(vec![req.conn], Frame::new(&ServerMessage::Joined(Box::new(joined))));
-        let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined { peer: info.clone() }));
+        self.push_deliver(
+            vec![req.conn],
+            Frame::new(&ServerMessage::Joined(Box::new(joined))),
+        );
+        let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined {
+            peer: info.clone(),
+        }));
         self.push_deliver(others_conns, announce.clone());
         self.buffer_for(&room_id, &detached_others, &announce);
         Ok(info.id)
     }
 
-    fn resume(&mut self, req: JoinRequest, creds: ResumeCredentials) -> Result<PeerId, JoinRejected> {
+    fn resume(
+        &mut self,
+        req: JoinRequest,
+        creds: ResumeCredentials,
+    ) -> Result<PeerId, JoinRejected> {
         let Some((room_id, peer_id)) = self.sessions.get(&creds.session).cloned() else {
             return Err(JoinRejected::SessionExpired);
         };
@@ -304,7 +313,10 @@ impl Hub {
             .filter(|p| p.id != peer_id)
             .collect();
         self.conns.insert(req.conn, (room_id, peer_id.clone()));
-        self.push_deliver(vec![req.conn], Frame::new(&ServerMessage::Joined(Box::new(joined))));
+        self.push_deliver(
+            vec![req.conn],
+            Frame::new(&ServerMessage::Joined(Box::new(joined))),
+        );
         match old {
             Link::Attached(old_conn) => {
                 // Taken over while the old socket still looked alive (half-open TCP).
@@ -344,10 +356,7 @@ impl Hub {
                 reference,
             } => {
                 if to == from || !self.in_room(&room_id, &to) {
-                    self.push_error(
-                        conn,
-                        unknown_peers(vec![to], reference),
-                    );
+                    self.push_error(conn, unknown_peers(vec![to], reference));
                     return;
                 }
                 let frame = Frame::new(&ServerMessage::Signal(SignalFrame {

@@ -92,9 +92,8 @@ impl<'a> ClientMessage<'a> {
         if !text.trim_start().starts_with('{') {
             return Err(FrameError::bad("a frame must be a JSON object", None));
         }
-        let flat: FlatFrame<'a> = serde_json::from_str(text).map_err(|e| {
-            FrameError::bad(format!("not a valid frame: {e}"), salvage_ref(text))
-        })?;
+        let flat: FlatFrame<'a> = serde_json::from_str(text)
+            .map_err(|e| FrameError::bad(format!("not a valid frame: {e}"), salvage_ref(text)))?;
         let reference = flat.reference;
         let need = |field: Option<&'a RawValue>, name: &str| {
             field.map(Cow::Borrowed).ok_or_else(|| {
@@ -124,9 +123,11 @@ impl<'a> ClientMessage<'a> {
             "send" => {
                 let to = match flat.to {
                     None => None,
-                    Some(raw) => Some(serde_json::from_str::<Vec<PeerId>>(raw.get()).map_err(
-                        |_| FrameError::bad("send.to must be an array of peer ids", reference),
-                    )?),
+                    Some(raw) => {
+                        Some(serde_json::from_str::<Vec<PeerId>>(raw.get()).map_err(|_| {
+                            FrameError::bad("send.to must be an array of peer ids", reference)
+                        })?)
+                    }
                 };
                 Self::Send {
                     to,

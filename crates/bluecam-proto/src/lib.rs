@@ -14,12 +14,12 @@ mod server;
 pub use client::{ClientMessage, FrameError, ResumeCredentials};
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{Identity, NodeId, PeerId, RoomId, SessionId, SessionSecret};
-pub use room::{IceServer, Limits, Permissions, PeerInfo, Room, RoomSummary};
+pub use room::{IceServer, Limits, PeerInfo, Permissions, Room, RoomSummary};
+pub use serde_json::value::RawValue;
 pub use server::{
     ErrorFrame, Joined, LeaveReason, MessageFrame, PeerJoined, PeerLeft, RoomClosed,
     RoomClosedReason, ServerMessage, SessionInfo, SignalFrame,
 };
-pub use serde_json::value::RawValue;
 
 /// Path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/v1/ws";

@@ -41,11 +41,19 @@ impl ApiError {
     }
 
     fn room_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, ErrorCode::RoomNotFound, "no such room")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::RoomNotFound,
+            "no such room",
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 }
 
@@ -143,8 +151,10 @@ async fn require_secret(State(state): State<AppState>, req: Request, next: Next)
                 "missing Authorization: Bearer <API secret>",
             )
             .into_response();
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             res
         }
     }

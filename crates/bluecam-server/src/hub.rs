@@ -68,7 +68,12 @@ pub struct HubHandle {
 pub type Vacated = Vec<RoomId>;
 
 impl HubHandle {
-    pub fn new(core: CoreConfig, queue_bytes: usize, queue_frames: usize, metrics: Metrics) -> Self {
+    pub fn new(
+        core: CoreConfig,
+        queue_bytes: usize,
+        queue_frames: usize,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 core: Hub::new(core),

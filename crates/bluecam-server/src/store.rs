@@ -179,7 +179,9 @@ impl Store for SqliteStore {
     }
 
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.with(move |conn| Ok(conn.execute("DELETE FROM rooms WHERE id = ?1", [id.as_str()])? > 0))
+        self.with(move |conn| {
+            Ok(conn.execute("DELETE FROM rooms WHERE id = ?1", [id.as_str()])? > 0)
+        })
     }
 
     fn touch_room(&self, id: RoomId, at: u64) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -32,7 +32,11 @@ const WRITE_BATCH: usize = 64;
 const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
 /// Upgrades to a WebSocket after the origin and capacity checks.
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !state.origin_allowed(headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())) {
         return crate::api::ApiError::new(
             StatusCode::FORBIDDEN,
@@ -94,7 +98,16 @@ async fn run(state: AppState, mut socket: WebSocket) {
     };
     let text = match first {
         Err(_elapsed) => {
-            send_error(&state, &mut socket, ErrorFrame::new(ErrorCode::BadRequest, "no join frame within the join deadline").closing(CloseCode::JoinTimeout)).await;
+            send_error(
+                &state,
+                &mut socket,
+                ErrorFrame::new(
+                    ErrorCode::BadRequest,
+                    "no join frame within the join deadline",
+                )
+                .closing(CloseCode::JoinTimeout),
+            )
+            .await;
             close(&state, &mut socket, CloseCode::JoinTimeout).await;
             return;
         }
@@ -145,23 +158,35 @@ async fn first_text(socket: &mut WebSocket) -> Option<Utf8Bytes> {
 }
 
 /// Verifies the `join` and admits the peer.
-async fn join(state: &AppState, conn: ConnId, text: &str) -> Result<PeerId, (ErrorFrame, CloseCode)> {
+async fn join(
+    state: &AppState,
+    conn: ConnId,
+    text: &str,
+) -> Result<PeerId, (ErrorFrame, CloseCode)> {
     let fail = |code: ErrorCode, message: &str| {
-        (ErrorFrame::new(code, message), CloseCode::for_join_error(code))
+        (
+            ErrorFrame::new(code, message),
+            CloseCode::for_join_error(code),
+        )
     };
-    let msg = ClientMessage::from_json(text).map_err(|e| fail(ErrorCode::BadRequest, &e.message))?;
+    let msg =
+        ClientMessage::from_json(text).map_err(|e| fail(ErrorCode::BadRequest, &e.message))?;
     let ClientMessage::Join { token, resume } = msg else {
         return Err(fail(ErrorCode::BadRequest, "the first frame must be join"));
     };
-    let claims = state.secret.verify(&token).map_err(|e: TokenError| {
-        fail(ErrorCode::Unauthorized, &e.to_string())
-    })?;
+    let claims = state
+        .secret
+        .verify(&token)
+        .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
     let room = match state.store.room(claims.room.clone()).await {
         Ok(Some(room)) => room,
         Ok(None) => return Err(fail(ErrorCode::RoomNotFound, "no such room")),
         Err(e) => {
             tracing::error!(error = %e, "store failed during join");
-            return Err(fail(ErrorCode::Unavailable, "the room store is unavailable; retry"));
+            return Err(fail(
+                ErrorCode::Unavailable,
+                "the room store is unavailable; retry",
+            ));
         }
     };
     let req = JoinRequest {
@@ -286,7 +311,9 @@ impl Connection {
         if let Err(wait) = self.limiter.check(text.len(), now) {
             state.metrics.frame_in("invalid");
             let reference = if text.len() <= RATE_LIMITED_REF_MAX {
-                ClientMessage::from_json(text).ok().and_then(|m| frame_ref(&m))
+                ClientMessage::from_json(text)
+                    .ok()
+                    .and_then(|m| frame_ref(&m))
             } else {
                 None
             };
@@ -303,7 +330,10 @@ impl Connection {
             Ok(msg) => {
                 state.metrics.frame_in(msg.op());
                 if let ClientMessage::Send { msg: payload, .. } = &msg {
-                    state.metrics.relay_bytes.increment(payload.get().len() as u64);
+                    state
+                        .metrics
+                        .relay_bytes
+                        .increment(payload.get().len() as u64);
                 }
                 let vacated = state.hub.message(self.conn, msg);
                 state.touch_rooms(vacated).await;
@@ -317,11 +347,7 @@ impl Connection {
     }
 
     /// Answers a bad frame with an error; too many bad frames end the connection.
-    async fn reject(
-        &mut self,
-        socket: &mut WebSocket,
-        e: FrameError,
-    ) -> Option<CloseCode> {
+    async fn reject(&mut self, socket: &mut WebSocket, e: FrameError) -> Option<CloseCode> {
         self.state.metrics.error(e.code);
         let mut error = ErrorFrame::new(e.code, e.message).with_ref(e.reference);
         let too_many = self.bad_frames.record(Instant::now());

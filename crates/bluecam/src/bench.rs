@@ -41,7 +41,12 @@ pub struct BenchArgs {
     #[arg(long, global = true)]
     server: Option<String>,
     /// Its API secret (with --server).
-    #[arg(long, env = "BLUECAM_API_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BLUECAM_API_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     secret: Option<String>,
     /// Its process id (with --server), to read its memory and CPU.
     #[arg(long, global = true)]
@@ -174,7 +179,9 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
     std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let secret = bluecam_server::auth::random_token(32);
     let child = Command::new(std::env::current_exe()?)
@@ -224,8 +231,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } = &args.scenario
     {
         let secret = Secret::new(args.secret.clone().context("worker needs the secret")?);
-        return idle_worker(*addr, &secret, room_prefix, *room_size, *start, *count, *source_ip)
-            .await;
+        return idle_worker(
+            *addr,
+            &secret,
+            room_prefix,
+            *room_size,
+            *start,
+            *count,
+            *source_ip,
+        )
+        .await;
     }
     let target = start_target(&args).await?;
     let result = match args.scenario {
@@ -281,7 +296,12 @@ fn progress(text: &str) {
 }
 
 /// Creates rooms `{prefix}{i}` for i in 0..n, allowing `max_peers` each.
-async fn create_rooms(target: &Target, prefix: &str, n: usize, max_peers: usize) -> anyhow::Result<()> {
+async fn create_rooms(
+    target: &Target,
+    prefix: &str,
+    n: usize,
+    max_peers: usize,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let sem = Arc::new(Semaphore::new(32));
     let mut tasks = tokio::task::JoinSet::new();
@@ -411,7 +431,9 @@ async fn idle(
     progress(&format!("creating {rooms} rooms"));
     create_rooms(target, "idle-", rooms, room_size).await?;
     let rss_before = target.pid.and_then(rss_kib);
-    progress(&format!("opening {connections} connections from {procs} processes"));
+    progress(&format!(
+        "opening {connections} connections from {procs} processes"
+    ));
     let started = Instant::now();
     let per = connections.div_ceil(procs);
     let mut workers = Vec::new();
@@ -450,7 +472,9 @@ async fn idle(
         failed += parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     }
     let open_secs = started.elapsed().as_secs_f64();
-    progress(&format!("{held} connections joined ({failed} failed) in {open_secs:.1} s; holding {hold_secs} s"));
+    progress(&format!(
+        "{held} connections joined ({failed} failed) in {open_secs:.1} s; holding {hold_secs} s"
+    ));
     // Let the post-join burst settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_before = target.pid.and_then(cpu_ticks);
@@ -560,7 +584,13 @@ async fn join_storm(
     progress(&format!("creating {rooms} rooms"));
     create_rooms(target, "storm-", rooms, room_size).await?;
     let tokens: Vec<String> = (0..joins)
-        .map(|i| mint(&target.secret, &format!("storm-{}", i / room_size), &format!("s{i}")))
+        .map(|i| {
+            mint(
+                &target.secret,
+                &format!("storm-{}", i / room_size),
+                &format!("s{i}"),
+            )
+        })
         .collect::<Result<_, _>>()?;
     progress(&format!("{joins} joins, {concurrency} at a time"));
     let sem = Arc::new(Semaphore::new(concurrency));
@@ -684,12 +714,16 @@ async fn relay(
                 let send = async move {
                     let mut seq = 0u64;
                     while !stop_tx.load(Ordering::Relaxed) {
-                        while seq * fanout - me.delivered.load(Ordering::Acquire) >= window * fanout {
+                        while seq * fanout - me.delivered.load(Ordering::Acquire) >= window * fanout
+                        {
                             let notified = me.wake.notified();
-                            if seq * fanout - me.delivered.load(Ordering::Acquire) < window * fanout {
+                            if seq * fanout - me.delivered.load(Ordering::Acquire) < window * fanout
+                            {
                                 break;
                             }
-                            if tokio::time::timeout(Duration::from_millis(200), notified).await.is_err()
+                            if tokio::time::timeout(Duration::from_millis(200), notified)
+                                .await
+                                .is_err()
                                 && stop_tx.load(Ordering::Relaxed)
                             {
                                 return anyhow::Ok(seq);

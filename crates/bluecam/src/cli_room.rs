@@ -9,7 +9,12 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// Server URL.
-    #[arg(long, env = "BLUECAM_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "BLUECAM_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     server: String,
     #[command(flatten)]
     secret: SecretArgs,
@@ -18,10 +23,20 @@ pub struct ApiArgs {
 /// The API secret: `--secret`, `BLUECAM_API_SECRET`, or the file a local server generated.
 #[derive(Debug, Args)]
 pub struct SecretArgs {
-    #[arg(long, env = "BLUECAM_API_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BLUECAM_API_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     secret: Option<String>,
     /// Data dir of a local server, to read its generated secret from.
-    #[arg(long, env = "BLUECAM_DATA_DIR", default_value = "bluecam-data", global = true)]
+    #[arg(
+        long,
+        env = "BLUECAM_DATA_DIR",
+        default_value = "bluecam-data",
+        global = true
+    )]
     data_dir: PathBuf,
 }
 
@@ -170,7 +185,8 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
         bail!("{status}: {message}");
     }
     if !text.is_empty() {
-        let value: serde_json::Value = serde_json::from_str(&text).context("invalid JSON answer")?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).context("invalid JSON answer")?;
         print_line(&serde_json::to_string_pretty(&value)?);
     }
     Ok(())

@@ -11,7 +11,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "bluecam", version, about = "Private real-time rooms for web apps")]
+#[command(
+    name = "bluecam",
+    version,
+    about = "Private real-time rooms for web apps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,11 @@ struct ServeArgs {
     #[arg(long, env = "BLUECAM_REDIS_URL")]
     redis: Option<String>,
     /// Origins allowed to open WebSockets (repeatable, or comma-separated in the env var).
-    #[arg(long = "allowed-origin", env = "BLUECAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "BLUECAM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// Do not serve the demo page at `/`.
     #[arg(long, env = "BLUECAM_NO_DEMO")]
@@ -106,8 +114,7 @@ async fn main() -> anyhow::Result<()> {
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

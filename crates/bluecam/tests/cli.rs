@@ -34,9 +34,18 @@ impl Drop for Served {
 
 /// Starts `bluecam serve` on a free port and reads what it prints until the secret line.
 fn serve(dir: &Path) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(BIN)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir)
         .env_remove("BLUECAM_API_SECRET")
         .env("RUST_LOG", "warn")
@@ -71,7 +80,11 @@ fn bluecam(args: &[&str], dir: &Path, url: &str) -> Output {
 }
 
 fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -80,19 +93,39 @@ fn serve_room_token_and_graceful_shutdown() {
     let dir = temp_dir("serve");
     let served = serve(&dir);
     assert!(served.lines[0].contains(&served.url), "{:?}", served.lines);
-    assert!(served.lines.iter().any(|l| l.starts_with("Generated an API secret")));
+    assert!(
+        served
+            .lines
+            .iter()
+            .any(|l| l.starts_with("Generated an API secret"))
+    );
     let secret_file = dir.join("api-secret");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
-    assert!(served.lines.iter().any(|l| l.contains(&secret)), "the new secret is printed once");
+    let secret = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        served.lines.iter().any(|l| l.contains(&secret)),
+        "the new secret is printed once"
+    );
 
     let url = served.url.clone();
-    let room = json_of(&bluecam(&["room", "create", "--name", "Demo", "--member", "bob", "--owner", "alice"], &dir, &url));
+    let room = json_of(&bluecam(
+        &[
+            "room", "create", "--name", "Demo", "--member", "bob", "--owner", "alice",
+        ],
+        &dir,
+        &url,
+    ));
     let id = room["id"].as_str().unwrap().to_owned();
     assert_eq!(room["name"], "Demo");
     let list = json_of(&bluecam(&["room", "list", "--member", "bob"], &dir, &url));
@@ -101,7 +134,16 @@ fn serve_room_token_and_graceful_shutdown() {
     assert_eq!(got["id"], id.as_str());
 
     let token = Command::new(BIN)
-        .args(["token", "--room", &id, "--identity", "bob", "--ttl", "60", "--data-dir"])
+        .args([
+            "token",
+            "--room",
+            &id,
+            "--identity",
+            "bob",
+            "--ttl",
+            "60",
+            "--data-dir",
+        ])
         .arg(&dir)
         .env_remove("BLUECAM_API_SECRET")
         .output()
@@ -127,14 +169,23 @@ fn serve_room_token_and_graceful_shutdown() {
     // SIGTERM: the server exits cleanly and quickly.
     let mut served = served;
     let pid = served.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let t0 = Instant::now();
     loop {
         if let Some(status) = served.child.try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // A second start reads the same secret back and prints no secret.
@@ -145,14 +196,23 @@ fn serve_room_token_and_graceful_shutdown() {
 }
 
 fn join_with(url: &str, token: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use futures_util::{SinkExt as _, StreamExt as _};
         let ws_url = format!("{}/v1/ws", url.replace("http://", "ws://"));
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
         let join = serde_json::json!({"op": "join", "token": token}).to_string();
-        ws.send(tokio_tungstenite::tungstenite::Message::text(join)).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(join))
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
         assert_eq!(v["op"], "joined", "{v}");
         assert_eq!(v["self"]["identity"], "bob");
@@ -170,7 +230,11 @@ fn bench(args: &[&str]) -> Value {
         .env_remove("BLUECAM_API_SECRET")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
     v
@@ -178,7 +242,17 @@ fn bench(args: &[&str]) -> Value {
 
 #[test]
 fn bench_idle_smoke() {
-    let v = bench(&["idle", "--connections", "40", "--room-size", "4", "--procs", "2", "--hold-secs", "1"]);
+    let v = bench(&[
+        "idle",
+        "--connections",
+        "40",
+        "--room-size",
+        "4",
+        "--procs",
+        "2",
+        "--hold-secs",
+        "1",
+    ]);
     assert_eq!(v["connections_held"], 40, "{v}");
     assert_eq!(v["connections_failed"], 0, "{v}");
     assert!(v["server_rss_per_connection_bytes"].is_number(), "{v}");
@@ -186,7 +260,15 @@ fn bench_idle_smoke() {
 
 #[test]
 fn bench_join_storm_smoke() {
-    let v = bench(&["join-storm", "--joins", "50", "--concurrency", "10", "--room-size", "5"]);
+    let v = bench(&[
+        "join-storm",
+        "--joins",
+        "50",
+        "--concurrency",
+        "10",
+        "--room-size",
+        "5",
+    ]);
     assert_eq!(v["joins"], 50, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
     assert!(v["connect_and_join"]["p99_ms"].as_f64().unwrap() > 0.0);
@@ -195,7 +277,15 @@ fn bench_join_storm_smoke() {
 #[test]
 fn bench_relay_smoke() {
     for size in ["2", "4"] {
-        let v = bench(&["relay", "--rooms", "3", "--room-size", size, "--duration-secs", "1"]);
+        let v = bench(&[
+            "relay",
+            "--rooms",
+            "3",
+            "--room-size",
+            size,
+            "--duration-secs",
+            "1",
+        ]);
         assert!(v["deliveries"].as_u64().unwrap() > 0, "{v}");
         assert_eq!(v["failed_peers"], 0, "{v}");
     }

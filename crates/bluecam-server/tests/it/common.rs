@@ -48,7 +48,9 @@ impl TestServer {
         };
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = bluecam_server::Server::bind(listener, config).await.unwrap();
+        let server = bluecam_server::Server::bind(listener, config)
+            .await
+            .unwrap();
         let addr = server.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -109,7 +111,12 @@ impl TestServer {
         self.token_with(room, identity, |_| {})
     }
 
-    pub fn token_with(&self, room: &str, identity: &str, tweak: impl FnOnce(&mut Claims)) -> String {
+    pub fn token_with(
+        &self,
+        room: &str,
+        identity: &str,
+        tweak: impl FnOnce(&mut Claims),
+    ) -> String {
         let now = now();
         let mut claims = Claims {
             sub: identity.into(),
@@ -147,7 +154,10 @@ impl TestServer {
             if found {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "peer never detached");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "peer never detached"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -4,7 +4,12 @@ use crate::common::{SECRET, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn call(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = s.http().request(method, s.url(path)).bearer_auth(SECRET);
     if let Some(b) = body {
         req = req.json(&b);
@@ -12,25 +17,50 @@ async fn call(s: &TestServer, method: Method, path: &str, body: Option<Value>) -
     let res = req.send().await.unwrap();
     let status = res.status();
     let text = res.text().await.unwrap();
-    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        },
+    )
 }
 
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 #[tokio::test]
 async fn create_get_list_delete_rooms() {
     let s = TestServer::start().await;
-    let (st, room) = call(&s, Method::POST, "/v1/rooms", Some(json!({
-        "id": "r-1", "name": "Room", "description": "d", "owner": "o", "members": ["m1", "m2"],
-        "maxPeers": 4, "emptyTimeoutSecs": 600, "metadata": {"x": 1}
-    }))).await;
+    let (st, room) = call(
+        &s,
+        Method::POST,
+        "/v1/rooms",
+        Some(json!({
+            "id": "r-1", "name": "Room", "description": "d", "owner": "o", "members": ["m1", "m2"],
+            "maxPeers": 4, "emptyTimeoutSecs": 600, "metadata": {"x": 1}
+        })),
+    )
+    .await;
     assert_eq!(st, 201);
-    for (k, v) in [("id", json!("r-1")), ("name", json!("Room")), ("description", json!("d")),
-        ("owner", json!("o")), ("members", json!(["m1", "m2"])), ("maxPeers", json!(4)),
-        ("emptyTimeoutSecs", json!(600)), ("metadata", json!({"x": 1})), ("peerCount", json!(0))] {
+    for (k, v) in [
+        ("id", json!("r-1")),
+        ("name", json!("Room")),
+        ("description", json!("d")),
+        ("owner", json!("o")),
+        ("members", json!(["m1", "m2"])),
+        ("maxPeers", json!(4)),
+        ("emptyTimeoutSecs", json!(600)),
+        ("metadata", json!({"x": 1})),
+        ("peerCount", json!(0)),
+    ] {
         assert_eq!(room[k], v, "{k}");
     }
     assert!(room["createdAt"].as_u64().unwrap() > 1_700_000_000);
@@ -88,7 +118,14 @@ async fn invalid_room_bodies_are_400() {
         assert_eq!(st, 400, "{body}");
         assert_error(&err, "bad_request");
     }
-    let res = s.http().post(s.url("/v1/rooms")).bearer_auth(SECRET).body("{}").send().await.unwrap();
+    let res = s
+        .http()
+        .post(s.url("/v1/rooms"))
+        .bearer_auth(SECRET)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 415);
     let res = s
         .http()
@@ -124,28 +161,57 @@ async fn peers_of_a_room() {
 async fn tokens_from_the_api_open_their_room() {
     let s = TestServer::start().await;
     let room = s.room().await;
-    let (st, body) = call(&s, Method::POST, &format!("/v1/rooms/{room}/tokens"), Some(json!({
-        "identity": "alice", "name": "Alice", "ttlSecs": 120, "metadata": {"role": "host"},
-        "permissions": {"sendData": true}
-    }))).await;
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/rooms/{room}/tokens"),
+        Some(json!({
+            "identity": "alice", "name": "Alice", "ttlSecs": 120, "metadata": {"role": "host"},
+            "permissions": {"sendData": true}
+        })),
+    )
+    .await;
     assert_eq!(st, 201);
     let token = body["token"].as_str().unwrap().to_owned();
     let exp = body["expiresAt"].as_u64().unwrap();
     assert!(exp >= crate::common::now() + 110 && exp <= crate::common::now() + 130);
     let claims = s.secret.verify(&token).unwrap();
-    assert_eq!((claims.sub.as_str(), claims.room.as_str()), ("alice", room.as_str()));
+    assert_eq!(
+        (claims.sub.as_str(), claims.room.as_str()),
+        ("alice", room.as_str())
+    );
 
     let mut c = crate::common::Client::connect(s.addr).await;
-    c.send_frame(&bluecam_proto::ClientMessage::Join { token, resume: None }).await;
+    c.send_frame(&bluecam_proto::ClientMessage::Join {
+        token,
+        resume: None,
+    })
+    .await;
     let joined = c.expect_joined().await;
     assert_eq!(joined["self"]["name"], "Alice");
     assert_eq!(joined["self"]["metadata"], json!({"role": "host"}));
 
-    let (st, body) = call(&s, Method::POST, "/v1/rooms/nope/tokens", Some(json!({"identity": "a"}))).await;
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/rooms/nope/tokens",
+        Some(json!({"identity": "a"})),
+    )
+    .await;
     assert_eq!(st, 404);
     assert_error(&body, "room_not_found");
-    for bad in [json!({}), json!({"identity": ""}), json!({"identity": "a", "ttlSecs": 0})] {
-        let (st, body) = call(&s, Method::POST, &format!("/v1/rooms/{room}/tokens"), Some(bad)).await;
+    for bad in [
+        json!({}),
+        json!({"identity": ""}),
+        json!({"identity": "a", "ttlSecs": 0}),
+    ] {
+        let (st, body) = call(
+            &s,
+            Method::POST,
+            &format!("/v1/rooms/{room}/tokens"),
+            Some(bad),
+        )
+        .await;
         assert_eq!(st, 400);
         assert_error(&body, "bad_request");
     }
@@ -163,7 +229,12 @@ async fn auth_is_required_on_every_api_route() {
         (Method::POST, "/v1/rooms/x/tokens"),
     ];
     for (method, path) in routes {
-        let res = s.http().request(method.clone(), s.url(path)).send().await.unwrap();
+        let res = s
+            .http()
+            .request(method.clone(), s.url(path))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 401, "{method} {path}");
         assert_eq!(res.headers()["www-authenticate"], "Bearer");
         let body: Value = res.json().await.unwrap();
@@ -188,7 +259,15 @@ async fn health_ready_metrics_and_unknown_routes() {
     assert_eq!(res.status(), 200);
     let room = s.room().await;
     let _a = s.join(&room, "a").await;
-    let text = s.http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = s
+        .http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "bluecam_connections",
         "bluecam_rooms_active",
@@ -204,6 +283,12 @@ async fn health_ready_metrics_and_unknown_routes() {
     let (st, body) = call(&s, Method::GET, "/nope", None).await;
     assert_eq!(st, 404);
     assert_error(&body, "not_found");
-    let res = s.http().put(s.url("/v1/rooms")).bearer_auth(SECRET).send().await.unwrap();
+    let res = s
+        .http()
+        .put(s.url("/v1/rooms"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 405);
 }

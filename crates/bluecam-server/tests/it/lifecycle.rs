@@ -33,7 +33,9 @@ async fn deleting_a_room_sends_room_closed_and_closes_4040() {
 async fn rooms_survive_a_restart() {
     let s = TestServer::start().await;
     let created = s
-        .create_room(json!({"id": "kept", "name": "Kept", "members": ["m"], "metadata": {"k": [1]}}))
+        .create_room(
+            json!({"id": "kept", "name": "Kept", "members": ["m"], "metadata": {"k": [1]}}),
+        )
         .await;
     let dir = s.stop().await;
     let s = TestServer::in_dir(dir, |_| {}).await;
@@ -58,12 +60,19 @@ async fn the_generated_secret_survives_a_restart() {
         data_dir: dir.clone(),
         ..Default::default()
     };
-    let first = bluecam_server::Server::bind(listener, config.clone()).await.unwrap();
-    assert_eq!(first.secret_origin(), bluecam_server::SecretOrigin::Generated);
+    let first = bluecam_server::Server::bind(listener, config.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.secret_origin(),
+        bluecam_server::SecretOrigin::Generated
+    );
     let secret = first.secret().expose().to_owned();
     drop(first);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second = bluecam_server::Server::bind(listener, config).await.unwrap();
+    let second = bluecam_server::Server::bind(listener, config)
+        .await
+        .unwrap();
     assert_eq!(second.secret_origin(), bluecam_server::SecretOrigin::Loaded);
     assert_eq!(second.secret().expose(), secret);
     std::fs::remove_dir_all(dir).unwrap();

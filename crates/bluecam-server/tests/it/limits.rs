@@ -48,7 +48,7 @@ async fn a_flood_is_rate_limited_with_retry_after() {
             }
         }
     }
-    assert!(delivered >= 10 && delivered < 30, "delivered {delivered}");
+    assert!((10..30).contains(&delivered), "delivered {delivered}");
     assert_eq!(limited.len(), 30 - delivered);
     // Rate limiting is back-pressure, not a fault: the connection stays.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -123,7 +123,15 @@ async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
     receiver.await.unwrap();
     // The slow reader was cut off with the slow-consumer code (after what it had buffered).
     assert_eq!(slow.closed().await, Some(4030));
-    let metrics = s.http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = s
+        .http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("bluecam_queue_overflows_total{queue=\"outbound\"}"));
 }
 
@@ -131,11 +139,17 @@ async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
 async fn origin_allow_list_refuses_other_origins() {
     let s = TestServer::with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let mut req = format!("ws://{}/v1/ws", s.addr).into_client_request().unwrap();
-    req.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let mut req = format!("ws://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
     let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
-    let mut req = format!("ws://{}/v1/ws", s.addr).into_client_request().unwrap();
-    req.headers_mut().insert("Origin", "https://app.example".parse().unwrap());
+    let mut req = format!("ws://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://app.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
 }

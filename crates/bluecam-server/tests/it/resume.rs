@@ -29,7 +29,8 @@ async fn resume_within_the_window_keeps_the_peer_and_delivers_what_was_sent_mean
     for i in 0..50 {
         a.send_json(json!({"op": "send", "msg": i})).await;
     }
-    a.send_json(json!({"op": "signal", "to": b_id, "data": "sig"})).await;
+    a.send_json(json!({"op": "signal", "to": b_id, "data": "sig"}))
+        .await;
     a.assert_alive().await; // no unknown_peer: b is still in the room
 
     let mut b2 = Client::connect(s.addr).await;

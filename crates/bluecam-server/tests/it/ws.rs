@@ -48,7 +48,10 @@ async fn signal_and_send_reach_only_the_addressed_peer_with_server_written_from(
     a.send_json(json!({"op": "send", "to": [c.id(), c.id()], "msg": "only-c"}))
         .await;
     let m = c.recv_op("message").await;
-    assert_eq!((m["from"].clone(), m["msg"].clone()), (json!(a.id()), json!("only-c")));
+    assert_eq!(
+        (m["from"].clone(), m["msg"].clone()),
+        (json!(a.id()), json!("only-c"))
+    );
 
     // Broadcast reaches both others; b's next message is the broadcast, proving it never
     // got the targeted one, and c gets it exactly once.
@@ -70,10 +73,14 @@ async fn payloads_are_forwarded_byte_for_byte() {
     let mut b = s.join(&room, "b").await;
     a.recv_op("peer_joined").await;
     let payload = r#"{"z":1.50,  "a":"\u00e9",  "n":[1, 2]}"#;
-    a.send_text(format!(r#"{{"op":"send","msg":{payload}}}"#)).await;
-    let raw = match tokio::time::timeout(crate::common::WAIT, futures_util::StreamExt::next(&mut b.ws))
-        .await
-        .unwrap()
+    a.send_text(format!(r#"{{"op":"send","msg":{payload}}}"#))
+        .await;
+    let raw = match tokio::time::timeout(
+        crate::common::WAIT,
+        futures_util::StreamExt::next(&mut b.ws),
+    )
+    .await
+    .unwrap()
     {
         Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => t.to_string(),
         other => panic!("unexpected {other:?}"),
@@ -87,7 +94,8 @@ async fn a_peer_cannot_reach_another_room() {
     let (r1, r2) = (s.room().await, s.room().await);
     let mut a = s.join(&r1, "a").await;
     let mut x = s.join(&r2, "x").await;
-    a.send_json(json!({"op": "signal", "to": x.id(), "data": 1, "ref": 7})).await;
+    a.send_json(json!({"op": "signal", "to": x.id(), "data": 1, "ref": 7}))
+        .await;
     let e = a.expect_error("unknown_peer").await;
     assert_eq!(e["ref"], 7);
     assert_eq!(e["peers"], json!([x.id()]));
@@ -97,7 +105,8 @@ async fn a_peer_cannot_reach_another_room() {
     assert_eq!(e["ref"], 8);
     assert_eq!(e["peers"].as_array().unwrap().len(), 2);
     // Sending to yourself is refused the same way.
-    a.send_json(json!({"op": "signal", "to": a.id(), "data": 1})).await;
+    a.send_json(json!({"op": "signal", "to": a.id(), "data": 1}))
+        .await;
     a.expect_error("unknown_peer").await;
     // x received nothing.
     x.assert_alive().await;
@@ -109,18 +118,26 @@ async fn join_errors_have_codes_and_close_codes() {
     let s = TestServer::with(|c| c.limits.max_peers_per_room = 50).await;
     let room = s.room().await;
     // Unknown room.
-    Client::join_fails(s.addr, s.token("no-such-room", "a"), "room_not_found", CloseCode::RoomNotFound).await;
+    Client::join_fails(
+        s.addr,
+        s.token("no-such-room", "a"),
+        "room_not_found",
+        CloseCode::RoomNotFound,
+    )
+    .await;
     // Bad signature.
-    let forged = bluecam_server::Secret::new("wrong").mint(&bluecam_server::Claims {
-        sub: "a".into(),
-        room: room.as_str().into(),
-        exp: crate::common::now() + 60,
-        iat: crate::common::now(),
-        nbf: None,
-        name: None,
-        metadata: None,
-        permissions: None,
-    }).unwrap();
+    let forged = bluecam_server::Secret::new("wrong")
+        .mint(&bluecam_server::Claims {
+            sub: "a".into(),
+            room: room.as_str().into(),
+            exp: crate::common::now() + 60,
+            iat: crate::common::now(),
+            nbf: None,
+            name: None,
+            metadata: None,
+            permissions: None,
+        })
+        .unwrap();
     Client::join_fails(s.addr, forged, "unauthorized", CloseCode::Unauthorized).await;
     // Expired beyond the leeway.
     let expired = s.token_with(&room, "a", |c| c.exp = crate::common::now() - 30);
@@ -129,7 +146,13 @@ async fn join_errors_have_codes_and_close_codes() {
     let future = s.token_with(&room, "a", |c| c.nbf = Some(crate::common::now() + 60));
     Client::join_fails(s.addr, future, "unauthorized", CloseCode::Unauthorized).await;
     // Garbage token.
-    Client::join_fails(s.addr, "abc.def.ghi".into(), "unauthorized", CloseCode::Unauthorized).await;
+    Client::join_fails(
+        s.addr,
+        "abc.def.ghi".into(),
+        "unauthorized",
+        CloseCode::Unauthorized,
+    )
+    .await;
     // First frame not a join.
     let mut c = Client::connect(s.addr).await;
     c.send_json(json!({"op": "ping"})).await;
@@ -140,10 +163,19 @@ async fn join_errors_have_codes_and_close_codes() {
 #[tokio::test]
 async fn full_room_and_member_list() {
     let s = TestServer::start().await;
-    let room = s.create_room(json!({"maxPeers": 2})).await["id"].as_str().unwrap().to_owned();
+    let room = s.create_room(json!({"maxPeers": 2})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let _a = s.join(&room, "a").await;
     let _b = s.join(&room, "b").await;
-    Client::join_fails(s.addr, s.token(&room, "c"), "room_full", CloseCode::RoomFull).await;
+    Client::join_fails(
+        s.addr,
+        s.token(&room, "c"),
+        "room_full",
+        CloseCode::RoomFull,
+    )
+    .await;
 
     let private = s
         .create_room(json!({"owner": "olivia", "members": ["victor"]}))
@@ -153,7 +185,13 @@ async fn full_room_and_member_list() {
         .to_owned();
     s.join(&private, "olivia").await;
     s.join(&private, "victor").await;
-    Client::join_fails(s.addr, s.token(&private, "mallory"), "forbidden", CloseCode::Forbidden).await;
+    Client::join_fails(
+        s.addr,
+        s.token(&private, "mallory"),
+        "forbidden",
+        CloseCode::Forbidden,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -177,9 +215,11 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
             assert_eq!(e["ref"], 3);
         }
     }
-    a.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3]))
-        .await
-        .unwrap();
+    a.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![
+        1, 2, 3,
+    ]))
+    .await
+    .unwrap();
     a.expect_error("bad_request").await;
     a.assert_alive().await;
 }
@@ -206,8 +246,12 @@ async fn permissions_without_send_data_refuse_send_but_allow_signal() {
     viewer.expect_joined().await;
     let mut b = s.join(&room, "b").await;
     viewer.recv_op("peer_joined").await;
-    viewer.send_json(json!({"op": "send", "msg": 1, "ref": 1})).await;
+    viewer
+        .send_json(json!({"op": "send", "msg": 1, "ref": 1}))
+        .await;
     viewer.expect_error("permission_denied").await;
-    viewer.send_json(json!({"op": "signal", "to": b.id(), "data": 1})).await;
+    viewer
+        .send_json(json!({"op": "signal", "to": b.id(), "data": 1}))
+        .await;
     assert_eq!(b.recv_op("signal").await["from"], viewer.id());
 }
