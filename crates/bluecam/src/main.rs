@@ -124,9 +124,7 @@ fn init_logging() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = args.into_config()?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let listener = listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
     let public_url = config.public_url.clone();
     let data_dir = config.data_dir.clone();
     let server = Server::bind(listener, config).await?;
@@ -155,6 +153,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.run(shutdown).await?;
     Ok(())
 }
+
+/// Binds with a deep accept backlog (the kernel caps it at `net.core.somaxconn`), so a join
+/// storm waits in the queue instead of having its SYNs dropped and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 4096;
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
