@@ -635,6 +635,11 @@ impl Hub {
             }
         }
         for peer in overflowed {
+            // Removing an earlier one keeps its peer_left for this one, which may overflow
+            // (and be removed and reported) there already.
+            if !self.in_room(room_id, &peer) {
+                continue;
+            }
             self.outputs.push_back(Output::ResumeBufferOverflow {
                 room: room_id.clone(),
                 peer: peer.clone(),

@@ -110,9 +110,13 @@ impl HubHandle {
     /// Admits a verified join.
     pub fn join(&self, req: JoinRequest) -> Result<PeerId, JoinRejected> {
         let resuming = req.resume.is_some();
+        let now = Instant::now();
         let mut inner = self.lock();
+        // Expire due sessions first, so a resume that arrives after its window (but before the
+        // timer task's next tick) fails as it should.
+        inner.core.handle_timeout(now);
         let result = inner.core.handle_join(req);
-        self.drain(&mut inner, Instant::now());
+        self.drain(&mut inner, now);
         if result.is_ok() {
             if resuming {
                 self.metrics.resumes.increment(1);

@@ -124,7 +124,8 @@ fn init_logging() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = args.into_config()?;
-    let listener = listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
+    let listener =
+        listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
     let public_url = config.public_url.clone();
     let data_dir = config.data_dir.clone();
     let server = Server::bind(listener, config).await?;

@@ -1,0 +1,181 @@
+//! Leaving and room closure: who is told, which close codes, and that sessions end.
+
+use crate::support::{Outbox, Seen, World, room};
+use bluecam_core::{ConnId, HubStats, JoinRejected, Output};
+use bluecam_proto::{CloseCode, LeaveReason, RoomClosedReason};
+
+/// Index of the first output that is a `Deliver` to `conn` / a `Close` of `conn`.
+fn first_deliver(out: &Outbox, conn: ConnId) -> Option<usize> {
+    out.outputs
+        .iter()
+        .position(|o| matches!(o, Output::Deliver { conns, .. } if conns.contains(&conn)))
+}
+
+fn close_index(out: &Outbox, conn: ConnId) -> Option<usize> {
+    out.outputs
+        .iter()
+        .position(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
+}
+
+#[test]
+fn leave_tells_the_others_left_and_closes_normal() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+
+    let out = w.input(&bob, r#"{"op":"leave"}"#);
+    for c in [&alice, &carol] {
+        match &out.to(c.conn)[..] {
+            [Seen::PeerLeft { peer, reason }] => {
+                assert_eq!(peer, &bob.peer);
+                assert_eq!(*reason, LeaveReason::Left);
+            }
+            other => panic!("expected peer_left, got {other:?}"),
+        }
+    }
+    assert!(out.to(bob.conn).is_empty());
+    assert_eq!(out.closes(), vec![(bob.conn, CloseCode::Normal)]);
+    assert!(out.vacated().is_empty());
+    assert_eq!(w.hub.peer_count(&r.summary.id), 2);
+    assert_eq!(w.hub.peer_of(bob.conn), None);
+
+    // Its session ended with it, and its socket closing later changes nothing.
+    w.hub.handle_disconnect(bob.conn, w.at(1));
+    assert!(w.drain().is_empty());
+    assert_eq!(w.hub.poll_timeout(), None);
+    let req = w.resume_request(&r, &bob);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+    w.check();
+}
+
+#[test]
+fn the_last_leave_vacates_the_room() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    w.input(&alice, r#"{"op":"leave"}"#);
+
+    let out = w.input(&bob, r#"{"op":"leave"}"#);
+    assert!(out.recipients().is_empty(), "nobody is left to tell");
+    assert_eq!(out.closes(), vec![(bob.conn, CloseCode::Normal)]);
+    assert_eq!(out.vacated(), vec![r.summary.id.clone()]);
+    assert_eq!(w.hub.stats(), HubStats::default());
+    assert!(w.hub.peers(&r.summary.id).is_empty());
+    w.check();
+}
+
+#[test]
+fn a_leave_seen_while_detached_is_kept_for_the_resume() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+    w.input(&bob, r#"{"op":"leave"}"#);
+    let req = w.resume_request(&r, &alice);
+    let (alice2, out) = w.admit(req);
+    let seen = out.to(alice2.conn);
+    let ids: Vec<_> = seen[0]
+        .joined()
+        .peers
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(ids, vec![carol.peer.clone()]);
+    match &seen[1..] {
+        [Seen::PeerLeft { peer, reason }] => {
+            assert_eq!(peer, &bob.peer);
+            assert_eq!(*reason, LeaveReason::Left);
+        }
+        other => panic!("expected the kept peer_left, got {other:?}"),
+    }
+}
+
+#[test]
+fn room_closed_tells_attached_peers_closes_them_and_ends_every_session() {
+    let mut w = World::new();
+    let a = room("a", 8);
+    let b = room("b", 8);
+    let (alice, _) = w.join(&a, "alice");
+    let (bob, _) = w.join(&a, "bob");
+    let (carol, _) = w.join(&a, "carol");
+    let (dave, _) = w.join(&b, "dave");
+    w.hub.handle_disconnect(carol.conn, w.at(0));
+    assert!(w.drain().is_empty());
+
+    w.hub
+        .handle_room_closed(&a.summary.id, RoomClosedReason::Deleted);
+    w.check();
+    let out = w.drain();
+    let mut expected = vec![alice.conn, bob.conn];
+    expected.sort();
+    assert_eq!(out.recipients(), expected);
+    for c in [&alice, &bob] {
+        assert!(matches!(
+            out.to(c.conn)[..],
+            [Seen::RoomClosed(RoomClosedReason::Deleted)]
+        ));
+        assert!(
+            first_deliver(&out, c.conn) < close_index(&out, c.conn),
+            "room_closed is queued before the close"
+        );
+    }
+    let mut closes = out.closes();
+    closes.sort_by_key(|(c, _)| *c);
+    assert_eq!(
+        closes,
+        vec![
+            (alice.conn, CloseCode::RoomClosed),
+            (bob.conn, CloseCode::RoomClosed)
+        ]
+    );
+    assert!(out.vacated().is_empty(), "a closed room is not vacated");
+    assert_eq!(
+        w.hub.stats(),
+        HubStats {
+            rooms: 1,
+            peers: 1,
+            detached: 0
+        }
+    );
+    assert_eq!(
+        w.hub.poll_timeout(),
+        None,
+        "the detached peer's expiry went too"
+    );
+    assert_eq!(w.hub.peer_of(dave.conn).map(|p| &p.1), Some(&dave.peer));
+
+    // Every session of the room ended, the detached one included.
+    for c in [&alice, &carol] {
+        let req = w.resume_request(&a, c);
+        assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+    }
+    // Late socket closes and a second close of the room are no-ops.
+    w.hub.handle_disconnect(alice.conn, w.at(1));
+    w.hub
+        .handle_room_closed(&a.summary.id, RoomClosedReason::Expired);
+    assert!(w.drain().is_empty());
+    // A room of the same id starts afresh.
+    let (erin, out) = w.join(&a, "erin");
+    assert!(out.to(erin.conn)[0].joined().peers.is_empty());
+    w.check();
+}
+
+#[test]
+fn room_closed_expired_reason_is_passed_through() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    w.hub
+        .handle_room_closed(&r.summary.id, RoomClosedReason::Expired);
+    let out = w.drain();
+    assert!(matches!(
+        out.to(alice.conn)[..],
+        [Seen::RoomClosed(RoomClosedReason::Expired)]
+    ));
+    assert_eq!(out.closes(), vec![(alice.conn, CloseCode::RoomClosed)]);
+}

@@ -1,0 +1,416 @@
+//! Detached peers and resume: silence towards the others, kept frames, credentials checks,
+//! takeover, the resume window and the bounded resume buffer.
+
+use crate::support::{Seen, World, room, send_frame, signal_frame};
+use bluecam_core::{CoreConfig, Frame, HubStats, JoinRejected};
+use bluecam_proto::{
+    CloseCode, ErrorCode, Identity, LeaveReason, MessageFrame, Permissions, RawValue,
+    ServerMessage, SessionSecret,
+};
+use std::{borrow::Cow, time::Duration};
+
+#[test]
+fn disconnect_is_silent_and_kept_frames_arrive_in_order_exactly_once_on_resume() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+    w.check();
+    assert!(w.drain().is_empty(), "the others see nothing");
+    assert_eq!(w.hub.poll_timeout(), Some(w.at(60)));
+    assert_eq!(w.hub.peer_of(alice.conn), None);
+    assert_eq!(w.hub.peer_count(&r.summary.id), 3, "still present");
+
+    // Frames for alice are kept; senders get no error.
+    assert!(
+        w.input(&bob, &send_frame(Some(&[&alice.peer]), "1", Some(1)))
+            .is_empty()
+    );
+    let out = w.input(&bob, &send_frame(None, "2", Some(2)));
+    assert_eq!(out.recipients(), vec![carol.conn]);
+    assert!(
+        w.input(&carol, &signal_frame(&alice.peer, r#""s1""#, Some(3)))
+            .is_empty()
+    );
+    let (dave, _) = w.join(&r, "dave");
+    assert!(
+        w.input(&bob, &send_frame(Some(&[&alice.peer]), "3", None))
+            .is_empty()
+    );
+
+    let req = w.resume_request(&r, &alice);
+    let (alice2, out) = w.admit(req);
+    w.check();
+    assert_eq!(alice2.peer, alice.peer, "same peer id");
+    assert_eq!(alice2.session, alice.session);
+    assert_eq!(alice2.secret, alice.secret);
+    assert_eq!(
+        out.recipients(),
+        vec![alice2.conn],
+        "the others see nothing"
+    );
+    let seen = out.to(alice2.conn);
+    let joined = seen[0].joined();
+    assert!(joined.resumed);
+    assert_eq!(joined.self_.id, alice.peer);
+    let ids: Vec<_> = joined.peers.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![bob.peer.clone(), carol.peer.clone(), dave.peer.clone()]
+    );
+    match &seen[1..] {
+        [
+            Seen::Message { from: f1, msg: m1 },
+            Seen::Message { from: f2, msg: m2 },
+            Seen::Signal { from: f3, data: d3 },
+            Seen::PeerJoined(p4),
+            Seen::Message { from: f5, msg: m5 },
+        ] => {
+            assert_eq!((f1, m1.as_str()), (&bob.peer, "1"));
+            assert_eq!((f2, m2.as_str()), (&bob.peer, "2"));
+            assert_eq!((f3, d3.as_str()), (&carol.peer, r#""s1""#));
+            assert_eq!(p4.id, dave.peer);
+            assert_eq!((f5, m5.as_str()), (&bob.peer, "3"));
+        }
+        other => panic!("unexpected kept frames {other:?}"),
+    }
+    assert_eq!(w.hub.poll_timeout(), None);
+    assert_eq!(w.hub.stats().detached, 0);
+
+    // Live traffic flows to the new connection; nothing kept is delivered twice.
+    let out = w.input(&bob, &send_frame(Some(&[&alice.peer]), "4", None));
+    assert_eq!(out.recipients(), vec![alice2.conn]);
+    assert!(matches!(&out.to(alice2.conn)[..], [Seen::Message { msg, .. }] if msg == "4"));
+    let out = w.input(&alice2, &send_frame(Some(&[&bob.peer]), "5", None));
+    assert!(matches!(&out.to(bob.conn)[..], [Seen::Message { from, .. }] if *from == alice.peer));
+    // The old connection's number means nothing any more.
+    w.hub.handle_disconnect(alice.conn, w.at(31));
+    assert!(w.drain().is_empty());
+    assert_eq!(w.hub.poll_timeout(), None);
+}
+
+#[test]
+fn resume_with_a_wrong_secret_or_unknown_session_is_session_expired() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+
+    let mut req = w.resume_request(&r, &alice);
+    if let Some(creds) = req.resume.as_mut() {
+        creds.secret = SessionSecret::new("not-the-secret");
+    }
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+    assert_eq!(
+        JoinRejected::SessionExpired.code(),
+        ErrorCode::SessionExpired
+    );
+
+    let mut stranger = alice.clone();
+    stranger.session = "no-such-session".into();
+    let req = w.resume_request(&r, &stranger);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+
+    // A failed guess does not end the real session.
+    let req = w.resume_request(&r, &alice);
+    let (again, _) = w.admit(req);
+    assert_eq!(again.peer, alice.peer);
+}
+
+#[test]
+fn resume_with_another_identity_or_room_is_unauthorized() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let other = room("r2", 8);
+    let (alice, _) = w.join(&r, "alice");
+    w.join(&other, "erin");
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+
+    let mut req = w.resume_request(&r, &alice);
+    req.identity = Identity::new("mallory");
+    assert_eq!(w.refuse(req), JoinRejected::Unauthorized);
+    assert_eq!(JoinRejected::Unauthorized.code(), ErrorCode::Unauthorized);
+
+    let req = w.resume_request(&other, &alice);
+    assert_eq!(w.refuse(req), JoinRejected::Unauthorized);
+    assert_eq!(w.hub.peer_count(&other.summary.id), 1);
+
+    // Still resumable by its owner.
+    assert_eq!(w.hub.stats().detached, 1);
+    let req = w.resume_request(&r, &alice);
+    w.admit(req);
+    w.check();
+}
+
+#[test]
+fn resume_of_an_attached_session_replaces_the_old_conn() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+
+    // The old socket still looks alive (half-open TCP) when the client resumes.
+    let req = w.resume_request(&r, &alice);
+    let (alice2, out) = w.admit(req);
+    assert_eq!(alice2.peer, alice.peer);
+    assert!(out.to(alice2.conn)[0].joined().resumed);
+    assert_eq!(out.recipients(), vec![alice2.conn], "bob sees nothing");
+    assert_eq!(out.closes(), vec![(alice.conn, CloseCode::Replaced)]);
+    assert_eq!(w.hub.peer_of(alice.conn), None);
+    assert_eq!(w.hub.peer_of(alice2.conn).map(|p| &p.1), Some(&alice.peer));
+
+    // The old connection's own disconnect, later, changes nothing.
+    w.hub.handle_disconnect(alice.conn, w.at(5));
+    w.check();
+    assert!(w.drain().is_empty());
+    assert_eq!(w.hub.poll_timeout(), None);
+    assert_eq!(
+        w.hub.stats(),
+        HubStats {
+            rooms: 1,
+            peers: 2,
+            detached: 0
+        }
+    );
+    let out = w.input(&bob, &send_frame(Some(&[&alice.peer]), "1", None));
+    assert_eq!(out.recipients(), vec![alice2.conn]);
+    // Frames on the replaced connection are ignored.
+    w.hub
+        .handle_message(alice.conn, crate::support::client(r#"{"op":"leave"}"#));
+    assert!(w.drain().is_empty());
+}
+
+#[test]
+fn resume_keeps_the_permissions_and_name_of_the_original_join() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    w.join(&r, "alice");
+    let mut req = w.request(&r, "viewer");
+    req.permissions = Permissions {
+        send_data: false,
+        ..Permissions::default()
+    };
+    let (viewer, _) = w.admit(req);
+    w.hub.handle_disconnect(viewer.conn, w.at(0));
+
+    let mut req = w.resume_request(&r, &viewer);
+    req.name = Some("New name".into());
+    assert!(req.permissions.send_data);
+    let (viewer2, out) = w.admit(req);
+    assert_eq!(
+        out.to(viewer2.conn)[0].joined().self_.name.as_deref(),
+        Some("viewer (name)")
+    );
+    let out = w.input(&viewer2, &send_frame(None, "1", None));
+    assert_eq!(
+        out.to(viewer2.conn)[0].error().code,
+        ErrorCode::PermissionDenied
+    );
+}
+
+#[test]
+fn after_the_window_handle_timeout_removes_the_peer_with_reason_timeout() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+
+    assert_eq!(w.hub.poll_timeout(), None);
+    w.hub.handle_disconnect(bob.conn, w.at(10));
+    w.hub.handle_disconnect(carol.conn, w.at(20));
+    assert_eq!(w.hub.poll_timeout(), Some(w.at(70)), "the earliest expiry");
+
+    w.hub.handle_timeout(w.at(69));
+    assert!(w.drain().is_empty(), "not yet");
+    assert_eq!(w.hub.peer_count(&r.summary.id), 3);
+
+    w.hub.handle_timeout(w.at(70));
+    w.check();
+    let out = w.drain();
+    assert_eq!(out.recipients(), vec![alice.conn]);
+    match &out.to(alice.conn)[..] {
+        [Seen::PeerLeft { peer, reason }] => {
+            assert_eq!(peer, &bob.peer);
+            assert_eq!(*reason, LeaveReason::Timeout);
+        }
+        other => panic!("expected peer_left timeout, got {other:?}"),
+    }
+    assert!(out.closes().is_empty());
+    assert_eq!(w.hub.poll_timeout(), Some(w.at(80)));
+    assert_eq!(w.hub.peer_count(&r.summary.id), 2);
+
+    // Resume after the window: the session is gone.
+    let req = w.resume_request(&r, &bob);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+
+    // The detached carol still got bob's peer_left, before her own expiry.
+    w.hub.handle_timeout(w.at(100));
+    let out = w.drain();
+    assert!(matches!(
+        &out.to(alice.conn)[..],
+        [Seen::PeerLeft { peer, reason: LeaveReason::Timeout }] if *peer == carol.peer
+    ));
+    assert_eq!(w.hub.poll_timeout(), None);
+
+    // The last peer timing out vacates the room, telling nobody.
+    w.hub.handle_disconnect(alice.conn, w.at(100));
+    assert_eq!(w.hub.poll_timeout(), Some(w.at(160)));
+    w.hub.handle_timeout(w.at(160));
+    let out = w.drain();
+    assert!(out.recipients().is_empty());
+    assert_eq!(out.vacated(), vec![r.summary.id.clone()]);
+    assert_eq!(w.hub.stats(), HubStats::default());
+    w.check();
+}
+
+#[test]
+fn a_second_disconnect_after_resume_starts_a_new_window() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    w.join(&r, "bob");
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+    let req = w.resume_request(&r, &alice);
+    let (alice2, _) = w.admit(req);
+    w.hub.handle_disconnect(alice2.conn, w.at(50));
+    assert_eq!(w.hub.poll_timeout(), Some(w.at(110)));
+    w.hub.handle_timeout(w.at(60));
+    assert!(w.drain().is_empty(), "the first window no longer applies");
+    assert_eq!(w.hub.peer_count(&r.summary.id), 2);
+    w.check();
+}
+
+#[test]
+fn resume_after_the_window_is_session_expired() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    w.hub.handle_disconnect(alice.conn, w.at(0));
+    let deadline = w.hub.poll_timeout().unwrap();
+    assert_eq!(deadline, w.at(60));
+    w.hub.handle_timeout(deadline);
+    assert_eq!(w.drain().vacated(), vec![r.summary.id.clone()]);
+    let req = w.resume_request(&r, &alice);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+}
+
+fn small_buffer(frames: usize, bytes: usize) -> World {
+    World::with_config(CoreConfig {
+        resume_window: Duration::from_secs(60),
+        resume_buffer_frames: frames,
+        resume_buffer_bytes: bytes,
+    })
+}
+
+#[test]
+fn resume_buffer_overflow_by_frames_ends_the_session() {
+    let mut w = small_buffer(3, 1 << 20);
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    w.hub.handle_disconnect(bob.conn, w.at(0));
+
+    for i in 0..3 {
+        let out = w.input(
+            &alice,
+            &send_frame(Some(&[&bob.peer]), &i.to_string(), None),
+        );
+        assert!(out.is_empty(), "frame {i} is kept");
+    }
+    // One more ends bob's session; alice learns through peer_left, not an error.
+    let out = w.input(&alice, &send_frame(Some(&[&bob.peer]), "3", Some(3)));
+    assert_eq!(
+        out.overflows(),
+        vec![(r.summary.id.clone(), bob.peer.clone())]
+    );
+    match &out.to(alice.conn)[..] {
+        [Seen::PeerLeft { peer, reason }] => {
+            assert_eq!(peer, &bob.peer);
+            assert_eq!(*reason, LeaveReason::Timeout);
+        }
+        other => panic!("expected peer_left timeout, got {other:?}"),
+    }
+    assert_eq!(w.hub.poll_timeout(), None);
+    assert_eq!(w.hub.peer_count(&r.summary.id), 1);
+    let req = w.resume_request(&r, &bob);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+}
+
+#[test]
+fn resume_buffer_overflow_by_bytes_ends_the_session() {
+    let r = room("r1", 8);
+    let payload = format!("\"{}\"", "x".repeat(100));
+    let probe = |from: &str| {
+        Frame::new(&ServerMessage::Message(MessageFrame {
+            from: from.into(),
+            msg: Cow::Owned(RawValue::from_string(payload.clone()).unwrap()),
+        }))
+        .len()
+    };
+    // Room for exactly two of alice's messages (peer ids are the same length).
+    let limit = 2 * probe("peer-1");
+    let mut w = small_buffer(1024, limit);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    assert_eq!(alice.peer.as_str(), "peer-1");
+    w.hub.handle_disconnect(bob.conn, w.at(0));
+
+    assert!(
+        w.input(&alice, &send_frame(None, &payload, None))
+            .is_empty()
+    );
+    assert!(
+        w.input(&alice, &send_frame(None, &payload, None))
+            .is_empty()
+    );
+    let out = w.input(&alice, &send_frame(None, "1", None));
+    assert_eq!(
+        out.overflows(),
+        vec![(r.summary.id.clone(), bob.peer.clone())]
+    );
+    assert!(matches!(
+        &out.to(alice.conn)[..],
+        [Seen::PeerLeft { peer, reason: LeaveReason::Timeout }] if *peer == bob.peer
+    ));
+    let req = w.resume_request(&r, &bob);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+    w.check();
+}
+
+/// Regression guard: when one frame overflows two detached peers, the first one's removal
+/// sends `peer_left` to the second, which overflows again while it is still waiting for its
+/// own removal. Each peer must be reported once.
+#[test]
+fn two_peers_overflowing_on_the_same_frame_are_each_reported_once() {
+    let mut w = small_buffer(1, 1 << 20);
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+    w.hub.handle_disconnect(bob.conn, w.at(0));
+    w.hub.handle_disconnect(carol.conn, w.at(0));
+
+    assert!(w.input(&alice, &send_frame(None, "1", None)).is_empty());
+    let out = w.input(&alice, &send_frame(None, "2", None));
+    let mut overflowed: Vec<_> = out.overflows().into_iter().map(|(_, p)| p).collect();
+    overflowed.sort();
+    assert_eq!(overflowed, vec![bob.peer.clone(), carol.peer.clone()]);
+    let mut left: Vec<_> = out
+        .to(alice.conn)
+        .into_iter()
+        .map(|s| match s {
+            Seen::PeerLeft {
+                peer,
+                reason: LeaveReason::Timeout,
+            } => peer,
+            other => panic!("expected peer_left timeout, got {other:?}"),
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left, overflowed);
+    assert_eq!(w.hub.stats().peers, 1);
+}

@@ -1,0 +1,116 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The shared test vectors of `tests/vectors/` (also read by the JavaScript tests): every valid
+//! client frame parses to its op, every invalid one is refused with its code and `ref`, and
+//! every server frame parses and serializes back to the same bytes.
+
+use bluecam_proto::{ClientMessage, ErrorCode, ServerMessage};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Deserialize)]
+struct Valid {
+    name: String,
+    text: String,
+    op: String,
+}
+
+#[derive(Deserialize)]
+struct Invalid {
+    name: String,
+    text: String,
+    code: ErrorCode,
+    #[serde(rename = "ref")]
+    reference: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ClientVectors {
+    valid: Vec<Valid>,
+    invalid: Vec<Invalid>,
+}
+
+#[derive(Deserialize)]
+struct ServerVectors {
+    valid: Vec<Valid>,
+}
+
+fn read<T: for<'de> Deserialize<'de>>(file: &str) -> T {
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "tests",
+        "vectors",
+        file,
+    ]
+    .iter()
+    .collect();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid: {e}", path.display()))
+}
+
+#[test]
+fn valid_client_frames_parse_to_their_op() {
+    let vectors: ClientVectors = read("client-frames.json");
+    assert!(!vectors.valid.is_empty());
+    let mut failures = Vec::new();
+    for v in &vectors.valid {
+        match ClientMessage::from_json(&v.text) {
+            Ok(msg) if msg.op() == v.op => {}
+            Ok(msg) => failures.push(format!("{}: parsed as {}, want {}", v.name, msg.op(), v.op)),
+            Err(e) => failures.push(format!("{}: refused: {e:?}", v.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn invalid_client_frames_are_refused_with_their_code_and_ref() {
+    let vectors: ClientVectors = read("client-frames.json");
+    assert!(!vectors.invalid.is_empty());
+    let mut failures = Vec::new();
+    for v in &vectors.invalid {
+        match ClientMessage::from_json(&v.text) {
+            Ok(msg) => failures.push(format!("{}: accepted as {}", v.name, msg.op())),
+            Err(e) if e.code != v.code || e.reference != v.reference => failures.push(format!(
+                "{}: got {:?} ref {:?}, want {:?} ref {:?}",
+                v.name, e.code, e.reference, v.code, v.reference
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn server_frames_parse_and_serialize_back_to_the_same_bytes() {
+    let vectors: ServerVectors = read("server-frames.json");
+    assert!(!vectors.valid.is_empty());
+    let mut failures = Vec::new();
+    for v in &vectors.valid {
+        // Which op a text parsed to is not exposed; the `op` key of the text is.
+        let op = serde_json::from_str::<serde_json::Value>(&v.text)
+            .ok()
+            .and_then(|j| j.get("op").and_then(|o| o.as_str()).map(str::to_owned));
+        if op.as_deref() != Some(v.op.as_str()) {
+            failures.push(format!(
+                "{}: text has op {op:?}, vector says {}",
+                v.name, v.op
+            ));
+        }
+        match ServerMessage::from_json(&v.text) {
+            Ok(msg) => {
+                let again = msg.to_json();
+                if again != v.text {
+                    failures.push(format!(
+                        "{}: not byte-identical\n  vector: {}\n  wrote:  {again}",
+                        v.name, v.text
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: refused: {e}", v.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
