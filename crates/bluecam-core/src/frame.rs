@@ -15,6 +15,11 @@ impl Frame {
         Self(Bytes::from(msg.to_json()))
     }
 
+    /// Takes back bytes that were a frame's text; `None` if they are not UTF-8.
+    pub fn from_text(bytes: Bytes) -> Option<Self> {
+        std::str::from_utf8(&bytes).is_ok().then_some(Self(bytes))
+    }
+
     /// The frame's bytes (UTF-8 JSON).
     pub fn bytes(&self) -> &Bytes {
         &self.0

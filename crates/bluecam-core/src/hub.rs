@@ -422,6 +422,23 @@ impl Hub {
         }
     }
 
+    /// Like [`Hub::handle_disconnect`], keeping `backlog` (frames queued to the connection but
+    /// never written) first in the peer's resume buffer, in order.
+    pub fn handle_disconnect_with_backlog(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        backlog: impl IntoIterator<Item = Frame>,
+    ) {
+        let Some((room_id, peer_id)) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        self.handle_disconnect(conn, now);
+        for frame in backlog {
+            self.buffer_for(&room_id, std::slice::from_ref(&peer_id), &frame);
+        }
+    }
+
     /// The room was deleted or expired: everyone in it is told and disconnected, and its
     /// sessions end.
     pub fn handle_room_closed(&mut self, room_id: &RoomId, reason: RoomClosedReason) {

@@ -107,8 +107,8 @@ impl HubHandle {
         (conn, rx, shared)
     }
 
-    /// Admits a verified join.
-    pub fn join(&self, req: JoinRequest) -> Result<PeerId, JoinRejected> {
+    /// Admits a verified join. Also returns rooms vacated by sessions that expired first.
+    pub fn join(&self, req: JoinRequest) -> (Result<PeerId, JoinRejected>, Vacated) {
         let resuming = req.resume.is_some();
         let now = Instant::now();
         let mut inner = self.lock();
@@ -116,7 +116,7 @@ impl HubHandle {
         // timer task's next tick) fails as it should.
         inner.core.handle_timeout(now);
         let result = inner.core.handle_join(req);
-        self.drain(&mut inner, now);
+        let vacated = self.drain(&mut inner, now);
         if result.is_ok() {
             if resuming {
                 self.metrics.resumes.increment(1);
@@ -124,7 +124,7 @@ impl HubHandle {
                 self.metrics.joins.increment(1);
             }
         }
-        result
+        (result, vacated)
     }
 
     /// Routes one frame of a joined connection.
@@ -135,12 +135,26 @@ impl HubHandle {
     }
 
     /// The connection task is ending: forget its queue; its peer (if still joined) becomes
-    /// resumable.
-    pub fn disconnect(&self, conn: ConnId, now: Instant) {
+    /// resumable. Frames still queued for it (never written) are taken back, under the lock so
+    /// none can slip in meanwhile, and kept first in its resume buffer.
+    pub fn disconnect(
+        &self,
+        conn: ConnId,
+        now: Instant,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Vacated {
         let mut inner = self.lock();
         inner.conns.remove(&conn);
-        inner.core.handle_disconnect(conn, now);
-        self.drain(&mut inner, now);
+        let mut backlog = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            if let Outbound::Frame(text) = out {
+                backlog.extend(bluecam_core::Frame::from_text(bytes::Bytes::from(text)));
+            }
+        }
+        inner
+            .core
+            .handle_disconnect_with_backlog(conn, now, backlog);
+        self.drain(&mut inner, now)
     }
 
     /// Tells everyone in the room and disconnects them.

@@ -35,6 +35,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Shortest API secret accepted (it is also the HS256 key of every token).
+pub const MIN_SECRET_LEN: usize = 16;
 /// How often rooms with `emptyTimeoutSecs` are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -45,6 +47,8 @@ pub enum ServerError {
     DataDir(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the API secret must be at least {MIN_SECRET_LEN} characters")]
+    WeakSecret,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -122,6 +126,9 @@ impl Server {
             Some(s) => (Secret::new(s.clone()), SecretOrigin::Configured),
             None => auth::load_or_create_secret(&config.data_dir).map_err(ServerError::DataDir)?,
         };
+        if secret.expose().trim().len() < MIN_SECRET_LEN {
+            return Err(ServerError::WeakSecret);
+        }
         let store = SqliteStore::open(&config.data_dir)?;
         let metrics = metrics::Metrics::new();
         let hub = hub::HubHandle::new(

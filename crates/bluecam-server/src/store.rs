@@ -75,6 +75,15 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
         let conn = Connection::open(dir.join("bluecam.sqlite3"))?;
         conn.execute_batch(SCHEMA)?;
+        // A restart forgets who was in which room, so every room counts as occupied until now:
+        // `emptyTimeoutSecs` runs from this start, never from an occupation before it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        conn.execute(
+            "UPDATE rooms SET last_active_at = ?1 WHERE last_active_at < ?1",
+            [now],
+        )?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })

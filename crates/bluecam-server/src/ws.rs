@@ -57,6 +57,8 @@ pub async fn upgrade(
             .into_response();
     }
     let slot = ConnectionSlot(state.clone());
+    // Tracked from before the 101 answer, so shutdown waits for this connection too.
+    let track = state.tracker.token();
     let limits = &state.config.limits;
     ws.read_buffer_size(4 << 10)
         .write_buffer_size(16 << 10)
@@ -64,9 +66,8 @@ pub async fn upgrade(
         .max_message_size(limits.hard_frame_cap())
         .max_frame_size(limits.hard_frame_cap())
         .on_upgrade(move |socket| async move {
-            let _track = slot.0.tracker.token();
             run(slot.0.clone(), socket).await;
-            drop(slot);
+            drop((slot, track));
         })
 }
 
@@ -115,9 +116,10 @@ async fn run(state: AppState, mut socket: WebSocket) {
         Ok(Some(text)) => text,
     };
     state.metrics.frame_in("join");
-    let (conn, rx, shared) = state.hub.register();
+    let (conn, mut rx, shared) = state.hub.register();
     if let Err((error, code)) = join(&state, conn, &text).await {
-        state.hub.disconnect(conn, Instant::now());
+        let vacated = state.hub.disconnect(conn, Instant::now(), &mut rx);
+        state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
         close(&state, &mut socket, code).await;
         return;
@@ -138,8 +140,9 @@ async fn run(state: AppState, mut socket: WebSocket) {
         state: state.clone(),
         conn,
     };
-    let end = connection.serve(&mut socket, rx, &shared).await;
-    state.hub.disconnect(conn, Instant::now());
+    let end = connection.serve(&mut socket, &mut rx, &shared).await;
+    let vacated = state.hub.disconnect(conn, Instant::now(), &mut rx);
+    state.touch_rooms(vacated).await;
     if let Some(code) = end {
         close(&state, &mut socket, code).await;
     }
@@ -209,7 +212,9 @@ async fn join(
         ice_servers: state.config.ice_servers.clone(),
         limits: state.config.limits.to_wire(room.max_peers),
     };
-    state.hub.join(req).map_err(|rejected| {
+    let (result, vacated) = state.hub.join(req);
+    state.touch_rooms(vacated).await;
+    result.map_err(|rejected| {
         (
             ErrorFrame::new(rejected.code(), rejected.message()),
             CloseCode::for_join_error(rejected.code()),
@@ -231,7 +236,7 @@ impl Connection {
     async fn serve(
         &mut self,
         socket: &mut WebSocket,
-        mut rx: mpsc::Receiver<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
         shared: &Arc<crate::hub::ConnShared>,
     ) -> Option<CloseCode> {
         let state = self.state.clone();
@@ -242,16 +247,26 @@ impl Connection {
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Unbiased: a connection whose queue is never empty must still read its socket and
+            // send its pings.
             tokio::select! {
-                biased;
                 () = state.shutdown.cancelled() => return Some(CloseCode::GoingAway),
                 () = shared.kill.notified() => {
                     return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
                 }
                 out = rx.recv() => match out {
                     Some(first) => {
-                        if let Some(code) = write_batch(socket, first, &mut rx, shared, &state).await {
-                            return code;
+                        // A peer that stops reading (TCP zero window) must not pin this task:
+                        // a write that takes longer than the idle timeout is a slow consumer.
+                        match tokio::time::timeout(
+                            limits.idle_timeout(),
+                            write_batch(socket, first, rx, shared, &state),
+                        )
+                        .await
+                        {
+                            Ok(Some(code)) => return code,
+                            Ok(None) => {}
+                            Err(_) => return Some(CloseCode::SlowConsumer),
                         }
                     }
                     None => return None,
@@ -433,12 +448,13 @@ async fn send_error_frame(socket: &mut WebSocket, error: ErrorFrame) -> Result<(
 
 async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
     state.metrics.closed(code);
-    // The peer may already be gone; a failed close frame changes nothing.
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from_static(code.reason()),
-        })))
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.flush()).await;
+    // The peer may already be gone or not reading; a failed or stuck close changes nothing.
+    let frame = Message::Close(Some(CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(frame)).await;
 }
+
+/// How long a close frame may take to go out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -123,3 +123,24 @@ async fn empty_rooms_expire_after_their_timeout() {
         .unwrap();
     assert_eq!(res.status(), 200, "a room without a timeout stays");
 }
+
+#[tokio::test]
+async fn a_short_or_empty_api_secret_is_refused() {
+    for secret in ["", "   ", "short"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = crate::common::temp_dir();
+        let config = bluecam_server::Config {
+            data_dir: dir.clone(),
+            api_secret: Some(secret.into()),
+            ..Default::default()
+        };
+        let err = bluecam_server::Server::bind(listener, config)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, bluecam_server::ServerError::WeakSecret),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
