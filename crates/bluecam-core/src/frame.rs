@@ -7,43 +7,67 @@ use bytes::Bytes;
 ///
 /// Invariant: the bytes are valid UTF-8 (they only ever come from a `String`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
+pub struct Frame {
+    bytes: Bytes,
+    resumable: bool,
+}
 
 impl Frame {
     /// Serializes a message once.
     pub fn new(msg: &ServerMessage<'_>) -> Self {
-        Self(Bytes::from(msg.to_json()))
+        // Answers to one connection (`joined`, `error`, `pong`) mean nothing on another one;
+        // what peers and the room send is kept for the peer across a resume.
+        let resumable = !matches!(
+            msg,
+            ServerMessage::Joined(_)
+                | ServerMessage::Error(_)
+                | ServerMessage::Ping
+                | ServerMessage::Pong
+        );
+        Self {
+            bytes: Bytes::from(msg.to_json()),
+            resumable,
+        }
     }
 
-    /// Takes back bytes that were a frame's text; `None` if they are not UTF-8.
+    /// Takes back the text of a resumable frame; `None` if it is not UTF-8.
     pub fn from_text(bytes: Bytes) -> Option<Self> {
-        std::str::from_utf8(&bytes).is_ok().then_some(Self(bytes))
+        std::str::from_utf8(&bytes).is_ok().then_some(Self {
+            bytes,
+            resumable: true,
+        })
+    }
+
+    /// Whether the frame belongs to the peer (kept across a resume) rather than to the one
+    /// connection it answers.
+    pub fn resumable(&self) -> bool {
+        self.resumable
     }
 
     /// The frame's bytes (UTF-8 JSON).
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
     }
 
     /// The frame as text.
     pub fn as_str(&self) -> &str {
         // The invariant above makes this infallible; fall back to "" rather than panic.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
     /// Its size in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether it is empty (never, for a real frame).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 
 impl From<Frame> for Bytes {
     fn from(frame: Frame) -> Self {
-        frame.0
+        frame.bytes
     }
 }

@@ -423,17 +423,27 @@ impl Hub {
     }
 
     /// Like [`Hub::handle_disconnect`], keeping `backlog` (frames queued to the connection but
-    /// never written) first in the peer's resume buffer, in order.
+    /// never written) first in the peer's resume buffer, in order. `truncated` says frames for
+    /// it were dropped already: a resume would have a gap, so the session ends instead.
     pub fn handle_disconnect_with_backlog(
         &mut self,
         conn: ConnId,
         now: Instant,
         backlog: impl IntoIterator<Item = Frame>,
+        truncated: bool,
     ) {
         let Some((room_id, peer_id)) = self.conns.get(&conn).cloned() else {
             return;
         };
         self.handle_disconnect(conn, now);
+        if truncated {
+            self.outputs.push_back(Output::ResumeBufferOverflow {
+                room: room_id.clone(),
+                peer: peer_id.clone(),
+            });
+            self.remove_peer(&room_id, &peer_id, LeaveReason::Timeout);
+            return;
+        }
         for frame in backlog {
             self.buffer_for(&room_id, std::slice::from_ref(&peer_id), &frame);
         }

@@ -20,7 +20,8 @@ use tokio::sync::{Notify, mpsc};
 /// What the hub hands a connection task to write.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(Utf8Bytes),
+    /// A frame; `resumable` ones are kept for the peer if the connection ends unwritten.
+    Frame { text: Utf8Bytes, resumable: bool },
     /// Close after the frames before it.
     Close(CloseCode),
 }
@@ -46,6 +47,18 @@ impl ConnShared {
 struct ConnTx {
     tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
+    /// Set once the connection overflowed: frames for it wait here, after those in its queue,
+    /// until its task ends and hands both to the core's resume buffer.
+    spill: Option<Spill>,
+}
+
+/// Frames for a connection being dropped as a slow consumer, bounded like a resume buffer.
+#[derive(Debug, Default)]
+struct Spill {
+    frames: Vec<Utf8Bytes>,
+    bytes: usize,
+    /// A frame did not fit: the session cannot be resumed without a gap, so it will end.
+    truncated: bool,
 }
 
 #[derive(Debug)]
@@ -61,6 +74,8 @@ pub struct HubHandle {
     next_conn: Arc<AtomicU64>,
     queue_bytes: usize,
     queue_frames: usize,
+    spill_frames: usize,
+    spill_bytes: usize,
     metrics: Metrics,
 }
 
@@ -75,6 +90,8 @@ impl HubHandle {
         metrics: Metrics,
     ) -> Self {
         Self {
+            spill_frames: core.resume_buffer_frames,
+            spill_bytes: core.resume_buffer_bytes,
             inner: Arc::new(Mutex::new(Inner {
                 core: Hub::new(core),
                 conns: HashMap::new(),
@@ -95,13 +112,15 @@ impl HubHandle {
     /// Gives a new connection its id and outbound queue.
     pub fn register(&self) -> (ConnId, mpsc::Receiver<Outbound>, Arc<ConnShared>) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(self.queue_frames);
+        // Room for a full queue of live frames plus a whole resume replay.
+        let (tx, rx) = mpsc::channel(self.queue_frames + self.spill_frames + 1);
         let shared = Arc::new(ConnShared::default());
         self.lock().conns.insert(
             conn,
             ConnTx {
                 tx,
                 shared: Arc::clone(&shared),
+                spill: None,
             },
         );
         (conn, rx, shared)
@@ -115,8 +134,9 @@ impl HubHandle {
         // Expire due sessions first, so a resume that arrives after its window (but before the
         // timer task's next tick) fails as it should.
         inner.core.handle_timeout(now);
+        let conn = req.conn;
         let result = inner.core.handle_join(req);
-        let vacated = self.drain(&mut inner, now);
+        let vacated = self.drain_with(&mut inner, Some(conn));
         if result.is_ok() {
             if resuming {
                 self.metrics.resumes.increment(1);
@@ -131,12 +151,13 @@ impl HubHandle {
     pub fn message(&self, conn: ConnId, msg: ClientMessage<'_>) -> Vacated {
         let mut inner = self.lock();
         inner.core.handle_message(conn, msg);
-        self.drain(&mut inner, Instant::now())
+        self.drain(&mut inner)
     }
 
     /// The connection task is ending: forget its queue; its peer (if still joined) becomes
-    /// resumable. Frames still queued for it (never written) are taken back, under the lock so
-    /// none can slip in meanwhile, and kept first in its resume buffer.
+    /// resumable. Frames still queued for it (never written), then those spilled after it
+    /// overflowed, are taken back under the lock (so none can slip in meanwhile) and kept first
+    /// in its resume buffer, in order.
     pub fn disconnect(
         &self,
         conn: ConnId,
@@ -144,31 +165,43 @@ impl HubHandle {
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Vacated {
         let mut inner = self.lock();
-        inner.conns.remove(&conn);
+        let spill = inner
+            .conns
+            .remove(&conn)
+            .and_then(|c| c.spill)
+            .unwrap_or_default();
         let mut backlog = Vec::new();
         while let Ok(out) = rx.try_recv() {
-            if let Outbound::Frame(text) = out {
-                backlog.extend(bluecam_core::Frame::from_text(bytes::Bytes::from(text)));
+            if let Outbound::Frame {
+                text,
+                resumable: true,
+            } = out
+            {
+                backlog.push(text);
             }
         }
+        backlog.extend(spill.frames);
+        let frames = backlog
+            .into_iter()
+            .filter_map(|t| bluecam_core::Frame::from_text(bytes::Bytes::from(t)));
         inner
             .core
-            .handle_disconnect_with_backlog(conn, now, backlog);
-        self.drain(&mut inner, now)
+            .handle_disconnect_with_backlog(conn, now, frames, spill.truncated);
+        self.drain(&mut inner)
     }
 
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
         inner.core.handle_room_closed(room, reason);
-        self.drain(&mut inner, Instant::now());
+        self.drain(&mut inner);
     }
 
     /// Ends expired sessions; returns vacated rooms and when to call again.
     pub fn tick(&self, now: Instant) -> (Vacated, Option<Instant>) {
         let mut inner = self.lock();
         inner.core.handle_timeout(now);
-        let vacated = self.drain(&mut inner, now);
+        let vacated = self.drain(&mut inner);
         let stats = inner.core.stats();
         self.set_gauges(stats);
         (vacated, inner.core.poll_timeout())
@@ -197,35 +230,41 @@ impl HubHandle {
     }
 
     /// Carries out the core's outputs. A connection whose queue is full is dropped as a slow
-    /// consumer: the core detaches its peer (frames for it are kept for a resume) and its task
-    /// is woken to close the socket, so no other connection ever waits for it.
-    fn drain(&self, inner: &mut Inner, now: Instant) -> Vacated {
+    /// consumer: its task is woken to close the socket, and until it has, frames for it are
+    /// spilled (bounded) for its resume buffer, so no other connection ever waits for it and
+    /// nothing addressed to it is lost silently.
+    fn drain(&self, inner: &mut Inner) -> Vacated {
+        self.drain_with(inner, None)
+    }
+
+    /// [`Self::drain`], where frames to `replay_to` (a connection that just resumed) do not
+    /// count against the queue's byte bound: a replay is bounded by the resume buffer already,
+    /// and must not overflow the new connection before it could read anything.
+    fn drain_with(&self, inner: &mut Inner, replay_to: Option<ConnId>) -> Vacated {
         let mut vacated = Vec::new();
-        let mut slow = Vec::new();
         while let Some(output) = inner.core.poll_output() {
             match output {
                 Output::Deliver { conns, frame } => {
                     let len = frame.len();
+                    let resumable = frame.resumable();
                     let Ok(text) = Utf8Bytes::try_from(bytes::Bytes::from(frame)) else {
                         tracing::error!("core produced a frame that is not UTF-8");
                         continue;
                     };
                     for conn in conns {
-                        let Some(c) = inner.conns.get(&conn) else {
-                            continue;
-                        };
-                        let queued = c.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-                        if queued > self.queue_bytes
-                            || c.tx.try_send(Outbound::Frame(text.clone())).is_err()
-                        {
-                            c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                            slow.push(conn);
+                        if let Some(c) = inner.conns.get_mut(&conn) {
+                            let cap = if Some(conn) == replay_to {
+                                usize::MAX
+                            } else {
+                                self.queue_bytes
+                            };
+                            self.enqueue(c, &text, resumable, len, cap);
                         }
                     }
                 }
                 Output::Close { conn, code } => {
                     if let Some(c) = inner.conns.remove(&conn)
-                        && c.tx.try_send(Outbound::Close(code)).is_err()
+                        && (c.spill.is_some() || c.tx.try_send(Outbound::Close(code)).is_err())
                     {
                         // The queue is full or gone: close at once instead of after it.
                         c.shared.kill_code.store(code.code(), Ordering::Release);
@@ -238,19 +277,40 @@ impl HubHandle {
                     self.metrics.resume_buffer_overflows.increment(1);
                 }
             }
-            // Slow consumers are detached between outputs, so later frames of this same
-            // batch already go to their resume buffer.
-            for conn in slow.drain(..) {
-                if let Some(c) = inner.conns.remove(&conn) {
-                    self.metrics.outbound_overflows.increment(1);
-                    c.shared
-                        .kill_code
-                        .store(CloseCode::SlowConsumer.code(), Ordering::Release);
-                    c.shared.kill.notify_one();
-                    inner.core.handle_disconnect(conn, now);
-                }
-            }
         }
         vacated
+    }
+
+    /// Queues one frame to a connection, or spills it once the connection has overflowed.
+    fn enqueue(&self, c: &mut ConnTx, text: &Utf8Bytes, resumable: bool, len: usize, cap: usize) {
+        if c.spill.is_none() {
+            let queued = c.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+            let out = Outbound::Frame {
+                text: text.clone(),
+                resumable,
+            };
+            if queued <= cap && c.tx.try_send(out).is_ok() {
+                return;
+            }
+            c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.metrics.outbound_overflows.increment(1);
+            c.shared
+                .kill_code
+                .store(CloseCode::SlowConsumer.code(), Ordering::Release);
+            c.shared.kill.notify_one();
+            c.spill = Some(Spill::default());
+        }
+        if let Some(spill) = &mut c.spill
+            && !spill.truncated
+            && resumable
+        {
+            if spill.frames.len() < self.spill_frames && spill.bytes + len <= self.spill_bytes {
+                spill.bytes += len;
+                spill.frames.push(text.clone());
+            } else {
+                spill.truncated = true;
+                spill.frames = Vec::new();
+            }
+        }
     }
 }

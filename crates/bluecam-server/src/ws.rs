@@ -398,7 +398,7 @@ async fn write_batch(
     let mut written = 0;
     while let Some(out) = next.take() {
         match out {
-            Outbound::Frame(text) => {
+            Outbound::Frame { text, .. } => {
                 let len = text.len();
                 let sent = socket.feed(Message::Text(text)).await;
                 shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);

@@ -414,3 +414,63 @@ fn two_peers_overflowing_on_the_same_frame_are_each_reported_once() {
     assert_eq!(left, overflowed);
     assert_eq!(w.hub.stats().peers, 1);
 }
+
+fn message(from: &bluecam_proto::PeerId, n: u32) -> Frame {
+    let msg = RawValue::from_string(n.to_string()).unwrap();
+    Frame::new(&ServerMessage::Message(MessageFrame {
+        from: from.clone(),
+        msg: Cow::Owned(msg),
+    }))
+}
+
+#[test]
+fn an_unwritten_backlog_is_kept_before_later_frames() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    w.drain();
+    // Two frames were queued to alice's connection but never written when it dropped.
+    let backlog = vec![message(&bob.peer, 1), message(&bob.peer, 2)];
+    w.hub
+        .handle_disconnect_with_backlog(alice.conn, w.at(0), backlog, false);
+    w.check();
+    assert!(w.drain().is_empty(), "the others see nothing");
+    w.input(&bob, &send_frame(Some(&[&alice.peer]), "3", None));
+    let req = w.resume_request(&r, &alice);
+    let (alice2, out) = w.admit(req);
+    let msgs: Vec<String> = out
+        .to(alice2.conn)
+        .into_iter()
+        .filter_map(|s| match s {
+            Seen::Message { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs, ["1", "2", "3"]);
+}
+
+#[test]
+fn a_truncated_backlog_ends_the_session_instead_of_resuming_with_a_gap() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    w.drain();
+    w.hub
+        .handle_disconnect_with_backlog(alice.conn, w.at(0), Vec::new(), true);
+    w.check();
+    let out = w.drain();
+    assert_eq!(
+        out.overflows(),
+        vec![(r.summary.id.clone(), alice.peer.clone())]
+    );
+    match &out.to(bob.conn)[..] {
+        [Seen::PeerLeft { peer, reason }] => {
+            assert_eq!((peer, *reason), (&alice.peer, LeaveReason::Timeout));
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    let req = w.resume_request(&r, &alice);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+}
