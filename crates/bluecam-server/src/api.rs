@@ -108,14 +108,21 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(match rejection {
-                JsonRejection::MissingJsonContentType(_) => Self::Rejection::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    ErrorCode::BadRequest,
-                    "expected Content-Type: application/json",
-                ),
-                other => ApiError::bad_request(other.body_text()),
-            }),
+            Err(rejection) => {
+                let status = rejection.status();
+                Err(match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::new(status, ErrorCode::TooLarge, "request body too large")
+                    }
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                        status,
+                        ErrorCode::BadRequest,
+                        "expected Content-Type: application/json",
+                    ),
+                    // Syntax and data errors alike are the client's: 400.
+                    _ => ApiError::bad_request(rejection.body_text()),
+                })
+            }
         }
     }
 }

@@ -14,8 +14,8 @@ use axum::{
 };
 use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
 use bluecam_proto::{
-    ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomSummary,
-    ServerMessage, SessionId, SessionSecret,
+    ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomClosedReason,
+    RoomSummary, ServerMessage, SessionId, SessionSecret,
 };
 use futures_util::SinkExt as _;
 use std::{
@@ -212,14 +212,21 @@ async fn join(
         ice_servers: state.config.ice_servers.clone(),
         limits: state.config.limits.to_wire(room.max_peers),
     };
+    let room_id = room.id.clone();
     let (result, vacated) = state.hub.join(req);
     state.touch_rooms(vacated).await;
-    result.map_err(|rejected| {
+    let peer = result.map_err(|rejected| {
         (
             ErrorFrame::new(rejected.code(), rejected.message()),
             CloseCode::for_join_error(rejected.code()),
         )
-    })
+    })?;
+    // A DELETE may have removed the room between our read and the join, and found no one to
+    // close yet: look again, so the room cannot live on in the hub after its deletion.
+    if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
+        state.hub.close_room(&room_id, RoomClosedReason::Deleted);
+    }
+    Ok(peer)
 }
 
 /// The per-connection state of the main loop.

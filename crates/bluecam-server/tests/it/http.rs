@@ -137,6 +137,17 @@ async fn invalid_room_bodies_are_400() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+    let res = s
+        .http()
+        .post(s.url("/v1/rooms"))
+        .bearer_auth(SECRET)
+        .json(&json!({"name": "x".repeat(300 << 10)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_error(&body, "too_large");
 }
 
 #[tokio::test]
