@@ -22,8 +22,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// ICE servers handed to clients in `joined`.
     pub ice_servers: Vec<IceServer>,
-    /// Serve the demo page at `/`.
-    pub demo: bool,
+    /// Serve the demo page at `/` with its secret-less room and token endpoints. Unset: on
+    /// when `bind` is a loopback address (the local default setup), off otherwise.
+    pub demo: Option<bool>,
     /// Default lifetime of tokens minted through the API, in seconds.
     pub default_token_ttl_secs: u64,
     /// Largest `ttlSecs` the token endpoint accepts.
@@ -72,7 +73,7 @@ impl Default for Config {
             api_secret: None,
             allowed_origins: Vec::new(),
             ice_servers: Vec::new(),
-            demo: true,
+            demo: None,
             default_token_ttl_secs: 3600,
             max_token_ttl_secs: 7 * 24 * 3600,
             limits: LimitsConfig::default(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 pub use auth::{Claims, Secret, SecretOrigin};
@@ -19,7 +20,7 @@ use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use bluecam_proto::{ErrorCode, RoomClosedReason, RoomId};
@@ -93,6 +94,13 @@ impl AppState {
         allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o))
     }
 
+    /// Whether the demo page and its secret-less endpoints are on.
+    pub fn demo_enabled(&self) -> bool {
+        self.config
+            .demo
+            .unwrap_or_else(|| self.config.bind.ip().is_loopback())
+    }
+
     /// Records in the store that these rooms just became empty.
     pub async fn touch_rooms(&self, rooms: Vec<RoomId>) {
         let now = unix_now();
@@ -104,7 +112,7 @@ impl AppState {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -208,11 +216,12 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     Router::new()
         .merge(api::routes(state.clone()))
+        .merge(web::routes())
         .route(bluecam_proto::WS_PATH, get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
-        .route("/", get(index))
+        .route("/", get(web::index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -243,13 +252,6 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-async fn index(State(state): State<AppState>) -> Response {
-    if !state.config.demo {
-        return not_found().await.into_response();
-    }
-    Html(include_str!("index.html")).into_response()
 }
 
 async fn not_found() -> api::ApiError {

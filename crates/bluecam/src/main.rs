@@ -60,7 +60,11 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
-    /// Do not serve the demo page at `/`.
+    /// Serve the demo page at `/` and its secret-less room and token endpoints even on a
+    /// non-loopback bind (by default the demo is on only on loopback).
+    #[arg(long, env = "BLUECAM_DEMO", conflicts_with = "no_demo")]
+    demo: bool,
+    /// Do not serve the demo.
     #[arg(long, env = "BLUECAM_NO_DEMO")]
     no_demo: bool,
 }
@@ -93,8 +97,11 @@ impl ServeArgs {
         if !self.allowed_origins.is_empty() {
             config.allowed_origins = self.allowed_origins;
         }
+        if self.demo {
+            config.demo = Some(true);
+        }
         if self.no_demo {
-            config.demo = false;
+            config.demo = Some(false);
         }
         Ok(config)
     }

@@ -1,0 +1,221 @@
+//! The browser-facing files: the SDK under `/sdk/` (CORS open, cached with an ETag) and the
+//! demo at `/` with its two demo-only endpoints, which mint rooms and tokens without the API
+//! secret and are therefore on only when `demo` is (by default: a loopback bind).
+
+use crate::{AppState, api::ApiError, auth::Claims};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bluecam_proto::{ErrorCode, Identity, Room, RoomId};
+use serde::Deserialize;
+use std::hash::{Hash as _, Hasher as _};
+
+/// The SDK's modules, embedded at build time so the binary serves them with no files around.
+const SDK_FILES: &[(&str, &str)] = &[
+    ("bluecam.js", include_str!("../../../sdk/js/bluecam.js")),
+    ("delivery.js", include_str!("../../../sdk/js/delivery.js")),
+    ("errors.js", include_str!("../../../sdk/js/errors.js")),
+    ("mesh.js", include_str!("../../../sdk/js/mesh.js")),
+    ("signaling.js", include_str!("../../../sdk/js/signaling.js")),
+];
+
+const DEMO_FILES: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../demo/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../demo/style.css"),
+    ),
+];
+const DEMO_INDEX: &str = include_str!("../../../demo/index.html");
+
+/// Demo rooms hold a small video mesh and disappear an hour after they empty.
+const DEMO_MAX_PEERS: u32 = 8;
+const DEMO_EMPTY_TIMEOUT_SECS: u64 = 3600;
+const DEMO_TOKEN_TTL_SECS: u64 = 3600;
+const DEMO_NAME_MAX: usize = 64;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sdk/{file}", get(sdk_file))
+        .route("/demo/{file}", get(demo_file))
+        .route("/demo/rooms", post(demo_room))
+        .route("/demo/rooms/{id}/tokens", post(demo_token))
+}
+
+fn etag_of(text: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
+}
+
+/// Serves `body` with an ETag, answering 304 when the client has it already.
+fn cached(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: &'static str,
+    cors: bool,
+) -> Response {
+    let etag = etag_of(body);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    if cors {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
+    res
+}
+
+async fn sdk_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    match SDK_FILES.iter().find(|(name, _)| *name == file) {
+        Some((_, body)) => cached(&headers, "text/javascript; charset=utf-8", body, true),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such SDK file",
+        )
+        .into_response(),
+    }
+}
+
+fn demo_off() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "the demo is disabled",
+    )
+}
+
+/// The demo page at `/` (or the status page when the demo is off).
+pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.demo_enabled() {
+        cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false)
+    } else {
+        cached(
+            &headers,
+            "text/html; charset=utf-8",
+            include_str!("index.html"),
+            false,
+        )
+    }
+}
+
+async fn demo_file(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.demo_enabled() {
+        return demo_off().into_response();
+    }
+    match DEMO_FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => cached(&headers, content_type, body, false),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such demo file",
+        )
+        .into_response(),
+    }
+}
+
+async fn demo_room(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !state.demo_enabled() {
+        return Err(demo_off());
+    }
+    let room = Room {
+        id: RoomId::new(crate::auth::random_token(16)),
+        name: Some("Demo room".into()),
+        description: None,
+        owner: None,
+        members: None,
+        max_peers: DEMO_MAX_PEERS.min(state.config.limits.max_peers_per_room),
+        empty_timeout_secs: Some(DEMO_EMPTY_TIMEOUT_SECS),
+        metadata: None,
+        created_at: crate::unix_now(),
+        peer_count: 0,
+    };
+    state.store.create_room(room.clone()).await?;
+    let invite = format!("/?room={}", room.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"room": room, "invite": invite})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoTokenRequest {
+    name: Option<String>,
+}
+
+async fn demo_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    crate::api::ApiJson(body): crate::api::ApiJson<DemoTokenRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !state.demo_enabled() {
+        return Err(demo_off());
+    }
+    let name = body
+        .name
+        .map(|n| n.chars().take(DEMO_NAME_MAX).collect::<String>())
+        .filter(|n| !n.trim().is_empty());
+    let room = state.store.room(RoomId::new(id)).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::RoomNotFound,
+            "no such room",
+        )
+    })?;
+    let now = crate::unix_now();
+    let claims = Claims {
+        sub: Identity::new(format!("guest-{}", crate::auth::random_token(6))),
+        room: room.id,
+        exp: now + DEMO_TOKEN_TTL_SECS,
+        iat: now,
+        nbf: None,
+        name,
+        metadata: None,
+        permissions: None,
+    };
+    let token = state.secret.mint(&claims).map_err(|e| {
+        tracing::error!(error = %e, "token signing failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not sign the token",
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"token": token, "expiresAt": claims.exp})),
+    ))
+}

@@ -1,0 +1,673 @@
+// @ts-check
+/**
+ * BlueCam browser SDK: `joinRoom` starts peer-to-peer video and audio in a private room, and
+ * `sendMessage` delivers app data to the others over a WebRTC data channel when one is open,
+ * falling back to the server's relay otherwise, exactly once and in order (DESIGN.md 2.3, 2.4).
+ *
+ * Files: signaling.js (the WebSocket and its resume state machine), mesh.js (one
+ * RTCPeerConnection per peer), delivery.js (sequence numbers, acks, chunks; pure), errors.js.
+ */
+
+import { Signaling } from "./signaling.js";
+import { PeerLink, webrtcAvailable } from "./mesh.js";
+import { Outbox, Inbox, encodeData, envelopesOf, isEnvelope, VERSION } from "./delivery.js";
+import {
+  BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
+  RoomFullError, RoomNotFoundError, UnauthorizedError,
+} from "./errors.js";
+
+export {
+  BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
+  RoomFullError, RoomNotFoundError, UnauthorizedError,
+};
+export { MAX_MESSAGE_BYTES } from "./delivery.js";
+
+/** A message not acknowledged this long is sent again, over the relay. */
+const RETRANSMIT_MS = 1500;
+/** How often the retransmission check runs. */
+const TICK_MS = 250;
+/** Acks wait this long so that several messages share one. */
+const ACK_DELAY_MS = 10;
+/** Outbox bounds per peer: above either, sendMessage waits (back-pressure, never a drop). */
+const OUTBOX_MAX_MESSAGES = 1024;
+const OUTBOX_MAX_BYTES = 16 << 20;
+/** Envelopes batched into one relay frame stay below this many characters. */
+const RELAY_BATCH_CHARS = 256 * 1024;
+/** After the data channel of a peer closes, a new connection is tried after this long. */
+const RELINK_MS = 1000;
+
+/**
+ * @typedef {{id: string, identity: string, name?: string, metadata?: unknown}} Peer
+ * @typedef {"p2p" | "relay"} Path
+ * @typedef {object} JoinOptions
+ * @property {string} token from the app's backend
+ * @property {string} [server] defaults to the origin the SDK was loaded from
+ * @property {boolean | MediaTrackConstraints} [video] default true
+ * @property {boolean | MediaTrackConstraints} [audio] default true
+ * @property {HTMLVideoElement | string} [localVideo] element, selector, or element id
+ * @property {HTMLElement | string} [remoteVideos] container: one <video data-peer=ID> per peer
+ * @property {HTMLVideoElement | string} [remoteVideo] classic one-to-one: the first remote peer
+ * @property {HTMLElement | string} [muteAudioBtn] classic: toggles the microphone
+ * @property {HTMLElement | string} [muteVideoBtn] classic: toggles the camera
+ * @property {(type: string, data: any, from: Peer, meta: {path: Path}) => void} [onMessage]
+ * @property {() => void} [roomNotFoundCallback]
+ * @property {(peer: Peer) => void} [onPeerJoined]
+ * @property {(peer: Peer) => void} [onPeerLeft]
+ * @property {(peer: Peer, stream: MediaStream) => void} [onStream]
+ * @property {(peer: Peer, path: Path) => void} [onPathChange]
+ * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
+ * @property {(error: Error) => void} [onError]
+ */
+
+/**
+ * @typedef {object} Remote
+ * @property {Peer} info
+ * @property {PeerLink | null} link
+ * @property {Outbox} outbox
+ * @property {Inbox} inbox
+ * @property {boolean} ackDue
+ * @property {Path} path
+ * @property {boolean} noWebrtc the peer said it cannot do WebRTC
+ * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
+ */
+
+/** @type {Room | null} */
+let lastRoom = null;
+
+/**
+ * @template {Element} T
+ * @param {T | string | undefined} target
+ * @returns {T | null}
+ */
+function resolveElement(target) {
+  if (!target) return null;
+  if (typeof target !== "string") return target;
+  return /** @type {T | null} */ (document.querySelector(target) ?? document.getElementById(target));
+}
+
+/** @param {string | undefined} server */
+function wsUrl(server) {
+  const base = new URL(server ?? new URL(import.meta.url).origin);
+  base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+  base.pathname = "/v1/ws";
+  return base.toString();
+}
+
+/**
+ * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
+ * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * @param {JoinOptions} options
+ * @returns {Promise<Room>}
+ */
+export async function joinRoom(options) {
+  const room = new Room(options);
+  await room.start();
+  lastRoom = room;
+  return room;
+}
+
+/** The classic script's name. */
+export const JoinRoom = joinRoom;
+
+/**
+ * Sends to everyone in the most recently joined room.
+ * @param {string} type
+ * @param {unknown} data
+ * @param {{to?: string | string[]}} [opts]
+ */
+export function sendMessage(type, data, opts) {
+  if (!lastRoom) return Promise.reject(new BlueCamError("sendMessage before joinRoom"));
+  return lastRoom.sendMessage(type, data, opts);
+}
+
+export class Room {
+  /** @param {JoinOptions} options */
+  constructor(options) {
+    this.options = options;
+    /** @type {Map<string, Remote>} */
+    this.remotes = new Map();
+    /** @type {Peer} */
+    this.self = { id: "", identity: "" };
+    /** @type {RTCIceServer[]} */
+    this.iceServers = [];
+    /** @type {MediaStream | null} */
+    this.local = null;
+    /** @type {MediaStreamTrack | null} */
+    this.screenTrack = null;
+    this.audioEnabled = options.audio !== false;
+    this.videoEnabled = options.video !== false;
+    this.left = false;
+    this.relayPausedUntil = 0;
+    /** @type {(() => void)[]} */
+    this.spaceWaiters = [];
+    /** @type {ReturnType<typeof setInterval> | undefined} */
+    this.ticker = undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.ackTimer = undefined;
+    this.flushScheduled = false;
+    this.signaling = new Signaling(wsUrl(options.server), options.token, {
+      onFrame: (f) => this.onFrame(f),
+      onResumed: (joined) => this.onResumed(joined),
+      onConnectionChange: (up) => {
+        if (up) this.retransmitAll();
+      },
+      onFatal: (error, code) => this.onFatal(error, code),
+    });
+  }
+
+  async start() {
+    const wantMedia = this.options.video !== false || this.options.audio !== false;
+    if (wantMedia && navigator.mediaDevices?.getUserMedia) {
+      try {
+        this.local = await navigator.mediaDevices.getUserMedia({
+          video: this.options.video ?? true,
+          audio: this.options.audio ?? true,
+        });
+        const preview = resolveElement(this.options.localVideo);
+        if (preview instanceof HTMLVideoElement) {
+          preview.muted = true;
+          preview.autoplay = true;
+          preview.playsInline = true;
+          preview.srcObject = this.local;
+        }
+      } catch (err) {
+        this.emitError(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+    let joined;
+    try {
+      joined = await this.signaling.join();
+    } catch (err) {
+      this.stopMedia();
+      if (err instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
+      throw err;
+    }
+    this.self = joined.self;
+    this.iceServers = joined.iceServers ?? [];
+    for (const peer of joined.peers) this.addPeer(peer, false);
+    this.wireClassicButtons();
+    this.ticker = setInterval(() => this.tick(), TICK_MS);
+  }
+
+  /** The peers in the room now (without yourself). */
+  get peers() {
+    return [...this.remotes.values()].map((r) => r.info);
+  }
+
+  /**
+   * The path messages to this peer take now.
+   * @param {string} peerId
+   * @returns {Path}
+   */
+  path(peerId) {
+    return this.remotes.get(peerId)?.link?.open ? "p2p" : "relay";
+  }
+
+  /**
+   * Sends `data` (a string or any JSON value) to everyone, or to `opts.to`. Resolves when
+   * every addressed peer has acknowledged it; rejects with PeerUnreachableError naming those
+   * that could not be reached, or MessageTooLargeError (before anything is sent).
+   * @param {string} type
+   * @param {unknown} data
+   * @param {{to?: string | string[]}} [opts]
+   * @returns {Promise<void>}
+   */
+  async sendMessage(type, data, opts = {}) {
+    if (this.left) throw new ConnectionError("the room was left");
+    let encoded;
+    try {
+      encoded = encodeData(data);
+    } catch (err) {
+      throw new MessageTooLargeError(err instanceof Error ? err.message : String(err), "too_large");
+    }
+    const ids = opts.to === undefined ? [...this.remotes.keys()] : [opts.to].flat();
+    const missing = ids.filter((id) => !this.remotes.has(id));
+    if (missing.length > 0) throw new PeerUnreachableError("not in the room: " + missing.join(", "), missing);
+    await this.waitForSpace(ids);
+    const results = await Promise.all(
+      ids.map((id) => {
+        const remote = this.remotes.get(id);
+        if (!remote) return Promise.resolve(id);
+        const { done } = remote.outbox.add(String(type), encoded.json, encoded.bytes);
+        this.scheduleFlush();
+        return done.then(() => null, () => id);
+      }),
+    );
+    const failed = /** @type {string[]} */ (results.filter((r) => r !== null));
+    if (failed.length > 0) throw new PeerUnreachableError("could not reach: " + failed.join(", "), failed);
+  }
+
+  /** @param {boolean} on */
+  setAudioEnabled(on) {
+    this.audioEnabled = on;
+    for (const t of this.local?.getAudioTracks() ?? []) t.enabled = on;
+    this.announceMedia();
+  }
+
+  /** @param {boolean} on */
+  setVideoEnabled(on) {
+    this.videoEnabled = on;
+    for (const t of this.local?.getVideoTracks() ?? []) t.enabled = on;
+    this.announceMedia();
+  }
+
+  /** Replaces the camera with the screen for every peer (no renegotiation). */
+  async shareScreen() {
+    const screen = await navigator.mediaDevices.getDisplayMedia({ video: true });
+    const track = screen.getVideoTracks()[0];
+    this.screenTrack = track;
+    track.onended = () => this.stopScreenShare();
+    await Promise.all([...this.remotes.values()].map((r) => r.link?.replaceTrack("video", track)));
+  }
+
+  /** Goes back to the camera. */
+  async stopScreenShare() {
+    if (!this.screenTrack) return;
+    this.screenTrack.stop();
+    this.screenTrack = null;
+    const camera = this.local?.getVideoTracks()[0] ?? null;
+    await Promise.all([...this.remotes.values()].map((r) => r.link?.replaceTrack("video", camera)));
+  }
+
+  /** Leaves the room: tells the server, closes every connection, stops the camera. */
+  leave() {
+    if (this.left) return;
+    this.left = true;
+    this.signaling.leave();
+    this.shutdown(new ConnectionError("the room was left"));
+  }
+
+  // ---- internals ----------------------------------------------------------------------
+
+  /** Hooks for the end-to-end tests: simulate network faults. */
+  get _test() {
+    return {
+      dropSocket: () => this.signaling.drop(),
+      /** @param {number} ms keep the WebSocket down this long */
+      cutSocket: (ms) => this.signaling.cut(ms),
+      /** @param {string} peerId */
+      closeChannel: (peerId) => this.remotes.get(peerId)?.link?.dc.close(),
+      /** @param {string} peerId */
+      outboxSize: (peerId) => this.remotes.get(peerId)?.outbox.pending.length ?? 0,
+    };
+  }
+
+  /** @param {Error} error */
+  emitError(error) {
+    if (this.options.onError) this.options.onError(error);
+    else console.warn("bluecam:", error);
+  }
+
+  /**
+   * @param {import("./signaling.js").Frame} f
+   */
+  onFrame(f) {
+    switch (f.op) {
+      case "peer_joined":
+        this.addPeer(f.peer, true);
+        break;
+      case "peer_left":
+        this.removePeer(f.peer.id);
+        break;
+      case "signal":
+        this.onSignal(f.from, f.data);
+        break;
+      case "message": {
+        const remote = this.remotes.get(f.from);
+        if (!remote) break;
+        for (const env of [f.msg].flat()) this.onEnvelope(remote, env, "relay");
+        break;
+      }
+      case "room_closed":
+        this.onFatal(new RoomNotFoundError(`the room was ${f.reason}`, "room_not_found"), 4040);
+        break;
+      case "error":
+        if (f.code === "rate_limited") {
+          this.relayPausedUntil = Date.now() + (f.retryAfterMs ?? 100);
+        } else if (f.code !== "unknown_peer") {
+          this.emitError(new BlueCamError(f.message, f.code));
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  /**
+   * The WebSocket came back with the same peer id: reconcile the peer list.
+   * @param {import("./signaling.js").Frame} joined
+   */
+  onResumed(joined) {
+    /** @type {Peer[]} */
+    const present = joined.peers;
+    const ids = new Set(present.map((p) => p.id));
+    for (const id of [...this.remotes.keys()]) if (!ids.has(id)) this.removePeer(id);
+    for (const p of present) if (!this.remotes.has(p.id)) this.addPeer(p, true);
+    this.retransmitAll();
+  }
+
+  /**
+   * @param {Error} error
+   * @param {number} code
+   */
+  onFatal(error, code) {
+    if (this.left) return;
+    this.left = true;
+    if (code === 4040 || error instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
+    this.emitError(error);
+    this.shutdown(error);
+  }
+
+  /** @param {Error} error */
+  shutdown(error) {
+    clearInterval(this.ticker);
+    clearTimeout(this.ackTimer);
+    for (const id of [...this.remotes.keys()]) this.removePeer(id, error);
+    this.stopMedia();
+    if (lastRoom === this) lastRoom = null;
+  }
+
+  stopMedia() {
+    for (const t of this.local?.getTracks() ?? []) t.stop();
+    this.screenTrack?.stop();
+  }
+
+  /**
+   * @param {Peer} info
+   * @param {boolean} announce call onPeerJoined
+   */
+  addPeer(info, announce) {
+    if (this.remotes.has(info.id) || info.id === this.self.id) return;
+    /** @type {Remote} */
+    const remote = {
+      info, link: null, outbox: new Outbox(), inbox: new Inbox(), ackDue: false,
+      path: "relay", noWebrtc: false, relinkTimer: undefined,
+    };
+    this.remotes.set(info.id, remote);
+    if (webrtcAvailable()) {
+      this.link(remote);
+    } else {
+      this.signal(info.id, { nortc: true });
+    }
+    if (this.local) this.signal(info.id, { media: { audio: this.audioEnabled, video: this.videoEnabled } });
+    if (announce) this.options.onPeerJoined?.(info);
+  }
+
+  /** @param {Remote} remote */
+  link(remote) {
+    const id = remote.info.id;
+    remote.link = new PeerLink(this.self.id > id, this.iceServers, this.local, {
+      signal: (data) => this.signal(id, data),
+      onData: (text) => this.onChannelData(remote, text),
+      onChannel: (open) => this.onChannel(remote, open),
+      onStream: (stream) => this.onStream(remote, stream),
+    });
+  }
+
+  /**
+   * @param {string} id
+   * @param {Error} [error]
+   */
+  removePeer(id, error) {
+    const remote = this.remotes.get(id);
+    if (!remote) return;
+    this.remotes.delete(id);
+    clearTimeout(remote.relinkTimer);
+    remote.link?.close();
+    remote.outbox.fail(error ?? new PeerUnreachableError(`peer ${id} left`, [id]));
+    this.removeVideo(id);
+    this.wakeSpaceWaiters();
+    if (!this.left) this.options.onPeerLeft?.(remote.info);
+  }
+
+  /**
+   * @param {string} to
+   * @param {unknown} data
+   */
+  signal(to, data) {
+    this.signaling.send({ op: "signal", to, data });
+  }
+
+  /**
+   * @param {string} from
+   * @param {any} data
+   */
+  onSignal(from, data) {
+    const remote = this.remotes.get(from);
+    if (!remote || typeof data !== "object" || data === null) return;
+    if (data.nortc) {
+      remote.noWebrtc = true;
+      clearTimeout(remote.relinkTimer);
+      remote.link?.close();
+      remote.link = null;
+    } else if (data.media) {
+      this.options.onMediaChange?.(remote.info, { audio: !!data.media.audio, video: !!data.media.video });
+    } else if (remote.link) {
+      void remote.link.handleSignal(data);
+    }
+  }
+
+  announceMedia() {
+    for (const id of this.remotes.keys()) {
+      this.signal(id, { media: { audio: this.audioEnabled, video: this.videoEnabled } });
+    }
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {boolean} open
+   */
+  onChannel(remote, open) {
+    const path = open ? "p2p" : "relay";
+    if (remote.path !== path) {
+      remote.path = path;
+      this.options.onPathChange?.(remote.info, path);
+    }
+    if (open) {
+      this.transmit(remote, remote.outbox.pending.filter((e) => e.via === "none"), false);
+      return;
+    }
+    // The channel is gone: everything unacknowledged goes over the relay now, and a new
+    // peer connection is tried shortly (the other side does the same).
+    this.transmit(remote, remote.outbox.pending, true);
+    if (!this.left && !remote.noWebrtc && this.remotes.get(remote.info.id) === remote) {
+      clearTimeout(remote.relinkTimer);
+      remote.relinkTimer = setTimeout(() => {
+        if (this.remotes.get(remote.info.id) !== remote || remote.link?.open) return;
+        remote.link?.close();
+        this.link(remote);
+      }, RELINK_MS);
+    }
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {MediaStream} stream
+   */
+  onStream(remote, stream) {
+    const container = resolveElement(this.options.remoteVideos);
+    if (container) {
+      let video = /** @type {HTMLVideoElement | null} */ (container.querySelector(`video[data-peer="${CSS.escape(remote.info.id)}"]`));
+      if (!video) {
+        video = document.createElement("video");
+        video.dataset.peer = remote.info.id;
+        video.autoplay = true;
+        video.playsInline = true;
+        container.appendChild(video);
+      }
+      if (video.srcObject !== stream) video.srcObject = stream;
+    }
+    const single = resolveElement(this.options.remoteVideo);
+    if (single instanceof HTMLVideoElement && !single.srcObject) {
+      single.autoplay = true;
+      single.playsInline = true;
+      single.srcObject = stream;
+    }
+    this.options.onStream?.(remote.info, stream);
+  }
+
+  /** @param {string} id */
+  removeVideo(id) {
+    const container = resolveElement(this.options.remoteVideos);
+    container?.querySelector(`video[data-peer="${CSS.escape(id)}"]`)?.remove();
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {string} text
+   */
+  onChannelData(remote, text) {
+    let env;
+    try {
+      env = JSON.parse(text);
+    } catch {
+      return;
+    }
+    this.onEnvelope(remote, env, "p2p");
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {unknown} env
+   * @param {Path} path
+   */
+  onEnvelope(remote, env, path) {
+    if (!isEnvelope(env)) return;
+    if (env.k === "a") {
+      if (remote.outbox.ack(env.a) > 0) this.wakeSpaceWaiters();
+      return;
+    }
+    const delivered = remote.inbox.receive(env);
+    remote.ackDue = true;
+    this.scheduleAcks();
+    for (const m of delivered) {
+      try {
+        this.options.onMessage?.(m.type, m.data, remote.info, { path });
+      } catch (err) {
+        console.error("bluecam: onMessage threw", err);
+      }
+    }
+  }
+
+  /** Sends new messages once the current task is done, so a burst shares relay frames. */
+  scheduleFlush() {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      for (const remote of this.remotes.values()) {
+        const fresh = remote.outbox.pending.filter((e) => e.via === "none");
+        if (fresh.length > 0) this.transmit(remote, fresh, false);
+      }
+    });
+  }
+
+  scheduleAcks() {
+    if (this.ackTimer !== undefined) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      for (const remote of this.remotes.values()) {
+        if (!remote.ackDue) continue;
+        const ack = JSON.stringify({ v: VERSION, k: "a", a: remote.inbox.ackValue });
+        const sent =
+          remote.link?.send(ack) ||
+          this.signaling.send({ op: "send", to: [remote.info.id], msg: JSON.parse(ack) });
+        remote.ackDue = !sent;
+      }
+    }, ACK_DELAY_MS);
+  }
+
+  /**
+   * Sends entries to one peer: over the data channel when it is open (and `relayOnly` is
+   * false), otherwise batched over the relay. Entries that cannot go anywhere now keep
+   * `sentAt` 0 and are picked up by the next tick.
+   * @param {Remote} remote
+   * @param {import("./delivery.js").Pending[]} entries
+   * @param {boolean} relayOnly
+   */
+  transmit(remote, entries, relayOnly) {
+    /** @type {import("./delivery.js").Envelope[]} */
+    let batch = [];
+    let batchChars = 0;
+    const flush = () => {
+      if (batch.length === 0) return true;
+      const ok = Date.now() >= this.relayPausedUntil &&
+        this.signaling.send({ op: "send", to: [remote.info.id], msg: batch });
+      batch = [];
+      batchChars = 0;
+      return ok;
+    };
+    const now = Date.now();
+    for (const entry of entries) {
+      const envs = envelopesOf(entry.seq, entry.type, entry.json);
+      if (!relayOnly && remote.link?.open && envs.every((e) => remote.link?.send(JSON.stringify(e)))) {
+        entry.via = "p2p";
+        entry.sentAt = now;
+        continue;
+      }
+      for (const env of envs) {
+        const chars = env.k === "c" ? env.p.length + 100 : entry.json.length + 100;
+        if (batchChars + chars > RELAY_BATCH_CHARS && !flush()) {
+          entry.sentAt = 0;
+          return;
+        }
+        batch.push(env);
+        batchChars += chars;
+      }
+      entry.via = "relay";
+      entry.sentAt = now;
+    }
+    if (!flush()) for (const e of entries) if (e.via === "relay" && e.sentAt === now) e.sentAt = 0;
+  }
+
+  /** Resends everything unacknowledged (after a reconnection). */
+  retransmitAll() {
+    for (const remote of this.remotes.values()) {
+      this.transmit(remote, remote.outbox.pending, !remote.link?.open);
+      if (remote.ackDue) this.scheduleAcks();
+    }
+  }
+
+  /** Retransmits what has waited too long for its ack, over the relay. */
+  tick() {
+    const now = Date.now();
+    for (const remote of this.remotes.values()) {
+      const due = remote.outbox.pending.filter((e) => now - e.sentAt >= RETRANSMIT_MS);
+      if (due.length > 0) this.transmit(remote, due, this.signaling.connected);
+      if (remote.ackDue) this.scheduleAcks();
+    }
+  }
+
+  /** @param {string[]} ids */
+  async waitForSpace(ids) {
+    const full = () => ids.some((id) => {
+      const o = this.remotes.get(id)?.outbox;
+      return o !== undefined && (o.pending.length >= OUTBOX_MAX_MESSAGES || o.bytes >= OUTBOX_MAX_BYTES);
+    });
+    while (full()) await new Promise((resolve) => this.spaceWaiters.push(() => resolve(undefined)));
+  }
+
+  wakeSpaceWaiters() {
+    const waiters = this.spaceWaiters;
+    this.spaceWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  wireClassicButtons() {
+    const audioBtn = resolveElement(this.options.muteAudioBtn);
+    const videoBtn = resolveElement(this.options.muteVideoBtn);
+    const reflect = () => {
+      audioBtn?.setAttribute("aria-pressed", String(!this.audioEnabled));
+      videoBtn?.setAttribute("aria-pressed", String(!this.videoEnabled));
+    };
+    audioBtn?.addEventListener("click", () => {
+      this.setAudioEnabled(!this.audioEnabled);
+      reflect();
+    });
+    videoBtn?.addEventListener("click", () => {
+      this.setVideoEnabled(!this.videoEnabled);
+      reflect();
+    });
+    reflect();
+  }
+}

@@ -1,0 +1,135 @@
+// @ts-check
+/**
+ * One RTCPeerConnection per remote peer (full mesh), negotiated with the "perfect
+ * negotiation" pattern so simultaneous offers never deadlock, with a pre-negotiated reliable
+ * ordered data channel (id 0) and an ICE restart when the connection fails.
+ */
+
+/**
+ * @typedef {object} LinkHandlers
+ * @property {(data: unknown) => void} signal send signaling data to the remote peer (via the server)
+ * @property {(text: string) => void} onData a data channel message
+ * @property {(open: boolean) => void} onChannel the data channel opened or closed
+ * @property {(stream: MediaStream) => void} onStream a remote stream arrived
+ */
+
+/** Whether this browser can do WebRTC at all. */
+export function webrtcAvailable() {
+  return typeof globalThis.RTCPeerConnection === "function";
+}
+
+export class PeerLink {
+  /**
+   * @param {boolean} polite the polite side yields in an offer collision
+   * @param {RTCIceServer[]} iceServers
+   * @param {MediaStream | null} local
+   * @param {LinkHandlers} handlers
+   */
+  constructor(polite, iceServers, local, handlers) {
+    this.polite = polite;
+    this.handlers = handlers;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.closed = false;
+    this.pc = new RTCPeerConnection({ iceServers });
+    /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
+    this.senders = new Map();
+    if (local) {
+      for (const track of local.getTracks()) this.senders.set(track.kind, this.pc.addTrack(track, local));
+    }
+    this.dc = this.pc.createDataChannel("bluecam", { negotiated: true, id: 0, ordered: true });
+    this.dc.onopen = () => handlers.onChannel(true);
+    this.dc.onclose = () => handlers.onChannel(false);
+    this.dc.onmessage = (ev) => {
+      if (typeof ev.data === "string") handlers.onData(ev.data);
+    };
+    this.pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        await this.pc.setLocalDescription();
+        handlers.signal({ description: this.pc.localDescription });
+      } catch (err) {
+        console.warn("bluecam: negotiation failed", err);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    this.pc.onicecandidate = ({ candidate }) => {
+      if (candidate) handlers.signal({ candidate });
+    };
+    this.pc.oniceconnectionstatechange = () => {
+      if (this.pc.iceConnectionState === "failed") this.pc.restartIce();
+    };
+    this.pc.ontrack = ({ streams, track }) => {
+      handlers.onStream(streams[0] ?? new MediaStream([track]));
+    };
+  }
+
+  /** Whether the data channel can carry messages now. */
+  get open() {
+    return !this.closed && this.dc.readyState === "open";
+  }
+
+  /**
+   * Sends a data channel message; false when the channel is not open or is backed up.
+   * @param {string} text
+   */
+  send(text) {
+    if (!this.open || this.dc.bufferedAmount > 4 * 1024 * 1024) return false;
+    try {
+      this.dc.send(text);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Applies signaling data from the remote peer (perfect negotiation).
+   * @param {any} data
+   */
+  async handleSignal(data) {
+    if (this.closed) return;
+    const pc = this.pc;
+    try {
+      if (data.description) {
+        const description = data.description;
+        const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+        this.ignoreOffer = !this.polite && collision;
+        if (this.ignoreOffer) return;
+        await pc.setRemoteDescription(description);
+        if (description.type === "offer") {
+          await pc.setLocalDescription();
+          this.handlers.signal({ description: pc.localDescription });
+        }
+      } else if (data.candidate) {
+        try {
+          await pc.addIceCandidate(data.candidate);
+        } catch (err) {
+          if (!this.ignoreOffer) throw err;
+        }
+      }
+    } catch (err) {
+      console.warn("bluecam: signaling error", err);
+    }
+  }
+
+  /**
+   * Swaps the outgoing track of a kind (screen share) without renegotiation.
+   * @param {string} kind
+   * @param {MediaStreamTrack | null} track
+   */
+  async replaceTrack(kind, track) {
+    await this.senders.get(kind)?.replaceTrack(track);
+  }
+
+  close() {
+    this.closed = true;
+    try {
+      this.dc.close();
+    } catch {
+      /* already closed */
+    }
+    this.pc.close();
+  }
+}
