@@ -13,6 +13,9 @@
  * @property {(stream: MediaStream) => void} onStream a remote stream arrived
  */
 
+/** How long the polite side waits for the first offer before making one itself. */
+const FIRST_OFFER_WAIT_MS = 3000;
+
 /** Whether this browser can do WebRTC at all. */
 export function webrtcAvailable() {
   return typeof globalThis.RTCPeerConnection === "function";
@@ -30,6 +33,10 @@ export class PeerLink {
     this.handlers = handlers;
     this.makingOffer = false;
     this.ignoreOffer = false;
+    /** @type {string[]} what happened, for debugging negotiation */
+    this.trace = [];
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.firstOfferTimer = undefined;
     this.closed = false;
     this.pc = new RTCPeerConnection({ iceServers });
     /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
@@ -43,17 +50,21 @@ export class PeerLink {
     this.dc.onmessage = (ev) => {
       if (typeof ev.data === "string") handlers.onData(ev.data);
     };
-    this.pc.onnegotiationneeded = async () => {
-      try {
-        this.makingOffer = true;
-        await this.pc.setLocalDescription();
-        handlers.signal({ description: this.pc.localDescription });
-      } catch (err) {
-        console.warn("bluecam: negotiation failed", err);
-      } finally {
-        this.makingOffer = false;
-      }
+    // Perfect negotiation, plus one rule that keeps the first exchange free of glare: the
+    // polite side lets the impolite side make the first offer (both would otherwise offer at
+    // once, and Chromium's implicit rollback while an offer is still being made can leave both
+    // sides stable with ICE never started). It offers itself only if none came in time.
+    this.gotOffer = false;
+    this.pc.onnegotiationneeded = () => {
+      this.trace.push("negotiationneeded " + this.pc.signalingState);
+      if (this.polite && !this.gotOffer) return;
+      void this.makeOffer();
     };
+    if (polite) {
+      this.firstOfferTimer = setTimeout(() => {
+        if (!this.gotOffer && !this.closed && this.pc.signalingState === "stable") void this.makeOffer();
+      }, FIRST_OFFER_WAIT_MS);
+    }
     this.pc.onicecandidate = ({ candidate }) => {
       if (candidate) handlers.signal({ candidate });
     };
@@ -63,6 +74,18 @@ export class PeerLink {
     this.pc.ontrack = ({ streams, track }) => {
       handlers.onStream(streams[0] ?? new MediaStream([track]));
     };
+  }
+
+  async makeOffer() {
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      this.handlers.signal({ description: this.pc.localDescription });
+    } catch (err) {
+      console.warn("bluecam: negotiation failed", err);
+    } finally {
+      this.makingOffer = false;
+    }
   }
 
   /** Whether the data channel can carry messages now. */
@@ -94,9 +117,14 @@ export class PeerLink {
     try {
       if (data.description) {
         const description = data.description;
+        if (description.type === "offer") this.gotOffer = true;
+        this.trace.push(`recv ${description.type} in ${pc.signalingState} making=${this.makingOffer}`);
         const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
         this.ignoreOffer = !this.polite && collision;
-        if (this.ignoreOffer) return;
+        if (this.ignoreOffer) {
+          this.trace.push("ignored offer");
+          return;
+        }
         await pc.setRemoteDescription(description);
         if (description.type === "offer") {
           await pc.setLocalDescription();
@@ -125,6 +153,7 @@ export class PeerLink {
 
   close() {
     this.closed = true;
+    clearTimeout(this.firstOfferTimer);
     try {
       this.dc.close();
     } catch {

@@ -133,6 +133,9 @@ export async function launchPeer(server, opts = {}) {
   });
   const page = await browser.newPage();
   page.on("pageerror", (e) => console.error("page error:", e.message));
+  page.on("console", (m) => {
+    if (m.type() === "warning" || m.type() === "error") console.error(`page ${m.type()}:`, m.text());
+  });
   if (opts.noWebrtc) {
     await page.addInitScript(() => {
       // Simulates a browser (or network) where WebRTC is unavailable.

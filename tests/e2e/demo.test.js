@@ -1,0 +1,70 @@
+// @ts-check
+// The demo at `/`, driven as a person would: create a room, join through the invite link in a
+// second browser, draw a circle on one board and see it on the other.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { TestServer, launchPeer, waitFor, ensureArtifacts, ARTIFACTS } from "./harness.js";
+
+/** @type {TestServer} */
+let server;
+/** @type {{close: () => Promise<void>}[]} */
+const open = [];
+
+before(async () => {
+  server = await TestServer.start();
+});
+after(async () => {
+  await Promise.all(open.map((p) => p.close()));
+  await server.stop();
+});
+
+test("two pages create and join a room through the invite link and share a drawing", async () => {
+  const host = await launchPeer(server, { path: "/" });
+  open.push(host);
+  await host.page.setViewportSize({ width: 1100, height: 800 });
+  await host.page.fill("#name", "Host");
+  await host.page.click("#start");
+  await host.page.waitForSelector("body[data-state=joined]", { timeout: 20000 });
+  const invite = await host.page.evaluate(() => location.href);
+  assert.match(invite, /\?room=[A-Za-z0-9_-]{22}$/);
+
+  // The guest opens the invite link on a phone-sized window.
+  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search });
+  open.push(guest);
+  await guest.page.setViewportSize({ width: 390, height: 844 });
+  await guest.page.fill("#name", "Guest");
+  await guest.page.click("#start");
+  await guest.page.waitForSelector("body[data-state=joined]", { timeout: 20000 });
+
+  // Each sees the other, and the badge says p2p once the data channel is up.
+  await host.page.waitForSelector("#peers [data-path=p2p]", { timeout: 20000 });
+  await guest.page.waitForSelector("#peers [data-path=p2p]", { timeout: 20000 });
+
+  const board = await host.page.locator("#board").boundingBox();
+  assert.ok(board);
+  await host.page.mouse.click(board.x + board.width * 0.3, board.y + board.height * 0.4);
+  const drawing = await waitFor(
+    () => guest.page.evaluate(() => {
+      const d = /** @type {any} */ (window).bluecamDemo?.getDrawing();
+      return d && d.circles.length === 1 ? d : null;
+    }),
+    "the circle on the guest's board",
+  );
+  assert.ok(Math.abs(drawing.circles[0].x - 0.3) < 0.05, JSON.stringify(drawing.circles[0]));
+  assert.ok(Math.abs(drawing.circles[0].y - 0.4) < 0.05, JSON.stringify(drawing.circles[0]));
+
+  // Remote video plays on both sides.
+  for (const p of [host, guest]) {
+    await waitFor(
+      () => p.page.evaluate(() => {
+        const v = /** @type {HTMLVideoElement | null} */ (document.querySelector("#remotes video"));
+        return !!v && v.videoWidth > 0;
+      }),
+      "remote video",
+    );
+  }
+
+  ensureArtifacts();
+  await host.page.screenshot({ path: `${ARTIFACTS}demo-host.png` });
+  await guest.page.screenshot({ path: `${ARTIFACTS}demo-guest.png` });
+});
