@@ -69,6 +69,8 @@ const RELINK_MS = 1000;
  * @property {Path} path
  * @property {boolean} noWebrtc the peer said it cannot do WebRTC
  * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
+ * @property {number} lastProgressAt when acks or the data channel's draining last showed progress
+ * @property {number} lastBuffered the data channel's bufferedAmount at the last tick
  */
 
 /** @type {Room | null} */
@@ -82,7 +84,13 @@ let lastRoom = null;
 function resolveElement(target) {
   if (!target) return null;
   if (typeof target !== "string") return target;
-  return /** @type {T | null} */ (document.querySelector(target) ?? document.getElementById(target));
+  let found = null;
+  try {
+    found = document.querySelector(target);
+  } catch {
+    // Not a valid selector: the classic script passed bare element ids.
+  }
+  return /** @type {T | null} */ (found ?? document.getElementById(target));
 }
 
 /** @param {string | undefined} server */
@@ -381,6 +389,7 @@ export class Room {
     /** @type {Remote} */
     const remote = {
       info, link: null, outbox: new Outbox(), inbox: new Inbox(), ackDue: false,
+      lastProgressAt: 0, lastBuffered: 0,
       path: "relay", noWebrtc: false, relinkTimer: undefined,
     };
     this.remotes.set(info.id, remote);
@@ -534,7 +543,10 @@ export class Room {
   onEnvelope(remote, env, path) {
     if (!isEnvelope(env)) return;
     if (env.k === "a") {
-      if (remote.outbox.ack(env.a) > 0) this.wakeSpaceWaiters();
+      if (remote.outbox.ack(env.a) > 0) {
+        remote.lastProgressAt = Date.now();
+        this.wakeSpaceWaiters();
+      }
       return;
     }
     const delivered = remote.inbox.receive(env);
@@ -632,7 +644,15 @@ export class Room {
   tick() {
     const now = Date.now();
     for (const remote of this.remotes.values()) {
-      const due = remote.outbox.pending.filter((e) => now - e.sentAt >= RETRANSMIT_MS);
+      // A data channel still draining a large send is slow, not stalled: wait for it.
+      const buffered = remote.link?.open ? remote.link.dc.bufferedAmount : 0;
+      if (buffered > 0 && buffered < remote.lastBuffered) remote.lastProgressAt = now;
+      remote.lastBuffered = buffered;
+      const due = remote.outbox.pending.filter(
+        (e) =>
+          now - e.sentAt >= RETRANSMIT_MS &&
+          (e.via !== "p2p" || !remote.link?.open || now - remote.lastProgressAt >= RETRANSMIT_MS),
+      );
       if (due.length > 0) this.transmit(remote, due, this.signaling.connected);
       if (remote.ackDue) this.scheduleAcks();
     }

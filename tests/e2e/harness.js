@@ -134,7 +134,10 @@ export async function launchPeer(server, opts = {}) {
   const page = await browser.newPage();
   page.on("pageerror", (e) => console.error("page error:", e.message));
   page.on("console", (m) => {
-    if (m.type() === "warning" || m.type() === "error") console.error(`page ${m.type()}:`, m.text());
+    // (The page at /sdk/bluecam.js has no favicon: that 404 is noise.)
+    if ((m.type() === "warning" || m.type() === "error") && !m.text().startsWith("Failed to load resource")) {
+      console.error(`page ${m.type()}:`, m.text());
+    }
   });
   if (opts.noWebrtc) {
     await page.addInitScript(() => {
