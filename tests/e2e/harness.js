@@ -183,6 +183,19 @@ export async function join(page, token, media = { video: true, audio: true }) {
   }, { token, media });
 }
 
+/**
+ * Waits until the page's room lists `n` other peers: a message sent before a peer is known
+ * goes to the peers present then, so tests must not race the `peer_joined` frame.
+ * @param {import("playwright-core").Page} page
+ * @param {number} n
+ */
+export function waitPeers(page, n) {
+  return waitFor(
+    () => page.evaluate((n) => /** @type {any} */ (window).room.peers.length >= n, n),
+    `${n} peers in the room`,
+  );
+}
+
 export function ensureArtifacts() {
   mkdirSync(ARTIFACTS, { recursive: true });
 }

@@ -3,7 +3,7 @@
 // channel and over the relay, failures of either path, errors, limits.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { TestServer, launchPeer, join, waitFor } from "./harness.js";
+import { TestServer, launchPeer, join, waitFor, waitPeers } from "./harness.js";
 
 /** @type {TestServer} */
 let server;
@@ -32,6 +32,44 @@ async function peer(opts) {
  * @param {string} peerId
  */
 const pathTo = (page, peerId) => page.evaluate((id) => /** @type {any} */ (window).room.path(id), peerId);
+/**
+ * What an SDK instance holds for each remote peer, for failure messages.
+ * @param {import("playwright-core").Page} page
+ */
+const sdkState = (page) => page.evaluate(() => {
+  const room = /** @type {any} */ (window).room;
+  return JSON.stringify({
+    connected: room.signaling.connected,
+    remotes: [...room.remotes.values()].map((r) => ({
+      id: r.info.id, path: room.path(r.info.id), pending: r.outbox.pending.length,
+      firstPending: r.outbox.pending[0] && { seq: r.outbox.pending[0].seq, via: r.outbox.pending[0].via, age: Date.now() - r.outbox.pending[0].sentAt },
+      expected: r.inbox.expected, held: r.inbox.held.size,
+    })),
+  });
+});
+/**
+ * `promise`, or an error described by `why()` if it takes longer than a minute.
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {() => Promise<string>} why
+ * @returns {Promise<T>}
+ */
+async function within(promise, why) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  const LATE = Symbol("late");
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(LATE), 60000);
+  });
+  try {
+    const r = await Promise.race([promise, late]);
+    if (r === LATE) throw new Error(await why());
+    return /** @type {T} */ (r);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** @param {import("playwright-core").Page} page */
 const received = (page) => page.evaluate(() => /** @type {any} */ (window).t.received);
 
@@ -136,10 +174,16 @@ function burst(page, n, type = "n", to) {
  * @param {string} [type]
  */
 async function expectSequence(page, n, type = "n") {
+  const of = async () => (await received(page)).filter((/** @type {any} */ m) => m.type === type);
   const got = await waitFor(async () => {
-    const r = (await received(page)).filter((/** @type {any} */ m) => m.type === type);
+    const r = await of();
     return r.length >= n ? r : null;
-  }, `${n} messages of ${type}`, 60000);
+  }, `${n} messages of ${type}`, 60000).catch(async (e) => {
+    // Say what did arrive, to tell loss from reordering from slowness.
+    const r = (await of()).map((/** @type {any} */ m) => m.data);
+    const missing = [...Array(n).keys()].filter((i) => !r.includes(i));
+    throw new Error(`${e.message}: got ${r.length}, first missing ${missing.slice(0, 10)}, last ${r.slice(-5)}`);
+  });
   assert.deepEqual(got.map((/** @type {any} */ m) => m.data), [...Array(n).keys()], "in order, exactly once");
   return got;
 }
@@ -149,7 +193,11 @@ test("a peer without WebRTC gets every message over the relay, exactly once, in 
   const [a, b] = [await peer(), await peer({ noWebrtc: true })];
   const aId = await join(a.page, await server.token(room, "alice"));
   const bId = await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
-  const [sentAB, sentBA] = await Promise.all([burst(a.page, 200), burst(b.page, 200)]);
+  await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
+  const [sentAB, sentBA] = await within(
+    Promise.all([burst(a.page, 200), burst(b.page, 200)]),
+    async () => `sends never settled; A: ${await sdkState(a.page)} B: ${await sdkState(b.page)}`,
+  );
   assert.equal(sentAB, 200);
   assert.equal(sentBA, 200);
   const atB = await expectSequence(b.page, 200);
@@ -193,6 +241,7 @@ test("cutting a WebSocket for a few seconds loses nothing and nobody sees a leav
   const [a, b] = [await peer({ noWebrtc: true }), await peer({ noWebrtc: true })];
   await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
   await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
+  await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
   const sending = a.page.evaluate(async () => {
     const room = /** @type {any} */ (window).room;
     const all = [];
@@ -203,8 +252,11 @@ test("cutting a WebSocket for a few seconds loses nothing and nobody sees a leav
     }
     return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
   });
-  assert.equal(await sending, 300);
-  await expectSequence(b.page, 300);
+  const sent = await within(sending, async () => `sends never settled; A: ${await sdkState(a.page)} B: ${await sdkState(b.page)}`);
+  assert.equal(sent, 300);
+  await expectSequence(b.page, 300).catch(async (e) => {
+    throw new Error(`${e.message}; A: ${await sdkState(a.page)} B: ${await sdkState(b.page)}`);
+  });
   assert.deepEqual(await b.page.evaluate(() => /** @type {any} */ (window).t.left), []);
   assert.deepEqual(await a.page.evaluate(() => /** @type {any} */ (window).t.left), []);
 });
@@ -214,6 +266,7 @@ test("three peers: full mesh video, broadcast and targeted messages reach exactl
   const peers = [await peer(), await peer(), await peer()];
   const ids = [];
   for (const [i, p] of peers.entries()) ids.push(await join(p.page, await server.token(room, `p${i}`)));
+  await Promise.all(peers.map((p) => waitPeers(p.page, 2)));
   for (const [i, p] of peers.entries()) {
     for (const [j, other] of ids.entries()) {
       if (i === j) continue;
@@ -242,6 +295,7 @@ test("a 1 MiB message arrives intact over both paths; a larger one is refused", 
   await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
   const bId = await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
   const cId = await join(c.page, await server.token(room, "carol"), { video: false, audio: false });
+  await waitPeers(a.page, 2);
   await waitFor(async () => (await pathTo(a.page, bId)) === "p2p", "the data channel");
   const r = await a.page.evaluate(async ({ bId, cId }) => {
     const room = /** @type {any} */ (window).room;
