@@ -261,6 +261,28 @@ test("cutting a WebSocket for a few seconds loses nothing and nobody sees a leav
   assert.deepEqual(await a.page.evaluate(() => /** @type {any} */ (window).t.left), []);
 });
 
+test("while the WebSocket is down, the data channel keeps delivering", async () => {
+  const room = await server.room();
+  const [a, b] = [await peer(), await peer()];
+  await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
+  const bId = await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
+  await waitFor(async () => (await pathTo(a.page, bId)) === "p2p", "the data channel");
+  const sent = await a.page.evaluate(async (bId) => {
+    const room = /** @type {any} */ (window).room;
+    room._test.cutSocket(4000);
+    const all = [];
+    for (let i = 0; i < 100; i++) all.push(room.sendMessage("n", i, { to: bId }));
+    const ok = (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
+    return { ok, connected: room.signaling.connected };
+  }, bId);
+  // Every message was acknowledged while the WebSocket was still down.
+  assert.deepEqual(sent, { ok: 100, connected: false });
+  const got = await expectSequence(b.page, 100);
+  assert.ok(got.every((/** @type {any} */ m) => m.path === "p2p"));
+  await waitFor(() => a.page.evaluate(() => /** @type {any} */ (window).room.signaling.connected), "the WebSocket to come back");
+  assert.deepEqual(await b.page.evaluate(() => /** @type {any} */ (window).t.left), []);
+});
+
 test("three peers: full mesh video, broadcast and targeted messages reach exactly the right peers", async () => {
   const room = await server.room();
   const peers = [await peer(), await peer(), await peer()];

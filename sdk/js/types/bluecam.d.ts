@@ -1,0 +1,269 @@
+/**
+ * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
+ * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * @param {JoinOptions} options
+ * @returns {Promise<Room>}
+ */
+export function joinRoom(options: JoinOptions): Promise<Room>;
+/**
+ * Sends to everyone in the most recently joined room.
+ * @param {string} type
+ * @param {unknown} data
+ * @param {{to?: string | string[]}} [opts]
+ */
+export function sendMessage(type: string, data: unknown, opts?: {
+    to?: string | string[];
+}): Promise<void>;
+export { MAX_MESSAGE_BYTES } from "./delivery.js";
+/**
+ * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
+ * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * @param {JoinOptions} options
+ * @returns {Promise<Room>}
+ */
+export function JoinRoom(options: JoinOptions): Promise<Room>;
+export class Room {
+    /** @param {JoinOptions} options */
+    constructor(options: JoinOptions);
+    options: JoinOptions;
+    /** @type {Map<string, Remote>} */
+    remotes: Map<string, Remote>;
+    /** @type {Peer} */
+    self: Peer;
+    /** @type {RTCIceServer[]} */
+    iceServers: RTCIceServer[];
+    /** @type {MediaStream | null} */
+    local: MediaStream | null;
+    /** @type {MediaStreamTrack | null} */
+    screenTrack: MediaStreamTrack | null;
+    audioEnabled: boolean;
+    videoEnabled: boolean;
+    left: boolean;
+    relayPausedUntil: number;
+    /** @type {(() => void)[]} */
+    spaceWaiters: (() => void)[];
+    /** @type {ReturnType<typeof setInterval> | undefined} */
+    ticker: ReturnType<typeof setInterval> | undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    ackTimer: ReturnType<typeof setTimeout> | undefined;
+    flushScheduled: boolean;
+    signaling: Signaling;
+    start(): Promise<void>;
+    /** The peers in the room now (without yourself). */
+    get peers(): Peer[];
+    /**
+     * The path messages to this peer take now.
+     * @param {string} peerId
+     * @returns {Path}
+     */
+    path(peerId: string): Path;
+    /**
+     * Sends `data` (a string or any JSON value) to everyone, or to `opts.to`. Resolves when
+     * every addressed peer has acknowledged it; rejects with PeerUnreachableError naming those
+     * that could not be reached, or MessageTooLargeError (before anything is sent).
+     * @param {string} type
+     * @param {unknown} data
+     * @param {{to?: string | string[]}} [opts]
+     * @returns {Promise<void>}
+     */
+    sendMessage(type: string, data: unknown, opts?: {
+        to?: string | string[];
+    }): Promise<void>;
+    /** @param {boolean} on */
+    setAudioEnabled(on: boolean): void;
+    /** @param {boolean} on */
+    setVideoEnabled(on: boolean): void;
+    /** Replaces the camera with the screen for every peer (no renegotiation). */
+    shareScreen(): Promise<void>;
+    /** Goes back to the camera. */
+    stopScreenShare(): Promise<void>;
+    /** Leaves the room: tells the server, closes every connection, stops the camera. */
+    leave(): void;
+    /** Hooks for the end-to-end tests: simulate network faults. */
+    get _test(): {
+        dropSocket: () => void;
+        /** @param {number} ms keep the WebSocket down this long */
+        cutSocket: (ms: number) => void;
+        /** @param {string} peerId */
+        closeChannel: (peerId: string) => void | undefined;
+        /** @param {string} peerId */
+        outboxSize: (peerId: string) => number;
+    };
+    /** @param {Error} error */
+    emitError(error: Error): void;
+    /**
+     * @param {import("./signaling.js").Frame} f
+     */
+    onFrame(f: import("./signaling.js").Frame): void;
+    /**
+     * The WebSocket came back with the same peer id: reconcile the peer list.
+     * @param {import("./signaling.js").Frame} joined
+     */
+    onResumed(joined: import("./signaling.js").Frame): void;
+    /**
+     * @param {Error} error
+     * @param {number} code
+     */
+    onFatal(error: Error, code: number): void;
+    /** @param {Error} error */
+    shutdown(error: Error): void;
+    stopMedia(): void;
+    /**
+     * @param {Peer} info
+     * @param {boolean} announce call onPeerJoined
+     */
+    addPeer(info: Peer, announce: boolean): void;
+    /** @param {Remote} remote */
+    link(remote: Remote): void;
+    /**
+     * @param {string} id
+     * @param {Error} [error]
+     */
+    removePeer(id: string, error?: Error): void;
+    /**
+     * @param {string} to
+     * @param {unknown} data
+     */
+    signal(to: string, data: unknown): void;
+    /**
+     * @param {string} from
+     * @param {any} data
+     */
+    onSignal(from: string, data: any): void;
+    announceMedia(): void;
+    /**
+     * @param {Remote} remote
+     * @param {boolean} open
+     */
+    onChannel(remote: Remote, open: boolean): void;
+    /**
+     * @param {Remote} remote
+     * @param {MediaStream} stream
+     */
+    onStream(remote: Remote, stream: MediaStream): void;
+    /** @param {string} id */
+    removeVideo(id: string): void;
+    /**
+     * @param {Remote} remote
+     * @param {string} text
+     */
+    onChannelData(remote: Remote, text: string): void;
+    /**
+     * @param {Remote} remote
+     * @param {unknown} env
+     * @param {Path} path
+     */
+    onEnvelope(remote: Remote, env: unknown, path: Path): void;
+    /** Sends new messages once the current task is done, so a burst shares relay frames. */
+    scheduleFlush(): void;
+    scheduleAcks(): void;
+    /**
+     * Sends entries to one peer: over the data channel when it is open (and `relayOnly` is
+     * false), otherwise batched over the relay. Entries that cannot go anywhere now keep
+     * `sentAt` 0 and are picked up by the next tick.
+     * @param {Remote} remote
+     * @param {import("./delivery.js").Pending[]} entries
+     * @param {boolean} relayOnly
+     */
+    transmit(remote: Remote, entries: import("./delivery.js").Pending[], relayOnly: boolean): void;
+    /** Resends everything unacknowledged (after a reconnection). */
+    retransmitAll(): void;
+    /** Retransmits what has waited too long for its ack, over the relay. */
+    tick(): void;
+    /** @param {string[]} ids */
+    waitForSpace(ids: string[]): Promise<void>;
+    wakeSpaceWaiters(): void;
+    wireClassicButtons(): void;
+}
+export type Peer = {
+    id: string;
+    identity: string;
+    name?: string;
+    metadata?: unknown;
+};
+export type Path = "p2p" | "relay";
+export type JoinOptions = {
+    /**
+     * from the app's backend
+     */
+    token: string;
+    /**
+     * defaults to the origin the SDK was loaded from
+     */
+    server?: string | undefined;
+    /**
+     * default true
+     */
+    video?: boolean | MediaTrackConstraints | undefined;
+    /**
+     * default true
+     */
+    audio?: boolean | MediaTrackConstraints | undefined;
+    /**
+     * element, selector, or element id
+     */
+    localVideo?: string | HTMLVideoElement | undefined;
+    /**
+     * container: one <video data-peer=ID> per peer
+     */
+    remoteVideos?: string | HTMLElement | undefined;
+    /**
+     * classic one-to-one: the first remote peer
+     */
+    remoteVideo?: string | HTMLVideoElement | undefined;
+    /**
+     * classic: toggles the microphone
+     */
+    muteAudioBtn?: string | HTMLElement | undefined;
+    /**
+     * classic: toggles the camera
+     */
+    muteVideoBtn?: string | HTMLElement | undefined;
+    onMessage?: ((type: string, data: any, from: Peer, meta: {
+        path: Path;
+    }) => void) | undefined;
+    roomNotFoundCallback?: (() => void) | undefined;
+    onPeerJoined?: ((peer: Peer) => void) | undefined;
+    onPeerLeft?: ((peer: Peer) => void) | undefined;
+    onStream?: ((peer: Peer, stream: MediaStream) => void) | undefined;
+    onPathChange?: ((peer: Peer, path: Path) => void) | undefined;
+    onMediaChange?: ((peer: Peer, state: {
+        audio: boolean;
+        video: boolean;
+    }) => void) | undefined;
+    onError?: ((error: Error) => void) | undefined;
+};
+export type Remote = {
+    info: Peer;
+    link: PeerLink | null;
+    outbox: Outbox;
+    inbox: Inbox;
+    ackDue: boolean;
+    path: Path;
+    /**
+     * the peer said it cannot do WebRTC
+     */
+    noWebrtc: boolean;
+    relinkTimer: ReturnType<typeof setTimeout> | undefined;
+    /**
+     * when acks or the data channel's draining last showed progress
+     */
+    lastProgressAt: number;
+    /**
+     * the data channel's bufferedAmount at the last tick
+     */
+    lastBuffered: number;
+};
+import { BlueCamError } from "./errors.js";
+import { ConnectionError } from "./errors.js";
+import { ForbiddenError } from "./errors.js";
+import { MessageTooLargeError } from "./errors.js";
+import { PeerUnreachableError } from "./errors.js";
+import { RoomFullError } from "./errors.js";
+import { RoomNotFoundError } from "./errors.js";
+import { UnauthorizedError } from "./errors.js";
+import { Signaling } from "./signaling.js";
+import { PeerLink } from "./mesh.js";
+import { Outbox } from "./delivery.js";
+import { Inbox } from "./delivery.js";
+export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError };

@@ -1,0 +1,153 @@
+/**
+ * @typedef {{v: number, k: "m", s: number, t: string, d: unknown}} WholeEnvelope
+ * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string}} ChunkEnvelope
+ * @typedef {{v: number, k: "a", a: number}} AckEnvelope
+ * @typedef {WholeEnvelope | ChunkEnvelope | AckEnvelope} Envelope
+ */
+/**
+ * Checks and encodes a message's data; throws a RangeError above MAX_MESSAGE_BYTES.
+ * @param {unknown} data
+ * @returns {{json: string, bytes: number}}
+ */
+export function encodeData(data: unknown): {
+    json: string;
+    bytes: number;
+};
+/**
+ * The envelopes of one message.
+ * @param {number} seq
+ * @param {string} type
+ * @param {string} json the JSON text of the data
+ * @returns {Envelope[]}
+ */
+export function envelopesOf(seq: number, type: string, json: string): Envelope[];
+/**
+ * Whether a value is a well-formed envelope.
+ * @param {unknown} x
+ * @returns {x is Envelope}
+ */
+export function isEnvelope(x: unknown): x is Envelope;
+/**
+ * The delivery layer of BlueCam (DESIGN.md 2.4), pure: no sockets, no timers, no DOM.
+ *
+ * Every app message to one peer gets a sequence number in the (sender, recipient) space. The
+ * same envelopes travel over the data channel and, inside `send.msg`, over the relay; the
+ * recipient delivers in order, drops duplicates and acknowledges cumulatively over whichever
+ * path works; the sender keeps a message until it is acknowledged and resends it when a path
+ * fails. Envelopes (documented in docs/protocol.md, "App envelopes"):
+ *   {v:1, k:"m", s, t, d}          a whole message: sequence s, type t, data d
+ *   {v:1, k:"c", s, t, i, n, p}    chunk i of n of message s; p is a slice of the JSON text of d
+ *   {v:1, k:"a", a}                cumulative ack: every message up to a has been delivered
+ */
+/** Largest message accepted by sendMessage: UTF-8 bytes of JSON.stringify(data). */
+export const MAX_MESSAGE_BYTES: number;
+/** Messages whose JSON is longer than this travel as chunks (below every SCTP limit). */
+export const CHUNK_CHARS: number;
+/** Envelope format version. */
+export const VERSION: 1;
+/**
+ * @typedef {object} Pending
+ * @property {number} seq
+ * @property {string} type
+ * @property {string} json
+ * @property {number} bytes
+ * @property {"none" | "p2p" | "relay"} via  the path of the last transmission
+ * @property {number} sentAt time of the last transmission (ms), 0 before the first
+ * @property {(value: void) => void} resolve
+ * @property {(reason: Error) => void} reject
+ */
+/** Unacknowledged messages to one peer, in sequence order. */
+export class Outbox {
+    nextSeq: number;
+    /** @type {Pending[]} */
+    pending: Pending[];
+    bytes: number;
+    /**
+     * Adds a message; the promise settles when it is acknowledged or the peer is gone.
+     * @param {string} type
+     * @param {string} json
+     * @param {number} bytes
+     * @returns {{entry: Pending, done: Promise<void>}}
+     */
+    add(type: string, json: string, bytes: number): {
+        entry: Pending;
+        done: Promise<void>;
+    };
+    /**
+     * A cumulative ack: settles every message up to `upTo`. Returns how many.
+     * @param {number} upTo
+     */
+    ack(upTo: number): number;
+    /**
+     * The peer cannot be reached any more: reject everything.
+     * @param {Error} error
+     */
+    fail(error: Error): void;
+}
+/** What one sender has delivered to us, and what waits for a gap to fill. */
+export class Inbox {
+    /** Every message below this has been delivered. */
+    expected: number;
+    /** @type {Map<number, {type: string, data: unknown}>} */
+    held: Map<number, {
+        type: string;
+        data: unknown;
+    }>;
+    /** @type {Map<number, {type: string, parts: (string | undefined)[], have: number}>} */
+    chunks: Map<number, {
+        type: string;
+        parts: (string | undefined)[];
+        have: number;
+    }>;
+    /** The cumulative ack to send back. */
+    get ackValue(): number;
+    /**
+     * Takes one message or chunk envelope; returns the messages now deliverable, in order.
+     * Duplicates and chunks of delivered messages are dropped.
+     * @param {WholeEnvelope | ChunkEnvelope} env
+     * @returns {{type: string, data: unknown, seq: number}[]}
+     */
+    receive(env: WholeEnvelope | ChunkEnvelope): {
+        type: string;
+        data: unknown;
+        seq: number;
+    }[];
+}
+export type WholeEnvelope = {
+    v: number;
+    k: "m";
+    s: number;
+    t: string;
+    d: unknown;
+};
+export type ChunkEnvelope = {
+    v: number;
+    k: "c";
+    s: number;
+    t: string;
+    i: number;
+    n: number;
+    p: string;
+};
+export type AckEnvelope = {
+    v: number;
+    k: "a";
+    a: number;
+};
+export type Envelope = WholeEnvelope | ChunkEnvelope | AckEnvelope;
+export type Pending = {
+    seq: number;
+    type: string;
+    json: string;
+    bytes: number;
+    /**
+     * the path of the last transmission
+     */
+    via: "none" | "p2p" | "relay";
+    /**
+     * time of the last transmission (ms), 0 before the first
+     */
+    sentAt: number;
+    resolve: (value: void) => void;
+    reject: (reason: Error) => void;
+};

@@ -1,0 +1,63 @@
+/** Whether this browser can do WebRTC at all. */
+export function webrtcAvailable(): boolean;
+export class PeerLink {
+    /**
+     * @param {boolean} polite the polite side yields in an offer collision
+     * @param {RTCIceServer[]} iceServers
+     * @param {MediaStream | null} local
+     * @param {LinkHandlers} handlers
+     */
+    constructor(polite: boolean, iceServers: RTCIceServer[], local: MediaStream | null, handlers: LinkHandlers);
+    polite: boolean;
+    handlers: LinkHandlers;
+    makingOffer: boolean;
+    ignoreOffer: boolean;
+    /** @type {string[]} what happened, for debugging negotiation */
+    trace: string[];
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    firstOfferTimer: ReturnType<typeof setTimeout> | undefined;
+    closed: boolean;
+    pc: RTCPeerConnection;
+    /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
+    senders: Map<string, RTCRtpSender>;
+    dc: RTCDataChannel;
+    gotOffer: boolean;
+    makeOffer(): Promise<void>;
+    /** Whether the data channel can carry messages now. */
+    get open(): boolean;
+    /**
+     * Sends a data channel message; false when the channel is not open or is backed up.
+     * @param {string} text
+     */
+    send(text: string): boolean;
+    /**
+     * Applies signaling data from the remote peer (perfect negotiation).
+     * @param {any} data
+     */
+    handleSignal(data: any): Promise<void>;
+    /**
+     * Swaps the outgoing track of a kind (screen share) without renegotiation.
+     * @param {string} kind
+     * @param {MediaStreamTrack | null} track
+     */
+    replaceTrack(kind: string, track: MediaStreamTrack | null): Promise<void>;
+    close(): void;
+}
+export type LinkHandlers = {
+    /**
+     * send signaling data to the remote peer (via the server)
+     */
+    signal: (data: unknown) => void;
+    /**
+     * a data channel message
+     */
+    onData: (text: string) => void;
+    /**
+     * the data channel opened or closed
+     */
+    onChannel: (open: boolean) => void;
+    /**
+     * a remote stream arrived
+     */
+    onStream: (stream: MediaStream) => void;
+};
