@@ -22,8 +22,13 @@ export {
 };
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 
-/** A message not acknowledged this long is sent again, over the relay. */
+/** A message not acknowledged this long is sent again, over the relay; each further attempt
+ * waits twice as long, up to RETRANSMIT_MAX_MS, so a peer that is away (its frames kept by the
+ * server for its resume) is not flooded. */
 const RETRANSMIT_MS = 1500;
+const RETRANSMIT_MAX_MS = 30000;
+/** Bytes of retransmissions per tick at most (at least one message goes). */
+const RETRANSMIT_BYTES_PER_TICK = 256 * 1024;
 /** How often the retransmission check runs. */
 const TICK_MS = 250;
 /** Acks wait this long so that several messages share one. */
@@ -41,6 +46,8 @@ const RELINK_MS = 1000;
  * @typedef {"p2p" | "relay"} Path
  * @typedef {object} JoinOptions
  * @property {string} token from the app's backend
+ * @property {() => Promise<string>} [getToken] a fresh token for the same room and identity,
+ *   used when the WebSocket resumes (the first token may have expired by then)
  * @property {string} [server] defaults to the origin the SDK was loaded from
  * @property {boolean | MediaTrackConstraints} [video] default true
  * @property {boolean | MediaTrackConstraints} [audio] default true
@@ -156,11 +163,11 @@ export class Room {
     this.signaling = new Signaling(wsUrl(options.server), options.token, {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
-      onConnectionChange: (up) => {
-        if (up) this.retransmitAll();
-      },
+      onConnectionChange: () => {},
       onFatal: (error, code) => this.onFatal(error, code),
-    });
+    }, options.getToken);
+    /** Admission of sends, in call order (see sendMessage). */
+    this.admission = Promise.resolve();
   }
 
   async start() {
@@ -228,10 +235,14 @@ export class Room {
     } catch (err) {
       throw new MessageTooLargeError(err instanceof Error ? err.message : String(err), "too_large");
     }
-    const ids = opts.to === undefined ? [...this.remotes.keys()] : [opts.to].flat();
+    const ids = opts.to === undefined ? [...this.remotes.keys()] : [...new Set([opts.to].flat())];
     const missing = ids.filter((id) => !this.remotes.has(id));
     if (missing.length > 0) throw new PeerUnreachableError("not in the room: " + missing.join(", "), missing);
-    await this.waitForSpace(ids);
+    // Sends are admitted in call order: a send waiting for room in one peer's outbox must not
+    // be overtaken by a later send to another peer set (that would reorder for a shared peer).
+    const admitted = this.admission.then(() => this.waitForSpace(ids));
+    this.admission = admitted;
+    await admitted;
     const results = await Promise.all(
       ids.map((id) => {
         const remote = this.remotes.get(id);
@@ -351,6 +362,7 @@ export class Room {
     const ids = new Set(present.map((p) => p.id));
     for (const id of [...this.remotes.keys()]) if (!ids.has(id)) this.removePeer(id);
     for (const p of present) if (!this.remotes.has(p.id)) this.addPeer(p, true);
+    this.signaling.flushQueued();
     this.retransmitAll();
   }
 
@@ -405,6 +417,8 @@ export class Room {
   /** @param {Remote} remote */
   link(remote) {
     const id = remote.info.id;
+    clearTimeout(remote.relinkTimer);
+    remote.link?.close();
     remote.link = new PeerLink(this.self.id > id, this.iceServers, this.local, {
       signal: (data) => this.signal(id, data),
       onData: (text) => this.onChannelData(remote, text),
@@ -434,7 +448,8 @@ export class Room {
    * @param {unknown} data
    */
   signal(to, data) {
-    this.signaling.send({ op: "signal", to, data });
+    // Signaling must survive a WebSocket outage: queue it for the resume.
+    this.signaling.sendOrQueue({ op: "signal", to, data });
   }
 
   /**
@@ -451,8 +466,18 @@ export class Room {
       remote.link = null;
     } else if (data.media) {
       this.options.onMediaChange?.(remote.info, { audio: !!data.media.audio, video: !!data.media.video });
-    } else if (remote.link) {
-      void remote.link.handleSignal(data);
+    } else if (webrtcAvailable() && !this.left) {
+      // Signals name the generation (one RTCPeerConnection) of both sides. An offer from a
+      // newer remote connection means the peer started over: so do we, before answering.
+      // Anything else addressed to an older connection of ours is stale: drop it.
+      if (data.to !== undefined && remote.link && data.to !== remote.link.gen) return;
+      const fresh = data.description?.type === "offer" && remote.link?.remoteGen !== undefined &&
+        data.gen !== remote.link.remoteGen;
+      if (!remote.link || fresh) this.link(remote);
+      const link = /** @type {PeerLink} */ (remote.link);
+      if (link.remoteGen === undefined && data.gen !== undefined) link.remoteGen = data.gen;
+      if (data.gen !== undefined && data.gen !== link.remoteGen) return;
+      void link.handleSignal(data);
     }
   }
 
@@ -480,10 +505,11 @@ export class Room {
     // peer connection is tried shortly (the other side does the same).
     this.transmit(remote, remote.outbox.pending, true);
     if (!this.left && !remote.noWebrtc && this.remotes.get(remote.info.id) === remote) {
+      const dead = remote.link;
       clearTimeout(remote.relinkTimer);
       remote.relinkTimer = setTimeout(() => {
-        if (this.remotes.get(remote.info.id) !== remote || remote.link?.open) return;
-        remote.link?.close();
+        // Not if the peer left, or if its newer connection already replaced this one.
+        if (this.remotes.get(remote.info.id) !== remote || remote.link !== dead) return;
         this.link(remote);
       }, RELINK_MS);
     }
@@ -648,11 +674,16 @@ export class Room {
       const buffered = remote.link?.open ? remote.link.dc.bufferedAmount : 0;
       if (buffered > 0 && buffered < remote.lastBuffered) remote.lastProgressAt = now;
       remote.lastBuffered = buffered;
-      const due = remote.outbox.pending.filter(
-        (e) =>
-          now - e.sentAt >= RETRANSMIT_MS &&
-          (e.via !== "p2p" || !remote.link?.open || now - remote.lastProgressAt >= RETRANSMIT_MS),
-      );
+      let budget = RETRANSMIT_BYTES_PER_TICK;
+      const due = remote.outbox.pending.filter((e) => {
+        const rto = Math.min(RETRANSMIT_MS * 2 ** e.tries, RETRANSMIT_MAX_MS);
+        const stalled = e.via !== "p2p" || !remote.link?.open || now - remote.lastProgressAt >= rto;
+        if (e.sentAt > 0 && (now - e.sentAt < rto || !stalled)) return false;
+        if (budget <= 0) return false;
+        budget -= e.bytes;
+        if (e.sentAt > 0) e.tries++;
+        return true;
+      });
       if (due.length > 0) this.transmit(remote, due, this.signaling.connected);
       if (remote.ackDue) this.scheduleAcks();
     }

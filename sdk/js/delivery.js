@@ -18,6 +18,10 @@ export const MAX_MESSAGE_BYTES = 1 << 20;
 export const CHUNK_CHARS = 16 * 1024;
 /** Envelope format version. */
 export const VERSION = 1;
+/** Most chunks a message can have (1 MiB of JSON in CHUNK_CHARS pieces, rounded up). */
+export const MAX_CHUNKS = Math.ceil(MAX_MESSAGE_BYTES / CHUNK_CHARS) + 1;
+/** Sequence numbers further ahead than this are refused (the sender's outbox is smaller). */
+export const MAX_AHEAD = 4096;
 
 /**
  * @typedef {{v: number, k: "m", s: number, t: string, d: unknown}} WholeEnvelope
@@ -76,7 +80,7 @@ export function isEnvelope(x) {
     case "c":
       return (
         seq(e.s) && typeof e.t === "string" && typeof e.p === "string" &&
-        Number.isSafeInteger(e.n) && /** @type {number} */ (e.n) >= 1 &&
+        Number.isSafeInteger(e.n) && /** @type {number} */ (e.n) >= 1 && /** @type {number} */ (e.n) <= MAX_CHUNKS &&
         Number.isSafeInteger(e.i) && /** @type {number} */ (e.i) >= 0 && /** @type {number} */ (e.i) < /** @type {number} */ (e.n)
       );
     case "a":
@@ -93,7 +97,9 @@ export function isEnvelope(x) {
  * @property {string} json
  * @property {number} bytes
  * @property {"none" | "p2p" | "relay"} via  the path of the last transmission
- * @property {number} sentAt time of the last transmission (ms), 0 before the first
+ * @property {number} sentAt time of the last transmission (ms), 0 before the first (or when
+ *   the last attempt could not go out)
+ * @property {number} tries retransmissions so far (for the back-off)
  * @property {(value: void) => void} resolve
  * @property {(reason: Error) => void} reject
  */
@@ -123,7 +129,8 @@ export class Outbox {
       resolve = res;
       reject = rej;
     });
-    const entry = { seq: this.nextSeq++, type, json, bytes, via: /** @type {const} */ ("none"), sentAt: 0, resolve, reject };
+    /** @type {Pending} */
+    const entry = { seq: this.nextSeq++, type, json, bytes, via: "none", sentAt: 0, tries: 0, resolve, reject };
     this.pending.push(entry);
     this.bytes += bytes;
     return { entry, done };
@@ -178,7 +185,7 @@ export class Inbox {
    * @returns {{type: string, data: unknown, seq: number}[]}
    */
   receive(env) {
-    if (env.s < this.expected || this.held.has(env.s)) return [];
+    if (env.s < this.expected || this.held.has(env.s) || env.s >= this.expected + MAX_AHEAD) return [];
     if (env.k === "m") {
       this.held.set(env.s, { type: env.t, data: env.d });
     } else {
@@ -192,7 +199,13 @@ export class Inbox {
       c.have++;
       if (c.have < env.n) return [];
       this.chunks.delete(env.s);
-      this.held.set(env.s, { type: c.type, data: JSON.parse(c.parts.join("")) });
+      let data;
+      try {
+        data = JSON.parse(c.parts.join(""));
+      } catch {
+        return []; // a broken sender; its message can never complete
+      }
+      this.held.set(env.s, { type: c.type, data });
     }
     /** @type {{type: string, data: unknown, seq: number}[]} */
     const out = [];

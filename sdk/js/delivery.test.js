@@ -75,3 +75,14 @@ test("the outbox settles on cumulative acks and fails the rest when the peer is 
   assert.equal(out.pending.length, 0);
   assert.equal(out.bytes, 0);
 });
+
+test("a hostile sender cannot make the inbox allocate or hold without bound", () => {
+  const inbox = new Inbox();
+  // A chunk claiming a billion parts is not an envelope at all.
+  assert.ok(!isEnvelope({ v: 1, k: "c", s: 1, t: "x", i: 0, n: 1e9, p: "" }));
+  // Messages far ahead of the next expected one are dropped, not held.
+  assert.deepEqual(inbox.receive({ v: 1, k: "m", s: 1e6, t: "x", d: 1 }), []);
+  assert.equal(inbox.held.size, 0);
+  // Chunks that do not join into JSON are dropped without throwing.
+  assert.deepEqual(inbox.receive({ v: 1, k: "c", s: 1, t: "x", i: 0, n: 1, p: "{not json" }), []);
+});

@@ -30,7 +30,13 @@ export class PeerLink {
    */
   constructor(polite, iceServers, local, handlers) {
     this.polite = polite;
+    /** This connection's generation: every signal it sends carries it. */
+    this.gen = Math.random().toString(36).slice(2, 10);
+    /** @type {string | undefined} the remote connection this one negotiates with */
+    this.remoteGen = undefined;
     this.handlers = handlers;
+    /** @param {Record<string, unknown>} data */
+    this.signal = (data) => handlers.signal({ ...data, gen: this.gen, to: this.remoteGen });
     this.makingOffer = false;
     this.ignoreOffer = false;
     /** @type {string[]} what happened, for debugging negotiation */
@@ -66,7 +72,7 @@ export class PeerLink {
       }, FIRST_OFFER_WAIT_MS);
     }
     this.pc.onicecandidate = ({ candidate }) => {
-      if (candidate) handlers.signal({ candidate });
+      if (candidate) this.signal({ candidate });
     };
     this.pc.oniceconnectionstatechange = () => {
       if (this.pc.iceConnectionState === "failed") this.pc.restartIce();
@@ -80,7 +86,7 @@ export class PeerLink {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
-      this.handlers.signal({ description: this.pc.localDescription });
+      this.signal({ description: this.pc.localDescription });
     } catch (err) {
       console.warn("bluecam: negotiation failed", err);
     } finally {
@@ -128,7 +134,7 @@ export class PeerLink {
         await pc.setRemoteDescription(description);
         if (description.type === "offer") {
           await pc.setLocalDescription();
-          this.handlers.signal({ description: pc.localDescription });
+          this.signal({ description: pc.localDescription });
         }
       } else if (data.candidate) {
         try {

@@ -7,9 +7,11 @@
 import { joinError, ConnectionError } from "./errors.js";
 
 /** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
-const FINAL_CLOSES = new Set([1000, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
+const FINAL_CLOSES = new Set([1000, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
+/** Frames kept while the socket is down (signaling); beyond this the oldest are dropped. */
+const MAX_QUEUED = 1000;
 
 /**
  * @typedef {{op: string, [key: string]: any}} Frame
@@ -25,11 +27,20 @@ export class Signaling {
    * @param {string} url ws(s)://host/v1/ws
    * @param {string} token
    * @param {SignalingHandlers} handlers
+   * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
+   *   one may have expired by the time the network drops)
    */
-  constructor(url, token, handlers) {
+  constructor(url, token, handlers, getToken) {
     this.url = url;
     this.token = token;
     this.handlers = handlers;
+    this.getToken = getToken;
+    /** When the socket was last lost (0 while connected). */
+    this.lostAt = 0;
+    /** The server's resume window, from `joined`. */
+    this.resumeWindowMs = 60000;
+    /** @type {Frame[]} frames to send once the socket is back (bounded) */
+    this.queued = [];
     /** @type {WebSocket | null} */
     this.ws = null;
     /** @type {{session: string, secret: string} | null} */
@@ -79,7 +90,9 @@ export class Signaling {
         if (frame.op === "joined") {
           joined = true;
           this.attempt = 0;
+          this.lostAt = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
+          this.resumeWindowMs = (frame.session.resumeWindowSecs ?? 60) * 1000;
           this.setConnected(true);
           onJoined(frame);
         } else if (frame.op === "error") {
@@ -93,38 +106,54 @@ export class Signaling {
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
-      if (!joined) {
-        if (failure || FINAL_CLOSES.has(ev.code)) {
-          const error = failure ?? new ConnectionError(`connection closed (${ev.code})`);
-          if (this.resume) {
-            // A resume failed for good: the session is over.
-            this.closedForGood = true;
-            this.handlers.onFatal(error, ev.code);
-          }
-          onFailed(error);
-          return;
-        }
-        if (!this.resume) {
-          // The first connection never got through: report instead of retrying forever.
-          onFailed(new ConnectionError(`cannot connect to ${this.url} (${ev.code})`));
-          return;
-        }
-      } else if (FINAL_CLOSES.has(ev.code)) {
-        this.closedForGood = true;
-        this.handlers.onFatal(new ConnectionError(`connection closed (${ev.code} ${ev.reason})`), ev.code);
+      if (!joined && !this.resume) {
+        // The first join: report, never retry behind the caller's back.
+        onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${ev.code})`));
         return;
       }
+      // Decide by the close code alone: an `unavailable` during a resume (a draining node, a
+      // store outage) is worth retrying; a refused token is, when a fresh one can be had.
+      const final = FINAL_CLOSES.has(ev.code) && !(ev.code === 4001 && this.getToken && !joined);
+      if (final) {
+        this.fail(failure ?? new ConnectionError(`connection closed (${ev.code} ${ev.reason})`), ev.code);
+        return;
+      }
+      if (this.lostAt === 0) this.lostAt = Date.now();
       this.scheduleReconnect();
     };
   }
 
+  /**
+   * The session is over.
+   * @param {Error} error
+   * @param {number} code
+   */
+  fail(error, code) {
+    this.closedForGood = true;
+    clearTimeout(this.retryTimer);
+    this.queued = [];
+    this.handlers.onFatal(error, code);
+  }
+
   scheduleReconnect() {
+    if (this.lostAt > 0 && Date.now() - this.lostAt > this.resumeWindowMs) {
+      // The server has ended the session by now: say so instead of retrying forever.
+      this.fail(new ConnectionError("offline for longer than the resume window"), 4010);
+      return;
+    }
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     const delay = Math.max(base / 2 + Math.random() * (base / 2), this.blockedUntil - Date.now());
     this.attempt++;
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => {
+    this.retryTimer = setTimeout(async () => {
       if (this.closedForGood) return;
+      if (this.getToken) {
+        try {
+          this.token = await this.getToken();
+        } catch {
+          // Keep the old token; the server will say if it is no good.
+        }
+      }
       this.open(
         (joined) => this.handlers.onResumed(joined),
         () => {},
@@ -150,6 +179,23 @@ export class Signaling {
     if (!this.connected || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
+  }
+
+  /**
+   * Sends now, or once the socket is back (for frames that must not be lost, like signaling).
+   * @param {Frame} frame
+   */
+  sendOrQueue(frame) {
+    if (this.send(frame)) return;
+    this.queued.push(frame);
+    if (this.queued.length > MAX_QUEUED) this.queued.shift();
+  }
+
+  /** Sends what waited for the socket; call after a resume. */
+  flushQueued() {
+    const queued = this.queued;
+    this.queued = [];
+    for (const f of queued) this.sendOrQueue(f);
   }
 
   /** Drops the socket without leaving (tests use it to simulate a network cut). */

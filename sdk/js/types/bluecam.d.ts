@@ -48,6 +48,8 @@ export class Room {
     ackTimer: ReturnType<typeof setTimeout> | undefined;
     flushScheduled: boolean;
     signaling: Signaling;
+    /** Admission of sends, in call order (see sendMessage). */
+    admission: Promise<void>;
     start(): Promise<void>;
     /** The peers in the room now (without yourself). */
     get peers(): Peer[];
@@ -187,6 +189,11 @@ export type JoinOptions = {
      * from the app's backend
      */
     token: string;
+    /**
+     * a fresh token for the same room and identity,
+     * used when the WebSocket resumes (the first token may have expired by then)
+     */
+    getToken?: (() => Promise<string>) | undefined;
     /**
      * defaults to the origin the SDK was loaded from
      */

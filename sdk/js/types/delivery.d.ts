@@ -45,6 +45,10 @@ export const MAX_MESSAGE_BYTES: number;
 export const CHUNK_CHARS: number;
 /** Envelope format version. */
 export const VERSION: 1;
+/** Most chunks a message can have (1 MiB of JSON in CHUNK_CHARS pieces, rounded up). */
+export const MAX_CHUNKS: number;
+/** Sequence numbers further ahead than this are refused (the sender's outbox is smaller). */
+export const MAX_AHEAD: 4096;
 /**
  * @typedef {object} Pending
  * @property {number} seq
@@ -52,7 +56,9 @@ export const VERSION: 1;
  * @property {string} json
  * @property {number} bytes
  * @property {"none" | "p2p" | "relay"} via  the path of the last transmission
- * @property {number} sentAt time of the last transmission (ms), 0 before the first
+ * @property {number} sentAt time of the last transmission (ms), 0 before the first (or when
+ *   the last attempt could not go out)
+ * @property {number} tries retransmissions so far (for the back-off)
  * @property {(value: void) => void} resolve
  * @property {(reason: Error) => void} reject
  */
@@ -145,9 +151,14 @@ export type Pending = {
      */
     via: "none" | "p2p" | "relay";
     /**
-     * time of the last transmission (ms), 0 before the first
+     * time of the last transmission (ms), 0 before the first (or when
+     * the last attempt could not go out)
      */
     sentAt: number;
+    /**
+     * retransmissions so far (for the back-off)
+     */
+    tries: number;
     resolve: (value: void) => void;
     reject: (reason: Error) => void;
 };

@@ -9,7 +9,13 @@ export class PeerLink {
      */
     constructor(polite: boolean, iceServers: RTCIceServer[], local: MediaStream | null, handlers: LinkHandlers);
     polite: boolean;
+    /** This connection's generation: every signal it sends carries it. */
+    gen: string;
+    /** @type {string | undefined} the remote connection this one negotiates with */
+    remoteGen: string | undefined;
     handlers: LinkHandlers;
+    /** @param {Record<string, unknown>} data */
+    signal: (data: Record<string, unknown>) => void;
     makingOffer: boolean;
     ignoreOffer: boolean;
     /** @type {string[]} what happened, for debugging negotiation */

@@ -11,11 +11,20 @@ export class Signaling {
      * @param {string} url ws(s)://host/v1/ws
      * @param {string} token
      * @param {SignalingHandlers} handlers
+     * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
+     *   one may have expired by the time the network drops)
      */
-    constructor(url: string, token: string, handlers: SignalingHandlers);
+    constructor(url: string, token: string, handlers: SignalingHandlers, getToken: (() => Promise<string>) | undefined);
     url: string;
     token: string;
     handlers: SignalingHandlers;
+    getToken: (() => Promise<string>) | undefined;
+    /** When the socket was last lost (0 while connected). */
+    lostAt: number;
+    /** The server's resume window, from `joined`. */
+    resumeWindowMs: number;
+    /** @type {Frame[]} frames to send once the socket is back (bounded) */
+    queued: Frame[];
     /** @type {WebSocket | null} */
     ws: WebSocket | null;
     /** @type {{session: string, secret: string} | null} */
@@ -40,6 +49,12 @@ export class Signaling {
      * @param {(error: Error) => void} onFailed
      */
     open(onJoined: (joined: Frame) => void, onFailed: (error: Error) => void): void;
+    /**
+     * The session is over.
+     * @param {Error} error
+     * @param {number} code
+     */
+    fail(error: Error, code: number): void;
     scheduleReconnect(): void;
     /**
      * @param {boolean} up
@@ -50,6 +65,13 @@ export class Signaling {
      * @param {Frame} frame
      */
     send(frame: Frame): boolean;
+    /**
+     * Sends now, or once the socket is back (for frames that must not be lost, like signaling).
+     * @param {Frame} frame
+     */
+    sendOrQueue(frame: Frame): void;
+    /** Sends what waited for the socket; call after a resume. */
+    flushQueued(): void;
     /** Drops the socket without leaving (tests use it to simulate a network cut). */
     drop(): void;
     /**
