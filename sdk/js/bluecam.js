@@ -64,6 +64,9 @@ const RELINK_MS = 1000;
  * @property {(peer: Peer, path: Path) => void} [onPathChange]
  * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
  * @property {(error: Error) => void} [onError]
+ * @property {(peer: Peer, gap: {expected: number, held: number, partial: number}) => void} [onGap]
+ *   a peer left while some of its messages to us were incomplete: message `expected` never
+ *   arrived, and `held` later messages and `partial` chunked ones are dropped with it
  */
 
 /**
@@ -438,6 +441,11 @@ export class Room {
     clearTimeout(remote.relinkTimer);
     remote.link?.close();
     remote.outbox.fail(error ?? new PeerUnreachableError(`peer ${id} left`, [id]));
+    const { held, chunks, expected } = remote.inbox;
+    if (held.size > 0 || chunks.size > 0) {
+      // Delivery from this peer became impossible with messages outstanding: say so.
+      this.options.onGap?.(remote.info, { expected, held: held.size, partial: chunks.size });
+    }
     this.removeVideo(id);
     this.wakeSpaceWaiters();
     if (!this.left) this.options.onPeerLeft?.(remote.info);

@@ -239,6 +239,15 @@ export type JoinOptions = {
         video: boolean;
     }) => void) | undefined;
     onError?: ((error: Error) => void) | undefined;
+    /**
+     * a peer left while some of its messages to us were incomplete: message `expected` never
+     * arrived, and `held` later messages and `partial` chunked ones are dropped with it
+     */
+    onGap?: ((peer: Peer, gap: {
+        expected: number;
+        held: number;
+        partial: number;
+    }) => void) | undefined;
 };
 export type Remote = {
     info: Peer;
