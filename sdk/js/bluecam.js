@@ -27,6 +27,8 @@ export { MAX_MESSAGE_BYTES } from "./delivery.js";
  * server for its resume) is not flooded. */
 const RETRANSMIT_MS = 1500;
 const RETRANSMIT_MAX_MS = 30000;
+/** The slowest path we wait for before calling a large send stalled: 1 MB/s. */
+const SLOWEST_BYTES_PER_MS = 1000;
 /** Bytes of retransmissions per tick at most (at least one message goes). */
 const RETRANSMIT_BYTES_PER_TICK = 256 * 1024;
 /** How often the retransmission check runs. */
@@ -649,6 +651,7 @@ export class Room {
       if (!relayOnly && remote.link?.open && envs.every((e) => remote.link?.send(JSON.stringify(e)))) {
         entry.via = "p2p";
         entry.sentAt = now;
+        remote.lastProgressAt = now;
         continue;
       }
       for (const env of envs) {
@@ -684,7 +687,8 @@ export class Room {
       remote.lastBuffered = buffered;
       let budget = RETRANSMIT_BYTES_PER_TICK;
       const due = remote.outbox.pending.filter((e) => {
-        const rto = Math.min(RETRANSMIT_MS * 2 ** e.tries, RETRANSMIT_MAX_MS);
+        // Larger messages get the time a slow path needs to carry them (1 MB/s).
+        const rto = Math.min(RETRANSMIT_MS * 2 ** e.tries, RETRANSMIT_MAX_MS) + e.bytes / SLOWEST_BYTES_PER_MS;
         const stalled = e.via !== "p2p" || !remote.link?.open || now - remote.lastProgressAt >= rto;
         if (e.sentAt > 0 && (now - e.sentAt < rto || !stalled)) return false;
         if (budget <= 0) return false;

@@ -373,9 +373,9 @@ struct CreateToken {
     metadata: Option<Box<RawValue>>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     token: String,
     /// Seconds since the Unix epoch.
     expires_at: u64,
@@ -408,7 +408,15 @@ async fn create_token(
         metadata: body.metadata,
         permissions: body.permissions,
     };
-    let token = state.secret.mint(&claims).map_err(|e| {
+    Ok(issue_token(&state, &claims)?)
+}
+
+/// Signs claims into the 201 answer of a token endpoint.
+pub(crate) fn issue_token(
+    state: &AppState,
+    claims: &Claims,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    let token = state.secret.mint(claims).map_err(|e| {
         tracing::error!(error = %e, "token signing failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

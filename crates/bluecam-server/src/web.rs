@@ -180,7 +180,7 @@ async fn demo_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
     crate::api::ApiJson(body): crate::api::ApiJson<DemoTokenRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::api::TokenResponse>), ApiError> {
     if !state.demo_enabled() {
         return Err(demo_off());
     }
@@ -206,16 +206,5 @@ async fn demo_token(
         metadata: None,
         permissions: None,
     };
-    let token = state.secret.mint(&claims).map_err(|e| {
-        tracing::error!(error = %e, "token signing failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "could not sign the token",
-        )
-    })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"token": token, "expiresAt": claims.exp})),
-    ))
+    crate::api::issue_token(&state, &claims)
 }

@@ -303,3 +303,105 @@ async fn health_ready_metrics_and_unknown_routes() {
         .unwrap();
     assert_eq!(res.status(), 405);
 }
+
+#[tokio::test]
+async fn the_sdk_is_served_with_cors_and_an_etag() {
+    let s = TestServer::start().await;
+    let res = s.http().get(s.url("/sdk/bluecam.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("export async function joinRoom")
+    );
+    let again = s
+        .http()
+        .get(s.url("/sdk/bluecam.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    for module in ["delivery.js", "errors.js", "mesh.js", "signaling.js"] {
+        let res = s
+            .http()
+            .get(s.url(&format!("/sdk/{module}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{module}");
+    }
+    let res = s.http().get(s.url("/sdk/nope.js")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn demo_endpoints_mint_rooms_and_tokens_only_when_the_demo_is_on() {
+    let s = TestServer::start().await; // loopback bind: the demo is on by default
+    let page = s
+        .http()
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("New private room"));
+    let res = s.http().post(s.url("/demo/rooms")).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let created: Value = res.json().await.unwrap();
+    let id = created["room"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["invite"], format!("/?room={id}"));
+    assert_eq!(created["room"]["maxPeers"], 8);
+    let res = s
+        .http()
+        .post(s.url(&format!("/demo/rooms/{id}/tokens")))
+        .json(&json!({"name": "Ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let token: Value = res.json().await.unwrap();
+    let claims = s.secret.verify(token["token"].as_str().unwrap()).unwrap();
+    assert_eq!(claims.room.as_str(), id);
+    assert_eq!(claims.name.as_deref(), Some("Ann"));
+    let res = s
+        .http()
+        .post(s.url("/demo/rooms/nope/tokens"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    let off = TestServer::with(|c| c.demo = Some(false)).await;
+    let res = off
+        .http()
+        .post(off.url("/demo/rooms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_error(&body, "not_found");
+    let page = off
+        .http()
+        .get(off.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("BlueCam is running"));
+}
