@@ -22,6 +22,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// ICE servers handed to clients in `joined`.
     pub ice_servers: Vec<IceServer>,
+    /// A TURN server sharing a secret with this node (coturn's `use-auth-secret`): each session
+    /// gets its own short-lived credentials.
+    pub turn: Option<TurnConfig>,
     /// Serve the demo page at `/` with its secret-less room and token endpoints. Unset: on
     /// when `bind` is a loopback address (the local default setup), off otherwise.
     pub demo: Option<bool>,
@@ -30,6 +33,66 @@ pub struct Config {
     /// Largest `ttlSecs` the token endpoint accepts.
     pub max_token_ttl_secs: u64,
     pub limits: LimitsConfig,
+}
+
+/// TURN with credentials minted per session (coturn `use-auth-secret` / `static-auth-secret`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs of the server.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`.
+    pub secret: String,
+    /// Lifetime of the credentials, in seconds (default one day).
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_turn_ttl() -> u64 {
+    24 * 3600
+}
+
+impl TurnConfig {
+    /// The ICE server entry for one session: username `<expiry>:<peer>`, credential
+    /// base64(HMAC-SHA1(secret, username)), as coturn checks it.
+    pub fn ice_server(&self, peer: &str, now_unix: u64) -> IceServer {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let username = format!("{}:{peer}", now_unix + self.ttl_secs);
+        // HMAC accepts keys of any length; this cannot fail.
+        let credential = hmac::Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())
+            .map(|mut mac| {
+                mac.update(username.as_bytes());
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            })
+            .unwrap_or_default();
+        IceServer {
+            urls: self.urls.clone(),
+            username: Some(username),
+            credential: Some(credential),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_credentials_follow_coturns_rest_scheme() {
+        let turn = TurnConfig {
+            urls: vec!["turn:turn.example.com:3478".into()],
+            secret: "s3cret".into(),
+            ttl_secs: 100,
+        };
+        let ice = turn.ice_server("peer-1", 1_699_999_900);
+        assert_eq!(ice.username.as_deref(), Some("1700000000:peer-1"));
+        // Computed independently: base64(HMAC-SHA1("s3cret", "1700000000:peer-1")).
+        assert_eq!(
+            ice.credential.as_deref(),
+            Some("rCFVLvIwlVfR84C5QMSLI2HmoLo=")
+        );
+    }
 }
 
 /// Limits with their overflow policies (see `docs/limits.md`).
@@ -73,6 +136,7 @@ impl Default for Config {
             api_secret: None,
             allowed_origins: Vec::new(),
             ice_servers: Vec::new(),
+            turn: None,
             demo: None,
             default_token_ttl_secs: 3600,
             max_token_ttl_secs: 7 * 24 * 3600,

@@ -192,6 +192,11 @@ async fn join(
             ));
         }
     };
+    let peer = PeerId::new(crate::auth::random_token(12));
+    let mut ice_servers = state.config.ice_servers.clone();
+    if let Some(turn) = &state.config.turn {
+        ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
+    }
     let req = JoinRequest {
         conn,
         room: RoomAccess {
@@ -205,11 +210,11 @@ async fn join(
         permissions: claims.permissions.unwrap_or_default(),
         resume,
         fresh: FreshIds {
-            peer: PeerId::new(crate::auth::random_token(12)),
+            peer,
             session: SessionId::new(crate::auth::random_token(16)),
             secret: SessionSecret::new(crate::auth::random_token(32)),
         },
-        ice_servers: state.config.ice_servers.clone(),
+        ice_servers,
         limits: state.config.limits.to_wire(room.max_peers),
     };
     let room_id = room.id.clone();

@@ -255,3 +255,36 @@ async fn permissions_without_send_data_refuse_send_but_allow_signal() {
         .await;
     assert_eq!(b.recv_op("signal").await["from"], viewer.id());
 }
+
+#[tokio::test]
+async fn joined_carries_configured_ice_servers_and_per_session_turn_credentials() {
+    let s = TestServer::with(|c| {
+        c.ice_servers = vec![bluecam_proto::IceServer {
+            urls: vec!["stun:stun.example.com:3478".into()],
+            username: None,
+            credential: None,
+        }];
+        c.turn = Some(bluecam_server::config::TurnConfig {
+            urls: vec!["turn:turn.example.com:3478".into()],
+            secret: "shared".into(),
+            ttl_secs: 600,
+        });
+    })
+    .await;
+    let room = s.room().await;
+    let a = s.join(&room, "a").await;
+    let b = s.join(&room, "b").await;
+    let ice_a = &a.joined.as_ref().unwrap().ice_servers;
+    let ice_b = &b.joined.as_ref().unwrap().ice_servers;
+    assert_eq!(ice_a[0].urls, ["stun:stun.example.com:3478"]);
+    assert_eq!(ice_a[1].urls, ["turn:turn.example.com:3478"]);
+    let user = ice_a[1].username.as_deref().unwrap();
+    let (expiry, _) = user.split_once(':').unwrap();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(expiry >= crate::common::now() + 590 && expiry <= crate::common::now() + 610);
+    assert_ne!(
+        ice_a[1].username, ice_b[1].username,
+        "credentials are per session"
+    );
+    assert!(ice_a[1].credential.as_ref().is_some_and(|c| c.len() == 28));
+}
