@@ -18,6 +18,9 @@ pub struct Config {
     /// The API secret (bearer secret of the HTTP API and HS256 key of tokens). When unset,
     /// one is generated on first start and kept in `data_dir/api-secret` (mode 0600).
     pub api_secret: Option<String>,
+    /// Serve HTTPS/WSS with this certificate chain and key (PEM files); browsers need a secure
+    /// context for the camera anywhere but localhost.
+    pub tls: Option<TlsConfig>,
     /// Origins allowed to open `/v1/ws` (`Origin` header). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// ICE servers handed to clients in `joined`.
@@ -33,6 +36,16 @@ pub struct Config {
     /// Largest `ttlSecs` the token endpoint accepts.
     pub max_token_ttl_secs: u64,
     pub limits: LimitsConfig,
+}
+
+/// Certificate and key for built-in TLS (rustls).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// TURN with credentials minted per session (coturn `use-auth-secret` / `static-auth-secret`).
@@ -133,6 +146,7 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("bluecam-data"),
             public_url: None,
+            tls: None,
             api_secret: None,
             allowed_origins: Vec::new(),
             ice_servers: Vec::new(),

@@ -50,6 +50,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("the API secret must be at least {MIN_SECRET_LEN} characters")]
     WeakSecret,
+    #[error("cannot load the TLS certificate or key: {0}")]
+    Tls(std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -124,6 +126,7 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     secret_origin: SecretOrigin,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 impl Server {
@@ -137,6 +140,14 @@ impl Server {
         if secret.expose().trim().len() < MIN_SECRET_LEN {
             return Err(ServerError::WeakSecret);
         }
+        let tls = match &config.tls {
+            Some(t) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+                    .await
+                    .map_err(ServerError::Tls)?,
+            ),
+            None => None,
+        };
         let store = SqliteStore::open(&config.data_dir)?;
         let metrics = metrics::Metrics::new();
         let hub = hub::HubHandle::new(
@@ -159,6 +170,7 @@ impl Server {
             listener,
             state,
             secret_origin,
+            tls,
         })
     }
 
@@ -179,17 +191,34 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
         spawn_timers(&state);
-        let app = app(state.clone());
+        let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let inner_shutdown = state.shutdown.clone();
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
-            inner_shutdown.cancel();
-        })
-        .await;
+        let served = match self.tls {
+            None => {
+                axum::serve(self.listener, service)
+                    .with_graceful_shutdown(async move {
+                        shutdown.cancelled().await;
+                        inner_shutdown.cancel();
+                    })
+                    .await
+            }
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                state.tracker.spawn(async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = inner_shutdown.cancelled() => {}
+                    }
+                    inner_shutdown.cancel();
+                    stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                });
+                axum_server::from_tcp_rustls(self.listener.into_std()?, tls)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        };
         state.shutdown.cancel();
         state.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())

@@ -50,6 +50,12 @@ struct ServeArgs {
     /// API secret; when unset one is generated on first start and kept in the data dir.
     #[arg(long, env = "BLUECAM_API_SECRET", hide_env_values = true)]
     api_secret: Option<String>,
+    /// Serve HTTPS/WSS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "BLUECAM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "BLUECAM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Redis URL for cluster mode.
     #[arg(long, env = "BLUECAM_REDIS_URL")]
     redis: Option<String>,
@@ -87,6 +93,9 @@ impl ServeArgs {
         }
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(bluecam_server::config::TlsConfig { cert, key });
         }
         if self.public_url.is_some() {
             config.public_url = self.public_url;
@@ -135,9 +144,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
     let public_url = config.public_url.clone();
     let data_dir = config.data_dir.clone();
+    let tls = config.tls.is_some();
     let server = Server::bind(listener, config).await?;
     let addr = server.local_addr()?;
-    let url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+    let scheme = if tls { "https" } else { "http" };
+    let url = public_url.unwrap_or_else(|| format!("{scheme}://{addr}"));
     println!("BlueCam is listening on {url}");
     match server.secret_origin() {
         SecretOrigin::Generated => println!(

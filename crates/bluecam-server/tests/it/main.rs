@@ -6,4 +6,5 @@ mod http;
 mod lifecycle;
 mod limits;
 mod resume;
+mod tls;
 mod ws;
