@@ -22,6 +22,7 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt as _,
 };
 use bluecam_proto::{ErrorCode, RoomClosedReason, RoomId};
 use std::{
@@ -195,7 +196,14 @@ impl Server {
         let inner_shutdown = state.shutdown.clone();
         let served = match self.tls {
             None => {
-                axum::serve(self.listener, service)
+                // Signaling is small frames that must go out at once: no Nagle delay (with
+                // delayed ACKs it costs 40 ms per exchange).
+                let listener = self.listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move {
                         shutdown.cancelled().await;
                         inner_shutdown.cancel();
@@ -213,7 +221,10 @@ impl Server {
                     inner_shutdown.cancel();
                     stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
                 });
-                axum_server::from_tcp_rustls(self.listener.into_std()?, tls)?
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                axum_server::from_tcp(self.listener.into_std()?)?
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(service)
                     .await

@@ -290,3 +290,20 @@ fn bench_relay_smoke() {
         assert_eq!(v["failed_peers"], 0, "{v}");
     }
 }
+
+#[test]
+fn bench_signal_smoke() {
+    let v = bench(&[
+        "signal",
+        "--pairs",
+        "3",
+        "--exchanges",
+        "2",
+        "--candidates",
+        "5",
+    ]);
+    assert_eq!(v["failed_pairs"], 0, "{v}");
+    // Per exchange: offer + answer + 5 candidates each way.
+    assert_eq!(v["hop"]["count"], 3 * 2 * 12, "{v}");
+    assert_eq!(v["exchange"]["count"], 3 * 2, "{v}");
+}

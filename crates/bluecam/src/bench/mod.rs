@@ -1,0 +1,447 @@
+//! `bluecam bench`: a load generator speaking the real protocol through `bluecam-proto`.
+//! Scenarios: `idle` (connections held, server RSS and CPU), `join-storm` (join rate and
+//! latency), `relay` (messages/s delivered and latency in rooms of k peers) and `signal`
+//! (offer/answer/candidate exchanges: per-hop latency and whole-exchange time).
+//! Unless `--server` is given it starts its own `bluecam serve` child with limits raised for
+//! load (see BENCHMARKS.md), so it can read that process's memory and CPU.
+
+use anyhow::{Context as _, bail};
+use bluecam_proto::{ClientMessage, Joined, PeerId, RawValue, ServerMessage};
+use bluecam_server::{Claims, Secret};
+use clap::{Args, Subcommand};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    io::{BufRead as _, Write as _},
+    net::{Ipv4Addr, SocketAddr},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::Semaphore,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
+
+mod idle;
+mod relay;
+mod signal;
+mod storm;
+
+use idle::{idle, idle_worker};
+use relay::relay;
+use signal::signal;
+use storm::join_storm;
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Benchmark a running server at this URL instead of starting one.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Its API secret (with --server).
+    #[arg(
+        long,
+        env = "BLUECAM_API_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    secret: Option<String>,
+    /// Its process id (with --server), to read its memory and CPU.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Write the result as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Hold N idle joined connections; report server RSS per connection and idle CPU.
+    Idle {
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        /// Generator processes (each may hold at most 20,000 open files here).
+        #[arg(long, default_value_t = 4)]
+        procs: usize,
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
+    /// N clients connect and join as fast as allowed; join rate and latency.
+    JoinStorm {
+        #[arg(long, default_value_t = 5_000)]
+        joins: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+    },
+    /// Every peer broadcasts to its room flat out (at most `window` messages in flight);
+    /// messages/s delivered and latency.
+    Relay {
+        #[arg(long, default_value_t = 1_000)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2)]
+        room_size: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 16)]
+        window: u64,
+    },
+    /// Pairs exchange an offer, an answer and ICE candidates both ways through the server;
+    /// per-hop latency and whole-exchange time.
+    Signal {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value_t = 20)]
+        exchanges: usize,
+        #[arg(long, default_value_t = 20)]
+        candidates: usize,
+    },
+    /// (internal) one generator process of `idle`.
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        room_prefix: String,
+        #[arg(long)]
+        room_size: usize,
+        #[arg(long)]
+        start: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source_ip: Ipv4Addr,
+    },
+}
+
+/// The server under test.
+struct Target {
+    http: String,
+    addr: SocketAddr,
+    secret: Secret,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _dir: Option<TempDir>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Limits raised for load: the defaults protect a server from clients, a benchmark needs
+/// clients that may go flat out. BENCHMARKS.md repeats this.
+const BENCH_CONFIG: &str = r#"
+demo = false
+[limits]
+rate_frames_per_sec = 100000000
+rate_burst_frames = 100000000
+rate_bytes_per_sec = 100000000000
+rate_burst_bytes = 100000000000
+max_peers_per_room = 1000
+max_connections = 1000000
+"#;
+
+async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
+    if let Some(url) = &args.server {
+        let secret = args
+            .secret
+            .clone()
+            .context("--server needs --secret or BLUECAM_API_SECRET")?;
+        let host = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let addr = tokio::net::lookup_host(&host)
+            .await?
+            .next()
+            .context("cannot resolve the server")?;
+        return Ok(Target {
+            http: url.trim_end_matches('/').to_owned(),
+            addr,
+            secret: Secret::new(secret),
+            pid: args.server_pid,
+            child: None,
+            _dir: None,
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("bluecam-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir(dir);
+    std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let secret = bluecam_server::auth::random_token(32);
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.0.join("bench.toml"))
+        .arg("--bind")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .env("BLUECAM_API_SECRET", &secret)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the server")?;
+    let target = Target {
+        http: format!("http://{addr}"),
+        addr,
+        secret: Secret::new(secret),
+        pid: Some(child.id()),
+        child: Some(child),
+        _dir: Some(dir),
+    };
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http
+            .get(format!("{}/healthz", target.http))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(target);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not become healthy")
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Scenario::IdleWorker {
+        addr,
+        room_prefix,
+        room_size,
+        start,
+        count,
+        source_ip,
+    } = &args.scenario
+    {
+        let secret = Secret::new(args.secret.clone().context("worker needs the secret")?);
+        return idle_worker(
+            *addr,
+            &secret,
+            room_prefix,
+            *room_size,
+            *start,
+            *count,
+            *source_ip,
+        )
+        .await;
+    }
+    let target = start_target(&args).await?;
+    let result = match args.scenario {
+        Scenario::Idle {
+            connections,
+            room_size,
+            procs,
+            hold_secs,
+        } => idle(&target, connections, room_size, procs.max(1), hold_secs).await?,
+        Scenario::JoinStorm {
+            joins,
+            concurrency,
+            room_size,
+        } => join_storm(&target, joins, concurrency.max(1), room_size).await?,
+        Scenario::Relay {
+            rooms,
+            room_size,
+            duration_secs,
+            payload_bytes,
+            window,
+        } => {
+            relay(
+                &target,
+                rooms,
+                room_size.max(2),
+                duration_secs,
+                payload_bytes,
+                window.max(1),
+            )
+            .await?
+        }
+        Scenario::Signal {
+            pairs,
+            exchanges,
+            candidates,
+        } => signal(&target, pairs.max(1), exchanges.max(1), candidates).await?,
+        Scenario::IdleWorker { .. } => unreachable_worker()?,
+    };
+    let text = serde_json::to_string_pretty(&result)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text)?;
+    }
+    say(&text);
+    Ok(())
+}
+
+fn unreachable_worker() -> anyhow::Result<serde_json::Value> {
+    bail!("worker handled above")
+}
+
+#[allow(clippy::print_stdout)] // the benchmark's report
+fn say(text: &str) {
+    println!("{text}");
+}
+
+fn progress(text: &str) {
+    let _ = writeln!(std::io::stderr(), "bench: {text}");
+}
+
+/// Creates rooms `{prefix}{i}` for i in 0..n, allowing `max_peers` each.
+async fn create_rooms(
+    target: &Target,
+    prefix: &str,
+    n: usize,
+    max_peers: usize,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let sem = Arc::new(Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let req = http
+            .post(format!("{}/v1/rooms", target.http))
+            .bearer_auth(target.secret.expose())
+            .json(&serde_json::json!({"id": format!("{prefix}{i}"), "maxPeers": max_peers}));
+        tasks.spawn(async move {
+            let res = req.send().await;
+            drop(permit);
+            match res {
+                Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => Ok(()),
+                Ok(r) => Err(anyhow::anyhow!("room creation failed: {}", r.status())),
+                Err(e) => Err(e.into()),
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+fn mint(secret: &Secret, room: &str, identity: &str) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(secret.mint(&Claims {
+        sub: identity.into(),
+        room: room.into(),
+        exp: now + 3600,
+        iat: now,
+        nbf: None,
+        name: None,
+        metadata: None,
+        permissions: None,
+    })?)
+}
+
+/// Opens a WebSocket from `source` (a 127.x.y.z address, to spread ephemeral ports).
+async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::from((ip, 0)))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0);
+    let url = format!("ws://{addr}{}", bluecam_proto::WS_PATH);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    Ok(ws)
+}
+
+/// Sends `join` and waits for `joined`.
+async fn join(ws: &mut Ws, token: String) -> anyhow::Result<Joined> {
+    let frame = ClientMessage::Join {
+        token,
+        resume: None,
+    }
+    .to_json();
+    ws.send(Message::text(frame)).await?;
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(text) = msg? {
+            match ServerMessage::from_json(&text)? {
+                ServerMessage::Joined(joined) => return Ok(*joined),
+                ServerMessage::Error(e) => bail!("join failed: {} {}", e.code, e.message),
+                _ => {}
+            }
+        }
+    }
+    bail!("connection closed before joined")
+}
+
+fn source_ip(i: usize) -> Ipv4Addr {
+    // 127.0.1.0 – 127.0.1.255: away from 127.0.0.1 where the server listens.
+    Ipv4Addr::new(127, 0, 1, (i % 250) as u8 + 1)
+}
+
+fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    serde_json::json!({
+        "count": h.len(),
+        "p50_ms": us(0.50),
+        "p99_ms": us(0.99),
+        "p999_ms": us(0.999),
+        "max_ms": h.max() as f64 / 1000.0,
+    })
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    // Microseconds, 1 µs to 100 s, 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 100_000_000, 3)?)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second for /proc times (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;

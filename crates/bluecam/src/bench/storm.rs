@@ -1,0 +1,71 @@
+//! `join-storm`: joins per second and join latency.
+
+use super::*;
+
+pub(super) async fn join_storm(
+    target: &Target,
+    joins: usize,
+    concurrency: usize,
+    room_size: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let rooms = joins.div_ceil(room_size);
+    progress(&format!("creating {rooms} rooms"));
+    create_rooms(target, "storm-", rooms, room_size).await?;
+    let tokens: Vec<String> = (0..joins)
+        .map(|i| {
+            mint(
+                &target.secret,
+                &format!("storm-{}", i / room_size),
+                &format!("s{i}"),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    progress(&format!("{joins} joins, {concurrency} at a time"));
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let addr = target.addr;
+        tasks.spawn(async move {
+            let t0 = Instant::now();
+            let r = async {
+                let mut ws = connect(addr, Some(source_ip(i))).await?;
+                let t_join = Instant::now();
+                join(&mut ws, token).await?;
+                anyhow::Ok((ws, t_join.elapsed()))
+            }
+            .await;
+            drop(permit);
+            r.map(|(ws, join_only)| (ws, t0.elapsed(), join_only))
+        });
+    }
+    let mut total = new_histogram()?;
+    let mut join_only = new_histogram()?;
+    let mut held = Vec::with_capacity(joins);
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((ws, t, j)) => {
+                total.saturating_record(t.as_micros() as u64);
+                join_only.saturating_record(j.as_micros() as u64);
+                held.push(ws);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = held.len();
+    drop(held);
+    Ok(serde_json::json!({
+        "scenario": "join-storm",
+        "joins": ok,
+        "failed": failed,
+        "concurrency": concurrency,
+        "room_size": room_size,
+        "seconds": secs,
+        "joins_per_sec": ok as f64 / secs,
+        "connect_and_join": quantiles(&total),
+        "join_frame_to_joined": quantiles(&join_only),
+    }))
+}
