@@ -169,6 +169,7 @@ export class Room {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
       onConnectionChange: () => {},
+      onWritable: () => this.sendUnsent(),
       onFatal: (error, code) => this.onFatal(error, code),
     }, options.getToken);
     /** Admission of sends, in call order (see sendMessage). */
@@ -597,6 +598,15 @@ export class Room {
     }
   }
 
+  /** Sends what could not go out (rate limit, socket down), and acks that are due. */
+  sendUnsent() {
+    for (const remote of this.remotes.values()) {
+      const unsent = remote.outbox.pending.filter((e) => e.sentAt === 0);
+      if (unsent.length > 0) this.transmit(remote, unsent, false);
+    }
+    this.scheduleAcks();
+  }
+
   /** Sends new messages once the current task is done, so a burst shares relay frames. */
   scheduleFlush() {
     if (this.flushScheduled) return;
@@ -636,17 +646,23 @@ export class Room {
   transmit(remote, entries, relayOnly) {
     /** @type {import("./delivery.js").Envelope[]} */
     let batch = [];
+    /** @type {import("./delivery.js").Pending[]} */
+    let inBatch = [];
     let batchChars = 0;
+    // Sends the batch as one relay frame; if it cannot go now, its messages stay unsent
+    // (sentAt 0) and go with the next chance (the rate limit's onWritable, a tick, a resume).
     const flush = () => {
       if (batch.length === 0) return true;
       const ok = Date.now() >= this.relayPausedUntil &&
         this.signaling.send({ op: "send", to: [remote.info.id], msg: batch });
+      if (!ok) for (const e of inBatch) e.sentAt = 0;
       batch = [];
+      inBatch = [];
       batchChars = 0;
       return ok;
     };
     const now = Date.now();
-    for (const entry of entries) {
+    for (const [i, entry] of entries.entries()) {
       const envs = envelopesOf(entry.seq, entry.type, entry.json);
       if (!relayOnly && remote.link?.open && envs.every((e) => remote.link?.send(JSON.stringify(e)))) {
         entry.via = "p2p";
@@ -654,19 +670,22 @@ export class Room {
         remote.lastProgressAt = now;
         continue;
       }
+      entry.via = "relay";
+      entry.sentAt = now;
+      inBatch.push(entry);
       for (const env of envs) {
-        const chars = env.k === "c" ? env.p.length + 100 : entry.json.length + 100;
-        if (batchChars + chars > RELAY_BATCH_CHARS && !flush()) {
-          entry.sentAt = 0;
+        const chars = (env.k === "c" ? env.p.length : entry.json.length) + 100;
+        if (batchChars > 0 && batchChars + chars > RELAY_BATCH_CHARS && !flush()) {
+          // This entry (part of which may have gone) and the rest wait for the next chance.
+          for (const rest of entries.slice(i)) rest.sentAt = 0;
           return;
         }
+        if (inBatch.length === 0) inBatch.push(entry);
         batch.push(env);
         batchChars += chars;
       }
-      entry.via = "relay";
-      entry.sentAt = now;
     }
-    if (!flush()) for (const e of entries) if (e.via === "relay" && e.sentAt === now) e.sentAt = 0;
+    flush();
   }
 
   /** Resends everything unacknowledged (after a reconnection). */

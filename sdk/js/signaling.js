@@ -10,6 +10,8 @@ import { joinError, ConnectionError } from "./errors.js";
 const FINAL_CLOSES = new Set([1000, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
+/** Share of the server's rate limit the SDK allows itself. */
+const RATE_MARGIN = 0.9;
 /** Frames kept while the socket is down (signaling); beyond this the oldest are dropped. */
 const MAX_QUEUED = 1000;
 
@@ -19,6 +21,7 @@ const MAX_QUEUED = 1000;
  * @property {(frame: Frame) => void} onFrame every frame after `joined`
  * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
  * @property {(connected: boolean) => void} onConnectionChange
+ * @property {() => void} onWritable the rate limit has room again after a refused send
  * @property {(error: Error, closeCode: number) => void} onFatal the session is over
  */
 
@@ -41,6 +44,14 @@ export class Signaling {
     this.resumeWindowMs = 60000;
     /** @type {Frame[]} frames to send once the socket is back (bounded) */
     this.queued = [];
+    // The server's per-connection frame rate limit, from `joined.limits`, kept with a margin so
+    // that frames are held and batched here instead of being refused there.
+    this.ratePerMs = 0.2 * RATE_MARGIN;
+    this.burst = 400 * RATE_MARGIN;
+    this.tokens = this.burst;
+    this.refilledAt = Date.now();
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.writableTimer = undefined;
     /** @type {WebSocket | null} */
     this.ws = null;
     /** @type {{session: string, secret: string} | null} */
@@ -93,6 +104,10 @@ export class Signaling {
           this.lostAt = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
           this.resumeWindowMs = (frame.session.resumeWindowSecs ?? 60) * 1000;
+          const limits = frame.limits ?? {};
+          if (limits.rateFramesPerSec > 0) this.ratePerMs = (limits.rateFramesPerSec / 1000) * RATE_MARGIN;
+          if (limits.rateBurstFrames > 0) this.burst = limits.rateBurstFrames * RATE_MARGIN;
+          this.tokens = Math.min(this.tokens, this.burst);
           this.setConnected(true);
           onJoined(frame);
         } else if (frame.op === "error") {
@@ -130,7 +145,7 @@ export class Signaling {
    */
   fail(error, code) {
     this.closedForGood = true;
-    clearTimeout(this.retryTimer);
+    this.stopTimers();
     this.queued = [];
     this.handlers.onFatal(error, code);
   }
@@ -177,8 +192,29 @@ export class Signaling {
    */
   send(frame) {
     if (!this.connected || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (!this.takeToken()) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
+  }
+
+  /** Takes one frame's worth of the rate limit, or schedules `onWritable` for when it refills. */
+  takeToken() {
+    const now = Date.now();
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.refilledAt) * this.ratePerMs);
+    this.refilledAt = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return true;
+    }
+    if (this.writableTimer === undefined) {
+      const wait = Math.ceil((1 - this.tokens) / this.ratePerMs);
+      this.writableTimer = setTimeout(() => {
+        this.writableTimer = undefined;
+        this.flushQueued();
+        this.handlers.onWritable();
+      }, wait);
+    }
+    return false;
   }
 
   /**
@@ -198,6 +234,12 @@ export class Signaling {
     for (const f of queued) this.sendOrQueue(f);
   }
 
+  /** Stops the rate-limit timer (leave). */
+  stopTimers() {
+    clearTimeout(this.writableTimer);
+    clearTimeout(this.retryTimer);
+  }
+
   /** Drops the socket without leaving (tests use it to simulate a network cut). */
   drop() {
     this.ws?.close(4999, "dropped by client");
@@ -215,7 +257,7 @@ export class Signaling {
   /** Leaves the room for good. */
   leave() {
     this.closedForGood = true;
-    clearTimeout(this.retryTimer);
+    this.stopTimers();
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ op: "leave" }));
     this.ws?.close(1000);
     this.ws = null;

@@ -156,6 +156,8 @@ export class Room {
      * @param {Path} path
      */
     onEnvelope(remote: Remote, env: unknown, path: Path): void;
+    /** Sends what could not go out (rate limit, socket down), and acks that are due. */
+    sendUnsent(): void;
     /** Sends new messages once the current task is done, so a burst shares relay frames. */
     scheduleFlush(): void;
     scheduleAcks(): void;

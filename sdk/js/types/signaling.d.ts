@@ -4,6 +4,7 @@
  * @property {(frame: Frame) => void} onFrame every frame after `joined`
  * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
  * @property {(connected: boolean) => void} onConnectionChange
+ * @property {() => void} onWritable the rate limit has room again after a refused send
  * @property {(error: Error, closeCode: number) => void} onFatal the session is over
  */
 export class Signaling {
@@ -25,6 +26,12 @@ export class Signaling {
     resumeWindowMs: number;
     /** @type {Frame[]} frames to send once the socket is back (bounded) */
     queued: Frame[];
+    ratePerMs: number;
+    burst: number;
+    tokens: number;
+    refilledAt: number;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    writableTimer: ReturnType<typeof setTimeout> | undefined;
     /** @type {WebSocket | null} */
     ws: WebSocket | null;
     /** @type {{session: string, secret: string} | null} */
@@ -65,6 +72,8 @@ export class Signaling {
      * @param {Frame} frame
      */
     send(frame: Frame): boolean;
+    /** Takes one frame's worth of the rate limit, or schedules `onWritable` for when it refills. */
+    takeToken(): boolean;
     /**
      * Sends now, or once the socket is back (for frames that must not be lost, like signaling).
      * @param {Frame} frame
@@ -72,6 +81,8 @@ export class Signaling {
     sendOrQueue(frame: Frame): void;
     /** Sends what waited for the socket; call after a resume. */
     flushQueued(): void;
+    /** Stops the rate-limit timer (leave). */
+    stopTimers(): void;
     /** Drops the socket without leaving (tests use it to simulate a network cut). */
     drop(): void;
     /**
@@ -96,6 +107,10 @@ export type SignalingHandlers = {
      */
     onResumed: (joined: Frame) => void;
     onConnectionChange: (connected: boolean) => void;
+    /**
+     * the rate limit has room again after a refused send
+     */
+    onWritable: () => void;
     /**
      * the session is over
      */
