@@ -155,13 +155,14 @@ impl HubHandle {
     }
 
     /// The connection task is ending: forget its queue; its peer (if still joined) becomes
-    /// resumable. Frames still queued for it (never written), then those spilled after it
-    /// overflowed, are taken back under the lock (so none can slip in meanwhile) and kept first
+    /// resumable. The frame whose write was interrupted, the frames still queued for it (never
+    /// written), then those spilled after it overflowed, are taken back under the lock (so none can slip in meanwhile) and kept first
     /// in its resume buffer, in order.
     pub fn disconnect(
         &self,
         conn: ConnId,
         now: Instant,
+        mut unsent: Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Vacated {
         let mut inner = self.lock();
@@ -171,7 +172,8 @@ impl HubHandle {
             .and_then(|c| c.spill)
             .unwrap_or_default();
         let mut backlog = Vec::new();
-        while let Ok(out) = rx.try_recv() {
+        // The frame whose write was interrupted comes first, then the queue, then the spill.
+        while let Some(out) = unsent.take().or_else(|| rx.try_recv().ok()) {
             if let Outbound::Frame {
                 text,
                 resumable: true,

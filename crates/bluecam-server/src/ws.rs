@@ -121,7 +121,7 @@ async fn run(state: AppState, mut socket: WebSocket) {
     state.metrics.frame_in("join");
     let (conn, mut rx, shared) = state.hub.register();
     if let Err((error, code)) = join(&state, conn, &text).await {
-        let vacated = state.hub.disconnect(conn, Instant::now(), &mut rx);
+        let vacated = state.hub.disconnect(conn, Instant::now(), None, &mut rx);
         state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
         close(&state, &mut socket, code).await;
@@ -142,9 +142,12 @@ async fn run(state: AppState, mut socket: WebSocket) {
         last_heard: Instant::now(),
         state: state.clone(),
         conn,
+        unsent: None,
     };
     let end = connection.serve(&mut socket, &mut rx, &shared).await;
-    let vacated = state.hub.disconnect(conn, Instant::now(), &mut rx);
+    let vacated = state
+        .hub
+        .disconnect(conn, Instant::now(), connection.unsent.take(), &mut rx);
     state.touch_rooms(vacated).await;
     if let Some(code) = end {
         close(&state, &mut socket, code).await;
@@ -244,6 +247,8 @@ struct Connection {
     limiter: RateLimiter,
     bad_frames: BadFrameWindow,
     last_heard: Instant,
+    /// A frame taken from the queue whose write did not complete (see `write_batch`).
+    unsent: Option<Outbound>,
 }
 
 impl Connection {
@@ -271,17 +276,24 @@ impl Connection {
                 }
                 out = rx.recv() => match out {
                     Some(first) => {
-                        // A peer that stops reading (TCP zero window) must not pin this task:
-                        // a write that takes longer than the idle timeout is a slow consumer.
-                        match tokio::time::timeout(
+                        // A peer that stops reading (TCP zero window) blocks this write: the
+                        // hub's overflow verdict and shutdown must still get through, and a
+                        // write that takes longer than the idle timeout is a slow consumer.
+                        self.unsent = Some(first);
+                        let write = tokio::time::timeout(
                             limits.idle_timeout(),
-                            write_batch(socket, first, rx, shared, &state),
-                        )
-                        .await
-                        {
-                            Ok(Some(code)) => return code,
-                            Ok(None) => {}
-                            Err(_) => return Some(CloseCode::SlowConsumer),
+                            write_batch(socket, &mut self.unsent, rx, shared, &state),
+                        );
+                        tokio::select! {
+                            written = write => match written {
+                                Ok(Some(code)) => return code,
+                                Ok(None) => {}
+                                Err(_) => return Some(CloseCode::SlowConsumer),
+                            },
+                            () = shared.kill.notified() => {
+                                return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
+                            }
+                            () = state.shutdown.cancelled() => return Some(CloseCode::GoingAway),
                         }
                     }
                     None => return None,
@@ -400,22 +412,26 @@ fn frame_ref(msg: &ClientMessage<'_>) -> Option<u64> {
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Writes the frame in `slot` and whatever else is queued (up to a batch), then flushes once.
 /// Returns `Some(close)` when the connection must end (`Some(None)`: the socket is gone).
+///
+/// Cancellation-safe: a frame leaves `slot` only once the socket has taken it, so if this
+/// future is dropped (the hub closed the connection while a write was blocked) the frame is
+/// still in `slot`, to be kept for the peer's resume.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Outbound,
+    slot: &mut Option<Outbound>,
     rx: &mut mpsc::Receiver<Outbound>,
     shared: &crate::hub::ConnShared,
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
-    let mut next = Some(first);
     let mut written = 0;
-    while let Some(out) = next.take() {
+    while let Some(out) = slot.as_ref() {
         match out {
             Outbound::Frame { text, .. } => {
-                let len = text.len();
+                let (text, len) = (text.clone(), text.len());
                 let sent = socket.feed(Message::Text(text)).await;
+                *slot = None;
                 shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 if sent.is_err() {
                     return Some(None);
@@ -424,12 +440,14 @@ async fn write_batch(
                 written += 1;
             }
             Outbound::Close(code) => {
+                let code = *code;
+                *slot = None;
                 let _ = socket.flush().await;
                 return Some(Some(code));
             }
         }
         if written < WRITE_BATCH {
-            next = rx.try_recv().ok();
+            *slot = rx.try_recv().ok();
         }
     }
     if socket.flush().await.is_err() {

@@ -307,3 +307,23 @@ fn bench_signal_smoke() {
     assert_eq!(v["hop"]["count"], 3 * 2 * 12, "{v}");
     assert_eq!(v["exchange"]["count"], 3 * 2, "{v}");
 }
+
+#[test]
+fn bench_slow_reader_smoke() {
+    let v = bench(&[
+        "slow-reader",
+        "--rooms",
+        "2",
+        "--room-size",
+        "2",
+        "--rate",
+        "50",
+        "--payload-bytes",
+        "64",
+        "--phase-secs",
+        "1",
+    ]);
+    assert_eq!(v["failed_peers"], 0, "{v}");
+    assert!(v["others_before"]["count"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["others_after"]["count"].as_u64().unwrap() > 0, "{v}");
+}

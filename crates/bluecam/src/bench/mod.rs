@@ -1,7 +1,8 @@
 //! `bluecam bench`: a load generator speaking the real protocol through `bluecam-proto`.
 //! Scenarios: `idle` (connections held, server RSS and CPU), `join-storm` (join rate and
 //! latency), `relay` (messages/s delivered and latency in rooms of k peers) and `signal`
-//! (offer/answer/candidate exchanges: per-hop latency and whole-exchange time).
+//! (offer/answer/candidate exchanges: per-hop latency and whole-exchange time), `slow-reader`
+//! (one peer stops reading: its disconnection and everyone else's latency).
 //! Unless `--server` is given it starts its own `bluecam serve` child with limits raised for
 //! load (see BENCHMARKS.md), so it can read that process's memory and CPU.
 
@@ -35,11 +36,13 @@ use tokio_tungstenite::{
 mod idle;
 mod relay;
 mod signal;
+mod slow;
 mod storm;
 
 use idle::{idle, idle_worker};
 use relay::relay;
 use signal::signal;
+use slow::slow_reader;
 use storm::join_storm;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -113,6 +116,21 @@ enum Scenario {
         exchanges: usize,
         #[arg(long, default_value_t = 20)]
         candidates: usize,
+    },
+    /// Steady traffic at a fixed rate, then one peer stops reading: its disconnection time and
+    /// the other peers' latency before and after.
+    SlowReader {
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+        #[arg(long, default_value_t = 4)]
+        room_size: usize,
+        /// Messages per second each peer broadcasts.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 4096)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        phase_secs: u64,
     },
     /// (internal) one generator process of `idle`.
     #[command(hide = true)]
@@ -298,6 +316,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             exchanges,
             candidates,
         } => signal(&target, pairs.max(1), exchanges.max(1), candidates).await?,
+        Scenario::SlowReader {
+            rooms,
+            room_size,
+            rate,
+            payload_bytes,
+            phase_secs,
+        } => {
+            slow_reader(
+                &target,
+                rooms.max(1),
+                room_size.max(2),
+                rate,
+                payload_bytes,
+                phase_secs.max(1),
+            )
+            .await?
+        }
         Scenario::IdleWorker { .. } => unreachable_worker()?,
     };
     let text = serde_json::to_string_pretty(&result)?;
