@@ -13,6 +13,8 @@
  * @property {(stream: MediaStream) => void} onStream a remote stream arrived
  */
 
+/** Negotiation steps kept per connection for debugging. */
+const TRACE_MAX = 32;
 /** How long the polite side waits for the first offer before making one itself. */
 const FIRST_OFFER_WAIT_MS = 3000;
 
@@ -62,7 +64,7 @@ export class PeerLink {
     // sides stable with ICE never started). It offers itself only if none came in time.
     this.gotOffer = false;
     this.pc.onnegotiationneeded = () => {
-      this.trace.push("negotiationneeded " + this.pc.signalingState);
+      this.note("negotiationneeded " + this.pc.signalingState);
       if (this.polite && !this.gotOffer) return;
       void this.makeOffer();
     };
@@ -80,6 +82,15 @@ export class PeerLink {
     this.pc.ontrack = ({ streams, track }) => {
       handlers.onStream(streams[0] ?? new MediaStream([track]));
     };
+  }
+
+  /**
+   * Records a negotiation step (the last few, for debugging a connection that never opens).
+   * @param {string} what
+   */
+  note(what) {
+    this.trace.push(what);
+    if (this.trace.length > TRACE_MAX) this.trace.shift();
   }
 
   async makeOffer() {
@@ -124,11 +135,11 @@ export class PeerLink {
       if (data.description) {
         const description = data.description;
         if (description.type === "offer") this.gotOffer = true;
-        this.trace.push(`recv ${description.type} in ${pc.signalingState} making=${this.makingOffer}`);
+        this.note(`recv ${description.type} in ${pc.signalingState} making=${this.makingOffer}`);
         const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
         this.ignoreOffer = !this.polite && collision;
         if (this.ignoreOffer) {
-          this.trace.push("ignored offer");
+          this.note("ignored offer");
           return;
         }
         await pc.setRemoteDescription(description);

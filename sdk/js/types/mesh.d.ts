@@ -28,6 +28,11 @@ export class PeerLink {
     senders: Map<string, RTCRtpSender>;
     dc: RTCDataChannel;
     gotOffer: boolean;
+    /**
+     * Records a negotiation step (the last few, for debugging a connection that never opens).
+     * @param {string} what
+     */
+    note(what: string): void;
     makeOffer(): Promise<void>;
     /** Whether the data channel can carry messages now. */
     get open(): boolean;
