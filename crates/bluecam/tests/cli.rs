@@ -327,3 +327,22 @@ fn bench_slow_reader_smoke() {
     assert!(v["others_before"]["count"].as_u64().unwrap() > 0, "{v}");
     assert!(v["others_after"]["count"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn bench_churn_smoke() {
+    let v = bench(&[
+        "churn",
+        "--connections",
+        "20",
+        "--room-size",
+        "4",
+        "--percent-per-min",
+        "600",
+        "--duration-secs",
+        "2",
+        "--sample-secs",
+        "1",
+    ]);
+    assert!(v["replaced"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["samples"][0]["open_files"].as_u64().unwrap() > 20, "{v}");
+}

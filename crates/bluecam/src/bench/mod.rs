@@ -2,7 +2,8 @@
 //! Scenarios: `idle` (connections held, server RSS and CPU), `join-storm` (join rate and
 //! latency), `relay` (messages/s delivered and latency in rooms of k peers) and `signal`
 //! (offer/answer/candidate exchanges: per-hop latency and whole-exchange time), `slow-reader`
-//! (one peer stops reading: its disconnection and everyone else's latency).
+//! (one peer stops reading: its disconnection and everyone else's latency) and `churn`
+//! (connections replaced continuously: memory and open files must stay flat).
 //! Unless `--server` is given it starts its own `bluecam serve` child with limits raised for
 //! load (see BENCHMARKS.md), so it can read that process's memory and CPU.
 
@@ -33,12 +34,14 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::WebSocketConfig},
 };
 
+mod churn;
 mod idle;
 mod relay;
 mod signal;
 mod slow;
 mod storm;
 
+use churn::churn;
 use idle::{idle, idle_worker};
 use relay::relay;
 use signal::signal;
@@ -131,6 +134,20 @@ enum Scenario {
         payload_bytes: usize,
         #[arg(long, default_value_t = 10)]
         phase_secs: u64,
+    },
+    /// A share of the connections is replaced every minute (half leave, half drop); server
+    /// memory and open files are sampled to show they stay flat.
+    Churn {
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        #[arg(long, default_value_t = 20.0)]
+        percent_per_min: f64,
+        #[arg(long, default_value_t = 600)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
     },
     /// (internal) one generator process of `idle`.
     #[command(hide = true)]
@@ -330,6 +347,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 rate,
                 payload_bytes,
                 phase_secs.max(1),
+            )
+            .await?
+        }
+        Scenario::Churn {
+            connections,
+            room_size,
+            percent_per_min,
+            duration_secs,
+            sample_secs,
+        } => {
+            churn(
+                &target,
+                connections.max(1),
+                room_size.max(1),
+                percent_per_min,
+                duration_secs,
+                sample_secs,
             )
             .await?
         }
