@@ -344,5 +344,12 @@ fn bench_churn_smoke() {
         "1",
     ]);
     assert!(v["replaced"].as_u64().unwrap() >= 3, "{v}");
-    assert!(v["samples"][0]["open_files"].as_u64().unwrap() > 20, "{v}");
+    // The server's own files plus the 20 connections, once they are up.
+    let samples = v["samples"].as_array().unwrap();
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["open_files"].as_u64().unwrap() > 25),
+        "{v}"
+    );
 }
