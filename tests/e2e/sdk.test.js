@@ -270,6 +270,8 @@ test("while the WebSocket is down, the data channel keeps delivering", async () 
   const sent = await a.page.evaluate(async (bId) => {
     const room = /** @type {any} */ (window).room;
     room._test.cutSocket(4000);
+    // The close completes asynchronously: send only once the WebSocket is really down.
+    while (room.signaling.connected) await new Promise((r) => setTimeout(r, 5));
     const all = [];
     for (let i = 0; i < 100; i++) all.push(room.sendMessage("n", i, { to: bId }));
     const ok = (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;

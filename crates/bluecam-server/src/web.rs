@@ -12,7 +12,11 @@ use axum::{
 };
 use bluecam_proto::{ErrorCode, Identity, Room, RoomId};
 use serde::Deserialize;
-use std::hash::{Hash as _, Hasher as _};
+use std::{
+    collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+    sync::LazyLock,
+};
 
 /// The SDK's modules, embedded at build time so the binary serves them with no files around.
 const SDK_FILES: &[(&str, &str)] = &[
@@ -51,11 +55,23 @@ pub fn routes() -> Router<AppState> {
         .route("/demo/rooms/{id}/tokens", post(demo_token))
 }
 
-fn etag_of(text: &str) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("\"{:016x}\"", h.finish())
-}
+const STATUS_INDEX: &str = include_str!("index.html");
+
+/// The ETag of every embedded file, computed once (keyed by the file's address: the bodies are
+/// `'static` and distinct, and hashing the address is cheaper than hashing the text per request).
+static ETAGS: LazyLock<HashMap<usize, String>> = LazyLock::new(|| {
+    SDK_FILES
+        .iter()
+        .map(|(_, body)| *body)
+        .chain(DEMO_FILES.iter().map(|(_, _, body)| *body))
+        .chain([DEMO_INDEX, STATUS_INDEX])
+        .map(|body| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            body.hash(&mut h);
+            (body.as_ptr() as usize, format!("\"{:016x}\"", h.finish()))
+        })
+        .collect()
+});
 
 /// Serves `body` with an ETag, answering 304 when the client has it already.
 fn cached(
@@ -64,18 +80,23 @@ fn cached(
     body: &'static str,
     cors: bool,
 ) -> Response {
-    let etag = etag_of(body);
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let etag = ETAGS
+        .get(&(body.as_ptr() as usize))
+        .map_or("", String::as_str);
+    let fresh = !etag.is_empty()
+        && headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     let mut res = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         ([(header::CONTENT_TYPE, content_type)], body).into_response()
     };
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if let Ok(v) = HeaderValue::from_str(etag)
+        && !etag.is_empty()
+    {
         h.insert(header::ETAG, v);
     }
     h.insert(
@@ -116,12 +137,7 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
     if state.demo_enabled() {
         cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false)
     } else {
-        cached(
-            &headers,
-            "text/html; charset=utf-8",
-            include_str!("index.html"),
-            false,
-        )
+        cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
     }
 }
 

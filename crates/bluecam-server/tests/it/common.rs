@@ -85,6 +85,12 @@ impl TestServer {
         reqwest::Client::new()
     }
 
+    /// The body of an unauthenticated GET.
+    pub async fn get_text(&self, path: &str) -> String {
+        let res = self.http().get(self.url(path)).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     /// Creates a room through the API and returns its JSON.
     pub async fn create_room(&self, body: Value) -> Value {
         let res = self

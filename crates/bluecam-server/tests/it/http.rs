@@ -270,15 +270,7 @@ async fn health_ready_metrics_and_unknown_routes() {
     assert_eq!(res.status(), 200);
     let room = s.room().await;
     let _a = s.join(&room, "a").await;
-    let text = s
-        .http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     for name in [
         "bluecam_connections",
         "bluecam_rooms_active",
@@ -347,15 +339,7 @@ async fn the_sdk_is_served_with_cors_and_an_etag() {
 #[tokio::test]
 async fn demo_endpoints_mint_rooms_and_tokens_only_when_the_demo_is_on() {
     let s = TestServer::start().await; // loopback bind: the demo is on by default
-    let page = s
-        .http()
-        .get(s.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.get_text("/").await;
     assert!(page.contains("New private room"));
     let res = s.http().post(s.url("/demo/rooms")).send().await.unwrap();
     assert_eq!(res.status(), 201);
@@ -394,14 +378,6 @@ async fn demo_endpoints_mint_rooms_and_tokens_only_when_the_demo_is_on() {
     assert_eq!(res.status(), 404);
     let body: Value = res.json().await.unwrap();
     assert_error(&body, "not_found");
-    let page = off
-        .http()
-        .get(off.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = off.get_text("/").await;
     assert!(page.contains("BlueCam is running"));
 }

@@ -182,15 +182,7 @@ async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
             );
         }
     }
-    let metrics = s
-        .http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.get_text("/metrics").await;
     assert!(metrics.contains("bluecam_queue_overflows_total{queue=\"outbound\"}"));
 }
 
