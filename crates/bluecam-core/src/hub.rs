@@ -9,7 +9,7 @@
 use crate::Frame;
 use bluecam_proto::{
     CloseCode, ErrorCode, ErrorFrame, IceServer, Identity, Joined, LeaveReason, Limits,
-    MessageFrame, PeerId, PeerInfo, PeerJoined, PeerLeft, Permissions, ResumeCredentials,
+    MessageFrame, NodeId, PeerId, PeerInfo, PeerJoined, PeerLeft, Permissions, ResumeCredentials,
     RoomClosed, RoomClosedReason, RoomId, RoomSummary, ServerMessage, SessionId, SessionInfo,
     SessionSecret, SignalFrame,
 };
@@ -74,6 +74,65 @@ pub struct JoinRequest {
     pub fresh: FreshIds,
     pub ice_servers: Vec<IceServer>,
     pub limits: Limits,
+    /// In cluster mode: the room as the directory saw it when it admitted this join.
+    pub cluster: Option<ClusterView>,
+}
+
+/// A peer of a room as the cluster directory (Redis) records it.
+#[derive(Clone, Debug)]
+pub struct RemotePeer {
+    pub info: PeerInfo,
+    pub node: NodeId,
+    /// Join order in the cluster.
+    pub seq: u64,
+}
+
+/// What the cluster directory answered to a join or a resume: the room's membership at the
+/// version `ver`, and this peer's place in it.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub ver: u64,
+    /// This peer's join order.
+    pub seq: u64,
+    /// Every peer of the room per the directory (the joiner may be among them).
+    pub peers: Vec<RemotePeer>,
+    /// For a resume on a node that does not hold the session: the session as stored.
+    pub claimed: Option<ClaimedSession>,
+}
+
+/// A session taken over from another node.
+#[derive(Clone, Debug)]
+pub struct ClaimedSession {
+    pub info: PeerInfo,
+    pub session: SessionId,
+    pub secret: SessionSecret,
+    pub permissions: Permissions,
+}
+
+/// What another node of the cluster says about a room.
+#[derive(Clone, Debug)]
+pub enum RoomEvent {
+    /// A peer joined on another node.
+    Joined(RemotePeer),
+    /// A peer of another node left (or its node died).
+    Left { peer: PeerId, reason: LeaveReason },
+    /// A peer resumed its session on `node`.
+    Moved { peer: PeerId, node: NodeId },
+    /// A frame for peers of this room, `from` already written.
+    Frame { to: Vec<PeerId>, frame: Frame },
+}
+
+impl RoomEvent {
+    fn is_membership(&self) -> bool {
+        !matches!(self, Self::Frame { .. })
+    }
+}
+
+/// The connection whose frame caused a [`Output::Publish`], to tell it if that fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub conn: ConnId,
+    pub reference: Option<u64>,
 }
 
 /// Why a join was refused; the shell answers with the error code and closes.
@@ -124,6 +183,23 @@ pub enum Output {
     RoomVacated { room: RoomId },
     /// A detached peer's resume buffer overflowed and its session was ended (for metrics).
     ResumeBufferOverflow { room: RoomId, peer: PeerId },
+    /// Cluster: send `frame` to peers `to` of `room` on another node.
+    Publish {
+        node: NodeId,
+        room: RoomId,
+        to: Vec<PeerId>,
+        frame: Frame,
+        origin: Option<Origin>,
+    },
+    /// Cluster: a peer of this node is gone for good; the shell removes it from the directory.
+    PeerRemoved {
+        room: RoomId,
+        peer: PeerId,
+        session: SessionId,
+        reason: LeaveReason,
+    },
+    /// A frame from another node found none of its recipients here (for metrics).
+    Undeliverable { room: RoomId, peers: usize },
 }
 
 /// Counts for metrics.
@@ -144,22 +220,62 @@ enum Link {
     },
 }
 
+/// Where a peer is connected.
+#[derive(Debug)]
+enum At {
+    /// On this node, with its session.
+    Here {
+        session: SessionId,
+        secret: SessionSecret,
+        link: Link,
+    },
+    /// On another node of the cluster (this room's replica of the directory in Redis).
+    There(NodeId),
+}
+
 #[derive(Debug)]
 struct PeerState {
     info: PeerInfo,
-    session: SessionId,
-    secret: SessionSecret,
     permissions: Permissions,
-    /// Join order within the room, for stable peer lists.
+    /// Join order within the room, for stable peer lists (the cluster's order in cluster mode).
     seq: u64,
-    link: Link,
+    at: At,
+}
+
+impl PeerState {
+    fn link(&self) -> Option<&Link> {
+        match &self.at {
+            At::Here { link, .. } => Some(link),
+            At::There(_) => None,
+        }
+    }
+
+    fn link_mut(&mut self) -> Option<&mut Link> {
+        match &mut self.at {
+            At::Here { link, .. } => Some(link),
+            At::There(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct RoomState {
     summary: RoomSummary,
     peers: HashMap<PeerId, PeerState>,
+    /// The last cluster membership version applied (0 on a single node).
+    ver: u64,
 }
+
+/// Cluster events for a room whose replica does not exist yet because a join into it is in
+/// flight (see [`Hub::begin_cluster_join`]); applied once the join's snapshot is.
+#[derive(Debug, Default)]
+struct Pending {
+    joins: usize,
+    events: Vec<(u64, RoomEvent)>,
+}
+
+/// Events kept per pending room at most; more are dropped (and counted by the shell).
+const MAX_PENDING_EVENTS: usize = 4096;
 
 /// All rooms of a node with their peers and sessions. See the module doc for invariants.
 #[derive(Debug)]
@@ -169,6 +285,7 @@ pub struct Hub {
     conns: HashMap<ConnId, (RoomId, PeerId)>,
     sessions: HashMap<SessionId, (RoomId, PeerId)>,
     expiries: BTreeSet<(Instant, SessionId)>,
+    pending: HashMap<RoomId, Pending>,
     outputs: VecDeque<Output>,
     next_seq: u64,
 }
@@ -182,25 +299,109 @@ impl Hub {
             conns: HashMap::new(),
             sessions: HashMap::new(),
             expiries: BTreeSet::new(),
+            pending: HashMap::new(),
             outputs: VecDeque::new(),
             next_seq: 0,
+        }
+    }
+
+    /// Whether this node holds the session (a resume of it needs no cluster lookup).
+    pub fn has_session(&self, session: &SessionId) -> bool {
+        self.sessions.contains_key(session)
+    }
+
+    /// Cluster: a join into `room` is about to ask the directory. Until the join is handled
+    /// (or [`Hub::end_cluster_join`] is called), events for the room are kept rather than
+    /// dropped, so none published between the directory's answer and this node's handling of
+    /// it is lost.
+    pub fn begin_cluster_join(&mut self, room: &RoomId) {
+        if !self.rooms.contains_key(room) {
+            self.pending.entry(room.clone()).or_default().joins += 1;
+        }
+    }
+
+    /// Cluster: a join begun with [`Hub::begin_cluster_join`] ended without reaching
+    /// [`Hub::handle_join`].
+    pub fn end_cluster_join(&mut self, room: &RoomId) {
+        if let Some(p) = self.pending.get_mut(room) {
+            p.joins = p.joins.saturating_sub(1);
+            if p.joins == 0 {
+                self.pending.remove(room);
+            }
         }
     }
 
     /// Admits a verified join (new peer or resumed session). On success the outputs hold
     /// `joined` for the joiner (then, on resume, the frames kept for it) and `peer_joined`
     /// for the others.
-    pub fn handle_join(&mut self, req: JoinRequest) -> Result<PeerId, JoinRejected> {
-        if self.conns.contains_key(&req.conn) {
-            return Err(JoinRejected::AlreadyJoined);
+    pub fn handle_join(&mut self, mut req: JoinRequest) -> Result<PeerId, JoinRejected> {
+        let cluster = req.cluster.take();
+        let room_id = req.room.summary.id.clone();
+        let result = if self.conns.contains_key(&req.conn) {
+            Err(JoinRejected::AlreadyJoined)
+        } else {
+            match (req.resume.clone(), cluster) {
+                (Some(creds), Some(view)) if !self.sessions.contains_key(&creds.session) => {
+                    self.claim(req, creds, view)
+                }
+                (Some(creds), _) => self.resume(req, creds),
+                (None, view) => self.join_fresh(req, view),
+            }
+        };
+        // Events kept while the directory answered apply now (after `joined`, in order).
+        if let Some(pending) = self.pending.get_mut(&room_id) {
+            pending.joins = pending.joins.saturating_sub(1);
+            if self.rooms.contains_key(&room_id) || pending.joins == 0 {
+                let events = self
+                    .pending
+                    .remove(&room_id)
+                    .map(|p| p.events)
+                    .unwrap_or_default();
+                for (ver, event) in events {
+                    self.handle_room_event(&room_id, ver, event);
+                }
+            }
         }
-        match req.resume.clone() {
-            Some(creds) => self.resume(req, creds),
-            None => self.join_fresh(req),
-        }
+        result
     }
 
-    fn join_fresh(&mut self, req: JoinRequest) -> Result<PeerId, JoinRejected> {
+    /// Creates the room's replica if needed and adds the peers of a directory snapshot that
+    /// it does not hold (a join's own snapshot: they are not announced, the joiner gets them in
+    /// `joined` and the others heard of them already).
+    fn replica(&mut self, summary: RoomSummary, view: Option<&ClusterView>) -> &mut RoomState {
+        let room = self
+            .rooms
+            .entry(summary.id.clone())
+            .or_insert_with(|| RoomState {
+                summary: summary.clone(),
+                peers: HashMap::new(),
+                ver: 0,
+            });
+        // The latest stored room wins (name or limits may have changed).
+        room.summary = summary;
+        if let Some(view) = view
+            && view.ver > room.ver
+        {
+            room.ver = view.ver;
+            for p in &view.peers {
+                room.peers
+                    .entry(p.info.id.clone())
+                    .or_insert_with(|| PeerState {
+                        info: p.info.clone(),
+                        permissions: Permissions::default(),
+                        seq: p.seq,
+                        at: At::There(p.node.clone()),
+                    });
+            }
+        }
+        room
+    }
+
+    fn join_fresh(
+        &mut self,
+        req: JoinRequest,
+        view: Option<ClusterView>,
+    ) -> Result<PeerId, JoinRejected> {
         let room_id = req.room.summary.id.clone();
         if let Some(members) = &req.room.members {
             let is_owner = req.room.owner.as_ref() == Some(&req.identity);
@@ -208,9 +409,12 @@ impl Hub {
                 return Err(JoinRejected::Forbidden);
             }
         }
-        let present = self.rooms.get(&room_id).map_or(0, |r| r.peers.len());
-        if present >= req.room.summary.max_peers as usize {
-            return Err(JoinRejected::RoomFull);
+        // In cluster mode the directory counted the seats (the joiner's included).
+        if view.is_none() {
+            let present = self.rooms.get(&room_id).map_or(0, |r| r.peers.len());
+            if present >= req.room.summary.max_peers as usize {
+                return Err(JoinRejected::RoomFull);
+            }
         }
         let info = PeerInfo {
             id: req.fresh.peer.clone(),
@@ -218,28 +422,25 @@ impl Hub {
             name: req.name,
             metadata: req.metadata,
         };
-        let room = self
-            .rooms
-            .entry(room_id.clone())
-            .or_insert_with(|| RoomState {
-                summary: req.room.summary.clone(),
-                peers: HashMap::new(),
-            });
-        // The latest stored room wins (name or limits may have changed).
-        room.summary = req.room.summary;
+        self.next_seq += 1;
+        let seq = view.as_ref().map_or(self.next_seq, |v| v.seq);
+        let resume_window_secs = self.config.resume_window.as_secs();
+        let room = self.replica(req.room.summary, view.as_ref());
+        room.peers.remove(&info.id); // the snapshot may list the joiner itself
         let others = sorted_peers(room);
         let others_conns = attached_conns(room, None);
         let detached_others: Vec<PeerId> = detached_peers(room);
-        self.next_seq += 1;
         room.peers.insert(
             info.id.clone(),
             PeerState {
                 info: info.clone(),
-                session: req.fresh.session.clone(),
-                secret: req.fresh.secret.clone(),
                 permissions: req.permissions,
-                seq: self.next_seq,
-                link: Link::Attached(req.conn),
+                seq,
+                at: At::Here {
+                    session: req.fresh.session.clone(),
+                    secret: req.fresh.secret.clone(),
+                    link: Link::Attached(req.conn),
+                },
             },
         );
         let joined = Joined {
@@ -249,7 +450,7 @@ impl Hub {
             session: SessionInfo {
                 id: req.fresh.session.clone(),
                 secret: req.fresh.secret,
-                resume_window_secs: self.config.resume_window.as_secs(),
+                resume_window_secs,
             },
             ice_servers: req.ice_servers,
             limits: req.limits,
@@ -287,31 +488,40 @@ impl Hub {
             .peers
             .get_mut(&peer_id)
             .ok_or(JoinRejected::SessionExpired)?;
-        if !peer.secret.matches(&creds.secret) {
+        let At::Here {
+            session,
+            secret,
+            link,
+        } = &mut peer.at
+        else {
+            return Err(JoinRejected::SessionExpired);
+        };
+        if !secret.matches(&creds.secret) {
             return Err(JoinRejected::SessionExpired);
         }
         if room_id != req.room.summary.id || peer.info.identity != req.identity {
             return Err(JoinRejected::Unauthorized);
         }
+        let old = std::mem::replace(link, Link::Attached(req.conn));
+        let session_info = SessionInfo {
+            id: session.clone(),
+            secret: secret.clone(),
+            resume_window_secs: self.config.resume_window.as_secs(),
+        };
+        let self_ = peer.info.clone();
         room.summary = req.room.summary;
-        let old = std::mem::replace(&mut peer.link, Link::Attached(req.conn));
-        let mut joined = Joined {
-            self_: peer.info.clone(),
+        let joined = Joined {
+            self_,
             room: room.summary.clone(),
-            peers: Vec::new(), // filled below, once `peer` is no longer borrowed
-            session: SessionInfo {
-                id: peer.session.clone(),
-                secret: peer.secret.clone(),
-                resume_window_secs: self.config.resume_window.as_secs(),
-            },
+            peers: sorted_peers(room)
+                .into_iter()
+                .filter(|p| p.id != peer_id)
+                .collect(),
+            session: session_info,
             ice_servers: req.ice_servers,
             limits: req.limits,
             resumed: true,
         };
-        joined.peers = sorted_peers(room)
-            .into_iter()
-            .filter(|p| p.id != peer_id)
-            .collect();
         self.conns.insert(req.conn, (room_id, peer_id.clone()));
         self.push_deliver(
             vec![req.conn],
@@ -335,6 +545,67 @@ impl Hub {
                 }
             }
         }
+        Ok(peer_id)
+    }
+
+    /// Cluster: resumes a session that lived on another node. The directory has moved it
+    /// here already; frames its old node still held follow as [`RoomEvent::Frame`]s.
+    fn claim(
+        &mut self,
+        req: JoinRequest,
+        creds: ResumeCredentials,
+        view: ClusterView,
+    ) -> Result<PeerId, JoinRejected> {
+        let Some(claimed) = view.claimed.clone() else {
+            return Err(JoinRejected::SessionExpired);
+        };
+        if claimed.session != creds.session || !claimed.secret.matches(&creds.secret) {
+            return Err(JoinRejected::SessionExpired);
+        }
+        if claimed.info.identity != req.identity {
+            return Err(JoinRejected::Unauthorized);
+        }
+        let room_id = req.room.summary.id.clone();
+        let peer_id = claimed.info.id.clone();
+        let resume_window_secs = self.config.resume_window.as_secs();
+        let room = self.replica(req.room.summary, Some(&view));
+        room.peers.insert(
+            peer_id.clone(),
+            PeerState {
+                info: claimed.info.clone(),
+                permissions: claimed.permissions,
+                seq: view.seq,
+                at: At::Here {
+                    session: claimed.session.clone(),
+                    secret: claimed.secret.clone(),
+                    link: Link::Attached(req.conn),
+                },
+            },
+        );
+        let joined = Joined {
+            self_: claimed.info,
+            room: room.summary.clone(),
+            peers: sorted_peers(room)
+                .into_iter()
+                .filter(|p| p.id != peer_id)
+                .collect(),
+            session: SessionInfo {
+                id: claimed.session.clone(),
+                secret: claimed.secret,
+                resume_window_secs,
+            },
+            ice_servers: req.ice_servers,
+            limits: req.limits,
+            resumed: true,
+        };
+        self.conns
+            .insert(req.conn, (room_id.clone(), peer_id.clone()));
+        self.sessions
+            .insert(claimed.session, (room_id, peer_id.clone()));
+        self.push_deliver(
+            vec![req.conn],
+            Frame::new(&ServerMessage::Joined(Box::new(joined))),
+        );
         Ok(peer_id)
     }
 
@@ -363,7 +634,7 @@ impl Hub {
                     from,
                     data: Cow::Borrowed(&*data),
                 }));
-                self.route(&room_id, &[to], frame);
+                self.route(&room_id, &[to], frame, Some(Origin { conn, reference }));
             }
             M::Send { to, msg, reference } => {
                 if !self.may_send_data(&room_id, &from) {
@@ -383,7 +654,7 @@ impl Hub {
                         from,
                         msg: Cow::Borrowed(&*msg),
                     }));
-                    self.route(&room_id, &targets, frame);
+                    self.route(&room_id, &targets, frame, Some(Origin { conn, reference }));
                 }
                 if !unknown.is_empty() {
                     self.push_error(conn, unknown_peers(unknown, reference));
@@ -401,6 +672,190 @@ impl Hub {
         }
     }
 
+    /// Cluster: applies what another node says about a room. Membership events older than
+    /// the replica (`ver` at most its version) are ignored; events for a room with a join in
+    /// flight are kept until the join is handled; others for unknown rooms are dropped (a
+    /// frame among them is reported as [`Output::Undeliverable`]).
+    pub fn handle_room_event(&mut self, room_id: &RoomId, ver: u64, event: RoomEvent) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            if let Some(pending) = self.pending.get_mut(room_id)
+                && pending.events.len() < MAX_PENDING_EVENTS
+            {
+                pending.events.push((ver, event));
+            } else if let RoomEvent::Frame { to, .. } = event {
+                self.outputs.push_back(Output::Undeliverable {
+                    room: room_id.clone(),
+                    peers: to.len(),
+                });
+            }
+            return;
+        };
+        if event.is_membership() {
+            if ver <= room.ver {
+                return;
+            }
+            room.ver = ver;
+        }
+        match event {
+            RoomEvent::Joined(p) => self.add_remote(room_id, p),
+            RoomEvent::Left { peer, reason } => {
+                if matches!(room.peers.get(&peer).map(|p| &p.at), Some(At::There(_))) {
+                    self.remove_peer(room_id, &peer, reason);
+                }
+            }
+            RoomEvent::Moved { peer, node } => self.moved(room_id, &peer, node),
+            RoomEvent::Frame { to, frame } => {
+                let mut missing = 0;
+                let targets: Vec<PeerId> = to
+                    .into_iter()
+                    .filter(|p| {
+                        let here = room.peers.contains_key(p);
+                        missing += usize::from(!here);
+                        here
+                    })
+                    .collect();
+                if missing > 0 {
+                    self.outputs.push_back(Output::Undeliverable {
+                        room: room_id.clone(),
+                        peers: missing,
+                    });
+                }
+                self.route(room_id, &targets, frame, None);
+            }
+        }
+    }
+
+    /// A peer resumed on `node`. If it was here, this node lets go of it: an open connection
+    /// is replaced, and frames kept for it go after it to its new node.
+    fn moved(&mut self, room_id: &RoomId, peer_id: &PeerId, node: NodeId) {
+        let Some(peer) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.peers.get_mut(peer_id))
+        else {
+            return;
+        };
+        let old = std::mem::replace(&mut peer.at, At::There(node.clone()));
+        let At::Here { session, link, .. } = old else {
+            return;
+        };
+        self.sessions.remove(&session);
+        match link {
+            Link::Attached(conn) => {
+                self.conns.remove(&conn);
+                self.outputs.push_back(Output::Close {
+                    conn,
+                    code: CloseCode::Replaced,
+                });
+            }
+            Link::Detached {
+                expires, buffer, ..
+            } => {
+                self.expiries.remove(&(expires, session));
+                for frame in buffer {
+                    self.outputs.push_back(Output::Publish {
+                        node: node.clone(),
+                        room: room_id.clone(),
+                        to: vec![peer_id.clone()],
+                        frame,
+                        origin: None,
+                    });
+                }
+            }
+        }
+        self.drop_if_no_local_peers(room_id);
+    }
+
+    /// Cluster: reconciles a room's replica with the directory (after Redis came back):
+    /// peers it lost are announced as left (timeout), peers it missed as joined.
+    pub fn handle_room_snapshot(&mut self, room_id: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.ver = room.ver.max(ver);
+        let listed: HashMap<PeerId, RemotePeer> =
+            peers.into_iter().map(|p| (p.info.id.clone(), p)).collect();
+        let gone: Vec<PeerId> = room
+            .peers
+            .iter()
+            .filter(|(id, p)| matches!(p.at, At::There(_)) && !listed.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (id, p) in &listed {
+            match room.peers.get_mut(id).map(|s| &mut s.at) {
+                Some(At::There(node)) => *node = p.node.clone(),
+                Some(At::Here { .. }) => {}
+                None => {}
+            }
+        }
+        let new: Vec<RemotePeer> = listed
+            .into_values()
+            .filter(|p| !room.peers.contains_key(&p.info.id))
+            .collect();
+        for peer in gone {
+            self.remove_peer(room_id, &peer, LeaveReason::Timeout);
+        }
+        let mut new = new;
+        new.sort_by_key(|p| p.seq);
+        for p in new {
+            self.add_remote(room_id, p);
+        }
+    }
+
+    /// A peer joined on another node: added to the replica and announced here.
+    fn add_remote(&mut self, room_id: &RoomId, p: RemotePeer) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.peers.contains_key(&p.info.id) {
+            return;
+        }
+        let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined {
+            peer: p.info.clone(),
+        }));
+        room.peers.insert(
+            p.info.id.clone(),
+            PeerState {
+                info: p.info,
+                permissions: Permissions::default(),
+                seq: p.seq,
+                at: At::There(p.node),
+            },
+        );
+        let conns = attached_conns(room, None);
+        let detached = detached_peers(room);
+        self.push_deliver(conns, announce.clone());
+        self.buffer_for(room_id, &detached, &announce);
+    }
+
+    /// Rooms this node holds local peers in.
+    pub fn local_rooms(&self) -> Vec<RoomId> {
+        self.rooms.keys().cloned().collect()
+    }
+
+    /// This node's peers, for re-registering them with the directory.
+    pub fn local_peers(&self) -> Vec<LocalPeer> {
+        let mut out = Vec::with_capacity(self.sessions.len());
+        for (room_id, room) in &self.rooms {
+            for p in room.peers.values() {
+                if let At::Here {
+                    session, secret, ..
+                } = &p.at
+                {
+                    out.push(LocalPeer {
+                        room: room_id.clone(),
+                        info: p.info.clone(),
+                        permissions: p.permissions,
+                        seq: p.seq,
+                        session: session.clone(),
+                        secret: secret.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// The connection is gone without `leave`: its peer stays, detached and resumable, until
     /// the resume window passes.
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
@@ -412,13 +867,14 @@ impl Hub {
             .rooms
             .get_mut(&room_id)
             .and_then(|r| r.peers.get_mut(&peer_id))
+            && let At::Here { session, link, .. } = &mut peer.at
         {
-            peer.link = Link::Detached {
+            *link = Link::Detached {
                 expires,
                 buffer: VecDeque::new(),
                 bytes: 0,
             };
-            self.expiries.insert((expires, peer.session.clone()));
+            self.expiries.insert((expires, session.clone()));
         }
     }
 
@@ -449,8 +905,8 @@ impl Hub {
         }
     }
 
-    /// The room was deleted or expired: everyone in it is told and disconnected, and its
-    /// sessions end.
+    /// The room was deleted or expired: everyone in it (on this node) is told and
+    /// disconnected, and its sessions end.
     pub fn handle_room_closed(&mut self, room_id: &RoomId, reason: RoomClosedReason) {
         let Some(room) = self.rooms.remove(room_id) else {
             return;
@@ -458,13 +914,16 @@ impl Hub {
         let frame = Frame::new(&ServerMessage::RoomClosed(RoomClosed { reason }));
         let conns = attached_conns(&room, None);
         for peer in room.peers.into_values() {
-            self.sessions.remove(&peer.session);
-            match peer.link {
+            let At::Here { session, link, .. } = peer.at else {
+                continue;
+            };
+            self.sessions.remove(&session);
+            match link {
                 Link::Attached(conn) => {
                     self.conns.remove(&conn);
                 }
                 Link::Detached { expires, .. } => {
-                    self.expiries.remove(&(expires, peer.session));
+                    self.expiries.remove(&(expires, session));
                 }
             }
         }
@@ -505,7 +964,8 @@ impl Hub {
         self.rooms.get(room).map(sorted_peers).unwrap_or_default()
     }
 
-    /// Peers present in a room with whether each is connected (false while resumable).
+    /// Peers present in a room with whether each is connected (false while resumable; peers
+    /// on other nodes count as connected).
     pub fn peer_presence(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
         let Some(room) = self.rooms.get(room) else {
             return Vec::new();
@@ -514,7 +974,10 @@ impl Hub {
         peers.sort_by_key(|p| p.seq);
         peers
             .into_iter()
-            .map(|p| (p.info.clone(), matches!(p.link, Link::Attached(_))))
+            .map(|p| {
+                let connected = !matches!(p.link(), Some(Link::Detached { .. }));
+                (p.info.clone(), connected)
+            })
             .collect()
     }
 
@@ -528,7 +991,7 @@ impl Hub {
         self.conns.get(&conn)
     }
 
-    /// Counts for metrics.
+    /// Counts for metrics (peers of this node only).
     pub fn stats(&self) -> HubStats {
         HubStats {
             rooms: self.rooms.len(),
@@ -542,15 +1005,20 @@ impl Hub {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut attached = 0;
         let mut detached = 0;
+        let mut local = 0;
         for (room_id, room) in &self.rooms {
-            if room.peers.is_empty() {
-                return Err(format!("room {room_id} is empty but kept"));
+            if !room.peers.values().any(|p| matches!(p.at, At::Here { .. })) {
+                return Err(format!("room {room_id} has no local peer but is kept"));
             }
             for (peer_id, peer) in &room.peers {
-                if self.sessions.get(&peer.session) != Some(&(room_id.clone(), peer_id.clone())) {
+                let At::Here { session, link, .. } = &peer.at else {
+                    continue;
+                };
+                local += 1;
+                if self.sessions.get(session) != Some(&(room_id.clone(), peer_id.clone())) {
                     return Err(format!("session of {peer_id} does not map back"));
                 }
-                match &peer.link {
+                match link {
                     Link::Attached(conn) => {
                         attached += 1;
                         if self.conns.get(conn) != Some(&(room_id.clone(), peer_id.clone())) {
@@ -563,7 +1031,7 @@ impl Hub {
                         bytes,
                     } => {
                         detached += 1;
-                        if !self.expiries.contains(&(*expires, peer.session.clone())) {
+                        if !self.expiries.contains(&(*expires, session.clone())) {
                             return Err(format!("{peer_id} is detached without expiry"));
                         }
                         if buffer.len() > self.config.resume_buffer_frames
@@ -576,8 +1044,7 @@ impl Hub {
                 }
             }
         }
-        let peers: usize = self.rooms.values().map(|r| r.peers.len()).sum();
-        if peers != self.sessions.len() || attached != self.conns.len() {
+        if local != self.sessions.len() || attached != self.conns.len() {
             return Err("sessions or conns hold entries for no peer".into());
         }
         if detached != self.expiries.len() {
@@ -623,19 +1090,46 @@ impl Hub {
         }
     }
 
-    /// Delivers to attached targets and keeps the frame for detached ones.
-    fn route(&mut self, room_id: &RoomId, targets: &[PeerId], frame: Frame) {
+    /// Delivers to attached targets, keeps the frame for detached ones, and publishes it once
+    /// per other node for targets there.
+    fn route(
+        &mut self,
+        room_id: &RoomId,
+        targets: &[PeerId],
+        frame: Frame,
+        origin: Option<Origin>,
+    ) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
         let mut conns = Vec::with_capacity(targets.len());
         let mut detached = Vec::new();
+        let mut remote: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
         for target in targets {
-            match room.peers.get(target).map(|p| &p.link) {
-                Some(Link::Attached(conn)) => conns.push(*conn),
-                Some(Link::Detached { .. }) => detached.push(target.clone()),
+            match room.peers.get(target).map(|p| &p.at) {
+                Some(At::Here {
+                    link: Link::Attached(conn),
+                    ..
+                }) => conns.push(*conn),
+                Some(At::Here {
+                    link: Link::Detached { .. },
+                    ..
+                }) => detached.push(target.clone()),
+                Some(At::There(node)) => match remote.iter_mut().find(|(n, _)| n == node) {
+                    Some((_, to)) => to.push(target.clone()),
+                    None => remote.push((node.clone(), vec![target.clone()])),
+                },
                 None => {}
             }
+        }
+        for (node, to) in remote {
+            self.outputs.push_back(Output::Publish {
+                node,
+                room: room_id.clone(),
+                to,
+                frame: frame.clone(),
+                origin,
+            });
         }
         self.push_deliver(conns, frame.clone());
         self.buffer_for(room_id, &detached, &frame);
@@ -648,7 +1142,7 @@ impl Hub {
         if let Some(room) = self.rooms.get_mut(room_id) {
             for peer_id in peers {
                 if let Some(Link::Detached { buffer, bytes, .. }) =
-                    room.peers.get_mut(peer_id).map(|p| &mut p.link)
+                    room.peers.get_mut(peer_id).and_then(PeerState::link_mut)
                 {
                     if buffer.len() < self.config.resume_buffer_frames
                         && *bytes + frame.len() <= self.config.resume_buffer_bytes
@@ -682,22 +1176,29 @@ impl Hub {
         let Some(peer) = room.peers.remove(peer_id) else {
             return;
         };
-        self.sessions.remove(&peer.session);
-        match peer.link {
-            Link::Attached(conn) => {
-                self.conns.remove(&conn);
+        if let At::Here { session, link, .. } = peer.at {
+            self.sessions.remove(&session);
+            match link {
+                Link::Attached(conn) => {
+                    self.conns.remove(&conn);
+                }
+                Link::Detached { expires, .. } => {
+                    self.expiries.remove(&(expires, session.clone()));
+                }
             }
-            Link::Detached { expires, .. } => {
-                self.expiries.remove(&(expires, peer.session));
-            }
-        }
-        if room.peers.is_empty() {
-            self.rooms.remove(room_id);
-            self.outputs.push_back(Output::RoomVacated {
+            self.outputs.push_back(Output::PeerRemoved {
                 room: room_id.clone(),
+                peer: peer_id.clone(),
+                session,
+                reason,
             });
+        }
+        if self.drop_if_no_local_peers(room_id) {
             return;
         }
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
         let frame = Frame::new(&ServerMessage::PeerLeft(PeerLeft {
             peer: peer.info,
             reason,
@@ -706,6 +1207,22 @@ impl Hub {
         let detached = detached_peers(room);
         self.push_deliver(conns, frame.clone());
         self.buffer_for(room_id, &detached, &frame);
+    }
+
+    /// Forgets a room's replica once no peer of this node is in it (peers elsewhere are the
+    /// directory's business); true if it did.
+    fn drop_if_no_local_peers(&mut self, room_id: &RoomId) -> bool {
+        let Some(room) = self.rooms.get(room_id) else {
+            return false;
+        };
+        if room.peers.values().any(|p| matches!(p.at, At::Here { .. })) {
+            return false;
+        }
+        self.rooms.remove(room_id);
+        self.outputs.push_back(Output::RoomVacated {
+            room: room_id.clone(),
+        });
+        true
     }
 
     fn push_deliver(&mut self, conns: Vec<ConnId>, frame: Frame) {
@@ -717,6 +1234,17 @@ impl Hub {
     fn push_error(&mut self, conn: ConnId, error: ErrorFrame) {
         self.push_deliver(vec![conn], Frame::new(&ServerMessage::Error(error)));
     }
+}
+
+/// A peer of this node with what the directory records of it.
+#[derive(Clone, Debug)]
+pub struct LocalPeer {
+    pub room: RoomId,
+    pub info: PeerInfo,
+    pub permissions: Permissions,
+    pub seq: u64,
+    pub session: SessionId,
+    pub secret: SessionSecret,
 }
 
 fn unknown_peers(peers: Vec<PeerId>, reference: Option<u64>) -> ErrorFrame {
@@ -739,9 +1267,9 @@ fn attached_conns(room: &RoomState, except: Option<&PeerId>) -> Vec<ConnId> {
     room.peers
         .iter()
         .filter(|(id, _)| Some(*id) != except)
-        .filter_map(|(_, p)| match p.link {
-            Link::Attached(conn) => Some(conn),
-            Link::Detached { .. } => None,
+        .filter_map(|(_, p)| match p.link() {
+            Some(Link::Attached(conn)) => Some(*conn),
+            _ => None,
         })
         .collect()
 }
@@ -749,7 +1277,7 @@ fn attached_conns(room: &RoomState, except: Option<&PeerId>) -> Vec<ConnId> {
 fn detached_peers(room: &RoomState) -> Vec<PeerId> {
     room.peers
         .iter()
-        .filter(|(_, p)| matches!(p.link, Link::Detached { .. }))
+        .filter(|(_, p)| matches!(p.link(), Some(Link::Detached { .. })))
         .map(|(id, _)| id.clone())
         .collect()
 }

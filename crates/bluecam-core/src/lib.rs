@@ -11,6 +11,7 @@ mod limits;
 
 pub use frame::Frame;
 pub use hub::{
-    ConnId, CoreConfig, FreshIds, Hub, HubStats, JoinRejected, JoinRequest, Output, RoomAccess,
+    ClaimedSession, ClusterView, ConnId, CoreConfig, FreshIds, Hub, HubStats, JoinRejected,
+    JoinRequest, LocalPeer, Origin, Output, RemotePeer, RoomAccess, RoomEvent,
 };
 pub use limits::{BadFrameWindow, RateLimiter, TokenBucket};

@@ -298,10 +298,27 @@ async fn list_rooms(
 ) -> Result<Json<RoomList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mut rooms = state.store.rooms(query.member.map(Identity::new)).await?;
-    for room in &mut rooms {
-        room.peer_count = state.hub.peer_count(&room.id) as u32;
-    }
+    fill_peer_counts(&state, &mut rooms).await?;
     Ok(Json(RoomList { rooms }))
+}
+
+/// Peer counts from the cluster directory, or from this node's hub on a single node.
+async fn fill_peer_counts(state: &AppState, rooms: &mut [Room]) -> Result<(), ApiError> {
+    let ids = rooms.iter().map(|r| r.id.clone()).collect();
+    match state.broker.peer_counts(ids).await {
+        Ok(Some(counts)) => {
+            for (room, count) in rooms.iter_mut().zip(counts) {
+                room.peer_count = count;
+            }
+        }
+        Ok(None) => {
+            for room in rooms.iter_mut() {
+                room.peer_count = state.hub.peer_count(&room.id) as u32;
+            }
+        }
+        Err(e) => return Err(StoreError::Backend(e.to_string()).into()),
+    }
+    Ok(())
 }
 
 async fn load_room(state: &AppState, id: String) -> Result<Room, ApiError> {
@@ -311,7 +328,7 @@ async fn load_room(state: &AppState, id: String) -> Result<Room, ApiError> {
         .room(id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
-    room.peer_count = state.hub.peer_count(&room.id) as u32;
+    fill_peer_counts(state, std::slice::from_mut(&mut room)).await?;
     Ok(room)
 }
 
@@ -354,9 +371,12 @@ async fn room_peers(
     Path(id): Path<String>,
 ) -> Result<Json<PeerList>, ApiError> {
     let room = load_room(&state, id).await?;
-    let peers = state
-        .hub
-        .peers(&room.id)
+    let presence = match state.broker.presence(room.id.clone()).await {
+        Ok(Some(peers)) => peers,
+        Ok(None) => state.hub.peers(&room.id),
+        Err(e) => return Err(StoreError::Backend(e.to_string()).into()),
+    };
+    let peers = presence
         .into_iter()
         .map(|(info, connected)| PeerEntry { info, connected })
         .collect();

@@ -36,6 +36,29 @@ pub struct Config {
     /// Largest `ttlSecs` the token endpoint accepts.
     pub max_token_ttl_secs: u64,
     pub limits: LimitsConfig,
+    /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`).
+    pub redis_url: Option<String>,
+    pub cluster: ClusterConfig,
+}
+
+/// Settings of a cluster node (used with `redis_url`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A node that has not renewed its liveness key for this long is dead: its peers leave
+    /// their rooms (`peer_left`, reason `timeout`) unless they resumed on another node.
+    pub node_ttl_secs: u64,
+    /// Messages queued for other nodes at most; beyond, senders get `unavailable` errors.
+    pub publish_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_ttl_secs: 15,
+            publish_queue: 65_536,
+        }
+    }
 }
 
 /// Certificate and key for built-in TLS (rustls).
@@ -155,6 +178,8 @@ impl Default for Config {
             default_token_ttl_secs: 3600,
             max_token_ttl_secs: 7 * 24 * 3600,
             limits: LimitsConfig::default(),
+            redis_url: None,
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -3,10 +3,19 @@
 //! critical section is a few map lookups and non-blocking queue pushes, and it is never held
 //! across an `.await`.
 
-use crate::metrics::Metrics;
+use crate::{
+    broker::{Broker, Outgoing},
+    metrics::Metrics,
+};
 use axum::extract::ws::Utf8Bytes;
-use bluecam_core::{ConnId, CoreConfig, Hub, HubStats, JoinRejected, JoinRequest, Output};
-use bluecam_proto::{ClientMessage, CloseCode, PeerId, PeerInfo, RoomClosedReason, RoomId};
+use bluecam_core::{
+    ConnId, CoreConfig, Frame, Hub, HubStats, JoinRejected, JoinRequest, LocalPeer, Output,
+    RemotePeer, RoomEvent,
+};
+use bluecam_proto::{
+    ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId,
+    ServerMessage, SessionId,
+};
 use std::{
     collections::HashMap,
     sync::{
@@ -77,6 +86,8 @@ pub struct HubHandle {
     spill_frames: usize,
     spill_bytes: usize,
     metrics: Metrics,
+    /// The other nodes (a no-op on a single node).
+    broker: Arc<dyn Broker>,
 }
 
 /// Rooms whose last peer left during a call; the caller records it in the store.
@@ -88,6 +99,7 @@ impl HubHandle {
         queue_bytes: usize,
         queue_frames: usize,
         metrics: Metrics,
+        broker: Arc<dyn Broker>,
     ) -> Self {
         Self {
             spill_frames: core.resume_buffer_frames,
@@ -100,6 +112,7 @@ impl HubHandle {
             queue_bytes,
             queue_frames: queue_frames.max(1),
             metrics,
+            broker,
         }
     }
 
@@ -192,6 +205,79 @@ impl HubHandle {
         self.drain(&mut inner)
     }
 
+    /// Whether this node holds the session.
+    pub fn has_session(&self, session: &SessionId) -> bool {
+        self.lock().core.has_session(session)
+    }
+
+    /// Cluster: a join into `room` is asking the directory (see `Hub::begin_cluster_join`).
+    pub fn begin_cluster_join(&self, room: &RoomId) {
+        self.lock().core.begin_cluster_join(room);
+    }
+
+    /// Cluster: the join begun with [`Self::begin_cluster_join`] failed before the core.
+    pub fn end_cluster_join(&self, room: &RoomId) {
+        let mut inner = self.lock();
+        inner.core.end_cluster_join(room);
+        self.drain(&mut inner);
+    }
+
+    /// Cluster: applies an event from another node.
+    pub fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent) {
+        let mut inner = self.lock();
+        inner.core.handle_room_event(room, ver, event);
+        self.drain(&mut inner);
+    }
+
+    /// Cluster: reconciles a room with the directory's view of it.
+    pub fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
+        let mut inner = self.lock();
+        inner.core.handle_room_snapshot(room, ver, peers);
+        self.drain(&mut inner);
+    }
+
+    /// This node's peers (to re-register them with the directory).
+    pub fn local_peers(&self) -> Vec<LocalPeer> {
+        self.lock().core.local_peers()
+    }
+
+    /// Rooms with peers on this node.
+    pub fn local_rooms(&self) -> Vec<RoomId> {
+        self.lock().core.local_rooms()
+    }
+
+    /// Cluster: something for another node could not be sent. A frame's sender is told which
+    /// peers did not get it.
+    pub fn undelivered(&self, item: Outgoing) {
+        self.metrics.cluster_unsent.increment(1);
+        if let Outgoing::Frame {
+            to,
+            origin: Some(origin),
+            ..
+        } = item
+        {
+            let mut inner = self.lock();
+            self.tell(
+                &mut inner,
+                origin.conn,
+                crate::cluster::unsent_error(to, origin.reference),
+            );
+        }
+    }
+
+    /// Queues an error frame to one connection.
+    fn tell(&self, inner: &mut Inner, conn: ConnId, error: ErrorFrame) {
+        self.metrics.error(error.code);
+        let frame = Frame::new(&ServerMessage::Error(error));
+        let len = frame.len();
+        if let (Some(c), Ok(text)) = (
+            inner.conns.get_mut(&conn),
+            Utf8Bytes::try_from(bytes::Bytes::from(frame)),
+        ) {
+            self.enqueue(c, &text, false, len, self.queue_bytes);
+        }
+    }
+
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
@@ -277,6 +363,53 @@ impl HubHandle {
                 Output::ResumeBufferOverflow { room, peer } => {
                     tracing::info!(%room, %peer, "resume buffer overflowed; session ended");
                     self.metrics.resume_buffer_overflows.increment(1);
+                }
+                Output::Publish {
+                    node,
+                    room,
+                    to,
+                    frame,
+                    origin,
+                } => {
+                    let item = Outgoing::Frame {
+                        node,
+                        room,
+                        to,
+                        frame,
+                        origin,
+                    };
+                    if let Err(Outgoing::Frame {
+                        to,
+                        origin: Some(origin),
+                        ..
+                    }) = self.broker.send(item)
+                    {
+                        // The outbox is full or gone: the sender learns at once.
+                        self.metrics.cluster_unsent.increment(1);
+                        let e = crate::cluster::unsent_error(to, origin.reference);
+                        self.tell(inner, origin.conn, e);
+                    }
+                }
+                Output::PeerRemoved {
+                    room,
+                    peer,
+                    session,
+                    reason,
+                } => {
+                    let item = Outgoing::Removed {
+                        room,
+                        peer,
+                        session,
+                        reason,
+                    };
+                    if self.broker.send(item).is_err() {
+                        // Repaired when the node next re-registers its peers.
+                        self.metrics.cluster_unsent.increment(1);
+                    }
+                }
+                Output::Undeliverable { room, peers } => {
+                    tracing::debug!(%room, peers, "frame from another node for peers not here");
+                    self.metrics.cluster_undeliverable.increment(peers as u64);
                 }
             }
         }

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod metrics;
@@ -55,6 +57,10 @@ pub enum ServerError {
     Tls(std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster mode needs the API secret given (--api-secret): every node must share it")]
+    ClusterSecret,
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] broker::BrokerError),
 }
 
 /// What every handler and connection task shares.
@@ -63,6 +69,8 @@ pub struct Shared {
     pub config: Config,
     pub secret: Secret,
     pub store: Arc<dyn Store>,
+    /// The other nodes of the cluster ([`broker::LocalBroker`] on a single node).
+    pub broker: Arc<dyn broker::Broker>,
     pub hub: hub::HubHandle,
     pub metrics: metrics::Metrics,
     /// Cancelled when the server shuts down.
@@ -128,6 +136,7 @@ pub struct Server {
     state: AppState,
     secret_origin: SecretOrigin,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    cluster: Option<Arc<cluster::RedisBroker>>,
 }
 
 impl Server {
@@ -136,6 +145,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir).map_err(ServerError::DataDir)?;
         let (secret, secret_origin) = match &config.api_secret {
             Some(s) => (Secret::new(s.clone()), SecretOrigin::Configured),
+            None if config.redis_url.is_some() => return Err(ServerError::ClusterSecret),
             None => auth::load_or_create_secret(&config.data_dir).map_err(ServerError::DataDir)?,
         };
         if secret.expose().trim().len() < MIN_SECRET_LEN {
@@ -149,18 +159,37 @@ impl Server {
             ),
             None => None,
         };
-        let store = SqliteStore::open(&config.data_dir)?;
         let metrics = metrics::Metrics::new();
+        let (store, broker, cluster): (Arc<dyn Store>, Arc<dyn broker::Broker>, _) =
+            match &config.redis_url {
+                Some(url) => {
+                    let node = cluster::RedisBroker::connect(
+                        url,
+                        Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
+                        config.cluster.publish_queue,
+                        metrics.clone(),
+                    )
+                    .await?;
+                    (Arc::new(node.store()), node.clone(), Some(node))
+                }
+                None => (
+                    Arc::new(SqliteStore::open(&config.data_dir)?),
+                    Arc::new(broker::LocalBroker),
+                    None,
+                ),
+            };
         let hub = hub::HubHandle::new(
             config.limits.core(),
             config.limits.outbound_queue_bytes,
             config.limits.outbound_queue_frames,
             metrics.clone(),
+            broker.clone(),
         );
         let state = AppState(Arc::new(Shared {
             config,
             secret,
-            store: Arc::new(store),
+            store,
+            broker,
             hub,
             metrics,
             shutdown: CancellationToken::new(),
@@ -172,6 +201,7 @@ impl Server {
             state,
             secret_origin,
             tls,
+            cluster,
         })
     }
 
@@ -187,10 +217,24 @@ impl Server {
         self.secret_origin
     }
 
+    /// This node's id in the cluster (`None` on a single node).
+    pub fn node(&self) -> Option<&bluecam_proto::NodeId> {
+        self.state.broker.node()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, tells every connected
     /// client (close 1001, resumable) and waits up to a few seconds for them.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
+        if let (Some(node), Some(url)) = (&self.cluster, &state.config.redis_url) {
+            node.start(
+                url,
+                state.hub.clone(),
+                &state.tracker,
+                state.shutdown.clone(),
+            )
+            .await?;
+        }
         spawn_timers(&state);
         let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let inner_shutdown = state.shutdown.clone();
@@ -276,7 +320,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return api::ApiError::unavailable("shutting down").into_response();
     }
-    match state.store.check().await {
+    let checked = match state.store.check().await {
+        Ok(()) => state
+            .broker
+            .check()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string())),
+        Err(e) => Err(e),
+    };
+    match checked {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");
@@ -346,6 +398,7 @@ async fn sweep_empty_rooms(state: &AppState) {
         }
     };
     for id in expired {
+        // In a cluster the store counted peers on every node already.
         if state.hub.peer_count(&id) > 0 {
             continue;
         }

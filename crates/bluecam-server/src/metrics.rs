@@ -24,6 +24,15 @@ pub struct Metrics {
     pub outbound_overflows: Counter,
     pub resume_buffer_overflows: Counter,
     pub connections_refused: Counter,
+    /// Cluster: frames and events published to other nodes, and received from them.
+    pub cluster_out: Counter,
+    pub cluster_in: Counter,
+    /// Cluster: frames that could not be published (the sender got an error).
+    pub cluster_unsent: Counter,
+    /// Cluster: frames from another node whose recipients were not here.
+    pub cluster_undeliverable: Counter,
+    /// Cluster: failed Redis operations.
+    pub redis_errors: Counter,
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so
@@ -59,6 +68,11 @@ impl Metrics {
             outbound_overflows: counter!("bluecam_queue_overflows_total", "queue" => "outbound"),
             resume_buffer_overflows: counter!("bluecam_queue_overflows_total", "queue" => "resume"),
             connections_refused: counter!("bluecam_connections_refused_total"),
+            cluster_out: counter!("bluecam_cluster_messages_total", "dir" => "out"),
+            cluster_in: counter!("bluecam_cluster_messages_total", "dir" => "in"),
+            cluster_unsent: counter!("bluecam_cluster_unsent_total"),
+            cluster_undeliverable: counter!("bluecam_cluster_undeliverable_total"),
+            redis_errors: counter!("bluecam_redis_errors_total"),
         }
     }
 

@@ -203,6 +203,19 @@ async fn join(
     if let Some(turn) = &state.config.turn {
         ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
     }
+    let fresh = FreshIds {
+        peer,
+        session: SessionId::new(crate::auth::random_token(16)),
+        secret: SessionSecret::new(crate::auth::random_token(32)),
+    };
+    let permissions = claims.permissions.unwrap_or_default();
+    let room_id = room.id.clone();
+    let cluster = if state.broker.node().is_some() {
+        cluster_admit(state, &room, &claims, permissions, &fresh, resume.as_ref()).await?
+    } else {
+        None
+    };
+    let registered = cluster.is_some() && resume.is_none();
     let req = JoinRequest {
         conn,
         room: RoomAccess {
@@ -213,20 +226,25 @@ async fn join(
         identity: claims.sub,
         name: claims.name,
         metadata: claims.metadata,
-        permissions: claims.permissions.unwrap_or_default(),
+        permissions,
         resume,
-        fresh: FreshIds {
-            peer,
-            session: SessionId::new(crate::auth::random_token(16)),
-            secret: SessionSecret::new(crate::auth::random_token(32)),
-        },
+        fresh: fresh.clone(),
         ice_servers,
         limits: state.config.limits.to_wire(room.max_peers),
+        cluster,
     };
-    let room_id = room.id.clone();
     let (result, vacated) = state.hub.join(req);
     state.touch_rooms(vacated).await;
     let peer = result.map_err(|rejected| {
+        if registered {
+            // The directory has the peer already: take it back out.
+            let _ = state.broker.send(crate::broker::Outgoing::Removed {
+                room: room_id.clone(),
+                peer: fresh.peer.clone(),
+                session: fresh.session.clone(),
+                reason: bluecam_proto::LeaveReason::Left,
+            });
+        }
         (
             ErrorFrame::new(rejected.code(), rejected.message()),
             CloseCode::for_join_error(rejected.code()),
@@ -238,6 +256,80 @@ async fn join(
         state.hub.close_room(&room_id, RoomClosedReason::Deleted);
     }
     Ok(peer)
+}
+
+/// Cluster: records the join with the directory (or moves a session held by another node
+/// here) before the core admits it; the answer is the room as the cluster sees it.
+async fn cluster_admit(
+    state: &AppState,
+    room: &bluecam_proto::Room,
+    claims: &crate::Claims,
+    permissions: bluecam_proto::Permissions,
+    fresh: &FreshIds,
+    resume: Option<&bluecam_proto::ResumeCredentials>,
+) -> Result<Option<bluecam_core::ClusterView>, (ErrorFrame, CloseCode)> {
+    let fail = |code: ErrorCode, message: &str| {
+        (
+            ErrorFrame::new(code, message),
+            CloseCode::for_join_error(code),
+        )
+    };
+    // Checked before the directory records anyone (the core checks again).
+    if resume.is_none()
+        && let Some(members) = &room.members
+        && room.owner.as_ref() != Some(&claims.sub)
+        && !members.contains(&claims.sub)
+    {
+        return Err(fail(
+            ErrorCode::Forbidden,
+            "this identity is not a member of the room",
+        ));
+    }
+    state.hub.begin_cluster_join(&room.id);
+    let answer = match resume {
+        // This node holds the session: the core resumes it, nothing moves.
+        Some(creds) if state.hub.has_session(&creds.session) => Ok(None),
+        Some(creds) => {
+            state
+                .broker
+                .claim(room.id.clone(), claims.sub.clone(), creds.clone())
+                .await
+        }
+        None => {
+            state
+                .broker
+                .join(crate::broker::NewPeer {
+                    room: room.id.clone(),
+                    max_peers: room.max_peers,
+                    info: bluecam_proto::PeerInfo {
+                        id: fresh.peer.clone(),
+                        identity: claims.sub.clone(),
+                        name: claims.name.clone(),
+                        metadata: claims.metadata.clone(),
+                    },
+                    permissions,
+                    session: fresh.session.clone(),
+                    secret: fresh.secret.clone(),
+                })
+                .await
+        }
+    };
+    answer.map_err(|e| {
+        state.hub.end_cluster_join(&room.id);
+        use crate::broker::BrokerError as B;
+        match e {
+            B::RoomFull => fail(ErrorCode::RoomFull, "the room is full"),
+            B::RoomGone => fail(ErrorCode::RoomNotFound, "no such room"),
+            B::Unauthorized => fail(
+                ErrorCode::Unauthorized,
+                "the session to resume belongs to another room or identity",
+            ),
+            B::Unavailable(_) => fail(
+                ErrorCode::Unavailable,
+                "the cluster directory is unavailable; retry",
+            ),
+        }
+    })
 }
 
 /// The per-connection state of the main loop.

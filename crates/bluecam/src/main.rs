@@ -56,7 +56,8 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "BLUECAM_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Redis URL for cluster mode.
+    /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`);
+    /// every node needs the same --api-secret.
     #[arg(long, env = "BLUECAM_REDIS_URL")]
     redis: Option<String>,
     /// Origins allowed to open WebSockets (repeatable, or comma-separated in the env var).
@@ -81,12 +82,8 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(redis) = self.redis {
-            anyhow::ensure!(
-                redis.is_empty(),
-                "cluster mode (--redis / BLUECAM_REDIS_URL) is not available in this version yet; \
-                 run a single node without it"
-            );
+        if let Some(redis) = self.redis.filter(|r| !r.is_empty()) {
+            config.redis_url = Some(redis);
         }
         if let Some(bind) = self.bind {
             config.bind = bind;
@@ -161,6 +158,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.join("api-secret").display()
         ),
         SecretOrigin::Configured => println!("API secret: from the configuration"),
+    }
+    if let Some(node) = server.node() {
+        println!("Cluster node {node}, sharing rooms through Redis");
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -738,6 +738,11 @@ impl Sim {
                         return Err(format!("overflow of {peer:?} names the wrong room"));
                     }
                 }
+                // The directory's business; a single node has no directory to tell.
+                Output::PeerRemoved { .. } => {}
+                Output::Publish { .. } | Output::Undeliverable { .. } => {
+                    return Err(format!("cluster output on a single node: {output:?}"));
+                }
             }
         }
         let e = &self.expect;

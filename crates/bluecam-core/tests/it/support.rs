@@ -63,6 +63,7 @@ pub fn join_request(conn: ConnId, room: &RoomAccess, identity: &str, n: u64) -> 
         fresh: fresh(n),
         ice_servers: Vec::new(),
         limits: limits(room.summary.max_peers),
+        cluster: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: real servers on port 0, real HTTP and WebSocket clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod common;
 mod http;
 mod lifecycle;

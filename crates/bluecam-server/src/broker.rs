@@ -1,0 +1,147 @@
+//! [`Broker`]: the seam between the room logic and the other nodes of a cluster. It keeps the
+//! directory of who is in which room on which node, and carries frames and membership events
+//! between nodes.
+//!
+//! The single-node default is [`LocalBroker`]: one node holds every peer, so there is no one
+//! to tell and nothing to look up, and every method is the identity. Cluster mode puts
+//! [`crate::cluster::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
+//! same in both: it sees peers of other nodes as remote peers of its rooms.
+
+use bluecam_core::{ClusterView, Frame, Origin};
+use bluecam_proto::{
+    LeaveReason, NodeId, PeerId, PeerInfo, Permissions, ResumeCredentials, RoomId, SessionId,
+    SessionSecret,
+};
+use futures_util::future::BoxFuture;
+
+/// Peers of a room with whether each is connected.
+pub type Presence = Vec<(PeerInfo, bool)>;
+
+/// Why the directory refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the room is full")]
+    RoomFull,
+    #[error("the room does not exist")]
+    RoomGone,
+    #[error("the session belongs to another room or identity")]
+    Unauthorized,
+    #[error("the cluster directory is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A new peer, as the directory records it.
+#[derive(Clone, Debug)]
+pub struct NewPeer {
+    pub room: RoomId,
+    pub max_peers: u32,
+    pub info: PeerInfo,
+    pub permissions: Permissions,
+    pub session: SessionId,
+    pub secret: SessionSecret,
+}
+
+/// What a node sends to the others, in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A frame for peers `to` of `room`, who are on `node`.
+    Frame {
+        node: NodeId,
+        room: RoomId,
+        to: Vec<PeerId>,
+        frame: Frame,
+        origin: Option<Origin>,
+    },
+    /// A peer of this node is gone for good: remove it from the directory, tell the others.
+    Removed {
+        room: RoomId,
+        peer: PeerId,
+        session: SessionId,
+        reason: LeaveReason,
+    },
+}
+
+/// The directory and transport between nodes. See the module doc.
+pub trait Broker: Send + Sync + 'static {
+    /// This node's id in the cluster; `None` on a single node.
+    fn node(&self) -> Option<&NodeId>;
+
+    /// Records a new peer (refusing it when the room is full or gone); returns the room's
+    /// membership for the core, `None` on a single node.
+    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>>;
+
+    /// Moves a session held by another node here; `None` when no such session exists (or on
+    /// a single node, where the core knows every session).
+    fn claim(
+        &self,
+        room: RoomId,
+        identity: bluecam_proto::Identity,
+        creds: ResumeCredentials,
+    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>>;
+
+    /// Queues something for the other nodes without waiting. `Err` gives it back when it
+    /// cannot be sent (queue full, directory down); the caller tells the sender.
+    fn send(&self, item: Outgoing) -> Result<(), Outgoing>;
+
+    /// A room's peers across the cluster with whether each is connected; `None` on a single
+    /// node (the hub knows).
+    fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>>;
+
+    /// Peer counts of rooms across the cluster; `None` on a single node.
+    fn peer_counts(
+        &self,
+        rooms: Vec<RoomId>,
+    ) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>>;
+
+    /// Whether the directory answers (for `/readyz`).
+    fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+}
+
+impl std::fmt::Debug for dyn Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Broker")
+    }
+}
+
+/// The single-node broker: every peer is on this node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalBroker;
+
+impl Broker for LocalBroker {
+    fn node(&self) -> Option<&NodeId> {
+        None
+    }
+
+    fn join(&self, _: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn claim(
+        &self,
+        _: RoomId,
+        _: bluecam_proto::Identity,
+        _: ResumeCredentials,
+    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn send(&self, item: Outgoing) -> Result<(), Outgoing> {
+        match item {
+            // The core never addresses another node when there is none.
+            Outgoing::Frame { .. } => Err(item),
+            Outgoing::Removed { .. } => Ok(()),
+        }
+    }
+
+    fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn peer_counts(&self, _: Vec<RoomId>) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

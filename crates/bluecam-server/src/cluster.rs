@@ -1,0 +1,1088 @@
+//! Cluster mode: [`RedisBroker`] (the directory of peers and the pub/sub transport between
+//! nodes) and [`RedisStore`] (rooms), both on one Redis. `docs/architecture.md` ("Cluster")
+//! explains the design; the keys are:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `bc:room:{room}` | string | the room (JSON), as the HTTP API created it |
+//! | `bc:rooms` | sorted set | room ids by creation time |
+//! | `bc:room:{room}:active` | string | when the room was last occupied (Unix seconds) |
+//! | `bc:room:{room}:peers` | hash | peer id → `{"info":…,"seq":…}` |
+//! | `bc:room:{room}:nodes` | hash | peer id → `node\nsession` |
+//! | `bc:room:{room}:ver` | counter | membership version (every join, leave and move) |
+//! | `bc:session:{session}` | string | `{"room","peer","identity","secret","permissions"}` |
+//! | `bc:node:{node}:alive` | string, expiring | the node's heartbeat |
+//! | `bc:node:{node}:peers` | set | `room\npeer` of the node's peers |
+//! | `bc:nodes` | set | every node that may still own peers |
+//!
+//! Each node subscribes to its own channel `bc:n:{node}`. Membership changes run as Lua
+//! scripts, which update the directory, bump the room's version and publish the event to the
+//! other nodes of the room in one atomic step; frames are published by one ordered outbox
+//! task per node, pipelined.
+
+use crate::{
+    broker::{Broker, BrokerError, NewPeer, Outgoing},
+    hub::HubHandle,
+    metrics::Metrics,
+    store::{Store, StoreError},
+};
+use bluecam_core::{ClaimedSession, ClusterView, Frame, RemotePeer, RoomEvent};
+use bluecam_proto::{
+    ErrorCode, ErrorFrame, Identity, LeaveReason, NodeId, PeerId, PeerInfo, Permissions, RawValue,
+    ResumeCredentials, Room, RoomClosedReason, RoomId, SessionSecret,
+};
+use fred::prelude::{
+    Builder, Client, ClientLike as _, Config as FredConfig, EventInterface as _, Expiration,
+    HashesInterface as _, KeysInterface as _, LuaInterface as _, Options, PubsubInterface as _,
+    ReconnectPolicy, SetOptions, SetsInterface as _, SortedSetsInterface as _, Value,
+};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long one Redis command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Items the outbox sends per pipeline at most.
+const OUTBOX_BATCH: usize = 512;
+
+/// A join: refuses a full or deleted room, records the peer, publishes `joined` to the other
+/// nodes of the room. ARGV: room, peer, node, info JSON, session, session JSON, max peers.
+const JOIN: &str = r#"
+local p = 'bc:room:' .. ARGV[1]
+if redis.call('EXISTS', p) == 0 then return {'gone'} end
+if redis.call('HEXISTS', p .. ':nodes', ARGV[2]) == 0
+  and redis.call('HLEN', p .. ':nodes') >= tonumber(ARGV[7]) then return {'full'} end
+local ver = redis.call('INCR', p .. ':ver')
+local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
+redis.call('HSET', p .. ':peers', ARGV[2], rec)
+redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
+redis.call('SET', 'bc:session:' .. ARGV[5], ARGV[6])
+redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+redis.call('SADD', 'bc:nodes', ARGV[3])
+local msg = '{"t":"joined","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
+  ',"node":' .. cjson.encode(ARGV[3]) .. ',"rec":' .. rec .. '}'
+local told = {[ARGV[3]] = true}
+for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
+  local n = string.match(v, '^([^\n]*)')
+  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+end
+return {'ok', ver, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
+"#;
+
+/// A resume on this node of a session another node holds: checks the secret, room and
+/// identity, moves the peer here, publishes `moved` (the old node hands over what it kept).
+/// ARGV: session, secret, node, room, identity.
+const CLAIM: &str = r#"
+local s = redis.call('GET', 'bc:session:' .. ARGV[1])
+if not s then return {'expired'} end
+local sess = cjson.decode(s)
+if sess.secret ~= ARGV[2] then return {'expired'} end
+if sess.room ~= ARGV[4] or sess.identity ~= ARGV[5] then return {'unauthorized'} end
+local p = 'bc:room:' .. sess.room
+local cur = redis.call('HGET', p .. ':nodes', sess.peer)
+if not cur then return {'expired'} end
+local old = string.match(cur, '^([^\n]*)')
+redis.call('HSET', p .. ':nodes', sess.peer, ARGV[3] .. '\n' .. ARGV[1])
+redis.call('SREM', 'bc:node:' .. old .. ':peers', sess.room .. '\n' .. sess.peer)
+redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', sess.room .. '\n' .. sess.peer)
+redis.call('SADD', 'bc:nodes', ARGV[3])
+local ver = redis.call('INCR', p .. ':ver')
+local msg = '{"t":"moved","room":' .. cjson.encode(sess.room) .. ',"ver":' .. ver ..
+  ',"peer":' .. cjson.encode(sess.peer) .. ',"node":' .. cjson.encode(ARGV[3]) .. '}'
+local told = {[ARGV[3]] = true}
+for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
+  local n = string.match(v, '^([^\n]*)')
+  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+end
+if not told[old] then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+return {'ok', ver, s, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
+"#;
+
+/// A peer of `node` is gone: removes it (unless it moved to another node meanwhile) and
+/// publishes `left`. ARGV: room, peer, node, reason.
+const LEAVE: &str = r#"
+local p = 'bc:room:' .. ARGV[1]
+local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
+if not cur then return 0 end
+local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+if n0 ~= ARGV[3] then return 0 end
+redis.call('HDEL', p .. ':peers', ARGV[2])
+redis.call('HDEL', p .. ':nodes', ARGV[2])
+redis.call('DEL', 'bc:session:' .. sess)
+redis.call('SREM', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+local ver = redis.call('INCR', p .. ':ver')
+local msg = '{"t":"left","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
+  ',"peer":' .. cjson.encode(ARGV[2]) .. ',"reason":' .. cjson.encode(ARGV[4]) .. '}'
+local told = {[ARGV[3]] = true}
+for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
+  local n = string.match(v, '^([^\n]*)')
+  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+end
+return 1
+"#;
+
+/// A node whose liveness key is gone: removes the peers still recorded on it and publishes
+/// `left` (reason timeout) to the nodes of their rooms. ARGV: node.
+const REAP: &str = r#"
+if redis.call('EXISTS', 'bc:node:' .. ARGV[1] .. ':alive') == 1 then return -1 end
+local removed = 0
+for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
+  local room, peer = string.match(m, '^([^\n]*)\n(.*)$')
+  local p = 'bc:room:' .. room
+  local cur = redis.call('HGET', p .. ':nodes', peer)
+  if cur then
+    local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+    if n0 == ARGV[1] then
+      redis.call('HDEL', p .. ':peers', peer)
+      redis.call('HDEL', p .. ':nodes', peer)
+      redis.call('DEL', 'bc:session:' .. sess)
+      local ver = redis.call('INCR', p .. ':ver')
+      local msg = '{"t":"left","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
+        ',"peer":' .. cjson.encode(peer) .. ',"reason":"timeout"}'
+      local told = {}
+      for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
+        local n = string.match(v, '^([^\n]*)')
+        if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+      end
+      removed = removed + 1
+    end
+  end
+end
+redis.call('DEL', 'bc:node:' .. ARGV[1] .. ':peers')
+redis.call('SREM', 'bc:nodes', ARGV[1])
+return removed
+"#;
+
+/// Puts a peer of this node back into the directory (after Redis lost it or restarted).
+/// ARGV as `JOIN` plus its seq at the end. Returns 'gone' when the room was deleted.
+const REGISTER: &str = r#"
+local p = 'bc:room:' .. ARGV[1]
+if redis.call('EXISTS', p) == 0 then return 'gone' end
+local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
+if cur and string.match(cur, '^([^\n]*)') ~= ARGV[3] then return 'moved' end
+redis.call('HSET', p .. ':peers', ARGV[2], '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}')
+redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
+redis.call('SET', 'bc:session:' .. ARGV[5], ARGV[6])
+redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+redis.call('SADD', 'bc:nodes', ARGV[3])
+if tonumber(redis.call('GET', p .. ':ver') or '0') < tonumber(ARGV[8]) then
+  redis.call('SET', p .. ':ver', ARGV[8])
+end
+return 'ok'
+"#;
+
+/// Deletes a room with everything recorded about it and publishes `closed` to the nodes
+/// that had peers in it. ARGV: room, reason, this node. Returns 0 when there was no room.
+const DELETE_ROOM: &str = r#"
+local p = 'bc:room:' .. ARGV[1]
+if redis.call('DEL', p) == 0 then return 0 end
+redis.call('ZREM', 'bc:rooms', ARGV[1])
+local msg = '{"t":"closed","room":' .. cjson.encode(ARGV[1]) .. ',"reason":' ..
+  cjson.encode(ARGV[2]) .. '}'
+local told = {[ARGV[3]] = true}
+local all = redis.call('HGETALL', p .. ':nodes')
+for i = 1, #all, 2 do
+  local n, sess = string.match(all[i + 1], '^([^\n]*)\n(.*)$')
+  redis.call('DEL', 'bc:session:' .. sess)
+  redis.call('SREM', 'bc:node:' .. n .. ':peers', ARGV[1] .. '\n' .. all[i])
+  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+end
+redis.call('DEL', p .. ':peers', p .. ':nodes', p .. ':ver', p .. ':active')
+return 1
+"#;
+
+/// What a session record holds (what a resume on another node needs).
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionRecord {
+    room: RoomId,
+    peer: PeerId,
+    identity: Identity,
+    secret: SessionSecret,
+    permissions: Permissions,
+}
+
+/// A peer's entry in `bc:room:{room}:peers`.
+#[derive(Debug, Deserialize)]
+struct PeerRecord {
+    info: PeerInfo,
+    seq: u64,
+}
+
+/// A message on a node's channel. One flat shape (rather than a tagged enum) so that a
+/// frame's JSON is borrowed as it is, not re-parsed.
+#[derive(Debug, Deserialize)]
+struct Event<'a> {
+    t: &'a str,
+    room: RoomId,
+    #[serde(default)]
+    ver: u64,
+    #[serde(default)]
+    to: Vec<PeerId>,
+    #[serde(borrow, default)]
+    f: Option<&'a RawValue>,
+    #[serde(default)]
+    node: Option<NodeId>,
+    #[serde(default)]
+    rec: Option<PeerRecord>,
+    #[serde(default)]
+    peer: Option<PeerId>,
+    #[serde(default)]
+    reason: Option<&'a str>,
+}
+
+fn json_str(s: &str) -> String {
+    // Serializing a &str cannot fail.
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The wire text of a frame for another node.
+fn frame_message(room: &RoomId, to: &[PeerId], frame: &Frame) -> String {
+    let to = serde_json::to_string(to).unwrap_or_default();
+    let mut out = String::with_capacity(frame.len() + to.len() + room.as_str().len() + 32);
+    out.push_str(r#"{"t":"frame","room":"#);
+    out.push_str(&json_str(room.as_str()));
+    out.push_str(r#","to":"#);
+    out.push_str(&to);
+    out.push_str(r#","f":"#);
+    out.push_str(frame.as_str());
+    out.push('}');
+    out
+}
+
+fn channel(node: &NodeId) -> String {
+    format!("bc:n:{node}")
+}
+
+fn backend(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into remote peers.
+fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
+    let nodes: HashMap<String, String> = nodes.convert().unwrap_or_default();
+    let peers: HashMap<String, String> = peers.convert().unwrap_or_default();
+    peers
+        .into_iter()
+        .filter_map(|(id, rec)| {
+            let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
+            let node = nodes.get(&id)?.split('\n').next()?.to_owned();
+            Some(RemotePeer {
+                info: rec.info,
+                node: NodeId::new(node),
+                seq: rec.seq,
+            })
+        })
+        .collect()
+}
+
+/// The Redis side of a cluster node. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct RedisBroker {
+    node: NodeId,
+    client: Client,
+    opts: Options,
+    outbox: mpsc::Sender<Outgoing>,
+    /// Taken by [`RedisBroker::start`].
+    outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    ttl: Duration,
+    metrics: Metrics,
+    hub: OnceLock<HubHandle>,
+}
+
+/// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
+fn build(url: &str) -> Result<Builder, fred::error::Error> {
+    let config = FredConfig::from_url(url)?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 250, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = COMMAND_TIMEOUT;
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            // Events from other nodes queue here while this node applies them.
+            p.broadcast_channel_capacity = 1 << 16;
+        });
+    Ok(builder)
+}
+
+impl RedisBroker {
+    /// Connects to Redis; fails when it cannot be reached now.
+    pub async fn connect(
+        url: &str,
+        ttl: Duration,
+        queue: usize,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let client = build(url).map_err(backend)?.build().map_err(backend)?;
+        client.init().await.map_err(backend)?;
+        let node = NodeId::new(crate::auth::random_token(9));
+        let (outbox, rx) = mpsc::channel(queue.max(1));
+        Ok(Arc::new(Self {
+            node,
+            client,
+            opts: Options {
+                fail_fast: true,
+                timeout: Some(COMMAND_TIMEOUT),
+                ..Options::default()
+            },
+            outbox,
+            outbox_rx: std::sync::Mutex::new(Some(rx)),
+            ttl,
+            metrics,
+            hub: OnceLock::new(),
+        }))
+    }
+
+    /// The rooms store on the same Redis.
+    pub fn store(self: &Arc<Self>) -> RedisStore {
+        RedisStore {
+            broker: Arc::clone(self),
+        }
+    }
+
+    /// Starts the node's tasks: subscriber, outbox, heartbeat with reaper, and the resync
+    /// after a reconnection. Fails when the subscription cannot be made.
+    pub async fn start(
+        self: &Arc<Self>,
+        url: &str,
+        hub: HubHandle,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let _ = self.hub.set(hub.clone());
+        self.heartbeat().await?;
+        let subscriber = build(url)
+            .map_err(backend)?
+            .build_subscriber_client()
+            .map_err(backend)?;
+        subscriber.init().await.map_err(backend)?;
+        let mut messages = subscriber.message_rx();
+        subscriber
+            .subscribe(channel(&self.node))
+            .await
+            .map_err(backend)?;
+        let resubscribe = subscriber.manage_subscriptions();
+        tracing::info!(node = %self.node, "cluster node joined through Redis");
+
+        // Events from other nodes, applied in the order Redis delivered them.
+        let me = Arc::clone(self);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = messages.recv() => m,
+                };
+                match msg {
+                    Ok(msg) => {
+                        me.metrics.cluster_in.increment(1);
+                        if let Some(text) = msg.value.as_str() {
+                            me.on_event(&hub, &text);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Lost events are repaired by the next resync; say so loudly.
+                        tracing::error!(lost = n, "cluster events dropped: node too slow");
+                        me.metrics.redis_errors.increment(1);
+                        me.resync(&hub).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            resubscribe.abort();
+            let _ = subscriber.quit().await;
+        });
+
+        // The outbox: frames and removals, in order.
+        let me = Arc::clone(self);
+        let rx = self
+            .outbox_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            let stop = shutdown.clone();
+            tracker.spawn(async move { me.run_outbox(rx, stop).await });
+        }
+
+        // Heartbeat, reaper and resync after reconnection.
+        let me = Arc::clone(self);
+        let mut reconnects = self.client.reconnect_rx();
+        let hub = self.hub.get().cloned();
+        tracker.spawn(async move {
+            let Some(hub) = hub else { return };
+            let mut tick = tokio::time::interval(me.ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut suspects: HashMap<NodeId, u32> = HashMap::new();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if me.heartbeat().await.is_ok() {
+                            me.reap(&mut suspects).await;
+                        }
+                    }
+                    r = reconnects.recv() => {
+                        if r.is_ok() {
+                            tracing::info!("Redis is back: re-registering this node's peers");
+                            if me.heartbeat().await.is_ok() {
+                                me.resync(&hub).await;
+                            }
+                            // A node that was down as long as Redis gets a full period to
+                            // heartbeat again before anyone reaps it.
+                            suspects.clear();
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn cmd(&self) -> fred::clients::WithOptions<Client> {
+        self.client.with_options(&self.opts)
+    }
+
+    fn redis_error(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics.redis_errors.increment(1);
+        tracing::warn!(error = %e, "Redis {what} failed");
+    }
+
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let key = format!("bc:node:{}:alive", self.node);
+        let ttl = self.ttl.as_millis() as i64;
+        let r: Result<(), _> = self
+            .cmd()
+            .set(key, 1, Some(Expiration::PX(ttl)), None, false)
+            .await;
+        if let Err(e) = r {
+            self.redis_error("heartbeat", &e);
+            return Err(backend(e));
+        }
+        let r: Result<(), _> = self.cmd().sadd("bc:nodes", self.node.as_str()).await;
+        r.map_err(|e| {
+            self.redis_error("heartbeat", &e);
+            backend(e)
+        })
+    }
+
+    /// Removes the peers of nodes whose heartbeat is gone. A node must be missing on two
+    /// consecutive rounds, so one that just got Redis back has time to heartbeat.
+    async fn reap(&self, suspects: &mut HashMap<NodeId, u32>) {
+        let nodes: Vec<String> = match self.cmd().smembers("bc:nodes").await {
+            Ok(n) => n,
+            Err(e) => return self.redis_error("node list", &e),
+        };
+        let mut seen = Vec::new();
+        for node in nodes {
+            let node = NodeId::new(node);
+            if node == self.node {
+                continue;
+            }
+            let alive: bool = match self.cmd().exists(format!("bc:node:{node}:alive")).await {
+                Ok(n) => n,
+                Err(e) => return self.redis_error("liveness check", &e),
+            };
+            if alive {
+                continue;
+            }
+            let rounds = suspects.entry(node.clone()).or_insert(0);
+            *rounds += 1;
+            seen.push(node.clone());
+            if *rounds < 2 {
+                continue;
+            }
+            let removed: Result<i64, _> = self
+                .cmd()
+                .eval(REAP, Vec::<String>::new(), vec![node.to_string()])
+                .await;
+            match removed {
+                Ok(n) if n >= 0 => {
+                    tracing::info!(%node, peers = n, "node is gone; its peers left their rooms");
+                }
+                Ok(_) => {}
+                Err(e) => self.redis_error("reap", &e),
+            }
+        }
+        suspects.retain(|n, _| seen.contains(n));
+    }
+
+    /// Puts this node's peers back into the directory and reconciles every room replica with
+    /// it (events may have been lost while Redis was away).
+    async fn resync(&self, hub: &HubHandle) {
+        for p in hub.local_peers() {
+            let session = SessionRecord {
+                room: p.room.clone(),
+                peer: p.info.id.clone(),
+                identity: p.info.identity.clone(),
+                secret: p.secret.clone(),
+                permissions: p.permissions,
+            };
+            let args = vec![
+                p.room.to_string(),
+                p.info.id.to_string(),
+                self.node.to_string(),
+                serde_json::to_string(&p.info).unwrap_or_default(),
+                p.session.to_string(),
+                serde_json::to_string(&session).unwrap_or_default(),
+                String::new(),
+                p.seq.to_string(),
+            ];
+            let r: Result<String, _> = self.cmd().eval(REGISTER, Vec::<String>::new(), args).await;
+            match r {
+                Ok(s) if s == "gone" => {
+                    hub.close_room(&p.room, RoomClosedReason::Deleted);
+                }
+                Ok(_) => {}
+                Err(e) => return self.redis_error("re-register", &e),
+            }
+        }
+        for room in hub.local_rooms() {
+            match self.room_snapshot(&room).await {
+                Ok((ver, peers)) => hub.snapshot(&room, ver, peers),
+                Err(e) => return self.redis_error("room snapshot", &e),
+            }
+        }
+    }
+
+    async fn room_snapshot(&self, room: &RoomId) -> Result<(u64, Vec<RemotePeer>), BrokerError> {
+        let p = format!("bc:room:{room}");
+        let pipe = self.client.pipeline();
+        let _: () = pipe.get(format!("{p}:ver")).await.map_err(backend)?;
+        let _: () = pipe.hgetall(format!("{p}:peers")).await.map_err(backend)?;
+        let _: () = pipe.hgetall(format!("{p}:nodes")).await.map_err(backend)?;
+        let all: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        let mut all = all.into_iter();
+        let ver = all.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let peers = all.next().unwrap_or(Value::Null);
+        let nodes = all.next().unwrap_or(Value::Null);
+        Ok((ver, snapshot(peers, nodes)))
+    }
+
+    /// Applies one message from another node.
+    fn on_event(&self, hub: &HubHandle, text: &str) {
+        let event: Event<'_> = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable cluster message");
+                self.metrics.redis_errors.increment(1);
+                return;
+            }
+        };
+        let reason = match event.reason {
+            Some("left") => LeaveReason::Left,
+            Some("kicked") => LeaveReason::Kicked,
+            _ => LeaveReason::Timeout,
+        };
+        let room_event = match event.t {
+            "frame" => {
+                let Some(frame) = event.f.and_then(|f| {
+                    Frame::from_text(bytes::Bytes::copy_from_slice(f.get().as_bytes()))
+                }) else {
+                    return;
+                };
+                RoomEvent::Frame {
+                    to: event.to,
+                    frame,
+                }
+            }
+            "joined" => match (event.rec, event.node) {
+                (Some(rec), Some(node)) => RoomEvent::Joined(RemotePeer {
+                    info: rec.info,
+                    node,
+                    seq: rec.seq,
+                }),
+                _ => return,
+            },
+            "left" => match event.peer {
+                Some(peer) => RoomEvent::Left { peer, reason },
+                None => return,
+            },
+            "moved" => match (event.peer, event.node) {
+                (Some(peer), Some(node)) => RoomEvent::Moved { peer, node },
+                _ => return,
+            },
+            "closed" => {
+                let reason = if event.reason == Some("expired") {
+                    RoomClosedReason::Expired
+                } else {
+                    RoomClosedReason::Deleted
+                };
+                hub.close_room(&event.room, reason);
+                return;
+            }
+            other => {
+                tracing::warn!(kind = other, "unknown cluster message");
+                return;
+            }
+        };
+        hub.remote(&event.room, event.ver, room_event);
+    }
+
+    async fn run_outbox(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Outgoing>,
+        stop: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(OUTBOX_BATCH);
+        loop {
+            batch.clear();
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, OUTBOX_BATCH) => n,
+                () = stop.cancelled() => 0,
+            };
+            if n == 0 {
+                return;
+            }
+            let mut frames = Vec::new();
+            for item in batch.drain(..) {
+                match item {
+                    Outgoing::Frame { .. } => frames.push(item),
+                    Outgoing::Removed {
+                        room, peer, reason, ..
+                    } => {
+                        // Frames sent before the leave go first.
+                        self.publish_frames(std::mem::take(&mut frames)).await;
+                        let reason = match reason {
+                            LeaveReason::Left => "left",
+                            LeaveReason::Timeout => "timeout",
+                            LeaveReason::Kicked => "kicked",
+                        };
+                        let args = vec![
+                            room.to_string(),
+                            peer.to_string(),
+                            self.node.to_string(),
+                            reason.to_owned(),
+                        ];
+                        let r: Result<i64, _> =
+                            self.cmd().eval(LEAVE, Vec::<String>::new(), args).await;
+                        match r {
+                            Ok(_) => self.metrics.cluster_out.increment(1),
+                            // The resync after reconnection removes it (not re-registered).
+                            Err(e) => self.redis_error("leave", &e),
+                        }
+                    }
+                }
+            }
+            self.publish_frames(frames).await;
+        }
+    }
+
+    /// Publishes frames in one pipeline; on failure tells each sender.
+    async fn publish_frames(&self, items: Vec<Outgoing>) {
+        if items.is_empty() {
+            return;
+        }
+        let pipe = self.client.pipeline();
+        let mut queued = true;
+        if self.client.is_connected() {
+            for item in &items {
+                if let Outgoing::Frame {
+                    node,
+                    room,
+                    to,
+                    frame,
+                    ..
+                } = item
+                {
+                    let r: Result<(), _> = pipe
+                        .publish(channel(node), frame_message(room, to, frame))
+                        .await;
+                    queued &= r.is_ok();
+                }
+            }
+        } else {
+            queued = false;
+        }
+        let sent = queued
+            && match tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<Vec<Value>>()).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    self.redis_error("publish", &e);
+                    false
+                }
+                Err(_) => {
+                    self.redis_error("publish", &"timed out");
+                    false
+                }
+            };
+        if sent {
+            self.metrics.cluster_out.increment(items.len() as u64);
+            return;
+        }
+        if let Some(hub) = self.hub.get() {
+            for item in items {
+                hub.undelivered(item);
+            }
+        }
+    }
+}
+
+/// The error a sender gets when its frame could not reach another node.
+pub fn unsent_error(to: Vec<PeerId>, reference: Option<u64>) -> ErrorFrame {
+    let mut e = ErrorFrame::new(
+        ErrorCode::Unavailable,
+        "these peers are on another node, which could not be reached; nothing was delivered to them",
+    )
+    .with_ref(reference);
+    e.peers = Some(to);
+    e
+}
+
+impl Broker for RedisBroker {
+    fn node(&self) -> Option<&NodeId> {
+        Some(&self.node)
+    }
+
+    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+        Box::pin(async move {
+            let session = SessionRecord {
+                room: peer.room.clone(),
+                peer: peer.info.id.clone(),
+                identity: peer.info.identity.clone(),
+                secret: peer.secret.clone(),
+                permissions: peer.permissions,
+            };
+            let args = vec![
+                peer.room.to_string(),
+                peer.info.id.to_string(),
+                self.node.to_string(),
+                serde_json::to_string(&peer.info).unwrap_or_default(),
+                peer.session.to_string(),
+                serde_json::to_string(&session).unwrap_or_default(),
+                peer.max_peers.to_string(),
+            ];
+            let r: Vec<Value> = self
+                .cmd()
+                .eval(JOIN, Vec::<String>::new(), args)
+                .await
+                .map_err(|e| {
+                    self.redis_error("join", &e);
+                    backend(e)
+                })?;
+            let mut r = r.into_iter();
+            match r.next().and_then(|v| v.as_string()).as_deref() {
+                Some("ok") => {}
+                Some("full") => return Err(BrokerError::RoomFull),
+                Some("gone") => return Err(BrokerError::RoomGone),
+                other => return Err(backend(format!("unexpected join answer {other:?}"))),
+            }
+            let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            let peers = r.next().unwrap_or(Value::Null);
+            let nodes = r.next().unwrap_or(Value::Null);
+            Ok(Some(ClusterView {
+                ver,
+                seq: ver,
+                peers: snapshot(peers, nodes),
+                claimed: None,
+            }))
+        })
+    }
+
+    fn claim(
+        &self,
+        room: RoomId,
+        identity: Identity,
+        creds: ResumeCredentials,
+    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+        Box::pin(async move {
+            let args = vec![
+                creds.session.to_string(),
+                creds.secret.expose().to_owned(),
+                self.node.to_string(),
+                room.to_string(),
+                identity.to_string(),
+            ];
+            let r: Vec<Value> = self
+                .cmd()
+                .eval(CLAIM, Vec::<String>::new(), args)
+                .await
+                .map_err(|e| {
+                    self.redis_error("claim", &e);
+                    backend(e)
+                })?;
+            let mut r = r.into_iter();
+            match r.next().and_then(|v| v.as_string()).as_deref() {
+                Some("ok") => {}
+                Some("expired") => return Ok(None),
+                Some("unauthorized") => return Err(BrokerError::Unauthorized),
+                other => return Err(backend(format!("unexpected claim answer {other:?}"))),
+            }
+            let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            let session: SessionRecord = r
+                .next()
+                .and_then(|v| v.as_string())
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .ok_or_else(|| backend("unreadable session record"))?;
+            let peers = snapshot(
+                r.next().unwrap_or(Value::Null),
+                r.next().unwrap_or(Value::Null),
+            );
+            let me = peers
+                .iter()
+                .find(|p| p.info.id == session.peer)
+                .cloned()
+                .ok_or_else(|| backend("claimed peer missing from its room"))?;
+            Ok(Some(ClusterView {
+                ver,
+                seq: me.seq,
+                peers,
+                claimed: Some(ClaimedSession {
+                    info: me.info,
+                    session: creds.session,
+                    secret: session.secret,
+                    permissions: session.permissions,
+                }),
+            }))
+        })
+    }
+
+    fn send(&self, item: Outgoing) -> Result<(), Outgoing> {
+        self.outbox.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
+        })
+    }
+
+    fn presence(
+        &self,
+        room: RoomId,
+    ) -> BoxFuture<'_, Result<Option<crate::broker::Presence>, BrokerError>> {
+        Box::pin(async move {
+            let (_, mut peers) = self.room_snapshot(&room).await?;
+            peers.sort_by_key(|p| p.seq);
+            let local = self.hub.get().map(|h| h.peers(&room)).unwrap_or_default();
+            Ok(Some(
+                peers
+                    .into_iter()
+                    .map(|p| {
+                        // This node knows whether its own peers are connected right now.
+                        let connected = local
+                            .iter()
+                            .find(|(i, _)| i.id == p.info.id)
+                            .is_none_or(|(_, c)| *c);
+                        (p.info, connected)
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn peer_counts(
+        &self,
+        rooms: Vec<RoomId>,
+    ) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>> {
+        Box::pin(async move {
+            if rooms.is_empty() {
+                return Ok(Some(Vec::new()));
+            }
+            let pipe = self.client.pipeline();
+            for room in &rooms {
+                let _: () = pipe
+                    .hlen(format!("bc:room:{room}:nodes"))
+                    .await
+                    .map_err(backend)?;
+            }
+            let counts: Vec<u32> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+                .await
+                .map_err(backend)?
+                .map_err(backend)?;
+            Ok(Some(counts))
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let r: Result<String, _> = self.cmd().ping(None).await;
+            r.map(drop).map_err(backend)
+        })
+    }
+}
+
+/// Rooms in Redis (see the module doc for the keys).
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    broker: Arc<RedisBroker>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedisStore {
+    async fn rooms_by_id(&self, ids: Vec<String>) -> Result<Vec<Room>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("bc:room:{id}")).collect();
+        let values: Vec<Option<String>> = self.broker.cmd().mget(keys).await.map_err(store_err)?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+}
+
+impl Store for RedisStore {
+    fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&room).map_err(store_err)?;
+            let set: Option<String> = self
+                .broker
+                .cmd()
+                .set(
+                    format!("bc:room:{}", room.id),
+                    json,
+                    None,
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(store_err)?;
+            if set.is_none() {
+                return Err(StoreError::Exists);
+            }
+            let pipe = self.broker.client.pipeline();
+            let _: () = pipe
+                .zadd(
+                    "bc:rooms",
+                    None,
+                    None,
+                    false,
+                    false,
+                    (room.created_at as f64, room.id.as_str()),
+                )
+                .await
+                .map_err(store_err)?;
+            let _: () = pipe
+                .set(
+                    format!("bc:room:{}:active", room.id),
+                    crate::unix_now(),
+                    None,
+                    None,
+                    false,
+                )
+                .await
+                .map_err(store_err)?;
+            let _: Vec<Value> = pipe.all().await.map_err(store_err)?;
+            Ok(())
+        })
+    }
+
+    fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
+        Box::pin(async move {
+            let v: Option<String> = self
+                .broker
+                .cmd()
+                .get(format!("bc:room:{id}"))
+                .await
+                .map_err(store_err)?;
+            v.map(|v| serde_json::from_str(&v).map_err(store_err))
+                .transpose()
+        })
+    }
+
+    fn rooms(&self, member: Option<Identity>) -> BoxFuture<'_, Result<Vec<Room>, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = self
+                .broker
+                .cmd()
+                .zrange("bc:rooms", 0, -1, None, false, None, false)
+                .await
+                .map_err(store_err)?;
+            let mut rooms = self.rooms_by_id(ids).await?;
+            if let Some(member) = member {
+                rooms.retain(|r| {
+                    r.owner.as_ref() == Some(&member)
+                        || r.members.as_ref().is_some_and(|m| m.contains(&member))
+                });
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let args = vec![
+                id.to_string(),
+                "deleted".to_owned(),
+                self.broker.node.to_string(),
+            ];
+            let n: i64 = self
+                .broker
+                .cmd()
+                .eval(DELETE_ROOM, Vec::<String>::new(), args)
+                .await
+                .map_err(store_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn touch_room(&self, id: RoomId, at: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.broker
+                .cmd()
+                .set::<(), _, _>(
+                    format!("bc:room:{id}:active"),
+                    at,
+                    None,
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await
+                .map_err(store_err)
+        })
+    }
+
+    fn expired_rooms(&self, now: u64) -> BoxFuture<'_, Result<Vec<RoomId>, StoreError>> {
+        Box::pin(async move {
+            let rooms = self.rooms(None).await?;
+            let rooms: Vec<Room> = rooms
+                .into_iter()
+                .filter(|r| r.empty_timeout_secs.is_some())
+                .collect();
+            if rooms.is_empty() {
+                return Ok(Vec::new());
+            }
+            let pipe = self.broker.client.pipeline();
+            for r in &rooms {
+                let _: () = pipe
+                    .get(format!("bc:room:{}:active", r.id))
+                    .await
+                    .map_err(store_err)?;
+                let _: () = pipe
+                    .hlen(format!("bc:room:{}:nodes", r.id))
+                    .await
+                    .map_err(store_err)?;
+            }
+            let answers: Vec<Value> = pipe.all().await.map_err(store_err)?;
+            let mut out = Vec::new();
+            for (r, pair) in rooms.into_iter().zip(answers.chunks(2)) {
+                let active = pair.first().and_then(Value::as_u64).unwrap_or(r.created_at);
+                let peers = pair.get(1).and_then(Value::as_u64).unwrap_or(0);
+                if peers == 0
+                    && r.empty_timeout_secs
+                        .is_some_and(|t| active.saturating_add(t) <= now)
+                {
+                    out.push(r.id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.broker.check().await.map_err(store_err) })
+    }
+}

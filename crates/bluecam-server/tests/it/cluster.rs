@@ -1,0 +1,427 @@
+//! Cluster mode: nodes in this process sharing rooms through a real `redis-server` that each
+//! test starts on a free port (Debian's `redis-server` must be installed).
+
+use crate::common::{Client, SECRET, TestServer, WAIT, temp_dir};
+use bluecam_proto::{ClientMessage, ResumeCredentials, SessionId, SessionSecret};
+use serde_json::{Value, json};
+use std::{
+    io::{Read as _, Write as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A `redis-server` of this test, with append-only persistence so a restart keeps the data.
+pub struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            dir: temp_dir(),
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 64];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM: the append-only file is flushed) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node of the cluster on `redis`, with a short liveness expiry for fast tests.
+async fn node(redis: &Redis) -> TestServer {
+    let url = redis.url();
+    TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await
+}
+
+async fn join_on(server: &TestServer, room: &str, identity: &str) -> Client {
+    server.join(room, identity).await
+}
+
+fn peer_ids(joined: &Value) -> Vec<String> {
+    joined["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn peers_on_two_nodes_join_signal_send_and_leave() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let mut bob = Client::connect(b.addr).await;
+    bob.send_frame(&ClientMessage::Join {
+        token: b.token(&room, "bob"),
+        resume: None,
+    })
+    .await;
+    let joined = bob.expect_joined().await;
+    assert_eq!(
+        peer_ids(&joined),
+        vec![alice.id()],
+        "bob sees alice at once"
+    );
+    let seen = alice.recv_op("peer_joined").await;
+    assert_eq!(seen["peer"]["id"], bob.id());
+
+    alice
+        .send_json(json!({"op": "signal", "to": bob.id(), "data": {"sdp": "offer"}}))
+        .await;
+    let signal = bob.recv_op("signal").await;
+    assert_eq!(signal["from"], alice.id());
+    assert_eq!(signal["data"]["sdp"], "offer");
+    bob.send_json(json!({"op": "signal", "to": alice.id(), "data": {"sdp": "answer"}}))
+        .await;
+    assert_eq!(alice.recv_op("signal").await["data"]["sdp"], "answer");
+
+    // Broadcast and targeted, in order, each way.
+    for i in 0..50 {
+        alice.send_json(json!({"op": "send", "msg": i})).await;
+    }
+    for i in 0..50 {
+        let m = bob.recv_op("message").await;
+        assert_eq!(
+            (m["from"].as_str(), m["msg"].as_i64()),
+            (Some(&*alice.id()), Some(i))
+        );
+    }
+    bob.send_json(json!({"op": "send", "to": [alice.id()], "msg": {"hi": true}}))
+        .await;
+    let m = alice.recv_op("message").await;
+    assert_eq!(m["from"], bob.id());
+    assert_eq!(m["msg"]["hi"], true);
+
+    bob.send_json(json!({"op": "leave"})).await;
+    let left = alice.recv_op("peer_left").await;
+    assert_eq!(left["peer"]["id"], bob.id());
+    assert_eq!(left["reason"], "left");
+    alice.assert_alive().await;
+}
+
+#[tokio::test]
+async fn the_http_api_of_any_node_sees_and_deletes_rooms_of_all() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    // Created through A: visible and listed through B.
+    let got: Value = b
+        .http()
+        .get(b.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["id"], room);
+    // A token minted by A works on B.
+    let mut bob = Client::connect(b.addr).await;
+    bob.send_frame(&ClientMessage::Join {
+        token: a.token(&room, "bob"),
+        resume: None,
+    })
+    .await;
+    bob.expect_joined().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let list: Value = a
+        .http()
+        .get(a.url("/v1/rooms"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = list["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == room)
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["peerCount"], 2, "counts peers on every node");
+    let peers: Value = b
+        .http()
+        .get(b.url(&format!("/v1/rooms/{room}/peers")))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 2);
+
+    // Deleted through B: alice, on A, is told and disconnected.
+    let res = b
+        .http()
+        .delete(b.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(alice.recv_op("room_closed").await["reason"], "deleted");
+    assert_eq!(alice.closed().await, Some(4040));
+    assert_eq!(bob.recv_op("room_closed").await["reason"], "deleted");
+    let res = a
+        .http()
+        .get(a.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn a_room_full_counts_the_peers_of_every_node() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.create_room(json!({"maxPeers": 2})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _alice = join_on(&a, &room, "alice").await;
+    let _bob = join_on(&b, &room, "bob").await;
+    let mut carol = Client::connect(a.addr).await;
+    carol
+        .send_frame(&ClientMessage::Join {
+            token: a.token(&room, "carol"),
+            resume: None,
+        })
+        .await;
+    carol.expect_error("room_full").await;
+}
+
+/// Drops a client's TCP connection without a close frame (a network cut).
+fn cut(client: Client) -> ResumeCredentials {
+    let joined = client.joined.clone().unwrap();
+    drop(client);
+    ResumeCredentials {
+        session: SessionId::new(joined.session.id.to_string()),
+        secret: SessionSecret::new(joined.session.secret.expose()),
+    }
+}
+
+#[tokio::test]
+async fn a_session_resumes_on_another_node_with_its_id_and_its_frames() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let bob = join_on(&b, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let bob_id = bob.id();
+    let creds = cut(bob);
+    b.wait_disconnected(&room, &bob_id).await;
+    // Kept for bob on B while he is away...
+    for i in 0..5 {
+        alice
+            .send_json(json!({"op": "send", "to": [bob_id], "msg": i}))
+            .await;
+    }
+    // ...and handed to A when he comes back there.
+    let mut back = Client::connect(a.addr).await;
+    back.send_frame(&ClientMessage::Join {
+        token: a.token(&room, "bob"),
+        resume: Some(creds),
+    })
+    .await;
+    let joined = back.expect_joined().await;
+    assert_eq!(joined["resumed"], true);
+    assert_eq!(back.id(), bob_id, "same peer id on the new node");
+    assert_eq!(peer_ids(&joined), vec![alice.id()]);
+    for i in 0..5 {
+        let m = back.recv_op("message").await;
+        assert_eq!(m["msg"], i, "the frames kept on the old node, in order");
+    }
+    // Now on A with alice: frames flow locally both ways, and nobody saw a leave.
+    alice.send_json(json!({"op": "send", "msg": "after"})).await;
+    assert_eq!(back.recv_op("message").await["msg"], "after");
+    back.send_json(json!({"op": "send", "msg": "hello"})).await;
+    let m = alice.recv().await;
+    assert_eq!(m["op"], "message", "no peer_left before it: {m}");
+    assert_eq!(m["from"], bob_id);
+}
+
+#[tokio::test]
+async fn peers_of_a_stopped_node_leave_when_its_liveness_expires() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let bob = join_on(&b, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let bob_id = bob.id();
+    let started = Instant::now();
+    // B goes away and bob does not come back anywhere.
+    b.stop().await;
+    drop(bob);
+    let left = alice.recv_op("peer_left").await;
+    assert_eq!(left["peer"]["id"], bob_id);
+    assert_eq!(left["reason"], "timeout");
+    // Expiry 3 s, reaped after two missed rounds of 1 s: well within 10 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    alice.assert_alive().await;
+}
+
+#[tokio::test]
+async fn redis_down_is_not_ready_refuses_joins_reports_unsent_frames_and_recovers() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let mut bob = join_on(&b, &room, "bob").await;
+    let mut frank = join_on(&a, &room, "frank").await;
+    alice.recv_op("peer_joined").await;
+    alice.recv_op("peer_joined").await;
+    let ready = |s: &TestServer| {
+        let url = s.url("/readyz");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&a).await, 200);
+
+    redis.stop();
+    // Not ready, within a few seconds.
+    let deadline = Instant::now() + WAIT;
+    while ready(&a).await != 503 {
+        assert!(Instant::now() < deadline, "readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A frame for a peer on the other node is not lost silently: its sender is told.
+    alice
+        .send_json(json!({"op": "send", "to": [bob.id()], "msg": "lost?", "ref": 7}))
+        .await;
+    let e = alice.expect_error("unavailable").await;
+    assert_eq!(e["ref"], 7);
+    assert_eq!(e["peers"][0], bob.id());
+    // New joins are refused with a clear error.
+    let mut carol = Client::connect(a.addr).await;
+    carol
+        .send_frame(&ClientMessage::Join {
+            token: a.token(&room, "carol"),
+            resume: None,
+        })
+        .await;
+    carol.expect_error("unavailable").await;
+    // Peers of one node still reach each other.
+    alice
+        .send_json(json!({"op": "send", "to": [frank.id()], "msg": "local"}))
+        .await;
+    assert_eq!(frank.recv_op("message").await["msg"], "local");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(&a).await != 200 || ready(&b).await != 200 {
+        assert!(Instant::now() < deadline, "readyz never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Delivery resumes both ways (retrying until the subscriptions are back).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        alice
+            .send_json(json!({"op": "send", "to": [bob.id()], "msg": n, "ref": n}))
+            .await;
+        let got = tokio::time::timeout(Duration::from_millis(500), bob.recv_op("message")).await;
+        if let Ok(m) = got {
+            assert_eq!(m["from"], alice.id());
+            break;
+        }
+        assert!(Instant::now() < deadline, "delivery never resumed");
+    }
+    bob.send_json(json!({"op": "send", "msg": "back"})).await;
+    let m = alice.recv_op("message").await;
+    assert_eq!(m["msg"], "back");
+    let mut erin = Client::connect(b.addr).await;
+    erin.send_frame(&ClientMessage::Join {
+        token: b.token(&room, "erin"),
+        resume: None,
+    })
+    .await;
+    let joined = erin.expect_joined().await;
+    assert_eq!(
+        peer_ids(&joined).len(),
+        3,
+        "the directory knows alice, bob and frank again"
+    );
+}
