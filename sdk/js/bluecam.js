@@ -50,7 +50,9 @@ const RELINK_MS = 1000;
  * @property {string} token from the app's backend
  * @property {() => Promise<string>} [getToken] a fresh token for the same room and identity,
  *   used when the WebSocket resumes (the first token may have expired by then)
- * @property {string} [server] defaults to the origin the SDK was loaded from
+ * @property {string | string[]} [server] the BlueCam server, or nodes of one cluster in order
+ *   of preference (the SDK uses the first and moves to the next when one cannot be reached or
+ *   drains; shuffle the list per user to spread them); defaults to the SDK's own origin
  * @property {boolean | MediaTrackConstraints} [video] default true
  * @property {boolean | MediaTrackConstraints} [audio] default true
  * @property {HTMLVideoElement | string} [localVideo] element, selector, or element id
@@ -105,12 +107,16 @@ function resolveElement(target) {
   return /** @type {T | null} */ (found ?? document.getElementById(target));
 }
 
-/** @param {string | undefined} server */
-function wsUrl(server) {
-  const base = new URL(server ?? new URL(import.meta.url).origin);
-  base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
-  base.pathname = "/v1/ws";
-  return base.toString();
+/** @param {string | string[] | undefined} server */
+function wsUrls(server) {
+  const list = Array.isArray(server) ? server : [server ?? new URL(import.meta.url).origin];
+  if (list.length === 0) throw new TypeError("server: give at least one URL");
+  return list.map((s) => {
+    const base = new URL(s);
+    base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    base.pathname = "/v1/ws";
+    return base.toString();
+  });
 }
 
 /**
@@ -165,7 +171,7 @@ export class Room {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.ackTimer = undefined;
     this.flushScheduled = false;
-    this.signaling = new Signaling(wsUrl(options.server), options.token, {
+    this.signaling = new Signaling(wsUrls(options.server), options.token, {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
       onConnectionChange: () => {},

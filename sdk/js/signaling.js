@@ -27,14 +27,18 @@ const MAX_QUEUED = 1000;
 
 export class Signaling {
   /**
-   * @param {string} url ws(s)://host/v1/ws
+   * @param {string[]} urls ws(s)://host/v1/ws of each node (one on a single server)
    * @param {string} token
    * @param {SignalingHandlers} handlers
    * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
    *   one may have expired by the time the network drops)
    */
-  constructor(url, token, handlers, getToken) {
-    this.url = url;
+  constructor(urls, token, handlers, getToken) {
+    this.urls = urls;
+    /** The node in use: the first one given, then the next whenever one fails or drains. */
+    this.urlIndex = 0;
+    /** Nodes tried in a row without getting joined (the first join tries each once). */
+    this.misses = 0;
     this.token = token;
     this.handlers = handlers;
     this.getToken = getToken;
@@ -73,6 +77,16 @@ export class Signaling {
     return new Promise((resolve, reject) => this.open(resolve, reject));
   }
 
+  /** The node in use. */
+  get url() {
+    return this.urls[this.urlIndex % this.urls.length];
+  }
+
+  /** Moves to the next node (a no-op with one). */
+  nextUrl() {
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+  }
+
   /**
    * @param {(joined: Frame) => void} onJoined
    * @param {(error: Error) => void} onFailed
@@ -101,6 +115,7 @@ export class Signaling {
         if (frame.op === "joined") {
           joined = true;
           this.attempt = 0;
+          this.misses = 0;
           this.lostAt = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
           this.resumeWindowMs = (frame.session.resumeWindowSecs ?? 60) * 1000;
@@ -121,8 +136,16 @@ export class Signaling {
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
+      // A node that could not be reached, refused for want of capacity, or is draining (1001):
+      // the next attempt goes to the next node.
+      const moveOn = !joined && (!failure || failure.constructor === ConnectionError);
+      if (moveOn || ev.code === 1001) this.nextUrl();
       if (!joined && !this.resume) {
-        // The first join: report, never retry behind the caller's back.
+        // The first join: try each node once, then report; never retry behind the caller's back.
+        if (moveOn && ++this.misses < this.urls.length) {
+          this.open(onJoined, onFailed);
+          return;
+        }
         onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${ev.code})`));
         return;
       }

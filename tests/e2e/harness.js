@@ -5,10 +5,10 @@
  * microphone), and helpers that join rooms through the public SDK inside the pages.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
-import { createServer } from "node:net";
+import { createServer, createConnection } from "node:net";
 import { chromium } from "playwright-core";
 
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
@@ -111,10 +111,70 @@ export class TestServer {
   }
 
   async stop() {
-    this.child.kill("SIGTERM");
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill("SIGTERM");
+      await new Promise((r) => this.child.once("exit", r));
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** Kills the process outright (SIGKILL): no goodbye to anyone. */
+  async kill() {
+    this.child.kill("SIGKILL");
+    await new Promise((r) => this.child.once("exit", r));
+  }
+}
+
+/** A `redis-server` of this test run on a free port (Debian's package must be installed). */
+export class Redis {
+  static async start() {
+    const port = await freePort();
+    const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-redis-"));
+    const child = spawn("redis-server", [
+      "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+      "--dir", dir, "--loglevel", "warning",
+    ], { stdio: ["ignore", "ignore", "inherit"] });
+    const redis = new Redis(`redis://127.0.0.1:${port}`, child, dir);
+    await waitFor(() => new Promise((resolve) => {
+      const s = createConnection(port, "127.0.0.1");
+      s.once("connect", () => s.write("PING\r\n"));
+      s.once("data", (d) => { s.destroy(); resolve(String(d).startsWith("+PONG")); });
+      s.once("error", () => resolve(false));
+    }), "redis-server to start");
+    return redis;
+  }
+
+  /**
+   * @param {string} url
+   * @param {import("node:child_process").ChildProcess} child
+   * @param {string} dir
+   */
+  constructor(url, child, dir) {
+    this.url = url;
+    this.child = child;
+    this.dir = dir;
+  }
+
+  async stop() {
+    this.child.kill("SIGKILL");
     await new Promise((r) => this.child.once("exit", r));
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Starts `n` nodes of one cluster on `redis`, whose liveness expires after `ttlSecs`.
+ * @param {Redis} redis
+ * @param {number} n
+ * @param {number} ttlSecs
+ */
+export async function startCluster(redis, n, ttlSecs) {
+  const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-cluster-"));
+  const config = joinPath(dir, "cluster.toml");
+  writeFileSync(config, `[cluster]\nnode_ttl_secs = ${ttlSecs}\n`);
+  const nodes = [];
+  for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
+  return nodes;
 }
 
 /**
@@ -157,10 +217,11 @@ export async function launchPeer(server, opts = {}) {
  * @param {import("playwright-core").Page} page
  * @param {string} token
  * @param {{video?: boolean, audio?: boolean}} [media]
+ * @param {string | string[]} [server] the node(s) to use; default the page's own origin
  * @returns {Promise<string>} the peer id
  */
-export async function join(page, token, media = { video: true, audio: true }) {
-  return page.evaluate(async ({ token, media }) => {
+export async function join(page, token, media = { video: true, audio: true }, server = undefined) {
+  return page.evaluate(async ({ token, media, server }) => {
     const sdk = await import("/sdk/bluecam.js");
     /** @type {any} */
     const w = window;
@@ -171,6 +232,7 @@ export async function join(page, token, media = { video: true, audio: true }) {
     w.room = await sdk.joinRoom({
       token,
       ...media,
+      ...(server ? { server } : {}),
       remoteVideos: remotes,
       onMessage: (/** @type {string} */ type, /** @type {unknown} */ data, /** @type {{id: string}} */ from, /** @type {{path: string}} */ meta) =>
         w.t.received.push({ type, data, from: from.id, path: meta.path }),
@@ -180,7 +242,7 @@ export async function join(page, token, media = { video: true, audio: true }) {
       onStream: () => w.t.streams++,
     });
     return w.room.self.id;
-  }, { token, media });
+  }, { token, media, server });
 }
 
 /**

@@ -197,9 +197,11 @@ export type JoinOptions = {
      */
     getToken?: (() => Promise<string>) | undefined;
     /**
-     * defaults to the origin the SDK was loaded from
+     * the BlueCam server, or nodes of one cluster in order
+     * of preference (the SDK uses the first and moves to the next when one cannot be reached or
+     * drains; shuffle the list per user to spread them); defaults to the SDK's own origin
      */
-    server?: string | undefined;
+    server?: string | string[] | undefined;
     /**
      * default true
      */

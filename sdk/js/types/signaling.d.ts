@@ -9,14 +9,18 @@
  */
 export class Signaling {
     /**
-     * @param {string} url ws(s)://host/v1/ws
+     * @param {string[]} urls ws(s)://host/v1/ws of each node (one on a single server)
      * @param {string} token
      * @param {SignalingHandlers} handlers
      * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
      *   one may have expired by the time the network drops)
      */
-    constructor(url: string, token: string, handlers: SignalingHandlers, getToken: (() => Promise<string>) | undefined);
-    url: string;
+    constructor(urls: string[], token: string, handlers: SignalingHandlers, getToken: (() => Promise<string>) | undefined);
+    urls: string[];
+    /** The node in use: the first one given, then the next whenever one fails or drains. */
+    urlIndex: number;
+    /** Nodes tried in a row without getting joined (the first join tries each once). */
+    misses: number;
     token: string;
     handlers: SignalingHandlers;
     getToken: (() => Promise<string>) | undefined;
@@ -51,6 +55,10 @@ export class Signaling {
      * @returns {Promise<Frame>}
      */
     join(): Promise<Frame>;
+    /** The node in use. */
+    get url(): string;
+    /** Moves to the next node (a no-op with one). */
+    nextUrl(): void;
     /**
      * @param {(joined: Frame) => void} onJoined
      * @param {(error: Error) => void} onFailed
