@@ -353,3 +353,26 @@ fn bench_churn_smoke() {
         "{v}"
     );
 }
+
+#[test]
+fn bench_cluster_smoke() {
+    let v = bench(&[
+        "cluster",
+        "--nodes",
+        "2",
+        "--rooms",
+        "2",
+        "--duration-secs",
+        "1",
+        "--joins",
+        "20",
+    ]);
+    for placement in ["same_node", "cross_node"] {
+        let p = &v[placement];
+        for relay in ["latency_10_rooms", "relay_window_1", "relay_flat_out"] {
+            assert!(p[relay]["latency"]["count"].as_u64().unwrap() > 0, "{v}");
+            assert_eq!(p[relay]["failed_peers"], 0, "{v}");
+        }
+        assert_eq!(p["join"]["failed"], 0, "{v}");
+    }
+}

@@ -35,6 +35,7 @@ use tokio_tungstenite::{
 };
 
 mod churn;
+mod cluster;
 mod idle;
 mod relay;
 mod signal;
@@ -42,6 +43,7 @@ mod slow;
 mod storm;
 
 use churn::churn;
+use cluster::cluster;
 use idle::{idle, idle_worker};
 use relay::relay;
 use signal::signal;
@@ -149,6 +151,21 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         sample_secs: u64,
     },
+    /// Several `serve --redis` nodes on one Redis (started here): relay and join latency for
+    /// peers on the same node against peers on different nodes.
+    Cluster {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Redis to use (default: start a `redis-server` on a free port).
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        rooms: usize,
+        #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 2_000)]
+        joins: usize,
+    },
     /// (internal) one generator process of `idle`.
     #[command(hide = true)]
     IdleWorker {
@@ -171,10 +188,23 @@ enum Scenario {
 struct Target {
     http: String,
     addr: SocketAddr,
+    /// Cluster runs: client `i` connects to `spread[i % len]` (empty: always `addr`).
+    spread: Vec<SocketAddr>,
     secret: Secret,
     pid: Option<u32>,
     child: Option<Child>,
     _dir: Option<TempDir>,
+}
+
+impl Target {
+    /// Where client number `i` connects.
+    fn addr_for(&self, i: usize) -> SocketAddr {
+        if self.spread.is_empty() {
+            self.addr
+        } else {
+            self.spread[i % self.spread.len()]
+        }
+    }
 }
 
 impl Drop for Target {
@@ -225,6 +255,7 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
         return Ok(Target {
             http: url.trim_end_matches('/').to_owned(),
             addr,
+            spread: Vec::new(),
             secret: Secret::new(secret),
             pid: args.server_pid,
             child: None,
@@ -256,6 +287,7 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
     let target = Target {
         http: format!("http://{addr}"),
         addr,
+        spread: Vec::new(),
         secret: Secret::new(secret),
         pid: Some(child.id()),
         child: Some(child),
@@ -297,6 +329,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             *source_ip,
         )
         .await;
+    }
+    if let Scenario::Cluster {
+        nodes,
+        redis,
+        rooms,
+        duration_secs,
+        joins,
+    } = &args.scenario
+    {
+        let result = cluster(
+            (*nodes).max(1),
+            redis.clone(),
+            (*rooms).max(1),
+            *duration_secs,
+            (*joins).max(1),
+        )
+        .await?;
+        let text = serde_json::to_string_pretty(&result)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, &text)?;
+        }
+        say(&text);
+        return Ok(());
     }
     let target = start_target(&args).await?;
     let result = match args.scenario {
@@ -367,7 +422,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        Scenario::IdleWorker { .. } => unreachable_worker()?,
+        Scenario::IdleWorker { .. } | Scenario::Cluster { .. } => unreachable_worker()?,
     };
     let text = serde_json::to_string_pretty(&result)?;
     if let Some(path) = &args.json {

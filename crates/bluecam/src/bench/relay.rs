@@ -25,9 +25,9 @@ pub(super) async fn relay(
     for r in 0..rooms {
         for p in 0..room_size {
             let token = mint(&target.secret, &format!("{prefix}{r}"), &format!("p{p}"))?;
-            let addr = target.addr;
             let sem = Arc::clone(&sem);
             let i = r * room_size + p;
+            let addr = target.addr_for(i);
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await?;
                 let mut ws = connect(addr, Some(source_ip(i))).await?;

@@ -26,7 +26,7 @@ pub(super) async fn join_storm(
     let started = Instant::now();
     for (i, token) in tokens.into_iter().enumerate() {
         let permit = Arc::clone(&sem).acquire_owned().await?;
-        let addr = target.addr;
+        let addr = target.addr_for(i);
         tasks.spawn(async move {
             let t0 = Instant::now();
             let r = async {
