@@ -112,14 +112,15 @@ pub(super) async fn idle_worker(
     let sem = Arc::new(Semaphore::new(128));
     let mut tasks = tokio::task::JoinSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<bool>(count.max(1));
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // A token, not a Notify: a task busy with a frame when the stop comes must still see it.
+    let stop = tokio_util::sync::CancellationToken::new();
     for i in start..start + count {
         let room = format!("{prefix}{}", i / room_size);
         let spec = wire::join_spec(target, &room, &format!("idle-{i}"))?;
         let (kind, addr) = (target.kind, target.addr);
         let sem = Arc::clone(&sem);
         let done = done_tx.clone();
-        let stop = Arc::clone(&stop);
+        let stop = stop.clone();
         tasks.spawn(async move {
             let permit = sem.acquire_owned().await;
             let ws = wire::open(kind, addr, spec, Some(source))
@@ -133,7 +134,7 @@ pub(super) async fn idle_worker(
                 loop {
                     tokio::select! {
                         msg = ws.next() => if msg.is_none() { break },
-                        () = stop.notified() => break,
+                        () = stop.cancelled() => break,
                     }
                 }
                 let _ = ws.close(None).await;
@@ -157,7 +158,7 @@ pub(super) async fn idle_worker(
         while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
     })
     .await?;
-    stop.notify_waiters();
+    stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
