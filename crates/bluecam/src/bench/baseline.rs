@@ -61,50 +61,55 @@ async fn connection(tcp: TcpStream, rooms: Rooms, me: u64) {
         }
         Ok(res)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await;
+    let accepted =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await;
     let Some((room, members)) = joined else {
         return;
     };
     let room = room.as_str();
-    let Ok(ws) = ws else {
+    let Ok(mut ws) = accepted else {
         leave(&rooms, room, &members, me);
         return;
     };
-    let (mut sink, mut stream) = ws.split();
-    let writer = tokio::spawn(async move {
-        // Everything queued goes out in one flush.
-        while let Some(text) = rx.recv().await {
-            if sink.feed(Message::Text(text)).await.is_err() {
-                return;
-            }
-            while let Ok(text) = rx.try_recv() {
-                if sink.feed(Message::Text(text)).await.is_err() {
-                    return;
+    // One task per connection, reading and writing (as BlueCam does): no split halves, no
+    // lock between them.
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(text) = out else { break };
+                // Everything queued (up to a batch) goes out in one flush.
+                if ws.feed(Message::Text(text)).await.is_err() {
+                    break;
+                }
+                let mut batch = 1;
+                while batch < 64 {
+                    let Ok(text) = rx.try_recv() else { break };
+                    if ws.feed(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                    batch += 1;
+                }
+                if ws.flush().await.is_err() {
+                    break;
                 }
             }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    while let Some(Ok(msg)) = stream.next().await {
-        match msg {
-            Message::Text(text) => {
-                let members = members
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (id, tx) in members.iter() {
-                    if *id != me {
-                        let _ = tx.send(text.clone());
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let members = members
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (id, tx) in members.iter() {
+                        if *id != me {
+                            let _ = tx.send(text.clone());
+                        }
                     }
                 }
-            }
-            Message::Close(_) => break,
-            _ => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
         }
     }
     leave(&rooms, room, &members, me);
-    writer.abort();
 }
 
 fn leave(rooms: &Rooms, room: &str, members: &Members, me: u64) {
