@@ -3,7 +3,15 @@
  * Browser benchmark: two real headless Chromium processes on this machine, talking through the
  * public SDK to a real `bluecam serve` (the end-to-end harness of tests/e2e/harness.js).
  *
- *   node bench/browser.js [--runs 20] [--messages 1000] [--json FILE]
+ *   node bench/browser.js [--runs 20] [--messages 1000] [--delay-ms 50] [--modes near,far] [--json FILE]
+ *
+ * Every measurement runs in two modes: "near", the pages and their WebSocket straight to the
+ * server, and "far", through a delaying TCP proxy (bench/delay-proxy.js) that adds --delay-ms to
+ * every chunk in each direction: a server far from both users. In "far" mode the pages are
+ * loaded from the proxy's URL, so the SDK (which connects to the origin it was loaded from)
+ * reaches the server only through it; the app backend's calls (rooms, tokens) go direct. The
+ * browsers' data channel is between them, on this machine, as it is between two users near each
+ * other.
  *
  * The server binary is $BLUECAM_BIN (default, as in the harness, $CARGO_TARGET_DIR/debug/bluecam
  * or target/debug/bluecam). The server runs with its default limits.
@@ -29,20 +37,25 @@ import { writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
 import { TestServer, launchPeer, waitFor } from "../tests/e2e/harness.js";
+import { startDelayProxy } from "./delay-proxy.js";
 
 const { values: args } = parseArgs({
   options: {
     runs: { type: "string", default: "20" },
     messages: { type: "string", default: "1000" },
+    "delay-ms": { type: "string", default: "50" },
+    modes: { type: "string", default: "near,far" },
     json: { type: "string" },
   },
 });
 const RUNS = Number(args.runs);
 const MESSAGES = Number(args.messages);
+const DELAY_MS = Number(args["delay-ms"]);
+const MODES = String(args.modes).split(",").filter((m) => m === "near" || m === "far");
 /** Pacing of the latency runs. */
 const INTERVAL_MS = 2;
-if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(MESSAGES) || MESSAGES < 1) {
-  console.error("usage: node bench/browser.js [--runs N] [--messages M] [--json FILE]");
+if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(MESSAGES) || MESSAGES < 1 || !(DELAY_MS >= 0) || MODES.length === 0) {
+  console.error("usage: node bench/browser.js [--runs N] [--messages M] [--delay-ms D] [--modes near,far] [--json FILE]");
   process.exit(2);
 }
 
@@ -115,17 +128,18 @@ const pathTo = (page, peerId) => page.evaluate((id) => /** @type {any} */ (windo
 
 /**
  * One run of scenario 1. Returns the timings, or the error that ended the run.
- * @param {TestServer} server
+ * @param {TestServer} server the app backend's way to the server (rooms, tokens)
+ * @param {TestServer} via where the pages load from and connect to (the server, or the proxy)
  * @param {number} run
  */
-async function joinRun(server, run) {
+async function joinRun(server, via, run) {
   const room = await server.room();
-  const a = await launchPeer(server);
+  const a = await launchPeer(via);
   /** @type {Awaited<ReturnType<typeof launchPeer>> | null} */
   let b = null;
   try {
     const aId = await joinRecording(a.page, await server.token(room, "alice"), { video: true, audio: true });
-    b = await launchPeer(server);
+    b = await launchPeer(via);
     const bToken = await server.token(room, "bob");
     const atB = await b.page.evaluate(async ({ token, aId }) => {
       const sdk = await import("/sdk/bluecam.js");
@@ -197,14 +211,15 @@ async function joinRun(server, run) {
 
 /**
  * Scenario 2 over one path.
- * @param {TestServer} server
+ * @param {TestServer} server the app backend's way to the server (rooms, tokens)
+ * @param {TestServer} via where the pages load from and connect to (the server, or the proxy)
  * @param {"p2p" | "relay"} path
  */
-async function latencyRun(server, path) {
+async function latencyRun(server, via, path) {
   const room = await server.room();
   const noWebrtc = path === "relay";
-  const a = await launchPeer(server, { noWebrtc });
-  const b = await launchPeer(server, { noWebrtc });
+  const a = await launchPeer(via, { noWebrtc });
+  const b = await launchPeer(via, { noWebrtc });
   try {
     const media = { video: false, audio: false };
     await joinRecording(a.page, await server.token(room, "alice"), media);
@@ -297,6 +312,50 @@ async function latencyRun(server, path) {
   }
 }
 
+/**
+ * Both scenarios in one mode.
+ * @param {TestServer} server
+ * @param {TestServer} via
+ * @param {string} mode
+ */
+async function measure(server, via, mode) {
+  console.error(`[${mode}] join → first P2P message: ${RUNS} runs`);
+  /** @type {any[]} */
+  const runs = [];
+  for (let i = 1; i <= RUNS; i++) {
+    const r = await joinRun(server, via, i);
+    runs.push(r);
+    console.error(
+      "error" in r
+        ? `  run ${i}: FAILED: ${r.error}`
+        : `  run ${i}: ${r.joinToFirstP2pMessageMs.toFixed(1)} ms (joinRoom resolved ${r.joinRoomResolvedMs.toFixed(1)}, p2p ${r.pathP2pMs.toFixed(1)}, send→arrival ${r.sendToArrivalMs.toFixed(2)}; via ${r.trigger})`,
+    );
+  }
+  const ok = runs.filter((r) => !("error" in r));
+  const join = {
+    runs: RUNS,
+    succeeded: ok.length,
+    failures: runs.filter((r) => "error" in r).map((r) => ({ run: r.run, error: r.error })),
+    joinToFirstP2pMessageMs: summarize(ok.map((r) => r.joinToFirstP2pMessageMs)),
+    joinRoomResolvedMs: summarize(ok.map((r) => r.joinRoomResolvedMs)),
+    pathP2pMs: summarize(ok.map((r) => r.pathP2pMs)),
+    sendToArrivalMs: summarize(ok.map((r) => r.sendToArrivalMs)),
+    perRunMs: ok.map((r) => Math.round(r.joinToFirstP2pMessageMs * 10) / 10),
+  };
+
+  console.error(`[${mode}] message latency: ${MESSAGES} messages, one every ${INTERVAL_MS} ms, over p2p then relay`);
+  /** @type {Record<string, any>} */
+  const latency = {};
+  for (const path of /** @type {const} */ (["p2p", "relay"])) {
+    try {
+      latency[path] = await latencyRun(server, via, path);
+    } catch (err) {
+      latency[path] = { path, error: err instanceof Error ? err.message : String(err) };
+    }
+  }
+  return { join, latency };
+}
+
 async function main() {
   const server = await TestServer.start();
   let chromium = "";
@@ -306,38 +365,15 @@ async function main() {
       chromium = p.browser.version();
       await p.close();
     }
-    console.error(`join → first P2P message: ${RUNS} runs`);
-    /** @type {any[]} */
-    const runs = [];
-    for (let i = 1; i <= RUNS; i++) {
-      const r = await joinRun(server, i);
-      runs.push(r);
-      console.error(
-        "error" in r
-          ? `  run ${i}: FAILED: ${r.error}`
-          : `  run ${i}: ${r.joinToFirstP2pMessageMs.toFixed(1)} ms (joinRoom resolved ${r.joinRoomResolvedMs.toFixed(1)}, p2p ${r.pathP2pMs.toFixed(1)}, send→arrival ${r.sendToArrivalMs.toFixed(2)}; via ${r.trigger})`,
-      );
-    }
-    const ok = runs.filter((r) => !("error" in r));
-    const join = {
-      runs: RUNS,
-      succeeded: ok.length,
-      failures: runs.filter((r) => "error" in r).map((r) => ({ run: r.run, error: r.error })),
-      joinToFirstP2pMessageMs: summarize(ok.map((r) => r.joinToFirstP2pMessageMs)),
-      joinRoomResolvedMs: summarize(ok.map((r) => r.joinRoomResolvedMs)),
-      pathP2pMs: summarize(ok.map((r) => r.pathP2pMs)),
-      sendToArrivalMs: summarize(ok.map((r) => r.sendToArrivalMs)),
-      perRunMs: ok.map((r) => Math.round(r.joinToFirstP2pMessageMs * 10) / 10),
-    };
-
-    console.error(`message latency: ${MESSAGES} messages, one every ${INTERVAL_MS} ms, over p2p then relay`);
-    /** @type {Record<string, any>} */
-    const latency = {};
-    for (const path of /** @type {const} */ (["p2p", "relay"])) {
+    /** @type {Record<string, {proxy: string | null, join: any, latency: Record<string, any>}>} */
+    const modes = {};
+    for (const mode of MODES) {
+      const proxy = mode === "far" ? await startDelayProxy({ port: Number(new URL(server.url).port) }, DELAY_MS) : null;
+      const via = proxy ? /** @type {TestServer} */ (/** @type {unknown} */ ({ url: proxy.url })) : server;
       try {
-        latency[path] = await latencyRun(server, path);
-      } catch (err) {
-        latency[path] = { path, error: err instanceof Error ? err.message : String(err) };
+        modes[mode] = { proxy: proxy ? `${DELAY_MS} ms each way` : null, ...(await measure(server, via, mode)) };
+      } finally {
+        await proxy?.close();
       }
     }
 
@@ -346,9 +382,8 @@ async function main() {
       date: new Date().toISOString(),
       machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version, chromium },
       clock: "performance.timeOrigin + performance.now() in each page; both Chromium processes run on this machine, so these are the same wall clock and differences across the two processes are meaningful",
-      settings: { runs: RUNS, messages: MESSAGES, intervalMs: INTERVAL_MS, serverLimits: "defaults" },
-      join,
-      latency,
+      settings: { runs: RUNS, messages: MESSAGES, intervalMs: INTERVAL_MS, delayMsEachWay: DELAY_MS, serverLimits: "defaults" },
+      modes,
     };
 
     const f = (/** @type {Summary | null} */ s, /** @type {("p50"|"p95"|"p99"|"max")[]} */ keys) =>
@@ -356,38 +391,38 @@ async function main() {
     console.log("");
     console.log(`BlueCam browser bench — ${cpus().length} cores, Chromium ${chromium}, node ${process.version}`);
     console.log("(times are performance.timeOrigin + now() in two Chromium processes on one machine: same wall clock)");
-    console.log("");
-    console.log(`1. joinRoom call → first message delivered over the data channel (${join.succeeded}/${RUNS} runs ok)`);
-    console.log(`   join → first p2p message: ${f(join.joinToFirstP2pMessageMs, ["p50", "p95", "max"])}`);
-    console.log(`     joinRoom resolved:      ${f(join.joinRoomResolvedMs, ["p50", "p95", "max"])}`);
-    console.log(`     path p2p at B:          ${f(join.pathP2pMs, ["p50", "p95", "max"])}`);
-    console.log(`     send → arrival at A:    ${f(join.sendToArrivalMs, ["p50", "p95", "max"])}`);
-    for (const e of join.failures) console.log(`   run ${e.run} FAILED: ${e.error}`);
-    console.log("");
-    console.log(`2. message latency A → B, ${MESSAGES} messages paced at one every ${INTERVAL_MS} ms, data-only peers`);
-    for (const path of ["p2p", "relay"]) {
-      const l = latency[path];
-      if (l.error) {
-        console.log(`   ${path.padEnd(5)}: FAILED: ${l.error}`);
-        continue;
+    let failed = false;
+    for (const [mode, { join, latency }] of Object.entries(modes)) {
+      console.log("");
+      console.log(mode === "far" ? `== far: the server behind a proxy adding ${DELAY_MS} ms each way` : "== near: the server on this machine");
+      console.log(`1. joinRoom call → first message delivered over the data channel (${join.succeeded}/${RUNS} runs ok)`);
+      console.log(`   join → first p2p message: ${f(join.joinToFirstP2pMessageMs, ["p50", "p95", "max"])}`);
+      console.log(`     joinRoom resolved:      ${f(join.joinRoomResolvedMs, ["p50", "p95", "max"])}`);
+      console.log(`     path p2p at B:          ${f(join.pathP2pMs, ["p50", "p95", "max"])}`);
+      console.log(`     send → arrival at A:    ${f(join.sendToArrivalMs, ["p50", "p95", "max"])}`);
+      for (const e of join.failures) console.log(`   run ${e.run} FAILED: ${e.error}`);
+      console.log(`2. message latency A → B, ${MESSAGES} messages paced at one every ${INTERVAL_MS} ms, data-only peers`);
+      for (const path of ["p2p", "relay"]) {
+        const l = latency[path];
+        if (l.error) {
+          console.log(`   ${path.padEnd(5)}: FAILED: ${l.error}`);
+          continue;
+        }
+        console.log(
+          `   ${path.padEnd(5)}: ${f(l.latencyMs, ["p50", "p99", "max"])}; arrived ${l.arrived}/${l.sent} ` +
+            `(by path ${JSON.stringify(l.arrivedByPath)}), exactly once in order: ${l.exactlyOnceInOrder ? "yes" : "NO"}` +
+            (l.exactlyOnceInOrder ? "" : ` (missing ${l.missing}, first ${JSON.stringify(l.missingFirst)}; duplicates ${l.duplicates}; out of order ${l.outOfOrder})`),
+        );
+        console.log(
+          `          sent over ${l.sender.sendSpanMs} ms (mean interval ${l.sender.achievedIntervalMs} ms, ${l.sender.wakeups} timer wake-ups, up to ${l.sender.maxPerWakeup} per wake-up), ` +
+            `${l.sender.resolved} promises resolved, all acked after ${l.sender.allAckedMs} ms; rate_limited errors A ${l.rateLimitedErrors.a}, B ${l.rateLimitedErrors.b}`,
+        );
       }
-      console.log(
-        `   ${path.padEnd(5)}: ${f(l.latencyMs, ["p50", "p99", "max"])}; arrived ${l.arrived}/${l.sent} ` +
-          `(by path ${JSON.stringify(l.arrivedByPath)}), exactly once in order: ${l.exactlyOnceInOrder ? "yes" : "NO"}` +
-          (l.exactlyOnceInOrder ? "" : ` (missing ${l.missing}, first ${JSON.stringify(l.missingFirst)}; duplicates ${l.duplicates}; out of order ${l.outOfOrder})`),
-      );
-      console.log(
-        `          sent over ${l.sender.sendSpanMs} ms (mean interval ${l.sender.achievedIntervalMs} ms, ${l.sender.wakeups} timer wake-ups, up to ${l.sender.maxPerWakeup} per wake-up), ` +
-          `${l.sender.resolved} promises resolved, all acked after ${l.sender.allAckedMs} ms; rate_limited errors A ${l.rateLimitedErrors.a}, B ${l.rateLimitedErrors.b}`,
-      );
+      failed ||= join.failures.length > 0 || ["p2p", "relay"].some((p) => latency[p].error || !latency[p].exactlyOnceInOrder);
     }
     console.log("");
     console.log(JSON.stringify(result, null, 2));
     if (args.json) writeFileSync(args.json, JSON.stringify(result, null, 2) + "\n");
-
-    const failed =
-      join.failures.length > 0 ||
-      ["p2p", "relay"].some((p) => latency[p].error || !latency[p].exactlyOnceInOrder);
     if (failed) {
       console.error("FAILED: see above");
       process.exitCode = 1;

@@ -220,7 +220,9 @@ fn join_with(url: &str, token: &str) {
 }
 
 fn bench(args: &[&str]) -> Value {
-    let dir = temp_dir(&format!("bench-{}", args[0]));
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = temp_dir(&format!("bench-{}-{run}", args[0]));
     let json = dir.join("result.json");
     let out = Command::new(BIN)
         .arg("bench")
@@ -272,6 +274,12 @@ fn bench_join_storm_smoke() {
     assert_eq!(v["joins"], 50, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
     assert!(v["connect_and_join"]["p99_ms"].as_f64().unwrap() > 0.0);
+    // The same storm against the baseline relay, and the ratio.
+    assert_eq!(v["baseline"]["joins"], 50, "{v}");
+    assert!(
+        v["vs_baseline"]["joins_per_sec"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
 
 #[test]
@@ -288,7 +296,113 @@ fn bench_relay_smoke() {
         ]);
         assert!(v["deliveries"].as_u64().unwrap() > 0, "{v}");
         assert_eq!(v["failed_peers"], 0, "{v}");
+        assert_eq!(v["baseline"]["failed_peers"], 0, "{v}");
+        assert!(v["baseline"]["deliveries"].as_u64().unwrap() > 0, "{v}");
+        assert!(
+            v["vs_baseline"]["deliveries_per_sec"].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+        assert!(v["server_cpu_secs"].is_number(), "{v}");
+        assert!(v["baseline"]["server_cpu_secs"].is_number(), "{v}");
+        assert_eq!(v["machine"]["pinned"], false, "{v}");
     }
+}
+
+#[test]
+fn bench_relay_fixed_rate_smoke() {
+    // 3 rooms of 3 at 300 messages/s: 600 deliveries/s offered, open loop.
+    let v = bench(&[
+        "relay",
+        "--rooms",
+        "3",
+        "--room-size",
+        "3",
+        "--duration-secs",
+        "1",
+        "--rate",
+        "300",
+        "--no-baseline",
+    ]);
+    assert_eq!(v["mode"], "rate", "{v}");
+    assert_eq!(v["offered_deliveries_per_sec"], 600.0, "{v}");
+    let per_sec = v["deliveries_per_sec"].as_f64().unwrap();
+    assert!((300.0..900.0).contains(&per_sec), "{v}");
+    assert_eq!(v["undelivered_after_drain"], 0, "{v}");
+    assert!(v["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v.get("baseline").is_none(), "{v}");
+}
+
+#[test]
+fn bench_relay_sweep_plot_smoke() {
+    let dir = temp_dir("sweep-plot");
+    let plot = dir.join("plot.svg");
+    let v = bench(&[
+        "relay",
+        "--rooms",
+        "2",
+        "--room-size",
+        "2",
+        "--duration-secs",
+        "1",
+        "--sweep",
+        "50,200",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    for side in [&v, &v["baseline"]] {
+        let points = side["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{v}");
+        assert_eq!(points[1]["offered_messages_per_sec"], 200.0, "{v}");
+        assert!(points[1]["deliveries"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert_eq!(v["vs_baseline"].as_array().unwrap().len(), 2, "{v}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.contains("bluecam p99") && svg.contains("baseline p50"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bench_pinned_smoke() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let taskset = Command::new("taskset").arg("--version").output();
+    if cpus < 2 || !taskset.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: --pin needs taskset and 2 cores");
+        return;
+    }
+    let v = bench(&[
+        "relay",
+        "--rooms",
+        "2",
+        "--room-size",
+        "2",
+        "--duration-secs",
+        "1",
+        "--no-baseline",
+        "--pin",
+    ]);
+    assert_eq!(v["machine"]["pinned"], true, "{v}");
+    assert_eq!(v["machine"]["server_cpus"], "0", "{v}");
+    assert!(v["deliveries"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn bench_baseline_target_idle_smoke() {
+    let v = bench(&[
+        "idle",
+        "--connections",
+        "20",
+        "--room-size",
+        "4",
+        "--procs",
+        "2",
+        "--hold-secs",
+        "1",
+        "--target",
+        "baseline",
+    ]);
+    assert_eq!(v["target"], "baseline", "{v}");
+    assert_eq!(v["connections_held"], 20, "{v}");
 }
 
 #[test]
@@ -306,6 +420,8 @@ fn bench_signal_smoke() {
     // Per exchange: offer + answer + 5 candidates each way.
     assert_eq!(v["hop"]["count"], 3 * 2 * 12, "{v}");
     assert_eq!(v["exchange"]["count"], 3 * 2, "{v}");
+    assert_eq!(v["baseline"]["hop"]["count"], 3 * 2 * 12, "{v}");
+    assert!(v["vs_baseline"]["hop_p99"].as_f64().unwrap() > 0.0, "{v}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ async fn hold(
     token: String,
     go: oneshot::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut ws = connect(addr, Some(source)).await?;
+    let mut ws = connect(addr, bluecam_proto::WS_PATH, Some(source)).await?;
     join(&mut ws, token).await?;
     let mut go = go;
     loop {

@@ -67,6 +67,7 @@ async fn start_node(redis: &str, secret: &str, i: usize) -> anyhow::Result<Targe
         .spawn()
         .context("cannot start a node")?;
     let target = Target {
+        kind: TargetKind::Bluecam,
         http: format!("http://{addr}"),
         addr,
         spread: Vec::new(),
@@ -93,6 +94,7 @@ async fn start_node(redis: &str, secret: &str, i: usize) -> anyhow::Result<Targe
 /// A view of the first node whose clients go to `spread`.
 fn via(first: &Target, spread: Vec<SocketAddr>) -> Target {
     Target {
+        kind: TargetKind::Bluecam,
         http: first.http.clone(),
         addr: first.addr,
         spread,
@@ -100,6 +102,17 @@ fn via(first: &Target, spread: Vec<SocketAddr>) -> Target {
         pid: first.pid,
         child: None,
         _dir: None,
+    }
+}
+
+fn opts(rooms: usize, duration_secs: u64, window: u64) -> relay::RelayOpts {
+    relay::RelayOpts {
+        rooms,
+        room_size: 2,
+        duration_secs,
+        payload_bytes: 64,
+        window,
+        rates: Vec::new(),
     }
 }
 
@@ -164,17 +177,17 @@ pub(super) async fn cluster(
             let (key, value) = match measure {
                 Measure::Latency => {
                     progress(&format!("{name}: latency, 10 rooms, window 1"));
-                    let r = relay(&target, rooms.min(10), 2, duration_secs, 64, 1).await?;
+                    let r = relay_on(&target, &opts(rooms.min(10), duration_secs, 1)).await?;
                     ("latency_10_rooms", pick(&r))
                 }
                 Measure::RelayWindow1 => {
                     progress(&format!("{name}: relay, window 1"));
-                    let r = relay(&target, rooms, 2, duration_secs, 64, 1).await?;
+                    let r = relay_on(&target, &opts(rooms, duration_secs, 1)).await?;
                     ("relay_window_1", pick(&r))
                 }
                 Measure::RelayFlatOut => {
                     progress(&format!("{name}: relay, flat out"));
-                    let r = relay(&target, rooms, 2, duration_secs, 64, 16).await?;
+                    let r = relay_on(&target, &opts(rooms, duration_secs, 16)).await?;
                     ("relay_flat_out", pick(&r))
                 }
                 Measure::Join => {

@@ -27,7 +27,13 @@ pub(super) async fn idle(
             break;
         }
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["bench", "idle-worker", "--addr"])
+            .args([
+                "bench",
+                "--target",
+                target.kind.name(),
+                "idle-worker",
+                "--addr",
+            ])
             .arg(target.addr.to_string())
             .args(["--room-prefix", "idle-", "--room-size"])
             .arg(room_size.to_string())
@@ -38,6 +44,7 @@ pub(super) async fn idle(
             .arg("--source-ip")
             .arg(source_ip(w).to_string())
             .env("BLUECAM_API_SECRET", target.secret.expose())
+            .env("BLUECAM_BENCH_TAG", wire::run_tag())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -80,6 +87,7 @@ pub(super) async fn idle(
     };
     Ok(serde_json::json!({
         "scenario": "idle",
+        "target": target.kind.name(),
         "connections_requested": connections,
         "connections_held": held,
         "connections_failed": failed,
@@ -94,8 +102,7 @@ pub(super) async fn idle(
 }
 
 pub(super) async fn idle_worker(
-    addr: SocketAddr,
-    secret: &Secret,
+    target: &Target,
     prefix: &str,
     room_size: usize,
     start: usize,
@@ -105,21 +112,20 @@ pub(super) async fn idle_worker(
     let sem = Arc::new(Semaphore::new(128));
     let mut tasks = tokio::task::JoinSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<bool>(count.max(1));
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // A token, not a Notify: a task busy with a frame when the stop comes must still see it.
+    let stop = tokio_util::sync::CancellationToken::new();
     for i in start..start + count {
         let room = format!("{prefix}{}", i / room_size);
-        let token = mint(secret, &room, &format!("idle-{i}"))?;
+        let spec = wire::join_spec(target, &room, &format!("idle-{i}"))?;
+        let (kind, addr) = (target.kind, target.addr);
         let sem = Arc::clone(&sem);
         let done = done_tx.clone();
-        let stop = Arc::clone(&stop);
+        let stop = stop.clone();
         tasks.spawn(async move {
             let permit = sem.acquire_owned().await;
-            let ws = async {
-                let mut ws = connect(addr, Some(source)).await?;
-                join(&mut ws, token).await?;
-                anyhow::Ok(ws)
-            }
-            .await;
+            let ws = wire::open(kind, addr, spec, Some(source))
+                .await
+                .map(|(ws, _, _)| ws);
             drop(permit);
             let ok = ws.is_ok();
             let _ = done.send(ok).await;
@@ -128,7 +134,7 @@ pub(super) async fn idle_worker(
                 loop {
                     tokio::select! {
                         msg = ws.next() => if msg.is_none() { break },
-                        () = stop.notified() => break,
+                        () = stop.cancelled() => break,
                     }
                 }
                 let _ = ws.close(None).await;
@@ -152,7 +158,7 @@ pub(super) async fn idle_worker(
         while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
     })
     .await?;
-    stop.notify_waiters();
+    stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

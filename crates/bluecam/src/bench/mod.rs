@@ -5,7 +5,11 @@
 //! (one peer stops reading: its disconnection and everyone else's latency) and `churn`
 //! (connections replaced continuously: memory and open files must stay flat).
 //! Unless `--server` is given it starts its own `bluecam serve` child with limits raised for
-//! load (see BENCHMARKS.md), so it can read that process's memory and CPU.
+//! load (see BENCHMARKS.md), so it can read that process's memory and CPU. `relay`, `signal`
+//! and `join-storm` then run the same load against the no-protocol baseline relay
+//! (`baseline.rs`, its own child process) and report BlueCam's figures as ratios to it.
+//! `--target peerjs|matchbox` measures those servers with the same load (`wire.rs`);
+//! `--pin` puts the server on core 0 and the generator on core 1.
 
 use anyhow::{Context as _, bail};
 use bluecam_proto::{ClientMessage, Joined, PeerId, RawValue, ServerMessage};
@@ -34,21 +38,27 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::WebSocketConfig},
 };
 
+mod baseline;
 mod churn;
 mod cluster;
 mod idle;
+mod plot;
+mod progress;
 mod relay;
 mod signal;
 mod slow;
 mod storm;
+mod summary;
+mod wire;
 
 use churn::churn;
 use cluster::cluster;
 use idle::{idle, idle_worker};
-use relay::relay;
+use relay::{RelayOpts, relay_on};
 use signal::signal;
 use slow::slow_reader;
 use storm::join_storm;
+use wire::TargetKind;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -73,6 +83,17 @@ pub struct BenchArgs {
     /// Write the result as JSON to this file.
     #[arg(long, global = true)]
     json: Option<std::path::PathBuf>,
+    /// The kind of server measured (peerjs and matchbox need --server: bench/compare.sh
+    /// starts them).
+    #[arg(long, global = true, value_enum, default_value_t = TargetKind::Bluecam)]
+    target: TargetKind,
+    /// Do not also run `relay`, `signal` and `join-storm` against the baseline relay.
+    #[arg(long, global = true)]
+    no_baseline: bool,
+    /// Pin the server (its child, or --server-pid) to core 0 and the generator to core 1,
+    /// with `taskset` (util-linux).
+    #[arg(long, global = true)]
+    pin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,19 +119,32 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         room_size: usize,
     },
-    /// Every peer broadcasts to its room flat out (at most `window` messages in flight);
-    /// messages/s delivered and latency.
+    /// Every peer broadcasts to its room, flat out (at most `window` messages in flight) or
+    /// at a fixed offered rate; messages/s delivered, latency, server CPU; the same against
+    /// the baseline relay.
     Relay {
         #[arg(long, default_value_t = 1_000)]
         rooms: usize,
         #[arg(long, default_value_t = 2)]
         room_size: usize,
+        /// Seconds per measured phase (per rate of a sweep).
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
+        /// Flat out: messages each sender may have undelivered.
         #[arg(long, default_value_t = 16)]
         window: u64,
+        /// Open loop: messages/s offered in total (spread evenly over the peers; each is
+        /// delivered to room_size - 1 peers).
+        #[arg(long, conflicts_with = "sweep")]
+        rate: Option<f64>,
+        /// Open loop at each of these total offered rates (messages/s), one phase each.
+        #[arg(long, value_delimiter = ',')]
+        sweep: Vec<f64>,
+        /// With --sweep: write an SVG plot of latency against offered load here.
+        #[arg(long, requires = "sweep")]
+        plot: Option<std::path::PathBuf>,
     },
     /// Pairs exchange an offer, an answer and ICE candidates both ways through the server;
     /// per-hop latency and whole-exchange time.
@@ -166,6 +200,12 @@ enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         joins: usize,
     },
+    /// (internal) the no-protocol baseline relay server.
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
     /// (internal) one generator process of `idle`.
     #[command(hide = true)]
     IdleWorker {
@@ -186,6 +226,7 @@ enum Scenario {
 
 /// The server under test.
 struct Target {
+    kind: TargetKind,
     http: String,
     addr: SocketAddr,
     /// Cluster runs: client `i` connects to `spread[i % len]` (empty: always `addr`).
@@ -238,22 +279,63 @@ max_peers_per_room = 1000
 max_connections = 1000000
 "#;
 
-async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
-    if let Some(url) = &args.server {
-        let secret = args
-            .secret
-            .clone()
-            .context("--server needs --secret or BLUECAM_API_SECRET")?;
+/// A command that runs `program`, on core 0 when pinning.
+fn server_command(program: impl AsRef<std::ffi::OsStr>, pin: bool) -> Command {
+    if pin {
+        // taskset execs the program: the child's pid is the server's.
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Pins every thread of a running process to `cpus` (a taskset list).
+fn pin_process(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("--pin needs taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset failed for pid {pid}");
+    Ok(())
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+async fn start_target(args: &BenchArgs, kind: TargetKind) -> anyhow::Result<Target> {
+    if let Some(url) = args.server.as_ref().filter(|_| kind == args.target) {
+        let secret = match kind {
+            TargetKind::Bluecam => args
+                .secret
+                .clone()
+                .context("--server needs --secret or BLUECAM_API_SECRET")?,
+            _ => String::new(),
+        };
         let host = url
             .trim_start_matches("http://")
+            .trim_start_matches("ws://")
             .trim_end_matches('/')
             .to_owned();
         let addr = tokio::net::lookup_host(&host)
             .await?
             .next()
             .context("cannot resolve the server")?;
+        if args.pin
+            && let Some(pid) = args.server_pid
+        {
+            pin_process(pid, "0")?;
+        }
         return Ok(Target {
-            http: url.trim_end_matches('/').to_owned(),
+            kind,
+            http: format!("http://{host}"),
             addr,
             spread: Vec::new(),
             secret: Secret::new(secret),
@@ -262,16 +344,45 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
             _dir: None,
         });
     }
+    let addr = free_addr()?;
+    match kind {
+        TargetKind::Bluecam => {}
+        TargetKind::Baseline => {
+            let child = server_command(std::env::current_exe()?, args.pin)
+                .args(["bench", "baseline-server", "--bind"])
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start the baseline server")?;
+            let target = Target {
+                kind,
+                http: format!("http://{addr}"),
+                addr,
+                spread: Vec::new(),
+                secret: Secret::new(String::new()),
+                pid: Some(child.id()),
+                child: Some(child),
+                _dir: None,
+            };
+            for _ in 0..200 {
+                if TcpStream::connect(addr).await.is_ok() {
+                    return Ok(target);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            bail!("the baseline server did not start");
+        }
+        TargetKind::Peerjs | TargetKind::Matchbox => bail!(
+            "start {} yourself and pass --server URL --server-pid PID (bench/compare.sh does)",
+            kind.name()
+        ),
+    }
     let dir = std::env::temp_dir().join(format!("bluecam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
     std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let secret = bluecam_server::auth::random_token(32);
-    let child = Command::new(std::env::current_exe()?)
+    let child = server_command(std::env::current_exe()?, args.pin)
         .arg("serve")
         .arg("--config")
         .arg(dir.0.join("bench.toml"))
@@ -285,6 +396,7 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
         .spawn()
         .context("cannot start the server")?;
     let target = Target {
+        kind,
         http: format!("http://{addr}"),
         addr,
         spread: Vec::new(),
@@ -308,86 +420,55 @@ async fn start_target(args: &BenchArgs) -> anyhow::Result<Target> {
     bail!("the server did not become healthy")
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Scenario::IdleWorker {
-        addr,
-        room_prefix,
-        room_size,
-        start,
-        count,
-        source_ip,
-    } = &args.scenario
-    {
-        let secret = Secret::new(args.secret.clone().context("worker needs the secret")?);
-        return idle_worker(
-            *addr,
-            &secret,
-            room_prefix,
-            *room_size,
-            *start,
-            *count,
-            *source_ip,
+/// Which scenarios also run against the baseline relay, in the same invocation.
+fn with_baseline(args: &BenchArgs) -> bool {
+    !args.no_baseline
+        && args.target == TargetKind::Bluecam
+        && matches!(
+            args.scenario,
+            Scenario::Relay { .. } | Scenario::Signal { .. } | Scenario::JoinStorm { .. }
         )
-        .await;
-    }
-    if let Scenario::Cluster {
-        nodes,
-        redis,
-        rooms,
-        duration_secs,
-        joins,
-    } = &args.scenario
-    {
-        let result = cluster(
-            (*nodes).max(1),
-            redis.clone(),
-            (*rooms).max(1),
-            *duration_secs,
-            (*joins).max(1),
-        )
-        .await?;
-        let text = serde_json::to_string_pretty(&result)?;
-        if let Some(path) = &args.json {
-            std::fs::write(path, &text)?;
-        }
-        say(&text);
-        return Ok(());
-    }
-    let target = start_target(&args).await?;
-    let result = match args.scenario {
+}
+
+/// Runs the scenario against one server.
+async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_json::Value> {
+    Ok(match *scenario {
         Scenario::Idle {
             connections,
             room_size,
             procs,
             hold_secs,
-        } => idle(&target, connections, room_size, procs.max(1), hold_secs).await?,
+        } => idle(target, connections, room_size, procs.max(1), hold_secs).await?,
         Scenario::JoinStorm {
             joins,
             concurrency,
             room_size,
-        } => join_storm(&target, joins, concurrency.max(1), room_size).await?,
+        } => join_storm(target, joins, concurrency.max(1), room_size).await?,
         Scenario::Relay {
             rooms,
             room_size,
             duration_secs,
             payload_bytes,
             window,
+            rate,
+            ref sweep,
+            plot: _,
         } => {
-            relay(
-                &target,
+            let opts = RelayOpts {
                 rooms,
-                room_size.max(2),
+                room_size: room_size.max(2),
                 duration_secs,
                 payload_bytes,
-                window.max(1),
-            )
-            .await?
+                window: window.max(1),
+                rates: rate.map_or_else(|| sweep.clone(), |r| vec![r]),
+            };
+            relay_on(target, &opts).await?
         }
         Scenario::Signal {
             pairs,
             exchanges,
             candidates,
-        } => signal(&target, pairs.max(1), exchanges.max(1), candidates).await?,
+        } => signal(target, pairs.max(1), exchanges.max(1), candidates).await?,
         Scenario::SlowReader {
             rooms,
             room_size,
@@ -396,7 +477,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             phase_secs,
         } => {
             slow_reader(
-                &target,
+                target,
                 rooms.max(1),
                 room_size.max(2),
                 rate,
@@ -413,7 +494,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             sample_secs,
         } => {
             churn(
-                &target,
+                target,
                 connections.max(1),
                 room_size.max(1),
                 percent_per_min,
@@ -422,14 +503,132 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        Scenario::IdleWorker { .. } | Scenario::Cluster { .. } => unreachable_worker()?,
+        Scenario::IdleWorker { .. }
+        | Scenario::BaselineServer { .. }
+        | Scenario::Cluster { .. } => unreachable_worker()?,
+    })
+}
+
+/// The machine line of every result.
+fn machine(pin: bool) -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    serde_json::json!({
+        "cpus": cpus,
+        "pinned": pin,
+        "server_cpus": if pin { "0" } else { "any" },
+        "generator_cpus": if pin { "1" } else { "any" },
+    })
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match &args.scenario {
+        Scenario::IdleWorker {
+            addr,
+            room_prefix,
+            room_size,
+            start,
+            count,
+            source_ip,
+        } => {
+            let target = Target {
+                kind: args.target,
+                http: format!("http://{addr}"),
+                addr: *addr,
+                spread: Vec::new(),
+                secret: Secret::new(args.secret.clone().unwrap_or_default()),
+                pid: None,
+                child: None,
+                _dir: None,
+            };
+            return idle_worker(&target, room_prefix, *room_size, *start, *count, *source_ip).await;
+        }
+        Scenario::BaselineServer { bind } => return baseline::baseline_server(*bind).await,
+        Scenario::Cluster {
+            nodes,
+            redis,
+            rooms,
+            duration_secs,
+            joins,
+        } => {
+            let result = cluster(
+                (*nodes).max(1),
+                redis.clone(),
+                (*rooms).max(1),
+                *duration_secs,
+                (*joins).max(1),
+            )
+            .await?;
+            let text = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, &text)?;
+            }
+            say(&text);
+            return Ok(());
+        }
+        _ => {}
+    }
+    // (Read before pinning, which narrows what this process sees.)
+    let machine = machine(args.pin);
+    if args.pin {
+        anyhow::ensure!(
+            machine["cpus"].as_u64().unwrap_or(0) >= 2,
+            "--pin needs at least 2 cores"
+        );
+        pin_process(std::process::id(), "1")?;
+    }
+    let mut result = {
+        let target = start_target(&args, args.target).await?;
+        run_on(&target, &args.scenario).await?
     };
+    result["scenario"] = scenario_name(&args.scenario).into();
+    if with_baseline(&args) {
+        let base = {
+            let target = start_target(&args, TargetKind::Baseline).await?;
+            run_on(&target, &args.scenario).await?
+        };
+        result["vs_baseline"] = summary::ratios(&result, &base);
+        result["baseline"] = base;
+    }
+    if let Scenario::Relay {
+        plot: Some(path), ..
+    } = &args.scenario
+    {
+        let mut series = vec![relay::series(args.target.name(), &result)];
+        if result["baseline"].is_object() {
+            series.push(relay::series("baseline", &result["baseline"]));
+        }
+        let title = format!(
+            "relay: {} rooms of {}, {} B payloads{}",
+            result["rooms"],
+            result["room_size"],
+            result["payload_bytes"],
+            if args.pin { ", pinned" } else { "" }
+        );
+        plot::latency_against_load(path, &title, &series)?;
+        result["plot"] = path.display().to_string().into();
+    }
+    result["machine"] = machine;
     let text = serde_json::to_string_pretty(&result)?;
     if let Some(path) = &args.json {
         std::fs::write(path, &text)?;
     }
     say(&text);
+    let _ = writeln!(std::io::stderr(), "{}", summary::human(&result));
     Ok(())
+}
+
+fn scenario_name(s: &Scenario) -> &'static str {
+    match s {
+        Scenario::Idle { .. } => "idle",
+        Scenario::JoinStorm { .. } => "join-storm",
+        Scenario::Relay { .. } => "relay",
+        Scenario::Signal { .. } => "signal",
+        Scenario::SlowReader { .. } => "slow-reader",
+        Scenario::Churn { .. } => "churn",
+        Scenario::IdleWorker { .. } => "idle-worker",
+        Scenario::BaselineServer { .. } => "baseline-server",
+        Scenario::Cluster { .. } => "cluster",
+    }
 }
 
 fn unreachable_worker() -> anyhow::Result<serde_json::Value> {
@@ -452,6 +651,9 @@ async fn create_rooms(
     n: usize,
     max_peers: usize,
 ) -> anyhow::Result<()> {
+    if target.kind != TargetKind::Bluecam {
+        return Ok(()); // the other servers make rooms on first use, or have none
+    }
     let http = reqwest::Client::new();
     let sem = Arc::new(Semaphore::new(32));
     let mut tasks = tokio::task::JoinSet::new();
@@ -493,8 +695,8 @@ fn mint(secret: &Secret, room: &str, identity: &str) -> anyhow::Result<String> {
     })?)
 }
 
-/// Opens a WebSocket from `source` (a 127.x.y.z address, to spread ephemeral ports).
-async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
+/// Opens a WebSocket to `path` from `source` (a 127.x.y.z address, to spread ephemeral ports).
+async fn connect(addr: SocketAddr, path: &str, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
         socket.bind(SocketAddr::from((ip, 0)))?;
@@ -504,7 +706,7 @@ async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<W
     let config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(0);
-    let url = format!("ws://{addr}{}", bluecam_proto::WS_PATH);
+    let url = format!("ws://{addr}{path}");
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }

@@ -2,6 +2,7 @@
 //! candidates both ways, relayed by the server. Per-hop latency and whole-exchange time.
 
 use super::*;
+use wire::{Wire, join_spec, open, payload_of};
 
 /// An SDP of a typical audio+video+data offer is about this long.
 const SDP_CHARS: usize = 1200;
@@ -11,44 +12,60 @@ const CANDIDATE: &str = "candidate:842163049 1 udp 1677729535 203.0.113.7 46154 
 type Sink = futures_util::stream::SplitSink<Ws, Message>;
 type Stream = futures_util::stream::SplitStream<Ws>;
 
-/// Sends one `signal` stamped with the send time.
+/// Sends one signal stamped with the send time (for peerjs as an OFFER, ANSWER or CANDIDATE).
 async fn send_signal(
+    wire: Wire,
     sink: &mut Sink,
-    to: &PeerId,
+    to: &str,
     base: Instant,
     kind: &str,
     body: &str,
 ) -> anyhow::Result<()> {
     let t = base.elapsed().as_nanos() as u64;
-    let data = RawValue::from_string(format!("{{\"t\":{t},\"k\":\"{kind}\",\"b\":\"{body}\"}}"))?;
-    let frame = ClientMessage::Signal {
-        to: to.clone(),
-        data: Cow::Owned(data),
-        reference: None,
+    let data = format!("{{\"t\":{t},\"k\":\"{kind}\",\"b\":\"{body}\"}}");
+    let peerjs_type = match kind {
+        "offer" => "OFFER",
+        "answer" => "ANSWER",
+        _ => "CANDIDATE",
     };
-    sink.send(Message::text(frame.to_json())).await?;
+    for frame in wire.frames(&[to.to_owned()], &data, true, peerjs_type)? {
+        sink.send(Message::text(frame)).await?;
+    }
     Ok(())
 }
 
 /// Reads signals until `want` returns true for the set of kinds seen; records hop latencies.
 async fn read_signals(
+    wire: Wire,
     stream: &mut Stream,
     base: Instant,
     hops: &mut Histogram<u64>,
     mut done: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
-    struct Stamp<'a> {
+    struct Stamp {
         t: u64,
-        k: &'a str,
+        k: Kind,
+    }
+    #[derive(serde::Deserialize, Clone, Copy)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Offer,
+        Answer,
+        Candidate,
     }
     while let Some(msg) = stream.next().await {
         let Message::Text(text) = msg? else { continue };
-        if let ServerMessage::Signal(s) = ServerMessage::from_json(&text)? {
-            let stamp: Stamp<'_> = serde_json::from_str(s.data.get())?;
-            let now = base.elapsed().as_nanos() as u64;
+        let now = base.elapsed().as_nanos() as u64;
+        if let Some(stamp) = payload_of(wire.kind, &text, |p| serde_json::from_str::<Stamp>(p)) {
+            let stamp = stamp?;
             hops.saturating_record(now.saturating_sub(stamp.t) / 1000);
-            if done(stamp.k) {
+            let k = match stamp.k {
+                Kind::Offer => "offer",
+                Kind::Answer => "answer",
+                Kind::Candidate => "candidate",
+            };
+            if done(k) {
                 return Ok(());
             }
         }
@@ -58,8 +75,9 @@ async fn read_signals(
 
 /// One offer/answer exchange between A and B; returns its duration.
 async fn exchange(
-    a: (&mut Sink, &mut Stream, &PeerId),
-    b: (&mut Sink, &mut Stream, &PeerId),
+    wire: Wire,
+    a: (&mut Sink, &mut Stream, &str),
+    b: (&mut Sink, &mut Stream, &str),
     base: Instant,
     candidates: usize,
     sdp: &str,
@@ -70,12 +88,12 @@ async fn exchange(
     let t0 = Instant::now();
     let mut hops_b = new_histogram()?;
     let side_a = async {
-        send_signal(a_sink, b_id, base, "offer", sdp).await?;
+        send_signal(wire, a_sink, b_id, base, "offer", sdp).await?;
         for _ in 0..candidates {
-            send_signal(a_sink, b_id, base, "candidate", CANDIDATE).await?;
+            send_signal(wire, a_sink, b_id, base, "candidate", CANDIDATE).await?;
         }
         let (mut answer, mut cands) = (false, 0);
-        read_signals(a_stream, base, hops, |k| {
+        read_signals(wire, a_stream, base, hops, |k| {
             match k {
                 "answer" => answer = true,
                 _ => cands += 1,
@@ -87,18 +105,18 @@ async fn exchange(
     };
     let side_b = async {
         let mut offered = false;
-        read_signals(b_stream, base, &mut hops_b, |k| {
+        read_signals(wire, b_stream, base, &mut hops_b, |k| {
             offered |= k == "offer";
             offered
         })
         .await?;
-        send_signal(b_sink, a_id, base, "answer", sdp).await?;
+        send_signal(wire, b_sink, a_id, base, "answer", sdp).await?;
         for _ in 0..candidates {
-            send_signal(b_sink, a_id, base, "candidate", CANDIDATE).await?;
+            send_signal(wire, b_sink, a_id, base, "candidate", CANDIDATE).await?;
         }
         let mut cands = 0;
         if candidates > 0 {
-            read_signals(b_stream, base, &mut hops_b, |_| {
+            read_signals(wire, b_stream, base, &mut hops_b, |_| {
                 cands += 1;
                 cands == candidates
             })
@@ -122,25 +140,37 @@ pub(super) async fn signal(
     let base = Instant::now();
     let sdp = "s".repeat(SDP_CHARS);
     let mut tasks = tokio::task::JoinSet::new();
+    let wire = Wire { kind: target.kind };
     for p in 0..pairs {
         let room = format!("signal-{p}");
-        let tokens = (
-            mint(&target.secret, &room, "a")?,
-            mint(&target.secret, &room, "b")?,
+        let specs = (
+            join_spec(target, &room, "a")?,
+            join_spec(target, &room, "b")?,
         );
         let addr = target.addr;
         let sdp = sdp.clone();
         tasks.spawn(async move {
-            let mut a = connect(addr, Some(source_ip(2 * p))).await?;
-            let a_id = join(&mut a, tokens.0).await?.self_.id;
-            let mut b = connect(addr, Some(source_ip(2 * p + 1))).await?;
-            let b_id = join(&mut b, tokens.1).await?.self_.id;
+            let (mut a, a_id, _) = open(wire.kind, addr, specs.0, Some(source_ip(2 * p))).await?;
+            let (b, b_id, _) = open(wire.kind, addr, specs.1, Some(source_ip(2 * p + 1))).await?;
+            if wire.kind == TargetKind::Matchbox {
+                // matchbox assigns B its id before it can route to B: wait until it tells A.
+                let new_peer = format!(r#"{{"NewPeer":"{b_id}"}}"#);
+                loop {
+                    match a.next().await {
+                        Some(Ok(Message::Text(text))) if text.as_str() == new_peer => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => bail!("matchbox closed A's connection"),
+                    }
+                }
+            }
             let (mut a_sink, mut a_stream) = a.split();
             let (mut b_sink, mut b_stream) = b.split();
             let mut hops = new_histogram()?;
             let mut whole = new_histogram()?;
             for _ in 0..exchanges {
                 let took = exchange(
+                    wire,
                     (&mut a_sink, &mut a_stream, &a_id),
                     (&mut b_sink, &mut b_stream, &b_id),
                     base,
@@ -171,6 +201,7 @@ pub(super) async fn signal(
     let secs = started.elapsed().as_secs_f64();
     Ok(serde_json::json!({
         "scenario": "signal",
+        "target": target.kind.name(),
         "pairs": pairs,
         "exchanges_per_pair": exchanges,
         "candidates_each_way": candidates,

@@ -43,7 +43,12 @@ pub(super) async fn slow_reader(
     for r in 0..rooms {
         for p in 0..room_size {
             let token = mint(&target.secret, &format!("slow-{r}"), &format!("p{p}"))?;
-            let mut ws = connect(target.addr, Some(source_ip(r * room_size + p))).await?;
+            let mut ws = connect(
+                target.addr,
+                bluecam_proto::WS_PATH,
+                Some(source_ip(r * room_size + p)),
+            )
+            .await?;
             join(&mut ws, token).await?;
             let (mut sink, mut stream) = ws.split();
             let (phase, stop, pad) = (Arc::clone(&phase), Arc::clone(&stop), pad.clone());

@@ -11,31 +11,28 @@ pub(super) async fn join_storm(
     let rooms = joins.div_ceil(room_size);
     progress(&format!("creating {rooms} rooms"));
     create_rooms(target, "storm-", rooms, room_size).await?;
-    let tokens: Vec<String> = (0..joins)
+    let specs: Vec<wire::JoinSpec> = (0..joins)
         .map(|i| {
-            mint(
-                &target.secret,
+            wire::join_spec(
+                target,
                 &format!("storm-{}", i / room_size),
                 &format!("s{i}"),
             )
         })
         .collect::<Result<_, _>>()?;
+    let kind = target.kind;
     progress(&format!("{joins} joins, {concurrency} at a time"));
     let sem = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
-    for (i, token) in tokens.into_iter().enumerate() {
+    for (i, spec) in specs.into_iter().enumerate() {
         let permit = Arc::clone(&sem).acquire_owned().await?;
         let addr = target.addr_for(i);
         tasks.spawn(async move {
             let t0 = Instant::now();
-            let r = async {
-                let mut ws = connect(addr, Some(source_ip(i))).await?;
-                let t_join = Instant::now();
-                join(&mut ws, token).await?;
-                anyhow::Ok((ws, t_join.elapsed()))
-            }
-            .await;
+            let r = wire::open(kind, addr, spec, Some(source_ip(i)))
+                .await
+                .map(|(ws, _, join_only)| (ws, join_only));
             drop(permit);
             r.map(|(ws, join_only)| (ws, t0.elapsed(), join_only))
         });
@@ -59,6 +56,7 @@ pub(super) async fn join_storm(
     drop(held);
     Ok(serde_json::json!({
         "scenario": "join-storm",
+        "target": kind.name(),
         "joins": ok,
         "failed": failed,
         "concurrency": concurrency,
@@ -66,6 +64,7 @@ pub(super) async fn join_storm(
         "seconds": secs,
         "joins_per_sec": ok as f64 / secs,
         "connect_and_join": quantiles(&total),
-        "join_frame_to_joined": quantiles(&join_only),
+        // From the end of the upgrade to the join's acknowledgement (the baseline has none).
+        "join_frame_to_joined": if kind == TargetKind::Baseline { serde_json::Value::Null } else { quantiles(&join_only) },
     }))
 }
