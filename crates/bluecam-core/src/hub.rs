@@ -94,7 +94,8 @@ pub struct ClusterView {
     pub ver: u64,
     /// This peer's join order.
     pub seq: u64,
-    /// Every peer of the room per the directory (the joiner may be among them).
+    /// The peers of the room on *other* nodes, per the directory (this node knows its own;
+    /// the joiner, if listed, is skipped).
     pub peers: Vec<RemotePeer>,
     /// For a resume on a node that does not hold the session: the session as stored.
     pub claimed: Option<ClaimedSession>,
@@ -116,8 +117,8 @@ pub enum RoomEvent {
     Joined(RemotePeer),
     /// A peer of another node left (or its node died).
     Left { peer: PeerId, reason: LeaveReason },
-    /// A peer resumed its session on `node`.
-    Moved { peer: PeerId, node: NodeId },
+    /// A peer resumed its session on another node (`peer.node`).
+    Moved(RemotePeer),
     /// A frame for peers of this room, `from` already written.
     Frame { to: Vec<PeerId>, frame: Frame },
 }
@@ -274,7 +275,7 @@ struct Pending {
     events: Vec<(u64, RoomEvent)>,
 }
 
-/// Events kept per pending room at most; more are dropped (and counted by the shell).
+/// Frames kept per pending room at most; more are dropped (reported as undeliverable).
 const MAX_PENDING_EVENTS: usize = 4096;
 
 /// All rooms of a node with their peers and sessions. See the module doc for invariants.
@@ -315,9 +316,12 @@ impl Hub {
     /// dropped, so none published between the directory's answer and this node's handling of
     /// it is lost.
     pub fn begin_cluster_join(&mut self, room: &RoomId) {
-        if !self.rooms.contains_key(room) {
-            self.pending.entry(room.clone()).or_default().joins += 1;
-        }
+        self.pending.entry(room.clone()).or_default().joins += 1;
+    }
+
+    /// Whether a join into `room` is waiting for the directory.
+    pub fn has_pending_join(&self, room: &RoomId) -> bool {
+        self.pending.contains_key(room)
     }
 
     /// Cluster: a join begun with [`Hub::begin_cluster_join`] ended without reaching
@@ -351,15 +355,16 @@ impl Hub {
         // Events kept while the directory answered apply now (after `joined`, in order).
         if let Some(pending) = self.pending.get_mut(&room_id) {
             pending.joins = pending.joins.saturating_sub(1);
-            if self.rooms.contains_key(&room_id) || pending.joins == 0 {
-                let events = self
-                    .pending
-                    .remove(&room_id)
-                    .map(|p| p.events)
-                    .unwrap_or_default();
-                for (ver, event) in events {
-                    self.handle_room_event(&room_id, ver, event);
-                }
+            let events = if self.rooms.contains_key(&room_id) || pending.joins == 0 {
+                std::mem::take(&mut pending.events)
+            } else {
+                Vec::new()
+            };
+            if pending.joins == 0 {
+                self.pending.remove(&room_id);
+            }
+            for (ver, event) in events {
+                self.handle_room_event(&room_id, ver, event);
             }
         }
         result
@@ -368,32 +373,70 @@ impl Hub {
     /// Creates the room's replica if needed and adds the peers of a directory snapshot that
     /// it does not hold (a join's own snapshot: they are not announced, the joiner gets them in
     /// `joined` and the others heard of them already).
-    fn replica(&mut self, summary: RoomSummary, view: Option<&ClusterView>) -> &mut RoomState {
-        let room = self
-            .rooms
-            .entry(summary.id.clone())
-            .or_insert_with(|| RoomState {
-                summary: summary.clone(),
-                peers: HashMap::new(),
-                ver: 0,
-            });
-        // The latest stored room wins (name or limits may have changed).
-        room.summary = summary;
-        if let Some(view) = view
-            && view.ver > room.ver
-        {
-            room.ver = view.ver;
-            for p in &view.peers {
-                room.peers
-                    .entry(p.info.id.clone())
-                    .or_insert_with(|| PeerState {
+    fn replica(
+        &mut self,
+        summary: RoomSummary,
+        view: Option<&ClusterView>,
+        joiner: &PeerId,
+    ) -> &mut RoomState {
+        let id = summary.id.clone();
+        match (self.rooms.get_mut(&id), view) {
+            (Some(room), Some(view)) if view.ver > room.ver => {
+                // The directory's answer can overtake events on the subscription: bring the
+                // replica to the answer's version as a snapshot would (announcing what the
+                // peers here missed), so later events at or below it are rightly ignored.
+                let mut peers: Vec<RemotePeer> = view
+                    .peers
+                    .iter()
+                    .filter(|p| p.info.id != *joiner)
+                    .cloned()
+                    .collect();
+                // A session being claimed is in the replica already, on its old node: it is
+                // not gone, it is coming here.
+                if let Some(p) = room.peers.get(joiner)
+                    && let At::There(node) = &p.at
+                {
+                    peers.push(RemotePeer {
                         info: p.info.clone(),
-                        permissions: Permissions::default(),
+                        node: node.clone(),
                         seq: p.seq,
-                        at: At::There(p.node.clone()),
                     });
+                }
+                self.handle_room_snapshot(&id, view.ver, peers);
+            }
+            (Some(_), _) => {}
+            (None, view) => {
+                let mut room = RoomState {
+                    summary: summary.clone(),
+                    peers: HashMap::new(),
+                    ver: 0,
+                };
+                if let Some(view) = view {
+                    room.ver = view.ver;
+                    for p in view.peers.iter().filter(|p| p.info.id != *joiner) {
+                        room.peers.insert(
+                            p.info.id.clone(),
+                            PeerState {
+                                info: p.info.clone(),
+                                permissions: Permissions::default(),
+                                seq: p.seq,
+                                at: At::There(p.node.clone()),
+                            },
+                        );
+                    }
+                }
+                self.rooms.insert(id.clone(), room);
             }
         }
+        // Just inserted or found above; a snapshot never drops a room with a local peer, and
+        // a replica without one is dropped only after this join adds its peer.
+        let room = self.rooms.entry(id).or_insert_with(|| RoomState {
+            summary: summary.clone(),
+            peers: HashMap::new(),
+            ver: 0,
+        });
+        // The latest stored room wins (name or limits may have changed).
+        room.summary = summary;
         room
     }
 
@@ -425,8 +468,7 @@ impl Hub {
         self.next_seq += 1;
         let seq = view.as_ref().map_or(self.next_seq, |v| v.seq);
         let resume_window_secs = self.config.resume_window.as_secs();
-        let room = self.replica(req.room.summary, view.as_ref());
-        room.peers.remove(&info.id); // the snapshot may list the joiner itself
+        let room = self.replica(req.room.summary, view.as_ref(), &info.id);
         let others = sorted_peers(room);
         let others_conns = attached_conns(room, None);
         let detached_others: Vec<PeerId> = detached_peers(room);
@@ -568,7 +610,7 @@ impl Hub {
         let room_id = req.room.summary.id.clone();
         let peer_id = claimed.info.id.clone();
         let resume_window_secs = self.config.resume_window.as_secs();
-        let room = self.replica(req.room.summary, Some(&view));
+        let room = self.replica(req.room.summary, Some(&view), &peer_id);
         room.peers.insert(
             peer_id.clone(),
             PeerState {
@@ -678,8 +720,9 @@ impl Hub {
     /// frame among them is reported as [`Output::Undeliverable`]).
     pub fn handle_room_event(&mut self, room_id: &RoomId, ver: u64, event: RoomEvent) {
         let Some(room) = self.rooms.get_mut(room_id) else {
+            // Membership events are few and must not be lost; frames are bounded.
             if let Some(pending) = self.pending.get_mut(room_id)
-                && pending.events.len() < MAX_PENDING_EVENTS
+                && (event.is_membership() || pending.events.len() < MAX_PENDING_EVENTS)
             {
                 pending.events.push((ver, event));
             } else if let RoomEvent::Frame { to, .. } = event {
@@ -703,13 +746,25 @@ impl Hub {
                     self.remove_peer(room_id, &peer, reason);
                 }
             }
-            RoomEvent::Moved { peer, node } => self.moved(room_id, &peer, node),
+            RoomEvent::Moved(p) => {
+                if room.peers.contains_key(&p.info.id) {
+                    self.moved(room_id, &p.info.id, p.node);
+                } else {
+                    // Gone from here already (its session expired here as it resumed there):
+                    // it is back.
+                    self.add_remote(room_id, p);
+                }
+            }
             RoomEvent::Frame { to, frame } => {
+                // Only peers of this node: a frame from another node is never published again
+                // (two nodes that disagree for a moment on where a peer is must not bounce it
+                // between them). One that missed its peer is counted; the SDK's acks resend it.
                 let mut missing = 0;
                 let targets: Vec<PeerId> = to
                     .into_iter()
                     .filter(|p| {
-                        let here = room.peers.contains_key(p);
+                        let here =
+                            matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. }));
                         missing += usize::from(!here);
                         here
                     })
@@ -766,13 +821,16 @@ impl Hub {
         self.drop_if_no_local_peers(room_id);
     }
 
-    /// Cluster: reconciles a room's replica with the directory (after Redis came back):
-    /// peers it lost are announced as left (timeout), peers it missed as joined.
+    /// Cluster: reconciles a room's replica with the directory's list of the peers of *other*
+    /// nodes (after Redis came back): peers it lost are announced as left (timeout), peers it
+    /// missed as joined, and a peer of this node that the directory places elsewhere is let go.
     pub fn handle_room_snapshot(&mut self, room_id: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
-        room.ver = room.ver.max(ver);
+        // The directory's version, even if lower (Redis lost its last writes): later events
+        // are numbered from it.
+        room.ver = ver;
         let listed: HashMap<PeerId, RemotePeer> =
             peers.into_iter().map(|p| (p.info.id.clone(), p)).collect();
         let gone: Vec<PeerId> = room
@@ -781,10 +839,12 @@ impl Hub {
             .filter(|(id, p)| matches!(p.at, At::There(_)) && !listed.contains_key(*id))
             .map(|(id, _)| id.clone())
             .collect();
+        let mut elsewhere = Vec::new();
         for (id, p) in &listed {
             match room.peers.get_mut(id).map(|s| &mut s.at) {
                 Some(At::There(node)) => *node = p.node.clone(),
-                Some(At::Here { .. }) => {}
+                // The snapshot lists only peers of other nodes: this one resumed there.
+                Some(At::Here { .. }) => elsewhere.push((id.clone(), p.node.clone())),
                 None => {}
             }
         }
@@ -794,6 +854,12 @@ impl Hub {
             .collect();
         for peer in gone {
             self.remove_peer(room_id, &peer, LeaveReason::Timeout);
+        }
+        for (peer, node) in elsewhere {
+            self.moved(room_id, &peer, node);
+        }
+        if !self.rooms.contains_key(room_id) {
+            return;
         }
         let mut new = new;
         new.sort_by_key(|p| p.seq);
@@ -844,6 +910,7 @@ impl Hub {
                 {
                     out.push(LocalPeer {
                         room: room_id.clone(),
+                        room_ver: room.ver,
                         info: p.info.clone(),
                         permissions: p.permissions,
                         seq: p.seq,
@@ -1240,6 +1307,8 @@ impl Hub {
 #[derive(Clone, Debug)]
 pub struct LocalPeer {
     pub room: RoomId,
+    /// The membership version this node's replica of the room has reached.
+    pub room_ver: u64,
     pub info: PeerInfo,
     pub permissions: Permissions,
     pub seq: u64,

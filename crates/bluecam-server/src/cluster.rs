@@ -88,13 +88,16 @@ local p = 'bc:room:' .. sess.room
 local cur = redis.call('HGET', p .. ':nodes', sess.peer)
 if not cur then return {'expired'} end
 local old = string.match(cur, '^([^\n]*)')
+-- Recorded on this very node, which does not hold it: it expired here a moment ago.
+if old == ARGV[3] then return {'expired'} end
 redis.call('HSET', p .. ':nodes', sess.peer, ARGV[3] .. '\n' .. ARGV[1])
 redis.call('SREM', 'bc:node:' .. old .. ':peers', sess.room .. '\n' .. sess.peer)
 redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', sess.room .. '\n' .. sess.peer)
 redis.call('SADD', 'bc:nodes', ARGV[3])
 local ver = redis.call('INCR', p .. ':ver')
 local msg = '{"t":"moved","room":' .. cjson.encode(sess.room) .. ',"ver":' .. ver ..
-  ',"peer":' .. cjson.encode(sess.peer) .. ',"node":' .. cjson.encode(ARGV[3]) .. '}'
+  ',"peer":' .. cjson.encode(sess.peer) .. ',"node":' .. cjson.encode(ARGV[3]) ..
+  ',"rec":' .. redis.call('HGET', p .. ':peers', sess.peer) .. '}'
 local told = {[ARGV[3]] = true}
 for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
   local n = string.match(v, '^([^\n]*)')
@@ -116,6 +119,9 @@ redis.call('HDEL', p .. ':peers', ARGV[2])
 redis.call('HDEL', p .. ':nodes', ARGV[2])
 redis.call('DEL', 'bc:session:' .. sess)
 redis.call('SREM', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+if redis.call('HLEN', p .. ':nodes') == 0 then
+  redis.call('SET', p .. ':active', redis.call('TIME')[1], 'XX')
+end
 local ver = redis.call('INCR', p .. ':ver')
 local msg = '{"t":"left","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
   ',"peer":' .. cjson.encode(ARGV[2]) .. ',"reason":' .. cjson.encode(ARGV[4]) .. '}'
@@ -142,6 +148,9 @@ for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
       redis.call('HDEL', p .. ':peers', peer)
       redis.call('HDEL', p .. ':nodes', peer)
       redis.call('DEL', 'bc:session:' .. sess)
+      if redis.call('HLEN', p .. ':nodes') == 0 then
+        redis.call('SET', p .. ':active', redis.call('TIME')[1], 'XX')
+      end
       local ver = redis.call('INCR', p .. ':ver')
       local msg = '{"t":"left","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
         ',"peer":' .. cjson.encode(peer) .. ',"reason":"timeout"}'
@@ -159,28 +168,46 @@ redis.call('SREM', 'bc:nodes', ARGV[1])
 return removed
 "#;
 
-/// Puts a peer of this node back into the directory (after Redis lost it or restarted).
-/// ARGV as `JOIN` plus its seq at the end. Returns 'gone' when the room was deleted.
+/// Puts a peer of this node back into the directory (after Redis lost it or restarted, or
+/// the node was reaped while cut off). ARGV as `JOIN` plus its seq, plus the version this node
+/// has seen. Returns 'gone' when the room was deleted, 'moved' (and the node) when the peer is
+/// on another node now, 'ok' when it was there, 'added' when it was put back and announced.
 const REGISTER: &str = r#"
 local p = 'bc:room:' .. ARGV[1]
-if redis.call('EXISTS', p) == 0 then return 'gone' end
+if redis.call('EXISTS', p) == 0 then return {'gone'} end
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
-if cur and string.match(cur, '^([^\n]*)') ~= ARGV[3] then return 'moved' end
-redis.call('HSET', p .. ':peers', ARGV[2], '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}')
+if cur then
+  local n = string.match(cur, '^([^\n]*)')
+  if n ~= ARGV[3] then return {'moved', n} end
+  redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+  return {'ok'}
+end
+local v = tonumber(redis.call('GET', p .. ':ver') or '0')
+if v < tonumber(ARGV[9]) then redis.call('SET', p .. ':ver', ARGV[9]) end
+local ver = redis.call('INCR', p .. ':ver')
+local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}'
+redis.call('HSET', p .. ':peers', ARGV[2], rec)
 redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
 redis.call('SET', 'bc:session:' .. ARGV[5], ARGV[6])
 redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
 redis.call('SADD', 'bc:nodes', ARGV[3])
-if tonumber(redis.call('GET', p .. ':ver') or '0') < tonumber(ARGV[8]) then
-  redis.call('SET', p .. ':ver', ARGV[8])
+local msg = '{"t":"joined","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
+  ',"node":' .. cjson.encode(ARGV[3]) .. ',"rec":' .. rec .. '}'
+local told = {[ARGV[3]] = true}
+for _, val in ipairs(redis.call('HVALS', p .. ':nodes')) do
+  local n = string.match(val, '^([^\n]*)')
+  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
 end
-return 'ok'
+return {'added'}
 "#;
 
 /// Deletes a room with everything recorded about it and publishes `closed` to the nodes
-/// that had peers in it. ARGV: room, reason, this node. Returns 0 when there was no room.
+/// that had peers in it. ARGV: room, reason, this node, and 'empty' to delete it only if no
+/// peer is in it (checked in the same step, so a join cannot slip in). Returns 0 when
+/// nothing was deleted.
 const DELETE_ROOM: &str = r#"
 local p = 'bc:room:' .. ARGV[1]
+if ARGV[4] == 'empty' and redis.call('HLEN', p .. ':nodes') > 0 then return 0 end
 if redis.call('DEL', p) == 0 then return 0 end
 redis.call('ZREM', 'bc:rooms', ARGV[1])
 local msg = '{"t":"closed","room":' .. cjson.encode(ARGV[1]) .. ',"reason":' ..
@@ -263,7 +290,12 @@ fn backend(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into remote peers.
+/// The peers of other nodes than `me`, for the core (its own peers it knows itself).
+fn others(peers: Vec<RemotePeer>, me: &NodeId) -> Vec<RemotePeer> {
+    peers.into_iter().filter(|p| p.node != *me).collect()
+}
+
+/// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into peers.
 fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
     let nodes: HashMap<String, String> = nodes.convert().unwrap_or_default();
     let peers: HashMap<String, String> = peers.convert().unwrap_or_default();
@@ -293,6 +325,10 @@ pub struct RedisBroker {
     ttl: Duration,
     metrics: Metrics,
     hub: OnceLock<HubHandle>,
+    /// Set when the directory may be out of step with this node (a Redis operation failed,
+    /// a connection was re-established, this node was found reaped); cleared by a resync
+    /// that went through.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
@@ -304,6 +340,9 @@ fn build(url: &str) -> Result<Builder, fred::error::Error> {
         .with_connection_config(|c| {
             c.connection_timeout = COMMAND_TIMEOUT;
             c.internal_command_timeout = COMMAND_TIMEOUT;
+            // A command reported as failed must never be replayed after a reconnection: its
+            // sender was told it was not delivered, and may have sent it again.
+            c.max_command_attempts = 1;
         })
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
@@ -338,6 +377,7 @@ impl RedisBroker {
             ttl,
             metrics,
             hub: OnceLock::new(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -365,6 +405,7 @@ impl RedisBroker {
             .map_err(backend)?;
         subscriber.init().await.map_err(backend)?;
         let mut messages = subscriber.message_rx();
+        let mut resubscribed = subscriber.reconnect_rx();
         subscriber
             .subscribe(channel(&self.node))
             .await
@@ -375,7 +416,9 @@ impl RedisBroker {
         // Events from other nodes, applied in the order Redis delivered them.
         let me = Arc::clone(self);
         let stop = shutdown.clone();
+        let events_hub = hub.clone();
         tracker.spawn(async move {
+            let hub = events_hub;
             loop {
                 let msg = tokio::select! {
                     () = stop.cancelled() => break,
@@ -392,7 +435,7 @@ impl RedisBroker {
                         // Lost events are repaired by the next resync; say so loudly.
                         tracing::error!(lost = n, "cluster events dropped: node too slow");
                         me.metrics.redis_errors.increment(1);
-                        me.resync(&hub).await;
+                        me.mark_dirty();
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
@@ -413,38 +456,53 @@ impl RedisBroker {
             tracker.spawn(async move { me.run_outbox(rx, stop).await });
         }
 
-        // Heartbeat, reaper and resync after reconnection.
+        // Heartbeat, reaper, and resync whenever the directory may be out of step.
         let me = Arc::clone(self);
         let mut reconnects = self.client.reconnect_rx();
-        let hub = self.hub.get().cloned();
         tracker.spawn(async move {
-            let Some(hub) = hub else { return };
             let mut tick = tokio::time::interval(me.ttl / 3);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut suspects: HashMap<NodeId, u32> = HashMap::new();
+            // No reaping in the round after a reconnection: nodes that lost Redis together
+            // get a full period to heartbeat again.
+            let mut grace = false;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        if me.heartbeat().await.is_ok() {
-                            me.reap(&mut suspects).await;
-                        }
-                    }
+                    _ = tick.tick() => {}
                     r = reconnects.recv() => {
+                        if r.is_err() {
+                            continue;
+                        }
+                        tracing::info!("Redis is back: re-registering this node's peers");
+                        me.mark_dirty();
+                        grace = true;
+                    }
+                    r = resubscribed.recv() => {
                         if r.is_ok() {
-                            tracing::info!("Redis is back: re-registering this node's peers");
-                            if me.heartbeat().await.is_ok() {
-                                me.resync(&hub).await;
-                            }
-                            // A node that was down as long as Redis gets a full period to
-                            // heartbeat again before anyone reaps it.
-                            suspects.clear();
+                            me.mark_dirty();
+                            grace = true;
                         }
                     }
                 }
+                if me.heartbeat().await.is_err() {
+                    continue;
+                }
+                if me.dirty.swap(false, std::sync::atomic::Ordering::AcqRel)
+                    && !me.resync(&hub).await
+                {
+                    me.mark_dirty();
+                }
+                if std::mem::take(&mut grace) {
+                    continue;
+                }
+                me.reap().await;
             }
         });
         Ok(())
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn cmd(&self) -> fred::clients::WithOptions<Client> {
@@ -453,12 +511,16 @@ impl RedisBroker {
 
     fn redis_error(&self, what: &str, e: &dyn std::fmt::Display) {
         self.metrics.redis_errors.increment(1);
+        self.mark_dirty();
         tracing::warn!(error = %e, "Redis {what} failed");
     }
 
+    /// Renews this node's liveness key. It lives two thirds of `node_ttl_secs` and is renewed
+    /// every third, so one missed renewal is tolerated and a dead node is found (by the next
+    /// check of another node, a third later) within `node_ttl_secs`.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
         let key = format!("bc:node:{}:alive", self.node);
-        let ttl = self.ttl.as_millis() as i64;
+        let ttl = (self.ttl.as_millis() * 2 / 3) as i64;
         let r: Result<(), _> = self
             .cmd()
             .set(key, 1, Some(Expiration::PX(ttl)), None, false)
@@ -467,21 +529,28 @@ impl RedisBroker {
             self.redis_error("heartbeat", &e);
             return Err(backend(e));
         }
-        let r: Result<(), _> = self.cmd().sadd("bc:nodes", self.node.as_str()).await;
-        r.map_err(|e| {
-            self.redis_error("heartbeat", &e);
-            backend(e)
-        })
+        let r: Result<i64, _> = self.cmd().sadd("bc:nodes", self.node.as_str()).await;
+        match r {
+            // Added: not in the set any more, so reaped (or Redis lost it): put our peers back.
+            Ok(1) if self.hub.get().is_some_and(|h| !h.local_rooms().is_empty()) => {
+                tracing::warn!("this node was missing from the directory; re-registering");
+                self.mark_dirty();
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.redis_error("heartbeat", &e);
+                Err(backend(e))
+            }
+        }
     }
 
-    /// Removes the peers of nodes whose heartbeat is gone. A node must be missing on two
-    /// consecutive rounds, so one that just got Redis back has time to heartbeat.
-    async fn reap(&self, suspects: &mut HashMap<NodeId, u32>) {
+    /// Removes the peers of nodes whose liveness key has expired.
+    async fn reap(&self) {
         let nodes: Vec<String> = match self.cmd().smembers("bc:nodes").await {
             Ok(n) => n,
             Err(e) => return self.redis_error("node list", &e),
         };
-        let mut seen = Vec::new();
         for node in nodes {
             let node = NodeId::new(node);
             if node == self.node {
@@ -492,12 +561,6 @@ impl RedisBroker {
                 Err(e) => return self.redis_error("liveness check", &e),
             };
             if alive {
-                continue;
-            }
-            let rounds = suspects.entry(node.clone()).or_insert(0);
-            *rounds += 1;
-            seen.push(node.clone());
-            if *rounds < 2 {
                 continue;
             }
             let removed: Result<i64, _> = self
@@ -512,13 +575,15 @@ impl RedisBroker {
                 Err(e) => self.redis_error("reap", &e),
             }
         }
-        suspects.retain(|n, _| seen.contains(n));
     }
 
-    /// Puts this node's peers back into the directory and reconciles every room replica with
-    /// it (events may have been lost while Redis was away).
-    async fn resync(&self, hub: &HubHandle) {
-        for p in hub.local_peers() {
+    /// Brings the directory and this node back in step (after Redis came back, an error, or
+    /// lost events): puts this node's peers back (announcing them if they had been removed),
+    /// removes entries of peers it no longer holds, and reconciles every room replica with
+    /// the directory. Returns whether every step went through.
+    async fn resync(&self, hub: &HubHandle) -> bool {
+        let local = hub.local_peers();
+        for p in &local {
             let session = SessionRecord {
                 room: p.room.clone(),
                 peer: p.info.id.clone(),
@@ -535,24 +600,77 @@ impl RedisBroker {
                 serde_json::to_string(&session).unwrap_or_default(),
                 String::new(),
                 p.seq.to_string(),
+                p.room_ver.to_string(),
             ];
-            let r: Result<String, _> = self.cmd().eval(REGISTER, Vec::<String>::new(), args).await;
+            let r: Result<Vec<String>, _> =
+                self.cmd().eval(REGISTER, Vec::<String>::new(), args).await;
             match r {
-                Ok(s) if s == "gone" => {
+                Ok(answer) if answer.first().map(String::as_str) == Some("gone") => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
                 }
+                // 'moved' is applied by the room's snapshot below.
                 Ok(_) => {}
-                Err(e) => return self.redis_error("re-register", &e),
+                Err(e) => {
+                    self.redis_error("re-register", &e);
+                    return false;
+                }
+            }
+        }
+        // Entries of peers this node no longer holds (a leave that failed, a join whose answer
+        // was lost): removed and announced, unless a join into their room is under way.
+        let mine: Vec<String> = match self
+            .cmd()
+            .smembers(format!("bc:node:{}:peers", self.node))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                self.redis_error("node peers", &e);
+                return false;
+            }
+        };
+        let held: std::collections::HashSet<(String, String)> = hub
+            .local_peers()
+            .into_iter()
+            .map(|p| (p.room.to_string(), p.info.id.to_string()))
+            .collect();
+        for entry in mine {
+            let Some((room, peer)) = entry.split_once('\n') else {
+                continue;
+            };
+            if held.contains(&(room.to_owned(), peer.to_owned()))
+                || hub.has_pending_join(&RoomId::new(room))
+            {
+                continue;
+            }
+            let args = vec![
+                room.to_owned(),
+                peer.to_owned(),
+                self.node.to_string(),
+                "timeout".to_owned(),
+            ];
+            if let Err(e) = self
+                .cmd()
+                .eval::<i64, _, _, _>(LEAVE, Vec::<String>::new(), args)
+                .await
+            {
+                self.redis_error("stale entry removal", &e);
+                return false;
             }
         }
         for room in hub.local_rooms() {
             match self.room_snapshot(&room).await {
-                Ok((ver, peers)) => hub.snapshot(&room, ver, peers),
-                Err(e) => return self.redis_error("room snapshot", &e),
+                Ok((ver, peers)) => hub.snapshot(&room, ver, others(peers, &self.node)),
+                Err(e) => {
+                    self.redis_error("room snapshot", &e);
+                    return false;
+                }
             }
         }
+        true
     }
 
+    /// A room's version and every peer in it, per the directory.
     async fn room_snapshot(&self, room: &RoomId) -> Result<(u64, Vec<RemotePeer>), BrokerError> {
         let p = format!("bc:room:{room}");
         let pipe = self.client.pipeline();
@@ -609,8 +727,12 @@ impl RedisBroker {
                 Some(peer) => RoomEvent::Left { peer, reason },
                 None => return,
             },
-            "moved" => match (event.peer, event.node) {
-                (Some(peer), Some(node)) => RoomEvent::Moved { peer, node },
+            "moved" => match (event.rec, event.node) {
+                (Some(rec), Some(node)) => RoomEvent::Moved(RemotePeer {
+                    info: rec.info,
+                    node,
+                    seq: rec.seq,
+                }),
                 _ => return,
             },
             "closed" => {
@@ -679,14 +801,17 @@ impl RedisBroker {
         }
     }
 
-    /// Publishes frames in one pipeline; on failure tells each sender.
+    /// Publishes frames in one pipeline. A frame that failed, or that no node received (its
+    /// node is dead, draining, or not subscribed yet after Redis came back), is reported to
+    /// its sender.
     async fn publish_frames(&self, items: Vec<Outgoing>) {
         if items.is_empty() {
             return;
         }
-        let pipe = self.client.pipeline();
-        let mut queued = true;
+        let mut received: Vec<bool> = vec![false; items.len()];
         if self.client.is_connected() {
+            let pipe = self.client.pipeline();
+            let mut queued = true;
             for item in &items {
                 if let Outgoing::Frame {
                     node,
@@ -702,28 +827,30 @@ impl RedisBroker {
                     queued &= r.is_ok();
                 }
             }
-        } else {
-            queued = false;
+            if queued {
+                match tokio::time::timeout(COMMAND_TIMEOUT, pipe.try_all::<i64>()).await {
+                    Ok(answers) => {
+                        for (slot, answer) in received.iter_mut().zip(answers) {
+                            match answer {
+                                Ok(n) => *slot = n > 0,
+                                Err(e) => self.redis_error("publish", &e),
+                            }
+                        }
+                    }
+                    Err(_) => self.redis_error("publish", &"timed out"),
+                }
+            }
         }
-        let sent = queued
-            && match tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<Vec<Value>>()).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => {
-                    self.redis_error("publish", &e);
-                    false
-                }
-                Err(_) => {
-                    self.redis_error("publish", &"timed out");
-                    false
-                }
-            };
-        if sent {
-            self.metrics.cluster_out.increment(items.len() as u64);
+        let delivered = received.iter().filter(|r| **r).count();
+        self.metrics.cluster_out.increment(delivered as u64);
+        if delivered == items.len() {
             return;
         }
         if let Some(hub) = self.hub.get() {
-            for item in items {
-                hub.undelivered(item);
+            for (item, ok) in items.into_iter().zip(received) {
+                if !ok {
+                    hub.undelivered(item);
+                }
             }
         }
     }
@@ -784,7 +911,7 @@ impl Broker for RedisBroker {
             Ok(Some(ClusterView {
                 ver,
                 seq: ver,
-                peers: snapshot(peers, nodes),
+                peers: others(snapshot(peers, nodes), &self.node),
                 claimed: None,
             }))
         })
@@ -837,7 +964,7 @@ impl Broker for RedisBroker {
             Ok(Some(ClusterView {
                 ver,
                 seq: me.seq,
-                peers,
+                peers: others(peers, &self.node),
                 claimed: Some(ClaimedSession {
                     info: me.info,
                     session: creds.session,
@@ -849,8 +976,17 @@ impl Broker for RedisBroker {
     }
 
     fn send(&self, item: Outgoing) -> Result<(), Outgoing> {
-        self.outbox.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
+        self.outbox.try_send(item).map_err(|e| {
+            let item = match e {
+                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => {
+                    item
+                }
+            };
+            if matches!(item, Outgoing::Removed { .. }) {
+                // The next resync removes the entry this node no longer holds.
+                self.mark_dirty();
+            }
+            item
         })
     }
 
@@ -1018,6 +1154,24 @@ impl Store for RedisStore {
                 id.to_string(),
                 "deleted".to_owned(),
                 self.broker.node.to_string(),
+            ];
+            let n: i64 = self
+                .broker
+                .cmd()
+                .eval(DELETE_ROOM, Vec::<String>::new(), args)
+                .await
+                .map_err(store_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let args = vec![
+                id.to_string(),
+                "expired".to_owned(),
+                self.broker.node.to_string(),
+                "empty".to_owned(),
             ];
             let n: i64 = self
                 .broker

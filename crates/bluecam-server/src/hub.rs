@@ -210,6 +210,11 @@ impl HubHandle {
         self.lock().core.has_session(session)
     }
 
+    /// Cluster: whether a join into `room` is waiting for the directory.
+    pub fn has_pending_join(&self, room: &RoomId) -> bool {
+        self.lock().core.has_pending_join(room)
+    }
+
     /// Cluster: a join into `room` is asking the directory (see `Hub::begin_cluster_join`).
     pub fn begin_cluster_join(&self, room: &RoomId) {
         self.lock().core.begin_cluster_join(room);

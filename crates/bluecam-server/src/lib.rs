@@ -402,7 +402,7 @@ async fn sweep_empty_rooms(state: &AppState) {
         if state.hub.peer_count(&id) > 0 {
             continue;
         }
-        match state.store.delete_room(id.clone()).await {
+        match state.store.delete_empty_room(id.clone()).await {
             Ok(true) => {
                 state.hub.close_room(&id, RoomClosedReason::Expired);
                 tracing::info!(room = %id, "empty room expired");

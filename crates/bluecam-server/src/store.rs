@@ -34,6 +34,12 @@ pub trait Store: Send + Sync + 'static {
     fn rooms(&self, member: Option<Identity>) -> BoxFuture<'_, Result<Vec<Room>, StoreError>>;
     /// Removes a room; false when there was none.
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Removes a room that expired empty, only if it is still empty (in a cluster the check
+    /// and the removal are one step, so a join on another node cannot slip in between); false
+    /// when nothing was removed. On one node the caller has checked the hub already.
+    fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.delete_room(id)
+    }
     /// Records that the room was last occupied at `at` (Unix seconds), for `emptyTimeoutSecs`.
     fn touch_room(&self, id: RoomId, at: u64) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Rooms with an empty timeout whose last occupation is older than it at `now`.

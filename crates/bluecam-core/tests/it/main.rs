@@ -3,6 +3,7 @@
 //! API only, with client frames parsed from JSON text and server frames decoded back. No
 //! sockets and no sleeps: time is `Instant`s built from a base plus durations.
 
+mod cluster;
 mod join;
 mod lifecycle;
 mod props;
