@@ -276,7 +276,9 @@ mod tests {
             kind: TargetKind::Matchbox,
         };
         let id = "67e55044-10b1-426f-9247-bb680e5fe0c8".to_owned();
-        let frames = wire.frames(&[id.clone()], PAYLOAD, false, "").unwrap();
+        let frames = wire
+            .frames(std::slice::from_ref(&id), PAYLOAD, false, "")
+            .unwrap();
         let v = parsed(&frames[0]);
         assert_eq!(v["Signal"]["receiver"], id.as_str());
         assert_eq!(v["Signal"]["data"], parsed(PAYLOAD));
