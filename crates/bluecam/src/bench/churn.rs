@@ -70,6 +70,13 @@ pub(super) async fn churn(
         "replacing {per_sec:.1} connections/s for {duration_secs} s"
     ));
     let started = Instant::now();
+    let shown = Arc::new(AtomicU64::new(0));
+    let bar = {
+        let shown = Arc::clone(&shown);
+        progress::timed("churn", duration_secs, move || {
+            format!("{} replaced", shown.load(Ordering::Relaxed))
+        })
+    };
     let mut samples = Vec::new();
     let mut owed = 0.0;
     let mut replaced = 0usize;
@@ -86,6 +93,7 @@ pub(super) async fn churn(
             }
             slots[i] = Some(open(i, &mut tasks)?);
             replaced += 1;
+            shown.store(replaced as u64, Ordering::Relaxed);
         }
         while let Some(done) = tasks.try_join_next() {
             done??;
@@ -99,6 +107,7 @@ pub(super) async fn churn(
             }));
         }
     }
+    drop(bar);
     for go in slots.into_iter().flatten() {
         let _ = go.send(true);
     }

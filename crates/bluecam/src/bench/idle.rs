@@ -69,7 +69,9 @@ pub(super) async fn idle(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_before = target.pid.and_then(cpu_ticks);
     let t0 = Instant::now();
+    let bar = progress::timed("idle: holding", hold_secs, String::new);
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    drop(bar);
     let held_for = t0.elapsed().as_secs_f64();
     let cpu_after = target.pid.and_then(cpu_ticks);
     let rss_after = target.pid.and_then(rss_kib);

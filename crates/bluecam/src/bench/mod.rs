@@ -567,6 +567,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    if args.target != TargetKind::Bluecam
+        && matches!(
+            args.scenario,
+            Scenario::SlowReader { .. } | Scenario::Churn { .. }
+        )
+    {
+        bail!("slow-reader and churn measure BlueCam only (they read its /metrics and sessions)");
+    }
     // (Read before pinning, which narrows what this process sees.)
     let machine = machine(args.pin);
     if args.pin {

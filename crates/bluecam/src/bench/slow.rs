@@ -132,7 +132,9 @@ pub(super) async fn slow_reader(
     let http = reqwest::Client::new();
     let closes_before = slow_closes(&http, &target.http).await?;
     progress(&format!("phase 1: everyone reads, {phase_secs} s"));
+    let bar = progress::timed("slow-reader: everyone reads", phase_secs, String::new);
     tokio::time::sleep(Duration::from_secs(phase_secs)).await;
+    drop(bar);
     let rss_before = target.pid.and_then(rss_kib);
     progress(&format!("phase 2: one peer stops reading, {phase_secs} s"));
     phase.store(1, Ordering::Relaxed);
@@ -140,6 +142,7 @@ pub(super) async fn slow_reader(
     let stopped_at = Instant::now();
     let mut disconnected_after = None;
     let mut rss_max = rss_before;
+    let bar = progress::timed("slow-reader: one peer stopped", phase_secs, String::new);
     while stopped_at.elapsed() < Duration::from_secs(phase_secs) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rss_max = rss_max.max(target.pid.and_then(rss_kib));
@@ -147,6 +150,7 @@ pub(super) async fn slow_reader(
             disconnected_after = Some(stopped_at.elapsed().as_secs_f64());
         }
     }
+    drop(bar);
     stop.store(true, Ordering::Relaxed);
     paused.store(false, Ordering::Relaxed);
     let mut hists = [new_histogram()?, new_histogram()?];

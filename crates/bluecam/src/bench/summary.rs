@@ -98,6 +98,28 @@ fn scenario_lines(v: &Value, out: &mut String) {
                 num(&v["server_idle_cpu_percent"], 2)
             );
         }
+        "slow-reader" => {
+            let _ = writeln!(
+                out,
+                "  {name}: slow peer disconnected after {} s; server RSS {} -> {} KiB at most; others' p99 {} -> {} ms ({:+.0} %)",
+                num(&v["slow_peer_disconnected_after_secs"], 1),
+                v["server_rss_before_kib"],
+                v["server_rss_max_during_kib"],
+                num(&v["others_before"]["p99_ms"], 2),
+                num(&v["others_after"]["p99_ms"], 2),
+                v["others_p99_change"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+        "churn" => {
+            let _ = writeln!(out, "  {name}: {} connections replaced", v["replaced"]);
+            for sample in v["samples"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "    t {:>4} s: {} open files, RSS {} KiB",
+                    sample["t"], sample["open_files"], sample["rss_kib"]
+                );
+            }
+        }
         _ => {}
     }
 }

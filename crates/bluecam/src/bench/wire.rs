@@ -232,3 +232,103 @@ pub(super) fn payload_of<R>(kind: TargetKind, text: &str, f: impl FnOnce(&str) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const PAYLOAD: &str = r#"{"t":1,"s":2,"i":0,"h":1,"p":"xx"}"#;
+
+    fn parsed(frame: &str) -> serde_json::Value {
+        serde_json::from_str(frame).unwrap()
+    }
+
+    #[test]
+    fn peerjs_frames_and_what_the_server_forwards() {
+        let wire = Wire {
+            kind: TargetKind::Peerjs,
+        };
+        let to = ["a".to_owned(), "b".to_owned()];
+        let frames = wire.frames(&to, PAYLOAD, true, "OFFER").unwrap();
+        assert_eq!(
+            frames.len(),
+            2,
+            "peerjs has no broadcast: one frame per recipient"
+        );
+        let v = parsed(&frames[1]);
+        assert_eq!(v["type"], "OFFER");
+        assert_eq!(v["dst"], "b");
+        assert_eq!(v["payload"], parsed(PAYLOAD));
+        // The server adds src and forwards the rest.
+        let forwarded =
+            r#"{"type":"OFFER","src":"c","dst":"b","payload":{"t":1,"s":2,"i":0,"h":1,"p":"xx"}}"#;
+        assert_eq!(
+            payload_of(TargetKind::Peerjs, forwarded, str::to_owned).unwrap(),
+            PAYLOAD
+        );
+        assert!(payload_of(TargetKind::Peerjs, r#"{"type":"OPEN"}"#, |_| ()).is_none());
+    }
+
+    #[test]
+    fn matchbox_frames_and_events() {
+        let wire = Wire {
+            kind: TargetKind::Matchbox,
+        };
+        let id = "67e55044-10b1-426f-9247-bb680e5fe0c8".to_owned();
+        let frames = wire
+            .frames(std::slice::from_ref(&id), PAYLOAD, false, "")
+            .unwrap();
+        let v = parsed(&frames[0]);
+        assert_eq!(v["Signal"]["receiver"], id.as_str());
+        assert_eq!(v["Signal"]["data"], parsed(PAYLOAD));
+        let event = format!(r#"{{"Signal":{{"sender":"{id}","data":{PAYLOAD}}}}}"#);
+        assert_eq!(
+            payload_of(TargetKind::Matchbox, &event, str::to_owned).unwrap(),
+            PAYLOAD
+        );
+        for other in [
+            format!(r#"{{"IdAssigned":"{id}"}}"#),
+            format!(r#"{{"NewPeer":"{id}"}}"#),
+        ] {
+            assert!(payload_of(TargetKind::Matchbox, &other, |_| ()).is_none());
+        }
+    }
+
+    #[test]
+    fn bluecam_and_baseline_frames() {
+        let send = Wire {
+            kind: TargetKind::Bluecam,
+        }
+        .frames(&["x".to_owned()], PAYLOAD, false, "")
+        .unwrap();
+        let v = parsed(&send[0]);
+        assert_eq!(v["op"], "send");
+        assert!(
+            v.get("to").is_none(),
+            "a relay message goes to the whole room"
+        );
+        assert_eq!(v["msg"], parsed(PAYLOAD));
+        let signal = Wire {
+            kind: TargetKind::Bluecam,
+        }
+        .frames(&["x".to_owned()], PAYLOAD, true, "")
+        .unwrap();
+        assert_eq!(parsed(&signal[0])["op"], "signal");
+        let message = format!(r#"{{"op":"message","from":"p1","msg":{PAYLOAD}}}"#);
+        assert_eq!(
+            payload_of(TargetKind::Bluecam, &message, str::to_owned).unwrap(),
+            PAYLOAD
+        );
+        let raw = Wire {
+            kind: TargetKind::Baseline,
+        }
+        .frames(&["x".to_owned(), "y".to_owned()], PAYLOAD, false, "")
+        .unwrap();
+        assert_eq!(raw, vec![PAYLOAD.to_owned()], "one raw frame for the room");
+        assert_eq!(
+            payload_of(TargetKind::Baseline, PAYLOAD, str::to_owned).unwrap(),
+            PAYLOAD
+        );
+    }
+}
