@@ -142,6 +142,10 @@ pub struct LimitsConfig {
     pub outbound_queue_bytes: usize,
     /// Frames queued towards one connection (a second bound beside the bytes).
     pub outbound_queue_frames: usize,
+    /// A connection whose socket takes nothing for this long while frames wait for it (the
+    /// kernel's buffers on both ends are full: the client stopped reading) is disconnected as
+    /// a slow consumer, whatever the size of its queue.
+    pub write_stall_ms: u64,
     pub rate_frames_per_sec: u32,
     pub rate_burst_frames: u32,
     pub rate_bytes_per_sec: u64,
@@ -190,6 +194,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: (1 << 20) + (16 << 10),
             outbound_queue_bytes: 4 << 20,
             outbound_queue_frames: 4096,
+            write_stall_ms: 1000,
             rate_frames_per_sec: 200,
             rate_burst_frames: 400,
             rate_bytes_per_sec: 2 << 20,
@@ -215,6 +220,11 @@ impl LimitsConfig {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    /// How long a socket may take no bytes while frames wait for it.
+    pub fn write_stall(&self) -> Duration {
+        Duration::from_millis(self.write_stall_ms.max(1))
     }
 
     /// A connection from which nothing arrived for this long is closed.

@@ -524,11 +524,17 @@ async fn write_batch(
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
     let mut written = 0;
+    let stall = state.config.limits.write_stall();
     while let Some(out) = slot.as_ref() {
         match out {
             Outbound::Frame { text, .. } => {
                 let (text, len) = (text.clone(), text.len());
-                let sent = socket.feed(Message::Text(text)).await;
+                // A feed that is still pending has not taken the frame: on a stall it stays in
+                // `slot`, for the peer's resume.
+                let Ok(sent) = tokio::time::timeout(stall, socket.feed(Message::Text(text))).await
+                else {
+                    return Some(Some(CloseCode::SlowConsumer));
+                };
                 *slot = None;
                 shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 if sent.is_err() {
@@ -548,10 +554,11 @@ async fn write_batch(
             *slot = rx.try_recv().ok();
         }
     }
-    if socket.flush().await.is_err() {
-        return Some(None);
+    match tokio::time::timeout(stall, socket.flush()).await {
+        Err(_) => Some(Some(CloseCode::SlowConsumer)),
+        Ok(Err(_)) => Some(None),
+        Ok(Ok(())) => None,
     }
-    None
 }
 
 /// The close code for a failed read: 1009 when the frame exceeded the hard cap; none when

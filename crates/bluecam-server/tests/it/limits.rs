@@ -186,6 +186,56 @@ async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
     assert!(metrics.contains("bluecam_queue_overflows_total{queue=\"outbound\"}"));
 }
 
+/// Guards the time-based slow-consumer rule: with a queue bound too large to ever fill, a peer
+/// that stops reading is still cut off once its socket takes nothing for `write_stall_ms`.
+#[tokio::test]
+async fn a_reader_that_stops_is_cut_off_by_the_stall_rule_long_before_its_queue_fills() {
+    let s = TestServer::with(|c| {
+        c.limits.outbound_queue_bytes = 512 << 20;
+        c.limits.outbound_queue_frames = 1 << 20;
+        c.limits.write_stall_ms = 300;
+        c.limits.rate_frames_per_sec = 1_000_000;
+        c.limits.rate_burst_frames = 1_000_000;
+        c.limits.rate_bytes_per_sec = 1 << 40;
+        c.limits.rate_burst_bytes = 1 << 40;
+    })
+    .await;
+    let room = s.room().await;
+    let mut sender = s.join(&room, "sender").await;
+    let mut slow = s.join(&room, "slow").await; // never reads until the end
+    sender.recv_op("peer_joined").await;
+    let pad = "z".repeat(16 << 10);
+    let started = std::time::Instant::now();
+    // 16 KiB every millisecond or so: socket buffers fill within seconds; the queue never would.
+    let mut sent = 0u64;
+    let cut = loop {
+        sender
+            .send_json(json!({"op": "send", "msg": {"i": sent, "pad": pad}}))
+            .await;
+        sent += 1;
+        if sent % 64 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let metrics = s.get_text("/metrics").await;
+            if metrics.contains("bluecam_connections_closed_total{code=\"4030\"}") {
+                break started.elapsed();
+            }
+        }
+        assert!(sent < 200_000, "never cut off");
+    };
+    assert!(
+        cut < std::time::Duration::from_secs(20),
+        "cut off after {cut:?}"
+    );
+    // What reached its socket is readable, then the close says slow consumer.
+    let code = loop {
+        match slow.next().await {
+            Ok(_) => {}
+            Err(crate::common::Closed(code)) => break code,
+        }
+    };
+    assert_eq!(code, Some(4030));
+}
+
 #[tokio::test]
 async fn origin_allow_list_refuses_other_origins() {
     let s = TestServer::with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
