@@ -141,7 +141,8 @@ pub struct Server {
 
 impl Server {
     /// Opens the store and the API secret and takes the listener.
-    pub async fn bind(listener: TcpListener, config: Config) -> Result<Self, ServerError> {
+    pub async fn bind(listener: TcpListener, mut config: Config) -> Result<Self, ServerError> {
+        fit_connections_to_file_limit(&mut config.limits);
         std::fs::create_dir_all(&config.data_dir).map_err(ServerError::DataDir)?;
         let (secret, secret_origin) = match &config.api_secret {
             Some(s) => (Secret::new(s.clone()), SecretOrigin::Configured),
@@ -286,6 +287,35 @@ impl Server {
     }
 }
 
+/// Lowers `max_connections` below the process's open-file limit (keeping 1 % of it, at least
+/// 64, for the listener, the store, Redis and HTTP requests). At the cap a connection gets an
+/// HTTP 503 at once; past the file limit it could only wait, unanswered, in the accept queue.
+fn fit_connections_to_file_limit(limits: &mut LimitsConfig) {
+    if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
+        fit_connections(limits, &text);
+    }
+}
+
+/// [`fit_connections_to_file_limit`] with the text of `/proc/self/limits`.
+fn fit_connections(limits: &mut LimitsConfig, proc_limits: &str) {
+    let Some(soft) = proc_limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+    else {
+        return; // "unlimited", or not Linux
+    };
+    let usable = soft.saturating_sub((soft / 100).max(64));
+    if limits.max_connections > usable {
+        tracing::info!(
+            max_connections = usable,
+            open_file_limit = soft,
+            "max_connections lowered to fit the open-file limit"
+        );
+        limits.max_connections = usable;
+    }
+}
+
 /// Binds nothing itself: runs a server on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
@@ -410,5 +440,39 @@ async fn sweep_empty_rooms(state: &AppState) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not delete an expired room"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max open files            20000                20000                files     \n";
+
+    #[test]
+    fn max_connections_fits_under_the_open_file_limit() {
+        let mut limits = LimitsConfig::default();
+        fit_connections(&mut limits, LIMITS);
+        assert_eq!(limits.max_connections, 19_800);
+        let mut small = LimitsConfig {
+            max_connections: 1_000,
+            ..LimitsConfig::default()
+        };
+        fit_connections(&mut small, LIMITS);
+        assert_eq!(small.max_connections, 1_000, "a lower setting is kept");
+        let mut tiny = LimitsConfig::default();
+        fit_connections(
+            &mut tiny,
+            &LIMITS.replace("20000                20000", "300 300"),
+        );
+        assert_eq!(tiny.max_connections, 236, "at least 64 kept for the rest");
+        let mut unlimited = LimitsConfig::default();
+        fit_connections(
+            &mut unlimited,
+            &LIMITS.replace("20000                20000", "unlimited unlimited"),
+        );
+        assert_eq!(unlimited.max_connections, 100_000);
     }
 }

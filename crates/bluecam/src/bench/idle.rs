@@ -125,9 +125,17 @@ pub(super) async fn idle_worker(
         let stop = stop.clone();
         tasks.spawn(async move {
             let permit = sem.acquire_owned().await;
-            let ws = wire::open(kind, addr, spec, Some(source))
-                .await
-                .map(|(ws, _, _)| ws);
+            // A server at its own file limit leaves connections unanswered in its backlog:
+            // count them as failed rather than wait forever.
+            let ws = match tokio::time::timeout(
+                Duration::from_secs(15),
+                wire::open(kind, addr, spec, Some(source)),
+            )
+            .await
+            {
+                Ok(r) => r.map(|(ws, _, _)| ws),
+                Err(_) => Err(anyhow::anyhow!("no answer within 15 s")),
+            };
             drop(permit);
             let ok = ws.is_ok();
             let _ = done.send(ok).await;
