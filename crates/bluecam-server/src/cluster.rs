@@ -86,7 +86,8 @@ if sess.secret ~= ARGV[2] then return {'expired'} end
 if sess.room ~= ARGV[4] or sess.identity ~= ARGV[5] then return {'unauthorized'} end
 local p = 'bc:room:' .. sess.room
 local cur = redis.call('HGET', p .. ':nodes', sess.peer)
-if not cur then return {'expired'} end
+local rec = redis.call('HGET', p .. ':peers', sess.peer)
+if not cur or not rec then return {'expired'} end
 local old = string.match(cur, '^([^\n]*)')
 -- Recorded on this very node, which does not hold it: it expired here a moment ago.
 if old == ARGV[3] then return {'expired'} end
@@ -97,7 +98,7 @@ redis.call('SADD', 'bc:nodes', ARGV[3])
 local ver = redis.call('INCR', p .. ':ver')
 local msg = '{"t":"moved","room":' .. cjson.encode(sess.room) .. ',"ver":' .. ver ..
   ',"peer":' .. cjson.encode(sess.peer) .. ',"node":' .. cjson.encode(ARGV[3]) ..
-  ',"rec":' .. redis.call('HGET', p .. ':peers', sess.peer) .. '}'
+  ',"rec":' .. rec .. '}'
 local told = {[ARGV[3]] = true}
 for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
   local n = string.match(v, '^([^\n]*)')

@@ -305,7 +305,7 @@ fn fit_connections(limits: &mut LimitsConfig, proc_limits: &str) {
     else {
         return; // "unlimited", or not Linux
     };
-    let usable = soft.saturating_sub((soft / 100).max(64));
+    let usable = soft.saturating_sub((soft / 100).max(64)).max(1);
     if limits.max_connections > usable {
         tracing::info!(
             max_connections = usable,
