@@ -7,7 +7,7 @@
 import { joinError, ConnectionError } from "./errors.js";
 
 /** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
-const FINAL_CLOSES = new Set([1000, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
+const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 /** Share of the server's rate limit the SDK allows itself. */

@@ -72,6 +72,10 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is shutting down; resume (on another node if there is one).
     GoingAway,
+    /// 1002: a broken WebSocket frame.
+    ProtocolError,
+    /// 1007: a text frame that is not valid UTF-8.
+    InvalidData,
     /// 1009: a frame exceeded the hard size cap; the connection could not continue.
     MessageTooBig,
     /// 1011: a server fault.
@@ -104,9 +108,11 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for lookups and docs.
-    pub const ALL: [CloseCode; 16] = [
+    pub const ALL: [CloseCode; 18] = [
         Self::Normal,
         Self::GoingAway,
+        Self::ProtocolError,
+        Self::InvalidData,
         Self::MessageTooBig,
         Self::InternalError,
         Self::BadJoin,
@@ -133,6 +139,8 @@ impl CloseCode {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
+            Self::InvalidData => 1007,
             Self::MessageTooBig => 1009,
             Self::InternalError => 1011,
             Self::BadJoin => 4000,
@@ -155,6 +163,8 @@ impl CloseCode {
         match self {
             Self::Normal => "left",
             Self::GoingAway => "server shutting down",
+            Self::ProtocolError => "broken frame",
+            Self::InvalidData => "text frame is not UTF-8",
             Self::MessageTooBig => "frame too large",
             Self::InternalError => "internal error",
             Self::BadJoin => "first frame must be join",

@@ -18,6 +18,8 @@ const MAX_ID_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 1024;
 const MAX_MEMBERS: usize = 1000;
 const MAX_METADATA_BYTES: usize = 16 << 10;
+/// Longest `emptyTimeoutSecs` accepted: ten years.
+pub const MAX_EMPTY_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// An HTTP error with the body `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -94,6 +96,54 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Turns every error answer that is not our JSON body yet (axum's own rejections of a path, a
+/// query or a method, hyper's, a handler's plain status) into `{"error": {"code", "message"}}`,
+/// keeping its status and headers; 422 becomes 400 (bad input is bad input).
+pub async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4 << 10)
+        .await
+        .unwrap_or_default();
+    let mut message: String = String::from_utf8_lossy(&text)
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let (status, code) = match status {
+        StatusCode::UNPROCESSABLE_ENTITY => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+        StatusCode::UNAUTHORIZED => (status, ErrorCode::Unauthorized),
+        StatusCode::FORBIDDEN => (status, ErrorCode::Forbidden),
+        StatusCode::NOT_FOUND => (status, ErrorCode::NotFound),
+        StatusCode::PAYLOAD_TOO_LARGE => (status, ErrorCode::TooLarge),
+        StatusCode::TOO_MANY_REQUESTS => (status, ErrorCode::RateLimited),
+        StatusCode::SERVICE_UNAVAILABLE => (status, ErrorCode::Unavailable),
+        s if s.is_server_error() => (s, ErrorCode::Internal),
+        s => (s, ErrorCode::BadRequest),
+    };
+    let mut res = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            res.headers_mut().append(name, value.clone());
+        }
+    }
+    res
+}
+
 /// `Json` whose rejections use our error body.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -138,11 +188,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
 }
 
 async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret);
     match presented {
         Some(secret) if state.secret.matches(secret.trim()) => next.run(req).await,
         Some(_) => ApiError::new(
@@ -260,6 +313,13 @@ async fn create_room(
     if max_peers == 0 || max_peers > cap {
         return Err(ApiError::bad_request(format!(
             "maxPeers must be between 1 and {cap}"
+        )));
+    }
+    if let Some(t) = body.empty_timeout_secs
+        && t > MAX_EMPTY_TIMEOUT_SECS
+    {
+        return Err(ApiError::bad_request(format!(
+            "emptyTimeoutSecs must be at most {MAX_EMPTY_TIMEOUT_SECS}"
         )));
     }
     let room = Room {

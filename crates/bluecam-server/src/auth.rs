@@ -116,6 +116,51 @@ pub fn random_token(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// Demo room ids: `demo-` + 12 random characters + a 20-character MAC of them under the API
+/// secret, so the demo's secret-less token endpoint can tell its own rooms from the backend's
+/// without a lookup (and without telling a stranger which other room ids exist).
+const DEMO_PREFIX: &str = "demo-";
+const DEMO_NONCE_LEN: usize = 12;
+const DEMO_MAC_BYTES: usize = 15;
+
+fn demo_mac(secret: &Secret, nonce: &str) -> hmac::Hmac<sha1::Sha1> {
+    use hmac::Mac as _;
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"bluecam demo room\0");
+    mac.update(nonce.as_bytes());
+    mac
+}
+
+/// A new demo room id.
+pub fn demo_room_id(secret: &Secret) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let nonce = random_token(9); // 12 characters
+    let tag = demo_mac(secret, &nonce).finalize().into_bytes();
+    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..DEMO_MAC_BYTES]);
+    format!("{DEMO_PREFIX}{nonce}{tag}")
+}
+
+/// Whether `id` was made by [`demo_room_id`] with this secret (compared in constant time).
+pub fn is_demo_room_id(secret: &Secret, id: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let Some(rest) = id.strip_prefix(DEMO_PREFIX) else {
+        return false;
+    };
+    let (Some(nonce), Some(tag)) = (rest.get(..DEMO_NONCE_LEN), rest.get(DEMO_NONCE_LEN..)) else {
+        return false;
+    };
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag) {
+        Ok(tag) if tag.len() == DEMO_MAC_BYTES => {
+            demo_mac(secret, nonce).verify_truncated_left(&tag).is_ok()
+        }
+        _ => false,
+    }
+}
+
 /// Whether the secret came from the data dir (just made, or read back) or from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretOrigin {

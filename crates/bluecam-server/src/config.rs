@@ -39,6 +39,8 @@ pub struct Config {
     /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`).
     pub redis_url: Option<String>,
     pub cluster: ClusterConfig,
+    /// Serve `/metrics` on this address only (and not on `bind`). Unset: on `bind`.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Settings of a cluster node (used with `redis_url`).
@@ -163,6 +165,17 @@ pub struct LimitsConfig {
     pub resume_buffer_bytes: usize,
     /// Open WebSocket connections this node accepts; more get HTTP 503.
     pub max_connections: usize,
+    /// Open TCP connections of any kind (HTTP and WebSocket); more get a 503 and are closed.
+    pub max_http_connections: usize,
+    /// Open TCP connections from one source address (IPv6: one /64); 0 for no cap. Sources in
+    /// `per_source_exempt` are not counted.
+    pub max_connections_per_source: usize,
+    /// Addresses or prefixes (`"10.0.0.0/8"`, `"::1"`) exempt from the per-source cap: the
+    /// reverse proxy in front of the server, and by default loopback.
+    pub per_source_exempt: Vec<String>,
+    /// A request's header must arrive within this; a keep-alive connection idle this long
+    /// between requests, or a new one silent this long, is closed (so is a TLS handshake).
+    pub http_header_timeout_secs: u64,
     /// Largest HTTP API request body.
     pub max_http_body_bytes: usize,
 }
@@ -184,6 +197,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             redis_url: None,
             cluster: ClusterConfig::default(),
+            metrics_bind: None,
         }
     }
 }
@@ -208,6 +222,10 @@ impl Default for LimitsConfig {
             resume_buffer_frames: 1024,
             resume_buffer_bytes: 4 << 20,
             max_connections: 100_000,
+            max_http_connections: 101_000,
+            max_connections_per_source: 1_000,
+            per_source_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
+            http_header_timeout_secs: 10,
             max_http_body_bytes: 256 << 10,
         }
     }
@@ -220,6 +238,11 @@ impl LimitsConfig {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    /// See `http_header_timeout_secs`.
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_header_timeout_secs.max(1))
     }
 
     /// How long a socket may take no bytes while frames wait for it.

@@ -7,7 +7,6 @@ use crate::{
     broker::{Broker, Outgoing},
     metrics::Metrics,
 };
-use axum::extract::ws::Utf8Bytes;
 use bluecam_core::{
     ConnId, CoreConfig, Frame, Hub, HubStats, JoinRejected, JoinRequest, LocalPeer, Output,
     RemotePeer, RoomEvent,
@@ -25,6 +24,7 @@ use std::{
     time::Instant,
 };
 use tokio::sync::{Notify, mpsc};
+use tungstenite::Utf8Bytes;
 
 /// What the hub hands a connection task to write.
 #[derive(Debug)]

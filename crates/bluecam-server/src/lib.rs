@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod metrics;
+pub mod serve;
 pub mod store;
 pub mod web;
 pub mod ws;
@@ -24,7 +25,6 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
-    serve::ListenerExt as _,
 };
 use bluecam_proto::{ErrorCode, RoomClosedReason, RoomId};
 use std::{
@@ -61,6 +61,10 @@ pub enum ServerError {
     ClusterSecret,
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] broker::BrokerError),
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("cannot listen on the metrics address {0}: {1}")]
+    MetricsBind(SocketAddr, std::io::Error),
 }
 
 /// What every handler and connection task shares.
@@ -79,6 +83,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Open WebSocket connections (bounded by `limits.max_connections`).
     pub connections: AtomicUsize,
+    /// Open TCP connections, overall and per source (HTTP and WebSocket alike).
+    pub gate: Arc<serve::Gate>,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -105,11 +111,14 @@ impl AppState {
         allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o))
     }
 
-    /// Whether the demo page and its secret-less endpoints are on.
+    /// Whether the demo page and its secret-less endpoints are on. Unset, it is on only for a
+    /// local setup: a loopback bind, and no `public_url` naming another host (behind a
+    /// reverse proxy the bind is loopback, yet the server is public).
     pub fn demo_enabled(&self) -> bool {
-        self.config
-            .demo
-            .unwrap_or_else(|| self.config.bind.ip().is_loopback())
+        self.config.demo.unwrap_or_else(|| {
+            self.config.bind.ip().is_loopback()
+                && self.config.public_url.as_deref().is_none_or(is_local_url)
+        })
     }
 
     /// Records in the store that these rooms just became empty.
@@ -121,6 +130,23 @@ impl AppState {
             }
         }
     }
+}
+
+/// Whether a URL names this machine (`localhost`, `*.localhost` or a loopback address); an
+/// unparsable one does not.
+fn is_local_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -137,6 +163,7 @@ pub struct Server {
     secret_origin: SecretOrigin,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     cluster: Option<Arc<cluster::RedisBroker>>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -152,6 +179,15 @@ impl Server {
         if secret.expose().trim().len() < MIN_SECRET_LEN {
             return Err(ServerError::WeakSecret);
         }
+        let gate = Arc::new(serve::Gate::new(&config.limits).map_err(ServerError::Config)?);
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ServerError::MetricsBind(addr, e))?,
+            ),
+            None => None,
+        };
         let tls = match &config.tls {
             Some(t) => Some(
                 axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
@@ -196,6 +232,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
+            gate,
         }));
         Ok(Self {
             listener,
@@ -203,6 +240,7 @@ impl Server {
             secret_origin,
             tls,
             cluster,
+            metrics_listener,
         })
     }
 
@@ -216,6 +254,16 @@ impl Server {
 
     pub fn secret_origin(&self) -> SecretOrigin {
         self.secret_origin
+    }
+
+    /// Where `/metrics` is served when it has an address of its own (`metrics_bind`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
+    /// Whether the demo page and its endpoints are on.
+    pub fn demo_enabled(&self) -> bool {
+        self.state.demo_enabled()
     }
 
     /// This node's id in the cluster (`None` on a single node).
@@ -237,44 +285,41 @@ impl Server {
             .await?;
         }
         spawn_timers(&state);
-        let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let inner_shutdown = state.shutdown.clone();
-        let served = match self.tls {
-            None => {
-                // Signaling is small frames that must go out at once: no Nagle delay (with
-                // delayed ACKs it costs 40 ms per exchange).
-                let listener = self.listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move {
-                        shutdown.cancelled().await;
-                        inner_shutdown.cancel();
-                    })
-                    .await
-            }
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                state.tracker.spawn(async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = inner_shutdown.cancelled() => {}
-                    }
-                    inner_shutdown.cancel();
-                    stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
-                });
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
-                axum_server::from_tcp(self.listener.into_std()?)?
-                    .acceptor(acceptor)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
+        if let Some(listener) = self.metrics_listener {
+            let router = Router::new()
+                .route("/metrics", get(metrics_page))
+                .fallback(not_found)
+                .with_state(state.clone());
+            let stop = state.shutdown.clone();
+            state.tracker.spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
+        let front = serve::Front {
+            listener: self.listener,
+            tls: self.tls,
+            router: app(state.clone()),
+            state: state.clone(),
         };
+        // The front stops accepting on either token; the server's own token then tells the
+        // WebSockets (close 1001).
+        let stop = CancellationToken::new();
+        let relay = stop.clone();
+        let inner = state.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = inner.cancelled() => {}
+            }
+            inner.cancel();
+            relay.cancel();
+        });
+        front.run(stop, SHUTDOWN_GRACE).await;
         state.shutdown.cancel();
         state.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())
@@ -283,7 +328,7 @@ impl Server {
         {
             tracing::warn!("some connections did not close within the grace period");
         }
-        served.map_err(ServerError::Io)
+        Ok(())
     }
 }
 
@@ -306,6 +351,7 @@ fn fit_connections(limits: &mut LimitsConfig, proc_limits: &str) {
         return; // "unlimited", or not Linux
     };
     let usable = soft.saturating_sub((soft / 100).max(64)).max(1);
+    limits.max_http_connections = limits.max_http_connections.min(usable);
     if limits.max_connections > usable {
         tracing::info!(
             max_connections = usable,
@@ -328,17 +374,21 @@ pub async fn run(
 /// The router: HTTP API, WebSocket, health and metrics.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
-    Router::new()
+    let mut router = Router::new()
         .merge(api::routes(state.clone()))
         .merge(web::routes())
         .route(bluecam_proto::WS_PATH, get(ws::upgrade))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_page))
+        .route("/readyz", get(readyz));
+    if state.config.metrics_bind.is_none() {
+        router = router.route("/metrics", get(metrics_page));
+    }
+    router
         .route("/", get(web::index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(api::json_errors))
         .with_state(state)
 }
 
@@ -450,6 +500,26 @@ mod tests {
     const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
 Max cpu time              unlimited            unlimited            seconds   \n\
 Max open files            20000                20000                files     \n";
+
+    #[test]
+    fn local_urls() {
+        for url in [
+            "http://localhost:8080",
+            "https://127.0.0.1",
+            "http://[::1]:9/x",
+            "http://app.localhost",
+        ] {
+            assert!(is_local_url(url), "{url}");
+        }
+        for url in [
+            "https://meet.example.com",
+            "http://10.0.0.1:8080",
+            "not a url",
+            "/relative",
+        ] {
+            assert!(!is_local_url(url), "{url}");
+        }
+    }
 
     #[test]
     fn max_connections_fits_under_the_open_file_limit() {

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub outbound_overflows: Counter,
     pub resume_buffer_overflows: Counter,
     pub connections_refused: Counter,
+    /// Open TCP connections (HTTP and WebSocket).
+    pub http_connections: Gauge,
+    http_refused_total: Counter,
+    http_refused_source: Counter,
     /// Cluster: frames and events published to other nodes, and received from them.
     pub cluster_out: Counter,
     pub cluster_in: Counter,
@@ -68,11 +72,22 @@ impl Metrics {
             outbound_overflows: counter!("bluecam_queue_overflows_total", "queue" => "outbound"),
             resume_buffer_overflows: counter!("bluecam_queue_overflows_total", "queue" => "resume"),
             connections_refused: counter!("bluecam_connections_refused_total"),
+            http_connections: gauge!("bluecam_http_connections"),
+            http_refused_total: counter!("bluecam_http_refused_total", "cap" => "total"),
+            http_refused_source: counter!("bluecam_http_refused_total", "cap" => "source"),
             cluster_out: counter!("bluecam_cluster_messages_total", "dir" => "out"),
             cluster_in: counter!("bluecam_cluster_messages_total", "dir" => "in"),
             cluster_unsent: counter!("bluecam_cluster_unsent_total"),
             cluster_undeliverable: counter!("bluecam_cluster_undeliverable_total"),
             redis_errors: counter!("bluecam_redis_errors_total"),
+        }
+    }
+
+    /// Counts a TCP connection refused at a cap.
+    pub fn http_refused(&self, why: crate::serve::Refusal) {
+        match why {
+            crate::serve::Refusal::Total => self.http_refused_total.increment(1),
+            crate::serve::Refusal::PerSource => self.http_refused_source.increment(1),
         }
     }
 

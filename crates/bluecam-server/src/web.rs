@@ -167,7 +167,7 @@ async fn demo_room(
         return Err(demo_off());
     }
     let room = Room {
-        id: RoomId::new(crate::auth::random_token(16)),
+        id: RoomId::new(crate::auth::demo_room_id(&state.secret)),
         name: Some("Demo room".into()),
         description: None,
         owner: None,
@@ -204,13 +204,23 @@ async fn demo_token(
         .name
         .map(|n| n.chars().take(DEMO_NAME_MAX).collect::<String>())
         .filter(|n| !n.trim().is_empty());
-    let room = state.store.room(RoomId::new(id)).await?.ok_or_else(|| {
+    // Only the demo's own rooms, and the same answer for any other room as for a missing
+    // one: this endpoint must neither open the backend's rooms nor tell which exist.
+    let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::RoomNotFound,
-            "no such room",
+            "no such demo room",
         )
-    })?;
+    };
+    if !crate::auth::is_demo_room_id(&state.secret, &id) {
+        return Err(missing());
+    }
+    let room = state
+        .store
+        .room(RoomId::new(id))
+        .await?
+        .ok_or_else(missing)?;
     let now = crate::unix_now();
     let claims = Claims {
         sub: Identity::new(format!("guest-{}", crate::auth::random_token(6))),

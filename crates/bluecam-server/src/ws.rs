@@ -3,13 +3,11 @@
 //! bounded queue, batched into one flush), liveness pings, and the hub's or the server's
 //! request to close.
 
-use crate::{AppState, auth::TokenError, hub::Outbound};
+use crate::{AppState, api::ApiError, auth::TokenError, hub::Outbound, serve::ConnPermit};
 use axum::{
-    extract::{
-        State, WebSocketUpgrade,
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
-    },
-    http::{HeaderMap, StatusCode, header},
+    body::Body,
+    extract::{FromRequestParts, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
@@ -17,12 +15,19 @@ use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomClosedReason,
     RoomSummary, ServerMessage, SessionId, SessionSecret,
 };
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper_util::rt::TokioIo;
 use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::{
+    Message, Utf8Bytes,
+    protocol::{CloseFrame, Role, WebSocketConfig},
+};
 
 /// Frames written per flush at most, so one busy connection cannot hog its task's writes.
 const WRITE_BATCH: usize = 64;
@@ -31,12 +36,84 @@ const WRITE_BATCH: usize = 64;
 /// `ref` of a larger frame would cost the parse the limit is there to avoid).
 const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
+/// The server's side of one WebSocket.
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// How long a closing connection keeps reading (and discarding) what the client still sends,
+/// so that the kernel does not reset the connection over unread data and lose the close frame
+/// and the errors before it.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A checked WebSocket handshake (RFC 6455 section 4.2.1). Every refusal is a JSON error body.
+#[derive(Debug)]
+pub struct WsUpgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    accept: HeaderValue,
+    /// The TCP connection's place under the connection caps, kept for the socket's life.
+    permit: Option<Arc<ConnPermit>>,
+}
+
+/// Whether a comma-separated header has this token (case-insensitively).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        let bad = |message: &str| {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message).into_response()
+        };
+        let h = &parts.headers;
+        if !header_has_token(h, header::CONNECTION, "upgrade")
+            || !header_has_token(h, header::UPGRADE, "websocket")
+        {
+            return Err(bad(
+                "this is the WebSocket endpoint: expected Connection: upgrade and Upgrade: websocket",
+            ));
+        }
+        if h.get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            let mut res = ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::BadRequest,
+                "only WebSocket version 13 is supported",
+            )
+            .into_response();
+            res.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(res);
+        }
+        let key = h
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|k| !k.is_empty() && k.len() <= 64)
+            .ok_or_else(|| bad("missing or invalid Sec-WebSocket-Key"))?;
+        let accept =
+            HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+                .map_err(|_| bad("invalid Sec-WebSocket-Key"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| bad("this connection cannot be upgraded to a WebSocket"))?;
+        Ok(Self {
+            on_upgrade,
+            accept,
+            permit: parts.extensions.get::<Arc<ConnPermit>>().cloned(),
+        })
+    }
+}
+
 /// Upgrades to a WebSocket after the origin and capacity checks.
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUpgrade) -> Response {
     if !state.origin_allowed(headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())) {
         return crate::api::ApiError::new(
             StatusCode::FORBIDDEN,
@@ -63,15 +140,38 @@ pub async fn upgrade(
     // Every connection keeps its read buffer for life: 2 KiB holds ~20 small frames per read
     // (1 KiB measured ~20 % more CPU per relayed message; 4 KiB 2 KB more memory per idle
     // connection, see BENCHMARKS.md). Larger frames grow it as needed.
-    ws.read_buffer_size(2 << 10)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(2 << 10)
         .write_buffer_size(16 << 10)
         .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.hard_frame_cap()) * 2)
-        .max_message_size(limits.hard_frame_cap())
-        .max_frame_size(limits.hard_frame_cap())
-        .on_upgrade(move |socket| async move {
-            run(slot.0.clone(), socket).await;
-            drop((slot, track));
-        })
+        .max_message_size(Some(limits.hard_frame_cap()))
+        .max_frame_size(Some(limits.hard_frame_cap()));
+    let WsUpgrade {
+        on_upgrade,
+        accept,
+        permit,
+    } = ws;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        run(slot.0.clone(), socket).await;
+        drop((slot, track, permit));
+    });
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    res
 }
 
 /// Holds one unit of `connections` (and the gauge) until dropped.
@@ -149,19 +249,23 @@ async fn run(state: AppState, mut socket: WebSocket) {
         .hub
         .disconnect(conn, Instant::now(), connection.unsent.take(), &mut rx);
     state.touch_rooms(vacated).await;
-    if let Some(code) = end {
-        close(&state, &mut socket, code).await;
+    match end {
+        Some(code) => close(&state, &mut socket, code).await,
+        // The client closed (or the socket broke): send the close reply tungstenite queued.
+        None => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+        }
     }
 }
 
 /// Reads until the first text frame; `None` when the client went away first.
 async fn first_text(socket: &mut WebSocket) -> Option<Utf8Bytes> {
     loop {
-        match socket.recv().await? {
+        match socket.next().await? {
             Ok(Message::Text(text)) => return Some(text),
             Ok(Message::Binary(_)) => return Some(Utf8Bytes::from_static("")),
             Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
         }
     }
 }
@@ -396,7 +500,7 @@ impl Connection {
                     }
                     None => return None,
                 },
-                msg = socket.recv() => match msg {
+                msg = socket.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(code) = self.on_text(socket, &text).await {
                             return Some(code);
@@ -413,7 +517,9 @@ impl Connection {
                             return Some(code);
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.last_heard = Instant::now(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        self.last_heard = Instant::now();
+                    }
                     Some(Ok(Message::Close(_))) | None => return None,
                     Some(Err(e)) => return read_error_close(e),
                 },
@@ -561,13 +667,18 @@ async fn write_batch(
     }
 }
 
-/// The close code for a failed read: 1009 when the frame exceeded the hard cap; none when
-/// the socket broke (there is no one left to tell).
-fn read_error_close(e: axum::Error) -> Option<CloseCode> {
-    e.into_inner()
-        .downcast::<tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
-        .then_some(CloseCode::MessageTooBig)
+/// The close code for a failed read: 1009 when the frame exceeded the hard cap, 1007 for a
+/// text frame that is not UTF-8, 1002 for a broken frame; none when the socket broke (there is
+/// no one left to tell).
+fn read_error_close(e: tungstenite::Error) -> Option<CloseCode> {
+    use tungstenite::Error as E;
+    match e {
+        E::Capacity(_) => Some(CloseCode::MessageTooBig),
+        E::Utf8(_) => Some(CloseCode::InvalidData),
+        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
+        E::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => None,
+    }
 }
 
 async fn send_error(state: &AppState, socket: &mut WebSocket, error: ErrorFrame) {
@@ -584,14 +695,33 @@ async fn send_error_frame(socket: &mut WebSocket, error: ErrorFrame) -> Result<(
         .map_err(|_| CloseCode::InternalError)
 }
 
+/// Sends the close frame (after whatever error frames went before it), then closes lingering:
+/// shuts down the write side and reads and discards what the client still sends, until it
+/// closes its side or [`LINGER`] passes. Dropping a socket with unread data makes the kernel
+/// answer with a reset, which can destroy the close frame in flight: the client would see
+/// 1006 instead of the code.
 async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
     state.metrics.closed(code);
     // The peer may already be gone or not reading; a failed or stuck close changes nothing.
     let frame = Message::Close(Some(CloseFrame {
-        code: code.code(),
+        code: code.code().into(),
         reason: Utf8Bytes::from_static(code.reason()),
     }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(frame)).await;
+    if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(frame))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let io = socket.get_mut();
+    let linger = async {
+        let _ = io.shutdown().await;
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n) = io.read(&mut sink).await
+            && n > 0
+        {}
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
 }
 
 /// How long a close frame may take to go out.

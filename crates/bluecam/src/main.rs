@@ -68,12 +68,16 @@ struct ServeArgs {
     )]
     allowed_origins: Vec<String>,
     /// Serve the demo page at `/` and its secret-less room and token endpoints even on a
-    /// non-loopback bind (by default the demo is on only on loopback).
+    /// non-loopback bind (by default it is on only on a loopback bind whose --public-url, if
+    /// any, is local too).
     #[arg(long, env = "BLUECAM_DEMO", conflicts_with = "no_demo")]
     demo: bool,
     /// Do not serve the demo.
     #[arg(long, env = "BLUECAM_NO_DEMO")]
     no_demo: bool,
+    /// Serve `/metrics` on this address only, not on the public one (e.g. 127.0.0.1:9090).
+    #[arg(long, env = "BLUECAM_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -108,6 +112,9 @@ impl ServeArgs {
         }
         if self.no_demo {
             config.demo = Some(false);
+        }
+        if self.metrics_bind.is_some() {
+            config.metrics_bind = self.metrics_bind;
         }
         Ok(config)
     }
@@ -158,6 +165,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.join("api-secret").display()
         ),
         SecretOrigin::Configured => println!("API secret: from the configuration"),
+    }
+    if server.demo_enabled() {
+        println!("Demo: on at {url}/ (secret-less demo rooms; --no-demo turns it off)");
+    } else {
+        println!("Demo: off");
+    }
+    match server.metrics_addr() {
+        Some(addr) => println!("Metrics: http://{addr}/metrics"),
+        None => println!("Metrics: {url}/metrics"),
     }
     if let Some(node) = server.node() {
         println!("Cluster node {node}, sharing rooms through Redis");

@@ -1,0 +1,435 @@
+//! The HTTP front: accepts TCP connections and serves each with hyper-util's connection
+//! builder, under limits that keep strangers from holding the server (docs/configuration.md,
+//! "Security"):
+//!
+//! - a header-read timeout, which in hyper also bounds how long a keep-alive connection may
+//!   sit idle between requests and how long a new connection may stay silent;
+//! - the same bound on the TLS handshake;
+//! - a cap on open TCP connections (WebSockets included) and one per source address (per /64
+//!   for IPv6), both counted until the connection, or the WebSocket it became, closes.
+//!
+//! A connection over a cap is answered `503` with the JSON error body and closed.
+
+use crate::{AppState, config::LimitsConfig};
+use axum::{Router, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+use tower::Service as _;
+
+/// Open TCP connections, overall and per source address.
+#[derive(Debug)]
+pub struct Gate {
+    max_total: usize,
+    /// 0: no per-address cap.
+    max_per_source: usize,
+    exempt: Vec<Prefix>,
+    total: AtomicUsize,
+    by_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; gives its place back when dropped. A WebSocket keeps the permit of
+/// the connection it was upgraded from (it is in the request's extensions).
+#[derive(Debug)]
+pub struct ConnPermit {
+    gate: Arc<Gate>,
+    /// The source it was counted under (`None`: exempt).
+    source: Option<IpAddr>,
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Total,
+    PerSource,
+}
+
+impl Gate {
+    /// Fails on an entry of `per_source_exempt` that is not an address or prefix.
+    pub fn new(limits: &LimitsConfig) -> Result<Self, String> {
+        Ok(Self {
+            max_total: limits.max_http_connections,
+            max_per_source: limits.max_connections_per_source,
+            exempt: limits
+                .per_source_exempt
+                .iter()
+                .map(|p| Prefix::parse(p))
+                .collect::<Result<_, _>>()?,
+            total: AtomicUsize::new(0),
+            by_source: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The address a source is counted under: the address itself, or its /64 for IPv6 (one
+    /// host usually holds a whole /64).
+    fn source_key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Admits a connection from `ip`, or says which cap it hit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Total);
+        }
+        let canonical = ip.to_canonical();
+        let source =
+            if self.max_per_source == 0 || self.exempt.iter().any(|p| p.contains(canonical)) {
+                None
+            } else {
+                let key = Self::source_key(canonical);
+                let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+                let n = map.entry(key).or_insert(0);
+                if *n >= self.max_per_source {
+                    drop(map);
+                    self.total.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Refusal::PerSource);
+                }
+                *n += 1;
+                Some(key)
+            };
+        Ok(ConnPermit {
+            gate: self.clone(),
+            source,
+        })
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// An address prefix such as `10.0.0.0/8` or `::1` (a whole address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    net: IpAddr,
+    len: u32,
+}
+
+impl Prefix {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not an IP address or prefix (such as 10.0.0.0/8)");
+        let (addr, len) = match text.trim().split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
+            None => (text.trim(), None),
+        };
+        let net = addr.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Self { net, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.len).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.len).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        if let Some(key) = self.source {
+            let mut map = self
+                .gate
+                .by_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        self.gate.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refusals answered politely (a 503 and a short drain) at once; beyond, refused connections
+/// are just closed, so a flood cannot hold descriptors through its refusals.
+const MAX_POLITE_REFUSALS: usize = 64;
+
+/// How the server's connections are served.
+pub(crate) struct Front {
+    pub listener: TcpListener,
+    pub tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    pub router: Router,
+    pub state: AppState,
+}
+
+impl Front {
+    /// Accepts until `stop` is cancelled, then stops accepting and lets open HTTP connections
+    /// finish (up to `grace`). Upgraded WebSockets are not waited for here.
+    pub async fn run(self, stop: CancellationToken, grace: Duration) {
+        let Front {
+            listener,
+            tls,
+            router,
+            state,
+        } = self;
+        let limits = &state.config.limits;
+        let header_timeout = limits.http_header_timeout();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(64 << 10);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(limits.ping_interval()))
+            .keep_alive_timeout(limits.ping_interval())
+            .max_concurrent_streams(64)
+            .max_header_list_size(64 << 10);
+        let builder = Arc::new(builder);
+        let tls = tls.map(|config| {
+            axum_server::tls_rustls::RustlsAcceptor::new(config).handshake_timeout(header_timeout)
+        });
+        let graceful = GracefulShutdown::new();
+        let polite = Arc::new(AtomicUsize::new(0));
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: retry in a second rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stop.cancelled() => break,
+                    }
+                }
+            };
+            // Signaling is small frames that must go out at once: no Nagle delay (with
+            // delayed ACKs it costs 40 ms per exchange).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let permit = match state.gate.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(why) => {
+                    state.metrics.http_refused(why);
+                    if polite.fetch_add(1, Ordering::AcqRel) < MAX_POLITE_REFUSALS {
+                        let polite = polite.clone();
+                        tokio::spawn(async move {
+                            refuse(tcp, why).await;
+                            polite.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    } else {
+                        polite.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    continue;
+                }
+            };
+            state.metrics.http_connections.set(state.gate.open() as f64);
+            let service = ConnService {
+                router: router.clone(),
+                peer,
+                permit: Arc::new(permit),
+            };
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            let metrics = state.metrics.clone();
+            let gate = state.gate.clone();
+            tokio::spawn(async move {
+                use axum_server::accept::Accept as _;
+                match tls {
+                    None => serve_io(&builder, watcher, tcp, service).await,
+                    Some(acceptor) => match acceptor.accept(tcp, ()).await {
+                        Ok((io, _)) => serve_io(&builder, watcher, io, service).await,
+                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    },
+                }
+                metrics.http_connections.set(gate.open() as f64);
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some HTTP connections did not finish within the grace period");
+        }
+    }
+}
+
+async fn serve_io<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    service: ConnService,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        hyper::service::service_fn(move |req| service.call(req)),
+    );
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// The router of one connection: every request carries the client's address and the
+/// connection's permit.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    permit: Arc<ConnPermit>,
+}
+
+impl ConnService {
+    fn call(
+        &self,
+        mut req: hyper::Request<Incoming>,
+    ) -> axum::routing::future::RouteFuture<std::convert::Infallible> {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.permit.clone());
+        self.router.clone().call(req)
+    }
+}
+
+/// Errors of one connection, not of the listener: accept again at once.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset | K::Interrupted
+    )
+}
+
+/// Answers a connection over a cap with `503` and the JSON error body, then closes it after a
+/// short drain (so the kernel does not reset it over an unread request and lose the answer).
+async fn refuse(mut tcp: TcpStream, why: Refusal) {
+    let message = match why {
+        Refusal::Total => "too many connections on this node",
+        Refusal::PerSource => "too many connections from this address",
+    };
+    let body = format!(r#"{{"error":{{"code":"unavailable","message":"{message}"}}}}"#);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(total: usize, per_source: usize, exempt: &[&str]) -> Arc<Gate> {
+        let limits = LimitsConfig {
+            max_http_connections: total,
+            max_connections_per_source: per_source,
+            per_source_exempt: exempt.iter().map(|s| s.to_string()).collect(),
+            ..LimitsConfig::default()
+        };
+        Arc::new(Gate::new(&limits).unwrap())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn caps_per_source_and_in_total_and_gives_places_back() {
+        let g = gate(4, 2, &["127.0.0.0/8"]);
+        let a1 = g.admit(ip("10.0.0.1")).unwrap();
+        let _a2 = g.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(g.admit(ip("10.0.0.1")).unwrap_err(), Refusal::PerSource);
+        // IPv4-mapped IPv6 is the same source.
+        assert_eq!(
+            g.admit(ip("::ffff:10.0.0.1")).unwrap_err(),
+            Refusal::PerSource
+        );
+        let _b = g.admit(ip("10.0.0.2")).unwrap();
+        let _e = g.admit(ip("127.0.0.1")).unwrap();
+        assert_eq!(g.admit(ip("127.0.0.1")).unwrap_err(), Refusal::Total);
+        assert_eq!(g.open(), 4);
+        drop(a1);
+        assert_eq!(g.open(), 3);
+        let _a3 = g.admit(ip("10.0.0.1")).unwrap();
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let g = gate(100, 1, &[]);
+        let _a = g.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(
+            g.admit(ip("2001:db8:1:2:ffff::9")).unwrap_err(),
+            Refusal::PerSource
+        );
+        let _b = g.admit(ip("2001:db8:1:3::1")).unwrap();
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = Prefix::parse("10.1.0.0/16").unwrap();
+        assert!(p.contains(ip("10.1.200.3")));
+        assert!(p.contains(ip("::ffff:10.1.0.1")));
+        assert!(!p.contains(ip("10.2.0.1")));
+        assert!(!p.contains(ip("::1")));
+        assert!(Prefix::parse("::1").unwrap().contains(ip("::1")));
+        assert!(Prefix::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
+            assert!(Prefix::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_means_no_per_source_cap() {
+        let g = gate(3, 0, &[]);
+        let _p: Vec<_> = (0..3).map(|_| g.admit(ip("10.0.0.1")).unwrap()).collect();
+        assert_eq!(g.admit(ip("10.0.0.1")).unwrap_err(), Refusal::Total);
+    }
+}
