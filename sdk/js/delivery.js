@@ -211,6 +211,8 @@ export class Inbox {
     const out = [];
     for (let m = this.held.get(this.expected); m !== undefined; m = this.held.get(this.expected)) {
       this.held.delete(this.expected);
+      // Chunks of a message that also came whole (a hostile sender) would be kept forever.
+      this.chunks.delete(this.expected);
       out.push({ ...m, seq: this.expected });
       this.expected++;
     }

@@ -144,6 +144,29 @@ pub async fn json_errors(res: Response) -> Response {
     res
 }
 
+/// Refuses a request whose declared body exceeds the limit before reading any of it (the body
+/// limit alone would read up to the limit first, from a client that may never send it).
+pub async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("request body larger than {limit} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// `Json` whose rejections use our error body.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

@@ -176,6 +176,9 @@ pub struct LimitsConfig {
     /// A request's header must arrive within this; a keep-alive connection idle this long
     /// between requests, or a new one silent this long, is closed (so is a TLS handshake).
     pub http_header_timeout_secs: u64,
+    /// An HTTP request (its body included) must be read and answered within this; beyond,
+    /// 408. A declared body larger than `max_http_body_bytes` is refused (413) before it is read.
+    pub http_request_timeout_secs: u64,
     /// Largest HTTP API request body.
     pub max_http_body_bytes: usize,
 }
@@ -226,6 +229,7 @@ impl Default for LimitsConfig {
             max_connections_per_source: 1_000,
             per_source_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             http_header_timeout_secs: 10,
+            http_request_timeout_secs: 30,
             max_http_body_bytes: 256 << 10,
         }
     }
@@ -243,6 +247,11 @@ impl LimitsConfig {
     /// See `http_header_timeout_secs`.
     pub fn http_header_timeout(&self) -> Duration {
         Duration::from_secs(self.http_header_timeout_secs.max(1))
+    }
+
+    /// See `http_request_timeout_secs`.
+    pub fn http_request_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_request_timeout_secs.max(1))
     }
 
     /// How long a socket may take no bytes while frames wait for it.

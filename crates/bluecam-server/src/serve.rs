@@ -13,10 +13,8 @@
 use crate::{AppState, config::LimitsConfig};
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -30,7 +28,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service as _;
 
 /// Open TCP connections, overall and per source address.
@@ -203,24 +201,23 @@ impl Front {
         } = self;
         let limits = &state.config.limits;
         let header_timeout = limits.http_header_timeout();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        // HTTP/1.1, or HTTP/2 when TLS negotiated it (ALPN); no sniffing of the protocol on a
+        // plain connection, which would wait for the first bytes with no timeout.
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .max_buf_size(64 << 10);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .keep_alive_interval(Some(limits.ping_interval()))
             .keep_alive_timeout(limits.ping_interval())
             .max_concurrent_streams(64)
             .max_header_list_size(64 << 10);
-        let builder = Arc::new(builder);
+        let protocols = Arc::new(Protocols { h1, h2 });
         let tls = tls.map(|config| {
             axum_server::tls_rustls::RustlsAcceptor::new(config).handshake_timeout(header_timeout)
         });
-        let graceful = GracefulShutdown::new();
+        let conns = TaskTracker::new();
         let polite = Arc::new(AtomicUsize::new(0));
         loop {
             let accepted = tokio::select! {
@@ -266,17 +263,20 @@ impl Front {
                 peer,
                 permit: Arc::new(permit),
             };
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let protocols = protocols.clone();
             let tls = tls.clone();
             let metrics = state.metrics.clone();
             let gate = state.gate.clone();
-            tokio::spawn(async move {
+            let stop = stop.clone();
+            conns.spawn(async move {
                 use axum_server::accept::Accept as _;
                 match tls {
-                    None => serve_io(&builder, watcher, tcp, service).await,
+                    None => protocols.serve(tcp, false, service, &stop).await,
                     Some(acceptor) => match acceptor.accept(tcp, ()).await {
-                        Ok((io, _)) => serve_io(&builder, watcher, io, service).await,
+                        Ok((io, _)) => {
+                            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+                            protocols.serve(io, h2, service, &stop).await;
+                        }
                         Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
                     },
                 }
@@ -284,29 +284,52 @@ impl Front {
             });
         }
         drop(listener);
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        conns.close();
+        if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             tracing::warn!("some HTTP connections did not finish within the grace period");
         }
     }
 }
 
-async fn serve_io<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    io: I,
-    service: ConnService,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        hyper::service::service_fn(move |req| service.call(req)),
-    );
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
+/// The connection settings of each protocol.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    /// Serves one connection until it ends; on `stop`, lets the request in progress finish
+    /// and then closes (an upgraded WebSocket is on its own by then).
+    async fn serve<I>(&self, io: I, h2: bool, service: ConnService, stop: &CancellationToken)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let service = hyper::service::service_fn(move |req| service.call(req));
+        let served = if h2 {
+            let conn = self.h2.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => served,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        } else {
+            let conn = self.h1.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => served,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
     }
 }
 

@@ -215,8 +215,12 @@ async fn run(state: AppState, mut socket: WebSocket) {
             close(&state, &mut socket, CloseCode::JoinTimeout).await;
             return;
         }
-        Ok(None) => return,
-        Ok(Some(text)) => text,
+        Ok(Err(None)) => return,
+        Ok(Err(Some(code))) => {
+            close(&state, &mut socket, code).await;
+            return;
+        }
+        Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
     let (conn, mut rx, shared) = state.hub.register();
@@ -258,14 +262,16 @@ async fn run(state: AppState, mut socket: WebSocket) {
     }
 }
 
-/// Reads until the first text frame; `None` when the client went away first.
-async fn first_text(socket: &mut WebSocket) -> Option<Utf8Bytes> {
+/// Reads until the first text frame. `Err(None)` when the client went away first,
+/// `Err(Some(code))` when what it sent must close the connection.
+async fn first_text(socket: &mut WebSocket) -> Result<Utf8Bytes, Option<CloseCode>> {
     loop {
-        match socket.next().await? {
-            Ok(Message::Text(text)) => return Some(text),
-            Ok(Message::Binary(_)) => return Some(Utf8Bytes::from_static("")),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text),
+            Some(Ok(Message::Binary(_))) => return Ok(Utf8Bytes::from_static("")),
+            Some(Ok(Message::Close(_))) | None => return Err(None),
+            Some(Err(e)) => return Err(read_error_close(e)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
         }
     }
 }

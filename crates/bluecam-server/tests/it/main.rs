@@ -3,6 +3,7 @@
 
 mod cluster;
 mod common;
+mod hardening;
 mod http;
 mod lifecycle;
 mod limits;
