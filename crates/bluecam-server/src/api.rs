@@ -38,6 +38,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
@@ -243,9 +248,10 @@ async fn require_secret(State(state): State<AppState>, req: Request, next: Next)
     }
 }
 
+/// The body of `POST /v1/rooms`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateRoom {
+pub struct CreateRoom {
     id: Option<String>,
     name: Option<String>,
     description: Option<String>,
@@ -308,60 +314,68 @@ async fn create_room(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateRoom>,
 ) -> Result<(StatusCode, Json<Room>), ApiError> {
-    let id = match body.id {
-        Some(id) => {
-            check_id("id", &id)?;
-            id
-        }
-        None => crate::auth::random_token(16),
-    };
-    check_text("name", body.name.as_ref())?;
-    check_text("description", body.description.as_ref())?;
-    if let Some(owner) = &body.owner {
-        check_identity("owner", owner)?;
-    }
-    if let Some(members) = &body.members {
-        if members.len() > MAX_MEMBERS {
-            return Err(ApiError::bad_request(format!(
-                "at most {MAX_MEMBERS} members"
-            )));
-        }
-        for m in members {
-            check_identity("a member", m)?;
-        }
-    }
-    check_metadata(body.metadata.as_deref())?;
-    let cap = state.config.limits.max_peers_per_room;
-    let max_peers = body.max_peers.unwrap_or(cap);
-    if max_peers == 0 || max_peers > cap {
-        return Err(ApiError::bad_request(format!(
-            "maxPeers must be between 1 and {cap}"
-        )));
-    }
-    if let Some(t) = body.empty_timeout_secs
-        && t > MAX_EMPTY_TIMEOUT_SECS
-    {
-        return Err(ApiError::bad_request(format!(
-            "emptyTimeoutSecs must be at most {MAX_EMPTY_TIMEOUT_SECS}"
-        )));
-    }
-    let room = Room {
-        id: RoomId::new(id),
-        name: body.name,
-        description: body.description,
-        owner: body.owner.map(Identity::new),
-        members: body
-            .members
-            .map(|m| m.into_iter().map(Identity::new).collect()),
-        max_peers,
-        empty_timeout_secs: body.empty_timeout_secs,
-        metadata: body.metadata,
-        created_at: unix_now(),
-        peer_count: 0,
-    };
+    let room = body.into_room(state.config.limits.max_peers_per_room, unix_now())?;
     state.store.create_room(room.clone()).await?;
     tracing::info!(room = %room.id, "room created");
     Ok((StatusCode::CREATED, Json(room)))
+}
+
+impl CreateRoom {
+    /// Checks every field and makes the room (a random id when none is given).
+    pub fn into_room(self, max_peers_cap: u32, now: u64) -> Result<Room, ApiError> {
+        let body = self;
+        let id = match body.id {
+            Some(id) => {
+                check_id("id", &id)?;
+                id
+            }
+            None => crate::auth::random_token(16),
+        };
+        check_text("name", body.name.as_ref())?;
+        check_text("description", body.description.as_ref())?;
+        if let Some(owner) = &body.owner {
+            check_identity("owner", owner)?;
+        }
+        if let Some(members) = &body.members {
+            if members.len() > MAX_MEMBERS {
+                return Err(ApiError::bad_request(format!(
+                    "at most {MAX_MEMBERS} members"
+                )));
+            }
+            for m in members {
+                check_identity("a member", m)?;
+            }
+        }
+        check_metadata(body.metadata.as_deref())?;
+        let cap = max_peers_cap;
+        let max_peers = body.max_peers.unwrap_or(cap);
+        if max_peers == 0 || max_peers > cap {
+            return Err(ApiError::bad_request(format!(
+                "maxPeers must be between 1 and {cap}"
+            )));
+        }
+        if let Some(t) = body.empty_timeout_secs
+            && t > MAX_EMPTY_TIMEOUT_SECS
+        {
+            return Err(ApiError::bad_request(format!(
+                "emptyTimeoutSecs must be at most {MAX_EMPTY_TIMEOUT_SECS}"
+            )));
+        }
+        Ok(Room {
+            id: RoomId::new(id),
+            name: body.name,
+            description: body.description,
+            owner: body.owner.map(Identity::new),
+            members: body
+                .members
+                .map(|m| m.into_iter().map(Identity::new).collect()),
+            max_peers,
+            empty_timeout_secs: body.empty_timeout_secs,
+            metadata: body.metadata,
+            created_at: now,
+            peer_count: 0,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,9 +480,10 @@ async fn room_peers(
     Ok(Json(PeerList { peers }))
 }
 
+/// The body of `POST /v1/rooms/{id}/tokens`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
     identity: String,
     name: Option<String>,
     ttl_secs: Option<u64>,
@@ -489,29 +504,47 @@ async fn create_token(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    check_identity("identity", &body.identity)?;
-    check_text("name", body.name.as_ref())?;
-    check_metadata(body.metadata.as_deref())?;
-    let ttl = body.ttl_secs.unwrap_or(state.config.default_token_ttl_secs);
-    if ttl == 0 || ttl > state.config.max_token_ttl_secs {
-        return Err(ApiError::bad_request(format!(
-            "ttlSecs must be between 1 and {}",
-            state.config.max_token_ttl_secs
-        )));
-    }
+    let limits = (
+        state.config.default_token_ttl_secs,
+        state.config.max_token_ttl_secs,
+    );
+    // Checked before the room is looked up: bad input is a 400 whether the room exists or not.
+    body.check(limits.1)?;
     let room = load_room(&state, id).await?;
-    let now = unix_now();
-    let claims = Claims {
-        sub: Identity::new(body.identity),
-        room: room.id,
-        exp: now + ttl,
-        iat: now,
-        nbf: None,
-        name: body.name,
-        metadata: body.metadata,
-        permissions: body.permissions,
-    };
+    let claims = body.into_claims(room.id, limits, unix_now())?;
     issue_token(&state, &claims)
+}
+
+impl CreateToken {
+    fn check(&self, max_ttl: u64) -> Result<(), ApiError> {
+        check_identity("identity", &self.identity)?;
+        check_text("name", self.name.as_ref())?;
+        check_metadata(self.metadata.as_deref())?;
+        if let Some(ttl) = self.ttl_secs
+            && (ttl == 0 || ttl > max_ttl)
+        {
+            return Err(ApiError::bad_request(format!(
+                "ttlSecs must be between 1 and {max_ttl}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every field and makes the token's claims; `ttl` is (default, largest).
+    pub fn into_claims(self, room: RoomId, ttl: (u64, u64), now: u64) -> Result<Claims, ApiError> {
+        self.check(ttl.1)?;
+        let ttl = self.ttl_secs.unwrap_or(ttl.0).clamp(1, ttl.1.max(1));
+        Ok(Claims {
+            sub: Identity::new(self.identity),
+            room,
+            exp: now.saturating_add(ttl),
+            iat: now,
+            nbf: None,
+            name: self.name,
+            metadata: self.metadata,
+            permissions: self.permissions,
+        })
+    }
 }
 
 /// Signs claims into the 201 answer of a token endpoint.

@@ -264,6 +264,85 @@ struct Event<'a> {
     reason: Option<&'a str>,
 }
 
+/// A message from another node, decoded.
+#[derive(Debug)]
+pub enum Decoded {
+    Room {
+        room: RoomId,
+        ver: u64,
+        event: RoomEvent,
+    },
+    Closed {
+        room: RoomId,
+        reason: RoomClosedReason,
+    },
+}
+
+/// Decodes a message from another node; `Ok(None)` for one that is well-formed JSON but
+/// carries nothing this node can apply (an unknown kind, a missing field: logged).
+pub fn decode_event(text: &str) -> Result<Option<Decoded>, serde_json::Error> {
+    let event: Event<'_> = serde_json::from_str(text)?;
+    let reason = match event.reason {
+        Some("left") => LeaveReason::Left,
+        Some("kicked") => LeaveReason::Kicked,
+        _ => LeaveReason::Timeout,
+    };
+    let room_event = match event.t {
+        "frame" => {
+            let Some(frame) = event
+                .f
+                .and_then(|f| Frame::from_text(bytes::Bytes::copy_from_slice(f.get().as_bytes())))
+            else {
+                return Ok(None);
+            };
+            RoomEvent::Frame {
+                to: event.to,
+                frame,
+            }
+        }
+        "joined" => match (event.rec, event.node) {
+            (Some(rec), Some(node)) => RoomEvent::Joined(RemotePeer {
+                info: rec.info,
+                node,
+                seq: rec.seq,
+            }),
+            _ => return Ok(None),
+        },
+        "left" => match event.peer {
+            Some(peer) => RoomEvent::Left { peer, reason },
+            None => return Ok(None),
+        },
+        "moved" => match (event.rec, event.node) {
+            (Some(rec), Some(node)) => RoomEvent::Moved(RemotePeer {
+                info: rec.info,
+                node,
+                seq: rec.seq,
+            }),
+            _ => return Ok(None),
+        },
+        "closed" => {
+            let reason = if event.reason == Some("expired") {
+                RoomClosedReason::Expired
+            } else {
+                RoomClosedReason::Deleted
+            };
+            return Ok(Some(Decoded::Closed {
+                room: event.room,
+                reason,
+            }));
+        }
+        other => {
+            tracing::warn!(kind = other, "unknown cluster message");
+            return Ok(None);
+        }
+    };
+    Ok(Some(Decoded::Room {
+        room: event.room,
+        ver: event.ver,
+        event: room_event,
+    }))
+}
+
 fn json_str(s: &str) -> String {
     // Serializing a &str cannot fail.
     serde_json::to_string(s).unwrap_or_default()
@@ -691,66 +770,15 @@ impl RedisBroker {
 
     /// Applies one message from another node.
     fn on_event(&self, hub: &HubHandle, text: &str) {
-        let event: Event<'_> = match serde_json::from_str(text) {
-            Ok(e) => e,
+        match decode_event(text) {
+            Ok(Some(Decoded::Room { room, ver, event })) => hub.remote(&room, ver, event),
+            Ok(Some(Decoded::Closed { room, reason })) => hub.close_room(&room, reason),
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "undecodable cluster message");
                 self.metrics.redis_errors.increment(1);
-                return;
             }
-        };
-        let reason = match event.reason {
-            Some("left") => LeaveReason::Left,
-            Some("kicked") => LeaveReason::Kicked,
-            _ => LeaveReason::Timeout,
-        };
-        let room_event = match event.t {
-            "frame" => {
-                let Some(frame) = event.f.and_then(|f| {
-                    Frame::from_text(bytes::Bytes::copy_from_slice(f.get().as_bytes()))
-                }) else {
-                    return;
-                };
-                RoomEvent::Frame {
-                    to: event.to,
-                    frame,
-                }
-            }
-            "joined" => match (event.rec, event.node) {
-                (Some(rec), Some(node)) => RoomEvent::Joined(RemotePeer {
-                    info: rec.info,
-                    node,
-                    seq: rec.seq,
-                }),
-                _ => return,
-            },
-            "left" => match event.peer {
-                Some(peer) => RoomEvent::Left { peer, reason },
-                None => return,
-            },
-            "moved" => match (event.rec, event.node) {
-                (Some(rec), Some(node)) => RoomEvent::Moved(RemotePeer {
-                    info: rec.info,
-                    node,
-                    seq: rec.seq,
-                }),
-                _ => return,
-            },
-            "closed" => {
-                let reason = if event.reason == Some("expired") {
-                    RoomClosedReason::Expired
-                } else {
-                    RoomClosedReason::Deleted
-                };
-                hub.close_room(&event.room, reason);
-                return;
-            }
-            other => {
-                tracing::warn!(kind = other, "unknown cluster message");
-                return;
-            }
-        };
-        hub.remote(&event.room, event.ver, room_event);
+        }
     }
 
     async fn run_outbox(

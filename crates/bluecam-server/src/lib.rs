@@ -9,6 +9,8 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod metrics;
 pub mod serve;

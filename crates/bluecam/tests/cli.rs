@@ -445,6 +445,33 @@ fn bench_slow_reader_smoke() {
 }
 
 #[test]
+fn bench_soak_smoke() {
+    let v = bench(&[
+        "soak",
+        "--minutes",
+        "0.25",
+        "--connections",
+        "20",
+        "--relay-rooms",
+        "2",
+        "--rate",
+        "20",
+        "--sample-secs",
+        "2",
+    ]);
+    let relay = &v["relay"];
+    assert!(relay["delivered"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(relay["out_of_order"], 0, "{v}");
+    assert_eq!(relay["dropped_connections"], 0, "{v}");
+    let hostile = &v["hostile"];
+    assert!(hostile["runs"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(hostile["closed_as_documented"], hostile["runs"], "{v}");
+    assert!(hostile["slowloris"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(hostile["slow_readers_cut"], hostile["slow_readers"], "{v}");
+    assert!(v["samples"].as_array().unwrap().len() >= 3, "{v}");
+}
+
+#[test]
 fn bench_churn_smoke() {
     let v = bench(&[
         "churn",

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod common;
+mod fuzz;
 mod hardening;
 mod http;
 mod lifecycle;

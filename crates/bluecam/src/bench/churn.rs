@@ -6,12 +6,12 @@ use super::*;
 use tokio::sync::oneshot;
 
 /// Open file descriptors of a process.
-fn open_files(pid: u32) -> Option<usize> {
+pub(super) fn open_files(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// One connection held until told to go; `leave` says whether it sends `leave` or just drops.
-async fn hold(
+pub(super) async fn hold(
     addr: SocketAddr,
     source: Ipv4Addr,
     token: String,

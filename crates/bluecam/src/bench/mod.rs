@@ -47,6 +47,7 @@ mod progress;
 mod relay;
 mod signal;
 mod slow;
+mod soak;
 mod storm;
 mod summary;
 mod wire;
@@ -57,6 +58,7 @@ use idle::{idle, idle_worker};
 use relay::{RelayOpts, relay_on};
 use signal::signal;
 use slow::slow_reader;
+use soak::{SoakOpts, soak};
 use storm::join_storm;
 use wire::TargetKind;
 
@@ -182,6 +184,22 @@ enum Scenario {
         percent_per_min: f64,
         #[arg(long, default_value_t = 600)]
         duration_secs: u64,
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
+    },
+    /// Churn, relay pairs checking order, slow readers and hostile clients (bad frame bursts,
+    /// oversized frames, invalid UTF-8, slowloris) all at once for a long time; server RSS and
+    /// open files must stay flat, and every hostile client must see its documented close.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        #[arg(long, default_value_t = 50)]
+        relay_rooms: usize,
+        /// Messages per second each relay peer sends.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
         #[arg(long, default_value_t = 30)]
         sample_secs: u64,
     },
@@ -486,6 +504,22 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             )
             .await?
         }
+        Scenario::Soak {
+            minutes,
+            connections,
+            relay_rooms,
+            rate,
+            sample_secs,
+        } => {
+            let opts = SoakOpts {
+                minutes,
+                connections: connections.max(1),
+                relay_rooms,
+                rate,
+                sample_secs,
+            };
+            soak(target, &opts).await?
+        }
         Scenario::Churn {
             connections,
             room_size,
@@ -570,10 +604,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.target != TargetKind::Bluecam
         && matches!(
             args.scenario,
-            Scenario::SlowReader { .. } | Scenario::Churn { .. }
+            Scenario::SlowReader { .. } | Scenario::Churn { .. } | Scenario::Soak { .. }
         )
     {
-        bail!("slow-reader and churn measure BlueCam only (they read its /metrics and sessions)");
+        bail!(
+            "slow-reader, churn and soak measure BlueCam only (they read its /metrics and sessions)"
+        );
     }
     // (Read before pinning, which narrows what this process sees.)
     let machine = machine(args.pin);
@@ -633,6 +669,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Signal { .. } => "signal",
         Scenario::SlowReader { .. } => "slow-reader",
         Scenario::Churn { .. } => "churn",
+        Scenario::Soak { .. } => "soak",
         Scenario::IdleWorker { .. } => "idle-worker",
         Scenario::BaselineServer { .. } => "baseline-server",
         Scenario::Cluster { .. } => "cluster",

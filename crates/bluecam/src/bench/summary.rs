@@ -110,6 +110,42 @@ fn scenario_lines(v: &Value, out: &mut String) {
                 v["others_p99_change"].as_f64().unwrap_or(0.0) * 100.0
             );
         }
+        "soak" => {
+            let r = &v["relay"];
+            let h = &v["hostile"];
+            let _ = writeln!(
+                out,
+                "  {name}: {:.1} min; {} connections replaced; relay {} sent, {} delivered, {} out of order, {} dropped",
+                v["minutes"].as_f64().unwrap_or(0.0),
+                v["replaced"],
+                r["sent"],
+                r["delivered"],
+                r["out_of_order"],
+                r["dropped_connections"]
+            );
+            let _ = writeln!(
+                out,
+                "  hostile clients: {} of {} closed as documented; slow readers cut: {} of {} ({} saw 4030); slowloris cut: {} of {}",
+                h["closed_as_documented"],
+                h["runs"],
+                h["slow_readers_cut"],
+                h["slow_readers"],
+                h["slow_readers_saw_4030"],
+                h["slowloris_cut"],
+                h["slowloris"]
+            );
+            let (rss, files) = (&v["rss_kib"], &v["open_files"]);
+            let _ = writeln!(
+                out,
+                "  server RSS {} KiB at a third, {} KiB at the end (max {}); open files {} at a third, {} at the end (max {})",
+                rss["at_one_third"],
+                rss["last"],
+                rss["max"],
+                files["at_one_third"],
+                files["last"],
+                files["max"]
+            );
+        }
         "churn" => {
             let _ = writeln!(out, "  {name}: {} connections replaced", v["replaced"]);
             for sample in v["samples"].as_array().into_iter().flatten() {

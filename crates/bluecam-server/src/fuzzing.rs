@@ -1,0 +1,219 @@
+//! Checks run on untrusted input, shared by the cargo-fuzz targets (`fuzz/`, `scripts/fuzz`)
+//! and the property tests of `./scripts/test` (`tests/it/fuzz.rs`): each takes raw bytes,
+//! must never panic on them except where it asserts a property, and asserts what must hold for
+//! any input.
+//!
+//! - [`client_frame`]: the WebSocket frame parser; a frame that parses prints to JSON that
+//!   parses to the same frame.
+//! - [`token`]: token verification; text is never a token without the secret, and a valid
+//!   token with bytes changed is refused or (base64's spare bits) decodes to the same claims.
+//! - [`api_bodies`]: the HTTP API's request bodies; whatever is accepted is within every bound.
+//! - [`cluster_messages`]: messages from other nodes, as lines, applied to a room core that
+//!   holds a local peer; the core's invariants hold after each.
+
+use crate::{
+    Secret,
+    api::{CreateRoom, CreateToken, MAX_EMPTY_TIMEOUT_SECS},
+    auth::Claims,
+    cluster::{Decoded, decode_event},
+    config::LimitsConfig,
+};
+use bluecam_core::{ClusterView, ConnId, FreshIds, Hub, JoinRequest, RoomAccess};
+use bluecam_proto::{
+    ClientMessage, Identity, PeerId, Permissions, Room, RoomId, RoomSummary, SessionId,
+    SessionSecret,
+};
+use std::{sync::LazyLock, time::Instant};
+
+static SECRET: LazyLock<Secret> = LazyLock::new(|| Secret::new("fuzzing-secret-0123456789"));
+const NOW: u64 = 1_900_000_000;
+
+/// The client frame parser.
+pub fn client_frame(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(msg) = ClientMessage::from_json(text) {
+        let printed = msg.to_json();
+        let again = ClientMessage::from_json(&printed)
+            .unwrap_or_else(|e| panic!("{printed} does not parse again: {e:?}"));
+        assert_eq!(again.to_json(), printed, "a frame changed in a round trip");
+    }
+}
+
+fn valid_claims() -> Claims {
+    let now = crate::unix_now();
+    Claims {
+        sub: Identity::new("alice"),
+        room: RoomId::new("room-1"),
+        exp: now + 3600,
+        iat: now,
+        nbf: None,
+        name: Some("Alice".into()),
+        metadata: None,
+        permissions: None,
+    }
+}
+
+/// Token verification.
+pub fn token(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        assert!(
+            SECRET.verify(text).is_err(),
+            "a token was forged without the secret: {text:?}"
+        );
+    }
+    if data.is_empty() {
+        return;
+    }
+    let claims = valid_claims();
+    let Ok(token) = SECRET.mint(&claims) else {
+        panic!("cannot mint");
+    };
+    let mut bytes = token.clone().into_bytes();
+    let len = bytes.len();
+    // The input's first byte picks where its other bytes are XORed onto the token.
+    let start = usize::from(data[0]) * len / 256;
+    for (i, b) in data[1..].iter().enumerate() {
+        bytes[(start + i) % len] ^= b;
+    }
+    if let Ok(changed) = String::from_utf8(bytes)
+        && let Ok(got) = SECRET.verify(&changed)
+    {
+        assert_eq!(
+            serde_json::to_value(&got).ok(),
+            serde_json::to_value(&claims).ok(),
+            "a changed token was accepted with other claims: {changed}"
+        );
+    }
+}
+
+/// The bodies of `POST /v1/rooms` and `POST /v1/rooms/{id}/tokens`.
+pub fn api_bodies(data: &[u8]) {
+    const CAP: u32 = 50;
+    if let Ok(body) = serde_json::from_slice::<CreateRoom>(data)
+        && let Ok(room) = body.into_room(CAP, NOW)
+    {
+        let id = room.id.as_str();
+        assert!(!id.is_empty() && id.len() <= 128, "id {id:?}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "id {id:?}"
+        );
+        assert!((1..=CAP).contains(&room.max_peers), "{room:?}");
+        assert!(
+            room.empty_timeout_secs
+                .is_none_or(|t| t <= MAX_EMPTY_TIMEOUT_SECS),
+            "{room:?}"
+        );
+        assert!(room.name.as_ref().is_none_or(|n| n.len() <= 1024));
+        assert!(room.description.as_ref().is_none_or(|n| n.len() <= 1024));
+        assert!(room.members.as_ref().is_none_or(|m| m.len() <= 1000));
+        // What is stored and listed prints and reads back.
+        let printed = serde_json::to_string(&room).unwrap_or_default();
+        let back: Room = serde_json::from_str(&printed)
+            .unwrap_or_else(|e| panic!("{printed} does not read back: {e}"));
+        assert_eq!(back.max_peers, room.max_peers);
+    }
+    if let Ok(body) = serde_json::from_slice::<CreateToken>(data)
+        && let Ok(claims) = body.into_claims(RoomId::new("room-1"), (3600, 7 * 86_400), NOW)
+    {
+        assert!(claims.exp > claims.iat && claims.exp - claims.iat <= 7 * 86_400);
+        assert!(!claims.sub.as_str().is_empty() && claims.sub.as_str().len() <= 1024);
+        // A minted token verifies to the same claims (checked without the clock: the claims
+        // are in the future of NOW, not of the machine).
+        let token = SECRET
+            .mint(&claims)
+            .unwrap_or_else(|e| panic!("cannot mint {claims:?}: {e}"));
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap_or_default();
+        let back: Claims = serde_json::from_slice(&decoded)
+            .unwrap_or_else(|e| panic!("the payload of {token} does not read back: {e}"));
+        assert_eq!(
+            serde_json::to_value(&back).ok(),
+            serde_json::to_value(&claims).ok()
+        );
+    }
+}
+
+/// A room core with one local peer in room `fuzz`, joined through the cluster directory.
+fn cluster_core() -> Hub {
+    let mut hub = Hub::new(LimitsConfig::default().core());
+    let room = Room {
+        id: RoomId::new("fuzz"),
+        name: None,
+        description: None,
+        owner: None,
+        members: None,
+        max_peers: 8,
+        empty_timeout_secs: None,
+        metadata: None,
+        created_at: NOW,
+        peer_count: 0,
+    };
+    let req = JoinRequest {
+        conn: ConnId(1),
+        room: RoomAccess {
+            summary: RoomSummary::from(&room),
+            owner: None,
+            members: None,
+        },
+        identity: Identity::new("local"),
+        name: None,
+        metadata: None,
+        permissions: Permissions::default(),
+        resume: None,
+        fresh: FreshIds {
+            peer: PeerId::new("local-peer"),
+            session: SessionId::new("local-session"),
+            secret: SessionSecret::new("local-secret"),
+        },
+        ice_servers: Vec::new(),
+        limits: LimitsConfig::default().to_wire(8),
+        cluster: Some(ClusterView {
+            ver: 1,
+            seq: 1,
+            peers: Vec::new(),
+            claimed: None,
+        }),
+    };
+    hub.begin_cluster_join(&req.room.summary.id);
+    let id = req.room.summary.id.clone();
+    if let Err(e) = hub.handle_join(req) {
+        panic!("the fuzzing core refused its own join: {e:?}");
+    }
+    hub.end_cluster_join(&id);
+    while hub.poll_output().is_some() {}
+    hub
+}
+
+/// Messages from other nodes, one per line, applied in order.
+pub fn cluster_messages(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut hub = cluster_core();
+    let now = Instant::now();
+    for line in text.lines() {
+        match decode_event(line) {
+            Ok(Some(Decoded::Room { room, ver, event })) => {
+                hub.handle_room_event(&room, ver, event)
+            }
+            Ok(Some(Decoded::Closed { room, reason })) => hub.handle_room_closed(&room, reason),
+            Ok(None) | Err(_) => continue,
+        }
+        while hub.poll_output().is_some() {}
+        if let Err(e) = hub.check_invariants() {
+            panic!("after {line}: {e}");
+        }
+    }
+    hub.handle_timeout(now + std::time::Duration::from_secs(3600));
+    while hub.poll_output().is_some() {}
+    if let Err(e) = hub.check_invariants() {
+        panic!("after the expiry: {e}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The fuzz targets' checks (`bluecam_server::fuzzing`, run for hours by `scripts/fuzz`) as
+//! short property tests on the stable toolchain: random bytes, and inputs shaped like what
+//! each parser expects, with hostile values in every field.
+
+use bluecam_server::fuzzing;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+/// JSON values, hostile ones included: huge and negative numbers, floats, deep nesting,
+/// prototype-pollution keys, odd strings.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        Just(json!(u64::MAX)),
+        Just(json!(9_223_372_036_854_775_808u64)),
+        Just(json!(-1)),
+        Just(json!(0)),
+        "[a-z0-9_.-]{0,12}".prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        Just(Value::from("__proto__")),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map(key(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z]{1,8}",
+        Just("__proto__".to_owned()),
+        Just("constructor".to_owned()),
+    ]
+}
+
+/// An object with some of `fields` (and sometimes an unknown one), each a hostile value.
+fn object_of(fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    prop::collection::vec(
+        (prop::sample::select(fields), json_value()),
+        0..fields.len() + 2,
+    )
+    .prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+}
+
+const CLIENT_FIELDS: &[&str] = &[
+    "op", "token", "resume", "to", "data", "msg", "ref", "session", "secret",
+];
+const OPS: &[&str] = &["join", "signal", "send", "leave", "ping", "pong", "nope"];
+
+fn client_frame() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        (prop::sample::select(OPS), object_of(CLIENT_FIELDS)).prop_map(|(op, mut v)| {
+            v["op"] = Value::from(op);
+            v.to_string()
+        }),
+        object_of(CLIENT_FIELDS).prop_map(|v| v.to_string()),
+    ]
+}
+
+const ROOM_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "owner",
+    "members",
+    "maxPeers",
+    "emptyTimeoutSecs",
+    "metadata",
+];
+const TOKEN_FIELDS: &[&str] = &["identity", "name", "ttlSecs", "permissions", "metadata"];
+
+const EVENT_FIELDS: &[&str] = &[
+    "t", "room", "ver", "to", "f", "node", "rec", "peer", "reason",
+];
+const KINDS: &[&str] = &["frame", "joined", "left", "moved", "closed", "other"];
+
+/// A line from another node: mostly well-formed for room `fuzz`, with hostile fields.
+fn cluster_line() -> impl Strategy<Value = String> {
+    let rec = (
+        "[a-c]",
+        "[a-c]",
+        any::<u64>(),
+        prop::option::of(json_value()),
+    )
+        .prop_map(|(peer, identity, seq, extra)| {
+            let mut rec = json!({"info": {"id": peer, "identity": identity}, "seq": seq % 10});
+            if let Some(extra) = extra {
+                rec["info"]["metadata"] = extra;
+            }
+            rec
+        });
+    let frame = prop_oneof![
+        Just(json!({"op": "message", "from": "a", "msg": 1})),
+        Just(json!({"op": "signal", "from": "b", "data": {}})),
+        json_value(),
+    ];
+    prop_oneof![
+        1 => any::<String>(),
+        1 => object_of(EVENT_FIELDS).prop_map(|v| v.to_string()),
+        6 => (
+            prop::sample::select(KINDS),
+            prop::sample::select(&["fuzz", "fuzz", "elsewhere"][..]),
+            0u64..6,
+            rec,
+            frame,
+            prop::sample::select(&["a", "b", "c", "local-peer"][..]),
+            prop::sample::select(&["n1", "n2"][..]),
+            prop::sample::select(&["left", "timeout", "kicked", "expired", "x"][..]),
+        )
+            .prop_map(|(t, room, ver, rec, f, peer, node, reason)| {
+                json!({
+                    "t": t, "room": room, "ver": ver, "rec": rec, "f": f,
+                    "to": [peer], "peer": peer, "node": node, "reason": reason,
+                })
+                .to_string()
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_frames(text in client_frame()) {
+        fuzzing::client_frame(text.as_bytes());
+    }
+
+    #[test]
+    fn tokens(bytes in prop::collection::vec(any::<u8>(), 0..48), text in any::<String>()) {
+        fuzzing::token(&bytes);
+        fuzzing::token(text.as_bytes());
+    }
+
+    #[test]
+    fn api_bodies(room in object_of(ROOM_FIELDS), token in object_of(TOKEN_FIELDS), raw in any::<String>()) {
+        fuzzing::api_bodies(room.to_string().as_bytes());
+        fuzzing::api_bodies(token.to_string().as_bytes());
+        fuzzing::api_bodies(raw.as_bytes());
+    }
+
+    #[test]
+    fn cluster_messages(lines in prop::collection::vec(cluster_line(), 1..24)) {
+        fuzzing::cluster_messages(lines.join("\n").as_bytes());
+    }
+}
+
+/// The checks can fail: each rejects an input that breaks its property.
+#[test]
+fn the_checks_catch_what_they_guard() {
+    // A forged token is caught by the token check's first assertion.
+    let secret = bluecam_server::Secret::new("fuzzing-secret-0123456789");
+    let now = crate::common::now();
+    let forged = secret
+        .mint(&bluecam_server::Claims {
+            sub: "x".into(),
+            room: "r".into(),
+            exp: now + 60,
+            iat: now,
+            nbf: None,
+            name: None,
+            metadata: None,
+            permissions: None,
+        })
+        .unwrap();
+    let caught = std::panic::catch_unwind(|| fuzzing::token(forged.as_bytes()));
+    assert!(caught.is_err(), "a valid token passed as a forgery");
+    // Valid inputs of each kind pass.
+    fuzzing::client_frame(br#"{"op":"send","msg":{"a":1},"ref":3}"#);
+    fuzzing::api_bodies(br#"{"maxPeers": 2, "emptyTimeoutSecs": 60}"#);
+    fuzzing::api_bodies(br#"{"identity": "a", "ttlSecs": 60}"#);
+    fuzzing::cluster_messages(
+        br#"{"t":"joined","room":"fuzz","ver":2,"node":"n2","rec":{"info":{"id":"a","identity":"a"},"seq":2}}
+{"t":"frame","room":"fuzz","ver":2,"to":["local-peer"],"f":{"op":"message","from":"a","msg":1}}
+{"t":"left","room":"fuzz","ver":3,"peer":"a","reason":"left"}"#,
+    );
+}
