@@ -176,17 +176,28 @@ pub async fn refuse_declared_oversize(
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
+    Json<T>: FromRequest<AppState, Rejection = JsonRejection>,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(rejection) => {
+    /// Reads the body within `http_request_timeout_secs` (a client that trickles it gets 408);
+    /// the handler's own work is not under that clock, so it is never cut halfway.
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.limits.http_request_timeout();
+        let read = tokio::time::timeout(limit, Json::<T>::from_request(req, state)).await;
+        match read {
+            Ok(Ok(Json(v))) => Ok(Self(v)),
+            Err(_elapsed) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs()
+                ),
+            )),
+            Ok(Err(rejection)) => {
                 let status = rejection.status();
                 Err(match status {
                     StatusCode::PAYLOAD_TOO_LARGE => {

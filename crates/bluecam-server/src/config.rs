@@ -176,8 +176,8 @@ pub struct LimitsConfig {
     /// A request's header must arrive within this; a keep-alive connection idle this long
     /// between requests, or a new one silent this long, is closed (so is a TLS handshake).
     pub http_header_timeout_secs: u64,
-    /// An HTTP request (its body included) must be read and answered within this; beyond,
-    /// 408. A declared body larger than `max_http_body_bytes` is refused (413) before it is read.
+    /// An HTTP request's body must arrive within this; beyond, 408. A declared body larger
+    /// than `max_http_body_bytes` is refused (413) before it is read.
     pub http_request_timeout_secs: u64,
     /// Largest HTTP API request body.
     pub max_http_body_bytes: usize,

@@ -181,7 +181,19 @@ impl Server {
         if secret.expose().trim().len() < MIN_SECRET_LEN {
             return Err(ServerError::WeakSecret);
         }
-        let gate = Arc::new(serve::Gate::new(&config.limits).map_err(ServerError::Config)?);
+        if config.limits.max_connections > config.limits.max_http_connections {
+            tracing::warn!(
+                max_connections = config.limits.max_connections,
+                max_http_connections = config.limits.max_http_connections,
+                "max_connections is above max_http_connections: WebSockets could take every \
+                 connection and leave none for the API and health checks"
+            );
+        }
+        let metrics = metrics::Metrics::new();
+        let gate = Arc::new(
+            serve::Gate::new(&config.limits, metrics.http_connections.clone())
+                .map_err(ServerError::Config)?,
+        );
         let metrics_listener = match config.metrics_bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -191,14 +203,21 @@ impl Server {
             None => None,
         };
         let tls = match &config.tls {
-            Some(t) => Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+            Some(t) => {
+                let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
                     .await
-                    .map_err(ServerError::Tls)?,
-            ),
+                    .map_err(ServerError::Tls)?;
+                // HTTP/1.1 only: hyper's HTTP/2 server has no header or idle timeout, so an
+                // HTTP/2 connection could stay open silent forever (docs/configuration.md,
+                // "Security"). WebSockets are HTTP/1.1 anyway.
+                let mut rustls = (*loaded.get_inner()).clone();
+                rustls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                    Arc::new(rustls),
+                ))
+            }
             None => None,
         };
-        let metrics = metrics::Metrics::new();
         let (store, broker, cluster): (Arc<dyn Store>, Arc<dyn broker::Broker>, _) =
             match &config.redis_url {
                 Some(url) => {
@@ -291,6 +310,8 @@ impl Server {
             let router = Router::new()
                 .route("/metrics", get(metrics_page))
                 .fallback(not_found)
+                .method_not_allowed_fallback(method_not_allowed)
+                .layer(axum::middleware::map_response(api::json_errors))
                 .with_state(state.clone());
             let stop = state.shutdown.clone();
             state.tracker.spawn(async move {
@@ -334,9 +355,11 @@ impl Server {
     }
 }
 
-/// Lowers `max_connections` below the process's open-file limit (keeping 1 % of it, at least
-/// 64, for the listener, the store, Redis and HTTP requests). At the cap a connection gets an
-/// HTTP 503 at once; past the file limit it could only wait, unanswered, in the accept queue.
+/// Lowers `max_http_connections` below the process's open-file limit (keeping 1 % of it, at
+/// least 64, for the listener, the store and Redis), and `max_connections` (WebSockets) as
+/// much again below that, so that a node full of WebSockets still answers its API and health
+/// checks. At a cap a connection gets an HTTP 503 at once; past the file limit it could only
+/// wait, unanswered, in the accept queue.
 fn fit_connections_to_file_limit(limits: &mut LimitsConfig) {
     if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
         fit_connections(limits, &text);
@@ -352,15 +375,17 @@ fn fit_connections(limits: &mut LimitsConfig, proc_limits: &str) {
     else {
         return; // "unlimited", or not Linux
     };
-    let usable = soft.saturating_sub((soft / 100).max(64)).max(1);
+    let reserve = (soft / 100).max(64);
+    let usable = soft.saturating_sub(reserve).max(1);
     limits.max_http_connections = limits.max_http_connections.min(usable);
-    if limits.max_connections > usable {
+    let websockets = usable.saturating_sub(reserve).max(1);
+    if limits.max_connections > websockets {
         tracing::info!(
-            max_connections = usable,
+            max_connections = websockets,
             open_file_limit = soft,
             "max_connections lowered to fit the open-file limit"
         );
-        limits.max_connections = usable;
+        limits.max_connections = websockets;
     }
 }
 
@@ -393,10 +418,6 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             body_limit,
             api::refuse_declared_oversize,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            state.config.limits.http_request_timeout(),
         ))
         .layer(axum::middleware::map_response(api::json_errors))
         .with_state(state)
@@ -535,7 +556,8 @@ Max open files            20000                20000                files     \n
     fn max_connections_fits_under_the_open_file_limit() {
         let mut limits = LimitsConfig::default();
         fit_connections(&mut limits, LIMITS);
-        assert_eq!(limits.max_connections, 19_800);
+        assert_eq!(limits.max_http_connections, 19_800);
+        assert_eq!(limits.max_connections, 19_600, "room left for HTTP");
         let mut small = LimitsConfig {
             max_connections: 1_000,
             ..LimitsConfig::default()
@@ -547,12 +569,17 @@ Max open files            20000                20000                files     \n
             &mut tiny,
             &LIMITS.replace("20000                20000", "300 300"),
         );
-        assert_eq!(tiny.max_connections, 236, "at least 64 kept for the rest");
+        assert_eq!(
+            tiny.max_http_connections, 236,
+            "at least 64 kept for the rest"
+        );
+        assert_eq!(tiny.max_connections, 172, "and 64 more for HTTP");
         let mut unlimited = LimitsConfig::default();
         fit_connections(
             &mut unlimited,
             &LIMITS.replace("20000                20000", "unlimited unlimited"),
         );
         assert_eq!(unlimited.max_connections, 100_000);
+        assert_eq!(unlimited.max_http_connections, 101_000);
     }
 }

@@ -2,19 +2,21 @@
 //! builder, under limits that keep strangers from holding the server (docs/configuration.md,
 //! "Security"):
 //!
+//! - HTTP/1.1 only (also over TLS, whose ALPN offers nothing else);
 //! - a header-read timeout, which in hyper also bounds how long a keep-alive connection may
 //!   sit idle between requests and how long a new connection may stay silent;
 //! - the same bound on the TLS handshake;
 //! - a cap on open TCP connections (WebSockets included) and one per source address (per /64
 //!   for IPv6), both counted until the connection, or the WebSocket it became, closes.
 //!
-//! A connection over a cap is answered `503` with the JSON error body and closed.
+//! A connection over a cap is answered `503` with the JSON error body and closed (on a TLS
+//! port, just closed).
 
 use crate::{AppState, config::LimitsConfig};
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -40,6 +42,8 @@ pub struct Gate {
     exempt: Vec<Prefix>,
     total: AtomicUsize,
     by_source: Mutex<HashMap<IpAddr, usize>>,
+    /// `bluecam_http_connections`, kept at `total`.
+    gauge: metrics::Gauge,
 }
 
 /// One admitted connection; gives its place back when dropped. A WebSocket keeps the permit of
@@ -60,7 +64,7 @@ pub enum Refusal {
 
 impl Gate {
     /// Fails on an entry of `per_source_exempt` that is not an address or prefix.
-    pub fn new(limits: &LimitsConfig) -> Result<Self, String> {
+    pub fn new(limits: &LimitsConfig, gauge: metrics::Gauge) -> Result<Self, String> {
         Ok(Self {
             max_total: limits.max_http_connections,
             max_per_source: limits.max_connections_per_source,
@@ -71,6 +75,7 @@ impl Gate {
                 .collect::<Result<_, _>>()?,
             total: AtomicUsize::new(0),
             by_source: Mutex::new(HashMap::new()),
+            gauge,
         })
     }
 
@@ -174,6 +179,7 @@ impl Drop for ConnPermit {
             }
         }
         self.gate.total.fetch_sub(1, Ordering::AcqRel);
+        self.gate.gauge.set(self.gate.open() as f64);
     }
 }
 
@@ -201,19 +207,14 @@ impl Front {
         } = self;
         let limits = &state.config.limits;
         let header_timeout = limits.http_header_timeout();
-        // HTTP/1.1, or HTTP/2 when TLS negotiated it (ALPN); no sniffing of the protocol on a
-        // plain connection, which would wait for the first bytes with no timeout.
+        // HTTP/1.1 only (TLS offers nothing else, see `Server::bind`): no sniffing of the
+        // protocol, which would wait for the first bytes with no timeout, and no HTTP/2, whose
+        // server has no header or idle timeout.
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .max_buf_size(64 << 10);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .keep_alive_interval(Some(limits.ping_interval()))
-            .keep_alive_timeout(limits.ping_interval())
-            .max_concurrent_streams(64)
-            .max_header_list_size(64 << 10);
-        let protocols = Arc::new(Protocols { h1, h2 });
+        let h1 = Arc::new(h1);
         let tls = tls.map(|config| {
             axum_server::tls_rustls::RustlsAcceptor::new(config).handshake_timeout(header_timeout)
         });
@@ -245,42 +246,38 @@ impl Front {
                 Ok(permit) => permit,
                 Err(why) => {
                     state.metrics.http_refused(why);
-                    if polite.fetch_add(1, Ordering::AcqRel) < MAX_POLITE_REFUSALS {
+                    // On a TLS port a plain-text answer would only be a handshake error to
+                    // the client: just close.
+                    if tls.is_none() && polite.fetch_add(1, Ordering::AcqRel) < MAX_POLITE_REFUSALS
+                    {
                         let polite = polite.clone();
                         tokio::spawn(async move {
                             refuse(tcp, why).await;
                             polite.fetch_sub(1, Ordering::AcqRel);
                         });
-                    } else {
+                    } else if tls.is_none() {
                         polite.fetch_sub(1, Ordering::AcqRel);
                     }
                     continue;
                 }
             };
-            state.metrics.http_connections.set(state.gate.open() as f64);
             let service = ConnService {
                 router: router.clone(),
                 peer,
                 permit: Arc::new(permit),
             };
-            let protocols = protocols.clone();
+            let h1 = h1.clone();
             let tls = tls.clone();
-            let metrics = state.metrics.clone();
-            let gate = state.gate.clone();
             let stop = stop.clone();
             conns.spawn(async move {
                 use axum_server::accept::Accept as _;
                 match tls {
-                    None => protocols.serve(tcp, false, service, &stop).await,
+                    None => serve_http1(&h1, tcp, service, &stop).await,
                     Some(acceptor) => match acceptor.accept(tcp, ()).await {
-                        Ok((io, _)) => {
-                            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
-                            protocols.serve(io, h2, service, &stop).await;
-                        }
+                        Ok((io, _)) => serve_http1(&h1, io, service, &stop).await,
                         Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
                     },
                 }
-                metrics.http_connections.set(gate.open() as f64);
             });
         }
         drop(listener);
@@ -291,45 +288,26 @@ impl Front {
     }
 }
 
-/// The connection settings of each protocol.
-struct Protocols {
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
-}
-
-impl Protocols {
-    /// Serves one connection until it ends; on `stop`, lets the request in progress finish
-    /// and then closes (an upgraded WebSocket is on its own by then).
-    async fn serve<I>(&self, io: I, h2: bool, service: ConnService, stop: &CancellationToken)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        let service = hyper::service::service_fn(move |req| service.call(req));
-        let served = if h2 {
-            let conn = self.h2.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                served = conn.as_mut() => served,
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        } else {
-            let conn = self.h1.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                served = conn.as_mut() => served,
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        };
-        if let Err(e) = served {
-            tracing::debug!(error = %e, "HTTP connection ended with an error");
+/// Serves one connection until it ends; on `stop`, lets the request in progress finish and
+/// then closes (an upgraded WebSocket is on its own by then).
+async fn serve_http1<I>(h1: &http1::Builder, io: I, service: ConnService, stop: &CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| service.call(req));
+    let conn = h1
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 
@@ -397,7 +375,7 @@ mod tests {
             per_source_exempt: exempt.iter().map(|s| s.to_string()).collect(),
             ..LimitsConfig::default()
         };
-        Arc::new(Gate::new(&limits).unwrap())
+        Arc::new(Gate::new(&limits, metrics::Gauge::noop()).unwrap())
     }
 
     fn ip(s: &str) -> IpAddr {

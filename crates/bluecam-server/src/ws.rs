@@ -70,6 +70,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
         let bad = |message: &str| {
             ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message).into_response()
         };
+        if parts.method != axum::http::Method::GET {
+            return Err(bad("a WebSocket handshake is a GET"));
+        }
         let h = &parts.headers;
         if !header_has_token(h, header::CONNECTION, "upgrade")
             || !header_has_token(h, header::UPGRADE, "websocket")
@@ -93,9 +96,15 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             );
             return Err(res);
         }
+        // The key is 16 random bytes in base64 (RFC 6455 section 4.2.1).
         let key = h
             .get(header::SEC_WEBSOCKET_KEY)
-            .filter(|k| !k.is_empty() && k.len() <= 64)
+            .filter(|k| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(k.as_bytes())
+                    .is_ok_and(|raw| raw.len() == 16)
+            })
             .ok_or_else(|| bad("missing or invalid Sec-WebSocket-Key"))?;
         let accept =
             HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))

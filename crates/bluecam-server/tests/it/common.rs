@@ -293,10 +293,15 @@ impl Client {
         v
     }
 
-    /// Proves the connection is still usable: ping → pong.
+    /// Proves the connection is still usable and that nothing else was waiting for it: ping,
+    /// and the very next frame must be the pong.
     pub async fn assert_alive(&mut self) {
         self.send_json(json!({"op": "ping"})).await;
-        self.recv_op("pong").await;
+        let next = self.recv().await;
+        assert_eq!(
+            next["op"], "pong",
+            "expected nothing but the pong, got {next}"
+        );
     }
 
     /// Sends a join that must fail with `code` and close with `close`.

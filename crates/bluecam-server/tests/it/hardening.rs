@@ -86,6 +86,12 @@ async fn slowloris_and_silent_connections_are_cut_while_health_and_joins_keep_an
     for _ in 0..300 {
         silent.push(connect_from(silent_src, addr).await);
     }
+    // Admitted and held (not refused or reset): nothing to read yet, and no end.
+    for tcp in silent.iter().rev().take(10) {
+        let mut buf = [0u8; 16];
+        let err = tcp.try_read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
     let mut drips = Vec::new();
     for _ in 0..300 {
         let mut tcp = connect_from(drip_src, addr).await;
@@ -413,6 +419,18 @@ async fn every_malformed_request_gets_a_json_4xx() {
             ),
         ),
         (
+            "ws with a bad key",
+            format!(
+                "GET /v1/ws HTTP/1.1\r\n{ws}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n"
+            ),
+        ),
+        (
+            "ws by HEAD",
+            format!(
+                "HEAD /v1/ws HTTP/1.1\r\n{ws}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            ),
+        ),
+        (
             "ws by POST",
             format!(
                 "POST /v1/ws HTTP/1.1\r\n{ws}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -430,6 +448,12 @@ async fn every_malformed_request_gets_a_json_4xx() {
             format!("{request}Host: x\r\nConnection: close\r\n\r\n")
         };
         let (status, head, body) = raw_http(s.addr, &request).await;
+        if request.starts_with("HEAD") {
+            // A HEAD answer has no body, only the status and headers of the GET.
+            assert!((400..500).contains(&status), "{what}: status {status}");
+            assert!(head.contains("content-type: application/json"), "{what}");
+            continue;
+        }
         assert_json_error(what, status, &head, &body);
     }
     let (status, head, _) = raw_http(

@@ -1,21 +1,59 @@
 //! Built-in TLS (`--tls-cert`/`--tls-key`): HTTPS with a certificate the client trusts.
 
-use crate::common::{SECRET, TestServer};
+use crate::common::{SECRET, TestServer, WAIT};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-#[tokio::test]
-async fn serves_https_with_the_configured_certificate() {
+/// A TLS server with a fresh self-signed certificate for `localhost`.
+async fn tls_server(
+    tweak: impl FnOnce(&mut bluecam_server::Config),
+) -> (TestServer, rcgen::CertifiedKey<rcgen::KeyPair>) {
     let dir = crate::common::temp_dir();
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, generated.cert.pem()).unwrap();
     std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
     let s = TestServer::in_dir(dir.clone(), |c| {
-        c.tls = Some(bluecam_server::config::TlsConfig {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
+        c.tls = Some(bluecam_server::config::TlsConfig { cert, key });
+        tweak(c);
     })
     .await;
+    (s, generated)
+}
+
+/// Reads until the server closes; what it sent.
+async fn read_all(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open"),
+            Ok(Ok(0) | Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_cut_and_caps_close_without_plaintext() {
+    let (s, _) = tls_server(|c| {
+        c.limits.http_header_timeout_secs = 1;
+        c.limits.max_connections_per_source = 1;
+        c.limits.per_source_exempt = Vec::new();
+    })
+    .await;
+    // Silent: no ClientHello. Cut by the handshake timeout (it stayed open before).
+    let mut silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // Over the per-source cap meanwhile: closed at once, with no plain-text 503 that the
+    // client would take for a broken handshake.
+    let mut over = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let _ = over.write_all(b"\x16\x03\x01").await;
+    assert!(read_all(&mut over).await.is_empty());
+    assert!(read_all(&mut silent).await.is_empty());
+}
+
+#[tokio::test]
+async fn serves_https_with_the_configured_certificate() {
+    let (s, generated) = tls_server(|_| {}).await;
     let client = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(generated.cert.pem().as_bytes()).unwrap(),
