@@ -48,6 +48,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one Redis command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connection attempts at start before a node gives up.
+const CONNECT_TRIES: u32 = 5;
 /// Items the outbox sends per pipeline at most.
 const OUTBOX_BATCH: usize = 512;
 
@@ -440,8 +442,24 @@ impl RedisBroker {
         queue: usize,
         metrics: Metrics,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = build(url).map_err(backend)?.build().map_err(backend)?;
-        client.init().await.map_err(backend)?;
+        // A Redis that is slow to answer at our start (busy, or starting itself) gets a few
+        // tries, each with a new client, before the node gives up.
+        let mut tries = 0;
+        let client = loop {
+            let client = build(url).map_err(backend)?.build().map_err(backend)?;
+            match client.init().await {
+                Ok(_) => break client,
+                Err(e) => {
+                    tries += 1;
+                    if tries >= CONNECT_TRIES {
+                        return Err(backend(e));
+                    }
+                    tracing::warn!(error = %e, "Redis does not answer yet; trying again");
+                    let _ = client.quit().await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
         let node = NodeId::new(crate::auth::random_token(9));
         let (outbox, rx) = mpsc::channel(queue.max(1));
         Ok(Arc::new(Self {

@@ -181,6 +181,8 @@ pub struct LimitsConfig {
     pub http_request_timeout_secs: u64,
     /// Largest HTTP API request body.
     pub max_http_body_bytes: usize,
+    /// How often rooms with `emptyTimeoutSecs` are checked, in milliseconds.
+    pub empty_room_sweep_ms: u64,
 }
 
 impl Default for Config {
@@ -231,6 +233,7 @@ impl Default for LimitsConfig {
             http_header_timeout_secs: 10,
             http_request_timeout_secs: 30,
             max_http_body_bytes: 256 << 10,
+            empty_room_sweep_ms: 5_000,
         }
     }
 }

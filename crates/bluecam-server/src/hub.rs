@@ -59,6 +59,10 @@ struct ConnTx {
     /// Set once the connection overflowed: frames for it wait here, after those in its queue,
     /// until its task ends and hands both to the core's resume buffer.
     spill: Option<Spill>,
+    /// Bytes replayed to it when it resumed: its queue may hold that much on top of the
+    /// usual bound, so live frames arriving behind a large replay do not count the replay
+    /// against it (a resume must not overflow before the client could read a frame).
+    replayed: usize,
 }
 
 /// Frames for a connection being dropped as a slow consumer, bounded like a resume buffer.
@@ -134,6 +138,7 @@ impl HubHandle {
                 tx,
                 shared: Arc::clone(&shared),
                 spill: None,
+                replayed: 0,
             },
         );
         (conn, rx, shared)
@@ -347,9 +352,10 @@ impl HubHandle {
                     for conn in conns {
                         if let Some(c) = inner.conns.get_mut(&conn) {
                             let cap = if Some(conn) == replay_to {
+                                c.replayed += len;
                                 usize::MAX
                             } else {
-                                self.queue_bytes
+                                self.queue_bytes.saturating_add(c.replayed)
                             };
                             self.enqueue(c, &text, resumable, len, cap);
                         }

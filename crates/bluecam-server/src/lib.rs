@@ -43,8 +43,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Shortest API secret accepted (it is also the HS256 key of every token).
 pub const MIN_SECRET_LEN: usize = 16;
-/// How often rooms with `emptyTimeoutSecs` are checked.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A server that could not start or failed.
 #[derive(Debug, thiserror::Error)]
@@ -489,7 +487,8 @@ fn spawn_timers(state: &AppState) {
     });
     let s = state.clone();
     state.tracker.spawn(async move {
-        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        let every = Duration::from_millis(s.config.limits.empty_room_sweep_ms.max(10));
+        let mut interval = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = interval.tick() => sweep_empty_rooms(&s).await,

@@ -140,7 +140,14 @@ fn init_logging() {
         .init();
 }
 
-#[allow(clippy::print_stdout)] // printing the URL and the new secret is this command's job
+/// Prints a startup line; a closed stdout (`bluecam serve | head -1`) must not stop the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = args.into_config()?;
@@ -153,30 +160,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = server.local_addr()?;
     let scheme = if tls { "https" } else { "http" };
     let url = public_url.unwrap_or_else(|| format!("{scheme}://{addr}"));
-    println!("BlueCam is listening on {url}");
+    say!("BlueCam is listening on {url}");
     match server.secret_origin() {
-        SecretOrigin::Generated => println!(
+        SecretOrigin::Generated => say!(
             "Generated an API secret (kept in {}):\n  BLUECAM_API_SECRET={}",
             data_dir.join("api-secret").display(),
             server.secret().expose()
         ),
-        SecretOrigin::Loaded => println!(
+        SecretOrigin::Loaded => say!(
             "API secret: read from {}",
             data_dir.join("api-secret").display()
         ),
-        SecretOrigin::Configured => println!("API secret: from the configuration"),
+        SecretOrigin::Configured => say!("API secret: from the configuration"),
     }
     if server.demo_enabled() {
-        println!("Demo: on at {url}/ (secret-less demo rooms; --no-demo turns it off)");
+        say!("Demo: on at {url}/ (secret-less demo rooms; --no-demo turns it off)");
     } else {
-        println!("Demo: off");
+        say!("Demo: off");
     }
     match server.metrics_addr() {
-        Some(addr) => println!("Metrics: http://{addr}/metrics"),
-        None => println!("Metrics: {url}/metrics"),
+        Some(addr) => say!("Metrics: http://{addr}/metrics"),
+        None => say!("Metrics: {url}/metrics"),
     }
     if let Some(node) = server.node() {
-        println!("Cluster node {node}, sharing rooms through Redis");
+        say!("Cluster node {node}, sharing rooms through Redis");
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

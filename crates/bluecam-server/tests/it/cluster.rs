@@ -32,23 +32,30 @@ impl Redis {
         }
     }
 
+    /// Starts one on a free port. (A port found free can be taken before redis-server binds
+    /// it: then it exits, and another port is tried.)
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut redis = Self {
-            port,
+            port: 0,
             dir: temp_dir(),
             child: None,
         };
-        redis.spawn();
-        redis
+        for _ in 0..5 {
+            redis.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts redis-server on `self.port`; false if it exited (its port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
             .arg("--dir")
@@ -56,12 +63,16 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         while !self.answers() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        true
     }
 
     fn answers(&self) -> bool {
@@ -114,10 +125,22 @@ impl Redis {
         }
     }
 
+    /// Runs `f` (which waits on the process) on a blocking thread, so the nodes of the test,
+    /// which run on the test's runtime, are not frozen meanwhile.
+    async fn off_runtime(&mut self, f: impl FnOnce(&mut Redis) + Send + 'static) {
+        let mut r = std::mem::replace(self, Redis::placeholder());
+        *self = tokio::task::spawn_blocking(move || {
+            f(&mut r);
+            r
+        })
+        .await
+        .unwrap();
+    }
+
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "redis-server could not take its port back");
     }
 }
 
@@ -393,7 +416,7 @@ async fn redis_down_is_not_ready_refuses_joins_reports_unsent_frames_and_recover
     };
     assert_eq!(ready(&a).await, 200);
 
-    redis.stop();
+    redis.off_runtime(Redis::stop).await;
     // Not ready, within a few seconds.
     let deadline = Instant::now() + WAIT;
     while ready(&a).await != 503 {
@@ -422,7 +445,7 @@ async fn redis_down_is_not_ready_refuses_joins_reports_unsent_frames_and_recover
         .await;
     assert_eq!(frank.recv_op("message").await["msg"], "local");
 
-    redis.restart();
+    redis.off_runtime(Redis::restart).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while ready(&a).await != 200 || ready(&b).await != 200 {
         assert!(Instant::now() < deadline, "readyz never came back");
@@ -573,22 +596,10 @@ async fn every_frame_sent_across_a_redis_restart_is_delivered_once_or_reported()
     for i in 0..N {
         to_server.send(send(i)).await.unwrap();
         if i == 50 {
-            let mut r = std::mem::replace(&mut redis, Redis::placeholder());
-            redis = tokio::task::spawn_blocking(move || {
-                r.stop();
-                r
-            })
-            .await
-            .unwrap();
+            redis.off_runtime(Redis::stop).await;
         }
         if i == 200 {
-            let mut r = std::mem::replace(&mut redis, Redis::placeholder());
-            redis = tokio::task::spawn_blocking(move || {
-                r.restart();
-                r
-            })
-            .await
-            .unwrap();
+            redis.off_runtime(Redis::restart).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

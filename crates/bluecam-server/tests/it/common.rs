@@ -138,26 +138,31 @@ impl TestServer {
         self.secret.mint(&claims).unwrap()
     }
 
+    /// Whether the API lists `peer` in `room` as connected (`None`: not listed).
+    pub async fn presence(&self, room: &str, peer: &str) -> Option<bool> {
+        let list: Value = self
+            .http()
+            .get(self.url(&format!("/v1/rooms/{room}/peers")))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == peer)
+            .and_then(|p| p["connected"].as_bool())
+    }
+
     /// Waits until the API lists `peer` as present but not connected.
     pub async fn wait_disconnected(&self, room: &str, peer: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let list: Value = self
-                .http()
-                .get(self.url(&format!("/v1/rooms/{room}/peers")))
-                .bearer_auth(SECRET)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let found = list["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["id"] == peer && p["connected"] == false);
-            if found {
+            if self.presence(room, peer).await == Some(false) {
                 return;
             }
             assert!(

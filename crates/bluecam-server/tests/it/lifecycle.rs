@@ -91,13 +91,13 @@ async fn shutdown_tells_connected_clients_to_go_away() {
 
 #[tokio::test]
 async fn empty_rooms_expire_after_their_timeout() {
-    let s = TestServer::start().await;
+    let s = TestServer::with(|c| c.limits.empty_room_sweep_ms = 100).await;
     let room = s.create_room(json!({"emptyTimeoutSecs": 0})).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let keep = s.room().await;
-    // The sweep runs every few seconds; wait for the condition, not a fixed time.
+    // The sweep runs every 100 ms here; wait for the condition, not a fixed time.
     let deadline = tokio::time::Instant::now() + crate::common::WAIT;
     loop {
         let status = s

@@ -216,27 +216,23 @@ async fn a_reader_that_stops_is_cut_off_by_the_stall_rule_long_before_its_queue_
     let mut slow = s.join(&room, "slow").await; // never reads until the end
     sender.recv_op("peer_joined").await;
     let pad = "z".repeat(16 << 10);
-    let started = std::time::Instant::now();
-    // 16 KiB every millisecond or so: socket buffers fill within seconds; the queue never would.
+    let slow_id = slow.id();
+    // 16 KiB at a time: socket buffers fill within seconds; the queue never would. Until this
+    // server (not a neighbour test's: metrics are process-wide) has detached the slow peer.
     let mut sent = 0u64;
-    let cut = loop {
+    loop {
         sender
             .send_json(json!({"op": "send", "msg": {"i": sent, "pad": pad}}))
             .await;
         sent += 1;
         if sent % 64 == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let metrics = s.get_text("/metrics").await;
-            if metrics.contains("bluecam_connections_closed_total{code=\"4030\"}") {
-                break started.elapsed();
+            if s.presence(&room, &slow_id).await == Some(false) {
+                break;
             }
         }
         assert!(sent < 200_000, "never cut off");
-    };
-    assert!(
-        cut < std::time::Duration::from_secs(20),
-        "cut off after {cut:?}"
-    );
+    }
     // What reached its socket is readable, then the close says slow consumer.
     let code = loop {
         match slow.next().await {
