@@ -185,6 +185,8 @@ struct Expect {
     /// (conn, peer, resumed, the other peers when it was admitted, in join order)
     joined: Option<(ConnId, PeerId, bool, Vec<PeerId>)>,
     room_closed: Vec<ConnId>,
+    /// Peers gone for good, which the directory must be told of (`PeerRemoved`).
+    removed: Vec<(RoomId, PeerId, LeaveReason)>,
     /// The sender of this step's `message`/`signal` frames, and the seq it carries.
     sent: Option<(PeerId, u64)>,
 }
@@ -676,6 +678,9 @@ impl Sim {
         let Some(room) = self.end(id) else {
             return;
         };
+        self.expect
+            .removed
+            .push((room_id(room), id.clone(), reason));
         self.left_reason.insert(id.clone(), reason);
         if self.members(room).is_empty() {
             self.expect.vacated.push(room_id(room));
@@ -738,8 +743,17 @@ impl Sim {
                         return Err(format!("overflow of {peer:?} names the wrong room"));
                     }
                 }
-                // The directory's business; a single node has no directory to tell.
-                Output::PeerRemoved { .. } => {}
+                // Exactly the peers the model removed, each once, with its reason (a deleted
+                // room's peers are not: the directory drops the whole room).
+                Output::PeerRemoved {
+                    room, peer, reason, ..
+                } => {
+                    take(
+                        &mut self.expect.removed,
+                        &(room.clone(), peer.clone(), reason),
+                    )
+                    .ok_or_else(|| format!("unexpected PeerRemoved {peer:?} in {room:?}"))?;
+                }
                 Output::Publish { .. } | Output::Undeliverable { .. } => {
                     return Err(format!("cluster output on a single node: {output:?}"));
                 }
@@ -751,6 +765,7 @@ impl Sim {
             || !e.overflows.is_empty()
             || !e.errors.is_empty()
             || !e.room_closed.is_empty()
+            || !e.removed.is_empty()
             || (e.joined.is_some() && !joined_seen)
         {
             return Err(format!("missing outputs: {e:?}"));
