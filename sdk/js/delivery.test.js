@@ -1,11 +1,13 @@
 // @ts-check
-// Unit tests of the pure delivery layer (node --test), including the shared envelope vectors.
+// Unit tests of the pure delivery layer (node --test), including the shared envelope vectors,
+// and of the relay frames a Room (bluecam.js) writes around them.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import {
   CHUNK_CHARS, Inbox, MAX_MESSAGE_BYTES, Outbox, encodeData, envelopesOf, isEnvelope,
 } from "./delivery.js";
+import { Room } from "./bluecam.js";
 
 const vectors = JSON.parse(readFileSync(new URL("../../tests/vectors/envelopes.json", import.meta.url), "utf8"));
 
@@ -14,14 +16,93 @@ test("shared envelope vectors", () => {
   for (const v of vectors.invalid) assert.ok(!isEnvelope(v.envelope), v.name);
 });
 
-test("shared client frame vectors carry envelopes the server accepts as send.msg", () => {
-  const frames = JSON.parse(readFileSync(new URL("../../tests/vectors/client-frames.json", import.meta.url), "utf8"));
-  assert.ok(frames.valid.some((/** @type {{text: string}} */ f) => JSON.parse(f.text).op === "send"));
-  for (const v of vectors.valid) {
-    // The envelope travels as the raw `msg` of a send frame: valid JSON, an object.
-    const frame = JSON.parse(JSON.stringify({ op: "send", msg: v.envelope }));
-    assert.deepEqual(frame.msg, v.envelope);
+/**
+ * The server's rules for a `send` frame (docs/protocol.md §4.3 and §6), written from the
+ * document: a JSON object, `op` "send", `to` absent, null or an array of strings, `msg` present
+ * and not null, `ref` absent, null or a non-negative integer, `token` absent, null or a string.
+ * @param {string} text
+ */
+function serverAcceptsSend(text) {
+  let f;
+  try {
+    f = JSON.parse(text);
+  } catch {
+    return false;
   }
+  if (typeof f !== "object" || f === null || Array.isArray(f) || f.op !== "send") return false;
+  const absent = (/** @type {unknown} */ x) => x === undefined || x === null;
+  if (!absent(f.to) && !(Array.isArray(f.to) && f.to.every((/** @type {unknown} */ id) => typeof id === "string"))) return false;
+  if (absent(f.msg)) return false;
+  if (!absent(f.ref) && !(Number.isSafeInteger(f.ref) && f.ref >= 0)) return false;
+  return absent(f.token) || typeof f.token === "string";
+}
+
+/** @param {string} name */
+const vector = (name) => {
+  const v = vectors.valid.find((/** @type {{name: string}} */ x) => x.name === name);
+  assert.ok(v, `no envelope vector named ${name}`);
+  return v.envelope;
+};
+
+test("the relay frames a Room writes carry the envelopes as send.msg, exactly as the protocol spells them", async (t) => {
+  // The rule above agrees with the server's own vectors for every send frame in them.
+  const frames = JSON.parse(readFileSync(new URL("../../tests/vectors/client-frames.json", import.meta.url), "utf8"));
+  /** @param {{text: string}} f */
+  const isSend = (f) => { try { return JSON.parse(f.text)?.op === "send"; } catch { return false; } };
+  const validSends = frames.valid.filter(isSend);
+  const invalidSends = frames.invalid.filter(isSend);
+  assert.ok(validSends.length >= 10 && invalidSends.length >= 5);
+  for (const f of validSends) assert.ok(serverAcceptsSend(f.text), `the server accepts: ${f.name}`);
+  for (const f of invalidSends) assert.ok(!serverAcceptsSend(f.text), `the server refuses: ${f.name}`);
+
+  // A Room with one peer and a WebSocket that records what it would write.
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const BOB = "hN4sJ8dF1gKq0ZbY";
+  /** @type {{type: string, data: unknown}[]} */
+  const got = [];
+  const room = new Room({
+    token: "t", server: "http://127.0.0.1:9", video: false, audio: false,
+    onMessage: (type, data) => { got.push({ type, data }); },
+  });
+  /** @type {string[]} */
+  const written = [];
+  room.signaling.connected = true;
+  room.signaling.send = (frame) => { written.push(JSON.stringify(frame)); return true; };
+  room.addPeer({ id: BOB, identity: "bob" }, false);
+  const sends = () => written.filter((text) => JSON.parse(text).op === "send");
+
+  // A message: one relay frame, its envelope as written by hand here and as the shared vector.
+  let settled = "pending";
+  room.sendMessage("shareLink", "https://example.com", { to: BOB }).then(() => { settled = "resolved"; }, () => { settled = "rejected"; });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(sends(), [
+    '{"op":"send","to":["hN4sJ8dF1gKq0ZbY"],"msg":[{"v":1,"k":"m","s":1,"t":"shareLink","d":"https://example.com"}]}',
+  ]);
+  assert.deepEqual(JSON.parse(sends()[0]).msg, [vector("whole message, string data")]);
+
+  // Every valid message and chunk vector, as the relay hands them over: delivered in order, then
+  // one ack frame, as written by hand here and as the shared "ack" vector.
+  for (const v of vectors.valid) if (v.envelope.k !== "a") room.onFrame({ op: "message", from: BOB, msg: v.envelope });
+  assert.deepEqual(got, [
+    { type: "shareLink", data: "https://example.com" },
+    { type: "changedDrawing", data: { circles: [], rectangles: [], triangles: [], bgColor: "blue" } },
+    { type: "shareLink", data: "" },
+    { type: "t", data: null },
+    { type: "big", data: { a: 1 } },
+  ]);
+  t.mock.timers.tick(10);
+  assert.deepEqual(sends().slice(1), ['{"op":"send","to":["hN4sJ8dF1gKq0ZbY"],"msg":{"v":1,"k":"a","a":5}}']);
+  assert.deepEqual(JSON.parse(sends()[1]).msg, vector("ack"));
+  for (const text of sends()) assert.ok(serverAcceptsSend(text), text);
+
+  // Bob's ack settles the message; an ack of nothing does not.
+  room.onFrame({ op: "message", from: BOB, msg: vector("ack of nothing yet") });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, "pending");
+  room.onFrame({ op: "message", from: BOB, msg: { v: 1, k: "a", a: 1 } });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, "resolved");
+  room.shutdown(new Error("end of test"));
 });
 
 test("messages up to 1 MiB are accepted, larger refused before anything is sent", () => {
