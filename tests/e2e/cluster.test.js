@@ -1,45 +1,45 @@
 // @ts-check
 // The SDK in real headless Chromium against a cluster: several `bluecam serve --redis` nodes
 // sharing rooms through a real redis-server, one node killed with SIGKILL mid-stream.
-import { test, before, after } from "node:test";
+import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { Redis, startCluster, launchPeer, join, waitFor, waitPeers } from "./harness.js";
+import {
+  Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopServers, stopAll,
+  videoStats,
+} from "./harness.js";
 
 /** @type {Redis} */
 let redis;
-/** @type {{close: () => Promise<void>}[]} */
-let open = [];
-/** @type {import("./harness.js").TestServer[]} */
-let nodes = [];
 
 before(async () => {
   redis = await Redis.start();
 });
-after(async () => {
-  await Promise.all(open.map((p) => p.close()));
-  await Promise.all(nodes.map((n) => n.stop()));
-  await redis.stop();
+// Each test's pages, then its nodes (every node started, whatever failed and when), go.
+afterEach(async () => {
+  try {
+    await endTest();
+  } finally {
+    await stopServers();
+  }
 });
+after(stopAll);
 
 /**
  * @param {import("./harness.js").TestServer} node
+ * @param {string} label
  * @param {{noWebrtc?: boolean}} [opts]
  */
-async function peer(node, opts) {
-  const p = await launchPeer(node, opts);
-  open.push(p);
-  return p;
-}
+const peer = (node, label, opts) => launchPeer(node, { ...opts, label });
 
 /** @param {import("playwright-core").Page} page */
-const received = (page) => page.evaluate(() => /** @type {any} */ (window).t.received);
+const received = (page) => evaluate(page, () => /** @type {any} */ (window).t.received, undefined, "the messages received");
 /** @param {import("playwright-core").Page} page */
-const leftSeen = (page) => page.evaluate(() => /** @type {any} */ (window).t.left);
+const leftSeen = (page) => evaluate(page, () => /** @type {any} */ (window).t.left, undefined, "the peers seen leaving");
 /**
  * @param {import("playwright-core").Page} page
  * @param {string} peerId
  */
-const pathTo = (page, peerId) => page.evaluate((id) => /** @type {any} */ (window).room.path(id), peerId);
+const pathTo = (page, peerId) => evaluate(page, (id) => /** @type {any} */ (window).room.path(id), peerId, "room.path");
 
 /**
  * Sends `n` numbered messages of `type` to everyone, one every `everyMs`; resolves with how
@@ -50,23 +50,22 @@ const pathTo = (page, peerId) => page.evaluate((id) => /** @type {any} */ (windo
  * @param {number} everyMs
  */
 function paced(page, n, type, everyMs) {
-  return page.evaluate(async ({ n, type, everyMs }) => {
+  return evaluate(page, async ({ n, type, everyMs }) => {
     const room = /** @type {any} */ (window).room;
-    const all = [];
-    for (let i = 0; i < n; i++) {
-      all.push(room.sendMessage(type, i));
-      await new Promise((r) => setTimeout(r, everyMs));
-    }
-    const settled = await Promise.allSettled(all);
     const unreachable = new Set();
     let other = 0;
-    for (const s of settled) {
-      if (s.status === "fulfilled") continue;
-      if (s.reason?.name === "PeerUnreachableError") for (const p of s.reason.peers) unreachable.add(p);
-      else other++;
+    const all = [];
+    for (let i = 0; i < n; i++) {
+      // Each outcome is taken as it comes (no rejection is left unhandled meanwhile).
+      all.push(room.sendMessage(type, i).catch((/** @type {any} */ e) => {
+        if (e?.name === "PeerUnreachableError") for (const p of e.peers) unreachable.add(p);
+        else other++;
+      }));
+      await new Promise((r) => setTimeout(r, everyMs));
     }
+    await Promise.all(all);
     return { other, unreachable: [...unreachable] };
-  }, { n, type, everyMs });
+  }, { n, type, everyMs }, `${n} paced sends to settle`);
 }
 
 /**
@@ -83,7 +82,7 @@ async function expectAll(page, from, n, type) {
   const got = await waitFor(async () => {
     const r = await of();
     return r.length >= n ? r : null;
-  }, `${n} messages of ${type}`, 60000).catch(async (e) => {
+  }, `${n} messages of ${type}`).catch(async (e) => {
     const r = await of();
     const missing = [...Array(n).keys()].filter((i) => !r.includes(i));
     throw new Error(`${e.message}: got ${r.length}, first missing ${missing.slice(0, 10)}`);
@@ -95,67 +94,69 @@ async function expectAll(page, from, n, type) {
 }
 
 test("two browsers on two nodes: P2P video and messages over the data channel and the relay", async () => {
-  nodes = await startCluster(redis, 2, 15);
-  const [n1, n2] = nodes;
+  const [n1, n2] = await startCluster(redis, 2, 15);
   const room = await n1.room();
-  const [a, b] = [await peer(n1), await peer(n2)];
+  const [a, b] = [await peer(n1, "alice"), await peer(n2, "bob")];
   const aId = await join(a.page, await n1.token(room, "alice"), undefined, [n1.url]);
   const bId = await join(b.page, await n2.token(room, "bob"), undefined, [n2.url]);
   await waitFor(async () => (await pathTo(a.page, bId)) === "p2p" && (await pathTo(b.page, aId)) === "p2p", "the data channel");
-  await waitFor(() => b.page.evaluate(async (id) => {
-    const pc = /** @type {any} */ (window).room.remotes.get(id)?.link?.pc;
-    let frames = 0;
-    (await pc.getStats()).forEach((/** @type {any} */ s) => {
-      if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
-    });
-    return frames > 0;
-  }, aId), "decoded video frames across nodes");
+  await waitFor(async () => (await videoStats(b.page, aId)).frames > 0, "decoded video frames across nodes");
   // Over the data channel...
-  await a.page.evaluate(() => /** @type {any} */ (window).room.sendMessage("hello", { over: "p2p" }));
-  // ...and over the relay, which now crosses the two nodes through Redis.
-  await b.page.evaluate((id) => /** @type {any} */ (window).room._test.closeChannel(id), aId);
-  await waitFor(async () => (await pathTo(b.page, aId)) === "relay", "the relay path");
-  await b.page.evaluate(() => /** @type {any} */ (window).room.sendMessage("hello", { over: "relay" }));
+  await evaluate(a.page, () => /** @type {any} */ (window).room.sendMessage("hello", { over: "p2p" }), undefined, "a send over the data channel");
+  // ...and over the relay, which now crosses the two nodes through Redis: sent as soon as the
+  // SDK switched to it (in the same task), so before a new connection is tried a second later.
+  await evaluate(b.page, async (id) => {
+    const room = /** @type {any} */ (window).room;
+    const switched = new Promise((resolve) => {
+      window.addEventListener("bluecam-path", (e) => {
+        const { id: peer, path } = /** @type {CustomEvent} */ (e).detail;
+        if (peer === id && path === "relay") resolve(undefined);
+      });
+    });
+    room._test.closeChannel(id);
+    await switched;
+    await room.sendMessage("hello", { over: "relay" });
+  }, aId, "a send over the relay once the data channel closed");
   const atB = await waitFor(async () => (await received(b.page)).find((/** @type {any} */ m) => m.type === "hello"), "a message at B");
   assert.deepEqual([atB.data, atB.from, atB.path], [{ over: "p2p" }, aId, "p2p"]);
   const atA = await waitFor(async () => (await received(a.page)).find((/** @type {any} */ m) => m.type === "hello"), "a message at A");
   assert.deepEqual([atA.data, atA.from, atA.path], [{ over: "relay" }, bId, "relay"]);
-  await Promise.all(open.map((p) => p.close()));
-  open = [];
-  await Promise.all(nodes.map((n) => n.stop()));
-  nodes = [];
+  // A closed data channel is no error, and nobody left: no gap.
+  await expectEvents([a, b]);
 });
 
 test("a node killed mid-stream: its peers resume elsewhere, or leave within the expiry; no message lost or doubled", async () => {
   const TTL = 3;
-  nodes = await startCluster(redis, 3, TTL);
-  const [n1, n2, n3] = nodes;
+  // A short resume window, so that the stranded peer below is told it cannot come back soon
+  // (the others resume within a second or two).
+  const RESUME_WINDOW = 10;
+  const [n1, n2, n3] = await startCluster(redis, 3, TTL, `[limits]\nresume_window_secs = ${RESUME_WINDOW}\n`);
   const room = await n1.room();
   // Relay only (no WebRTC), so every message crosses the nodes.
-  const peers = [await peer(n1, { noWebrtc: true }), await peer(n2, { noWebrtc: true }), await peer(n3, { noWebrtc: true })];
+  const peers = [
+    await peer(n1, "peer0", { noWebrtc: true }), await peer(n2, "peer1", { noWebrtc: true }), await peer(n3, "peer2", { noWebrtc: true }),
+  ];
   const lists = [[n1.url, n2.url, n3.url], [n2.url, n3.url, n1.url], [n3.url, n1.url, n2.url]];
   const ids = [];
   for (const [i, p] of peers.entries()) {
     ids.push(await join(p.page, await n1.token(room, `peer${i}`), { video: false, audio: false }, lists[i]));
   }
   // A fourth peer on the node to be killed, which knows no other node: it cannot come back.
-  const stranded = await peer(n3, { noWebrtc: true });
+  const stranded = await peer(n3, "stranded", { noWebrtc: true });
   const strandedId = await join(stranded.page, await n1.token(room, "stranded"), { video: false, audio: false }, [n3.url]);
   await Promise.all(peers.map((p) => waitPeers(p.page, 3)));
 
   const N = 300;
   const sending = Promise.all(peers.map((p) => paced(p.page, N, "n", 10)));
+  sending.catch(() => {}); // (awaited below; a failure before that must not go unhandled)
   await new Promise((r) => setTimeout(r, 1000));
-  const killedAt = Date.now();
   await n3.kill();
 
-  // The stranded peer leaves the room for the others within the expiry (plus the reaper's
-  // two rounds of a third of it).
+  // The stranded peer leaves the room for the others once the dead node's liveness expires
+  // (the expiry's figure is a benchmark's business: here a generous deadline).
   for (const p of peers.slice(0, 2)) {
-    await waitFor(async () => (await leftSeen(p.page)).includes(strandedId), "the stranded peer to leave", 20000);
+    await waitFor(async () => (await leftSeen(p.page)).includes(strandedId), "the stranded peer to leave");
   }
-  const leftAfter = (Date.now() - killedAt) / 1000;
-  assert.ok(leftAfter < TTL * 2 + 2, `left after ${leftAfter} s`);
 
   // Every sendMessage settled; the only peer any of them did not reach is the stranded one.
   for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [strandedId] });
@@ -165,6 +166,24 @@ test("a node killed mid-stream: its peers resume elsewhere, or leave within the 
     }
   }
   // The peer of the killed node kept its id and never left anyone's room.
-  assert.equal(await peers[2].page.evaluate(() => /** @type {any} */ (window).room.self.id), ids[2]);
+  assert.equal(await evaluate(peers[2].page, () => /** @type {any} */ (window).room.self.id, undefined, "room.self.id"), ids[2]);
   for (const p of peers.slice(0, 2)) assert.ok(!(await leftSeen(p.page)).includes(ids[2]));
+
+  // What the SDK reported. The server answers a `send` to peers on a node it cannot reach with
+  // `unavailable` (nothing delivered to them), which the SDK passes to onError: the two peers
+  // that stayed put sent to the stranded peer after the kill, so they got at least one; the
+  // peer that moved may have too (it resumed while the stranded peer was still listed). No
+  // other error, and no gap: nobody who sent anything left.
+  const unavailable = {
+    name: "BlueCamError", code: "unavailable",
+    message: "these peers are on another node, which could not be reached; nothing was delivered to them",
+  };
+  await expectEvents(peers.slice(0, 2), { errors: { every: unavailable, atLeast: 1 } });
+  await expectEvents([peers[2]], { errors: { every: unavailable } });
+  // The stranded peer retries its dead node until the resume window has passed, then the SDK
+  // gives up and says so, once.
+  await waitFor(async () => (await stranded.events()).errors.length > 0, "the stranded peer's error");
+  await expectEvents([stranded], {
+    errors: [{ name: "ConnectionError", code: null, message: "offline for longer than the resume window" }],
+  });
 });

@@ -1,44 +1,42 @@
 // @ts-check
 // The demo at `/`, driven as a person would: create a room, join through the invite link in a
 // second browser, draw a circle on one board and see it on the other.
-import { test, before, after } from "node:test";
+import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { TestServer, launchPeer, waitFor, ensureArtifacts, ARTIFACTS } from "./harness.js";
+import {
+  TestServer, launchPeer, waitFor, evaluate, ensureArtifacts, ARTIFACTS, expectEvents, endTest, stopAll, DEADLINE_MS,
+} from "./harness.js";
 
 /** @type {TestServer} */
 let server;
-/** @type {{close: () => Promise<void>}[]} */
-const open = [];
 
 before(async () => {
   server = await TestServer.start();
 });
-after(async () => {
-  await Promise.all(open.map((p) => p.close()));
-  await server.stop();
-});
+afterEach(endTest);
+after(stopAll);
 
 test("two pages create and join a room through the invite link and share a drawing", async () => {
-  const host = await launchPeer(server, { path: "/" });
-  open.push(host);
+  const host = await launchPeer(server, { path: "/", label: "host" });
   await host.page.setViewportSize({ width: 1100, height: 800 });
   await host.page.fill("#name", "Host");
   await host.page.click("#start");
-  await host.page.waitForSelector("body[data-state=joined]", { timeout: 20000 });
-  const invite = await host.page.evaluate(() => location.href);
-  assert.match(invite, /\?room=[A-Za-z0-9_-]{22}$/);
+  await host.page.waitForSelector("body[data-state=joined]", { timeout: DEADLINE_MS });
+  const invite = await evaluate(host.page, () => location.href, undefined, "location.href");
+  // A demo room id: "demo-", 12 random characters and a 20-character MAC (docs/configuration.md).
+  assert.match(invite, /\?room=demo-[A-Za-z0-9_-]{32}$/);
 
-  // The guest opens the invite link on a phone-sized window.
-  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search });
-  open.push(guest);
+  // The guest opens the invite link on a phone-sized window (its own context: like another
+  // browser, nothing shared with the host's).
+  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search, label: "guest" });
   await guest.page.setViewportSize({ width: 390, height: 844 });
   await guest.page.fill("#name", "Guest");
   await guest.page.click("#start");
-  await guest.page.waitForSelector("body[data-state=joined]", { timeout: 20000 });
+  await guest.page.waitForSelector("body[data-state=joined]", { timeout: DEADLINE_MS });
 
   // Each sees the other, and the badge says p2p once the data channel is up.
-  await host.page.waitForSelector("#peers [data-path=p2p]", { timeout: 20000 });
-  await guest.page.waitForSelector("#peers [data-path=p2p]", { timeout: 20000 });
+  await host.page.waitForSelector("#peers [data-path=p2p]", { timeout: DEADLINE_MS });
+  await guest.page.waitForSelector("#peers [data-path=p2p]", { timeout: DEADLINE_MS });
 
   const board = await host.page.locator("#board").boundingBox();
   assert.ok(board);
@@ -65,6 +63,8 @@ test("two pages create and join a room through the invite link and share a drawi
   }
 
   ensureArtifacts();
-  await host.page.screenshot({ path: `${ARTIFACTS}demo-host.png` });
-  await guest.page.screenshot({ path: `${ARTIFACTS}demo-guest.png` });
+  await host.page.screenshot({ path: `${ARTIFACTS}demo-host.png`, timeout: DEADLINE_MS });
+  await guest.page.screenshot({ path: `${ARTIFACTS}demo-guest.png`, timeout: DEADLINE_MS });
+  // The demo's joins went through the recording SDK too: no error, no gap.
+  await expectEvents([host, guest]);
 });

@@ -1,21 +1,222 @@
 // @ts-check
 /**
- * End-to-end harness: a real `bluecam serve` on a free port, real headless Chromium (Debian's
- * /usr/bin/chromium driven by playwright-core, one browser process per peer, fake camera and
- * microphone), and helpers that join rooms through the public SDK inside the pages.
+ * End-to-end harness: a real `bluecam serve` (bound to port 0, its address read from what it
+ * prints), real headless Chromium (Debian's /usr/bin/chromium driven by playwright-core: one
+ * browser per test file, one browser context per peer, fake camera and microphone), and helpers
+ * that join rooms through the public SDK inside the pages.
+ *
+ * Every page records what the SDK reports through `onError` and `onGap` (and the page's uncaught
+ * errors): tests state what they expect with `expectEvents`, and `endTest` (run it in
+ * `afterEach`) checks every peer of the test once more, then closes the test's contexts.
+ * Every child process is tracked and ended by `stopAll` (run it in `after`), whatever happened.
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { createServer, createConnection } from "node:net";
+import { isDeepStrictEqual } from "node:util";
 import { chromium } from "playwright-core";
 
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
 const BIN = process.env.BLUECAM_BIN ?? joinPath(process.env.CARGO_TARGET_DIR ?? "target", "debug", "bluecam");
 export const SECRET = "e2e-secret-0123456789abcdef";
 
-/** @returns {Promise<number>} */
+/** Deadlines: generous, so that a loaded machine is slow rather than failing. */
+export const DEADLINE_MS = 60000;
+const START_DEADLINE_MS = 60000;
+const STOP_GRACE_MS = 10000;
+
+// ---- bounded waiting ---------------------------------------------------------------------
+
+/**
+ * `promise`, or an error saying what did not happen if it takes longer than `ms`. For anything
+ * that could hang, above all promises awaited inside page code (sendMessage, joinRoom) through
+ * `page.evaluate`. `details`, if given, describes the state for the error message.
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {string} what
+ * @param {number} [ms]
+ * @param {() => Promise<string>} [details]
+ * @returns {Promise<T>}
+ */
+export async function bounded(promise, what, ms = DEADLINE_MS, details) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  const LATE = Symbol("late");
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(LATE), ms);
+  });
+  try {
+    const r = await Promise.race([promise, late]);
+    if (r === LATE) {
+      // The abandoned promise may still reject (a page closed under it): that is no news.
+      promise.catch(() => {});
+      let more = "";
+      if (details) {
+        more = await bounded(details(), "the details", 5000).then((d) => `; ${d}`, (e) => ` (no details: ${e.message})`);
+      }
+      throw new Error(`timed out after ${ms / 1000} s: ${what}${more}`);
+    }
+    return /** @type {T} */ (r);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Runs `fn` in the page and bounds the wait for its result (see `bounded`).
+ * @template A, R
+ * @param {import("playwright-core").Page} page
+ * @param {(arg: A) => R | Promise<R>} fn
+ * @param {A} arg
+ * @param {string} what
+ * @param {number} [ms]
+ * @param {() => Promise<string>} [details]
+ * @returns {Promise<R>}
+ */
+export function evaluate(page, fn, arg, what, ms = DEADLINE_MS, details) {
+  return bounded(/** @type {Promise<R>} */ (page.evaluate(/** @type {any} */ (fn), arg)), what, ms, details);
+}
+
+/**
+ * Polls `check` until it returns a truthy value or the deadline passes (each check is bounded
+ * by the deadline too, so a hung page cannot hold it up).
+ * @template T
+ * @param {() => Promise<T> | T} check
+ * @param {string} what
+ * @param {number} [timeoutMs]
+ * @returns {Promise<T>}
+ */
+export async function waitFor(check, what, timeoutMs = DEADLINE_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = Math.max(deadline - Date.now(), 1000);
+    const v = await bounded(Promise.resolve().then(check), `waiting for ${what}`, left);
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// ---- child processes ---------------------------------------------------------------------
+
+/** @typedef {{child: import("node:child_process").ChildProcess, exited: Promise<void>, dir: string, name: string}} Proc */
+
+/** Every child process started in this file and not yet stopped. */
+/** @type {Set<Proc>} */
+const procs = new Set();
+
+process.on("exit", () => {
+  // Last resort (an uncaught error, a cancelled run): no process outlives the test file.
+  for (const p of procs) p.child.kill("SIGKILL");
+});
+
+/**
+ * Starts a child process, tracked until it is stopped. Its stderr goes to ours, the last few
+ * KiB of it kept for error messages (and of its stdout too, with `stdoutIsLog`: Redis logs
+ * there).
+ * @param {string} name
+ * @param {string} bin
+ * @param {string[]} args
+ * @param {string} dir its temporary directory, removed when it stops
+ * @param {NodeJS.ProcessEnv} [env]
+ * @param {boolean} [stdoutIsLog]
+ */
+function startProc(name, bin, args, dir, env, stdoutIsLog = false) {
+  const child = spawn(bin, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  let tail = "";
+  // A failed spawn (no such binary) emits `error`, and maybe no `exit`.
+  const exited = new Promise((resolve) => {
+    child.once("exit", () => resolve(undefined));
+    child.on("error", (e) => {
+      tail += `\n(${name}: ${e.message})`;
+      if (child.pid === undefined) resolve(undefined);
+    });
+  }).then(() => {});
+  child.stderr?.on("data", (d) => {
+    process.stderr.write(d);
+    tail = (tail + String(d)).slice(-4096);
+  });
+  if (stdoutIsLog) {
+    child.stdout?.on("data", (d) => {
+      tail = (tail + String(d)).slice(-4096);
+    });
+  }
+  /** @type {Proc & {stderr: () => string}} */
+  const proc = { child, exited, dir, name, stderr: () => tail };
+  procs.add(proc);
+  return proc;
+}
+
+/**
+ * Stops a process: SIGTERM (or SIGKILL), SIGKILL if it lingers, then its directory goes.
+ * @param {Proc} proc
+ * @param {NodeJS.Signals} signal
+ */
+async function stopProc(proc, signal) {
+  if (proc.child.exitCode === null && proc.child.signalCode === null) {
+    proc.child.kill(signal);
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
+    const lingering = await Promise.race([
+      proc.exited.then(() => false),
+      new Promise((r) => {
+        timer = setTimeout(() => r(true), STOP_GRACE_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (lingering) {
+      console.error(`${proc.name} did not exit ${STOP_GRACE_MS / 1000} s after ${signal}: killing it`);
+      proc.child.kill("SIGKILL");
+      await proc.exited;
+    }
+  }
+  procs.delete(proc);
+  rmSync(proc.dir, { recursive: true, force: true });
+}
+
+/**
+ * Ends every process and closes the browser: run it in `after`, so nothing outlives the file
+ * whatever failed.
+ */
+export async function stopAll() {
+  await endTest().catch(() => {});
+  await Promise.allSettled([...servers].map((s) => s.stop()));
+  await Promise.allSettled([...procs].map((p) => stopProc(p, "SIGKILL")));
+  await closeBrowser();
+}
+
+/**
+ * Resolves with the first stdout line of `proc` that matches `re` (its first group), rejects
+ * if the process exits first.
+ * @param {Proc & {stderr: () => string}} proc
+ * @param {RegExp} re
+ */
+function stdoutLine(proc, re) {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const stdout = /** @type {import("node:stream").Readable} */ (proc.child.stdout);
+    const onData = (/** @type {Buffer} */ d) => {
+      buf += String(d);
+      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        const m = re.exec(line);
+        if (m) {
+          stdout.off("data", onData);
+          stdout.resume(); // the rest is not needed, but must not fill the pipe
+          resolve(m[1]);
+          return;
+        }
+      }
+    };
+    stdout.on("data", onData);
+    void proc.exited.then(() => reject(new Error(`${proc.name} exited (${proc.child.exitCode ?? proc.child.signalCode}) before printing its address: ${proc.stderr()}`)));
+  });
+}
+
+/** @returns {Promise<number>} a port free a moment ago (only for Redis, which cannot bind 0) */
 function freePort() {
   return new Promise((resolve, reject) => {
     const srv = createServer();
@@ -28,53 +229,47 @@ function freePort() {
   });
 }
 
-/**
- * Polls `check` until it returns a truthy value or the timeout passes.
- * @template T
- * @param {() => Promise<T> | T} check
- * @param {string} what
- * @param {number} [timeoutMs]
- * @returns {Promise<T>}
- */
-export async function waitFor(check, what, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+// ---- bluecam serve -----------------------------------------------------------------------
+
+/** Every server started and not yet stopped. */
+/** @type {Set<TestServer>} */
+const servers = new Set();
 
 export class TestServer {
-  /** @param {string[]} [extraArgs] */
+  /**
+   * Starts `bluecam serve` on port 0 of 127.0.0.1 and reads its address from its first line
+   * ("BlueCam is listening on http://127.0.0.1:PORT"): no port is picked and handed over.
+   * @param {string[]} [extraArgs]
+   */
   static async start(extraArgs = []) {
-    const port = await freePort();
     const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-e2e-"));
-    const child = spawn(BIN, ["serve", "--bind", `127.0.0.1:${port}`, "--data-dir", dir, ...extraArgs], {
-      env: { ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: "warn" },
-      stdio: ["ignore", "ignore", "inherit"],
+    const proc = startProc("bluecam serve", BIN, ["serve", "--bind", "127.0.0.1:0", "--data-dir", dir, ...extraArgs], dir, {
+      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: "warn",
     });
-    const server = new TestServer(`http://127.0.0.1:${port}`, child, dir);
-    await waitFor(async () => {
-      try {
-        return (await fetch(`${server.url}/healthz`)).ok;
-      } catch {
-        return false;
-      }
-    }, "the server to start");
+    const server = new TestServer(proc);
+    servers.add(server);
+    try {
+      server.url = await bounded(stdoutLine(proc, /^BlueCam is listening on (http:\/\/127\.0\.0\.1:\d+)$/), "bluecam serve to print its address", START_DEADLINE_MS);
+      await waitFor(async () => {
+        try {
+          return (await fetch(`${server.url}/healthz`)).ok;
+        } catch {
+          return false;
+        }
+      }, "the server to answer /healthz", START_DEADLINE_MS);
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
     return server;
   }
 
-  /**
-   * @param {string} url
-   * @param {import("node:child_process").ChildProcess} child
-   * @param {string} dir
-   */
-  constructor(url, child, dir) {
-    this.url = url;
-    this.child = child;
-    this.dir = dir;
+  /** @param {Proc} proc */
+  constructor(proc) {
+    this.proc = proc;
+    this.child = proc.child;
+    this.dir = proc.dir;
+    this.url = "";
   }
 
   /**
@@ -83,12 +278,12 @@ export class TestServer {
    * @param {unknown} [body]
    */
   async api(method, path, body) {
-    const res = await fetch(this.url + path, {
+    const res = await bounded(fetch(this.url + path, {
       method,
       headers: { authorization: `Bearer ${SECRET}`, "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
+    }), `${method} ${path}`);
+    const text = await bounded(res.text(), `the body of ${method} ${path}`);
     return { status: res.status, body: text ? JSON.parse(text) : null };
   }
 
@@ -110,80 +305,130 @@ export class TestServer {
     return r.body.token;
   }
 
+  /** Stops the server (SIGTERM, SIGKILL if it lingers); a no-op once stopped. */
   async stop() {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      this.child.kill("SIGTERM");
-      await new Promise((r) => this.child.once("exit", r));
-    }
-    rmSync(this.dir, { recursive: true, force: true });
+    servers.delete(this);
+    await stopProc(this.proc, "SIGTERM");
   }
 
   /** Kills the process outright (SIGKILL): no goodbye to anyone. */
   async kill() {
     this.child.kill("SIGKILL");
-    await new Promise((r) => this.child.once("exit", r));
+    await this.proc.exited;
   }
 }
 
-/** A `redis-server` of this test run on a free port (Debian's package must be installed). */
+/** Stops every server still running (a test's cluster nodes, in `afterEach`). */
+export async function stopServers() {
+  await Promise.allSettled([...servers].map((s) => s.stop()));
+}
+
+// ---- redis-server ------------------------------------------------------------------------
+
+/**
+ * The `process_id` in `INFO server` of whatever answers on `port`, or null.
+ * @param {number} port
+ * @returns {Promise<number | null>}
+ */
+function redisPid(port) {
+  return new Promise((resolve) => {
+    const s = createConnection(port, "127.0.0.1");
+    let buf = "";
+    const done = (/** @type {number | null} */ v) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.setTimeout(5000, () => done(null));
+    s.once("connect", () => s.write("INFO server\r\n"));
+    s.on("data", (d) => {
+      buf += String(d);
+      const m = /process_id:(\d+)/.exec(buf);
+      if (m) done(Number(m[1]));
+      else if (buf.startsWith("-")) done(null);
+    });
+    s.once("error", () => done(null));
+    s.once("close", () => done(null));
+  });
+}
+
+/** A `redis-server` of this test run (Debian's package must be installed). */
 export class Redis {
+  /**
+   * Redis cannot listen on port 0 and say which port it got, so: a free port, and if another
+   * process took it meanwhile (our redis-server exits, "Address already in use"), another
+   * port. Ready means that the redis-server answering is ours (its pid), not a squatter.
+   */
   static async start() {
-    const port = await freePort();
-    const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-redis-"));
-    const child = spawn("redis-server", [
-      "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-      "--dir", dir, "--loglevel", "warning",
-    ], { stdio: ["ignore", "ignore", "inherit"] });
-    const redis = new Redis(`redis://127.0.0.1:${port}`, child, dir);
-    await waitFor(() => new Promise((resolve) => {
-      const s = createConnection(port, "127.0.0.1");
-      s.once("connect", () => s.write("PING\r\n"));
-      s.once("data", (d) => { s.destroy(); resolve(String(d).startsWith("+PONG")); });
-      s.once("error", () => resolve(false));
-    }), "redis-server to start");
-    return redis;
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-redis-"));
+      const proc = startProc("redis-server", "redis-server", [
+        "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", dir, "--loglevel", "warning",
+      ], dir, undefined, true);
+      /** @type {"ready" | "exited"} */
+      let state;
+      try {
+        state = /** @type {"ready" | "exited"} */ (await waitFor(async () => {
+          if (proc.child.exitCode !== null || proc.child.signalCode !== null) return "exited";
+          return (await redisPid(port)) === proc.child.pid ? "ready" : null;
+        }, "redis-server to start", START_DEADLINE_MS));
+      } catch (e) {
+        await stopProc(proc, "SIGKILL");
+        throw e;
+      }
+      if (state === "ready") return new Redis(`redis://127.0.0.1:${port}`, proc);
+      const why = proc.stderr();
+      await stopProc(proc, "SIGKILL");
+      if (!/in use|bind/i.test(why) || attempt >= 5) throw new Error(`redis-server exited: ${why}`);
+      console.error(`port ${port} was taken before redis-server bound it: trying another`);
+    }
   }
 
   /**
    * @param {string} url
-   * @param {import("node:child_process").ChildProcess} child
-   * @param {string} dir
+   * @param {Proc} proc
    */
-  constructor(url, child, dir) {
+  constructor(url, proc) {
     this.url = url;
-    this.child = child;
-    this.dir = dir;
+    this.proc = proc;
   }
 
   async stop() {
-    this.child.kill("SIGKILL");
-    await new Promise((r) => this.child.once("exit", r));
-    rmSync(this.dir, { recursive: true, force: true });
+    await stopProc(this.proc, "SIGKILL");
   }
 }
 
 /**
- * Starts `n` nodes of one cluster on `redis`, whose liveness expires after `ttlSecs`.
+ * Starts `n` nodes of one cluster on `redis`, whose liveness expires after `ttlSecs`. Each node
+ * is tracked as soon as it starts (`stopServers`, `stopAll`), even if a later one fails.
  * @param {Redis} redis
  * @param {number} n
  * @param {number} ttlSecs
+ * @param {string} [extraToml] more configuration (a `[limits]` table, say)
  */
-export async function startCluster(redis, n, ttlSecs) {
+export async function startCluster(redis, n, ttlSecs, extraToml = "") {
   const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-cluster-"));
   const config = joinPath(dir, "cluster.toml");
-  writeFileSync(config, `[cluster]\nnode_ttl_secs = ${ttlSecs}\n`);
+  writeFileSync(config, `[cluster]\nnode_ttl_secs = ${ttlSecs}\n${extraToml}`);
   const nodes = [];
-  for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
+  try {
+    for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
+  } finally {
+    // Each node read the file when it started.
+    rmSync(dir, { recursive: true, force: true });
+  }
   return nodes;
 }
 
-/**
- * One peer: its own Chromium process and one page on the server's origin.
- * @param {TestServer} server
- * @param {{noWebrtc?: boolean, path?: string}} [opts]
- */
-export async function launchPeer(server, opts = {}) {
-  const browser = await chromium.launch({
+// ---- the browser, and one context per peer -----------------------------------------------
+
+/** @type {Promise<import("playwright-core").Browser> | null} */
+let browserStarting = null;
+
+/** The browser of this test file, started on first use. */
+function browser() {
+  browserStarting ??= chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [
       "--headless", "--no-sandbox", "--use-fake-device-for-media-stream",
@@ -191,12 +436,106 @@ export async function launchPeer(server, opts = {}) {
       "--disable-component-update", "--disable-sync", "--no-first-run",
     ],
   });
-  const page = await browser.newPage();
-  page.on("pageerror", (e) => console.error("page error:", e.message));
+  return browserStarting;
+}
+
+export async function closeBrowser() {
+  const starting = browserStarting;
+  browserStarting = null;
+  const running = await starting?.catch(() => null);
+  if (running) await bounded(running.close(), "closing the browser", 30000).catch((e) => console.error(e.message));
+}
+
+/**
+ * What the pages import as /sdk/bluecam.js: the real SDK (under another URL), with `joinRoom`
+ * recording every `onError` and `onGap` call in `window.__bluecamEvents` before passing it on
+ * to the app's own callbacks. So every join in every page is recorded: the harness's `join`,
+ * a test's own `joinRoom` calls and the demo app's.
+ */
+const RECORDING_SDK = `
+import * as sdk from "/sdk/bluecam.js?e2e-real";
+export * from "/sdk/bluecam.js?e2e-real";
+const events = (globalThis.__bluecamEvents ??= { errors: [], gaps: [] });
+export function joinRoom(options) {
+  return sdk.joinRoom({
+    ...options,
+    onError(error) {
+      events.errors.push({ name: String(error?.name), code: error?.code ?? null, message: String(error?.message ?? error) });
+      options.onError?.(error);
+    },
+    onGap(peer, gap) {
+      events.gaps.push({ peer: peer.id, expected: gap.expected, held: gap.held, partial: gap.partial });
+      options.onGap?.(peer, gap);
+    },
+  });
+}
+export const JoinRoom = joinRoom;
+`;
+
+/**
+ * @typedef {{name: string, code?: string | null, message?: string | RegExp}} ErrorSpec
+ * @typedef {{peer: string, expected: number, held: number, partial: number}} GapSpec
+ * @typedef {{errors?: ErrorSpec[] | {every: ErrorSpec, atLeast?: number}, gaps?: GapSpec[]}} Expected
+ * @typedef {{errors: {name: string, code: string | null, message: string}[], gaps: GapSpec[]}} Events
+ */
+
+/**
+ * One peer: a browser context of its own (storage, cookies, permissions: like a separate
+ * browser) with one page, and what the SDK reported in it.
+ * @typedef {object} Peer
+ * @property {string} label
+ * @property {import("playwright-core").BrowserContext} context
+ * @property {import("playwright-core").Page} page
+ * @property {string[]} pageErrors uncaught errors and unhandled rejections in the page
+ * @property {Expected} expected what the test last said it expects (none by default)
+ * @property {() => Promise<Events>} events
+ * @property {() => Promise<void>} close
+ */
+
+/** The peers of the running test. */
+/** @type {Set<Peer>} */
+const peers = new Set();
+let peerCount = 0;
+
+/**
+ * A peer on `server`: a new context of the file's browser, with one page on the server's origin.
+ * @param {TestServer} server
+ * @param {{noWebrtc?: boolean, path?: string, label?: string}} [opts]
+ * @returns {Promise<Peer>}
+ */
+export async function launchPeer(server, opts = {}) {
+  const label = opts.label ?? `peer ${++peerCount}`;
+  const context = await bounded((await browser()).newContext(), `a browser context for ${label}`);
+  /** @type {Peer} */
+  const peer = {
+    label,
+    context,
+    page: /** @type {any} */ (null),
+    pageErrors: [],
+    expected: {},
+    events: () => evaluate(peer.page, () => {
+      const e = /** @type {any} */ (window).__bluecamEvents;
+      return { errors: e?.errors ?? [], gaps: e?.gaps ?? [] };
+    }, undefined, `the SDK events of ${label}`, 10000),
+    close: () => bounded(context.close(), `closing ${label}'s context`, 30000).catch((e) => console.error(e.message)),
+  };
+  peers.add(peer);
+  await context.route(
+    (url) => url.pathname === "/sdk/bluecam.js" && url.search === "",
+    (route) => route.request().resourceType() === "script"
+      ? route.fulfill({ contentType: "text/javascript", body: RECORDING_SDK })
+      : route.continue(),
+  );
+  const page = await bounded(context.newPage(), `a page for ${label}`);
+  peer.page = page;
+  page.on("pageerror", (e) => {
+    console.error(`${label}: uncaught in the page:`, e.message);
+    peer.pageErrors.push(e.message);
+  });
   page.on("console", (m) => {
     // (The page at /sdk/bluecam.js has no favicon: that 404 is noise.)
     if ((m.type() === "warning" || m.type() === "error") && !m.text().startsWith("Failed to load resource")) {
-      console.error(`page ${m.type()}:`, m.text());
+      console.error(`${label}: page ${m.type()}:`, m.text());
     }
   });
   if (opts.noWebrtc) {
@@ -208,20 +547,87 @@ export async function launchPeer(server, opts = {}) {
       window.RTCPeerConnection = undefined;
     });
   }
-  await page.goto(server.url + (opts.path ?? "/sdk/bluecam.js"));
-  return { browser, page, close: () => browser.close() };
+  await page.goto(server.url + (opts.path ?? "/sdk/bluecam.js"), { timeout: DEADLINE_MS });
+  return peer;
 }
 
 /**
- * Joins through the SDK inside the page; messages and events are recorded on `window.t`.
+ * Whether `events` are what `expected` says (exactly: no more, no fewer).
+ * @param {Events} events
+ * @param {Expected} expected
+ */
+function eventsMatch(events, expected) {
+  const errorIs = (/** @type {Events["errors"][number]} */ got, /** @type {ErrorSpec} */ spec) =>
+    got.name === spec.name &&
+    (!("code" in spec) || got.code === (spec.code ?? null)) &&
+    (spec.message === undefined || (spec.message instanceof RegExp ? spec.message.test(got.message) : got.message === spec.message));
+  const want = expected.errors ?? [];
+  const errorsOk = Array.isArray(want)
+    ? events.errors.length === want.length && events.errors.every((e, i) => errorIs(e, want[i]))
+    : events.errors.length >= (want.atLeast ?? 0) && events.errors.every((e) => errorIs(e, want.every));
+  return errorsOk && isDeepStrictEqual(events.gaps, expected.gaps ?? []);
+}
+
+/** @param {Expected} expected */
+function describe(expected) {
+  return JSON.stringify(expected, (_, v) => (v instanceof RegExp ? String(v) : v));
+}
+
+/**
+ * Asserts what the SDK reported through `onError` and `onGap` in each of `peersToCheck`: by
+ * default nothing at all ("no spurious error, no gap"). Remembered for `endTest`, which checks
+ * again (nothing may come later either).
+ * @param {Peer[]} peersToCheck
+ * @param {Expected} [expected]
+ */
+export async function expectEvents(peersToCheck, expected = {}) {
+  for (const peer of peersToCheck) {
+    peer.expected = expected;
+    const events = await peer.events();
+    if (!eventsMatch(events, expected)) {
+      throw new Error(`${peer.label}: the SDK reported ${JSON.stringify(events)}, expected ${describe(expected)}`);
+    }
+  }
+}
+
+/**
+ * Ends the running test (run it in `afterEach`): checks that every peer's SDK events are still
+ * what the test expected (none unless it said otherwise) and that no page had an uncaught
+ * error, then closes every context of the test, whatever the checks found.
+ */
+export async function endTest() {
+  const ending = [...peers];
+  peers.clear();
+  const problems = [];
+  try {
+    for (const peer of ending) {
+      if (peer.pageErrors.length > 0) problems.push(`${peer.label}: uncaught in the page: ${peer.pageErrors.join(" | ")}`);
+      if (!peer.page) continue;
+      const events = await peer.events().catch((e) => e);
+      if (events instanceof Error) problems.push(`${peer.label}: ${events.message}`);
+      else if (!eventsMatch(events, peer.expected)) {
+        problems.push(`${peer.label}: the SDK reported ${JSON.stringify(events)}, expected ${describe(peer.expected)}`);
+      }
+    }
+  } finally {
+    await Promise.allSettled(ending.map((p) => p.close()));
+  }
+  if (problems.length > 0) throw new Error(problems.join("\n"));
+}
+
+// ---- joining -----------------------------------------------------------------------------
+
+/**
+ * Joins through the SDK inside the page; messages and events are recorded on `window.t` (and
+ * `onError`/`onGap` in `window.__bluecamEvents`, see RECORDING_SDK).
  * @param {import("playwright-core").Page} page
  * @param {string} token
  * @param {{video?: boolean, audio?: boolean}} [media]
  * @param {string | string[]} [server] the node(s) to use; default the page's own origin
  * @returns {Promise<string>} the peer id
  */
-export async function join(page, token, media = { video: true, audio: true }, server = undefined) {
-  return page.evaluate(async ({ token, media, server }) => {
+export function join(page, token, media = { video: true, audio: true }, server = undefined) {
+  return evaluate(page, async ({ token, media, server }) => {
     const sdk = await import("/sdk/bluecam.js");
     /** @type {any} */
     const w = window;
@@ -238,11 +644,15 @@ export async function join(page, token, media = { video: true, audio: true }, se
         w.t.received.push({ type, data, from: from.id, path: meta.path }),
       onPeerJoined: (/** @type {{id: string}} */ p) => w.t.joined.push(p.id),
       onPeerLeft: (/** @type {{id: string}} */ p) => w.t.left.push(p.id),
-      onPathChange: (/** @type {{id: string}} */ p, /** @type {string} */ path) => w.t.paths.push([p.id, path]),
+      onPathChange: (/** @type {{id: string}} */ p, /** @type {string} */ path) => {
+        w.t.paths.push([p.id, path]);
+        // Synchronous, inside the SDK's callback: a test can act at the very moment of a switch.
+        window.dispatchEvent(new CustomEvent("bluecam-path", { detail: { id: p.id, path } }));
+      },
       onStream: () => w.t.streams++,
     });
     return w.room.self.id;
-  }, { token, media, server });
+  }, { token, media, server }, "joinRoom");
 }
 
 /**
@@ -256,6 +666,31 @@ export function waitPeers(page, n) {
     () => page.evaluate((n) => /** @type {any} */ (window).room.peers.length >= n, n),
     `${n} peers in the room`,
   );
+}
+
+/**
+ * Inbound video frames decoded from a peer, and whether the selected candidate pair is host.
+ * @param {import("playwright-core").Page} page
+ * @param {string} peerId
+ */
+export function videoStats(page, peerId) {
+  return evaluate(page, async (id) => {
+    const pc = /** @type {any} */ (window).room.remotes.get(id)?.link?.pc;
+    if (!pc) return { frames: 0, host: false };
+    const stats = await pc.getStats();
+    let frames = 0;
+    let host = false;
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    stats.forEach((/** @type {any} */ s) => byId.set(s.id, s));
+    stats.forEach((/** @type {any} */ s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
+      if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated) {
+        host = byId.get(s.localCandidateId)?.candidateType === "host" && byId.get(s.remoteCandidateId)?.candidateType === "host";
+      }
+    });
+    return { frames, host };
+  }, peerId, "getStats");
 }
 
 export function ensureArtifacts() {

@@ -250,7 +250,22 @@ async fn relay_peer(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut ws = connect(addr, bluecam_proto::WS_PATH, Some(source)).await?;
-    let me = join(&mut ws, token).await?.self_.id;
+    let joined = join(&mut ws, token).await?;
+    let me = joined.self_.id;
+    // Send only once the partner is in the room: a broadcast reaches those present, so
+    // messages sent before it joined would count as lost.
+    if joined.peers.is_empty() {
+        loop {
+            let Some(Ok(msg)) = ws.next().await else {
+                bail!("closed before the partner joined");
+            };
+            if let Message::Text(text) = msg
+                && text.contains(r#""op":"peer_joined""#)
+            {
+                break;
+            }
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     let mut next_out = 0u64;
     let mut expected: HashMap<String, u64> = HashMap::new();
