@@ -195,6 +195,20 @@ impl Drop for TestServer {
     }
 }
 
+/// Reads a raw connection until the server closes it (EOF or reset); everything it sent.
+pub async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open"),
+            Ok(Ok(0) | Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,7 +1,7 @@
 //! Hostile input: slowloris and silent connections, connection caps, the demo's endpoints,
 //! close codes that must arrive (lingering close), and error bodies for malformed requests.
 
-use crate::common::{Client, SECRET, TestServer, WAIT};
+use crate::common::{Client, SECRET, TestServer, WAIT, read_to_close};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use std::{
@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{TcpSocket, TcpStream},
 };
 use tokio_tungstenite::tungstenite::{
@@ -25,19 +25,6 @@ async fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((source, 0))).unwrap();
     socket.connect(server).await.unwrap()
-}
-
-/// Reads until the server closes the connection (EOF or reset); everything it sent.
-async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
-            Err(_) => panic!("the server kept the connection open"),
-            Ok(Ok(0) | Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Sends one raw HTTP/1.1 request (the connection closes after it) and returns the status,

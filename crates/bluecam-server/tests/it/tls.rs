@@ -1,7 +1,7 @@
 //! Built-in TLS (`--tls-cert`/`--tls-key`): HTTPS with a certificate the client trusts.
 
-use crate::common::{SECRET, TestServer, WAIT};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use crate::common::{SECRET, TestServer, read_to_close};
+use tokio::io::AsyncWriteExt as _;
 
 /// A TLS server with a fresh self-signed certificate for `localhost`.
 async fn tls_server(
@@ -20,19 +20,6 @@ async fn tls_server(
     (s, generated)
 }
 
-/// Reads until the server closes; what it sent.
-async fn read_all(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
-            Err(_) => panic!("the server kept the connection open"),
-            Ok(Ok(0) | Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_tls_handshake_that_never_comes_is_cut_and_caps_close_without_plaintext() {
     let (s, _) = tls_server(|c| {
@@ -47,8 +34,8 @@ async fn a_tls_handshake_that_never_comes_is_cut_and_caps_close_without_plaintex
     // client would take for a broken handshake.
     let mut over = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let _ = over.write_all(b"\x16\x03\x01").await;
-    assert!(read_all(&mut over).await.is_empty());
-    assert!(read_all(&mut silent).await.is_empty());
+    assert!(read_to_close(&mut over).await.is_empty());
+    assert!(read_to_close(&mut silent).await.is_empty());
 }
 
 #[tokio::test]
