@@ -450,3 +450,266 @@ fn a_join_answer_that_overtakes_events_brings_the_replica_to_its_version() {
     assert!(w.drain().is_empty());
     w.hub.check_invariants().unwrap();
 }
+
+/// One step of the cluster property test: events from the directory (in order, stale or
+/// repeated), frames from other nodes, and broadcasts from this node's peers.
+#[derive(Clone, Debug)]
+enum ClusterOp {
+    /// A peer of another node joins (`fresh`: with the next version; else a stale version).
+    RemoteJoin {
+        id: u8,
+        node: u8,
+        fresh: bool,
+    },
+    RemoteLeave {
+        pick: u8,
+        fresh: bool,
+    },
+    RemoteMove {
+        pick: u8,
+        node: u8,
+        fresh: bool,
+    },
+    /// A frame from a peer of another node, to some of the room's peers and one unknown id.
+    RemoteFrame {
+        pick: u8,
+        to_locals: u8,
+        to_remotes: bool,
+        to_ghost: bool,
+    },
+    /// A local peer broadcasts.
+    Broadcast {
+        from: u8,
+    },
+    /// The directory's list of the room's peers of other nodes (after Redis came back): some
+    /// of the known ones (`keep`, a bit each), some new ones (`add`), all on `node`.
+    Snapshot {
+        keep: u8,
+        add: u8,
+        node: u8,
+    },
+}
+
+fn cluster_op() -> impl proptest::strategy::Strategy<Value = ClusterOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u8..6, 0u8..2, proptest::bool::weighted(0.8))
+            .prop_map(|(id, node, fresh)| ClusterOp::RemoteJoin { id, node, fresh }),
+        2 => (any::<u8>(), proptest::bool::weighted(0.8))
+            .prop_map(|(pick, fresh)| ClusterOp::RemoteLeave { pick, fresh }),
+        2 => (any::<u8>(), 0u8..2, proptest::bool::weighted(0.8))
+            .prop_map(|(pick, node, fresh)| ClusterOp::RemoteMove { pick, node, fresh }),
+        3 => (any::<u8>(), 0u8..4, any::<bool>(), any::<bool>()).prop_map(
+            |(pick, to_locals, to_remotes, to_ghost)| ClusterOp::RemoteFrame {
+                pick,
+                to_locals,
+                to_remotes,
+                to_ghost
+            }
+        ),
+        3 => (0u8..2).prop_map(|from| ClusterOp::Broadcast { from }),
+        1 => (any::<u8>(), 0u8..64, 0u8..2)
+            .prop_map(|(keep, add, node)| ClusterOp::Snapshot { keep, add, node }),
+    ]
+}
+
+const NODES: [&str; 2] = ["nb", "nc"];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Whatever the directory sends, in whatever order, and whatever its snapshots say after an
+    /// outage: every local peer's view of the room is
+    /// the model's membership; a remote frame reaches exactly the local peers it names; a
+    /// broadcast is delivered to the local peers and published once per other node, naming
+    /// exactly that node's peers; stale events change nothing; the core's invariants hold; and
+    /// no peer of another node is ever reported removed from this node's directory entries.
+    #[test]
+    fn cluster_events_keep_every_view_and_route_as_the_model_says(
+        ops in proptest::collection::vec(cluster_op(), 1..40)
+    ) {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut w = World::new();
+        let room = room("r", 50);
+        let rid = room.summary.id.clone();
+        let (a, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+        let (b, out) = cluster_join(&mut w, &room, "bob", view(2, 2, vec![]));
+        let _ = out;
+        let locals = [a.clone(), b.clone()];
+        let mut ver = 2u64;
+        let mut seq = 2u64;
+        // Remote peers: id -> node.
+        let mut remotes: BTreeMap<String, &str> = BTreeMap::new();
+        // What each local peer has been told of the others.
+        let mut views: Vec<BTreeSet<String>> = vec![
+            BTreeSet::from([b.peer.to_string()]),
+            BTreeSet::from([a.peer.to_string()]),
+        ];
+        let mut n = 0u64;
+        for (step, op) in ops.iter().enumerate() {
+            let ctx = format!("step {step} {op:?}");
+            let mut expect_to: Vec<(usize, String)> = Vec::new(); // (local, message text)
+            let mut expect_publish: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut expect_undeliverable = 0usize;
+            let pick_remote = |pick: u8, remotes: &BTreeMap<String, &str>| {
+                (!remotes.is_empty())
+                    .then(|| remotes.keys().nth(usize::from(pick) % remotes.len()).cloned())
+                    .flatten()
+            };
+            let next_ver = |fresh: bool, ver: &mut u64| {
+                if fresh {
+                    *ver += 1;
+                    *ver
+                } else {
+                    *ver // not newer than the replica: ignored
+                }
+            };
+            match op {
+                ClusterOp::RemoteJoin { id, node, fresh } => {
+                    let id = format!("r{id}");
+                    if remotes.contains_key(&id) {
+                        continue; // the directory never announces a present peer twice
+                    }
+                    let v = next_ver(*fresh, &mut ver);
+                    seq += 1;
+                    let node = NODES[usize::from(*node)];
+                    w.hub.handle_room_event(&rid, v, RoomEvent::Joined(remote(&id, node, seq)));
+                    if *fresh {
+                        remotes.insert(id, node);
+                    }
+                }
+                ClusterOp::RemoteLeave { pick, fresh } => {
+                    let Some(id) = pick_remote(*pick, &remotes) else { continue };
+                    let v = next_ver(*fresh, &mut ver);
+                    w.hub.handle_room_event(
+                        &rid,
+                        v,
+                        RoomEvent::Left { peer: PeerId::new(id.as_str()), reason: LeaveReason::Left },
+                    );
+                    if *fresh {
+                        remotes.remove(&id);
+                    }
+                }
+                ClusterOp::RemoteMove { pick, node, fresh } => {
+                    let Some(id) = pick_remote(*pick, &remotes) else { continue };
+                    let v = next_ver(*fresh, &mut ver);
+                    let node = NODES[usize::from(*node)];
+                    w.hub.handle_room_event(&rid, v, RoomEvent::Moved(remote(&id, node, 0)));
+                    if *fresh {
+                        remotes.insert(id, node);
+                    }
+                }
+                ClusterOp::RemoteFrame { pick, to_locals, to_remotes, to_ghost } => {
+                    let Some(from) = pick_remote(*pick, &remotes) else { continue };
+                    n += 1;
+                    let text = format!("m{n}");
+                    let mut to = Vec::new();
+                    for (i, l) in locals.iter().enumerate() {
+                        if to_locals & (1 << i) != 0 {
+                            to.push(l.peer.clone());
+                            expect_to.push((i, text.clone()));
+                        }
+                    }
+                    if *to_remotes {
+                        for r in remotes.keys() {
+                            to.push(PeerId::new(r.as_str()));
+                            expect_undeliverable += 1;
+                        }
+                    }
+                    if *to_ghost {
+                        to.push(PeerId::new("ghost"));
+                        expect_undeliverable += 1;
+                    }
+                    w.hub.handle_room_event(
+                        &rid,
+                        0,
+                        RoomEvent::Frame { to, frame: message_from(&from, &text) },
+                    );
+                }
+                ClusterOp::Snapshot { keep, add, node } => {
+                    let node = NODES[usize::from(*node)];
+                    let mut listed: BTreeMap<String, &str> = BTreeMap::new();
+                    for (k, id) in remotes.keys().enumerate() {
+                        if keep & (1 << (k % 8)) != 0 {
+                            listed.insert(id.clone(), node);
+                        }
+                    }
+                    for i in 0..6u8 {
+                        let id = format!("r{i}");
+                        if add & (1 << i) != 0 && !remotes.contains_key(&id) {
+                            listed.insert(id, node);
+                        }
+                    }
+                    ver += 1;
+                    let peers = listed
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (id, node))| remote(id, node, 100 + k as u64))
+                        .collect();
+                    w.hub.handle_room_snapshot(&rid, ver, peers);
+                    remotes = listed;
+                }
+                ClusterOp::Broadcast { from } => {
+                    n += 1;
+                    let text = format!("m{n}");
+                    let i = usize::from(*from);
+                    w.hub.handle_message(
+                        locals[i].conn,
+                        client(&send_frame(None, &format!("\"{text}\""), None)),
+                    );
+                    expect_to.push((1 - i, text.clone()));
+                    for (id, node) in &remotes {
+                        expect_publish.entry((*node).to_owned()).or_default().insert(id.clone());
+                    }
+                }
+            }
+            let out = w.drain();
+            // Views: apply what each local peer saw, then compare with the model.
+            let mut got_messages: Vec<(usize, String)> = Vec::new();
+            for (i, l) in locals.iter().enumerate() {
+                for seen in out.to(l.conn) {
+                    match seen {
+                        Seen::PeerJoined(p) => {
+                            proptest::prop_assert!(views[i].insert(p.id.to_string()), "{ctx}: joined twice {p:?}");
+                        }
+                        Seen::PeerLeft { peer, .. } => {
+                            proptest::prop_assert!(views[i].remove(peer.as_str()), "{ctx}: left but unknown {peer:?}");
+                        }
+                        Seen::Message { msg, .. } => got_messages.push((i, msg.trim_matches('"').to_owned())),
+                        other => proptest::prop_assert!(false, "{ctx}: unexpected {other:?}"),
+                    }
+                }
+                let mut want: BTreeSet<String> = remotes.keys().cloned().collect();
+                want.insert(locals[1 - i].peer.to_string());
+                proptest::prop_assert_eq!(&views[i], &want, "{}: view of {}", ctx, i);
+            }
+            got_messages.sort();
+            expect_to.sort();
+            proptest::prop_assert_eq!(got_messages, expect_to, "{}: messages", ctx);
+            let mut published: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (node, to, _) in publishes(&out) {
+                let set = published.entry(node.to_string()).or_default();
+                for p in to {
+                    proptest::prop_assert!(set.insert(p.to_string()), "{ctx}: published twice to {p:?}");
+                }
+            }
+            proptest::prop_assert_eq!(published, expect_publish, "{}: publishes", ctx);
+            let undeliverable: usize = out
+                .outputs
+                .iter()
+                .map(|o| match o {
+                    Output::Undeliverable { peers, .. } => *peers,
+                    _ => 0,
+                })
+                .sum();
+            proptest::prop_assert_eq!(undeliverable, expect_undeliverable, "{}: undeliverable", ctx);
+            proptest::prop_assert!(
+                !out.outputs.iter().any(|o| matches!(o, Output::PeerRemoved { .. })),
+                "{ctx}: PeerRemoved for a peer of another node"
+            );
+            if let Err(e) = w.hub.check_invariants() {
+                proptest::prop_assert!(false, "{ctx}: {e}");
+            }
+        }
+    }
+}
