@@ -488,6 +488,10 @@ enum ClusterOp {
         add: u8,
         node: u8,
     },
+    /// A peer of another node resumes here: the directory hands its session over (a claim).
+    Claim {
+        pick: u8,
+    },
 }
 
 fn cluster_op() -> impl proptest::strategy::Strategy<Value = ClusterOp> {
@@ -499,7 +503,7 @@ fn cluster_op() -> impl proptest::strategy::Strategy<Value = ClusterOp> {
             .prop_map(|(pick, fresh)| ClusterOp::RemoteLeave { pick, fresh }),
         2 => (any::<u8>(), 0u8..2, proptest::bool::weighted(0.8))
             .prop_map(|(pick, node, fresh)| ClusterOp::RemoteMove { pick, node, fresh }),
-        3 => (any::<u8>(), 0u8..4, any::<bool>(), any::<bool>()).prop_map(
+        3 => (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>()).prop_map(
             |(pick, to_locals, to_remotes, to_ghost)| ClusterOp::RemoteFrame {
                 pick,
                 to_locals,
@@ -507,9 +511,10 @@ fn cluster_op() -> impl proptest::strategy::Strategy<Value = ClusterOp> {
                 to_ghost
             }
         ),
-        3 => (0u8..2).prop_map(|from| ClusterOp::Broadcast { from }),
+        3 => any::<u8>().prop_map(|from| ClusterOp::Broadcast { from }),
         1 => (any::<u8>(), 0u8..64, 0u8..2)
             .prop_map(|(keep, add, node)| ClusterOp::Snapshot { keep, add, node }),
+        1 => any::<u8>().prop_map(|pick| ClusterOp::Claim { pick }),
     ]
 }
 
@@ -535,7 +540,7 @@ proptest::proptest! {
         let (a, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
         let (b, out) = cluster_join(&mut w, &room, "bob", view(2, 2, vec![]));
         let _ = out;
-        let locals = [a.clone(), b.clone()];
+        let mut locals = vec![a.clone(), b.clone()];
         let mut ver = 2u64;
         let mut seq = 2u64;
         // Remote peers: id -> node.
@@ -551,6 +556,7 @@ proptest::proptest! {
             let mut expect_to: Vec<(usize, String)> = Vec::new(); // (local, message text)
             let mut expect_publish: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             let mut expect_undeliverable = 0usize;
+            let mut admitted: Option<Outbox> = None;
             let pick_remote = |pick: u8, remotes: &BTreeMap<String, &str>| {
                 (!remotes.is_empty())
                     .then(|| remotes.keys().nth(usize::from(pick) % remotes.len()).cloned())
@@ -567,7 +573,7 @@ proptest::proptest! {
             match op {
                 ClusterOp::RemoteJoin { id, node, fresh } => {
                     let id = format!("r{id}");
-                    if remotes.contains_key(&id) {
+                    if remotes.contains_key(&id) || locals.iter().any(|l| l.peer.as_str() == id) {
                         continue; // the directory never announces a present peer twice
                     }
                     let v = next_ver(*fresh, &mut ver);
@@ -605,7 +611,7 @@ proptest::proptest! {
                     let text = format!("m{n}");
                     let mut to = Vec::new();
                     for (i, l) in locals.iter().enumerate() {
-                        if to_locals & (1 << i) != 0 {
+                        if to_locals & (1 << (i % 8)) != 0 {
                             to.push(l.peer.clone());
                             expect_to.push((i, text.clone()));
                         }
@@ -636,7 +642,10 @@ proptest::proptest! {
                     }
                     for i in 0..6u8 {
                         let id = format!("r{i}");
-                        if add & (1 << i) != 0 && !remotes.contains_key(&id) {
+                        // (A peer of this node listed there would be one that resumed
+                        // elsewhere: the move case, tested on its own above.)
+                        let local = locals.iter().any(|l| l.peer.as_str() == id);
+                        if add & (1 << i) != 0 && !remotes.contains_key(&id) && !local {
                             listed.insert(id, node);
                         }
                     }
@@ -649,21 +658,59 @@ proptest::proptest! {
                     w.hub.handle_room_snapshot(&rid, ver, peers);
                     remotes = listed;
                 }
+                ClusterOp::Claim { pick } => {
+                    let Some(id) = pick_remote(*pick, &remotes) else { continue };
+                    remotes.remove(&id);
+                    ver += 1;
+                    let mut req = w.request(&room, &id);
+                    let creds = bluecam_proto::ResumeCredentials {
+                        session: bluecam_proto::SessionId::new(format!("s-{id}")),
+                        secret: bluecam_proto::SessionSecret::new(format!("secret-{id}")),
+                    };
+                    req.resume = Some(creds.clone());
+                    req.cluster = Some(ClusterView {
+                        ver,
+                        seq: 1,
+                        peers: remotes.iter().map(|(r, node)| remote(r, node, 1)).collect(),
+                        claimed: Some(ClaimedSession {
+                            info: remote(&id, "here", 1).info,
+                            session: creds.session,
+                            secret: creds.secret,
+                            permissions: Permissions::default(),
+                        }),
+                    });
+                    w.hub.begin_cluster_join(&rid);
+                    let (back, out) = w.admit(req);
+                    proptest::prop_assert_eq!(back.peer.as_str(), id.as_str());
+                    // Its view comes from its `joined`; the others' stay (same id, no leave).
+                    let mut view = BTreeSet::new();
+                    for seen in out.to(back.conn) {
+                        if let Seen::Joined(j) = seen {
+                            proptest::prop_assert!(j.resumed, "{ctx}: not a resume");
+                            view = j.peers.iter().map(|p| p.id.to_string()).collect();
+                        }
+                    }
+                    locals.push(back);
+                    views.push(view);
+                    admitted = Some(out);
+                }
                 ClusterOp::Broadcast { from } => {
                     n += 1;
                     let text = format!("m{n}");
-                    let i = usize::from(*from);
+                    let i = usize::from(*from) % locals.len();
                     w.hub.handle_message(
                         locals[i].conn,
                         client(&send_frame(None, &format!("\"{text}\""), None)),
                     );
-                    expect_to.push((1 - i, text.clone()));
+                    for j in (0..locals.len()).filter(|j| *j != i) {
+                        expect_to.push((j, text.clone()));
+                    }
                     for (id, node) in &remotes {
                         expect_publish.entry((*node).to_owned()).or_default().insert(id.clone());
                     }
                 }
             }
-            let out = w.drain();
+            let out = admitted.unwrap_or_else(|| w.drain());
             // Views: apply what each local peer saw, then compare with the model.
             let mut got_messages: Vec<(usize, String)> = Vec::new();
             for (i, l) in locals.iter().enumerate() {
@@ -676,11 +723,16 @@ proptest::proptest! {
                             proptest::prop_assert!(views[i].remove(peer.as_str()), "{ctx}: left but unknown {peer:?}");
                         }
                         Seen::Message { msg, .. } => got_messages.push((i, msg.trim_matches('"').to_owned())),
+                        Seen::Joined(_) if i + 1 == locals.len() => {} // a claim, read above
                         other => proptest::prop_assert!(false, "{ctx}: unexpected {other:?}"),
                     }
                 }
                 let mut want: BTreeSet<String> = remotes.keys().cloned().collect();
-                want.insert(locals[1 - i].peer.to_string());
+                for (j, other) in locals.iter().enumerate() {
+                    if j != i {
+                        want.insert(other.peer.to_string());
+                    }
+                }
                 proptest::prop_assert_eq!(&views[i], &want, "{}: view of {}", ctx, i);
             }
             got_messages.sort();
