@@ -38,11 +38,6 @@ impl ApiError {
         }
     }
 
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
@@ -520,31 +515,26 @@ async fn create_token(
         state.config.max_token_ttl_secs,
     );
     // Checked before the room is looked up: bad input is a 400 whether the room exists or not.
-    body.check(limits.1)?;
-    let room = load_room(&state, id).await?;
-    let claims = body.into_claims(room.id, limits, unix_now())?;
+    let claims = body.into_claims(RoomId::new(id.clone()), limits, unix_now())?;
+    load_room(&state, id).await?;
     issue_token(&state, &claims)
 }
 
 impl CreateToken {
-    fn check(&self, max_ttl: u64) -> Result<(), ApiError> {
+    /// Checks every field and makes the token's claims; `ttl` is (default, largest).
+    pub fn into_claims(self, room: RoomId, ttl: (u64, u64), now: u64) -> Result<Claims, ApiError> {
         check_identity("identity", &self.identity)?;
         check_text("name", self.name.as_ref())?;
         check_metadata(self.metadata.as_deref())?;
-        if let Some(ttl) = self.ttl_secs
-            && (ttl == 0 || ttl > max_ttl)
+        let max_ttl = ttl.1;
+        if let Some(t) = self.ttl_secs
+            && (t == 0 || t > max_ttl)
         {
             return Err(ApiError::bad_request(format!(
                 "ttlSecs must be between 1 and {max_ttl}"
             )));
         }
-        Ok(())
-    }
-
-    /// Checks every field and makes the token's claims; `ttl` is (default, largest).
-    pub fn into_claims(self, room: RoomId, ttl: (u64, u64), now: u64) -> Result<Claims, ApiError> {
-        self.check(ttl.1)?;
-        let ttl = self.ttl_secs.unwrap_or(ttl.0).clamp(1, ttl.1.max(1));
+        let ttl = self.ttl_secs.unwrap_or(ttl.0).clamp(1, max_ttl.max(1));
         Ok(Claims {
             sub: Identity::new(self.identity),
             room,

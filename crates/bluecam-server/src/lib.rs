@@ -304,33 +304,8 @@ impl Server {
             .await?;
         }
         spawn_timers(&state);
-        if let Some(listener) = self.metrics_listener {
-            let router = Router::new()
-                .route("/metrics", get(metrics_page))
-                .fallback(not_found)
-                .method_not_allowed_fallback(method_not_allowed)
-                .layer(axum::middleware::map_response(api::json_errors))
-                .with_state(state.clone());
-            let stop = state.shutdown.clone();
-            state.tracker.spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the metrics listener failed");
-                }
-            });
-        }
-        let front = serve::Front {
-            listener: self.listener,
-            tls: self.tls,
-            router: app(state.clone()),
-            state: state.clone(),
-        };
-        // The front stops accepting on either token; the server's own token then tells the
-        // WebSockets (close 1001).
-        let stop = CancellationToken::new();
-        let relay = stop.clone();
+        // An external shutdown cancels the server's own token, which stops the front(s) from
+        // accepting and tells the WebSockets (close 1001).
         let inner = state.shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -338,9 +313,32 @@ impl Server {
                 () = inner.cancelled() => {}
             }
             inner.cancel();
-            relay.cancel();
         });
-        front.run(stop, SHUTDOWN_GRACE).await;
+        if let Some(listener) = self.metrics_listener {
+            // The same front, with its timeouts and caps, serving `/metrics` alone.
+            let metrics = serve::Front {
+                listener,
+                tls: None,
+                router: Router::new()
+                    .route("/metrics", get(metrics_page))
+                    .fallback(not_found)
+                    .method_not_allowed_fallback(method_not_allowed)
+                    .layer(axum::middleware::map_response(api::json_errors))
+                    .with_state(state.clone()),
+                state: state.clone(),
+            };
+            let stop = state.shutdown.clone();
+            state
+                .tracker
+                .spawn(async move { metrics.run(stop, SHUTDOWN_GRACE).await });
+        }
+        let front = serve::Front {
+            listener: self.listener,
+            tls: self.tls,
+            router: app(state.clone()),
+            state: state.clone(),
+        };
+        front.run(state.shutdown.clone(), SHUTDOWN_GRACE).await;
         state.shutdown.cancel();
         state.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())

@@ -29,6 +29,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service as _;
@@ -113,6 +114,7 @@ impl Gate {
                 *n += 1;
                 Some(key)
             };
+        self.gauge.set(self.open() as f64);
         Ok(ConnPermit {
             gate: self.clone(),
             source,
@@ -187,6 +189,23 @@ impl Drop for ConnPermit {
 /// are just closed, so a flood cannot hold descriptors through its refusals.
 const MAX_POLITE_REFUSALS: usize = 64;
 
+/// How long a closing connection keeps reading (and discarding) what the client still sends.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes lingering: shuts the write side down, then reads and discards what the client still
+/// sends until it closes its side or [`LINGER`] passes. Dropping a socket with unread data
+/// makes the kernel answer with a reset, which can destroy the last answer in flight.
+pub(crate) async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
+    let drain = async {
+        let _ = io.shutdown().await;
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n) = io.read(&mut sink).await
+            && n > 0
+        {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// How the server's connections are served.
 pub(crate) struct Front {
     pub listener: TcpListener,
@@ -219,7 +238,7 @@ impl Front {
             axum_server::tls_rustls::RustlsAcceptor::new(config).handshake_timeout(header_timeout)
         });
         let conns = TaskTracker::new();
-        let polite = Arc::new(AtomicUsize::new(0));
+        let polite = Arc::new(Semaphore::new(MAX_POLITE_REFUSALS));
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -248,15 +267,13 @@ impl Front {
                     state.metrics.http_refused(why);
                     // On a TLS port a plain-text answer would only be a handshake error to
                     // the client: just close.
-                    if tls.is_none() && polite.fetch_add(1, Ordering::AcqRel) < MAX_POLITE_REFUSALS
+                    if tls.is_none()
+                        && let Ok(place) = Arc::clone(&polite).try_acquire_owned()
                     {
-                        let polite = polite.clone();
                         tokio::spawn(async move {
                             refuse(tcp, why).await;
-                            polite.fetch_sub(1, Ordering::AcqRel);
+                            drop(place);
                         });
-                    } else if tls.is_none() {
-                        polite.fetch_sub(1, Ordering::AcqRel);
                     }
                     continue;
                 }
@@ -355,13 +372,11 @@ async fn refuse(mut tcp: TcpStream, why: Refusal) {
     );
     let answer = async {
         tcp.write_all(head.as_bytes()).await?;
-        tcp.write_all(body.as_bytes()).await?;
-        tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while tcp.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
+        tcp.write_all(body.as_bytes()).await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+    if let Ok(Ok(())) = tokio::time::timeout(LINGER, answer).await {
+        linger(&mut tcp).await;
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::{
@@ -38,11 +37,6 @@ const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
 /// The server's side of one WebSocket.
 type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// How long a closing connection keeps reading (and discarding) what the client still sends,
-/// so that the kernel does not reset the connection over unread data and lose the close frame
-/// and the errors before it.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// A checked WebSocket handshake (RFC 6455 section 4.2.1). Every refusal is a JSON error body.
 #[derive(Debug)]
@@ -710,11 +704,9 @@ async fn send_error_frame(socket: &mut WebSocket, error: ErrorFrame) -> Result<(
         .map_err(|_| CloseCode::InternalError)
 }
 
-/// Sends the close frame (after whatever error frames went before it), then closes lingering:
-/// shuts down the write side and reads and discards what the client still sends, until it
-/// closes its side or [`LINGER`] passes. Dropping a socket with unread data makes the kernel
-/// answer with a reset, which can destroy the close frame in flight: the client would see
-/// 1006 instead of the code.
+/// Sends the close frame (after whatever error frames went before it), then closes lingering
+/// ([`crate::serve::linger`]): without it the kernel's reset over unread data can destroy the
+/// close frame in flight, and the client would see 1006 instead of the code.
 async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
     state.metrics.closed(code);
     // The peer may already be gone or not reading; a failed or stuck close changes nothing.
@@ -728,15 +720,7 @@ async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
     {
         return;
     }
-    let io = socket.get_mut();
-    let linger = async {
-        let _ = io.shutdown().await;
-        let mut sink = vec![0u8; 4096];
-        while let Ok(n) = io.read(&mut sink).await
-            && n > 0
-        {}
-    };
-    let _ = tokio::time::timeout(LINGER, linger).await;
+    crate::serve::linger(socket.get_mut()).await;
 }
 
 /// How long a close frame may take to go out.

@@ -238,16 +238,7 @@ async fn the_http_api_of_any_node_sees_and_deletes_rooms_of_all() {
     let (a, b) = (node(&redis).await, node(&redis).await);
     let room = a.room().await;
     // Created through A: visible and listed through B.
-    let got: Value = b
-        .http()
-        .get(b.url(&format!("/v1/rooms/{room}")))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = b.api_get(&format!("/v1/rooms/{room}")).await;
     assert_eq!(got["id"], room);
     // A token minted by A works on B.
     let mut bob = Client::connect(b.addr).await;
@@ -258,16 +249,7 @@ async fn the_http_api_of_any_node_sees_and_deletes_rooms_of_all() {
     .await;
     bob.expect_joined().await;
     let mut alice = join_on(&a, &room, "alice").await;
-    let list: Value = a
-        .http()
-        .get(a.url("/v1/rooms"))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = a.api_get("/v1/rooms").await;
     let listed = list["rooms"]
         .as_array()
         .unwrap()
@@ -276,16 +258,7 @@ async fn the_http_api_of_any_node_sees_and_deletes_rooms_of_all() {
         .cloned()
         .unwrap();
     assert_eq!(listed["peerCount"], 2, "counts peers on every node");
-    let peers: Value = b
-        .http()
-        .get(b.url(&format!("/v1/rooms/{room}/peers")))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let peers: Value = b.api_get(&format!("/v1/rooms/{room}/peers")).await;
     assert_eq!(peers["peers"].as_array().unwrap().len(), 2);
 
     // Deleted through B: alice, on A, is told and disconnected.

@@ -91,6 +91,19 @@ impl TestServer {
         res.text().await.unwrap()
     }
 
+    /// An authenticated GET of the HTTP API; its JSON body.
+    pub async fn api_get(&self, path: &str) -> Value {
+        self.http()
+            .get(self.url(path))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates a room through the API and returns its JSON.
     pub async fn create_room(&self, body: Value) -> Value {
         let res = self
@@ -140,16 +153,7 @@ impl TestServer {
 
     /// Whether the API lists `peer` in `room` as connected (`None`: not listed).
     pub async fn presence(&self, room: &str, peer: &str) -> Option<bool> {
-        let list: Value = self
-            .http()
-            .get(self.url(&format!("/v1/rooms/{room}/peers")))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = self.api_get(&format!("/v1/rooms/{room}/peers")).await;
         list["peers"]
             .as_array()
             .unwrap()

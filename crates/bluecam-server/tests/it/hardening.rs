@@ -534,6 +534,46 @@ async fn metrics_on_their_own_address_only() {
     let metrics = server.metrics_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
+    // The open-connection gauge follows connections as they are admitted and as they close
+    // (each nextest test is its own process, so the gauge is this server's). A client without
+    // a pool, so that its own connection is the only other one, once the last has closed.
+    let once = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let open_now = || {
+        let once = once.clone();
+        async move {
+            let page = once
+                .get(format!("http://{metrics}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            page.lines()
+                .find_map(|l| l.strip_prefix("bluecam_http_connections "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        }
+    };
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open_now().await != Some(3.0) {
+        assert!(tokio::time::Instant::now() < deadline, "gauge never 2 + 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    while open_now().await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gauge never back to 1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let http = reqwest::Client::new();
     let public = http
         .get(format!("http://{addr}/metrics"))
