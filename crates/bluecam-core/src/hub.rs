@@ -51,6 +51,53 @@ pub struct RoomAccess {
     pub summary: RoomSummary,
     pub owner: Option<Identity>,
     pub members: Option<Vec<Identity>>,
+    /// Whether one identity may hold several seats; when false, a join by an identity that
+    /// is in the room already replaces its peer (reason `replaced`).
+    pub multiple_sessions: bool,
+}
+
+/// A session read back from disk after a restart: its peer is put back in its room, detached,
+/// for the resume window (see [`Hub::restore`]).
+#[derive(Clone, Debug)]
+pub struct RestoredSession {
+    pub room: RoomSummary,
+    pub info: PeerInfo,
+    pub permissions: Permissions,
+    pub session: SessionId,
+    /// [`secret_digest`] of the session secret (the secret itself is never stored).
+    pub secret_digest: [u8; 32],
+}
+
+/// The SHA-256 of a session secret, as durable session records keep it.
+pub fn secret_digest(secret: &SessionSecret) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.expose().as_bytes()).into()
+}
+
+/// What the core keeps to check a resume's secret.
+#[derive(Clone)]
+enum Secret {
+    Plain(SessionSecret),
+    /// A session restored from disk keeps only the digest until its first resume.
+    Digest([u8; 32]),
+}
+
+impl Secret {
+    fn matches(&self, presented: &SessionSecret) -> bool {
+        match self {
+            Self::Plain(s) => s.matches(presented),
+            Self::Digest(d) => {
+                let p = secret_digest(presented);
+                d.iter().zip(p).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Ids the shell drew for a newcomer (used unless the join resumes a session).
@@ -227,7 +274,7 @@ enum At {
     /// On this node, with its session.
     Here {
         session: SessionId,
-        secret: SessionSecret,
+        secret: Secret,
         link: Link,
     },
     /// On another node of the cluster (this room's replica of the directory in Redis).
@@ -309,6 +356,48 @@ impl Hub {
     /// Whether this node holds the session (a resume of it needs no cluster lookup).
     pub fn has_session(&self, session: &SessionId) -> bool {
         self.sessions.contains_key(session)
+    }
+
+    /// Puts a session back after a restart (single node): its peer is in its room again,
+    /// detached, until it resumes or the resume window (counted from `now`) passes, when it
+    /// leaves with reason `timeout`. Nobody is told: to the others it never left. Sessions are
+    /// restored in join order, before any connection exists; a session already held is
+    /// ignored.
+    pub fn restore(&mut self, r: RestoredSession, now: Instant) {
+        if self.sessions.contains_key(&r.session) {
+            return;
+        }
+        let expires = now + self.config.resume_window;
+        self.next_seq += 1;
+        let room_id = r.room.id.clone();
+        let room = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| RoomState {
+                summary: r.room,
+                peers: HashMap::new(),
+                ver: 0,
+            });
+        room.peers.insert(
+            r.info.id.clone(),
+            PeerState {
+                info: r.info.clone(),
+                permissions: r.permissions,
+                seq: self.next_seq,
+                at: At::Here {
+                    session: r.session.clone(),
+                    secret: Secret::Digest(r.secret_digest),
+                    link: Link::Detached {
+                        expires,
+                        buffer: VecDeque::new(),
+                        bytes: 0,
+                    },
+                },
+            },
+        );
+        self.sessions
+            .insert(r.session.clone(), (room_id, r.info.id));
+        self.expiries.insert((expires, r.session));
     }
 
     /// Cluster: a join into `room` is about to ask the directory. Until the join is handled
@@ -452,6 +541,12 @@ impl Hub {
                 return Err(JoinRejected::Forbidden);
             }
         }
+        // One seat per identity unless the room allows more: a newer session replaces the
+        // older (a reload, a second tab), before the seats are counted. In a cluster the
+        // directory counted the seats and keeps several sessions per identity.
+        if view.is_none() && !req.room.multiple_sessions {
+            self.replace_identity(&room_id, &req.identity);
+        }
         // In cluster mode the directory counted the seats (the joiner's included).
         if view.is_none() {
             let present = self.rooms.get(&room_id).map_or(0, |r| r.peers.len());
@@ -480,7 +575,7 @@ impl Hub {
                 seq,
                 at: At::Here {
                     session: req.fresh.session.clone(),
-                    secret: req.fresh.secret.clone(),
+                    secret: Secret::Plain(req.fresh.secret.clone()),
                     link: Link::Attached(req.conn),
                 },
             },
@@ -514,6 +609,40 @@ impl Hub {
         Ok(info.id)
     }
 
+    /// Removes this node's peers of `identity` from the room, reason `replaced`; an attached
+    /// one is closed with [`CloseCode::Superseded`].
+    fn replace_identity(&mut self, room_id: &RoomId, identity: &Identity) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let mut old: Vec<(u64, PeerId, Option<ConnId>)> = room
+            .peers
+            .iter()
+            .filter(|(_, p)| p.info.identity == *identity)
+            .filter_map(|(id, p)| match &p.at {
+                At::Here { link, .. } => Some((
+                    p.seq,
+                    id.clone(),
+                    match link {
+                        Link::Attached(conn) => Some(*conn),
+                        Link::Detached { .. } => None,
+                    },
+                )),
+                At::There(_) => None,
+            })
+            .collect();
+        old.sort();
+        for (_, peer, conn) in old {
+            if let Some(conn) = conn {
+                self.outputs.push_back(Output::Close {
+                    conn,
+                    code: CloseCode::Superseded,
+                });
+            }
+            self.remove_peer(room_id, &peer, LeaveReason::Replaced);
+        }
+    }
+
     fn resume(
         &mut self,
         req: JoinRequest,
@@ -544,10 +673,12 @@ impl Hub {
         if room_id != req.room.summary.id || peer.info.identity != req.identity {
             return Err(JoinRejected::Unauthorized);
         }
+        // A restored session keeps the digest only until it is resumed with the secret.
+        *secret = Secret::Plain(creds.secret.clone());
         let old = std::mem::replace(link, Link::Attached(req.conn));
         let session_info = SessionInfo {
             id: session.clone(),
-            secret: secret.clone(),
+            secret: creds.secret.clone(),
             resume_window_secs: self.config.resume_window.as_secs(),
         };
         let self_ = peer.info.clone();
@@ -619,7 +750,7 @@ impl Hub {
                 seq: view.seq,
                 at: At::Here {
                     session: claimed.session.clone(),
-                    secret: claimed.secret.clone(),
+                    secret: Secret::Plain(claimed.secret.clone()),
                     link: Link::Attached(req.conn),
                 },
             },
@@ -905,7 +1036,9 @@ impl Hub {
         for (room_id, room) in &self.rooms {
             for p in room.peers.values() {
                 if let At::Here {
-                    session, secret, ..
+                    session,
+                    secret: Secret::Plain(secret),
+                    ..
                 } = &p.at
                 {
                     out.push(LocalPeer {

@@ -12,6 +12,7 @@ mod limits;
 pub use frame::Frame;
 pub use hub::{
     ClaimedSession, ClusterView, ConnId, CoreConfig, FreshIds, Hub, HubStats, JoinRejected,
-    JoinRequest, LocalPeer, Origin, Output, RemotePeer, RoomAccess, RoomEvent,
+    JoinRequest, LocalPeer, Origin, Output, RemotePeer, RestoredSession, RoomAccess, RoomEvent,
+    secret_digest,
 };
 pub use limits::{BadFrameWindow, RateLimiter, TokenBucket};

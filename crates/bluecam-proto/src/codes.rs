@@ -104,11 +104,16 @@ pub enum CloseCode {
     RoomClosed,
     /// 4041: the session was resumed on another connection.
     Replaced,
+    /// 4042: a newer session of the same identity took this one's seat (a reload, a second
+    /// tab); final.
+    Superseded,
+    /// 1012: the server is restarting; resume once it is back (sessions survive a restart).
+    ServiceRestart,
 }
 
 impl CloseCode {
     /// Every close code, for lookups and docs.
-    pub const ALL: [CloseCode; 18] = [
+    pub const ALL: [CloseCode; 20] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -127,6 +132,8 @@ impl CloseCode {
         Self::SlowConsumer,
         Self::RoomClosed,
         Self::Replaced,
+        Self::Superseded,
+        Self::ServiceRestart,
     ];
 
     /// The close code with this number, if it is one of ours.
@@ -155,6 +162,8 @@ impl CloseCode {
             Self::SlowConsumer => 4030,
             Self::RoomClosed => 4040,
             Self::Replaced => 4041,
+            Self::Superseded => 4042,
+            Self::ServiceRestart => 1012,
         }
     }
 
@@ -179,6 +188,8 @@ impl CloseCode {
             Self::SlowConsumer => "slow consumer",
             Self::RoomClosed => "room closed",
             Self::Replaced => "session resumed elsewhere",
+            Self::Superseded => "replaced by a newer session of this identity",
+            Self::ServiceRestart => "server restarting",
         }
     }
 
@@ -200,7 +211,11 @@ impl CloseCode {
     pub fn resumable(self) -> bool {
         matches!(
             self,
-            Self::GoingAway | Self::IdleTimeout | Self::SlowConsumer | Self::InternalError
+            Self::GoingAway
+                | Self::ServiceRestart
+                | Self::IdleTimeout
+                | Self::SlowConsumer
+                | Self::InternalError
         )
     }
 }

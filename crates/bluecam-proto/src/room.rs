@@ -21,6 +21,10 @@ pub struct Room {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     pub peer_count: u32,
+    /// Whether one identity may hold several seats at once (several tabs or devices). When
+    /// false (the default), a join by an identity already in the room replaces its session.
+    #[serde(default)]
+    pub multiple_sessions: bool,
 }
 
 /// What a joining peer learns about its room (`joined.room`): no owner or member list.

@@ -69,6 +69,8 @@ pub enum LeaveReason {
     Timeout,
     /// The server removed it.
     Kicked,
+    /// A newer session of the same identity took its seat (a reload, a second tab).
+    Replaced,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

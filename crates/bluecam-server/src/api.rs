@@ -266,6 +266,7 @@ pub struct CreateRoom {
     max_peers: Option<u32>,
     empty_timeout_secs: Option<u64>,
     metadata: Option<Box<RawValue>>,
+    multiple_sessions: Option<bool>,
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
@@ -380,6 +381,7 @@ impl CreateRoom {
             metadata: body.metadata,
             created_at: now,
             peer_count: 0,
+            multiple_sessions: body.multiple_sessions.unwrap_or(false),
         })
     }
 }

@@ -287,6 +287,7 @@ pub fn decode_event(text: &str) -> Result<Option<Decoded>, serde_json::Error> {
     let reason = match event.reason {
         Some("left") => LeaveReason::Left,
         Some("kicked") => LeaveReason::Kicked,
+        Some("replaced") => LeaveReason::Replaced,
         _ => LeaveReason::Timeout,
     };
     let room_event = match event.t {
@@ -827,6 +828,7 @@ impl RedisBroker {
                             LeaveReason::Left => "left",
                             LeaveReason::Timeout => "timeout",
                             LeaveReason::Kicked => "kicked",
+                            LeaveReason::Replaced => "replaced",
                         };
                         let args = vec![
                             room.to_string(),

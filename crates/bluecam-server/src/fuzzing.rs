@@ -154,6 +154,7 @@ fn cluster_core() -> Hub {
         metadata: None,
         created_at: NOW,
         peer_count: 0,
+        multiple_sessions: false,
     };
     let req = JoinRequest {
         conn: ConnId(1),
@@ -161,6 +162,7 @@ fn cluster_core() -> Hub {
             summary: RoomSummary::from(&room),
             owner: None,
             members: None,
+            multiple_sessions: true,
         },
         identity: Identity::new("local"),
         name: None,

@@ -6,10 +6,11 @@
 use crate::{
     broker::{Broker, Outgoing},
     metrics::Metrics,
+    store::{SessionLog, StoredSession},
 };
 use bluecam_core::{
     ConnId, CoreConfig, Frame, Hub, HubStats, JoinRejected, JoinRequest, LocalPeer, Output,
-    RemotePeer, RoomEvent,
+    RemotePeer, RestoredSession, RoomEvent,
 };
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId,
@@ -23,7 +24,7 @@ use std::{
     },
     time::Instant,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tungstenite::Utf8Bytes;
 
 /// What the hub hands a connection task to write.
@@ -92,6 +93,8 @@ pub struct HubHandle {
     metrics: Metrics,
     /// The other nodes (a no-op on a single node).
     broker: Arc<dyn Broker>,
+    /// Single node: where sessions are made durable (a cluster keeps them in Redis).
+    sessions: Option<SessionLog>,
 }
 
 /// Rooms whose last peer left during a call; the caller records it in the store.
@@ -104,8 +107,10 @@ impl HubHandle {
         queue_frames: usize,
         metrics: Metrics,
         broker: Arc<dyn Broker>,
+        sessions: Option<SessionLog>,
     ) -> Self {
         Self {
+            sessions,
             spill_frames: core.resume_buffer_frames,
             spill_bytes: core.resume_buffer_bytes,
             inner: Arc::new(Mutex::new(Inner {
@@ -144,16 +149,61 @@ impl HubHandle {
         (conn, rx, shared)
     }
 
-    /// Admits a verified join. Also returns rooms vacated by sessions that expired first.
-    pub fn join(&self, req: JoinRequest) -> (Result<PeerId, JoinRejected>, Vacated) {
+    /// Puts back the sessions a restart read from the store (before any connection), each
+    /// with a full resume window from now.
+    pub fn restore(&self, sessions: impl IntoIterator<Item = RestoredSession>) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut n = 0;
+        for s in sessions {
+            inner.core.restore(s, now);
+            n += 1;
+        }
+        let stats = inner.core.stats();
+        self.set_gauges(stats);
+        n
+    }
+
+    /// Admits a verified join. Also returns rooms vacated by sessions that expired first, and
+    /// (single node, new session) when the session is durable: `joined` must wait for it.
+    pub fn join(
+        &self,
+        req: JoinRequest,
+    ) -> (
+        Result<PeerId, JoinRejected>,
+        Vacated,
+        Option<oneshot::Receiver<Result<(), String>>>,
+    ) {
         let resuming = req.resume.is_some();
         let now = Instant::now();
+        // What the session record needs, taken before the core consumes the request.
+        let record = match (&self.sessions, resuming) {
+            (Some(_), false) => Some(StoredSession {
+                room: req.room.summary.id.clone(),
+                info: PeerInfo {
+                    id: req.fresh.peer.clone(),
+                    identity: req.identity.clone(),
+                    name: req.name.clone(),
+                    metadata: req.metadata.clone(),
+                },
+                permissions: req.permissions,
+                session: req.fresh.session.clone(),
+                secret_digest: bluecam_core::secret_digest(&req.fresh.secret),
+            }),
+            _ => None,
+        };
         let mut inner = self.lock();
         // Expire due sessions first, so a resume that arrives after its window (but before the
         // timer task's next tick) fails as it should.
         inner.core.handle_timeout(now);
         let conn = req.conn;
         let result = inner.core.handle_join(req);
+        // Queued under the lock, so the removal of this session (queued by whatever ends it)
+        // can only come after the insert.
+        let persisted = match (&self.sessions, record, &result) {
+            (Some(log), Some(record), Ok(_)) => Some(log.insert(record)),
+            _ => None,
+        };
         let vacated = self.drain_with(&mut inner, Some(conn));
         if result.is_ok() {
             if resuming {
@@ -162,7 +212,7 @@ impl HubHandle {
                 self.metrics.joins.increment(1);
             }
         }
-        (result, vacated)
+        (result, vacated, persisted)
     }
 
     /// Routes one frame of a joined connection.
@@ -407,6 +457,9 @@ impl HubHandle {
                     session,
                     reason,
                 } => {
+                    if let Some(log) = &self.sessions {
+                        log.remove(session.clone());
+                    }
                     let item = Outgoing::Removed {
                         room,
                         peer,

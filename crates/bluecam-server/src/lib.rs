@@ -85,6 +85,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Open TCP connections, overall and per source (HTTP and WebSocket alike).
     pub gate: Arc<serve::Gate>,
+    /// Single node: the durable session records (flushed before the process exits).
+    pub sessions: Option<store::SessionLog>,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -216,7 +218,7 @@ impl Server {
             }
             None => None,
         };
-        let (store, broker, cluster): (Arc<dyn Store>, Arc<dyn broker::Broker>, _) =
+        let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn broker::Broker>, _, _) =
             match &config.redis_url {
                 Some(url) => {
                     let node = cluster::RedisBroker::connect(
@@ -226,21 +228,50 @@ impl Server {
                         metrics.clone(),
                     )
                     .await?;
-                    (Arc::new(node.store()), node.clone(), Some(node))
+                    (Arc::new(node.store()), node.clone(), Some(node), None)
                 }
-                None => (
-                    Arc::new(SqliteStore::open(&config.data_dir)?),
-                    Arc::new(broker::LocalBroker),
-                    None,
-                ),
+                None => {
+                    let sqlite = SqliteStore::open(&config.data_dir)?;
+                    (
+                        Arc::new(sqlite.clone()),
+                        Arc::new(broker::LocalBroker),
+                        None,
+                        Some(sqlite),
+                    )
+                }
             };
+        // A single node keeps its sessions in SQLite (a cluster keeps them in Redis).
+        let sessions = match &sqlite {
+            Some(s) => Some(s.session_log().map_err(ServerError::Io)?),
+            None => None,
+        };
         let hub = hub::HubHandle::new(
             config.limits.core(),
             config.limits.outbound_queue_bytes,
             config.limits.outbound_queue_frames,
             metrics.clone(),
             broker.clone(),
+            sessions.clone(),
         );
+        if let Some(sqlite) = &sqlite {
+            // Calls survive a restart: every session that had not ended is back, detached,
+            // for one resume window from now (docs/architecture.md, "What survives what").
+            let restored = hub.restore(sqlite.stored_sessions()?.into_iter().map(|(room, s)| {
+                bluecam_core::RestoredSession {
+                    room: bluecam_proto::RoomSummary::from(&room),
+                    info: s.info,
+                    permissions: s.permissions,
+                    session: s.session,
+                    secret_digest: s.secret_digest,
+                }
+            }));
+            if restored > 0 {
+                tracing::info!(
+                    sessions = restored,
+                    "sessions restored; their clients can resume"
+                );
+            }
+        }
         let state = AppState(Arc::new(Shared {
             config,
             secret,
@@ -252,6 +283,7 @@ impl Server {
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             gate,
+            sessions,
         }));
         Ok(Self {
             listener,
@@ -291,7 +323,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, tells every connected
-    /// client (close 1001, resumable) and waits up to a few seconds for them.
+    /// client (close 1012, server restarting: resume) and waits up to a few seconds for them.
+    /// Sessions are kept: on a single node in the store, in a cluster in Redis.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
         if let (Some(node), Some(url)) = (&self.cluster, &state.config.redis_url) {
@@ -346,6 +379,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some connections did not close within the grace period");
+        }
+        if let Some(log) = &state.sessions
+            && let Err(e) = log.flush().await
+        {
+            tracing::error!(error = %e, "could not write the last session records");
         }
         Ok(())
     }

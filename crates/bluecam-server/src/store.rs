@@ -2,13 +2,14 @@
 //! single-node default is [`SqliteStore`] (one file under the data dir); cluster mode puts a
 //! Redis implementation behind the same trait.
 
-use bluecam_proto::{Identity, RawValue, Room, RoomId};
+use bluecam_proto::{Identity, PeerInfo, Permissions, RawValue, Room, RoomId, SessionId};
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::{
     path::Path,
     sync::{Arc, Mutex},
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// A storage failure. `Exists` is the caller's fault; the others are the server's.
 #[derive(Debug, thiserror::Error)]
@@ -55,32 +56,80 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
+/// Set on every connection (not part of a migration).
+const PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS rooms (
-    id TEXT PRIMARY KEY NOT NULL,
-    name TEXT,
-    description TEXT,
-    owner TEXT,
-    members TEXT,
-    max_peers INTEGER NOT NULL,
-    empty_timeout_secs INTEGER,
-    metadata TEXT,
-    created_at INTEGER NOT NULL,
-    last_active_at INTEGER NOT NULL
-);
+PRAGMA busy_timeout = 5000;
 ";
 
-const COLUMNS: &str =
-    "id, name, description, owner, members, max_peers, empty_timeout_secs, metadata, created_at";
+/// The schema, one step per version (`PRAGMA user_version` says how many have run). A step
+/// is never edited once released: a new binary on an old data dir runs the steps it lacks, in
+/// one transaction each, so an upgrade keeps every room and session (docs/architecture.md,
+/// "What survives what").
+const MIGRATIONS: &[&str] = &[
+    // 1: rooms (a data dir from before versioning has this table already).
+    "CREATE TABLE IF NOT EXISTS rooms (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT,
+        description TEXT,
+        owner TEXT,
+        members TEXT,
+        max_peers INTEGER NOT NULL,
+        empty_timeout_secs INTEGER,
+        metadata TEXT,
+        created_at INTEGER NOT NULL,
+        last_active_at INTEGER NOT NULL
+    );",
+    // 2: durable sessions (a restart keeps every call), and the one-seat-per-identity option.
+    "ALTER TABLE rooms ADD COLUMN multiple_sessions INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE sessions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        room TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        info TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        secret_sha256 BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_room ON sessions (room);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a data dir written by a newer build.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "the data dir has schema version {current}, newer than this build's \
+             {SCHEMA_VERSION}: run the newer bluecam (downgrades are not supported)"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        if current > 0 || i > 0 {
+            tracing::info!(version = i + 1, "store schema migrated");
+        }
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "id, name, description, owner, members, max_peers, empty_timeout_secs, \
+     metadata, created_at, multiple_sessions";
 
 impl SqliteStore {
     /// Opens (or creates) `dir/bluecam.sqlite3`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let conn = Connection::open(dir.join("bluecam.sqlite3"))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = Connection::open(dir.join("bluecam.sqlite3"))?;
+        conn.execute_batch(PRAGMAS)?;
+        migrate(&mut conn)?;
         // A restart forgets who was in which room, so every room counts as occupied until now:
         // `emptyTimeoutSecs` runs from this start, never from an occupation before it.
         let now = std::time::SystemTime::now()
@@ -128,6 +177,7 @@ fn row_to_room(row: &rusqlite::Row<'_>) -> rusqlite::Result<Room> {
         metadata: metadata.and_then(|m| RawValue::from_string(m).ok()),
         created_at: row.get(8)?,
         peer_count: 0,
+        multiple_sessions: row.get(9)?,
     })
 }
 
@@ -140,8 +190,8 @@ impl Store for SqliteStore {
                 .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
             let inserted = conn.execute(
                 "INSERT OR IGNORE INTO rooms (id, name, description, owner, members, max_peers,
-                 empty_timeout_secs, metadata, created_at, last_active_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                 empty_timeout_secs, metadata, created_at, last_active_at, multiple_sessions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
                 params![
                     room.id.as_str(),
                     room.name,
@@ -152,6 +202,7 @@ impl Store for SqliteStore {
                     room.empty_timeout_secs,
                     room.metadata.as_ref().map(|m| m.get()),
                     room.created_at,
+                    room.multiple_sessions,
                 ],
             )?;
             if inserted == 0 {
@@ -195,7 +246,11 @@ impl Store for SqliteStore {
 
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
         self.with(move |conn| {
-            Ok(conn.execute("DELETE FROM rooms WHERE id = ?1", [id.as_str()])? > 0)
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM sessions WHERE room = ?1", [id.as_str()])?;
+            let deleted = tx.execute("DELETE FROM rooms WHERE id = ?1", [id.as_str()])? > 0;
+            tx.commit()?;
+            Ok(deleted)
         })
     }
 
@@ -229,4 +284,204 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+}
+
+/// A session as the single-node store keeps it, so that a restart (graceful or not) can put
+/// its peer back in its room for the resume window.
+#[derive(Clone, Debug)]
+pub struct StoredSession {
+    pub room: RoomId,
+    pub info: PeerInfo,
+    pub permissions: Permissions,
+    pub session: SessionId,
+    /// SHA-256 of the session secret; the secret itself is never written.
+    pub secret_digest: [u8; 32],
+}
+
+enum SessionOp {
+    Insert(Box<StoredSession>, oneshot::Sender<Result<(), String>>),
+    Remove(SessionId),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// Writes session records with group commit: one writer thread takes every operation waiting
+/// at once and commits them in one transaction, so a join storm costs one fsync-free WAL
+/// commit per batch rather than per join. Cheap to clone; the thread ends with the last clone.
+#[derive(Clone, Debug)]
+pub struct SessionLog {
+    tx: mpsc::UnboundedSender<SessionOp>,
+}
+
+/// Operations one transaction takes at most.
+const SESSION_BATCH: usize = 4096;
+
+impl std::fmt::Debug for SessionOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Insert(..) => "Insert",
+            Self::Remove(_) => "Remove",
+            Self::Flush(_) => "Flush",
+        })
+    }
+}
+
+impl SessionLog {
+    /// Queues a new session; the receiver says when it is committed (a `joined` waits for
+    /// that, so a session its client holds survives a SIGKILL right after).
+    pub fn insert(&self, session: StoredSession) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(SessionOp::Insert(_, done))) =
+            self.tx.send(SessionOp::Insert(Box::new(session), done))
+        {
+            let _ = done.send(Err("the session log is closed".into()));
+        }
+        rx
+    }
+
+    /// Queues the removal of a session that ended (after any insert of it queued before).
+    pub fn remove(&self, session: SessionId) {
+        let _ = self.tx.send(SessionOp::Remove(session));
+    }
+
+    /// Waits until everything queued before is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(SessionOp::Flush(done))
+            .map_err(|_| "the session log is closed".to_owned())?;
+        rx.await
+            .map_err(|_| "the session log is closed".to_owned())?
+    }
+}
+
+impl SqliteStore {
+    /// Starts the session writer (a thread: its work is blocking SQLite calls).
+    pub fn session_log(&self) -> std::io::Result<SessionLog> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SessionOp>();
+        let conn = Arc::clone(&self.conn);
+        std::thread::Builder::new()
+            .name("bluecam-sessions".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < SESSION_BATCH {
+                        match rx.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = match conn.lock() {
+                        Ok(mut guard) => write_sessions(&mut guard, &batch),
+                        Err(_) => Err(StoreError::Backend("store mutex poisoned".into())),
+                    }
+                    .map_err(|e| e.to_string());
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, ops = batch.len(), "could not write sessions");
+                    }
+                    for op in batch {
+                        if let SessionOp::Insert(_, done) | SessionOp::Flush(done) = op {
+                            let _ = done.send(result.clone());
+                        }
+                    }
+                }
+            })?;
+        Ok(SessionLog { tx })
+    }
+
+    /// The sessions a restart must restore, in join order, with their rooms; sessions of rooms
+    /// that no longer exist are dropped.
+    pub fn stored_sessions(&self) -> Result<Vec<(Room, StoredSession)>, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+        conn.execute(
+            "DELETE FROM sessions WHERE room NOT IN (SELECT id FROM rooms)",
+            [],
+        )?;
+        let mut rooms: std::collections::HashMap<String, Room> = std::collections::HashMap::new();
+        let rows = conn
+            .prepare(
+                "SELECT room, id, info, permissions, secret_sha256 FROM sessions ORDER BY seq",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (room_id, session, info, permissions, digest) in rows {
+            let (Ok(info), Ok(permissions), Ok(secret_digest)) = (
+                serde_json::from_str::<PeerInfo>(&info),
+                serde_json::from_str::<Permissions>(&permissions),
+                <[u8; 32]>::try_from(digest.as_slice()),
+            ) else {
+                tracing::warn!(%session, "unreadable session record skipped");
+                continue;
+            };
+            let room = match rooms.get(&room_id) {
+                Some(r) => r.clone(),
+                None => {
+                    let Some(r) = conn
+                        .prepare_cached(&format!("SELECT {COLUMNS} FROM rooms WHERE id = ?1"))?
+                        .query_row([&room_id], row_to_room)
+                        .optional()?
+                    else {
+                        continue;
+                    };
+                    rooms.insert(room_id.clone(), r.clone());
+                    r
+                }
+            };
+            out.push((
+                room,
+                StoredSession {
+                    room: RoomId::new(room_id),
+                    info,
+                    permissions,
+                    session: SessionId::new(session),
+                    secret_digest,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn write_sessions(conn: &mut Connection, batch: &[SessionOp]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO sessions (id, room, peer, info, permissions, secret_sha256,
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut remove = tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?;
+        let now = crate::unix_now();
+        for op in batch {
+            match op {
+                SessionOp::Insert(s, _) => {
+                    insert.execute(params![
+                        s.session.as_str(),
+                        s.room.as_str(),
+                        s.info.id.as_str(),
+                        serde_json::to_string(&s.info).unwrap_or_default(),
+                        serde_json::to_string(&s.permissions).unwrap_or_default(),
+                        &s.secret_digest[..],
+                        now,
+                    ])?;
+                }
+                SessionOp::Remove(id) => {
+                    remove.execute([id.as_str()])?;
+                }
+                SessionOp::Flush(_) => {}
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }

@@ -177,6 +177,7 @@ async fn demo_room(
         metadata: None,
         created_at: crate::unix_now(),
         peer_count: 0,
+        multiple_sessions: false,
     };
     state.store.create_room(room.clone()).await?;
     let invite = format!("/?room={}", room.id);

@@ -199,7 +199,7 @@ async fn run(state: AppState, mut socket: WebSocket) {
     let first = tokio::select! {
         first = tokio::time::timeout(limits.join_timeout(), first_text(&mut socket)) => first,
         () = state.shutdown.cancelled() => {
-            close(&state, &mut socket, CloseCode::GoingAway).await;
+            close(&state, &mut socket, CloseCode::ServiceRestart).await;
             return;
         }
     };
@@ -335,6 +335,7 @@ async fn join(
             summary: RoomSummary::from(&room),
             owner: room.owner.clone(),
             members: room.members.clone(),
+            multiple_sessions: room.multiple_sessions,
         },
         identity: claims.sub,
         name: claims.name,
@@ -346,7 +347,16 @@ async fn join(
         limits: state.config.limits.to_wire(room.max_peers),
         cluster,
     };
-    let (result, vacated) = state.hub.join(req);
+    let (result, vacated, persisted) = state.hub.join(req);
+    // `joined` is written only once the session is durable: a client never holds a session
+    // that a crash right after could lose.
+    if let Some(persisted) = persisted
+        && let Err(e) = persisted
+            .await
+            .unwrap_or_else(|_| Err("the session log is closed".into()))
+    {
+        tracing::warn!(error = %e, "session not durable: it will not survive a restart");
+    }
     state.touch_rooms(vacated).await;
     let peer = result.map_err(|rejected| {
         if registered {
@@ -481,7 +491,7 @@ impl Connection {
             // Unbiased: a connection whose queue is never empty must still read its socket and
             // send its pings.
             tokio::select! {
-                () = &mut shutdown => return Some(CloseCode::GoingAway),
+                () = &mut shutdown => return Some(CloseCode::ServiceRestart),
                 () = &mut killed => {
                     return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
                 }
@@ -504,7 +514,7 @@ impl Connection {
                             () = &mut killed => {
                                 return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
                             }
-                            () = &mut shutdown => return Some(CloseCode::GoingAway),
+                            () = &mut shutdown => return Some(CloseCode::ServiceRestart),
                         }
                     }
                     None => return None,

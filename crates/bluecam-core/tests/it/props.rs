@@ -63,6 +63,9 @@ enum Op {
     BadResume(Index, BadResume),
     /// A second join on an attached connection.
     JoinAgain(Index),
+    /// A fresh join (new connection, no resume) by the identity of a live peer, attached or
+    /// not: a reload. It takes that peer's seat (reason `replaced`).
+    Rejoin(Index),
     Send {
         from: Index,
         to: Option<Vec<Target>>,
@@ -105,6 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, detached)| Op::Resume { pick, detached }),
         1 => (any::<Index>(), bad_resume()).prop_map(|(i, b)| Op::BadResume(i, b)),
         1 => any::<Index>().prop_map(Op::JoinAgain),
+        2 => any::<Index>().prop_map(Op::Rejoin),
         8 => (
             any::<Index>(),
             prop::option::weighted(0.6, prop::collection::vec(target(), 0..4))
@@ -296,7 +300,15 @@ impl Sim {
 
     fn apply(&mut self, op: &Op) -> Result<(), String> {
         match op {
-            Op::Join { room, send_data } => self.join(*room, *send_data),
+            Op::Join { room, send_data } => self.join(*room, *send_data, None),
+            Op::Rejoin(i) => {
+                if self.peers.is_empty() {
+                    return Ok(());
+                }
+                let p = &self.peers[i.index(self.peers.len())];
+                let (room, send_data, old) = (p.room, p.send_data, p.id.clone());
+                self.join(room, send_data, Some(old))
+            }
             Op::Leave(i) => {
                 let attached = self.attached();
                 if attached.is_empty() {
@@ -361,18 +373,30 @@ impl Sim {
         }
     }
 
-    fn join(&mut self, room: usize, send_data: bool) -> Result<(), String> {
+    /// A new peer in `room`; with `replacing`, under that peer's identity (it is replaced).
+    fn join(
+        &mut self,
+        room: usize,
+        send_data: bool,
+        replacing: Option<PeerId>,
+    ) -> Result<(), String> {
         let conn = self.fresh_conn();
-        let mut req = join_request(
-            conn,
-            &room_access(room),
-            &format!("user-{}", conn.0),
-            conn.0,
-        );
+        let identity = match &replacing {
+            Some(old) => self.peer(old).ok_or("no peer")?.identity.to_string(),
+            None => format!("user-{}", conn.0),
+        };
+        let mut req = join_request(conn, &room_access(room), &identity, conn.0);
         req.permissions.send_data = send_data;
-        let full = self.members(room).len() >= MAX_PEERS as usize;
         let fresh_peer = req.fresh.peer.clone();
         let result = self.hub.handle_join(req.clone());
+        if let Some(old) = &replacing {
+            // The old seat is freed first: peer_left (replaced) before the newcomer's join.
+            if let Some(c) = self.conn_of(old) {
+                self.expect.closes.push((c, CloseCode::Superseded));
+            }
+            self.remove(old, LeaveReason::Replaced);
+        }
+        let full = self.members(room).len() >= MAX_PEERS as usize;
         if full {
             return expect_refusal(result, JoinRejected::RoomFull);
         }

@@ -2,7 +2,7 @@
 //! takeover, the resume window and the bounded resume buffer.
 
 use crate::support::{Seen, World, room, send_frame, signal_frame};
-use bluecam_core::{CoreConfig, Frame, HubStats, JoinRejected};
+use bluecam_core::{CoreConfig, Frame, HubStats, JoinRejected, RestoredSession, secret_digest};
 use bluecam_proto::{
     CloseCode, ErrorCode, Identity, LeaveReason, MessageFrame, Permissions, RawValue,
     ServerMessage, SessionSecret,
@@ -473,4 +473,175 @@ fn a_truncated_backlog_ends_the_session_instead_of_resuming_with_a_gap() {
     }
     let req = w.resume_request(&r, &alice);
     assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+}
+
+/// What a restarted server reads back for `client` (the secret only as its digest).
+fn restored(r: &bluecam_core::RoomAccess, client: &crate::support::Client) -> RestoredSession {
+    RestoredSession {
+        room: r.summary.clone(),
+        info: bluecam_proto::PeerInfo {
+            id: client.peer.clone(),
+            identity: client.identity.clone(),
+            name: None,
+            metadata: None,
+        },
+        permissions: Permissions::default(),
+        session: client.session.clone(),
+        secret_digest: secret_digest(&client.secret),
+    }
+}
+
+#[test]
+fn restored_sessions_resume_with_their_peer_id_and_the_others_see_no_leave_or_join() {
+    // Before the restart: alice, bob and carol in a room.
+    let mut before = World::new();
+    let r = room("r1", 3);
+    let (alice, _) = before.join(&r, "alice");
+    let (bob, _) = before.join(&r, "bob");
+    let (carol, _) = before.join(&r, "carol");
+
+    // A new process: its hub knows only what was on disk.
+    let mut w = World::new();
+    for c in [&alice, &bob, &carol] {
+        w.hub.restore(restored(&r, c), w.at(0));
+    }
+    w.check();
+    assert!(w.drain().is_empty(), "restoring tells no one");
+    assert_eq!(w.hub.peer_count(&r.summary.id), 3, "the seats are held");
+    assert_eq!(
+        w.hub.stats(),
+        HubStats {
+            rooms: 1,
+            peers: 3,
+            detached: 3
+        }
+    );
+    // The room is full: a stranger cannot take a seat while they may come back.
+    let req = w.request(&r, "dave");
+    assert_eq!(w.refuse(req), JoinRejected::RoomFull);
+
+    // A wrong secret is refused, as before the restart.
+    let mut forged = w.resume_request(&r, &alice);
+    forged.resume = Some(bluecam_proto::ResumeCredentials {
+        session: alice.session.clone(),
+        secret: SessionSecret::new("not-the-secret"),
+    });
+    assert_eq!(w.refuse(forged), JoinRejected::SessionExpired);
+
+    // alice resumes: same peer, same session, her secret back in `joined`; nobody is told.
+    let req = w.resume_request(&r, &alice);
+    let (alice2, out) = w.admit(req);
+    w.check();
+    assert_eq!(
+        (&alice2.peer, &alice2.session, &alice2.secret),
+        (&alice.peer, &alice.session, &alice.secret)
+    );
+    assert_eq!(
+        out.recipients(),
+        vec![alice2.conn],
+        "the others see nothing"
+    );
+    let joined = out.to(alice2.conn)[0].joined().clone();
+    assert!(joined.resumed);
+    let ids: Vec<_> = joined.peers.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![bob.peer.clone(), carol.peer.clone()],
+        "join order kept"
+    );
+
+    // A frame for bob (still away) is kept for him; bob resumes and gets it.
+    assert!(
+        w.input(&alice2, &send_frame(Some(&[&bob.peer]), "1", None))
+            .is_empty()
+    );
+    let req = w.resume_request(&r, &bob);
+    let (bob2, out) = w.admit(req);
+    assert_eq!(bob2.peer, bob.peer);
+    match &out.to(bob2.conn)[1..] {
+        [Seen::Message { from, msg }] => assert_eq!((from, msg.as_str()), (&alice.peer, "1")),
+        other => panic!("unexpected kept frames {other:?}"),
+    }
+    assert_eq!(out.recipients(), vec![bob2.conn]);
+
+    // carol never comes back: she leaves with `timeout` when the window (from the restart)
+    // has passed, and the others are told.
+    w.hub.handle_timeout(w.at(59));
+    assert!(w.drain().is_empty());
+    w.hub.handle_timeout(w.at(60));
+    w.check();
+    let out = w.drain();
+    for c in [&alice2, &bob2] {
+        match &out.to(c.conn)[..] {
+            [
+                Seen::PeerLeft {
+                    peer,
+                    reason: LeaveReason::Timeout,
+                },
+            ] => assert_eq!(peer, &carol.peer),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Her session is over: a late resume is refused.
+    let req = w.resume_request(&r, &carol);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+}
+
+#[test]
+fn a_new_session_of_an_identity_takes_its_seat_even_in_a_full_room() {
+    let mut w = World::new();
+    let r = room("two-seats", 2);
+    let (owner, _) = w.join(&r, "owner");
+    let (visitor, _) = w.join(&r, "visitor");
+    // The visitor reloads: the old tab may still be attached (half-open) or already gone.
+    for detach_first in [false, true] {
+        let current = if detach_first {
+            let (v, _) = w.join(&r, "visitor"); // (re-seated by the first round)
+            v
+        } else {
+            visitor.clone()
+        };
+        if detach_first {
+            w.hub.handle_disconnect(current.conn, w.at(0));
+            let _ = w.drain();
+        }
+        let req = w.request(&r, "visitor");
+        let (fresh, out) = w.admit(req);
+        w.check();
+        assert_ne!(fresh.peer, current.peer, "a new peer, not a resume");
+        let want_close = if detach_first {
+            vec![]
+        } else {
+            vec![(current.conn, CloseCode::Superseded)]
+        };
+        assert_eq!(out.closes(), want_close);
+        match &out.to(owner.conn)[..] {
+            [
+                Seen::PeerLeft {
+                    peer: old,
+                    reason: LeaveReason::Replaced,
+                },
+                Seen::PeerJoined(new),
+            ] => {
+                assert_eq!((old, &new.id), (&current.peer, &fresh.peer));
+            }
+            other => panic!("the owner saw {other:?}"),
+        }
+        let joined = out.to(fresh.conn)[0].joined().clone();
+        let ids: Vec<_> = joined.peers.iter().map(|p| p.id.clone()).collect();
+        assert_eq!(ids, vec![owner.peer.clone()]);
+        // The replaced session cannot come back.
+        let req = w.resume_request(&r, &current);
+        assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+        // Leave the room as it was for the next round: owner + one visitor.
+        let _ = w.input(&fresh, r#"{"op":"leave"}"#);
+    }
+    // With several sessions per identity allowed, the seats count instead.
+    let mut many = room("many", 2);
+    many.multiple_sessions = true;
+    let (_a, _) = w.join(&many, "same");
+    let (_b, out) = w.join(&many, "same");
+    assert!(out.closes().is_empty());
+    let req = w.request(&many, "same");
+    assert_eq!(w.refuse(req), JoinRejected::RoomFull);
 }

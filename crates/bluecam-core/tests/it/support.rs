@@ -23,6 +23,7 @@ pub fn room(id: &str, max_peers: u32) -> RoomAccess {
         },
         owner: None,
         members: None,
+        multiple_sessions: false,
     }
 }
 

@@ -474,9 +474,9 @@ async fn a_draining_node_sends_its_clients_to_resume_on_another() {
     alice.recv_op("peer_joined").await;
     let bob_id = bob.id();
     let joined = bob.joined.clone().unwrap();
-    // SIGTERM's path: B stops accepting and closes its clients with 1001 (resumable).
+    // SIGTERM's path: B stops accepting and closes its clients with 1012 (restarting: resume).
     let stopping = tokio::spawn(b.stop());
-    assert_eq!(bob.closed().await, Some(1001));
+    assert_eq!(bob.closed().await, Some(1012));
     stopping.await.unwrap();
     let mut back = Client::connect(a.addr).await;
     back.send_frame(&ClientMessage::Join {

@@ -84,7 +84,7 @@ async fn shutdown_tells_connected_clients_to_go_away() {
     let room = s.room().await;
     let mut a = s.join(&room, "a").await;
     let stopping = tokio::spawn(s.stop());
-    assert_eq!(a.closed().await, Some(1001));
+    assert_eq!(a.closed().await, Some(1012), "server restarting: resume");
     let dir = stopping.await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }

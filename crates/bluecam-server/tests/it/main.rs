@@ -8,6 +8,7 @@ mod hardening;
 mod http;
 mod lifecycle;
 mod limits;
+mod restart;
 mod resume;
 mod tls;
 mod ws;
