@@ -100,6 +100,9 @@ pub struct HubHandle {
 /// Rooms whose last peer left during a call; the caller records it in the store.
 pub type Vacated = Vec<RoomId>;
 
+/// Resolves once a new session's record is committed (or could not be).
+pub type Persisted = oneshot::Receiver<Result<(), String>>;
+
 impl HubHandle {
     pub fn new(
         core: CoreConfig,
@@ -169,11 +172,7 @@ impl HubHandle {
     pub fn join(
         &self,
         req: JoinRequest,
-    ) -> (
-        Result<PeerId, JoinRejected>,
-        Vacated,
-        Option<oneshot::Receiver<Result<(), String>>>,
-    ) {
+    ) -> (Result<PeerId, JoinRejected>, Vacated, Option<Persisted>) {
         let resuming = req.resume.is_some();
         let now = Instant::now();
         // What the session record needs, taken before the core consumes the request.
