@@ -50,7 +50,7 @@ function byId(id, type) {
 }
 
 const els = {
-  notice: byId("notice", HTMLElement), landing: byId("landing", HTMLElement),
+  notice: byId("notice", HTMLElement), reconnecting: byId("reconnecting", HTMLElement), landing: byId("landing", HTMLElement),
   gone: byId("gone", HTMLElement), room: byId("room", HTMLElement), invited: byId("invited", HTMLElement),
   startForm: byId("start-form", HTMLFormElement), name: byId("name", HTMLInputElement),
   start: byId("start", HTMLButtonElement), newRoom: byId("new-room", HTMLButtonElement),
@@ -181,6 +181,8 @@ async function connect(id, name, media) {
     onError(error) {
       if (!MEDIA_ERRORS.includes(errorName(error))) showNotice(`Connection problem: ${errorText(error)}`);
     },
+    /** @param {string} state */
+    onConnectionChange(state) { els.reconnecting.hidden = state !== "reconnecting"; },
   });
 }
 

@@ -46,6 +46,10 @@ const RELINK_MS = 1000;
 /**
  * @typedef {{id: string, identity: string, name?: string, metadata?: unknown}} Peer
  * @typedef {"p2p" | "relay"} Path
+ * @typedef {"connecting" | "connected" | "reconnecting" | "disconnected"} ConnectionState
+ *   the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
+ *   and the peer-to-peer links go on, messages that need the relay wait), `disconnected` once
+ *   the room has ended or was left
  * @typedef {object} JoinOptions
  * @property {string} token from the app's backend
  * @property {() => Promise<string>} [getToken] a fresh token for the same room and identity,
@@ -68,6 +72,7 @@ const RELINK_MS = 1000;
  * @property {(peer: Peer, path: Path) => void} [onPathChange]
  * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
  * @property {(error: Error) => void} [onError]
+ * @property {(state: ConnectionState) => void} [onConnectionChange]
  * @property {(peer: Peer, gap: {expected: number, held: number, partial: number}) => void} [onGap]
  *   a peer left while some of its messages to us were incomplete: message `expected` never
  *   arrived, and `held` later messages and `partial` chunked ones are dropped with it
@@ -85,6 +90,7 @@ const RELINK_MS = 1000;
  * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
  * @property {number} lastProgressAt when acks or the data channel's draining last showed progress
  * @property {number} lastBuffered the data channel's bufferedAmount at the last tick
+ * @property {MediaStream | null} stream the peer's media, once it arrived
  */
 
 /** @type {Room | null} */
@@ -160,6 +166,9 @@ export class Room {
     this.local = null;
     /** @type {MediaStreamTrack | null} */
     this.screenTrack = null;
+    /** The peer the classic `remoteVideo` element shows. */
+    /** @type {string | null} */
+    this.singlePeer = null;
     this.audioEnabled = options.audio !== false;
     this.videoEnabled = options.video !== false;
     this.left = false;
@@ -171,10 +180,17 @@ export class Room {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.ackTimer = undefined;
     this.flushScheduled = false;
+    /** @type {ConnectionState} */
+    this.state = "connecting";
+    /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
+     * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
+    this.onPageHide = () => this.leave();
     this.signaling = new Signaling(wsUrls(options.server), options.token, {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
-      onConnectionChange: () => {},
+      onConnectionChange: (up) => {
+        if (this.state !== "connecting" && !this.left) this.setState(up ? "connected" : "reconnecting");
+      },
       onWritable: () => this.sendUnsent(),
       onFatal: (error, code) => this.onFatal(error, code),
     }, options.getToken);
@@ -206,6 +222,7 @@ export class Room {
       joined = await this.signaling.join();
     } catch (err) {
       this.stopMedia();
+      this.setState("disconnected");
       if (err instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
       throw err;
     }
@@ -214,6 +231,24 @@ export class Room {
     for (const peer of joined.peers) this.addPeer(peer, false);
     this.wireClassicButtons();
     this.ticker = setInterval(() => this.tick(), TICK_MS);
+    globalThis.addEventListener?.("pagehide", this.onPageHide);
+    this.setState(this.signaling.connected ? "connected" : "reconnecting");
+  }
+
+  /** The link to the server now. */
+  get connectionState() {
+    return this.state;
+  }
+
+  /** @param {ConnectionState} state */
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    try {
+      this.options.onConnectionChange?.(state);
+    } catch (err) {
+      console.error("bluecam: onConnectionChange threw", err);
+    }
   }
 
   /** The peers in the room now (without yourself). */
@@ -355,7 +390,10 @@ export class Room {
       case "error":
         if (f.code === "rate_limited") {
           this.relayPausedUntil = Date.now() + (f.retryAfterMs ?? 100);
-        } else if (f.code !== "unknown_peer") {
+        } else if (f.code !== "unknown_peer" && !(f.code === "unavailable" && f.peers)) {
+          // (A relay frame the server could not pass on, `unknown_peer` or `unavailable` with
+          // the peers named, is the delivery layer's business: every message is retransmitted
+          // until acknowledged, and a peer that is really gone leaves. Not an app error.)
           this.emitError(new BlueCamError(f.message, f.code));
         }
         break;
@@ -392,6 +430,8 @@ export class Room {
 
   /** @param {Error} error */
   shutdown(error) {
+    globalThis.removeEventListener?.("pagehide", this.onPageHide);
+    this.setState("disconnected");
     clearInterval(this.ticker);
     clearTimeout(this.ackTimer);
     for (const id of [...this.remotes.keys()]) this.removePeer(id, error);
@@ -413,7 +453,7 @@ export class Room {
     /** @type {Remote} */
     const remote = {
       info, link: null, outbox: new Outbox(), inbox: new Inbox(), ackDue: false,
-      lastProgressAt: 0, lastBuffered: 0,
+      lastProgressAt: 0, lastBuffered: 0, stream: null,
       path: "relay", noWebrtc: false, relinkTimer: undefined,
     };
     this.remotes.set(info.id, remote);
@@ -549,12 +589,11 @@ export class Room {
       }
       if (video.srcObject !== stream) video.srcObject = stream;
     }
-    const single = resolveElement(this.options.remoteVideo);
-    if (single instanceof HTMLVideoElement && !single.srcObject) {
-      single.autoplay = true;
-      single.playsInline = true;
-      single.srcObject = stream;
-    }
+    remote.stream = stream;
+    // The classic one-to-one element shows one peer: the first with a stream, and that
+    // peer's newest stream (after a relink) until it leaves (see removePeer).
+    const shown = this.singlePeer === null ? undefined : this.remotes.get(this.singlePeer);
+    if (!shown?.stream || shown === remote) this.showSingle(remote);
     this.options.onStream?.(remote.info, stream);
   }
 
@@ -562,6 +601,26 @@ export class Room {
   removeVideo(id) {
     const container = resolveElement(this.options.remoteVideos);
     container?.querySelector(`video[data-peer="${CSS.escape(id)}"]`)?.remove();
+    if (this.singlePeer === id) {
+      // The peer shown in the classic element left: show another one's stream, or nothing
+      // (never a frozen last frame).
+      const next = [...this.remotes.values()].find((r) => r.stream);
+      this.showSingle(next ?? null);
+    }
+  }
+
+  /**
+   * Shows `remote`'s stream in the classic `remoteVideo` element (none: clears it).
+   * @param {Remote | null} remote
+   */
+  showSingle(remote) {
+    const single = resolveElement(this.options.remoteVideo);
+    this.singlePeer = remote?.info.id ?? null;
+    if (!(single instanceof HTMLVideoElement)) return;
+    single.autoplay = true;
+    single.playsInline = true;
+    const stream = remote?.stream ?? null;
+    if (single.srcObject !== stream) single.srcObject = stream;
   }
 
   /**

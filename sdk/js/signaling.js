@@ -7,7 +7,15 @@
 import { joinError, ConnectionError } from "./errors.js";
 
 /** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
-const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041]);
+const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041, 4042]);
+/** The node is going away (1001 draining, 1012 restarting): the next attempt tries the next
+ * node, and on a single server the same one again once it is back. */
+const MOVE_ON_CLOSES = new Set([1001, 1012]);
+/** What a final close means, for the error the room ends with. */
+const FINAL_REASONS = /** @type {Record<number, string>} */ ({
+  4041: "the session was resumed on another connection",
+  4042: "replaced by a newer session of the same identity (the page was opened again)",
+});
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 /** Share of the server's rate limit the SDK allows itself. */
@@ -42,10 +50,6 @@ export class Signaling {
     this.token = token;
     this.handlers = handlers;
     this.getToken = getToken;
-    /** When the socket was last lost (0 while connected). */
-    this.lostAt = 0;
-    /** The server's resume window, from `joined`. */
-    this.resumeWindowMs = 60000;
     /** @type {Frame[]} frames to send once the socket is back (bounded) */
     this.queued = [];
     // The server's per-connection frame rate limit, from `joined.limits`, kept with a margin so
@@ -116,9 +120,7 @@ export class Signaling {
           joined = true;
           this.attempt = 0;
           this.misses = 0;
-          this.lostAt = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
-          this.resumeWindowMs = (frame.session.resumeWindowSecs ?? 60) * 1000;
           const limits = frame.limits ?? {};
           if (limits.rateFramesPerSec > 0) this.ratePerMs = (limits.rateFramesPerSec / 1000) * RATE_MARGIN;
           if (limits.rateBurstFrames > 0) this.burst = limits.rateBurstFrames * RATE_MARGIN;
@@ -136,10 +138,10 @@ export class Signaling {
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
-      // A node that could not be reached, refused for want of capacity, or is draining (1001):
-      // the next attempt goes to the next node.
+      // A node that could not be reached, refused for want of capacity, or is draining (1001)
+      // or restarting (1012): the next attempt goes to the next node.
       const moveOn = !joined && (!failure || failure.constructor === ConnectionError);
-      if (moveOn || ev.code === 1001) this.nextUrl();
+      if (moveOn || MOVE_ON_CLOSES.has(ev.code)) this.nextUrl();
       if (!joined && !this.resume) {
         // The first join: try each node once, then report; never retry behind the caller's back.
         if (moveOn && ++this.misses < this.urls.length) {
@@ -153,10 +155,10 @@ export class Signaling {
       // store outage) is worth retrying; a refused token is, when a fresh one can be had.
       const final = FINAL_CLOSES.has(ev.code) && !(ev.code === 4001 && this.getToken && !joined);
       if (final) {
-        this.fail(failure ?? new ConnectionError(`connection closed (${ev.code} ${ev.reason})`), ev.code);
+        const why = FINAL_REASONS[ev.code] ?? `connection closed (${ev.code} ${ev.reason})`;
+        this.fail(failure ?? new ConnectionError(why), ev.code);
         return;
       }
-      if (this.lostAt === 0) this.lostAt = Date.now();
       this.scheduleReconnect();
     };
   }
@@ -174,11 +176,10 @@ export class Signaling {
   }
 
   scheduleReconnect() {
-    if (this.lostAt > 0 && Date.now() - this.lostAt > this.resumeWindowMs) {
-      // The server has ended the session by now: say so instead of retrying forever.
-      this.fail(new ConnectionError("offline for longer than the resume window"), 4010);
-      return;
-    }
+    // No give-up on our side: only the server may end the session. Its resume window starts
+    // again when it restarts (sessions are durable), so a server away for longer than the
+    // window may still take us back; if it does not, it says so (4010) and the room ends then.
+    // Meanwhile the peer-to-peer links and the room stay up.
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     const delay = Math.max(base / 2 + Math.random() * (base / 2), this.blockedUntil - Date.now());
     this.attempt++;

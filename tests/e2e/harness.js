@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { createServer, createConnection } from "node:net";
 import { isDeepStrictEqual } from "node:util";
+import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
@@ -154,7 +155,7 @@ function startProc(name, bin, args, dir, env, stdoutIsLog = false) {
  * @param {Proc} proc
  * @param {NodeJS.Signals} signal
  */
-async function stopProc(proc, signal) {
+async function stopProc(proc, signal, keepDir = false) {
   if (proc.child.exitCode === null && proc.child.signalCode === null) {
     proc.child.kill(signal);
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -173,7 +174,7 @@ async function stopProc(proc, signal) {
     }
   }
   procs.delete(proc);
-  rmSync(proc.dir, { recursive: true, force: true });
+  if (!keepDir) rmSync(proc.dir, { recursive: true, force: true });
 }
 
 /**
@@ -184,8 +185,13 @@ export async function stopAll() {
   await endTest().catch(() => {});
   await Promise.allSettled([...servers].map((s) => s.stop()));
   await Promise.allSettled([...procs].map((p) => stopProc(p, "SIGKILL")));
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
   await closeBrowser();
 }
+
+/** Directories to remove in `stopAll` (a cluster's configuration, read again on restarts). */
+/** @type {string[]} */
+const tempDirs = [];
 
 /**
  * Resolves with the first stdout line of `proc` that matches `re` (its first group), rejects
@@ -243,20 +249,10 @@ export class TestServer {
    */
   static async start(extraArgs = []) {
     const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-e2e-"));
-    const proc = startProc("bluecam serve", BIN, ["serve", "--bind", "127.0.0.1:0", "--data-dir", dir, ...extraArgs], dir, {
-      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: "warn",
-    });
-    const server = new TestServer(proc);
+    const server = new TestServer(TestServer.spawn(dir, "127.0.0.1:0", extraArgs), extraArgs);
     servers.add(server);
     try {
-      server.url = await bounded(stdoutLine(proc, /^BlueCam is listening on (http:\/\/127\.0\.0\.1:\d+)$/), "bluecam serve to print its address", START_DEADLINE_MS);
-      await waitFor(async () => {
-        try {
-          return (await fetch(`${server.url}/healthz`)).ok;
-        } catch {
-          return false;
-        }
-      }, "the server to answer /healthz", START_DEADLINE_MS);
+      await server.started();
     } catch (e) {
       await server.stop();
       throw e;
@@ -264,12 +260,55 @@ export class TestServer {
     return server;
   }
 
-  /** @param {Proc} proc */
-  constructor(proc) {
+  /**
+   * @param {string} dir
+   * @param {string} bind
+   * @param {string[]} extraArgs
+   */
+  static spawn(dir, bind, extraArgs) {
+    return startProc("bluecam serve", BIN, ["serve", "--bind", bind, "--data-dir", dir, ...extraArgs], dir, {
+      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: "warn",
+    });
+  }
+
+  /** Waits for the address line and a healthy /healthz. */
+  async started() {
+    const proc = /** @type {Proc & {stderr: () => string}} */ (this.proc);
+    this.url = await bounded(stdoutLine(proc, /^BlueCam is listening on (http:\/\/127\.0\.0\.1:\d+)$/), "bluecam serve to print its address", START_DEADLINE_MS);
+    await waitFor(async () => {
+      try {
+        return (await fetch(`${this.url}/healthz`)).ok;
+      } catch {
+        return false;
+      }
+    }, "the server to answer /healthz", START_DEADLINE_MS);
+  }
+
+  /**
+   * @param {Proc} proc
+   * @param {string[]} extraArgs
+   */
+  constructor(proc, extraArgs) {
     this.proc = proc;
     this.child = proc.child;
     this.dir = proc.dir;
     this.url = "";
+    this.extraArgs = extraArgs;
+  }
+
+  /**
+   * Stops the process (SIGTERM: a graceful restart; SIGKILL: a crash), waits `downMs`, and
+   * starts it again on the same address and data dir: what an operator's restart or an upgrade
+   * does. Resolves once it answers /healthz.
+   * @param {NodeJS.Signals} signal
+   * @param {number} [downMs]
+   */
+  async restart(signal, downMs = 0) {
+    await stopProc(this.proc, signal, true);
+    await new Promise((r) => setTimeout(r, downMs));
+    this.proc = TestServer.spawn(this.dir, new URL(this.url).host, this.extraArgs);
+    this.child = this.proc.child;
+    await this.started();
   }
 
   /**
@@ -409,15 +448,12 @@ export class Redis {
  */
 export async function startCluster(redis, n, ttlSecs, extraToml = "") {
   const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-cluster-"));
+  // Kept until `stopAll`: a node restarted by a test reads it again.
+  tempDirs.push(dir);
   const config = joinPath(dir, "cluster.toml");
   writeFileSync(config, `[cluster]\nnode_ttl_secs = ${ttlSecs}\n${extraToml}`);
   const nodes = [];
-  try {
-    for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
-  } finally {
-    // Each node read the file when it started.
-    rmSync(dir, { recursive: true, force: true });
-  }
+  for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
   return nodes;
 }
 
@@ -602,7 +638,8 @@ export async function endTest() {
   try {
     for (const peer of ending) {
       if (peer.pageErrors.length > 0) problems.push(`${peer.label}: uncaught in the page: ${peer.pageErrors.join(" | ")}`);
-      if (!peer.page) continue;
+      // (A page the test closed, as a user closes a tab, has nothing more to say.)
+      if (!peer.page || peer.page.isClosed()) continue;
       const events = await peer.events().catch((e) => e);
       if (events instanceof Error) problems.push(`${peer.label}: ${events.message}`);
       else if (!eventsMatch(events, peer.expected)) {
@@ -632,7 +669,7 @@ export function join(page, token, media = { video: true, audio: true }, server =
     /** @type {any} */
     const w = window;
     w.sdk = sdk;
-    w.t = { received: [], left: [], joined: [], paths: [], streams: 0 };
+    w.t = { received: [], left: [], joined: [], paths: [], streams: 0, states: [] };
     const remotes = document.createElement("div");
     document.body.appendChild(remotes);
     w.room = await sdk.joinRoom({
@@ -650,6 +687,7 @@ export function join(page, token, media = { video: true, audio: true }, server =
         window.dispatchEvent(new CustomEvent("bluecam-path", { detail: { id: p.id, path } }));
       },
       onStream: () => w.t.streams++,
+      onConnectionChange: (/** @type {string} */ state) => w.t.states.push(state),
     });
     return w.room.self.id;
   }, { token, media, server }, "joinRoom");
@@ -691,6 +729,70 @@ export function videoStats(page, peerId) {
     });
     return { frames, host };
   }, peerId, "getStats");
+}
+
+// ---- what the pages saw --------------------------------------------------------------------
+
+/** @param {import("playwright-core").Page} page */
+export const received = (page) => evaluate(page, () => /** @type {any} */ (window).t.received, undefined, "the messages received");
+/** @param {import("playwright-core").Page} page */
+export const leftSeen = (page) => evaluate(page, () => /** @type {any} */ (window).t.left, undefined, "the peers seen leaving");
+/**
+ * @param {import("playwright-core").Page} page
+ * @param {string} peerId
+ */
+export const pathTo = (page, peerId) => evaluate(page, (id) => /** @type {any} */ (window).room.path(id), peerId, "room.path");
+
+/**
+ * Sends `n` numbered messages of `type` to everyone, one every `everyMs`; resolves with how
+ * many promises resolved and the peers named by those rejected (PeerUnreachableError).
+ * @param {import("playwright-core").Page} page
+ * @param {number} n
+ * @param {string} type
+ * @param {number} everyMs
+ */
+export function paced(page, n, type, everyMs) {
+  return evaluate(page, async ({ n, type, everyMs }) => {
+    const room = /** @type {any} */ (window).room;
+    const unreachable = new Set();
+    let other = 0;
+    const all = [];
+    for (let i = 0; i < n; i++) {
+      // Each outcome is taken as it comes (no rejection is left unhandled meanwhile).
+      all.push(room.sendMessage(type, i).catch((/** @type {any} */ e) => {
+        if (e?.name === "PeerUnreachableError") for (const p of e.peers) unreachable.add(p);
+        else other++;
+      }));
+      await new Promise((r) => setTimeout(r, everyMs));
+    }
+    await Promise.all(all);
+    return { other, unreachable: [...unreachable] };
+  }, { n, type, everyMs }, `${n} paced sends to settle`);
+}
+
+/**
+ * Waits until `page` has `n` messages of `type` from `from`, then checks they are 0..n-1.
+ * @param {import("playwright-core").Page} page
+ * @param {string} from
+ * @param {number} n
+ * @param {string} type
+ */
+export async function expectAll(page, from, n, type) {
+  const of = async () => (await received(page))
+    .filter((/** @type {any} */ m) => m.type === type && m.from === from)
+    .map((/** @type {any} */ m) => m.data);
+  const got = await waitFor(async () => {
+    const r = await of();
+    return r.length >= n ? r : null;
+  }, `${n} messages of ${type}`).catch(async (e) => {
+    const r = await of();
+    const missing = [...Array(n).keys()].filter((i) => !r.includes(i));
+    throw new Error(`${e.message}: got ${r.length}, first missing ${missing.slice(0, 10)}`);
+  });
+  // Let duplicates, if any, arrive before judging.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await of(), [...Array(n).keys()], `from ${from}: every message once, in order`);
+  assert.equal(got.length, n);
 }
 
 export function ensureArtifacts() {

@@ -5,6 +5,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll, videoStats,
+  received, leftSeen, pathTo,
 } from "./harness.js";
 
 /** @type {TestServer} */
@@ -22,11 +23,6 @@ after(stopAll);
  */
 const peer = (label, opts) => launchPeer(server, { ...opts, label });
 
-/**
- * @param {import("playwright-core").Page} page
- * @param {string} peerId
- */
-const pathTo = (page, peerId) => evaluate(page, (id) => /** @type {any} */ (window).room.path(id), peerId, "room.path");
 /**
  * What an SDK instance holds for each remote peer, for failure messages.
  * @param {import("playwright-core").Page} page
@@ -49,10 +45,6 @@ const sdkState = (page) => page.evaluate(() => {
  */
 const bothStates = (a, b) => async () => `A: ${await sdkState(a.page)} B: ${await sdkState(b.page)}`;
 
-/** @param {import("playwright-core").Page} page */
-const received = (page) => evaluate(page, () => /** @type {any} */ (window).t.received, undefined, "the messages received");
-/** @param {import("playwright-core").Page} page */
-const leftSeen = (page) => evaluate(page, () => /** @type {any} */ (window).t.left, undefined, "the peers seen leaving");
 
 test("two peers: P2P video over host candidates and messages over the data channel", async () => {
   const room = await server.room();

@@ -36,6 +36,9 @@ export class Room {
     local: MediaStream | null;
     /** @type {MediaStreamTrack | null} */
     screenTrack: MediaStreamTrack | null;
+    /** The peer the classic `remoteVideo` element shows. */
+    /** @type {string | null} */
+    singlePeer: string | null;
     audioEnabled: boolean;
     videoEnabled: boolean;
     left: boolean;
@@ -47,10 +50,19 @@ export class Room {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     ackTimer: ReturnType<typeof setTimeout> | undefined;
     flushScheduled: boolean;
+    /** @type {ConnectionState} */
+    state: ConnectionState;
+    /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
+     * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
+    onPageHide: () => void;
     signaling: Signaling;
     /** Admission of sends, in call order (see sendMessage). */
     admission: Promise<void>;
     start(): Promise<void>;
+    /** The link to the server now. */
+    get connectionState(): ConnectionState;
+    /** @param {ConnectionState} state */
+    setState(state: ConnectionState): void;
     /** The peers in the room now (without yourself). */
     get peers(): Peer[];
     /**
@@ -146,6 +158,11 @@ export class Room {
     /** @param {string} id */
     removeVideo(id: string): void;
     /**
+     * Shows `remote`'s stream in the classic `remoteVideo` element (none: clears it).
+     * @param {Remote | null} remote
+     */
+    showSingle(remote: Remote | null): void;
+    /**
      * @param {Remote} remote
      * @param {string} text
      */
@@ -186,6 +203,12 @@ export type Peer = {
     metadata?: unknown;
 };
 export type Path = "p2p" | "relay";
+/**
+ * the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
+ * and the peer-to-peer links go on, messages that need the relay wait), `disconnected` once
+ * the room has ended or was left
+ */
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "disconnected";
 export type JoinOptions = {
     /**
      * from the app's backend
@@ -243,6 +266,7 @@ export type JoinOptions = {
         video: boolean;
     }) => void) | undefined;
     onError?: ((error: Error) => void) | undefined;
+    onConnectionChange?: ((state: ConnectionState) => void) | undefined;
     /**
      * a peer left while some of its messages to us were incomplete: message `expected` never
      * arrived, and `held` later messages and `partial` chunked ones are dropped with it
@@ -273,6 +297,10 @@ export type Remote = {
      * the data channel's bufferedAmount at the last tick
      */
     lastBuffered: number;
+    /**
+     * the peer's media, once it arrived
+     */
+    stream: MediaStream | null;
 };
 import { BlueCamError } from "./errors.js";
 import { ConnectionError } from "./errors.js";

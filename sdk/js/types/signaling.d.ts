@@ -24,10 +24,6 @@ export class Signaling {
     token: string;
     handlers: SignalingHandlers;
     getToken: (() => Promise<string>) | undefined;
-    /** When the socket was last lost (0 while connected). */
-    lostAt: number;
-    /** The server's resume window, from `joined`. */
-    resumeWindowMs: number;
     /** @type {Frame[]} frames to send once the socket is back (bounded) */
     queued: Frame[];
     ratePerMs: number;
