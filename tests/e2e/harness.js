@@ -733,6 +733,24 @@ export function videoStats(page, peerId) {
 
 // ---- what the pages saw --------------------------------------------------------------------
 
+/**
+ * What an SDK instance holds for each remote peer, for failure messages.
+ * @param {import("playwright-core").Page} page
+ */
+export const sdkState = (page) => page.evaluate(() => {
+  const room = /** @type {any} */ (window).room;
+  return JSON.stringify({
+    self: room.self.id,
+    state: room.connectionState,
+    connected: room.signaling.connected,
+    remotes: [...room.remotes.values()].map((r) => ({
+      id: r.info.id, path: room.path(r.info.id), pending: r.outbox.pending.length,
+      firstPending: r.outbox.pending[0] && { seq: r.outbox.pending[0].seq, via: r.outbox.pending[0].via, age: Date.now() - r.outbox.pending[0].sentAt },
+      expected: r.inbox.expected, held: r.inbox.held.size,
+    })),
+  });
+});
+
 /** @param {import("playwright-core").Page} page */
 export const received = (page) => evaluate(page, () => /** @type {any} */ (window).t.received, undefined, "the messages received");
 /** @param {import("playwright-core").Page} page */
@@ -767,7 +785,7 @@ export function paced(page, n, type, everyMs) {
     }
     await Promise.all(all);
     return { other, unreachable: [...unreachable] };
-  }, { n, type, everyMs }, `${n} paced sends to settle`);
+  }, { n, type, everyMs }, `${n} paced sends to settle`, undefined, () => sdkState(page));
 }
 
 /**

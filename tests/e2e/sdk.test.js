@@ -5,7 +5,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll, videoStats,
-  received, leftSeen, pathTo,
+  received, leftSeen, pathTo, sdkState,
 } from "./harness.js";
 
 /** @type {TestServer} */
@@ -23,21 +23,6 @@ after(stopAll);
  */
 const peer = (label, opts) => launchPeer(server, { ...opts, label });
 
-/**
- * What an SDK instance holds for each remote peer, for failure messages.
- * @param {import("playwright-core").Page} page
- */
-const sdkState = (page) => page.evaluate(() => {
-  const room = /** @type {any} */ (window).room;
-  return JSON.stringify({
-    connected: room.signaling.connected,
-    remotes: [...room.remotes.values()].map((r) => ({
-      id: r.info.id, path: room.path(r.info.id), pending: r.outbox.pending.length,
-      firstPending: r.outbox.pending[0] && { seq: r.outbox.pending[0].seq, via: r.outbox.pending[0].via, age: Date.now() - r.outbox.pending[0].sentAt },
-      expected: r.inbox.expected, held: r.inbox.held.size,
-    })),
-  });
-});
 /**
  * Both sides' state, for failure messages.
  * @param {{page: import("playwright-core").Page}} a

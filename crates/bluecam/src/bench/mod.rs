@@ -46,6 +46,7 @@ mod idle;
 mod plot;
 mod progress;
 mod relay;
+mod restart;
 mod signal;
 mod slow;
 mod soak;
@@ -203,6 +204,19 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 30)]
         sample_secs: u64,
+    },
+    /// Clients in two-peer rooms messaging through the relay; the server (started here) is
+    /// restarted with SIGTERM, then SIGKILL: time until every client resumed its session, and
+    /// every message counted end to end (lost must be 0).
+    Restart {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        /// Messages per second each client sends to its partner.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// Seconds of traffic before each restart and after the last.
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
     },
     /// Several `serve --redis` nodes on one Redis (started here): relay and join latency for
     /// peers on the same node against peers on different nodes.
@@ -540,7 +554,8 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
         }
         Scenario::IdleWorker { .. }
         | Scenario::BaselineServer { .. }
-        | Scenario::Cluster { .. } => unreachable_worker()?,
+        | Scenario::Cluster { .. }
+        | Scenario::Restart { .. } => unreachable_worker()?,
     })
 }
 
@@ -578,6 +593,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             return idle_worker(&target, room_prefix, *room_size, *start, *count, *source_ip).await;
         }
         Scenario::BaselineServer { bind } => return baseline::baseline_server(*bind).await,
+        Scenario::Restart {
+            clients,
+            rate,
+            settle_secs,
+        } => {
+            let mut result =
+                restart::restart(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            result["machine"] = machine(false);
+            let text = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, &text)?;
+            }
+            say(&text);
+            return Ok(());
+        }
         Scenario::Cluster {
             nodes,
             redis,
@@ -674,6 +704,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::IdleWorker { .. } => "idle-worker",
         Scenario::BaselineServer { .. } => "baseline-server",
         Scenario::Cluster { .. } => "cluster",
+        Scenario::Restart { .. } => "restart",
     }
 }
 
