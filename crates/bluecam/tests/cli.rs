@@ -512,3 +512,21 @@ fn bench_cluster_smoke() {
         assert_eq!(p["join"]["failed"], 0, "{v}");
     }
 }
+
+/// Also the real-process test of durable sessions: a real `bluecam serve` restarted with
+/// SIGTERM and killed with SIGKILL, every client resuming its session, nothing lost.
+#[test]
+fn bench_restart_smoke() {
+    let v = bench(&["restart", "--clients", "20", "--settle-secs", "1"]);
+    for r in v["restarts"].as_array().unwrap() {
+        assert_eq!(r["all_resumed"], true, "{v}");
+        assert_eq!(r["resumed"], 20, "{v}");
+    }
+    assert_eq!(v["restarts"][1]["signal"], "SIGKILL", "{v}");
+    assert_eq!(v["sessions_expired"], 0, "{v}");
+    let m = &v["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost"], 0, "{v}");
+    assert_eq!(m["unacknowledged_at_end"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
+}

@@ -3,8 +3,9 @@
 //! latency), `relay` (messages/s delivered and latency in rooms of k peers) and `signal`
 //! (offer/answer/candidate exchanges: per-hop latency and whole-exchange time), `slow-reader`
 //! (one peer stops reading: its disconnection and everyone else's latency), `churn`
-//! (connections replaced continuously: memory and open files must stay flat) and `soak` (churn,
-//! ordered relay, slow readers and hostile clients at once, for a long time).
+//! (connections replaced continuously: memory and open files must stay flat), `soak` (churn,
+//! ordered relay, slow readers and hostile clients at once, for a long time) and `restart`
+//! (the server restarted and killed under clients: time to resume, messages lost).
 //! Unless `--server` is given it starts its own `bluecam serve` child with limits raised for
 //! load (see BENCHMARKS.md), so it can read that process's memory and CPU. `relay`, `signal`
 //! and `join-storm` then run the same load against the no-protocol baseline relay
