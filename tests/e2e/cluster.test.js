@@ -113,4 +113,3 @@ test("a node killed mid-stream: its peers resume elsewhere, or leave within the 
   assert.equal(await evaluate(stranded.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState"), "reconnecting");
   await expectEvents([stranded]);
 });
-});

@@ -65,6 +65,22 @@ test("two pages create and join a room through the invite link and share a drawi
   ensureArtifacts();
   await host.page.screenshot({ path: `${ARTIFACTS}demo-host.png`, timeout: DEADLINE_MS });
   await guest.page.screenshot({ path: `${ARTIFACTS}demo-guest.png`, timeout: DEADLINE_MS });
+  // The server crashes and comes back: both pages say "Reconnecting…" meanwhile, then carry
+  // on in the same call (same peers, the board still shared).
+  const banner = (/** @type {import("playwright-core").Page} */ page) =>
+    page.evaluate(() => !(/** @type {HTMLElement} */ (document.getElementById("reconnecting"))).hidden);
+  const restarting = server.restart("SIGKILL", 1500);
+  for (const p of [host, guest]) await waitFor(() => banner(p.page), "the reconnecting bar");
+  await restarting;
+  for (const p of [host, guest]) await waitFor(async () => !(await banner(p.page)), "the bar to go");
+  for (const p of [host, guest]) {
+    assert.equal(await p.page.locator("#peers li").count(), 1, "still the same two in the call");
+  }
+  await host.page.mouse.click(board.x + board.width * 0.6, board.y + board.height * 0.6);
+  await waitFor(
+    () => guest.page.evaluate(() => /** @type {any} */ (window).bluecamDemo?.getDrawing().circles.length === 2),
+    "the second circle on the guest's board",
+  );
   // The demo's joins went through the recording SDK too: no error, no gap.
   await expectEvents([host, guest]);
 });

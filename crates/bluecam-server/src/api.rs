@@ -336,7 +336,7 @@ impl CreateRoom {
                 check_id("id", &id)?;
                 id
             }
-            None => crate::auth::random_token(16),
+            None => crate::auth::random_id(16),
         };
         check_text("name", body.name.as_ref())?;
         check_text("description", body.description.as_ref())?;

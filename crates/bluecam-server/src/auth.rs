@@ -116,6 +116,17 @@ pub fn random_token(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// A random room id: like [`random_token`], redrawn until it starts with a letter or digit, so
+/// it never reads as an option on a command line (`bluecam room get -dX…` was a flag).
+pub fn random_id(bytes: usize) -> String {
+    loop {
+        let id = random_token(bytes);
+        if id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return id;
+        }
+    }
+}
+
 /// Demo room ids: `demo-` + 12 random characters + a 20-character MAC of them under the API
 /// secret, so the demo's secret-less token endpoint can tell its own rooms from the backend's
 /// without a lookup (and without telling a stranger which other room ids exist).
@@ -240,6 +251,16 @@ mod tests {
         let other = Secret::new("other");
         assert_eq!(other.verify(&t).unwrap_err(), TokenError::BadSignature);
         assert_eq!(s.verify("nonsense").unwrap_err(), TokenError::Malformed);
+    }
+
+    #[test]
+    fn generated_room_ids_never_start_like_an_option() {
+        // One in 32 raw tokens starts with `-` or `_`: 2,000 draws would show it.
+        for _ in 0..2000 {
+            let id = random_id(16);
+            assert_eq!(id.len(), 22);
+            assert!(id.starts_with(|c: char| c.is_ascii_alphanumeric()), "{id}");
+        }
     }
 
     #[test]
