@@ -224,6 +224,15 @@ pub fn now() -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed(pub Option<u16>);
 
+/// The credentials that resume `c`'s session.
+pub fn creds(c: &Client) -> bluecam_proto::ResumeCredentials {
+    let s = &c.joined.as_ref().unwrap().session;
+    bluecam_proto::ResumeCredentials {
+        session: s.id.clone(),
+        secret: s.secret.clone(),
+    }
+}
+
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub joined: Option<Joined>,

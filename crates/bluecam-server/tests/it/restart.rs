@@ -1,17 +1,9 @@
 //! Calls survive the server: sessions are durable on a single node (a restart keeps every
 //! peer id), the schema is versioned and migrated, and one identity holds one seat.
 
-use crate::common::{Client, TestServer, temp_dir};
+use crate::common::{Client, TestServer, creds, temp_dir};
 use bluecam_proto::{ClientMessage, ResumeCredentials};
 use serde_json::json;
-
-fn creds(c: &Client) -> ResumeCredentials {
-    let s = &c.joined.as_ref().unwrap().session;
-    ResumeCredentials {
-        session: s.id.clone(),
-        secret: s.secret.clone(),
-    }
-}
 
 /// Resumes `old`'s session on `s` as `identity`; returns the new client.
 async fn resume(s: &TestServer, room: &str, identity: &str, old: &Client) -> Client {

@@ -1,16 +1,8 @@
 //! Resuming a session after a dropped connection.
 
-use crate::common::{Client, TestServer};
+use crate::common::{Client, TestServer, creds};
 use bluecam_proto::{ClientMessage, CloseCode, ResumeCredentials};
 use serde_json::json;
-
-fn creds(c: &Client) -> ResumeCredentials {
-    let s = &c.joined.as_ref().unwrap().session;
-    ResumeCredentials {
-        session: s.id.clone(),
-        secret: s.secret.clone(),
-    }
-}
 
 #[tokio::test]
 async fn resume_within_the_window_keeps_the_peer_and_delivers_what_was_sent_meanwhile() {
