@@ -10,7 +10,7 @@
 
 import { Signaling } from "./signaling.js";
 import { PeerLink, webrtcAvailable } from "./mesh.js";
-import { Outbox, Inbox, encodeData, envelopesOf, isEnvelope, VERSION } from "./delivery.js";
+import { Outbox, Inbox, encodeData, envelopesOf, isEnvelope } from "./delivery.js";
 import {
   BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
   RoomFullError, RoomNotFoundError, UnauthorizedError,
@@ -158,6 +158,9 @@ export class Room {
     this.options = options;
     /** @type {Map<string, Remote>} */
     this.remotes = new Map();
+    /** Per sender id, what was delivered from it (see inboxFor). */
+    /** @type {Map<string, Inbox>} */
+    this.inboxes = new Map();
     /** @type {Peer} */
     this.self = { id: "", identity: "" };
     /** @type {RTCIceServer[]} */
@@ -452,7 +455,7 @@ export class Room {
     if (this.remotes.has(info.id) || info.id === this.self.id) return;
     /** @type {Remote} */
     const remote = {
-      info, link: null, outbox: new Outbox(), inbox: new Inbox(), ackDue: false,
+      info, link: null, outbox: new Outbox(), inbox: this.inboxFor(info.id), ackDue: false,
       lastProgressAt: 0, lastBuffered: 0, stream: null,
       path: "relay", noWebrtc: false, relinkTimer: undefined,
     };
@@ -464,6 +467,22 @@ export class Room {
     }
     if (this.local) this.signal(info.id, { media: { audio: this.audioEnabled, video: this.videoEnabled } });
     if (announce) this.options.onPeerJoined?.(info);
+  }
+
+  /**
+   * What this Room has delivered from `id`, kept across that peer leaving and coming back with
+   * the same id (a cluster may report a live peer gone and back): its sender may go on with
+   * the same sequence space, and a fresh Inbox would deliver again what this app already got.
+   * A sender that starts anew says so with a new epoch, and the Inbox follows.
+   * @param {string} id
+   */
+  inboxFor(id) {
+    let inbox = this.inboxes.get(id);
+    if (!inbox) {
+      inbox = new Inbox();
+      this.inboxes.set(id, inbox);
+    }
+    return inbox;
   }
 
   /** @param {Remote} remote */
@@ -494,6 +513,8 @@ export class Room {
     if (held.size > 0 || chunks.size > 0) {
       // Delivery from this peer became impossible with messages outstanding: say so.
       this.options.onGap?.(remote.info, { expected, held: held.size, partial: chunks.size });
+      held.clear();
+      chunks.clear();
     }
     this.removeVideo(id);
     this.wakeSpaceWaiters();
@@ -645,7 +666,7 @@ export class Room {
   onEnvelope(remote, env, path) {
     if (!isEnvelope(env)) return;
     if (env.k === "a") {
-      if (remote.outbox.ack(env.a) > 0) {
+      if (remote.outbox.ack(env.a, env.e) > 0) {
         remote.lastProgressAt = Date.now();
         this.wakeSpaceWaiters();
       }
@@ -691,7 +712,7 @@ export class Room {
       this.ackTimer = undefined;
       for (const remote of this.remotes.values()) {
         if (!remote.ackDue) continue;
-        const ack = JSON.stringify({ v: VERSION, k: "a", a: remote.inbox.ackValue });
+        const ack = JSON.stringify(remote.inbox.ack());
         const sent =
           remote.link?.send(ack) ||
           this.signaling.send({ op: "send", to: [remote.info.id], msg: JSON.parse(ack) });
@@ -728,7 +749,7 @@ export class Room {
     };
     const now = Date.now();
     for (const [i, entry] of entries.entries()) {
-      const envs = envelopesOf(entry.seq, entry.type, entry.json);
+      const envs = envelopesOf(entry.seq, entry.type, entry.json, remote.outbox);
       if (!relayOnly && remote.link?.open && envs.every((e) => remote.link?.send(JSON.stringify(e)))) {
         entry.via = "p2p";
         entry.sentAt = now;

@@ -7,9 +7,15 @@
  * recipient delivers in order, drops duplicates and acknowledges cumulatively over whichever
  * path works; the sender keeps a message until it is acknowledged and resends it when a path
  * fails. Envelopes (documented in docs/protocol.md, "App envelopes"):
- *   {v:1, k:"m", s, t, d}          a whole message: sequence s, type t, data d
- *   {v:1, k:"c", s, t, i, n, p}    chunk i of n of message s; p is a slice of the JSON text of d
- *   {v:1, k:"a", a}                cumulative ack: every message up to a has been delivered
+ *   {v:1, k:"m", s, t, d, e, b}        a whole message: sequence s, type t, data d
+ *   {v:1, k:"c", s, t, i, n, p, e, b}  chunk i of n of message s; p is a slice of the JSON of d
+ *   {v:1, k:"a", a, e}                 cumulative ack: every message up to a has been delivered
+ * `e` is the epoch of the sender's sequence space: a new one whenever the sender starts a new
+ * Outbox for that recipient (it saw the recipient leave and come back with the same peer id, or
+ * reloaded), so that new sequence numbers never collide with old ones; acks name the epoch they
+ * acknowledge. `b` is the sender's lowest unacknowledged sequence: everything below it was
+ * delivered to the recipient (perhaps to an earlier Inbox of its own), so a fresh Inbox starts
+ * there instead of waiting forever for messages that will never be sent again.
  */
 
 /** Largest message accepted by sendMessage: UTF-8 bytes of JSON.stringify(data). */
@@ -23,10 +29,21 @@ export const MAX_CHUNKS = Math.ceil(MAX_MESSAGE_BYTES / CHUNK_CHARS) + 1;
 /** Sequence numbers further ahead than this are refused (the sender's outbox is smaller). */
 export const MAX_AHEAD = 4096;
 
+let lastEpoch = 0;
 /**
- * @typedef {{v: number, k: "m", s: number, t: string, d: unknown}} WholeEnvelope
- * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string}} ChunkEnvelope
- * @typedef {{v: number, k: "a", a: number}} AckEnvelope
+ * A new epoch: larger than every earlier one of this page, and (being milliseconds × 1000)
+ * than those of a page loaded before it.
+ * @returns {number}
+ */
+export function newEpoch() {
+  lastEpoch = Math.max(lastEpoch + 1, Date.now() * 1000);
+  return lastEpoch;
+}
+
+/**
+ * @typedef {{v: number, k: "m", s: number, t: string, d: unknown, e?: number, b?: number}} WholeEnvelope
+ * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string, e?: number, b?: number}} ChunkEnvelope
+ * @typedef {{v: number, k: "a", a: number, e?: number}} AckEnvelope
  * @typedef {WholeEnvelope | ChunkEnvelope | AckEnvelope} Envelope
  */
 
@@ -49,17 +66,20 @@ export function encodeData(data) {
  * @param {number} seq
  * @param {string} type
  * @param {string} json the JSON text of the data
+ * @param {{epoch: number, base: number}} [from] the sending Outbox's epoch and lowest
+ *   unacknowledged sequence (absent: an envelope of the first protocol, without them)
  * @returns {Envelope[]}
  */
-export function envelopesOf(seq, type, json) {
+export function envelopesOf(seq, type, json, from) {
+  const stamp = from ? { e: from.epoch, b: from.base } : {};
   if (json.length <= CHUNK_CHARS) {
-    return [{ v: VERSION, k: "m", s: seq, t: type, d: JSON.parse(json) }];
+    return [{ v: VERSION, k: "m", s: seq, t: type, d: JSON.parse(json), ...stamp }];
   }
   const n = Math.ceil(json.length / CHUNK_CHARS);
   /** @type {Envelope[]} */
   const out = [];
   for (let i = 0; i < n; i++) {
-    out.push({ v: VERSION, k: "c", s: seq, t: type, i, n, p: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS) });
+    out.push({ v: VERSION, k: "c", s: seq, t: type, i, n, p: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS), ...stamp });
   }
   return out;
 }
@@ -74,17 +94,20 @@ export function isEnvelope(x) {
   const e = /** @type {Record<string, unknown>} */ (x);
   if (e.v !== VERSION) return false;
   const seq = (/** @type {unknown} */ v) => Number.isSafeInteger(v) && /** @type {number} */ (v) >= 1;
+  // The epoch and base are optional (a sender of the first protocol has none), well-formed if there.
+  const epochOk = e.e === undefined || (Number.isSafeInteger(e.e) && /** @type {number} */ (e.e) >= 0);
+  const stampOk = epochOk && (e.b === undefined || seq(e.b));
   switch (e.k) {
     case "m":
-      return seq(e.s) && typeof e.t === "string" && "d" in e;
+      return stampOk && seq(e.s) && typeof e.t === "string" && "d" in e;
     case "c":
       return (
-        seq(e.s) && typeof e.t === "string" && typeof e.p === "string" &&
+        stampOk && seq(e.s) && typeof e.t === "string" && typeof e.p === "string" &&
         Number.isSafeInteger(e.n) && /** @type {number} */ (e.n) >= 1 && /** @type {number} */ (e.n) <= MAX_CHUNKS &&
         Number.isSafeInteger(e.i) && /** @type {number} */ (e.i) >= 0 && /** @type {number} */ (e.i) < /** @type {number} */ (e.n)
       );
     case "a":
-      return Number.isSafeInteger(e.a) && /** @type {number} */ (e.a) >= 0;
+      return epochOk && Number.isSafeInteger(e.a) && /** @type {number} */ (e.a) >= 0;
     default:
       return false;
   }
@@ -107,6 +130,8 @@ export function isEnvelope(x) {
 /** Unacknowledged messages to one peer, in sequence order. */
 export class Outbox {
   constructor() {
+    /** This sequence space's epoch (see the module doc). */
+    this.epoch = newEpoch();
     this.nextSeq = 1;
     /** @type {Pending[]} */
     this.pending = [];
@@ -136,11 +161,19 @@ export class Outbox {
     return { entry, done };
   }
 
+  /** The lowest unacknowledged sequence: every message below it was acknowledged. */
+  get base() {
+    return this.pending.length > 0 ? this.pending[0].seq : this.nextSeq;
+  }
+
   /**
-   * A cumulative ack: settles every message up to `upTo`. Returns how many.
+   * A cumulative ack: settles every message up to `upTo`. Returns how many. An ack of another
+   * epoch (an earlier Outbox of ours for this peer) acknowledges nothing here.
    * @param {number} upTo
+   * @param {number} [epoch] absent: a peer of the first protocol
    */
-  ack(upTo) {
+  ack(upTo, epoch) {
+    if (epoch !== undefined && epoch !== this.epoch) return 0;
     let n = 0;
     while (this.pending.length > 0 && this.pending[0].seq <= upTo) {
       const e = /** @type {Pending} */ (this.pending.shift());
@@ -165,6 +198,9 @@ export class Outbox {
 /** What one sender has delivered to us, and what waits for a gap to fill. */
 export class Inbox {
   constructor() {
+    /** The sender's epoch being received (null until the first envelope). */
+    /** @type {number | null} */
+    this.epoch = null;
     /** Every message below this has been delivered. */
     this.expected = 1;
     /** @type {Map<number, {type: string, data: unknown}>} */
@@ -179,34 +215,48 @@ export class Inbox {
   }
 
   /**
-   * Takes one message or chunk envelope; returns the messages now deliverable, in order.
+   * The ack envelope to send back: the cumulative ack, naming the epoch it acknowledges.
+   * @returns {AckEnvelope}
+   */
+  ack() {
+    return this.epoch === null || this.epoch === 0
+      ? { v: VERSION, k: "a", a: this.ackValue }
+      : { v: VERSION, k: "a", a: this.ackValue, e: this.epoch };
+  }
+
+  /**
+   * Takes one message or chunk envelope; returns the messages now deliverable, in order (an
+   * envelope that moves the sender's base on may free held ones even if it is a duplicate).
    * Duplicates and chunks of delivered messages are dropped.
    * @param {WholeEnvelope | ChunkEnvelope} env
    * @returns {{type: string, data: unknown, seq: number}[]}
    */
   receive(env) {
-    if (env.s < this.expected || this.held.has(env.s) || env.s >= this.expected + MAX_AHEAD) return [];
-    if (env.k === "m") {
-      this.held.set(env.s, { type: env.t, data: env.d });
-    } else {
-      let c = this.chunks.get(env.s);
-      if (!c) {
-        c = { type: env.t, parts: new Array(env.n).fill(undefined), have: 0 };
-        this.chunks.set(env.s, c);
-      }
-      if (c.parts.length !== env.n || c.parts[env.i] !== undefined) return [];
-      c.parts[env.i] = env.p;
-      c.have++;
-      if (c.have < env.n) return [];
-      this.chunks.delete(env.s);
-      let data;
-      try {
-        data = JSON.parse(c.parts.join(""));
-      } catch {
-        return []; // a broken sender; its message can never complete
-      }
-      this.held.set(env.s, { type: c.type, data });
+    const epoch = env.e ?? 0;
+    if (this.epoch === null) {
+      this.epoch = epoch; // the sender's first envelope
+    } else if (epoch > this.epoch) {
+      // A new sequence space: what was held of the old one will never complete (its sender
+      // rejected those messages when it started anew).
+      this.epoch = epoch;
+      this.expected = 1;
+      this.held.clear();
+      this.chunks.clear();
+    } else if (epoch < this.epoch) {
+      return []; // an old sequence space: stale
     }
+    if (env.b !== undefined && env.b > this.expected) {
+      // Everything below the sender's base was acknowledged, so delivered to us (perhaps to an
+      // earlier Inbox of ours): never sent again, it must not be waited for.
+      for (const s of [...this.held.keys(), ...this.chunks.keys()]) {
+        if (s < env.b) {
+          this.held.delete(s);
+          this.chunks.delete(s);
+        }
+      }
+      this.expected = env.b;
+    }
+    this.store(env);
     /** @type {{type: string, data: unknown, seq: number}[]} */
     const out = [];
     for (let m = this.held.get(this.expected); m !== undefined; m = this.held.get(this.expected)) {
@@ -217,5 +267,33 @@ export class Inbox {
       this.expected++;
     }
     return out;
+  }
+
+  /**
+   * Keeps a message or chunk envelope for delivery (a whole message once its chunks are all
+   * in); drops duplicates, chunks of delivered messages and what is too far ahead.
+   * @param {WholeEnvelope | ChunkEnvelope} env
+   */
+  store(env) {
+    if (env.s < this.expected || this.held.has(env.s) || env.s >= this.expected + MAX_AHEAD) return;
+    if (env.k === "m") {
+      this.held.set(env.s, { type: env.t, data: env.d });
+      return;
+    }
+    let c = this.chunks.get(env.s);
+    if (!c) {
+      c = { type: env.t, parts: new Array(env.n).fill(undefined), have: 0 };
+      this.chunks.set(env.s, c);
+    }
+    if (c.parts.length !== env.n || c.parts[env.i] !== undefined) return;
+    c.parts[env.i] = env.p;
+    c.have++;
+    if (c.have < env.n) return;
+    this.chunks.delete(env.s);
+    try {
+      this.held.set(env.s, { type: c.type, data: JSON.parse(c.parts.join("")) });
+    } catch {
+      // a broken sender; its message can never complete
+    }
   }
 }

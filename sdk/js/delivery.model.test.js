@@ -665,13 +665,6 @@ const SAME_ID_COUNTEREXAMPLE = [
 
 test("exactly once, in order, or told: and either side leaving and rejoining with the SAME peer id", {
   ...TIMEOUT,
-  todo: "BUG (SDK, bluecam.js/delivery.js): per-pair sequence state is reset on one side and kept on the other " +
-    "when a peer id comes back. Shrunk: A is told peer_left B, A sends m1 (seq 1) and gets it rejected, " +
-    "A is told peer_joined B (B's Room kept its state; the cluster does this), A sends m2 (seq 1 again, fresh " +
-    "Outbox); the relay delivers s1=m1 (B delivers it, expects 2), then s1=m2: B drops it as a duplicate and " +
-    "acks 1, so m2 resolves though B never got it (silent loss). Same cause: duplicate delivery of a " +
-    "retransmitted s1 into a fresh Inbox, and a message held forever (never delivered, never rejected) " +
-    "when a fresh Inbox expects s1 and the kept Outbox sends s2.",
 }, async () => {
   const cfg = /** @type {const} */ ({ reload: "sameId" });
   const extra = [

@@ -75,14 +75,18 @@ test("the relay frames a Room writes carry the envelopes as send.msg, exactly as
   let settled = "pending";
   room.sendMessage("shareLink", "https://example.com", { to: BOB }).then(() => { settled = "resolved"; }, () => { settled = "rejected"; });
   await new Promise((resolve) => setImmediate(resolve));
+  // It names the epoch of the Room's sequence space for Bob, and its base (nothing acked yet).
+  const epoch = /** @type {any} */ (room.remotes.get(BOB)).outbox.epoch;
+  assert.ok(Number.isSafeInteger(epoch) && epoch > 0);
   assert.deepEqual(sends(), [
-    '{"op":"send","to":["hN4sJ8dF1gKq0ZbY"],"msg":[{"v":1,"k":"m","s":1,"t":"shareLink","d":"https://example.com"}]}',
+    `{"op":"send","to":["hN4sJ8dF1gKq0ZbY"],"msg":[{"v":1,"k":"m","s":1,"t":"shareLink","d":"https://example.com","e":${epoch},"b":1}]}`,
   ]);
-  assert.deepEqual(JSON.parse(sends()[0]).msg, [vector("whole message, string data")]);
+  assert.deepEqual(JSON.parse(sends()[0]).msg, [{ ...vector("whole message, with epoch and base"), s: 1, e: epoch, b: 1 }]);
 
   // Every valid message and chunk vector, as the relay hands them over: delivered in order, then
   // one ack frame, as written by hand here and as the shared "ack" vector.
-  for (const v of vectors.valid) if (v.envelope.k !== "a") room.onFrame({ op: "message", from: BOB, msg: v.envelope });
+  // (The vectors without an epoch: one sender of the first protocol, sequence 1 to 5.)
+  for (const v of vectors.valid) if (v.envelope.k !== "a" && !("e" in v.envelope)) room.onFrame({ op: "message", from: BOB, msg: v.envelope });
   assert.deepEqual(got, [
     { type: "shareLink", data: "https://example.com" },
     { type: "changedDrawing", data: { circles: [], rectangles: [], triangles: [], bgColor: "blue" } },
@@ -95,11 +99,13 @@ test("the relay frames a Room writes carry the envelopes as send.msg, exactly as
   assert.deepEqual(JSON.parse(sends()[1]).msg, vector("ack"));
   for (const text of sends()) assert.ok(serverAcceptsSend(text), text);
 
-  // Bob's ack settles the message; an ack of nothing does not.
+  // Bob's ack settles the message; an ack of nothing does not, nor one of another epoch (an
+  // earlier sequence space of ours).
   room.onFrame({ op: "message", from: BOB, msg: vector("ack of nothing yet") });
+  room.onFrame({ op: "message", from: BOB, msg: { v: 1, k: "a", a: 1, e: epoch - 1 } });
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(settled, "pending");
-  room.onFrame({ op: "message", from: BOB, msg: { v: 1, k: "a", a: 1 } });
+  room.onFrame({ op: "message", from: BOB, msg: { ...vector("ack with epoch"), a: 1, e: epoch } });
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(settled, "resolved");
   room.shutdown(new Error("end of test"));

@@ -35,7 +35,8 @@ const intIn = (x, min, max) => typeof x === "number" && Number.isInteger(x) && x
 /**
  * Whether a value (own properties only) is a valid envelope per docs/protocol.md section 15,
  * with the SDK's documented limits: sequence numbers and acks are safe integers, a message has
- * at most MAX_CHUNKS chunks. Extra fields are allowed.
+ * at most MAX_CHUNKS chunks. Extra fields are allowed. A stray `e` or `b` that is JSON `undefined`
+ * cannot occur: the inputs are parsed JSON.
  * @param {unknown} x
  */
 function specValid(x) {
@@ -44,16 +45,19 @@ function specValid(x) {
   const has = (/** @type {string} */ k) => Object.prototype.hasOwnProperty.call(o, k);
   const get = (/** @type {string} */ k) => (has(k) ? o[k] : undefined);
   if (get("v") !== 1) return false;
+  // Optional: the sender's epoch (an integer ≥ 0) and base (a sequence number ≥ 1).
+  const epochOk = !has("e") || intIn(get("e"), 0, MAX_SAFE);
+  const stampOk = epochOk && (!has("b") || intIn(get("b"), 1, MAX_SAFE));
   switch (get("k")) {
     case "m":
-      return intIn(get("s"), 1, MAX_SAFE) && typeof get("t") === "string" && has("d");
+      return stampOk && intIn(get("s"), 1, MAX_SAFE) && typeof get("t") === "string" && has("d");
     case "c": {
       const n = get("n");
-      return intIn(get("s"), 1, MAX_SAFE) && typeof get("t") === "string" && typeof get("p") === "string" &&
+      return stampOk && intIn(get("s"), 1, MAX_SAFE) && typeof get("t") === "string" && typeof get("p") === "string" &&
         intIn(n, 1, MAX_CHUNKS) && intIn(get("i"), 0, /** @type {number} */ (n) - 1);
     }
     case "a":
-      return intIn(get("a"), 0, MAX_SAFE);
+      return epochOk && intIn(get("a"), 0, MAX_SAFE);
     default:
       return false;
   }
@@ -191,15 +195,20 @@ const unitArb = fc.oneof(
 const textArb = fc.string({ unit: unitArb, maxLength: 40 });
 const hostileKeyArb = fc.constantFrom(
   "__proto__", "constructor", "prototype", "polluted", "toString", "valueOf", "hasOwnProperty",
-  "__defineGetter__", "isAdmin", "v", "k", "s", "t", "d", "i", "n", "p", "a",
+  "__defineGetter__", "isAdmin", "v", "k", "s", "t", "d", "i", "n", "p", "a", "e", "b",
 );
 const typeArb = fc.oneof(textArb, hostileKeyArb);
 const seqArb = fc.oneof(fc.integer({ min: 1, max: 20 }), fc.integer({ min: 1, max: MAX_SAFE }), fc.constant(MAX_SAFE));
 
+/** The optional epoch and base, each present or not. */
+const stampArb = fc.record(
+  { e: fc.oneof(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: MAX_SAFE })), b: seqArb },
+  { requiredKeys: [] },
+);
 /** @type {fc.Arbitrary<import("./delivery.js").WholeEnvelope>} */
-const wholeArb = fc.record({
+const wholeArb = fc.tuple(fc.record({
   v: fc.constant(VERSION), k: fc.constant(/** @type {const} */ ("m")), s: seqArb, t: typeArb, d: fc.jsonValue(),
-});
+}), stampArb).map(([env, stamp]) => ({ ...env, ...stamp }));
 /** @type {fc.Arbitrary<import("./delivery.js").ChunkEnvelope>} */
 const chunkArb = fc.oneof(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: MAX_CHUNKS })).chain((n) =>
   fc.record({
@@ -530,9 +539,14 @@ test("prototype-pollution keys anywhere: no pollution, data delivered exactly as
       if (specValid(parsed) && parsed.k === "m") {
         const h = harness(parsed.s);
         h.channel(text);
-        assert.equal(h.calls.length, 1);
-        assert.deepEqual(h.calls[0].data, parsed.d);
-        assert.equal(h.calls[0].type, parsed.t);
+        if ((parsed.b ?? 1) > parsed.s) {
+          // Below its sender's base: delivered already, by the protocol's word; dropped.
+          assert.equal(h.calls.length, 0);
+        } else {
+          assert.equal(h.calls.length, 1);
+          assert.deepEqual(h.calls[0].data, parsed.d);
+          assert.equal(h.calls[0].type, parsed.t);
+        }
         h.done();
       }
       // 2. The hostile JSON as the data of a message in chunks of arbitrary sizes.
@@ -586,9 +600,10 @@ test("truncated valid envelopes and batches are ignored", TIMEOUT, () => {
       assertUntouched(h);
       h.done();
       feedText(cut);
-      // Its fields cut short (a prefix of them): valid only with every field of its kind.
-      const keys = Object.keys(env);
-      const fewer = Object.fromEntries(Object.entries(env).slice(0, keep % keys.length));
+      // Its fields cut short (a prefix of its required ones): valid only with every required
+      // field of its kind (the epoch and base are optional).
+      const required = Object.entries(env).filter(([k]) => k !== "e" && k !== "b");
+      const fewer = Object.fromEntries(required.slice(0, keep % required.length));
       assert.equal(specValid(fewer), false);
       feedValue(fewer);
     },

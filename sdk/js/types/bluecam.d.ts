@@ -28,6 +28,9 @@ export class Room {
     options: JoinOptions;
     /** @type {Map<string, Remote>} */
     remotes: Map<string, Remote>;
+    /** Per sender id, what was delivered from it (see inboxFor). */
+    /** @type {Map<string, Inbox>} */
+    inboxes: Map<string, Inbox>;
     /** @type {Peer} */
     self: Peer;
     /** @type {RTCIceServer[]} */
@@ -127,6 +130,14 @@ export class Room {
      * @param {boolean} announce call onPeerJoined
      */
     addPeer(info: Peer, announce: boolean): void;
+    /**
+     * What this Room has delivered from `id`, kept across that peer leaving and coming back with
+     * the same id (a cluster may report a live peer gone and back): its sender may go on with
+     * the same sequence space, and a fresh Inbox would deliver again what this app already got.
+     * A sender that starts anew says so with a new epoch, and the Inbox follows.
+     * @param {string} id
+     */
+    inboxFor(id: string): Inbox;
     /** @param {Remote} remote */
     link(remote: Remote): void;
     /**
@@ -310,8 +321,8 @@ import { PeerUnreachableError } from "./errors.js";
 import { RoomFullError } from "./errors.js";
 import { RoomNotFoundError } from "./errors.js";
 import { UnauthorizedError } from "./errors.js";
+import { Inbox } from "./delivery.js";
 import { Signaling } from "./signaling.js";
 import { PeerLink } from "./mesh.js";
 import { Outbox } from "./delivery.js";
-import { Inbox } from "./delivery.js";
 export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError };

@@ -1,7 +1,13 @@
 /**
- * @typedef {{v: number, k: "m", s: number, t: string, d: unknown}} WholeEnvelope
- * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string}} ChunkEnvelope
- * @typedef {{v: number, k: "a", a: number}} AckEnvelope
+ * A new epoch: larger than every earlier one of this page, and (being milliseconds × 1000)
+ * than those of a page loaded before it.
+ * @returns {number}
+ */
+export function newEpoch(): number;
+/**
+ * @typedef {{v: number, k: "m", s: number, t: string, d: unknown, e?: number, b?: number}} WholeEnvelope
+ * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string, e?: number, b?: number}} ChunkEnvelope
+ * @typedef {{v: number, k: "a", a: number, e?: number}} AckEnvelope
  * @typedef {WholeEnvelope | ChunkEnvelope | AckEnvelope} Envelope
  */
 /**
@@ -18,9 +24,14 @@ export function encodeData(data: unknown): {
  * @param {number} seq
  * @param {string} type
  * @param {string} json the JSON text of the data
+ * @param {{epoch: number, base: number}} [from] the sending Outbox's epoch and lowest
+ *   unacknowledged sequence (absent: an envelope of the first protocol, without them)
  * @returns {Envelope[]}
  */
-export function envelopesOf(seq: number, type: string, json: string): Envelope[];
+export function envelopesOf(seq: number, type: string, json: string, from?: {
+    epoch: number;
+    base: number;
+}): Envelope[];
 /**
  * Whether a value is a well-formed envelope.
  * @param {unknown} x
@@ -35,9 +46,15 @@ export function isEnvelope(x: unknown): x is Envelope;
  * recipient delivers in order, drops duplicates and acknowledges cumulatively over whichever
  * path works; the sender keeps a message until it is acknowledged and resends it when a path
  * fails. Envelopes (documented in docs/protocol.md, "App envelopes"):
- *   {v:1, k:"m", s, t, d}          a whole message: sequence s, type t, data d
- *   {v:1, k:"c", s, t, i, n, p}    chunk i of n of message s; p is a slice of the JSON text of d
- *   {v:1, k:"a", a}                cumulative ack: every message up to a has been delivered
+ *   {v:1, k:"m", s, t, d, e, b}        a whole message: sequence s, type t, data d
+ *   {v:1, k:"c", s, t, i, n, p, e, b}  chunk i of n of message s; p is a slice of the JSON of d
+ *   {v:1, k:"a", a, e}                 cumulative ack: every message up to a has been delivered
+ * `e` is the epoch of the sender's sequence space: a new one whenever the sender starts a new
+ * Outbox for that recipient (it saw the recipient leave and come back with the same peer id, or
+ * reloaded), so that new sequence numbers never collide with old ones; acks name the epoch they
+ * acknowledge. `b` is the sender's lowest unacknowledged sequence: everything below it was
+ * delivered to the recipient (perhaps to an earlier Inbox of its own), so a fresh Inbox starts
+ * there instead of waiting forever for messages that will never be sent again.
  */
 /** Largest message accepted by sendMessage: UTF-8 bytes of JSON.stringify(data). */
 export const MAX_MESSAGE_BYTES: number;
@@ -64,6 +81,8 @@ export const MAX_AHEAD: 4096;
  */
 /** Unacknowledged messages to one peer, in sequence order. */
 export class Outbox {
+    /** This sequence space's epoch (see the module doc). */
+    epoch: number;
     nextSeq: number;
     /** @type {Pending[]} */
     pending: Pending[];
@@ -79,11 +98,15 @@ export class Outbox {
         entry: Pending;
         done: Promise<void>;
     };
+    /** The lowest unacknowledged sequence: every message below it was acknowledged. */
+    get base(): number;
     /**
-     * A cumulative ack: settles every message up to `upTo`. Returns how many.
+     * A cumulative ack: settles every message up to `upTo`. Returns how many. An ack of another
+     * epoch (an earlier Outbox of ours for this peer) acknowledges nothing here.
      * @param {number} upTo
+     * @param {number} [epoch] absent: a peer of the first protocol
      */
-    ack(upTo: number): number;
+    ack(upTo: number, epoch?: number): number;
     /**
      * The peer cannot be reached any more: reject everything.
      * @param {Error} error
@@ -92,6 +115,9 @@ export class Outbox {
 }
 /** What one sender has delivered to us, and what waits for a gap to fill. */
 export class Inbox {
+    /** The sender's epoch being received (null until the first envelope). */
+    /** @type {number | null} */
+    epoch: number | null;
     /** Every message below this has been delivered. */
     expected: number;
     /** @type {Map<number, {type: string, data: unknown}>} */
@@ -108,7 +134,13 @@ export class Inbox {
     /** The cumulative ack to send back. */
     get ackValue(): number;
     /**
-     * Takes one message or chunk envelope; returns the messages now deliverable, in order.
+     * The ack envelope to send back: the cumulative ack, naming the epoch it acknowledges.
+     * @returns {AckEnvelope}
+     */
+    ack(): AckEnvelope;
+    /**
+     * Takes one message or chunk envelope; returns the messages now deliverable, in order (an
+     * envelope that moves the sender's base on may free held ones even if it is a duplicate).
      * Duplicates and chunks of delivered messages are dropped.
      * @param {WholeEnvelope | ChunkEnvelope} env
      * @returns {{type: string, data: unknown, seq: number}[]}
@@ -118,6 +150,12 @@ export class Inbox {
         data: unknown;
         seq: number;
     }[];
+    /**
+     * Keeps a message or chunk envelope for delivery (a whole message once its chunks are all
+     * in); drops duplicates, chunks of delivered messages and what is too far ahead.
+     * @param {WholeEnvelope | ChunkEnvelope} env
+     */
+    store(env: WholeEnvelope | ChunkEnvelope): void;
 }
 export type WholeEnvelope = {
     v: number;
@@ -125,6 +163,8 @@ export type WholeEnvelope = {
     s: number;
     t: string;
     d: unknown;
+    e?: number;
+    b?: number;
 };
 export type ChunkEnvelope = {
     v: number;
@@ -134,11 +174,14 @@ export type ChunkEnvelope = {
     i: number;
     n: number;
     p: string;
+    e?: number;
+    b?: number;
 };
 export type AckEnvelope = {
     v: number;
     k: "a";
     a: number;
+    e?: number;
 };
 export type Envelope = WholeEnvelope | ChunkEnvelope | AckEnvelope;
 export type Pending = {
