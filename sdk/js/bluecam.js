@@ -42,6 +42,9 @@ const OUTBOX_MAX_BYTES = 16 << 20;
 const RELAY_BATCH_CHARS = 256 * 1024;
 /** After the data channel of a peer closes, a new connection is tried after this long. */
 const RELINK_MS = 1000;
+/** The default delivery bound: a message not acknowledged this long after sendMessage rejects
+ * with PeerUnreachableError, so no promise stays pending forever. */
+const DELIVERY_TIMEOUT_MS = 60000;
 
 /**
  * @typedef {{id: string, identity: string, name?: string, metadata?: unknown}} Peer
@@ -73,6 +76,9 @@ const RELINK_MS = 1000;
  * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
  * @property {(error: Error) => void} [onError]
  * @property {(state: ConnectionState) => void} [onConnectionChange]
+ * @property {number} [deliveryTimeoutMs] a message a peer has not acknowledged this long after
+ *   `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
+ *   to that peer, which stays in the room); default 60000
  * @property {(peer: Peer, gap: {expected: number, held: number, partial: number}) => void} [onGap]
  *   a peer left while some of its messages to us were incomplete: message `expected` never
  *   arrived, and `held` later messages and `partial` chunked ones are dropped with it
@@ -785,7 +791,21 @@ export class Room {
   /** Retransmits what has waited too long for its ack, over the relay. */
   tick() {
     const now = Date.now();
+    const bound = this.options.deliveryTimeoutMs ?? DELIVERY_TIMEOUT_MS;
     for (const remote of this.remotes.values()) {
+      const oldest = remote.outbox.pending[0];
+      if (oldest && now - oldest.addedAt >= bound) {
+        // Past the delivery bound: the sender is told, for this message and every later one
+        // still unacknowledged (delivering those alone would break the order). A rejected
+        // message may have arrived (its ack lost) or still arrive until the peer hears of the
+        // new sequence space (a new epoch) this starts; after that, the old one is stale to it.
+        const stuck = remote.outbox;
+        remote.outbox = new Outbox();
+        const id = remote.info.id;
+        stuck.fail(new PeerUnreachableError(`peer ${id} did not acknowledge within ${bound / 1000} s`, [id]));
+        this.wakeSpaceWaiters();
+        continue;
+      }
       // A data channel still draining a large send is slow, not stalled: wait for it.
       const buffered = remote.link?.open ? remote.link.dc.bufferedAmount : 0;
       if (buffered > 0 && buffered < remote.lastBuffered) remote.lastProgressAt = now;

@@ -123,6 +123,7 @@ export function isEnvelope(x) {
  * @property {number} sentAt time of the last transmission (ms), 0 before the first (or when
  *   the last attempt could not go out)
  * @property {number} tries retransmissions so far (for the back-off)
+ * @property {number} addedAt when sendMessage handed it over (ms), for the delivery bound
  * @property {(value: void) => void} resolve
  * @property {(reason: Error) => void} reject
  */
@@ -143,9 +144,10 @@ export class Outbox {
    * @param {string} type
    * @param {string} json
    * @param {number} bytes
+   * @param {number} [now] the time (ms), for the delivery bound
    * @returns {{entry: Pending, done: Promise<void>}}
    */
-  add(type, json, bytes) {
+  add(type, json, bytes, now = Date.now()) {
     /** @type {(value: void) => void} */
     let resolve = () => {};
     /** @type {(reason: Error) => void} */
@@ -155,7 +157,7 @@ export class Outbox {
       reject = rej;
     });
     /** @type {Pending} */
-    const entry = { seq: this.nextSeq++, type, json, bytes, via: "none", sentAt: 0, tries: 0, resolve, reject };
+    const entry = { seq: this.nextSeq++, type, json, bytes, via: "none", sentAt: 0, tries: 0, addedAt: now, resolve, reject };
     this.pending.push(entry);
     this.bytes += bytes;
     return { entry, done };

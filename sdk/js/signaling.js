@@ -10,7 +10,17 @@ import { joinError, ConnectionError } from "./errors.js";
 const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041, 4042]);
 /** The node is going away (1001 draining, 1012 restarting): the next attempt tries the next
  * node, and on a single server the same one again once it is back. */
-const MOVE_ON_CLOSES = new Set([1001, 1012]);
+const MOVE_ON_CLOSES = new Set([1001, 1012, 4998]);
+/** The SDK's own code for a server that stopped answering (a frozen or partitioned node). */
+const UNRESPONSIVE = 4998;
+/** Silence after which the SDK pings the server (`{"op":"ping"}`, answered with a pong)... */
+const HEARTBEAT_MS = 5000;
+/** ...and after which it gives the connection up and reconnects (or moves to the next node):
+ * well before the server's own 40–60 s liveness check, so a frozen node costs seconds. */
+const SILENCE_MS = 12000;
+/** A connection that has not joined within this long is given up too. */
+const JOIN_TIMEOUT_MS = 10000;
+const WATCHDOG_MS = 1000;
 /** What a final close means, for the error the room ends with. */
 const FINAL_REASONS = /** @type {Record<number, string>} */ ({
   4041: "the session was resumed on another connection",
@@ -99,6 +109,10 @@ export class Signaling {
     const ws = new WebSocket(this.url);
     this.ws = ws;
     let joined = false;
+    let ended = false;
+    const openedAt = Date.now();
+    /** When anything last came from the server. */
+    let heardAt = openedAt;
     /** @type {Error | null} */
     let failure = null;
     ws.onopen = () => {
@@ -108,6 +122,7 @@ export class Signaling {
       ws.send(JSON.stringify(join));
     };
     ws.onmessage = (ev) => {
+      heardAt = Date.now();
       /** @type {Frame} */
       let frame;
       try {
@@ -132,35 +147,66 @@ export class Signaling {
         }
         return;
       }
+      if (frame.op === "pong") return; // the answer to the watchdog's ping
       this.handlers.onFrame(frame);
     };
-    ws.onclose = (ev) => {
+    /**
+     * The connection is over (closed, or given up by the watchdog): once per connection.
+     * @param {number} code
+     * @param {string} reason
+     */
+    const ended_ = (code, reason) => {
+      if (ended) return;
+      ended = true;
+      clearInterval(watchdog);
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
-      // A node that could not be reached, refused for want of capacity, or is draining (1001)
-      // or restarting (1012): the next attempt goes to the next node.
+      // A node that could not be reached, refused for want of capacity, is draining (1001),
+      // restarting (1012) or stopped answering (4998): the next attempt goes to the next node.
       const moveOn = !joined && (!failure || failure.constructor === ConnectionError);
-      if (moveOn || MOVE_ON_CLOSES.has(ev.code)) this.nextUrl();
+      if (moveOn || MOVE_ON_CLOSES.has(code)) this.nextUrl();
       if (!joined && !this.resume) {
         // The first join: try each node once, then report; never retry behind the caller's back.
         if (moveOn && ++this.misses < this.urls.length) {
           this.open(onJoined, onFailed);
           return;
         }
-        onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${ev.code})`));
+        onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${code})`));
         return;
       }
       // Decide by the close code alone: an `unavailable` during a resume (a draining node, a
       // store outage) is worth retrying; a refused token is, when a fresh one can be had.
-      const final = FINAL_CLOSES.has(ev.code) && !(ev.code === 4001 && this.getToken && !joined);
+      const final = FINAL_CLOSES.has(code) && !(code === 4001 && this.getToken && !joined);
       if (final) {
-        const why = FINAL_REASONS[ev.code] ?? `connection closed (${ev.code} ${ev.reason})`;
-        this.fail(failure ?? new ConnectionError(why), ev.code);
+        const why = FINAL_REASONS[code] ?? `connection closed (${code} ${reason})`;
+        this.fail(failure ?? new ConnectionError(why), code);
         return;
       }
       this.scheduleReconnect();
     };
+    ws.onclose = (ev) => ended_(ev.code, ev.reason);
+    // The watchdog: a server that stops answering (frozen, partitioned, a half-open TCP
+    // connection) is given up after SILENCE_MS, and a join that never completes after
+    // JOIN_TIMEOUT_MS, rather than when TCP or the browser notice, which can take minutes.
+    const watchdog = setInterval(() => {
+      const now = Date.now();
+      const silentFor = now - heardAt;
+      const stuck = joined ? silentFor >= SILENCE_MS : now - openedAt >= JOIN_TIMEOUT_MS;
+      if (stuck) {
+        ws.onclose = null;
+        ws.onmessage = null;
+        ws.onopen = null;
+        try {
+          ws.close(UNRESPONSIVE, "server unresponsive");
+        } catch {
+          // (closing a socket still connecting may throw in some browsers)
+        }
+        ended_(UNRESPONSIVE, "server unresponsive");
+      } else if (joined && silentFor >= HEARTBEAT_MS && ws.readyState === WebSocket.OPEN) {
+        ws.send(JSON.stringify({ op: "ping" }));
+      }
+    }, WATCHDOG_MS);
   }
 
   /**

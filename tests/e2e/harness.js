@@ -350,6 +350,20 @@ export class TestServer {
     await stopProc(this.proc, "SIGTERM");
   }
 
+  /**
+   * Freezes the process (SIGSTOP) for `ms`, then thaws it (SIGCONT): its sockets stay open and
+   * silent meanwhile, as for a stalled or partitioned machine.
+   * @param {number} ms
+   */
+  async freeze(ms) {
+    this.child.kill("SIGSTOP");
+    try {
+      await new Promise((r) => setTimeout(r, ms));
+    } finally {
+      this.child.kill("SIGCONT");
+    }
+  }
+
   /** Kills the process outright (SIGKILL): no goodbye to anyone. */
   async kill() {
     this.child.kill("SIGKILL");

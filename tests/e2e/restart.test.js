@@ -175,6 +175,38 @@ for (const signal of /** @type {NodeJS.Signals[]} */ (["SIGTERM", "SIGKILL"])) {
   });
 }
 
+test("the server frozen (SIGSTOP) for 20 s: the SDK notices, nobody leaves, relayed messages wait and arrive once, in order", async () => {
+  const server = await TestServer.start();
+  const room = await server.room();
+  const a = await launchPeer(server, { label: "alice (no WebRTC)", noWebrtc: true });
+  const b = await launchPeer(server, { label: "bob (no WebRTC)", noWebrtc: true });
+  const media = { video: false, audio: false };
+  const aId = await join(a.page, await server.token(room, "alice"), media);
+  const bId = await join(b.page, await server.token(room, "bob"), media);
+  await Promise.all([a, b].map((p) => waitPeers(p.page, 1)));
+  const N = 60;
+  const sending = paced(a.page, N, "n", 100);
+  sending.catch(() => {});
+  await new Promise((r) => setTimeout(r, 1000));
+  const frozenAt = Date.now();
+  const freezing = server.freeze(20000);
+  // The socket stays open and silent: the SDK's own watchdog has to notice (12 s of silence).
+  for (const p of [a, b]) {
+    await waitFor(async () => (await connectionState(p.page)) === "reconnecting", "the SDK to notice the frozen server", 19000);
+  }
+  assert.ok(Date.now() - frozenAt < 20000, "noticed while still frozen");
+  await freezing;
+  assert.deepEqual(await sending, { other: 0, unreachable: [] }, "every send resolved as delivered");
+  await expectAll(b.page, aId, N, "n");
+  for (const p of [a, b]) {
+    assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
+    await waitFor(async () => (await connectionState(p.page)) === "connected", "connected again");
+  }
+  await evaluate(b.page, () => /** @type {any} */ (window).room.sendMessage("back", 1), undefined, "bob's send after the thaw");
+  await waitFor(async () => (await received(a.page)).some((/** @type {any} */ m) => m.type === "back" && m.from === bId), "bob's message at alice");
+  await expectEvents([a, b]);
+});
+
 test("a rolling restart of a three-node cluster during a call: no call ends, nothing lost or doubled", async () => {
   const redis = await Redis.start();
   try {

@@ -279,6 +279,12 @@ export type JoinOptions = {
     onError?: ((error: Error) => void) | undefined;
     onConnectionChange?: ((state: ConnectionState) => void) | undefined;
     /**
+     * a message a peer has not acknowledged this long after
+     * `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
+     * to that peer, which stays in the room); default 60000
+     */
+    deliveryTimeoutMs?: number | undefined;
+    /**
      * a peer left while some of its messages to us were incomplete: message `expected` never
      * arrived, and `held` later messages and `partial` chunked ones are dropped with it
      */

@@ -76,6 +76,7 @@ export const MAX_AHEAD: 4096;
  * @property {number} sentAt time of the last transmission (ms), 0 before the first (or when
  *   the last attempt could not go out)
  * @property {number} tries retransmissions so far (for the back-off)
+ * @property {number} addedAt when sendMessage handed it over (ms), for the delivery bound
  * @property {(value: void) => void} resolve
  * @property {(reason: Error) => void} reject
  */
@@ -92,9 +93,10 @@ export class Outbox {
      * @param {string} type
      * @param {string} json
      * @param {number} bytes
+     * @param {number} [now] the time (ms), for the delivery bound
      * @returns {{entry: Pending, done: Promise<void>}}
      */
-    add(type: string, json: string, bytes: number): {
+    add(type: string, json: string, bytes: number, now?: number): {
         entry: Pending;
         done: Promise<void>;
     };
@@ -202,6 +204,10 @@ export type Pending = {
      * retransmissions so far (for the back-off)
      */
     tries: number;
+    /**
+     * when sendMessage handed it over (ms), for the delivery bound
+     */
+    addedAt: number;
     resolve: (value: void) => void;
     reject: (reason: Error) => void;
 };
