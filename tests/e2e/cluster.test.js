@@ -65,7 +65,9 @@ test("two browsers on two nodes: P2P video and messages over the data channel an
 
 test("a node killed mid-stream: its peers resume elsewhere, or leave within the expiry; no message lost or doubled", async () => {
   const TTL = 3;
-  const [n1, n2, n3] = await startCluster(redis, 3, TTL);
+  // A short resume window: the peers of a dead node stay in their rooms, resumable anywhere,
+  // for that long; the stranded peer below leaves when it ends.
+  const [n1, n2, n3] = await startCluster(redis, 3, TTL, "[limits]\nresume_window_secs = 8\n");
   const room = await n1.room();
   // Relay only (no WebRTC), so every message crosses the nodes.
   const peers = [
@@ -87,8 +89,9 @@ test("a node killed mid-stream: its peers resume elsewhere, or leave within the 
   await new Promise((r) => setTimeout(r, 1000));
   await n3.kill();
 
-  // The stranded peer leaves the room for the others once the dead node's liveness expires
-  // (the expiry's figure is a benchmark's business: here a generous deadline).
+  // The stranded peer leaves the room for the others once the dead node's liveness has expired
+  // and its resume window has passed (the figures are a benchmark's business: here a generous
+  // deadline).
   for (const p of peers.slice(0, 2)) {
     await waitFor(async () => (await leftSeen(p.page)).includes(strandedId), "the stranded peer to leave");
   }
@@ -112,4 +115,39 @@ test("a node killed mid-stream: its peers resume elsewhere, or leave within the 
   // that comes back says whether it still holds it). Its app sees "reconnecting", no error.
   assert.equal(await evaluate(stranded.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState"), "reconnecting");
   await expectEvents([stranded]);
+});
+
+test("a node frozen (SIGSTOP) past its expiry, then thawed: its peers resume elsewhere, nobody leaves, nothing lost or doubled", async () => {
+  const [n1, n2, n3] = await startCluster(redis, 3, 3);
+  const room = await n1.room();
+  const nodes = [n1, n2, n3, n3];
+  const urls = [n1.url, n2.url, n3.url];
+  const peers = [];
+  const ids = [];
+  for (let i = 0; i < 4; i++) {
+    const p = await peer(nodes[i], `peer${i}`, { noWebrtc: true });
+    peers.push(p);
+    const first = urls.indexOf(nodes[i].url);
+    const order = [...urls.slice(first), ...urls.slice(0, first)];
+    ids.push(await join(p.page, await n1.token(room, `peer${i}`), { video: false, audio: false }, order));
+  }
+  await Promise.all(peers.map((p) => waitPeers(p.page, 3)));
+  const N = 150;
+  const sending = Promise.all(peers.map((p) => paced(p.page, N, "n", 40)));
+  sending.catch(() => {});
+  await new Promise((r) => setTimeout(r, 1000));
+  // Frozen for 16 s: reaped after 3 s, its clients notice the silence after 12 s and resume on
+  // another node; then it thaws, finds its peers gone elsewhere and lets them go.
+  await n3.freeze(16000);
+  for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [] });
+  for (const [i, p] of peers.entries()) {
+    for (const [j, from] of ids.entries()) {
+      if (i !== j) await expectAll(p.page, from, N, "n");
+    }
+  }
+  for (const p of peers) {
+    assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
+    assert.equal(await evaluate(p.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState"), "connected");
+  }
+  await expectEvents(peers);
 });

@@ -14,6 +14,7 @@
 //! | `bc:node:{node}:alive` | string, expiring | the node's heartbeat |
 //! | `bc:node:{node}:peers` | set | `room\npeer` of the node's peers |
 //! | `bc:nodes` | set | every node that may still own peers |
+//! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`. Membership changes run as Lua
 //! scripts, which update the directory, bump the room's version and publish the event to the
@@ -77,8 +78,9 @@ end
 return {'ok', ver, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
 "#;
 
-/// A resume on this node of a session another node holds: checks the secret, room and
-/// identity, moves the peer here, publishes `moved` (the old node hands over what it kept).
+/// A resume on this node of a session another node holds (or an orphan of a node that was
+/// reaped): checks the secret, room and identity, moves the peer here, publishes `moved` (the
+/// old node hands over what it kept).
 /// ARGV: session, secret, node, room, identity.
 const CLAIM: &str = r#"
 local s = redis.call('GET', 'bc:session:' .. ARGV[1])
@@ -95,6 +97,7 @@ local old = string.match(cur, '^([^\n]*)')
 if old == ARGV[3] then return {'expired'} end
 redis.call('HSET', p .. ':nodes', sess.peer, ARGV[3] .. '\n' .. ARGV[1])
 redis.call('SREM', 'bc:node:' .. old .. ':peers', sess.room .. '\n' .. sess.peer)
+redis.call('ZREM', 'bc:orphans', sess.room .. '\n' .. sess.peer)
 redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', sess.room .. '\n' .. sess.peer)
 redis.call('SADD', 'bc:nodes', ARGV[3])
 local ver = redis.call('INCR', p .. ':ver')
@@ -117,7 +120,9 @@ local p = 'bc:room:' .. ARGV[1]
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
 if not cur then return 0 end
 local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
-if n0 ~= ARGV[3] then return 0 end
+-- (An orphan of this node, reaped while it was cut off, goes too: the node knows it is gone.)
+if n0 ~= ARGV[3] and n0 ~= '~' then return 0 end
+redis.call('ZREM', 'bc:orphans', ARGV[1] .. '\n' .. ARGV[2])
 redis.call('HDEL', p .. ':peers', ARGV[2])
 redis.call('HDEL', p .. ':nodes', ARGV[2])
 redis.call('DEL', 'bc:session:' .. sess)
@@ -136,11 +141,17 @@ end
 return 1
 "#;
 
-/// A node whose liveness key is gone: removes the peers still recorded on it and publishes
-/// `left` (reason timeout) to the nodes of their rooms. ARGV: node.
+/// A node whose liveness key is gone: the peers still recorded on it become **orphans**, held
+/// by no node (`~`) but still in their rooms, resumable on any node, for the resume window
+/// (`bc:orphans`, scored by when it ends): a frozen or partitioned node looks like a reconnect,
+/// not a departure. Nothing is published: the other nodes' replicas keep the peer where it was
+/// until it moves (a claim or the thawed node's `REGISTER` publishes `moved`) or leaves
+/// (`SWEEP_ORPHANS`). ARGV: node, resume window in ms.
 const REAP: &str = r#"
 if redis.call('EXISTS', 'bc:node:' .. ARGV[1] .. ':alive') == 1 then return -1 end
-local removed = 0
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local orphaned = 0
 for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
   local room, peer = string.match(m, '^([^\n]*)\n(.*)$')
   local p = 'bc:room:' .. room
@@ -148,11 +159,36 @@ for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
   if cur then
     local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
     if n0 == ARGV[1] then
+      redis.call('HSET', p .. ':nodes', peer, '~\n' .. sess)
+      redis.call('ZADD', 'bc:orphans', until_ms, m)
+      orphaned = orphaned + 1
+    end
+  end
+end
+redis.call('DEL', 'bc:node:' .. ARGV[1] .. ':peers')
+redis.call('SREM', 'bc:nodes', ARGV[1])
+return orphaned
+"#;
+
+/// Orphans whose resume window has passed leave their rooms (reason timeout), announced to the
+/// nodes of their rooms. Any node may run it; each orphan is removed once. No ARGV.
+const SWEEP_ORPHANS: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local removed = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', 'bc:orphans', '-inf', now_ms, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', 'bc:orphans', m)
+  local room, peer = string.match(m, '^([^\n]*)\n(.*)$')
+  local p = 'bc:room:' .. room
+  local cur = redis.call('HGET', p .. ':nodes', peer)
+  if cur then
+    local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+    if n0 == '~' then
       redis.call('HDEL', p .. ':peers', peer)
       redis.call('HDEL', p .. ':nodes', peer)
       redis.call('DEL', 'bc:session:' .. sess)
       if redis.call('HLEN', p .. ':nodes') == 0 then
-        redis.call('SET', p .. ':active', redis.call('TIME')[1], 'XX')
+        redis.call('SET', p .. ':active', t[1], 'XX')
       end
       local ver = redis.call('INCR', p .. ':ver')
       local msg = '{"t":"left","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
@@ -166,8 +202,6 @@ for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
     end
   end
 end
-redis.call('DEL', 'bc:node:' .. ARGV[1] .. ':peers')
-redis.call('SREM', 'bc:nodes', ARGV[1])
 return removed
 "#;
 
@@ -181,6 +215,24 @@ if redis.call('EXISTS', p) == 0 then return {'gone'} end
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
 if cur then
   local n = string.match(cur, '^([^\n]*)')
+  if n == '~' then
+    -- Orphaned while this node was cut off, and not resumed elsewhere: it is here again.
+    redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
+    redis.call('ZREM', 'bc:orphans', ARGV[1] .. '\n' .. ARGV[2])
+    redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
+    redis.call('SADD', 'bc:nodes', ARGV[3])
+    local ver = redis.call('INCR', p .. ':ver')
+    local rec = redis.call('HGET', p .. ':peers', ARGV[2])
+    local msg = '{"t":"moved","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
+      ',"peer":' .. cjson.encode(ARGV[2]) .. ',"node":' .. cjson.encode(ARGV[3]) ..
+      ',"rec":' .. rec .. '}'
+    local told = {[ARGV[3]] = true}
+    for _, val in ipairs(redis.call('HVALS', p .. ':nodes')) do
+      local m = string.match(val, '^([^\n]*)')
+      if not told[m] then told[m] = true; redis.call('PUBLISH', 'bc:n:' .. m, msg) end
+    end
+    return {'ok'}
+  end
   if n ~= ARGV[3] then return {'moved', n} end
   redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
   return {'ok'}
@@ -406,6 +458,8 @@ pub struct RedisBroker {
     /// Taken by [`RedisBroker::start`].
     outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
     ttl: Duration,
+    /// How long the peers of a reaped node stay in their rooms, resumable anywhere.
+    resume_window: Duration,
     metrics: Metrics,
     hub: OnceLock<HubHandle>,
     /// Set when the directory may be out of step with this node (a Redis operation failed,
@@ -440,6 +494,7 @@ impl RedisBroker {
     pub async fn connect(
         url: &str,
         ttl: Duration,
+        resume_window: Duration,
         queue: usize,
         metrics: Metrics,
     ) -> Result<Arc<Self>, BrokerError> {
@@ -474,6 +529,7 @@ impl RedisBroker {
             outbox,
             outbox_rx: std::sync::Mutex::new(Some(rx)),
             ttl,
+            resume_window,
             metrics,
             hub: OnceLock::new(),
             dirty: std::sync::atomic::AtomicBool::new(false),
@@ -644,7 +700,8 @@ impl RedisBroker {
         }
     }
 
-    /// Removes the peers of nodes whose liveness key has expired.
+    /// Orphans the peers of nodes whose liveness key has expired (see `REAP`), and removes
+    /// orphans whose resume window has passed.
     async fn reap(&self) {
         let nodes: Vec<String> = match self.cmd().smembers("bc:nodes").await {
             Ok(n) => n,
@@ -662,17 +719,30 @@ impl RedisBroker {
             if alive {
                 continue;
             }
-            let removed: Result<i64, _> = self
+            let window = self.resume_window.as_millis().to_string();
+            let orphaned: Result<i64, _> = self
                 .cmd()
-                .eval(REAP, Vec::<String>::new(), vec![node.to_string()])
+                .eval(REAP, Vec::<String>::new(), vec![node.to_string(), window])
                 .await;
-            match removed {
-                Ok(n) if n >= 0 => {
-                    tracing::info!(%node, peers = n, "node is gone; its peers left their rooms");
-                }
+            match orphaned {
+                Ok(n) if n >= 0 => tracing::info!(
+                    %node,
+                    peers = n,
+                    "node is gone; its peers may resume on another node within the resume window"
+                ),
                 Ok(_) => {}
                 Err(e) => self.redis_error("reap", &e),
             }
+        }
+        // Orphans whose window has passed leave their rooms.
+        let swept: Result<i64, _> = self
+            .cmd()
+            .eval(SWEEP_ORPHANS, Vec::<String>::new(), Vec::<String>::new())
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(peers = n, "peers of a gone node did not resume; they left"),
+            Err(e) => self.redis_error("orphan sweep", &e),
         }
     }
 

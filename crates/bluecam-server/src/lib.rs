@@ -224,6 +224,7 @@ impl Server {
                     let node = cluster::RedisBroker::connect(
                         url,
                         Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
+                        Duration::from_secs(config.limits.resume_window_secs),
                         config.cluster.publish_queue,
                         metrics.clone(),
                     )

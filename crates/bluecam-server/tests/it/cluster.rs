@@ -355,9 +355,18 @@ async fn a_session_resumes_on_another_node_with_its_id_and_its_frames() {
 }
 
 #[tokio::test]
-async fn peers_of_a_stopped_node_leave_when_its_liveness_expires() {
+async fn peers_of_a_stopped_node_leave_when_their_resume_window_ends_after_its_expiry() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let url = redis.url();
+    let short = move |c: &mut bluecam_server::Config| {
+        c.redis_url = Some(url.clone());
+        c.cluster.node_ttl_secs = 3;
+        c.limits.resume_window_secs = 2;
+    };
+    let (a, b) = (
+        TestServer::with(short.clone()).await,
+        TestServer::with(short).await,
+    );
     let room = a.room().await;
     let mut alice = join_on(&a, &room, "alice").await;
     let bob = join_on(&b, &room, "bob").await;
@@ -366,11 +375,53 @@ async fn peers_of_a_stopped_node_leave_when_its_liveness_expires() {
     // B goes away and bob does not come back anywhere.
     b.stop().await;
     drop(bob);
+    // B is reaped (its liveness expired): bob stays in the room, resumable, for the window...
+    redis.wait_for_nodes(1).await;
+    assert_eq!(a.presence(&room, &bob_id).await, Some(true), "still listed");
+    // ...then leaves.
     let left = alice.recv_op("peer_left").await;
     assert_eq!(left["peer"]["id"], bob_id);
     assert_eq!(left["reason"], "timeout");
     // (How soon: `bench cluster` and docs/architecture.md, "Liveness"; no clock here.)
     alice.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_peer_of_a_reaped_node_resumes_on_another_node_within_the_resume_window() {
+    // A node frozen or cut off past its liveness expiry is reaped; its peers must not leave:
+    // they resume elsewhere, with their ids, and nobody sees a departure.
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let bob = join_on(&b, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let bob_id = bob.id();
+    let creds = cut(bob);
+    b.stop().await;
+    redis.wait_for_nodes(1).await;
+    let mut back = Client::connect(a.addr).await;
+    back.send_frame(&ClientMessage::Join {
+        token: a.token(&room, "bob"),
+        resume: Some(creds),
+    })
+    .await;
+    let joined = back.expect_joined().await;
+    assert_eq!(
+        (joined["resumed"].as_bool(), back.id()),
+        (Some(true), bob_id.clone())
+    );
+    back.send_json(json!({"op": "send", "msg": "back"})).await;
+    let m = alice.recv().await;
+    assert_eq!(
+        (m["op"].as_str(), m["msg"].as_str()),
+        (Some("message"), Some("back")),
+        "no peer_left before it: {m}"
+    );
+    alice
+        .send_json(json!({"op": "send", "msg": "welcome"}))
+        .await;
+    assert_eq!(back.recv_op("message").await["msg"], "welcome");
 }
 
 #[tokio::test]
