@@ -14,6 +14,7 @@
 //! | `bc:node:{node}:alive` | string, expiring | the node's heartbeat |
 //! | `bc:node:{node}:peers` | set | `room\npeer` of the node's peers |
 //! | `bc:nodes` | set | every node that may still own peers |
+//! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
 //! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`. Membership changes run as Lua
@@ -466,6 +467,16 @@ pub struct RedisBroker {
     /// a connection was re-established, this node was found reaped); cleared by a resync
     /// that went through.
     dirty: std::sync::atomic::AtomicBool,
+    /// The directory's epoch (`bc:epoch`) as this node last saw it: a Redis that comes back
+    /// without its data has none, or another one, and this node then rebuilds what it knows.
+    epoch: std::sync::Mutex<Option<String>>,
+    /// The stored rooms this node has peers in, as last read: what it puts back when Redis lost
+    /// its data (a Redis without persistence restarted, a failover to a lagging replica).
+    known_rooms: std::sync::Mutex<HashMap<RoomId, Room>>,
+    /// When this node last found the directory's data lost: for one `node_ttl_secs` after,
+    /// every live node is still putting its peers back, so a snapshot of a room lacks peers
+    /// that never left, and replicas are not reconciled with it yet.
+    rebuilt_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
@@ -533,6 +544,9 @@ impl RedisBroker {
             metrics,
             hub: OnceLock::new(),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            epoch: std::sync::Mutex::new(None),
+            known_rooms: std::sync::Mutex::new(HashMap::new()),
+            rebuilt_at: std::sync::Mutex::new(None),
         }))
     }
 
@@ -673,7 +687,7 @@ impl RedisBroker {
     /// Renews this node's liveness key. It lives two thirds of `node_ttl_secs` and is renewed
     /// every third, so one missed renewal is tolerated and a dead node is found (by the next
     /// check of another node, a third later) within `node_ttl_secs`.
-    async fn heartbeat(&self) -> Result<(), BrokerError> {
+    async fn heartbeat(self: &Arc<Self>) -> Result<(), BrokerError> {
         let key = format!("bc:node:{}:alive", self.node);
         let ttl = (self.ttl.as_millis() * 2 / 3) as i64;
         let r: Result<(), _> = self
@@ -684,6 +698,7 @@ impl RedisBroker {
             self.redis_error("heartbeat", &e);
             return Err(backend(e));
         }
+        self.check_epoch().await?;
         let r: Result<i64, _> = self.cmd().sadd("bc:nodes", self.node.as_str()).await;
         match r {
             // Added: not in the set any more, so reaped (or Redis lost it): put our peers back.
@@ -698,6 +713,81 @@ impl RedisBroker {
                 Err(backend(e))
             }
         }
+    }
+
+    /// Compares the directory's epoch with the one this node saw. A Redis that lost its data
+    /// has no epoch (the first node to notice draws a new one) or, once another node drew it,
+    /// another: either way this node puts back the rooms it has peers in and resyncs (its
+    /// `REGISTER`s put its peers and their sessions back), so calls go on. A room deleted on
+    /// purpose is gone from this node's memory too (its deletion closed it here).
+    async fn check_epoch(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let fresh = crate::auth::random_token(9);
+        let set: Result<Option<String>, _> = self
+            .cmd()
+            .set("bc:epoch", fresh.as_str(), None, Some(SetOptions::NX), true)
+            .await;
+        // SET NX GET: the epoch that was there, or none (and ours is now).
+        let current = match set {
+            Ok(Some(old)) => old,
+            Ok(None) => fresh,
+            Err(e) => {
+                self.redis_error("epoch check", &e);
+                return Err(backend(e));
+            }
+        };
+        let seen = self
+            .epoch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(current.clone());
+        match seen {
+            Some(seen) if seen != current => {
+                tracing::warn!(
+                    "Redis lost its data (a new directory epoch): rebuilding what this node holds"
+                );
+                self.metrics.redis_errors.increment(1);
+                *self.rebuilt_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+                self.restore_rooms().await;
+                self.mark_dirty();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Puts back the stored rooms this node has peers in (create-if-absent).
+    async fn restore_rooms(self: &Arc<Self>) {
+        let Some(hub) = self.hub.get() else {
+            return;
+        };
+        let local: std::collections::HashSet<RoomId> = hub.local_rooms().into_iter().collect();
+        let rooms: Vec<Room> = {
+            let mut known = self.known_rooms.lock().unwrap_or_else(|p| p.into_inner());
+            known.retain(|id, _| local.contains(id));
+            known.values().cloned().collect()
+        };
+        let store = RedisStore {
+            broker: Arc::clone(self),
+        };
+        for room in rooms {
+            match store.create_room(room).await {
+                Ok(()) | Err(StoreError::Exists) => {}
+                Err(e) => tracing::warn!(error = %e, "could not put a room back"),
+            }
+        }
+    }
+
+    /// Remembers a stored room this node admits peers to (see `known_rooms`).
+    fn remember_room(&self, room: &Room) {
+        let mut known = self.known_rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > 4096
+            && let Some(hub) = self.hub.get()
+        {
+            let local: std::collections::HashSet<RoomId> = hub.local_rooms().into_iter().collect();
+            known.retain(|id, _| local.contains(id));
+        }
+        known.insert(room.id.clone(), room.clone());
     }
 
     /// Orphans the peers of nodes whose liveness key has expired (see `REAP`), and removes
@@ -826,6 +916,16 @@ impl RedisBroker {
                 self.redis_error("stale entry removal", &e);
                 return false;
             }
+        }
+        let rebuilding = self
+            .rebuilt_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < self.ttl);
+        if rebuilding {
+            // The directory was lost a moment ago and the other nodes are putting their peers
+            // back: a snapshot now would announce live peers as gone. Reconcile next round.
+            return false;
         }
         for room in hub.local_rooms() {
             match self.room_snapshot(&room).await {
@@ -1243,8 +1343,13 @@ impl Store for RedisStore {
                 .get(format!("bc:room:{id}"))
                 .await
                 .map_err(store_err)?;
-            v.map(|v| serde_json::from_str(&v).map_err(store_err))
-                .transpose()
+            let room: Option<Room> = v
+                .map(|v| serde_json::from_str(&v).map_err(store_err))
+                .transpose()?;
+            if let Some(room) = &room {
+                self.broker.remember_room(room);
+            }
+            Ok(room)
         })
     }
 

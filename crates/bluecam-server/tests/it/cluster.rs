@@ -142,6 +142,21 @@ impl Redis {
         self.stop();
         assert!(self.spawn(), "redis-server could not take its port back");
     }
+
+    /// Starts it again on the same port without its data (no persistence, or a failover to
+    /// an empty replica).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        assert!(self.spawn(), "redis-server could not take its port back");
+    }
 }
 
 impl Drop for Redis {
@@ -651,4 +666,91 @@ async fn every_frame_sent_across_a_redis_restart_is_delivered_once_or_reported()
     assert!(lost.is_empty(), "lost silently: {lost:?}");
     // (Frames sent while Redis was away are either reported, or held by the client library
     // and published once it is back; both are fine, silence is not.)
+}
+
+/// Sends `msg` from `from` to `to` until `to` gets it (frames sent while the directory is
+/// being rebuilt may be reported undeliverable: the SDK would retransmit them).
+async fn until_delivered(from: &mut Client, to: &mut Client, what: &str) {
+    let to_id = to.id();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        from.send_json(json!({"op": "send", "to": [to_id], "msg": what}))
+            .await;
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let f = to.recv().await;
+                assert_ne!(f["op"], "peer_left", "nobody may leave: {f}");
+                assert_ne!(f["op"], "room_closed", "the call must go on: {f}");
+                if f["op"] == "message" && f["msg"] == what {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never got through"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_without_its_data_keeps_every_call() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let mut bob = join_on(&b, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let bob_id = bob.id();
+    redis.off_runtime(|r| r.restart_empty()).await;
+    // The nodes notice the new directory epoch and put back the room, their peers and sessions.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let status = a
+            .http()
+            .get(a.url(&format!("/v1/rooms/{room}")))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_delivered(&mut alice, &mut bob, "to bob").await;
+    until_delivered(&mut bob, &mut alice, "to alice").await;
+    // A newcomer on B sees both; both see it.
+    let carol = join_on(&b, &room, "carol").await;
+    let mut ids: Vec<String> = carol
+        .joined
+        .as_ref()
+        .unwrap()
+        .peers
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    ids.sort();
+    let mut want = vec![alice.id(), bob_id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    // Bob's session survived too: he resumes on A with his id.
+    let creds = cut(bob);
+    let mut back = Client::connect(a.addr).await;
+    back.send_frame(&ClientMessage::Join {
+        token: a.token(&room, "bob"),
+        resume: Some(creds),
+    })
+    .await;
+    back.expect_joined().await;
+    assert_eq!(back.id(), bob_id);
 }
