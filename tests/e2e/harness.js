@@ -267,7 +267,8 @@ export class TestServer {
    */
   static spawn(dir, bind, extraArgs) {
     return startProc("bluecam serve", BIN, ["serve", "--bind", bind, "--data-dir", dir, ...extraArgs], dir, {
-      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: "warn",
+      // BLUECAM_E2E_LOG=info (or a RUST_LOG filter) shows the servers' logs when debugging.
+      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: process.env.BLUECAM_E2E_LOG ?? "warn",
     });
   }
 
