@@ -399,7 +399,11 @@ export class Room {
       case "error":
         if (f.code === "rate_limited") {
           this.relayPausedUntil = Date.now() + (f.retryAfterMs ?? 100);
-        } else if (f.code !== "unknown_peer" && !(f.code === "unavailable" && f.peers)) {
+        } else if (f.code === "unavailable" && Array.isArray(f.peers)) {
+          // Not delivered to these peers (their node is away, or being replaced): retry soon
+          // rather than after a back-off grown while the path was down.
+          for (const id of f.peers) for (const e of this.remotes.get(id)?.outbox.pending ?? []) e.tries = 0;
+        } else if (f.code !== "unknown_peer") {
           // (A relay frame the server could not pass on, `unknown_peer` or `unavailable` with
           // the peers named, is the delivery layer's business: every message is retransmitted
           // until acknowledged, and a peer that is really gone leaves. Not an app error.)

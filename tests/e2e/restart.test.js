@@ -6,7 +6,7 @@ import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest,
-  stopServers, stopAll, videoStats, received, leftSeen, pathTo, paced, expectAll,
+  stopServers, stopAll, videoStats, received, leftSeen, pathTo, paced, expectAll, sdkState,
 } from "./harness.js";
 
 afterEach(async () => {
@@ -231,7 +231,12 @@ test("a rolling restart of a three-node cluster during a call: no call ends, not
       await new Promise((r) => setTimeout(r, 700));
       await node.restart("SIGTERM");
     }
-    for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [] });
+    const results = await sending.catch(async (e) => {
+      // Every page's view, to tell which pair is stuck and why.
+      const states = await Promise.all(peers.map((p) => sdkState(p.page).catch((x) => x.message)));
+      throw new Error(`${e.message}\nall pages: ${states.join("\n")}`);
+    });
+    for (const r of results) assert.deepEqual(r, { other: 0, unreachable: [] });
     for (const [i, p] of peers.entries()) {
       for (const [j, from] of ids.entries()) {
         if (i !== j) await expectAll(p.page, from, N, "n");

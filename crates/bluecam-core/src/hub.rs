@@ -146,6 +146,10 @@ pub struct ClusterView {
     pub peers: Vec<RemotePeer>,
     /// For a resume on a node that does not hold the session: the session as stored.
     pub claimed: Option<ClaimedSession>,
+    /// Peers the directory places on *this* node that this node may not hold yet (their own
+    /// join or resume here is a step behind this one): the joiner must still list them, and
+    /// frames for them go round through the node's own channel until they are admitted.
+    pub pending_here: Vec<RemotePeer>,
 }
 
 /// A session taken over from another node.
@@ -524,6 +528,22 @@ impl Hub {
             peers: HashMap::new(),
             ver: 0,
         });
+        // Peers on their way onto this node (a join or claim here that the directory has
+        // answered and this hub not yet admitted): in the room for the joiner too. Their own
+        // admission replaces the entry.
+        for p in view.map(|v| v.pending_here.as_slice()).unwrap_or_default() {
+            if p.info.id != *joiner && !room.peers.contains_key(&p.info.id) {
+                room.peers.insert(
+                    p.info.id.clone(),
+                    PeerState {
+                        info: p.info.clone(),
+                        permissions: Permissions::default(),
+                        seq: p.seq,
+                        at: At::There(p.node.clone()),
+                    },
+                );
+            }
+        }
         // The latest stored room wins (name or limits may have changed).
         room.summary = summary;
         room

@@ -431,6 +431,12 @@ fn others(peers: Vec<RemotePeer>, me: &NodeId) -> Vec<RemotePeer> {
     peers.into_iter().filter(|p| p.node != *me).collect()
 }
 
+/// A join's or claim's view of the room: the peers of other nodes, and those the directory
+/// places on this node (which this node may not have admitted yet).
+fn view_peers(peers: Vec<RemotePeer>, me: &NodeId) -> (Vec<RemotePeer>, Vec<RemotePeer>) {
+    peers.into_iter().partition(|p| p.node != *me)
+}
+
 /// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into peers.
 fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
     let nodes: HashMap<String, String> = nodes.convert().unwrap_or_default();
@@ -1055,6 +1061,16 @@ impl RedisBroker {
                                 Err(e) => self.redis_error("publish", &e),
                             }
                         }
+                        for (item, ok) in items.iter().zip(&received) {
+                            if let (false, Outgoing::Frame { node, room, to, .. }) = (ok, item) {
+                                tracing::debug!(%node, %room, ?to, "frame for a node nobody listens for");
+                            }
+                        }
+                        if received.iter().any(|r| !r) {
+                            // A node nobody listens for: dead, restarted under a new id, or
+                            // this node's replica is stale. The next resync repoints replicas.
+                            self.mark_dirty();
+                        }
                     }
                     Err(_) => self.redis_error("publish", &"timed out"),
                 }
@@ -1127,11 +1143,13 @@ impl Broker for RedisBroker {
             let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
             let peers = r.next().unwrap_or(Value::Null);
             let nodes = r.next().unwrap_or(Value::Null);
+            let (peers, pending_here) = view_peers(snapshot(peers, nodes), &self.node);
             Ok(Some(ClusterView {
                 ver,
                 seq: ver,
-                peers: others(snapshot(peers, nodes), &self.node),
+                peers,
                 claimed: None,
+                pending_here,
             }))
         })
     }
@@ -1180,10 +1198,12 @@ impl Broker for RedisBroker {
                 .find(|p| p.info.id == session.peer)
                 .cloned()
                 .ok_or_else(|| backend("claimed peer missing from its room"))?;
+            let (peers, pending_here) = view_peers(peers, &self.node);
             Ok(Some(ClusterView {
                 ver,
                 seq: me.seq,
-                peers: others(peers, &self.node),
+                peers,
+                pending_here,
                 claimed: Some(ClaimedSession {
                     info: me.info,
                     session: creds.session,

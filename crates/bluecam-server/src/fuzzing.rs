@@ -181,6 +181,7 @@ fn cluster_core() -> Hub {
             seq: 1,
             peers: Vec::new(),
             claimed: None,
+            pending_here: Vec::new(),
         }),
     };
     hub.begin_cluster_join(&req.room.summary.id);

@@ -29,6 +29,7 @@ fn view(ver: u64, seq: u64, peers: Vec<RemotePeer>) -> ClusterView {
         seq,
         peers,
         claimed: None,
+        pending_here: Vec::new(),
     }
 }
 
@@ -329,6 +330,7 @@ fn a_claimed_session_resumes_here_with_its_id() {
             secret: creds.secret.clone(),
             permissions: Permissions::default(),
         }),
+        pending_here: Vec::new(),
     });
     w.hub.begin_cluster_join(&room.summary.id);
     let (back, out) = w.admit(req);
@@ -678,6 +680,7 @@ proptest::proptest! {
                             secret: creds.secret,
                             permissions: Permissions::default(),
                         }),
+                        pending_here: Vec::new(),
                     });
                     w.hub.begin_cluster_join(&rid);
                     let (back, out) = w.admit(req);
@@ -764,4 +767,75 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_joiner_lists_a_peer_whose_claim_here_is_a_step_behind_and_reaches_it_once_admitted() {
+    // Two sessions of a restarted node resume on this fresh node at once: the directory has
+    // moved both here, but this hub admits one before the other. The first must still list
+    // the second (the rolling-restart race: it dropped it from its room and never heard of it
+    // again), and frames for it must reach it once it is admitted.
+    let mut w = World::new();
+    let room = room("r", 10);
+    let claim = |w: &mut World, id: &str, ver: u64, pending: Vec<RemotePeer>| {
+        let mut req = w.request(&room, id);
+        let creds = bluecam_proto::ResumeCredentials {
+            session: bluecam_proto::SessionId::new(format!("s-{id}")),
+            secret: bluecam_proto::SessionSecret::new(format!("secret-{id}")),
+        };
+        req.resume = Some(creds.clone());
+        req.cluster = Some(ClusterView {
+            ver,
+            seq: 1,
+            peers: vec![remote("c1", "nc", 3)],
+            claimed: Some(ClaimedSession {
+                info: remote(id, "here", 1).info,
+                session: creds.session,
+                secret: creds.secret,
+                permissions: Permissions::default(),
+            }),
+            pending_here: pending,
+        });
+        w.hub.begin_cluster_join(&room.summary.id);
+        w.admit(req)
+    };
+    // The directory answered both claims; p1's is handled first and lists p2 at this node.
+    let (p1, out) = claim(
+        &mut w,
+        "p1",
+        5,
+        vec![remote("p1", "here", 1), remote("p2", "here", 2)],
+    );
+    let mut listed: Vec<String> = out.to(p1.conn)[0]
+        .joined()
+        .peers
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["c1", "p2"]);
+    w.hub.check_invariants().unwrap();
+    // p2 is admitted: nobody is told anything (p1 knows it already).
+    let (p2, out) = claim(
+        &mut w,
+        "p2",
+        5,
+        vec![remote("p1", "here", 1), remote("p2", "here", 2)],
+    );
+    assert!(out.to(p1.conn).is_empty(), "{:?}", out.to(p1.conn));
+    let mut listed: Vec<String> = out.to(p2.conn)[0]
+        .joined()
+        .peers
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["c1", "p1"]);
+    // Frames between them stay on this node.
+    w.hub
+        .handle_message(p1.conn, client(&send_frame(Some(&[&p2.peer]), "1", None)));
+    let out = w.drain();
+    assert!(publishes(&out).is_empty());
+    assert_eq!(out.to(p2.conn).len(), 1);
+    w.hub.check_invariants().unwrap();
 }
