@@ -495,7 +495,12 @@ impl Hub {
                         seq: p.seq,
                     });
                 }
-                self.handle_room_snapshot(&id, view.ver, peers);
+                let here: Vec<PeerId> = view
+                    .pending_here
+                    .iter()
+                    .map(|p| p.info.id.clone())
+                    .collect();
+                self.handle_room_snapshot_with(&id, view.ver, peers, &here);
             }
             (Some(_), _) => {}
             (None, view) => {
@@ -976,6 +981,19 @@ impl Hub {
     /// nodes (after Redis came back): peers it lost are announced as left (timeout), peers it
     /// missed as joined, and a peer of this node that the directory places elsewhere is let go.
     pub fn handle_room_snapshot(&mut self, room_id: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
+        self.handle_room_snapshot_with(room_id, ver, peers, &[]);
+    }
+
+    /// [`Hub::handle_room_snapshot`], where `here` names the peers the directory places on
+    /// this node: one this hub has not admitted yet (its join or resume here is a step behind
+    /// the snapshot) is on its way, not gone, and is not announced as leaving.
+    pub fn handle_room_snapshot_with(
+        &mut self,
+        room_id: &RoomId,
+        ver: u64,
+        peers: Vec<RemotePeer>,
+        here: &[PeerId],
+    ) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
@@ -987,7 +1005,9 @@ impl Hub {
         let gone: Vec<PeerId> = room
             .peers
             .iter()
-            .filter(|(id, p)| matches!(p.at, At::There(_)) && !listed.contains_key(*id))
+            .filter(|(id, p)| {
+                matches!(p.at, At::There(_)) && !listed.contains_key(*id) && !here.contains(*id)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut elsewhere = Vec::new();

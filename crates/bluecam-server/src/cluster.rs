@@ -427,10 +427,6 @@ fn backend(e: impl std::fmt::Display) -> BrokerError {
 }
 
 /// The peers of other nodes than `me`, for the core (its own peers it knows itself).
-fn others(peers: Vec<RemotePeer>, me: &NodeId) -> Vec<RemotePeer> {
-    peers.into_iter().filter(|p| p.node != *me).collect()
-}
-
 /// A join's or claim's view of the room: the peers of other nodes, and those the directory
 /// places on this node (which this node may not have admitted yet).
 fn view_peers(peers: Vec<RemotePeer>, me: &NodeId) -> (Vec<RemotePeer>, Vec<RemotePeer>) {
@@ -935,7 +931,13 @@ impl RedisBroker {
         }
         for room in hub.local_rooms() {
             match self.room_snapshot(&room).await {
-                Ok((ver, peers)) => hub.snapshot(&room, ver, others(peers, &self.node)),
+                Ok((ver, peers)) => {
+                    // Peers recorded on this node that it does not hold yet are joining or
+                    // resuming here right now: not gone.
+                    let (peers, here) = view_peers(peers, &self.node);
+                    let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
+                    hub.snapshot(&room, ver, peers, &here)
+                }
                 Err(e) => {
                     self.redis_error("room snapshot", &e);
                     return false;

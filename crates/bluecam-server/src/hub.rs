@@ -289,9 +289,9 @@ impl HubHandle {
     }
 
     /// Cluster: reconciles a room with the directory's view of it.
-    pub fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
+    pub fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) {
         let mut inner = self.lock();
-        inner.core.handle_room_snapshot(room, ver, peers);
+        inner.core.handle_room_snapshot_with(room, ver, peers, here);
         self.drain(&mut inner);
     }
 

@@ -839,3 +839,33 @@ fn a_joiner_lists_a_peer_whose_claim_here_is_a_step_behind_and_reaches_it_once_a
     assert_eq!(out.to(p2.conn).len(), 1);
     w.hub.check_invariants().unwrap();
 }
+
+#[test]
+fn a_snapshot_taken_while_a_peer_resumes_here_does_not_announce_it_gone() {
+    // A resync's snapshot lists b1 on this node (its claim here was answered) before this hub
+    // admitted it: b1 is arriving, not leaving. (A resync during a rolling restart announced it
+    // as gone: alice's SDK dropped it and its sends to it were rejected.)
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(
+        &mut w,
+        &room,
+        "alice",
+        view(2, 2, vec![remote("b1", "nb", 1)]),
+    );
+    let b1 = PeerId::new("b1");
+    w.hub
+        .handle_room_snapshot_with(&id, 3, vec![], std::slice::from_ref(&b1));
+    let out = w.drain();
+    assert!(out.to(alice.conn).is_empty(), "{:?}", out.to(alice.conn));
+    assert_eq!(w.hub.peer_count(&id), 2, "b1 is still in the room");
+    // Without the hint it would have been announced as gone (the snapshot lists nobody else).
+    w.hub.handle_room_snapshot(&id, 4, vec![]);
+    let seen = w.drain().to(alice.conn);
+    assert!(
+        matches!(&seen[..], [Seen::PeerLeft { peer, reason: LeaveReason::Timeout }] if *peer == b1),
+        "{seen:?}"
+    );
+    w.hub.check_invariants().unwrap();
+}
