@@ -151,3 +151,48 @@ test("a node frozen (SIGSTOP) past its expiry, then thawed: its peers resume els
   }
   await expectEvents(peers);
 });
+
+test("chaos: a node killed, a node frozen past its expiry, Redis killed and restarted from its file, then restarted empty: nothing lost, doubled or reordered, every send settles, nobody leaves", async () => {
+  const own = await Redis.start();
+  try {
+    const nodes = await startCluster(own, 3, 3);
+    const room = await nodes[0].room();
+    const urls = nodes.map((n) => n.url);
+    const homes = [0, 1, 2, 2];
+    const peers = [];
+    const ids = [];
+    for (const [i, home] of homes.entries()) {
+      const p = await peer(nodes[home], `peer${i}`, { noWebrtc: true });
+      peers.push(p);
+      const order = [...urls.slice(home), ...urls.slice(0, home)];
+      ids.push(await join(p.page, await nodes[0].token(room, `peer${i}`), { video: false, audio: false }, order));
+    }
+    await Promise.all(peers.map((p) => waitPeers(p.page, 3)));
+    const N = 400;
+    const sending = Promise.all(peers.map((p) => paced(p.page, N, "n", 50)));
+    sending.catch(() => {});
+    const pause = (/** @type {number} */ ms) => new Promise((r) => setTimeout(r, ms));
+    await pause(1000);
+    await nodes[2].restart("SIGKILL"); // its two clients resume elsewhere; it comes back as a new node
+    await pause(2000);
+    await nodes[0].freeze(8000); // reaped after 3 s; thawed before its clients give it up
+    await pause(2000);
+    await own.restart({ signal: "SIGKILL" }); // from its append-only file
+    await pause(2000);
+    await own.restart({ empty: true }); // without its data
+    for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [] });
+    for (const [i, p] of peers.entries()) {
+      for (const [j, from] of ids.entries()) {
+        if (i !== j) await expectAll(p.page, from, N, "n");
+      }
+    }
+    for (const p of peers) {
+      assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
+      await waitFor(async () => (await evaluate(p.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState")) === "connected", "connected");
+    }
+    await expectEvents(peers);
+  } finally {
+    await stopServers();
+    await own.stop();
+  }
+});

@@ -416,22 +416,16 @@ export class Redis {
     for (let attempt = 1; ; attempt++) {
       const port = await freePort();
       const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-redis-"));
-      const proc = startProc("redis-server", "redis-server", [
-        "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", dir, "--loglevel", "warning",
-      ], dir, undefined, true);
+      const proc = Redis.spawn(port, dir);
       /** @type {"ready" | "exited"} */
       let state;
       try {
-        state = /** @type {"ready" | "exited"} */ (await waitFor(async () => {
-          if (proc.child.exitCode !== null || proc.child.signalCode !== null) return "exited";
-          return (await redisPid(port)) === proc.child.pid ? "ready" : null;
-        }, "redis-server to start", START_DEADLINE_MS));
+        state = await Redis.ready(proc, port);
       } catch (e) {
         await stopProc(proc, "SIGKILL");
         throw e;
       }
-      if (state === "ready") return new Redis(`redis://127.0.0.1:${port}`, proc);
+      if (state === "ready") return new Redis(port, proc);
       const why = proc.stderr();
       await stopProc(proc, "SIGKILL");
       if (!/in use|bind/i.test(why) || attempt >= 5) throw new Error(`redis-server exited: ${why}`);
@@ -440,12 +434,57 @@ export class Redis {
   }
 
   /**
-   * @param {string} url
+   * A redis-server with append-only persistence (as the README asks of production).
+   * @param {number} port
+   * @param {string} dir
+   */
+  static spawn(port, dir) {
+    return startProc("redis-server", "redis-server", [
+      "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+      "--dir", dir, "--loglevel", "warning",
+    ], dir, undefined, true);
+  }
+
+  /**
+   * Waits until the redis-server answering on `port` is `proc` (or it exited).
+   * @param {Proc & {stderr: () => string}} proc
+   * @param {number} port
+   * @returns {Promise<"ready" | "exited">}
+   */
+  static async ready(proc, port) {
+    return /** @type {"ready" | "exited"} */ (await waitFor(async () => {
+      if (proc.child.exitCode !== null || proc.child.signalCode !== null) return "exited";
+      return (await redisPid(port)) === proc.child.pid ? "ready" : null;
+    }, "redis-server to start", START_DEADLINE_MS));
+  }
+
+  /**
+   * @param {number} port
    * @param {Proc} proc
    */
-  constructor(url, proc) {
-    this.url = url;
+  constructor(port, proc) {
+    this.port = port;
+    this.url = `redis://127.0.0.1:${port}`;
     this.proc = proc;
+  }
+
+  /**
+   * Stops it (SIGKILL: a crash, the last second of writes may be lost; SIGTERM: flushed) and
+   * starts it again on its port, from its append-only file, or `empty` (a failover to an empty
+   * replica, a Redis without persistence).
+   * @param {{signal?: NodeJS.Signals, empty?: boolean}} [opts]
+   */
+  async restart({ signal = "SIGKILL", empty = false } = {}) {
+    const dir = this.proc.dir;
+    await stopProc(this.proc, signal, true);
+    if (empty) {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+    }
+    this.proc = Redis.spawn(this.port, dir);
+    if ((await Redis.ready(/** @type {any} */ (this.proc), this.port)) !== "ready") {
+      throw new Error(`redis-server did not come back on its port: ${/** @type {any} */ (this.proc).stderr()}`);
+    }
   }
 
   async stop() {
