@@ -5,7 +5,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopServers, stopAll,
-  videoStats, received, leftSeen, pathTo, paced, expectAll,
+  videoStats, received, leftSeen, pathTo, paced, expectAll, expectEverythingDelivered,
 } from "./harness.js";
 
 /** @type {Redis} */
@@ -139,16 +139,7 @@ test("a node frozen (SIGSTOP) past its expiry, then thawed: its peers resume els
   // Frozen for 16 s: reaped after 3 s, its clients notice the silence after 12 s and resume on
   // another node; then it thaws, finds its peers gone elsewhere and lets them go.
   await n3.freeze(16000);
-  for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [] });
-  for (const [i, p] of peers.entries()) {
-    for (const [j, from] of ids.entries()) {
-      if (i !== j) await expectAll(p.page, from, N, "n");
-    }
-  }
-  for (const p of peers) {
-    assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
-    assert.equal(await evaluate(p.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState"), "connected");
-  }
+  await expectEverythingDelivered(peers, ids, N, sending);
   await expectEvents(peers);
 });
 
@@ -180,16 +171,7 @@ test("chaos: a node killed, a node frozen past its expiry, Redis killed and rest
     await own.restart({ signal: "SIGKILL" }); // from its append-only file
     await pause(2000);
     await own.restart({ empty: true }); // without its data
-    for (const r of await sending) assert.deepEqual(r, { other: 0, unreachable: [] });
-    for (const [i, p] of peers.entries()) {
-      for (const [j, from] of ids.entries()) {
-        if (i !== j) await expectAll(p.page, from, N, "n");
-      }
-    }
-    for (const p of peers) {
-      assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
-      await waitFor(async () => (await evaluate(p.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState")) === "connected", "connected");
-    }
+    await expectEverythingDelivered(peers, ids, N, sending);
     await expectEvents(peers);
   } finally {
     await stopServers();

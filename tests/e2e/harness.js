@@ -867,6 +867,33 @@ export async function expectAll(page, from, n, type) {
   assert.equal(got.length, n);
 }
 
+/**
+ * The end of a fault test where every peer sent `n` paced messages of type "n" to all others
+ * (`sending`: their `paced` results): every send resolved as delivered, every message from
+ * every other peer arrived once and in order, nobody left, and every page is connected. A
+ * timeout shows every page's SDK state.
+ * @param {Peer[]} peers
+ * @param {string[]} ids their peer ids, in the same order
+ * @param {number} n
+ * @param {Promise<{other: number, unreachable: string[]}[]>} sending
+ */
+export async function expectEverythingDelivered(peers, ids, n, sending) {
+  const results = await sending.catch(async (e) => {
+    const states = await Promise.all(peers.map((p) => sdkState(p.page).catch((x) => x.message)));
+    throw new Error(`${e.message}\nall pages: ${states.join("\n")}`);
+  });
+  for (const r of results) assert.deepEqual(r, { other: 0, unreachable: [] });
+  for (const [i, p] of peers.entries()) {
+    for (const [j, from] of ids.entries()) {
+      if (i !== j) await expectAll(p.page, from, n, "n");
+    }
+  }
+  for (const p of peers) {
+    assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
+    await waitFor(async () => (await evaluate(p.page, () => /** @type {any} */ (window).room.connectionState, undefined, "connectionState")) === "connected", `${p.label} connected`);
+  }
+}
+
 export function ensureArtifacts() {
   mkdirSync(ARTIFACTS, { recursive: true });
 }

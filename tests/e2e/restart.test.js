@@ -6,7 +6,7 @@ import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest,
-  stopServers, stopAll, videoStats, received, leftSeen, pathTo, paced, expectAll, sdkState,
+  stopServers, stopAll, videoStats, received, leftSeen, pathTo, paced, expectAll, expectEverythingDelivered,
 } from "./harness.js";
 
 afterEach(async () => {
@@ -231,19 +231,7 @@ test("a rolling restart of a three-node cluster during a call: no call ends, not
       await new Promise((r) => setTimeout(r, 700));
       await node.restart("SIGTERM");
     }
-    const results = await sending.catch(async (e) => {
-      // Every page's view, to tell which pair is stuck and why.
-      const states = await Promise.all(peers.map((p) => sdkState(p.page).catch((x) => x.message)));
-      throw new Error(`${e.message}\nall pages: ${states.join("\n")}`);
-    });
-    for (const r of results) assert.deepEqual(r, { other: 0, unreachable: [] });
-    for (const [i, p] of peers.entries()) {
-      for (const [j, from] of ids.entries()) {
-        if (i !== j) await expectAll(p.page, from, N, "n");
-      }
-      assert.deepEqual(await leftSeen(p.page), [], `${p.label}: nobody left`);
-      await waitFor(async () => (await connectionState(p.page)) === "connected", "connected");
-    }
+    await expectEverythingDelivered(peers, ids, N, sending);
     await expectEvents(peers);
   } finally {
     await stopServers();

@@ -295,6 +295,16 @@ struct PeerState {
 }
 
 impl PeerState {
+    /// A peer of another node, as the directory records it.
+    fn remote(p: RemotePeer) -> Self {
+        Self {
+            info: p.info,
+            permissions: Permissions::default(),
+            seq: p.seq,
+            at: At::There(p.node),
+        }
+    }
+
     fn link(&self) -> Option<&Link> {
         match &self.at {
             At::Here { link, .. } => Some(link),
@@ -512,15 +522,8 @@ impl Hub {
                 if let Some(view) = view {
                     room.ver = view.ver;
                     for p in view.peers.iter().filter(|p| p.info.id != *joiner) {
-                        room.peers.insert(
-                            p.info.id.clone(),
-                            PeerState {
-                                info: p.info.clone(),
-                                permissions: Permissions::default(),
-                                seq: p.seq,
-                                at: At::There(p.node.clone()),
-                            },
-                        );
+                        room.peers
+                            .insert(p.info.id.clone(), PeerState::remote(p.clone()));
                     }
                 }
                 self.rooms.insert(id.clone(), room);
@@ -538,15 +541,8 @@ impl Hub {
         // admission replaces the entry.
         for p in view.map(|v| v.pending_here.as_slice()).unwrap_or_default() {
             if p.info.id != *joiner && !room.peers.contains_key(&p.info.id) {
-                room.peers.insert(
-                    p.info.id.clone(),
-                    PeerState {
-                        info: p.info.clone(),
-                        permissions: Permissions::default(),
-                        seq: p.seq,
-                        at: At::There(p.node.clone()),
-                    },
-                );
+                room.peers
+                    .insert(p.info.id.clone(), PeerState::remote(p.clone()));
             }
         }
         // The latest stored room wins (name or limits may have changed).
@@ -1050,15 +1046,7 @@ impl Hub {
         let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined {
             peer: p.info.clone(),
         }));
-        room.peers.insert(
-            p.info.id.clone(),
-            PeerState {
-                info: p.info,
-                permissions: Permissions::default(),
-                seq: p.seq,
-                at: At::There(p.node),
-            },
-        );
+        room.peers.insert(p.info.id.clone(), PeerState::remote(p));
         let conns = attached_conns(room, None);
         let detached = detached_peers(room);
         self.push_deliver(conns, announce.clone());
