@@ -19,8 +19,9 @@
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`. Membership changes run as Lua
 //! scripts, which update the directory, bump the room's version and publish the event to the
-//! other nodes of the room in one atomic step; frames are published by one ordered outbox
-//! task per node, pipelined.
+//! other nodes of the room in one atomic step; the scripts share one prelude of functions
+//! (record, move, remove, tell the room's nodes), so each operation is written once. Frames are
+//! published by one ordered outbox task per node, pipelined.
 
 use crate::{
     broker::{Broker, BrokerError, NewPeer, Outgoing},
@@ -55,35 +56,119 @@ const CONNECT_TRIES: u32 = 5;
 /// Items the outbox sends per pipeline at most.
 const OUTBOX_BATCH: usize = 512;
 
+/// Functions every directory script shares (each script is this prelude plus its body, built
+/// once): each directory operation is written once.
+const PRELUDE: &str = r#"
+-- Publishes msg once to every node with peers in the room whose key prefix is p, but those
+-- already in told (a set of node ids, updated).
+local function tell_room(p, msg, told)
+  for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
+    local n = string.match(v, '^([^\n]*)')
+    if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+  end
+end
+-- The node and session of a `nodes` entry ("node\nsession").
+local function entry(cur)
+  return string.match(cur, '^([^\n]*)\n(.*)$')
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), t[1]
+end
+-- Records peer of room on node (a join, a re-registration); bumps and returns the version.
+local function record(room, peer, node, rec, sess, sess_json)
+  local p = 'bc:room:' .. room
+  redis.call('HSET', p .. ':peers', peer, rec)
+  redis.call('HSET', p .. ':nodes', peer, node .. '\n' .. sess)
+  redis.call('SET', 'bc:session:' .. sess, sess_json)
+  redis.call('SADD', 'bc:node:' .. node .. ':peers', room .. '\n' .. peer)
+  redis.call('SADD', 'bc:nodes', node)
+end
+-- Announces to the room's other nodes that peer joined on node with record rec.
+local function announce_joined(room, ver, node, rec)
+  tell_room('bc:room:' .. room, '{"t":"joined","room":' .. cjson.encode(room) .. ',"ver":' ..
+    ver .. ',"node":' .. cjson.encode(node) .. ',"rec":' .. rec .. '}', {[node] = true})
+end
+-- Moves peer of room (recorded with session sess, on node old) to node and announces it to
+-- the room's nodes (old included); returns the new version.
+local function move(room, peer, sess, old, node)
+  local p = 'bc:room:' .. room
+  redis.call('HSET', p .. ':nodes', peer, node .. '\n' .. sess)
+  redis.call('SREM', 'bc:node:' .. old .. ':peers', room .. '\n' .. peer)
+  redis.call('ZREM', 'bc:orphans', room .. '\n' .. peer)
+  redis.call('SADD', 'bc:node:' .. node .. ':peers', room .. '\n' .. peer)
+  redis.call('SADD', 'bc:nodes', node)
+  local ver = redis.call('INCR', p .. ':ver')
+  local msg = '{"t":"moved","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
+    ',"peer":' .. cjson.encode(peer) .. ',"node":' .. cjson.encode(node) ..
+    ',"rec":' .. redis.call('HGET', p .. ':peers', peer) .. '}'
+  local told = {[node] = true}
+  tell_room(p, msg, told)
+  if not told[old] then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+  return ver
+end
+-- Removes peer of room (session sess, on node) and announces `left` with reason to the room's
+-- other nodes.
+local function remove(room, peer, sess, node, reason)
+  local p = 'bc:room:' .. room
+  redis.call('ZREM', 'bc:orphans', room .. '\n' .. peer)
+  redis.call('HDEL', p .. ':peers', peer)
+  redis.call('HDEL', p .. ':nodes', peer)
+  redis.call('DEL', 'bc:session:' .. sess)
+  redis.call('SREM', 'bc:node:' .. node .. ':peers', room .. '\n' .. peer)
+  if redis.call('HLEN', p .. ':nodes') == 0 then
+    redis.call('SET', p .. ':active', redis.call('TIME')[1], 'XX')
+  end
+  local ver = redis.call('INCR', p .. ':ver')
+  tell_room(p, '{"t":"left","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
+    ',"peer":' .. cjson.encode(peer) .. ',"reason":' .. cjson.encode(reason) .. '}',
+    {[node] = true})
+end
+"#;
+
+/// A directory script: the prelude and its body, built once.
+struct Script(std::sync::LazyLock<String>);
+
+impl Script {
+    const fn new(build: fn() -> String) -> Self {
+        Self(std::sync::LazyLock::new(build))
+    }
+
+    fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Script(..)")
+    }
+}
+
 /// A join: refuses a full or deleted room, records the peer, publishes `joined` to the other
 /// nodes of the room. ARGV: room, peer, node, info JSON, session, session JSON, max peers.
-const JOIN: &str = r#"
+static JOIN: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
 if redis.call('HEXISTS', p .. ':nodes', ARGV[2]) == 0
   and redis.call('HLEN', p .. ':nodes') >= tonumber(ARGV[7]) then return {'full'} end
 local ver = redis.call('INCR', p .. ':ver')
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
-redis.call('HSET', p .. ':peers', ARGV[2], rec)
-redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
-redis.call('SET', 'bc:session:' .. ARGV[5], ARGV[6])
-redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
-redis.call('SADD', 'bc:nodes', ARGV[3])
-local msg = '{"t":"joined","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
-  ',"node":' .. cjson.encode(ARGV[3]) .. ',"rec":' .. rec .. '}'
-local told = {[ARGV[3]] = true}
-for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
-  local n = string.match(v, '^([^\n]*)')
-  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
-end
+record(ARGV[1], ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
+announce_joined(ARGV[1], ver, ARGV[3], rec)
 return {'ok', ver, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
-"#;
+"#
+});
 
 /// A resume on this node of a session another node holds (or an orphan of a node that was
 /// reaped): checks the secret, room and identity, moves the peer here, publishes `moved` (the
 /// old node hands over what it kept).
 /// ARGV: session, secret, node, room, identity.
-const CLAIM: &str = r#"
+static CLAIM: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 local s = redis.call('GET', 'bc:session:' .. ARGV[1])
 if not s then return {'expired'} end
 local sess = cjson.decode(s)
@@ -91,56 +176,29 @@ if sess.secret ~= ARGV[2] then return {'expired'} end
 if sess.room ~= ARGV[4] or sess.identity ~= ARGV[5] then return {'unauthorized'} end
 local p = 'bc:room:' .. sess.room
 local cur = redis.call('HGET', p .. ':nodes', sess.peer)
-local rec = redis.call('HGET', p .. ':peers', sess.peer)
-if not cur or not rec then return {'expired'} end
-local old = string.match(cur, '^([^\n]*)')
+if not cur or not redis.call('HGET', p .. ':peers', sess.peer) then return {'expired'} end
+local old = entry(cur)
 -- Recorded on this very node, which does not hold it: it expired here a moment ago.
 if old == ARGV[3] then return {'expired'} end
-redis.call('HSET', p .. ':nodes', sess.peer, ARGV[3] .. '\n' .. ARGV[1])
-redis.call('SREM', 'bc:node:' .. old .. ':peers', sess.room .. '\n' .. sess.peer)
-redis.call('ZREM', 'bc:orphans', sess.room .. '\n' .. sess.peer)
-redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', sess.room .. '\n' .. sess.peer)
-redis.call('SADD', 'bc:nodes', ARGV[3])
-local ver = redis.call('INCR', p .. ':ver')
-local msg = '{"t":"moved","room":' .. cjson.encode(sess.room) .. ',"ver":' .. ver ..
-  ',"peer":' .. cjson.encode(sess.peer) .. ',"node":' .. cjson.encode(ARGV[3]) ..
-  ',"rec":' .. rec .. '}'
-local told = {[ARGV[3]] = true}
-for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
-  local n = string.match(v, '^([^\n]*)')
-  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
-end
-if not told[old] then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+local ver = move(sess.room, sess.peer, ARGV[1], old, ARGV[3])
 return {'ok', ver, s, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
-"#;
+"#
+});
 
 /// A peer of `node` is gone: removes it (unless it moved to another node meanwhile) and
 /// publishes `left`. ARGV: room, peer, node, reason.
-const LEAVE: &str = r#"
-local p = 'bc:room:' .. ARGV[1]
-local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
+static LEAVE: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
+local cur = redis.call('HGET', 'bc:room:' .. ARGV[1] .. ':nodes', ARGV[2])
 if not cur then return 0 end
-local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+local n0, sess = entry(cur)
 -- (An orphan of this node, reaped while it was cut off, goes too: the node knows it is gone.)
 if n0 ~= ARGV[3] and n0 ~= '~' then return 0 end
-redis.call('ZREM', 'bc:orphans', ARGV[1] .. '\n' .. ARGV[2])
-redis.call('HDEL', p .. ':peers', ARGV[2])
-redis.call('HDEL', p .. ':nodes', ARGV[2])
-redis.call('DEL', 'bc:session:' .. sess)
-redis.call('SREM', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
-if redis.call('HLEN', p .. ':nodes') == 0 then
-  redis.call('SET', p .. ':active', redis.call('TIME')[1], 'XX')
-end
-local ver = redis.call('INCR', p .. ':ver')
-local msg = '{"t":"left","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
-  ',"peer":' .. cjson.encode(ARGV[2]) .. ',"reason":' .. cjson.encode(ARGV[4]) .. '}'
-local told = {[ARGV[3]] = true}
-for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
-  local n = string.match(v, '^([^\n]*)')
-  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
-end
+remove(ARGV[1], ARGV[2], sess, ARGV[3], ARGV[4])
 return 1
-"#;
+"#
+});
 
 /// A node whose liveness key is gone: the peers still recorded on it become **orphans**, held
 /// by no node (`~`) but still in their rooms, resumable on any node, for the resume window
@@ -148,17 +206,18 @@ return 1
 /// not a departure. Nothing is published: the other nodes' replicas keep the peer where it was
 /// until it moves (a claim or the thawed node's `REGISTER` publishes `moved`) or leaves
 /// (`SWEEP_ORPHANS`). ARGV: node, resume window in ms.
-const REAP: &str = r#"
+static REAP: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 if redis.call('EXISTS', 'bc:node:' .. ARGV[1] .. ':alive') == 1 then return -1 end
-local t = redis.call('TIME')
-local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local until_ms = now_ms() + tonumber(ARGV[2])
 local orphaned = 0
 for _, m in ipairs(redis.call('SMEMBERS', 'bc:node:' .. ARGV[1] .. ':peers')) do
   local room, peer = string.match(m, '^([^\n]*)\n(.*)$')
   local p = 'bc:room:' .. room
   local cur = redis.call('HGET', p .. ':nodes', peer)
   if cur then
-    local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+    local n0, sess = entry(cur)
     if n0 == ARGV[1] then
       redis.call('HSET', p .. ':nodes', peer, '~\n' .. sess)
       redis.call('ZADD', 'bc:orphans', until_ms, m)
@@ -169,69 +228,47 @@ end
 redis.call('DEL', 'bc:node:' .. ARGV[1] .. ':peers')
 redis.call('SREM', 'bc:nodes', ARGV[1])
 return orphaned
-"#;
+"#
+});
 
 /// Orphans whose resume window has passed leave their rooms (reason timeout), announced to the
 /// nodes of their rooms. Any node may run it; each orphan is removed once. No ARGV.
-const SWEEP_ORPHANS: &str = r#"
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static SWEEP_ORPHANS: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 local removed = 0
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', 'bc:orphans', '-inf', now_ms, 'LIMIT', 0, 1000)) do
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', 'bc:orphans', '-inf', now_ms(), 'LIMIT', 0, 1000)) do
   redis.call('ZREM', 'bc:orphans', m)
   local room, peer = string.match(m, '^([^\n]*)\n(.*)$')
-  local p = 'bc:room:' .. room
-  local cur = redis.call('HGET', p .. ':nodes', peer)
+  local cur = redis.call('HGET', 'bc:room:' .. room .. ':nodes', peer)
   if cur then
-    local n0, sess = string.match(cur, '^([^\n]*)\n(.*)$')
+    local n0, sess = entry(cur)
     if n0 == '~' then
-      redis.call('HDEL', p .. ':peers', peer)
-      redis.call('HDEL', p .. ':nodes', peer)
-      redis.call('DEL', 'bc:session:' .. sess)
-      if redis.call('HLEN', p .. ':nodes') == 0 then
-        redis.call('SET', p .. ':active', t[1], 'XX')
-      end
-      local ver = redis.call('INCR', p .. ':ver')
-      local msg = '{"t":"left","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
-        ',"peer":' .. cjson.encode(peer) .. ',"reason":"timeout"}'
-      local told = {}
-      for _, v in ipairs(redis.call('HVALS', p .. ':nodes')) do
-        local n = string.match(v, '^([^\n]*)')
-        if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
-      end
+      remove(room, peer, sess, '~', 'timeout')
       removed = removed + 1
     end
   end
 end
 return removed
-"#;
+"#
+});
 
 /// Puts a peer of this node back into the directory (after Redis lost it or restarted, or
 /// the node was reaped while cut off). ARGV as `JOIN` plus its seq, plus the version this node
 /// has seen. Returns 'gone' when the room was deleted, 'moved' (and the node) when the peer is
-/// on another node now, 'ok' when it was there, 'added' when it was put back and announced.
-const REGISTER: &str = r#"
+/// on another node now, 'ok' when it was there (or an orphan of this node, taken back and
+/// announced as moved here), 'added' when it was put back and announced.
+static REGISTER: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
 if cur then
-  local n = string.match(cur, '^([^\n]*)')
+  local n = entry(cur)
   if n == '~' then
     -- Orphaned while this node was cut off, and not resumed elsewhere: it is here again.
-    redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
-    redis.call('ZREM', 'bc:orphans', ARGV[1] .. '\n' .. ARGV[2])
-    redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
-    redis.call('SADD', 'bc:nodes', ARGV[3])
-    local ver = redis.call('INCR', p .. ':ver')
-    local rec = redis.call('HGET', p .. ':peers', ARGV[2])
-    local msg = '{"t":"moved","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
-      ',"peer":' .. cjson.encode(ARGV[2]) .. ',"node":' .. cjson.encode(ARGV[3]) ..
-      ',"rec":' .. rec .. '}'
-    local told = {[ARGV[3]] = true}
-    for _, val in ipairs(redis.call('HVALS', p .. ':nodes')) do
-      local m = string.match(val, '^([^\n]*)')
-      if not told[m] then told[m] = true; redis.call('PUBLISH', 'bc:n:' .. m, msg) end
-    end
+    move(ARGV[1], ARGV[2], ARGV[5], '~', ARGV[3])
     return {'ok'}
   end
   if n ~= ARGV[3] then return {'moved', n} end
@@ -242,43 +279,37 @@ local v = tonumber(redis.call('GET', p .. ':ver') or '0')
 if v < tonumber(ARGV[9]) then redis.call('SET', p .. ':ver', ARGV[9]) end
 local ver = redis.call('INCR', p .. ':ver')
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}'
-redis.call('HSET', p .. ':peers', ARGV[2], rec)
-redis.call('HSET', p .. ':nodes', ARGV[2], ARGV[3] .. '\n' .. ARGV[5])
-redis.call('SET', 'bc:session:' .. ARGV[5], ARGV[6])
-redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
-redis.call('SADD', 'bc:nodes', ARGV[3])
-local msg = '{"t":"joined","room":' .. cjson.encode(ARGV[1]) .. ',"ver":' .. ver ..
-  ',"node":' .. cjson.encode(ARGV[3]) .. ',"rec":' .. rec .. '}'
-local told = {[ARGV[3]] = true}
-for _, val in ipairs(redis.call('HVALS', p .. ':nodes')) do
-  local n = string.match(val, '^([^\n]*)')
-  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
-end
+record(ARGV[1], ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
+announce_joined(ARGV[1], ver, ARGV[3], rec)
 return {'added'}
-"#;
+"#
+});
 
 /// Deletes a room with everything recorded about it and publishes `closed` to the nodes
 /// that had peers in it. ARGV: room, reason, this node, and 'empty' to delete it only if no
 /// peer is in it (checked in the same step, so a join cannot slip in). Returns 0 when
 /// nothing was deleted.
-const DELETE_ROOM: &str = r#"
+static DELETE_ROOM: Script = Script::new(|| {
+    PRELUDE.to_owned()
+        + r#"
 local p = 'bc:room:' .. ARGV[1]
 if ARGV[4] == 'empty' and redis.call('HLEN', p .. ':nodes') > 0 then return 0 end
 if redis.call('DEL', p) == 0 then return 0 end
 redis.call('ZREM', 'bc:rooms', ARGV[1])
 local msg = '{"t":"closed","room":' .. cjson.encode(ARGV[1]) .. ',"reason":' ..
   cjson.encode(ARGV[2]) .. '}'
-local told = {[ARGV[3]] = true}
 local all = redis.call('HGETALL', p .. ':nodes')
 for i = 1, #all, 2 do
-  local n, sess = string.match(all[i + 1], '^([^\n]*)\n(.*)$')
+  local n, sess = entry(all[i + 1])
   redis.call('DEL', 'bc:session:' .. sess)
   redis.call('SREM', 'bc:node:' .. n .. ':peers', ARGV[1] .. '\n' .. all[i])
-  if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+  redis.call('ZREM', 'bc:orphans', ARGV[1] .. '\n' .. all[i])
 end
+tell_room(p, msg, {[ARGV[3]] = true})
 redis.call('DEL', p .. ':peers', p .. ':nodes', p .. ':ver', p .. ':active')
 return 1
-"#;
+"#
+});
 
 /// What a session record holds (what a resume on another node needs).
 #[derive(Debug, Serialize, Deserialize)]
@@ -814,7 +845,11 @@ impl RedisBroker {
             let window = self.resume_window.as_millis().to_string();
             let orphaned: Result<i64, _> = self
                 .cmd()
-                .eval(REAP, Vec::<String>::new(), vec![node.to_string(), window])
+                .eval(
+                    REAP.text(),
+                    Vec::<String>::new(),
+                    vec![node.to_string(), window],
+                )
                 .await;
             match orphaned {
                 Ok(n) if n >= 0 => tracing::info!(
@@ -829,7 +864,11 @@ impl RedisBroker {
         // Orphans whose window has passed leave their rooms.
         let swept: Result<i64, _> = self
             .cmd()
-            .eval(SWEEP_ORPHANS, Vec::<String>::new(), Vec::<String>::new())
+            .eval(
+                SWEEP_ORPHANS.text(),
+                Vec::<String>::new(),
+                Vec::<String>::new(),
+            )
             .await;
         match swept {
             Ok(0) => {}
@@ -863,8 +902,10 @@ impl RedisBroker {
                 p.seq.to_string(),
                 p.room_ver.to_string(),
             ];
-            let r: Result<Vec<String>, _> =
-                self.cmd().eval(REGISTER, Vec::<String>::new(), args).await;
+            let r: Result<Vec<String>, _> = self
+                .cmd()
+                .eval(REGISTER.text(), Vec::<String>::new(), args)
+                .await;
             match r {
                 Ok(answer) if answer.first().map(String::as_str) == Some("gone") => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
@@ -912,7 +953,7 @@ impl RedisBroker {
             ];
             if let Err(e) = self
                 .cmd()
-                .eval::<i64, _, _, _>(LEAVE, Vec::<String>::new(), args)
+                .eval::<i64, _, _, _>(LEAVE.text(), Vec::<String>::new(), args)
                 .await
             {
                 self.redis_error("stale entry removal", &e);
@@ -1014,8 +1055,10 @@ impl RedisBroker {
                             self.node.to_string(),
                             reason.to_owned(),
                         ];
-                        let r: Result<i64, _> =
-                            self.cmd().eval(LEAVE, Vec::<String>::new(), args).await;
+                        let r: Result<i64, _> = self
+                            .cmd()
+                            .eval(LEAVE.text(), Vec::<String>::new(), args)
+                            .await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
                             // The resync after reconnection removes it (not re-registered).
@@ -1129,7 +1172,7 @@ impl Broker for RedisBroker {
             ];
             let r: Vec<Value> = self
                 .cmd()
-                .eval(JOIN, Vec::<String>::new(), args)
+                .eval(JOIN.text(), Vec::<String>::new(), args)
                 .await
                 .map_err(|e| {
                     self.redis_error("join", &e);
@@ -1172,7 +1215,7 @@ impl Broker for RedisBroker {
             ];
             let r: Vec<Value> = self
                 .cmd()
-                .eval(CLAIM, Vec::<String>::new(), args)
+                .eval(CLAIM.text(), Vec::<String>::new(), args)
                 .await
                 .map_err(|e| {
                     self.redis_error("claim", &e);
@@ -1404,7 +1447,7 @@ impl Store for RedisStore {
             let n: i64 = self
                 .broker
                 .cmd()
-                .eval(DELETE_ROOM, Vec::<String>::new(), args)
+                .eval(DELETE_ROOM.text(), Vec::<String>::new(), args)
                 .await
                 .map_err(store_err)?;
             Ok(n == 1)
@@ -1422,7 +1465,7 @@ impl Store for RedisStore {
             let n: i64 = self
                 .broker
                 .cmd()
-                .eval(DELETE_ROOM, Vec::<String>::new(), args)
+                .eval(DELETE_ROOM.text(), Vec::<String>::new(), args)
                 .await
                 .map_err(store_err)?;
             Ok(n == 1)
