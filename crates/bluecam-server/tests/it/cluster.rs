@@ -183,6 +183,17 @@ async fn join_on(server: &TestServer, room: &str, identity: &str) -> Client {
     server.join(room, identity).await
 }
 
+/// Two nodes and a room with alice on the first and bob on the second (alice has seen bob
+/// join).
+async fn alice_and_bob(redis: &Redis) -> (TestServer, TestServer, String, Client, Client) {
+    let (a, b) = (node(redis).await, node(redis).await);
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let bob = join_on(&b, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    (a, b, room, alice, bob)
+}
+
 fn peer_ids(joined: &Value) -> Vec<String> {
     joined["peers"]
         .as_array()
@@ -331,11 +342,7 @@ fn cut(client: Client) -> ResumeCredentials {
 #[tokio::test]
 async fn a_session_resumes_on_another_node_with_its_id_and_its_frames() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
-    let room = a.room().await;
-    let mut alice = join_on(&a, &room, "alice").await;
-    let bob = join_on(&b, &room, "bob").await;
-    alice.recv_op("peer_joined").await;
+    let (a, b, room, mut alice, bob) = alice_and_bob(&redis).await;
     let bob_id = bob.id();
     let creds = cut(bob);
     b.wait_disconnected(&room, &bob_id).await;
@@ -406,11 +413,7 @@ async fn a_peer_of_a_reaped_node_resumes_on_another_node_within_the_resume_windo
     // A node frozen or cut off past its liveness expiry is reaped; its peers must not leave:
     // they resume elsewhere, with their ids, and nobody sees a departure.
     let redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
-    let room = a.room().await;
-    let mut alice = join_on(&a, &room, "alice").await;
-    let bob = join_on(&b, &room, "bob").await;
-    alice.recv_op("peer_joined").await;
+    let (a, b, room, mut alice, bob) = alice_and_bob(&redis).await;
     let bob_id = bob.id();
     let creds = cut(bob);
     b.stop().await;
@@ -533,11 +536,7 @@ async fn redis_down_is_not_ready_refuses_joins_reports_unsent_frames_and_recover
 #[tokio::test]
 async fn a_draining_node_sends_its_clients_to_resume_on_another() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
-    let room = a.room().await;
-    let mut alice = join_on(&a, &room, "alice").await;
-    let mut bob = join_on(&b, &room, "bob").await;
-    alice.recv_op("peer_joined").await;
+    let (a, b, room, mut alice, mut bob) = alice_and_bob(&redis).await;
     let bob_id = bob.id();
     let joined = bob.joined.clone().unwrap();
     // SIGTERM's path: B stops accepting and closes its clients with 1012 (restarting: resume).
@@ -578,11 +577,7 @@ async fn every_frame_sent_across_a_redis_restart_is_delivered_once_or_reported()
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let mut redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
-    let room = a.room().await;
-    let mut alice = join_on(&a, &room, "alice").await;
-    let bob = join_on(&b, &room, "bob").await;
-    alice.recv_op("peer_joined").await;
+    let (_a, _b, _room, alice, bob) = alice_and_bob(&redis).await;
     let bob_id = bob.id();
     const N: u64 = 300;
     let (mut to_server, mut from_server) = alice.ws.split();
@@ -700,11 +695,7 @@ async fn until_delivered(from: &mut Client, to: &mut Client, what: &str) {
 #[tokio::test]
 async fn redis_restarted_without_its_data_keeps_every_call() {
     let mut redis = Redis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
-    let room = a.room().await;
-    let mut alice = join_on(&a, &room, "alice").await;
-    let mut bob = join_on(&b, &room, "bob").await;
-    alice.recv_op("peer_joined").await;
+    let (a, b, room, mut alice, mut bob) = alice_and_bob(&redis).await;
     let bob_id = bob.id();
     redis.off_runtime(|r| r.restart_empty()).await;
     // The nodes notice the new directory epoch and put back the room, their peers and sessions.
