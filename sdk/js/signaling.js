@@ -155,7 +155,7 @@ export class Signaling {
      * @param {number} code
      * @param {string} reason
      */
-    const ended_ = (code, reason) => {
+    const finish = (code, reason) => {
       if (ended) return;
       ended = true;
       clearInterval(watchdog);
@@ -185,7 +185,7 @@ export class Signaling {
       }
       this.scheduleReconnect();
     };
-    ws.onclose = (ev) => ended_(ev.code, ev.reason);
+    ws.onclose = (ev) => finish(ev.code, ev.reason);
     // The watchdog: a server that stops answering (frozen, partitioned, a half-open TCP
     // connection) is given up after SILENCE_MS, and a join that never completes after
     // JOIN_TIMEOUT_MS, rather than when TCP or the browser notice, which can take minutes.
@@ -202,7 +202,7 @@ export class Signaling {
         } catch {
           // (closing a socket still connecting may throw in some browsers)
         }
-        ended_(UNRESPONSIVE, "server unresponsive");
+        finish(UNRESPONSIVE, "server unresponsive");
       } else if (joined && silentFor >= HEARTBEAT_MS && ws.readyState === WebSocket.OPEN) {
         ws.send(JSON.stringify({ op: "ping" }));
       }

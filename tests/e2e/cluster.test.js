@@ -4,7 +4,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
-  Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopServers, stopAll,
+  Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, endTestAndServers, stopServers, stopAll,
   videoStats, received, leftSeen, pathTo, paced, expectAll, expectEverythingDelivered,
 } from "./harness.js";
 
@@ -15,13 +15,7 @@ before(async () => {
   redis = await Redis.start();
 });
 // Each test's pages, then its nodes (every node started, whatever failed and when), go.
-afterEach(async () => {
-  try {
-    await endTest();
-  } finally {
-    await stopServers();
-  }
-});
+afterEach(endTestAndServers);
 after(stopAll);
 
 /**

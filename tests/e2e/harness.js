@@ -377,6 +377,15 @@ export async function stopServers() {
   await Promise.allSettled([...servers].map((s) => s.stop()));
 }
 
+/** `afterEach` for files whose tests start their own servers: `endTest`, then every server. */
+export async function endTestAndServers() {
+  try {
+    await endTest();
+  } finally {
+    await stopServers();
+  }
+}
+
 // ---- redis-server ------------------------------------------------------------------------
 
 /**

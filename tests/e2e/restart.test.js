@@ -5,17 +5,11 @@
 import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
-  TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest,
+  TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, endTestAndServers,
   stopServers, stopAll, videoStats, received, leftSeen, pathTo, paced, expectAll, expectEverythingDelivered,
 } from "./harness.js";
 
-afterEach(async () => {
-  try {
-    await endTest();
-  } finally {
-    await stopServers();
-  }
-});
+afterEach(endTestAndServers);
 after(stopAll);
 
 /** @param {import("playwright-core").Page} page */

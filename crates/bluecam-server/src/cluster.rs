@@ -689,6 +689,8 @@ impl RedisBroker {
                 if me.heartbeat().await.is_err() {
                     continue;
                 }
+                // (Rooms read for joins and API calls since the last tick, bounded by that.)
+                me.prune_known_rooms();
                 if me.dirty.swap(false, std::sync::atomic::Ordering::AcqRel)
                     && !me.resync(&hub).await
                 {
@@ -791,15 +793,14 @@ impl RedisBroker {
 
     /// Puts back the stored rooms this node has peers in (create-if-absent).
     async fn restore_rooms(self: &Arc<Self>) {
-        let Some(hub) = self.hub.get() else {
-            return;
-        };
-        let local: std::collections::HashSet<RoomId> = hub.local_rooms().into_iter().collect();
-        let rooms: Vec<Room> = {
-            let mut known = self.known_rooms.lock().unwrap_or_else(|p| p.into_inner());
-            known.retain(|id, _| local.contains(id));
-            known.values().cloned().collect()
-        };
+        self.prune_known_rooms();
+        let rooms: Vec<Room> = self
+            .known_rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let store = RedisStore {
             broker: Arc::clone(self),
         };
@@ -811,16 +812,23 @@ impl RedisBroker {
         }
     }
 
-    /// Remembers a stored room this node admits peers to (see `known_rooms`).
+    /// Remembers a stored room as read (see `known_rooms`; pruned at each heartbeat).
     fn remember_room(&self, room: &Room) {
+        self.known_rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(room.id.clone(), room.clone());
+    }
+
+    /// Keeps only the remembered rooms this node has peers in.
+    fn prune_known_rooms(&self) {
+        let local: std::collections::HashSet<RoomId> = self
+            .hub
+            .get()
+            .map(|h| h.local_rooms().into_iter().collect())
+            .unwrap_or_default();
         let mut known = self.known_rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() > 4096
-            && let Some(hub) = self.hub.get()
-        {
-            let local: std::collections::HashSet<RoomId> = hub.local_rooms().into_iter().collect();
-            known.retain(|id, _| local.contains(id));
-        }
-        known.insert(room.id.clone(), room.clone());
+        known.retain(|id, _| local.contains(id));
     }
 
     /// Orphans the peers of nodes whose liveness key has expired (see `REAP`), and removes

@@ -353,13 +353,7 @@ async fn a_session_resumes_on_another_node_with_its_id_and_its_frames() {
             .await;
     }
     // ...and handed to A when he comes back there.
-    let mut back = Client::connect(a.addr).await;
-    back.send_frame(&ClientMessage::Join {
-        token: a.token(&room, "bob"),
-        resume: Some(creds),
-    })
-    .await;
-    let joined = back.expect_joined().await;
+    let (mut back, joined) = a.resume(&room, "bob", creds).await;
     assert_eq!(joined["resumed"], true);
     assert_eq!(back.id(), bob_id, "same peer id on the new node");
     assert_eq!(peer_ids(&joined), vec![alice.id()]);
@@ -418,13 +412,7 @@ async fn a_peer_of_a_reaped_node_resumes_on_another_node_within_the_resume_windo
     let creds = cut(bob);
     b.stop().await;
     redis.wait_for_nodes(1).await;
-    let mut back = Client::connect(a.addr).await;
-    back.send_frame(&ClientMessage::Join {
-        token: a.token(&room, "bob"),
-        resume: Some(creds),
-    })
-    .await;
-    let joined = back.expect_joined().await;
+    let (mut back, joined) = a.resume(&room, "bob", creds).await;
     assert_eq!(
         (joined["resumed"].as_bool(), back.id()),
         (Some(true), bob_id.clone())
@@ -543,16 +531,16 @@ async fn a_draining_node_sends_its_clients_to_resume_on_another() {
     let stopping = tokio::spawn(b.stop());
     assert_eq!(bob.closed().await, Some(1012));
     stopping.await.unwrap();
-    let mut back = Client::connect(a.addr).await;
-    back.send_frame(&ClientMessage::Join {
-        token: a.token(&room, "bob"),
-        resume: Some(ResumeCredentials {
-            session: SessionId::new(joined.session.id.to_string()),
-            secret: SessionSecret::new(joined.session.secret.expose()),
-        }),
-    })
-    .await;
-    let j = back.expect_joined().await;
+    let (mut back, j) = a
+        .resume(
+            &room,
+            "bob",
+            ResumeCredentials {
+                session: SessionId::new(joined.session.id.to_string()),
+                secret: SessionSecret::new(joined.session.secret.expose()),
+            },
+        )
+        .await;
     assert_eq!(
         (j["resumed"].as_bool(), back.id()),
         (Some(true), bob_id.clone())
@@ -736,12 +724,6 @@ async fn redis_restarted_without_its_data_keeps_every_call() {
     assert_eq!(ids, want);
     // Bob's session survived too: he resumes on A with his id.
     let creds = cut(bob);
-    let mut back = Client::connect(a.addr).await;
-    back.send_frame(&ClientMessage::Join {
-        token: a.token(&room, "bob"),
-        resume: Some(creds),
-    })
-    .await;
-    back.expect_joined().await;
+    let (back, _) = a.resume(&room, "bob", creds).await;
     assert_eq!(back.id(), bob_id);
 }

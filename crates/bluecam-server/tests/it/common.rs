@@ -177,6 +177,25 @@ impl TestServer {
         }
     }
 
+    /// Connects and resumes a session as `identity`; panics unless `joined` comes back with
+    /// `resumed: true`. Returns the client and its `joined` frame.
+    pub async fn resume(
+        &self,
+        room: &str,
+        identity: &str,
+        creds: bluecam_proto::ResumeCredentials,
+    ) -> (Client, Value) {
+        let mut c = Client::connect(self.addr).await;
+        c.send_frame(&ClientMessage::Join {
+            token: self.token(room, identity),
+            resume: Some(creds),
+        })
+        .await;
+        let joined = c.expect_joined().await;
+        assert_eq!(joined["resumed"], true, "{joined}");
+        (c, joined)
+    }
+
     /// Connects and joins; panics unless `joined` comes back.
     pub async fn join(&self, room: &str, identity: &str) -> Client {
         let mut c = Client::connect(self.addr).await;

@@ -7,14 +7,7 @@ use serde_json::json;
 
 /// Resumes `old`'s session on `s` as `identity`; returns the new client.
 async fn resume(s: &TestServer, room: &str, identity: &str, old: &Client) -> Client {
-    let mut c = Client::connect(s.addr).await;
-    c.send_frame(&ClientMessage::Join {
-        token: s.token(room, identity),
-        resume: Some(creds(old)),
-    })
-    .await;
-    let joined = c.expect_joined().await;
-    assert_eq!(joined["resumed"], true, "{joined}");
+    let (c, joined) = s.resume(room, identity, creds(old)).await;
     assert_eq!(joined["self"]["id"], old.id(), "the same peer id");
     c
 }
