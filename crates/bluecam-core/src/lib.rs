@@ -5,6 +5,7 @@
 //! logic testable without sockets or sleeps, and lets one core serve the single-node server
 //! and cluster nodes alike.
 
+pub mod cluster;
 mod frame;
 mod hub;
 mod limits;

@@ -8,12 +8,14 @@
 mod client;
 mod codes;
 mod ids;
+mod node;
 mod room;
 mod server;
 
 pub use client::{ClientMessage, FrameError, ResumeCredentials};
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{Identity, NodeId, PeerId, RoomId, SessionId, SessionSecret};
+pub use node::{NodeMessage, NodeMessageError, PeerRecord};
 pub use room::{IceServer, Limits, PeerInfo, Permissions, Room, RoomSummary};
 pub use serde_json::value::RawValue;
 pub use server::{

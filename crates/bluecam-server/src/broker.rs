@@ -6,11 +6,15 @@
 //! to tell and nothing to look up, and every method is the identity. Cluster mode puts
 //! [`crate::cluster::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
 //! same in both: it sees peers of other nodes as remote peers of its rooms.
+//!
+//! Dependencies point one way: the hub (`crate::hub`) and the cluster node (`crate::cluster`)
+//! both depend on this module, never on each other. The hub reaches the cluster through
+//! [`Broker`]; the cluster reaches the hub through [`Host`].
 
-use bluecam_core::{ClusterView, Frame, Origin};
+use bluecam_core::{ClusterView, Frame, LocalPeer, Origin, RemotePeer, RoomEvent};
 use bluecam_proto::{
-    LeaveReason, NodeId, PeerId, PeerInfo, Permissions, ResumeCredentials, RoomId, SessionId,
-    SessionSecret,
+    ErrorCode, ErrorFrame, LeaveReason, NodeId, PeerId, PeerInfo, Permissions, ResumeCredentials,
+    RoomClosedReason, RoomId, SessionId, SessionSecret,
 };
 use futures_util::future::BoxFuture;
 
@@ -95,6 +99,43 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the directory answers (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+}
+
+/// What a cluster node needs of this node's rooms (the hub implements it).
+pub trait Host: Send + Sync + 'static {
+    /// This node's peers (to put them back into the directory).
+    fn local_peers(&self) -> Vec<LocalPeer>;
+    /// Rooms with peers on this node.
+    fn local_rooms(&self) -> Vec<RoomId>;
+    /// Whether a join into `room` is waiting for the directory.
+    fn has_pending_join(&self, room: &RoomId) -> bool;
+    /// Applies an event from another node.
+    fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent);
+    /// Reconciles a room with the directory's snapshot of it.
+    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]);
+    /// Tells everyone in the room and disconnects them.
+    fn close_room(&self, room: &RoomId, reason: RoomClosedReason);
+    /// Something for another node could not be sent: its sender is told.
+    fn undelivered(&self, item: Outgoing);
+    /// A room's peers on this node with whether each is connected.
+    fn peers(&self, room: &RoomId) -> Vec<(PeerInfo, bool)>;
+}
+
+/// The error a sender gets when its frame could not reach another node.
+pub fn unsent_error(to: Vec<PeerId>, reference: Option<u64>) -> ErrorFrame {
+    let mut e = ErrorFrame::new(
+        ErrorCode::Unavailable,
+        "these peers are on another node, which could not be reached; nothing was delivered to them",
+    )
+    .with_ref(reference);
+    e.peers = Some(to);
+    e
+}
+
+impl std::fmt::Debug for dyn Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Host")
+    }
 }
 
 impl std::fmt::Debug for dyn Broker {

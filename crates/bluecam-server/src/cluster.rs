@@ -17,34 +17,42 @@
 //! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
 //! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
 //!
-//! Each node subscribes to its own channel `bc:n:{node}`. Membership changes run as Lua
-//! scripts, which update the directory, bump the room's version and publish the event to the
-//! other nodes of the room in one atomic step; the scripts share one prelude of functions
-//! (record, move, remove, tell the room's nodes), so each operation is written once. Frames are
-//! published by one ordered outbox task per node, pipelined.
+//! Each node subscribes to its own channel `bc:n:{node}`; what nodes send each other is
+//! [`bluecam_proto::NodeMessage`]. Membership changes run as Lua scripts, which update the
+//! directory, bump the room's version and publish the event to the other nodes of the room in
+//! one atomic step; the scripts share one prelude of functions (record, move, remove, tell the
+//! room's nodes), so each operation is written once, and are called by SHA (`EVALSHA`, loaded
+//! again after a Redis restart). Frames are published by one ordered outbox task per node,
+//! pipelined.
+//!
+//! Every decision about the directory (when to heartbeat, resync, reap, rebuild) is taken by
+//! the sans-IO [`bluecam_core::cluster::ClusterNode`]; this module carries its steps out.
 
 use crate::{
-    broker::{Broker, BrokerError, NewPeer, Outgoing},
-    hub::HubHandle,
+    broker::{Broker, BrokerError, Host, NewPeer, Outgoing},
     metrics::Metrics,
     store::{Store, StoreError},
 };
-use bluecam_core::{ClaimedSession, ClusterView, Frame, RemotePeer, RoomEvent};
+use bluecam_core::{
+    ClaimedSession, ClusterView, Frame, RemotePeer, RoomEvent,
+    cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
+};
 use bluecam_proto::{
-    ErrorCode, ErrorFrame, Identity, LeaveReason, NodeId, PeerId, PeerInfo, Permissions, RawValue,
-    ResumeCredentials, Room, RoomClosedReason, RoomId, SessionSecret,
+    Identity, LeaveReason, NodeId, NodeMessage, PeerId, PeerRecord, Permissions, ResumeCredentials,
+    Room, RoomClosedReason, RoomId, SessionSecret,
 };
 use fred::prelude::{
     Builder, Client, ClientLike as _, Config as FredConfig, EventInterface as _, Expiration,
-    HashesInterface as _, KeysInterface as _, LuaInterface as _, Options, PubsubInterface as _,
-    ReconnectPolicy, SetOptions, SetsInterface as _, SortedSetsInterface as _, Value,
+    FromValue, HashesInterface as _, KeysInterface as _, LuaInterface as _, Options,
+    PubsubInterface as _, ReconnectPolicy, SetOptions, SetsInterface as _,
+    SortedSetsInterface as _, Value,
 };
-use futures_util::future::BoxFuture;
+use futures_util::{StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-    time::Duration,
+    collections::{HashMap, HashSet},
+    sync::{Arc, LazyLock, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -100,8 +108,7 @@ local function move(room, peer, sess, old, node)
   redis.call('SADD', 'bc:nodes', node)
   local ver = redis.call('INCR', p .. ':ver')
   local msg = '{"t":"moved","room":' .. cjson.encode(room) .. ',"ver":' .. ver ..
-    ',"peer":' .. cjson.encode(peer) .. ',"node":' .. cjson.encode(node) ..
-    ',"rec":' .. redis.call('HGET', p .. ':peers', peer) .. '}'
+    ',"node":' .. cjson.encode(node) .. ',"rec":' .. redis.call('HGET', p .. ':peers', peer) .. '}'
   local told = {[node] = true}
   tell_room(p, msg, told)
   if not told[old] then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
@@ -126,30 +133,18 @@ local function remove(room, peer, sess, node, reason)
 end
 "#;
 
-/// A directory script: the prelude and its body, built once.
-struct Script(std::sync::LazyLock<String>);
+/// A directory script: the prelude and its body, built and hashed once, called by SHA.
+type Script = LazyLock<fred::types::scripts::Script>;
 
-impl Script {
-    const fn new(build: fn() -> String) -> Self {
-        Self(std::sync::LazyLock::new(build))
-    }
-
-    fn text(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Script {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Script(..)")
-    }
+fn script(body: &str) -> fred::types::scripts::Script {
+    fred::types::scripts::Script::from_lua(PRELUDE.to_owned() + body)
 }
 
 /// A join: refuses a full or deleted room, records the peer, publishes `joined` to the other
 /// nodes of the room. ARGV: room, peer, node, info JSON, session, session JSON, max peers.
-static JOIN: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static JOIN: Script = LazyLock::new(|| {
+    script(
+        r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
 if redis.call('HEXISTS', p .. ':nodes', ARGV[2]) == 0
@@ -159,16 +154,17 @@ local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
 record(ARGV[1], ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
 announce_joined(ARGV[1], ver, ARGV[3], rec)
 return {'ok', ver, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
-"#
+"#,
+    )
 });
 
 /// A resume on this node of a session another node holds (or an orphan of a node that was
 /// reaped): checks the secret, room and identity, moves the peer here, publishes `moved` (the
 /// old node hands over what it kept).
 /// ARGV: session, secret, node, room, identity.
-static CLAIM: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static CLAIM: Script = LazyLock::new(|| {
+    script(
+        r#"
 local s = redis.call('GET', 'bc:session:' .. ARGV[1])
 if not s then return {'expired'} end
 local sess = cjson.decode(s)
@@ -182,14 +178,15 @@ local old = entry(cur)
 if old == ARGV[3] then return {'expired'} end
 local ver = move(sess.room, sess.peer, ARGV[1], old, ARGV[3])
 return {'ok', ver, s, redis.call('HGETALL', p .. ':peers'), redis.call('HGETALL', p .. ':nodes')}
-"#
+"#,
+    )
 });
 
 /// A peer of `node` is gone: removes it (unless it moved to another node meanwhile) and
 /// publishes `left`. ARGV: room, peer, node, reason.
-static LEAVE: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static LEAVE: Script = LazyLock::new(|| {
+    script(
+        r#"
 local cur = redis.call('HGET', 'bc:room:' .. ARGV[1] .. ':nodes', ARGV[2])
 if not cur then return 0 end
 local n0, sess = entry(cur)
@@ -197,7 +194,8 @@ local n0, sess = entry(cur)
 if n0 ~= ARGV[3] and n0 ~= '~' then return 0 end
 remove(ARGV[1], ARGV[2], sess, ARGV[3], ARGV[4])
 return 1
-"#
+"#,
+    )
 });
 
 /// A node whose liveness key is gone: the peers still recorded on it become **orphans**, held
@@ -206,9 +204,9 @@ return 1
 /// not a departure. Nothing is published: the other nodes' replicas keep the peer where it was
 /// until it moves (a claim or the thawed node's `REGISTER` publishes `moved`) or leaves
 /// (`SWEEP_ORPHANS`). ARGV: node, resume window in ms.
-static REAP: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static REAP: Script = LazyLock::new(|| {
+    script(
+        r#"
 if redis.call('EXISTS', 'bc:node:' .. ARGV[1] .. ':alive') == 1 then return -1 end
 local until_ms = now_ms() + tonumber(ARGV[2])
 local orphaned = 0
@@ -228,14 +226,15 @@ end
 redis.call('DEL', 'bc:node:' .. ARGV[1] .. ':peers')
 redis.call('SREM', 'bc:nodes', ARGV[1])
 return orphaned
-"#
+"#,
+    )
 });
 
 /// Orphans whose resume window has passed leave their rooms (reason timeout), announced to the
 /// nodes of their rooms. Any node may run it; each orphan is removed once. No ARGV.
-static SWEEP_ORPHANS: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static SWEEP_ORPHANS: Script = LazyLock::new(|| {
+    script(
+        r#"
 local removed = 0
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', 'bc:orphans', '-inf', now_ms(), 'LIMIT', 0, 1000)) do
   redis.call('ZREM', 'bc:orphans', m)
@@ -250,7 +249,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', 'bc:orphans', '-inf', now_ms(), '
   end
 end
 return removed
-"#
+"#,
+    )
 });
 
 /// Puts a peer of this node back into the directory (after Redis lost it or restarted, or
@@ -258,9 +258,9 @@ return removed
 /// has seen. Returns 'gone' when the room was deleted, 'moved' (and the node) when the peer is
 /// on another node now, 'ok' when it was there (or an orphan of this node, taken back and
 /// announced as moved here), 'added' when it was put back and announced.
-static REGISTER: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static REGISTER: Script = LazyLock::new(|| {
+    script(
+        r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
@@ -282,16 +282,17 @@ local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}'
 record(ARGV[1], ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
 announce_joined(ARGV[1], ver, ARGV[3], rec)
 return {'added'}
-"#
+"#,
+    )
 });
 
 /// Deletes a room with everything recorded about it and publishes `closed` to the nodes
 /// that had peers in it. ARGV: room, reason, this node, and 'empty' to delete it only if no
 /// peer is in it (checked in the same step, so a join cannot slip in). Returns 0 when
 /// nothing was deleted.
-static DELETE_ROOM: Script = Script::new(|| {
-    PRELUDE.to_owned()
-        + r#"
+static DELETE_ROOM: Script = LazyLock::new(|| {
+    script(
+        r#"
 local p = 'bc:room:' .. ARGV[1]
 if ARGV[4] == 'empty' and redis.call('HLEN', p .. ':nodes') > 0 then return 0 end
 if redis.call('DEL', p) == 0 then return 0 end
@@ -308,7 +309,8 @@ end
 tell_room(p, msg, {[ARGV[3]] = true})
 redis.call('DEL', p .. ':peers', p .. ':nodes', p .. ':ver', p .. ':active')
 return 1
-"#
+"#,
+    )
 });
 
 /// What a session record holds (what a resume on another node needs).
@@ -321,36 +323,7 @@ struct SessionRecord {
     permissions: Permissions,
 }
 
-/// A peer's entry in `bc:room:{room}:peers`.
-#[derive(Debug, Deserialize)]
-struct PeerRecord {
-    info: PeerInfo,
-    seq: u64,
-}
-
-/// A message on a node's channel. One flat shape (rather than a tagged enum) so that a
-/// frame's JSON is borrowed as it is, not re-parsed.
-#[derive(Debug, Deserialize)]
-struct Event<'a> {
-    t: &'a str,
-    room: RoomId,
-    #[serde(default)]
-    ver: u64,
-    #[serde(default)]
-    to: Vec<PeerId>,
-    #[serde(borrow, default)]
-    f: Option<&'a RawValue>,
-    #[serde(default)]
-    node: Option<NodeId>,
-    #[serde(default)]
-    rec: Option<PeerRecord>,
-    #[serde(default)]
-    peer: Option<PeerId>,
-    #[serde(default)]
-    reason: Option<&'a str>,
-}
-
-/// A message from another node, decoded.
+/// A message from another node, as the core applies it.
 #[derive(Debug)]
 pub enum Decoded {
     Room {
@@ -364,89 +337,51 @@ pub enum Decoded {
     },
 }
 
-/// Decodes a message from another node; `Ok(None)` for one that is well-formed JSON but
-/// carries nothing this node can apply (an unknown kind, a missing field: logged).
-pub fn decode_event(text: &str) -> Result<Option<Decoded>, serde_json::Error> {
-    let event: Event<'_> = serde_json::from_str(text)?;
-    let reason = match event.reason {
-        Some("left") => LeaveReason::Left,
-        Some("kicked") => LeaveReason::Kicked,
-        Some("replaced") => LeaveReason::Replaced,
-        _ => LeaveReason::Timeout,
+fn remote_peer(node: NodeId, rec: PeerRecord) -> RemotePeer {
+    RemotePeer {
+        info: rec.info,
+        node,
+        seq: rec.seq,
+    }
+}
+
+/// Decodes a message from another node; `Ok(None)` for one that carries nothing this node
+/// can apply (a kind it does not know, a frame that is not a server frame).
+pub fn decode_event(text: &str) -> Result<Option<Decoded>, bluecam_proto::NodeMessageError> {
+    let Some(msg) = NodeMessage::decode(text)? else {
+        tracing::warn!("unknown cluster message kind");
+        return Ok(None);
     };
-    let room_event = match event.t {
-        "frame" => {
-            let Some(frame) = event
-                .f
-                .and_then(|f| Frame::from_text(bytes::Bytes::copy_from_slice(f.get().as_bytes())))
+    let (room, ver, event) = match msg {
+        NodeMessage::Frame { room, to, frame } => {
+            let Some(frame) =
+                Frame::from_text(bytes::Bytes::copy_from_slice(frame.get().as_bytes()))
             else {
                 return Ok(None);
             };
-            RoomEvent::Frame {
-                to: event.to,
-                frame,
-            }
+            (room, 0, RoomEvent::Frame { to, frame })
         }
-        "joined" => match (event.rec, event.node) {
-            (Some(rec), Some(node)) => RoomEvent::Joined(RemotePeer {
-                info: rec.info,
-                node,
-                seq: rec.seq,
-            }),
-            _ => return Ok(None),
-        },
-        "left" => match event.peer {
-            Some(peer) => RoomEvent::Left { peer, reason },
-            None => return Ok(None),
-        },
-        "moved" => match (event.rec, event.node) {
-            (Some(rec), Some(node)) => RoomEvent::Moved(RemotePeer {
-                info: rec.info,
-                node,
-                seq: rec.seq,
-            }),
-            _ => return Ok(None),
-        },
-        "closed" => {
-            let reason = if event.reason == Some("expired") {
-                RoomClosedReason::Expired
-            } else {
-                RoomClosedReason::Deleted
-            };
-            return Ok(Some(Decoded::Closed {
-                room: event.room,
-                reason,
-            }));
-        }
-        other => {
-            tracing::warn!(kind = other, "unknown cluster message");
-            return Ok(None);
-        }
+        NodeMessage::Joined {
+            room,
+            ver,
+            node,
+            peer,
+        } => (room, ver, RoomEvent::Joined(remote_peer(node, peer))),
+        NodeMessage::Left {
+            room,
+            ver,
+            peer,
+            reason,
+        } => (room, ver, RoomEvent::Left { peer, reason }),
+        NodeMessage::Moved {
+            room,
+            ver,
+            node,
+            peer,
+        } => (room, ver, RoomEvent::Moved(remote_peer(node, peer))),
+        NodeMessage::Closed { room, reason } => return Ok(Some(Decoded::Closed { room, reason })),
     };
-    Ok(Some(Decoded::Room {
-        room: event.room,
-        ver: event.ver,
-        event: room_event,
-    }))
-}
-
-fn json_str(s: &str) -> String {
-    // Serializing a &str cannot fail.
-    serde_json::to_string(s).unwrap_or_default()
-}
-
-/// The wire text of a frame for another node.
-fn frame_message(room: &RoomId, to: &[PeerId], frame: &Frame) -> String {
-    let to = serde_json::to_string(to).unwrap_or_default();
-    let mut out = String::with_capacity(frame.len() + to.len() + room.as_str().len() + 32);
-    out.push_str(r#"{"t":"frame","room":"#);
-    out.push_str(&json_str(room.as_str()));
-    out.push_str(r#","to":"#);
-    out.push_str(&to);
-    out.push_str(r#","f":"#);
-    out.push_str(frame.as_str());
-    out.push('}');
-    out
+    Ok(Some(Decoded::Room { room, ver, event }))
 }
 
 fn channel(node: &NodeId) -> String {
@@ -455,13 +390,6 @@ fn channel(node: &NodeId) -> String {
 
 fn backend(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
-}
-
-/// The peers of other nodes than `me`, for the core (its own peers it knows itself).
-/// A join's or claim's view of the room: the peers of other nodes, and those the directory
-/// places on this node (which this node may not have admitted yet).
-fn view_peers(peers: Vec<RemotePeer>, me: &NodeId) -> (Vec<RemotePeer>, Vec<RemotePeer>) {
-    peers.into_iter().partition(|p| p.node != *me)
 }
 
 /// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into peers.
@@ -473,11 +401,7 @@ fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
         .filter_map(|(id, rec)| {
             let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
             let node = nodes.get(&id)?.split('\n').next()?.to_owned();
-            Some(RemotePeer {
-                info: rec.info,
-                node: NodeId::new(node),
-                seq: rec.seq,
-            })
+            Some(remote_peer(NodeId::new(node), rec))
         })
         .collect()
 }
@@ -491,25 +415,13 @@ pub struct RedisBroker {
     outbox: mpsc::Sender<Outgoing>,
     /// Taken by [`RedisBroker::start`].
     outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
-    ttl: Duration,
     /// How long the peers of a reaped node stay in their rooms, resumable anywhere.
     resume_window: Duration,
     metrics: Metrics,
-    hub: OnceLock<HubHandle>,
-    /// Set when the directory may be out of step with this node (a Redis operation failed,
-    /// a connection was re-established, this node was found reaped); cleared by a resync
-    /// that went through.
-    dirty: std::sync::atomic::AtomicBool,
-    /// The directory's epoch (`bc:epoch`) as this node last saw it: a Redis that comes back
-    /// without its data has none, or another one, and this node then rebuilds what it knows.
-    epoch: std::sync::Mutex<Option<String>>,
-    /// The stored rooms this node has peers in, as last read: what it puts back when Redis lost
-    /// its data (a Redis without persistence restarted, a failover to a lagging replica).
-    known_rooms: std::sync::Mutex<HashMap<RoomId, Room>>,
-    /// When this node last found the directory's data lost: for one `node_ttl_secs` after,
-    /// every live node is still putting its peers back, so a snapshot of a room lacks peers
-    /// that never left, and replicas are not reconciled with it yet.
-    rebuilt_at: std::sync::Mutex<Option<std::time::Instant>>,
+    hub: OnceLock<Arc<dyn Host>>,
+    /// The node's control loop (see `bluecam_core::cluster`); locked briefly, never across
+    /// an `.await`.
+    machine: Mutex<ClusterNode>,
 }
 
 /// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
@@ -563,7 +475,6 @@ impl RedisBroker {
         let node = NodeId::new(crate::auth::random_token(9));
         let (outbox, rx) = mpsc::channel(queue.max(1));
         Ok(Arc::new(Self {
-            node,
             client,
             opts: Options {
                 fail_fast: true,
@@ -572,14 +483,11 @@ impl RedisBroker {
             },
             outbox,
             outbox_rx: std::sync::Mutex::new(Some(rx)),
-            ttl,
             resume_window,
             metrics,
             hub: OnceLock::new(),
-            dirty: std::sync::atomic::AtomicBool::new(false),
-            epoch: std::sync::Mutex::new(None),
-            known_rooms: std::sync::Mutex::new(HashMap::new()),
-            rebuilt_at: std::sync::Mutex::new(None),
+            machine: Mutex::new(ClusterNode::new(node.clone(), ttl, Instant::now())),
+            node,
         }))
     }
 
@@ -595,12 +503,23 @@ impl RedisBroker {
     pub async fn start(
         self: &Arc<Self>,
         url: &str,
-        hub: HubHandle,
+        hub: Arc<dyn Host>,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
-        let _ = self.hub.set(hub.clone());
-        self.heartbeat().await?;
+        let _ = self.hub.set(Arc::clone(&hub));
+        // The first heartbeat, before this node takes any peer.
+        let first = self.machine().poll_step(Instant::now());
+        if let Some(step) = first {
+            let done = self.run_step(step).await;
+            if done == Done::Heartbeat(None) {
+                return Err(BrokerError::Unavailable(
+                    "the first heartbeat failed".into(),
+                ));
+            }
+            self.machine()
+                .done(done, Instant::now(), &hub.local_rooms());
+        }
         let subscriber = build(url)
             .map_err(backend)?
             .build_subscriber_client()
@@ -618,7 +537,7 @@ impl RedisBroker {
         // Events from other nodes, applied in the order Redis delivered them.
         let me = Arc::clone(self);
         let stop = shutdown.clone();
-        let events_hub = hub.clone();
+        let events_hub = Arc::clone(&hub);
         tracker.spawn(async move {
             let hub = events_hub;
             loop {
@@ -630,14 +549,14 @@ impl RedisBroker {
                     Ok(msg) => {
                         me.metrics.cluster_in.increment(1);
                         if let Some(text) = msg.value.as_str() {
-                            me.on_event(&hub, &text);
+                            me.on_event(hub.as_ref(), &text);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         // Lost events are repaired by the next resync; say so loudly.
                         tracing::error!(lost = n, "cluster events dropped: node too slow");
                         me.metrics.redis_errors.increment(1);
-                        me.mark_dirty();
+                        me.signal(Signal::Lagged);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
@@ -658,55 +577,71 @@ impl RedisBroker {
             tracker.spawn(async move { me.run_outbox(rx, stop).await });
         }
 
-        // Heartbeat, reaper, and resync whenever the directory may be out of step.
+        // The control loop: carries out the steps of `ClusterNode` (heartbeat, restore, resync,
+        // reap). A heartbeat runs beside the other steps, so a long resync cannot starve it.
         let me = Arc::clone(self);
         let mut reconnects = self.client.reconnect_rx();
         tracker.spawn(async move {
-            let mut tick = tokio::time::interval(me.ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // No reaping in the round after a reconnection: nodes that lost Redis together
-            // get a full period to heartbeat again.
-            let mut grace = false;
+            let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
             loop {
+                let now = Instant::now();
+                while let Some(step) = me.machine().poll_step(now) {
+                    let me = Arc::clone(&me);
+                    running.push(Box::pin(async move { me.run_step(step).await }));
+                }
+                let wake_at = tokio::time::Instant::from_std(me.machine().poll_timeout());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {}
+                    () = tokio::time::sleep_until(wake_at) => {}
+                    Some(done) = running.next() => {
+                        let rooms = hub.local_rooms();
+                        me.machine().done(done, Instant::now(), &rooms);
+                    }
                     r = reconnects.recv() => {
-                        if r.is_err() {
-                            continue;
+                        if r.is_ok() {
+                            tracing::info!("Redis is back: re-registering this node's peers");
+                            me.signal(Signal::Reconnected);
                         }
-                        tracing::info!("Redis is back: re-registering this node's peers");
-                        me.mark_dirty();
-                        grace = true;
                     }
                     r = resubscribed.recv() => {
                         if r.is_ok() {
-                            me.mark_dirty();
-                            grace = true;
+                            me.signal(Signal::Resubscribed);
                         }
                     }
                 }
-                if me.heartbeat().await.is_err() {
-                    continue;
-                }
-                // (Rooms read for joins and API calls since the last tick, bounded by that.)
-                me.prune_known_rooms();
-                if me.dirty.swap(false, std::sync::atomic::Ordering::AcqRel)
-                    && !me.resync(&hub).await
-                {
-                    me.mark_dirty();
-                }
-                if std::mem::take(&mut grace) {
-                    continue;
-                }
-                me.reap().await;
             }
         });
         Ok(())
     }
 
-    fn mark_dirty(&self) {
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    fn machine(&self) -> std::sync::MutexGuard<'_, ClusterNode> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self, signal: Signal) {
+        self.machine().signal(signal);
+    }
+
+    /// Carries out one step of the control loop.
+    async fn run_step(self: &Arc<Self>, step: Step) -> Done {
+        match step {
+            Step::Heartbeat => Done::Heartbeat(self.heartbeat().await.ok()),
+            Step::RestoreRooms(rooms) => {
+                self.restore_rooms(rooms).await;
+                Done::RestoreRooms
+            }
+            Step::Resync { reconcile } => {
+                let ok = match self.hub.get() {
+                    Some(hub) => self.resync(hub.as_ref(), reconcile).await,
+                    None => true,
+                };
+                Done::Resync(ok)
+            }
+            Step::Reap => {
+                self.reap().await;
+                Done::Reap
+            }
+        }
     }
 
     fn cmd(&self) -> fred::clients::WithOptions<Client> {
@@ -715,92 +650,64 @@ impl RedisBroker {
 
     fn redis_error(&self, what: &str, e: &dyn std::fmt::Display) {
         self.metrics.redis_errors.increment(1);
-        self.mark_dirty();
+        self.signal(Signal::Failed);
         tracing::warn!(error = %e, "Redis {what} failed");
     }
 
-    /// Renews this node's liveness key. It lives two thirds of `node_ttl_secs` and is renewed
-    /// every third, so one missed renewal is tolerated and a dead node is found (by the next
-    /// check of another node, a third later) within `node_ttl_secs`.
-    async fn heartbeat(self: &Arc<Self>) -> Result<(), BrokerError> {
+    /// Renews this node's liveness key (it lives `ClusterNode::alive_for`), reads the
+    /// directory's epoch (drawing one when there is none: a Redis that lost its data has none,
+    /// or, once another node drew it, another) and adds this node to the node set.
+    async fn heartbeat(self: &Arc<Self>) -> Result<Beat, BrokerError> {
         let key = format!("bc:node:{}:alive", self.node);
-        let ttl = (self.ttl.as_millis() * 2 / 3) as i64;
-        let r: Result<(), _> = self
-            .cmd()
-            .set(key, 1, Some(Expiration::PX(ttl)), None, false)
-            .await;
-        if let Err(e) = r {
-            self.redis_error("heartbeat", &e);
-            return Err(backend(e));
-        }
-        self.check_epoch().await?;
-        let r: Result<i64, _> = self.cmd().sadd("bc:nodes", self.node.as_str()).await;
-        match r {
-            // Added: not in the set any more, so reaped (or Redis lost it): put our peers back.
-            Ok(1) if self.hub.get().is_some_and(|h| !h.local_rooms().is_empty()) => {
-                tracing::warn!("this node was missing from the directory; re-registering");
-                self.mark_dirty();
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.redis_error("heartbeat", &e);
-                Err(backend(e))
-            }
-        }
-    }
-
-    /// Compares the directory's epoch with the one this node saw. A Redis that lost its data
-    /// has no epoch (the first node to notice draws a new one) or, once another node drew it,
-    /// another: either way this node puts back the rooms it has peers in and resyncs (its
-    /// `REGISTER`s put its peers and their sessions back), so calls go on. A room deleted on
-    /// purpose is gone from this node's memory too (its deletion closed it here).
-    async fn check_epoch(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let ttl = self.machine().alive_for().as_millis() as i64;
         let fresh = crate::auth::random_token(9);
-        let set: Result<Option<String>, _> = self
-            .cmd()
-            .set("bc:epoch", fresh.as_str(), None, Some(SetOptions::NX), true)
-            .await;
-        // SET NX GET: the epoch that was there, or none (and ours is now).
-        let current = match set {
-            Ok(Some(old)) => old,
-            Ok(None) => fresh,
-            Err(e) => {
-                self.redis_error("epoch check", &e);
-                return Err(backend(e));
-            }
-        };
-        let seen = self
-            .epoch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(current.clone());
-        match seen {
-            Some(seen) if seen != current => {
-                tracing::warn!(
-                    "Redis lost its data (a new directory epoch): rebuilding what this node holds"
-                );
-                self.metrics.redis_errors.increment(1);
-                *self.rebuilt_at.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(std::time::Instant::now());
-                self.restore_rooms().await;
-                self.mark_dirty();
-            }
-            _ => {}
+        let pipe = self.client.pipeline();
+        let queued: Result<(), fred::error::Error> = async {
+            let () = pipe
+                .set(key, 1, Some(Expiration::PX(ttl)), None, false)
+                .await?;
+            // SET NX GET: the epoch that was there, or none (and ours is now).
+            let () = pipe
+                .set("bc:epoch", fresh.as_str(), None, Some(SetOptions::NX), true)
+                .await?;
+            let () = pipe.sadd("bc:nodes", self.node.as_str()).await?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        let answers = match queued {
+            Ok(()) => tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<Vec<Value>>())
+                .await
+                .map_err(backend)
+                .and_then(|r| r.map_err(backend)),
+            Err(e) => Err(backend(e)),
+        };
+        let answers = answers.inspect_err(|e| self.redis_error("heartbeat", e))?;
+        let mut answers = answers.into_iter().skip(1);
+        let epoch = match answers.next() {
+            Some(Value::Null) | None => fresh,
+            Some(v) => v.as_string().unwrap_or(fresh),
+        };
+        let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1);
+        let beat = Beat { epoch, was_missing };
+        self.note_beat(&beat);
+        Ok(beat)
     }
 
-    /// Puts back the stored rooms this node has peers in (create-if-absent).
-    async fn restore_rooms(self: &Arc<Self>) {
-        self.prune_known_rooms();
-        let rooms: Vec<Room> = self
-            .known_rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+    /// Logs what a heartbeat found that the control loop will act on.
+    fn note_beat(&self, beat: &Beat) {
+        let machine = self.machine();
+        if machine.epoch().is_some_and(|e| e != beat.epoch) {
+            tracing::warn!(
+                "Redis lost its data (a new directory epoch): rebuilding what this node holds"
+            );
+            self.metrics.redis_errors.increment(1);
+        } else if beat.was_missing && machine.epoch().is_some() {
+            tracing::warn!("this node was missing from the directory; re-registering");
+        }
+    }
+
+    /// Puts back stored rooms this node has peers in (create-if-absent): Redis lost them.
+    async fn restore_rooms(self: &Arc<Self>, rooms: Vec<Room>) {
         let store = RedisStore {
             broker: Arc::clone(self),
         };
@@ -810,25 +717,6 @@ impl RedisBroker {
                 Err(e) => tracing::warn!(error = %e, "could not put a room back"),
             }
         }
-    }
-
-    /// Remembers a stored room as read (see `known_rooms`; pruned at each heartbeat).
-    fn remember_room(&self, room: &Room) {
-        self.known_rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(room.id.clone(), room.clone());
-    }
-
-    /// Keeps only the remembered rooms this node has peers in.
-    fn prune_known_rooms(&self) {
-        let local: std::collections::HashSet<RoomId> = self
-            .hub
-            .get()
-            .map(|h| h.local_rooms().into_iter().collect())
-            .unwrap_or_default();
-        let mut known = self.known_rooms.lock().unwrap_or_else(|p| p.into_inner());
-        known.retain(|id, _| local.contains(id));
     }
 
     /// Orphans the peers of nodes whose liveness key has expired (see `REAP`), and removes
@@ -851,14 +739,7 @@ impl RedisBroker {
                 continue;
             }
             let window = self.resume_window.as_millis().to_string();
-            let orphaned: Result<i64, _> = self
-                .cmd()
-                .eval(
-                    REAP.text(),
-                    Vec::<String>::new(),
-                    vec![node.to_string(), window],
-                )
-                .await;
+            let orphaned: Result<i64, _> = self.eval(&REAP, vec![node.to_string(), window]).await;
             match orphaned {
                 Ok(n) if n >= 0 => tracing::info!(
                     %node,
@@ -870,14 +751,7 @@ impl RedisBroker {
             }
         }
         // Orphans whose window has passed leave their rooms.
-        let swept: Result<i64, _> = self
-            .cmd()
-            .eval(
-                SWEEP_ORPHANS.text(),
-                Vec::<String>::new(),
-                Vec::<String>::new(),
-            )
-            .await;
+        let swept: Result<i64, _> = self.eval(&SWEEP_ORPHANS, Vec::new()).await;
         match swept {
             Ok(0) => {}
             Ok(n) => tracing::info!(peers = n, "peers of a gone node did not resume; they left"),
@@ -888,8 +762,9 @@ impl RedisBroker {
     /// Brings the directory and this node back in step (after Redis came back, an error, or
     /// lost events): puts this node's peers back (announcing them if they had been removed),
     /// removes entries of peers it no longer holds, and reconciles every room replica with
-    /// the directory. Returns whether every step went through.
-    async fn resync(&self, hub: &HubHandle) -> bool {
+    /// the directory (unless `reconcile` is false: the directory is being rebuilt). Returns
+    /// whether every step went through.
+    async fn resync(&self, hub: &dyn Host, reconcile: bool) -> bool {
         let local = hub.local_peers();
         for p in &local {
             let session = SessionRecord {
@@ -910,10 +785,7 @@ impl RedisBroker {
                 p.seq.to_string(),
                 p.room_ver.to_string(),
             ];
-            let r: Result<Vec<String>, _> = self
-                .cmd()
-                .eval(REGISTER.text(), Vec::<String>::new(), args)
-                .await;
+            let r: Result<Vec<String>, _> = self.eval(&REGISTER, args).await;
             match r {
                 Ok(answer) if answer.first().map(String::as_str) == Some("gone") => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
@@ -939,51 +811,41 @@ impl RedisBroker {
                 return false;
             }
         };
-        let held: std::collections::HashSet<(String, String)> = hub
+        let held: HashSet<(RoomId, PeerId)> = hub
             .local_peers()
             .into_iter()
-            .map(|p| (p.room.to_string(), p.info.id.to_string()))
+            .map(|p| (p.room, p.info.id))
             .collect();
-        for entry in mine {
-            let Some((room, peer)) = entry.split_once('\n') else {
-                continue;
-            };
-            if held.contains(&(room.to_owned(), peer.to_owned()))
-                || hub.has_pending_join(&RoomId::new(room))
-            {
-                continue;
-            }
+        let recorded = mine.iter().filter_map(|e| {
+            let (room, peer) = e.split_once('\n')?;
+            Some((RoomId::new(room), PeerId::new(peer)))
+        });
+        let stale: Vec<_> =
+            stale_entries(recorded, &held, |room| hub.has_pending_join(room)).collect();
+        for (room, peer) in stale {
             let args = vec![
-                room.to_owned(),
-                peer.to_owned(),
+                room.to_string(),
+                peer.to_string(),
                 self.node.to_string(),
                 "timeout".to_owned(),
             ];
-            if let Err(e) = self
-                .cmd()
-                .eval::<i64, _, _, _>(LEAVE.text(), Vec::<String>::new(), args)
-                .await
-            {
+            if let Err(e) = self.eval::<i64>(&LEAVE, args).await {
                 self.redis_error("stale entry removal", &e);
                 return false;
             }
         }
-        let rebuilding = self
-            .rebuilt_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < self.ttl);
-        if rebuilding {
+        if !reconcile {
             // The directory was lost a moment ago and the other nodes are putting their peers
-            // back: a snapshot now would announce live peers as gone. Reconcile next round.
-            return false;
+            // back: a snapshot now would announce live peers as gone (`ClusterNode` asks again
+            // in a later round).
+            return true;
         }
         for room in hub.local_rooms() {
             match self.room_snapshot(&room).await {
                 Ok((ver, peers)) => {
                     // Peers recorded on this node that it does not hold yet are joining or
                     // resuming here right now: not gone.
-                    let (peers, here) = view_peers(peers, &self.node);
+                    let (peers, here) = split_view(peers, &self.node);
                     let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
                     hub.snapshot(&room, ver, peers, &here)
                 }
@@ -1014,8 +876,31 @@ impl RedisBroker {
         Ok((ver, snapshot(peers, nodes)))
     }
 
+    /// Runs a directory script by SHA, loading it first when Redis does not know it (it was
+    /// restarted, or its script cache flushed). A `NOSCRIPT` answer ran nothing, so the retry
+    /// cannot apply anything twice.
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<String>,
+    ) -> Result<R, fred::error::Error> {
+        let sha = script.sha1().clone();
+        match self
+            .cmd()
+            .evalsha(sha.clone(), Vec::<String>::new(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let lua = script.lua().cloned().unwrap_or_default();
+                let _: String = self.cmd().script_load(lua).await?;
+                self.cmd().evalsha(sha, Vec::<String>::new(), args).await
+            }
+            r => r,
+        }
+    }
+
     /// Applies one message from another node.
-    fn on_event(&self, hub: &HubHandle, text: &str) {
+    fn on_event(&self, hub: &dyn Host, text: &str) {
         match decode_event(text) {
             Ok(Some(Decoded::Room { room, ver, event })) => hub.remote(&room, ver, event),
             Ok(Some(Decoded::Closed { room, reason })) => hub.close_room(&room, reason),
@@ -1063,10 +948,7 @@ impl RedisBroker {
                             self.node.to_string(),
                             reason.to_owned(),
                         ];
-                        let r: Result<i64, _> = self
-                            .cmd()
-                            .eval(LEAVE.text(), Vec::<String>::new(), args)
-                            .await;
+                        let r: Result<i64, _> = self.eval(&LEAVE, args).await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
                             // The resync after reconnection removes it (not re-registered).
@@ -1100,7 +982,10 @@ impl RedisBroker {
                 } = item
                 {
                     let r: Result<(), _> = pipe
-                        .publish(channel(node), frame_message(room, to, frame))
+                        .publish(
+                            channel(node),
+                            NodeMessage::frame_text(room, to, frame.as_str()),
+                        )
                         .await;
                     queued &= r.is_ok();
                 }
@@ -1122,7 +1007,7 @@ impl RedisBroker {
                         if received.iter().any(|r| !r) {
                             // A node nobody listens for: dead, restarted under a new id, or
                             // this node's replica is stale. The next resync repoints replicas.
-                            self.mark_dirty();
+                            self.signal(Signal::Unheard);
                         }
                     }
                     Err(_) => self.redis_error("publish", &"timed out"),
@@ -1142,17 +1027,6 @@ impl RedisBroker {
             }
         }
     }
-}
-
-/// The error a sender gets when its frame could not reach another node.
-pub fn unsent_error(to: Vec<PeerId>, reference: Option<u64>) -> ErrorFrame {
-    let mut e = ErrorFrame::new(
-        ErrorCode::Unavailable,
-        "these peers are on another node, which could not be reached; nothing was delivered to them",
-    )
-    .with_ref(reference);
-    e.peers = Some(to);
-    e
 }
 
 impl Broker for RedisBroker {
@@ -1178,14 +1052,10 @@ impl Broker for RedisBroker {
                 serde_json::to_string(&session).unwrap_or_default(),
                 peer.max_peers.to_string(),
             ];
-            let r: Vec<Value> = self
-                .cmd()
-                .eval(JOIN.text(), Vec::<String>::new(), args)
-                .await
-                .map_err(|e| {
-                    self.redis_error("join", &e);
-                    backend(e)
-                })?;
+            let r: Vec<Value> = self.eval(&JOIN, args).await.map_err(|e| {
+                self.redis_error("join", &e);
+                backend(e)
+            })?;
             let mut r = r.into_iter();
             match r.next().and_then(|v| v.as_string()).as_deref() {
                 Some("ok") => {}
@@ -1196,7 +1066,7 @@ impl Broker for RedisBroker {
             let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
             let peers = r.next().unwrap_or(Value::Null);
             let nodes = r.next().unwrap_or(Value::Null);
-            let (peers, pending_here) = view_peers(snapshot(peers, nodes), &self.node);
+            let (peers, pending_here) = split_view(snapshot(peers, nodes), &self.node);
             Ok(Some(ClusterView {
                 ver,
                 seq: ver,
@@ -1221,17 +1091,19 @@ impl Broker for RedisBroker {
                 room.to_string(),
                 identity.to_string(),
             ];
-            let r: Vec<Value> = self
-                .cmd()
-                .eval(CLAIM.text(), Vec::<String>::new(), args)
-                .await
-                .map_err(|e| {
-                    self.redis_error("claim", &e);
-                    backend(e)
-                })?;
+            let r: Vec<Value> = self.eval(&CLAIM, args).await.map_err(|e| {
+                self.redis_error("claim", &e);
+                backend(e)
+            })?;
             let mut r = r.into_iter();
             match r.next().and_then(|v| v.as_string()).as_deref() {
                 Some("ok") => {}
+                // While the directory is being rebuilt (Redis lost its data a moment ago), the
+                // node holding the session may not have put it back yet: try again, do not
+                // end a session that exists.
+                Some("expired") if self.machine().rebuilding(Instant::now()) => {
+                    return Err(backend("the cluster directory is being rebuilt"));
+                }
                 Some("expired") => return Ok(None),
                 Some("unauthorized") => return Err(BrokerError::Unauthorized),
                 other => return Err(backend(format!("unexpected claim answer {other:?}"))),
@@ -1251,7 +1123,7 @@ impl Broker for RedisBroker {
                 .find(|p| p.info.id == session.peer)
                 .cloned()
                 .ok_or_else(|| backend("claimed peer missing from its room"))?;
-            let (peers, pending_here) = view_peers(peers, &self.node);
+            let (peers, pending_here) = split_view(peers, &self.node);
             Ok(Some(ClusterView {
                 ver,
                 seq: me.seq,
@@ -1276,7 +1148,7 @@ impl Broker for RedisBroker {
             };
             if matches!(item, Outgoing::Removed { .. }) {
                 // The next resync removes the entry this node no longer holds.
-                self.mark_dirty();
+                self.signal(Signal::Failed);
             }
             item
         })
@@ -1420,7 +1292,7 @@ impl Store for RedisStore {
                 .map(|v| serde_json::from_str(&v).map_err(store_err))
                 .transpose()?;
             if let Some(room) = &room {
-                self.broker.remember_room(room);
+                self.broker.machine().remember_room(room);
             }
             Ok(room)
         })
@@ -1454,8 +1326,7 @@ impl Store for RedisStore {
             ];
             let n: i64 = self
                 .broker
-                .cmd()
-                .eval(DELETE_ROOM.text(), Vec::<String>::new(), args)
+                .eval(&DELETE_ROOM, args)
                 .await
                 .map_err(store_err)?;
             Ok(n == 1)
@@ -1472,8 +1343,7 @@ impl Store for RedisStore {
             ];
             let n: i64 = self
                 .broker
-                .cmd()
-                .eval(DELETE_ROOM.text(), Vec::<String>::new(), args)
+                .eval(&DELETE_ROOM, args)
                 .await
                 .map_err(store_err)?;
             Ok(n == 1)

@@ -319,7 +319,7 @@ impl HubHandle {
             self.tell(
                 &mut inner,
                 origin.conn,
-                crate::cluster::unsent_error(to, origin.reference),
+                crate::broker::unsent_error(to, origin.reference),
             );
         }
     }
@@ -446,7 +446,7 @@ impl HubHandle {
                     {
                         // The outbox is full or gone: the sender learns at once.
                         self.metrics.cluster_unsent.increment(1);
-                        let e = crate::cluster::unsent_error(to, origin.reference);
+                        let e = crate::broker::unsent_error(to, origin.reference);
                         self.tell(inner, origin.conn, e);
                     }
                 }
@@ -510,5 +510,39 @@ impl HubHandle {
                 spill.frames = Vec::new();
             }
         }
+    }
+}
+
+impl crate::broker::Host for HubHandle {
+    fn local_peers(&self) -> Vec<LocalPeer> {
+        HubHandle::local_peers(self)
+    }
+
+    fn local_rooms(&self) -> Vec<RoomId> {
+        HubHandle::local_rooms(self)
+    }
+
+    fn has_pending_join(&self, room: &RoomId) -> bool {
+        HubHandle::has_pending_join(self, room)
+    }
+
+    fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent) {
+        HubHandle::remote(self, room, ver, event);
+    }
+
+    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) {
+        HubHandle::snapshot(self, room, ver, peers, here);
+    }
+
+    fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
+        HubHandle::close_room(self, room, reason);
+    }
+
+    fn undelivered(&self, item: Outgoing) {
+        HubHandle::undelivered(self, item);
+    }
+
+    fn peers(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
+        HubHandle::peers(self, room)
     }
 }

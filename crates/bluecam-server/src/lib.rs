@@ -331,7 +331,7 @@ impl Server {
         if let (Some(node), Some(url)) = (&self.cluster, &state.config.redis_url) {
             node.start(
                 url,
-                state.hub.clone(),
+                Arc::new(state.hub.clone()),
                 &state.tracker,
                 state.shutdown.clone(),
             )

@@ -196,6 +196,34 @@ impl TestServer {
         (c, joined)
     }
 
+    /// Resumes as a client does: an `unavailable` refusal (retryable) is tried again for up
+    /// to `WAIT`; anything but `joined` or `unavailable` panics.
+    pub async fn resume_retrying(
+        &self,
+        room: &str,
+        identity: &str,
+        creds: bluecam_proto::ResumeCredentials,
+    ) -> (Client, Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut c = Client::connect(self.addr).await;
+            c.send_frame(&ClientMessage::Join {
+                token: self.token(room, identity),
+                resume: Some(creds.clone()),
+            })
+            .await;
+            let v = c.recv().await;
+            if v["op"] == "joined" {
+                assert_eq!(v["resumed"], true, "{v}");
+                c.joined = Some(serde_json::from_value(v.clone()).unwrap());
+                return (c, v);
+            }
+            assert_eq!(v["code"], "unavailable", "expected joined, got {v}");
+            assert!(tokio::time::Instant::now() < deadline, "still refused: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects and joins; panics unless `joined` comes back.
     pub async fn join(&self, room: &str, identity: &str) -> Client {
         let mut c = Client::connect(self.addr).await;

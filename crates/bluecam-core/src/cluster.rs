@@ -1,0 +1,276 @@
+//! [`ClusterNode`]: the control loop of one cluster node as a sans-IO state machine. It owns
+//! every decision a node takes about the shared directory (when to renew its liveness, when
+//! the directory lost its data, when it is out of step and must resync, when to reap dead
+//! nodes, which rooms to put back) and none of the I/O: the shell asks
+//! [`ClusterNode::poll_step`] what to do, carries the [`Step`] out against the directory (Redis
+//! in the server, an in-memory model in the simulation test) and reports with
+//! [`ClusterNode::done`]. Things the shell notices on the way (a reconnection, a failed
+//! command, a frame nobody heard) come in as [`Signal`]s.
+//!
+//! A round: `Heartbeat`, then (when the directory lost its data) `RestoreRooms`, then (when
+//! out of step) `Resync`, then (unless the node just reconnected) `Reap`. The heartbeat is
+//! due every third of the node expiry and is never held up by the rest of a round: a long
+//! resync cannot starve it, or the node would be reaped while alive.
+//!
+//! Invariants (checked by the simulation test and `check_invariants`):
+//! - at most one heartbeat and one other step are in flight;
+//! - a node that was out of step stays marked until a resync went through;
+//! - a node never reaps in the round after a reconnection (nodes that lost the directory
+//!   together get a full period to renew their liveness first);
+//! - for one node expiry after the directory lost its data, replicas are not reconciled with
+//!   it (the other nodes are still putting their peers back).
+
+use crate::RemotePeer;
+use bluecam_proto::{NodeId, Room, RoomId};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+/// Something the shell noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The connection to the directory was re-established: writes may be lost.
+    Reconnected,
+    /// The subscription was re-established: events may be lost.
+    Resubscribed,
+    /// A directory command failed.
+    Failed,
+    /// Events from other nodes were dropped (this node was too slow).
+    Lagged,
+    /// A frame was published to a node nobody listens for: a replica is stale.
+    Unheard,
+}
+
+/// One thing to do against the directory.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Renew this node's liveness (it lives [`ClusterNode::alive_for`]), read the directory's
+    /// epoch (setting `fresh` if there is none) and add this node to the node set; report a
+    /// [`Beat`].
+    Heartbeat,
+    /// Create these rooms if absent: the directory lost them, and this node has peers in them.
+    RestoreRooms(Vec<Room>),
+    /// Put this node's peers back, remove entries of peers it no longer holds, and (if
+    /// `reconcile`) bring every room replica to the directory's snapshot. Report whether every
+    /// part went through.
+    Resync { reconcile: bool },
+    /// Orphan the peers of nodes whose liveness has expired, and remove orphans whose resume
+    /// window has passed.
+    Reap,
+}
+
+/// What a heartbeat found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beat {
+    /// The directory's epoch (the one there, or the fresh one this heartbeat set).
+    pub epoch: String,
+    /// This node was not in the node set: it was reaped, or the directory lost it.
+    pub was_missing: bool,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// `None`: the heartbeat failed.
+    Heartbeat(Option<Beat>),
+    RestoreRooms,
+    /// Whether every part went through.
+    Resync(bool),
+    Reap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Idle,
+    /// A round was begun by a heartbeat: the next step is due.
+    Next,
+    InFlight,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct ClusterNode {
+    node: NodeId,
+    ttl: Duration,
+    next_beat: Instant,
+    beating: bool,
+    work: Work,
+    /// Out of step with the directory until a resync goes through.
+    dirty: bool,
+    /// No reaping in the current round (a reconnection).
+    grace: bool,
+    /// Rooms to put back before the resync.
+    restore: Option<Vec<Room>>,
+    /// The directory's epoch as last seen.
+    epoch: Option<String>,
+    /// When the directory was last found to have lost its data.
+    rebuilt_at: Option<Instant>,
+    /// The stored rooms this node has peers in, as last read.
+    known_rooms: HashMap<RoomId, Room>,
+    /// Steps that were due in this round, in order.
+    round: Vec<&'static str>,
+}
+
+impl ClusterNode {
+    /// A node whose first heartbeat is due at `now`.
+    pub fn new(node: NodeId, ttl: Duration, now: Instant) -> Self {
+        Self {
+            node,
+            ttl,
+            next_beat: now,
+            beating: false,
+            work: Work::Idle,
+            dirty: false,
+            grace: false,
+            restore: None,
+            epoch: None,
+            rebuilt_at: None,
+            known_rooms: HashMap::new(),
+            round: Vec::new(),
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// How long a renewed liveness lives: two thirds of the node expiry, renewed every third,
+    /// so one missed renewal is tolerated and a dead node is found within the expiry.
+    pub fn alive_for(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+
+    /// When [`Self::poll_step`] next has something to do (the next heartbeat).
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_beat
+    }
+
+    /// The directory's epoch as last seen.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    /// Whether the node is marked out of step with the directory.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Takes in something the shell noticed.
+    pub fn signal(&mut self, signal: Signal) {
+        self.dirty = true;
+        if matches!(signal, Signal::Reconnected | Signal::Resubscribed) {
+            self.grace = true;
+        }
+    }
+
+    /// Remembers a stored room as read (what to put back if the directory loses it).
+    pub fn remember_room(&mut self, room: &Room) {
+        self.known_rooms.insert(room.id.clone(), room.clone());
+    }
+
+    /// The next step, if one is due at `now`.
+    pub fn poll_step(&mut self, now: Instant) -> Option<Step> {
+        if !self.beating && now >= self.next_beat {
+            self.beating = true;
+            self.next_beat = now + self.ttl / 3;
+            return Some(Step::Heartbeat);
+        }
+        if self.work != Work::Next {
+            return None;
+        }
+        self.work = Work::InFlight;
+        if let Some(rooms) = self.restore.take() {
+            self.round.push("restore");
+            return Some(Step::RestoreRooms(rooms));
+        }
+        if self.dirty && !self.round.contains(&"resync") {
+            self.dirty = false;
+            self.round.push("resync");
+            let reconcile = !self.rebuilding(now);
+            if !reconcile {
+                // Reconciled in a later round, once the others have put their peers back.
+                self.dirty = true;
+            }
+            return Some(Step::Resync { reconcile });
+        }
+        if !std::mem::take(&mut self.grace) && !self.round.contains(&"reap") {
+            self.round.push("reap");
+            return Some(Step::Reap);
+        }
+        self.work = Work::Idle;
+        None
+    }
+
+    /// Reports how a step ended. `local_rooms`: the rooms this node has peers in now.
+    pub fn done(&mut self, done: Done, now: Instant, local_rooms: &[RoomId]) {
+        match done {
+            Done::Heartbeat(beat) => {
+                self.beating = false;
+                let Some(beat) = beat else {
+                    self.dirty = true;
+                    return;
+                };
+                let local: HashSet<&RoomId> = local_rooms.iter().collect();
+                self.known_rooms.retain(|id, _| local.contains(id));
+                let seen = self.epoch.replace(beat.epoch.clone());
+                if seen.is_some_and(|seen| seen != beat.epoch) {
+                    // The directory lost its data: put back what this node holds.
+                    self.rebuilt_at = Some(now);
+                    self.dirty = true;
+                    self.restore = Some(self.known_rooms.values().cloned().collect());
+                }
+                if beat.was_missing && !local_rooms.is_empty() {
+                    // Reaped, or the directory lost the node set: put our peers back.
+                    self.dirty = true;
+                }
+                if self.work == Work::Idle {
+                    self.round.clear();
+                    self.work = Work::Next;
+                }
+            }
+            Done::RestoreRooms | Done::Reap => self.work = Work::Next,
+            Done::Resync(ok) => {
+                if !ok {
+                    self.dirty = true;
+                }
+                self.work = Work::Next;
+            }
+        }
+    }
+
+    /// For one node expiry after the directory lost its data, every live node is still putting
+    /// its peers back: a room's snapshot lacks peers that never left.
+    pub fn rebuilding(&self, now: Instant) -> bool {
+        self.rebuilt_at
+            .is_some_and(|t| now.saturating_duration_since(t) < self.ttl)
+    }
+
+    /// Checks the machine's invariants (for tests).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.work == Work::Idle && self.restore.is_some() {
+            // A restore is only ever set by a beat, which starts a round at once unless one
+            // is in flight (whose end continues the round).
+            return Err("rooms to restore, but no round to restore them".into());
+        }
+        Ok(())
+    }
+}
+
+/// Splits a room's peers per the directory into those of other nodes and those it places on
+/// `me` (which `me` may not have admitted yet: their join or resume here is a step behind).
+pub fn split_view(peers: Vec<RemotePeer>, me: &NodeId) -> (Vec<RemotePeer>, Vec<RemotePeer>) {
+    peers.into_iter().partition(|p| p.node != *me)
+}
+
+/// The directory's entries for `me` that `me` no longer holds and that no join under way may
+/// still claim: to be removed and announced as left.
+pub fn stale_entries<'a>(
+    recorded: impl IntoIterator<Item = (RoomId, bluecam_proto::PeerId)> + 'a,
+    held: &'a HashSet<(RoomId, bluecam_proto::PeerId)>,
+    joining: impl Fn(&RoomId) -> bool + 'a,
+) -> impl Iterator<Item = (RoomId, bluecam_proto::PeerId)> + 'a {
+    recorded
+        .into_iter()
+        .filter(move |e| !held.contains(e) && !joining(&e.0))
+}
