@@ -27,6 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The node the directory records the peers of a reaped node on (orphans): held by no node,
+/// resumable anywhere for the resume window.
+pub const ORPHAN_NODE: &str = "~";
+
 /// Something the shell noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -65,7 +69,9 @@ pub enum Step {
 pub struct Beat {
     /// The directory's epoch (the one there, or the fresh one this heartbeat set).
     pub epoch: String,
-    /// This node was not in the node set: it was reaped, or the directory lost it.
+    /// This node's liveness had lapsed, or it was not in the node set: it may have been
+    /// reaped (its peers orphaned), or the directory lost it. (Membership of the node set alone
+    /// does not tell: a claim onto a thawed node adds it back before its first heartbeat.)
     pub was_missing: bool,
 }
 
@@ -244,6 +250,18 @@ impl ClusterNode {
     pub fn rebuilding(&self, now: Instant) -> bool {
         self.rebuilt_at
             .is_some_and(|t| now.saturating_duration_since(t) < self.ttl)
+    }
+
+    /// Whether a room missing from the directory may be missing because the directory lost
+    /// its data (rather than because it was deleted), given the directory's epoch now: it is
+    /// being rebuilt, or its epoch is not the one this node saw (and the next heartbeat will
+    /// notice). A join then waits and retries instead of hearing "no such room".
+    pub fn directory_lost(&self, current: Option<&str>, now: Instant) -> bool {
+        self.rebuilding(now)
+            || self
+                .epoch
+                .as_deref()
+                .is_some_and(|seen| Some(seen) != current)
     }
 
     /// Checks the machine's invariants (for tests).

@@ -512,22 +512,24 @@ impl Hub {
                     .collect();
                 self.handle_room_snapshot_with(&id, view.ver, peers, &here);
             }
-            (Some(_), _) => {}
-            (None, view) => {
-                let mut room = RoomState {
-                    summary: summary.clone(),
-                    peers: HashMap::new(),
-                    ver: 0,
-                };
-                if let Some(view) = view {
-                    room.ver = view.ver;
-                    for p in view.peers.iter().filter(|p| p.info.id != *joiner) {
-                        room.peers
-                            .insert(p.info.id.clone(), PeerState::remote(p.clone()));
-                    }
+            _ => {}
+        }
+        if !self.rooms.contains_key(&id) {
+            // No replica yet, or the snapshot above let go of its last local peer and
+            // dropped it: built from the view, never empty when the view is not.
+            let mut room = RoomState {
+                summary: summary.clone(),
+                peers: HashMap::new(),
+                ver: 0,
+            };
+            if let Some(view) = view {
+                room.ver = view.ver;
+                for p in view.peers.iter().filter(|p| p.info.id != *joiner) {
+                    room.peers
+                        .insert(p.info.id.clone(), PeerState::remote(p.clone()));
                 }
-                self.rooms.insert(id.clone(), room);
             }
+            self.rooms.insert(id.clone(), room);
         }
         // Just inserted or found above; a snapshot never drops a room with a local peer, and
         // a replica without one is dropped only after this join adds its peer.
@@ -1010,6 +1012,9 @@ impl Hub {
         for (id, p) in &listed {
             match room.peers.get_mut(id).map(|s| &mut s.at) {
                 Some(At::There(node)) => *node = p.node.clone(),
+                // An orphan (its node was reaped while this node was cut off) that this node
+                // holds is still this node's: its next resync takes it back.
+                Some(At::Here { .. }) if p.node.as_str() == crate::cluster::ORPHAN_NODE => {}
                 // The snapshot lists only peers of other nodes: this one resumed there.
                 Some(At::Here { .. }) => elsewhere.push((id.clone(), p.node.clone())),
                 None => {}

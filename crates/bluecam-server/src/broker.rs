@@ -99,6 +99,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the directory answers (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Whether a room the store does not have may be missing because the directory lost its
+    /// data and is being rebuilt (a join should retry), rather than deleted. Always false on a
+    /// single node.
+    fn directory_lost(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// What a cluster node needs of this node's rooms (the hub implements it).

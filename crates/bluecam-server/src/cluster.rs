@@ -663,8 +663,9 @@ impl RedisBroker {
         let fresh = crate::auth::random_token(9);
         let pipe = self.client.pipeline();
         let queued: Result<(), fred::error::Error> = async {
+            // SET … GET: none when the liveness had lapsed (anyone may have reaped this node).
             let () = pipe
-                .set(key, 1, Some(Expiration::PX(ttl)), None, false)
+                .set(key, 1, Some(Expiration::PX(ttl)), None, true)
                 .await?;
             // SET NX GET: the epoch that was there, or none (and ours is now).
             let () = pipe
@@ -682,12 +683,13 @@ impl RedisBroker {
             Err(e) => Err(backend(e)),
         };
         let answers = answers.inspect_err(|e| self.redis_error("heartbeat", e))?;
-        let mut answers = answers.into_iter().skip(1);
+        let mut answers = answers.into_iter();
+        let lapsed = matches!(answers.next(), Some(Value::Null) | None);
         let epoch = match answers.next() {
             Some(Value::Null) | None => fresh,
             Some(v) => v.as_string().unwrap_or(fresh),
         };
-        let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1);
+        let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1) || lapsed;
         let beat = Beat { epoch, was_missing };
         self.note_beat(&beat);
         Ok(beat)
@@ -1205,6 +1207,18 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let r: Result<String, _> = self.cmd().ping(None).await;
             r.map(drop).map_err(backend)
+        })
+    }
+
+    fn directory_lost(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            match self.cmd().get::<Option<String>, _>("bc:epoch").await {
+                Ok(current) => self
+                    .machine()
+                    .directory_lost(current.as_deref(), Instant::now()),
+                // Redis is away: a retry is the right answer either way.
+                Err(_) => true,
+            }
         })
     }
 }

@@ -302,6 +302,14 @@ async fn join(
         .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
     let room = match state.store.room(claims.room.clone()).await {
         Ok(Some(room)) => room,
+        // In a cluster whose directory lost its data a moment ago, the room may be on its
+        // way back: retry rather than end the call.
+        Ok(None) if state.broker.directory_lost().await => {
+            return Err(fail(
+                ErrorCode::Unavailable,
+                "the cluster directory is being rebuilt; retry",
+            ));
+        }
         Ok(None) => return Err(fail(ErrorCode::RoomNotFound, "no such room")),
         Err(e) => {
             tracing::error!(error = %e, "store failed during join");

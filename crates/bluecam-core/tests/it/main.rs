@@ -9,4 +9,5 @@ mod lifecycle;
 mod props;
 mod resume;
 mod routing;
+mod sim;
 mod support;
