@@ -7,7 +7,10 @@
 import { joinError, ConnectionError } from "./errors.js";
 
 /** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
-const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4041, 4042]);
+// 4041 (session resumed elsewhere) is not final: this client holds one connection at a time, so
+// the newer connection can only be an attempt it abandoned (a join to a frozen node, read after
+// the node thawed); resuming again takes the session back.
+const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4042]);
 /** The node is going away (1001 draining, 1012 restarting): the next attempt tries the next
  * node, and on a single server the same one again once it is back. */
 const MOVE_ON_CLOSES = new Set([1001, 1012, 4998]);
@@ -23,7 +26,6 @@ const JOIN_TIMEOUT_MS = 10000;
 const WATCHDOG_MS = 1000;
 /** What a final close means, for the error the room ends with. */
 const FINAL_REASONS = /** @type {Record<number, string>} */ ({
-  4041: "the session was resumed on another connection",
   4042: "replaced by a newer session of the same identity (the page was opened again)",
 });
 const BACKOFF_MIN_MS = 250;

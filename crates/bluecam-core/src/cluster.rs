@@ -17,8 +17,8 @@
 //! - a node that was out of step stays marked until a resync went through;
 //! - a node never reaps in the round after a reconnection (nodes that lost the directory
 //!   together get a full period to renew their liveness first);
-//! - for one node expiry after the directory lost its data, replicas are not reconciled with
-//!   it (the other nodes are still putting their peers back).
+//! - for one resume window after the directory lost its data, replicas are not reconciled
+//!   with it (the other nodes, a frozen one included, may still be putting their peers back).
 
 use crate::RemotePeer;
 use bluecam_proto::{NodeId, Room, RoomId};
@@ -54,6 +54,9 @@ pub enum Step {
     /// [`Beat`].
     Heartbeat,
     /// Create these rooms if absent: the directory lost them, and this node has peers in them.
+    /// Also mark the directory as being rebuilt for [`ClusterNode::resume_window`]
+    /// (`bc:rebuilt`): until then a session or room it lacks may be on its way back from a
+    /// node that is cut off, so a resume or join is told to retry rather than that it is gone.
     RestoreRooms(Vec<Room>),
     /// Put this node's peers back, remove entries of peers it no longer holds, and (if
     /// `reconcile`) bring every room replica to the directory's snapshot. Report whether every
@@ -99,6 +102,7 @@ enum Work {
 pub struct ClusterNode {
     node: NodeId,
     ttl: Duration,
+    resume_window: Duration,
     next_beat: Instant,
     beating: bool,
     work: Work,
@@ -119,11 +123,13 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// A node whose first heartbeat is due at `now`.
-    pub fn new(node: NodeId, ttl: Duration, now: Instant) -> Self {
+    /// A node whose first heartbeat is due at `now`; `ttl` is the node expiry, `resume_window`
+    /// how long a peer whose connection dropped stays resumable.
+    pub fn new(node: NodeId, ttl: Duration, resume_window: Duration, now: Instant) -> Self {
         Self {
             node,
             ttl,
+            resume_window,
             next_beat: now,
             beating: false,
             work: Work::Idle,
@@ -145,6 +151,11 @@ impl ClusterNode {
     /// so one missed renewal is tolerated and a dead node is found within the expiry.
     pub fn alive_for(&self) -> Duration {
         self.ttl * 2 / 3
+    }
+
+    /// How long a peer whose connection dropped stays resumable.
+    pub fn resume_window(&self) -> Duration {
+        self.resume_window
     }
 
     /// When [`Self::poll_step`] next has something to do (the next heartbeat).
@@ -193,7 +204,10 @@ impl ClusterNode {
         if self.dirty && !self.round.contains(&"resync") {
             self.dirty = false;
             self.round.push("resync");
-            let reconcile = !self.rebuilding(now);
+            // For a resume window after the directory lost its data, nodes (a frozen one
+            // included) may still be putting their peers back: a snapshot lacks peers that
+            // never left. Departures still arrive as events meanwhile.
+            let reconcile = !self.recently_rebuilt(now);
             if !reconcile {
                 // Reconciled in a later round, once the others have put their peers back.
                 self.dirty = true;
@@ -245,23 +259,24 @@ impl ClusterNode {
         }
     }
 
-    /// For one node expiry after the directory lost its data, every live node is still putting
-    /// its peers back: a room's snapshot lacks peers that never left.
-    pub fn rebuilding(&self, now: Instant) -> bool {
-        self.rebuilt_at
-            .is_some_and(|t| now.saturating_duration_since(t) < self.ttl)
-    }
-
-    /// Whether a room missing from the directory may be missing because the directory lost
-    /// its data (rather than because it was deleted), given the directory's epoch now: it is
-    /// being rebuilt, or its epoch is not the one this node saw (and the next heartbeat will
-    /// notice). A join then waits and retries instead of hearing "no such room".
-    pub fn directory_lost(&self, current: Option<&str>, now: Instant) -> bool {
-        self.rebuilding(now)
+    /// Whether a room or session missing from the directory may be missing because the
+    /// directory lost its data (rather than because it was deleted or expired), given the
+    /// directory's epoch now and whether it is marked as being rebuilt: a node cut off during
+    /// the loss may still put it back within the resume window. A join or resume then retries
+    /// instead of hearing that it is gone.
+    pub fn directory_lost(&self, current: Option<&str>, marked: bool, now: Instant) -> bool {
+        marked
+            || self.recently_rebuilt(now)
             || self
                 .epoch
                 .as_deref()
                 .is_some_and(|seen| Some(seen) != current)
+    }
+
+    /// Whether this node found the directory's data lost within the last resume window.
+    pub fn recently_rebuilt(&self, now: Instant) -> bool {
+        self.rebuilt_at
+            .is_some_and(|t| now.saturating_duration_since(t) < self.resume_window)
     }
 
     /// Checks the machine's invariants (for tests).

@@ -765,6 +765,15 @@ impl Hub {
         let peer_id = claimed.info.id.clone();
         let resume_window_secs = self.config.resume_window.as_secs();
         let room = self.replica(req.room.summary, Some(&view), &peer_id);
+        // A peer this replica never heard of (its join is still on the way here, behind the
+        // claim's answer): the others here learn of it now, since the event that would have
+        // told them will be older than the replica and ignored.
+        let unheard = !room.peers.contains_key(&peer_id);
+        let announce = unheard.then(|| {
+            Frame::new(&ServerMessage::PeerJoined(PeerJoined {
+                peer: claimed.info.clone(),
+            }))
+        });
         room.peers.insert(
             peer_id.clone(),
             PeerState {
@@ -797,11 +806,17 @@ impl Hub {
         self.conns
             .insert(req.conn, (room_id.clone(), peer_id.clone()));
         self.sessions
-            .insert(claimed.session, (room_id, peer_id.clone()));
+            .insert(claimed.session, (room_id.clone(), peer_id.clone()));
         self.push_deliver(
             vec![req.conn],
             Frame::new(&ServerMessage::Joined(Box::new(joined))),
         );
+        if let (Some(announce), Some(room)) = (announce, self.rooms.get(&room_id)) {
+            let conns = attached_conns(room, Some(&peer_id));
+            let detached = detached_peers(room);
+            self.push_deliver(conns, announce.clone());
+            self.buffer_for(&room_id, &detached, &announce);
+        }
         Ok(peer_id)
     }
 

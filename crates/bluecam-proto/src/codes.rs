@@ -212,6 +212,9 @@ impl CloseCode {
         matches!(
             self,
             Self::GoingAway
+                // One client holds one connection at a time: a newer one holding its session is
+                // an attempt it abandoned (read late by a thawed node); it resumes again.
+                | Self::Replaced
                 | Self::ServiceRestart
                 | Self::IdleTimeout
                 | Self::SlowConsumer

@@ -166,6 +166,8 @@ static CLAIM: Script = LazyLock::new(|| {
     script(
         r#"
 local s = redis.call('GET', 'bc:session:' .. ARGV[1])
+-- Redis lost its data a moment ago: the node holding the session may still put it back.
+if not s and redis.call('EXISTS', 'bc:rebuilt') == 1 then return {'rebuilding'} end
 if not s then return {'expired'} end
 local sess = cjson.decode(s)
 if sess.secret ~= ARGV[2] then return {'expired'} end
@@ -486,7 +488,12 @@ impl RedisBroker {
             resume_window,
             metrics,
             hub: OnceLock::new(),
-            machine: Mutex::new(ClusterNode::new(node.clone(), ttl, Instant::now())),
+            machine: Mutex::new(ClusterNode::new(
+                node.clone(),
+                ttl,
+                resume_window,
+                Instant::now(),
+            )),
             node,
         }))
     }
@@ -708,8 +715,23 @@ impl RedisBroker {
         }
     }
 
-    /// Puts back stored rooms this node has peers in (create-if-absent): Redis lost them.
+    /// Marks the directory as being rebuilt (see `Step::RestoreRooms`) and puts back stored
+    /// rooms this node has peers in (create-if-absent): Redis lost them.
     async fn restore_rooms(self: &Arc<Self>, rooms: Vec<Room>) {
+        let window = self.machine().resume_window().as_millis() as i64;
+        let marked: Result<(), _> = self
+            .cmd()
+            .set(
+                "bc:rebuilt",
+                1,
+                Some(Expiration::PX(window.max(1))),
+                None,
+                false,
+            )
+            .await;
+        if let Err(e) = marked {
+            self.redis_error("rebuild mark", &e);
+        }
         let store = RedisStore {
             broker: Arc::clone(self),
         };
@@ -1103,7 +1125,10 @@ impl Broker for RedisBroker {
                 // While the directory is being rebuilt (Redis lost its data a moment ago), the
                 // node holding the session may not have put it back yet: try again, do not
                 // end a session that exists.
-                Some("expired") if self.machine().rebuilding(Instant::now()) => {
+                Some("rebuilding") => {
+                    return Err(backend("the cluster directory is being rebuilt"));
+                }
+                Some("expired") if self.machine().recently_rebuilt(Instant::now()) => {
                     return Err(backend("the cluster directory is being rebuilt"));
                 }
                 Some("expired") => return Ok(None),
@@ -1212,12 +1237,19 @@ impl Broker for RedisBroker {
 
     fn directory_lost(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            match self.cmd().get::<Option<String>, _>("bc:epoch").await {
-                Ok(current) => self
-                    .machine()
-                    .directory_lost(current.as_deref(), Instant::now()),
+            let pipe = self.client.pipeline();
+            let queued = async {
+                let () = pipe.get("bc:epoch").await?;
+                let () = pipe.exists("bc:rebuilt").await?;
+                pipe.all::<(Option<String>, bool)>().await
+            };
+            match tokio::time::timeout(COMMAND_TIMEOUT, queued).await {
+                Ok(Ok((current, marked))) => {
+                    self.machine()
+                        .directory_lost(current.as_deref(), marked, Instant::now())
+                }
                 // Redis is away: a retry is the right answer either way.
-                Err(_) => true,
+                _ => true,
             }
         })
     }
