@@ -993,25 +993,36 @@ impl Hub {
     /// Cluster: reconciles a room's replica with the directory's list of the peers of *other*
     /// nodes (after Redis came back): peers it lost are announced as left (timeout), peers it
     /// missed as joined, and a peer of this node that the directory places elsewhere is let go.
-    pub fn handle_room_snapshot(&mut self, room_id: &RoomId, ver: u64, peers: Vec<RemotePeer>) {
-        self.handle_room_snapshot_with(room_id, ver, peers, &[]);
+    pub fn handle_room_snapshot(
+        &mut self,
+        room_id: &RoomId,
+        ver: u64,
+        peers: Vec<RemotePeer>,
+    ) -> bool {
+        self.handle_room_snapshot_with(room_id, ver, peers, &[])
     }
 
     /// [`Hub::handle_room_snapshot`], where `here` names the peers the directory places on
     /// this node: one this hub has not admitted yet (its join or resume here is a step behind
     /// the snapshot) is on its way, not gone, and is not announced as leaving.
+    ///
+    /// A snapshot older than the replica (its version below the replica's: events published
+    /// after it was read were applied first) would undo them: it is skipped, and `false` says
+    /// so (the shell reads another). The directory's version never goes below a replica's
+    /// (re-registering a peer raises it), so only a stale read is ever lower.
     pub fn handle_room_snapshot_with(
         &mut self,
         room_id: &RoomId,
         ver: u64,
         peers: Vec<RemotePeer>,
         here: &[PeerId],
-    ) {
+    ) -> bool {
         let Some(room) = self.rooms.get_mut(room_id) else {
-            return;
+            return true;
         };
-        // The directory's version, even if lower (Redis lost its last writes): later events
-        // are numbered from it.
+        if ver < room.ver {
+            return false;
+        }
         room.ver = ver;
         let listed: HashMap<PeerId, RemotePeer> =
             peers.into_iter().map(|p| (p.info.id.clone(), p)).collect();
@@ -1046,13 +1057,14 @@ impl Hub {
             self.moved(room_id, &peer, node);
         }
         if !self.rooms.contains_key(room_id) {
-            return;
+            return true;
         }
         let mut new = new;
         new.sort_by_key(|p| p.seq);
         for p in new {
             self.add_remote(room_id, p);
         }
+        true
     }
 
     /// A peer joined on another node: added to the replica and announced here.

@@ -118,8 +118,9 @@ pub trait Host: Send + Sync + 'static {
     fn has_pending_join(&self, room: &RoomId) -> bool;
     /// Applies an event from another node.
     fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent);
-    /// Reconciles a room with the directory's snapshot of it.
-    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]);
+    /// Reconciles a room with the directory's snapshot of it; false when the snapshot is older
+    /// than the replica (skipped: take another).
+    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) -> bool;
     /// Tells everyone in the room and disconnects them.
     fn close_room(&self, room: &RoomId, reason: RoomClosedReason);
     /// Something for another node could not be sent: its sender is told.

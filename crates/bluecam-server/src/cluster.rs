@@ -265,6 +265,10 @@ static REGISTER: Script = LazyLock::new(|| {
         r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
+-- The room's version never goes below what this node has seen (Redis lost its last writes):
+-- a snapshot read after this is never older than the node's replica.
+local v = tonumber(redis.call('GET', p .. ':ver') or '0')
+if v < tonumber(ARGV[9]) then redis.call('SET', p .. ':ver', ARGV[9]) end
 local cur = redis.call('HGET', p .. ':nodes', ARGV[2])
 if cur then
   local n = entry(cur)
@@ -277,8 +281,6 @@ if cur then
   redis.call('SADD', 'bc:node:' .. ARGV[3] .. ':peers', ARGV[1] .. '\n' .. ARGV[2])
   return {'ok'}
 end
-local v = tonumber(redis.call('GET', p .. ':ver') or '0')
-if v < tonumber(ARGV[9]) then redis.call('SET', p .. ':ver', ARGV[9]) end
 local ver = redis.call('INCR', p .. ':ver')
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}'
 record(ARGV[1], ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
@@ -864,6 +866,7 @@ impl RedisBroker {
             // in a later round).
             return true;
         }
+        let mut stale = false;
         for room in hub.local_rooms() {
             match self.room_snapshot(&room).await {
                 Ok((ver, peers)) => {
@@ -871,7 +874,10 @@ impl RedisBroker {
                     // resuming here right now: not gone.
                     let (peers, here) = split_view(peers, &self.node);
                     let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
-                    hub.snapshot(&room, ver, peers, &here)
+                    if !hub.snapshot(&room, ver, peers, &here) {
+                        // Older than events this node applied meanwhile: read it again.
+                        stale = true;
+                    }
                 }
                 Err(e) => {
                     self.redis_error("room snapshot", &e);
@@ -879,7 +885,7 @@ impl RedisBroker {
                 }
             }
         }
-        true
+        !stale
     }
 
     /// A room's version and every peer in it, per the directory.

@@ -289,10 +289,17 @@ impl HubHandle {
     }
 
     /// Cluster: reconciles a room with the directory's view of it.
-    pub fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) {
+    pub fn snapshot(
+        &self,
+        room: &RoomId,
+        ver: u64,
+        peers: Vec<RemotePeer>,
+        here: &[PeerId],
+    ) -> bool {
         let mut inner = self.lock();
-        inner.core.handle_room_snapshot_with(room, ver, peers, here);
+        let applied = inner.core.handle_room_snapshot_with(room, ver, peers, here);
         self.drain(&mut inner);
+        applied
     }
 
     /// This node's peers (to re-register them with the directory).
@@ -530,8 +537,8 @@ impl crate::broker::Host for HubHandle {
         HubHandle::remote(self, room, ver, event);
     }
 
-    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) {
-        HubHandle::snapshot(self, room, ver, peers, here);
+    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) -> bool {
+        HubHandle::snapshot(self, room, ver, peers, here)
     }
 
     fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {

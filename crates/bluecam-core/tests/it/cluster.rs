@@ -869,3 +869,153 @@ fn a_snapshot_taken_while_a_peer_resumes_here_does_not_announce_it_gone() {
     );
     w.hub.check_invariants().unwrap();
 }
+
+/// A resume here of `id`'s session, held by another node until now, as the directory answered
+/// the claim: `peers` of other nodes, `ver` the room's version.
+fn claim_request(
+    w: &mut World,
+    room: &RoomAccess,
+    id: &str,
+    ver: u64,
+    peers: Vec<RemotePeer>,
+) -> bluecam_core::JoinRequest {
+    let mut req = w.request(room, id);
+    let creds = bluecam_proto::ResumeCredentials {
+        session: bluecam_proto::SessionId::new(format!("s-{id}")),
+        secret: bluecam_proto::SessionSecret::new(format!("secret-{id}")),
+    };
+    req.resume = Some(creds.clone());
+    let me = remote(id, "here", 1);
+    req.cluster = Some(ClusterView {
+        ver,
+        seq: 1,
+        peers,
+        claimed: Some(ClaimedSession {
+            info: me.info.clone(),
+            session: creds.session,
+            secret: creds.secret,
+            permissions: Permissions::default(),
+        }),
+        pending_here: vec![me],
+    });
+    w.hub.begin_cluster_join(&room.summary.id);
+    req
+}
+
+/// Found by the cluster simulation: this node was reaped while frozen, so the directory lists
+/// its peers as orphans (`~`); a snapshot (here, a claim's answer) must not take them away.
+#[test]
+fn a_snapshot_listing_a_peer_of_this_node_as_an_orphan_leaves_it_here() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+    let applied = w
+        .hub
+        .handle_room_snapshot(&id, 5, vec![remote(alice.peer.as_str(), "~", 1)]);
+    assert!(applied);
+    let out = w.drain();
+    assert!(
+        out.closes().is_empty(),
+        "alice is not let go: {:?}",
+        out.closes()
+    );
+    assert!(w.hub.has_session(&alice.creds().session));
+    assert_eq!(w.hub.local_peers().len(), 1);
+    w.hub.check_invariants().unwrap();
+}
+
+/// Found by the cluster simulation (the finding "`replica()` recreating a room empty"): a
+/// claim's answer that lets go of this node's last local peer (it resumed elsewhere) dropped
+/// the replica, and the claimer's `joined` listed nobody.
+#[test]
+fn a_claim_whose_answer_lets_go_of_the_last_local_peer_still_lists_the_room() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let (bob, _) = cluster_join(
+        &mut w,
+        &room,
+        "bob",
+        view(2, 2, vec![remote("d1", "nd", 1)]),
+    );
+    w.hub.handle_disconnect(bob.conn, w.at(0));
+    w.drain();
+    // Bob resumed on node nb meanwhile; carol's session moves here.
+    let mut moved_bob = remote(bob.peer.as_str(), "nb", 2);
+    moved_bob.info = peer_info(&bob);
+    let req = claim_request(
+        &mut w,
+        &room,
+        "carol",
+        9,
+        vec![remote("d1", "nd", 1), moved_bob],
+    );
+    let (carol, out) = w.admit(req);
+    let joined = out.to(carol.conn)[0].joined().clone();
+    let mut listed: Vec<&str> = joined.peers.iter().map(|p| p.id.as_str()).collect();
+    listed.sort_unstable();
+    let mut want = vec!["d1", bob.peer.as_str()];
+    want.sort_unstable();
+    assert_eq!(listed, want);
+    assert!(!w.hub.has_session(&bob.creds().session), "bob is let go");
+    w.hub.check_invariants().unwrap();
+}
+
+/// Found by the cluster simulation: a claim answered before this node heard of the claimed
+/// peer's join (the event is older than the answer, so it will be ignored): the others here
+/// must hear of it now.
+#[test]
+fn a_claim_of_a_peer_this_replica_never_heard_of_announces_it() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+    let req = claim_request(&mut w, &room, "p120", 5, vec![]);
+    let (p120, out) = w.admit(req);
+    assert!(out.to(p120.conn)[0].joined().resumed);
+    assert!(
+        matches!(&out.to(alice.conn)[..], [Seen::PeerJoined(p)] if p.id.as_str() == "p120"),
+        "{:?}",
+        out.to(alice.conn)
+    );
+    // Its join event, arriving late, changes nothing.
+    w.hub.handle_room_event(
+        &room.summary.id,
+        4,
+        RoomEvent::Joined(remote("p120", "nb", 4)),
+    );
+    assert!(w.drain().to(alice.conn).is_empty());
+    w.hub.check_invariants().unwrap();
+}
+
+/// The finding "a stale snapshot undoing newer events": a snapshot read before an event that
+/// was applied first must not announce the newcomer as gone.
+#[test]
+fn a_snapshot_older_than_the_replica_is_skipped() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(
+        &mut w,
+        &room,
+        "alice",
+        view(3, 3, vec![remote("b1", "nb", 1)]),
+    );
+    w.hub
+        .handle_room_event(&id, 4, RoomEvent::Joined(remote("c1", "nc", 4)));
+    w.drain();
+    // Read at version 3, before c1 joined; its answer comes after the event.
+    let applied = w
+        .hub
+        .handle_room_snapshot(&id, 3, vec![remote("b1", "nb", 1)]);
+    assert!(!applied, "a stale snapshot is reported as skipped");
+    assert!(
+        w.drain().to(alice.conn).is_empty(),
+        "nobody is announced as gone"
+    );
+    let applied =
+        w.hub
+            .handle_room_snapshot(&id, 4, vec![remote("b1", "nb", 1), remote("c1", "nc", 4)]);
+    assert!(applied);
+    assert!(w.drain().to(alice.conn).is_empty());
+    w.hub.check_invariants().unwrap();
+}

@@ -6,6 +6,7 @@
 mod cluster;
 mod join;
 mod lifecycle;
+mod node;
 mod props;
 mod resume;
 mod routing;

@@ -376,6 +376,7 @@ impl Directory {
             return false;
         }
         let id = p.info.id.clone();
+        self.ver = self.ver.max(p.room_ver);
         if let Some(cur) = self.peers.get(&id).cloned() {
             if cur.node == ORPHAN {
                 self.move_peer(&id, ORPHAN, node, now);
@@ -387,7 +388,7 @@ impl Directory {
             }
             return true;
         }
-        self.ver = self.ver.max(p.room_ver) + 1;
+        self.ver += 1;
         let rec = PeerRecord {
             info: p.info.clone(),
             seq: p.seq,
@@ -1117,6 +1118,7 @@ impl Sim {
                 for (_, peer) in stale {
                     self.dir.leave(&peer, &name, LeaveReason::Timeout, now);
                 }
+                let mut applied = true;
                 if reconcile {
                     let mut rooms = self.nodes[i].hub.local_rooms();
                     rooms.sort();
@@ -1124,13 +1126,13 @@ impl Sim {
                         let (ver, all) = self.dir.view(self.dir.ver);
                         let (peers, here) = split_view(all, &NodeId::new(name.as_str()));
                         let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
-                        self.nodes[i]
+                        applied &= self.nodes[i]
                             .hub
                             .handle_room_snapshot_with(&room, ver, peers, &here);
                         self.drain(i);
                     }
                 }
-                Done::Resync(true)
+                Done::Resync(applied)
             }
             Step::Reap => {
                 self.dir.reap(&name, now);

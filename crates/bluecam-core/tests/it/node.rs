@@ -1,0 +1,237 @@
+//! The cluster node's control loop ([`ClusterNode`]) by example: which steps it asks for, and
+//! in which order, after what the directory answered.
+
+use bluecam_core::cluster::{Beat, ClusterNode, Done, Signal, Step};
+use bluecam_proto::{NodeId, RoomId};
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(15);
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn beat(epoch: &str, was_missing: bool) -> Done {
+    Done::Heartbeat(Some(Beat {
+        epoch: epoch.to_owned(),
+        was_missing,
+    }))
+}
+
+fn kind(step: &Step) -> &'static str {
+    match step {
+        Step::Heartbeat => "heartbeat",
+        Step::RestoreRooms(_) => "restore",
+        Step::Resync { reconcile: true } => "resync",
+        Step::Resync { reconcile: false } => "resync without reconcile",
+        Step::Reap => "reap",
+    }
+}
+
+/// Runs one round: a heartbeat answered with `answer`, then every step it leads to, each
+/// reported done at once (a resync as `resync_ok`). Returns the steps' kinds.
+fn round(
+    node: &mut ClusterNode,
+    now: Instant,
+    answer: Done,
+    rooms: &[RoomId],
+    resync_ok: bool,
+) -> Vec<&'static str> {
+    let first = node.poll_step(now).expect("a heartbeat is due");
+    assert_eq!(kind(&first), "heartbeat");
+    let mut steps = vec!["heartbeat"];
+    node.done(answer, now, rooms);
+    while let Some(step) = node.poll_step(now) {
+        steps.push(kind(&step));
+        let done = match step {
+            Step::Heartbeat => panic!("a second heartbeat in one round"),
+            Step::RestoreRooms(_) => Done::RestoreRooms,
+            Step::Resync { .. } => Done::Resync(resync_ok),
+            Step::Reap => Done::Reap,
+        };
+        node.done(done, now, rooms);
+        node.check_invariants().unwrap();
+    }
+    steps
+}
+
+fn room() -> Vec<RoomId> {
+    vec![RoomId::new("r1")]
+}
+
+#[test]
+fn a_quiet_round_is_a_heartbeat_and_a_reap_every_third_of_the_expiry() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    assert_eq!(
+        round(&mut node, t0, beat("e1", true), &[], true),
+        ["heartbeat", "reap"]
+    );
+    assert_eq!(node.poll_timeout(), t0 + TTL / 3);
+    assert!(node.poll_step(t0 + TTL / 4).is_none());
+    assert_eq!(
+        round(&mut node, t0 + TTL / 3, beat("e1", false), &room(), true),
+        ["heartbeat", "reap"]
+    );
+    assert_eq!(node.alive_for(), TTL * 2 / 3);
+}
+
+/// Finding "reap grace": nodes that lost Redis together must not reap each other before they
+/// could heartbeat again.
+#[test]
+fn no_reap_in_the_round_after_a_reconnection() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    node.signal(Signal::Reconnected);
+    let t1 = t0 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t1, beat("e1", false), &room(), true),
+        ["heartbeat", "resync"]
+    );
+    let t2 = t1 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t2, beat("e1", false), &room(), true),
+        ["heartbeat", "reap"]
+    );
+}
+
+/// Finding "reaped while alive, unnoticed": a heartbeat that finds the node's liveness lapsed
+/// (or the node missing from the set) puts its peers back.
+#[test]
+fn a_node_found_missing_resyncs_if_it_holds_peers() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", true), &room(), true);
+    let t1 = t0 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t1, beat("e1", true), &room(), true),
+        ["heartbeat", "resync", "reap"]
+    );
+    // Holding no one, there is nothing to put back.
+    let t2 = t1 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t2, beat("e1", true), &[], true),
+        ["heartbeat", "reap"]
+    );
+}
+
+/// Finding "heartbeat starved by resync": a resync still running when the next heartbeat is
+/// due does not hold the heartbeat up.
+#[test]
+fn the_heartbeat_runs_beside_a_long_resync() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    node.signal(Signal::Failed);
+    let t1 = t0 + TTL / 3;
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e1", false), t1, &room());
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("resync"));
+    // The resync takes two periods; heartbeats go on meanwhile, and start no second round.
+    for k in 2..4 {
+        let t = t0 + TTL / 3 * k;
+        assert_eq!(node.poll_step(t).as_ref().map(kind), Some("heartbeat"));
+        node.done(beat("e1", false), t, &room());
+        assert!(
+            node.poll_step(t).is_none(),
+            "nothing else while the resync runs"
+        );
+    }
+    let t = t0 + TTL;
+    node.done(Done::Resync(true), t, &room());
+    assert_eq!(node.poll_step(t).as_ref().map(kind), Some("reap"));
+}
+
+#[test]
+fn a_failed_resync_is_tried_again_next_round_and_a_failed_heartbeat_marks_the_node() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    node.signal(Signal::Lagged);
+    let t1 = t0 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t1, beat("e1", false), &room(), false),
+        ["heartbeat", "resync", "reap"]
+    );
+    assert!(node.is_dirty());
+    let t2 = t1 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t2, beat("e1", false), &room(), true),
+        ["heartbeat", "resync", "reap"]
+    );
+    assert!(!node.is_dirty());
+    // A heartbeat that failed: no round, and out of step until a resync.
+    let t3 = t2 + TTL / 3;
+    assert_eq!(node.poll_step(t3).as_ref().map(kind), Some("heartbeat"));
+    node.done(Done::Heartbeat(None), t3, &room());
+    assert!(node.poll_step(t3).is_none());
+    assert!(node.is_dirty());
+}
+
+/// Redis lost its data: the rooms this node has peers in are put back, the directory is marked
+/// as being rebuilt, and replicas are not reconciled with snapshots for a resume window.
+#[test]
+fn a_new_epoch_restores_the_rooms_held_and_holds_reconciliation_for_a_resume_window() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    let mut stored = bluecam_proto::Room {
+        id: RoomId::new("r1"),
+        name: None,
+        description: None,
+        owner: None,
+        members: None,
+        max_peers: 4,
+        empty_timeout_secs: None,
+        metadata: None,
+        created_at: 0,
+        peer_count: 0,
+        multiple_sessions: false,
+    };
+    node.remember_room(&stored);
+    stored.id = RoomId::new("r2"); // read once, nobody here any more: not put back
+    node.remember_room(&stored);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    assert!(!node.directory_lost(Some("e1"), false, t0));
+    // Another epoch (or none, at the next heartbeat): the data is gone.
+    assert!(node.directory_lost(None, false, t0));
+    let t1 = t0 + TTL / 3;
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e2", false), t1, &room());
+    match node.poll_step(t1) {
+        Some(Step::RestoreRooms(rooms)) => {
+            let ids: Vec<&str> = rooms.iter().map(|r| r.id.as_str()).collect();
+            assert_eq!(ids, ["r1"]);
+        }
+        other => panic!("expected a restore, got {other:?}"),
+    }
+    node.done(Done::RestoreRooms, t1, &room());
+    assert_eq!(
+        node.poll_step(t1).as_ref().map(kind),
+        Some("resync without reconcile")
+    );
+    node.done(Done::Resync(true), t1, &room());
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("reap"));
+    node.done(Done::Reap, t1, &room());
+    assert!(node.poll_step(t1).is_none());
+    assert!(node.recently_rebuilt(t1 + WINDOW / 2));
+    assert!(node.directory_lost(Some("e2"), false, t1 + WINDOW / 2));
+    // Until the window ends, each round re-registers without reconciling; then it reconciles.
+    let t2 = t1 + WINDOW / 2;
+    assert_eq!(
+        round(&mut node, t2, beat("e2", false), &room(), true),
+        ["heartbeat", "resync without reconcile", "reap"]
+    );
+    let t3 = t1 + WINDOW;
+    assert_eq!(
+        round(&mut node, t3, beat("e2", false), &room(), true),
+        ["heartbeat", "resync", "reap"]
+    );
+    assert!(!node.directory_lost(Some("e2"), false, t3));
+    assert!(
+        node.directory_lost(Some("e2"), true, t3),
+        "marked by another node"
+    );
+    let t4 = t3 + TTL / 3;
+    assert_eq!(
+        round(&mut node, t4, beat("e2", false), &room(), true),
+        ["heartbeat", "reap"]
+    );
+}
