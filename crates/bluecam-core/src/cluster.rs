@@ -15,8 +15,8 @@
 //! Invariants (checked by the simulation test and `check_invariants`):
 //! - at most one heartbeat and one other step are in flight;
 //! - a node that was out of step stays marked until a resync went through;
-//! - a node never reaps in the round after a reconnection (nodes that lost the directory
-//!   together get a full period to renew their liveness first);
+//! - a node never reaps within one node expiry after a reconnection (nodes that lost the
+//!   directory together get that long to renew their liveness first);
 //! - for one resume window after the directory lost its data, replicas are not reconciled
 //!   with it (the other nodes, a frozen one included, may still be putting their peers back).
 
@@ -108,8 +108,9 @@ pub struct ClusterNode {
     work: Work,
     /// Out of step with the directory until a resync goes through.
     dirty: bool,
-    /// No reaping in the current round (a reconnection).
-    grace: bool,
+    /// No reaping before this (a reconnection): nodes that lost the directory together get a
+    /// full node expiry to renew their liveness first.
+    grace_until: Option<Instant>,
     /// Rooms to put back before the resync.
     restore: Option<Vec<Room>>,
     /// The directory's epoch as last seen.
@@ -134,7 +135,7 @@ impl ClusterNode {
             beating: false,
             work: Work::Idle,
             dirty: false,
-            grace: false,
+            grace_until: None,
             restore: None,
             epoch: None,
             rebuilt_at: None,
@@ -173,11 +174,11 @@ impl ClusterNode {
         self.dirty
     }
 
-    /// Takes in something the shell noticed.
-    pub fn signal(&mut self, signal: Signal) {
+    /// Takes in something the shell noticed at `now`.
+    pub fn signal(&mut self, signal: Signal, now: Instant) {
         self.dirty = true;
         if matches!(signal, Signal::Reconnected | Signal::Resubscribed) {
-            self.grace = true;
+            self.grace_until = Some(now + self.ttl);
         }
     }
 
@@ -214,7 +215,8 @@ impl ClusterNode {
             }
             return Some(Step::Resync { reconcile });
         }
-        if !std::mem::take(&mut self.grace) && !self.round.contains(&"reap") {
+        let grace = self.grace_until.is_some_and(|t| now < t);
+        if !grace && !self.round.contains(&"reap") {
             self.round.push("reap");
             return Some(Step::Reap);
         }

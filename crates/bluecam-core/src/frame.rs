@@ -38,6 +38,12 @@ impl Frame {
         })
     }
 
+    /// Whether the frame is a membership change (`peer_joined`, `peer_left`). Server frames
+    /// are written with `op` first.
+    pub fn is_membership(&self) -> bool {
+        self.as_str().starts_with(r#"{"op":"peer_"#)
+    }
+
     /// Whether the frame belongs to the peer (kept across a resume) rather than to the one
     /// connection it answers.
     pub fn resumable(&self) -> bool {

@@ -976,7 +976,10 @@ impl Hub {
                 expires, buffer, ..
             } => {
                 self.expiries.remove(&(expires, session));
-                for frame in buffer {
+                // Membership changes are not sent after it: its `joined` on the new node
+                // lists the room as it is, and this node's view may be stale (it was cut off,
+                // and announced as gone a peer that had moved on meanwhile).
+                for frame in buffer.into_iter().filter(|f| !f.is_membership()) {
                     self.outputs.push_back(Output::Publish {
                         node: node.clone(),
                         room: room_id.clone(),
@@ -1467,6 +1470,33 @@ impl Hub {
         let detached = detached_peers(room);
         self.push_deliver(conns, frame.clone());
         self.buffer_for(room_id, &detached, &frame);
+    }
+
+    /// Cluster: the directory says that a peer of this node left for good elsewhere while this
+    /// node was cut off (it resumed on another node and left there, or its resume window passed
+    /// as an orphan), and this node missed it. Its session here ends (an attached connection is
+    /// closed with 4010, session expired) and the others here see it leave (`timeout`).
+    pub fn handle_peer_gone(&mut self, room_id: &RoomId, peer_id: &PeerId) {
+        let at = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.peers.get(peer_id))
+            .map(|p| &p.at);
+        let conn = match at {
+            Some(At::Here {
+                link: Link::Attached(conn),
+                ..
+            }) => Some(*conn),
+            Some(At::Here { .. }) => None,
+            _ => return,
+        };
+        self.remove_peer(room_id, peer_id, LeaveReason::Timeout);
+        if let Some(conn) = conn {
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CloseCode::SessionExpired,
+            });
+        }
     }
 
     /// Forgets a room's replica once no peer of this node is in it (peers elsewhere are the

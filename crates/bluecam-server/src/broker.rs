@@ -123,6 +123,9 @@ pub trait Host: Send + Sync + 'static {
     fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) -> bool;
     /// Tells everyone in the room and disconnects them.
     fn close_room(&self, room: &RoomId, reason: RoomClosedReason);
+    /// A peer of this node left for good elsewhere while this node was cut off: its session
+    /// here ends.
+    fn peer_gone(&self, room: &RoomId, peer: &PeerId);
     /// Something for another node could not be sent: its sender is told.
     fn undelivered(&self, item: Outgoing);
     /// A room's peers on this node with whether each is connected.

@@ -118,6 +118,8 @@ end
 -- other nodes.
 local function remove(room, peer, sess, node, reason)
   local p = 'bc:room:' .. room
+  -- A tombstone, so that a node that missed this (cut off) does not put the peer back.
+  redis.call('SET', 'bc:gone:' .. room .. '\n' .. peer, 1, 'PX', 3600000)
   redis.call('ZREM', 'bc:orphans', room .. '\n' .. peer)
   redis.call('HDEL', p .. ':peers', peer)
   redis.call('HDEL', p .. ':nodes', peer)
@@ -265,6 +267,9 @@ static REGISTER: Script = LazyLock::new(|| {
         r#"
 local p = 'bc:room:' .. ARGV[1]
 if redis.call('EXISTS', p) == 0 then return {'gone'} end
+-- It left for good while this node was cut off (moved elsewhere and left there, or its resume
+-- window passed): not put back.
+if redis.call('EXISTS', 'bc:gone:' .. ARGV[1] .. '\n' .. ARGV[2]) == 1 then return {'left'} end
 -- The room's version never goes below what this node has seen (Redis lost its last writes):
 -- a snapshot read after this is never older than the node's replica.
 local v = tonumber(redis.call('GET', p .. ':ver') or '0')
@@ -628,7 +633,7 @@ impl RedisBroker {
     }
 
     fn signal(&self, signal: Signal) {
-        self.machine().signal(signal);
+        self.machine().signal(signal, Instant::now());
     }
 
     /// Carries out one step of the control loop.
@@ -815,6 +820,9 @@ impl RedisBroker {
             match r {
                 Ok(answer) if answer.first().map(String::as_str) == Some("gone") => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
+                }
+                Ok(answer) if answer.first().map(String::as_str) == Some("left") => {
+                    hub.peer_gone(&p.room, &p.info.id);
                 }
                 // 'moved' is applied by the room's snapshot below.
                 Ok(_) => {}

@@ -344,6 +344,13 @@ impl HubHandle {
         }
     }
 
+    /// Cluster: a peer of this node left for good elsewhere (see `Hub::handle_peer_gone`).
+    pub fn peer_gone(&self, room: &RoomId, peer: &PeerId) {
+        let mut inner = self.lock();
+        inner.core.handle_peer_gone(room, peer);
+        self.drain(&mut inner);
+    }
+
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
@@ -543,6 +550,10 @@ impl crate::broker::Host for HubHandle {
 
     fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         HubHandle::close_room(self, room, reason);
+    }
+
+    fn peer_gone(&self, room: &RoomId, peer: &PeerId) {
+        HubHandle::peer_gone(self, room, peer);
     }
 
     fn undelivered(&self, item: Outgoing) {

@@ -1019,3 +1019,73 @@ fn a_snapshot_older_than_the_replica_is_skipped() {
     assert!(w.drain().to(alice.conn).is_empty());
     w.hub.check_invariants().unwrap();
 }
+
+/// Found by the cluster simulation: a node thawed after its peers' windows ended here, so it
+/// announced them as gone to the peers it still kept, though they had resumed elsewhere; those
+/// announcements, sent after a kept peer that moved on, told its client that live peers left.
+/// Only messages and signals go after a moved peer: its `joined` there lists the room as it is.
+#[test]
+fn a_moved_peer_gets_its_kept_messages_but_not_this_nodes_stale_membership_changes() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (carol, _) = cluster_join(&mut w, &room, "carol", view(2, 2, vec![]));
+    let (dave, _) = cluster_join(&mut w, &room, "dave", view(3, 3, vec![]));
+    w.hub.handle_disconnect(dave.conn, w.at(0));
+    w.hub.handle_disconnect(carol.conn, w.at(30));
+    w.hub.handle_room_event(
+        &id,
+        0,
+        RoomEvent::Frame {
+            to: vec![carol.peer.clone()],
+            frame: message_from("b1", "kept"),
+        },
+    );
+    // Dave's window ends here (this node thinks he left); carol keeps that too.
+    w.hub.handle_timeout(w.at(61));
+    w.drain();
+    assert!(w.hub.has_session(&carol.session) && !w.hub.has_session(&dave.session));
+    w.hub.handle_room_event(
+        &id,
+        9,
+        RoomEvent::Moved(RemotePeer {
+            info: peer_info(&carol),
+            node: NodeId::new("nc"),
+            seq: 2,
+        }),
+    );
+    let sent: Vec<String> = publishes(&w.drain())
+        .into_iter()
+        .map(|(_, _, f)| f.as_str().to_owned())
+        .collect();
+    assert!(
+        sent.len() == 1 && sent[0].contains("kept"),
+        "only the message goes after her: {sent:?}"
+    );
+    w.hub.check_invariants().unwrap();
+}
+
+/// The finding "REGISTER resurrecting a peer that moved and left": the directory answers that a
+/// peer this node still holds left for good elsewhere while this node was cut off; its session
+/// here ends, and the others here see it leave.
+#[test]
+fn a_peer_gone_elsewhere_ends_here_and_the_others_see_it_leave() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+    let (bob, _) = cluster_join(&mut w, &room, "bob", view(2, 2, vec![]));
+    w.hub.handle_peer_gone(&id, &bob.peer);
+    let out = w.drain();
+    assert_eq!(out.closes(), [(bob.conn, CloseCode::SessionExpired)]);
+    assert!(
+        matches!(&out.to(alice.conn)[..], [Seen::PeerLeft { peer, reason: LeaveReason::Timeout }] if *peer == bob.peer),
+        "{:?}",
+        out.to(alice.conn)
+    );
+    assert!(!w.hub.has_session(&bob.session));
+    // A peer of another node, or one unknown here: nothing happens.
+    w.hub.handle_peer_gone(&id, &PeerId::new("nobody"));
+    assert!(w.drain().is_empty());
+    w.hub.check_invariants().unwrap();
+}

@@ -5,7 +5,8 @@
 //! cumulative acks, retransmission, a delivery deadline that rejects and starts a new epoch).
 //!
 //! A seed draws the schedule: pub/sub delays that reorder messages across nodes, dropped
-//! subscriptions, node crashes with restarts, freezes (some past the node expiry), the
+//! subscriptions, node crashes with restarts, freezes (some past the node expiry, a few past
+//! the resume window), the
 //! directory losing its data, and clients reconnecting elsewhere. After every step it checks:
 //! no peer attached on two running nodes, the core's and the control loop's invariants, no
 //! message delivered twice or out of order. Once the faults stop, it checks that everything
@@ -133,10 +134,18 @@ struct Directory {
     alive: BTreeMap<String, Instant>,
     epoch: Option<String>,
     orphans: BTreeMap<PeerId, Instant>,
+    /// `bc:gone:…`: tombstones of peers that left for good.
+    gone: BTreeMap<PeerId, Instant>,
     /// `bc:rebuilt`: until when the directory is marked as being rebuilt.
     rebuilt_until: Option<Instant>,
     /// Subscribed nodes' channels.
     channels: BTreeMap<String, Channel>,
+}
+
+enum Registered {
+    Ok,
+    RoomGone,
+    Left,
 }
 
 enum Claimed {
@@ -309,6 +318,8 @@ impl Directory {
     }
 
     fn remove(&mut self, peer: &PeerId, node: &str, reason: LeaveReason, now: Instant) {
+        self.gone
+            .insert(peer.clone(), now + Duration::from_secs(3600));
         self.orphans.remove(peer);
         if let Some(p) = self.peers.remove(peer) {
             self.sessions.remove(&p.session);
@@ -370,12 +381,15 @@ impl Directory {
         }
     }
 
-    /// `REGISTER`; false when the room is gone.
-    fn register(&mut self, node: &str, p: &bluecam_core::LocalPeer, now: Instant) -> bool {
+    /// `REGISTER`.
+    fn register(&mut self, node: &str, p: &bluecam_core::LocalPeer, now: Instant) -> Registered {
         if !self.room_exists {
-            return false;
+            return Registered::RoomGone;
         }
         let id = p.info.id.clone();
+        if self.gone.get(&id).is_some_and(|t| *t > now) {
+            return Registered::Left;
+        }
         self.ver = self.ver.max(p.room_ver);
         if let Some(cur) = self.peers.get(&id).cloned() {
             if cur.node == ORPHAN {
@@ -386,7 +400,7 @@ impl Directory {
                     .or_default()
                     .insert(id);
             }
-            return true;
+            return Registered::Ok;
         }
         self.ver += 1;
         let rec = PeerRecord {
@@ -406,7 +420,7 @@ impl Directory {
             peer: rec,
         };
         self.tell_room(&msg, &mut BTreeSet::from([node.to_owned()]), now);
-        true
+        Registered::Ok
     }
 
     /// The heartbeat's three commands.
@@ -696,6 +710,20 @@ impl Sim {
                 let name = self.nodes[i].name.clone();
                 self.log(format_args!("freeze {name} for {d:?}"));
             }
+            // Rarely, a freeze past the resume window: its peers that did not resume elsewhere
+            // leave (their senders are told), and the thawed node must not put them back.
+            51 if up.len() > 1 => {
+                let i = up[self.rng.below(up.len())];
+                let d = self.rng.millis(9_000, 15_000);
+                self.nodes[i].health = Health::Frozen {
+                    until: self.now + d,
+                };
+                self.stats.faults += 1;
+                let name = self.nodes[i].name.clone();
+                self.log(format_args!(
+                    "freeze {name} for {d:?} (past the resume window)"
+                ));
+            }
             // Redis restarts without its data.
             9 => {
                 self.dir.wipe();
@@ -811,7 +839,7 @@ impl Sim {
     fn run_node(&mut self, i: usize) -> Result<(), String> {
         let now = self.now;
         for s in std::mem::take(&mut self.nodes[i].signals) {
-            self.nodes[i].machine.signal(s);
+            self.nodes[i].machine.signal(s, now);
         }
         // Events from other nodes that are due.
         let name = self.nodes[i].name.clone();
@@ -1093,12 +1121,18 @@ impl Sim {
                 let mut local = self.nodes[i].hub.local_peers();
                 local.sort_by(|a, b| a.info.id.cmp(&b.info.id));
                 for p in &local {
-                    if !self.dir.register(&name, p, now) {
-                        self.nodes[i]
-                            .hub
-                            .handle_room_closed(&p.room, RoomClosedReason::Deleted);
-                        self.drain(i);
+                    match self.dir.register(&name, p, now) {
+                        Registered::Ok => {}
+                        Registered::RoomGone => {
+                            self.nodes[i]
+                                .hub
+                                .handle_room_closed(&p.room, RoomClosedReason::Deleted);
+                        }
+                        Registered::Left => {
+                            self.nodes[i].hub.handle_peer_gone(&p.room, &p.info.id);
+                        }
                     }
+                    self.drain(i);
                 }
                 let held: HashSet<(RoomId, PeerId)> = self.nodes[i]
                     .hub
@@ -1155,7 +1189,7 @@ impl Sim {
                 } => {
                     let text = NodeMessage::frame_text(&room_id(), &to, frame.as_str());
                     if !self.dir.publish(node.as_str(), text, now) {
-                        self.nodes[i].machine.signal(Signal::Unheard);
+                        self.nodes[i].machine.signal(Signal::Unheard, now);
                         if let Some(origin) = origin {
                             let mut e = bluecam_proto::ErrorFrame::new(
                                 ErrorCode::Unavailable,
@@ -1318,14 +1352,16 @@ impl Sim {
         }
     }
 
-    /// A peer left for good: what was pending to it is rejected.
+    /// A peer left for good: what was pending to it is rejected. Its inbox (the last epoch
+    /// and sequence number heard) is kept, as the SDK keeps it: a peer announced as gone can
+    /// come back with the same id (it resumed after all), and its retransmissions of what was
+    /// delivered already must not look new.
     fn peer_gone(&mut self, c: usize, peer: &PeerId) {
         if let Some(pair) = self.clients[c].outs.remove(peer) {
             for (_, m, _, _) in pair.unacked {
                 self.reject(m);
             }
         }
-        self.clients[c].ins.remove(peer);
     }
 
     fn on_message(&mut self, c: usize, from: PeerId, msg: &str) {
