@@ -530,3 +530,22 @@ fn bench_restart_smoke() {
     assert_eq!(m["unacknowledged_at_end"], 0, "{v}");
     assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
 }
+
+/// Also a real-process chaos test of the cluster: three nodes and a real `redis-server` with
+/// its append-only file, a node killed, a node frozen past its expiry, Redis killed and
+/// restarted from its file, then restarted empty; every message delivered once and in order.
+#[test]
+fn bench_chaos_smoke() {
+    let v = bench(&["chaos", "--clients", "6", "--settle-secs", "1"]);
+    let faults = v["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 4, "{v}");
+    for f in faults {
+        assert_eq!(f["every_client_delivering"], true, "{v}");
+    }
+    assert_eq!(v["sessions_expired"], 0, "{v}");
+    let m = &v["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost_silently"], 0, "{v}");
+    assert_eq!(m["reported_lost"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
+}

@@ -41,6 +41,7 @@ use tokio_tungstenite::{
 };
 
 mod baseline;
+mod chaos;
 mod churn;
 mod cluster;
 mod idle;
@@ -217,6 +218,21 @@ enum Scenario {
         rate: f64,
         /// Seconds of traffic before each restart and after the last.
         #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+    },
+    /// Three `serve --redis` nodes on one Redis with persistence (all started here), clients in
+    /// two-peer rooms across nodes messaging through the relay, and four faults in a row: a
+    /// node SIGKILLed, a node frozen past its expiry, Redis SIGKILLed and restarted from its
+    /// file, Redis restarted empty. Time until delivery works again after each, and every
+    /// message counted end to end (lost silently must be 0).
+    Chaos {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Messages per second each client sends to its partner.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Seconds of traffic before each fault and after the last.
+        #[arg(long, default_value_t = 5)]
         settle_secs: u64,
     },
     /// Several `serve --redis` nodes on one Redis (started here): relay and join latency for
@@ -556,7 +572,8 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
         Scenario::IdleWorker { .. }
         | Scenario::BaselineServer { .. }
         | Scenario::Cluster { .. }
-        | Scenario::Restart { .. } => unreachable_worker()?,
+        | Scenario::Restart { .. }
+        | Scenario::Chaos { .. } => unreachable_worker()?,
     })
 }
 
@@ -601,6 +618,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => {
             let mut result =
                 restart::restart(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            result["machine"] = machine(false);
+            let text = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, &text)?;
+            }
+            say(&text);
+            return Ok(());
+        }
+        Scenario::Chaos {
+            clients,
+            rate,
+            settle_secs,
+        } => {
+            let mut result = chaos::chaos(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
             result["machine"] = machine(false);
             let text = serde_json::to_string_pretty(&result)?;
             if let Some(path) = &args.json {
@@ -706,6 +737,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::BaselineServer { .. } => "baseline-server",
         Scenario::Cluster { .. } => "cluster",
         Scenario::Restart { .. } => "restart",
+        Scenario::Chaos { .. } => "chaos",
     }
 }
 

@@ -15,24 +15,30 @@ const RETRANSMIT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// A `bluecam serve` child that can be stopped and started again on the same address and dir.
-struct Node {
-    addr: SocketAddr,
-    dir: TempDir,
-    secret: String,
-    child: Option<Child>,
+/// A `bluecam serve` child that can be stopped and started again on the same address and dir
+/// (with `redis`, a cluster node).
+pub(super) struct Node {
+    pub(super) addr: SocketAddr,
+    pub(super) dir: TempDir,
+    pub(super) secret: String,
+    pub(super) redis: Option<String>,
+    pub(super) child: Option<Child>,
 }
 
 impl Node {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(std::env::current_exe()?)
-            .arg("serve")
+    pub(super) fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.0.join("bench.toml"))
             .arg("--bind")
             .arg(self.addr.to_string())
             .arg("--data-dir")
-            .arg(self.dir.0.join("data"))
+            .arg(self.dir.0.join("data"));
+        if let Some(redis) = &self.redis {
+            cmd.args(["--redis", redis]);
+        }
+        let child = cmd
             .env("BLUECAM_API_SECRET", &self.secret)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -42,7 +48,18 @@ impl Node {
         Ok(())
     }
 
-    async fn healthy(&self) -> anyhow::Result<()> {
+    /// Sends `signal` without waiting (SIGSTOP, SIGCONT).
+    pub(super) fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -{signal} failed");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn healthy(&self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         for _ in 0..400 {
             if http
@@ -59,7 +76,7 @@ impl Node {
     }
 
     /// Sends `signal` and waits for the process to exit.
-    fn stop(&mut self, signal: &str) -> anyhow::Result<()> {
+    pub(super) fn stop(&mut self, signal: &str) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -80,36 +97,42 @@ impl Drop for Node {
 
 /// Counters shared by every client.
 #[derive(Default)]
-struct Counts {
-    sent: AtomicU64,
-    delivered: AtomicU64,
-    duplicates: AtomicU64,
-    out_of_order: AtomicU64,
-    retransmitted: AtomicU64,
-    resumes: AtomicU64,
-    expired: AtomicU64,
+pub(super) struct Counts {
+    pub(super) sent: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+    pub(super) out_of_order: AtomicU64,
+    pub(super) retransmitted: AtomicU64,
+    pub(super) resumes: AtomicU64,
+    pub(super) expired: AtomicU64,
     /// Clients connected and joined right now.
-    up: AtomicU64,
+    pub(super) up: AtomicU64,
     /// Clients whose sends are all acknowledged after the senders stopped (each keeps reading
     /// and acknowledging until every client is).
     drained: AtomicU64,
 }
 
-struct Client {
-    i: usize,
+pub(super) struct Client {
+    pub(super) i: usize,
     /// How many clients there are (to know when all have drained).
-    clients: usize,
-    addr: SocketAddr,
-    token: String,
-    creds: ResumeCredentials,
-    partner: PeerId,
-    counts: Arc<Counts>,
+    pub(super) clients: usize,
+    /// The nodes to connect to: after a lost connection, the next one (as the SDK does).
+    pub(super) addrs: Vec<SocketAddr>,
+    pub(super) token: String,
+    pub(super) creds: ResumeCredentials,
+    pub(super) partner: PeerId,
+    pub(super) counts: Arc<Counts>,
     /// When this client last resumed (ms since the run's start), for the resume times.
-    resumed_at: Arc<AtomicU64>,
-    started: Instant,
+    pub(super) resumed_at: Arc<AtomicU64>,
+    /// When this client last had a message delivered (ms since the run's start).
+    pub(super) delivered_at: Arc<AtomicU64>,
+    /// A connection that brings nothing for this long is given up (the SDK's watchdog): a
+    /// frozen server answers nothing and closes nothing.
+    pub(super) watchdog: Option<Duration>,
+    pub(super) started: Instant,
 }
 
-enum Ended {
+pub(super) enum Ended {
     /// Asked to stop, every message acknowledged or the drain deadline passed.
     Done { unacked: u64 },
     /// The server refused the resume: the session is gone.
@@ -118,7 +141,7 @@ enum Ended {
 
 impl Client {
     /// Runs until `stop` is set and its sends are acknowledged (or `drain_until` passes).
-    async fn run(
+    pub(super) async fn run(
         self,
         ws: Ws,
         rate: f64,
@@ -135,6 +158,8 @@ impl Client {
         send_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         let mut drained = false;
+        let mut node = 0usize;
+        let mut last_heard = Instant::now();
         loop {
             let Some(socket) = ws.as_mut() else {
                 // Reconnect with back-off and resume the session.
@@ -145,10 +170,12 @@ impl Client {
                 let spread = ((self.i * 7919 + attempt as usize) % 100) as f64 / 200.0;
                 tokio::time::sleep(base.mul_f64(0.5 + spread)).await;
                 attempt += 1;
-                match self.resume().await {
+                node = (node + 1) % self.addrs.len();
+                match self.resume(self.addrs[node]).await {
                     Ok(Some(new)) => {
                         ws = Some(new);
                         attempt = 0;
+                        last_heard = Instant::now();
                         self.counts.resumes.fetch_add(1, Ordering::Relaxed);
                         self.counts.up.fetch_add(1, Ordering::Relaxed);
                         self.resumed_at
@@ -193,8 +220,11 @@ impl Client {
                             return Ok(Ended::Done { unacked: unacked.len() as u64 });
                         }
                     }
-                    let mut broken = false;
+                    let mut broken = self.watchdog.is_some_and(|w| last_heard.elapsed() >= w);
                     for (seq, at) in unacked.iter_mut() {
+                        if broken {
+                            break;
+                        }
                         if at.elapsed() >= RETRANSMIT {
                             self.counts.retransmitted.fetch_add(1, Ordering::Relaxed);
                             *at = Instant::now();
@@ -208,6 +238,7 @@ impl Client {
                 }
                 msg = socket.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
+                        last_heard = Instant::now();
                         if let Ok(ServerMessage::Message(m)) = ServerMessage::from_json(&text) {
                             let v: serde_json::Value =
                                 serde_json::from_str(m.msg.get()).unwrap_or_default();
@@ -221,6 +252,10 @@ impl Client {
                                     std::cmp::Ordering::Equal => {
                                         expected += 1;
                                         self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+                                        self.delivered_at.store(
+                                            self.started.elapsed().as_millis() as u64,
+                                            Ordering::Relaxed,
+                                        );
                                     }
                                     std::cmp::Ordering::Less => {
                                         self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +274,10 @@ impl Client {
                             false
                         }
                     }
-                    Some(Ok(_)) => false,
+                    Some(Ok(_)) => {
+                        last_heard = Instant::now();
+                        false
+                    }
                     Some(Err(_)) | None => true,
                 },
             };
@@ -250,16 +288,21 @@ impl Client {
         }
     }
 
-    /// One resume attempt: `Ok(None)` when the server says the session is gone.
-    async fn resume(&self) -> anyhow::Result<Option<Ws>> {
-        let mut ws = connect(self.addr, "/v1/ws", Some(source_ip(self.i))).await?;
+    /// One resume attempt at `addr`: `Ok(None)` when the server says the session is gone.
+    async fn resume(&self, addr: SocketAddr) -> anyhow::Result<Option<Ws>> {
+        let connecting = connect(addr, "/v1/ws", Some(source_ip(self.i)));
+        // A frozen node accepts the connection (its kernel does) and answers nothing.
+        let mut ws = tokio::time::timeout(Duration::from_secs(2), connecting)
+            .await
+            .context("connect timed out")??;
         let frame = ClientMessage::Join {
             token: self.token.clone(),
             resume: Some(self.creds.clone()),
         }
         .to_json();
         ws.send(Message::text(frame)).await?;
-        while let Some(msg) = ws.next().await {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, ws.next()).await {
             if let Message::Text(text) = msg? {
                 match ServerMessage::from_json(&text)? {
                     ServerMessage::Joined(_) => return Ok(Some(ws)),
@@ -306,7 +349,7 @@ async fn wait_resumed(
     times
 }
 
-fn pct(sorted: &[u64], q: f64) -> u64 {
+pub(super) fn pct(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -327,6 +370,7 @@ pub(super) async fn restart(
         addr: free_addr()?,
         dir,
         secret: bluecam_server::auth::random_token(32),
+        redis: None,
         child: None,
     };
     node.spawn()?;
@@ -368,7 +412,7 @@ pub(super) async fn restart(
         let client = Client {
             i,
             clients,
-            addr: node.addr,
+            addrs: vec![node.addr],
             token,
             creds: ResumeCredentials {
                 session: j.session.id.clone(),
@@ -377,6 +421,8 @@ pub(super) async fn restart(
             partner: ids[i ^ 1].clone(),
             counts: Arc::clone(&counts),
             resumed_at: Arc::clone(&resumed_at[i]),
+            delivered_at: Arc::new(AtomicU64::new(0)),
+            watchdog: None,
             started,
         };
         tasks.spawn(client.run(ws, rate, Arc::clone(&stop), Arc::clone(&drain_until)));

@@ -1,0 +1,284 @@
+//! `chaos`: three cluster nodes on one `redis-server` with persistence (append-only file), all
+//! started here; clients in two-peer rooms whose two peers start on different nodes, each
+//! sending numbered messages to its partner through the relay (so every message crosses the
+//! cluster), acknowledged end to end and retransmitted like the SDK does. Then four faults in a
+//! row: a node SIGKILLed (started again at once, as a new node), a node frozen (SIGSTOP) past
+//! the node expiry then thawed, Redis SIGKILLed and restarted from its file, Redis restarted
+//! without its data. For each fault: how long until every client had a message delivered again
+//! (from the fault's start), and whether every client was connected. At the end every message
+//! is counted: delivered once and in order, or still unacknowledged (reported lost).
+
+use super::restart::{Client, Counts, Ended, Node, pct};
+use super::*;
+use bluecam_proto::ResumeCredentials;
+
+/// The node expiry of the bench's nodes (seconds): short, so that a freeze outlives it quickly.
+const NODE_TTL_SECS: u64 = 3;
+/// The clients' watchdog: a connection silent this long is given up (the SDK pings after 5 s
+/// of silence and gives up after 12 s; scaled down with the node expiry).
+const WATCHDOG: Duration = Duration::from_secs(4);
+
+/// A `redis-server` with an append-only file, which can be killed and started again (with its
+/// file, or without).
+struct RedisProc {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisProc {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (apt-get install redis-server)")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Removes what Redis wrote (its append-only files).
+    fn wipe(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.dir.0)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until every client had a message delivered after `from` (ms since the start), or
+/// `deadline`; returns the times, in ms from `from`, sorted, and whether all got there.
+async fn wait_delivering(
+    delivered_at: &[Arc<AtomicU64>],
+    started: Instant,
+    from: u64,
+    deadline: Duration,
+) -> (Vec<u64>, bool) {
+    let until = Instant::now() + deadline;
+    let mut first: Vec<Option<u64>> = vec![None; delivered_at.len()];
+    loop {
+        let now = started.elapsed().as_millis() as u64;
+        for (slot, at) in first.iter_mut().zip(delivered_at) {
+            if slot.is_none() && at.load(Ordering::Relaxed) > from {
+                *slot = Some(now - from);
+            }
+        }
+        if first.iter().all(Option::is_some) || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = first.iter().all(Option::is_some);
+    let mut times: Vec<u64> = first.into_iter().flatten().collect();
+    times.sort_unstable();
+    (times, all)
+}
+
+pub(super) async fn chaos(
+    clients: usize,
+    rate: f64,
+    settle_secs: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let clients = clients.max(2) / 2 * 2;
+    let base = std::env::temp_dir().join(format!("bluecam-bench-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("redis"))?;
+    let _base = TempDir(base.clone());
+    let mut redis = RedisProc {
+        port: free_addr()?.port(),
+        dir: TempDir(base.join("redis")),
+        child: None,
+    };
+    redis.start()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let secret = bluecam_server::auth::random_token(32);
+    let config = format!("{BENCH_CONFIG}[cluster]\nnode_ttl_secs = {NODE_TTL_SECS}\n");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let dir = base.join(format!("node{i}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bench.toml"), &config)?;
+        let mut node = Node {
+            addr: free_addr()?,
+            dir: TempDir(dir),
+            secret: secret.clone(),
+            redis: Some(redis.url()),
+            child: None,
+        };
+        node.spawn()?;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        node.healthy().await?;
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let target = Target {
+        kind: TargetKind::Bluecam,
+        http: format!("http://{}", addrs[0]),
+        addr: addrs[0],
+        spread: Vec::new(),
+        secret: Secret::new(secret.clone()),
+        pid: None,
+        child: None,
+        _dir: None,
+    };
+    let rooms = clients / 2;
+    progress(&format!(
+        "3 nodes, {clients} clients in {rooms} rooms of 2 (partners on different nodes)"
+    ));
+    create_rooms(&target, "chaos-", rooms, 2).await?;
+    let mut joined = Vec::with_capacity(clients);
+    for i in 0..clients {
+        // Partners on different nodes: room k's peers on nodes k and k + 1.
+        let home = (i / 2 + i % 2) % addrs.len();
+        let token = mint(
+            &target.secret,
+            &format!("chaos-{}", i / 2),
+            &format!("c{i}"),
+        )?;
+        let mut ws = connect(addrs[home], "/v1/ws", Some(source_ip(i))).await?;
+        let j = join(&mut ws, token.clone()).await?;
+        joined.push((ws, token, j, home));
+    }
+    let ids: Vec<PeerId> = joined
+        .iter()
+        .map(|(_, _, j, _)| j.self_.id.clone())
+        .collect();
+    let counts = Arc::new(Counts::default());
+    counts.up.store(clients as u64, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain_until = Arc::new(AtomicU64::new(u64::MAX));
+    let started = Instant::now();
+    let delivered_at: Vec<Arc<AtomicU64>> =
+        (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (ws, token, j, home)) in joined.into_iter().enumerate() {
+        let mut mine = addrs.clone();
+        mine.rotate_left(home);
+        let client = Client {
+            i,
+            clients,
+            addrs: mine,
+            token,
+            creds: ResumeCredentials {
+                session: j.session.id.clone(),
+                secret: j.session.secret.clone(),
+            },
+            partner: ids[i ^ 1].clone(),
+            counts: Arc::clone(&counts),
+            resumed_at: Arc::new(AtomicU64::new(0)),
+            delivered_at: Arc::clone(&delivered_at[i]),
+            watchdog: Some(WATCHDOG),
+            started,
+        };
+        tasks.spawn(client.run(ws, rate, Arc::clone(&stop), Arc::clone(&drain_until)));
+    }
+    let mut faults = Vec::new();
+    let mut measure = async |name: &str, counts: &Counts, from: u64| {
+        let (times, all) =
+            wait_delivering(&delivered_at, started, from, Duration::from_secs(60)).await;
+        faults.push(serde_json::json!({
+            "fault": name,
+            "delivering_again_ms": {
+                "p50": pct(&times, 0.5), "p99": pct(&times, 0.99),
+                "max": times.last().copied().unwrap_or(0),
+            },
+            "every_client_delivering": all,
+            "clients_up_after": counts.up.load(Ordering::Relaxed),
+        }));
+    };
+    let now_ms = || started.elapsed().as_millis() as u64;
+
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    progress("SIGKILL of a node, started again at once");
+    let t = now_ms();
+    nodes[1].stop("KILL")?;
+    nodes[1].spawn()?;
+    nodes[1].healthy().await?;
+    measure("node SIGKILL and restart", &counts, t).await;
+
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let freeze = Duration::from_secs(NODE_TTL_SECS + 2);
+    progress(&format!(
+        "SIGSTOP of a node for {freeze:?} (past the node expiry), then SIGCONT"
+    ));
+    let t = now_ms();
+    nodes[2].signal("STOP")?;
+    tokio::time::sleep(freeze).await;
+    nodes[2].signal("CONT")?;
+    measure("node frozen past its expiry, then thawed", &counts, t).await;
+
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    progress("Redis SIGKILLed, restarted from its append-only file after 1 s");
+    let t = now_ms();
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.start()?;
+    measure("Redis SIGKILL, restart from its file", &counts, t).await;
+
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    progress("Redis restarted without its data");
+    let t = now_ms();
+    redis.kill();
+    redis.wipe()?;
+    redis.start()?;
+    measure("Redis restarted empty", &counts, t).await;
+
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    progress("stopping the senders; draining");
+    stop.store(true, Ordering::Relaxed);
+    drain_until.store(now_ms() + 60_000, Ordering::Relaxed);
+    let mut unacked = 0;
+    let mut expired = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r?? {
+            Ended::Done { unacked: u } => unacked += u,
+            Ended::Expired => expired += 1,
+        }
+    }
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let sent = c(&counts.sent);
+    let delivered = c(&counts.delivered);
+    Ok(serde_json::json!({
+        "scenario": "chaos",
+        "nodes": 3,
+        "node_ttl_secs": NODE_TTL_SECS,
+        "clients": clients,
+        "rate_per_client": rate,
+        "faults": faults,
+        "sessions_expired": expired,
+        "messages": {
+            "sent": sent,
+            "delivered_in_order_once": delivered,
+            "reported_lost": unacked,
+            "lost_silently": sent.saturating_sub(delivered).saturating_sub(unacked),
+            "retransmitted": c(&counts.retransmitted),
+            "duplicates_discarded": c(&counts.duplicates),
+            "gaps_discarded": c(&counts.out_of_order),
+        },
+    }))
+}
