@@ -42,7 +42,8 @@ pub enum Signal {
     Failed,
     /// Events from other nodes were dropped (this node was too slow).
     Lagged,
-    /// A frame was published to a node nobody listens for: a replica is stale.
+    /// A frame was published to a node nobody listens for, or a peer addressed peers this
+    /// node's replica does not know: a replica may be stale.
     Unheard,
 }
 

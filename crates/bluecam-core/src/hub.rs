@@ -252,6 +252,9 @@ pub enum Output {
     },
     /// A frame from another node found none of its recipients here (for metrics).
     Undeliverable { room: RoomId, peers: usize },
+    /// A peer of this node addressed peers its room does not know. In a cluster the replica
+    /// may have missed their joins: the shell checks it against the directory (a resync).
+    UnknownPeers { room: RoomId, peers: usize },
 }
 
 /// Counts for metrics.
@@ -838,6 +841,12 @@ impl Hub {
                 reference,
             } => {
                 if to == from || !self.in_room(&room_id, &to) {
+                    if to != from {
+                        self.outputs.push_back(Output::UnknownPeers {
+                            room: room_id.clone(),
+                            peers: 1,
+                        });
+                    }
                     self.push_error(conn, unknown_peers(vec![to], reference));
                     return;
                 }
@@ -868,6 +877,10 @@ impl Hub {
                     self.route(&room_id, &targets, frame, Some(Origin { conn, reference }));
                 }
                 if !unknown.is_empty() {
+                    self.outputs.push_back(Output::UnknownPeers {
+                        room: room_id.clone(),
+                        peers: unknown.len(),
+                    });
                     self.push_error(conn, unknown_peers(unknown, reference));
                 }
             }

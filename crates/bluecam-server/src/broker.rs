@@ -100,6 +100,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the directory answers (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
 
+    /// A peer addressed peers this node's replica of its room does not know: the replica may
+    /// have missed events; check it against the directory soon. A no-op on a single node.
+    fn replica_suspect(&self) {}
+
     /// Whether a room the store does not have may be missing because the directory lost its
     /// data and is being rebuilt (a join should retry), rather than deleted. Always false on a
     /// single node.

@@ -1249,6 +1249,10 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn replica_suspect(&self) {
+        self.signal(Signal::Unheard);
+    }
+
     fn directory_lost(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             let pipe = self.client.pipeline();

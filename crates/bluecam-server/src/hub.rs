@@ -484,6 +484,10 @@ impl HubHandle {
                         self.metrics.cluster_unsent.increment(1);
                     }
                 }
+                Output::UnknownPeers { room, peers } => {
+                    tracing::debug!(%room, peers, "a frame for peers this node does not know");
+                    self.broker.replica_suspect();
+                }
                 Output::Undeliverable { room, peers } => {
                     tracing::debug!(%room, peers, "frame from another node for peers not here");
                     self.metrics.cluster_undeliverable.increment(peers as u64);

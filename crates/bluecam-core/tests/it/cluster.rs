@@ -1089,3 +1089,22 @@ fn a_peer_gone_elsewhere_ends_here_and_the_others_see_it_leave() {
     assert!(w.drain().is_empty());
     w.hub.check_invariants().unwrap();
 }
+
+/// A peer addressing a peer this node's replica does not know (its join may have been missed)
+/// makes the shell check the replica against the directory, besides the sender's error.
+#[test]
+fn a_send_to_an_unknown_peer_asks_the_shell_to_check_the_replica() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+    let zz = PeerId::new("zz");
+    let out = w.input(&alice, &send_frame(Some(&[&zz]), "1", Some(7)));
+    assert!(
+        out.outputs
+            .iter()
+            .any(|o| matches!(o, Output::UnknownPeers { peers: 1, .. })),
+        "{:?}",
+        out.outputs
+    );
+    assert_unknown_peer(&out.to(alice.conn), &[&zz], Some(7));
+}

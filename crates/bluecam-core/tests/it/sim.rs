@@ -1234,6 +1234,10 @@ impl Sim {
                 Output::PeerRemoved { peer, reason, .. } => self.nodes[i]
                     .outbox
                     .push_back(Outgoing::Removed { peer, reason }),
+                Output::UnknownPeers { .. } => {
+                    let now = self.now;
+                    self.nodes[i].machine.signal(Signal::Unheard, now);
+                }
                 Output::RoomVacated { .. }
                 | Output::ResumeBufferOverflow { .. }
                 | Output::Undeliverable { .. } => {}
