@@ -232,6 +232,13 @@ impl Directory {
             identity: info.identity.clone(),
             secret,
         };
+        self.add(rec, node, session, s, now);
+        Some(self.view(self.ver))
+    }
+
+    /// Records a peer on `node` and announces it to the room's other nodes (`record` and
+    /// `announce_joined` in the Lua prelude).
+    fn add(&mut self, rec: PeerRecord, node: &str, session: SessionId, s: DSession, now: Instant) {
         self.record(rec.clone(), node, session, s);
         let msg = NodeMessage::Joined {
             room: room_id(),
@@ -240,7 +247,6 @@ impl Directory {
             peer: rec,
         };
         self.tell_room(&msg, &mut BTreeSet::from([node.to_owned()]), now);
-        Some(self.view(self.ver))
     }
 
     fn move_peer(&mut self, peer: &PeerId, old: &str, node: &str, now: Instant) -> u64 {
@@ -412,14 +418,7 @@ impl Directory {
             identity: p.info.identity.clone(),
             secret: p.secret.clone(),
         };
-        self.record(rec.clone(), node, p.session.clone(), s);
-        let msg = NodeMessage::Joined {
-            room: room_id(),
-            ver: self.ver,
-            node: NodeId::new(node),
-            peer: rec,
-        };
-        self.tell_room(&msg, &mut BTreeSet::from([node.to_owned()]), now);
+        self.add(rec, node, p.session.clone(), s, now);
         Registered::Ok
     }
 
@@ -703,26 +702,14 @@ impl Sim {
             4..=8 if up.len() > 1 => {
                 let i = up[self.rng.below(up.len())];
                 let d = self.rng.millis(300, 6000);
-                self.nodes[i].health = Health::Frozen {
-                    until: self.now + d,
-                };
-                self.stats.faults += 1;
-                let name = self.nodes[i].name.clone();
-                self.log(format_args!("freeze {name} for {d:?}"));
+                self.freeze(i, d, "");
             }
             // Rarely, a freeze past the resume window: its peers that did not resume elsewhere
             // leave (their senders are told), and the thawed node must not put them back.
             51 if up.len() > 1 => {
                 let i = up[self.rng.below(up.len())];
                 let d = self.rng.millis(9_000, 15_000);
-                self.nodes[i].health = Health::Frozen {
-                    until: self.now + d,
-                };
-                self.stats.faults += 1;
-                let name = self.nodes[i].name.clone();
-                self.log(format_args!(
-                    "freeze {name} for {d:?} (past the resume window)"
-                ));
+                self.freeze(i, d, " (past the resume window)");
             }
             // Redis restarts without its data.
             9 => {
@@ -778,6 +765,16 @@ impl Sim {
         for ch in self.dir.channels.values_mut() {
             ch.delay = Duration::ZERO;
         }
+    }
+
+    /// SIGSTOP: the node does nothing until `d` has passed.
+    fn freeze(&mut self, i: usize, d: Duration, note: &str) {
+        self.nodes[i].health = Health::Frozen {
+            until: self.now + d,
+        };
+        self.stats.faults += 1;
+        let name = self.nodes[i].name.clone();
+        self.log(format_args!("freeze {name} for {d:?}{note}"));
     }
 
     fn kill(&mut self, i: usize, downtime: Duration) {

@@ -8,7 +8,7 @@
 //! (from the fault's start), and whether every client was connected. At the end every message
 //! is counted: delivered once and in order, or still unacknowledged (reported lost).
 
-use super::restart::{Client, Counts, Ended, Node, pct};
+use super::restart::{Client, Counts, Node, drain, pct};
 use super::*;
 use bluecam_proto::ResumeCredentials;
 
@@ -249,17 +249,7 @@ pub(super) async fn chaos(
     measure("Redis restarted empty", &counts, t).await;
 
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    progress("stopping the senders; draining");
-    stop.store(true, Ordering::Relaxed);
-    drain_until.store(now_ms() + 60_000, Ordering::Relaxed);
-    let mut unacked = 0;
-    let mut expired = 0;
-    while let Some(r) = tasks.join_next().await {
-        match r?? {
-            Ended::Done { unacked: u } => unacked += u,
-            Ended::Expired => expired += 1,
-        }
-    }
+    let (unacked, expired) = drain(tasks, &stop, &drain_until, started, 60_000).await?;
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sent = c(&counts.sent);
     let delivered = c(&counts.delivered);

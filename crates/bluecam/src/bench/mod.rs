@@ -616,29 +616,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             settle_secs,
         } => {
-            let mut result =
-                restart::restart(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
-            result["machine"] = machine(false);
-            let text = serde_json::to_string_pretty(&result)?;
-            if let Some(path) = &args.json {
-                std::fs::write(path, &text)?;
-            }
-            say(&text);
-            return Ok(());
+            let result = restart::restart(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            return report(&args, result);
         }
         Scenario::Chaos {
             clients,
             rate,
             settle_secs,
         } => {
-            let mut result = chaos::chaos(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
-            result["machine"] = machine(false);
-            let text = serde_json::to_string_pretty(&result)?;
-            if let Some(path) = &args.json {
-                std::fs::write(path, &text)?;
-            }
-            say(&text);
-            return Ok(());
+            let result = chaos::chaos(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            return report(&args, result);
         }
         Scenario::Cluster {
             nodes,
@@ -739,6 +726,17 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Restart { .. } => "restart",
         Scenario::Chaos { .. } => "chaos",
     }
+}
+
+/// Prints a scenario's result (with the machine) and writes it to `--json`.
+fn report(args: &BenchArgs, mut result: serde_json::Value) -> anyhow::Result<()> {
+    result["machine"] = machine(false);
+    let text = serde_json::to_string_pretty(&result)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text)?;
+    }
+    say(&text);
+    Ok(())
 }
 
 fn unreachable_worker() -> anyhow::Result<serde_json::Value> {

@@ -349,6 +349,31 @@ async fn wait_resumed(
     times
 }
 
+/// Stops the senders and waits for every client to drain (or `window_ms` to pass); returns
+/// the messages still unacknowledged and the sessions the server refused to resume.
+pub(super) async fn drain(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<Ended>>,
+    stop: &AtomicBool,
+    drain_until: &AtomicU64,
+    started: Instant,
+    window_ms: u64,
+) -> anyhow::Result<(u64, u64)> {
+    progress("stopping the senders; draining");
+    stop.store(true, Ordering::Relaxed);
+    drain_until.store(
+        started.elapsed().as_millis() as u64 + window_ms,
+        Ordering::Relaxed,
+    );
+    let (mut unacked, mut expired) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r?? {
+            Ended::Done { unacked: u } => unacked += u,
+            Ended::Expired => expired += 1,
+        }
+    }
+    Ok((unacked, expired))
+}
+
 pub(super) fn pct(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -452,20 +477,7 @@ pub(super) async fn restart(
         }));
     }
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    progress("stopping the senders; draining");
-    stop.store(true, Ordering::Relaxed);
-    drain_until.store(
-        started.elapsed().as_millis() as u64 + 30_000,
-        Ordering::Relaxed,
-    );
-    let mut unacked = 0;
-    let mut expired = 0;
-    while let Some(r) = tasks.join_next().await {
-        match r?? {
-            Ended::Done { unacked: u } => unacked += u,
-            Ended::Expired => expired += 1,
-        }
-    }
+    let (unacked, expired) = drain(tasks, &stop, &drain_until, started, 30_000).await?;
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sent = c(&counts.sent);
     let delivered = c(&counts.delivered);
