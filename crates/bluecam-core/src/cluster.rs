@@ -162,7 +162,13 @@ impl ClusterNode {
 
     /// When [`Self::poll_step`] next has something to do (the next heartbeat).
     pub fn poll_timeout(&self) -> Instant {
-        self.next_beat
+        if self.beating {
+            // Nothing is due before the heartbeat in flight ends (its `done` may be late: a
+            // shell waking at `next_beat` meanwhile would only spin).
+            self.next_beat + self.ttl
+        } else {
+            self.next_beat
+        }
     }
 
     /// The directory's epoch as last seen.
@@ -242,6 +248,9 @@ impl ClusterNode {
                     self.rebuilt_at = Some(now);
                     self.dirty = true;
                     self.restore = Some(self.known_rooms.values().cloned().collect());
+                    // A resync already done in this round came before the loss: another
+                    // follows the restore.
+                    self.round.retain(|s| *s != "resync");
                 }
                 if beat.was_missing && !local_rooms.is_empty() {
                     // Reaped, or the directory lost the node set: put our peers back.

@@ -536,20 +536,39 @@ impl Hub {
         }
         // Just inserted or found above; a snapshot never drops a room with a local peer, and
         // a replica without one is dropped only after this join adds its peer.
-        let room = self.rooms.entry(id).or_insert_with(|| RoomState {
+        let room = self.rooms.entry(id.clone()).or_insert_with(|| RoomState {
             summary: summary.clone(),
             peers: HashMap::new(),
             ver: 0,
         });
         // Peers on their way onto this node (a join or claim here that the directory has
-        // answered and this hub not yet admitted): in the room for the joiner too. Their own
-        // admission replaces the entry.
+        // answered and this hub not yet admitted): in the room for the joiner too, and
+        // announced to the peers already here (their own join event, older than this answer,
+        // will be ignored). Their own admission replaces the entry.
+        let mut arriving = Vec::new();
         for p in view.map(|v| v.pending_here.as_slice()).unwrap_or_default() {
             if p.info.id != *joiner && !room.peers.contains_key(&p.info.id) {
                 room.peers
                     .insert(p.info.id.clone(), PeerState::remote(p.clone()));
+                arriving.push(p.info.clone());
             }
         }
+        for info in arriving {
+            let Some(room) = self.rooms.get(&id) else {
+                break;
+            };
+            let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined { peer: info }));
+            let conns = attached_conns(room, None);
+            let detached = detached_peers(room);
+            self.push_deliver(conns, announce.clone());
+            self.buffer_for(&id, &detached, &announce);
+        }
+        // (Still there: announcing drops nothing.)
+        let room = self.rooms.entry(id).or_insert_with(|| RoomState {
+            summary: summary.clone(),
+            peers: HashMap::new(),
+            ver: 0,
+        });
         // The latest stored room wins (name or limits may have changed).
         room.summary = summary;
         room

@@ -123,9 +123,10 @@ impl<'a> NodeMessage<'a> {
     pub fn decode(text: &'a str) -> Result<Option<Self>, NodeMessageError> {
         let flat: Flat<'a> = serde_json::from_str(text).map_err(NodeMessageError::Json)?;
         let room = flat.room;
-        let ver = flat.ver.unwrap_or(0);
         let need =
             |kind: &'static str, field: &'static str| NodeMessageError::Missing { kind, field };
+        // A membership message without its version would be taken as older than any replica.
+        let ver = |kind| flat.ver.ok_or(need(kind, "ver"));
         Ok(Some(match flat.t {
             "frame" => Self::Frame {
                 room,
@@ -134,13 +135,13 @@ impl<'a> NodeMessage<'a> {
             },
             "joined" => Self::Joined {
                 room,
-                ver,
+                ver: ver("joined")?,
                 node: flat.node.ok_or(need("joined", "node"))?,
                 peer: flat.rec.ok_or(need("joined", "rec"))?,
             },
             "left" => Self::Left {
                 room,
-                ver,
+                ver: ver("left")?,
                 peer: flat.peer.ok_or(need("left", "peer"))?,
                 reason: match flat.reason {
                     Some("left") => LeaveReason::Left,
@@ -152,7 +153,7 @@ impl<'a> NodeMessage<'a> {
             },
             "moved" => Self::Moved {
                 room,
-                ver,
+                ver: ver("moved")?,
                 node: flat.node.ok_or(need("moved", "node"))?,
                 peer: flat.rec.ok_or(need("moved", "rec"))?,
             },

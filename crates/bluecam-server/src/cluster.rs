@@ -16,6 +16,8 @@
 //! | `bc:nodes` | set | every node that may still own peers |
 //! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
 //! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
+//! | `bc:gone:{room}\n{peer}` | string, expiring (1 h) | a tombstone: the peer left for good (`REGISTER` does not put it back) |
+//! | `bc:rebuilt` | string, expiring (a resume window) | Redis lost its data a moment ago: what it lacks may still come back |
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`; what nodes send each other is
 //! [`bluecam_proto::NodeMessage`]. Membership changes run as Lua scripts, which update the
@@ -295,6 +297,19 @@ return {'added'}
     )
 });
 
+/// Raises a room's version to at least ARGV[2] (a node putting the room back after Redis lost
+/// its data). ARGV: room, version.
+static RAISE_VERSION: Script = LazyLock::new(|| {
+    script(
+        r#"
+local k = 'bc:room:' .. ARGV[1] .. ':ver'
+local v = tonumber(redis.call('GET', k) or '0')
+if v < tonumber(ARGV[2]) then redis.call('SET', k, ARGV[2]) end
+return 1
+"#,
+    )
+});
+
 /// Deletes a room with everything recorded about it and publishes `closed` to the nodes
 /// that had peers in it. ARGV: room, reason, this node, and 'empty' to delete it only if no
 /// peer is in it (checked in the same step, so a join cannot slip in). Returns 0 when
@@ -531,8 +546,8 @@ impl RedisBroker {
                     "the first heartbeat failed".into(),
                 ));
             }
-            self.machine()
-                .done(done, Instant::now(), &hub.local_rooms());
+            let rooms = hub.local_rooms();
+            self.machine().done(done, Instant::now(), &rooms);
         }
         let subscriber = build(url)
             .map_err(backend)?
@@ -725,6 +740,22 @@ impl RedisBroker {
     /// Marks the directory as being rebuilt (see `Step::RestoreRooms`) and puts back stored
     /// rooms this node has peers in (create-if-absent): Redis lost them.
     async fn restore_rooms(self: &Arc<Self>, rooms: Vec<Room>) {
+        // Each room's version goes back to this node's before the room exists again, so a
+        // join in the gap before the re-registration is numbered above every replica.
+        let mut vers: HashMap<RoomId, u64> = HashMap::new();
+        if let Some(hub) = self.hub.get() {
+            for p in hub.local_peers() {
+                let v = vers.entry(p.room).or_default();
+                *v = (*v).max(p.room_ver);
+            }
+        }
+        for room in &rooms {
+            let ver = vers.get(&room.id).copied().unwrap_or(0);
+            let args = vec![room.id.to_string(), ver.to_string()];
+            if let Err(e) = self.eval::<i64>(&RAISE_VERSION, args).await {
+                self.redis_error("version restore", &e);
+            }
+        }
         let window = self.machine().resume_window().as_millis() as i64;
         let marked: Result<(), _> = self
             .cmd()

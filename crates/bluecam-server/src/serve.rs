@@ -188,6 +188,9 @@ impl Drop for ConnPermit {
 /// Refusals answered politely (a 503 and a short drain) at once; beyond, refused connections
 /// are just closed, so a flood cannot hold descriptors through its refusals.
 const MAX_POLITE_REFUSALS: usize = 64;
+/// `TCP_NOTSENT_LOWAT` of accepted connections (see the accept loop).
+#[cfg(target_os = "linux")]
+const NOTSENT_LOWAT: u32 = 128 << 10;
 
 /// How long a closing connection keeps reading (and discarding) what the client still sends.
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
@@ -260,6 +263,14 @@ impl Front {
             // delayed ACKs it costs 40 ms per exchange).
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            // The kernel wakes a blocked writer once its unsent bytes fall below this, rather
+            // than once a third of a send buffer of up to several MB has drained: a slow reader
+            // that keeps reading shows steady progress, which the write-stall rule looks at
+            // (and a slow connection holds less in kernel memory).
+            #[cfg(target_os = "linux")]
+            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+                tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
             }
             let permit = match state.gate.admit(peer.ip()) {
                 Ok(permit) => permit,

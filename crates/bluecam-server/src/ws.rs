@@ -36,7 +36,94 @@ const WRITE_BATCH: usize = 64;
 const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
 /// The server's side of one WebSocket.
-type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type WebSocket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// The upgraded connection, counting the bytes its socket takes: the write-stall rule looks at
+/// progress (a socket that takes nothing for `write_stall_ms`), not at how long one write took,
+/// so a slow reader that keeps reading is never cut off by one large message.
+struct Counted<T> {
+    inner: T,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Runs `write` to completion, or gives up (`None`) once the socket has taken no byte for a
+/// whole `stall`.
+async fn unless_stalled<F: std::future::Future>(
+    written: &std::sync::atomic::AtomicU64,
+    stall: Duration,
+    write: F,
+) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    let mut seen = written.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(stall, &mut write).await {
+            Ok(out) => return Some(out),
+            Err(_) => {
+                let now = written.load(Ordering::Relaxed);
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
 
 /// A checked WebSocket handshake (RFC 6455 section 4.2.1). Every refusal is a JSON error body.
 #[derive(Debug)]
@@ -162,9 +249,11 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let io = Counted {
+            inner: TokioIo::new(upgraded),
+            written: Arc::default(),
+        };
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         run(slot.0.clone(), socket).await;
         drop((slot, track, permit));
     });
@@ -658,13 +747,15 @@ async fn write_batch(
 ) -> Option<Option<CloseCode>> {
     let mut written = 0;
     let stall = state.config.limits.write_stall();
+    let progress = Arc::clone(&socket.get_ref().written);
     while let Some(out) = slot.as_ref() {
         match out {
             Outbound::Frame { text, .. } => {
                 let (text, len) = (text.clone(), text.len());
                 // A feed that is still pending has not taken the frame: on a stall it stays in
                 // `slot`, for the peer's resume.
-                let Ok(sent) = tokio::time::timeout(stall, socket.feed(Message::Text(text))).await
+                let Some(sent) =
+                    unless_stalled(&progress, stall, socket.feed(Message::Text(text))).await
                 else {
                     return Some(Some(CloseCode::SlowConsumer));
                 };
@@ -687,10 +778,10 @@ async fn write_batch(
             *slot = rx.try_recv().ok();
         }
     }
-    match tokio::time::timeout(stall, socket.flush()).await {
-        Err(_) => Some(Some(CloseCode::SlowConsumer)),
-        Ok(Err(_)) => Some(None),
-        Ok(Ok(())) => None,
+    match unless_stalled(&progress, stall, socket.flush()).await {
+        None => Some(Some(CloseCode::SlowConsumer)),
+        Some(Err(_)) => Some(None),
+        Some(Ok(())) => None,
     }
 }
 

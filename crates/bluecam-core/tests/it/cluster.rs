@@ -1108,3 +1108,38 @@ fn a_send_to_an_unknown_peer_asks_the_shell_to_check_the_replica() {
     );
     assert_unknown_peer(&out.to(alice.conn), &[&zz], Some(7));
 }
+
+/// Found in review: a peer on its way here (another joiner's answer lists it on this node, its
+/// own claim a step behind) is in the room for the joiner; the peers already here must hear of
+/// it then, since its join event, older than the answer, will be ignored, and its own claim
+/// finds it known.
+#[test]
+fn a_peer_on_its_way_here_is_announced_to_the_peers_already_here_once() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let (r, _) = cluster_join(&mut w, &room, "r", view(1, 1, vec![]));
+    // Q joins; the directory's answer places P (joined on node c a moment ago, resuming here
+    // now) on this node.
+    let mut v = view(7, 7, vec![]);
+    v.pending_here = vec![remote("p", "here", 6)];
+    let (q, out) = cluster_join(&mut w, &room, "q", v);
+    let listed: Vec<String> = out.to(q.conn)[0]
+        .joined()
+        .peers
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert!(listed.contains(&"p".to_owned()), "{listed:?}");
+    let seen = out.to(r.conn);
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, Seen::PeerJoined(p) if p.id.as_str() == "p")),
+        "r hears of p: {seen:?}"
+    );
+    // P's claim lands: nobody hears of it twice.
+    let req = claim_request(&mut w, &room, "p", 8, vec![]);
+    let (_p, out) = w.admit(req);
+    assert!(out.to(r.conn).is_empty(), "{:?}", out.to(r.conn));
+    assert!(out.to(q.conn).is_empty(), "{:?}", out.to(q.conn));
+    w.hub.check_invariants().unwrap();
+}

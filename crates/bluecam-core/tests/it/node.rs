@@ -241,3 +241,44 @@ fn a_new_epoch_restores_the_rooms_held_and_holds_reconciliation_for_a_resume_win
         ["heartbeat", "reap"]
     );
 }
+
+/// Found in review: while a heartbeat is in flight past the next beat (Redis slow or down), the
+/// wake-up time must not lie in the past, or the shell spins.
+#[test]
+fn no_wake_up_in_the_past_while_a_heartbeat_is_in_flight() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    assert_eq!(node.poll_step(t0).as_ref().map(kind), Some("heartbeat"));
+    let late = t0 + TTL / 2; // past the next beat, the heartbeat still running
+    assert!(node.poll_step(late).is_none());
+    assert!(node.poll_timeout() > late, "the shell would spin");
+    node.done(Done::Heartbeat(None), late, &room());
+    assert!(node.poll_timeout() <= late, "a heartbeat is due again");
+}
+
+/// Found in review: a heartbeat that finds the directory's data lost while a round's resync is
+/// already done must still be followed by a resync after the restore.
+#[test]
+fn a_loss_found_after_this_rounds_resync_still_gets_a_resync() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    node.signal(Signal::Failed, t0);
+    let t1 = t0 + TTL / 3;
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e1", false), t1, &room());
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("resync"));
+    node.done(Done::Resync(true), t1, &room());
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("reap"));
+    // The next heartbeat, beside the reap, finds a new epoch.
+    let t2 = t1 + TTL / 3;
+    assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e2", false), t2, &room());
+    node.done(Done::Reap, t2, &room());
+    assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("restore"));
+    node.done(Done::RestoreRooms, t2, &room());
+    assert_eq!(
+        node.poll_step(t2).as_ref().map(kind),
+        Some("resync without reconcile")
+    );
+}

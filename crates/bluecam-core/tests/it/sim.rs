@@ -1109,6 +1109,15 @@ impl Sim {
             Step::RestoreRooms(rooms) => {
                 let window = self.nodes[i].machine.resume_window();
                 self.dir.rebuilt_until = Some(now + window);
+                // `RAISE_VERSION`: the room's version back to this node's replica's first.
+                let ver = self.nodes[i]
+                    .hub
+                    .local_peers()
+                    .iter()
+                    .map(|p| p.room_ver)
+                    .max()
+                    .unwrap_or(0);
+                self.dir.ver = self.dir.ver.max(ver);
                 if !rooms.is_empty() {
                     self.dir.room_exists = true;
                 }

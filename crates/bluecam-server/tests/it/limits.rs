@@ -263,3 +263,76 @@ async fn origin_allow_list_refuses_other_origins() {
         .insert("Origin", "https://app.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
 }
+
+/// The finding "the write-stall rule counted per feed": a reader that keeps reading, only
+/// slowly (about 5 Mbit/s), must not be cut off because one large message takes longer than
+/// `write_stall_ms` to reach it. The rule is about a socket that takes nothing.
+#[tokio::test]
+async fn a_slow_but_steady_reader_is_not_cut_off_by_the_stall_rule() {
+    use bluecam_proto::ClientMessage;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use serde_json::Value;
+    use tokio::io::AsyncReadExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::with(|c| {
+        c.limits.outbound_queue_bytes = 64 << 20;
+        c.limits.outbound_queue_frames = 1 << 16;
+        c.limits.write_stall_ms = 300;
+        c.limits.rate_frames_per_sec = 1_000_000;
+        c.limits.rate_burst_frames = 1_000_000;
+        c.limits.rate_bytes_per_sec = 1 << 40;
+        c.limits.rate_burst_bytes = 1 << 40;
+    })
+    .await;
+    let room = s.room().await;
+    let mut sender = s.join(&room, "sender").await;
+    // The slow reader: a small receive buffer, and raw reads at a fixed pace once joined.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 << 10).unwrap();
+    let tcp = socket.connect(s.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(format!("ws://{}/v1/ws", s.addr), tcp)
+        .await
+        .unwrap();
+    let join = ClientMessage::Join {
+        token: s.token(&room, "slow"),
+        resume: None,
+    };
+    slow.send(Message::text(join.to_json())).await.unwrap();
+    let joined = loop {
+        if let Some(Ok(Message::Text(t))) = slow.next().await {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["op"] == "joined" {
+                break v;
+            }
+        }
+    };
+    let slow_id = joined["self"]["id"].as_str().unwrap().to_owned();
+    sender.recv_op("peer_joined").await;
+    // Eight messages of 900 KiB: 7 MiB, more than the socket buffers hold.
+    let pad = "z".repeat(900 << 10);
+    for i in 0..8 {
+        sender
+            .send_json(json!({"op": "send", "to": [slow_id], "msg": {"i": i, "pad": pad}}))
+            .await;
+    }
+    // 32 KiB every 50 ms (about 5 Mbit/s) for 4 s: well below one 900 KiB message per stall.
+    let tcp = slow.get_mut();
+    let mut buf = vec![0u8; 32 << 10];
+    let mut total = 0usize;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
+            .await
+            .expect("the server stopped writing")
+            .unwrap();
+        assert!(n > 0, "closed after {total} bytes");
+        total += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(total > 1 << 20, "only {total} bytes in 4 s");
+    assert_eq!(
+        s.presence(&room, &slow_id).await,
+        Some(true),
+        "cut off while reading steadily, after {total} bytes"
+    );
+}
