@@ -47,6 +47,16 @@ impl TokenBucket {
     fn take(&mut self, n: f64) {
         self.tokens -= n;
     }
+
+    /// Takes `n` tokens if they are there now; false (and nothing taken) otherwise.
+    pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
+        if self.wait_for(n, now).is_zero() {
+            self.take(n);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Frames-per-second and bytes-per-second limits of one connection.

@@ -41,6 +41,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Serve `/metrics` on this address only (and not on `bind`). Unset: on `bind`.
     pub metrics_bind: Option<SocketAddr>,
+    /// Answer STUN Binding requests (UDP) and hand clients `stun:HOST:PORT` for it.
+    pub stun: bool,
+    /// UDP address of the built-in STUN server. Unset: the address and port of `bind`.
+    pub stun_bind: Option<SocketAddr>,
 }
 
 /// Settings of a cluster node (used with `redis_url`).
@@ -203,6 +207,8 @@ impl Default for Config {
             redis_url: None,
             cluster: ClusterConfig::default(),
             metrics_bind: None,
+            stun: true,
+            stun_bind: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod metrics;
 pub mod serve;
 pub mod store;
+pub mod stun;
 pub mod web;
 pub mod ws;
 
@@ -65,6 +66,8 @@ pub enum ServerError {
     Config(String),
     #[error("cannot listen on the metrics address {0}: {1}")]
     MetricsBind(SocketAddr, std::io::Error),
+    #[error("cannot answer STUN on {0} (UDP): {1}")]
+    StunBind(SocketAddr, std::io::Error),
 }
 
 /// What every handler and connection task shares.
@@ -166,6 +169,7 @@ pub struct Server {
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     cluster: Option<Arc<cluster::RedisBroker>>,
     metrics_listener: Option<TcpListener>,
+    stun: Option<tokio::net::UdpSocket>,
 }
 
 impl Server {
@@ -194,6 +198,29 @@ impl Server {
             serve::Gate::new(&config.limits, metrics.http_connections.clone())
                 .map_err(ServerError::Config)?,
         );
+        // The built-in STUN server: on the HTTP address and port (UDP) unless told otherwise.
+        // Taken by something else there, the node runs without it (and says so); an address
+        // given on purpose must work.
+        let stun = if config.stun {
+            let addr = match config.stun_bind {
+                Some(addr) => addr,
+                None => listener.local_addr().map_err(ServerError::Io)?,
+            };
+            match tokio::net::UdpSocket::bind(addr).await {
+                Ok(socket) => {
+                    config.stun_bind = Some(socket.local_addr().map_err(ServerError::Io)?);
+                    Some(socket)
+                }
+                Err(e) if config.stun_bind.is_some() => return Err(ServerError::StunBind(addr, e)),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot answer STUN there; running without");
+                    config.stun = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let metrics_listener = match config.metrics_bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -293,6 +320,7 @@ impl Server {
             tls,
             cluster,
             metrics_listener,
+            stun,
         })
     }
 
@@ -338,6 +366,13 @@ impl Server {
             .await?;
         }
         spawn_timers(&state);
+        if let Some(socket) = self.stun {
+            state.tracker.spawn(stun::serve(
+                socket,
+                state.metrics.clone(),
+                state.shutdown.clone(),
+            ));
+        }
         // An external shutdown cancels the server's own token, which stops the front(s) from
         // accepting and tells the WebSockets (close 1001).
         let inner = state.shutdown.clone();

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub cluster_unsent: Counter,
     /// Cluster: frames from another node whose recipients were not here.
     pub cluster_undeliverable: Counter,
+    /// STUN Binding requests answered.
+    pub stun_answers: Counter,
+    /// STUN datagrams dropped: not a Binding request, or over the per-source rate.
+    pub stun_refused: Counter,
     /// Cluster: failed Redis operations.
     pub redis_errors: Counter,
 }
@@ -79,6 +83,8 @@ impl Metrics {
             cluster_in: counter!("bluecam_cluster_messages_total", "dir" => "in"),
             cluster_unsent: counter!("bluecam_cluster_unsent_total"),
             cluster_undeliverable: counter!("bluecam_cluster_undeliverable_total"),
+            stun_answers: counter!("bluecam_stun_answers_total"),
+            stun_refused: counter!("bluecam_stun_refused_total"),
             redis_errors: counter!("bluecam_redis_errors_total"),
         }
     }

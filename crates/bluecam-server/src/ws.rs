@@ -132,6 +132,8 @@ pub struct WsUpgrade {
     accept: HeaderValue,
     /// The TCP connection's place under the connection caps, kept for the socket's life.
     permit: Option<Arc<ConnPermit>>,
+    /// The request's `Host` (for the built-in STUN server's URL when no public URL is set).
+    host: Option<String>,
 }
 
 /// Whether a comma-separated header has this token (case-insensitively).
@@ -198,6 +200,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             on_upgrade,
             accept,
             permit: parts.extensions.get::<Arc<ConnPermit>>().cloned(),
+            host: h
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         })
     }
 }
@@ -240,6 +246,7 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
         on_upgrade,
         accept,
         permit,
+        host,
     } = ws;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -254,7 +261,7 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
             written: Arc::default(),
         };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        run(slot.0.clone(), socket).await;
+        run(slot.0.clone(), socket, host).await;
         drop((slot, track, permit));
     });
     let mut res = Response::new(Body::empty());
@@ -279,7 +286,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-async fn run(state: AppState, mut socket: WebSocket) {
+async fn run(state: AppState, mut socket: WebSocket, host: Option<String>) {
     state
         .metrics
         .connections
@@ -316,7 +323,7 @@ async fn run(state: AppState, mut socket: WebSocket) {
     };
     state.metrics.frame_in("join");
     let (conn, mut rx, shared) = state.hub.register();
-    if let Err((error, code)) = join(&state, conn, &text).await {
+    if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
         let vacated = state.hub.disconnect(conn, Instant::now(), None, &mut rx);
         state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
@@ -373,6 +380,7 @@ async fn join(
     state: &AppState,
     conn: ConnId,
     text: &str,
+    host: Option<&str>,
 ) -> Result<PeerId, (ErrorFrame, CloseCode)> {
     let fail = |code: ErrorCode, message: &str| {
         (
@@ -410,6 +418,10 @@ async fn join(
     };
     let peer = PeerId::new(crate::auth::random_token(12));
     let mut ice_servers = state.config.ice_servers.clone();
+    // The operator's servers first, then the built-in STUN, then this session's TURN.
+    if let Some(stun) = builtin_stun(&state.config, host) {
+        ice_servers.push(stun);
+    }
     if let Some(turn) = &state.config.turn {
         ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
     }
@@ -834,3 +846,36 @@ async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
 
 /// How long a close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The built-in STUN server as clients reach it: `stun:HOST:PORT`, HOST from the public URL,
+/// else from the request's `Host`; none when STUN is off or no host is known.
+fn builtin_stun(
+    config: &crate::config::Config,
+    host: Option<&str>,
+) -> Option<bluecam_proto::IceServer> {
+    if !config.stun {
+        return None;
+    }
+    let port = config.stun_bind?.port();
+    let authority = match &config.public_url {
+        // "https://host:port/path" → "host:port"
+        Some(url) => {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            rest.split(['/', '?', '#']).next().unwrap_or(rest)
+        }
+        None => host?,
+    };
+    // "host:port" or "[v6]:port": the host part, brackets kept for IPv6.
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(bluecam_proto::IceServer {
+        urls: vec![format!("stun:{host}:{port}")],
+        username: None,
+        credential: None,
+    })
+}

@@ -78,6 +78,12 @@ struct ServeArgs {
     /// Serve `/metrics` on this address only, not on the public one (e.g. 127.0.0.1:9090).
     #[arg(long, env = "BLUECAM_METRICS_BIND")]
     metrics_bind: Option<SocketAddr>,
+    /// UDP address of the built-in STUN server [default: the address and port of --bind].
+    #[arg(long, env = "BLUECAM_STUN_BIND", conflicts_with = "no_stun")]
+    stun_bind: Option<SocketAddr>,
+    /// Do not answer STUN (and do not hand clients the built-in STUN server).
+    #[arg(long, env = "BLUECAM_NO_STUN")]
+    no_stun: bool,
 }
 
 impl ServeArgs {
@@ -115,6 +121,12 @@ impl ServeArgs {
         }
         if self.metrics_bind.is_some() {
             config.metrics_bind = self.metrics_bind;
+        }
+        if self.stun_bind.is_some() {
+            config.stun_bind = self.stun_bind;
+        }
+        if self.no_stun {
+            config.stun = false;
         }
         Ok(config)
     }

@@ -10,5 +10,6 @@ mod lifecycle;
 mod limits;
 mod restart;
 mod resume;
+mod stun;
 mod tls;
 mod ws;

@@ -276,7 +276,10 @@ async fn joined_carries_configured_ice_servers_and_per_session_turn_credentials(
     let b = s.join(&room, "b").await;
     let ice_a = &a.joined.as_ref().unwrap().ice_servers;
     let ice_b = &b.joined.as_ref().unwrap().ice_servers;
+    // The configured servers, the built-in STUN, then this session's TURN.
     assert_eq!(ice_a[0].urls, ["stun:stun.example.com:3478"]);
+    assert_eq!(ice_a[1].urls, [format!("stun:127.0.0.1:{}", s.addr.port())]);
+    let (ice_a, ice_b) = (&ice_a[1..], &ice_b[1..]);
     assert_eq!(ice_a[1].urls, ["turn:turn.example.com:3478"]);
     let user = ice_a[1].username.as_deref().unwrap();
     let (expiry, _) = user.split_once(':').unwrap();
