@@ -165,6 +165,10 @@ pub struct LimitsConfig {
     /// Default and upper bound of a room's `maxPeers`.
     pub max_peers_per_room: u32,
     pub resume_window_secs: u64,
+    /// STUN Binding requests answered per second per source address (built-in STUN).
+    pub stun_rate_per_source: f64,
+    /// Burst of STUN Binding requests answered per source address.
+    pub stun_burst_per_source: f64,
     pub resume_buffer_frames: usize,
     pub resume_buffer_bytes: usize,
     /// Open WebSocket connections this node accepts; more get HTTP 503.
@@ -230,6 +234,8 @@ impl Default for LimitsConfig {
             ping_interval_secs: 20,
             max_peers_per_room: 50,
             resume_window_secs: 60,
+            stun_rate_per_source: 20.0,
+            stun_burst_per_source: 100.0,
             resume_buffer_frames: 1024,
             resume_buffer_bytes: 4 << 20,
             max_connections: 100_000,

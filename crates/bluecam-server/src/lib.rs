@@ -369,6 +369,8 @@ impl Server {
         if let Some(socket) = self.stun {
             state.tracker.spawn(stun::serve(
                 socket,
+                state.config.limits.stun_rate_per_source,
+                state.config.limits.stun_burst_per_source,
                 state.metrics.clone(),
                 state.shutdown.clone(),
             ));

@@ -16,10 +16,6 @@ use stun::{
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-/// Binding requests answered per second per source address (a browser's ICE gathering sends a
-/// few per server; a burst covers several tabs behind one NAT).
-const PER_SOURCE_RATE: f64 = 20.0;
-const PER_SOURCE_BURST: f64 = 100.0;
 /// Source addresses remembered for the rate limit at most; beyond, the table starts over.
 const MAX_SOURCES: usize = 100_000;
 
@@ -48,8 +44,16 @@ pub fn answer(datagram: &[u8], from: std::net::SocketAddr) -> Option<Vec<u8>> {
     Some(response.raw)
 }
 
-/// Serves STUN on `socket` until `stop`.
-pub async fn serve(socket: UdpSocket, metrics: Metrics, stop: CancellationToken) {
+/// Serves STUN on `socket` until `stop`, answering each source address at most `rate` times a
+/// second with bursts of `burst` (`stun_rate_per_source`, `stun_burst_per_source`: a browser's
+/// ICE gathering sends a few requests per server; the burst covers several tabs behind a NAT).
+pub async fn serve(
+    socket: UdpSocket,
+    rate: f64,
+    burst: f64,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let mut buf = vec![0u8; 1500];
     let mut buckets: HashMap<IpAddr, TokenBucket> = HashMap::new();
     loop {
@@ -67,7 +71,7 @@ pub async fn serve(socket: UdpSocket, metrics: Metrics, stop: CancellationToken)
         }
         let allowed = buckets
             .entry(from.ip())
-            .or_insert_with(|| TokenBucket::new(PER_SOURCE_RATE, PER_SOURCE_BURST, now))
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
             .try_take(1.0, now);
         if !allowed {
             metrics.stun_refused.increment(1);

@@ -531,6 +531,14 @@ fn bench_restart_smoke() {
     assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
 }
 
+#[test]
+fn bench_stun_smoke() {
+    let v = bench(&["stun", "--senders", "2", "--duration-secs", "1"]);
+    let (sent, answered) = (v["sent"].as_u64().unwrap(), v["answered"].as_u64().unwrap());
+    // UDP: a loaded machine may drop a few; nearly all are answered.
+    assert!(answered > 0 && answered * 10 >= sent * 9, "{v}");
+}
+
 /// Also a real-process chaos test of the cluster: three nodes and a real `redis-server` with
 /// its append-only file, a node killed, a node frozen past its expiry, Redis killed and
 /// restarted from its file, then restarted empty; every message delivered once and in order.

@@ -53,6 +53,7 @@ mod signal;
 mod slow;
 mod soak;
 mod storm;
+mod stun;
 mod summary;
 mod wire;
 
@@ -151,6 +152,16 @@ enum Scenario {
         /// With --sweep: write an SVG plot of latency against offered load here.
         #[arg(long, requires = "sweep")]
         plot: Option<std::path::PathBuf>,
+    },
+    /// UDP senders asking the built-in STUN server for their address, `window` requests at a
+    /// time each: answers per second, and per server CPU-second.
+    Stun {
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
     },
     /// Pairs exchange an offer, an answer and ICE candidates both ways through the server;
     /// per-hop latency and whole-exchange time.
@@ -327,6 +338,8 @@ rate_bytes_per_sec = 100000000000
 rate_burst_bytes = 100000000000
 max_peers_per_room = 1000
 max_connections = 1000000
+stun_rate_per_source = 1000000000
+stun_burst_per_source = 1000000000
 "#;
 
 /// A command that runs `program`, on core 0 when pinning.
@@ -519,6 +532,19 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             exchanges,
             candidates,
         } => signal(target, pairs.max(1), exchanges.max(1), candidates).await?,
+        Scenario::Stun {
+            senders,
+            window,
+            duration_secs,
+        } => {
+            stun::stun(
+                target,
+                senders.max(1),
+                window.max(1),
+                Duration::from_secs(duration_secs.max(1)),
+            )
+            .await?
+        }
         Scenario::SlowReader {
             rooms,
             room_size,
@@ -717,6 +743,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::JoinStorm { .. } => "join-storm",
         Scenario::Relay { .. } => "relay",
         Scenario::Signal { .. } => "signal",
+        Scenario::Stun { .. } => "stun",
         Scenario::SlowReader { .. } => "slow-reader",
         Scenario::Churn { .. } => "churn",
         Scenario::Soak { .. } => "soak",

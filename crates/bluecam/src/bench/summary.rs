@@ -81,6 +81,15 @@ fn scenario_lines(v: &Value, out: &mut String) {
                 num(&v["signals_per_sec"], 0)
             );
         }
+        "stun" => {
+            let _ = writeln!(
+                out,
+                "  {name}: {} STUN answers/s ({} per server CPU-second), {} unanswered",
+                num(&v["answers_per_sec"], 0),
+                num(&v["answers_per_server_cpu_sec"], 0),
+                num(&v["unanswered"], 0)
+            );
+        }
         "join-storm" => {
             let _ = writeln!(
                 out,
