@@ -20,8 +20,8 @@
 //! - for one resume window after the directory lost its data, replicas are not reconciled
 //!   with it (the other nodes, a frozen one included, may still be putting their peers back).
 
-use crate::RemotePeer;
-use bluecam_proto::{NodeId, Room, RoomId};
+use crate::{Frame, RemotePeer, RoomEvent};
+use bluecam_proto::{NodeId, NodeMessage, Room, RoomClosedReason, RoomId};
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
@@ -318,4 +318,57 @@ pub fn stale_entries<'a>(
     recorded
         .into_iter()
         .filter(move |e| !held.contains(e) && !joining(&e.0))
+}
+
+/// A message from another node, as the core applies it (`Hub::handle_room_event` or
+/// `Hub::handle_room_closed`).
+#[derive(Debug)]
+pub enum Decoded {
+    Room {
+        room: RoomId,
+        ver: u64,
+        event: RoomEvent,
+    },
+    Closed {
+        room: RoomId,
+        reason: RoomClosedReason,
+    },
+}
+
+impl Decoded {
+    /// What a node message means to the core; `None` for a frame that is not a server frame.
+    pub fn from_message(msg: NodeMessage<'_>) -> Option<Self> {
+        let remote = |node, rec: bluecam_proto::PeerRecord| RemotePeer {
+            info: rec.info,
+            node,
+            seq: rec.seq,
+        };
+        let (room, ver, event) = match msg {
+            NodeMessage::Frame { room, to, frame } => {
+                let frame =
+                    Frame::from_text(bytes::Bytes::copy_from_slice(frame.get().as_bytes()))?;
+                (room, 0, RoomEvent::Frame { to, frame })
+            }
+            NodeMessage::Joined {
+                room,
+                ver,
+                node,
+                peer,
+            } => (room, ver, RoomEvent::Joined(remote(node, peer))),
+            NodeMessage::Left {
+                room,
+                ver,
+                peer,
+                reason,
+            } => (room, ver, RoomEvent::Left { peer, reason }),
+            NodeMessage::Moved {
+                room,
+                ver,
+                node,
+                peer,
+            } => (room, ver, RoomEvent::Moved(remote(node, peer))),
+            NodeMessage::Closed { room, reason } => return Some(Self::Closed { room, reason }),
+        };
+        Some(Self::Room { room, ver, event })
+    }
 }

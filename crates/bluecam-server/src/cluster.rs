@@ -36,7 +36,7 @@ use crate::{
     store::{Store, StoreError},
 };
 use bluecam_core::{
-    ClaimedSession, ClusterView, Frame, RemotePeer, RoomEvent,
+    ClaimedSession, ClusterView, RemotePeer,
     cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
 };
 use bluecam_proto::{
@@ -347,27 +347,7 @@ struct SessionRecord {
     permissions: Permissions,
 }
 
-/// A message from another node, as the core applies it.
-#[derive(Debug)]
-pub enum Decoded {
-    Room {
-        room: RoomId,
-        ver: u64,
-        event: RoomEvent,
-    },
-    Closed {
-        room: RoomId,
-        reason: RoomClosedReason,
-    },
-}
-
-fn remote_peer(node: NodeId, rec: PeerRecord) -> RemotePeer {
-    RemotePeer {
-        info: rec.info,
-        node,
-        seq: rec.seq,
-    }
-}
+pub use bluecam_core::cluster::Decoded;
 
 /// Decodes a message from another node; `Ok(None)` for one that carries nothing this node
 /// can apply (a kind it does not know, a frame that is not a server frame).
@@ -376,36 +356,7 @@ pub fn decode_event(text: &str) -> Result<Option<Decoded>, bluecam_proto::NodeMe
         tracing::warn!("unknown cluster message kind");
         return Ok(None);
     };
-    let (room, ver, event) = match msg {
-        NodeMessage::Frame { room, to, frame } => {
-            let Some(frame) =
-                Frame::from_text(bytes::Bytes::copy_from_slice(frame.get().as_bytes()))
-            else {
-                return Ok(None);
-            };
-            (room, 0, RoomEvent::Frame { to, frame })
-        }
-        NodeMessage::Joined {
-            room,
-            ver,
-            node,
-            peer,
-        } => (room, ver, RoomEvent::Joined(remote_peer(node, peer))),
-        NodeMessage::Left {
-            room,
-            ver,
-            peer,
-            reason,
-        } => (room, ver, RoomEvent::Left { peer, reason }),
-        NodeMessage::Moved {
-            room,
-            ver,
-            node,
-            peer,
-        } => (room, ver, RoomEvent::Moved(remote_peer(node, peer))),
-        NodeMessage::Closed { room, reason } => return Ok(Some(Decoded::Closed { room, reason })),
-    };
-    Ok(Some(Decoded::Room { room, ver, event }))
+    Ok(Decoded::from_message(msg))
 }
 
 fn channel(node: &NodeId) -> String {
@@ -425,7 +376,11 @@ fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
         .filter_map(|(id, rec)| {
             let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
             let node = nodes.get(&id)?.split('\n').next()?.to_owned();
-            Some(remote_peer(NodeId::new(node), rec))
+            Some(RemotePeer {
+                info: rec.info,
+                node: NodeId::new(node),
+                seq: rec.seq,
+            })
         })
         .collect()
 }

@@ -21,8 +21,7 @@
 use crate::support::{Seen, decode, limits, room};
 use bluecam_core::{
     ClusterView, ConnId, CoreConfig, Frame, FreshIds, Hub, JoinRequest, Origin, Output, RemotePeer,
-    RoomEvent,
-    cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
+    cluster::{Beat, ClusterNode, Decoded, Done, Signal, Step, split_view, stale_entries},
 };
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, Identity, LeaveReason, NodeId, NodeMessage, PeerId,
@@ -852,48 +851,9 @@ impl Sim {
                 .map_err(|e| format!("the model wrote a bad node message {text}: {e}"))?
                 .ok_or("unknown kind")?;
             let hub = &mut self.nodes[i].hub;
-            match msg {
-                NodeMessage::Frame { room, to, frame } => {
-                    let frame =
-                        Frame::from_text(bytes::Bytes::copy_from_slice(frame.get().as_bytes()))
-                            .ok_or("bad frame")?;
-                    hub.handle_room_event(&room, 0, RoomEvent::Frame { to, frame });
-                }
-                NodeMessage::Joined {
-                    room,
-                    ver,
-                    node,
-                    peer,
-                } => hub.handle_room_event(
-                    &room,
-                    ver,
-                    RoomEvent::Joined(RemotePeer {
-                        info: peer.info,
-                        node,
-                        seq: peer.seq,
-                    }),
-                ),
-                NodeMessage::Moved {
-                    room,
-                    ver,
-                    node,
-                    peer,
-                } => hub.handle_room_event(
-                    &room,
-                    ver,
-                    RoomEvent::Moved(RemotePeer {
-                        info: peer.info,
-                        node,
-                        seq: peer.seq,
-                    }),
-                ),
-                NodeMessage::Left {
-                    room,
-                    ver,
-                    peer,
-                    reason,
-                } => hub.handle_room_event(&room, ver, RoomEvent::Left { peer, reason }),
-                NodeMessage::Closed { room, reason } => hub.handle_room_closed(&room, reason),
+            match Decoded::from_message(msg).ok_or("bad frame")? {
+                Decoded::Room { room, ver, event } => hub.handle_room_event(&room, ver, event),
+                Decoded::Closed { room, reason } => hub.handle_room_closed(&room, reason),
             }
             self.drain(i);
         }

@@ -197,6 +197,14 @@ async fn a_slow_reader_is_disconnected_while_a_fast_peer_gets_every_frame() {
     receiver.await.unwrap();
 }
 
+/// Limits with no rate limit on the sender (the tests below flood on purpose).
+fn unlimited_rates(c: &mut bluecam_server::config::Config) {
+    c.limits.rate_frames_per_sec = 1_000_000;
+    c.limits.rate_burst_frames = 1_000_000;
+    c.limits.rate_bytes_per_sec = 1 << 40;
+    c.limits.rate_burst_bytes = 1 << 40;
+}
+
 /// Guards the time-based slow-consumer rule: with a queue bound too large to ever fill, a peer
 /// that stops reading is still cut off once its socket takes nothing for `write_stall_ms`.
 #[tokio::test]
@@ -205,10 +213,7 @@ async fn a_reader_that_stops_is_cut_off_by_the_stall_rule_long_before_its_queue_
         c.limits.outbound_queue_bytes = 512 << 20;
         c.limits.outbound_queue_frames = 1 << 20;
         c.limits.write_stall_ms = 300;
-        c.limits.rate_frames_per_sec = 1_000_000;
-        c.limits.rate_burst_frames = 1_000_000;
-        c.limits.rate_bytes_per_sec = 1 << 40;
-        c.limits.rate_burst_bytes = 1 << 40;
+        unlimited_rates(c);
     })
     .await;
     let room = s.room().await;
@@ -278,10 +283,7 @@ async fn a_slow_but_steady_reader_is_not_cut_off_by_the_stall_rule() {
         c.limits.outbound_queue_bytes = 64 << 20;
         c.limits.outbound_queue_frames = 1 << 16;
         c.limits.write_stall_ms = 300;
-        c.limits.rate_frames_per_sec = 1_000_000;
-        c.limits.rate_burst_frames = 1_000_000;
-        c.limits.rate_bytes_per_sec = 1 << 40;
-        c.limits.rate_burst_bytes = 1 << 40;
+        unlimited_rates(c);
     })
     .await;
     let room = s.room().await;
