@@ -2,11 +2,11 @@
 //! Every limit of DESIGN.md section 4 lives here with its default.
 
 use bluecam_proto::IceServer;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Everything `bluecam serve` can be told. Field names are the TOML keys.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -48,7 +48,7 @@ pub struct Config {
 }
 
 /// Settings of a cluster node (used with `redis_url`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// A node that has not renewed its liveness key for this long is dead: its peers leave
@@ -68,7 +68,7 @@ impl Default for ClusterConfig {
 }
 
 /// Certificate and key for built-in TLS (rustls).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -78,7 +78,7 @@ pub struct TlsConfig {
 }
 
 /// TURN with credentials minted per session (coturn `use-auth-secret` / `static-auth-secret`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TurnConfig {
     /// `turn:` / `turns:` URLs of the server.
@@ -138,7 +138,7 @@ mod tests {
 }
 
 /// Limits with their overflow policies (see `docs/limits.md`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest text frame accepted (1 MiB message + envelope). Up to twice this gets
@@ -309,7 +309,7 @@ impl LimitsConfig {
     }
 }
 
-/// A configuration file that could not be used.
+/// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -322,18 +322,355 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("invalid {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration (the file and the BLUECAM_* variables together): {0}")]
+    Merged(Box<toml::de::Error>),
 }
+
+/// How a setting's environment variable is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Taken as it is (also addresses, paths and URLs).
+    Str,
+    /// A number or `true`/`false`, as in TOML.
+    Scalar,
+    /// A JSON array of strings, or the strings separated by commas.
+    List,
+    /// JSON (`ice_servers`: an array of `{"urls": [...], "username", "credential"}`).
+    Json,
+}
+
+/// One setting: its TOML key (`table.key`), how its variable is read, and its flag if it has
+/// one. Its variable is `BLUECAM_` and the key in capitals, dots as underscores.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The `bluecam serve` flag. A setting with a flag has its variable read by the flag's
+    /// parser (same name, same priority as the flag).
+    pub flag: Option<&'static str>,
+}
+
+impl Setting {
+    /// The environment variable: `limits.max_frame_bytes` is `BLUECAM_LIMITS_MAX_FRAME_BYTES`.
+    pub fn var(&self) -> String {
+        format!(
+            "BLUECAM_{}",
+            self.key.replace('.', "_").to_ascii_uppercase()
+        )
+    }
+}
+
+const fn setting(key: &'static str, kind: Kind, flag: Option<&'static str>) -> Setting {
+    Setting { key, kind, flag }
+}
+
+/// Every setting of `bluecam serve` (docs/configuration.md has one row for each; a test checks
+/// both that list and that this one names every field of [`Config`]).
+pub const SETTINGS: &[Setting] = {
+    use Kind::{Json, List, Scalar, Str};
+    &[
+        setting("bind", Str, Some("--bind")),
+        setting("data_dir", Str, Some("--data-dir")),
+        setting("public_url", Str, Some("--public-url")),
+        setting("api_secret", Str, Some("--api-secret")),
+        setting("tls.cert", Str, Some("--tls-cert")),
+        setting("tls.key", Str, Some("--tls-key")),
+        setting("allowed_origins", List, Some("--allowed-origin")),
+        setting("demo", Scalar, Some("--demo")),
+        setting("metrics_bind", Str, Some("--metrics-bind")),
+        setting("redis_url", Str, Some("--redis")),
+        setting("stun", Scalar, None),
+        setting("stun_bind", Str, Some("--stun-bind")),
+        setting("ice_servers", Json, None),
+        setting("turn.urls", List, None),
+        setting("turn.secret", Str, None),
+        setting("turn.ttl_secs", Scalar, None),
+        setting("default_token_ttl_secs", Scalar, None),
+        setting("max_token_ttl_secs", Scalar, None),
+        setting("cluster.node_ttl_secs", Scalar, None),
+        setting("cluster.publish_queue", Scalar, None),
+        setting("limits.max_frame_bytes", Scalar, None),
+        setting("limits.outbound_queue_bytes", Scalar, None),
+        setting("limits.outbound_queue_frames", Scalar, None),
+        setting("limits.write_stall_ms", Scalar, None),
+        setting("limits.rate_frames_per_sec", Scalar, None),
+        setting("limits.rate_burst_frames", Scalar, None),
+        setting("limits.rate_bytes_per_sec", Scalar, None),
+        setting("limits.rate_burst_bytes", Scalar, None),
+        setting("limits.max_bad_frames", Scalar, None),
+        setting("limits.bad_frame_window_secs", Scalar, None),
+        setting("limits.join_timeout_secs", Scalar, None),
+        setting("limits.ping_interval_secs", Scalar, None),
+        setting("limits.max_peers_per_room", Scalar, None),
+        setting("limits.resume_window_secs", Scalar, None),
+        setting("limits.stun_rate_per_source", Scalar, None),
+        setting("limits.stun_burst_per_source", Scalar, None),
+        setting("limits.resume_buffer_frames", Scalar, None),
+        setting("limits.resume_buffer_bytes", Scalar, None),
+        setting("limits.max_connections", Scalar, None),
+        setting("limits.max_http_connections", Scalar, None),
+        setting("limits.max_connections_per_source", Scalar, None),
+        setting("limits.per_source_exempt", List, None),
+        setting("limits.http_header_timeout_secs", Scalar, None),
+        setting("limits.http_request_timeout_secs", Scalar, None),
+        setting("limits.max_http_body_bytes", Scalar, None),
+        setting("limits.empty_room_sweep_ms", Scalar, None),
+    ]
+};
 
 impl Config {
     /// Reads a TOML file; keys not in it keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
+        Self::load(Some(path), |_| None)
+    }
+
+    /// The defaults, then the TOML file (if any), then the environment (`env` looks a variable
+    /// up) for every setting without a flag: the flags (and their variables) are the caller's.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source: Box::new(source),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut from_env = false;
+        for s in SETTINGS.iter().filter(|s| s.flag.is_none()) {
+            let var = s.var();
+            let Some(raw) = env(&var).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            let value = env_value(s.kind, raw.trim())
+                .map_err(|message| ConfigError::Env { var, message })?;
+            insert(&mut table, s.key, value);
+            from_env = true;
+        }
+        let parsed = Self::deserialize(toml::Value::Table(table));
+        match (parsed, file) {
+            (Ok(config), _) => Ok(config),
+            (Err(source), Some(path)) if !from_env => Err(ConfigError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            }),
+            (Err(source), _) => Err(ConfigError::Merged(Box::new(source))),
+        }
+    }
+}
+
+/// Reads one variable's text as the value its setting takes.
+fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, String> {
+    let json = |raw: &str| -> Result<toml::Value, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+        toml::Value::try_from(v).map_err(|e| e.to_string())
+    };
+    match kind {
+        Kind::Str => Ok(toml::Value::String(raw.to_owned())),
+        Kind::Scalar => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| {
+                matches!(
+                    v,
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)
+                )
+            })
+            .ok_or_else(|| format!("expected a number or true/false, got {raw:?}")),
+        Kind::List if raw.starts_with('[') => json(raw),
+        Kind::List => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        )),
+        Kind::Json => json(raw),
+    }
+}
+
+/// Sets `a.b` in a TOML table, making the intermediate table if needed.
+fn insert(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                insert(t, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashMap};
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(None, |k| vars.get(k).cloned())
+    }
+
+    /// The leaf keys of a serialized config, `table.key`.
+    fn leaves(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&key, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_owned());
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_is_a_setting_and_every_setting_a_field() {
+        let mut config = Config {
+            public_url: Some("u".into()),
+            api_secret: Some("s".into()),
+            tls: Some(TlsConfig {
+                cert: "c".into(),
+                key: "k".into(),
+            }),
+            turn: Some(TurnConfig {
+                urls: vec![],
+                secret: "s".into(),
+                ttl_secs: 1,
+            }),
+            demo: Some(true),
+            redis_url: Some("r".into()),
+            metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            stun_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            ..Config::default()
+        };
+        config.ice_servers = vec![];
+        let mut fields = BTreeSet::new();
+        leaves("", &toml::Value::try_from(&config).unwrap(), &mut fields);
+        let listed: BTreeSet<String> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        assert_eq!(fields, listed, "SETTINGS and the fields of Config differ");
+    }
+
+    #[test]
+    fn the_configuration_page_lists_every_setting() {
+        let page = include_str!("../../../docs/configuration.md");
+        for s in SETTINGS {
+            let row = page
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", s.key)))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{}`", s.key));
+            assert!(
+                row.contains(&format!("`{}`", s.var())),
+                "row of `{}` lacks {}",
+                s.key,
+                s.var()
+            );
+            if let Some(flag) = s.flag {
+                assert!(
+                    row.contains(&format!("`{flag}")),
+                    "row of `{}` lacks {flag}",
+                    s.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn variables_set_what_the_file_would() {
+        let c = load(&[
+            ("BLUECAM_LIMITS_MAX_FRAME_BYTES", "2048"),
+            ("BLUECAM_LIMITS_STUN_RATE_PER_SOURCE", "2.5"),
+            ("BLUECAM_CLUSTER_NODE_TTL_SECS", "4"),
+            ("BLUECAM_STUN", "false"),
+            (
+                "BLUECAM_ICE_SERVERS",
+                r#"[{"urls":["turn:t.example:3478"],"username":"u","credential":"c"}]"#,
+            ),
+            (
+                "BLUECAM_TURN_URLS",
+                "turn:a.example:3478, turns:a.example:5349",
+            ),
+            ("BLUECAM_TURN_SECRET", "shh"),
+            ("BLUECAM_LIMITS_PER_SOURCE_EXEMPT", r#"["10.0.0.0/8"]"#),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_frame_bytes, 2048);
+        assert!((c.limits.stun_rate_per_source - 2.5).abs() < f64::EPSILON);
+        assert_eq!(c.cluster.node_ttl_secs, 4);
+        assert!(!c.stun);
+        assert_eq!(c.ice_servers[0].urls, ["turn:t.example:3478"]);
+        assert_eq!(c.ice_servers[0].credential.as_deref(), Some("c"));
+        let turn = c.turn.unwrap();
+        assert_eq!(turn.urls, ["turn:a.example:3478", "turns:a.example:5349"]);
+        assert_eq!(turn.secret, "shh");
+        assert_eq!(turn.ttl_secs, default_turn_ttl());
+        assert_eq!(c.limits.per_source_exempt, ["10.0.0.0/8"]);
+        // Untouched keys keep their defaults.
+        assert_eq!(
+            c.limits.rate_frames_per_sec,
+            LimitsConfig::default().rate_frames_per_sec
+        );
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("bluecam-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_peers_per_room = 3\nresume_window_secs = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), |k| {
+            (k == "BLUECAM_LIMITS_MAX_PEERS_PER_ROOM").then(|| "9".to_owned())
         })
+        .unwrap();
+        assert_eq!(c.limits.max_peers_per_room, 9);
+        assert_eq!(c.limits.resume_window_secs, 7);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_bad_variable_is_named_in_the_error() {
+        let e = load(&[("BLUECAM_LIMITS_MAX_FRAME_BYTES", "lots")]).unwrap_err();
+        assert!(
+            e.to_string().contains("BLUECAM_LIMITS_MAX_FRAME_BYTES"),
+            "{e}"
+        );
+        let e = load(&[("BLUECAM_ICE_SERVERS", "stun:x")]).unwrap_err();
+        assert!(e.to_string().contains("BLUECAM_ICE_SERVERS"), "{e}");
+        // A TURN secret without urls is incomplete: the error names the missing key.
+        let e = load(&[("BLUECAM_TURN_SECRET", "s")]).unwrap_err();
+        assert!(e.to_string().contains("urls"), "{e}");
+        // Variables of other programs (and of no setting) are not read.
+        load(&[("BLUECAM_BIN", "/x"), ("BLUECAM_LIMITS", "1")]).unwrap();
     }
 }

@@ -88,10 +88,8 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        // The file, then the variables of the settings without a flag; clap read the flags'.
+        let mut config = Config::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
         if let Some(redis) = self.redis.filter(|r| !r.is_empty()) {
             config.redis_url = Some(redis);
         }

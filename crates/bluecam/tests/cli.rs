@@ -36,10 +36,16 @@ impl Drop for Served {
 /// over, which another process could take first) and reads what it prints until the secret
 /// line; the address comes from the first line.
 fn serve(dir: &Path) -> Served {
+    serve_with(dir, &[])
+}
+
+/// [`serve`] with these environment variables.
+fn serve_with(dir: &Path, vars: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env_remove("BLUECAM_API_SECRET")
+        .envs(vars.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -189,6 +195,13 @@ fn serve_room_token_and_graceful_shutdown() {
 }
 
 fn join_with(url: &str, token: &str) {
+    let v = join_answer(url, token);
+    assert_eq!(v["op"], "joined", "{v}");
+    assert_eq!(v["self"]["identity"], "bob");
+}
+
+/// Joins over a WebSocket; the server's first frame.
+fn join_answer(url: &str, token: &str) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,10 +219,68 @@ fn join_with(url: &str, token: &str) {
             .unwrap()
             .unwrap()
             .unwrap();
-        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
-        assert_eq!(v["op"], "joined", "{v}");
-        assert_eq!(v["self"]["identity"], "bob");
-    });
+        serde_json::from_str(msg.to_text().unwrap()).unwrap()
+    })
+}
+
+#[test]
+fn every_setting_can_come_from_the_environment() {
+    let dir = temp_dir("env");
+    let served = serve_with(
+        &dir,
+        &[
+            (
+                "BLUECAM_ICE_SERVERS",
+                r#"[{"urls":["stun:stun.example.com:3478"]}]"#,
+            ),
+            ("BLUECAM_TURN_URLS", "turn:turn.example.com:3478"),
+            ("BLUECAM_TURN_SECRET", "coturn-secret"),
+            ("BLUECAM_LIMITS_MAX_PEERS_PER_ROOM", "1"),
+            ("BLUECAM_NO_STUN", "true"),
+        ],
+    );
+    let url = served.url.clone();
+    let room = json_of(&bluecam(&["room", "create"], &dir, &url));
+    assert_eq!(room["maxPeers"], 1, "{room}");
+    let id = room["id"].as_str().unwrap();
+    let token = |who: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "--room", id, "--identity", who, "--data-dir"])
+            .arg(&dir)
+            .env_remove("BLUECAM_API_SECRET")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let joined = join_answer(&url, &token("bob"));
+    assert_eq!(joined["op"], "joined", "{joined}");
+    let ice = joined["iceServers"].as_array().unwrap();
+    assert_eq!(
+        ice.len(),
+        2,
+        "configured STUN, then TURN, no built-in STUN: {ice:?}"
+    );
+    assert_eq!(ice[0]["urls"][0], "stun:stun.example.com:3478");
+    assert_eq!(ice[1]["urls"][0], "turn:turn.example.com:3478");
+    assert!(
+        ice[1]["username"]
+            .as_str()
+            .unwrap()
+            .ends_with(joined["self"]["id"].as_str().unwrap())
+    );
+    drop(served);
+
+    // A variable that cannot be read stops the start, naming it.
+    let out = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("BLUECAM_LIMITS_MAX_FRAME_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BLUECAM_LIMITS_MAX_FRAME_BYTES"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn bench(args: &[&str]) -> Value {
