@@ -60,6 +60,9 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @property {string | string[]} [server] the BlueCam server, or nodes of one cluster in order
  *   of preference (the SDK uses the first and moves to the next when one cannot be reached or
  *   drains; shuffle the list per user to spread them); defaults to the SDK's own origin
+ * @property {"all" | "relay"} [iceTransportPolicy] "relay" sends media and the data channel only
+ *   through the TURN servers the server hands out (hides the users' addresses from each other;
+ *   needs TURN); default "all"
  * @property {boolean | MediaTrackConstraints} [video] default true
  * @property {boolean | MediaTrackConstraints} [audio] default true
  * @property {HTMLVideoElement | string} [localVideo] element, selector, or element id
@@ -500,7 +503,9 @@ export class Room {
     const id = remote.info.id;
     clearTimeout(remote.relinkTimer);
     remote.link?.close();
-    remote.link = new PeerLink(this.self.id > id, this.iceServers, this.local, {
+    /** @type {RTCConfiguration} */
+    const rtcConfig = { iceServers: this.iceServers, iceTransportPolicy: this.options.iceTransportPolicy ?? "all" };
+    remote.link = new PeerLink(this.self.id > id, rtcConfig, this.local, {
       signal: (data) => this.signal(id, data),
       onData: (text) => this.onChannelData(remote, text),
       onChannel: (open) => this.onChannel(remote, open),

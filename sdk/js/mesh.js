@@ -26,11 +26,11 @@ export function webrtcAvailable() {
 export class PeerLink {
   /**
    * @param {boolean} polite the polite side yields in an offer collision
-   * @param {RTCIceServer[]} iceServers
+   * @param {RTCConfiguration} rtcConfig the ICE servers and transport policy
    * @param {MediaStream | null} local
    * @param {LinkHandlers} handlers
    */
-  constructor(polite, iceServers, local, handlers) {
+  constructor(polite, rtcConfig, local, handlers) {
     this.polite = polite;
     /** This connection's generation: every signal it sends carries it. */
     this.gen = Math.random().toString(36).slice(2, 10);
@@ -46,7 +46,7 @@ export class PeerLink {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.firstOfferTimer = undefined;
     this.closed = false;
-    this.pc = new RTCPeerConnection({ iceServers });
+    this.pc = new RTCPeerConnection(rtcConfig);
     /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
     this.senders = new Map();
     if (local) {

@@ -15,6 +15,8 @@ import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { createServer, createConnection } from "node:net";
+import { createSocket } from "node:dgram";
+import { randomFillSync } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
@@ -246,10 +248,11 @@ export class TestServer {
    * Starts `bluecam serve` on port 0 of 127.0.0.1 and reads its address from its first line
    * ("BlueCam is listening on http://127.0.0.1:PORT"): no port is picked and handed over.
    * @param {string[]} [extraArgs]
+   * @param {Record<string, string>} [env] more environment variables (settings)
    */
-  static async start(extraArgs = []) {
+  static async start(extraArgs = [], env = {}) {
     const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-e2e-"));
-    const server = new TestServer(TestServer.spawn(dir, "127.0.0.1:0", extraArgs), extraArgs);
+    const server = new TestServer(TestServer.spawn(dir, "127.0.0.1:0", extraArgs, env), extraArgs, env);
     servers.add(server);
     try {
       await server.started();
@@ -264,11 +267,12 @@ export class TestServer {
    * @param {string} dir
    * @param {string} bind
    * @param {string[]} extraArgs
+   * @param {Record<string, string>} [env]
    */
-  static spawn(dir, bind, extraArgs) {
+  static spawn(dir, bind, extraArgs, env = {}) {
     return startProc("bluecam serve", BIN, ["serve", "--bind", bind, "--data-dir", dir, ...extraArgs], dir, {
       // BLUECAM_E2E_LOG=info (or a RUST_LOG filter) shows the servers' logs when debugging.
-      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: process.env.BLUECAM_E2E_LOG ?? "warn",
+      ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: process.env.BLUECAM_E2E_LOG ?? "warn", ...env,
     });
   }
 
@@ -288,13 +292,15 @@ export class TestServer {
   /**
    * @param {Proc} proc
    * @param {string[]} extraArgs
+   * @param {Record<string, string>} [env]
    */
-  constructor(proc, extraArgs) {
+  constructor(proc, extraArgs, env = {}) {
     this.proc = proc;
     this.child = proc.child;
     this.dir = proc.dir;
     this.url = "";
     this.extraArgs = extraArgs;
+    this.env = env;
   }
 
   /**
@@ -307,7 +313,7 @@ export class TestServer {
   async restart(signal, downMs = 0) {
     await stopProc(this.proc, signal, true);
     await new Promise((r) => setTimeout(r, downMs));
-    this.proc = TestServer.spawn(this.dir, new URL(this.url).host, this.extraArgs);
+    this.proc = TestServer.spawn(this.dir, new URL(this.url).host, this.extraArgs, this.env);
     this.child = this.proc.child;
     await this.started();
   }
@@ -494,6 +500,81 @@ export class Redis {
     if ((await Redis.ready(/** @type {any} */ (this.proc), this.port)) !== "ready") {
       throw new Error(`redis-server did not come back on its port: ${/** @type {any} */ (this.proc).stderr()}`);
     }
+  }
+
+  async stop() {
+    await stopProc(this.proc, "SIGKILL");
+  }
+}
+
+// ---- coturn -------------------------------------------------------------------------------
+
+/**
+ * Whether a STUN server answers a Binding request on UDP `port` of 127.0.0.1 within 500 ms.
+ * @param {number} port
+ * @returns {Promise<boolean>}
+ */
+function stunAnswers(port) {
+  return new Promise((resolve) => {
+    const sock = createSocket("udp4");
+    // Binding request: type 0x0001, length 0, the magic cookie, a 12-byte transaction id.
+    const req = Buffer.alloc(20);
+    req.writeUInt16BE(0x0001, 0);
+    req.writeUInt32BE(0x2112a442, 4);
+    randomFillSync(req, 8, 12);
+    const done = (/** @type {boolean} */ v) => {
+      clearTimeout(timer);
+      sock.close();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(false), 500);
+    sock.on("message", (m) => done(m.length >= 20 && m.readUInt16BE(0) === 0x0101 && m.subarray(8, 20).equals(req.subarray(8, 20))));
+    sock.on("error", () => done(false));
+    sock.send(req, port, "127.0.0.1");
+  });
+}
+
+/** A real TURN server (Debian's coturn) on loopback, with `use-auth-secret` as in production. */
+export class Coturn {
+  /** @param {string} secret coturn's static-auth-secret, shared with BlueCam */
+  static async start(secret) {
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-coturn-"));
+      const proc = startProc("turnserver", "turnserver", [
+        "-n", "--listening-ip=127.0.0.1", `--listening-port=${port}`, "--relay-ip=127.0.0.1",
+        // Relay ports of its own range, away from the ephemeral ports servers and browsers get.
+        `--min-port=${20000 + (port % 20) * 500}`, `--max-port=${20000 + (port % 20) * 500 + 499}`,
+        "--use-auth-secret", `--static-auth-secret=${secret}`, "--realm=bluecam.test",
+        "--no-tls", "--no-dtls", "--no-cli", "--no-multicast-peers",
+        // Test only: the "other side" of every relay is on this machine.
+        "--allow-loopback-peers",
+        `--pidfile=${joinPath(dir, "turnserver.pid")}`, `--userdb=${joinPath(dir, "turndb")}`,
+        "--log-file=stdout", "--simple-log",
+      ], dir, undefined, true);
+      const state = await waitFor(async () => {
+        if (proc.child.exitCode !== null || proc.child.signalCode !== null) return "exited";
+        return (await stunAnswers(port)) ? "ready" : null;
+      }, "turnserver to answer STUN", START_DEADLINE_MS).catch(async (e) => {
+        await stopProc(proc, "SIGKILL");
+        throw e;
+      });
+      if (state === "ready") return new Coturn(port, proc);
+      const why = proc.stderr();
+      await stopProc(proc, "SIGKILL");
+      if (attempt >= 5) throw new Error(`turnserver exited: ${why}`);
+    }
+  }
+
+  /**
+   * @param {number} port
+   * @param {Proc & {stderr: () => string}} proc
+   */
+  constructor(port, proc) {
+    this.port = port;
+    this.proc = proc;
+    /** What it logged last (to tell allocations from their absence). */
+    this.log = () => proc.stderr();
   }
 
   async stop() {
@@ -722,7 +803,8 @@ export async function endTest() {
  * `onError`/`onGap` in `window.__bluecamEvents`, see RECORDING_SDK).
  * @param {import("playwright-core").Page} page
  * @param {string} token
- * @param {{video?: boolean, audio?: boolean}} [media]
+ * @param {{video?: boolean, audio?: boolean, iceTransportPolicy?: "all" | "relay", signalMethod?: "websocket" | "http"}} [media]
+ *   media, and more join options
  * @param {string | string[]} [server] the node(s) to use; default the page's own origin
  * @returns {Promise<string>} the peer id
  */
@@ -770,27 +852,32 @@ export function waitPeers(page, n) {
 }
 
 /**
- * Inbound video frames decoded from a peer, and whether the selected candidate pair is host.
+ * Inbound video frames decoded from a peer, the candidate types of the selected pair, and
+ * whether both are host candidates.
  * @param {import("playwright-core").Page} page
  * @param {string} peerId
  */
 export function videoStats(page, peerId) {
   return evaluate(page, async (id) => {
     const pc = /** @type {any} */ (window).room.remotes.get(id)?.link?.pc;
-    if (!pc) return { frames: 0, host: false };
+    if (!pc) return { frames: 0, host: false, local: "", remote: "" };
     const stats = await pc.getStats();
     let frames = 0;
     let host = false;
+    let local = "";
+    let remote = "";
     /** @type {Map<string, any>} */
     const byId = new Map();
     stats.forEach((/** @type {any} */ s) => byId.set(s.id, s));
     stats.forEach((/** @type {any} */ s) => {
       if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
       if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated) {
-        host = byId.get(s.localCandidateId)?.candidateType === "host" && byId.get(s.remoteCandidateId)?.candidateType === "host";
+        local = byId.get(s.localCandidateId)?.candidateType ?? "";
+        remote = byId.get(s.remoteCandidateId)?.candidateType ?? "";
+        host = local === "host" && remote === "host";
       }
     });
-    return { frames, host };
+    return { frames, host, local, remote };
   }, peerId, "getStats");
 }
 

@@ -237,6 +237,12 @@ export type JoinOptions = {
      */
     server?: string | string[] | undefined;
     /**
+     * "relay" sends media and the data channel only
+     * through the TURN servers the server hands out (hides the users' addresses from each other;
+     * needs TURN); default "all"
+     */
+    iceTransportPolicy?: "relay" | "all" | undefined;
+    /**
      * default true
      */
     video?: boolean | MediaTrackConstraints | undefined;

@@ -3,11 +3,11 @@ export function webrtcAvailable(): boolean;
 export class PeerLink {
     /**
      * @param {boolean} polite the polite side yields in an offer collision
-     * @param {RTCIceServer[]} iceServers
+     * @param {RTCConfiguration} rtcConfig the ICE servers and transport policy
      * @param {MediaStream | null} local
      * @param {LinkHandlers} handlers
      */
-    constructor(polite: boolean, iceServers: RTCIceServer[], local: MediaStream | null, handlers: LinkHandlers);
+    constructor(polite: boolean, rtcConfig: RTCConfiguration, local: MediaStream | null, handlers: LinkHandlers);
     polite: boolean;
     /** This connection's generation: every signal it sends carries it. */
     gen: string;
