@@ -60,6 +60,9 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @property {string | string[]} [server] the BlueCam server, or nodes of one cluster in order
  *   of preference (the SDK uses the first and moves to the next when one cannot be reached or
  *   drains; shuffle the list per user to spread them); defaults to the SDK's own origin
+ * @property {"websocket" | "http"} [signalMethod] only this transport to the server; by default
+ *   a WebSocket, and plain HTTP (long-polling) when the browser has none or a WebSocket cannot
+ *   be opened (a proxy that blocks it)
  * @property {"all" | "relay"} [iceTransportPolicy] "relay" sends media and the data channel only
  *   through the TURN servers the server hands out (hides the users' addresses from each other;
  *   needs TURN); default "all"
@@ -205,9 +208,14 @@ export class Room {
       },
       onWritable: () => this.sendUnsent(),
       onFatal: (error, code) => this.onFatal(error, code),
-    }, options.getToken);
+    }, options.getToken, options.signalMethod);
     /** Admission of sends, in call order (see sendMessage). */
     this.admission = Promise.resolve();
+  }
+
+  /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
+  get transport() {
+    return this.signaling.transport;
   }
 
   async start() {

@@ -1,10 +1,13 @@
 // @ts-check
 /**
- * The WebSocket to the BlueCam server: join, frames in and out, and the reconnection state
+ * The connection to the BlueCam server: join, frames in and out, and the reconnection state
  * machine (back-off with jitter, resume of the session). All connection state lives here.
+ * The transport is a WebSocket, or the HTTP transport (http.js) when the browser has no
+ * WebSocket, one cannot be opened, or the app asks for it (`signalMethod: "http"`).
  */
 
 import { joinError, ConnectionError } from "./errors.js";
+import { HttpSocket } from "./http.js";
 
 /** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
 // 4041 (session resumed elsewhere) is not final: this client holds one connection at a time, so
@@ -34,9 +37,26 @@ const BACKOFF_MAX_MS = 5000;
 const RATE_MARGIN = 0.9;
 /** Frames kept while the socket is down (signaling); beyond this the oldest are dropped. */
 const MAX_QUEUED = 1000;
+/** `readyState` of an open socket (WebSocket.OPEN, and HttpSocket's; not read from the
+ * `WebSocket` global, which a browser may not have). */
+const OPEN = 1;
+/** A WebSocket not open by then (a proxy that holds it unanswered) gives way to HTTP. */
+const WS_OPEN_TIMEOUT_MS = 2000;
+
+/**
+ * A transport's URL from a node's WebSocket URL: ws(s)://host/v1/ws → http(s)://host/v1/http.
+ * @param {string} wsUrl
+ */
+function httpUrl(wsUrl) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.pathname = "/v1/http";
+  return u.toString().replace(/\/$/, "");
+}
 
 /**
  * @typedef {{op: string, [key: string]: any}} Frame
+ * @typedef {"websocket" | "http"} SignalMethod
  * @typedef {object} SignalingHandlers
  * @property {(frame: Frame) => void} onFrame every frame after `joined`
  * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
@@ -52,8 +72,10 @@ export class Signaling {
    * @param {SignalingHandlers} handlers
    * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
    *   one may have expired by the time the network drops)
+   * @param {SignalMethod | undefined} method only this transport; by default a WebSocket, and
+   *   HTTP when the browser has none or one cannot be opened
    */
-  constructor(urls, token, handlers, getToken) {
+  constructor(urls, token, handlers, getToken, method) {
     this.urls = urls;
     /** The node in use: the first one given, then the next whenever one fails or drains. */
     this.urlIndex = 0;
@@ -72,8 +94,13 @@ export class Signaling {
     this.refilledAt = Date.now();
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.writableTimer = undefined;
-    /** @type {WebSocket | null} */
+    /** @type {WebSocket | HttpSocket | null} */
     this.ws = null;
+    this.method = method;
+    /** A WebSocket could not be opened and HTTP could: this room stays on HTTP. */
+    this.wsBlocked = false;
+    /** @type {SignalMethod | null} the transport of the last connection that joined */
+    this.transport = null;
     /** @type {{session: string, secret: string} | null} */
     this.resume = null;
     this.connected = false;
@@ -103,13 +130,27 @@ export class Signaling {
     this.urlIndex = (this.urlIndex + 1) % this.urls.length;
   }
 
+  /** Whether the next connection goes over HTTP. */
+  httpFirst() {
+    if (this.method) return this.method === "http";
+    return this.wsBlocked || typeof globalThis.WebSocket !== "function";
+  }
+
   /**
    * @param {(joined: Frame) => void} onJoined
    * @param {(error: Error) => void} onFailed
+   * @param {boolean} [viaHttp] this attempt's transport
+   * @param {boolean} [fellBack] a WebSocket failed to open just before
    */
-  open(onJoined, onFailed) {
-    const ws = new WebSocket(this.url);
+  open(onJoined, onFailed, viaHttp = this.httpFirst(), fellBack = false) {
+    if (!viaHttp && typeof globalThis.WebSocket !== "function") {
+      onFailed(new ConnectionError("this browser has no WebSocket (signalMethod: \"websocket\")"));
+      return;
+    }
+    /** @type {WebSocket | HttpSocket} */
+    const ws = viaHttp ? new HttpSocket(httpUrl(this.url)) : new WebSocket(this.url);
     this.ws = ws;
+    let opened = false;
     let joined = false;
     let ended = false;
     const openedAt = Date.now();
@@ -117,24 +158,46 @@ export class Signaling {
     let heardAt = openedAt;
     /** @type {Error | null} */
     let failure = null;
+    // Without a method set, a WebSocket that cannot be opened (refused, or unanswered for
+    // WS_OPEN_TIMEOUT_MS: a proxy that blocks it) gives way to HTTP at once.
+    const fallBack = !viaHttp && !this.method;
+    const openTimer = fallBack
+      ? setTimeout(() => {
+        if (opened || ended) return;
+        ws.onclose = null;
+        ws.onopen = null;
+        ws.onmessage = null;
+        try {
+          ws.close();
+        } catch {
+          // (a socket still connecting may refuse to close in some browsers)
+        }
+        finish(4997, "WebSocket not opened in time");
+      }, WS_OPEN_TIMEOUT_MS)
+      : undefined;
     ws.onopen = () => {
+      opened = true;
+      clearTimeout(openTimer);
       /** @type {Frame} */
       const join = { op: "join", token: this.token };
       if (this.resume) join.resume = this.resume;
       ws.send(JSON.stringify(join));
     };
-    ws.onmessage = (ev) => {
+    ws.onmessage = (/** @type {{data: unknown}} */ ev) => {
       heardAt = Date.now();
       /** @type {Frame} */
       let frame;
       try {
-        frame = JSON.parse(String(ev.data));
+        // The HTTP transport hands over frames already parsed.
+        frame = typeof ev.data === "string" ? JSON.parse(ev.data) : /** @type {Frame} */ (ev.data);
       } catch {
         return;
       }
       if (!joined) {
         if (frame.op === "joined") {
           joined = true;
+          if (fellBack) this.wsBlocked = true;
+          this.transport = viaHttp ? "http" : "websocket";
           this.attempt = 0;
           this.misses = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
@@ -161,9 +224,15 @@ export class Signaling {
       if (ended) return;
       ended = true;
       clearInterval(watchdog);
+      clearTimeout(openTimer);
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
+      if (fallBack && !opened) {
+        // No WebSocket to this node: the same attempt goes on over HTTP.
+        this.open(onJoined, onFailed, true, true);
+        return;
+      }
       // A node that could not be reached, refused for want of capacity, is draining (1001),
       // restarting (1012) or stopped answering (4998): the next attempt goes to the next node.
       const moveOn = !joined && (!failure || failure.constructor === ConnectionError);
@@ -187,7 +256,7 @@ export class Signaling {
       }
       this.scheduleReconnect();
     };
-    ws.onclose = (ev) => finish(ev.code, ev.reason);
+    ws.onclose = (/** @type {{code: number, reason: string}} */ ev) => finish(ev.code, ev.reason);
     // The watchdog: a server that stops answering (frozen, partitioned, a half-open TCP
     // connection) is given up after SILENCE_MS, and a join that never completes after
     // JOIN_TIMEOUT_MS, rather than when TCP or the browser notice, which can take minutes.
@@ -205,7 +274,7 @@ export class Signaling {
           // (closing a socket still connecting may throw in some browsers)
         }
         finish(UNRESPONSIVE, "server unresponsive");
-      } else if (joined && silentFor >= HEARTBEAT_MS && ws.readyState === WebSocket.OPEN) {
+      } else if (joined && silentFor >= HEARTBEAT_MS && ws.readyState === OPEN) {
         ws.send(JSON.stringify({ op: "ping" }));
       }
     }, WATCHDOG_MS);
@@ -263,7 +332,7 @@ export class Signaling {
    * @param {Frame} frame
    */
   send(frame) {
-    if (!this.connected || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (!this.connected || !this.ws || this.ws.readyState !== OPEN) return false;
     if (!this.takeToken()) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
@@ -330,7 +399,7 @@ export class Signaling {
   leave() {
     this.closedForGood = true;
     this.stopTimers();
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ op: "leave" }));
+    if (this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ op: "leave" }));
     this.ws?.close(1000);
     this.ws = null;
     this.setConnected(false);

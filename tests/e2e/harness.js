@@ -15,6 +15,7 @@ import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { createServer, createConnection } from "node:net";
+import { createServer as createHttpServer, request as httpRequest } from "node:http";
 import { createSocket } from "node:dgram";
 import { randomFillSync } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
@@ -507,6 +508,86 @@ export class Redis {
   }
 }
 
+// ---- an HTTP proxy or load balancer --------------------------------------------------------
+
+/**
+ * An HTTP proxy in front of one or more servers, as corporate proxies and load balancers are:
+ * every request goes to the next upstream in turn (no sticky sessions), and a WebSocket
+ * upgrade is refused with 403 (`webSocket: "refuse"`), held unanswered (`"hang"`), or passed
+ * through to the next upstream (`"pass"`).
+ * @param {string[]} upstreams base URLs (http://127.0.0.1:PORT)
+ * @param {{webSocket?: "refuse" | "hang" | "pass"}} [opts]
+ * @returns {Promise<{url: string, requests: () => number[], upgrades: () => number, close: () => Promise<void>}>}
+ */
+export function startHttpProxy(upstreams, opts = {}) {
+  const mode = opts.webSocket ?? "refuse";
+  const counts = upstreams.map(() => 0);
+  let next = 0;
+  let upgrades = 0;
+  /** @type {Set<import("node:net").Socket>} */
+  const sockets = new Set();
+  const pick = () => {
+    const i = next++ % upstreams.length;
+    counts[i]++;
+    return new URL(upstreams[i]);
+  };
+  const server = createHttpServer((req, res) => {
+    const up = pick();
+    const fwd = httpRequest({
+      host: up.hostname, port: up.port, method: req.method, path: req.url,
+      headers: { ...req.headers, host: up.host },
+    }, (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+    });
+    fwd.on("error", () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    req.pipe(fwd);
+  });
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  server.on("upgrade", (req, socket, head) => {
+    upgrades++;
+    if (mode === "refuse") {
+      socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
+    if (mode === "hang") return; // held open, never answered
+    const up = pick();
+    const conn = createConnection(Number(up.port), up.hostname, () => {
+      let head0 = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) head0 += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      conn.write(head0 + "\r\n");
+      if (head.length > 0) conn.write(head);
+      socket.pipe(conn).pipe(socket);
+    });
+    conn.on("error", () => socket.destroy());
+    socket.on("error", () => conn.destroy());
+    sockets.add(conn);
+    conn.on("close", () => sockets.delete(conn));
+  });
+  return new Promise((resolve, reject) => {
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const addr = server.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      resolve({
+        url: `http://127.0.0.1:${port}`,
+        requests: () => [...counts],
+        upgrades: () => upgrades,
+        close: () => new Promise((done) => {
+          for (const s of sockets) s.destroy();
+          server.close(() => done(undefined));
+        }),
+      });
+    });
+  });
+}
+
 // ---- coturn -------------------------------------------------------------------------------
 
 /**
@@ -680,7 +761,7 @@ let peerCount = 0;
 /**
  * A peer on `server`: a new context of the file's browser, with one page on the server's origin.
  * @param {TestServer} server
- * @param {{noWebrtc?: boolean, path?: string, label?: string}} [opts]
+ * @param {{noWebrtc?: boolean, noWebSocket?: boolean, path?: string, label?: string}} [opts]
  * @returns {Promise<Peer>}
  */
 export async function launchPeer(server, opts = {}) {
@@ -725,6 +806,13 @@ export async function launchPeer(server, opts = {}) {
       delete window.RTCPeerConnection;
       // @ts-ignore
       window.RTCPeerConnection = undefined;
+    });
+  }
+  if (opts.noWebSocket) {
+    await page.addInitScript(() => {
+      // A browser (or a locked-down page) without WebSocket.
+      // @ts-ignore
+      delete window.WebSocket;
     });
   }
   await page.goto(server.url + (opts.path ?? "/sdk/bluecam.js"), { timeout: DEADLINE_MS });

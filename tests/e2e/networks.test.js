@@ -1,11 +1,30 @@
 // @ts-check
-// Real networks: TURN through a real coturn with relay-only browsers.
+// Real networks: TURN through a real coturn with relay-only browsers; the HTTP transport when
+// a browser has no WebSocket or a proxy blocks it.
 import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
-  TestServer, Coturn, launchPeer, join, waitFor, expectEvents, endTestAndServers, stopAll, videoStats,
-  received, pathTo, evaluate,
+  TestServer, Coturn, launchPeer, join, waitFor, waitPeers, expectEvents, endTestAndServers, stopAll, videoStats,
+  received, pathTo, evaluate, startHttpProxy, expectAll, sdkState,
 } from "./harness.js";
+
+/**
+ * Sends `n` numbered messages of type "n" to everyone at once; resolves with how many resolved.
+ * @param {import("playwright-core").Page} page
+ * @param {number} n
+ */
+function burst(page, n) {
+  return evaluate(page, async (n) => {
+    const room = /** @type {any} */ (window).room;
+    const all = [];
+    for (let i = 0; i < n; i++) all.push(room.sendMessage("n", i));
+    const settled = await Promise.allSettled(all);
+    return settled.filter((s) => s.status === "fulfilled").length;
+  }, n, `${n} sends to settle`, undefined, () => sdkState(page));
+}
+
+/** @param {import("playwright-core").Page} page */
+const transportOf = (page) => evaluate(page, () => /** @type {any} */ (window).room.transport, undefined, "room.transport");
 
 afterEach(endTestAndServers);
 after(stopAll);
@@ -47,5 +66,73 @@ test("relay-only browsers: video and the data channel through coturn with per-se
     await expectEvents([a, b]);
   } finally {
     await turn.stop();
+  }
+});
+
+test("browsers without WebSocket join over HTTP: P2P video, and messages arrive", async () => {
+  const server = await TestServer.start();
+  const room = await server.room();
+  const [a, b] = [await launchPeer(server, { label: "alice", noWebSocket: true }), await launchPeer(server, { label: "bob", noWebSocket: true })];
+  const aId = await join(a.page, await server.token(room, "alice"));
+  const bId = await join(b.page, await server.token(room, "bob"));
+  assert.equal(await transportOf(a.page), "http");
+  assert.equal(await transportOf(b.page), "http");
+  // Offers, answers and candidates all went over HTTP: the call is up, peer to peer.
+  for (const [page, other] of [[a.page, bId], [b.page, aId]]) {
+    await waitFor(async () => (await videoStats(/** @type {any} */ (page), /** @type {string} */ (other))).frames > 0, "decoded video frames");
+  }
+  await waitFor(async () => (await pathTo(a.page, bId)) === "p2p" && (await pathTo(b.page, aId)) === "p2p", "the data channel");
+  const [ab, ba] = await Promise.all([burst(a.page, 50), burst(b.page, 50)]);
+  assert.deepEqual([ab, ba], [50, 50]);
+  await expectAll(b.page, aId, 50, "n");
+  await expectAll(a.page, bId, 50, "n");
+  await expectEvents([a, b]);
+});
+
+test("neither WebSocket nor WebRTC: 500 messages each way over HTTP, exactly once, in order", async () => {
+  const server = await TestServer.start();
+  const room = await server.room();
+  const opts = { noWebSocket: true, noWebrtc: true };
+  const [a, b] = [await launchPeer(server, { label: "alice", ...opts }), await launchPeer(server, { label: "bob", ...opts })];
+  const media = { video: false, audio: false };
+  const aId = await join(a.page, await server.token(room, "alice"), media);
+  const bId = await join(b.page, await server.token(room, "bob"), media);
+  await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
+  const [ab, ba] = await Promise.all([burst(a.page, 500), burst(b.page, 500)]);
+  assert.deepEqual([ab, ba], [500, 500], "every send resolved (acknowledged end to end)");
+  await expectAll(b.page, aId, 500, "n");
+  await expectAll(a.page, bId, 500, "n");
+  const got = await received(b.page);
+  assert.ok(got.every((/** @type {any} */ m) => m.path === "relay"), "through the server");
+  assert.equal(await transportOf(a.page), "http");
+  await expectEvents([a, b]);
+});
+
+test("a WebSocket refused or held by a proxy: the SDK falls back to HTTP within 3 s", async () => {
+  const server = await TestServer.start();
+  for (const mode of /** @type {const} */ (["refuse", "hang"])) {
+    const proxy = await startHttpProxy([server.url], { webSocket: mode });
+    try {
+      const room = await server.room();
+      const via = /** @type {TestServer} */ (/** @type {unknown} */ ({ url: proxy.url }));
+      const [a, b] = [await launchPeer(via, { label: `alice (${mode})` }), await launchPeer(server, { label: `bob (${mode})` })];
+      const t0 = Date.now();
+      const aId = await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
+      const took = Date.now() - t0;
+      assert.ok(took < 3000, `${mode}: joined over HTTP after ${took} ms`);
+      assert.equal(proxy.upgrades(), 1, `${mode}: one WebSocket tried`);
+      assert.equal(await transportOf(a.page), "http");
+      const bId = await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
+      assert.equal(await transportOf(b.page), "websocket");
+      await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
+      const [ab, ba] = await Promise.all([burst(a.page, 100), burst(b.page, 100)]);
+      assert.deepEqual([ab, ba], [100, 100]);
+      await expectAll(b.page, aId, 100, "n");
+      await expectAll(a.page, bId, 100, "n");
+      await expectEvents([a, b]);
+      await Promise.all([a.close(), b.close()]);
+    } finally {
+      await proxy.close();
+    }
   }
 });

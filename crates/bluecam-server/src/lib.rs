@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod serve;
@@ -90,6 +91,8 @@ pub struct Shared {
     pub gate: Arc<serve::Gate>,
     /// Single node: the durable session records (flushed before the process exits).
     pub sessions: Option<store::SessionLog>,
+    /// The HTTP transport's sessions on this node.
+    pub http: http::HttpSessions,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -312,6 +315,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             gate,
             sessions,
+            http: http::HttpSessions::default(),
         }));
         Ok(Self {
             listener,
@@ -491,6 +495,8 @@ pub fn app(state: AppState) -> Router {
             body_limit,
             api::refuse_declared_oversize,
         ))
+        // Merged after the API's body limit: the transport's requests carry frames.
+        .merge(http::routes(&state))
         .layer(axum::middleware::map_response(api::json_errors))
         .with_state(state)
 }

@@ -23,6 +23,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("bluecam.js", include_str!("../../../sdk/js/bluecam.js")),
     ("delivery.js", include_str!("../../../sdk/js/delivery.js")),
     ("errors.js", include_str!("../../../sdk/js/errors.js")),
+    ("http.js", include_str!("../../../sdk/js/http.js")),
     ("mesh.js", include_str!("../../../sdk/js/mesh.js")),
     ("signaling.js", include_str!("../../../sdk/js/signaling.js")),
 ];

@@ -29,7 +29,7 @@ use tungstenite::{
 };
 
 /// Frames written per flush at most, so one busy connection cannot hog its task's writes.
-const WRITE_BATCH: usize = 64;
+pub(crate) const WRITE_BATCH: usize = 64;
 
 /// Frames up to this size still get their `ref` echoed in a `rate_limited` error (reading the
 /// `ref` of a larger frame would cost the parse the limit is there to avoid).
@@ -38,10 +38,97 @@ const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 /// The server's side of one WebSocket.
 type WebSocket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
 
+/// What carries one client's frames: a WebSocket, or the HTTP transport's emulation of one
+/// (`crate::http`). Everything above it (join, limits, the hub, resume) is the same.
+// One per connection, made once and kept in place for the connection's life: boxing the
+// larger variant would only add an indirection to every WebSocket read and write.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Link {
+    Ws(WebSocket),
+    Http(crate::http::HttpLink),
+}
+
+/// What came in from the client.
+pub(crate) enum Incoming {
+    Text(Utf8Bytes),
+    Binary,
+    /// A sign of life without a frame (a WebSocket ping or pong).
+    Heard,
+    /// The client closed, or the connection is gone.
+    Gone,
+    /// What the client sent must close the connection with this code (none: no one to tell).
+    Broken(Option<CloseCode>),
+}
+
+impl Link {
+    /// The next thing from the client. Cancellation-safe.
+    async fn next(&mut self) -> Incoming {
+        match self {
+            Self::Ws(socket) => match socket.next().await {
+                Some(Ok(Message::Text(text))) => Incoming::Text(text),
+                Some(Ok(Message::Binary(_))) => Incoming::Binary,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    Incoming::Heard
+                }
+                Some(Ok(Message::Close(_))) | None => Incoming::Gone,
+                Some(Err(e)) => Incoming::Broken(read_error_close(e)),
+            },
+            Self::Http(link) => link.next().await,
+        }
+    }
+
+    /// Sends one frame now (errors): `Err` when the connection is gone.
+    async fn send_text(&mut self, text: String) -> Result<(), CloseCode> {
+        match self {
+            Self::Ws(socket) => socket
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(|_| CloseCode::InternalError),
+            Self::Http(link) => {
+                link.down.push(text.into());
+                Ok(())
+            }
+        }
+    }
+
+    /// When the client was last heard of, given when the last frame came.
+    fn heard_at(&self, last_frame: Instant) -> Instant {
+        match self {
+            Self::Ws(_) => last_frame,
+            Self::Http(link) => link.down.last_request().max(last_frame),
+        }
+    }
+
+    /// A liveness ping (WebSocket only: an HTTP client polls); false when the socket is gone.
+    async fn ping(&mut self) -> bool {
+        match self {
+            Self::Ws(socket) => socket
+                .send(Message::Ping(bytes::Bytes::new()))
+                .await
+                .is_ok(),
+            Self::Http(_) => true,
+        }
+    }
+
+    /// See [`write_batch`].
+    async fn write_batch(
+        &mut self,
+        slot: &mut Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &crate::hub::ConnShared,
+        state: &AppState,
+    ) -> Option<Option<CloseCode>> {
+        match self {
+            Self::Ws(socket) => write_batch(socket, slot, rx, shared, state).await,
+            Self::Http(link) => link.write_batch(slot, rx, shared, state).await,
+        }
+    }
+}
+
 /// The upgraded connection, counting the bytes its socket takes: the write-stall rule looks at
 /// progress (a socket that takes nothing for `write_stall_ms`), not at how long one write took,
 /// so a slow reader that keeps reading is never cut off by one large message.
-struct Counted<T> {
+pub(crate) struct Counted<T> {
     inner: T,
     written: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -261,7 +348,7 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
             written: Arc::default(),
         };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        run(slot.0.clone(), socket, host).await;
+        run(slot.0.clone(), Link::Ws(socket), host).await;
         drop((slot, track, permit));
     });
     let mut res = Response::new(Body::empty());
@@ -274,7 +361,7 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
 }
 
 /// Holds one unit of `connections` (and the gauge) until dropped.
-struct ConnectionSlot(AppState);
+pub(crate) struct ConnectionSlot(pub(crate) AppState);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -286,7 +373,8 @@ impl Drop for ConnectionSlot {
     }
 }
 
-async fn run(state: AppState, mut socket: WebSocket, host: Option<String>) {
+/// Serves one client's connection (a WebSocket, or an HTTP transport session) to its end.
+pub(crate) async fn run(state: AppState, mut socket: Link, host: Option<String>) {
     state
         .metrics
         .connections
@@ -352,25 +440,26 @@ async fn run(state: AppState, mut socket: WebSocket, host: Option<String>) {
         .hub
         .disconnect(conn, Instant::now(), connection.unsent.take(), &mut rx);
     state.touch_rooms(vacated).await;
-    match end {
-        Some(code) => close(&state, &mut socket, code).await,
+    match (end, &mut socket) {
+        (Some(code), _) => close(&state, &mut socket, code).await,
         // The client closed (or the socket broke): send the close reply tungstenite queued.
-        None => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+        (None, Link::Ws(ws)) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
         }
+        (None, Link::Http(link)) => link.down.gone(),
     }
 }
 
 /// Reads until the first text frame. `Err(None)` when the client went away first,
 /// `Err(Some(code))` when what it sent must close the connection.
-async fn first_text(socket: &mut WebSocket) -> Result<Utf8Bytes, Option<CloseCode>> {
+async fn first_text(socket: &mut Link) -> Result<Utf8Bytes, Option<CloseCode>> {
     loop {
         match socket.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text),
-            Some(Ok(Message::Binary(_))) => return Ok(Utf8Bytes::from_static("")),
-            Some(Ok(Message::Close(_))) | None => return Err(None),
-            Some(Err(e)) => return Err(read_error_close(e)),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Incoming::Text(text) => return Ok(text),
+            Incoming::Binary => return Ok(Utf8Bytes::from_static("")),
+            Incoming::Gone => return Err(None),
+            Incoming::Broken(code) => return Err(code),
+            Incoming::Heard => {}
         }
     }
 }
@@ -579,7 +668,7 @@ impl Connection {
     /// Runs until the connection ends; returns the close code to send, if one is due.
     async fn serve(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut Link,
         rx: &mut mpsc::Receiver<Outbound>,
         shared: &Arc<crate::hub::ConnShared>,
     ) -> Option<CloseCode> {
@@ -612,7 +701,7 @@ impl Connection {
                         self.unsent = Some(first);
                         let write = tokio::time::timeout(
                             limits.idle_timeout(),
-                            write_batch(socket, &mut self.unsent, rx, shared, &state),
+                            socket.write_batch(&mut self.unsent, rx, shared, &state),
                         );
                         tokio::select! {
                             written = write => match written {
@@ -629,12 +718,12 @@ impl Connection {
                     None => return None,
                 },
                 msg = socket.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
+                    Incoming::Text(text) => {
                         if let Some(code) = self.on_text(socket, &text).await {
                             return Some(code);
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Incoming::Binary => {
                         state.metrics.frame_in("invalid");
                         let e = FrameError {
                             code: ErrorCode::BadRequest,
@@ -645,17 +734,15 @@ impl Connection {
                             return Some(code);
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        self.last_heard = Instant::now();
-                    }
-                    Some(Ok(Message::Close(_))) | None => return None,
-                    Some(Err(e)) => return read_error_close(e),
+                    Incoming::Heard => self.last_heard = Instant::now(),
+                    Incoming::Gone => return None,
+                    Incoming::Broken(code) => return code,
                 },
                 _ = ping.tick() => {
-                    if self.last_heard.elapsed() >= limits.idle_timeout() {
+                    if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
                         return Some(CloseCode::IdleTimeout);
                     }
-                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    if !socket.ping().await {
                         return None;
                     }
                 }
@@ -664,7 +751,7 @@ impl Connection {
     }
 
     /// One text frame from the client. Returns a close code when the connection must end.
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &Utf8Bytes) -> Option<CloseCode> {
+    async fn on_text(&mut self, socket: &mut Link, text: &Utf8Bytes) -> Option<CloseCode> {
         let now = Instant::now();
         self.last_heard = now;
         let state = &self.state;
@@ -721,7 +808,7 @@ impl Connection {
     }
 
     /// Answers a bad frame with an error; too many bad frames end the connection.
-    async fn reject(&mut self, socket: &mut WebSocket, e: FrameError) -> Option<CloseCode> {
+    async fn reject(&mut self, socket: &mut Link, e: FrameError) -> Option<CloseCode> {
         self.state.metrics.error(e.code);
         let mut error = ErrorFrame::new(e.code, e.message).with_ref(e.reference);
         let too_many = self.bad_frames.record(Instant::now());
@@ -811,25 +898,30 @@ fn read_error_close(e: tungstenite::Error) -> Option<CloseCode> {
     }
 }
 
-async fn send_error(state: &AppState, socket: &mut WebSocket, error: ErrorFrame) {
+async fn send_error(state: &AppState, socket: &mut Link, error: ErrorFrame) {
     state.metrics.error(error.code);
     let _ = send_error_frame(socket, error).await;
 }
 
 /// Sends an error frame; `Err(close)` when the socket is gone.
-async fn send_error_frame(socket: &mut WebSocket, error: ErrorFrame) -> Result<(), CloseCode> {
-    let text = ServerMessage::Error(error).to_json();
+async fn send_error_frame(socket: &mut Link, error: ErrorFrame) -> Result<(), CloseCode> {
     socket
-        .send(Message::Text(text.into()))
+        .send_text(ServerMessage::Error(error).to_json())
         .await
-        .map_err(|_| CloseCode::InternalError)
 }
 
 /// Sends the close frame (after whatever error frames went before it), then closes lingering
 /// ([`crate::serve::linger`]): without it the kernel's reset over unread data can destroy the
 /// close frame in flight, and the client would see 1006 instead of the code.
-async fn close(state: &AppState, socket: &mut WebSocket, code: CloseCode) {
+async fn close(state: &AppState, socket: &mut Link, code: CloseCode) {
     state.metrics.closed(code);
+    let socket = match socket {
+        Link::Ws(ws) => ws,
+        Link::Http(link) => {
+            link.down.close(code);
+            return;
+        }
+    };
     // The peer may already be gone or not reading; a failed or stuck close changes nothing.
     let frame = Message::Close(Some(CloseFrame {
         code: code.code().into(),

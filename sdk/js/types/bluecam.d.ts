@@ -61,6 +61,8 @@ export class Room {
     signaling: Signaling;
     /** Admission of sends, in call order (see sendMessage). */
     admission: Promise<void>;
+    /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
+    get transport(): import("./signaling.js").SignalMethod | null;
     start(): Promise<void>;
     /** The link to the server now. */
     get connectionState(): ConnectionState;
@@ -236,6 +238,12 @@ export type JoinOptions = {
      * drains; shuffle the list per user to spread them); defaults to the SDK's own origin
      */
     server?: string | string[] | undefined;
+    /**
+     * only this transport to the server; by default
+     * a WebSocket, and plain HTTP (long-polling) when the browser has none or a WebSocket cannot
+     * be opened (a proxy that blocks it)
+     */
+    signalMethod?: "websocket" | "http" | undefined;
     /**
      * "relay" sends media and the data channel only
      * through the TURN servers the server hands out (hides the users' addresses from each other;

@@ -1,5 +1,6 @@
 /**
  * @typedef {{op: string, [key: string]: any}} Frame
+ * @typedef {"websocket" | "http"} SignalMethod
  * @typedef {object} SignalingHandlers
  * @property {(frame: Frame) => void} onFrame every frame after `joined`
  * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
@@ -14,8 +15,10 @@ export class Signaling {
      * @param {SignalingHandlers} handlers
      * @param {(() => Promise<string>) | undefined} getToken a fresh token for resumes (the first
      *   one may have expired by the time the network drops)
+     * @param {SignalMethod | undefined} method only this transport; by default a WebSocket, and
+     *   HTTP when the browser has none or one cannot be opened
      */
-    constructor(urls: string[], token: string, handlers: SignalingHandlers, getToken: (() => Promise<string>) | undefined);
+    constructor(urls: string[], token: string, handlers: SignalingHandlers, getToken: (() => Promise<string>) | undefined, method: SignalMethod | undefined);
     urls: string[];
     /** The node in use: the first one given, then the next whenever one fails or drains. */
     urlIndex: number;
@@ -32,8 +35,13 @@ export class Signaling {
     refilledAt: number;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     writableTimer: ReturnType<typeof setTimeout> | undefined;
-    /** @type {WebSocket | null} */
-    ws: WebSocket | null;
+    /** @type {WebSocket | HttpSocket | null} */
+    ws: WebSocket | HttpSocket | null;
+    method: SignalMethod | undefined;
+    /** A WebSocket could not be opened and HTTP could: this room stays on HTTP. */
+    wsBlocked: boolean;
+    /** @type {SignalMethod | null} the transport of the last connection that joined */
+    transport: SignalMethod | null;
     /** @type {{session: string, secret: string} | null} */
     resume: {
         session: string;
@@ -55,11 +63,15 @@ export class Signaling {
     get url(): string;
     /** Moves to the next node (a no-op with one). */
     nextUrl(): void;
+    /** Whether the next connection goes over HTTP. */
+    httpFirst(): boolean;
     /**
      * @param {(joined: Frame) => void} onJoined
      * @param {(error: Error) => void} onFailed
+     * @param {boolean} [viaHttp] this attempt's transport
+     * @param {boolean} [fellBack] a WebSocket failed to open just before
      */
-    open(onJoined: (joined: Frame) => void, onFailed: (error: Error) => void): void;
+    open(onJoined: (joined: Frame) => void, onFailed: (error: Error) => void, viaHttp?: boolean, fellBack?: boolean): void;
     /**
      * The session is over.
      * @param {Error} error
@@ -101,6 +113,7 @@ export type Frame = {
     op: string;
     [key: string]: any;
 };
+export type SignalMethod = "websocket" | "http";
 export type SignalingHandlers = {
     /**
      * every frame after `joined`
@@ -120,3 +133,4 @@ export type SignalingHandlers = {
      */
     onFatal: (error: Error, closeCode: number) => void;
 };
+import { HttpSocket } from "./http.js";

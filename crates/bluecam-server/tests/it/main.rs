@@ -12,4 +12,5 @@ mod restart;
 mod resume;
 mod stun;
 mod tls;
+mod transport;
 mod ws;

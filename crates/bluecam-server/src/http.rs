@@ -1,0 +1,633 @@
+//! The HTTP transport (`/v1/http/*`): the protocol's frames over plain HTTP requests, for
+//! browsers that cannot open a WebSocket (none in the browser, or a proxy that blocks it).
+//!
+//! Long-polling, every request a `POST` with a `text/plain` body (a CORS "simple request": no
+//! preflight; no secret in any URL; never cached by a proxy):
+//! - `open`: the body is the `join` frame. The answer names the transport session (`sid`) and
+//!   carries the first frames (`joined`, or the error and the close).
+//! - `poll` (`{"sid","ack"}`): frames numbered after `ack`, as soon as there is one, or none
+//!   after `poll_wait`. Frames stay here until a later poll acknowledges them, so a lost answer
+//!   costs nothing: the next poll gets them again.
+//! - `send` (`{"sid","seq","close"}` on the first line, one frame per line after it): frame `i`
+//!   of the body is number `seq + i`; numbers already taken are skipped, so a retried request
+//!   delivers nothing twice. `close` ends the session after the frames (the client's close).
+//!
+//! Behind the three requests the session is an emulated connection ([`HttpLink`]) served by
+//! the same code as a WebSocket (`ws::run`): the same join, limits, hub, resume and close
+//! codes. A session nobody polls ends like a silent WebSocket (4011, then resumable for the
+//! resume window). In a cluster a request may reach any node: one for a session held by
+//! another node is passed to it through Redis and its answer passed back (`forward`).
+
+use crate::{
+    AppState,
+    api::ApiError,
+    hub::Outbound,
+    ws::{ConnectionSlot, Incoming, Link},
+};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bluecam_proto::{CloseCode, ErrorCode};
+use serde::Deserialize;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{Notify, mpsc};
+use tungstenite::Utf8Bytes;
+
+/// Frames a session's requests may have handed over and its connection not yet read.
+const UP_QUEUE: usize = 256;
+/// Frame bytes in one poll's answer at most (at least one frame, whatever its size).
+const POLL_BATCH_BYTES: usize = 1 << 20;
+/// A session whose connection ended keeps its close code this long for the client to poll.
+const CLOSE_LINGER: Duration = Duration::from_secs(30);
+/// Frames waiting for a poll's acknowledgement are not a stall before this long: a client
+/// acknowledges with its next poll, one round trip after the answer arrived (however large).
+const HTTP_STALL_MIN: Duration = Duration::from_secs(10);
+/// The longest a poll waits for a frame (less when the idle timeout is shorter).
+const POLL_WAIT: Duration = Duration::from_secs(25);
+
+/// What the session's requests hand to its connection.
+pub(crate) enum Up {
+    Text(Utf8Bytes),
+    /// A frame over the hard cap (the WebSocket's 1009).
+    TooLarge,
+    /// The client closed the session.
+    Closed,
+}
+
+/// Frames for the client, numbered from 1, kept until a poll acknowledges them.
+#[derive(Debug)]
+pub(crate) struct Down {
+    state: Mutex<DownState>,
+    /// Frames, a close or a newer poll: wakes the waiting poll.
+    ready: Notify,
+    /// An acknowledgement: wakes a writer waiting for room.
+    room: Notify,
+}
+
+#[derive(Debug)]
+struct DownState {
+    frames: VecDeque<(u64, Utf8Bytes)>,
+    /// The number of the next frame.
+    next: u64,
+    bytes: usize,
+    /// The connection ended with this code (the last thing a poll gets).
+    close: Option<CloseCode>,
+    /// Frames acknowledged so far (progress, for the stall rule).
+    acked: u64,
+    last_request: Instant,
+    /// The newest poll: an older one still waiting answers at once (empty).
+    poll: u64,
+}
+
+/// One poll's answer.
+struct Batch {
+    first: u64,
+    frames: Vec<Utf8Bytes>,
+    close: Option<CloseCode>,
+}
+
+impl Down {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(DownState {
+                frames: VecDeque::new(),
+                next: 1,
+                bytes: 0,
+                close: None,
+                acked: 0,
+                last_request: Instant::now(),
+                poll: 0,
+            }),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DownState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame for the client (no bound: see [`HttpLink::write_batch`] for the bound).
+    pub(crate) fn push(&self, text: Utf8Bytes) {
+        let mut st = self.lock();
+        st.bytes += text.len();
+        let n = st.next;
+        st.frames.push_back((n, text));
+        st.next += 1;
+        drop(st);
+        self.ready.notify_waiters();
+    }
+
+    /// The connection ended with `code`: the client gets it after the frames before it.
+    pub(crate) fn close(&self, code: CloseCode) {
+        self.lock().close = Some(code);
+        self.ready.notify_waiters();
+    }
+
+    /// The connection ended without a word for the client (it closed, or went silent).
+    pub(crate) fn gone(&self) {
+        self.close(CloseCode::Normal);
+    }
+
+    /// When a request of the client last came (or ended: a poll waits a while).
+    pub(crate) fn last_request(&self) -> Instant {
+        self.lock().last_request
+    }
+
+    fn touch(&self) {
+        self.lock().last_request = Instant::now();
+    }
+
+    /// Drops the frames numbered up to `ack`.
+    fn ack(&self, st: &mut DownState, ack: u64) {
+        let mut dropped = 0;
+        while st.frames.front().is_some_and(|(n, _)| *n <= ack) {
+            if let Some((_, text)) = st.frames.pop_front() {
+                st.bytes -= text.len();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            st.acked += dropped;
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until `len` more bytes fit under `cap` (or nothing is waiting). False when no
+    /// frame was acknowledged for a whole `stall`: the client stopped polling.
+    async fn wait_room(&self, len: usize, cap: usize, stall: Duration) -> bool {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let seen = {
+                let st = self.lock();
+                if st.frames.is_empty() || st.bytes + len <= cap {
+                    return true;
+                }
+                st.acked
+            };
+            if tokio::time::timeout(stall, notified).await.is_err() && self.lock().acked == seen {
+                return false;
+            }
+        }
+    }
+
+    /// Acknowledges up to `ack`, then answers with the frames after it as soon as there is
+    /// one (or the close), or with none after `wait` or when a newer poll came.
+    async fn poll(&self, ack: u64, wait: Duration) -> Batch {
+        let me = {
+            let mut st = self.lock();
+            st.last_request = Instant::now();
+            self.ack(&mut st, ack);
+            st.poll += 1;
+            st.poll
+        };
+        // An older poll still waiting (its client gave up on it) answers now.
+        self.ready.notify_waiters();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                let newer = st.poll != me;
+                if newer || !st.frames.is_empty() || st.close.is_some() {
+                    st.last_request = Instant::now();
+                    return if newer { st.empty() } else { st.batch() };
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let mut st = self.lock();
+                st.last_request = Instant::now();
+                return if st.poll == me {
+                    st.batch()
+                } else {
+                    st.empty()
+                };
+            }
+        }
+    }
+}
+
+impl DownState {
+    /// Frames from the oldest kept, up to the batch size; the close once all are in.
+    fn batch(&self) -> Batch {
+        let first = self.frames.front().map_or(self.next, |(n, _)| *n);
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        for (_, text) in &self.frames {
+            if !frames.is_empty() && bytes + text.len() > POLL_BATCH_BYTES {
+                break;
+            }
+            bytes += text.len();
+            frames.push(text.clone());
+        }
+        let close = (frames.len() == self.frames.len())
+            .then_some(self.close)
+            .flatten();
+        Batch {
+            first,
+            frames,
+            close,
+        }
+    }
+
+    fn empty(&self) -> Batch {
+        Batch {
+            first: self.next,
+            frames: Vec::new(),
+            close: None,
+        }
+    }
+}
+
+impl Batch {
+    /// `{"first":N,"frames":[…],"close":{"code","reason"}}`, the frames' JSON as it is.
+    fn to_json(&self, sid: Option<&str>) -> String {
+        let size: usize = self.frames.iter().map(|f| f.len() + 1).sum();
+        let mut out = String::with_capacity(size + 96);
+        out.push('{');
+        if let Some(sid) = sid {
+            out.push_str("\"sid\":");
+            out.push_str(&serde_json::Value::from(sid).to_string());
+            out.push(',');
+        }
+        out.push_str(&format!("\"first\":{},\"frames\":[", self.first));
+        for (i, f) in self.frames.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(f.as_str());
+        }
+        out.push(']');
+        if let Some(code) = self.close {
+            out.push_str(&format!(
+                ",\"close\":{{\"code\":{},\"reason\":{}}}",
+                code.code(),
+                serde_json::Value::from(code.reason())
+            ));
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// The connection's side of an HTTP transport session (see [`Link`]).
+pub(crate) struct HttpLink {
+    up: mpsc::Receiver<Up>,
+    pub(crate) down: Arc<Down>,
+}
+
+impl HttpLink {
+    pub(crate) async fn next(&mut self) -> Incoming {
+        match self.up.recv().await {
+            Some(Up::Text(text)) => Incoming::Text(text),
+            Some(Up::TooLarge) => Incoming::Broken(Some(CloseCode::MessageTooBig)),
+            Some(Up::Closed) | None => Incoming::Gone,
+        }
+    }
+
+    /// The frame in `slot` and whatever else is queued (up to a batch) go to the poll buffer,
+    /// which holds up to half the outbound queue (at least one largest frame). A client that
+    /// acknowledges nothing for a while with the buffer full is a slow consumer (4030), as a
+    /// WebSocket that takes no bytes is. Cancellation-safe like `ws::write_batch`.
+    pub(crate) async fn write_batch(
+        &mut self,
+        slot: &mut Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &crate::hub::ConnShared,
+        state: &AppState,
+    ) -> Option<Option<CloseCode>> {
+        let limits = &state.config.limits;
+        let cap = (limits.outbound_queue_bytes / 2).max(limits.hard_frame_cap());
+        let stall = limits.write_stall().max(HTTP_STALL_MIN);
+        let mut written = 0;
+        while let Some(out) = slot.as_ref() {
+            match out {
+                Outbound::Frame { text, .. } => {
+                    let len = text.len();
+                    if !self.down.wait_room(len, cap, stall).await {
+                        return Some(Some(CloseCode::SlowConsumer));
+                    }
+                    self.down.push(text.clone());
+                    *slot = None;
+                    shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    state.metrics.frames_out.increment(1);
+                    written += 1;
+                }
+                Outbound::Close(code) => {
+                    let code = *code;
+                    *slot = None;
+                    return Some(Some(code));
+                }
+            }
+            if written < crate::ws::WRITE_BATCH {
+                *slot = rx.try_recv().ok();
+            }
+        }
+        None
+    }
+}
+
+/// A transport session as its requests see it.
+struct Session {
+    up: mpsc::Sender<Up>,
+    down: Arc<Down>,
+    /// The number of the last frame handed to the connection; held across a `send` so that
+    /// two requests of one client cannot interleave their frames.
+    taken: tokio::sync::Mutex<u64>,
+}
+
+/// The transport sessions of this node.
+#[derive(Default)]
+pub struct HttpSessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    made: AtomicU64,
+}
+
+impl std::fmt::Debug for HttpSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSessions")
+            .field("open", &self.lock().len())
+            .finish()
+    }
+}
+
+impl HttpSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<Session>> {
+        self.lock().get(sid).cloned()
+    }
+
+    /// Transport sessions open on this node now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answer headers every transport response carries: never cached, and readable by the
+/// page that asked when its origin may connect (the SDK is often on another origin).
+fn respond(state: &AppState, headers: &HeaderMap, status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    cors(state, headers, h);
+    res
+}
+
+fn cors(state: &AppState, headers: &HeaderMap, h: &mut HeaderMap) {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && state.origin_allowed(origin.to_str().ok())
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// An error answer with CORS headers (so the page can read it).
+fn error(state: &AppState, headers: &HeaderMap, e: ApiError) -> Response {
+    let mut res = e.into_response();
+    cors(state, headers, res.headers_mut());
+    res
+}
+
+fn no_session() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such transport session (it ended, or its node restarted): open a new one and resume",
+    )
+}
+
+/// How long a poll may wait for frames.
+fn poll_wait(state: &AppState) -> Duration {
+    POLL_WAIT.min(state.config.limits.idle_timeout() / 2)
+}
+
+/// `POST /v1/http/open`: the body is the `join` frame.
+pub async fn open(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !state.origin_allowed(origin) {
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+        return error(&state, &headers, e);
+    }
+    if state.shutdown.is_cancelled() {
+        return error(
+            &state,
+            &headers,
+            ApiError::unavailable("server is shutting down"),
+        );
+    }
+    let Ok(join) = Utf8Bytes::try_from(body) else {
+        let e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "the body is not UTF-8",
+        );
+        return error(&state, &headers, e);
+    };
+    // The same cap as WebSockets: a transport session is a connection.
+    let open = state.connections.fetch_add(1, Ordering::AcqRel);
+    if open >= state.config.limits.max_connections {
+        state.connections.fetch_sub(1, Ordering::AcqRel);
+        state.metrics.connections_refused.increment(1);
+        let e = ApiError::unavailable("too many connections on this node");
+        return error(&state, &headers, e);
+    }
+    let slot = ConnectionSlot(state.clone());
+    let track = state.tracker.token();
+    let n = state.http.made.fetch_add(1, Ordering::Relaxed);
+    // The node's id first (in a cluster), so any node can tell whose session it is.
+    let sid = match state.broker.node() {
+        Some(node) => format!("{node}.{}{n:x}", crate::auth::random_token(22)),
+        None => format!("{}{n:x}", crate::auth::random_token(22)),
+    };
+    let (tx, rx) = mpsc::channel(UP_QUEUE);
+    let down = Arc::new(Down::new());
+    let session = Arc::new(Session {
+        up: tx,
+        down: Arc::clone(&down),
+        // The join was frame 1.
+        taken: tokio::sync::Mutex::new(1),
+    });
+    // Cannot fail: the channel is new.
+    let _ = session.up.try_send(Up::Text(join));
+    state.http.lock().insert(sid.clone(), Arc::clone(&session));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let link = HttpLink {
+        up: rx,
+        down: Arc::clone(&down),
+    };
+    let task_state = state.clone();
+    let task_sid = sid.clone();
+    tokio::spawn(async move {
+        crate::ws::run(task_state.clone(), Link::Http(link), host).await;
+        drop((slot, track));
+        // The client learns the close from its next poll; then the session goes.
+        tokio::time::sleep(CLOSE_LINGER).await;
+        task_state.http.lock().remove(&task_sid);
+    });
+    let wait = state.config.limits.join_timeout() + Duration::from_secs(5);
+    let batch = down.poll(0, wait).await;
+    respond(&state, &headers, StatusCode::OK, batch.to_json(Some(&sid)))
+}
+
+#[derive(Deserialize)]
+struct PollRequest {
+    sid: String,
+    ack: u64,
+}
+
+/// `POST /v1/http/poll`: `{"sid","ack"}`.
+pub async fn poll(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: PollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                e.to_string(),
+            );
+            return error(&state, &headers, e);
+        }
+    };
+    match local_poll(&state, &req.sid, req.ack).await {
+        Some(body) => respond(&state, &headers, StatusCode::OK, body),
+        None => error(&state, &headers, no_session()),
+    }
+}
+
+/// A poll of a session on this node; `None` when there is no such session.
+async fn local_poll(state: &AppState, sid: &str, ack: u64) -> Option<String> {
+    let session = state.http.get(sid)?;
+    let batch = session.down.poll(ack, poll_wait(state)).await;
+    Some(batch.to_json(None))
+}
+
+#[derive(Deserialize)]
+struct SendHeader {
+    sid: String,
+    seq: u64,
+    #[serde(default)]
+    close: bool,
+}
+
+/// `POST /v1/http/send`: `{"sid","seq","close"}`, then one frame per line.
+pub async fn send(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let line_end = body.iter().position(|b| *b == b'\n').unwrap_or(body.len());
+    let head: SendHeader = match serde_json::from_slice(&body[..line_end]) {
+        Ok(h) => h,
+        Err(e) => {
+            let e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                e.to_string(),
+            );
+            return error(&state, &headers, e);
+        }
+    };
+    let frames = body.slice((line_end + 1).min(body.len())..);
+    match local_send(&state, &head, frames).await {
+        Ok(taken) => respond(
+            &state,
+            &headers,
+            StatusCode::OK,
+            format!("{{\"ack\":{taken}}}"),
+        ),
+        Err(e) => error(&state, &headers, e),
+    }
+}
+
+/// Hands the frames of a `send` to the session's connection; the number of the last one it
+/// has taken.
+async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Result<u64, ApiError> {
+    let session = state.http.get(&head.sid).ok_or_else(no_session)?;
+    session.down.touch();
+    let mut taken = session.taken.lock().await;
+    let hard_cap = state.config.limits.hard_frame_cap();
+    let mut n = head.seq;
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let line = rest.slice(..end);
+        rest = rest.slice((end + 1).min(rest.len())..);
+        if n > *taken + 1 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::BadRequest,
+                format!("frame {n} sent before frame {}", *taken + 1),
+            ));
+        }
+        if n == *taken + 1 {
+            let up = if line.len() > hard_cap {
+                Up::TooLarge
+            } else {
+                match Utf8Bytes::try_from(line) {
+                    Ok(text) => Up::Text(text),
+                    Err(_) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            ErrorCode::BadRequest,
+                            "a frame is not UTF-8",
+                        ));
+                    }
+                }
+            };
+            // Waits while the connection is busy (back-pressure on the client's requests).
+            if session.up.send(up).await.is_err() {
+                // The connection ended: the client learns why from its poll.
+                return Ok(*taken);
+            }
+            *taken = n;
+        }
+        n += 1;
+    }
+    if head.close {
+        let _ = session.up.send(Up::Closed).await;
+    }
+    session.down.touch();
+    Ok(*taken)
+}
+
+/// The transport's routes, with a body limit of their own: a `send` carries frames up to the
+/// hard cap, larger than the API's bodies.
+pub fn routes(state: &AppState) -> axum::Router<AppState> {
+    use axum::routing::post;
+    let limit = state.config.limits.hard_frame_cap() + (64 << 10);
+    axum::Router::new()
+        .route("/v1/http/open", post(open))
+        .route("/v1/http/poll", post(poll))
+        .route("/v1/http/send", post(send))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+}

@@ -1,0 +1,437 @@
+//! The HTTP transport (`/v1/http/*`) against a real server: the same frames as a WebSocket,
+//! acknowledged polls, idempotent sends, limits, abandonment and resume.
+
+use crate::common::{TestServer, WAIT};
+use bluecam_proto::ClientMessage;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A client of the HTTP transport, speaking it as the SDK does.
+pub struct HttpClient {
+    http: reqwest::Client,
+    base: String,
+    pub sid: String,
+    /// The number of the last frame received.
+    pub ack: u64,
+    /// The number of the next frame to send.
+    pub seq: u64,
+    /// Frames received and not yet read.
+    inbox: std::collections::VecDeque<Value>,
+    pub close: Option<(u64, String)>,
+}
+
+impl HttpClient {
+    /// Opens a session with this join frame; panics unless the server answers 200.
+    pub async fn open(base: &str, join: &ClientMessage<'_>) -> Self {
+        let http = reqwest::Client::new();
+        let res = http
+            .post(format!("{base}/v1/http/open"))
+            .header("content-type", "text/plain")
+            .body(join.to_json())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        let v: Value = res.json().await.unwrap();
+        let mut c = Self {
+            http,
+            base: base.to_owned(),
+            sid: v["sid"].as_str().unwrap().to_owned(),
+            ack: 0,
+            seq: 2, // the join was frame 1
+            inbox: Default::default(),
+            close: None,
+        };
+        c.take(&v);
+        c
+    }
+
+    fn take(&mut self, v: &Value) {
+        let first = v["first"].as_u64().unwrap();
+        for (i, f) in v["frames"].as_array().unwrap().iter().enumerate() {
+            let n = first + i as u64;
+            if n == self.ack + 1 {
+                self.inbox.push_back(f.clone());
+                self.ack = n;
+            }
+        }
+        if let Some(c) = v.get("close") {
+            self.close = Some((
+                c["code"].as_u64().unwrap(),
+                c["reason"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+
+    /// One poll with this `ack`: the raw answer.
+    pub async fn poll_raw(&self, ack: u64) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/http/poll", self.base))
+            .body(json!({"sid": self.sid, "ack": ack}).to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls once; what it answered.
+    pub async fn poll(&mut self) -> Value {
+        let res = self.poll_raw(self.ack).await;
+        assert_eq!(res.status(), 200);
+        let v: Value = res.json().await.unwrap();
+        self.take(&v);
+        v
+    }
+
+    /// The next frame, polling as needed.
+    pub async fn recv(&mut self) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(f) = self.inbox.pop_front() {
+                    return f;
+                }
+                assert!(self.close.is_none(), "closed: {:?}", self.close);
+                self.poll().await;
+            }
+        })
+        .await
+        .expect("no frame in time")
+    }
+
+    /// The next frame of this op, skipping others.
+    pub async fn recv_op(&mut self, op: &str) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f["op"] == op {
+                return f;
+            }
+        }
+    }
+
+    /// Polls until the session closes; its code.
+    pub async fn closed(&mut self) -> u64 {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some((code, _)) = &self.close {
+                    return *code;
+                }
+                self.inbox.clear();
+                self.poll().await;
+            }
+        })
+        .await
+        .expect("no close in time")
+    }
+
+    /// Sends frames numbered from `seq` (as a retry does, with an old `seq`); the answer.
+    pub async fn send_from(&self, seq: u64, frames: &[String], close: bool) -> reqwest::Response {
+        let mut body = json!({"sid": self.sid, "seq": seq, "close": close}).to_string();
+        for f in frames {
+            body.push('\n');
+            body.push_str(f);
+        }
+        self.http
+            .post(format!("{}/v1/http/send", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends frames; panics unless all were taken.
+    pub async fn send(&mut self, frames: &[String]) {
+        let res = self.send_from(self.seq, frames, false).await;
+        assert_eq!(res.status(), 200);
+        let v: Value = res.json().await.unwrap();
+        self.seq += frames.len() as u64;
+        assert_eq!(v["ack"], self.seq - 1, "{v}");
+    }
+}
+
+fn join(server: &TestServer, room: &str, identity: &str) -> ClientMessage<'static> {
+    ClientMessage::Join {
+        token: server.token(room, identity),
+        resume: None,
+    }
+}
+
+fn send_frame(to: &str, msg: &str) -> String {
+    json!({"op": "send", "to": [to], "msg": msg}).to_string()
+}
+
+#[tokio::test]
+async fn an_http_peer_and_a_websocket_peer_talk_both_ways_in_order() {
+    let server = TestServer::start().await;
+    let room = server.room().await;
+    let mut ws = server.join(&room, "ws").await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    let joined = h.recv().await;
+    assert_eq!(joined["op"], "joined", "{joined}");
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(joined["peers"][0]["id"], ws.id());
+    let seen = ws.recv_op("peer_joined").await;
+    assert_eq!(seen["peer"]["id"], hid);
+
+    // HTTP to WebSocket: 300 frames in batches, in order.
+    for batch in 0..3 {
+        let frames: Vec<String> = (0..100)
+            .map(|i| send_frame(&ws.id(), &format!("h{}", batch * 100 + i)))
+            .collect();
+        h.send(&frames).await;
+    }
+    for i in 0..300 {
+        let m = ws.recv_op("message").await;
+        assert_eq!(m["msg"], format!("h{i}"));
+        assert_eq!(m["from"], hid);
+    }
+    // WebSocket to HTTP: 300 frames, received over polls, in order.
+    for i in 0..300 {
+        ws.send_json(json!({"op": "send", "to": [hid], "msg": format!("w{i}")}))
+            .await;
+    }
+    for i in 0..300 {
+        let m = h.recv_op("message").await;
+        assert_eq!(m["msg"], format!("w{i}"));
+    }
+}
+
+#[tokio::test]
+async fn a_lost_poll_answer_is_sent_again_and_a_retried_send_delivers_nothing_twice() {
+    let server = TestServer::start().await;
+    let room = server.room().await;
+    let mut ws = server.join(&room, "ws").await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    let hid = h.recv().await["self"]["id"].as_str().unwrap().to_owned();
+    ws.recv_op("peer_joined").await;
+    for i in 0..3 {
+        ws.send_json(json!({"op": "send", "to": [hid], "msg": i}))
+            .await;
+    }
+    // Wait until the three are there, then "lose" that answer: poll again with the old ack.
+    let before = h.ack;
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            let v: Value = h.poll_raw(before).await.json().await.unwrap();
+            let n = v["frames"].as_array().unwrap().len();
+            if n >= 3 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let again: Value = h.poll_raw(before).await.json().await.unwrap();
+    assert_eq!(again["first"], first["first"]);
+    assert_eq!(again["frames"], first["frames"]);
+    h.take(&again);
+    for i in 0..3 {
+        assert_eq!(h.recv_op("message").await["msg"], i);
+    }
+
+    // A send retried (its answer lost) with the same numbers: taken once.
+    let frames = vec![send_frame(&ws.id(), "once"), send_frame(&ws.id(), "twice?")];
+    let seq = h.seq;
+    for _ in 0..3 {
+        let res = h.send_from(seq, &frames, false).await;
+        assert_eq!(res.status(), 200);
+    }
+    h.seq += 2;
+    // A retry that overlaps: its first frame was taken, the second is new.
+    let overlap = vec![
+        send_frame(&ws.id(), "twice?"),
+        send_frame(&ws.id(), "third"),
+    ];
+    h.send_from(seq + 1, &overlap, false).await;
+    h.seq += 1;
+    assert_eq!(ws.recv_op("message").await["msg"], "once");
+    assert_eq!(ws.recv_op("message").await["msg"], "twice?");
+    assert_eq!(ws.recv_op("message").await["msg"], "third");
+    // A gap (a frame sent before one that never came) is refused and takes nothing.
+    let res = h
+        .send_from(seq + 10, &[send_frame(&ws.id(), "gap")], false)
+        .await;
+    assert_eq!(res.status(), 409);
+    h.send(&[json!({"op": "ping"}).to_string()]).await;
+    assert_eq!(h.recv_op("pong").await["op"], "pong");
+    ws.assert_alive().await;
+}
+
+#[tokio::test]
+async fn bad_frames_and_oversized_ones_get_the_websockets_answers() {
+    let server = TestServer::with(|c| c.limits.max_frame_bytes = 1000).await;
+    let room = server.room().await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    h.recv_op("joined").await;
+    h.send(&["not json".to_owned()]).await;
+    assert_eq!(h.recv_op("error").await["code"], "bad_request");
+    let big = json!({"op": "send", "msg": "x".repeat(1500)}).to_string();
+    h.send(&[big]).await;
+    assert_eq!(h.recv_op("error").await["code"], "too_large");
+    // Over the hard cap (twice the limit): refused before it is read, like a WebSocket's 1009.
+    let huge = json!({"op": "send", "msg": "x".repeat(300_000)}).to_string();
+    let res = h.send_from(h.seq, &[huge], false).await;
+    assert_eq!(res.status(), 413);
+    // An unknown session is a 404 (the SDK then opens a new one and resumes).
+    let mut other = HttpClient::open(&server.url(""), &join(&server, &room, "x")).await;
+    other.sid = "no-such-session".into();
+    assert_eq!(other.poll_raw(0).await.status(), 404);
+    assert_eq!(other.send_from(2, &[], false).await.status(), 404);
+    // The first frame must be a join, as on a WebSocket.
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/http/open"))
+        .body(json!({"op": "ping"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["frames"][0]["code"], "bad_request", "{v}");
+    assert_eq!(v["close"]["code"], 4000, "{v}");
+}
+
+#[tokio::test]
+async fn a_newer_poll_answers_the_older_one_at_once() {
+    let server = TestServer::start().await;
+    let room = server.room().await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    h.recv_op("joined").await;
+    let ack = h.ack;
+    let old = tokio::spawn({
+        let (http, base, sid) = (h.http.clone(), h.base.clone(), h.sid.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            let res = http
+                .post(format!("{base}/v1/http/poll"))
+                .body(json!({"sid": sid, "ack": ack}).to_string())
+                .send()
+                .await
+                .unwrap();
+            (t0.elapsed(), res.json::<Value>().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let newer = tokio::spawn({
+        let (http, base, sid) = (h.http.clone(), h.base.clone(), h.sid.clone());
+        async move {
+            http.post(format!("{base}/v1/http/poll"))
+                .body(json!({"sid": sid, "ack": ack}).to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let (took, v) = tokio::time::timeout(WAIT, old).await.unwrap().unwrap();
+    assert!(
+        took < Duration::from_secs(5),
+        "the old poll waited {took:?}"
+    );
+    assert_eq!(v["frames"], json!([]));
+    // The newer one gets the next frame.
+    h.send(&[json!({"op": "ping"}).to_string()]).await;
+    let v: Value = tokio::time::timeout(WAIT, newer)
+        .await
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["frames"][0]["op"], "pong", "{v}");
+}
+
+#[tokio::test]
+async fn an_abandoned_session_detaches_then_resumes_over_http_with_the_same_peer_id() {
+    let server = TestServer::with(|c| {
+        c.limits.ping_interval_secs = 1; // silent for 2 s: gone
+        c.limits.resume_window_secs = 30;
+    })
+    .await;
+    let room = server.room().await;
+    let mut ws = server.join(&room, "ws").await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    let joined = h.recv_op("joined").await;
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    ws.recv_op("peer_joined").await;
+    // Nobody polls: the session ends like a silent WebSocket, and the peer stays, detached
+    // (the WebSocket peer keeps talking meanwhile, or it too would be silent for too long).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.presence(&room, &hid).await != Some(false) {
+        assert!(tokio::time::Instant::now() < deadline, "never detached");
+        ws.send_json(json!({"op": "ping"})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Frames for it meanwhile are kept for its resume.
+    ws.send_json(json!({"op": "send", "to": [hid], "msg": "while away"}))
+        .await;
+    let resume = ClientMessage::Join {
+        token: server.token(&room, "http"),
+        resume: Some(bluecam_proto::ResumeCredentials {
+            session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
+            secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
+        }),
+    };
+    let mut again = HttpClient::open(&server.url(""), &resume).await;
+    let back = again.recv_op("joined").await;
+    assert_eq!(back["resumed"], true);
+    assert_eq!(back["self"]["id"], hid.as_str());
+    assert_eq!(again.recv_op("message").await["msg"], "while away");
+    // The old session told its (absent) client why it ended.
+    assert_eq!(h.closed().await, 4011);
+    // Nobody saw a leave.
+    ws.send_json(json!({"op": "ping"})).await;
+    loop {
+        let f = ws.recv().await;
+        assert_ne!(f["op"], "peer_left", "{f}");
+        if f["op"] == "pong" && again.ack > 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_close_after_leave_is_a_leave() {
+    let server = TestServer::start().await;
+    let room = server.room().await;
+    let mut ws = server.join(&room, "ws").await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    let hid = h.recv_op("joined").await["self"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.recv_op("peer_joined").await;
+    let res = h
+        .send_from(h.seq, &[json!({"op": "leave"}).to_string()], true)
+        .await;
+    assert_eq!(res.status(), 200);
+    let left = ws.recv_op("peer_left").await;
+    assert_eq!(left["peer"]["id"], hid.as_str());
+    assert_eq!(left["reason"], "left");
+    assert_eq!(h.closed().await, 1000);
+}
+
+#[tokio::test]
+async fn cross_origin_pages_may_read_the_answers_when_their_origin_may_connect() {
+    let server = TestServer::with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let room = server.room().await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(server.url("/v1/http/open"))
+        .header("origin", "https://app.example")
+        .body(join(&server, &room, "a").to_json())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let res = http
+        .post(server.url("/v1/http/open"))
+        .header("origin", "https://evil.example")
+        .body(join(&server, &room, "b").to_json())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
