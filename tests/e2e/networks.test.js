@@ -5,7 +5,7 @@ import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, Coturn, launchPeer, join, waitFor, waitPeers, expectEvents, endTestAndServers, stopAll, videoStats,
-  received, pathTo, evaluate, startHttpProxy, expectAll, sdkState,
+  received, pathTo, evaluate, startHttpProxy, expectAll, sdkState, Redis, startCluster, stopServers,
 } from "./harness.js";
 
 /**
@@ -134,5 +134,40 @@ test("a WebSocket refused or held by a proxy: the SDK falls back to HTTP within 
     } finally {
       await proxy.close();
     }
+  }
+});
+
+test("the HTTP transport across two cluster nodes, through a load balancer alternating per request", async () => {
+  const redis = await Redis.start();
+  const proxies = [];
+  try {
+    const [n1, n2] = await startCluster(redis, 2, 5);
+    // The load balancer refuses WebSockets too: the SDK falls back to HTTP on its own.
+    const lb = await startHttpProxy([n1.url, n2.url], { webSocket: "refuse" });
+    proxies.push(lb);
+    const via = /** @type {TestServer} */ (/** @type {unknown} */ ({ url: lb.url }));
+    const room = await n1.room();
+    const opts = { noWebrtc: true };
+    const [a, b] = [await launchPeer(via, { label: "alice", ...opts }), await launchPeer(via, { label: "bob", ...opts })];
+    const media = { video: false, audio: false };
+    const aId = await join(a.page, await n1.token(room, "alice"), media);
+    const bId = await join(b.page, await n2.token(room, "bob"), media);
+    assert.equal(await transportOf(a.page), "http");
+    assert.equal(await transportOf(b.page), "http");
+    await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
+    const before = lb.requests();
+    const [ab, ba] = await Promise.all([burst(a.page, 300), burst(b.page, 300)]);
+    assert.deepEqual([ab, ba], [300, 300]);
+    await expectAll(b.page, aId, 300, "n");
+    await expectAll(a.page, bId, 300, "n");
+    const after = lb.requests();
+    const [d1, d2] = [after[0] - before[0], after[1] - before[1]];
+    // (Sends are batched: 600 messages take a few dozen requests.)
+    assert.ok(d1 >= 3 && d2 >= 3 && Math.abs(d1 - d2) <= 1, `requests alternated between the nodes: ${d1} and ${d2}`);
+    await expectEvents([a, b]);
+  } finally {
+    for (const p of proxies) await p.close();
+    await stopServers();
+    await redis.stop();
   }
 });

@@ -65,6 +65,42 @@ pub enum Outgoing {
     },
 }
 
+/// A request of the HTTP transport (`crate::http`) passed to the node holding its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpOp {
+    Poll,
+    Send,
+}
+
+/// The holding node's answer to a passed-on request.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Why a request could not be passed on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForwardError {
+    /// No node listens under that id (it is gone, or restarted under a new id).
+    NoSuchNode,
+    /// It did not answer in time, or the directory is unreachable.
+    NoAnswer,
+}
+
+/// What answers requests passed on by other nodes (`crate::http` installs it).
+#[derive(Clone)]
+pub struct HttpHandler(
+    pub std::sync::Arc<dyn Fn(HttpOp, String) -> BoxFuture<'static, HttpReply> + Send + Sync>,
+);
+
+impl std::fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpHandler")
+    }
+}
+
 /// The directory and transport between nodes. See the module doc.
 pub trait Broker: Send + Sync + 'static {
     /// This node's id in the cluster; `None` on a single node.
@@ -109,6 +145,24 @@ pub trait Broker: Send + Sync + 'static {
     /// single node.
     fn directory_lost(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { false })
+    }
+
+    /// Passes an HTTP transport request to `node`, which holds its session, and waits up to
+    /// `wait` for its answer. A single node has no one to pass it to.
+    fn forward_http(
+        &self,
+        node: NodeId,
+        op: HttpOp,
+        body: String,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'_, Result<HttpReply, ForwardError>> {
+        let _ = (node, op, body, wait);
+        Box::pin(async { Err(ForwardError::NoSuchNode) })
+    }
+
+    /// Installs what answers requests other nodes pass to this one.
+    fn set_http_handler(&self, handler: HttpHandler) {
+        let _ = handler;
     }
 }
 

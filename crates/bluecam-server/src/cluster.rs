@@ -31,7 +31,9 @@
 //! the sans-IO [`bluecam_core::cluster::ClusterNode`]; this module carries its steps out.
 
 use crate::{
-    broker::{Broker, BrokerError, Host, NewPeer, Outgoing},
+    broker::{
+        Broker, BrokerError, ForwardError, Host, HttpHandler, HttpOp, HttpReply, NewPeer, Outgoing,
+    },
     metrics::Metrics,
     store::{Store, StoreError},
 };
@@ -363,6 +365,28 @@ fn channel(node: &NodeId) -> String {
     format!("bc:n:{node}")
 }
 
+/// The channel of HTTP transport requests passed to a node, and of their answers.
+fn http_channel(node: &NodeId) -> String {
+    format!("bc:h:{node}")
+}
+
+/// A message on a node's HTTP channel: a request passed on (`q`, from `from`) or an answer
+/// (`r`, to the request of that number).
+#[derive(Serialize, Deserialize)]
+struct HttpRelay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<NodeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<HttpOp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    body: String,
+}
+
 fn backend(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
@@ -401,6 +425,11 @@ pub struct RedisBroker {
     /// The node's control loop (see `bluecam_core::cluster`); locked briefly, never across
     /// an `.await`.
     machine: Mutex<ClusterNode>,
+    /// Answers HTTP transport requests passed to this node.
+    http_handler: OnceLock<HttpHandler>,
+    /// Requests this node passed on, waiting for their answers.
+    http_waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
+    http_next: std::sync::atomic::AtomicU64,
 }
 
 /// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
@@ -471,6 +500,9 @@ impl RedisBroker {
                 resume_window,
                 Instant::now(),
             )),
+            http_handler: OnceLock::new(),
+            http_waiting: Mutex::new(HashMap::new()),
+            http_next: std::sync::atomic::AtomicU64::new(0),
             node,
         }))
     }
@@ -512,9 +544,10 @@ impl RedisBroker {
         let mut messages = subscriber.message_rx();
         let mut resubscribed = subscriber.reconnect_rx();
         subscriber
-            .subscribe(channel(&self.node))
+            .subscribe(vec![channel(&self.node), http_channel(&self.node)])
             .await
             .map_err(backend)?;
+        let http_chan = http_channel(&self.node);
         let resubscribe = subscriber.manage_subscriptions();
         tracing::info!(node = %self.node, "cluster node joined through Redis");
 
@@ -530,6 +563,11 @@ impl RedisBroker {
                     m = messages.recv() => m,
                 };
                 match msg {
+                    Ok(msg) if *msg.channel == *http_chan => {
+                        if let Some(text) = msg.value.as_str() {
+                            me.on_http(&text);
+                        }
+                    }
                     Ok(msg) => {
                         me.metrics.cluster_in.increment(1);
                         if let Some(text) = msg.value.as_str() {
@@ -924,6 +962,68 @@ impl RedisBroker {
     }
 
     /// Applies one message from another node.
+    /// A message on this node's HTTP channel: a request to answer (in a task of its own: a
+    /// poll may wait), or the answer to one of ours.
+    fn on_http(self: &Arc<Self>, text: &str) {
+        let relay: HttpRelay = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable HTTP transport relay message");
+                self.metrics.redis_errors.increment(1);
+                return;
+            }
+        };
+        match relay {
+            HttpRelay {
+                q: Some(id),
+                from: Some(from),
+                op: Some(op),
+                body,
+                ..
+            } => {
+                let Some(handler) = self.http_handler.get().cloned() else {
+                    return;
+                };
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let reply = (handler.0)(op, body).await;
+                    let answer = HttpRelay {
+                        q: None,
+                        from: None,
+                        op: None,
+                        r: Some(id),
+                        status: Some(reply.status),
+                        body: reply.body,
+                    };
+                    let text = serde_json::to_string(&answer).unwrap_or_default();
+                    let sent: Result<i64, _> = me.client.publish(http_channel(&from), text).await;
+                    if let Err(e) = sent {
+                        me.redis_error("HTTP transport answer", &e);
+                    }
+                });
+            }
+            HttpRelay {
+                r: Some(id),
+                status: Some(status),
+                body,
+                ..
+            } => {
+                let waiting = self
+                    .http_waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(HttpReply { status, body });
+                }
+            }
+            _ => {
+                tracing::error!("HTTP transport relay message of no known shape");
+                self.metrics.redis_errors.increment(1);
+            }
+        }
+    }
+
     fn on_event(&self, hub: &dyn Host, text: &str) {
         match decode_event(text) {
             Ok(Some(Decoded::Room { room, ver, event })) => hub.remote(&room, ver, event),
@@ -1056,6 +1156,51 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn node(&self) -> Option<&NodeId> {
         Some(&self.node)
+    }
+
+    fn forward_http(
+        &self,
+        node: NodeId,
+        op: HttpOp,
+        body: String,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<HttpReply, ForwardError>> {
+        Box::pin(async move {
+            let id = self
+                .http_next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let waiting = || self.http_waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting().insert(id, tx);
+            let relay = HttpRelay {
+                q: Some(id),
+                from: Some(self.node.clone()),
+                op: Some(op),
+                r: None,
+                status: None,
+                body,
+            };
+            let text = serde_json::to_string(&relay).unwrap_or_default();
+            let listeners: Result<i64, _> = self.client.publish(http_channel(&node), text).await;
+            let out = match listeners {
+                // Nobody listens under that id: the node is gone.
+                Ok(0) => Err(ForwardError::NoSuchNode),
+                Ok(_) => match tokio::time::timeout(wait, rx).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    _ => Err(ForwardError::NoAnswer),
+                },
+                Err(e) => {
+                    self.redis_error("HTTP transport request", &e);
+                    Err(ForwardError::NoAnswer)
+                }
+            };
+            waiting().remove(&id);
+            out
+        })
+    }
+
+    fn set_http_handler(&self, handler: HttpHandler) {
+        let _ = self.http_handler.set(handler);
     }
 
     fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {

@@ -21,6 +21,7 @@
 use crate::{
     AppState,
     api::ApiError,
+    broker::{ForwardError, HttpOp, HttpReply},
     hub::Outbound,
     ws::{ConnectionSlot, Incoming, Link},
 };
@@ -54,6 +55,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(30);
 const HTTP_STALL_MIN: Duration = Duration::from_secs(10);
 /// The longest a poll waits for a frame (less when the idle timeout is shorter).
 const POLL_WAIT: Duration = Duration::from_secs(25);
+/// A poll passed to another node gets this much longer than the poll itself to come back.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+/// A send passed to another node is answered within this, or the client tries again.
+const FORWARD_SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// What the session's requests hand to its connection.
 pub(crate) enum Up {
@@ -415,14 +420,6 @@ fn error(state: &AppState, headers: &HeaderMap, e: ApiError) -> Response {
     res
 }
 
-fn no_session() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such transport session (it ended, or its node restarted): open a new one and resume",
-    )
-}
-
 /// How long a poll may wait for frames.
 fn poll_wait(state: &AppState) -> Duration {
     POLL_WAIT.min(state.config.limits.idle_timeout() / 2)
@@ -509,32 +506,6 @@ struct PollRequest {
     ack: u64,
 }
 
-/// `POST /v1/http/poll`: `{"sid","ack"}`.
-pub async fn poll(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: PollRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                e.to_string(),
-            );
-            return error(&state, &headers, e);
-        }
-    };
-    match local_poll(&state, &req.sid, req.ack).await {
-        Some(body) => respond(&state, &headers, StatusCode::OK, body),
-        None => error(&state, &headers, no_session()),
-    }
-}
-
-/// A poll of a session on this node; `None` when there is no such session.
-async fn local_poll(state: &AppState, sid: &str, ack: u64) -> Option<String> {
-    let session = state.http.get(sid)?;
-    let batch = session.down.poll(ack, poll_wait(state)).await;
-    Some(batch.to_json(None))
-}
-
 #[derive(Deserialize)]
 struct SendHeader {
     sid: String,
@@ -543,36 +514,129 @@ struct SendHeader {
     close: bool,
 }
 
+/// An answer: its status and JSON body (errors in the API's shape, `{"error":{…}}`).
+type Answer = (StatusCode, String);
+
+fn answer_error(code: StatusCode, error: ErrorCode, message: &str) -> Answer {
+    let body = serde_json::json!({"error": {"code": error, "message": message}});
+    (code, body.to_string())
+}
+
+fn bad_request(message: &str) -> Answer {
+    answer_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+}
+
+fn no_session_answer() -> Answer {
+    answer_error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such transport session (it ended, or its node is gone): open a new one and resume",
+    )
+}
+
+/// `POST /v1/http/poll`: `{"sid","ack"}`.
+pub async fn poll(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let (status, text) = answer(&state, HttpOp::Poll, body).await;
+    respond(&state, &headers, status, text)
+}
+
 /// `POST /v1/http/send`: `{"sid","seq","close"}`, then one frame per line.
 pub async fn send(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let line_end = body.iter().position(|b| *b == b'\n').unwrap_or(body.len());
-    let head: SendHeader = match serde_json::from_slice(&body[..line_end]) {
-        Ok(h) => h,
-        Err(e) => {
-            let e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                e.to_string(),
-            );
-            return error(&state, &headers, e);
+    let (status, text) = answer(&state, HttpOp::Send, body).await;
+    respond(&state, &headers, status, text)
+}
+
+/// The session id a request names.
+fn sid_of(op: HttpOp, body: &[u8]) -> Result<String, Answer> {
+    match op {
+        HttpOp::Poll => serde_json::from_slice::<PollRequest>(body)
+            .map(|r| r.sid)
+            .map_err(|e| bad_request(&e.to_string())),
+        HttpOp::Send => {
+            let end = body.iter().position(|b| *b == b'\n').unwrap_or(body.len());
+            serde_json::from_slice::<SendHeader>(&body[..end])
+                .map(|h| h.sid)
+                .map_err(|e| bad_request(&e.to_string()))
         }
+    }
+}
+
+/// Answers a poll or a send: here when this node holds the session; in a cluster, passed to
+/// the node that does (its id starts the session's), and its answer passed back.
+async fn answer(state: &AppState, op: HttpOp, body: Bytes) -> Answer {
+    state.metrics.http_transport_requests.increment(1);
+    let sid = match sid_of(op, &body) {
+        Ok(sid) => sid,
+        Err(a) => return a,
     };
-    let frames = body.slice((line_end + 1).min(body.len())..);
-    match local_send(&state, &head, frames).await {
-        Ok(taken) => respond(
-            &state,
-            &headers,
-            StatusCode::OK,
-            format!("{{\"ack\":{taken}}}"),
-        ),
-        Err(e) => error(&state, &headers, e),
+    if state.http.get(&sid).is_none()
+        && let Some(me) = state.broker.node()
+        && let Some((node, _)) = sid.split_once('.')
+        && node != me.as_str()
+    {
+        let Ok(text) = String::from_utf8(body.to_vec()) else {
+            return bad_request("the body is not UTF-8");
+        };
+        let wait = match op {
+            HttpOp::Poll => poll_wait(state) + FORWARD_MARGIN,
+            HttpOp::Send => FORWARD_SEND_WAIT,
+        };
+        state.metrics.http_forwarded.increment(1);
+        return match state
+            .broker
+            .forward_http(bluecam_proto::NodeId::new(node.to_owned()), op, text, wait)
+            .await
+        {
+            Ok(reply) => (
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                reply.body,
+            ),
+            // Its node is gone: the client resumes the session elsewhere.
+            Err(ForwardError::NoSuchNode) => no_session_answer(),
+            // Slow or unreachable: the client tries again (and resumes if it keeps failing).
+            Err(ForwardError::NoAnswer) => answer_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "the node holding this session did not answer; retry",
+            ),
+        };
+    }
+    answer_here(state, op, body).await
+}
+
+/// Answers a request for a session on this node (also one passed on by another node).
+pub(crate) async fn answer_here(state: &AppState, op: HttpOp, body: Bytes) -> Answer {
+    match op {
+        HttpOp::Poll => {
+            let req: PollRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return bad_request(&e.to_string()),
+            };
+            let Some(session) = state.http.get(&req.sid) else {
+                return no_session_answer();
+            };
+            let batch = session.down.poll(req.ack, poll_wait(state)).await;
+            (StatusCode::OK, batch.to_json(None))
+        }
+        HttpOp::Send => {
+            let end = body.iter().position(|b| *b == b'\n').unwrap_or(body.len());
+            let head: SendHeader = match serde_json::from_slice(&body[..end]) {
+                Ok(h) => h,
+                Err(e) => return bad_request(&e.to_string()),
+            };
+            let frames = body.slice((end + 1).min(body.len())..);
+            match local_send(state, &head, frames).await {
+                Ok(taken) => (StatusCode::OK, format!("{{\"ack\":{taken}}}")),
+                Err(a) => a,
+            }
+        }
     }
 }
 
 /// Hands the frames of a `send` to the session's connection; the number of the last one it
 /// has taken.
-async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Result<u64, ApiError> {
-    let session = state.http.get(&head.sid).ok_or_else(no_session)?;
+async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Result<u64, Answer> {
+    let session = state.http.get(&head.sid).ok_or_else(no_session_answer)?;
     session.down.touch();
     let mut taken = session.taken.lock().await;
     let hard_cap = state.config.limits.hard_frame_cap();
@@ -583,10 +647,10 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
         let line = rest.slice(..end);
         rest = rest.slice((end + 1).min(rest.len())..);
         if n > *taken + 1 {
-            return Err(ApiError::new(
+            return Err(answer_error(
                 StatusCode::CONFLICT,
                 ErrorCode::BadRequest,
-                format!("frame {n} sent before frame {}", *taken + 1),
+                &format!("frame {n} sent before frame {}", *taken + 1),
             ));
         }
         if n == *taken + 1 {
@@ -595,13 +659,7 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
             } else {
                 match Utf8Bytes::try_from(line) {
                     Ok(text) => Up::Text(text),
-                    Err(_) => {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            ErrorCode::BadRequest,
-                            "a frame is not UTF-8",
-                        ));
-                    }
+                    Err(_) => return Err(bad_request("a frame is not UTF-8")),
                 }
             };
             // Waits while the connection is busy (back-pressure on the client's requests).
@@ -618,6 +676,33 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
     }
     session.down.touch();
     Ok(*taken)
+}
+
+/// Installs this node's answerer of requests passed on by other nodes.
+pub fn serve_forwarded(state: &AppState) {
+    let weak = std::sync::Arc::downgrade(&state.0);
+    state
+        .broker
+        .set_http_handler(crate::broker::HttpHandler(std::sync::Arc::new(
+            move |op, body: String| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(shared) = weak.upgrade() else {
+                        let (status, body) = no_session_answer();
+                        return HttpReply {
+                            status: status.as_u16(),
+                            body,
+                        };
+                    };
+                    let (status, body) =
+                        answer_here(&AppState(shared), op, Bytes::from(body)).await;
+                    HttpReply {
+                        status: status.as_u16(),
+                        body,
+                    }
+                })
+            },
+        )));
 }
 
 /// The transport's routes, with a body limit of their own: a `send` carries frames up to the

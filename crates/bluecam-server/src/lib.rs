@@ -361,6 +361,8 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
         if let (Some(node), Some(url)) = (&self.cluster, &state.config.redis_url) {
+            // Before subscribing: requests passed on by other nodes are answered from the start.
+            http::serve_forwarded(&state);
             node.start(
                 url,
                 Arc::new(state.hub.clone()),

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub stun_refused: Counter,
     /// Cluster: failed Redis operations.
     pub redis_errors: Counter,
+    /// HTTP transport requests, and those passed to the node holding their session.
+    pub http_transport_requests: Counter,
+    pub http_forwarded: Counter,
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so
@@ -86,6 +89,8 @@ impl Metrics {
             stun_answers: counter!("bluecam_stun_answers_total"),
             stun_refused: counter!("bluecam_stun_refused_total"),
             redis_errors: counter!("bluecam_redis_errors_total"),
+            http_transport_requests: counter!("bluecam_http_transport_requests_total"),
+            http_forwarded: counter!("bluecam_http_transport_forwarded_total"),
         }
     }
 

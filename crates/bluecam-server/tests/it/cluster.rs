@@ -728,3 +728,70 @@ async fn redis_restarted_without_its_data_keeps_every_call() {
     let (back, _) = a.resume_retrying(&room, "bob", creds).await;
     assert_eq!(back.id(), bob_id);
 }
+
+#[tokio::test]
+async fn the_http_transport_works_through_a_load_balancer_that_alternates_between_nodes() {
+    use crate::transport::HttpClient;
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut ws = join_on(&b, &room, "ws").await;
+    // Every request of the HTTP client goes to the other node than the one before.
+    let (ua, ub) = (a.url(""), b.url(""));
+    let join = ClientMessage::Join {
+        token: a.token(&room, "http"),
+        resume: None,
+    };
+    let mut h = HttpClient::open_via(&[&ua, &ub], &join).await;
+    let joined = h.recv_op("joined").await;
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(peer_ids(&joined), vec![ws.id()]);
+    ws.recv_op("peer_joined").await;
+    for batch in 0..5 {
+        let frames: Vec<String> = (0..20)
+            .map(|i| json!({"op": "send", "to": [ws.id()], "msg": batch * 20 + i}).to_string())
+            .collect();
+        h.send(&frames).await;
+    }
+    for i in 0..100 {
+        ws.send_json(json!({"op": "send", "to": [hid], "msg": i}))
+            .await;
+    }
+    for i in 0..100 {
+        assert_eq!(ws.recv_op("message").await["msg"], i);
+        assert_eq!(h.recv_op("message").await["msg"], i);
+    }
+    // The node holding the session goes: requests through the other get 404 at once, and the
+    // session resumes there, with its id.
+    let creds = ResumeCredentials {
+        session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
+        secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
+    };
+    a.stop().await;
+    h.bases = vec![ub.clone()];
+    let gone = tokio::time::timeout(WAIT, async {
+        loop {
+            let res = h.poll_raw(h.ack).await;
+            if res.status() == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "requests for the lost node's session never got 404"
+    );
+    let resume = ClientMessage::Join {
+        token: b.token(&room, "http"),
+        resume: Some(creds),
+    };
+    let mut again = HttpClient::open(&ub, &resume).await;
+    let back = again.recv_op("joined").await;
+    assert_eq!(back["resumed"], true, "{back}");
+    assert_eq!(back["self"]["id"], hid.as_str());
+    ws.send_json(json!({"op": "send", "to": [hid], "msg": "after"}))
+        .await;
+    assert_eq!(again.recv_op("message").await["msg"], "after");
+}

@@ -12,5 +12,5 @@ mod restart;
 mod resume;
 mod stun;
 mod tls;
-mod transport;
+pub mod transport;
 mod ws;

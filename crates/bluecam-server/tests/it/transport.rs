@@ -6,10 +6,13 @@ use bluecam_proto::ClientMessage;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A client of the HTTP transport, speaking it as the SDK does.
+/// A client of the HTTP transport, speaking it as the SDK does. With several base URLs (the
+/// nodes of a cluster), each request goes to the next one in turn, as through a load balancer
+/// without sticky sessions.
 pub struct HttpClient {
     http: reqwest::Client,
-    base: String,
+    pub bases: Vec<String>,
+    turn: std::sync::atomic::AtomicUsize,
     pub sid: String,
     /// The number of the last frame received.
     pub ack: u64,
@@ -23,6 +26,12 @@ pub struct HttpClient {
 impl HttpClient {
     /// Opens a session with this join frame; panics unless the server answers 200.
     pub async fn open(base: &str, join: &ClientMessage<'_>) -> Self {
+        Self::open_via(&[base], join).await
+    }
+
+    /// [`HttpClient::open`] on the first base; later requests take the bases in turn.
+    pub async fn open_via(bases: &[&str], join: &ClientMessage<'_>) -> Self {
+        let base = bases[0];
         let http = reqwest::Client::new();
         let res = http
             .post(format!("{base}/v1/http/open"))
@@ -36,7 +45,8 @@ impl HttpClient {
         let v: Value = res.json().await.unwrap();
         let mut c = Self {
             http,
-            base: base.to_owned(),
+            bases: bases.iter().map(|b| (*b).to_owned()).collect(),
+            turn: std::sync::atomic::AtomicUsize::new(1),
             sid: v["sid"].as_str().unwrap().to_owned(),
             ack: 0,
             seq: 2, // the join was frame 1
@@ -64,10 +74,16 @@ impl HttpClient {
         }
     }
 
+    /// The base URL of the next request.
+    fn base(&self) -> &str {
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
     /// One poll with this `ack`: the raw answer.
     pub async fn poll_raw(&self, ack: u64) -> reqwest::Response {
         self.http
-            .post(format!("{}/v1/http/poll", self.base))
+            .post(format!("{}/v1/http/poll", self.base()))
             .body(json!({"sid": self.sid, "ack": ack}).to_string())
             .send()
             .await
@@ -131,7 +147,7 @@ impl HttpClient {
             body.push_str(f);
         }
         self.http
-            .post(format!("{}/v1/http/send", self.base))
+            .post(format!("{}/v1/http/send", self.base()))
             .body(body)
             .send()
             .await
@@ -297,7 +313,7 @@ async fn a_newer_poll_answers_the_older_one_at_once() {
     h.recv_op("joined").await;
     let ack = h.ack;
     let old = tokio::spawn({
-        let (http, base, sid) = (h.http.clone(), h.base.clone(), h.sid.clone());
+        let (http, base, sid) = (h.http.clone(), h.base().to_owned(), h.sid.clone());
         async move {
             let t0 = std::time::Instant::now();
             let res = http
@@ -311,7 +327,7 @@ async fn a_newer_poll_answers_the_older_one_at_once() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let newer = tokio::spawn({
-        let (http, base, sid) = (h.http.clone(), h.base.clone(), h.sid.clone());
+        let (http, base, sid) = (h.http.clone(), h.base().to_owned(), h.sid.clone());
         async move {
             http.post(format!("{base}/v1/http/poll"))
                 .body(json!({"sid": sid, "ack": ack}).to_string())
