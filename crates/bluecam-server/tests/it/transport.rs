@@ -9,6 +9,7 @@ use std::time::Duration;
 /// A client of the HTTP transport, speaking it as the SDK does. With several base URLs (the
 /// nodes of a cluster), each request goes to the next one in turn, as through a load balancer
 /// without sticky sessions.
+#[derive(Debug)]
 pub struct HttpClient {
     http: reqwest::Client,
     pub bases: Vec<String>,
