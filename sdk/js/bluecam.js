@@ -200,6 +200,11 @@ export class Room {
     /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
      * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
     this.onPageHide = () => this.leave();
+    /** The browser is online again (often on another network): every peer connection
+     * restarts ICE, so the call finds its new path at once. */
+    this.onOnline = () => {
+      for (const remote of this.remotes.values()) remote.link?.restartIce("online");
+    };
     this.signaling = new Signaling(wsUrls(options.server), options.token, {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
@@ -252,6 +257,7 @@ export class Room {
     this.wireClassicButtons();
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     globalThis.addEventListener?.("pagehide", this.onPageHide);
+    globalThis.addEventListener?.("online", this.onOnline);
     this.setState(this.signaling.connected ? "connected" : "reconnecting");
   }
 
@@ -455,6 +461,7 @@ export class Room {
   /** @param {Error} error */
   shutdown(error) {
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
+    globalThis.removeEventListener?.("online", this.onOnline);
     this.setState("disconnected");
     clearInterval(this.ticker);
     clearTimeout(this.ackTimer);

@@ -171,3 +171,33 @@ test("the HTTP transport across two cluster nodes, through a load balancer alter
     await redis.stop();
   }
 });
+
+test("the browser back online: ICE restarts on both sides, video goes on, nobody leaves", async () => {
+  const server = await TestServer.start();
+  const room = await server.room();
+  const [a, b] = [await launchPeer(server, { label: "alice" }), await launchPeer(server, { label: "bob" })];
+  const aId = await join(a.page, await server.token(room, "alice"));
+  const bId = await join(b.page, await server.token(room, "bob"));
+  for (const [page, other] of [[a.page, bId], [b.page, aId]]) {
+    await waitFor(async () => (await videoStats(/** @type {any} */ (page), /** @type {string} */ (other))).frames > 0, "decoded video frames");
+  }
+  await waitFor(async () => (await pathTo(a.page, bId)) === "p2p", "the data channel");
+  /** The ICE username fragment a page's connection to `peer` uses now. */
+  const ufrag = (/** @type {import("playwright-core").Page} */ page, /** @type {string} */ peer) => evaluate(page, (id) => {
+    const pc = /** @type {any} */ (window).room.remotes.get(id)?.link?.pc;
+    return /a=ice-ufrag:(\S+)/.exec(pc?.localDescription?.sdp ?? "")?.[1] ?? "";
+  }, peer, "the ICE ufrag");
+  const [ua, ub] = [await ufrag(a.page, bId), await ufrag(b.page, aId)];
+  // What a laptop moving from one network to another gets.
+  await evaluate(a.page, () => window.dispatchEvent(new Event("online")), undefined, "the online event");
+  await waitFor(async () => (await ufrag(a.page, bId)) !== ua && (await ufrag(b.page, aId)) !== ub, "new ICE credentials on both sides");
+  await waitFor(async () => evaluate(a.page, (id) => /** @type {any} */ (window).room.remotes.get(id).link.pc.iceConnectionState, bId, "ICE state")
+    .then((s) => s === "connected" || s === "completed"), "ICE connected again");
+  const framesAfter = (await videoStats(b.page, aId)).frames;
+  await waitFor(async () => (await videoStats(b.page, aId)).frames > framesAfter + 10, "video still decoded after the restart");
+  await evaluate(a.page, async () => /** @type {any} */ (window).room.sendMessage("after", 1), undefined, "sendMessage");
+  await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "after"), "the message after the restart");
+  assert.equal(await evaluate(a.page, (id) => /** @type {any} */ (window).room.remotes.get(id).link.iceRestarts, bId, "restarts"), 1);
+  assert.deepEqual(await evaluate(b.page, () => /** @type {any} */ (window).t.left, undefined, "left"), [], "nobody left");
+  await expectEvents([a, b]);
+});

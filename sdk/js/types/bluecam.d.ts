@@ -58,6 +58,9 @@ export class Room {
     /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
      * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
     onPageHide: () => void;
+    /** The browser is online again (often on another network): every peer connection
+     * restarts ICE, so the call finds its new path at once. */
+    onOnline: () => void;
     signaling: Signaling;
     /** Admission of sends, in call order (see sendMessage). */
     admission: Promise<void>;

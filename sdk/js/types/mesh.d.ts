@@ -28,6 +28,10 @@ export class PeerLink {
     senders: Map<string, RTCRtpSender>;
     dc: RTCDataChannel;
     gotOffer: boolean;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    disconnectedTimer: ReturnType<typeof setTimeout> | undefined;
+    /** ICE restarts so far (for tests and debugging). */
+    iceRestarts: number;
     /**
      * Records a negotiation step (the last few, for debugging a connection that never opens).
      * @param {string} what
@@ -52,6 +56,12 @@ export class PeerLink {
      * @param {MediaStreamTrack | null} track
      */
     replaceTrack(kind: string, track: MediaStreamTrack | null): Promise<void>;
+    /**
+     * Gathers new candidates and renegotiates them (new ICE credentials, same tracks and data
+     * channel): media and data come back on the new path without leaving the room.
+     * @param {string} why
+     */
+    restartIce(why: string): void;
     close(): void;
 }
 export type LinkHandlers = {
