@@ -22,7 +22,8 @@
  *    a 5 ms poll as a fallback) B sends one message to A; A stamps its arrival in onMessage when
  *    meta.path is "p2p". Every callback is installed before joinRoom is called.
  * 2. Message latency, data channel vs relay: data-only peers (video and audio off); "p2p" waits
- *    for the data channel, "relay" launches both browsers without WebRTC. A sends M messages to
+ *    for the data channel, "relay" launches both browsers without WebRTC, "http" without WebRTC
+ *    and without WebSocket (the relay over the HTTP transport, long-polling). A sends M messages to
  *    B paced at one every 2 ms (a schedule: every timer wake-up sends the messages that are due),
  *    each carrying its send time; B computes arrival − sent. Checks that every message arrived
  *    exactly once and in order.
@@ -213,13 +214,16 @@ async function joinRun(server, via, run) {
  * Scenario 2 over one path.
  * @param {TestServer} server the app backend's way to the server (rooms, tokens)
  * @param {TestServer} via where the pages load from and connect to (the server, or the proxy)
- * @param {"p2p" | "relay"} path
+ * @param {"p2p" | "relay" | "http"} path
  */
 async function latencyRun(server, via, path) {
   const room = await server.room();
-  const noWebrtc = path === "relay";
-  const a = await launchPeer(via, { noWebrtc });
-  const b = await launchPeer(via, { noWebrtc });
+  // "relay": through the server over WebSockets; "http": through the server over the HTTP
+  // transport (browsers without WebSocket).
+  const noWebrtc = path !== "p2p";
+  const noWebSocket = path === "http";
+  const a = await launchPeer(via, { noWebrtc, noWebSocket });
+  const b = await launchPeer(via, { noWebrtc, noWebSocket });
   try {
     const media = { video: false, audio: false };
     await joinRecording(a.page, await server.token(room, "alice"), media);
@@ -346,7 +350,7 @@ async function measure(server, via, mode) {
   console.error(`[${mode}] message latency: ${MESSAGES} messages, one every ${INTERVAL_MS} ms, over p2p then relay`);
   /** @type {Record<string, any>} */
   const latency = {};
-  for (const path of /** @type {const} */ (["p2p", "relay"])) {
+  for (const path of /** @type {const} */ (["p2p", "relay", "http"])) {
     try {
       latency[path] = await latencyRun(server, via, path);
     } catch (err) {
@@ -402,7 +406,7 @@ async function main() {
       console.log(`     send → arrival at A:    ${f(join.sendToArrivalMs, ["p50", "p95", "max"])}`);
       for (const e of join.failures) console.log(`   run ${e.run} FAILED: ${e.error}`);
       console.log(`2. message latency A → B, ${MESSAGES} messages paced at one every ${INTERVAL_MS} ms, data-only peers`);
-      for (const path of ["p2p", "relay"]) {
+      for (const path of ["p2p", "relay", "http"]) {
         const l = latency[path];
         if (l.error) {
           console.log(`   ${path.padEnd(5)}: FAILED: ${l.error}`);

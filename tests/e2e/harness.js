@@ -1000,6 +1000,23 @@ export const leftSeen = (page) => evaluate(page, () => /** @type {any} */ (windo
 export const pathTo = (page, peerId) => evaluate(page, (id) => /** @type {any} */ (window).room.path(id), peerId, "room.path");
 
 /**
+ * Sends `n` numbered messages of type "n" to everyone without waiting between them; resolves
+ * when all promises settled, with how many resolved (bounded: `details` says what was stuck).
+ * @param {import("playwright-core").Page} page
+ * @param {number} n
+ * @param {() => Promise<string>} [details] default: the page's SDK state
+ */
+export function burst(page, n, details = () => sdkState(page)) {
+  return evaluate(page, async (n) => {
+    const room = /** @type {any} */ (window).room;
+    const all = [];
+    for (let i = 0; i < n; i++) all.push(room.sendMessage("n", i));
+    const settled = await Promise.allSettled(all);
+    return settled.filter((s) => s.status === "fulfilled").length;
+  }, n, `${n} sends to settle`, undefined, details);
+}
+
+/**
  * Sends `n` numbered messages of `type` to everyone, one every `everyMs`; resolves with how
  * many promises resolved and the peers named by those rejected (PeerUnreachableError).
  * @param {import("playwright-core").Page} page

@@ -5,23 +5,8 @@ import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, Coturn, launchPeer, join, waitFor, waitPeers, expectEvents, endTestAndServers, stopAll, videoStats,
-  received, pathTo, evaluate, startHttpProxy, expectAll, sdkState, Redis, startCluster, stopServers,
+  received, pathTo, evaluate, startHttpProxy, expectAll, Redis, startCluster, stopServers, burst,
 } from "./harness.js";
-
-/**
- * Sends `n` numbered messages of type "n" to everyone at once; resolves with how many resolved.
- * @param {import("playwright-core").Page} page
- * @param {number} n
- */
-function burst(page, n) {
-  return evaluate(page, async (n) => {
-    const room = /** @type {any} */ (window).room;
-    const all = [];
-    for (let i = 0; i < n; i++) all.push(room.sendMessage("n", i));
-    const settled = await Promise.allSettled(all);
-    return settled.filter((s) => s.status === "fulfilled").length;
-  }, n, `${n} sends to settle`, undefined, () => sdkState(page));
-}
 
 /** @param {import("playwright-core").Page} page */
 const transportOf = (page) => evaluate(page, () => /** @type {any} */ (window).room.transport, undefined, "room.transport");

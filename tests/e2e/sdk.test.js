@@ -5,7 +5,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TestServer, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll, videoStats,
-  received, leftSeen, pathTo, sdkState,
+  received, leftSeen, pathTo, sdkState, burst,
 } from "./harness.js";
 
 /** @type {TestServer} */
@@ -87,23 +87,6 @@ test("a missing room calls roomNotFoundCallback and rejects with RoomNotFoundErr
   // A failed join rejects: it does not also call onError (nor onGap: no room, no peers).
   await expectEvents([p]);
 });
-
-/**
- * Sends `n` numbered messages from a page without waiting between them; resolves when all
- * promises settled, with how many resolved (bounded: `details` says what was stuck).
- * @param {import("playwright-core").Page} page
- * @param {number} n
- * @param {() => Promise<string>} details
- */
-function burst(page, n, details) {
-  return evaluate(page, async (n) => {
-    const room = /** @type {any} */ (window).room;
-    const all = [];
-    for (let i = 0; i < n; i++) all.push(room.sendMessage("n", i));
-    const settled = await Promise.allSettled(all);
-    return settled.filter((s) => s.status === "fulfilled").length;
-  }, n, `${n} sends to settle`, undefined, details);
-}
 
 /**
  * Waits until `page` has received `n` messages of `type`, and checks they are 0..n-1 in order.

@@ -35,16 +35,14 @@ struct ServerVectors {
 }
 
 fn read<T: for<'de> Deserialize<'de>>(file: &str) -> T {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "tests",
-        "vectors",
-        file,
-    ]
-    .iter()
-    .collect();
+    // The crate's directory as the test runner says it is now (cargo and nextest set it), not
+    // as it was at build time: a binary built in another clone sharing the target directory
+    // would look there.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path: PathBuf = [dir.as_str(), "..", "..", "tests", "vectors", file]
+        .iter()
+        .collect();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid: {e}", path.display()))

@@ -426,7 +426,12 @@ fn poll_wait(state: &AppState) -> Duration {
 }
 
 /// `POST /v1/http/open`: the body is the `join` frame.
-pub async fn open(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn open(
+    State(state): State<AppState>,
+    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !state.origin_allowed(origin) {
         let e = ApiError::new(
@@ -460,6 +465,17 @@ pub async fn open(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         return error(&state, &headers, e);
     }
     let slot = ConnectionSlot(state.clone());
+    // A session holds a place under the TCP caps, overall and per source, as a WebSocket's
+    // connection does: one address cannot open sessions without bound over a few requests.
+    let place = match tcp.map(|t| state.gate.admit(t.ip)) {
+        Some(Ok(place)) => Some(place),
+        Some(Err(why)) => {
+            state.metrics.http_refused(why);
+            let e = ApiError::unavailable("too many connections from this address");
+            return error(&state, &headers, e);
+        }
+        None => None,
+    };
     let track = state.tracker.token();
     let n = state.http.made.fetch_add(1, Ordering::Relaxed);
     // The node's id first (in a cluster), so any node can tell whose session it is.
@@ -490,7 +506,7 @@ pub async fn open(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let task_sid = sid.clone();
     tokio::spawn(async move {
         crate::ws::run(task_state.clone(), Link::Http(link), host).await;
-        drop((slot, track));
+        drop((slot, place, track));
         // The client learns the close from its next poll; then the session goes.
         tokio::time::sleep(CLOSE_LINGER).await;
         task_state.http.lock().remove(&task_sid);

@@ -54,6 +54,8 @@ pub struct ConnPermit {
     gate: Arc<Gate>,
     /// The source it was counted under (`None`: exempt).
     source: Option<IpAddr>,
+    /// The address it came from.
+    pub ip: IpAddr,
 }
 
 /// Why a connection was refused.
@@ -118,6 +120,7 @@ impl Gate {
         Ok(ConnPermit {
             gate: self.clone(),
             source,
+            ip,
         })
     }
 

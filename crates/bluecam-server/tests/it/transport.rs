@@ -452,3 +452,107 @@ async fn cross_origin_pages_may_read_the_answers_when_their_origin_may_connect()
     assert_eq!(res.status(), 403);
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn sessions_count_under_the_per_source_cap_and_give_their_place_back() {
+    let server = TestServer::with(|c| {
+        c.limits.per_source_exempt = vec![];
+        c.limits.max_connections_per_source = 6;
+    })
+    .await;
+    let room = server.room().await;
+    // One client, so one or two TCP connections; every session takes a place too.
+    let mut open = Vec::new();
+    let refused = loop {
+        let res = reqwest::Client::new()
+            .post(server.url("/v1/http/open"))
+            .body(join(&server, &room, &format!("p{}", open.len())).to_json())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == 200 => {
+                let v: Value = r.json().await.unwrap();
+                open.push(v["sid"].as_str().unwrap().to_owned());
+            }
+            Ok(r) => break r.status().as_u16(),
+            // Refused before a request could be made: the TCP cap itself.
+            Err(_) => break 0,
+        }
+        assert!(open.len() <= 6, "more sessions than the cap allows");
+    };
+    assert!(refused == 503 || refused == 0, "refused with {refused}");
+    assert!(
+        open.len() >= 4,
+        "only {} sessions before the cap",
+        open.len()
+    );
+    // A session that ends gives its place back.
+    let http = reqwest::Client::new();
+    let body = format!(
+        "{}\n{}",
+        json!({"sid": open[0], "seq": 2, "close": true}),
+        json!({"op": "leave"})
+    );
+    let res = http
+        .post(server.url("/v1/http/send"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(http);
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(r) = reqwest::Client::new()
+                .post(server.url("/v1/http/open"))
+                .body(join(&server, &room, "again").to_json())
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the place never came back");
+}
+
+#[tokio::test]
+async fn an_http_session_survives_a_server_restart_with_its_peer_id() {
+    let server = TestServer::start().await;
+    let room = server.room().await;
+    let ws = server.join(&room, "ws").await;
+    let ws_creds = crate::common::creds(&ws);
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "http")).await;
+    let joined = h.recv_op("joined").await;
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    // A restart: the process goes, the sessions stay in its store.
+    let dir = server.stop().await;
+    drop(ws);
+    let server = TestServer::in_dir(dir, |_| {}).await;
+    // The new process does not know the transport session: 404, so the client opens a new
+    // one and resumes.
+    h.bases = vec![server.url("")];
+    assert_eq!(h.poll_raw(h.ack).await.status(), 404);
+    let resume = ClientMessage::Join {
+        token: server.token(&room, "http"),
+        resume: Some(bluecam_proto::ResumeCredentials {
+            session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
+            secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
+        }),
+    };
+    let mut again = HttpClient::open(&server.url(""), &resume).await;
+    let back = again.recv_op("joined").await;
+    assert_eq!(back["resumed"], true, "{back}");
+    assert_eq!(back["self"]["id"], hid.as_str());
+    let (mut ws, _) = server.resume(&room, "ws", ws_creds).await;
+    ws.send_json(json!({"op": "send", "to": [hid], "msg": "after the restart"}))
+        .await;
+    assert_eq!(again.recv_op("message").await["msg"], "after the restart");
+    again
+        .send(&[json!({"op": "send", "to": [ws.id()], "msg": "back"}).to_string()])
+        .await;
+    assert_eq!(ws.recv_op("message").await["msg"], "back");
+}
