@@ -37,7 +37,7 @@
 import { writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
-import { TestServer, launchPeer, waitFor } from "../tests/e2e/harness.js";
+import { TestServer, launchPeer, waitFor, stopAll } from "../tests/e2e/harness.js";
 import { startDelayProxy } from "./delay-proxy.js";
 
 const { values: args } = parseArgs({
@@ -347,11 +347,12 @@ async function measure(server, via, mode) {
     perRunMs: ok.map((r) => Math.round(r.joinToFirstP2pMessageMs * 10) / 10),
   };
 
-  console.error(`[${mode}] message latency: ${MESSAGES} messages, one every ${INTERVAL_MS} ms, over p2p then relay`);
+  console.error(`[${mode}] message latency: ${MESSAGES} messages, one every ${INTERVAL_MS} ms, over p2p, the relay, the relay over HTTP`);
   /** @type {Record<string, any>} */
   const latency = {};
   for (const path of /** @type {const} */ (["p2p", "relay", "http"])) {
     try {
+      console.error(`  ${path}`);
       latency[path] = await latencyRun(server, via, path);
     } catch (err) {
       latency[path] = { path, error: err instanceof Error ? err.message : String(err) };
@@ -366,7 +367,7 @@ async function main() {
   try {
     {
       const p = await launchPeer(server);
-      chromium = p.browser.version();
+      chromium = p.context.browser()?.version() ?? "";
       await p.close();
     }
     /** @type {Record<string, {proxy: string | null, join: any, latency: Record<string, any>}>} */
@@ -422,7 +423,7 @@ async function main() {
             `${l.sender.resolved} promises resolved, all acked after ${l.sender.allAckedMs} ms; rate_limited errors A ${l.rateLimitedErrors.a}, B ${l.rateLimitedErrors.b}`,
         );
       }
-      failed ||= join.failures.length > 0 || ["p2p", "relay"].some((p) => latency[p].error || !latency[p].exactlyOnceInOrder);
+      failed ||= join.failures.length > 0 || ["p2p", "relay", "http"].some((p) => latency[p].error || !latency[p].exactlyOnceInOrder);
     }
     console.log("");
     console.log(JSON.stringify(result, null, 2));
@@ -433,6 +434,8 @@ async function main() {
     }
   } finally {
     await server.stop();
+    // The browser too: it would keep node running.
+    await stopAll();
   }
 }
 

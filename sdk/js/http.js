@@ -25,7 +25,8 @@ const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
 /** Bytes of frames per send request (at least one frame, whatever its size). */
 const SEND_BATCH_BYTES = 256 * 1024;
-/** Requests up to this size go with `keepalive`, so a leave sent as the page closes arrives. */
+/** The closing request goes with `keepalive` (so it arrives while the page unloads) when its
+ * body fits the browser's keepalive quota. */
 const KEEPALIVE_MAX = 60000;
 
 const CONNECTING = 0;
@@ -69,9 +70,8 @@ export class HttpSocket {
     this.outbox = [];
     this.nextSeq = 1;
     this.sending = false;
-    /** The client closed: the server is told after the frames before it. */
+    /** The client closed (the server is told by `sendClose`). */
     this.closing = false;
-    this.closeSent = false;
     this.ended = false;
     this.abort = new AbortController();
     setTimeout(() => {
@@ -99,8 +99,22 @@ export class HttpSocket {
   close(code = 1000, reason = "") {
     if (this.readyState === CLOSED) return;
     this.closing = true;
-    void this.pump();
+    this.sendClose();
     this.end(code, reason, true);
+  }
+
+  /**
+   * Tells the server the client closed, after every frame not yet taken (a `leave` first):
+   * one request of its own, beside any under way (frames are numbered: the server takes each
+   * once), with `keepalive` so that it still goes out when the page is unloading.
+   */
+  sendClose() {
+    if (this.sid === null) return;
+    const seq = this.outbox[0]?.n ?? this.nextSeq;
+    const body = [JSON.stringify({ sid: this.sid, seq, close: true }), ...this.outbox.map((f) => f.text)].join("\n");
+    fetch(`${this.url}/send`, { method: "POST", body, keepalive: body.length <= KEEPALIVE_MAX, cache: "no-store" }).catch(() => {
+      // The server ends the session when it hears nothing more anyway (4011, resumable).
+    });
   }
 
   /**
@@ -130,7 +144,6 @@ export class HttpSocket {
     const res = await fetch(`${this.url}/${path}`, {
       method: "POST",
       body,
-      keepalive: body.length <= KEEPALIVE_MAX,
       signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       cache: "no-store",
     });
@@ -171,7 +184,7 @@ export class HttpSocket {
     if (this.sending) return;
     this.sending = true;
     try {
-      while (!this.closeSent) {
+      while (!this.closing) {
         if (this.sid === null) {
           // Open with the first frame (the join). Not retried: a lost answer would leave a
           // session behind; signaling tries again with a new transport.
@@ -184,8 +197,7 @@ export class HttpSocket {
           if (!this.ended) void this.pollLoop();
           continue;
         }
-        const closeNow = this.closing;
-        if (this.outbox.length === 0 && !closeNow) return;
+        if (this.outbox.length === 0) return;
         let bytes = 0;
         let count = 0;
         for (const f of this.outbox) {
@@ -194,14 +206,11 @@ export class HttpSocket {
           count++;
         }
         const batch = this.outbox.slice(0, count);
-        const last = count === this.outbox.length;
         const sid = this.sid;
-        const body = () => [JSON.stringify({ sid, seq: batch[0]?.n ?? this.nextSeq, close: closeNow && last }), ...batch.map((f) => f.text)].join("\n");
-        // After the client closed, the closing request is tried once (the page may be going).
-        const v = closeNow ? await this.post("send", body(), SEND_TIMEOUT_MS, null) : await this.postRetrying("send", body, SEND_TIMEOUT_MS, null);
+        const body = () => [JSON.stringify({ sid, seq: batch[0].n }), ...batch.map((f) => f.text)].join("\n");
+        const v = await this.postRetrying("send", body, SEND_TIMEOUT_MS, this.abort.signal);
         const acked = Number(v.ack);
         while (this.outbox.length > 0 && this.outbox[0].n <= acked) this.outbox.shift();
-        if (closeNow && last) this.closeSent = true;
       }
     } catch (e) {
       if (!this.closing) this.end(e instanceof Final ? e.code : 1006, e instanceof Error ? e.message : "send failed", false);

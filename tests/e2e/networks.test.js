@@ -186,3 +186,28 @@ test("the browser back online: ICE restarts on both sides, video goes on, nobody
   assert.deepEqual(await evaluate(b.page, () => /** @type {any} */ (window).t.left, undefined, "left"), [], "nobody left");
   await expectEvents([a, b]);
 });
+
+test("over HTTP, a closed tab leaves at once and a reloaded one takes its seat back", async () => {
+  const server = await TestServer.start();
+  const r = await server.api("POST", "/v1/rooms", { maxPeers: 2 });
+  const room = r.body.id;
+  const opts = { noWebSocket: true };
+  const [a, b] = [await launchPeer(server, { label: "alice", ...opts }), await launchPeer(server, { label: "bob", ...opts })];
+  const media = { video: false, audio: false };
+  const aId = await join(a.page, await server.token(room, "alice"), media);
+  await join(b.page, await server.token(room, "bob"), media);
+  await waitPeers(b.page, 1);
+  // A reload: the page goes (pagehide: leave, sent with keepalive) and comes back in the
+  // same two-seat room.
+  await a.page.reload();
+  const t0 = Date.now();
+  await waitFor(async () => (await evaluate(b.page, () => /** @type {any} */ (window).t.left, undefined, "left")).includes(aId), "bob to see alice leave", 10000);
+  assert.ok(Date.now() - t0 < 5000, `the leave took ${Date.now() - t0} ms`);
+  const again = await join(a.page, await server.token(room, "alice"), media);
+  assert.notEqual(again, aId);
+  await waitPeers(b.page, 1);
+  // A closed tab: bob sees alice leave at once too.
+  await a.page.close({ runBeforeUnload: true });
+  await waitFor(async () => (await evaluate(b.page, () => /** @type {any} */ (window).t.left, undefined, "left")).includes(again), "bob to see the closed tab leave", 10000);
+  await expectEvents([b]);
+});

@@ -610,6 +610,29 @@ fn bench_stun_smoke() {
     assert!(answered > 0 && answered * 10 >= sent * 9, "{v}");
 }
 
+#[test]
+fn bench_transport_smoke() {
+    let v = bench(&[
+        "transport",
+        "--pairs",
+        "3",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "1",
+    ]);
+    for t in ["ws", "http"] {
+        let r = &v[t];
+        let (sent, delivered) = (
+            r["sent"].as_u64().unwrap(),
+            r["delivered"].as_u64().unwrap(),
+        );
+        assert!(sent > 0 && delivered == sent, "{t}: {r}");
+        assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{t}: {r}");
+    }
+    assert!(v["http"]["http_requests"].as_u64().unwrap() > 0, "{v}");
+}
+
 /// Also a real-process chaos test of the cluster: three nodes and a real `redis-server` with
 /// its append-only file, a node killed, a node frozen past its expiry, Redis killed and
 /// restarted from its file, then restarted empty; every message delivered once and in order.

@@ -26,9 +26,8 @@ export class HttpSocket {
     }[];
     nextSeq: number;
     sending: boolean;
-    /** The client closed: the server is told after the frames before it. */
+    /** The client closed (the server is told by `sendClose`). */
     closing: boolean;
-    closeSent: boolean;
     ended: boolean;
     abort: AbortController;
     /**
@@ -42,6 +41,12 @@ export class HttpSocket {
      * @param {string} [reason]
      */
     close(code?: number, reason?: string): void;
+    /**
+     * Tells the server the client closed, after every frame not yet taken (a `leave` first):
+     * one request of its own, beside any under way (frames are numbered: the server takes each
+     * once), with `keepalive` so that it still goes out when the page is unloading.
+     */
+    sendClose(): void;
     /**
      * The transport is over: once.
      * @param {number} code

@@ -55,6 +55,7 @@ mod soak;
 mod storm;
 mod stun;
 mod summary;
+mod transport;
 mod wire;
 
 use churn::churn;
@@ -161,6 +162,20 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         window: usize,
         #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
+    },
+    /// Two-peer rooms relaying at a fixed rate over WebSockets and over the HTTP transport
+    /// (long-polling), on the same server: delivered, latency, server CPU per million.
+    Transport {
+        /// ws, http, or both (one run of each).
+        #[arg(long, value_enum, default_value_t = transport::Transport::Both)]
+        transport: transport::Transport,
+        #[arg(long, default_value_t = 200)]
+        pairs: usize,
+        /// Messages per second each peer sends.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
         duration_secs: u64,
     },
     /// Pairs exchange an offer, an answer and ICE candidates both ways through the server;
@@ -532,6 +547,21 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             exchanges,
             candidates,
         } => signal(target, pairs.max(1), exchanges.max(1), candidates).await?,
+        Scenario::Transport {
+            transport,
+            pairs,
+            rate,
+            duration_secs,
+        } => {
+            transport::transport(
+                target,
+                transport,
+                pairs.max(1),
+                rate,
+                Duration::from_secs(duration_secs.max(1)),
+            )
+            .await?
+        }
         Scenario::Stun {
             senders,
             window,
@@ -744,6 +774,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Relay { .. } => "relay",
         Scenario::Signal { .. } => "signal",
         Scenario::Stun { .. } => "stun",
+        Scenario::Transport { .. } => "transport",
         Scenario::SlowReader { .. } => "slow-reader",
         Scenario::Churn { .. } => "churn",
         Scenario::Soak { .. } => "soak",
