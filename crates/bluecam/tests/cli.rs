@@ -629,6 +629,7 @@ fn bench_transport_smoke() {
         );
         assert!(sent > 0 && delivered == sent, "{t}: {r}");
         assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{t}: {r}");
+        assert_eq!(r["duplicated_or_out_of_order"], 0, "{t}: {r}");
     }
     assert!(v["http"]["http_requests"].as_u64().unwrap() > 0, "{v}");
 }

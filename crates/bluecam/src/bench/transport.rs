@@ -22,19 +22,28 @@ pub(super) enum Transport {
 #[derive(serde::Deserialize)]
 struct Stamp {
     t: u64,
+    /// The message's number from its sender (from 0).
+    n: u64,
 }
 
 /// Counts and latencies of one run.
 struct Tally {
     sent: AtomicU64,
     delivered: AtomicU64,
+    /// Messages that arrived twice, or out of their sender's order.
+    disordered: AtomicU64,
     requests: AtomicU64,
     hist: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Tally {
-    fn record(&self, base: Instant, msg: &str) {
+    /// One arrival; `next` is the number expected from this sender.
+    fn record(&self, base: Instant, msg: &str, next: &mut u64) {
         if let Ok(s) = serde_json::from_str::<Stamp>(msg) {
+            if s.n != *next {
+                self.disordered.fetch_add(1, Ordering::Relaxed);
+            }
+            *next = s.n + 1;
             let now = base.elapsed().as_micros() as u64;
             let _ = self
                 .hist
@@ -101,6 +110,7 @@ async fn run(
     let tally = Arc::new(Tally {
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
+        disordered: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         hist: std::sync::Mutex::new(new_histogram()?),
     });
@@ -176,6 +186,7 @@ async fn run(
         "sent": sent,
         "sent_before_stop": sent_at_stop,
         "delivered": delivered,
+        "duplicated_or_out_of_order": tally.disordered.load(Ordering::Relaxed),
         "seconds": secs,
         "delivered_per_sec": delivered as f64 / secs,
         "latency": quantiles(&hist),
@@ -207,9 +218,9 @@ async fn other_id(
     }
 }
 
-/// A message's frame: `send` to `to`, stamped with its due time.
-fn frame(to: &str, due_us: u64) -> String {
-    format!(r#"{{"op":"send","to":["{to}"],"msg":{{"t":{due_us}}}}}"#)
+/// A message's frame: `send` to `to`, stamped with its due time and its number.
+fn frame(to: &str, due_us: u64, n: u64) -> String {
+    format!(r#"{{"op":"send","to":["{to}"],"msg":{{"t":{due_us},"n":{n}}}}}"#)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,25 +243,28 @@ async fn peer_ws(
     let (mut tx, mut rx) = ws.split();
     go.wait().await;
     let reader = async {
+        let mut next = 0;
         while let Some(Ok(msg)) = rx.next().await {
             if let Message::Text(text) = msg
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
                 && let Some(m) = messages_of(&v)
             {
-                tally.record(base, &m);
+                tally.record(base, &m, &mut next);
             }
         }
     };
     let writer = async {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut n = 0;
         while !stop.is_cancelled() {
             tick.tick().await;
             let due = base.elapsed().as_micros() as u64;
-            if tx.send(Message::text(frame(&to, due))).await.is_err() {
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            if tx.send(Message::text(frame(&to, due, n))).await.is_err() {
                 break;
             }
-            tally.sent.fetch_add(1, Ordering::Relaxed);
+            n += 1;
         }
         std::future::pending::<()>().await;
     };
@@ -302,6 +316,7 @@ async fn peer_http(
     go.wait().await;
     let mut ack = v["first"].as_u64().unwrap_or(1);
     let reader = async {
+        let mut next = 0;
         loop {
             let body = serde_json::json!({"sid": sid, "ack": ack}).to_string();
             let Ok(res) = poller
@@ -322,7 +337,7 @@ async fn peer_http(
                 if n == ack + 1 {
                     ack = n;
                     if let Some(m) = messages_of(f) {
-                        tally.record(base, &m);
+                        tally.record(base, &m, &mut next);
                     }
                 }
             }
@@ -343,10 +358,12 @@ async fn peer_http(
             while next_due <= now {
                 let due = next_due.duration_since(base).as_micros() as u64;
                 body.push('\n');
-                body.push_str(&frame(&to, due));
+                body.push_str(&frame(&to, due, seq - 2 + n));
                 next_due += period;
                 n += 1;
             }
+            // Counted as sent once handed to the request (it may land after the stop).
+            tally.sent.fetch_add(n, Ordering::Relaxed);
             let head = serde_json::json!({"sid": sid, "seq": seq}).to_string();
             let ok = sender
                 .post(format!("{http}/v1/http/send"))
@@ -359,7 +376,6 @@ async fn peer_http(
                 break;
             }
             seq += n;
-            tally.sent.fetch_add(n, Ordering::Relaxed);
         }
         std::future::pending::<()>().await;
     };
