@@ -23,7 +23,8 @@ const SEND_TIMEOUT_MS = 15000;
 const LOST_AFTER_MS = 8000;
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
-/** Bytes of frames per send request (at least one frame, whatever its size). */
+/** Bytes of frames per send request before `joined` says the server's frame limit (at least one
+ * frame, whatever its size); then twice that limit, the server's body limit less its margin. */
 const SEND_BATCH_BYTES = 256 * 1024;
 /** The closing request goes with `keepalive` (so it arrives while the page unloads) when its
  * body fits the browser's keepalive quota. */
@@ -69,6 +70,10 @@ export class HttpSocket {
     /** @type {{n: number, text: string}[]} frames not yet taken by the server */
     this.outbox = [];
     this.nextSeq = 1;
+    /** Bytes of frames per send request (see SEND_BATCH_BYTES). */
+    this.batchBytes = SEND_BATCH_BYTES;
+    /** The server ended the connection: its close comes with the next poll; nothing more to send. */
+    this.serverEnded = false;
     this.sending = false;
     /** The client closed (the server is told by `sendClose`). */
     this.closing = false;
@@ -184,7 +189,7 @@ export class HttpSocket {
     if (this.sending) return;
     this.sending = true;
     try {
-      while (!this.closing) {
+      while (!this.closing && !this.serverEnded) {
         if (this.sid === null) {
           // Open with the first frame (the join). Not retried: a lost answer would leave a
           // session behind; signaling tries again with a new transport.
@@ -198,11 +203,12 @@ export class HttpSocket {
           continue;
         }
         if (this.outbox.length === 0) return;
+        // UTF-8 bytes, at most three per UTF-16 unit: a batch never exceeds the body limit.
         let bytes = 0;
         let count = 0;
         for (const f of this.outbox) {
-          if (count > 0 && bytes + f.text.length > SEND_BATCH_BYTES) break;
-          bytes += f.text.length;
+          if (count > 0 && bytes + f.text.length * 3 > this.batchBytes) break;
+          bytes += f.text.length * 3;
           count++;
         }
         const batch = this.outbox.slice(0, count);
@@ -211,6 +217,7 @@ export class HttpSocket {
         const v = await this.postRetrying("send", body, SEND_TIMEOUT_MS, this.abort.signal);
         const acked = Number(v.ack);
         while (this.outbox.length > 0 && this.outbox[0].n <= acked) this.outbox.shift();
+        if (v.closed) this.serverEnded = true;
       }
     } catch (e) {
       if (!this.closing) this.end(e instanceof Final ? e.code : 1006, e instanceof Error ? e.message : "send failed", false);
@@ -241,8 +248,11 @@ export class HttpSocket {
     for (let i = 0; i < v.frames.length && !this.ended; i++) {
       if (first + i !== this.ack + 1) continue;
       this.ack = first + i;
+      const frame = /** @type {{op?: string, limits?: {maxFrameBytes?: number}}} */ (v.frames[i]);
+      const max = frame?.op === "joined" ? Number(frame.limits?.maxFrameBytes) : 0;
+      if (max > 0) this.batchBytes = 2 * max;
       // Already parsed: signaling takes the frame as it is.
-      this.onmessage?.({ data: v.frames[i] });
+      this.onmessage?.({ data: frame });
     }
     if (v.close && !this.ended) this.end(v.close.code, v.close.reason, true);
   }

@@ -228,8 +228,9 @@ export class Signaling {
       if (this.ws === ws) this.ws = null;
       this.setConnected(false);
       if (this.closedForGood) return;
-      if (fallBack && !opened) {
-        // No WebSocket to this node: the same attempt goes on over HTTP.
+      // No WebSocket to this node (not opened, or opened by a proxy that then passes nothing:
+      // no answer to the join at all): the same attempt goes on over HTTP.
+      if (fallBack && !joined && !failure && (!opened || code === UNRESPONSIVE)) {
         this.open(onJoined, onFailed, true, true);
         return;
       }

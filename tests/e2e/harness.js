@@ -513,10 +513,12 @@ export class Redis {
 /**
  * An HTTP proxy in front of one or more servers, as corporate proxies and load balancers are:
  * every request goes to the next upstream in turn (no sticky sessions), and a WebSocket
- * upgrade is refused with 403 (`webSocket: "refuse"`), held unanswered (`"hang"`), or passed
- * through to the next upstream (`"pass"`).
+ * upgrade is refused with 403 (`webSocket: "refuse"`), held unanswered (`"hang"`), passed
+ * through to the next upstream (`"pass"`), or passed through for the handshake only, every
+ * frame after it dropped both ways (`"mute"`: a proxy that lets the upgrade through and then
+ * passes nothing).
  * @param {string[]} upstreams base URLs (http://127.0.0.1:PORT)
- * @param {{webSocket?: "refuse" | "hang" | "pass"}} [opts]
+ * @param {{webSocket?: "refuse" | "hang" | "pass" | "mute"}} [opts]
  * @returns {Promise<{url: string, requests: () => number[], upgrades: () => number, close: () => Promise<void>}>}
  */
 export function startHttpProxy(upstreams, opts = {}) {
@@ -562,6 +564,22 @@ export function startHttpProxy(upstreams, opts = {}) {
       let head0 = `${req.method} ${req.url} HTTP/1.1\r\n`;
       for (let i = 0; i < req.rawHeaders.length; i += 2) head0 += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
       conn.write(head0 + "\r\n");
+      if (mode === "mute") {
+        // The handshake's answer goes back; nothing else, either way.
+        /** @type {Buffer | null} */
+        let answer = Buffer.alloc(0);
+        conn.on("data", (d) => {
+          if (answer === null) return;
+          answer = Buffer.concat([answer, d]);
+          const end = answer.indexOf("\r\n\r\n");
+          if (end >= 0) {
+            socket.write(answer.subarray(0, end + 4));
+            answer = null;
+          }
+        });
+        socket.on("data", () => {});
+        return;
+      }
       if (head.length > 0) conn.write(head);
       socket.pipe(conn).pipe(socket);
     });

@@ -1170,8 +1170,24 @@ impl Broker for RedisBroker {
                 .http_next
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let waiting = || self.http_waiting.lock().unwrap_or_else(|p| p.into_inner());
-            waiting().insert(id, tx);
+            self.http_waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
+            // Out of the map however this ends, the caller giving up (its client gone) included.
+            struct Waiting<'a>(
+                &'a Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
+                u64,
+            );
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _waiting = Waiting(&self.http_waiting, id);
             let relay = HttpRelay {
                 q: Some(id),
                 from: Some(self.node.clone()),
@@ -1182,7 +1198,7 @@ impl Broker for RedisBroker {
             };
             let text = serde_json::to_string(&relay).unwrap_or_default();
             let listeners: Result<i64, _> = self.client.publish(http_channel(&node), text).await;
-            let out = match listeners {
+            match listeners {
                 // Nobody listens under that id: the node is gone.
                 Ok(0) => Err(ForwardError::NoSuchNode),
                 Ok(_) => match tokio::time::timeout(wait, rx).await {
@@ -1193,9 +1209,7 @@ impl Broker for RedisBroker {
                     self.redis_error("HTTP transport request", &e);
                     Err(ForwardError::NoAnswer)
                 }
-            };
-            waiting().remove(&id);
-            out
+            }
         })
     }
 

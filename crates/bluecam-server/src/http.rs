@@ -44,8 +44,10 @@ use std::{
 use tokio::sync::{Notify, mpsc};
 use tungstenite::Utf8Bytes;
 
-/// Frames a session's requests may have handed over and its connection not yet read.
+/// Frames a session's requests may have handed over and its connection not yet read...
 const UP_QUEUE: usize = 256;
+/// ...and `send` requests of one session at once (the SDK's, and its closing one).
+const SENDS_AT_ONCE: usize = 2;
 /// Frame bytes in one poll's answer at most (at least one frame, whatever its size).
 const POLL_BATCH_BYTES: usize = 1 << 20;
 /// A session whose connection ended keeps its close code this long for the client to poll.
@@ -60,9 +62,10 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(5);
 /// A send passed to another node is answered within this, or the client tries again.
 const FORWARD_SEND_WAIT: Duration = Duration::from_secs(10);
 
-/// What the session's requests hand to its connection.
+/// What the session's requests hand to its connection (with its place in the queue's byte
+/// budget, given back when the connection takes it).
 pub(crate) enum Up {
-    Text(Utf8Bytes),
+    Text(Utf8Bytes, tokio::sync::OwnedSemaphorePermit),
     /// A frame over the hard cap (the WebSocket's 1009).
     TooLarge,
     /// The client closed the session.
@@ -77,11 +80,18 @@ pub(crate) struct Down {
     ready: Notify,
     /// An acknowledgement: wakes a writer waiting for room.
     room: Notify,
+    /// A poll's answer carried the close.
+    done: Notify,
 }
 
 #[derive(Debug)]
 struct DownState {
-    frames: VecDeque<(u64, Utf8Bytes)>,
+    /// Number, text, and whether the frame is kept for a resume if never polled.
+    frames: VecDeque<(u64, Utf8Bytes, bool)>,
+    /// The last frame number a poll's answer carried.
+    carried: u64,
+    /// A poll's answer carried the close: the client knows, the session can go.
+    close_carried: bool,
     /// The number of the next frame.
     next: u64,
     bytes: usize,
@@ -89,6 +99,8 @@ struct DownState {
     close: Option<CloseCode>,
     /// Frames acknowledged so far (progress, for the stall rule).
     acked: u64,
+    /// The session ended by the client's own close.
+    by_client: bool,
     last_request: Instant,
     /// The newest poll: an older one still waiting answers at once (empty).
     poll: u64,
@@ -106,15 +118,19 @@ impl Down {
         Self {
             state: Mutex::new(DownState {
                 frames: VecDeque::new(),
+                carried: 0,
+                close_carried: false,
                 next: 1,
                 bytes: 0,
                 close: None,
                 acked: 0,
+                by_client: false,
                 last_request: Instant::now(),
                 poll: 0,
             }),
             ready: Notify::new(),
             room: Notify::new(),
+            done: Notify::new(),
         }
     }
 
@@ -122,15 +138,39 @@ impl Down {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame for the client (no bound: see [`HttpLink::write_batch`] for the bound).
-    pub(crate) fn push(&self, text: Utf8Bytes) {
+    /// Queues a frame for the client (the bound is the caller's: [`HttpLink::write_batch`],
+    /// `Link::send_text`).
+    pub(crate) fn push(&self, text: Utf8Bytes, resumable: bool) {
         let mut st = self.lock();
         st.bytes += text.len();
         let n = st.next;
-        st.frames.push_back((n, text));
+        st.frames.push_back((n, text, resumable));
         st.next += 1;
         drop(st);
         self.ready.notify_waiters();
+    }
+
+    /// Bytes waiting for the client.
+    pub(crate) fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Takes out the frames no poll has carried yet (kept for a resume, like the frames still
+    /// queued towards a WebSocket).
+    pub(crate) fn take_unsent(&self) -> Vec<Outbound> {
+        let mut st = self.lock();
+        let carried = st.carried;
+        let keep = st
+            .frames
+            .iter()
+            .take_while(|(n, _, _)| *n <= carried)
+            .count();
+        let unsent: Vec<_> = st.frames.drain(keep..).collect();
+        st.bytes -= unsent.iter().map(|(_, t, _)| t.len()).sum::<usize>();
+        unsent
+            .into_iter()
+            .map(|(_, text, resumable)| Outbound::Frame { text, resumable })
+            .collect()
     }
 
     /// The connection ended with `code`: the client gets it after the frames before it.
@@ -139,9 +179,27 @@ impl Down {
         self.ready.notify_waiters();
     }
 
-    /// The connection ended without a word for the client (it closed, or went silent).
+    /// The client closed the session: nothing more to tell it.
     pub(crate) fn gone(&self) {
         self.close(CloseCode::Normal);
+    }
+
+    /// Whether the client closed the session itself.
+    fn closed_by_client(&self) -> bool {
+        self.lock().by_client
+    }
+
+    /// Resolves once a poll's answer has carried the close.
+    async fn close_carried(&self) {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().close_carried {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// When a request of the client last came (or ended: a poll waits a while).
@@ -149,15 +207,11 @@ impl Down {
         self.lock().last_request
     }
 
-    fn touch(&self) {
-        self.lock().last_request = Instant::now();
-    }
-
     /// Drops the frames numbered up to `ack`.
     fn ack(&self, st: &mut DownState, ack: u64) {
         let mut dropped = 0;
-        while st.frames.front().is_some_and(|(n, _)| *n <= ack) {
-            if let Some((_, text)) = st.frames.pop_front() {
+        while st.frames.front().is_some_and(|(n, _, _)| *n <= ack) {
+            if let Some((_, text, _)) = st.frames.pop_front() {
                 st.bytes -= text.len();
                 dropped += 1;
             }
@@ -191,6 +245,14 @@ impl Down {
     /// Acknowledges up to `ack`, then answers with the frames after it as soon as there is
     /// one (or the close), or with none after `wait` or when a newer poll came.
     async fn poll(&self, ack: u64, wait: Duration) -> Batch {
+        let batch = self.poll_inner(ack, wait).await;
+        if batch.close.is_some() {
+            self.done.notify_waiters();
+        }
+        batch
+    }
+
+    async fn poll_inner(&self, ack: u64, wait: Duration) -> Batch {
         let me = {
             let mut st = self.lock();
             st.last_request = Instant::now();
@@ -208,6 +270,9 @@ impl Down {
             {
                 let mut st = self.lock();
                 let newer = st.poll != me;
+                if st.close_carried && !newer {
+                    return st.batch();
+                }
                 if newer || !st.frames.is_empty() || st.close.is_some() {
                     st.last_request = Instant::now();
                     return if newer { st.empty() } else { st.batch() };
@@ -228,11 +293,11 @@ impl Down {
 
 impl DownState {
     /// Frames from the oldest kept, up to the batch size; the close once all are in.
-    fn batch(&self) -> Batch {
-        let first = self.frames.front().map_or(self.next, |(n, _)| *n);
+    fn batch(&mut self) -> Batch {
+        let first = self.frames.front().map_or(self.next, |(n, _, _)| *n);
         let mut frames = Vec::new();
         let mut bytes = 0;
-        for (_, text) in &self.frames {
+        for (_, text, _) in &self.frames {
             if !frames.is_empty() && bytes + text.len() > POLL_BATCH_BYTES {
                 break;
             }
@@ -242,6 +307,8 @@ impl DownState {
         let close = (frames.len() == self.frames.len())
             .then_some(self.close)
             .flatten();
+        self.carried = self.carried.max(first + frames.len() as u64 - 1);
+        self.close_carried |= close.is_some();
         Batch {
             first,
             frames,
@@ -293,14 +360,24 @@ impl Batch {
 pub(crate) struct HttpLink {
     up: mpsc::Receiver<Up>,
     pub(crate) down: Arc<Down>,
+    /// Bytes that may wait for the client: half the outbound queue, at least one largest
+    /// frame.
+    pub(crate) cap: usize,
+    /// The client closed the session (rather than the server or silence ending it).
+    pub(crate) client_closed: bool,
 }
 
 impl HttpLink {
     pub(crate) async fn next(&mut self) -> Incoming {
         match self.up.recv().await {
-            Some(Up::Text(text)) => Incoming::Text(text),
+            // (The permit goes here: the frame has left the queue.)
+            Some(Up::Text(text, _permit)) => Incoming::Text(text),
             Some(Up::TooLarge) => Incoming::Broken(Some(CloseCode::MessageTooBig)),
-            Some(Up::Closed) | None => Incoming::Gone,
+            Some(Up::Closed) => {
+                self.client_closed = true;
+                Incoming::Gone
+            }
+            None => Incoming::Gone,
         }
     }
 
@@ -315,9 +392,8 @@ impl HttpLink {
         shared: &crate::hub::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>> {
-        let limits = &state.config.limits;
-        let cap = (limits.outbound_queue_bytes / 2).max(limits.hard_frame_cap());
-        let stall = limits.write_stall().max(HTTP_STALL_MIN);
+        let cap = self.cap;
+        let stall = state.config.limits.write_stall().max(HTTP_STALL_MIN);
         let mut written = 0;
         while let Some(out) = slot.as_ref() {
             match out {
@@ -326,7 +402,14 @@ impl HttpLink {
                     if !self.down.wait_room(len, cap, stall).await {
                         return Some(Some(CloseCode::SlowConsumer));
                     }
-                    self.down.push(text.clone());
+                    let resumable = matches!(
+                        out,
+                        Outbound::Frame {
+                            resumable: true,
+                            ..
+                        }
+                    );
+                    self.down.push(text.clone(), resumable);
                     *slot = None;
                     shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                     state.metrics.frames_out.increment(1);
@@ -349,6 +432,10 @@ impl HttpLink {
 /// A transport session as its requests see it.
 struct Session {
     up: mpsc::Sender<Up>,
+    /// The byte budget of frames handed over and not yet taken by the connection.
+    up_bytes: Arc<tokio::sync::Semaphore>,
+    /// `send` requests under way.
+    sends: tokio::sync::Semaphore,
     down: Arc<Down>,
     /// The number of the last frame handed to the connection; held across a `send` so that
     /// two requests of one client cannot interleave their frames.
@@ -390,9 +477,8 @@ impl HttpSessions {
     }
 }
 
-/// The answer headers every transport response carries: never cached, and readable by the
-/// page that asked when its origin may connect (the SDK is often on another origin).
-fn respond(state: &AppState, headers: &HeaderMap, status: StatusCode, body: String) -> Response {
+/// The answer headers every transport response carries: JSON, never cached.
+fn respond(status: StatusCode, body: String) -> Response {
     let mut res = (status, body).into_response();
     let h = res.headers_mut();
     h.insert(
@@ -400,24 +486,42 @@ fn respond(state: &AppState, headers: &HeaderMap, status: StatusCode, body: Stri
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    cors(state, headers, h);
     res
 }
 
-fn cors(state: &AppState, headers: &HeaderMap, h: &mut HeaderMap) {
-    if let Some(origin) = headers.get(header::ORIGIN)
+/// Every answer of the transport's routes, refusals of the router included (413), is readable
+/// by the page that asked when its origin may connect (the SDK is often on another origin).
+async fn cors(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut res = next.run(req).await;
+    if let Some(origin) = origin
         && state.origin_allowed(origin.to_str().ok())
     {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
+    res
 }
 
-/// An error answer with CORS headers (so the page can read it).
-fn error(state: &AppState, headers: &HeaderMap, e: ApiError) -> Response {
-    let mut res = e.into_response();
-    cors(state, headers, res.headers_mut());
-    res
+/// Until disarmed (its `open` answered), ends the session as a leave: a client that gave up on
+/// its `open` never learned the session id, so no one could resume it.
+struct Abandoned(Option<Arc<Session>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            if let Ok(budget) = Arc::clone(&session.up_bytes).try_acquire_many_owned(16) {
+                let leave = Utf8Bytes::from_static(r#"{"op":"leave"}"#);
+                let _ = session.up.try_send(Up::Text(leave, budget));
+            }
+            let _ = session.up.try_send(Up::Closed);
+        }
+    }
 }
 
 /// How long a poll may wait for frames.
@@ -434,35 +538,30 @@ pub async fn open(
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !state.origin_allowed(origin) {
-        let e = ApiError::new(
+        return ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "origin not allowed",
-        );
-        return error(&state, &headers, e);
+        )
+        .into_response();
     }
     if state.shutdown.is_cancelled() {
-        return error(
-            &state,
-            &headers,
-            ApiError::unavailable("server is shutting down"),
-        );
+        return ApiError::unavailable("server is shutting down").into_response();
     }
     let Ok(join) = Utf8Bytes::try_from(body) else {
-        let e = ApiError::new(
+        return ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
             "the body is not UTF-8",
-        );
-        return error(&state, &headers, e);
+        )
+        .into_response();
     };
     // The same cap as WebSockets: a transport session is a connection.
     let open = state.connections.fetch_add(1, Ordering::AcqRel);
     if open >= state.config.limits.max_connections {
         state.connections.fetch_sub(1, Ordering::AcqRel);
         state.metrics.connections_refused.increment(1);
-        let e = ApiError::unavailable("too many connections on this node");
-        return error(&state, &headers, e);
+        return ApiError::unavailable("too many connections on this node").into_response();
     }
     let slot = ConnectionSlot(state.clone());
     // A session holds a place under the TCP caps, overall and per source, as a WebSocket's
@@ -471,8 +570,7 @@ pub async fn open(
         Some(Ok(place)) => Some(place),
         Some(Err(why)) => {
             state.metrics.http_refused(why);
-            let e = ApiError::unavailable("too many connections from this address");
-            return error(&state, &headers, e);
+            return ApiError::unavailable("too many connections from this address").into_response();
         }
         None => None,
     };
@@ -485,15 +583,28 @@ pub async fn open(
     };
     let (tx, rx) = mpsc::channel(UP_QUEUE);
     let down = Arc::new(Down::new());
+    let limits = &state.config.limits;
+    // Frames handed over and not yet taken: at most two largest frames' worth (a connection
+    // busy writing does not read, and its client's requests wait meanwhile).
+    let budget = limits
+        .hard_frame_cap()
+        .saturating_mul(2)
+        .min(u32::MAX as usize);
     let session = Arc::new(Session {
         up: tx,
+        up_bytes: Arc::new(tokio::sync::Semaphore::new(budget)),
+        sends: tokio::sync::Semaphore::new(SENDS_AT_ONCE),
         down: Arc::clone(&down),
         // The join was frame 1.
         taken: tokio::sync::Mutex::new(1),
     });
-    // Cannot fail: the channel is new.
-    let _ = session.up.try_send(Up::Text(join));
+    // Cannot fail: the channel is new, and the join is within the budget (the body limit).
+    let permits = join.len().clamp(1, budget) as u32;
+    if let Ok(place) = Arc::clone(&session.up_bytes).try_acquire_many_owned(permits) {
+        let _ = session.up.try_send(Up::Text(join, place));
+    }
     state.http.lock().insert(sid.clone(), Arc::clone(&session));
+    let mut abandoned = Abandoned(Some(Arc::clone(&session)));
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -501,19 +612,33 @@ pub async fn open(
     let link = HttpLink {
         up: rx,
         down: Arc::clone(&down),
+        cap: (limits.outbound_queue_bytes / 2).max(limits.hard_frame_cap()),
+        client_closed: false,
     };
     let task_state = state.clone();
     let task_sid = sid.clone();
+    let task_down = Arc::clone(&down);
     tokio::spawn(async move {
+        let down = task_down;
         crate::ws::run(task_state.clone(), Link::Http(link), host).await;
-        drop((slot, place, track));
-        // The client learns the close from its next poll; then the session goes.
-        tokio::time::sleep(CLOSE_LINGER).await;
+        drop(track);
+        // A session the server ended keeps its close for the client's next poll (and its
+        // places under the caps meanwhile); one the client closed goes at once.
+        if !down.closed_by_client() {
+            let _ = tokio::time::timeout(CLOSE_LINGER, down.close_carried()).await;
+        }
         task_state.http.lock().remove(&task_sid);
+        drop((slot, place));
     });
-    let wait = state.config.limits.join_timeout() + Duration::from_secs(5);
-    let batch = down.poll(0, wait).await;
-    respond(&state, &headers, StatusCode::OK, batch.to_json(Some(&sid)))
+    // Within the SDK's own join deadline, so that it does not give up on an answer coming.
+    let wait = state
+        .config
+        .limits
+        .join_timeout()
+        .saturating_sub(Duration::from_secs(1));
+    let batch = down.poll(0, wait.max(Duration::from_secs(1))).await;
+    abandoned.0 = None;
+    respond(StatusCode::OK, batch.to_json(Some(&sid)))
 }
 
 #[derive(Deserialize)]
@@ -551,15 +676,15 @@ fn no_session_answer() -> Answer {
 }
 
 /// `POST /v1/http/poll`: `{"sid","ack"}`.
-pub async fn poll(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn poll(State(state): State<AppState>, body: Bytes) -> Response {
     let (status, text) = answer(&state, HttpOp::Poll, body).await;
-    respond(&state, &headers, status, text)
+    respond(status, text)
 }
 
 /// `POST /v1/http/send`: `{"sid","seq","close"}`, then one frame per line.
-pub async fn send(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn send(State(state): State<AppState>, body: Bytes) -> Response {
     let (status, text) = answer(&state, HttpOp::Send, body).await;
-    respond(&state, &headers, status, text)
+    respond(status, text)
 }
 
 /// The session id a request names.
@@ -642,20 +767,35 @@ pub(crate) async fn answer_here(state: &AppState, op: HttpOp, body: Bytes) -> An
             };
             let frames = body.slice((end + 1).min(body.len())..);
             match local_send(state, &head, frames).await {
-                Ok(taken) => (StatusCode::OK, format!("{{\"ack\":{taken}}}")),
+                Ok(body) => (StatusCode::OK, body),
                 Err(a) => a,
             }
         }
     }
 }
 
-/// Hands the frames of a `send` to the session's connection; the number of the last one it
-/// has taken.
-async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Result<u64, Answer> {
+/// Hands the frames of a `send` to the session's connection. The answer's `ack` is the number
+/// of the last frame it has taken; `closed` says the connection has ended (its close comes with
+/// the next poll), so sending more is useless.
+async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Result<String, Answer> {
     let session = state.http.get(&head.sid).ok_or_else(no_session_answer)?;
-    session.down.touch();
+    let Ok(_sending) = session.sends.try_acquire() else {
+        return Err(answer_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many sends of this session at once: send one at a time",
+        ));
+    };
     let mut taken = session.taken.lock().await;
     let hard_cap = state.config.limits.hard_frame_cap();
+    let budget = hard_cap.saturating_mul(2).min(u32::MAX as usize);
+    let answer = |taken: u64, closed: bool| {
+        if closed {
+            format!("{{\"ack\":{taken},\"closed\":true}}")
+        } else {
+            format!("{{\"ack\":{taken}}}")
+        }
+    };
     let mut n = head.seq;
     let mut rest = frames;
     while !rest.is_empty() {
@@ -673,25 +813,35 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
             let up = if line.len() > hard_cap {
                 Up::TooLarge
             } else {
-                match Utf8Bytes::try_from(line) {
-                    Ok(text) => Up::Text(text),
-                    Err(_) => return Err(bad_request("a frame is not UTF-8")),
-                }
+                let Ok(text) = Utf8Bytes::try_from(line) else {
+                    return Err(bad_request("a frame is not UTF-8"));
+                };
+                // Waits while the connection is busy (back-pressure on the client's requests),
+                // holding the frame's bytes in the session's budget until it is taken.
+                let permits = text.len().clamp(1, budget) as u32;
+                let Ok(place) = Arc::clone(&session.up_bytes)
+                    .acquire_many_owned(permits)
+                    .await
+                else {
+                    return Ok(answer(*taken, true));
+                };
+                Up::Text(text, place)
             };
-            // Waits while the connection is busy (back-pressure on the client's requests).
             if session.up.send(up).await.is_err() {
                 // The connection ended: the client learns why from its poll.
-                return Ok(*taken);
+                return Ok(answer(*taken, true));
             }
             *taken = n;
         }
         n += 1;
     }
     if head.close {
+        // Whatever ends the connection now (this close, or the leave before it), its client
+        // is not polling any more.
+        session.down.lock().by_client = true;
         let _ = session.up.send(Up::Closed).await;
     }
-    session.down.touch();
-    Ok(*taken)
+    Ok(answer(*taken, session.up.is_closed()))
 }
 
 /// Installs this node's answerer of requests passed on by other nodes.
@@ -731,4 +881,5 @@ pub fn routes(state: &AppState) -> axum::Router<AppState> {
         .route("/v1/http/poll", post(poll))
         .route("/v1/http/send", post(send))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
 }

@@ -229,7 +229,7 @@ impl HubHandle {
         &self,
         conn: ConnId,
         now: Instant,
-        mut unsent: Option<Outbound>,
+        unsent: Vec<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Vacated {
         let mut inner = self.lock();
@@ -239,8 +239,11 @@ impl HubHandle {
             .and_then(|c| c.spill)
             .unwrap_or_default();
         let mut backlog = Vec::new();
-        // The frame whose write was interrupted comes first, then the queue, then the spill.
-        while let Some(out) = unsent.take().or_else(|| rx.try_recv().ok()) {
+        // The frames taken from the queue but never written come first (the HTTP transport's
+        // never polled, then the one whose write was interrupted), then the queue, then the
+        // spill.
+        let mut unsent = unsent.into_iter();
+        while let Some(out) = unsent.next().or_else(|| rx.try_recv().ok()) {
             if let Outbound::Frame {
                 text,
                 resumable: true,

@@ -84,8 +84,11 @@ impl Link {
                 .send(Message::Text(text.into()))
                 .await
                 .map_err(|_| CloseCode::InternalError),
+            // Errors are bounded like every other frame: a client that makes them faster than
+            // it polls is a slow consumer.
+            Self::Http(link) if link.down.bytes() > link.cap => Err(CloseCode::SlowConsumer),
             Self::Http(link) => {
-                link.down.push(text.into());
+                link.down.push(text.into(), false);
                 Ok(())
             }
         }
@@ -412,7 +415,9 @@ pub(crate) async fn run(state: AppState, mut socket: Link, host: Option<String>)
     state.metrics.frame_in("join");
     let (conn, mut rx, shared) = state.hub.register();
     if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
-        let vacated = state.hub.disconnect(conn, Instant::now(), None, &mut rx);
+        let vacated = state
+            .hub
+            .disconnect(conn, Instant::now(), Vec::new(), &mut rx);
         state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
         close(&state, &mut socket, code).await;
@@ -436,9 +441,15 @@ pub(crate) async fn run(state: AppState, mut socket: Link, host: Option<String>)
         unsent: None,
     };
     let end = connection.serve(&mut socket, &mut rx, &shared).await;
-    let vacated = state
-        .hub
-        .disconnect(conn, Instant::now(), connection.unsent.take(), &mut rx);
+    // Frames the client never got are kept for its resume, in order: over HTTP those no poll
+    // has carried yet (like a WebSocket's queue; those carried and not acknowledged are like
+    // bytes handed to a socket), then the one whose write was interrupted.
+    let mut unsent = match &socket {
+        Link::Http(link) => link.down.take_unsent(),
+        Link::Ws(_) => Vec::new(),
+    };
+    unsent.extend(connection.unsent.take());
+    let vacated = state.hub.disconnect(conn, Instant::now(), unsent, &mut rx);
     state.touch_rooms(vacated).await;
     match (end, &mut socket) {
         (Some(code), _) => close(&state, &mut socket, code).await,
@@ -446,7 +457,14 @@ pub(crate) async fn run(state: AppState, mut socket: Link, host: Option<String>)
         (None, Link::Ws(ws)) => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
         }
-        (None, Link::Http(link)) => link.down.gone(),
+        // Over HTTP, the client's own close ends the session quietly; anything else (the
+        // hub let go of the connection) is a slow consumer's end, resumable.
+        (None, Link::Http(link)) if link.client_closed => link.down.gone(),
+        (None, Link::Http(link)) => {
+            let code = shared.kill_code().unwrap_or(CloseCode::SlowConsumer);
+            state.metrics.closed(code);
+            link.down.close(code);
+        }
     }
 }
 

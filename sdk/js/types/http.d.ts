@@ -25,6 +25,10 @@ export class HttpSocket {
         text: string;
     }[];
     nextSeq: number;
+    /** Bytes of frames per send request (see SEND_BATCH_BYTES). */
+    batchBytes: number;
+    /** The server ended the connection: its close comes with the next poll; nothing more to send. */
+    serverEnded: boolean;
     sending: boolean;
     /** The client closed (the server is told by `sendClose`). */
     closing: boolean;

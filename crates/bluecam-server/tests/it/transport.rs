@@ -368,6 +368,9 @@ async fn an_abandoned_session_detaches_then_resumes_over_http_with_the_same_peer
     let joined = h.recv_op("joined").await;
     let hid = joined["self"]["id"].as_str().unwrap().to_owned();
     ws.recv_op("peer_joined").await;
+    // A frame for it that no poll ever carries: kept for the resume, as a WebSocket's queue is.
+    ws.send_json(json!({"op": "send", "to": [hid], "msg": "never polled"}))
+        .await;
     // Nobody polls: the session ends like a silent WebSocket, and the peer stays, detached
     // (the WebSocket peer keeps talking meanwhile, or it too would be silent for too long).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -390,8 +393,16 @@ async fn an_abandoned_session_detaches_then_resumes_over_http_with_the_same_peer
     let back = again.recv_op("joined").await;
     assert_eq!(back["resumed"], true);
     assert_eq!(back["self"]["id"], hid.as_str());
+    assert_eq!(again.recv_op("message").await["msg"], "never polled");
     assert_eq!(again.recv_op("message").await["msg"], "while away");
-    // The old session told its (absent) client why it ended.
+    // A send to the ended session is told so (nothing more to send; the close is polled)...
+    let res = h
+        .send_from(h.seq, &[json!({"op": "ping"}).to_string()], false)
+        .await;
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["closed"], true, "{v}");
+    // ...and the old session tells its (absent) client why it ended, without the frame that
+    // went to the resume.
     assert_eq!(h.closed().await, 4011);
     // Nobody saw a leave.
     ws.send_json(json!({"op": "ping"})).await;
@@ -422,7 +433,14 @@ async fn a_client_close_after_leave_is_a_leave() {
     let left = ws.recv_op("peer_left").await;
     assert_eq!(left["peer"]["id"], hid.as_str());
     assert_eq!(left["reason"], "left");
-    assert_eq!(h.closed().await, 1000);
+    // A session its client closed goes at once (nothing left to tell it).
+    let gone = tokio::time::timeout(WAIT, async {
+        while h.poll_raw(h.ack).await.status() != 404 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the closed session lingered");
 }
 
 #[tokio::test]
@@ -451,6 +469,46 @@ async fn cross_origin_pages_may_read_the_answers_when_their_origin_may_connect()
         .unwrap();
     assert_eq!(res.status(), 403);
     assert!(res.headers().get("access-control-allow-origin").is_none());
+    // A refusal of the router itself (a body over the limit) is readable cross-origin too.
+    let res = http
+        .post(server.url("/v1/http/send"))
+        .header("origin", "https://app.example")
+        .body("x".repeat(3 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn errors_for_a_client_that_never_polls_are_bounded_too() {
+    let server = TestServer::with(|c| {
+        c.limits.rate_frames_per_sec = 1;
+        c.limits.rate_burst_frames = 1;
+        c.limits.max_frame_bytes = 8 << 10;
+        c.limits.outbound_queue_bytes = 64 << 10;
+    })
+    .await;
+    let room = server.room().await;
+    let mut h = HttpClient::open(&server.url(""), &join(&server, &room, "flood")).await;
+    // Every ping over the rate gets a `rate_limited` error; none is ever polled.
+    let pings: Vec<String> = (0..3000)
+        .map(|_| json!({"op": "ping"}).to_string())
+        .collect();
+    for _ in 0..3 {
+        let res = h.send_from(h.seq, &pings, false).await;
+        let v: Value = res.json().await.unwrap();
+        h.seq += pings.len() as u64;
+        if v["closed"] == true {
+            break;
+        }
+    }
+    // The session ended as a slow consumer (its errors waiting reached the cap), resumable.
+    assert_eq!(h.closed().await, 4030);
 }
 
 #[tokio::test]
