@@ -54,9 +54,15 @@ const DELIVERY_TIMEOUT_MS = 60000;
  *   and the peer-to-peer links go on, messages that need the relay wait), `disconnected` once
  *   the room has ended or was left
  * @typedef {object} JoinOptions
- * @property {string} token from the app's backend
- * @property {() => Promise<string>} [getToken] a fresh token for the same room and identity,
- *   used when the WebSocket resumes (the first token may have expired by then)
+ * @property {string} [token] from the app's backend (or, classic, `roomName` + `userId` and a
+ *   `getToken` that fetches it)
+ * @property {(classic?: {roomName: string, userId: string}) => Promise<string>} [getToken] a
+ *   token for the same room and identity: used when the connection resumes (the first token may
+ *   have expired by then), and, with `roomName` + `userId` and no `token`, for the first join
+ * @property {string} [roomName] classic: the room, for `getToken`
+ * @property {string} [userId] classic: the user, for `getToken`
+ * @property {string} [pubnubSubscribeKey] classic, ignored (one console warning)
+ * @property {string} [pubnubPublishKey] classic, ignored
  * @property {string | string[]} [server] the BlueCam server, or nodes of one cluster in order
  *   of preference (the SDK uses the first and moves to the next when one cannot be reached or
  *   drains; shuffle the list per user to spread them); defaults to the SDK's own origin
@@ -107,6 +113,9 @@ const DELIVERY_TIMEOUT_MS = 60000;
 
 /** @type {Room | null} */
 let lastRoom = null;
+/** The join under way or done last (the module-level `sendMessage` waits for it).
+ * @type {Promise<Room> | null} */
+let lastJoin = null;
 
 /**
  * @template {Element} T
@@ -116,13 +125,17 @@ let lastRoom = null;
 function resolveElement(target) {
   if (!target) return null;
   if (typeof target !== "string") return target;
-  let found = null;
-  try {
-    found = document.querySelector(target);
-  } catch {
-    // Not a valid selector: the classic script passed bare element ids.
+  // An element id first (classic pages pass bare ids, and "video" is an id there, not the
+  // first <video>), then a CSS selector.
+  let found = document.getElementById(target);
+  if (!found) {
+    try {
+      found = document.querySelector(target);
+    } catch {
+      // Neither an id on the page nor a valid selector.
+    }
   }
-  return /** @type {T | null} */ (found ?? document.getElementById(target));
+  return /** @type {T | null} */ (found);
 }
 
 /** @param {string | string[] | undefined} server */
@@ -144,9 +157,33 @@ function wsUrls(server) {
  * @returns {Promise<Room>}
  */
 export async function joinRoom(options) {
-  const room = new Room(options);
-  await room.start();
+  const joining = startRoom(options);
+  lastJoin = joining;
+  const room = await joining;
   lastRoom = room;
+  return room;
+}
+
+/**
+ * The classic options on top of the modern ones: a token from `getToken({roomName, userId})`
+ * when none is given, and the PubNub keys of the classic script, which mean nothing now.
+ * @param {JoinOptions} options
+ * @returns {Promise<Room>}
+ */
+async function startRoom(options) {
+  if (options.pubnubSubscribeKey !== undefined || options.pubnubPublishKey !== undefined) {
+    console.warn("BlueCam: pubnubSubscribeKey and pubnubPublishKey are ignored: the BlueCam server carries every message now (see docs/migrating-from-classic.md)");
+  }
+  let token = options.token;
+  if (!token) {
+    const { roomName, userId, getToken } = options;
+    if (!getToken || roomName === undefined || userId === undefined) {
+      throw new BlueCamError("joinRoom needs a token, or roomName, userId and getToken({roomName, userId}) to fetch one from your backend");
+    }
+    token = await getToken({ roomName, userId });
+  }
+  const room = new Room({ ...options, token });
+  await room.start();
   return room;
 }
 
@@ -154,14 +191,35 @@ export async function joinRoom(options) {
 export const JoinRoom = joinRoom;
 
 /**
- * Sends to everyone in the most recently joined room.
+ * Sends to everyone in the room joined last: the classic fire-and-forget send (inline handlers
+ * never await it). It waits for a join under way, and never rejects: it resolves true once
+ * every addressed peer has the message, false otherwise, and the failure goes to the room's
+ * `onError` (or, with no room at all, to the console). `room.sendMessage` is the one that
+ * rejects.
  * @param {string} type
  * @param {unknown} data
  * @param {{to?: string | string[]}} [opts]
+ * @returns {Promise<boolean>}
  */
-export function sendMessage(type, data, opts) {
-  if (!lastRoom) return Promise.reject(new BlueCamError("sendMessage before joinRoom"));
-  return lastRoom.sendMessage(type, data, opts);
+export async function sendMessage(type, data, opts) {
+  /** @type {Room | null} */
+  let room = null;
+  try {
+    room = lastRoom ?? (lastJoin ? await lastJoin : null);
+  } catch {
+    // The join failed: its caller was told.
+  }
+  if (!room) {
+    console.warn(`BlueCam: sendMessage(${JSON.stringify(type)}) with no room joined: not sent`);
+    return false;
+  }
+  try {
+    await room.sendMessage(type, data, opts);
+    return true;
+  } catch (err) {
+    room.emitError(err instanceof Error ? err : new Error(String(err)));
+    return false;
+  }
 }
 
 export class Room {
@@ -205,7 +263,12 @@ export class Room {
     this.onOnline = () => {
       for (const remote of this.remotes.values()) remote.link?.restartIce("online");
     };
-    this.signaling = new Signaling(wsUrls(options.server), options.token, {
+    const { getToken, roomName, userId } = options;
+    // A classic getToken wants the room and user again for every fresh token.
+    const freshToken = getToken && roomName !== undefined && userId !== undefined
+      ? () => getToken({ roomName, userId })
+      : getToken;
+    this.signaling = new Signaling(wsUrls(options.server), options.token ?? "", {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
       onConnectionChange: (up) => {
@@ -213,7 +276,7 @@ export class Room {
       },
       onWritable: () => this.sendUnsent(),
       onFatal: (error, code) => this.onFatal(error, code),
-    }, options.getToken, options.signalMethod);
+    }, freshToken, options.signalMethod);
     /** Admission of sends, in call order (see sendMessage). */
     this.admission = Promise.resolve();
   }
@@ -585,7 +648,7 @@ export class Room {
       const link = /** @type {PeerLink} */ (remote.link);
       if (link.remoteGen === undefined && data.gen !== undefined) link.remoteGen = data.gen;
       if (data.gen !== undefined && data.gen !== link.remoteGen) return;
-      void link.handleSignal(data);
+      link.enqueueSignal(data);
     }
   }
 

@@ -46,6 +46,11 @@ export class PeerLink {
     this.signal = (data) => handlers.signal({ ...data, gen: this.gen, to: this.remoteGen });
     this.makingOffer = false;
     this.ignoreOffer = false;
+    /** Signals are applied one after the other, in the order they came (a poll of the HTTP
+     * transport hands over an offer and its candidates in one go). */
+    this.signals = Promise.resolve();
+    /** @type {RTCIceCandidateInit[]} candidates that came before any remote description */
+    this.earlyCandidates = [];
     /** @type {string[]} what happened, for debugging negotiation */
     this.trace = [];
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -141,6 +146,14 @@ export class PeerLink {
   }
 
   /**
+   * Queues signaling data from the remote peer, applied after what came before it.
+   * @param {any} data
+   */
+  enqueueSignal(data) {
+    this.signals = this.signals.then(() => this.handleSignal(data));
+  }
+
+  /**
    * Applies signaling data from the remote peer (perfect negotiation).
    * @param {any} data
    */
@@ -159,11 +172,19 @@ export class PeerLink {
           return;
         }
         await pc.setRemoteDescription(description);
+        // Candidates that came first (a resume's replay, a relink) apply now.
+        for (const candidate of this.earlyCandidates.splice(0)) {
+          await pc.addIceCandidate(candidate).catch((err) => this.note(`early candidate: ${err}`));
+        }
         if (description.type === "offer") {
           await pc.setLocalDescription();
           this.signal({ description: pc.localDescription });
         }
       } else if (data.candidate) {
+        if (!pc.remoteDescription) {
+          this.earlyCandidates.push(data.candidate);
+          return;
+        }
         try {
           await pc.addIceCandidate(data.candidate);
         } catch (err) {

@@ -21,6 +21,10 @@ use std::{
 /// The SDK's modules, embedded at build time so the binary serves them with no files around.
 const SDK_FILES: &[(&str, &str)] = &[
     ("bluecam.js", include_str!("../../../sdk/js/bluecam.js")),
+    (
+        "bluecam.global.js",
+        include_str!("../../../sdk/js/bluecam.global.js"),
+    ),
     ("delivery.js", include_str!("../../../sdk/js/delivery.js")),
     ("errors.js", include_str!("../../../sdk/js/errors.js")),
     ("http.js", include_str!("../../../sdk/js/http.js")),

@@ -6,14 +6,19 @@
  */
 export function joinRoom(options: JoinOptions): Promise<Room>;
 /**
- * Sends to everyone in the most recently joined room.
+ * Sends to everyone in the room joined last: the classic fire-and-forget send (inline handlers
+ * never await it). It waits for a join under way, and never rejects: it resolves true once
+ * every addressed peer has the message, false otherwise, and the failure goes to the room's
+ * `onError` (or, with no room at all, to the console). `room.sendMessage` is the one that
+ * rejects.
  * @param {string} type
  * @param {unknown} data
  * @param {{to?: string | string[]}} [opts]
+ * @returns {Promise<boolean>}
  */
 export function sendMessage(type: string, data: unknown, opts?: {
     to?: string | string[];
-}): Promise<void>;
+}): Promise<boolean>;
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 /**
  * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
@@ -227,14 +232,35 @@ export type Path = "p2p" | "relay";
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "disconnected";
 export type JoinOptions = {
     /**
-     * from the app's backend
+     * from the app's backend (or, classic, `roomName` + `userId` and a
+     * `getToken` that fetches it)
      */
-    token: string;
+    token?: string | undefined;
     /**
-     * a fresh token for the same room and identity,
-     * used when the WebSocket resumes (the first token may have expired by then)
+     * a
+     * token for the same room and identity: used when the connection resumes (the first token may
+     * have expired by then), and, with `roomName` + `userId` and no `token`, for the first join
      */
-    getToken?: (() => Promise<string>) | undefined;
+    getToken?: ((classic?: {
+        roomName: string;
+        userId: string;
+    }) => Promise<string>) | undefined;
+    /**
+     * classic: the room, for `getToken`
+     */
+    roomName?: string | undefined;
+    /**
+     * classic: the user, for `getToken`
+     */
+    userId?: string | undefined;
+    /**
+     * classic, ignored (one console warning)
+     */
+    pubnubSubscribeKey?: string | undefined;
+    /**
+     * classic, ignored
+     */
+    pubnubPublishKey?: string | undefined;
     /**
      * the BlueCam server, or nodes of one cluster in order
      * of preference (the SDK uses the first and moves to the next when one cannot be reached or

@@ -18,6 +18,11 @@ export class PeerLink {
     signal: (data: Record<string, unknown>) => void;
     makingOffer: boolean;
     ignoreOffer: boolean;
+    /** Signals are applied one after the other, in the order they came (a poll of the HTTP
+     * transport hands over an offer and its candidates in one go). */
+    signals: Promise<void>;
+    /** @type {RTCIceCandidateInit[]} candidates that came before any remote description */
+    earlyCandidates: RTCIceCandidateInit[];
     /** @type {string[]} what happened, for debugging negotiation */
     trace: string[];
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -45,6 +50,11 @@ export class PeerLink {
      * @param {string} text
      */
     send(text: string): boolean;
+    /**
+     * Queues signaling data from the remote peer, applied after what came before it.
+     * @param {any} data
+     */
+    enqueueSignal(data: any): void;
     /**
      * Applies signaling data from the remote peer (perfect negotiation).
      * @param {any} data

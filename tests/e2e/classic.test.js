@@ -1,0 +1,155 @@
+// @ts-check
+// A classic page: the SDK loaded only with <script src=".../sdk/bluecam.global.js">, the classic
+// globals (JoinRoom, JoinCall, sendMessage, window.BlueCam) and options, inline onclick sends.
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { TestServer, launchPeer, waitFor, evaluate, expectEvents, endTest, stopAll } from "./harness.js";
+
+/** @type {TestServer} */
+let server;
+
+before(async () => {
+  server = await TestServer.start();
+});
+afterEach(endTest);
+after(stopAll);
+
+// A <video> before the one with id "video": a bare id that is also a tag name must find the
+// element with that id, not the first of that tag.
+const PAGE = `<!doctype html>
+<html><body>
+<video id="remoteVideo" autoplay playsinline></video>
+<video id="video" autoplay playsinline muted></video>
+<button id="muteAudio">mic</button><button id="muteVideo">cam</button>
+<button id="share" onclick="sendMessage('shareLink', 'https://example.com/x')">share</button>
+<button id="draw" onclick="sendMessage('changedDrawing', {circles: [{x: 1}], bgColor: 'blue'})">draw</button>
+<script src="/sdk/bluecam.global.js"></script>
+<script>
+  window.got = [];
+  window.notFound = 0;
+  window.warnings = [];
+  var warn = console.warn;
+  console.warn = function () { window.warnings.push(Array.from(arguments).join(" ")); warn.apply(console, arguments); };
+  // Before any join, and never awaited: no unhandled rejection, no throw.
+  window.early = sendMessage("tooEarly", 1);
+  function start(extra) {
+    var options = {
+      localVideo: "video", remoteVideo: "remoteVideo",
+      muteAudioBtn: "muteAudio", muteVideoBtn: "muteVideo",
+      onMessage: function (type, data, from) { got.push({ type: type, data: data, from: from.id }); },
+      roomNotFoundCallback: function () { notFound++; },
+    };
+    for (var k in extra) options[k] = extra[k];
+    return JoinRoom(options).then(function (room) { window.room = room; return room.self.id; });
+  }
+</script>
+</body></html>`;
+
+/**
+ * A peer whose page is the classic page, on the server's origin (written into a page the server
+ * served, so that the browser treats it as a page of that server).
+ * @param {string} label
+ */
+async function classicPeer(label) {
+  const peer = await launchPeer(server, { label });
+  await peer.page.setContent(PAGE, { waitUntil: "load" });
+  return peer;
+}
+
+test("a classic page: script tag, JoinRoom with roomName/userId, ids, mute buttons, inline sendMessage, BlueCam global", async () => {
+  const room = await server.room();
+  const [a, b] = [await classicPeer("alice"), await classicPeer("bob")];
+  // The page's backend mints tokens: here the test, exposed to the page.
+  await a.page.exposeFunction("mintToken", (/** @type {string} */ r, /** @type {string} */ u) => server.token(r, u));
+  const aId = await evaluate(a.page, (room) => /** @type {any} */ (window).start({
+    roomName: room, userId: "alice",
+    getToken: (/** @type {{roomName: string, userId: string}} */ c) => /** @type {any} */ (window).mintToken(c.roomName, c.userId),
+    pubnubSubscribeKey: "sub-c-classic", pubnubPublishKey: "pub-c-classic",
+  }), room, "JoinRoom with roomName and userId");
+  const bId = await evaluate(b.page, (token) => /** @type {any} */ (window).JoinCall === /** @type {any} */ (window).JoinRoom
+    && /** @type {any} */ (window).start({ token }), await server.token(room, "bob"), "JoinCall with a token");
+  assert.equal(typeof bId, "string");
+  assert.equal(await evaluate(a.page, () => /** @type {any} */ (window).room.transport, undefined, "transport"), "websocket");
+  // window.BlueCam has every export once loaded.
+  const exported = await evaluate(a.page, async () => {
+    const g = /** @type {any} */ (window).BlueCam;
+    await g.ready;
+    return ["joinRoom", "JoinRoom", "sendMessage", "Room", "RoomNotFoundError", "PeerUnreachableError"].filter((n) => g[n] === undefined);
+  }, undefined, "BlueCam.ready");
+  assert.deepEqual(exported, [], "missing from window.BlueCam");
+  // The preview went to #video (not the first <video>), the other side's camera to #remoteVideo.
+  await waitFor(() => evaluate(a.page, () => {
+    const local = /** @type {HTMLVideoElement} */ (document.getElementById("video"));
+    const remote = /** @type {HTMLVideoElement} */ (document.getElementById("remoteVideo"));
+    const room = /** @type {any} */ (window).room;
+    return local.srcObject === room.local && remote.srcObject instanceof MediaStream && remote.readyState >= 2;
+  }, undefined, "the video elements"), "the preview in #video and the remote camera playing in #remoteVideo");
+  // Inline handlers: a string and an object, in order.
+  await a.page.click("#share");
+  await a.page.click("#draw");
+  const got = await waitFor(async () => {
+    const g = await evaluate(b.page, () => /** @type {any} */ (window).got, undefined, "got");
+    return g.length >= 2 ? g : null;
+  }, "two messages from inline handlers");
+  assert.deepEqual(got, [
+    { type: "shareLink", data: "https://example.com/x", from: aId },
+    { type: "changedDrawing", data: { circles: [{ x: 1 }], bgColor: "blue" }, from: aId },
+  ]);
+  // The mute buttons toggle and show it.
+  await a.page.click("#muteAudio");
+  assert.equal(await a.page.getAttribute("#muteAudio", "aria-pressed"), "true");
+  assert.equal(await evaluate(a.page, () => /** @type {any} */ (window).room.audioEnabled, undefined, "audio"), false);
+  // The sendMessage before any join resolved false with a console warning, and the PubNub keys
+  // got exactly one warning.
+  const page = await evaluate(a.page, async () => ({
+    early: await /** @type {any} */ (window).early,
+    warnings: /** @type {any} */ (window).warnings,
+  }), undefined, "warnings");
+  assert.equal(page.early, false);
+  assert.equal(page.warnings.filter((/** @type {string} */ w) => w.includes("pubnub")).length, 1, JSON.stringify(page.warnings));
+  assert.ok(page.warnings.some((/** @type {string} */ w) => w.includes("tooEarly")), JSON.stringify(page.warnings));
+  await expectEvents([a, b]);
+});
+
+test("classic pages: a missing room calls roomNotFoundCallback; no token and no way to get one is a clear error", async () => {
+  const p = await classicPeer("joiner");
+  const room = await server.room();
+  const token = await server.token(room, "x");
+  assert.equal((await server.api("DELETE", `/v1/rooms/${room}`)).status, 204);
+  const r = await evaluate(p.page, async (token) => {
+    const w = /** @type {any} */ (window);
+    const out = [];
+    for (const extra of [{ token }, { roomName: "r", userId: "u" }]) {
+      try {
+        await w.start(extra);
+        out.push("joined");
+      } catch (e) {
+        out.push(`${/** @type {Error} */ (e).name}: ${/** @type {Error} */ (e).message}`);
+      }
+    }
+    return { out, notFound: w.notFound };
+  }, token, "two failing JoinRoom calls");
+  assert.equal(r.notFound, 1);
+  assert.match(r.out[0], /^RoomNotFoundError/);
+  assert.match(r.out[1], /^BlueCamError: joinRoom needs a token, or roomName, userId and getToken/);
+  await expectEvents([p]);
+});
+
+test("fire-and-forget sendMessage to a peer that left: onError, no unhandled rejection", async () => {
+  const room = await server.room();
+  const [a, b] = [await classicPeer("alice"), await classicPeer("bob")];
+  await evaluate(a.page, (t) => /** @type {any} */ (window).start({ token: t, video: false, audio: false, deliveryTimeoutMs: 3000 }), await server.token(room, "alice"), "join a");
+  const bId = await evaluate(b.page, (t) => /** @type {any} */ (window).start({ token: t, video: false, audio: false }), await server.token(room, "bob"), "join b");
+  await waitFor(() => evaluate(a.page, () => /** @type {any} */ (window).room.peers.length === 1, undefined, "peers"), "alice sees bob");
+  // Bob's network goes (no leave): alice's message to him can never be acknowledged.
+  await evaluate(b.page, () => {
+    const room = /** @type {any} */ (window).room;
+    room.signaling.cut(600000);
+    for (const r of room.remotes.values()) r.link?.close();
+  }, undefined, "cut bob");
+  const sent = await evaluate(a.page, (to) => /** @type {any} */ (window).sendMessage("lost", 1, { to }), bId, "the classic send");
+  assert.equal(sent, false, "resolved false, did not reject");
+  // The failure went to onError (the harness fails the test on any unhandled rejection).
+  await expectEvents([a], { errors: [{ name: "PeerUnreachableError" }] });
+  await expectEvents([b], { errors: { every: { name: "PeerUnreachableError" }, atLeast: 0 } });
+});
