@@ -138,6 +138,22 @@ function resolveElement(target) {
   return /** @type {T | null} */ (found);
 }
 
+/**
+ * Whether a token's `permissions.sendData` allows sending (true when absent or unreadable: the
+ * server enforces it anyway). The claims are the JWT's middle part; no secret is needed to
+ * read them.
+ * @param {string} token
+ */
+function tokenAllowsSendData(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return claims?.permissions?.sendData !== false;
+  } catch {
+    return true;
+  }
+}
+
 /** @param {string | string[] | undefined} server */
 function wsUrls(server) {
   const list = Array.isArray(server) ? server : [server ?? new URL(import.meta.url).origin];
@@ -245,6 +261,8 @@ export class Room {
     this.audioEnabled = options.audio !== false;
     this.videoEnabled = options.video !== false;
     this.left = false;
+    /** Whether this peer's token allows sending data (`permissions.sendData`, default true). */
+    this.canSendData = true;
     this.relayPausedUntil = 0;
     /** @type {(() => void)[]} */
     this.spaceWaiters = [];
@@ -315,6 +333,7 @@ export class Room {
       throw err;
     }
     this.self = joined.self;
+    this.canSendData = tokenAllowsSendData(this.signaling.token);
     this.iceServers = joined.iceServers ?? [];
     for (const peer of joined.peers) this.addPeer(peer, false);
     this.wireClassicButtons();
@@ -365,6 +384,11 @@ export class Room {
    */
   async sendMessage(type, data, opts = {}) {
     if (this.left) throw new ConnectionError("the room was left");
+    if (!this.canSendData) {
+      // The server refuses this peer's relayed messages; the data channel must not carry them
+      // either. Nothing goes out.
+      throw new ForbiddenError("this peer's token does not allow sending data (permissions.sendData is false)", "permission_denied");
+    }
     let encoded;
     try {
       encoded = encodeData(data);
@@ -630,7 +654,10 @@ export class Room {
   onSignal(from, data) {
     const remote = this.remotes.get(from);
     if (!remote || typeof data !== "object" || data === null) return;
-    if (data.nortc) {
+    if (data.ack !== undefined) {
+      // An acknowledgement from a peer that may not send data: acks only, never messages.
+      if (isEnvelope(data.ack) && data.ack.k === "a") this.onEnvelope(remote, data.ack, "relay");
+    } else if (data.nortc) {
       remote.noWebrtc = true;
       clearTimeout(remote.relinkTimer);
       remote.link?.close();
@@ -805,10 +832,15 @@ export class Room {
       this.ackTimer = undefined;
       for (const remote of this.remotes.values()) {
         if (!remote.ackDue) continue;
-        const ack = JSON.stringify(remote.inbox.ack());
+        const env = remote.inbox.ack();
+        const ack = JSON.stringify(env);
+        // A peer without `sendData` has its relayed `send`s refused: its acks go as signals
+        // (which carry only acks: the receiver takes nothing else from a signal's `ack`).
         const sent =
           remote.link?.send(ack) ||
-          this.signaling.send({ op: "send", to: [remote.info.id], msg: JSON.parse(ack) });
+          (this.canSendData
+            ? this.signaling.send({ op: "send", to: [remote.info.id], msg: env })
+            : this.signaling.send({ op: "signal", to: remote.info.id, data: { ack: env } }));
         remote.ackDue = !sent;
       }
     }, ACK_DELAY_MS);

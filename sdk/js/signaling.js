@@ -35,8 +35,6 @@ const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 /** Share of the server's rate limit the SDK allows itself. */
 const RATE_MARGIN = 0.9;
-/** Frames kept while the socket is down (signaling); beyond this the oldest are dropped. */
-const MAX_QUEUED = 1000;
 /** `readyState` of an open socket (WebSocket.OPEN, and HttpSocket's; not read from the
  * `WebSocket` global, which a browser may not have). */
 const OPEN = 1;
@@ -361,19 +359,29 @@ export class Signaling {
 
   /**
    * Sends now, or once the socket is back (for frames that must not be lost, like signaling).
+   * Nothing is dropped for want of room. What waits is bounded by what is still current: a
+   * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
+   * older connection to it (the peer would ignore those: it starts over on the newer offer),
+   * and a media state supersedes the one before it.
    * @param {Frame} frame
    */
   sendOrQueue(frame) {
-    if (this.send(frame)) return;
+    if (this.queued.length === 0 && this.send(frame)) return;
+    const data = frame.data;
+    if (frame.op === "signal" && data && typeof data === "object") {
+      this.queued = this.queued.filter((q) => !(
+        q.op === "signal" && q.to === frame.to && q.data && typeof q.data === "object" &&
+        ((data.gen !== undefined && q.data.gen !== undefined && q.data.gen !== data.gen) ||
+          (data.media !== undefined && q.data.media !== undefined))
+      ));
+    }
     this.queued.push(frame);
-    if (this.queued.length > MAX_QUEUED) this.queued.shift();
   }
 
   /** Sends what waited for the socket; call after a resume. */
   flushQueued() {
-    const queued = this.queued;
-    this.queued = [];
-    for (const f of queued) this.sendOrQueue(f);
+    // In order: the first that cannot go (rate limit) keeps its place and every one after it.
+    while (this.queued.length > 0 && this.send(this.queued[0])) this.queued.shift();
   }
 
   /** Stops the rate-limit timer (leave). */

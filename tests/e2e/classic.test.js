@@ -3,7 +3,9 @@
 // globals (JoinRoom, JoinCall, sendMessage, window.BlueCam) and options, inline onclick sends.
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { TestServer, launchPeer, waitFor, evaluate, expectEvents, endTest, stopAll } from "./harness.js";
+import {
+  TestServer, launchPeer, waitFor, evaluate, expectEvents, endTest, stopAll, join, waitPeers, expectAll, received,
+} from "./harness.js";
 
 /** @type {TestServer} */
 let server;
@@ -152,4 +154,34 @@ test("fire-and-forget sendMessage to a peer that left: onError, no unhandled rej
   // The failure went to onError (the harness fails the test on any unhandled rejection).
   await expectEvents([a], { errors: [{ name: "PeerUnreachableError" }] });
   await expectEvents([b], { errors: { every: { name: "PeerUnreachableError" }, atLeast: 0 } });
+});
+
+test("a peer whose token has sendData false: ForbiddenError before anything goes out, and its acks always pass", async () => {
+  const room = await server.room();
+  const r = await server.api("POST", `/v1/rooms/${room}/tokens`, { identity: "viewer", permissions: { sendData: false } });
+  assert.equal(r.status, 201);
+  const [a, b] = [await launchPeer(server, { label: "alice", noWebrtc: true }), await launchPeer(server, { label: "viewer", noWebrtc: true })];
+  // A short delivery bound: without the viewer's acks, alice's sends would reject after 5 s.
+  const aId = await join(a.page, await server.token(room, "alice"), /** @type {any} */ ({ video: false, audio: false, deliveryTimeoutMs: 5000 }));
+  const bId = await join(b.page, r.body.token, { video: false, audio: false });
+  await Promise.all([waitPeers(a.page, 1), waitPeers(b.page, 1)]);
+  const refused = await evaluate(b.page, async () => {
+    try {
+      await /** @type {any} */ (window).room.sendMessage("nope", 1);
+      return "sent";
+    } catch (e) {
+      return `${/** @type {Error} */ (e).name} ${/** @type {any} */ (e).code}`;
+    }
+  }, undefined, "the viewer's send");
+  assert.equal(refused, "ForbiddenError permission_denied");
+  const delivered = await evaluate(a.page, async (to) => {
+    const room = /** @type {any} */ (window).room;
+    const all = [];
+    for (let i = 0; i < 20; i++) all.push(room.sendMessage("n", i, { to }));
+    return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
+  }, bId, "alice's sends to the viewer");
+  assert.equal(delivered, 20, "every send to the viewer was acknowledged");
+  await expectAll(b.page, aId, 20, "n");
+  assert.deepEqual((await received(a.page)).filter((/** @type {any} */ m) => m.type === "nope"), [], "nothing went out");
+  await expectEvents([a, b]);
 });

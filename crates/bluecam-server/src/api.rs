@@ -389,12 +389,46 @@ impl CreateRoom {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Rooms this identity owns or is a member of.
     member: Option<String>,
+    /// Rooms this identity owns.
+    owner: Option<String>,
+    /// Rooms per page (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Where the page starts: the `nextCursor` of the page before.
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RoomList {
     rooms: Vec<Room>,
+    /// Present when more rooms follow: pass it as `cursor` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// Rooms per page by default, and at most.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+/// A page's position: the last room of the page before, by (creation time, id), the order
+/// of every list. Opaque to clients (base64url of `created_at.id`); stable while rooms are
+/// created and deleted, since it names a place in the order rather than a count.
+fn encode_cursor(room: &Room) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}.{}", room.created_at, room.id))
+}
+
+fn decode_cursor(text: &str) -> Option<(u64, String)> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (at, id) = raw.split_once('.')?;
+    Some((at.parse().ok()?, id.to_owned()))
 }
 
 async fn list_rooms(
@@ -402,9 +436,29 @@ async fn list_rooms(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RoomList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {PAGE_MAX}"
+        )));
+    }
+    let after = match query.cursor.as_deref() {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
+        None => None,
+    };
     let mut rooms = state.store.rooms(query.member.map(Identity::new)).await?;
+    if let Some(owner) = query.owner.map(Identity::new) {
+        rooms.retain(|r| r.owner.as_ref() == Some(&owner));
+    }
+    // Every store lists oldest first (creation time, then id); the page starts after the cursor.
+    rooms.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+    if let Some((at, id)) = &after {
+        rooms.retain(|r| (r.created_at, r.id.as_str()) > (*at, id.as_str()));
+    }
+    let next_cursor = (rooms.len() > limit).then(|| encode_cursor(&rooms[limit - 1]));
+    rooms.truncate(limit);
     fill_peer_counts(&state, &mut rooms).await?;
-    Ok(Json(RoomList { rooms }))
+    Ok(Json(RoomList { rooms, next_cursor }))
 }
 
 /// Peer counts from the cluster directory, or from this node's hub on a single node.

@@ -89,10 +89,14 @@ enum RoomCommand {
         #[arg(long)]
         metadata: Option<String>,
     },
-    /// List rooms (optionally those an identity owns or is a member of).
+    /// List rooms (optionally those an identity owns or is a member of, or owns), every page.
     List {
+        /// Rooms this identity owns or is a member of.
         #[arg(long)]
         member: Option<String>,
+        /// Rooms this identity owns.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Show one room.
     Get { id: String },
@@ -153,16 +157,47 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             put("metadata", metadata.unwrap_or_default());
             http.post(format!("{base}/v1/rooms")).json(&body)
         }
-        RoomCommand::List { member } => {
-            let req = http.get(format!("{base}/v1/rooms"));
-            match member {
-                Some(m) => req.query(&[("member", m)]),
-                None => req,
+        RoomCommand::List { member, owner } => {
+            // Every page, printed as one list.
+            let mut rooms = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
+                query.extend(member.clone().map(|m| ("member", m)));
+                query.extend(owner.clone().map(|o| ("owner", o)));
+                query.extend(cursor.take().map(|c| ("cursor", c)));
+                let req = http.get(format!("{base}/v1/rooms")).query(&query);
+                let page: serde_json::Value =
+                    serde_json::from_str(&call(req, &secret, &base).await?)
+                        .context("invalid JSON answer")?;
+                rooms.extend(page["rooms"].as_array().cloned().unwrap_or_default());
+                match page["nextCursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
             }
+            let all = serde_json::json!({ "rooms": rooms });
+            print_line(&serde_json::to_string_pretty(&all)?);
+            return Ok(());
         }
         RoomCommand::Get { id } => http.get(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
     };
+    let text = call(request, &secret, &base).await?;
+    if !text.is_empty() {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).context("invalid JSON answer")?;
+        print_line(&serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
+/// Sends one API request; its body, or an error with the API's message and code.
+async fn call(
+    request: reqwest::RequestBuilder,
+    secret: &str,
+    base: &str,
+) -> anyhow::Result<String> {
     let response = request
         .bearer_auth(secret)
         .send()
@@ -184,12 +219,7 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             .unwrap_or(text);
         bail!("{status}: {message}");
     }
-    if !text.is_empty() {
-        let value: serde_json::Value =
-            serde_json::from_str(&text).context("invalid JSON answer")?;
-        print_line(&serde_json::to_string_pretty(&value)?);
-    }
-    Ok(())
+    Ok(text)
 }
 
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {

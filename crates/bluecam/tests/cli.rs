@@ -129,6 +129,10 @@ fn serve_room_token_and_graceful_shutdown() {
     assert_eq!(room["name"], "Demo");
     let list = json_of(&bluecam(&["room", "list", "--member", "bob"], &dir, &url));
     assert_eq!(list["rooms"][0]["id"], id.as_str());
+    let owned = json_of(&bluecam(&["room", "list", "--owner", "alice"], &dir, &url));
+    assert_eq!(owned["rooms"][0]["id"], id.as_str());
+    let none = json_of(&bluecam(&["room", "list", "--owner", "bob"], &dir, &url));
+    assert_eq!(none["rooms"], serde_json::json!([]));
     let got = json_of(&bluecam(&["room", "get", &id], &dir, &url));
     assert_eq!(got["id"], id.as_str());
 

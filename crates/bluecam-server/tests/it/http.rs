@@ -101,6 +101,85 @@ async fn create_get_list_delete_rooms() {
 }
 
 #[tokio::test]
+async fn lists_filter_by_owner_and_page_with_a_cursor_that_survives_changes() {
+    let s = TestServer::start().await;
+    for i in 0..25 {
+        let owner = if i % 5 == 0 { "boss" } else { "other" };
+        let (st, _) = call(
+            &s,
+            Method::POST,
+            "/v1/rooms",
+            Some(json!({"id": format!("p-{i:02}"), "owner": owner, "members": ["m"]})),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    let (_, list) = call(&s, Method::GET, "/v1/rooms?owner=boss", None).await;
+    let ids: Vec<_> = list["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            json!("p-00"),
+            json!("p-05"),
+            json!("p-10"),
+            json!("p-15"),
+            json!("p-20")
+        ]
+    );
+    assert!(list.get("nextCursor").is_none(), "{list}");
+    // Owner and member together: both must hold.
+    let (_, list) = call(&s, Method::GET, "/v1/rooms?owner=boss&member=nobody", None).await;
+    assert_eq!(list["rooms"], json!([]));
+
+    // Pages of 10: every room once, in order, while rooms come and go between pages.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/rooms?limit=10&cursor={c}"),
+            None => "/v1/rooms?limit=10".to_owned(),
+        };
+        let (st, page) = call(&s, Method::GET, &path, None).await;
+        assert_eq!(st, 200, "{page}");
+        seen.extend(
+            page["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        if pages == 1 {
+            // A room of the first page goes, a new one comes: no page shifts or repeats.
+            call(&s, Method::DELETE, "/v1/rooms/p-03", None).await;
+            call(&s, Method::POST, "/v1/rooms", Some(json!({"id": "p-99"}))).await;
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..25).map(|i| format!("p-{i:02}")).collect();
+    expected.push("p-99".into());
+    assert_eq!(seen, expected, "every room once, in creation order");
+    assert_eq!(pages, 3);
+    for bad in [
+        "/v1/rooms?limit=0",
+        "/v1/rooms?limit=1001",
+        "/v1/rooms?cursor=%21%21",
+    ] {
+        let (st, body) = call(&s, Method::GET, bad, None).await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn invalid_room_bodies_are_400() {
     let s = TestServer::start().await;
     for body in [
