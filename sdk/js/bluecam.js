@@ -79,6 +79,8 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @property {HTMLVideoElement | string} [remoteVideo] classic one-to-one: the first remote peer
  * @property {HTMLElement | string} [muteAudioBtn] classic: toggles the microphone
  * @property {HTMLElement | string} [muteVideoBtn] classic: toggles the camera
+ * @property {HTMLElement | string} [callBtn] classic: the first click starts the call's media
+ *   (camera and microphone), the next hangs up; messages flow throughout. `aria-pressed` shows it
  * @property {(type: string, data: any, from: Peer, meta: {path: Path}) => void} [onMessage]
  * @property {() => void} [roomNotFoundCallback]
  * @property {(peer: Peer) => void} [onPeerJoined]
@@ -255,6 +257,8 @@ export class Room {
     this.local = null;
     /** @type {MediaStreamTrack | null} */
     this.screenTrack = null;
+    /** @type {MediaStream | null} */
+    this.screenStream = null;
     /** The peer the classic `remoteVideo` element shows. */
     /** @type {string | null} */
     this.singlePeer = null;
@@ -305,20 +309,15 @@ export class Room {
   }
 
   async start() {
-    const wantMedia = this.options.video !== false || this.options.audio !== false;
+    // With a classic `callBtn`, media waits for its first click.
+    const wantMedia = (this.options.video !== false || this.options.audio !== false) && !this.options.callBtn;
     if (wantMedia && navigator.mediaDevices?.getUserMedia) {
       try {
         this.local = await navigator.mediaDevices.getUserMedia({
           video: this.options.video ?? true,
           audio: this.options.audio ?? true,
         });
-        const preview = resolveElement(this.options.localVideo);
-        if (preview instanceof HTMLVideoElement) {
-          preview.muted = true;
-          preview.autoplay = true;
-          preview.playsInline = true;
-          preview.srcObject = this.local;
-        }
+        this.showPreview();
       } catch (err) {
         this.emitError(err instanceof Error ? err : new Error(String(err)));
       }
@@ -434,18 +433,75 @@ export class Room {
   async shareScreen() {
     const screen = await navigator.mediaDevices.getDisplayMedia({ video: true });
     const track = screen.getVideoTracks()[0];
+    this.screenStream = screen;
     this.screenTrack = track;
     track.onended = () => this.stopScreenShare();
-    await Promise.all([...this.remotes.values()].map((r) => r.link?.replaceTrack("video", track)));
+    // In place of the camera, or (no camera) as a new track; peers that connect or reconnect
+    // during the share get it too (see `link`).
+    await Promise.all([...this.remotes.values()].map((r) => r.link?.setTrack(track, screen)));
   }
 
-  /** Goes back to the camera. */
+  /** Goes back to the camera (or to no video, without one). */
   async stopScreenShare() {
     if (!this.screenTrack) return;
     this.screenTrack.stop();
     this.screenTrack = null;
+    this.screenStream = null;
     const camera = this.local?.getVideoTracks()[0] ?? null;
-    await Promise.all([...this.remotes.values()].map((r) => r.link?.replaceTrack("video", camera)));
+    await Promise.all([...this.remotes.values()].map((r) => {
+      if (camera && this.local) return r.link?.setTrack(camera, this.local);
+      r.link?.removeTrack("video");
+      return undefined;
+    }));
+  }
+
+  /**
+   * Classic `callBtn`: starts the call's media (camera and microphone) for every peer, now and
+   * later. Messages flow with or without it.
+   */
+  async startCall() {
+    if (this.local || this.left) return;
+    const local = await navigator.mediaDevices.getUserMedia({
+      video: this.options.video ?? true,
+      audio: this.options.audio ?? true,
+    });
+    if (this.left) {
+      for (const t of local.getTracks()) t.stop();
+      return;
+    }
+    this.local = local;
+    this.showPreview();
+    for (const remote of this.remotes.values()) {
+      for (const track of local.getTracks()) {
+        if (track.kind === "video" && this.screenTrack) continue;
+        void remote.link?.setTrack(track, local);
+      }
+    }
+    this.announceMedia();
+  }
+
+  /** Classic `callBtn`: hangs up: local media stops, and the other side's video of us ends. */
+  hangUp() {
+    const local = this.local;
+    if (!local) return;
+    this.local = null;
+    for (const remote of this.remotes.values()) {
+      remote.link?.removeTrack("audio");
+      if (!this.screenTrack) remote.link?.removeTrack("video");
+    }
+    for (const t of local.getTracks()) t.stop();
+    this.showPreview();
+  }
+
+  /** Shows the local camera (or nothing) in the `localVideo` element. */
+  showPreview() {
+    const preview = resolveElement(this.options.localVideo);
+    if (preview instanceof HTMLVideoElement) {
+      preview.muted = true;
+      preview.autoplay = true;
+      preview.playsInline = true;
+      preview.srcObject = this.local;
+    }
   }
 
   /** Leaves the room: tells the server, closes every connection, stops the camera. */
@@ -613,6 +669,8 @@ export class Room {
       onChannel: (open) => this.onChannel(remote, open),
       onStream: (stream) => this.onStream(remote, stream),
     });
+    // A peer that connects (or reconnects) during a screen share gets the screen.
+    if (this.screenTrack && this.screenStream) void remote.link.setTrack(this.screenTrack, this.screenStream);
   }
 
   /**
@@ -718,6 +776,13 @@ export class Room {
    * @param {MediaStream} stream
    */
   onStream(remote, stream) {
+    // The peer hung up (classic callBtn) or stopped sending: its tracks leave the stream, and
+    // its video goes (never a frozen last frame).
+    stream.onremovetrack = () => {
+      if (stream.getTracks().length > 0 || remote.stream !== stream) return;
+      remote.stream = null;
+      this.removeVideo(remote.info.id);
+    };
     const container = resolveElement(this.options.remoteVideos);
     if (container) {
       let video = /** @type {HTMLVideoElement | null} */ (container.querySelector(`video[data-peer="${CSS.escape(remote.info.id)}"]`));
@@ -961,6 +1026,15 @@ export class Room {
   }
 
   wireClassicButtons() {
+    const callBtn = resolveElement(this.options.callBtn);
+    if (callBtn) {
+      const show = () => callBtn.setAttribute("aria-pressed", String(this.local !== null));
+      callBtn.addEventListener("click", () => {
+        const done = this.local ? Promise.resolve(this.hangUp()) : this.startCall();
+        done.then(show, (err) => this.emitError(err instanceof Error ? err : new Error(String(err))));
+      });
+      show();
+    }
     const audioBtn = resolveElement(this.options.muteAudioBtn);
     const videoBtn = resolveElement(this.options.muteVideoBtn);
     const reflect = () => {

@@ -206,6 +206,30 @@ export class PeerLink {
   }
 
   /**
+   * Sends `track` as this connection's track of its kind: in place of the one sent now (no
+   * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
+   * @param {MediaStreamTrack} track
+   * @param {MediaStream} stream
+   */
+  async setTrack(track, stream) {
+    if (this.closed) return;
+    const sender = this.senders.get(track.kind);
+    if (sender) await sender.replaceTrack(track);
+    else this.senders.set(track.kind, this.pc.addTrack(track, stream));
+  }
+
+  /**
+   * Stops sending any track of `kind` (renegotiated: the other side's track ends).
+   * @param {string} kind
+   */
+  removeTrack(kind) {
+    const sender = this.senders.get(kind);
+    if (!sender || this.closed) return;
+    this.senders.delete(kind);
+    this.pc.removeTrack(sender);
+  }
+
+  /**
    * Gathers new candidates and renegotiates them (new ICE credentials, same tracks and data
    * channel): media and data come back on the new path without leaving the room.
    * @param {string} why

@@ -185,3 +185,92 @@ test("a peer whose token has sendData false: ForbiddenError before anything goes
   assert.deepEqual((await received(a.page)).filter((/** @type {any} */ m) => m.type === "nope"), [], "nothing went out");
   await expectEvents([a, b]);
 });
+
+test("callBtn: media starts on the first click and the second hangs up; messages flow throughout", async () => {
+  const room = await server.room();
+  const [a, b] = [await classicPeer("alice"), await classicPeer("bob")];
+  for (const [p, who] of [[a, "alice"], [b, "bob"]]) {
+    await p.page.evaluate(() => {
+      const btn = document.createElement("button");
+      btn.id = "call";
+      document.body.appendChild(btn);
+    });
+    await evaluate(p.page, (t) => /** @type {any} */ (window).start({ token: t, callBtn: "call" }), await server.token(room, /** @type {string} */ (who)), `join ${who}`);
+  }
+  await waitFor(() => evaluate(a.page, () => /** @type {any} */ (window).room.peers.length === 1, undefined, "peers"), "alice sees bob");
+  const state = (/** @type {import("playwright-core").Page} */ page) => evaluate(page, () => {
+    const remote = /** @type {HTMLVideoElement} */ (document.getElementById("remoteVideo"));
+    const stream = /** @type {MediaStream | null} */ (remote.srcObject);
+    const room = /** @type {any} */ (window).room;
+    return {
+      pressed: document.getElementById("call")?.getAttribute("aria-pressed"),
+      local: room.local ? room.local.getTracks().map((/** @type {MediaStreamTrack} */ t) => t.readyState) : null,
+      remoteVideo: stream ? stream.getVideoTracks().filter((t) => t.readyState === "live").length : 0,
+      playing: remote.readyState >= 2 && !!stream,
+    };
+  }, undefined, "the call's state");
+  // Before any click: joined, no media, messages flow.
+  assert.deepEqual(await state(a.page), { pressed: "false", local: null, remoteVideo: 0, playing: false });
+  await a.page.click("#share");
+  await waitFor(async () => (await evaluate(b.page, () => /** @type {any} */ (window).got.length, undefined, "got")) === 1, "a message before the call");
+  // Alice starts the call: bob sees her.
+  await a.page.click("#call");
+  await waitFor(async () => (await state(a.page)).pressed === "true", "alice's button pressed");
+  await waitFor(async () => (await state(b.page)).playing, "alice's video playing at bob");
+  // Alice hangs up: her tracks stop, her video at bob ends; messages still flow.
+  await a.page.click("#call");
+  await waitFor(async () => (await state(a.page)).pressed === "false", "alice's button released");
+  assert.equal((await state(a.page)).local, null);
+  await waitFor(async () => (await state(b.page)).remoteVideo === 0, "alice's video gone at bob");
+  await a.page.click("#draw");
+  await waitFor(async () => (await evaluate(b.page, () => /** @type {any} */ (window).got.length, undefined, "got")) === 2, "a message after the call");
+  // And again: a second call works.
+  await a.page.click("#call");
+  await waitFor(async () => (await state(b.page)).playing && (await state(b.page)).remoteVideo === 1, "alice's video again at bob");
+  await expectEvents([a, b]);
+});
+
+/**
+ * The width of the video a page decodes from a peer (0 before any frame).
+ * @param {import("playwright-core").Page} page
+ * @param {string} from
+ */
+const inboundWidth = (page, from) => evaluate(page, async (id) => {
+  const pc = /** @type {any} */ (window).room.remotes.get(id)?.link?.pc;
+  if (!pc) return 0;
+  let width = 0;
+  (await pc.getStats()).forEach((/** @type {any} */ s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video" && s.framesDecoded > 0) width = s.frameWidth ?? 0;
+  });
+  return width;
+}, from, "inbound video width");
+
+test("screen share: without a camera it still reaches peers, and a peer joining during a share gets the screen", async () => {
+  const room = await server.room();
+  const [a, b] = [await launchPeer(server, { label: "presenter" }), await launchPeer(server, { label: "viewer" })];
+  // A presenter without a camera shares the screen: the viewer gets video.
+  const aId = await join(a.page, await server.token(room, "presenter"), { video: false, audio: true });
+  await join(b.page, await server.token(room, "viewer"));
+  await waitPeers(a.page, 1);
+  const screenWidth = await evaluate(a.page, async () => {
+    const room = /** @type {any} */ (window).room;
+    await room.shareScreen();
+    return room.screenTrack.getSettings().width;
+  }, undefined, "shareScreen without a camera");
+  await waitFor(async () => (await inboundWidth(b.page, aId)) === screenWidth, "the screen at the viewer");
+  // A presenter with a camera shares; a peer that joins during the share gets the screen, not
+  // the camera.
+  const room2 = await server.room();
+  const [c, d] = [await launchPeer(server, { label: "presenter 2" }), await launchPeer(server, { label: "late joiner" })];
+  const cId = await join(c.page, await server.token(room2, "presenter2"));
+  const sizes = await evaluate(c.page, async () => {
+    const room = /** @type {any} */ (window).room;
+    const camera = room.local.getVideoTracks()[0].getSettings().width;
+    await room.shareScreen();
+    return { camera, screen: room.screenTrack.getSettings().width };
+  }, undefined, "shareScreen with a camera");
+  assert.notEqual(sizes.camera, sizes.screen, "the fake camera and screen differ in size (the check below needs it)");
+  await join(d.page, await server.token(room2, "late"));
+  await waitFor(async () => (await inboundWidth(d.page, cId)) === sizes.screen, "the screen at the late joiner");
+  await expectEvents([a, b, c, d]);
+});

@@ -44,12 +44,16 @@ export class Room {
     local: MediaStream | null;
     /** @type {MediaStreamTrack | null} */
     screenTrack: MediaStreamTrack | null;
+    /** @type {MediaStream | null} */
+    screenStream: MediaStream | null;
     /** The peer the classic `remoteVideo` element shows. */
     /** @type {string | null} */
     singlePeer: string | null;
     audioEnabled: boolean;
     videoEnabled: boolean;
     left: boolean;
+    /** Whether this peer's token allows sending data (`permissions.sendData`, default true). */
+    canSendData: boolean;
     relayPausedUntil: number;
     /** @type {(() => void)[]} */
     spaceWaiters: (() => void)[];
@@ -102,8 +106,17 @@ export class Room {
     setVideoEnabled(on: boolean): void;
     /** Replaces the camera with the screen for every peer (no renegotiation). */
     shareScreen(): Promise<void>;
-    /** Goes back to the camera. */
+    /** Goes back to the camera (or to no video, without one). */
     stopScreenShare(): Promise<void>;
+    /**
+     * Classic `callBtn`: starts the call's media (camera and microphone) for every peer, now and
+     * later. Messages flow with or without it.
+     */
+    startCall(): Promise<void>;
+    /** Classic `callBtn`: hangs up: local media stops, and the other side's video of us ends. */
+    hangUp(): void;
+    /** Shows the local camera (or nothing) in the `localVideo` element. */
+    showPreview(): void;
     /** Leaves the room: tells the server, closes every connection, stops the camera. */
     leave(): void;
     /** Hooks for the end-to-end tests: simulate network faults. */
@@ -307,6 +320,11 @@ export type JoinOptions = {
      * classic: toggles the camera
      */
     muteVideoBtn?: string | HTMLElement | undefined;
+    /**
+     * classic: the first click starts the call's media
+     * (camera and microphone), the next hangs up; messages flow throughout. `aria-pressed` shows it
+     */
+    callBtn?: string | HTMLElement | undefined;
     onMessage?: ((type: string, data: any, from: Peer, meta: {
         path: Path;
     }) => void) | undefined;

@@ -67,6 +67,18 @@ export class PeerLink {
      */
     replaceTrack(kind: string, track: MediaStreamTrack | null): Promise<void>;
     /**
+     * Sends `track` as this connection's track of its kind: in place of the one sent now (no
+     * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
+     * @param {MediaStreamTrack} track
+     * @param {MediaStream} stream
+     */
+    setTrack(track: MediaStreamTrack, stream: MediaStream): Promise<void>;
+    /**
+     * Stops sending any track of `kind` (renegotiated: the other side's track ends).
+     * @param {string} kind
+     */
+    removeTrack(kind: string): void;
+    /**
      * Gathers new candidates and renegotiates them (new ICE credentials, same tracks and data
      * channel): media and data come back on the new path without leaving the room.
      * @param {string} why

@@ -92,6 +92,10 @@ export class Signaling {
     takeToken(): boolean;
     /**
      * Sends now, or once the socket is back (for frames that must not be lost, like signaling).
+     * Nothing is dropped for want of room. What waits is bounded by what is still current: a
+     * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
+     * older connection to it (the peer would ignore those: it starts over on the newer offer),
+     * and a media state supersedes the one before it.
      * @param {Frame} frame
      */
     sendOrQueue(frame: Frame): void;
