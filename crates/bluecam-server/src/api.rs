@@ -512,8 +512,62 @@ async fn delete_room(
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct PeerList {
     peers: Vec<PeerEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// A page of a room's peers starts after the peer the cursor names (by id): a peer list is a
+/// room's, at most `max_peers_per_room` long. If that peer left meanwhile, the page starts at
+/// the first peer that joined after it could have (the list keeps join order), so nobody is
+/// listed twice.
+fn peers_page(
+    peers: Vec<PeerEntry>,
+    query: PageQuery,
+) -> Result<(Vec<PeerEntry>, Option<String>), ApiError> {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {PAGE_MAX}"
+        )));
+    }
+    // The cursor: base64url of "seen count.last id".
+    let start = match query.cursor.as_deref() {
+        None => 0,
+        Some(c) => {
+            let raw = b64
+                .decode(c)
+                .ok()
+                .and_then(|r| String::from_utf8(r).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
+            let (seen, last) = raw
+                .split_once('.')
+                .and_then(|(n, id)| Some((n.parse::<usize>().ok()?, id.to_owned())))
+                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
+            match peers.iter().position(|p| p.info.id.as_str() == last) {
+                Some(i) => i + 1,
+                None => seen.min(peers.len()),
+            }
+        }
+    };
+    let mut page: Vec<PeerEntry> = peers.into_iter().skip(start).collect();
+    let next = (page.len() > limit).then(|| {
+        let last = &page[limit - 1];
+        b64.encode(format!("{}.{}", start + limit, last.info.id))
+    });
+    page.truncate(limit);
+    Ok((page, next))
 }
 
 /// A peer as the API lists it: its info plus whether its WebSocket is up (false while it is
@@ -528,7 +582,9 @@ struct PeerEntry {
 async fn room_peers(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PeerList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = load_room(&state, id).await?;
     let presence = match state.broker.presence(room.id.clone()).await {
         Ok(Some(peers)) => peers,
@@ -539,7 +595,8 @@ async fn room_peers(
         .into_iter()
         .map(|(info, connected)| PeerEntry { info, connected })
         .collect();
-    Ok(Json(PeerList { peers }))
+    let (peers, next_cursor) = peers_page(peers, query)?;
+    Ok(Json(PeerList { peers, next_cursor }))
 }
 
 /// The body of `POST /v1/rooms/{id}/tokens`.

@@ -173,10 +173,38 @@ async fn lists_filter_by_owner_and_page_with_a_cursor_that_survives_changes() {
         "/v1/rooms?limit=0",
         "/v1/rooms?limit=1001",
         "/v1/rooms?cursor=%21%21",
+        "/v1/rooms/p-00/peers?limit=0",
+        "/v1/rooms/p-00/peers?cursor=x",
     ] {
         let (st, body) = call(&s, Method::GET, bad, None).await;
         assert_eq!(st, 400, "{bad}: {body}");
     }
+    // A room's peers come in pages too, in join order.
+    call(&s, Method::POST, "/v1/rooms", Some(json!({"id": "pp"}))).await;
+    let mut clients = Vec::new();
+    for who in ["a", "b", "c"] {
+        clients.push(s.join("pp", who).await);
+    }
+    let (_, first) = call(&s, Method::GET, "/v1/rooms/pp/peers?limit=2", None).await;
+    let names = |v: &Value| -> Vec<String> {
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["identity"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first), ["a", "b"]);
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    let (_, second) = call(
+        &s,
+        Method::GET,
+        &format!("/v1/rooms/pp/peers?limit=2&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&second), ["c"]);
+    assert!(second.get("nextCursor").is_none(), "{second}");
 }
 
 #[tokio::test]
