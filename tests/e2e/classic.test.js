@@ -274,3 +274,33 @@ test("screen share: without a camera it still reaches peers, and a peer joining 
   await waitFor(async () => (await inboundWidth(d.page, cId)) === sizes.screen, "the screen at the late joiner");
   await expectEvents([a, b, c, d]);
 });
+
+test("remoteVideo follows its peer: a new stream after a relink and after a reload, never a frozen one", async () => {
+  const room = await server.room();
+  const [a, b] = [await classicPeer("alice"), await classicPeer("bob")];
+  await evaluate(a.page, (t) => /** @type {any} */ (window).start({ token: t }), await server.token(room, "alice"), "join alice");
+  const aId = await evaluate(b.page, (t) => /** @type {any} */ (window).start({ token: t }), await server.token(room, "bob"), "join bob")
+    .then(() => evaluate(a.page, () => /** @type {any} */ (window).room.self.id, undefined, "alice's id"));
+  /** The live video track alice's #remoteVideo shows now (its id), or "". */
+  const shown = () => evaluate(a.page, () => {
+    const v = /** @type {HTMLVideoElement} */ (document.getElementById("remoteVideo"));
+    const track = /** @type {MediaStream | null} */ (v.srcObject)?.getVideoTracks()[0];
+    return track && track.readyState === "live" && !track.muted && v.readyState >= 2 ? track.id : "";
+  }, undefined, "the shown track");
+  const first = await waitFor(shown, "bob's video in alice's #remoteVideo");
+  // Bob's peer connection to alice is replaced (a relink): the element takes the new stream.
+  await evaluate(b.page, (id) => /** @type {any} */ (window).room._test.closeChannel(id), aId, "close bob's channel");
+  const second = await waitFor(async () => {
+    const t = await shown();
+    return t && t !== first ? t : null;
+  }, "bob's new stream after the relink");
+  // Bob reloads the page and joins again: the element shows the new peer's stream.
+  await b.page.reload();
+  await b.page.setContent(PAGE, { waitUntil: "load" });
+  await evaluate(b.page, (t) => /** @type {any} */ (window).start({ token: t }), await server.token(room, "bob"), "bob joins again");
+  await waitFor(async () => {
+    const t = await shown();
+    return t && t !== second ? t : null;
+  }, "the reloaded bob's stream");
+  await expectEvents([a, b]);
+});
