@@ -763,10 +763,6 @@ async fn the_http_transport_works_through_a_load_balancer_that_alternates_betwee
     }
     // The node holding the session goes: requests through the other get 404 at once, and the
     // session resumes there, with its id.
-    let creds = ResumeCredentials {
-        session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
-        secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
-    };
     a.stop().await;
     h.bases = vec![ub.clone()];
     let gone = tokio::time::timeout(WAIT, async {
@@ -783,10 +779,7 @@ async fn the_http_transport_works_through_a_load_balancer_that_alternates_betwee
         gone.is_ok(),
         "requests for the lost node's session never got 404"
     );
-    let resume = ClientMessage::Join {
-        token: b.token(&room, "http"),
-        resume: Some(creds),
-    };
+    let resume = crate::transport::resume_join(&b, &room, "http", &joined);
     let mut again = HttpClient::open(&ub, &resume).await;
     let back = again.recv_op("joined").await;
     assert_eq!(back["resumed"], true, "{back}");

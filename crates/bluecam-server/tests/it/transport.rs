@@ -172,6 +172,22 @@ fn join(server: &TestServer, room: &str, identity: &str) -> ClientMessage<'stati
     }
 }
 
+/// A `join` that resumes the session of this `joined` frame.
+pub(crate) fn resume_join(
+    server: &TestServer,
+    room: &str,
+    identity: &str,
+    joined: &Value,
+) -> ClientMessage<'static> {
+    ClientMessage::Join {
+        token: server.token(room, identity),
+        resume: Some(bluecam_proto::ResumeCredentials {
+            session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
+            secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
+        }),
+    }
+}
+
 fn send_frame(to: &str, msg: &str) -> String {
     json!({"op": "send", "to": [to], "msg": msg}).to_string()
 }
@@ -382,13 +398,7 @@ async fn an_abandoned_session_detaches_then_resumes_over_http_with_the_same_peer
     // Frames for it meanwhile are kept for its resume.
     ws.send_json(json!({"op": "send", "to": [hid], "msg": "while away"}))
         .await;
-    let resume = ClientMessage::Join {
-        token: server.token(&room, "http"),
-        resume: Some(bluecam_proto::ResumeCredentials {
-            session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
-            secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
-        }),
-    };
+    let resume = resume_join(&server, &room, "http", &joined);
     let mut again = HttpClient::open(&server.url(""), &resume).await;
     let back = again.recv_op("joined").await;
     assert_eq!(back["resumed"], true);
@@ -594,13 +604,7 @@ async fn an_http_session_survives_a_server_restart_with_its_peer_id() {
     // one and resumes.
     h.bases = vec![server.url("")];
     assert_eq!(h.poll_raw(h.ack).await.status(), 404);
-    let resume = ClientMessage::Join {
-        token: server.token(&room, "http"),
-        resume: Some(bluecam_proto::ResumeCredentials {
-            session: serde_json::from_value(joined["session"]["id"].clone()).unwrap(),
-            secret: serde_json::from_value(joined["session"]["secret"].clone()).unwrap(),
-        }),
-    };
+    let resume = resume_join(&server, &room, "http", &joined);
     let mut again = HttpClient::open(&server.url(""), &resume).await;
     let back = again.recv_op("joined").await;
     assert_eq!(back["resumed"], true, "{back}");

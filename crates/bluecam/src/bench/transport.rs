@@ -139,20 +139,19 @@ async fn run(
         let http = target.http.clone();
         let source = source_ip(i);
         tasks.spawn(async move {
-            let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let ctx = PeerCtx {
+                pair: p,
+                side,
+                ids: &ids,
+                go: &go,
+                tally: &tally,
+                stop: &stop,
+                base,
+                period: Duration::from_secs_f64(1.0 / rate.max(0.001)),
+            };
             match kind {
-                Transport::Http => {
-                    peer_http(
-                        &http, source, token, p, side, &ids, &go, &tally, &stop, base, period,
-                    )
-                    .await
-                }
-                _ => {
-                    peer_ws(
-                        addr, source, token, p, side, &ids, &go, &tally, &stop, base, period,
-                    )
-                    .await
-                }
+                Transport::Http => peer_http(&http, source, token, ctx).await,
+                _ => peer_ws(addr, source, token, ctx).await,
             }
         });
     }
@@ -196,6 +195,18 @@ async fn run(
     }))
 }
 
+/// What every peer of a run shares, and who it is.
+struct PeerCtx<'a> {
+    pair: usize,
+    side: usize,
+    ids: &'a std::sync::Mutex<HashMap<(usize, usize), String>>,
+    go: &'a tokio::sync::Barrier,
+    tally: &'a Tally,
+    stop: &'a tokio_util::sync::CancellationToken,
+    base: Instant,
+    period: Duration,
+}
+
 /// Publishes this peer's id and waits for the other's.
 async fn other_id(
     ids: &std::sync::Mutex<HashMap<(usize, usize), String>>,
@@ -223,20 +234,22 @@ fn frame(to: &str, due_us: u64, n: u64) -> String {
     format!(r#"{{"op":"send","to":["{to}"],"msg":{{"t":{due_us},"n":{n}}}}}"#)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn peer_ws(
     addr: SocketAddr,
     source: Ipv4Addr,
     token: String,
-    pair: usize,
-    side: usize,
-    ids: &std::sync::Mutex<HashMap<(usize, usize), String>>,
-    go: &tokio::sync::Barrier,
-    tally: &Tally,
-    stop: &tokio_util::sync::CancellationToken,
-    base: Instant,
-    period: Duration,
+    ctx: PeerCtx<'_>,
 ) -> anyhow::Result<()> {
+    let PeerCtx {
+        pair,
+        side,
+        ids,
+        go,
+        tally,
+        stop,
+        base,
+        period,
+    } = ctx;
     let mut ws = connect(addr, bluecam_proto::WS_PATH, Some(source)).await?;
     let me = join(&mut ws, token).await?.self_.id.to_string();
     let to = other_id(ids, pair, side, me).await;
@@ -272,20 +285,22 @@ async fn peer_ws(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn peer_http(
     http: &str,
     source: Ipv4Addr,
     token: String,
-    pair: usize,
-    side: usize,
-    ids: &std::sync::Mutex<HashMap<(usize, usize), String>>,
-    go: &tokio::sync::Barrier,
-    tally: &Tally,
-    stop: &tokio_util::sync::CancellationToken,
-    base: Instant,
-    period: Duration,
+    ctx: PeerCtx<'_>,
 ) -> anyhow::Result<()> {
+    let PeerCtx {
+        pair,
+        side,
+        ids,
+        go,
+        tally,
+        stop,
+        base,
+        period,
+    } = ctx;
     // Two connections: one for the poll, one for sends (as a browser keeps them).
     let client = || {
         reqwest::Client::builder()
