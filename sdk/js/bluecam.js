@@ -4,13 +4,19 @@
  * `sendMessage` delivers app data to the others over a WebRTC data channel when one is open,
  * falling back to the server's relay otherwise, exactly once and in order (DESIGN.md 2.3, 2.4).
  *
- * Files: signaling.js (the WebSocket and its resume state machine), mesh.js (one
- * RTCPeerConnection per peer), delivery.js (sequence numbers, acks, chunks; pure), errors.js.
+ * Files: signaling.js (the connection to the server and its resume state machine), http.js
+ * (the HTTP transport, a WebSocket look-alike), mesh.js (one RTCPeerConnection per peer),
+ * delivery.js (sequence numbers, acks, chunks; pure), sender.js (when to retransmit or give
+ * up; pure), media.js (camera, screen and the page's elements), close-codes.js (generated from
+ * the shared vectors), errors.js; bluecam.global.js loads this module for classic pages.
  */
 
 import { Signaling } from "./signaling.js";
 import { PeerLink, webrtcAvailable } from "./mesh.js";
 import { Outbox, Inbox, encodeData, envelopesOf, isEnvelope } from "./delivery.js";
+import { tickPeer } from "./sender.js";
+import { CLOSE } from "./close-codes.js";
+import { VideoWall, cameraAvailable, openCamera, openScreen, wireButtons } from "./media.js";
 import {
   BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
   RoomFullError, RoomNotFoundError, UnauthorizedError,
@@ -22,16 +28,7 @@ export {
 };
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 
-/** A message not acknowledged this long is sent again, over the relay; each further attempt
- * waits twice as long, up to RETRANSMIT_MAX_MS, so a peer that is away (its frames kept by the
- * server for its resume) is not flooded. */
-const RETRANSMIT_MS = 1500;
-const RETRANSMIT_MAX_MS = 30000;
-/** The slowest path we wait for before calling a large send stalled: 1 MB/s. */
-const SLOWEST_BYTES_PER_MS = 1000;
-/** Bytes of retransmissions per tick at most (at least one message goes). */
-const RETRANSMIT_BYTES_PER_TICK = 256 * 1024;
-/** How often the retransmission check runs. */
+/** How often the retransmission check runs (sender.js decides what it does). */
 const TICK_MS = 250;
 /** Acks wait this long so that several messages share one. */
 const ACK_DELAY_MS = 10;
@@ -47,7 +44,7 @@ const RELINK_MS = 1000;
 const DELIVERY_TIMEOUT_MS = 60000;
 
 /**
- * @typedef {{id: string, identity: string, name?: string, metadata?: unknown}} Peer
+ * @typedef {import("./frames.js").Peer} Peer
  * @typedef {"p2p" | "relay"} Path
  * @typedef {"connecting" | "connected" | "reconnecting" | "disconnected"} ConnectionState
  *   the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
@@ -110,7 +107,6 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
  * @property {number} lastProgressAt when acks or the data channel's draining last showed progress
  * @property {number} lastBuffered the data channel's bufferedAmount at the last tick
- * @property {MediaStream | null} stream the peer's media, once it arrived
  */
 
 /** @type {Room | null} */
@@ -118,27 +114,6 @@ let lastRoom = null;
 /** The join under way or done last (the module-level `sendMessage` waits for it).
  * @type {Promise<Room> | null} */
 let lastJoin = null;
-
-/**
- * @template {Element} T
- * @param {T | string | undefined} target
- * @returns {T | null}
- */
-function resolveElement(target) {
-  if (!target) return null;
-  if (typeof target !== "string") return target;
-  // An element id first (classic pages pass bare ids, and "video" is an id there, not the
-  // first <video>), then a CSS selector.
-  let found = document.getElementById(target);
-  if (!found) {
-    try {
-      found = document.querySelector(target);
-    } catch {
-      // Neither an id on the page nor a valid selector.
-    }
-  }
-  return /** @type {T | null} */ (found);
-}
 
 /**
  * Whether a token's `permissions.sendData` allows sending (true when absent or unreadable: the
@@ -259,9 +234,8 @@ export class Room {
     this.screenTrack = null;
     /** @type {MediaStream | null} */
     this.screenStream = null;
-    /** The peer the classic `remoteVideo` element shows. */
-    /** @type {string | null} */
-    this.singlePeer = null;
+    /** What the page shows: the preview and the peers' videos (media.js). */
+    this.videos = new VideoWall(options);
     this.audioEnabled = options.audio !== false;
     this.videoEnabled = options.video !== false;
     this.left = false;
@@ -311,13 +285,10 @@ export class Room {
   async start() {
     // With a classic `callBtn`, media waits for its first click.
     const wantMedia = (this.options.video !== false || this.options.audio !== false) && !this.options.callBtn;
-    if (wantMedia && navigator.mediaDevices?.getUserMedia) {
+    if (wantMedia && cameraAvailable()) {
       try {
-        this.local = await navigator.mediaDevices.getUserMedia({
-          video: this.options.video ?? true,
-          audio: this.options.audio ?? true,
-        });
-        this.showPreview();
+        this.local = await openCamera(this.options);
+        this.videos.showLocal(this.local);
       } catch (err) {
         this.emitError(err instanceof Error ? err : new Error(String(err)));
       }
@@ -431,7 +402,7 @@ export class Room {
 
   /** Replaces the camera with the screen for every peer (no renegotiation). */
   async shareScreen() {
-    const screen = await navigator.mediaDevices.getDisplayMedia({ video: true });
+    const screen = await openScreen();
     const track = screen.getVideoTracks()[0];
     this.screenStream = screen;
     this.screenTrack = track;
@@ -461,16 +432,13 @@ export class Room {
    */
   async startCall() {
     if (this.local || this.left) return;
-    const local = await navigator.mediaDevices.getUserMedia({
-      video: this.options.video ?? true,
-      audio: this.options.audio ?? true,
-    });
+    const local = await openCamera(this.options);
     if (this.left) {
       for (const t of local.getTracks()) t.stop();
       return;
     }
     this.local = local;
-    this.showPreview();
+    this.videos.showLocal(local);
     for (const remote of this.remotes.values()) {
       for (const track of local.getTracks()) {
         if (track.kind === "video" && this.screenTrack) continue;
@@ -490,18 +458,7 @@ export class Room {
       if (!this.screenTrack) remote.link?.removeTrack("video");
     }
     for (const t of local.getTracks()) t.stop();
-    this.showPreview();
-  }
-
-  /** Shows the local camera (or nothing) in the `localVideo` element. */
-  showPreview() {
-    const preview = resolveElement(this.options.localVideo);
-    if (preview instanceof HTMLVideoElement) {
-      preview.muted = true;
-      preview.autoplay = true;
-      preview.playsInline = true;
-      preview.srcObject = this.local;
-    }
+    this.videos.showLocal(null);
   }
 
   /** Leaves the room: tells the server, closes every connection, stops the camera. */
@@ -534,7 +491,7 @@ export class Room {
   }
 
   /**
-   * @param {import("./signaling.js").Frame} f
+   * @param {import("./frames.js").ServerFrame} f
    */
   onFrame(f) {
     switch (f.op) {
@@ -554,7 +511,7 @@ export class Room {
         break;
       }
       case "room_closed":
-        this.onFatal(new RoomNotFoundError(`the room was ${f.reason}`, "room_not_found"), 4040);
+        this.onFatal(new RoomNotFoundError(`the room was ${f.reason}`, "room_not_found"), CLOSE.room_closed);
         break;
       case "error":
         if (f.code === "rate_limited") {
@@ -577,7 +534,7 @@ export class Room {
 
   /**
    * The WebSocket came back with the same peer id: reconcile the peer list.
-   * @param {import("./signaling.js").Frame} joined
+   * @param {import("./frames.js").JoinedFrame} joined
    */
   onResumed(joined) {
     /** @type {Peer[]} */
@@ -596,7 +553,7 @@ export class Room {
   onFatal(error, code) {
     if (this.left) return;
     this.left = true;
-    if (code === 4040 || error instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
+    if (code === CLOSE.room_closed || error instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
     this.emitError(error);
     this.shutdown(error);
   }
@@ -627,7 +584,7 @@ export class Room {
     /** @type {Remote} */
     const remote = {
       info, link: null, outbox: new Outbox(), inbox: this.inboxFor(info.id), ackDue: false,
-      lastProgressAt: 0, lastBuffered: 0, stream: null,
+      lastProgressAt: 0, lastBuffered: 0,
       path: "relay", noWebrtc: false, relinkTimer: undefined,
     };
     this.remotes.set(info.id, remote);
@@ -691,7 +648,7 @@ export class Room {
       held.clear();
       chunks.clear();
     }
-    this.removeVideo(id);
+    this.videos.remove(id);
     this.wakeSpaceWaiters();
     if (!this.left) this.options.onPeerLeft?.(remote.info);
   }
@@ -776,57 +733,8 @@ export class Room {
    * @param {MediaStream} stream
    */
   onStream(remote, stream) {
-    // The peer hung up (classic callBtn) or stopped sending: its tracks leave the stream, and
-    // its video goes (never a frozen last frame).
-    stream.onremovetrack = () => {
-      if (stream.getTracks().length > 0 || remote.stream !== stream) return;
-      remote.stream = null;
-      this.removeVideo(remote.info.id);
-    };
-    const container = resolveElement(this.options.remoteVideos);
-    if (container) {
-      let video = /** @type {HTMLVideoElement | null} */ (container.querySelector(`video[data-peer="${CSS.escape(remote.info.id)}"]`));
-      if (!video) {
-        video = document.createElement("video");
-        video.dataset.peer = remote.info.id;
-        video.autoplay = true;
-        video.playsInline = true;
-        container.appendChild(video);
-      }
-      if (video.srcObject !== stream) video.srcObject = stream;
-    }
-    remote.stream = stream;
-    // The classic one-to-one element shows one peer: the first with a stream, and that
-    // peer's newest stream (after a relink) until it leaves (see removePeer).
-    const shown = this.singlePeer === null ? undefined : this.remotes.get(this.singlePeer);
-    if (!shown?.stream || shown === remote) this.showSingle(remote);
+    this.videos.show(remote.info.id, stream);
     this.options.onStream?.(remote.info, stream);
-  }
-
-  /** @param {string} id */
-  removeVideo(id) {
-    const container = resolveElement(this.options.remoteVideos);
-    container?.querySelector(`video[data-peer="${CSS.escape(id)}"]`)?.remove();
-    if (this.singlePeer === id) {
-      // The peer shown in the classic element left: show another one's stream, or nothing
-      // (never a frozen last frame).
-      const next = [...this.remotes.values()].find((r) => r.stream);
-      this.showSingle(next ?? null);
-    }
-  }
-
-  /**
-   * Shows `remote`'s stream in the classic `remoteVideo` element (none: clears it).
-   * @param {Remote | null} remote
-   */
-  showSingle(remote) {
-    const single = resolveElement(this.options.remoteVideo);
-    this.singlePeer = remote?.info.id ?? null;
-    if (!(single instanceof HTMLVideoElement)) return;
-    single.autoplay = true;
-    single.playsInline = true;
-    const stream = remote?.stream ?? null;
-    if (single.srcObject !== stream) single.srcObject = stream;
   }
 
   /**
@@ -977,8 +885,14 @@ export class Room {
     const now = Date.now();
     const bound = this.options.deliveryTimeoutMs ?? DELIVERY_TIMEOUT_MS;
     for (const remote of this.remotes.values()) {
-      const oldest = remote.outbox.pending[0];
-      if (oldest && now - oldest.addedAt >= bound) {
+      const linkOpen = !!remote.link?.open;
+      const decision = tickPeer(remote.outbox.pending, {
+        linkOpen,
+        buffered: linkOpen ? remote.link?.dc.bufferedAmount ?? 0 : 0,
+        lastBuffered: remote.lastBuffered,
+        lastProgressAt: remote.lastProgressAt,
+      }, now, bound);
+      if (decision.expire) {
         // Past the delivery bound: the sender is told, for this message and every later one
         // still unacknowledged (delivering those alone would break the order). A rejected
         // message may have arrived (its ack lost) or still arrive until the peer hears of the
@@ -990,22 +904,9 @@ export class Room {
         this.wakeSpaceWaiters();
         continue;
       }
-      // A data channel still draining a large send is slow, not stalled: wait for it.
-      const buffered = remote.link?.open ? remote.link.dc.bufferedAmount : 0;
-      if (buffered > 0 && buffered < remote.lastBuffered) remote.lastProgressAt = now;
-      remote.lastBuffered = buffered;
-      let budget = RETRANSMIT_BYTES_PER_TICK;
-      const due = remote.outbox.pending.filter((e) => {
-        // Larger messages get the time a slow path needs to carry them (1 MB/s).
-        const rto = Math.min(RETRANSMIT_MS * 2 ** e.tries, RETRANSMIT_MAX_MS) + e.bytes / SLOWEST_BYTES_PER_MS;
-        const stalled = e.via !== "p2p" || !remote.link?.open || now - remote.lastProgressAt >= rto;
-        if (e.sentAt > 0 && (now - e.sentAt < rto || !stalled)) return false;
-        if (budget <= 0) return false;
-        budget -= e.bytes;
-        if (e.sentAt > 0) e.tries++;
-        return true;
-      });
-      if (due.length > 0) this.transmit(remote, due, this.signaling.connected);
+      remote.lastProgressAt = decision.lastProgressAt;
+      remote.lastBuffered = decision.lastBuffered;
+      if (decision.due.length > 0) this.transmit(remote, decision.due, this.signaling.connected);
       if (remote.ackDue) this.scheduleAcks();
     }
   }
@@ -1026,29 +927,15 @@ export class Room {
   }
 
   wireClassicButtons() {
-    const callBtn = resolveElement(this.options.callBtn);
-    if (callBtn) {
-      const show = () => callBtn.setAttribute("aria-pressed", String(this.local !== null));
-      callBtn.addEventListener("click", () => {
-        const done = this.local ? Promise.resolve(this.hangUp()) : this.startCall();
-        done.then(show, (err) => this.emitError(err instanceof Error ? err : new Error(String(err))));
-      });
-      show();
-    }
-    const audioBtn = resolveElement(this.options.muteAudioBtn);
-    const videoBtn = resolveElement(this.options.muteVideoBtn);
-    const reflect = () => {
-      audioBtn?.setAttribute("aria-pressed", String(!this.audioEnabled));
-      videoBtn?.setAttribute("aria-pressed", String(!this.videoEnabled));
-    };
-    audioBtn?.addEventListener("click", () => {
-      this.setAudioEnabled(!this.audioEnabled);
-      reflect();
+    wireButtons(this.options, {
+      inCall: () => this.local !== null,
+      startCall: () => this.startCall(),
+      hangUp: () => this.hangUp(),
+      audioOn: () => this.audioEnabled,
+      videoOn: () => this.videoEnabled,
+      setAudio: (on) => this.setAudioEnabled(on),
+      setVideo: (on) => this.setVideoEnabled(on),
+      onError: (err) => this.emitError(err),
     });
-    videoBtn?.addEventListener("click", () => {
-      this.setVideoEnabled(!this.videoEnabled);
-      reflect();
-    });
-    reflect();
   }
 }

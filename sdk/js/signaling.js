@@ -8,17 +8,14 @@
 
 import { joinError, ConnectionError } from "./errors.js";
 import { HttpSocket } from "./http.js";
+import { CLOSE, CLOSE_CODES } from "./close-codes.js";
+import { parseServerFrame } from "./frames.js";
 
-/** Close codes after which resuming makes no sense (docs/protocol.md, close codes). */
-// 4041 (session resumed elsewhere) is not final: this client holds one connection at a time, so
-// the newer connection can only be an attempt it abandoned (a join to a frozen node, read after
-// the node thawed); resuming again takes the session back.
-const FINAL_CLOSES = new Set([1000, 1002, 1007, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4029, 4040, 4042]);
-/** The node is going away (1001 draining, 1012 restarting): the next attempt tries the next
- * node, and on a single server the same one again once it is back. */
-const MOVE_ON_CLOSES = new Set([1001, 1012, 4998]);
+/** What each close code means for the session (resume or not, next node or not): generated
+ * from the vectors the server is checked against too (tests/vectors/close-codes.json). */
+const CLOSE_BY_CODE = new Map(CLOSE_CODES.map((c) => [c.code, c]));
 /** The SDK's own code for a server that stopped answering (a frozen or partitioned node). */
-const UNRESPONSIVE = 4998;
+const UNRESPONSIVE = CLOSE.unresponsive;
 /** Silence after which the SDK pings the server (`{"op":"ping"}`, answered with a pong)... */
 const HEARTBEAT_MS = 5000;
 /** ...and after which it gives the connection up and reconnects (or moves to the next node):
@@ -27,10 +24,6 @@ const SILENCE_MS = 12000;
 /** A connection that has not joined within this long is given up too. */
 const JOIN_TIMEOUT_MS = 10000;
 const WATCHDOG_MS = 1000;
-/** What a final close means, for the error the room ends with. */
-const FINAL_REASONS = /** @type {Record<number, string>} */ ({
-  4042: "replaced by a newer session of the same identity (the page was opened again)",
-});
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 /** Share of the server's rate limit the SDK allows itself. */
@@ -53,11 +46,30 @@ function httpUrl(wsUrl) {
 }
 
 /**
- * @typedef {{op: string, [key: string]: any}} Frame
+ * What a close of the connection means: `final`, the session is over (the server said so);
+ * `nextNode`, the next attempt goes to the next node (this one is going away or unresponsive).
+ * An unknown code (1006, an abrupt loss) is resumable on the same node.
+ * @param {number} code
+ * @param {{joined: boolean, canRefreshToken: boolean}} state `joined`: this connection had
+ *   joined; `canRefreshToken`: a fresh token can be had (getToken)
+ * @returns {{final: boolean, nextNode: boolean}}
+ */
+export function closeDecision(code, { joined, canRefreshToken }) {
+  const info = CLOSE_BY_CODE.get(code);
+  // A token refused on a resume may just have expired: with a way to get a fresh one, the
+  // next attempt uses it.
+  const refreshable = code === CLOSE.unauthorized && canRefreshToken && !joined;
+  return { final: !!info && !info.resume && !refreshable, nextNode: !!info?.nextNode };
+}
+
+/**
+ * @typedef {import("./frames.js").ServerFrame} ServerFrame
+ * @typedef {import("./frames.js").ClientFrame} ClientFrame
+ * @typedef {import("./frames.js").JoinedFrame} JoinedFrame
  * @typedef {"websocket" | "http"} SignalMethod
  * @typedef {object} SignalingHandlers
- * @property {(frame: Frame) => void} onFrame every frame after `joined`
- * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
+ * @property {(frame: ServerFrame) => void} onFrame every frame after `joined`
+ * @property {(joined: JoinedFrame) => void} onResumed a resume succeeded (same peer id)
  * @property {(connected: boolean) => void} onConnectionChange
  * @property {() => void} onWritable the rate limit has room again after a refused send
  * @property {(error: Error, closeCode: number) => void} onFatal the session is over
@@ -82,7 +94,7 @@ export class Signaling {
     this.token = token;
     this.handlers = handlers;
     this.getToken = getToken;
-    /** @type {Frame[]} frames to send once the socket is back (bounded) */
+    /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
     this.queued = [];
     // The server's per-connection frame rate limit, from `joined.limits`, kept with a margin so
     // that frames are held and batched here instead of being refused there.
@@ -112,7 +124,7 @@ export class Signaling {
 
   /**
    * Opens the socket and joins; resolves with the `joined` frame, rejects with a typed error.
-   * @returns {Promise<Frame>}
+   * @returns {Promise<JoinedFrame>}
    */
   join() {
     return new Promise((resolve, reject) => this.open(resolve, reject));
@@ -135,7 +147,7 @@ export class Signaling {
   }
 
   /**
-   * @param {(joined: Frame) => void} onJoined
+   * @param {(joined: JoinedFrame) => void} onJoined
    * @param {(error: Error) => void} onFailed
    * @param {boolean} [viaHttp] this attempt's transport
    * @param {boolean} [fellBack] a WebSocket failed to open just before
@@ -176,21 +188,17 @@ export class Signaling {
     ws.onopen = () => {
       opened = true;
       clearTimeout(openTimer);
-      /** @type {Frame} */
+      /** @type {import("./frames.js").JoinFrame} */
       const join = { op: "join", token: this.token };
       if (this.resume) join.resume = this.resume;
       ws.send(JSON.stringify(join));
     };
     ws.onmessage = (/** @type {{data: unknown}} */ ev) => {
       heardAt = Date.now();
-      /** @type {Frame} */
-      let frame;
-      try {
-        // The HTTP transport hands over frames already parsed.
-        frame = typeof ev.data === "string" ? JSON.parse(ev.data) : /** @type {Frame} */ (ev.data);
-      } catch {
-        return;
-      }
+      // (The HTTP transport hands over frames already parsed.) A frame this SDK cannot read
+      // is dropped: a newer server's op, or a broken one.
+      const frame = parseServerFrame(ev.data);
+      if (!frame) return;
       if (!joined) {
         if (frame.op === "joined") {
           joined = true;
@@ -199,9 +207,9 @@ export class Signaling {
           this.attempt = 0;
           this.misses = 0;
           this.resume = { session: frame.session.id, secret: frame.session.secret };
-          const limits = frame.limits ?? {};
-          if (limits.rateFramesPerSec > 0) this.ratePerMs = (limits.rateFramesPerSec / 1000) * RATE_MARGIN;
-          if (limits.rateBurstFrames > 0) this.burst = limits.rateBurstFrames * RATE_MARGIN;
+          const { rateFramesPerSec = 0, rateBurstFrames = 0 } = frame.limits ?? {};
+          if (rateFramesPerSec > 0) this.ratePerMs = (rateFramesPerSec / 1000) * RATE_MARGIN;
+          if (rateBurstFrames > 0) this.burst = rateBurstFrames * RATE_MARGIN;
           this.tokens = Math.min(this.tokens, this.burst);
           this.setConnected(true);
           onJoined(frame);
@@ -235,7 +243,8 @@ export class Signaling {
       // A node that could not be reached, refused for want of capacity, is draining (1001),
       // restarting (1012) or stopped answering (4998): the next attempt goes to the next node.
       const moveOn = !joined && (!failure || failure.constructor === ConnectionError);
-      if (moveOn || MOVE_ON_CLOSES.has(code)) this.nextUrl();
+      const decision = closeDecision(code, { joined, canRefreshToken: !!this.getToken });
+      if (moveOn || decision.nextNode) this.nextUrl();
       if (!joined && !this.resume) {
         // The first join: try each node once, then report; never retry behind the caller's back.
         if (moveOn && ++this.misses < this.urls.length) {
@@ -247,9 +256,8 @@ export class Signaling {
       }
       // Decide by the close code alone: an `unavailable` during a resume (a draining node, a
       // store outage) is worth retrying; a refused token is, when a fresh one can be had.
-      const final = FINAL_CLOSES.has(code) && !(code === 4001 && this.getToken && !joined);
-      if (final) {
-        const why = FINAL_REASONS[code] ?? `connection closed (${code} ${reason})`;
+      if (decision.final) {
+        const why = `connection closed (${code} ${reason || CLOSE_BY_CODE.get(code)?.reason || ""})`;
         this.fail(failure ?? new ConnectionError(why), code);
         return;
       }
@@ -328,7 +336,7 @@ export class Signaling {
 
   /**
    * Sends a frame if the socket is joined; false otherwise (the caller retries later).
-   * @param {Frame} frame
+   * @param {ClientFrame} frame
    */
   send(frame) {
     if (!this.connected || !this.ws || this.ws.readyState !== OPEN) return false;
@@ -363,11 +371,11 @@ export class Signaling {
    * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
    * older connection to it (the peer would ignore those: it starts over on the newer offer),
    * and a media state supersedes the one before it.
-   * @param {Frame} frame
+   * @param {ClientFrame} frame
    */
   sendOrQueue(frame) {
     if (this.queued.length === 0 && this.send(frame)) return;
-    const data = frame.data;
+    const data = frame.op === "signal" ? frame.data : undefined;
     if (frame.op === "signal" && data && typeof data === "object") {
       this.queued = this.queued.filter((q) => !(
         q.op === "signal" && q.to === frame.to && q.data && typeof q.data === "object" &&

@@ -216,6 +216,8 @@ impl CloseCode {
                 // an attempt it abandoned (read late by a thawed node); it resumes again.
                 | Self::Replaced
                 | Self::ServiceRestart
+                // The join did not arrive in time: the connection's fault, not the session's.
+                | Self::JoinTimeout
                 | Self::IdleTimeout
                 | Self::SlowConsumer
                 | Self::InternalError

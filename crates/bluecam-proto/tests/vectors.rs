@@ -3,7 +3,7 @@
 //! client frame parses to its op, every invalid one is refused with its code and `ref`, and
 //! every server frame parses and serializes back to the same bytes.
 
-use bluecam_proto::{ClientMessage, ErrorCode, ServerMessage};
+use bluecam_proto::{ClientMessage, CloseCode, ErrorCode, ServerMessage};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -158,4 +158,40 @@ fn node_messages_decode_and_encode_back_to_the_same_bytes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[derive(Deserialize)]
+struct CloseVector {
+    code: u16,
+    name: String,
+    reason: String,
+    resume: bool,
+    #[serde(rename = "nextNode")]
+    next_node: bool,
+}
+
+#[derive(Deserialize)]
+struct CloseVectors {
+    codes: Vec<CloseVector>,
+}
+
+#[test]
+fn close_codes_match_the_shared_table() {
+    // The SDK's close-codes.js is generated from the same file: both sides agree on every code,
+    // its reason text and whether a session resumes after it.
+    let vectors: CloseVectors = read("close-codes.json");
+    assert_eq!(
+        vectors.codes.len(),
+        CloseCode::ALL.len(),
+        "one row per CloseCode"
+    );
+    for v in &vectors.codes {
+        let code = CloseCode::from_code(v.code)
+            .unwrap_or_else(|| panic!("{} {}: not a CloseCode", v.code, v.name));
+        assert_eq!(code.reason(), v.reason, "{} {}", v.code, v.name);
+        assert_eq!(code.resumable(), v.resume, "{} {}: resume", v.code, v.name);
+        // Going to the next node is what the server asks by going away or restarting.
+        let next = matches!(code, CloseCode::GoingAway | CloseCode::ServiceRestart);
+        assert_eq!(next, v.next_node, "{} {}: nextNode", v.code, v.name);
+    }
 }

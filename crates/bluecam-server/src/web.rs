@@ -25,10 +25,17 @@ const SDK_FILES: &[(&str, &str)] = &[
         "bluecam.global.js",
         include_str!("../../../sdk/js/bluecam.global.js"),
     ),
+    (
+        "close-codes.js",
+        include_str!("../../../sdk/js/close-codes.js"),
+    ),
     ("delivery.js", include_str!("../../../sdk/js/delivery.js")),
     ("errors.js", include_str!("../../../sdk/js/errors.js")),
+    ("frames.js", include_str!("../../../sdk/js/frames.js")),
     ("http.js", include_str!("../../../sdk/js/http.js")),
+    ("media.js", include_str!("../../../sdk/js/media.js")),
     ("mesh.js", include_str!("../../../sdk/js/mesh.js")),
+    ("sender.js", include_str!("../../../sdk/js/sender.js")),
     ("signaling.js", include_str!("../../../sdk/js/signaling.js")),
 ];
 

@@ -46,9 +46,8 @@ export class Room {
     screenTrack: MediaStreamTrack | null;
     /** @type {MediaStream | null} */
     screenStream: MediaStream | null;
-    /** The peer the classic `remoteVideo` element shows. */
-    /** @type {string | null} */
-    singlePeer: string | null;
+    /** What the page shows: the preview and the peers' videos (media.js). */
+    videos: VideoWall;
     audioEnabled: boolean;
     videoEnabled: boolean;
     left: boolean;
@@ -81,7 +80,7 @@ export class Room {
     /** @param {ConnectionState} state */
     setState(state: ConnectionState): void;
     /** The peers in the room now (without yourself). */
-    get peers(): Peer[];
+    get peers(): import("./frames.js").Peer[];
     /**
      * The path messages to this peer take now.
      * @param {string} peerId
@@ -115,8 +114,6 @@ export class Room {
     startCall(): Promise<void>;
     /** Classic `callBtn`: hangs up: local media stops, and the other side's video of us ends. */
     hangUp(): void;
-    /** Shows the local camera (or nothing) in the `localVideo` element. */
-    showPreview(): void;
     /** Leaves the room: tells the server, closes every connection, stops the camera. */
     leave(): void;
     /** Hooks for the end-to-end tests: simulate network faults. */
@@ -132,14 +129,14 @@ export class Room {
     /** @param {Error} error */
     emitError(error: Error): void;
     /**
-     * @param {import("./signaling.js").Frame} f
+     * @param {import("./frames.js").ServerFrame} f
      */
-    onFrame(f: import("./signaling.js").Frame): void;
+    onFrame(f: import("./frames.js").ServerFrame): void;
     /**
      * The WebSocket came back with the same peer id: reconcile the peer list.
-     * @param {import("./signaling.js").Frame} joined
+     * @param {import("./frames.js").JoinedFrame} joined
      */
-    onResumed(joined: import("./signaling.js").Frame): void;
+    onResumed(joined: import("./frames.js").JoinedFrame): void;
     /**
      * @param {Error} error
      * @param {number} code
@@ -189,13 +186,6 @@ export class Room {
      * @param {MediaStream} stream
      */
     onStream(remote: Remote, stream: MediaStream): void;
-    /** @param {string} id */
-    removeVideo(id: string): void;
-    /**
-     * Shows `remote`'s stream in the classic `remoteVideo` element (none: clears it).
-     * @param {Remote | null} remote
-     */
-    showSingle(remote: Remote | null): void;
     /**
      * @param {Remote} remote
      * @param {string} text
@@ -230,12 +220,7 @@ export class Room {
     wakeSpaceWaiters(): void;
     wireClassicButtons(): void;
 }
-export type Peer = {
-    id: string;
-    identity: string;
-    name?: string;
-    metadata?: unknown;
-};
+export type Peer = import("./frames.js").Peer;
 export type Path = "p2p" | "relay";
 /**
  * the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
@@ -375,10 +360,6 @@ export type Remote = {
      * the data channel's bufferedAmount at the last tick
      */
     lastBuffered: number;
-    /**
-     * the peer's media, once it arrived
-     */
-    stream: MediaStream | null;
 };
 import { BlueCamError } from "./errors.js";
 import { ConnectionError } from "./errors.js";
@@ -389,6 +370,7 @@ import { RoomFullError } from "./errors.js";
 import { RoomNotFoundError } from "./errors.js";
 import { UnauthorizedError } from "./errors.js";
 import { Inbox } from "./delivery.js";
+import { VideoWall } from "./media.js";
 import { Signaling } from "./signaling.js";
 import { PeerLink } from "./mesh.js";
 import { Outbox } from "./delivery.js";

@@ -1,9 +1,27 @@
 /**
- * @typedef {{op: string, [key: string]: any}} Frame
+ * What a close of the connection means: `final`, the session is over (the server said so);
+ * `nextNode`, the next attempt goes to the next node (this one is going away or unresponsive).
+ * An unknown code (1006, an abrupt loss) is resumable on the same node.
+ * @param {number} code
+ * @param {{joined: boolean, canRefreshToken: boolean}} state `joined`: this connection had
+ *   joined; `canRefreshToken`: a fresh token can be had (getToken)
+ * @returns {{final: boolean, nextNode: boolean}}
+ */
+export function closeDecision(code: number, { joined, canRefreshToken }: {
+    joined: boolean;
+    canRefreshToken: boolean;
+}): {
+    final: boolean;
+    nextNode: boolean;
+};
+/**
+ * @typedef {import("./frames.js").ServerFrame} ServerFrame
+ * @typedef {import("./frames.js").ClientFrame} ClientFrame
+ * @typedef {import("./frames.js").JoinedFrame} JoinedFrame
  * @typedef {"websocket" | "http"} SignalMethod
  * @typedef {object} SignalingHandlers
- * @property {(frame: Frame) => void} onFrame every frame after `joined`
- * @property {(joined: Frame) => void} onResumed a resume succeeded (same peer id)
+ * @property {(frame: ServerFrame) => void} onFrame every frame after `joined`
+ * @property {(joined: JoinedFrame) => void} onResumed a resume succeeded (same peer id)
  * @property {(connected: boolean) => void} onConnectionChange
  * @property {() => void} onWritable the rate limit has room again after a refused send
  * @property {(error: Error, closeCode: number) => void} onFatal the session is over
@@ -27,8 +45,8 @@ export class Signaling {
     token: string;
     handlers: SignalingHandlers;
     getToken: (() => Promise<string>) | undefined;
-    /** @type {Frame[]} frames to send once the socket is back (bounded) */
-    queued: Frame[];
+    /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
+    queued: ClientFrame[];
     ratePerMs: number;
     burst: number;
     tokens: number;
@@ -56,9 +74,9 @@ export class Signaling {
     blockedUntil: number;
     /**
      * Opens the socket and joins; resolves with the `joined` frame, rejects with a typed error.
-     * @returns {Promise<Frame>}
+     * @returns {Promise<JoinedFrame>}
      */
-    join(): Promise<Frame>;
+    join(): Promise<JoinedFrame>;
     /** The node in use. */
     get url(): string;
     /** Moves to the next node (a no-op with one). */
@@ -66,12 +84,12 @@ export class Signaling {
     /** Whether the next connection goes over HTTP. */
     httpFirst(): boolean;
     /**
-     * @param {(joined: Frame) => void} onJoined
+     * @param {(joined: JoinedFrame) => void} onJoined
      * @param {(error: Error) => void} onFailed
      * @param {boolean} [viaHttp] this attempt's transport
      * @param {boolean} [fellBack] a WebSocket failed to open just before
      */
-    open(onJoined: (joined: Frame) => void, onFailed: (error: Error) => void, viaHttp?: boolean, fellBack?: boolean): void;
+    open(onJoined: (joined: JoinedFrame) => void, onFailed: (error: Error) => void, viaHttp?: boolean, fellBack?: boolean): void;
     /**
      * The session is over.
      * @param {Error} error
@@ -85,9 +103,9 @@ export class Signaling {
     setConnected(up: boolean): void;
     /**
      * Sends a frame if the socket is joined; false otherwise (the caller retries later).
-     * @param {Frame} frame
+     * @param {ClientFrame} frame
      */
-    send(frame: Frame): boolean;
+    send(frame: ClientFrame): boolean;
     /** Takes one frame's worth of the rate limit, or schedules `onWritable` for when it refills. */
     takeToken(): boolean;
     /**
@@ -96,9 +114,9 @@ export class Signaling {
      * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
      * older connection to it (the peer would ignore those: it starts over on the newer offer),
      * and a media state supersedes the one before it.
-     * @param {Frame} frame
+     * @param {ClientFrame} frame
      */
-    sendOrQueue(frame: Frame): void;
+    sendOrQueue(frame: ClientFrame): void;
     /** Sends what waited for the socket; call after a resume. */
     flushQueued(): void;
     /** Stops the rate-limit timer (leave). */
@@ -113,20 +131,19 @@ export class Signaling {
     /** Leaves the room for good. */
     leave(): void;
 }
-export type Frame = {
-    op: string;
-    [key: string]: any;
-};
+export type ServerFrame = import("./frames.js").ServerFrame;
+export type ClientFrame = import("./frames.js").ClientFrame;
+export type JoinedFrame = import("./frames.js").JoinedFrame;
 export type SignalMethod = "websocket" | "http";
 export type SignalingHandlers = {
     /**
      * every frame after `joined`
      */
-    onFrame: (frame: Frame) => void;
+    onFrame: (frame: ServerFrame) => void;
     /**
      * a resume succeeded (same peer id)
      */
-    onResumed: (joined: Frame) => void;
+    onResumed: (joined: JoinedFrame) => void;
     onConnectionChange: (connected: boolean) => void;
     /**
      * the rate limit has room again after a refused send

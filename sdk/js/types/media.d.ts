@@ -1,0 +1,111 @@
+/**
+ * Media and the page: the camera and the screen, and the elements a room draws into (the local
+ * preview, one video per peer in `remoteVideos`, the classic one-to-one `remoteVideo`) and
+ * listens to (the classic buttons). No connection state: bluecam.js says what to show, this
+ * module shows it.
+ */
+/**
+ * An element from an element, an element id, or a CSS selector. An id comes first: classic
+ * pages pass bare ids, and "video" is an id there, not the first <video>.
+ * @template {Element} T
+ * @param {T | string | undefined} target
+ * @returns {T | null}
+ */
+export function resolveElement<T extends Element>(target: T | string | undefined): T | null;
+/** Whether this browser can open a camera at all (not on an insecure origin, say). */
+export function cameraAvailable(): boolean;
+/**
+ * The camera and microphone, as the room's options ask.
+ * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints}} want
+ */
+export function openCamera(want: {
+    video?: boolean | MediaTrackConstraints;
+    audio?: boolean | MediaTrackConstraints;
+}): Promise<MediaStream>;
+/** The screen (or a window, or a tab: the browser asks the user). */
+export function openScreen(): Promise<MediaStream>;
+/**
+ * What the classic buttons control.
+ * @typedef {object} CallControls
+ * @property {() => boolean} inCall the call's media is on (callBtn)
+ * @property {() => Promise<void>} startCall
+ * @property {() => void} hangUp
+ * @property {() => boolean} audioOn
+ * @property {() => boolean} videoOn
+ * @property {(on: boolean) => void} setAudio
+ * @property {(on: boolean) => void} setVideo
+ * @property {(error: Error) => void} onError
+ */
+/**
+ * Wires the classic buttons: `callBtn` starts the call's media, then hangs up; the mute buttons
+ * toggle the microphone and the camera. `aria-pressed` shows each state.
+ * @param {{callBtn?: HTMLElement | string, muteAudioBtn?: HTMLElement | string, muteVideoBtn?: HTMLElement | string}} targets
+ * @param {CallControls} controls
+ */
+export function wireButtons(targets: {
+    callBtn?: HTMLElement | string;
+    muteAudioBtn?: HTMLElement | string;
+    muteVideoBtn?: HTMLElement | string;
+}, controls: CallControls): void;
+/**
+ * The videos of a room: the local preview, one element per peer in the `remoteVideos`
+ * container, and the classic `remoteVideo` element, which shows one peer: the first with a
+ * stream, and that peer's newest stream (after a relink) until it leaves or stops sending;
+ * then the next peer's stream, or nothing. Never a frozen last frame.
+ */
+export class VideoWall {
+    /**
+     * @param {{localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} targets
+     */
+    constructor(targets: {
+        localVideo?: HTMLVideoElement | string;
+        remoteVideos?: HTMLElement | string;
+        remoteVideo?: HTMLVideoElement | string;
+    });
+    targets: {
+        localVideo?: HTMLVideoElement | string;
+        remoteVideos?: HTMLElement | string;
+        remoteVideo?: HTMLVideoElement | string;
+    };
+    /** Each peer's current stream, in the order they came.
+     * @type {Map<string, MediaStream>} */
+    streams: Map<string, MediaStream>;
+    /** The peer the classic element shows.
+     * @type {string | null} */
+    single: string | null;
+    /**
+     * Shows the local camera (muted), or nothing.
+     * @param {MediaStream | null} stream
+     */
+    showLocal(stream: MediaStream | null): void;
+    /**
+     * A peer's stream arrived (a first one, or a newer one after a relink). It goes when the
+     * peer stops sending (every track removed: a hang-up) or `remove` is called.
+     * @param {string} peerId
+     * @param {MediaStream} stream
+     */
+    show(peerId: string, stream: MediaStream): void;
+    /**
+     * A peer's video goes (it left, or stopped sending).
+     * @param {string} peerId
+     */
+    remove(peerId: string): void;
+    /** @param {string | null} peerId */
+    showSingle(peerId: string | null): void;
+}
+/**
+ * What the classic buttons control.
+ */
+export type CallControls = {
+    /**
+     * the call's media is on (callBtn)
+     */
+    inCall: () => boolean;
+    startCall: () => Promise<void>;
+    hangUp: () => void;
+    audioOn: () => boolean;
+    videoOn: () => boolean;
+    setAudio: (on: boolean) => void;
+    setVideo: (on: boolean) => void;
+    onError: (error: Error) => void;
+};
