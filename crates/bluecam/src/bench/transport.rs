@@ -33,6 +33,8 @@ struct Tally {
     /// Messages that arrived twice, or out of their sender's order.
     disordered: AtomicU64,
     requests: AtomicU64,
+    /// Writers still sending: the count of sent messages is final once none is.
+    writers: AtomicU64,
     hist: std::sync::Mutex<Histogram<u64>>,
 }
 
@@ -112,6 +114,7 @@ async fn run(
         delivered: AtomicU64::new(0),
         disordered: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        writers: AtomicU64::new(0),
         hist: std::sync::Mutex::new(new_histogram()?),
     });
     let base = Instant::now();
@@ -161,9 +164,11 @@ async fn run(
     tokio::time::sleep(duration).await;
     let sent_at_stop = tally.sent.load(Ordering::Relaxed);
     stop.cancel();
-    // Let what is in flight land (the last poll answers within one round trip).
+    // Let what is in flight land (the last poll answers within one round trip), once every
+    // writer has stopped (one may be sending what fell due at the stop).
     let settle = Instant::now() + Duration::from_secs(5);
-    while tally.delivered.load(Ordering::Relaxed) < tally.sent.load(Ordering::Relaxed)
+    while (tally.writers.load(Ordering::Acquire) > 0
+        || tally.delivered.load(Ordering::Relaxed) < tally.sent.load(Ordering::Relaxed))
         && Instant::now() < settle
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -270,6 +275,7 @@ async fn peer_ws(
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut n = 0;
+        tally.writers.fetch_add(1, Ordering::AcqRel);
         while !stop.is_cancelled() {
             tick.tick().await;
             let due = base.elapsed().as_micros() as u64;
@@ -279,6 +285,7 @@ async fn peer_ws(
             }
             n += 1;
         }
+        tally.writers.fetch_sub(1, Ordering::AcqRel);
         std::future::pending::<()>().await;
     };
     tokio::join!(reader, writer);
@@ -364,6 +371,7 @@ async fn peer_http(
     let writer = async {
         let mut seq = 2u64;
         let mut next_due = Instant::now();
+        tally.writers.fetch_add(1, Ordering::AcqRel);
         while !stop.is_cancelled() {
             tokio::time::sleep_until(next_due.into()).await;
             // Everything due by now goes in this request.
@@ -392,6 +400,7 @@ async fn peer_http(
             }
             seq += n;
         }
+        tally.writers.fetch_sub(1, Ordering::AcqRel);
         std::future::pending::<()>().await;
     };
     tokio::join!(reader, writer);
