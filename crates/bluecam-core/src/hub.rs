@@ -243,12 +243,16 @@ pub enum Output {
         frame: Frame,
         origin: Option<Origin>,
     },
-    /// Cluster: a peer of this node is gone for good; the shell removes it from the directory.
+    /// A peer of this node is gone for good: the shell ends its session record and its call
+    /// history entry, and (cluster) removes it from the directory.
     PeerRemoved {
         room: RoomId,
         peer: PeerId,
         session: SessionId,
         reason: LeaveReason,
+        /// When its connection was lost, if it was detached (waiting for a resume) rather than
+        /// connected: that is when it really left.
+        detached_at: Option<Instant>,
     },
     /// A frame from another node found none of its recipients here (for metrics).
     Undeliverable { room: RoomId, peers: usize },
@@ -1473,19 +1477,22 @@ impl Hub {
         };
         if let At::Here { session, link, .. } = peer.at {
             self.sessions.remove(&session);
-            match link {
+            let detached_at = match link {
                 Link::Attached(conn) => {
                     self.conns.remove(&conn);
+                    None
                 }
                 Link::Detached { expires, .. } => {
                     self.expiries.remove(&(expires, session.clone()));
+                    expires.checked_sub(self.config.resume_window)
                 }
-            }
+            };
             self.outputs.push_back(Output::PeerRemoved {
                 room: room_id.clone(),
                 peer: peer_id.clone(),
                 session,
                 reason,
+                detached_at,
             });
         }
         if self.drop_if_no_local_peers(room_id) {

@@ -218,6 +218,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/rooms/{id}", get(get_room).delete(delete_room))
         .route("/v1/rooms/{id}/peers", get(room_peers))
         .route("/v1/rooms/{id}/tokens", post(create_token))
+        .route("/v1/rooms/{id}/calls", get(room_calls))
+        .route("/v1/calls/{id}", get(get_call))
+        .route("/v1/usage", get(usage))
         .route_layer(middleware::from_fn_with_state(state, require_secret))
 }
 
@@ -323,6 +326,12 @@ async fn create_room(
 ) -> Result<(StatusCode, Json<Room>), ApiError> {
     let room = body.into_room(state.config.limits.max_peers_per_room, unix_now())?;
     state.store.create_room(room.clone()).await?;
+    if let Some(h) = &state.history {
+        h.recorder.record(crate::history::Event::RoomCreated {
+            room: Box::new(room.clone()),
+            at_ms: crate::history::now_ms(),
+        });
+    }
     tracing::info!(room = %room.id, "room created");
     Ok((StatusCode::CREATED, Json(room)))
 }
@@ -680,5 +689,132 @@ pub(crate) fn issue_token(
             token,
             expires_at: claims.exp,
         }),
+    ))
+}
+
+// ---- call history (history.rs) ---------------------------------------------------------
+
+/// The node's history, or 501 where there is none (a cluster, for now).
+fn history(state: &AppState) -> Result<crate::History, ApiError> {
+    state.history.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            ErrorCode::Unavailable,
+            "call history needs a single node for now (a cluster will keep it in PostgreSQL)",
+        )
+    })
+}
+
+/// Runs a blocking history query off the async threads.
+async fn query<T: Send + 'static>(
+    store: crate::store::SqliteStore,
+    f: impl FnOnce(&crate::store::SqliteStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::from(StoreError::Backend(e.to_string())))?
+        .map_err(ApiError::from)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallList {
+    calls: Vec<crate::history::CallRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+async fn room_calls(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query_: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CallList>, ApiError> {
+    let Query(page) = query_.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page.limit.unwrap_or(PAGE_DEFAULT);
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {PAGE_MAX}"
+        )));
+    }
+    let h = history(&state)?;
+    let room = RoomId::new(id);
+    // The cursor names the last call of the page before (base64url of its id).
+    let after = match page.cursor.as_deref() {
+        Some(c) => {
+            use base64::Engine as _;
+            let call = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
+            let pos = query(h.store.clone(), move |s| s.call_position(&call)).await?;
+            Some(pos.ok_or_else(|| ApiError::bad_request("invalid cursor"))?)
+        }
+        None => None,
+    };
+    let r = room.clone();
+    let mut calls = query(h.store.clone(), move |s| s.calls(r, limit + 1, after)).await?;
+    if calls.is_empty() && page.cursor.is_none() {
+        // No calls: a room that exists has none yet; one that never did is not found (a
+        // deleted room's history stays readable).
+        state
+            .store
+            .room(room)
+            .await?
+            .ok_or_else(ApiError::room_not_found)?;
+    }
+    let next_cursor = (calls.len() > limit).then(|| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&calls[limit - 1].id)
+    });
+    calls.truncate(limit);
+    Ok(Json(CallList { calls, next_cursor }))
+}
+
+async fn get_call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::history::CallRecord>, ApiError> {
+    let h = history(&state)?;
+    query(h.store, move |s| s.call(&id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such call"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    owner: Option<String>,
+    member: Option<String>,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    query_: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::history::Usage>, ApiError> {
+    use crate::history::UsageFilter;
+    let Query(q) = query_.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (Some(from), Some(to)) = (q.from, q.to) else {
+        return Err(ApiError::bad_request(
+            "from and to are required (Unix seconds; the interval is [from, to))",
+        ));
+    };
+    if to <= from {
+        return Err(ApiError::bad_request("to must be after from"));
+    }
+    let filter = match (q.owner, q.member) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give owner or member, not both"));
+        }
+        (Some(o), None) => UsageFilter::Owner(o),
+        (None, Some(m)) => UsageFilter::Member(m),
+        (None, None) => UsageFilter::All,
+    };
+    let h = history(&state)?;
+    Ok(Json(
+        query(h.store, move |s| s.usage(from, to, filter)).await?,
     ))
 }

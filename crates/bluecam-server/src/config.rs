@@ -45,6 +45,13 @@ pub struct Config {
     pub stun: bool,
     /// UDP address of the built-in STUN server. Unset: the address and port of `bind`.
     pub stun_bind: Option<SocketAddr>,
+    /// Endpoints that get the room, peer and call events (docs/webhooks.md).
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// How long an event is retried before it is given up (marked failed and counted).
+    pub webhook_retry_secs: u64,
+    /// Webhook events waiting at most; beyond, new events are dropped (counted and logged),
+    /// never a join held up.
+    pub webhook_outbox_max: usize,
 }
 
 /// Settings of a cluster node (used with `redis_url`).
@@ -213,6 +220,9 @@ impl Default for Config {
             metrics_bind: None,
             stun: true,
             stun_bind: None,
+            webhooks: Vec::new(),
+            webhook_retry_secs: 24 * 3600,
+            webhook_outbox_max: 100_000,
         }
     }
 }
@@ -384,6 +394,9 @@ pub const SETTINGS: &[Setting] = {
         setting("stun", Scalar, None),
         setting("stun_bind", Str, Some("--stun-bind")),
         setting("ice_servers", Json, None),
+        setting("webhooks", Json, None),
+        setting("webhook_retry_secs", Scalar, None),
+        setting("webhook_outbox_max", Scalar, None),
         setting("turn.urls", List, None),
         setting("turn.secret", Str, None),
         setting("turn.ttl_secs", Scalar, None),
@@ -454,6 +467,23 @@ impl Config {
             let value = env_value(s.kind, raw.trim())
                 .map_err(|message| ConfigError::Env { var, message })?;
             insert(&mut table, s.key, value);
+            from_env = true;
+        }
+        // One endpoint from two variables, beside any in the file or in BLUECAM_WEBHOOKS.
+        if let Some(url) = env("BLUECAM_WEBHOOK_URL").filter(|v| !v.trim().is_empty()) {
+            let secret = env("BLUECAM_WEBHOOK_SECRET").unwrap_or_default();
+            let mut endpoint = toml::Table::new();
+            endpoint.insert("url".into(), toml::Value::String(url.trim().to_owned()));
+            endpoint.insert(
+                "secret".into(),
+                toml::Value::String(secret.trim().to_owned()),
+            );
+            let list = table
+                .entry("webhooks")
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(list) = list {
+                list.push(toml::Value::Table(endpoint));
+            }
             from_env = true;
         }
         let parsed = Self::deserialize(toml::Value::Table(table));
@@ -637,6 +667,30 @@ mod env_tests {
             c.limits.rate_frames_per_sec,
             LimitsConfig::default().rate_frames_per_sec
         );
+    }
+
+    #[test]
+    fn one_webhook_endpoint_from_two_variables() {
+        let c = load(&[
+            ("BLUECAM_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+            (
+                "BLUECAM_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("BLUECAM_WEBHOOK_RETRY_SECS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].url, "http://127.0.0.1:9/hook");
+        assert!(c.webhooks[0].events.is_empty());
+        c.webhooks[0].validate().unwrap();
+        assert_eq!(c.webhook_retry_secs, 60);
+        let c = load(&[(
+            "BLUECAM_WEBHOOKS",
+            r#"[{"url":"https://a.example/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["call.ended"]}]"#,
+        )])
+        .unwrap();
+        assert_eq!(c.webhooks[0].events, ["call.ended"]);
     }
 
     #[test]

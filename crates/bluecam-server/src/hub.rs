@@ -5,6 +5,7 @@
 
 use crate::{
     broker::{Broker, Outgoing},
+    history::{self, Recorder},
     metrics::Metrics,
     store::{SessionLog, StoredSession},
 };
@@ -95,6 +96,8 @@ pub struct HubHandle {
     broker: Arc<dyn Broker>,
     /// Single node: where sessions are made durable (a cluster keeps them in Redis).
     sessions: Option<SessionLog>,
+    /// Where sessions, calls and webhook events are recorded (history.rs).
+    history: Option<Recorder>,
 }
 
 /// Rooms whose last peer left during a call; the caller records it in the store.
@@ -111,9 +114,11 @@ impl HubHandle {
         metrics: Metrics,
         broker: Arc<dyn Broker>,
         sessions: Option<SessionLog>,
+        history: Option<Recorder>,
     ) -> Self {
         Self {
             sessions,
+            history,
             spill_frames: core.resume_buffer_frames,
             spill_bytes: core.resume_buffer_bytes,
             inner: Arc::new(Mutex::new(Inner {
@@ -191,19 +196,40 @@ impl HubHandle {
             }),
             _ => None,
         };
+        // What the history needs of a fresh session, or the session a resume continues.
+        let opened = (!resuming).then(|| history::Event::Opened {
+            room: req.room.summary.id.clone(),
+            session: req.fresh.session.clone(),
+            peer: req.fresh.peer.clone(),
+            identity: req.identity.clone(),
+            name: req.name.clone(),
+            at_ms: history::now_ms(),
+        });
+        let resumed = req.resume.as_ref().map(|r| r.session.clone());
         let mut inner = self.lock();
         // Expire due sessions first, so a resume that arrives after its window (but before the
         // timer task's next tick) fails as it should.
         inner.core.handle_timeout(now);
+        // (Their outputs first: the history hears of sessions that expired before this join.)
+        let mut vacated = self.drain(&mut inner);
         let conn = req.conn;
         let result = inner.core.handle_join(req);
+        if let (Some(recorder), Ok(_)) = (&self.history, &result) {
+            // Before the outputs: a seat taken over (the old session's end is among them)
+            // keeps its call going rather than ending it and starting another.
+            match (opened, resumed) {
+                (Some(event), _) => recorder.record(event),
+                (None, Some(session)) => recorder.record(history::Event::Attached { session }),
+                (None, None) => {}
+            }
+        }
         // Queued under the lock, so the removal of this session (queued by whatever ends it)
         // can only come after the insert.
         let persisted = match (&self.sessions, record, &result) {
             (Some(log), Some(record), Ok(_)) => Some(log.insert(record)),
             _ => None,
         };
-        let vacated = self.drain_with(&mut inner, Some(conn));
+        vacated.extend(self.drain_with(&mut inner, Some(conn)));
         if result.is_ok() {
             if resuming {
                 self.metrics.resumes.increment(1);
@@ -358,6 +384,16 @@ impl HubHandle {
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
         inner.core.handle_room_closed(room, reason);
+        if let Some(recorder) = &self.history {
+            recorder.record(history::Event::RoomClosed {
+                room: room.clone(),
+                reason: match reason {
+                    RoomClosedReason::Deleted => "deleted",
+                    RoomClosedReason::Expired => "expired",
+                },
+                at_ms: history::now_ms(),
+            });
+        }
         self.drain(&mut inner);
     }
 
@@ -472,9 +508,19 @@ impl HubHandle {
                     peer,
                     session,
                     reason,
+                    detached_at,
                 } => {
                     if let Some(log) = &self.sessions {
                         log.remove(session.clone());
+                    }
+                    if let Some(recorder) = &self.history {
+                        recorder.record(history::Event::Closed {
+                            room: room.clone(),
+                            session: session.clone(),
+                            reason: leave_reason(reason),
+                            at_ms: history::now_ms(),
+                            detached_at_ms: detached_at.map(history::instant_ms),
+                        });
                     }
                     let item = Outgoing::Removed {
                         room,
@@ -531,6 +577,17 @@ impl HubHandle {
                 spill.frames = Vec::new();
             }
         }
+    }
+}
+
+/// A leave reason as history and webhooks name it (the wire's names).
+fn leave_reason(reason: bluecam_proto::LeaveReason) -> history::LeaveReason {
+    use bluecam_proto::LeaveReason as R;
+    match reason {
+        R::Left => "left",
+        R::Timeout => "timeout",
+        R::Kicked => "kicked",
+        R::Replaced => "replaced",
     }
 }
 

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod serve;
 pub mod store;
 pub mod stun;
 pub mod web;
+pub mod webhooks;
 pub mod ws;
 
 pub use auth::{Claims, Secret, SecretOrigin};
@@ -93,6 +95,17 @@ pub struct Shared {
     pub sessions: Option<store::SessionLog>,
     /// The HTTP transport's sessions on this node.
     pub http: http::HttpSessions,
+    /// Single node: the call history and the webhook outbox (history.rs), and the SQLite
+    /// store its queries read.
+    pub history: Option<History>,
+}
+
+/// The call history of a node: where events go, and where they are read.
+#[derive(Clone, Debug)]
+pub struct History {
+    pub recorder: history::Recorder,
+    pub store: SqliteStore,
+    pub outbox: history::Outbox,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -196,6 +209,16 @@ impl Server {
                  connection and leave none for the API and health checks"
             );
         }
+        for endpoint in &config.webhooks {
+            endpoint.validate().map_err(ServerError::Config)?;
+        }
+        if config.redis_url.is_some() && !config.webhooks.is_empty() {
+            return Err(ServerError::Config(
+                "webhooks and call history need a single node for now: a cluster will keep \
+                 them in PostgreSQL (--database), which is not built yet"
+                    .into(),
+            ));
+        }
         let metrics = metrics::Metrics::new();
         let gate = Arc::new(
             serve::Gate::new(&config.limits, metrics.http_connections.clone())
@@ -276,6 +299,32 @@ impl Server {
             Some(s) => Some(s.session_log().map_err(ServerError::Io)?),
             None => None,
         };
+        // A single node records call history and webhook events in its SQLite file.
+        let history = match &sqlite {
+            Some(store) => {
+                let outbox = history::Outbox {
+                    subscribers: config
+                        .webhooks
+                        .iter()
+                        .map(|w| history::Subscriber {
+                            url: w.url.clone(),
+                            events: w.events.clone(),
+                        })
+                        .collect(),
+                    max_pending: config.webhook_outbox_max,
+                    pending: Arc::default(),
+                    added: Arc::default(),
+                    dropped: metrics.webhooks_dropped.clone(),
+                };
+                let recorder = store.history(outbox.clone()).map_err(ServerError::Io)?;
+                Some(History {
+                    recorder,
+                    store: store.clone(),
+                    outbox,
+                })
+            }
+            None => None,
+        };
         let hub = hub::HubHandle::new(
             config.limits.core(),
             config.limits.outbound_queue_bytes,
@@ -283,19 +332,31 @@ impl Server {
             metrics.clone(),
             broker.clone(),
             sessions.clone(),
+            history.as_ref().map(|h| h.recorder.clone()),
         );
         if let Some(sqlite) = &sqlite {
             // Calls survive a restart: every session that had not ended is back, detached,
             // for one resume window from now (docs/architecture.md, "What survives what").
-            let restored = hub.restore(sqlite.stored_sessions()?.into_iter().map(|(room, s)| {
-                bluecam_core::RestoredSession {
-                    room: bluecam_proto::RoomSummary::from(&room),
-                    info: s.info,
-                    permissions: s.permissions,
-                    session: s.session,
-                    secret_digest: s.secret_digest,
-                }
-            }));
+            let stored = sqlite.stored_sessions()?;
+            let ids: std::collections::HashSet<_> =
+                stored.iter().map(|(_, s)| s.session.clone()).collect();
+            if let Some(h) = &history {
+                // What a crash left open ends when the node was last alive; what was restored
+                // is detached since then.
+                sqlite.recover_history(&ids, &h.outbox)?;
+            }
+            let restored =
+                hub.restore(
+                    stored
+                        .into_iter()
+                        .map(|(room, s)| bluecam_core::RestoredSession {
+                            room: bluecam_proto::RoomSummary::from(&room),
+                            info: s.info,
+                            permissions: s.permissions,
+                            session: s.session,
+                            secret_digest: s.secret_digest,
+                        }),
+                );
             if restored > 0 {
                 tracing::info!(
                     sessions = restored,
@@ -316,6 +377,7 @@ impl Server {
             gate,
             sessions,
             http: http::HttpSessions::default(),
+            history,
         }));
         Ok(Self {
             listener,
@@ -372,6 +434,9 @@ impl Server {
             .await?;
         }
         spawn_timers(&state);
+        if let Some(h) = &state.history {
+            spawn_history(&state, h.clone());
+        }
         if let Some(socket) = self.stun {
             state.tracker.spawn(stun::serve(
                 socket,
@@ -428,6 +493,15 @@ impl Server {
             && let Err(e) = log.flush().await
         {
             tracing::error!(error = %e, "could not write the last session records");
+        }
+        if let Some(h) = &state.history {
+            // The sessions still open were connected until now.
+            h.recorder.record(history::Event::Alive {
+                at_ms: history::now_ms(),
+            });
+            if let Err(e) = h.recorder.flush().await {
+                tracing::error!(error = %e, "could not write the last history records");
+            }
         }
         Ok(())
     }
@@ -550,6 +624,35 @@ async fn method_not_allowed() -> api::ApiError {
 }
 
 /// Session expiry (as the core asks) and the empty-room sweep, until shutdown.
+/// How often the node notes that it is alive, for the history.
+const ALIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// The history's heartbeat (after a crash, open sessions end when the node was last alive)
+/// and, with endpoints configured, the webhook delivery.
+fn spawn_history(state: &AppState, history: History) {
+    let s = state.clone();
+    let recorder = history.recorder.clone();
+    state.tracker.spawn(async move {
+        let mut interval = tokio::time::interval(ALIVE_EVERY);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => recorder.record(history::Event::Alive { at_ms: history::now_ms() }),
+                () = s.shutdown.cancelled() => return,
+            }
+        }
+    });
+    if !state.config.webhooks.is_empty() {
+        let deliverer = webhooks::Deliverer {
+            store: history.store,
+            endpoints: state.config.webhooks.clone(),
+            outbox: history.outbox,
+            metrics: state.metrics.clone(),
+            retry_for: Duration::from_secs(state.config.webhook_retry_secs),
+        };
+        state.tracker.spawn(deliverer.run(state.shutdown.clone()));
+    }
+}
+
 fn spawn_timers(state: &AppState) {
     let s = state.clone();
     state.tracker.spawn(async move {

@@ -44,6 +44,14 @@ pub struct Metrics {
     /// HTTP transport requests, and those passed to the node holding their session.
     pub http_transport_requests: Counter,
     pub http_forwarded: Counter,
+    /// Webhook events delivered (a 2xx answer), attempts that failed (to be retried), events
+    /// given up after the retry period, events dropped because the outbox was full, and the
+    /// events waiting.
+    pub webhooks_delivered: Counter,
+    pub webhook_attempts_failed: Counter,
+    pub webhooks_failed: Counter,
+    pub webhooks_dropped: Counter,
+    pub webhooks_pending: Gauge,
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so
@@ -91,6 +99,11 @@ impl Metrics {
             redis_errors: counter!("bluecam_redis_errors_total"),
             http_transport_requests: counter!("bluecam_http_transport_requests_total"),
             http_forwarded: counter!("bluecam_http_transport_forwarded_total"),
+            webhooks_delivered: counter!("bluecam_webhooks_total", "outcome" => "delivered"),
+            webhook_attempts_failed: counter!("bluecam_webhook_attempts_failed_total"),
+            webhooks_failed: counter!("bluecam_webhooks_total", "outcome" => "failed"),
+            webhooks_dropped: counter!("bluecam_webhooks_total", "outcome" => "dropped"),
+            webhooks_pending: gauge!("bluecam_webhooks_pending"),
         }
     }
 

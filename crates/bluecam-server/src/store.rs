@@ -94,6 +94,8 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX sessions_by_room ON sessions (room);",
+    // 3: call history and the webhook outbox.
+    crate::history::MIGRATION,
 ];
 
 /// The schema version this build writes.
@@ -142,6 +144,11 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// The connection, for the history writer and its queries (history.rs).
+    pub(crate) fn connection(&self) -> Arc<Mutex<Connection>> {
+        Arc::clone(&self.conn)
     }
 
     /// Runs `f` with the connection on the blocking pool.

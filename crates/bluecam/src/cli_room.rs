@@ -104,6 +104,84 @@ enum RoomCommand {
     Delete { id: String },
 }
 
+/// `bluecam calls ROOM_ID`.
+#[derive(Debug, Args)]
+pub struct CallsArgs {
+    /// The room whose calls to list (newest first, every page).
+    room: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `bluecam usage --from --to`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start of the interval, Unix seconds (included).
+    #[arg(long)]
+    from: u64,
+    /// End of the interval, Unix seconds (excluded) [default: now].
+    #[arg(long)]
+    to: Option<u64>,
+    /// Only rooms this identity owned.
+    #[arg(long, conflicts_with = "member")]
+    owner: Option<String>,
+    /// Only rooms this identity owned or was a member of.
+    #[arg(long)]
+    member: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Prints a room's calls, every page as one list.
+pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
+    let secret = args.api.secret.resolve()?;
+    let base = args.api.server.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let mut calls = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
+        query.extend(cursor.take().map(|c| ("cursor", c)));
+        let req = http
+            .get(format!("{base}/v1/rooms/{}/calls", args.room))
+            .query(&query);
+        let page: serde_json::Value = serde_json::from_str(&call(req, &secret, &base).await?)
+            .context("invalid JSON answer")?;
+        calls.extend(page["calls"].as_array().cloned().unwrap_or_default());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    print_line(&serde_json::to_string_pretty(
+        &serde_json::json!({ "calls": calls }),
+    )?);
+    Ok(())
+}
+
+/// Prints the usage report of an interval.
+pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    let secret = args.api.secret.resolve()?;
+    let base = args.api.server.trim_end_matches('/').to_owned();
+    let to = match args.to {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    };
+    let mut query: Vec<(&str, String)> =
+        vec![("from", args.from.to_string()), ("to", to.to_string())];
+    query.extend(args.owner.map(|o| ("owner", o)));
+    query.extend(args.member.map(|m| ("member", m)));
+    let req = reqwest::Client::new()
+        .get(format!("{base}/v1/usage"))
+        .query(&query);
+    let value: serde_json::Value =
+        serde_json::from_str(&call(req, &secret, &base).await?).context("invalid JSON answer")?;
+    print_line(&serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     #[arg(long)]

@@ -27,6 +27,10 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list, show and delete rooms through the HTTP API.
     Room(cli_room::RoomArgs),
+    /// List a room's calls (who was in each, and for how long), newest first, as JSON.
+    Calls(cli_room::CallsArgs),
+    /// Report call usage in an interval (calls, call and participant seconds), as JSON.
+    Usage(cli_room::UsageArgs),
     /// Mint a room token offline with the API secret; prints the token alone.
     Token(cli_room::TokenArgs),
     /// Load generator speaking the real protocol (see BENCHMARKS.md).
@@ -136,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Room(args) => cli_room::room(args).await,
+        Command::Calls(args) => cli_room::calls(args).await,
+        Command::Usage(args) => cli_room::usage(args).await,
         Command::Token(args) => cli_room::token(args),
         Command::Bench(args) => bench::run(args).await,
     }

@@ -5,6 +5,7 @@ mod cluster;
 mod common;
 mod fuzz;
 mod hardening;
+mod history;
 mod http;
 mod lifecycle;
 mod limits;

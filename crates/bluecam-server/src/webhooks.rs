@@ -1,0 +1,339 @@
+//! Webhook delivery (docs/webhooks.md), following the Standard Webhooks specification: each
+//! event is a POST with `webhook-id`, `webhook-timestamp` and `webhook-signature` (`v1,` and
+//! the base64 HMAC-SHA256 of `id.timestamp.body` under the endpoint's `whsec_` secret), so a
+//! backend verifies it with that specification's libraries in any language.
+//!
+//! Delivery is at least once, from the durable outbox the history writer fills
+//! (history.rs), and in order per room and endpoint: only the oldest pending event of a room
+//! is attempted, and the next waits until it is delivered or given up. A failed attempt (no
+//! 2xx within 5 s) is retried after 1 s, then after a wait that doubles, with jitter, up to 10
+//! minutes, until `webhook_retry_secs` (24 h) have passed since the event; then it is marked
+//! failed and counted.
+
+use crate::{
+    history::{Attempt, Outbox, Pending, now_ms},
+    metrics::Metrics,
+    store::SqliteStore,
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The event types, in the order a room's life produces them.
+pub const EVENT_TYPES: [&str; 6] = [
+    "room.created",
+    "peer.joined",
+    "call.started",
+    "peer.left",
+    "call.ended",
+    "room.deleted",
+];
+
+/// One time limit per attempt.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry's wait, and the longest wait between attempts.
+const FIRST_RETRY_MS: u64 = 1000;
+const MAX_RETRY_MS: u64 = 10 * 60 * 1000;
+/// Events attempted at once (each from a different room or endpoint).
+const PARALLEL: usize = 64;
+
+/// One endpoint (`[[webhooks]]` in the TOML file, or `BLUECAM_WEBHOOK_URL` and
+/// `BLUECAM_WEBHOOK_SECRET`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (http or https).
+    pub url: String,
+    /// The signing secret: `whsec_` and base64 of at least 24 random bytes.
+    pub secret: String,
+    /// The event types sent here; empty: all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The HMAC key: the secret's bytes after `whsec_`, base64-decoded.
+    pub fn key(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let encoded = self.secret.strip_prefix("whsec_").ok_or_else(|| {
+            format!(
+                "webhook secret for {} must start with whsec_ (Standard Webhooks)",
+                self.url
+            )
+        })?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("webhook secret for {} is not base64: {e}", self.url))?;
+        if key.len() < 24 {
+            return Err(format!(
+                "webhook secret for {} is too short: give at least 24 random bytes",
+                self.url
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Checks the URL, the secret and the event names.
+    pub fn validate(&self) -> Result<(), String> {
+        let url: reqwest::Url = self
+            .url
+            .parse()
+            .map_err(|e| format!("webhook url {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("webhook url {:?} must be http or https", self.url));
+        }
+        self.key()?;
+        if let Some(bad) = self
+            .events
+            .iter()
+            .find(|e| !EVENT_TYPES.contains(&e.as_str()))
+        {
+            return Err(format!(
+                "webhook event {bad:?} is not one of {}",
+                EVENT_TYPES.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under `key`.
+pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    // HMAC takes keys of any length: this cannot fail.
+    let mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).map(|mut mac| {
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body.as_bytes());
+        mac.finalize().into_bytes()
+    });
+    match mac {
+        Ok(bytes) => format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// The wait before attempt `attempts + 1`, after `attempts` failed ones: 1 s, then doubling
+/// up to 10 minutes, each within ±20 % (so endpoints that failed together do not retry
+/// together).
+pub fn retry_wait_ms(attempts: u32) -> u64 {
+    use rand::Rng as _;
+    let base = FIRST_RETRY_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(MAX_RETRY_MS);
+    let jittered = base as f64 * rand::rng().random_range(0.8..1.2);
+    (jittered as u64).clamp(1, MAX_RETRY_MS)
+}
+
+/// Delivers the outbox until `stop`.
+#[derive(Debug)]
+pub struct Deliverer {
+    pub store: SqliteStore,
+    pub endpoints: Vec<WebhookConfig>,
+    pub outbox: Outbox,
+    pub metrics: Metrics,
+    /// How long an event is retried before it is given up.
+    pub retry_for: Duration,
+}
+
+impl Deliverer {
+    pub async fn run(self, stop: CancellationToken) {
+        let keys: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+            self.endpoints
+                .iter()
+                .filter_map(|e| Some((e.url.clone(), e.key().ok()?)))
+                .collect(),
+        );
+        let client = match reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bluecam/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make the webhook client; no webhooks");
+                return;
+            }
+        };
+        loop {
+            self.metrics
+                .webhooks_pending
+                .set(self.outbox.pending.load(Ordering::Relaxed) as f64);
+            let store = self.store.clone();
+            let now = now_ms();
+            let due = tokio::task::spawn_blocking(move || store.due_webhooks(now, PARALLEL))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let due = match due {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the webhook outbox");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                let store = self.store.clone();
+                let next = tokio::task::spawn_blocking(move || store.next_webhook_at())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+                let wait = next
+                    .map_or(60_000, |t| t.saturating_sub(now_ms()))
+                    .clamp(10, 60_000);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = self.outbox.added.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                }
+                continue;
+            }
+            let attempts = due.into_iter().map(|p| {
+                let client = client.clone();
+                let keys = Arc::clone(&keys);
+                async move {
+                    let result = attempt(&client, keys.get(&p.endpoint), &p).await;
+                    (p, result)
+                }
+            });
+            let results = tokio::select! {
+                () = stop.cancelled() => return,
+                r = futures_util::future::join_all(attempts) => r,
+            };
+            for (p, result) in results {
+                self.settle(p, result).await;
+            }
+        }
+    }
+
+    /// Records one attempt's outcome.
+    async fn settle(&self, p: Pending, result: Result<(), String>) {
+        let now = now_ms();
+        let (outcome, error) = match result {
+            Ok(()) => {
+                self.metrics.webhooks_delivered.increment(1);
+                (Attempt::Delivered, None)
+            }
+            Err(e) => {
+                self.metrics.webhook_attempts_failed.increment(1);
+                let attempts = p.attempts + 1;
+                if now.saturating_sub(p.created_at_ms) >= self.retry_for.as_millis() as u64 {
+                    self.metrics.webhooks_failed.increment(1);
+                    tracing::warn!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
+                        "webhook event given up after the retry period");
+                    (Attempt::Failed, Some(e))
+                } else {
+                    tracing::debug!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
+                        "webhook attempt failed; will retry");
+                    let at_ms = now + retry_wait_ms(attempts);
+                    (Attempt::Retry { at_ms }, Some(e))
+                }
+            }
+        };
+        if !matches!(outcome, Attempt::Retry { .. }) {
+            let _ = self
+                .outbox
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+        let store = self.store.clone();
+        let seq = p.seq;
+        let written = tokio::task::spawn_blocking(move || {
+            store.webhook_attempted(seq, outcome, error.as_deref())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            // Delivered but not recorded: it is sent again (at least once).
+            tracing::warn!(id = %p.id, "cannot record a webhook attempt");
+        }
+    }
+}
+
+/// One POST of one event.
+async fn attempt(
+    client: &reqwest::Client,
+    key: Option<&Vec<u8>>,
+    p: &Pending,
+) -> Result<(), String> {
+    let key = key.ok_or("this endpoint is no longer configured")?;
+    let timestamp = now_ms() / 1000;
+    let signature = sign(key, &p.id, timestamp, &p.body);
+    let res = client
+        .post(&p.endpoint)
+        .header("content-type", "application/json")
+        .header("webhook-id", &p.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(p.body.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if res.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", res.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_match_the_specifications_example() {
+        // The example of the Standard Webhooks specification (and of its libraries' tests).
+        let config = WebhookConfig {
+            url: "https://example.com/hook".into(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            events: vec![],
+        };
+        let key = config.key().unwrap();
+        let body = r#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn waits_double_from_one_second_up_to_ten_minutes() {
+        for _ in 0..100 {
+            let first = retry_wait_ms(1);
+            assert!((800..1200).contains(&first), "{first}");
+            let third = retry_wait_ms(3);
+            assert!((3200..4800).contains(&third), "{third}");
+            assert!(retry_wait_ms(40) <= MAX_RETRY_MS);
+            assert!(retry_wait_ms(40) >= MAX_RETRY_MS * 8 / 10);
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_a_reason() {
+        let ok = WebhookConfig {
+            url: "http://127.0.0.1:9/h".into(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            events: vec!["call.ended".into()],
+        };
+        ok.validate().unwrap();
+        let mut bad = ok.clone();
+        bad.secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into();
+        assert!(bad.validate().unwrap_err().contains("whsec_"));
+        let mut bad = ok.clone();
+        bad.url = "ftp://x/".into();
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.events = vec!["call.over".into()];
+        assert!(bad.validate().unwrap_err().contains("call.over"));
+    }
+}

@@ -1,0 +1,362 @@
+//! Call history and usage (docs/http-api.md, "Call history"): a call is two or more peers in
+//! a room; durations are the real ones across resumes, timeouts (the leave is when the
+//! connection was lost), seat takeovers and restarts; the API pages, filters and refuses bad
+//! input. The webhooks are tested end to end with a real receiver in tests/e2e/webhooks.test.js.
+
+use crate::common::{Client, TestServer, WAIT, creds, temp_dir};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Seconds between two millisecond instants, as the API rounds them.
+fn secs_between(from_ms: u64, to_ms: u64) -> i64 {
+    ((to_ms - from_ms + 500) / 1000) as i64
+}
+
+/// Asserts `got` is within a second of `want`.
+fn about(got: &Value, want: i64, what: &str) {
+    let got = got
+        .as_i64()
+        .unwrap_or_else(|| panic!("{what}: not a number: {got}"));
+    assert!(
+        (got - want).abs() <= 1,
+        "{what}: {got} s, expected {want} s ± 1"
+    );
+}
+
+/// Polls the room's calls until `done` holds (the history is written a moment after the fact).
+async fn calls_when(s: &TestServer, room: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = s.api_get(&format!("/v1/rooms/{room}/calls")).await;
+        let calls = page["calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .clone();
+        if done(&calls) {
+            return calls;
+        }
+        assert!(Instant::now() < deadline, "calls never got there: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ended(calls: &[Value]) -> bool {
+    calls.first().is_some_and(|c| !c["endedAt"].is_null())
+}
+
+async fn leave(c: &mut Client) {
+    c.send_json(json!({"op": "leave"})).await;
+    assert_eq!(c.closed().await, Some(1000));
+}
+
+#[tokio::test]
+async fn a_call_is_two_peers_together_and_a_resume_does_not_split_it() {
+    let s = TestServer::start().await;
+    let room = s.create_room(json!({"owner": "olga"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t0 = unix_ms();
+    let mut a = s.join(&room, "olga").await;
+    // Alone in the room: no call yet.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(calls_when(&s, &room, |_| true).await.is_empty());
+
+    let b = s.join(&room, "bob").await;
+    let t_call = unix_ms();
+    a.recv_op("peer_joined").await;
+    let live = calls_when(&s, &room, |c| !c.is_empty()).await;
+    assert_eq!(live.len(), 1);
+    assert!(live[0]["endedAt"].is_null(), "{}", live[0]);
+    assert_eq!(live[0]["participants"].as_array().unwrap().len(), 2);
+
+    // b's connection drops and comes back: the same session, the same call.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (b_creds, b_id) = (creds(&b), b.id());
+    drop(b);
+    s.wait_disconnected(&room, &b_id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut b2, _) = s.resume(&room, "bob", b_creds).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    leave(&mut b2).await;
+    let t_end = unix_ms();
+
+    let calls = calls_when(&s, &room, ended).await;
+    assert_eq!(
+        calls.len(),
+        1,
+        "a resume does not start a new call: {calls:?}"
+    );
+    let call = &calls[0];
+    let expected = secs_between(t_call, t_end);
+    about(&call["durationSecs"], expected, "call duration");
+    about(&call["startedAt"], (t_call / 1000) as i64, "startedAt");
+    let ps = call["participants"].as_array().unwrap();
+    assert_eq!(ps.len(), 2, "{call}");
+    let olga = ps.iter().find(|p| p["identity"] == "olga").unwrap();
+    let bob = ps.iter().find(|p| p["identity"] == "bob").unwrap();
+    // Olga waited alone first: in the call only from its start.
+    about(&olga["durationSecs"], expected, "olga in the call");
+    assert!(olga["joinedAt"].as_u64().unwrap() >= t_call / 1000);
+    about(&bob["durationSecs"], expected, "bob in the call");
+    assert_eq!(bob["peerId"], b2.id());
+    assert_eq!(call["roomId"], room);
+
+    // One call by its id, as listed.
+    let one = s
+        .api_get(&format!("/v1/calls/{}", call["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(&one, call);
+
+    // Usage, clipped to the interval; by owner; and none for someone else.
+    let from = t0 / 1000 - 10;
+    let to = unix_ms() / 1000 + 10;
+    let u = s.api_get(&format!("/v1/usage?from={from}&to={to}")).await;
+    assert_eq!(u["calls"], 1, "{u}");
+    about(&u["callSecs"], expected, "callSecs");
+    about(&u["participantSecs"], 2 * expected, "participantSecs");
+    assert_eq!(u["rooms"][0]["roomId"], room);
+    let u = s
+        .api_get(&format!("/v1/usage?from={from}&to={to}&owner=olga"))
+        .await;
+    assert_eq!(u["calls"], 1, "{u}");
+    let u = s
+        .api_get(&format!("/v1/usage?from={from}&to={to}&member=olga"))
+        .await;
+    assert_eq!(u["calls"], 1, "{u}");
+    let u = s
+        .api_get(&format!("/v1/usage?from={from}&to={to}&owner=bob"))
+        .await;
+    assert_eq!(u["calls"], 0, "{u}");
+    // An interval that ends a second into the call counts that second only.
+    let start = call["startedAt"].as_u64().unwrap();
+    let u = s
+        .api_get(&format!("/v1/usage?from={from}&to={}", start + 1))
+        .await;
+    assert!(u["callSecs"].as_u64().unwrap() <= 1, "{u}");
+
+    // Alone again: no new call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls_when(&s, &room, |_| true).await.len(), 1);
+    leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_times_out_left_when_its_connection_was_lost() {
+    let s = TestServer::with(|c| c.limits.resume_window_secs = 3).await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let b = s.join(&room, "b").await;
+    let t_call = unix_ms();
+    a.recv_op("peer_joined").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(b);
+    let t_lost = unix_ms();
+    // The others hear of it when the window has passed...
+    assert_eq!(a.recv_op("peer_left").await["reason"], "timeout");
+    assert!(unix_ms() - t_lost >= 2500);
+    // ...but b left when its connection was lost, and so the call ended then.
+    let calls = calls_when(&s, &room, ended).await;
+    let call = &calls[0];
+    about(&call["durationSecs"], secs_between(t_call, t_lost), "call");
+    about(&call["endedAt"], (t_lost / 1000) as i64, "endedAt");
+    let b = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["identity"] == "b")
+        .unwrap()
+        .clone();
+    about(&b["durationSecs"], secs_between(t_call, t_lost), "b");
+    leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn a_seat_taken_over_keeps_the_call_going() {
+    let s = TestServer::start().await;
+    let room = s.create_room(json!({"maxPeers": 2})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut a = s.join(&room, "a").await;
+    let mut b = s.join(&room, "b").await;
+    a.recv_op("peer_joined").await;
+    calls_when(&s, &room, |c| !c.is_empty()).await;
+    // b reloads: a new session takes b's seat.
+    let mut b2 = s.join(&room, "b").await;
+    assert_eq!(b.closed().await, Some(4042));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = calls_when(&s, &room, |c| {
+        c[0]["participants"].as_array().unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(calls.len(), 1, "still one call: {calls:?}");
+    assert!(calls[0]["endedAt"].is_null(), "{}", calls[0]);
+    leave(&mut b2).await;
+    let calls = calls_when(&s, &room, ended).await;
+    assert_eq!(calls.len(), 1);
+    leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_call_and_its_participants() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let b = s.join(&room, "b").await;
+    let t_call = unix_ms();
+    a.recv_op("peer_joined").await;
+    calls_when(&s, &room, |c| !c.is_empty()).await;
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(a.closed().await, Some(1012));
+    let dir = stopping.await.unwrap();
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    let (mut a2, _) = s.resume(&room, "a", creds(&a)).await;
+    let (mut b2, _) = s.resume(&room, "b", creds(&b)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    leave(&mut b2).await;
+    let t_end = unix_ms();
+    let calls = calls_when(&s, &room, ended).await;
+    assert_eq!(
+        calls.len(),
+        1,
+        "the restart did not split the call: {calls:?}"
+    );
+    about(
+        &calls[0]["durationSecs"],
+        secs_between(t_call, t_end),
+        "call",
+    );
+    leave(&mut a2).await;
+    let dir = s.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn calls_come_in_pages_newest_first_and_bad_requests_are_refused() {
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    for i in 0..3 {
+        let mut b = s.join(&room, "b").await;
+        a.recv_op("peer_joined").await;
+        calls_when(&s, &room, |c| c.len() == i + 1).await;
+        leave(&mut b).await;
+        a.recv_op("peer_left").await;
+        calls_when(&s, &room, ended).await;
+        // Calls start in different milliseconds, so the order is the start order.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = calls_when(&s, &room, |c| c.len() == 3).await;
+    let starts: Vec<u64> = all
+        .iter()
+        .map(|c| c["startedAt"].as_u64().unwrap())
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {starts:?}"
+    );
+    let first = s.api_get(&format!("/v1/rooms/{room}/calls?limit=2")).await;
+    assert_eq!(first["calls"].as_array().unwrap().len(), 2);
+    let cursor = first["nextCursor"].as_str().unwrap();
+    let second = s
+        .api_get(&format!("/v1/rooms/{room}/calls?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(second["calls"].as_array().unwrap().len(), 1);
+    assert!(second.get("nextCursor").is_none(), "{second}");
+    let mut ids: Vec<&Value> = first["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["calls"].as_array().unwrap())
+        .map(|c| &c["id"])
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "every call once");
+
+    let status = |path: String| {
+        let http = s.http();
+        let url = s.url(&path);
+        async move {
+            http.get(url)
+                .bearer_auth(crate::common::SECRET)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("/v1/rooms/no-such-room/calls".into()).await, 404);
+    assert_eq!(
+        status(format!("/v1/rooms/{room}/calls?cursor=%%%")).await,
+        400
+    );
+    assert_eq!(status(format!("/v1/rooms/{room}/calls?limit=0")).await, 400);
+    assert_eq!(status("/v1/calls/call_nope".into()).await, 404);
+    assert_eq!(status("/v1/usage?from=10".into()).await, 400);
+    assert_eq!(status("/v1/usage?from=10&to=5".into()).await, 400);
+    assert_eq!(
+        status("/v1/usage?from=1&to=5&owner=a&member=b".into()).await,
+        400
+    );
+    // Without the secret, nothing.
+    let res = s
+        .http()
+        .get(s.url("/v1/usage?from=1&to=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_previous_release_is_migrated_with_every_room_and_session() {
+    let dir = temp_dir();
+    {
+        // Schema version 2, as the previous release wrote it: rooms and durable sessions.
+        let db = rusqlite::Connection::open(dir.join("bluecam.sqlite3")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE rooms (id TEXT PRIMARY KEY NOT NULL, name TEXT, description TEXT,
+             owner TEXT, members TEXT, max_peers INTEGER NOT NULL, empty_timeout_secs INTEGER,
+             metadata TEXT, created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL);
+             ALTER TABLE rooms ADD COLUMN multiple_sessions INTEGER NOT NULL DEFAULT 0;
+             CREATE TABLE sessions (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+             room TEXT NOT NULL, peer TEXT NOT NULL, info TEXT NOT NULL, permissions TEXT NOT NULL,
+             secret_sha256 BLOB NOT NULL, created_at INTEGER NOT NULL);
+             CREATE INDEX sessions_by_room ON sessions (room);
+             INSERT INTO rooms VALUES ('r1', 'One', NULL, 'olga', NULL, 4, NULL, NULL, 1, 1, 0);
+             INSERT INTO rooms VALUES ('r2', 'Two', 'second', NULL, '[\"bob\"]', 8, 600, '{\"k\":1}', 2, 2, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    let r1 = s.api_get("/v1/rooms/r1").await;
+    assert_eq!(
+        (r1["name"].as_str(), r1["owner"].as_str()),
+        (Some("One"), Some("olga"))
+    );
+    let r2 = s.api_get("/v1/rooms/r2").await;
+    assert_eq!(r2["members"], json!(["bob"]));
+    assert_eq!(r2["metadata"], json!({"k": 1}));
+    assert_eq!(r2["multipleSessions"], true);
+    // The migrated store keeps history: a call in the old room is recorded.
+    let mut a = s.join("r1", "olga").await;
+    let mut b = s.join("r1", "bob").await;
+    a.recv_op("peer_joined").await;
+    leave(&mut b).await;
+    let calls = calls_when(&s, "r1", ended).await;
+    assert_eq!(calls.len(), 1);
+    leave(&mut a).await;
+    let dir = s.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
