@@ -516,6 +516,13 @@ async fn delete_room(
         return Err(ApiError::room_not_found());
     }
     state.hub.close_room(&id, RoomClosedReason::Deleted);
+    if let Some(h) = &state.history {
+        h.recorder.record(crate::history::Event::RoomDeleted {
+            room: id.clone(),
+            reason: "deleted",
+            at_ms: crate::history::now_ms(),
+        });
+    }
     tracing::info!(room = %id, "room deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -694,26 +701,15 @@ pub(crate) fn issue_token(
 
 // ---- call history (history.rs) ---------------------------------------------------------
 
-/// The node's history, or 501 where there is none (a cluster, for now).
+/// The node's history, or 501 where there is none (a cluster without PostgreSQL).
 fn history(state: &AppState) -> Result<crate::History, ApiError> {
     state.history.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             ErrorCode::Unavailable,
-            "call history needs a single node for now (a cluster will keep it in PostgreSQL)",
+            "call history needs a database: a cluster keeps it in PostgreSQL (--database)",
         )
     })
-}
-
-/// Runs a blocking history query off the async threads.
-async fn query<T: Send + 'static>(
-    store: crate::store::SqliteStore,
-    f: impl FnOnce(&crate::store::SqliteStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| ApiError::from(StoreError::Backend(e.to_string())))?
-        .map_err(ApiError::from)
 }
 
 #[derive(Serialize)]
@@ -742,18 +738,22 @@ async fn room_calls(
     let after = match page.cursor.as_deref() {
         Some(c) => {
             use base64::Engine as _;
-            let call = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
-            let pos = query(h.store.clone(), move |s| s.call_position(&call)).await?;
-            Some(pos.ok_or_else(|| ApiError::bad_request("invalid cursor"))?)
+            Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::bad_request("invalid cursor"))?,
+            )
         }
         None => None,
     };
-    let r = room.clone();
-    let mut calls = query(h.store.clone(), move |s| s.calls(r, limit + 1, after)).await?;
+    let r = room.to_string();
+    let found = h
+        .backend
+        .run(move |db| crate::history::calls(db, &r, limit + 1, after.as_deref()))
+        .await?;
+    let mut calls = found.ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
     if calls.is_empty() && page.cursor.is_none() {
         // No calls: a room that exists has none yet; one that never did is not found (a
         // deleted room's history stays readable).
@@ -776,7 +776,8 @@ async fn get_call(
     Path(id): Path<String>,
 ) -> Result<Json<crate::history::CallRecord>, ApiError> {
     let h = history(&state)?;
-    query(h.store, move |s| s.call(&id))
+    h.backend
+        .run(move |db| crate::history::call_record(db, &id))
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such call"))
@@ -815,6 +816,8 @@ async fn usage(
     };
     let h = history(&state)?;
     Ok(Json(
-        query(h.store, move |s| s.usage(from, to, filter)).await?,
+        h.backend
+            .run(move |db| crate::history::usage(db, from, to, &filter))
+            .await?,
     ))
 }

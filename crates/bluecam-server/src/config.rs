@@ -38,6 +38,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`).
     pub redis_url: Option<String>,
+    /// Cluster: the PostgreSQL (`postgres://USER@HOST:PORT/DB`) that keeps rooms, call history
+    /// and the webhook outbox, shared by every node.
+    pub database_url: Option<String>,
+    /// Connections each node keeps to `database_url` at most.
+    pub database_pool: usize,
     pub cluster: ClusterConfig,
     /// Serve `/metrics` on this address only (and not on `bind`). Unset: on `bind`.
     pub metrics_bind: Option<SocketAddr>,
@@ -216,6 +221,8 @@ impl Default for Config {
             max_token_ttl_secs: 7 * 24 * 3600,
             limits: LimitsConfig::default(),
             redis_url: None,
+            database_url: None,
+            database_pool: 16,
             cluster: ClusterConfig::default(),
             metrics_bind: None,
             stun: true,
@@ -391,6 +398,8 @@ pub const SETTINGS: &[Setting] = {
         setting("demo", Scalar, Some("--demo")),
         setting("metrics_bind", Str, Some("--metrics-bind")),
         setting("redis_url", Str, Some("--redis")),
+        setting("database_url", Str, Some("--database")),
+        setting("database_pool", Scalar, None),
         setting("stun", Scalar, None),
         setting("stun_bind", Str, Some("--stun-bind")),
         setting("ice_servers", Json, None),
@@ -597,6 +606,7 @@ mod env_tests {
             }),
             demo: Some(true),
             redis_url: Some("r".into()),
+            database_url: Some("d".into()),
             metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             stun_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             ..Config::default()

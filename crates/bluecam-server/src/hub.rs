@@ -385,12 +385,9 @@ impl HubHandle {
         let mut inner = self.lock();
         inner.core.handle_room_closed(room, reason);
         if let Some(recorder) = &self.history {
-            recorder.record(history::Event::RoomClosed {
+            // This node's sessions in it end (the room.deleted event is its deleter's).
+            recorder.record(history::Event::RoomClosedHere {
                 room: room.clone(),
-                reason: match reason {
-                    RoomClosedReason::Deleted => "deleted",
-                    RoomClosedReason::Expired => "expired",
-                },
                 at_ms: history::now_ms(),
             });
         }

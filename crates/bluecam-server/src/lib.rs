@@ -104,8 +104,9 @@ pub struct Shared {
 #[derive(Clone, Debug)]
 pub struct History {
     pub recorder: history::Recorder,
-    pub store: SqliteStore,
+    pub backend: history::Backend,
     pub outbox: history::Outbox,
+    pub node: history::NodeInfo,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -212,10 +213,20 @@ impl Server {
         for endpoint in &config.webhooks {
             endpoint.validate().map_err(ServerError::Config)?;
         }
-        if config.redis_url.is_some() && !config.webhooks.is_empty() {
+        if config.redis_url.is_some()
+            && config.database_url.is_none()
+            && !config.webhooks.is_empty()
+        {
             return Err(ServerError::Config(
-                "webhooks and call history need a single node for now: a cluster will keep \
-                 them in PostgreSQL (--database), which is not built yet"
+                "webhooks in a cluster need PostgreSQL (--database postgres://…): the nodes \
+                 share the outbox there"
+                    .into(),
+            ));
+        }
+        if config.redis_url.is_none() && config.database_url.is_some() {
+            return Err(ServerError::Config(
+                "--database is for a cluster (with --redis); a single node keeps everything \
+                 in its SQLite file"
                     .into(),
             ));
         }
@@ -271,6 +282,7 @@ impl Server {
             }
             None => None,
         };
+        let mut postgres = None;
         let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn broker::Broker>, _, _) =
             match &config.redis_url {
                 Some(url) => {
@@ -282,7 +294,24 @@ impl Server {
                         metrics.clone(),
                     )
                     .await?;
-                    (Arc::new(node.store()), node.clone(), Some(node), None)
+                    let live: Arc<dyn Store> = Arc::new(node.store());
+                    let store: Arc<dyn Store> = match &config.database_url {
+                        // Rooms in PostgreSQL, mirrored in Redis for the membership scripts.
+                        Some(db) => {
+                            let pg = history::postgres::PgStore::connect(db, config.database_pool)
+                                .await?;
+                            postgres = Some(pg.clone());
+                            Arc::new(history::postgres::ClusterRooms { pg, live })
+                        }
+                        None => {
+                            tracing::warn!(
+                                "a cluster without --database keeps its rooms in Redis only, \
+                                 and has no call history or webhooks"
+                            );
+                            live
+                        }
+                    };
+                    (store, node.clone(), Some(node), None)
                 }
                 None => {
                     let sqlite = SqliteStore::open(&config.data_dir)?;
@@ -299,9 +328,22 @@ impl Server {
             Some(s) => Some(s.session_log().map_err(ServerError::Io)?),
             None => None,
         };
-        // A single node records call history and webhook events in its SQLite file.
-        let history = match &sqlite {
-            Some(store) => {
+        // A single node records call history and webhook events in its SQLite file, a
+        // cluster in PostgreSQL.
+        let backend = match (&sqlite, &postgres) {
+            (Some(s), _) => Some(history::Backend::Sqlite(s.clone())),
+            (None, Some(p)) => Some(history::Backend::Postgres(p.clone())),
+            (None, None) => None,
+        };
+        let history = match backend {
+            Some(backend) => {
+                let node = history::NodeInfo {
+                    node: broker.node().map(ToString::to_string).unwrap_or_default(),
+                    dead_after_ms: (config.cluster.node_ttl_secs
+                        + config.limits.resume_window_secs)
+                        .saturating_mul(1000)
+                        .saturating_add(5000),
+                };
                 let outbox = history::Outbox {
                     subscribers: config
                         .webhooks
@@ -316,11 +358,14 @@ impl Server {
                     added: Arc::default(),
                     dropped: metrics.webhooks_dropped.clone(),
                 };
-                let recorder = store.history(outbox.clone()).map_err(ServerError::Io)?;
+                let recorder =
+                    history::Recorder::start(backend.clone(), outbox.clone(), node.clone())
+                        .map_err(ServerError::Io)?;
                 Some(History {
                     recorder,
-                    store: store.clone(),
+                    backend,
                     outbox,
+                    node,
                 })
             }
             None => None,
@@ -343,7 +388,7 @@ impl Server {
             if let Some(h) = &history {
                 // What a crash left open ends when the node was last alive; what was restored
                 // is detached since then.
-                sqlite.recover_history(&ids, &h.outbox)?;
+                history::recover(&h.backend, &h.node, &ids, &h.outbox)?;
             }
             let restored =
                 hub.restore(
@@ -626,6 +671,8 @@ async fn method_not_allowed() -> api::ApiError {
 /// Session expiry (as the core asks) and the empty-room sweep, until shutdown.
 /// How often the node notes that it is alive, for the history.
 const ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// How often (in those notes) a cluster node looks for sessions of dead nodes.
+const SWEEP_EVERY_TICKS: u64 = 10;
 
 /// The history's heartbeat (after a crash, open sessions end when the node was last alive)
 /// and, with endpoints configured, the webhook delivery.
@@ -634,16 +681,27 @@ fn spawn_history(state: &AppState, history: History) {
     let recorder = history.recorder.clone();
     state.tracker.spawn(async move {
         let mut interval = tokio::time::interval(ALIVE_EVERY);
+        let cluster = s.config.redis_url.is_some();
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
-                _ = interval.tick() => recorder.record(history::Event::Alive { at_ms: history::now_ms() }),
+                _ = interval.tick() => {
+                    let now = history::now_ms();
+                    recorder.record(history::Event::Alive { at_ms: now });
+                    // A cluster's nodes end the sessions of dead nodes nobody took over.
+                    ticks += 1;
+                    if cluster && ticks % SWEEP_EVERY_TICKS == 0 {
+                        recorder.record(history::Event::Sweep { now_ms: now });
+                    }
+                }
                 () = s.shutdown.cancelled() => return,
             }
         }
     });
     if !state.config.webhooks.is_empty() {
         let deliverer = webhooks::Deliverer {
-            store: history.store,
+            backend: history.backend,
+            node: history.node.node,
             endpoints: state.config.webhooks.clone(),
             outbox: history.outbox,
             metrics: state.metrics.clone(),
@@ -700,6 +758,13 @@ async fn sweep_empty_rooms(state: &AppState) {
         match state.store.delete_empty_room(id.clone()).await {
             Ok(true) => {
                 state.hub.close_room(&id, RoomClosedReason::Expired);
+                if let Some(h) = &state.history {
+                    h.recorder.record(history::Event::RoomDeleted {
+                        room: id.clone(),
+                        reason: "expired",
+                        at_ms: history::now_ms(),
+                    });
+                }
                 tracing::info!(room = %id, "empty room expired");
             }
             Ok(false) => {}

@@ -95,7 +95,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_room ON sessions (room);",
     // 3: call history and the webhook outbox.
-    crate::history::MIGRATION,
+    crate::history::sqlite::MIGRATION,
 ];
 
 /// The schema version this build writes.

@@ -11,9 +11,8 @@
 //! failed and counted.
 
 use crate::{
-    history::{Attempt, Outbox, Pending, now_ms},
+    history::{Attempt, Backend, Outbox, Pending, now_ms},
     metrics::Metrics,
-    store::SqliteStore,
 };
 use serde::{Deserialize, Serialize};
 use std::{
@@ -135,7 +134,10 @@ pub fn retry_wait_ms(attempts: u32) -> u64 {
 /// Delivers the outbox until `stop`.
 #[derive(Debug)]
 pub struct Deliverer {
-    pub store: SqliteStore,
+    /// Where the outbox is (the node's SQLite, or the cluster's PostgreSQL).
+    pub backend: Backend,
+    /// This node, as it claims events in a cluster (so each is sent by one node).
+    pub node: String,
     pub endpoints: Vec<WebhookConfig>,
     pub outbox: Outbox,
     pub metrics: Metrics,
@@ -167,12 +169,13 @@ impl Deliverer {
             self.metrics
                 .webhooks_pending
                 .set(self.outbox.pending.load(Ordering::Relaxed) as f64);
-            let store = self.store.clone();
             let now = now_ms();
-            let due = tokio::task::spawn_blocking(move || store.due_webhooks(now, PARALLEL))
+            let node = self.node.clone();
+            let due = self
+                .backend
+                .run(move |db| db.due_events(now, PARALLEL, &node))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .map_err(|e| e.to_string());
             let due = match due {
                 Ok(d) => d,
                 Err(e) => {
@@ -181,12 +184,7 @@ impl Deliverer {
                 }
             };
             if due.is_empty() {
-                let store = self.store.clone();
-                let next = tokio::task::spawn_blocking(move || store.next_webhook_at())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
+                let next = self.backend.run(|db| db.next_due()).await.ok().flatten();
                 let wait = next
                     .map_or(60_000, |t| t.saturating_sub(now_ms()))
                     .clamp(10, 60_000);
@@ -247,13 +245,12 @@ impl Deliverer {
                     Some(n.saturating_sub(1))
                 });
         }
-        let store = self.store.clone();
         let seq = p.seq;
-        let written = tokio::task::spawn_blocking(move || {
-            store.webhook_attempted(seq, outcome, error.as_deref())
-        })
-        .await;
-        if !matches!(written, Ok(Ok(()))) {
+        let written = self
+            .backend
+            .run(move |db| db.attempted(seq, outcome, error.as_deref()))
+            .await;
+        if written.is_err() {
             // Delivered but not recorded: it is sent again (at least once).
             tracing::warn!(id = %p.id, "cannot record a webhook attempt");
         }

@@ -64,6 +64,14 @@ struct ServeArgs {
     /// every node needs the same --api-secret.
     #[arg(long, env = "BLUECAM_REDIS_URL")]
     redis: Option<String>,
+    /// Cluster: the PostgreSQL that keeps rooms, call history and webhooks
+    /// (`postgres://USER@HOST:PORT/DB`), shared by every node.
+    #[arg(
+        long = "database",
+        env = "BLUECAM_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
     /// Origins allowed to open WebSockets (repeatable, or comma-separated in the env var).
     #[arg(
         long = "allowed-origin",
@@ -96,6 +104,9 @@ impl ServeArgs {
         let mut config = Config::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
         if let Some(redis) = self.redis.filter(|r| !r.is_empty()) {
             config.redis_url = Some(redis);
+        }
+        if let Some(db) = self.database.filter(|d| !d.is_empty()) {
+            config.database_url = Some(db);
         }
         if let Some(bind) = self.bind {
             config.bind = bind;

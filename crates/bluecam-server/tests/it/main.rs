@@ -9,6 +9,7 @@ mod history;
 mod http;
 mod lifecycle;
 mod limits;
+mod postgres;
 mod restart;
 mod resume;
 mod stun;

@@ -1,0 +1,831 @@
+//! Call history and the webhook outbox (docs/http-api.md, "Call history"; docs/webhooks.md).
+//!
+//! The hub reports what happens to sessions ([`Event`]: opened, resumed, closed, a room created
+//! or closed) to a [`Recorder`], in the order it happened. One writer thread per node applies
+//! the events in batches, one transaction each: a session's record (`participants`), the room's
+//! calls (a call is an interval with at least two peers in the room), and the webhook events
+//! they cause (`webhook_outbox`), together, so a crash keeps all three or none. Webhooks are
+//! delivered from the outbox by [`crate::webhooks`].
+//!
+//! The logic is written once, against [`Db`]: the statements it needs, for SQLite (a single
+//! node, [`sqlite`]) and PostgreSQL (a cluster, [`postgres`], where the nodes share the tables
+//! and serialize the changes of a room with a lock).
+//!
+//! Times are kept in milliseconds and shown in Unix seconds. The leave time of a peer whose
+//! connection was lost is when it was lost, not when its resume window ran out; after a crash,
+//! it is the last moment its node was known alive (noted twice a second).
+
+pub mod postgres;
+pub mod sqlite;
+
+use crate::store::{SqliteStore, StoreError};
+use bluecam_proto::{Identity, PeerId, Room, RoomId, SessionId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+type R<T> = Result<T, StoreError>;
+
+/// Why a session ended, as history and webhooks say it.
+pub type LeaveReason = &'static str;
+
+/// Something that happened, for the history and the webhooks.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A fresh session joined (not a resume: a resume continues its session).
+    Opened {
+        room: RoomId,
+        session: SessionId,
+        peer: PeerId,
+        identity: Identity,
+        name: Option<String>,
+        at_ms: u64,
+    },
+    /// A session resumed on this node: it is connected again.
+    Attached { session: SessionId },
+    /// A session ended. `detached_at_ms`: when its connection was lost, if it was waiting for
+    /// a resume (a timeout); that is when it left.
+    Closed {
+        room: RoomId,
+        session: SessionId,
+        reason: LeaveReason,
+        at_ms: u64,
+        detached_at_ms: Option<u64>,
+    },
+    /// A room was created through the API.
+    RoomCreated { room: Box<Room>, at_ms: u64 },
+    /// The room was closed: this node's sessions in it end (`room_closed`).
+    RoomClosedHere { room: RoomId, at_ms: u64 },
+    /// A room was deleted (`deleted`) or expired empty (`expired`), by this node's API or
+    /// sweep: the `room.deleted` event (one node records it).
+    RoomDeleted {
+        room: RoomId,
+        reason: &'static str,
+        at_ms: u64,
+    },
+    /// The node is alive now (after a crash, its open sessions left when it was last alive).
+    Alive { at_ms: u64 },
+    /// Cluster: ends the sessions of nodes that died and whose sessions nobody took over
+    /// within the resume window.
+    Sweep { now_ms: u64 },
+}
+
+/// A webhook endpoint as the outbox needs it: where, and which event types (empty: all).
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    pub url: String,
+    pub events: Vec<String>,
+}
+
+impl Subscriber {
+    fn wants(&self, event_type: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event_type)
+    }
+}
+
+/// The webhook side of the recorder: who subscribes, the outbox bound and its fill.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    pub subscribers: Vec<Subscriber>,
+    /// Pending events at most; beyond, new events are dropped (counted and logged).
+    pub max_pending: usize,
+    /// Pending events now (kept here, so the bound costs no query; a cluster node refreshes it
+    /// from the shared table now and then).
+    pub pending: Arc<AtomicUsize>,
+    /// Woken when events were added.
+    pub added: Arc<Notify>,
+    /// Events dropped because the outbox was full.
+    pub dropped: metrics::Counter,
+}
+
+/// Who records: this node's id in the shared tables ("" on a single node), and, in a
+/// cluster, when another node counts as dead with its sessions gone.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node: String,
+    /// A node silent this long (its liveness, plus a resume window) has lost every session
+    /// nobody took over.
+    pub dead_after_ms: u64,
+}
+
+/// Where the history lives: the node's SQLite file, or the cluster's PostgreSQL.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Backend {
+    /// Runs `f` in one transaction, on this (blocking) thread.
+    pub fn transaction<T>(&self, f: impl FnOnce(&mut dyn Db) -> R<T>) -> R<T> {
+        match self {
+            Self::Sqlite(s) => sqlite::transaction(s, f),
+            Self::Postgres(p) => p.transaction(f),
+        }
+    }
+
+    /// Runs `f` in one transaction on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> R<T> + Send + 'static,
+    ) -> R<T> {
+        let backend = self.clone();
+        tokio::task::spawn_blocking(move || backend.transaction(f))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+/// A session's row, as the logic reads it.
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub peer: String,
+    pub identity: String,
+    pub name: Option<String>,
+    pub joined_at_ms: u64,
+    pub left_at_ms: Option<u64>,
+}
+
+/// A new session's row.
+#[derive(Clone, Debug)]
+pub struct NewSession<'a> {
+    pub session: &'a str,
+    pub room: &'a str,
+    pub node: &'a str,
+    pub peer: &'a str,
+    pub identity: &'a str,
+    pub name: Option<&'a str>,
+    pub joined_at_ms: u64,
+}
+
+/// A call as usage reads it.
+#[derive(Clone, Debug)]
+pub struct CallRow {
+    pub room: String,
+    pub started: u64,
+    pub ended: Option<u64>,
+    pub owner: Option<String>,
+    pub members: Option<String>,
+}
+
+/// One event waiting in the outbox for its endpoint.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub seq: i64,
+    pub id: String,
+    pub endpoint: String,
+    pub body: String,
+    pub attempts: u32,
+    pub created_at_ms: u64,
+}
+
+/// An event for the outbox.
+#[derive(Clone, Debug)]
+pub struct NewEvent<'a> {
+    pub id: &'a str,
+    pub endpoint: &'a str,
+    pub room: &'a str,
+    pub event_type: &'a str,
+    pub body: &'a str,
+    pub at_ms: u64,
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    Retry { at_ms: u64 },
+    Failed,
+}
+
+/// The statements of the history, for one transaction. The SQL differs between the two
+/// databases in its placeholders and types only; the logic above it is shared.
+pub trait Db {
+    /// Serializes changes to one room's history across nodes (PostgreSQL: a transaction lock;
+    /// SQLite has one writer already).
+    fn lock_room(&mut self, room: &str) -> R<()>;
+    /// False when the session has a row already.
+    fn insert_session(&mut self, s: &NewSession<'_>) -> R<bool>;
+    /// The session is connected again, on `node`.
+    fn attach(&mut self, session: &str, node: &str) -> R<()>;
+    /// An open session's row and when its connection was lost (if known).
+    fn open_session(&mut self, session: &str) -> R<Option<(SessionRow, Option<u64>)>>;
+    fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()>;
+    /// The open sessions of a room (of one node's, with `node`), oldest first.
+    fn open_sessions(&mut self, room: &str, node: Option<&str>) -> R<Vec<String>>;
+    fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>>;
+    /// The room's owner and members (JSON array) now, if it exists.
+    fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)>;
+    fn insert_call(
+        &mut self,
+        id: &str,
+        room: &str,
+        owner: Option<&str>,
+        members: Option<&str>,
+        at_ms: u64,
+    ) -> R<()>;
+    fn end_call(&mut self, id: &str, ended_ms: u64) -> R<()>;
+    /// A call's room, start and end.
+    fn call_row(&mut self, id: &str) -> R<Option<(String, u64, Option<u64>)>>;
+    /// The sessions of a room that overlap `[from, to)` (`to` None: up to now), in join order.
+    fn sessions_between(&mut self, room: &str, from: u64, to: Option<u64>) -> R<Vec<SessionRow>>;
+    fn insert_event(&mut self, e: &NewEvent<'_>) -> R<()>;
+    fn set_alive(&mut self, node: &str, at_ms: u64) -> R<()>;
+    fn alive(&mut self, node: &str) -> R<Option<u64>>;
+    /// Every open session of a node: (room, session).
+    fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>>;
+    /// Marks every open session of `node` as detached since `at_ms` (unless it was already).
+    fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()>;
+    /// Open sessions of other nodes last alive before `before_ms`: (room, session, alive).
+    fn dead_sessions(&mut self, me: &str, before_ms: u64) -> R<Vec<(String, String, u64)>>;
+    /// A room's calls that started before `before` (start, id), newest first.
+    fn call_ids(
+        &mut self,
+        room: &str,
+        before: Option<(u64, String)>,
+        limit: usize,
+    ) -> R<Vec<String>>;
+    fn call_position(&mut self, id: &str) -> R<Option<(u64, String)>>;
+    /// Calls that overlap `[from, to)`.
+    fn calls_between(&mut self, from_ms: u64, to_ms: u64) -> R<Vec<CallRow>>;
+    fn pending_events(&mut self) -> R<i64>;
+    /// The events due at `now`: for each endpoint and room only its oldest pending one, and
+    /// only once its retry time came; in a cluster, claimed by `node` for a while, so no other
+    /// node sends them meanwhile.
+    fn due_events(&mut self, now: u64, limit: usize, node: &str) -> R<Vec<Pending>>;
+    fn next_due(&mut self) -> R<Option<u64>>;
+    fn attempted(&mut self, seq: i64, outcome: Attempt, error: Option<&str>) -> R<()>;
+}
+
+enum Op {
+    Event(Event),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Event(e) => e.fmt(f),
+            Self::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+/// Queues history events for the writer thread. Cheap to clone; sending never blocks (a join
+/// never waits for the history).
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+/// Events one transaction takes at most.
+const BATCH: usize = 1024;
+
+impl Recorder {
+    pub fn record(&self, event: Event) {
+        let _ = self.tx.send(Op::Event(event));
+    }
+
+    /// Waits until everything recorded before is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Flush(done))
+            .map_err(|_| "the history writer is gone".to_owned())?;
+        rx.await
+            .map_err(|_| "the history writer is gone".to_owned())?
+    }
+
+    /// Starts the writer (a thread: its work is blocking database calls).
+    pub fn start(backend: Backend, outbox: Outbox, node: NodeInfo) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
+        std::thread::Builder::new()
+            .name("bluecam-history".into())
+            .spawn(move || {
+                let mut dropped_total = 0u64;
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let events: Vec<&Event> = batch
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::Event(e) => Some(e),
+                            Op::Flush(_) => None,
+                        })
+                        .collect();
+                    let result = backend.transaction(|db| {
+                        let mut out = Applied::default();
+                        for event in &events {
+                            apply(db, event, &outbox, &node, &mut out)?;
+                        }
+                        Ok(out)
+                    });
+                    let result = match result {
+                        Ok(stats) => {
+                            if stats.dropped > 0 {
+                                outbox.dropped.increment(stats.dropped);
+                                dropped_total += stats.dropped;
+                                tracing::warn!(
+                                    dropped = stats.dropped,
+                                    dropped_total,
+                                    max_pending = outbox.max_pending,
+                                    "webhook outbox full: events dropped"
+                                );
+                            }
+                            if stats.added > 0 {
+                                outbox.added.notify_one();
+                            }
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, events = events.len(), "could not record history");
+                            Err(e.to_string())
+                        }
+                    };
+                    for op in batch {
+                        if let Op::Flush(done) = op {
+                            let _ = done.send(result.clone());
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The Unix-epoch milliseconds of an `Instant` in the past.
+pub fn instant_ms(at: std::time::Instant) -> u64 {
+    now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+fn secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// Whole seconds of an interval, rounded to the nearest.
+fn duration_secs(from_ms: u64, to_ms: u64) -> u64 {
+    (to_ms.saturating_sub(from_ms) + 500) / 1000
+}
+
+/// After a start: every session this node still had open lost its connection when the node
+/// was last alive (a crash, or the restart itself). Sessions the restart restored stay open,
+/// detached since then (a resume attaches them again); the others end then, as timeouts.
+/// Also counts the pending webhook events.
+pub fn recover(
+    backend: &Backend,
+    node: &NodeInfo,
+    restored: &std::collections::HashSet<SessionId>,
+    outbox: &Outbox,
+) -> R<()> {
+    backend.transaction(|db| {
+        let alive = db.alive(&node.node)?.unwrap_or_else(now_ms);
+        let mut out = Applied::default();
+        for (room, session) in db.node_sessions(&node.node)? {
+            let session = SessionId::new(session);
+            if !restored.contains(&session) {
+                let event = Event::Closed {
+                    room: RoomId::new(room),
+                    session,
+                    reason: "timeout",
+                    at_ms: alive,
+                    detached_at_ms: Some(alive),
+                };
+                apply(db, &event, outbox, node, &mut out)?;
+            }
+        }
+        db.detach_node(&node.node, alive)?;
+        let pending = db.pending_events()?;
+        outbox
+            .pending
+            .store(usize::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    })
+}
+
+#[derive(Default)]
+struct Applied {
+    added: usize,
+    dropped: u64,
+}
+
+fn apply(
+    db: &mut dyn Db,
+    event: &Event,
+    outbox: &Outbox,
+    node: &NodeInfo,
+    out: &mut Applied,
+) -> R<()> {
+    match event {
+        Event::Opened {
+            room,
+            session,
+            peer,
+            identity,
+            name,
+            at_ms,
+        } => {
+            db.lock_room(room.as_str())?;
+            let new = NewSession {
+                session: session.as_str(),
+                room: room.as_str(),
+                node: &node.node,
+                peer: peer.as_str(),
+                identity: identity.as_str(),
+                name: name.as_deref(),
+                joined_at_ms: *at_ms,
+            };
+            if !db.insert_session(&new)? {
+                return Ok(());
+            }
+            let data = json!({
+                "roomId": room, "peerId": peer, "identity": identity, "name": name,
+                "joinedAt": secs(*at_ms),
+            });
+            enqueue(db, outbox, out, room.as_str(), "peer.joined", *at_ms, data)?;
+            if db.open_sessions(room.as_str(), None)?.len() >= 2
+                && db.open_call(room.as_str())?.is_none()
+            {
+                start_call(db, outbox, out, room.as_str(), *at_ms)?;
+            }
+        }
+        Event::Attached { session } => db.attach(session.as_str(), &node.node)?,
+        Event::Closed {
+            room,
+            session,
+            reason,
+            at_ms,
+            detached_at_ms,
+        } => {
+            db.lock_room(room.as_str())?;
+            end_session(
+                db,
+                outbox,
+                out,
+                room.as_str(),
+                session.as_str(),
+                reason,
+                *at_ms,
+                *detached_at_ms,
+            )?;
+        }
+        Event::RoomCreated { room, at_ms } => {
+            let data = serde_json::to_value(room).unwrap_or(Value::Null);
+            enqueue(
+                db,
+                outbox,
+                out,
+                room.id.as_str(),
+                "room.created",
+                *at_ms,
+                data,
+            )?;
+        }
+        Event::RoomClosedHere { room, at_ms } => {
+            db.lock_room(room.as_str())?;
+            for session in db.open_sessions(room.as_str(), Some(&node.node))? {
+                end_session(
+                    db,
+                    outbox,
+                    out,
+                    room.as_str(),
+                    &session,
+                    "room_closed",
+                    *at_ms,
+                    None,
+                )?;
+            }
+        }
+        Event::RoomDeleted {
+            room,
+            reason,
+            at_ms,
+        } => {
+            let data = json!({ "roomId": room, "reason": reason });
+            enqueue(db, outbox, out, room.as_str(), "room.deleted", *at_ms, data)?;
+        }
+        Event::Alive { at_ms } => db.set_alive(&node.node, *at_ms)?,
+        Event::Sweep { now_ms } => {
+            let before = now_ms.saturating_sub(node.dead_after_ms);
+            for (room, session, alive) in db.dead_sessions(&node.node, before)? {
+                db.lock_room(&room)?;
+                end_session(
+                    db,
+                    outbox,
+                    out,
+                    &room,
+                    &session,
+                    "timeout",
+                    *now_ms,
+                    Some(alive),
+                )?;
+            }
+            let pending = db.pending_events()?;
+            outbox
+                .pending
+                .store(usize::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn end_session(
+    db: &mut dyn Db,
+    outbox: &Outbox,
+    out: &mut Applied,
+    room: &str,
+    session: &str,
+    reason: &str,
+    at_ms: u64,
+    detached_at_ms: Option<u64>,
+) -> R<()> {
+    let Some((row, stored_detached)) = db.open_session(session)? else {
+        return Ok(());
+    };
+    let joined = row.joined_at_ms;
+    // A peer that timed out left when its connection was lost (the earliest we know of).
+    let left = match (reason, detached_at_ms, stored_detached) {
+        ("timeout", Some(a), Some(b)) => a.min(b),
+        ("timeout", a, b) => a.or(b).unwrap_or(at_ms),
+        _ => at_ms,
+    }
+    .clamp(joined, at_ms.max(joined));
+    db.close_session(session, left, reason)?;
+    let data = json!({
+        "roomId": room, "peerId": row.peer, "identity": row.identity, "name": row.name,
+        "joinedAt": secs(joined), "leftAt": secs(left), "reason": reason,
+        "durationSecs": duration_secs(joined, left),
+    });
+    enqueue(db, outbox, out, room, "peer.left", at_ms, data)?;
+    if let Some((call, started)) = db.open_call(room)?
+        && db.open_sessions(room, None)?.len() < 2
+    {
+        // The call ended when its second-to-last participant left (a timeout may date that
+        // before now).
+        let mut lefts: Vec<u64> = db
+            .sessions_between(room, started, None)?
+            .iter()
+            .map(|p| p.left_at_ms.unwrap_or(u64::MAX))
+            .collect();
+        lefts.sort_unstable();
+        let ended = if lefts.len() >= 2 {
+            lefts[lefts.len() - 2].min(at_ms)
+        } else {
+            left
+        }
+        .max(started);
+        db.end_call(&call, ended)?;
+        if let Some(record) = call_record(db, &call)? {
+            let data = serde_json::to_value(&record).unwrap_or(Value::Null);
+            enqueue(db, outbox, out, room, "call.ended", at_ms, data)?;
+        }
+    }
+    Ok(())
+}
+
+fn start_call(
+    db: &mut dyn Db,
+    outbox: &Outbox,
+    out: &mut Applied,
+    room: &str,
+    at_ms: u64,
+) -> R<()> {
+    let id = format!("call_{}", crate::auth::random_id(12));
+    // Who the room belonged to then: usage by owner or member stays right after the room is
+    // deleted.
+    let (owner, members) = db.room_owner(room)?;
+    db.insert_call(&id, room, owner.as_deref(), members.as_deref(), at_ms)?;
+    if let Some(record) = call_record(db, &id)? {
+        let data = serde_json::to_value(&record).unwrap_or(Value::Null);
+        enqueue(db, outbox, out, room, "call.started", at_ms, data)?;
+    }
+    Ok(())
+}
+
+/// Adds one event for every subscriber that wants its type, unless the outbox is full.
+fn enqueue(
+    db: &mut dyn Db,
+    outbox: &Outbox,
+    out: &mut Applied,
+    room: &str,
+    event_type: &str,
+    at_ms: u64,
+    data: Value,
+) -> R<()> {
+    let wanting: Vec<&Subscriber> = outbox
+        .subscribers
+        .iter()
+        .filter(|s| s.wants(event_type))
+        .collect();
+    if wanting.is_empty() {
+        return Ok(());
+    }
+    let body = json!({ "type": event_type, "timestamp": secs(at_ms), "data": data }).to_string();
+    let id = format!("msg_{}", crate::auth::random_id(18));
+    for sub in wanting {
+        if outbox.pending.load(Ordering::Relaxed) >= outbox.max_pending {
+            out.dropped += 1;
+            continue;
+        }
+        db.insert_event(&NewEvent {
+            id: &id,
+            endpoint: &sub.url,
+            room,
+            event_type,
+            body: &body,
+            at_ms,
+        })?;
+        outbox.pending.fetch_add(1, Ordering::Relaxed);
+        out.added += 1;
+    }
+    Ok(())
+}
+
+/// One participant of a call, as the API shows it: its time in the call (its join, or the
+/// call's start if it was waiting alone; its leave, or the call's end).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Participant {
+    pub identity: String,
+    pub peer_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub joined_at: u64,
+    /// `None` while it is in the call.
+    pub left_at: Option<u64>,
+    pub duration_secs: u64,
+}
+
+/// One call: an interval with at least two peers in the room.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub id: String,
+    pub room_id: String,
+    pub started_at: u64,
+    /// `None` while the call is live.
+    pub ended_at: Option<u64>,
+    pub duration_secs: u64,
+    pub participants: Vec<Participant>,
+}
+
+/// One call with its participants.
+pub fn call_record(db: &mut dyn Db, id: &str) -> R<Option<CallRecord>> {
+    let Some((room, started, ended)) = db.call_row(id)? else {
+        return Ok(None);
+    };
+    let end = ended.unwrap_or_else(now_ms);
+    let participants = db
+        .sessions_between(&room, started, ended)?
+        .into_iter()
+        .map(|p| {
+            let from = p.joined_at_ms.max(started);
+            let to = p.left_at_ms.map(|l| l.min(end));
+            Participant {
+                identity: p.identity,
+                peer_id: p.peer,
+                name: p.name,
+                joined_at: secs(from),
+                left_at: to.or(ended).map(secs),
+                duration_secs: duration_secs(from, to.unwrap_or(end)),
+            }
+        })
+        .collect();
+    Ok(Some(CallRecord {
+        id: id.to_owned(),
+        room_id: room,
+        started_at: secs(started),
+        ended_at: ended.map(secs),
+        duration_secs: duration_secs(started, end),
+        participants,
+    }))
+}
+
+/// A room's calls, newest first, after the call `after` (the last of the page before).
+pub fn calls(
+    db: &mut dyn Db,
+    room: &str,
+    limit: usize,
+    after: Option<&str>,
+) -> R<Option<Vec<CallRecord>>> {
+    let before = match after {
+        Some(id) => match db.call_position(id)? {
+            Some(pos) => Some(pos),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let mut out = Vec::new();
+    for id in db.call_ids(room, before, limit)? {
+        if let Some(c) = call_record(db, &id)? {
+            out.push(c);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// What `GET /v1/usage` reports for one room.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomUsage {
+    pub room_id: String,
+    pub calls: u64,
+    pub call_secs: u64,
+    pub participant_secs: u64,
+}
+
+/// What `GET /v1/usage` reports.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub from: u64,
+    pub to: u64,
+    pub calls: u64,
+    pub call_secs: u64,
+    pub participant_secs: u64,
+    pub rooms: Vec<RoomUsage>,
+}
+
+/// Whose usage: every room's, or the rooms an identity owned (or was a member of) at the time
+/// of each call.
+#[derive(Clone, Debug)]
+pub enum UsageFilter {
+    All,
+    Owner(String),
+    Member(String),
+}
+
+/// Usage in `[from, to)` (Unix seconds): every call and participant interval is clipped to it.
+pub fn usage(db: &mut dyn Db, from: u64, to: u64, filter: &UsageFilter) -> R<Usage> {
+    let (from_ms, to_ms) = (from.saturating_mul(1000), to.saturating_mul(1000));
+    let now = now_ms();
+    let mut usage = Usage {
+        from,
+        to,
+        ..Usage::default()
+    };
+    let mut by_room: std::collections::BTreeMap<String, RoomUsage> = Default::default();
+    for call in db.calls_between(from_ms, to_ms)? {
+        let keep = match filter {
+            UsageFilter::All => true,
+            UsageFilter::Owner(who) => call.owner.as_deref() == Some(who),
+            UsageFilter::Member(who) => {
+                call.owner.as_deref() == Some(who)
+                    || call
+                        .members
+                        .as_deref()
+                        .and_then(|m| serde_json::from_str::<Vec<String>>(m).ok())
+                        .is_some_and(|m| m.iter().any(|x| x == who))
+            }
+        };
+        if !keep {
+            continue;
+        }
+        let end = call.ended.unwrap_or(now);
+        let (a, b) = (call.started.max(from_ms), end.min(to_ms));
+        if b <= a {
+            continue;
+        }
+        let mut participant_ms = 0u64;
+        for p in db.sessions_between(&call.room, call.started, call.ended)? {
+            let pa = p.joined_at_ms.max(a);
+            let pb = p.left_at_ms.unwrap_or(end).min(b);
+            participant_ms += pb.saturating_sub(pa);
+        }
+        let entry = by_room
+            .entry(call.room.clone())
+            .or_insert_with(|| RoomUsage {
+                room_id: call.room.clone(),
+                ..RoomUsage::default()
+            });
+        entry.calls += 1;
+        entry.call_secs += b - a;
+        entry.participant_secs += participant_ms;
+    }
+    // Summed in milliseconds, shown in seconds.
+    for mut r in by_room.into_values() {
+        r.call_secs = (r.call_secs + 500) / 1000;
+        r.participant_secs = (r.participant_secs + 500) / 1000;
+        usage.calls += r.calls;
+        usage.call_secs += r.call_secs;
+        usage.participant_secs += r.participant_secs;
+        usage.rooms.push(r);
+    }
+    Ok(usage)
+}

@@ -1,0 +1,394 @@
+//! The history's statements for a single node's SQLite file (see [`super::Db`]).
+
+use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
+use crate::store::{SqliteStore, StoreError};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+/// The schema step that adds the history (see `store::MIGRATIONS`).
+pub const MIGRATION: &str = "
+    CREATE TABLE participants (
+        session TEXT PRIMARY KEY NOT NULL,
+        room TEXT NOT NULL,
+        node TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        name TEXT,
+        joined_at_ms INTEGER NOT NULL,
+        left_at_ms INTEGER,
+        detached_at_ms INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX participants_by_room ON participants (room, joined_at_ms);
+    CREATE INDEX participants_open ON participants (room) WHERE left_at_ms IS NULL;
+    CREATE TABLE calls (
+        id TEXT PRIMARY KEY NOT NULL,
+        room TEXT NOT NULL,
+        owner TEXT,
+        members TEXT,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER
+    );
+    CREATE INDEX calls_by_room ON calls (room, started_at_ms, id);
+    CREATE INDEX calls_by_time ON calls (started_at_ms);
+    CREATE TABLE webhook_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        room TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        next_at_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX webhook_outbox_order ON webhook_outbox (state, endpoint, room, seq);
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_at_ms);
+    CREATE TABLE node_state (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+";
+
+/// Runs `f` in one transaction of the node's connection.
+pub fn transaction<T>(store: &SqliteStore, f: impl FnOnce(&mut dyn Db) -> R<T>) -> R<T> {
+    let conn = store.connection();
+    let mut conn = conn
+        .lock()
+        .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+    let tx = conn.transaction()?;
+    let out = f(&mut Sqlite(&tx))?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// One transaction, as [`Db`].
+struct Sqlite<'a, 'c>(&'a Transaction<'c>);
+
+fn alive_key(node: &str) -> String {
+    format!("alive:{node}")
+}
+
+impl Db for Sqlite<'_, '_> {
+    fn lock_room(&mut self, _room: &str) -> R<()> {
+        Ok(())
+    }
+
+    fn insert_session(&mut self, s: &NewSession<'_>) -> R<bool> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "INSERT OR IGNORE INTO participants (session, room, node, peer, identity, name,
+             joined_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                s.session,
+                s.room,
+                s.node,
+                s.peer,
+                s.identity,
+                s.name,
+                s.joined_at_ms
+            ])?
+            > 0)
+    }
+
+    fn attach(&mut self, session: &str, node: &str) -> R<()> {
+        self.0.execute(
+            "UPDATE participants SET detached_at_ms = NULL, node = ?2 WHERE session = ?1",
+            params![session, node],
+        )?;
+        Ok(())
+    }
+
+    fn open_session(&mut self, session: &str) -> R<Option<(SessionRow, Option<u64>)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT peer, identity, name, joined_at_ms, detached_at_ms FROM participants
+                 WHERE session = ?1 AND left_at_ms IS NULL",
+                [session],
+                |r| {
+                    Ok((
+                        SessionRow {
+                            peer: r.get(0)?,
+                            identity: r.get(1)?,
+                            name: r.get(2)?,
+                            joined_at_ms: r.get(3)?,
+                            left_at_ms: None,
+                        },
+                        r.get(4)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()> {
+        self.0.execute(
+            "UPDATE participants SET left_at_ms = ?2, reason = ?3 WHERE session = ?1",
+            params![session, left_ms, reason],
+        )?;
+        Ok(())
+    }
+
+    fn open_sessions(&mut self, room: &str, node: Option<&str>) -> R<Vec<String>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT session FROM participants WHERE room = ?1 AND left_at_ms IS NULL
+                 AND (?2 IS NULL OR node = ?2) ORDER BY joined_at_ms",
+            )?
+            .query_map(params![room, node], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, started_at_ms FROM calls WHERE room = ?1 AND ended_at_ms IS NULL",
+                [room],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT owner, members FROM rooms WHERE id = ?1",
+                [room],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, None)))
+    }
+
+    fn insert_call(
+        &mut self,
+        id: &str,
+        room: &str,
+        owner: Option<&str>,
+        members: Option<&str>,
+        at_ms: u64,
+    ) -> R<()> {
+        self.0.execute(
+            "INSERT INTO calls (id, room, owner, members, started_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, room, owner, members, at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn end_call(&mut self, id: &str, ended_ms: u64) -> R<()> {
+        self.0.execute(
+            "UPDATE calls SET ended_at_ms = ?2 WHERE id = ?1",
+            params![id, ended_ms],
+        )?;
+        Ok(())
+    }
+
+    fn call_row(&mut self, id: &str) -> R<Option<(String, u64, Option<u64>)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT room, started_at_ms, ended_at_ms FROM calls WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    fn sessions_between(&mut self, room: &str, from: u64, to: Option<u64>) -> R<Vec<SessionRow>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT peer, identity, name, joined_at_ms, left_at_ms FROM participants
+                 WHERE room = ?1 AND joined_at_ms < ?3 AND (left_at_ms IS NULL OR left_at_ms > ?2)
+                 ORDER BY joined_at_ms, session",
+            )?
+            .query_map(params![room, from, to.unwrap_or(i64::MAX as u64)], |r| {
+                Ok(SessionRow {
+                    peer: r.get(0)?,
+                    identity: r.get(1)?,
+                    name: r.get(2)?,
+                    joined_at_ms: r.get(3)?,
+                    left_at_ms: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn insert_event(&mut self, e: &NewEvent<'_>) -> R<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO webhook_outbox (id, endpoint, room, type, body, created_at_ms,
+                 next_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![
+                e.id,
+                e.endpoint,
+                e.room,
+                e.event_type,
+                e.body,
+                e.at_ms
+            ])?;
+        Ok(())
+    }
+
+    fn set_alive(&mut self, node: &str, at_ms: u64) -> R<()> {
+        self.0.execute(
+            "INSERT INTO node_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![alive_key(node), at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn alive(&mut self, node: &str) -> R<Option<u64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT value FROM node_state WHERE key = ?1",
+                [alive_key(node)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>> {
+        Ok(self
+            .0
+            .prepare(
+                "SELECT room, session FROM participants WHERE left_at_ms IS NULL AND node = ?1",
+            )?
+            .query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()> {
+        self.0.execute(
+            "UPDATE participants SET detached_at_ms = COALESCE(detached_at_ms, ?2)
+             WHERE left_at_ms IS NULL AND node = ?1",
+            params![node, at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn dead_sessions(&mut self, _me: &str, _before_ms: u64) -> R<Vec<(String, String, u64)>> {
+        // A single node has no other nodes; its own crash is handled at its start.
+        Ok(Vec::new())
+    }
+
+    fn call_ids(
+        &mut self,
+        room: &str,
+        before: Option<(u64, String)>,
+        limit: usize,
+    ) -> R<Vec<String>> {
+        let (at, id) = before.unwrap_or((i64::MAX as u64, String::new()));
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT id FROM calls WHERE room = ?1 AND (started_at_ms < ?2 OR
+                 (started_at_ms = ?2 AND (?3 = '' OR id < ?3)))
+                 ORDER BY started_at_ms DESC, id DESC LIMIT ?4",
+            )?
+            .query_map(params![room, at, id, limit as u64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn call_position(&mut self, id: &str) -> R<Option<(u64, String)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT started_at_ms, id FROM calls WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn calls_between(&mut self, from_ms: u64, to_ms: u64) -> R<Vec<CallRow>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT room, started_at_ms, ended_at_ms, owner, members FROM calls
+                 WHERE started_at_ms < ?2 AND (ended_at_ms IS NULL OR ended_at_ms > ?1)
+                 ORDER BY room, started_at_ms",
+            )?
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(CallRow {
+                    room: r.get(0)?,
+                    started: r.get(1)?,
+                    ended: r.get(2)?,
+                    owner: r.get(3)?,
+                    members: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn pending_events(&mut self) -> R<i64> {
+        Ok(self.0.query_row(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE state = 0",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn due_events(&mut self, now: u64, limit: usize, _node: &str) -> R<Vec<Pending>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT o.seq, o.id, o.endpoint, o.body, o.attempts, o.created_at_ms
+                 FROM webhook_outbox o
+                 WHERE o.state = 0 AND o.next_at_ms <= ?1 AND o.seq = (SELECT MIN(p.seq)
+                   FROM webhook_outbox p WHERE p.state = 0 AND p.endpoint = o.endpoint
+                   AND p.room = o.room)
+                 ORDER BY o.seq LIMIT ?2",
+            )?
+            .query_map(params![now, limit as u64], |r| {
+                Ok(Pending {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    endpoint: r.get(2)?,
+                    body: r.get(3)?,
+                    attempts: r.get(4)?,
+                    created_at_ms: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn next_due(&mut self) -> R<Option<u64>> {
+        Ok(self.0.query_row(
+            "SELECT MIN(next_at_ms) FROM webhook_outbox WHERE state = 0",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn attempted(&mut self, seq: i64, outcome: Attempt, error: Option<&str>) -> R<()> {
+        match outcome {
+            Attempt::Delivered => {
+                self.0
+                    .execute("DELETE FROM webhook_outbox WHERE seq = ?1", [seq])?;
+            }
+            Attempt::Retry { at_ms } => {
+                self.0.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_at_ms = ?2,
+                     last_error = ?3 WHERE seq = ?1",
+                    params![seq, at_ms, error],
+                )?;
+            }
+            Attempt::Failed => {
+                self.0.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, state = 2,
+                     last_error = ?2 WHERE seq = ?1",
+                    params![seq, error],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+//! A cluster on PostgreSQL: a real `postgres` (Debian's `postgresql`: each test runs its own
+//! `initdb` cluster on a free port, as an unprivileged user) and a real `redis-server`. Rooms
+//! outlive Redis; two nodes record one call and deliver each webhook once; the sessions of a
+//! node that died end when it died.
+
+use crate::cluster::Redis;
+use crate::common::{Client, TestServer, WAIT, temp_dir};
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use serde_json::{Value, json};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// Where Debian keeps the server's programs (`initdb` and `postgres` are not on PATH there).
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = dirs.flatten().map(|d| d.path()).collect();
+        versions.sort();
+        if let Some(bin) = versions
+            .iter()
+            .rev()
+            .map(|v| v.join("bin").join(name))
+            .find(|p| p.exists())
+        {
+            return bin;
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// Runs `program` as `nobody` when we are root (`initdb` and `postgres` refuse root), through
+/// `setpriv`, which execs it: the child's pid is the program's, so signals reach it.
+fn as_postgres_user(program: &Path) -> Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A PostgreSQL of this test, in its own data dir, on a free port.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = temp_dir();
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        // The unprivileged user must own the directory.
+        let _ = Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&dir)
+            .status();
+        let status = as_postgres_user(&pg_bin("initdb"))
+            .args(["-A", "trust", "-U", "bluecam", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb must be installed (apt-get install postgresql)");
+        assert!(status.success(), "initdb failed");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = as_postgres_user(&pg_bin("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+                .arg(&dir)
+                .args(["-c", "fsync=off", "-c", "max_connections=200"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // Accepting connections is not yet accepting queries; give it a moment.
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Self {
+                        port,
+                        dir,
+                        child: Some(child),
+                    };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("postgres did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://bluecam@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SIGINT: PostgreSQL's fast shutdown.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What the receiver got: (webhook-id, type, data), verified.
+type Got = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// A webhook endpoint that checks every signature itself (HMAC-SHA256 of `id.timestamp.body`
+/// under the secret's bytes) and records what it accepted.
+async fn receiver() -> (String, Got) {
+    async fn hook(
+        State(got): State<Got>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::http::StatusCode {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (id, ts, sig) = (
+            h("webhook-id"),
+            h("webhook-timestamp"),
+            h("webhook-signature"),
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(&body);
+        let want = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        if sig.split(' ').all(|s| s != want) {
+            return axum::http::StatusCode::UNAUTHORIZED;
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        got.lock().unwrap().push((
+            id,
+            v["type"].as_str().unwrap().to_owned(),
+            v["data"].clone(),
+        ));
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let got: Got = Arc::default();
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+async fn node(redis: &Redis, pg: &Postgres, hook: Option<&str>) -> TestServer {
+    let (redis, db, hook) = (redis.url(), pg.url(), hook.map(str::to_owned));
+    TestServer::with(move |c| {
+        c.redis_url = Some(redis);
+        c.database_url = Some(db);
+        c.cluster.node_ttl_secs = 2;
+        c.limits.resume_window_secs = 2;
+        if let Some(url) = hook {
+            c.webhooks = vec![bluecam_server::webhooks::WebhookConfig {
+                url,
+                secret: WEBHOOK_SECRET.into(),
+                events: vec![],
+            }];
+        }
+    })
+    .await
+}
+
+async fn leave(c: &mut Client) {
+    c.send_json(json!({"op": "leave"})).await;
+    assert_eq!(c.closed().await, Some(1000));
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT * 2;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_outlive_a_redis_that_lost_its_data() {
+    let pg = Postgres::start();
+    let mut redis = Redis::start();
+    let a = node(&redis, &pg, None).await;
+    let room = a
+        .create_room(json!({"name": "durable", "owner": "olga"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    redis.restart_empty();
+    // Listed and readable from PostgreSQL, and joinable again (put back into Redis).
+    let list = a.api_get("/v1/rooms?owner=olga").await;
+    assert_eq!(list["rooms"][0]["id"], room, "{list}");
+    let wait = Instant::now() + WAIT;
+    loop {
+        let got = a.api_get(&format!("/v1/rooms/{room}")).await;
+        if got["name"] == "durable" {
+            break;
+        }
+        assert!(Instant::now() < wait, "{got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = a.join(&room, "olga").await;
+    leave(&mut c).await;
+    // A second node reads the same rooms.
+    let b = node(&redis, &pg, None).await;
+    assert_eq!(
+        b.api_get(&format!("/v1/rooms/{room}")).await["name"],
+        "durable"
+    );
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_record_one_call_and_deliver_each_webhook_once() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (hook, got) = receiver().await;
+    let a = node(&redis, &pg, Some(&hook)).await;
+    let b = node(&redis, &pg, Some(&hook)).await;
+    let room = a.room().await;
+    let mut alice = a.join(&room, "alice").await;
+    let mut bob = b.join(&room, "bob").await;
+    let t_call = Instant::now();
+    alice.recv_op("peer_joined").await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    leave(&mut bob).await;
+    let call_secs = t_call.elapsed().as_secs_f64();
+    alice.recv_op("peer_left").await;
+    leave(&mut alice).await;
+    let r = a
+        .http()
+        .delete(a.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(crate::common::SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_until("room.deleted", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, t, _)| t == "room.deleted")
+    })
+    .await;
+    // Anything sent twice would have come by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = got.lock().unwrap().clone();
+    let types: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "room.created",
+            "peer.joined",
+            "peer.joined",
+            "call.started",
+            "peer.left",
+            "call.ended",
+            "peer.left",
+            "room.deleted"
+        ],
+        "each event once, in the room's order"
+    );
+    let ids: std::collections::HashSet<&str> = events.iter().map(|(i, _, _)| i.as_str()).collect();
+    assert_eq!(ids.len(), events.len());
+    let ended = &events[5].2;
+    let d = ended["durationSecs"].as_f64().unwrap();
+    assert!(
+        (d - call_secs).abs() <= 1.0,
+        "call {d} s, really {call_secs:.2} s"
+    );
+    // Either node answers with the same history.
+    let from_b = b.api_get(&format!("/v1/rooms/{room}/calls")).await;
+    assert_eq!(&from_b["calls"][0], ended, "{from_b}");
+    let one = a
+        .api_get(&format!("/v1/calls/{}", ended["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(&one, ended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_of_a_node_that_died_end_when_it_died() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let a = node(&redis, &pg, None).await;
+    let b = node(&redis, &pg, None).await;
+    let room = a.room().await;
+    let mut alice = a.join(&room, "alice").await;
+    let bob = b.join(&room, "bob").await;
+    let t_call = Instant::now();
+    alice.recv_op("peer_joined").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Node b goes away and bob never comes back anywhere.
+    let died = t_call.elapsed().as_secs_f64();
+    let stopping = tokio::spawn(b.stop());
+    drop(bob);
+    let dir = stopping.await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    // Bob leaves (his node's liveness and his resume window run out, then the sweep).
+    let deadline = Instant::now() + WAIT * 3;
+    let call = loop {
+        let calls = a.api_get(&format!("/v1/rooms/{room}/calls")).await;
+        let c = calls["calls"][0].clone();
+        if !c["endedAt"].is_null() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the call never ended: {calls}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let d = call["durationSecs"].as_f64().unwrap();
+    assert!(
+        (d - died).abs() <= 1.0,
+        "the call lasted {d} s; its node died at {died:.2} s"
+    );
+    let bob_row = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["identity"] == "bob")
+        .unwrap()
+        .clone();
+    assert!(
+        (bob_row["durationSecs"].as_f64().unwrap() - died).abs() <= 1.0,
+        "{bob_row}"
+    );
+    leave(&mut alice).await;
+}
