@@ -360,3 +360,104 @@ async fn a_data_dir_of_the_previous_release_is_migrated_with_every_room_and_sess
     let dir = s.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The `bluecam_webhooks_total{outcome}` counter of a server's /metrics (shared by every server
+/// of the process: compare before and after).
+async fn webhooks_total(s: &TestServer, outcome: &str) -> u64 {
+    let page = s.get_text("/metrics").await;
+    let key = format!("bluecam_webhooks_total{{outcome=\"{outcome}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+}
+
+#[tokio::test]
+async fn an_event_past_its_retry_period_is_marked_failed_and_the_rooms_next_one_goes() {
+    use crate::postgres::{endpoint, receiver_answering};
+    // The receiver refuses room.created for good, and takes everything else.
+    let (url, got) = receiver_answering(std::sync::Arc::new(|t| {
+        if t == "room.created" { 500 } else { 204 }
+    }))
+    .await;
+    let s = TestServer::with(|c| {
+        c.webhooks = vec![endpoint(&url)];
+        c.webhook_retry_secs = 2;
+    })
+    .await;
+    let failed_before = webhooks_total(&s, "failed").await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    // peer.joined waits behind room.created (in order per room) until that one is given up:
+    // attempts at 0, ~1, ~3 s; the third is past the 2 s period.
+    let deadline = Instant::now() + WAIT * 2;
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, t, _)| t == "peer.joined")
+    {
+        assert!(Instant::now() < deadline, "peer.joined never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(webhooks_total(&s, "failed").await > failed_before);
+    assert!(
+        !got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, t, _)| t == "room.created")
+    );
+    // The failed event is kept, marked, with its last error.
+    let db = rusqlite::Connection::open(s.dir.join("bluecam.sqlite3")).unwrap();
+    let (state, error): (i64, String) = db
+        .query_row(
+            "SELECT state, last_error FROM webhook_outbox WHERE type = 'room.created'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, 2);
+    assert!(error.contains("500"), "{error}");
+    leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_drops_new_events_and_never_holds_a_join() {
+    use crate::postgres::{endpoint, receiver_answering};
+    // An endpoint that never takes anything: the outbox fills.
+    let (url, _got) = receiver_answering(std::sync::Arc::new(|_| 503)).await;
+    let s = TestServer::with(|c| {
+        c.webhooks = vec![endpoint(&url)];
+        c.webhook_outbox_max = 3;
+    })
+    .await;
+    let dropped_before = webhooks_total(&s, "dropped").await;
+    let room = s.room().await; // room.created: 1
+    let started = Instant::now();
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        peers.push(s.join(&room, &format!("p{i}")).await);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "joins were held up"
+    );
+    let deadline = Instant::now() + WAIT;
+    while webhooks_total(&s, "dropped").await < dropped_before + 3 {
+        assert!(Instant::now() < deadline, "nothing was counted as dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = rusqlite::Connection::open(s.dir.join("bluecam.sqlite3")).unwrap();
+    let pending: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE state = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 3, "the outbox holds its bound");
+    // The history itself is complete: the call is recorded.
+    assert_eq!(calls_when(&s, &room, |c| !c.is_empty()).await.len(), 1);
+    for mut p in peers {
+        leave(&mut p).await;
+    }
+}

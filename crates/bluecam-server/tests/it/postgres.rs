@@ -131,13 +131,21 @@ impl Drop for Postgres {
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the receiver got: (webhook-id, type, data), verified.
-type Got = Arc<Mutex<Vec<(String, String, Value)>>>;
+pub type Got = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// How the receiver answers each request (its status), by the event's type.
+type Answer = Arc<dyn Fn(&str) -> u16 + Send + Sync>;
 
 /// A webhook endpoint that checks every signature itself (HMAC-SHA256 of `id.timestamp.body`
-/// under the secret's bytes) and records what it accepted.
-async fn receiver() -> (String, Got) {
+/// under the secret's bytes) and records what it accepted (a 2xx answer).
+pub async fn receiver() -> (String, Got) {
+    receiver_answering(Arc::new(|_| 204)).await
+}
+
+/// [`receiver`], answering what `answer` says for each event type.
+pub async fn receiver_answering(answer: Answer) -> (String, Got) {
     async fn hook(
-        State(got): State<Got>,
+        State((got, answer)): State<(Got, Answer)>,
         headers: HeaderMap,
         body: Bytes,
     ) -> axum::http::StatusCode {
@@ -169,21 +177,30 @@ async fn receiver() -> (String, Got) {
             return axum::http::StatusCode::UNAUTHORIZED;
         }
         let v: Value = serde_json::from_slice(&body).unwrap();
-        got.lock().unwrap().push((
-            id,
-            v["type"].as_str().unwrap().to_owned(),
-            v["data"].clone(),
-        ));
-        axum::http::StatusCode::NO_CONTENT
+        let kind = v["type"].as_str().unwrap().to_owned();
+        let status = answer(&kind);
+        if status < 300 {
+            got.lock().unwrap().push((id, kind, v["data"].clone()));
+        }
+        axum::http::StatusCode::from_u16(status).unwrap()
     }
     let got: Got = Arc::default();
     let app = Router::new()
         .route("/hook", post(hook))
-        .with_state(got.clone());
+        .with_state((got.clone(), answer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
+}
+
+/// One endpoint with every event, signed with the tests' secret.
+pub fn endpoint(url: &str) -> bluecam_server::webhooks::WebhookConfig {
+    bluecam_server::webhooks::WebhookConfig {
+        url: url.to_owned(),
+        secret: WEBHOOK_SECRET.into(),
+        events: vec![],
+    }
 }
 
 async fn node(redis: &Redis, pg: &Postgres, hook: Option<&str>) -> TestServer {
@@ -194,11 +211,7 @@ async fn node(redis: &Redis, pg: &Postgres, hook: Option<&str>) -> TestServer {
         c.cluster.node_ttl_secs = 2;
         c.limits.resume_window_secs = 2;
         if let Some(url) = hook {
-            c.webhooks = vec![bluecam_server::webhooks::WebhookConfig {
-                url,
-                secret: WEBHOOK_SECRET.into(),
-                events: vec![],
-            }];
+            c.webhooks = vec![endpoint(&url)];
         }
     })
     .await
