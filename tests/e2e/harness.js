@@ -11,7 +11,7 @@
  * Every child process is tracked and ended by `stopAll` (run it in `after`), whatever happened.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, readdirSync, existsSync, chownSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { createServer, createConnection } from "node:net";
@@ -508,6 +508,77 @@ export class Redis {
   }
 }
 
+// ---- postgres -------------------------------------------------------------------------------
+
+/** Debian keeps `initdb` and `postgres` under /usr/lib/postgresql/VERSION/bin, off PATH. */
+function pgBin(/** @type {string} */ name) {
+  const versions = existsSync("/usr/lib/postgresql") ? readdirSync("/usr/lib/postgresql").sort().reverse() : [];
+  for (const v of versions) {
+    const bin = `/usr/lib/postgresql/${v}/bin/${name}`;
+    if (existsSync(bin)) return bin;
+  }
+  return name;
+}
+
+/**
+ * A command line that runs `bin` as `nobody` when we are root (`initdb` and `postgres` refuse
+ * root), through `setpriv`, which execs it: the child's pid is the program's.
+ * @param {string} bin
+ * @param {string[]} args
+ * @returns {[string, string[]]}
+ */
+function asPostgresUser(bin, args) {
+  return process.getuid?.() === 0
+    ? ["setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", bin, ...args]]
+    : [bin, args];
+}
+
+/** A PostgreSQL of this test run (Debian's `postgresql` must be installed): its own cluster. */
+export class Postgres {
+  static async start() {
+    const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-pg-"));
+    const data = joinPath(dir, "data");
+    mkdirSync(data);
+    if (process.getuid?.() === 0) {
+      chownSync(dir, 65534, 65534);
+      chownSync(data, 65534, 65534);
+    }
+    const [bin, args] = asPostgresUser(pgBin("initdb"), ["-A", "trust", "-U", "bluecam", "--no-sync", "-D", data]);
+    const init = startProc("initdb", bin, args, dir, process.env, true);
+    await bounded(init.exited, "initdb", START_DEADLINE_MS);
+    if (init.child.exitCode !== 0) throw new Error(`initdb failed: ${init.stderr()}`);
+    procs.delete(init);
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const [pbin, pargs] = asPostgresUser(pgBin("postgres"), [
+        "-D", data, "-p", String(port), "-h", "127.0.0.1", "-k", dir, "-c", "fsync=off", "-c", "max_connections=200",
+      ]);
+      const proc = startProc("postgres", pbin, pargs, dir, process.env, true);
+      const ready = await waitFor(() => {
+        if (proc.child.exitCode !== null || proc.child.signalCode !== null) return "exited";
+        return /ready to accept connections/.test(proc.stderr()) ? "ready" : null;
+      }, "postgres to start", START_DEADLINE_MS);
+      if (ready === "ready") return new Postgres(port, proc);
+      await stopProc(proc, "SIGKILL", true);
+      if (attempt >= 5) throw new Error(`postgres did not start: ${proc.stderr()}`);
+    }
+  }
+
+  /**
+   * @param {number} port
+   * @param {Proc} proc
+   */
+  constructor(port, proc) {
+    this.url = `postgres://bluecam@127.0.0.1:${port}/postgres`;
+    this.proc = proc;
+  }
+
+  async stop() {
+    // SIGINT: PostgreSQL's fast shutdown.
+    await stopProc(this.proc, "SIGINT");
+  }
+}
+
 // ---- an HTTP proxy or load balancer --------------------------------------------------------
 
 /**
@@ -688,15 +759,17 @@ export class Coturn {
  * @param {number} n
  * @param {number} ttlSecs
  * @param {string} [extraToml] more configuration (a `[limits]` table, say)
+ * @param {string[]} [extraArgs] more `bluecam serve` arguments (`--database URL`, say)
+ * @param {Record<string, string>} [env] more environment variables (settings)
  */
-export async function startCluster(redis, n, ttlSecs, extraToml = "") {
+export async function startCluster(redis, n, ttlSecs, extraToml = "", extraArgs = [], env = {}) {
   const dir = mkdtempSync(joinPath(tmpdir(), "bluecam-cluster-"));
   // Kept until `stopAll`: a node restarted by a test reads it again.
   tempDirs.push(dir);
   const config = joinPath(dir, "cluster.toml");
   writeFileSync(config, `[cluster]\nnode_ttl_secs = ${ttlSecs}\n${extraToml}`);
   const nodes = [];
-  for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config]));
+  for (let i = 0; i < n; i++) nodes.push(await TestServer.start(["--redis", redis.url, "--config", config, ...extraArgs], env));
   return nodes;
 }
 

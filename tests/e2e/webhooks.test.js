@@ -7,7 +7,10 @@ import { test, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { Webhook } from "standardwebhooks";
-import { TestServer, launchPeer, join, waitFor, waitPeers, endTestAndServers, stopAll } from "./harness.js";
+import {
+  TestServer, Redis, Postgres, startCluster, launchPeer, join, waitFor, waitPeers, endTestAndServers, stopAll,
+  stopServers,
+} from "./harness.js";
 
 afterEach(endTestAndServers);
 after(stopAll);
@@ -235,5 +238,52 @@ test("a SIGKILL mid-call: the peer that comes back stays in the same call; the o
     assert.deepEqual(receiver.unverified, []);
   } finally {
     await receiver.close();
+  }
+});
+
+test("a cluster on PostgreSQL: a node killed (SIGKILL) mid-call, its peer resumes on the other node: one call, real durations, each webhook once", async () => {
+  const receiver = await Receiver.start();
+  const redis = await Redis.start();
+  const pg = await Postgres.start();
+  try {
+    const env = { BLUECAM_WEBHOOK_URL: receiver.url, BLUECAM_WEBHOOK_SECRET: SECRET };
+    const [n1, n2] = await startCluster(redis, 2, 3, "", ["--database", pg.url], env);
+    const room = await n1.room();
+    const olga = await launchPeer(n1, { label: "olga" });
+    const bob = await launchPeer(n2, { label: "bob" });
+    const olgaId = await join(olga.page, await n1.token(room, "olga"), undefined, [n1.url, n2.url]);
+    const bobId = await join(bob.page, await n2.token(room, "bob"), undefined, [n2.url, n1.url]);
+    const callStart = Date.now();
+    await waitPeers(olga.page, 1);
+    await receiver.next("call.started");
+    await sleep(2000);
+    // Bob's node dies; his SDK resumes on the other node (the same session, the same call).
+    await n2.kill();
+    await waitFor(async () => (await bob.page.evaluate(() => /** @type {any} */ (window).room.connectionState)) === "connected"
+      && (await bob.page.evaluate(() => /** @type {any} */ (window).room.transport)) !== null, "bob back, on the other node");
+    await sleep(2000);
+    await bob.page.close({ runBeforeUnload: true });
+    const bobLeft = Date.now();
+    const left = (await receiver.next("peer.left")).data;
+    assert.deepEqual([left.peerId, left.reason], [bobId, "left"]);
+    const ended = (await receiver.next("call.ended")).data;
+    about(ended.durationSecs, bobLeft - callStart, "the call");
+    for (const p of ended.participants) about(p.durationSecs, bobLeft - callStart, `${p.identity} in the call`);
+    assert.deepEqual(ended.participants.map((/** @type {any} */ p) => p.peerId).sort(), [olgaId, bobId].sort());
+    assert.equal(receiver.ofType("call.started").length, 1, "one call");
+    assert.equal(receiver.ofType("peer.joined").length, 2, "the resume was not a new session");
+    // Each event once, although two nodes deliver from the shared outbox.
+    await sleep(1500);
+    assert.equal(new Set(receiver.events.map((e) => e.id)).size, receiver.events.length, "each event once");
+    assert.deepEqual(receiver.unverified, []);
+    // The surviving node answers with the same call.
+    const calls = await n1.api("GET", `/v1/rooms/${room}/calls`);
+    assert.deepEqual(calls.body.calls[0], ended);
+  } finally {
+    // The nodes before what they use.
+    await stopServers();
+    await receiver.close();
+    await pg.stop();
+    await redis.stop();
   }
 });

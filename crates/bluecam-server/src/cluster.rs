@@ -18,6 +18,7 @@
 //! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
 //! | `bc:gone:{room}\n{peer}` | string, expiring (1 h) | a tombstone: the peer left for good (`REGISTER` does not put it back) |
 //! | `bc:rebuilt` | string, expiring (a resume window) | Redis lost its data a moment ago: what it lacks may still come back |
+//! | `bc:roomgone:{room}` | string, expiring (1 h) | a tombstone: the room was deleted (its PostgreSQL row is not put back) |
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`; what nodes send each other is
 //! [`bluecam_proto::NodeMessage`]. Membership changes run as Lua scripts, which update the
@@ -322,6 +323,8 @@ static DELETE_ROOM: Script = LazyLock::new(|| {
 local p = 'bc:room:' .. ARGV[1]
 if ARGV[4] == 'empty' and redis.call('HLEN', p .. ':nodes') > 0 then return 0 end
 if redis.call('DEL', p) == 0 then return 0 end
+-- A tombstone: a durable copy of the room (PostgreSQL) being deleted is not put back.
+redis.call('SET', 'bc:roomgone:' .. ARGV[1], 1, 'PX', 3600000)
 redis.call('ZREM', 'bc:rooms', ARGV[1])
 local msg = '{"t":"closed","room":' .. cjson.encode(ARGV[1]) .. ',"reason":' ..
   cjson.encode(ARGV[2]) .. '}'
@@ -1463,6 +1466,11 @@ impl Store for RedisStore {
                 return Err(StoreError::Exists);
             }
             let pipe = self.broker.client.pipeline();
+            // (A room made again with the id of a deleted one is no tombstone.)
+            let _: () = pipe
+                .del(format!("bc:roomgone:{}", room.id))
+                .await
+                .map_err(store_err)?;
             let _: () = pipe
                 .zadd(
                     "bc:rooms",
@@ -1614,5 +1622,13 @@ impl Store for RedisStore {
 
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { self.broker.check().await.map_err(store_err) })
+    }
+
+    fn recently_deleted(&self, id: &RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = format!("bc:roomgone:{id}");
+        Box::pin(async move {
+            let n: i64 = self.broker.cmd().exists(key).await.map_err(store_err)?;
+            Ok(n > 0)
+        })
     }
 }

@@ -205,7 +205,10 @@ impl HubHandle {
             name: req.name.clone(),
             at_ms: history::now_ms(),
         });
-        let resumed = req.resume.as_ref().map(|r| r.session.clone());
+        let resumed = req
+            .resume
+            .as_ref()
+            .map(|r| (req.room.summary.id.clone(), r.session.clone()));
         let mut inner = self.lock();
         // Expire due sessions first, so a resume that arrives after its window (but before the
         // timer task's next tick) fails as it should.
@@ -219,7 +222,11 @@ impl HubHandle {
             // keeps its call going rather than ending it and starting another.
             match (opened, resumed) {
                 (Some(event), _) => recorder.record(event),
-                (None, Some(session)) => recorder.record(history::Event::Attached { session }),
+                (None, Some((room, session))) => recorder.record(history::Event::Attached {
+                    room,
+                    session,
+                    at_ms: history::now_ms(),
+                }),
                 (None, None) => {}
             }
         }

@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod serve;
 pub mod store;
 pub mod stun;
+#[doc(hidden)]
+pub mod testkit;
 pub mod web;
 pub mod webhooks;
 pub mod ws;
@@ -544,8 +546,14 @@ impl Server {
             h.recorder.record(history::Event::Alive {
                 at_ms: history::now_ms(),
             });
-            if let Err(e) = h.recorder.flush().await {
-                tracing::error!(error = %e, "could not write the last history records");
+            // Bounded: a database that is away must not hold the exit (the writer keeps
+            // trying for a minute; what it could not write is lost, and logged).
+            match tokio::time::timeout(SHUTDOWN_GRACE, h.recorder.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not write the last history records")
+                }
+                Err(_) => tracing::error!("the last history records were not written in time"),
             }
         }
         Ok(())

@@ -47,6 +47,11 @@ pub trait Store: Send + Sync + 'static {
     fn expired_rooms(&self, now: u64) -> BoxFuture<'_, Result<Vec<RoomId>, StoreError>>;
     /// Whether the store answers (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether this store deleted the room a moment ago (a cluster's Redis keeps a tombstone
+    /// for an hour), so a durable copy still being deleted is not put back.
+    fn recently_deleted(&self, _id: &RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// Rooms in one SQLite file. One connection behind one mutex: SQLite serializes writers

@@ -565,6 +565,24 @@ fn bench_churn_smoke() {
     );
 }
 
+/// Also checks that every event the joins caused reached the benchmark's webhook receiver.
+#[test]
+fn bench_history_smoke() {
+    let v = bench(&["history", "--joins", "40", "--concurrency", "8"]);
+    for run in [
+        "sqlite_webhooks_off",
+        "sqlite_webhooks_on",
+        "cluster_postgres",
+        "cluster_redis_only",
+    ] {
+        let r = &v["join_storm"][run];
+        assert_eq!(r["failed"], 0, "{run}: {v}");
+        assert_eq!(r["join_frame_to_joined"]["count"], 40, "{run}: {v}");
+    }
+    let d = &v["webhook_delivery"];
+    assert_eq!(d["events_delivered"], d["events_caused_by_joins"], "{v}");
+}
+
 #[test]
 fn bench_cluster_smoke() {
     let v = bench(&[

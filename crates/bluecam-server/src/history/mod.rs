@@ -45,8 +45,12 @@ pub enum Event {
         name: Option<String>,
         at_ms: u64,
     },
-    /// A session resumed on this node: it is connected again.
-    Attached { session: SessionId },
+    /// A session resumed on this node: it is connected again (and, in a cluster, held here).
+    Attached {
+        room: RoomId,
+        session: SessionId,
+        at_ms: u64,
+    },
     /// A session ended. `detached_at_ms`: when its connection was lost, if it was waiting for
     /// a resume (a timeout); that is when it left.
     Closed {
@@ -210,10 +214,12 @@ pub trait Db {
     fn lock_room(&mut self, room: &str) -> R<()>;
     /// False when the session has a row already.
     fn insert_session(&mut self, s: &NewSession<'_>) -> R<bool>;
-    /// The session is connected again, on `node`.
-    fn attach(&mut self, session: &str, node: &str) -> R<()>;
-    /// An open session's row and when its connection was lost (if known).
-    fn open_session(&mut self, session: &str) -> R<Option<(SessionRow, Option<u64>)>>;
+    /// The session is connected again, on `node`; a row another node had ended as a timeout
+    /// is open again. True when it was ended.
+    fn attach(&mut self, session: &str, node: &str) -> R<bool>;
+    /// A session's row while it is open and held by `node`, and when its connection was lost
+    /// (if known).
+    fn open_session(&mut self, session: &str, node: &str) -> R<Option<(SessionRow, Option<u64>)>>;
     fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()>;
     /// The open sessions of a room (of one node's, with `node`), oldest first.
     fn open_sessions(&mut self, room: &str, node: Option<&str>) -> R<Vec<String>>;
@@ -240,8 +246,9 @@ pub trait Db {
     fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>>;
     /// Marks every open session of `node` as detached since `at_ms` (unless it was already).
     fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()>;
-    /// Open sessions of other nodes last alive before `before_ms`: (room, session, alive).
-    fn dead_sessions(&mut self, me: &str, before_ms: u64) -> R<Vec<(String, String, u64)>>;
+    /// Open sessions of other nodes last alive before `before_ms`: (room, session, node,
+    /// alive).
+    fn dead_sessions(&mut self, me: &str, before_ms: u64) -> R<Vec<(String, String, String, u64)>>;
     /// A room's calls that started before `before` (start, id), newest first.
     fn call_ids(
         &mut self,
@@ -284,6 +291,10 @@ pub struct Recorder {
 
 /// Events one transaction takes at most.
 const BATCH: usize = 1024;
+/// A failed batch is tried again after this, then after twice as long each time, up to a
+/// wait of `RETRY_LAST` (about a minute in all): then it is given up (logged).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_LAST: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Recorder {
     pub fn record(&self, event: Event) {
@@ -322,13 +333,27 @@ impl Recorder {
                             Op::Flush(_) => None,
                         })
                         .collect();
-                    let result = backend.transaction(|db| {
-                        let mut out = Applied::default();
-                        for event in &events {
-                            apply(db, event, &outbox, &node, &mut out)?;
+                    // A database that is away (a restart, a failover) gets the batch again,
+                    // waiting longer each time, for about a minute; meanwhile new events queue.
+                    let mut wait = RETRY_FIRST;
+                    let result = loop {
+                        let result = backend.transaction(|db| {
+                            let mut out = Applied::default();
+                            for event in &events {
+                                apply(db, event, &outbox, &node, &mut out)?;
+                            }
+                            Ok(out)
+                        });
+                        match result {
+                            Err(e) if wait <= RETRY_LAST => {
+                                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                                    "could not record history; will retry");
+                                std::thread::sleep(wait);
+                                wait *= 2;
+                            }
+                            other => break other,
                         }
-                        Ok(out)
-                    });
+                    };
                     let result = match result {
                         Ok(stats) => {
                             if stats.dropped > 0 {
@@ -342,12 +367,14 @@ impl Recorder {
                                 );
                             }
                             if stats.added > 0 {
+                                outbox.pending.fetch_add(stats.added, Ordering::Relaxed);
                                 outbox.added.notify_one();
                             }
                             Ok(())
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, events = events.len(), "could not record history");
+                            tracing::error!(error = %e, events = events.len(),
+                                "could not record history: these events are lost");
                             Err(e.to_string())
                         }
                     };
@@ -410,6 +437,7 @@ pub fn recover(
             }
         }
         db.detach_node(&node.node, alive)?;
+        // (Read after the closes above added their events.)
         let pending = db.pending_events()?;
         outbox
             .pending
@@ -464,7 +492,21 @@ fn apply(
                 start_call(db, outbox, out, room.as_str(), *at_ms)?;
             }
         }
-        Event::Attached { session } => db.attach(session.as_str(), &node.node)?,
+        Event::Attached {
+            room,
+            session,
+            at_ms,
+        } => {
+            db.lock_room(room.as_str())?;
+            // Another node may have ended it a moment before (its resume window ran out there
+            // as it resumed here): it is back, and so may be the room's call.
+            if db.attach(session.as_str(), &node.node)?
+                && db.open_sessions(room.as_str(), None)?.len() >= 2
+                && db.open_call(room.as_str())?.is_none()
+            {
+                start_call(db, outbox, out, room.as_str(), *at_ms)?;
+            }
+        }
         Event::Closed {
             room,
             session,
@@ -477,14 +519,18 @@ fn apply(
                 db,
                 outbox,
                 out,
-                room.as_str(),
-                session.as_str(),
-                reason,
-                *at_ms,
-                *detached_at_ms,
+                Ending {
+                    room: room.as_str(),
+                    session: session.as_str(),
+                    holder: &node.node,
+                    reason,
+                    at_ms: *at_ms,
+                    detached_at_ms: *detached_at_ms,
+                },
             )?;
         }
         Event::RoomCreated { room, at_ms } => {
+            db.lock_room(room.id.as_str())?;
             let data = serde_json::to_value(room).unwrap_or(Value::Null);
             enqueue(
                 db,
@@ -503,11 +549,14 @@ fn apply(
                     db,
                     outbox,
                     out,
-                    room.as_str(),
-                    &session,
-                    "room_closed",
-                    *at_ms,
-                    None,
+                    Ending {
+                        room: room.as_str(),
+                        session: &session,
+                        holder: &node.node,
+                        reason: "room_closed",
+                        at_ms: *at_ms,
+                        detached_at_ms: None,
+                    },
                 )?;
             }
         }
@@ -516,46 +565,63 @@ fn apply(
             reason,
             at_ms,
         } => {
+            db.lock_room(room.as_str())?;
             let data = json!({ "roomId": room, "reason": reason });
             enqueue(db, outbox, out, room.as_str(), "room.deleted", *at_ms, data)?;
         }
         Event::Alive { at_ms } => db.set_alive(&node.node, *at_ms)?,
         Event::Sweep { now_ms } => {
             let before = now_ms.saturating_sub(node.dead_after_ms);
-            for (room, session, alive) in db.dead_sessions(&node.node, before)? {
+            for (room, session, dead, alive) in db.dead_sessions(&node.node, before)? {
                 db.lock_room(&room)?;
+                // (Only if the dead node still holds it once the room is locked: a resume on
+                // another node moves it.)
                 end_session(
                     db,
                     outbox,
                     out,
-                    &room,
-                    &session,
-                    "timeout",
-                    *now_ms,
-                    Some(alive),
+                    Ending {
+                        room: &room,
+                        session: &session,
+                        holder: &dead,
+                        reason: "timeout",
+                        at_ms: *now_ms,
+                        detached_at_ms: Some(alive),
+                    },
                 )?;
             }
-            let pending = db.pending_events()?;
+            // The shared table's count, less what this batch added (counted at its commit).
+            let pending = usize::try_from(db.pending_events()?).unwrap_or(0);
             outbox
                 .pending
-                .store(usize::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+                .store(pending.saturating_sub(out.added), Ordering::Relaxed);
         }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn end_session(
-    db: &mut dyn Db,
-    outbox: &Outbox,
-    out: &mut Applied,
-    room: &str,
-    session: &str,
-    reason: &str,
+/// A session's end, as recorded.
+struct Ending<'a> {
+    room: &'a str,
+    session: &'a str,
+    /// The node that must hold the session for this end to count: the one recording it, or
+    /// the dead node a sweep ends it for (another node's resume moved it: it goes on there).
+    holder: &'a str,
+    reason: &'a str,
     at_ms: u64,
     detached_at_ms: Option<u64>,
-) -> R<()> {
-    let Some((row, stored_detached)) = db.open_session(session)? else {
+}
+
+fn end_session(db: &mut dyn Db, outbox: &Outbox, out: &mut Applied, end: Ending<'_>) -> R<()> {
+    let Ending {
+        room,
+        session,
+        holder,
+        reason,
+        at_ms,
+        detached_at_ms,
+    } = end;
+    let Some((row, stored_detached)) = db.open_session(session, holder)? else {
         return Ok(());
     };
     let joined = row.joined_at_ms;
@@ -639,7 +705,9 @@ fn enqueue(
     let body = json!({ "type": event_type, "timestamp": secs(at_ms), "data": data }).to_string();
     let id = format!("msg_{}", crate::auth::random_id(18));
     for sub in wanting {
-        if outbox.pending.load(Ordering::Relaxed) >= outbox.max_pending {
+        // (Counted into `pending` once the transaction commits: a batch tried again must not
+        // count twice.)
+        if outbox.pending.load(Ordering::Relaxed) + out.added >= outbox.max_pending {
             out.dropped += 1;
             continue;
         }
@@ -651,7 +719,6 @@ fn enqueue(
             body: &body,
             at_ms,
         })?;
-        outbox.pending.fetch_add(1, Ordering::Relaxed);
         out.added += 1;
     }
     Ok(())

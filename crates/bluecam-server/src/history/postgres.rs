@@ -254,20 +254,25 @@ impl Db for Pg<'_, '_> {
         )? > 0)
     }
 
-    fn attach(&mut self, session: &str, node: &str) -> R<()> {
+    fn attach(&mut self, session: &str, node: &str) -> R<bool> {
+        let reopened = self.exec(
+            "UPDATE participants SET left_at_ms = NULL, reason = NULL
+             WHERE session = $1 AND reason = 'timeout'",
+            &[&session],
+        )? > 0;
         self.exec(
             "UPDATE participants SET detached_at_ms = NULL, node = $2 WHERE session = $1",
             &[&session, &node],
         )?;
-        Ok(())
+        Ok(reopened)
     }
 
-    fn open_session(&mut self, session: &str) -> R<Option<(SessionRow, Option<u64>)>> {
+    fn open_session(&mut self, session: &str, node: &str) -> R<Option<(SessionRow, Option<u64>)>> {
         Ok(self
             .row(
                 "SELECT peer, identity, name, joined_at_ms, left_at_ms, detached_at_ms
-                 FROM participants WHERE session = $1 AND left_at_ms IS NULL",
-                &[&session],
+                 FROM participants WHERE session = $1 AND node = $2 AND left_at_ms IS NULL",
+                &[&session, &node],
             )?
             .map(|r| (session_row(&r), r.get::<_, Option<i64>>(5).map(u))))
     }
@@ -406,17 +411,17 @@ impl Db for Pg<'_, '_> {
         Ok(())
     }
 
-    fn dead_sessions(&mut self, me: &str, before_ms: u64) -> R<Vec<(String, String, u64)>> {
+    fn dead_sessions(&mut self, me: &str, before_ms: u64) -> R<Vec<(String, String, String, u64)>> {
         Ok(self
             .rows(
-                "SELECT p.room, p.session, COALESCE(n.value, p.joined_at_ms) FROM participants p
+                "SELECT p.room, p.session, p.node, COALESCE(n.value, p.joined_at_ms) FROM participants p
                  LEFT JOIN node_state n ON n.key = 'alive:' || p.node
                  WHERE p.left_at_ms IS NULL AND p.node <> $1 AND COALESCE(n.value, 0) < $2
                  ORDER BY p.joined_at_ms LIMIT 1000",
                 &[&me, &i(before_ms)],
             )?
             .iter()
-            .map(|r| (r.get(0), r.get(1), u(r.get(2))))
+            .map(|r| (r.get(0), r.get(1), r.get(2), u(r.get(3))))
             .collect())
     }
 
@@ -504,8 +509,11 @@ impl Db for Pg<'_, '_> {
     fn next_due(&mut self) -> R<Option<u64>> {
         Ok(self
             .row(
-                "SELECT MIN(GREATEST(next_at_ms, COALESCE(claimed_until_ms, 0)))
-                 FROM webhook_outbox WHERE state = 0",
+                // Over the events that can be due: each room's oldest (those behind it wait).
+                "SELECT MIN(GREATEST(o.next_at_ms, COALESCE(o.claimed_until_ms, 0)))
+                 FROM webhook_outbox o WHERE o.state = 0 AND o.seq = (SELECT MIN(p.seq)
+                   FROM webhook_outbox p WHERE p.state = 0 AND p.endpoint = o.endpoint
+                   AND p.room = o.room)",
                 &[],
             )?
             .and_then(|r| r.get::<_, Option<i64>>(0))
@@ -608,10 +616,13 @@ impl Store for ClusterRooms {
             if !rooms_tx(&self.pg, move |db| PgRooms::insert(db, &r)).await? {
                 return Err(StoreError::Exists);
             }
+            // Durable now: a Redis that could not take the copy gets it when the room is next
+            // read.
             match self.live.create_room(room).await {
-                Ok(()) | Err(StoreError::Exists) => Ok(()),
-                Err(e) => Err(e),
+                Ok(()) | Err(StoreError::Exists) => {}
+                Err(e) => tracing::warn!(error = %e, "room not mirrored in Redis yet"),
             }
+            Ok(())
         })
     }
 
@@ -627,8 +638,11 @@ impl Store for ClusterRooms {
                     .and_then(|r| room_of(&r.get::<_, String>(0))))
             })
             .await?;
-            if let Some(room) = &room {
-                // Redis lost it (a restart without persistence): put it back.
+            if let Some(room) = &room
+                && !self.live.recently_deleted(&id).await?
+            {
+                // Redis lost it (a restart without persistence): put it back (not a room an
+                // expiry is deleting: Redis first, then here).
                 match self.live.create_room(room.clone()).await {
                     Ok(()) | Err(StoreError::Exists) => {}
                     Err(e) => return Err(e),
@@ -662,12 +676,14 @@ impl Store for ClusterRooms {
 
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
-            let live = self.live.delete_room(id.clone()).await?;
+            // The durable row first: a read between the two steps finds the Redis copy (and
+            // the join it serves is ended by the Redis delete), never a room to put back.
             let key = id.to_string();
             let durable = rooms_tx(&self.pg, move |db| {
                 Ok(db.exec("DELETE FROM rooms WHERE id = $1", &[&key])? > 0)
             })
             .await?;
+            let live = self.live.delete_room(id).await?;
             Ok(live || durable)
         })
     }

@@ -91,21 +91,26 @@ impl Db for Sqlite<'_, '_> {
             > 0)
     }
 
-    fn attach(&mut self, session: &str, node: &str) -> R<()> {
+    fn attach(&mut self, session: &str, node: &str) -> R<bool> {
+        let reopened = self.0.execute(
+            "UPDATE participants SET left_at_ms = NULL, reason = NULL
+             WHERE session = ?1 AND reason = 'timeout'",
+            [session],
+        )? > 0;
         self.0.execute(
             "UPDATE participants SET detached_at_ms = NULL, node = ?2 WHERE session = ?1",
             params![session, node],
         )?;
-        Ok(())
+        Ok(reopened)
     }
 
-    fn open_session(&mut self, session: &str) -> R<Option<(SessionRow, Option<u64>)>> {
+    fn open_session(&mut self, session: &str, node: &str) -> R<Option<(SessionRow, Option<u64>)>> {
         Ok(self
             .0
             .query_row(
                 "SELECT peer, identity, name, joined_at_ms, detached_at_ms FROM participants
-                 WHERE session = ?1 AND left_at_ms IS NULL",
-                [session],
+                 WHERE session = ?1 AND node = ?2 AND left_at_ms IS NULL",
+                params![session, node],
                 |r| {
                     Ok((
                         SessionRow {
@@ -274,7 +279,11 @@ impl Db for Sqlite<'_, '_> {
         Ok(())
     }
 
-    fn dead_sessions(&mut self, _me: &str, _before_ms: u64) -> R<Vec<(String, String, u64)>> {
+    fn dead_sessions(
+        &mut self,
+        _me: &str,
+        _before_ms: u64,
+    ) -> R<Vec<(String, String, String, u64)>> {
         // A single node has no other nodes; its own crash is handled at its start.
         Ok(Vec::new())
     }
@@ -361,8 +370,11 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn next_due(&mut self) -> R<Option<u64>> {
+        // Over the events that can be due: each room's oldest (those behind it wait for it).
         Ok(self.0.query_row(
-            "SELECT MIN(next_at_ms) FROM webhook_outbox WHERE state = 0",
+            "SELECT MIN(o.next_at_ms) FROM webhook_outbox o WHERE o.state = 0
+             AND o.seq = (SELECT MIN(p.seq) FROM webhook_outbox p WHERE p.state = 0
+               AND p.endpoint = o.endpoint AND p.room = o.room)",
             [],
             |r| r.get(0),
         )?)

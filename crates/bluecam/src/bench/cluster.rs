@@ -6,7 +6,7 @@
 use super::*;
 
 /// A `redis-server` child on a free port, killed on drop (then its directory removed).
-struct RedisChild(Child, #[allow(dead_code)] TempDir);
+pub(super) struct RedisChild(Child, #[allow(dead_code)] TempDir);
 
 impl Drop for RedisChild {
     fn drop(&mut self) {
@@ -15,7 +15,7 @@ impl Drop for RedisChild {
     }
 }
 
-fn start_redis() -> anyhow::Result<(String, RedisChild)> {
+pub(super) fn start_redis() -> anyhow::Result<(String, RedisChild)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -44,6 +44,17 @@ fn start_redis() -> anyhow::Result<(String, RedisChild)> {
 
 /// Starts one node with the bench limits; waits until it is ready (Redis reachable).
 async fn start_node(redis: &str, secret: &str, i: usize) -> anyhow::Result<Target> {
+    start_server(secret, i, &["--redis".to_owned(), redis.to_owned()], &[]).await
+}
+
+/// Starts `bluecam serve` number `i` with the bench limits, more `args` and `env`; waits
+/// until it is ready (its store and any Redis reachable).
+pub(super) async fn start_server(
+    secret: &str,
+    i: usize,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Target> {
     let dir = std::env::temp_dir().join(format!("bluecam-bench-node{i}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
@@ -60,7 +71,8 @@ async fn start_node(redis: &str, secret: &str, i: usize) -> anyhow::Result<Targe
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(dir.0.join("data"))
-        .args(["--redis", redis])
+        .args(args)
+        .envs(env.iter().copied())
         .env("BLUECAM_API_SECRET", secret)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

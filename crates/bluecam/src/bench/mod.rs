@@ -44,6 +44,7 @@ mod baseline;
 mod chaos;
 mod churn;
 mod cluster;
+mod history;
 mod idle;
 mod plot;
 mod progress;
@@ -275,6 +276,16 @@ enum Scenario {
         duration_secs: u64,
         #[arg(long, default_value_t = 2_000)]
         joins: usize,
+    },
+    /// Call history and webhooks: a join storm with webhooks off and on (a receiver here), the
+    /// webhook delivery rate, and join latency on a PostgreSQL cluster node against SQLite.
+    History {
+        #[arg(long, default_value_t = 2_000)]
+        joins: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
     },
     /// (internal) the no-protocol baseline relay server.
     #[command(hide = true)]
@@ -628,6 +639,7 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
         Scenario::IdleWorker { .. }
         | Scenario::BaselineServer { .. }
         | Scenario::Cluster { .. }
+        | Scenario::History { .. }
         | Scenario::Restart { .. }
         | Scenario::Chaos { .. } => unreachable_worker()?,
     })
@@ -681,6 +693,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             settle_secs,
         } => {
             let result = chaos::chaos(*clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            return report(&args, result);
+        }
+        Scenario::History {
+            joins,
+            concurrency,
+            room_size,
+        } => {
+            let result =
+                history::history((*joins).max(1), (*concurrency).max(1), (*room_size).max(2))
+                    .await?;
             return report(&args, result);
         }
         Scenario::Cluster {
@@ -781,6 +803,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::IdleWorker { .. } => "idle-worker",
         Scenario::BaselineServer { .. } => "baseline-server",
         Scenario::Cluster { .. } => "cluster",
+        Scenario::History { .. } => "history",
         Scenario::Restart { .. } => "restart",
         Scenario::Chaos { .. } => "chaos",
     }
