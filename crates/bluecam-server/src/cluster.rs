@@ -1525,10 +1525,7 @@ impl Store for RedisStore {
                 .map_err(store_err)?;
             let mut rooms = self.rooms_by_id(ids).await?;
             if let Some(member) = member {
-                rooms.retain(|r| {
-                    r.owner.as_ref() == Some(&member)
-                        || r.members.as_ref().is_some_and(|m| m.contains(&member))
-                });
+                crate::store::retain_involving(&mut rooms, &member);
             }
             Ok(rooms)
         })

@@ -54,6 +54,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Keeps the rooms `member` owns or is a member of (stores that cannot filter in a query).
+pub(crate) fn retain_involving(rooms: &mut Vec<Room>, member: &Identity) {
+    rooms.retain(|r| {
+        r.owner.as_ref() == Some(member) || r.members.as_ref().is_some_and(|m| m.contains(member))
+    });
+}
+
 /// Rooms in one SQLite file. One connection behind one mutex: SQLite serializes writers
 /// anyway, and every statement here is a short indexed lookup, run off the async threads.
 #[derive(Clone, Debug)]

@@ -136,23 +136,9 @@ pub struct UsageArgs {
 pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
     let secret = args.api.secret.resolve()?;
     let base = args.api.server.trim_end_matches('/').to_owned();
+    let url = format!("{base}/v1/rooms/{}/calls", args.room);
     let http = reqwest::Client::new();
-    let mut calls = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
-        query.extend(cursor.take().map(|c| ("cursor", c)));
-        let req = http
-            .get(format!("{base}/v1/rooms/{}/calls", args.room))
-            .query(&query);
-        let page: serde_json::Value = serde_json::from_str(&call(req, &secret, &base).await?)
-            .context("invalid JSON answer")?;
-        calls.extend(page["calls"].as_array().cloned().unwrap_or_default());
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let calls = every_page(&http, &url, &[], "calls", &secret, &base).await?;
     print_line(&serde_json::to_string_pretty(
         &serde_json::json!({ "calls": calls }),
     )?);
@@ -236,24 +222,11 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             http.post(format!("{base}/v1/rooms")).json(&body)
         }
         RoomCommand::List { member, owner } => {
-            // Every page, printed as one list.
-            let mut rooms = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
-                query.extend(member.clone().map(|m| ("member", m)));
-                query.extend(owner.clone().map(|o| ("owner", o)));
-                query.extend(cursor.take().map(|c| ("cursor", c)));
-                let req = http.get(format!("{base}/v1/rooms")).query(&query);
-                let page: serde_json::Value =
-                    serde_json::from_str(&call(req, &secret, &base).await?)
-                        .context("invalid JSON answer")?;
-                rooms.extend(page["rooms"].as_array().cloned().unwrap_or_default());
-                match page["nextCursor"].as_str() {
-                    Some(next) => cursor = Some(next.to_owned()),
-                    None => break,
-                }
-            }
+            let mut filters: Vec<(&str, String)> = Vec::new();
+            filters.extend(member.map(|m| ("member", m)));
+            filters.extend(owner.map(|o| ("owner", o)));
+            let url = format!("{base}/v1/rooms");
+            let rooms = every_page(&http, &url, &filters, "rooms", &secret, &base).await?;
             let all = serde_json::json!({ "rooms": rooms });
             print_line(&serde_json::to_string_pretty(&all)?);
             return Ok(());
@@ -268,6 +241,32 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
         print_line(&serde_json::to_string_pretty(&value)?);
     }
     Ok(())
+}
+
+/// Every page of a list (`limit`, `cursor`, `nextCursor`), its `key` items in one vector.
+async fn every_page(
+    http: &reqwest::Client,
+    url: &str,
+    filters: &[(&str, String)],
+    key: &str,
+    secret: &str,
+    base: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
+        query.extend(filters.iter().cloned());
+        query.extend(cursor.take().map(|c| ("cursor", c)));
+        let page: serde_json::Value =
+            serde_json::from_str(&call(http.get(url).query(&query), secret, base).await?)
+                .context("invalid JSON answer")?;
+        items.extend(page[key].as_array().cloned().unwrap_or_default());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(items),
+        }
+    }
 }
 
 /// Sends one API request; its body, or an error with the API's message and code.

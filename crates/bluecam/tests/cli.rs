@@ -135,6 +135,35 @@ fn serve_room_token_and_graceful_shutdown() {
     assert_eq!(none["rooms"], serde_json::json!([]));
     let got = json_of(&bluecam(&["room", "get", &id], &dir, &url));
     assert_eq!(got["id"], id.as_str());
+    // Call history and usage (the calls themselves are tested in bluecam-server's tests).
+    let calls = json_of(&bluecam(&["calls", &id], &dir, &url));
+    assert_eq!(calls, serde_json::json!({"calls": []}));
+    let usage = json_of(&bluecam(
+        &["usage", "--from", "0", "--owner", "alice"],
+        &dir,
+        &url,
+    ));
+    assert_eq!(
+        (usage["calls"].as_u64(), usage["from"].as_u64()),
+        (Some(0), Some(0)),
+        "{usage}"
+    );
+    assert!(
+        usage["to"].as_u64().unwrap() > 1_700_000_000,
+        "--to defaults to now: {usage}"
+    );
+    let missing = Command::new(BIN)
+        .args(["calls", "no-such-room", "--server", &url, "--data-dir"])
+        .arg(&dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("room_not_found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 
     let token = Command::new(BIN)
         .args([

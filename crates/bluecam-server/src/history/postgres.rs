@@ -665,10 +665,7 @@ impl Store for ClusterRooms {
             })
             .await?;
             if let Some(member) = member {
-                rooms.retain(|r| {
-                    r.owner.as_ref() == Some(&member)
-                        || r.members.as_ref().is_some_and(|m| m.contains(&member))
-                });
+                crate::store::retain_involving(&mut rooms, &member);
             }
             Ok(rooms)
         })
