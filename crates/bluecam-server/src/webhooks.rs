@@ -16,7 +16,7 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -37,7 +37,7 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first retry's wait, and the longest wait between attempts.
 const FIRST_RETRY_MS: u64 = 1000;
 const MAX_RETRY_MS: u64 = 10 * 60 * 1000;
-/// Events attempted at once (each from a different room or endpoint).
+/// Attempts in flight at most (each for a different room or endpoint).
 const PARALLEL: usize = 64;
 
 /// One endpoint (`[[webhooks]]` in the TOML file, or `BLUECAM_WEBHOOK_URL` and
@@ -165,25 +165,57 @@ impl Deliverer {
                 return;
             }
         };
+        // Up to PARALLEL attempts in flight, each room's head at most once; a slot freed by
+        // one attempt takes the next due event at once (a slow endpoint holds only its own
+        // slots, not a whole round).
+        let mut inflight: tokio::task::JoinSet<(Pending, Result<(), String>)> =
+            tokio::task::JoinSet::new();
+        let mut busy: HashSet<i64> = HashSet::new();
         loop {
+            while let Some(done) = inflight.try_join_next() {
+                if let Ok((p, result)) = done {
+                    busy.remove(&p.seq);
+                    self.settle(p, result).await;
+                }
+            }
             self.metrics
                 .webhooks_pending
                 .set(self.outbox.pending.load(Ordering::Relaxed) as f64);
-            let now = now_ms();
-            let node = self.node.clone();
-            let due = self
-                .backend
-                .run(move |db| db.due_events(now, PARALLEL, &node))
-                .await
-                .map_err(|e| e.to_string());
-            let due = match due {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the webhook outbox");
-                    Vec::new()
+            let free = PARALLEL.saturating_sub(inflight.len());
+            let mut started = 0;
+            if free > 0 {
+                let now = now_ms();
+                let node = self.node.clone();
+                // (Heads in flight are due again until settled: ask for more, skip those.)
+                let due = self
+                    .backend
+                    .run(move |db| db.due_events(now, PARALLEL * 2, &node))
+                    .await;
+                match due {
+                    Ok(due) => {
+                        let fresh: Vec<Pending> = due
+                            .into_iter()
+                            .filter(|p| !busy.contains(&p.seq))
+                            .take(free)
+                            .collect();
+                        for p in fresh {
+                            busy.insert(p.seq);
+                            let client = client.clone();
+                            let keys = Arc::clone(&keys);
+                            inflight.spawn(async move {
+                                let result = attempt(&client, keys.get(&p.endpoint), &p).await;
+                                (p, result)
+                            });
+                            started += 1;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
                 }
-            };
-            if due.is_empty() {
+            }
+            if started > 0 {
+                continue;
+            }
+            if inflight.is_empty() {
                 let next = self.backend.run(|db| db.next_due()).await.ok().flatten();
                 let wait = next
                     .map_or(60_000, |t| t.saturating_sub(now_ms()))
@@ -193,22 +225,19 @@ impl Deliverer {
                     () = self.outbox.added.notified() => {}
                     () = tokio::time::sleep(Duration::from_millis(wait)) => {}
                 }
-                continue;
-            }
-            let attempts = due.into_iter().map(|p| {
-                let client = client.clone();
-                let keys = Arc::clone(&keys);
-                async move {
-                    let result = attempt(&client, keys.get(&p.endpoint), &p).await;
-                    (p, result)
+            } else {
+                // Wait for a slot, new events, or a retry falling due.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    done = inflight.join_next() => {
+                        if let Some(Ok((p, result))) = done {
+                            busy.remove(&p.seq);
+                            self.settle(p, result).await;
+                        }
+                    }
+                    () = self.outbox.added.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-            });
-            let results = tokio::select! {
-                () = stop.cancelled() => return,
-                r = futures_util::future::join_all(attempts) => r,
-            };
-            for (p, result) in results {
-                self.settle(p, result).await;
             }
         }
     }

@@ -461,3 +461,38 @@ async fn a_full_outbox_drops_new_events_and_never_holds_a_join() {
         leave(&mut p).await;
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_that_hangs_does_not_hold_up_another() {
+    use crate::postgres::{endpoint, receiver};
+    // One endpoint accepts connections and never answers (each attempt waits out its 5 s).
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let (url, got) = receiver().await;
+    let s = TestServer::with(|c| c.webhooks = vec![endpoint(&hanging_url), endpoint(&url)]).await;
+    let room = s.room().await;
+    let started = Instant::now();
+    let mut a = s.join(&room, "a").await;
+    // The other endpoint gets room.created and then peer.joined at once, not after the
+    // hanging one's attempt times out.
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, t, _)| t == "peer.joined")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "peer.joined waited for the hanging endpoint: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leave(&mut a).await;
+}
