@@ -14,7 +14,7 @@
 import { Signaling } from "./signaling.js";
 import { PeerLink, webrtcAvailable } from "./mesh.js";
 import { Outbox, Inbox, encodeData, envelopesOf, isEnvelope } from "./delivery.js";
-import { tickPeer } from "./sender.js";
+import { relayFrames, tickPeer } from "./sender.js";
 import { CLOSE } from "./close-codes.js";
 import { VideoWall, cameraAvailable, openCamera, openScreen, wireButtons } from "./media.js";
 import {
@@ -35,8 +35,6 @@ const ACK_DELAY_MS = 10;
 /** Outbox bounds per peer: above either, sendMessage waits (back-pressure, never a drop). */
 const OUTBOX_MAX_MESSAGES = 1024;
 const OUTBOX_MAX_BYTES = 16 << 20;
-/** Envelopes batched into one relay frame stay below this many characters. */
-const RELAY_BATCH_CHARS = 256 * 1024;
 /** After the data channel of a peer closes, a new connection is tried after this long. */
 const RELINK_MS = 1000;
 /** The default delivery bound: a message not acknowledged this long after sendMessage rejects
@@ -828,25 +826,10 @@ export class Room {
    * @param {boolean} relayOnly
    */
   transmit(remote, entries, relayOnly) {
-    /** @type {import("./delivery.js").Envelope[]} */
-    let batch = [];
-    /** @type {import("./delivery.js").Pending[]} */
-    let inBatch = [];
-    let batchChars = 0;
-    // Sends the batch as one relay frame; if it cannot go now, its messages stay unsent
-    // (sentAt 0) and go with the next chance (the rate limit's onWritable, a tick, a resume).
-    const flush = () => {
-      if (batch.length === 0) return true;
-      const ok = Date.now() >= this.relayPausedUntil &&
-        this.signaling.send({ op: "send", to: [remote.info.id], msg: batch });
-      if (!ok) for (const e of inBatch) e.sentAt = 0;
-      batch = [];
-      inBatch = [];
-      batchChars = 0;
-      return ok;
-    };
     const now = Date.now();
-    for (const [i, entry] of entries.entries()) {
+    /** @type {{entry: import("./delivery.js").Pending, json: string, envs: import("./delivery.js").Envelope[]}[]} */
+    const relay = [];
+    for (const entry of entries) {
       const envs = envelopesOf(entry.seq, entry.type, entry.json, remote.outbox);
       if (!relayOnly && remote.link?.open && envs.every((e) => remote.link?.send(JSON.stringify(e)))) {
         entry.via = "p2p";
@@ -856,20 +839,19 @@ export class Room {
       }
       entry.via = "relay";
       entry.sentAt = now;
-      inBatch.push(entry);
-      for (const env of envs) {
-        const chars = (env.k === "c" ? env.p.length : entry.json.length) + 100;
-        if (batchChars > 0 && batchChars + chars > RELAY_BATCH_CHARS && !flush()) {
-          // This entry (part of which may have gone) and the rest wait for the next chance.
-          for (const rest of entries.slice(i)) rest.sentAt = 0;
-          return;
-        }
-        if (inBatch.length === 0) inBatch.push(entry);
-        batch.push(env);
-        batchChars += chars;
+      relay.push({ entry, json: entry.json, envs });
+    }
+    // In frames, in order (sender.js). A frame that cannot go now (the rate limit's pause, the
+    // socket down) leaves its messages and every later one unsent (sentAt 0): they go with the
+    // next chance (the rate limit's onWritable, a tick, a resume).
+    for (const frame of relayFrames(relay)) {
+      const ok = Date.now() >= this.relayPausedUntil &&
+        this.signaling.send({ op: "send", to: [remote.info.id], msg: frame.envs });
+      if (!ok) {
+        for (const rest of relay.slice(frame.first)) rest.entry.sentAt = 0;
+        return;
       }
     }
-    flush();
   }
 
   /** Resends everything unacknowledged (after a reconnection). */

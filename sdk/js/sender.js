@@ -1,9 +1,11 @@
 // @ts-check
 /**
- * The sender's timing decisions, pure: what each peer's outbox must do at a tick (give up past
- * the delivery bound, or retransmit what waited too long for its ack), from the outbox and what
- * the room knows of the path, with the time given. No clock, no I/O: bluecam.js carries the
- * decisions out, and sender.test.js drives them with any clock.
+ * The sender's decisions, pure: what each peer's outbox must do at a tick (give up past the
+ * delivery bound, or retransmit what waited too long for its ack), from the outbox and what the
+ * room knows of the path, with the time given; and how a relay send is cut into frames. No
+ * clock, no I/O: bluecam.js carries the decisions out (and acknowledges what arrived, 10 ms
+ * later, so that several messages share one ack), and sender.test.js drives them with any
+ * clock.
  */
 
 /** A message not acknowledged this long is sent again, over the relay; each further attempt
@@ -15,6 +17,10 @@ export const RETRANSMIT_MAX_MS = 30000;
 export const SLOWEST_BYTES_PER_MS = 1000;
 /** Bytes of retransmissions per tick at most (at least one message goes). */
 export const RETRANSMIT_BYTES_PER_TICK = 256 * 1024;
+/** Characters of payload one relay frame carries at most (one envelope at least). */
+export const RELAY_BATCH_CHARS = 256 * 1024;
+/** What a relay frame costs beyond an envelope's payload, as counted against the cap. */
+const ENVELOPE_OVERHEAD_CHARS = 100;
 
 /**
  * What the room knows of one peer's path at a tick.
@@ -68,4 +74,35 @@ export function tickPeer(pending, path, now, deliveryTimeoutMs) {
     return true;
   });
   return { expire: false, due, lastProgressAt, lastBuffered: path.buffered };
+}
+
+/**
+ * How a relay send of one peer's messages is cut into frames, in order: each frame carries the
+ * envelopes of one or more messages (a chunked message may span frames), at most `maxChars` of
+ * payload but at least one envelope.
+ * @param {{json: string, envs: import("./delivery.js").Envelope[]}[]} messages in send order
+ * @param {number} [maxChars]
+ * @returns {{envs: import("./delivery.js").Envelope[], first: number}[]} the frames, each with the
+ *   index of the first message it carries (part of): if a frame cannot go, that message and every
+ *   later one wait for the next chance
+ */
+export function relayFrames(messages, maxChars = RELAY_BATCH_CHARS) {
+  /** @type {{envs: import("./delivery.js").Envelope[], first: number}[]} */
+  const frames = [];
+  /** @type {{envs: import("./delivery.js").Envelope[], first: number} | null} */
+  let frame = null;
+  let chars = 0;
+  for (const [i, m] of messages.entries()) {
+    for (const env of m.envs) {
+      const size = (env.k === "c" ? env.p.length : m.json.length) + ENVELOPE_OVERHEAD_CHARS;
+      if (!frame || (chars > 0 && chars + size > maxChars)) {
+        frame = { envs: [], first: i };
+        frames.push(frame);
+        chars = 0;
+      }
+      frame.envs.push(env);
+      chars += size;
+    }
+  }
+  return frames;
 }

@@ -2,7 +2,10 @@
 // The sender's timing decisions (sender.js), with a clock of the test's own.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { tickPeer, retransmitTimeout, RETRANSMIT_MS, RETRANSMIT_MAX_MS, RETRANSMIT_BYTES_PER_TICK } from "./sender.js";
+import {
+  tickPeer, retransmitTimeout, relayFrames, RETRANSMIT_MS, RETRANSMIT_MAX_MS, RETRANSMIT_BYTES_PER_TICK,
+} from "./sender.js";
+import { envelopesOf } from "./delivery.js";
 
 /**
  * A pending message as the outbox keeps it.
@@ -64,4 +67,39 @@ test("past the delivery bound the oldest message (and so every later one) expire
   assert.equal(tickPeer(pending, closedPath, BOUND - 1, BOUND).expire, false);
   assert.equal(tickPeer(pending, closedPath, BOUND, BOUND).expire, true);
   assert.equal(tickPeer([], closedPath, 10 * BOUND, BOUND).expire, false, "nothing pending, nothing expires");
+});
+
+/** A message of `chars` characters of JSON, as its envelopes. @param {number} seq @param {number} chars */
+const message = (seq, chars) => {
+  const json = JSON.stringify("x".repeat(Math.max(0, chars - 2)));
+  return { json, envs: envelopesOf(seq, "t", json) };
+};
+
+test("relay frames: messages in order, several to a frame under the cap, never an empty frame", () => {
+  const small = [1, 2, 3].map((s) => message(s, 100));
+  const frames = relayFrames(small, 1000);
+  assert.equal(frames.length, 1);
+  assert.deepEqual(frames[0].envs.map((e) => e.s), [1, 2, 3]);
+  assert.equal(frames[0].first, 0);
+  // A cap that fits two: the third starts a new frame, which names it as its first message.
+  const two = relayFrames(small, 2 * 200 + 50);
+  assert.deepEqual(two.map((f) => f.envs.map((e) => e.s)), [[1, 2], [3]]);
+  assert.deepEqual(two.map((f) => f.first), [0, 2]);
+  // A message larger than the cap still goes, alone.
+  const big = relayFrames([message(1, 5000), message(2, 10)], 1000);
+  assert.deepEqual(big.map((f) => f.envs.length), [1, 1]);
+  assert.deepEqual(relayFrames([], 1000), []);
+});
+
+test("relay frames: a chunked message spans frames in chunk order; a frame names the message it starts in", () => {
+  const chunked = message(7, 200_000); // several chunks
+  assert.ok(chunked.envs.length > 1);
+  const frames = relayFrames([message(6, 10), chunked, message(8, 10)], 70_000);
+  const flat = frames.flatMap((f) => f.envs.map((e) => [e.s, e.k === "c" ? e.i : -1]));
+  assert.deepEqual(flat, [[6, -1], ...chunked.envs.map((e) => [7, /** @type {any} */ (e).i]), [8, -1]]);
+  for (const f of frames) {
+    assert.ok(f.envs.length > 0);
+    const firstSeq = f.envs[0].s;
+    assert.equal([6, 7, 8][f.first], firstSeq, "first names the message of the frame's first envelope");
+  }
 });

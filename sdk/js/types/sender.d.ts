@@ -34,10 +34,29 @@ export function retransmitTimeout(entry: {
  */
 export function tickPeer(pending: import("./delivery.js").Pending[], path: PathState, now: number, deliveryTimeoutMs: number): TickDecision;
 /**
- * The sender's timing decisions, pure: what each peer's outbox must do at a tick (give up past
- * the delivery bound, or retransmit what waited too long for its ack), from the outbox and what
- * the room knows of the path, with the time given. No clock, no I/O: bluecam.js carries the
- * decisions out, and sender.test.js drives them with any clock.
+ * How a relay send of one peer's messages is cut into frames, in order: each frame carries the
+ * envelopes of one or more messages (a chunked message may span frames), at most `maxChars` of
+ * payload but at least one envelope.
+ * @param {{json: string, envs: import("./delivery.js").Envelope[]}[]} messages in send order
+ * @param {number} [maxChars]
+ * @returns {{envs: import("./delivery.js").Envelope[], first: number}[]} the frames, each with the
+ *   index of the first message it carries (part of): if a frame cannot go, that message and every
+ *   later one wait for the next chance
+ */
+export function relayFrames(messages: {
+    json: string;
+    envs: import("./delivery.js").Envelope[];
+}[], maxChars?: number): {
+    envs: import("./delivery.js").Envelope[];
+    first: number;
+}[];
+/**
+ * The sender's decisions, pure: what each peer's outbox must do at a tick (give up past the
+ * delivery bound, or retransmit what waited too long for its ack), from the outbox and what the
+ * room knows of the path, with the time given; and how a relay send is cut into frames. No
+ * clock, no I/O: bluecam.js carries the decisions out (and acknowledges what arrived, 10 ms
+ * later, so that several messages share one ack), and sender.test.js drives them with any
+ * clock.
  */
 /** A message not acknowledged this long is sent again, over the relay; each further attempt
  * waits twice as long, up to RETRANSMIT_MAX_MS, so a peer that is away (its frames kept by the
@@ -48,6 +67,8 @@ export const RETRANSMIT_MAX_MS: 30000;
 export const SLOWEST_BYTES_PER_MS: 1000;
 /** Bytes of retransmissions per tick at most (at least one message goes). */
 export const RETRANSMIT_BYTES_PER_TICK: number;
+/** Characters of payload one relay frame carries at most (one envelope at least). */
+export const RELAY_BATCH_CHARS: number;
 /**
  * What the room knows of one peer's path at a tick.
  */
