@@ -18,6 +18,9 @@ const MAX_ID_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 1024;
 const MAX_MEMBERS: usize = 1000;
 const MAX_METADATA_BYTES: usize = 16 << 10;
+/// The latest time the usage report takes (the end of year 9999, in Unix seconds): beyond, the
+/// milliseconds it counts in would not fit the databases' integers.
+const MAX_UNIX_SECS: u64 = 253_402_300_799;
 /// Longest `emptyTimeoutSecs` accepted: ten years.
 pub const MAX_EMPTY_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
 
@@ -805,6 +808,11 @@ async fn usage(
     };
     if to <= from {
         return Err(ApiError::bad_request("to must be after from"));
+    }
+    if to > MAX_UNIX_SECS {
+        return Err(ApiError::bad_request(format!(
+            "to must be at most {MAX_UNIX_SECS} (the end of year 9999)"
+        )));
     }
     let filter = match (q.owner, q.member) {
         (Some(_), Some(_)) => {

@@ -168,7 +168,7 @@ impl Deliverer {
         // Up to PARALLEL attempts in flight, each room's head at most once; a slot freed by
         // one attempt takes the next due event at once (a slow endpoint holds only its own
         // slots, not a whole round).
-        let mut inflight: tokio::task::JoinSet<(Pending, Result<(), String>)> =
+        let mut inflight: tokio::task::JoinSet<(Pending, Result<(), Failure>)> =
             tokio::task::JoinSet::new();
         let mut busy: HashSet<i64> = HashSet::new();
         loop {
@@ -243,20 +243,22 @@ impl Deliverer {
     }
 
     /// Records one attempt's outcome.
-    async fn settle(&self, p: Pending, result: Result<(), String>) {
+    async fn settle(&self, p: Pending, result: Result<(), Failure>) {
         let now = now_ms();
         let (outcome, error) = match result {
             Ok(()) => {
                 self.metrics.webhooks_delivered.increment(1);
                 (Attempt::Delivered, None)
             }
-            Err(e) => {
+            Err(Failure { error: e, hopeless }) => {
                 self.metrics.webhook_attempts_failed.increment(1);
                 let attempts = p.attempts + 1;
-                if now.saturating_sub(p.created_at_ms) >= self.retry_for.as_millis() as u64 {
+                let expired =
+                    now.saturating_sub(p.created_at_ms) >= self.retry_for.as_millis() as u64;
+                if hopeless || expired {
                     self.metrics.webhooks_failed.increment(1);
                     tracing::warn!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
-                        "webhook event given up after the retry period");
+                        "webhook event given up");
                     (Attempt::Failed, Some(e))
                 } else {
                     tracing::debug!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
@@ -280,8 +282,25 @@ impl Deliverer {
             .run(move |db| db.attempted(seq, outcome, error.as_deref()))
             .await;
         if written.is_err() {
-            // Delivered but not recorded: it is sent again (at least once).
+            // Not recorded: it is attempted again (at least once).
             tracing::warn!(id = %p.id, "cannot record a webhook attempt");
+        }
+    }
+}
+
+/// Why an attempt failed, and whether trying again could help.
+#[derive(Debug)]
+struct Failure {
+    error: String,
+    /// No retry can succeed (the endpoint is no longer configured): give up now.
+    hopeless: bool,
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Self {
+        Self {
+            error,
+            hopeless: false,
         }
     }
 }
@@ -291,8 +310,11 @@ async fn attempt(
     client: &reqwest::Client,
     key: Option<&Vec<u8>>,
     p: &Pending,
-) -> Result<(), String> {
-    let key = key.ok_or("this endpoint is no longer configured")?;
+) -> Result<(), Failure> {
+    let key = key.ok_or_else(|| Failure {
+        error: "this endpoint is no longer configured".into(),
+        hopeless: true,
+    })?;
     let timestamp = now_ms() / 1000;
     let signature = sign(key, &p.id, timestamp, &p.body);
     let res = client
@@ -304,11 +326,11 @@ async fn attempt(
         .body(p.body.clone())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::from(e.to_string()))?;
     if res.status().is_success() {
         Ok(())
     } else {
-        Err(format!("HTTP {}", res.status()))
+        Err(format!("HTTP {}", res.status()).into())
     }
 }
 

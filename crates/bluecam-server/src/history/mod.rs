@@ -657,10 +657,7 @@ fn end_session(db: &mut dyn Db, outbox: &Outbox, out: &mut Applied, end: Ending<
         }
         .max(started);
         db.end_call(&call, ended)?;
-        if let Some(record) = call_record(db, &call)? {
-            let data = serde_json::to_value(&record).unwrap_or(Value::Null);
-            enqueue(db, outbox, out, room, "call.ended", at_ms, data)?;
-        }
+        enqueue_call(db, outbox, out, &call, "call.ended", at_ms)?;
     }
     Ok(())
 }
@@ -677,9 +674,22 @@ fn start_call(
     // deleted.
     let (owner, members) = db.room_owner(room)?;
     db.insert_call(&id, room, owner.as_deref(), members.as_deref(), at_ms)?;
-    if let Some(record) = call_record(db, &id)? {
+    enqueue_call(db, outbox, out, &id, "call.started", at_ms)
+}
+
+/// The `call.started` or `call.ended` event of a call: the call as the API shows it.
+fn enqueue_call(
+    db: &mut dyn Db,
+    outbox: &Outbox,
+    out: &mut Applied,
+    id: &str,
+    event_type: &str,
+    at_ms: u64,
+) -> R<()> {
+    if let Some(record) = call_record(db, id)? {
+        let room = record.room_id.clone();
         let data = serde_json::to_value(&record).unwrap_or(Value::Null);
-        enqueue(db, outbox, out, room, "call.started", at_ms, data)?;
+        enqueue(db, outbox, out, &room, event_type, at_ms, data)?;
     }
     Ok(())
 }

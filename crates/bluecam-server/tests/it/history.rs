@@ -307,6 +307,12 @@ async fn calls_come_in_pages_newest_first_and_bad_requests_are_refused() {
         status("/v1/usage?from=1&to=5&owner=a&member=b".into()).await,
         400
     );
+    // Hostile bounds are the client's error, not a 5xx from an integer that does not fit.
+    assert_eq!(
+        status(format!("/v1/usage?from=0&to={}", u64::MAX)).await,
+        400
+    );
+    assert_eq!(status("/v1/usage?from=0&to=253402300799".into()).await, 200);
     // Without the secret, nothing.
     let res = s
         .http()
@@ -495,4 +501,41 @@ async fn an_endpoint_that_hangs_does_not_hold_up_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     leave(&mut a).await;
+}
+
+#[tokio::test]
+async fn an_event_for_an_endpoint_no_longer_configured_is_given_up_at_once() {
+    use crate::postgres::{endpoint, receiver};
+    // An endpoint nobody listens on: room.created waits in the outbox, retried.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_url = format!("http://{}/hook", gone.local_addr().unwrap());
+    drop(gone);
+    let s = TestServer::with(|c| c.webhooks = vec![endpoint(&gone_url)]).await;
+    s.room().await;
+    let dir = s.stop().await;
+    // Restarted with another endpoint: the old one's event can never go. It is marked failed
+    // at once (and counted), not retried for a day.
+    let (url, _got) = receiver().await;
+    let s = TestServer::in_dir(dir, |c| c.webhooks = vec![endpoint(&url)]).await;
+    let db = rusqlite::Connection::open(s.dir.join("bluecam.sqlite3")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let state: i64 = db
+            .query_row(
+                "SELECT state FROM webhook_outbox WHERE endpoint = ?1",
+                [&gone_url],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if state == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old endpoint's event is still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = s.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
 }
