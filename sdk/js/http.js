@@ -196,10 +196,13 @@ export class HttpSocket {
           const first = this.outbox[0];
           if (!first || this.ended) return;
           const v = await this.post("open", first.text, SEND_TIMEOUT_MS + 15000, this.abort.signal);
-          this.sid = v.sid;
+          // A join that failed gets its error and close, and no session.
+          this.sid = typeof v.sid === "string" ? v.sid : null;
           this.outbox.shift();
           this.receive(v);
-          if (!this.ended) void this.pollLoop();
+          if (this.sid === null && !this.ended) this.end(1006, "no transport session", false);
+          if (this.ended) return;
+          void this.pollLoop();
           continue;
         }
         if (this.outbox.length === 0) return;

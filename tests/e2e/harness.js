@@ -24,7 +24,7 @@ import { chromium } from "playwright-core";
 
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
 const BIN = process.env.BLUECAM_BIN ?? joinPath(process.env.CARGO_TARGET_DIR ?? "target", "debug", "bluecam");
-export const SECRET = "e2e-secret-0123456789abcdef";
+export const SECRET = "e2e-secret-0123456789abcdefghijklmn";
 
 /** Deadlines: generous, so that a loaded machine is slow rather than failing. */
 export const DEADLINE_MS = 60000;

@@ -170,6 +170,34 @@ pub async fn refuse_declared_oversize(
     next.run(req).await
 }
 
+/// Reads a request's body within `http_request_timeout_secs`: a client that trickles it gets
+/// 408, one that sends more than the route's `DefaultBodyLimit` 413 (and with
+/// [`refuse_declared_oversize`] in front, one that declares more gets 413 before anything is
+/// read).
+pub async fn read_body(state: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
+    let within = state.config.limits.http_request_timeout();
+    match tokio::time::timeout(within, axum::body::Bytes::from_request(req, state)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Err(_elapsed) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::BadRequest,
+            format!(
+                "the request body did not arrive within {} s",
+                within.as_secs()
+            ),
+        )),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::new(
+                rejection.status(),
+                ErrorCode::TooLarge,
+                "request body too large",
+            ))
+        }
+        // The body broke off: the client is most likely gone.
+        Ok(Err(rejection)) => Err(ApiError::bad_request(rejection.body_text())),
+    }
+}
+
 /// `Json` whose rejections use our error body.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

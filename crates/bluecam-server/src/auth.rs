@@ -1,4 +1,9 @@
 //! API secret and room tokens: HS256 JWTs that open exactly one room.
+//!
+//! The API secret is the bearer credential of the HTTP API and nothing else: every other key is
+//! derived from it with HKDF-SHA256 under a label of its own (the token signing key, the demo's
+//! room-id MAC, the HTTP transport's session-id MAC), so holding one of them (a minting service
+//! holds the token key) gives neither the API nor the others.
 
 use bluecam_proto::{Identity, Permissions, RoomId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -42,12 +47,45 @@ pub enum TokenError {
     WrongRoom,
 }
 
-/// The API secret with the keys derived from it. `Debug` never prints the secret.
+/// Shortest API secret accepted: 32 characters (a generated one is 43, 256 random bits). A
+/// token holder can test guesses of the secret offline against the token's signature, so a
+/// short one is refused rather than warned about.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// HKDF labels of the keys derived from the API secret (changing one invalidates what it
+/// protects: tokens, demo links or transport sessions).
+const TOKEN_KEY_LABEL: &[u8] = b"bluecam v1 token signing";
+const DEMO_KEY_LABEL: &[u8] = b"bluecam v1 demo room id";
+const SID_KEY_LABEL: &[u8] = b"bluecam v1 http transport session id";
+
+/// The API secret with the keys derived from it. `Debug` never prints any of them.
 #[derive(Clone)]
 pub struct Secret {
     text: String,
+    /// The HS256 key of tokens, as text (URL-safe base64 of 32 derived bytes): any JWT library
+    /// takes it as the secret string.
+    token_key: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    demo_key: [u8; 32],
+    sid_key: [u8; 32],
+}
+
+/// 32 bytes derived from the API secret for one purpose.
+fn derive(secret: &str, label: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's 8,160-byte maximum: this cannot fail.
+    hkdf::Hkdf::<sha2::Sha256>::new(None, secret.as_bytes())
+        .expand(label, &mut out)
+        .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 length"));
+    out
+}
+
+/// An HMAC-SHA256 under `key` (which takes keys of any length: this cannot fail).
+fn mac(key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac as _;
+    hmac::Hmac::<sha2::Sha256>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }
 
 impl fmt::Debug for Secret {
@@ -57,13 +95,50 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// Wraps a secret given as text.
+    /// Wraps a secret given as text, deriving its keys.
     pub fn new(text: impl Into<String>) -> Self {
+        use base64::Engine as _;
         let text = text.into();
+        let token_key =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(derive(&text, TOKEN_KEY_LABEL));
         Self {
-            encoding: EncodingKey::from_secret(text.as_bytes()),
-            decoding: DecodingKey::from_secret(text.as_bytes()),
+            encoding: EncodingKey::from_secret(token_key.as_bytes()),
+            decoding: DecodingKey::from_secret(token_key.as_bytes()),
+            token_key,
+            demo_key: derive(&text, DEMO_KEY_LABEL),
+            sid_key: derive(&text, SID_KEY_LABEL),
             text,
+        }
+    }
+
+    /// The key tokens are signed with (HS256, the text itself as the secret string), for a
+    /// backend that mints tokens offline: it cannot call the API.
+    pub fn token_key(&self) -> &str {
+        &self.token_key
+    }
+
+    /// A tag binding an HTTP transport session id to this secret (22 characters): any node of
+    /// the cluster can tell a session id it made from a forged one without asking anyone.
+    pub fn sid_tag(&self, sid: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut m = mac(&self.sid_key);
+        m.update(sid.as_bytes());
+        let tag = m.finalize().into_bytes();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..SID_TAG_BYTES])
+    }
+
+    /// Whether `tag` is [`Secret::sid_tag`] of `sid` (compared in constant time).
+    pub fn sid_tag_matches(&self, sid: &str, tag: &str) -> bool {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag) {
+            Ok(tag) if tag.len() == SID_TAG_BYTES => {
+                let mut m = mac(&self.sid_key);
+                m.update(sid.as_bytes());
+                m.verify_truncated_left(&tag).is_ok()
+            }
+            _ => false,
         }
     }
 
@@ -77,10 +152,17 @@ impl Secret {
         &self.text
     }
 
-    /// Compares a presented bearer secret in constant time.
+    /// Compares a presented bearer secret in constant time (MACs of both under a fresh key
+    /// are compared, so neither the content nor the length of the secret leaks by timing).
     pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.text.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use hmac::Mac as _;
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let mut theirs = mac(&key);
+        theirs.update(presented.as_bytes());
+        let mut ours = mac(&key);
+        ours.update(self.text.as_bytes());
+        theirs.verify(&ours.finalize().into_bytes()).is_ok()
     }
 
     /// Signs claims into a token.
@@ -133,15 +215,14 @@ pub fn random_id(bytes: usize) -> String {
 const DEMO_PREFIX: &str = "demo-";
 const DEMO_NONCE_LEN: usize = 12;
 const DEMO_MAC_BYTES: usize = 15;
+/// Bytes of a transport session id's tag (128 bits).
+const SID_TAG_BYTES: usize = 16;
 
-fn demo_mac(secret: &Secret, nonce: &str) -> hmac::Hmac<sha1::Sha1> {
+fn demo_mac(secret: &Secret, nonce: &str) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac as _;
-    // HMAC takes keys of any length: this cannot fail.
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.expose().as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(b"bluecam demo room\0");
-    mac.update(nonce.as_bytes());
-    mac
+    let mut m = mac(&secret.demo_key);
+    m.update(nonce.as_bytes());
+    m
 }
 
 /// A new demo room id.
@@ -251,6 +332,42 @@ mod tests {
         let other = Secret::new("other");
         assert_eq!(other.verify(&t).unwrap_err(), TokenError::BadSignature);
         assert_eq!(s.verify("nonsense").unwrap_err(), TokenError::Malformed);
+    }
+
+    #[test]
+    fn each_key_is_derived_for_one_purpose_and_none_is_the_api_secret() {
+        let s = Secret::new("an-api-secret-of-thirty-two-chars!");
+        // Tokens are signed with the derived key, which any JWT library takes as text...
+        let claims = claims(now() + 60, None);
+        let by_key = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(s.token_key().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(s.verify(&by_key).unwrap().sub.as_str(), "alice");
+        // ...and a token signed with the API secret itself is not one (it was, before).
+        let by_secret = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(s.expose().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(s.verify(&by_secret).unwrap_err(), TokenError::BadSignature);
+        // The token key is no bearer secret; the secret is.
+        assert!(!s.matches(s.token_key()));
+        assert!(s.matches(s.expose()));
+        assert!(!s.matches(""));
+        // Session-id tags and demo ids are bound to the secret and to what they tag.
+        let tag = s.sid_tag("node.abc");
+        assert!(s.sid_tag_matches("node.abc", &tag));
+        assert!(!s.sid_tag_matches("node.abd", &tag));
+        assert!(
+            !Secret::new("another-secret-of-thirty-two-chars").sid_tag_matches("node.abc", &tag)
+        );
+        let demo = demo_room_id(&s);
+        assert!(is_demo_room_id(&s, &demo));
+        assert!(!is_demo_room_id(&Secret::new("x"), &demo));
     }
 
     #[test]

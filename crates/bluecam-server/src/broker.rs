@@ -92,7 +92,7 @@ pub enum ForwardError {
 /// What answers requests passed on by other nodes (`crate::http` installs it).
 #[derive(Clone)]
 pub struct HttpHandler(
-    pub std::sync::Arc<dyn Fn(HttpOp, String) -> BoxFuture<'static, HttpReply> + Send + Sync>,
+    pub std::sync::Arc<dyn Fn(HttpOp, bytes::Bytes) -> BoxFuture<'static, HttpReply> + Send + Sync>,
 );
 
 impl std::fmt::Debug for HttpHandler {
@@ -147,13 +147,14 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(async { false })
     }
 
-    /// Passes an HTTP transport request to `node`, which holds its session, and waits up to
-    /// `wait` for its answer. A single node has no one to pass it to.
+    /// Passes an HTTP transport request (its body as it came, bytes) to `node`, which holds
+    /// its session, and waits up to `wait` for its answer. A single node has no one to pass it
+    /// to.
     fn forward_http(
         &self,
         node: NodeId,
         op: HttpOp,
-        body: String,
+        body: bytes::Bytes,
         wait: std::time::Duration,
     ) -> BoxFuture<'_, Result<HttpReply, ForwardError>> {
         let _ = (node, op, body, wait);

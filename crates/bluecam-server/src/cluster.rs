@@ -373,10 +373,11 @@ fn http_channel(node: &NodeId) -> String {
     format!("bc:h:{node}")
 }
 
-/// A message on a node's HTTP channel: a request passed on (`q`, from `from`) or an answer
-/// (`r`, to the request of that number).
-#[derive(Serialize, Deserialize)]
-struct HttpRelay {
+/// The head of a message on a node's HTTP channel: a request passed on (`q`, from `from`) or
+/// an answer (`r`, to the request of that number). The body follows the head's line as the
+/// bytes it is (never escaped into a JSON string, which could make it six times larger).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RelayHead {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     q: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,7 +388,25 @@ struct HttpRelay {
     r: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
-    body: String,
+}
+
+impl RelayHead {
+    /// The head's JSON line, then the body.
+    pub(crate) fn encode(&self, body: &[u8]) -> Vec<u8> {
+        let head = serde_json::to_vec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(head.len() + 1 + body.len());
+        out.extend_from_slice(&head);
+        out.push(b'\n');
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Splits a message into its head and body.
+    pub(crate) fn decode(message: &[u8]) -> Option<(Self, &[u8])> {
+        let end = message.iter().position(|b| *b == b'\n')?;
+        let head = serde_json::from_slice(&message[..end]).ok()?;
+        Some((head, &message[end + 1..]))
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> BrokerError {
@@ -433,12 +452,57 @@ pub struct RedisBroker {
     /// Requests this node passed on, waiting for their answers.
     http_waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
     http_next: std::sync::atomic::AtomicU64,
+    /// The client settings (TLS included) of every connection the node makes.
+    config: FredConfig,
 }
 
-/// Connects a fred client to `url` with reconnection forever (every 250 ms to 2 s).
-fn build(url: &str) -> Result<Builder, fred::error::Error> {
-    let config = FredConfig::from_url(url)?;
-    let mut builder = Builder::from_config(config);
+/// The client settings of `url`. A `rediss://` URL gets verified TLS (rustls): against the
+/// PEM CA bundle `ca` when given, else the system's roots; any TLS setting that cannot be
+/// honoured is an error, never a silent plaintext connection.
+pub fn redis_config(url: &str, ca: Option<&std::path::Path>) -> Result<FredConfig, String> {
+    let mut config = FredConfig::from_url(url)
+        .map_err(|e| format!("the Redis URL is not valid: {}", e.details()))?;
+    let tls_url = url.starts_with("rediss") || url.starts_with("valkeys");
+    match (tls_url, ca) {
+        (false, Some(_)) => {
+            return Err(
+                "redis_ca is set but the Redis URL is not rediss://: refusing to \
+                        connect without TLS"
+                    .into(),
+            );
+        }
+        (true, Some(ca)) => {
+            use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+            let bad = |e: &dyn std::fmt::Display| format!("redis_ca {}: {e}", ca.display());
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"holds no certificate"));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+        }
+        // fred fills it in from the URL (system roots); make sure it did.
+        (true, None) if config.tls.is_none() => {
+            let tls = fred::types::config::TlsConnector::default_rustls()
+                .map_err(|e| format!("TLS: {}", e.details()))?;
+            config.tls = Some(tls.into());
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
+/// A fred client of `config` with reconnection forever (every 250 ms to 2 s).
+fn build(config: &FredConfig) -> Result<Builder, fred::error::Error> {
+    let mut builder = Builder::from_config(config.clone());
     builder
         .set_policy(ReconnectPolicy::new_exponential(0, 250, 2_000, 2))
         .with_connection_config(|c| {
@@ -459,7 +523,7 @@ fn build(url: &str) -> Result<Builder, fred::error::Error> {
 impl RedisBroker {
     /// Connects to Redis; fails when it cannot be reached now.
     pub async fn connect(
-        url: &str,
+        config: FredConfig,
         ttl: Duration,
         resume_window: Duration,
         queue: usize,
@@ -469,7 +533,7 @@ impl RedisBroker {
         // tries, each with a new client, before the node gives up.
         let mut tries = 0;
         let client = loop {
-            let client = build(url).map_err(backend)?.build().map_err(backend)?;
+            let client = build(&config).map_err(backend)?.build().map_err(backend)?;
             match client.init().await {
                 Ok(_) => break client,
                 Err(e) => {
@@ -507,6 +571,7 @@ impl RedisBroker {
             http_waiting: Mutex::new(HashMap::new()),
             http_next: std::sync::atomic::AtomicU64::new(0),
             node,
+            config,
         }))
     }
 
@@ -521,7 +586,6 @@ impl RedisBroker {
     /// after a reconnection. Fails when the subscription cannot be made.
     pub async fn start(
         self: &Arc<Self>,
-        url: &str,
         hub: Arc<dyn Host>,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
@@ -539,7 +603,7 @@ impl RedisBroker {
             let rooms = hub.local_rooms();
             self.machine().done(done, Instant::now(), &rooms);
         }
-        let subscriber = build(url)
+        let subscriber = build(&self.config)
             .map_err(backend)?
             .build_subscriber_client()
             .map_err(backend)?;
@@ -567,8 +631,8 @@ impl RedisBroker {
                 };
                 match msg {
                     Ok(msg) if *msg.channel == *http_chan => {
-                        if let Some(text) = msg.value.as_str() {
-                            me.on_http(&text);
+                        if let Some(message) = msg.value.as_bytes() {
+                            me.on_http(message);
                         }
                     }
                     Ok(msg) => {
@@ -967,48 +1031,44 @@ impl RedisBroker {
     /// Applies one message from another node.
     /// A message on this node's HTTP channel: a request to answer (in a task of its own: a
     /// poll may wait), or the answer to one of ours.
-    fn on_http(self: &Arc<Self>, text: &str) {
-        let relay: HttpRelay = match serde_json::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable HTTP transport relay message");
-                self.metrics.redis_errors.increment(1);
-                return;
-            }
+    fn on_http(self: &Arc<Self>, message: &[u8]) {
+        let Some((head, body)) = RelayHead::decode(message) else {
+            tracing::error!("undecodable HTTP transport relay message");
+            self.metrics.redis_errors.increment(1);
+            return;
         };
-        match relay {
-            HttpRelay {
+        match head {
+            RelayHead {
                 q: Some(id),
                 from: Some(from),
                 op: Some(op),
-                body,
                 ..
             } => {
                 let Some(handler) = self.http_handler.get().cloned() else {
                     return;
                 };
                 let me = Arc::clone(self);
+                let body = bytes::Bytes::copy_from_slice(body);
                 tokio::spawn(async move {
                     let reply = (handler.0)(op, body).await;
-                    let answer = HttpRelay {
+                    let answer = RelayHead {
                         q: None,
                         from: None,
                         op: None,
                         r: Some(id),
                         status: Some(reply.status),
-                        body: reply.body,
                     };
-                    let text = serde_json::to_string(&answer).unwrap_or_default();
-                    let sent: Result<i64, _> = me.client.publish(http_channel(&from), text).await;
+                    let message = answer.encode(reply.body.as_bytes());
+                    let sent: Result<i64, _> =
+                        me.client.publish(http_channel(&from), message).await;
                     if let Err(e) = sent {
                         me.redis_error("HTTP transport answer", &e);
                     }
                 });
             }
-            HttpRelay {
+            RelayHead {
                 r: Some(id),
                 status: Some(status),
-                body,
                 ..
             } => {
                 let waiting = self
@@ -1017,6 +1077,7 @@ impl RedisBroker {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id);
                 if let Some(tx) = waiting {
+                    let body = String::from_utf8_lossy(body).into_owned();
                     let _ = tx.send(HttpReply { status, body });
                 }
             }
@@ -1165,7 +1226,7 @@ impl Broker for RedisBroker {
         &self,
         node: NodeId,
         op: HttpOp,
-        body: String,
+        body: bytes::Bytes,
         wait: Duration,
     ) -> BoxFuture<'_, Result<HttpReply, ForwardError>> {
         Box::pin(async move {
@@ -1191,16 +1252,15 @@ impl Broker for RedisBroker {
                 }
             }
             let _waiting = Waiting(&self.http_waiting, id);
-            let relay = HttpRelay {
+            let head = RelayHead {
                 q: Some(id),
                 from: Some(self.node.clone()),
                 op: Some(op),
                 r: None,
                 status: None,
-                body,
             };
-            let text = serde_json::to_string(&relay).unwrap_or_default();
-            let listeners: Result<i64, _> = self.client.publish(http_channel(&node), text).await;
+            let message = head.encode(&body);
+            let listeners: Result<i64, _> = self.client.publish(http_channel(&node), message).await;
             match listeners {
                 // Nobody listens under that id: the node is gone.
                 Ok(0) => Err(ForwardError::NoSuchNode),

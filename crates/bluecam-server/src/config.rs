@@ -36,8 +36,12 @@ pub struct Config {
     /// Largest `ttlSecs` the token endpoint accepts.
     pub max_token_ttl_secs: u64,
     pub limits: LimitsConfig,
-    /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`).
+    /// Run as a node of a cluster sharing rooms through this Redis (`redis://HOST:PORT`;
+    /// `rediss://` for TLS, always verified).
     pub redis_url: Option<String>,
+    /// PEM bundle of the certificate authorities trusted for a `rediss://` Redis (instead of
+    /// the system's); set with a plain `redis://` URL, the node refuses to start.
+    pub redis_ca: Option<PathBuf>,
     /// Cluster: the PostgreSQL (`postgres://USER@HOST:PORT/DB`) that keeps rooms, call history
     /// and the webhook outbox, shared by every node.
     pub database_url: Option<String>,
@@ -181,6 +185,11 @@ pub struct LimitsConfig {
     pub stun_rate_per_source: f64,
     /// Burst of STUN Binding requests answered per source address.
     pub stun_burst_per_source: f64,
+    /// STUN Binding requests answered per second from every source together: what a flood
+    /// from spoofed addresses can make this node reflect at most.
+    pub stun_rate_total: f64,
+    /// Burst of STUN Binding requests answered from every source together.
+    pub stun_burst_total: f64,
     pub resume_buffer_frames: usize,
     pub resume_buffer_bytes: usize,
     /// Open WebSocket connections this node accepts; more get HTTP 503.
@@ -221,6 +230,7 @@ impl Default for Config {
             max_token_ttl_secs: 7 * 24 * 3600,
             limits: LimitsConfig::default(),
             redis_url: None,
+            redis_ca: None,
             database_url: None,
             database_pool: 16,
             cluster: ClusterConfig::default(),
@@ -253,6 +263,8 @@ impl Default for LimitsConfig {
             resume_window_secs: 60,
             stun_rate_per_source: 20.0,
             stun_burst_per_source: 100.0,
+            stun_rate_total: 20_000.0,
+            stun_burst_total: 20_000.0,
             resume_buffer_frames: 1024,
             resume_buffer_bytes: 4 << 20,
             max_connections: 100_000,
@@ -398,6 +410,7 @@ pub const SETTINGS: &[Setting] = {
         setting("demo", Scalar, Some("--demo")),
         setting("metrics_bind", Str, Some("--metrics-bind")),
         setting("redis_url", Str, Some("--redis")),
+        setting("redis_ca", Str, Some("--redis-ca")),
         setting("database_url", Str, Some("--database")),
         setting("database_pool", Scalar, None),
         setting("stun", Scalar, None),
@@ -429,6 +442,8 @@ pub const SETTINGS: &[Setting] = {
         setting("limits.resume_window_secs", Scalar, None),
         setting("limits.stun_rate_per_source", Scalar, None),
         setting("limits.stun_burst_per_source", Scalar, None),
+        setting("limits.stun_rate_total", Scalar, None),
+        setting("limits.stun_burst_total", Scalar, None),
         setting("limits.resume_buffer_frames", Scalar, None),
         setting("limits.resume_buffer_bytes", Scalar, None),
         setting("limits.max_connections", Scalar, None),
@@ -606,6 +621,7 @@ mod env_tests {
             }),
             demo: Some(true),
             redis_url: Some("r".into()),
+            redis_ca: Some("ca".into()),
             database_url: Some("d".into()),
             metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             stun_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),

@@ -10,6 +10,9 @@
 //! - [`api_bodies`]: the HTTP API's request bodies; whatever is accepted is within every bound.
 //! - [`cluster_messages`]: messages from other nodes, as lines, applied to a room core that
 //!   holds a local peer; the core's invariants hold after each.
+//! - [`http_bodies`]: the HTTP transport's `poll` and `send` bodies and the messages that pass
+//!   them between nodes; no text names a session without the secret, a `send` splits into
+//!   its lines and nothing else, and a relay message decodes to what encodes it again.
 
 use crate::{
     Secret,
@@ -218,5 +221,34 @@ pub fn cluster_messages(data: &[u8]) {
     while hub.poll_output().is_some() {}
     if let Err(e) = hub.check_invariants() {
         panic!("after the expiry: {e}");
+    }
+}
+
+/// The HTTP transport's request bodies, as `poll` and as `send`, and as a message between
+/// nodes.
+pub fn http_bodies(data: &[u8]) {
+    use crate::{broker::HttpOp, cluster::RelayHead, http};
+    for op in [HttpOp::Poll, HttpOp::Send] {
+        if let Ok(sid) = http::sid_of(op, data)
+            && let Some((base, tag)) = sid.rsplit_once('.')
+        {
+            assert!(
+                !SECRET.sid_tag_matches(base, tag),
+                "a session id made without the secret passed: {sid}"
+            );
+        }
+    }
+    let body = axum::body::Bytes::copy_from_slice(data);
+    let lines: Vec<_> = http::frame_lines(body).collect();
+    let mut joined = lines.join(&b'\n');
+    assert!(lines.iter().all(|l| !l.contains(&b'\n')));
+    if data.ends_with(b"\n") {
+        joined.push(b'\n');
+    }
+    assert_eq!(joined, data, "a send's lines are its body");
+    if let Some((head, rest)) = RelayHead::decode(data) {
+        let again = head.encode(rest);
+        let (head2, rest2) = RelayHead::decode(&again).expect("an encoded relay decodes");
+        assert_eq!((&head, rest), (&head2, rest2));
     }
 }

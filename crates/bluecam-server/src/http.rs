@@ -28,13 +28,14 @@ use crate::{
 use axum::{
     body::Bytes,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bluecam_proto::{CloseCode, ErrorCode};
 use serde::Deserialize;
 use std::{
     collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -442,11 +443,36 @@ struct Session {
     taken: tokio::sync::Mutex<u64>,
 }
 
+/// Bytes a second, and at once, that one source may have passed to other nodes (through
+/// Redis, which every node shares): several sessions' worth of the WebSocket's own rate, and
+/// a burst of several largest sends.
+const FORWARD_BYTES_PER_SEC: f64 = 4.0 * 1024.0 * 1024.0;
+const FORWARD_BURST_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
+/// What a request passed on costs beside its body (the relay's head and the answer).
+const FORWARD_REQUEST_COST: f64 = 1024.0;
+/// Sources remembered for that rate at most.
+const FORWARD_SOURCES: usize = 100_000;
+
 /// The transport sessions of this node.
-#[derive(Default)]
 pub struct HttpSessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     made: AtomicU64,
+    /// The rate of requests passed to other nodes, per source.
+    forwards: crate::sources::SharedRates,
+}
+
+impl Default for HttpSessions {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            made: AtomicU64::new(0),
+            forwards: crate::sources::SharedRates::new(
+                FORWARD_BYTES_PER_SEC,
+                FORWARD_BURST_BYTES,
+                FORWARD_SOURCES,
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpSessions {
@@ -533,9 +559,13 @@ fn poll_wait(state: &AppState) -> Duration {
 pub async fn open(
     State(state): State<AppState>,
     tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Response {
+    let headers = req.headers().clone();
+    let body = match crate::api::read_body(&state, req).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !state.origin_allowed(origin) {
         return ApiError::new(
@@ -575,12 +605,7 @@ pub async fn open(
         None => None,
     };
     let track = state.tracker.token();
-    let n = state.http.made.fetch_add(1, Ordering::Relaxed);
-    // The node's id first (in a cluster), so any node can tell whose session it is.
-    let sid = match state.broker.node() {
-        Some(node) => format!("{node}.{}{n:x}", crate::auth::random_token(22)),
-        None => format!("{}{n:x}", crate::auth::random_token(22)),
-    };
+    let sid = new_sid(&state);
     let (tx, rx) = mpsc::channel(UP_QUEUE);
     let down = Arc::new(Down::new());
     let limits = &state.config.limits;
@@ -638,7 +663,33 @@ pub async fn open(
         .saturating_sub(Duration::from_secs(1));
     let batch = down.poll(0, wait.max(Duration::from_secs(1))).await;
     abandoned.0 = None;
-    respond(StatusCode::OK, batch.to_json(Some(&sid)))
+    // A session that already ended (its join failed) has nothing more to poll: its answer
+    // carries the close and no session id (which would name this node to anyone).
+    let sid = batch.close.is_none().then_some(sid.as_str());
+    respond(StatusCode::OK, batch.to_json(sid))
+}
+
+/// A new session id: this node's id (in a cluster, so that any node can tell whose session it
+/// is), 176 random bits and a counter, then a tag under a key derived from the API secret, so
+/// that any node tells a forged or altered id from a real one without asking anyone.
+fn new_sid(state: &AppState) -> String {
+    let n = state.http.made.fetch_add(1, Ordering::Relaxed);
+    let base = match state.broker.node() {
+        Some(node) => format!("{node}.{}{n:x}", crate::auth::random_token(22)),
+        None => format!("{}{n:x}", crate::auth::random_token(22)),
+    };
+    let tag = state.secret.sid_tag(&base);
+    format!("{base}.{tag}")
+}
+
+/// The node a session id names when its tag is right (`Some(None)` on a single node, or for
+/// an id without a node); `None` for an id this cluster did not make.
+fn sid_node<'a>(state: &AppState, sid: &'a str) -> Option<Option<&'a str>> {
+    let (base, tag) = sid.rsplit_once('.')?;
+    if !state.secret.sid_tag_matches(base, tag) {
+        return None;
+    }
+    Some(base.split_once('.').map(|(node, _)| node))
 }
 
 #[derive(Deserialize)]
@@ -676,19 +727,54 @@ fn no_session_answer() -> Answer {
 }
 
 /// `POST /v1/http/poll`: `{"sid","ack"}`.
-pub async fn poll(State(state): State<AppState>, body: Bytes) -> Response {
-    let (status, text) = answer(&state, HttpOp::Poll, body).await;
-    respond(status, text)
+pub async fn poll(
+    State(state): State<AppState>,
+    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    req: axum::extract::Request,
+) -> Response {
+    request(state, tcp, req, HttpOp::Poll).await
 }
 
 /// `POST /v1/http/send`: `{"sid","seq","close"}`, then one frame per line.
-pub async fn send(State(state): State<AppState>, body: Bytes) -> Response {
-    let (status, text) = answer(&state, HttpOp::Send, body).await;
+pub async fn send(
+    State(state): State<AppState>,
+    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    req: axum::extract::Request,
+) -> Response {
+    request(state, tcp, req, HttpOp::Send).await
+}
+
+async fn request(
+    state: AppState,
+    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    req: axum::extract::Request,
+    op: HttpOp,
+) -> Response {
+    let body = match crate::api::read_body(&state, req).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let source = tcp.and_then(|t| t.source());
+    let (status, text) = answer(&state, op, body, source).await;
     respond(status, text)
 }
 
+/// The frames of a `send` body after its head line, one per line (the last line may be
+/// empty: a body that ends with a line break has no frame after it).
+pub(crate) fn frame_lines(mut rest: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let line = rest.slice(..end);
+        rest = rest.slice((end + 1).min(rest.len())..);
+        Some(line)
+    })
+}
+
 /// The session id a request names.
-fn sid_of(op: HttpOp, body: &[u8]) -> Result<String, Answer> {
+pub(crate) fn sid_of(op: HttpOp, body: &[u8]) -> Result<String, Answer> {
     match op {
         HttpOp::Poll => serde_json::from_slice::<PollRequest>(body)
             .map(|r| r.sid)
@@ -703,21 +789,36 @@ fn sid_of(op: HttpOp, body: &[u8]) -> Result<String, Answer> {
 }
 
 /// Answers a poll or a send: here when this node holds the session; in a cluster, passed to
-/// the node that does (its id starts the session's), and its answer passed back.
-async fn answer(state: &AppState, op: HttpOp, body: Bytes) -> Answer {
+/// the node that does (its id starts the session's), and its answer passed back. A session id
+/// whose tag is wrong is answered here, as one that does not exist, without touching Redis.
+async fn answer(state: &AppState, op: HttpOp, body: Bytes, source: Option<IpAddr>) -> Answer {
     state.metrics.http_transport_requests.increment(1);
     let sid = match sid_of(op, &body) {
         Ok(sid) => sid,
         Err(a) => return a,
     };
+    let Some(node) = sid_node(state, &sid) else {
+        state.metrics.http_forged_sids.increment(1);
+        return no_session_answer();
+    };
     if state.http.get(&sid).is_none()
         && let Some(me) = state.broker.node()
-        && let Some((node, _)) = sid.split_once('.')
+        && let Some(node) = node
         && node != me.as_str()
     {
-        let Ok(text) = String::from_utf8(body.to_vec()) else {
-            return bad_request("the body is not UTF-8");
-        };
+        // Every node shares Redis: one source's requests may not crowd out the cluster's own
+        // traffic there. (Exempt sources, such as a proxy on this host, carry everyone's.)
+        let cost = body.len() as f64 + FORWARD_REQUEST_COST;
+        if let Some(source) = source
+            && state.http.forwards.try_take(source, cost).is_err()
+        {
+            state.metrics.http_forward_limited.increment(1);
+            return answer_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many requests from this address for sessions of other nodes; retry",
+            );
+        }
         let wait = match op {
             HttpOp::Poll => poll_wait(state) + FORWARD_MARGIN,
             HttpOp::Send => FORWARD_SEND_WAIT,
@@ -725,7 +826,7 @@ async fn answer(state: &AppState, op: HttpOp, body: Bytes) -> Answer {
         state.metrics.http_forwarded.increment(1);
         return match state
             .broker
-            .forward_http(bluecam_proto::NodeId::new(node.to_owned()), op, text, wait)
+            .forward_http(bluecam_proto::NodeId::new(node.to_owned()), op, body, wait)
             .await
         {
             Ok(reply) => (
@@ -797,11 +898,7 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
         }
     };
     let mut n = head.seq;
-    let mut rest = frames;
-    while !rest.is_empty() {
-        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-        let line = rest.slice(..end);
-        rest = rest.slice((end + 1).min(rest.len())..);
+    for line in frame_lines(frames) {
         if n > *taken + 1 {
             return Err(answer_error(
                 StatusCode::CONFLICT,
@@ -850,7 +947,7 @@ pub fn serve_forwarded(state: &AppState) {
     state
         .broker
         .set_http_handler(crate::broker::HttpHandler(std::sync::Arc::new(
-            move |op, body: String| {
+            move |op, body: Bytes| {
                 let weak = weak.clone();
                 Box::pin(async move {
                     let Some(shared) = weak.upgrade() else {
@@ -860,8 +957,7 @@ pub fn serve_forwarded(state: &AppState) {
                             body,
                         };
                     };
-                    let (status, body) =
-                        answer_here(&AppState(shared), op, Bytes::from(body)).await;
+                    let (status, body) = answer_here(&AppState(shared), op, body).await;
                     HttpReply {
                         status: status.as_u16(),
                         body,
@@ -871,15 +967,31 @@ pub fn serve_forwarded(state: &AppState) {
         )));
 }
 
-/// The transport's routes, with a body limit of their own: a `send` carries frames up to the
-/// hard cap, larger than the API's bodies.
+/// A poll's body at most: `{"sid","ack"}` (a session id is under 100 bytes).
+const POLL_BODY_MAX: usize = 1 << 10;
+
+/// The transport's routes, each with a body limit of its own (a declared length over it is
+/// refused before anything is read, and every body is read within the request timeout): an
+/// `open` carries a `join` (as large as an API body at most), a `poll` a few dozen bytes, and
+/// a `send` frames up to the hard cap.
 pub fn routes(state: &AppState) -> axum::Router<AppState> {
-    use axum::routing::post;
-    let limit = state.config.limits.hard_frame_cap() + (64 << 10);
+    use axum::{extract::DefaultBodyLimit, middleware::from_fn_with_state, routing::post};
+    let limited = |limit: usize, route: axum::routing::MethodRouter<AppState>| {
+        route
+            .layer(DefaultBodyLimit::max(limit))
+            .layer(from_fn_with_state(
+                limit,
+                crate::api::refuse_declared_oversize,
+            ))
+    };
+    let limits = &state.config.limits;
+    let send_limit = limits.hard_frame_cap() + (64 << 10);
     axum::Router::new()
-        .route("/v1/http/open", post(open))
-        .route("/v1/http/poll", post(poll))
-        .route("/v1/http/send", post(send))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .route(
+            "/v1/http/open",
+            limited(limits.max_http_body_bytes, post(open)),
+        )
+        .route("/v1/http/poll", limited(POLL_BODY_MAX, post(poll)))
+        .route("/v1/http/send", limited(send_limit, post(send)))
+        .layer(from_fn_with_state(state.clone(), cors))
 }

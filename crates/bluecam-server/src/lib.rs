@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod serve;
+pub mod sources;
 pub mod store;
 pub mod stun;
 #[doc(hidden)]
@@ -47,8 +48,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Shortest API secret accepted (it is also the HS256 key of every token).
-pub const MIN_SECRET_LEN: usize = 16;
+pub use auth::MIN_SECRET_LEN;
 
 /// A server that could not start or failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,11 @@ pub enum ServerError {
     DataDir(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the API secret must be at least {MIN_SECRET_LEN} characters")]
+    #[error(
+        "the API secret must be at least {MIN_SECRET_LEN} characters (a token holder can test \
+         guesses of it offline); generate one with `openssl rand -base64 32`, or leave it unset \
+         on a single node to have one generated"
+    )]
     WeakSecret,
     #[error("cannot load the TLS certificate or key: {0}")]
     Tls(std::io::Error),
@@ -97,6 +101,8 @@ pub struct Shared {
     pub sessions: Option<store::SessionLog>,
     /// The HTTP transport's sessions on this node.
     pub http: http::HttpSessions,
+    /// What the demo may still make.
+    pub demo: web::DemoQuota,
     /// Single node: the call history and the webhook outbox (history.rs), and the SQLite
     /// store its queries read.
     pub history: Option<History>,
@@ -145,6 +151,17 @@ impl AppState {
         })
     }
 
+    /// Whether the demo serves this request. Asked for (`--demo`), to anyone; on by default,
+    /// only to a request that came straight from this machine: one naming a local host and
+    /// carrying no proxy's forwarding header (a reverse proxy on this host makes a loopback
+    /// server public, and may not have been given `--public-url`).
+    pub fn demo_serves(&self, headers: &axum::http::HeaderMap) -> bool {
+        match self.config.demo {
+            Some(on) => on,
+            None => self.demo_enabled() && is_direct_local_request(headers),
+        }
+    }
+
     /// Records in the store that these rooms just became empty.
     pub async fn touch_rooms(&self, rooms: Vec<RoomId>) {
         let now = unix_now();
@@ -154,6 +171,24 @@ impl AppState {
             }
         }
     }
+}
+
+/// Headers a proxy adds to say whom it forwards for.
+const FORWARDING_HEADERS: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Whether a request names this machine in its `Host` and passed through no proxy that says so.
+fn is_direct_local_request(headers: &axum::http::HeaderMap) -> bool {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    FORWARDING_HEADERS.iter().all(|h| !headers.contains_key(*h))
+        && is_local_url(&format!("http://{host}/"))
 }
 
 /// Whether a URL names this machine (`localhost`, `*.localhost` or a loopback address); an
@@ -288,8 +323,10 @@ impl Server {
         let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn broker::Broker>, _, _) =
             match &config.redis_url {
                 Some(url) => {
+                    let redis = cluster::redis_config(url, config.redis_ca.as_deref())
+                        .map_err(ServerError::Config)?;
                     let node = cluster::RedisBroker::connect(
-                        url,
+                        redis,
                         Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
                         Duration::from_secs(config.limits.resume_window_secs),
                         config.cluster.publish_queue,
@@ -424,6 +461,7 @@ impl Server {
             gate,
             sessions,
             http: http::HttpSessions::default(),
+            demo: web::DemoQuota::default(),
             history,
         }));
         Ok(Self {
@@ -459,6 +497,12 @@ impl Server {
         self.state.demo_enabled()
     }
 
+    /// Whether the demo was asked for (`--demo`), and so serves anyone who reaches the server,
+    /// rather than on by default for this machine only.
+    pub fn demo_for_anyone(&self) -> bool {
+        self.state.config.demo == Some(true)
+    }
+
     /// This node's id in the cluster (`None` on a single node).
     pub fn node(&self) -> Option<&bluecam_proto::NodeId> {
         self.state.broker.node()
@@ -469,11 +513,10 @@ impl Server {
     /// Sessions are kept: on a single node in the store, in a cluster in Redis.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
-        if let (Some(node), Some(url)) = (&self.cluster, &state.config.redis_url) {
+        if let Some(node) = &self.cluster {
             // Before subscribing: requests passed on by other nodes are answered from the start.
             http::serve_forwarded(&state);
             node.start(
-                url,
                 Arc::new(state.hub.clone()),
                 &state.tracker,
                 state.shutdown.clone(),

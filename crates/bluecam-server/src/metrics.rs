@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 /// Client ops counted in `bluecam_frames_in_total{op}`; "invalid" for frames that did not parse.
 const OPS: [&str; 7] = ["join", "signal", "send", "leave", "ping", "pong", "invalid"];
 
+/// History events dropped at a full queue (the history recorder takes its handle by this
+/// name).
+pub const HISTORY_EVENTS_DROPPED: &str = "bluecam_history_events_dropped_total";
+
 /// The metric handles of one server.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -37,13 +41,24 @@ pub struct Metrics {
     pub cluster_undeliverable: Counter,
     /// STUN Binding requests answered.
     pub stun_answers: Counter,
-    /// STUN datagrams dropped: not a Binding request, or over the per-source rate.
+    /// STUN datagrams dropped: not a Binding request, or over a rate limit.
     pub stun_refused: Counter,
+    /// STUN Binding requests refused by a rate limit, by limit (`stun::Refusal`).
+    stun_limited_source: Counter,
+    stun_limited_total: Counter,
+    stun_limited_table_full: Counter,
+    /// History events dropped because the history writer's queue was full (the database was
+    /// away or slower than the events came).
+    pub history_events_dropped: Counter,
     /// Cluster: failed Redis operations.
     pub redis_errors: Counter,
     /// HTTP transport requests, and those passed to the node holding their session.
     pub http_transport_requests: Counter,
     pub http_forwarded: Counter,
+    /// HTTP transport requests naming a session id this cluster did not make (answered 404
+    /// where they arrived), and requests to pass on refused by the per-source rate.
+    pub http_forged_sids: Counter,
+    pub http_forward_limited: Counter,
     /// Webhook events delivered (a 2xx answer), attempts that failed (to be retried), events
     /// given up after the retry period, events dropped because the outbox was full, and the
     /// events waiting.
@@ -96,9 +111,15 @@ impl Metrics {
             cluster_undeliverable: counter!("bluecam_cluster_undeliverable_total"),
             stun_answers: counter!("bluecam_stun_answers_total"),
             stun_refused: counter!("bluecam_stun_refused_total"),
+            stun_limited_source: counter!("bluecam_stun_limited_total", "limit" => "source"),
+            stun_limited_total: counter!("bluecam_stun_limited_total", "limit" => "total"),
+            stun_limited_table_full: counter!("bluecam_stun_limited_total", "limit" => "table_full"),
+            history_events_dropped: counter!(HISTORY_EVENTS_DROPPED),
             redis_errors: counter!("bluecam_redis_errors_total"),
             http_transport_requests: counter!("bluecam_http_transport_requests_total"),
             http_forwarded: counter!("bluecam_http_transport_forwarded_total"),
+            http_forged_sids: counter!("bluecam_http_transport_forged_sids_total"),
+            http_forward_limited: counter!("bluecam_http_transport_forward_limited_total"),
             webhooks_delivered: counter!("bluecam_webhooks_total", "outcome" => "delivered"),
             webhook_attempts_failed: counter!("bluecam_webhook_attempts_failed_total"),
             webhooks_failed: counter!("bluecam_webhooks_total", "outcome" => "failed"),
@@ -112,6 +133,15 @@ impl Metrics {
         match why {
             crate::serve::Refusal::Total => self.http_refused_total.increment(1),
             crate::serve::Refusal::PerSource => self.http_refused_source.increment(1),
+        }
+    }
+
+    /// Counts one STUN Binding request refused by a rate limit.
+    pub fn stun_limited(&self, why: crate::stun::Refusal) {
+        match why {
+            crate::stun::Refusal::SourceRate => self.stun_limited_source.increment(1),
+            crate::stun::Refusal::TotalRate => self.stun_limited_total.increment(1),
+            crate::stun::Refusal::TableFull => self.stun_limited_table_full.increment(1),
         }
     }
 

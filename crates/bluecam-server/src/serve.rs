@@ -58,6 +58,14 @@ pub struct ConnPermit {
     pub ip: IpAddr,
 }
 
+impl ConnPermit {
+    /// The source its connection is counted under (an IPv4 address or an IPv6 /64); `None`
+    /// for an exempt one (a same-host proxy carries everyone's requests).
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+}
+
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -1,6 +1,8 @@
 //! Where rooms live. [`Store`] is the seam between the room logic and storage: the
 //! single-node default is [`SqliteStore`] (one file under the data dir); cluster mode puts a
-//! Redis implementation behind the same trait.
+//! Redis implementation behind the same trait. The data dir and the SQLite files in it are
+//! private to the server's user (Unix: 0700 and 0600): they hold session digests, the call
+//! history and the webhook endpoints.
 
 use bluecam_proto::{Identity, PeerInfo, Permissions, RawValue, Room, RoomId, SessionId};
 use futures_util::future::BoxFuture;
@@ -137,11 +139,92 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 const COLUMNS: &str = "id, name, description, owner, members, max_peers, empty_timeout_secs, \
      metadata, created_at, multiple_sessions";
 
+/// The SQLite file in the data dir.
+const DB_FILE: &str = "bluecam.sqlite3";
+/// The files SQLite keeps beside it in WAL mode (it gives them the mode of the main file).
+#[cfg(unix)]
+const DB_SIDE_FILES: [&str; 2] = ["bluecam.sqlite3-wal", "bluecam.sqlite3-shm"];
+
+/// Unix mode of the data dir: its user only.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Unix mode of the files in the data dir.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
+
+/// Creates the data dir (and its parents) private to this user, or makes an existing one
+/// private if its group or others may use it (said once, at info).
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        make_private(dir, DIR_MODE)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Takes the group's and others' access away from `path` if they have any (logged once, at
+/// info: a data dir from an older release, or made by hand).
+#[cfg(unix)]
+fn make_private(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let was = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if was & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        tracing::info!(
+            path = %path.display(),
+            was = format_args!("{was:o}"),
+            now = format_args!("{mode:o}"),
+            "made private to this user (the group or others could read it)"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the SQLite file 0600 if it is not there (SQLite makes `-wal` and `-shm` with the
+/// mode of the main file, so they are 0600 too), and makes existing ones private.
+#[cfg(unix)]
+fn create_db_file(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(DB_FILE);
+    // An empty file is a new database to SQLite.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&path)?;
+    make_private(&path, FILE_MODE)?;
+    for side in DB_SIDE_FILES {
+        match make_private(&dir.join(side), FILE_MODE) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_db_file(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (or creates) `dir/bluecam.sqlite3`.
+    /// Opens (or creates) `dir/bluecam.sqlite3`, the dir and its files private to this user.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut conn = Connection::open(dir.join("bluecam.sqlite3"))?;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Backend(format!("{what} {}: {e}", dir.display()))
+        };
+        create_data_dir(dir).map_err(|e| io("cannot create the data dir", e))?;
+        create_db_file(dir).map_err(|e| io("cannot create the database file in", e))?;
+        let mut conn = Connection::open(dir.join(DB_FILE))?;
         conn.execute_batch(PRAGMAS)?;
         migrate(&mut conn)?;
         // A restart forgets who was in which room, so every room counts as occupied until now:
@@ -326,6 +409,17 @@ enum SessionOp {
 /// Writes session records with group commit: one writer thread takes every operation waiting
 /// at once and commits them in one transaction, so a join storm costs one fsync-free WAL
 /// commit per batch rather than per join. Cheap to clone; the thread ends with the last clone.
+///
+/// The queue has no bound of its own, on purpose: no drop policy is safe for it. A dropped
+/// `Remove` would bring a session that ended back after a restart (a ghost peer in its room
+/// for the resume window); a dropped `Insert` would break the promise that a `joined` session
+/// survives a crash. It is bounded by the hub instead: each session queues one `Insert` (its
+/// join waits for the commit) and at most one `Remove`, and a join reads its room through the
+/// same connection first, so while the writer is stalled on the database no new join gets as
+/// far as queueing; what can wait is at most an `Insert` and a `Remove` for each session the
+/// hub held when the writer stalled. A
+/// database that fails (rather than stalls) does not hold the queue either: the writer
+/// answers the batch with the error and goes on.
 #[derive(Clone, Debug)]
 pub struct SessionLog {
     tx: mpsc::UnboundedSender<SessionOp>,
@@ -503,4 +597,70 @@ fn write_sessions(conn: &mut Connection, batch: &[SessionOp]) -> Result<(), Stor
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn temp() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("bluecam-store-{}", crate::auth::random_token(9)))
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every file in `dir` (the database and its `-wal` and `-shm` among them) is 0600.
+    fn assert_private(dir: &Path) {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+        for name in [DB_FILE].iter().chain(&DB_SIDE_FILES) {
+            assert!(names.iter().any(|n| n == name), "no {name} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn store_data_dir_and_its_files_are_private_from_the_start() {
+        let top = temp();
+        let dir = top.join("nested").join("data");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .connection()
+            .lock()
+            .unwrap()
+            .execute("INSERT INTO node_state (key, value) VALUES ('k', 1)", [])
+            .unwrap();
+        assert_private(&dir);
+        // Parents made for it are private too.
+        assert_eq!(mode(&top.join("nested")), 0o700);
+        drop(store);
+        std::fs::remove_dir_all(top).unwrap();
+    }
+
+    #[test]
+    fn store_an_existing_data_dir_open_to_others_is_made_private() {
+        let dir = temp();
+        std::fs::create_dir_all(&dir).unwrap();
+        // A data dir of an older release: everything readable by everyone, and a connection
+        // still open, so the -wal and -shm files are there too.
+        let old = Connection::open(dir.join(DB_FILE)).unwrap();
+        old.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap();
+        for name in [".", DB_FILE, DB_SIDE_FILES[0], DB_SIDE_FILES[1]] {
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_private(&dir);
+        drop((store, old));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

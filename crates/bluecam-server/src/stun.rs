@@ -1,13 +1,17 @@
 //! The built-in STUN server (RFC 8489): answers Binding requests on UDP with the requester's
 //! address as this node sees it (XOR-MAPPED-ADDRESS), so that browsers behind a NAT learn
 //! their public address without a third-party STUN server. Only Binding requests are answered,
-//! each source address within a rate limit; anything else is dropped without an answer (a
-//! STUN server that answered everything would be a reflector). The wire format is the `stun`
-//! crate's (webrtc-rs).
+//! within a rate per source (an IPv4 address or an IPv6 /64) and a rate in total
+//! ([`StunLimiter`]); anything else is dropped without an answer (a STUN server that answered
+//! everything would be a reflector). The wire format is the `stun` crate's (webrtc-rs).
 
-use crate::metrics::Metrics;
+use crate::{
+    config::LimitsConfig,
+    metrics::Metrics,
+    sources::{Over, SourceRates},
+};
 use bluecam_core::TokenBucket;
-use std::{collections::HashMap, net::IpAddr, time::Instant};
+use std::{net::IpAddr, time::Instant};
 use stun::{
     fingerprint::FINGERPRINT,
     message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter},
@@ -16,7 +20,9 @@ use stun::{
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-/// Source addresses remembered for the rate limit at most; beyond, the table starts over.
+/// Sources remembered for the per-source rate at most. UDP source addresses can be spoofed, so
+/// the table must not grow with them; when it is full of sources still in use, a new source is
+/// refused (never the others reset: that would give a spoofer a fresh burst for every one).
 const MAX_SOURCES: usize = 100_000;
 
 /// The answer to one datagram: the Binding success response for a Binding request, nothing
@@ -44,18 +50,98 @@ pub fn answer(datagram: &[u8], from: std::net::SocketAddr) -> Option<Vec<u8>> {
     Some(response.raw)
 }
 
-/// Serves STUN on `socket` until `stop`, answering each source address at most `rate` times a
-/// second with bursts of `burst` (`stun_rate_per_source`, `stun_burst_per_source`: a browser's
-/// ICE gathering sends a few requests per server; the burst covers several tabs behind a NAT).
-pub async fn serve(
+/// The rates the STUN server answers at (`[limits]` `stun_*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StunLimits {
+    /// Answers per second and burst for one source: a browser's ICE gathering sends a few
+    /// requests per server; the burst covers several tabs behind a NAT.
+    pub rate_per_source: f64,
+    pub burst_per_source: f64,
+    /// Answers per second and burst from every source together: what a spoofed flood can make
+    /// this node reflect at most, however many addresses it comes from.
+    pub rate_total: f64,
+    pub burst_total: f64,
+    /// Sources remembered at most.
+    pub max_sources: usize,
+}
+
+impl From<&LimitsConfig> for StunLimits {
+    fn from(l: &LimitsConfig) -> Self {
+        Self {
+            rate_per_source: l.stun_rate_per_source,
+            burst_per_source: l.stun_burst_per_source,
+            rate_total: l.stun_rate_total,
+            burst_total: l.stun_burst_total,
+            max_sources: MAX_SOURCES,
+        }
+    }
+}
+
+/// Why a Binding request gets no answer (`bluecam_stun_limited_total{limit}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source is over its rate.
+    SourceRate,
+    /// Every source together is over the total rate.
+    TotalRate,
+    /// A new source, and the table is full of sources in use.
+    TableFull,
+}
+
+/// The rate limits of the STUN server: a bucket per source (an IPv4 address or an IPv6 /64,
+/// see [`crate::sources`]), up to `max_sources` of them, and one for every source together. No
+/// I/O: the caller passes the time.
+#[derive(Debug)]
+pub struct StunLimiter {
+    per_source: SourceRates,
+    total: TokenBucket,
+}
+
+impl StunLimiter {
+    pub fn new(limits: StunLimits, now: Instant) -> Self {
+        Self {
+            per_source: SourceRates::new(
+                limits.rate_per_source,
+                limits.burst_per_source,
+                limits.max_sources,
+                now,
+            ),
+            total: TokenBucket::new(limits.rate_total, limits.burst_total, now),
+        }
+    }
+
+    /// Whether a Binding request from `from` may be answered at `now` (taking a token of its
+    /// source and one of the total if so).
+    pub fn handle_request(&mut self, from: IpAddr, now: Instant) -> Result<(), Refusal> {
+        // The source's own bucket first: a source over its rate must not use up the total,
+        // or one flooding address would silence everyone.
+        self.per_source
+            .try_take(from, 1.0, now)
+            .map_err(|over| match over {
+                Over::Rate => Refusal::SourceRate,
+                Over::TableFull => Refusal::TableFull,
+            })?;
+        if !self.total.try_take(1.0, now) {
+            return Err(Refusal::TotalRate);
+        }
+        Ok(())
+    }
+
+    /// Sources remembered now.
+    pub fn sources(&self) -> usize {
+        self.per_source.len()
+    }
+}
+
+/// Serves STUN on `socket` until `stop` within `limits`.
+pub async fn serve_with(
     socket: UdpSocket,
-    rate: f64,
-    burst: f64,
+    limits: StunLimits,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; 1500];
-    let mut buckets: HashMap<IpAddr, TokenBucket> = HashMap::new();
+    let mut limiter = StunLimiter::new(limits, Instant::now());
     loop {
         let (n, from) = tokio::select! {
             () = stop.cancelled() => return,
@@ -65,23 +151,194 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
-        let now = Instant::now();
-        if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&from.ip()) {
-            buckets.clear();
-        }
-        let allowed = buckets
-            .entry(from.ip())
-            .or_insert_with(|| TokenBucket::new(rate, burst, now))
-            .try_take(1.0, now);
-        if !allowed {
+        if let Err(why) = limiter.handle_request(from.ip(), Instant::now()) {
+            metrics.stun_limited(why);
             metrics.stun_refused.increment(1);
             continue;
         }
         if let Some(reply) = answer(&buf[..n], from) {
             metrics.stun_answers.increment(1);
+            // UDP: an answer the kernel would not send is a lost datagram, which the client
+            // retransmits for; nothing to do here.
             let _ = socket.send_to(&reply, from).await;
         } else {
             metrics.stun_refused.increment(1);
         }
+    }
+}
+
+/// [`serve_with`] at `rate` and `burst` per source and the default total rate.
+pub async fn serve(
+    socket: UdpSocket,
+    rate: f64,
+    burst: f64,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let limits = StunLimits {
+        rate_per_source: rate,
+        burst_per_source: burst,
+        ..StunLimits::from(&LimitsConfig::default())
+    };
+    serve_with(socket, limits, metrics, stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Source;
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        time::Duration,
+    };
+
+    fn limits() -> StunLimits {
+        StunLimits {
+            rate_per_source: 20.0,
+            burst_per_source: 100.0,
+            rate_total: 1_000_000.0,
+            burst_total: 1_000_000.0,
+            max_sources: 1_000,
+        }
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
+    }
+
+    /// Takes the whole burst of `from`.
+    fn drain(l: &mut StunLimiter, from: IpAddr, now: Instant) {
+        for _ in 0..100 {
+            l.handle_request(from, now).unwrap();
+        }
+        assert_eq!(l.handle_request(from, now), Err(Refusal::SourceRate));
+    }
+
+    #[test]
+    fn stun_ipv6_sources_share_the_bucket_of_their_64() {
+        let now = Instant::now();
+        let mut l = StunLimiter::new(limits(), now);
+        drain(&mut l, v6("2001:db8:1:2::1"), now);
+        // Another address of the same /64: the same bucket, empty.
+        assert_eq!(
+            l.handle_request(v6("2001:db8:1:2:ffff:1:2:3"), now),
+            Err(Refusal::SourceRate)
+        );
+        // Another /64: its own.
+        assert_eq!(l.handle_request(v6("2001:db8:1:3::1"), now), Ok(()));
+        assert_eq!(l.sources(), 2);
+    }
+
+    #[test]
+    fn stun_ipv4_mapped_ipv6_is_its_ipv4_address_and_ipv4_is_per_address() {
+        let now = Instant::now();
+        let mut l = StunLimiter::new(limits(), now);
+        drain(&mut l, "192.0.2.7".parse().unwrap(), now);
+        assert_eq!(
+            l.handle_request(v6("::ffff:192.0.2.7"), now),
+            Err(Refusal::SourceRate)
+        );
+        // (Its neighbours are other sources: IPv4 is counted per address.)
+        assert_eq!(l.handle_request("192.0.2.8".parse().unwrap(), now), Ok(()));
+        assert_eq!(
+            Source::from(v6("::ffff:192.0.2.8")),
+            Source::V4(Ipv4Addr::new(192, 0, 2, 8))
+        );
+    }
+
+    #[test]
+    fn stun_a_full_table_refuses_new_sources_and_never_resets_the_others() {
+        let now = Instant::now();
+        let mut l = StunLimiter::new(
+            StunLimits {
+                max_sources: 3,
+                ..limits()
+            },
+            now,
+        );
+        let flooder: IpAddr = "198.51.100.1".parse().unwrap();
+        drain(&mut l, flooder, now);
+        l.handle_request("198.51.100.2".parse().unwrap(), now)
+            .unwrap();
+        l.handle_request("198.51.100.3".parse().unwrap(), now)
+            .unwrap();
+        // Spoofed new sources while every bucket is in use: refused, counted as such...
+        for i in 10..100 {
+            let spoofed = IpAddr::V4(Ipv4Addr::new(203, 0, 113, i));
+            assert_eq!(l.handle_request(spoofed, now), Err(Refusal::TableFull));
+        }
+        assert_eq!(l.sources(), 3);
+        // ...and the flooder's bucket was not reset by them (it was, by a full reset).
+        assert_eq!(l.handle_request(flooder, now), Err(Refusal::SourceRate));
+    }
+
+    #[test]
+    fn stun_a_source_idle_until_refilled_is_evicted_for_a_new_one() {
+        let t0 = Instant::now();
+        let mut l = StunLimiter::new(
+            StunLimits {
+                max_sources: 2,
+                ..limits()
+            },
+            t0,
+        );
+        let (idle, busy): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        l.handle_request(idle, t0).unwrap();
+        drain(&mut l, busy, t0);
+        // 100 / 20 = 5 s to refill. At 4 s nothing may go; the busy one takes all it has
+        // again (the 80 refilled since).
+        let t4 = t0 + Duration::from_secs(4);
+        let newcomer: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!(l.handle_request(newcomer, t4), Err(Refusal::TableFull));
+        for _ in 0..80 {
+            l.handle_request(busy, t4).unwrap();
+        }
+        // At 6 s the idle one is as good as new: dropped for the newcomer. The busy one, seen
+        // at 4 s, stays with what it has (40 refilled since), not a fresh burst.
+        let t6 = t0 + Duration::from_secs(6);
+        assert_eq!(l.handle_request(newcomer, t6), Ok(()));
+        assert_eq!(l.sources(), 2);
+        for _ in 0..40 {
+            l.handle_request(busy, t6).unwrap();
+        }
+        assert_eq!(l.handle_request(busy, t6), Err(Refusal::SourceRate));
+    }
+
+    #[test]
+    fn stun_the_total_budget_caps_answers_across_all_sources() {
+        let now = Instant::now();
+        let mut l = StunLimiter::new(
+            StunLimits {
+                rate_total: 100.0,
+                burst_total: 250.0,
+                ..limits()
+            },
+            now,
+        );
+        // 50 sources of 10 requests each: each within its own rate, 500 in all.
+        let mut answered = 0;
+        let mut over_total = 0;
+        for i in 0..50u8 {
+            for _ in 0..10 {
+                match l.handle_request(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), now) {
+                    Ok(()) => answered += 1,
+                    Err(Refusal::TotalRate) => over_total += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }
+        assert_eq!((answered, over_total), (250, 250));
+        // A second later the total has refilled by its rate.
+        let later = now + Duration::from_secs(1);
+        let mut again = 0;
+        for i in 100..200u8 {
+            if l.handle_request(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)), later)
+                .is_ok()
+            {
+                again += 1;
+            }
+        }
+        assert_eq!(again, 100);
     }
 }

@@ -140,13 +140,14 @@ fn demo_off() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
-        "the demo is disabled",
+        "the demo is off here (on by default only for requests from this machine; `bluecam \
+         serve --demo` serves it to anyone)",
     )
 }
 
 /// The demo page at `/` (or the status page when the demo is off).
 pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.demo_enabled() {
+    if state.demo_serves(&headers) {
         cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false)
     } else {
         cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
@@ -158,7 +159,7 @@ async fn demo_file(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.demo_enabled() {
+    if !state.demo_serves(&headers) {
         return demo_off().into_response();
     }
     match DEMO_FILES.iter().find(|(name, _, _)| *name == file) {
@@ -172,12 +173,73 @@ async fn demo_file(
     }
 }
 
+/// Demo rooms one source may make: one a minute, five at once.
+const DEMO_ROOMS_PER_SOURCE_PER_SEC: f64 = 1.0 / 60.0;
+const DEMO_ROOMS_BURST: f64 = 5.0;
+/// Demo rooms a node makes in an hour at most (each is kept an hour once empty, so this
+/// bounds the demo rooms there are, about).
+const DEMO_ROOMS_PER_HOUR: usize = 200;
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What the demo may still make: rooms per source, and rooms on this node in the last hour.
+#[derive(Debug)]
+pub struct DemoQuota {
+    per_source: crate::sources::SharedRates,
+    made: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl Default for DemoQuota {
+    fn default() -> Self {
+        Self {
+            per_source: crate::sources::SharedRates::new(
+                DEMO_ROOMS_PER_SOURCE_PER_SEC,
+                DEMO_ROOMS_BURST,
+                10_000,
+            ),
+            made: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl DemoQuota {
+    /// Takes a room from the quota of `source` (`None`: an exempt one, such as a proxy on this
+    /// host) and of the node, or says why not.
+    fn take(&self, source: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        while made.front().is_some_and(|t| now.duration_since(*t) >= HOUR) {
+            made.pop_front();
+        }
+        if made.len() >= DEMO_ROOMS_PER_HOUR {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "this server has made as many demo rooms as it makes in an hour; try later",
+            ));
+        }
+        if let Some(source) = source
+            && self.per_source.try_take(source, 1.0).is_err()
+        {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many demo rooms from this address; try again in a minute",
+            ));
+        }
+        made.push_back(now);
+        Ok(())
+    }
+}
+
 async fn demo_room(
     State(state): State<AppState>,
+    tcp: Option<axum::Extension<std::sync::Arc<crate::serve::ConnPermit>>>,
+    headers: HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    if !state.demo_enabled() {
+    if !state.demo_serves(&headers) {
         return Err(demo_off());
     }
+    state.demo.take(tcp.and_then(|t| t.source()))?;
     let room = Room {
         id: RoomId::new(crate::auth::demo_room_id(&state.secret)),
         name: Some("Demo room".into()),
@@ -208,9 +270,10 @@ struct DemoTokenRequest {
 async fn demo_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     crate::api::ApiJson(body): crate::api::ApiJson<DemoTokenRequest>,
 ) -> Result<(StatusCode, Json<crate::api::TokenResponse>), ApiError> {
-    if !state.demo_enabled() {
+    if !state.demo_serves(&headers) {
         return Err(demo_off());
     }
     let name = body

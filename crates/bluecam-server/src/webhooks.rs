@@ -9,6 +9,9 @@
 //! 2xx within 5 s) is retried after 1 s, then after a wait that doubles, with jitter, up to 10
 //! minutes, until `webhook_retry_secs` (24 h) have passed since the event; then it is marked
 //! failed and counted.
+//!
+//! An endpoint's URL may carry a credential (`user:pass@`, `?token=`): logs, errors and the
+//! outbox's `last_error` show it as [`redacted`] only.
 
 use crate::{
     history::{Attempt, Backend, Outbox, Pending, now_ms},
@@ -58,19 +61,16 @@ impl WebhookConfig {
     /// The HMAC key: the secret's bytes after `whsec_`, base64-decoded.
     pub fn key(&self) -> Result<Vec<u8>, String> {
         use base64::Engine as _;
+        let url = redacted(&self.url);
         let encoded = self.secret.strip_prefix("whsec_").ok_or_else(|| {
-            format!(
-                "webhook secret for {} must start with whsec_ (Standard Webhooks)",
-                self.url
-            )
+            format!("webhook secret for {url} must start with whsec_ (Standard Webhooks)")
         })?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded)
-            .map_err(|e| format!("webhook secret for {} is not base64: {e}", self.url))?;
+            .map_err(|e| format!("webhook secret for {url} is not base64: {e}"))?;
         if key.len() < 24 {
             return Err(format!(
-                "webhook secret for {} is too short: give at least 24 random bytes",
-                self.url
+                "webhook secret for {url} is too short: give at least 24 random bytes"
             ));
         }
         Ok(key)
@@ -81,9 +81,12 @@ impl WebhookConfig {
         let url: reqwest::Url = self
             .url
             .parse()
-            .map_err(|e| format!("webhook url {:?}: {e}", self.url))?;
+            .map_err(|e| format!("webhook url {:?}: {e}", redacted(&self.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("webhook url {:?} must be http or https", self.url));
+            return Err(format!(
+                "webhook url {:?} must be http or https",
+                redacted(&self.url)
+            ));
         }
         self.key()?;
         if let Some(bad) = self
@@ -98,6 +101,53 @@ impl WebhookConfig {
         }
         Ok(())
     }
+}
+
+/// An endpoint as it may be shown (logs, errors, `last_error`): `scheme://host[:port]/path`,
+/// without a user name and password, query or fragment, any of which may carry a credential.
+/// A URL that does not parse loses the same parts by its delimiters.
+pub fn redacted(url: &str) -> String {
+    if let Ok(u) = reqwest::Url::parse(url)
+        && let Some(host) = u.host_str()
+    {
+        return match u.port() {
+            Some(port) => format!("{}://{host}:{port}{}", u.scheme(), u.path()),
+            None => format!("{}://{host}{}", u.scheme(), u.path()),
+        };
+    }
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // No authority, so no user info: only the query and fragment could tell a secret.
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
+/// A client error's text, with its causes, but not the URL it names (which may carry a
+/// credential): reqwest's own text ends in `for url (…)` with the whole URL.
+fn error_text(e: reqwest::Error, endpoint: &str) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    // Should a cause name the URL after all, it is shown redacted (as given, and as a parsed
+    // URL prints itself).
+    let shown = redacted(endpoint);
+    text = text.replace(endpoint, &shown);
+    if let Ok(u) = reqwest::Url::parse(endpoint) {
+        text = text.replace(u.as_str(), &shown);
+    }
+    text
 }
 
 /// `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under `key`.
@@ -255,13 +305,14 @@ impl Deliverer {
                 let attempts = p.attempts + 1;
                 let expired =
                     now.saturating_sub(p.created_at_ms) >= self.retry_for.as_millis() as u64;
+                let endpoint = redacted(&p.endpoint);
                 if hopeless || expired {
                     self.metrics.webhooks_failed.increment(1);
-                    tracing::warn!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
+                    tracing::warn!(id = %p.id, %endpoint, attempts, error = %e,
                         "webhook event given up");
                     (Attempt::Failed, Some(e))
                 } else {
-                    tracing::debug!(id = %p.id, endpoint = %p.endpoint, attempts, error = %e,
+                    tracing::debug!(id = %p.id, %endpoint, attempts, error = %e,
                         "webhook attempt failed; will retry");
                     let at_ms = now + retry_wait_ms(attempts);
                     (Attempt::Retry { at_ms }, Some(e))
@@ -291,6 +342,7 @@ impl Deliverer {
 /// Why an attempt failed, and whether trying again could help.
 #[derive(Debug)]
 struct Failure {
+    /// Shown in logs and kept in `last_error`: never the endpoint's URL unredacted.
     error: String,
     /// No retry can succeed (the endpoint is no longer configured): give up now.
     hopeless: bool,
@@ -326,7 +378,7 @@ async fn attempt(
         .body(p.body.clone())
         .send()
         .await
-        .map_err(|e| Failure::from(e.to_string()))?;
+        .map_err(|e| Failure::from(error_text(e, &p.endpoint)))?;
     if res.status().is_success() {
         Ok(())
     } else {
@@ -364,6 +416,74 @@ mod tests {
             assert!(retry_wait_ms(40) <= MAX_RETRY_MS);
             assert!(retry_wait_ms(40) >= MAX_RETRY_MS * 8 / 10);
         }
+    }
+
+    #[test]
+    fn webhook_endpoints_are_shown_without_credentials_query_or_fragment() {
+        for (url, shown) in [
+            (
+                "https://user:pa55@hooks.example.com/in/x?token=s3cret#frag",
+                "https://hooks.example.com/in/x",
+            ),
+            (
+                "http://user@127.0.0.1:8080/hook?token=s3cret",
+                "http://127.0.0.1:8080/hook",
+            ),
+            ("https://[::1]:8443/?a=s3cret", "https://[::1]:8443/"),
+            ("https://example.com", "https://example.com/"),
+            // A default port is not shown; one that is not the default is.
+            ("https://example.com:443/h", "https://example.com/h"),
+            // Unparsable: the same parts go, by their delimiters.
+            (
+                "http://us:pa55@exa mple.com:99999/p?token=s3cret",
+                "http://exa mple.com:99999/p",
+            ),
+            ("not a url?token=s3cret", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn webhook_client_errors_do_not_name_the_url() {
+        // Nobody listens there: the client fails, and its error would name the whole URL.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://user:pa55word@{}/hook?token=s3cret#frag",
+            gone.local_addr().unwrap()
+        );
+        drop(gone);
+        let e = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .expect_err("nobody listens");
+        assert!(e.to_string().contains("s3cret"), "the hazard: {e}");
+        let text = error_text(e, &url);
+        for secret in ["s3cret", "pa55word", "user", "frag"] {
+            assert!(!text.contains(secret), "{secret} in {text:?}");
+        }
+        assert!(text.starts_with("error sending request"), "{text}");
+    }
+
+    #[test]
+    fn config_errors_show_the_endpoint_redacted() {
+        let bad = WebhookConfig {
+            url: "http://127.0.0.1:9/h?token=s3cret".into(),
+            secret: "not-whsec".into(),
+            events: vec![],
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.contains("http://127.0.0.1:9/h") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let bad = WebhookConfig {
+            url: "ftp://u:s3cret@x/".into(),
+            ..bad
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

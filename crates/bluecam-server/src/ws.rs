@@ -523,13 +523,25 @@ async fn join(
             ));
         }
     };
+    // A token is for the room that existed when it was issued: one issued before this room
+    // was created (for an earlier room of the same id, deleted since) opens nothing.
+    if claims.iat.saturating_add(crate::auth::LEEWAY_SECS) < room.created_at {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            "token issued before the room was created (for an earlier room of this id)",
+        ));
+    }
     let peer = PeerId::new(crate::auth::random_token(12));
     let mut ice_servers = state.config.ice_servers.clone();
     // The operator's servers first, then the built-in STUN, then this session's TURN.
     if let Some(stun) = builtin_stun(&state.config, host) {
         ice_servers.push(stun);
     }
-    if let Some(turn) = &state.config.turn {
+    // The demo's anonymous guests get no TURN credentials: a relay is the operator's cost,
+    // for the operator's own users.
+    if let Some(turn) = &state.config.turn
+        && !crate::auth::is_demo_room_id(&state.secret, room.id.as_str())
+    {
         ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
     }
     let fresh = FreshIds {

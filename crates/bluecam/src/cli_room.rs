@@ -170,10 +170,15 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    #[arg(long)]
-    room: String,
-    #[arg(long)]
-    identity: String,
+    #[arg(long, required_unless_present = "print_key")]
+    room: Option<String>,
+    #[arg(long, required_unless_present = "print_key")]
+    identity: Option<String>,
+    /// Print the token signing key derived from the API secret instead of a token: give it
+    /// to a backend that mints tokens offline with a JWT library (HS256, the key's text as the
+    /// secret); it cannot call the API.
+    #[arg(long, conflicts_with_all = ["room", "identity", "name"])]
+    print_key: bool,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -301,12 +306,16 @@ async fn call(
 
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = Secret::new(args.secret.resolve()?);
+    let (Some(room), Some(identity)) = (args.room, args.identity) else {
+        print_line(secret.token_key());
+        return Ok(());
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let claims = Claims {
-        sub: args.identity.as_str().into(),
-        room: args.room.as_str().into(),
+        sub: identity.as_str().into(),
+        room: room.as_str().into(),
         exp: now + args.ttl,
         iat: now,
         nbf: None,

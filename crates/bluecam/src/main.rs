@@ -31,7 +31,8 @@ enum Command {
     Calls(cli_room::CallsArgs),
     /// Report call usage in an interval (calls, call and participant seconds), as JSON.
     Usage(cli_room::UsageArgs),
-    /// Mint a room token offline with the API secret; prints the token alone.
+    /// Mint a room token offline with the API secret; prints the token alone (or, with
+    /// --print-key, the token signing key derived from the secret).
     Token(cli_room::TokenArgs),
     /// Load generator speaking the real protocol (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
@@ -64,6 +65,10 @@ struct ServeArgs {
     /// every node needs the same --api-secret.
     #[arg(long, env = "BLUECAM_REDIS_URL")]
     redis: Option<String>,
+    /// PEM bundle of the certificate authorities trusted for a `rediss://` Redis (default:
+    /// the system's).
+    #[arg(long, env = "BLUECAM_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
     /// Cluster: the PostgreSQL that keeps rooms, call history and webhooks
     /// (`postgres://USER@HOST:PORT/DB`), shared by every node.
     #[arg(
@@ -104,6 +109,9 @@ impl ServeArgs {
         let mut config = Config::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
         if let Some(redis) = self.redis.filter(|r| !r.is_empty()) {
             config.redis_url = Some(redis);
+        }
+        if self.redis_ca.is_some() {
+            config.redis_ca = self.redis_ca;
         }
         if let Some(db) = self.database.filter(|d| !d.is_empty()) {
             config.database_url = Some(db);
@@ -200,8 +208,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         SecretOrigin::Configured => say!("API secret: from the configuration"),
     }
-    if server.demo_enabled() {
-        say!("Demo: on at {url}/ (secret-less demo rooms; --no-demo turns it off)");
+    if server.demo_for_anyone() {
+        say!(
+            "WARNING: the demo is on for ANYONE who can reach {url}/: they can make demo rooms \
+             and join them without the API secret (--no-demo turns it off)"
+        );
+        tracing::warn!("the demo is on for anyone who can reach this server (--demo)");
+    } else if server.demo_enabled() {
+        say!(
+            "Demo: on at {url}/ for this machine only (requests through a proxy or naming \
+             another host are refused; --demo serves anyone, --no-demo turns it off)"
+        );
     } else {
         say!("Demo: off");
     }

@@ -22,11 +22,18 @@ use crate::store::{SqliteStore, StoreError};
 use bluecam_proto::{Identity, PeerId, Room, RoomId, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{
+    Notify,
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 
 type R<T> = Result<T, StoreError>;
 
@@ -282,11 +289,77 @@ impl std::fmt::Debug for Op {
     }
 }
 
-/// Queues history events for the writer thread. Cheap to clone; sending never blocks (a join
-/// never waits for the history).
+/// Queues history events for the writer thread. Cheap to clone; recording never blocks (a join
+/// never waits for the history, and events are recorded under the hub's lock).
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
+    drops: Arc<Drops>,
+}
+
+/// Events waiting for the writer at most. While the database is away the writer retries its
+/// batch for about a minute and new events wait here; past this bound the newest event is
+/// dropped ([`DropReason::QueueFull`]), so an outage costs bounded memory (a few hundred bytes
+/// an event: some 20 MB) and never holds up a join.
+pub const QUEUE: usize = 65_536;
+/// Dropped events are logged at most this often (each warning says how many since the last).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Why an event was not recorded: the drop policy of [`Recorder::record`], which keeps what
+/// is queued and drops the newest. Counted in `bluecam_history_events_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// [`QUEUE`] events wait already.
+    QueueFull,
+    /// The writer thread is gone (it panicked, or the node is shutting down).
+    WriterGone,
+}
+
+/// The drop policy's count and its rate-limited warning.
+#[derive(Debug)]
+struct Drops {
+    counter: metrics::Counter,
+    /// Dropped since the last warning.
+    unlogged: AtomicU64,
+    /// When the last warning was logged, in milliseconds after `epoch` plus one (0: never).
+    logged_at: AtomicU64,
+    epoch: Instant,
+}
+
+impl Drops {
+    fn new(counter: metrics::Counter) -> Self {
+        Self {
+            counter,
+            unlogged: AtomicU64::new(0),
+            logged_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn dropped(&self, reason: DropReason) {
+        self.counter.increment(1);
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let last = self.logged_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64;
+        // (One of the threads dropping at once logs.)
+        if due
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = self.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                ?reason,
+                queue = QUEUE,
+                "history events dropped: they are missing from the call history and webhooks"
+            );
+        }
+    }
 }
 
 /// Events one transaction takes at most.
@@ -297,30 +370,50 @@ const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 const RETRY_LAST: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Recorder {
+    /// Queues an event; when the queue is full, the event is dropped (see [`DropReason`]).
     pub fn record(&self, event: Event) {
-        let _ = self.tx.send(Op::Event(event));
+        match self.tx.try_send(Op::Event(event)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.drops.dropped(DropReason::QueueFull),
+            Err(TrySendError::Closed(_)) => self.drops.dropped(DropReason::WriterGone),
+        }
     }
 
-    /// Waits until everything recorded before is committed.
+    /// Waits until everything recorded before is committed (waiting for room in the queue
+    /// first: a flush is never dropped).
     pub async fn flush(&self) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Op::Flush(done))
+            .await
             .map_err(|_| "the history writer is gone".to_owned())?;
         rx.await
             .map_err(|_| "the history writer is gone".to_owned())?
     }
 
-    /// Starts the writer (a thread: its work is blocking database calls).
+    /// Starts the writer (a thread: its work is blocking database calls), with a queue of
+    /// [`QUEUE`] events.
     pub fn start(backend: Backend, outbox: Outbox, node: NodeInfo) -> std::io::Result<Self> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
+        let dropped = metrics::counter!(crate::metrics::HISTORY_EVENTS_DROPPED);
+        Self::start_with(backend, outbox, node, (QUEUE, BATCH), dropped)
+    }
+
+    /// [`Recorder::start`] with a queue of `queue` ops, `batch` of them per transaction.
+    fn start_with(
+        backend: Backend,
+        outbox: Outbox,
+        node: NodeInfo,
+        (queue, batch_max): (usize, usize),
+        dropped: metrics::Counter,
+    ) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Op>(queue);
         std::thread::Builder::new()
             .name("bluecam-history".into())
             .spawn(move || {
                 let mut dropped_total = 0u64;
                 while let Some(first) = rx.blocking_recv() {
                     let mut batch = vec![first];
-                    while batch.len() < BATCH {
+                    while batch.len() < batch_max {
                         match rx.try_recv() {
                             Ok(op) => batch.push(op),
                             Err(_) => break,
@@ -385,7 +478,10 @@ impl Recorder {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            drops: Arc::new(Drops::new(dropped)),
+        })
     }
 }
 
@@ -905,4 +1001,62 @@ pub fn usage(db: &mut dyn Db, from: u64, to: u64, filter: &UsageFilter) -> R<Usa
         usage.rooms.push(r);
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn history_events_past_the_queue_are_dropped_and_counted_while_the_writer_is_stalled() {
+        let dir = std::env::temp_dir().join(format!(
+            "bluecam-history-queue-{}",
+            crate::auth::random_token(9)
+        ));
+        let store = SqliteStore::open(&dir).unwrap();
+        let outbox = Outbox {
+            subscribers: vec![],
+            max_pending: 10,
+            pending: Arc::default(),
+            added: Arc::default(),
+            dropped: metrics::Counter::noop(),
+        };
+        let node = NodeInfo {
+            node: String::new(),
+            dead_after_ms: 1000,
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let backend = Backend::Sqlite(store.clone());
+        // A queue of 4; one event per transaction, so the writer takes exactly one and then
+        // waits for the database.
+        let recorder = Recorder::start_with(
+            backend.clone(),
+            outbox,
+            node,
+            (4, 1),
+            metrics::Counter::from_arc(Arc::clone(&dropped)),
+        )
+        .unwrap();
+        // The database stalls (its connection is held): the writer takes one event and waits.
+        let conn = store.connection();
+        let held = conn.lock().unwrap();
+        recorder.record(Event::Alive { at_ms: 1 });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recorder.tx.capacity() < 4 {
+            assert!(Instant::now() < deadline, "the writer never took the event");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Ten more, on this thread, which holds the database: four wait, six are dropped, and
+        // none of it blocks (an unbounded queue would have kept all ten).
+        for at_ms in 2..=11 {
+            recorder.record(Event::Alive { at_ms });
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 6);
+        drop(held);
+        recorder.flush().await.unwrap();
+        // What was queued was kept, in order; the newest were dropped.
+        let alive = backend.transaction(|db| db.alive("")).unwrap();
+        assert_eq!(alive, Some(5));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

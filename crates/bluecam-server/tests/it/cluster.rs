@@ -20,6 +20,8 @@ pub struct Redis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// TLS only (no plain port): the PEM certificate and key it serves.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Redis {
@@ -29,16 +31,27 @@ impl Redis {
             port: 0,
             dir: std::path::PathBuf::new(),
             child: None,
+            tls: None,
         }
     }
 
     /// Starts one on a free port. (A port found free can be taken before redis-server binds
     /// it: then it exits, and another port is tried.)
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts one that speaks TLS only, with this certificate and key.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Self {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Self {
         let mut redis = Self {
             port: 0,
             dir: temp_dir(),
             child: None,
+            tls,
         };
         for _ in 0..5 {
             redis.port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -55,8 +68,18 @@ impl Redis {
 
     /// Starts redis-server on `self.port`; false if it exited (its port was taken).
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-auth-clients", "no", "--tls-cert-file"])
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let mut child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir)
@@ -79,6 +102,10 @@ impl Redis {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls.is_some() {
+            // (Listening is enough: the test's own TLS client is the node.)
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 64];
         s.write_all(b"PING\r\n").is_ok()
@@ -170,7 +197,7 @@ impl Drop for Redis {
 }
 
 /// A node of the cluster on `redis`, with a short liveness expiry for fast tests.
-async fn node(redis: &Redis) -> TestServer {
+pub(crate) async fn node(redis: &Redis) -> TestServer {
     let url = redis.url();
     TestServer::with(move |c| {
         c.redis_url = Some(url);

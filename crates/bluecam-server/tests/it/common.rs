@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789abcdefghijklmn";
 
 pub struct TestServer {
     pub addr: SocketAddr,

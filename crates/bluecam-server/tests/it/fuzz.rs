@@ -151,6 +151,23 @@ proptest! {
     fn cluster_messages(lines in prop::collection::vec(cluster_line(), 1..24)) {
         fuzzing::cluster_messages(lines.join("\n").as_bytes());
     }
+
+    #[test]
+    fn http_bodies(
+        sid in "[a-zA-Z0-9_.-]{0,60}",
+        n in any::<u64>(),
+        lines in prop::collection::vec(any::<String>(), 0..6),
+        raw in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let poll = json!({"sid": sid, "ack": n}).to_string();
+        fuzzing::http_bodies(poll.as_bytes());
+        let head = json!({"sid": sid, "seq": n}).to_string();
+        let send = std::iter::once(head).chain(lines).collect::<Vec<_>>().join("\n");
+        fuzzing::http_bodies(send.as_bytes());
+        let relay = format!("{{\"q\":{n},\"from\":\"{sid}\",\"op\":\"poll\"}}\n{send}");
+        fuzzing::http_bodies(relay.as_bytes());
+        fuzzing::http_bodies(&raw);
+    }
 }
 
 /// The checks can fail: each rejects an input that breaks its property.
@@ -173,6 +190,12 @@ fn the_checks_catch_what_they_guard() {
         .unwrap();
     let caught = std::panic::catch_unwind(|| fuzzing::token(forged.as_bytes()));
     assert!(caught.is_err(), "a valid token passed as a forgery");
+    // A session id made with the secret is caught by the transport check.
+    let base = "node1.abcdefghijklmnopqrstuv1";
+    let sid = format!("{base}.{}", secret.sid_tag(base));
+    let poll = format!(r#"{{"sid":"{sid}","ack":0}}"#);
+    let caught = std::panic::catch_unwind(|| fuzzing::http_bodies(poll.as_bytes()));
+    assert!(caught.is_err(), "a real session id passed as a forgery");
     // Valid inputs of each kind pass.
     fuzzing::client_frame(br#"{"op":"send","msg":{"a":1},"ref":3}"#);
     fuzzing::api_bodies(br#"{"maxPeers": 2, "emptyTimeoutSecs": 60}"#);

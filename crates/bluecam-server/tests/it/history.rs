@@ -1,7 +1,9 @@
 //! Call history and usage (docs/http-api.md, "Call history"): a call is two or more peers in
 //! a room; durations are the real ones across resumes, timeouts (the leave is when the
 //! connection was lost), seat takeovers and restarts; the API pages, filters and refuses bad
-//! input. The webhooks are tested end to end with a real receiver in tests/e2e/webhooks.test.js.
+//! input. The webhooks are tested end to end with a real receiver in tests/e2e/webhooks.test.js;
+//! here, their outbox's bounds and failures, and that an endpoint's credentials stay out of
+//! logs and `last_error`. The data dir that holds all this is private to the server's user.
 
 use crate::common::{Client, TestServer, WAIT, creds, temp_dir};
 use serde_json::{Value, json};
@@ -538,4 +540,134 @@ async fn an_event_for_an_endpoint_no_longer_configured_is_given_up_at_once() {
     }
     let dir = s.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_and_every_file_in_it_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // (The test made the dir with the default umask, as an older release would have.)
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let mut a = s.join(&room, "a").await;
+    let mut b = s.join(&room, "b").await;
+    a.recv_op("peer_joined").await;
+    leave(&mut b).await;
+    calls_when(&s, &room, ended).await;
+    assert_eq!(mode(&s.dir), 0o700);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&s.dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for name in [
+        "bluecam.sqlite3",
+        "bluecam.sqlite3-wal",
+        "bluecam.sqlite3-shm",
+    ] {
+        assert!(names.iter().any(|n| n == name), "no {name} in {names:?}");
+    }
+    leave(&mut a).await;
+}
+
+/// Every log line of this thread (the test's runtime: the server's tasks run on it), as
+/// `message field=value ...`, while the guard lives.
+struct Logs {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    fn capture() -> Self {
+        let text = std::sync::Arc::default();
+        let guard = tracing::subscriber::set_default(Capture(std::sync::Arc::clone(&text)));
+        Self {
+            text,
+            _guard: guard,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line<'a>(&'a mut String);
+        impl tracing::field::Visit for Line<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+        let mut line = String::new();
+        event.record(&mut Line(&mut line));
+        line.push('\n');
+        self.0.lock().unwrap().push_str(&line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn webhook_credentials_in_the_endpoint_url_stay_out_of_last_error_and_the_logs() {
+    use crate::postgres::endpoint;
+    let logs = Logs::capture();
+    // An endpoint with a user, a password and a token, where nobody listens: every attempt
+    // fails in the HTTP client, whose error text names the whole URL.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://hook-user:pa55word@{}/hook?token=s3cret-token#frag",
+        gone.local_addr().unwrap()
+    );
+    drop(gone);
+    let s = TestServer::with(|c| {
+        c.webhooks = vec![endpoint(&url)];
+        c.webhook_retry_secs = 1;
+    })
+    .await;
+    s.room().await;
+    // Attempts at 0 and ~1 s; the second is past the period: given up (and logged).
+    let db = rusqlite::Connection::open(s.dir.join("bluecam.sqlite3")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        let (state, error): (i64, Option<String>) = db
+            .query_row(
+                "SELECT state, last_error FROM webhook_outbox WHERE type = 'room.created'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        if state == 2 {
+            break error.unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "the event was never given up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("error sending request"), "{error}");
+    let logs = logs.text();
+    assert!(logs.contains("webhook event given up"), "{logs}");
+    for secret in ["hook-user", "pa55word", "s3cret-token", "frag"] {
+        assert!(!error.contains(secret), "{secret} in last_error: {error}");
+        assert!(!logs.contains(secret), "{secret} in the logs: {logs}");
+    }
+    // The endpoint is still named, redacted.
+    let shown = format!(
+        "{}/hook",
+        url.split_once('@').unwrap().1.split_once('/').unwrap().0
+    );
+    assert!(logs.contains(&shown), "{logs}");
 }

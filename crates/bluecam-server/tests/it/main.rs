@@ -12,6 +12,7 @@ mod limits;
 mod postgres;
 mod restart;
 mod resume;
+mod security;
 mod stun;
 mod tls;
 pub mod transport;

@@ -1,6 +1,7 @@
 //! The built-in STUN server: a real UDP Binding request to the node's port, answered with the
 //! requester's address; `joined.iceServers` carries it; nothing else is answered; a flood from
-//! one address is cut to the per-source rate.
+//! one address is cut to the per-source rate (the limiter itself, with IPv6 /64 sources, its
+//! bounded table and the total rate, is tested in `stun.rs` without sockets).
 
 use crate::common::TestServer;
 use std::time::Duration;
@@ -85,6 +86,15 @@ async fn only_binding_requests_are_answered_and_a_flood_is_cut_to_the_rate() {
         (100..=130).contains(&answered),
         "answered {answered} of 300"
     );
+    // Counted by the limit that refused them (the registry is the process's, and the kernel may
+    // have dropped some datagrams of the flood: some, at least).
+    let page = s.get_text("/metrics").await;
+    let limited = page
+        .lines()
+        .find_map(|l| l.strip_prefix("bluecam_stun_limited_total{limit=\"source\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(limited > 0.0, "{page}");
 }
 
 #[tokio::test]
