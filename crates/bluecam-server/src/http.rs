@@ -930,7 +930,9 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
             }
             *taken = n;
         }
-        n += 1;
+        // (Saturating: a hostile `seq` near the end of the range is refused above, never
+        // wrapped.)
+        n = n.saturating_add(1);
     }
     if head.close {
         // Whatever ends the connection now (this close, or the leave before it), its client
