@@ -230,7 +230,7 @@ impl Server {
     /// Opens the store and the API secret and takes the listener.
     pub async fn bind(listener: TcpListener, mut config: Config) -> Result<Self, ServerError> {
         fit_connections_to_file_limit(&mut config.limits);
-        std::fs::create_dir_all(&config.data_dir).map_err(ServerError::DataDir)?;
+        store::create_data_dir(&config.data_dir).map_err(ServerError::DataDir)?;
         let (secret, secret_origin) = match &config.api_secret {
             Some(s) => (Secret::new(s.clone()), SecretOrigin::Configured),
             None if config.redis_url.is_some() => return Err(ServerError::ClusterSecret),
@@ -530,8 +530,7 @@ impl Server {
         if let Some(socket) = self.stun {
             state.tracker.spawn(stun::serve(
                 socket,
-                state.config.limits.stun_rate_per_source,
-                state.config.limits.stun_burst_per_source,
+                stun::StunLimits::from(&state.config.limits),
                 state.metrics.clone(),
                 state.shutdown.clone(),
             ));

@@ -134,7 +134,7 @@ impl StunLimiter {
 }
 
 /// Serves STUN on `socket` until `stop` within `limits`.
-pub async fn serve_with(
+pub async fn serve(
     socket: UdpSocket,
     limits: StunLimits,
     metrics: Metrics,
@@ -165,22 +165,6 @@ pub async fn serve_with(
             metrics.stun_refused.increment(1);
         }
     }
-}
-
-/// [`serve_with`] at `rate` and `burst` per source and the default total rate.
-pub async fn serve(
-    socket: UdpSocket,
-    rate: f64,
-    burst: f64,
-    metrics: Metrics,
-    stop: CancellationToken,
-) {
-    let limits = StunLimits {
-        rate_per_source: rate,
-        burst_per_source: burst,
-        ..StunLimits::from(&LimitsConfig::default())
-    };
-    serve_with(socket, limits, metrics, stop).await;
 }
 
 #[cfg(test)]

@@ -97,6 +97,32 @@ async fn only_binding_requests_are_answered_and_a_flood_is_cut_to_the_rate() {
     assert!(limited > 0.0, "{page}");
 }
 
+/// The total budget, across sources, is what the node answers from its settings: two sockets
+/// (two sources, each far under its own rate) share 10 answers at once.
+#[tokio::test]
+async fn the_total_answer_budget_from_the_config_holds_across_sources() {
+    let s = TestServer::with(|c| {
+        c.limits.stun_rate_total = 0.5;
+        c.limits.stun_burst_total = 10.0;
+    })
+    .await;
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+    );
+    for _ in 0..10 {
+        a.send_to(&binding_request().raw, s.addr).await.unwrap();
+        b.send_to(&binding_request().raw, s.addr).await.unwrap();
+    }
+    let mut answered = 0;
+    for socket in [&a, &b] {
+        while answer(socket, Duration::from_millis(300)).await.is_some() {
+            answered += 1;
+        }
+    }
+    assert!((10..=12).contains(&answered), "answered {answered} of 20");
+}
+
 #[tokio::test]
 async fn with_no_stun_nothing_answers_and_joined_lists_no_stun() {
     let s = TestServer::with(|c| c.stun = false).await;
