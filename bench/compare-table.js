@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * The table of bench/compare.sh: reads the JSON results in DIR (NAME-TARGET.json, written by
- * `bluecam bench --json`) and prints one Markdown table: each server's figure and BlueCam's
+ * `bluecam-bench --json`) and prints one Markdown table: each server's figure and BlueCam's
  * advantage over each peer server (× > 1: BlueCam is ahead, whichever way the figure goes).
  *
  *   node bench/compare-table.js DIR "peerjs-server 1.0.2" "matchbox_server 0.15.0"

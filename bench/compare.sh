@@ -7,13 +7,14 @@
 #   bench/compare.sh [--quick] [--pin] [--out DIR]
 #
 # --quick   tiny sizes (checks the script and the protocols, figures mean nothing)
-# --pin     server on core 0, generator on core 1 (bluecam bench --pin, with taskset)
+# --pin     server on core 0, generator on core 1 (bluecam-bench --pin, with taskset)
 # --out     where the JSON results and table.md go (default: a new temporary directory)
 #
 # The peers are installed from their registries on first use, outside the repository (nothing
 # of theirs is committed): `npm install peer@1` and `cargo install matchbox_server` under
 # $BLUECAM_COMPARE_CACHE (default ~/.cache/bluecam/compare). The BlueCam binary is
-# $BLUECAM_BIN (default: the release build in $CARGO_TARGET_DIR, built if missing).
+# $BLUECAM_BIN and the load generator $BLUECAM_BENCH_BIN (default: the release builds in
+# $CARGO_TARGET_DIR, built if missing).
 # Set BENCH_LOCK=FILE to run each step under `flock FILE` (a machine shared with builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ mkdir -p "$out"
 cache="${BLUECAM_COMPARE_CACHE:-$HOME/.cache/bluecam/compare}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bluecam/target}"
 bin="${BLUECAM_BIN:-$CARGO_TARGET_DIR/release/bluecam}"
+bench="${BLUECAM_BENCH_BIN:-$CARGO_TARGET_DIR/release/bluecam-bench}"
 lock=()
 [ -n "${BENCH_LOCK:-}" ] && lock=(flock "$BENCH_LOCK")
 
@@ -52,9 +54,9 @@ if [ ! -x "$matchbox" ]; then
   say "installing matchbox_server (cargo install) into $cache"
   "${lock[@]}" cargo install matchbox_server --locked --root "$cache" >&2
 fi
-if [ ! -x "$bin" ]; then
-  say "building BlueCam (release)"
-  "${lock[@]}" cargo build --release --locked -p bluecam >&2
+if [ ! -x "$bin" ] || [ ! -x "$bench" ]; then
+  say "building BlueCam and bluecam-bench (release)"
+  "${lock[@]}" cargo build --release --locked -p bluecam -p bluecam-bench >&2
 fi
 peerjs_version="$(node -p "require('$cache/node_modules/peer/package.json').version")"
 matchbox_version="$(grep -o 'matchbox_server [0-9.]*' "$cache/.crates.toml" | head -1 | cut -d' ' -f2)"
@@ -120,7 +122,7 @@ run() {
       ;;
   esac
   say "$target: $name"
-  "${lock[@]}" "$bin" bench "$@" --target "$target" "${server[@]}" "${pin[@]}" \
+  "${lock[@]}" "$bench" "$@" --bluecam "$bin" --target "$target" "${server[@]}" "${pin[@]}" \
     --json "$out/$name-$target.json" >/dev/null
   stop
 }

@@ -1,7 +1,7 @@
-//! `bluecam`: the one binary. `serve` runs a node; `room` and `token` manage rooms and mint
-//! tokens for an app's backend or a shell; `bench` is the load generator.
+//! `bluecam`: the one binary users deploy. `serve` runs a node; `room` and `token` manage
+//! rooms and mint tokens for an app's backend or a shell. (The load generator is its own
+//! binary, `bluecam-bench`, so nothing of it ships here.)
 
-mod bench;
 mod cli_room;
 
 use anyhow::Context as _;
@@ -34,8 +34,6 @@ enum Command {
     /// Mint a room token offline with the API secret; prints the token alone (or, with
     /// --print-key, the token signing key derived from the secret).
     Token(cli_room::TokenArgs),
-    /// Load generator speaking the real protocol (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,7 +160,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Calls(args) => cli_room::calls(args).await,
         Command::Usage(args) => cli_room::usage(args).await,
         Command::Token(args) => cli_room::token(args),
-        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -425,7 +425,7 @@ async fn peers_of_a_stopped_node_leave_when_their_resume_window_ends_after_its_e
     let left = alice.recv_op("peer_left").await;
     assert_eq!(left["peer"]["id"], bob_id);
     assert_eq!(left["reason"], "timeout");
-    // (How soon: `bench cluster` and docs/architecture.md, "Liveness"; no clock here.)
+    // (How soon: `bluecam-bench cluster` and docs/architecture.md, "Liveness"; no clock here.)
     alice.assert_alive().await;
 }
 

@@ -27,13 +27,7 @@ pub(super) async fn idle(
             break;
         }
         let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "bench",
-                "--target",
-                target.kind.name(),
-                "idle-worker",
-                "--addr",
-            ])
+            .args(["--target", target.kind.name(), "idle-worker", "--addr"])
             .arg(target.addr.to_string())
             .args(["--room-prefix", "idle-", "--room-size"])
             .arg(room_size.to_string())

@@ -43,13 +43,26 @@ pub(super) fn start_redis() -> anyhow::Result<(String, RedisChild)> {
 }
 
 /// Starts one node with the bench limits; waits until it is ready (Redis reachable).
-async fn start_node(redis: &str, secret: &str, i: usize) -> anyhow::Result<Target> {
-    start_server(secret, i, &["--redis".to_owned(), redis.to_owned()], &[]).await
+async fn start_node(
+    bin: &ServerBin,
+    redis: &str,
+    secret: &str,
+    i: usize,
+) -> anyhow::Result<Target> {
+    start_server(
+        bin,
+        secret,
+        i,
+        &["--redis".to_owned(), redis.to_owned()],
+        &[],
+    )
+    .await
 }
 
 /// Starts `bluecam serve` number `i` with the bench limits, more `args` and `env`; waits
 /// until it is ready (its store and any Redis reachable).
 pub(super) async fn start_server(
+    bin: &ServerBin,
     secret: &str,
     i: usize,
     args: &[String],
@@ -63,7 +76,7 @@ pub(super) async fn start_server(
         .local_addr()?
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = Command::new(std::env::current_exe()?)
+    let child = Command::new(bin.path())
         .arg("serve")
         .arg("--config")
         .arg(dir.0.join("bench.toml"))
@@ -148,6 +161,7 @@ enum Measure {
 }
 
 pub(super) async fn cluster(
+    bin: &ServerBin,
     nodes: usize,
     redis: Option<String>,
     rooms: usize,
@@ -178,7 +192,7 @@ pub(super) async fn cluster(
             let secret = bluecam_server::auth::random_token(32);
             let mut targets = Vec::new();
             for i in 0..nodes {
-                targets.push(start_node(&url, &secret, i).await?);
+                targets.push(start_node(bin, &url, &secret, i).await?);
             }
             let spread = if spread_all {
                 targets.iter().map(|t| t.addr).collect()

@@ -1,5 +1,5 @@
 //! The baseline: a relay with no protocol, to tell what this machine can do at all. It runs as
-//! its own process (`bluecam bench baseline-server`, hidden), on the same tokio runtime as
+//! its own process (`bluecam-bench baseline-server`, hidden), on the same tokio runtime as
 //! `bluecam serve` (the binary's multi-threaded default), listens with the same backlog, sets
 //! `TCP_NODELAY` on accepted sockets and speaks WebSocket through the same tokio-tungstenite
 //! with the same buffer sizes. It has no JSON, no auth, no limits: a client opens

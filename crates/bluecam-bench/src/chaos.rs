@@ -100,6 +100,7 @@ async fn wait_delivering(
 }
 
 pub(super) async fn chaos(
+    bin: &ServerBin,
     clients: usize,
     rate: f64,
     settle_secs: u64,
@@ -123,6 +124,7 @@ pub(super) async fn chaos(
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("bench.toml"), &config)?;
         let mut node = Node {
+            bin: bin.clone(),
             addr: free_addr()?,
             dir: TempDir(dir),
             secret: secret.clone(),

@@ -44,6 +44,7 @@ fn pick(r: &serde_json::Value) -> serde_json::Value {
 }
 
 pub(super) async fn history(
+    bin: &ServerBin,
     joins: usize,
     concurrency: usize,
     room_size: usize,
@@ -52,7 +53,7 @@ pub(super) async fn history(
     // 1. Webhooks off, then on (one endpoint, every event).
     progress("join storm, webhooks off");
     let off = {
-        let node = cluster::start_server(&secret, 0, &[], &[]).await?;
+        let node = cluster::start_server(bin, &secret, 0, &[], &[]).await?;
         join_storm(&node, joins, concurrency, room_size).await?
     };
     progress("join storm, webhooks on");
@@ -62,7 +63,7 @@ pub(super) async fn history(
             ("BLUECAM_WEBHOOK_URL", url.as_str()),
             ("BLUECAM_WEBHOOK_SECRET", SECRET),
         ];
-        let node = cluster::start_server(&secret, 1, &[], &env).await?;
+        let node = cluster::start_server(bin, &secret, 1, &[], &env).await?;
         let started = Instant::now();
         let on = join_storm(&node, joins, concurrency, room_size).await?;
         // The storm caused: a room.created per room, a peer.joined per join, a call.started
@@ -106,14 +107,14 @@ pub(super) async fn history(
             "--database".to_owned(),
             pg.url(),
         ];
-        let node = cluster::start_server(&secret, 2, &args, &[]).await?;
+        let node = cluster::start_server(bin, &secret, 2, &args, &[]).await?;
         join_storm(&node, joins, concurrency, room_size).await?
     };
     progress("join storm, cluster node on Redis alone");
     let (redis2, _redis2_child) = cluster::start_redis()?;
     let redis_only = {
         let args = ["--redis".to_owned(), redis2];
-        let node = cluster::start_server(&secret, 3, &args, &[]).await?;
+        let node = cluster::start_server(bin, &secret, 3, &args, &[]).await?;
         join_storm(&node, joins, concurrency, room_size).await?
     };
     Ok(serde_json::json!({

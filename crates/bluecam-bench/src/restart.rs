@@ -18,6 +18,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A `bluecam serve` child that can be stopped and started again on the same address and dir
 /// (with `redis`, a cluster node).
 pub(super) struct Node {
+    pub(super) bin: ServerBin,
     pub(super) addr: SocketAddr,
     pub(super) dir: TempDir,
     pub(super) secret: String,
@@ -27,7 +28,7 @@ pub(super) struct Node {
 
 impl Node {
     pub(super) fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = Command::new(self.bin.path());
         cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.0.join("bench.toml"))
@@ -382,6 +383,7 @@ pub(super) fn pct(sorted: &[u64], q: f64) -> u64 {
 }
 
 pub(super) async fn restart(
+    bin: &ServerBin,
     clients: usize,
     rate: f64,
     settle_secs: u64,
@@ -392,6 +394,7 @@ pub(super) async fn restart(
     let dir = TempDir(dir);
     std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
     let mut node = Node {
+        bin: bin.clone(),
         addr: free_addr()?,
         dir,
         secret: bluecam_server::auth::random_token(32),

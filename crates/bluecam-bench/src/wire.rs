@@ -12,7 +12,7 @@ use super::*;
 pub(super) enum TargetKind {
     /// BlueCam (`bluecam serve`).
     Bluecam,
-    /// The no-protocol relay of `bluecam bench baseline-server`.
+    /// The no-protocol relay of `bluecam-bench baseline-server`.
     Baseline,
     /// peerjs-server (npm `peer`).
     Peerjs,
