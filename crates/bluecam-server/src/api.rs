@@ -70,8 +70,8 @@ impl From<StoreError> for ApiError {
                 ErrorCode::RoomExists,
                 "a room with this id exists already",
             ),
-            StoreError::Backend(detail) => {
-                tracing::error!(%detail, "store failure");
+            e => {
+                tracing::error!(error = &e as &dyn std::error::Error, "store failure");
                 Self::unavailable("the room store is unavailable; retry")
             }
         }
@@ -515,7 +515,7 @@ async fn fill_peer_counts(state: &AppState, rooms: &mut [Room]) -> Result<(), Ap
                 room.peer_count = state.hub.peer_count(&room.id) as u32;
             }
         }
-        Err(e) => return Err(StoreError::Backend(e.to_string()).into()),
+        Err(e) => return Err(StoreError::from(e).into()),
     }
     Ok(())
 }
@@ -636,7 +636,7 @@ async fn room_peers(
     let presence = match state.broker.presence(room.id.clone()).await {
         Ok(Some(peers)) => peers,
         Ok(None) => state.hub.peers(&room.id),
-        Err(e) => return Err(StoreError::Backend(e.to_string()).into()),
+        Err(e) => return Err(StoreError::from(e).into()),
     };
     let peers = presence
         .into_iter()

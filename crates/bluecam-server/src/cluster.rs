@@ -642,9 +642,10 @@ impl RedisBroker {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        // Lost events are repaired by the next resync; say so loudly.
-                        tracing::error!(lost = n, "cluster events dropped: node too slow");
-                        me.metrics.redis_errors.increment(1);
+                        // Lost events are repaired by the next resync (not a Redis error:
+                        // this node read too slowly).
+                        me.metrics
+                            .dropped(crate::metrics::DropReason::ClusterEventsLagged, n);
                         me.signal(Signal::Lagged);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -1487,8 +1488,8 @@ pub struct RedisStore {
     broker: Arc<RedisBroker>,
 }
 
-fn store_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn store_err(e: impl Into<crate::store::BackendError>) -> StoreError {
+    StoreError::Redis(e.into())
 }
 
 impl RedisStore {

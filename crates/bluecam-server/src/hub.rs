@@ -6,7 +6,7 @@
 use crate::{
     broker::{Broker, Outgoing},
     history::{self, Recorder},
-    metrics::Metrics,
+    metrics::{DropReason, Metrics},
     store::{SessionLog, StoredSession},
 };
 use bluecam_core::{
@@ -104,7 +104,7 @@ pub struct HubHandle {
 pub type Vacated = Vec<RoomId>;
 
 /// Resolves once a new session's record is committed (or could not be).
-pub type Persisted = oneshot::Receiver<Result<(), String>>;
+pub type Persisted = oneshot::Receiver<crate::store::Committed>;
 
 impl HubHandle {
     pub fn new(
@@ -351,19 +351,26 @@ impl HubHandle {
     /// Cluster: something for another node could not be sent. A frame's sender is told which
     /// peers did not get it.
     pub fn undelivered(&self, item: Outgoing) {
-        self.metrics.cluster_unsent.increment(1);
-        if let Outgoing::Frame {
-            to,
-            origin: Some(origin),
-            ..
-        } = item
-        {
-            let mut inner = self.lock();
-            self.tell(
-                &mut inner,
-                origin.conn,
-                crate::broker::unsent_error(to, origin.reference),
-            );
+        match item {
+            Outgoing::Frame {
+                to,
+                origin: Some(origin),
+                ..
+            } => {
+                self.metrics.dropped(DropReason::ClusterFrameUnsent, 1);
+                let mut inner = self.lock();
+                self.tell(
+                    &mut inner,
+                    origin.conn,
+                    crate::broker::unsent_error(to, origin.reference),
+                );
+            }
+            Outgoing::Frame { origin: None, .. } => {
+                self.metrics.dropped(DropReason::ClusterHandOverUnsent, 1);
+            }
+            Outgoing::Removed { .. } => {
+                self.metrics.dropped(DropReason::ClusterRemovalUnsent, 1);
+            }
         }
     }
 
@@ -495,16 +502,21 @@ impl HubHandle {
                         frame,
                         origin,
                     };
-                    if let Err(Outgoing::Frame {
-                        to,
-                        origin: Some(origin),
-                        ..
-                    }) = self.broker.send(item)
-                    {
+                    match self.broker.send(item) {
+                        Ok(()) => {}
                         // The outbox is full or gone: the sender learns at once.
-                        self.metrics.cluster_unsent.increment(1);
-                        let e = crate::broker::unsent_error(to, origin.reference);
-                        self.tell(inner, origin.conn, e);
+                        Err(Outgoing::Frame {
+                            to,
+                            origin: Some(origin),
+                            ..
+                        }) => {
+                            self.metrics.dropped(DropReason::ClusterFrameUnsent, 1);
+                            let e = crate::broker::unsent_error(to, origin.reference);
+                            self.tell(inner, origin.conn, e);
+                        }
+                        // A moved peer's frames handed to its new node: lost to that peer
+                        // (its senders see a gap), never silently.
+                        Err(_) => self.metrics.dropped(DropReason::ClusterHandOverUnsent, 1),
                     }
                 }
                 Output::PeerRemoved {
@@ -534,7 +546,7 @@ impl HubHandle {
                     };
                     if self.broker.send(item).is_err() {
                         // Repaired when the node next re-registers its peers.
-                        self.metrics.cluster_unsent.increment(1);
+                        self.metrics.dropped(DropReason::ClusterRemovalUnsent, 1);
                     }
                 }
                 Output::UnknownPeers { room, peers } => {

@@ -9,6 +9,8 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+mod conn;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
@@ -19,6 +21,7 @@ pub mod serve;
 pub mod sources;
 pub mod store;
 pub mod stun;
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;
 pub mod web;
@@ -397,9 +400,13 @@ impl Server {
                     added: Arc::default(),
                     dropped: metrics.webhooks_dropped.clone(),
                 };
-                let recorder =
-                    history::Recorder::start(backend.clone(), outbox.clone(), node.clone())
-                        .map_err(ServerError::Io)?;
+                let recorder = history::Recorder::start(
+                    backend.clone(),
+                    outbox.clone(),
+                    node.clone(),
+                    metrics.clone(),
+                )
+                .map_err(ServerError::Io)?;
                 Some(History {
                     recorder,
                     backend,
@@ -681,11 +688,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return api::ApiError::unavailable("shutting down").into_response();
     }
     let checked = match state.store.check().await {
-        Ok(()) => state
-            .broker
-            .check()
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string())),
+        Ok(()) => state.broker.check().await.map_err(StoreError::from),
         Err(e) => Err(e),
     };
     match checked {

@@ -4,18 +4,125 @@
 use bluecam_proto::ErrorCode;
 use metrics::{Counter, Gauge, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 /// Client ops counted in `bluecam_frames_in_total{op}`; "invalid" for frames that did not parse.
 const OPS: [&str; 7] = ["join", "signal", "send", "leave", "ping", "pong", "invalid"];
 
-/// History events dropped at a full queue (the history recorder takes its handle by this
-/// name).
-pub const HISTORY_EVENTS_DROPPED: &str = "bluecam_history_events_dropped_total";
+/// Why something this node was handed did not reach where it was going: every drop has one,
+/// is counted in `bluecam_dropped_total{reason}` and is logged (at most every
+/// [`DROP_LOG_EVERY`] per reason, with how many since the last line). A drop whose sender is
+/// told (an `error` frame, a rejected send) is still a drop here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A history event, at a full recorder queue (the database away or slow).
+    HistoryQueueFull,
+    /// A history event, the recorder's writer gone (it panicked, or the node is stopping).
+    HistoryWriterGone,
+    /// A webhook event, at a full outbox (`webhook_outbox_max`).
+    WebhookOutboxFull,
+    /// A frame for a peer on another node, at a full or closed cluster outbox (the sender
+    /// gets `unsent`).
+    ClusterFrameUnsent,
+    /// A moved peer's buffered frames handed to its new node, at a full or closed outbox (the
+    /// frames are lost to that peer; its senders see a gap).
+    ClusterHandOverUnsent,
+    /// A peer's removal for the other nodes, at a full or closed outbox (repaired when the
+    /// node next re-registers its peers).
+    ClusterRemovalUnsent,
+    /// Events from other nodes this node was too slow to read (repaired by a resync).
+    ClusterEventsLagged,
+}
+
+impl DropReason {
+    const ALL: [Self; 7] = [
+        Self::HistoryQueueFull,
+        Self::HistoryWriterGone,
+        Self::WebhookOutboxFull,
+        Self::ClusterFrameUnsent,
+        Self::ClusterHandOverUnsent,
+        Self::ClusterRemovalUnsent,
+        Self::ClusterEventsLagged,
+    ];
+
+    /// Its `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HistoryQueueFull => "history_queue_full",
+            Self::HistoryWriterGone => "history_writer_gone",
+            Self::WebhookOutboxFull => "webhook_outbox_full",
+            Self::ClusterFrameUnsent => "cluster_frame_unsent",
+            Self::ClusterHandOverUnsent => "cluster_hand_over_unsent",
+            Self::ClusterRemovalUnsent => "cluster_removal_unsent",
+            Self::ClusterEventsLagged => "cluster_events_lagged",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Drops of one reason are logged at most this often.
+pub const DROP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The drop counters and their rate-limited log lines.
+#[derive(Debug)]
+struct Drops {
+    counters: [Counter; DropReason::ALL.len()],
+    /// Dropped since the last log line, per reason.
+    unlogged: [AtomicU64; DropReason::ALL.len()],
+    /// When the last line was logged, in milliseconds after `epoch` plus one (0: never).
+    logged_at: [AtomicU64; DropReason::ALL.len()],
+    epoch: Instant,
+}
+
+impl Drops {
+    fn new() -> Self {
+        Self {
+            counters: DropReason::ALL
+                .map(|r| counter!("bluecam_dropped_total", "reason" => r.as_str())),
+            unlogged: std::array::from_fn(|_| AtomicU64::new(0)),
+            logged_at: std::array::from_fn(|_| AtomicU64::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn dropped(&self, reason: DropReason, n: u64) {
+        let i = reason.index();
+        self.counters[i].increment(n);
+        self.unlogged[i].fetch_add(n, Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let last = self.logged_at[i].load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64;
+        // (Of several threads dropping at once, one logs.)
+        if due
+            && self.logged_at[i]
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = self.unlogged[i].swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                reason = reason.as_str(),
+                "dropped (see DropReason)"
+            );
+        }
+    }
+}
 
 /// The metric handles of one server.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    drops: Arc<Drops>,
     frames_in: [Counter; OPS.len()],
     pub frames_out: Counter,
     pub relay_bytes: Counter,
@@ -30,13 +137,12 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Open TCP connections (HTTP and WebSocket).
     pub http_connections: Gauge,
-    http_refused_total: Counter,
-    http_refused_source: Counter,
+    /// TCP connections refused at the total cap and at the per-source cap.
+    pub http_refused_total: Counter,
+    pub http_refused_source: Counter,
     /// Cluster: frames and events published to other nodes, and received from them.
     pub cluster_out: Counter,
     pub cluster_in: Counter,
-    /// Cluster: frames that could not be published (the sender got an error).
-    pub cluster_unsent: Counter,
     /// Cluster: frames from another node whose recipients were not here.
     pub cluster_undeliverable: Counter,
     /// STUN Binding requests answered.
@@ -44,12 +150,9 @@ pub struct Metrics {
     /// STUN datagrams dropped: not a Binding request, or over a rate limit.
     pub stun_refused: Counter,
     /// STUN Binding requests refused by a rate limit, by limit (`stun::Refusal`).
-    stun_limited_source: Counter,
-    stun_limited_total: Counter,
-    stun_limited_table_full: Counter,
-    /// History events dropped because the history writer's queue was full (the database was
-    /// away or slower than the events came).
-    pub history_events_dropped: Counter,
+    pub stun_limited_source: Counter,
+    pub stun_limited_total: Counter,
+    pub stun_limited_table_full: Counter,
     /// Cluster: failed Redis operations.
     pub redis_errors: Counter,
     /// HTTP transport requests, and those passed to the node holding their session.
@@ -90,6 +193,7 @@ impl Metrics {
     pub fn new() -> Self {
         prometheus();
         Self {
+            drops: Arc::new(Drops::new()),
             frames_in: OPS.map(|op| counter!("bluecam_frames_in_total", "op" => op)),
             frames_out: counter!("bluecam_frames_out_total"),
             relay_bytes: counter!("bluecam_relay_bytes_total"),
@@ -107,14 +211,12 @@ impl Metrics {
             http_refused_source: counter!("bluecam_http_refused_total", "cap" => "source"),
             cluster_out: counter!("bluecam_cluster_messages_total", "dir" => "out"),
             cluster_in: counter!("bluecam_cluster_messages_total", "dir" => "in"),
-            cluster_unsent: counter!("bluecam_cluster_unsent_total"),
             cluster_undeliverable: counter!("bluecam_cluster_undeliverable_total"),
             stun_answers: counter!("bluecam_stun_answers_total"),
             stun_refused: counter!("bluecam_stun_refused_total"),
             stun_limited_source: counter!("bluecam_stun_limited_total", "limit" => "source"),
             stun_limited_total: counter!("bluecam_stun_limited_total", "limit" => "total"),
             stun_limited_table_full: counter!("bluecam_stun_limited_total", "limit" => "table_full"),
-            history_events_dropped: counter!(HISTORY_EVENTS_DROPPED),
             redis_errors: counter!("bluecam_redis_errors_total"),
             http_transport_requests: counter!("bluecam_http_transport_requests_total"),
             http_forwarded: counter!("bluecam_http_transport_forwarded_total"),
@@ -128,21 +230,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a TCP connection refused at a cap.
-    pub fn http_refused(&self, why: crate::serve::Refusal) {
-        match why {
-            crate::serve::Refusal::Total => self.http_refused_total.increment(1),
-            crate::serve::Refusal::PerSource => self.http_refused_source.increment(1),
-        }
-    }
-
-    /// Counts one STUN Binding request refused by a rate limit.
-    pub fn stun_limited(&self, why: crate::stun::Refusal) {
-        match why {
-            crate::stun::Refusal::SourceRate => self.stun_limited_source.increment(1),
-            crate::stun::Refusal::TotalRate => self.stun_limited_total.increment(1),
-            crate::stun::Refusal::TableFull => self.stun_limited_table_full.increment(1),
-        }
+    /// Counts (and logs, now and then) `n` things dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.drops.dropped(reason, n);
     }
 
     /// Counts one inbound frame of `op` (a name from the protocol, or "invalid").

@@ -73,6 +73,16 @@ pub enum Refusal {
     PerSource,
 }
 
+impl Refusal {
+    /// Counts it in `bluecam_http_refused_total{cap}`.
+    pub fn count(self, metrics: &crate::metrics::Metrics) {
+        match self {
+            Self::Total => metrics.http_refused_total.increment(1),
+            Self::PerSource => metrics.http_refused_source.increment(1),
+        }
+    }
+}
+
 impl Gate {
     /// Fails on an entry of `per_source_exempt` that is not an address or prefix.
     pub fn new(limits: &LimitsConfig, gauge: metrics::Gauge) -> Result<Self, String> {
@@ -286,7 +296,7 @@ impl Front {
             let permit = match state.gate.admit(peer.ip()) {
                 Ok(permit) => permit,
                 Err(why) => {
-                    state.metrics.http_refused(why);
+                    why.count(&state.metrics);
                     // On a TLS port a plain-text answer would only be a handshake error to
                     // the client: just close.
                     if tls.is_none()

@@ -13,20 +13,53 @@ use std::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// A storage failure. `Exists` is the caller's fault; the others are the server's.
+/// A boxed error of a backend's client, kept as the source.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A storage failure. `Exists` is the caller's fault; the others are the server's, each with
+/// its source (shown in the server's log, never to a client; the text names the source's own,
+/// since logs print errors with `Display`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("a room with this id exists already")]
     Exists,
-    #[error("storage error: {0}")]
-    Backend(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] BackendError),
+    #[error("Redis: {0}")]
+    Redis(#[source] BackendError),
+    #[error("{0}")]
+    Directory(#[from] crate::broker::BrokerError),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the {what} has schema version {found}, newer than this build's {supported}: run the \
+         newer bluecam (downgrades are not supported)"
+    )]
+    NewerSchema {
+        what: &'static str,
+        found: usize,
+        supported: usize,
+    },
+    #[error("the store's lock was poisoned by a panic")]
+    Poisoned,
+    #[error("the store's worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the {0} writer is gone")]
+    WriterGone(&'static str),
+    /// The outcome of a batch, handed to every waiter of it.
+    #[error("{0}")]
+    Shared(#[from] std::sync::Arc<StoreError>),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
+/// A queued write's outcome, as each of its waiters gets it.
+pub type Committed = Result<(), std::sync::Arc<StoreError>>;
 
 /// Persistent rooms. `peer_count` is not stored: callers fill it from the live hub.
 pub trait Store: Send + Sync + 'static {
@@ -108,8 +141,50 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX sessions_by_room ON sessions (room);",
-    // 3: call history and the webhook outbox.
-    crate::history::sqlite::MIGRATION,
+    // 3: call history and the webhook outbox (their statements are in history/sqlite.rs; the
+    // file's schema is all here, so that one module owns the file).
+    "
+    CREATE TABLE participants (
+        session TEXT PRIMARY KEY NOT NULL,
+        room TEXT NOT NULL,
+        node TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        name TEXT,
+        joined_at_ms INTEGER NOT NULL,
+        left_at_ms INTEGER,
+        detached_at_ms INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX participants_by_room ON participants (room, joined_at_ms);
+    CREATE INDEX participants_open ON participants (room) WHERE left_at_ms IS NULL;
+    CREATE TABLE calls (
+        id TEXT PRIMARY KEY NOT NULL,
+        room TEXT NOT NULL,
+        owner TEXT,
+        members TEXT,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER
+    );
+    CREATE INDEX calls_by_room ON calls (room, started_at_ms, id);
+    CREATE INDEX calls_by_time ON calls (started_at_ms);
+    CREATE TABLE webhook_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        room TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        next_at_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX webhook_outbox_order ON webhook_outbox (state, endpoint, room, seq);
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_at_ms);
+    CREATE TABLE node_state (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+",
 ];
 
 /// The schema version this build writes.
@@ -119,10 +194,11 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
-            "the data dir has schema version {current}, newer than this build's \
-             {SCHEMA_VERSION}: run the newer bluecam (downgrades are not supported)"
-        )));
+        return Err(StoreError::NewerSchema {
+            what: "data dir",
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
@@ -219,8 +295,10 @@ fn create_db_file(_dir: &Path) -> std::io::Result<()> {
 impl SqliteStore {
     /// Opens (or creates) `dir/bluecam.sqlite3`, the dir and its files private to this user.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let io = |what: &str, e: std::io::Error| {
-            StoreError::Backend(format!("{what} {}: {e}", dir.display()))
+        let io = |what: &'static str, source: std::io::Error| StoreError::Io {
+            what,
+            path: dir.to_owned(),
+            source,
         };
         create_data_dir(dir).map_err(|e| io("cannot create the data dir", e))?;
         create_db_file(dir).map_err(|e| io("cannot create the database file in", e))?;
@@ -254,13 +332,10 @@ impl SqliteStore {
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard = conn
-                    .lock()
-                    .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+                let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
                 f(&mut guard)
             })
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .await?
         })
     }
 }
@@ -401,9 +476,9 @@ pub struct StoredSession {
 }
 
 enum SessionOp {
-    Insert(Box<StoredSession>, oneshot::Sender<Result<(), String>>),
+    Insert(Box<StoredSession>, oneshot::Sender<Committed>),
     Remove(SessionId),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Committed>),
 }
 
 /// Writes session records with group commit: one writer thread takes every operation waiting
@@ -441,12 +516,12 @@ impl std::fmt::Debug for SessionOp {
 impl SessionLog {
     /// Queues a new session; the receiver says when it is committed (a `joined` waits for
     /// that, so a session its client holds survives a SIGKILL right after).
-    pub fn insert(&self, session: StoredSession) -> oneshot::Receiver<Result<(), String>> {
+    pub fn insert(&self, session: StoredSession) -> oneshot::Receiver<Committed> {
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(SessionOp::Insert(_, done))) =
             self.tx.send(SessionOp::Insert(Box::new(session), done))
         {
-            let _ = done.send(Err("the session log is closed".into()));
+            let _ = done.send(Err(Arc::new(StoreError::WriterGone("session log"))));
         }
         rx
     }
@@ -457,13 +532,11 @@ impl SessionLog {
     }
 
     /// Waits until everything queued before is committed.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(SessionOp::Flush(done))
-            .map_err(|_| "the session log is closed".to_owned())?;
-        rx.await
-            .map_err(|_| "the session log is closed".to_owned())?
+        let gone = || StoreError::WriterGone("session log");
+        self.tx.send(SessionOp::Flush(done)).map_err(|_| gone())?;
+        Ok(rx.await.map_err(|_| gone())??)
     }
 }
 
@@ -485,9 +558,9 @@ impl SqliteStore {
                     }
                     let result = match conn.lock() {
                         Ok(mut guard) => write_sessions(&mut guard, &batch),
-                        Err(_) => Err(StoreError::Backend("store mutex poisoned".into())),
+                        Err(_) => Err(StoreError::Poisoned),
                     }
-                    .map_err(|e| e.to_string());
+                    .map_err(Arc::new);
                     if let Err(e) = &result {
                         tracing::error!(error = %e, ops = batch.len(), "could not write sessions");
                     }
@@ -504,10 +577,7 @@ impl SqliteStore {
     /// The sessions a restart must restore, in join order, with their rooms; sessions of rooms
     /// that no longer exist are dropped.
     pub fn stored_sessions(&self) -> Result<Vec<(Room, StoredSession)>, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         conn.execute(
             "DELETE FROM sessions WHERE room NOT IN (SELECT id FROM rooms)",
             [],

@@ -88,6 +88,17 @@ pub enum Refusal {
     TableFull,
 }
 
+impl Refusal {
+    /// Counts it in `bluecam_stun_limited_total{limit}`.
+    fn count(self, metrics: &Metrics) {
+        match self {
+            Self::SourceRate => metrics.stun_limited_source.increment(1),
+            Self::TotalRate => metrics.stun_limited_total.increment(1),
+            Self::TableFull => metrics.stun_limited_table_full.increment(1),
+        }
+    }
+}
+
 /// The rate limits of the STUN server: a bucket per source (an IPv4 address or an IPv6 /64,
 /// see [`crate::sources`]), up to `max_sources` of them, and one for every source together. No
 /// I/O: the caller passes the time.
@@ -152,7 +163,7 @@ pub async fn serve(
             },
         };
         if let Err(why) = limiter.handle_request(from.ip(), Instant::now()) {
-            metrics.stun_limited(why);
+            why.count(&metrics);
             metrics.stun_refused.increment(1);
             continue;
         }

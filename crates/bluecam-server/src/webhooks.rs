@@ -14,26 +14,16 @@
 //! outbox's `last_error` show it as [`redacted`] only.
 
 use crate::{
+    config::{WebhookConfig, redacted},
     history::{Attempt, Backend, Outbox, Pending, now_ms},
     metrics::Metrics,
 };
-use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 use tokio_util::sync::CancellationToken;
-
-/// The event types, in the order a room's life produces them.
-pub const EVENT_TYPES: [&str; 6] = [
-    "room.created",
-    "peer.joined",
-    "call.started",
-    "peer.left",
-    "call.ended",
-    "room.deleted",
-];
 
 /// One time limit per attempt.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,92 +32,6 @@ const FIRST_RETRY_MS: u64 = 1000;
 const MAX_RETRY_MS: u64 = 10 * 60 * 1000;
 /// Attempts in flight at most (each for a different room or endpoint).
 const PARALLEL: usize = 64;
-
-/// One endpoint (`[[webhooks]]` in the TOML file, or `BLUECAM_WEBHOOK_URL` and
-/// `BLUECAM_WEBHOOK_SECRET`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where events are POSTed (http or https).
-    pub url: String,
-    /// The signing secret: `whsec_` and base64 of at least 24 random bytes.
-    pub secret: String,
-    /// The event types sent here; empty: all of them.
-    #[serde(default)]
-    pub events: Vec<String>,
-}
-
-impl WebhookConfig {
-    /// The HMAC key: the secret's bytes after `whsec_`, base64-decoded.
-    pub fn key(&self) -> Result<Vec<u8>, String> {
-        use base64::Engine as _;
-        let url = redacted(&self.url);
-        let encoded = self.secret.strip_prefix("whsec_").ok_or_else(|| {
-            format!("webhook secret for {url} must start with whsec_ (Standard Webhooks)")
-        })?;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| format!("webhook secret for {url} is not base64: {e}"))?;
-        if key.len() < 24 {
-            return Err(format!(
-                "webhook secret for {url} is too short: give at least 24 random bytes"
-            ));
-        }
-        Ok(key)
-    }
-
-    /// Checks the URL, the secret and the event names.
-    pub fn validate(&self) -> Result<(), String> {
-        let url: reqwest::Url = self
-            .url
-            .parse()
-            .map_err(|e| format!("webhook url {:?}: {e}", redacted(&self.url)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "webhook url {:?} must be http or https",
-                redacted(&self.url)
-            ));
-        }
-        self.key()?;
-        if let Some(bad) = self
-            .events
-            .iter()
-            .find(|e| !EVENT_TYPES.contains(&e.as_str()))
-        {
-            return Err(format!(
-                "webhook event {bad:?} is not one of {}",
-                EVENT_TYPES.join(", ")
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// An endpoint as it may be shown (logs, errors, `last_error`): `scheme://host[:port]/path`,
-/// without a user name and password, query or fragment, any of which may carry a credential.
-/// A URL that does not parse loses the same parts by its delimiters.
-pub fn redacted(url: &str) -> String {
-    if let Ok(u) = reqwest::Url::parse(url)
-        && let Some(host) = u.host_str()
-    {
-        return match u.port() {
-            Some(port) => format!("{}://{host}:{port}{}", u.scheme(), u.path()),
-            None => format!("{}://{host}{}", u.scheme(), u.path()),
-        };
-    }
-    let end = url.find(['?', '#']).unwrap_or(url.len());
-    let url = &url[..end];
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // No authority, so no user info: only the query and fragment could tell a secret.
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
-}
 
 /// A client error's text, with its causes, but not the URL it names (which may carry a
 /// credential): reqwest's own text ends in `for url (…)` with the whole URL.

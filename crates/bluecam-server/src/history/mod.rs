@@ -22,12 +22,9 @@ use crate::store::{SqliteStore, StoreError};
 use bluecam_proto::{Identity, PeerId, Room, RoomId, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 use tokio::sync::{
     Notify,
@@ -145,9 +142,7 @@ impl Backend {
         f: impl FnOnce(&mut dyn Db) -> R<T> + Send + 'static,
     ) -> R<T> {
         let backend = self.clone();
-        tokio::task::spawn_blocking(move || backend.transaction(f))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        tokio::task::spawn_blocking(move || backend.transaction(f)).await?
     }
 }
 
@@ -277,7 +272,7 @@ pub trait Db {
 
 enum Op {
     Event(Event),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<crate::store::Committed>),
 }
 
 impl std::fmt::Debug for Op {
@@ -294,74 +289,16 @@ impl std::fmt::Debug for Op {
 #[derive(Clone, Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<Op>,
-    drops: Arc<Drops>,
+    metrics: crate::metrics::Metrics,
 }
+
+use crate::metrics::DropReason;
 
 /// Events waiting for the writer at most. While the database is away the writer retries its
 /// batch for about a minute and new events wait here; past this bound the newest event is
-/// dropped ([`DropReason::QueueFull`]), so an outage costs bounded memory (a few hundred bytes
-/// an event: some 20 MB) and never holds up a join.
+/// dropped ([`DropReason::HistoryQueueFull`]), so an outage costs bounded memory (a few
+/// hundred bytes an event: some 20 MB) and never holds up a join.
 pub const QUEUE: usize = 65_536;
-/// Dropped events are logged at most this often (each warning says how many since the last).
-const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Why an event was not recorded: the drop policy of [`Recorder::record`], which keeps what
-/// is queued and drops the newest. Counted in `bluecam_history_events_dropped_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// [`QUEUE`] events wait already.
-    QueueFull,
-    /// The writer thread is gone (it panicked, or the node is shutting down).
-    WriterGone,
-}
-
-/// The drop policy's count and its rate-limited warning.
-#[derive(Debug)]
-struct Drops {
-    counter: metrics::Counter,
-    /// Dropped since the last warning.
-    unlogged: AtomicU64,
-    /// When the last warning was logged, in milliseconds after `epoch` plus one (0: never).
-    logged_at: AtomicU64,
-    epoch: Instant,
-}
-
-impl Drops {
-    fn new(counter: metrics::Counter) -> Self {
-        Self {
-            counter,
-            unlogged: AtomicU64::new(0),
-            logged_at: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn dropped(&self, reason: DropReason) {
-        self.counter.increment(1);
-        self.unlogged.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1);
-        let last = self.logged_at.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64;
-        // (One of the threads dropping at once logs.)
-        if due
-            && self
-                .logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let dropped = self.unlogged.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                dropped,
-                ?reason,
-                queue = QUEUE,
-                "history events dropped: they are missing from the call history and webhooks"
-            );
-        }
-    }
-}
-
 /// Events one transaction takes at most.
 const BATCH: usize = 1024;
 /// A failed batch is tried again after this, then after twice as long each time, up to a
@@ -374,28 +311,31 @@ impl Recorder {
     pub fn record(&self, event: Event) {
         match self.tx.try_send(Op::Event(event)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.drops.dropped(DropReason::QueueFull),
-            Err(TrySendError::Closed(_)) => self.drops.dropped(DropReason::WriterGone),
+            Err(TrySendError::Full(_)) => self.metrics.dropped(DropReason::HistoryQueueFull, 1),
+            Err(TrySendError::Closed(_)) => {
+                self.metrics.dropped(DropReason::HistoryWriterGone, 1);
+            }
         }
     }
 
     /// Waits until everything recorded before is committed (waiting for room in the queue
     /// first: a flush is never dropped).
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Flush(done))
-            .await
-            .map_err(|_| "the history writer is gone".to_owned())?;
-        rx.await
-            .map_err(|_| "the history writer is gone".to_owned())?
+        let gone = || StoreError::WriterGone("history");
+        self.tx.send(Op::Flush(done)).await.map_err(|_| gone())?;
+        Ok(rx.await.map_err(|_| gone())??)
     }
 
     /// Starts the writer (a thread: its work is blocking database calls), with a queue of
     /// [`QUEUE`] events.
-    pub fn start(backend: Backend, outbox: Outbox, node: NodeInfo) -> std::io::Result<Self> {
-        let dropped = metrics::counter!(crate::metrics::HISTORY_EVENTS_DROPPED);
-        Self::start_with(backend, outbox, node, (QUEUE, BATCH), dropped)
+    pub fn start(
+        backend: Backend,
+        outbox: Outbox,
+        node: NodeInfo,
+        metrics: crate::metrics::Metrics,
+    ) -> std::io::Result<Self> {
+        Self::start_with(backend, outbox, node, (QUEUE, BATCH), metrics)
     }
 
     /// [`Recorder::start`] with a queue of `queue` ops, `batch` of them per transaction.
@@ -404,13 +344,13 @@ impl Recorder {
         outbox: Outbox,
         node: NodeInfo,
         (queue, batch_max): (usize, usize),
-        dropped: metrics::Counter,
+        metrics: crate::metrics::Metrics,
     ) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Op>(queue);
+        let writer_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("bluecam-history".into())
             .spawn(move || {
-                let mut dropped_total = 0u64;
                 while let Some(first) = rx.blocking_recv() {
                     let mut batch = vec![first];
                     while batch.len() < batch_max {
@@ -451,13 +391,8 @@ impl Recorder {
                         Ok(stats) => {
                             if stats.dropped > 0 {
                                 outbox.dropped.increment(stats.dropped);
-                                dropped_total += stats.dropped;
-                                tracing::warn!(
-                                    dropped = stats.dropped,
-                                    dropped_total,
-                                    max_pending = outbox.max_pending,
-                                    "webhook outbox full: events dropped"
-                                );
+                                writer_metrics
+                                    .dropped(DropReason::WebhookOutboxFull, stats.dropped);
                             }
                             if stats.added > 0 {
                                 outbox.pending.fetch_add(stats.added, Ordering::Relaxed);
@@ -468,7 +403,7 @@ impl Recorder {
                         Err(e) => {
                             tracing::error!(error = %e, events = events.len(),
                                 "could not record history: these events are lost");
-                            Err(e.to_string())
+                            Err(Arc::new(e))
                         }
                     };
                     for op in batch {
@@ -478,10 +413,7 @@ impl Recorder {
                     }
                 }
             })?;
-        Ok(Self {
-            tx,
-            drops: Arc::new(Drops::new(dropped)),
-        })
+        Ok(Self { tx, metrics })
     }
 }
 
@@ -1006,6 +938,7 @@ pub fn usage(db: &mut dyn Db, from: u64, to: u64, filter: &UsageFilter) -> R<Usa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[tokio::test]
     async fn history_events_past_the_queue_are_dropped_and_counted_while_the_writer_is_stalled() {
@@ -1025,7 +958,6 @@ mod tests {
             node: String::new(),
             dead_after_ms: 1000,
         };
-        let dropped = Arc::new(AtomicU64::new(0));
         let backend = Backend::Sqlite(store.clone());
         // A queue of 4; one event per transaction, so the writer takes exactly one and then
         // waits for the database.
@@ -1034,7 +966,7 @@ mod tests {
             outbox,
             node,
             (4, 1),
-            metrics::Counter::from_arc(Arc::clone(&dropped)),
+            crate::metrics::Metrics::new(),
         )
         .unwrap();
         // The database stalls (its connection is held): the writer takes one event and waits.
@@ -1051,7 +983,13 @@ mod tests {
         for at_ms in 2..=11 {
             recorder.record(Event::Alive { at_ms });
         }
-        assert_eq!(dropped.load(Ordering::Relaxed), 6);
+        // (This test's process has this one server's metrics.)
+        let page = crate::metrics::prometheus().render();
+        let dropped = page
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"bluecam_dropped_total{reason="history_queue_full"} "#))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert_eq!(dropped, Some(6.0), "{page}");
         drop(held);
         recorder.flush().await.unwrap();
         // What was queued was kept, in order; the newest were dropped.

@@ -77,8 +77,8 @@ const MIGRATION_LOCK: i64 = 0x6263_0001;
 /// one attempt (5 s); a node that died mid-attempt has its events sent by another after it.
 const CLAIM_MS: i64 = 30_000;
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("postgres: {e}"))
+fn pg(e: impl Into<crate::store::BackendError>) -> StoreError {
+    StoreError::Postgres(e.into())
 }
 
 fn i(v: u64) -> i64 {
@@ -146,11 +146,11 @@ impl PgStore {
                 .map_or(0, |r| r.get(0));
             let current = usize::try_from(current).unwrap_or(0);
             if current > MIGRATIONS.len() {
-                return Err(StoreError::Backend(format!(
-                    "the database has schema version {current}, newer than this build's {}: \
-                     run the newer bluecam (downgrades are not supported)",
-                    MIGRATIONS.len()
-                )));
+                return Err(StoreError::NewerSchema {
+                    what: "database",
+                    found: current,
+                    supported: MIGRATIONS.len(),
+                });
             }
             for (n, step) in MIGRATIONS.iter().enumerate().skip(current) {
                 let tx = client.transaction().await.map_err(pg)?;
@@ -553,7 +553,7 @@ pub struct ClusterRooms {
     pub live: Arc<dyn Store>,
 }
 
-fn pg_err(e: impl std::fmt::Display) -> StoreError {
+fn pg_err(e: impl Into<crate::store::BackendError>) -> StoreError {
     pg(e)
 }
 
@@ -601,8 +601,7 @@ async fn rooms_tx<T: Send + 'static>(
         h.block_on(tx.commit()).map_err(pg_err)?;
         Ok(out)
     })
-    .await
-    .map_err(|e| StoreError::Backend(e.to_string()))?
+    .await?
 }
 
 fn room_of(body: &str) -> Option<Room> {

@@ -4,56 +4,10 @@ use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
 use crate::store::{SqliteStore, StoreError};
 use rusqlite::{OptionalExtension, Transaction, params};
 
-/// The schema step that adds the history (see `store::MIGRATIONS`).
-pub const MIGRATION: &str = "
-    CREATE TABLE participants (
-        session TEXT PRIMARY KEY NOT NULL,
-        room TEXT NOT NULL,
-        node TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        identity TEXT NOT NULL,
-        name TEXT,
-        joined_at_ms INTEGER NOT NULL,
-        left_at_ms INTEGER,
-        detached_at_ms INTEGER,
-        reason TEXT
-    );
-    CREATE INDEX participants_by_room ON participants (room, joined_at_ms);
-    CREATE INDEX participants_open ON participants (room) WHERE left_at_ms IS NULL;
-    CREATE TABLE calls (
-        id TEXT PRIMARY KEY NOT NULL,
-        room TEXT NOT NULL,
-        owner TEXT,
-        members TEXT,
-        started_at_ms INTEGER NOT NULL,
-        ended_at_ms INTEGER
-    );
-    CREATE INDEX calls_by_room ON calls (room, started_at_ms, id);
-    CREATE INDEX calls_by_time ON calls (started_at_ms);
-    CREATE TABLE webhook_outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        room TEXT NOT NULL,
-        type TEXT NOT NULL,
-        body TEXT NOT NULL,
-        created_at_ms INTEGER NOT NULL,
-        next_at_ms INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        state INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    );
-    CREATE INDEX webhook_outbox_order ON webhook_outbox (state, endpoint, room, seq);
-    CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_at_ms);
-    CREATE TABLE node_state (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-";
-
 /// Runs `f` in one transaction of the node's connection.
 pub fn transaction<T>(store: &SqliteStore, f: impl FnOnce(&mut dyn Db) -> R<T>) -> R<T> {
     let conn = store.connection();
-    let mut conn = conn
-        .lock()
-        .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+    let mut conn = conn.lock().map_err(|_| StoreError::Poisoned)?;
     let tx = conn.transaction()?;
     let out = f(&mut Sqlite(&tx))?;
     tx.commit()?;

@@ -81,8 +81,8 @@ pub async fn receiver_answering(answer: Answer) -> (String, Got) {
 }
 
 /// One endpoint with every event, signed with the tests' secret.
-pub fn endpoint(url: &str) -> bluecam_server::webhooks::WebhookConfig {
-    bluecam_server::webhooks::WebhookConfig {
+pub fn endpoint(url: &str) -> bluecam_server::config::WebhookConfig {
+    bluecam_server::config::WebhookConfig {
         url: url.to_owned(),
         secret: WEBHOOK_SECRET.into(),
         events: vec![],

@@ -13,17 +13,18 @@
 //!   delivers nothing twice. `close` ends the session after the frames (the client's close).
 //!
 //! Behind the three requests the session is an emulated connection ([`HttpLink`]) served by
-//! the same code as a WebSocket (`ws::run`): the same join, limits, hub, resume and close
+//! the same code as a WebSocket (`conn::run`): the same join, limits, hub, resume and close
 //! codes. A session nobody polls ends like a silent WebSocket (4011, then resumable for the
 //! resume window). In a cluster a request may reach any node: one for a session held by
 //! another node is passed to it through Redis and its answer passed back (`forward`).
+
+mod link;
 
 use crate::{
     AppState,
     api::ApiError,
     broker::{ForwardError, HttpOp, HttpReply},
-    hub::Outbound,
-    ws::{ConnectionSlot, Incoming, Link},
+    conn::ConnectionSlot,
 };
 use axum::{
     body::Bytes,
@@ -31,404 +32,33 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bluecam_proto::{CloseCode, ErrorCode};
+use bluecam_proto::ErrorCode;
+pub(crate) use link::{Down, HttpLink, Up};
 use serde::Deserialize;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tungstenite::Utf8Bytes;
 
 /// Frames a session's requests may have handed over and its connection not yet read...
 const UP_QUEUE: usize = 256;
 /// ...and `send` requests of one session at once (the SDK's, and its closing one).
 const SENDS_AT_ONCE: usize = 2;
-/// Frame bytes in one poll's answer at most (at least one frame, whatever its size).
-const POLL_BATCH_BYTES: usize = 1 << 20;
 /// A session whose connection ended keeps its close code this long for the client to poll.
 const CLOSE_LINGER: Duration = Duration::from_secs(30);
-/// Frames waiting for a poll's acknowledgement are not a stall before this long: a client
-/// acknowledges with its next poll, one round trip after the answer arrived (however large).
-const HTTP_STALL_MIN: Duration = Duration::from_secs(10);
 /// The longest a poll waits for a frame (less when the idle timeout is shorter).
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// A poll passed to another node gets this much longer than the poll itself to come back.
 const FORWARD_MARGIN: Duration = Duration::from_secs(5);
 /// A send passed to another node is answered within this, or the client tries again.
 const FORWARD_SEND_WAIT: Duration = Duration::from_secs(10);
-
-/// What the session's requests hand to its connection (with its place in the queue's byte
-/// budget, given back when the connection takes it).
-pub(crate) enum Up {
-    Text(Utf8Bytes, tokio::sync::OwnedSemaphorePermit),
-    /// A frame over the hard cap (the WebSocket's 1009).
-    TooLarge,
-    /// The client closed the session.
-    Closed,
-}
-
-/// Frames for the client, numbered from 1, kept until a poll acknowledges them.
-#[derive(Debug)]
-pub(crate) struct Down {
-    state: Mutex<DownState>,
-    /// Frames, a close or a newer poll: wakes the waiting poll.
-    ready: Notify,
-    /// An acknowledgement: wakes a writer waiting for room.
-    room: Notify,
-    /// A poll's answer carried the close.
-    done: Notify,
-}
-
-#[derive(Debug)]
-struct DownState {
-    /// Number, text, and whether the frame is kept for a resume if never polled.
-    frames: VecDeque<(u64, Utf8Bytes, bool)>,
-    /// The last frame number a poll's answer carried.
-    carried: u64,
-    /// A poll's answer carried the close: the client knows, the session can go.
-    close_carried: bool,
-    /// The number of the next frame.
-    next: u64,
-    bytes: usize,
-    /// The connection ended with this code (the last thing a poll gets).
-    close: Option<CloseCode>,
-    /// Frames acknowledged so far (progress, for the stall rule).
-    acked: u64,
-    /// The session ended by the client's own close.
-    by_client: bool,
-    last_request: Instant,
-    /// The newest poll: an older one still waiting answers at once (empty).
-    poll: u64,
-}
-
-/// One poll's answer.
-struct Batch {
-    first: u64,
-    frames: Vec<Utf8Bytes>,
-    close: Option<CloseCode>,
-}
-
-impl Down {
-    fn new() -> Self {
-        Self {
-            state: Mutex::new(DownState {
-                frames: VecDeque::new(),
-                carried: 0,
-                close_carried: false,
-                next: 1,
-                bytes: 0,
-                close: None,
-                acked: 0,
-                by_client: false,
-                last_request: Instant::now(),
-                poll: 0,
-            }),
-            ready: Notify::new(),
-            room: Notify::new(),
-            done: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, DownState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a frame for the client (the bound is the caller's: [`HttpLink::write_batch`],
-    /// `Link::send_text`).
-    pub(crate) fn push(&self, text: Utf8Bytes, resumable: bool) {
-        let mut st = self.lock();
-        st.bytes += text.len();
-        let n = st.next;
-        st.frames.push_back((n, text, resumable));
-        st.next += 1;
-        drop(st);
-        self.ready.notify_waiters();
-    }
-
-    /// Bytes waiting for the client.
-    pub(crate) fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-
-    /// Takes out the frames no poll has carried yet (kept for a resume, like the frames still
-    /// queued towards a WebSocket).
-    pub(crate) fn take_unsent(&self) -> Vec<Outbound> {
-        let mut st = self.lock();
-        let carried = st.carried;
-        let keep = st
-            .frames
-            .iter()
-            .take_while(|(n, _, _)| *n <= carried)
-            .count();
-        let unsent: Vec<_> = st.frames.drain(keep..).collect();
-        st.bytes -= unsent.iter().map(|(_, t, _)| t.len()).sum::<usize>();
-        unsent
-            .into_iter()
-            .map(|(_, text, resumable)| Outbound::Frame { text, resumable })
-            .collect()
-    }
-
-    /// The connection ended with `code`: the client gets it after the frames before it.
-    pub(crate) fn close(&self, code: CloseCode) {
-        self.lock().close = Some(code);
-        self.ready.notify_waiters();
-    }
-
-    /// The client closed the session: nothing more to tell it.
-    pub(crate) fn gone(&self) {
-        self.close(CloseCode::Normal);
-    }
-
-    /// Whether the client closed the session itself.
-    fn closed_by_client(&self) -> bool {
-        self.lock().by_client
-    }
-
-    /// Resolves once a poll's answer has carried the close.
-    async fn close_carried(&self) {
-        loop {
-            let notified = self.done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().close_carried {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// When a request of the client last came (or ended: a poll waits a while).
-    pub(crate) fn last_request(&self) -> Instant {
-        self.lock().last_request
-    }
-
-    /// Drops the frames numbered up to `ack`.
-    fn ack(&self, st: &mut DownState, ack: u64) {
-        let mut dropped = 0;
-        while st.frames.front().is_some_and(|(n, _, _)| *n <= ack) {
-            if let Some((_, text, _)) = st.frames.pop_front() {
-                st.bytes -= text.len();
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            st.acked += dropped;
-            self.room.notify_waiters();
-        }
-    }
-
-    /// Waits until `len` more bytes fit under `cap` (or nothing is waiting). False when no
-    /// frame was acknowledged for a whole `stall`: the client stopped polling.
-    async fn wait_room(&self, len: usize, cap: usize, stall: Duration) -> bool {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let seen = {
-                let st = self.lock();
-                if st.frames.is_empty() || st.bytes + len <= cap {
-                    return true;
-                }
-                st.acked
-            };
-            if tokio::time::timeout(stall, notified).await.is_err() && self.lock().acked == seen {
-                return false;
-            }
-        }
-    }
-
-    /// Acknowledges up to `ack`, then answers with the frames after it as soon as there is
-    /// one (or the close), or with none after `wait` or when a newer poll came.
-    async fn poll(&self, ack: u64, wait: Duration) -> Batch {
-        let batch = self.poll_inner(ack, wait).await;
-        if batch.close.is_some() {
-            self.done.notify_waiters();
-        }
-        batch
-    }
-
-    async fn poll_inner(&self, ack: u64, wait: Duration) -> Batch {
-        let me = {
-            let mut st = self.lock();
-            st.last_request = Instant::now();
-            self.ack(&mut st, ack);
-            st.poll += 1;
-            st.poll
-        };
-        // An older poll still waiting (its client gave up on it) answers now.
-        self.ready.notify_waiters();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                let newer = st.poll != me;
-                if st.close_carried && !newer {
-                    return st.batch();
-                }
-                if newer || !st.frames.is_empty() || st.close.is_some() {
-                    st.last_request = Instant::now();
-                    return if newer { st.empty() } else { st.batch() };
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let mut st = self.lock();
-                st.last_request = Instant::now();
-                return if st.poll == me {
-                    st.batch()
-                } else {
-                    st.empty()
-                };
-            }
-        }
-    }
-}
-
-impl DownState {
-    /// Frames from the oldest kept, up to the batch size; the close once all are in.
-    fn batch(&mut self) -> Batch {
-        let first = self.frames.front().map_or(self.next, |(n, _, _)| *n);
-        let mut frames = Vec::new();
-        let mut bytes = 0;
-        for (_, text, _) in &self.frames {
-            if !frames.is_empty() && bytes + text.len() > POLL_BATCH_BYTES {
-                break;
-            }
-            bytes += text.len();
-            frames.push(text.clone());
-        }
-        let close = (frames.len() == self.frames.len())
-            .then_some(self.close)
-            .flatten();
-        self.carried = self.carried.max(first + frames.len() as u64 - 1);
-        self.close_carried |= close.is_some();
-        Batch {
-            first,
-            frames,
-            close,
-        }
-    }
-
-    fn empty(&self) -> Batch {
-        Batch {
-            first: self.next,
-            frames: Vec::new(),
-            close: None,
-        }
-    }
-}
-
-impl Batch {
-    /// `{"first":N,"frames":[…],"close":{"code","reason"}}`, the frames' JSON as it is.
-    fn to_json(&self, sid: Option<&str>) -> String {
-        let size: usize = self.frames.iter().map(|f| f.len() + 1).sum();
-        let mut out = String::with_capacity(size + 96);
-        out.push('{');
-        if let Some(sid) = sid {
-            out.push_str("\"sid\":");
-            out.push_str(&serde_json::Value::from(sid).to_string());
-            out.push(',');
-        }
-        out.push_str(&format!("\"first\":{},\"frames\":[", self.first));
-        for (i, f) in self.frames.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(f.as_str());
-        }
-        out.push(']');
-        if let Some(code) = self.close {
-            out.push_str(&format!(
-                ",\"close\":{{\"code\":{},\"reason\":{}}}",
-                code.code(),
-                serde_json::Value::from(code.reason())
-            ));
-        }
-        out.push('}');
-        out
-    }
-}
-
-/// The connection's side of an HTTP transport session (see [`Link`]).
-pub(crate) struct HttpLink {
-    up: mpsc::Receiver<Up>,
-    pub(crate) down: Arc<Down>,
-    /// Bytes that may wait for the client: half the outbound queue, at least one largest
-    /// frame.
-    pub(crate) cap: usize,
-    /// The client closed the session (rather than the server or silence ending it).
-    pub(crate) client_closed: bool,
-}
-
-impl HttpLink {
-    pub(crate) async fn next(&mut self) -> Incoming {
-        match self.up.recv().await {
-            // (The permit goes here: the frame has left the queue.)
-            Some(Up::Text(text, _permit)) => Incoming::Text(text),
-            Some(Up::TooLarge) => Incoming::Broken(Some(CloseCode::MessageTooBig)),
-            Some(Up::Closed) => {
-                self.client_closed = true;
-                Incoming::Gone
-            }
-            None => Incoming::Gone,
-        }
-    }
-
-    /// The frame in `slot` and whatever else is queued (up to a batch) go to the poll buffer,
-    /// which holds up to half the outbound queue (at least one largest frame). A client that
-    /// acknowledges nothing for a while with the buffer full is a slow consumer (4030), as a
-    /// WebSocket that takes no bytes is. Cancellation-safe like `ws::write_batch`.
-    pub(crate) async fn write_batch(
-        &mut self,
-        slot: &mut Option<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub::ConnShared,
-        state: &AppState,
-    ) -> Option<Option<CloseCode>> {
-        let cap = self.cap;
-        let stall = state.config.limits.write_stall().max(HTTP_STALL_MIN);
-        let mut written = 0;
-        while let Some(out) = slot.as_ref() {
-            match out {
-                Outbound::Frame { text, .. } => {
-                    let len = text.len();
-                    if !self.down.wait_room(len, cap, stall).await {
-                        return Some(Some(CloseCode::SlowConsumer));
-                    }
-                    let resumable = matches!(
-                        out,
-                        Outbound::Frame {
-                            resumable: true,
-                            ..
-                        }
-                    );
-                    self.down.push(text.clone(), resumable);
-                    *slot = None;
-                    shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    state.metrics.frames_out.increment(1);
-                    written += 1;
-                }
-                Outbound::Close(code) => {
-                    let code = *code;
-                    *slot = None;
-                    return Some(Some(code));
-                }
-            }
-            if written < crate::ws::WRITE_BATCH {
-                *slot = rx.try_recv().ok();
-            }
-        }
-        None
-    }
-}
 
 /// A transport session as its requests see it.
 struct Session {
@@ -599,7 +229,7 @@ pub async fn open(
     let place = match tcp.map(|t| state.gate.admit(t.ip)) {
         Some(Ok(place)) => Some(place),
         Some(Err(why)) => {
-            state.metrics.http_refused(why);
+            why.count(&state.metrics);
             return ApiError::unavailable("too many connections from this address").into_response();
         }
         None => None,
@@ -645,7 +275,7 @@ pub async fn open(
     let task_down = Arc::clone(&down);
     tokio::spawn(async move {
         let down = task_down;
-        crate::ws::run(task_state.clone(), Link::Http(link), host).await;
+        crate::conn::run(task_state.clone(), link, host).await;
         drop(track);
         // A session the server ended keeps its close for the client's next poll (and its
         // places under the caps meanwhile); one the client closed goes at once.
@@ -935,9 +565,7 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
         n = n.saturating_add(1);
     }
     if head.close {
-        // Whatever ends the connection now (this close, or the leave before it), its client
-        // is not polling any more.
-        session.down.lock().by_client = true;
+        session.down.closing_by_client();
         let _ = session.up.send(Up::Closed).await;
     }
     Ok(answer(*taken, session.up.is_closed()))

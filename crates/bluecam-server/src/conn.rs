@@ -1,0 +1,621 @@
+//! The connection loop every transport runs ([`run`]): it reads the `join` (within the
+//! deadline), then loops: frames in (size cap, rate limit, parse, hand to the hub), frames out
+//! (from its bounded queue, batched), liveness, and the hub's or the server's request to
+//! close. What carries the frames is a [`Transport`]: a WebSocket (`crate::ws`) or the HTTP
+//! transport (`crate::http`); this module knows neither.
+
+use crate::{AppState, auth::TokenError, hub::Outbound};
+use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
+use bluecam_proto::{
+    ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomClosedReason,
+    RoomSummary, ServerMessage, SessionId, SessionSecret,
+};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+use tungstenite::Utf8Bytes;
+
+/// Frames written per flush at most, so one busy connection cannot hog its task's writes.
+pub(crate) const WRITE_BATCH: usize = 64;
+
+/// Frames up to this size still get their `ref` echoed in a `rate_limited` error (reading the
+/// `ref` of a larger frame would cost the parse the limit is there to avoid).
+const RATE_LIMITED_REF_MAX: usize = 64 << 10;
+
+/// What carries one client's frames: a WebSocket (`crate::ws`), or the HTTP transport's
+/// emulation of one (`crate::http`). Everything above it (join, limits, the hub, resume) is
+/// [`run`], the same for both.
+pub(crate) trait Transport: Send {
+    /// The next thing from the client. Cancellation-safe.
+    async fn next(&mut self) -> Incoming;
+
+    /// Sends one frame now (errors): `Err` when the connection is gone.
+    async fn send_text(&mut self, text: String) -> Result<(), CloseCode>;
+
+    /// When the client was last heard of, given when the last frame came.
+    fn heard_at(&self, last_frame: Instant) -> Instant;
+
+    /// A liveness ping; false when the connection is gone.
+    async fn ping(&mut self) -> bool;
+
+    /// Writes the frame in `slot` and whatever else is queued (up to [`WRITE_BATCH`]); `Some`
+    /// when the connection must end (with that code, or none: it is gone). Cancellation-safe:
+    /// a frame not fully handed over stays in `slot`.
+    async fn write_batch(
+        &mut self,
+        slot: &mut Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &crate::hub::ConnShared,
+        state: &AppState,
+    ) -> Option<Option<CloseCode>>;
+
+    /// Frames handed over that the client has not got yet (kept for its resume).
+    fn take_unsent(&mut self) -> Vec<Outbound>;
+
+    /// Ends the connection with `code`, telling the client.
+    async fn close(&mut self, code: CloseCode);
+
+    /// The connection ended without a code of the server's (the client closed, the socket
+    /// broke, or the hub let go of it).
+    async fn finish(&mut self, state: &AppState, shared: &crate::hub::ConnShared);
+}
+
+/// What came in from the client.
+pub(crate) enum Incoming {
+    Text(Utf8Bytes),
+    Binary,
+    /// A sign of life without a frame (a WebSocket ping or pong).
+    Heard,
+    /// The client closed, or the connection is gone.
+    Gone,
+    /// What the client sent must close the connection with this code (none: no one to tell).
+    Broken(Option<CloseCode>),
+}
+
+/// Holds one unit of `connections` (and the gauge) until dropped.
+pub(crate) struct ConnectionSlot(pub(crate) AppState);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0
+            .metrics
+            .connections
+            .set(self.0.connections.load(Ordering::Acquire) as f64);
+    }
+}
+
+/// Serves one client's connection (a WebSocket, or an HTTP transport session) to its end.
+pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Option<String>) {
+    state
+        .metrics
+        .connections
+        .set(state.connections.load(Ordering::Acquire) as f64);
+    let limits = &state.config.limits;
+    let first = tokio::select! {
+        first = tokio::time::timeout(limits.join_timeout(), first_text(&mut socket)) => first,
+        () = state.shutdown.cancelled() => {
+            close(&state, &mut socket, CloseCode::ServiceRestart).await;
+            return;
+        }
+    };
+    let text = match first {
+        Err(_elapsed) => {
+            send_error(
+                &state,
+                &mut socket,
+                ErrorFrame::new(
+                    ErrorCode::BadRequest,
+                    "no join frame within the join deadline",
+                )
+                .closing(CloseCode::JoinTimeout),
+            )
+            .await;
+            close(&state, &mut socket, CloseCode::JoinTimeout).await;
+            return;
+        }
+        Ok(Err(None)) => return,
+        Ok(Err(Some(code))) => {
+            close(&state, &mut socket, code).await;
+            return;
+        }
+        Ok(Ok(text)) => text,
+    };
+    state.metrics.frame_in("join");
+    let (conn, mut rx, shared) = state.hub.register();
+    if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
+        let vacated = state
+            .hub
+            .disconnect(conn, Instant::now(), Vec::new(), &mut rx);
+        state.touch_rooms(vacated).await;
+        send_error(&state, &mut socket, error.closing(code)).await;
+        close(&state, &mut socket, code).await;
+        return;
+    }
+    let mut connection = Connection {
+        limiter: RateLimiter::new(
+            limits.rate_frames_per_sec,
+            limits.rate_burst_frames,
+            limits.rate_bytes_per_sec,
+            limits.rate_burst_bytes,
+            Instant::now(),
+        ),
+        bad_frames: BadFrameWindow::new(
+            limits.max_bad_frames,
+            Duration::from_secs(limits.bad_frame_window_secs),
+        ),
+        last_heard: Instant::now(),
+        state: state.clone(),
+        conn,
+        unsent: None,
+    };
+    let end = connection.serve(&mut socket, &mut rx, &shared).await;
+    // Frames the client never got are kept for its resume, in order: over HTTP those no poll
+    // has carried yet (like a WebSocket's queue; those carried and not acknowledged are like
+    // bytes handed to a socket), then the one whose write was interrupted.
+    let mut unsent = socket.take_unsent();
+    unsent.extend(connection.unsent.take());
+    let vacated = state.hub.disconnect(conn, Instant::now(), unsent, &mut rx);
+    state.touch_rooms(vacated).await;
+    match end {
+        Some(code) => close(&state, &mut socket, code).await,
+        None => socket.finish(&state, &shared).await,
+    }
+}
+
+/// Reads until the first text frame. `Err(None)` when the client went away first,
+/// `Err(Some(code))` when what it sent must close the connection.
+async fn first_text<T: Transport>(socket: &mut T) -> Result<Utf8Bytes, Option<CloseCode>> {
+    loop {
+        match socket.next().await {
+            Incoming::Text(text) => return Ok(text),
+            Incoming::Binary => return Ok(Utf8Bytes::from_static("")),
+            Incoming::Gone => return Err(None),
+            Incoming::Broken(code) => return Err(code),
+            Incoming::Heard => {}
+        }
+    }
+}
+
+/// Verifies the `join` and admits the peer.
+async fn join(
+    state: &AppState,
+    conn: ConnId,
+    text: &str,
+    host: Option<&str>,
+) -> Result<PeerId, (ErrorFrame, CloseCode)> {
+    let fail = |code: ErrorCode, message: &str| {
+        (
+            ErrorFrame::new(code, message),
+            CloseCode::for_join_error(code),
+        )
+    };
+    let msg =
+        ClientMessage::from_json(text).map_err(|e| fail(ErrorCode::BadRequest, &e.message))?;
+    let ClientMessage::Join { token, resume } = msg else {
+        return Err(fail(ErrorCode::BadRequest, "the first frame must be join"));
+    };
+    let claims = state
+        .secret
+        .verify(&token)
+        .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
+    let room = match state.store.room(claims.room.clone()).await {
+        Ok(Some(room)) => room,
+        // In a cluster whose directory lost its data a moment ago, the room may be on its
+        // way back: retry rather than end the call.
+        Ok(None) if state.broker.directory_lost().await => {
+            return Err(fail(
+                ErrorCode::Unavailable,
+                "the cluster directory is being rebuilt; retry",
+            ));
+        }
+        Ok(None) => return Err(fail(ErrorCode::RoomNotFound, "no such room")),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed during join");
+            return Err(fail(
+                ErrorCode::Unavailable,
+                "the room store is unavailable; retry",
+            ));
+        }
+    };
+    // A token is for the room that existed when it was issued: one issued before this room
+    // was created (for an earlier room of the same id, deleted since) opens nothing.
+    if claims.iat.saturating_add(crate::auth::LEEWAY_SECS) < room.created_at {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            "token issued before the room was created (for an earlier room of this id)",
+        ));
+    }
+    let peer = PeerId::new(crate::auth::random_token(12));
+    let mut ice_servers = state.config.ice_servers.clone();
+    // The operator's servers first, then the built-in STUN, then this session's TURN.
+    if let Some(stun) = builtin_stun(&state.config, host) {
+        ice_servers.push(stun);
+    }
+    // The demo's anonymous guests get no TURN credentials: a relay is the operator's cost,
+    // for the operator's own users.
+    if let Some(turn) = &state.config.turn
+        && !crate::auth::is_demo_room_id(&state.secret, room.id.as_str())
+    {
+        ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
+    }
+    let fresh = FreshIds {
+        peer,
+        session: SessionId::new(crate::auth::random_token(16)),
+        secret: SessionSecret::new(crate::auth::random_token(32)),
+    };
+    let permissions = claims.permissions.unwrap_or_default();
+    let room_id = room.id.clone();
+    let cluster = if state.broker.node().is_some() {
+        cluster_admit(state, &room, &claims, permissions, &fresh, resume.as_ref()).await?
+    } else {
+        None
+    };
+    let registered = cluster.is_some() && resume.is_none();
+    let req = JoinRequest {
+        conn,
+        room: RoomAccess {
+            summary: RoomSummary::from(&room),
+            owner: room.owner.clone(),
+            members: room.members.clone(),
+            multiple_sessions: room.multiple_sessions,
+        },
+        identity: claims.sub,
+        name: claims.name,
+        metadata: claims.metadata,
+        permissions,
+        resume,
+        fresh: fresh.clone(),
+        ice_servers,
+        limits: state.config.limits.to_wire(room.max_peers),
+        cluster,
+    };
+    let (result, vacated, persisted) = state.hub.join(req);
+    // `joined` is written only once the session is durable: a client never holds a session
+    // that a crash right after could lose.
+    if let Some(persisted) = persisted
+        && let Err(e) = persisted.await.unwrap_or_else(|_| {
+            Err(Arc::new(crate::store::StoreError::WriterGone(
+                "session log",
+            )))
+        })
+    {
+        tracing::warn!(error = %e, "session not durable: it will not survive a restart");
+    }
+    state.touch_rooms(vacated).await;
+    let peer = result.map_err(|rejected| {
+        if registered {
+            // The directory has the peer already: take it back out.
+            let removed = crate::broker::Outgoing::Removed {
+                room: room_id.clone(),
+                peer: fresh.peer.clone(),
+                session: fresh.session.clone(),
+                reason: bluecam_proto::LeaveReason::Left,
+            };
+            if let Err(item) = state.broker.send(removed) {
+                state.hub.undelivered(item);
+            }
+        }
+        (
+            ErrorFrame::new(rejected.code(), rejected.message()),
+            CloseCode::for_join_error(rejected.code()),
+        )
+    })?;
+    // A DELETE may have removed the room between our read and the join, and found no one to
+    // close yet: look again, so the room cannot live on in the hub after its deletion.
+    if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
+        state.hub.close_room(&room_id, RoomClosedReason::Deleted);
+    }
+    Ok(peer)
+}
+
+/// Cluster: records the join with the directory (or moves a session held by another node
+/// here) before the core admits it; the answer is the room as the cluster sees it.
+async fn cluster_admit(
+    state: &AppState,
+    room: &bluecam_proto::Room,
+    claims: &crate::Claims,
+    permissions: bluecam_proto::Permissions,
+    fresh: &FreshIds,
+    resume: Option<&bluecam_proto::ResumeCredentials>,
+) -> Result<Option<bluecam_core::ClusterView>, (ErrorFrame, CloseCode)> {
+    let fail = |code: ErrorCode, message: &str| {
+        (
+            ErrorFrame::new(code, message),
+            CloseCode::for_join_error(code),
+        )
+    };
+    // Checked before the directory records anyone (the core checks again).
+    if resume.is_none()
+        && let Some(members) = &room.members
+        && room.owner.as_ref() != Some(&claims.sub)
+        && !members.contains(&claims.sub)
+    {
+        return Err(fail(
+            ErrorCode::Forbidden,
+            "this identity is not a member of the room",
+        ));
+    }
+    state.hub.begin_cluster_join(&room.id);
+    let answer = match resume {
+        // This node holds the session: the core resumes it, nothing moves.
+        Some(creds) if state.hub.has_session(&creds.session) => Ok(None),
+        Some(creds) => {
+            state
+                .broker
+                .claim(room.id.clone(), claims.sub.clone(), creds.clone())
+                .await
+        }
+        None => {
+            state
+                .broker
+                .join(crate::broker::NewPeer {
+                    room: room.id.clone(),
+                    max_peers: room.max_peers,
+                    info: bluecam_proto::PeerInfo {
+                        id: fresh.peer.clone(),
+                        identity: claims.sub.clone(),
+                        name: claims.name.clone(),
+                        metadata: claims.metadata.clone(),
+                    },
+                    permissions,
+                    session: fresh.session.clone(),
+                    secret: fresh.secret.clone(),
+                })
+                .await
+        }
+    };
+    answer.map_err(|e| {
+        state.hub.end_cluster_join(&room.id);
+        use crate::broker::BrokerError as B;
+        match e {
+            B::RoomFull => fail(ErrorCode::RoomFull, "the room is full"),
+            B::RoomGone => fail(ErrorCode::RoomNotFound, "no such room"),
+            B::Unauthorized => fail(
+                ErrorCode::Unauthorized,
+                "the session to resume belongs to another room or identity",
+            ),
+            B::Unavailable(_) => fail(
+                ErrorCode::Unavailable,
+                "the cluster directory is unavailable; retry",
+            ),
+        }
+    })
+}
+
+/// The per-connection state of the main loop.
+struct Connection {
+    state: AppState,
+    conn: ConnId,
+    limiter: RateLimiter,
+    bad_frames: BadFrameWindow,
+    last_heard: Instant,
+    /// A frame taken from the queue whose write did not complete (see `write_batch`).
+    unsent: Option<Outbound>,
+}
+
+impl Connection {
+    /// Runs until the connection ends; returns the close code to send, if one is due.
+    async fn serve<T: Transport>(
+        &mut self,
+        socket: &mut T,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &Arc<crate::hub::ConnShared>,
+    ) -> Option<CloseCode> {
+        let state = self.state.clone();
+        let limits = &state.config.limits;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + limits.ping_interval(),
+            limits.ping_interval(),
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Registered once for the connection's life rather than on every wake-up (re-arming
+        // them per frame was about 5 % of the server's CPU under relay load).
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let killed = shared.kill.notified();
+        tokio::pin!(killed);
+        loop {
+            // Unbiased: a connection whose queue is never empty must still read its socket and
+            // send its pings.
+            tokio::select! {
+                () = &mut shutdown => return Some(CloseCode::ServiceRestart),
+                () = &mut killed => {
+                    return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
+                }
+                out = rx.recv() => match out {
+                    Some(first) => {
+                        // A peer that stops reading (TCP zero window) blocks this write: the
+                        // hub's overflow verdict and shutdown must still get through, and a
+                        // write that takes longer than the idle timeout is a slow consumer.
+                        self.unsent = Some(first);
+                        let write = tokio::time::timeout(
+                            limits.idle_timeout(),
+                            socket.write_batch(&mut self.unsent, rx, shared, &state),
+                        );
+                        tokio::select! {
+                            written = write => match written {
+                                Ok(Some(code)) => return code,
+                                Ok(None) => {}
+                                Err(_) => return Some(CloseCode::SlowConsumer),
+                            },
+                            () = &mut killed => {
+                                return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
+                            }
+                            () = &mut shutdown => return Some(CloseCode::ServiceRestart),
+                        }
+                    }
+                    None => return None,
+                },
+                msg = socket.next() => match msg {
+                    Incoming::Text(text) => {
+                        if let Some(code) = self.on_text(socket, &text).await {
+                            return Some(code);
+                        }
+                    }
+                    Incoming::Binary => {
+                        state.metrics.frame_in("invalid");
+                        let e = FrameError {
+                            code: ErrorCode::BadRequest,
+                            message: "binary frames are not part of the protocol".into(),
+                            reference: None,
+                        };
+                        if let Some(code) = self.reject(socket, e).await {
+                            return Some(code);
+                        }
+                    }
+                    Incoming::Heard => self.last_heard = Instant::now(),
+                    Incoming::Gone => return None,
+                    Incoming::Broken(code) => return code,
+                },
+                _ = ping.tick() => {
+                    if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
+                        return Some(CloseCode::IdleTimeout);
+                    }
+                    if !socket.ping().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One text frame from the client. Returns a close code when the connection must end.
+    async fn on_text<T: Transport>(
+        &mut self,
+        socket: &mut T,
+        text: &Utf8Bytes,
+    ) -> Option<CloseCode> {
+        let now = Instant::now();
+        self.last_heard = now;
+        let state = &self.state;
+        let limits = &state.config.limits;
+        if text.len() > limits.max_frame_bytes {
+            state.metrics.frame_in("invalid");
+            let e = FrameError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    limits.max_frame_bytes
+                ),
+                reference: None,
+            };
+            return self.reject(socket, e).await;
+        }
+        if let Err(wait) = self.limiter.check(text.len(), now) {
+            state.metrics.frame_in("invalid");
+            let reference = if text.len() <= RATE_LIMITED_REF_MAX {
+                ClientMessage::from_json(text)
+                    .ok()
+                    .and_then(|m| frame_ref(&m))
+            } else {
+                None
+            };
+            let mut error = ErrorFrame::new(
+                ErrorCode::RateLimited,
+                "rate limit exceeded; the frame was dropped, send it again later",
+            )
+            .with_ref(reference);
+            error.retry_after_ms = Some(wait.as_millis().max(1) as u64);
+            state.metrics.error(ErrorCode::RateLimited);
+            return send_error_frame(socket, error).await.err();
+        }
+        match ClientMessage::from_json(text) {
+            Ok(msg) => {
+                state.metrics.frame_in(msg.op());
+                if let ClientMessage::Send { msg: payload, .. } = &msg {
+                    state
+                        .metrics
+                        .relay_bytes
+                        .increment(payload.get().len() as u64);
+                }
+                let vacated = state.hub.message(self.conn, msg);
+                state.touch_rooms(vacated).await;
+                None
+            }
+            Err(e) => {
+                state.metrics.frame_in("invalid");
+                self.reject(socket, e).await
+            }
+        }
+    }
+
+    /// Answers a bad frame with an error; too many bad frames end the connection.
+    async fn reject<T: Transport>(&mut self, socket: &mut T, e: FrameError) -> Option<CloseCode> {
+        self.state.metrics.error(e.code);
+        let mut error = ErrorFrame::new(e.code, e.message).with_ref(e.reference);
+        let too_many = self.bad_frames.record(Instant::now());
+        if too_many {
+            error = error.closing(CloseCode::TooManyErrors);
+        }
+        if let Err(code) = send_error_frame(socket, error).await {
+            return Some(code);
+        }
+        too_many.then_some(CloseCode::TooManyErrors)
+    }
+}
+
+fn frame_ref(msg: &ClientMessage<'_>) -> Option<u64> {
+    match msg {
+        ClientMessage::Signal { reference, .. } | ClientMessage::Send { reference, .. } => {
+            *reference
+        }
+        _ => None,
+    }
+}
+
+async fn send_error<T: Transport>(state: &AppState, socket: &mut T, error: ErrorFrame) {
+    state.metrics.error(error.code);
+    let _ = send_error_frame(socket, error).await;
+}
+
+/// Sends an error frame; `Err(close)` when the socket is gone.
+async fn send_error_frame<T: Transport>(
+    socket: &mut T,
+    error: ErrorFrame,
+) -> Result<(), CloseCode> {
+    socket
+        .send_text(ServerMessage::Error(error).to_json())
+        .await
+}
+/// Ends the connection with `code` (counted), after whatever error frames went before it.
+async fn close<T: Transport>(state: &AppState, socket: &mut T, code: CloseCode) {
+    state.metrics.closed(code);
+    socket.close(code).await;
+}
+
+/// The built-in STUN server as clients reach it: `stun:HOST:PORT`, HOST from the public URL,
+/// else from the request's `Host`; none when STUN is off or no host is known.
+fn builtin_stun(
+    config: &crate::config::Config,
+    host: Option<&str>,
+) -> Option<bluecam_proto::IceServer> {
+    if !config.stun {
+        return None;
+    }
+    let port = config.stun_bind?.port();
+    let authority = match &config.public_url {
+        // "https://host:port/path" → "host:port"
+        Some(url) => {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            rest.split(['/', '?', '#']).next().unwrap_or(rest)
+        }
+        None => host?,
+    };
+    // "host:port" or "[v6]:port": the host part, brackets kept for IPv6.
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(bluecam_proto::IceServer {
+        urls: vec![format!("stun:{host}:{port}")],
+        username: None,
+        credential: None,
+    })
+}
