@@ -1,7 +1,7 @@
 //! The HTTP API for the app's backend (DESIGN.md 2.2): rooms and tokens, bearer-secret auth,
 //! and one error body shape for every failure.
 
-use crate::{AppState, auth::Claims, store::StoreError};
+use crate::{AppState, auth::Claims, persist::store::StoreError};
 use axum::{
     Json, Router,
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
@@ -358,10 +358,11 @@ async fn create_room(
     let room = body.into_room(state.config.limits.max_peers_per_room, unix_now())?;
     state.store.create_room(room.clone()).await?;
     if let Some(h) = &state.history {
-        h.recorder.record(crate::history::Event::RoomCreated {
-            room: Box::new(room.clone()),
-            at_ms: crate::history::now_ms(),
-        });
+        h.recorder
+            .record(crate::persist::history::Event::RoomCreated {
+                room: Box::new(room.clone()),
+                at_ms: crate::persist::history::now_ms(),
+            });
     }
     tracing::info!(room = %room.id, "room created");
     Ok((StatusCode::CREATED, Json(room)))
@@ -548,11 +549,12 @@ async fn delete_room(
     }
     state.hub.close_room(&id, RoomClosedReason::Deleted);
     if let Some(h) = &state.history {
-        h.recorder.record(crate::history::Event::RoomDeleted {
-            room: id.clone(),
-            reason: "deleted",
-            at_ms: crate::history::now_ms(),
-        });
+        h.recorder
+            .record(crate::persist::history::Event::RoomDeleted {
+                room: id.clone(),
+                reason: "deleted",
+                at_ms: crate::persist::history::now_ms(),
+            });
     }
     tracing::info!(room = %id, "room deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -746,7 +748,7 @@ fn history(state: &AppState) -> Result<crate::History, ApiError> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CallList {
-    calls: Vec<crate::history::CallRecord>,
+    calls: Vec<crate::persist::history::CallRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
@@ -782,7 +784,7 @@ async fn room_calls(
     let r = room.to_string();
     let found = h
         .backend
-        .run(move |db| crate::history::calls(db, &r, limit + 1, after.as_deref()))
+        .run(move |db| crate::persist::history::calls(db, &r, limit + 1, after.as_deref()))
         .await?;
     let mut calls = found.ok_or_else(|| ApiError::bad_request("invalid cursor"))?;
     if calls.is_empty() && page.cursor.is_none() {
@@ -805,10 +807,10 @@ async fn room_calls(
 async fn get_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<crate::history::CallRecord>, ApiError> {
+) -> Result<Json<crate::persist::history::CallRecord>, ApiError> {
     let h = history(&state)?;
     h.backend
-        .run(move |db| crate::history::call_record(db, &id))
+        .run(move |db| crate::persist::history::call_record(db, &id))
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such call"))
@@ -826,8 +828,8 @@ struct UsageQuery {
 async fn usage(
     State(state): State<AppState>,
     query_: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<crate::history::Usage>, ApiError> {
-    use crate::history::UsageFilter;
+) -> Result<Json<crate::persist::history::Usage>, ApiError> {
+    use crate::persist::history::UsageFilter;
     let Query(q) = query_.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (Some(from), Some(to)) = (q.from, q.to) else {
         return Err(ApiError::bad_request(
@@ -853,7 +855,7 @@ async fn usage(
     let h = history(&state)?;
     Ok(Json(
         h.backend
-            .run(move |db| crate::history::usage(db, from, to, &filter))
+            .run(move |db| crate::persist::history::usage(db, from, to, &filter))
             .await?,
     ))
 }

@@ -18,8 +18,8 @@ use crate::{
     Secret,
     api::{CreateRoom, CreateToken, MAX_EMPTY_TIMEOUT_SECS},
     auth::Claims,
-    cluster::{Decoded, decode_event},
     config::LimitsConfig,
+    directory::redis::{Decoded, decode_event},
 };
 use bluecam_core::{ClusterView, ConnId, FreshIds, Hub, JoinRequest, RoomAccess};
 use bluecam_proto::{
@@ -227,7 +227,7 @@ pub fn cluster_messages(data: &[u8]) {
 /// The HTTP transport's request bodies, as `poll` and as `send`, and as a message between
 /// nodes.
 pub fn http_bodies(data: &[u8]) {
-    use crate::{broker::HttpOp, cluster::RelayHead, http};
+    use crate::{directory::HttpOp, directory::redis::RelayHead, transport::http};
     for op in [HttpOp::Poll, HttpOp::Send] {
         if let Ok(sid) = http::sid_of(op, data)
             && let Some((base, tag)) = sid.rsplit_once('.')

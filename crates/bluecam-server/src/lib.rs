@@ -1,35 +1,34 @@
 //! The BlueCam server as a library: [`Server::bind`] then [`Server::run`] (or [`run`]), so
 //! `main` stays thin and tests start real servers on port 0.
 //!
-//! It owns the HTTP API ([`api`]), the WebSocket endpoint ([`ws`]), the live rooms
-//! ([`hub::HubHandle`]) and the room store ([`store::Store`]).
+//! Its folders are its parts: [`front`] (the HTTP front: accept loop and caps, static files and
+//! the demo, STUN), [`api`] (the HTTP API for backends), [`transport`] (the connection loop and
+//! the WebSocket and HTTP transports), [`hub_handle`] (the live rooms: the core `Hub` behind
+//! one lock), [`directory`] (the other nodes: the `Broker` trait, in-process or Redis) and
+//! [`persist`] (rooms and sessions in SQLite, call history, the webhook outbox). [`config`]
+//! and [`metrics`] depend on nothing else here.
 
 pub mod api;
 pub mod auth;
-pub mod broker;
-pub mod cluster;
 pub mod config;
-mod conn;
+pub mod directory;
+pub mod front;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod history;
-pub mod http;
-pub mod hub;
+pub mod hub_handle;
 pub mod metrics;
-pub mod serve;
-pub mod sources;
-pub mod store;
-pub mod stun;
+pub mod persist;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;
-pub mod web;
-pub mod webhooks;
-pub mod ws;
+pub mod transport;
 
 pub use auth::{Claims, Secret, SecretOrigin};
 pub use config::{Config, LimitsConfig};
+use front::{serve, stun, web};
+use persist::{history, store, webhooks};
+use transport::{http, ws};
 
 use axum::{
     Json, Router,
@@ -39,13 +38,13 @@ use axum::{
     routing::get,
 };
 use bluecam_proto::{ErrorCode, RoomClosedReason, RoomId};
+use persist::store::{SqliteStore, Store, StoreError};
 use std::{
     net::SocketAddr,
     ops::Deref,
     sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
-use store::{SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -73,7 +72,7 @@ pub enum ServerError {
     #[error("cluster mode needs the API secret given (--api-secret): every node must share it")]
     ClusterSecret,
     #[error("cannot join the cluster: {0}")]
-    Cluster(#[from] broker::BrokerError),
+    Cluster(#[from] directory::BrokerError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("cannot listen on the metrics address {0}: {1}")]
@@ -88,9 +87,9 @@ pub struct Shared {
     pub config: Config,
     pub secret: Secret,
     pub store: Arc<dyn Store>,
-    /// The other nodes of the cluster ([`broker::LocalBroker`] on a single node).
-    pub broker: Arc<dyn broker::Broker>,
-    pub hub: hub::HubHandle,
+    /// The other nodes of the cluster ([`directory::LocalBroker`] on a single node).
+    pub broker: Arc<dyn directory::Broker>,
+    pub hub: hub_handle::HubHandle,
     pub metrics: metrics::Metrics,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -224,7 +223,7 @@ pub struct Server {
     state: AppState,
     secret_origin: SecretOrigin,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    cluster: Option<Arc<cluster::RedisBroker>>,
+    cluster: Option<Arc<directory::redis::RedisBroker>>,
     metrics_listener: Option<TcpListener>,
     stun: Option<tokio::net::UdpSocket>,
 }
@@ -323,12 +322,12 @@ impl Server {
             None => None,
         };
         let mut postgres = None;
-        let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn broker::Broker>, _, _) =
+        let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn directory::Broker>, _, _) =
             match &config.redis_url {
                 Some(url) => {
-                    let redis = cluster::redis_config(url, config.redis_ca.as_deref())
+                    let redis = directory::redis::redis_config(url, config.redis_ca.as_deref())
                         .map_err(ServerError::Config)?;
-                    let node = cluster::RedisBroker::connect(
+                    let node = directory::redis::RedisBroker::connect(
                         redis,
                         Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
                         Duration::from_secs(config.limits.resume_window_secs),
@@ -359,7 +358,7 @@ impl Server {
                     let sqlite = SqliteStore::open(&config.data_dir)?;
                     (
                         Arc::new(sqlite.clone()),
-                        Arc::new(broker::LocalBroker),
+                        Arc::new(directory::LocalBroker),
                         None,
                         Some(sqlite),
                     )
@@ -416,7 +415,7 @@ impl Server {
             }
             None => None,
         };
-        let hub = hub::HubHandle::new(
+        let hub = hub_handle::HubHandle::new(
             config.limits.core(),
             config.limits.outbound_queue_bytes,
             config.limits.outbound_queue_frames,

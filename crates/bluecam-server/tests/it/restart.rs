@@ -120,7 +120,7 @@ async fn a_data_dir_from_before_schema_versions_is_migrated_and_a_newer_one_refu
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, bluecam_server::store::SCHEMA_VERSION);
+    assert_eq!(version, bluecam_server::persist::store::SCHEMA_VERSION);
     let s = TestServer::in_dir(dir, |_| {}).await;
     resume(&s, "old-room", "olga", &a).await;
     let dir = s.stop().await;

@@ -4,12 +4,14 @@
 //!
 //! The single-node default is [`LocalBroker`]: one node holds every peer, so there is no one
 //! to tell and nothing to look up, and every method is the identity. Cluster mode puts
-//! [`crate::cluster::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
+//! [`redis::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
 //! same in both: it sees peers of other nodes as remote peers of its rooms.
 //!
-//! Dependencies point one way: the hub (`crate::hub`) and the cluster node (`crate::cluster`)
+//! Dependencies point one way: the hub (`crate::hub_handle`) and the cluster node ([`redis`])
 //! both depend on this module, never on each other. The hub reaches the cluster through
 //! [`Broker`]; the cluster reaches the hub through [`Host`].
+
+pub mod redis;
 
 use bluecam_core::{ClusterView, Frame, LocalPeer, Origin, RemotePeer, RoomEvent};
 use bluecam_proto::{
@@ -65,7 +67,7 @@ pub enum Outgoing {
     },
 }
 
-/// A request of the HTTP transport (`crate::http`) passed to the node holding its session.
+/// A request of the HTTP transport (`crate::transport::http`) passed to the node holding its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpOp {

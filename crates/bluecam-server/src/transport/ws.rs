@@ -1,13 +1,13 @@
 //! `GET /v1/ws`: the WebSocket transport. The upgrade (with its checks), then the socket as
-//! a [`Transport`] for the connection loop (`crate::conn`): frames read and written, pings,
+//! a [`Transport`] for the connection loop (`crate::transport::conn`): frames read and written, pings,
 //! the close handshake, and the write-stall rule.
 
 use crate::{
     AppState,
     api::ApiError,
-    conn::{ConnectionSlot, Incoming, Transport, WRITE_BATCH},
-    hub::Outbound,
-    serve::ConnPermit,
+    front::serve::ConnPermit,
+    hub_handle::Outbound,
+    transport::conn::{ConnectionSlot, Incoming, Transport, WRITE_BATCH},
 };
 use axum::{
     body::Body,
@@ -61,7 +61,7 @@ impl Transport for WebSocket {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub::ConnShared,
+        shared: &crate::hub_handle::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>> {
         write_batch(self, slot, rx, shared, state).await
@@ -72,7 +72,7 @@ impl Transport for WebSocket {
         Vec::new()
     }
 
-    /// Sends the close frame, then closes lingering ([`crate::serve::linger`]): without it the
+    /// Sends the close frame, then closes lingering ([`crate::front::serve::linger`]): without it the
     /// kernel's reset over unread data can destroy the close frame in flight, and the client
     /// would see 1006 instead of the code.
     async fn close(&mut self, code: CloseCode) {
@@ -87,11 +87,11 @@ impl Transport for WebSocket {
         {
             return;
         }
-        crate::serve::linger(self.get_mut()).await;
+        crate::front::serve::linger(self.get_mut()).await;
     }
 
     /// The client closed (or the socket broke): sends the close reply tungstenite queued.
-    async fn finish(&mut self, _state: &AppState, _shared: &crate::hub::ConnShared) {
+    async fn finish(&mut self, _state: &AppState, _shared: &crate::hub_handle::ConnShared) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await;
     }
 }
@@ -319,7 +319,7 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
             written: Arc::default(),
         };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        crate::conn::run(slot.0.clone(), socket, host).await;
+        crate::transport::conn::run(slot.0.clone(), socket, host).await;
         drop((slot, track, permit));
     });
     let mut res = Response::new(Body::empty());
@@ -341,7 +341,7 @@ async fn write_batch(
     socket: &mut WebSocket,
     slot: &mut Option<Outbound>,
     rx: &mut mpsc::Receiver<Outbound>,
-    shared: &crate::hub::ConnShared,
+    shared: &crate::hub_handle::ConnShared,
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
     let mut written = 0;

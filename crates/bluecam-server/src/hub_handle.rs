@@ -4,10 +4,10 @@
 //! across an `.await`.
 
 use crate::{
-    broker::{Broker, Outgoing},
-    history::{self, Recorder},
+    directory::{Broker, Outgoing},
     metrics::{DropReason, Metrics},
-    store::{SessionLog, StoredSession},
+    persist::history::{self, Recorder},
+    persist::store::{SessionLog, StoredSession},
 };
 use bluecam_core::{
     ConnId, CoreConfig, Frame, Hub, HubStats, JoinRejected, JoinRequest, LocalPeer, Output,
@@ -104,7 +104,7 @@ pub struct HubHandle {
 pub type Vacated = Vec<RoomId>;
 
 /// Resolves once a new session's record is committed (or could not be).
-pub type Persisted = oneshot::Receiver<crate::store::Committed>;
+pub type Persisted = oneshot::Receiver<crate::persist::store::Committed>;
 
 impl HubHandle {
     pub fn new(
@@ -362,7 +362,7 @@ impl HubHandle {
                 self.tell(
                     &mut inner,
                     origin.conn,
-                    crate::broker::unsent_error(to, origin.reference),
+                    crate::directory::unsent_error(to, origin.reference),
                 );
             }
             Outgoing::Frame { origin: None, .. } => {
@@ -511,7 +511,7 @@ impl HubHandle {
                             ..
                         }) => {
                             self.metrics.dropped(DropReason::ClusterFrameUnsent, 1);
-                            let e = crate::broker::unsent_error(to, origin.reference);
+                            let e = crate::directory::unsent_error(to, origin.reference);
                             self.tell(inner, origin.conn, e);
                         }
                         // A moved peer's frames handed to its new node: lost to that peer
@@ -607,7 +607,7 @@ fn leave_reason(reason: bluecam_proto::LeaveReason) -> history::LeaveReason {
     }
 }
 
-impl crate::broker::Host for HubHandle {
+impl crate::directory::Host for HubHandle {
     fn local_peers(&self) -> Vec<LocalPeer> {
         HubHandle::local_peers(self)
     }

@@ -5,7 +5,7 @@
 //! the events in batches, one transaction each: a session's record (`participants`), the room's
 //! calls (a call is an interval with at least two peers in the room), and the webhook events
 //! they cause (`webhook_outbox`), together, so a crash keeps all three or none. Webhooks are
-//! delivered from the outbox by [`crate::webhooks`].
+//! delivered from the outbox by [`crate::persist::webhooks`].
 //!
 //! The logic is written once, against [`Db`]: the statements it needs, for SQLite (a single
 //! node, [`sqlite`]) and PostgreSQL (a cluster, [`postgres`], where the nodes share the tables
@@ -18,7 +18,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::store::{SqliteStore, StoreError};
+use crate::persist::store::{SqliteStore, StoreError};
 use bluecam_proto::{Identity, PeerId, Room, RoomId, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -272,7 +272,7 @@ pub trait Db {
 
 enum Op {
     Event(Event),
-    Flush(oneshot::Sender<crate::store::Committed>),
+    Flush(oneshot::Sender<crate::persist::store::Committed>),
 }
 
 impl std::fmt::Debug for Op {

@@ -1,7 +1,7 @@
 //! The history's statements for a single node's SQLite file (see [`super::Db`]).
 
 use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
-use crate::store::{SqliteStore, StoreError};
+use crate::persist::store::{SqliteStore, StoreError};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// Runs `f` in one transaction of the node's connection.

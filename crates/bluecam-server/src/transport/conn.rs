@@ -1,10 +1,10 @@
 //! The connection loop every transport runs ([`run`]): it reads the `join` (within the
 //! deadline), then loops: frames in (size cap, rate limit, parse, hand to the hub), frames out
 //! (from its bounded queue, batched), liveness, and the hub's or the server's request to
-//! close. What carries the frames is a [`Transport`]: a WebSocket (`crate::ws`) or the HTTP
-//! transport (`crate::http`); this module knows neither.
+//! close. What carries the frames is a [`Transport`]: a WebSocket (`crate::transport::ws`) or the HTTP
+//! transport (`crate::transport::http`); this module knows neither.
 
-use crate::{AppState, auth::TokenError, hub::Outbound};
+use crate::{AppState, auth::TokenError, hub_handle::Outbound};
 use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomClosedReason,
@@ -24,8 +24,8 @@ pub(crate) const WRITE_BATCH: usize = 64;
 /// `ref` of a larger frame would cost the parse the limit is there to avoid).
 const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
-/// What carries one client's frames: a WebSocket (`crate::ws`), or the HTTP transport's
-/// emulation of one (`crate::http`). Everything above it (join, limits, the hub, resume) is
+/// What carries one client's frames: a WebSocket (`crate::transport::ws`), or the HTTP transport's
+/// emulation of one (`crate::transport::http`). Everything above it (join, limits, the hub, resume) is
 /// [`run`], the same for both.
 pub(crate) trait Transport: Send {
     /// The next thing from the client. Cancellation-safe.
@@ -47,7 +47,7 @@ pub(crate) trait Transport: Send {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub::ConnShared,
+        shared: &crate::hub_handle::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>>;
 
@@ -59,7 +59,7 @@ pub(crate) trait Transport: Send {
 
     /// The connection ended without a code of the server's (the client closed, the socket
     /// broke, or the hub let go of it).
-    async fn finish(&mut self, state: &AppState, shared: &crate::hub::ConnShared);
+    async fn finish(&mut self, state: &AppState, shared: &crate::hub_handle::ConnShared);
 }
 
 /// What came in from the client.
@@ -277,7 +277,7 @@ async fn join(
     // that a crash right after could lose.
     if let Some(persisted) = persisted
         && let Err(e) = persisted.await.unwrap_or_else(|_| {
-            Err(Arc::new(crate::store::StoreError::WriterGone(
+            Err(Arc::new(crate::persist::store::StoreError::WriterGone(
                 "session log",
             )))
         })
@@ -288,7 +288,7 @@ async fn join(
     let peer = result.map_err(|rejected| {
         if registered {
             // The directory has the peer already: take it back out.
-            let removed = crate::broker::Outgoing::Removed {
+            let removed = crate::directory::Outgoing::Removed {
                 room: room_id.clone(),
                 peer: fresh.peer.clone(),
                 session: fresh.session.clone(),
@@ -351,7 +351,7 @@ async fn cluster_admit(
         None => {
             state
                 .broker
-                .join(crate::broker::NewPeer {
+                .join(crate::directory::NewPeer {
                     room: room.id.clone(),
                     max_peers: room.max_peers,
                     info: bluecam_proto::PeerInfo {
@@ -369,7 +369,7 @@ async fn cluster_admit(
     };
     answer.map_err(|e| {
         state.hub.end_cluster_join(&room.id);
-        use crate::broker::BrokerError as B;
+        use crate::directory::BrokerError as B;
         match e {
             B::RoomFull => fail(ErrorCode::RoomFull, "the room is full"),
             B::RoomGone => fail(ErrorCode::RoomNotFound, "no such room"),
@@ -402,7 +402,7 @@ impl Connection {
         &mut self,
         socket: &mut T,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &Arc<crate::hub::ConnShared>,
+        shared: &Arc<crate::hub_handle::ConnShared>,
     ) -> Option<CloseCode> {
         let state = self.state.clone();
         let limits = &state.config.limits;

@@ -20,38 +20,44 @@ use std::{
 
 /// The SDK's modules, embedded at build time so the binary serves them with no files around.
 const SDK_FILES: &[(&str, &str)] = &[
-    ("bluecam.js", include_str!("../../../sdk/js/bluecam.js")),
+    ("bluecam.js", include_str!("../../../../sdk/js/bluecam.js")),
     (
         "bluecam.global.js",
-        include_str!("../../../sdk/js/bluecam.global.js"),
+        include_str!("../../../../sdk/js/bluecam.global.js"),
     ),
     (
         "close-codes.js",
-        include_str!("../../../sdk/js/close-codes.js"),
+        include_str!("../../../../sdk/js/close-codes.js"),
     ),
-    ("delivery.js", include_str!("../../../sdk/js/delivery.js")),
-    ("errors.js", include_str!("../../../sdk/js/errors.js")),
-    ("frames.js", include_str!("../../../sdk/js/frames.js")),
-    ("http.js", include_str!("../../../sdk/js/http.js")),
-    ("media.js", include_str!("../../../sdk/js/media.js")),
-    ("mesh.js", include_str!("../../../sdk/js/mesh.js")),
-    ("sender.js", include_str!("../../../sdk/js/sender.js")),
-    ("signaling.js", include_str!("../../../sdk/js/signaling.js")),
+    (
+        "delivery.js",
+        include_str!("../../../../sdk/js/delivery.js"),
+    ),
+    ("errors.js", include_str!("../../../../sdk/js/errors.js")),
+    ("frames.js", include_str!("../../../../sdk/js/frames.js")),
+    ("http.js", include_str!("../../../../sdk/js/http.js")),
+    ("media.js", include_str!("../../../../sdk/js/media.js")),
+    ("mesh.js", include_str!("../../../../sdk/js/mesh.js")),
+    ("sender.js", include_str!("../../../../sdk/js/sender.js")),
+    (
+        "signaling.js",
+        include_str!("../../../../sdk/js/signaling.js"),
+    ),
 ];
 
 const DEMO_FILES: &[(&str, &str, &str)] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../demo/app.js"),
+        include_str!("../../../../demo/app.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../../../demo/style.css"),
+        include_str!("../../../../demo/style.css"),
     ),
 ];
-const DEMO_INDEX: &str = include_str!("../../../demo/index.html");
+const DEMO_INDEX: &str = include_str!("../../../../demo/index.html");
 
 /// Demo rooms hold a small video mesh and disappear an hour after they empty.
 const DEMO_MAX_PEERS: u32 = 8;
@@ -184,14 +190,14 @@ const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 /// What the demo may still make: rooms per source, and rooms on this node in the last hour.
 #[derive(Debug)]
 pub struct DemoQuota {
-    per_source: crate::sources::SharedRates,
+    per_source: crate::front::sources::SharedRates,
     made: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 impl Default for DemoQuota {
     fn default() -> Self {
         Self {
-            per_source: crate::sources::SharedRates::new(
+            per_source: crate::front::sources::SharedRates::new(
                 DEMO_ROOMS_PER_SOURCE_PER_SEC,
                 DEMO_ROOMS_BURST,
                 10_000,
@@ -233,7 +239,7 @@ impl DemoQuota {
 
 async fn demo_room(
     State(state): State<AppState>,
-    tcp: Option<axum::Extension<std::sync::Arc<crate::serve::ConnPermit>>>,
+    tcp: Option<axum::Extension<std::sync::Arc<crate::front::serve::ConnPermit>>>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if !state.demo_serves(&headers) {

@@ -30,7 +30,7 @@ pub enum StoreError {
     #[error("Redis: {0}")]
     Redis(#[source] BackendError),
     #[error("{0}")]
-    Directory(#[from] crate::broker::BrokerError),
+    Directory(#[from] crate::directory::BrokerError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,

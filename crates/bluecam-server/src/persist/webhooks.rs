@@ -15,8 +15,8 @@
 
 use crate::{
     config::{WebhookConfig, redacted},
-    history::{Attempt, Backend, Outbox, Pending, now_ms},
     metrics::Metrics,
+    persist::history::{Attempt, Backend, Outbox, Pending, now_ms},
 };
 use std::{
     collections::{HashMap, HashSet},

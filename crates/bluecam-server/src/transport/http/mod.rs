@@ -23,8 +23,8 @@ mod link;
 use crate::{
     AppState,
     api::ApiError,
-    broker::{ForwardError, HttpOp, HttpReply},
-    conn::ConnectionSlot,
+    directory::{ForwardError, HttpOp, HttpReply},
+    transport::conn::ConnectionSlot,
 };
 use axum::{
     body::Bytes,
@@ -88,7 +88,7 @@ pub struct HttpSessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     made: AtomicU64,
     /// The rate of requests passed to other nodes, per source.
-    forwards: crate::sources::SharedRates,
+    forwards: crate::front::sources::SharedRates,
 }
 
 impl Default for HttpSessions {
@@ -96,7 +96,7 @@ impl Default for HttpSessions {
         Self {
             map: Mutex::default(),
             made: AtomicU64::new(0),
-            forwards: crate::sources::SharedRates::new(
+            forwards: crate::front::sources::SharedRates::new(
                 FORWARD_BYTES_PER_SEC,
                 FORWARD_BURST_BYTES,
                 FORWARD_SOURCES,
@@ -188,7 +188,7 @@ fn poll_wait(state: &AppState) -> Duration {
 /// `POST /v1/http/open`: the body is the `join` frame.
 pub async fn open(
     State(state): State<AppState>,
-    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    tcp: Option<axum::Extension<Arc<crate::front::serve::ConnPermit>>>,
     req: axum::extract::Request,
 ) -> Response {
     let headers = req.headers().clone();
@@ -275,7 +275,7 @@ pub async fn open(
     let task_down = Arc::clone(&down);
     tokio::spawn(async move {
         let down = task_down;
-        crate::conn::run(task_state.clone(), link, host).await;
+        crate::transport::conn::run(task_state.clone(), link, host).await;
         drop(track);
         // A session the server ended keeps its close for the client's next poll (and its
         // places under the caps meanwhile); one the client closed goes at once.
@@ -359,7 +359,7 @@ fn no_session_answer() -> Answer {
 /// `POST /v1/http/poll`: `{"sid","ack"}`.
 pub async fn poll(
     State(state): State<AppState>,
-    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    tcp: Option<axum::Extension<Arc<crate::front::serve::ConnPermit>>>,
     req: axum::extract::Request,
 ) -> Response {
     request(state, tcp, req, HttpOp::Poll).await
@@ -368,7 +368,7 @@ pub async fn poll(
 /// `POST /v1/http/send`: `{"sid","seq","close"}`, then one frame per line.
 pub async fn send(
     State(state): State<AppState>,
-    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    tcp: Option<axum::Extension<Arc<crate::front::serve::ConnPermit>>>,
     req: axum::extract::Request,
 ) -> Response {
     request(state, tcp, req, HttpOp::Send).await
@@ -376,7 +376,7 @@ pub async fn send(
 
 async fn request(
     state: AppState,
-    tcp: Option<axum::Extension<Arc<crate::serve::ConnPermit>>>,
+    tcp: Option<axum::Extension<Arc<crate::front::serve::ConnPermit>>>,
     req: axum::extract::Request,
     op: HttpOp,
 ) -> Response {
@@ -576,7 +576,7 @@ pub fn serve_forwarded(state: &AppState) {
     let weak = std::sync::Arc::downgrade(&state.0);
     state
         .broker
-        .set_http_handler(crate::broker::HttpHandler(std::sync::Arc::new(
+        .set_http_handler(crate::directory::HttpHandler(std::sync::Arc::new(
             move |op, body: Bytes| {
                 let weak = weak.clone();
                 Box::pin(async move {

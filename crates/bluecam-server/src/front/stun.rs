@@ -7,8 +7,8 @@
 
 use crate::{
     config::LimitsConfig,
+    front::sources::{Over, SourceRates},
     metrics::Metrics,
-    sources::{Over, SourceRates},
 };
 use bluecam_core::TokenBucket;
 use std::{net::IpAddr, time::Instant};
@@ -100,7 +100,7 @@ impl Refusal {
 }
 
 /// The rate limits of the STUN server: a bucket per source (an IPv4 address or an IPv6 /64,
-/// see [`crate::sources`]), up to `max_sources` of them, and one for every source together. No
+/// see [`crate::front::sources`]), up to `max_sources` of them, and one for every source together. No
 /// I/O: the caller passes the time.
 #[derive(Debug)]
 pub struct StunLimiter {
@@ -181,7 +181,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::Source;
+    use crate::front::sources::Source;
     use std::{
         net::{Ipv4Addr, Ipv6Addr},
         time::Duration,

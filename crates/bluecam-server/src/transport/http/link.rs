@@ -4,8 +4,8 @@
 
 use crate::{
     AppState,
-    conn::{Incoming, Transport, WRITE_BATCH},
-    hub::Outbound,
+    hub_handle::Outbound,
+    transport::conn::{Incoming, Transport, WRITE_BATCH},
 };
 use bluecam_proto::CloseCode;
 use std::{
@@ -355,7 +355,7 @@ impl Transport for HttpLink {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub::ConnShared,
+        shared: &crate::hub_handle::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>> {
         let cap = self.cap;
@@ -427,7 +427,7 @@ impl Transport for HttpLink {
 
     /// The client's own close ends the session quietly; anything else (the hub let go of the
     /// connection) is a slow consumer's end, resumable.
-    async fn finish(&mut self, state: &AppState, shared: &crate::hub::ConnShared) {
+    async fn finish(&mut self, state: &AppState, shared: &crate::hub_handle::ConnShared) {
         if self.client_closed {
             self.down.gone();
         } else {

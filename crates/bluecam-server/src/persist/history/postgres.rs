@@ -8,7 +8,7 @@
 //! a transaction lock on the room, so two nodes recording in the same room serialize.
 
 use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
-use crate::store::{Store, StoreError};
+use crate::persist::store::{Store, StoreError};
 use bluecam_proto::{Identity, Room, RoomId};
 use deadpool_postgres::{Pool, Transaction};
 use futures_util::future::BoxFuture;
@@ -77,7 +77,7 @@ const MIGRATION_LOCK: i64 = 0x6263_0001;
 /// one attempt (5 s); a node that died mid-attempt has its events sent by another after it.
 const CLAIM_MS: i64 = 30_000;
 
-fn pg(e: impl Into<crate::store::BackendError>) -> StoreError {
+fn pg(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
     StoreError::Postgres(e.into())
 }
 
@@ -553,7 +553,7 @@ pub struct ClusterRooms {
     pub live: Arc<dyn Store>,
 }
 
-fn pg_err(e: impl Into<crate::store::BackendError>) -> StoreError {
+fn pg_err(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
     pg(e)
 }
 
@@ -664,7 +664,7 @@ impl Store for ClusterRooms {
             })
             .await?;
             if let Some(member) = member {
-                crate::store::retain_involving(&mut rooms, &member);
+                crate::persist::store::retain_involving(&mut rooms, &member);
             }
             Ok(rooms)
         })

@@ -1,0 +1,213 @@
+//! Rooms in Redis ([`RedisStore`]): a cluster without PostgreSQL keeps them here, and one
+//! with PostgreSQL mirrors them here for the directory scripts.
+
+use super::*;
+
+/// Rooms in Redis (see the module doc for the keys).
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    pub(super) broker: Arc<RedisBroker>,
+}
+
+fn store_err(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
+    StoreError::Redis(e.into())
+}
+
+impl RedisStore {
+    async fn rooms_by_id(&self, ids: Vec<String>) -> Result<Vec<Room>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("bc:room:{id}")).collect();
+        let values: Vec<Option<String>> = self.broker.cmd().mget(keys).await.map_err(store_err)?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+}
+
+impl Store for RedisStore {
+    fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&room).map_err(store_err)?;
+            let set: Option<String> = self
+                .broker
+                .cmd()
+                .set(
+                    format!("bc:room:{}", room.id),
+                    json,
+                    None,
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(store_err)?;
+            if set.is_none() {
+                return Err(StoreError::Exists);
+            }
+            let pipe = self.broker.client.pipeline();
+            // (A room made again with the id of a deleted one is no tombstone.)
+            let _: () = pipe
+                .del(format!("bc:roomgone:{}", room.id))
+                .await
+                .map_err(store_err)?;
+            let _: () = pipe
+                .zadd(
+                    "bc:rooms",
+                    None,
+                    None,
+                    false,
+                    false,
+                    (room.created_at as f64, room.id.as_str()),
+                )
+                .await
+                .map_err(store_err)?;
+            let _: () = pipe
+                .set(
+                    format!("bc:room:{}:active", room.id),
+                    crate::unix_now(),
+                    None,
+                    None,
+                    false,
+                )
+                .await
+                .map_err(store_err)?;
+            let _: Vec<Value> = pipe.all().await.map_err(store_err)?;
+            Ok(())
+        })
+    }
+
+    fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
+        Box::pin(async move {
+            let v: Option<String> = self
+                .broker
+                .cmd()
+                .get(format!("bc:room:{id}"))
+                .await
+                .map_err(store_err)?;
+            let room: Option<Room> = v
+                .map(|v| serde_json::from_str(&v).map_err(store_err))
+                .transpose()?;
+            if let Some(room) = &room {
+                self.broker.machine().remember_room(room);
+            }
+            Ok(room)
+        })
+    }
+
+    fn rooms(&self, member: Option<Identity>) -> BoxFuture<'_, Result<Vec<Room>, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = self
+                .broker
+                .cmd()
+                .zrange("bc:rooms", 0, -1, None, false, None, false)
+                .await
+                .map_err(store_err)?;
+            let mut rooms = self.rooms_by_id(ids).await?;
+            if let Some(member) = member {
+                crate::persist::store::retain_involving(&mut rooms, &member);
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let args = vec![
+                id.to_string(),
+                "deleted".to_owned(),
+                self.broker.node.to_string(),
+            ];
+            let n: i64 = self
+                .broker
+                .eval(&DELETE_ROOM, args)
+                .await
+                .map_err(store_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let args = vec![
+                id.to_string(),
+                "expired".to_owned(),
+                self.broker.node.to_string(),
+                "empty".to_owned(),
+            ];
+            let n: i64 = self
+                .broker
+                .eval(&DELETE_ROOM, args)
+                .await
+                .map_err(store_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn touch_room(&self, id: RoomId, at: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.broker
+                .cmd()
+                .set::<(), _, _>(
+                    format!("bc:room:{id}:active"),
+                    at,
+                    None,
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await
+                .map_err(store_err)
+        })
+    }
+
+    fn expired_rooms(&self, now: u64) -> BoxFuture<'_, Result<Vec<RoomId>, StoreError>> {
+        Box::pin(async move {
+            let rooms = self.rooms(None).await?;
+            let rooms: Vec<Room> = rooms
+                .into_iter()
+                .filter(|r| r.empty_timeout_secs.is_some())
+                .collect();
+            if rooms.is_empty() {
+                return Ok(Vec::new());
+            }
+            let pipe = self.broker.client.pipeline();
+            for r in &rooms {
+                let _: () = pipe
+                    .get(format!("bc:room:{}:active", r.id))
+                    .await
+                    .map_err(store_err)?;
+                let _: () = pipe
+                    .hlen(format!("bc:room:{}:nodes", r.id))
+                    .await
+                    .map_err(store_err)?;
+            }
+            let answers: Vec<Value> = pipe.all().await.map_err(store_err)?;
+            let mut out = Vec::new();
+            for (r, pair) in rooms.into_iter().zip(answers.chunks(2)) {
+                let active = pair.first().and_then(Value::as_u64).unwrap_or(r.created_at);
+                let peers = pair.get(1).and_then(Value::as_u64).unwrap_or(0);
+                if peers == 0
+                    && r.empty_timeout_secs
+                        .is_some_and(|t| active.saturating_add(t) <= now)
+                {
+                    out.push(r.id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.broker.check().await.map_err(store_err) })
+    }
+
+    fn recently_deleted(&self, id: &RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = format!("bc:roomgone:{id}");
+        Box::pin(async move {
+            let n: i64 = self.broker.cmd().exists(key).await.map_err(store_err)?;
+            Ok(n > 0)
+        })
+    }
+}
