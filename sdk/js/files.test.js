@@ -1,6 +1,6 @@
 // @ts-check
 // Every module of the SDK ships: in the npm package's file list, and embedded in the server,
-// which serves it under /sdk/ (crates/bluecam-server/src/web.rs).
+// which serves it under /sdk/ (crates/bluecam-server/src/front/web.rs).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync } from "node:fs";
@@ -14,6 +14,6 @@ test("every SDK module is in package.json's files", () => {
 });
 
 test("every SDK module is embedded in the server", () => {
-  const web = readFileSync(new URL("../../crates/bluecam-server/src/web.rs", import.meta.url), "utf8");
-  assert.deepEqual(modules.filter((m) => !web.includes(`include_str!("../../../sdk/js/${m}")`)), []);
+  const web = readFileSync(new URL("../../crates/bluecam-server/src/front/web.rs", import.meta.url), "utf8");
+  assert.deepEqual(modules.filter((m) => !web.includes(`include_str!("../../../../sdk/js/${m}")`)), []);
 });

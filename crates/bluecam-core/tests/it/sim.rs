@@ -1,6 +1,6 @@
 //! Deterministic simulation of a cluster: several nodes, each a real room core ([`Hub`]) and a
 //! real control loop ([`ClusterNode`]), over an in-memory model of the directory and of
-//! pub/sub (the Lua scripts of `bluecam-server`'s `cluster.rs`, one function each), with
+//! pub/sub (the Lua scripts of `bluecam-server`'s `directory/redis/scripts.rs`, one function each), with
 //! clients running a twin of the SDK's delivery logic (per-pair sequence numbers and epochs,
 //! cumulative acks, retransmission, a delivery deadline that rejects and starts a new epoch).
 //!
