@@ -44,7 +44,7 @@ const PARAMS = {
   ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {}),
   ...(process.env.FC_PATH ? { path: process.env.FC_PATH } : {}),
 };
-/** Room.start's retransmission tick (bluecam.js TICK_MS); the test starts it itself. */
+/** The send loop's retransmission tick (scheduler.js TICK_MS); the test starts it itself. */
 const TICK_MS = 250;
 /** Simulated time at the start of a run (not 0: a sentAt of 0 means "not sent"). */
 const T0 = 1_700_000_000_000;
@@ -177,15 +177,15 @@ class World {
     room.signaling.connected = true;
     room.signaling.send = (frame) => this.relaySend(inc, frame);
     // WebRTC: the model opens data channels itself; a relink makes a link that is not open.
-    room.link = (remote) => {
+    room.roster.link = (remote) => {
       remote.link?.close();
       remote.link = /** @type {any} */ (this.makeLink(inc, remote, 0));
     };
-    room.ticker = setInterval(() => room.tick(), TICK_MS);
+    room.scheduler.ticker = setInterval(() => room.scheduler.tick(), TICK_MS);
     this.incs.push(inc);
     this.current[side] = inc;
     const peer = this.current[other(side)];
-    if (peer?.alive) room.addPeer({ id: peer.id, identity: peer.side }, false);
+    if (peer?.alive) room.roster.add({ id: peer.id, identity: peer.side }, false);
     this.note(`${inc.name} joins as ${id}` + (peer?.alive ? ` and sees ${peer.id}` : ""));
     return inc;
   }
@@ -236,7 +236,7 @@ class World {
       if (link.gen !== gen) continue;
       const inc = link.owner;
       this.events.push(() => {
-        if (inc.alive) inc.room.onChannel(link.remote, false);
+        if (inc.alive) inc.room.roster.onChannel(link.remote, false);
       });
     }
   }
@@ -417,7 +417,7 @@ class World {
         return true;
       }
       this.note(`p2p ${p.from}→${link.owner.name}: ${describe(p.text)}`);
-      link.owner.room.onChannelData(link.remote, p.text);
+      link.owner.room.scheduler.onChannelData(link.remote, p.text);
     }
     this.runEvents();
     return true;
@@ -437,7 +437,7 @@ class World {
       if (remote.link) remote.link.closed = true; // a dead or never-opened connection
       remote.link = this.makeLink(inc, remote, gen);
     });
-    order.forEach((inc, j) => inc.room.onChannel(remotes[j], true));
+    order.forEach((inc, j) => inc.room.roster.onChannel(remotes[j], true));
   }
 
   /** The WebSocket comes back: the session resumes with the same peer id. */

@@ -68,7 +68,7 @@ test("the relay frames a Room writes carry the envelopes as send.msg, exactly as
   const written = [];
   room.signaling.connected = true;
   room.signaling.send = (frame) => { written.push(JSON.stringify(frame)); return true; };
-  room.addPeer({ id: BOB, identity: "bob" }, false);
+  room.roster.add({ id: BOB, identity: "bob" }, false);
   const sends = () => written.filter((text) => JSON.parse(text).op === "send");
 
   // A message: one relay frame, its envelope as written by hand here and as the shared vector.

@@ -1,7 +1,7 @@
 // @ts-check
 // Property-based tests of the app-envelope decoder (docs/protocol.md, "App envelopes"), fed
 // hostile input (node --test). The decoder is not one function: a data channel message goes
-// through Room.onChannelData (JSON.parse), a relay frame's `msg` through Room.onFrame (one
+// through the send loop's onChannelData (scheduler.js, JSON.parse), a relay frame's `msg` through Room.onFrame (one
 // envelope or an array of them), both then through isEnvelope, Inbox.receive and the app's
 // onMessage. The properties drive that whole path on a Room that never connects (its
 // Signaling opens no socket before join()), and the pure layer (isEnvelope, Inbox) directly.
@@ -115,13 +115,13 @@ function harness(expected = 1) {
     token: "t", server: "http://127.0.0.1:9", video: false, audio: false,
     onMessage: (type, data, from, meta) => { calls.push({ type, data, from: from.id, path: meta.path }); },
   });
-  room.addPeer({ id: FROM, identity: "remote" }, false);
+  room.roster.add({ id: FROM, identity: "remote" }, false);
   const remote = /** @type {any} */ (room.remotes.get(FROM));
   remote.inbox.expected = expected;
   return {
     room, remote, calls,
     /** A data channel message. @param {string} text */
-    channel: (text) => room.onChannelData(remote, text),
+    channel: (text) => room.scheduler.onChannelData(remote, text),
     /** A relay frame (already parsed, as Signaling hands it over). @param {unknown} msg */
     relay: (msg) => room.onFrame({ op: "message", from: FROM, msg }),
     /**

@@ -1,9 +1,9 @@
 // @ts-check
 /**
- * Media and the page: the camera and the screen, and the elements a room draws into (the local
- * preview, one video per peer in `remoteVideos`, the classic one-to-one `remoteVideo`) and
- * listens to (the classic buttons). No connection state: bluecam.js says what to show, this
- * module shows it.
+ * Media and the page: the camera and the screen, this peer's own media (`LocalMedia`), and the
+ * elements a room draws into (the local preview, one video per peer in `remoteVideos`, the
+ * classic one-to-one `remoteVideo`) and listens to (the classic buttons). No connection state:
+ * the room says what to show and which connections carry what, this module does it.
  */
 
 /**
@@ -176,4 +176,128 @@ export function wireButtons(targets, controls) {
     reflect();
   });
   reflect();
+}
+
+/**
+ * This peer's own media: the camera and microphone, the screen while it is shared, whether
+ * each is on, and the videos the page shows. It changes the tracks of the peer connections it
+ * is given; it does not know the room.
+ */
+export class LocalMedia {
+  /**
+   * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
+   */
+  constructor(options) {
+    this.options = options;
+    /** @type {MediaStream | null} */
+    this.local = null;
+    /** @type {MediaStreamTrack | null} */
+    this.screenTrack = null;
+    /** @type {MediaStream | null} */
+    this.screenStream = null;
+    /** What the page shows: the preview and the peers' videos. */
+    this.videos = new VideoWall(options);
+    this.audioEnabled = options.audio !== false;
+    this.videoEnabled = options.video !== false;
+  }
+
+  /** Opens the camera and microphone and shows the preview. */
+  async open() {
+    this.local = await openCamera(this.options);
+    this.videos.showLocal(this.local);
+  }
+
+  /**
+   * @param {boolean} on
+   * @returns {void}
+   */
+  setAudio(on) {
+    this.audioEnabled = on;
+    for (const t of this.local?.getAudioTracks() ?? []) t.enabled = on;
+  }
+
+  /** @param {boolean} on */
+  setVideo(on) {
+    this.videoEnabled = on;
+    for (const t of this.local?.getVideoTracks() ?? []) t.enabled = on;
+  }
+
+  /**
+   * Replaces the camera with the screen on every connection (no renegotiation); when the
+   * browser's own "stop sharing" ends it, `onEnded` runs.
+   * @param {import("./mesh.js").PeerLink[]} links
+   * @param {() => void} onEnded
+   */
+  async shareScreen(links, onEnded) {
+    const screen = await openScreen();
+    const track = screen.getVideoTracks()[0];
+    this.screenStream = screen;
+    this.screenTrack = track;
+    track.onended = onEnded;
+    // In place of the camera, or (no camera) as a new track; peers that connect or reconnect
+    // during the share get it too (peers.js `link`).
+    await Promise.all(links.map((link) => link.setTrack(track, screen)));
+  }
+
+  /**
+   * Goes back to the camera (or to no video, without one).
+   * @param {import("./mesh.js").PeerLink[]} links
+   */
+  async stopScreenShare(links) {
+    if (!this.screenTrack) return;
+    this.screenTrack.stop();
+    this.screenTrack = null;
+    this.screenStream = null;
+    const camera = this.local?.getVideoTracks()[0] ?? null;
+    await Promise.all(links.map((link) => {
+      if (camera && this.local) return link.setTrack(camera, this.local);
+      link.removeTrack("video");
+      return undefined;
+    }));
+  }
+
+  /**
+   * Classic `callBtn`: opens the call's media and sends it on every connection; false when
+   * the room ended meanwhile (the media is stopped again).
+   * @param {() => import("./mesh.js").PeerLink[]} links the connections once the media is open
+   * @param {() => boolean} ended
+   */
+  async startCall(links, ended) {
+    const local = await openCamera(this.options);
+    if (ended()) {
+      for (const t of local.getTracks()) t.stop();
+      return false;
+    }
+    this.local = local;
+    this.videos.showLocal(local);
+    for (const link of links()) {
+      for (const track of local.getTracks()) {
+        if (track.kind === "video" && this.screenTrack) continue;
+        void link.setTrack(track, local);
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Classic `callBtn`: hangs up: local media stops, and the other side's video of us ends.
+   * @param {import("./mesh.js").PeerLink[]} links
+   */
+  hangUp(links) {
+    const local = this.local;
+    if (!local) return;
+    this.local = null;
+    for (const link of links) {
+      link.removeTrack("audio");
+      if (!this.screenTrack) link.removeTrack("video");
+    }
+    for (const t of local.getTracks()) t.stop();
+    this.videos.showLocal(null);
+  }
+
+  /** Stops every track (the room ended). */
+  stop() {
+    for (const t of this.local?.getTracks() ?? []) t.stop();
+    this.screenTrack?.stop();
+  }
 }

@@ -27,40 +27,22 @@ export { MAX_MESSAGE_BYTES } from "./delivery.js";
  * @returns {Promise<Room>}
  */
 export function JoinRoom(options: JoinOptions): Promise<Room>;
+/**
+ * @typedef {import("./scheduler.js").Remote} Remote
+ */
 export class Room {
     /** @param {JoinOptions} options */
     constructor(options: JoinOptions);
     options: JoinOptions;
-    /** @type {Map<string, Remote>} */
-    remotes: Map<string, Remote>;
-    /** Per sender id, what was delivered from it (see inboxFor). */
-    /** @type {Map<string, Inbox>} */
-    inboxes: Map<string, Inbox>;
     /** @type {Peer} */
     self: Peer;
     /** @type {RTCIceServer[]} */
     iceServers: RTCIceServer[];
-    /** @type {MediaStream | null} */
-    local: MediaStream | null;
-    /** @type {MediaStreamTrack | null} */
-    screenTrack: MediaStreamTrack | null;
-    /** @type {MediaStream | null} */
-    screenStream: MediaStream | null;
-    /** What the page shows: the preview and the peers' videos (media.js). */
-    videos: VideoWall;
-    audioEnabled: boolean;
-    videoEnabled: boolean;
+    /** This peer's camera, microphone and screen, and the page's videos (media.js). */
+    media: LocalMedia;
     left: boolean;
     /** Whether this peer's token allows sending data (`permissions.sendData`, default true). */
     canSendData: boolean;
-    relayPausedUntil: number;
-    /** @type {(() => void)[]} */
-    spaceWaiters: (() => void)[];
-    /** @type {ReturnType<typeof setInterval> | undefined} */
-    ticker: ReturnType<typeof setInterval> | undefined;
-    /** @type {ReturnType<typeof setTimeout> | undefined} */
-    ackTimer: ReturnType<typeof setTimeout> | undefined;
-    flushScheduled: boolean;
     /** @type {ConnectionState} */
     state: ConnectionState;
     /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
@@ -70,8 +52,10 @@ export class Room {
      * restarts ICE, so the call finds its new path at once. */
     onOnline: () => void;
     signaling: Signaling;
-    /** Admission of sends, in call order (see sendMessage). */
-    admission: Promise<void>;
+    /** The send loop (scheduler.js). */
+    scheduler: Scheduler;
+    /** The room's peers and their connections (peers.js). */
+    roster: Peers;
     /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
     get transport(): import("./signaling.js").SignalMethod | null;
     start(): Promise<void>;
@@ -116,6 +100,16 @@ export class Room {
     hangUp(): void;
     /** Leaves the room: tells the server, closes every connection, stops the camera. */
     leave(): void;
+    /** The peers' state (internal: for the end-to-end tests' diagnostics). */
+    get remotes(): Map<string, import("./scheduler.js").Remote>;
+    /** The camera and microphone stream, if open (internal). */
+    get local(): MediaStream | null;
+    /** Whether the microphone is on (internal; `setAudioEnabled` changes it). */
+    get audioEnabled(): boolean;
+    /** Whether the camera is on (internal; `setVideoEnabled` changes it). */
+    get videoEnabled(): boolean;
+    /** The screen's track while it is shared (internal). */
+    get screenTrack(): MediaStreamTrack | null;
     /** Hooks for the end-to-end tests: simulate network faults. */
     get _test(): {
         dropSocket: () => void;
@@ -144,80 +138,6 @@ export class Room {
     onFatal(error: Error, code: number): void;
     /** @param {Error} error */
     shutdown(error: Error): void;
-    stopMedia(): void;
-    /**
-     * @param {Peer} info
-     * @param {boolean} announce call onPeerJoined
-     */
-    addPeer(info: Peer, announce: boolean): void;
-    /**
-     * What this Room has delivered from `id`, kept across that peer leaving and coming back with
-     * the same id (a cluster may report a live peer gone and back): its sender may go on with
-     * the same sequence space, and a fresh Inbox would deliver again what this app already got.
-     * A sender that starts anew says so with a new epoch, and the Inbox follows.
-     * @param {string} id
-     */
-    inboxFor(id: string): Inbox;
-    /** @param {Remote} remote */
-    link(remote: Remote): void;
-    /**
-     * @param {string} id
-     * @param {Error} [error]
-     */
-    removePeer(id: string, error?: Error): void;
-    /**
-     * @param {string} to
-     * @param {unknown} data
-     */
-    signal(to: string, data: unknown): void;
-    /**
-     * @param {string} from
-     * @param {any} data
-     */
-    onSignal(from: string, data: any): void;
-    announceMedia(): void;
-    /**
-     * @param {Remote} remote
-     * @param {boolean} open
-     */
-    onChannel(remote: Remote, open: boolean): void;
-    /**
-     * @param {Remote} remote
-     * @param {MediaStream} stream
-     */
-    onStream(remote: Remote, stream: MediaStream): void;
-    /**
-     * @param {Remote} remote
-     * @param {string} text
-     */
-    onChannelData(remote: Remote, text: string): void;
-    /**
-     * @param {Remote} remote
-     * @param {unknown} env
-     * @param {Path} path
-     */
-    onEnvelope(remote: Remote, env: unknown, path: Path): void;
-    /** Sends what could not go out (rate limit, socket down), and acks that are due. */
-    sendUnsent(): void;
-    /** Sends new messages once the current task is done, so a burst shares relay frames. */
-    scheduleFlush(): void;
-    scheduleAcks(): void;
-    /**
-     * Sends entries to one peer: over the data channel when it is open (and `relayOnly` is
-     * false), otherwise batched over the relay. Entries that cannot go anywhere now keep
-     * `sentAt` 0 and are picked up by the next tick.
-     * @param {Remote} remote
-     * @param {import("./delivery.js").Pending[]} entries
-     * @param {boolean} relayOnly
-     */
-    transmit(remote: Remote, entries: import("./delivery.js").Pending[], relayOnly: boolean): void;
-    /** Resends everything unacknowledged (after a reconnection). */
-    retransmitAll(): void;
-    /** Retransmits what has waited too long for its ack, over the relay. */
-    tick(): void;
-    /** @param {string[]} ids */
-    waitForSpace(ids: string[]): Promise<void>;
-    wakeSpaceWaiters(): void;
     wireClassicButtons(): void;
 }
 export type Peer = import("./frames.js").Peer;
@@ -340,27 +260,7 @@ export type JoinOptions = {
         partial: number;
     }) => void) | undefined;
 };
-export type Remote = {
-    info: Peer;
-    link: PeerLink | null;
-    outbox: Outbox;
-    inbox: Inbox;
-    ackDue: boolean;
-    path: Path;
-    /**
-     * the peer said it cannot do WebRTC
-     */
-    noWebrtc: boolean;
-    relinkTimer: ReturnType<typeof setTimeout> | undefined;
-    /**
-     * when acks or the data channel's draining last showed progress
-     */
-    lastProgressAt: number;
-    /**
-     * the data channel's bufferedAmount at the last tick
-     */
-    lastBuffered: number;
-};
+export type Remote = import("./scheduler.js").Remote;
 import { BlueCamError } from "./errors.js";
 import { ConnectionError } from "./errors.js";
 import { ForbiddenError } from "./errors.js";
@@ -369,9 +269,8 @@ import { PeerUnreachableError } from "./errors.js";
 import { RoomFullError } from "./errors.js";
 import { RoomNotFoundError } from "./errors.js";
 import { UnauthorizedError } from "./errors.js";
-import { Inbox } from "./delivery.js";
-import { VideoWall } from "./media.js";
+import { LocalMedia } from "./media.js";
 import { Signaling } from "./signaling.js";
-import { PeerLink } from "./mesh.js";
-import { Outbox } from "./delivery.js";
+import { Scheduler } from "./scheduler.js";
+import { Peers } from "./peers.js";
 export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError };

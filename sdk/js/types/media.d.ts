@@ -1,8 +1,8 @@
 /**
- * Media and the page: the camera and the screen, and the elements a room draws into (the local
- * preview, one video per peer in `remoteVideos`, the classic one-to-one `remoteVideo`) and
- * listens to (the classic buttons). No connection state: bluecam.js says what to show, this
- * module shows it.
+ * Media and the page: the camera and the screen, this peer's own media (`LocalMedia`), and the
+ * elements a room draws into (the local preview, one video per peer in `remoteVideos`, the
+ * classic one-to-one `remoteVideo`) and listens to (the classic buttons). No connection state:
+ * the room says what to show and which connections carry what, this module does it.
  */
 /**
  * An element from an element, an element id, or a CSS selector. An id comes first: classic
@@ -92,6 +92,75 @@ export class VideoWall {
     remove(peerId: string): void;
     /** @param {string | null} peerId */
     showSingle(peerId: string | null): void;
+}
+/**
+ * This peer's own media: the camera and microphone, the screen while it is shared, whether
+ * each is on, and the videos the page shows. It changes the tracks of the peer connections it
+ * is given; it does not know the room.
+ */
+export class LocalMedia {
+    /**
+     * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
+     */
+    constructor(options: {
+        video?: boolean | MediaTrackConstraints;
+        audio?: boolean | MediaTrackConstraints;
+        localVideo?: HTMLVideoElement | string;
+        remoteVideos?: HTMLElement | string;
+        remoteVideo?: HTMLVideoElement | string;
+    });
+    options: {
+        video?: boolean | MediaTrackConstraints;
+        audio?: boolean | MediaTrackConstraints;
+        localVideo?: HTMLVideoElement | string;
+        remoteVideos?: HTMLElement | string;
+        remoteVideo?: HTMLVideoElement | string;
+    };
+    /** @type {MediaStream | null} */
+    local: MediaStream | null;
+    /** @type {MediaStreamTrack | null} */
+    screenTrack: MediaStreamTrack | null;
+    /** @type {MediaStream | null} */
+    screenStream: MediaStream | null;
+    /** What the page shows: the preview and the peers' videos. */
+    videos: VideoWall;
+    audioEnabled: boolean;
+    videoEnabled: boolean;
+    /** Opens the camera and microphone and shows the preview. */
+    open(): Promise<void>;
+    /**
+     * @param {boolean} on
+     * @returns {void}
+     */
+    setAudio(on: boolean): void;
+    /** @param {boolean} on */
+    setVideo(on: boolean): void;
+    /**
+     * Replaces the camera with the screen on every connection (no renegotiation); when the
+     * browser's own "stop sharing" ends it, `onEnded` runs.
+     * @param {import("./mesh.js").PeerLink[]} links
+     * @param {() => void} onEnded
+     */
+    shareScreen(links: import("./mesh.js").PeerLink[], onEnded: () => void): Promise<void>;
+    /**
+     * Goes back to the camera (or to no video, without one).
+     * @param {import("./mesh.js").PeerLink[]} links
+     */
+    stopScreenShare(links: import("./mesh.js").PeerLink[]): Promise<void>;
+    /**
+     * Classic `callBtn`: opens the call's media and sends it on every connection; false when
+     * the room ended meanwhile (the media is stopped again).
+     * @param {() => import("./mesh.js").PeerLink[]} links the connections once the media is open
+     * @param {() => boolean} ended
+     */
+    startCall(links: () => import("./mesh.js").PeerLink[], ended: () => boolean): Promise<boolean>;
+    /**
+     * Classic `callBtn`: hangs up: local media stops, and the other side's video of us ends.
+     * @param {import("./mesh.js").PeerLink[]} links
+     */
+    hangUp(links: import("./mesh.js").PeerLink[]): void;
+    /** Stops every track (the room ended). */
+    stop(): void;
 }
 /**
  * What the classic buttons control.

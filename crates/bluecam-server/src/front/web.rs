@@ -38,6 +38,8 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("http.js", include_str!("../../../../sdk/js/http.js")),
     ("media.js", include_str!("../../../../sdk/js/media.js")),
     ("mesh.js", include_str!("../../../../sdk/js/mesh.js")),
+    ("peers.js", include_str!("../../../../sdk/js/peers.js")),
+    ("scheduler.js", include_str!("../../../../sdk/js/scheduler.js")),
     ("sender.js", include_str!("../../../../sdk/js/sender.js")),
     (
         "signaling.js",

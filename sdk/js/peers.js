@@ -1,0 +1,191 @@
+// @ts-check
+/**
+ * The room's peers: who is in the room, and one RTCPeerConnection (mesh.js) per peer, made,
+ * signalled through the server, and made again when its data channel dies. What a peer's path
+ * does goes to the send loop (scheduler.js) and to the app's callbacks.
+ */
+
+import { PeerLink, webrtcAvailable } from "./mesh.js";
+import { isEnvelope } from "./delivery.js";
+import { PeerUnreachableError } from "./errors.js";
+
+/** After the data channel of a peer closes, a new connection is tried after this long. */
+const RELINK_MS = 1000;
+
+/**
+ * @typedef {import("./frames.js").Peer} Peer
+ * @typedef {import("./scheduler.js").Remote} Remote
+ * @typedef {import("./scheduler.js").Path} Path
+ */
+
+/**
+ * What the peers need of their room.
+ * @typedef {object} PeersHost
+ * @property {Map<string, Remote>} remotes the room's peers (shared with the send loop)
+ * @property {import("./bluecam.js").JoinOptions} options the app's callbacks and ICE policy
+ * @property {import("./signaling.js").Signaling} signaling
+ * @property {import("./scheduler.js").Scheduler} scheduler
+ * @property {import("./media.js").LocalMedia} media
+ * @property {() => Peer} self
+ * @property {() => RTCIceServer[]} iceServers
+ * @property {() => boolean} left whether the room was left or ended
+ */
+
+export class Peers {
+  /** @param {PeersHost} host */
+  constructor(host) {
+    this.host = host;
+    this.remotes = host.remotes;
+  }
+
+  /** The peers in the room now (without yourself). */
+  list() {
+    return [...this.remotes.values()].map((r) => r.info);
+  }
+
+  /**
+   * The path messages to this peer take now.
+   * @param {string} peerId
+   * @returns {Path}
+   */
+  path(peerId) {
+    return this.remotes.get(peerId)?.link?.open ? "p2p" : "relay";
+  }
+
+  /** Every peer connection now. */
+  links() {
+    return [...this.remotes.values()].flatMap((r) => (r.link ? [r.link] : []));
+  }
+
+  /**
+   * @param {Peer} info
+   * @param {boolean} announce call onPeerJoined
+   */
+  add(info, announce) {
+    if (this.remotes.has(info.id) || info.id === this.host.self().id) return;
+    const remote = this.host.scheduler.newRemote(info);
+    this.remotes.set(info.id, remote);
+    if (webrtcAvailable()) {
+      this.link(remote);
+    } else {
+      this.signal(info.id, { nortc: true });
+    }
+    const { media } = this.host;
+    if (media.local) this.signal(info.id, { media: { audio: media.audioEnabled, video: media.videoEnabled } });
+    if (announce) this.host.options.onPeerJoined?.(info);
+  }
+
+  /** @param {Remote} remote */
+  link(remote) {
+    const id = remote.info.id;
+    clearTimeout(remote.relinkTimer);
+    remote.link?.close();
+    const { options, media } = this.host;
+    /** @type {RTCConfiguration} */
+    const rtcConfig = { iceServers: this.host.iceServers(), iceTransportPolicy: options.iceTransportPolicy ?? "all" };
+    remote.link = new PeerLink(this.host.self().id > id, rtcConfig, media.local, {
+      signal: (data) => this.signal(id, data),
+      onData: (text) => this.host.scheduler.onChannelData(remote, text),
+      onChannel: (open) => this.onChannel(remote, open),
+      onStream: (stream) => this.onStream(remote, stream),
+    });
+    // A peer that connects (or reconnects) during a screen share gets the screen.
+    if (media.screenTrack && media.screenStream) void remote.link.setTrack(media.screenTrack, media.screenStream);
+  }
+
+  /**
+   * @param {string} id
+   * @param {Error} [error]
+   */
+  remove(id, error) {
+    const remote = this.remotes.get(id);
+    if (!remote) return;
+    this.remotes.delete(id);
+    clearTimeout(remote.relinkTimer);
+    remote.link?.close();
+    this.host.scheduler.dropPeer(remote, error ?? new PeerUnreachableError(`peer ${id} left`, [id]));
+    this.host.media.videos.remove(id);
+    if (!this.host.left()) this.host.options.onPeerLeft?.(remote.info);
+  }
+
+  /**
+   * @param {string} to
+   * @param {unknown} data
+   */
+  signal(to, data) {
+    // Signaling must survive a WebSocket outage: queue it for the resume.
+    this.host.signaling.sendOrQueue({ op: "signal", to, data });
+  }
+
+  /**
+   * @param {string} from
+   * @param {any} data
+   */
+  onSignal(from, data) {
+    const remote = this.remotes.get(from);
+    if (!remote || typeof data !== "object" || data === null) return;
+    if (data.ack !== undefined) {
+      // An acknowledgement from a peer that may not send data: acks only, never messages.
+      if (isEnvelope(data.ack) && data.ack.k === "a") this.host.scheduler.onEnvelope(remote, data.ack, "relay");
+    } else if (data.nortc) {
+      remote.noWebrtc = true;
+      clearTimeout(remote.relinkTimer);
+      remote.link?.close();
+      remote.link = null;
+    } else if (data.media) {
+      this.host.options.onMediaChange?.(remote.info, { audio: !!data.media.audio, video: !!data.media.video });
+    } else if (webrtcAvailable() && !this.host.left()) {
+      // Signals name the generation (one RTCPeerConnection) of both sides. An offer from a
+      // newer remote connection means the peer started over: so do we, before answering.
+      // Anything else addressed to an older connection of ours is stale: drop it.
+      if (data.to !== undefined && remote.link && data.to !== remote.link.gen) return;
+      const fresh = data.description?.type === "offer" && remote.link?.remoteGen !== undefined &&
+        data.gen !== remote.link.remoteGen;
+      if (!remote.link || fresh) this.link(remote);
+      const link = /** @type {PeerLink} */ (remote.link);
+      if (link.remoteGen === undefined && data.gen !== undefined) link.remoteGen = data.gen;
+      if (data.gen !== undefined && data.gen !== link.remoteGen) return;
+      link.enqueueSignal(data);
+    }
+  }
+
+  /** Tells every peer whether our microphone and camera are on. */
+  announceMedia() {
+    const { audioEnabled: audio, videoEnabled: video } = this.host.media;
+    for (const id of this.remotes.keys()) this.signal(id, { media: { audio, video } });
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {boolean} open
+   */
+  onChannel(remote, open) {
+    const path = open ? "p2p" : "relay";
+    if (remote.path !== path) {
+      remote.path = path;
+      this.host.options.onPathChange?.(remote.info, path);
+    }
+    this.host.scheduler.onChannel(remote, open);
+    if (open) return;
+    // The channel is gone: a new peer connection is tried shortly (the other side does the
+    // same).
+    if (!this.host.left() && !remote.noWebrtc && this.remotes.get(remote.info.id) === remote) {
+      const dead = remote.link;
+      clearTimeout(remote.relinkTimer);
+      remote.relinkTimer = setTimeout(() => {
+        // Not if the peer left, or if its newer connection already replaced this one.
+        if (this.remotes.get(remote.info.id) !== remote || remote.link !== dead) return;
+        this.link(remote);
+      }, RELINK_MS);
+    }
+  }
+
+  /**
+   * @param {Remote} remote
+   * @param {MediaStream} stream
+   */
+  onStream(remote, stream) {
+    this.host.media.videos.show(remote.info.id, stream);
+    this.host.options.onStream?.(remote.info, stream);
+  }
+}

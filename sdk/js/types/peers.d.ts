@@ -1,0 +1,93 @@
+/**
+ * @typedef {import("./frames.js").Peer} Peer
+ * @typedef {import("./scheduler.js").Remote} Remote
+ * @typedef {import("./scheduler.js").Path} Path
+ */
+/**
+ * What the peers need of their room.
+ * @typedef {object} PeersHost
+ * @property {Map<string, Remote>} remotes the room's peers (shared with the send loop)
+ * @property {import("./bluecam.js").JoinOptions} options the app's callbacks and ICE policy
+ * @property {import("./signaling.js").Signaling} signaling
+ * @property {import("./scheduler.js").Scheduler} scheduler
+ * @property {import("./media.js").LocalMedia} media
+ * @property {() => Peer} self
+ * @property {() => RTCIceServer[]} iceServers
+ * @property {() => boolean} left whether the room was left or ended
+ */
+export class Peers {
+    /** @param {PeersHost} host */
+    constructor(host: PeersHost);
+    host: PeersHost;
+    remotes: Map<string, import("./scheduler.js").Remote>;
+    /** The peers in the room now (without yourself). */
+    list(): import("./frames.js").Peer[];
+    /**
+     * The path messages to this peer take now.
+     * @param {string} peerId
+     * @returns {Path}
+     */
+    path(peerId: string): Path;
+    /** Every peer connection now. */
+    links(): PeerLink[];
+    /**
+     * @param {Peer} info
+     * @param {boolean} announce call onPeerJoined
+     */
+    add(info: Peer, announce: boolean): void;
+    /** @param {Remote} remote */
+    link(remote: Remote): void;
+    /**
+     * @param {string} id
+     * @param {Error} [error]
+     */
+    remove(id: string, error?: Error): void;
+    /**
+     * @param {string} to
+     * @param {unknown} data
+     */
+    signal(to: string, data: unknown): void;
+    /**
+     * @param {string} from
+     * @param {any} data
+     */
+    onSignal(from: string, data: any): void;
+    /** Tells every peer whether our microphone and camera are on. */
+    announceMedia(): void;
+    /**
+     * @param {Remote} remote
+     * @param {boolean} open
+     */
+    onChannel(remote: Remote, open: boolean): void;
+    /**
+     * @param {Remote} remote
+     * @param {MediaStream} stream
+     */
+    onStream(remote: Remote, stream: MediaStream): void;
+}
+export type Peer = import("./frames.js").Peer;
+export type Remote = import("./scheduler.js").Remote;
+export type Path = import("./scheduler.js").Path;
+/**
+ * What the peers need of their room.
+ */
+export type PeersHost = {
+    /**
+     * the room's peers (shared with the send loop)
+     */
+    remotes: Map<string, Remote>;
+    /**
+     * the app's callbacks and ICE policy
+     */
+    options: import("./bluecam.js").JoinOptions;
+    signaling: import("./signaling.js").Signaling;
+    scheduler: import("./scheduler.js").Scheduler;
+    media: import("./media.js").LocalMedia;
+    self: () => Peer;
+    iceServers: () => RTCIceServer[];
+    /**
+     * whether the room was left or ended
+     */
+    left: () => boolean;
+};
+import { PeerLink } from "./mesh.js";
