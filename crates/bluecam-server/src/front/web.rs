@@ -39,7 +39,10 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("media.js", include_str!("../../../../sdk/js/media.js")),
     ("mesh.js", include_str!("../../../../sdk/js/mesh.js")),
     ("peers.js", include_str!("../../../../sdk/js/peers.js")),
-    ("scheduler.js", include_str!("../../../../sdk/js/scheduler.js")),
+    (
+        "scheduler.js",
+        include_str!("../../../../sdk/js/scheduler.js"),
+    ),
     ("sender.js", include_str!("../../../../sdk/js/sender.js")),
     (
         "signaling.js",
