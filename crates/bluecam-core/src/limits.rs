@@ -48,6 +48,13 @@ impl TokenBucket {
         self.tokens -= n;
     }
 
+    /// Takes `n` tokens whether they are there or not: a cost known only afterwards (an
+    /// answer's size). The bucket may go into debt; nothing more passes until it is repaid.
+    pub fn charge(&mut self, n: f64, now: Instant) {
+        self.refill(now);
+        self.take(n);
+    }
+
     /// Takes `n` tokens if they are there now; false (and nothing taken) otherwise.
     pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
         if self.wait_for(n, now).is_zero() {

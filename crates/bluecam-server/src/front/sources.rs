@@ -110,6 +110,15 @@ impl SourceRates {
         }
     }
 
+    /// Charges `cost` known only afterwards to `from`'s source (into debt if need be); nothing
+    /// when the source is not remembered (it was forgotten meanwhile: a fresh bucket).
+    pub fn charge(&mut self, from: IpAddr, cost: f64, now: Instant) {
+        if let Some(entry) = self.sources.get_mut(&Source::from(from)) {
+            entry.bucket.charge(cost, now);
+            entry.last = now;
+        }
+    }
+
     /// Sources remembered now.
     pub fn len(&self) -> usize {
         self.sources.len()
@@ -155,6 +164,14 @@ impl SharedRates {
             .unwrap_or_else(|p| p.into_inner())
             .try_take(from, cost, Instant::now())
     }
+
+    /// [`SourceRates::charge`] now.
+    pub fn charge(&self, from: IpAddr, cost: f64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .charge(from, cost, Instant::now());
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +197,13 @@ mod tests {
         assert_eq!(r.len(), 1);
         // Costs other than one: a large request takes more of the bucket.
         assert_eq!(r.try_take(c, 5.0, t2), Err(Over::Rate));
+        // A cost charged afterwards puts the bucket into debt: nothing passes until it is repaid
+        // (at 1 a second: four seconds for a debt of 3 and one more token).
+        r.charge(c, 4.0, t2);
+        assert_eq!(
+            r.try_take(c, 1.0, t2 + Duration::from_secs(3)),
+            Err(Over::Rate)
+        );
+        r.try_take(c, 1.0, t2 + Duration::from_secs(4)).unwrap();
     }
 }

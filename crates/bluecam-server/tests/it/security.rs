@@ -156,6 +156,54 @@ async fn requests_passed_to_other_nodes_are_rate_limited_per_source() {
     assert!(counter(&a, "bluecam_http_transport_forward_limited_total").await >= 1);
 }
 
+/// Finding 1 (answers): a poll that does not move its `ack` gets the same frames again, so
+/// polls passed to another node could each bring back a large answer for a small request. The
+/// answers' bytes are charged too, and the node's own budget holds for every source together,
+/// exempt ones included (behind a proxy on the same host every client is loopback): with the
+/// default settings, repeated polls end in 429.
+#[tokio::test]
+async fn polls_passed_to_other_nodes_are_charged_for_their_answers_whoever_asks() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = b.room().await;
+    let mut h = HttpClient::open(&b.url(""), &join_frame(&b, &room, "http")).await;
+    let joined = h.recv_op("joined").await;
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    // About 1 MB waiting for the HTTP peer, never acknowledged.
+    let mut ws = b.join(&room, "ws").await;
+    let chunk = "y".repeat(250_000);
+    for _ in 0..4 {
+        ws.send_json(json!({"op": "send", "to": [hid], "msg": chunk}))
+            .await;
+    }
+    let http = reqwest::Client::new();
+    let poll = json!({"sid": h.sid, "ack": 0}).to_string();
+    let mut limited = false;
+    let mut answered_bytes = 0usize;
+    for _ in 0..200 {
+        let res = http
+            .post(a.url("/v1/http/poll"))
+            .body(poll.clone())
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        // Passed-on answers come in batches of at most 256 KiB of frames (one frame at least).
+        assert!(text.len() < 300_000, "an answer of {} bytes", text.len());
+        answered_bytes += text.len();
+    }
+    assert!(
+        limited,
+        "{answered_bytes} bytes of answers passed on for 200 small polls without a limit"
+    );
+    assert!(counter(&a, "bluecam_http_transport_forward_limited_total").await >= 1);
+}
+
 /// Reads from `stream` until it closes or `WAIT` passes; the text read.
 async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     let mut buf = Vec::new();

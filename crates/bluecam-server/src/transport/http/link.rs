@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tungstenite::Utf8Bytes;
 
 /// Frame bytes in one poll's answer at most (at least one frame, whatever its size).
-const POLL_BATCH_BYTES: usize = 1 << 20;
+pub(super) const POLL_BATCH_BYTES: usize = 1 << 20;
 /// Frames waiting for a poll's acknowledgement are not a stall before this long: a client
 /// acknowledges with its next poll, one round trip after the answer arrived (however large).
 const HTTP_STALL_MIN: Duration = Duration::from_secs(10);
@@ -210,15 +210,15 @@ impl Down {
 
     /// Acknowledges up to `ack`, then answers with the frames after it as soon as there is
     /// one (or the close), or with none after `wait` or when a newer poll came.
-    pub(super) async fn poll(&self, ack: u64, wait: Duration) -> Batch {
-        let batch = self.poll_inner(ack, wait).await;
+    pub(super) async fn poll(&self, ack: u64, wait: Duration, batch_bytes: usize) -> Batch {
+        let batch = self.poll_inner(ack, wait, batch_bytes).await;
         if batch.close.is_some() {
             self.done.notify_waiters();
         }
         batch
     }
 
-    async fn poll_inner(&self, ack: u64, wait: Duration) -> Batch {
+    async fn poll_inner(&self, ack: u64, wait: Duration, batch_bytes: usize) -> Batch {
         let me = {
             let mut st = self.lock();
             st.last_request = Instant::now();
@@ -237,18 +237,22 @@ impl Down {
                 let mut st = self.lock();
                 let newer = st.poll != me;
                 if st.close_carried && !newer {
-                    return st.batch();
+                    return st.batch(batch_bytes);
                 }
                 if newer || !st.frames.is_empty() || st.close.is_some() {
                     st.last_request = Instant::now();
-                    return if newer { st.empty() } else { st.batch() };
+                    return if newer {
+                        st.empty()
+                    } else {
+                        st.batch(batch_bytes)
+                    };
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let mut st = self.lock();
                 st.last_request = Instant::now();
                 return if st.poll == me {
-                    st.batch()
+                    st.batch(batch_bytes)
                 } else {
                     st.empty()
                 };
@@ -259,12 +263,12 @@ impl Down {
 
 impl DownState {
     /// Frames from the oldest kept, up to the batch size; the close once all are in.
-    fn batch(&mut self) -> Batch {
+    fn batch(&mut self, batch_bytes: usize) -> Batch {
         let first = self.frames.front().map_or(self.next, |(n, _, _)| *n);
         let mut frames = Vec::new();
         let mut bytes = 0;
         for (_, text, _) in &self.frames {
-            if !frames.is_empty() && bytes + text.len() > POLL_BATCH_BYTES {
+            if !frames.is_empty() && bytes + text.len() > batch_bytes {
                 break;
             }
             bytes += text.len();

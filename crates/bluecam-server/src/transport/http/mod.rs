@@ -33,6 +33,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bluecam_proto::ErrorCode;
+use link::POLL_BATCH_BYTES;
 pub(crate) use link::{Down, HttpLink, Up};
 use serde::Deserialize;
 use std::{
@@ -42,7 +43,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
 use tungstenite::Utf8Bytes;
@@ -73,22 +74,33 @@ struct Session {
     taken: tokio::sync::Mutex<u64>,
 }
 
-/// Bytes a second, and at once, that one source may have passed to other nodes (through
-/// Redis, which every node shares): several sessions' worth of the WebSocket's own rate, and
-/// a burst of several largest sends.
+/// Bytes a second, and at once, that one source may have passed to other nodes and back
+/// (through Redis, which every node shares): several sessions' worth of the WebSocket's own
+/// rate, and a burst of several largest sends.
 const FORWARD_BYTES_PER_SEC: f64 = 4.0 * 1024.0 * 1024.0;
 const FORWARD_BURST_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
-/// What a request passed on costs beside its body (the relay's head and the answer).
+/// The same for every source together, exempt ones included (a proxy on this host carries
+/// everyone's requests): what this node publishes for the transport stays well under what a
+/// Redis subscriber's output buffer holds (32 MB by default), whoever asks.
+const FORWARD_NODE_BYTES_PER_SEC: f64 = 16.0 * 1024.0 * 1024.0;
+const FORWARD_NODE_BURST_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
+/// What a request passed on costs beside its body and its answer (the relay's heads).
 const FORWARD_REQUEST_COST: f64 = 1024.0;
 /// Sources remembered for that rate at most.
 const FORWARD_SOURCES: usize = 100_000;
+/// Frame bytes in the answer to a poll passed on by another node at most (at least one frame,
+/// whatever its size): a client that polls another node gets its frames in smaller batches,
+/// so one answer is never a large publish.
+pub(crate) const FORWARDED_POLL_BATCH_BYTES: usize = 256 << 10;
 
 /// The transport sessions of this node.
 pub struct HttpSessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     made: AtomicU64,
-    /// The rate of requests passed to other nodes, per source.
+    /// The bytes of requests passed to other nodes and of their answers, per source...
     forwards: crate::front::sources::SharedRates,
+    /// ...and from every source together.
+    forwards_total: Mutex<bluecam_core::TokenBucket>,
 }
 
 impl Default for HttpSessions {
@@ -101,7 +113,40 @@ impl Default for HttpSessions {
                 FORWARD_BURST_BYTES,
                 FORWARD_SOURCES,
             ),
+            forwards_total: Mutex::new(bluecam_core::TokenBucket::new(
+                FORWARD_NODE_BYTES_PER_SEC,
+                FORWARD_NODE_BURST_BYTES,
+                Instant::now(),
+            )),
         }
+    }
+}
+
+impl HttpSessions {
+    /// Whether a request of `cost` bytes from `source` (`None`: an exempt one) may be passed
+    /// to another node now (taking the bytes if so).
+    fn forward_admitted(&self, source: Option<IpAddr>, cost: f64) -> bool {
+        if let Some(source) = source
+            && self.forwards.try_take(source, cost).is_err()
+        {
+            return false;
+        }
+        self.forwards_total
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(cost, Instant::now())
+    }
+
+    /// Charges an answer's bytes, known only once it came back, to the source and the node
+    /// (into debt if need be: the next request waits until it is repaid).
+    fn forward_answered(&self, source: Option<IpAddr>, bytes: usize) {
+        if let Some(source) = source {
+            self.forwards.charge(source, bytes as f64);
+        }
+        self.forwards_total
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .charge(bytes as f64, Instant::now());
     }
 }
 
@@ -291,7 +336,9 @@ pub async fn open(
         .limits
         .join_timeout()
         .saturating_sub(Duration::from_secs(1));
-    let batch = down.poll(0, wait.max(Duration::from_secs(1))).await;
+    let batch = down
+        .poll(0, wait.max(Duration::from_secs(1)), POLL_BATCH_BYTES)
+        .await;
     abandoned.0 = None;
     // A session that already ended (its join failed) has nothing more to poll: its answer
     // carries the close and no session id (which would name this node to anyone).
@@ -436,12 +483,10 @@ async fn answer(state: &AppState, op: HttpOp, body: Bytes, source: Option<IpAddr
         && let Some(node) = node
         && node != me.as_str()
     {
-        // Every node shares Redis: one source's requests may not crowd out the cluster's own
-        // traffic there. (Exempt sources, such as a proxy on this host, carry everyone's.)
+        // Every node shares Redis: one source's requests, or everyone's, may not crowd out the
+        // cluster's own traffic there.
         let cost = body.len() as f64 + FORWARD_REQUEST_COST;
-        if let Some(source) = source
-            && state.http.forwards.try_take(source, cost).is_err()
-        {
+        if !state.http.forward_admitted(source, cost) {
             state.metrics.http_forward_limited.increment(1);
             return answer_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -459,10 +504,13 @@ async fn answer(state: &AppState, op: HttpOp, body: Bytes, source: Option<IpAddr
             .forward_http(bluecam_proto::NodeId::new(node.to_owned()), op, body, wait)
             .await
         {
-            Ok(reply) => (
-                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY),
-                reply.body,
-            ),
+            Ok(reply) => {
+                state.http.forward_answered(source, reply.body.len());
+                (
+                    StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    reply.body,
+                )
+            }
             // Its node is gone: the client resumes the session elsewhere.
             Err(ForwardError::NoSuchNode) => no_session_answer(),
             // Slow or unreachable: the client tries again (and resumes if it keeps failing).
@@ -473,11 +521,17 @@ async fn answer(state: &AppState, op: HttpOp, body: Bytes, source: Option<IpAddr
             ),
         };
     }
-    answer_here(state, op, body).await
+    answer_here(state, op, body, POLL_BATCH_BYTES).await
 }
 
-/// Answers a request for a session on this node (also one passed on by another node).
-pub(crate) async fn answer_here(state: &AppState, op: HttpOp, body: Bytes) -> Answer {
+/// Answers a request for a session on this node (also one passed on by another node), a poll
+/// with up to `batch_bytes` of frames.
+pub(crate) async fn answer_here(
+    state: &AppState,
+    op: HttpOp,
+    body: Bytes,
+    batch_bytes: usize,
+) -> Answer {
     match op {
         HttpOp::Poll => {
             let req: PollRequest = match serde_json::from_slice(&body) {
@@ -487,7 +541,10 @@ pub(crate) async fn answer_here(state: &AppState, op: HttpOp, body: Bytes) -> An
             let Some(session) = state.http.get(&req.sid) else {
                 return no_session_answer();
             };
-            let batch = session.down.poll(req.ack, poll_wait(state)).await;
+            let batch = session
+                .down
+                .poll(req.ack, poll_wait(state), batch_bytes)
+                .await;
             (StatusCode::OK, batch.to_json(None))
         }
         HttpOp::Send => {
@@ -587,7 +644,8 @@ pub fn serve_forwarded(state: &AppState) {
                             body,
                         };
                     };
-                    let (status, body) = answer_here(&AppState(shared), op, body).await;
+                    let (status, body) =
+                        answer_here(&AppState(shared), op, body, FORWARDED_POLL_BATCH_BYTES).await;
                     HttpReply {
                         status: status.as_u16(),
                         body,
