@@ -17,7 +17,9 @@ afterEach(endTest);
 after(stopAll);
 
 test("two pages create and join a room through the invite link and share a drawing", async () => {
-  const host = await launchPeer(server, { path: "/", label: "host" });
+  // The link the server printed at start (the default demo serves only browsers that opened it).
+  const demo = await server.demoPath();
+  const host = await launchPeer(server, { path: demo, label: "host" });
   await host.page.setViewportSize({ width: 1100, height: 800 });
   await host.page.fill("#name", "Host");
   await host.page.click("#start");
@@ -27,8 +29,10 @@ test("two pages create and join a room through the invite link and share a drawi
   assert.match(invite, /\?room=demo-[A-Za-z0-9_-]{32}$/);
 
   // The guest opens the invite link on a phone-sized window (its own context: like another
-  // browser, nothing shared with the host's).
-  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search, label: "guest" });
+  // browser on this machine, nothing shared with the host's, so it opens it with the demo's
+  // key, as from the start line).
+  const key = new URL(demo, server.url).searchParams.get("demo");
+  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search + `&demo=${key}`, label: "guest" });
   await guest.page.setViewportSize({ width: 390, height: 844 });
   await guest.page.fill("#name", "Guest");
   await guest.page.click("#start");

@@ -205,18 +205,26 @@ const tempDirs = [];
 function stdoutLine(proc, re) {
   return new Promise((resolve, reject) => {
     let buf = "";
+    let found = false;
     const stdout = /** @type {import("node:stream").Readable} */ (proc.child.stdout);
+    /** The start lines after the match (the demo's link, say), kept for `startLine`. */
+    const after = /** @type {string[]} */ ([]);
+    /** @type {any} */ (proc).startLines = after;
     const onData = (/** @type {Buffer} */ d) => {
       buf += String(d);
       for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
         const line = buf.slice(0, nl).trim();
         buf = buf.slice(nl + 1);
+        if (found) {
+          // The few start lines are kept; the rest is read and dropped (it must not fill
+          // the pipe).
+          if (after.length < 50) after.push(line);
+          continue;
+        }
         const m = re.exec(line);
         if (m) {
-          stdout.off("data", onData);
-          stdout.resume(); // the rest is not needed, but must not fill the pipe
+          found = true;
           resolve(m[1]);
-          return;
         }
       }
     };
@@ -275,6 +283,30 @@ export class TestServer {
       // BLUECAM_E2E_LOG=info (or a RUST_LOG filter) shows the servers' logs when debugging.
       ...process.env, BLUECAM_API_SECRET: SECRET, RUST_LOG: process.env.BLUECAM_E2E_LOG ?? "warn", ...env,
     });
+  }
+
+  /**
+   * The first start line after the address line that matches `re` (its first group), once
+   * printed.
+   * @param {RegExp} re
+   * @returns {Promise<string>}
+   */
+  async startLine(re) {
+    return waitFor(() => {
+      const lines = /** @type {string[]} */ (/** @type {any} */ (this.proc).startLines ?? []);
+      for (const line of lines) {
+        const m = re.exec(line);
+        if (m) return m[1];
+      }
+      return undefined;
+    }, `a start line matching ${re}`, START_DEADLINE_MS);
+  }
+
+  /** The default demo's link (printed at start: `/?demo=KEY`), as a path. */
+  async demoPath() {
+    const link = await this.startLine(/^Demo: open (\S+)/);
+    const url = new URL(link);
+    return url.pathname + url.search;
   }
 
   /** Waits for the address line and a healthy /healthz. */

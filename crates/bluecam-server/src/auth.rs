@@ -265,7 +265,10 @@ pub enum SecretOrigin {
 pub fn load_or_create_secret(dir: &Path) -> std::io::Result<(Secret, SecretOrigin)> {
     let path = dir.join("api-secret");
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok((Secret::new(text.trim()), SecretOrigin::Loaded)),
+        Ok(text) if !text.trim().is_empty() => {
+            tighten(&path)?;
+            Ok((Secret::new(text.trim()), SecretOrigin::Loaded))
+        }
         Ok(_) => Err(std::io::Error::other(format!(
             "{} is empty: delete it to generate a new secret",
             path.display()
@@ -277,6 +280,22 @@ pub fn load_or_create_secret(dir: &Path) -> std::io::Result<(Secret, SecretOrigi
         }
         Err(e) => Err(e),
     }
+}
+
+/// Makes a secret file that others may read this user's alone (0600), saying so once.
+fn tighten(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::info!(path = %path.display(), "the API secret file was readable by others: made private (0600)");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -388,6 +407,16 @@ mod tests {
         let (b, ob) = load_or_create_secret(&dir).unwrap();
         assert_eq!((oa, ob), (SecretOrigin::Generated, SecretOrigin::Loaded));
         assert_eq!(a.expose(), b.expose());
+        // A secret file others may read is made private when it is read.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let file = dir.join("api-secret");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            load_or_create_secret(&dir).unwrap();
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

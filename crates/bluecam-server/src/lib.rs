@@ -154,14 +154,21 @@ impl AppState {
     }
 
     /// Whether the demo serves this request. Asked for (`--demo`), to anyone; on by default,
-    /// only to a request that came straight from this machine: one naming a local host and
-    /// carrying no proxy's forwarding header (a reverse proxy on this host makes a loopback
-    /// server public, and may not have been given `--public-url`).
+    /// only to a browser on this machine that opened the demo link printed at start (its
+    /// cookie carries the key), in a request naming a local host and carrying no proxy's
+    /// forwarding header. (A reverse proxy on this host makes a loopback server public and
+    /// may not have been given `--public-url`; it may also send neither a public `Host` nor a
+    /// forwarding header: the key is what only the operator has.)
     pub fn demo_serves(&self, headers: &axum::http::HeaderMap) -> bool {
         match self.config.demo {
             Some(on) => on,
-            None => self.demo_enabled() && is_direct_local_request(headers),
+            None => self.demo_by_link(headers) && self.demo.has_key(headers),
         }
+    }
+
+    /// Whether this request may open the default demo with its link (`/?demo=KEY`).
+    pub fn demo_by_link(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.config.demo.is_none() && self.demo_enabled() && is_direct_local_request(headers)
     }
 
     /// Records in the store that these rooms just became empty.
@@ -507,6 +514,13 @@ impl Server {
     /// rather than on by default for this machine only.
     pub fn demo_for_anyone(&self) -> bool {
         self.state.config.demo == Some(true)
+    }
+
+    /// The default demo's key, for its link (`/?demo=KEY`); `None` when the demo is off or
+    /// asked for (then it needs no key).
+    pub fn demo_key(&self) -> Option<&str> {
+        (self.state.config.demo.is_none() && self.state.demo_enabled())
+            .then(|| self.state.demo.key())
     }
 
     /// This node's id in the cluster (`None` on a single node).

@@ -211,10 +211,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              and join them without the API secret (--no-demo turns it off)"
         );
         tracing::warn!("the demo is on for anyone who can reach this server (--demo)");
-    } else if server.demo_enabled() {
+    } else if let Some(key) = server.demo_key() {
         say!(
-            "Demo: on at {url}/ for this machine only (requests through a proxy or naming \
-             another host are refused; --demo serves anyone, --no-demo turns it off)"
+            "Demo: open {url}/?demo={key} in this machine's browser (only a browser that \
+             opened this link is served; --demo serves anyone, --no-demo turns it off)"
         );
     } else {
         say!("Demo: off");

@@ -162,19 +162,21 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
+        // Parsed first: what is not a Binding request costs no source any of its budget, and
+        // takes no place in the table.
+        let Some(reply) = answer(&buf[..n], from) else {
+            metrics.stun_refused.increment(1);
+            continue;
+        };
         if let Err(why) = limiter.handle_request(from.ip(), Instant::now()) {
             why.count(&metrics);
             metrics.stun_refused.increment(1);
             continue;
         }
-        if let Some(reply) = answer(&buf[..n], from) {
-            metrics.stun_answers.increment(1);
-            // UDP: an answer the kernel would not send is a lost datagram, which the client
-            // retransmits for; nothing to do here.
-            let _ = socket.send_to(&reply, from).await;
-        } else {
-            metrics.stun_refused.increment(1);
-        }
+        metrics.stun_answers.increment(1);
+        // UDP: an answer the kernel would not send is a lost datagram, which the client
+        // retransmits for; nothing to do here.
+        let _ = socket.send_to(&reply, from).await;
     }
 }
 

@@ -156,13 +156,28 @@ fn demo_off() -> ApiError {
     )
 }
 
-/// The demo page at `/` (or the status page when the demo is off).
-pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// The demo page at `/` (or the status page when the demo is off). The default demo's link
+/// (`/?demo=KEY`, printed at start) sets the cookie that its other requests then carry.
+pub async fn index(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
     if state.demo_serves(&headers) {
-        cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false)
-    } else {
-        cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
+        return cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false);
     }
+    if state.demo_by_link(&headers) && state.demo.link_in(query.as_deref()) {
+        let mut res = cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false);
+        let cookie = format!(
+            "{DEMO_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+            state.demo.key
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+            res.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        return res;
+    }
+    cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
 }
 
 async fn demo_file(
@@ -192,11 +207,19 @@ const DEMO_ROOMS_BURST: f64 = 5.0;
 const DEMO_ROOMS_PER_HOUR: usize = 200;
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// What the demo may still make: rooms per source, and rooms on this node in the last hour.
+/// The cookie that carries the demo key.
+const DEMO_COOKIE: &str = "bluecam_demo";
+
+/// What the demo may still make (rooms per source, and rooms on this node in the last hour),
+/// and the key of the default demo.
 #[derive(Debug)]
 pub struct DemoQuota {
     per_source: crate::front::sources::SharedRates,
     made: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// Drawn at each start and printed in the start lines' demo link: the default demo serves
+    /// only browsers that opened that link (it sets a cookie), so a request that reaches the
+    /// server through a proxy, whatever headers it carries, is not served.
+    key: String,
 }
 
 impl Default for DemoQuota {
@@ -208,11 +231,46 @@ impl Default for DemoQuota {
                 10_000,
             ),
             made: std::sync::Mutex::default(),
+            key: crate::auth::random_token(16),
         }
     }
 }
 
+/// Compares two strings in constant time (for their length).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 impl DemoQuota {
+    /// The key of the default demo (in its link: `/?demo=KEY`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the request carries the demo key in its cookie.
+    pub fn has_key(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| name == DEMO_COOKIE && same(value, &self.key))
+    }
+
+    /// Whether the query is the demo link's (`demo=KEY`).
+    fn link_in(&self, query: Option<&str>) -> bool {
+        query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .any(|(name, value)| name == "demo" && same(value, &self.key))
+    }
+
     /// Takes a room from the quota of `source` (`None`: an exempt one, such as a proxy on this
     /// host) and of the node, or says why not.
     fn take(&self, source: Option<std::net::IpAddr>) -> Result<(), ApiError> {

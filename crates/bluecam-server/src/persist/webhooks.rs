@@ -323,29 +323,42 @@ mod tests {
     }
 
     #[test]
-    fn webhook_endpoints_are_shown_without_credentials_query_or_fragment() {
+    fn webhook_endpoints_are_shown_without_credentials_query_fragment_or_path() {
         for (url, shown) in [
             (
                 "https://user:pa55@hooks.example.com/in/x?token=s3cret#frag",
-                "https://hooks.example.com/in/x",
+                "https://hooks.example.com #",
             ),
             (
                 "http://user@127.0.0.1:8080/hook?token=s3cret",
-                "http://127.0.0.1:8080/hook",
+                "http://127.0.0.1:8080 #",
             ),
-            ("https://[::1]:8443/?a=s3cret", "https://[::1]:8443/"),
-            ("https://example.com", "https://example.com/"),
+            ("https://[::1]:8443/?a=s3cret", "https://[::1]:8443 #"),
+            ("https://example.com", "https://example.com #"),
             // A default port is not shown; one that is not the default is.
-            ("https://example.com:443/h", "https://example.com/h"),
-            // Unparsable: the same parts go, by their delimiters.
+            ("https://example.com:443/h", "https://example.com #"),
+            // A credential in the path (Slack's, Discord's webhooks).
+            (
+                "https://hooks.slack.com/services/T000/B000/s3cret",
+                "https://hooks.slack.com #",
+            ),
+            // Unparsable: the hash alone.
             (
                 "http://us:pa55@exa mple.com:99999/p?token=s3cret",
-                "http://exa mple.com:99999/p",
+                "(an endpoint) #",
             ),
-            ("not a url?token=s3cret", "not a url"),
+            ("not a url?token=s3cret", "(an endpoint) #"),
         ] {
-            assert_eq!(redacted(url), shown, "{url}");
+            let got = redacted(url);
+            assert!(got.starts_with(shown), "{url}: {got}");
+            assert_eq!(got.len(), shown.len() + 8, "{url}: {got}");
+            assert!(!got.contains("s3cret") && !got.contains("pa55"), "{got}");
         }
+        // The hash tells two endpoints of one host apart.
+        assert_ne!(
+            redacted("https://hooks.example.com/a"),
+            redacted("https://hooks.example.com/b")
+        );
     }
 
     #[tokio::test]
@@ -379,7 +392,7 @@ mod tests {
         };
         let e = bad.validate().unwrap_err();
         assert!(
-            e.contains("http://127.0.0.1:9/h") && !e.contains("s3cret"),
+            e.contains("http://127.0.0.1:9 #") && !e.contains("s3cret") && !e.contains("/h"),
             "{e}"
         );
         let bad = WebhookConfig {

@@ -15,6 +15,8 @@ pub const SECRET: &str = "test-secret-0123456789abcdefghijklmn";
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The default demo's key (its link is `/?demo=KEY`), when that demo is on.
+    pub demo_key: Option<String>,
     pub secret: Secret,
     pub dir: PathBuf,
     shutdown: CancellationToken,
@@ -52,6 +54,7 @@ impl TestServer {
             .await
             .unwrap();
         let addr = server.local_addr().unwrap();
+        let demo_key = server.demo_key().map(str::to_owned);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -59,6 +62,7 @@ impl TestServer {
         });
         Self {
             addr,
+            demo_key,
             secret: Secret::new(SECRET),
             dir,
             shutdown,
@@ -81,8 +85,19 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// An HTTP client; with the default demo on, like a browser of this machine that opened
+    /// the demo link (it carries the demo's cookie).
     pub fn http(&self) -> reqwest::Client {
-        reqwest::Client::new()
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &self.demo_key
+            && let Ok(cookie) = format!("bluecam_demo={key}").parse()
+        {
+            headers.insert(reqwest::header::COOKIE, cookie);
+        }
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
     }
 
     /// The body of an unauthenticated GET.

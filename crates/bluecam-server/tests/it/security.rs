@@ -277,12 +277,23 @@ async fn a_token_issued_before_its_room_was_created_again_is_refused() {
         bluecam_proto::CloseCode::for_join_error(bluecam_proto::ErrorCode::Unauthorized),
     )
     .await;
+    // One issued in the future would pass that rule for every later room of the id: refused.
+    let future = s.token_with("standup", "clock", |c| c.iat += 600);
+    Client::join_fails(
+        s.addr,
+        future,
+        "unauthorized",
+        bluecam_proto::CloseCode::for_join_error(bluecam_proto::ErrorCode::Unauthorized),
+    )
+    .await;
     // One issued now opens it.
     s.join("standup", "invitee").await;
 }
 
 /// Finding 4: the demo, on by default for a loopback bind, was public behind a reverse proxy
-/// on the same host; its rooms had no rate, and its guests got TURN credentials.
+/// on the same host; its rooms had no rate, and its guests got TURN credentials. The default
+/// demo now serves only a browser that opened the link printed at start (a cookie carries its
+/// key), in requests naming a local host without a proxy's forwarding header.
 #[tokio::test]
 async fn the_default_demo_serves_only_this_machine_within_a_rate_and_without_turn() {
     let s = TestServer::with(|c| {
@@ -294,46 +305,104 @@ async fn the_default_demo_serves_only_this_machine_within_a_rate_and_without_tur
         });
     })
     .await;
-    let http = s.http();
-    // Through a proxy (a forwarding header) or under a public name: not served.
+    let key = s
+        .demo_key
+        .clone()
+        .expect("the default demo is on, with a key");
+    let http = reqwest::Client::new();
+    let cookie = format!("bluecam_demo={key}");
+    // Without the key: what a proxy in front of this loopback server passes on, with the
+    // server's own address as Host (nginx's default) and no forwarding header.
+    let res = http.post(s.url("/demo/rooms")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let page = http
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("New private room"),
+        "the demo page without its key"
+    );
+    let wrong = http
+        .post(s.url("/demo/rooms"))
+        .header("cookie", "bluecam_demo=guessed-key-0000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 404);
+    // With the key but through a proxy (a forwarding header) or under a public name.
     for (name, value) in [
         ("x-forwarded-for", "203.0.113.9"),
+        ("x-real-ip", "203.0.113.9"),
+        ("x-forwarded-host", "meet.example.com"),
         ("forwarded", "for=203.0.113.9"),
         ("host", "meet.example.com"),
+        ("host", "localhost.example.com"),
     ] {
         let res = http
             .post(s.url("/demo/rooms"))
+            .header("cookie", &cookie)
             .header(name, value)
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), 404, "{name}: {value}");
-        let page = http
-            .get(s.url("/"))
+        let link = http
+            .get(s.url(&format!("/?demo={key}")))
             .header(name, value)
             .send()
             .await
             .unwrap();
-        let text = page.text().await.unwrap();
-        assert!(!text.contains("New private room"), "{name}: the demo page");
+        assert!(
+            link.headers().get("set-cookie").is_none(),
+            "{name}: {value}"
+        );
     }
-    // Straight from this machine: served, five rooms at once, then 429.
+    // The link, opened on this machine: the demo page and the cookie.
+    let link = http
+        .get(s.url(&format!("/?demo={key}")))
+        .send()
+        .await
+        .unwrap();
+    let set = link.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.starts_with(&cookie) && set.contains("HttpOnly"),
+        "{set}"
+    );
+    assert!(link.text().await.unwrap().contains("New private room"));
+    // With it: five rooms at once from one source, then 429.
     let mut rooms = Vec::new();
     for _ in 0..5 {
-        let res = http.post(s.url("/demo/rooms")).send().await.unwrap();
+        let res = http
+            .post(s.url("/demo/rooms"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
         let v: Value = res.json().await.unwrap();
         rooms.push(v["room"]["id"].as_str().unwrap().to_owned());
     }
-    let res = http.post(s.url("/demo/rooms")).send().await.unwrap();
+    let res = http
+        .post(s.url("/demo/rooms"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 429);
     // A demo guest gets no TURN credentials; a backend's user does.
     let res = http
         .post(s.url(&format!("/demo/rooms/{}/tokens", rooms[0])))
+        .header("cookie", &cookie)
         .json(&json!({"name": "guest"}))
         .send()
         .await
         .unwrap();
+    assert_eq!(res.status(), 201);
     let token: Value = res.json().await.unwrap();
     let mut guest = Client::connect(s.addr).await;
     guest

@@ -168,6 +168,22 @@ impl Down {
         }
     }
 
+    /// Resolves once the connection has ended (its close is set), or after `within`.
+    pub(super) async fn closed_within(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().close.is_some() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// When a request of the client last came (or ended: a poll waits a while).
     pub(crate) fn last_request(&self) -> Instant {
         self.lock().last_request

@@ -39,10 +39,7 @@ use serde::Deserialize;
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
@@ -96,7 +93,6 @@ pub(crate) const FORWARDED_POLL_BATCH_BYTES: usize = 256 << 10;
 /// The transport sessions of this node.
 pub struct HttpSessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
-    made: AtomicU64,
     /// The bytes of requests passed to other nodes and of their answers, per source...
     forwards: crate::front::sources::SharedRates,
     /// ...and from every source together.
@@ -107,7 +103,6 @@ impl Default for HttpSessions {
     fn default() -> Self {
         Self {
             map: Mutex::default(),
-            made: AtomicU64::new(0),
             forwards: crate::front::sources::SharedRates::new(
                 FORWARD_BYTES_PER_SEC,
                 FORWARD_BURST_BYTES,
@@ -299,7 +294,7 @@ pub async fn open(
         taken: tokio::sync::Mutex::new(1),
     });
     // Cannot fail: the channel is new, and the join is within the budget (the body limit).
-    let permits = join.len().clamp(1, budget) as u32;
+    let permits = join.len().clamp(1, budget.max(1)) as u32;
     if let Ok(place) = Arc::clone(&session.up_bytes).try_acquire_many_owned(permits) {
         let _ = session.up.try_send(Up::Text(join, place));
     }
@@ -336,24 +331,39 @@ pub async fn open(
         .limits
         .join_timeout()
         .saturating_sub(Duration::from_secs(1));
-    let batch = down
+    let mut batch = down
         .poll(0, wait.max(Duration::from_secs(1)), POLL_BATCH_BYTES)
         .await;
+    // A join that failed answers its error, then ends the connection: the answer waits for
+    // that end (it follows at once) so as to carry it.
+    let joined = batch
+        .frames
+        .first()
+        .is_none_or(|f| f.as_str().starts_with(r#"{"op":"joined""#));
+    if !joined && batch.close.is_none() {
+        down.closed_within(JOIN_END_WAIT).await;
+        batch = down.poll(0, Duration::ZERO, POLL_BATCH_BYTES).await;
+    }
     abandoned.0 = None;
     // A session that already ended (its join failed) has nothing more to poll: its answer
     // carries the close and no session id (which would name this node to anyone).
-    let sid = batch.close.is_none().then_some(sid.as_str());
+    let sid = (joined && batch.close.is_none()).then_some(sid.as_str());
     respond(StatusCode::OK, batch.to_json(sid))
 }
 
+/// The longest session id looked at (ours are under 80 characters).
+const MAX_SID_LEN: usize = 128;
+
+/// How long an `open` whose join failed waits for the connection's end after its error.
+const JOIN_END_WAIT: Duration = Duration::from_secs(1);
+
 /// A new session id: this node's id (in a cluster, so that any node can tell whose session it
-/// is), 176 random bits and a counter, then a tag under a key derived from the API secret, so
+/// is), 176 random bits, then a tag under a key derived from the API secret, so
 /// that any node tells a forged or altered id from a real one without asking anyone.
 fn new_sid(state: &AppState) -> String {
-    let n = state.http.made.fetch_add(1, Ordering::Relaxed);
     let base = match state.broker.node() {
-        Some(node) => format!("{node}.{}{n:x}", crate::auth::random_token(22)),
-        None => format!("{}{n:x}", crate::auth::random_token(22)),
+        Some(node) => format!("{node}.{}", crate::auth::random_token(22)),
+        None => crate::auth::random_token(22),
     };
     let tag = state.secret.sid_tag(&base);
     format!("{base}.{tag}")
@@ -362,6 +372,10 @@ fn new_sid(state: &AppState) -> String {
 /// The node a session id names when its tag is right (`Some(None)` on a single node, or for
 /// an id without a node); `None` for an id this cluster did not make.
 fn sid_node<'a>(state: &AppState, sid: &'a str) -> Option<Option<&'a str>> {
+    // (Ours are under 80 characters: a longer one is not hashed at all.)
+    if sid.len() > MAX_SID_LEN {
+        return None;
+    }
     let (base, tag) = sid.rsplit_once('.')?;
     if !state.secret.sid_tag_matches(base, tag) {
         return None;
@@ -602,7 +616,7 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
                 };
                 // Waits while the connection is busy (back-pressure on the client's requests),
                 // holding the frame's bytes in the session's budget until it is taken.
-                let permits = text.len().clamp(1, budget) as u32;
+                let permits = text.len().clamp(1, budget.max(1)) as u32;
                 let Ok(place) = Arc::clone(&session.up_bytes)
                     .acquire_many_owned(permits)
                     .await
