@@ -151,6 +151,8 @@ pub struct RedisBroker {
     /// Requests this node passed on, waiting for their answers.
     http_waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
     http_next: std::sync::atomic::AtomicU64,
+    /// Requests passed on by other nodes being answered now (see `relay.rs`).
+    http_answering: std::sync::atomic::AtomicUsize,
     /// The client settings (TLS included) of every connection the node makes.
     config: FredConfig,
 }
@@ -205,6 +207,7 @@ impl RedisBroker {
             http_handler: OnceLock::new(),
             http_waiting: Mutex::new(HashMap::new()),
             http_next: std::sync::atomic::AtomicU64::new(0),
+            http_answering: std::sync::atomic::AtomicUsize::new(0),
             node,
             config,
         }))
@@ -257,6 +260,7 @@ impl RedisBroker {
         let me = Arc::clone(self);
         let stop = shutdown.clone();
         let events_hub = Arc::clone(&hub);
+        let answers = tracker.clone();
         tracker.spawn(async move {
             let hub = events_hub;
             loop {
@@ -267,7 +271,7 @@ impl RedisBroker {
                 match msg {
                     Ok(msg) if *msg.channel == *http_chan => {
                         if let Some(message) = msg.value.as_bytes() {
-                            me.on_http(message);
+                            me.on_http(message, &answers);
                         }
                     }
                     Ok(msg) => {
@@ -665,8 +669,6 @@ impl RedisBroker {
     }
 
     /// Applies one message from another node.
-    /// A message on this node's HTTP channel: a request to answer (in a task of its own: a
-    /// poll may wait), or the answer to one of ours.
     fn on_event(&self, hub: &dyn Host, text: &str) {
         match decode_event(text) {
             Ok(Some(Decoded::Room { room, ver, event })) => hub.remote(&room, ver, event),

@@ -44,8 +44,15 @@ impl RelayHead {
     }
 }
 
+/// Requests passed on by other nodes that this node answers at once at most (each waits up to
+/// a poll's wait); beyond, the request is answered 503 at once (the client retries). The
+/// requesting nodes' own budgets (`transport::http`) bound what arrives in the first place.
+const ANSWERING_AT_ONCE: usize = 4096;
+
 impl RedisBroker {
-    pub(super) fn on_http(self: &Arc<Self>, message: &[u8]) {
+    /// A message on this node's HTTP channel: a request to answer (in a task of its own,
+    /// tracked for shutdown: a poll may wait), or the answer to one of ours.
+    pub(super) fn on_http(self: &Arc<Self>, message: &[u8], tasks: &TaskTracker) {
         let Some((head, body)) = RelayHead::decode(message) else {
             tracing::error!("undecodable HTTP transport relay message");
             self.metrics.redis_errors.increment(1);
@@ -63,8 +70,21 @@ impl RedisBroker {
                 };
                 let me = Arc::clone(self);
                 let body = bytes::Bytes::copy_from_slice(body);
-                tokio::spawn(async move {
-                    let reply = (handler.0)(op, body).await;
+                let busy = self
+                    .http_answering
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                    >= ANSWERING_AT_ONCE;
+                tasks.spawn(async move {
+                    let reply = if busy {
+                        HttpReply {
+                            status: 503,
+                            body: r#"{"error":{"code":"unavailable","message":"the node holding this session is busy; retry"}}"#.into(),
+                        }
+                    } else {
+                        (handler.0)(op, body).await
+                    };
+                    me.http_answering
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     let answer = RelayHead {
                         q: None,
                         from: None,
