@@ -92,6 +92,82 @@ struct SessionRecord {
     permissions: Permissions,
 }
 
+/// The arguments `JOIN` and `REGISTER` share (their first seven): the peer as the directory
+/// records it, with its session record (what a resume on another node needs), built once.
+struct PeerArgs<'a> {
+    room: &'a RoomId,
+    info: &'a bluecam_proto::PeerInfo,
+    session: &'a bluecam_proto::SessionId,
+    secret: &'a SessionSecret,
+    permissions: Permissions,
+    /// Seats of the room (`JOIN`); none for `REGISTER`, which puts back a peer that had one.
+    max_peers: Option<u32>,
+}
+
+impl PeerArgs<'_> {
+    fn build(&self, node: &NodeId) -> Vec<String> {
+        let record = SessionRecord {
+            room: self.room.clone(),
+            peer: self.info.id.clone(),
+            identity: self.info.identity.clone(),
+            secret: self.secret.clone(),
+            permissions: self.permissions,
+        };
+        vec![
+            self.room.to_string(),
+            self.info.id.to_string(),
+            node.to_string(),
+            serde_json::to_string(self.info).unwrap_or_default(),
+            self.session.to_string(),
+            serde_json::to_string(&record).unwrap_or_default(),
+            self.max_peers.map(|n| n.to_string()).unwrap_or_default(),
+        ]
+    }
+}
+
+/// The answer of a directory script, its tag read in one place: what the operation did.
+#[derive(Debug)]
+enum DirReply {
+    /// Done (`JOIN`, `CLAIM`, `REGISTER`), with what followed the tag.
+    Ok(Vec<Value>),
+    /// The room is full (`JOIN`).
+    RoomFull,
+    /// The room was deleted (`JOIN`, `REGISTER`).
+    RoomGone,
+    /// No such session, or not this secret (`CLAIM`).
+    Expired,
+    /// The session belongs to another room or identity (`CLAIM`).
+    Unauthorized,
+    /// Redis lost its data a moment ago: what it lacks may come back (`CLAIM`).
+    Rebuilding,
+    /// The peer left for good meanwhile: its tombstone (`REGISTER`).
+    Left,
+    /// The peer is on another node now (`REGISTER`).
+    Moved,
+    /// The peer was put back (`REGISTER`).
+    Added,
+}
+
+impl DirReply {
+    /// Reads a script's answer: a tag, then what goes with it.
+    fn read(answer: Vec<Value>, script: &str) -> Result<Self, BrokerError> {
+        let mut values = answer.into_iter();
+        let tag = values.next().and_then(|v| v.as_string());
+        Ok(match tag.as_deref() {
+            Some("ok") => Self::Ok(values.collect()),
+            Some("full") => Self::RoomFull,
+            Some("gone") => Self::RoomGone,
+            Some("expired") => Self::Expired,
+            Some("unauthorized") => Self::Unauthorized,
+            Some("rebuilding") => Self::Rebuilding,
+            Some("left") => Self::Left,
+            Some("moved") => Self::Moved,
+            Some("added") => Self::Added,
+            other => return Err(backend(format!("unexpected {script} answer {other:?}"))),
+        })
+    }
+}
+
 pub use bluecam_core::cluster::Decoded;
 
 /// Decodes a message from another node; `Ok(None)` for one that carries nothing this node
@@ -529,33 +605,28 @@ impl RedisBroker {
     async fn resync(&self, hub: &dyn Host, reconcile: bool) -> bool {
         let local = hub.local_peers();
         for p in &local {
-            let session = SessionRecord {
-                room: p.room.clone(),
-                peer: p.info.id.clone(),
-                identity: p.info.identity.clone(),
-                secret: p.secret.clone(),
+            let mut args = PeerArgs {
+                room: &p.room,
+                info: &p.info,
+                session: &p.session,
+                secret: &p.secret,
                 permissions: p.permissions,
-            };
-            let args = vec![
-                p.room.to_string(),
-                p.info.id.to_string(),
-                self.node.to_string(),
-                serde_json::to_string(&p.info).unwrap_or_default(),
-                p.session.to_string(),
-                serde_json::to_string(&session).unwrap_or_default(),
-                String::new(),
-                p.seq.to_string(),
-                p.room_ver.to_string(),
-            ];
-            let r: Result<Vec<String>, _> = self.eval(&REGISTER, args).await;
-            match r {
-                Ok(answer) if answer.first().map(String::as_str) == Some("gone") => {
+                max_peers: None,
+            }
+            .build(&self.node);
+            args.extend([p.seq.to_string(), p.room_ver.to_string()]);
+            let r: Result<Vec<Value>, _> = self.eval(&REGISTER, args).await;
+            match r
+                .map_err(backend)
+                .and_then(|a| DirReply::read(a, "register"))
+            {
+                Ok(DirReply::RoomGone) => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
                 }
-                Ok(answer) if answer.first().map(String::as_str) == Some("left") => {
+                Ok(DirReply::Left) => {
                     hub.peer_gone(&p.room, &p.info.id);
                 }
-                // 'moved' is applied by the room's snapshot below.
+                // `Moved` is applied by the room's snapshot below.
                 Ok(_) => {}
                 Err(e) => {
                     self.redis_error("re-register", &e);
@@ -747,33 +818,25 @@ impl Broker for RedisBroker {
 
     fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
         Box::pin(async move {
-            let session = SessionRecord {
-                room: peer.room.clone(),
-                peer: peer.info.id.clone(),
-                identity: peer.info.identity.clone(),
-                secret: peer.secret.clone(),
+            let args = PeerArgs {
+                room: &peer.room,
+                info: &peer.info,
+                session: &peer.session,
+                secret: &peer.secret,
                 permissions: peer.permissions,
-            };
-            let args = vec![
-                peer.room.to_string(),
-                peer.info.id.to_string(),
-                self.node.to_string(),
-                serde_json::to_string(&peer.info).unwrap_or_default(),
-                peer.session.to_string(),
-                serde_json::to_string(&session).unwrap_or_default(),
-                peer.max_peers.to_string(),
-            ];
+                max_peers: Some(peer.max_peers),
+            }
+            .build(&self.node);
             let r: Vec<Value> = self.eval(&JOIN, args).await.map_err(|e| {
                 self.redis_error("join", &e);
                 backend(e)
             })?;
-            let mut r = r.into_iter();
-            match r.next().and_then(|v| v.as_string()).as_deref() {
-                Some("ok") => {}
-                Some("full") => return Err(BrokerError::RoomFull),
-                Some("gone") => return Err(BrokerError::RoomGone),
+            let mut r = match DirReply::read(r, "join")? {
+                DirReply::Ok(rest) => rest.into_iter(),
+                DirReply::RoomFull => return Err(BrokerError::RoomFull),
+                DirReply::RoomGone => return Err(BrokerError::RoomGone),
                 other => return Err(backend(format!("unexpected join answer {other:?}"))),
-            }
+            };
             let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
             let peers = r.next().unwrap_or(Value::Null);
             let nodes = r.next().unwrap_or(Value::Null);
@@ -806,22 +869,21 @@ impl Broker for RedisBroker {
                 self.redis_error("claim", &e);
                 backend(e)
             })?;
-            let mut r = r.into_iter();
-            match r.next().and_then(|v| v.as_string()).as_deref() {
-                Some("ok") => {}
+            let mut r = match DirReply::read(r, "claim")? {
+                DirReply::Ok(rest) => rest.into_iter(),
                 // While the directory is being rebuilt (Redis lost its data a moment ago), the
                 // node holding the session may not have put it back yet: try again, do not
                 // end a session that exists.
-                Some("rebuilding") => {
+                DirReply::Rebuilding => {
                     return Err(backend("the cluster directory is being rebuilt"));
                 }
-                Some("expired") if self.machine().recently_rebuilt(Instant::now()) => {
+                DirReply::Expired if self.machine().recently_rebuilt(Instant::now()) => {
                     return Err(backend("the cluster directory is being rebuilt"));
                 }
-                Some("expired") => return Ok(None),
-                Some("unauthorized") => return Err(BrokerError::Unauthorized),
+                DirReply::Expired => return Ok(None),
+                DirReply::Unauthorized => return Err(BrokerError::Unauthorized),
                 other => return Err(backend(format!("unexpected claim answer {other:?}"))),
-            }
+            };
             let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
             let session: SessionRecord = r
                 .next()
