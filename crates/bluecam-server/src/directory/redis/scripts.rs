@@ -1,5 +1,6 @@
-//! The directory's Lua scripts: one shared prelude of functions and one script per
-//! operation, built and hashed once, called by SHA.
+//! The directory's Lua scripts (one shared prelude of functions and one script per
+//! operation, built and hashed once, called by SHA), the arguments they share, and their
+//! answers read as a typed [`DirReply`].
 
 use super::*;
 
@@ -275,3 +276,79 @@ return 1
 "#,
     )
 });
+
+/// The arguments `JOIN` and `REGISTER` share (their first seven): the peer as the directory
+/// records it, with its session record (what a resume on another node needs), built once.
+pub(super) struct PeerArgs<'a> {
+    pub(super) room: &'a RoomId,
+    pub(super) info: &'a bluecam_proto::PeerInfo,
+    pub(super) session: &'a bluecam_proto::SessionId,
+    pub(super) secret: &'a SessionSecret,
+    pub(super) permissions: Permissions,
+    /// Seats of the room (`JOIN`); none for `REGISTER`, which puts back a peer that had one.
+    pub(super) max_peers: Option<u32>,
+}
+
+impl PeerArgs<'_> {
+    pub(super) fn build(&self, node: &NodeId) -> Vec<String> {
+        let record = SessionRecord {
+            room: self.room.clone(),
+            peer: self.info.id.clone(),
+            identity: self.info.identity.clone(),
+            secret: self.secret.clone(),
+            permissions: self.permissions,
+        };
+        vec![
+            self.room.to_string(),
+            self.info.id.to_string(),
+            node.to_string(),
+            serde_json::to_string(self.info).unwrap_or_default(),
+            self.session.to_string(),
+            serde_json::to_string(&record).unwrap_or_default(),
+            self.max_peers.map(|n| n.to_string()).unwrap_or_default(),
+        ]
+    }
+}
+
+/// The answer of a directory script, its tag read in one place: what the operation did.
+#[derive(Debug)]
+pub(super) enum DirReply {
+    /// Done (`JOIN`, `CLAIM`, `REGISTER`), with what followed the tag.
+    Ok(Vec<Value>),
+    /// The room is full (`JOIN`).
+    RoomFull,
+    /// The room was deleted (`JOIN`, `REGISTER`).
+    RoomGone,
+    /// No such session, or not this secret (`CLAIM`).
+    Expired,
+    /// The session belongs to another room or identity (`CLAIM`).
+    Unauthorized,
+    /// Redis lost its data a moment ago: what it lacks may come back (`CLAIM`).
+    Rebuilding,
+    /// The peer left for good meanwhile: its tombstone (`REGISTER`).
+    Left,
+    /// The peer is on another node now (`REGISTER`).
+    Moved,
+    /// The peer was put back (`REGISTER`).
+    Added,
+}
+
+impl DirReply {
+    /// Reads a script's answer: a tag, then what goes with it.
+    pub(super) fn read(answer: Vec<Value>, script: &str) -> Result<Self, BrokerError> {
+        let mut values = answer.into_iter();
+        let tag = values.next().and_then(|v| v.as_string());
+        Ok(match tag.as_deref() {
+            Some("ok") => Self::Ok(values.collect()),
+            Some("full") => Self::RoomFull,
+            Some("gone") => Self::RoomGone,
+            Some("expired") => Self::Expired,
+            Some("unauthorized") => Self::Unauthorized,
+            Some("rebuilding") => Self::Rebuilding,
+            Some("left") => Self::Left,
+            Some("moved") => Self::Moved,
+            Some("added") => Self::Added,
+            other => return Err(backend(format!("unexpected {script} answer {other:?}"))),
+        })
+    }
+}
