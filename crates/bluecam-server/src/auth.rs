@@ -67,6 +67,10 @@ pub struct Secret {
     token_key: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The API secret itself as an HS256 key: tokens signed before the keys were derived
+    /// (before 2026-12), which clients still hold and resume with, are still accepted, so an
+    /// upgrade ends no call. Nothing is signed with it any more.
+    legacy: DecodingKey,
     demo_key: [u8; 32],
     sid_key: [u8; 32],
 }
@@ -104,6 +108,7 @@ impl Secret {
         Self {
             encoding: EncodingKey::from_secret(token_key.as_bytes()),
             decoding: DecodingKey::from_secret(token_key.as_bytes()),
+            legacy: DecodingKey::from_secret(text.as_bytes()),
             token_key,
             demo_key: derive(&text, DEMO_KEY_LABEL),
             sid_key: derive(&text, SID_KEY_LABEL),
@@ -177,6 +182,12 @@ impl Secret {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub", "room"]);
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .or_else(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    jsonwebtoken::decode::<Claims>(token, &self.legacy, &validation)
+                }
+                _ => Err(e),
+            })
             .map(|data| data.claims)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
@@ -365,14 +376,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.verify(&by_key).unwrap().sub.as_str(), "alice");
-        // ...and a token signed with the API secret itself is not one (it was, before).
+        // ...and one signed with the API secret itself, as every token was before, still opens
+        // (clients resume with the tokens they hold across an upgrade); a token under any other
+        // key does not.
         let by_secret = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
             &EncodingKey::from_secret(s.expose().as_bytes()),
         )
         .unwrap();
-        assert_eq!(s.verify(&by_secret).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(s.verify(&by_secret).unwrap().sub.as_str(), "alice");
+        let by_other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another-secret-of-thirty-two-chars"),
+        )
+        .unwrap();
+        assert_eq!(s.verify(&by_other).unwrap_err(), TokenError::BadSignature);
+        // Minting never uses the API secret.
+        let minted = s.mint(&claims).unwrap();
+        let legacy_only = jsonwebtoken::decode::<Claims>(
+            &minted,
+            &DecodingKey::from_secret(s.expose().as_bytes()),
+            &Validation::new(Algorithm::HS256),
+        );
+        assert!(legacy_only.is_err());
         // The token key is no bearer secret; the secret is.
         assert!(!s.matches(s.token_key()));
         assert!(s.matches(s.expose()));

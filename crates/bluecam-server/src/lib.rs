@@ -143,14 +143,13 @@ impl AppState {
         allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o))
     }
 
-    /// Whether the demo page and its secret-less endpoints are on. Unset, it is on only for a
-    /// local setup: a loopback bind, and no `public_url` naming another host (behind a
-    /// reverse proxy the bind is loopback, yet the server is public).
-    pub fn demo_enabled(&self) -> bool {
-        self.config.demo.unwrap_or_else(|| {
-            self.config.bind.ip().is_loopback()
-                && self.config.public_url.as_deref().is_none_or(is_local_url)
-        })
+    /// Whether the default demo is on: no `demo` setting, and a local setup (a loopback bind,
+    /// and no `public_url` naming another host: behind a reverse proxy the bind is loopback,
+    /// yet the server is public). It then serves only its link's browsers (`demo_serves`).
+    pub fn default_demo(&self) -> bool {
+        self.config.demo.is_none()
+            && self.config.bind.ip().is_loopback()
+            && self.config.public_url.as_deref().is_none_or(is_local_url)
     }
 
     /// Whether the demo serves this request. Asked for (`--demo`), to anyone; on by default,
@@ -168,7 +167,7 @@ impl AppState {
 
     /// Whether this request may open the default demo with its link (`/?demo=KEY`).
     pub fn demo_by_link(&self, headers: &axum::http::HeaderMap) -> bool {
-        self.config.demo.is_none() && self.demo_enabled() && is_direct_local_request(headers)
+        self.default_demo() && is_direct_local_request(headers)
     }
 
     /// Records in the store that these rooms just became empty.
@@ -505,11 +504,6 @@ impl Server {
         self.metrics_listener.as_ref()?.local_addr().ok()
     }
 
-    /// Whether the demo page and its endpoints are on.
-    pub fn demo_enabled(&self) -> bool {
-        self.state.demo_enabled()
-    }
-
     /// Whether the demo was asked for (`--demo`), and so serves anyone who reaches the server,
     /// rather than on by default for this machine only.
     pub fn demo_for_anyone(&self) -> bool {
@@ -519,8 +513,7 @@ impl Server {
     /// The default demo's key, for its link (`/?demo=KEY`); `None` when the demo is off or
     /// asked for (then it needs no key).
     pub fn demo_key(&self) -> Option<&str> {
-        (self.state.config.demo.is_none() && self.state.demo_enabled())
-            .then(|| self.state.demo.key())
+        self.state.default_demo().then(|| self.state.demo.key())
     }
 
     /// This node's id in the cluster (`None` on a single node).

@@ -151,8 +151,8 @@ fn demo_off() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
-        "the demo is off here (on by default only for requests from this machine; `bluecam \
-         serve --demo` serves it to anyone)",
+        "the demo is off here (by default it serves only this machine's browser that opened \
+         the link printed at start; `bluecam serve --demo` serves it to anyone)",
     )
 }
 
@@ -163,21 +163,31 @@ pub async fn index(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if state.demo_serves(&headers) {
-        return cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false);
-    }
-    if state.demo_by_link(&headers) && state.demo.link_in(query.as_deref()) {
+    let mut res = if state.demo_serves(&headers) {
+        cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false)
+    } else if state.demo_by_link(&headers) && state.demo.link_in(query.as_deref()) {
         let mut res = cached(&headers, "text/html; charset=utf-8", DEMO_INDEX, false);
         let cookie = format!(
             "{DEMO_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
             state.demo.key
         );
-        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
             res.headers_mut().insert(header::SET_COOKIE, value);
         }
-        return res;
-    }
-    cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
+        res
+    } else {
+        cached(&headers, "text/html; charset=utf-8", STATUS_INDEX, false)
+    };
+    // Which page `/` is depends on the request (its cookie, its headers): no cache may keep
+    // one for another request (a shared cache, the demo's key cookie), and the browser asks
+    // again each time (the ETag still spares the body).
+    let h = res.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Cookie"));
+    res
 }
 
 async fn demo_file(

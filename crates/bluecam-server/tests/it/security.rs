@@ -369,6 +369,9 @@ async fn the_default_demo_serves_only_this_machine_within_a_rate_and_without_tur
         .await
         .unwrap();
     let set = link.headers()["set-cookie"].to_str().unwrap().to_owned();
+    // Which page `/` is depends on the request: no cache keeps it for another.
+    assert_eq!(link.headers()["cache-control"], "private, no-cache");
+    assert_eq!(link.headers()["vary"], "Cookie");
     assert!(
         set.starts_with(&cookie) && set.contains("HttpOnly"),
         "{set}"
