@@ -125,8 +125,8 @@ pub struct JoinRequest {
     pub cluster: Option<ClusterView>,
 }
 
-/// A peer of a room as the cluster directory (Redis) records it.
-#[derive(Clone, Debug)]
+/// A peer of a room as the cluster directory records it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RemotePeer {
     pub info: PeerInfo,
     pub node: NodeId,

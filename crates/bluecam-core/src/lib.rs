@@ -6,6 +6,7 @@
 //! and cluster nodes alike.
 
 pub mod cluster;
+pub mod directory;
 mod frame;
 mod hub;
 mod limits;

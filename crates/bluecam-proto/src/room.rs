@@ -65,6 +65,16 @@ pub struct PeerInfo {
     pub metadata: Option<Box<RawValue>>,
 }
 
+impl PartialEq for PeerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.identity == other.identity
+            && self.name == other.name
+            && self.metadata.as_deref().map(RawValue::get)
+                == other.metadata.as_deref().map(RawValue::get)
+    }
+}
+
 /// What a token allows; each permission is granted when absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,6 +4,7 @@
 //! sockets and no sleeps: time is `Instant`s built from a base plus durations.
 
 mod cluster;
+mod directory;
 mod join;
 mod lifecycle;
 mod node;

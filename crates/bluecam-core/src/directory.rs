@@ -1,0 +1,901 @@
+//! [`Directory`]: the cluster directory's rules, written once. Who is in which room on which
+//! node, which session may resume where, when a room is full, when a peer of a dead node
+//! leaves, and which nodes are told of each change.
+//!
+//! This is the specification. The Redis scripts of the server (`directory/redis/scripts.rs`)
+//! are its translation, key for key: every operation here is one script (or, for the reap, one
+//! script per room) that touches only the keys of one room, and the shared vectors in
+//! `tests/vectors/directory.json` (operations in; answers, messages published and the state
+//! after out) are run against both. The cluster simulation runs the nodes against this model.
+//!
+//! The state mirrors the Redis keys (see the server's `directory/redis/mod.rs` for the table):
+//! per room its record (whether it exists), version, seats (peer → record, node, session),
+//! sessions, tombstones of peers that left for good, orphans and a deletion tombstone; per
+//! node its liveness and the rooms it may have peers in (a superset: written before the
+//! operation that seats a peer there, pruned only when the node is reaped); the node set, the
+//! epoch, the rebuild mark and the index of rooms with orphans.
+//!
+//! Time is passed in (`now`, milliseconds); the scripts read Redis's clock.
+
+use crate::RemotePeer;
+pub use crate::cluster::{Beat, ORPHAN_NODE};
+use bluecam_proto::{
+    Identity, LeaveReason, NodeId, NodeMessage, PeerId, PeerInfo, PeerRecord, Permissions,
+    RoomClosedReason, RoomId, SessionId, SessionSecret,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How long a tombstone (a peer that left for good, a deleted room) is kept, in ms.
+pub const TOMBSTONE_MS: u64 = 3_600_000;
+
+/// What a session record holds: what a resume on another node needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub room: RoomId,
+    pub peer: PeerId,
+    pub identity: Identity,
+    pub secret: SessionSecret,
+    pub permissions: Permissions,
+}
+
+/// A peer as the directory records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Seat {
+    pub info: PeerInfo,
+    /// Join order in the room.
+    pub seq: u64,
+    /// The node holding it ([`ORPHAN_NODE`] for an orphan).
+    pub node: NodeId,
+    pub session: SessionId,
+}
+
+impl Seat {
+    fn remote(&self) -> RemotePeer {
+        RemotePeer {
+            info: self.info.clone(),
+            node: self.node.clone(),
+            seq: self.seq,
+        }
+    }
+
+    fn record(&self) -> PeerRecord {
+        PeerRecord {
+            info: self.info.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// A new peer, or one a node puts back: the arguments `join` and `register` share.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub info: PeerInfo,
+    pub session: SessionId,
+    pub secret: SessionSecret,
+    #[serde(default = "Permissions::default")]
+    pub permissions: Permissions,
+}
+
+impl PeerEntry {
+    /// The session record this peer is stored with in `room`.
+    pub fn record(&self, room: &RoomId) -> SessionRecord {
+        SessionRecord {
+            room: room.clone(),
+            peer: self.info.id.clone(),
+            identity: self.info.identity.clone(),
+            secret: self.secret.clone(),
+            permissions: self.permissions,
+        }
+    }
+}
+
+/// A room's membership: its version and every seat, by peer id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub ver: u64,
+    pub peers: Vec<RemotePeer>,
+}
+
+/// What a join answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum JoinReply {
+    /// Seated, with the room after it (the new peer's seq is `view.ver`).
+    Joined { view: View },
+    /// Every seat is taken.
+    Full,
+    /// No such room (never made, or deleted).
+    Gone,
+}
+
+/// What a claim (a resume on a node that does not hold the session) answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum ClaimReply {
+    /// Moved to the claiming node, with the session as stored and the room after it.
+    Claimed { session: SessionRecord, view: View },
+    /// No such session in this room, not this secret, or recorded on the claiming node
+    /// itself (which does not hold it: it expired there a moment ago).
+    Expired,
+    /// The session is this room's but another identity's.
+    Unauthorized,
+    /// The directory lost its data a moment ago: the node holding the session may still put
+    /// it back. Retry.
+    Rebuilding,
+}
+
+/// What putting a peer back answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum RegisterReply {
+    /// It was there, on this node (or an orphan of it, taken back and announced as moved).
+    Present,
+    /// It was missing: put back and announced as joined.
+    Added,
+    /// It is on another node now.
+    Moved { node: NodeId },
+    /// It left for good meanwhile (its tombstone).
+    Left,
+    /// The room was deleted.
+    Gone,
+}
+
+/// What a reap round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaped {
+    /// Nodes found dead, with how many of their peers became orphans.
+    pub nodes: Vec<(NodeId, u64)>,
+    /// Orphans whose resume window had passed: they left.
+    pub swept: u64,
+}
+
+/// A message the directory publishes to a node (on its channel), as it encodes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    pub node: NodeId,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Default)]
+struct RoomState {
+    /// The room's record exists (it was made and not deleted).
+    exists: bool,
+    ver: u64,
+    seats: BTreeMap<PeerId, Seat>,
+    sessions: BTreeMap<SessionId, SessionRecord>,
+    /// Peers that left for good, until when.
+    gone: BTreeMap<PeerId, u64>,
+    /// Orphans, until when their resume window lasts.
+    orphans: BTreeMap<PeerId, u64>,
+    /// Deleted, until when the tombstone lasts.
+    deleted_until: Option<u64>,
+}
+
+impl RoomState {
+    fn view(&self) -> View {
+        View {
+            ver: self.ver,
+            peers: self.seats.values().map(Seat::remote).collect(),
+        }
+    }
+
+    fn is_blank(&self) -> bool {
+        !self.exists
+            && self.ver == 0
+            && self.seats.is_empty()
+            && self.sessions.is_empty()
+            && self.gone.is_empty()
+            && self.orphans.is_empty()
+            && self.deleted_until.is_none()
+    }
+}
+
+/// The directory. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    rooms: BTreeMap<RoomId, RoomState>,
+    /// Nodes that may still hold peers.
+    nodes: BTreeSet<NodeId>,
+    /// Each node's liveness, until when.
+    alive: BTreeMap<NodeId, u64>,
+    /// Rooms each node may have peers in.
+    node_rooms: BTreeMap<NodeId, BTreeSet<RoomId>>,
+    /// Rooms with orphans, by when the next one may be due.
+    orphan_index: BTreeMap<RoomId, u64>,
+    epoch: Option<String>,
+    rebuilt_until: Option<u64>,
+    /// What was published, in order, since the last [`Directory::take_published`].
+    published: Vec<Publish>,
+}
+
+impl Directory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What was published since the last call, in order.
+    pub fn take_published(&mut self) -> Vec<Publish> {
+        std::mem::take(&mut self.published)
+    }
+
+    fn room(&mut self, room: &RoomId) -> &mut RoomState {
+        self.rooms.entry(room.clone()).or_default()
+    }
+
+    fn publish(&mut self, node: &NodeId, msg: &NodeMessage<'_>) {
+        self.published.push(Publish {
+            node: node.clone(),
+            text: msg.encode(),
+        });
+    }
+
+    /// Publishes `msg` once to every node with a seat in the room (orphans' `~` included, as
+    /// the scripts do: nobody listens there), but those in `told` (updated).
+    fn tell_room(&mut self, room: &RoomId, msg: &NodeMessage<'_>, told: &mut BTreeSet<NodeId>) {
+        let nodes: Vec<NodeId> = self
+            .rooms
+            .get(room)
+            .map(|r| r.seats.values().map(|s| s.node.clone()).collect())
+            .unwrap_or_default();
+        for n in nodes {
+            if told.insert(n.clone()) {
+                self.publish(&n, msg);
+            }
+        }
+    }
+
+    /// What a node does before any operation that may seat a peer of `room` on it (`join`,
+    /// `claim` and `register` do it first): it joins the node set and lists the room as one of
+    /// its own (a superset: harmless if the operation then refuses; see `prune_node_room`).
+    fn note_node_room(&mut self, node: &NodeId, room: &RoomId) {
+        self.nodes.insert(node.clone());
+        self.node_rooms
+            .entry(node.clone())
+            .or_default()
+            .insert(room.clone());
+    }
+
+    /// The room's record is written (the store made it): it exists, and is no tombstone.
+    pub fn create_room(&mut self, room: &RoomId) -> bool {
+        let r = self.room(room);
+        if r.exists {
+            return false;
+        }
+        r.exists = true;
+        r.deleted_until = None;
+        true
+    }
+
+    /// Whether the room was deleted within the tombstone's life.
+    pub fn recently_deleted(&self, room: &RoomId, now: u64) -> bool {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.deleted_until)
+            .is_some_and(|t| t > now)
+    }
+
+    fn seat(&mut self, room: &RoomId, seat: Seat, record: SessionRecord) {
+        let r = self.room(room);
+        r.sessions.insert(seat.session.clone(), record);
+        r.seats.insert(seat.info.id.clone(), seat);
+    }
+
+    /// A new peer on `node`: refused when the room is gone or full (`max_peers` seats);
+    /// otherwise seated with the next version as its seq and announced (`joined`) to the
+    /// room's other nodes.
+    pub fn join(
+        &mut self,
+        room: &RoomId,
+        node: &NodeId,
+        peer: &PeerEntry,
+        max_peers: u32,
+    ) -> JoinReply {
+        self.note_node_room(node, room);
+        let r = self.room(room);
+        if !r.exists {
+            return JoinReply::Gone;
+        }
+        if !r.seats.contains_key(&peer.info.id) && r.seats.len() >= max_peers as usize {
+            return JoinReply::Full;
+        }
+        r.ver += 1;
+        let ver = r.ver;
+        let seat = Seat {
+            info: peer.info.clone(),
+            seq: ver,
+            node: node.clone(),
+            session: peer.session.clone(),
+        };
+        let msg = NodeMessage::Joined {
+            room: room.clone(),
+            ver,
+            node: node.clone(),
+            peer: seat.record(),
+        };
+        self.seat(room, seat, peer.record(room));
+        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        JoinReply::Joined {
+            view: self.rooms[room].view(),
+        }
+    }
+
+    /// Moves `peer` (seated on `old`) to `node` and announces `moved` to the room's nodes,
+    /// `old` included; returns the new version.
+    fn move_peer(&mut self, room: &RoomId, peer: &PeerId, old: &NodeId, node: &NodeId) -> u64 {
+        let r = self.room(room);
+        r.orphans.remove(peer);
+        r.ver += 1;
+        let ver = r.ver;
+        let Some(seat) = r.seats.get_mut(peer) else {
+            return ver;
+        };
+        seat.node = node.clone();
+        let msg = NodeMessage::Moved {
+            room: room.clone(),
+            ver,
+            node: node.clone(),
+            peer: seat.record(),
+        };
+        let mut told = BTreeSet::from([node.clone()]);
+        self.tell_room(room, &msg, &mut told);
+        if !told.contains(old) {
+            self.publish(old, &msg);
+        }
+        ver
+    }
+
+    /// A resume on `node` of a session another node holds (or an orphan): checks the secret
+    /// and identity, moves the peer here and announces it (the old node hands over).
+    pub fn claim(
+        &mut self,
+        room: &RoomId,
+        node: &NodeId,
+        identity: &Identity,
+        session: &SessionId,
+        secret: &SessionSecret,
+        now: u64,
+    ) -> ClaimReply {
+        self.note_node_room(node, room);
+        let record = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.sessions.get(session))
+            .cloned();
+        let Some(record) = record else {
+            return if self.rebuilt_until.is_some_and(|t| t > now) {
+                ClaimReply::Rebuilding
+            } else {
+                ClaimReply::Expired
+            };
+        };
+        if record.secret != *secret {
+            return ClaimReply::Expired;
+        }
+        if record.identity != *identity {
+            return ClaimReply::Unauthorized;
+        }
+        let Some(old) = self.rooms[room]
+            .seats
+            .get(&record.peer)
+            .map(|s| s.node.clone())
+        else {
+            return ClaimReply::Expired;
+        };
+        if old == *node {
+            return ClaimReply::Expired;
+        }
+        self.move_peer(room, &record.peer, &old, node);
+        ClaimReply::Claimed {
+            session: record,
+            view: self.rooms[room].view(),
+        }
+    }
+
+    /// Removes `peer` (its tombstone kept) and announces `left` to the room's other nodes.
+    fn remove(
+        &mut self,
+        room: &RoomId,
+        peer: &PeerId,
+        node: &NodeId,
+        reason: LeaveReason,
+        now: u64,
+    ) {
+        let r = self.room(room);
+        r.gone.retain(|_, t| *t > now);
+        r.gone.insert(peer.clone(), now + TOMBSTONE_MS);
+        r.orphans.remove(peer);
+        if let Some(seat) = r.seats.remove(peer) {
+            r.sessions.remove(&seat.session);
+        }
+        r.ver += 1;
+        let msg = NodeMessage::Left {
+            room: room.clone(),
+            ver: r.ver,
+            peer: peer.clone(),
+            reason,
+        };
+        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+    }
+
+    /// A peer of `node` is gone: removes it (unless it moved to another node meanwhile; an
+    /// orphan goes too) and announces `left`. Whether it was removed.
+    pub fn leave(
+        &mut self,
+        room: &RoomId,
+        peer: &PeerId,
+        node: &NodeId,
+        reason: LeaveReason,
+        now: u64,
+    ) -> bool {
+        let Some(at) = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.seats.get(peer))
+            .map(|s| s.node.clone())
+        else {
+            return false;
+        };
+        if at != *node && at.as_str() != ORPHAN_NODE {
+            return false;
+        }
+        self.remove(room, peer, node, reason, now);
+        true
+    }
+
+    /// Puts a peer of `node` back (after the directory lost it, or the node was reaped while
+    /// cut off). `seq` is its join order, `seen_ver` the version the node's replica reached:
+    /// the room's version never goes below it.
+    pub fn register(
+        &mut self,
+        room: &RoomId,
+        node: &NodeId,
+        peer: &PeerEntry,
+        seq: u64,
+        seen_ver: u64,
+        now: u64,
+    ) -> RegisterReply {
+        self.note_node_room(node, room);
+        let r = self.room(room);
+        if !r.exists {
+            return RegisterReply::Gone;
+        }
+        let id = &peer.info.id;
+        if r.gone.get(id).is_some_and(|t| *t > now) {
+            return RegisterReply::Left;
+        }
+        r.ver = r.ver.max(seen_ver);
+        if let Some(at) = r.seats.get(id).map(|s| s.node.clone()) {
+            if at.as_str() == ORPHAN_NODE {
+                self.move_peer(room, id, &at, node);
+                return RegisterReply::Present;
+            }
+            if at != *node {
+                return RegisterReply::Moved { node: at };
+            }
+            return RegisterReply::Present;
+        }
+        r.ver += 1;
+        let ver = r.ver;
+        let seat = Seat {
+            info: peer.info.clone(),
+            seq,
+            node: node.clone(),
+            session: peer.session.clone(),
+        };
+        let msg = NodeMessage::Joined {
+            room: room.clone(),
+            ver,
+            node: node.clone(),
+            peer: seat.record(),
+        };
+        self.seat(room, seat, peer.record(room));
+        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        RegisterReply::Added
+    }
+
+    /// Raises a room's version to at least `ver` (a node putting the room back).
+    pub fn raise_version(&mut self, room: &RoomId, ver: u64) {
+        let r = self.room(room);
+        r.ver = r.ver.max(ver);
+    }
+
+    /// Deletes a room with everything recorded about it (leaving a tombstone) and publishes
+    /// `closed` to the nodes with peers in it but `node`. With `only_if_empty`, only when no
+    /// peer is in it. Whether it was deleted.
+    pub fn delete_room(
+        &mut self,
+        room: &RoomId,
+        reason: RoomClosedReason,
+        node: &NodeId,
+        only_if_empty: bool,
+        now: u64,
+    ) -> bool {
+        let Some(r) = self.rooms.get(room) else {
+            return false;
+        };
+        if (only_if_empty && !r.seats.is_empty()) || !r.exists {
+            return false;
+        }
+        let msg = NodeMessage::Closed {
+            room: room.clone(),
+            reason,
+        };
+        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        let r = self.room(room);
+        *r = RoomState {
+            deleted_until: Some(now + TOMBSTONE_MS),
+            ..RoomState::default()
+        };
+        self.orphan_index.remove(room);
+        true
+    }
+
+    /// Renews `node`'s liveness for `alive_for` ms, reads the epoch (setting `fresh` if there
+    /// is none) and adds the node to the node set.
+    pub fn heartbeat(&mut self, node: &NodeId, alive_for: u64, fresh: &str, now: u64) -> Beat {
+        let lapsed = self
+            .alive
+            .insert(node.clone(), now + alive_for)
+            .is_none_or(|t| t <= now);
+        let epoch = self.epoch.get_or_insert_with(|| fresh.to_owned()).clone();
+        let was_missing = self.nodes.insert(node.clone()) || lapsed;
+        Beat { epoch, was_missing }
+    }
+
+    /// The liveness of `node` ends now (it stopped renewing it and it expired).
+    pub fn expire(&mut self, node: &NodeId) {
+        self.alive.remove(node);
+    }
+
+    /// Marks the directory as being rebuilt for `window` ms.
+    pub fn mark_rebuilt(&mut self, window: u64, now: u64) {
+        self.rebuilt_until = Some(now + window.max(1));
+    }
+
+    /// The epoch, and whether the rebuild mark is on.
+    pub fn epoch(&self, now: u64) -> (Option<&str>, bool) {
+        (
+            self.epoch.as_deref(),
+            self.rebuilt_until.is_some_and(|t| t > now),
+        )
+    }
+
+    /// A reap round run by `me`: the peers of every other node whose liveness has expired
+    /// become orphans for `window` ms (held by no node, resumable anywhere, nothing announced);
+    /// the node leaves the node set. Then orphans whose window has passed leave their rooms
+    /// (reason `timeout`).
+    pub fn reap(&mut self, me: &NodeId, window: u64, now: u64) -> Reaped {
+        let mut out = Reaped::default();
+        let dead: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| *n != me && self.alive.get(*n).is_none_or(|t| *t <= now))
+            .cloned()
+            .collect();
+        for node in dead {
+            let mut orphaned = 0;
+            for room in self.node_rooms.remove(&node).unwrap_or_default() {
+                let until = now + window;
+                let r = self.room(&room);
+                let mut any = false;
+                for seat in r.seats.values_mut().filter(|s| s.node == node) {
+                    seat.node = NodeId::new(ORPHAN_NODE);
+                    r.orphans.insert(seat.info.id.clone(), until);
+                    orphaned += 1;
+                    any = true;
+                }
+                if any {
+                    let e = self.orphan_index.entry(room).or_insert(until);
+                    *e = (*e).min(until);
+                }
+            }
+            self.nodes.remove(&node);
+            out.nodes.push((node, orphaned));
+        }
+        let due: Vec<RoomId> = self
+            .orphan_index
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in due {
+            out.swept += self.sweep_room(&room, now);
+        }
+        self.rooms.retain(|_, r| !r.is_blank());
+        out
+    }
+
+    /// Removes a room's orphans whose window has passed; re-indexes the room by its next.
+    fn sweep_room(&mut self, room: &RoomId, now: u64) -> u64 {
+        let r = self.room(room);
+        let due: Vec<PeerId> = r
+            .orphans
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut removed = 0;
+        for peer in due {
+            let r = self.room(room);
+            r.orphans.remove(&peer);
+            if r.seats
+                .get(&peer)
+                .is_some_and(|s| s.node.as_str() == ORPHAN_NODE)
+            {
+                self.remove(
+                    room,
+                    &peer,
+                    &NodeId::new(ORPHAN_NODE),
+                    LeaveReason::Timeout,
+                    now,
+                );
+                removed += 1;
+            }
+        }
+        match self.room(room).orphans.values().min().copied() {
+            Some(next) => self.orphan_index.insert(room.clone(), next),
+            None => self.orphan_index.remove(room),
+        };
+        removed
+    }
+
+    /// A room's version and seats.
+    pub fn snapshot(&self, room: &RoomId) -> View {
+        self.rooms.get(room).map(RoomState::view).unwrap_or(View {
+            ver: 0,
+            peers: Vec::new(),
+        })
+    }
+
+    /// The seats the directory records on `node`, by room (what a resync compares with what
+    /// the node holds).
+    pub fn recorded_on(&self, node: &NodeId) -> Vec<(RoomId, PeerId)> {
+        let Some(rooms) = self.node_rooms.get(node) else {
+            return Vec::new();
+        };
+        rooms
+            .iter()
+            .filter_map(|room| self.rooms.get(room).map(|r| (room, r)))
+            .flat_map(|(room, r)| {
+                r.seats
+                    .values()
+                    .filter(|s| s.node == *node)
+                    .map(|s| (room.clone(), s.info.id.clone()))
+            })
+            .collect()
+    }
+
+    /// `room` is no longer one of `node`'s rooms: the node holds no peer there and no
+    /// operation that may seat one there is under way (it checks again after, and notes the
+    /// room again if one began meanwhile).
+    pub fn prune_node_room(&mut self, node: &NodeId, room: &RoomId) {
+        if let Some(rooms) = self.node_rooms.get_mut(node) {
+            rooms.remove(room);
+        }
+    }
+
+    /// Whether `node` is in the node set (it may still hold peers).
+    pub fn has_node(&self, node: &NodeId) -> bool {
+        self.nodes.contains(node)
+    }
+
+    /// Everything lost: Redis restarted without its data.
+    pub fn wipe(&mut self) {
+        *self = Self::default();
+    }
+
+    /// The state, as the vectors compare it.
+    pub fn state(&self, now: u64) -> DirState {
+        DirState {
+            rooms: self
+                .rooms
+                .iter()
+                .filter(|(_, r)| !r.is_blank())
+                .map(|(id, r)| {
+                    (
+                        id.clone(),
+                        RoomDump {
+                            exists: r.exists,
+                            deleted: r.deleted_until.is_some_and(|t| t > now),
+                            ver: r.ver,
+                            seats: r.seats.values().cloned().collect(),
+                            sessions: r.sessions.clone(),
+                            gone: r
+                                .gone
+                                .iter()
+                                .filter(|(_, t)| **t > now)
+                                .map(|(p, _)| p.clone())
+                                .collect(),
+                            orphans: r.orphans.keys().cloned().collect(),
+                        },
+                    )
+                })
+                .collect(),
+            nodes: self.nodes.clone(),
+            node_rooms: self
+                .node_rooms
+                .iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect(),
+            orphan_index: self.orphan_index.keys().cloned().collect(),
+            epoch: self.epoch.is_some(),
+            rebuilding: self.rebuilt_until.is_some_and(|t| t > now),
+        }
+    }
+}
+
+/// The directory's state as the vectors compare it (times left out: the scripts read Redis's
+/// clock).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirState {
+    pub rooms: BTreeMap<RoomId, RoomDump>,
+    pub nodes: BTreeSet<NodeId>,
+    pub node_rooms: BTreeMap<NodeId, BTreeSet<RoomId>>,
+    pub orphan_index: BTreeSet<RoomId>,
+    pub epoch: bool,
+    pub rebuilding: bool,
+}
+
+/// One room of a [`DirState`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoomDump {
+    pub exists: bool,
+    pub deleted: bool,
+    pub ver: u64,
+    pub seats: Vec<Seat>,
+    pub sessions: BTreeMap<SessionId, SessionRecord>,
+    pub gone: BTreeSet<PeerId>,
+    pub orphans: BTreeSet<PeerId>,
+}
+
+/// One directory operation, as the shared vectors (`tests/vectors/directory.json`) write it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    CreateRoom {
+        room: RoomId,
+    },
+    Join {
+        room: RoomId,
+        node: NodeId,
+        peer: PeerEntry,
+        max_peers: u32,
+    },
+    Claim {
+        room: RoomId,
+        node: NodeId,
+        identity: Identity,
+        session: SessionId,
+        secret: SessionSecret,
+    },
+    Leave {
+        room: RoomId,
+        peer: PeerId,
+        node: NodeId,
+        reason: LeaveReason,
+    },
+    Register {
+        room: RoomId,
+        node: NodeId,
+        peer: PeerEntry,
+        seq: u64,
+        seen_ver: u64,
+    },
+    RaiseVersion {
+        room: RoomId,
+        ver: u64,
+    },
+    DeleteRoom {
+        room: RoomId,
+        reason: RoomClosedReason,
+        node: NodeId,
+        #[serde(default)]
+        only_if_empty: bool,
+    },
+    Heartbeat {
+        node: NodeId,
+        alive_ms: u64,
+        fresh: String,
+    },
+    /// A node's liveness expires.
+    Expire {
+        node: NodeId,
+    },
+    MarkRebuilt {
+        window_ms: u64,
+    },
+    Reap {
+        node: NodeId,
+        window_ms: u64,
+    },
+    Snapshot {
+        room: RoomId,
+    },
+    RecordedOn {
+        node: NodeId,
+    },
+    PruneNodeRoom {
+        node: NodeId,
+        room: RoomId,
+    },
+    /// Everything is lost (Redis restarted without its data).
+    Wipe,
+}
+
+impl Directory {
+    /// Runs one operation; its answer as the vectors write it.
+    pub fn apply(&mut self, op: &Op, now: u64) -> serde_json::Value {
+        use serde_json::{json, to_value};
+        let v = match op {
+            Op::CreateRoom { room } => Ok(json!({ "created": self.create_room(room) })),
+            Op::Join {
+                room,
+                node,
+                peer,
+                max_peers,
+            } => to_value(self.join(room, node, peer, *max_peers)),
+            Op::Claim {
+                room,
+                node,
+                identity,
+                session,
+                secret,
+            } => to_value(self.claim(room, node, identity, session, secret, now)),
+            Op::Leave {
+                room,
+                peer,
+                node,
+                reason,
+            } => Ok(json!({ "removed": self.leave(room, peer, node, *reason, now) })),
+            Op::Register {
+                room,
+                node,
+                peer,
+                seq,
+                seen_ver,
+            } => to_value(self.register(room, node, peer, *seq, *seen_ver, now)),
+            Op::RaiseVersion { room, ver } => {
+                self.raise_version(room, *ver);
+                Ok(json!({}))
+            }
+            Op::DeleteRoom {
+                room,
+                reason,
+                node,
+                only_if_empty,
+            } => {
+                Ok(json!({ "deleted": self.delete_room(room, *reason, node, *only_if_empty, now) }))
+            }
+            Op::Heartbeat {
+                node,
+                alive_ms,
+                fresh,
+            } => {
+                let beat = self.heartbeat(node, *alive_ms, fresh, now);
+                Ok(json!({ "epoch": beat.epoch, "was_missing": beat.was_missing }))
+            }
+            Op::Expire { node } => {
+                self.expire(node);
+                Ok(json!({}))
+            }
+            Op::MarkRebuilt { window_ms } => {
+                self.mark_rebuilt(*window_ms, now);
+                Ok(json!({}))
+            }
+            Op::Reap { node, window_ms } => to_value(self.reap(node, *window_ms, now)),
+            Op::Snapshot { room } => to_value(self.snapshot(room)),
+            Op::RecordedOn { node } => to_value(self.recorded_on(node)),
+            Op::PruneNodeRoom { node, room } => {
+                self.prune_node_room(node, room);
+                Ok(json!({}))
+            }
+            Op::Wipe => {
+                self.wipe();
+                Ok(json!({}))
+            }
+        };
+        v.unwrap_or_else(|e| serde_json::Value::String(e.to_string()))
+    }
+}
