@@ -824,78 +824,103 @@ pub enum Op {
     Wipe,
 }
 
+/// What an operation answered, shaped as the vectors write it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Join(JoinReply),
+    Claim(ClaimReply),
+    Register(RegisterReply),
+    Created { created: bool },
+    Removed { removed: bool },
+    Deleted { deleted: bool },
+    Beat { epoch: String, was_missing: bool },
+    Reaped(Reaped),
+    View(View),
+    Recorded(Vec<(RoomId, PeerId)>),
+    Done {},
+}
+
+impl From<Beat> for Answer {
+    fn from(b: Beat) -> Self {
+        Self::Beat {
+            epoch: b.epoch,
+            was_missing: b.was_missing,
+        }
+    }
+}
+
 impl Directory {
-    /// Runs one operation; its answer as the vectors write it.
-    pub fn apply(&mut self, op: &Op, now: u64) -> serde_json::Value {
-        use serde_json::{json, to_value};
-        let v = match op {
-            Op::CreateRoom { room } => Ok(json!({ "created": self.create_room(room) })),
+    /// Runs one operation.
+    pub fn apply(&mut self, op: &Op, now: u64) -> Answer {
+        match op {
+            Op::CreateRoom { room } => Answer::Created {
+                created: self.create_room(room),
+            },
             Op::Join {
                 room,
                 node,
                 peer,
                 max_peers,
-            } => to_value(self.join(room, node, peer, *max_peers)),
+            } => Answer::Join(self.join(room, node, peer, *max_peers)),
             Op::Claim {
                 room,
                 node,
                 identity,
                 session,
                 secret,
-            } => to_value(self.claim(room, node, identity, session, secret, now)),
+            } => Answer::Claim(self.claim(room, node, identity, session, secret, now)),
             Op::Leave {
                 room,
                 peer,
                 node,
                 reason,
-            } => Ok(json!({ "removed": self.leave(room, peer, node, *reason, now) })),
+            } => Answer::Removed {
+                removed: self.leave(room, peer, node, *reason, now),
+            },
             Op::Register {
                 room,
                 node,
                 peer,
                 seq,
                 seen_ver,
-            } => to_value(self.register(room, node, peer, *seq, *seen_ver, now)),
+            } => Answer::Register(self.register(room, node, peer, *seq, *seen_ver, now)),
             Op::RaiseVersion { room, ver } => {
                 self.raise_version(room, *ver);
-                Ok(json!({}))
+                Answer::Done {}
             }
             Op::DeleteRoom {
                 room,
                 reason,
                 node,
                 only_if_empty,
-            } => {
-                Ok(json!({ "deleted": self.delete_room(room, *reason, node, *only_if_empty, now) }))
-            }
+            } => Answer::Deleted {
+                deleted: self.delete_room(room, *reason, node, *only_if_empty, now),
+            },
             Op::Heartbeat {
                 node,
                 alive_ms,
                 fresh,
-            } => {
-                let beat = self.heartbeat(node, *alive_ms, fresh, now);
-                Ok(json!({ "epoch": beat.epoch, "was_missing": beat.was_missing }))
-            }
+            } => self.heartbeat(node, *alive_ms, fresh, now).into(),
             Op::Expire { node } => {
                 self.expire(node);
-                Ok(json!({}))
+                Answer::Done {}
             }
             Op::MarkRebuilt { window_ms } => {
                 self.mark_rebuilt(*window_ms, now);
-                Ok(json!({}))
+                Answer::Done {}
             }
-            Op::Reap { node, window_ms } => to_value(self.reap(node, *window_ms, now)),
-            Op::Snapshot { room } => to_value(self.snapshot(room)),
-            Op::RecordedOn { node } => to_value(self.recorded_on(node)),
+            Op::Reap { node, window_ms } => Answer::Reaped(self.reap(node, *window_ms, now)),
+            Op::Snapshot { room } => Answer::View(self.snapshot(room)),
+            Op::RecordedOn { node } => Answer::Recorded(self.recorded_on(node)),
             Op::PruneNodeRoom { node, room } => {
                 self.prune_node_room(node, room);
-                Ok(json!({}))
+                Answer::Done {}
             }
             Op::Wipe => {
                 self.wipe();
-                Ok(json!({}))
+                Answer::Done {}
             }
-        };
-        v.unwrap_or_else(|e| serde_json::Value::String(e.to_string()))
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod common;
+mod directory;
 mod fuzz;
 mod hardening;
 mod history;

@@ -4,34 +4,42 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `bc:room:{room}` | string | the room (JSON), as the HTTP API created it |
+//! | `bc:{room}:room` | string | the room (JSON), as the HTTP API created it |
+//! | `bc:{room}:active` | string | when the room was last occupied (Unix seconds) |
+//! | `bc:{room}:peers` | hash | peer id → `{"info":…,"seq":…}` |
+//! | `bc:{room}:nodes` | hash | peer id → `node\nsession` (node `~`: an orphan) |
+//! | `bc:{room}:ver` | counter | membership version (every join, leave and move) |
+//! | `bc:{room}:sessions` | hash | session → `{"room","peer","identity","secret","permissions"}` |
+//! | `bc:{room}:gone` | sorted set, expiring (1 h) | tombstones: peers that left for good (`REGISTER` does not put them back), by until when |
+//! | `bc:{room}:orphans` | sorted set | peers of reaped nodes, by when their resume window ends |
+//! | `bc:{room}:deleted` | string, expiring (1 h) | a tombstone: the room was deleted (its PostgreSQL row is not put back) |
 //! | `bc:rooms` | sorted set | room ids by creation time |
-//! | `bc:room:{room}:active` | string | when the room was last occupied (Unix seconds) |
-//! | `bc:room:{room}:peers` | hash | peer id → `{"info":…,"seq":…}` |
-//! | `bc:room:{room}:nodes` | hash | peer id → `node\nsession` |
-//! | `bc:room:{room}:ver` | counter | membership version (every join, leave and move) |
-//! | `bc:session:{session}` | string | `{"room","peer","identity","secret","permissions"}` |
+//! | `bc:orphans` | sorted set | rooms with orphans, by when the next may be due |
 //! | `bc:node:{node}:alive` | string, expiring | the node's heartbeat |
-//! | `bc:node:{node}:peers` | set | `room\npeer` of the node's peers |
-//! | `bc:nodes` | set | every node that may still own peers |
+//! | `bc:node:{node}:rooms` | set | rooms the node may have peers in (a superset: written before a join, pruned by its resyncs) |
+//! | `bc:nodes` | set | every node that may still hold peers |
 //! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
-//! | `bc:orphans` | sorted set | `room\npeer` of peers of reaped nodes (recorded on node `~`), by when their resume window ends |
-//! | `bc:gone:{room}\n{peer}` | string, expiring (1 h) | a tombstone: the peer left for good (`REGISTER` does not put it back) |
 //! | `bc:rebuilt` | string, expiring (a resume window) | Redis lost its data a moment ago: what it lacks may still come back |
-//! | `bc:roomgone:{room}` | string, expiring (1 h) | a tombstone: the room was deleted (its PostgreSQL row is not put back) |
+//!
+//! Every key of a room carries the room as a hash tag (`{room}`): each membership operation
+//! is one Lua script that touches one room's keys only, all declared, so it runs in one slot
+//! of a Redis Cluster. The scripts are the translation of the model
+//! `bluecam_core::directory::Directory` (the specification), held to it by the shared vectors
+//! `tests/vectors/directory.json`; [`RedisDirectory`] carries out each operation of the
+//! model (the script, and the global writes around it).
 //!
 //! Each node subscribes to its own channel `bc:n:{node}`; what nodes send each other is
-//! [`bluecam_proto::NodeMessage`]. Membership changes run as Lua scripts, which update the
-//! directory, bump the room's version and publish the event to the other nodes of the room in
-//! one atomic step; the scripts share one prelude of functions (record, move, remove, tell the
-//! room's nodes), so each operation is written once, and are called by SHA (`EVALSHA`, loaded
-//! again after a Redis restart). Frames are published by one ordered outbox task per node,
-//! pipelined.
+//! [`bluecam_proto::NodeMessage`]. A membership script updates the room, bumps its version
+//! and publishes the event to the other nodes of the room in one atomic step; the scripts
+//! share one prelude of functions (seat, move, remove, tell the room's nodes) and are called
+//! by SHA (`EVALSHA`, loaded again after a Redis restart). Frames are published by one
+//! ordered outbox task per node, pipelined.
 //!
 //! Every decision about the directory (when to heartbeat, resync, reap, rebuild) is taken by
 //! the sans-IO [`bluecam_core::cluster::ClusterNode`]; this module carries its steps out.
 
 mod connect;
+mod ops;
 mod outbox;
 mod relay;
 mod rooms;
@@ -39,6 +47,7 @@ mod scripts;
 
 use connect::build;
 pub use connect::redis_config;
+pub use ops::RedisDirectory;
 pub(crate) use relay::RelayHead;
 use relay::http_channel;
 pub use rooms::RedisStore;
@@ -54,10 +63,11 @@ use crate::{
 use bluecam_core::{
     ClaimedSession, ClusterView, RemotePeer,
     cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
+    directory::{ClaimReply, JoinReply, PeerEntry, RegisterReply},
 };
 use bluecam_proto::{
-    Identity, LeaveReason, NodeId, NodeMessage, PeerId, PeerRecord, Permissions, ResumeCredentials,
-    Room, RoomClosedReason, RoomId, SessionSecret,
+    Identity, LeaveReason, NodeId, NodeMessage, PeerId, PeerRecord, ResumeCredentials, Room,
+    RoomClosedReason, RoomId, SessionId, SessionSecret,
 };
 use fred::prelude::{
     Builder, Client, ClientLike as _, Config as FredConfig, EventInterface as _, Expiration,
@@ -82,16 +92,6 @@ const CONNECT_TRIES: u32 = 5;
 /// Items the outbox sends per pipeline at most.
 const OUTBOX_BATCH: usize = 512;
 
-/// What a session record holds (what a resume on another node needs).
-#[derive(Debug, Serialize, Deserialize)]
-struct SessionRecord {
-    room: RoomId,
-    peer: PeerId,
-    identity: Identity,
-    secret: SessionSecret,
-    permissions: Permissions,
-}
-
 pub use bluecam_core::cluster::Decoded;
 
 /// Decodes a message from another node; `Ok(None)` for one that carries nothing this node
@@ -112,30 +112,14 @@ fn backend(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// Parses a membership snapshot (`HGETALL peers`, `HGETALL nodes`) into peers.
-fn snapshot(peers: Value, nodes: Value) -> Vec<RemotePeer> {
-    let nodes: HashMap<String, String> = nodes.convert().unwrap_or_default();
-    let peers: HashMap<String, String> = peers.convert().unwrap_or_default();
-    peers
-        .into_iter()
-        .filter_map(|(id, rec)| {
-            let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
-            let node = nodes.get(&id)?.split('\n').next()?.to_owned();
-            Some(RemotePeer {
-                info: rec.info,
-                node: NodeId::new(node),
-                seq: rec.seq,
-            })
-        })
-        .collect()
-}
-
 /// The Redis side of a cluster node. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct RedisBroker {
     node: NodeId,
     client: Client,
     opts: Options,
+    /// The directory's operations.
+    dir: RedisDirectory,
     outbox: mpsc::Sender<Outgoing>,
     /// Taken by [`RedisBroker::start`].
     outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
@@ -186,13 +170,15 @@ impl RedisBroker {
         };
         let node = NodeId::new(crate::auth::random_token(9));
         let (outbox, rx) = mpsc::channel(queue.max(1));
+        let opts = Options {
+            fail_fast: true,
+            timeout: Some(COMMAND_TIMEOUT),
+            ..Options::default()
+        };
         Ok(Arc::new(Self {
+            dir: RedisDirectory::new(client.clone(), opts.clone()),
             client,
-            opts: Options {
-                fail_fast: true,
-                timeout: Some(COMMAND_TIMEOUT),
-                ..Options::default()
-            },
+            opts,
             outbox,
             outbox_rx: std::sync::Mutex::new(Some(rx)),
             resume_window,
@@ -383,43 +369,17 @@ impl RedisBroker {
         tracing::warn!(error = %e, "Redis {what} failed");
     }
 
-    /// Renews this node's liveness key (it lives `ClusterNode::alive_for`), reads the
-    /// directory's epoch (drawing one when there is none: a Redis that lost its data has none,
-    /// or, once another node drew it, another) and adds this node to the node set.
+    /// Renews this node's liveness (it lives `ClusterNode::alive_for`), reads the directory's
+    /// epoch (drawing one when there is none: a Redis that lost its data has none, or, once
+    /// another node drew it, another) and adds this node to the node set.
     async fn heartbeat(self: &Arc<Self>) -> Result<Beat, BrokerError> {
-        let key = format!("bc:node:{}:alive", self.node);
-        let ttl = self.machine().alive_for().as_millis() as i64;
+        let ttl = self.machine().alive_for().as_millis() as u64;
         let fresh = crate::auth::random_token(9);
-        let pipe = self.client.pipeline();
-        let queued: Result<(), fred::error::Error> = async {
-            // SET … GET: none when the liveness had lapsed (anyone may have reaped this node).
-            let () = pipe
-                .set(key, 1, Some(Expiration::PX(ttl)), None, true)
-                .await?;
-            // SET NX GET: the epoch that was there, or none (and ours is now).
-            let () = pipe
-                .set("bc:epoch", fresh.as_str(), None, Some(SetOptions::NX), true)
-                .await?;
-            let () = pipe.sadd("bc:nodes", self.node.as_str()).await?;
-            Ok(())
-        }
-        .await;
-        let answers = match queued {
-            Ok(()) => tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<Vec<Value>>())
-                .await
-                .map_err(backend)
-                .and_then(|r| r.map_err(backend)),
-            Err(e) => Err(backend(e)),
-        };
-        let answers = answers.inspect_err(|e| self.redis_error("heartbeat", e))?;
-        let mut answers = answers.into_iter();
-        let lapsed = matches!(answers.next(), Some(Value::Null) | None);
-        let epoch = match answers.next() {
-            Some(Value::Null) | None => fresh,
-            Some(v) => v.as_string().unwrap_or(fresh),
-        };
-        let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1) || lapsed;
-        let beat = Beat { epoch, was_missing };
+        let beat = self
+            .dir
+            .heartbeat(&self.node, ttl, &fresh)
+            .await
+            .inspect_err(|e| self.redis_error("heartbeat", e))?;
         self.note_beat(&beat);
         Ok(beat)
     }
@@ -451,23 +411,12 @@ impl RedisBroker {
         }
         for room in &rooms {
             let ver = vers.get(&room.id).copied().unwrap_or(0);
-            let args = vec![room.id.to_string(), ver.to_string()];
-            if let Err(e) = self.eval::<i64>(&RAISE_VERSION, args).await {
+            if let Err(e) = self.dir.raise_version(&room.id, ver).await {
                 self.redis_error("version restore", &e);
             }
         }
-        let window = self.machine().resume_window().as_millis() as i64;
-        let marked: Result<(), _> = self
-            .cmd()
-            .set(
-                "bc:rebuilt",
-                1,
-                Some(Expiration::PX(window.max(1))),
-                None,
-                false,
-            )
-            .await;
-        if let Err(e) = marked {
+        let window = self.machine().resume_window().as_millis() as u64;
+        if let Err(e) = self.dir.mark_rebuilt(window).await {
             self.redis_error("rebuild mark", &e);
         }
         let store = RedisStore {
@@ -481,43 +430,27 @@ impl RedisBroker {
         }
     }
 
-    /// Orphans the peers of nodes whose liveness key has expired (see `REAP`), and removes
-    /// orphans whose resume window has passed.
+    /// Orphans the peers of nodes whose liveness key has expired, and removes orphans whose
+    /// resume window has passed (`Directory::reap`).
     async fn reap(&self) {
-        let nodes: Vec<String> = match self.cmd().smembers("bc:nodes").await {
-            Ok(n) => n,
-            Err(e) => return self.redis_error("node list", &e),
-        };
-        for node in nodes {
-            let node = NodeId::new(node);
-            if node == self.node {
-                continue;
+        let window = self.resume_window.as_millis() as u64;
+        match self.dir.reap(&self.node, window).await {
+            Ok(reaped) => {
+                for (node, peers) in reaped.nodes {
+                    tracing::info!(
+                        %node,
+                        peers,
+                        "node is gone; its peers may resume on another node within the resume window"
+                    );
+                }
+                if reaped.swept > 0 {
+                    tracing::info!(
+                        peers = reaped.swept,
+                        "peers of a gone node did not resume; they left"
+                    );
+                }
             }
-            let alive: bool = match self.cmd().exists(format!("bc:node:{node}:alive")).await {
-                Ok(n) => n,
-                Err(e) => return self.redis_error("liveness check", &e),
-            };
-            if alive {
-                continue;
-            }
-            let window = self.resume_window.as_millis().to_string();
-            let orphaned: Result<i64, _> = self.eval(&REAP, vec![node.to_string(), window]).await;
-            match orphaned {
-                Ok(n) if n >= 0 => tracing::info!(
-                    %node,
-                    peers = n,
-                    "node is gone; its peers may resume on another node within the resume window"
-                ),
-                Ok(_) => {}
-                Err(e) => self.redis_error("reap", &e),
-            }
-        }
-        // Orphans whose window has passed leave their rooms.
-        let swept: Result<i64, _> = self.eval(&SWEEP_ORPHANS, Vec::new()).await;
-        match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(peers = n, "peers of a gone node did not resume; they left"),
-            Err(e) => self.redis_error("orphan sweep", &e),
+            Err(e) => self.redis_error("reap", &e),
         }
     }
 
@@ -529,25 +462,21 @@ impl RedisBroker {
     async fn resync(&self, hub: &dyn Host, reconcile: bool) -> bool {
         let local = hub.local_peers();
         for p in &local {
-            let mut args = PeerArgs {
-                room: &p.room,
-                info: &p.info,
-                session: &p.session,
-                secret: &p.secret,
+            let entry = PeerEntry {
+                info: p.info.clone(),
+                session: p.session.clone(),
+                secret: p.secret.clone(),
                 permissions: p.permissions,
-                max_peers: None,
-            }
-            .build(&self.node);
-            args.extend([p.seq.to_string(), p.room_ver.to_string()]);
-            let r: Result<Vec<Value>, _> = self.eval(&REGISTER, args).await;
-            match r
-                .map_err(backend)
-                .and_then(|a| DirReply::read(a, "register"))
-            {
-                Ok(DirReply::RoomGone) => {
+            };
+            let r = self
+                .dir
+                .register(&p.room, &self.node, &entry, p.seq, p.room_ver)
+                .await;
+            match r {
+                Ok(RegisterReply::Gone) => {
                     hub.close_room(&p.room, RoomClosedReason::Deleted);
                 }
-                Ok(DirReply::Left) => {
+                Ok(RegisterReply::Left) => {
                     hub.peer_gone(&p.room, &p.info.id);
                 }
                 // `Moved` is applied by the room's snapshot below.
@@ -560,11 +489,7 @@ impl RedisBroker {
         }
         // Entries of peers this node no longer holds (a leave that failed, a join whose answer
         // was lost): removed and announced, unless a join into their room is under way.
-        let mine: Vec<String> = match self
-            .cmd()
-            .smembers(format!("bc:node:{}:peers", self.node))
-            .await
-        {
+        let recorded = match self.dir.recorded_on(&self.node).await {
             Ok(m) => m,
             Err(e) => {
                 self.redis_error("node peers", &e);
@@ -576,23 +501,22 @@ impl RedisBroker {
             .into_iter()
             .map(|p| (p.room, p.info.id))
             .collect();
-        let recorded = mine.iter().filter_map(|e| {
-            let (room, peer) = e.split_once('\n')?;
-            Some((RoomId::new(room), PeerId::new(peer)))
-        });
-        let stale: Vec<_> =
-            stale_entries(recorded, &held, |room| hub.has_pending_join(room)).collect();
+        let stale: Vec<_> = stale_entries(recorded.iter().cloned(), &held, |room| {
+            hub.has_pending_join(room)
+        })
+        .collect();
         for (room, peer) in stale {
-            let args = vec![
-                room.to_string(),
-                peer.to_string(),
-                self.node.to_string(),
-                "timeout".to_owned(),
-            ];
-            if let Err(e) = self.eval::<i64>(&LEAVE, args).await {
+            let left = self
+                .dir
+                .leave(&room, &peer, &self.node, LeaveReason::Timeout)
+                .await;
+            if let Err(e) = left {
                 self.redis_error("stale entry removal", &e);
                 return false;
             }
+        }
+        if !self.prune_rooms(hub, &recorded).await {
+            return false;
         }
         if !reconcile {
             // The directory was lost a moment ago and the other nodes are putting their peers
@@ -624,43 +548,41 @@ impl RedisBroker {
 
     /// A room's version and every peer in it, per the directory.
     async fn room_snapshot(&self, room: &RoomId) -> Result<(u64, Vec<RemotePeer>), BrokerError> {
-        let p = format!("bc:room:{room}");
-        let pipe = self.client.pipeline();
-        let _: () = pipe.get(format!("{p}:ver")).await.map_err(backend)?;
-        let _: () = pipe.hgetall(format!("{p}:peers")).await.map_err(backend)?;
-        let _: () = pipe.hgetall(format!("{p}:nodes")).await.map_err(backend)?;
-        let all: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
-            .await
-            .map_err(backend)?
-            .map_err(backend)?;
-        let mut all = all.into_iter();
-        let ver = all.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        let peers = all.next().unwrap_or(Value::Null);
-        let nodes = all.next().unwrap_or(Value::Null);
-        Ok((ver, snapshot(peers, nodes)))
+        let view = self.dir.snapshot(room).await?;
+        Ok((view.ver, view.peers))
     }
 
-    /// Runs a directory script by SHA, loading it first when Redis does not know it (it was
-    /// restarted, or its script cache flushed). A `NOSCRIPT` answer ran nothing, so the retry
-    /// cannot apply anything twice.
-    async fn eval<R: FromValue>(
-        &self,
-        script: &Script,
-        args: Vec<String>,
-    ) -> Result<R, fred::error::Error> {
-        let sha = script.sha1().clone();
-        match self
-            .cmd()
-            .evalsha(sha.clone(), Vec::<String>::new(), args.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let lua = script.lua().cloned().unwrap_or_default();
-                let _: String = self.cmd().script_load(lua).await?;
-                self.cmd().evalsha(sha, Vec::<String>::new(), args).await
+    /// Takes the rooms where this node holds nobody, and no join is under way, off its list
+    /// (`Directory::prune_node_room`), so the list does not grow with every room the node
+    /// ever served. A join that begins meanwhile lists its room before its script runs: it
+    /// is checked again after the removal and the room listed again.
+    async fn prune_rooms(&self, hub: &dyn Host, recorded: &[(RoomId, PeerId)]) -> bool {
+        let rooms = match self.dir.node_rooms(&self.node).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.redis_error("node rooms", &e);
+                return false;
             }
-            r => r,
+        };
+        let local: HashSet<RoomId> = hub.local_rooms().into_iter().collect();
+        let recorded: HashSet<&RoomId> = recorded.iter().map(|(r, _)| r).collect();
+        let busy = |room: &RoomId| {
+            hub.has_pending_join(room) || local.contains(room) || recorded.contains(room)
+        };
+        for room in rooms.into_iter().filter(|r| !busy(r)) {
+            let pruned = self.dir.prune_node_room(&self.node, &room).await;
+            let relisted = match pruned {
+                Ok(()) if hub.has_pending_join(&room) || !hub.peers(&room).is_empty() => {
+                    self.dir.note_node_room(&self.node, &room).await
+                }
+                other => other,
+            };
+            if let Err(e) = relisted {
+                self.redis_error("node rooms", &e);
+                return false;
+            }
         }
+        true
     }
 
     /// Applies one message from another node.
@@ -742,32 +664,26 @@ impl Broker for RedisBroker {
 
     fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
         Box::pin(async move {
-            let args = PeerArgs {
-                room: &peer.room,
-                info: &peer.info,
-                session: &peer.session,
-                secret: &peer.secret,
+            let entry = PeerEntry {
+                info: peer.info,
+                session: peer.session,
+                secret: peer.secret,
                 permissions: peer.permissions,
-                max_peers: Some(peer.max_peers),
-            }
-            .build(&self.node);
-            let r: Vec<Value> = self.eval(&JOIN, args).await.map_err(|e| {
-                self.redis_error("join", &e);
-                backend(e)
-            })?;
-            let mut r = match DirReply::read(r, "join")? {
-                DirReply::Ok(rest) => rest.into_iter(),
-                DirReply::RoomFull => return Err(BrokerError::RoomFull),
-                DirReply::RoomGone => return Err(BrokerError::RoomGone),
-                other => return Err(backend(format!("unexpected join answer {other:?}"))),
             };
-            let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
-            let peers = r.next().unwrap_or(Value::Null);
-            let nodes = r.next().unwrap_or(Value::Null);
-            let (peers, pending_here) = split_view(snapshot(peers, nodes), &self.node);
+            let reply = self
+                .dir
+                .join(&peer.room, &self.node, &entry, peer.max_peers)
+                .await
+                .inspect_err(|e| self.redis_error("join", e))?;
+            let view = match reply {
+                JoinReply::Joined { view } => view,
+                JoinReply::Full => return Err(BrokerError::RoomFull),
+                JoinReply::Gone => return Err(BrokerError::RoomGone),
+            };
+            let (peers, pending_here) = split_view(view.peers, &self.node);
             Ok(Some(ClusterView {
-                ver,
-                seq: ver,
+                ver: view.ver,
+                seq: view.ver,
                 peers,
                 claimed: None,
                 pending_here,
@@ -782,50 +698,34 @@ impl Broker for RedisBroker {
         creds: ResumeCredentials,
     ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
         Box::pin(async move {
-            let args = vec![
-                creds.session.to_string(),
-                creds.secret.expose().to_owned(),
-                self.node.to_string(),
-                room.to_string(),
-                identity.to_string(),
-            ];
-            let r: Vec<Value> = self.eval(&CLAIM, args).await.map_err(|e| {
-                self.redis_error("claim", &e);
-                backend(e)
-            })?;
-            let mut r = match DirReply::read(r, "claim")? {
-                DirReply::Ok(rest) => rest.into_iter(),
+            let reply = self
+                .dir
+                .claim(&room, &self.node, &identity, &creds.session, &creds.secret)
+                .await
+                .inspect_err(|e| self.redis_error("claim", e))?;
+            let (session, view) = match reply {
+                ClaimReply::Claimed { session, view } => (session, view),
                 // While the directory is being rebuilt (Redis lost its data a moment ago), the
                 // node holding the session may not have put it back yet: try again, do not
                 // end a session that exists.
-                DirReply::Rebuilding => {
+                ClaimReply::Rebuilding => {
                     return Err(backend("the cluster directory is being rebuilt"));
                 }
-                DirReply::Expired if self.machine().recently_rebuilt(Instant::now()) => {
+                ClaimReply::Expired if self.machine().recently_rebuilt(Instant::now()) => {
                     return Err(backend("the cluster directory is being rebuilt"));
                 }
-                DirReply::Expired => return Ok(None),
-                DirReply::Unauthorized => return Err(BrokerError::Unauthorized),
-                other => return Err(backend(format!("unexpected claim answer {other:?}"))),
+                ClaimReply::Expired => return Ok(None),
+                ClaimReply::Unauthorized => return Err(BrokerError::Unauthorized),
             };
-            let ver = r.next().and_then(|v| v.as_u64()).unwrap_or(0);
-            let session: SessionRecord = r
-                .next()
-                .and_then(|v| v.as_string())
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .ok_or_else(|| backend("unreadable session record"))?;
-            let peers = snapshot(
-                r.next().unwrap_or(Value::Null),
-                r.next().unwrap_or(Value::Null),
-            );
-            let me = peers
+            let me = view
+                .peers
                 .iter()
                 .find(|p| p.info.id == session.peer)
                 .cloned()
                 .ok_or_else(|| backend("claimed peer missing from its room"))?;
-            let (peers, pending_here) = split_view(peers, &self.node);
+            let (peers, pending_here) = split_view(view.peers, &self.node);
             Ok(Some(ClusterView {
-                ver,
+                ver: view.ver,
                 seq: me.seq,
                 peers,
                 pending_here,
@@ -882,23 +782,7 @@ impl Broker for RedisBroker {
         &self,
         rooms: Vec<RoomId>,
     ) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>> {
-        Box::pin(async move {
-            if rooms.is_empty() {
-                return Ok(Some(Vec::new()));
-            }
-            let pipe = self.client.pipeline();
-            for room in &rooms {
-                let _: () = pipe
-                    .hlen(format!("bc:room:{room}:nodes"))
-                    .await
-                    .map_err(backend)?;
-            }
-            let counts: Vec<u32> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
-                .await
-                .map_err(backend)?
-                .map_err(backend)?;
-            Ok(Some(counts))
-        })
+        Box::pin(async move { self.dir.peer_counts(&rooms).await.map(Some) })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -914,14 +798,8 @@ impl Broker for RedisBroker {
 
     fn directory_lost(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            let pipe = self.client.pipeline();
-            let queued = async {
-                let () = pipe.get("bc:epoch").await?;
-                let () = pipe.exists("bc:rebuilt").await?;
-                pipe.all::<(Option<String>, bool)>().await
-            };
-            match tokio::time::timeout(COMMAND_TIMEOUT, queued).await {
-                Ok(Ok((current, marked))) => {
+            match self.dir.epoch().await {
+                Ok((current, marked)) => {
                     self.machine()
                         .directory_lost(current.as_deref(), marked, Instant::now())
                 }

@@ -28,19 +28,7 @@ impl RedisBroker {
                     } => {
                         // Frames sent before the leave go first.
                         self.publish_frames(std::mem::take(&mut frames)).await;
-                        let reason = match reason {
-                            LeaveReason::Left => "left",
-                            LeaveReason::Timeout => "timeout",
-                            LeaveReason::Kicked => "kicked",
-                            LeaveReason::Replaced => "replaced",
-                        };
-                        let args = vec![
-                            room.to_string(),
-                            peer.to_string(),
-                            self.node.to_string(),
-                            reason.to_owned(),
-                        ];
-                        let r: Result<i64, _> = self.eval(&LEAVE, args).await;
+                        let r = self.dir.leave(&room, &peer, &self.node, reason).await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
                             // The resync after reconnection removes it (not re-registered).

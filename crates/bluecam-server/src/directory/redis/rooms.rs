@@ -18,8 +18,15 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| format!("bc:room:{id}")).collect();
-        let values: Vec<Option<String>> = self.broker.cmd().mget(keys).await.map_err(store_err)?;
+        // One GET per room (not MGET: the rooms are in different slots of a cluster).
+        let pipe = self.broker.client.pipeline();
+        for id in &ids {
+            let _: () = pipe
+                .get(room_keys(&RoomId::new(id.as_str()))[0].as_str())
+                .await
+                .map_err(store_err)?;
+        }
+        let values: Vec<Option<String>> = pipe.all().await.map_err(store_err)?;
         Ok(values
             .into_iter()
             .flatten()
@@ -28,32 +35,47 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Deletes a room (`Directory::delete_room`) and takes it off the room list.
+    async fn delete(
+        &self,
+        id: RoomId,
+        reason: RoomClosedReason,
+        only_if_empty: bool,
+    ) -> Result<bool, StoreError> {
+        let b = &self.broker;
+        let deleted = b
+            .dir
+            .delete_room(&id, reason, &b.node, only_if_empty)
+            .await
+            .map_err(store_err)?;
+        if deleted {
+            let _: i64 = b
+                .cmd()
+                .zrem("bc:rooms", id.as_str())
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(deleted)
+    }
+}
+
 impl Store for RedisStore {
     fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let json = serde_json::to_string(&room).map_err(store_err)?;
-            let set: Option<String> = self
+            let created = self
                 .broker
-                .cmd()
-                .set(
-                    format!("bc:room:{}", room.id),
-                    json,
-                    None,
-                    Some(SetOptions::NX),
-                    false,
-                )
+                .dir
+                .create_room(&room.id, &json)
                 .await
                 .map_err(store_err)?;
-            if set.is_none() {
+            if !created {
                 return Err(StoreError::Exists);
             }
-            let pipe = self.broker.client.pipeline();
-            // (A room made again with the id of a deleted one is no tombstone.)
-            let _: () = pipe
-                .del(format!("bc:roomgone:{}", room.id))
-                .await
-                .map_err(store_err)?;
-            let _: () = pipe
+            let _: i64 = self
+                .broker
+                .cmd()
                 .zadd(
                     "bc:rooms",
                     None,
@@ -64,17 +86,6 @@ impl Store for RedisStore {
                 )
                 .await
                 .map_err(store_err)?;
-            let _: () = pipe
-                .set(
-                    format!("bc:room:{}:active", room.id),
-                    crate::unix_now(),
-                    None,
-                    None,
-                    false,
-                )
-                .await
-                .map_err(store_err)?;
-            let _: Vec<Value> = pipe.all().await.map_err(store_err)?;
             Ok(())
         })
     }
@@ -84,7 +95,7 @@ impl Store for RedisStore {
             let v: Option<String> = self
                 .broker
                 .cmd()
-                .get(format!("bc:room:{id}"))
+                .get(room_keys(&id)[0].as_str())
                 .await
                 .map_err(store_err)?;
             let room: Option<Room> = v
@@ -114,36 +125,11 @@ impl Store for RedisStore {
     }
 
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let args = vec![
-                id.to_string(),
-                "deleted".to_owned(),
-                self.broker.node.to_string(),
-            ];
-            let n: i64 = self
-                .broker
-                .eval(&DELETE_ROOM, args)
-                .await
-                .map_err(store_err)?;
-            Ok(n == 1)
-        })
+        Box::pin(async move { self.delete(id, RoomClosedReason::Deleted, false).await })
     }
 
     fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let args = vec![
-                id.to_string(),
-                "expired".to_owned(),
-                self.broker.node.to_string(),
-                "empty".to_owned(),
-            ];
-            let n: i64 = self
-                .broker
-                .eval(&DELETE_ROOM, args)
-                .await
-                .map_err(store_err)?;
-            Ok(n == 1)
-        })
+        Box::pin(async move { self.delete(id, RoomClosedReason::Expired, true).await })
     }
 
     fn touch_room(&self, id: RoomId, at: u64) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -151,7 +137,7 @@ impl Store for RedisStore {
             self.broker
                 .cmd()
                 .set::<(), _, _>(
-                    format!("bc:room:{id}:active"),
+                    room_keys(&id)[4].as_str(),
                     at,
                     None,
                     Some(SetOptions::XX),
@@ -175,11 +161,11 @@ impl Store for RedisStore {
             let pipe = self.broker.client.pipeline();
             for r in &rooms {
                 let _: () = pipe
-                    .get(format!("bc:room:{}:active", r.id))
+                    .get(room_keys(&r.id)[4].as_str())
                     .await
                     .map_err(store_err)?;
                 let _: () = pipe
-                    .hlen(format!("bc:room:{}:nodes", r.id))
+                    .hlen(room_keys(&r.id)[2].as_str())
                     .await
                     .map_err(store_err)?;
             }
@@ -204,7 +190,7 @@ impl Store for RedisStore {
     }
 
     fn recently_deleted(&self, id: &RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
-        let key = format!("bc:roomgone:{id}");
+        let key = room_keys(id)[8].clone();
         Box::pin(async move {
             let n: i64 = self.broker.cmd().exists(key).await.map_err(store_err)?;
             Ok(n > 0)

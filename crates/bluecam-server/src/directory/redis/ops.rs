@@ -1,0 +1,636 @@
+//! [`RedisDirectory`]: each operation of the directory model
+//! (`bluecam_core::directory::Directory`) carried out on Redis: the room's part by its script
+//! (one slot, keys declared), what spans rooms or is global (the node set, a node's rooms, the
+//! orphan index, the rebuild mark) by plain commands around it. Answers are the model's types;
+//! `tests/vectors/directory.json` and a randomised comparison (the server's tests) hold the
+//! two to the same results.
+
+use super::*;
+use bluecam_core::directory::{
+    ClaimReply, DirState, JoinReply, PeerEntry, Reaped, RegisterReply, RoomDump, Seat,
+    SessionRecord, View,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Rooms with orphans, scored by when the next one may be due (ms).
+const ORPHAN_INDEX: &str = "bc:orphans";
+/// Every node that may still hold peers.
+const NODES: &str = "bc:nodes";
+/// The directory's epoch.
+const EPOCH: &str = "bc:epoch";
+/// Set for a resume window after Redis lost its data.
+const REBUILT: &str = "bc:rebuilt";
+/// Orphan index entries one reap round sweeps at most.
+const SWEEP_BATCH: i64 = 1000;
+
+fn alive_key(node: &NodeId) -> String {
+    format!("bc:node:{{{node}}}:alive")
+}
+
+fn node_rooms_key(node: &NodeId) -> String {
+    format!("bc:node:{{{node}}}:rooms")
+}
+
+/// The directory on Redis. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RedisDirectory {
+    client: Client,
+    opts: Options,
+}
+
+type R<T> = Result<T, BrokerError>;
+
+impl RedisDirectory {
+    pub(super) fn new(client: Client, opts: Options) -> Self {
+        Self { client, opts }
+    }
+
+    /// Connects to the Redis at `url` (`redis://…`), for tools and tests.
+    pub async fn connect(url: &str) -> R<Self> {
+        let config = FredConfig::from_url(url).map_err(backend)?;
+        let client = Builder::from_config(config).build().map_err(backend)?;
+        client.init().await.map_err(backend)?;
+        Ok(Self::new(
+            client,
+            Options {
+                timeout: Some(COMMAND_TIMEOUT),
+                ..Options::default()
+            },
+        ))
+    }
+
+    fn cmd(&self) -> fred::clients::WithOptions<Client> {
+        self.client.with_options(&self.opts)
+    }
+
+    /// Runs a room's script by SHA, loading it first when Redis does not know it (it was
+    /// restarted, or its script cache flushed). A `NOSCRIPT` answer ran nothing, so the retry
+    /// cannot apply anything twice.
+    async fn eval<T: FromValue>(&self, script: &Script, room: &RoomId, args: Vec<String>) -> R<T> {
+        let sha = script.sha1().clone();
+        let keys = room_keys(room);
+        let r = match self
+            .cmd()
+            .evalsha(sha.clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let lua = script.lua().cloned().unwrap_or_default();
+                let _: String = self.cmd().script_load(lua).await.map_err(backend)?;
+                self.cmd().evalsha(sha, keys, args).await
+            }
+            r => r,
+        };
+        r.map_err(backend)
+    }
+
+    /// Before an operation that may seat a peer of `room` on `node`: the node joins the node
+    /// set and lists the room as one of its own (`Directory::note_node_room`).
+    pub async fn note_node_room(&self, node: &NodeId, room: &RoomId) -> R<()> {
+        let pipe = self.client.pipeline();
+        let () = pipe.sadd(NODES, node.as_str()).await.map_err(backend)?;
+        let () = pipe
+            .sadd(node_rooms_key(node), room.as_str())
+            .await
+            .map_err(backend)?;
+        let _: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// `Directory::create_room`: writes the room's record (`json`) unless there is one.
+    pub async fn create_room(&self, room: &RoomId, json: &str) -> R<bool> {
+        let args = vec![
+            room.to_string(),
+            json.to_owned(),
+            crate::unix_now().to_string(),
+        ];
+        let n: i64 = self.eval(&CREATE_ROOM, room, args).await?;
+        Ok(n == 1)
+    }
+
+    /// `Directory::join`.
+    pub async fn join(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        peer: &PeerEntry,
+        max_peers: u32,
+    ) -> R<JoinReply> {
+        self.note_node_room(node, room).await?;
+        let args = peer_args(room, node, peer, Some(max_peers));
+        let (tag, mut rest) = tagged(self.eval(&JOIN, room, args).await?);
+        Ok(match tag.as_str() {
+            "ok" => {
+                let ver = rest.next().and_then(|v| v.as_u64()).unwrap_or(0);
+                let peers = seats(
+                    rest.next().unwrap_or(Value::Null),
+                    rest.next().unwrap_or(Value::Null),
+                );
+                JoinReply::Joined {
+                    view: view(ver, peers),
+                }
+            }
+            "full" => JoinReply::Full,
+            "gone" => JoinReply::Gone,
+            other => return Err(backend(format!("unexpected join answer {other:?}"))),
+        })
+    }
+
+    /// `Directory::claim`.
+    pub async fn claim(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        identity: &Identity,
+        session: &SessionId,
+        secret: &SessionSecret,
+    ) -> R<ClaimReply> {
+        self.note_node_room(node, room).await?;
+        let args = vec![
+            room.to_string(),
+            session.to_string(),
+            secret.expose().to_owned(),
+            node.to_string(),
+            identity.to_string(),
+        ];
+        let (tag, mut rest) = tagged(self.eval(&CLAIM, room, args).await?);
+        Ok(match tag.as_str() {
+            "ok" => {
+                let ver = rest.next().and_then(|v| v.as_u64()).unwrap_or(0);
+                let session: SessionRecord = rest
+                    .next()
+                    .and_then(|v| v.as_string())
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .ok_or_else(|| backend("unreadable session record"))?;
+                let peers = seats(
+                    rest.next().unwrap_or(Value::Null),
+                    rest.next().unwrap_or(Value::Null),
+                );
+                ClaimReply::Claimed {
+                    session,
+                    view: view(ver, peers),
+                }
+            }
+            "missing" if self.epoch().await?.1 => ClaimReply::Rebuilding,
+            "missing" | "expired" => ClaimReply::Expired,
+            "unauthorized" => ClaimReply::Unauthorized,
+            other => return Err(backend(format!("unexpected claim answer {other:?}"))),
+        })
+    }
+
+    /// `Directory::leave`.
+    pub async fn leave(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        node: &NodeId,
+        reason: LeaveReason,
+    ) -> R<bool> {
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let args = vec![room.to_string(), peer.to_string(), node.to_string(), reason];
+        let n: i64 = self.eval(&LEAVE, room, args).await?;
+        Ok(n == 1)
+    }
+
+    /// `Directory::register`.
+    pub async fn register(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        peer: &PeerEntry,
+        seq: u64,
+        seen_ver: u64,
+    ) -> R<RegisterReply> {
+        self.note_node_room(node, room).await?;
+        let mut args = peer_args(room, node, peer, None);
+        args.extend([seq.to_string(), seen_ver.to_string()]);
+        let (tag, mut rest) = tagged(self.eval(&REGISTER, room, args).await?);
+        Ok(match tag.as_str() {
+            "ok" => RegisterReply::Present,
+            "added" => RegisterReply::Added,
+            "moved" => RegisterReply::Moved {
+                node: NodeId::new(rest.next().and_then(|v| v.as_string()).unwrap_or_default()),
+            },
+            "left" => RegisterReply::Left,
+            "gone" => RegisterReply::Gone,
+            other => return Err(backend(format!("unexpected register answer {other:?}"))),
+        })
+    }
+
+    /// `Directory::raise_version`.
+    pub async fn raise_version(&self, room: &RoomId, ver: u64) -> R<()> {
+        let _: i64 = self
+            .eval(
+                &RAISE_VERSION,
+                room,
+                vec![room.to_string(), ver.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `Directory::delete_room`.
+    pub async fn delete_room(
+        &self,
+        room: &RoomId,
+        reason: RoomClosedReason,
+        node: &NodeId,
+        only_if_empty: bool,
+    ) -> R<bool> {
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let args = vec![
+            room.to_string(),
+            reason,
+            node.to_string(),
+            if only_if_empty { "empty" } else { "" }.to_owned(),
+        ];
+        let n: i64 = self.eval(&DELETE_ROOM, room, args).await?;
+        if n == 1 {
+            let _: i64 = self
+                .cmd()
+                .zrem(ORPHAN_INDEX, room.as_str())
+                .await
+                .map_err(backend)?;
+        }
+        Ok(n == 1)
+    }
+
+    /// `Directory::heartbeat`: renews `node`'s liveness (SET … GET: none when it had lapsed),
+    /// reads the epoch (SET NX GET: drawing `fresh` when there is none) and adds the node to
+    /// the node set.
+    pub async fn heartbeat(&self, node: &NodeId, alive_ms: u64, fresh: &str) -> R<Beat> {
+        let pipe = self.client.pipeline();
+        let queued: Result<(), fred::error::Error> = async {
+            let () = pipe
+                .set(
+                    alive_key(node),
+                    1,
+                    Some(Expiration::PX(alive_ms as i64)),
+                    None,
+                    true,
+                )
+                .await?;
+            let () = pipe
+                .set(EPOCH, fresh, None, Some(SetOptions::NX), true)
+                .await?;
+            let () = pipe.sadd(NODES, node.as_str()).await?;
+            Ok(())
+        }
+        .await;
+        queued.map_err(backend)?;
+        let answers: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        let mut answers = answers.into_iter();
+        let lapsed = matches!(answers.next(), Some(Value::Null) | None);
+        let epoch = match answers.next() {
+            Some(Value::Null) | None => fresh.to_owned(),
+            Some(v) => v.as_string().unwrap_or_else(|| fresh.to_owned()),
+        };
+        let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1) || lapsed;
+        Ok(Beat { epoch, was_missing })
+    }
+
+    /// `Directory::expire`: `node`'s liveness ends now.
+    pub async fn expire(&self, node: &NodeId) -> R<()> {
+        let _: i64 = self.cmd().del(alive_key(node)).await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// `Directory::mark_rebuilt`.
+    pub async fn mark_rebuilt(&self, window_ms: u64) -> R<()> {
+        let window = Expiration::PX(window_ms.max(1) as i64);
+        let () = self
+            .cmd()
+            .set(REBUILT, 1, Some(window), None, false)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// `Directory::epoch`: the epoch, and whether the rebuild mark is on.
+    pub async fn epoch(&self) -> R<(Option<String>, bool)> {
+        let pipe = self.client.pipeline();
+        let () = pipe.get(EPOCH).await.map_err(backend)?;
+        let () = pipe.exists(REBUILT).await.map_err(backend)?;
+        tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<(Option<String>, bool)>())
+            .await
+            .map_err(backend)?
+            .map_err(backend)
+    }
+
+    /// `Directory::reap`: every other node whose liveness expired is reaped room by room (its
+    /// seats become orphans, the room indexed by when they are due), then leaves the node
+    /// set; then the rooms whose orphans are due are swept.
+    pub async fn reap(&self, me: &NodeId, window_ms: u64) -> R<Reaped> {
+        let mut out = Reaped::default();
+        let mut nodes: Vec<String> = self.cmd().smembers(NODES).await.map_err(backend)?;
+        nodes.sort();
+        for node in nodes {
+            let node = NodeId::new(node);
+            if node == *me {
+                continue;
+            }
+            let alive: bool = self.cmd().exists(alive_key(&node)).await.map_err(backend)?;
+            if alive {
+                continue;
+            }
+            let mut orphaned = 0;
+            for room in self.node_rooms(&node).await? {
+                let args = vec![room.to_string(), node.to_string(), window_ms.to_string()];
+                let (n, until): (u64, i64) = self.eval(&REAP_ROOM, &room, args).await?;
+                if n > 0 {
+                    self.index_orphans(&room, until).await?;
+                }
+                orphaned += n;
+            }
+            // (A claim onto this node since then added it back: it is reaped again later.)
+            let _: i64 = self
+                .cmd()
+                .del(node_rooms_key(&node))
+                .await
+                .map_err(backend)?;
+            let _: i64 = self
+                .cmd()
+                .srem(NODES, node.as_str())
+                .await
+                .map_err(backend)?;
+            out.nodes.push((node, orphaned));
+        }
+        // Redis's clock, which the scripts read.
+        let time = fred::types::CustomCommand::new("TIME", fred::types::ClusterHash::Random, false);
+        let t: Vec<String> = self
+            .client
+            .custom(time, Vec::<String>::new())
+            .await
+            .map_err(backend)?;
+        let part = |i: usize| t.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        let now = part(0) * 1000 + part(1) / 1000;
+        let due: Vec<String> = self
+            .cmd()
+            .zrangebyscore(
+                ORPHAN_INDEX,
+                "-inf",
+                now as f64,
+                false,
+                Some((0, SWEEP_BATCH)),
+            )
+            .await
+            .map_err(backend)?;
+        for room in due {
+            let room = RoomId::new(room);
+            let n: u64 = self
+                .eval(&SWEEP_ROOM, &room, vec![room.to_string()])
+                .await?;
+            out.swept += n;
+            // Removed, then indexed again by its next orphan if it has one: a reap of the
+            // room that ran meanwhile is either before the removal (its orphan is seen
+            // here) or after it (it indexed the room itself).
+            let _: i64 = self
+                .cmd()
+                .zrem(ORPHAN_INDEX, room.as_str())
+                .await
+                .map_err(backend)?;
+            let next: Vec<(String, f64)> = self
+                .cmd()
+                .zrange(room_keys(&room)[7].as_str(), 0, 0, None, false, None, true)
+                .await
+                .map_err(backend)?;
+            if let Some((_, until)) = next.first() {
+                self.index_orphans(&room, *until as i64).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Indexes `room` as having orphans due at `until` (or earlier, if so indexed already).
+    async fn index_orphans(&self, room: &RoomId, until: i64) -> R<()> {
+        let _: i64 = self
+            .cmd()
+            .zadd(
+                ORPHAN_INDEX,
+                None,
+                Some(fred::types::sorted_sets::Ordering::LessThan),
+                false,
+                false,
+                (until as f64, room.as_str()),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// `Directory::snapshot`: a room's version and seats.
+    pub async fn snapshot(&self, room: &RoomId) -> R<View> {
+        let keys = room_keys(room);
+        let pipe = self.client.pipeline();
+        let _: () = pipe.get(&keys[3]).await.map_err(backend)?;
+        let _: () = pipe.hgetall(&keys[1]).await.map_err(backend)?;
+        let _: () = pipe.hgetall(&keys[2]).await.map_err(backend)?;
+        let all: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        let mut all = all.into_iter();
+        let ver = all.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let peers = all.next().unwrap_or(Value::Null);
+        let nodes = all.next().unwrap_or(Value::Null);
+        Ok(view(ver, seats(peers, nodes)))
+    }
+
+    /// The rooms `node` may have peers in.
+    pub async fn node_rooms(&self, node: &NodeId) -> R<Vec<RoomId>> {
+        let rooms: Vec<String> = self
+            .cmd()
+            .smembers(node_rooms_key(node))
+            .await
+            .map_err(backend)?;
+        Ok(rooms.into_iter().map(RoomId::new).collect())
+    }
+
+    /// `Directory::recorded_on`: the seats recorded on `node`, by room.
+    pub async fn recorded_on(&self, node: &NodeId) -> R<Vec<(RoomId, PeerId)>> {
+        let mut out = Vec::new();
+        let mut rooms = self.node_rooms(node).await?;
+        rooms.sort();
+        for room in rooms {
+            let entries: HashMap<String, String> = self
+                .cmd()
+                .hgetall(&room_keys(&room)[2])
+                .await
+                .map_err(backend)?;
+            let mut here: Vec<PeerId> = entries
+                .into_iter()
+                .filter(|(_, v)| v.split('\n').next() == Some(node.as_str()))
+                .map(|(p, _)| PeerId::new(p))
+                .collect();
+            here.sort();
+            out.extend(here.into_iter().map(|p| (room.clone(), p)));
+        }
+        Ok(out)
+    }
+
+    /// `Directory::prune_node_room`.
+    pub async fn prune_node_room(&self, node: &NodeId, room: &RoomId) -> R<()> {
+        let _: i64 = self
+            .cmd()
+            .srem(node_rooms_key(node), room.as_str())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// How many seats each room has.
+    pub async fn peer_counts(&self, rooms: &[RoomId]) -> R<Vec<u32>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.client.pipeline();
+        for room in rooms {
+            let _: () = pipe.hlen(&room_keys(room)[2]).await.map_err(backend)?;
+        }
+        tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
+            .await
+            .map_err(backend)?
+            .map_err(backend)
+    }
+
+    /// Everything lost (`FLUSHALL`), for tests of a Redis that lost its data.
+    pub async fn wipe(&self) -> R<()> {
+        let () = self.client.flushall(false).await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// The whole directory as the vectors compare it (`Directory::state`), read with `KEYS`:
+    /// for tests on a Redis of their own.
+    pub async fn state(&self) -> R<DirState> {
+        let mut state = DirState::default();
+        let keys: Vec<String> = self
+            .client
+            .custom(
+                fred::types::CustomCommand::new("KEYS", fred::types::ClusterHash::Random, false),
+                vec!["bc:*"],
+            )
+            .await
+            .map_err(backend)?;
+        let mut rooms = BTreeSet::new();
+        for key in &keys {
+            if let Some(rest) = key.strip_prefix("bc:{")
+                && let Some((room, _)) = rest.split_once("}:")
+            {
+                rooms.insert(RoomId::new(room));
+            }
+            if let Some(rest) = key.strip_prefix("bc:node:{")
+                && let Some(node) = rest.strip_suffix("}:rooms")
+            {
+                let node = NodeId::new(node);
+                let rooms: BTreeSet<RoomId> = self.node_rooms(&node).await?.into_iter().collect();
+                state.node_rooms.insert(node, rooms);
+            }
+        }
+        for room in rooms {
+            let k = room_keys(&room);
+            let exists: bool = self.cmd().exists(&k[0]).await.map_err(backend)?;
+            let deleted: bool = self.cmd().exists(&k[8]).await.map_err(backend)?;
+            let ver: Option<u64> = self.cmd().get(&k[3]).await.map_err(backend)?;
+            let peers: HashMap<String, String> =
+                self.cmd().hgetall(&k[1]).await.map_err(backend)?;
+            let nodes: HashMap<String, String> =
+                self.cmd().hgetall(&k[2]).await.map_err(backend)?;
+            let sessions: HashMap<String, String> =
+                self.cmd().hgetall(&k[5]).await.map_err(backend)?;
+            let gone: Vec<String> = self
+                .cmd()
+                .zrangebyscore(
+                    &k[6],
+                    (crate::unix_now() * 1000) as f64,
+                    "+inf",
+                    false,
+                    None,
+                )
+                .await
+                .map_err(backend)?;
+            let orphans: Vec<String> = self
+                .cmd()
+                .zrange(&k[7], 0, -1, None, false, None, false)
+                .await
+                .map_err(backend)?;
+            let mut seats: Vec<Seat> = peers
+                .into_iter()
+                .filter_map(|(id, rec)| {
+                    let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
+                    let (node, session) = nodes.get(&id)?.split_once('\n')?;
+                    Some(Seat {
+                        info: rec.info,
+                        seq: rec.seq,
+                        node: NodeId::new(node),
+                        session: SessionId::new(session),
+                    })
+                })
+                .collect();
+            seats.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+            let dump = RoomDump {
+                exists,
+                deleted,
+                ver: ver.unwrap_or(0),
+                seats,
+                sessions: sessions
+                    .into_iter()
+                    .filter_map(|(s, r)| Some((SessionId::new(s), serde_json::from_str(&r).ok()?)))
+                    .collect::<BTreeMap<_, _>>(),
+                gone: gone.into_iter().map(PeerId::new).collect(),
+                orphans: orphans.into_iter().map(PeerId::new).collect(),
+            };
+            if dump != RoomDump::default() {
+                state.rooms.insert(room, dump);
+            }
+        }
+        let nodes: Vec<String> = self.cmd().smembers(NODES).await.map_err(backend)?;
+        state.nodes = nodes.into_iter().map(NodeId::new).collect();
+        let index: Vec<String> = self
+            .cmd()
+            .zrange(ORPHAN_INDEX, 0, -1, None, false, None, false)
+            .await
+            .map_err(backend)?;
+        state.orphan_index = index.into_iter().map(RoomId::new).collect();
+        let (epoch, rebuilding) = self.epoch().await?;
+        state.epoch = epoch.is_some();
+        state.rebuilding = rebuilding;
+        state.node_rooms.retain(|_, r| !r.is_empty());
+        Ok(state)
+    }
+}
+
+/// Reads a room's seats (`HGETALL peers`, `HGETALL nodes`), by peer id.
+fn seats(peers: Value, nodes: Value) -> Vec<RemotePeer> {
+    let nodes: HashMap<String, String> = nodes.convert().unwrap_or_default();
+    let peers: HashMap<String, String> = peers.convert().unwrap_or_default();
+    let mut out: Vec<RemotePeer> = peers
+        .into_iter()
+        .filter_map(|(id, rec)| {
+            let rec: PeerRecord = serde_json::from_str(&rec).ok()?;
+            let node = nodes.get(&id)?.split('\n').next()?.to_owned();
+            Some(RemotePeer {
+                info: rec.info,
+                node: NodeId::new(node),
+                seq: rec.seq,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+    out
+}
+
+fn view(ver: u64, peers: Vec<RemotePeer>) -> View {
+    View { ver, peers }
+}
