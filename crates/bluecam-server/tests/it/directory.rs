@@ -362,3 +362,50 @@ fn random_op(rng: &mut Rng) -> Op {
         _ => Op::Wipe,
     }
 }
+
+#[tokio::test]
+async fn rooms_of_the_old_key_layout_are_moved_at_start() {
+    let bench = Bench::start().await;
+    let p = &bench.publisher;
+    use fred::prelude::KeysInterface as _;
+    let room = r#"{"id":"old-room","createdAt":1}"#;
+    let () = p
+        .set("bc:room:old-room", room, None, None, false)
+        .await
+        .unwrap();
+    let () = p
+        .set("bc:room:old-room:ver", 7, None, None, false)
+        .await
+        .unwrap();
+    let () = p
+        .set("bc:session:s1", "{}", None, None, false)
+        .await
+        .unwrap();
+    let () = p
+        .set("bc:gone:old-room\np1", 1, None, None, false)
+        .await
+        .unwrap();
+    let () = p
+        .set("bc:node:n1:peers", 1, None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(bench.dir.migrate_old_layout().await.unwrap(), 1);
+    let state = bench.dir.state().await.unwrap();
+    assert!(state.rooms[&RoomId::new("old-room")].exists);
+    let left: Vec<String> = p
+        .custom(
+            fred::types::CustomCommand::new("KEYS", fred::types::ClusterHash::Random, false),
+            vec!["bc:*"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left.len(),
+        2,
+        "only the new room's record and activity: {left:?}"
+    );
+    // Done once: nothing to move the second time.
+    assert_eq!(bench.dir.migrate_old_layout().await.unwrap(), 0);
+    let v: Option<String> = p.get("bc:{old-room}:room").await.unwrap();
+    assert_eq!(v.as_deref(), Some(room));
+}

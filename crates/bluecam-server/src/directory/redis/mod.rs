@@ -215,6 +215,11 @@ impl RedisBroker {
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
         let _ = self.hub.set(Arc::clone(&hub));
+        match self.dir.migrate_old_layout().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rooms = n, "moved rooms to the per-room key layout"),
+            Err(e) => tracing::warn!(error = %e, "could not move rooms of the old key layout"),
+        }
         // The first heartbeat, before this node takes any peer.
         let first = self.machine().poll_step(Instant::now());
         if let Some(step) = first {

@@ -505,6 +505,61 @@ impl RedisDirectory {
             .map_err(backend)
     }
 
+    /// Moves what a BlueCam before the per-room key layout left in Redis: each room record
+    /// (`bc:room:{id}`) is written where rooms are now (unless there is one), and the old
+    /// membership keys (rooms' seats, sessions, node lists, tombstones) are deleted. Nodes of
+    /// the old layout must all be stopped first: their peers rejoin as new peers. Returns how
+    /// many rooms moved.
+    pub async fn migrate_old_layout(&self) -> R<usize> {
+        let mut moved = 0;
+        for pattern in [
+            "bc:room:*",
+            "bc:session:*",
+            "bc:gone:*",
+            "bc:roomgone:*",
+            "bc:node:*:peers",
+        ] {
+            for key in self.scan(pattern).await? {
+                if let Some(id) = key.strip_prefix("bc:room:")
+                    && !id.contains(':')
+                {
+                    let json: Option<String> = self.cmd().get(&key).await.map_err(backend)?;
+                    if let Some(json) = json
+                        && self.create_room(&RoomId::new(id), &json).await?
+                    {
+                        moved += 1;
+                    }
+                }
+                let _: i64 = self.cmd().del(&key).await.map_err(backend)?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Every key matching `pattern` (`SCAN`).
+    async fn scan(&self, pattern: &str) -> R<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let scan =
+                fred::types::CustomCommand::new("SCAN", fred::types::ClusterHash::Random, false);
+            let args = vec![
+                cursor.clone(),
+                "MATCH".into(),
+                pattern.into(),
+                "COUNT".into(),
+                "1000".into(),
+            ];
+            let (next, keys): (String, Vec<String>) =
+                self.client.custom(scan, args).await.map_err(backend)?;
+            out.extend(keys);
+            if next == "0" {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// Everything lost (`FLUSHALL`), for tests of a Redis that lost its data.
     pub async fn wipe(&self) -> R<()> {
         let () = self.client.flushall(false).await.map_err(backend)?;
