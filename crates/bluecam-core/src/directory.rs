@@ -17,8 +17,8 @@
 //!
 //! Time is passed in (`now`, milliseconds); the scripts read Redis's clock.
 
-use crate::RemotePeer;
 pub use crate::cluster::{Beat, ORPHAN_NODE};
+use crate::{ClaimedSession, ClusterView, RemotePeer, cluster::split_view};
 use bluecam_proto::{
     Identity, LeaveReason, NodeId, NodeMessage, PeerId, PeerInfo, PeerRecord, Permissions,
     RoomClosedReason, RoomId, SessionId, SessionSecret,
@@ -95,6 +95,49 @@ impl PeerEntry {
 pub struct View {
     pub ver: u64,
     pub peers: Vec<RemotePeer>,
+}
+
+impl View {
+    /// The room as a node that just seated a new peer sees it (the peer's seq is the
+    /// version): peers of other nodes, and those recorded on this one it may not hold yet.
+    pub fn joined(self, node: &NodeId) -> ClusterView {
+        let (peers, pending_here) = split_view(self.peers, node);
+        ClusterView {
+            ver: self.ver,
+            seq: self.ver,
+            peers,
+            claimed: None,
+            pending_here,
+        }
+    }
+
+    /// The room as a node that just claimed `session` (stored as `record`) sees it; `None`
+    /// when the claimed peer is missing from it (never, from a correct directory).
+    pub fn claimed(
+        self,
+        node: &NodeId,
+        session: SessionId,
+        record: SessionRecord,
+    ) -> Option<ClusterView> {
+        let me = self
+            .peers
+            .iter()
+            .find(|p| p.info.id == record.peer)?
+            .clone();
+        let (peers, pending_here) = split_view(self.peers, node);
+        Some(ClusterView {
+            ver: self.ver,
+            seq: me.seq,
+            peers,
+            pending_here,
+            claimed: Some(ClaimedSession {
+                info: me.info,
+                session,
+                secret: record.secret,
+                permissions: record.permissions,
+            }),
+        })
+    }
 }
 
 /// What a join answered.
@@ -265,6 +308,11 @@ impl Directory {
         r.exists = true;
         r.deleted_until = None;
         true
+    }
+
+    /// Whether the room's record exists.
+    pub fn room_exists(&self, room: &RoomId) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.exists)
     }
 
     /// Whether the room was deleted within the tombstone's life.

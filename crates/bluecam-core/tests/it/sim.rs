@@ -1,6 +1,7 @@
 //! Deterministic simulation of a cluster: several nodes, each a real room core ([`Hub`]) and a
-//! real control loop ([`ClusterNode`]), over an in-memory model of the directory and of
-//! pub/sub (the Lua scripts of `bluecam-server`'s `directory/redis/scripts.rs`, one function each), with
+//! real control loop ([`ClusterNode`]), over the product's model of the directory
+//! (`bluecam_core::directory`, which the Redis scripts are tested against) and a model of
+//! pub/sub, with
 //! clients running a twin of the SDK's delivery logic (per-pair sequence numbers and epochs,
 //! cumulative acks, retransmission, a delivery deadline that rejects and starts a new epoch).
 //!
@@ -20,13 +21,13 @@
 
 use crate::support::{Seen, decode, limits, room};
 use bluecam_core::{
-    ClusterView, ConnId, CoreConfig, Frame, FreshIds, Hub, JoinRequest, Origin, Output, RemotePeer,
-    cluster::{Beat, ClusterNode, Decoded, Done, Signal, Step, split_view, stale_entries},
+    ConnId, CoreConfig, Frame, FreshIds, Hub, JoinRequest, Origin, Output,
+    cluster::{ClusterNode, Decoded, Done, Signal, Step, split_view, stale_entries},
+    directory::{ClaimReply, Directory as Model, JoinReply, PeerEntry, RegisterReply},
 };
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, Identity, LeaveReason, NodeId, NodeMessage, PeerId,
-    PeerInfo, PeerRecord, Permissions, ResumeCredentials, RoomClosedReason, RoomId, SessionId,
-    SessionSecret,
+    PeerInfo, Permissions, ResumeCredentials, RoomClosedReason, RoomId, SessionId, SessionSecret,
 };
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet, VecDeque},
@@ -50,7 +51,6 @@ const SEND_AFTER_FAULTS: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(30);
 const NODES: usize = 3;
 const CLIENTS: usize = 4;
-const ORPHAN: &str = "~";
 
 /// SplitMix64: small, fast, and the same on every machine.
 struct Rng(u64);
@@ -100,21 +100,7 @@ fn stored_room() -> bluecam_proto::Room {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The directory and pub/sub: a model of the Redis keys and Lua scripts.
-
-#[derive(Clone, Debug)]
-struct DPeer {
-    rec: PeerRecord,
-    node: String,
-    session: SessionId,
-}
-
-#[derive(Clone, Debug)]
-struct DSession {
-    peer: PeerId,
-    identity: Identity,
-    secret: SessionSecret,
-}
+// The directory (the product's model, `bluecam_core::directory`) and pub/sub.
 
 #[derive(Default)]
 struct Channel {
@@ -122,38 +108,27 @@ struct Channel {
     delay: Duration,
 }
 
-#[derive(Default)]
 struct Directory {
-    room_exists: bool,
-    ver: u64,
-    peers: BTreeMap<PeerId, DPeer>,
-    sessions: BTreeMap<SessionId, DSession>,
-    node_peers: BTreeMap<String, BTreeSet<PeerId>>,
-    nodes: BTreeSet<String>,
-    alive: BTreeMap<String, Instant>,
-    epoch: Option<String>,
-    orphans: BTreeMap<PeerId, Instant>,
-    /// `bc:gone:…`: tombstones of peers that left for good.
-    gone: BTreeMap<PeerId, Instant>,
-    /// `bc:rebuilt`: until when the directory is marked as being rebuilt.
-    rebuilt_until: Option<Instant>,
+    model: Model,
     /// Subscribed nodes' channels.
     channels: BTreeMap<String, Channel>,
-}
-
-enum Registered {
-    Ok,
-    RoomGone,
-    Left,
-}
-
-enum Claimed {
-    Ok(ClusterView),
-    Expired,
-    Rebuilding,
+    /// Where the model's clock (milliseconds) starts.
+    start: Instant,
 }
 
 impl Directory {
+    fn new(start: Instant) -> Self {
+        Self {
+            model: Model::new(),
+            channels: BTreeMap::new(),
+            start,
+        }
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.duration_since(self.start).as_millis() as u64
+    }
+
     fn publish(&mut self, node: &str, text: String, now: Instant) -> bool {
         let Some(ch) = self.channels.get_mut(node) else {
             return false;
@@ -167,280 +142,33 @@ impl Directory {
         true
     }
 
-    /// `tell_room`: publishes to every node with peers in the room, but those in `told`.
-    fn tell_room(&mut self, msg: &NodeMessage<'_>, told: &mut BTreeSet<String>, now: Instant) {
-        let text = msg.encode();
-        let nodes: BTreeSet<String> = self.peers.values().map(|p| p.node.clone()).collect();
-        for n in nodes {
-            if told.insert(n.clone()) {
-                self.publish(&n, text.clone(), now);
-            }
+    /// Runs an operation of the model at `now` and carries what it published to the
+    /// subscribed nodes' channels (nobody listens on an orphan's `~`).
+    fn run<T>(&mut self, now: Instant, op: impl FnOnce(&mut Model, u64) -> T) -> T {
+        let ms = self.ms(now);
+        let out = op(&mut self.model, ms);
+        for p in self.model.take_published() {
+            self.publish(p.node.as_str(), p.text, now);
         }
-    }
-
-    fn view(&self, ver: u64) -> (u64, Vec<RemotePeer>) {
-        let peers = self
-            .peers
-            .values()
-            .map(|p| RemotePeer {
-                info: p.rec.info.clone(),
-                node: NodeId::new(p.node.as_str()),
-                seq: p.rec.seq,
-            })
-            .collect();
-        (ver, peers)
-    }
-
-    fn record(&mut self, rec: PeerRecord, node: &str, session: SessionId, s: DSession) {
-        let peer = rec.info.id.clone();
-        self.sessions.insert(session.clone(), s);
-        self.peers.insert(
-            peer.clone(),
-            DPeer {
-                rec,
-                node: node.to_owned(),
-                session,
-            },
-        );
-        self.node_peers
-            .entry(node.to_owned())
-            .or_default()
-            .insert(peer);
-        self.nodes.insert(node.to_owned());
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn join(
-        &mut self,
-        node: &str,
-        info: PeerInfo,
-        session: SessionId,
-        secret: SessionSecret,
-        now: Instant,
-    ) -> Option<(u64, Vec<RemotePeer>)> {
-        if !self.room_exists {
-            return None;
-        }
-        self.ver += 1;
-        let rec = PeerRecord {
-            info: info.clone(),
-            seq: self.ver,
-        };
-        let s = DSession {
-            peer: info.id.clone(),
-            identity: info.identity.clone(),
-            secret,
-        };
-        self.add(rec, node, session, s, now);
-        Some(self.view(self.ver))
-    }
-
-    /// Records a peer on `node` and announces it to the room's other nodes (`record` and
-    /// `announce_joined` in the Lua prelude).
-    fn add(&mut self, rec: PeerRecord, node: &str, session: SessionId, s: DSession, now: Instant) {
-        self.record(rec.clone(), node, session, s);
-        let msg = NodeMessage::Joined {
-            room: room_id(),
-            ver: self.ver,
-            node: NodeId::new(node),
-            peer: rec,
-        };
-        self.tell_room(&msg, &mut BTreeSet::from([node.to_owned()]), now);
-    }
-
-    fn move_peer(&mut self, peer: &PeerId, old: &str, node: &str, now: Instant) -> u64 {
-        let rec = {
-            let p = self.peers.get_mut(peer).expect("moved peer");
-            p.node = node.to_owned();
-            p.rec.clone()
-        };
-        if let Some(set) = self.node_peers.get_mut(old) {
-            set.remove(peer);
-        }
-        self.orphans.remove(peer);
-        self.node_peers
-            .entry(node.to_owned())
-            .or_default()
-            .insert(peer.clone());
-        self.nodes.insert(node.to_owned());
-        self.ver += 1;
-        let msg = NodeMessage::Moved {
-            room: room_id(),
-            ver: self.ver,
-            node: NodeId::new(node),
-            peer: rec,
-        };
-        let mut told = BTreeSet::from([node.to_owned()]);
-        self.tell_room(&msg, &mut told, now);
-        if !told.contains(old) {
-            self.publish(old, msg.encode(), now);
-        }
-        self.ver
-    }
-
-    fn claim(
-        &mut self,
-        creds: &ResumeCredentials,
-        identity: &Identity,
-        node: &str,
-        now: Instant,
-    ) -> Claimed {
-        let Some(s) = self.sessions.get(&creds.session).cloned() else {
-            if self.rebuilt_until.is_some_and(|t| t > now) {
-                return Claimed::Rebuilding;
-            }
-            return Claimed::Expired;
-        };
-        if s.secret.expose() != creds.secret.expose() || s.identity != *identity {
-            return Claimed::Expired;
-        }
-        let Some(cur) = self.peers.get(&s.peer).cloned() else {
-            return Claimed::Expired;
-        };
-        if cur.node == node {
-            return Claimed::Expired;
-        }
-        let ver = self.move_peer(&s.peer, &cur.node, node, now);
-        let (ver, all) = self.view(ver);
-        let (peers, pending_here) = split_view(all, &NodeId::new(node));
-        let me = pending_here
-            .iter()
-            .find(|p| p.info.id == s.peer)
-            .cloned()
-            .expect("claimed peer");
-        Claimed::Ok(ClusterView {
-            ver,
-            seq: me.seq,
-            peers,
-            pending_here,
-            claimed: Some(bluecam_core::ClaimedSession {
-                info: me.info,
-                session: creds.session.clone(),
-                secret: s.secret,
-                permissions: Permissions::default(),
-            }),
-        })
-    }
-
-    fn remove(&mut self, peer: &PeerId, node: &str, reason: LeaveReason, now: Instant) {
-        self.gone
-            .insert(peer.clone(), now + Duration::from_secs(3600));
-        self.orphans.remove(peer);
-        if let Some(p) = self.peers.remove(peer) {
-            self.sessions.remove(&p.session);
-        }
-        if let Some(set) = self.node_peers.get_mut(node) {
-            set.remove(peer);
-        }
-        self.ver += 1;
-        let msg = NodeMessage::Left {
-            room: room_id(),
-            ver: self.ver,
-            peer: peer.clone(),
-            reason,
-        };
-        self.tell_room(&msg, &mut BTreeSet::from([node.to_owned()]), now);
-    }
-
-    /// `LEAVE`.
-    fn leave(&mut self, peer: &PeerId, node: &str, reason: LeaveReason, now: Instant) {
-        let Some(cur) = self.peers.get(peer) else {
-            return;
-        };
-        if cur.node != node && cur.node != ORPHAN {
-            return;
-        }
-        self.remove(peer, node, reason, now);
-    }
-
-    /// `REAP` of every node whose liveness expired, then `SWEEP_ORPHANS`.
-    fn reap(&mut self, me: &str, now: Instant) {
-        let dead: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.as_str() != me && self.alive.get(*n).is_none_or(|t| *t <= now))
-            .cloned()
-            .collect();
-        for node in dead {
-            for peer in self.node_peers.remove(&node).unwrap_or_default() {
-                if let Some(p) = self.peers.get_mut(&peer)
-                    && p.node == node
-                {
-                    p.node = ORPHAN.to_owned();
-                    self.orphans.insert(peer, now + RESUME_WINDOW);
-                }
-            }
-            self.nodes.remove(&node);
-        }
-        let due: Vec<PeerId> = self
-            .orphans
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for peer in due {
-            self.orphans.remove(&peer);
-            if self.peers.get(&peer).is_some_and(|p| p.node == ORPHAN) {
-                self.remove(&peer, ORPHAN, LeaveReason::Timeout, now);
-            }
-        }
-    }
-
-    /// `REGISTER`.
-    fn register(&mut self, node: &str, p: &bluecam_core::LocalPeer, now: Instant) -> Registered {
-        if !self.room_exists {
-            return Registered::RoomGone;
-        }
-        let id = p.info.id.clone();
-        if self.gone.get(&id).is_some_and(|t| *t > now) {
-            return Registered::Left;
-        }
-        self.ver = self.ver.max(p.room_ver);
-        if let Some(cur) = self.peers.get(&id).cloned() {
-            if cur.node == ORPHAN {
-                self.move_peer(&id, ORPHAN, node, now);
-            } else if cur.node == node {
-                self.node_peers
-                    .entry(node.to_owned())
-                    .or_default()
-                    .insert(id);
-            }
-            return Registered::Ok;
-        }
-        self.ver += 1;
-        let rec = PeerRecord {
-            info: p.info.clone(),
-            seq: p.seq,
-        };
-        let s = DSession {
-            peer: id,
-            identity: p.info.identity.clone(),
-            secret: p.secret.clone(),
-        };
-        self.add(rec, node, p.session.clone(), s, now);
-        Registered::Ok
-    }
-
-    /// The heartbeat's three commands.
-    fn heartbeat(&mut self, node: &str, alive_for: Duration, fresh: String, now: Instant) -> Beat {
-        // SET … GET: whether the liveness had lapsed (anyone may have reaped this node since).
-        let lapsed = self
-            .alive
-            .insert(node.to_owned(), now + alive_for)
-            .is_none_or(|t| t <= now);
-        let epoch = self.epoch.get_or_insert(fresh).clone();
-        let was_missing = self.nodes.insert(node.to_owned()) || lapsed;
-        Beat { epoch, was_missing }
+        out
     }
 
     /// Redis restarted without its data: everything is gone, subscriptions included (the
     /// nodes resubscribe at once, and learn of it).
     fn wipe(&mut self) {
-        let nodes: Vec<String> = self.channels.keys().cloned().collect();
-        *self = Self::default();
-        for n in nodes {
-            self.channels.insert(n, Channel::default());
+        self.model.wipe();
+        for ch in self.channels.values_mut() {
+            *ch = Channel::default();
         }
+    }
+}
+
+fn entry(info: PeerInfo, session: SessionId, secret: SessionSecret) -> PeerEntry {
+    PeerEntry {
+        info,
+        session,
+        secret,
+        permissions: Permissions::default(),
     }
 }
 
@@ -608,7 +336,7 @@ impl Sim {
             rng: Rng(seed),
             now: start,
             start,
-            dir: Directory::default(),
+            dir: Directory::new(start),
             nodes: Vec::new(),
             clients: Vec::new(),
             msgs: Vec::new(),
@@ -620,7 +348,7 @@ impl Sim {
             debug: std::env::var("BLUECAM_SIM_DEBUG").is_ok(),
             stats: Stats::default(),
         };
-        sim.dir.room_exists = true;
+        sim.dir.model.create_room(&room_id());
         for i in 0..NODES {
             let node = SimNode::new(i, 0, start);
             sim.dir
@@ -921,12 +649,9 @@ impl Sim {
             sim.close_client(i, conn, close);
         };
         // The shell reads the room from the store (in a cluster, the directory) first.
-        if !self.dir.room_exists {
-            if self.nodes[i].machine.directory_lost(
-                self.dir.epoch.as_deref(),
-                self.dir.rebuilt_until.is_some_and(|t| t > now),
-                now,
-            ) {
+        if !self.dir.model.room_exists(&room_id()) {
+            let (epoch, marked) = self.dir.model.epoch(self.dir.ms(now));
+            if self.nodes[i].machine.directory_lost(epoch, marked, now) {
                 // The directory lost its data a moment ago: the room may be on its way back.
                 return refuse(self, ErrorCode::Unavailable);
             }
@@ -952,26 +677,45 @@ impl Sim {
             }
             // The app's backend, told by `roomNotFoundCallback`, creates the room again.
             self.stats.rooms_not_found += 1;
-            self.dir.room_exists = true;
+            self.dir.model.create_room(&room_id());
             return refuse(self, ErrorCode::RoomNotFound);
         }
         self.nodes[i].machine.remember_room(&stored_room());
         let room = room(room_id().as_str(), 100);
         self.nodes[i].hub.begin_cluster_join(&room.summary.id);
+        let node = NodeId::new(name.as_str());
+        let end = |sim: &mut Self, code: ErrorCode| {
+            sim.nodes[i].hub.end_cluster_join(&room_id());
+            refuse(sim, code);
+        };
         let cluster = match &resume {
             Some(creds) if self.nodes[i].hub.has_session(&creds.session) => None,
-            Some(creds) => match self.dir.claim(creds, &identity, &name, now) {
-                Claimed::Ok(view) => Some(view),
-                Claimed::Rebuilding => {
-                    self.nodes[i].hub.end_cluster_join(&room.summary.id);
-                    return refuse(self, ErrorCode::Unavailable);
+            Some(creds) => {
+                let reply = self.dir.run(now, |d, ms| {
+                    d.claim(
+                        &room_id(),
+                        &node,
+                        &identity,
+                        &creds.session,
+                        &creds.secret,
+                        ms,
+                    )
+                });
+                match reply {
+                    ClaimReply::Claimed { session, view } => {
+                        match view.claimed(&node, creds.session.clone(), session) {
+                            Some(view) => Some(view),
+                            None => return end(self, ErrorCode::Unavailable),
+                        }
+                    }
+                    ClaimReply::Rebuilding => return end(self, ErrorCode::Unavailable),
+                    ClaimReply::Expired if self.nodes[i].machine.recently_rebuilt(now) => {
+                        return end(self, ErrorCode::Unavailable);
+                    }
+                    ClaimReply::Expired => None,
+                    ClaimReply::Unauthorized => return end(self, ErrorCode::Unauthorized),
                 }
-                Claimed::Expired if self.nodes[i].machine.recently_rebuilt(now) => {
-                    self.nodes[i].hub.end_cluster_join(&room.summary.id);
-                    return refuse(self, ErrorCode::Unavailable);
-                }
-                Claimed::Expired => None,
-            },
+            }
             None => {
                 let info = PeerInfo {
                     id: fresh.peer.clone(),
@@ -979,27 +723,14 @@ impl Sim {
                     name: None,
                     metadata: None,
                 };
-                match self.dir.join(
-                    &name,
-                    info,
-                    fresh.session.clone(),
-                    fresh.secret.clone(),
-                    now,
-                ) {
-                    Some((ver, all)) => {
-                        let (peers, pending_here) = split_view(all, &NodeId::new(name.as_str()));
-                        Some(ClusterView {
-                            ver,
-                            seq: ver,
-                            peers,
-                            claimed: None,
-                            pending_here,
-                        })
-                    }
-                    None => {
-                        self.nodes[i].hub.end_cluster_join(&room.summary.id);
-                        return refuse(self, ErrorCode::Unavailable);
-                    }
+                let peer = entry(info, fresh.session.clone(), fresh.secret.clone());
+                match self
+                    .dir
+                    .run(now, |d, _| d.join(&room_id(), &node, &peer, 100))
+                {
+                    JoinReply::Joined { view } => Some(view.joined(&node)),
+                    JoinReply::Full => return end(self, ErrorCode::RoomFull),
+                    JoinReply::Gone => return end(self, ErrorCode::RoomNotFound),
                 }
             }
         };
@@ -1058,18 +789,20 @@ impl Sim {
     /// Carries out one step of a node's control loop against the model directory.
     fn carry_out(&mut self, i: usize, step: Step) -> Done {
         let now = self.now;
-        let name = self.nodes[i].name.clone();
+        let node = NodeId::new(self.nodes[i].name.as_str());
         match step {
             Step::Heartbeat => {
-                let alive_for = self.nodes[i].machine.alive_for();
+                let alive_for = self.nodes[i].machine.alive_for().as_millis() as u64;
                 self.next_id += 1;
                 let fresh = format!("epoch{}", self.next_id);
-                Done::Heartbeat(Some(self.dir.heartbeat(&name, alive_for, fresh, now)))
+                let beat = self
+                    .dir
+                    .run(now, |d, ms| d.heartbeat(&node, alive_for, &fresh, ms));
+                Done::Heartbeat(Some(beat))
             }
             Step::RestoreRooms(rooms) => {
-                let window = self.nodes[i].machine.resume_window();
-                self.dir.rebuilt_until = Some(now + window);
-                // `RAISE_VERSION`: the room's version back to this node's replica's first.
+                // The room's version back to this node's replica's first, then the rebuild
+                // mark, then the rooms (as the server's `restore_rooms`).
                 let ver = self.nodes[i]
                     .hub
                     .local_peers()
@@ -1077,24 +810,36 @@ impl Sim {
                     .map(|p| p.room_ver)
                     .max()
                     .unwrap_or(0);
-                self.dir.ver = self.dir.ver.max(ver);
-                if !rooms.is_empty() {
-                    self.dir.room_exists = true;
-                }
+                let window = self.nodes[i].machine.resume_window().as_millis() as u64;
+                self.dir.run(now, |d, ms| {
+                    for room in &rooms {
+                        d.raise_version(&room.id, ver);
+                    }
+                    d.mark_rebuilt(window, ms);
+                    for room in &rooms {
+                        d.create_room(&room.id);
+                    }
+                });
                 Done::RestoreRooms
             }
             Step::Resync { reconcile } => {
                 let mut local = self.nodes[i].hub.local_peers();
                 local.sort_by(|a, b| a.info.id.cmp(&b.info.id));
                 for p in &local {
-                    match self.dir.register(&name, p, now) {
-                        Registered::Ok => {}
-                        Registered::RoomGone => {
+                    let peer = entry(p.info.clone(), p.session.clone(), p.secret.clone());
+                    let reply = self.dir.run(now, |d, ms| {
+                        d.register(&p.room, &node, &peer, p.seq, p.room_ver, ms)
+                    });
+                    match reply {
+                        RegisterReply::Present
+                        | RegisterReply::Added
+                        | RegisterReply::Moved { .. } => {}
+                        RegisterReply::Gone => {
                             self.nodes[i]
                                 .hub
                                 .handle_room_closed(&p.room, RoomClosedReason::Deleted);
                         }
-                        Registered::Left => {
+                        RegisterReply::Left => {
                             self.nodes[i].hub.handle_peer_gone(&p.room, &p.info.id);
                         }
                     }
@@ -1106,36 +851,34 @@ impl Sim {
                     .into_iter()
                     .map(|p| (p.room, p.info.id))
                     .collect();
-                let recorded: Vec<(RoomId, PeerId)> = self
-                    .dir
-                    .node_peers
-                    .get(&name)
-                    .map(|s| s.iter().map(|p| (room_id(), p.clone())).collect())
-                    .unwrap_or_default();
+                let recorded = self.dir.model.recorded_on(&node);
                 let hub = &self.nodes[i].hub;
                 let stale: Vec<_> =
                     stale_entries(recorded, &held, |r| hub.has_pending_join(r)).collect();
-                for (_, peer) in stale {
-                    self.dir.leave(&peer, &name, LeaveReason::Timeout, now);
+                for (room, peer) in stale {
+                    self.dir.run(now, |d, ms| {
+                        d.leave(&room, &peer, &node, LeaveReason::Timeout, ms)
+                    });
                 }
                 let mut applied = true;
                 if reconcile {
                     let mut rooms = self.nodes[i].hub.local_rooms();
                     rooms.sort();
                     for room in rooms {
-                        let (ver, all) = self.dir.view(self.dir.ver);
-                        let (peers, here) = split_view(all, &NodeId::new(name.as_str()));
+                        let view = self.dir.model.snapshot(&room);
+                        let (peers, here) = split_view(view.peers, &node);
                         let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
                         applied &= self.nodes[i]
                             .hub
-                            .handle_room_snapshot_with(&room, ver, peers, &here);
+                            .handle_room_snapshot_with(&room, view.ver, peers, &here);
                         self.drain(i);
                     }
                 }
                 Done::Resync(applied)
             }
             Step::Reap => {
-                self.dir.reap(&name, now);
+                let window = RESUME_WINDOW.as_millis() as u64;
+                self.dir.run(now, |d, ms| d.reap(&node, window, ms));
                 Done::Reap
             }
         }
@@ -1168,7 +911,11 @@ impl Sim {
                         }
                     }
                 }
-                Outgoing::Removed { peer, reason } => self.dir.leave(&peer, &name, reason, now),
+                Outgoing::Removed { peer, reason } => {
+                    let node = NodeId::new(name.as_str());
+                    self.dir
+                        .run(now, |d, ms| d.leave(&room_id(), &peer, &node, reason, ms));
+                }
             }
         }
     }
@@ -1630,7 +1377,14 @@ impl Sim {
             };
             everyone.insert(peer);
         }
-        let dir: BTreeSet<PeerId> = self.dir.peers.keys().cloned().collect();
+        let dir: BTreeSet<PeerId> = self
+            .dir
+            .model
+            .snapshot(&room_id())
+            .peers
+            .into_iter()
+            .map(|p| p.info.id)
+            .collect();
         if dir != everyone {
             return Err(format!(
                 "the directory has {dir:?}, the clients are {everyone:?}"

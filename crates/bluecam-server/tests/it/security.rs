@@ -61,6 +61,18 @@ async fn forged_session_ids_are_answered_where_they_arrive_and_never_reach_redis
     let b_node = h.sid.split('.').next().unwrap().to_owned();
     let real_tag = h.sid.rsplit('.').next().unwrap().to_owned();
 
+    // What nodes pass each other goes through `bc:h:{node}` on this test's own Redis (the
+    // metrics are the process's, shared with the tests running beside this one).
+    let config = fred::types::config::Config::from_url(&redis.url()).unwrap();
+    let watcher = fred::types::Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    fred::prelude::ClientLike::init(&watcher).await.unwrap();
+    let mut passed_on = fred::prelude::EventInterface::message_rx(&watcher);
+    fred::prelude::PubsubInterface::psubscribe(&watcher, "bc:h:*")
+        .await
+        .unwrap();
+
     let junk = vec![1u8; 2_000_000];
     let forged = |i: usize| {
         let sid = match i {
@@ -88,9 +100,14 @@ async fn forged_session_ids_are_answered_where_they_arrive_and_never_reach_redis
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    // (Redis delivers in order: a marker published now arrives after anything before it.)
+    let marker = redis_client(&redis).await;
+    let _: i64 = fred::prelude::PubsubInterface::publish(&marker, "bc:h:mark", "m")
+        .await
+        .unwrap();
+    let first = passed_on.recv().await.unwrap();
     assert_eq!(
-        counter(&a, "bluecam_http_transport_forwarded_total").await,
-        0,
+        &*first.channel, "bc:h:mark",
         "a forged request was passed on through Redis"
     );
     assert!(counter(&a, "bluecam_http_transport_forged_sids_total").await >= 9);
@@ -113,6 +130,15 @@ async fn forged_session_ids_are_answered_where_they_arrive_and_never_reach_redis
     h.send(&[to_bob]).await;
     assert_eq!(bob.recv_op("message").await["msg"], "via a");
     assert!(counter(&a, "bluecam_http_transport_forwarded_total").await >= 1);
+    let forwarded = passed_on.recv().await.unwrap();
+    assert_eq!(&*forwarded.channel, format!("bc:h:{b_node}"));
+}
+
+async fn redis_client(redis: &Redis) -> fred::clients::Client {
+    let config = fred::types::config::Config::from_url(&redis.url()).unwrap();
+    let client = fred::types::Builder::from_config(config).build().unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    client
 }
 
 /// Finding 1 (rate): requests for sessions of other nodes from one address are limited by

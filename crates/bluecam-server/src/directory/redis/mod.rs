@@ -61,7 +61,7 @@ use crate::{
     persist::store::{Store, StoreError},
 };
 use bluecam_core::{
-    ClaimedSession, ClusterView, RemotePeer,
+    ClusterView, RemotePeer,
     cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
     directory::{ClaimReply, JoinReply, PeerEntry, RegisterReply},
 };
@@ -680,19 +680,11 @@ impl Broker for RedisBroker {
                 .join(&peer.room, &self.node, &entry, peer.max_peers)
                 .await
                 .inspect_err(|e| self.redis_error("join", e))?;
-            let view = match reply {
-                JoinReply::Joined { view } => view,
-                JoinReply::Full => return Err(BrokerError::RoomFull),
-                JoinReply::Gone => return Err(BrokerError::RoomGone),
-            };
-            let (peers, pending_here) = split_view(view.peers, &self.node);
-            Ok(Some(ClusterView {
-                ver: view.ver,
-                seq: view.ver,
-                peers,
-                claimed: None,
-                pending_here,
-            }))
+            match reply {
+                JoinReply::Joined { view } => Ok(Some(view.joined(&self.node))),
+                JoinReply::Full => Err(BrokerError::RoomFull),
+                JoinReply::Gone => Err(BrokerError::RoomGone),
+            }
         })
     }
 
@@ -722,25 +714,9 @@ impl Broker for RedisBroker {
                 ClaimReply::Expired => return Ok(None),
                 ClaimReply::Unauthorized => return Err(BrokerError::Unauthorized),
             };
-            let me = view
-                .peers
-                .iter()
-                .find(|p| p.info.id == session.peer)
-                .cloned()
-                .ok_or_else(|| backend("claimed peer missing from its room"))?;
-            let (peers, pending_here) = split_view(view.peers, &self.node);
-            Ok(Some(ClusterView {
-                ver: view.ver,
-                seq: me.seq,
-                peers,
-                pending_here,
-                claimed: Some(ClaimedSession {
-                    info: me.info,
-                    session: creds.session,
-                    secret: session.secret,
-                    permissions: session.permissions,
-                }),
-            }))
+            view.claimed(&self.node, creds.session, session)
+                .map(Some)
+                .ok_or_else(|| backend("claimed peer missing from its room"))
         })
     }
 
