@@ -308,6 +308,10 @@ struct Sim {
     debug: bool,
     /// The first invariant broken.
     violation: Option<String>,
+    /// Until when a fault that justifies losses (a freeze past the resume window, the
+    /// directory losing its data) may still cause them: a rejected message or an ended
+    /// session outside it is a violation.
+    justified_until: Option<Instant>,
     stats: Stats,
 }
 
@@ -345,6 +349,7 @@ impl Sim {
             next_id: 0,
             trace: String::new(),
             violation: None,
+            justified_until: None,
             debug: std::env::var("BLUECAM_SIM_DEBUG").is_ok(),
             stats: Stats::default(),
         };
@@ -441,6 +446,7 @@ impl Sim {
             // Redis restarts without its data.
             9 => {
                 self.dir.wipe();
+                self.justify(Duration::ZERO);
                 for n in &mut self.nodes {
                     if n.health
                         != (Health::Dead {
@@ -499,6 +505,9 @@ impl Sim {
         self.nodes[i].health = Health::Frozen {
             until: self.now + d,
         };
+        if d >= RESUME_WINDOW {
+            self.justify(d);
+        }
         self.stats.faults += 1;
         let name = self.nodes[i].name.clone();
         self.log(format_args!("freeze {name} for {d:?}{note}"));
@@ -920,6 +929,20 @@ impl Sim {
         }
     }
 
+    /// A fault that may cause losses, for `lasting`: what it causes may show until a message
+    /// sent then has timed out after it ends.
+    fn justify(&mut self, lasting: Duration) {
+        let until = self.now + lasting + RESUME_WINDOW + DELIVERY_TIMEOUT + WATCHDOG;
+        self.justified_until = Some(self.justified_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Checks that a loss (`what`) is justified by a fault.
+    fn loss(&mut self, what: &str) {
+        if self.justified_until.is_none_or(|t| self.now > t) {
+            self.fail_later(format!("{what} with no fault that justifies it"));
+        }
+    }
+
     /// Carries out the core's outputs.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].hub.poll_output() {
@@ -985,6 +1008,7 @@ impl Sim {
     /// told), and it joins again as a new peer.
     fn end_session(&mut self, c: usize, why: &str) {
         self.stats.sessions_ended += 1;
+        self.loss(&format!("client {c}'s session ended ({why})"));
         self.log(format_args!("client {c} session ended: {why}"));
         let outs = std::mem::take(&mut self.clients[c].outs);
         for (_, pair) in outs {
@@ -1003,6 +1027,12 @@ impl Sim {
         if self.msgs[m].state == MsgState::Pending {
             self.msgs[m].state = MsgState::Rejected;
             self.stats.rejected += 1;
+            let (from, to, n) = (
+                self.msgs[m].from.clone(),
+                self.msgs[m].to.clone(),
+                self.msgs[m].n,
+            );
+            self.loss(&format!("message {m} ({from} → {to} #{n}) rejected"));
         }
     }
 
