@@ -50,7 +50,9 @@ const FAULTS_FOR: Duration = Duration::from_secs(20);
 const SEND_AFTER_FAULTS: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(30);
 const NODES: usize = 3;
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 6;
+/// Rooms; client `c` is in room `c % ROOMS`.
+const ROOMS: usize = 2;
 
 /// SplitMix64: small, fast, and the same on every machine.
 struct Rng(u64);
@@ -78,14 +80,19 @@ impl Rng {
     }
 }
 
-fn room_id() -> RoomId {
-    RoomId::new("r")
+fn room_id(k: usize) -> RoomId {
+    RoomId::new(format!("r{k}"))
+}
+
+/// The room of client `c`.
+fn room_of(c: usize) -> usize {
+    c % ROOMS
 }
 
 /// The room as the store holds it.
-fn stored_room() -> bluecam_proto::Room {
+fn stored_room(k: usize) -> bluecam_proto::Room {
     bluecam_proto::Room {
-        id: room_id(),
+        id: room_id(k),
         name: None,
         description: None,
         owner: None,
@@ -185,6 +192,7 @@ enum Health {
 /// What a client's connection carries to its node.
 enum ToNode {
     Join {
+        room: usize,
         identity: Identity,
         resume: Option<ResumeCredentials>,
         fresh: FreshIds,
@@ -196,11 +204,13 @@ enum ToNode {
 enum Outgoing {
     Frame {
         node: NodeId,
+        room: RoomId,
         to: Vec<PeerId>,
         frame: Frame,
         origin: Option<Origin>,
     },
     Removed {
+        room: RoomId,
         peer: PeerId,
         reason: LeaveReason,
     },
@@ -353,7 +363,9 @@ impl Sim {
             debug: std::env::var("BLUECAM_SIM_DEBUG").is_ok(),
             stats: Stats::default(),
         };
-        sim.dir.model.create_room(&room_id());
+        for k in 0..ROOMS {
+            sim.dir.model.create_room(&room_id(k));
+        }
         for i in 0..NODES {
             let node = SimNode::new(i, 0, start);
             sim.dir
@@ -604,10 +616,11 @@ impl Sim {
             {
                 match item {
                     ToNode::Join {
+                        room,
                         identity,
                         resume,
                         fresh,
-                    } => self.admit(i, conn, identity, resume, fresh),
+                    } => self.admit(i, conn, room, identity, resume, fresh),
                     ToNode::Frame(text) => {
                         let msg = ClientMessage::from_json(&text).map_err(|e| format!("{e:?}"))?;
                         self.nodes[i].hub.handle_message(conn, msg);
@@ -644,10 +657,12 @@ impl Sim {
         &mut self,
         i: usize,
         conn: ConnId,
+        k: usize,
         identity: Identity,
         resume: Option<ResumeCredentials>,
         fresh: FreshIds,
     ) {
+        let room_id = || room_id(k);
         let now = self.now;
         let name = self.nodes[i].name.clone();
         let refuse = |sim: &mut Self, code: ErrorCode| {
@@ -689,7 +704,7 @@ impl Sim {
             self.dir.model.create_room(&room_id());
             return refuse(self, ErrorCode::RoomNotFound);
         }
-        self.nodes[i].machine.remember_room(&stored_room());
+        self.nodes[i].machine.remember_room(&stored_room(k));
         let room = room(room_id().as_str(), 100);
         self.nodes[i].hub.begin_cluster_join(&room.summary.id);
         let node = NodeId::new(name.as_str());
@@ -787,6 +802,7 @@ impl Sim {
         if let Err(e) = result {
             if registered {
                 self.nodes[i].outbox.push_back(Outgoing::Removed {
+                    room: room_id(),
                     peer: fresh.peer,
                     reason: LeaveReason::Left,
                 });
@@ -901,11 +917,12 @@ impl Sim {
             match item {
                 Outgoing::Frame {
                     node,
+                    room,
                     to,
                     frame,
                     origin,
                 } => {
-                    let text = NodeMessage::frame_text(&room_id(), &to, frame.as_str());
+                    let text = NodeMessage::frame_text(&room, &to, frame.as_str());
                     if !self.dir.publish(node.as_str(), text, now) {
                         self.nodes[i].machine.signal(Signal::Unheard, now);
                         if let Some(origin) = origin {
@@ -920,10 +937,10 @@ impl Sim {
                         }
                     }
                 }
-                Outgoing::Removed { peer, reason } => {
+                Outgoing::Removed { room, peer, reason } => {
                     let node = NodeId::new(name.as_str());
                     self.dir
-                        .run(now, |d, ms| d.leave(&room_id(), &peer, &node, reason, ms));
+                        .run(now, |d, ms| d.leave(&room, &peer, &node, reason, ms));
                 }
             }
         }
@@ -957,19 +974,22 @@ impl Sim {
                 Output::Close { conn, code } => self.close_client(i, conn, code),
                 Output::Publish {
                     node,
+                    room,
                     to,
                     frame,
                     origin,
-                    ..
                 } => self.nodes[i].outbox.push_back(Outgoing::Frame {
                     node,
+                    room,
                     to,
                     frame,
                     origin,
                 }),
-                Output::PeerRemoved { peer, reason, .. } => self.nodes[i]
+                Output::PeerRemoved {
+                    room, peer, reason, ..
+                } => self.nodes[i]
                     .outbox
-                    .push_back(Outgoing::Removed { peer, reason }),
+                    .push_back(Outgoing::Removed { room, peer, reason }),
                 Output::UnknownPeers { .. } => {
                     let now = self.now;
                     self.nodes[i].machine.signal(Signal::Unheard, now);
@@ -1329,6 +1349,7 @@ impl Sim {
             (
                 c,
                 VecDeque::from([ToNode::Join {
+                    room: room_of(c),
                     identity: cl.identity.clone(),
                     resume: cl.creds.clone(),
                     fresh,
@@ -1368,9 +1389,11 @@ impl Sim {
             }
             let locals: HashSet<PeerId> =
                 n.hub.local_peers().into_iter().map(|p| p.info.id).collect();
-            for (info, connected) in n.hub.peer_presence(&room_id()) {
-                if connected && locals.contains(&info.id) {
-                    *attached.entry(info.id).or_default() += 1;
+            for k in 0..ROOMS {
+                for (info, connected) in n.hub.peer_presence(&room_id(k)) {
+                    if connected && locals.contains(&info.id) {
+                        *attached.entry(info.id).or_default() += 1;
+                    }
                 }
             }
         }
@@ -1399,29 +1422,33 @@ impl Sim {
             }
         }
         let mut everyone = BTreeSet::new();
+        let mut rooms: Vec<BTreeSet<PeerId>> = vec![BTreeSet::new(); ROOMS];
         for (c, cl) in self.clients.iter().enumerate() {
             let joined = cl.conn.as_ref().is_some_and(|k| k.joined);
             let peer = cl.peer.clone().filter(|_| joined);
             let Some(peer) = peer else {
                 return Err(format!("client {c} is not back in the room"));
             };
+            rooms[room_of(c)].insert(peer.clone());
             everyone.insert(peer);
         }
-        let dir: BTreeSet<PeerId> = self
-            .dir
-            .model
-            .snapshot(&room_id())
-            .peers
-            .into_iter()
-            .map(|p| p.info.id)
-            .collect();
-        if dir != everyone {
-            return Err(format!(
-                "the directory has {dir:?}, the clients are {everyone:?}"
-            ));
+        for (k, members) in rooms.iter().enumerate() {
+            let dir: BTreeSet<PeerId> = self
+                .dir
+                .model
+                .snapshot(&room_id(k))
+                .peers
+                .into_iter()
+                .map(|p| p.info.id)
+                .collect();
+            if dir != *members {
+                return Err(format!(
+                    "the directory has {dir:?} in room {k}, its clients are {members:?}"
+                ));
+            }
         }
         for (c, cl) in self.clients.iter().enumerate() {
-            let mut want = everyone.clone();
+            let mut want = rooms[room_of(c)].clone();
             want.remove(cl.peer.as_ref().expect("peer"));
             if cl.view != want {
                 return Err(format!("client {c} sees {:?}, want {want:?}", cl.view));
@@ -1431,14 +1458,16 @@ impl Sim {
             if n.health != Health::Up {
                 return Err(format!("node {i} is not up after the faults"));
             }
-            let seen: BTreeSet<PeerId> =
-                n.hub.peers(&room_id()).into_iter().map(|p| p.id).collect();
-            let holds = n.hub.local_peers().len();
-            if holds > 0 && seen != everyone {
-                return Err(format!(
-                    "node {i} ({}) sees {seen:?}, want {everyone:?}",
-                    n.name
-                ));
+            let held: BTreeSet<RoomId> = n.hub.local_peers().into_iter().map(|p| p.room).collect();
+            for (k, members) in rooms.iter().enumerate() {
+                let seen: BTreeSet<PeerId> =
+                    n.hub.peers(&room_id(k)).into_iter().map(|p| p.id).collect();
+                if held.contains(&room_id(k)) && seen != *members {
+                    return Err(format!(
+                        "node {i} ({}) sees {seen:?} in room {k}, want {members:?}",
+                        n.name
+                    ));
+                }
             }
         }
         for peer in &everyone {
