@@ -1,7 +1,8 @@
 //! [`Hub`]: every room, peer and session of one node, and the routing between them.
 //!
 //! Invariants (checked by the property test in `tests/`):
-//! - a peer is in exactly one room, and a room in `rooms` has at least one peer;
+//! - a peer is in exactly one room, and a room in `rooms` has at least one peer of this node,
+//!   unless a join into it waits for the cluster directory (its replica is kept meanwhile);
 //! - `conns` maps exactly the attached peers, `sessions` exactly the peers;
 //! - every detached peer has one entry in `expiries`, attached peers none;
 //! - frames reach only peers of the sender's room, with `from` written here.
@@ -198,6 +199,9 @@ pub enum JoinRejected {
     Unauthorized,
     /// This connection has joined already.
     AlreadyJoined,
+    /// A claim answered by the directory was overtaken by another node's claim of the same
+    /// session before this node handled it: retry.
+    Overtaken,
 }
 
 impl JoinRejected {
@@ -209,6 +213,7 @@ impl JoinRejected {
             Self::SessionExpired => ErrorCode::SessionExpired,
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::AlreadyJoined => ErrorCode::BadRequest,
+            Self::Overtaken => ErrorCode::Unavailable,
         }
     }
 
@@ -220,6 +225,7 @@ impl JoinRejected {
             Self::SessionExpired => "the session to resume has expired or does not exist",
             Self::Unauthorized => "the session to resume belongs to another room or identity",
             Self::AlreadyJoined => "this connection has joined already",
+            Self::Overtaken => "the session was resumed on another node meanwhile; retry",
         }
     }
 }
@@ -299,6 +305,9 @@ struct PeerState {
     /// Join order within the room, for stable peer lists (the cluster's order in cluster mode).
     seq: u64,
     at: At,
+    /// The room version of its last move heard from the directory (cluster): a claim of it
+    /// answered at an older version was overtaken by that move.
+    moved_ver: u64,
 }
 
 impl PeerState {
@@ -309,6 +318,7 @@ impl PeerState {
             permissions: Permissions::default(),
             seq: p.seq,
             at: At::There(p.node),
+            moved_ver: 0,
         }
     }
 
@@ -357,6 +367,23 @@ pub struct Hub {
     pending: HashMap<RoomId, Pending>,
     outputs: VecDeque<Output>,
     next_seq: u64,
+    /// Sessions this node ended lately (the latest [`MAX_ENDED`]), and how: a resume of one
+    /// handed over to another node is told to retry (it claims the session back), and a claim
+    /// answered by the directory for one that expired here meanwhile is refused (this node
+    /// removed it from the directory as it expired).
+    ended: HashMap<SessionId, Ended>,
+    ended_order: VecDeque<SessionId>,
+}
+
+/// Sessions ended lately that a hub remembers.
+const MAX_ENDED: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// It resumed on another node, at this room version.
+    HandedOver { ver: u64 },
+    /// Its resume window passed here.
+    Expired,
 }
 
 impl Hub {
@@ -371,6 +398,19 @@ impl Hub {
             pending: HashMap::new(),
             outputs: VecDeque::new(),
             next_seq: 0,
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
+        }
+    }
+
+    fn ended(&mut self, session: SessionId, how: Ended) {
+        if self.ended.insert(session.clone(), how).is_none() {
+            self.ended_order.push_back(session);
+            if self.ended_order.len() > MAX_ENDED
+                && let Some(old) = self.ended_order.pop_front()
+            {
+                self.ended.remove(&old);
+            }
         }
     }
 
@@ -414,6 +454,7 @@ impl Hub {
                         bytes: 0,
                     },
                 },
+                moved_ver: 0,
             },
         );
         self.sessions
@@ -441,6 +482,7 @@ impl Hub {
             p.joins = p.joins.saturating_sub(1);
             if p.joins == 0 {
                 self.pending.remove(room);
+                self.drop_if_no_local_peers(room);
             }
         }
     }
@@ -458,7 +500,22 @@ impl Hub {
                 (Some(creds), Some(view)) if !self.sessions.contains_key(&creds.session) => {
                     self.claim(req, creds, view)
                 }
-                (Some(creds), _) => self.resume(req, creds),
+                (Some(creds), Some(view)) => {
+                    // A session this node holds that the directory had recorded on another
+                    // node (this node missed its move, and its client came back here): claimed
+                    // back. The replica catches up with the directory's answer first, so the
+                    // missed move, older than it, is ignored when it arrives.
+                    if self.rooms.get(&room_id).is_some_and(|r| view.ver > r.ver) {
+                        let here: Vec<PeerId> = view
+                            .pending_here
+                            .iter()
+                            .map(|p| p.info.id.clone())
+                            .collect();
+                        self.handle_room_snapshot_with(&room_id, view.ver, view.peers, &here);
+                    }
+                    self.resume(req, creds)
+                }
+                (Some(creds), None) => self.resume(req, creds),
                 (None, view) => self.join_fresh(req, view),
             }
         };
@@ -470,11 +527,15 @@ impl Hub {
             } else {
                 Vec::new()
             };
-            if pending.joins == 0 {
+            let last = pending.joins == 0;
+            if last {
                 self.pending.remove(&room_id);
             }
             for (ver, event) in events {
                 self.handle_room_event(&room_id, ver, event);
+            }
+            if last {
+                self.drop_if_no_local_peers(&room_id);
             }
         }
         result
@@ -627,6 +688,7 @@ impl Hub {
                     secret: Secret::Plain(req.fresh.secret.clone()),
                     link: Link::Attached(req.conn),
                 },
+                moved_ver: 0,
             },
         );
         let joined = Joined {
@@ -698,6 +760,14 @@ impl Hub {
         creds: ResumeCredentials,
     ) -> Result<PeerId, JoinRejected> {
         let Some((room_id, peer_id)) = self.sessions.get(&creds.session).cloned() else {
+            // Handed over to another node (which this node heard of after the directory
+            // answered this resume): the client tries again, and claims it back.
+            if matches!(
+                self.ended.get(&creds.session),
+                Some(Ended::HandedOver { .. })
+            ) {
+                return Err(JoinRejected::Overtaken);
+            }
             return Err(JoinRejected::SessionExpired);
         };
         let room = self
@@ -787,8 +857,27 @@ impl Hub {
         if claimed.info.identity != req.identity {
             return Err(JoinRejected::Unauthorized);
         }
+        // It expired here while the directory answered (and this node removed it there).
+        if matches!(self.ended.get(&creds.session), Some(Ended::Expired)) {
+            return Err(JoinRejected::SessionExpired);
+        }
         let room_id = req.room.summary.id.clone();
         let peer_id = claimed.info.id.clone();
+        // A move of this session elsewhere heard since the directory answered (another node
+        // claimed it after this one did): the answer is stale, the session is there now. The
+        // client tries again, and its next claim takes the session back.
+        let moved_since = |ver: u64| ver > view.ver;
+        if let Some(Ended::HandedOver { ver }) = self.ended.get(&creds.session)
+            && moved_since(*ver)
+        {
+            return Err(JoinRejected::Overtaken);
+        }
+        if let Some(p) = self.rooms.get(&room_id).and_then(|r| r.peers.get(&peer_id))
+            && matches!(p.at, At::There(_))
+            && moved_since(p.moved_ver)
+        {
+            return Err(JoinRejected::Overtaken);
+        }
         let resume_window_secs = self.config.resume_window.as_secs();
         let room = self.replica(req.room.summary, Some(&view), &peer_id);
         // A peer this replica never heard of (its join is still on the way here, behind the
@@ -811,6 +900,7 @@ impl Hub {
                     secret: Secret::Plain(claimed.secret.clone()),
                     link: Link::Attached(req.conn),
                 },
+                moved_ver: 0,
             },
         );
         let joined = Joined {
@@ -952,8 +1042,9 @@ impl Hub {
                 }
             }
             RoomEvent::Moved(p) => {
-                if room.peers.contains_key(&p.info.id) {
-                    self.moved(room_id, &p.info.id, p.node);
+                if let Some(peer) = room.peers.get_mut(&p.info.id) {
+                    peer.moved_ver = ver;
+                    self.moved(room_id, &p.info.id, p.node, ver);
                 } else {
                     // Gone from here already (its session expired here as it resumed there):
                     // it is back.
@@ -987,7 +1078,7 @@ impl Hub {
 
     /// A peer resumed on `node`. If it was here, this node lets go of it: an open connection
     /// is replaced, and frames kept for it go after it to its new node.
-    fn moved(&mut self, room_id: &RoomId, peer_id: &PeerId, node: NodeId) {
+    fn moved(&mut self, room_id: &RoomId, peer_id: &PeerId, node: NodeId, ver: u64) {
         let Some(peer) = self
             .rooms
             .get_mut(room_id)
@@ -1000,6 +1091,7 @@ impl Hub {
             return;
         };
         self.sessions.remove(&session);
+        self.ended(session.clone(), Ended::HandedOver { ver });
         match link {
             Link::Attached(conn) => {
                 self.conns.remove(&conn);
@@ -1075,7 +1167,14 @@ impl Hub {
             .collect();
         let mut elsewhere = Vec::new();
         for (id, p) in &listed {
-            match room.peers.get_mut(id).map(|s| &mut s.at) {
+            // (A peer found on another node than the replica had it moved at this version at
+            // the latest.)
+            match room.peers.get_mut(id).map(|s| {
+                if matches!(&s.at, At::There(node) if *node != p.node) {
+                    s.moved_ver = ver;
+                }
+                &mut s.at
+            }) {
                 Some(At::There(node)) => *node = p.node.clone(),
                 // An orphan (its node was reaped while this node was cut off) that this node
                 // holds is still this node's: its next resync takes it back.
@@ -1093,7 +1192,7 @@ impl Hub {
             self.remove_peer(room_id, &peer, LeaveReason::Timeout);
         }
         for (peer, node) in elsewhere {
-            self.moved(room_id, &peer, node);
+            self.moved(room_id, &peer, node, ver);
         }
         if !self.rooms.contains_key(room_id) {
             return true;
@@ -1244,6 +1343,7 @@ impl Hub {
             self.expiries.pop_first();
             if let Some((room_id, peer_id)) = self.sessions.get(&session).cloned() {
                 self.remove_peer(&room_id, &peer_id, LeaveReason::Timeout);
+                self.ended(session, Ended::Expired);
             }
         }
     }
@@ -1306,7 +1406,9 @@ impl Hub {
         let mut detached = 0;
         let mut local = 0;
         for (room_id, room) in &self.rooms {
-            if !room.peers.values().any(|p| matches!(p.at, At::Here { .. })) {
+            if !self.pending.contains_key(room_id)
+                && !room.peers.values().any(|p| matches!(p.at, At::Here { .. }))
+            {
                 return Err(format!("room {room_id} has no local peer but is kept"));
             }
             for (peer_id, peer) in &room.peers {
@@ -1544,7 +1646,11 @@ impl Hub {
         let Some(room) = self.rooms.get(room_id) else {
             return false;
         };
-        if room.peers.values().any(|p| matches!(p.at, At::Here { .. })) {
+        // (Kept while a join into it waits for the directory: its version, and where the
+        // events it applied put its peers, outlive this moment. The join's end drops it.)
+        if self.pending.contains_key(room_id)
+            || room.peers.values().any(|p| matches!(p.at, At::Here { .. }))
+        {
             return false;
         }
         self.rooms.remove(room_id);

@@ -344,13 +344,23 @@ async fn cluster_admit(
     }
     state.hub.begin_cluster_join(&room.id);
     let answer = match resume {
-        // This node holds the session: the core resumes it, nothing moves.
-        Some(creds) if state.hub.has_session(&creds.session) => Ok(None),
+        // Claimed even when this node holds the session: the directory may have moved it to
+        // another node meanwhile (this node has not heard of it yet), and then it comes back
+        // here. Recorded here, the directory answers that it has nothing to move, and the
+        // core resumes it; unreachable, the core resumes it all the same.
         Some(creds) => {
-            state
+            let claimed = state
                 .broker
                 .claim(room.id.clone(), claims.sub.clone(), creds.clone())
-                .await
+                .await;
+            match claimed {
+                Err(crate::directory::BrokerError::Unavailable(_))
+                    if state.hub.has_session(&creds.session) =>
+                {
+                    Ok(None)
+                }
+                other => other,
+            }
         }
         None => {
             state
