@@ -84,6 +84,52 @@ impl RedisDirectory {
         r.map_err(backend)
     }
 
+    /// Runs a room's script that may seat a peer of `room` on `node`, the node first joining
+    /// the node set and listing the room as one of its own (`Directory::note_node_room`), all
+    /// in one pipeline: one round trip, in order on one connection.
+    async fn eval_noted<T: FromValue>(
+        &self,
+        node: &NodeId,
+        room: &RoomId,
+        script: &Script,
+        args: Vec<String>,
+    ) -> R<T> {
+        let sha = script.sha1().clone();
+        let pipe = self.client.pipeline();
+        let queued: Result<(), fred::error::Error> = async {
+            let () = pipe.sadd(NODES, node.as_str()).await?;
+            let () = pipe.sadd(node_rooms_key(node), room.as_str()).await?;
+            // (`EVALSHA` by hand: pipelines have no Lua interface. Routed by its first key.)
+            let keys = room_keys(room);
+            let mut all = vec![sha.to_string(), keys.len().to_string()];
+            all.extend(keys);
+            all.extend(args.iter().cloned());
+            let evalsha = fred::types::CustomCommand::new(
+                "EVALSHA",
+                fred::types::ClusterHash::Offset(2),
+                false,
+            );
+            let () = pipe.custom(evalsha, all).await?;
+            Ok(())
+        }
+        .await;
+        queued.map_err(backend)?;
+        let mut answers = tokio::time::timeout(COMMAND_TIMEOUT, pipe.try_all::<Value>())
+            .await
+            .map_err(backend)?;
+        let answer = answers.pop().ok_or_else(|| backend("no answer"))?;
+        for noted in answers {
+            noted.map_err(backend)?;
+        }
+        match answer {
+            // Redis does not know the script (it restarted): the notes went through; the
+            // script, which ran nothing, runs now.
+            Err(e) if e.details().starts_with("NOSCRIPT") => self.eval(script, room, args).await,
+            Err(e) => Err(backend(e)),
+            Ok(v) => T::from_value(v).map_err(backend),
+        }
+    }
+
     /// Before an operation that may seat a peer of `room` on `node`: the node joins the node
     /// set and lists the room as one of its own (`Directory::note_node_room`).
     pub async fn note_node_room(&self, node: &NodeId, room: &RoomId) -> R<()> {
@@ -119,9 +165,8 @@ impl RedisDirectory {
         peer: &PeerEntry,
         max_peers: u32,
     ) -> R<JoinReply> {
-        self.note_node_room(node, room).await?;
         let args = peer_args(room, node, peer, Some(max_peers));
-        let (tag, mut rest) = tagged(self.eval(&JOIN, room, args).await?);
+        let (tag, mut rest) = tagged(self.eval_noted(node, room, &JOIN, args).await?);
         Ok(match tag.as_str() {
             "ok" => {
                 let ver = rest.next().and_then(|v| v.as_u64()).unwrap_or(0);
@@ -148,7 +193,6 @@ impl RedisDirectory {
         session: &SessionId,
         secret: &SessionSecret,
     ) -> R<ClaimReply> {
-        self.note_node_room(node, room).await?;
         let args = vec![
             room.to_string(),
             session.to_string(),
@@ -156,7 +200,7 @@ impl RedisDirectory {
             node.to_string(),
             identity.to_string(),
         ];
-        let (tag, mut rest) = tagged(self.eval(&CLAIM, room, args).await?);
+        let (tag, mut rest) = tagged(self.eval_noted(node, room, &CLAIM, args).await?);
         Ok(match tag.as_str() {
             "ok" => {
                 let ver = rest.next().and_then(|v| v.as_u64()).unwrap_or(0);
@@ -207,10 +251,9 @@ impl RedisDirectory {
         seq: u64,
         seen_ver: u64,
     ) -> R<RegisterReply> {
-        self.note_node_room(node, room).await?;
         let mut args = peer_args(room, node, peer, None);
         args.extend([seq.to_string(), seen_ver.to_string()]);
-        let (tag, mut rest) = tagged(self.eval(&REGISTER, room, args).await?);
+        let (tag, mut rest) = tagged(self.eval_noted(node, room, &REGISTER, args).await?);
         Ok(match tag.as_str() {
             "ok" => RegisterReply::Present,
             "added" => RegisterReply::Added,
