@@ -77,6 +77,10 @@ pub struct Beat {
     /// reaped (its peers orphaned), or the directory lost it. (Membership of the node set alone
     /// does not tell: a claim onto a thawed node adds it back before its first heartbeat.)
     pub was_missing: bool,
+    /// The directory had no epoch: this heartbeat drew it. The directory is new, or lost its
+    /// data a moment ago; either way a room or session it lacks may be on its way back from a
+    /// node that has not noticed yet (treated as a loss: rebuilt for one resume window).
+    pub drew_epoch: bool,
 }
 
 /// How a step ended.
@@ -243,7 +247,7 @@ impl ClusterNode {
                 let local: HashSet<&RoomId> = local_rooms.iter().collect();
                 self.known_rooms.retain(|id, _| local.contains(id));
                 let seen = self.epoch.replace(beat.epoch.clone());
-                if seen.is_some_and(|seen| seen != beat.epoch) {
+                if beat.drew_epoch || seen.is_some_and(|seen| seen != beat.epoch) {
                     // The directory lost its data: put back what this node holds.
                     self.rebuilt_at = Some(now);
                     self.dirty = true;
@@ -277,7 +281,10 @@ impl ClusterNode {
     /// the loss may still put it back within the resume window. A join or resume then retries
     /// instead of hearing that it is gone.
     pub fn directory_lost(&self, current: Option<&str>, marked: bool, now: Instant) -> bool {
-        marked
+        // (A node whose first heartbeat has not gone through knows nothing of the directory
+        // yet; the server does not serve before it, a restarted node of the simulation may.)
+        self.epoch.is_none()
+            || marked
             || self.recently_rebuilt(now)
             || self
                 .epoch

@@ -586,9 +586,14 @@ impl Directory {
             .alive
             .insert(node.clone(), now + alive_for)
             .is_none_or(|t| t <= now);
+        let drew_epoch = self.epoch.is_none();
         let epoch = self.epoch.get_or_insert_with(|| fresh.to_owned()).clone();
         let was_missing = self.nodes.insert(node.clone()) || lapsed;
-        Beat { epoch, was_missing }
+        Beat {
+            epoch,
+            was_missing,
+            drew_epoch,
+        }
     }
 
     /// The liveness of `node` ends now (it stopped renewing it and it expired).
@@ -879,10 +884,20 @@ pub enum Answer {
     Join(JoinReply),
     Claim(ClaimReply),
     Register(RegisterReply),
-    Created { created: bool },
-    Removed { removed: bool },
-    Deleted { deleted: bool },
-    Beat { epoch: String, was_missing: bool },
+    Created {
+        created: bool,
+    },
+    Removed {
+        removed: bool,
+    },
+    Deleted {
+        deleted: bool,
+    },
+    Beat {
+        epoch: String,
+        was_missing: bool,
+        drew_epoch: bool,
+    },
     Reaped(Reaped),
     View(View),
     Recorded(Vec<(RoomId, PeerId)>),
@@ -894,6 +909,7 @@ impl From<Beat> for Answer {
         Self::Beat {
             epoch: b.epoch,
             was_missing: b.was_missing,
+            drew_epoch: b.drew_epoch,
         }
     }
 }

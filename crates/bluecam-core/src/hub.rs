@@ -202,6 +202,8 @@ pub enum JoinRejected {
     /// A claim answered by the directory was overtaken by another node's claim of the same
     /// session before this node handled it: retry.
     Overtaken,
+    /// The room was deleted while the directory answered the join.
+    RoomClosed,
 }
 
 impl JoinRejected {
@@ -214,6 +216,7 @@ impl JoinRejected {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::AlreadyJoined => ErrorCode::BadRequest,
             Self::Overtaken => ErrorCode::Unavailable,
+            Self::RoomClosed => ErrorCode::RoomNotFound,
         }
     }
 
@@ -226,6 +229,7 @@ impl JoinRejected {
             Self::Unauthorized => "the session to resume belongs to another room or identity",
             Self::AlreadyJoined => "this connection has joined already",
             Self::Overtaken => "the session was resumed on another node meanwhile; retry",
+            Self::RoomClosed => "the room was deleted",
         }
     }
 }
@@ -351,6 +355,8 @@ struct RoomState {
 struct Pending {
     joins: usize,
     events: Vec<(u64, RoomEvent)>,
+    /// The room was closed (deleted) while these joins waited: they are refused.
+    closed: Option<RoomClosedReason>,
 }
 
 /// Frames kept per pending room at most; more are dropped (reported as undeliverable).
@@ -374,6 +380,9 @@ pub struct Hub {
     ended: HashMap<SessionId, Ended>,
     ended_order: VecDeque<SessionId>,
 }
+
+/// How much later a session expires whose room has a join waiting for the directory.
+const PENDING_EXPIRY_DELAY: Duration = Duration::from_millis(250);
 
 /// Sessions ended lately that a hub remembers.
 const MAX_ENDED: usize = 4096;
@@ -493,8 +502,11 @@ impl Hub {
     pub fn handle_join(&mut self, mut req: JoinRequest) -> Result<PeerId, JoinRejected> {
         let cluster = req.cluster.take();
         let room_id = req.room.summary.id.clone();
+        let closed = self.pending.get(&room_id).and_then(|p| p.closed);
         let result = if self.conns.contains_key(&req.conn) {
             Err(JoinRejected::AlreadyJoined)
+        } else if closed.is_some() {
+            Err(JoinRejected::RoomClosed)
         } else {
             match (req.resume.clone(), cluster) {
                 (Some(creds), Some(view)) if !self.sessions.contains_key(&creds.session) => {
@@ -1306,6 +1318,12 @@ impl Hub {
     /// The room was deleted or expired: everyone in it (on this node) is told and
     /// disconnected, and its sessions end.
     pub fn handle_room_closed(&mut self, room_id: &RoomId, reason: RoomClosedReason) {
+        // Joins into it answered by the directory before it was deleted are refused when
+        // they arrive.
+        if let Some(pending) = self.pending.get_mut(room_id) {
+            pending.closed = Some(reason);
+            pending.events.clear();
+        }
         let Some(room) = self.rooms.remove(room_id) else {
             return;
         };
@@ -1342,6 +1360,23 @@ impl Hub {
             }
             self.expiries.pop_first();
             if let Some((room_id, peer_id)) = self.sessions.get(&session).cloned() {
+                // A join into its room waits for the cluster directory (perhaps this very
+                // session's resume, which the directory has moved here already): it expires
+                // once that is done, not under it.
+                if self.pending.contains_key(&room_id)
+                    && let Some(Link::Detached { expires, .. }) = self
+                        .rooms
+                        .get_mut(&room_id)
+                        .and_then(|r| r.peers.get_mut(&peer_id))
+                        .and_then(|p| match &mut p.at {
+                            At::Here { link, .. } => Some(link),
+                            At::There(_) => None,
+                        })
+                {
+                    *expires = now + PENDING_EXPIRY_DELAY;
+                    self.expiries.insert((*expires, session));
+                    continue;
+                }
                 self.remove_peer(&room_id, &peer_id, LeaveReason::Timeout);
                 self.ended(session, Ended::Expired);
             }

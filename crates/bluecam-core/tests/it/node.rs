@@ -12,6 +12,7 @@ fn beat(epoch: &str, was_missing: bool) -> Done {
     Done::Heartbeat(Some(Beat {
         epoch: epoch.to_owned(),
         was_missing,
+        drew_epoch: false,
     }))
 }
 

@@ -80,8 +80,13 @@ impl Rng {
     }
 }
 
-fn room_id(k: usize) -> RoomId {
-    RoomId::new(format!("r{k}"))
+/// Room `k` of generation `gen` (a room the app's backend deleted is made again under a new
+/// id, as an app makes a new meeting).
+fn room_id(k: usize, generation: u32) -> RoomId {
+    match generation {
+        0 => RoomId::new(format!("r{k}")),
+        g => RoomId::new(format!("r{k}.{g}")),
+    }
 }
 
 /// The room of client `c`.
@@ -90,9 +95,9 @@ fn room_of(c: usize) -> usize {
 }
 
 /// The room as the store holds it.
-fn stored_room(k: usize) -> bluecam_proto::Room {
+fn stored_room(id: RoomId) -> bluecam_proto::Room {
     bluecam_proto::Room {
-        id: room_id(k),
+        id,
         name: None,
         description: None,
         owner: None,
@@ -121,6 +126,8 @@ struct Directory {
     channels: BTreeMap<String, Channel>,
     /// Where the model's clock (milliseconds) starts.
     start: Instant,
+    /// Unreachable until then (Redis down): every operation and publish fails.
+    down_until: Option<Instant>,
 }
 
 impl Directory {
@@ -129,7 +136,12 @@ impl Directory {
             model: Model::new(),
             channels: BTreeMap::new(),
             start,
+            down_until: None,
         }
+    }
+
+    fn down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|t| now < t)
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -137,6 +149,9 @@ impl Directory {
     }
 
     fn publish(&mut self, node: &str, text: String, now: Instant) -> bool {
+        if self.down(now) {
+            return false;
+        }
         let Some(ch) = self.channels.get_mut(node) else {
             return false;
         };
@@ -150,14 +165,23 @@ impl Directory {
     }
 
     /// Runs an operation of the model at `now` and carries what it published to the
-    /// subscribed nodes' channels (nobody listens on an orphan's `~`).
-    fn run<T>(&mut self, now: Instant, op: impl FnOnce(&mut Model, u64) -> T) -> T {
+    /// subscribed nodes' channels (nobody listens on an orphan's `~`); `None` (nothing done)
+    /// while the directory is unreachable.
+    fn run<T>(&mut self, now: Instant, op: impl FnOnce(&mut Model, u64) -> T) -> Option<T> {
+        if self.down(now) {
+            return None;
+        }
         let ms = self.ms(now);
         let out = op(&mut self.model, ms);
         for p in self.model.take_published() {
             self.publish(p.node.as_str(), p.text, now);
         }
-        out
+        Some(out)
+    }
+
+    /// Reads the model (`None` while the directory is unreachable).
+    fn read<T>(&self, now: Instant, read: impl FnOnce(&Model, u64) -> T) -> Option<T> {
+        (!self.down(now)).then(|| read(&self.model, self.ms(now)))
     }
 
     /// Redis restarted without its data: everything is gone, subscriptions included (the
@@ -220,8 +244,8 @@ struct Admission {
     due: Instant,
     conn: ConnId,
     req: JoinRequest,
-    /// A new peer the directory recorded: removed again if the core refuses it.
-    registered: bool,
+    /// The seat the directory recorded for it: removed again if the core refuses it.
+    registered: Option<(PeerId, LeaveReason)>,
 }
 
 struct SimNode {
@@ -338,6 +362,12 @@ struct Sim {
     /// directory's answer and the admission) was announced to the others and leaves when its
     /// resume window ends: what they sent it is rejected, rightly.
     ever_joined: BTreeSet<PeerId>,
+    /// Each room's generation: a deleted room is made again under a new id.
+    generations: [u32; ROOMS],
+    /// When a room was last deleted. (Not followed by the directory losing its data within a
+    /// resume window: a node that had not heard of the deletion puts the room back, the known
+    /// limit of a directory that lost its data; docs/architecture.md.)
+    deleted_at: Option<Instant>,
     stats: Stats,
 }
 
@@ -377,11 +407,13 @@ impl Sim {
             violation: None,
             justified_until: None,
             ever_joined: BTreeSet::new(),
+            generations: [0; ROOMS],
+            deleted_at: None,
             debug: std::env::var("BLUECAM_SIM_DEBUG").is_ok(),
             stats: Stats::default(),
         };
         for k in 0..ROOMS {
-            sim.dir.model.create_room(&room_id(k));
+            sim.dir.model.create_room(&room_id(k, 0));
         }
         for i in 0..NODES {
             let node = SimNode::new(i, 0, start);
@@ -404,6 +436,11 @@ impl Sim {
             });
         }
         sim
+    }
+
+    /// Room `k` as it is now.
+    fn room_of_gen(&self, k: usize) -> RoomId {
+        room_id(k, self.generations[k])
     }
 
     fn at(&self) -> u128 {
@@ -472,8 +509,48 @@ impl Sim {
                 let d = self.rng.millis(9_000, 15_000);
                 self.freeze(i, d, " (past the resume window)");
             }
+            // Redis is unreachable for a while (shorter than the resume window): what was in
+            // flight on the subscriptions is lost; nothing must be rejected, nobody leaves.
+            52..=53 if !self.dir.down(self.now) => {
+                let d = self.rng.millis(300, 5000);
+                self.dir.down_until = Some(self.now + d);
+                for ch in self.dir.channels.values_mut() {
+                    ch.queue.clear();
+                }
+                self.stats.faults += 1;
+                self.log(format_args!("directory unreachable for {d:?}"));
+            }
+            // The app's backend deletes a room through a node (its clients' calls end), and
+            // makes it again when they come back.
+            54 if !up.is_empty() && !self.dir.down(self.now) => {
+                let k = self.rng.below(ROOMS);
+                let i = up[self.rng.below(up.len())];
+                let node = NodeId::new(self.nodes[i].name.as_str());
+                let now = self.now;
+                let old = self.room_of_gen(k);
+                let deleted = self.dir.run(now, |d, ms| {
+                    d.delete_room(&old, RoomClosedReason::Deleted, &node, false, ms)
+                });
+                if deleted == Some(true) {
+                    self.justify(Duration::ZERO);
+                    self.deleted_at = Some(self.now);
+                    self.generations[k] += 1;
+                    let new = self.room_of_gen(k);
+                    self.dir.model.create_room(&new);
+                    self.nodes[i]
+                        .hub
+                        .handle_room_closed(&old, RoomClosedReason::Deleted);
+                    self.drain(i);
+                    self.stats.faults += 1;
+                    let name = self.nodes[i].name.clone();
+                    self.log(format_args!("room {k} deleted through {name}"));
+                }
+            }
             // Redis restarts without its data.
-            9 => {
+            9 if self
+                .deleted_at
+                .is_none_or(|t| self.now.duration_since(t) > RESUME_WINDOW) =>
+            {
                 self.dir.wipe();
                 self.justify(Duration::ZERO);
                 for n in &mut self.nodes {
@@ -575,6 +652,17 @@ impl Sim {
     // ----- nodes -----
 
     fn step_nodes(&mut self) -> Result<(), String> {
+        if self.dir.down_until.is_some_and(|t| self.now >= t) {
+            // Redis is back: every node's connections come back (it learns of it).
+            self.dir.down_until = None;
+            self.log("directory reachable again");
+            for n in &mut self.nodes {
+                if !matches!(n.health, Health::Dead { .. }) {
+                    n.signals.push(Signal::Reconnected);
+                    n.signals.push(Signal::Resubscribed);
+                }
+            }
+        }
         for i in 0..NODES {
             match self.nodes[i].health {
                 Health::Dead { restart_at } if restart_at <= self.now => {
@@ -692,7 +780,8 @@ impl Sim {
         resume: Option<ResumeCredentials>,
         fresh: FreshIds,
     ) {
-        let room_id = || room_id(k);
+        let rid = self.room_of_gen(k);
+        let room_id = || rid.clone();
         let now = self.now;
         let name = self.nodes[i].name.clone();
         let refuse = |sim: &mut Self, code: ErrorCode| {
@@ -703,7 +792,10 @@ impl Sim {
             sim.close_client(i, conn, close);
         };
         // The shell reads the room from the store (in a cluster, the directory) first.
-        if !self.dir.model.room_exists(&room_id()) {
+        let Some(exists) = self.dir.read(now, |d, _| d.room_exists(&room_id())) else {
+            return refuse(self, ErrorCode::Unavailable);
+        };
+        if !exists {
             let (epoch, marked) = self.dir.model.epoch(self.dir.ms(now));
             if self.nodes[i].machine.directory_lost(epoch, marked, now) {
                 // The directory lost its data a moment ago: the room may be on its way back.
@@ -734,7 +826,7 @@ impl Sim {
             self.dir.model.create_room(&room_id());
             return refuse(self, ErrorCode::RoomNotFound);
         }
-        self.nodes[i].machine.remember_room(&stored_room(k));
+        self.nodes[i].machine.remember_room(&stored_room(room_id()));
         let room = room(room_id().as_str(), 100);
         self.nodes[i].hub.begin_cluster_join(&room.summary.id);
         let node = NodeId::new(name.as_str());
@@ -756,6 +848,8 @@ impl Sim {
                         ms,
                     )
                 });
+                // Unreachable: resumed here if held here (as the server does), else retried.
+                let reply = reply.unwrap_or(ClaimReply::Rebuilding);
                 match reply {
                     ClaimReply::Claimed { session, view } => {
                         match view.claimed(&node, creds.session.clone(), session) {
@@ -788,13 +882,22 @@ impl Sim {
                     .dir
                     .run(now, |d, _| d.join(&room_id(), &node, &peer, 100))
                 {
-                    JoinReply::Joined { view } => Some(view.joined(&node)),
-                    JoinReply::Full => return end(self, ErrorCode::RoomFull),
-                    JoinReply::Gone => return end(self, ErrorCode::RoomNotFound),
+                    Some(JoinReply::Joined { view }) => Some(view.joined(&node)),
+                    Some(JoinReply::Full) => return end(self, ErrorCode::RoomFull),
+                    Some(JoinReply::Gone) => return end(self, ErrorCode::RoomNotFound),
+                    None => return end(self, ErrorCode::Unavailable),
                 }
             }
         };
-        let registered = cluster.is_some() && resume.is_none();
+        // The seat the directory gave this connection: taken back out if the core refuses.
+        let registered = match (&cluster, &resume) {
+            (Some(_), None) => Some((fresh.peer.clone(), LeaveReason::Left)),
+            (Some(view), Some(_)) => view
+                .claimed
+                .as_ref()
+                .map(|c| (c.info.id.clone(), LeaveReason::Timeout)),
+            (None, _) => None,
+        };
         let req = JoinRequest {
             conn,
             room,
@@ -867,12 +970,13 @@ impl Sim {
             }
             self.drain(i);
             if let Err(e) = result {
-                if a.registered {
-                    self.nodes[i].outbox.push_back(Outgoing::Removed {
-                        room,
-                        peer,
-                        reason: LeaveReason::Left,
-                    });
+                let ended = matches!(e, bluecam_core::JoinRejected::SessionExpired);
+                if let Some((peer, reason)) = a.registered
+                    && (reason == LeaveReason::Left || ended)
+                {
+                    self.nodes[i]
+                        .outbox
+                        .push_back(Outgoing::Removed { room, peer, reason });
                 }
                 let e = bluecam_proto::ErrorFrame::new(e.code(), "refused");
                 let frame = Frame::new(&bluecam_proto::ServerMessage::Error(e.clone()));
@@ -894,7 +998,7 @@ impl Sim {
                 let beat = self
                     .dir
                     .run(now, |d, ms| d.heartbeat(&node, alive_for, &fresh, ms));
-                Done::Heartbeat(Some(beat))
+                Done::Heartbeat(beat)
             }
             Step::RestoreRooms(rooms) => {
                 // The room's version back to this node's replica's first, then the rebuild
@@ -907,7 +1011,7 @@ impl Sim {
                     .max()
                     .unwrap_or(0);
                 let window = self.nodes[i].machine.resume_window().as_millis() as u64;
-                self.dir.run(now, |d, ms| {
+                let restored = self.dir.run(now, |d, ms| {
                     for room in &rooms {
                         d.raise_version(&room.id, ver);
                     }
@@ -916,6 +1020,9 @@ impl Sim {
                         d.create_room(&room.id);
                     }
                 });
+                if restored.is_none() {
+                    self.nodes[i].machine.signal(Signal::Failed, now);
+                }
                 Done::RestoreRooms
             }
             Step::Resync { reconcile } => {
@@ -926,6 +1033,10 @@ impl Sim {
                     let reply = self.dir.run(now, |d, ms| {
                         d.register(&p.room, &node, &peer, p.seq, p.room_ver, ms)
                     });
+                    let Some(reply) = reply else {
+                        self.nodes[i].machine.signal(Signal::Failed, now);
+                        return Done::Resync(false);
+                    };
                     match reply {
                         RegisterReply::Present
                         | RegisterReply::Added
@@ -947,21 +1058,31 @@ impl Sim {
                     .into_iter()
                     .map(|p| (p.room, p.info.id))
                     .collect();
-                let recorded = self.dir.model.recorded_on(&node);
+                let Some(recorded) = self.dir.read(now, |d, _| d.recorded_on(&node)) else {
+                    self.nodes[i].machine.signal(Signal::Failed, now);
+                    return Done::Resync(false);
+                };
                 let hub = &self.nodes[i].hub;
                 let stale: Vec<_> =
                     stale_entries(recorded, &held, |r| hub.has_pending_join(r)).collect();
                 for (room, peer) in stale {
-                    self.dir.run(now, |d, ms| {
+                    let left = self.dir.run(now, |d, ms| {
                         d.leave(&room, &peer, &node, LeaveReason::Timeout, ms)
                     });
+                    if left.is_none() {
+                        self.nodes[i].machine.signal(Signal::Failed, now);
+                        return Done::Resync(false);
+                    }
                 }
                 let mut applied = true;
                 if reconcile {
                     let mut rooms = self.nodes[i].hub.local_rooms();
                     rooms.sort();
                     for room in rooms {
-                        let view = self.dir.model.snapshot(&room);
+                        let Some(view) = self.dir.read(now, |d, _| d.snapshot(&room)) else {
+                            self.nodes[i].machine.signal(Signal::Failed, now);
+                            return Done::Resync(false);
+                        };
                         let (peers, here) = split_view(view.peers, &node);
                         let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
                         applied &= self.nodes[i]
@@ -974,7 +1095,13 @@ impl Sim {
             }
             Step::Reap => {
                 let window = RESUME_WINDOW.as_millis() as u64;
-                self.dir.run(now, |d, ms| d.reap(&node, window, ms));
+                if self
+                    .dir
+                    .run(now, |d, ms| d.reap(&node, window, ms))
+                    .is_none()
+                {
+                    self.nodes[i].machine.signal(Signal::Failed, now);
+                }
                 Done::Reap
             }
         }
@@ -1010,8 +1137,13 @@ impl Sim {
                 }
                 Outgoing::Removed { room, peer, reason } => {
                     let node = NodeId::new(name.as_str());
-                    self.dir
+                    let left = self
+                        .dir
                         .run(now, |d, ms| d.leave(&room, &peer, &node, reason, ms));
+                    if left.is_none() {
+                        // The next resync removes it.
+                        self.nodes[i].machine.signal(Signal::Failed, now);
+                    }
                 }
             }
         }
@@ -1484,7 +1616,7 @@ impl Sim {
             let locals: HashSet<PeerId> =
                 n.hub.local_peers().into_iter().map(|p| p.info.id).collect();
             for k in 0..ROOMS {
-                for (info, connected) in n.hub.peer_presence(&room_id(k)) {
+                for (info, connected) in n.hub.peer_presence(&self.room_of_gen(k)) {
                     if connected && locals.contains(&info.id) {
                         *attached.entry(info.id).or_default() += 1;
                     }
@@ -1530,7 +1662,7 @@ impl Sim {
             let dir: BTreeSet<PeerId> = self
                 .dir
                 .model
-                .snapshot(&room_id(k))
+                .snapshot(&self.room_of_gen(k))
                 .peers
                 .into_iter()
                 .map(|p| p.info.id)
@@ -1554,9 +1686,13 @@ impl Sim {
             }
             let held: BTreeSet<RoomId> = n.hub.local_peers().into_iter().map(|p| p.room).collect();
             for (k, members) in rooms.iter().enumerate() {
-                let seen: BTreeSet<PeerId> =
-                    n.hub.peers(&room_id(k)).into_iter().map(|p| p.id).collect();
-                if held.contains(&room_id(k)) && seen != *members {
+                let seen: BTreeSet<PeerId> = n
+                    .hub
+                    .peers(&self.room_of_gen(k))
+                    .into_iter()
+                    .map(|p| p.id)
+                    .collect();
+                if held.contains(&self.room_of_gen(k)) && seen != *members {
                     return Err(format!(
                         "node {i} ({}) sees {seen:?} in room {k}, want {members:?}",
                         n.name

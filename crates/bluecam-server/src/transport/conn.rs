@@ -257,7 +257,23 @@ async fn join(
     } else {
         None
     };
-    let registered = cluster.is_some() && resume.is_none();
+    // The seat the directory gave this connection (a new peer, or a session claimed here):
+    // taken back out if the core refuses the join.
+    let registered = match (&cluster, &resume) {
+        (Some(_), None) => Some((
+            fresh.peer.clone(),
+            fresh.session.clone(),
+            bluecam_proto::LeaveReason::Left,
+        )),
+        (Some(view), Some(_)) => view.claimed.as_ref().map(|c| {
+            (
+                c.info.id.clone(),
+                c.session.clone(),
+                bluecam_proto::LeaveReason::Timeout,
+            )
+        }),
+        (None, _) => None,
+    };
     let req = JoinRequest {
         conn,
         room: RoomAccess {
@@ -290,13 +306,18 @@ async fn join(
     }
     state.touch_rooms(vacated).await;
     let peer = result.map_err(|rejected| {
-        if registered {
-            // The directory has the peer already: take it back out.
+        // (A claim refused because the session ended here; one overtaken by another node's
+        // claim is that node's now, and may be an orphan any node could remove.)
+        let ended = matches!(rejected, bluecam_core::JoinRejected::SessionExpired);
+        if let Some((peer, session, reason)) = registered
+            && (reason == bluecam_proto::LeaveReason::Left || ended)
+        {
+            // The directory has the peer here already: take it back out.
             let removed = crate::directory::Outgoing::Removed {
                 room: room_id.clone(),
-                peer: fresh.peer.clone(),
-                session: fresh.session.clone(),
-                reason: bluecam_proto::LeaveReason::Left,
+                peer,
+                session,
+                reason,
             };
             if let Err(item) = state.broker.send(removed) {
                 state.hub.undelivered(item);

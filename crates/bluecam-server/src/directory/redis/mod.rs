@@ -397,6 +397,11 @@ impl RedisBroker {
                 "Redis lost its data (a new directory epoch): rebuilding what this node holds"
             );
             self.metrics.redis_errors.increment(1);
+        } else if beat.drew_epoch {
+            tracing::info!(
+                "this node drew the directory's epoch (a new directory, or one that lost its \
+                 data): for one resume window, joins into rooms it lacks are told to retry"
+            );
         } else if beat.was_missing && machine.epoch().is_some() {
             tracing::warn!("this node was missing from the directory; re-registering");
         }

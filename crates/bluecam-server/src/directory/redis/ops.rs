@@ -336,12 +336,16 @@ impl RedisDirectory {
             .map_err(backend)?;
         let mut answers = answers.into_iter();
         let lapsed = matches!(answers.next(), Some(Value::Null) | None);
-        let epoch = match answers.next() {
-            Some(Value::Null) | None => fresh.to_owned(),
-            Some(v) => v.as_string().unwrap_or_else(|| fresh.to_owned()),
+        let (epoch, drew_epoch) = match answers.next() {
+            Some(Value::Null) | None => (fresh.to_owned(), true),
+            Some(v) => (v.as_string().unwrap_or_else(|| fresh.to_owned()), false),
         };
         let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1) || lapsed;
-        Ok(Beat { epoch, was_missing })
+        Ok(Beat {
+            epoch,
+            was_missing,
+            drew_epoch,
+        })
     }
 
     /// `Directory::expire`: `node`'s liveness ends now.
