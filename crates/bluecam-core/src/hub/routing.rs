@@ -1,0 +1,195 @@
+//! How [`Hub`] routes what a peer sends: who may send, to whom, and the frames for peers
+//! here, detached or on other nodes.
+
+use super::*;
+
+impl Hub {
+    /// Routes one frame from a joined connection. Frames from unknown connections are ignored
+    /// (the shell only passes frames after a successful join).
+    pub fn handle_message(&mut self, conn: ConnId, msg: bluecam_proto::ClientMessage<'_>) {
+        use bluecam_proto::ClientMessage as M;
+        let Some((room_id, from)) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        match msg {
+            M::Join { .. } => self.push_error(
+                conn,
+                ErrorFrame::new(ErrorCode::BadRequest, "this connection has joined already"),
+            ),
+            M::Signal {
+                to,
+                data,
+                reference,
+            } => {
+                if to == from || !self.in_room(&room_id, &to) {
+                    if to != from {
+                        self.outputs.push_back(Output::UnknownPeers {
+                            room: room_id.clone(),
+                            peers: 1,
+                        });
+                    }
+                    self.push_error(conn, unknown_peers(vec![to], reference));
+                    return;
+                }
+                let frame = Frame::new(&ServerMessage::Signal(SignalFrame {
+                    from,
+                    data: Cow::Borrowed(&*data),
+                }));
+                self.route(&room_id, &[to], frame, Some(Origin { conn, reference }));
+            }
+            M::Send { to, msg, reference } => {
+                if !self.may_send_data(&room_id, &from) {
+                    self.push_error(
+                        conn,
+                        ErrorFrame::new(
+                            ErrorCode::PermissionDenied,
+                            "the token does not allow sending data",
+                        )
+                        .with_ref(reference),
+                    );
+                    return;
+                }
+                let (targets, unknown) = self.targets(&room_id, &from, to);
+                if !targets.is_empty() {
+                    let frame = Frame::new(&ServerMessage::Message(MessageFrame {
+                        from,
+                        msg: Cow::Borrowed(&*msg),
+                    }));
+                    self.route(&room_id, &targets, frame, Some(Origin { conn, reference }));
+                }
+                if !unknown.is_empty() {
+                    self.outputs.push_back(Output::UnknownPeers {
+                        room: room_id.clone(),
+                        peers: unknown.len(),
+                    });
+                    self.push_error(conn, unknown_peers(unknown, reference));
+                }
+            }
+            M::Leave => {
+                self.remove_peer(&room_id, &from, LeaveReason::Left);
+                self.outputs.push_back(Output::Close {
+                    conn,
+                    code: CloseCode::Normal,
+                });
+            }
+            M::Ping => self.push_deliver(vec![conn], Frame::new(&ServerMessage::Pong)),
+            M::Pong => {}
+        }
+    }
+
+    pub(super) fn in_room(&self, room: &RoomId, peer: &PeerId) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.peers.contains_key(peer))
+    }
+
+    pub(super) fn may_send_data(&self, room: &RoomId, peer: &PeerId) -> bool {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.peers.get(peer))
+            .is_some_and(|p| p.permissions.send_data)
+    }
+
+    /// Splits a `send.to` into peers of the room and ids that are not (self counts as unknown).
+    pub(super) fn targets(
+        &self,
+        room_id: &RoomId,
+        from: &PeerId,
+        to: Option<Vec<PeerId>>,
+    ) -> (Vec<PeerId>, Vec<PeerId>) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return (Vec::new(), to.unwrap_or_default());
+        };
+        match to {
+            None => (
+                room.peers.keys().filter(|p| *p != from).cloned().collect(),
+                Vec::new(),
+            ),
+            Some(mut list) => {
+                list.sort();
+                list.dedup();
+                list.into_iter()
+                    .partition(|p| p != from && room.peers.contains_key(p))
+            }
+        }
+    }
+
+    /// Delivers to attached targets, keeps the frame for detached ones, and publishes it once
+    /// per other node for targets there.
+    pub(super) fn route(
+        &mut self,
+        room_id: &RoomId,
+        targets: &[PeerId],
+        frame: Frame,
+        origin: Option<Origin>,
+    ) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let mut conns = Vec::with_capacity(targets.len());
+        let mut detached = Vec::new();
+        let mut remote: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
+        for target in targets {
+            match room.peers.get(target).map(|p| &p.at) {
+                Some(At::Here {
+                    link: Link::Attached(conn),
+                    ..
+                }) => conns.push(*conn),
+                Some(At::Here {
+                    link: Link::Detached { .. },
+                    ..
+                }) => detached.push(target.clone()),
+                Some(At::There(node)) => match remote.iter_mut().find(|(n, _)| n == node) {
+                    Some((_, to)) => to.push(target.clone()),
+                    None => remote.push((node.clone(), vec![target.clone()])),
+                },
+                None => {}
+            }
+        }
+        for (node, to) in remote {
+            self.outputs.push_back(Output::Publish {
+                node,
+                room: room_id.clone(),
+                to,
+                frame: frame.clone(),
+                origin,
+            });
+        }
+        self.push_deliver(conns, frame.clone());
+        self.buffer_for(room_id, &detached, &frame);
+    }
+
+    /// Keeps `frame` for detached peers; a peer whose buffer would overflow loses its session
+    /// (its sender learns through `peer_left`: nothing is dropped silently).
+    pub(super) fn buffer_for(&mut self, room_id: &RoomId, peers: &[PeerId], frame: &Frame) {
+        let mut overflowed = Vec::new();
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            for peer_id in peers {
+                if let Some(Link::Detached { buffer, bytes, .. }) =
+                    room.peers.get_mut(peer_id).and_then(PeerState::link_mut)
+                {
+                    if buffer.len() < self.config.resume_buffer_frames
+                        && *bytes + frame.len() <= self.config.resume_buffer_bytes
+                    {
+                        *bytes += frame.len();
+                        buffer.push_back(frame.clone());
+                    } else {
+                        overflowed.push(peer_id.clone());
+                    }
+                }
+            }
+        }
+        for peer in overflowed {
+            // Removing an earlier one keeps its peer_left for this one, which may overflow
+            // (and be removed and reported) there already.
+            if !self.in_room(room_id, &peer) {
+                continue;
+            }
+            self.outputs.push_back(Output::ResumeBufferOverflow {
+                room: room_id.clone(),
+                peer: peer.clone(),
+            });
+            self.remove_peer(room_id, &peer, LeaveReason::Timeout);
+        }
+    }
+}
