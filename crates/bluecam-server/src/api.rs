@@ -636,7 +636,7 @@ async fn room_peers(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = load_room(&state, id).await?;
     let presence = match state.broker.presence(room.id.clone()).await {
-        Ok(Some(peers)) => peers,
+        Ok(Some(peers)) => crate::directory::presence(peers, &state.hub.peers(&room.id)),
         Ok(None) => state.hub.peers(&room.id),
         Err(e) => return Err(StoreError::from(e).into()),
     };

@@ -527,10 +527,10 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
         if let Some(node) = &self.cluster {
-            // Before subscribing: requests passed on by other nodes are answered from the start.
-            http::serve_forwarded(&state);
+            // Requests passed on by other nodes are answered from the subscription's start.
             node.start(
                 Arc::new(state.hub.clone()),
+                http::forwarded_handler(&state),
                 &state.tracker,
                 state.shutdown.clone(),
             )

@@ -9,7 +9,8 @@
 //!
 //! Dependencies point one way: the hub (`crate::hub_handle`) and the cluster node ([`redis`])
 //! both depend on this module, never on each other. The hub reaches the cluster through
-//! [`Broker`]; the cluster reaches the hub through [`Host`].
+//! [`Broker`]; the cluster node's tasks reach the hub through the [`Host`] they are started
+//! with (`RedisBroker::start`), which they own: nothing is bound late.
 
 pub mod redis;
 
@@ -22,6 +23,21 @@ use futures_util::future::BoxFuture;
 
 /// Peers of a room with whether each is connected.
 pub type Presence = Vec<(PeerInfo, bool)>;
+
+/// Merges the directory's peers of a room (in join order) with what this node knows of its own
+/// peers: whether each is connected right now (peers of other nodes count as connected).
+pub fn presence(directory: Vec<PeerInfo>, here: &[(PeerInfo, bool)]) -> Presence {
+    directory
+        .into_iter()
+        .map(|p| {
+            let connected = here
+                .iter()
+                .find(|(i, _)| i.id == p.id)
+                .is_none_or(|(_, c)| *c);
+            (p, connected)
+        })
+        .collect()
+}
 
 /// Why the directory refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +107,8 @@ pub enum ForwardError {
     NoAnswer,
 }
 
-/// What answers requests passed on by other nodes (`crate::http` installs it).
+/// What answers requests passed on by other nodes
+/// (`crate::transport::http::forwarded_handler`; the cluster node is started with it).
 #[derive(Clone)]
 pub struct HttpHandler(
     pub std::sync::Arc<dyn Fn(HttpOp, bytes::Bytes) -> BoxFuture<'static, HttpReply> + Send + Sync>,
@@ -125,9 +142,9 @@ pub trait Broker: Send + Sync + 'static {
     /// cannot be sent (queue full, directory down); the caller tells the sender.
     fn send(&self, item: Outgoing) -> Result<(), Outgoing>;
 
-    /// A room's peers across the cluster with whether each is connected; `None` on a single
-    /// node (the hub knows).
-    fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>>;
+    /// A room's peers across the cluster, in join order (see [`presence`] for whether each is
+    /// connected); `None` on a single node (the hub knows).
+    fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Vec<PeerInfo>>, BrokerError>>;
 
     /// Peer counts of rooms across the cluster; `None` on a single node.
     fn peer_counts(
@@ -161,11 +178,6 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<HttpReply, ForwardError>> {
         let _ = (node, op, body, wait);
         Box::pin(async { Err(ForwardError::NoSuchNode) })
-    }
-
-    /// Installs what answers requests other nodes pass to this one.
-    fn set_http_handler(&self, handler: HttpHandler) {
-        let _ = handler;
     }
 }
 
@@ -246,7 +258,7 @@ impl Broker for LocalBroker {
         }
     }
 
-    fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>> {
+    fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Vec<PeerInfo>>, BrokerError>> {
         Box::pin(async { Ok(None) })
     }
 

@@ -79,7 +79,7 @@ use futures_util::{StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, LazyLock, Mutex, OnceLock},
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
@@ -126,12 +126,9 @@ pub struct RedisBroker {
     /// How long the peers of a reaped node stay in their rooms, resumable anywhere.
     resume_window: Duration,
     metrics: Metrics,
-    hub: OnceLock<Arc<dyn Host>>,
     /// The node's control loop (see `bluecam_core::cluster`); locked briefly, never across
     /// an `.await`.
     machine: Mutex<ClusterNode>,
-    /// Answers HTTP transport requests passed to this node.
-    http_handler: OnceLock<HttpHandler>,
     /// Requests this node passed on, waiting for their answers.
     http_waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
     http_next: std::sync::atomic::AtomicU64,
@@ -183,14 +180,12 @@ impl RedisBroker {
             outbox_rx: std::sync::Mutex::new(Some(rx)),
             resume_window,
             metrics,
-            hub: OnceLock::new(),
             machine: Mutex::new(ClusterNode::new(
                 node.clone(),
                 ttl,
                 resume_window,
                 Instant::now(),
             )),
-            http_handler: OnceLock::new(),
             http_waiting: Mutex::new(HashMap::new()),
             http_next: std::sync::atomic::AtomicU64::new(0),
             http_answering: std::sync::atomic::AtomicUsize::new(0),
@@ -211,10 +206,10 @@ impl RedisBroker {
     pub async fn start(
         self: &Arc<Self>,
         hub: Arc<dyn Host>,
+        http_handler: HttpHandler,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
-        let _ = self.hub.set(Arc::clone(&hub));
         match self.dir.migrate_old_layout().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rooms = n, "moved rooms to the per-room key layout"),
@@ -223,7 +218,7 @@ impl RedisBroker {
         // The first heartbeat, before this node takes any peer.
         let first = self.machine().poll_step(Instant::now());
         if let Some(step) = first {
-            let done = self.run_step(step).await;
+            let done = self.run_step(hub.as_ref(), step).await;
             if done == Done::Heartbeat(None) {
                 return Err(BrokerError::Unavailable(
                     "the first heartbeat failed".into(),
@@ -262,7 +257,7 @@ impl RedisBroker {
                 match msg {
                     Ok(msg) if *msg.channel == *http_chan => {
                         if let Some(message) = msg.value.as_bytes() {
-                            me.on_http(message, &answers);
+                            me.on_http(message, &answers, &http_handler);
                         }
                     }
                     Ok(msg) => {
@@ -294,7 +289,8 @@ impl RedisBroker {
             .take();
         if let Some(rx) = rx {
             let stop = shutdown.clone();
-            tracker.spawn(async move { me.run_outbox(rx, stop).await });
+            let hub = Arc::clone(&hub);
+            tracker.spawn(async move { me.run_outbox(rx, stop, hub.as_ref()).await });
         }
 
         // The control loop: carries out the steps of `ClusterNode` (heartbeat, restore, resync,
@@ -307,7 +303,10 @@ impl RedisBroker {
                 let now = Instant::now();
                 while let Some(step) = me.machine().poll_step(now) {
                     let me = Arc::clone(&me);
-                    running.push(Box::pin(async move { me.run_step(step).await }));
+                    let hub = Arc::clone(&hub);
+                    running.push(Box::pin(
+                        async move { me.run_step(hub.as_ref(), step).await },
+                    ));
                 }
                 let wake_at = tokio::time::Instant::from_std(me.machine().poll_timeout());
                 tokio::select! {
@@ -343,20 +342,14 @@ impl RedisBroker {
     }
 
     /// Carries out one step of the control loop.
-    async fn run_step(self: &Arc<Self>, step: Step) -> Done {
+    async fn run_step(self: &Arc<Self>, hub: &dyn Host, step: Step) -> Done {
         match step {
             Step::Heartbeat => Done::Heartbeat(self.heartbeat().await.ok()),
             Step::RestoreRooms(rooms) => {
-                self.restore_rooms(rooms).await;
+                self.restore_rooms(hub, rooms).await;
                 Done::RestoreRooms
             }
-            Step::Resync { reconcile } => {
-                let ok = match self.hub.get() {
-                    Some(hub) => self.resync(hub.as_ref(), reconcile).await,
-                    None => true,
-                };
-                Done::Resync(ok)
-            }
+            Step::Resync { reconcile } => Done::Resync(self.resync(hub, reconcile).await),
             Step::Reap => {
                 self.reap().await;
                 Done::Reap
@@ -409,15 +402,13 @@ impl RedisBroker {
 
     /// Marks the directory as being rebuilt (see `Step::RestoreRooms`) and puts back stored
     /// rooms this node has peers in (create-if-absent): Redis lost them.
-    async fn restore_rooms(self: &Arc<Self>, rooms: Vec<Room>) {
+    async fn restore_rooms(self: &Arc<Self>, hub: &dyn Host, rooms: Vec<Room>) {
         // Each room's version goes back to this node's before the room exists again, so a
         // join in the gap before the re-registration is numbered above every replica.
         let mut vers: HashMap<RoomId, u64> = HashMap::new();
-        if let Some(hub) = self.hub.get() {
-            for p in hub.local_peers() {
-                let v = vers.entry(p.room).or_default();
-                *v = (*v).max(p.room_ver);
-            }
+        for p in hub.local_peers() {
+            let v = vers.entry(p.room).or_default();
+            *v = (*v).max(p.room_ver);
         }
         for room in &rooms {
             let ver = vers.get(&room.id).copied().unwrap_or(0);
@@ -668,10 +659,6 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn set_http_handler(&self, handler: HttpHandler) {
-        let _ = self.http_handler.set(handler);
-    }
-
     fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
         Box::pin(async move {
             let entry = PeerEntry {
@@ -743,24 +730,11 @@ impl Broker for RedisBroker {
     fn presence(
         &self,
         room: RoomId,
-    ) -> BoxFuture<'_, Result<Option<crate::directory::Presence>, BrokerError>> {
+    ) -> BoxFuture<'_, Result<Option<Vec<bluecam_proto::PeerInfo>>, BrokerError>> {
         Box::pin(async move {
             let (_, mut peers) = self.room_snapshot(&room).await?;
             peers.sort_by_key(|p| p.seq);
-            let local = self.hub.get().map(|h| h.peers(&room)).unwrap_or_default();
-            Ok(Some(
-                peers
-                    .into_iter()
-                    .map(|p| {
-                        // This node knows whether its own peers are connected right now.
-                        let connected = local
-                            .iter()
-                            .find(|(i, _)| i.id == p.info.id)
-                            .is_none_or(|(_, c)| *c);
-                        (p.info, connected)
-                    })
-                    .collect(),
-            ))
+            Ok(Some(peers.into_iter().map(|p| p.info).collect()))
         })
     }
 

@@ -8,6 +8,7 @@ impl RedisBroker {
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Outgoing>,
         stop: CancellationToken,
+        hub: &dyn Host,
     ) {
         let mut batch = Vec::with_capacity(OUTBOX_BATCH);
         loop {
@@ -27,7 +28,7 @@ impl RedisBroker {
                         room, peer, reason, ..
                     } => {
                         // Frames sent before the leave go first.
-                        self.publish_frames(std::mem::take(&mut frames)).await;
+                        self.publish_frames(std::mem::take(&mut frames), hub).await;
                         let r = self.dir.leave(&room, &peer, &self.node, reason).await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
@@ -37,14 +38,14 @@ impl RedisBroker {
                     }
                 }
             }
-            self.publish_frames(frames).await;
+            self.publish_frames(frames, hub).await;
         }
     }
 
     /// Publishes frames in one pipeline. A frame that failed, or that no node received (its
     /// node is dead, draining, or not subscribed yet after Redis came back), is reported to
     /// its sender.
-    async fn publish_frames(&self, items: Vec<Outgoing>) {
+    async fn publish_frames(&self, items: Vec<Outgoing>, hub: &dyn Host) {
         if items.is_empty() {
             return;
         }
@@ -99,11 +100,9 @@ impl RedisBroker {
         if delivered == items.len() {
             return;
         }
-        if let Some(hub) = self.hub.get() {
-            for (item, ok) in items.into_iter().zip(received) {
-                if !ok {
-                    hub.undelivered(item);
-                }
+        for (item, ok) in items.into_iter().zip(received) {
+            if !ok {
+                hub.undelivered(item);
             }
         }
     }

@@ -52,7 +52,12 @@ const ANSWERING_AT_ONCE: usize = 4096;
 impl RedisBroker {
     /// A message on this node's HTTP channel: a request to answer (in a task of its own,
     /// tracked for shutdown: a poll may wait), or the answer to one of ours.
-    pub(super) fn on_http(self: &Arc<Self>, message: &[u8], tasks: &TaskTracker) {
+    pub(super) fn on_http(
+        self: &Arc<Self>,
+        message: &[u8],
+        tasks: &TaskTracker,
+        handler: &HttpHandler,
+    ) {
         let Some((head, body)) = RelayHead::decode(message) else {
             tracing::error!("undecodable HTTP transport relay message");
             self.metrics.redis_errors.increment(1);
@@ -65,9 +70,7 @@ impl RedisBroker {
                 op: Some(op),
                 ..
             } => {
-                let Some(handler) = self.http_handler.get().cloned() else {
-                    return;
-                };
+                let handler = handler.clone();
                 let me = Arc::clone(self);
                 let body = bytes::Bytes::copy_from_slice(body);
                 let busy = self

@@ -642,31 +642,28 @@ async fn local_send(state: &AppState, head: &SendHeader, frames: Bytes) -> Resul
     Ok(answer(*taken, session.up.is_closed()))
 }
 
-/// Installs this node's answerer of requests passed on by other nodes.
-pub fn serve_forwarded(state: &AppState) {
+/// This node's answerer of requests passed on by other nodes (its cluster node is started with
+/// it).
+pub fn forwarded_handler(state: &AppState) -> crate::directory::HttpHandler {
     let weak = std::sync::Arc::downgrade(&state.0);
-    state
-        .broker
-        .set_http_handler(crate::directory::HttpHandler(std::sync::Arc::new(
-            move |op, body: Bytes| {
-                let weak = weak.clone();
-                Box::pin(async move {
-                    let Some(shared) = weak.upgrade() else {
-                        let (status, body) = no_session_answer();
-                        return HttpReply {
-                            status: status.as_u16(),
-                            body,
-                        };
-                    };
-                    let (status, body) =
-                        answer_here(&AppState(shared), op, body, FORWARDED_POLL_BATCH_BYTES).await;
-                    HttpReply {
-                        status: status.as_u16(),
-                        body,
-                    }
-                })
-            },
-        )));
+    crate::directory::HttpHandler(std::sync::Arc::new(move |op, body: Bytes| {
+        let weak = weak.clone();
+        Box::pin(async move {
+            let Some(shared) = weak.upgrade() else {
+                let (status, body) = no_session_answer();
+                return HttpReply {
+                    status: status.as_u16(),
+                    body,
+                };
+            };
+            let (status, body) =
+                answer_here(&AppState(shared), op, body, FORWARDED_POLL_BATCH_BYTES).await;
+            HttpReply {
+                status: status.as_u16(),
+                body,
+            }
+        })
+    }))
 }
 
 /// A poll's body at most: `{"sid","ack"}` (a session id is under 100 bytes).
