@@ -323,10 +323,26 @@ impl Directory {
             .is_some_and(|t| t > now)
     }
 
-    fn seat(&mut self, room: &RoomId, seat: Seat, record: SessionRecord) {
+    /// Seats `peer` on `node` with join order `seq` (`seat` and `announce_joined` in the
+    /// scripts' prelude) and announces it (`joined`, at version `ver`) to the room's other
+    /// nodes.
+    fn seat(&mut self, room: &RoomId, node: &NodeId, peer: &PeerEntry, seq: u64, ver: u64) {
+        let seat = Seat {
+            info: peer.info.clone(),
+            seq,
+            node: node.clone(),
+            session: peer.session.clone(),
+        };
+        let msg = NodeMessage::Joined {
+            room: room.clone(),
+            ver,
+            node: node.clone(),
+            peer: seat.record(),
+        };
         let r = self.room(room);
-        r.sessions.insert(seat.session.clone(), record);
+        r.sessions.insert(seat.session.clone(), peer.record(room));
         r.seats.insert(seat.info.id.clone(), seat);
+        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
     }
 
     /// A new peer on `node`: refused when the room is gone or full (`max_peers` seats);
@@ -349,20 +365,7 @@ impl Directory {
         }
         r.ver += 1;
         let ver = r.ver;
-        let seat = Seat {
-            info: peer.info.clone(),
-            seq: ver,
-            node: node.clone(),
-            session: peer.session.clone(),
-        };
-        let msg = NodeMessage::Joined {
-            room: room.clone(),
-            ver,
-            node: node.clone(),
-            peer: seat.record(),
-        };
-        self.seat(room, seat, peer.record(room));
-        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        self.seat(room, node, peer, ver, ver);
         JoinReply::Joined {
             view: self.rooms[room].view(),
         }
@@ -525,20 +528,7 @@ impl Directory {
         }
         r.ver += 1;
         let ver = r.ver;
-        let seat = Seat {
-            info: peer.info.clone(),
-            seq,
-            node: node.clone(),
-            session: peer.session.clone(),
-        };
-        let msg = NodeMessage::Joined {
-            room: room.clone(),
-            ver,
-            node: node.clone(),
-            peer: seat.record(),
-        };
-        self.seat(room, seat, peer.record(room));
-        self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        self.seat(room, node, peer, seq, ver);
         RegisterReply::Added
     }
 
@@ -875,6 +865,21 @@ pub enum Op {
     },
     /// Everything is lost (Redis restarted without its data).
     Wipe,
+}
+
+/// Published messages as the vectors write them: `{node, msg}` with the message parsed, sorted
+/// (the scripts publish in the order of a Redis hash).
+pub fn published_json(list: Vec<Publish>) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|p| {
+            let msg = serde_json::from_str::<serde_json::Value>(&p.text)
+                .unwrap_or(serde_json::Value::String(p.text));
+            serde_json::json!({ "node": p.node, "msg": msg })
+        })
+        .collect();
+    out.sort_by_key(|v| v.to_string());
+    out
 }
 
 /// What an operation answered, shaped as the vectors write it.

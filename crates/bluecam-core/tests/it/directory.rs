@@ -2,7 +2,7 @@
 //! scripts are run against the same file by the server's tests). `BLUECAM_BLESS=1` writes
 //! the model's answers, messages and states into the file (review the diff).
 
-use bluecam_core::directory::{DirState, Directory, Op, Publish};
+use bluecam_core::directory::{DirState, Directory, Op, published_json as published};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -42,22 +42,6 @@ fn path() -> PathBuf {
     ]
     .iter()
     .collect()
-}
-
-/// Published messages as the vectors write them: `{node, msg}`, sorted (the scripts publish
-/// in the order of a Redis hash).
-fn published(list: Vec<Publish>) -> Vec<Value> {
-    let mut out: Vec<Value> = list
-        .into_iter()
-        .map(|p| {
-            serde_json::json!({
-                "node": p.node,
-                "msg": serde_json::from_str::<Value>(&p.text).expect("published JSON"),
-            })
-        })
-        .collect();
-    out.sort_by_key(|v| v.to_string());
-    out
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! side, compared after every step. One Redis for the file.
 
 use crate::cluster::Redis;
-use bluecam_core::directory::{Answer, Directory, Op, PeerEntry, Publish};
+use bluecam_core::directory::{
+    Answer, Directory, Op, PeerEntry, Publish, published_json as normalise,
+};
 use bluecam_proto::{
     Identity, LeaveReason, NodeId, PeerId, PeerInfo, RoomClosedReason, RoomId, SessionId,
     SessionSecret,
@@ -153,20 +155,6 @@ impl Bench {
             }
         }
     }
-}
-
-fn normalise(list: Vec<Publish>) -> Vec<Value> {
-    let mut out: Vec<Value> = list
-        .into_iter()
-        .map(|p| {
-            serde_json::json!({
-                "node": p.node,
-                "msg": serde_json::from_str::<Value>(&p.text).expect("published JSON"),
-            })
-        })
-        .collect();
-    out.sort_by_key(|v| v.to_string());
-    out
 }
 
 #[derive(serde::Deserialize)]

@@ -450,7 +450,15 @@ impl RedisDirectory {
                 .map_err(backend)?;
             let next: Vec<(String, f64)> = self
                 .cmd()
-                .zrange(room_keys(&room)[7].as_str(), 0, 0, None, false, None, true)
+                .zrange(
+                    room_key(&room, "orphans").as_str(),
+                    0,
+                    0,
+                    None,
+                    false,
+                    None,
+                    true,
+                )
                 .await
                 .map_err(backend)?;
             if let Some((_, until)) = next.first() {
@@ -479,11 +487,11 @@ impl RedisDirectory {
 
     /// `Directory::snapshot`: a room's version and seats.
     pub async fn snapshot(&self, room: &RoomId) -> R<View> {
-        let keys = room_keys(room);
+        let key = |part| room_key(room, part);
         let pipe = self.client.pipeline();
-        let _: () = pipe.get(&keys[3]).await.map_err(backend)?;
-        let _: () = pipe.hgetall(&keys[1]).await.map_err(backend)?;
-        let _: () = pipe.hgetall(&keys[2]).await.map_err(backend)?;
+        let _: () = pipe.get(key("ver")).await.map_err(backend)?;
+        let _: () = pipe.hgetall(key("peers")).await.map_err(backend)?;
+        let _: () = pipe.hgetall(key("nodes")).await.map_err(backend)?;
         let all: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
             .await
             .map_err(backend)?
@@ -513,7 +521,7 @@ impl RedisDirectory {
         for room in rooms {
             let entries: HashMap<String, String> = self
                 .cmd()
-                .hgetall(&room_keys(&room)[2])
+                .hgetall(&room_key(&room, "nodes"))
                 .await
                 .map_err(backend)?;
             let mut here: Vec<PeerId> = entries
@@ -544,7 +552,7 @@ impl RedisDirectory {
         }
         let pipe = self.client.pipeline();
         for room in rooms {
-            let _: () = pipe.hlen(&room_keys(room)[2]).await.map_err(backend)?;
+            let _: () = pipe.hlen(&room_key(room, "nodes")).await.map_err(backend)?;
         }
         tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
             .await
@@ -641,20 +649,20 @@ impl RedisDirectory {
             }
         }
         for room in rooms {
-            let k = room_keys(&room);
-            let exists: bool = self.cmd().exists(&k[0]).await.map_err(backend)?;
-            let deleted: bool = self.cmd().exists(&k[8]).await.map_err(backend)?;
-            let ver: Option<u64> = self.cmd().get(&k[3]).await.map_err(backend)?;
+            let k = |part| room_key(&room, part);
+            let exists: bool = self.cmd().exists(k("room")).await.map_err(backend)?;
+            let deleted: bool = self.cmd().exists(k("deleted")).await.map_err(backend)?;
+            let ver: Option<u64> = self.cmd().get(k("ver")).await.map_err(backend)?;
             let peers: HashMap<String, String> =
-                self.cmd().hgetall(&k[1]).await.map_err(backend)?;
+                self.cmd().hgetall(k("peers")).await.map_err(backend)?;
             let nodes: HashMap<String, String> =
-                self.cmd().hgetall(&k[2]).await.map_err(backend)?;
+                self.cmd().hgetall(k("nodes")).await.map_err(backend)?;
             let sessions: HashMap<String, String> =
-                self.cmd().hgetall(&k[5]).await.map_err(backend)?;
+                self.cmd().hgetall(k("sessions")).await.map_err(backend)?;
             let gone: Vec<String> = self
                 .cmd()
                 .zrangebyscore(
-                    &k[6],
+                    k("gone"),
                     (crate::unix_now() * 1000) as f64,
                     "+inf",
                     false,
@@ -664,7 +672,7 @@ impl RedisDirectory {
                 .map_err(backend)?;
             let orphans: Vec<String> = self
                 .cmd()
-                .zrange(&k[7], 0, -1, None, false, None, false)
+                .zrange(k("orphans"), 0, -1, None, false, None, false)
                 .await
                 .map_err(backend)?;
             let mut seats: Vec<Seat> = peers

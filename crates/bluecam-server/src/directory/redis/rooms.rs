@@ -22,7 +22,7 @@ impl RedisStore {
         let pipe = self.broker.client.pipeline();
         for id in &ids {
             let _: () = pipe
-                .get(room_keys(&RoomId::new(id.as_str()))[0].as_str())
+                .get(room_key(&RoomId::new(id.as_str()), "room").as_str())
                 .await
                 .map_err(store_err)?;
         }
@@ -95,7 +95,7 @@ impl Store for RedisStore {
             let v: Option<String> = self
                 .broker
                 .cmd()
-                .get(room_keys(&id)[0].as_str())
+                .get(room_key(&id, "room").as_str())
                 .await
                 .map_err(store_err)?;
             let room: Option<Room> = v
@@ -137,7 +137,7 @@ impl Store for RedisStore {
             self.broker
                 .cmd()
                 .set::<(), _, _>(
-                    room_keys(&id)[4].as_str(),
+                    room_key(&id, "active").as_str(),
                     at,
                     None,
                     Some(SetOptions::XX),
@@ -161,11 +161,11 @@ impl Store for RedisStore {
             let pipe = self.broker.client.pipeline();
             for r in &rooms {
                 let _: () = pipe
-                    .get(room_keys(&r.id)[4].as_str())
+                    .get(room_key(&r.id, "active").as_str())
                     .await
                     .map_err(store_err)?;
                 let _: () = pipe
-                    .hlen(room_keys(&r.id)[2].as_str())
+                    .hlen(room_key(&r.id, "nodes").as_str())
                     .await
                     .map_err(store_err)?;
             }
@@ -190,7 +190,7 @@ impl Store for RedisStore {
     }
 
     fn recently_deleted(&self, id: &RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
-        let key = room_keys(id)[8].clone();
+        let key = room_key(id, "deleted");
         Box::pin(async move {
             let n: i64 = self.broker.cmd().exists(key).await.map_err(store_err)?;
             Ok(n > 0)

@@ -9,14 +9,20 @@
 
 use super::*;
 
+/// The parts of a room's keys, in the order every script declares them (`KEYS[1]`…).
+const ROOM_KEYS: [&str; 9] = [
+    "room", "peers", "nodes", "ver", "active", "sessions", "gone", "orphans", "deleted",
+];
+
+/// One key of a room (`part` one of [`ROOM_KEYS`]).
+pub(super) fn room_key(room: &RoomId, part: &str) -> String {
+    debug_assert!(ROOM_KEYS.contains(&part), "no room key {part}");
+    format!("bc:{{{room}}}:{part}")
+}
+
 /// The keys of a room, in the order every script declares them.
 pub(super) fn room_keys(room: &RoomId) -> Vec<String> {
-    [
-        "room", "peers", "nodes", "ver", "active", "sessions", "gone", "orphans", "deleted",
-    ]
-    .iter()
-    .map(|k| format!("bc:{{{room}}}:{k}"))
-    .collect()
+    ROOM_KEYS.iter().map(|k| room_key(room, k)).collect()
 }
 
 /// Functions every directory script shares (each script is this prelude plus its body, built
