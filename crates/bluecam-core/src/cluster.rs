@@ -156,7 +156,7 @@ impl ClusterNode {
     /// How long a renewed liveness lives: two thirds of the node expiry, renewed every third,
     /// so one missed renewal is tolerated and a dead node is found within the expiry.
     pub fn alive_for(&self) -> Duration {
-        self.ttl * 2 / 3
+        alive_for(self.ttl)
     }
 
     /// How long a peer whose connection dropped stays resumable.
@@ -191,6 +191,11 @@ impl ClusterNode {
         if matches!(signal, Signal::Reconnected | Signal::Resubscribed) {
             self.grace_until = Some(now + self.ttl);
         }
+    }
+
+    /// Marks the node out of step with the directory (a resync follows).
+    pub fn mark_out_of_step(&mut self) {
+        self.dirty = true;
     }
 
     /// Remembers a stored room as read (what to put back if the directory loses it).
@@ -307,6 +312,12 @@ impl ClusterNode {
         }
         Ok(())
     }
+}
+
+/// How long a heartbeat renews a node's liveness for, given the node expiry `ttl` (see
+/// [`ClusterNode::alive_for`]).
+pub fn alive_for(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 /// Splits a room's peers per the directory into those of other nodes and those it places on

@@ -10,6 +10,7 @@ pub mod directory;
 mod frame;
 mod hub;
 mod limits;
+pub mod node;
 
 pub use frame::Frame;
 pub use hub::{
@@ -18,3 +19,4 @@ pub use hub::{
     secret_digest,
 };
 pub use limits::{BadFrameWindow, RateLimiter, TokenBucket};
+pub use node::{DirAnswer, Handled, Input, Node};

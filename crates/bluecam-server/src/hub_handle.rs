@@ -1,7 +1,13 @@
-//! [`HubHandle`]: the live rooms of this node. It owns the room core and the outbound queue
-//! of every joined connection, behind one mutex: every routing decision needs both, each
-//! critical section is a few map lookups and non-blocking queue pushes, and it is never held
-//! across an `.await`.
+//! [`Driver`]: the driver of this node's state machine ([`bluecam_core::Node`]: the room core
+//! and, in a cluster, the control loop). It owns the node and the outbound queue of every
+//! joined connection, behind one mutex: every routing decision needs both, each critical
+//! section is one input to the node, a few map lookups and non-blocking queue pushes, and it
+//! is never held across an `.await`. Every change to the node is an [`Input`] given to
+//! [`Driver::handle`] (or one of the methods around it that add what the server keeps beside
+//! the node: session records, history); the driver then carries out the node's outputs:
+//! frames into connection queues, frames and removals to the other nodes ([`Broker`]), and the
+//! directory steps of the control loop to the cluster's shell (`directory::redis`), whose
+//! results come back as inputs.
 
 use crate::{
     directory::{Broker, Outgoing},
@@ -10,8 +16,9 @@ use crate::{
     persist::store::{SessionLog, StoredSession},
 };
 use bluecam_core::{
-    ConnId, CoreConfig, Frame, Hub, HubStats, JoinRejected, JoinRequest, LocalPeer, Output,
-    RemotePeer, RestoredSession, RoomEvent,
+    ConnId, CoreConfig, Frame, Handled, Hub, HubStats, Input, JoinRejected, JoinRequest, LocalPeer,
+    Node, Output, RestoredSession,
+    cluster::{ClusterNode, Signal, Step},
 };
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId,
@@ -78,14 +85,28 @@ struct Spill {
 
 #[derive(Debug)]
 struct Inner {
-    core: Hub,
+    node: Node,
     conns: HashMap<ConnId, ConnTx>,
 }
 
-/// Cheap to clone; all clones share one hub.
+/// Cluster: the node's identity in the cluster and where the steps of its control loop go.
+#[derive(Debug)]
+pub struct ClusterPart {
+    pub node: ClusterNode,
+    /// To the shell that carries the steps out against the directory
+    /// (`directory::redis::RedisBroker::start`): at most two are in flight at a time (a
+    /// heartbeat and one other, see `bluecam_core::cluster`).
+    pub steps: mpsc::UnboundedSender<Step>,
+}
+
+/// Cheap to clone; all clones share one node.
 #[derive(Clone, Debug)]
-pub struct HubHandle {
+pub struct Driver {
     inner: Arc<Mutex<Inner>>,
+    /// Where the control loop's steps go (a cluster).
+    steps: Option<mpsc::UnboundedSender<Step>>,
+    /// Woken when the node's next deadline may have moved earlier (a step ended).
+    rescheduled: Arc<Notify>,
     next_conn: Arc<AtomicU64>,
     queue_bytes: usize,
     queue_frames: usize,
@@ -106,9 +127,11 @@ pub type Vacated = Vec<RoomId>;
 /// Resolves once a new session's record is committed (or could not be).
 pub type Persisted = oneshot::Receiver<crate::persist::store::Committed>;
 
-impl HubHandle {
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: CoreConfig,
+        cluster: Option<ClusterPart>,
         queue_bytes: usize,
         queue_frames: usize,
         metrics: Metrics,
@@ -116,13 +139,19 @@ impl HubHandle {
         sessions: Option<SessionLog>,
         history: Option<Recorder>,
     ) -> Self {
+        let (machine, steps) = match cluster {
+            Some(c) => (Some(c.node), Some(c.steps)),
+            None => (None, None),
+        };
         Self {
             sessions,
             history,
+            steps,
+            rescheduled: Arc::new(Notify::new()),
             spill_frames: core.resume_buffer_frames,
             spill_bytes: core.resume_buffer_bytes,
             inner: Arc::new(Mutex::new(Inner {
-                core: Hub::new(core),
+                node: Node::new(Hub::new(core), machine),
                 conns: HashMap::new(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -164,10 +193,10 @@ impl HubHandle {
         let mut inner = self.lock();
         let mut n = 0;
         for s in sessions {
-            inner.core.restore(s, now);
+            inner.node.handle(Input::Restore(s), now);
             n += 1;
         }
-        let stats = inner.core.stats();
+        let stats = inner.node.stats();
         self.set_gauges(stats);
         n
     }
@@ -212,11 +241,13 @@ impl HubHandle {
         let mut inner = self.lock();
         // Expire due sessions first, so a resume that arrives after its window (but before the
         // timer task's next tick) fails as it should.
-        inner.core.handle_timeout(now);
+        inner.node.handle(Input::Timeout, now);
         // (Their outputs first: the history hears of sessions that expired before this join.)
         let mut vacated = self.drain(&mut inner);
         let conn = req.conn;
-        let result = inner.core.handle_join(req);
+        let Handled::Joined(result) = inner.node.handle(Input::Join(req), now) else {
+            unreachable!("a join is answered with Joined")
+        };
         if let (Some(recorder), Ok(_)) = (&self.history, &result) {
             // Before the outputs: a seat taken over (the old session's end is among them)
             // keeps its call going rather than ending it and starting another.
@@ -250,8 +281,32 @@ impl HubHandle {
     /// Routes one frame of a joined connection.
     pub fn message(&self, conn: ConnId, msg: ClientMessage<'_>) -> Vacated {
         let mut inner = self.lock();
-        inner.core.handle_message(conn, msg);
+        inner
+            .node
+            .handle(Input::Message { conn, msg }, Instant::now());
         self.drain(&mut inner)
+    }
+
+    /// Gives the node one input and carries out what it decided (the cluster's shell feeds
+    /// the node through here: events from other nodes, snapshots, signals, steps done). Rooms
+    /// these vacate are not noted for `emptyTimeoutSecs` here: the peers they remove are
+    /// other nodes' (noted there), or of a room that is gone.
+    pub fn handle(&self, input: Input<'_>) -> Handled {
+        let step_done = matches!(input, Input::StepDone(_));
+        let mut inner = self.lock();
+        let handled = inner.node.handle(input, Instant::now());
+        self.drain(&mut inner);
+        drop(inner);
+        if step_done {
+            // The next heartbeat may be due before the timer task's wake-up.
+            self.rescheduled.notify_one();
+        }
+        handled
+    }
+
+    /// Woken when the node's next deadline may have moved earlier.
+    pub fn rescheduled(&self) -> &Notify {
+        &self.rescheduled
     }
 
     /// The connection task is ending: forget its queue; its peer (if still joined) becomes
@@ -286,66 +341,45 @@ impl HubHandle {
             }
         }
         backlog.extend(spill.frames);
-        let frames = backlog
+        let backlog = backlog
             .into_iter()
-            .filter_map(|t| bluecam_core::Frame::from_text(bytes::Bytes::from(t)));
-        inner
-            .core
-            .handle_disconnect_with_backlog(conn, now, frames, spill.truncated);
+            .filter_map(|t| bluecam_core::Frame::from_text(bytes::Bytes::from(t)))
+            .collect();
+        let input = Input::Disconnect {
+            conn,
+            backlog,
+            truncated: spill.truncated,
+        };
+        inner.node.handle(input, now);
         self.drain(&mut inner)
     }
 
     /// Whether this node holds the session.
     pub fn has_session(&self, session: &SessionId) -> bool {
-        self.lock().core.has_session(session)
+        self.lock().node.hub().has_session(session)
     }
 
     /// Cluster: whether a join into `room` is waiting for the directory.
     pub fn has_pending_join(&self, room: &RoomId) -> bool {
-        self.lock().core.has_pending_join(room)
+        self.lock().node.hub().has_pending_join(room)
     }
 
-    /// Cluster: a join into `room` is asking the directory (see `Hub::begin_cluster_join`).
-    pub fn begin_cluster_join(&self, room: &RoomId) {
-        self.lock().core.begin_cluster_join(room);
-    }
-
-    /// Cluster: the join begun with [`Self::begin_cluster_join`] failed before the core.
-    pub fn end_cluster_join(&self, room: &RoomId) {
-        let mut inner = self.lock();
-        inner.core.end_cluster_join(room);
-        self.drain(&mut inner);
-    }
-
-    /// Cluster: applies an event from another node.
-    pub fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent) {
-        let mut inner = self.lock();
-        inner.core.handle_room_event(room, ver, event);
-        self.drain(&mut inner);
-    }
-
-    /// Cluster: reconciles a room with the directory's view of it.
-    pub fn snapshot(
-        &self,
-        room: &RoomId,
-        ver: u64,
-        peers: Vec<RemotePeer>,
-        here: &[PeerId],
-    ) -> bool {
-        let mut inner = self.lock();
-        let applied = inner.core.handle_room_snapshot_with(room, ver, peers, here);
-        self.drain(&mut inner);
-        applied
+    /// Cluster: whether a room the store lacks may be on its way back (see
+    /// `Node::directory_lost`), given the directory's epoch and rebuild mark as just read.
+    pub fn directory_lost(&self, current: Option<&str>, marked: bool) -> bool {
+        self.lock()
+            .node
+            .directory_lost(current, marked, Instant::now())
     }
 
     /// This node's peers (to re-register them with the directory).
     pub fn local_peers(&self) -> Vec<LocalPeer> {
-        self.lock().core.local_peers()
+        self.lock().node.hub().local_peers()
     }
 
     /// Rooms with peers on this node.
     pub fn local_rooms(&self) -> Vec<RoomId> {
-        self.lock().core.local_rooms()
+        self.lock().node.hub().local_rooms()
     }
 
     /// Cluster: something for another node could not be sent. A frame's sender is told which
@@ -387,17 +421,14 @@ impl HubHandle {
         }
     }
 
-    /// Cluster: a peer of this node left for good elsewhere (see `Hub::handle_peer_gone`).
-    pub fn peer_gone(&self, room: &RoomId, peer: &PeerId) {
-        let mut inner = self.lock();
-        inner.core.handle_peer_gone(room, peer);
-        self.drain(&mut inner);
-    }
-
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
-        inner.core.handle_room_closed(room, reason);
+        let input = Input::RoomClosed {
+            room: room.clone(),
+            reason,
+        };
+        inner.node.handle(input, Instant::now());
         if let Some(recorder) = &self.history {
             // This node's sessions in it end (the room.deleted event is its deleter's).
             recorder.record(history::Event::RoomClosedHere {
@@ -411,25 +442,27 @@ impl HubHandle {
     /// Ends expired sessions; returns vacated rooms and when to call again.
     pub fn tick(&self, now: Instant) -> (Vacated, Option<Instant>) {
         let mut inner = self.lock();
-        inner.core.handle_timeout(now);
+        inner.node.handle(Input::Timeout, now);
         let vacated = self.drain(&mut inner);
-        let stats = inner.core.stats();
+        let stats = inner.node.stats();
+        let next = inner.node.poll_timeout();
+        drop(inner);
         self.set_gauges(stats);
-        (vacated, inner.core.poll_timeout())
+        (vacated, next)
     }
 
     /// Peers of a room with whether each is connected right now.
     pub fn peers(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
-        self.lock().core.peer_presence(room)
+        self.lock().node.hub().peer_presence(room)
     }
 
     pub fn peer_count(&self, room: &RoomId) -> usize {
-        self.lock().core.peer_count(room)
+        self.lock().node.hub().peer_count(room)
     }
 
     /// Refreshes the room and peer gauges.
     pub fn stats(&self) -> HubStats {
-        let stats = self.lock().core.stats();
+        let stats = self.lock().node.stats();
         self.set_gauges(stats);
         stats
     }
@@ -453,7 +486,7 @@ impl HubHandle {
     /// and must not overflow the new connection before it could read anything.
     fn drain_with(&self, inner: &mut Inner, replay_to: Option<ConnId>) -> Vacated {
         let mut vacated = Vec::new();
-        while let Some(output) = inner.core.poll_output() {
+        while let Some(output) = inner.node.poll_output() {
             match output {
                 Output::Deliver { conns, frame } => {
                     let len = frame.len();
@@ -545,13 +578,25 @@ impl HubHandle {
                         reason,
                     };
                     if self.broker.send(item).is_err() {
-                        // Repaired when the node next re-registers its peers.
+                        // Repaired when the node next re-registers its peers (the resync
+                        // removes the entry this node no longer holds).
                         self.metrics.dropped(DropReason::ClusterRemovalUnsent, 1);
+                        inner
+                            .node
+                            .handle(Input::Signal(Signal::Failed), Instant::now());
                     }
                 }
                 Output::UnknownPeers { room, peers } => {
+                    // (The node marked itself out of step: a resync checks the replica.)
                     tracing::debug!(%room, peers, "a frame for peers this node does not know");
-                    self.broker.replica_suspect();
+                }
+                Output::Directory(step) => {
+                    if let Some(steps) = &self.steps
+                        && steps.send(step).is_err()
+                    {
+                        // The shell is gone: the server is stopping.
+                        tracing::debug!("a directory step after the cluster's shell stopped");
+                    }
                 }
                 Output::Undeliverable { room, peers } => {
                     tracing::debug!(%room, peers, "frame from another node for peers not here");
@@ -607,40 +652,28 @@ fn leave_reason(reason: bluecam_proto::LeaveReason) -> history::LeaveReason {
     }
 }
 
-impl crate::directory::Host for HubHandle {
+impl crate::directory::Host for Driver {
+    fn handle(&self, input: Input<'static>) -> Handled {
+        Driver::handle(self, input)
+    }
+
     fn local_peers(&self) -> Vec<LocalPeer> {
-        HubHandle::local_peers(self)
+        Driver::local_peers(self)
     }
 
     fn local_rooms(&self) -> Vec<RoomId> {
-        HubHandle::local_rooms(self)
+        Driver::local_rooms(self)
     }
 
     fn has_pending_join(&self, room: &RoomId) -> bool {
-        HubHandle::has_pending_join(self, room)
-    }
-
-    fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent) {
-        HubHandle::remote(self, room, ver, event);
-    }
-
-    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) -> bool {
-        HubHandle::snapshot(self, room, ver, peers, here)
-    }
-
-    fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
-        HubHandle::close_room(self, room, reason);
-    }
-
-    fn peer_gone(&self, room: &RoomId, peer: &PeerId) {
-        HubHandle::peer_gone(self, room, peer);
+        Driver::has_pending_join(self, room)
     }
 
     fn undelivered(&self, item: Outgoing) {
-        HubHandle::undelivered(self, item);
+        Driver::undelivered(self, item);
     }
 
     fn peers(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
-        HubHandle::peers(self, room)
+        Driver::peers(self, room)
     }
 }

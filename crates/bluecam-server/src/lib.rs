@@ -89,7 +89,7 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// The other nodes of the cluster ([`directory::LocalBroker`] on a single node).
     pub broker: Arc<dyn directory::Broker>,
-    pub hub: hub_handle::HubHandle,
+    pub hub: hub_handle::Driver,
     pub metrics: metrics::Metrics,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -229,7 +229,10 @@ pub struct Server {
     state: AppState,
     secret_origin: SecretOrigin,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    cluster: Option<Arc<directory::redis::RedisBroker>>,
+    cluster: Option<(
+        Arc<directory::redis::RedisBroker>,
+        tokio::sync::mpsc::UnboundedReceiver<bluecam_core::cluster::Step>,
+    )>,
     metrics_listener: Option<TcpListener>,
     stun: Option<tokio::net::UdpSocket>,
 }
@@ -421,8 +424,33 @@ impl Server {
             }
             None => None,
         };
-        let hub = hub_handle::HubHandle::new(
+        // Cluster: the node's control loop lives in the node; its directory steps go to the
+        // cluster's shell, started with the server.
+        let (machine, cluster) = match cluster {
+            Some(broker) => {
+                let (steps, rx) = tokio::sync::mpsc::unbounded_channel();
+                let id = directory::Broker::node(broker.as_ref())
+                    .cloned()
+                    .expect("a cluster node has an id");
+                let machine = bluecam_core::cluster::ClusterNode::new(
+                    id,
+                    Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
+                    Duration::from_secs(config.limits.resume_window_secs),
+                    Instant::now(),
+                );
+                (
+                    Some(hub_handle::ClusterPart {
+                        node: machine,
+                        steps,
+                    }),
+                    Some((broker, rx)),
+                )
+            }
+            None => (None, None),
+        };
+        let hub = hub_handle::Driver::new(
             config.limits.core(),
+            machine,
             config.limits.outbound_queue_bytes,
             config.limits.outbound_queue_frames,
             metrics.clone(),
@@ -526,10 +554,11 @@ impl Server {
     /// Sessions are kept: on a single node in the store, in a cluster in Redis.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let state = self.state;
-        if let Some(node) = &self.cluster {
+        if let Some((node, steps)) = self.cluster {
             // Requests passed on by other nodes are answered from the subscription's start.
             node.start(
                 Arc::new(state.hub.clone()),
+                steps,
                 http::forwarded_handler(&state),
                 &state.tracker,
                 state.shutdown.clone(),
@@ -783,6 +812,7 @@ fn spawn_timers(state: &AppState) {
                 .min(Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = s.hub.rescheduled().notified() => {}
                 () = s.shutdown.cancelled() => return,
             }
         }

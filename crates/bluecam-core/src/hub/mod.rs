@@ -186,7 +186,7 @@ impl JoinRejected {
 }
 
 /// What the shell must do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Output {
     /// Queue `frame` to each connection.
     Deliver { conns: Vec<ConnId>, frame: Frame },
@@ -218,8 +218,11 @@ pub enum Output {
     /// A frame from another node found none of its recipients here (for metrics).
     Undeliverable { room: RoomId, peers: usize },
     /// A peer of this node addressed peers its room does not know. In a cluster the replica
-    /// may have missed their joins: the shell checks it against the directory (a resync).
+    /// may have missed their joins: the node marks itself out of step (a resync follows).
     UnknownPeers { room: RoomId, peers: usize },
+    /// Cluster: a step of the control loop to carry out against the directory; its result
+    /// comes back as `Input::StepDone` (see [`crate::node::Node`]).
+    Directory(crate::cluster::Step),
 }
 
 /// Counts for metrics.
@@ -803,6 +806,10 @@ impl Hub {
     }
 
     /// The next thing to do.
+    pub(crate) fn push_output(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }

@@ -778,7 +778,7 @@ impl Sim {
                     )
                     .ok_or_else(|| format!("unexpected PeerRemoved {peer:?} in {room:?}"))?;
                 }
-                Output::Publish { .. } | Output::Undeliverable { .. } => {
+                Output::Publish { .. } | Output::Undeliverable { .. } | Output::Directory(_) => {
                     return Err(format!("cluster output on a single node: {output:?}"));
                 }
                 // (The error frame the sender gets is checked by the model.)

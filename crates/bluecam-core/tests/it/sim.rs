@@ -21,9 +21,11 @@
 
 use crate::support::{Seen, decode, limits, room};
 use bluecam_core::{
-    ConnId, CoreConfig, Frame, FreshIds, Hub, JoinRequest, Origin, Output,
+    ConnId, CoreConfig, DirAnswer, Frame, FreshIds, Handled, Hub, Input, JoinRequest, Node, Origin,
+    Output,
     cluster::{ClusterNode, Decoded, Done, Signal, Step, split_view, stale_entries},
-    directory::{ClaimReply, Directory as Model, JoinReply, PeerEntry, RegisterReply},
+    directory::{Directory as Model, PeerEntry, RegisterReply},
+    node::{seat_given, seat_to_remove},
 };
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, Identity, LeaveReason, NodeId, NodeMessage, PeerId,
@@ -245,13 +247,15 @@ struct Admission {
     conn: ConnId,
     req: JoinRequest,
     /// The seat the directory recorded for it: removed again if the core refuses it.
-    registered: Option<(PeerId, LeaveReason)>,
+    seat: Option<(PeerId, SessionId, LeaveReason)>,
 }
 
 struct SimNode {
     name: String,
-    hub: Hub,
-    machine: ClusterNode,
+    /// The product's node: room core and control loop.
+    node: Node,
+    /// Directory steps the node asked for, carried out at the end of its turn.
+    steps: VecDeque<Step>,
     health: Health,
     /// Connection → client, and what each connection sent that the node has not read.
     conns: BTreeMap<ConnId, (usize, VecDeque<ToNode>)>,
@@ -269,11 +273,19 @@ impl SimNode {
     fn new(index: usize, incarnation: u32, now: Instant) -> Self {
         let name = format!("n{index}.{incarnation}");
         Self {
-            hub: Hub::new(CoreConfig {
-                resume_window: RESUME_WINDOW,
-                ..CoreConfig::default()
-            }),
-            machine: ClusterNode::new(NodeId::new(name.as_str()), TTL, RESUME_WINDOW, now),
+            node: Node::new(
+                Hub::new(CoreConfig {
+                    resume_window: RESUME_WINDOW,
+                    ..CoreConfig::default()
+                }),
+                Some(ClusterNode::new(
+                    NodeId::new(name.as_str()),
+                    TTL,
+                    RESUME_WINDOW,
+                    now,
+                )),
+            ),
+            steps: VecDeque::new(),
             name,
             health: Health::Up,
             conns: BTreeMap::new(),
@@ -537,10 +549,11 @@ impl Sim {
                     self.generations[k] += 1;
                     let new = self.room_of_gen(k);
                     self.dir.model.create_room(&new);
-                    self.nodes[i]
-                        .hub
-                        .handle_room_closed(&old, RoomClosedReason::Deleted);
-                    self.drain(i);
+                    let input = Input::RoomClosed {
+                        room: old,
+                        reason: RoomClosedReason::Deleted,
+                    };
+                    self.input(i, input);
                     self.stats.faults += 1;
                     let name = self.nodes[i].name.clone();
                     self.log(format_args!("room {k} deleted through {name}"));
@@ -689,7 +702,7 @@ impl Sim {
     fn run_node(&mut self, i: usize) -> Result<(), String> {
         let now = self.now;
         for s in std::mem::take(&mut self.nodes[i].signals) {
-            self.nodes[i].machine.signal(s, now);
+            self.input(i, Input::Signal(s));
         }
         // Events from other nodes that are due.
         let name = self.nodes[i].name.clone();
@@ -704,12 +717,11 @@ impl Sim {
             let msg = NodeMessage::decode(&text)
                 .map_err(|e| format!("the model wrote a bad node message {text}: {e}"))?
                 .ok_or("unknown kind")?;
-            let hub = &mut self.nodes[i].hub;
-            match Decoded::from_message(msg).ok_or("bad frame")? {
-                Decoded::Room { room, ver, event } => hub.handle_room_event(&room, ver, event),
-                Decoded::Closed { room, reason } => hub.handle_room_closed(&room, reason),
-            }
-            self.drain(i);
+            let input = match Decoded::from_message(msg).ok_or("bad frame")? {
+                Decoded::Room { room, ver, event } => Input::RoomEvent { room, ver, event },
+                Decoded::Closed { room, reason } => Input::RoomClosed { room, reason },
+            };
+            self.input(i, input);
         }
         self.finish_admissions(i);
         // What its connections sent (a connection whose join waits for the directory is read
@@ -741,33 +753,42 @@ impl Sim {
                     }
                     ToNode::Frame(text) => {
                         let msg = ClientMessage::from_json(&text).map_err(|e| format!("{e:?}"))?;
-                        self.nodes[i].hub.handle_message(conn, msg);
+                        self.input(i, Input::Message { conn, msg });
                     }
                     ToNode::Closed => {
                         self.nodes[i].conns.remove(&conn);
-                        self.nodes[i].hub.handle_disconnect(conn, now);
+                        let input = Input::Disconnect {
+                            conn,
+                            backlog: Vec::new(),
+                            truncated: false,
+                        };
+                        self.input(i, input);
                     }
                 }
                 self.drain(i);
             }
         }
-        self.nodes[i].hub.handle_timeout(now);
-        self.drain(i);
-        // The control loop; steps run to completion at once.
-        while let Some(step) = self.nodes[i].machine.poll_step(now) {
+        self.input(i, Input::Timeout);
+        // The directory steps the node asked for; they run to completion at once.
+        while let Some(step) = self.nodes[i].steps.pop_front() {
             if self.debug {
                 let name = &self.nodes[i].name;
                 let line = format!("{name} step {step:?}");
                 self.log(line);
             }
             let done = self.carry_out(i, step);
-            let mut rooms = self.nodes[i].hub.local_rooms();
-            rooms.sort();
-            self.nodes[i].machine.done(done, now, &rooms);
-            self.drain(i);
+            self.input(i, Input::StepDone(done));
         }
         self.flush_outbox(i);
         Ok(())
+    }
+
+    /// Gives node `i` an input now and carries out its outputs.
+    fn input(&mut self, i: usize, input: Input<'_>) -> Handled {
+        let now = self.now;
+        let handled = self.nodes[i].node.handle(input, now);
+        self.drain(i);
+        handled
     }
 
     /// The shell's `cluster_admit` and `hub.join`.
@@ -797,7 +818,7 @@ impl Sim {
         };
         if !exists {
             let (epoch, marked) = self.dir.model.epoch(self.dir.ms(now));
-            if self.nodes[i].machine.directory_lost(epoch, marked, now) {
+            if self.nodes[i].node.directory_lost(epoch, marked, now) {
                 // The directory lost its data a moment ago: the room may be on its way back.
                 return refuse(self, ErrorCode::Unavailable);
             }
@@ -808,13 +829,15 @@ impl Sim {
             if self
                 .nodes
                 .iter()
-                .any(|n| n.health == Health::Up && n.hub.local_rooms().contains(&room_id()))
+                .any(|n| n.health == Health::Up && n.node.hub().local_rooms().contains(&room_id()))
             {
                 let c = self.nodes[i].conns.get(&conn).map_or(usize::MAX, |x| x.0);
                 let holders: Vec<&str> = self
                     .nodes
                     .iter()
-                    .filter(|n| n.health == Health::Up && n.hub.local_rooms().contains(&room_id()))
+                    .filter(|n| {
+                        n.health == Health::Up && n.node.hub().local_rooms().contains(&room_id())
+                    })
                     .map(|n| n.name.as_str())
                     .collect();
                 let what =
@@ -826,19 +849,17 @@ impl Sim {
             self.dir.model.create_room(&room_id());
             return refuse(self, ErrorCode::RoomNotFound);
         }
-        self.nodes[i].machine.remember_room(&stored_room(room_id()));
+        self.input(i, Input::Admitting(stored_room(room_id())));
         let room = room(room_id().as_str(), 100);
-        self.nodes[i].hub.begin_cluster_join(&room.summary.id);
         let node = NodeId::new(name.as_str());
-        let end = |sim: &mut Self, code: ErrorCode| {
-            sim.nodes[i].hub.end_cluster_join(&room_id());
-            refuse(sim, code);
-        };
-        let cluster = match &resume {
+        // The directory's answer (`None`: unreachable); the node decides what it means, as
+        // in the server's `cluster_admit`.
+        let answer = match &resume {
             // (A session this node holds is claimed too: the directory may have moved it to
             // another node meanwhile, a move this node has not heard of yet.)
-            Some(creds) => {
-                let reply = self.dir.run(now, |d, ms| {
+            Some(creds) => self
+                .dir
+                .run(now, |d, ms| {
                     d.claim(
                         &room_id(),
                         &node,
@@ -847,29 +868,8 @@ impl Sim {
                         &creds.secret,
                         ms,
                     )
-                });
-                // Unreachable: resumed here if held here (as the server does), else retried.
-                let reply = reply.unwrap_or(ClaimReply::Rebuilding);
-                match reply {
-                    ClaimReply::Claimed { session, view } => {
-                        match view.claimed(&node, creds.session.clone(), session) {
-                            Some(view) => Some(view),
-                            None => return end(self, ErrorCode::Unavailable),
-                        }
-                    }
-                    ClaimReply::Rebuilding | ClaimReply::Expired
-                        if self.nodes[i].hub.has_session(&creds.session) =>
-                    {
-                        None
-                    }
-                    ClaimReply::Rebuilding => return end(self, ErrorCode::Unavailable),
-                    ClaimReply::Expired if self.nodes[i].machine.recently_rebuilt(now) => {
-                        return end(self, ErrorCode::Unavailable);
-                    }
-                    ClaimReply::Expired => None,
-                    ClaimReply::Unauthorized => return end(self, ErrorCode::Unauthorized),
-                }
-            }
+                })
+                .map(DirAnswer::Claim),
             None => {
                 let info = PeerInfo {
                     id: fresh.peer.clone(),
@@ -878,26 +878,30 @@ impl Sim {
                     metadata: None,
                 };
                 let peer = entry(info, fresh.session.clone(), fresh.secret.clone());
-                match self
-                    .dir
+                self.dir
                     .run(now, |d, _| d.join(&room_id(), &node, &peer, 100))
-                {
-                    Some(JoinReply::Joined { view }) => Some(view.joined(&node)),
-                    Some(JoinReply::Full) => return end(self, ErrorCode::RoomFull),
-                    Some(JoinReply::Gone) => return end(self, ErrorCode::RoomNotFound),
-                    None => return end(self, ErrorCode::Unavailable),
-                }
+                    .map(DirAnswer::Join)
             }
         };
-        // The seat the directory gave this connection: taken back out if the core refuses.
-        let registered = match (&cluster, &resume) {
-            (Some(_), None) => Some((fresh.peer.clone(), LeaveReason::Left)),
-            (Some(view), Some(_)) => view
-                .claimed
-                .as_ref()
-                .map(|c| (c.info.id.clone(), LeaveReason::Timeout)),
-            (None, _) => None,
+        let input = Input::Admission {
+            room: room_id(),
+            resume: resume.clone(),
+            answer,
         };
+        let Handled::Admitted(admitted) = self.input(i, input) else {
+            unreachable!("an admission is answered with Admitted");
+        };
+        let cluster = match admitted {
+            Ok(view) => view,
+            Err(code) => return refuse(self, code),
+        };
+        // The seat the directory gave this connection: taken back out if the core refuses.
+        let seat = seat_given(
+            cluster.as_ref(),
+            &fresh.peer,
+            &fresh.session,
+            resume.is_some(),
+        );
         let req = JoinRequest {
             conn,
             room,
@@ -913,7 +917,8 @@ impl Sim {
         };
         if self.debug {
             let before: Vec<String> = self.nodes[i]
-                .hub
+                .node
+                .hub()
                 .peer_presence(&room_id())
                 .into_iter()
                 .map(|(p, c)| format!("{}{}", p.id, if c { "" } else { "(detached)" }))
@@ -942,7 +947,7 @@ impl Sim {
             due,
             conn,
             req,
-            registered,
+            seat,
         });
     }
 
@@ -955,11 +960,15 @@ impl Sim {
         {
             let a = self.nodes[i].admitting.pop_front().expect("front");
             let (room, peer) = (a.req.room.summary.id.clone(), a.req.fresh.peer.clone());
-            let result = self.nodes[i].hub.handle_join(a.req);
+            let Handled::Joined(result) = self.nodes[i].node.handle(Input::Join(a.req), self.now)
+            else {
+                unreachable!("a join is answered with Joined");
+            };
             if self.debug {
                 let name = self.nodes[i].name.clone();
                 let local: Vec<String> = self.nodes[i]
-                    .hub
+                    .node
+                    .hub()
                     .local_peers()
                     .into_iter()
                     .map(|p| p.info.id.to_string())
@@ -970,10 +979,7 @@ impl Sim {
             }
             self.drain(i);
             if let Err(e) = result {
-                let ended = matches!(e, bluecam_core::JoinRejected::SessionExpired);
-                if let Some((peer, reason)) = a.registered
-                    && (reason == LeaveReason::Left || ended)
-                {
+                if let Some((peer, _, reason)) = seat_to_remove(a.seat, e) {
                     self.nodes[i]
                         .outbox
                         .push_back(Outgoing::Removed { room, peer, reason });
@@ -992,7 +998,7 @@ impl Sim {
         let node = NodeId::new(self.nodes[i].name.as_str());
         match step {
             Step::Heartbeat => {
-                let alive_for = self.nodes[i].machine.alive_for().as_millis() as u64;
+                let alive_for = cluster(&self.nodes[i].node).alive_for().as_millis() as u64;
                 self.next_id += 1;
                 let fresh = format!("epoch{}", self.next_id);
                 let beat = self
@@ -1004,13 +1010,14 @@ impl Sim {
                 // The room's version back to this node's replica's first, then the rebuild
                 // mark, then the rooms (as the server's `restore_rooms`).
                 let ver = self.nodes[i]
-                    .hub
+                    .node
+                    .hub()
                     .local_peers()
                     .iter()
                     .map(|p| p.room_ver)
                     .max()
                     .unwrap_or(0);
-                let window = self.nodes[i].machine.resume_window().as_millis() as u64;
+                let window = cluster(&self.nodes[i].node).resume_window().as_millis() as u64;
                 let restored = self.dir.run(now, |d, ms| {
                     for room in &rooms {
                         d.raise_version(&room.id, ver);
@@ -1021,12 +1028,12 @@ impl Sim {
                     }
                 });
                 if restored.is_none() {
-                    self.nodes[i].machine.signal(Signal::Failed, now);
+                    self.input(i, Input::Signal(Signal::Failed));
                 }
                 Done::RestoreRooms
             }
             Step::Resync { reconcile } => {
-                let mut local = self.nodes[i].hub.local_peers();
+                let mut local = self.nodes[i].node.hub().local_peers();
                 local.sort_by(|a, b| a.info.id.cmp(&b.info.id));
                 for p in &local {
                     let peer = entry(p.info.clone(), p.session.clone(), p.secret.clone());
@@ -1034,7 +1041,7 @@ impl Sim {
                         d.register(&p.room, &node, &peer, p.seq, p.room_ver, ms)
                     });
                     let Some(reply) = reply else {
-                        self.nodes[i].machine.signal(Signal::Failed, now);
+                        self.input(i, Input::Signal(Signal::Failed));
                         return Done::Resync(false);
                     };
                     match reply {
@@ -1042,27 +1049,33 @@ impl Sim {
                         | RegisterReply::Added
                         | RegisterReply::Moved { .. } => {}
                         RegisterReply::Gone => {
-                            self.nodes[i]
-                                .hub
-                                .handle_room_closed(&p.room, RoomClosedReason::Deleted);
+                            let input = Input::RoomClosed {
+                                room: p.room.clone(),
+                                reason: RoomClosedReason::Deleted,
+                            };
+                            self.input(i, input);
                         }
                         RegisterReply::Left => {
-                            self.nodes[i].hub.handle_peer_gone(&p.room, &p.info.id);
+                            let input = Input::PeerGone {
+                                room: p.room.clone(),
+                                peer: p.info.id.clone(),
+                            };
+                            self.input(i, input);
                         }
                     }
-                    self.drain(i);
                 }
                 let held: HashSet<(RoomId, PeerId)> = self.nodes[i]
-                    .hub
+                    .node
+                    .hub()
                     .local_peers()
                     .into_iter()
                     .map(|p| (p.room, p.info.id))
                     .collect();
                 let Some(recorded) = self.dir.read(now, |d, _| d.recorded_on(&node)) else {
-                    self.nodes[i].machine.signal(Signal::Failed, now);
+                    self.input(i, Input::Signal(Signal::Failed));
                     return Done::Resync(false);
                 };
-                let hub = &self.nodes[i].hub;
+                let hub = self.nodes[i].node.hub();
                 let stale: Vec<_> =
                     stale_entries(recorded, &held, |r| hub.has_pending_join(r)).collect();
                 for (room, peer) in stale {
@@ -1070,25 +1083,30 @@ impl Sim {
                         d.leave(&room, &peer, &node, LeaveReason::Timeout, ms)
                     });
                     if left.is_none() {
-                        self.nodes[i].machine.signal(Signal::Failed, now);
+                        self.input(i, Input::Signal(Signal::Failed));
                         return Done::Resync(false);
                     }
                 }
                 let mut applied = true;
                 if reconcile {
-                    let mut rooms = self.nodes[i].hub.local_rooms();
+                    let mut rooms = self.nodes[i].node.hub().local_rooms();
                     rooms.sort();
                     for room in rooms {
                         let Some(view) = self.dir.read(now, |d, _| d.snapshot(&room)) else {
-                            self.nodes[i].machine.signal(Signal::Failed, now);
+                            self.input(i, Input::Signal(Signal::Failed));
                             return Done::Resync(false);
                         };
                         let (peers, here) = split_view(view.peers, &node);
                         let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
-                        applied &= self.nodes[i]
-                            .hub
-                            .handle_room_snapshot_with(&room, view.ver, peers, &here);
-                        self.drain(i);
+                        let input = Input::Snapshot {
+                            room,
+                            ver: view.ver,
+                            peers,
+                            here,
+                        };
+                        if let Handled::Snapshot { applied: false } = self.input(i, input) {
+                            applied = false;
+                        }
                     }
                 }
                 Done::Resync(applied)
@@ -1100,7 +1118,7 @@ impl Sim {
                     .run(now, |d, ms| d.reap(&node, window, ms))
                     .is_none()
                 {
-                    self.nodes[i].machine.signal(Signal::Failed, now);
+                    self.input(i, Input::Signal(Signal::Failed));
                 }
                 Done::Reap
             }
@@ -1122,7 +1140,7 @@ impl Sim {
                 } => {
                     let text = NodeMessage::frame_text(&room, &to, frame.as_str());
                     if !self.dir.publish(node.as_str(), text, now) {
-                        self.nodes[i].machine.signal(Signal::Unheard, now);
+                        self.input(i, Input::Signal(Signal::Unheard));
                         if let Some(origin) = origin {
                             let mut e = bluecam_proto::ErrorFrame::new(
                                 ErrorCode::Unavailable,
@@ -1142,7 +1160,7 @@ impl Sim {
                         .run(now, |d, ms| d.leave(&room, &peer, &node, reason, ms));
                     if left.is_none() {
                         // The next resync removes it.
-                        self.nodes[i].machine.signal(Signal::Failed, now);
+                        self.input(i, Input::Signal(Signal::Failed));
                     }
                 }
             }
@@ -1165,7 +1183,7 @@ impl Sim {
 
     /// Carries out the core's outputs.
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.nodes[i].hub.poll_output() {
+        while let Some(out) = self.nodes[i].node.poll_output() {
             match out {
                 Output::Deliver { conns, frame } => {
                     let mut conns = conns;
@@ -1200,13 +1218,13 @@ impl Sim {
                         .push_back(Outgoing::Removed { room, peer, reason });
                 }
                 Output::UnknownPeers { .. } => {
+                    // (The node marked itself out of step.)
                     if self.debug {
                         let name = self.nodes[i].name.clone();
                         self.log(format_args!("{name} unknown peers"));
                     }
-                    let now = self.now;
-                    self.nodes[i].machine.signal(Signal::Unheard, now);
                 }
+                Output::Directory(step) => self.nodes[i].steps.push_back(step),
                 Output::Undeliverable { room, peers } if self.debug => {
                     let name = self.nodes[i].name.clone();
                     self.log(format_args!("{name} undeliverable {room} x{peers}"));
@@ -1604,19 +1622,21 @@ impl Sim {
             if matches!(n.health, Health::Dead { .. }) {
                 continue;
             }
-            n.hub
-                .check_invariants()
-                .map_err(|e| format!("node {i}: {e}"))?;
-            n.machine
+            n.node
                 .check_invariants()
                 .map_err(|e| format!("node {i}: {e}"))?;
             if n.health != Health::Up {
                 continue;
             }
-            let locals: HashSet<PeerId> =
-                n.hub.local_peers().into_iter().map(|p| p.info.id).collect();
+            let locals: HashSet<PeerId> = n
+                .node
+                .hub()
+                .local_peers()
+                .into_iter()
+                .map(|p| p.info.id)
+                .collect();
             for k in 0..ROOMS {
-                for (info, connected) in n.hub.peer_presence(&self.room_of_gen(k)) {
+                for (info, connected) in n.node.hub().peer_presence(&self.room_of_gen(k)) {
                     if connected && locals.contains(&info.id) {
                         *attached.entry(info.id).or_default() += 1;
                     }
@@ -1684,10 +1704,17 @@ impl Sim {
             if n.health != Health::Up {
                 return Err(format!("node {i} is not up after the faults"));
             }
-            let held: BTreeSet<RoomId> = n.hub.local_peers().into_iter().map(|p| p.room).collect();
+            let held: BTreeSet<RoomId> = n
+                .node
+                .hub()
+                .local_peers()
+                .into_iter()
+                .map(|p| p.room)
+                .collect();
             for (k, members) in rooms.iter().enumerate() {
                 let seen: BTreeSet<PeerId> = n
-                    .hub
+                    .node
+                    .hub()
                     .peers(&self.room_of_gen(k))
                     .into_iter()
                     .map(|p| p.id)
@@ -1704,7 +1731,13 @@ impl Sim {
             let holders = self
                 .nodes
                 .iter()
-                .filter(|n| n.hub.local_peers().iter().any(|p| p.info.id == *peer))
+                .filter(|n| {
+                    n.node
+                        .hub()
+                        .local_peers()
+                        .iter()
+                        .any(|p| p.info.id == *peer)
+                })
                 .count();
             if holders != 1 {
                 return Err(format!("{peer} is held by {holders} nodes"));
@@ -1798,4 +1831,9 @@ fn a_seed_replays_exactly() {
 #[ignore = "long: cargo test -p bluecam-core --test it sim -- --ignored"]
 fn cluster_simulation_long_run() {
     run_many((1_000..21_000).collect());
+}
+
+/// A sim node's control loop (every sim node is a cluster node).
+fn cluster(node: &Node) -> &ClusterNode {
+    node.cluster().expect("a cluster node")
 }

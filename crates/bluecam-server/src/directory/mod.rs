@@ -7,17 +7,22 @@
 //! [`redis::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
 //! same in both: it sees peers of other nodes as remote peers of its rooms.
 //!
-//! Dependencies point one way: the hub (`crate::hub_handle`) and the cluster node ([`redis`])
-//! both depend on this module, never on each other. The hub reaches the cluster through
-//! [`Broker`]; the cluster node's tasks reach the hub through the [`Host`] they are started
-//! with (`RedisBroker::start`), which they own: nothing is bound late.
+//! Dependencies point one way: the node's driver (`crate::hub_handle`) and the cluster's shell
+//! ([`redis`]) both depend on this module, never on each other. The driver reaches the
+//! cluster through [`Broker`]; the shell's tasks feed the node through the [`Host`] they are
+//! started with (`RedisBroker::start`), which they own: nothing is bound late. The decisions
+//! are the node's (`bluecam_core::Node`): the shell carries out its directory steps and
+//! reports what it saw, the driver carries out the rest.
 
 pub mod redis;
 
-use bluecam_core::{ClusterView, Frame, LocalPeer, Origin, RemotePeer, RoomEvent};
+use bluecam_core::{
+    Frame, Handled, Input, LocalPeer, Origin,
+    directory::{ClaimReply, JoinReply},
+};
 use bluecam_proto::{
     ErrorCode, ErrorFrame, LeaveReason, NodeId, PeerId, PeerInfo, Permissions, ResumeCredentials,
-    RoomClosedReason, RoomId, SessionId, SessionSecret,
+    RoomId, SessionId, SessionSecret,
 };
 use futures_util::future::BoxFuture;
 
@@ -39,15 +44,9 @@ pub fn presence(directory: Vec<PeerInfo>, here: &[(PeerInfo, bool)]) -> Presence
         .collect()
 }
 
-/// Why the directory refused or failed an operation.
+/// Why the directory could not answer (its refusals are answers: `JoinReply`, `ClaimReply`).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("the room is full")]
-    RoomFull,
-    #[error("the room does not exist")]
-    RoomGone,
-    #[error("the session belongs to another room or identity")]
-    Unauthorized,
     #[error("the cluster directory is unavailable: {0}")]
     Unavailable(String),
 }
@@ -125,18 +124,19 @@ pub trait Broker: Send + Sync + 'static {
     /// This node's id in the cluster; `None` on a single node.
     fn node(&self) -> Option<&NodeId>;
 
-    /// Records a new peer (refusing it when the room is full or gone); returns the room's
-    /// membership for the core, `None` on a single node.
-    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>>;
+    /// Records a new peer with the directory (which refuses it when the room is full or
+    /// gone); what the answer means is the node's to decide (`Input::Admission`). A single
+    /// node has no directory to ask.
+    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<JoinReply, BrokerError>>;
 
-    /// Moves a session held by another node here; `None` when no such session exists (or on
-    /// a single node, where the core knows every session).
+    /// Asks the directory to move a session (perhaps held by another node) here; see
+    /// [`Broker::join`].
     fn claim(
         &self,
         room: RoomId,
         identity: bluecam_proto::Identity,
         creds: ResumeCredentials,
-    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>>;
+    ) -> BoxFuture<'_, Result<ClaimReply, BrokerError>>;
 
     /// Queues something for the other nodes without waiting. `Err` gives it back when it
     /// cannot be sent (queue full, directory down); the caller tells the sender.
@@ -155,15 +155,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the directory answers (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
 
-    /// A peer addressed peers this node's replica of its room does not know: the replica may
-    /// have missed events; check it against the directory soon. A no-op on a single node.
-    fn replica_suspect(&self) {}
-
-    /// Whether a room the store does not have may be missing because the directory lost its
-    /// data and is being rebuilt (a join should retry), rather than deleted. Always false on a
-    /// single node.
-    fn directory_lost(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { false })
+    /// The directory's epoch and whether it is marked as being rebuilt, for
+    /// `Node::directory_lost` (a room the store lacks may be on its way back). A single node
+    /// has no directory: `(None, false)`.
+    fn directory_epoch(&self) -> BoxFuture<'_, Result<(Option<String>, bool), BrokerError>> {
+        Box::pin(async { Ok((None, false)) })
     }
 
     /// Passes an HTTP transport request (its body as it came, bytes) to `node`, which holds
@@ -181,24 +177,18 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
-/// What a cluster node needs of this node's rooms (the hub implements it).
+/// What the cluster's shell needs of this node (its driver implements it): one way in for
+/// everything it saw ([`Host::handle`]), and a few reads.
 pub trait Host: Send + Sync + 'static {
+    /// Gives the node an input (an event from another node, a room's snapshot, a room closed,
+    /// a peer gone, a signal, a step done) and carries out what it decided.
+    fn handle(&self, input: Input<'static>) -> Handled;
     /// This node's peers (to put them back into the directory).
     fn local_peers(&self) -> Vec<LocalPeer>;
     /// Rooms with peers on this node.
     fn local_rooms(&self) -> Vec<RoomId>;
     /// Whether a join into `room` is waiting for the directory.
     fn has_pending_join(&self, room: &RoomId) -> bool;
-    /// Applies an event from another node.
-    fn remote(&self, room: &RoomId, ver: u64, event: RoomEvent);
-    /// Reconciles a room with the directory's snapshot of it; false when the snapshot is older
-    /// than the replica (skipped: take another).
-    fn snapshot(&self, room: &RoomId, ver: u64, peers: Vec<RemotePeer>, here: &[PeerId]) -> bool;
-    /// Tells everyone in the room and disconnects them.
-    fn close_room(&self, room: &RoomId, reason: RoomClosedReason);
-    /// A peer of this node left for good elsewhere while this node was cut off: its session
-    /// here ends.
-    fn peer_gone(&self, room: &RoomId, peer: &PeerId);
     /// Something for another node could not be sent: its sender is told.
     fn undelivered(&self, item: Outgoing);
     /// A room's peers on this node with whether each is connected.
@@ -237,8 +227,12 @@ impl Broker for LocalBroker {
         None
     }
 
-    fn join(&self, _: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
-        Box::pin(async { Ok(None) })
+    fn join(&self, _: NewPeer) -> BoxFuture<'_, Result<JoinReply, BrokerError>> {
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "a single node has no directory".into(),
+            ))
+        })
     }
 
     fn claim(
@@ -246,8 +240,12 @@ impl Broker for LocalBroker {
         _: RoomId,
         _: bluecam_proto::Identity,
         _: ResumeCredentials,
-    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
-        Box::pin(async { Ok(None) })
+    ) -> BoxFuture<'_, Result<ClaimReply, BrokerError>> {
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "a single node has no directory".into(),
+            ))
+        })
     }
 
     fn send(&self, item: Outgoing) -> Result<(), Outgoing> {

@@ -5,7 +5,10 @@
 //! transport (`crate::transport::http`); this module knows neither.
 
 use crate::{AppState, auth::TokenError, hub_handle::Outbound};
-use bluecam_core::{BadFrameWindow, ConnId, FreshIds, JoinRequest, RateLimiter, RoomAccess};
+use bluecam_core::{
+    BadFrameWindow, ConnId, DirAnswer, FreshIds, Handled, Input, JoinRequest, RateLimiter,
+    RoomAccess,
+};
 use bluecam_proto::{
     ClientMessage, CloseCode, ErrorCode, ErrorFrame, FrameError, PeerId, RoomClosedReason,
     RoomSummary, ServerMessage, SessionId, SessionSecret,
@@ -205,7 +208,7 @@ async fn join(
         Ok(Some(room)) => room,
         // In a cluster whose directory lost its data a moment ago, the room may be on its
         // way back: retry rather than end the call.
-        Ok(None) if state.broker.directory_lost().await => {
+        Ok(None) if directory_lost(state).await => {
             return Err(fail(
                 ErrorCode::Unavailable,
                 "the cluster directory is being rebuilt; retry",
@@ -259,21 +262,12 @@ async fn join(
     };
     // The seat the directory gave this connection (a new peer, or a session claimed here):
     // taken back out if the core refuses the join.
-    let registered = match (&cluster, &resume) {
-        (Some(_), None) => Some((
-            fresh.peer.clone(),
-            fresh.session.clone(),
-            bluecam_proto::LeaveReason::Left,
-        )),
-        (Some(view), Some(_)) => view.claimed.as_ref().map(|c| {
-            (
-                c.info.id.clone(),
-                c.session.clone(),
-                bluecam_proto::LeaveReason::Timeout,
-            )
-        }),
-        (None, _) => None,
-    };
+    let seat = bluecam_core::node::seat_given(
+        cluster.as_ref(),
+        &fresh.peer,
+        &fresh.session,
+        resume.is_some(),
+    );
     let req = JoinRequest {
         conn,
         room: RoomAccess {
@@ -306,12 +300,7 @@ async fn join(
     }
     state.touch_rooms(vacated).await;
     let peer = result.map_err(|rejected| {
-        // (A claim refused because the session ended here; one overtaken by another node's
-        // claim is that node's now, and may be an orphan any node could remove.)
-        let ended = matches!(rejected, bluecam_core::JoinRejected::SessionExpired);
-        if let Some((peer, session, reason)) = registered
-            && (reason == bluecam_proto::LeaveReason::Left || ended)
-        {
+        if let Some((peer, session, reason)) = bluecam_core::node::seat_to_remove(seat, rejected) {
             // The directory has the peer here already: take it back out.
             let removed = crate::directory::Outgoing::Removed {
                 room: room_id.clone(),
@@ -336,8 +325,22 @@ async fn join(
     Ok(peer)
 }
 
+/// Whether a room the store lacks may be on its way back in a cluster whose directory lost
+/// its data a moment ago (`Node::directory_lost`); a directory that cannot be read says yes
+/// (a retry is the right answer either way).
+async fn directory_lost(state: &AppState) -> bool {
+    if state.broker.node().is_none() {
+        return false;
+    }
+    match state.broker.directory_epoch().await {
+        Ok((current, marked)) => state.hub.directory_lost(current.as_deref(), marked),
+        Err(_) => true,
+    }
+}
+
 /// Cluster: records the join with the directory (or moves a session held by another node
-/// here) before the core admits it; the answer is the room as the cluster sees it.
+/// here) before the core admits it; the node decides what the answer means, and gives the
+/// room as the cluster sees it.
 async fn cluster_admit(
     state: &AppState,
     room: &bluecam_proto::Room,
@@ -363,60 +366,48 @@ async fn cluster_admit(
             "this identity is not a member of the room",
         ));
     }
-    state.hub.begin_cluster_join(&room.id);
+    state.hub.handle(Input::Admitting(room.clone()));
     let answer = match resume {
-        // Claimed even when this node holds the session: the directory may have moved it to
-        // another node meanwhile (this node has not heard of it yet), and then it comes back
-        // here. Recorded here, the directory answers that it has nothing to move, and the
-        // core resumes it; unreachable, the core resumes it all the same.
-        Some(creds) => {
-            let claimed = state
-                .broker
-                .claim(room.id.clone(), claims.sub.clone(), creds.clone())
-                .await;
-            match claimed {
-                Err(crate::directory::BrokerError::Unavailable(_))
-                    if state.hub.has_session(&creds.session) =>
-                {
-                    Ok(None)
-                }
-                other => other,
-            }
-        }
-        None => {
-            state
-                .broker
-                .join(crate::directory::NewPeer {
-                    room: room.id.clone(),
-                    max_peers: room.max_peers,
-                    info: bluecam_proto::PeerInfo {
-                        id: fresh.peer.clone(),
-                        identity: claims.sub.clone(),
-                        name: claims.name.clone(),
-                        metadata: claims.metadata.clone(),
-                    },
-                    permissions,
-                    session: fresh.session.clone(),
-                    secret: fresh.secret.clone(),
-                })
-                .await
-        }
+        // Claimed even when this node holds the session (see `Node`'s admission).
+        Some(creds) => state
+            .broker
+            .claim(room.id.clone(), claims.sub.clone(), creds.clone())
+            .await
+            .map(DirAnswer::Claim),
+        None => state
+            .broker
+            .join(crate::directory::NewPeer {
+                room: room.id.clone(),
+                max_peers: room.max_peers,
+                info: bluecam_proto::PeerInfo {
+                    id: fresh.peer.clone(),
+                    identity: claims.sub.clone(),
+                    name: claims.name.clone(),
+                    metadata: claims.metadata.clone(),
+                },
+                permissions,
+                session: fresh.session.clone(),
+                secret: fresh.secret.clone(),
+            })
+            .await
+            .map(DirAnswer::Join),
     };
-    answer.map_err(|e| {
-        state.hub.end_cluster_join(&room.id);
-        use crate::directory::BrokerError as B;
-        match e {
-            B::RoomFull => fail(ErrorCode::RoomFull, "the room is full"),
-            B::RoomGone => fail(ErrorCode::RoomNotFound, "no such room"),
-            B::Unauthorized => fail(
-                ErrorCode::Unauthorized,
-                "the session to resume belongs to another room or identity",
-            ),
-            B::Unavailable(_) => fail(
-                ErrorCode::Unavailable,
-                "the cluster directory is unavailable; retry",
-            ),
-        }
+    let input = Input::Admission {
+        room: room.id.clone(),
+        resume: resume.cloned(),
+        answer: answer.ok(),
+    };
+    let Handled::Admitted(admitted) = state.hub.handle(input) else {
+        unreachable!("an admission is answered with Admitted")
+    };
+    admitted.map_err(|code| {
+        let message = match code {
+            ErrorCode::RoomFull => "the room is full",
+            ErrorCode::RoomNotFound => "no such room",
+            ErrorCode::Unauthorized => "the session to resume belongs to another room or identity",
+            _ => "the cluster directory is unavailable; retry",
+        };
+        fail(code, message)
     })
 }
 

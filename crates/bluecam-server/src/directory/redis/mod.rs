@@ -61,8 +61,8 @@ use crate::{
     persist::store::{Store, StoreError},
 };
 use bluecam_core::{
-    ClusterView, RemotePeer,
-    cluster::{Beat, ClusterNode, Done, Signal, Step, split_view, stale_entries},
+    Handled, Input, RemotePeer,
+    cluster::{Beat, Done, Signal, Step, split_view, stale_entries},
     directory::{ClaimReply, JoinReply, PeerEntry, RegisterReply},
 };
 use bluecam_proto::{
@@ -80,7 +80,7 @@ use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, LazyLock, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -126,9 +126,8 @@ pub struct RedisBroker {
     /// How long the peers of a reaped node stay in their rooms, resumable anywhere.
     resume_window: Duration,
     metrics: Metrics,
-    /// The node's control loop (see `bluecam_core::cluster`); locked briefly, never across
-    /// an `.await`.
-    machine: Mutex<ClusterNode>,
+    /// How long a heartbeat renews this node's liveness for.
+    alive_for: Duration,
     /// Requests this node passed on, waiting for their answers.
     http_waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<HttpReply>>>,
     http_next: std::sync::atomic::AtomicU64,
@@ -180,12 +179,7 @@ impl RedisBroker {
             outbox_rx: std::sync::Mutex::new(Some(rx)),
             resume_window,
             metrics,
-            machine: Mutex::new(ClusterNode::new(
-                node.clone(),
-                ttl,
-                resume_window,
-                Instant::now(),
-            )),
+            alive_for: bluecam_core::cluster::alive_for(ttl),
             http_waiting: Mutex::new(HashMap::new()),
             http_next: std::sync::atomic::AtomicU64::new(0),
             http_answering: std::sync::atomic::AtomicUsize::new(0),
@@ -201,11 +195,14 @@ impl RedisBroker {
         }
     }
 
-    /// Starts the node's tasks: subscriber, outbox, heartbeat with reaper, and the resync
-    /// after a reconnection. Fails when the subscription cannot be made.
+    /// Starts the node's tasks: subscriber, outbox, and the shell of the control loop, which
+    /// carries out the directory `steps` the node decides on (heartbeat, restore, resync,
+    /// reap). Runs the first heartbeat before anything else; fails when it fails or the
+    /// subscription cannot be made.
     pub async fn start(
         self: &Arc<Self>,
         hub: Arc<dyn Host>,
+        mut steps: mpsc::UnboundedReceiver<Step>,
         http_handler: HttpHandler,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
@@ -215,17 +212,21 @@ impl RedisBroker {
             Ok(n) => tracing::info!(rooms = n, "moved rooms to the per-room key layout"),
             Err(e) => tracing::warn!(error = %e, "could not move rooms of the old key layout"),
         }
-        // The first heartbeat, before this node takes any peer.
-        let first = self.machine().poll_step(Instant::now());
-        if let Some(step) = first {
+        // The first heartbeat, before this node takes any peer (the node asks for it at once).
+        hub.handle(Input::Timeout);
+        let mut epoch = None;
+        if let Ok(step) = steps.try_recv() {
             let done = self.run_step(hub.as_ref(), step).await;
-            if done == Done::Heartbeat(None) {
-                return Err(BrokerError::Unavailable(
-                    "the first heartbeat failed".into(),
-                ));
+            match &done {
+                Done::Heartbeat(None) => {
+                    return Err(BrokerError::Unavailable(
+                        "the first heartbeat failed".into(),
+                    ));
+                }
+                Done::Heartbeat(Some(beat)) => self.note_beat(&mut epoch, beat),
+                _ => {}
             }
-            let rooms = hub.local_rooms();
-            self.machine().done(done, Instant::now(), &rooms);
+            hub.handle(Input::StepDone(done));
         }
         let subscriber = build(&self.config)
             .map_err(backend)?
@@ -271,7 +272,7 @@ impl RedisBroker {
                         // this node read too slowly).
                         me.metrics
                             .dropped(crate::metrics::DropReason::ClusterEventsLagged, n);
-                        me.signal(Signal::Lagged);
+                        hub.handle(Input::Signal(Signal::Lagged));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
@@ -293,52 +294,44 @@ impl RedisBroker {
             tracker.spawn(async move { me.run_outbox(rx, stop, hub.as_ref()).await });
         }
 
-        // The control loop: carries out the steps of `ClusterNode` (heartbeat, restore, resync,
-        // reap). A heartbeat runs beside the other steps, so a long resync cannot starve it.
+        // The shell of the control loop: carries out the directory steps the node decides on
+        // (when each is due is the node's: its driver's timer wakes it). A heartbeat runs
+        // beside the other steps, so a long resync cannot starve it.
         let me = Arc::clone(self);
         let mut reconnects = self.client.reconnect_rx();
         tracker.spawn(async move {
             let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
             loop {
-                let now = Instant::now();
-                while let Some(step) = me.machine().poll_step(now) {
-                    let me = Arc::clone(&me);
-                    let hub = Arc::clone(&hub);
-                    running.push(Box::pin(
-                        async move { me.run_step(hub.as_ref(), step).await },
-                    ));
-                }
-                let wake_at = tokio::time::Instant::from_std(me.machine().poll_timeout());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep_until(wake_at) => {}
+                    Some(step) = steps.recv() => {
+                        let me = Arc::clone(&me);
+                        let hub = Arc::clone(&hub);
+                        running.push(Box::pin(
+                            async move { me.run_step(hub.as_ref(), step).await },
+                        ));
+                    }
                     Some(done) = running.next() => {
-                        let rooms = hub.local_rooms();
-                        me.machine().done(done, Instant::now(), &rooms);
+                        if let Done::Heartbeat(Some(beat)) = &done {
+                            me.note_beat(&mut epoch, beat);
+                        }
+                        hub.handle(Input::StepDone(done));
                     }
                     r = reconnects.recv() => {
                         if r.is_ok() {
                             tracing::info!("Redis is back: re-registering this node's peers");
-                            me.signal(Signal::Reconnected);
+                            hub.handle(Input::Signal(Signal::Reconnected));
                         }
                     }
                     r = resubscribed.recv() => {
                         if r.is_ok() {
-                            me.signal(Signal::Resubscribed);
+                            hub.handle(Input::Signal(Signal::Resubscribed));
                         }
                     }
                 }
             }
         });
         Ok(())
-    }
-
-    fn machine(&self) -> std::sync::MutexGuard<'_, ClusterNode> {
-        self.machine.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn signal(&self, signal: Signal) {
-        self.machine().signal(signal, Instant::now());
     }
 
     /// Carries out one step of the control loop.
@@ -351,7 +344,7 @@ impl RedisBroker {
             }
             Step::Resync { reconcile } => Done::Resync(self.resync(hub, reconcile).await),
             Step::Reap => {
-                self.reap().await;
+                self.reap(hub).await;
                 Done::Reap
             }
         }
@@ -361,31 +354,35 @@ impl RedisBroker {
         self.client.with_options(&self.opts)
     }
 
+    /// Counts and logs a failed command. (The node learns of it from what the step reports,
+    /// or from a [`Signal::Failed`] where no step does.)
     fn redis_error(&self, what: &str, e: &dyn std::fmt::Display) {
         self.metrics.redis_errors.increment(1);
-        self.signal(Signal::Failed);
         tracing::warn!(error = %e, "Redis {what} failed");
+    }
+
+    /// [`Self::redis_error`], and the node is told it is out of step.
+    fn step_error(&self, hub: &dyn Host, what: &str, e: &dyn std::fmt::Display) {
+        self.redis_error(what, e);
+        hub.handle(Input::Signal(Signal::Failed));
     }
 
     /// Renews this node's liveness (it lives `ClusterNode::alive_for`), reads the directory's
     /// epoch (drawing one when there is none: a Redis that lost its data has none, or, once
     /// another node drew it, another) and adds this node to the node set.
     async fn heartbeat(self: &Arc<Self>) -> Result<Beat, BrokerError> {
-        let ttl = self.machine().alive_for().as_millis() as u64;
+        let ttl = self.alive_for.as_millis() as u64;
         let fresh = crate::auth::random_token(9);
-        let beat = self
-            .dir
+        self.dir
             .heartbeat(&self.node, ttl, &fresh)
             .await
-            .inspect_err(|e| self.redis_error("heartbeat", e))?;
-        self.note_beat(&beat);
-        Ok(beat)
+            .inspect_err(|e| self.redis_error("heartbeat", e))
     }
 
-    /// Logs what a heartbeat found that the control loop will act on.
-    fn note_beat(&self, beat: &Beat) {
-        let machine = self.machine();
-        if machine.epoch().is_some_and(|e| e != beat.epoch) {
+    /// Logs what a heartbeat found that the node will act on; `epoch` is the one last seen.
+    fn note_beat(&self, epoch: &mut Option<String>, beat: &Beat) {
+        let seen = epoch.replace(beat.epoch.clone());
+        if seen.as_ref().is_some_and(|e| *e != beat.epoch) {
             tracing::warn!(
                 "Redis lost its data (a new directory epoch): rebuilding what this node holds"
             );
@@ -395,7 +392,7 @@ impl RedisBroker {
                 "this node drew the directory's epoch (a new directory, or one that lost its \
                  data): for one resume window, joins into rooms it lacks are told to retry"
             );
-        } else if beat.was_missing && machine.epoch().is_some() {
+        } else if beat.was_missing && seen.is_some() {
             tracing::warn!("this node was missing from the directory; re-registering");
         }
     }
@@ -413,12 +410,12 @@ impl RedisBroker {
         for room in &rooms {
             let ver = vers.get(&room.id).copied().unwrap_or(0);
             if let Err(e) = self.dir.raise_version(&room.id, ver).await {
-                self.redis_error("version restore", &e);
+                self.step_error(hub, "version restore", &e);
             }
         }
-        let window = self.machine().resume_window().as_millis() as u64;
+        let window = self.resume_window.as_millis() as u64;
         if let Err(e) = self.dir.mark_rebuilt(window).await {
-            self.redis_error("rebuild mark", &e);
+            self.step_error(hub, "rebuild mark", &e);
         }
         let store = RedisStore {
             broker: Arc::clone(self),
@@ -433,7 +430,7 @@ impl RedisBroker {
 
     /// Orphans the peers of nodes whose liveness key has expired, and removes orphans whose
     /// resume window has passed (`Directory::reap`).
-    async fn reap(&self) {
+    async fn reap(&self, hub: &dyn Host) {
         let window = self.resume_window.as_millis() as u64;
         match self.dir.reap(&self.node, window).await {
             Ok(reaped) => {
@@ -451,7 +448,7 @@ impl RedisBroker {
                     );
                 }
             }
-            Err(e) => self.redis_error("reap", &e),
+            Err(e) => self.step_error(hub, "reap", &e),
         }
     }
 
@@ -475,10 +472,16 @@ impl RedisBroker {
                 .await;
             match r {
                 Ok(RegisterReply::Gone) => {
-                    hub.close_room(&p.room, RoomClosedReason::Deleted);
+                    hub.handle(Input::RoomClosed {
+                        room: p.room.clone(),
+                        reason: RoomClosedReason::Deleted,
+                    });
                 }
                 Ok(RegisterReply::Left) => {
-                    hub.peer_gone(&p.room, &p.info.id);
+                    hub.handle(Input::PeerGone {
+                        room: p.room.clone(),
+                        peer: p.info.id.clone(),
+                    });
                 }
                 // `Moved` is applied by the room's snapshot below.
                 Ok(_) => {}
@@ -533,7 +536,13 @@ impl RedisBroker {
                     // resuming here right now: not gone.
                     let (peers, here) = split_view(peers, &self.node);
                     let here: Vec<PeerId> = here.into_iter().map(|p| p.info.id).collect();
-                    if !hub.snapshot(&room, ver, peers, &here) {
+                    let input = Input::Snapshot {
+                        room,
+                        ver,
+                        peers,
+                        here,
+                    };
+                    if let Handled::Snapshot { applied: false } = hub.handle(input) {
                         // Older than events this node applied meanwhile: read it again.
                         stale = true;
                     }
@@ -589,8 +598,12 @@ impl RedisBroker {
     /// Applies one message from another node.
     fn on_event(&self, hub: &dyn Host, text: &str) {
         match decode_event(text) {
-            Ok(Some(Decoded::Room { room, ver, event })) => hub.remote(&room, ver, event),
-            Ok(Some(Decoded::Closed { room, reason })) => hub.close_room(&room, reason),
+            Ok(Some(Decoded::Room { room, ver, event })) => {
+                hub.handle(Input::RoomEvent { room, ver, event });
+            }
+            Ok(Some(Decoded::Closed { room, reason })) => {
+                hub.handle(Input::RoomClosed { room, reason });
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "undecodable cluster message");
@@ -659,7 +672,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+    fn join(&self, peer: NewPeer) -> BoxFuture<'_, Result<JoinReply, BrokerError>> {
         Box::pin(async move {
             let entry = PeerEntry {
                 info: peer.info,
@@ -667,16 +680,10 @@ impl Broker for RedisBroker {
                 secret: peer.secret,
                 permissions: peer.permissions,
             };
-            let reply = self
-                .dir
+            self.dir
                 .join(&peer.room, &self.node, &entry, peer.max_peers)
                 .await
-                .inspect_err(|e| self.redis_error("join", e))?;
-            match reply {
-                JoinReply::Joined { view } => Ok(Some(view.joined(&self.node))),
-                JoinReply::Full => Err(BrokerError::RoomFull),
-                JoinReply::Gone => Err(BrokerError::RoomGone),
-            }
+                .inspect_err(|e| self.redis_error("join", e))
         })
     }
 
@@ -685,45 +692,18 @@ impl Broker for RedisBroker {
         room: RoomId,
         identity: Identity,
         creds: ResumeCredentials,
-    ) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+    ) -> BoxFuture<'_, Result<ClaimReply, BrokerError>> {
         Box::pin(async move {
-            let reply = self
-                .dir
+            self.dir
                 .claim(&room, &self.node, &identity, &creds.session, &creds.secret)
                 .await
-                .inspect_err(|e| self.redis_error("claim", e))?;
-            let (session, view) = match reply {
-                ClaimReply::Claimed { session, view } => (session, view),
-                // While the directory is being rebuilt (Redis lost its data a moment ago), the
-                // node holding the session may not have put it back yet: try again, do not
-                // end a session that exists.
-                ClaimReply::Rebuilding => {
-                    return Err(backend("the cluster directory is being rebuilt"));
-                }
-                ClaimReply::Expired if self.machine().recently_rebuilt(Instant::now()) => {
-                    return Err(backend("the cluster directory is being rebuilt"));
-                }
-                ClaimReply::Expired => return Ok(None),
-                ClaimReply::Unauthorized => return Err(BrokerError::Unauthorized),
-            };
-            view.claimed(&self.node, creds.session, session)
-                .map(Some)
-                .ok_or_else(|| backend("claimed peer missing from its room"))
+                .inspect_err(|e| self.redis_error("claim", e))
         })
     }
 
     fn send(&self, item: Outgoing) -> Result<(), Outgoing> {
-        self.outbox.try_send(item).map_err(|e| {
-            let item = match e {
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => {
-                    item
-                }
-            };
-            if matches!(item, Outgoing::Removed { .. }) {
-                // The next resync removes the entry this node no longer holds.
-                self.signal(Signal::Failed);
-            }
-            item
+        self.outbox.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
         })
     }
 
@@ -752,20 +732,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn replica_suspect(&self) {
-        self.signal(Signal::Unheard);
-    }
-
-    fn directory_lost(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            match self.dir.epoch().await {
-                Ok((current, marked)) => {
-                    self.machine()
-                        .directory_lost(current.as_deref(), marked, Instant::now())
-                }
-                // Redis is away: a retry is the right answer either way.
-                _ => true,
-            }
-        })
+    fn directory_epoch(&self) -> BoxFuture<'_, Result<(Option<String>, bool), BrokerError>> {
+        Box::pin(async move { self.dir.epoch().await })
     }
 }

@@ -32,8 +32,8 @@ impl RedisBroker {
                         let r = self.dir.leave(&room, &peer, &self.node, reason).await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
-                            // The resync after reconnection removes it (not re-registered).
-                            Err(e) => self.redis_error("leave", &e),
+                            // The resync removes it (the node does not hold it any more).
+                            Err(e) => self.step_error(hub, "leave", &e),
                         }
                     }
                 }
@@ -77,7 +77,7 @@ impl RedisBroker {
                         for (slot, answer) in received.iter_mut().zip(answers) {
                             match answer {
                                 Ok(n) => *slot = n > 0,
-                                Err(e) => self.redis_error("publish", &e),
+                                Err(e) => self.step_error(hub, "publish", &e),
                             }
                         }
                         for (item, ok) in items.iter().zip(&received) {
@@ -88,10 +88,10 @@ impl RedisBroker {
                         if received.iter().any(|r| !r) {
                             // A node nobody listens for: dead, restarted under a new id, or
                             // this node's replica is stale. The next resync repoints replicas.
-                            self.signal(Signal::Unheard);
+                            hub.handle(Input::Signal(Signal::Unheard));
                         }
                     }
-                    Err(_) => self.redis_error("publish", &"timed out"),
+                    Err(_) => self.step_error(hub, "publish", &"timed out"),
                 }
             }
         }

@@ -98,13 +98,8 @@ impl Store for RedisStore {
                 .get(room_key(&id, "room").as_str())
                 .await
                 .map_err(store_err)?;
-            let room: Option<Room> = v
-                .map(|v| serde_json::from_str(&v).map_err(store_err))
-                .transpose()?;
-            if let Some(room) = &room {
-                self.broker.machine().remember_room(room);
-            }
-            Ok(room)
+            v.map(|v| serde_json::from_str(&v).map_err(store_err))
+                .transpose()
         })
     }
 
