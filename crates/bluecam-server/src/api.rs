@@ -502,7 +502,7 @@ async fn list_rooms(
     Ok(Json(RoomList { rooms, next_cursor }))
 }
 
-/// Peer counts from the cluster directory, or from this node's hub on a single node.
+/// Peer counts from the cluster directory, or from this node's driver on a single node.
 async fn fill_peer_counts(state: &AppState, rooms: &mut [Room]) -> Result<(), ApiError> {
     let ids = rooms.iter().map(|r| r.id.clone()).collect();
     match state.broker.peer_counts(ids).await {
@@ -513,7 +513,7 @@ async fn fill_peer_counts(state: &AppState, rooms: &mut [Room]) -> Result<(), Ap
         }
         Ok(None) => {
             for room in rooms.iter_mut() {
-                room.peer_count = state.hub.peer_count(&room.id) as u32;
+                room.peer_count = state.driver.peer_count(&room.id) as u32;
             }
         }
         Err(e) => return Err(StoreError::from(e).into()),
@@ -547,7 +547,7 @@ async fn delete_room(
     if !state.store.delete_room(id.clone()).await? {
         return Err(ApiError::room_not_found());
     }
-    state.hub.close_room(&id, RoomClosedReason::Deleted);
+    state.driver.close_room(&id, RoomClosedReason::Deleted);
     if let Some(h) = &state.history {
         h.recorder
             .record(crate::persist::history::Event::RoomDeleted {
@@ -636,8 +636,8 @@ async fn room_peers(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = load_room(&state, id).await?;
     let presence = match state.broker.presence(room.id.clone()).await {
-        Ok(Some(peers)) => crate::directory::presence(peers, &state.hub.peers(&room.id)),
-        Ok(None) => state.hub.peers(&room.id),
+        Ok(Some(peers)) => crate::directory::presence(peers, &state.driver.peers(&room.id)),
+        Ok(None) => state.driver.peers(&room.id),
         Err(e) => return Err(StoreError::from(e).into()),
     };
     let peers = presence

@@ -3,7 +3,7 @@
 //!
 //! Its folders are its parts: [`front`] (the HTTP front: accept loop and caps, static files and
 //! the demo, STUN), [`api`] (the HTTP API for backends), [`transport`] (the connection loop and
-//! the WebSocket and HTTP transports), [`hub_handle`] (the live rooms: the core `Hub` behind
+//! the WebSocket and HTTP transports), [`driver`] (the live rooms: the core `Hub` behind
 //! one lock), [`directory`] (the other nodes: the `Broker` trait, in-process or Redis) and
 //! [`persist`] (rooms and sessions in SQLite, call history, the webhook outbox). [`config`]
 //! and [`metrics`] depend on nothing else here.
@@ -12,11 +12,11 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod directory;
+pub mod driver;
 pub mod front;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hub_handle;
 pub mod metrics;
 pub mod persist;
 #[cfg(feature = "testkit")]
@@ -89,7 +89,7 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// The other nodes of the cluster ([`directory::LocalBroker`] on a single node).
     pub broker: Arc<dyn directory::Broker>,
-    pub hub: hub_handle::Driver,
+    pub driver: driver::Driver,
     pub metrics: metrics::Metrics,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -429,9 +429,7 @@ impl Server {
         let (machine, cluster) = match cluster {
             Some(broker) => {
                 let (steps, rx) = tokio::sync::mpsc::unbounded_channel();
-                let id = directory::Broker::node(broker.as_ref())
-                    .cloned()
-                    .expect("a cluster node has an id");
+                let id = broker.id().clone();
                 let machine = bluecam_core::cluster::ClusterNode::new(
                     id,
                     Duration::from_secs(config.cluster.node_ttl_secs.max(1)),
@@ -439,7 +437,7 @@ impl Server {
                     Instant::now(),
                 );
                 (
-                    Some(hub_handle::ClusterPart {
+                    Some(driver::ClusterPart {
                         node: machine,
                         steps,
                     }),
@@ -448,7 +446,7 @@ impl Server {
             }
             None => (None, None),
         };
-        let hub = hub_handle::Driver::new(
+        let driver = driver::Driver::new(
             config.limits.core(),
             machine,
             config.limits.outbound_queue_bytes,
@@ -470,7 +468,7 @@ impl Server {
                 history::recover(&h.backend, &h.node, &ids, &h.outbox)?;
             }
             let restored =
-                hub.restore(
+                driver.restore(
                     stored
                         .into_iter()
                         .map(|(room, s)| bluecam_core::RestoredSession {
@@ -493,7 +491,7 @@ impl Server {
             secret,
             store,
             broker,
-            hub,
+            driver,
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -557,7 +555,7 @@ impl Server {
         if let Some((node, steps)) = self.cluster {
             // Requests passed on by other nodes are answered from the subscription's start.
             node.start(
-                Arc::new(state.hub.clone()),
+                Arc::new(state.driver.clone()),
                 steps,
                 http::forwarded_handler(&state),
                 &state.tracker,
@@ -736,7 +734,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {
-    state.hub.stats();
+    state.driver.stats();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -803,7 +801,7 @@ fn spawn_timers(state: &AppState) {
     let s = state.clone();
     state.tracker.spawn(async move {
         loop {
-            let (vacated, next) = s.hub.tick(Instant::now());
+            let (vacated, next) = s.driver.tick(Instant::now());
             s.touch_rooms(vacated).await;
             // Wake at the core's next deadline, and at least every second for the gauges.
             let wait = next
@@ -812,7 +810,7 @@ fn spawn_timers(state: &AppState) {
                 .min(Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = s.hub.rescheduled().notified() => {}
+                () = s.driver.rescheduled().notified() => {}
                 () = s.shutdown.cancelled() => return,
             }
         }
@@ -841,12 +839,12 @@ async fn sweep_empty_rooms(state: &AppState) {
     };
     for id in expired {
         // In a cluster the store counted peers on every node already.
-        if state.hub.peer_count(&id) > 0 {
+        if state.driver.peer_count(&id) > 0 {
             continue;
         }
         match state.store.delete_empty_room(id.clone()).await {
             Ok(true) => {
-                state.hub.close_room(&id, RoomClosedReason::Expired);
+                state.driver.close_room(&id, RoomClosedReason::Expired);
                 if let Some(h) = &state.history {
                     h.recorder.record(history::Event::RoomDeleted {
                         room: id.clone(),

@@ -7,7 +7,7 @@
 //! [`redis::RedisBroker`] behind the same trait. The room logic (`bluecam-core`) is the
 //! same in both: it sees peers of other nodes as remote peers of its rooms.
 //!
-//! Dependencies point one way: the node's driver (`crate::hub_handle`) and the cluster's shell
+//! Dependencies point one way: the node's driver (`crate::driver`) and the cluster's shell
 //! ([`redis`]) both depend on this module, never on each other. The driver reaches the
 //! cluster through [`Broker`]; the shell's tasks feed the node through the [`Host`] they are
 //! started with (`RedisBroker::start`), which they own: nothing is bound late. The decisions
@@ -143,7 +143,7 @@ pub trait Broker: Send + Sync + 'static {
     fn send(&self, item: Outgoing) -> Result<(), Outgoing>;
 
     /// A room's peers across the cluster, in join order (see [`presence`] for whether each is
-    /// connected); `None` on a single node (the hub knows).
+    /// connected); `None` on a single node (the driver knows).
     fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Vec<PeerInfo>>, BrokerError>>;
 
     /// Peer counts of rooms across the cluster; `None` on a single node.

@@ -61,7 +61,7 @@ pub enum StoreError {
 /// A queued write's outcome, as each of its waiters gets it.
 pub type Committed = Result<(), std::sync::Arc<StoreError>>;
 
-/// Persistent rooms. `peer_count` is not stored: callers fill it from the live hub.
+/// Persistent rooms. `peer_count` is not stored: callers fill it from the live driver.
 pub trait Store: Send + Sync + 'static {
     /// Saves a new room; `Exists` when the id is taken.
     fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>>;
@@ -72,7 +72,7 @@ pub trait Store: Send + Sync + 'static {
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Removes a room that expired empty, only if it is still empty (in a cluster the check
     /// and the removal are one step, so a join on another node cannot slip in between); false
-    /// when nothing was removed. On one node the caller has checked the hub already.
+    /// when nothing was removed. On one node the caller has checked the driver already.
     fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
         self.delete_room(id)
     }
@@ -488,11 +488,11 @@ enum SessionOp {
 /// The queue has no bound of its own, on purpose: no drop policy is safe for it. A dropped
 /// `Remove` would bring a session that ended back after a restart (a ghost peer in its room
 /// for the resume window); a dropped `Insert` would break the promise that a `joined` session
-/// survives a crash. It is bounded by the hub instead: each session queues one `Insert` (its
+/// survives a crash. It is bounded by the driver instead: each session queues one `Insert` (its
 /// join waits for the commit) and at most one `Remove`, and a join reads its room through the
 /// same connection first, so while the writer is stalled on the database no new join gets as
 /// far as queueing; what can wait is at most an `Insert` and a `Remove` for each session the
-/// hub held when the writer stalled. A
+/// driver held when the writer stalled. A
 /// database that fails (rather than stalls) does not hold the queue either: the writer
 /// answers the batch with the error and goes on.
 #[derive(Clone, Debug)]

@@ -1,10 +1,10 @@
 //! The connection loop every transport runs ([`run`]): it reads the `join` (within the
-//! deadline), then loops: frames in (size cap, rate limit, parse, hand to the hub), frames out
-//! (from its bounded queue, batched), liveness, and the hub's or the server's request to
+//! deadline), then loops: frames in (size cap, rate limit, parse, hand to the driver), frames out
+//! (from its bounded queue, batched), liveness, and the driver's or the server's request to
 //! close. What carries the frames is a [`Transport`]: a WebSocket (`crate::transport::ws`) or the HTTP
 //! transport (`crate::transport::http`); this module knows neither.
 
-use crate::{AppState, auth::TokenError, hub_handle::Outbound};
+use crate::{AppState, auth::TokenError, driver::Outbound};
 use bluecam_core::{
     BadFrameWindow, ConnId, DirAnswer, FreshIds, Handled, Input, JoinRequest, RateLimiter,
     RoomAccess,
@@ -28,7 +28,7 @@ pub(crate) const WRITE_BATCH: usize = 64;
 const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 
 /// What carries one client's frames: a WebSocket (`crate::transport::ws`), or the HTTP transport's
-/// emulation of one (`crate::transport::http`). Everything above it (join, limits, the hub, resume) is
+/// emulation of one (`crate::transport::http`). Everything above it (join, limits, the driver, resume) is
 /// [`run`], the same for both.
 pub(crate) trait Transport: Send {
     /// The next thing from the client. Cancellation-safe.
@@ -50,7 +50,7 @@ pub(crate) trait Transport: Send {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub_handle::ConnShared,
+        shared: &crate::driver::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>>;
 
@@ -61,8 +61,8 @@ pub(crate) trait Transport: Send {
     async fn close(&mut self, code: CloseCode);
 
     /// The connection ended without a code of the server's (the client closed, the socket
-    /// broke, or the hub let go of it).
-    async fn finish(&mut self, state: &AppState, shared: &crate::hub_handle::ConnShared);
+    /// broke, or the driver let go of it).
+    async fn finish(&mut self, state: &AppState, shared: &crate::driver::ConnShared);
 }
 
 /// What came in from the client.
@@ -127,10 +127,10 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
-    let (conn, mut rx, shared) = state.hub.register();
+    let (conn, mut rx, shared) = state.driver.register();
     if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
         let vacated = state
-            .hub
+            .driver
             .disconnect(conn, Instant::now(), Vec::new(), &mut rx);
         state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
@@ -160,7 +160,9 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
     // bytes handed to a socket), then the one whose write was interrupted.
     let mut unsent = socket.take_unsent();
     unsent.extend(connection.unsent.take());
-    let vacated = state.hub.disconnect(conn, Instant::now(), unsent, &mut rx);
+    let vacated = state
+        .driver
+        .disconnect(conn, Instant::now(), unsent, &mut rx);
     state.touch_rooms(vacated).await;
     match end {
         Some(code) => close(&state, &mut socket, code).await,
@@ -286,7 +288,7 @@ async fn join(
         limits: state.config.limits.to_wire(room.max_peers),
         cluster,
     };
-    let (result, vacated, persisted) = state.hub.join(req);
+    let (result, vacated, persisted) = state.driver.join(req);
     // `joined` is written only once the session is durable: a client never holds a session
     // that a crash right after could lose.
     if let Some(persisted) = persisted
@@ -309,7 +311,7 @@ async fn join(
                 reason,
             };
             if let Err(item) = state.broker.send(removed) {
-                state.hub.undelivered(item);
+                state.driver.undelivered(item);
             }
         }
         (
@@ -318,9 +320,9 @@ async fn join(
         )
     })?;
     // A DELETE may have removed the room between our read and the join, and found no one to
-    // close yet: look again, so the room cannot live on in the hub after its deletion.
+    // close yet: look again, so the room cannot live on in the driver after its deletion.
     if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
-        state.hub.close_room(&room_id, RoomClosedReason::Deleted);
+        state.driver.close_room(&room_id, RoomClosedReason::Deleted);
     }
     Ok(peer)
 }
@@ -333,7 +335,7 @@ async fn directory_lost(state: &AppState) -> bool {
         return false;
     }
     match state.broker.directory_epoch().await {
-        Ok((current, marked)) => state.hub.directory_lost(current.as_deref(), marked),
+        Ok((current, marked)) => state.driver.directory_lost(current.as_deref(), marked),
         Err(_) => true,
     }
 }
@@ -366,7 +368,7 @@ async fn cluster_admit(
             "this identity is not a member of the room",
         ));
     }
-    state.hub.handle(Input::Admitting(room.clone()));
+    state.driver.handle(Input::Admitting(room.clone()));
     let answer = match resume {
         // Claimed even when this node holds the session (see `Node`'s admission).
         Some(creds) => state
@@ -397,7 +399,7 @@ async fn cluster_admit(
         resume: resume.cloned(),
         answer: answer.ok(),
     };
-    let Handled::Admitted(admitted) = state.hub.handle(input) else {
+    let Handled::Admitted(admitted) = state.driver.handle(input) else {
         unreachable!("an admission is answered with Admitted")
     };
     admitted.map_err(|code| {
@@ -428,7 +430,7 @@ impl Connection {
         &mut self,
         socket: &mut T,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &Arc<crate::hub_handle::ConnShared>,
+        shared: &Arc<crate::driver::ConnShared>,
     ) -> Option<CloseCode> {
         let state = self.state.clone();
         let limits = &state.config.limits;
@@ -454,7 +456,7 @@ impl Connection {
                 out = rx.recv() => match out {
                     Some(first) => {
                         // A peer that stops reading (TCP zero window) blocks this write: the
-                        // hub's overflow verdict and shutdown must still get through, and a
+                        // driver's overflow verdict and shutdown must still get through, and a
                         // write that takes longer than the idle timeout is a slow consumer.
                         self.unsent = Some(first);
                         let write = tokio::time::timeout(
@@ -558,7 +560,7 @@ impl Connection {
                         .relay_bytes
                         .increment(payload.get().len() as u64);
                 }
-                let vacated = state.hub.message(self.conn, msg);
+                let vacated = state.driver.message(self.conn, msg);
                 state.touch_rooms(vacated).await;
                 None
             }

@@ -5,8 +5,8 @@
 use crate::{
     AppState,
     api::ApiError,
+    driver::Outbound,
     front::serve::ConnPermit,
-    hub_handle::Outbound,
     transport::conn::{ConnectionSlot, Incoming, Transport, WRITE_BATCH},
 };
 use axum::{
@@ -61,13 +61,13 @@ impl Transport for WebSocket {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub_handle::ConnShared,
+        shared: &crate::driver::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>> {
         write_batch(self, slot, rx, shared, state).await
     }
 
-    /// What was queued towards the socket stays in the hub's queue (taken back by the hub).
+    /// What was queued towards the socket stays in the driver's queue (taken back by the driver).
     fn take_unsent(&mut self) -> Vec<Outbound> {
         Vec::new()
     }
@@ -91,7 +91,7 @@ impl Transport for WebSocket {
     }
 
     /// The client closed (or the socket broke): sends the close reply tungstenite queued.
-    async fn finish(&mut self, _state: &AppState, _shared: &crate::hub_handle::ConnShared) {
+    async fn finish(&mut self, _state: &AppState, _shared: &crate::driver::ConnShared) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await;
     }
 }
@@ -335,13 +335,13 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
 /// Returns `Some(close)` when the connection must end (`Some(None)`: the socket is gone).
 ///
 /// Cancellation-safe: a frame leaves `slot` only once the socket has taken it, so if this
-/// future is dropped (the hub closed the connection while a write was blocked) the frame is
+/// future is dropped (the driver closed the connection while a write was blocked) the frame is
 /// still in `slot`, to be kept for the peer's resume.
 async fn write_batch(
     socket: &mut WebSocket,
     slot: &mut Option<Outbound>,
     rx: &mut mpsc::Receiver<Outbound>,
-    shared: &crate::hub_handle::ConnShared,
+    shared: &crate::driver::ConnShared,
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
     let mut written = 0;

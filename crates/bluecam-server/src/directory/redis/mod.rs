@@ -188,6 +188,11 @@ impl RedisBroker {
         }))
     }
 
+    /// This node's id in the cluster.
+    pub fn id(&self) -> &NodeId {
+        &self.node
+    }
+
     /// The rooms store on the same Redis.
     pub fn store(self: &Arc<Self>) -> RedisStore {
         RedisStore {
@@ -201,7 +206,7 @@ impl RedisBroker {
     /// subscription cannot be made.
     pub async fn start(
         self: &Arc<Self>,
-        hub: Arc<dyn Host>,
+        host: Arc<dyn Host>,
         mut steps: mpsc::UnboundedReceiver<Step>,
         http_handler: HttpHandler,
         tracker: &TaskTracker,
@@ -213,10 +218,10 @@ impl RedisBroker {
             Err(e) => tracing::warn!(error = %e, "could not move rooms of the old key layout"),
         }
         // The first heartbeat, before this node takes any peer (the node asks for it at once).
-        hub.handle(Input::Timeout);
+        host.handle(Input::Timeout);
         let mut epoch = None;
         if let Ok(step) = steps.try_recv() {
-            let done = self.run_step(hub.as_ref(), step).await;
+            let done = self.run_step(host.as_ref(), step).await;
             match &done {
                 Done::Heartbeat(None) => {
                     return Err(BrokerError::Unavailable(
@@ -226,7 +231,7 @@ impl RedisBroker {
                 Done::Heartbeat(Some(beat)) => self.note_beat(&mut epoch, beat),
                 _ => {}
             }
-            hub.handle(Input::StepDone(done));
+            host.handle(Input::StepDone(done));
         }
         let subscriber = build(&self.config)
             .map_err(backend)?
@@ -246,10 +251,10 @@ impl RedisBroker {
         // Events from other nodes, applied in the order Redis delivered them.
         let me = Arc::clone(self);
         let stop = shutdown.clone();
-        let events_hub = Arc::clone(&hub);
+        let events_host = Arc::clone(&host);
         let answers = tracker.clone();
         tracker.spawn(async move {
-            let hub = events_hub;
+            let host = events_host;
             loop {
                 let msg = tokio::select! {
                     () = stop.cancelled() => break,
@@ -264,7 +269,7 @@ impl RedisBroker {
                     Ok(msg) => {
                         me.metrics.cluster_in.increment(1);
                         if let Some(text) = msg.value.as_str() {
-                            me.on_event(hub.as_ref(), &text);
+                            me.on_event(host.as_ref(), &text);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -272,7 +277,7 @@ impl RedisBroker {
                         // this node read too slowly).
                         me.metrics
                             .dropped(crate::metrics::DropReason::ClusterEventsLagged, n);
-                        hub.handle(Input::Signal(Signal::Lagged));
+                        host.handle(Input::Signal(Signal::Lagged));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
@@ -290,8 +295,8 @@ impl RedisBroker {
             .take();
         if let Some(rx) = rx {
             let stop = shutdown.clone();
-            let hub = Arc::clone(&hub);
-            tracker.spawn(async move { me.run_outbox(rx, stop, hub.as_ref()).await });
+            let host = Arc::clone(&host);
+            tracker.spawn(async move { me.run_outbox(rx, stop, host.as_ref()).await });
         }
 
         // The shell of the control loop: carries out the directory steps the node decides on
@@ -306,26 +311,26 @@ impl RedisBroker {
                     () = shutdown.cancelled() => break,
                     Some(step) = steps.recv() => {
                         let me = Arc::clone(&me);
-                        let hub = Arc::clone(&hub);
+                        let host = Arc::clone(&host);
                         running.push(Box::pin(
-                            async move { me.run_step(hub.as_ref(), step).await },
+                            async move { me.run_step(host.as_ref(), step).await },
                         ));
                     }
                     Some(done) = running.next() => {
                         if let Done::Heartbeat(Some(beat)) = &done {
                             me.note_beat(&mut epoch, beat);
                         }
-                        hub.handle(Input::StepDone(done));
+                        host.handle(Input::StepDone(done));
                     }
                     r = reconnects.recv() => {
                         if r.is_ok() {
                             tracing::info!("Redis is back: re-registering this node's peers");
-                            hub.handle(Input::Signal(Signal::Reconnected));
+                            host.handle(Input::Signal(Signal::Reconnected));
                         }
                     }
                     r = resubscribed.recv() => {
                         if r.is_ok() {
-                            hub.handle(Input::Signal(Signal::Resubscribed));
+                            host.handle(Input::Signal(Signal::Resubscribed));
                         }
                     }
                 }
@@ -335,16 +340,16 @@ impl RedisBroker {
     }
 
     /// Carries out one step of the control loop.
-    async fn run_step(self: &Arc<Self>, hub: &dyn Host, step: Step) -> Done {
+    async fn run_step(self: &Arc<Self>, host: &dyn Host, step: Step) -> Done {
         match step {
             Step::Heartbeat => Done::Heartbeat(self.heartbeat().await.ok()),
             Step::RestoreRooms(rooms) => {
-                self.restore_rooms(hub, rooms).await;
+                self.restore_rooms(host, rooms).await;
                 Done::RestoreRooms
             }
-            Step::Resync { reconcile } => Done::Resync(self.resync(hub, reconcile).await),
+            Step::Resync { reconcile } => Done::Resync(self.resync(host, reconcile).await),
             Step::Reap => {
-                self.reap(hub).await;
+                self.reap(host).await;
                 Done::Reap
             }
         }
@@ -362,9 +367,9 @@ impl RedisBroker {
     }
 
     /// [`Self::redis_error`], and the node is told it is out of step.
-    fn step_error(&self, hub: &dyn Host, what: &str, e: &dyn std::fmt::Display) {
+    fn step_error(&self, host: &dyn Host, what: &str, e: &dyn std::fmt::Display) {
         self.redis_error(what, e);
-        hub.handle(Input::Signal(Signal::Failed));
+        host.handle(Input::Signal(Signal::Failed));
     }
 
     /// Renews this node's liveness (it lives `ClusterNode::alive_for`), reads the directory's
@@ -399,23 +404,23 @@ impl RedisBroker {
 
     /// Marks the directory as being rebuilt (see `Step::RestoreRooms`) and puts back stored
     /// rooms this node has peers in (create-if-absent): Redis lost them.
-    async fn restore_rooms(self: &Arc<Self>, hub: &dyn Host, rooms: Vec<Room>) {
+    async fn restore_rooms(self: &Arc<Self>, host: &dyn Host, rooms: Vec<Room>) {
         // Each room's version goes back to this node's before the room exists again, so a
         // join in the gap before the re-registration is numbered above every replica.
         let mut vers: HashMap<RoomId, u64> = HashMap::new();
-        for p in hub.local_peers() {
+        for p in host.local_peers() {
             let v = vers.entry(p.room).or_default();
             *v = (*v).max(p.room_ver);
         }
         for room in &rooms {
             let ver = vers.get(&room.id).copied().unwrap_or(0);
             if let Err(e) = self.dir.raise_version(&room.id, ver).await {
-                self.step_error(hub, "version restore", &e);
+                self.step_error(host, "version restore", &e);
             }
         }
         let window = self.resume_window.as_millis() as u64;
         if let Err(e) = self.dir.mark_rebuilt(window).await {
-            self.step_error(hub, "rebuild mark", &e);
+            self.step_error(host, "rebuild mark", &e);
         }
         let store = RedisStore {
             broker: Arc::clone(self),
@@ -430,7 +435,7 @@ impl RedisBroker {
 
     /// Orphans the peers of nodes whose liveness key has expired, and removes orphans whose
     /// resume window has passed (`Directory::reap`).
-    async fn reap(&self, hub: &dyn Host) {
+    async fn reap(&self, host: &dyn Host) {
         let window = self.resume_window.as_millis() as u64;
         match self.dir.reap(&self.node, window).await {
             Ok(reaped) => {
@@ -448,7 +453,7 @@ impl RedisBroker {
                     );
                 }
             }
-            Err(e) => self.step_error(hub, "reap", &e),
+            Err(e) => self.step_error(host, "reap", &e),
         }
     }
 
@@ -457,8 +462,8 @@ impl RedisBroker {
     /// removes entries of peers it no longer holds, and reconciles every room replica with
     /// the directory (unless `reconcile` is false: the directory is being rebuilt). Returns
     /// whether every step went through.
-    async fn resync(&self, hub: &dyn Host, reconcile: bool) -> bool {
-        let local = hub.local_peers();
+    async fn resync(&self, host: &dyn Host, reconcile: bool) -> bool {
+        let local = host.local_peers();
         for p in &local {
             let entry = PeerEntry {
                 info: p.info.clone(),
@@ -472,13 +477,13 @@ impl RedisBroker {
                 .await;
             match r {
                 Ok(RegisterReply::Gone) => {
-                    hub.handle(Input::RoomClosed {
+                    host.handle(Input::RoomClosed {
                         room: p.room.clone(),
                         reason: RoomClosedReason::Deleted,
                     });
                 }
                 Ok(RegisterReply::Left) => {
-                    hub.handle(Input::PeerGone {
+                    host.handle(Input::PeerGone {
                         room: p.room.clone(),
                         peer: p.info.id.clone(),
                     });
@@ -500,13 +505,13 @@ impl RedisBroker {
                 return false;
             }
         };
-        let held: HashSet<(RoomId, PeerId)> = hub
+        let held: HashSet<(RoomId, PeerId)> = host
             .local_peers()
             .into_iter()
             .map(|p| (p.room, p.info.id))
             .collect();
         let stale: Vec<_> = stale_entries(recorded.iter().cloned(), &held, |room| {
-            hub.has_pending_join(room)
+            host.has_pending_join(room)
         })
         .collect();
         for (room, peer) in stale {
@@ -519,7 +524,7 @@ impl RedisBroker {
                 return false;
             }
         }
-        if !self.prune_rooms(hub, &recorded).await {
+        if !self.prune_rooms(host, &recorded).await {
             return false;
         }
         if !reconcile {
@@ -529,7 +534,7 @@ impl RedisBroker {
             return true;
         }
         let mut stale = false;
-        for room in hub.local_rooms() {
+        for room in host.local_rooms() {
             match self.room_snapshot(&room).await {
                 Ok((ver, peers)) => {
                     // Peers recorded on this node that it does not hold yet are joining or
@@ -542,7 +547,7 @@ impl RedisBroker {
                         peers,
                         here,
                     };
-                    if let Handled::Snapshot { applied: false } = hub.handle(input) {
+                    if let Handled::Snapshot { applied: false } = host.handle(input) {
                         // Older than events this node applied meanwhile: read it again.
                         stale = true;
                     }
@@ -566,7 +571,7 @@ impl RedisBroker {
     /// (`Directory::prune_node_room`), so the list does not grow with every room the node
     /// ever served. A join that begins meanwhile lists its room before its script runs: it
     /// is checked again after the removal and the room listed again.
-    async fn prune_rooms(&self, hub: &dyn Host, recorded: &[(RoomId, PeerId)]) -> bool {
+    async fn prune_rooms(&self, host: &dyn Host, recorded: &[(RoomId, PeerId)]) -> bool {
         let rooms = match self.dir.node_rooms(&self.node).await {
             Ok(r) => r,
             Err(e) => {
@@ -574,15 +579,15 @@ impl RedisBroker {
                 return false;
             }
         };
-        let local: HashSet<RoomId> = hub.local_rooms().into_iter().collect();
+        let local: HashSet<RoomId> = host.local_rooms().into_iter().collect();
         let recorded: HashSet<&RoomId> = recorded.iter().map(|(r, _)| r).collect();
         let busy = |room: &RoomId| {
-            hub.has_pending_join(room) || local.contains(room) || recorded.contains(room)
+            host.has_pending_join(room) || local.contains(room) || recorded.contains(room)
         };
         for room in rooms.into_iter().filter(|r| !busy(r)) {
             let pruned = self.dir.prune_node_room(&self.node, &room).await;
             let relisted = match pruned {
-                Ok(()) if hub.has_pending_join(&room) || !hub.peers(&room).is_empty() => {
+                Ok(()) if host.has_pending_join(&room) || !host.peers(&room).is_empty() => {
                     self.dir.note_node_room(&self.node, &room).await
                 }
                 other => other,
@@ -596,13 +601,13 @@ impl RedisBroker {
     }
 
     /// Applies one message from another node.
-    fn on_event(&self, hub: &dyn Host, text: &str) {
+    fn on_event(&self, host: &dyn Host, text: &str) {
         match decode_event(text) {
             Ok(Some(Decoded::Room { room, ver, event })) => {
-                hub.handle(Input::RoomEvent { room, ver, event });
+                host.handle(Input::RoomEvent { room, ver, event });
             }
             Ok(Some(Decoded::Closed { room, reason })) => {
-                hub.handle(Input::RoomClosed { room, reason });
+                host.handle(Input::RoomClosed { room, reason });
             }
             Ok(None) => {}
             Err(e) => {

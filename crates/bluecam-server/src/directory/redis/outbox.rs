@@ -8,7 +8,7 @@ impl RedisBroker {
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Outgoing>,
         stop: CancellationToken,
-        hub: &dyn Host,
+        host: &dyn Host,
     ) {
         let mut batch = Vec::with_capacity(OUTBOX_BATCH);
         loop {
@@ -28,24 +28,24 @@ impl RedisBroker {
                         room, peer, reason, ..
                     } => {
                         // Frames sent before the leave go first.
-                        self.publish_frames(std::mem::take(&mut frames), hub).await;
+                        self.publish_frames(std::mem::take(&mut frames), host).await;
                         let r = self.dir.leave(&room, &peer, &self.node, reason).await;
                         match r {
                             Ok(_) => self.metrics.cluster_out.increment(1),
                             // The resync removes it (the node does not hold it any more).
-                            Err(e) => self.step_error(hub, "leave", &e),
+                            Err(e) => self.step_error(host, "leave", &e),
                         }
                     }
                 }
             }
-            self.publish_frames(frames, hub).await;
+            self.publish_frames(frames, host).await;
         }
     }
 
     /// Publishes frames in one pipeline. A frame that failed, or that no node received (its
     /// node is dead, draining, or not subscribed yet after Redis came back), is reported to
     /// its sender.
-    async fn publish_frames(&self, items: Vec<Outgoing>, hub: &dyn Host) {
+    async fn publish_frames(&self, items: Vec<Outgoing>, host: &dyn Host) {
         if items.is_empty() {
             return;
         }
@@ -77,7 +77,7 @@ impl RedisBroker {
                         for (slot, answer) in received.iter_mut().zip(answers) {
                             match answer {
                                 Ok(n) => *slot = n > 0,
-                                Err(e) => self.step_error(hub, "publish", &e),
+                                Err(e) => self.step_error(host, "publish", &e),
                             }
                         }
                         for (item, ok) in items.iter().zip(&received) {
@@ -88,10 +88,10 @@ impl RedisBroker {
                         if received.iter().any(|r| !r) {
                             // A node nobody listens for: dead, restarted under a new id, or
                             // this node's replica is stale. The next resync repoints replicas.
-                            hub.handle(Input::Signal(Signal::Unheard));
+                            host.handle(Input::Signal(Signal::Unheard));
                         }
                     }
-                    Err(_) => self.step_error(hub, "publish", &"timed out"),
+                    Err(_) => self.step_error(host, "publish", &"timed out"),
                 }
             }
         }
@@ -102,7 +102,7 @@ impl RedisBroker {
         }
         for (item, ok) in items.into_iter().zip(received) {
             if !ok {
-                hub.undelivered(item);
+                host.undelivered(item);
             }
         }
     }

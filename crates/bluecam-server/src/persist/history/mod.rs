@@ -1,6 +1,6 @@
 //! Call history and the webhook outbox (docs/http-api.md, "Call history"; docs/webhooks.md).
 //!
-//! The hub reports what happens to sessions ([`Event`]: opened, resumed, closed, a room created
+//! The driver reports what happens to sessions ([`Event`]: opened, resumed, closed, a room created
 //! or closed) to a [`Recorder`], in the order it happened. One writer thread per node applies
 //! the events in batches, one transaction each: a session's record (`participants`), the room's
 //! calls (a call is an interval with at least two peers in the room), and the webhook events
@@ -285,7 +285,7 @@ impl std::fmt::Debug for Op {
 }
 
 /// Queues history events for the writer thread. Cheap to clone; recording never blocks (a join
-/// never waits for the history, and events are recorded under the hub's lock).
+/// never waits for the history, and events are recorded under the driver's lock).
 #[derive(Clone, Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<Op>,

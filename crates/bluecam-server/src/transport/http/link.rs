@@ -4,7 +4,7 @@
 
 use crate::{
     AppState,
-    hub_handle::Outbound,
+    driver::Outbound,
     transport::conn::{Incoming, Transport, WRITE_BATCH},
 };
 use bluecam_proto::CloseCode;
@@ -375,7 +375,7 @@ impl Transport for HttpLink {
         &mut self,
         slot: &mut Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::hub_handle::ConnShared,
+        shared: &crate::driver::ConnShared,
         state: &AppState,
     ) -> Option<Option<CloseCode>> {
         let cap = self.cap;
@@ -445,9 +445,9 @@ impl Transport for HttpLink {
         self.down.close(code);
     }
 
-    /// The client's own close ends the session quietly; anything else (the hub let go of the
+    /// The client's own close ends the session quietly; anything else (the driver let go of the
     /// connection) is a slow consumer's end, resumable.
-    async fn finish(&mut self, state: &AppState, shared: &crate::hub_handle::ConnShared) {
+    async fn finish(&mut self, state: &AppState, shared: &crate::driver::ConnShared) {
         if self.client_closed {
             self.down.gone();
         } else {

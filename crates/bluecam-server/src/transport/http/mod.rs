@@ -13,7 +13,7 @@
 //!   delivers nothing twice. `close` ends the session after the frames (the client's close).
 //!
 //! Behind the three requests the session is an emulated connection ([`HttpLink`]) served by
-//! the same code as a WebSocket (`conn::run`): the same join, limits, hub, resume and close
+//! the same code as a WebSocket (`conn::run`): the same join, limits, driver, resume and close
 //! codes. A session nobody polls ends like a silent WebSocket (4011, then resumable for the
 //! resume window). In a cluster a request may reach any node: one for a session held by
 //! another node is passed to it through Redis and its answer passed back (`forward`).

@@ -35,7 +35,7 @@ use std::{
 use tokio::sync::{Notify, mpsc, oneshot};
 use tungstenite::Utf8Bytes;
 
-/// What the hub hands a connection task to write.
+/// What the driver hands a connection task to write.
 #[derive(Debug)]
 pub enum Outbound {
     /// A frame; `resumable` ones are kept for the peer if the connection ends unwritten.
@@ -44,18 +44,18 @@ pub enum Outbound {
     Close(CloseCode),
 }
 
-/// State shared between the hub and one connection task.
+/// State shared between the driver and one connection task.
 #[derive(Debug, Default)]
 pub struct ConnShared {
     /// Bytes queued and not yet written; bounded by `outbound_queue_bytes`.
     pub queued_bytes: AtomicUsize,
-    /// Set (with `kill`) when the hub drops the connection out of band: slow consumer.
+    /// Set (with `kill`) when the driver drops the connection out of band: slow consumer.
     kill_code: AtomicU16,
     pub kill: Notify,
 }
 
 impl ConnShared {
-    /// The close code the hub asked for, if any.
+    /// The close code the driver asked for, if any.
     pub fn kill_code(&self) -> Option<CloseCode> {
         CloseCode::from_code(self.kill_code.load(Ordering::Acquire))
     }
