@@ -113,6 +113,11 @@ pub struct ClusterNode {
     work: Work,
     /// Out of step with the directory until a resync goes through.
     dirty: bool,
+    /// The directory lost this node's seats (it was reaped, or the directory lost its data):
+    /// a join or claim answered before the loss and not handled yet has a seat the loss took,
+    /// which only a resync after the join puts back. Cleared by a resync with no join under
+    /// way.
+    repairing: bool,
     /// No reaping before this (a reconnection): nodes that lost the directory together get a
     /// full node expiry to renew their liveness first.
     grace_until: Option<Instant>,
@@ -140,6 +145,7 @@ impl ClusterNode {
             beating: false,
             work: Work::Idle,
             dirty: false,
+            repairing: false,
             grace_until: None,
             restore: None,
             epoch: None,
@@ -240,8 +246,9 @@ impl ClusterNode {
         None
     }
 
-    /// Reports how a step ended. `local_rooms`: the rooms this node has peers in now.
-    pub fn done(&mut self, done: Done, now: Instant, local_rooms: &[RoomId]) {
+    /// Reports how a step ended. `local_rooms`: the rooms this node has peers in now, or a
+    /// join under way into; `joining`: whether a join is under way.
+    pub fn done(&mut self, done: Done, now: Instant, local_rooms: &[RoomId], joining: bool) {
         match done {
             Done::Heartbeat(beat) => {
                 self.beating = false;
@@ -256,6 +263,7 @@ impl ClusterNode {
                     // The directory lost its data: put back what this node holds.
                     self.rebuilt_at = Some(now);
                     self.dirty = true;
+                    self.repairing = true;
                     self.restore = Some(self.known_rooms.values().cloned().collect());
                     // A resync already done in this round came before the loss: another
                     // follows the restore.
@@ -264,6 +272,7 @@ impl ClusterNode {
                 if beat.was_missing && !local_rooms.is_empty() {
                     // Reaped, or the directory lost the node set: put our peers back.
                     self.dirty = true;
+                    self.repairing = true;
                 }
                 if self.work == Work::Idle {
                     self.round.clear();
@@ -272,8 +281,12 @@ impl ClusterNode {
             }
             Done::RestoreRooms | Done::Reap => self.work = Work::Next,
             Done::Resync(ok) => {
-                if !ok {
+                if !ok || (self.repairing && joining) {
+                    // (A join under way during a repair: its seat may be among the lost, and
+                    // is put back by the next resync, once the join is handled.)
                     self.dirty = true;
+                } else {
+                    self.repairing = false;
                 }
                 self.work = Work::Next;
             }

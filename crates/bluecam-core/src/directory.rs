@@ -158,9 +158,11 @@ pub enum JoinReply {
 pub enum ClaimReply {
     /// Moved to the claiming node, with the session as stored and the room after it.
     Claimed { session: SessionRecord, view: View },
-    /// No such session in this room, not this secret, or recorded on the claiming node
-    /// itself (which does not hold it: it expired there a moment ago).
+    /// No such session in this room, or not this secret.
     Expired,
+    /// Recorded on the claiming node already: it holds the session, or will once a claim of
+    /// its own that the directory answered is handled (or it expired there a moment ago).
+    Here,
     /// The session is this room's but another identity's.
     Unauthorized,
     /// The directory lost its data a moment ago: the node holding the session may still put
@@ -434,7 +436,7 @@ impl Directory {
             return ClaimReply::Expired;
         };
         if old == *node {
-            return ClaimReply::Expired;
+            return ClaimReply::Here;
         }
         self.move_peer(room, &record.peer, &old, node);
         ClaimReply::Claimed {

@@ -210,8 +210,10 @@ impl Node {
             Input::StepDone(done) => {
                 if let Some(c) = &mut self.cluster {
                     let mut rooms = self.hub.local_rooms();
+                    rooms.extend(self.hub.joining_rooms().cloned());
                     rooms.sort();
-                    c.done(done, now, &rooms);
+                    rooms.dedup();
+                    c.done(done, now, &rooms, self.hub.joining_rooms().next().is_some());
                 }
                 Handled::Nothing
             }
@@ -265,6 +267,9 @@ impl Node {
             (Some(_), Some(DirAnswer::Claim(ClaimReply::Unauthorized))) => {
                 Err(ErrorCode::Unauthorized)
             }
+            // Recorded on this node: the core resumes it (held here, or once this node's own
+            // earlier claim of it is handled; if it expired here, the core says so).
+            (Some(_), Some(DirAnswer::Claim(ClaimReply::Here))) => Ok(None),
             // Claimed even when this node holds the session (the directory may have moved it
             // away meanwhile, a move this node has not heard of yet): when the directory has
             // nothing to move, is being rebuilt, or cannot be asked, a session held here is
@@ -281,8 +286,11 @@ impl Node {
             {
                 Err(ErrorCode::Unavailable)
             }
-            // The core answers that the session expired.
-            (Some(_), Some(DirAnswer::Claim(ClaimReply::Expired))) => Ok(None),
+            // Gone from the directory and not held here. (Not left to the core: a node the
+            // session was once handed over from would answer "overtaken, retry" for ever.)
+            (Some(_), Some(DirAnswer::Claim(ClaimReply::Expired))) => {
+                Err(ErrorCode::SessionExpired)
+            }
             _ => Err(ErrorCode::Unavailable),
         }
     }

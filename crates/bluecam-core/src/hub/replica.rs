@@ -86,6 +86,11 @@ impl Hub {
         self.pending.contains_key(room)
     }
 
+    /// Cluster: the rooms a join is waiting for the directory into.
+    pub fn joining_rooms(&self) -> impl Iterator<Item = &RoomId> {
+        self.pending.keys()
+    }
+
     /// Cluster: a join begun with [`Hub::begin_cluster_join`] ended without reaching
     /// [`Hub::handle_join`].
     pub fn end_cluster_join(&mut self, room: &RoomId) {
@@ -213,12 +218,23 @@ impl Hub {
         if claimed.info.identity != req.identity {
             return Err(JoinRejected::Unauthorized);
         }
-        // It expired here while the directory answered (and this node removed it there).
-        if matches!(self.ended.get(&creds.session), Some(Ended::Expired)) {
-            return Err(JoinRejected::SessionExpired);
-        }
         let room_id = req.room.summary.id.clone();
         let peer_id = claimed.info.id.clone();
+        // It expired here while the directory answered: the shell takes its seat (recorded on
+        // this node by the claim) out of the directory, which tells the other nodes. This one
+        // is told nothing, so a copy of it here, put back by a move heard meanwhile, goes now.
+        if matches!(self.ended.get(&creds.session), Some(Ended::Expired)) {
+            if matches!(
+                self.rooms.get(&room_id).and_then(|r| r.peers.get(&peer_id)),
+                Some(PeerState {
+                    at: At::There(_),
+                    ..
+                })
+            ) {
+                self.remove_peer(&room_id, &peer_id, LeaveReason::Timeout);
+            }
+            return Err(JoinRejected::SessionExpired);
+        }
         // A move of this session elsewhere heard since the directory answered (another node
         // claimed it after this one did): the answer is stale, the session is there now. The
         // client tries again, and its next claim takes the session back.

@@ -1143,3 +1143,59 @@ fn a_peer_on_its_way_here_is_announced_to_the_peers_already_here_once() {
     assert!(out.to(q.conn).is_empty(), "{:?}", out.to(q.conn));
     w.hub.check_invariants().unwrap();
 }
+
+/// Found by the cluster simulation (seed 6740): a session that expired here, moved back into
+/// the replica by a move heard meanwhile, and then claimed here is refused; the shell takes its
+/// seat out of the directory, which tells only the other nodes, so the copy here goes too (it
+/// stayed in the room for good, a peer nobody could reach).
+#[test]
+fn a_claim_of_a_session_that_expired_here_drops_its_copy_from_the_replica() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
+    let (bob, _) = cluster_join(&mut w, &room, "bob", view(2, 2, vec![]));
+    let creds = bob.creds();
+    w.hub.handle_disconnect(bob.conn, w.at(0));
+    w.hub.handle_timeout(w.at(61));
+    w.drain();
+    w.hub.handle_room_event(
+        &id,
+        3,
+        RoomEvent::Moved(RemotePeer {
+            info: peer_info(&bob),
+            node: NodeId::new("nb"),
+            seq: 2,
+        }),
+    );
+    w.drain();
+    assert!(w.hub.peers(&id).iter().any(|p| p.id == bob.peer));
+    // Bob's client claims the session here; the directory moved it here (ver 4).
+    let mut req = w.request(&room, "bob");
+    req.resume = Some(creds.clone());
+    req.cluster = Some(ClusterView {
+        ver: 4,
+        seq: 2,
+        peers: vec![remote(alice.peer.as_str(), "here", 1)],
+        claimed: Some(ClaimedSession {
+            info: peer_info(&bob),
+            session: creds.session,
+            secret: creds.secret,
+            permissions: Permissions::default(),
+        }),
+        pending_here: Vec::new(),
+    });
+    w.hub.begin_cluster_join(&id);
+    assert_eq!(
+        w.hub.handle_join(req),
+        Err(bluecam_core::JoinRejected::SessionExpired)
+    );
+    let out = w.drain();
+    assert!(
+        matches!(&out.to(alice.conn)[..], [Seen::PeerLeft { peer, .. }] if *peer == bob.peer),
+        "{:?}",
+        out.to(alice.conn)
+    );
+    assert!(!w.hub.peers(&id).iter().any(|p| p.id == bob.peer));
+    w.hub.check_invariants().unwrap();
+}

@@ -38,7 +38,7 @@ fn round(
     let first = node.poll_step(now).expect("a heartbeat is due");
     assert_eq!(kind(&first), "heartbeat");
     let mut steps = vec!["heartbeat"];
-    node.done(answer, now, rooms);
+    node.done(answer, now, rooms, false);
     while let Some(step) = node.poll_step(now) {
         steps.push(kind(&step));
         let done = match step {
@@ -47,7 +47,7 @@ fn round(
             Step::Resync { .. } => Done::Resync(resync_ok),
             Step::Reap => Done::Reap,
         };
-        node.done(done, now, rooms);
+        node.done(done, now, rooms, false);
         node.check_invariants().unwrap();
     }
     steps
@@ -130,20 +130,20 @@ fn the_heartbeat_runs_beside_a_long_resync() {
     node.signal(Signal::Failed, t0);
     let t1 = t0 + TTL / 3;
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
-    node.done(beat("e1", false), t1, &room());
+    node.done(beat("e1", false), t1, &room(), false);
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("resync"));
     // The resync takes two periods; heartbeats go on meanwhile, and start no second round.
     for k in 2..4 {
         let t = t0 + TTL / 3 * k;
         assert_eq!(node.poll_step(t).as_ref().map(kind), Some("heartbeat"));
-        node.done(beat("e1", false), t, &room());
+        node.done(beat("e1", false), t, &room(), false);
         assert!(
             node.poll_step(t).is_none(),
             "nothing else while the resync runs"
         );
     }
     let t = t0 + TTL;
-    node.done(Done::Resync(true), t, &room());
+    node.done(Done::Resync(true), t, &room(), false);
     assert_eq!(node.poll_step(t).as_ref().map(kind), Some("reap"));
 }
 
@@ -168,7 +168,7 @@ fn a_failed_resync_is_tried_again_next_round_and_a_failed_heartbeat_marks_the_no
     // A heartbeat that failed: no round, and out of step until a resync.
     let t3 = t2 + TTL / 3;
     assert_eq!(node.poll_step(t3).as_ref().map(kind), Some("heartbeat"));
-    node.done(Done::Heartbeat(None), t3, &room());
+    node.done(Done::Heartbeat(None), t3, &room(), false);
     assert!(node.poll_step(t3).is_none());
     assert!(node.is_dirty());
 }
@@ -201,7 +201,7 @@ fn a_new_epoch_restores_the_rooms_held_and_holds_reconciliation_for_a_resume_win
     assert!(node.directory_lost(None, false, t0));
     let t1 = t0 + TTL / 3;
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
-    node.done(beat("e2", false), t1, &room());
+    node.done(beat("e2", false), t1, &room(), false);
     match node.poll_step(t1) {
         Some(Step::RestoreRooms(rooms)) => {
             let ids: Vec<&str> = rooms.iter().map(|r| r.id.as_str()).collect();
@@ -209,14 +209,14 @@ fn a_new_epoch_restores_the_rooms_held_and_holds_reconciliation_for_a_resume_win
         }
         other => panic!("expected a restore, got {other:?}"),
     }
-    node.done(Done::RestoreRooms, t1, &room());
+    node.done(Done::RestoreRooms, t1, &room(), false);
     assert_eq!(
         node.poll_step(t1).as_ref().map(kind),
         Some("resync without reconcile")
     );
-    node.done(Done::Resync(true), t1, &room());
+    node.done(Done::Resync(true), t1, &room(), false);
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("reap"));
-    node.done(Done::Reap, t1, &room());
+    node.done(Done::Reap, t1, &room(), false);
     assert!(node.poll_step(t1).is_none());
     assert!(node.recently_rebuilt(t1 + WINDOW / 2));
     assert!(node.directory_lost(Some("e2"), false, t1 + WINDOW / 2));
@@ -253,7 +253,7 @@ fn no_wake_up_in_the_past_while_a_heartbeat_is_in_flight() {
     let late = t0 + TTL / 2; // past the next beat, the heartbeat still running
     assert!(node.poll_step(late).is_none());
     assert!(node.poll_timeout() > late, "the shell would spin");
-    node.done(Done::Heartbeat(None), late, &room());
+    node.done(Done::Heartbeat(None), late, &room(), false);
     assert!(node.poll_timeout() <= late, "a heartbeat is due again");
 }
 
@@ -267,19 +267,167 @@ fn a_loss_found_after_this_rounds_resync_still_gets_a_resync() {
     node.signal(Signal::Failed, t0);
     let t1 = t0 + TTL / 3;
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
-    node.done(beat("e1", false), t1, &room());
+    node.done(beat("e1", false), t1, &room(), false);
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("resync"));
-    node.done(Done::Resync(true), t1, &room());
+    node.done(Done::Resync(true), t1, &room(), false);
     assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("reap"));
     // The next heartbeat, beside the reap, finds a new epoch.
     let t2 = t1 + TTL / 3;
     assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("heartbeat"));
-    node.done(beat("e2", false), t2, &room());
-    node.done(Done::Reap, t2, &room());
+    node.done(beat("e2", false), t2, &room(), false);
+    node.done(Done::Reap, t2, &room(), false);
     assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("restore"));
-    node.done(Done::RestoreRooms, t2, &room());
+    node.done(Done::RestoreRooms, t2, &room(), false);
     assert_eq!(
         node.poll_step(t2).as_ref().map(kind),
         Some("resync without reconcile")
     );
+}
+
+/// Finding "a claimed seat lost to a reap before its join was handled" (simulation seed
+/// 6540): a node reaped while alive (its liveness lapsed in a directory outage) loses the
+/// seats of joins the directory answered just before; the resync after the heartbeat that
+/// finds it missing cannot put them back while their joins are still under way, so it is
+/// repeated in the next round, and only a resync with no join under way ends the repair.
+#[test]
+fn a_repair_while_a_join_is_under_way_resyncs_again_after_it() {
+    let t0 = Instant::now();
+    let mut node = ClusterNode::new(NodeId::new("n1"), TTL, WINDOW, t0);
+    round(&mut node, t0, beat("e1", false), &room(), true);
+    // Reaped: the next heartbeat finds it missing; a join into r1 is under way meanwhile.
+    let t1 = t0 + TTL / 3;
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e1", true), t1, &room(), true);
+    assert_eq!(node.poll_step(t1).as_ref().map(kind), Some("resync"));
+    node.done(Done::Resync(true), t1, &room(), true);
+    assert!(node.is_dirty(), "the join's seat is not back yet");
+    // The next round: the join was handled; its resync puts the seat back and ends the repair.
+    let t2 = t1 + TTL / 3;
+    while node.poll_step(t1).is_some() {
+        node.done(Done::Reap, t1, &room(), false);
+    }
+    assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e1", false), t2, &room(), false);
+    assert_eq!(node.poll_step(t2).as_ref().map(kind), Some("resync"));
+    node.done(Done::Resync(true), t2, &room(), false);
+    assert!(!node.is_dirty());
+    // Without a repair under way, a join during a resync does not make another.
+    let t3 = t2 + TTL / 3;
+    while node.poll_step(t2).is_some() {
+        node.done(Done::Reap, t2, &room(), false);
+    }
+    node.signal(Signal::Failed, t3);
+    assert_eq!(node.poll_step(t3).as_ref().map(kind), Some("heartbeat"));
+    node.done(beat("e1", false), t3, &room(), true);
+    assert_eq!(node.poll_step(t3).as_ref().map(kind), Some("resync"));
+    node.done(Done::Resync(true), t3, &room(), true);
+    assert!(!node.is_dirty());
+}
+
+// ---- the node's admission: what the directory's answer to a join or claim means ----------
+
+mod admission {
+    use bluecam_core::{
+        CoreConfig, DirAnswer, Handled, Hub, Input, Node,
+        cluster::ClusterNode,
+        directory::{ClaimReply, JoinReply},
+    };
+    use bluecam_proto::{ErrorCode, NodeId, ResumeCredentials, RoomId, SessionId, SessionSecret};
+    use std::time::Instant;
+
+    fn node(now: Instant) -> Node {
+        let cluster = ClusterNode::new(NodeId::new("n1"), super::TTL, super::WINDOW, now);
+        Node::new(Hub::new(CoreConfig::default()), Some(cluster))
+    }
+
+    fn stored(id: &RoomId) -> bluecam_proto::Room {
+        serde_json::from_value(serde_json::json!({
+            "id": id.as_str(), "name": null, "description": null, "owner": null,
+            "members": null, "maxPeers": 10, "emptyTimeoutSecs": null, "metadata": null,
+            "createdAt": 0, "peerCount": 0,
+        }))
+        .unwrap()
+    }
+
+    fn creds() -> ResumeCredentials {
+        ResumeCredentials {
+            session: SessionId::new("s1"),
+            secret: SessionSecret::new("secret"),
+        }
+    }
+
+    /// Admits into room r with `answer`; returns the decision and whether a join into r is
+    /// still pending after it.
+    fn admit(
+        node: &mut Node,
+        resume: Option<ResumeCredentials>,
+        answer: Option<DirAnswer>,
+        now: Instant,
+    ) -> (Result<bool, ErrorCode>, bool) {
+        let room = RoomId::new("r");
+        node.handle(Input::Admitting(stored(&room)), now);
+        let input = Input::Admission {
+            room: room.clone(),
+            resume,
+            answer,
+        };
+        let Handled::Admitted(admitted) = node.handle(input, now) else {
+            panic!("an admission is answered with Admitted");
+        };
+        (
+            admitted.map(|view| view.is_some()),
+            node.hub().has_pending_join(&room),
+        )
+    }
+
+    #[test]
+    fn refusals_end_the_pending_join_with_their_code() {
+        let now = Instant::now();
+        let mut n = node(now);
+        let full = Some(DirAnswer::Join(JoinReply::Full));
+        assert_eq!(
+            admit(&mut n, None, full, now),
+            (Err(ErrorCode::RoomFull), false)
+        );
+        let gone = Some(DirAnswer::Join(JoinReply::Gone));
+        assert_eq!(
+            admit(&mut n, None, gone, now),
+            (Err(ErrorCode::RoomNotFound), false)
+        );
+        let unauthorized = Some(DirAnswer::Claim(ClaimReply::Unauthorized));
+        assert_eq!(
+            admit(&mut n, Some(creds()), unauthorized, now),
+            (Err(ErrorCode::Unauthorized), false)
+        );
+    }
+
+    /// Found by the cluster simulation (seed 19759): a session this node once handed over,
+    /// gone from the directory since (its room was deleted), was let through to the core,
+    /// which answered "overtaken: retry" to every try, for ever.
+    #[test]
+    fn a_claim_the_directory_has_no_session_for_and_this_node_does_not_hold_is_expired() {
+        let now = Instant::now();
+        let mut n = node(now);
+        let expired = || Some(DirAnswer::Claim(ClaimReply::Expired));
+        assert_eq!(
+            admit(&mut n, Some(creds()), expired(), now),
+            (Err(ErrorCode::SessionExpired), false)
+        );
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_asked_is_unavailable_and_marks_the_node_out_of_step() {
+        let now = Instant::now();
+        let mut n = node(now);
+        assert!(!n.cluster().unwrap().is_dirty());
+        assert_eq!(
+            admit(&mut n, None, None, now),
+            (Err(ErrorCode::Unavailable), false)
+        );
+        assert!(n.cluster().unwrap().is_dirty());
+        assert_eq!(
+            admit(&mut n, Some(creds()), None, now),
+            (Err(ErrorCode::Unavailable), false)
+        );
+    }
 }

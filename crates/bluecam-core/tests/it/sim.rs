@@ -370,6 +370,12 @@ struct Sim {
     /// directory losing its data) may still cause them: a rejected message or an ended
     /// session outside it is a violation.
     justified_until: Option<Instant>,
+    /// Faults that overlap (a node frozen or down, the directory unreachable, each followed
+    /// by a node expiry to recover) make one disruption, from its first fault's start to its
+    /// last one's end: a session may have had no way back for that long. Each fault alone
+    /// is shorter than the resume window (and justifies nothing); a disruption that is not
+    /// justifies what a single fault that long would.
+    disruption: Option<(Instant, Instant)>,
     /// Peers some client was admitted as. One that never was (its node died between the
     /// directory's answer and the admission) was announced to the others and leaves when its
     /// resume window ends: what they sent it is rejected, rightly.
@@ -418,6 +424,7 @@ impl Sim {
             trace: String::new(),
             violation: None,
             justified_until: None,
+            disruption: None,
             ever_joined: BTreeSet::new(),
             generations: [0; ROOMS],
             deleted_at: None,
@@ -529,6 +536,7 @@ impl Sim {
                 for ch in self.dir.channels.values_mut() {
                     ch.queue.clear();
                 }
+                self.disrupt(d);
                 self.stats.faults += 1;
                 self.log(format_args!("directory unreachable for {d:?}"));
             }
@@ -624,9 +632,7 @@ impl Sim {
         self.nodes[i].health = Health::Frozen {
             until: self.now + d,
         };
-        if d >= RESUME_WINDOW {
-            self.justify(d);
-        }
+        self.disrupt(d);
         self.stats.faults += 1;
         let name = self.nodes[i].name.clone();
         self.log(format_args!("freeze {name} for {d:?}{note}"));
@@ -638,6 +644,7 @@ impl Sim {
         self.nodes[i].health = Health::Dead {
             restart_at: self.now + downtime,
         };
+        self.disrupt(downtime);
         self.stats.faults += 1;
         self.log(format_args!("kill {name} for {downtime:?}"));
         // Its connections break: their clients see it at once.
@@ -1172,6 +1179,20 @@ impl Sim {
     fn justify(&mut self, lasting: Duration) {
         let until = self.now + lasting + RESUME_WINDOW + DELIVERY_TIMEOUT + WATCHDOG;
         self.justified_until = Some(self.justified_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// A fault that takes a node or the directory away for `d` from now (see `disruption`).
+    fn disrupt(&mut self, d: Duration) {
+        let end = self.now + d;
+        let (start, end) = match self.disruption {
+            // Overlapping (or within a node expiry of) the disruption under way: part of it.
+            Some((start, until)) if self.now <= until + TTL => (start, end.max(until)),
+            _ => (self.now, end),
+        };
+        self.disruption = Some((start, end));
+        if end.duration_since(start) >= RESUME_WINDOW {
+            self.justify(end.duration_since(self.now));
+        }
     }
 
     /// Checks that a loss (`what`) is justified by a fault.

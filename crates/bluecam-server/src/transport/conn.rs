@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tungstenite::Utf8Bytes;
 
 /// Frames written per flush at most, so one busy connection cannot hog its task's writes.
-pub(crate) const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 64;
 
 /// Frames up to this size still get their `ref` echoed in a `rate_limited` error (reading the
 /// `ref` of a larger frame would cost the parse the limit is there to avoid).
@@ -43,16 +43,13 @@ pub(crate) trait Transport: Send {
     /// A liveness ping; false when the connection is gone.
     async fn ping(&mut self) -> bool;
 
-    /// Writes the frame in `slot` and whatever else is queued (up to [`WRITE_BATCH`]); `Some`
-    /// when the connection must end (with that code, or none: it is gone). Cancellation-safe:
-    /// a frame not fully handed over stays in `slot`.
-    async fn write_batch(
-        &mut self,
-        slot: &mut Option<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::driver::ConnShared,
-        state: &AppState,
-    ) -> Option<Option<CloseCode>>;
+    /// Hands one queued frame to the connection (see [`write_batch`], which calls it).
+    /// Cancellation-safe: a frame not taken yet is not taken.
+    async fn put(&mut self, text: &Utf8Bytes, resumable: bool, state: &AppState) -> Put;
+
+    /// After a batch of [`Transport::put`]s: sends what they buffered. `Some` when the
+    /// connection must end (with that code, or none: it is gone).
+    async fn flush_batch(&mut self, state: &AppState) -> Option<Option<CloseCode>>;
 
     /// Frames handed over that the client has not got yet (kept for its resume).
     fn take_unsent(&mut self) -> Vec<Outbound>;
@@ -63,6 +60,58 @@ pub(crate) trait Transport: Send {
     /// The connection ended without a code of the server's (the client closed, the socket
     /// broke, or the driver let go of it).
     async fn finish(&mut self, state: &AppState, shared: &crate::driver::ConnShared);
+}
+
+/// What became of a frame [`Transport::put`] was given.
+pub(crate) enum Put {
+    /// Taken (sent, or buffered for the next flush or poll).
+    Taken,
+    /// Taken, but the connection is gone.
+    Gone,
+    /// Not taken: the client reads nothing (the write-stall rule); it stays queued.
+    Stalled,
+}
+
+/// Writes the frame in `slot` and whatever else is queued (up to [`WRITE_BATCH`]), the same
+/// loop for every transport; `Some` when the connection must end (with that code, or none: it
+/// is gone). Cancellation-safe: a frame not taken yet stays in `slot` (kept for a resume).
+pub(crate) async fn write_batch<T: Transport>(
+    socket: &mut T,
+    slot: &mut Option<Outbound>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    shared: &crate::driver::ConnShared,
+    state: &AppState,
+) -> Option<Option<CloseCode>> {
+    let mut written = 0;
+    while let Some(out) = slot.as_ref() {
+        match out {
+            Outbound::Frame { text, resumable } => {
+                let len = text.len();
+                let put = socket.put(text, *resumable, state).await;
+                if matches!(put, Put::Stalled) {
+                    return Some(Some(CloseCode::SlowConsumer));
+                }
+                *slot = None;
+                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(put, Put::Gone) {
+                    return Some(None);
+                }
+                state.metrics.frames_out.increment(1);
+                written += 1;
+            }
+            Outbound::Close(code) => {
+                let code = *code;
+                *slot = None;
+                // (The frames before it go out first, if they can.)
+                let _ = socket.flush_batch(state).await;
+                return Some(Some(code));
+            }
+        }
+        if written < WRITE_BATCH {
+            *slot = rx.try_recv().ok();
+        }
+    }
+    socket.flush_batch(state).await
 }
 
 /// What came in from the client.
@@ -407,6 +456,7 @@ async fn cluster_admit(
             ErrorCode::RoomFull => "the room is full",
             ErrorCode::RoomNotFound => "no such room",
             ErrorCode::Unauthorized => "the session to resume belongs to another room or identity",
+            ErrorCode::SessionExpired => "the session to resume has expired or does not exist",
             _ => "the cluster directory is unavailable; retry",
         };
         fail(code, message)
@@ -461,7 +511,7 @@ impl Connection {
                         self.unsent = Some(first);
                         let write = tokio::time::timeout(
                             limits.idle_timeout(),
-                            socket.write_batch(&mut self.unsent, rx, shared, &state),
+                            write_batch(socket, &mut self.unsent, rx, shared, &state),
                         );
                         tokio::select! {
                             written = write => match written {

@@ -7,7 +7,7 @@ use crate::{
     api::ApiError,
     driver::Outbound,
     front::serve::ConnPermit,
-    transport::conn::{ConnectionSlot, Incoming, Transport, WRITE_BATCH},
+    transport::conn::{ConnectionSlot, Incoming, Put, Transport},
 };
 use axum::{
     body::Body,
@@ -22,7 +22,6 @@ use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::{
     Message, Utf8Bytes,
@@ -57,14 +56,26 @@ impl Transport for WebSocket {
         self.send(Message::Ping(bytes::Bytes::new())).await.is_ok()
     }
 
-    async fn write_batch(
-        &mut self,
-        slot: &mut Option<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::driver::ConnShared,
-        state: &AppState,
-    ) -> Option<Option<CloseCode>> {
-        write_batch(self, slot, rx, shared, state).await
+    /// Feeds the frame to the socket (written by the flush, or sooner when tungstenite's
+    /// buffer fills). A feed still pending when the socket stalls has not taken the frame.
+    async fn put(&mut self, text: &Utf8Bytes, _resumable: bool, state: &AppState) -> Put {
+        let stall = state.config.limits.write_stall();
+        let progress = Arc::clone(&self.get_ref().written);
+        match unless_stalled(&progress, stall, self.feed(Message::Text(text.clone()))).await {
+            None => Put::Stalled,
+            Some(Err(_)) => Put::Gone,
+            Some(Ok(())) => Put::Taken,
+        }
+    }
+
+    async fn flush_batch(&mut self, state: &AppState) -> Option<Option<CloseCode>> {
+        let stall = state.config.limits.write_stall();
+        let progress = Arc::clone(&self.get_ref().written);
+        match unless_stalled(&progress, stall, self.flush()).await {
+            None => Some(Some(CloseCode::SlowConsumer)),
+            Some(Err(_)) => Some(None),
+            Some(Ok(())) => None,
+        }
     }
 
     /// What was queued towards the socket stays in the driver's queue (taken back by the driver).
@@ -329,59 +340,6 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
-}
-
-/// Writes the frame in `slot` and whatever else is queued (up to a batch), then flushes once.
-/// Returns `Some(close)` when the connection must end (`Some(None)`: the socket is gone).
-///
-/// Cancellation-safe: a frame leaves `slot` only once the socket has taken it, so if this
-/// future is dropped (the driver closed the connection while a write was blocked) the frame is
-/// still in `slot`, to be kept for the peer's resume.
-async fn write_batch(
-    socket: &mut WebSocket,
-    slot: &mut Option<Outbound>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    shared: &crate::driver::ConnShared,
-    state: &AppState,
-) -> Option<Option<CloseCode>> {
-    let mut written = 0;
-    let stall = state.config.limits.write_stall();
-    let progress = Arc::clone(&socket.get_ref().written);
-    while let Some(out) = slot.as_ref() {
-        match out {
-            Outbound::Frame { text, .. } => {
-                let (text, len) = (text.clone(), text.len());
-                // A feed that is still pending has not taken the frame: on a stall it stays in
-                // `slot`, for the peer's resume.
-                let Some(sent) =
-                    unless_stalled(&progress, stall, socket.feed(Message::Text(text))).await
-                else {
-                    return Some(Some(CloseCode::SlowConsumer));
-                };
-                *slot = None;
-                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if sent.is_err() {
-                    return Some(None);
-                }
-                state.metrics.frames_out.increment(1);
-                written += 1;
-            }
-            Outbound::Close(code) => {
-                let code = *code;
-                *slot = None;
-                let _ = socket.flush().await;
-                return Some(Some(code));
-            }
-        }
-        if written < WRITE_BATCH {
-            *slot = rx.try_recv().ok();
-        }
-    }
-    match unless_stalled(&progress, stall, socket.flush()).await {
-        None => Some(Some(CloseCode::SlowConsumer)),
-        Some(Err(_)) => Some(None),
-        Some(Ok(())) => None,
-    }
 }
 
 /// The close code for a failed read: 1009 when the frame exceeded the hard cap, 1007 for a

@@ -220,6 +220,7 @@ impl RedisDirectory {
             }
             "missing" if self.epoch().await?.1 => ClaimReply::Rebuilding,
             "missing" | "expired" => ClaimReply::Expired,
+            "here" => ClaimReply::Here,
             "unauthorized" => ClaimReply::Unauthorized,
             other => return Err(backend(format!("unexpected claim answer {other:?}"))),
         })

@@ -144,8 +144,9 @@ if sess.identity ~= ARGV[5] then return {'unauthorized'} end
 local cur = redis.call('HGET', K.nodes, sess.peer)
 if not cur or not redis.call('HGET', K.peers, sess.peer) then return {'expired'} end
 local old = entry(cur)
--- Recorded on this very node, which does not hold it: it expired here a moment ago.
-if old == ARGV[4] then return {'expired'} end
+-- Recorded on this very node: it holds it, will once its own claim is handled, or it expired
+-- there a moment ago (the node knows which).
+if old == ARGV[4] then return {'here'} end
 local ver = move(sess.peer, ARGV[2], old, ARGV[4])
 return {'ok', ver, s, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes)}
 "#,

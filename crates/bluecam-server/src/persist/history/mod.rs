@@ -16,6 +16,7 @@
 //! it is the last moment its node was known alive (noted twice a second).
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use crate::persist::store::{SqliteStore, StoreError};

@@ -7,7 +7,7 @@
 //! pool, one round trip each, driven by the runtime's handle. Changes to a room's history take
 //! a transaction lock on the room, so two nodes recording in the same room serialize.
 
-use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
+use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow, sql};
 use crate::persist::store::{Store, StoreError};
 use bluecam_proto::{Identity, Room, RoomId};
 use deadpool_postgres::{Pool, Transaction};
@@ -255,15 +255,8 @@ impl Db for Pg<'_, '_> {
     }
 
     fn attach(&mut self, session: &str, node: &str) -> R<bool> {
-        let reopened = self.exec(
-            "UPDATE participants SET left_at_ms = NULL, reason = NULL
-             WHERE session = $1 AND reason = 'timeout'",
-            &[&session],
-        )? > 0;
-        self.exec(
-            "UPDATE participants SET detached_at_ms = NULL, node = $2 WHERE session = $1",
-            &[&session, &node],
-        )?;
+        let reopened = self.exec(sql::REOPEN_TIMED_OUT, &[&session])? > 0;
+        self.exec(sql::ATTACH_HERE, &[&session, &node])?;
         Ok(reopened)
     }
 
@@ -278,10 +271,7 @@ impl Db for Pg<'_, '_> {
     }
 
     fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()> {
-        self.exec(
-            "UPDATE participants SET left_at_ms = $2, reason = $3 WHERE session = $1",
-            &[&session, &i(left_ms), &reason],
-        )?;
+        self.exec(sql::CLOSE_SESSION, &[&session, &i(left_ms), &reason])?;
         Ok(())
     }
 
@@ -299,16 +289,13 @@ impl Db for Pg<'_, '_> {
 
     fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>> {
         Ok(self
-            .row(
-                "SELECT id, started_at_ms FROM calls WHERE room = $1 AND ended_at_ms IS NULL",
-                &[&room],
-            )?
+            .row(sql::OPEN_CALL, &[&room])?
             .map(|r| (r.get(0), u(r.get(1)))))
     }
 
     fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)> {
         Ok(self
-            .row("SELECT owner, members FROM rooms WHERE id = $1", &[&room])?
+            .row(sql::ROOM_OWNER, &[&room])?
             .map_or((None, None), |r| (r.get(0), r.get(1))))
     }
 
@@ -320,36 +307,25 @@ impl Db for Pg<'_, '_> {
         members: Option<&str>,
         at_ms: u64,
     ) -> R<()> {
-        self.exec(
-            "INSERT INTO calls (id, room, owner, members, started_at_ms) VALUES ($1, $2, $3, $4, $5)",
-            &[&id, &room, &owner, &members, &i(at_ms)],
-        )?;
+        self.exec(sql::INSERT_CALL, &[&id, &room, &owner, &members, &i(at_ms)])?;
         Ok(())
     }
 
     fn end_call(&mut self, id: &str, ended_ms: u64) -> R<()> {
-        self.exec(
-            "UPDATE calls SET ended_at_ms = $2 WHERE id = $1",
-            &[&id, &i(ended_ms)],
-        )?;
+        self.exec(sql::END_CALL, &[&id, &i(ended_ms)])?;
         Ok(())
     }
 
     fn call_row(&mut self, id: &str) -> R<Option<(String, u64, Option<u64>)>> {
         Ok(self
-            .row(
-                "SELECT room, started_at_ms, ended_at_ms FROM calls WHERE id = $1",
-                &[&id],
-            )?
+            .row(sql::CALL_ROW, &[&id])?
             .map(|r| (r.get(0), u(r.get(1)), r.get::<_, Option<i64>>(2).map(u))))
     }
 
     fn sessions_between(&mut self, room: &str, from: u64, to: Option<u64>) -> R<Vec<SessionRow>> {
         Ok(self
             .rows(
-                "SELECT peer, identity, name, joined_at_ms, left_at_ms FROM participants
-                 WHERE room = $1 AND joined_at_ms < $3 AND (left_at_ms IS NULL OR left_at_ms > $2)
-                 ORDER BY joined_at_ms, session",
+                sql::SESSIONS_BETWEEN,
                 &[&room, &i(from), &to.map_or(i64::MAX, i)],
             )?
             .iter()
@@ -359,8 +335,7 @@ impl Db for Pg<'_, '_> {
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> R<()> {
         self.exec(
-            "INSERT INTO webhook_outbox (id, endpoint, room, type, body, created_at_ms, next_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            sql::INSERT_EVENT,
             &[
                 &e.id,
                 &e.endpoint,
@@ -374,40 +349,26 @@ impl Db for Pg<'_, '_> {
     }
 
     fn set_alive(&mut self, node: &str, at_ms: u64) -> R<()> {
-        self.exec(
-            "INSERT INTO node_state (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&alive_key(node), &i(at_ms)],
-        )?;
+        self.exec(sql::SET_ALIVE, &[&alive_key(node), &i(at_ms)])?;
         Ok(())
     }
 
     fn alive(&mut self, node: &str) -> R<Option<u64>> {
         Ok(self
-            .row(
-                "SELECT value FROM node_state WHERE key = $1",
-                &[&alive_key(node)],
-            )?
+            .row(sql::ALIVE, &[&alive_key(node)])?
             .map(|r| u(r.get(0))))
     }
 
     fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>> {
         Ok(self
-            .rows(
-                "SELECT room, session FROM participants WHERE left_at_ms IS NULL AND node = $1",
-                &[&node],
-            )?
+            .rows(sql::NODE_SESSIONS, &[&node])?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
 
     fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()> {
-        self.exec(
-            "UPDATE participants SET detached_at_ms = COALESCE(detached_at_ms, $2)
-             WHERE left_at_ms IS NULL AND node = $1",
-            &[&node, &i(at_ms)],
-        )?;
+        self.exec(sql::DETACH_NODE, &[&node, &i(at_ms)])?;
         Ok(())
     }
 
@@ -433,12 +394,7 @@ impl Db for Pg<'_, '_> {
     ) -> R<Vec<String>> {
         let (at, id) = before.unwrap_or((i64::MAX as u64, String::new()));
         Ok(self
-            .rows(
-                "SELECT id FROM calls WHERE room = $1 AND (started_at_ms < $2 OR
-                 (started_at_ms = $2 AND ($3 = '' OR id < $3)))
-                 ORDER BY started_at_ms DESC, id DESC LIMIT $4",
-                &[&room, &i(at), &id, &i(limit as u64)],
-            )?
+            .rows(sql::CALL_IDS, &[&room, &i(at), &id, &i(limit as u64)])?
             .iter()
             .map(|r| r.get(0))
             .collect())
@@ -446,18 +402,13 @@ impl Db for Pg<'_, '_> {
 
     fn call_position(&mut self, id: &str) -> R<Option<(u64, String)>> {
         Ok(self
-            .row("SELECT started_at_ms, id FROM calls WHERE id = $1", &[&id])?
+            .row(sql::CALL_POSITION, &[&id])?
             .map(|r| (u(r.get(0)), r.get(1))))
     }
 
     fn calls_between(&mut self, from_ms: u64, to_ms: u64) -> R<Vec<CallRow>> {
         Ok(self
-            .rows(
-                "SELECT room, started_at_ms, ended_at_ms, owner, members FROM calls
-                 WHERE started_at_ms < $2 AND (ended_at_ms IS NULL OR ended_at_ms > $1)
-                 ORDER BY room, started_at_ms",
-                &[&i(from_ms), &i(to_ms)],
-            )?
+            .rows(sql::CALLS_BETWEEN, &[&i(from_ms), &i(to_ms)])?
             .iter()
             .map(|r| CallRow {
                 room: r.get(0),
@@ -470,9 +421,7 @@ impl Db for Pg<'_, '_> {
     }
 
     fn pending_events(&mut self) -> R<i64> {
-        Ok(self
-            .row("SELECT COUNT(*) FROM webhook_outbox WHERE state = 0", &[])?
-            .map_or(0, |r| r.get(0)))
+        Ok(self.row(sql::PENDING_EVENTS, &[])?.map_or(0, |r| r.get(0)))
     }
 
     fn due_events(&mut self, now: u64, limit: usize, node: &str) -> R<Vec<Pending>> {
@@ -523,7 +472,7 @@ impl Db for Pg<'_, '_> {
     fn attempted(&mut self, seq: i64, outcome: Attempt, error: Option<&str>) -> R<()> {
         match outcome {
             Attempt::Delivered => {
-                self.exec("DELETE FROM webhook_outbox WHERE seq = $1", &[&seq])?;
+                self.exec(sql::ATTEMPTED, &[&seq])?;
             }
             Attempt::Retry { at_ms } => {
                 self.exec(

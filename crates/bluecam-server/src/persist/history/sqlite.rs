@@ -1,6 +1,6 @@
 //! The history's statements for a single node's SQLite file (see [`super::Db`]).
 
-use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow};
+use super::{Attempt, CallRow, Db, NewEvent, NewSession, Pending, R, SessionRow, sql};
 use crate::persist::store::{SqliteStore, StoreError};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -46,15 +46,12 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn attach(&mut self, session: &str, node: &str) -> R<bool> {
-        let reopened = self.0.execute(
-            "UPDATE participants SET left_at_ms = NULL, reason = NULL
-             WHERE session = ?1 AND reason = 'timeout'",
-            [session],
-        )? > 0;
-        self.0.execute(
-            "UPDATE participants SET detached_at_ms = NULL, node = ?2 WHERE session = ?1",
-            params![session, node],
-        )?;
+        let reopened = self
+            .0
+            .execute(&sql::sqlite(sql::REOPEN_TIMED_OUT), [session])?
+            > 0;
+        self.0
+            .execute(&sql::sqlite(sql::ATTACH_HERE), params![session, node])?;
         Ok(reopened)
     }
 
@@ -83,7 +80,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()> {
         self.0.execute(
-            "UPDATE participants SET left_at_ms = ?2, reason = ?3 WHERE session = ?1",
+            &sql::sqlite(sql::CLOSE_SESSION),
             params![session, left_ms, reason],
         )?;
         Ok(())
@@ -103,22 +100,18 @@ impl Db for Sqlite<'_, '_> {
     fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>> {
         Ok(self
             .0
-            .query_row(
-                "SELECT id, started_at_ms FROM calls WHERE room = ?1 AND ended_at_ms IS NULL",
-                [room],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row(&sql::sqlite(sql::OPEN_CALL), [room], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 
     fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)> {
         Ok(self
             .0
-            .query_row(
-                "SELECT owner, members FROM rooms WHERE id = ?1",
-                [room],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row(&sql::sqlite(sql::ROOM_OWNER), [room], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?
             .unwrap_or((None, None)))
     }
@@ -132,39 +125,31 @@ impl Db for Sqlite<'_, '_> {
         at_ms: u64,
     ) -> R<()> {
         self.0.execute(
-            "INSERT INTO calls (id, room, owner, members, started_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &sql::sqlite(sql::INSERT_CALL),
             params![id, room, owner, members, at_ms],
         )?;
         Ok(())
     }
 
     fn end_call(&mut self, id: &str, ended_ms: u64) -> R<()> {
-        self.0.execute(
-            "UPDATE calls SET ended_at_ms = ?2 WHERE id = ?1",
-            params![id, ended_ms],
-        )?;
+        self.0
+            .execute(&sql::sqlite(sql::END_CALL), params![id, ended_ms])?;
         Ok(())
     }
 
     fn call_row(&mut self, id: &str) -> R<Option<(String, u64, Option<u64>)>> {
         Ok(self
             .0
-            .query_row(
-                "SELECT room, started_at_ms, ended_at_ms FROM calls WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row(&sql::sqlite(sql::CALL_ROW), [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?)
     }
 
     fn sessions_between(&mut self, room: &str, from: u64, to: Option<u64>) -> R<Vec<SessionRow>> {
         Ok(self
             .0
-            .prepare_cached(
-                "SELECT peer, identity, name, joined_at_ms, left_at_ms FROM participants
-                 WHERE room = ?1 AND joined_at_ms < ?3 AND (left_at_ms IS NULL OR left_at_ms > ?2)
-                 ORDER BY joined_at_ms, session",
-            )?
+            .prepare_cached(&sql::sqlite(sql::SESSIONS_BETWEEN))?
             .query_map(params![room, from, to.unwrap_or(i64::MAX as u64)], |r| {
                 Ok(SessionRow {
                     peer: r.get(0)?,
@@ -179,10 +164,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> R<()> {
         self.0
-            .prepare_cached(
-                "INSERT INTO webhook_outbox (id, endpoint, room, type, body, created_at_ms,
-                 next_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )?
+            .prepare_cached(&sql::sqlite(sql::INSERT_EVENT))?
             .execute(params![
                 e.id,
                 e.endpoint,
@@ -196,8 +178,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn set_alive(&mut self, node: &str, at_ms: u64) -> R<()> {
         self.0.execute(
-            "INSERT INTO node_state (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &sql::sqlite(sql::SET_ALIVE),
             params![alive_key(node), at_ms],
         )?;
         Ok(())
@@ -206,30 +187,21 @@ impl Db for Sqlite<'_, '_> {
     fn alive(&mut self, node: &str) -> R<Option<u64>> {
         Ok(self
             .0
-            .query_row(
-                "SELECT value FROM node_state WHERE key = ?1",
-                [alive_key(node)],
-                |r| r.get(0),
-            )
+            .query_row(&sql::sqlite(sql::ALIVE), [alive_key(node)], |r| r.get(0))
             .optional()?)
     }
 
     fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>> {
         Ok(self
             .0
-            .prepare(
-                "SELECT room, session FROM participants WHERE left_at_ms IS NULL AND node = ?1",
-            )?
+            .prepare(&sql::sqlite(sql::NODE_SESSIONS))?
             .query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?)
     }
 
     fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()> {
-        self.0.execute(
-            "UPDATE participants SET detached_at_ms = COALESCE(detached_at_ms, ?2)
-             WHERE left_at_ms IS NULL AND node = ?1",
-            params![node, at_ms],
-        )?;
+        self.0
+            .execute(&sql::sqlite(sql::DETACH_NODE), params![node, at_ms])?;
         Ok(())
     }
 
@@ -251,11 +223,7 @@ impl Db for Sqlite<'_, '_> {
         let (at, id) = before.unwrap_or((i64::MAX as u64, String::new()));
         Ok(self
             .0
-            .prepare_cached(
-                "SELECT id FROM calls WHERE room = ?1 AND (started_at_ms < ?2 OR
-                 (started_at_ms = ?2 AND (?3 = '' OR id < ?3)))
-                 ORDER BY started_at_ms DESC, id DESC LIMIT ?4",
-            )?
+            .prepare_cached(&sql::sqlite(sql::CALL_IDS))?
             .query_map(params![room, at, id, limit as u64], |r| r.get(0))?
             .collect::<Result<_, _>>()?)
     }
@@ -263,22 +231,16 @@ impl Db for Sqlite<'_, '_> {
     fn call_position(&mut self, id: &str) -> R<Option<(u64, String)>> {
         Ok(self
             .0
-            .query_row(
-                "SELECT started_at_ms, id FROM calls WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row(&sql::sqlite(sql::CALL_POSITION), [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 
     fn calls_between(&mut self, from_ms: u64, to_ms: u64) -> R<Vec<CallRow>> {
         Ok(self
             .0
-            .prepare_cached(
-                "SELECT room, started_at_ms, ended_at_ms, owner, members FROM calls
-                 WHERE started_at_ms < ?2 AND (ended_at_ms IS NULL OR ended_at_ms > ?1)
-                 ORDER BY room, started_at_ms",
-            )?
+            .prepare_cached(&sql::sqlite(sql::CALLS_BETWEEN))?
             .query_map(params![from_ms, to_ms], |r| {
                 Ok(CallRow {
                     room: r.get(0)?,
@@ -292,11 +254,9 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn pending_events(&mut self) -> R<i64> {
-        Ok(self.0.query_row(
-            "SELECT COUNT(*) FROM webhook_outbox WHERE state = 0",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .0
+            .query_row(&sql::sqlite(sql::PENDING_EVENTS), [], |r| r.get(0))?)
     }
 
     fn due_events(&mut self, now: u64, limit: usize, _node: &str) -> R<Vec<Pending>> {
@@ -337,8 +297,7 @@ impl Db for Sqlite<'_, '_> {
     fn attempted(&mut self, seq: i64, outcome: Attempt, error: Option<&str>) -> R<()> {
         match outcome {
             Attempt::Delivered => {
-                self.0
-                    .execute("DELETE FROM webhook_outbox WHERE seq = ?1", [seq])?;
+                self.0.execute(&sql::sqlite(sql::ATTEMPTED), [seq])?;
             }
             Attempt::Retry { at_ms } => {
                 self.0.execute(

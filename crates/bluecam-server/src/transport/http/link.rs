@@ -5,12 +5,12 @@
 use crate::{
     AppState,
     driver::Outbound,
-    transport::conn::{Incoming, Transport, WRITE_BATCH},
+    transport::conn::{Incoming, Put, Transport},
 };
 use bluecam_proto::CloseCode;
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tokio::sync::{Notify, mpsc};
@@ -371,46 +371,19 @@ impl Transport for HttpLink {
     /// which holds up to half the outbound queue (at least one largest frame). A client that
     /// acknowledges nothing for a while with the buffer full is a slow consumer (4030), as a
     /// WebSocket that takes no bytes is. Cancellation-safe like `ws::write_batch`.
-    async fn write_batch(
-        &mut self,
-        slot: &mut Option<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
-        shared: &crate::driver::ConnShared,
-        state: &AppState,
-    ) -> Option<Option<CloseCode>> {
-        let cap = self.cap;
+    /// Buffers the frame for the next poll, waiting while the buffer is full (a client that
+    /// polls too slowly is a slow consumer).
+    async fn put(&mut self, text: &Utf8Bytes, resumable: bool, state: &AppState) -> Put {
         let stall = state.config.limits.write_stall().max(HTTP_STALL_MIN);
-        let mut written = 0;
-        while let Some(out) = slot.as_ref() {
-            match out {
-                Outbound::Frame { text, .. } => {
-                    let len = text.len();
-                    if !self.down.wait_room(len, cap, stall).await {
-                        return Some(Some(CloseCode::SlowConsumer));
-                    }
-                    let resumable = matches!(
-                        out,
-                        Outbound::Frame {
-                            resumable: true,
-                            ..
-                        }
-                    );
-                    self.down.push(text.clone(), resumable);
-                    *slot = None;
-                    shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    state.metrics.frames_out.increment(1);
-                    written += 1;
-                }
-                Outbound::Close(code) => {
-                    let code = *code;
-                    *slot = None;
-                    return Some(Some(code));
-                }
-            }
-            if written < WRITE_BATCH {
-                *slot = rx.try_recv().ok();
-            }
+        if !self.down.wait_room(text.len(), self.cap, stall).await {
+            return Put::Stalled;
         }
+        self.down.push(text.clone(), resumable);
+        Put::Taken
+    }
+
+    /// Polls carry what was buffered: nothing to flush.
+    async fn flush_batch(&mut self, _state: &AppState) -> Option<Option<CloseCode>> {
         None
     }
 
