@@ -58,6 +58,11 @@ pub(crate) enum Scenario {
         procs: usize,
         #[arg(long, default_value_t = 10)]
         hold_secs: u64,
+        /// Then each connection sends this many pings (BlueCam's `ping` frame; a WebSocket
+        /// ping to the other targets), one at a time, each after the last one's pong, and the
+        /// RSS is measured again once they are idle (a used connection; 0: not measured).
+        #[arg(long, default_value_t = 100)]
+        pings: u32,
     },
     /// N clients connect and join as fast as allowed; join rate and latency.
     JoinStorm {
@@ -248,5 +253,7 @@ pub(crate) enum Scenario {
         count: usize,
         #[arg(long)]
         source_ip: Ipv4Addr,
+        #[arg(long, default_value_t = 0)]
+        pings: u32,
     },
 }

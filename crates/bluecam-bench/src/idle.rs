@@ -1,5 +1,6 @@
 //! `idle`: hold N joined connections from several generator processes; server RSS per
-//! connection and idle CPU.
+//! connection and idle CPU, fresh from the join, and again once every connection has
+//! exchanged pings and gone idle (a used connection may hold more than a fresh one).
 
 use super::*;
 
@@ -9,6 +10,7 @@ pub(super) async fn idle(
     room_size: usize,
     procs: usize,
     hold_secs: u64,
+    pings: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let rooms = connections.div_ceil(room_size);
     progress(&format!("creating {rooms} rooms"));
@@ -37,6 +39,8 @@ pub(super) async fn idle(
             .arg(count.to_string())
             .arg("--source-ip")
             .arg(source_ip(w).to_string())
+            .arg("--pings")
+            .arg(pings.to_string())
             .env("BLUECAM_API_SECRET", target.secret.expose())
             .env("BLUECAM_BENCH_TAG", wire::run_tag())
             .stdin(Stdio::piped())
@@ -69,14 +73,34 @@ pub(super) async fn idle(
     let held_for = t0.elapsed().as_secs_f64();
     let cpu_after = target.pid.and_then(cpu_ticks);
     let rss_after = target.pid.and_then(rss_kib);
+    // Used: every connection exchanges its pings, then all are idle again.
+    let mut rss_used = None;
+    let mut ping_secs = None;
+    if pings > 0 {
+        progress(&format!("each connection sends {pings} pings"));
+        let t = Instant::now();
+        for (child, _) in &mut workers {
+            let stdin = child.stdin.as_mut().context("worker stdin")?;
+            tokio::task::block_in_place(|| writeln!(stdin, "ping"))?;
+        }
+        for (_, out) in &mut workers {
+            let mut line = String::new();
+            tokio::task::block_in_place(|| out.read_line(&mut line))?;
+            anyhow::ensure!(line.starts_with("pinged"), "worker: {line:?}");
+        }
+        ping_secs = Some(t.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_used = target.pid.and_then(rss_kib);
+    }
     for (mut child, _) in workers {
         drop(child.stdin.take());
         let _ = child.wait();
     }
-    let per_conn = match (rss_before, rss_after) {
+    let slope = |after: Option<u64>| match (rss_before, after) {
         (Some(b), Some(a)) if held > 0 => Some((a.saturating_sub(b)) as f64 * 1024.0 / held as f64),
         _ => None,
     };
+    let per_conn = slope(rss_after);
     let idle_cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) => Some((a - b) as f64 / TICKS_PER_SEC / held_for * 100.0),
         _ => None,
@@ -94,22 +118,41 @@ pub(super) async fn idle(
         "server_rss_after_kib": rss_after,
         "server_rss_per_connection_bytes": per_conn,
         "server_idle_cpu_percent": idle_cpu,
+        "pings_per_connection": pings,
+        "ping_secs": ping_secs,
+        "server_rss_used_kib": rss_used,
+        "server_rss_per_used_connection_bytes": slope(rss_used),
     }))
 }
 
-pub(super) async fn idle_worker(
-    target: &Target,
-    prefix: &str,
-    room_size: usize,
-    start: usize,
-    count: usize,
-    source: Ipv4Addr,
-) -> anyhow::Result<()> {
+/// One generator process of `idle`.
+pub(super) struct WorkerSpec {
+    pub prefix: String,
+    pub room_size: usize,
+    pub start: usize,
+    pub count: usize,
+    pub source: Ipv4Addr,
+    /// WebSocket pings each connection sends when told (`ping` on stdin).
+    pub pings: u32,
+}
+
+pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Result<()> {
+    let WorkerSpec {
+        prefix,
+        room_size,
+        start,
+        count,
+        source,
+        pings,
+    } = w;
     let sem = Arc::new(Semaphore::new(128));
     let mut tasks = tokio::task::JoinSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<bool>(count.max(1));
     // A token, not a Notify: a task busy with a frame when the stop comes must still see it.
     let stop = tokio_util::sync::CancellationToken::new();
+    // Told to ping: each connection sends its pings, then reports on `pinged`.
+    let ping = tokio_util::sync::CancellationToken::new();
+    let (pinged_tx, mut pinged_rx) = tokio::sync::mpsc::channel::<bool>(count.max(1));
     for i in start..start + count {
         let room = format!("{prefix}{}", i / room_size);
         let spec = wire::join_spec(target, &room, &format!("idle-{i}"))?;
@@ -117,6 +160,8 @@ pub(super) async fn idle_worker(
         let sem = Arc::clone(&sem);
         let done = done_tx.clone();
         let stop = stop.clone();
+        let ping = ping.clone();
+        let pinged = pinged_tx.clone();
         tasks.spawn(async move {
             let permit = sem.acquire_owned().await;
             // A server at its own file limit leaves connections unanswered in its backlog:
@@ -134,10 +179,16 @@ pub(super) async fn idle_worker(
             let ok = ws.is_ok();
             let _ = done.send(ok).await;
             if let Ok(mut ws) = ws {
-                // Keep reading so pings are answered; stop when told.
+                // Keep reading so pings are answered; ping when told; stop when told.
+                let mut told_to_ping = false;
                 loop {
                     tokio::select! {
                         msg = ws.next() => if msg.is_none() { break },
+                        () = ping.cancelled(), if !told_to_ping => {
+                            told_to_ping = true;
+                            let ok = ping_pong(&mut ws, kind, pings).await;
+                            let _ = pinged.send(ok).await;
+                        }
                         () = stop.cancelled() => break,
                     }
                 }
@@ -146,6 +197,7 @@ pub(super) async fn idle_worker(
         });
     }
     drop(done_tx);
+    drop(pinged_tx);
     let (mut ok, mut failed) = (0usize, 0usize);
     // Each task reports once, then keeps its sender while it holds its connection.
     while ok + failed < count {
@@ -156,13 +208,60 @@ pub(super) async fn idle_worker(
         }
     }
     say(&format!("ready {ok} {failed}"));
-    // Hold until the parent closes our stdin.
-    tokio::task::spawn_blocking(|| {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
-    })
-    .await?;
+    // Hold until the parent closes our stdin; `ping` on it: every connection pings.
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            let _ = line_tx.send(std::mem::take(&mut line));
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        if line.trim() == "ping" {
+            ping.cancel();
+            let (mut done, mut lost) = (0usize, 0usize);
+            while done + lost < ok {
+                match pinged_rx.recv().await {
+                    Some(true) => done += 1,
+                    Some(false) => lost += 1,
+                    None => break,
+                }
+            }
+            say(&format!("pinged {done} {lost}"));
+        }
+    }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, answered
+/// by the server's room logic, as a client's frames are), a WebSocket ping to the others;
+/// false when the connection broke.
+async fn ping_pong(ws: &mut Ws, kind: TargetKind, n: u32) -> bool {
+    let bluecam = matches!(kind, TargetKind::Bluecam);
+    for i in 0..n {
+        let ping = if bluecam {
+            Message::Text(ClientMessage::Ping.to_json().into())
+        } else {
+            Message::Ping(i.to_be_bytes().to_vec().into())
+        };
+        if ws.send(ping).await.is_err() {
+            return false;
+        }
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) if !bluecam => break,
+                Some(Ok(Message::Text(t)))
+                    if bluecam
+                        && matches!(ServerMessage::from_json(&t), Ok(ServerMessage::Pong)) =>
+                {
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+    }
+    true
 }

@@ -96,7 +96,18 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             room_size,
             procs,
             hold_secs,
-        } => idle(target, connections, room_size, procs.max(1), hold_secs).await?,
+            pings,
+        } => {
+            idle(
+                target,
+                connections,
+                room_size,
+                procs.max(1),
+                hold_secs,
+                pings,
+            )
+            .await?
+        }
         Scenario::JoinStorm {
             joins,
             concurrency,
@@ -239,6 +250,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             start,
             count,
             source_ip,
+            pings,
         } => {
             let target = Target {
                 kind: args.target,
@@ -250,7 +262,15 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 child: None,
                 _dir: None,
             };
-            return idle_worker(&target, room_prefix, *room_size, *start, *count, *source_ip).await;
+            let spec = idle::WorkerSpec {
+                prefix: room_prefix.clone(),
+                room_size: *room_size,
+                start: *start,
+                count: *count,
+                source: *source_ip,
+                pings: *pings,
+            };
+            return idle_worker(&target, spec).await;
         }
         Scenario::BaselineServer { bind } => return baseline::baseline_server(*bind).await,
         Scenario::Restart {

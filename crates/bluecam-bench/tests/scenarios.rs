@@ -71,10 +71,13 @@ fn bench_idle_smoke() {
         "2",
         "--hold-secs",
         "1",
+        "--pings",
+        "5",
     ]);
     assert_eq!(v["connections_held"], 40, "{v}");
     assert_eq!(v["connections_failed"], 0, "{v}");
     assert!(v["server_rss_per_connection_bytes"].is_number(), "{v}");
+    assert!(v["server_rss_per_used_connection_bytes"].is_number(), "{v}");
 }
 
 #[test]

@@ -186,6 +186,9 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         close(&state, &mut socket, code).await;
         return;
     }
+    // The join frame is a slice of the socket's read buffer: held for the connection's life,
+    // it would keep that buffer from being reused, and every later read would need another.
+    drop((text, host));
     let mut connection = Connection {
         limiter: RateLimiter::new(
             limits.rate_frames_per_sec,
