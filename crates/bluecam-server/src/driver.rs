@@ -25,10 +25,10 @@ use bluecam_proto::{
     ServerMessage, SessionId,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -52,6 +52,8 @@ pub struct ConnShared {
     /// Set (with `kill`) when the driver drops the connection out of band: slow consumer.
     kill_code: AtomicU16,
     pub kill: Notify,
+    /// What the driver hands the connection task to write, in order.
+    pub queue: Outq,
 }
 
 impl ConnShared {
@@ -61,9 +63,86 @@ impl ConnShared {
     }
 }
 
+/// A connection's outbound queue: bounded, one writer (the driver, under its lock) and one
+/// reader (the connection task), and no memory held while it is empty. (A `tokio` channel
+/// keeps a block of 32 slots from its creation, and a second once it has wrapped: 1.3 KB per
+/// connection, idle or not, measured in BENCHMARKS.md.)
+#[derive(Debug, Default)]
+pub struct Outq {
+    frames: Mutex<VecDeque<Outbound>>,
+    ready: Notify,
+    /// The driver let go of the connection: nothing more comes.
+    closed: AtomicBool,
+}
+
+/// Slots an emptied queue keeps while the connection is busy (more are given back at once:
+/// a burst, such as a `joined` or a replay, is over); an idle one gives back all
+/// ([`Outq::trim`]). Giving back less often than every batch spares the allocator a round
+/// trip per batch under load.
+const OUTQ_KEEP: usize = 16;
+
+impl Outq {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `out` unless `cap` frames are queued already (or the queue is closed).
+    fn try_push(&self, out: Outbound, cap: usize) -> Result<(), Outbound> {
+        let mut frames = self.lock();
+        if frames.len() >= cap || self.closed.load(Ordering::Acquire) {
+            return Err(out);
+        }
+        frames.push_back(out);
+        drop(frames);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Nothing more comes after what is queued.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Gives all room back if nothing is queued (the connection task calls it when it has been
+    /// idle for a while).
+    pub fn trim(&self) {
+        let mut frames = self.lock();
+        if frames.is_empty() {
+            frames.shrink_to_fit();
+        }
+    }
+
+    /// The next frame, if one is queued.
+    pub fn try_pop(&self) -> Option<Outbound> {
+        let mut frames = self.lock();
+        let out = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > OUTQ_KEEP {
+            // A burst (a `joined`, a replay) is over: give its room back.
+            frames.shrink_to(OUTQ_KEEP);
+        }
+        out
+    }
+
+    /// The next frame; `None` once the queue is closed and empty. Cancellation-safe.
+    pub async fn pop(&self) -> Option<Outbound> {
+        loop {
+            if let Some(out) = self.try_pop() {
+                return Some(out);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                // (A push may have raced the close check above.)
+                return self.try_pop();
+            }
+            // `notify_one` keeps a permit when nobody waits: a push between the check above
+            // and this wait is not missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ConnTx {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
     /// Set once the connection overflowed: frames for it wait here, after those in its queue,
     /// until its task ends and hands both to the core's resume buffer.
@@ -168,22 +247,24 @@ impl Driver {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives a new connection its id and outbound queue.
-    pub fn register(&self) -> (ConnId, mpsc::Receiver<Outbound>, Arc<ConnShared>) {
+    /// Gives a new connection its id and outbound queue (`ConnShared::queue`).
+    pub fn register(&self) -> (ConnId, Arc<ConnShared>) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        // Room for a full queue of live frames plus a whole resume replay.
-        let (tx, rx) = mpsc::channel(self.queue_frames + self.spill_frames + 1);
         let shared = Arc::new(ConnShared::default());
         self.lock().conns.insert(
             conn,
             ConnTx {
-                tx,
                 shared: Arc::clone(&shared),
                 spill: None,
                 replayed: 0,
             },
         );
-        (conn, rx, shared)
+        (conn, shared)
+    }
+
+    /// Frames a queue may hold: a full queue of live frames plus a whole resume replay.
+    fn queue_cap(&self) -> usize {
+        self.queue_frames + self.spill_frames + 1
     }
 
     /// Puts back the sessions a restart read from the store (before any connection), each
@@ -318,9 +399,10 @@ impl Driver {
         conn: ConnId,
         now: Instant,
         unsent: Vec<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
+        queue: &Outq,
     ) -> Vacated {
         let mut inner = self.lock();
+        queue.close();
         let spill = inner
             .conns
             .remove(&conn)
@@ -331,7 +413,7 @@ impl Driver {
         // never polled, then the one whose write was interrupted), then the queue, then the
         // spill.
         let mut unsent = unsent.into_iter();
-        while let Some(out) = unsent.next().or_else(|| rx.try_recv().ok()) {
+        while let Some(out) = unsent.next().or_else(|| queue.try_pop()) {
             if let Outbound::Frame {
                 text,
                 resumable: true,
@@ -508,12 +590,17 @@ impl Driver {
                     }
                 }
                 Output::Close { conn, code } => {
-                    if let Some(c) = inner.conns.remove(&conn)
-                        && (c.spill.is_some() || c.tx.try_send(Outbound::Close(code)).is_err())
-                    {
-                        // The queue is full or gone: close at once instead of after it.
-                        c.shared.kill_code.store(code.code(), Ordering::Release);
-                        c.shared.kill.notify_one();
+                    if let Some(c) = inner.conns.remove(&conn) {
+                        let queue = &c.shared.queue;
+                        if c.spill.is_some()
+                            || queue.try_push(Outbound::Close(code), self.queue_cap()).is_err()
+                        {
+                            // The queue is full or gone: close at once instead of after it.
+                            c.shared.kill_code.store(code.code(), Ordering::Release);
+                            c.shared.kill.notify_one();
+                        }
+                        // The driver lets go of it: nothing more comes after the close.
+                        queue.close();
                     }
                 }
                 Output::RoomVacated { room } => vacated.push(room),
@@ -615,7 +702,7 @@ impl Driver {
                 text: text.clone(),
                 resumable,
             };
-            if queued <= cap && c.tx.try_send(out).is_ok() {
+            if queued <= cap && c.shared.queue.try_push(out, self.queue_cap()).is_ok() {
                 return;
             }
             c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);

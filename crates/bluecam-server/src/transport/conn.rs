@@ -17,7 +17,6 @@ use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use tokio::sync::mpsc;
 use tungstenite::Utf8Bytes;
 
 /// Frames written per flush at most, so one busy connection cannot hog its task's writes.
@@ -78,7 +77,6 @@ pub(crate) enum Put {
 pub(crate) async fn write_batch<T: Transport>(
     socket: &mut T,
     slot: &mut Option<Outbound>,
-    rx: &mut mpsc::Receiver<Outbound>,
     shared: &crate::driver::ConnShared,
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
@@ -108,7 +106,7 @@ pub(crate) async fn write_batch<T: Transport>(
             }
         }
         if written < WRITE_BATCH {
-            *slot = rx.try_recv().ok();
+            *slot = shared.queue.try_pop();
         }
     }
     socket.flush_batch(state).await
@@ -176,11 +174,11 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
-    let (conn, mut rx, shared) = state.driver.register();
+    let (conn, shared) = state.driver.register();
     if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
         let vacated = state
             .driver
-            .disconnect(conn, Instant::now(), Vec::new(), &mut rx);
+            .disconnect(conn, Instant::now(), Vec::new(), &shared.queue);
         state.touch_rooms(vacated).await;
         send_error(&state, &mut socket, error.closing(code)).await;
         close(&state, &mut socket, code).await;
@@ -206,7 +204,7 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         conn,
         unsent: None,
     };
-    let end = connection.serve(&mut socket, &mut rx, &shared).await;
+    let end = connection.serve(&mut socket, &shared).await;
     // Frames the client never got are kept for its resume, in order: over HTTP those no poll
     // has carried yet (like a WebSocket's queue; those carried and not acknowledged are like
     // bytes handed to a socket), then the one whose write was interrupted.
@@ -214,7 +212,7 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
     unsent.extend(connection.unsent.take());
     let vacated = state
         .driver
-        .disconnect(conn, Instant::now(), unsent, &mut rx);
+        .disconnect(conn, Instant::now(), unsent, &shared.queue);
     state.touch_rooms(vacated).await;
     match end {
         Some(code) => close(&state, &mut socket, code).await,
@@ -482,7 +480,6 @@ impl Connection {
     async fn serve<T: Transport>(
         &mut self,
         socket: &mut T,
-        rx: &mut mpsc::Receiver<Outbound>,
         shared: &Arc<crate::driver::ConnShared>,
     ) -> Option<CloseCode> {
         let state = self.state.clone();
@@ -506,7 +503,7 @@ impl Connection {
                 () = &mut killed => {
                     return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
                 }
-                out = rx.recv() => match out {
+                out = shared.queue.pop() => match out {
                     Some(first) => {
                         // A peer that stops reading (TCP zero window) blocks this write: the
                         // driver's overflow verdict and shutdown must still get through, and a
@@ -514,7 +511,7 @@ impl Connection {
                         self.unsent = Some(first);
                         let write = tokio::time::timeout(
                             limits.idle_timeout(),
-                            write_batch(socket, &mut self.unsent, rx, shared, &state),
+                            write_batch(socket, &mut self.unsent, shared, &state),
                         );
                         tokio::select! {
                             written = write => match written {
@@ -552,6 +549,8 @@ impl Connection {
                     Incoming::Broken(code) => return code,
                 },
                 _ = ping.tick() => {
+                    // Between pings a connection is often idle: its queue holds no memory then.
+                    shared.queue.trim();
                     if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
                         return Some(CloseCode::IdleTimeout);
                     }
