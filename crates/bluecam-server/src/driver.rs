@@ -593,7 +593,9 @@ impl Driver {
                     if let Some(c) = inner.conns.remove(&conn) {
                         let queue = &c.shared.queue;
                         if c.spill.is_some()
-                            || queue.try_push(Outbound::Close(code), self.queue_cap()).is_err()
+                            || queue
+                                .try_push(Outbound::Close(code), self.queue_cap())
+                                .is_err()
                         {
                             // The queue is full or gone: close at once instead of after it.
                             c.shared.kill_code.store(code.code(), Ordering::Release);

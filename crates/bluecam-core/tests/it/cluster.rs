@@ -376,8 +376,9 @@ fn a_snapshot_after_an_outage_announces_who_left_and_who_joined_meanwhile() {
     w.hub.check_invariants().unwrap();
 }
 
-#[test]
-fn a_peer_that_expired_here_as_it_resumed_elsewhere_comes_back() {
+/// Alice and Bob in room r; Bob's session expires here, then a move of it to node nb (it had
+/// resumed there a moment before) is heard: (world, room, alice, bob, what alice saw last).
+fn expired_here_then_moved_back() -> (World, RoomAccess, Client, Client, Outbox) {
     let mut w = World::new();
     let room = room("r", 10);
     let id = room.summary.id.clone();
@@ -387,7 +388,6 @@ fn a_peer_that_expired_here_as_it_resumed_elsewhere_comes_back() {
     w.hub.handle_timeout(w.at(61));
     let out = w.drain();
     assert!(matches!(&out.to(alice.conn)[..], [Seen::PeerLeft { .. }]));
-    // It had resumed on node b a moment before: the directory says so, and it is back.
     w.hub.handle_room_event(
         &id,
         3,
@@ -398,6 +398,13 @@ fn a_peer_that_expired_here_as_it_resumed_elsewhere_comes_back() {
         }),
     );
     let out = w.drain();
+    (w, room, alice, bob, out)
+}
+
+#[test]
+fn a_peer_that_expired_here_as_it_resumed_elsewhere_comes_back() {
+    let (w, _, alice, bob, out) = expired_here_then_moved_back();
+    // It had resumed on node b a moment before: the directory says so, and it is back.
     assert!(matches!(&out.to(alice.conn)[..], [Seen::PeerJoined(p)] if p.id == bob.peer));
     w.hub.check_invariants().unwrap();
 }
@@ -1150,25 +1157,9 @@ fn a_peer_on_its_way_here_is_announced_to_the_peers_already_here_once() {
 /// stayed in the room for good, a peer nobody could reach).
 #[test]
 fn a_claim_of_a_session_that_expired_here_drops_its_copy_from_the_replica() {
-    let mut w = World::new();
-    let room = room("r", 10);
+    let (mut w, room, alice, bob, _) = expired_here_then_moved_back();
     let id = room.summary.id.clone();
-    let (alice, _) = cluster_join(&mut w, &room, "alice", view(1, 1, vec![]));
-    let (bob, _) = cluster_join(&mut w, &room, "bob", view(2, 2, vec![]));
     let creds = bob.creds();
-    w.hub.handle_disconnect(bob.conn, w.at(0));
-    w.hub.handle_timeout(w.at(61));
-    w.drain();
-    w.hub.handle_room_event(
-        &id,
-        3,
-        RoomEvent::Moved(RemotePeer {
-            info: peer_info(&bob),
-            node: NodeId::new("nb"),
-            seq: 2,
-        }),
-    );
-    w.drain();
     assert!(w.hub.peers(&id).iter().any(|p| p.id == bob.peer));
     // Bob's client claims the session here; the directory moved it here (ver 4).
     let mut req = w.request(&room, "bob");
