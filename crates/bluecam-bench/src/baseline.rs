@@ -3,8 +3,9 @@
 //! `bluecam serve` (the binary's multi-threaded default), listens with the same backlog, sets
 //! `TCP_NODELAY` on accepted sockets and speaks WebSocket through the same tokio-tungstenite
 //! with the same buffer sizes. It has no JSON, no auth, no limits: a client opens
-//! `/room/<id>` and every text frame it sends goes, as it is (shared, not copied), to the other
-//! connections of that room.
+//! `/room/<id>`, its first text frame (its "join") is answered with one text frame, and every
+//! later one goes, as it is (shared, not copied), to the other connections of that room. (The
+//! answered first frame makes its join comparable with a real one: a frame in, a frame out.)
 
 use super::*;
 use std::sync::Mutex;
@@ -73,6 +74,7 @@ async fn connection(tcp: TcpStream, rooms: Rooms, me: u64) {
     };
     // One task per connection, reading and writing (as BlueCam does): no split halves, no
     // lock between them.
+    let mut joined_yet = false;
     loop {
         tokio::select! {
             out = rx.recv() => {
@@ -94,6 +96,12 @@ async fn connection(tcp: TcpStream, rooms: Rooms, me: u64) {
                 }
             }
             msg = ws.next() => match msg {
+                Some(Ok(Message::Text(_))) if !joined_yet => {
+                    joined_yet = true;
+                    if ws.send(Message::Text(JOINED.into())).await.is_err() {
+                        break;
+                    }
+                }
                 Some(Ok(Message::Text(text))) => {
                     let members = members
                         .lock()
@@ -111,6 +119,9 @@ async fn connection(tcp: TcpStream, rooms: Rooms, me: u64) {
     }
     leave(&rooms, room, &members, me);
 }
+
+/// The answer to a connection's first frame.
+const JOINED: &str = r#"{"op":"joined"}"#;
 
 fn leave(rooms: &Rooms, room: &str, members: &Members, me: u64) {
     let empty = {

@@ -103,7 +103,19 @@ pub(super) async fn open(
             let token = spec.token.context("a BlueCam join needs a token")?;
             join(&mut ws, token).await?.self_.id.to_string()
         }
-        TargetKind::Baseline => spec.chosen_id.context("id")?,
+        TargetKind::Baseline => {
+            // A frame in, a frame out, as a real join (see `baseline`).
+            ws.send(Message::Text(r#"{"op":"join"}"#.into())).await?;
+            loop {
+                let Some(msg) = ws.next().await else {
+                    bail!("the baseline closed before answering the first frame")
+                };
+                if let Message::Text(_) = msg? {
+                    break;
+                }
+            }
+            spec.chosen_id.context("id")?
+        }
         TargetKind::Peerjs => {
             #[derive(serde::Deserialize)]
             struct Frame<'a> {
