@@ -77,33 +77,19 @@ async fn an_idle_joined_connection_holds_no_more_than_its_budget_fresh_or_used()
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let mut next_line = |line: &mut String| {
-        line.clear();
-        tokio::task::block_in_place(|| out.read_line(line)).unwrap();
-    };
-    loop {
-        next_line(&mut line);
-        if line.starts_with("ready") || line.is_empty() {
-            break;
+    // Reads the child's lines until one starts with `word` (or the child is gone).
+    let mut wait_for = |word: &str| {
+        let mut line = String::new();
+        while !line.starts_with(word) {
+            line.clear();
+            let n = tokio::task::block_in_place(|| out.read_line(&mut line)).unwrap();
+            assert!(n > 0, "the client process ended before {word:?}");
         }
-    }
-    assert!(
-        line.starts_with("ready"),
-        "the clients did not join: {line:?}"
-    );
+    };
+    wait_for("ready");
     let fresh = (settled().await - before) / CONNECTIONS as isize;
     writeln!(child.stdin.as_mut().unwrap(), "ping").unwrap();
-    loop {
-        next_line(&mut line);
-        if line.starts_with("pinged") || line.is_empty() {
-            break;
-        }
-    }
-    assert!(
-        line.starts_with("pinged"),
-        "the clients did not ping: {line:?}"
-    );
+    wait_for("pinged");
     let used = (settled().await - before) / CONNECTIONS as isize;
     drop(child.stdin.take());
     let _ = child.wait();
