@@ -76,6 +76,7 @@ pub(super) async fn idle(
     // Used: every connection exchanges its pings, then all are idle again.
     let mut rss_used = None;
     let mut ping_secs = None;
+    let mut ping_lost = 0usize;
     if pings > 0 {
         progress(&format!("each connection sends {pings} pings"));
         let t = Instant::now();
@@ -87,6 +88,12 @@ pub(super) async fn idle(
             let mut line = String::new();
             tokio::task::block_in_place(|| out.read_line(&mut line))?;
             anyhow::ensure!(line.starts_with("pinged"), "worker: {line:?}");
+            // "pinged DONE LOST": a connection that broke while pinging is not a used one.
+            ping_lost += line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
         }
         ping_secs = Some(t.elapsed().as_secs_f64());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -120,6 +127,7 @@ pub(super) async fn idle(
         "server_idle_cpu_percent": idle_cpu,
         "pings_per_connection": pings,
         "ping_secs": ping_secs,
+        "ping_connections_lost": ping_lost,
         "server_rss_used_kib": rss_used,
         "server_rss_per_used_connection_bytes": slope(rss_used),
     }))
@@ -198,15 +206,8 @@ pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Resul
     }
     drop(done_tx);
     drop(pinged_tx);
-    let (mut ok, mut failed) = (0usize, 0usize);
     // Each task reports once, then keeps its sender while it holds its connection.
-    while ok + failed < count {
-        match done_rx.recv().await {
-            Some(true) => ok += 1,
-            Some(false) => failed += 1,
-            None => break,
-        }
-    }
+    let (ok, failed) = tally(&mut done_rx, count).await;
     say(&format!("ready {ok} {failed}"));
     // Hold until the parent closes our stdin; `ping` on it: every connection pings.
     let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -219,20 +220,26 @@ pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Resul
     while let Some(line) = lines.recv().await {
         if line.trim() == "ping" {
             ping.cancel();
-            let (mut done, mut lost) = (0usize, 0usize);
-            while done + lost < ok {
-                match pinged_rx.recv().await {
-                    Some(true) => done += 1,
-                    Some(false) => lost += 1,
-                    None => break,
-                }
-            }
+            let (done, lost) = tally(&mut pinged_rx, ok).await;
             say(&format!("pinged {done} {lost}"));
         }
     }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Counts `n` reports of success or failure (fewer if every reporter is gone).
+async fn tally(reports: &mut tokio::sync::mpsc::Receiver<bool>, n: usize) -> (usize, usize) {
+    let (mut ok, mut failed) = (0usize, 0usize);
+    while ok + failed < n {
+        match reports.recv().await {
+            Some(true) => ok += 1,
+            Some(false) => failed += 1,
+            None => break,
+        }
+    }
+    (ok, failed)
 }
 
 /// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, answered

@@ -78,6 +78,7 @@ fn bench_idle_smoke() {
     assert_eq!(v["connections_failed"], 0, "{v}");
     assert!(v["server_rss_per_connection_bytes"].is_number(), "{v}");
     assert!(v["server_rss_per_used_connection_bytes"].is_number(), "{v}");
+    assert_eq!(v["ping_connections_lost"], 0, "{v}");
 }
 
 #[test]

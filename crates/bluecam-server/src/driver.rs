@@ -766,3 +766,83 @@ impl crate::directory::Host for Driver {
         Driver::peers(self, room)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Outbound, Outq};
+    use bluecam_proto::CloseCode;
+    use std::{sync::Arc, time::Duration};
+    use tungstenite::Utf8Bytes;
+
+    fn frame(n: u32) -> Outbound {
+        Outbound::Frame {
+            text: Utf8Bytes::from(n.to_string()),
+            resumable: true,
+        }
+    }
+
+    fn text(out: Option<Outbound>) -> Option<String> {
+        match out? {
+            Outbound::Frame { text, .. } => Some(text.to_string()),
+            Outbound::Close(code) => Some(format!("close {}", code.code())),
+        }
+    }
+
+    #[test]
+    fn outq_keeps_order_refuses_past_its_bound_and_ends_after_a_close() {
+        let q = Outq::default();
+        for n in 0..3 {
+            q.try_push(frame(n), 3).unwrap();
+        }
+        assert!(q.try_push(frame(3), 3).is_err(), "past the bound");
+        assert_eq!(text(q.try_pop()).as_deref(), Some("0"));
+        q.try_push(Outbound::Close(CloseCode::Replaced), 3).unwrap();
+        q.close();
+        assert!(q.try_push(frame(9), 3).is_err(), "nothing after the close");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let rest: Vec<Option<String>> = rt.block_on(async {
+            let mut rest = Vec::new();
+            for _ in 0..4 {
+                rest.push(text(q.pop().await));
+            }
+            rest
+        });
+        let close = format!("close {}", CloseCode::Replaced.code());
+        assert_eq!(
+            rest,
+            [Some("1".into()), Some("2".into()), Some(close), None]
+        );
+    }
+
+    #[test]
+    fn outq_pop_waits_for_a_push_and_an_idle_queue_holds_no_memory() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let q = Arc::new(Outq::default());
+            let reader = tokio::spawn({
+                let q = Arc::clone(&q);
+                async move { text(q.pop().await) }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!reader.is_finished(), "nothing queued yet");
+            q.try_push(frame(7), 8).unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
+            assert_eq!(got.unwrap().unwrap().as_deref(), Some("7"));
+            // A burst grows the queue; emptied, it keeps a little while busy, nothing once
+            // trimmed.
+            for n in 0..100 {
+                q.try_push(frame(n), 1_000).unwrap();
+            }
+            while q.try_pop().is_some() {}
+            assert!(q.lock().capacity() <= super::OUTQ_KEEP);
+            q.trim();
+            assert_eq!(q.lock().capacity(), 0);
+        });
+    }
+}

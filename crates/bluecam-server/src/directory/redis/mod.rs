@@ -220,19 +220,19 @@ impl RedisBroker {
         // The first heartbeat, before this node takes any peer (the node asks for it at once).
         host.handle(Input::Timeout);
         let mut epoch = None;
-        if let Ok(step) = steps.try_recv() {
-            let done = self.run_step(host.as_ref(), step).await;
-            match &done {
-                Done::Heartbeat(None) => {
-                    return Err(BrokerError::Unavailable(
-                        "the first heartbeat failed".into(),
-                    ));
-                }
-                Done::Heartbeat(Some(beat)) => self.note_beat(&mut epoch, beat),
-                _ => {}
-            }
-            host.handle(Input::StepDone(done));
-        }
+        let Ok(step @ Step::Heartbeat) = steps.try_recv() else {
+            return Err(BrokerError::Unavailable(
+                "the node did not ask for its first heartbeat".into(),
+            ));
+        };
+        let done = self.run_step(host.as_ref(), step).await;
+        let Done::Heartbeat(Some(beat)) = &done else {
+            return Err(BrokerError::Unavailable(
+                "the first heartbeat failed".into(),
+            ));
+        };
+        self.note_beat(&mut epoch, beat);
+        host.handle(Input::StepDone(done));
         let subscriber = build(&self.config)
             .map_err(backend)?
             .build_subscriber_client()
