@@ -51,6 +51,10 @@ pub struct ConnShared {
     pub queued_bytes: AtomicUsize,
     /// Set (with `kill`) when the driver drops the connection out of band: slow consumer.
     kill_code: AtomicU16,
+    /// Set once the connection task writes: until then the client could not have read
+    /// anything, so only the frame bound holds for it, not the byte bound (a resumed
+    /// connection's task may be held up while live frames queue behind its replay).
+    pub writing: AtomicBool,
     pub kill: Notify,
     /// What the driver hands the connection task to write, in order.
     pub queue: Outq,
@@ -187,6 +191,8 @@ pub struct Driver {
     /// Woken when the node's next deadline may have moved earlier (a step ended).
     rescheduled: Arc<Notify>,
     next_conn: Arc<AtomicU64>,
+    /// Rooms closed on this node so far (see [`Driver::rooms_closed`]).
+    closures: Arc<AtomicU64>,
     queue_bytes: usize,
     queue_frames: usize,
     spill_frames: usize,
@@ -234,6 +240,7 @@ impl Driver {
                 conns: HashMap::new(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
+            closures: Arc::new(AtomicU64::new(0)),
             queue_bytes,
             queue_frames: queue_frames.max(1),
             metrics,
@@ -503,9 +510,17 @@ impl Driver {
         }
     }
 
+    /// How many rooms [`Self::close_room`] has closed so far. A join reads it before it reads
+    /// the room from the store: if it has moved by the time the driver admitted the join, a
+    /// deletion may have found no one to close in between, and the join looks again.
+    pub fn rooms_closed(&self) -> u64 {
+        self.closures.load(Ordering::Acquire)
+    }
+
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
+        self.closures.fetch_add(1, Ordering::AcqRel);
         let input = Input::RoomClosed {
             room: room.clone(),
             reason,
@@ -581,6 +596,8 @@ impl Driver {
                         if let Some(c) = inner.conns.get_mut(&conn) {
                             let cap = if Some(conn) == replay_to {
                                 c.replayed += len;
+                                usize::MAX
+                            } else if !c.shared.writing.load(Ordering::Acquire) {
                                 usize::MAX
                             } else {
                                 self.queue_bytes.saturating_add(c.replayed)

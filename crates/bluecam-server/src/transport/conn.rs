@@ -256,6 +256,7 @@ async fn join(
         .secret
         .verify(&token)
         .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
+    let closures = state.driver.rooms_closed();
     let room = match state.store.room(claims.room.clone()).await {
         Ok(Some(room)) => room,
         // In a cluster whose directory lost its data a moment ago, the room may be on its
@@ -370,8 +371,11 @@ async fn join(
         )
     })?;
     // A DELETE may have removed the room between our read and the join, and found no one to
-    // close yet: look again, so the room cannot live on in the driver after its deletion.
-    if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
+    // close yet: look again, so the room cannot live on in the driver after its deletion. On
+    // one node only if a room was closed meanwhile (the read costs every join a store round
+    // trip); in a cluster another node may have deleted it: always.
+    let maybe_deleted = state.broker.node().is_some() || state.driver.rooms_closed() != closures;
+    if maybe_deleted && matches!(state.store.room(room_id.clone()).await, Ok(None)) {
         state.driver.close_room(&room_id, RoomClosedReason::Deleted);
     }
     Ok(peer)
@@ -495,6 +499,7 @@ impl Connection {
         tokio::pin!(shutdown);
         let killed = shared.kill.notified();
         tokio::pin!(killed);
+        shared.writing.store(true, Ordering::Release);
         loop {
             // Unbiased: a connection whose queue is never empty must still read its socket and
             // send its pings.
