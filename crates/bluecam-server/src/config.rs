@@ -158,34 +158,38 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     /// The HMAC key: the secret's bytes after `whsec_`, base64-decoded.
-    pub fn key(&self) -> Result<Vec<u8>, String> {
+    pub fn key(&self) -> Result<Vec<u8>, Invalid> {
         use base64::Engine as _;
         let url = redacted(&self.url);
         let encoded = self.secret.strip_prefix("whsec_").ok_or_else(|| {
-            format!("webhook secret for {url} must start with whsec_ (Standard Webhooks)")
+            Invalid::new(format!(
+                "webhook secret for {url} must start with whsec_ (Standard Webhooks)"
+            ))
         })?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded)
-            .map_err(|e| format!("webhook secret for {url} is not base64: {e}"))?;
+            .map_err(|e| Invalid::because(format!("webhook secret for {url} is not base64"), e))?;
         if key.len() < 24 {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "webhook secret for {url} is too short: give at least 24 random bytes"
-            ));
+            )));
         }
         Ok(key)
     }
 
     /// Checks the URL, the secret and the event names.
-    pub fn validate(&self) -> Result<(), String> {
-        let url: reqwest::Url = self
-            .url
-            .parse()
-            .map_err(|e| format!("webhook url {:?}: {e}", redacted(&self.url)))?;
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let url: reqwest::Url = self.url.parse().map_err(|e| {
+            Invalid::because(
+                format!("webhook url {:?} is not a URL", redacted(&self.url)),
+                e,
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "webhook url {:?} must be http or https",
                 redacted(&self.url)
-            ));
+            )));
         }
         self.key()?;
         if let Some(bad) = self
@@ -193,10 +197,10 @@ impl WebhookConfig {
             .iter()
             .find(|e| !EVENT_TYPES.contains(&e.as_str()))
         {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "webhook event {bad:?} is not one of {}",
                 EVENT_TYPES.join(", ")
-            ));
+            )));
         }
         Ok(())
     }
@@ -442,10 +446,44 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("invalid {var}: {message}")]
-    Env { var: String, message: String },
+    #[error("invalid {var}")]
+    Env {
+        var: String,
+        #[source]
+        source: Invalid,
+    },
     #[error("invalid configuration (the file and the BLUECAM_* variables together): {0}")]
     Merged(Box<toml::de::Error>),
+}
+
+/// A setting whose value cannot be used: what is wrong with it, and the error underneath when
+/// there is one (printed after it as its cause).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Invalid {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `message`, caused by `source`.
+    pub fn because(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// How a setting's environment variable is read.
@@ -579,8 +617,8 @@ impl Config {
             let Some(raw) = env(&var).filter(|v| !v.trim().is_empty()) else {
                 continue;
             };
-            let value = env_value(s.kind, raw.trim())
-                .map_err(|message| ConfigError::Env { var, message })?;
+            let value =
+                env_value(s.kind, raw.trim()).map_err(|source| ConfigError::Env { var, source })?;
             insert(&mut table, s.key, value);
             from_env = true;
         }
@@ -614,11 +652,11 @@ impl Config {
 }
 
 /// Reads one variable's text as the value its setting takes.
-fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, String> {
-    let json = |raw: &str| -> Result<toml::Value, String> {
+fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, Invalid> {
+    let json = |raw: &str| -> Result<toml::Value, Invalid> {
         let v: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
-        toml::Value::try_from(v).map_err(|e| e.to_string())
+            serde_json::from_str(raw).map_err(|e| Invalid::because("not JSON", e))?;
+        toml::Value::try_from(v).map_err(|e| Invalid::because("not a setting's value", e))
     };
     match kind {
         Kind::Str => Ok(toml::Value::String(raw.to_owned())),
@@ -631,7 +669,7 @@ fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, String> {
                     toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)
                 )
             })
-            .ok_or_else(|| format!("expected a number or true/false, got {raw:?}")),
+            .ok_or_else(|| Invalid::new(format!("expected a number or true/false, got {raw:?}"))),
         Kind::List if raw.starts_with('[') => json(raw),
         Kind::List => Ok(toml::Value::Array(
             raw.split(',')

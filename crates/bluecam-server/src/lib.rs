@@ -73,8 +73,9 @@ pub enum ServerError {
     ClusterSecret,
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] directory::BrokerError),
-    #[error("invalid setting: {0}")]
-    Config(String),
+    /// A setting that cannot be used (the message names it).
+    #[error(transparent)]
+    Config(#[from] config::Invalid),
     #[error("cannot listen on the metrics address {0}: {1}")]
     MetricsBind(SocketAddr, std::io::Error),
     #[error("cannot answer STUN on {0} (UDP): {1}")]
@@ -259,30 +260,28 @@ impl Server {
             );
         }
         for endpoint in &config.webhooks {
-            endpoint.validate().map_err(ServerError::Config)?;
+            endpoint.validate()?;
         }
         if config.redis_url.is_some()
             && config.database_url.is_none()
             && !config.webhooks.is_empty()
         {
-            return Err(ServerError::Config(
+            return Err(ServerError::Config(config::Invalid::new(
                 "webhooks in a cluster need PostgreSQL (--database postgres://…): the nodes \
-                 share the outbox there"
-                    .into(),
-            ));
+                 share the outbox there",
+            )));
         }
         if config.redis_url.is_none() && config.database_url.is_some() {
-            return Err(ServerError::Config(
+            return Err(ServerError::Config(config::Invalid::new(
                 "--database is for a cluster (with --redis); a single node keeps everything \
-                 in its SQLite file"
-                    .into(),
-            ));
+                 in its SQLite file",
+            )));
         }
         let metrics = metrics::Metrics::new();
-        let gate = Arc::new(
-            serve::Gate::new(&config.limits, metrics.http_connections.clone())
-                .map_err(ServerError::Config)?,
-        );
+        let gate = Arc::new(serve::Gate::new(
+            &config.limits,
+            metrics.http_connections.clone(),
+        )?);
         // The built-in STUN server: on the HTTP address and port (UDP) unless told otherwise.
         // Taken by something else there, the node runs without it (and says so); an address
         // given on purpose must work.
@@ -334,8 +333,7 @@ impl Server {
         let (store, broker, cluster, sqlite): (Arc<dyn Store>, Arc<dyn directory::Broker>, _, _) =
             match &config.redis_url {
                 Some(url) => {
-                    let redis = directory::redis::redis_config(url, config.redis_ca.as_deref())
-                        .map_err(ServerError::Config)?;
+                    let redis = directory::redis::redis_config(url, config.redis_ca.as_deref())?;
                     let node = directory::redis::RedisBroker::connect(
                         redis,
                         Duration::from_secs(config.cluster.node_ttl_secs.max(1)),

@@ -85,7 +85,10 @@ impl Refusal {
 
 impl Gate {
     /// Fails on an entry of `per_source_exempt` that is not an address or prefix.
-    pub fn new(limits: &LimitsConfig, gauge: metrics::Gauge) -> Result<Self, String> {
+    pub fn new(
+        limits: &LimitsConfig,
+        gauge: metrics::Gauge,
+    ) -> Result<Self, crate::config::Invalid> {
         Ok(Self {
             max_total: limits.max_http_connections,
             max_per_source: limits.max_connections_per_source,
@@ -156,8 +159,12 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not an IP address or prefix (such as 10.0.0.0/8)");
+    pub fn parse(text: &str) -> Result<Self, crate::config::Invalid> {
+        let bad = || {
+            crate::config::Invalid::new(format!(
+                "{text:?} is not an IP address or prefix (such as 10.0.0.0/8)"
+            ))
+        };
         let (addr, len) = match text.trim().split_once('/') {
             Some((a, l)) => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
             None => (text.trim(), None),

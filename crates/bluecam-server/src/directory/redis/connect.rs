@@ -1,36 +1,39 @@
 //! The Redis client's settings (TLS included) and how a client is built from them.
 
 use super::*;
+use crate::config::Invalid;
 
 /// The client settings of `url`. A `rediss://` URL gets verified TLS (rustls): against the
 /// PEM CA bundle `ca` when given, else the system's roots; any TLS setting that cannot be
 /// honoured is an error, never a silent plaintext connection.
-pub fn redis_config(url: &str, ca: Option<&std::path::Path>) -> Result<FredConfig, String> {
-    let mut config = FredConfig::from_url(url)
-        .map_err(|e| format!("the Redis URL is not valid: {}", e.details()))?;
+pub fn redis_config(url: &str, ca: Option<&std::path::Path>) -> Result<FredConfig, Invalid> {
+    let mut config =
+        FredConfig::from_url(url).map_err(|e| Invalid::because("the Redis URL is not valid", e))?;
     let tls_url = url.starts_with("rediss") || url.starts_with("valkeys");
     match (tls_url, ca) {
         (false, Some(_)) => {
-            return Err(
-                "redis_ca is set but the Redis URL is not rediss://: refusing to \
-                        connect without TLS"
-                    .into(),
-            );
+            return Err(Invalid::new(
+                "redis_ca is set but the Redis URL is not rediss://: refusing to connect \
+                 without TLS",
+            ));
         }
         (true, Some(ca)) => {
             use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-            let bad = |e: &dyn std::fmt::Display| format!("redis_ca {}: {e}", ca.display());
+            let what = format!("redis_ca {}", ca.display());
+            let bad = |e: rustls::pki_types::pem::Error| Invalid::because(what.clone(), e);
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
-                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            for cert in CertificateDer::pem_file_iter(ca).map_err(bad)? {
+                roots
+                    .add(cert.map_err(bad)?)
+                    .map_err(|e| Invalid::because(what.clone(), e))?;
             }
             if roots.is_empty() {
-                return Err(bad(&"holds no certificate"));
+                return Err(Invalid::new(format!("{what} holds no certificate")));
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let tls = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS: {e}"))?
+                .map_err(|e| Invalid::because("TLS for Redis", e))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
@@ -38,7 +41,7 @@ pub fn redis_config(url: &str, ca: Option<&std::path::Path>) -> Result<FredConfi
         // fred fills it in from the URL (system roots); make sure it did.
         (true, None) if config.tls.is_none() => {
             let tls = fred::types::config::TlsConnector::default_rustls()
-                .map_err(|e| format!("TLS: {}", e.details()))?;
+                .map_err(|e| Invalid::because("TLS for Redis", e))?;
             config.tls = Some(tls.into());
         }
         _ => {}
