@@ -100,7 +100,7 @@ pub struct View {
 impl View {
     /// The room as a node that just seated a new peer sees it (the peer's seq is the
     /// version): peers of other nodes, and those recorded on this one it may not hold yet.
-    pub fn joined(self, node: &NodeId) -> ClusterView {
+    pub fn joined(self, node: &NodeId, replaced: Vec<PeerId>) -> ClusterView {
         let (peers, pending_here) = split_view(self.peers, node);
         ClusterView {
             ver: self.ver,
@@ -108,6 +108,7 @@ impl View {
             peers,
             claimed: None,
             pending_here,
+            replaced,
         }
     }
 
@@ -130,6 +131,7 @@ impl View {
             seq: me.seq,
             peers,
             pending_here,
+            replaced: Vec::new(),
             claimed: Some(ClaimedSession {
                 info: me.info,
                 session,
@@ -144,8 +146,13 @@ impl View {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum JoinReply {
-    /// Seated, with the room after it (the new peer's seq is `view.ver`).
-    Joined { view: View },
+    /// Seated, with the room after it (the new peer's seq is `view.ver`), and the seats of
+    /// the same identity it took over (see [`admit`]), which left with reason `replaced`.
+    Joined {
+        view: View,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaced: Vec<PeerId>,
+    },
     /// Every seat is taken.
     Full,
     /// No such room (never made, or deleted).
@@ -200,6 +207,42 @@ pub struct Reaped {
 pub struct Publish {
     pub node: NodeId,
     pub text: String,
+}
+
+/// Who may take a seat, the one rule of it: the single node's core (`Hub`) and the directory
+/// of a cluster (this model, and the `JOIN` script that translates it) both apply it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admit {
+    /// The seats the new session takes over: the identity's others, unless the room allows
+    /// several sessions per identity (a reload or a second tab replaces the first).
+    pub replaces: Vec<PeerId>,
+    /// Every seat is taken by others (those replaced not counted): refused, and nobody is
+    /// replaced.
+    pub full: bool,
+}
+
+/// [`Admit`] for a new session of `identity` in a room with these seats (peer and identity),
+/// the joiner's own not among them.
+pub fn admit<'a>(
+    seats: impl IntoIterator<Item = (&'a PeerId, &'a Identity)>,
+    identity: &Identity,
+    multiple_sessions: bool,
+    max_peers: u32,
+) -> Admit {
+    let mut replaces = Vec::new();
+    let mut others = 0usize;
+    for (peer, who) in seats {
+        if !multiple_sessions && who == identity {
+            replaces.push(peer.clone());
+        } else {
+            others += 1;
+        }
+    }
+    let full = others >= max_peers as usize;
+    if full {
+        replaces.clear();
+    }
+    Admit { replaces, full }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -347,29 +390,62 @@ impl Directory {
         self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
     }
 
-    /// A new peer on `node`: refused when the room is gone or full (`max_peers` seats);
-    /// otherwise seated with the next version as its seq and announced (`joined`) to the
-    /// room's other nodes.
+    /// A new peer on `node`: refused when the room is gone or full ([`admit`], `max_peers`
+    /// seats); otherwise the seats it takes over leave (`replaced`: announced to every node
+    /// but this one, which is told in the answer), and it is seated with the next version as
+    /// its seq and announced (`joined`) to the room's other nodes.
     pub fn join(
         &mut self,
         room: &RoomId,
         node: &NodeId,
         peer: &PeerEntry,
         max_peers: u32,
+        multiple_sessions: bool,
+        now: u64,
     ) -> JoinReply {
         self.note_node_room(node, room);
         let r = self.room(room);
         if !r.exists {
             return JoinReply::Gone;
         }
-        if !r.seats.contains_key(&peer.info.id) && r.seats.len() >= max_peers as usize {
+        // (A join repeated after an answer that was lost finds its seat taken by itself.)
+        let seats = r
+            .seats
+            .values()
+            .filter(|s| s.info.id != peer.info.id)
+            .map(|s| (&s.info.id, &s.info.identity));
+        let admit = admit(seats, &peer.info.identity, multiple_sessions, max_peers);
+        if admit.full {
             return JoinReply::Full;
         }
+        for old in &admit.replaces {
+            self.replace(room, old, node, now);
+        }
+        let r = self.room(room);
         r.ver += 1;
         let ver = r.ver;
         self.seat(room, node, peer, ver, ver);
         JoinReply::Joined {
             view: self.rooms[room].view(),
+            replaced: admit.replaces,
+        }
+    }
+
+    /// A seat taken over by a new session on `node`: it leaves (`replaced`), and its own node
+    /// is told even when no seat of the room is left there (it must close the old session).
+    fn replace(&mut self, room: &RoomId, peer: &PeerId, node: &NodeId, now: u64) {
+        let Some(old) = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.seats.get(peer))
+            .map(|s| s.node.clone())
+        else {
+            return;
+        };
+        let msg = self.remove(room, peer, node, LeaveReason::Replaced, now);
+        let still = self.rooms[room].seats.values().any(|s| s.node == old);
+        if old != *node && !still {
+            self.publish(&old, &msg);
         }
     }
 
@@ -453,7 +529,7 @@ impl Directory {
         node: &NodeId,
         reason: LeaveReason,
         now: u64,
-    ) {
+    ) -> NodeMessage<'static> {
         let r = self.room(room);
         r.gone.retain(|_, t| *t > now);
         r.gone.insert(peer.clone(), now + TOMBSTONE_MS);
@@ -469,6 +545,7 @@ impl Directory {
             reason,
         };
         self.tell_room(room, &msg, &mut BTreeSet::from([node.clone()]));
+        msg
     }
 
     /// A peer of `node` is gone: removes it (unless it moved to another node meanwhile; an
@@ -807,6 +884,8 @@ pub enum Op {
         node: NodeId,
         peer: PeerEntry,
         max_peers: u32,
+        #[serde(default)]
+        multiple_sessions: bool,
     },
     Claim {
         room: RoomId,
@@ -933,7 +1012,8 @@ impl Directory {
                 node,
                 peer,
                 max_peers,
-            } => Answer::Join(self.join(room, node, peer, *max_peers)),
+                multiple_sessions,
+            } => Answer::Join(self.join(room, node, peer, *max_peers, *multiple_sessions, now)),
             Op::Claim {
                 room,
                 node,

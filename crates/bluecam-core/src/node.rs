@@ -255,8 +255,8 @@ impl Node {
         let node = cluster.node().clone();
         let held = |s: &SessionId| self.hub.has_session(s);
         match (resume, answer) {
-            (None, Some(DirAnswer::Join(JoinReply::Joined { view }))) => {
-                Ok(Some(view.joined(&node)))
+            (None, Some(DirAnswer::Join(JoinReply::Joined { view, replaced }))) => {
+                Ok(Some(view.joined(&node, replaced)))
             }
             (None, Some(DirAnswer::Join(JoinReply::Full))) => Err(ErrorCode::RoomFull),
             (None, Some(DirAnswer::Join(JoinReply::Gone))) => Err(ErrorCode::RoomNotFound),

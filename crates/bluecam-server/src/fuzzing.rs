@@ -185,6 +185,7 @@ fn cluster_core() -> Hub {
             peers: Vec::new(),
             claimed: None,
             pending_here: Vec::new(),
+            replaced: Vec::new(),
         }),
     };
     hub.begin_cluster_join(&req.room.summary.id);

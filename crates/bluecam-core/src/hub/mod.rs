@@ -311,6 +311,9 @@ struct Pending {
     events: Vec<(u64, RoomEvent)>,
     /// The room was closed (deleted) while these joins waited: they are refused.
     closed: Option<RoomClosedReason>,
+    /// Peers the directory let go for a newer session of their identity (`left`, reason
+    /// `replaced`) before this node had admitted them: admitted, they leave at once.
+    replaced: Vec<PeerId>,
 }
 
 /// Frames kept per pending room at most; more are dropped (reported as undeliverable).
@@ -460,6 +463,14 @@ impl Hub {
                 (None, view) => self.join_fresh(req, view),
             }
         };
+        // Taken over by a newer session before it was admitted here: it leaves at once (its
+        // client gets `joined`, then 4042, as two racing tabs on one node do).
+        if let (Ok(peer), Some(pending)) = (&result, self.pending.get(&room_id))
+            && pending.replaced.contains(peer)
+        {
+            let peer = peer.clone();
+            self.supersede(&room_id, &[peer]);
+        }
         // Events kept while the directory answered apply now (after `joined`, in order).
         if let Some(pending) = self.pending.get_mut(&room_id) {
             pending.joins = pending.joins.saturating_sub(1);
@@ -494,19 +505,30 @@ impl Hub {
                 return Err(JoinRejected::Forbidden);
             }
         }
-        // One seat per identity unless the room allows more: a newer session replaces the
-        // older (a reload, a second tab), before the seats are counted. In a cluster the
-        // directory counted the seats and keeps several sessions per identity.
-        if view.is_none() && !req.room.multiple_sessions {
-            self.replace_identity(&room_id, &req.identity);
-        }
-        // In cluster mode the directory counted the seats (the joiner's included).
-        if view.is_none() {
-            let present = self.rooms.get(&room_id).map_or(0, |r| r.peers.len());
-            if present >= req.room.summary.max_peers as usize {
-                return Err(JoinRejected::RoomFull);
+        // Who may take a seat, and which seats of the same identity a new session takes over
+        // (a reload, a second tab): the rule of `directory::admit`, applied here on a single
+        // node, and by the directory in a cluster (which tells this node what it let go).
+        let replaced = match &view {
+            None => {
+                let seats = self
+                    .rooms
+                    .get(&room_id)
+                    .into_iter()
+                    .flat_map(|r| r.peers.iter().map(|(id, p)| (id, &p.info.identity)));
+                let admit = crate::directory::admit(
+                    seats,
+                    &req.identity,
+                    req.room.multiple_sessions,
+                    req.room.summary.max_peers,
+                );
+                if admit.full {
+                    return Err(JoinRejected::RoomFull);
+                }
+                admit.replaces
             }
-        }
+            Some(view) => view.replaced.clone(),
+        };
+        self.supersede(&room_id, &replaced);
         let info = PeerInfo {
             id: req.fresh.peer.clone(),
             identity: req.identity,
@@ -563,26 +585,25 @@ impl Hub {
         Ok(info.id)
     }
 
-    /// Removes this node's peers of `identity` from the room, reason `replaced`; an attached
-    /// one is closed with [`CloseCode::Superseded`].
-    fn replace_identity(&mut self, room_id: &RoomId, identity: &Identity) {
+    /// Removes the seats a new session took over, reason `replaced`; an attached one of this
+    /// node is closed with [`CloseCode::Superseded`] (another node closes its own when the
+    /// directory tells it).
+    pub(super) fn supersede(&mut self, room_id: &RoomId, peers: &[PeerId]) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
-        let mut old: Vec<(u64, PeerId, Option<ConnId>)> = room
-            .peers
+        let mut old: Vec<(u64, PeerId, Option<ConnId>)> = peers
             .iter()
-            .filter(|(_, p)| p.info.identity == *identity)
-            .filter_map(|(id, p)| match &p.at {
-                At::Here { link, .. } => Some((
-                    p.seq,
-                    id.clone(),
-                    match link {
-                        Link::Attached(conn) => Some(*conn),
-                        Link::Detached { .. } => None,
-                    },
-                )),
-                At::There(_) => None,
+            .filter_map(|id| {
+                let p = room.peers.get(id)?;
+                let conn = match &p.at {
+                    At::Here {
+                        link: Link::Attached(conn),
+                        ..
+                    } => Some(*conn),
+                    _ => None,
+                };
+                Some((p.seq, id.clone(), conn))
             })
             .collect();
         old.sort();

@@ -29,6 +29,9 @@ pub struct ClusterView {
     /// join or resume here is a step behind this one): the joiner must still list them, and
     /// frames for them go round through the node's own channel until they are admitted.
     pub pending_here: Vec<RemotePeer>,
+    /// For a new peer: the seats of its identity the directory let go for it (`replaced`):
+    /// those of this node are closed here ([`crate::directory::admit`]).
+    pub replaced: Vec<PeerId>,
 }
 
 /// A session taken over from another node.
@@ -335,11 +338,20 @@ impl Hub {
         }
         match event {
             RoomEvent::Joined(p) => self.add_remote(room_id, p),
-            RoomEvent::Left { peer, reason } => {
-                if matches!(room.peers.get(&peer).map(|p| &p.at), Some(At::There(_))) {
-                    self.remove_peer(room_id, &peer, reason);
+            RoomEvent::Left { peer, reason } => match room.peers.get(&peer).map(|p| &p.at) {
+                Some(At::There(_)) => self.remove_peer(room_id, &peer, reason),
+                // A new session of its identity took its seat on another node.
+                Some(At::Here { .. }) if reason == LeaveReason::Replaced => {
+                    self.supersede(room_id, &[peer]);
                 }
-            }
+                // One of this node's joins in flight, taken over before it was admitted.
+                None if reason == LeaveReason::Replaced => {
+                    if let Some(pending) = self.pending.get_mut(room_id) {
+                        pending.replaced.push(peer);
+                    }
+                }
+                _ => {}
+            },
             RoomEvent::Moved(p) => {
                 if let Some(peer) = room.peers.get_mut(&p.info.id) {
                     peer.moved_ver = ver;

@@ -30,6 +30,7 @@ fn view(ver: u64, seq: u64, peers: Vec<RemotePeer>) -> ClusterView {
         peers,
         claimed: None,
         pending_here: Vec::new(),
+        replaced: Vec::new(),
     }
 }
 
@@ -331,6 +332,7 @@ fn a_claimed_session_resumes_here_with_its_id() {
             permissions: Permissions::default(),
         }),
         pending_here: Vec::new(),
+        replaced: Vec::new(),
     });
     w.hub.begin_cluster_join(&room.summary.id);
     let (back, out) = w.admit(req);
@@ -688,6 +690,7 @@ proptest::proptest! {
                             permissions: Permissions::default(),
                         }),
                         pending_here: Vec::new(),
+                        replaced: Vec::new(),
                     });
                     w.hub.begin_cluster_join(&rid);
                     let (back, out) = w.admit(req);
@@ -802,6 +805,7 @@ fn a_joiner_lists_a_peer_whose_claim_here_is_a_step_behind_and_reaches_it_once_a
                 permissions: Permissions::default(),
             }),
             pending_here: pending,
+            replaced: Vec::new(),
         });
         w.hub.begin_cluster_join(&room.summary.id);
         w.admit(req)
@@ -904,6 +908,7 @@ fn claim_request(
             permissions: Permissions::default(),
         }),
         pending_here: vec![me],
+        replaced: Vec::new(),
     });
     w.hub.begin_cluster_join(&room.summary.id);
     req
@@ -1175,6 +1180,7 @@ fn a_claim_of_a_session_that_expired_here_drops_its_copy_from_the_replica() {
             permissions: Permissions::default(),
         }),
         pending_here: Vec::new(),
+        replaced: Vec::new(),
     });
     w.hub.begin_cluster_join(&id);
     assert_eq!(

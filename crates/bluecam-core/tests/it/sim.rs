@@ -886,7 +886,11 @@ impl Sim {
                 };
                 let peer = entry(info, fresh.session.clone(), fresh.secret.clone());
                 self.dir
-                    .run(now, |d, _| d.join(&room_id(), &node, &peer, 100))
+                    .run(now, |d, ms| {
+                        // (Several sessions per identity, as the server asks for now: see
+                        // `multiple_sessions` in its `cluster_admit`.)
+                        d.join(&room_id(), &node, &peer, 100, true, ms)
+                    })
                     .map(DirAnswer::Join)
             }
         };

@@ -56,6 +56,8 @@ pub enum BrokerError {
 pub struct NewPeer {
     pub room: RoomId,
     pub max_peers: u32,
+    /// The room keeps several sessions per identity (else a new one replaces the others).
+    pub multiple_sessions: bool,
     pub info: PeerInfo,
     pub permissions: Permissions,
     pub session: SessionId,

@@ -87,7 +87,12 @@ impl Bench {
                 node,
                 peer,
                 max_peers,
-            } => Answer::Join(d.join(room, node, peer, *max_peers).await.unwrap()),
+                multiple_sessions,
+            } => Answer::Join(
+                d.join(room, node, peer, *max_peers, *multiple_sessions)
+                    .await
+                    .unwrap(),
+            ),
             Op::Claim {
                 room,
                 node,
@@ -280,7 +285,8 @@ fn random_op(rng: &mut Rng) -> Op {
     let entry = PeerEntry {
         info: PeerInfo {
             id: PeerId::new(p.as_str()),
-            identity: Identity::new(format!("user-{p}")),
+            // Two peers per identity (p1 and p4, …): a join may take over the other's seat.
+            identity: Identity::new(format!("user-{}", p[1..].parse::<u64>().unwrap_or(0) % 3)),
             name: None,
             metadata: None,
         },
@@ -295,6 +301,7 @@ fn random_op(rng: &mut Rng) -> Op {
             node,
             peer: entry,
             max_peers: 1 + rng.below(4) as u32,
+            multiple_sessions: rng.below(4) == 0,
         },
         30..=44 => Op::Claim {
             room,

@@ -686,7 +686,13 @@ impl Broker for RedisBroker {
                 permissions: peer.permissions,
             };
             self.dir
-                .join(&peer.room, &self.node, &entry, peer.max_peers)
+                .join(
+                    &peer.room,
+                    &self.node,
+                    &entry,
+                    peer.max_peers,
+                    peer.multiple_sessions,
+                )
                 .await
                 .inspect_err(|e| self.redis_error("join", e))
         })

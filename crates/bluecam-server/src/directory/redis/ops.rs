@@ -164,8 +164,10 @@ impl RedisDirectory {
         node: &NodeId,
         peer: &PeerEntry,
         max_peers: u32,
+        multiple_sessions: bool,
     ) -> R<JoinReply> {
-        let args = peer_args(room, node, peer, Some(max_peers));
+        let mut args = peer_args(room, node, peer, Some(max_peers));
+        args.push(u8::from(multiple_sessions).to_string());
         let (tag, mut rest) = tagged(self.eval_noted(node, room, &JOIN, args).await?);
         Ok(match tag.as_str() {
             "ok" => {
@@ -174,8 +176,16 @@ impl RedisDirectory {
                     rest.next().unwrap_or(Value::Null),
                     rest.next().unwrap_or(Value::Null),
                 );
+                let replaced = match rest.next() {
+                    Some(Value::Array(ids)) => ids
+                        .into_iter()
+                        .filter_map(|v| v.as_string().map(PeerId::new))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 JoinReply::Joined {
                     view: view(ver, peers),
+                    replaced,
                 }
             }
             "full" => JoinReply::Full,

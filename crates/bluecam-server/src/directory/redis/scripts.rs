@@ -75,7 +75,7 @@ local function move(peer, sess, old, node)
   return ver
 end
 -- Removes peer (session sess), keeping its tombstone, and announces `left` with reason to the
--- room's nodes but node.
+-- room's nodes but node; returns the message.
 local function remove(peer, sess, node, reason)
   local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', K.gone, '-inf', now)
@@ -89,8 +89,10 @@ local function remove(peer, sess, node, reason)
     redis.call('SET', K.active, redis.call('TIME')[1], 'XX')
   end
   local ver = redis.call('INCR', K.ver)
-  tell_room('{"t":"left","room":' .. room_json() .. ',"ver":' .. ver .. ',"peer":' ..
-    cjson.encode(peer) .. ',"reason":' .. cjson.encode(reason) .. '}', {[node] = true})
+  local msg = '{"t":"left","room":' .. room_json() .. ',"ver":' .. ver .. ',"peer":' ..
+    cjson.encode(peer) .. ',"reason":' .. cjson.encode(reason) .. '}'
+  tell_room(msg, {[node] = true})
+  return msg
 end
 "#;
 
@@ -114,18 +116,40 @@ return 1
     )
 });
 
-/// `Directory::join`. ARGV: room, peer, node, info JSON, session, session JSON, max peers.
+/// `Directory::join`. ARGV: room, peer, node, info JSON, session, session JSON, max peers,
+/// multiple sessions ("1": several per identity). The rule is `directory::admit`'s.
 pub(super) static JOIN: Script = LazyLock::new(|| {
     script(
         r#"
 if redis.call('EXISTS', K.room) == 0 then return {'gone'} end
-if redis.call('HEXISTS', K.nodes, ARGV[2]) == 0
-  and redis.call('HLEN', K.nodes) >= tonumber(ARGV[7]) then return {'full'} end
+local identity = cjson.decode(ARGV[4]).identity
+local replaced, others = {}, 0
+local all = redis.call('HGETALL', K.peers)
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[2] then
+    if ARGV[8] ~= '1' and cjson.decode(all[i + 1]).info.identity == identity then
+      table.insert(replaced, all[i])
+    else
+      others = others + 1
+    end
+  end
+end
+if others >= tonumber(ARGV[7]) then return {'full'} end
+table.sort(replaced)
+for _, peer in ipairs(replaced) do
+  local old, sess = entry(redis.call('HGET', K.nodes, peer))
+  local msg = remove(peer, sess, ARGV[3], 'replaced')
+  local still = false
+  for _, v in ipairs(redis.call('HVALS', K.nodes)) do
+    if entry(v) == old then still = true; break end
+  end
+  if old ~= ARGV[3] and not still then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+end
 local ver = redis.call('INCR', K.ver)
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
 seat(ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
 announce_joined(ver, ARGV[3], rec)
-return {'ok', ver, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes)}
+return {'ok', ver, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes), replaced}
 "#,
     )
 });
