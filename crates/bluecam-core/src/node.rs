@@ -17,8 +17,8 @@ use crate::{
     directory::{ClaimReply, JoinReply},
 };
 use bluecam_proto::{
-    ClientMessage, ErrorCode, LeaveReason, NodeId, PeerId, ResumeCredentials, Room,
-    RoomClosedReason, RoomId, SessionId,
+    ClientMessage, LeaveReason, NodeId, PeerId, ResumeCredentials, Room, RoomClosedReason, RoomId,
+    SessionId,
 };
 use std::time::Instant;
 
@@ -103,7 +103,7 @@ pub enum Handled {
     /// [`Input::Admission`]: the room as the cluster sees it for the join (`None`: the node
     /// resumes a session it holds on its own), or the error to refuse the join with (the join
     /// is no longer pending then).
-    Admitted(Result<Option<ClusterView>, ErrorCode>),
+    Admitted(Result<Option<ClusterView>, JoinRejected>),
     /// [`Input::Snapshot`]: false when it was older than the replica and skipped (read another).
     Snapshot {
         applied: bool,
@@ -243,7 +243,7 @@ impl Node {
         resume: Option<&ResumeCredentials>,
         answer: Option<DirAnswer>,
         now: Instant,
-    ) -> Result<Option<ClusterView>, ErrorCode> {
+    ) -> Result<Option<ClusterView>, JoinRejected> {
         let Some(cluster) = &mut self.cluster else {
             // A single node is its own directory.
             return Ok(None);
@@ -258,14 +258,14 @@ impl Node {
             (None, Some(DirAnswer::Join(JoinReply::Joined { view, replaced }))) => {
                 Ok(Some(view.joined(&node, replaced)))
             }
-            (None, Some(DirAnswer::Join(JoinReply::Full))) => Err(ErrorCode::RoomFull),
-            (None, Some(DirAnswer::Join(JoinReply::Gone))) => Err(ErrorCode::RoomNotFound),
+            (None, Some(DirAnswer::Join(JoinReply::Full))) => Err(JoinRejected::RoomFull),
+            (None, Some(DirAnswer::Join(JoinReply::Gone))) => Err(JoinRejected::RoomClosed),
             (Some(creds), Some(DirAnswer::Claim(ClaimReply::Claimed { session, view }))) => view
                 .claimed(&node, creds.session.clone(), session)
                 .map(Some)
-                .ok_or(ErrorCode::Unavailable),
+                .ok_or(JoinRejected::DirectoryUnavailable),
             (Some(_), Some(DirAnswer::Claim(ClaimReply::Unauthorized))) => {
-                Err(ErrorCode::Unauthorized)
+                Err(JoinRejected::Unauthorized)
             }
             // Recorded on this node: the core resumes it (held here, or once this node's own
             // earlier claim of it is handled; if it expired here, the core says so).
@@ -284,14 +284,14 @@ impl Node {
             (Some(_), Some(DirAnswer::Claim(ClaimReply::Expired)))
                 if cluster.recently_rebuilt(now) =>
             {
-                Err(ErrorCode::Unavailable)
+                Err(JoinRejected::DirectoryUnavailable)
             }
             // Gone from the directory and not held here. (Not left to the core: a node the
             // session was once handed over from would answer "overtaken, retry" for ever.)
             (Some(_), Some(DirAnswer::Claim(ClaimReply::Expired))) => {
-                Err(ErrorCode::SessionExpired)
+                Err(JoinRejected::SessionExpired)
             }
-            _ => Err(ErrorCode::Unavailable),
+            _ => Err(JoinRejected::DirectoryUnavailable),
         }
     }
 

@@ -544,10 +544,31 @@ async fn delete_room(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = RoomId::new(id);
-    if !state.store.delete_room(id.clone()).await? {
+    // In a task of its own, so a client that hangs up mid-request cannot leave the room
+    // deleted from the store and still open in the driver.
+    let deleted = {
+        let (state, id) = (state.clone(), id.clone());
+        tokio::spawn(async move {
+            state.driver.deleting_room();
+            let deleted = state.store.delete_room(id.clone()).await?;
+            if deleted {
+                state.driver.close_room(&id, RoomClosedReason::Deleted);
+            }
+            Ok::<_, crate::persist::store::StoreError>(deleted)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "room deletion task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the deletion failed",
+            )
+        })??
+    };
+    if !deleted {
         return Err(ApiError::room_not_found());
     }
-    state.driver.close_room(&id, RoomClosedReason::Deleted);
     if let Some(h) = &state.history {
         h.recorder
             .record(crate::persist::history::Event::RoomDeleted {

@@ -21,8 +21,7 @@ use bluecam_core::{
     cluster::{ClusterNode, Signal, Step},
 };
 use bluecam_proto::{
-    ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId,
-    ServerMessage, SessionId,
+    ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId, ServerMessage,
 };
 use std::{
     collections::{HashMap, VecDeque},
@@ -51,9 +50,9 @@ pub struct ConnShared {
     pub queued_bytes: AtomicUsize,
     /// Set (with `kill`) when the driver drops the connection out of band: slow consumer.
     kill_code: AtomicU16,
-    /// Set once the connection task writes: until then the client could not have read
-    /// anything, so only the frame bound holds for it, not the byte bound (a resumed
-    /// connection's task may be held up while live frames queue behind its replay).
+    /// Set when the connection task starts serving (writing its queue): until then the client
+    /// could not have read anything, so the byte bound allows it a resume buffer's worth more
+    /// (a resumed connection's task may be held up while live frames queue behind its replay).
     pub writing: AtomicBool,
     pub kill: Notify,
     /// What the driver hands the connection task to write, in order.
@@ -191,8 +190,8 @@ pub struct Driver {
     /// Woken when the node's next deadline may have moved earlier (a step ended).
     rescheduled: Arc<Notify>,
     next_conn: Arc<AtomicU64>,
-    /// Rooms closed on this node so far (see [`Driver::rooms_closed`]).
-    closures: Arc<AtomicU64>,
+    /// Room deletions begun on this node so far (see [`Driver::deletions`]).
+    deletions: Arc<AtomicU64>,
     queue_bytes: usize,
     queue_frames: usize,
     spill_frames: usize,
@@ -240,7 +239,7 @@ impl Driver {
                 conns: HashMap::new(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
-            closures: Arc::new(AtomicU64::new(0)),
+            deletions: Arc::new(AtomicU64::new(0)),
             queue_bytes,
             queue_frames: queue_frames.max(1),
             metrics,
@@ -443,11 +442,6 @@ impl Driver {
         self.drain(&mut inner)
     }
 
-    /// Whether this node holds the session.
-    pub fn has_session(&self, session: &SessionId) -> bool {
-        self.lock().node.hub().has_session(session)
-    }
-
     /// Cluster: whether a join into `room` is waiting for the directory.
     pub fn has_pending_join(&self, room: &RoomId) -> bool {
         self.lock().node.hub().has_pending_join(room)
@@ -506,21 +500,41 @@ impl Driver {
             inner.conns.get_mut(&conn),
             Utf8Bytes::try_from(bytes::Bytes::from(frame)),
         ) {
-            self.enqueue(c, &text, false, len, self.queue_bytes);
+            let cap = self.byte_cap(c);
+            self.enqueue(c, &text, false, len, cap);
         }
     }
 
-    /// How many rooms [`Self::close_room`] has closed so far. A join reads it before it reads
-    /// the room from the store: if it has moved by the time the driver admitted the join, a
-    /// deletion may have found no one to close in between, and the join looks again.
-    pub fn rooms_closed(&self) -> u64 {
-        self.closures.load(Ordering::Acquire)
+    /// The bytes a connection's queue may hold: the configured bound, plus what it was
+    /// replayed when it resumed (a replay does not count against it), plus, until its task
+    /// starts writing, a resume buffer's worth (it could not have read anything yet).
+    fn byte_cap(&self, c: &ConnTx) -> usize {
+        let waiting = if c.shared.writing.load(Ordering::Acquire) {
+            0
+        } else {
+            self.spill_bytes
+        };
+        self.queue_bytes
+            .saturating_add(c.replayed)
+            .saturating_add(waiting)
+    }
+
+    /// Called before a room is deleted from the store (then [`Self::close_room`]).
+    pub fn deleting_room(&self) {
+        self.deletions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many room deletions have begun on this node. A join reads it before it reads the
+    /// room from the store: if it has moved by the time the driver admitted the join, a
+    /// deletion may have found no one to close in between (or not got as far as closing), and
+    /// the join looks again.
+    pub fn deletions(&self) -> u64 {
+        self.deletions.load(Ordering::Acquire)
     }
 
     /// Tells everyone in the room and disconnects them.
     pub fn close_room(&self, room: &RoomId, reason: RoomClosedReason) {
         let mut inner = self.lock();
-        self.closures.fetch_add(1, Ordering::AcqRel);
         let input = Input::RoomClosed {
             room: room.clone(),
             reason,
@@ -597,10 +611,8 @@ impl Driver {
                             let cap = if Some(conn) == replay_to {
                                 c.replayed += len;
                                 usize::MAX
-                            } else if !c.shared.writing.load(Ordering::Acquire) {
-                                usize::MAX
                             } else {
-                                self.queue_bytes.saturating_add(c.replayed)
+                                self.byte_cap(c)
                             };
                             self.enqueue(c, &text, resumable, len, cap);
                         }

@@ -153,8 +153,12 @@ pub enum JoinRejected {
     /// A claim answered by the directory was overtaken by another node's claim of the same
     /// session before this node handled it: retry.
     Overtaken,
-    /// The room was deleted while the directory answered the join.
+    /// The room was deleted while the directory answered the join (or before: the directory
+    /// has no such room).
     RoomClosed,
+    /// Cluster: the directory could not be asked, or gave an answer that admits nobody:
+    /// retry.
+    DirectoryUnavailable,
 }
 
 impl JoinRejected {
@@ -168,6 +172,7 @@ impl JoinRejected {
             Self::AlreadyJoined => ErrorCode::BadRequest,
             Self::Overtaken => ErrorCode::Unavailable,
             Self::RoomClosed => ErrorCode::RoomNotFound,
+            Self::DirectoryUnavailable => ErrorCode::Unavailable,
         }
     }
 
@@ -181,6 +186,7 @@ impl JoinRejected {
             Self::AlreadyJoined => "this connection has joined already",
             Self::Overtaken => "the session was resumed on another node meanwhile; retry",
             Self::RoomClosed => "the room was deleted",
+            Self::DirectoryUnavailable => "the cluster directory is unavailable; retry",
         }
     }
 }
@@ -826,11 +832,12 @@ impl Hub {
         self.expiries.first().map(|(t, _)| *t)
     }
 
-    /// The next thing to do.
+    /// Queues an output of the node's after the core's own (see [`crate::node::Node`]).
     pub(crate) fn push_output(&mut self, output: Output) {
         self.outputs.push_back(output);
     }
 
+    /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }

@@ -330,6 +330,20 @@ impl Hub {
             }
             return;
         };
+        // One of this node's joins in flight, taken over before it was admitted: noted whatever
+        // the version (a replaced peer is tombstoned, never stale; the replica may already be
+        // past it through another join's answer or a snapshot).
+        if let RoomEvent::Left {
+            peer,
+            reason: LeaveReason::Replaced,
+        } = &event
+            && !room.peers.contains_key(peer)
+        {
+            if let Some(pending) = self.pending.get_mut(room_id) {
+                pending.replaced.push(peer.clone());
+            }
+            return;
+        }
         if event.is_membership() {
             if ver <= room.ver {
                 return;
@@ -343,12 +357,6 @@ impl Hub {
                 // A new session of its identity took its seat on another node.
                 Some(At::Here { .. }) if reason == LeaveReason::Replaced => {
                     self.supersede(room_id, &[peer]);
-                }
-                // One of this node's joins in flight, taken over before it was admitted.
-                None if reason == LeaveReason::Replaced => {
-                    if let Some(pending) = self.pending.get_mut(room_id) {
-                        pending.replaced.push(peer);
-                    }
                 }
                 _ => {}
             },

@@ -1196,3 +1196,32 @@ fn a_claim_of_a_session_that_expired_here_drops_its_copy_from_the_replica() {
     assert!(!w.hub.peers(&id).iter().any(|p| p.id == bob.peer));
     w.hub.check_invariants().unwrap();
 }
+
+/// A join in flight taken over by a newer session of its identity on another node (`left`,
+/// `replaced`) leaves at once when admitted, even when the replica is past that event's
+/// version already (another join's answer brought it there): its client gets `joined`, then
+/// 4042, and nobody is left in the replica that the directory no longer has.
+#[test]
+fn a_join_taken_over_before_it_was_admitted_leaves_at_once_whatever_the_replicas_version() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (_alice, _) = cluster_join(&mut w, &room, "alice", view(7, 7, Vec::new()));
+    let mut req = w.request(&room, "bob");
+    let bob_peer = req.fresh.peer.clone();
+    w.hub.begin_cluster_join(&id);
+    w.hub.handle_room_event(
+        &id,
+        6,
+        RoomEvent::Left {
+            peer: bob_peer.clone(),
+            reason: LeaveReason::Replaced,
+        },
+    );
+    req.cluster = Some(view(5, 5, Vec::new()));
+    let (bob, out) = w.admit(req);
+    assert!(out.to(bob.conn)[0].joined().self_.id == bob_peer);
+    assert_eq!(out.closes(), vec![(bob.conn, CloseCode::Superseded)]);
+    assert_eq!(w.hub.peer_count(&id), 1, "only alice is left");
+    w.hub.check_invariants().unwrap();
+}

@@ -375,7 +375,7 @@ mod admission {
             panic!("an admission is answered with Admitted");
         };
         (
-            admitted.map(|view| view.is_some()),
+            admitted.map(|view| view.is_some()).map_err(|r| r.code()),
             node.hub().has_pending_join(&room),
         )
     }

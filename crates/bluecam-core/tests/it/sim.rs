@@ -904,7 +904,7 @@ impl Sim {
         };
         let cluster = match admitted {
             Ok(view) => view,
-            Err(code) => return refuse(self, code),
+            Err(rejected) => return refuse(self, rejected.code()),
         };
         // The seat the directory gave this connection: taken back out if the core refuses.
         let seat = seat_given(

@@ -256,7 +256,7 @@ async fn join(
         .secret
         .verify(&token)
         .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
-    let closures = state.driver.rooms_closed();
+    let deletions = state.driver.deletions();
     let room = match state.store.room(claims.room.clone()).await {
         Ok(Some(room)) => room,
         // In a cluster whose directory lost its data a moment ago, the room may be on its
@@ -372,9 +372,9 @@ async fn join(
     })?;
     // A DELETE may have removed the room between our read and the join, and found no one to
     // close yet: look again, so the room cannot live on in the driver after its deletion. On
-    // one node only if a room was closed meanwhile (the read costs every join a store round
+    // one node only if a deletion began meanwhile (the read costs every join a store round
     // trip); in a cluster another node may have deleted it: always.
-    let maybe_deleted = state.broker.node().is_some() || state.driver.rooms_closed() != closures;
+    let maybe_deleted = state.broker.node().is_some() || state.driver.deletions() != deletions;
     if maybe_deleted && matches!(state.store.room(room_id.clone()).await, Ok(None)) {
         state.driver.close_room(&room_id, RoomClosedReason::Deleted);
     }
@@ -462,16 +462,7 @@ async fn cluster_admit(
     let Handled::Admitted(admitted) = state.driver.handle(input) else {
         unreachable!("an admission is answered with Admitted")
     };
-    admitted.map_err(|code| {
-        let message = match code {
-            ErrorCode::RoomFull => "the room is full",
-            ErrorCode::RoomNotFound => "no such room",
-            ErrorCode::Unauthorized => "the session to resume belongs to another room or identity",
-            ErrorCode::SessionExpired => "the session to resume has expired or does not exist",
-            _ => "the cluster directory is unavailable; retry",
-        };
-        fail(code, message)
-    })
+    admitted.map_err(|rejected| fail(rejected.code(), rejected.message()))
 }
 
 /// The per-connection state of the main loop.
@@ -536,7 +527,8 @@ impl Connection {
                             () = &mut shutdown => return Some(CloseCode::ServiceRestart),
                         }
                     }
-                    None => return None,
+                    // (Let go of by the driver: with the code it asked for, if it did.)
+                    None => return shared.kill_code(),
                 },
                 msg = socket.next() => match msg {
                     Incoming::Text(text) => {

@@ -43,6 +43,14 @@ end
 local function entry(cur)
   return string.match(cur, '^([^\n]*)\n(.*)$')
 end
+-- Whether a sorts before b byte by byte (as Rust orders strings).
+local function bytewise(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -122,28 +130,32 @@ pub(super) static JOIN: Script = LazyLock::new(|| {
     script(
         r#"
 if redis.call('EXISTS', K.room) == 0 then return {'gone'} end
-local identity = cjson.decode(ARGV[4]).identity
-local replaced, others = {}, 0
-local all = redis.call('HGETALL', K.peers)
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[2] then
-    if ARGV[8] ~= '1' and cjson.decode(all[i + 1]).info.identity == identity then
+local replaced, others = {}, redis.call('HLEN', K.nodes) - redis.call('HEXISTS', K.nodes, ARGV[2])
+if ARGV[8] ~= '1' then
+  -- One seat per identity: the identity's other seats are taken over, not counted.
+  local identity = cjson.decode(ARGV[4]).identity
+  local all = redis.call('HGETALL', K.peers)
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[2] and cjson.decode(all[i + 1]).info.identity == identity then
       table.insert(replaced, all[i])
-    else
-      others = others + 1
     end
   end
+  others = others - #replaced
 end
 if others >= tonumber(ARGV[7]) then return {'full'} end
-table.sort(replaced)
+-- In the model's order (bytes, as Rust compares strings; Lua's `<` follows the locale).
+table.sort(replaced, bytewise)
 for _, peer in ipairs(replaced) do
-  local old, sess = entry(redis.call('HGET', K.nodes, peer))
-  local msg = remove(peer, sess, ARGV[3], 'replaced')
-  local still = false
-  for _, v in ipairs(redis.call('HVALS', K.nodes)) do
-    if entry(v) == old then still = true; break end
+  local cur = redis.call('HGET', K.nodes, peer)
+  if cur then
+    local old, sess = entry(cur)
+    local msg = remove(peer, sess, ARGV[3], 'replaced')
+    local still = false
+    for _, v in ipairs(redis.call('HVALS', K.nodes)) do
+      if entry(v) == old then still = true; break end
+    end
+    if old ~= ARGV[3] and not still then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
   end
-  if old ~= ARGV[3] and not still then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
 end
 local ver = redis.call('INCR', K.ver)
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
