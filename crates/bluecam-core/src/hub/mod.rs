@@ -595,6 +595,14 @@ impl Hub {
     /// node is closed with [`CloseCode::Superseded`] (another node closes its own when the
     /// directory tells it).
     pub(super) fn supersede(&mut self, room_id: &RoomId, peers: &[PeerId]) {
+        // (A join in flight whose answer is older may still list them as on their way here.)
+        if let Some(pending) = self.pending.get_mut(room_id) {
+            for p in peers {
+                if !pending.replaced.contains(p) {
+                    pending.replaced.push(p.clone());
+                }
+            }
+        }
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };

@@ -175,9 +175,19 @@ impl Hub {
         // answered and this hub not yet admitted): in the room for the joiner too, and
         // announced to the peers already here (their own join event, older than this answer,
         // will be ignored). Their own admission replaces the entry.
+        // (Not one taken over by a newer session since the directory answered: the answer
+        // is older than that, and its join here will be refused.)
+        let replaced = self
+            .pending
+            .get(&id)
+            .map(|p| p.replaced.as_slice())
+            .unwrap_or_default();
         let mut arriving = Vec::new();
         for p in view.map(|v| v.pending_here.as_slice()).unwrap_or_default() {
-            if p.info.id != *joiner && !room.peers.contains_key(&p.info.id) {
+            if p.info.id != *joiner
+                && !room.peers.contains_key(&p.info.id)
+                && !replaced.contains(&p.info.id)
+            {
                 room.peers
                     .insert(p.info.id.clone(), PeerState::remote(p.clone()));
                 arriving.push(p.info.clone());
@@ -330,19 +340,18 @@ impl Hub {
             }
             return;
         };
-        // One of this node's joins in flight, taken over before it was admitted: noted whatever
-        // the version (a replaced peer is tombstoned, never stale; the replica may already be
-        // past it through another join's answer or a snapshot).
+        // Noted while joins are in flight, whatever the version (a replaced peer is tombstoned,
+        // never stale; the replica may be past it through another join's answer): it may be one
+        // of those joins, taken over before it was admitted, and an answer older than the
+        // takeover may still list it as on its way here.
         if let RoomEvent::Left {
             peer,
             reason: LeaveReason::Replaced,
         } = &event
-            && !room.peers.contains_key(peer)
+            && let Some(pending) = self.pending.get_mut(room_id)
+            && !pending.replaced.contains(peer)
         {
-            if let Some(pending) = self.pending.get_mut(room_id) {
-                pending.replaced.push(peer.clone());
-            }
-            return;
+            pending.replaced.push(peer.clone());
         }
         if event.is_membership() {
             if ver <= room.ver {

@@ -1225,3 +1225,42 @@ fn a_join_taken_over_before_it_was_admitted_leaves_at_once_whatever_the_replicas
     assert_eq!(w.hub.peer_count(&id), 1, "only alice is left");
     w.hub.check_invariants().unwrap();
 }
+
+/// A join's answer older than a takeover may list the replaced peer as on its way to this
+/// node: it is not put back (nor announced) once the takeover is known here.
+#[test]
+fn an_answer_older_than_a_takeover_does_not_bring_the_replaced_peer_back() {
+    let mut w = World::new();
+    let room = room("r", 10);
+    let id = room.summary.id.clone();
+    let (alice, _) = cluster_join(&mut w, &room, "alice", view(3, 3, Vec::new()));
+    let mut req = w.request(&room, "carol");
+    w.hub.begin_cluster_join(&id);
+    w.hub.handle_room_event(
+        &id,
+        5,
+        RoomEvent::Left {
+            peer: PeerId::new("x"),
+            reason: LeaveReason::Replaced,
+        },
+    );
+    let mut v = view(4, 4, Vec::new());
+    v.pending_here = vec![remote("x", "here", 2)];
+    req.cluster = Some(v);
+    let (carol, out) = w.admit(req);
+    let listed: Vec<String> = out.to(carol.conn)[0]
+        .joined()
+        .peers
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert!(!listed.contains(&"x".to_owned()), "{listed:?}");
+    assert!(
+        !out.to(alice.conn)
+            .iter()
+            .any(|s| matches!(s, Seen::PeerJoined(p) if p.id.as_str() == "x")),
+        "x announced again"
+    );
+    assert!(!w.hub.peers(&id).iter().any(|p| p.id.as_str() == "x"));
+    w.hub.check_invariants().unwrap();
+}

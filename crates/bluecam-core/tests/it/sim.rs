@@ -18,6 +18,8 @@
 //! `BLUECAM_SIM_SEEDS=N` runs N seeds (default 1,000, about 20 s), `BLUECAM_SIM_SEED=S` one; a failure names
 //! its seed, and the same seed replays the same run (the trace's hash is compared in a test).
 //! A longer run: `cargo test -p bluecam-core --test it sim -- --ignored`.
+//! `BLUECAM_SIM_TAKEOVER=1`: a new session of an identity takes its seat over across nodes
+//! (the directory can; the server does not ask it to yet).
 
 use crate::support::{Seen, decode, limits, room};
 use bluecam_core::{
@@ -887,9 +889,11 @@ impl Sim {
                 let peer = entry(info, fresh.session.clone(), fresh.secret.clone());
                 self.dir
                     .run(now, |d, ms| {
-                        // (Several sessions per identity, as the server asks for now: see
-                        // `multiple_sessions` in its `cluster_admit`.)
-                        d.join(&room_id(), &node, &peer, 100, true, ms)
+                        // Several sessions per identity, as the server asks for now (see
+                        // `multiple_sessions` in its `cluster_admit`), unless the run tries
+                        // the takeover across nodes (`BLUECAM_SIM_TAKEOVER=1`).
+                        let several = std::env::var_os("BLUECAM_SIM_TAKEOVER").is_none();
+                        d.join(&room_id(), &node, &peer, 100, several, ms)
                     })
                     .map(DirAnswer::Join)
             }

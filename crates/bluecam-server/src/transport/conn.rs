@@ -436,10 +436,12 @@ async fn cluster_admit(
                 room: room.id.clone(),
                 max_peers: room.max_peers,
                 // One seat per identity across nodes is in the directory (model, script and
-                // vectors) and in the core, but not turned on: the long simulation still finds
-                // joins that waited on a frozen node taking over newer sessions and leaving a
-                // replica with a peer the directory no longer has. Until that is fixed a
-                // cluster keeps every session of an identity, as before (docs/protocol.md).
+                // vectors) and in the core (the simulation passes with it on:
+                // `BLUECAM_SIM_TAKEOVER=1`), but not turned on: a join frame that a frozen node
+                // reads after thawing, its client gone and joined elsewhere since, would take
+                // over that newer, live session (4042, final for the SDK). Until a join carries
+                // an order of the client's own, a cluster keeps every session of an identity,
+                // as before (docs/protocol.md).
                 multiple_sessions: true,
                 info: bluecam_proto::PeerInfo {
                     id: fresh.peer.clone(),
