@@ -113,12 +113,13 @@ pub struct BadFrameWindow {
 }
 
 impl BadFrameWindow {
-    /// Tolerates `max` bad frames within `window`.
+    /// Tolerates `max` bad frames within `window`. Holds no memory until the first bad frame
+    /// (every connection has one of these; few ever send a bad frame).
     pub fn new(max: usize, window: Duration) -> Self {
         Self {
             max,
             window,
-            seen: VecDeque::with_capacity(max.min(64) + 1),
+            seen: VecDeque::new(),
         }
     }
 

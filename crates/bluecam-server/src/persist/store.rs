@@ -98,9 +98,56 @@ pub(crate) fn retain_involving(rooms: &mut Vec<Room>, member: &Identity) {
 
 /// Rooms in one SQLite file. One connection behind one mutex: SQLite serializes writers
 /// anyway, and every statement here is a short indexed lookup, run off the async threads.
+/// Rooms read or created are also kept in memory ([`RoomCache`]), so a join, which reads its
+/// room, takes neither the connection's lock nor a thread of the blocking pool.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    cache: Arc<Mutex<RoomCache>>,
+}
+
+/// The rooms this process has read or created, up to [`RoomCache::CAPACITY`] (an arbitrary
+/// one makes way past that). A room never changes after its creation, only goes, so a copy is
+/// right until its room is deleted; a delete removes it after its commit. `deletions` stops a
+/// read that began before a delete from putting the room back after it.
+#[derive(Debug, Default)]
+struct RoomCache {
+    rooms: std::collections::HashMap<RoomId, Room>,
+    deletions: u64,
+}
+
+impl RoomCache {
+    /// About 300 bytes each, so at most some 20 MB.
+    const CAPACITY: usize = 65_536;
+
+    fn lock(cache: &Mutex<Self>) -> std::sync::MutexGuard<'_, Self> {
+        // Only a copy: one that a panic left half-written is still a map of rooms.
+        cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a room read from the database, unless a delete ran since the read began (when
+    /// the count of deletions was `seen`): the copy could be of a room gone since.
+    fn fill(&mut self, room: &Room, seen: u64) {
+        if self.deletions == seen {
+            self.put(room.clone());
+        }
+    }
+
+    /// After a room's delete is committed.
+    fn forget(&mut self, id: &RoomId) {
+        self.deletions += 1;
+        self.rooms.remove(id);
+    }
+
+    fn put(&mut self, room: Room) {
+        if self.rooms.len() >= Self::CAPACITY && !self.rooms.contains_key(&room.id) {
+            let evicted = self.rooms.keys().next().cloned();
+            if let Some(id) = evicted {
+                self.rooms.remove(&id);
+            }
+        }
+        self.rooms.insert(room.id.clone(), room);
+    }
 }
 
 /// Set on every connection (not part of a migration).
@@ -304,6 +351,9 @@ impl SqliteStore {
         create_db_file(dir).map_err(|e| io("cannot create the database file in", e))?;
         let mut conn = Connection::open(dir.join(DB_FILE))?;
         conn.execute_batch(PRAGMAS)?;
+        // Every statement of the store, the session log and the history stays prepared (they
+        // are some 40; rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         // A restart forgets who was in which room, so every room counts as occupied until now:
         // `emptyTimeoutSecs` runs from this start, never from an occupation before it.
@@ -316,6 +366,7 @@ impl SqliteStore {
         )?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            cache: Arc::default(),
         })
     }
 
@@ -360,6 +411,7 @@ fn row_to_room(row: &rusqlite::Row<'_>) -> rusqlite::Result<Room> {
 
 impl Store for SqliteStore {
     fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>> {
+        let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
             let members = room
                 .members
@@ -385,17 +437,31 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 Err(StoreError::Exists)
             } else {
+                RoomCache::lock(&cache).put(room);
                 Ok(())
             }
         })
     }
 
     fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
+        let deletions = {
+            let cache = RoomCache::lock(&self.cache);
+            if let Some(room) = cache.rooms.get(&id) {
+                let room = room.clone();
+                return Box::pin(std::future::ready(Ok(Some(room))));
+            }
+            cache.deletions
+        };
+        let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
-            Ok(conn
+            let room = conn
                 .prepare_cached(&format!("SELECT {COLUMNS} FROM rooms WHERE id = ?1"))?
                 .query_row([id.as_str()], row_to_room)
-                .optional()?)
+                .optional()?;
+            if let Some(room) = &room {
+                RoomCache::lock(&cache).fill(room, deletions);
+            }
+            Ok(room)
         })
     }
 
@@ -422,11 +488,13 @@ impl Store for SqliteStore {
     }
 
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM sessions WHERE room = ?1", [id.as_str()])?;
             let deleted = tx.execute("DELETE FROM rooms WHERE id = ?1", [id.as_str()])? > 0;
             tx.commit()?;
+            RoomCache::lock(&cache).forget(&id);
             Ok(deleted)
         })
     }
@@ -695,6 +763,68 @@ mod tests {
         for name in [DB_FILE].iter().chain(&DB_SIDE_FILES) {
             assert!(names.iter().any(|n| n == name), "no {name} in {names:?}");
         }
+    }
+
+    fn room(id: &str) -> Room {
+        serde_json::from_value(
+            serde_json::json!({ "id": id, "maxPeers": 10, "createdAt": 1, "peerCount": 0 }),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn rooms_are_read_from_memory_and_a_delete_is_seen_at_once() {
+        let dir = temp();
+        let store = SqliteStore::open(&dir).unwrap();
+        store.create_room(room("a")).await.unwrap();
+        // Gone from the database behind the store's back: still served from memory.
+        let conn = store.connection();
+        conn.lock()
+            .unwrap()
+            .execute("DELETE FROM rooms", [])
+            .unwrap();
+        assert!(store.room(RoomId::new("a")).await.unwrap().is_some());
+        // Through the store, it is gone for every later read.
+        store.create_room(room("b")).await.unwrap();
+        assert!(store.delete_room(RoomId::new("b")).await.unwrap());
+        assert!(store.room(RoomId::new("b")).await.unwrap().is_none());
+        // A room the cache never held is read from the database, then kept.
+        conn.lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO rooms (id, max_peers, created_at, last_active_at, multiple_sessions)
+                 VALUES ('c', 50, 1, 1, 0)",
+                [],
+            )
+            .unwrap();
+        assert!(store.room(RoomId::new("c")).await.unwrap().is_some());
+        conn.lock()
+            .unwrap()
+            .execute("DELETE FROM rooms", [])
+            .unwrap();
+        assert!(store.room(RoomId::new("c")).await.unwrap().is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_delete_does_not_put_the_room_back() {
+        let mut cache = RoomCache::default();
+        let seen = cache.deletions;
+        // (The read finds the room; the delete commits and runs before the read is kept.)
+        cache.forget(&RoomId::new("a"));
+        cache.fill(&room("a"), seen);
+        assert!(cache.rooms.is_empty());
+        cache.fill(&room("a"), cache.deletions);
+        assert_eq!(cache.rooms.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity() {
+        let mut cache = RoomCache::default();
+        for i in 0..RoomCache::CAPACITY + 10 {
+            cache.put(room(&format!("r{i}")));
+        }
+        assert_eq!(cache.rooms.len(), RoomCache::CAPACITY);
     }
 
     #[test]

@@ -138,24 +138,40 @@ impl Drop for ConnectionSlot {
 }
 
 /// Serves one client's connection (a WebSocket, or an HTTP transport session) to its end.
-pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Option<String>) {
+///
+/// Its future is most of what an idle connection's task holds, so it is kept small
+/// (BENCHMARKS.md, "What an idle connection holds"): not an `async fn`, whose arguments are
+/// stored twice (as they came and again as locals), and the join, which runs once, boxed.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in the connection's task"
+)]
+pub(crate) fn run<T: Transport>(
+    state: AppState,
+    mut socket: T,
+    host: Option<String>,
+) -> impl std::future::Future<Output = ()> {
+    async move { serve_connection(&state, &mut socket, host).await }
+}
+
+async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: Option<String>) {
     state
         .metrics
         .connections
         .set(state.connections.load(Ordering::Acquire) as f64);
     let limits = &state.config.limits;
     let first = tokio::select! {
-        first = tokio::time::timeout(limits.join_timeout(), first_text(&mut socket)) => first,
+        first = tokio::time::timeout(limits.join_timeout(), first_text(socket)) => first,
         () = state.shutdown.cancelled() => {
-            close(&state, &mut socket, CloseCode::ServiceRestart).await;
+            close(state, socket, CloseCode::ServiceRestart).await;
             return;
         }
     };
     let text = match first {
         Err(_elapsed) => {
             send_error(
-                &state,
-                &mut socket,
+                state,
+                socket,
                 ErrorFrame::new(
                     ErrorCode::BadRequest,
                     "no join frame within the join deadline",
@@ -163,25 +179,26 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
                 .closing(CloseCode::JoinTimeout),
             )
             .await;
-            close(&state, &mut socket, CloseCode::JoinTimeout).await;
+            close(state, socket, CloseCode::JoinTimeout).await;
             return;
         }
         Ok(Err(None)) => return,
         Ok(Err(Some(code))) => {
-            close(&state, &mut socket, code).await;
+            close(state, socket, code).await;
             return;
         }
         Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
     let (conn, shared) = state.driver.register();
-    if let Err((error, code)) = join(&state, conn, &text, host.as_deref()).await {
+    // Boxed: its state is large and needed once (see `run`).
+    if let Err((error, code)) = Box::pin(join(state, conn, &text, host.as_deref())).await {
         let vacated = state
             .driver
             .disconnect(conn, Instant::now(), Vec::new(), &shared.queue);
         state.touch_rooms(vacated).await;
-        send_error(&state, &mut socket, error.closing(code)).await;
-        close(&state, &mut socket, code).await;
+        send_error(state, socket, error.closing(code)).await;
+        close(state, socket, code).await;
         return;
     }
     // The join frame is a slice of the socket's read buffer: held for the connection's life,
@@ -204,7 +221,7 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         conn,
         unsent: None,
     };
-    let end = connection.serve(&mut socket, &shared).await;
+    let end = connection.serve(socket, &shared).await;
     // Frames the client never got are kept for its resume, in order: over HTTP those no poll
     // has carried yet (like a WebSocket's queue; those carried and not acknowledged are like
     // bytes handed to a socket), then the one whose write was interrupted.
@@ -215,8 +232,8 @@ pub(crate) async fn run<T: Transport>(state: AppState, mut socket: T, host: Opti
         .disconnect(conn, Instant::now(), unsent, &shared.queue);
     state.touch_rooms(vacated).await;
     match end {
-        Some(code) => close(&state, &mut socket, code).await,
-        None => socket.finish(&state, &shared).await,
+        Some(code) => close(state, socket, code).await,
+        None => socket.finish(state, &shared).await,
     }
 }
 
@@ -467,6 +484,17 @@ async fn cluster_admit(
     admitted.map_err(|rejected| fail(rejected.code(), rejected.message()))
 }
 
+/// What is left to do about a frame from the client once [`Connection::on_text`] handled it.
+enum Answered {
+    Done,
+    /// Rooms the frame left empty (a `leave`), to record.
+    Touch(Vec<bluecam_proto::RoomId>),
+    /// A bad frame, to answer (and count towards the bad-frame limit).
+    Reject(FrameError),
+    /// An error to send (the frame was dropped).
+    Error(ErrorFrame),
+}
+
 /// The per-connection state of the main loop.
 struct Connection {
     state: AppState,
@@ -509,14 +537,30 @@ impl Connection {
                 }
                 out = shared.queue.pop() => match out {
                     Some(first) => {
+                        self.unsent = Some(first);
+                        // Most batches are written at once: tried first without waiting, so
+                        // the waiting write's state (timers, the transport's write futures)
+                        // is allocated only when a socket is full, not kept in every
+                        // connection's task. (Cancellation-safe: what was not taken stays.)
+                        let now = std::future::poll_fn(|cx| {
+                            let write = write_batch(socket, &mut self.unsent, shared, &state);
+                            std::task::Poll::Ready(
+                                std::pin::pin!(write).as_mut().poll(cx),
+                            )
+                        })
+                        .await;
+                        match now {
+                            std::task::Poll::Ready(Some(code)) => return code,
+                            std::task::Poll::Ready(None) => continue,
+                            std::task::Poll::Pending => {}
+                        }
                         // A peer that stops reading (TCP zero window) blocks this write: the
                         // driver's overflow verdict and shutdown must still get through, and a
                         // write that takes longer than the idle timeout is a slow consumer.
-                        self.unsent = Some(first);
-                        let write = tokio::time::timeout(
+                        let write = Box::pin(tokio::time::timeout(
                             limits.idle_timeout(),
                             write_batch(socket, &mut self.unsent, shared, &state),
-                        );
+                        ));
                         tokio::select! {
                             written = write => match written {
                                 Ok(Some(code)) => return code,
@@ -534,7 +578,19 @@ impl Connection {
                 },
                 msg = socket.next() => match msg {
                     Incoming::Text(text) => {
-                        if let Some(code) = self.on_text(socket, &text).await {
+                        let answer = match self.on_text(&text) {
+                            Answered::Done => None,
+                            // Rare, and boxed: their state is not kept in every task.
+                            Answered::Touch(vacated) => {
+                                Box::pin(state.touch_rooms(vacated)).await;
+                                None
+                            }
+                            Answered::Reject(e) => Box::pin(self.reject(socket, e)).await,
+                            Answered::Error(e) => {
+                                Box::pin(send_error_frame(socket, e)).await.err()
+                            }
+                        };
+                        if let Some(code) = answer {
                             return Some(code);
                         }
                     }
@@ -545,7 +601,7 @@ impl Connection {
                             message: "binary frames are not part of the protocol".into(),
                             reference: None,
                         };
-                        if let Some(code) = self.reject(socket, e).await {
+                        if let Some(code) = Box::pin(self.reject(socket, e)).await {
                             return Some(code);
                         }
                     }
@@ -567,19 +623,16 @@ impl Connection {
         }
     }
 
-    /// One text frame from the client. Returns a close code when the connection must end.
-    async fn on_text<T: Transport>(
-        &mut self,
-        socket: &mut T,
-        text: &Utf8Bytes,
-    ) -> Option<CloseCode> {
+    /// One text frame from the client, handled without waiting; what is left to do (rarely
+    /// anything) is the answer.
+    fn on_text(&mut self, text: &Utf8Bytes) -> Answered {
         let now = Instant::now();
         self.last_heard = now;
         let state = &self.state;
         let limits = &state.config.limits;
         if text.len() > limits.max_frame_bytes {
             state.metrics.frame_in("invalid");
-            let e = FrameError {
+            return Answered::Reject(FrameError {
                 code: ErrorCode::TooLarge,
                 message: format!(
                     "frame of {} bytes exceeds the limit of {} bytes",
@@ -587,8 +640,7 @@ impl Connection {
                     limits.max_frame_bytes
                 ),
                 reference: None,
-            };
-            return self.reject(socket, e).await;
+            });
         }
         if let Err(wait) = self.limiter.check(text.len(), now) {
             state.metrics.frame_in("invalid");
@@ -606,7 +658,7 @@ impl Connection {
             .with_ref(reference);
             error.retry_after_ms = Some(wait.as_millis().max(1) as u64);
             state.metrics.error(ErrorCode::RateLimited);
-            return send_error_frame(socket, error).await.err();
+            return Answered::Error(error);
         }
         match ClientMessage::from_json(text) {
             Ok(msg) => {
@@ -618,12 +670,15 @@ impl Connection {
                         .increment(payload.get().len() as u64);
                 }
                 let vacated = state.driver.message(self.conn, msg);
-                state.touch_rooms(vacated).await;
-                None
+                if vacated.is_empty() {
+                    Answered::Done
+                } else {
+                    Answered::Touch(vacated)
+                }
             }
             Err(e) => {
                 state.metrics.frame_in("invalid");
-                self.reject(socket, e).await
+                Answered::Reject(e)
             }
         }
     }

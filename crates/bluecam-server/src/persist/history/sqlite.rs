@@ -17,6 +17,24 @@ pub fn transaction<T>(store: &SqliteStore, f: impl FnOnce(&mut dyn Db) -> R<T>) 
 /// One transaction, as [`Db`].
 struct Sqlite<'a, 'c>(&'a Transaction<'c>);
 
+impl Sqlite<'_, '_> {
+    /// Runs a statement, prepared once per connection (the history runs several on every join
+    /// and leave; parsing them each time was a fifth of its thread's time).
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.0.prepare_cached(sql)?.execute(params)
+    }
+
+    /// One row of a statement prepared once per connection (see [`Self::exec`]).
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.0.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 fn alive_key(node: &str) -> String {
     format!("alive:{node}")
 }
@@ -46,19 +64,14 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn attach(&mut self, session: &str, node: &str) -> R<bool> {
-        let reopened = self
-            .0
-            .execute(&sql::sqlite(sql::REOPEN_TIMED_OUT), [session])?
-            > 0;
-        self.0
-            .execute(&sql::sqlite(sql::ATTACH_HERE), params![session, node])?;
+        let reopened = self.exec(&sql::sqlite(sql::REOPEN_TIMED_OUT), [session])? > 0;
+        self.exec(&sql::sqlite(sql::ATTACH_HERE), params![session, node])?;
         Ok(reopened)
     }
 
     fn open_session(&mut self, session: &str, node: &str) -> R<Option<(SessionRow, Option<u64>)>> {
         Ok(self
-            .0
-            .query_row(
+            .row(
                 "SELECT peer, identity, name, joined_at_ms, detached_at_ms FROM participants
                  WHERE session = ?1 AND node = ?2 AND left_at_ms IS NULL",
                 params![session, node],
@@ -79,7 +92,7 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()> {
-        self.0.execute(
+        self.exec(
             &sql::sqlite(sql::CLOSE_SESSION),
             params![session, left_ms, reason],
         )?;
@@ -99,8 +112,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>> {
         Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::OPEN_CALL), [room], |r| {
+            .row(&sql::sqlite(sql::OPEN_CALL), [room], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?)
@@ -108,8 +120,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)> {
         Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::ROOM_OWNER), [room], |r| {
+            .row(&sql::sqlite(sql::ROOM_OWNER), [room], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?
@@ -124,7 +135,7 @@ impl Db for Sqlite<'_, '_> {
         members: Option<&str>,
         at_ms: u64,
     ) -> R<()> {
-        self.0.execute(
+        self.exec(
             &sql::sqlite(sql::INSERT_CALL),
             params![id, room, owner, members, at_ms],
         )?;
@@ -132,15 +143,13 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn end_call(&mut self, id: &str, ended_ms: u64) -> R<()> {
-        self.0
-            .execute(&sql::sqlite(sql::END_CALL), params![id, ended_ms])?;
+        self.exec(&sql::sqlite(sql::END_CALL), params![id, ended_ms])?;
         Ok(())
     }
 
     fn call_row(&mut self, id: &str) -> R<Option<(String, u64, Option<u64>)>> {
         Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::CALL_ROW), [id], |r| {
+            .row(&sql::sqlite(sql::CALL_ROW), [id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?)
@@ -177,7 +186,7 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn set_alive(&mut self, node: &str, at_ms: u64) -> R<()> {
-        self.0.execute(
+        self.exec(
             &sql::sqlite(sql::SET_ALIVE),
             params![alive_key(node), at_ms],
         )?;
@@ -186,22 +195,20 @@ impl Db for Sqlite<'_, '_> {
 
     fn alive(&mut self, node: &str) -> R<Option<u64>> {
         Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::ALIVE), [alive_key(node)], |r| r.get(0))
+            .row(&sql::sqlite(sql::ALIVE), [alive_key(node)], |r| r.get(0))
             .optional()?)
     }
 
     fn node_sessions(&mut self, node: &str) -> R<Vec<(String, String)>> {
         Ok(self
             .0
-            .prepare(&sql::sqlite(sql::NODE_SESSIONS))?
+            .prepare_cached(&sql::sqlite(sql::NODE_SESSIONS))?
             .query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?)
     }
 
     fn detach_node(&mut self, node: &str, at_ms: u64) -> R<()> {
-        self.0
-            .execute(&sql::sqlite(sql::DETACH_NODE), params![node, at_ms])?;
+        self.exec(&sql::sqlite(sql::DETACH_NODE), params![node, at_ms])?;
         Ok(())
     }
 
@@ -230,8 +237,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn call_position(&mut self, id: &str) -> R<Option<(u64, String)>> {
         Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::CALL_POSITION), [id], |r| {
+            .row(&sql::sqlite(sql::CALL_POSITION), [id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?)
@@ -254,9 +260,7 @@ impl Db for Sqlite<'_, '_> {
     }
 
     fn pending_events(&mut self) -> R<i64> {
-        Ok(self
-            .0
-            .query_row(&sql::sqlite(sql::PENDING_EVENTS), [], |r| r.get(0))?)
+        Ok(self.row(&sql::sqlite(sql::PENDING_EVENTS), [], |r| r.get(0))?)
     }
 
     fn due_events(&mut self, now: u64, limit: usize, _node: &str) -> R<Vec<Pending>> {
@@ -285,7 +289,7 @@ impl Db for Sqlite<'_, '_> {
 
     fn next_due(&mut self) -> R<Option<u64>> {
         // Over the events that can be due: each room's oldest (those behind it wait for it).
-        Ok(self.0.query_row(
+        Ok(self.row(
             "SELECT MIN(o.next_at_ms) FROM webhook_outbox o WHERE o.state = 0
              AND o.seq = (SELECT MIN(p.seq) FROM webhook_outbox p WHERE p.state = 0
                AND p.endpoint = o.endpoint AND p.room = o.room)",
@@ -297,17 +301,17 @@ impl Db for Sqlite<'_, '_> {
     fn attempted(&mut self, seq: i64, outcome: Attempt, error: Option<&str>) -> R<()> {
         match outcome {
             Attempt::Delivered => {
-                self.0.execute(&sql::sqlite(sql::ATTEMPTED), [seq])?;
+                self.exec(&sql::sqlite(sql::ATTEMPTED), [seq])?;
             }
             Attempt::Retry { at_ms } => {
-                self.0.execute(
+                self.exec(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, next_at_ms = ?2,
                      last_error = ?3 WHERE seq = ?1",
                     params![seq, at_ms, error],
                 )?;
             }
             Attempt::Failed => {
-                self.0.execute(
+                self.exec(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, state = 2,
                      last_error = ?2 WHERE seq = ?1",
                     params![seq, error],
