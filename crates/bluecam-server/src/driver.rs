@@ -24,7 +24,7 @@ use bluecam_proto::{
     ClientMessage, CloseCode, ErrorFrame, PeerId, PeerInfo, RoomClosedReason, RoomId, ServerMessage,
 };
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
@@ -168,7 +168,8 @@ struct Spill {
 #[derive(Debug)]
 struct Inner {
     node: Node,
-    conns: HashMap<ConnId, ConnTx>,
+    /// (foldhash: looked up for every frame delivered; see the core's maps.)
+    conns: std::collections::HashMap<ConnId, ConnTx, foldhash::fast::RandomState>,
 }
 
 /// Cluster: the node's identity in the cluster and where the steps of its control loop go.
@@ -236,7 +237,7 @@ impl Driver {
             spill_bytes: core.resume_buffer_bytes,
             inner: Arc::new(Mutex::new(Inner {
                 node: Node::new(Hub::new(core), machine),
-                conns: HashMap::new(),
+                conns: Default::default(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
             deletions: Arc::new(AtomicU64::new(0)),
