@@ -16,6 +16,7 @@ pub(super) async fn idle(
     progress(&format!("creating {rooms} rooms"));
     create_rooms(target, "idle-", rooms, room_size).await?;
     let rss_before = target.pid.and_then(rss_kib);
+    let kernel_before = KernelMemory::read();
     progress(&format!(
         "opening {connections} connections from {procs} processes"
     ));
@@ -73,6 +74,7 @@ pub(super) async fn idle(
     let held_for = t0.elapsed().as_secs_f64();
     let cpu_after = target.pid.and_then(cpu_ticks);
     let rss_after = target.pid.and_then(rss_kib);
+    let kernel_after = KernelMemory::read();
     // Used: every connection exchanges its pings, then all are idle again.
     let mut rss_used = None;
     let mut ping_secs = None;
@@ -108,6 +110,12 @@ pub(super) async fn idle(
         _ => None,
     };
     let per_conn = slope(rss_after);
+    // The kernel's memory for the sockets, beside the server's own: both ends of every
+    // connection (the generator is on the same kernel), so per connection, not per server side.
+    let kernel = |f: fn(&KernelMemory) -> u64| match (&kernel_before, &kernel_after) {
+        (Some(b), Some(a)) if held > 0 => Some(f(a).saturating_sub(f(b)) as f64 / held as f64),
+        _ => None,
+    };
     let idle_cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) => Some((a - b) as f64 / TICKS_PER_SEC / held_for * 100.0),
         _ => None,
@@ -130,7 +138,43 @@ pub(super) async fn idle(
         "ping_connections_lost": ping_lost,
         "server_rss_used_kib": rss_used,
         "server_rss_per_used_connection_bytes": slope(rss_used),
+        "kernel_tcp_buffer_bytes_per_connection": kernel(|k| k.tcp_buffer_bytes),
+        "kernel_slab_bytes_per_connection": kernel(|k| k.slab_bytes),
     }))
+}
+
+/// What the kernel holds for sockets: the TCP buffers (`/proc/net/sockstat`, `mem` in pages)
+/// and all slab memory (`/proc/meminfo`, where socket structures, files and epoll entries live).
+struct KernelMemory {
+    tcp_buffer_bytes: u64,
+    slab_bytes: u64,
+}
+
+impl KernelMemory {
+    fn read() -> Option<Self> {
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+        let tcp_pages: u64 = sockstat
+            .lines()
+            .find_map(|l| l.strip_prefix("TCP:"))?
+            .split_whitespace()
+            .skip_while(|w| *w != "mem")
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let slab_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Slab:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self {
+            tcp_buffer_bytes: tcp_pages * 4096,
+            slab_bytes: slab_kib * 1024,
+        })
+    }
 }
 
 /// One generator process of `idle`.

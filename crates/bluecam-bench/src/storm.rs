@@ -24,6 +24,7 @@ pub(super) async fn join_storm(
     progress(&format!("{joins} joins, {concurrency} at a time"));
     let sem = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
+    let cpu_before = target.pid.and_then(cpu_ticks);
     let started = Instant::now();
     for (i, spec) in specs.into_iter().enumerate() {
         let permit = Arc::clone(&sem).acquire_owned().await?;
@@ -52,7 +53,13 @@ pub(super) async fn join_storm(
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_after = target.pid.and_then(cpu_ticks);
     let ok = held.len();
+    // Server CPU (user + system, in 10 ms ticks: about ±10 ms over the storm) per join.
+    let cpu_us_per_join = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if ok > 0 => Some((a - b) as f64 / TICKS_PER_SEC * 1e6 / ok as f64),
+        _ => None,
+    };
     drop(held);
     Ok(serde_json::json!({
         "scenario": "join-storm",
@@ -63,6 +70,7 @@ pub(super) async fn join_storm(
         "room_size": room_size,
         "seconds": secs,
         "joins_per_sec": ok as f64 / secs,
+        "server_cpu_us_per_join": cpu_us_per_join,
         "connect_and_join": quantiles(&total),
         // From the end of the upgrade to the join's acknowledgement (the baseline's: the answer
         // to its first frame).

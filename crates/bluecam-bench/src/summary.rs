@@ -27,6 +27,7 @@ pub(super) fn ratios(ours: &Value, base: &Value) -> Value {
             "joins_per_sec": ratio(&ours["joins_per_sec"], &base["joins_per_sec"]),
             "connect_and_join_p50": ratio(&ours["connect_and_join"]["p50_ms"], &base["connect_and_join"]["p50_ms"]),
             "connect_and_join_p99": ratio(&ours["connect_and_join"]["p99_ms"], &base["connect_and_join"]["p99_ms"]),
+            "server_cpu_us_per_join": ratio(&ours["server_cpu_us_per_join"], &base["server_cpu_us_per_join"]),
         }),
         _ => Value::Null,
     }
@@ -93,9 +94,10 @@ fn scenario_lines(v: &Value, out: &mut String) {
         "join-storm" => {
             let _ = writeln!(
                 out,
-                "  {name}: {} joins/s; connect + join {}",
+                "  {name}: {} joins/s; connect + join {}; server CPU {} us per join",
                 num(&v["joins_per_sec"], 0),
-                lat(&v["connect_and_join"])
+                lat(&v["connect_and_join"]),
+                num(&v["server_cpu_us_per_join"], 0)
             );
         }
         "idle" => {
