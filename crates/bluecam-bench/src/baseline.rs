@@ -36,7 +36,7 @@ pub(super) async fn baseline_server(bind: SocketAddr) -> anyhow::Result<()> {
 
 async fn connection(tcp: TcpStream, rooms: Rooms, me: u64) {
     let config = WebSocketConfig::default()
-        .read_buffer_size(2 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(16 << 10)
         .max_message_size(Some(2 << 20))
         .max_frame_size(Some(2 << 20));

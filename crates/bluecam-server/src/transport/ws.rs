@@ -302,11 +302,12 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
     // Tracked from before the 101 answer, so shutdown waits for this connection too.
     let track = state.tracker.token();
     let limits = &state.config.limits;
-    // Every connection keeps its read buffer for life: 2 KiB holds ~20 small frames per read
-    // (1 KiB measured ~20 % more CPU per relayed message; 4 KiB 2 KB more memory per idle
-    // connection, see BENCHMARKS.md). Larger frames grow it as needed.
+    // Every connection keeps its read buffer for life, so it is small: 1 KiB (2 KiB cost 1 KB
+    // more per idle connection for a relay CPU within the run-to-run spread; the 20 % more CPU
+    // once measured for 1 KiB was before the writes were batched; 4 KiB cost 2 KB more; see
+    // BENCHMARKS.md). Larger frames grow it as needed.
     let config = WebSocketConfig::default()
-        .read_buffer_size(2 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(16 << 10)
         .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.hard_frame_cap()) * 2)
         .max_message_size(Some(limits.hard_frame_cap()))
