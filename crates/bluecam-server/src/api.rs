@@ -549,7 +549,6 @@ async fn delete_room(
     let deleted = {
         let (state, id) = (state.clone(), id.clone());
         tokio::spawn(async move {
-            state.driver.deleting_room();
             let deleted = state.store.delete_room(id.clone()).await?;
             if deleted {
                 state.driver.close_room(&id, RoomClosedReason::Deleted);

@@ -191,8 +191,6 @@ pub struct Driver {
     /// Woken when the node's next deadline may have moved earlier (a step ended).
     rescheduled: Arc<Notify>,
     next_conn: Arc<AtomicU64>,
-    /// Room deletions begun on this node so far (see [`Driver::deletions`]).
-    deletions: Arc<AtomicU64>,
     queue_bytes: usize,
     queue_frames: usize,
     spill_frames: usize,
@@ -240,7 +238,6 @@ impl Driver {
                 conns: Default::default(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
-            deletions: Arc::new(AtomicU64::new(0)),
             queue_bytes,
             queue_frames: queue_frames.max(1),
             metrics,
@@ -518,19 +515,6 @@ impl Driver {
         self.queue_bytes
             .saturating_add(c.replayed)
             .saturating_add(waiting)
-    }
-
-    /// Called before a room is deleted from the store (then [`Self::close_room`]).
-    pub fn deleting_room(&self) {
-        self.deletions.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// How many room deletions have begun on this node. A join reads it before it reads the
-    /// room from the store: if it has moved by the time the driver admitted the join, a
-    /// deletion may have found no one to close in between (or not got as far as closing), and
-    /// the join looks again.
-    pub fn deletions(&self) -> u64 {
-        self.deletions.load(Ordering::Acquire)
     }
 
     /// Tells everyone in the room and disconnects them.

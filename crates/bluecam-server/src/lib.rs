@@ -840,7 +840,6 @@ async fn sweep_empty_rooms(state: &AppState) {
         if state.driver.peer_count(&id) > 0 {
             continue;
         }
-        state.driver.deleting_room();
         match state.store.delete_empty_room(id.clone()).await {
             Ok(true) => {
                 state.driver.close_room(&id, RoomClosedReason::Expired);

@@ -273,7 +273,6 @@ async fn join(
         .secret
         .verify(&token)
         .map_err(|e: TokenError| fail(ErrorCode::Unauthorized, &e.to_string()))?;
-    let deletions = state.driver.deletions();
     let room = match state.store.room(claims.room.clone()).await {
         Ok(Some(room)) => room,
         // In a cluster whose directory lost its data a moment ago, the room may be on its
@@ -388,11 +387,10 @@ async fn join(
         )
     })?;
     // A DELETE may have removed the room between our read and the join, and found no one to
-    // close yet: look again, so the room cannot live on in the driver after its deletion. On
-    // one node only if a deletion began meanwhile (the read costs every join a store round
-    // trip); in a cluster another node may have deleted it: always.
-    let maybe_deleted = state.broker.node().is_some() || state.driver.deletions() != deletions;
-    if maybe_deleted && matches!(state.store.room(room_id.clone()).await, Ok(None)) {
+    // close yet: look again, so the room cannot live on in the driver after its deletion. (On
+    // one node the read is a lookup in memory: the store forgets a room once its delete is
+    // committed, before the DELETE closes it in the driver.)
+    if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
         state.driver.close_room(&room_id, RoomClosedReason::Deleted);
     }
     Ok(peer)
