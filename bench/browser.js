@@ -149,8 +149,11 @@ async function joinRun(server, via, run) {
       const now = () => performance.timeOrigin + performance.now();
       const remotes = document.createElement("div");
       document.body.appendChild(remotes);
-      /** @type {{t0: number, joined?: number, p2p?: number, sent?: number, trigger?: string, error?: string}} */
+      /** @type {{t0: number, joined?: number, p2p?: number, sent?: number, frame?: number, trigger?: string, error?: string}} */
       const r = { t0: 0 };
+      /** @type {(v: unknown) => void} */
+      let framed = () => {};
+      const framePromise = new Promise((resolve) => (framed = resolve));
       /** @type {any} */
       let room = null;
       /** @type {(v: unknown) => void} */
@@ -173,6 +176,18 @@ async function joinRun(server, via, run) {
         video: true,
         audio: true,
         remoteVideos: remotes,
+        // A's first video frame shown at B: the media that follows the data channel.
+        onStream: (/** @type {{id: string}} */ p, /** @type {MediaStream} */ stream) => {
+          if (p.id !== aId || r.frame !== undefined) return;
+          const v = document.createElement("video");
+          v.muted = true;
+          v.srcObject = stream;
+          v.requestVideoFrameCallback(() => {
+            r.frame ??= now();
+            framed(undefined);
+          });
+          void v.play().catch(() => {});
+        },
         onPathChange: (/** @type {{id: string}} */ p, /** @type {string} */ path) => {
           if (p.id === aId && path === "p2p") {
             r.p2p ??= now();
@@ -183,7 +198,7 @@ async function joinRun(server, via, run) {
       r.joined = now();
       w.room = room;
       trySend("joined");
-      await Promise.race([sentPromise, new Promise((resolve) => setTimeout(resolve, 20000))]);
+      await Promise.race([Promise.all([sentPromise, framePromise]), new Promise((resolve) => setTimeout(resolve, 20000))]);
       clearInterval(poll);
       return r;
     }, { token: bToken, aId });
@@ -200,6 +215,7 @@ async function joinRun(server, via, run) {
       joinRoomResolvedMs: /** @type {number} */ (atB.joined) - atB.t0,
       pathP2pMs: /** @type {number} */ (atB.p2p) - atB.t0,
       sendToArrivalMs: got.at - /** @type {number} */ (atB.sent),
+      firstVideoFrameMs: atB.frame === undefined ? null : atB.frame - atB.t0,
       trigger: atB.trigger,
     };
     return res;
@@ -332,7 +348,7 @@ async function measure(server, via, mode) {
     console.error(
       "error" in r
         ? `  run ${i}: FAILED: ${r.error}`
-        : `  run ${i}: ${r.joinToFirstP2pMessageMs.toFixed(1)} ms (joinRoom resolved ${r.joinRoomResolvedMs.toFixed(1)}, p2p ${r.pathP2pMs.toFixed(1)}, send→arrival ${r.sendToArrivalMs.toFixed(2)}; via ${r.trigger})`,
+        : `  run ${i}: ${r.joinToFirstP2pMessageMs.toFixed(1)} ms (joinRoom resolved ${r.joinRoomResolvedMs.toFixed(1)}, p2p ${r.pathP2pMs.toFixed(1)}, send→arrival ${r.sendToArrivalMs.toFixed(2)}, A's first video frame ${r.firstVideoFrameMs === null ? "none" : r.firstVideoFrameMs.toFixed(1)}; via ${r.trigger})`,
     );
   }
   const ok = runs.filter((r) => !("error" in r));
@@ -344,6 +360,8 @@ async function measure(server, via, mode) {
     joinRoomResolvedMs: summarize(ok.map((r) => r.joinRoomResolvedMs)),
     pathP2pMs: summarize(ok.map((r) => r.pathP2pMs)),
     sendToArrivalMs: summarize(ok.map((r) => r.sendToArrivalMs)),
+    firstVideoFrameMs: summarize(ok.flatMap((r) => (r.firstVideoFrameMs === null ? [] : [r.firstVideoFrameMs]))),
+    withoutVideoFrame: ok.filter((r) => r.firstVideoFrameMs === null).length,
     perRunMs: ok.map((r) => Math.round(r.joinToFirstP2pMessageMs * 10) / 10),
   };
 
@@ -405,6 +423,7 @@ async function main() {
       console.log(`     joinRoom resolved:      ${f(join.joinRoomResolvedMs, ["p50", "p95", "max"])}`);
       console.log(`     path p2p at B:          ${f(join.pathP2pMs, ["p50", "p95", "max"])}`);
       console.log(`     send → arrival at A:    ${f(join.sendToArrivalMs, ["p50", "p95", "max"])}`);
+      console.log(`   join → A's first video frame shown at B: ${f(join.firstVideoFrameMs, ["p50", "p95", "max"])}${join.withoutVideoFrame ? ` (${join.withoutVideoFrame} runs without one in 20 s)` : ""}`);
       for (const e of join.failures) console.log(`   run ${e.run} FAILED: ${e.error}`);
       console.log(`2. message latency A → B, ${MESSAGES} messages paced at one every ${INTERVAL_MS} ms, data-only peers`);
       for (const path of ["p2p", "relay", "http"]) {

@@ -5,6 +5,15 @@
  * ordered data channel (id 0) and an ICE restart when the network path changes: ICE failed,
  * disconnected for DISCONNECTED_RESTART_MS, or the browser came back online (the room calls
  * `restartIce`).
+ *
+ * Data first, media right after: the first offer and answer carry the data channel alone, and
+ * each side says which kinds of media it will send (`sends`). As soon as the answer is in, the
+ * side that made the first offer offers its tracks, with a receive-only slot for every kind the
+ * other side sends, while ICE and DTLS connect; the other side puts its own tracks into those
+ * slots before it answers. Two exchanges instead of one, but the data channel no longer waits
+ * for the audio and video engines to be set up (most of a first exchange with media; see
+ * docs/sdk.md). A side that is not told of slots for its tracks, by the time its data channel
+ * opens, offers them itself.
  */
 
 /**
@@ -59,11 +68,25 @@ export class PeerLink {
     this.pc = new RTCPeerConnection(rtcConfig);
     /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
     this.senders = new Map();
-    if (local) {
-      for (const track of local.getTracks()) this.senders.set(track.kind, this.pc.addTrack(track, local));
-    }
+    /** Tracks held back until the first exchange is done (data first), by kind.
+     * @type {Map<string, {track: MediaStreamTrack, stream: MediaStream}>} */
+    this.pending = new Map();
+    /** Whether tracks are still held back (`pending`) rather than sent. */
+    this.held = true;
+    for (const track of local?.getTracks() ?? []) this.pending.set(track.kind, { track, stream: /** @type {MediaStream} */ (local) });
+    /** Whether the first offer and answer are done, and whether this side made that offer. */
+    this.exchanged = false;
+    this.firstOfferer = false;
+    /** The kinds of media the remote side said it sends in its first description; undefined
+     * when it said nothing (an SDK that sends its tracks in the first offer). @type {string[] | undefined} */
+    this.remoteSends = undefined;
+    /** The kinds this side said it sends. @type {string[]} */
+    this.announced = [];
     this.dc = this.pc.createDataChannel("bluecam", { negotiated: true, id: 0, ordered: true });
-    this.dc.onopen = () => handlers.onChannel(true);
+    this.dc.onopen = () => {
+      handlers.onChannel(true);
+      this.startMedia();
+    };
     this.dc.onclose = () => handlers.onChannel(false);
     this.dc.onmessage = (ev) => {
       if (typeof ev.data === "string") handlers.onData(ev.data);
@@ -75,7 +98,7 @@ export class PeerLink {
     this.gotOffer = false;
     this.pc.onnegotiationneeded = () => {
       this.note("negotiationneeded " + this.pc.signalingState);
-      if (this.polite && !this.gotOffer) return;
+      if (this.polite && !this.gotOffer && !this.exchanged) return;
       void this.makeOffer();
     };
     if (polite) {
@@ -114,11 +137,56 @@ export class PeerLink {
     if (this.trace.length > TRACE_MAX) this.trace.shift();
   }
 
+  /** What a description signal carries: the description, and in the first exchange the kinds
+   * of media this side will send once the data channel is open. */
+  describe() {
+    if (this.exchanged) return { description: this.pc.localDescription };
+    this.announced = [...new Set([...this.pending.keys(), ...this.senders.keys()])];
+    return { description: this.pc.localDescription, sends: this.announced };
+  }
+
+  /**
+   * Sends the held-back tracks (into the receive slots the remote offer made, when called
+   * between its offer and our answer; as new tracks otherwise, which renegotiates).
+   */
+  release() {
+    if (!this.held || this.closed) return;
+    this.held = false;
+    for (const [kind, { track, stream }] of this.pending) {
+      const sender = this.senders.get(kind);
+      if (sender) void sender.replaceTrack(track);
+      else this.senders.set(kind, this.pc.addTrack(track, stream));
+    }
+    this.pending.clear();
+  }
+
+  /** The first exchange is done, or the data channel is open: media follows (the module's
+   * comment). */
+  startMedia() {
+    if (!this.held || this.closed) return;
+    if (this.firstOfferer) {
+      this.release();
+      // A slot for every kind the other side sends and this one does not, so that one offer
+      // carries both sides' media.
+      for (const kind of this.remoteSends ?? []) {
+        if ((kind === "audio" || kind === "video") && !this.senders.has(kind)) {
+          this.pc.addTransceiver(kind, { direction: "recvonly" });
+        }
+      }
+    } else if (this.remoteSends === undefined || this.announced.length === 0 ||
+      [...this.pending.keys()].some((kind) => !this.announced.includes(kind))) {
+      // The offering side will not make slots for these tracks (it does not read `sends`, or
+      // was told of none, or they came later): send them ourselves.
+      this.release();
+    }
+    // Otherwise the offering side's next offer has slots for our tracks (handleSignal).
+  }
+
   async makeOffer() {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
-      this.signal({ description: this.pc.localDescription });
+      this.signal(this.describe());
     } catch (err) {
       console.warn("bluecam: negotiation failed", err);
     } finally {
@@ -171,14 +239,24 @@ export class PeerLink {
           this.note("ignored offer");
           return;
         }
+        if (!this.exchanged) {
+          this.remoteSends = Array.isArray(data.sends) ? data.sends.map(String) : undefined;
+          // Our first offer answered: the first exchange is done, and media is ours to offer.
+          if (description.type === "answer") this.exchanged = this.firstOfferer = true;
+        }
         await pc.setRemoteDescription(description);
+        if (description.type === "answer" && this.firstOfferer) this.startMedia();
         // Candidates that came first (a resume's replay, a relink) apply now.
         for (const candidate of this.earlyCandidates.splice(0)) {
           await pc.addIceCandidate(candidate).catch((err) => this.note(`early candidate: ${err}`));
         }
         if (description.type === "offer") {
+          // An offer with media has slots for ours: our held-back tracks go into them, and
+          // this answer sends them.
+          if (this.held && /^m=(audio|video) /m.test(description.sdp ?? "")) this.release();
           await pc.setLocalDescription();
-          this.signal({ description: pc.localDescription });
+          this.signal(this.describe());
+          this.exchanged = true;
         }
       } else if (data.candidate) {
         if (!pc.remoteDescription) {
@@ -197,15 +275,6 @@ export class PeerLink {
   }
 
   /**
-   * Swaps the outgoing track of a kind (screen share) without renegotiation.
-   * @param {string} kind
-   * @param {MediaStreamTrack | null} track
-   */
-  async replaceTrack(kind, track) {
-    await this.senders.get(kind)?.replaceTrack(track);
-  }
-
-  /**
    * Sends `track` as this connection's track of its kind: in place of the one sent now (no
    * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
    * @param {MediaStreamTrack} track
@@ -213,6 +282,10 @@ export class PeerLink {
    */
   async setTrack(track, stream) {
     if (this.closed) return;
+    if (this.held) {
+      this.pending.set(track.kind, { track, stream });
+      return;
+    }
     const sender = this.senders.get(track.kind);
     if (sender) await sender.replaceTrack(track);
     else this.senders.set(track.kind, this.pc.addTrack(track, stream));
@@ -223,6 +296,7 @@ export class PeerLink {
    * @param {string} kind
    */
   removeTrack(kind) {
+    if (this.held) this.pending.delete(kind);
     const sender = this.senders.get(kind);
     if (!sender || this.closed) return;
     this.senders.delete(kind);

@@ -281,11 +281,18 @@ test("remoteVideo follows its peer: a new stream after a relink and after a relo
   await evaluate(a.page, (t) => /** @type {any} */ (window).start({ token: t }), await server.token(room, "alice"), "join alice");
   const aId = await evaluate(b.page, (t) => /** @type {any} */ (window).start({ token: t }), await server.token(room, "bob"), "join bob")
     .then(() => evaluate(a.page, () => /** @type {any} */ (window).room.self.id, undefined, "alice's id"));
-  /** The live video track alice's #remoteVideo shows now (its id), or "". */
+  /** The live video track alice's #remoteVideo shows now, or "": a number per track object
+   * (a new peer connection's track may carry the same id as the one it replaces: the id comes
+   * from the sender's track when the receiving side did not add its own first). */
   const shown = () => evaluate(a.page, () => {
     const v = /** @type {HTMLVideoElement} */ (document.getElementById("remoteVideo"));
     const track = /** @type {MediaStream | null} */ (v.srcObject)?.getVideoTracks()[0];
-    return track && track.readyState === "live" && !track.muted && v.readyState >= 2 ? track.id : "";
+    if (!track || track.readyState !== "live" || track.muted || v.readyState < 2) return "";
+    /** @type {any} */
+    const w = window;
+    w.trackNumbers ??= new WeakMap();
+    if (!w.trackNumbers.has(track)) w.trackNumbers.set(track, `track ${(w.tracksSeen = (w.tracksSeen ?? 0) + 1)}`);
+    return w.trackNumbers.get(track);
   }, undefined, "the shown track");
   const first = await waitFor(shown, "bob's video in alice's #remoteVideo");
   // Bob's peer connection to alice is replaced (a relink): the element takes the new stream.

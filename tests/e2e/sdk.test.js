@@ -274,6 +274,50 @@ test("three peers: full mesh video, broadcast and targeted messages reach exactl
   await expectEvents(peers);
 });
 
+test("data first: the first offer and answer carry only the data channel; video follows both ways, to and from a peer without a camera", async () => {
+  const room = await server.room();
+  const peers = [await peer("cam0"), await peer("cam1"), await peer("nocam")];
+  // Every local description each page sets, in order, per peer connection.
+  for (const p of peers) {
+    await evaluate(p.page, () => {
+      /** @type {any} */
+      const w = window;
+      w.sdps = [];
+      const set = RTCPeerConnection.prototype.setLocalDescription;
+      RTCPeerConnection.prototype.setLocalDescription = async function (/** @type {any} */ ...args) {
+        await set.apply(this, /** @type {any} */ (args));
+        const pc = /** @type {any} */ (this);
+        pc.n ??= w.sdps.length;
+        w.sdps.push({ pc: pc.n, type: this.localDescription?.type, sdp: this.localDescription?.sdp ?? "" });
+      };
+    }, undefined, "record local descriptions");
+  }
+  const ids = [];
+  for (const [i, p] of peers.entries()) {
+    ids.push(await join(p.page, await server.token(room, `p${i}`), i === 2 ? { video: false, audio: false } : { video: true, audio: true }));
+  }
+  await Promise.all(peers.map((p) => waitPeers(p.page, 2)));
+  // Video: between the cameras, and from each camera to the peer without one.
+  for (const [to, from] of [[0, 1], [1, 0], [2, 0], [2, 1]]) {
+    await waitFor(async () => (await videoStats(peers[to].page, ids[from])).frames > 0, `video ${to}←${from}`);
+  }
+  for (const [i, p] of peers.entries()) {
+    for (const [j, other] of ids.entries()) {
+      if (i !== j) await waitFor(async () => (await pathTo(p.page, other)) === "p2p", `the data channel ${i}→${j}`);
+    }
+    const sdps = /** @type {{pc: number, type: string, sdp: string}[]} */ (await evaluate(p.page, () => /** @type {any} */ (window).sdps, undefined, "the descriptions"));
+    const firsts = [...new Map(sdps.toReversed().map((d) => [d.pc, d])).values()];
+    assert.equal(firsts.length, 2, `two peer connections at ${i}`);
+    for (const d of firsts) {
+      assert.match(d.sdp, /^m=application /m, `the first ${d.type} at ${i} has the data channel`);
+      assert.doesNotMatch(d.sdp, /^m=(audio|video) /m, `the first ${d.type} at ${i} has no media`);
+    }
+  }
+  // The peer without a camera sends none (its connections only receive).
+  for (const cam of [0, 1]) assert.equal((await videoStats(peers[cam].page, ids[2])).frames, 0, `no video ${cam}←2`);
+  await expectEvents(peers);
+});
+
 test("a 1 MiB message arrives intact over both paths; a larger one is refused", async () => {
   const room = await server.room();
   const [a, b, c] = [await peer("alice"), await peer("bob"), await peer("carol", { noWebrtc: true })];

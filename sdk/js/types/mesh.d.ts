@@ -31,6 +31,22 @@ export class PeerLink {
     pc: RTCPeerConnection;
     /** @type {Map<string, RTCRtpSender>} kind → sender, for replaceTrack */
     senders: Map<string, RTCRtpSender>;
+    /** Tracks held back until the first exchange is done (data first), by kind.
+     * @type {Map<string, {track: MediaStreamTrack, stream: MediaStream}>} */
+    pending: Map<string, {
+        track: MediaStreamTrack;
+        stream: MediaStream;
+    }>;
+    /** Whether tracks are still held back (`pending`) rather than sent. */
+    held: boolean;
+    /** Whether the first offer and answer are done, and whether this side made that offer. */
+    exchanged: boolean;
+    firstOfferer: boolean;
+    /** The kinds of media the remote side said it sends in its first description; undefined
+     * when it said nothing (an SDK that sends its tracks in the first offer). @type {string[] | undefined} */
+    remoteSends: string[] | undefined;
+    /** The kinds this side said it sends. @type {string[]} */
+    announced: string[];
     dc: RTCDataChannel;
     gotOffer: boolean;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -42,6 +58,23 @@ export class PeerLink {
      * @param {string} what
      */
     note(what: string): void;
+    /** What a description signal carries: the description, and in the first exchange the kinds
+     * of media this side will send once the data channel is open. */
+    describe(): {
+        description: RTCSessionDescription | null;
+        sends?: undefined;
+    } | {
+        description: RTCSessionDescription | null;
+        sends: string[];
+    };
+    /**
+     * Sends the held-back tracks (into the receive slots the remote offer made, when called
+     * between its offer and our answer; as new tracks otherwise, which renegotiates).
+     */
+    release(): void;
+    /** The first exchange is done, or the data channel is open: media follows (the module's
+     * comment). */
+    startMedia(): void;
     makeOffer(): Promise<void>;
     /** Whether the data channel can carry messages now. */
     get open(): boolean;
@@ -60,12 +93,6 @@ export class PeerLink {
      * @param {any} data
      */
     handleSignal(data: any): Promise<void>;
-    /**
-     * Swaps the outgoing track of a kind (screen share) without renegotiation.
-     * @param {string} kind
-     * @param {MediaStreamTrack | null} track
-     */
-    replaceTrack(kind: string, track: MediaStreamTrack | null): Promise<void>;
     /**
      * Sends `track` as this connection's track of its kind: in place of the one sent now (no
      * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
