@@ -325,10 +325,22 @@ impl Front {
             let h1 = h1.clone();
             let tls = tls.clone();
             let stop = stop.clone();
+            let state = state.clone();
             conns.spawn(async move {
                 use axum_server::accept::Accept as _;
                 match tls {
-                    None => serve_http1(&h1, tcp, service, &stop).await,
+                    // A WebSocket handshake straight from the socket; anything else, hyper.
+                    None => {
+                        let direct = crate::transport::ws::serve_direct(
+                            &state,
+                            tcp,
+                            &service.permit,
+                            header_timeout,
+                        );
+                        if let Some(tcp) = direct.await {
+                            serve_http1(&h1, tcp, service, &stop).await;
+                        }
+                    }
                     Some(acceptor) => match acceptor.accept(tcp, ()).await {
                         Ok((io, _)) => serve_http1(&h1, io, service, &stop).await,
                         Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),

@@ -28,10 +28,15 @@ use tungstenite::{
     protocol::{CloseFrame, Role, WebSocketConfig},
 };
 
-/// The server's side of one WebSocket.
-type WebSocket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
+/// The server's side of one WebSocket: over the TCP socket itself (the direct handshake,
+/// [`serve_direct`]), or over what hyper hands over after its upgrade (TLS, and every handshake
+/// the direct path leaves to it).
+type WebSocket<S> = WebSocketStream<Counted<S>>;
 
-impl Transport for WebSocket {
+impl<S> Transport for WebSocket<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     async fn next(&mut self) -> Incoming {
         match futures_util::StreamExt::next(self).await {
             Some(Ok(Message::Text(text))) => Incoming::Text(text),
@@ -277,31 +282,45 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
     }
 }
 
-/// Upgrades to a WebSocket after the origin and capacity checks.
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUpgrade) -> Response {
-    if !state.origin_allowed(headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())) {
-        return crate::api::ApiError::new(
+/// The checks after the handshake's own: the origin, a server shutting down, the connection
+/// cap. The slot is reserved before the 101 answer, so a storm cannot overshoot the cap.
+fn admit(state: &AppState, origin: Option<&str>) -> Result<ConnectionSlot, ApiError> {
+    if !state.origin_allowed(origin) {
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "origin not allowed",
-        )
-        .into_response();
+        ));
     }
     if state.shutdown.is_cancelled() {
-        return crate::api::ApiError::unavailable("server is shutting down").into_response();
+        return Err(ApiError::unavailable("server is shutting down"));
     }
-    // Reserve a slot before upgrading so a storm cannot overshoot the cap.
+    reserve(state).ok_or_else(|| {
+        state.metrics.connections_refused.increment(1);
+        ApiError::unavailable("too many connections on this node")
+    })
+}
+
+/// A place under the connection cap, if there is one.
+fn reserve(state: &AppState) -> Option<ConnectionSlot> {
     let open = state.connections.fetch_add(1, Ordering::AcqRel);
     if open >= state.config.limits.max_connections {
         state.connections.fetch_sub(1, Ordering::AcqRel);
-        state.metrics.connections_refused.increment(1);
-        return crate::api::ApiError::unavailable("too many connections on this node")
-            .into_response();
+        return None;
     }
-    let slot = ConnectionSlot(state.clone());
-    // Tracked from before the 101 answer, so shutdown waits for this connection too.
-    let track = state.tracker.token();
-    let limits = &state.config.limits;
+    Some(ConnectionSlot(state.clone()))
+}
+
+/// One admitted WebSocket from its 101 answer to its end.
+async fn serve_socket<S>(
+    slot: ConnectionSlot,
+    io: S,
+    permit: Option<Arc<ConnPermit>>,
+    host: Option<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let limits = &slot.0.config.limits;
     // Every connection keeps its read buffer for life, so it is small: 1 KiB (2 KiB cost 1 KB
     // more per idle connection for a relay CPU within the run-to-run spread; the 20 % more CPU
     // once measured for 1 KiB was before the writes were batched; 4 KiB cost 2 KB more; see
@@ -312,6 +331,25 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
         .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.hard_frame_cap()) * 2)
         .max_message_size(Some(limits.hard_frame_cap()))
         .max_frame_size(Some(limits.hard_frame_cap()));
+    let io = Counted {
+        inner: io,
+        written: Arc::default(),
+    };
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    crate::transport::conn::run(slot.0.clone(), socket, host).await;
+    drop((slot, permit));
+}
+
+/// Upgrades to a WebSocket after the origin and capacity checks (through hyper: over TLS, and
+/// every handshake [`serve_direct`] does not take).
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUpgrade) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let slot = match admit(&state, origin) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    // Tracked from before the 101 answer, so shutdown waits for this connection too.
+    let track = state.tracker.token();
     let WsUpgrade {
         on_upgrade,
         accept,
@@ -319,20 +357,11 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
         host,
     } = ws;
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        let io = Counted {
-            inner: TokioIo::new(upgraded),
-            written: Arc::default(),
-        };
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        crate::transport::conn::run(slot.0.clone(), socket, host).await;
-        drop((slot, track, permit));
+        match on_upgrade.await {
+            Ok(upgraded) => serve_socket(slot, TokioIo::new(upgraded), permit, host).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+        drop(track);
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -341,6 +370,138 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+/// The longest handshake the direct path reads (a browser's is about 500 bytes; a longer one
+/// goes through hyper).
+const DIRECT_HEAD_MAX: usize = 2048;
+
+/// Sets a header's value, or `None` when it came before (a second `Origin`, say).
+fn once<'a>(slot: &mut Option<&'a str>, value: &'a str) -> Option<()> {
+    slot.replace(value).is_none().then_some(())
+}
+
+/// What a direct handshake needs from the request's head.
+struct DirectHandshake {
+    /// The head's length in bytes.
+    len: usize,
+    accept: String,
+    origin: Option<String>,
+    host: Option<String>,
+}
+
+/// A plain WebSocket handshake for [`bluecam_proto::WS_PATH`] in `head`, exactly and alone: a
+/// GET over HTTP/1.1 with a valid key, version 13, every header visible ASCII, no body and no
+/// header twice that matters. Anything else is `None`, and hyper serves the connection as it
+/// would without this path (with the same answers for every refusal).
+fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(len) = req.parse(head).ok()? else {
+        return None;
+    };
+    if len != head.len()
+        || req.method != Some("GET")
+        || req.path != Some(bluecam_proto::WS_PATH)
+        || req.version != Some(1)
+    {
+        return None;
+    }
+    let (mut connection, mut upgrade) = (false, false);
+    let (mut version, mut key, mut origin, mut host) = (None, None, None, None);
+    let has = |list: &str, token: &str| {
+        list.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    for h in req.headers.iter() {
+        if !h
+            .value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return None;
+        }
+        let value = std::str::from_utf8(h.value).ok()?.trim();
+        match h.name.to_ascii_lowercase().as_str() {
+            "connection" => connection |= has(value, "upgrade"),
+            "upgrade" => upgrade |= has(value, "websocket"),
+            "sec-websocket-version" => once(&mut version, value)?,
+            "sec-websocket-key" => once(&mut key, value)?,
+            "origin" => once(&mut origin, value)?,
+            "host" => once(&mut host, value)?,
+            "content-length" | "transfer-encoding" => return None,
+            _ => {}
+        }
+    }
+    let key = key?;
+    let valid_key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
+    };
+    if !connection || !upgrade || version != Some("13") || !valid_key {
+        return None;
+    }
+    Some(DirectHandshake {
+        len,
+        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        origin: origin.map(str::to_owned),
+        host: host.map(str::to_owned),
+    })
+}
+
+/// `GET /v1/ws` answered on the TCP socket itself, without hyper: the WebSocket's first bytes
+/// are read without being taken (`peek`); when they are a plain handshake that passes every
+/// check, the 101 answer is written and the socket becomes the WebSocket. Otherwise the socket
+/// is handed back, untouched, for hyper to serve (every other request, every refusal, a head
+/// that came in pieces). Joins cost less CPU this way (no HTTP connection, request, router and
+/// upgrade per join; BENCHMARKS.md). `None`: the connection is taken (or was dropped: no head
+/// within `wait`, as hyper's header timeout would).
+pub(crate) async fn serve_direct(
+    state: &AppState,
+    mut tcp: tokio::net::TcpStream,
+    permit: &Arc<ConnPermit>,
+    wait: Duration,
+) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = vec![0u8; DIRECT_HEAD_MAX];
+    // (A head that comes in pieces goes to hyper, whose header timeout starts again: at most
+    // twice `wait` for a client that trickles its head.)
+    let n = match tokio::time::timeout(wait, tcp.peek(&mut head)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return None,
+    };
+    let Some(handshake) = direct_handshake(&head[..n]) else {
+        return Some(tcp);
+    };
+    // A refusal is hyper's to answer (and to count), as for every other refused handshake.
+    if !state.origin_allowed(handshake.origin.as_deref()) || state.shutdown.is_cancelled() {
+        return Some(tcp);
+    }
+    let Some(slot) = reserve(state) else {
+        return Some(tcp);
+    };
+    // Tracked from before the 101 answer, so shutdown waits for this connection too.
+    let track = state.tracker.token();
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n\r\n",
+        handshake.accept
+    );
+    let answered = async {
+        tcp.read_exact(&mut head[..handshake.len]).await?;
+        tcp.write_all(answer.as_bytes()).await
+    };
+    if !matches!(tokio::time::timeout(wait, answered).await, Ok(Ok(()))) {
+        return None;
+    }
+    drop(head);
+    let permit = Some(Arc::clone(permit));
+    tokio::spawn(async move {
+        serve_socket(slot, tcp, permit, handshake.host).await;
+        drop(track);
+    });
+    None
 }
 
 /// The close code for a failed read: 1009 when the frame exceeded the hard cap, 1007 for a
@@ -359,3 +520,68 @@ fn read_error_close(e: tungstenite::Error) -> Option<CloseCode> {
 
 /// How long a close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::direct_handshake;
+
+    const HEAD: &str = "GET /v1/ws HTTP/1.1\r\nHost: rooms.example.com\r\nConnection: Upgrade\r\nPragma: no-cache\r\nUpgrade: websocket\r\nOrigin: https://app.example.com\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+    #[test]
+    fn a_browsers_handshake_is_taken_directly() {
+        let h = direct_handshake(HEAD.as_bytes()).expect("direct");
+        assert_eq!(h.len, HEAD.len());
+        // RFC 6455 section 1.3's example.
+        assert_eq!(h.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(h.origin.as_deref(), Some("https://app.example.com"));
+        assert_eq!(h.host.as_deref(), Some("rooms.example.com"));
+        // Header names in any case, `Connection` with more than one token.
+        let mixed = HEAD
+            .replace("Connection: Upgrade", "connection: keep-alive, Upgrade")
+            .replace("Upgrade: websocket", "UPGRADE: WebSocket");
+        assert!(direct_handshake(mixed.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn anything_else_is_left_to_hyper() {
+        let cases = [
+            ("a head in pieces", HEAD[..HEAD.len() - 2].to_owned()),
+            ("bytes after the head", format!("{HEAD}\u{81}")),
+            ("another path", HEAD.replace("/v1/ws", "/v1/ws/")),
+            ("a query", HEAD.replace("/v1/ws", "/v1/ws?x=1")),
+            ("POST", HEAD.replace("GET", "POST")),
+            ("HTTP/1.0", HEAD.replace("HTTP/1.1", "HTTP/1.0")),
+            ("no upgrade", HEAD.replace("Upgrade: websocket\r\n", "")),
+            (
+                "no connection upgrade",
+                HEAD.replace("Connection: Upgrade", "Connection: keep-alive"),
+            ),
+            ("version 8", HEAD.replace("Version: 13", "Version: 8")),
+            (
+                "a short key",
+                HEAD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="),
+            ),
+            ("no key", HEAD.replace("Sec-WebSocket-Key", "X-Key")),
+            (
+                "two origins",
+                HEAD.replace("Origin:", "Origin: https://a.example\r\nOrigin:"),
+            ),
+            (
+                "two keys",
+                HEAD.replace(
+                    "Sec-WebSocket-Key:",
+                    "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Key:",
+                ),
+            ),
+            (
+                "a body",
+                HEAD.replace("Pragma: no-cache", "Content-Length: 0"),
+            ),
+            ("a non-ASCII header", HEAD.replace("no-cache", "n\u{e9}")),
+            ("not HTTP", "\u{16}\u{3}\u{1}\u{2}\u{0}".to_owned()),
+        ];
+        for (what, head) in cases {
+            assert!(direct_handshake(head.as_bytes()).is_none(), "{what}");
+        }
+    }
+}

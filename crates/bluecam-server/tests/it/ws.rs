@@ -291,3 +291,51 @@ async fn joined_carries_configured_ice_servers_and_per_session_turn_credentials(
     );
     assert!(ice_a[1].credential.as_ref().is_some_and(|c| c.len() == 28));
 }
+
+/// A handshake in one piece is answered on the socket itself (no `date`: hyper dates its
+/// answers); one whose head comes in pieces, through hyper. Both become WebSockets that join.
+#[tokio::test]
+async fn a_websocket_handshake_in_one_piece_or_in_pieces_both_join() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = TestServer::start().await;
+    let room = s.room().await;
+    let head = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        s.addr
+    );
+    for (i, cut) in [head.len(), 20].into_iter().enumerate() {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tcp.write_all(&head.as_bytes()[..cut]).await.unwrap();
+        if cut < head.len() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tcp.write_all(&head.as_bytes()[cut..]).await.unwrap();
+        }
+        // The answer's head, a byte at a time (a frame may follow it).
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            answer.push(tcp.read_u8().await.unwrap());
+        }
+        let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 101 "), "{answer}");
+        assert!(
+            answer.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{answer}"
+        );
+        if cut == head.len() {
+            assert!(!answer.contains("\r\ndate:"), "answered directly: {answer}");
+        }
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let mut c = Client { ws, joined: None };
+        c.send_frame(&ClientMessage::Join {
+            token: s.token(&room, &format!("p{i}")),
+            resume: None,
+        })
+        .await;
+        c.expect_joined().await;
+    }
+}
