@@ -8,12 +8,14 @@
  *
  * Data first, media right after: the first offer and answer carry the data channel alone, and
  * each side says which kinds of media it will send (`sends`). As soon as the answer is in, the
- * side that made the first offer offers its tracks, with a receive-only slot for every kind the
- * other side sends, while ICE and DTLS connect; the other side puts its own tracks into those
- * slots before it answers. Two exchanges instead of one, but the data channel no longer waits
- * for the audio and video engines to be set up (most of a first exchange with media; see
- * docs/sdk.md). A side that is not told of slots for its tracks, by the time its data channel
- * opens, offers them itself.
+ * side that made the first offer makes a second offer with its tracks and a receive-only slot
+ * for every kind the other side sends (while ICE and DTLS connect), and sends it over the data
+ * channel the moment that opens; the answer comes back the same way (peer to peer: not two more
+ * trips through a server that may be far away). The other side puts its own tracks into those
+ * slots before it answers. Two exchanges instead of one, but the data channel
+ * no longer waits for the audio and video engines to be set up (most of a first exchange with
+ * media; see docs/sdk.md). A side that is not told of slots for its tracks, by the time its
+ * data channel opens, offers them itself (through the server, like every other signal).
  */
 
 /**
@@ -31,6 +33,11 @@ const FIRST_OFFER_WAIT_MS = 3000;
 /** ICE "disconnected" this long (a lost path, a changed network): restart it rather than wait
  * for "failed", which takes about 30 s. A blip shorter than this recovers on its own. */
 const DISCONNECTED_RESTART_MS = 3000;
+
+/** How long the media offer waits for the data channel before going through the server. */
+const CHANNEL_OFFER_WAIT_MS = 3000;
+/** How a signal sent over the data channel starts (app data there is envelopes, `{"v":…`). */
+const CHANNEL_SIGNAL = '{"sig":';
 
 /** Whether this browser can do WebRTC at all. */
 export function webrtcAvailable() {
@@ -88,8 +95,19 @@ export class PeerLink {
       this.startMedia();
     };
     this.dc.onclose = () => handlers.onChannel(false);
+    /** Whether the next offer goes over the data channel (the media offer, see above). */
+    this.offerOverChannel = false;
     this.dc.onmessage = (ev) => {
-      if (typeof ev.data === "string") handlers.onData(ev.data);
+      if (typeof ev.data !== "string") return;
+      if (ev.data.startsWith(CHANNEL_SIGNAL)) {
+        try {
+          this.enqueueSignal(JSON.parse(ev.data).sig, true);
+        } catch {
+          // Not ours to read: ignored, as a malformed envelope would be.
+        }
+        return;
+      }
+      handlers.onData(ev.data);
     };
     // Perfect negotiation, plus one rule that keeps the first exchange free of glare: the
     // polite side lets the impolite side make the first offer (both would otherwise offer at
@@ -160,8 +178,46 @@ export class PeerLink {
     this.pending.clear();
   }
 
-  /** The first exchange is done, or the data channel is open: media follows (the module's
-   * comment). */
+  /**
+   * Sends a description over the data channel, or through the server when the channel is not
+   * open (it closed meanwhile: the relink that follows starts over anyway).
+   * @param {Record<string, unknown>} data
+   * @param {boolean} overChannel
+   */
+  sendDescription(data, overChannel) {
+    if (overChannel && this.open) {
+      try {
+        this.dc.send(`${CHANNEL_SIGNAL}${JSON.stringify(data)}}`);
+        return;
+      } catch {
+        // Closed just now: through the server.
+      }
+    }
+    this.signal(data);
+  }
+
+  /**
+   * Sends our offer over the data channel once it opens, or through the server if it has not
+   * within CHANNEL_OFFER_WAIT_MS (ICE still checking, or failing: an ICE restart needs this
+   * offer answered first). Not if the offer was rolled back or replaced meanwhile.
+   * @param {Record<string, unknown>} data
+   */
+  sendOfferOverChannel(data) {
+    const offer = this.pc.localDescription;
+    const send = (/** @type {boolean} */ overChannel) => {
+      clearTimeout(timer);
+      this.dc.removeEventListener("open", onOpen);
+      if (this.closed || this.pc.signalingState !== "have-local-offer" || this.pc.localDescription?.sdp !== offer?.sdp) return;
+      this.sendDescription(data, overChannel);
+    };
+    const onOpen = () => send(true);
+    const timer = setTimeout(() => send(false), CHANNEL_OFFER_WAIT_MS);
+    if (this.open) send(true);
+    else this.dc.addEventListener("open", onOpen);
+  }
+
+  /** The first exchange is done (or, on the other side, the data channel is open): media
+   * follows (the module's comment). */
   startMedia() {
     if (!this.held || this.closed) return;
     if (this.firstOfferer) {
@@ -173,6 +229,9 @@ export class PeerLink {
           this.pc.addTransceiver(kind, { direction: "recvonly" });
         }
       }
+      // The offer this makes (if any media is to flow) goes over the channel, to a peer that
+      // said `sends` (it reads signals there too).
+      this.offerOverChannel = this.remoteSends !== undefined && this.pc.getTransceivers().length > 0;
     } else if (this.remoteSends === undefined || this.announced.length === 0 ||
       [...this.pending.keys()].some((kind) => !this.announced.includes(kind))) {
       // The offering side will not make slots for these tracks (it does not read `sends`, or
@@ -186,7 +245,10 @@ export class PeerLink {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
-      this.signal(this.describe());
+      const overChannel = this.offerOverChannel;
+      this.offerOverChannel = false;
+      if (overChannel) this.sendOfferOverChannel(this.describe());
+      else this.signal(this.describe());
     } catch (err) {
       console.warn("bluecam: negotiation failed", err);
     } finally {
@@ -216,16 +278,18 @@ export class PeerLink {
   /**
    * Queues signaling data from the remote peer, applied after what came before it.
    * @param {any} data
+   * @param {boolean} [overChannel] it came over the data channel (an offer is answered there)
    */
-  enqueueSignal(data) {
-    this.signals = this.signals.then(() => this.handleSignal(data));
+  enqueueSignal(data, overChannel = false) {
+    this.signals = this.signals.then(() => this.handleSignal(data, overChannel));
   }
 
   /**
    * Applies signaling data from the remote peer (perfect negotiation).
    * @param {any} data
+   * @param {boolean} [overChannel] it came over the data channel (an offer is answered there)
    */
-  async handleSignal(data) {
+  async handleSignal(data, overChannel = false) {
     if (this.closed) return;
     const pc = this.pc;
     try {
@@ -255,7 +319,8 @@ export class PeerLink {
           // this answer sends them.
           if (this.held && /^m=(audio|video) /m.test(description.sdp ?? "")) this.release();
           await pc.setLocalDescription();
-          this.signal(this.describe());
+          // An offer that came over the data channel is answered there.
+          this.sendDescription(this.describe(), overChannel);
           this.exchanged = true;
         }
       } else if (data.candidate) {

@@ -274,7 +274,7 @@ test("three peers: full mesh video, broadcast and targeted messages reach exactl
   await expectEvents(peers);
 });
 
-test("data first: the first offer and answer carry only the data channel; video follows both ways, to and from a peer without a camera", async () => {
+test("data first: the first offer and answer carry only the data channel; the media offer and answer go over it; video follows both ways, to and from a peer without a camera", async () => {
   const room = await server.room();
   const peers = [await peer("cam0"), await peer("cam1"), await peer("nocam")];
   // Every local description each page sets, in order, per peer connection.
@@ -289,6 +289,13 @@ test("data first: the first offer and answer carry only the data channel; video 
         const pc = /** @type {any} */ (this);
         pc.n ??= w.sdps.length;
         w.sdps.push({ pc: pc.n, type: this.localDescription?.type, sdp: this.localDescription?.sdp ?? "" });
+      };
+      // Descriptions sent through the server.
+      w.viaServer = 0;
+      const send = WebSocket.prototype.send;
+      WebSocket.prototype.send = function (/** @type {any} */ data) {
+        if (typeof data === "string" && data.includes('"description"')) w.viaServer++;
+        return send.call(this, data);
       };
     }, undefined, "record local descriptions");
   }
@@ -312,6 +319,9 @@ test("data first: the first offer and answer carry only the data channel; video 
       assert.match(d.sdp, /^m=application /m, `the first ${d.type} at ${i} has the data channel`);
       assert.doesNotMatch(d.sdp, /^m=(audio|video) /m, `the first ${d.type} at ${i} has no media`);
     }
+    // Through the server: only the first offer or answer of each of its two connections.
+    assert.equal(await evaluate(p.page, () => /** @type {any} */ (window).viaServer, undefined, "count"), 2, `descriptions through the server at ${i}`);
+    assert.ok(sdps.length > 2, `the media's offer or answer at ${i} too`);
   }
   // The peer without a camera sends none (its connections only receive).
   for (const cam of [0, 1]) assert.equal((await videoStats(peers[cam].page, ids[2])).frames, 0, `no video ${cam}←2`);

@@ -48,6 +48,8 @@ export class PeerLink {
     /** The kinds this side said it sends. @type {string[]} */
     announced: string[];
     dc: RTCDataChannel;
+    /** Whether the next offer goes over the data channel (the media offer, see above). */
+    offerOverChannel: boolean;
     gotOffer: boolean;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     disconnectedTimer: ReturnType<typeof setTimeout> | undefined;
@@ -72,8 +74,22 @@ export class PeerLink {
      * between its offer and our answer; as new tracks otherwise, which renegotiates).
      */
     release(): void;
-    /** The first exchange is done, or the data channel is open: media follows (the module's
-     * comment). */
+    /**
+     * Sends a description over the data channel, or through the server when the channel is not
+     * open (it closed meanwhile: the relink that follows starts over anyway).
+     * @param {Record<string, unknown>} data
+     * @param {boolean} overChannel
+     */
+    sendDescription(data: Record<string, unknown>, overChannel: boolean): void;
+    /**
+     * Sends our offer over the data channel once it opens, or through the server if it has not
+     * within CHANNEL_OFFER_WAIT_MS (ICE still checking, or failing: an ICE restart needs this
+     * offer answered first). Not if the offer was rolled back or replaced meanwhile.
+     * @param {Record<string, unknown>} data
+     */
+    sendOfferOverChannel(data: Record<string, unknown>): void;
+    /** The first exchange is done (or, on the other side, the data channel is open): media
+     * follows (the module's comment). */
     startMedia(): void;
     makeOffer(): Promise<void>;
     /** Whether the data channel can carry messages now. */
@@ -86,13 +102,15 @@ export class PeerLink {
     /**
      * Queues signaling data from the remote peer, applied after what came before it.
      * @param {any} data
+     * @param {boolean} [overChannel] it came over the data channel (an offer is answered there)
      */
-    enqueueSignal(data: any): void;
+    enqueueSignal(data: any, overChannel?: boolean): void;
     /**
      * Applies signaling data from the remote peer (perfect negotiation).
      * @param {any} data
+     * @param {boolean} [overChannel] it came over the data channel (an offer is answered there)
      */
-    handleSignal(data: any): Promise<void>;
+    handleSignal(data: any, overChannel?: boolean): Promise<void>;
     /**
      * Sends `track` as this connection's track of its kind: in place of the one sent now (no
      * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
