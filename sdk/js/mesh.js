@@ -97,6 +97,8 @@ export class PeerLink {
     this.dc.onclose = () => handlers.onChannel(false);
     /** Whether the next offer goes over the data channel (the media offer, see above). */
     this.offerOverChannel = false;
+    /** Offers made so far (which one is still the one waiting to be answered). */
+    this.offers = 0;
     this.dc.onmessage = (ev) => {
       if (typeof ev.data !== "string") return;
       if (ev.data.startsWith(CHANNEL_SIGNAL)) {
@@ -203,11 +205,12 @@ export class PeerLink {
    * @param {Record<string, unknown>} data
    */
   sendOfferOverChannel(data) {
-    const offer = this.pc.localDescription;
+    // (Not the description's text: it grows as candidates are gathered.)
+    const offer = this.offers;
     const send = (/** @type {boolean} */ overChannel) => {
       clearTimeout(timer);
       this.dc.removeEventListener("open", onOpen);
-      if (this.closed || this.pc.signalingState !== "have-local-offer" || this.pc.localDescription?.sdp !== offer?.sdp) return;
+      if (this.closed || this.pc.signalingState !== "have-local-offer" || this.offers !== offer) return;
       this.sendDescription(data, overChannel);
     };
     const onOpen = () => send(true);
@@ -245,6 +248,7 @@ export class PeerLink {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
+      this.offers++;
       const overChannel = this.offerOverChannel;
       this.offerOverChannel = false;
       if (overChannel) this.sendOfferOverChannel(this.describe());

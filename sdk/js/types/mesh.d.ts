@@ -50,6 +50,8 @@ export class PeerLink {
     dc: RTCDataChannel;
     /** Whether the next offer goes over the data channel (the media offer, see above). */
     offerOverChannel: boolean;
+    /** Offers made so far (which one is still the one waiting to be answered). */
+    offers: number;
     gotOffer: boolean;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     disconnectedTimer: ReturnType<typeof setTimeout> | undefined;
