@@ -10,6 +10,8 @@
 //! - [`api_bodies`]: the HTTP API's request bodies; whatever is accepted is within every bound.
 //! - [`cluster_messages`]: messages from other nodes, as lines, applied to a room core that
 //!   holds a local peer; the core's invariants hold after each.
+//! - [`websocket_handshake`]: the handshake answered without hyper takes only what hyper's
+//!   path would take, with the same answer.
 //! - [`http_bodies`]: the HTTP transport's `poll` and `send` bodies and the messages that pass
 //!   them between nodes; no text names a session without the secret, a `send` splits into
 //!   its lines and nothing else, and a relay message decodes to what encodes it again.
@@ -254,4 +256,47 @@ pub fn http_bodies(data: &[u8]) {
         };
         assert_eq!((&head, rest), (&head2, rest2));
     }
+}
+
+/// The WebSocket handshake taken on the socket itself (`ws::serve_direct`): never panics on
+/// any bytes, and takes only what hyper's path would take, with the same answer: a head it
+/// takes, parsed as hyper parses it (httparse, into a header map), passes the same handshake
+/// checks with the same `Sec-WebSocket-Accept`, and has the same `Origin` and `Host`.
+pub fn websocket_handshake(data: &[u8]) {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+    let Some(direct) = crate::transport::ws::direct_handshake(data) else {
+        return;
+    };
+    assert_eq!(direct.len, data.len(), "the whole input is the head");
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    assert!(
+        matches!(req.parse(data), Ok(httparse::Status::Complete(_))),
+        "taken, but not a complete request for httparse"
+    );
+    let Ok(method) = Method::from_bytes(req.method.unwrap_or_default().as_bytes()) else {
+        panic!("taken, with a method hyper would not read");
+    };
+    let mut map = HeaderMap::new();
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            panic!("taken, with a header hyper would not read: {h:?}");
+        };
+        map.append(name, value);
+    }
+    let accept = match crate::transport::ws::handshake_accept(&method, &map) {
+        Ok(accept) => accept,
+        Err(why) => panic!("taken directly, refused through hyper: {why:?}"),
+    };
+    assert_eq!(accept.to_str().ok(), Some(direct.accept.as_str()));
+    let get = |name| map.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    assert_eq!(
+        get(header::ORIGIN),
+        direct.origin.as_deref(),
+        "the same Origin"
+    );
+    assert_eq!(get(header::HOST), direct.host.as_deref(), "the same Host");
 }

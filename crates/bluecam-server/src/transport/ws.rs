@@ -224,62 +224,99 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
-        let bad = |message: &str| {
-            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message).into_response()
-        };
-        if parts.method != axum::http::Method::GET {
-            return Err(bad("a WebSocket handshake is a GET"));
-        }
-        let h = &parts.headers;
-        if !header_has_token(h, header::CONNECTION, "upgrade")
-            || !header_has_token(h, header::UPGRADE, "websocket")
-        {
-            return Err(bad(
-                "this is the WebSocket endpoint: expected Connection: upgrade and Upgrade: websocket",
-            ));
-        }
-        if h.get(header::SEC_WEBSOCKET_VERSION)
-            .is_none_or(|v| v.as_bytes() != b"13")
-        {
-            let mut res = ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                ErrorCode::BadRequest,
-                "only WebSocket version 13 is supported",
-            )
-            .into_response();
-            res.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-            return Err(res);
-        }
-        // The key is 16 random bytes in base64 (RFC 6455 section 4.2.1).
-        let key = h
-            .get(header::SEC_WEBSOCKET_KEY)
-            .filter(|k| {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .decode(k.as_bytes())
-                    .is_ok_and(|raw| raw.len() == 16)
-            })
-            .ok_or_else(|| bad("missing or invalid Sec-WebSocket-Key"))?;
         let accept =
-            HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
-                .map_err(|_| bad("invalid Sec-WebSocket-Key"))?;
+            handshake_accept(&parts.method, &parts.headers).map_err(Refusal::into_response)?;
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or_else(|| bad("this connection cannot be upgraded to a WebSocket"))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "this connection cannot be upgraded to a WebSocket",
+                )
+                .into_response()
+            })?;
         Ok(Self {
             on_upgrade,
             accept,
             permit: parts.extensions.get::<Arc<ConnPermit>>().cloned(),
-            host: h
+            host: parts
+                .headers
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         })
     }
+}
+
+/// Why a handshake is refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 400, with this message.
+    Bad(&'static str),
+    /// 426: only version 13.
+    Version,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Bad(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+                    .into_response()
+            }
+            Self::Version => {
+                let mut res = ApiError::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    ErrorCode::BadRequest,
+                    "only WebSocket version 13 is supported",
+                )
+                .into_response();
+                res.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                res
+            }
+        }
+    }
+}
+
+/// The handshake's own checks (RFC 6455 section 4.2.1) on a request hyper parsed: its
+/// `Sec-WebSocket-Accept`, or why it is refused.
+pub(crate) fn handshake_accept(
+    method: &axum::http::Method,
+    h: &HeaderMap,
+) -> Result<HeaderValue, Refusal> {
+    let bad = Refusal::Bad;
+    if method != axum::http::Method::GET {
+        return Err(bad("a WebSocket handshake is a GET"));
+    }
+    if !header_has_token(h, header::CONNECTION, "upgrade")
+        || !header_has_token(h, header::UPGRADE, "websocket")
+    {
+        return Err(bad(
+            "this is the WebSocket endpoint: expected Connection: upgrade and Upgrade: websocket",
+        ));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(Refusal::Version);
+    }
+    // The key is 16 random bytes in base64 (RFC 6455 section 4.2.1).
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .is_ok_and(|raw| raw.len() == 16)
+        })
+        .ok_or_else(|| bad("missing or invalid Sec-WebSocket-Key"))?;
+    HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        .map_err(|_| bad("invalid Sec-WebSocket-Key"))
 }
 
 /// The checks after the handshake's own: the origin, a server shutting down, the connection
@@ -382,19 +419,19 @@ fn once<'a>(slot: &mut Option<&'a str>, value: &'a str) -> Option<()> {
 }
 
 /// What a direct handshake needs from the request's head.
-struct DirectHandshake {
+pub(crate) struct DirectHandshake {
     /// The head's length in bytes.
-    len: usize,
-    accept: String,
-    origin: Option<String>,
-    host: Option<String>,
+    pub len: usize,
+    pub accept: String,
+    pub origin: Option<String>,
+    pub host: Option<String>,
 }
 
 /// A plain WebSocket handshake for [`bluecam_proto::WS_PATH`] in `head`, exactly and alone: a
 /// GET over HTTP/1.1 with a valid key, version 13, every header visible ASCII, no body and no
 /// header twice that matters. Anything else is `None`, and hyper serves the connection as it
 /// would without this path (with the same answers for every refusal).
-fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
+pub(crate) fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = req.parse(head).ok()? else {
@@ -421,7 +458,8 @@ fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
         {
             return None;
         }
-        let value = std::str::from_utf8(h.value).ok()?.trim();
+        // As it is, as hyper's path reads it (httparse trims the whitespace around it for both).
+        let value = std::str::from_utf8(h.value).ok()?;
         match h.name.to_ascii_lowercase().as_str() {
             "connection" => connection |= has(value, "upgrade"),
             "upgrade" => upgrade |= has(value, "websocket"),

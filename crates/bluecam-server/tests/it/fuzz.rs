@@ -126,8 +126,114 @@ fn cluster_line() -> impl Strategy<Value = String> {
     ]
 }
 
+/// WebSocket handshakes: a request line and headers drawn from what a handshake has, with
+/// near misses (case, whitespace, duplicates, other versions and keys), or any bytes.
+fn websocket_head() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop::sample::select(
+        &[
+            "GET /v1/ws HTTP/1.1",
+            "GET /v1/ws HTTP/1.1",
+            "GET /v1/ws HTTP/1.1",
+            "GET /v1/ws HTTP/1.1",
+            "GET /v1/ws HTTP/1.0",
+            "GET /v1/ws?x HTTP/1.1",
+            "POST /v1/ws HTTP/1.1",
+            "GET /v1/wss HTTP/1.1",
+            "get /v1/ws HTTP/1.1",
+        ][..],
+    );
+    let header = (
+        prop::sample::select(
+            &[
+                "Connection",
+                "connection",
+                "Upgrade",
+                "UPGRADE",
+                "Sec-WebSocket-Version",
+                "Sec-WebSocket-Key",
+                "Origin",
+                "Host",
+                "Content-Length",
+                "X-Other",
+            ][..],
+        ),
+        prop::sample::select(
+            &[
+                "Upgrade",
+                "keep-alive, upgrade",
+                "websocket",
+                "WebSocket",
+                "13",
+                " 13",
+                "13 ",
+                "13, 8",
+                "8",
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                " dGhlIHNhbXBsZSBub25jZQ== ",
+                "dGhlIHNhbXBsZSBub25jZQ",
+                "AAAAAAAAAAAAAAAAAAAAAAA=",
+                "https://app.example.com",
+                "rooms.example.com:443",
+                "",
+                "0",
+                "caf\u{e9}",
+            ][..],
+        ),
+    );
+    // The four headers a handshake needs, each usually right, sometimes a near miss or absent.
+    let core = |name: &'static str, right: &'static str, misses: &'static [&'static str]| {
+        prop_oneof![
+            6 => Just(Some(format!("{name}: {right}"))),
+            2 => prop::sample::select(misses).prop_map(move |v| Some(format!("{name}: {v}"))),
+            1 => Just(None),
+        ]
+    };
+    let cores = (
+        core(
+            "Connection",
+            "Upgrade",
+            &["keep-alive", "upgrade, close", ""],
+        ),
+        core("Upgrade", "websocket", &["WebSocket", "h2c", "websocket2"]),
+        core(
+            "Sec-WebSocket-Version",
+            "13",
+            &["8", " 13", "13 ", "13, 8", "0"],
+        ),
+        core(
+            "Sec-WebSocket-Key",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            &[
+                "dGhlIHNhbXBsZSBub25jZQ",
+                "AAAAAAAAAAAAAAAAAAAAAAA=",
+                " dGhlIHNhbXBsZSBub25jZQ== ",
+                "",
+            ],
+        ),
+    );
+    let handshake = (line, cores, prop::collection::vec(header, 0..3)).prop_map(
+        |(line, (c, u, v, k), headers)| {
+            let mut head = format!("{line}\r\n");
+            for h in [c, u, v, k].into_iter().flatten() {
+                head.push_str(&format!("{h}\r\n"));
+            }
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            head.into_bytes()
+        },
+    );
+    prop_oneof![4 => handshake, 1 => prop::collection::vec(any::<u8>(), 0..300)]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn websocket_handshakes(head in websocket_head()) {
+        fuzzing::websocket_handshake(&head);
+    }
 
     #[test]
     fn client_frames(text in client_frame()) {
@@ -196,7 +302,10 @@ fn the_checks_catch_what_they_guard() {
     let poll = format!(r#"{{"sid":"{sid}","ack":0}}"#);
     let caught = std::panic::catch_unwind(|| fuzzing::http_bodies(poll.as_bytes()));
     assert!(caught.is_err(), "a real session id passed as a forgery");
-    // Valid inputs of each kind pass.
+    // Valid inputs of each kind pass (a handshake the direct path takes, through both paths).
+    fuzzing::websocket_handshake(
+        b"GET /v1/ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
     fuzzing::client_frame(br#"{"op":"send","msg":{"a":1},"ref":3}"#);
     fuzzing::api_bodies(br#"{"maxPeers": 2, "emptyTimeoutSecs": 60}"#);
     fuzzing::api_bodies(br#"{"identity": "a", "ttlSecs": 60}"#);
