@@ -20,7 +20,9 @@
  *    (video + audio, fake devices). In B's page, t0 = performance.timeOrigin + performance.now()
  *    right before joinRoom (video + audio); as soon as room.path(A) is "p2p" (onPathChange, with
  *    a 5 ms poll as a fallback) B sends one message to A; A stamps its arrival in onMessage when
- *    meta.path is "p2p". Every callback is installed before joinRoom is called.
+ *    meta.path is "p2p". Every callback is installed before joinRoom is called. B also stamps
+ *    A's first video frame shown (requestVideoFrameCallback on A's stream): the SDK opens the
+ *    data channel first and negotiates media right after, and this is what the video pays.
  * 2. Message latency, data channel vs relay: data-only peers (video and audio off); "p2p" waits
  *    for the data channel, "relay" launches both browsers without WebRTC, "http" without WebRTC
  *    and without WebSocket (the relay over the HTTP transport, long-polling). A sends M messages to
