@@ -12,7 +12,9 @@
  * for every kind the other side sends (while ICE and DTLS connect), and sends it over the data
  * channel the moment that opens; the answer comes back the same way (peer to peer: not two more
  * trips through a server that may be far away). The other side puts its own tracks into those
- * slots before it answers. Two exchanges instead of one, but the data channel
+ * slots before it answers. From then on both sides' descriptions go over the channel while it
+ * is up (`channelUsable`), so none overtakes another on the other path; ICE restarts and their
+ * candidates go through the server. Two exchanges instead of one, but the data channel
  * no longer waits for the audio and video engines to be set up (most of a first exchange with
  * media; see docs/sdk.md). A side that is not told of slots for its tracks, by the time its
  * data channel opens, offers them itself (through the server, like every other signal).
@@ -99,6 +101,8 @@ export class PeerLink {
     this.offerOverChannel = false;
     /** Offers made so far (which one is still the one waiting to be answered). */
     this.offers = 0;
+    /** An ICE restart waits for the next offer (which then goes through the server). */
+    this.restarting = false;
     this.dc.onmessage = (ev) => {
       if (typeof ev.data !== "string") return;
       if (ev.data.startsWith(CHANNEL_SIGNAL)) {
@@ -181,6 +185,19 @@ export class PeerLink {
   }
 
   /**
+   * Whether our offers go over the data channel: the peer reads signals there (it said
+   * `sends`) and the channel is open and ICE connected; not an offer with an ICE restart (its
+   * new candidates go through the server and must not arrive before it). Once descriptions go
+   * over the channel, every one of a side's goes the same way while the link is up, so that one
+   * never overtakes another (perfect negotiation needs them in order); answers go the way their
+   * offer came.
+   */
+  channelUsable() {
+    const ice = this.pc.iceConnectionState;
+    return this.remoteSends !== undefined && this.open && (ice === "connected" || ice === "completed");
+  }
+
+  /**
    * Sends a description over the data channel, or through the server when the channel is not
    * open (it closed meanwhile: the relink that follows starts over anyway).
    * @param {Record<string, unknown>} data
@@ -247,12 +264,15 @@ export class PeerLink {
   async makeOffer() {
     try {
       this.makingOffer = true;
+      // (A restart asked for during this offer's making is the next offer's.)
+      const restart = this.restarting;
+      this.restarting = false;
       await this.pc.setLocalDescription();
       this.offers++;
-      const overChannel = this.offerOverChannel;
+      const waitForChannel = this.offerOverChannel && !restart;
       this.offerOverChannel = false;
-      if (overChannel) this.sendOfferOverChannel(this.describe());
-      else this.signal(this.describe());
+      if (waitForChannel) this.sendOfferOverChannel(this.describe());
+      else this.sendDescription(this.describe(), !restart && this.channelUsable());
     } catch (err) {
       console.warn("bluecam: negotiation failed", err);
     } finally {
@@ -380,6 +400,7 @@ export class PeerLink {
   restartIce(why) {
     if (this.closed) return;
     this.iceRestarts++;
+    this.restarting = true;
     this.note(`ice restart (${why})`);
     this.pc.restartIce();
   }

@@ -595,6 +595,7 @@ impl Server {
                     .layer(axum::middleware::map_response(api::json_errors))
                     .with_state(state.clone()),
                 state: state.clone(),
+                websockets: false,
             };
             let stop = state.shutdown.clone();
             state
@@ -606,6 +607,7 @@ impl Server {
             tls: self.tls,
             router: app(state.clone()),
             state: state.clone(),
+            websockets: true,
         };
         front.run(state.shutdown.clone(), SHUTDOWN_GRACE).await;
         state.shutdown.cancel();

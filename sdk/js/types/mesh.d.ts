@@ -52,6 +52,8 @@ export class PeerLink {
     offerOverChannel: boolean;
     /** Offers made so far (which one is still the one waiting to be answered). */
     offers: number;
+    /** An ICE restart waits for the next offer (which then goes through the server). */
+    restarting: boolean;
     gotOffer: boolean;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     disconnectedTimer: ReturnType<typeof setTimeout> | undefined;
@@ -76,6 +78,15 @@ export class PeerLink {
      * between its offer and our answer; as new tracks otherwise, which renegotiates).
      */
     release(): void;
+    /**
+     * Whether our offers go over the data channel: the peer reads signals there (it said
+     * `sends`) and the channel is open and ICE connected; not an offer with an ICE restart (its
+     * new candidates go through the server and must not arrive before it). Once descriptions go
+     * over the channel, every one of a side's goes the same way while the link is up, so that one
+     * never overtakes another (perfect negotiation needs them in order); answers go the way their
+     * offer came.
+     */
+    channelUsable(): boolean;
     /**
      * Sends a description over the data channel, or through the server when the channel is not
      * open (it closed meanwhile: the relink that follows starts over anyway).

@@ -243,6 +243,9 @@ pub(crate) struct Front {
     pub tls: Option<axum_server::tls_rustls::RustlsConfig>,
     pub router: Router,
     pub state: AppState,
+    /// Whether `router` serves the WebSocket endpoint, so that a plain handshake may be
+    /// answered before hyper (`ws::serve_direct`); not on the metrics port.
+    pub websockets: bool,
 }
 
 impl Front {
@@ -254,6 +257,7 @@ impl Front {
             tls,
             router,
             state,
+            websockets,
         } = self;
         let limits = &state.config.limits;
         let header_timeout = limits.http_header_timeout();
@@ -330,17 +334,19 @@ impl Front {
                 use axum_server::accept::Accept as _;
                 match tls {
                     // A WebSocket handshake straight from the socket; anything else, hyper.
-                    None => {
+                    None if websockets => {
                         let direct = crate::transport::ws::serve_direct(
                             &state,
                             tcp,
                             &service.permit,
                             header_timeout,
+                            &stop,
                         );
                         if let Some(tcp) = direct.await {
                             serve_http1(&h1, tcp, service, &stop).await;
                         }
                     }
+                    None => serve_http1(&h1, tcp, service, &stop).await,
                     Some(acceptor) => match acceptor.accept(tcp, ()).await {
                         Ok((io, _)) => serve_http1(&h1, io, service, &stop).await,
                         Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),

@@ -501,12 +501,18 @@ pub(crate) async fn serve_direct(
     mut tcp: tokio::net::TcpStream,
     permit: &Arc<ConnPermit>,
     wait: Duration,
+    stop: &tokio_util::sync::CancellationToken,
 ) -> Option<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut head = vec![0u8; DIRECT_HEAD_MAX];
     // (A head that comes in pieces goes to hyper, whose header timeout starts again: at most
     // twice `wait` for a client that trickles its head.)
-    let n = match tokio::time::timeout(wait, tcp.peek(&mut head)).await {
+    // A shutdown closes a connection that has sent nothing yet at once, as hyper does.
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(wait, tcp.peek(&mut head)) => peeked,
+        () = stop.cancelled() => return None,
+    };
+    let n = match peeked {
         Ok(Ok(n)) if n > 0 => n,
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return None,
     };

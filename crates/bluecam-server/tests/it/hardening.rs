@@ -600,6 +600,13 @@ async fn metrics_on_their_own_address_only() {
         .await
         .unwrap();
     assert_eq!(other.status(), 404, "only /metrics there");
+    // Nor a WebSocket, however plain its handshake (answered before hyper on the main port).
+    let (status, _, _) = raw_http(
+        metrics,
+        "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404, "no WebSocket on the metrics port");
     stop.cancel();
     tokio::time::timeout(WAIT, task)
         .await
