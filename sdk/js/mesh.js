@@ -17,7 +17,7 @@
  * candidates go through the server. Two exchanges instead of one, but the data channel
  * no longer waits for the audio and video engines to be set up (most of a first exchange with
  * media; see docs/sdk.md). A side that is not told of slots for its tracks, by the time its
- * data channel opens, offers them itself (through the server, like every other signal).
+ * data channel opens, offers them itself.
  */
 
 /**
@@ -176,11 +176,8 @@ export class PeerLink {
   release() {
     if (!this.held || this.closed) return;
     this.held = false;
-    for (const [kind, { track, stream }] of this.pending) {
-      const sender = this.senders.get(kind);
-      if (sender) void sender.replaceTrack(track);
-      else this.senders.set(kind, this.pc.addTrack(track, stream));
-    }
+    // (No sender exists while tracks are held: `setTrack` keeps them in `pending` then.)
+    for (const [kind, { track, stream }] of this.pending) this.senders.set(kind, this.pc.addTrack(track, stream));
     this.pending.clear();
   }
 

@@ -216,8 +216,22 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .any(|v| list_has(v, token))
+}
+
+/// Whether one comma-separated header value has this token (case-insensitively).
+fn list_has(value: &str, token: &str) -> bool {
+    value
+        .split(',')
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455 section 4.2.1).
+fn valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|raw| raw.len() == 16)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
@@ -305,15 +319,9 @@ pub(crate) fn handshake_accept(
     {
         return Err(Refusal::Version);
     }
-    // The key is 16 random bytes in base64 (RFC 6455 section 4.2.1).
     let key = h
         .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(k.as_bytes())
-                .is_ok_and(|raw| raw.len() == 16)
-        })
+        .filter(|k| valid_key(k.as_bytes()))
         .ok_or_else(|| bad("missing or invalid Sec-WebSocket-Key"))?;
     HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
         .map_err(|_| bad("invalid Sec-WebSocket-Key"))
@@ -446,10 +454,6 @@ pub(crate) fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
     }
     let (mut connection, mut upgrade) = (false, false);
     let (mut version, mut key, mut origin, mut host) = (None, None, None, None);
-    let has = |list: &str, token: &str| {
-        list.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     for h in req.headers.iter() {
         if !h
             .value
@@ -461,8 +465,8 @@ pub(crate) fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
         // As it is, as hyper's path reads it (httparse trims the whitespace around it for both).
         let value = std::str::from_utf8(h.value).ok()?;
         match h.name.to_ascii_lowercase().as_str() {
-            "connection" => connection |= has(value, "upgrade"),
-            "upgrade" => upgrade |= has(value, "websocket"),
+            "connection" => connection |= list_has(value, "upgrade"),
+            "upgrade" => upgrade |= list_has(value, "websocket"),
             "sec-websocket-version" => once(&mut version, value)?,
             "sec-websocket-key" => once(&mut key, value)?,
             "origin" => once(&mut origin, value)?,
@@ -472,13 +476,7 @@ pub(crate) fn direct_handshake(head: &[u8]) -> Option<DirectHandshake> {
         }
     }
     let key = key?;
-    let valid_key = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|raw| raw.len() == 16)
-    };
-    if !connection || !upgrade || version != Some("13") || !valid_key {
+    if !connection || !upgrade || version != Some("13") || !valid_key(key.as_bytes()) {
         return None;
     }
     Some(DirectHandshake {
@@ -505,9 +503,9 @@ pub(crate) async fn serve_direct(
 ) -> Option<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut head = vec![0u8; DIRECT_HEAD_MAX];
-    // (A head that comes in pieces goes to hyper, whose header timeout starts again: at most
-    // twice `wait` for a client that trickles its head.)
-    // A shutdown closes a connection that has sent nothing yet at once, as hyper does.
+    // A shutdown closes a connection that has sent nothing yet at once, as hyper does. (A head
+    // that comes in pieces goes to hyper, whose header timeout starts again: at most twice
+    // `wait` for a client that trickles its head.)
     let peeked = tokio::select! {
         peeked = tokio::time::timeout(wait, tcp.peek(&mut head)) => peeked,
         () = stop.cancelled() => return None,

@@ -315,14 +315,7 @@ async fn the_http_api_of_any_node_sees_and_deletes_rooms_of_all() {
     assert_eq!(peers["peers"].as_array().unwrap().len(), 2);
 
     // Deleted through B: alice, on A, is told and disconnected.
-    let res = b
-        .http()
-        .delete(b.url(&format!("/v1/rooms/{room}")))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    b.delete_room(&room).await;
     assert_eq!(alice.recv_op("room_closed").await["reason"], "deleted");
     assert_eq!(alice.closed().await, Some(4040));
     assert_eq!(bob.recv_op("room_closed").await["reason"], "deleted");

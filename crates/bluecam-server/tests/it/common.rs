@@ -133,6 +133,18 @@ impl TestServer {
         res.json().await.unwrap()
     }
 
+    /// Deletes a room through the API (the room closes for everyone in it); `204` expected.
+    pub async fn delete_room(&self, room: &str) {
+        let res = self
+            .http()
+            .delete(self.url(&format!("/v1/rooms/{room}")))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "room deletion failed");
+    }
+
     /// A room with a fresh id.
     pub async fn room(&self) -> String {
         self.create_room(json!({})).await["id"]

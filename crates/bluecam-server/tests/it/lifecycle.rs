@@ -8,14 +8,7 @@ async fn deleting_a_room_sends_room_closed_and_closes_4040() {
     let s = TestServer::start().await;
     let room = s.room().await;
     let mut a = s.join(&room, "a").await;
-    let res = s
-        .http()
-        .delete(s.url(&format!("/v1/rooms/{room}")))
-        .bearer_auth(crate::common::SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    s.delete_room(&room).await;
     let closed = a.recv_op("room_closed").await;
     assert_eq!(closed["reason"], "deleted");
     assert_eq!(a.closed().await, Some(4040));
@@ -54,14 +47,7 @@ async fn joins_racing_a_delete_all_end_when_the_room_is_gone() {
             });
         }
         tokio::time::sleep(std::time::Duration::from_millis(round)).await;
-        let res = s
-            .http()
-            .delete(s.url(&format!("/v1/rooms/{room}")))
-            .bearer_auth(crate::common::SECRET)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 204);
+        s.delete_room(&room).await;
         while let Some(code) = joins.join_next().await {
             let code = code.unwrap();
             assert!(

@@ -168,14 +168,7 @@ async fn two_nodes_record_one_call_and_deliver_each_webhook_once() {
     let call_secs = t_call.elapsed().as_secs_f64();
     alice.recv_op("peer_left").await;
     leave(&mut alice).await;
-    let r = a
-        .http()
-        .delete(a.url(&format!("/v1/rooms/{room}")))
-        .bearer_auth(crate::common::SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    a.delete_room(&room).await;
     wait_until("room.deleted", || {
         got.lock()
             .unwrap()
