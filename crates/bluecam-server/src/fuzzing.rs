@@ -300,3 +300,122 @@ pub fn websocket_handshake(data: &[u8]) {
     );
     assert_eq!(get(header::HOST), direct.host.as_deref(), "the same Host");
 }
+
+/// The WebSocket frames a client sends (`transport::websocket::Decoder`): never panics, and
+/// reads what tungstenite's server socket (which BlueCam used before) reads from the same
+/// bytes: the same messages, pings, pongs and close replies in the same order, and the same
+/// end: waiting for more bytes, or closing with the same code. The one difference allowed: a
+/// frame whose header already breaks a rule is refused before its payload is all there, where
+/// tungstenite waits for the rest.
+pub fn websocket_frames(data: &[u8]) {
+    use crate::transport::websocket::{Decoder, Event};
+    use bluecam_proto::CloseCode;
+    use tungstenite::{Message, error::ProtocolError, protocol::frame::FrameHeader};
+
+    const MAX: usize = 4096;
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Text(String),
+        Binary,
+        Ping(Vec<u8>),
+        Pong,
+        Close(Vec<u8>),
+    }
+
+    // Ours.
+    let mut decoder = Decoder::new(MAX);
+    let (mut ours, mut at) = (Vec::new(), 0);
+    let our_end = loop {
+        match decoder.decode(&data[at..]) {
+            Ok(Some((taken, event))) => {
+                assert!(
+                    taken > 0 && at + taken <= data.len(),
+                    "took {taken} at {at}"
+                );
+                at += taken;
+                match event {
+                    Event::Text(text) => ours.push(Seen::Text(text.as_str().to_owned())),
+                    Event::Binary => ours.push(Seen::Binary),
+                    Event::Ping(payload) => ours.push(Seen::Ping(payload.to_vec())),
+                    Event::Pong => ours.push(Seen::Pong),
+                    Event::Close(reply) => {
+                        ours.push(Seen::Close(reply.to_vec()));
+                        break None;
+                    }
+                    Event::Fragment => {}
+                }
+            }
+            Ok(None) => break None,
+            Err(code) => break Some(code),
+        }
+    };
+
+    // tungstenite's, reading the same bytes (what it writes back is dropped).
+    struct Bytes<'a>(std::io::Cursor<&'a [u8]>);
+    impl std::io::Read for Bytes<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl std::io::Write for Bytes<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX))
+        .max_frame_size(Some(MAX));
+    let mut socket = tungstenite::WebSocket::from_raw_socket(
+        Bytes(std::io::Cursor::new(data)),
+        tungstenite::protocol::Role::Server,
+        Some(config),
+    );
+    let mut theirs = Vec::new();
+    let their_end = loop {
+        match socket.read() {
+            Ok(Message::Text(text)) => theirs.push(Seen::Text(text.as_str().to_owned())),
+            Ok(Message::Binary(_)) => theirs.push(Seen::Binary),
+            Ok(Message::Ping(payload)) => theirs.push(Seen::Ping(payload.to_vec())),
+            Ok(Message::Pong(_)) => theirs.push(Seen::Pong),
+            Ok(Message::Close(frame)) => {
+                // The reply tungstenite sends: the frame echoed, or 1002 for a code no one may send.
+                let reply = frame.map_or_else(Vec::new, |f| {
+                    let (code, reason) = if f.code.is_allowed() {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    } else {
+                        (1002, "Protocol violation".to_owned())
+                    };
+                    [&code.to_be_bytes()[..], reason.as_bytes()].concat()
+                });
+                theirs.push(Seen::Close(reply));
+                break None;
+            }
+            Ok(Message::Frame(_)) => unreachable!("tungstenite reads no raw frames"),
+            Err(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                break None;
+            }
+            Err(tungstenite::Error::Capacity(_)) => break Some(CloseCode::MessageTooBig),
+            Err(tungstenite::Error::Utf8(_)) => break Some(CloseCode::InvalidData),
+            Err(tungstenite::Error::Protocol(_)) => break Some(CloseCode::ProtocolError),
+            Err(e) => panic!("tungstenite failed otherwise: {e}"),
+        }
+    };
+
+    assert_eq!(ours, theirs, "the same messages");
+    if our_end != their_end {
+        // Refused from its header, before the frame's end is there.
+        let complete = FrameHeader::parse(&mut std::io::Cursor::new(&data[at..]))
+            .ok()
+            .flatten()
+            .is_some_and(|(header, len)| {
+                (header.len(len) as u64).saturating_add(len) <= (data.len() - at) as u64
+            });
+        assert!(
+            our_end.is_some() && their_end.is_none() && !complete,
+            "ours ended {our_end:?}, tungstenite's {their_end:?}"
+        );
+    }
+}

@@ -201,8 +201,7 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
         close(state, socket, code).await;
         return;
     }
-    // The join frame is a slice of the socket's read buffer: held for the connection's life,
-    // it would keep that buffer from being reused, and every later read would need another.
+    // The join frame and the host are needed no more: not kept for the connection's life.
     drop((text, host));
     let mut connection = Connection {
         limiter: RateLimiter::new(

@@ -4,4 +4,5 @@
 
 pub(crate) mod conn;
 pub mod http;
+pub(crate) mod websocket;
 pub mod ws;

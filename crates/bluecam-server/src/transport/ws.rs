@@ -7,7 +7,10 @@ use crate::{
     api::ApiError,
     driver::Outbound,
     front::serve::ConnPermit,
-    transport::conn::{ConnectionSlot, Incoming, Put, Transport},
+    transport::{
+        conn::{ConnectionSlot, Incoming, Put, Transport},
+        websocket::{Read, Socket},
+    },
 };
 use axum::{
     body::Body,
@@ -16,67 +19,72 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bluecam_proto::{CloseCode, ErrorCode};
-use futures_util::SinkExt as _;
 use hyper_util::rt::TokioIo;
 use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use tokio_tungstenite::WebSocketStream;
 use tungstenite::{
-    Message, Utf8Bytes,
-    protocol::{CloseFrame, Role, WebSocketConfig},
+    Utf8Bytes,
+    protocol::frame::coding::{Control, Data, OpCode},
 };
 
 /// The server's side of one WebSocket: over the TCP socket itself (the direct handshake,
 /// [`serve_direct`]), or over what hyper hands over after its upgrade (TLS, and every handshake
 /// the direct path leaves to it).
-type WebSocket<S> = WebSocketStream<Counted<S>>;
+type WebSocket<S> = Socket<Counted<S>>;
 
 impl<S> Transport for WebSocket<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     async fn next(&mut self) -> Incoming {
-        match futures_util::StreamExt::next(self).await {
-            Some(Ok(Message::Text(text))) => Incoming::Text(text),
-            Some(Ok(Message::Binary(_))) => Incoming::Binary,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Heard,
-            Some(Ok(Message::Close(_))) | None => Incoming::Gone,
-            Some(Err(e)) => Incoming::Broken(read_error_close(e)),
+        match std::future::poll_fn(|cx| self.poll_read(cx)).await {
+            Read::Text(text) => Incoming::Text(text),
+            Read::Binary => Incoming::Binary,
+            Read::Heard => Incoming::Heard,
+            Read::Gone => Incoming::Gone,
+            Read::Broken(code) => Incoming::Broken(code),
         }
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), CloseCode> {
-        self.send(Message::Text(text.into()))
-            .await
-            .map_err(|_| CloseCode::InternalError)
+        self.frame(OpCode::Data(Data::Text), text.as_bytes());
+        self.write_all().await.map_err(|_| CloseCode::InternalError)
     }
 
     fn heard_at(&self, last_frame: Instant) -> Instant {
         last_frame
     }
 
+    /// Written without waiting: a socket that takes nothing keeps the ping with the rest, and
+    /// the write-stall rule or the idle timeout ends it.
     async fn ping(&mut self) -> bool {
-        self.send(Message::Ping(bytes::Bytes::new())).await.is_ok()
+        self.frame(OpCode::Control(Control::Ping), &[]);
+        let written = std::future::poll_fn(|cx| std::task::Poll::Ready(self.poll_write(cx))).await;
+        !matches!(written, std::task::Poll::Ready(Err(_)))
     }
 
-    /// Feeds the frame to the socket (written by the flush, or sooner when tungstenite's
-    /// buffer fills). A feed still pending when the socket stalls has not taken the frame.
+    /// Buffers the frame (written by the flush, or sooner when the buffer is full). A frame
+    /// waiting for room when the socket stalls has not been taken.
     async fn put(&mut self, text: &Utf8Bytes, _resumable: bool, state: &AppState) -> Put {
-        let stall = state.config.limits.write_stall();
-        let progress = Arc::clone(&self.get_ref().written);
-        match unless_stalled(&progress, stall, self.feed(Message::Text(text.clone()))).await {
-            None => Put::Stalled,
-            Some(Err(_)) => Put::Gone,
-            Some(Ok(())) => Put::Taken,
+        if self.buffered() >= WRITE_BUFFER {
+            let stall = state.config.limits.write_stall();
+            let progress = Arc::clone(&self.get_ref().written);
+            match unless_stalled(&progress, stall, self.write_all()).await {
+                None => return Put::Stalled,
+                Some(Err(_)) => return Put::Gone,
+                Some(Ok(())) => {}
+            }
         }
+        self.frame(OpCode::Data(Data::Text), text.as_bytes());
+        Put::Taken
     }
 
     async fn flush_batch(&mut self, state: &AppState) -> Option<Option<CloseCode>> {
         let stall = state.config.limits.write_stall();
         let progress = Arc::clone(&self.get_ref().written);
-        match unless_stalled(&progress, stall, self.flush()).await {
+        match unless_stalled(&progress, stall, self.write_all()).await {
             None => Some(Some(CloseCode::SlowConsumer)),
             Some(Err(_)) => Some(None),
             Some(Ok(())) => None,
@@ -93,11 +101,8 @@ where
     /// would see 1006 instead of the code.
     async fn close(&mut self, code: CloseCode) {
         // The peer may already be gone or not reading; a failed or stuck close changes nothing.
-        let frame = Message::Close(Some(CloseFrame {
-            code: code.code().into(),
-            reason: Utf8Bytes::from_static(code.reason()),
-        }));
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.send(frame))
+        self.close_frame(code);
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.write_all())
             .await
             .is_err()
         {
@@ -106,11 +111,14 @@ where
         crate::front::serve::linger(self.get_mut()).await;
     }
 
-    /// The client closed (or the socket broke): sends the close reply tungstenite queued.
+    /// The client closed (or the socket broke): sends the reply to its close.
     async fn finish(&mut self, _state: &AppState, _shared: &crate::driver::ConnShared) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_all()).await;
     }
 }
+
+/// Frames buffered beyond this are written before another is taken.
+const WRITE_BUFFER: usize = 16 << 10;
 
 /// The upgraded connection, counting the bytes its socket takes: the write-stall rule looks at
 /// progress (a socket that takes nothing for `write_stall_ms`), not at how long one write took,
@@ -365,22 +373,11 @@ async fn serve_socket<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let limits = &slot.0.config.limits;
-    // Every connection keeps its read buffer for life, so it is small: 1 KiB (2 KiB cost 1 KB
-    // more per idle connection for a relay CPU within the run-to-run spread; the 20 % more CPU
-    // once measured for 1 KiB was before the writes were batched; 4 KiB cost 2 KB more; see
-    // BENCHMARKS.md). Larger frames grow it as needed.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(1 << 10)
-        .write_buffer_size(16 << 10)
-        .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.hard_frame_cap()) * 2)
-        .max_message_size(Some(limits.hard_frame_cap()))
-        .max_frame_size(Some(limits.hard_frame_cap()));
     let io = Counted {
         inner: io,
         written: Arc::default(),
     };
-    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let socket = Socket::new(io, slot.0.config.limits.hard_frame_cap());
     crate::transport::conn::run(slot.0.clone(), socket, host).await;
     drop((slot, permit));
 }
@@ -544,20 +541,6 @@ pub(crate) async fn serve_direct(
         drop(track);
     });
     None
-}
-
-/// The close code for a failed read: 1009 when the frame exceeded the hard cap, 1007 for a
-/// text frame that is not UTF-8, 1002 for a broken frame; none when the socket broke (there is
-/// no one left to tell).
-fn read_error_close(e: tungstenite::Error) -> Option<CloseCode> {
-    use tungstenite::Error as E;
-    match e {
-        E::Capacity(_) => Some(CloseCode::MessageTooBig),
-        E::Utf8(_) => Some(CloseCode::InvalidData),
-        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
-        E::Protocol(_) => Some(CloseCode::ProtocolError),
-        _ => None,
-    }
 }
 
 /// How long a close frame may take to go out.

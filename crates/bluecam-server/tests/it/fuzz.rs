@@ -227,12 +227,83 @@ fn websocket_head() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![4 => handshake, 1 => prop::collection::vec(any::<u8>(), 0..300)]
 }
 
+/// A client's WebSocket frames: mostly valid (text whole and in fragments, cut inside
+/// characters, binary, pings, pongs, closes), with one rule broken here and there (a reserved
+/// bit or opcode, no mask, a fragmented or long control frame, a stray continuation, bytes that
+/// are not UTF-8, lengths at the cap and around the 7-bit and 16-bit length forms), the last
+/// frame sometimes cut short.
+fn websocket_client_frames() -> impl Strategy<Value = Vec<u8>> {
+    let payload = prop_oneof![
+        4 => any::<String>().prop_map(String::into_bytes),
+        2 => prop::collection::vec(any::<u8>(), 0..40),
+        1 => prop::sample::select(vec![125usize, 126, 127, 4095, 4096, 4097, 65_535, 65_536])
+            .prop_map(|n| vec![b'a'; n]),
+        1 => Just("€😀".as_bytes()[..5].to_vec()),
+    ];
+    let opcode = prop_oneof![
+        6 => prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]),
+        1 => prop::sample::select(vec![3u8, 7, 11, 15]),
+    ];
+    let frame = (
+        opcode,
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.05),
+        prop::bool::weighted(0.97),
+        any::<[u8; 4]>(),
+        payload,
+    )
+        .prop_map(|(opcode, fin, rsv, masked, mask, payload)| {
+            let mut out = vec![opcode | if fin { 0x80 } else { 0 } | if rsv { 0x40 } else { 0 }];
+            let bit = if masked { 0x80 } else { 0 };
+            match payload.len() {
+                n @ 0..=125 => out.push(bit | n as u8),
+                n @ 126..=0xffff => {
+                    out.push(bit | 126);
+                    out.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                n => {
+                    out.push(bit | 127);
+                    out.extend_from_slice(&(n as u64).to_be_bytes());
+                }
+            }
+            if masked {
+                out.extend_from_slice(&mask);
+                out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+            } else {
+                out.extend_from_slice(&payload);
+            }
+            out
+        });
+    (
+        prop::collection::vec(frame, 1..8),
+        any::<prop::sample::Index>(),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(frames, cut, short)| {
+            let mut data = frames.concat();
+            if short {
+                data.truncate(cut.index(data.len() + 1));
+            }
+            data
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn websocket_handshakes(head in websocket_head()) {
         fuzzing::websocket_handshake(&head);
+    }
+
+    #[test]
+    fn websocket_frames(data in websocket_client_frames()) {
+        fuzzing::websocket_frames(&data);
+    }
+
+    #[test]
+    fn websocket_random_bytes(data in prop::collection::vec(any::<u8>(), 0..64)) {
+        fuzzing::websocket_frames(&data);
     }
 
     #[test]
