@@ -34,11 +34,12 @@ const ROOM_SIZE: usize = 10;
 /// Pings each connection sends (one at a time) before the second count.
 const PINGS: usize = 20;
 /// Live heap bytes one idle joined connection may hold, fresh or used. Measured at this
-/// commit: 3,326 (fresh and used alike), since the server's own WebSocket layer holds no read
-/// or write buffer while a connection is idle (5,383 with tungstenite's socket, 7,504 before
-/// the connection's task was made smaller); the budget leaves room for small changes, not for
-/// a buffer or a queue block more per connection.
-const BUDGET: isize = 3_800;
+/// commit: 2,814 (fresh and used alike): the server's own WebSocket layer holds no read or
+/// write buffer while a connection is idle (3,326; 5,383 with tungstenite's socket), and the
+/// connection's task is its loop alone (the join and the end boxed, no block around it:
+/// 1,608 -> 1,176 bytes of future). The budget leaves room for small changes, not for a
+/// buffer or a queue block more per connection.
+const BUDGET: isize = 3_300;
 
 /// Live bytes once the count has settled (background work comes and goes).
 async fn settled() -> isize {

@@ -137,24 +137,47 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Serves one client's connection (a WebSocket, or an HTTP transport session) to its end.
+/// Serves one client's connection (a WebSocket, or an HTTP transport session) to its end,
+/// then drops `held` (what the connection holds for its life: its places under the caps).
 ///
-/// Its future is most of what an idle connection's task holds, so it is kept small
-/// (BENCHMARKS.md, "What an idle connection holds"): not an `async fn`, whose arguments are
-/// stored twice (as they came and again as locals), and the join, which runs once, boxed.
+/// This future is most of what an idle connection's task holds, so it is kept small
+/// (BENCHMARKS.md, "What an idle connection holds"): it is the task's whole future (the
+/// transports spawn it, not a block around it), it is not an `async fn`, whose arguments are
+/// stored twice (as they came and again as locals), and what runs once (the join, the end)
+/// is boxed.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would keep its arguments twice in the connection's task"
 )]
-pub(crate) fn run<T: Transport>(
+pub(crate) fn run<T: Transport, H: Send>(
     state: AppState,
     mut socket: T,
     host: Option<String>,
+    held: H,
 ) -> impl std::future::Future<Output = ()> {
-    async move { serve_connection(&state, &mut socket, host).await }
+    async move {
+        serve_connection(&state, &mut socket, host).await;
+        drop(held);
+    }
 }
 
 async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: Option<String>) {
+    // Boxed: each runs once, and their state would otherwise be part of every idle
+    // connection's task.
+    let Some(mut connection) = Box::pin(begin(state, socket, host)).await else {
+        return;
+    };
+    let end = connection.serve(socket).await;
+    Box::pin(connection.end(socket, end)).await;
+}
+
+/// The connection up to its join: the join frame (within the deadline), verified and
+/// admitted; `None` when the connection ended instead.
+async fn begin<T: Transport>(
+    state: &AppState,
+    socket: &mut T,
+    host: Option<String>,
+) -> Option<Connection> {
     state
         .metrics
         .connections
@@ -164,7 +187,7 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
         first = tokio::time::timeout(limits.join_timeout(), first_text(socket)) => first,
         () = state.shutdown.cancelled() => {
             close(state, socket, CloseCode::ServiceRestart).await;
-            return;
+            return None;
         }
     };
     let text = match first {
@@ -180,18 +203,17 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
             )
             .await;
             close(state, socket, CloseCode::JoinTimeout).await;
-            return;
+            return None;
         }
-        Ok(Err(None)) => return,
+        Ok(Err(None)) => return None,
         Ok(Err(Some(code))) => {
             close(state, socket, code).await;
-            return;
+            return None;
         }
         Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
     let (conn, shared) = state.driver.register();
-    // Boxed: its state is large and needed once (see `run`).
     if let Err((error, code)) = Box::pin(join(state, conn, &text, host.as_deref())).await {
         let vacated = state
             .driver
@@ -199,11 +221,11 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
         state.touch_rooms(vacated).await;
         send_error(state, socket, error.closing(code)).await;
         close(state, socket, code).await;
-        return;
+        return None;
     }
     // The join frame and the host are needed no more: not kept for the connection's life.
     drop((text, host));
-    let mut connection = Connection {
+    Some(Connection {
         limiter: RateLimiter::new(
             limits.rate_frames_per_sec,
             limits.rate_burst_frames,
@@ -218,21 +240,29 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
         last_heard: Instant::now(),
         state: state.clone(),
         conn,
+        shared,
         unsent: None,
-    };
-    let end = connection.serve(socket, &shared).await;
-    // Frames the client never got are kept for its resume, in order: over HTTP those no poll
-    // has carried yet (like a WebSocket's queue; those carried and not acknowledged are like
-    // bytes handed to a socket), then the one whose write was interrupted.
-    let mut unsent = socket.take_unsent();
-    unsent.extend(connection.unsent.take());
-    let vacated = state
-        .driver
-        .disconnect(conn, Instant::now(), unsent, &shared.queue);
-    state.touch_rooms(vacated).await;
-    match end {
-        Some(code) => close(state, socket, code).await,
-        None => socket.finish(state, &shared).await,
+    })
+}
+impl Connection {
+    /// After the loop: what the client did not get is kept for its resume, the connection
+    /// leaves the driver, and the client is told why (`end`) or its close answered.
+    async fn end<T: Transport>(mut self, socket: &mut T, end: Option<CloseCode>) {
+        let state = &self.state;
+        // Frames the client never got are kept for its resume, in order: over HTTP those no
+        // poll has carried yet (like a WebSocket's queue; those carried and not acknowledged
+        // are like bytes handed to a socket), then the one whose write was interrupted.
+        let mut unsent = socket.take_unsent();
+        unsent.extend(self.unsent.take());
+        let vacated =
+            state
+                .driver
+                .disconnect(self.conn, Instant::now(), unsent, &self.shared.queue);
+        state.touch_rooms(vacated).await;
+        match end {
+            Some(code) => close(state, socket, code).await,
+            None => socket.finish(state, &self.shared).await,
+        }
     }
 }
 
@@ -496,6 +526,7 @@ enum Answered {
 struct Connection {
     state: AppState,
     conn: ConnId,
+    shared: Arc<crate::driver::ConnShared>,
     limiter: RateLimiter,
     bad_frames: BadFrameWindow,
     last_heard: Instant,
@@ -505,12 +536,10 @@ struct Connection {
 
 impl Connection {
     /// Runs until the connection ends; returns the close code to send, if one is due.
-    async fn serve<T: Transport>(
-        &mut self,
-        socket: &mut T,
-        shared: &Arc<crate::driver::ConnShared>,
-    ) -> Option<CloseCode> {
+    async fn serve<T: Transport>(&mut self, socket: &mut T) -> Option<CloseCode> {
         let state = self.state.clone();
+        let shared = Arc::clone(&self.shared);
+        let shared = &shared;
         let limits = &state.config.limits;
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + limits.ping_interval(),

@@ -141,7 +141,9 @@ impl Decoder {
                 };
                 assembly.len += len;
                 if let Some(so_far) = assembly.text.as_mut() {
-                    so_far.extend(masked.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+                    let from = so_far.len();
+                    so_far.extend_from_slice(masked);
+                    unmask_in_place(&mut so_far[from..], mask);
                     assembly.check()?;
                 }
                 if !header.is_final {
@@ -178,11 +180,25 @@ impl Assembly {
 }
 
 fn unmask(masked: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    masked
-        .iter()
-        .zip(mask.iter().cycle())
-        .map(|(b, m)| b ^ m)
-        .collect()
+    let mut bytes = masked.to_vec();
+    unmask_in_place(&mut bytes, mask);
+    bytes
+}
+
+/// XORs the mask over `bytes` (masked from their first byte), eight bytes at a time (a byte
+/// at a time, this was 5 % of the server's CPU when relaying flat out).
+fn unmask_in_place(bytes: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut words = bytes.chunks_exact_mut(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        word.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    for (byte, m) in words.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= m;
+    }
 }
 
 fn text(bytes: Vec<u8>) -> Result<Utf8Bytes, CloseCode> {
@@ -471,6 +487,20 @@ mod tests {
                 Event::Pong,
             ]
         );
+    }
+
+    #[test]
+    fn unmasking_eight_bytes_at_a_time_is_unmasking() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..40 {
+            let masked: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let slow: Vec<u8> = masked
+                .iter()
+                .zip(mask.iter().cycle())
+                .map(|(b, m)| b ^ m)
+                .collect();
+            assert_eq!(super::unmask(&masked, mask), slow, "{len} bytes");
+        }
     }
 
     #[test]

@@ -364,22 +364,26 @@ fn reserve(state: &AppState) -> Option<ConnectionSlot> {
     Some(ConnectionSlot(state.clone()))
 }
 
-/// One admitted WebSocket from its 101 answer to its end.
-async fn serve_socket<S>(
+/// One admitted WebSocket from its 101 answer to its end: the connection's task, spawned as
+/// it is (see `conn::run`). It holds its places under the caps (`slot`, `permit`) and
+/// shutdown's count of it (`track`) until it ends.
+fn serve_socket<S>(
     slot: ConnectionSlot,
     io: S,
     permit: Option<Arc<ConnPermit>>,
     host: Option<String>,
-) where
+    track: tokio_util::task::task_tracker::TaskTrackerToken,
+) -> impl std::future::Future<Output = ()>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
+    let state = slot.0.clone();
     let io = Counted {
         inner: io,
         written: Arc::default(),
     };
-    let socket = Socket::new(io, slot.0.config.limits.hard_frame_cap());
-    crate::transport::conn::run(slot.0.clone(), socket, host).await;
-    drop((slot, permit));
+    let socket = Socket::new(io, state.config.limits.hard_frame_cap());
+    crate::transport::conn::run(state, socket, host, (slot, permit, track))
 }
 
 /// Upgrades to a WebSocket after the origin and capacity checks (through hyper: over TLS, and
@@ -400,10 +404,17 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WsUp
     } = ws;
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve_socket(slot, TokioIo::new(upgraded), permit, host).await,
+            Ok(upgraded) => {
+                tokio::spawn(serve_socket(
+                    slot,
+                    TokioIo::new(upgraded),
+                    permit,
+                    host,
+                    track,
+                ));
+            }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
-        drop(track);
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -536,10 +547,7 @@ pub(crate) async fn serve_direct(
     }
     drop(head);
     let permit = Some(Arc::clone(permit));
-    tokio::spawn(async move {
-        serve_socket(slot, tcp, permit, handshake.host).await;
-        drop(track);
-    });
+    tokio::spawn(serve_socket(slot, tcp, permit, handshake.host, track));
     None
 }
 

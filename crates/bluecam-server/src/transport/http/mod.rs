@@ -315,7 +315,7 @@ pub async fn open(
     let task_down = Arc::clone(&down);
     tokio::spawn(async move {
         let down = task_down;
-        crate::transport::conn::run(task_state.clone(), link, host).await;
+        crate::transport::conn::run(task_state.clone(), link, host, ()).await;
         drop(track);
         // A session the server ended keeps its close for the client's next poll (and its
         // places under the caps meanwhile); one the client closed goes at once.
