@@ -54,15 +54,64 @@ pub struct ConnShared {
     /// could not have read anything, so the byte bound allows it a resume buffer's worth more
     /// (a resumed connection's task may be held up while live frames queue behind its replay).
     pub writing: AtomicBool,
-    pub kill: Notify,
-    /// What the driver hands the connection task to write, in order.
+    /// What the driver hands the connection task to write, in order. Its signal also tells
+    /// the task of a kill, so that the task waits on one thing for both.
     pub queue: Outq,
+}
+
+/// What a connection task does next ([`ConnShared::next`]).
+#[derive(Debug)]
+pub enum Next {
+    /// Writes this.
+    Out(Outbound),
+    /// Ends now, with this code (out of band: a slow consumer, a close whose queue was full,
+    /// the server's shutdown).
+    Killed(CloseCode),
+    /// Ends: the driver let go of it, and everything queued was taken.
+    Closed,
 }
 
 impl ConnShared {
     /// The close code the driver asked for, if any.
     pub fn kill_code(&self) -> Option<CloseCode> {
         CloseCode::from_code(self.kill_code.load(Ordering::Acquire))
+    }
+
+    /// Ends the connection out of band with `code`.
+    fn kill(&self, code: CloseCode) {
+        self.kill_code.store(code.code(), Ordering::Release);
+        self.queue.ready.notify_one();
+    }
+
+    /// The next thing for the connection task: a kill first, then what is queued, in order.
+    /// Cancellation-safe.
+    pub async fn next(&self) -> Next {
+        loop {
+            if let Some(code) = self.kill_code() {
+                return Next::Killed(code);
+            }
+            if let Some(out) = self.queue.try_pop() {
+                return Next::Out(out);
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                // (A push may have raced the close check above.)
+                return self.queue.try_pop().map_or(Next::Closed, Next::Out);
+            }
+            // `notify_one` keeps a permit when nobody waits: a push or a kill between the
+            // checks above and this wait is not missed.
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// Waits for a kill (while a write waits for the socket). A push it wakes up for is left
+    /// queued: [`ConnShared::next`] looks at the queue before it waits.
+    pub async fn killed(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.kill_code() {
+                return code;
+            }
+            self.queue.ready.notified().await;
+        }
     }
 }
 
@@ -125,22 +174,6 @@ impl Outq {
             frames.shrink_to(OUTQ_KEEP);
         }
         out
-    }
-
-    /// The next frame; `None` once the queue is closed and empty. Cancellation-safe.
-    pub async fn pop(&self) -> Option<Outbound> {
-        loop {
-            if let Some(out) = self.try_pop() {
-                return Some(out);
-            }
-            if self.closed.load(Ordering::Acquire) {
-                // (A push may have raced the close check above.)
-                return self.try_pop();
-            }
-            // `notify_one` keeps a permit when nobody waits: a push between the check above
-            // and this wait is not missed.
-            self.ready.notified().await;
-        }
     }
 }
 
@@ -249,6 +282,15 @@ impl Driver {
         // A panic while holding the lock would be a bug in the core; the state is still the
         // best we have, so keep serving rather than poison every connection.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends every connection with `code` (the server's shutdown: 1012). A connection that
+    /// registers afterwards sees the shutdown itself (`conn::Connection::serve` looks once its
+    /// registration is in).
+    pub fn kill_all(&self, code: CloseCode) {
+        for c in self.lock().conns.values() {
+            c.shared.kill(code);
+        }
     }
 
     /// Gives a new connection its id and outbound queue (`ConnShared::queue`).
@@ -612,8 +654,7 @@ impl Driver {
                                 .is_err()
                         {
                             // The queue is full or gone: close at once instead of after it.
-                            c.shared.kill_code.store(code.code(), Ordering::Release);
-                            c.shared.kill.notify_one();
+                            c.shared.kill(code);
                         }
                         // The driver lets go of it: nothing more comes after the close.
                         queue.close();
@@ -723,10 +764,7 @@ impl Driver {
             }
             c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.metrics.outbound_overflows.increment(1);
-            c.shared
-                .kill_code
-                .store(CloseCode::SlowConsumer.code(), Ordering::Release);
-            c.shared.kill.notify_one();
+            c.shared.kill(CloseCode::SlowConsumer);
             c.spill = Some(Spill::default());
         }
         if let Some(spill) = &mut c.spill
@@ -783,7 +821,7 @@ impl crate::directory::Host for Driver {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outbound, Outq};
+    use super::{ConnShared, Next, Outbound};
     use bluecam_proto::CloseCode;
     use std::{sync::Arc, time::Duration};
     use tungstenite::Utf8Bytes;
@@ -802,9 +840,19 @@ mod tests {
         }
     }
 
+    /// What `ConnShared::next` gives, as text (`None`: closed).
+    fn next_text(next: Next) -> Option<String> {
+        match next {
+            Next::Out(out) => text(Some(out)),
+            Next::Killed(code) => Some(format!("killed {}", code.code())),
+            Next::Closed => None,
+        }
+    }
+
     #[test]
     fn outq_keeps_order_refuses_past_its_bound_and_ends_after_a_close() {
-        let q = Outq::default();
+        let c = ConnShared::default();
+        let q = &c.queue;
         for n in 0..3 {
             q.try_push(frame(n), 3).unwrap();
         }
@@ -819,7 +867,7 @@ mod tests {
         let rest: Vec<Option<String>> = rt.block_on(async {
             let mut rest = Vec::new();
             for _ in 0..4 {
-                rest.push(text(q.pop().await));
+                rest.push(next_text(c.next().await));
             }
             rest
         });
@@ -838,10 +886,11 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let q = Arc::new(Outq::default());
+            let c = Arc::new(ConnShared::default());
+            let q = &c.queue;
             let reader = tokio::spawn({
-                let q = Arc::clone(&q);
-                async move { text(q.pop().await) }
+                let c = Arc::clone(&c);
+                async move { next_text(c.next().await) }
             });
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!reader.is_finished(), "nothing queued yet");
@@ -857,6 +906,37 @@ mod tests {
             assert!(q.lock().capacity() <= super::OUTQ_KEEP);
             q.trim();
             assert_eq!(q.lock().capacity(), 0);
+        });
+    }
+
+    #[test]
+    fn a_kill_comes_before_what_is_queued_and_wakes_a_waiting_task() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = Arc::new(ConnShared::default());
+            // A task waiting for a kill (a write waiting for its socket) is not ended by pushes,
+            // and leaves them queued.
+            let waiting = tokio::spawn({
+                let c = Arc::clone(&c);
+                async move { c.killed().await }
+            });
+            c.queue.try_push(frame(1), 8).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiting.is_finished(), "a push is not a kill");
+            c.kill(CloseCode::SlowConsumer);
+            let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+            assert_eq!(got.unwrap().unwrap(), CloseCode::SlowConsumer);
+            // Killed with a frame queued: the kill first.
+            let next = next_text(c.next().await);
+            assert_eq!(
+                next,
+                Some(format!("killed {}", CloseCode::SlowConsumer.code()))
+            );
+            assert_eq!(c.queue.lock().len(), 1, "the frame stays for the resume");
         });
     }
 }

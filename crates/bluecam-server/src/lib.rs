@@ -574,14 +574,17 @@ impl Server {
             ));
         }
         // An external shutdown cancels the server's own token, which stops the front(s) from
-        // accepting and tells the WebSockets (close 1001).
+        // accepting, and the driver tells every connection (close 1012). (The connections do
+        // not each wait on the token: one signal per connection is less to hold and to poll.)
         let inner = state.shutdown.clone();
+        let driver = state.driver.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = inner.cancelled() => {}
             }
             inner.cancel();
+            driver.kill_all(bluecam_proto::CloseCode::ServiceRestart);
         });
         if let Some(listener) = self.metrics_listener {
             // The same front, with its timeouts and caps, serving `/metrics` alone.

@@ -4,7 +4,11 @@
 //! close. What carries the frames is a [`Transport`]: a WebSocket (`crate::transport::ws`) or the HTTP
 //! transport (`crate::transport::http`); this module knows neither.
 
-use crate::{AppState, auth::TokenError, driver::Outbound};
+use crate::{
+    AppState,
+    auth::TokenError,
+    driver::{Next, Outbound},
+};
 use bluecam_core::{
     BadFrameWindow, ConnId, DirAnswer, FreshIds, Handled, Input, JoinRequest, RateLimiter,
     RoomAccess,
@@ -110,6 +114,25 @@ pub(crate) async fn write_batch<T: Transport>(
         }
     }
     socket.flush_batch(state).await
+}
+
+/// A batch whose write has to wait for the socket (a peer that stops reading: TCP zero
+/// window): the driver's verdicts (a slow consumer, shutdown) still get through, and a write
+/// that takes longer than the idle timeout is a slow consumer. `Some` when the connection must
+/// end, as [`write_batch`].
+async fn write_waiting<T: Transport>(
+    socket: &mut T,
+    slot: &mut Option<Outbound>,
+    shared: &crate::driver::ConnShared,
+    state: &AppState,
+) -> Option<Option<CloseCode>> {
+    tokio::select! {
+        written = tokio::time::timeout(
+            state.config.limits.idle_timeout(),
+            write_batch(socket, slot, shared, state),
+        ) => written.unwrap_or(Some(Some(CloseCode::SlowConsumer))),
+        code = shared.killed() => Some(Some(code)),
+    }
 }
 
 /// What came in from the client.
@@ -546,23 +569,18 @@ impl Connection {
             limits.ping_interval(),
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Registered once for the connection's life rather than on every wake-up (re-arming
-        // them per frame was about 5 % of the server's CPU under relay load).
-        let shutdown = state.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let killed = shared.kill.notified();
-        tokio::pin!(killed);
+        // The driver ends connections at shutdown (`Driver::kill_all`); one registered after
+        // that sees it here.
+        if state.shutdown.is_cancelled() {
+            return Some(CloseCode::ServiceRestart);
+        }
         shared.writing.store(true, Ordering::Release);
         loop {
             // Unbiased: a connection whose queue is never empty must still read its socket and
             // send its pings.
             tokio::select! {
-                () = &mut shutdown => return Some(CloseCode::ServiceRestart),
-                () = &mut killed => {
-                    return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
-                }
-                out = shared.queue.pop() => match out {
-                    Some(first) => {
+                next = shared.next() => match next {
+                    Next::Out(first) => {
                         self.unsent = Some(first);
                         // Most batches are written at once: tried first without waiting, so
                         // the waiting write's state (timers, the transport's write futures)
@@ -580,27 +598,15 @@ impl Connection {
                             std::task::Poll::Ready(None) => continue,
                             std::task::Poll::Pending => {}
                         }
-                        // A peer that stops reading (TCP zero window) blocks this write: the
-                        // driver's overflow verdict and shutdown must still get through, and a
-                        // write that takes longer than the idle timeout is a slow consumer.
-                        let write = Box::pin(tokio::time::timeout(
-                            limits.idle_timeout(),
-                            write_batch(socket, &mut self.unsent, shared, &state),
-                        ));
-                        tokio::select! {
-                            written = write => match written {
-                                Ok(Some(code)) => return code,
-                                Ok(None) => {}
-                                Err(_) => return Some(CloseCode::SlowConsumer),
-                            },
-                            () = &mut killed => {
-                                return Some(shared.kill_code().unwrap_or(CloseCode::SlowConsumer));
-                            }
-                            () = &mut shutdown => return Some(CloseCode::ServiceRestart),
+                        let waited =
+                            Box::pin(write_waiting(socket, &mut self.unsent, shared, &state));
+                        if let Some(code) = waited.await {
+                            return code;
                         }
                     }
+                    Next::Killed(code) => return Some(code),
                     // (Let go of by the driver: with the code it asked for, if it did.)
-                    None => return shared.kill_code(),
+                    Next::Closed => return shared.kill_code(),
                 },
                 msg = socket.next() => match msg {
                     Incoming::Text(text) => {
