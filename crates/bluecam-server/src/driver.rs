@@ -405,12 +405,10 @@ impl Driver {
         (result, vacated, persisted)
     }
 
-    /// Routes one frame of a joined connection.
-    pub fn message(&self, conn: ConnId, msg: ClientMessage<'_>) -> Vacated {
+    /// Routes one frame of a joined connection, read at `now`.
+    pub fn message(&self, conn: ConnId, msg: ClientMessage<'_>, now: Instant) -> Vacated {
         let mut inner = self.lock();
-        inner
-            .node
-            .handle(Input::Message { conn, msg }, Instant::now());
+        inner.node.handle(Input::Message { conn, msg }, now);
         self.drain(&mut inner)
     }
 

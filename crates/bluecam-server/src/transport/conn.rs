@@ -701,7 +701,7 @@ impl Connection {
                         .relay_bytes
                         .increment(payload.get().len() as u64);
                 }
-                let vacated = state.driver.message(self.conn, msg);
+                let vacated = state.driver.message(self.conn, msg, now);
                 if vacated.is_empty() {
                     Answered::Done
                 } else {
