@@ -54,6 +54,9 @@ pub struct ConnShared {
     /// could not have read anything, so the byte bound allows it a resume buffer's worth more
     /// (a resumed connection's task may be held up while live frames queue behind its replay).
     pub writing: AtomicBool,
+    /// Set by the driver's ping round ([`Driver::ping_round`]): the connection's turn to ping
+    /// its client and check that it was heard from lately.
+    ping_due: AtomicBool,
     /// What the driver hands the connection task to write, in order. Its signal also tells
     /// the task of a kill, so that the task waits on one thing for both.
     pub queue: Outq,
@@ -69,6 +72,8 @@ pub enum Next {
     Killed(CloseCode),
     /// Ends: the driver let go of it, and everything queued was taken.
     Closed,
+    /// Pings its client, and ends if it was not heard from within the idle timeout.
+    Ping,
 }
 
 impl ConnShared {
@@ -89,6 +94,9 @@ impl ConnShared {
         loop {
             if let Some(code) = self.kill_code() {
                 return Next::Killed(code);
+            }
+            if self.ping_due.swap(false, Ordering::AcqRel) {
+                return Next::Ping;
             }
             if let Some(out) = self.queue.try_pop() {
                 return Next::Out(out);
@@ -282,6 +290,18 @@ impl Driver {
         // A panic while holding the lock would be a bug in the core; the state is still the
         // best we have, so keep serving rather than poison every connection.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives slice `slice` of `slices` of the connections its turn to ping (each connection is
+    /// in one slice, by its id). One timer for the node instead of one per connection: an idle
+    /// connection holds no timer, and a round spreads the pings over the interval.
+    pub fn ping_round(&self, slice: u64, slices: u64) {
+        for (conn, c) in &self.lock().conns {
+            if conn.0 % slices == slice {
+                c.shared.ping_due.store(true, Ordering::Release);
+                c.shared.queue.ready.notify_one();
+            }
+        }
     }
 
     /// Ends every connection with `code` (the server's shutdown: 1012). A connection that
@@ -843,6 +863,7 @@ mod tests {
         match next {
             Next::Out(out) => text(Some(out)),
             Next::Killed(code) => Some(format!("killed {}", code.code())),
+            Next::Ping => Some("ping".into()),
             Next::Closed => None,
         }
     }

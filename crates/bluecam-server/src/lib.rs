@@ -818,6 +818,20 @@ fn spawn_timers(state: &AppState) {
             }
         }
     });
+    // Every connection's ping and idle check, a sixteenth of the connections at a time, so
+    // that each has its turn once per ping interval (`Driver::ping_round`).
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        const SLICES: u64 = 16;
+        let mut round = tokio::time::interval(s.config.limits.ping_interval() / SLICES as u32);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for slice in (0..SLICES).cycle() {
+            tokio::select! {
+                _ = round.tick() => s.driver.ping_round(slice, SLICES),
+                () = s.shutdown.cancelled() => return,
+            }
+        }
+    });
     let s = state.clone();
     state.tracker.spawn(async move {
         let every = Duration::from_millis(s.config.limits.empty_room_sweep_ms.max(10));

@@ -34,13 +34,13 @@ const ROOM_SIZE: usize = 10;
 /// Pings each connection sends (one at a time) before the second count.
 const PINGS: usize = 20;
 /// Live heap bytes one idle joined connection may hold, fresh or used. Measured at this
-/// commit: 2,654 (fresh and used alike): the server's own WebSocket layer holds no read or
-/// write buffer while a connection is idle (3,326; 5,383 with tungstenite's socket), the
-/// connection's task is its loop alone (the join and the end boxed, no block around it), and
-/// it waits on one signal from the driver for frames, kills and shutdown (2,814 with three).
-/// The budget leaves room for small changes, not for a buffer or a queue block more per
-/// connection.
-const BUDGET: isize = 3_100;
+/// commit: 2,463 fresh, 2,483 used: the server's own WebSocket layer holds no read or write
+/// buffer while a connection is idle (3,326; 5,383 with tungstenite's socket), the
+/// connection's task is its loop alone (the join and the end boxed, no block around it), it
+/// waits on one signal from the driver for frames, kills, shutdown and its turn to ping (2,814
+/// with three signals and a timer of its own). The budget leaves room for small changes, not
+/// for a buffer or a queue block more per connection.
+const BUDGET: isize = 2_900;
 
 /// Live bytes once the count has settled (background work comes and goes).
 async fn settled() -> isize {

@@ -564,11 +564,6 @@ impl Connection {
         let shared = Arc::clone(&self.shared);
         let shared = &shared;
         let limits = &state.config.limits;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + limits.ping_interval(),
-            limits.ping_interval(),
-        );
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The driver ends connections at shutdown (`Driver::kill_all`); one registered after
         // that sees it here.
         if state.shutdown.is_cancelled() {
@@ -602,6 +597,18 @@ impl Connection {
                             Box::pin(write_waiting(socket, &mut self.unsent, shared, &state));
                         if let Some(code) = waited.await {
                             return code;
+                        }
+                    }
+                    // Its turn in the driver's ping round (`Driver::ping_round`).
+                    Next::Ping => {
+                        // Between pings a connection is often idle: its queue holds no memory
+                        // then.
+                        shared.queue.trim();
+                        if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
+                            return Some(CloseCode::IdleTimeout);
+                        }
+                        if !socket.ping().await {
+                            return None;
                         }
                     }
                     Next::Killed(code) => return Some(code),
@@ -641,16 +648,6 @@ impl Connection {
                     Incoming::Gone => return None,
                     Incoming::Broken(code) => return code,
                 },
-                _ = ping.tick() => {
-                    // Between pings a connection is often idle: its queue holds no memory then.
-                    shared.queue.trim();
-                    if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
-                        return Some(CloseCode::IdleTimeout);
-                    }
-                    if !socket.ping().await {
-                        return None;
-                    }
-                }
             }
         }
     }
