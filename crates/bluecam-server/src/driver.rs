@@ -95,7 +95,9 @@ impl ConnShared {
             if let Some(code) = self.kill_code() {
                 return Next::Killed(code);
             }
-            if self.ping_due.swap(false, Ordering::AcqRel) {
+            // (Read before it is swapped: the swap is a write, and this runs once per batch.)
+            if self.ping_due.load(Ordering::Acquire) && self.ping_due.swap(false, Ordering::AcqRel)
+            {
                 return Next::Ping;
             }
             if let Some(out) = self.queue.try_pop() {
