@@ -505,13 +505,22 @@ async fn an_endpoint_that_hangs_does_not_hold_up_another() {
     leave(&mut a).await;
 }
 
+/// An address where nobody listens: its socket is bound and kept (not listening), so every
+/// connection to it is refused, and no other test's server can be given the port meanwhile (a
+/// port bound and let go could be, and then answered: seen as a flaky HTTP 404).
+fn refusing() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 #[tokio::test]
 async fn an_event_for_an_endpoint_no_longer_configured_is_given_up_at_once() {
     use crate::postgres::{endpoint, receiver};
     // An endpoint nobody listens on: room.created waits in the outbox, retried.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gone_url = format!("http://{}/hook", gone.local_addr().unwrap());
-    drop(gone);
+    let (_gone, gone) = refusing();
+    let gone_url = format!("http://{gone}/hook");
     let s = TestServer::with(|c| c.webhooks = vec![endpoint(&gone_url)]).await;
     s.room().await;
     let dir = s.stop().await;
@@ -628,12 +637,8 @@ async fn webhook_credentials_in_the_endpoint_url_stay_out_of_last_error_and_the_
     let logs = Logs::capture();
     // An endpoint with a user, a password and a token, where nobody listens: every attempt
     // fails in the HTTP client, whose error text names the whole URL.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://hook-user:pa55word@{}/hook?token=s3cret-token#frag",
-        gone.local_addr().unwrap()
-    );
-    drop(gone);
+    let (_gone, gone) = refusing();
+    let url = format!("http://hook-user:pa55word@{gone}/hook?token=s3cret-token#frag");
     let s = TestServer::with(|c| {
         c.webhooks = vec![endpoint(&url)];
         c.webhook_retry_secs = 1;
