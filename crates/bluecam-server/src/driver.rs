@@ -85,42 +85,38 @@ impl ConnShared {
     /// Ends the connection out of band with `code`.
     fn kill(&self, code: CloseCode) {
         self.kill_code.store(code.code(), Ordering::Release);
-        self.queue.ready.notify_one();
+        self.queue.waker.wake();
     }
 
-    /// The next thing for the connection task: a kill first, then what is queued, in order.
-    /// Cancellation-safe.
-    pub async fn next(&self) -> Next {
-        loop {
-            if let Some(code) = self.kill_code() {
-                return Next::Killed(code);
-            }
-            // (Read before it is swapped: the swap is a write, and this runs once per batch.)
-            if self.ping_due.load(Ordering::Acquire) && self.ping_due.swap(false, Ordering::AcqRel)
-            {
-                return Next::Ping;
-            }
-            if let Some(out) = self.queue.try_pop() {
-                return Next::Out(out);
-            }
-            if self.queue.closed.load(Ordering::Acquire) {
-                // (A push may have raced the close check above.)
-                return self.queue.try_pop().map_or(Next::Closed, Next::Out);
-            }
-            // `notify_one` keeps a permit when nobody waits: a push or a kill between the
-            // checks above and this wait is not missed.
-            self.queue.ready.notified().await;
+    /// The next thing for the connection task: a kill first, then its turn to ping, then what
+    /// is queued, in order. `Pending` registers the task to be woken by the next of them.
+    pub fn poll_next(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Next> {
+        use std::task::Poll;
+        // Registered before looking: whatever comes after the looks wakes the task.
+        self.queue.waker.register(cx.waker());
+        if let Some(code) = self.kill_code() {
+            return Poll::Ready(Next::Killed(code));
         }
+        // (Read before it is swapped: the swap is a write, and this runs once per batch.)
+        if self.ping_due.load(Ordering::Acquire) && self.ping_due.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Next::Ping);
+        }
+        if let Some(out) = self.queue.try_pop() {
+            return Poll::Ready(Next::Out(out));
+        }
+        if self.queue.closed.load(Ordering::Acquire) {
+            // (A push may have raced the close check above.)
+            return Poll::Ready(self.queue.try_pop().map_or(Next::Closed, Next::Out));
+        }
+        Poll::Pending
     }
 
-    /// Waits for a kill (while a write waits for the socket). A push it wakes up for is left
-    /// queued: [`ConnShared::next`] looks at the queue before it waits.
-    pub async fn killed(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.kill_code() {
-                return code;
-            }
-            self.queue.ready.notified().await;
+    /// A kill (looked for while a write waits for the socket); what is queued stays queued.
+    pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<CloseCode> {
+        self.queue.waker.register(cx.waker());
+        match self.kill_code() {
+            Some(code) => std::task::Poll::Ready(code),
+            None => std::task::Poll::Pending,
         }
     }
 }
@@ -132,7 +128,9 @@ impl ConnShared {
 #[derive(Debug, Default)]
 pub struct Outq {
     frames: Mutex<VecDeque<Outbound>>,
-    ready: Notify,
+    /// Wakes the connection's task, the queue's one reader (for a frame, a kill, its turn to
+    /// ping or the close).
+    waker: futures_util::task::AtomicWaker,
     /// The driver let go of the connection: nothing more comes.
     closed: AtomicBool,
 }
@@ -156,14 +154,14 @@ impl Outq {
         }
         frames.push_back(out);
         drop(frames);
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
     /// Nothing more comes after what is queued.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.ready.notify_one();
+        self.waker.wake();
     }
 
     /// Gives all room back if nothing is queued (the connection task calls it when it has been
@@ -301,7 +299,7 @@ impl Driver {
         for (conn, c) in &self.lock().conns {
             if conn.0 % slices == slice {
                 c.shared.ping_due.store(true, Ordering::Release);
-                c.shared.queue.ready.notify_one();
+                c.shared.queue.waker.wake();
             }
         }
     }
@@ -888,7 +886,7 @@ mod tests {
         let rest: Vec<Option<String>> = rt.block_on(async {
             let mut rest = Vec::new();
             for _ in 0..4 {
-                rest.push(next_text(c.next().await));
+                rest.push(next_text(std::future::poll_fn(|cx| c.poll_next(cx)).await));
             }
             rest
         });
@@ -911,7 +909,7 @@ mod tests {
             let q = &c.queue;
             let reader = tokio::spawn({
                 let c = Arc::clone(&c);
-                async move { next_text(c.next().await) }
+                async move { next_text(std::future::poll_fn(|cx| c.poll_next(cx)).await) }
             });
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!reader.is_finished(), "nothing queued yet");
@@ -943,7 +941,7 @@ mod tests {
             // and leaves them queued.
             let waiting = tokio::spawn({
                 let c = Arc::clone(&c);
-                async move { c.killed().await }
+                async move { std::future::poll_fn(|cx| c.poll_killed(cx)).await }
             });
             c.queue.try_push(frame(1), 8).unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -952,7 +950,7 @@ mod tests {
             let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
             assert_eq!(got.unwrap().unwrap(), CloseCode::SlowConsumer);
             // Killed with a frame queued: the kill first.
-            let next = next_text(c.next().await);
+            let next = next_text(std::future::poll_fn(|cx| c.poll_next(cx)).await);
             assert_eq!(
                 next,
                 Some(format!("killed {}", CloseCode::SlowConsumer.code()))

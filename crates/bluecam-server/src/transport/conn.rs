@@ -34,8 +34,10 @@ const RATE_LIMITED_REF_MAX: usize = 64 << 10;
 /// emulation of one (`crate::transport::http`). Everything above it (join, limits, the driver, resume) is
 /// [`run`], the same for both.
 pub(crate) trait Transport: Send {
-    /// The next thing from the client. Cancellation-safe.
-    async fn next(&mut self) -> Incoming;
+    /// The next thing from the client; `Pending` registers the task to be woken when it
+    /// comes. (A poll, not a future: the connection loop polls it beside the driver's signal
+    /// without keeping a future of each in every connection's task.)
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming>;
 
     /// Sends one frame now (errors): `Err` when the connection is gone.
     async fn send_text(&mut self, text: String) -> Result<(), CloseCode>;
@@ -131,8 +133,14 @@ async fn write_waiting<T: Transport>(
             state.config.limits.idle_timeout(),
             write_batch(socket, slot, shared, state),
         ) => written.unwrap_or(Some(Some(CloseCode::SlowConsumer))),
-        code = shared.killed() => Some(Some(code)),
+        code = std::future::poll_fn(|cx| shared.poll_killed(cx)) => Some(Some(code)),
     }
+}
+
+/// What woke the connection loop.
+enum Event {
+    Driver(Next),
+    Socket(Incoming),
 }
 
 /// What came in from the client.
@@ -293,7 +301,7 @@ impl Connection {
 /// `Err(Some(code))` when what it sent must close the connection.
 async fn first_text<T: Transport>(socket: &mut T) -> Result<Utf8Bytes, Option<CloseCode>> {
     loop {
-        match socket.next().await {
+        match std::future::poll_fn(|cx| socket.poll_next(cx)).await {
             Incoming::Text(text) => return Ok(text),
             Incoming::Binary => return Ok(Utf8Bytes::from_static("")),
             Incoming::Gone => return Err(None),
@@ -570,11 +578,29 @@ impl Connection {
             return Some(CloseCode::ServiceRestart);
         }
         shared.writing.store(true, Ordering::Release);
+        let mut socket_first = false;
         loop {
-            // Unbiased: a connection whose queue is never empty must still read its socket and
-            // send its pings.
-            tokio::select! {
-                next = shared.next() => match next {
+            // One poll of the two things a connection waits on (the driver's signal and its
+            // socket), each first in turn: a connection whose queue is never empty still reads
+            // its socket and one whose client never stops sending still writes. (No future is
+            // kept for either: both are polls.)
+            socket_first = !socket_first;
+            let event = std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                if socket_first && let Poll::Ready(read) = socket.poll_next(cx) {
+                    return Poll::Ready(Event::Socket(read));
+                }
+                if let Poll::Ready(next) = shared.poll_next(cx) {
+                    return Poll::Ready(Event::Driver(next));
+                }
+                if !socket_first && let Poll::Ready(read) = socket.poll_next(cx) {
+                    return Poll::Ready(Event::Socket(read));
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Driver(next) => match next {
                     Next::Out(first) => {
                         self.unsent = Some(first);
                         // Most batches are written at once: tried first without waiting, so
@@ -583,9 +609,7 @@ impl Connection {
                         // connection's task. (Cancellation-safe: what was not taken stays.)
                         let now = std::future::poll_fn(|cx| {
                             let write = write_batch(socket, &mut self.unsent, shared, &state);
-                            std::task::Poll::Ready(
-                                std::pin::pin!(write).as_mut().poll(cx),
-                            )
+                            std::task::Poll::Ready(std::pin::pin!(write).as_mut().poll(cx))
                         })
                         .await;
                         match now {
@@ -615,7 +639,7 @@ impl Connection {
                     // (Let go of by the driver: with the code it asked for, if it did.)
                     Next::Closed => return shared.kill_code(),
                 },
-                msg = socket.next() => match msg {
+                Event::Socket(msg) => match msg {
                     Incoming::Text(text) => {
                         let answer = match self.on_text(&text) {
                             Answered::Done => None,
@@ -625,9 +649,7 @@ impl Connection {
                                 None
                             }
                             Answered::Reject(e) => Box::pin(self.reject(socket, e)).await,
-                            Answered::Error(e) => {
-                                Box::pin(send_error_frame(socket, e)).await.err()
-                            }
+                            Answered::Error(e) => Box::pin(send_error_frame(socket, e)).await.err(),
                         };
                         if let Some(code) = answer {
                             return Some(code);

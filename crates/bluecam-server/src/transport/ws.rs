@@ -38,14 +38,14 @@ impl<S> Transport for WebSocket<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    async fn next(&mut self) -> Incoming {
-        match std::future::poll_fn(|cx| self.poll_read(cx)).await {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming> {
+        self.poll_read(cx).map(|read| match read {
             Read::Text(text) => Incoming::Text(text),
             Read::Binary => Incoming::Binary,
             Read::Heard => Incoming::Heard,
             Read::Gone => Incoming::Gone,
             Read::Broken(code) => Incoming::Broken(code),
-        }
+        })
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), CloseCode> {

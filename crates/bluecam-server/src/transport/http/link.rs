@@ -354,8 +354,8 @@ pub(crate) struct HttpLink {
 }
 
 impl Transport for HttpLink {
-    async fn next(&mut self) -> Incoming {
-        match self.up.recv().await {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming> {
+        std::task::Poll::Ready(match std::task::ready!(self.up.poll_recv(cx)) {
             // (The permit goes here: the frame has left the queue.)
             Some(Up::Text(text, _permit)) => Incoming::Text(text),
             Some(Up::TooLarge) => Incoming::Broken(Some(CloseCode::MessageTooBig)),
@@ -364,7 +364,7 @@ impl Transport for HttpLink {
                 Incoming::Gone
             }
             None => Incoming::Gone,
-        }
+        })
     }
 
     /// The frame in `slot` and whatever else is queued (up to a batch) go to the poll buffer,
