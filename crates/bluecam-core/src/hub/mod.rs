@@ -17,6 +17,7 @@ use bluecam_proto::{
 use serde_json::value::RawValue;
 
 mod check;
+mod peers;
 mod rejected;
 mod replica;
 mod routing;
@@ -258,7 +259,7 @@ impl PeerState {
 #[derive(Debug)]
 struct RoomState {
     summary: RoomSummary,
-    peers: HashMap<PeerId, PeerState>,
+    peers: peers::PeerMap,
     /// The last cluster membership version applied (0 on a single node).
     ver: u64,
 }
@@ -362,7 +363,7 @@ impl Hub {
             .entry(room_id.clone())
             .or_insert_with(|| RoomState {
                 summary: r.room,
-                peers: HashMap::default(),
+                peers: peers::PeerMap::default(),
                 ver: 0,
             });
         room.peers.insert(

@@ -152,7 +152,7 @@ impl Hub {
             // dropped it: built from the view, never empty when the view is not.
             let mut room = RoomState {
                 summary: summary.clone(),
-                peers: HashMap::default(),
+                peers: super::peers::PeerMap::default(),
                 ver: 0,
             };
             if let Some(view) = view {
@@ -168,7 +168,7 @@ impl Hub {
         // a replica without one is dropped only after this join adds its peer.
         let room = self.rooms.entry(id.clone()).or_insert_with(|| RoomState {
             summary: summary.clone(),
-            peers: HashMap::default(),
+            peers: super::peers::PeerMap::default(),
             ver: 0,
         });
         // Peers on their way onto this node (a join or claim here that the directory has
@@ -206,7 +206,7 @@ impl Hub {
         // (Still there: announcing drops nothing.)
         let room = self.rooms.entry(id).or_insert_with(|| RoomState {
             summary: summary.clone(),
-            peers: HashMap::default(),
+            peers: super::peers::PeerMap::default(),
             ver: 0,
         });
         // The latest stored room wins (name or limits may have changed).
