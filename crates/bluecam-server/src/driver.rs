@@ -309,7 +309,14 @@ impl Driver {
     /// registration is in).
     pub fn kill_all(&self, code: CloseCode) {
         for c in self.lock().conns.values() {
-            c.shared.kill(code);
+            // (A code asked for before, a slow consumer's, stays.)
+            let _ = c.shared.kill_code.compare_exchange(
+                0,
+                code.code(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            c.shared.queue.waker.wake();
         }
     }
 

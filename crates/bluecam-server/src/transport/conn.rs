@@ -40,7 +40,7 @@ pub(crate) trait Transport: Send {
     fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming>;
 
     /// Sends one frame now (errors): `Err` when the connection is gone.
-    async fn send_text(&mut self, text: String) -> Result<(), CloseCode>;
+    async fn send_text(&mut self, text: String, state: &AppState) -> Result<(), CloseCode>;
 
     /// When the client was last heard of, given when the last frame came.
     fn heard_at(&self, last_frame: Instant) -> Instant;
@@ -134,6 +134,8 @@ async fn write_waiting<T: Transport>(
             write_batch(socket, slot, shared, state),
         ) => written.unwrap_or(Some(Some(CloseCode::SlowConsumer))),
         code = std::future::poll_fn(|cx| shared.poll_killed(cx)) => Some(Some(code)),
+        // (One the driver let go of already is not reached by its shutdown kill.)
+        () = state.shutdown.cancelled() => Some(Some(CloseCode::ServiceRestart)),
     }
 }
 
@@ -649,7 +651,9 @@ impl Connection {
                                 None
                             }
                             Answered::Reject(e) => Box::pin(self.reject(socket, e)).await,
-                            Answered::Error(e) => Box::pin(send_error_frame(socket, e)).await.err(),
+                            Answered::Error(e) => {
+                                Box::pin(send_error_frame(&state, socket, e)).await.err()
+                            }
                         };
                         if let Some(code) = answer {
                             return Some(code);
@@ -742,7 +746,7 @@ impl Connection {
         if too_many {
             error = error.closing(CloseCode::TooManyErrors);
         }
-        if let Err(code) = send_error_frame(socket, error).await {
+        if let Err(code) = send_error_frame(&self.state, socket, error).await {
             return Some(code);
         }
         too_many.then_some(CloseCode::TooManyErrors)
@@ -760,16 +764,17 @@ fn frame_ref(msg: &ClientMessage<'_>) -> Option<u64> {
 
 async fn send_error<T: Transport>(state: &AppState, socket: &mut T, error: ErrorFrame) {
     state.metrics.error(error.code);
-    let _ = send_error_frame(socket, error).await;
+    let _ = send_error_frame(state, socket, error).await;
 }
 
-/// Sends an error frame; `Err(close)` when the socket is gone.
+/// Sends an error frame; `Err(close)` when the socket is gone or takes nothing.
 async fn send_error_frame<T: Transport>(
+    state: &AppState,
     socket: &mut T,
     error: ErrorFrame,
 ) -> Result<(), CloseCode> {
     socket
-        .send_text(ServerMessage::Error(error).to_json())
+        .send_text(ServerMessage::Error(error).to_json(), state)
         .await
 }
 /// Ends the connection with `code` (counted), after whatever error frames went before it.

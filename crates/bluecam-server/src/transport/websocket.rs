@@ -256,6 +256,9 @@ pub(crate) struct Socket<S> {
     pong: Option<Bytes>,
     /// A close frame came: nothing more is read.
     closed: bool,
+    /// A flush the stream has not finished: TLS keeps bytes it took until they are flushed, so
+    /// the flush is polled again even when nothing more is to be written.
+    flushing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
@@ -268,6 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             out: Vec::new(),
             pong: None,
             closed: false,
+            flushing: false,
         }
     }
 
@@ -396,10 +400,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// `Pending` with the rest kept when the socket takes no more.
     pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.out.is_empty() {
-            let Some(pong) = self.pong.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            self.frame(OpCode::Control(Control::Pong), &pong);
+            match self.pong.take() {
+                Some(pong) => self.frame(OpCode::Control(Control::Pong), &pong),
+                None if !self.flushing => return Poll::Ready(Ok(())),
+                None => {}
+            }
         }
         let mut written = 0;
         let result = loop {
@@ -412,11 +417,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 other => break other.map_ok(|_| ()),
             }
         };
-        if written == self.out.len() {
+        let all = written == self.out.len();
+        if all {
             self.out = Vec::new();
         } else {
             self.out.drain(..written);
         }
+        self.flushing = all && result.is_pending();
         result
     }
 

@@ -48,9 +48,18 @@ where
         })
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), CloseCode> {
+    /// Sends an error frame now; a client that takes no byte of it within the write-stall
+    /// time is a slow consumer (the task must not wait on it for ever: it would see no kill,
+    /// shutdown or idle check meanwhile).
+    async fn send_text(&mut self, text: String, state: &AppState) -> Result<(), CloseCode> {
         self.frame(OpCode::Data(Data::Text), text.as_bytes());
-        self.write_all().await.map_err(|_| CloseCode::InternalError)
+        let progress = Arc::clone(&self.get_ref().written);
+        let stall = state.config.limits.write_stall();
+        match unless_stalled(&progress, stall, self.write_all()).await {
+            None => Err(CloseCode::SlowConsumer),
+            Some(Err(_)) => Err(CloseCode::InternalError),
+            Some(Ok(())) => Ok(()),
+        }
     }
 
     fn heard_at(&self, last_frame: Instant) -> Instant {

@@ -387,7 +387,7 @@ impl Transport for HttpLink {
         None
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), CloseCode> {
+    async fn send_text(&mut self, text: String, _state: &AppState) -> Result<(), CloseCode> {
         // Errors are bounded like every other frame: a client that makes them faster than it
         // polls is a slow consumer.
         if self.down.bytes() > self.cap {
