@@ -904,13 +904,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn outq_pop_waits_for_a_push_and_an_idle_queue_holds_no_memory() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    /// A runtime with two workers, so that a waiting task is woken from another thread.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_time()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn outq_pop_waits_for_a_push_and_an_idle_queue_holds_no_memory() {
+        let rt = runtime();
         rt.block_on(async {
             let c = Arc::new(ConnShared::default());
             let q = &c.queue;
@@ -937,11 +942,7 @@ mod tests {
 
     #[test]
     fn a_kill_comes_before_what_is_queued_and_wakes_a_waiting_task() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let c = Arc::new(ConnShared::default());
             // A task waiting for a kill (a write waiting for its socket) is not ended by pushes,

@@ -7,6 +7,7 @@
 //! connection; BENCHMARKS.md.) Frame headers are parsed and written by tungstenite's
 //! `FrameHeader`; the rules of what a client may send are [`Decoder`]'s, sans I/O.
 
+use crate::transport::conn::Incoming;
 use bluecam_proto::CloseCode;
 use bytes::{Buf as _, Bytes, BytesMut};
 use std::{
@@ -230,18 +231,6 @@ fn close_reply(payload: Vec<u8>) -> Result<Bytes, CloseCode> {
     }
 }
 
-/// What came in, for the connection loop.
-pub(crate) enum Read {
-    Text(Utf8Bytes),
-    Binary,
-    /// A ping or a pong: a sign of life.
-    Heard,
-    /// The client closed (its close is answered by the next write), or the socket ended.
-    Gone,
-    /// What the client sent ends the connection with this code (none: the socket broke).
-    Broken(Option<CloseCode>),
-}
-
 /// The server's side of one WebSocket after its handshake.
 pub(crate) struct Socket<S> {
     io: S,
@@ -287,17 +276,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// not returned stays in the socket. Writes what waits to be written on the way, without
     /// waiting for it (a pong, the rest of a write), so a control reply never waits for the
     /// next message to the client.
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
         loop {
             if self.closed {
-                return Poll::Ready(Read::Gone);
+                return Poll::Ready(Incoming::Gone);
             }
             if let Poll::Ready(Err(_)) = self.poll_write(cx) {
-                return Poll::Ready(Read::Broken(None));
+                return Poll::Ready(Incoming::Broken(None));
             }
             if !self.unread.is_empty() {
                 match self.decoder.decode(&self.unread) {
-                    Err(code) => return Poll::Ready(Read::Broken(Some(code))),
+                    Err(code) => return Poll::Ready(Incoming::Broken(Some(code))),
                     Ok(Some((taken, event))) => {
                         self.unread.advance(taken);
                         if self.unread.is_empty() {
@@ -314,11 +303,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut chunk);
             if ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)).is_err() {
-                return Poll::Ready(Read::Broken(None));
+                return Poll::Ready(Incoming::Broken(None));
             }
             let filled = buf.filled();
             if filled.is_empty() {
-                return Poll::Ready(Read::Gone);
+                return Poll::Ready(Incoming::Gone);
             }
             if !self.unread.is_empty() {
                 self.unread.extend_from_slice(filled);
@@ -328,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let mut at = 0;
             loop {
                 match self.decoder.decode(&filled[at..]) {
-                    Err(code) => return Poll::Ready(Read::Broken(Some(code))),
+                    Err(code) => return Poll::Ready(Incoming::Broken(Some(code))),
                     Ok(None) => {
                         self.unread.extend_from_slice(&filled[at..]);
                         break;
@@ -347,21 +336,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
     }
 
-    fn on_event(&mut self, event: Event) -> Option<Read> {
+    fn on_event(&mut self, event: Event) -> Option<Incoming> {
         match event {
-            Event::Text(text) => Some(Read::Text(text)),
-            Event::Binary => Some(Read::Binary),
+            Event::Text(text) => Some(Incoming::Text(text)),
+            Event::Binary => Some(Incoming::Binary),
             Event::Ping(payload) => {
                 self.pong = Some(payload);
-                Some(Read::Heard)
+                Some(Incoming::Heard)
             }
-            Event::Pong => Some(Read::Heard),
+            Event::Pong => Some(Incoming::Heard),
             Event::Close(reply) => {
                 self.closed = true;
                 self.pong = None;
                 self.unread = BytesMut::new();
                 self.frame(OpCode::Control(Control::Close), &reply);
-                Some(Read::Gone)
+                Some(Incoming::Gone)
             }
             Event::Fragment => None,
         }

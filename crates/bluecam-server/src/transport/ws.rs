@@ -9,7 +9,7 @@ use crate::{
     front::serve::ConnPermit,
     transport::{
         conn::{ConnectionSlot, Incoming, Put, Transport},
-        websocket::{Read, Socket},
+        websocket::Socket,
     },
 };
 use axum::{
@@ -39,13 +39,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming> {
-        self.poll_read(cx).map(|read| match read {
-            Read::Text(text) => Incoming::Text(text),
-            Read::Binary => Incoming::Binary,
-            Read::Heard => Incoming::Heard,
-            Read::Gone => Incoming::Gone,
-            Read::Broken(code) => Incoming::Broken(code),
-        })
+        self.poll_read(cx)
     }
 
     /// Sends an error frame now; a client that takes no byte of it within the write-stall
