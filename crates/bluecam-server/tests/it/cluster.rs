@@ -206,7 +206,7 @@ pub(crate) async fn node(redis: &Redis) -> TestServer {
     .await
 }
 
-async fn join_on(server: &TestServer, room: &str, identity: &str) -> Client {
+pub(crate) async fn join_on(server: &TestServer, room: &str, identity: &str) -> Client {
     server.join(room, identity).await
 }
 
@@ -350,7 +350,7 @@ async fn a_room_full_counts_the_peers_of_every_node() {
 }
 
 /// Drops a client's TCP connection without a close frame (a network cut).
-fn cut(client: Client) -> ResumeCredentials {
+pub(crate) fn cut(client: Client) -> ResumeCredentials {
     let joined = client.joined.clone().unwrap();
     drop(client);
     ResumeCredentials {
@@ -673,7 +673,7 @@ async fn every_frame_sent_across_a_redis_restart_is_delivered_once_or_reported()
 
 /// Sends `msg` from `from` to `to` until `to` gets it (frames sent while the directory is
 /// being rebuilt may be reported undeliverable: the SDK would retransmit them).
-async fn until_delivered(from: &mut Client, to: &mut Client, what: &str) {
+pub(crate) async fn until_delivered(from: &mut Client, to: &mut Client, what: &str) {
     let to_id = to.id();
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     loop {

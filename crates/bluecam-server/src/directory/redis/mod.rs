@@ -19,6 +19,7 @@
 //! | `bc:node:{node}:rooms` | set | rooms the node may have peers in (a superset: written before a join, pruned by its resyncs) |
 //! | `bc:nodes` | set | every node that may still hold peers |
 //! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
+//! | `bc:{eN}:epoch` | string | on a Redis Cluster, one epoch per shard instead (`N`: the smallest number whose key lands in the shard's first slot range), so a shard that lost its data is noticed |
 //! | `bc:rebuilt` | string, expiring (a resume window) | Redis lost its data a moment ago: what it lacks may still come back |
 //!
 //! Every key of a room carries the room as a hash tag (`{room}`): each membership operation
@@ -304,6 +305,10 @@ impl RedisBroker {
         // beside the other steps, so a long resync cannot starve it.
         let me = Arc::clone(self);
         let mut reconnects = self.client.reconnect_rx();
+        // A Redis Cluster whose shards changed (a master failed over to its replica, slots
+        // moved): a replica may lack the last writes its master took, so this node's peers
+        // are registered again, as after a reconnection.
+        let mut cluster_changes = self.client.cluster_change_rx();
         tracker.spawn(async move {
             let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
             loop {
@@ -331,6 +336,17 @@ impl RedisBroker {
                     r = resubscribed.recv() => {
                         if r.is_ok() {
                             host.handle(Input::Signal(Signal::Resubscribed));
+                        }
+                    }
+                    r = cluster_changes.recv() => {
+                        if let Ok(changes) = r
+                            && !changes.is_empty()
+                        {
+                            tracing::info!(
+                                ?changes,
+                                "the Redis Cluster changed: re-registering this node's peers"
+                            );
+                            host.handle(Input::Signal(Signal::Reconnected));
                         }
                     }
                 }

@@ -63,9 +63,11 @@ impl RedisDirectory {
         self.client.with_options(&self.opts)
     }
 
-    /// Runs a room's script by SHA, loading it first when Redis does not know it (it was
-    /// restarted, or its script cache flushed). A `NOSCRIPT` answer ran nothing, so the retry
-    /// cannot apply anything twice.
+    /// Runs a room's script by SHA, and by its text (`EVAL`, which also caches it there) when
+    /// the Redis that holds the room does not know it: it was restarted, its script cache
+    /// flushed, or it is a master of a Redis Cluster this node has not run the script on (a
+    /// `SCRIPT LOAD` would reach one master only, not necessarily the room's). A `NOSCRIPT`
+    /// answer ran nothing, so the retry cannot apply anything twice.
     async fn eval<T: FromValue>(&self, script: &Script, room: &RoomId, args: Vec<String>) -> R<T> {
         let sha = script.sha1().clone();
         let keys = room_keys(room);
@@ -76,8 +78,7 @@ impl RedisDirectory {
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 let lua = script.lua().cloned().unwrap_or_default();
-                let _: String = self.cmd().script_load(lua).await.map_err(backend)?;
-                self.cmd().evalsha(sha, keys, args).await
+                self.cmd().eval(lua, keys, args).await
             }
             r => r,
         };
@@ -99,16 +100,13 @@ impl RedisDirectory {
         let queued: Result<(), fred::error::Error> = async {
             let () = pipe.sadd(NODES, node.as_str()).await?;
             let () = pipe.sadd(node_rooms_key(node), room.as_str()).await?;
-            // (`EVALSHA` by hand: pipelines have no Lua interface. Routed by its first key.)
+            // (`EVALSHA` by hand: pipelines have no Lua interface. Routed to the room's slot.)
             let keys = room_keys(room);
+            let slot = fred::types::ClusterHash::from(keys[0].as_str());
             let mut all = vec![sha.to_string(), keys.len().to_string()];
             all.extend(keys);
             all.extend(args.iter().cloned());
-            let evalsha = fred::types::CustomCommand::new(
-                "EVALSHA",
-                fred::types::ClusterHash::Offset(2),
-                false,
-            );
+            let evalsha = fred::types::CustomCommand::new("EVALSHA", slot, false);
             let () = pipe.custom(evalsha, all).await?;
             Ok(())
         }
@@ -318,10 +316,56 @@ impl RedisDirectory {
         Ok(n == 1)
     }
 
+    /// The keys of the directory's epoch: `bc:epoch` on a single Redis; on a Redis Cluster
+    /// one per shard (`bc:{eN}:epoch`, `N` the smallest number whose key lands in the shard's
+    /// first slot range, so every node picks the same key), so that a shard that lost its
+    /// data is noticed like a whole Redis that did.
+    fn epoch_keys(&self) -> Vec<String> {
+        use fred::interfaces::ClusterInterface as _;
+        let Some(routing) = self
+            .client
+            .is_clustered()
+            .then(|| self.client.cached_cluster_state())
+            .flatten()
+        else {
+            return vec![EPOCH.to_owned()];
+        };
+        let mut firsts: BTreeMap<String, (u16, u16)> = BTreeMap::new();
+        for range in routing.slots() {
+            let first = firsts
+                .entry(range.primary.to_string())
+                .or_insert((range.start, range.end));
+            if range.start < first.0 {
+                *first = (range.start, range.end);
+            }
+        }
+        let mut keys: Vec<String> = firsts
+            .into_values()
+            .map(|(start, end)| shard_epoch_key(start, end))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The epoch as one string from each of its keys' values (`None` when one is missing).
+    fn joined_epoch(keys: &[String], values: &[Option<String>]) -> Option<String> {
+        let mut parts = Vec::with_capacity(keys.len());
+        for (key, value) in keys.iter().zip(values) {
+            let value = value.as_deref()?;
+            parts.push(if keys.len() == 1 {
+                value.to_owned()
+            } else {
+                format!("{key}={value}")
+            });
+        }
+        Some(parts.join(","))
+    }
+
     /// `Directory::heartbeat`: renews `node`'s liveness (SET … GET: none when it had lapsed),
-    /// reads the epoch (SET NX GET: drawing `fresh` when there is none) and adds the node to
-    /// the node set.
+    /// reads the epoch (SET NX GET on each of its keys: drawing `fresh` where there is none)
+    /// and adds the node to the node set.
     pub async fn heartbeat(&self, node: &NodeId, alive_ms: u64, fresh: &str) -> R<Beat> {
+        let keys = self.epoch_keys();
         let pipe = self.client.pipeline();
         let queued: Result<(), fred::error::Error> = async {
             let () = pipe
@@ -333,9 +377,11 @@ impl RedisDirectory {
                     true,
                 )
                 .await?;
-            let () = pipe
-                .set(EPOCH, fresh, None, Some(SetOptions::NX), true)
-                .await?;
+            for key in &keys {
+                let () = pipe
+                    .set(key.as_str(), fresh, None, Some(SetOptions::NX), true)
+                    .await?;
+            }
             let () = pipe.sadd(NODES, node.as_str()).await?;
             Ok(())
         }
@@ -347,10 +393,18 @@ impl RedisDirectory {
             .map_err(backend)?;
         let mut answers = answers.into_iter();
         let lapsed = matches!(answers.next(), Some(Value::Null) | None);
-        let (epoch, drew_epoch) = match answers.next() {
-            Some(Value::Null) | None => (fresh.to_owned(), true),
-            Some(v) => (v.as_string().unwrap_or_else(|| fresh.to_owned()), false),
-        };
+        let mut drew_epoch = false;
+        let mut values = Vec::with_capacity(keys.len());
+        for _ in &keys {
+            values.push(match answers.next() {
+                Some(Value::Null) | None => {
+                    drew_epoch = true;
+                    Some(fresh.to_owned())
+                }
+                Some(v) => Some(v.as_string().unwrap_or_else(|| fresh.to_owned())),
+            });
+        }
+        let epoch = Self::joined_epoch(&keys, &values).unwrap_or_else(|| fresh.to_owned());
         let was_missing = answers.next().and_then(|v| v.as_u64()) == Some(1) || lapsed;
         Ok(Beat {
             epoch,
@@ -378,13 +432,19 @@ impl RedisDirectory {
 
     /// `Directory::epoch`: the epoch, and whether the rebuild mark is on.
     pub async fn epoch(&self) -> R<(Option<String>, bool)> {
+        let keys = self.epoch_keys();
         let pipe = self.client.pipeline();
-        let () = pipe.get(EPOCH).await.map_err(backend)?;
+        for key in &keys {
+            let () = pipe.get(key.as_str()).await.map_err(backend)?;
+        }
         let () = pipe.exists(REBUILT).await.map_err(backend)?;
-        tokio::time::timeout(COMMAND_TIMEOUT, pipe.all::<(Option<String>, bool)>())
+        let mut answers: Vec<Value> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.all())
             .await
             .map_err(backend)?
-            .map_err(backend)
+            .map_err(backend)?;
+        let marked = answers.pop().and_then(|v| v.as_u64()) == Some(1);
+        let values: Vec<Option<String>> = answers.into_iter().map(|v| v.as_string()).collect();
+        Ok((Self::joined_epoch(&keys, &values), marked))
     }
 
     /// `Directory::reap`: every other node whose liveness expired is reaped room by room (its
@@ -754,4 +814,14 @@ fn seats(peers: Value, nodes: Value) -> Vec<RemotePeer> {
 
 fn view(ver: u64, peers: Vec<RemotePeer>) -> View {
     View { ver, peers }
+}
+
+/// The epoch key of the shard whose first slot range is `start..=end`: `bc:{eN}:epoch`, `N` the
+/// smallest number whose key lands in that range (a third of the slots of a three-shard
+/// cluster: found within a few tries).
+fn shard_epoch_key(start: u16, end: u16) -> String {
+    (0u32..)
+        .map(|n| format!("bc:{{e{n}}}:epoch"))
+        .find(|key| (start..=end).contains(&fred::util::redis_keyslot(key.as_bytes())))
+        .unwrap_or_else(|| EPOCH.to_owned())
 }

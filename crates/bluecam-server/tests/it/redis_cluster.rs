@@ -1,0 +1,405 @@
+//! Cluster mode on a Redis Cluster: three masters and three replicas (Debian's `redis-server`
+//! with `--cluster-enabled yes`, joined by `redis-cli --cluster create`), started once for
+//! this file and shared by its tests, with BlueCam nodes in this process. Rooms land on every
+//! shard and relay once and in order across nodes; a master SIGKILLed fails over to its
+//! replica and every room relays again with no call ended; a shard that lost its data is
+//! noticed (its own epoch) and put back by the nodes.
+//!
+//! Tests that only use the cluster share it (a read lock); a test that kills or empties a
+//! master has it to itself (the write lock) and leaves it whole again.
+
+use crate::cluster::{cut, join_on, until_delivered};
+use crate::common::{Client, SECRET, TestServer, WAIT, temp_dir};
+use serde_json::{Value, json};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+use tokio::sync::RwLock;
+
+/// Redis nodes of the cluster: three masters, then their replicas.
+const NODES: usize = 6;
+
+/// Held (read) by a test that uses the cluster as it is, (write) by one that breaks a master.
+static TURNS: RwLock<()> = RwLock::const_new(());
+
+/// One `redis-server` of the cluster. It runs under a shell that kills it when this test
+/// process ends (its stdin, held here, closes), so no Redis outlives the tests.
+struct Proc {
+    pid: u32,
+    _child: Child,
+    _alive: ChildStdin,
+}
+
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    dir: PathBuf,
+    procs: Mutex<Vec<Option<Proc>>>,
+}
+
+/// `redis-cli -p PORT ARGS…`, its output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed (apt-get install redis-tools)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A port free for Redis and for its cluster bus (the port + 10000).
+fn free_port_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// The cluster of this file, started at first use.
+    fn shared() -> &'static Self {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(Self::start)
+    }
+
+    fn start() -> Self {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < NODES {
+            let p = free_port_pair();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let cluster = Self {
+            dir: temp_dir(),
+            procs: Mutex::new((0..NODES).map(|_| None).collect()),
+            ports,
+        };
+        for i in 0..NODES {
+            cluster.spawn(i);
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_ok(&(0..NODES).collect::<Vec<_>>());
+        cluster
+    }
+
+    /// Starts node `i` on its port, in its own directory (a restart keeps `nodes.conf`, so
+    /// it rejoins the cluster as what it was told it is).
+    fn spawn(&self, i: usize) {
+        let port = self.ports[i];
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                r#"redis-server "$@" & r=$!; echo $r; read _; kill -9 $r"#,
+                "sh",
+            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = line.trim().parse().unwrap();
+        let alive = child.stdin.take().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while cli(port, &["ping"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.procs.lock().unwrap()[i] = Some(Proc {
+            pid,
+            _child: child,
+            _alive: alive,
+        });
+    }
+
+    /// Waits until each of `nodes` sees the cluster whole (every slot served) and each replica
+    /// among them is in sync with its master (a replica that never synced cannot take over).
+    fn wait_ok(&self, nodes: &[usize]) {
+        let deadline = Instant::now() + WAIT * 3;
+        for &i in nodes {
+            let port = self.ports[i];
+            while !cli(port, &["cluster", "info"]).contains("cluster_state:ok") || {
+                let info = cli(port, &["info", "replication"]);
+                info.contains("role:slave") && !info.contains("master_link_status:up")
+            } {
+                assert!(Instant::now() < deadline, "the Redis Cluster is not whole");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The URL a node is given: one seed and two more (fred's syntax).
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+
+    /// Which node (index) is the master of `slot` now, asked of any node that answers.
+    fn master_of(&self, slot: u16) -> usize {
+        for &port in &self.ports {
+            let nodes = cli(port, &["cluster", "nodes"]);
+            for line in nodes.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let serves = f[8..].iter().any(|r| match r.split_once('-') {
+                    Some((a, b)) => {
+                        (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
+                    }
+                    None => r.parse() == Ok(slot),
+                });
+                if serves {
+                    let addr = f[1].split('@').next().unwrap();
+                    let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                    return self.ports.iter().position(|&x| x == p).unwrap();
+                }
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// SIGKILLs node `i`.
+    fn kill(&self, i: usize) {
+        let proc = self.procs.lock().unwrap()[i].take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-9", &proc.pid.to_string()])
+            .status();
+    }
+}
+
+/// The slot of a room's keys (every key of a room carries it as a hash tag).
+fn slot(room: &str) -> u16 {
+    fred::util::redis_keyslot(format!("bc:{{{room}}}:room").as_bytes())
+}
+
+/// A node of the cluster, with a short liveness expiry for fast tests.
+async fn node(cluster: &RedisCluster) -> TestServer {
+    let url = cluster.url();
+    TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await
+}
+
+/// `n` rooms on each master (by the slot ranges `redis-cli --cluster create` gives three
+/// masters), created through `via`.
+async fn rooms_on_every_shard(via: &TestServer, n: usize) -> Vec<String> {
+    let mut by_shard: [Vec<String>; 3] = Default::default();
+    while by_shard.iter().any(|r| r.len() < n) {
+        let room = via.room().await;
+        let shard = (usize::from(slot(&room)) * 3) / 16_384;
+        if by_shard[shard].len() < n {
+            by_shard[shard].push(room);
+        }
+    }
+    by_shard.into_iter().flatten().collect()
+}
+
+/// Alice on `a` and bob on `b` in `room`, alice having seen bob join.
+async fn pair(a: &TestServer, b: &TestServer, room: &str) -> (Client, Client) {
+    let mut alice = join_on(a, room, "alice").await;
+    let bob = join_on(b, room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    (alice, bob)
+}
+
+/// Alice sends `n` messages to the room; bob gets each once, in order, and then alice's
+/// marker as the very next message (nothing twice).
+async fn relays_in_order(alice: &mut Client, bob: &mut Client, n: u64) {
+    for i in 0..n {
+        alice.send_json(json!({"op": "send", "msg": i})).await;
+    }
+    alice.send_json(json!({"op": "send", "msg": "end"})).await;
+    for i in 0..n {
+        let m = bob.recv_op("message").await;
+        assert_eq!(
+            (m["from"].as_str(), m["msg"].as_u64()),
+            (Some(&*alice.id()), Some(i))
+        );
+    }
+    assert_eq!(bob.recv_op("message").await["msg"], "end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_every_shard_relay_once_and_in_order_across_nodes() {
+    let _turn = TURNS.read().await;
+    let cluster = RedisCluster::shared();
+    let nodes = [
+        node(cluster).await,
+        node(cluster).await,
+        node(cluster).await,
+    ];
+    let rooms = rooms_on_every_shard(&nodes[0], 2).await;
+    for (i, room) in rooms.iter().enumerate() {
+        let (a, b) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
+        let (mut alice, mut bob) = pair(a, b, room).await;
+        relays_in_order(&mut alice, &mut bob, 40).await;
+        relays_in_order(&mut bob, &mut alice, 5).await;
+        // The third node sees the room and both peers connected.
+        let third = &nodes[(i + 2) % 3];
+        let got: Value = third.api_get(&format!("/v1/rooms/{room}")).await;
+        assert_eq!(got["id"], *room);
+        assert_eq!(third.presence(room, &alice.id()).await, Some(true));
+        assert_eq!(third.presence(room, &bob.id()).await, Some(true));
+        // A session resumes on the third node with its id.
+        let bob_id = bob.id();
+        let (mut back, _) = third.resume_retrying(room, "bob", cut(bob)).await;
+        assert_eq!(back.id(), bob_id);
+        until_delivered(&mut alice, &mut back, "after the resume").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster() {
+    let _turn = TURNS.read().await;
+    let cluster = RedisCluster::shared();
+    let (a, b) = (node(cluster).await, node(cluster).await);
+    let room = a.create_room(json!({"maxPeers": 2})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _alice = join_on(&a, &room, "alice").await;
+    let _bob = join_on(&b, &room, "bob").await;
+    let mut carol = Client::connect(b.addr).await;
+    carol
+        .send_frame(&bluecam_proto::ClientMessage::Join {
+            token: a.token(&room, "carol"),
+            resume: None,
+        })
+        .await;
+    carol.expect_error("room_full").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_fails_over_and_every_room_relays_again_with_no_call_ended() {
+    let _turn = TURNS.write().await;
+    let cluster = RedisCluster::shared();
+    let nodes = [
+        node(cluster).await,
+        node(cluster).await,
+        node(cluster).await,
+    ];
+    let rooms = rooms_on_every_shard(&nodes[0], 1).await;
+    let mut pairs = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let (mut alice, mut bob) = pair(&nodes[i % 3], &nodes[(i + 1) % 3], room).await;
+        relays_in_order(&mut alice, &mut bob, 10).await;
+        pairs.push((alice, bob));
+    }
+    // The master of the first room's shard dies; its replica takes over.
+    let victim = cluster.master_of(slot(&rooms[0]));
+    let killed = Instant::now();
+    cluster.kill(victim);
+    for (i, (alice, bob)) in pairs.iter_mut().enumerate() {
+        until_delivered(alice, bob, &format!("room {i} after the failover")).await;
+        until_delivered(bob, alice, &format!("room {i} back")).await;
+    }
+    let relaying_again = killed.elapsed();
+    eprintln!("every room relays again {relaying_again:?} after the master's SIGKILL");
+    assert!(
+        relaying_again < Duration::from_secs(30),
+        "every room relays again {relaying_again:?} after the kill"
+    );
+    // Joins and resumes work in the failed-over shard too.
+    let carol = join_on(&nodes[2], &rooms[0], "carol").await;
+    assert_eq!(carol.joined.as_ref().unwrap().peers.len(), 2);
+    let (alice, bob) = pairs.swap_remove(0);
+    let bob_id = bob.id();
+    let (back, _) = nodes[2].resume_retrying(&rooms[0], "bob", cut(bob)).await;
+    assert_eq!(back.id(), bob_id);
+    drop(alice);
+    // The old master comes back as a replica: the cluster is whole for the next test.
+    let c = cluster;
+    tokio::task::spawn_blocking(move || {
+        c.spawn(victim);
+        c.wait_ok(&(0..NODES).collect::<Vec<_>>());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
+    let _turn = TURNS.write().await;
+    let cluster = RedisCluster::shared();
+    let (a, b) = (node(cluster).await, node(cluster).await);
+    let rooms = rooms_on_every_shard(&a, 1).await;
+    let mut pairs = Vec::new();
+    for room in &rooms {
+        pairs.push(pair(&a, &b, room).await);
+    }
+    // One master (and so its replica) loses everything; the other shards keep theirs.
+    let victim = cluster.master_of(slot(&rooms[1]));
+    assert_eq!(
+        cli(cluster.ports[victim], &["flushall"]).trim(),
+        "OK",
+        "FLUSHALL on the master"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let status = a
+            .http()
+            .get(a.url(&format!("/v1/rooms/{}", rooms[1])))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost shard's room never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, (alice, bob)) in pairs.iter_mut().enumerate() {
+        until_delivered(alice, bob, &format!("room {i} to bob")).await;
+        until_delivered(bob, alice, &format!("room {i} to alice")).await;
+    }
+    // A newcomer into the lost shard's room sees both peers, put back by their nodes.
+    let carol = join_on(&b, &rooms[1], "carol").await;
+    assert_eq!(carol.joined.as_ref().unwrap().peers.len(), 2);
+}
