@@ -810,19 +810,22 @@ impl Hub {
         self.rooms.get(room).map(sorted_peers).unwrap_or_default()
     }
 
-    /// Peers present in a room with whether each is connected (false while resumable; peers
-    /// on other nodes count as connected).
+    /// This node's peers present in a room, with whether each is connected (false while
+    /// resumable); peers on other nodes are left out (the directory knows whether their node
+    /// is alive).
     pub fn peer_presence(&self, room: &RoomId) -> Vec<(PeerInfo, bool)> {
         let Some(room) = self.rooms.get(room) else {
             return Vec::new();
         };
         let mut peers: Vec<&PeerState> = room.peers.values().collect();
         peers.sort_by_key(|p| p.seq);
+        // Only this node's own peers: whether a peer of another node is connected is the
+        // directory's to say (its node may be dead).
         peers
             .into_iter()
-            .map(|p| {
-                let connected = !matches!(p.link(), Some(Link::Detached { .. }));
-                (p.info.clone(), connected)
+            .filter_map(|p| {
+                let connected = !matches!(p.link()?, Link::Detached { .. });
+                Some((p.info.clone(), connected))
             })
             .collect()
     }

@@ -29,16 +29,17 @@ use futures_util::future::BoxFuture;
 /// Peers of a room with whether each is connected.
 pub type Presence = Vec<(PeerInfo, bool)>;
 
-/// Merges the directory's peers of a room (in join order) with what this node knows of its own
-/// peers: whether each is connected right now (peers of other nodes count as connected).
-pub fn presence(directory: Vec<PeerInfo>, here: &[(PeerInfo, bool)]) -> Presence {
+/// Merges the directory's peers of a room (in join order, each connected unless its node was
+/// found dead: an orphan waiting for its resume) with what this node knows of its own peers:
+/// whether each is connected right now.
+pub fn presence(directory: Presence, here: &[(PeerInfo, bool)]) -> Presence {
     directory
         .into_iter()
-        .map(|p| {
+        .map(|(p, alive)| {
             let connected = here
                 .iter()
                 .find(|(i, _)| i.id == p.id)
-                .is_none_or(|(_, c)| *c);
+                .map_or(alive, |(_, c)| *c);
             (p, connected)
         })
         .collect()
@@ -144,9 +145,9 @@ pub trait Broker: Send + Sync + 'static {
     /// cannot be sent (queue full, directory down); the caller tells the sender.
     fn send(&self, item: Outgoing) -> Result<(), Outgoing>;
 
-    /// A room's peers across the cluster, in join order (see [`presence`] for whether each is
-    /// connected); `None` on a single node (the driver knows).
-    fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Vec<PeerInfo>>, BrokerError>>;
+    /// A room's peers across the cluster, in join order, each with whether its node is alive
+    /// (see [`presence`]); `None` on a single node (the driver knows).
+    fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>>;
 
     /// Peer counts of rooms across the cluster; `None` on a single node.
     fn peer_counts(
@@ -258,7 +259,7 @@ impl Broker for LocalBroker {
         }
     }
 
-    fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Vec<PeerInfo>>, BrokerError>> {
+    fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>> {
         Box::pin(async { Ok(None) })
     }
 

@@ -411,9 +411,14 @@ async fn peers_of_a_stopped_node_leave_when_their_resume_window_ends_after_its_e
     // B goes away and bob does not come back anywhere.
     b.stop().await;
     drop(bob);
-    // B is reaped (its liveness expired): bob stays in the room, resumable, for the window...
+    // B is reaped (its liveness expired): bob stays in the room, resumable, for the window,
+    // listed as not connected...
     redis.wait_for_nodes(1).await;
-    assert_eq!(a.presence(&room, &bob_id).await, Some(true), "still listed");
+    assert_eq!(
+        a.presence(&room, &bob_id).await,
+        Some(false),
+        "listed, not connected"
+    );
     // ...then leaves.
     let left = alice.recv_op("peer_left").await;
     assert_eq!(left["peer"]["id"], bob_id);
@@ -432,11 +437,14 @@ async fn a_peer_of_a_reaped_node_resumes_on_another_node_within_the_resume_windo
     let creds = cut(bob);
     b.stop().await;
     redis.wait_for_nodes(1).await;
+    // Presence tells: bob's node is dead (A lists him as not connected), until he resumes.
+    assert_eq!(a.presence(&room, &bob_id).await, Some(false));
     let (mut back, joined) = a.resume(&room, "bob", creds).await;
     assert_eq!(
         (joined["resumed"].as_bool(), back.id()),
         (Some(true), bob_id.clone())
     );
+    assert_eq!(a.presence(&room, &bob_id).await, Some(true));
     back.send_json(json!({"op": "send", "msg": "back"})).await;
     let m = alice.recv().await;
     assert_eq!(

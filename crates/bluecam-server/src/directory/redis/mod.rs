@@ -737,11 +737,22 @@ impl Broker for RedisBroker {
     fn presence(
         &self,
         room: RoomId,
-    ) -> BoxFuture<'_, Result<Option<Vec<bluecam_proto::PeerInfo>>, BrokerError>> {
+    ) -> BoxFuture<'_, Result<Option<crate::directory::Presence>, BrokerError>> {
         Box::pin(async move {
             let (_, mut peers) = self.room_snapshot(&room).await?;
             peers.sort_by_key(|p| p.seq);
-            Ok(Some(peers.into_iter().map(|p| p.info).collect()))
+            // A peer of a reaped node is an orphan (its node `~`) until it resumes or its
+            // window ends: not connected.
+            let orphan = bluecam_core::cluster::ORPHAN_NODE;
+            Ok(Some(
+                peers
+                    .into_iter()
+                    .map(|p| {
+                        let alive = p.node.as_str() != orphan;
+                        (p.info, alive)
+                    })
+                    .collect(),
+            ))
         })
     }
 
