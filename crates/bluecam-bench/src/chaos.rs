@@ -6,8 +6,11 @@
 //! the node expiry then thawed, Redis SIGKILLed and restarted from its file, Redis restarted
 //! without its data. For each fault: how long until every client had a message delivered again
 //! (from the fault's start), and whether every client was connected. At the end every message
-//! is counted: delivered once and in order, or still unacknowledged (reported lost).
+//! is counted: delivered once and in order, or still unacknowledged (reported lost). With
+//! `--redis-cluster` the nodes share a Redis Cluster (three masters, three replicas) and the
+//! two Redis faults are a master SIGKILLed (its replica takes over) and a shard emptied.
 
+use super::rediscluster::RedisCluster;
 use super::restart::{Client, Counts, Node, drain, pct};
 use super::*;
 use bluecam_proto::ResumeCredentials;
@@ -104,6 +107,7 @@ pub(super) async fn chaos(
     clients: usize,
     rate: f64,
     settle_secs: u64,
+    redis_cluster: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let clients = clients.max(2) / 2 * 2;
     let base = std::env::temp_dir().join(format!("bluecam-bench-chaos-{}", std::process::id()));
@@ -114,8 +118,17 @@ pub(super) async fn chaos(
         dir: TempDir(base.join("redis")),
         child: None,
     };
-    redis.start()?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cluster = None;
+    if redis_cluster {
+        let c = tokio::task::spawn_blocking(RedisCluster::start).await??;
+        cluster = Some(c);
+    } else {
+        redis.start()?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let redis_url = cluster
+        .as_ref()
+        .map_or_else(|| redis.url(), RedisCluster::url);
     let secret = bluecam_server::auth::random_token(32);
     let config = format!("{BENCH_CONFIG}[cluster]\nnode_ttl_secs = {NODE_TTL_SECS}\n");
     let mut nodes = Vec::new();
@@ -128,7 +141,7 @@ pub(super) async fn chaos(
             addr: free_addr()?,
             dir: TempDir(dir),
             secret: secret.clone(),
-            redis: Some(redis.url()),
+            redis: Some(redis_url.clone()),
             child: None,
         };
         node.spawn()?;
@@ -234,29 +247,55 @@ pub(super) async fn chaos(
     nodes[2].signal("CONT")?;
     measure("node frozen past its expiry, then thawed", &counts, t).await;
 
-    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    progress("Redis SIGKILLed, restarted from its append-only file after 1 s");
-    let t = now_ms();
-    redis.kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.start()?;
-    measure("Redis SIGKILL, restart from its file", &counts, t).await;
+    if let Some(mut c) = cluster {
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+        progress("a Redis Cluster master SIGKILLed (its replica takes over), back as a replica");
+        let victim = c.masters().first().copied().context("no master")?;
+        let t = now_ms();
+        c.kill(victim);
+        measure("Redis Cluster master SIGKILL, failover", &counts, t).await;
+        let c = tokio::task::spawn_blocking(move || {
+            c.wait_whole()?;
+            c.restart(victim)?;
+            c.wait_whole()?;
+            anyhow::Ok(c)
+        })
+        .await??;
 
-    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    progress("Redis restarted without its data");
-    let t = now_ms();
-    redis.kill();
-    redis.wipe()?;
-    redis.start()?;
-    measure("Redis restarted empty", &counts, t).await;
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+        progress("a Redis Cluster shard loses its data (FLUSHALL on its master)");
+        let victim = c.masters().last().copied().context("no master")?;
+        let t = now_ms();
+        let _ = super::rediscluster::cli(victim, &["flushall"]);
+        measure("Redis Cluster shard emptied", &counts, t).await;
+        cluster = Some(c);
+    } else {
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+        progress("Redis SIGKILLed, restarted from its append-only file after 1 s");
+        let t = now_ms();
+        redis.kill();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.start()?;
+        measure("Redis SIGKILL, restart from its file", &counts, t).await;
+
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+        progress("Redis restarted without its data");
+        let t = now_ms();
+        redis.kill();
+        redis.wipe()?;
+        redis.start()?;
+        measure("Redis restarted empty", &counts, t).await;
+    }
 
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
     let (unacked, expired) = drain(tasks, &stop, &drain_until, started, 60_000).await?;
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sent = c(&counts.sent);
     let delivered = c(&counts.delivered);
+    drop(cluster);
     Ok(serde_json::json!({
         "scenario": "chaos",
+        "redis": if redis_cluster { "a Redis Cluster of 3 masters and 3 replicas" } else { "one Redis" },
         "nodes": 3,
         "node_ttl_secs": NODE_TTL_SECS,
         "clients": clients,

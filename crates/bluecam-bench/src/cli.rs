@@ -206,15 +206,24 @@ pub(crate) enum Scenario {
         /// Seconds of traffic before each fault and after the last.
         #[arg(long, default_value_t = 5)]
         settle_secs: u64,
+        /// Run the nodes on a Redis Cluster (three masters, three replicas) started here; the
+        /// Redis faults become a master SIGKILLed (failover) and a shard emptied.
+        #[arg(long)]
+        redis_cluster: bool,
     },
-    /// Several `serve --redis` nodes on one Redis (started here): relay and join latency for
-    /// peers on the same node against peers on different nodes.
+    /// Several `serve --redis` nodes on one Redis or a Redis Cluster (started here): relay and
+    /// join latency for peers on the same node against peers on different nodes, and the load
+    /// of each Redis.
     Cluster {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
         /// Redis to use (default: start a `redis-server` on a free port).
         #[arg(long)]
         redis: Option<String>,
+        /// Start a Redis Cluster (three masters, three replicas) for each measurement instead
+        /// of one Redis, and report each master's load.
+        #[arg(long, conflicts_with = "redis")]
+        redis_cluster: bool,
         #[arg(long, default_value_t = 500)]
         rooms: usize,
         #[arg(long, default_value_t = 5)]

@@ -1,8 +1,10 @@
 //! `cluster`: N `serve --redis` nodes on one Redis. The same relay and join benchmarks as on
 //! one node, once with every client on the first node (frames never leave it) and once with
 //! the clients spread over the nodes (every frame crosses Redis), so the difference is what a
-//! cross-node hop costs.
+//! cross-node hop costs. With `--redis-cluster` the nodes share a Redis Cluster started here
+//! instead (three masters, three replicas), and each master's load is reported.
 
+use super::rediscluster::{RedisCluster, load_between, redis_counters};
 use super::*;
 
 /// A `redis-server` child on a free port, killed on drop (then its directory removed).
@@ -164,12 +166,21 @@ pub(super) async fn cluster(
     bin: &ServerBin,
     nodes: usize,
     redis: Option<String>,
+    redis_cluster: bool,
     rooms: usize,
     duration_secs: u64,
     joins: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let mut out = serde_json::Map::new();
     out.insert("scenario".into(), "cluster".into());
+    out.insert(
+        "redis".into(),
+        if redis_cluster {
+            "a Redis Cluster of 3 masters and 3 replicas".into()
+        } else {
+            "one Redis".into()
+        },
+    );
     out.insert("nodes".into(), nodes.into());
     out.insert("rooms_of_2".into(), rooms.into());
     out.insert("joins".into(), joins.into());
@@ -181,13 +192,28 @@ pub(super) async fn cluster(
             Measure::RelayFlatOut,
             Measure::Join,
         ] {
-            // A fresh Redis (unless one was given) and fresh nodes.
-            let (url, redis_child) = match &redis {
-                Some(url) => (url.clone(), None),
+            // A fresh Redis or Redis Cluster (unless one was given) and fresh nodes; the load
+            // of each Redis (each master of a cluster) is read before and after.
+            let (url, redis_child, redis_cluster) = match &redis {
+                Some(url) => (url.clone(), None, None),
+                None if redis_cluster => {
+                    let c = tokio::task::spawn_blocking(RedisCluster::start).await??;
+                    (c.url(), None, Some(c))
+                }
                 None => {
                     let (url, child) = start_redis()?;
-                    (url, Some(child))
+                    (url, Some(child), None)
                 }
+            };
+            let watched: Vec<u16> = match (&redis_cluster, &redis) {
+                (Some(c), _) => c.masters(),
+                (None, None) => url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .into_iter()
+                    .collect(),
+                (None, Some(_)) => Vec::new(),
             };
             let secret = bluecam_server::auth::random_token(32);
             let mut targets = Vec::new();
@@ -200,7 +226,9 @@ pub(super) async fn cluster(
                 vec![targets[0].addr]
             };
             let target = via(&targets[0], spread);
-            let (key, value) = match measure {
+            let before: Vec<(f64, f64)> = watched.iter().map(|&p| redis_counters(p)).collect();
+            let began = Instant::now();
+            let (key, mut value) = match measure {
                 Measure::Latency => {
                     progress(&format!("{name}: latency, 10 rooms, window 1"));
                     let r = relay_on(&target, &opts(rooms.min(10), duration_secs, 1)).await?;
@@ -228,9 +256,20 @@ pub(super) async fn cluster(
                     ("join", v)
                 }
             };
+            let after: Vec<(f64, f64)> = watched.iter().map(|&p| redis_counters(p)).collect();
+            if !watched.is_empty()
+                && let Some(v) = value.as_object_mut()
+            {
+                let secs = began.elapsed().as_secs_f64();
+                v.insert(
+                    "redis_load".into(),
+                    load_between(&watched, &before, &after, secs),
+                );
+            }
             figures.insert(key.into(), value);
             drop(targets);
             drop(redis_child);
+            drop(redis_cluster);
         }
         out.insert(name.into(), serde_json::Value::Object(figures));
     }

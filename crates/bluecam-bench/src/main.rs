@@ -50,6 +50,7 @@ mod history;
 mod idle;
 mod plot;
 mod progress;
+mod rediscluster;
 mod relay;
 mod restart;
 mod server_bin;
@@ -287,9 +288,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             clients,
             rate,
             settle_secs,
+            redis_cluster,
         } => {
             let bin = ServerBin::find(args.bluecam.as_deref())?;
-            let result = chaos::chaos(&bin, *clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            let result = chaos::chaos(
+                &bin,
+                *clients,
+                rate.max(0.1),
+                (*settle_secs).max(1),
+                *redis_cluster,
+            )
+            .await?;
             return report(&args, result);
         }
         Scenario::History {
@@ -310,6 +319,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Cluster {
             nodes,
             redis,
+            redis_cluster,
             rooms,
             duration_secs,
             joins,
@@ -319,6 +329,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &bin,
                 (*nodes).max(1),
                 redis.clone(),
+                *redis_cluster,
                 (*rooms).max(1),
                 *duration_secs,
                 (*joins).max(1),

@@ -428,6 +428,32 @@ fn bench_chaos_smoke() {
     assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
 }
 
+/// The same on a Redis Cluster of three masters and three replicas started by the bench: a
+/// node killed, a node frozen, a master SIGKILLed (its replica takes over), a shard emptied.
+#[test]
+fn bench_chaos_redis_cluster_smoke() {
+    let v = bench(&[
+        "chaos",
+        "--redis-cluster",
+        "--clients",
+        "6",
+        "--settle-secs",
+        "1",
+    ]);
+    let faults = v["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 4, "{v}");
+    assert_eq!(faults[2]["fault"], "Redis Cluster master SIGKILL, failover");
+    for f in faults {
+        assert_eq!(f["every_client_delivering"], true, "{v}");
+    }
+    assert_eq!(v["sessions_expired"], 0, "{v}");
+    let m = &v["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost_silently"], 0, "{v}");
+    assert_eq!(m["reported_lost"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
+}
+
 /// A server binary that is not there is named, before anything is started.
 #[test]
 fn missing_server_binary_is_named() {
