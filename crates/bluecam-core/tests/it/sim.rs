@@ -18,8 +18,9 @@
 //! `BLUECAM_SIM_SEEDS=N` runs N seeds (default 1,000, about 20 s), `BLUECAM_SIM_SEED=S` one; a failure names
 //! its seed, and the same seed replays the same run (the trace's hash is compared in a test).
 //! A longer run: `cargo test -p bluecam-core --test it sim -- --ignored`.
-//! `BLUECAM_SIM_TAKEOVER=1`: a new session of an identity takes its seat over across nodes
-//! (the directory can; the server does not ask it to yet).
+//! A new session of an identity takes its seat over across nodes, as the server asks the
+//! directory to; `BLUECAM_SIM_SEVERAL=1` keeps every session instead (a room with
+//! `multipleSessions`).
 
 use crate::support::{Seen, decode, limits, room};
 use bluecam_core::{
@@ -889,10 +890,10 @@ impl Sim {
                 let peer = entry(info, fresh.session.clone(), fresh.secret.clone());
                 self.dir
                     .run(now, |d, ms| {
-                        // Several sessions per identity, as the server asks for now (see
-                        // `multiple_sessions` in its `cluster_admit`), unless the run tries
-                        // the takeover across nodes (`BLUECAM_SIM_TAKEOVER=1`).
-                        let several = std::env::var_os("BLUECAM_SIM_TAKEOVER").is_none();
+                        // One seat per identity across nodes, as the server asks for (see
+                        // `multiple_sessions` in its `cluster_admit`), unless the run keeps
+                        // several (`BLUECAM_SIM_SEVERAL=1`).
+                        let several = std::env::var_os("BLUECAM_SIM_SEVERAL").is_some();
                         d.join(&room_id(), &node, &peer, 100, several, ms)
                     })
                     .map(DirAnswer::Join)

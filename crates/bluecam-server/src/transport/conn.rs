@@ -65,6 +65,12 @@ pub(crate) trait Transport: Send {
     /// The connection ended without a code of the server's (the client closed, the socket
     /// broke, or the driver let go of it).
     async fn finish(&mut self, state: &AppState, shared: &crate::driver::ConnShared);
+
+    /// Whether the client has gone already, as far as what it sent so far tells, without
+    /// waiting (a WebSocket whose close or end is already in; the HTTP transport cannot tell).
+    fn gone_already(&mut self) -> bool {
+        false
+    }
 }
 
 /// What became of a frame [`Transport::put`] was given.
@@ -246,6 +252,15 @@ async fn begin<T: Transport>(
         Ok(Ok(text)) => text,
     };
     state.metrics.frame_in("join");
+    // In a cluster a join takes over the seats of its identity's other sessions, wherever
+    // they are. A node frozen past its client's patience reads the join late: by then the
+    // client closed this connection and joined elsewhere, and carrying the join out would
+    // take over that newer, live session (4042, final for the SDK). Its close is then among
+    // what this socket holds, and the join is dropped.
+    if state.broker.node().is_some() && socket.gone_already() {
+        tracing::debug!("a join whose client had gone already was dropped");
+        return None;
+    }
     let (conn, shared) = state.driver.register();
     if let Err((error, code)) = Box::pin(join(state, conn, &text, host.as_deref())).await {
         let vacated = state
@@ -512,14 +527,9 @@ async fn cluster_admit(
             .join(crate::directory::NewPeer {
                 room: room.id.clone(),
                 max_peers: room.max_peers,
-                // One seat per identity across nodes is in the directory (model, script and
-                // vectors) and in the core (the simulation passes with it on:
-                // `BLUECAM_SIM_TAKEOVER=1`), but not turned on: a join frame that a frozen node
-                // reads after thawing, its client gone and joined elsewhere since, would take
-                // over that newer, live session (4042, final for the SDK). Until a join carries
-                // an order of the client's own, a cluster keeps every session of an identity,
-                // as before (docs/protocol.md).
-                multiple_sessions: true,
+                // One seat per identity across nodes, as on one node (a join read late, its
+                // client gone, never gets here: see `begin`).
+                multiple_sessions: room.multiple_sessions,
                 info: bluecam_proto::PeerInfo {
                     id: fresh.peer.clone(),
                     identity: claims.sub.clone(),

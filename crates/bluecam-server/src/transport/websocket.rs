@@ -336,6 +336,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
     }
 
+    /// Whether the client has gone already, as far as what reached this socket tells,
+    /// without waiting: a close frame or the end of the stream is among what it sent. What
+    /// is read on the way is kept, undecoded, for the next read. (A join read late, by a node
+    /// that was frozen, whose client gave up and closed meanwhile.)
+    pub(crate) fn gone_already(&mut self) -> bool {
+        if self.closed {
+            return true;
+        }
+        // (No one waits between this poll and the connection's next, which registers its own
+        // waker: a no-op one here is fine.)
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut ended = false;
+        loop {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.unread.extend_from_slice(buf.filled());
+                }
+                Poll::Ready(_) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // A close among the whole frames read so far (they start at a frame's start: the
+        // decoder takes whole frames only).
+        let mut cursor = Cursor::new(&self.unread[..]);
+        while let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
+            if header.opcode == OpCode::Control(Control::Close) {
+                return true;
+            }
+            let next = cursor.position().saturating_add(len);
+            if next > self.unread.len() as u64 {
+                break;
+            }
+            cursor.set_position(next);
+        }
+        ended
+    }
+
     fn on_event(&mut self, event: Event) -> Option<Incoming> {
         match event {
             Event::Text(text) => Some(Incoming::Text(text)),

@@ -42,6 +42,10 @@ where
         self.poll_read(cx)
     }
 
+    fn gone_already(&mut self) -> bool {
+        Socket::gone_already(self)
+    }
+
     /// Sends an error frame now; a client that takes no byte of it within the write-stall
     /// time is a slow consumer (the task must not wait on it for ever: it would see no kill,
     /// shutdown or idle check meanwhile).

@@ -816,3 +816,98 @@ async fn the_http_transport_works_through_a_load_balancer_that_alternates_betwee
         .await;
     assert_eq!(again.recv_op("message").await["msg"], "after");
 }
+
+#[tokio::test]
+async fn one_seat_per_identity_across_nodes_even_in_a_full_room() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.create_room(json!({"maxPeers": 2})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut owner = join_on(&a, &room, "owner").await;
+    let mut visitor = join_on(&a, &room, "visitor").await;
+    owner.recv_op("peer_joined").await;
+    // The visitor's page reloads and lands on the other node, the old tab still connected:
+    // the new session takes the seat (the room is full without it).
+    let reloaded = join_on(&b, &room, "visitor").await;
+    assert_eq!(
+        visitor.closed().await,
+        Some(4042),
+        "final: replaced by a newer session"
+    );
+    let left = owner.recv_op("peer_left").await;
+    assert_eq!(
+        (left["peer"]["id"].as_str(), left["reason"].as_str()),
+        (Some(visitor.id().as_str()), Some("replaced"))
+    );
+    let joined = owner.recv_op("peer_joined").await;
+    assert_eq!(joined["peer"]["id"].as_str(), Some(reloaded.id().as_str()));
+    assert_eq!(a.presence(&room, &visitor.id()).await, None);
+    // A room that keeps several sessions per identity keeps both, across nodes too.
+    let several = a.create_room(json!({"multipleSessions": true})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut first = join_on(&a, &several, "visitor").await;
+    let second = join_on(&b, &several, "visitor").await;
+    assert_eq!(
+        first.recv_op("peer_joined").await["peer"]["id"],
+        second.id()
+    );
+    first.assert_alive().await;
+}
+
+/// A masked client frame (a zero mask: the payload as is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_join_read_after_its_client_closed_takes_over_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let mut visitor = join_on(&a, &room, "visitor").await;
+    // B reads a join of the visitor's identity only with its client's close behind it (a node
+    // frozen past the client's patience: the client closed and joined elsewhere meanwhile).
+    let mut tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let join = json!({"op": "join", "token": b.token(&room, "visitor")}).to_string();
+    let mut late = client_frame(0x1, join.as_bytes());
+    late.extend(client_frame(0x8, &1000u16.to_be_bytes()));
+    tcp.write_all(&late).await.unwrap();
+    let answered = crate::common::read_to_close(&mut tcp).await;
+    assert!(
+        !String::from_utf8_lossy(&answered).contains("joined"),
+        "the late join was carried out"
+    );
+    // The live session keeps its seat; a join whose client is there takes it over.
+    visitor.assert_alive().await;
+    assert_eq!(b.presence(&room, &visitor.id()).await, Some(true));
+    let _reloaded = join_on(&b, &room, "visitor").await;
+    assert_eq!(visitor.closed().await, Some(4042));
+}
