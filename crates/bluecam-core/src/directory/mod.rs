@@ -16,6 +16,14 @@
 //! epoch, the rebuild mark and the index of rooms with orphans.
 //!
 //! Time is passed in (`now`, milliseconds); the scripts read Redis's clock.
+//!
+//! **Shards.** [`Directory::with_shards`] splits the state as a Redis Cluster does: each room's
+//! records on one shard, each global record (the node set, each node's liveness and rooms, the
+//! orphan index, the rebuild mark) on the shard of its own key, and one epoch per shard (the
+//! server's `bc:{eN}:epoch`). Which shard holds what is a stand-in for the cluster's slot map
+//! (a hash of the key's name), enough for the simulation to lose one shard's data
+//! ([`Directory::wipe_shard`]) or its last writes ([`Directory::restore_shard`], a failover to a
+//! replica that was behind).
 
 pub use crate::cluster::{Beat, ORPHAN_NODE};
 use crate::{ClaimedSession, ClusterView, RemotePeer, cluster::split_view};
@@ -291,8 +299,11 @@ pub struct Directory {
     node_rooms: BTreeMap<NodeId, BTreeSet<RoomId>>,
     /// Rooms with orphans, by when the next one may be due.
     orphan_index: BTreeMap<RoomId, u64>,
-    epoch: Option<String>,
+    /// The epoch of each shard (one: shard 0).
+    epochs: BTreeMap<usize, String>,
     rebuilt_until: Option<u64>,
+    /// Shards (0 or 1: one Redis).
+    shards: usize,
     /// What was published, in order, since the last [`Directory::take_published`].
     published: Vec<Publish>,
 }
@@ -300,6 +311,120 @@ pub struct Directory {
 impl Directory {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A directory over `shards` shards, as on a Redis Cluster (see the module doc).
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            shards,
+            ..Self::default()
+        }
+    }
+
+    fn shard_count(&self) -> usize {
+        self.shards.max(1)
+    }
+
+    /// How many shards (1: one Redis).
+    pub fn shards(&self) -> usize {
+        self.shard_count()
+    }
+
+    /// The shard of a key (FNV-1a of its name: a stand-in for the cluster's slot map).
+    fn shard_of(&self, key: &str) -> usize {
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % self.shard_count() as u64) as usize
+    }
+
+    fn room_shard(&self, room: &RoomId) -> usize {
+        self.shard_of(&format!("room:{room}"))
+    }
+
+    fn node_shard(&self, node: &NodeId) -> usize {
+        self.shard_of(&format!("node:{node}"))
+    }
+
+    /// The shard that holds `room`'s records.
+    pub fn shard_of_room(&self, room: &RoomId) -> usize {
+        self.room_shard(room)
+    }
+
+    /// One shard lost everything it held (its master restarted empty, or failed over to an
+    /// empty replica): its rooms, the global records that live on it and its epoch.
+    pub fn wipe_shard(&mut self, shard: usize) {
+        let empty = Self::with_shards(self.shards);
+        self.restore_shard(shard, &empty);
+    }
+
+    /// One shard went back to what it held in `older` (a failover to a replica that missed
+    /// its master's last writes); the other shards keep theirs.
+    pub fn restore_shard(&mut self, shard: usize, older: &Directory) {
+        let rooms: BTreeSet<RoomId> = self
+            .rooms
+            .keys()
+            .chain(older.rooms.keys())
+            .filter(|r| self.room_shard(r) == shard)
+            .cloned()
+            .collect();
+        for room in rooms {
+            match older.rooms.get(&room) {
+                Some(r) => {
+                    self.rooms.insert(room, r.clone());
+                }
+                None => {
+                    self.rooms.remove(&room);
+                }
+            }
+        }
+        let nodes: BTreeSet<NodeId> = self
+            .alive
+            .keys()
+            .chain(older.alive.keys())
+            .chain(self.node_rooms.keys())
+            .chain(older.node_rooms.keys())
+            .filter(|n| self.node_shard(n) == shard)
+            .cloned()
+            .collect();
+        for node in nodes {
+            match older.alive.get(&node) {
+                Some(t) => self.alive.insert(node.clone(), *t),
+                None => self.alive.remove(&node),
+            };
+            match older.node_rooms.get(&node) {
+                Some(r) => self.node_rooms.insert(node, r.clone()),
+                None => self.node_rooms.remove(&node),
+            };
+        }
+        if self.shard_of("nodes") == shard {
+            self.nodes = older.nodes.clone();
+        }
+        if self.shard_of("orphans") == shard {
+            self.orphan_index = older.orphan_index.clone();
+        }
+        if self.shard_of("rebuilt") == shard {
+            self.rebuilt_until = older.rebuilt_until;
+        }
+        match older.epochs.get(&shard) {
+            Some(e) => self.epochs.insert(shard, e.clone()),
+            None => self.epochs.remove(&shard),
+        };
+    }
+
+    /// The epoch as one string (`None` while a shard has none).
+    fn joined_epoch(&self) -> Option<String> {
+        let n = self.shard_count();
+        let mut parts = Vec::with_capacity(n);
+        for shard in 0..n {
+            let e = self.epochs.get(&shard)?;
+            parts.push(if n == 1 {
+                e.clone()
+            } else {
+                format!("{shard}={e}")
+            });
+        }
+        Some(parts.join(","))
     }
 
     /// What was published since the last call, in order.
@@ -655,8 +780,14 @@ impl Directory {
             .alive
             .insert(node.clone(), now + alive_for)
             .is_none_or(|t| t <= now);
-        let drew_epoch = self.epoch.is_none();
-        let epoch = self.epoch.get_or_insert_with(|| fresh.to_owned()).clone();
+        let mut drew_epoch = false;
+        for shard in 0..self.shard_count() {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.epochs.entry(shard) {
+                e.insert(fresh.to_owned());
+                drew_epoch = true;
+            }
+        }
+        let epoch = self.joined_epoch().unwrap_or_else(|| fresh.to_owned());
         let was_missing = self.nodes.insert(node.clone()) || lapsed;
         Beat {
             epoch,
@@ -676,9 +807,9 @@ impl Directory {
     }
 
     /// The epoch, and whether the rebuild mark is on.
-    pub fn epoch(&self, now: u64) -> (Option<&str>, bool) {
+    pub fn epoch(&self, now: u64) -> (Option<String>, bool) {
         (
-            self.epoch.as_deref(),
+            self.joined_epoch(),
             self.rebuilt_until.is_some_and(|t| t > now),
         )
     }
@@ -804,7 +935,7 @@ impl Directory {
 
     /// Everything lost: Redis restarted without its data.
     pub fn wipe(&mut self) {
-        *self = Self::default();
+        *self = Self::with_shards(self.shards);
     }
 
     /// The state, as the vectors compare it.
@@ -842,7 +973,7 @@ impl Directory {
                 .map(|(n, r)| (n.clone(), r.clone()))
                 .collect(),
             orphan_index: self.orphan_index.keys().cloned().collect(),
-            epoch: self.epoch.is_some(),
+            epoch: self.joined_epoch().is_some(),
             rebuilding: self.rebuilt_until.is_some_and(|t| t > now),
         }
     }

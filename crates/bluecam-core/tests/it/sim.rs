@@ -127,6 +127,9 @@ struct Channel {
 
 struct Directory {
     model: Model,
+    /// The model as it was a moment ago, for a failover to a replica that was behind.
+    older: Model,
+    older_at: Instant,
     /// Subscribed nodes' channels.
     channels: BTreeMap<String, Channel>,
     /// Where the model's clock (milliseconds) starts.
@@ -136,9 +139,11 @@ struct Directory {
 }
 
 impl Directory {
-    fn new(start: Instant) -> Self {
+    fn new(start: Instant, shards: usize) -> Self {
         Self {
-            model: Model::new(),
+            model: Model::with_shards(shards),
+            older: Model::with_shards(shards),
+            older_at: start,
             channels: BTreeMap::new(),
             start,
             down_until: None,
@@ -398,6 +403,8 @@ struct Stats {
     resolved: u64,
     rejected: u64,
     faults: u64,
+    /// Of them, a shard wiped or failed over with its last writes lost (odd seeds).
+    shard_faults: u64,
     sessions_ended: u64,
     rooms_not_found: u64,
 }
@@ -413,11 +420,13 @@ fn send_text(to: &PeerId, msg: &str) -> String {
 impl Sim {
     fn new(seed: u64) -> Self {
         let start = Instant::now();
+        // Odd seeds run on a directory of three shards (a Redis Cluster), even ones on one.
+        let shards = if seed % 2 == 1 { 3 } else { 1 };
         let mut sim = Self {
             rng: Rng(seed),
             now: start,
             start,
-            dir: Directory::new(start),
+            dir: Directory::new(start, shards),
             nodes: Vec::new(),
             clients: Vec::new(),
             msgs: Vec::new(),
@@ -496,6 +505,11 @@ impl Sim {
                 self.faults();
             } else {
                 self.heal();
+            }
+            // What a replica has: the model as it was up to a second ago.
+            if self.now.duration_since(self.dir.older_at) >= Duration::from_secs(1) {
+                self.dir.older = self.dir.model.clone();
+                self.dir.older_at = self.now;
             }
             self.step_nodes()?;
             self.step_clients(self.now < sends_end)?;
@@ -609,6 +623,43 @@ impl Sim {
                 if let Some(ch) = self.dir.channels.get_mut(&name) {
                     ch.delay = d;
                 }
+            }
+            // On a Redis Cluster: one shard loses everything (its master restarted empty);
+            // the nodes learn it from that shard's epoch at their next heartbeat.
+            54..=55
+                if self.dir.model.shards() > 1
+                    && self
+                        .deleted_at
+                        .is_none_or(|t| self.now.duration_since(t) > RESUME_WINDOW) =>
+            {
+                let k = self.rng.below(self.dir.model.shards());
+                self.dir.model.wipe_shard(k);
+                self.justify(Duration::ZERO);
+                self.stats.faults += 1;
+                self.stats.shard_faults += 1;
+                self.log(format_args!("shard {k} wiped"));
+            }
+            // On a Redis Cluster: a master fails over to a replica that missed its last
+            // writes (up to a second of them); every node sees the cluster change and
+            // registers its peers again.
+            56..=57
+                if self.dir.model.shards() > 1
+                    && self
+                        .deleted_at
+                        .is_none_or(|t| self.now.duration_since(t) > RESUME_WINDOW) =>
+            {
+                let k = self.rng.below(self.dir.model.shards());
+                let older = self.dir.older.clone();
+                self.dir.model.restore_shard(k, &older);
+                self.justify(Duration::ZERO);
+                for n in &mut self.nodes {
+                    if n.health == Health::Up {
+                        n.signals.push(Signal::Reconnected);
+                    }
+                }
+                self.stats.faults += 1;
+                self.stats.shard_faults += 1;
+                self.log(format_args!("shard {k} failed over, its last writes lost"));
             }
             // A client's connection drops; it resumes on a node of its choice.
             41..=50 => {
@@ -828,7 +879,10 @@ impl Sim {
         };
         if !exists {
             let (epoch, marked) = self.dir.model.epoch(self.dir.ms(now));
-            if self.nodes[i].node.directory_lost(epoch, marked, now) {
+            if self.nodes[i]
+                .node
+                .directory_lost(epoch.as_deref(), marked, now)
+            {
                 // The directory lost its data a moment ago: the room may be on its way back.
                 return refuse(self, ErrorCode::Unavailable);
             }
@@ -1827,6 +1881,7 @@ fn run_many(seeds: Vec<u64>) {
                 total.resolved += s.resolved;
                 total.rejected += s.rejected;
                 total.faults += s.faults;
+                total.shard_faults += s.shard_faults;
                 total.sessions_ended += s.sessions_ended;
                 total.rooms_not_found += s.rooms_not_found;
             }
