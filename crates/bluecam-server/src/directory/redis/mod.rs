@@ -29,9 +29,11 @@
 //! `tests/vectors/directory.json`; [`RedisDirectory`] carries out each operation of the
 //! model (the script, and the global writes around it).
 //!
-//! Each node subscribes to its own channel `bc:n:{node}`; what nodes send each other is
-//! [`bluecam_proto::NodeMessage`]. A membership script updates the room, bumps its version
-//! and publishes the event to the other nodes of the room in one atomic step; the scripts
+//! Each node subscribes to its own channel `bc:n:{node}` (a shard channel on a Redis Cluster:
+//! `SSUBSCRIBE`/`SPUBLISH`); what nodes send each other is [`bluecam_proto::NodeMessage`]. A
+//! membership script updates the room, bumps its version and publishes the event to the
+//! other nodes of the room in one atomic step (on a Redis Cluster it answers the events and
+//! the node publishes them before anything else it sends: a script may touch one slot); the scripts
 //! share one prelude of functions (seat, move, remove, tell the room's nodes) and are called
 //! by SHA (`EVALSHA`, loaded again after a Redis restart). Frames are published by one
 //! ordered outbox task per node, pipelined.
@@ -241,10 +243,20 @@ impl RedisBroker {
         subscriber.init().await.map_err(backend)?;
         let mut messages = subscriber.message_rx();
         let mut resubscribed = subscriber.reconnect_rx();
-        subscriber
-            .subscribe(vec![channel(&self.node), http_channel(&self.node)])
-            .await
-            .map_err(backend)?;
+        // On a Redis Cluster the node's channels are shard channels (`SSUBSCRIBE`): each
+        // lives on the shard of its name, and a message there is not forwarded to the others.
+        // (One at a time: the two are in different slots.)
+        let channels = [channel(&self.node), http_channel(&self.node)];
+        if self.client.is_clustered() {
+            for c in channels {
+                subscriber.ssubscribe(c).await.map_err(backend)?;
+            }
+        } else {
+            subscriber
+                .subscribe(channels.to_vec())
+                .await
+                .map_err(backend)?;
+        }
         let http_chan = http_channel(&self.node);
         let resubscribe = subscriber.manage_subscriptions();
         tracing::info!(node = %self.node, "cluster node joined through Redis");
@@ -254,12 +266,30 @@ impl RedisBroker {
         let stop = shutdown.clone();
         let events_host = Arc::clone(&host);
         let answers = tracker.clone();
+        // On a Redis Cluster the shard channels are subscribed again every few seconds: a
+        // master that failed over or a slot that moved takes a shard channel's subscription
+        // with it, and fred's own resubscription (after a reconnection) can run before the
+        // cluster has a new master for the slot. Subscribing again where one is subscribed
+        // already does nothing; where the subscription was lost, it comes back on the slot's
+        // master now (what was published meanwhile is reported to its senders as unheard).
+        let clustered = self.client.is_clustered();
+        let mut again = tokio::time::interval(Duration::from_secs(2));
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shard_channels = [channel(&self.node), http_channel(&self.node)];
         tracker.spawn(async move {
             let host = events_host;
             loop {
                 let msg = tokio::select! {
                     () = stop.cancelled() => break,
                     m = messages.recv() => m,
+                    _ = again.tick(), if clustered => {
+                        for c in &shard_channels {
+                            if let Err(e) = subscriber.ssubscribe(c.clone()).await {
+                                tracing::debug!(error = %e, "shard channel not subscribed yet");
+                            }
+                        }
+                        continue;
+                    }
                 };
                 match msg {
                     Ok(msg) if *msg.channel == *http_chan => {
@@ -373,6 +403,20 @@ impl RedisBroker {
 
     fn cmd(&self) -> fred::clients::WithOptions<Client> {
         self.client.with_options(&self.opts)
+    }
+
+    /// Publishes on a node's channel: `SPUBLISH` on a Redis Cluster (the channel's shard
+    /// only), `PUBLISH` on one Redis. How many listened.
+    async fn publish_to<V>(&self, channel: String, message: V) -> Result<i64, fred::error::Error>
+    where
+        V: TryInto<Value> + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
+        if self.client.is_clustered() {
+            self.client.spublish(channel, message).await
+        } else {
+            self.client.publish(channel, message).await
+        }
     }
 
     /// Counts and logs a failed command. (The node learns of it from what the step reports,
@@ -677,7 +721,7 @@ impl Broker for RedisBroker {
                 status: None,
             };
             let message = head.encode(&body);
-            let listeners: Result<i64, _> = self.client.publish(http_channel(&node), message).await;
+            let listeners = self.publish_to(http_channel(&node), message).await;
             match listeners {
                 // Nobody listens under that id: the node is gone.
                 Ok(0) => Err(ForwardError::NoSuchNode),

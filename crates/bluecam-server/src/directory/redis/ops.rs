@@ -36,13 +36,67 @@ fn node_rooms_key(node: &NodeId) -> String {
 pub struct RedisDirectory {
     client: Client,
     opts: Options,
+    /// On a Redis Cluster: scripts answer with the messages they emit, which are published
+    /// here with `SPUBLISH` (see `scripts.rs`, `DONE_SHARDED`).
+    sharded: bool,
 }
 
 type R<T> = Result<T, BrokerError>;
 
 impl RedisDirectory {
     pub(super) fn new(client: Client, opts: Options) -> Self {
-        Self { client, opts }
+        let sharded = client.is_clustered();
+        Self {
+            client,
+            opts,
+            sharded,
+        }
+    }
+
+    /// The form of `script` for this Redis.
+    fn form<'s>(&self, script: &'s Script) -> &'s fred::types::scripts::Script {
+        if self.sharded {
+            &script.sharded
+        } else {
+            &script.inline
+        }
+    }
+
+    /// A script's answer: on a Redis Cluster, `{answer, messages}`, whose messages (node,
+    /// text, node, text…) are published now, in order, each on its node's shard, before the
+    /// answer is used (so a peer's frames sent after its join reach each node after the
+    /// join's news). A message that cannot be published is lost to its node (logged): the
+    /// node's replica catches up at its next resync.
+    async fn answered<T: FromValue>(&self, answer: Value) -> R<T> {
+        if !self.sharded {
+            return T::from_value(answer).map_err(backend);
+        }
+        let mut parts = match answer {
+            Value::Array(parts) if parts.len() == 2 => parts.into_iter(),
+            other => return Err(backend(format!("unexpected script answer {other:?}"))),
+        };
+        let inner = parts.next().unwrap_or(Value::Null);
+        if let Some(Value::Array(out)) = parts.next()
+            && !out.is_empty()
+        {
+            let pipe = self.client.pipeline();
+            let mut out = out.into_iter();
+            while let (Some(node), Some(msg)) = (out.next(), out.next()) {
+                let node = NodeId::new(node.as_string().unwrap_or_default());
+                let _: () = pipe.spublish(channel(&node), msg).await.map_err(backend)?;
+            }
+            match tokio::time::timeout(COMMAND_TIMEOUT, pipe.try_all::<Value>()).await {
+                Ok(results) => {
+                    for r in results {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "a directory event could not be published");
+                        }
+                    }
+                }
+                Err(_) => tracing::warn!("publishing directory events timed out"),
+            }
+        }
+        T::from_value(inner).map_err(backend)
     }
 
     /// Connects to the Redis at `url` (`redis://…`), for tools and tests.
@@ -69,9 +123,10 @@ impl RedisDirectory {
     /// `SCRIPT LOAD` would reach one master only, not necessarily the room's). A `NOSCRIPT`
     /// answer ran nothing, so the retry cannot apply anything twice.
     async fn eval<T: FromValue>(&self, script: &Script, room: &RoomId, args: Vec<String>) -> R<T> {
+        let script = self.form(script);
         let sha = script.sha1().clone();
         let keys = room_keys(room);
-        let r = match self
+        let r: Result<Value, _> = match self
             .cmd()
             .evalsha(sha.clone(), keys.clone(), args.clone())
             .await
@@ -82,7 +137,7 @@ impl RedisDirectory {
             }
             r => r,
         };
-        r.map_err(backend)
+        self.answered(r.map_err(backend)?).await
     }
 
     /// Runs a room's script that may seat a peer of `room` on `node`, the node first joining
@@ -95,7 +150,7 @@ impl RedisDirectory {
         script: &Script,
         args: Vec<String>,
     ) -> R<T> {
-        let sha = script.sha1().clone();
+        let sha = self.form(script).sha1().clone();
         let pipe = self.client.pipeline();
         let queued: Result<(), fred::error::Error> = async {
             let () = pipe.sadd(NODES, node.as_str()).await?;
@@ -124,7 +179,7 @@ impl RedisDirectory {
             // script, which ran nothing, runs now.
             Err(e) if e.details().starts_with("NOSCRIPT") => self.eval(script, room, args).await,
             Err(e) => Err(backend(e)),
-            Ok(v) => T::from_value(v).map_err(backend),
+            Ok(v) => self.answered(v).await,
         }
     }
 

@@ -62,12 +62,13 @@ impl RedisBroker {
                     ..
                 } = item
                 {
-                    let r: Result<(), _> = pipe
-                        .publish(
-                            channel(node),
-                            NodeMessage::frame_text(room, to, frame.as_str()),
-                        )
-                        .await;
+                    let text = NodeMessage::frame_text(room, to, frame.as_str());
+                    // (`SPUBLISH` on a Redis Cluster: see `publish_to`.)
+                    let r: Result<(), _> = if self.client.is_clustered() {
+                        pipe.spublish(channel(node), text).await
+                    } else {
+                        pipe.publish(channel(node), text).await
+                    };
                     queued &= r.is_ok();
                 }
             }

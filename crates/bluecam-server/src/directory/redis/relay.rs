@@ -96,8 +96,7 @@ impl RedisBroker {
                         status: Some(reply.status),
                     };
                     let message = answer.encode(reply.body.as_bytes());
-                    let sent: Result<i64, _> =
-                        me.client.publish(http_channel(&from), message).await;
+                    let sent = me.publish_to(http_channel(&from), message).await;
                     if let Err(e) = sent {
                         me.redis_error("HTTP transport answer", &e);
                     }

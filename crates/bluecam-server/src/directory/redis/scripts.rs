@@ -1,6 +1,8 @@
 //! The directory's Lua scripts: the translation of the model `bluecam_core::directory` (the
 //! specification, tested against these through `tests/vectors/directory.json`). One shared
-//! prelude of functions and one script per operation, built and hashed once, called by SHA.
+//! prelude of functions and one script per operation, built and hashed once in two forms
+//! (one Redis: the script publishes what it emits; a Redis Cluster: it answers it, see
+//! [`Scripts`]), called by SHA.
 //!
 //! Every script touches the keys of one room only, all declared (`KEYS`, in the order of
 //! [`room_keys`]) and all carrying the room as a hash tag, so each runs in one slot. What
@@ -31,12 +33,18 @@ const PRELUDE: &str = r#"
 local K = {room = KEYS[1], peers = KEYS[2], nodes = KEYS[3], ver = KEYS[4], active = KEYS[5],
   sessions = KEYS[6], gone = KEYS[7], orphans = KEYS[8], deleted = KEYS[9]}
 local TOMBSTONE_MS = 3600000
+-- Messages to nodes, in order: node, message, node, message… (sent by `done`).
+local OUT = {}
+local function emit(n, msg)
+  table.insert(OUT, n)
+  table.insert(OUT, msg)
+end
 -- Publishes msg once to every node with a seat in the room, but those already in told (a set
 -- of node ids, updated).
 local function tell_room(msg, told)
   for _, v in ipairs(redis.call('HVALS', K.nodes)) do
     local n = string.match(v, '^([^\n]*)')
-    if not told[n] then told[n] = true; redis.call('PUBLISH', 'bc:n:' .. n, msg) end
+    if not told[n] then told[n] = true; emit(n, msg) end
   end
 end
 -- The node and session of a `nodes` entry ("node\nsession").
@@ -79,7 +87,7 @@ local function move(peer, sess, old, node)
     cjson.encode(node) .. ',"rec":' .. redis.call('HGET', K.peers, peer) .. '}'
   local told = {[node] = true}
   tell_room(msg, told)
-  if not told[old] then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+  if not told[old] then emit(old, msg) end
   return ver
 end
 -- Removes peer (session sess), keeping its tombstone, and announces `left` with reason to the
@@ -104,11 +112,42 @@ local function remove(peer, sess, node, reason)
 end
 "#;
 
-/// A directory script: the prelude and its body, built and hashed once, called by SHA.
-pub(super) type Script = LazyLock<fred::types::scripts::Script>;
+/// How a script ends on one Redis: it publishes what it emitted to the nodes' channels
+/// (`PUBLISH`, in the same atomic step) and answers.
+const DONE_INLINE: &str = r#"
+local function done(x)
+  for i = 1, #OUT, 2 do redis.call('PUBLISH', 'bc:n:' .. OUT[i], OUT[i + 1]) end
+  return x
+end
+"#;
 
-fn script(body: &str) -> fred::types::scripts::Script {
-    fred::types::scripts::Script::from_lua(PRELUDE.to_owned() + body)
+/// How a script ends on a Redis Cluster: it answers with what it emitted, which the node
+/// publishes (`SPUBLISH` to each node's channel, on that channel's shard: a script may only
+/// touch its room's slot), before anything else it sends.
+const DONE_SHARDED: &str = r#"
+local function done(x)
+  return {x, OUT}
+end
+"#;
+
+/// A directory script, built and hashed once in each form, called by SHA.
+pub(super) struct Scripts {
+    /// For one Redis: publishes its messages itself.
+    pub(super) inline: fred::types::scripts::Script,
+    /// For a Redis Cluster: answers `{answer, messages}`.
+    pub(super) sharded: fred::types::scripts::Script,
+}
+
+/// A directory script (see [`Scripts`]).
+pub(super) type Script = LazyLock<Scripts>;
+
+fn script(body: &str) -> Scripts {
+    let with =
+        |done: &str| fred::types::scripts::Script::from_lua(PRELUDE.to_owned() + done + body);
+    Scripts {
+        inline: with(DONE_INLINE),
+        sharded: with(DONE_SHARDED),
+    }
 }
 
 /// Writes a room's record unless there is one: the room exists, and is no tombstone.
@@ -116,10 +155,10 @@ fn script(body: &str) -> fred::types::scripts::Script {
 pub(super) static CREATE_ROOM: Script = LazyLock::new(|| {
     script(
         r#"
-if redis.call('SET', K.room, ARGV[2], 'NX') == false then return 0 end
+if redis.call('SET', K.room, ARGV[2], 'NX') == false then return done(0) end
 redis.call('DEL', K.deleted)
 redis.call('SET', K.active, ARGV[3])
-return 1
+return done(1)
 "#,
     )
 });
@@ -129,7 +168,7 @@ return 1
 pub(super) static JOIN: Script = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', K.room) == 0 then return {'gone'} end
+if redis.call('EXISTS', K.room) == 0 then return done({'gone'}) end
 local replaced, others = {}, redis.call('HLEN', K.nodes) - redis.call('HEXISTS', K.nodes, ARGV[2])
 if ARGV[8] ~= '1' then
   -- One seat per identity: the identity's other seats are taken over, not counted.
@@ -142,7 +181,7 @@ if ARGV[8] ~= '1' then
   end
   others = others - #replaced
 end
-if others >= tonumber(ARGV[7]) then return {'full'} end
+if others >= tonumber(ARGV[7]) then return done({'full'}) end
 -- In the model's order (bytes, as Rust compares strings; Lua's `<` follows the locale).
 table.sort(replaced, bytewise)
 for _, peer in ipairs(replaced) do
@@ -154,14 +193,14 @@ for _, peer in ipairs(replaced) do
     for _, v in ipairs(redis.call('HVALS', K.nodes)) do
       if entry(v) == old then still = true; break end
     end
-    if old ~= ARGV[3] and not still then redis.call('PUBLISH', 'bc:n:' .. old, msg) end
+    if old ~= ARGV[3] and not still then emit(old, msg) end
   end
 end
 local ver = redis.call('INCR', K.ver)
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ver .. '}'
 seat(ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
 announce_joined(ver, ARGV[3], rec)
-return {'ok', ver, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes), replaced}
+return done({'ok', ver, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes), replaced})
 "#,
     )
 });
@@ -173,18 +212,18 @@ pub(super) static CLAIM: Script = LazyLock::new(|| {
     script(
         r#"
 local s = redis.call('HGET', K.sessions, ARGV[2])
-if not s then return {'missing'} end
+if not s then return done({'missing'}) end
 local sess = cjson.decode(s)
-if sess.secret ~= ARGV[3] then return {'expired'} end
-if sess.identity ~= ARGV[5] then return {'unauthorized'} end
+if sess.secret ~= ARGV[3] then return done({'expired'}) end
+if sess.identity ~= ARGV[5] then return done({'unauthorized'}) end
 local cur = redis.call('HGET', K.nodes, sess.peer)
-if not cur or not redis.call('HGET', K.peers, sess.peer) then return {'expired'} end
+if not cur or not redis.call('HGET', K.peers, sess.peer) then return done({'expired'}) end
 local old = entry(cur)
 -- Recorded on this very node: it holds it, will once its own claim is handled, or it expired
 -- there a moment ago (the node knows which).
-if old == ARGV[4] then return {'here'} end
+if old == ARGV[4] then return done({'here'}) end
 local ver = move(sess.peer, ARGV[2], old, ARGV[4])
-return {'ok', ver, s, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes)}
+return done({'ok', ver, s, redis.call('HGETALL', K.peers), redis.call('HGETALL', K.nodes)})
 "#,
     )
 });
@@ -194,12 +233,12 @@ pub(super) static LEAVE: Script = LazyLock::new(|| {
     script(
         r#"
 local cur = redis.call('HGET', K.nodes, ARGV[2])
-if not cur then return 0 end
+if not cur then return done(0) end
 local n0, sess = entry(cur)
 -- (An orphan of this node, reaped while it was cut off, goes too: the node knows it is gone.)
-if n0 ~= ARGV[3] and n0 ~= '~' then return 0 end
+if n0 ~= ARGV[3] and n0 ~= '~' then return done(0) end
 remove(ARGV[2], sess, ARGV[3], ARGV[4])
-return 1
+return done(1)
 "#,
     )
 });
@@ -221,7 +260,7 @@ for i = 1, #all, 2 do
     orphaned = orphaned + 1
   end
 end
-return {orphaned, until_ms}
+return done({orphaned, until_ms})
 "#,
     )
 });
@@ -243,7 +282,7 @@ for _, peer in ipairs(redis.call('ZRANGEBYSCORE', K.orphans, '-inf', now_ms())) 
     end
   end
 end
-return removed
+return done(removed)
 "#,
     )
 });
@@ -253,9 +292,9 @@ return removed
 pub(super) static REGISTER: Script = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', K.room) == 0 then return {'gone'} end
+if redis.call('EXISTS', K.room) == 0 then return done({'gone'}) end
 local t = redis.call('ZSCORE', K.gone, ARGV[2])
-if t and tonumber(t) > now_ms() then return {'left'} end
+if t and tonumber(t) > now_ms() then return done({'left'}) end
 -- The room's version never goes below what this node has seen (Redis lost its last writes):
 -- a snapshot read after this is never older than the node's replica.
 local v = tonumber(redis.call('GET', K.ver) or '0')
@@ -266,16 +305,16 @@ if cur then
   if n == '~' then
     -- Orphaned while this node was cut off, and not resumed elsewhere: it is here again.
     move(ARGV[2], ARGV[5], '~', ARGV[3])
-    return {'ok'}
+    return done({'ok'})
   end
-  if n ~= ARGV[3] then return {'moved', n} end
-  return {'ok'}
+  if n ~= ARGV[3] then return done({'moved', n}) end
+  return done({'ok'})
 end
 local ver = redis.call('INCR', K.ver)
 local rec = '{"info":' .. ARGV[4] .. ',"seq":' .. ARGV[8] .. '}'
 seat(ARGV[2], ARGV[3], rec, ARGV[5], ARGV[6])
 announce_joined(ver, ARGV[3], rec)
-return {'added'}
+return done({'added'})
 "#,
     )
 });
@@ -286,7 +325,7 @@ pub(super) static RAISE_VERSION: Script = LazyLock::new(|| {
         r#"
 local v = tonumber(redis.call('GET', K.ver) or '0')
 if v < tonumber(ARGV[2]) then redis.call('SET', K.ver, ARGV[2]) end
-return 1
+return done(1)
 "#,
     )
 });
@@ -297,14 +336,14 @@ return 1
 pub(super) static DELETE_ROOM: Script = LazyLock::new(|| {
     script(
         r#"
-if ARGV[4] == 'empty' and redis.call('HLEN', K.nodes) > 0 then return 0 end
-if redis.call('EXISTS', K.room) == 0 then return 0 end
+if ARGV[4] == 'empty' and redis.call('HLEN', K.nodes) > 0 then return done(0) end
+if redis.call('EXISTS', K.room) == 0 then return done(0) end
 tell_room('{"t":"closed","room":' .. room_json() .. ',"reason":' .. cjson.encode(ARGV[2]) .. '}',
   {[ARGV[3]] = true})
 redis.call('DEL', K.room, K.peers, K.nodes, K.ver, K.active, K.sessions, K.gone, K.orphans)
 -- A tombstone: a durable copy of the room (PostgreSQL) being deleted is not put back.
 redis.call('SET', K.deleted, 1, 'PX', TOMBSTONE_MS)
-return 1
+return done(1)
 "#,
     )
 });
