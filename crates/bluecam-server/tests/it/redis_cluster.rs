@@ -403,3 +403,36 @@ async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
     let carol = join_on(&b, &rooms[1], "carol").await;
     assert_eq!(carol.joined.as_ref().unwrap().peers.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_transport_is_relayed_between_nodes_over_shard_channels() {
+    use crate::transport::HttpClient;
+    let _turn = TURNS.read().await;
+    let cluster = RedisCluster::shared();
+    let (a, b) = (node(cluster).await, node(cluster).await);
+    let room = a.room().await;
+    let mut ws = join_on(&b, &room, "ws").await;
+    // Every request of the HTTP client goes to the other node than the one before: half of
+    // them are passed on to the session's node over its shard channel, and answered back.
+    let (ua, ub) = (a.url(""), b.url(""));
+    let join = bluecam_proto::ClientMessage::Join {
+        token: a.token(&room, "http"),
+        resume: None,
+    };
+    let mut h = HttpClient::open_via(&[&ua, &ub], &join).await;
+    let joined = h.recv_op("joined").await;
+    let hid = joined["self"]["id"].as_str().unwrap().to_owned();
+    ws.recv_op("peer_joined").await;
+    let frames: Vec<String> = (0..20)
+        .map(|i| json!({"op": "send", "to": [ws.id()], "msg": i}).to_string())
+        .collect();
+    h.send(&frames).await;
+    for i in 0..20 {
+        ws.send_json(json!({"op": "send", "to": [hid], "msg": i}))
+            .await;
+    }
+    for i in 0..20 {
+        assert_eq!(ws.recv_op("message").await["msg"], i);
+        assert_eq!(h.recv_op("message").await["msg"], i);
+    }
+}
