@@ -18,9 +18,10 @@
 //! Time is passed in (`now`, milliseconds); the scripts read Redis's clock.
 //!
 //! **Shards.** [`Directory::with_shards`] splits the state as a Redis Cluster does: each room's
-//! records on one shard, each global record (the node set, each node's liveness and rooms, the
-//! orphan index, the rebuild mark) on the shard of its own key, and one epoch per shard (the
-//! server's `bc:{eN}:epoch`). Which shard holds what is a stand-in for the cluster's slot map
+//! records on one shard, with its entry in that shard's orphan index (the server's
+//! `bc:{eN}:orphans`), each global record (the node set, each node's liveness and rooms, the
+//! rebuild mark) on the shard of its own key, and one epoch per shard (the server's
+//! `bc:{eN}:epoch`). Which shard holds what is a stand-in for the cluster's slot map
 //! (a hash of the key's name), enough for the simulation to lose one shard's data
 //! ([`Directory::wipe_shard`]) or its last writes ([`Directory::restore_shard`], a failover to a
 //! replica that was behind).
@@ -400,8 +401,19 @@ impl Directory {
         if self.shard_of("nodes") == shard {
             self.nodes = older.nodes.clone();
         }
-        if self.shard_of("orphans") == shard {
-            self.orphan_index = older.orphan_index.clone();
+        // (The orphan index is kept per shard, each listing its own rooms.)
+        let indexed: BTreeSet<RoomId> = self
+            .orphan_index
+            .keys()
+            .chain(older.orphan_index.keys())
+            .filter(|r| self.room_shard(r) == shard)
+            .cloned()
+            .collect();
+        for room in indexed {
+            match older.orphan_index.get(&room) {
+                Some(t) => self.orphan_index.insert(room, *t),
+                None => self.orphan_index.remove(&room),
+            };
         }
         if self.shard_of("rebuilt") == shard {
             self.rebuilt_until = older.rebuilt_until;

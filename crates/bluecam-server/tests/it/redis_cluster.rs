@@ -5,8 +5,9 @@
 //! replica and every room relays again with no call ended; a shard that lost its data is
 //! noticed (its own epoch) and put back by the nodes.
 //!
-//! Tests that only use the cluster share it (a read lock); a test that kills or empties a
-//! master has it to itself (the write lock) and leaves it whole again.
+//! The scenarios run one after the other in one test, on one cluster (the suite runs each test
+//! in a process of its own, so one test is how a file shares a fixture); a scenario that
+//! breaks a master leaves the cluster whole for the next.
 
 use crate::cluster::{cut, join_on, until_delivered};
 use crate::common::{Client, SECRET, TestServer, WAIT, temp_dir};
@@ -18,13 +19,9 @@ use std::{
     sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
-use tokio::sync::RwLock;
 
 /// Redis nodes of the cluster: three masters, then their replicas.
 const NODES: usize = 6;
-
-/// Held (read) by a test that uses the cluster as it is, (write) by one that breaks a master.
-static TURNS: RwLock<()> = RwLock::const_new(());
 
 /// One `redis-server` of the cluster. It runs under a shell that kills it when this test
 /// process ends (its stdin, held here, closes), so no Redis outlives the tests.
@@ -261,9 +258,7 @@ async fn relays_in_order(alice: &mut Client, bob: &mut Client, n: u64) {
     assert_eq!(bob.recv_op("message").await["msg"], "end");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_on_every_shard_relay_once_and_in_order_across_nodes() {
-    let _turn = TURNS.read().await;
     let cluster = RedisCluster::shared();
     let nodes = [
         node(cluster).await,
@@ -290,9 +285,7 @@ async fn rooms_on_every_shard_relay_once_and_in_order_across_nodes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster() {
-    let _turn = TURNS.read().await;
     let cluster = RedisCluster::shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let room = a.create_room(json!({"maxPeers": 2})).await["id"]
@@ -311,9 +304,7 @@ async fn a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster() {
     carol.expect_error("room_full").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_fails_over_and_every_room_relays_again_with_no_call_ended() {
-    let _turn = TURNS.write().await;
     let cluster = RedisCluster::shared();
     let nodes = [
         node(cluster).await,
@@ -359,9 +350,7 @@ async fn a_master_killed_fails_over_and_every_room_relays_again_with_no_call_end
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
-    let _turn = TURNS.write().await;
     let cluster = RedisCluster::shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let rooms = rooms_on_every_shard(&a, 1).await;
@@ -404,10 +393,8 @@ async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
     assert_eq!(carol.joined.as_ref().unwrap().peers.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_transport_is_relayed_between_nodes_over_shard_channels() {
     use crate::transport::HttpClient;
-    let _turn = TURNS.read().await;
     let cluster = RedisCluster::shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let room = a.room().await;
@@ -435,4 +422,54 @@ async fn the_http_transport_is_relayed_between_nodes_over_shard_channels() {
         assert_eq!(ws.recv_op("message").await["msg"], i);
         assert_eq!(h.recv_op("message").await["msg"], i);
     }
+}
+
+async fn peers_of_a_dead_node_are_orphaned_and_swept_from_every_shards_index() {
+    let cluster = RedisCluster::shared();
+    let url = cluster.url();
+    let short = move |c: &mut bluecam_server::Config| {
+        c.redis_url = Some(url.clone());
+        c.cluster.node_ttl_secs = 3;
+        c.limits.resume_window_secs = 2;
+    };
+    let (a, b) = (
+        TestServer::with(short.clone()).await,
+        TestServer::with(short).await,
+    );
+    let rooms = rooms_on_every_shard(&a, 1).await;
+    let mut pairs = Vec::new();
+    for room in &rooms {
+        pairs.push(pair(&a, &b, room).await);
+    }
+    // B goes away and its peers come back nowhere: orphaned (listed, not connected) in every
+    // room, then swept from each shard's orphan index when their window ends.
+    b.stop().await;
+    for (room, (alice, bob)) in rooms.iter().zip(pairs.iter_mut()) {
+        let bob_id = bob.id();
+        let left = alice.recv_op("peer_left").await;
+        assert_eq!(
+            (left["peer"]["id"].as_str(), left["reason"].as_str()),
+            (Some(bob_id.as_str()), Some("timeout")),
+            "room {room}"
+        );
+        assert_eq!(a.presence(room, &bob_id).await, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_scenarios() {
+    eprintln!("scenario: rooms_on_every_shard_relay_once_and_in_order_across_nodes");
+    rooms_on_every_shard_relay_once_and_in_order_across_nodes().await;
+    eprintln!("scenario: a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster");
+    a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster().await;
+    eprintln!("scenario: the_http_transport_is_relayed_between_nodes_over_shard_channels");
+    the_http_transport_is_relayed_between_nodes_over_shard_channels().await;
+    eprintln!("scenario: peers_of_a_dead_node_are_orphaned_and_swept_from_every_shards_index");
+    peers_of_a_dead_node_are_orphaned_and_swept_from_every_shards_index().await;
+    eprintln!(
+        "scenario: a_master_killed_fails_over_and_every_room_relays_again_with_no_call_ended"
+    );
+    a_master_killed_fails_over_and_every_room_relays_again_with_no_call_ended().await;
+    eprintln!("scenario: a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes");
+    a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes().await;
 }

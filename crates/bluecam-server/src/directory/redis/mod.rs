@@ -14,12 +14,12 @@
 //! | `bc:{room}:orphans` | sorted set | peers of reaped nodes, by when their resume window ends |
 //! | `bc:{room}:deleted` | string, expiring (1 h) | a tombstone: the room was deleted (its PostgreSQL row is not put back) |
 //! | `bc:rooms` | sorted set | room ids by creation time |
-//! | `bc:orphans` | sorted set | rooms with orphans, by when the next may be due |
+//! | `bc:orphans` | sorted set | rooms with orphans, by when the next may be due (on a Redis Cluster one per shard, `bc:{eN}:orphans`, listing the shard's rooms) |
 //! | `bc:node:{node}:alive` | string, expiring | the node's heartbeat |
 //! | `bc:node:{node}:rooms` | set | rooms the node may have peers in (a superset: written before a join, pruned by its resyncs) |
 //! | `bc:nodes` | set | every node that may still hold peers |
 //! | `bc:epoch` | string | the directory's epoch: drawn once; a Redis that lost its data has none |
-//! | `bc:{eN}:epoch` | string | on a Redis Cluster, one epoch per shard instead (`N`: the smallest number whose key lands in the shard's first slot range), so a shard that lost its data is noticed |
+//! | `bc:{eN}:epoch` | string | on a Redis Cluster, one epoch per shard instead (`N`: the smallest number whose tag lands in the shard's first slot range), so a shard that lost its data is noticed |
 //! | `bc:rebuilt` | string, expiring (a resume window) | Redis lost its data a moment ago: what it lacks may still come back |
 //!
 //! Every key of a room carries the room as a hash tag (`{room}`): each membership operation

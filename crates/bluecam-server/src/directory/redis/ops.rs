@@ -364,27 +364,22 @@ impl RedisDirectory {
         if n == 1 {
             let _: i64 = self
                 .cmd()
-                .zrem(ORPHAN_INDEX, room.as_str())
+                .zrem(self.orphan_index_of(room), room.as_str())
                 .await
                 .map_err(backend)?;
         }
         Ok(n == 1)
     }
 
-    /// The keys of the directory's epoch: `bc:epoch` on a single Redis; on a Redis Cluster
-    /// one per shard (`bc:{eN}:epoch`, `N` the smallest number whose key lands in the shard's
-    /// first slot range, so every node picks the same key), so that a shard that lost its
-    /// data is noticed like a whole Redis that did.
-    fn epoch_keys(&self) -> Vec<String> {
+    /// On a Redis Cluster, each shard's first slot range and every range with the first of
+    /// its shard, from fred's slot map; `None` on one Redis.
+    fn shards(&self) -> Option<ShardMap> {
         use fred::interfaces::ClusterInterface as _;
-        let Some(routing) = self
+        let routing = self
             .client
             .is_clustered()
             .then(|| self.client.cached_cluster_state())
-            .flatten()
-        else {
-            return vec![EPOCH.to_owned()];
-        };
+            .flatten()?;
         let mut firsts: BTreeMap<String, (u16, u16)> = BTreeMap::new();
         for range in routing.slots() {
             let first = firsts
@@ -394,12 +389,61 @@ impl RedisDirectory {
                 *first = (range.start, range.end);
             }
         }
-        let mut keys: Vec<String> = firsts
-            .into_values()
-            .map(|(start, end)| shard_epoch_key(start, end))
+        let ranges = routing
+            .slots()
+            .iter()
+            .map(|r| ((r.start, r.end), firsts[&r.primary.to_string()]))
+            .collect();
+        Some(ShardMap {
+            firsts: firsts.into_values().collect(),
+            ranges,
+        })
+    }
+
+    /// The keys of the directory's epoch: `bc:epoch` on a single Redis; on a Redis Cluster
+    /// one per shard (`bc:{eN}:epoch`, see [`shard_key`]), so that a shard that lost its data
+    /// is noticed like a whole Redis that did.
+    fn epoch_keys(&self) -> Vec<String> {
+        let Some(map) = self.shards() else {
+            return vec![EPOCH.to_owned()];
+        };
+        let mut keys: Vec<String> = map
+            .firsts
+            .into_iter()
+            .map(|(start, end)| shard_key("epoch", start, end))
             .collect();
         keys.sort();
         keys
+    }
+
+    /// The orphan index of every shard (`bc:orphans` on one Redis).
+    fn orphan_index_keys(&self) -> Vec<String> {
+        let Some(map) = self.shards() else {
+            return vec![ORPHAN_INDEX.to_owned()];
+        };
+        let mut keys: Vec<String> = map
+            .firsts
+            .into_iter()
+            .map(|(start, end)| shard_key("orphans", start, end))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The orphan index that lists `room`: its shard's on a Redis Cluster (`bc:{eN}:orphans`,
+    /// beside the shard's epoch), so that rooms and their index are lost and swept together.
+    fn orphan_index_of(&self, room: &RoomId) -> String {
+        let Some(map) = self.shards() else {
+            return ORPHAN_INDEX.to_owned();
+        };
+        let slot = fred::util::redis_keyslot(room_key(room, "room").as_bytes());
+        map.ranges
+            .into_iter()
+            .find(|((start, end), _)| (*start..=*end).contains(&slot))
+            .map_or_else(
+                || ORPHAN_INDEX.to_owned(),
+                |(_, (start, end))| shard_key("orphans", start, end),
+            )
     }
 
     /// The epoch as one string from each of its keys' values (`None` when one is missing).
@@ -549,46 +593,49 @@ impl RedisDirectory {
             .map_err(backend)?;
         let part = |i: usize| t.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         let now = part(0) * 1000 + part(1) / 1000;
-        let due: Vec<String> = self
-            .cmd()
-            .zrangebyscore(
-                ORPHAN_INDEX,
-                "-inf",
-                now as f64,
-                false,
-                Some((0, SWEEP_BATCH)),
-            )
-            .await
-            .map_err(backend)?;
-        for room in due {
-            let room = RoomId::new(room);
-            let n: u64 = self
-                .eval(&SWEEP_ROOM, &room, vec![room.to_string()])
-                .await?;
-            out.swept += n;
-            // Removed, then indexed again by its next orphan if it has one: a reap of the
-            // room that ran meanwhile is either before the removal (its orphan is seen
-            // here) or after it (it indexed the room itself).
-            let _: i64 = self
+        // Each shard's index on a Redis Cluster (one on one Redis).
+        for index in self.orphan_index_keys() {
+            let due: Vec<String> = self
                 .cmd()
-                .zrem(ORPHAN_INDEX, room.as_str())
-                .await
-                .map_err(backend)?;
-            let next: Vec<(String, f64)> = self
-                .cmd()
-                .zrange(
-                    room_key(&room, "orphans").as_str(),
-                    0,
-                    0,
-                    None,
+                .zrangebyscore(
+                    index.as_str(),
+                    "-inf",
+                    now as f64,
                     false,
-                    None,
-                    true,
+                    Some((0, SWEEP_BATCH)),
                 )
                 .await
                 .map_err(backend)?;
-            if let Some((_, until)) = next.first() {
-                self.index_orphans(&room, *until as i64).await?;
+            for room in due {
+                let room = RoomId::new(room);
+                let n: u64 = self
+                    .eval(&SWEEP_ROOM, &room, vec![room.to_string()])
+                    .await?;
+                out.swept += n;
+                // Removed, then indexed again by its next orphan if it has one: a reap of the
+                // room that ran meanwhile is either before the removal (its orphan is seen
+                // here) or after it (it indexed the room itself).
+                let _: i64 = self
+                    .cmd()
+                    .zrem(index.as_str(), room.as_str())
+                    .await
+                    .map_err(backend)?;
+                let next: Vec<(String, f64)> = self
+                    .cmd()
+                    .zrange(
+                        room_key(&room, "orphans").as_str(),
+                        0,
+                        0,
+                        None,
+                        false,
+                        None,
+                        true,
+                    )
+                    .await
+                    .map_err(backend)?;
+                if let Some((_, until)) = next.first() {
+                    self.index_orphans(&room, *until as i64).await?;
+                }
             }
         }
         Ok(out)
@@ -599,7 +646,7 @@ impl RedisDirectory {
         let _: i64 = self
             .cmd()
             .zadd(
-                ORPHAN_INDEX,
+                self.orphan_index_of(room),
                 None,
                 Some(fred::types::sorted_sets::Ordering::LessThan),
                 false,
@@ -833,12 +880,16 @@ impl RedisDirectory {
         }
         let nodes: Vec<String> = self.cmd().smembers(NODES).await.map_err(backend)?;
         state.nodes = nodes.into_iter().map(NodeId::new).collect();
-        let index: Vec<String> = self
-            .cmd()
-            .zrange(ORPHAN_INDEX, 0, -1, None, false, None, false)
-            .await
-            .map_err(backend)?;
-        state.orphan_index = index.into_iter().map(RoomId::new).collect();
+        for key in self.orphan_index_keys() {
+            let index: Vec<String> = self
+                .cmd()
+                .zrange(key.as_str(), 0, -1, None, false, None, false)
+                .await
+                .map_err(backend)?;
+            state
+                .orphan_index
+                .extend(index.into_iter().map(RoomId::new));
+        }
         let (epoch, rebuilding) = self.epoch().await?;
         state.epoch = epoch.is_some();
         state.rebuilding = rebuilding;
@@ -867,16 +918,28 @@ fn seats(peers: Value, nodes: Value) -> Vec<RemotePeer> {
     out
 }
 
+/// A range of hash slots, first and last.
+type SlotSpan = (u16, u16);
+
+/// A Redis Cluster's shards, as fred's slot map has them.
+struct ShardMap {
+    /// Each shard's first slot range.
+    firsts: Vec<SlotSpan>,
+    /// Every slot range, with the first range of its shard.
+    ranges: Vec<(SlotSpan, SlotSpan)>,
+}
+
 fn view(ver: u64, peers: Vec<RemotePeer>) -> View {
     View { ver, peers }
 }
 
-/// The epoch key of the shard whose first slot range is `start..=end`: `bc:{eN}:epoch`, `N` the
-/// smallest number whose key lands in that range (a third of the slots of a three-shard
-/// cluster: found within a few tries).
-fn shard_epoch_key(start: u16, end: u16) -> String {
+/// A shard's own key of `what` on a Redis Cluster: `bc:{eN}:what`, `N` the smallest number
+/// whose tag lands in the shard's first slot range `start..=end` (a third of the slots of a
+/// three-shard cluster: found within a few tries), so every node picks the same key, and a
+/// shard's keys share one tag.
+fn shard_key(what: &str, start: u16, end: u16) -> String {
     (0u32..)
-        .map(|n| format!("bc:{{e{n}}}:epoch"))
-        .find(|key| (start..=end).contains(&fred::util::redis_keyslot(key.as_bytes())))
-        .unwrap_or_else(|| EPOCH.to_owned())
+        .map(|n| format!("{{e{n}}}"))
+        .find(|tag| (start..=end).contains(&fred::util::redis_keyslot(tag.as_bytes())))
+        .map_or_else(|| format!("bc:{what}"), |tag| format!("bc:{tag}:{what}"))
 }
