@@ -359,6 +359,40 @@ fn bench_cluster_smoke() {
     }
 }
 
+/// The same on a Redis Cluster started by the bench: each measurement reports the load of
+/// each of its three masters.
+#[test]
+fn bench_cluster_redis_cluster_smoke() {
+    let v = bench(&[
+        "cluster",
+        "--redis-cluster",
+        "--nodes",
+        "2",
+        "--rooms",
+        "2",
+        "--duration-secs",
+        "1",
+        "--joins",
+        "20",
+    ]);
+    for placement in ["same_node", "cross_node"] {
+        let p = &v[placement];
+        for relay in ["latency_10_rooms", "relay_window_1", "relay_flat_out"] {
+            assert!(p[relay]["latency"]["count"].as_u64().unwrap() > 0, "{v}");
+            assert_eq!(p[relay]["failed_peers"], 0, "{v}");
+            assert_eq!(p[relay]["redis_load"].as_array().unwrap().len(), 3, "{v}");
+        }
+        assert_eq!(p["join"]["failed"], 0, "{v}");
+        let commands: f64 = p["join"]["redis_load"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["commands_per_sec"].as_f64().unwrap())
+            .sum();
+        assert!(commands > 0.0, "{v}");
+    }
+}
+
 /// Also the real-process test of durable sessions: a real `bluecam serve` restarted with
 /// SIGTERM and killed with SIGKILL, every client resuming its session, nothing lost.
 #[test]
