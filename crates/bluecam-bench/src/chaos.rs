@@ -120,7 +120,7 @@ pub(super) async fn chaos(
     };
     let mut cluster = None;
     if redis_cluster {
-        let c = tokio::task::spawn_blocking(RedisCluster::start).await??;
+        let c = tokio::task::spawn_blocking(RedisCluster::start).await?;
         cluster = Some(c);
     } else {
         redis.start()?;
@@ -247,7 +247,7 @@ pub(super) async fn chaos(
     nodes[2].signal("CONT")?;
     measure("node frozen past its expiry, then thawed", &counts, t).await;
 
-    if let Some(mut c) = cluster {
+    if let Some(c) = cluster {
         tokio::time::sleep(Duration::from_secs(settle_secs)).await;
         progress("a Redis Cluster master SIGKILLed (its replica takes over), back as a replica");
         let victim = c.masters().first().copied().context("no master")?;
@@ -255,18 +255,18 @@ pub(super) async fn chaos(
         c.kill(victim);
         measure("Redis Cluster master SIGKILL, failover", &counts, t).await;
         let c = tokio::task::spawn_blocking(move || {
-            c.wait_whole()?;
-            c.restart(victim)?;
-            c.wait_whole()?;
-            anyhow::Ok(c)
+            c.wait_whole();
+            c.restart(victim);
+            c.wait_whole();
+            c
         })
-        .await??;
+        .await?;
 
         tokio::time::sleep(Duration::from_secs(settle_secs)).await;
         progress("a Redis Cluster shard loses its data (FLUSHALL on its master)");
         let victim = c.masters().last().copied().context("no master")?;
         let t = now_ms();
-        let _ = super::rediscluster::cli(victim, &["flushall"]);
+        let _ = super::rediscluster::redis_cli(victim, &["flushall"]);
         measure("Redis Cluster shard emptied", &counts, t).await;
         cluster = Some(c);
     } else {

@@ -197,7 +197,7 @@ pub(super) async fn cluster(
             let (url, redis_child, redis_cluster) = match &redis {
                 Some(url) => (url.clone(), None, None),
                 None if redis_cluster => {
-                    let c = tokio::task::spawn_blocking(RedisCluster::start).await??;
+                    let c = tokio::task::spawn_blocking(RedisCluster::start).await?;
                     (c.url(), None, Some(c))
                 }
                 None => {

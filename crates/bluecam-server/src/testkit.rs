@@ -124,3 +124,250 @@ impl Drop for Postgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `redis-cli -p PORT ARGS…`: its output ("" when it cannot run).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// One `redis-server` of a [`RedisCluster`]. It runs under a shell that kills it when its
+/// stdin (held here) closes, so no Redis outlives the process that started it, even one held
+/// in a `static` that is never dropped.
+#[derive(Debug)]
+struct ClusterProc {
+    pid: u32,
+    shell: Child,
+    _alive: std::process::ChildStdin,
+}
+
+/// A Redis Cluster of a test or a benchmark: three masters with a replica each (Debian's
+/// `redis-server --cluster-enabled yes`, a 2 s node timeout, joined by `redis-cli --cluster
+/// create`) on free ports of loopback, killed on drop. Its methods take `&self`, so one can be
+/// shared by the scenarios of a test file.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    dir: PathBuf,
+    procs: std::sync::Mutex<Vec<Option<ClusterProc>>>,
+}
+
+/// Redis processes of a cluster: three masters, then their replicas.
+const CLUSTER_NODES: usize = 6;
+
+/// A port free for Redis and for its cluster bus (the port + 10000).
+#[allow(clippy::expect_used)]
+fn free_port_pair(taken: &[u16]) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = l.local_addr().expect("its address").port();
+        if port < 55_000
+            && !taken.contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// (Its methods panic when the cluster cannot do what they ask: this is for tests and
+/// benchmarks.)
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+impl RedisCluster {
+    /// Starts six processes and joins them; returns once every slot is served and every
+    /// replica is in sync (a replica that never synced cannot take over).
+    pub fn start() -> Self {
+        let mut ports = Vec::new();
+        while ports.len() < CLUSTER_NODES {
+            let p = free_port_pair(&ports);
+            ports.push(p);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "bluecam-redis-cluster-{}",
+            crate::auth::random_token(9)
+        ));
+        let cluster = Self {
+            procs: std::sync::Mutex::new((0..CLUSTER_NODES).map(|_| None).collect()),
+            ports,
+            dir,
+        };
+        for i in 0..CLUSTER_NODES {
+            cluster.spawn(i);
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_whole();
+        cluster
+    }
+
+    fn index(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|&p| p == port)
+            .expect("a node of this cluster")
+    }
+
+    /// Starts the process of `ports[i]` in its own directory (a restart keeps `nodes.conf`,
+    /// so it rejoins as what the cluster says it is: a master that failed over comes back as
+    /// a replica).
+    fn spawn(&self, i: usize) {
+        let port = self.ports[i];
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+        let mut shell = Command::new("sh")
+            .args([
+                "-c",
+                r#"redis-server "$@" & r=$!; echo $r; read _; kill -9 $r"#,
+                "sh",
+            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let mut line = String::new();
+        if let Some(out) = shell.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        let pid = line.trim().parse().expect("redis-server's pid");
+        let alive = shell.stdin.take().expect("the shell's stdin");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_cli(port, &["ping"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.lock()[i] = Some(ClusterProc {
+            pid,
+            shell,
+            _alive: alive,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<ClusterProc>>> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every running process serves every slot, and every replica among them
+    /// is in sync with its master.
+    pub fn wait_whole(&self) {
+        let running: Vec<u16> = {
+            let procs = self.lock();
+            (0..CLUSTER_NODES)
+                .filter(|&i| procs[i].is_some())
+                .map(|i| self.ports[i])
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for port in running {
+            while !redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok") || {
+                let info = redis_cli(port, &["info", "replication"]);
+                info.contains("role:slave") && !info.contains("master_link_status:up")
+            } {
+                assert!(Instant::now() < deadline, "the Redis Cluster is not whole");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The URL BlueCam is given: one seed and two more (fred's syntax).
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+
+    /// The ports of the running masters (those that serve slots), in port order.
+    pub fn masters(&self) -> Vec<u16> {
+        let running: Vec<u16> = {
+            let procs = self.lock();
+            (0..CLUSTER_NODES)
+                .filter(|&i| procs[i].is_some())
+                .map(|i| self.ports[i])
+                .collect()
+        };
+        running
+            .into_iter()
+            .filter(|&p| redis_cli(p, &["info", "replication"]).contains("role:master"))
+            .collect()
+    }
+
+    /// The port of the master of `slot` now, asked of any process that answers.
+    pub fn master_of(&self, slot: u16) -> u16 {
+        for &port in &self.ports {
+            for line in redis_cli(port, &["cluster", "nodes"]).lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let serves = f[8..].iter().any(|r| match r.split_once('-') {
+                    Some((a, b)) => {
+                        (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
+                    }
+                    None => r.parse() == Ok(slot),
+                });
+                let addr = f[1].split('@').next().unwrap_or_default();
+                if let (true, Some(Ok(p))) = (serves, addr.rsplit(':').next().map(str::parse)) {
+                    return p;
+                }
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// SIGKILLs the process on `port` (a master's replica takes over after the node timeout).
+    pub fn kill(&self, port: u16) {
+        let proc = self.lock()[self.index(port)].take();
+        if let Some(mut proc) = proc {
+            let _ = Command::new("kill")
+                .args(["-9", &proc.pid.to_string()])
+                .status();
+            drop(proc._alive);
+            let _ = proc.shell.wait();
+        }
+    }
+
+    /// Starts the process on `port` again (after [`RedisCluster::kill`]); it rejoins as a
+    /// replica once the cluster has failed over.
+    pub fn restart(&self, port: u16) {
+        self.spawn(self.index(port));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let ports: Vec<u16> = self.ports.clone();
+        for port in ports {
+            self.kill(port);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

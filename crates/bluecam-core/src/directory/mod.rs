@@ -288,6 +288,31 @@ impl RoomState {
     }
 }
 
+/// The shard of a key among `count` (FNV-1a of its name: a stand-in for the cluster's slot
+/// map).
+fn shard_of(count: usize, key: &str) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % count.max(1) as u64) as usize
+}
+
+/// Puts back in `now` the entries of `older` whose key `on` selects, and removes the ones
+/// `older` lacks (a shard gone back to what a replica had).
+fn restore<K: Ord + Clone, V: Clone>(
+    now: &mut BTreeMap<K, V>,
+    older: &BTreeMap<K, V>,
+    on: impl Fn(&K) -> bool,
+) {
+    now.retain(|k, _| !on(k));
+    now.extend(
+        older
+            .iter()
+            .filter(|(k, _)| on(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+}
+
 /// The directory. See the module doc.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
@@ -331,20 +356,12 @@ impl Directory {
         self.shard_count()
     }
 
-    /// The shard of a key (FNV-1a of its name: a stand-in for the cluster's slot map).
     fn shard_of(&self, key: &str) -> usize {
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % self.shard_count() as u64) as usize
+        shard_of(self.shard_count(), key)
     }
 
     fn room_shard(&self, room: &RoomId) -> usize {
         self.shard_of(&format!("room:{room}"))
-    }
-
-    fn node_shard(&self, node: &NodeId) -> usize {
-        self.shard_of(&format!("node:{node}"))
     }
 
     /// The shard that holds `room`'s records.
@@ -362,66 +379,21 @@ impl Directory {
     /// One shard went back to what it held in `older` (a failover to a replica that missed
     /// its master's last writes); the other shards keep theirs.
     pub fn restore_shard(&mut self, shard: usize, older: &Directory) {
-        let rooms: BTreeSet<RoomId> = self
-            .rooms
-            .keys()
-            .chain(older.rooms.keys())
-            .filter(|r| self.room_shard(r) == shard)
-            .cloned()
-            .collect();
-        for room in rooms {
-            match older.rooms.get(&room) {
-                Some(r) => {
-                    self.rooms.insert(room, r.clone());
-                }
-                None => {
-                    self.rooms.remove(&room);
-                }
-            }
-        }
-        let nodes: BTreeSet<NodeId> = self
-            .alive
-            .keys()
-            .chain(older.alive.keys())
-            .chain(self.node_rooms.keys())
-            .chain(older.node_rooms.keys())
-            .filter(|n| self.node_shard(n) == shard)
-            .cloned()
-            .collect();
-        for node in nodes {
-            match older.alive.get(&node) {
-                Some(t) => self.alive.insert(node.clone(), *t),
-                None => self.alive.remove(&node),
-            };
-            match older.node_rooms.get(&node) {
-                Some(r) => self.node_rooms.insert(node, r.clone()),
-                None => self.node_rooms.remove(&node),
-            };
-        }
+        let count = self.shard_count();
+        let on_room_shard = |r: &RoomId| shard_of(count, &format!("room:{r}")) == shard;
+        let on_node_shard = |n: &NodeId| shard_of(count, &format!("node:{n}")) == shard;
+        restore(&mut self.rooms, &older.rooms, on_room_shard);
+        // (The orphan index is kept per shard, each listing its own rooms.)
+        restore(&mut self.orphan_index, &older.orphan_index, on_room_shard);
+        restore(&mut self.alive, &older.alive, on_node_shard);
+        restore(&mut self.node_rooms, &older.node_rooms, on_node_shard);
+        restore(&mut self.epochs, &older.epochs, |s| *s == shard);
         if self.shard_of("nodes") == shard {
             self.nodes = older.nodes.clone();
-        }
-        // (The orphan index is kept per shard, each listing its own rooms.)
-        let indexed: BTreeSet<RoomId> = self
-            .orphan_index
-            .keys()
-            .chain(older.orphan_index.keys())
-            .filter(|r| self.room_shard(r) == shard)
-            .cloned()
-            .collect();
-        for room in indexed {
-            match older.orphan_index.get(&room) {
-                Some(t) => self.orphan_index.insert(room, *t),
-                None => self.orphan_index.remove(&room),
-            };
         }
         if self.shard_of("rebuilt") == shard {
             self.rebuilt_until = older.rebuilt_until;
         }
-        match older.epochs.get(&shard) {
-            Some(e) => self.epochs.insert(shard, e.clone()),
-            None => self.epochs.remove(&shard),
-        };
     }
 
     /// The epoch as one string (`None` while a shard has none).

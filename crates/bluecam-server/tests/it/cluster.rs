@@ -679,6 +679,29 @@ async fn every_frame_sent_across_a_redis_restart_is_delivered_once_or_reported()
     // and published once it is back; both are fine, silence is not.)
 }
 
+/// Waits until `node` finds `room` (the nodes put back a room a directory lost).
+pub(crate) async fn wait_for_room(node: &TestServer, room: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let status = node
+            .http()
+            .get(node.url(&format!("/v1/rooms/{room}")))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room {room} never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends `msg` from `from` to `to` until `to` gets it (frames sent while the directory is
 /// being rebuilt may be reported undeliverable: the SDK would retransmit them).
 pub(crate) async fn until_delivered(from: &mut Client, to: &mut Client, what: &str) {
@@ -715,25 +738,7 @@ async fn redis_restarted_without_its_data_keeps_every_call() {
     let bob_id = bob.id();
     redis.off_runtime(|r| r.restart_empty()).await;
     // The nodes notice the new directory epoch and put back the room, their peers and sessions.
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    loop {
-        let status = a
-            .http()
-            .get(a.url(&format!("/v1/rooms/{room}")))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the room never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_room(&a, &room).await;
     until_delivered(&mut alice, &mut bob, "to bob").await;
     until_delivered(&mut bob, &mut alice, "to alice").await;
     // A newcomer on B sees both; both see it.

@@ -9,199 +9,19 @@
 //! in a process of its own, so one test is how a file shares a fixture); a scenario that
 //! breaks a master leaves the cluster whole for the next.
 
-use crate::cluster::{cut, join_on, until_delivered};
-use crate::common::{Client, SECRET, TestServer, WAIT, temp_dir};
+use crate::cluster::{cut, join_on, until_delivered, wait_for_room};
+use crate::common::{Client, TestServer};
+use bluecam_server::testkit::{RedisCluster, redis_cli};
 use serde_json::{Value, json};
 use std::{
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-/// Redis nodes of the cluster: three masters, then their replicas.
-const NODES: usize = 6;
-
-/// One `redis-server` of the cluster. It runs under a shell that kills it when this test
-/// process ends (its stdin, held here, closes), so no Redis outlives the tests.
-struct Proc {
-    pid: u32,
-    _child: Child,
-    _alive: ChildStdin,
-}
-
-pub struct RedisCluster {
-    ports: Vec<u16>,
-    dir: PathBuf,
-    procs: Mutex<Vec<Option<Proc>>>,
-}
-
-/// `redis-cli -p PORT ARGS…`, its output.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli must be installed (apt-get install redis-tools)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A port free for Redis and for its cluster bus (the port + 10000).
-fn free_port_pair() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-impl RedisCluster {
-    /// The cluster of this file, started at first use.
-    fn shared() -> &'static Self {
-        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-        CLUSTER.get_or_init(Self::start)
-    }
-
-    fn start() -> Self {
-        let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < NODES {
-            let p = free_port_pair();
-            if !ports.contains(&p) {
-                ports.push(p);
-            }
-        }
-        let cluster = Self {
-            dir: temp_dir(),
-            procs: Mutex::new((0..NODES).map(|_| None).collect()),
-            ports,
-        };
-        for i in 0..NODES {
-            cluster.spawn(i);
-        }
-        let addrs: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli must be installed (apt-get install redis-tools)");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        cluster.wait_ok(&(0..NODES).collect::<Vec<_>>());
-        cluster
-    }
-
-    /// Starts node `i` on its port, in its own directory (a restart keeps `nodes.conf`, so
-    /// it rejoins the cluster as what it was told it is).
-    fn spawn(&self, i: usize) {
-        let port = self.ports[i];
-        let dir = self.dir.join(port.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new("sh")
-            .args([
-                "-c",
-                r#"redis-server "$@" & r=$!; echo $r; read _; kill -9 $r"#,
-                "sh",
-            ])
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = line.trim().parse().unwrap();
-        let alive = child.stdin.take().unwrap();
-        let deadline = Instant::now() + WAIT;
-        while cli(port, &["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.procs.lock().unwrap()[i] = Some(Proc {
-            pid,
-            _child: child,
-            _alive: alive,
-        });
-    }
-
-    /// Waits until each of `nodes` sees the cluster whole (every slot served) and each replica
-    /// among them is in sync with its master (a replica that never synced cannot take over).
-    fn wait_ok(&self, nodes: &[usize]) {
-        let deadline = Instant::now() + WAIT * 3;
-        for &i in nodes {
-            let port = self.ports[i];
-            while !cli(port, &["cluster", "info"]).contains("cluster_state:ok") || {
-                let info = cli(port, &["info", "replication"]);
-                info.contains("role:slave") && !info.contains("master_link_status:up")
-            } {
-                assert!(Instant::now() < deadline, "the Redis Cluster is not whole");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// The URL a node is given: one seed and two more (fred's syntax).
-    pub fn url(&self) -> String {
-        format!(
-            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
-            self.ports[0], self.ports[1], self.ports[2]
-        )
-    }
-
-    /// Which node (index) is the master of `slot` now, asked of any node that answers.
-    fn master_of(&self, slot: u16) -> usize {
-        for &port in &self.ports {
-            let nodes = cli(port, &["cluster", "nodes"]);
-            for line in nodes.lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
-                    continue;
-                }
-                let serves = f[8..].iter().any(|r| match r.split_once('-') {
-                    Some((a, b)) => {
-                        (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
-                    }
-                    None => r.parse() == Ok(slot),
-                });
-                if serves {
-                    let addr = f[1].split('@').next().unwrap();
-                    let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-                    return self.ports.iter().position(|&x| x == p).unwrap();
-                }
-            }
-        }
-        panic!("no master serves slot {slot}");
-    }
-
-    /// SIGKILLs node `i`.
-    fn kill(&self, i: usize) {
-        let proc = self.procs.lock().unwrap()[i].take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-9", &proc.pid.to_string()])
-            .status();
-    }
+/// The cluster of this file, started at first use.
+fn shared() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::start)
 }
 
 /// The slot of a room's keys (every key of a room carries it as a hash tag).
@@ -259,7 +79,7 @@ async fn relays_in_order(alice: &mut Client, bob: &mut Client, n: u64) {
 }
 
 async fn rooms_on_every_shard_relay_once_and_in_order_across_nodes() {
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let nodes = [
         node(cluster).await,
         node(cluster).await,
@@ -286,7 +106,7 @@ async fn rooms_on_every_shard_relay_once_and_in_order_across_nodes() {
 }
 
 async fn a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster() {
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let room = a.create_room(json!({"maxPeers": 2})).await["id"]
         .as_str()
@@ -305,7 +125,7 @@ async fn a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster() {
 }
 
 async fn a_master_killed_fails_over_and_every_room_relays_again_with_no_call_ended() {
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let nodes = [
         node(cluster).await,
         node(cluster).await,
@@ -340,18 +160,19 @@ async fn a_master_killed_fails_over_and_every_room_relays_again_with_no_call_end
     let (back, _) = nodes[2].resume_retrying(&rooms[0], "bob", cut(bob)).await;
     assert_eq!(back.id(), bob_id);
     drop(alice);
-    // The old master comes back as a replica: the cluster is whole for the next test.
+    // The old master comes back as a replica: the cluster is whole for the next scenario.
     let c = cluster;
     tokio::task::spawn_blocking(move || {
-        c.spawn(victim);
-        c.wait_ok(&(0..NODES).collect::<Vec<_>>());
+        c.wait_whole();
+        c.restart(victim);
+        c.wait_whole();
     })
     .await
     .unwrap();
 }
 
 async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let rooms = rooms_on_every_shard(&a, 1).await;
     let mut pairs = Vec::new();
@@ -361,29 +182,11 @@ async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
     // One master (and so its replica) loses everything; the other shards keep theirs.
     let victim = cluster.master_of(slot(&rooms[1]));
     assert_eq!(
-        cli(cluster.ports[victim], &["flushall"]).trim(),
+        redis_cli(victim, &["flushall"]).trim(),
         "OK",
         "FLUSHALL on the master"
     );
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    loop {
-        let status = a
-            .http()
-            .get(a.url(&format!("/v1/rooms/{}", rooms[1])))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lost shard's room never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_room(&a, &rooms[1]).await;
     for (i, (alice, bob)) in pairs.iter_mut().enumerate() {
         until_delivered(alice, bob, &format!("room {i} to bob")).await;
         until_delivered(bob, alice, &format!("room {i} to alice")).await;
@@ -395,7 +198,7 @@ async fn a_shard_that_lost_its_data_is_noticed_and_put_back_by_the_nodes() {
 
 async fn the_http_transport_is_relayed_between_nodes_over_shard_channels() {
     use crate::transport::HttpClient;
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let (a, b) = (node(cluster).await, node(cluster).await);
     let room = a.room().await;
     let mut ws = join_on(&b, &room, "ws").await;
@@ -425,7 +228,7 @@ async fn the_http_transport_is_relayed_between_nodes_over_shard_channels() {
 }
 
 async fn peers_of_a_dead_node_are_orphaned_and_swept_from_every_shards_index() {
-    let cluster = RedisCluster::shared();
+    let cluster = shared();
     let url = cluster.url();
     let short = move |c: &mut bluecam_server::Config| {
         c.redis_url = Some(url.clone());

@@ -65,8 +65,9 @@ impl RedisDirectory {
     /// A script's answer: on a Redis Cluster, `{answer, messages}`, whose messages (node,
     /// text, node, text…) are published now, in order, each on its node's shard, before the
     /// answer is used (so a peer's frames sent after its join reach each node after the
-    /// join's news). A message that cannot be published is lost to its node (logged): the
-    /// node's replica catches up at its next resync.
+    /// join's news). A message that cannot be published is lost to its node (logged); its
+    /// replica is repaired by its next resync, which a failover (the usual cause: the
+    /// channel's shard is unreachable) brings about on every node.
     async fn answered<T: FromValue>(&self, answer: Value) -> R<T> {
         if !self.sharded {
             return T::from_value(answer).map_err(backend);
@@ -400,34 +401,30 @@ impl RedisDirectory {
         })
     }
 
-    /// The keys of the directory's epoch: `bc:epoch` on a single Redis; on a Redis Cluster
-    /// one per shard (`bc:{eN}:epoch`, see [`shard_key`]), so that a shard that lost its data
-    /// is noticed like a whole Redis that did.
-    fn epoch_keys(&self) -> Vec<String> {
+    /// The keys of `what`, one per shard on a Redis Cluster (`bc:{eN}:what`, see
+    /// [`shard_key`]), or `single` on one Redis.
+    fn shard_keys(&self, what: &str, single: &str) -> Vec<String> {
         let Some(map) = self.shards() else {
-            return vec![EPOCH.to_owned()];
+            return vec![single.to_owned()];
         };
         let mut keys: Vec<String> = map
             .firsts
             .into_iter()
-            .map(|(start, end)| shard_key("epoch", start, end))
+            .map(|(start, end)| shard_key(what, start, end))
             .collect();
         keys.sort();
         keys
     }
 
+    /// The keys of the directory's epoch: `bc:epoch` on one Redis, one per shard on a Redis
+    /// Cluster, so that a shard that lost its data is noticed like a whole Redis that did.
+    fn epoch_keys(&self) -> Vec<String> {
+        self.shard_keys("epoch", EPOCH)
+    }
+
     /// The orphan index of every shard (`bc:orphans` on one Redis).
     fn orphan_index_keys(&self) -> Vec<String> {
-        let Some(map) = self.shards() else {
-            return vec![ORPHAN_INDEX.to_owned()];
-        };
-        let mut keys: Vec<String> = map
-            .firsts
-            .into_iter()
-            .map(|(start, end)| shard_key("orphans", start, end))
-            .collect();
-        keys.sort();
-        keys
+        self.shard_keys("orphans", ORPHAN_INDEX)
     }
 
     /// The orphan index that lists `room`: its shard's on a Redis Cluster (`bc:{eN}:orphans`,

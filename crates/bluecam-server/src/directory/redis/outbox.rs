@@ -51,6 +51,7 @@ impl RedisBroker {
         }
         let mut received: Vec<bool> = vec![false; items.len()];
         if self.client.is_connected() {
+            let sharded = self.client.is_clustered();
             let pipe = self.client.pipeline();
             let mut queued = true;
             for item in &items {
@@ -64,7 +65,7 @@ impl RedisBroker {
                 {
                     let text = NodeMessage::frame_text(room, to, frame.as_str());
                     // (`SPUBLISH` on a Redis Cluster: see `publish_to`.)
-                    let r: Result<(), _> = if self.client.is_clustered() {
+                    let r: Result<(), _> = if sharded {
                         pipe.spublish(channel(node), text).await
                     } else {
                         pipe.publish(channel(node), text).await
