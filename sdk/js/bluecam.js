@@ -14,51 +14,80 @@
  * loads this module for classic pages.
  */
 
-import { Signaling } from "./signaling.js";
-import { encodeData } from "./delivery.js";
+import { Signaling, tokenClaims } from "./signaling.js";
+import { encodeData, reviveBytes } from "./delivery.js";
+import { Emitter, OPTION_OF } from "./events.js";
 import { Scheduler } from "./scheduler.js";
 import { Peers } from "./peers.js";
 import { CLOSE } from "./close-codes.js";
 import { LocalMedia, cameraAvailable, wireButtons } from "./media.js";
 import {
   BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
-  RoomFullError, RoomNotFoundError, UnauthorizedError,
+  RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
 } from "./errors.js";
 
 export {
   BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
-  RoomFullError, RoomNotFoundError, UnauthorizedError,
+  RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
 };
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
+export { CLOSE, CLOSE_CODES } from "./close-codes.js";
 
 /**
  * @typedef {import("./frames.js").Peer} Peer
- * @typedef {"p2p" | "relay"} Path
- * @typedef {"connecting" | "connected" | "reconnecting" | "disconnected"} ConnectionState
+ * @typedef {import("./events.js").Path} Path
+ * @typedef {import("./events.js").ConnectionState} ConnectionState
  *   the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
  *   and the peer-to-peer links go on, messages that need the relay wait), `disconnected` once
  *   the room has ended or was left
- * @typedef {object} JoinOptions
- * @property {string} [token] from the app's backend (or, classic, `roomName` + `userId` and a
- *   `getToken` that fetches it)
- * @property {(classic?: {roomName: string, userId: string}) => Promise<string>} [getToken] a
- *   token for the same room and identity: used when the connection resumes (the first token may
- *   have expired by then), and, with `roomName` + `userId` and no `token`, for the first join
- * @property {string} [roomName] classic: the room, for `getToken`
- * @property {string} [userId] classic: the user, for `getToken`
- * @property {string} [pubnubSubscribeKey] classic, ignored (one console warning)
- * @property {string} [pubnubPublishKey] classic, ignored
- * @property {string | string[]} [server] the BlueCam server, or nodes of one cluster in order
- *   of preference (the SDK uses the first and moves to the next when one cannot be reached or
- *   drains; shuffle the list per user to spread them); defaults to the SDK's own origin
+ * @typedef {import("./events.js").RoomEvents} RoomEvents
+ * @typedef {import("./events.js").RoomEventName} RoomEventName
+ * @typedef {import("./errors.js").ErrorCode} ErrorCode
+ */
+
+/**
+ * The token: from the app's backend (`token`), or, classic, fetched by `getToken` for
+ * `roomName` and `userId`. `getToken` is also what the SDK calls for a fresh token when the
+ * one it holds has expired (or is about to) by the time the connection must resume.
+ * @typedef {{token: string, getToken?: () => Promise<string>}
+ *   | {token?: undefined, roomName: string, userId: string, getToken: (classic: {roomName: string, userId: string}) => Promise<string>}} TokenOptions
+ */
+
+/**
+ * How to reach the server.
+ * @typedef {object} ConnectionOptions
+ * @property {string | string[]} [server] the BlueCam server's URL (a path prefix is kept:
+ *   `https://app.example.com/rooms`), or nodes of one cluster in order of preference (the SDK
+ *   uses the first and moves to the next when one cannot be reached or drains; shuffle the list
+ *   per user to spread them). Required unless the SDK was loaded from the BlueCam server
+ *   itself (`/sdk/bluecam.js`), whose address is then the default
  * @property {"websocket" | "http"} [signalMethod] only this transport to the server; by default
  *   a WebSocket, and plain HTTP (long-polling) when the browser has none or a WebSocket cannot
  *   be opened (a proxy that blocks it)
  * @property {"all" | "relay"} [iceTransportPolicy] "relay" sends media and the data channel only
  *   through the TURN servers the server hands out (hides the users' addresses from each other;
  *   needs TURN); default "all"
+ * @property {AbortSignal} [signal] cancels the join while it is under way: `joinRoom` rejects
+ *   with an `AbortError` and nothing is left on the server (no effect once it has resolved:
+ *   `room.leave()` then)
+ * @property {number} [deliveryTimeoutMs] a message a peer has not acknowledged this long after
+ *   `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
+ *   to that peer, which stays in the room); default 60000
+ */
+
+/**
+ * This peer's media. A token whose `permissions.publishMedia` is false opens no camera or
+ * microphone whatever these say; one whose `subscribeMedia` is false receives no media.
+ * @typedef {object} MediaOptions
  * @property {boolean | MediaTrackConstraints} [video] default true
  * @property {boolean | MediaTrackConstraints} [audio] default true
+ * @property {MediaStream} [localStream] the app's own stream to send instead of opening the
+ *   camera and microphone (the app keeps it: leaving does not stop its tracks)
+ */
+
+/**
+ * Page elements the SDK fills in (optional: `onStream` hands over the streams instead).
+ * @typedef {object} ElementOptions
  * @property {HTMLVideoElement | string} [localVideo] element, selector, or element id
  * @property {HTMLElement | string} [remoteVideos] container: one <video data-peer=ID> per peer
  * @property {HTMLVideoElement | string} [remoteVideo] classic one-to-one: the first remote peer
@@ -66,6 +95,13 @@ export { MAX_MESSAGE_BYTES } from "./delivery.js";
  * @property {HTMLElement | string} [muteVideoBtn] classic: toggles the camera
  * @property {HTMLElement | string} [callBtn] classic: the first click starts the call's media
  *   (camera and microphone), the next hangs up; messages flow throughout. `aria-pressed` shows it
+ */
+
+/**
+ * Handlers of the room's events, registered at the join (the same as `room.on(…)`; none runs
+ * before `joinRoom` has resolved). `roomNotFoundCallback` is called when the room does not
+ * exist at the join or is deleted during the call.
+ * @typedef {object} CallbackOptions
  * @property {(type: string, data: any, from: Peer, meta: {path: Path}) => void} [onMessage]
  * @property {() => void} [roomNotFoundCallback]
  * @property {(peer: Peer) => void} [onPeerJoined]
@@ -73,14 +109,29 @@ export { MAX_MESSAGE_BYTES } from "./delivery.js";
  * @property {(peer: Peer, stream: MediaStream) => void} [onStream]
  * @property {(peer: Peer, path: Path) => void} [onPathChange]
  * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
- * @property {(error: Error) => void} [onError]
+ * @property {(error: import("./errors.js").BlueCamError | Error) => void} [onError]
  * @property {(state: ConnectionState) => void} [onConnectionChange]
- * @property {number} [deliveryTimeoutMs] a message a peer has not acknowledged this long after
- *   `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
- *   to that peer, which stays in the room); default 60000
- * @property {(peer: Peer, gap: {expected: number, held: number, partial: number}) => void} [onGap]
- *   a peer left while some of its messages to us were incomplete: message `expected` never
- *   arrived, and `held` later messages and `partial` chunked ones are dropped with it
+ * @property {(peer: Peer, gap: import("./events.js").Gap) => void} [onGap] a peer left while
+ *   some of its messages to us were incomplete: message `expected` never arrived, and `held`
+ *   later messages and `partial` chunked ones are dropped with it
+ */
+
+/**
+ * Options of the classic script that mean nothing now (one console warning).
+ * @typedef {object} ClassicOptions
+ * @property {string} [pubnubSubscribeKey] ignored
+ * @property {string} [pubnubPublishKey] ignored
+ */
+
+/**
+ * @typedef {TokenOptions & ConnectionOptions & MediaOptions & ElementOptions & CallbackOptions & ClassicOptions} JoinOptions
+ */
+
+/**
+ * The options as the SDK's parts read them (every key optional).
+ * @internal
+ * @typedef {Partial<{token: string, roomName: string, userId: string, getToken: (classic: any) => Promise<string>}>
+ *   & ConnectionOptions & MediaOptions & ElementOptions & CallbackOptions & ClassicOptions} AnyOptions
  */
 
 /** @type {Room | null} */
@@ -90,36 +141,64 @@ let lastRoom = null;
 let lastJoin = null;
 
 /**
- * Whether a token's `permissions.sendData` allows sending (true when absent or unreadable: the
- * server enforces it anyway). The claims are the JWT's middle part; no secret is needed to
- * read them.
- * @param {string} token
+ * The server this module was loaded from, when it was: a BlueCam server serves the SDK at
+ * `/sdk/bluecam.js` (under any path prefix a proxy adds). Bundled, or from a CDN, there is none.
+ * @returns {string | null}
  */
-function tokenAllowsSendData(token) {
+function ownServer() {
   try {
-    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
-    return claims?.permissions?.sendData !== false;
+    const here = new URL(import.meta.url);
+    if (here.protocol !== "http:" && here.protocol !== "https:") return null;
+    const prefix = here.pathname.match(/^(.*)\/sdk\/bluecam\.js$/);
+    return prefix ? here.origin + prefix[1] : null;
   } catch {
-    return true;
+    return null;
   }
 }
 
-/** @param {string | string[] | undefined} server */
+/**
+ * The WebSocket URL of each server given (a path prefix kept).
+ * @param {string | string[] | undefined} server
+ */
 function wsUrls(server) {
-  const list = Array.isArray(server) ? server : [server ?? new URL(import.meta.url).origin];
-  if (list.length === 0) throw new TypeError("server: give at least one URL");
+  const own = server === undefined ? ownServer() : null;
+  if (server === undefined && own === null) {
+    throw new BlueCamError("joinRoom needs `server` (the BlueCam server's URL): this SDK was not loaded from a BlueCam server, so it cannot tell which one", "server_required");
+  }
+  const list = Array.isArray(server) ? server : [server ?? /** @type {string} */ (own)];
+  if (list.length === 0) throw new BlueCamError("server: give at least one URL", "bad_options");
   return list.map((s) => {
-    const base = new URL(s);
-    base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
-    base.pathname = "/v1/ws";
+    let base;
+    try {
+      base = new URL(s);
+    } catch {
+      throw new BlueCamError(`server: not a URL: ${JSON.stringify(s)}`, "bad_options");
+    }
+    if (!["http:", "https:", "ws:", "wss:"].includes(base.protocol)) {
+      throw new BlueCamError(`server: not an http(s) URL: ${JSON.stringify(s)}`, "bad_options");
+    }
+    base.protocol = base.protocol === "https:" || base.protocol === "wss:" ? "wss:" : "ws:";
+    base.pathname = base.pathname.replace(/\/+$/, "") + "/v1/ws";
+    base.search = "";
+    base.hash = "";
     return base.toString();
   });
 }
 
 /**
+ * @param {AbortSignal} signal
+ * @returns {Error}
+ */
+function abortError(signal) {
+  const reason = signal.reason;
+  if (reason instanceof Error && reason.name === "AbortError") return reason;
+  return new DOMException("the join was cancelled", "AbortError");
+}
+
+/**
  * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
- * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * UnauthorizedError, ForbiddenError, RoomFullError, ConnectionError, a BlueCamError with code
+ * `server_required` or `bad_options`, or (`signal` aborted) a DOMException `AbortError`.
  * @param {JoinOptions} options
  * @returns {Promise<Room>}
  */
@@ -134,23 +213,27 @@ export async function joinRoom(options) {
 /**
  * The classic options on top of the modern ones: a token from `getToken({roomName, userId})`
  * when none is given, and the PubNub keys of the classic script, which mean nothing now.
- * @param {JoinOptions} options
+ * @param {AnyOptions} options
  * @returns {Promise<Room>}
  */
 async function startRoom(options) {
   if (options.pubnubSubscribeKey !== undefined || options.pubnubPublishKey !== undefined) {
     console.warn("BlueCam: pubnubSubscribeKey and pubnubPublishKey are ignored: the BlueCam server carries every message now (see docs/migrating-from-classic.md)");
   }
+  const { signal } = options;
+  if (signal?.aborted) throw abortError(signal);
   let token = options.token;
   if (!token) {
     const { roomName, userId, getToken } = options;
     if (!getToken || roomName === undefined || userId === undefined) {
-      throw new BlueCamError("joinRoom needs a token, or roomName, userId and getToken({roomName, userId}) to fetch one from your backend");
+      throw new BlueCamError("joinRoom needs a token, or roomName, userId and getToken({roomName, userId}) to fetch one from your backend", "bad_options");
     }
     token = await getToken({ roomName, userId });
+    if (signal?.aborted) throw abortError(signal);
   }
   const room = new Room({ ...options, token });
   await room.start();
+  room.events.release();
   return room;
 }
 
@@ -194,25 +277,43 @@ export async function sendMessage(type, data, opts) {
  */
 
 export class Room {
-  /** @param {JoinOptions} options */
+  /**
+   * Made by `joinRoom`; not to be constructed by apps.
+   * @internal
+   * @param {AnyOptions} options
+   */
   constructor(options) {
+    /** @internal */
     this.options = options;
-    /** @type {Peer} */
+    /** The room's events (`on`, `off`); the option callbacks are handlers of them.
+     * @internal */
+    this.events = new Emitter();
+    for (const [event, option] of Object.entries(OPTION_OF)) {
+      const handler = options[/** @type {keyof CallbackOptions} */ (option)];
+      if (typeof handler === "function") this.events.on(/** @type {RoomEventName} */ (event), /** @type {any} */ (handler));
+    }
+    /** This peer: its id in the room and its identity (and name), once joined.
+     * @type {Peer} */
     this.self = { id: "", identity: "" };
-    /** @type {RTCIceServer[]} */
+    /** @internal @type {RTCIceServer[]} */
     this.iceServers = [];
-    /** This peer's camera, microphone and screen, and the page's videos (media.js). */
+    /** This peer's camera, microphone and screen, and the page's videos (media.js).
+     * @internal */
     this.media = new LocalMedia(options);
+    /** @internal */
     this.left = false;
-    /** Whether this peer's token allows sending data (`permissions.sendData`, default true). */
+    /** Whether this peer's token allows sending data (`permissions.sendData`, default true).
+     * @internal */
     this.canSendData = true;
-    /** @type {ConnectionState} */
+    /** @internal @type {ConnectionState} */
     this.state = "connecting";
     /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
-     * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
+     * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays.
+     * @internal */
     this.onPageHide = () => this.leave();
     /** The browser is online again (often on another network): every peer connection
-     * restarts ICE, so the call finds its new path at once. */
+     * restarts ICE, so the call finds its new path at once.
+     * @internal */
     this.onOnline = () => {
       for (const link of this.roster.links()) link.restartIce("online");
     };
@@ -220,7 +321,8 @@ export class Room {
     // A classic getToken wants the room and user again for every fresh token.
     const freshToken = getToken && roomName !== undefined && userId !== undefined
       ? () => getToken({ roomName, userId })
-      : getToken;
+      : getToken && (() => getToken(undefined));
+    /** @internal */
     this.signaling = new Signaling(wsUrls(options.server), options.token ?? "", {
       onFrame: (f) => this.onFrame(f),
       onResumed: (joined) => this.onResumed(joined),
@@ -232,22 +334,20 @@ export class Room {
     }, freshToken, options.signalMethod);
     /** @type {Map<string, Remote>} */
     const remotes = new Map();
-    /** The send loop (scheduler.js). */
+    /** The send loop (scheduler.js).
+     * @internal */
     this.scheduler = new Scheduler({
       remotes,
       signaling: this.signaling,
       canSendData: () => this.canSendData,
       deliveryTimeoutMs: options.deliveryTimeoutMs,
       deliver: (remote, type, data, path) => {
-        try {
-          this.options.onMessage?.(type, data, remote.info, { path });
-        } catch (err) {
-          console.error("bluecam: onMessage threw", err);
-        }
+        this.events.emit("message", type, reviveBytes(data), remote.info, { path });
       },
-      gap: (peer, gap) => this.options.onGap?.(peer, gap),
+      gap: (peer, gap) => this.events.emit("gap", peer, gap),
     });
-    /** The room's peers and their connections (peers.js). */
+    /** The room's peers and their connections (peers.js).
+     * @internal */
     this.roster = new Peers({
       remotes,
       options,
@@ -257,7 +357,30 @@ export class Room {
       self: () => this.self,
       iceServers: () => this.iceServers,
       left: () => this.left,
+      emit: (event, ...args) => this.events.emit(event, ...args),
     });
+  }
+
+  /**
+   * Calls `handler` on each `event` from now on; returns a function that removes it.
+   * `room.on("message", (type, data, from, { path }) => …)`.
+   * @template {RoomEventName} K
+   * @param {K} event
+   * @param {(...args: RoomEvents[K]) => void} handler
+   * @returns {() => void}
+   */
+  on(event, handler) {
+    return this.events.on(event, handler);
+  }
+
+  /**
+   * Removes a handler added with `on`.
+   * @template {RoomEventName} K
+   * @param {K} event
+   * @param {(...args: RoomEvents[K]) => void} handler
+   */
+  off(event, handler) {
+    this.events.off(event, handler);
   }
 
   /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
@@ -265,7 +388,40 @@ export class Room {
     return this.signaling.transport;
   }
 
+  /** @internal */
   async start() {
+    const { signal } = this.options;
+    /** @type {(error: Error) => void} */
+    let cancel = () => {};
+    const cancelled = new Promise((_, reject) => {
+      cancel = reject;
+    });
+    const onAbort = () => {
+      // Nothing stays behind: a join sent is followed by a leave (the server takes them in
+      // order), a socket still opening is closed, media opened meanwhile is stopped.
+      this.left = true;
+      this.signaling.leave();
+      this.media.stop();
+      cancel(abortError(/** @type {AbortSignal} */ (signal)));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      await Promise.race([this.join(), cancelled]);
+    } catch (err) {
+      if (!this.left) {
+        this.left = true;
+        this.media.stop();
+      }
+      this.state = "disconnected";
+      if (err instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
+      throw err;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** @internal */
+  async join() {
     // With a classic `callBtn`, media waits for its first click.
     const wantMedia = (this.options.video !== false || this.options.audio !== false) && !this.options.callBtn;
     if (wantMedia && cameraAvailable()) {
@@ -274,18 +430,14 @@ export class Room {
       } catch (err) {
         this.emitError(err instanceof Error ? err : new Error(String(err)));
       }
+      // (Cancelled while the camera opened: it is stopped again.)
+      if (this.left) this.media.stop();
     }
-    let joined;
-    try {
-      joined = await this.signaling.join();
-    } catch (err) {
-      this.media.stop();
-      this.setState("disconnected");
-      if (err instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
-      throw err;
-    }
+    if (this.left) return;
+    const joined = await this.signaling.join();
+    if (this.left) return;
     this.self = joined.self;
-    this.canSendData = tokenAllowsSendData(this.signaling.token);
+    this.canSendData = tokenClaims(this.signaling.token)?.permissions?.sendData !== false;
     this.iceServers = joined.iceServers ?? [];
     for (const peer of joined.peers) this.roster.add(peer, false);
     this.wireClassicButtons();
@@ -300,15 +452,14 @@ export class Room {
     return this.state;
   }
 
-  /** @param {ConnectionState} state */
+  /**
+   * @internal
+   * @param {ConnectionState} state
+   */
   setState(state) {
     if (this.state === state) return;
     this.state = state;
-    try {
-      this.options.onConnectionChange?.(state);
-    } catch (err) {
-      console.error("bluecam: onConnectionChange threw", err);
-    }
+    this.events.emit("connectionChange", state);
   }
 
   /** The peers in the room now (without yourself). */
@@ -326,26 +477,31 @@ export class Room {
   }
 
   /**
-   * Sends `data` (a string or any JSON value) to everyone, or to `opts.to`. Resolves when
-   * every addressed peer has acknowledged it; rejects with PeerUnreachableError naming those
-   * that could not be reached, or MessageTooLargeError (before anything is sent).
+   * Sends `data` (a string, any JSON value, or binary data: an `ArrayBuffer`, a typed array, a
+   * `DataView` or a `Blob`, which arrive as a `Uint8Array`, also inside objects) to everyone,
+   * or to `opts.to`. Resolves when every addressed peer has acknowledged it; rejects with
+   * PeerUnreachableError naming those that could not be reached, or, before anything is sent,
+   * MessageTooLargeError or UnserializableError (a cycle, a `BigInt`, a `Blob` inside an object).
    * @param {string} type
    * @param {unknown} data
    * @param {{to?: string | string[]}} [opts]
    * @returns {Promise<void>}
    */
   async sendMessage(type, data, opts = {}) {
-    if (this.left) throw new ConnectionError("the room was left");
+    if (this.left) throw new ConnectionError("the room was left", "left");
     if (!this.canSendData) {
       // The server refuses this peer's relayed messages; the data channel must not carry them
       // either. Nothing goes out.
       throw new ForbiddenError("this peer's token does not allow sending data (permissions.sendData is false)", "permission_denied");
     }
+    if (typeof Blob === "function" && data instanceof Blob) data = new Uint8Array(await data.arrayBuffer());
     let encoded;
     try {
       encoded = encodeData(data);
     } catch (err) {
-      throw new MessageTooLargeError(err instanceof Error ? err.message : String(err), "too_large");
+      const message = err instanceof Error ? err.message : String(err);
+      if (err instanceof RangeError) throw new MessageTooLargeError(message, "too_large");
+      throw new UnserializableError(`the data cannot be sent: ${message}`, "unserializable");
     }
     const { remotes } = this.roster;
     const ids = opts.to === undefined ? [...remotes.keys()] : [...new Set([opts.to].flat())];
@@ -396,37 +552,41 @@ export class Room {
     if (this.left) return;
     this.left = true;
     this.signaling.leave();
-    this.shutdown(new ConnectionError("the room was left"));
+    this.shutdown(new ConnectionError("the room was left", "left"));
   }
 
   // ---- internals ----------------------------------------------------------------------
 
-  /** The peers' state (internal: for the end-to-end tests' diagnostics). */
+  /** The peers' state (for the end-to-end tests' diagnostics).
+   * @internal */
   get remotes() {
     return this.roster.remotes;
   }
 
-  /** The camera and microphone stream, if open (internal). */
+  /** The camera and microphone stream, if open.
+   * @internal */
   get local() {
     return this.media.local;
   }
 
-  /** Whether the microphone is on (internal; `setAudioEnabled` changes it). */
+  /** Whether the microphone is on (`setAudioEnabled` changes it). */
   get audioEnabled() {
     return this.media.audioEnabled;
   }
 
-  /** Whether the camera is on (internal; `setVideoEnabled` changes it). */
+  /** Whether the camera is on (`setVideoEnabled` changes it). */
   get videoEnabled() {
     return this.media.videoEnabled;
   }
 
-  /** The screen's track while it is shared (internal). */
+  /** The screen's track while it is shared.
+   * @internal */
   get screenTrack() {
     return this.media.screenTrack;
   }
 
-  /** Hooks for the end-to-end tests: simulate network faults. */
+  /** Hooks for the end-to-end tests: simulate network faults.
+   * @internal */
   get _test() {
     return {
       dropSocket: () => this.signaling.drop(),
@@ -439,13 +599,16 @@ export class Room {
     };
   }
 
-  /** @param {Error} error */
+  /**
+   * @internal
+   * @param {Error} error
+   */
   emitError(error) {
-    if (this.options.onError) this.options.onError(error);
-    else console.warn("bluecam:", error);
+    this.events.emit("error", error);
   }
 
   /**
+   * @internal
    * @param {import("./frames.js").ServerFrame} f
    */
   onFrame(f) {
@@ -466,7 +629,7 @@ export class Room {
         break;
       }
       case "room_closed":
-        this.onFatal(new RoomNotFoundError(`the room was ${f.reason}`, "room_not_found"), CLOSE.room_closed);
+        this.onFatal(new ConnectionError(`the room was ${f.reason}`, "room_closed"), CLOSE.room_closed);
         break;
       case "error":
         if (f.code === "rate_limited") {
@@ -488,6 +651,7 @@ export class Room {
 
   /**
    * The WebSocket came back with the same peer id: reconcile the peer list.
+   * @internal
    * @param {import("./frames.js").JoinedFrame} joined
    */
   onResumed(joined) {
@@ -501,18 +665,22 @@ export class Room {
   }
 
   /**
+   * @internal
    * @param {Error} error
    * @param {number} code
    */
   onFatal(error, code) {
     if (this.left) return;
     this.left = true;
-    if (code === CLOSE.room_closed || error instanceof RoomNotFoundError) this.options.roomNotFoundCallback?.();
+    if (code === CLOSE.room_closed || code === CLOSE.room_not_found) this.options.roomNotFoundCallback?.();
     this.emitError(error);
     this.shutdown(error);
   }
 
-  /** @param {Error} error */
+  /**
+   * @internal
+   * @param {Error} error
+   */
   shutdown(error) {
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
     globalThis.removeEventListener?.("online", this.onOnline);
@@ -523,6 +691,7 @@ export class Room {
     if (lastRoom === this) lastRoom = null;
   }
 
+  /** @internal */
   wireClassicButtons() {
     wireButtons(this.options, {
       inCall: () => this.media.local !== null,

@@ -48,12 +48,99 @@ export function newEpoch() {
  */
 
 /**
- * Checks and encodes a message's data; throws a RangeError above MAX_MESSAGE_BYTES.
+ * The key of binary data in a message's JSON: `{"\u0000b": "<base64>"}` stands for the bytes
+ * (the receiver hands over a `Uint8Array`). No app key starts with a NUL character.
+ */
+export const BYTES_KEY = "\u0000b";
+
+/**
+ * @param {Uint8Array} bytes
+ * @returns {string}
+ */
+export function toBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, /** @type {any} */ (bytes.subarray(i, i + 0x8000)));
+  }
+  return btoa(binary);
+}
+
+/**
+ * @param {string} text base64
+ * @returns {Uint8Array}
+ */
+export function fromBase64(text) {
+  const binary = atob(text);
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
+/**
+ * JSON.stringify's replacer: binary data (an ArrayBuffer or any view of one) as its bytes.
+ * @param {string} _key
+ * @param {unknown} value
+ */
+function bytesReplacer(_key, value) {
+  // (Most values are primitives, plain objects and arrays: let them through first.)
+  if (typeof value !== "object" || value === null || value.constructor === Object || Array.isArray(value)) return value;
+  if (value instanceof ArrayBuffer) return { [BYTES_KEY]: toBase64(new Uint8Array(value)) };
+  if (ArrayBuffer.isView(value)) {
+    return { [BYTES_KEY]: toBase64(new Uint8Array(value.buffer, value.byteOffset, value.byteLength)) };
+  }
+  if (typeof Blob === "function" && value instanceof Blob) {
+    throw new TypeError("a Blob inside an object cannot be sent (send it alone, or its bytes)");
+  }
+  return value;
+}
+
+/**
+ * A message's data as received, with the binary values (`{"\u0000b": base64}`) back as
+ * `Uint8Array`s. Changes `data` in place. Data it cannot walk (nested deeper than the stack, a
+ * hostile sender) is handed over as it came.
+ * @param {unknown} data
+ * @returns {unknown}
+ */
+export function reviveBytes(data) {
+  if (typeof data !== "object" || data === null) return data;
+  try {
+    return revive(data);
+  } catch {
+    return data;
+  }
+}
+
+/**
+ * @param {unknown} v
+ * @returns {unknown}
+ */
+function revive(v) {
+  if (typeof v !== "object" || v === null) return v;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) v[i] = revive(v[i]);
+    return v;
+  }
+  const o = /** @type {Record<string, unknown>} */ (v);
+  const keys = Object.keys(o);
+  if (keys.length === 1 && keys[0] === BYTES_KEY && typeof o[BYTES_KEY] === "string") {
+    try {
+      return fromBase64(/** @type {string} */ (o[BYTES_KEY]));
+    } catch {
+      return o;
+    }
+  }
+  for (const k of keys) o[k] = revive(o[k]);
+  return o;
+}
+
+/**
+ * Checks and encodes a message's data; throws a RangeError above MAX_MESSAGE_BYTES (binary
+ * data counts as its base64), a TypeError for data JSON cannot hold (a cycle, a `BigInt`).
  * @param {unknown} data
  * @returns {{json: string, bytes: number}}
  */
 export function encodeData(data) {
-  const json = JSON.stringify(data === undefined ? null : data);
+  const json = JSON.stringify(data === undefined ? null : data, bytesReplacer);
   const bytes = new TextEncoder().encode(json).length;
   if (bytes > MAX_MESSAGE_BYTES) {
     throw new RangeError(`message of ${bytes} bytes exceeds the limit of ${MAX_MESSAGE_BYTES} bytes`);

@@ -171,6 +171,8 @@ class World {
       },
       onError: (err) => this.note(`${inc.name} onError ${err.message}`),
     });
+    // (A room made here, not by joinRoom: its events go out as they happen.)
+    room.events.flush();
     inc.room = room;
     room.self = { id, identity: side };
     // The WebSocket: joined, and its frames go into the model's network.

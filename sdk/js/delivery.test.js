@@ -64,6 +64,8 @@ test("the relay frames a Room writes carry the envelopes as send.msg, exactly as
     token: "t", server: "http://127.0.0.1:9", video: false, audio: false,
     onMessage: (type, data) => { got.push({ type, data }); },
   });
+  // (A room made here, not by joinRoom: its events go out as they happen.)
+  room.events.flush();
   /** @type {string[]} */
   const written = [];
   room.signaling.connected = true;

@@ -115,6 +115,8 @@ function harness(expected = 1) {
     token: "t", server: "http://127.0.0.1:9", video: false, audio: false,
     onMessage: (type, data, from, meta) => { calls.push({ type, data, from: from.id, path: meta.path }); },
   });
+  // (A room made here, not by joinRoom: its events go out as they happen.)
+  room.events.flush();
   room.roster.add({ id: FROM, identity: "remote" }, false);
   const remote = /** @type {any} */ (room.remotes.get(FROM));
   remote.inbox.expected = expected;

@@ -1,14 +1,32 @@
 // @ts-check
-/** Typed errors of the BlueCam SDK; each sets `name` to its class name. */
+/**
+ * Typed errors of the BlueCam SDK; each sets `name` to its class name and has a `code`.
+ *
+ * The codes: a join refused (`room_not_found`, `unauthorized`, `forbidden`, `room_full`,
+ * `unavailable`, …: the server's error codes, docs/protocol.md); a session the server ended
+ * for good, named like its close code (`room_closed`: the room was deleted or expired,
+ * `superseded`: the same identity joined elsewhere, `session_expired`, `too_many_errors`,
+ * `protocol_error`, …; `connection_closed` for a code this SDK does not know); and the SDK's
+ * own: `server_required`, `bad_options`, `unreachable` (no server could be reached for the
+ * join), `unsupported` (no WebSocket with `signalMethod: "websocket"`), `left` (the room was
+ * left), `too_large`, `unserializable`, `permission_denied`, `peer_unreachable`.
+ * @typedef {"room_not_found" | "unauthorized" | "forbidden" | "room_full" | "unavailable"
+ *   | "room_closed" | "superseded" | "session_expired" | "too_many_errors" | "protocol_error"
+ *   | "invalid_data" | "message_too_big" | "bad_join" | "connection_closed"
+ *   | "server_required" | "bad_options" | "unreachable" | "unsupported" | "left" | "too_large"
+ *   | "unserializable" | "permission_denied" | "peer_unreachable"
+ *   | (string & {})} ErrorCode
+ */
 
 export class BlueCamError extends Error {
   /**
    * @param {string} message
-   * @param {string} [code] the server's error code, when there is one
+   * @param {ErrorCode} code
    */
   constructor(message, code) {
     super(message);
     this.name = new.target.name;
+    /** @type {ErrorCode} */
     this.code = code;
   }
 }
@@ -22,6 +40,8 @@ export class ForbiddenError extends BlueCamError {}
 export class RoomFullError extends BlueCamError {}
 /** A message above 1 MiB (of JSON) was refused before anything was sent. */
 export class MessageTooLargeError extends BlueCamError {}
+/** The data of a message cannot be sent (a cycle, a `BigInt`); nothing was sent. */
+export class UnserializableError extends BlueCamError {}
 /** Some addressed peers could not be reached (they left, or the room closed). */
 export class PeerUnreachableError extends BlueCamError {
   /**

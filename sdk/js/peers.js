@@ -22,13 +22,15 @@ const RELINK_MS = 1000;
  * What the peers need of their room.
  * @typedef {object} PeersHost
  * @property {Map<string, Remote>} remotes the room's peers (shared with the send loop)
- * @property {import("./bluecam.js").JoinOptions} options the app's callbacks and ICE policy
+ * @property {import("./bluecam.js").AnyOptions} options the ICE policy
  * @property {import("./signaling.js").Signaling} signaling
  * @property {import("./scheduler.js").Scheduler} scheduler
  * @property {import("./media.js").LocalMedia} media
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
  * @property {() => boolean} left whether the room was left or ended
+ * @property {<K extends import("./events.js").RoomEventName>(event: K, ...args: import("./events.js").RoomEvents[K]) => void} emit
+ *   hands an event to the app's handlers
  */
 
 export class Peers {
@@ -72,7 +74,7 @@ export class Peers {
     }
     const { media } = this.host;
     if (media.local) this.signal(info.id, { media: { audio: media.audioEnabled, video: media.videoEnabled } });
-    if (announce) this.host.options.onPeerJoined?.(info);
+    if (announce) this.host.emit("peerJoined", info);
   }
 
   /** @param {Remote} remote */
@@ -105,7 +107,7 @@ export class Peers {
     remote.link?.close();
     this.host.scheduler.dropPeer(remote, error ?? new PeerUnreachableError(`peer ${id} left`, [id]));
     this.host.media.videos.remove(id);
-    if (!this.host.left()) this.host.options.onPeerLeft?.(remote.info);
+    if (!this.host.left()) this.host.emit("peerLeft", remote.info);
   }
 
   /**
@@ -133,7 +135,7 @@ export class Peers {
       remote.link?.close();
       remote.link = null;
     } else if (data.media) {
-      this.host.options.onMediaChange?.(remote.info, { audio: !!data.media.audio, video: !!data.media.video });
+      this.host.emit("mediaChange", remote.info, { audio: !!data.media.audio, video: !!data.media.video });
     } else if (webrtcAvailable() && !this.host.left()) {
       // Signals name the generation (one RTCPeerConnection) of both sides. An offer from a
       // newer remote connection means the peer started over: so do we, before answering.
@@ -163,7 +165,7 @@ export class Peers {
     const path = open ? "p2p" : "relay";
     if (remote.path !== path) {
       remote.path = path;
-      this.host.options.onPathChange?.(remote.info, path);
+      this.host.emit("pathChange", remote.info, path);
     }
     this.host.scheduler.onChannel(remote, open);
     if (open) return;
@@ -186,6 +188,6 @@ export class Peers {
    */
   onStream(remote, stream) {
     this.host.media.videos.show(remote.info.id, stream);
-    this.host.options.onStream?.(remote.info, stream);
+    this.host.emit("stream", remote.info, stream);
   }
 }

@@ -41,8 +41,39 @@ const WS_OPEN_TIMEOUT_MS = 2000;
 function httpUrl(wsUrl) {
   const u = new URL(wsUrl);
   u.protocol = u.protocol === "wss:" ? "https:" : "http:";
-  u.pathname = "/v1/http";
+  // (Under the same path prefix as the WebSocket's.)
+  u.pathname = u.pathname.replace(/\/v1\/ws$/, "/v1/http");
   return u.toString().replace(/\/$/, "");
+}
+
+/**
+ * A token's claims (the JWT's middle part; no secret is needed to read them), or null when
+ * they cannot be read (the server decides about the token anyway).
+ * @param {string} token
+ * @returns {{exp?: number, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
+ */
+export function tokenClaims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A token this close to its expiry is renewed before a resume (the network may be slow). */
+const TOKEN_MARGIN_MS = 30000;
+
+/**
+ * Whether a token has expired, or will within TOKEN_MARGIN_MS (also when its expiry cannot be
+ * read: a fresh one is asked for then, to be safe).
+ * @param {string} token
+ * @param {number} [now]
+ */
+export function tokenExpiring(token, now = Date.now()) {
+  const exp = tokenClaims(token)?.exp;
+  return typeof exp !== "number" || exp * 1000 - TOKEN_MARGIN_MS <= now;
 }
 
 /**
@@ -94,6 +125,8 @@ export class Signaling {
     this.token = token;
     this.handlers = handlers;
     this.getToken = getToken;
+    /** The server refused the token on a resume: the next attempt needs a fresh one. */
+    this.tokenRefused = false;
     /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
     this.queued = [];
     // The server's per-connection frame rate limit, from `joined.limits`, kept with a margin so
@@ -154,7 +187,7 @@ export class Signaling {
    */
   open(onJoined, onFailed, viaHttp = this.httpFirst(), fellBack = false) {
     if (!viaHttp && typeof globalThis.WebSocket !== "function") {
-      onFailed(new ConnectionError("this browser has no WebSocket (signalMethod: \"websocket\")"));
+      onFailed(new ConnectionError("this browser has no WebSocket (signalMethod: \"websocket\")", "unsupported"));
       return;
     }
     /** @type {WebSocket | HttpSocket} */
@@ -251,16 +284,17 @@ export class Signaling {
           this.open(onJoined, onFailed);
           return;
         }
-        onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${code})`));
+        onFailed(failure ?? new ConnectionError(`cannot connect to ${this.url} (${code})`, "unreachable"));
         return;
       }
       // Decide by the close code alone: an `unavailable` during a resume (a draining node, a
       // store outage) is worth retrying; a refused token is, when a fresh one can be had.
       if (decision.final) {
         const why = `connection closed (${code} ${reason || CLOSE_BY_CODE.get(code)?.reason || ""})`;
-        this.fail(failure ?? new ConnectionError(why), code);
+        this.fail(failure ?? new ConnectionError(why, CLOSE_BY_CODE.get(code)?.name ?? "connection_closed"), code);
         return;
       }
+      if (code === CLOSE.unauthorized) this.tokenRefused = true;
       this.scheduleReconnect();
     };
     ws.onclose = (/** @type {{code: number, reason: string}} */ ev) => finish(ev.code, ev.reason);
@@ -310,9 +344,13 @@ export class Signaling {
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(async () => {
       if (this.closedForGood) return;
-      if (this.getToken) {
+      // A fresh token only when this one has expired (or is about to) or was refused: after a
+      // server restart every client resumes, and the app's backend should not hear from all.
+      // (The attempts are spread by the back-off's jitter.)
+      if (this.getToken && (this.tokenRefused || tokenExpiring(this.token))) {
         try {
           this.token = await this.getToken();
+          this.tokenRefused = false;
         } catch {
           // Keep the old token; the server will say if it is no good.
         }

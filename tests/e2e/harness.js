@@ -619,9 +619,10 @@ export class Postgres {
  * upgrade is refused with 403 (`webSocket: "refuse"`), held unanswered (`"hang"`), passed
  * through to the next upstream (`"pass"`), or passed through for the handshake only, every
  * frame after it dropped both ways (`"mute"`: a proxy that lets the upgrade through and then
- * passes nothing).
+ * passes nothing). With `prefix`, BlueCam is published under that path (`/rooms`): the proxy
+ * strips it, and answers 404 to anything outside it.
  * @param {string[]} upstreams base URLs (http://127.0.0.1:PORT)
- * @param {{webSocket?: "refuse" | "hang" | "pass" | "mute"}} [opts]
+ * @param {{webSocket?: "refuse" | "hang" | "pass" | "mute", prefix?: string}} [opts]
  * @returns {Promise<{url: string, requests: () => number[], upgrades: () => number, close: () => Promise<void>}>}
  */
 export function startHttpProxy(upstreams, opts = {}) {
@@ -636,10 +637,18 @@ export function startHttpProxy(upstreams, opts = {}) {
     counts[i]++;
     return new URL(upstreams[i]);
   };
+  const prefix = opts.prefix ?? "";
+  /** The upstream's path of a request's, or null outside the prefix. @param {string | undefined} url */
+  const inner = (url = "/") => (url.startsWith(prefix + "/") ? url.slice(prefix.length) : null);
   const server = createHttpServer((req, res) => {
+    const path = inner(req.url);
+    if (path === null) {
+      res.writeHead(404).end();
+      return;
+    }
     const up = pick();
     const fwd = httpRequest({
-      host: up.hostname, port: up.port, method: req.method, path: req.url,
+      host: up.hostname, port: up.port, method: req.method, path,
       headers: { ...req.headers, host: up.host },
     }, (upRes) => {
       res.writeHead(upRes.statusCode ?? 502, upRes.headers);
@@ -662,9 +671,14 @@ export function startHttpProxy(upstreams, opts = {}) {
       return;
     }
     if (mode === "hang") return; // held open, never answered
+    const path = inner(req.url);
+    if (path === null) {
+      socket.end("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
     const up = pick();
     const conn = createConnection(Number(up.port), up.hostname, () => {
-      let head0 = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      let head0 = `${req.method} ${path} HTTP/1.1\r\n`;
       for (let i = 0; i < req.rawHeaders.length; i += 2) head0 += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
       conn.write(head0 + "\r\n");
       if (mode === "mute") {
@@ -837,8 +851,8 @@ export async function closeBrowser() {
  * a test's own `joinRoom` calls and the demo app's.
  */
 const RECORDING_SDK = `
-import * as sdk from "/sdk/bluecam.js?e2e-real";
-export * from "/sdk/bluecam.js?e2e-real";
+import * as sdk from "./bluecam.js?e2e-real";
+export * from "./bluecam.js?e2e-real";
 const events = (globalThis.__bluecamEvents ??= { errors: [], gaps: [] });
 export function joinRoom(options) {
   return sdk.joinRoom({
@@ -905,7 +919,7 @@ export async function launchPeer(server, opts = {}) {
   };
   peers.add(peer);
   await context.route(
-    (url) => url.pathname === "/sdk/bluecam.js" && url.search === "",
+    (url) => url.pathname.endsWith("/sdk/bluecam.js") && url.search === "",
     (route) => route.request().resourceType() === "script"
       ? route.fulfill({ contentType: "text/javascript", body: RECORDING_SDK })
       : route.continue(),
@@ -1024,7 +1038,8 @@ export async function endTest() {
  */
 export function join(page, token, media = { video: true, audio: true }, server = undefined) {
   return evaluate(page, async ({ token, media, server }) => {
-    const sdk = await import("/sdk/bluecam.js");
+    // (From the page's own server, under its path prefix if it has one.)
+    const sdk = await import(location.pathname.endsWith("/sdk/bluecam.js") ? location.pathname : "/sdk/bluecam.js");
     /** @type {any} */
     const w = window;
     w.sdk = sdk;

@@ -1,6 +1,7 @@
 /**
  * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
- * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * UnauthorizedError, ForbiddenError, RoomFullError, ConnectionError, a BlueCamError with code
+ * `server_required` or `bad_options`, or (`signal` aborted) a DOMException `AbortError`.
  * @param {JoinOptions} options
  * @returns {Promise<Room>}
  */
@@ -22,7 +23,8 @@ export function sendMessage(type: string, data: unknown, opts?: {
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 /**
  * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
- * UnauthorizedError, ForbiddenError, RoomFullError or ConnectionError.
+ * UnauthorizedError, ForbiddenError, RoomFullError, ConnectionError, a BlueCamError with code
+ * `server_required` or `bad_options`, or (`signal` aborted) a DOMException `AbortError`.
  * @param {JoinOptions} options
  * @returns {Promise<Room>}
  */
@@ -31,38 +33,30 @@ export function JoinRoom(options: JoinOptions): Promise<Room>;
  * @typedef {import("./scheduler.js").Remote} Remote
  */
 export class Room {
-    /** @param {JoinOptions} options */
-    constructor(options: JoinOptions);
-    options: JoinOptions;
-    /** @type {Peer} */
+    private constructor();
+    /** This peer: its id in the room and its identity (and name), once joined.
+     * @type {Peer} */
     self: Peer;
-    /** @type {RTCIceServer[]} */
-    iceServers: RTCIceServer[];
-    /** This peer's camera, microphone and screen, and the page's videos (media.js). */
-    media: LocalMedia;
-    left: boolean;
-    /** Whether this peer's token allows sending data (`permissions.sendData`, default true). */
-    canSendData: boolean;
-    /** @type {ConnectionState} */
-    state: ConnectionState;
-    /** Leaves when the page goes away (a closed tab, a navigation): the others see it at once,
-     * rather than after the resume window. Not on `visibilitychange`: a hidden tab stays. */
-    onPageHide: () => void;
-    /** The browser is online again (often on another network): every peer connection
-     * restarts ICE, so the call finds its new path at once. */
-    onOnline: () => void;
-    signaling: Signaling;
-    /** The send loop (scheduler.js). */
-    scheduler: Scheduler;
-    /** The room's peers and their connections (peers.js). */
-    roster: Peers;
+    /**
+     * Calls `handler` on each `event` from now on; returns a function that removes it.
+     * `room.on("message", (type, data, from, { path }) => …)`.
+     * @template {RoomEventName} K
+     * @param {K} event
+     * @param {(...args: RoomEvents[K]) => void} handler
+     * @returns {() => void}
+     */
+    on<K extends RoomEventName>(event: K, handler: (...args: RoomEvents[K]) => void): () => void;
+    /**
+     * Removes a handler added with `on`.
+     * @template {RoomEventName} K
+     * @param {K} event
+     * @param {(...args: RoomEvents[K]) => void} handler
+     */
+    off<K extends RoomEventName>(event: K, handler: (...args: RoomEvents[K]) => void): void;
     /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
     get transport(): import("./signaling.js").SignalMethod | null;
-    start(): Promise<void>;
     /** The link to the server now. */
-    get connectionState(): ConnectionState;
-    /** @param {ConnectionState} state */
-    setState(state: ConnectionState): void;
+    get connectionState(): import("./events.js").ConnectionState;
     /** The peers in the room now (without yourself). */
     get peers(): import("./frames.js").Peer[];
     /**
@@ -72,9 +66,11 @@ export class Room {
      */
     path(peerId: string): Path;
     /**
-     * Sends `data` (a string or any JSON value) to everyone, or to `opts.to`. Resolves when
-     * every addressed peer has acknowledged it; rejects with PeerUnreachableError naming those
-     * that could not be reached, or MessageTooLargeError (before anything is sent).
+     * Sends `data` (a string, any JSON value, or binary data: an `ArrayBuffer`, a typed array, a
+     * `DataView` or a `Blob`, which arrive as a `Uint8Array`, also inside objects) to everyone,
+     * or to `opts.to`. Resolves when every addressed peer has acknowledged it; rejects with
+     * PeerUnreachableError naming those that could not be reached, or, before anything is sent,
+     * MessageTooLargeError or UnserializableError (a cycle, a `BigInt`, a `Blob` inside an object).
      * @param {string} type
      * @param {unknown} data
      * @param {{to?: string | string[]}} [opts]
@@ -100,89 +96,49 @@ export class Room {
     hangUp(): void;
     /** Leaves the room: tells the server, closes every connection, stops the camera. */
     leave(): void;
-    /** The peers' state (internal: for the end-to-end tests' diagnostics). */
-    get remotes(): Map<string, import("./scheduler.js").Remote>;
-    /** The camera and microphone stream, if open (internal). */
-    get local(): MediaStream | null;
-    /** Whether the microphone is on (internal; `setAudioEnabled` changes it). */
+    /** Whether the microphone is on (`setAudioEnabled` changes it). */
     get audioEnabled(): boolean;
-    /** Whether the camera is on (internal; `setVideoEnabled` changes it). */
+    /** Whether the camera is on (`setVideoEnabled` changes it). */
     get videoEnabled(): boolean;
-    /** The screen's track while it is shared (internal). */
-    get screenTrack(): MediaStreamTrack | null;
-    /** Hooks for the end-to-end tests: simulate network faults. */
-    get _test(): {
-        dropSocket: () => void;
-        /** @param {number} ms keep the WebSocket down this long */
-        cutSocket: (ms: number) => void;
-        /** @param {string} peerId */
-        closeChannel: (peerId: string) => void | undefined;
-        /** @param {string} peerId */
-        outboxSize: (peerId: string) => number;
-    };
-    /** @param {Error} error */
-    emitError(error: Error): void;
-    /**
-     * @param {import("./frames.js").ServerFrame} f
-     */
-    onFrame(f: import("./frames.js").ServerFrame): void;
-    /**
-     * The WebSocket came back with the same peer id: reconcile the peer list.
-     * @param {import("./frames.js").JoinedFrame} joined
-     */
-    onResumed(joined: import("./frames.js").JoinedFrame): void;
-    /**
-     * @param {Error} error
-     * @param {number} code
-     */
-    onFatal(error: Error, code: number): void;
-    /** @param {Error} error */
-    shutdown(error: Error): void;
-    wireClassicButtons(): void;
 }
 export type Peer = import("./frames.js").Peer;
-export type Path = "p2p" | "relay";
+export type Path = import("./events.js").Path;
 /**
  * the link to the server: `reconnecting` while it is away (a network cut, a restart; the call
  * and the peer-to-peer links go on, messages that need the relay wait), `disconnected` once
  * the room has ended or was left
  */
-export type ConnectionState = "connecting" | "connected" | "reconnecting" | "disconnected";
-export type JoinOptions = {
-    /**
-     * from the app's backend (or, classic, `roomName` + `userId` and a
-     * `getToken` that fetches it)
-     */
-    token?: string | undefined;
-    /**
-     * a
-     * token for the same room and identity: used when the connection resumes (the first token may
-     * have expired by then), and, with `roomName` + `userId` and no `token`, for the first join
-     */
-    getToken?: ((classic?: {
+export type ConnectionState = import("./events.js").ConnectionState;
+export type RoomEvents = import("./events.js").RoomEvents;
+export type RoomEventName = import("./events.js").RoomEventName;
+export type ErrorCode = import("./errors.js").ErrorCode;
+/**
+ * The token: from the app's backend (`token`), or, classic, fetched by `getToken` for
+ * `roomName` and `userId`. `getToken` is also what the SDK calls for a fresh token when the
+ * one it holds has expired (or is about to) by the time the connection must resume.
+ */
+export type TokenOptions = {
+    token: string;
+    getToken?: () => Promise<string>;
+} | {
+    token?: undefined;
+    roomName: string;
+    userId: string;
+    getToken: (classic: {
         roomName: string;
         userId: string;
-    }) => Promise<string>) | undefined;
+    }) => Promise<string>;
+};
+/**
+ * How to reach the server.
+ */
+export type ConnectionOptions = {
     /**
-     * classic: the room, for `getToken`
-     */
-    roomName?: string | undefined;
-    /**
-     * classic: the user, for `getToken`
-     */
-    userId?: string | undefined;
-    /**
-     * classic, ignored (one console warning)
-     */
-    pubnubSubscribeKey?: string | undefined;
-    /**
-     * classic, ignored
-     */
-    pubnubPublishKey?: string | undefined;
-    /**
-     * the BlueCam server, or nodes of one cluster in order
-     * of preference (the SDK uses the first and moves to the next when one cannot be reached or
-     * drains; shuffle the list per user to spread them); defaults to the SDK's own origin
+     * the BlueCam server's URL (a path prefix is kept:
+     * `https://app.example.com/rooms`), or nodes of one cluster in order of preference (the SDK
+     * uses the first and moves to the next when one cannot be reached or drains; shuffle the list
+     * per user to spread them). Required unless the SDK was loaded from the BlueCam server
+     * itself (`/sdk/bluecam.js`), whose address is then the default
      */
     server?: string | string[] | undefined;
     /**
@@ -198,6 +154,24 @@ export type JoinOptions = {
      */
     iceTransportPolicy?: "relay" | "all" | undefined;
     /**
+     * cancels the join while it is under way: `joinRoom` rejects
+     * with an `AbortError` and nothing is left on the server (no effect once it has resolved:
+     * `room.leave()` then)
+     */
+    signal?: AbortSignal | undefined;
+    /**
+     * a message a peer has not acknowledged this long after
+     * `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
+     * to that peer, which stays in the room); default 60000
+     */
+    deliveryTimeoutMs?: number | undefined;
+};
+/**
+ * This peer's media. A token whose `permissions.publishMedia` is false opens no camera or
+ * microphone whatever these say; one whose `subscribeMedia` is false receives no media.
+ */
+export type MediaOptions = {
+    /**
      * default true
      */
     video?: boolean | MediaTrackConstraints | undefined;
@@ -205,6 +179,16 @@ export type JoinOptions = {
      * default true
      */
     audio?: boolean | MediaTrackConstraints | undefined;
+    /**
+     * the app's own stream to send instead of opening the
+     * camera and microphone (the app keeps it: leaving does not stop its tracks)
+     */
+    localStream?: MediaStream | undefined;
+};
+/**
+ * Page elements the SDK fills in (optional: `onStream` hands over the streams instead).
+ */
+export type ElementOptions = {
     /**
      * element, selector, or element id
      */
@@ -230,6 +214,13 @@ export type JoinOptions = {
      * (camera and microphone), the next hangs up; messages flow throughout. `aria-pressed` shows it
      */
     callBtn?: string | HTMLElement | undefined;
+};
+/**
+ * Handlers of the room's events, registered at the join (the same as `room.on(…)`; none runs
+ * before `joinRoom` has resolved). `roomNotFoundCallback` is called when the room does not
+ * exist at the join or is deleted during the call.
+ */
+export type CallbackOptions = {
     onMessage?: ((type: string, data: any, from: Peer, meta: {
         path: Path;
     }) => void) | undefined;
@@ -242,24 +233,38 @@ export type JoinOptions = {
         audio: boolean;
         video: boolean;
     }) => void) | undefined;
-    onError?: ((error: Error) => void) | undefined;
+    onError?: ((error: import("./errors.js").BlueCamError | Error) => void) | undefined;
     onConnectionChange?: ((state: ConnectionState) => void) | undefined;
     /**
-     * a message a peer has not acknowledged this long after
-     * `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
-     * to that peer, which stays in the room); default 60000
+     * a peer left while
+     * some of its messages to us were incomplete: message `expected` never arrived, and `held`
+     * later messages and `partial` chunked ones are dropped with it
      */
-    deliveryTimeoutMs?: number | undefined;
-    /**
-     * a peer left while some of its messages to us were incomplete: message `expected` never
-     * arrived, and `held` later messages and `partial` chunked ones are dropped with it
-     */
-    onGap?: ((peer: Peer, gap: {
-        expected: number;
-        held: number;
-        partial: number;
-    }) => void) | undefined;
+    onGap?: ((peer: Peer, gap: import("./events.js").Gap) => void) | undefined;
 };
+/**
+ * Options of the classic script that mean nothing now (one console warning).
+ */
+export type ClassicOptions = {
+    /**
+     * ignored
+     */
+    pubnubSubscribeKey?: string | undefined;
+    /**
+     * ignored
+     */
+    pubnubPublishKey?: string | undefined;
+};
+export type JoinOptions = TokenOptions & ConnectionOptions & MediaOptions & ElementOptions & CallbackOptions & ClassicOptions;
+/**
+ * The options as the SDK's parts read them (every key optional).
+ */
+export type AnyOptions = Partial<{
+    token: string;
+    roomName: string;
+    userId: string;
+    getToken: (classic: any) => Promise<string>;
+}> & ConnectionOptions & MediaOptions & ElementOptions & CallbackOptions & ClassicOptions;
 export type Remote = import("./scheduler.js").Remote;
 import { BlueCamError } from "./errors.js";
 import { ConnectionError } from "./errors.js";
@@ -269,8 +274,11 @@ import { PeerUnreachableError } from "./errors.js";
 import { RoomFullError } from "./errors.js";
 import { RoomNotFoundError } from "./errors.js";
 import { UnauthorizedError } from "./errors.js";
+import { UnserializableError } from "./errors.js";
+import { Emitter } from "./events.js";
 import { LocalMedia } from "./media.js";
 import { Signaling } from "./signaling.js";
 import { Scheduler } from "./scheduler.js";
 import { Peers } from "./peers.js";
-export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError };
+export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError };
+export { CLOSE, CLOSE_CODES } from "./close-codes.js";

@@ -5,13 +5,26 @@
  */
 export function newEpoch(): number;
 /**
- * @typedef {{v: number, k: "m", s: number, t: string, d: unknown, e?: number, b?: number}} WholeEnvelope
- * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string, e?: number, b?: number}} ChunkEnvelope
- * @typedef {{v: number, k: "a", a: number, e?: number}} AckEnvelope
- * @typedef {WholeEnvelope | ChunkEnvelope | AckEnvelope} Envelope
+ * @param {Uint8Array} bytes
+ * @returns {string}
  */
+export function toBase64(bytes: Uint8Array): string;
 /**
- * Checks and encodes a message's data; throws a RangeError above MAX_MESSAGE_BYTES.
+ * @param {string} text base64
+ * @returns {Uint8Array}
+ */
+export function fromBase64(text: string): Uint8Array;
+/**
+ * A message's data as received, with the binary values (`{"\u0000b": base64}`) back as
+ * `Uint8Array`s. Changes `data` in place. Data it cannot walk (nested deeper than the stack, a
+ * hostile sender) is handed over as it came.
+ * @param {unknown} data
+ * @returns {unknown}
+ */
+export function reviveBytes(data: unknown): unknown;
+/**
+ * Checks and encodes a message's data; throws a RangeError above MAX_MESSAGE_BYTES (binary
+ * data counts as its base64), a TypeError for data JSON cannot hold (a cycle, a `BigInt`).
  * @param {unknown} data
  * @returns {{json: string, bytes: number}}
  */
@@ -66,6 +79,17 @@ export const VERSION: 1;
 export const MAX_CHUNKS: number;
 /** Sequence numbers further ahead than this are refused (the sender's outbox is smaller). */
 export const MAX_AHEAD: 4096;
+/**
+ * @typedef {{v: number, k: "m", s: number, t: string, d: unknown, e?: number, b?: number}} WholeEnvelope
+ * @typedef {{v: number, k: "c", s: number, t: string, i: number, n: number, p: string, e?: number, b?: number}} ChunkEnvelope
+ * @typedef {{v: number, k: "a", a: number, e?: number}} AckEnvelope
+ * @typedef {WholeEnvelope | ChunkEnvelope | AckEnvelope} Envelope
+ */
+/**
+ * The key of binary data in a message's JSON: `{"\u0000b": "<base64>"}` stands for the bytes
+ * (the receiver hands over a `Uint8Array`). No app key starts with a NUL character.
+ */
+export const BYTES_KEY: "\0b";
 /**
  * @typedef {object} Pending
  * @property {number} seq

@@ -7,13 +7,15 @@
  * What the peers need of their room.
  * @typedef {object} PeersHost
  * @property {Map<string, Remote>} remotes the room's peers (shared with the send loop)
- * @property {import("./bluecam.js").JoinOptions} options the app's callbacks and ICE policy
+ * @property {import("./bluecam.js").AnyOptions} options the ICE policy
  * @property {import("./signaling.js").Signaling} signaling
  * @property {import("./scheduler.js").Scheduler} scheduler
  * @property {import("./media.js").LocalMedia} media
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
  * @property {() => boolean} left whether the room was left or ended
+ * @property {<K extends import("./events.js").RoomEventName>(event: K, ...args: import("./events.js").RoomEvents[K]) => void} emit
+ *   hands an event to the app's handlers
  */
 export class Peers {
     /** @param {PeersHost} host */
@@ -77,9 +79,9 @@ export type PeersHost = {
      */
     remotes: Map<string, Remote>;
     /**
-     * the app's callbacks and ICE policy
+     * the ICE policy
      */
-    options: import("./bluecam.js").JoinOptions;
+    options: import("./bluecam.js").AnyOptions;
     signaling: import("./signaling.js").Signaling;
     scheduler: import("./scheduler.js").Scheduler;
     media: import("./media.js").LocalMedia;
@@ -89,5 +91,9 @@ export type PeersHost = {
      * whether the room was left or ended
      */
     left: () => boolean;
+    /**
+     *   hands an event to the app's handlers
+     */
+    emit: <K extends import("./events.js").RoomEventName>(event: K, ...args: import("./events.js").RoomEvents[K]) => void;
 };
 import { PeerLink } from "./mesh.js";

@@ -1,4 +1,25 @@
 /**
+ * A token's claims (the JWT's middle part; no secret is needed to read them), or null when
+ * they cannot be read (the server decides about the token anyway).
+ * @param {string} token
+ * @returns {{exp?: number, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
+ */
+export function tokenClaims(token: string): {
+    exp?: number;
+    permissions?: {
+        sendData?: boolean;
+        publishMedia?: boolean;
+        subscribeMedia?: boolean;
+    };
+} | null;
+/**
+ * Whether a token has expired, or will within TOKEN_MARGIN_MS (also when its expiry cannot be
+ * read: a fresh one is asked for then, to be safe).
+ * @param {string} token
+ * @param {number} [now]
+ */
+export function tokenExpiring(token: string, now?: number): boolean;
+/**
  * What a close of the connection means: `final`, the session is over (the server said so);
  * `nextNode`, the next attempt goes to the next node (this one is going away or unresponsive).
  * An unknown code (1006, an abrupt loss) is resumable on the same node.
@@ -45,6 +66,8 @@ export class Signaling {
     token: string;
     handlers: SignalingHandlers;
     getToken: (() => Promise<string>) | undefined;
+    /** The server refused the token on a resume: the next attempt needs a fresh one. */
+    tokenRefused: boolean;
     /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
     queued: ClientFrame[];
     ratePerMs: number;

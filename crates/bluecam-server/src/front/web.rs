@@ -34,6 +34,7 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../../sdk/js/delivery.js"),
     ),
     ("errors.js", include_str!("../../../../sdk/js/errors.js")),
+    ("events.js", include_str!("../../../../sdk/js/events.js")),
     ("frames.js", include_str!("../../../../sdk/js/frames.js")),
     ("http.js", include_str!("../../../../sdk/js/http.js")),
     ("media.js", include_str!("../../../../sdk/js/media.js")),
