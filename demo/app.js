@@ -11,7 +11,7 @@ import { joinRoom } from "/sdk/bluecam.js";
  * @typedef {{
  *   self: Peer, peers: Peer[], path(peerId: string): Path,
  *   sendMessage(type: string, data: unknown, options?: {to?: string}): Promise<unknown>,
- *   setAudioEnabled(on: boolean): unknown, setVideoEnabled(on: boolean): unknown,
+ *   setAudioEnabled(on: boolean): unknown, setVideoEnabled(on: boolean): Promise<void>,
  *   readonly audioEnabled: boolean, readonly videoEnabled: boolean,
  *   shareScreen(): Promise<unknown>, stopScreenShare(): unknown, leave(): unknown,
  * }} Room
@@ -544,7 +544,7 @@ function init() {
     syncControls();
   });
   els.cam.addEventListener("click", () => {
-    if (room) room.setVideoEnabled(!room.videoEnabled);
+    room?.setVideoEnabled(!room.videoEnabled).catch((/** @type {unknown} */ e) => showNotice(`Camera: ${errorText(e)}`));
     syncControls();
   });
   els.share.addEventListener("click", () => void toggleShare());

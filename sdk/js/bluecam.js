@@ -357,6 +357,7 @@ export class Room {
       self: () => this.self,
       iceServers: () => this.iceServers,
       left: () => this.left,
+      receiveMedia: () => this.permitted("subscribeMedia"),
       emit: (event, ...args) => this.events.emit(event, ...args),
     });
   }
@@ -420,11 +421,33 @@ export class Room {
     }
   }
 
+  /**
+   * Whether the token allows this (a media permission; true when it does not say).
+   * @internal
+   * @param {"publishMedia" | "subscribeMedia"} what
+   */
+  permitted(what) {
+    return tokenClaims(this.signaling.token)?.permissions?.[what] !== false;
+  }
+
+  /**
+   * Refuses what the token does not allow.
+   * @internal
+   * @param {"publishMedia"} what
+   */
+  require(what) {
+    if (!this.permitted(what)) {
+      throw new ForbiddenError(`this peer's token does not allow it (permissions.${what} is false)`, "permission_denied");
+    }
+  }
+
   /** @internal */
   async join() {
-    // With a classic `callBtn`, media waits for its first click.
-    const wantMedia = (this.options.video !== false || this.options.audio !== false) && !this.options.callBtn;
-    if (wantMedia && cameraAvailable()) {
+    // With a classic `callBtn`, media waits for its first click; a token that does not allow
+    // publishing opens nothing.
+    const wantMedia = (this.options.video !== false || this.options.audio !== false || this.options.localStream)
+      && !this.options.callBtn && this.permitted("publishMedia");
+    if (wantMedia && (cameraAvailable() || this.options.localStream)) {
       try {
         await this.media.open();
       } catch (err) {
@@ -517,14 +540,44 @@ export class Room {
     this.roster.announceMedia();
   }
 
-  /** @param {boolean} on */
-  setVideoEnabled(on) {
-    this.media.setVideo(on);
+  /**
+   * Turns the camera off (its track is stopped: the camera's light goes off) or on again (a
+   * new track, sent without renegotiation). The others get `mediaChange`. Resolves once the
+   * camera is on (or rejects with the browser's error).
+   * @param {boolean} on
+   * @returns {Promise<void>}
+   */
+  async setVideoEnabled(on) {
+    if (on) this.require("publishMedia");
+    const turning = this.media.setVideo(on, this.roster.links());
     this.roster.announceMedia();
+    await turning;
+  }
+
+  /**
+   * Sends another camera's video (no renegotiation); with the camera off, it is the one
+   * turned on next.
+   * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+   * @returns {Promise<void>}
+   */
+  async setCamera(deviceId) {
+    this.require("publishMedia");
+    await this.media.setDevice("video", deviceId, this.roster.links());
+  }
+
+  /**
+   * Sends another microphone's sound (no renegotiation).
+   * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+   * @returns {Promise<void>}
+   */
+  async setMicrophone(deviceId) {
+    this.require("publishMedia");
+    await this.media.setDevice("audio", deviceId, this.roster.links());
   }
 
   /** Replaces the camera with the screen for every peer (no renegotiation). */
   async shareScreen() {
+    this.require("publishMedia");
     await this.media.shareScreen(this.roster.links(), () => void this.stopScreenShare());
   }
 
@@ -539,6 +592,7 @@ export class Room {
    */
   async startCall() {
     if (this.media.local || this.left) return;
+    this.require("publishMedia");
     if (await this.media.startCall(() => this.roster.links(), () => this.left)) this.roster.announceMedia();
   }
 

@@ -40,6 +40,31 @@ export function openCamera(want) {
   return navigator.mediaDevices.getUserMedia({ video: want.video ?? true, audio: want.audio ?? true });
 }
 
+/**
+ * Constraints for one kind, from the room's option (`true` or constraints) and a device chosen
+ * since (`setCamera`, `setMicrophone`).
+ * @param {boolean | MediaTrackConstraints | undefined} option
+ * @param {string | null} deviceId
+ * @returns {MediaTrackConstraints | boolean}
+ */
+function constraints(option, deviceId) {
+  const base = typeof option === "object" ? option : {};
+  return deviceId ? { ...base, deviceId: { exact: deviceId } } : (typeof option === "object" ? option : true);
+}
+
+/**
+ * One new track of `kind` from a device.
+ * @param {"audio" | "video"} kind
+ * @param {MediaTrackConstraints | boolean} want
+ * @returns {Promise<MediaStreamTrack>}
+ */
+async function openTrack(kind, want) {
+  const stream = await navigator.mediaDevices.getUserMedia({ [kind]: want });
+  const [track] = kind === "audio" ? stream.getAudioTracks() : stream.getVideoTracks();
+  if (!track) throw new DOMException(`no ${kind} track`, "NotFoundError");
+  return track;
+}
+
 /** The screen (or a window, or a tab: the browser asks the user). */
 export function openScreen() {
   return navigator.mediaDevices.getDisplayMedia({ video: true });
@@ -79,11 +104,14 @@ export class VideoWall {
   /**
    * Shows the local camera (muted), or nothing.
    * @param {MediaStream | null} stream
+   * @param {boolean} [refresh]
    */
-  showLocal(stream) {
+  showLocal(stream, refresh = false) {
     const preview = resolveElement(this.targets.localVideo);
     if (preview instanceof HTMLVideoElement) {
       preview.muted = true;
+      // (The same stream with another track: shown again, so the element picks it up.)
+      if (refresh) preview.srcObject = null;
       play(preview, stream);
     }
   }
@@ -141,7 +169,7 @@ export class VideoWall {
  * @property {() => boolean} audioOn
  * @property {() => boolean} videoOn
  * @property {(on: boolean) => void} setAudio
- * @property {(on: boolean) => void} setVideo
+ * @property {(on: boolean) => Promise<void>} setVideo
  * @property {(error: Error) => void} onError
  */
 
@@ -172,7 +200,7 @@ export function wireButtons(targets, controls) {
     reflect();
   });
   videoBtn?.addEventListener("click", () => {
-    controls.setVideo(!controls.videoOn());
+    controls.setVideo(!controls.videoOn()).catch((err) => controls.onError(err instanceof Error ? err : new Error(String(err))));
     reflect();
   });
   reflect();
@@ -185,12 +213,20 @@ export function wireButtons(targets, controls) {
  */
 export class LocalMedia {
   /**
-   * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
+   * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localStream?: MediaStream, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
    */
   constructor(options) {
     this.options = options;
     /** @type {MediaStream | null} */
     this.local = null;
+    /** The tracks this SDK opened (and so stops); the app's own `localStream` it leaves alone.
+     * @type {WeakSet<MediaStreamTrack>} */
+    this.owned = new WeakSet();
+    /** Devices chosen with `setCamera` / `setMicrophone`. @type {{audio: string | null, video: string | null}} */
+    this.devices = { audio: null, video: null };
+    /** Bumped by every camera change, so that a camera opened late is not used. */
+    this.videoTurn = 0;
+    this.stopped = false;
     /** @type {MediaStreamTrack | null} */
     this.screenTrack = null;
     /** @type {MediaStream | null} */
@@ -201,9 +237,14 @@ export class LocalMedia {
     this.videoEnabled = options.video !== false;
   }
 
-  /** Opens the camera and microphone and shows the preview. */
+  /** Opens the camera and microphone (or takes the app's `localStream`) and shows the preview. */
   async open() {
-    this.local = await openCamera(this.options);
+    if (this.options.localStream) {
+      this.local = this.options.localStream;
+    } else {
+      this.local = await openCamera(this.options);
+      for (const t of this.local.getTracks()) this.owned.add(t);
+    }
     this.videos.showLocal(this.local);
   }
 
@@ -216,10 +257,74 @@ export class LocalMedia {
     for (const t of this.local?.getAudioTracks() ?? []) t.enabled = on;
   }
 
-  /** @param {boolean} on */
-  setVideo(on) {
+  /**
+   * Turns the camera off (its track is stopped, so the camera's light goes off, and the peers'
+   * senders carry nothing, without renegotiation) or on again (a new track from the camera, in
+   * the same senders). The app's own `localStream` is only disabled and enabled, never stopped.
+   * @param {boolean} on
+   * @param {import("./mesh.js").PeerLink[]} links
+   */
+  async setVideo(on, links) {
     this.videoEnabled = on;
-    for (const t of this.local?.getVideoTracks() ?? []) t.enabled = on;
+    const turn = ++this.videoTurn;
+    const local = this.local;
+    if (!local) return;
+    const tracks = local.getVideoTracks();
+    if (tracks.some((t) => !this.owned.has(t))) {
+      for (const t of tracks) t.enabled = on;
+      return;
+    }
+    if (!on) {
+      for (const t of tracks) {
+        t.stop();
+        local.removeTrack(t);
+      }
+      if (!this.screenTrack) for (const link of links) void link.setTrack(null, local, "video");
+      this.videos.showLocal(local, true);
+      return;
+    }
+    if (tracks.length > 0) return;
+    const track = await openTrack("video", constraints(this.options.video, this.devices.video));
+    // Turned off again, or the room ended, while the camera opened.
+    if (turn !== this.videoTurn || this.stopped || this.local !== local) {
+      track.stop();
+      return;
+    }
+    this.owned.add(track);
+    local.addTrack(track);
+    this.videos.showLocal(local, true);
+    if (!this.screenTrack) await Promise.all(links.map((link) => link.setTrack(track, local)));
+  }
+
+  /**
+   * Switches to another camera or microphone: a new track from that device in the same
+   * senders (no renegotiation); the old one is stopped (if this SDK opened it). A camera that
+   * is off is only remembered for when it is turned on.
+   * @param {"audio" | "video"} kind
+   * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+   * @param {import("./mesh.js").PeerLink[]} links
+   */
+  async setDevice(kind, deviceId, links) {
+    this.devices[kind] = deviceId;
+    const local = this.local;
+    if (!local) return;
+    const old = kind === "audio" ? local.getAudioTracks() : local.getVideoTracks();
+    if (kind === "video" && old.length === 0) return;
+    const turn = kind === "video" ? ++this.videoTurn : 0;
+    const track = await openTrack(kind, constraints(this.options[kind], deviceId));
+    if ((kind === "video" && turn !== this.videoTurn) || this.stopped || this.local !== local) {
+      track.stop();
+      return;
+    }
+    this.owned.add(track);
+    if (kind === "audio") track.enabled = this.audioEnabled;
+    for (const t of old) {
+      if (this.owned.has(t)) t.stop();
+      local.removeTrack(t);
+    }
+    local.addTrack(track);
+    if (kind === "video") this.videos.showLocal(local, true);
+    if (kind === "audio" || !this.screenTrack) await Promise.all(links.map((link) => link.setTrack(track, local)));
   }
 
   /**
@@ -268,6 +373,7 @@ export class LocalMedia {
       for (const t of local.getTracks()) t.stop();
       return false;
     }
+    for (const t of local.getTracks()) this.owned.add(t);
     this.local = local;
     this.videos.showLocal(local);
     for (const link of links()) {
@@ -291,13 +397,14 @@ export class LocalMedia {
       link.removeTrack("audio");
       if (!this.screenTrack) link.removeTrack("video");
     }
-    for (const t of local.getTracks()) t.stop();
+    for (const t of local.getTracks()) if (this.owned.has(t)) t.stop();
     this.videos.showLocal(null);
   }
 
-  /** Stops every track (the room ended). */
+  /** Stops every track this SDK opened (the room ended). */
   stop() {
-    for (const t of this.local?.getTracks() ?? []) t.stop();
+    this.stopped = true;
+    for (const t of this.local?.getTracks() ?? []) if (this.owned.has(t)) t.stop();
     this.screenTrack?.stop();
   }
 }

@@ -52,9 +52,12 @@ export class PeerLink {
    * @param {RTCConfiguration} rtcConfig the ICE servers and transport policy
    * @param {MediaStream | null} local
    * @param {LinkHandlers} handlers
+   * @param {boolean} [receiveMedia] whether this side takes the other side's media
    */
-  constructor(polite, rtcConfig, local, handlers) {
+  constructor(polite, rtcConfig, local, handlers, receiveMedia = true) {
     this.polite = polite;
+    /** Whether this side takes the other's media (a token's `subscribeMedia`). */
+    this.receiveMedia = receiveMedia;
     /** This connection's generation: every signal it sends carries it. */
     this.gen = Math.random().toString(36).slice(2, 10);
     /** @type {string | undefined} the remote connection this one negotiates with */
@@ -148,7 +151,7 @@ export class PeerLink {
       }
     };
     this.pc.ontrack = ({ streams, track }) => {
-      handlers.onStream(streams[0] ?? new MediaStream([track]));
+      if (this.receiveMedia) handlers.onStream(streams[0] ?? new MediaStream([track]));
     };
   }
 
@@ -179,6 +182,7 @@ export class PeerLink {
     // (No sender exists while tracks are held: `setTrack` keeps them in `pending` then.)
     for (const [kind, { track, stream }] of this.pending) this.senders.set(kind, this.pc.addTrack(track, stream));
     this.pending.clear();
+    this.sendOnly();
   }
 
   /**
@@ -241,7 +245,7 @@ export class PeerLink {
       this.release();
       // A slot for every kind the other side sends and this one does not, so that one offer
       // carries both sides' media.
-      for (const kind of this.remoteSends ?? []) {
+      for (const kind of this.receiveMedia ? this.remoteSends ?? [] : []) {
         if ((kind === "audio" || kind === "video") && !this.senders.has(kind)) {
           this.pc.addTransceiver(kind, { direction: "recvonly" });
         }
@@ -264,6 +268,7 @@ export class PeerLink {
       // (A restart asked for during this offer's making is the next offer's.)
       const restart = this.restarting;
       this.restarting = false;
+      this.sendOnly();
       await this.pc.setLocalDescription();
       this.offers++;
       const waitForChannel = this.offerOverChannel && !restart;
@@ -339,6 +344,7 @@ export class PeerLink {
           // An offer with media has slots for ours: our held-back tracks go into them, and
           // this answer sends them.
           if (this.held && /^m=(audio|video) /m.test(description.sdp ?? "")) this.release();
+          this.sendOnly();
           await pc.setLocalDescription();
           // An offer that came over the data channel is answered there.
           this.sendDescription(this.describe(), overChannel);
@@ -362,19 +368,38 @@ export class PeerLink {
 
   /**
    * Sends `track` as this connection's track of its kind: in place of the one sent now (no
-   * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
-   * @param {MediaStreamTrack} track
+   * renegotiation), or as a new track (renegotiated) when none of that kind is sent. `null`
+   * sends nothing of `kind` in its place (a camera turned off), without renegotiation.
+   * @param {MediaStreamTrack | null} track
    * @param {MediaStream} stream
+   * @param {string} [kind]
    */
-  async setTrack(track, stream) {
+  async setTrack(track, stream, kind = track?.kind ?? "") {
     if (this.closed) return;
     if (this.held) {
-      this.pending.set(track.kind, { track, stream });
+      if (track) this.pending.set(kind, { track, stream });
+      else this.pending.delete(kind);
       return;
     }
-    const sender = this.senders.get(track.kind);
+    const sender = this.senders.get(kind);
     if (sender) await sender.replaceTrack(track);
-    else this.senders.set(track.kind, this.pc.addTrack(track, stream));
+    else if (track) {
+      this.senders.set(kind, this.pc.addTrack(track, stream));
+      this.sendOnly();
+    }
+  }
+
+  /**
+   * Without `receiveMedia`, every media slot only sends (or, with nothing to send, is
+   * inactive), so that the other side sends nothing: set before each offer and answer.
+   */
+  sendOnly() {
+    if (this.receiveMedia) return;
+    for (const t of this.pc.getTransceivers()) {
+      if (t.currentDirection === "stopped" || t.direction === "stopped") continue;
+      const want = t.sender.track || [...this.senders.values()].includes(t.sender) ? "sendonly" : "inactive";
+      if (t.direction !== want) t.direction = want;
+    }
   }
 
   /**

@@ -29,6 +29,8 @@ const RELINK_MS = 1000;
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
  * @property {() => boolean} left whether the room was left or ended
+ * @property {() => boolean} receiveMedia whether the token lets this peer receive media
+ *   (`permissions.subscribeMedia`)
  * @property {<K extends import("./events.js").RoomEventName>(event: K, ...args: import("./events.js").RoomEvents[K]) => void} emit
  *   hands an event to the app's handlers
  */
@@ -90,7 +92,7 @@ export class Peers {
       onData: (text) => this.host.scheduler.onChannelData(remote, text),
       onChannel: (open) => this.onChannel(remote, open),
       onStream: (stream) => this.onStream(remote, stream),
-    });
+    }, this.host.receiveMedia());
     // A peer that connects (or reconnects) during a screen share gets the screen.
     if (media.screenTrack && media.screenStream) void remote.link.setTrack(media.screenTrack, media.screenStream);
   }

@@ -81,8 +81,27 @@ export class Room {
     }): Promise<void>;
     /** @param {boolean} on */
     setAudioEnabled(on: boolean): void;
-    /** @param {boolean} on */
-    setVideoEnabled(on: boolean): void;
+    /**
+     * Turns the camera off (its track is stopped: the camera's light goes off) or on again (a
+     * new track, sent without renegotiation). The others get `mediaChange`. Resolves once the
+     * camera is on (or rejects with the browser's error).
+     * @param {boolean} on
+     * @returns {Promise<void>}
+     */
+    setVideoEnabled(on: boolean): Promise<void>;
+    /**
+     * Sends another camera's video (no renegotiation); with the camera off, it is the one
+     * turned on next.
+     * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+     * @returns {Promise<void>}
+     */
+    setCamera(deviceId: string): Promise<void>;
+    /**
+     * Sends another microphone's sound (no renegotiation).
+     * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+     * @returns {Promise<void>}
+     */
+    setMicrophone(deviceId: string): Promise<void>;
     /** Replaces the camera with the screen for every peer (no renegotiation). */
     shareScreen(): Promise<void>;
     /** Goes back to the camera (or to no video, without one). */

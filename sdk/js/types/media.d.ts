@@ -33,7 +33,7 @@ export function openScreen(): Promise<MediaStream>;
  * @property {() => boolean} audioOn
  * @property {() => boolean} videoOn
  * @property {(on: boolean) => void} setAudio
- * @property {(on: boolean) => void} setVideo
+ * @property {(on: boolean) => Promise<void>} setVideo
  * @property {(error: Error) => void} onError
  */
 /**
@@ -76,8 +76,9 @@ export class VideoWall {
     /**
      * Shows the local camera (muted), or nothing.
      * @param {MediaStream | null} stream
+     * @param {boolean} [refresh]
      */
-    showLocal(stream: MediaStream | null): void;
+    showLocal(stream: MediaStream | null, refresh?: boolean): void;
     /**
      * A peer's stream arrived (a first one, or a newer one after a relink). It goes when the
      * peer stops sending (every track removed: a hang-up) or `remove` is called.
@@ -100,11 +101,12 @@ export class VideoWall {
  */
 export class LocalMedia {
     /**
-     * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
+     * @param {{video?: boolean | MediaTrackConstraints, audio?: boolean | MediaTrackConstraints, localStream?: MediaStream, localVideo?: HTMLVideoElement | string, remoteVideos?: HTMLElement | string, remoteVideo?: HTMLVideoElement | string}} options
      */
     constructor(options: {
         video?: boolean | MediaTrackConstraints;
         audio?: boolean | MediaTrackConstraints;
+        localStream?: MediaStream;
         localVideo?: HTMLVideoElement | string;
         remoteVideos?: HTMLElement | string;
         remoteVideo?: HTMLVideoElement | string;
@@ -112,12 +114,24 @@ export class LocalMedia {
     options: {
         video?: boolean | MediaTrackConstraints;
         audio?: boolean | MediaTrackConstraints;
+        localStream?: MediaStream;
         localVideo?: HTMLVideoElement | string;
         remoteVideos?: HTMLElement | string;
         remoteVideo?: HTMLVideoElement | string;
     };
     /** @type {MediaStream | null} */
     local: MediaStream | null;
+    /** The tracks this SDK opened (and so stops); the app's own `localStream` it leaves alone.
+     * @type {WeakSet<MediaStreamTrack>} */
+    owned: WeakSet<MediaStreamTrack>;
+    /** Devices chosen with `setCamera` / `setMicrophone`. @type {{audio: string | null, video: string | null}} */
+    devices: {
+        audio: string | null;
+        video: string | null;
+    };
+    /** Bumped by every camera change, so that a camera opened late is not used. */
+    videoTurn: number;
+    stopped: boolean;
     /** @type {MediaStreamTrack | null} */
     screenTrack: MediaStreamTrack | null;
     /** @type {MediaStream | null} */
@@ -126,15 +140,30 @@ export class LocalMedia {
     videos: VideoWall;
     audioEnabled: boolean;
     videoEnabled: boolean;
-    /** Opens the camera and microphone and shows the preview. */
+    /** Opens the camera and microphone (or takes the app's `localStream`) and shows the preview. */
     open(): Promise<void>;
     /**
      * @param {boolean} on
      * @returns {void}
      */
     setAudio(on: boolean): void;
-    /** @param {boolean} on */
-    setVideo(on: boolean): void;
+    /**
+     * Turns the camera off (its track is stopped, so the camera's light goes off, and the peers'
+     * senders carry nothing, without renegotiation) or on again (a new track from the camera, in
+     * the same senders). The app's own `localStream` is only disabled and enabled, never stopped.
+     * @param {boolean} on
+     * @param {import("./mesh.js").PeerLink[]} links
+     */
+    setVideo(on: boolean, links: import("./mesh.js").PeerLink[]): Promise<void>;
+    /**
+     * Switches to another camera or microphone: a new track from that device in the same
+     * senders (no renegotiation); the old one is stopped (if this SDK opened it). A camera that
+     * is off is only remembered for when it is turned on.
+     * @param {"audio" | "video"} kind
+     * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+     * @param {import("./mesh.js").PeerLink[]} links
+     */
+    setDevice(kind: "audio" | "video", deviceId: string, links: import("./mesh.js").PeerLink[]): Promise<void>;
     /**
      * Replaces the camera with the screen on every connection (no renegotiation); when the
      * browser's own "stop sharing" ends it, `onEnded` runs.
@@ -159,7 +188,7 @@ export class LocalMedia {
      * @param {import("./mesh.js").PeerLink[]} links
      */
     hangUp(links: import("./mesh.js").PeerLink[]): void;
-    /** Stops every track (the room ended). */
+    /** Stops every track this SDK opened (the room ended). */
     stop(): void;
 }
 /**
@@ -175,6 +204,6 @@ export type CallControls = {
     audioOn: () => boolean;
     videoOn: () => boolean;
     setAudio: (on: boolean) => void;
-    setVideo: (on: boolean) => void;
+    setVideo: (on: boolean) => Promise<void>;
     onError: (error: Error) => void;
 };

@@ -6,9 +6,12 @@ export class PeerLink {
      * @param {RTCConfiguration} rtcConfig the ICE servers and transport policy
      * @param {MediaStream | null} local
      * @param {LinkHandlers} handlers
+     * @param {boolean} [receiveMedia] whether this side takes the other side's media
      */
-    constructor(polite: boolean, rtcConfig: RTCConfiguration, local: MediaStream | null, handlers: LinkHandlers);
+    constructor(polite: boolean, rtcConfig: RTCConfiguration, local: MediaStream | null, handlers: LinkHandlers, receiveMedia?: boolean);
     polite: boolean;
+    /** Whether this side takes the other's media (a token's `subscribeMedia`). */
+    receiveMedia: boolean;
     /** This connection's generation: every signal it sends carries it. */
     gen: string;
     /** @type {string | undefined} the remote connection this one negotiates with */
@@ -126,11 +129,18 @@ export class PeerLink {
     handleSignal(data: any, overChannel?: boolean): Promise<void>;
     /**
      * Sends `track` as this connection's track of its kind: in place of the one sent now (no
-     * renegotiation), or as a new track (renegotiated) when none of that kind is sent.
-     * @param {MediaStreamTrack} track
+     * renegotiation), or as a new track (renegotiated) when none of that kind is sent. `null`
+     * sends nothing of `kind` in its place (a camera turned off), without renegotiation.
+     * @param {MediaStreamTrack | null} track
      * @param {MediaStream} stream
+     * @param {string} [kind]
      */
-    setTrack(track: MediaStreamTrack, stream: MediaStream): Promise<void>;
+    setTrack(track: MediaStreamTrack | null, stream: MediaStream, kind?: string): Promise<void>;
+    /**
+     * Without `receiveMedia`, every media slot only sends (or, with nothing to send, is
+     * inactive), so that the other side sends nothing: set before each offer and answer.
+     */
+    sendOnly(): void;
     /**
      * Stops sending any track of `kind` (renegotiated: the other side's track ends).
      * @param {string} kind

@@ -14,6 +14,8 @@
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
  * @property {() => boolean} left whether the room was left or ended
+ * @property {() => boolean} receiveMedia whether the token lets this peer receive media
+ *   (`permissions.subscribeMedia`)
  * @property {<K extends import("./events.js").RoomEventName>(event: K, ...args: import("./events.js").RoomEvents[K]) => void} emit
  *   hands an event to the app's handlers
  */
@@ -91,6 +93,11 @@ export type PeersHost = {
      * whether the room was left or ended
      */
     left: () => boolean;
+    /**
+     * whether the token lets this peer receive media
+     * (`permissions.subscribeMedia`)
+     */
+    receiveMedia: () => boolean;
     /**
      *   hands an event to the app's handlers
      */
