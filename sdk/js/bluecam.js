@@ -456,6 +456,9 @@ export class Room {
       // (Cancelled while the camera opened: it is stopped again.)
       if (this.left) this.media.stop();
     }
+    // (A microtask first: a join cancelled at once, as React's StrictMode does with the
+    // effect of its first mount, opens no socket at all.)
+    await Promise.resolve();
     if (this.left) return;
     const joined = await this.signaling.join();
     if (this.left) return;

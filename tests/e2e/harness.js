@@ -921,7 +921,8 @@ export async function launchPeer(server, opts = {}) {
   await context.route(
     (url) => url.pathname.endsWith("/sdk/bluecam.js") && url.search === "",
     (route) => route.request().resourceType() === "script"
-      ? route.fulfill({ contentType: "text/javascript", body: RECORDING_SDK })
+      // (CORS-open like the real one: a page of another origin may import it.)
+      ? route.fulfill({ contentType: "text/javascript", body: RECORDING_SDK, headers: { "access-control-allow-origin": "*" } })
       : route.continue(),
   );
   const page = await bounded(context.newPage(), `a page for ${label}`);
