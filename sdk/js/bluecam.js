@@ -2,7 +2,7 @@
 /**
  * BlueCam browser SDK: `joinRoom` starts peer-to-peer video and audio in a private room, and
  * `sendMessage` delivers app data to the others over a WebRTC data channel when one is open,
- * falling back to the server's relay otherwise, exactly once and in order (DESIGN.md 2.3, 2.4).
+ * falling back to the server's relay otherwise, exactly once and in order (docs/sdk.md, docs/protocol.md §15).
  *
  * This file is the public API (`joinRoom`, `sendMessage`, `Room`); the parts it ties together:
  * signaling.js (the connection to the server and its resume state machine), http.js (the HTTP

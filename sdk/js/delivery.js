@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * The delivery layer of BlueCam (DESIGN.md 2.4), pure: no sockets, no timers, no DOM.
+ * The delivery layer of BlueCam (docs/protocol.md §15), pure: no sockets, no timers, no DOM.
  *
  * Every app message to one peer gets a sequence number in the (sender, recipient) space. The
  * same envelopes travel over the data channel and, inside `send.msg`, over the relay; the

@@ -89,7 +89,7 @@ pub(super) async fn churn(
             owed -= 1.0;
             let i = replaced * 7919 % connections; // spread over rooms
             if let Some(go) = slots[i].take() {
-                let _ = go.send(replaced % 2 == 0);
+                let _ = go.send(replaced.is_multiple_of(2));
             }
             slots[i] = Some(open(i, &mut tasks)?);
             replaced += 1;

@@ -142,7 +142,7 @@ pub(super) async fn soak(target: &Target, opts: &SoakOpts) -> anyhow::Result<ser
             owed -= 1.0;
             let i = replaced * 7919 % opts.connections.max(1);
             if let Some(go) = slots[i].take() {
-                let _ = go.send(replaced % 2 == 0);
+                let _ = go.send(replaced.is_multiple_of(2));
             }
             slots[i] = Some(open(i, &mut held)?);
             replaced += 1;

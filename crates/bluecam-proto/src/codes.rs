@@ -70,7 +70,8 @@ impl fmt::Display for ErrorCode {
 pub enum CloseCode {
     /// 1000: the peer sent `leave`.
     Normal,
-    /// 1001: the server is shutting down; resume (on another node if there is one).
+    /// 1001: a join refused for now (`unavailable`: the store or broker is down, the node is
+    /// draining); resume, on another node if there is one. (A shutdown closes with 1012.)
     GoingAway,
     /// 1002: a broken WebSocket frame.
     ProtocolError,

@@ -1,4 +1,4 @@
-//! The HTTP API for the app's backend (DESIGN.md 2.2): rooms and tokens, bearer-secret auth,
+//! The HTTP API for the app's backend (docs/http-api.md): rooms and tokens, bearer-secret auth,
 //! and one error body shape for every failure.
 
 use crate::{AppState, auth::Claims, persist::store::StoreError};

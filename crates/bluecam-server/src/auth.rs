@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{fmt, path::Path};
 
-/// Leeway for `exp` and `nbf`, in seconds (DESIGN.md 2.2: at most 5).
+/// Leeway for `exp` and `nbf`, in seconds (docs/http-api.md: 5 s at most).
 pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims of a BlueCam token.

@@ -1,5 +1,5 @@
 //! Server configuration: defaults, the TOML file, and what the CLI layers on top.
-//! Every limit of DESIGN.md section 4 lives here with its default.
+//! Every limit (docs/configuration.md, "Limits and what happens when they are reached") lives here with its default.
 
 use bluecam_proto::IceServer;
 use serde::{Deserialize, Serialize};
@@ -248,7 +248,7 @@ mod tests {
     }
 }
 
-/// Limits with their overflow policies (see `docs/limits.md`).
+/// Limits with their overflow policies (docs/configuration.md, "Limits and what happens when they are reached").
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {

@@ -779,7 +779,7 @@ fn spawn_history(state: &AppState, history: History) {
                     recorder.record(history::Event::Alive { at_ms: now });
                     // A cluster's nodes end the sessions of dead nodes nobody took over.
                     ticks += 1;
-                    if cluster && ticks % SWEEP_EVERY_TICKS == 0 {
+                    if cluster && ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
                         recorder.record(history::Event::Sweep { now_ms: now });
                     }
                 }

@@ -88,6 +88,10 @@ enum RoomCommand {
         /// JSON value stored with the room.
         #[arg(long)]
         metadata: Option<String>,
+        /// Let one identity hold several seats at once (several tabs or devices); by default a
+        /// new join of an identity replaces its older session.
+        #[arg(long)]
+        multiple_sessions: bool,
     },
     /// List rooms (optionally those an identity owns or is a member of, or owns), every page.
     List {
@@ -203,6 +207,7 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             max_peers,
             empty_timeout_secs,
             metadata,
+            multiple_sessions,
         } => {
             let metadata: Option<serde_json::Value> = metadata
                 .map(|m| serde_json::from_str(&m))
@@ -224,6 +229,9 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             put("maxPeers", max_peers.into());
             put("emptyTimeoutSecs", empty_timeout_secs.into());
             put("metadata", metadata.unwrap_or_default());
+            if multiple_sessions {
+                put("multipleSessions", true.into());
+            }
             http.post(format!("{base}/v1/rooms")).json(&body)
         }
         RoomCommand::List { member, owner } => {

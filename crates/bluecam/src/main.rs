@@ -85,8 +85,17 @@ struct ServeArgs {
     /// Serve the demo page at `/` and its secret-less room and token endpoints even on a
     /// non-loopback bind (by default it is on only on a loopback bind whose --public-url, if
     /// any, is local too).
-    #[arg(long, env = "BLUECAM_DEMO", conflicts_with = "no_demo")]
-    demo: bool,
+    /// `--demo=false` (or `BLUECAM_DEMO=false`) turns it off, as `--no-demo` does.
+    #[arg(
+        long,
+        env = "BLUECAM_DEMO",
+        conflicts_with = "no_demo",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    demo: Option<bool>,
     /// Do not serve the demo.
     #[arg(long, env = "BLUECAM_NO_DEMO")]
     no_demo: bool,
@@ -132,8 +141,8 @@ impl ServeArgs {
         if !self.allowed_origins.is_empty() {
             config.allowed_origins = self.allowed_origins;
         }
-        if self.demo {
-            config.demo = Some(true);
+        if self.demo.is_some() {
+            config.demo = self.demo;
         }
         if self.no_demo {
             config.demo = Some(false);

@@ -33,7 +33,7 @@ impl Drop for Served {
 }
 
 /// Starts `bluecam serve` on a port of its choosing (port 0: no port picked here and handed
-/// over, which another process could take first) and reads what it prints until the secret
+/// over, which another process could take first) and reads what it prints until the metrics
 /// line; the address comes from the first line.
 fn serve(dir: &Path) -> Served {
     serve_with(dir, &[])
@@ -55,7 +55,8 @@ fn serve_with(dir: &Path, vars: &[(&str, &str)]) -> Served {
     let mut line = String::new();
     while out.read_line(&mut line).unwrap() > 0 {
         lines.push(line.trim_end().to_owned());
-        if line.contains("BLUECAM_API_SECRET=") || line.starts_with("API secret:") {
+        // (The last line before the cluster's, after the secret's and the demo's.)
+        if line.starts_with("Metrics:") {
             break;
         }
         line.clear();
@@ -127,6 +128,13 @@ fn serve_room_token_and_graceful_shutdown() {
     ));
     let id = room["id"].as_str().unwrap().to_owned();
     assert_eq!(room["name"], "Demo");
+    assert_eq!(room["multipleSessions"], false);
+    let several = json_of(&bluecam(
+        &["room", "create", "--multiple-sessions"],
+        &dir,
+        &url,
+    ));
+    assert_eq!(several["multipleSessions"], true, "{several}");
     let list = json_of(&bluecam(&["room", "list", "--member", "bob"], &dir, &url));
     assert_eq!(list["rooms"][0]["id"], id.as_str());
     let owned = json_of(&bluecam(&["room", "list", "--owner", "alice"], &dir, &url));
@@ -254,6 +262,37 @@ fn join_answer(url: &str, token: &str) -> Value {
             .unwrap();
         serde_json::from_str(msg.to_text().unwrap()).unwrap()
     })
+}
+
+/// `BLUECAM_DEMO=false` turns the demo off as `--no-demo` does (it used to mean only "not
+/// `--demo`", which left the default demo on).
+#[test]
+fn the_demo_is_off_with_demo_false() {
+    for (tag, vars) in [
+        ("demo-false", &[("BLUECAM_DEMO", "false")][..]),
+        ("demo-no", &[("BLUECAM_NO_DEMO", "true")][..]),
+        ("demo-default", &[][..]),
+    ] {
+        let dir = temp_dir(tag);
+        let served = serve_with(&dir, vars);
+        let demo = served.lines.iter().find(|l| l.starts_with("Demo:"));
+        if vars.is_empty() {
+            assert!(
+                demo.is_some_and(|l| l.starts_with("Demo: open")),
+                "{:?}",
+                served.lines
+            );
+        } else {
+            assert_eq!(demo.map(String::as_str), Some("Demo: off"), "{tag}");
+        }
+        drop(served);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--demo=false", "--no-demo"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "both at once is a usage error");
 }
 
 #[test]

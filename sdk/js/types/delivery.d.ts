@@ -52,7 +52,7 @@ export function envelopesOf(seq: number, type: string, json: string, from?: {
  */
 export function isEnvelope(x: unknown): x is Envelope;
 /**
- * The delivery layer of BlueCam (DESIGN.md 2.4), pure: no sockets, no timers, no DOM.
+ * The delivery layer of BlueCam (docs/protocol.md §15), pure: no sockets, no timers, no DOM.
  *
  * Every app message to one peer gets a sequence number in the (sender, recipient) space. The
  * same envelopes travel over the data channel and, inside `send.msg`, over the relay; the

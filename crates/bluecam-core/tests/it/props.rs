@@ -969,10 +969,10 @@ impl Sim {
             return Err(format!("poll_timeout {:?}", self.hub.poll_timeout()));
         }
         for p in &self.peers {
-            if let Link::Attached(c) = p.link {
-                if self.hub.peer_of(c) != Some(&(room_id(p.room), p.id.clone())) {
-                    return Err(format!("peer_of({c:?}) is not {:?}", p.id));
-                }
+            if let Link::Attached(c) = p.link
+                && self.hub.peer_of(c) != Some(&(room_id(p.room), p.id.clone()))
+            {
+                return Err(format!("peer_of({c:?}) is not {:?}", p.id));
             }
         }
         Ok(())

@@ -230,7 +230,7 @@ async fn a_reader_that_stops_is_cut_off_by_the_stall_rule_long_before_its_queue_
             .send_json(json!({"op": "send", "msg": {"i": sent, "pad": pad}}))
             .await;
         sent += 1;
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             // Detached, or already gone: a fast server can overflow the detached peer's resume
             // buffer (ending its session) between two looks.
