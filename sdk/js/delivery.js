@@ -58,6 +58,9 @@ export const BYTES_KEY = "\u0000b";
  * @returns {string}
  */
 export function toBase64(bytes) {
+  // (Native where the browser has it: several times faster than the loop.)
+  const native = /** @type {any} */ (bytes).toBase64;
+  if (typeof native === "function") return native.call(bytes);
   let binary = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
     binary += String.fromCharCode.apply(null, /** @type {any} */ (bytes.subarray(i, i + 0x8000)));
@@ -70,6 +73,8 @@ export function toBase64(bytes) {
  * @returns {Uint8Array}
  */
 export function fromBase64(text) {
+  const native = /** @type {any} */ (Uint8Array).fromBase64;
+  if (typeof native === "function") return native(text);
   const binary = atob(text);
   const out = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);

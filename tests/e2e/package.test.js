@@ -76,6 +76,11 @@ function serveDir(dir) {
   const types = /** @type {Record<string, string>} */ ({ ".html": "text/html", ".js": "text/javascript", ".css": "text/css" });
   const http = createServer((req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
+    if (path === "/blank") {
+      // (Where a page waits before it goes to the app: nothing runs.)
+      res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html>");
+      return;
+    }
     let file = join(dir, path);
     if (!existsSync(file) || statSync(file).isDirectory()) file = join(dir, "index.html");
     res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" });
