@@ -38,10 +38,14 @@ pub enum DropReason {
     ClusterRemovalUnsent,
     /// Events from other nodes this node was too slow to read (repaired by a resync).
     ClusterEventsLagged,
+    /// Log lines, at a full log buffer (the log's reader slow) or a closed log output: the
+    /// server never waits for its log. Counted by the binary's log writer ([`count_log_drops`]),
+    /// never logged (that would be one more line to drop).
+    LogLines,
 }
 
 impl DropReason {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::HistoryQueueFull,
         Self::HistoryWriterGone,
         Self::WebhookOutboxFull,
@@ -49,6 +53,7 @@ impl DropReason {
         Self::ClusterHandOverUnsent,
         Self::ClusterRemovalUnsent,
         Self::ClusterEventsLagged,
+        Self::LogLines,
     ];
 
     /// Its `reason` label.
@@ -61,12 +66,21 @@ impl DropReason {
             Self::ClusterHandOverUnsent => "cluster_hand_over_unsent",
             Self::ClusterRemovalUnsent => "cluster_removal_unsent",
             Self::ClusterEventsLagged => "cluster_events_lagged",
+            Self::LogLines => "log_lines",
         }
     }
 
     fn index(self) -> usize {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
+}
+
+/// How many log lines the process dropped so far (set once, by whoever writes the log).
+static LOG_DROPS: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Tells the metrics how to count the log lines dropped (`bluecam_dropped_total{reason="log_lines"}`).
+pub fn count_log_drops(count: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_DROPS.set(Box::new(count));
 }
 
 /// Drops of one reason are logged at most this often.
@@ -254,6 +268,9 @@ impl Metrics {
 
     /// The Prometheus text page.
     pub fn render(&self) -> String {
+        if let Some(count) = LOG_DROPS.get() {
+            self.drops.counters[DropReason::LogLines.index()].absolute(count());
+        }
         prometheus().render()
     }
 }

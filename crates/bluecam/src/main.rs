@@ -3,6 +3,7 @@
 //! binary, `bluecam-bench`, so nothing of it ships here.)
 
 mod cli_room;
+mod logs;
 
 use anyhow::Context as _;
 use bluecam_server::{Config, SecretOrigin, Server};
@@ -108,6 +109,10 @@ struct ServeArgs {
     /// Do not answer STUN (and do not hand clients the built-in STUN server).
     #[arg(long, env = "BLUECAM_NO_STUN")]
     no_stun: bool,
+    /// How the log on stderr is written: `text` (coloured only on a terminal, never with
+    /// NO_COLOR) or `json` (one object per line).
+    #[arg(long, env = "BLUECAM_LOG_FORMAT", value_enum, default_value_t = logs::LogFormat::Text)]
+    log_format: logs::LogFormat,
 }
 
 impl ServeArgs {
@@ -172,15 +177,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Prints a startup line; a closed stdout (`bluecam serve | head -1`) must not stop the server.
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -190,7 +186,10 @@ macro_rules! say {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    let _log = logs::init(args.log_format);
+    // (Listening for the signals before anything is printed: whoever reads the startup lines
+    // may send one at once.)
+    let signalled = signals();
     let config = args.into_config()?;
     let listener =
         listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -238,7 +237,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         tracing::info!("shutting down");
         signal.cancel();
     });
@@ -260,25 +259,31 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 const LISTEN_BACKLOG: u32 = 4096;
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM, listened for from this call on (not from the first poll).
+fn signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
