@@ -61,6 +61,9 @@ pub struct Config {
     /// Webhook events waiting at most; beyond, new events are dropped (counted and logged),
     /// never a join held up.
     pub webhook_outbox_max: usize,
+    /// Days the history is kept: once a day, sessions and calls that ended longer ago, and
+    /// webhook events that failed longer ago, are deleted. Unset: kept for ever.
+    pub history_retention_days: Option<std::num::NonZeroU32>,
 }
 
 /// Settings of a cluster node (used with `redis_url`).
@@ -335,6 +338,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             webhook_retry_secs: 24 * 3600,
             webhook_outbox_max: 100_000,
+            history_retention_days: None,
         }
     }
 }
@@ -548,6 +552,11 @@ pub const SETTINGS: &[Setting] = {
         setting("webhooks", Json, None),
         setting("webhook_retry_secs", Scalar, None),
         setting("webhook_outbox_max", Scalar, None),
+        setting(
+            "history_retention_days",
+            Scalar,
+            Some("--history-retention-days"),
+        ),
         setting("turn.urls", List, None),
         setting("turn.secret", Str, None),
         setting("turn.ttl_secs", Scalar, None),
@@ -754,6 +763,7 @@ mod env_tests {
             database_url: Some("d".into()),
             metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             stun_bind: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            history_retention_days: std::num::NonZeroU32::new(30),
             ..Config::default()
         };
         config.ice_servers = vec![];

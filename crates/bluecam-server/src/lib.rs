@@ -763,6 +763,39 @@ const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// How often (in those notes) a cluster node looks for sessions of dead nodes.
 const SWEEP_EVERY_TICKS: u64 = 10;
 
+/// The first pruning of the history comes this long after the start (not during it), the next
+/// ones a day apart.
+const RETENTION_FIRST: Duration = Duration::from_secs(60);
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes the history older than `days`, daily, until shutdown (`history_retention_days`).
+async fn retention(
+    recorder: history::Recorder,
+    days: std::num::NonZeroU32,
+    shutdown: CancellationToken,
+) {
+    let keep_ms = u64::from(days.get()) * 24 * 3600 * 1000;
+    let mut next = tokio::time::Instant::now() + RETENTION_FIRST;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let before_ms = history::now_ms().saturating_sub(keep_ms);
+        match recorder.prune(before_ms).await {
+            Ok([participants, calls, events]) => tracing::info!(
+                days = days.get(),
+                participants,
+                calls,
+                events,
+                "history pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not prune the history; next try in a day"),
+        }
+        next += RETENTION_EVERY;
+    }
+}
+
 /// The history's heartbeat (after a crash, open sessions end when the node was last alive)
 /// and, with endpoints configured, the webhook delivery.
 fn spawn_history(state: &AppState, history: History) {
@@ -787,6 +820,13 @@ fn spawn_history(state: &AppState, history: History) {
             }
         }
     });
+    if let Some(days) = state.config.history_retention_days {
+        state.tracker.spawn(retention(
+            history.recorder.clone(),
+            days,
+            state.shutdown.clone(),
+        ));
+    }
     if !state.config.webhooks.is_empty() {
         let deliverer = webhooks::Deliverer {
             backend: history.backend,

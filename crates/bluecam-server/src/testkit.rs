@@ -371,3 +371,124 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Retention on a history database, as `history_retention_days` runs it, with the clock in the
+/// test's hands: history written long ago and lately, then everything that ended before a
+/// cutoff pruned, in rounds, and nothing else. Run on SQLite and on PostgreSQL.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub async fn retention_scenario(backend: crate::persist::history::Backend) {
+    use crate::persist::history::{Attempt, NewEvent, NewSession, NodeInfo, Outbox, Recorder};
+    const OLD: u64 = 1_000_000;
+    const CUTOFF: u64 = 2_000_000;
+    const LATE: u64 = 3_000_000;
+    const ENDED_LONG_AGO: usize = 2_500;
+    let room = format!("retention-{}", crate::auth::random_token(6));
+    let room2 = room.clone();
+    backend
+        .run(move |db| {
+            let room = room2.as_str();
+            let mut open = |name: &str, joined: u64, left: Option<u64>| {
+                let s = format!("{room}-{name}");
+                db.insert_session(&NewSession {
+                    session: &s,
+                    room,
+                    node: "",
+                    peer: name,
+                    identity: name,
+                    name: None,
+                    joined_at_ms: joined,
+                })
+                .unwrap();
+                if let Some(left) = left {
+                    db.close_session(&s, left, "left").unwrap();
+                }
+            };
+            for n in 0..ENDED_LONG_AGO {
+                open(&format!("old{n}"), OLD, Some(OLD + 1));
+            }
+            open("still-here", OLD, None);
+            open("left-lately", OLD, Some(LATE));
+            for (id, ended) in [
+                ("c-old", Some(OLD + 5)),
+                ("c-live", None),
+                ("c-late", Some(LATE)),
+            ] {
+                let id = format!("{room}-{id}");
+                db.insert_call(&id, room, None, None, OLD).unwrap();
+                if let Some(ended) = ended {
+                    db.end_call(&id, ended).unwrap();
+                }
+            }
+            for (id, at) in [("e-failed", OLD), ("e-pending", OLD)] {
+                db.insert_event(&NewEvent {
+                    id,
+                    endpoint: "http://127.0.0.1:9/",
+                    room,
+                    event_type: "peer.joined",
+                    body: "{}",
+                    at_ms: at,
+                })
+                .unwrap();
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    backend
+        .run(move |db| {
+            // The first of the two events fails (its endpoint's oldest).
+            let due = db.due_events(OLD + 10, 10, "")?;
+            let first = due.iter().find(|p| p.id == "e-failed").unwrap();
+            db.attempted(first.seq, Attempt::Failed, Some("gone"))
+        })
+        .await
+        .unwrap();
+    let outbox = Outbox {
+        subscribers: vec![],
+        max_pending: 10,
+        pending: std::sync::Arc::default(),
+        added: std::sync::Arc::default(),
+        dropped: metrics::Counter::noop(),
+    };
+    let node = NodeInfo {
+        node: String::new(),
+        dead_after_ms: 1000,
+    };
+    let recorder = Recorder::start(
+        backend.clone(),
+        outbox,
+        node,
+        crate::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let pruned = recorder.prune(CUTOFF).await.unwrap();
+    assert_eq!(
+        pruned,
+        [ENDED_LONG_AGO as u64, 1, 1],
+        "participants, calls, events"
+    );
+    // Pruned again: nothing more.
+    assert_eq!(recorder.prune(CUTOFF).await.unwrap(), [0, 0, 0]);
+    let (mut sessions, calls, pending) = backend
+        .run(move |db| {
+            let sessions: Vec<String> = db
+                .sessions_between(&room, 0, None)?
+                .into_iter()
+                .map(|s| s.peer)
+                .collect();
+            Ok((
+                sessions,
+                db.calls_between(0, u64::MAX / 2)?.len(),
+                db.pending_events()?,
+            ))
+        })
+        .await
+        .unwrap();
+    sessions.sort();
+    assert_eq!(sessions, ["left-lately", "still-here"]);
+    assert_eq!(
+        (calls, pending),
+        (2, 1),
+        "the live and late calls, the pending event"
+    );
+}

@@ -109,6 +109,10 @@ struct ServeArgs {
     /// Do not answer STUN (and do not hand clients the built-in STUN server).
     #[arg(long, env = "BLUECAM_NO_STUN")]
     no_stun: bool,
+    /// Keep the call history (sessions, calls, failed webhook events) this many days; pruned
+    /// daily [default: kept for ever].
+    #[arg(long, env = "BLUECAM_HISTORY_RETENTION_DAYS")]
+    history_retention_days: Option<std::num::NonZeroU32>,
     /// How the log on stderr is written: `text` (coloured only on a terminal, never with
     /// NO_COLOR) or `json` (one object per line).
     #[arg(long, env = "BLUECAM_LOG_FORMAT", value_enum, default_value_t = logs::LogFormat::Text)]
@@ -160,6 +164,9 @@ impl ServeArgs {
         }
         if self.no_stun {
             config.stun = false;
+        }
+        if self.history_retention_days.is_some() {
+            config.history_retention_days = self.history_retention_days;
         }
         Ok(config)
     }

@@ -442,3 +442,26 @@ fn a_closed_log_pipe_neither_blocks_nor_stops_the_shutdown() {
     terminate(&mut child);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `--history-retention-days` takes a positive whole number only.
+#[test]
+fn a_retention_that_is_not_a_positive_number_stops_the_start() {
+    for bad in ["0", "-1", "1.5", "x"] {
+        let out = Command::new(BIN)
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--history-retention-days",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--history-retention-days") || err.contains(&format!("'{bad}'")),
+            "{bad}: {err}"
+        );
+    }
+}

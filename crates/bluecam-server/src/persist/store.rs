@@ -232,6 +232,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_at_ms);
     CREATE TABLE node_state (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
 ",
+    // 4: retention finds the sessions that ended before a time without reading every row
+    // (failed webhook events: `webhook_outbox_due` already).
+    "CREATE INDEX participants_left ON participants (left_at_ms) WHERE left_at_ms IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

@@ -694,3 +694,17 @@ async fn webhook_credentials_in_the_endpoint_url_stay_out_of_last_error_and_the_
     assert!(logs.contains(&shown), "{logs}");
     assert!(!logs.contains("/hook"), "the path in the logs: {logs}");
 }
+
+/// `history_retention_days` on SQLite: what ended before the cutoff goes, in rounds; open
+/// sessions, live calls and pending webhook events stay (the scenario is shared with
+/// PostgreSQL's test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_what_ended_before_the_cutoff_on_sqlite() {
+    let dir = temp_dir();
+    let store = bluecam_server::persist::store::SqliteStore::open(&dir).unwrap();
+    bluecam_server::testkit::retention_scenario(bluecam_server::persist::history::Backend::Sqlite(
+        store,
+    ))
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -258,3 +258,16 @@ async fn the_sessions_of_a_node_that_died_end_when_it_died() {
     );
     leave(&mut alice).await;
 }
+
+/// `history_retention_days` on PostgreSQL: the SQLite test's scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_what_ended_before_the_cutoff_on_postgres() {
+    let pg = Postgres::start();
+    let store = bluecam_server::persist::history::postgres::PgStore::connect(&pg.url(), 4)
+        .await
+        .unwrap();
+    bluecam_server::testkit::retention_scenario(
+        bluecam_server::persist::history::Backend::Postgres(store),
+    )
+    .await;
+}

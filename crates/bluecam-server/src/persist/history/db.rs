@@ -120,6 +120,9 @@ pub trait Db {
     /// Calls that overlap `[from, to)`.
     fn calls_between(&mut self, from_ms: u64, to_ms: u64) -> R<Vec<CallRow>>;
     fn pending_events(&mut self) -> R<i64>;
+    /// Deletes at most `limit` rows of each history table that ended before `before_ms`
+    /// ([`super::sql::PRUNE`]); how many of each.
+    fn prune(&mut self, before_ms: u64, limit: usize) -> R<[usize; 3]>;
     /// The events due at `now`: for each endpoint and room only its oldest pending one, and
     /// only once its retry time came; in a cluster, claimed by `node` for a while, so no other
     /// node sends them meanwhile.

@@ -154,13 +154,24 @@ impl Backend {
 enum Op {
     Event(Event),
     Flush(oneshot::Sender<crate::persist::store::Committed>),
+    /// One round of retention: what ended before `before_ms`, [`PRUNE_ROWS`] rows of each
+    /// table at most; answers whether rows are left.
+    Prune {
+        before_ms: u64,
+        done: oneshot::Sender<Result<[usize; 3], Arc<StoreError>>>,
+    },
 }
+
+/// Rows of each table one round of retention deletes at most: a short transaction, so events
+/// recorded meanwhile wait for a few milliseconds, not for the whole pruning.
+const PRUNE_ROWS: usize = 1000;
 
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Event(e) => e.fmt(f),
             Self::Flush(_) => f.write_str("Flush"),
+            Self::Prune { before_ms, .. } => write!(f, "Prune({before_ms})"),
         }
     }
 }
@@ -208,6 +219,28 @@ impl Recorder {
         Ok(rx.await.map_err(|_| gone())??)
     }
 
+    /// Deletes the history that ended before `before_ms` (sessions, calls, failed webhook
+    /// events), in rounds of at most [`PRUNE_ROWS`] rows a table, each its own transaction
+    /// between the events recorded meanwhile; how many rows of each table.
+    pub async fn prune(&self, before_ms: u64) -> Result<[u64; 3], StoreError> {
+        let gone = || StoreError::WriterGone("history");
+        let mut total = [0u64; 3];
+        loop {
+            let (done, rx) = oneshot::channel();
+            self.tx
+                .send(Op::Prune { before_ms, done })
+                .await
+                .map_err(|_| gone())?;
+            let round = rx.await.map_err(|_| gone())??;
+            for (t, n) in total.iter_mut().zip(round) {
+                *t += n as u64;
+            }
+            if round.iter().all(|n| *n < PRUNE_ROWS) {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Starts the writer (a thread: its work is blocking database calls), with a queue of
     /// [`QUEUE`] events.
     pub fn start(
@@ -244,7 +277,7 @@ impl Recorder {
                         .iter()
                         .filter_map(|op| match op {
                             Op::Event(e) => Some(e),
-                            Op::Flush(_) => None,
+                            Op::Flush(_) | Op::Prune { .. } => None,
                         })
                         .collect();
                     // A database that is away (a restart, a failover) gets the batch again,
@@ -288,8 +321,18 @@ impl Recorder {
                         }
                     };
                     for op in batch {
-                        if let Op::Flush(done) = op {
-                            let _ = done.send(result.clone());
+                        match op {
+                            Op::Flush(done) => {
+                                let _ = done.send(result.clone());
+                            }
+                            // (After the batch's events: one short transaction each.)
+                            Op::Prune { before_ms, done } => {
+                                let round = backend
+                                    .transaction(|db| db.prune(before_ms, PRUNE_ROWS))
+                                    .map_err(Arc::new);
+                                let _ = done.send(round);
+                            }
+                            Op::Event(_) => {}
                         }
                     }
                 }

@@ -76,6 +76,17 @@ pub(super) const PENDING_EVENTS: &str = "SELECT COUNT(*) FROM webhook_outbox WHE
 
 pub(super) const ATTEMPTED: &str = "DELETE FROM webhook_outbox WHERE seq = $1";
 
+/// Retention, at most `$2` rows a statement: sessions that ended before `$1`, calls that ended
+/// before it, and webhook events that failed (state 2) with their last attempt before it.
+pub(super) const PRUNE: [&str; 3] = [
+    "DELETE FROM participants WHERE session IN (SELECT session FROM participants
+                 WHERE left_at_ms IS NOT NULL AND left_at_ms < $1 LIMIT $2)",
+    "DELETE FROM calls WHERE id IN (SELECT id FROM calls
+                 WHERE started_at_ms < $1 AND ended_at_ms IS NOT NULL AND ended_at_ms < $1 LIMIT $2)",
+    "DELETE FROM webhook_outbox WHERE seq IN (SELECT seq FROM webhook_outbox
+                 WHERE state = 2 AND next_at_ms < $1 LIMIT $2)",
+];
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -259,6 +259,14 @@ impl Db for Sqlite<'_, '_> {
             .collect::<Result<_, _>>()?)
     }
 
+    fn prune(&mut self, before_ms: u64, limit: usize) -> R<[usize; 3]> {
+        let mut out = [0; 3];
+        for (n, statement) in out.iter_mut().zip(sql::PRUNE) {
+            *n = self.exec(&sql::sqlite(statement), params![before_ms, limit])?;
+        }
+        Ok(out)
+    }
+
     fn pending_events(&mut self) -> R<i64> {
         Ok(self.row(&sql::sqlite(sql::PENDING_EVENTS), [], |r| r.get(0))?)
     }
