@@ -498,6 +498,17 @@ impl Driver {
             .into_iter()
             .filter_map(|t| bluecam_core::Frame::from_text(bytes::Bytes::from(t)))
             .collect();
+        // The history hears that the session is no longer connected (before whatever the
+        // disconnection ends: its end comes after).
+        if let Some(recorder) = &self.history
+            && let Some((room, session)) = inner.node.hub().session_of(conn)
+        {
+            recorder.record(history::Event::Detached {
+                room,
+                session,
+                at_ms: history::now_ms(),
+            });
+        }
         let input = Input::Disconnect {
             conn,
             backlog,

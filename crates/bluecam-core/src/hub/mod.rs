@@ -835,7 +835,16 @@ impl Hub {
         self.rooms.get(room).map_or(0, |r| r.peers.len())
     }
 
-    /// The room a connection has joined, with its peer id.
+    /// The room and session of the peer on this connection.
+    pub fn session_of(&self, conn: ConnId) -> Option<(RoomId, SessionId)> {
+        let (room, peer) = self.conns.get(&conn)?;
+        match &self.rooms.get(room)?.peers.get(peer)?.at {
+            At::Here { session, .. } => Some((room.clone(), session.clone())),
+            _ => None,
+        }
+    }
+
+    /// The room and peer on this connection.
     pub fn peer_of(&self, conn: ConnId) -> Option<&(RoomId, PeerId)> {
         self.conns.get(&conn)
     }

@@ -708,3 +708,34 @@ async fn retention_prunes_what_ended_before_the_cutoff_on_sqlite() {
     .await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A call starts when two peers are connected at the same time: a peer whose connection was
+/// lost (waiting for a resume that never comes) keeps a call going but cannot start one, so no
+/// call of zero (or less) length is recorded.
+#[tokio::test]
+async fn a_peer_that_lost_its_connection_starts_no_call() {
+    let s = TestServer::with(|c| c.limits.resume_window_secs = 2).await;
+    let room = s.room().await;
+    let a = s.join(&room, "a").await;
+    drop(a);
+    // (Long enough for the server to notice the lost connection.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut b = s.join(&room, "b").await;
+    assert_eq!(b.recv_op("peer_left").await["reason"], "timeout");
+    leave(&mut b).await;
+    // Then a real call, so that there is something to wait for.
+    let mut c = s.join(&room, "c").await;
+    let mut d = s.join(&room, "d").await;
+    c.recv_op("peer_joined").await;
+    leave(&mut d).await;
+    leave(&mut c).await;
+    let calls = calls_when(&s, &room, ended).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let who: Vec<&str> = calls[0]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, ["c", "d"]);
+}

@@ -83,6 +83,11 @@ pub trait Db {
     fn close_session(&mut self, session: &str, left_ms: u64, reason: &str) -> R<()>;
     /// The open sessions of a room (of one node's, with `node`), oldest first.
     fn open_sessions(&mut self, room: &str, node: Option<&str>) -> R<Vec<String>>;
+    /// How many open sessions of the room are connected (not waiting for a resume): a call
+    /// starts when two are.
+    fn connected_sessions(&mut self, room: &str) -> R<usize>;
+    /// The session's connection was lost at `at_ms` (if it is still open).
+    fn detach(&mut self, session: &str, at_ms: u64) -> R<()>;
     fn open_call(&mut self, room: &str) -> R<Option<(String, u64)>>;
     /// The room's owner and members (JSON array) now, if it exists.
     fn room_owner(&mut self, room: &str) -> R<(Option<String>, Option<String>)>;

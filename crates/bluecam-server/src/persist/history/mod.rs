@@ -60,6 +60,13 @@ pub enum Event {
         session: SessionId,
         at_ms: u64,
     },
+    /// A session's connection was lost: it waits for a resume, still in the room (and in its
+    /// call) but not connected, so it cannot start a call.
+    Detached {
+        room: RoomId,
+        session: SessionId,
+        at_ms: u64,
+    },
     /// A session ended. `detached_at_ms`: when its connection was lost, if it was waiting for
     /// a resume (a timeout); that is when it left.
     Closed {
@@ -438,8 +445,7 @@ fn apply(
                 "joinedAt": secs(*at_ms),
             });
             enqueue(db, outbox, out, room.as_str(), "peer.joined", *at_ms, data)?;
-            if db.open_sessions(room.as_str(), None)?.len() >= 2
-                && db.open_call(room.as_str())?.is_none()
+            if db.connected_sessions(room.as_str())? >= 2 && db.open_call(room.as_str())?.is_none()
             {
                 start_call(db, outbox, out, room.as_str(), *at_ms)?;
             }
@@ -453,12 +459,14 @@ fn apply(
             // Another node may have ended it a moment before (its resume window ran out there
             // as it resumed here): it is back, and so may be the room's call.
             if db.attach(session.as_str(), &node.node)?
-                && db.open_sessions(room.as_str(), None)?.len() >= 2
+                && db.connected_sessions(room.as_str())? >= 2
                 && db.open_call(room.as_str())?.is_none()
             {
                 start_call(db, outbox, out, room.as_str(), *at_ms)?;
             }
         }
+        // (No lock: it changes no call; a detached session keeps its call going.)
+        Event::Detached { session, at_ms, .. } => db.detach(session.as_str(), *at_ms)?,
         Event::Closed {
             room,
             session,

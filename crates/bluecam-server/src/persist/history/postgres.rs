@@ -436,6 +436,18 @@ impl Db for Pg<'_, '_> {
         Ok(out)
     }
 
+    fn connected_sessions(&mut self, room: &str) -> R<usize> {
+        let n: i64 = self
+            .row(sql::CONNECTED_SESSIONS, &[&room])?
+            .map_or(0, |r| r.get(0));
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn detach(&mut self, session: &str, at_ms: u64) -> R<()> {
+        self.exec(sql::DETACH, &[&session, &i(at_ms)])?;
+        Ok(())
+    }
+
     fn pending_events(&mut self) -> R<i64> {
         Ok(self.row(sql::PENDING_EVENTS, &[])?.map_or(0, |r| r.get(0)))
     }

@@ -24,6 +24,12 @@ pub(super) const REOPEN_TIMED_OUT: &str = "UPDATE participants SET left_at_ms = 
 pub(super) const ATTACH_HERE: &str =
     "UPDATE participants SET detached_at_ms = NULL, node = $2 WHERE session = $1";
 
+pub(super) const CONNECTED_SESSIONS: &str = "SELECT COUNT(*) FROM participants
+             WHERE room = $1 AND left_at_ms IS NULL AND detached_at_ms IS NULL";
+
+pub(super) const DETACH: &str = "UPDATE participants SET detached_at_ms = $2
+             WHERE session = $1 AND left_at_ms IS NULL";
+
 pub(super) const CLOSE_SESSION: &str =
     "UPDATE participants SET left_at_ms = $2, reason = $3 WHERE session = $1";
 

@@ -267,6 +267,16 @@ impl Db for Sqlite<'_, '_> {
         Ok(out)
     }
 
+    fn connected_sessions(&mut self, room: &str) -> R<usize> {
+        let n: i64 = self.row(&sql::sqlite(sql::CONNECTED_SESSIONS), [room], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn detach(&mut self, session: &str, at_ms: u64) -> R<()> {
+        self.exec(&sql::sqlite(sql::DETACH), params![session, at_ms])?;
+        Ok(())
+    }
+
     fn pending_events(&mut self) -> R<i64> {
         Ok(self.row(&sql::sqlite(sql::PENDING_EVENTS), [], |r| r.get(0))?)
     }
