@@ -723,16 +723,31 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return api::ApiError::unavailable("shutting down").into_response();
     }
-    let checked = match state.store.check().await {
-        Ok(()) => state.broker.check().await.map_err(StoreError::from),
-        Err(e) => Err(e),
+    // Each backing service on its own, so the answer names what is down (never why: the
+    // errors, with their hosts, go to the log only).
+    // (Rooms live in PostgreSQL with `--database`, in Redis on a cluster node without it.)
+    let store = match (&state.config.database_url, &state.config.redis_url) {
+        (Some(_), _) => "PostgreSQL",
+        (None, Some(_)) => "Redis",
+        (None, None) => "SQLite",
     };
-    match checked {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "store not ready");
-            api::ApiError::unavailable("store unavailable").into_response()
+    let (store_checked, broker_checked) = tokio::join!(state.store.check(), state.broker.check());
+    let mut down = Vec::new();
+    if let Err(e) = store_checked {
+        tracing::warn!(error = %e, "not ready: the store does not answer");
+        down.push(store);
+    }
+    if let Err(e) = broker_checked {
+        tracing::warn!(error = %e, "not ready: Redis does not answer");
+        if !down.contains(&"Redis") {
+            down.push("Redis");
         }
+    }
+    if down.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        api::ApiError::unavailable(format!("not ready: {} unavailable", down.join(" and ")))
+            .into_response()
     }
 }
 

@@ -76,35 +76,66 @@ impl Postgres {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = as_postgres_user(&pg_bin("postgres"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-                .arg(&dir)
-                .args(["-c", "fsync=off", "-c", "max_connections=200"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // Accepting connections is not yet accepting queries; give it a moment.
-                    std::thread::sleep(Duration::from_millis(200));
-                    return Self {
-                        port,
-                        dir,
-                        child: Some(child),
-                    };
-                }
-                if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(child) = Self::spawn(&dir, port) {
+                return Self {
+                    port,
+                    dir,
+                    child: Some(child),
+                };
             }
         }
         panic!("postgres did not start");
+    }
+
+    /// `postgres` on `port` with the data in `dir`, once it accepts connections.
+    #[allow(clippy::unwrap_used)]
+    fn spawn(dir: &Path, port: u16) -> Option<Child> {
+        let mut child = as_postgres_user(&pg_bin("postgres"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir)
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Accepting connections is not yet accepting queries; give it a moment.
+                std::thread::sleep(Duration::from_millis(200));
+                return Some(child);
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the server (its sessions die with it when they notice).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, on the same port with the same data (after [`Postgres::kill`] it
+    /// recovers from its log first).
+    #[allow(clippy::panic)]
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.is_none() {
+            self.child = Self::spawn(&self.dir, self.port);
+            if self.child.is_none() && Instant::now() > deadline {
+                panic!("postgres did not come back on port {}", self.port);
+            }
+        }
     }
 
     pub fn url(&self) -> String {

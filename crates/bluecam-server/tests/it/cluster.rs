@@ -475,12 +475,22 @@ async fn redis_down_is_not_ready_refuses_joins_reports_unsent_frames_and_recover
     assert_eq!(ready(&a).await, 200);
 
     redis.off_runtime(Redis::stop).await;
-    // Not ready, within a few seconds.
+    // Not ready, within a few seconds, and the answer says what is down.
     let deadline = Instant::now() + WAIT;
     while ready(&a).await != 503 {
         assert!(Instant::now() < deadline, "readyz stayed ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let answer: Value = reqwest::get(a.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["error"]["message"], "not ready: Redis unavailable",
+        "{answer}"
+    );
     // A frame for a peer on the other node is not lost silently: its sender is told.
     alice
         .send_json(json!({"op": "send", "to": [bob.id()], "msg": "lost?", "ref": 7}))

@@ -21,6 +21,8 @@ pub struct TestServer {
     pub dir: PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// A server on a runtime of its own ([`TestServer::crashable`]): the signal that drops it.
+    crash: Option<std::sync::mpsc::Sender<()>>,
     keep_dir: bool,
 }
 
@@ -67,7 +69,65 @@ impl TestServer {
             dir,
             shutdown,
             task: Some(task),
+            crash: None,
             keep_dir: false,
+        }
+    }
+
+    /// A server that can crash: it runs on a runtime of its own, on a thread of its own, and
+    /// [`TestServer::crash`] drops that runtime at once: every task of the node stops where it
+    /// is (no drain, no goodbye, no last heartbeat) and its sockets close, as a SIGKILL would
+    /// do to a process. (Its blocking threads may finish what they hold.)
+    pub async fn crashable(tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        let dir = temp_dir();
+        let mut config = Config {
+            data_dir: dir.clone(),
+            api_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let (started, ready) = tokio::sync::oneshot::channel();
+        let (crash, crashed) = std::sync::mpsc::channel::<()>();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let server = rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                bluecam_server::Server::bind(listener, config)
+                    .await
+                    .unwrap()
+            });
+            let _ = started.send((
+                server.local_addr().unwrap(),
+                server.demo_key().map(str::to_owned),
+            ));
+            rt.spawn(async move { server.run(token).await.unwrap() });
+            // Until the crash (or the test's end): then every task is dropped, not finished.
+            let _ = crashed.recv();
+            rt.shutdown_background();
+        });
+        let (addr, demo_key) = ready.await.unwrap();
+        Self {
+            addr,
+            demo_key,
+            secret: Secret::new(SECRET),
+            dir,
+            shutdown,
+            task: None,
+            crash: Some(crash),
+            keep_dir: false,
+        }
+    }
+
+    /// Crashes a [`TestServer::crashable`] server.
+    pub fn crash(mut self) {
+        if let Some(crash) = self.crash.take() {
+            let _ = crash.send(());
         }
     }
 
@@ -267,6 +327,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(crash) = self.crash.take() {
+            let _ = crash.send(());
+        }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

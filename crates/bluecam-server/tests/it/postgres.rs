@@ -216,19 +216,25 @@ async fn the_sessions_of_a_node_that_died_end_when_it_died() {
     let pg = Postgres::start();
     let redis = Redis::start();
     let a = node(&redis, &pg, None).await;
-    let b = node(&redis, &pg, None).await;
+    // (A node that can crash: no drain, no last words, as a SIGKILL.)
+    let (redis_url, db) = (redis.url(), pg.url());
+    let b = TestServer::crashable(move |c| {
+        c.redis_url = Some(redis_url);
+        c.database_url = Some(db);
+        c.cluster.node_ttl_secs = 2;
+        c.limits.resume_window_secs = 2;
+    })
+    .await;
     let room = a.room().await;
     let mut alice = a.join(&room, "alice").await;
     let bob = b.join(&room, "bob").await;
     let t_call = Instant::now();
     alice.recv_op("peer_joined").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Node b goes away and bob never comes back anywhere.
+    // Node b crashes and bob never comes back anywhere.
     let died = t_call.elapsed().as_secs_f64();
-    let stopping = tokio::spawn(b.stop());
+    b.crash();
     drop(bob);
-    let dir = stopping.await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
     // Bob leaves (his node's liveness and his resume window run out, then the sweep).
     let deadline = Instant::now() + WAIT * 3;
     let call = loop {
@@ -270,4 +276,122 @@ async fn retention_prunes_what_ended_before_the_cutoff_on_postgres() {
         bluecam_server::persist::history::Backend::Postgres(store),
     )
     .await;
+}
+
+/// PostgreSQL SIGKILLed and restarted under two nodes with a call and webhooks: the call goes on
+/// (messages keep flowing through Redis), `/readyz` says what is down meanwhile, and once it is
+/// back the history holds the whole call with its real duration and every webhook event is
+/// delivered, a repeat only ever with the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_outage_ends_no_call_and_loses_no_history() {
+    let mut pg = Postgres::start();
+    let redis = Redis::start();
+    let (hook, got) = receiver().await;
+    let a = node(&redis, &pg, Some(&hook)).await;
+    let b = node(&redis, &pg, Some(&hook)).await;
+    let room = a.room().await;
+    let mut alice = a.join(&room, "alice").await;
+    let mut bob = b.join(&room, "bob").await;
+    let t_call = Instant::now();
+    alice.recv_op("peer_joined").await;
+    wait_until("call.started", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, t, _)| t == "call.started")
+    })
+    .await;
+
+    pg.kill();
+    let ready = |s: &TestServer| {
+        let url = s.url("/readyz");
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = ready(&a).await;
+        if status == 503 {
+            assert!(body.contains("not ready: PostgreSQL unavailable"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The call goes on: messages flow between the nodes, nobody leaves.
+    for n in 0..5 {
+        alice
+            .send_json(json!({"op": "send", "to": [bob.id()], "msg": n}))
+            .await;
+        assert_eq!(bob.recv_op("message").await["msg"], n);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // (Off the runtime: the nodes on it keep running while it waits for PostgreSQL.)
+    let _pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WAIT * 2;
+    while ready(&a).await.0 != 200 || ready(&b).await.0 != 200 {
+        assert!(Instant::now() < deadline, "readyz never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    leave(&mut bob).await;
+    let call_secs = t_call.elapsed().as_secs_f64();
+    alice.recv_op("peer_left").await;
+    leave(&mut alice).await;
+    wait_until("call.ended", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, t, _)| t == "call.ended")
+    })
+    .await;
+    wait_until("both peer.left", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t, _)| t == "peer.left")
+            .count()
+            >= 2
+    })
+    .await;
+    // Anything sent again would have come by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = got.lock().unwrap().clone();
+    let mut first: Vec<(String, String)> = Vec::new();
+    for (id, kind, _) in &events {
+        match first.iter().find(|(i, _)| i == id) {
+            // A repeat (an attempt whose answer was lost) is the same event.
+            Some((_, k)) => assert_eq!(k, kind, "webhook-id {id} reused"),
+            None => first.push((id.clone(), kind.clone())),
+        }
+    }
+    let types: Vec<&str> = first.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "room.created",
+            "peer.joined",
+            "peer.joined",
+            "call.started",
+            "peer.left",
+            "call.ended",
+            "peer.left"
+        ],
+        "every event, once each, in the room's order"
+    );
+    let calls = a.api_get(&format!("/v1/rooms/{room}/calls")).await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "the outage split no call: {calls:?}");
+    let d = calls[0]["durationSecs"].as_f64().unwrap();
+    assert!(
+        (d - call_secs).abs() <= 1.0,
+        "call {d} s, really {call_secs:.2} s"
+    );
 }
