@@ -395,3 +395,19 @@ async fn a_postgresql_outage_ends_no_call_and_loses_no_history() {
         "call {d} s, really {call_secs:.2} s"
     );
 }
+
+/// Two nodes started at the same instant on an empty database: one migrates the schema, the
+/// other waits for it (an advisory lock), and both serve the same rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_started_at_once_on_an_empty_database_both_come_up() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (a, b) = tokio::join!(node(&redis, &pg, None), node(&redis, &pg, None));
+    let room = a.room().await;
+    assert_eq!(b.api_get(&format!("/v1/rooms/{room}")).await["id"], room);
+    let mut alice = a.join(&room, "alice").await;
+    let mut bob = b.join(&room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    leave(&mut bob).await;
+    leave(&mut alice).await;
+}
