@@ -47,6 +47,8 @@ pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serves TLS (with `server.crt` and `server.key` in `dir`).
+    tls: bool,
 }
 
 impl Postgres {
@@ -54,9 +56,34 @@ impl Postgres {
     /// Panics when it cannot: this is for tests and benchmarks.
     #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`Postgres::start`], serving TLS (as well as plain connections) with this certificate
+    /// chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let dir = std::env::temp_dir().join(format!("bluecam-pg-{}", crate::auth::random_token(9)));
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.join("server.crt"), cert).unwrap();
+            std::fs::write(dir.join("server.key"), key).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                // (PostgreSQL refuses a key others can read.)
+                std::fs::set_permissions(
+                    dir.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap();
+            }
+        }
         // The unprivileged user must own the directory.
         let _ = Command::new("chown")
             .args(["-R", "nobody"])
@@ -76,11 +103,12 @@ impl Postgres {
                 .local_addr()
                 .unwrap()
                 .port();
-            if let Some(child) = Self::spawn(&dir, port) {
+            if let Some(child) = Self::spawn(&dir, port, tls.is_some()) {
                 return Self {
                     port,
                     dir,
                     child: Some(child),
+                    tls: tls.is_some(),
                 };
             }
         }
@@ -89,13 +117,24 @@ impl Postgres {
 
     /// `postgres` on `port` with the data in `dir`, once it accepts connections.
     #[allow(clippy::unwrap_used)]
-    fn spawn(dir: &Path, port: u16) -> Option<Child> {
-        let mut child = as_postgres_user(&pg_bin("postgres"))
+    fn spawn(dir: &Path, port: u16, tls: bool) -> Option<Child> {
+        let mut command = as_postgres_user(&pg_bin("postgres"));
+        command
             .arg("-D")
             .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir)
-            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .args(["-c", "fsync=off", "-c", "max_connections=200"]);
+        if tls {
+            command.args(["-c", "ssl=on", "-c"]).arg(format!(
+                "ssl_cert_file={}",
+                dir.join("server.crt").display()
+            ));
+            command
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -131,7 +170,7 @@ impl Postgres {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.is_none() {
-            self.child = Self::spawn(&self.dir, self.port);
+            self.child = Self::spawn(&self.dir, self.port, self.tls);
             if self.child.is_none() && Instant::now() > deadline {
                 panic!("postgres did not come back on port {}", self.port);
             }

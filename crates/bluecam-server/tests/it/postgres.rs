@@ -411,3 +411,84 @@ async fn two_nodes_started_at_once_on_an_empty_database_both_come_up() {
     leave(&mut bob).await;
     leave(&mut alice).await;
 }
+
+/// A CA (its certificate, PEM) and a server certificate it signed for `names` (PEM, with its
+/// key's PEM).
+fn ca_and_server(names: &[&str]) -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let server = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+/// TLS to PostgreSQL as libpq's `sslmode` says: verified against `sslrootcert`, refused when
+/// the certificate is from another authority or (verify-full) for another host, never a
+/// plaintext connection when TLS was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_as_sslmode_says() {
+    use bluecam_server::persist::history::postgres::PgStore;
+    let (ca, cert, key) = ca_and_server(&["127.0.0.1", "localhost"]);
+    let pg = Postgres::start_tls(&cert, &key);
+    let dir = crate::common::temp_dir();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let (other_ca, _, _) = ca_and_server(&["127.0.0.1"]);
+    let other_file = dir.join("other-ca.pem");
+    std::fs::write(&other_file, &other_ca).unwrap();
+    let url = |q: &str| format!("{}?{q}", pg.url());
+    let connect = |u: String| async move { PgStore::connect(&u, 2).await };
+    // Verified: the connection is encrypted (PostgreSQL says so for its own session).
+    let store = connect(url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    )))
+    .await
+    .unwrap();
+    assert!(store.connection_is_tls().await.unwrap());
+    // (verify-ca checks the chain, not the name: a host the certificate does not name.)
+    let by_name = format!(
+        "postgres://bluecam@localhost:{}/postgres?sslmode=verify-ca&sslrootcert={}",
+        pg.port,
+        ca_file.display()
+    );
+    let store = connect(by_name).await.unwrap();
+    assert!(store.connection_is_tls().await.unwrap());
+    // Refused: another authority; and a name the certificate does not hold with verify-full.
+    let err = connect(url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other_file.display()
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let (_, wrong_cert, wrong_key) = ca_and_server(&["db.example.com"]);
+    drop(pg);
+    let pg = Postgres::start_tls(&wrong_cert, &wrong_key);
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url(),
+        ca_file.display()
+    );
+    assert!(connect(wrong).await.is_err());
+    // TLS asked of a server without it: an error, never plaintext.
+    let plain = Postgres::start();
+    let err = connect(format!("{}?sslmode=require", plain.url()))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    // And sslmode=disable there connects in the clear, as asked.
+    let store = connect(format!("{}?sslmode=disable", plain.url()))
+        .await
+        .unwrap();
+    assert!(!store.connection_is_tls().await.unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -18,6 +18,7 @@
 
 mod db;
 pub mod postgres;
+mod postgres_tls;
 mod sql;
 pub mod sqlite;
 

@@ -84,8 +84,21 @@ const MIGRATION_LOCK: i64 = 0x6263_0001;
 /// one attempt (5 s); a node that died mid-attempt has its events sent by another after it.
 const CLAIM_MS: i64 = 30_000;
 
+/// A PostgreSQL error with its causes in its text (the pool's "error performing TLS
+/// handshake" says why only in its sources: "invalid peer certificate: UnknownIssuer").
 fn pg(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
-    StoreError::Postgres(e.into())
+    let e: crate::persist::store::BackendError = e.into();
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    StoreError::Postgres(text.into())
 }
 
 fn i(v: u64) -> i64 {
@@ -112,12 +125,19 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// Connects (a pool of `size` connections) and brings the schema up to date.
     pub async fn connect(url: &str, size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        // (`sslmode` and `sslrootcert` as libpq reads them: postgres_tls.rs.)
+        let (config, tls) = super::postgres_tls::settings(url)?;
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
-        let manager =
-            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config);
+        let manager = match tls {
+            Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+            None => deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                manager_config,
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(size.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -131,6 +151,19 @@ impl PgStore {
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Whether this store's connections are encrypted (PostgreSQL's own view of one).
+    pub async fn connection_is_tls(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pg)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
