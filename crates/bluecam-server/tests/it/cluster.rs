@@ -926,3 +926,57 @@ async fn a_join_read_after_its_client_closed_takes_over_nothing() {
     let _reloaded = join_on(&b, &room, "visitor").await;
     assert_eq!(visitor.closed().await, Some(4042));
 }
+
+/// A Redis with ACL users (the default user off): the node authenticates with the user and
+/// password of its URL; a wrong password stops its start with a clear error.
+#[tokio::test]
+async fn a_redis_acl_user_in_the_url_is_used_and_a_wrong_password_refused() {
+    use bluecam_server::testkit::redis_cli;
+    let redis = Redis::start();
+    let port = redis.port;
+    for args in [
+        &[
+            "ACL",
+            "SETUSER",
+            "bluecam",
+            "on",
+            ">s3cret-pass",
+            "~*",
+            "&*",
+            "+@all",
+        ][..],
+        &["ACL", "SETUSER", "default", "off"][..],
+    ] {
+        assert_eq!(redis_cli(port, args).trim(), "OK", "{args:?}");
+    }
+    let url = format!("redis://bluecam:s3cret-pass@127.0.0.1:{port}");
+    let a = TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await;
+    let room = a.room().await;
+    let mut alice = join_on(&a, &room, "alice").await;
+    let mut bob = join_on(&a, &room, "bob").await;
+    alice.recv_op("peer_joined").await;
+    bob.send_json(json!({"op": "send", "to": [alice.id()], "msg": "hi"}))
+        .await;
+    assert_eq!(alice.recv_op("message").await["msg"], "hi");
+
+    let config = bluecam_server::Config {
+        data_dir: temp_dir(),
+        api_secret: Some(crate::common::SECRET.into()),
+        redis_url: Some(format!("redis://bluecam:wrong@127.0.0.1:{port}")),
+        ..bluecam_server::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(WAIT, bluecam_server::Server::bind(listener, config))
+        .await
+        .expect("a wrong password must stop the start, not hang it");
+    let err = started.err().expect("a wrong password must stop the start");
+    let text = format!("{err:#}").to_lowercase();
+    assert!(
+        text.contains("wrongpass") || text.contains("auth") || text.contains("password"),
+        "{text}"
+    );
+}
