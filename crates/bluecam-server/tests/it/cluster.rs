@@ -973,7 +973,9 @@ async fn a_redis_acl_user_in_the_url_is_used_and_a_wrong_password_refused() {
     let started = tokio::time::timeout(WAIT, bluecam_server::Server::bind(listener, config))
         .await
         .expect("a wrong password must stop the start, not hang it");
-    let err = started.err().expect("a wrong password must stop the start");
+    let Err(err) = started else {
+        panic!("a wrong password must stop the start");
+    };
     let text = format!("{err:#}").to_lowercase();
     assert!(
         text.contains("wrongpass") || text.contains("auth") || text.contains("password"),
