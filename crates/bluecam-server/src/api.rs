@@ -246,7 +246,10 @@ where
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/rooms", post(create_room).get(list_rooms))
-        .route("/v1/rooms/{id}", get(get_room).delete(delete_room))
+        .route(
+            "/v1/rooms/{id}",
+            get(get_room).patch(update_room).delete(delete_room),
+        )
         .route("/v1/rooms/{id}/peers", get(room_peers))
         .route("/v1/rooms/{id}/tokens", post(create_token))
         .route("/v1/rooms/{id}/calls", get(room_calls))
@@ -537,6 +540,73 @@ async fn get_room(
     Path(id): Path<String>,
 ) -> Result<Json<Room>, ApiError> {
     Ok(Json(load_room(&state, id).await?))
+}
+
+/// The body of `PATCH /v1/rooms/{id}`: the fields to change (absent: unchanged; `null`
+/// clears an optional one). The id, the owner, the creation time and `multipleSessions` stay.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateRoom {
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    members: Option<Option<Vec<String>>>,
+    /// (A room always has a maximum: `null` is refused.)
+    #[serde(default, deserialize_with = "present")]
+    max_peers: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    empty_timeout_secs: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    metadata: Option<Option<Box<RawValue>>>,
+}
+
+/// A field that is there, `null` included (`Some(None)`), as against one left out (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Changes a room: checked like a new one, written over it. Joins from now on follow the new
+/// settings (maximum, members); peers in the room stay. Two changes at once: the last wins.
+async fn update_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateRoom>,
+) -> Result<Json<Room>, ApiError> {
+    if body.max_peers == Some(None) {
+        return Err(ApiError::bad_request("maxPeers cannot be null"));
+    }
+    let room = state
+        .store
+        .room(RoomId::new(id))
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    let merged = CreateRoom {
+        id: Some(room.id.to_string()),
+        name: body.name.unwrap_or(room.name),
+        description: body.description.unwrap_or(room.description),
+        owner: room.owner.map(|o| o.to_string()),
+        members: body.members.unwrap_or_else(|| {
+            room.members
+                .map(|m| m.iter().map(ToString::to_string).collect())
+        }),
+        max_peers: Some(body.max_peers.flatten().unwrap_or(room.max_peers)),
+        empty_timeout_secs: body.empty_timeout_secs.unwrap_or(room.empty_timeout_secs),
+        metadata: body.metadata.unwrap_or(room.metadata),
+        multiple_sessions: Some(room.multiple_sessions),
+    };
+    let mut updated = merged.into_room(state.config.limits.max_peers_per_room, room.created_at)?;
+    if !state.store.update_room(updated.clone()).await? {
+        return Err(ApiError::room_not_found());
+    }
+    tracing::info!(room = %updated.id, "room changed");
+    fill_peer_counts(&state, std::slice::from_mut(&mut updated)).await?;
+    Ok(Json(updated))
 }
 
 async fn delete_room(

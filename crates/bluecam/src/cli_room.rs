@@ -106,6 +106,27 @@ enum RoomCommand {
     Get { id: String },
     /// Delete a room; peers inside get `room_closed`.
     Delete { id: String },
+    /// Change a room (`PATCH`): only the settings given change; prints the room.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// The member list's identities (repeatable), replacing the list.
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// No member list any more: any token of the room may join.
+        #[arg(long, conflicts_with = "members")]
+        no_members: bool,
+        #[arg(long)]
+        max_peers: Option<u32>,
+        #[arg(long)]
+        empty_timeout_secs: Option<u64>,
+        /// JSON value stored with the room.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
 }
 
 /// `bluecam calls ROOM_ID`.
@@ -246,6 +267,38 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
         }
         RoomCommand::Get { id } => http.get(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
+        RoomCommand::Update {
+            id,
+            name,
+            description,
+            members,
+            no_members,
+            max_peers,
+            empty_timeout_secs,
+            metadata,
+        } => {
+            let mut body = serde_json::Map::new();
+            let mut put = |k: &str, v: serde_json::Value| {
+                if !v.is_null() {
+                    body.insert(k.to_owned(), v);
+                }
+            };
+            put("name", name.into());
+            put("description", description.into());
+            put("maxPeers", max_peers.into());
+            put("emptyTimeoutSecs", empty_timeout_secs.into());
+            if let Some(m) = metadata {
+                let m: serde_json::Value =
+                    serde_json::from_str(&m).context("--metadata must be JSON")?;
+                body.insert("metadata".into(), m);
+            }
+            if no_members {
+                body.insert("members".into(), serde_json::Value::Null);
+            } else if !members.is_empty() {
+                body.insert("members".into(), members.into());
+            }
+            http.patch(format!("{base}/v1/rooms/{id}")).json(&body)
+        }
     };
     let text = call(request, &secret, &base).await?;
     if !text.is_empty() {

@@ -135,6 +135,35 @@ fn serve_room_token_and_graceful_shutdown() {
         &url,
     ));
     assert_eq!(several["multipleSessions"], true, "{several}");
+    let changed = json_of(&bluecam(
+        &[
+            "room",
+            "update",
+            &id,
+            "--name",
+            "Renamed",
+            "--max-peers",
+            "3",
+            "--no-members",
+        ],
+        &dir,
+        &url,
+    ));
+    assert_eq!(
+        (&changed["name"], &changed["maxPeers"], &changed["members"]),
+        (
+            &serde_json::json!("Renamed"),
+            &serde_json::json!(3),
+            &Value::Null
+        ),
+        "{changed}"
+    );
+    // (The rest of this test knows the room by its member bob.)
+    json_of(&bluecam(
+        &["room", "update", &id, "--member", "bob"],
+        &dir,
+        &url,
+    ));
     let list = json_of(&bluecam(&["room", "list", "--member", "bob"], &dir, &url));
     assert_eq!(list["rooms"][0]["id"], id.as_str());
     let owned = json_of(&bluecam(&["room", "list", "--owner", "alice"], &dir, &url));

@@ -70,6 +70,8 @@ pub trait Store: Send + Sync + 'static {
     fn rooms(&self, member: Option<Identity>) -> BoxFuture<'_, Result<Vec<Room>, StoreError>>;
     /// Removes a room; false when there was none.
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Writes a changed room over the stored one (`PATCH`); false when there is none.
+    fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Removes a room that expired empty, only if it is still empty (in a cluster the check
     /// and the removal are one step, so a join on another node cannot slip in between); false
     /// when nothing was removed. On one node the caller has checked the driver already.
@@ -443,6 +445,34 @@ impl Store for SqliteStore {
                 RoomCache::lock(&cache).put(room);
                 Ok(())
             }
+        })
+    }
+
+    fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let cache = Arc::clone(&self.cache);
+        self.with(move |conn| {
+            let members = room
+                .members
+                .as_ref()
+                .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
+            let updated = conn.execute(
+                "UPDATE rooms SET name = ?2, description = ?3, members = ?4, max_peers = ?5,
+                 empty_timeout_secs = ?6, metadata = ?7 WHERE id = ?1",
+                params![
+                    room.id.as_str(),
+                    room.name,
+                    room.description,
+                    members,
+                    room.max_peers,
+                    room.empty_timeout_secs,
+                    room.metadata.as_ref().map(|m| m.get()),
+                ],
+            )? > 0;
+            // (Under the connection's lock: no delete can come between the write and this.)
+            if updated {
+                RoomCache::lock(&cache).put(room);
+            }
+            Ok(updated)
         })
     }
 

@@ -982,3 +982,34 @@ async fn a_redis_acl_user_in_the_url_is_used_and_a_wrong_password_refused() {
         "{text}"
     );
 }
+
+/// A room changed through one node (`PATCH`) is the changed room on every node: the others
+/// answer with it and their joins obey it.
+#[tokio::test]
+async fn a_room_changed_on_one_node_is_changed_on_every_node() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let room = a.room().await;
+    let res = a
+        .http()
+        .patch(a.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(SECRET)
+        .json(&json!({"name": "renamed", "maxPeers": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let on_b = b.api_get(&format!("/v1/rooms/{room}")).await;
+    assert_eq!(
+        (on_b["name"].clone(), on_b["maxPeers"].clone()),
+        (json!("renamed"), json!(1))
+    );
+    let _alice = join_on(&a, &room, "alice").await;
+    Client::join_fails(
+        b.addr,
+        b.token(&room, "bob"),
+        "room_full",
+        bluecam_proto::CloseCode::RoomFull,
+    )
+    .await;
+}

@@ -343,6 +343,7 @@ async fn auth_is_required_on_every_api_route() {
         (Method::GET, "/v1/rooms"),
         (Method::GET, "/v1/rooms/x"),
         (Method::DELETE, "/v1/rooms/x"),
+        (Method::PATCH, "/v1/rooms/x"),
         (Method::GET, "/v1/rooms/x/peers"),
         (Method::POST, "/v1/rooms/x/tokens"),
     ];
@@ -487,4 +488,104 @@ async fn demo_endpoints_mint_rooms_and_tokens_only_when_the_demo_is_on() {
     assert_error(&body, "not_found");
     let page = off.get_text("/").await;
     assert!(page.contains("BlueCam is running"));
+}
+
+/// `PATCH /v1/rooms/{id}`: the given fields change (`null` clears an optional one), checked as
+/// at creation; the joins that follow obey the new maximum and member list.
+#[tokio::test]
+async fn a_room_changes_with_patch_and_joins_follow_it() {
+    use bluecam_proto::CloseCode;
+    let s = TestServer::start().await;
+    let (status, room) = call(
+        &s,
+        Method::POST,
+        "/v1/rooms",
+        Some(json!({"name": "a", "owner": "olga", "members": ["alice", "bob"], "maxPeers": 5})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = room["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/rooms/{id}");
+    let (status, changed) = call(
+        &s,
+        Method::PATCH,
+        &path,
+        Some(json!({"name": "b", "maxPeers": 1, "metadata": {"plan": "pro"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["name"], "b");
+    assert_eq!(changed["maxPeers"], 1);
+    assert_eq!(changed["metadata"], json!({"plan": "pro"}));
+    assert_eq!(changed["owner"], "olga", "unchanged");
+    assert_eq!(changed["members"], json!(["alice", "bob"]), "unchanged");
+    assert_eq!(changed["createdAt"], room["createdAt"]);
+    let (_, got) = call(&s, Method::GET, &path, None).await;
+    assert_eq!(got["name"], "b");
+    assert_eq!(got["maxPeers"], 1);
+    // The new maximum: one peer.
+    let mut alice = s.join(&id, "alice").await;
+    crate::common::Client::join_fails(
+        s.addr,
+        s.token(&id, "bob"),
+        "room_full",
+        CloseCode::RoomFull,
+    )
+    .await;
+    // Room for three, and no member list any more: anyone with a token.
+    let (status, changed) = call(
+        &s,
+        Method::PATCH,
+        &path,
+        Some(json!({"maxPeers": 3, "members": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["members"], Value::Null);
+    assert_eq!(changed["peerCount"], 1);
+    let mut carol = s.join(&id, "carol").await;
+    alice.recv_op("peer_joined").await;
+    // A member list again, without bob.
+    call(
+        &s,
+        Method::PATCH,
+        &path,
+        Some(json!({"members": ["alice", "carol"]})),
+    )
+    .await;
+    crate::common::Client::join_fails(
+        s.addr,
+        s.token(&id, "bob"),
+        "forbidden",
+        CloseCode::Forbidden,
+    )
+    .await;
+    // Checked as at creation; the room is left as it was.
+    for (body, what) in [
+        (json!({"maxPeers": 0}), "maxPeers 0"),
+        (json!({"maxPeers": null}), "maxPeers null"),
+        (json!({"owner": "x"}), "a field that cannot change"),
+        (json!({"name": 5}), "a name that is not text"),
+        (json!({"name": "n".repeat(10_000)}), "a name too long"),
+    ] {
+        let (status, body) = call(&s, Method::PATCH, &path, Some(body)).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_error(&body, "bad_request");
+    }
+    let (_, got) = call(&s, Method::GET, &path, None).await;
+    assert_eq!(
+        (got["name"].clone(), got["maxPeers"].clone()),
+        (json!("b"), json!(3))
+    );
+    let (status, body) = call(
+        &s,
+        Method::PATCH,
+        "/v1/rooms/no-such-room",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_error(&body, "room_not_found");
+    carol.send_json(json!({"op": "leave"})).await;
+    alice.send_json(json!({"op": "leave"})).await;
 }

@@ -492,3 +492,37 @@ async fn postgresql_over_tls_as_sslmode_says() {
     assert!(!store.connection_is_tls().await.unwrap());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `PATCH` with rooms in PostgreSQL (and their copy in Redis): every node answers with the
+/// changed room, also once Redis has lost its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_room_is_durable() {
+    let pg = Postgres::start();
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis, &pg, None).await, node(&redis, &pg, None).await);
+    let room = a.room().await;
+    let res = a
+        .http()
+        .patch(a.url(&format!("/v1/rooms/{room}")))
+        .bearer_auth(crate::common::SECRET)
+        .json(&json!({"description": "kept", "maxPeers": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        b.api_get(&format!("/v1/rooms/{room}")).await["description"],
+        "kept"
+    );
+    // Redis empty: the durable copy, changed, comes back.
+    redis.restart_empty();
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let got = b.api_get(&format!("/v1/rooms/{room}")).await;
+        if got["description"] == "kept" && got["maxPeers"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

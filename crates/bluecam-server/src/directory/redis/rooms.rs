@@ -90,6 +90,26 @@ impl Store for RedisStore {
         })
     }
 
+    fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&room).map_err(store_err)?;
+            // Only over a room that is there (XX): never brings a deleted one back.
+            let set: Option<String> = self
+                .broker
+                .cmd()
+                .set(
+                    room_key(&room.id, "room").as_str(),
+                    json,
+                    None,
+                    Some(fred::types::SetOptions::XX),
+                    false,
+                )
+                .await
+                .map_err(store_err)?;
+            Ok(set.is_some())
+        })
+    }
+
     fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
         Box::pin(async move {
             let v: Option<String> = self

@@ -694,6 +694,22 @@ impl Store for ClusterRooms {
         })
     }
 
+    fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let body = serde_json::to_string(&room).map_err(pg_err)?;
+            let key = room.id.to_string();
+            let durable = rooms_tx(&self.pg, move |db| {
+                Ok(db.exec("UPDATE rooms SET body = $2 WHERE id = $1", &[&key, &body])? > 0)
+            })
+            .await?;
+            if durable {
+                // (A Redis that lacks the room gets the new copy when it is next read.)
+                self.live.update_room(room).await?;
+            }
+            Ok(durable)
+        })
+    }
+
     fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             // Redis checks emptiness and deletes in one step; then the durable record goes.
