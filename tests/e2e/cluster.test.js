@@ -21,7 +21,7 @@ after(stopAll);
 /**
  * @param {import("./harness.js").TestServer} node
  * @param {string} label
- * @param {{noWebrtc?: boolean}} [opts]
+ * @param {{noWebrtc?: boolean, noWebSocket?: boolean}} [opts]
  */
 const peer = (node, label, opts) => launchPeer(node, { ...opts, label });
 
@@ -137,7 +137,7 @@ test("a node frozen (SIGSTOP) past its expiry, then thawed: its peers resume els
   await expectEvents(peers);
 });
 
-test("chaos: a node killed, a node frozen past its expiry, Redis killed and restarted from its file, then restarted empty: nothing lost, doubled or reordered, every send settles, nobody leaves", async () => {
+test("chaos: a node killed, a node frozen past its expiry, Redis killed and restarted from its file, then restarted empty, half the clients without WebSocket: nothing lost, doubled or reordered, every send settles, nobody leaves", async () => {
   const own = await Redis.start();
   try {
     const nodes = await startCluster(own, 3, 3);
@@ -147,12 +147,17 @@ test("chaos: a node killed, a node frozen past its expiry, Redis killed and rest
     const peers = [];
     const ids = [];
     for (const [i, home] of homes.entries()) {
-      const p = await peer(nodes[home], `peer${i}`, { noWebrtc: true });
+      // (Every other client has no WebSocket: it speaks HTTP, its requests handed between the
+      // nodes as their sessions move.)
+      const noWebSocket = i % 2 === 1;
+      const p = await peer(nodes[home], `peer${i}${noWebSocket ? " (HTTP)" : ""}`, { noWebrtc: true, noWebSocket });
       peers.push(p);
       const order = [...urls.slice(home), ...urls.slice(0, home)];
       ids.push(await join(p.page, await nodes[0].token(room, `peer${i}`), { video: false, audio: false }, order));
     }
     await Promise.all(peers.map((p) => waitPeers(p.page, 3)));
+    const transports = await Promise.all(peers.map((p) => evaluate(p.page, () => /** @type {any} */ (window).room.transport, undefined, "transport")));
+    assert.deepEqual(transports, ["websocket", "http", "websocket", "http"]);
     const N = 400;
     const sending = Promise.all(peers.map((p) => paced(p.page, N, "n", 50)));
     sending.catch(() => {});
