@@ -526,3 +526,89 @@ async fn a_changed_room_is_durable() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A node SIGKILLed while its webhook attempt is in flight: the event stays claimed by the dead
+/// node for the claim time (30 s), then another node sends it; it reaches the receiver once,
+/// under its one `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_in_flight_on_a_node_that_dies_is_sent_by_another_after_its_claim() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    /// Requests that arrived; while `hold`, each is kept unanswered (an attempt in flight).
+    #[derive(Clone, Default)]
+    struct Hook {
+        hold: Arc<AtomicBool>,
+        arrived: Arc<AtomicUsize>,
+        got: Got,
+    }
+    async fn hook(State(h): State<Hook>, headers: HeaderMap, body: Bytes) -> u16 {
+        h.arrived.fetch_add(1, Ordering::SeqCst);
+        while h.hold.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let id = headers["webhook-id"].to_str().unwrap().to_owned();
+        h.got.lock().unwrap().push((
+            id,
+            v["type"].as_str().unwrap().to_owned(),
+            v["data"].clone(),
+        ));
+        204
+    }
+    let h = Hook::default();
+    h.hold.store(true, Ordering::SeqCst);
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|s: State<Hook>, hd: HeaderMap, b: Bytes| async move {
+                axum::http::StatusCode::from_u16(hook(s, hd, b).await).unwrap()
+            }),
+        )
+        .with_state(h.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (redis_url, db, hook_url) = (redis.url(), pg.url(), url.clone());
+    let b = TestServer::crashable(move |c| {
+        c.redis_url = Some(redis_url);
+        c.database_url = Some(db);
+        c.cluster.node_ttl_secs = 2;
+        c.webhooks = vec![endpoint(&hook_url)];
+    })
+    .await;
+    // The room's creation is the event; node b's attempt at it is held in flight.
+    let room = b.room().await;
+    wait_until("node b's attempt", || h.arrived.load(Ordering::SeqCst) >= 1).await;
+    b.crash();
+    let crashed = Instant::now();
+    // Another node comes up; the receiver answers from now on.
+    let a = node(&redis, &pg, Some(&url)).await;
+    h.hold.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !h
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, t, _)| t == "room.created")
+    {
+        assert!(Instant::now() < deadline, "the event was never sent again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = crashed.elapsed();
+    // Not before the dead node's claim ran out (it was taken a moment before the crash).
+    assert!(
+        after >= Duration::from_secs(25),
+        "sent again after {after:?}: within the claim"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = h.got.lock().unwrap().clone();
+    let created: Vec<&(String, String, Value)> =
+        got.iter().filter(|(_, t, _)| t == "room.created").collect();
+    // (The dead node's attempt died with its connection: the receiver never answered it.)
+    assert_eq!(created.len(), 1, "{got:?}");
+    assert_eq!(created[0].2["id"], room);
+    drop(a);
+}
