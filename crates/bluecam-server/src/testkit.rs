@@ -345,16 +345,19 @@ impl RedisCluster {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The ports of the processes running now.
+    fn running(&self) -> Vec<u16> {
+        let procs = self.lock();
+        (0..CLUSTER_NODES)
+            .filter(|&i| procs[i].is_some())
+            .map(|i| self.ports[i])
+            .collect()
+    }
+
     /// Waits until every running process serves every slot, and every replica among them
     /// is in sync with its master.
     pub fn wait_whole(&self) {
-        let running: Vec<u16> = {
-            let procs = self.lock();
-            (0..CLUSTER_NODES)
-                .filter(|&i| procs[i].is_some())
-                .map(|i| self.ports[i])
-                .collect()
-        };
+        let running = self.running();
         let deadline = Instant::now() + Duration::from_secs(60);
         for port in running {
             while !redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok") || {
@@ -377,14 +380,7 @@ impl RedisCluster {
 
     /// The ports of the running masters (those that serve slots), in port order.
     pub fn masters(&self) -> Vec<u16> {
-        let running: Vec<u16> = {
-            let procs = self.lock();
-            (0..CLUSTER_NODES)
-                .filter(|&i| procs[i].is_some())
-                .map(|i| self.ports[i])
-                .collect()
-        };
-        running
+        self.running()
             .into_iter()
             .filter(|&p| redis_cli(p, &["info", "replication"]).contains("role:master"))
             .collect()

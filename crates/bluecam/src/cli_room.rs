@@ -73,21 +73,9 @@ enum RoomCommand {
         #[arg(long)]
         id: Option<String>,
         #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-        #[arg(long)]
         owner: Option<String>,
-        /// Identities allowed besides the owner (repeatable); without any, any token may join.
-        #[arg(long = "member")]
-        members: Vec<String>,
-        #[arg(long)]
-        max_peers: Option<u32>,
-        #[arg(long)]
-        empty_timeout_secs: Option<u64>,
-        /// JSON value stored with the room.
-        #[arg(long)]
-        metadata: Option<String>,
+        #[command(flatten)]
+        settings: RoomSettings,
         /// Let one identity hold several seats at once (several tabs or devices); by default a
         /// new join of an identity replaces its older session.
         #[arg(long)]
@@ -109,24 +97,57 @@ enum RoomCommand {
     /// Change a room (`PATCH`): only the settings given change; prints the room.
     Update {
         id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-        /// The member list's identities (repeatable), replacing the list.
-        #[arg(long = "member")]
-        members: Vec<String>,
+        #[command(flatten)]
+        settings: RoomSettings,
         /// No member list any more: any token of the room may join.
         #[arg(long, conflicts_with = "members")]
         no_members: bool,
-        #[arg(long)]
-        max_peers: Option<u32>,
-        #[arg(long)]
-        empty_timeout_secs: Option<u64>,
-        /// JSON value stored with the room.
-        #[arg(long)]
-        metadata: Option<String>,
     },
+}
+
+/// The settings of a room that `room create` sets and `room update` changes.
+#[derive(Debug, Args)]
+struct RoomSettings {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Identities allowed besides the owner (repeatable; `update`: the new list); without any,
+    /// any token of the room may join.
+    #[arg(long = "member")]
+    members: Vec<String>,
+    #[arg(long)]
+    max_peers: Option<u32>,
+    #[arg(long)]
+    empty_timeout_secs: Option<u64>,
+    /// JSON value stored with the room.
+    #[arg(long)]
+    metadata: Option<String>,
+}
+
+impl RoomSettings {
+    /// The request body's fields for the settings given (those not given are left out).
+    fn body(self) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        let mut body = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            if !v.is_null() {
+                body.insert(k.to_owned(), v);
+            }
+        };
+        put("name", self.name.into());
+        put("description", self.description.into());
+        if !self.members.is_empty() {
+            put("members", self.members.into());
+        }
+        put("maxPeers", self.max_peers.into());
+        put("emptyTimeoutSecs", self.empty_timeout_secs.into());
+        if let Some(m) = self.metadata {
+            let m: serde_json::Value =
+                serde_json::from_str(&m).context("--metadata must be JSON")?;
+            put("metadata", m);
+        }
+        Ok(body)
+    }
 }
 
 /// `bluecam calls ROOM_ID`.
@@ -221,37 +242,19 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
     let request = match args.command {
         RoomCommand::Create {
             id,
-            name,
-            description,
             owner,
-            members,
-            max_peers,
-            empty_timeout_secs,
-            metadata,
+            settings,
             multiple_sessions,
         } => {
-            let metadata: Option<serde_json::Value> = metadata
-                .map(|m| serde_json::from_str(&m))
-                .transpose()
-                .context("--metadata must be JSON")?;
-            let mut body = serde_json::Map::new();
-            let mut put = |k: &str, v: serde_json::Value| {
-                if !v.is_null() {
-                    body.insert(k.to_owned(), v);
-                }
-            };
-            put("id", id.into());
-            put("name", name.into());
-            put("description", description.into());
-            put("owner", owner.into());
-            if !members.is_empty() {
-                put("members", members.into());
+            let mut body = settings.body()?;
+            if let Some(id) = id {
+                body.insert("id".into(), id.into());
             }
-            put("maxPeers", max_peers.into());
-            put("emptyTimeoutSecs", empty_timeout_secs.into());
-            put("metadata", metadata.unwrap_or_default());
+            if let Some(owner) = owner {
+                body.insert("owner".into(), owner.into());
+            }
             if multiple_sessions {
-                put("multipleSessions", true.into());
+                body.insert("multipleSessions".into(), true.into());
             }
             http.post(format!("{base}/v1/rooms")).json(&body)
         }
@@ -269,33 +272,12 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
         RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Update {
             id,
-            name,
-            description,
-            members,
+            settings,
             no_members,
-            max_peers,
-            empty_timeout_secs,
-            metadata,
         } => {
-            let mut body = serde_json::Map::new();
-            let mut put = |k: &str, v: serde_json::Value| {
-                if !v.is_null() {
-                    body.insert(k.to_owned(), v);
-                }
-            };
-            put("name", name.into());
-            put("description", description.into());
-            put("maxPeers", max_peers.into());
-            put("emptyTimeoutSecs", empty_timeout_secs.into());
-            if let Some(m) = metadata {
-                let m: serde_json::Value =
-                    serde_json::from_str(&m).context("--metadata must be JSON")?;
-                body.insert("metadata".into(), m);
-            }
+            let mut body = settings.body()?;
             if no_members {
                 body.insert("members".into(), serde_json::Value::Null);
-            } else if !members.is_empty() {
-                body.insert("members".into(), members.into());
             }
             http.patch(format!("{base}/v1/rooms/{id}")).json(&body)
         }

@@ -237,26 +237,7 @@ fn serve_room_token_and_graceful_shutdown() {
 
     // SIGTERM: the server exits cleanly and quickly.
     let mut served = served;
-    let pid = served.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terminate(&mut served.child);
     // A second start reads the same secret back and prints no secret.
     let again = serve(&dir);
     assert!(again.lines.iter().all(|l| !l.contains(&secret)));

@@ -109,13 +109,13 @@ pub struct SqliteStore {
 }
 
 /// The rooms this process has read or created, up to [`RoomCache::CAPACITY`] (an arbitrary
-/// one makes way past that). A room never changes after its creation, only goes, so a copy is
-/// right until its room is deleted; a delete removes it after its commit. `deletions` stops a
-/// read that began before a delete from putting the room back after it.
+/// one makes way past that). A copy is right until its room is changed (`PATCH`: the new one
+/// replaces it) or deleted (it goes), each after its commit. `changes` stops a read that began
+/// before a change or a delete from putting the old room back after it.
 #[derive(Debug, Default)]
 struct RoomCache {
     rooms: std::collections::HashMap<RoomId, Room>,
-    deletions: u64,
+    changes: u64,
 }
 
 impl RoomCache {
@@ -127,17 +127,24 @@ impl RoomCache {
         cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps a room read from the database, unless a delete ran since the read began (when
-    /// the count of deletions was `seen`): the copy could be of a room gone since.
+    /// Keeps a room read from the database, unless a change or a delete ran since the read
+    /// began (when the count of changes was `seen`): the copy could be of a room changed or
+    /// gone since.
     fn fill(&mut self, room: &Room, seen: u64) {
-        if self.deletions == seen {
+        if self.changes == seen {
             self.put(room.clone());
         }
     }
 
+    /// After a room's change is committed.
+    fn replace(&mut self, room: Room) {
+        self.changes += 1;
+        self.put(room);
+    }
+
     /// After a room's delete is committed.
     fn forget(&mut self, id: &RoomId) {
-        self.deletions += 1;
+        self.changes += 1;
         self.rooms.remove(id);
     }
 
@@ -396,6 +403,13 @@ impl SqliteStore {
     }
 }
 
+/// The `members` column of a room: a JSON array, or NULL without a member list.
+fn members_column(room: &Room) -> Option<String> {
+    room.members
+        .as_ref()
+        .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()))
+}
+
 fn row_to_room(row: &rusqlite::Row<'_>) -> rusqlite::Result<Room> {
     let members: Option<String> = row.get(4)?;
     let metadata: Option<String> = row.get(7)?;
@@ -418,10 +432,7 @@ impl Store for SqliteStore {
     fn create_room(&self, room: Room) -> BoxFuture<'_, Result<(), StoreError>> {
         let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
-            let members = room
-                .members
-                .as_ref()
-                .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
+            let members = members_column(&room);
             let inserted = conn.execute(
                 "INSERT OR IGNORE INTO rooms (id, name, description, owner, members, max_peers,
                  empty_timeout_secs, metadata, created_at, last_active_at, multiple_sessions)
@@ -451,10 +462,7 @@ impl Store for SqliteStore {
     fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>> {
         let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
-            let members = room
-                .members
-                .as_ref()
-                .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
+            let members = members_column(&room);
             let updated = conn.execute(
                 "UPDATE rooms SET name = ?2, description = ?3, members = ?4, max_peers = ?5,
                  empty_timeout_secs = ?6, metadata = ?7 WHERE id = ?1",
@@ -470,20 +478,20 @@ impl Store for SqliteStore {
             )? > 0;
             // (Under the connection's lock: no delete can come between the write and this.)
             if updated {
-                RoomCache::lock(&cache).put(room);
+                RoomCache::lock(&cache).replace(room);
             }
             Ok(updated)
         })
     }
 
     fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
-        let deletions = {
+        let changes = {
             let cache = RoomCache::lock(&self.cache);
             if let Some(room) = cache.rooms.get(&id) {
                 let room = room.clone();
                 return Box::pin(std::future::ready(Ok(Some(room))));
             }
-            cache.deletions
+            cache.changes
         };
         let cache = Arc::clone(&self.cache);
         self.with(move |conn| {
@@ -492,7 +500,7 @@ impl Store for SqliteStore {
                 .query_row([id.as_str()], row_to_room)
                 .optional()?;
             if let Some(room) = &room {
-                RoomCache::lock(&cache).fill(room, deletions);
+                RoomCache::lock(&cache).fill(room, changes);
             }
             Ok(room)
         })
@@ -842,13 +850,28 @@ mod tests {
     #[test]
     fn a_read_that_began_before_a_delete_does_not_put_the_room_back() {
         let mut cache = RoomCache::default();
-        let seen = cache.deletions;
+        let seen = cache.changes;
         // (The read finds the room; the delete commits and runs before the read is kept.)
         cache.forget(&RoomId::new("a"));
         cache.fill(&room("a"), seen);
         assert!(cache.rooms.is_empty());
-        cache.fill(&room("a"), cache.deletions);
+        cache.fill(&room("a"), cache.changes);
         assert_eq!(cache.rooms.len(), 1);
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_change_does_not_put_the_old_room_back() {
+        let mut cache = RoomCache::default();
+        let seen = cache.changes;
+        let mut changed = room("a");
+        changed.name = Some("changed".into());
+        // (The read finds the old room; the change commits and runs before the read is kept.)
+        cache.replace(changed);
+        cache.fill(&room("a"), seen);
+        assert_eq!(
+            cache.rooms[&RoomId::new("a")].name.as_deref(),
+            Some("changed")
+        );
     }
 
     #[test]

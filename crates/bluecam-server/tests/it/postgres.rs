@@ -90,8 +90,17 @@ pub fn endpoint(url: &str) -> bluecam_server::config::WebhookConfig {
 }
 
 async fn node(redis: &Redis, pg: &Postgres, hook: Option<&str>) -> TestServer {
+    TestServer::with(node_config(redis, pg, hook)).await
+}
+
+/// A cluster node's settings on `redis` and `pg` (short expiries), with a webhook endpoint.
+fn node_config(
+    redis: &Redis,
+    pg: &Postgres,
+    hook: Option<&str>,
+) -> impl FnOnce(&mut bluecam_server::Config) + Send + 'static {
     let (redis, db, hook) = (redis.url(), pg.url(), hook.map(str::to_owned));
-    TestServer::with(move |c| {
+    move |c| {
         c.redis_url = Some(redis);
         c.database_url = Some(db);
         c.cluster.node_ttl_secs = 2;
@@ -99,8 +108,7 @@ async fn node(redis: &Redis, pg: &Postgres, hook: Option<&str>) -> TestServer {
         if let Some(url) = hook {
             c.webhooks = vec![endpoint(&url)];
         }
-    })
-    .await
+    }
 }
 
 async fn leave(c: &mut Client) {
@@ -217,14 +225,7 @@ async fn the_sessions_of_a_node_that_died_end_when_it_died() {
     let redis = Redis::start();
     let a = node(&redis, &pg, None).await;
     // (A node that can crash: no drain, no last words, as a SIGKILL.)
-    let (redis_url, db) = (redis.url(), pg.url());
-    let b = TestServer::crashable(move |c| {
-        c.redis_url = Some(redis_url);
-        c.database_url = Some(db);
-        c.cluster.node_ttl_secs = 2;
-        c.limits.resume_window_secs = 2;
-    })
-    .await;
+    let b = TestServer::crashable(node_config(&redis, &pg, None)).await;
     let room = a.room().await;
     let mut alice = a.join(&room, "alice").await;
     let bob = b.join(&room, "bob").await;
@@ -570,14 +571,7 @@ async fn a_webhook_in_flight_on_a_node_that_dies_is_sent_by_another_after_its_cl
 
     let pg = Postgres::start();
     let redis = Redis::start();
-    let (redis_url, db, hook_url) = (redis.url(), pg.url(), url.clone());
-    let b = TestServer::crashable(move |c| {
-        c.redis_url = Some(redis_url);
-        c.database_url = Some(db);
-        c.cluster.node_ttl_secs = 2;
-        c.webhooks = vec![endpoint(&hook_url)];
-    })
-    .await;
+    let b = TestServer::crashable(node_config(&redis, &pg, Some(&url))).await;
     // The room's creation is the event; node b's attempt at it is held in flight.
     let room = b.room().await;
     wait_until("node b's attempt", || h.arrived.load(Ordering::SeqCst) >= 1).await;
