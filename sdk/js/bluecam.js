@@ -105,7 +105,7 @@ export { CLOSE, CLOSE_CODES } from "./close-codes.js";
  * @property {(type: string, data: any, from: Peer, meta: {path: Path}) => void} [onMessage]
  * @property {() => void} [roomNotFoundCallback]
  * @property {(peer: Peer) => void} [onPeerJoined]
- * @property {(peer: Peer) => void} [onPeerLeft]
+ * @property {(peer: Peer, reason: import("./events.js").LeaveReason) => void} [onPeerLeft]
  * @property {(peer: Peer, stream: MediaStream) => void} [onStream]
  * @property {(peer: Peer, path: Path) => void} [onPathChange]
  * @property {(peer: Peer, state: {audio: boolean, video: boolean}) => void} [onMediaChange]
@@ -674,7 +674,7 @@ export class Room {
         this.roster.add(f.peer, true);
         break;
       case "peer_left":
-        this.roster.remove(f.peer.id);
+        this.roster.remove(f.peer.id, undefined, f.reason);
         break;
       case "signal":
         this.roster.onSignal(f.from, f.data);

@@ -29,6 +29,7 @@ export const CLOSE_CODES = Object.freeze([
   {"code":4040,"name":"room_closed","reason":"room closed","resume":false,"nextNode":false},
   {"code":4041,"name":"replaced","reason":"session resumed elsewhere","resume":true,"nextNode":false},
   {"code":4042,"name":"superseded","reason":"replaced by a newer session of this identity","resume":false,"nextNode":false},
+  {"code":4043,"name":"kicked","reason":"removed from the room","resume":false,"nextNode":false},
   {"code":4998,"name":"unresponsive","reason":"server unresponsive","resume":true,"nextNode":true},
 ]);
 
@@ -54,5 +55,6 @@ export const CLOSE = Object.freeze({
   room_closed: 4040,
   replaced: 4041,
   superseded: 4042,
+  kicked: 4043,
   unresponsive: 4998,
 });

@@ -5,13 +5,14 @@
  * The codes: a join refused (`room_not_found`, `unauthorized`, `forbidden`, `room_full`,
  * `unavailable`, …: the server's error codes, docs/protocol.md); a session the server ended
  * for good, named like its close code (`room_closed`: the room was deleted or expired,
- * `superseded`: the same identity joined elsewhere, `session_expired`, `too_many_errors`,
+ * `superseded`: the same identity joined elsewhere, `kicked`: the app's backend removed this
+ * peer, `session_expired`, `too_many_errors`,
  * `protocol_error`, …; `connection_closed` for a code this SDK does not know); and the SDK's
  * own: `server_required`, `bad_options`, `unreachable` (no server could be reached for the
  * join), `unsupported` (no WebSocket with `signalMethod: "websocket"`), `left` (the room was
  * left), `too_large`, `unserializable`, `permission_denied`, `peer_unreachable`.
  * @typedef {"room_not_found" | "unauthorized" | "forbidden" | "room_full" | "unavailable"
- *   | "room_closed" | "superseded" | "session_expired" | "too_many_errors" | "protocol_error"
+ *   | "room_closed" | "superseded" | "kicked" | "session_expired" | "too_many_errors" | "protocol_error"
  *   | "invalid_data" | "message_too_big" | "bad_join" | "connection_closed"
  *   | "server_required" | "bad_options" | "unreachable" | "unsupported" | "left" | "too_large"
  *   | "unserializable" | "permission_denied" | "peer_unreachable"

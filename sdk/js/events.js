@@ -14,6 +14,9 @@
  * @typedef {"p2p" | "relay"} Path
  * @typedef {"connecting" | "connected" | "reconnecting" | "disconnected"} ConnectionState
  * @typedef {{expected: number, held: number, partial: number}} Gap
+ * @typedef {"left" | "timeout" | "kicked" | "replaced" | (string & {})} LeaveReason why a peer
+ *   left: it left, its connection was lost for longer than the resume window, the app's
+ *   backend removed it, or a newer session of its identity took its seat
  */
 
 /**
@@ -22,7 +25,7 @@
  * @property {[type: string, data: any, from: Peer, meta: {path: Path}]} message an app message
  *   (binary data arrives as a `Uint8Array`)
  * @property {[peer: Peer]} peerJoined
- * @property {[peer: Peer]} peerLeft
+ * @property {[peer: Peer, reason: LeaveReason]} peerLeft
  * @property {[peer: Peer, stream: MediaStream]} stream a peer's media arrived
  * @property {[peer: Peer, state: {audio: boolean, video: boolean}]} mediaChange a peer turned
  *   its camera or microphone on or off

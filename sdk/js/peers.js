@@ -100,8 +100,9 @@ export class Peers {
   /**
    * @param {string} id
    * @param {Error} [error]
+   * @param {import("./events.js").LeaveReason} [reason] why the server says it left
    */
-  remove(id, error) {
+  remove(id, error, reason = "left") {
     const remote = this.remotes.get(id);
     if (!remote) return;
     this.remotes.delete(id);
@@ -109,7 +110,7 @@ export class Peers {
     remote.link?.close();
     this.host.scheduler.dropPeer(remote, error ?? new PeerUnreachableError(`peer ${id} left`, [id]));
     this.host.media.videos.remove(id);
-    if (!this.host.left()) this.host.emit("peerLeft", remote.info);
+    if (!this.host.left()) this.host.emit("peerLeft", remote.info, reason);
   }
 
   /**

@@ -222,6 +222,42 @@ test("final disconnects carry their code: a deleted room is room_closed, the sam
   assert.deepEqual(await evaluate(b.page, () => /** @type {any} */ (window).closedState, undefined, "states"), ["disconnected"]);
 });
 
+test("a peer removed by the backend: its page gets ConnectionError kicked, the others see it leave with reason kicked, and its old token joins no more", async () => {
+  const room = await server.room();
+  const [a, b] = [await peer("alice"), await peer("bob")];
+  await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
+  const bobToken = await server.token(room, "bob");
+  await join(b.page, bobToken, { video: false, audio: false });
+  await waitPeers(a.page, 1);
+  await evaluate(a.page, () => {
+    const w = /** @type {any} */ (window);
+    w.leaves = [];
+    w.room.on("peerLeft", (/** @type {{identity: string}} */ p, /** @type {string} */ reason) => w.leaves.push([p.identity, reason]));
+    return 0;
+  }, undefined, "watch alice's peers leaving");
+  const peers = await server.api("GET", `/v1/rooms/${room}/peers`);
+  const bobId = peers.body.peers.find((/** @type {{identity: string}} */ p) => p.identity === "bob").id;
+  const removed = await server.api("DELETE", `/v1/rooms/${room}/peers/${bobId}`);
+  assert.equal(removed.status, 200, JSON.stringify(removed.body));
+  await waitFor(async () => (await b.events()).errors.length > 0, "bob told");
+  await expectEvents([b], { errors: [{ name: "ConnectionError", code: "kicked" }] });
+  await waitFor(async () => (await evaluate(a.page, () => /** @type {any} */ (window).leaves.length, undefined, "leaves")) > 0, "alice sees bob leave");
+  assert.deepEqual(await evaluate(a.page, () => /** @type {any} */ (window).leaves, undefined, "leaves"), [["bob", "kicked"]]);
+  // The token bob joined with is refused now (it was issued before the removal).
+  const again = await peer("bob again");
+  const refused = await evaluate(again.page, async (/** @type {string} */ token) => {
+    const { joinRoom } = await import("/sdk/bluecam.js");
+    try {
+      await joinRoom({ token, video: false, audio: false });
+      return "joined";
+    } catch (e) {
+      return `${/** @type {any} */ (e).name} ${/** @type {any} */ (e).code}`;
+    }
+  }, bobToken, "bob's old token");
+  assert.equal(refused, "UnauthorizedError unauthorized");
+  await expectEvents([a]);
+});
+
 test("a server published under a path prefix: the SDK loaded from it finds it, over a WebSocket and over HTTP", async () => {
   const proxy = await startHttpProxy([server.url], { webSocket: "pass", prefix: "/rooms" });
   try {

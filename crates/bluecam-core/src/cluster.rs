@@ -21,7 +21,7 @@
 //!   with it (the other nodes, a frozen one included, may still be putting their peers back).
 
 use crate::{Frame, RemotePeer, RoomEvent};
-use bluecam_proto::{NodeId, NodeMessage, Room, RoomClosedReason, RoomId};
+use bluecam_proto::{NodeId, NodeMessage, PeerId, Room, RoomClosedReason, RoomId};
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
@@ -364,6 +364,8 @@ pub enum Decoded {
         room: RoomId,
         reason: RoomClosedReason,
     },
+    /// `Hub::handle_kick`.
+    Kick { room: RoomId, peer: PeerId },
 }
 
 impl Decoded {
@@ -399,6 +401,7 @@ impl Decoded {
                 peer,
             } => (room, ver, RoomEvent::Moved(remote(node, peer))),
             NodeMessage::Closed { room, reason } => return Some(Self::Closed { room, reason }),
+            NodeMessage::Kick { room, peer } => return Some(Self::Kick { room, peer }),
         };
         Some(Self::Room { room, ver, event })
     }

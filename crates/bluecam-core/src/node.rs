@@ -79,6 +79,9 @@ pub enum Input<'a> {
     },
     /// Cluster: a peer of this node left for good elsewhere while this node was cut off.
     PeerGone { room: RoomId, peer: PeerId },
+    /// The app's backend removes a peer (see [`Hub::handle_kick`]): from the API of this
+    /// node, or (cluster) of another one that found it here. [`Handled::Kicked`].
+    Kick { room: RoomId, peer: PeerId },
     /// Cluster: something the shell noticed (a reconnection, a failed command, ...).
     Signal(Signal),
     /// Cluster: how a step of [`Output::Directory`] ended.
@@ -108,6 +111,8 @@ pub enum Handled {
     Snapshot {
         applied: bool,
     },
+    /// [`Input::Kick`]: whether this node held the peer (and removed it).
+    Kicked(bool),
 }
 
 /// See the module doc.
@@ -201,6 +206,7 @@ impl Node {
                 self.hub.handle_peer_gone(&room, &peer);
                 Handled::Nothing
             }
+            Input::Kick { room, peer } => Handled::Kicked(self.hub.handle_kick(&room, &peer)),
             Input::Signal(signal) => {
                 if let Some(c) = &mut self.cluster {
                     c.signal(signal, now);

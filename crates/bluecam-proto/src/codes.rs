@@ -108,13 +108,16 @@ pub enum CloseCode {
     /// 4042: a newer session of the same identity took this one's seat (a reload, a second
     /// tab); final.
     Superseded,
+    /// 4043: the app's backend removed this peer from the room
+    /// (`DELETE /v1/rooms/{id}/peers/{peerId}`); final.
+    Kicked,
     /// 1012: the server is restarting; resume once it is back (sessions survive a restart).
     ServiceRestart,
 }
 
 impl CloseCode {
     /// Every close code, for lookups and docs.
-    pub const ALL: [CloseCode; 20] = [
+    pub const ALL: [CloseCode; 21] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -134,6 +137,7 @@ impl CloseCode {
         Self::RoomClosed,
         Self::Replaced,
         Self::Superseded,
+        Self::Kicked,
         Self::ServiceRestart,
     ];
 
@@ -164,6 +168,7 @@ impl CloseCode {
             Self::RoomClosed => 4040,
             Self::Replaced => 4041,
             Self::Superseded => 4042,
+            Self::Kicked => 4043,
             Self::ServiceRestart => 1012,
         }
     }
@@ -190,6 +195,7 @@ impl CloseCode {
             Self::RoomClosed => "room closed",
             Self::Replaced => "session resumed elsewhere",
             Self::Superseded => "replaced by a newer session of this identity",
+            Self::Kicked => "removed from the room",
             Self::ServiceRestart => "server restarting",
         }
     }

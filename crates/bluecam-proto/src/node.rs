@@ -49,6 +49,9 @@ pub enum NodeMessage<'a> {
         room: RoomId,
         reason: RoomClosedReason,
     },
+    /// The app's backend removes `peer` of `room`, which the directory places on the
+    /// receiving node (sent by the node whose API was asked).
+    Kick { room: RoomId, peer: PeerId },
 }
 
 /// Why a node message was refused.
@@ -104,6 +107,7 @@ impl<'a> NodeMessage<'a> {
             Self::Left { .. } => "left",
             Self::Moved { .. } => "moved",
             Self::Closed { .. } => "closed",
+            Self::Kick { .. } => "kick",
         }
     }
 
@@ -114,7 +118,8 @@ impl<'a> NodeMessage<'a> {
             | Self::Joined { room, .. }
             | Self::Left { room, .. }
             | Self::Moved { room, .. }
-            | Self::Closed { room, .. } => room,
+            | Self::Closed { room, .. }
+            | Self::Kick { room, .. } => room,
         }
     }
 
@@ -164,6 +169,10 @@ impl<'a> NodeMessage<'a> {
                 } else {
                     RoomClosedReason::Deleted
                 },
+            },
+            "kick" => Self::Kick {
+                room,
+                peer: flat.peer.ok_or(need("kick", "peer"))?,
             },
             _ => return Ok(None),
         }))
@@ -232,6 +241,7 @@ impl<'a> NodeMessage<'a> {
                     RoomClosedReason::Expired => "expired",
                 });
             }
+            Self::Kick { peer, .. } => flat.peer = Some(peer.clone()),
         }
         // Serializing ids, numbers and raw JSON cannot fail.
         serde_json::to_string(&flat).unwrap_or_default()

@@ -25,6 +25,18 @@ pub struct Room {
     /// false (the default), a join by an identity already in the room replaces its session.
     #[serde(default)]
     pub multiple_sessions: bool,
+    /// Identities the app's backend removed from the room, each with when (Unix seconds):
+    /// their tokens issued then or before are refused. Kept by each store beside the room
+    /// (never in its JSON: a change of the room cannot write over a removal).
+    #[serde(skip)]
+    pub removed: std::collections::BTreeMap<Identity, u64>,
+}
+
+impl Room {
+    /// Whether a token for `identity` issued at `iat` predates the identity's removal.
+    pub fn revoked(&self, identity: &Identity, iat: u64) -> bool {
+        self.removed.get(identity).is_some_and(|at| iat <= *at)
+    }
 }
 
 /// What a joining peer learns about its room (`joined.room`): no owner or member list.

@@ -251,6 +251,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(get_room).patch(update_room).delete(delete_room),
         )
         .route("/v1/rooms/{id}/peers", get(room_peers))
+        .route(
+            "/v1/rooms/{id}/peers/{peer}",
+            axum::routing::delete(remove_peer),
+        )
         .route("/v1/rooms/{id}/tokens", post(create_token))
         .route("/v1/rooms/{id}/calls", get(room_calls))
         .route("/v1/calls/{id}", get(get_call))
@@ -426,6 +430,7 @@ impl CreateRoom {
             created_at: now,
             peer_count: 0,
             multiple_sessions: body.multiple_sessions.unwrap_or(false),
+            removed: Default::default(),
         })
     }
 }
@@ -738,6 +743,79 @@ async fn room_peers(
     Ok(Json(PeerList { peers, next_cursor }))
 }
 
+/// The answer to `DELETE /v1/rooms/{id}/peers/{peerId}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Removal {
+    /// The peer removed.
+    peer: bluecam_proto::PeerInfo,
+    /// When (Unix seconds): tokens of its identity for this room issued then or before are
+    /// refused from now on; one issued later (`iat` above this) opens the room again.
+    removed_at: u64,
+}
+
+/// Removes a peer: it leaves with reason `kicked`, its connection closes with the `kicked`
+/// close code, and the tokens of its identity for this room issued until now stop working.
+/// On a cluster, the node that holds it removes it.
+async fn remove_peer(
+    State(state): State<AppState>,
+    Path((id, peer)): Path<(String, String)>,
+) -> Result<Json<Removal>, ApiError> {
+    let room = load_room(&state, id).await?;
+    let peer = bluecam_proto::PeerId::new(peer);
+    let presence = match state.broker.presence(room.id.clone()).await {
+        Ok(Some(peers)) => peers,
+        Ok(None) => state.driver.peers(&room.id),
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    let Some((info, _)) = presence.into_iter().find(|(p, _)| p.id == peer) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownPeer,
+            "no such peer in this room",
+        ));
+    };
+    let removed_at = unix_now();
+    // In a task of its own, so a client that hangs up mid-request cannot leave the identity
+    // refused and the peer still in the room. The refusal first: the peer cannot come back
+    // (a resume presents its token too) from the moment it is out.
+    let removal = {
+        let (state, room, identity) = (state.clone(), room.id.clone(), info.identity.clone());
+        tokio::spawn(async move {
+            if !state
+                .store
+                .remove_identity(room.clone(), identity, removed_at)
+                .await?
+            {
+                return Ok(None);
+            }
+            let kick = state.broker.kick(room.clone(), peer.clone()).await?;
+            if kick == crate::directory::Kick::Here {
+                let (_, vacated) = state.driver.kick(&room, &peer);
+                state.touch_rooms(vacated).await;
+            }
+            Ok::<_, StoreError>(Some(kick))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "peer removal task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the removal failed",
+            )
+        })??
+    };
+    let Some(kick) = removal else {
+        return Err(ApiError::room_not_found());
+    };
+    tracing::info!(room = %room.id, peer = %info.id, identity = %info.identity, ?kick, "peer removed");
+    Ok(Json(Removal {
+        peer: info,
+        removed_at,
+    }))
+}
+
 /// The body of `POST /v1/rooms/{id}/tokens`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -767,8 +845,17 @@ async fn create_token(
         state.config.max_token_ttl_secs,
     );
     // Checked before the room is looked up: bad input is a 400 whether the room exists or not.
-    let claims = body.into_claims(RoomId::new(id.clone()), limits, unix_now())?;
-    load_room(&state, id).await?;
+    let mut claims = body.into_claims(RoomId::new(id.clone()), limits, unix_now())?;
+    let room = load_room(&state, id).await?;
+    // A token of an identity removed from the room this very second is issued for the next
+    // one: `iat` counts whole seconds, and the removal refuses every token issued up to its
+    // own second.
+    if let Some(at) = room.removed.get(&claims.sub)
+        && claims.iat <= *at
+    {
+        claims.exp = claims.exp.saturating_add(at + 1 - claims.iat);
+        claims.iat = at + 1;
+    }
     issue_token(&state, &claims)
 }
 

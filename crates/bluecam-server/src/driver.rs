@@ -613,6 +613,21 @@ impl Driver {
         self.drain(&mut inner);
     }
 
+    /// Removes a peer of this node for the app's backend (`Input::Kick`): whether it was
+    /// here, and the rooms it left empty.
+    pub fn kick(&self, room: &RoomId, peer: &PeerId) -> (bool, Vacated) {
+        let mut inner = self.lock();
+        let input = Input::Kick {
+            room: room.clone(),
+            peer: peer.clone(),
+        };
+        let found = matches!(
+            inner.node.handle(input, Instant::now()),
+            Handled::Kicked(true)
+        );
+        (found, self.drain(&mut inner))
+    }
+
     /// Ends expired sessions; returns vacated rooms and when to call again.
     pub fn tick(&self, now: Instant) -> (Vacated, Option<Instant>) {
         let mut inner = self.lock();

@@ -160,6 +160,7 @@ fn cluster_core() -> Hub {
         created_at: NOW,
         peer_count: 0,
         multiple_sessions: false,
+        removed: Default::default(),
     };
     let req = JoinRequest {
         conn: ConnId(1),
@@ -213,6 +214,9 @@ pub fn cluster_messages(data: &[u8]) {
                 hub.handle_room_event(&room, ver, event)
             }
             Ok(Some(Decoded::Closed { room, reason })) => hub.handle_room_closed(&room, reason),
+            Ok(Some(Decoded::Kick { room, peer })) => {
+                hub.handle_kick(&room, &peer);
+            }
             Ok(None) | Err(_) => continue,
         }
         while hub.poll_output().is_some() {}

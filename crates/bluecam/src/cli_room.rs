@@ -103,6 +103,15 @@ enum RoomCommand {
         #[arg(long, conflicts_with = "members")]
         no_members: bool,
     },
+    /// List the peers in a room (every page).
+    Peers { id: String },
+    /// Remove a peer from a room: it leaves with reason `kicked`, and the tokens of its
+    /// identity for this room issued until now stop working.
+    Kick {
+        id: String,
+        /// The peer's id (`bluecam room peers` lists them).
+        peer: String,
+    },
 }
 
 /// The settings of a room that `room create` sets and `room update` changes.
@@ -268,6 +277,14 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             print_line(&serde_json::to_string_pretty(&all)?);
             return Ok(());
         }
+        RoomCommand::Peers { id } => {
+            let url = format!("{base}/v1/rooms/{id}/peers");
+            let peers = every_page(&http, &url, &[], "peers", &secret, &base).await?;
+            let all = serde_json::json!({ "peers": peers });
+            print_line(&serde_json::to_string_pretty(&all)?);
+            return Ok(());
+        }
+        RoomCommand::Kick { id, peer } => http.delete(format!("{base}/v1/rooms/{id}/peers/{peer}")),
         RoomCommand::Get { id } => http.get(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Update {

@@ -172,6 +172,17 @@ fn serve_room_token_and_graceful_shutdown() {
     assert_eq!(none["rooms"], serde_json::json!([]));
     let got = json_of(&bluecam(&["room", "get", &id], &dir, &url));
     assert_eq!(got["id"], id.as_str());
+    // Peers (none yet), and removing one that is not there (the removal itself is tested in
+    // bluecam-server's tests).
+    let peers = json_of(&bluecam(&["room", "peers", &id], &dir, &url));
+    assert_eq!(peers, serde_json::json!({"peers": []}));
+    let kick = bluecam(&["room", "kick", &id, "nobody"], &dir, &url);
+    assert!(!kick.status.success());
+    assert!(
+        String::from_utf8_lossy(&kick.stderr).contains("unknown_peer"),
+        "{}",
+        String::from_utf8_lossy(&kick.stderr)
+    );
     // Call history and usage (the calls themselves are tested in bluecam-server's tests).
     let calls = json_of(&bluecam(&["calls", &id], &dir, &url));
     assert_eq!(calls, serde_json::json!({"calls": []}));

@@ -245,7 +245,7 @@ export type CallbackOptions = {
     }) => void) | undefined;
     roomNotFoundCallback?: (() => void) | undefined;
     onPeerJoined?: ((peer: Peer) => void) | undefined;
-    onPeerLeft?: ((peer: Peer) => void) | undefined;
+    onPeerLeft?: ((peer: Peer, reason: import("./events.js").LeaveReason) => void) | undefined;
     onStream?: ((peer: Peer, stream: MediaStream) => void) | undefined;
     onPathChange?: ((peer: Peer, path: Path) => void) | undefined;
     onMediaChange?: ((peer: Peer, state: {

@@ -28,6 +28,7 @@ export const CLOSE: Readonly<{
     room_closed: 4040;
     replaced: 4041;
     superseded: 4042;
+    kicked: 4043;
     unresponsive: 4998;
 }>;
 /**

@@ -51,6 +51,12 @@ export type Gap = {
     partial: number;
 };
 /**
+ * why a peer
+ * left: it left, its connection was lost for longer than the resume window, the app's
+ * backend removed it, or a newer session of its identity took its seat
+ */
+export type LeaveReason = "left" | "timeout" | "kicked" | "replaced" | (string & {});
+/**
  * Each event and the arguments its handlers get.
  */
 export type RoomEvents = {
@@ -70,7 +76,8 @@ export type RoomEvents = {
         peer: Peer
     ];
     peerLeft: [
-        peer: Peer
+        peer: Peer,
+        reason: LeaveReason
     ];
     /**
      * a peer's media arrived

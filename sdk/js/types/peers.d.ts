@@ -44,8 +44,9 @@ export class Peers {
     /**
      * @param {string} id
      * @param {Error} [error]
+     * @param {import("./events.js").LeaveReason} [reason] why the server says it left
      */
-    remove(id: string, error?: Error): void;
+    remove(id: string, error?: Error, reason?: import("./events.js").LeaveReason): void;
     /**
      * @param {string} to
      * @param {unknown} data

@@ -546,6 +546,33 @@ impl Hub {
         Ok(info.id)
     }
 
+    /// The app's backend removes a peer of this node (`DELETE /v1/rooms/{id}/peers/{peer}`):
+    /// it leaves with reason `kicked`, and its connection, if it has one, is closed with
+    /// [`CloseCode::Kicked`]. False when this node does not hold it (a peer of another node
+    /// is removed by that node, which the shell tells).
+    pub fn handle_kick(&mut self, room_id: &RoomId, peer_id: &PeerId) -> bool {
+        let Some(At::Here { link, .. }) = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.peers.get(peer_id))
+            .map(|p| &p.at)
+        else {
+            return false;
+        };
+        let conn = match link {
+            Link::Attached(conn) => Some(*conn),
+            Link::Detached { .. } => None,
+        };
+        self.remove_peer(room_id, peer_id, LeaveReason::Kicked);
+        if let Some(conn) = conn {
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CloseCode::Kicked,
+            });
+        }
+        true
+    }
+
     /// Removes the seats a new session took over, reason `replaced`; an attached one of this
     /// node is closed with [`CloseCode::Superseded`] (another node closes its own when the
     /// directory tells it).

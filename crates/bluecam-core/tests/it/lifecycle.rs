@@ -179,3 +179,52 @@ fn room_closed_expired_reason_is_passed_through() {
     ));
     assert_eq!(out.closes(), vec![(alice.conn, CloseCode::RoomClosed)]);
 }
+
+#[test]
+fn a_kick_removes_the_peer_tells_the_others_kicked_and_closes_it_kicked() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let (carol, _) = w.join(&r, "carol");
+    let id = r.summary.id.clone();
+
+    assert!(w.hub.handle_kick(&id, &bob.peer));
+    let out = w.drain();
+    match &out.to(alice.conn)[..] {
+        [Seen::PeerLeft { peer, reason }] => {
+            assert_eq!(peer, &bob.peer);
+            assert_eq!(*reason, LeaveReason::Kicked);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    assert!(out.to(bob.conn).is_empty());
+    assert_eq!(out.closes(), vec![(bob.conn, CloseCode::Kicked)]);
+    assert!(out.outputs.iter().any(|o| matches!(
+        o,
+        Output::PeerRemoved { peer, reason: LeaveReason::Kicked, .. } if *peer == bob.peer
+    )));
+    // Its session is over: no resume.
+    let req = w.resume_request(&r, &bob);
+    assert_eq!(w.refuse(req), JoinRejected::SessionExpired);
+    // Not here (any more): nothing happens.
+    assert!(!w.hub.handle_kick(&id, &bob.peer));
+    assert!(w.drain().is_empty());
+
+    // A detached peer goes at once, with no close (it has no connection).
+    w.hub.handle_disconnect(carol.conn, w.at(1));
+    let _ = w.drain();
+    assert!(w.hub.handle_kick(&id, &carol.peer));
+    let out = w.drain();
+    assert!(out.closes().is_empty());
+    assert!(matches!(
+        &out.to(alice.conn)[..],
+        [Seen::PeerLeft {
+            reason: LeaveReason::Kicked,
+            ..
+        }]
+    ));
+    assert_eq!(w.hub.stats().detached, 0);
+    assert_eq!(w.hub.peer_count(&id), 1);
+    w.check();
+}

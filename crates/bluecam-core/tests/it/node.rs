@@ -191,6 +191,7 @@ fn a_new_epoch_restores_the_rooms_held_and_holds_reconciliation_for_a_resume_win
         created_at: 0,
         peer_count: 0,
         multiple_sessions: false,
+        removed: Default::default(),
     };
     node.remember_room(&stored);
     stored.id = RoomId::new("r2"); // read once, nobody here any more: not put back

@@ -53,6 +53,8 @@ enum Op {
         send_data: bool,
     },
     Leave(Index),
+    /// The backend removes a peer, attached or detached.
+    Kick(Index),
     Disconnect(Index),
     /// Resume a live session with its credentials: a detached one when `detached` and there is
     /// one, else any (an attached one is a takeover).
@@ -103,6 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (prop_oneof![2 => Just(0), 1 => Just(1), 1 => Just(2)], prop::bool::weighted(0.85))
             .prop_map(|(room, send_data)| Op::Join { room, send_data }),
         1 => any::<Index>().prop_map(Op::Leave),
+        1 => any::<Index>().prop_map(Op::Kick),
         5 => any::<Index>().prop_map(Op::Disconnect),
         3 => (any::<Index>(), prop::bool::weighted(0.75))
             .prop_map(|(pick, detached)| Op::Resume { pick, detached }),
@@ -319,6 +322,23 @@ impl Sim {
                 self.hub.handle_message(conn, client(r#"{"op":"leave"}"#));
                 self.expect.closes.push((conn, CloseCode::Normal));
                 self.remove(&id, LeaveReason::Left);
+                Ok(())
+            }
+            Op::Kick(i) => {
+                if self.peers.is_empty() {
+                    return Ok(());
+                }
+                let p = &self.peers[i.index(self.peers.len())];
+                let (id, room) = (p.id.clone(), p.room);
+                let conn = self.conn_of(&id);
+                if !self.hub.handle_kick(&room_id(room), &id) {
+                    return Err(format!("{id} not kicked"));
+                }
+                if let Some(conn) = conn {
+                    self.expect.closes.push((conn, CloseCode::Kicked));
+                    self.closed.insert(conn);
+                }
+                self.remove(&id, LeaveReason::Kicked);
                 Ok(())
             }
             Op::Disconnect(i) => {

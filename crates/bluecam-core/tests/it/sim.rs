@@ -113,6 +113,7 @@ fn stored_room(id: RoomId) -> bluecam_proto::Room {
         created_at: 0,
         peer_count: 0,
         multiple_sessions: false,
+        removed: Default::default(),
     }
 }
 
@@ -781,6 +782,7 @@ impl Sim {
             let input = match Decoded::from_message(msg).ok_or("bad frame")? {
                 Decoded::Room { room, ver, event } => Input::RoomEvent { room, ver, event },
                 Decoded::Closed { room, reason } => Input::RoomClosed { room, reason },
+                Decoded::Kick { room, peer } => Input::Kick { room, peer },
             };
             self.input(i, input);
         }

@@ -85,6 +85,20 @@ pub enum Outgoing {
     },
 }
 
+/// Where a peer the backend removes is, as the directory says (`Broker::kick`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// On this node (always so on a single node): the driver removes it.
+    Here,
+    /// On another node, which was told to remove it.
+    Told,
+    /// On no live node (an orphan, or its node is gone): removed from the directory, which
+    /// told the others.
+    Removed,
+    /// Not in the room.
+    Unknown,
+}
+
 /// A request of the HTTP transport (`crate::transport::http`) passed to the node holding its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -148,6 +162,10 @@ pub trait Broker: Send + Sync + 'static {
     /// A room's peers across the cluster, in join order, each with whether its node is alive
     /// (see [`presence`]); `None` on a single node (the driver knows).
     fn presence(&self, room: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>>;
+
+    /// Finds a peer the backend removes and, when another node holds it, has that node
+    /// remove it (see [`Kick`]). A single node holds every peer: [`Kick::Here`].
+    fn kick(&self, room: RoomId, peer: PeerId) -> BoxFuture<'_, Result<Kick, BrokerError>>;
 
     /// Peer counts of rooms across the cluster; `None` on a single node.
     fn peer_counts(
@@ -261,6 +279,10 @@ impl Broker for LocalBroker {
 
     fn presence(&self, _: RoomId) -> BoxFuture<'_, Result<Option<Presence>, BrokerError>> {
         Box::pin(async { Ok(None) })
+    }
+
+    fn kick(&self, _: RoomId, _: PeerId) -> BoxFuture<'_, Result<Kick, BrokerError>> {
+        Box::pin(async { Ok(Kick::Here) })
     }
 
     fn peer_counts(&self, _: Vec<RoomId>) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>> {

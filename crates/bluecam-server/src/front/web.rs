@@ -332,6 +332,7 @@ async fn demo_room(
         created_at: crate::unix_now(),
         peer_count: 0,
         multiple_sessions: false,
+        removed: Default::default(),
     };
     state.store.create_room(room.clone()).await?;
     let invite = format!("/?room={}", room.id);

@@ -70,8 +70,18 @@ pub trait Store: Send + Sync + 'static {
     fn rooms(&self, member: Option<Identity>) -> BoxFuture<'_, Result<Vec<Room>, StoreError>>;
     /// Removes a room; false when there was none.
     fn delete_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>>;
-    /// Writes a changed room over the stored one (`PATCH`); false when there is none.
+    /// Writes a changed room over the stored one (`PATCH`); false when there is none. Its
+    /// removals (`Room::removed`) are the store's, never written over.
     fn update_room(&self, room: Room) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Records that the app's backend removed `identity` from the room at `at` (Unix
+    /// seconds): its tokens issued then or before are refused from now on
+    /// ([`Room::revoked`]). False when there is no such room.
+    fn remove_identity(
+        &self,
+        room: RoomId,
+        identity: Identity,
+        at: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Removes a room that expired empty, only if it is still empty (in a cluster the check
     /// and the removal are one step, so a join on another node cannot slip in between); false
     /// when nothing was removed. On one node the caller has checked the driver already.
@@ -244,6 +254,8 @@ const MIGRATIONS: &[&str] = &[
     // 4: retention finds the sessions that ended before a time without reading every row
     // (failed webhook events: `webhook_outbox_due` already).
     "CREATE INDEX participants_left ON participants (left_at_ms) WHERE left_at_ms IS NOT NULL;",
+    // 5: identities removed from a room by the backend, with when (a JSON object; NULL: none).
+    "ALTER TABLE rooms ADD COLUMN removed TEXT;",
 ];
 
 /// The schema version this build writes.
@@ -272,7 +284,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 const COLUMNS: &str = "id, name, description, owner, members, max_peers, empty_timeout_secs, \
-     metadata, created_at, multiple_sessions";
+     metadata, created_at, multiple_sessions, removed";
 
 /// The SQLite file in the data dir.
 const DB_FILE: &str = "bluecam.sqlite3";
@@ -403,6 +415,21 @@ impl SqliteStore {
     }
 }
 
+/// A room's removals as stored (empty when it has none, or there is no such room).
+fn removed_of(
+    conn: &Connection,
+    id: &RoomId,
+) -> Result<std::collections::BTreeMap<Identity, u64>, StoreError> {
+    let text: Option<Option<String>> = conn
+        .prepare_cached("SELECT removed FROM rooms WHERE id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(text
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
 /// The `members` column of a room: a JSON array, or NULL without a member list.
 fn members_column(room: &Room) -> Option<String> {
     room.members
@@ -425,6 +452,10 @@ fn row_to_room(row: &rusqlite::Row<'_>) -> rusqlite::Result<Room> {
         created_at: row.get(8)?,
         peer_count: 0,
         multiple_sessions: row.get(9)?,
+        removed: row
+            .get::<_, Option<String>>(10)?
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -476,11 +507,43 @@ impl Store for SqliteStore {
                     room.metadata.as_ref().map(|m| m.get()),
                 ],
             )? > 0;
-            // (Under the connection's lock: no delete can come between the write and this.)
+            // (Under the connection's lock: no delete or removal can come between the write
+            // and this.)
             if updated {
+                let mut room = room;
+                room.removed = removed_of(conn, &room.id)?;
                 RoomCache::lock(&cache).replace(room);
             }
             Ok(updated)
+        })
+    }
+
+    fn remove_identity(
+        &self,
+        id: RoomId,
+        identity: Identity,
+        at: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let cache = Arc::clone(&self.cache);
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(mut room) = tx
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM rooms WHERE id = ?1"))?
+                .query_row([id.as_str()], row_to_room)
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            let when = room.removed.entry(identity).or_default();
+            *when = (*when).max(at);
+            let removed = serde_json::to_string(&room.removed).unwrap_or_else(|_| "{}".into());
+            tx.execute(
+                "UPDATE rooms SET removed = ?2 WHERE id = ?1",
+                params![id.as_str(), removed],
+            )?;
+            tx.commit()?;
+            RoomCache::lock(&cache).replace(room);
+            Ok(true)
         })
     }
 

@@ -377,6 +377,13 @@ async fn join(
             "token issued before the room was created (for an earlier room of this id)",
         ));
     }
+    // The backend removed this identity from the room: only a token issued since opens it.
+    if room.revoked(&claims.sub, claims.iat) {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            "token issued before this identity was removed from the room",
+        ));
+    }
     // (An `iat` in the future would pass that rule for every later room of the id.)
     if claims.iat > crate::unix_now().saturating_add(crate::auth::LEEWAY_SECS) {
         return Err(fail(ErrorCode::Unauthorized, "token issued in the future"));

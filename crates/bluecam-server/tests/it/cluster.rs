@@ -1013,3 +1013,66 @@ async fn a_room_changed_on_one_node_is_changed_on_every_node() {
     )
     .await;
 }
+
+/// Removes `peer` of `room` through `via`'s API; the removal's time.
+pub(crate) async fn kick(via: &TestServer, room: &str, peer: &str) -> u64 {
+    let res = via
+        .http()
+        .delete(via.url(&format!("/v1/rooms/{room}/peers/{peer}")))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["removedAt"].as_u64().unwrap()
+}
+
+/// A peer removed through the API of a node that does not hold it: the node holding it
+/// closes it with `kicked` and the others see it leave with reason `kicked`; its identity's
+/// older tokens are refused on every node. A peer whose node died (SIGKILL, not yet reaped)
+/// is removed by the directory for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_removed_through_one_node_leaves_from_the_node_that_holds_it() {
+    use bluecam_proto::CloseCode;
+    let redis = Redis::start();
+    let (a, b, room, mut alice, mut bob) = alice_and_bob(&redis).await;
+    let removed_at = kick(&a, &room, &bob.id()).await;
+    assert_eq!(bob.closed().await, Some(CloseCode::Kicked.code()));
+    let left = alice.recv_op("peer_left").await;
+    assert_eq!(
+        (left["peer"]["id"].as_str(), left["reason"].as_str()),
+        (Some(bob.id().as_str()), Some("kicked")),
+        "{left}"
+    );
+    for node in [&a, &b] {
+        Client::join_fails(
+            node.addr,
+            node.token_with(&room, "bob", |c| c.iat = removed_at),
+            "unauthorized",
+            CloseCode::Unauthorized,
+        )
+        .await;
+    }
+    drop(b);
+
+    // Carol on a node that is killed: nobody listens on its channel any more.
+    let url = redis.url();
+    let c = TestServer::crashable(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await;
+    let carol = join_on(&c, &room, "carol").await;
+    alice.recv_op("peer_joined").await;
+    let carol_id = carol.id();
+    c.crash();
+    kick(&a, &room, &carol_id).await;
+    let left = alice.recv_op("peer_left").await;
+    assert_eq!(
+        (left["peer"]["id"].as_str(), left["reason"].as_str()),
+        (Some(carol_id.as_str()), Some("kicked")),
+        "{left}"
+    );
+    assert_eq!(a.presence(&room, &carol_id).await, None);
+}

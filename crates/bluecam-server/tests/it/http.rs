@@ -589,3 +589,120 @@ async fn a_room_changes_with_patch_and_joins_follow_it() {
     carol.send_json(json!({"op": "leave"})).await;
     alice.send_json(json!({"op": "leave"})).await;
 }
+
+/// `DELETE /v1/rooms/{id}/peers/{peerId}`: the peer's connection closes with `kicked`, the
+/// others see it leave with reason `kicked`, its identity's tokens issued until then open
+/// nothing (a resume presents one too), a token issued later does, and all of it survives a
+/// restart. A detached peer (away within its resume window) goes at once too.
+#[tokio::test]
+async fn a_removed_peer_is_closed_and_its_tokens_stop_working() {
+    use crate::common::{Client, creds};
+    use bluecam_proto::{ClientMessage, CloseCode};
+    let s = TestServer::start().await;
+    let id = s.room().await;
+    let mut alice = s.join(&id, "alice").await;
+    let mut bob = s.join(&id, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let bob_creds = creds(&bob);
+    let path = format!("/v1/rooms/{id}/peers/{}", bob.id());
+    let (status, body) = call(&s, Method::DELETE, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["peer"]["id"], bob.id());
+    assert_eq!(body["peer"]["identity"], "bob");
+    let removed_at = body["removedAt"].as_u64().unwrap();
+    assert!(removed_at.abs_diff(crate::common::now()) <= 2, "{body}");
+    assert_eq!(bob.closed().await, Some(CloseCode::Kicked.code()));
+    let left = alice.recv_op("peer_left").await;
+    assert_eq!(
+        (left["peer"]["id"].as_str(), left["reason"].as_str()),
+        (Some(bob.id().as_str()), Some("kicked")),
+        "{left}"
+    );
+    let (_, peers) = call(&s, Method::GET, &format!("/v1/rooms/{id}/peers"), None).await;
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 1, "{peers}");
+
+    // Tokens issued up to the removal's second are refused, a resume with one included.
+    let old = s.token_with(&id, "bob", |c| c.iat = removed_at);
+    Client::join_fails(s.addr, old.clone(), "unauthorized", CloseCode::Unauthorized).await;
+    let mut c = Client::connect(s.addr).await;
+    c.send_frame(&ClientMessage::Join {
+        token: old,
+        resume: Some(bob_creds),
+    })
+    .await;
+    c.expect_error("unauthorized").await;
+    // Other identities are not affected.
+    let carol = s.join(&id, "carol").await;
+    alice.recv_op("peer_joined").await;
+    // A token issued after the removal opens the room: minted offline a second later, or
+    // by the API at once (which issues it for the next second).
+    let later = s.token_with(&id, "bob", |c| c.iat = removed_at + 1);
+    let mut again = Client::connect(s.addr).await;
+    again
+        .send_frame(&ClientMessage::Join {
+            token: later,
+            resume: None,
+        })
+        .await;
+    again.expect_joined().await;
+    again.send_json(json!({"op": "leave"})).await;
+    let (status, minted) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/rooms/{id}/tokens"),
+        Some(json!({"identity": "bob"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let mut third = Client::connect(s.addr).await;
+    third
+        .send_frame(&ClientMessage::Join {
+            token: minted["token"].as_str().unwrap().to_owned(),
+            resume: None,
+        })
+        .await;
+    third.expect_joined().await;
+
+    // A detached peer: removed at once, and its resume fails.
+    let carol_id = carol.id();
+    let carol_creds = creds(&carol);
+    drop(carol);
+    s.wait_disconnected(&id, &carol_id).await;
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/rooms/{id}/peers/{carol_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.presence(&id, &carol_id).await, None);
+    let mut c = Client::connect(s.addr).await;
+    c.send_frame(&ClientMessage::Join {
+        token: s.token_with(&id, "carol", |c| c.iat = removed_at),
+        resume: Some(carol_creds),
+    })
+    .await;
+    c.expect_error("unauthorized").await;
+
+    // Unknown peer, unknown room.
+    let (status, body) = call(&s, Method::DELETE, &path, None).await;
+    assert_eq!(status, 404);
+    assert_error(&body, "unknown_peer");
+    let (status, body) = call(&s, Method::DELETE, "/v1/rooms/nope/peers/x", None).await;
+    assert_eq!(status, 404);
+    assert_error(&body, "room_not_found");
+
+    // The refusal is durable.
+    drop((alice, third));
+    let dir = s.stop().await;
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    Client::join_fails(
+        s.addr,
+        s.token_with(&id, "bob", |c| c.iat = removed_at),
+        "unauthorized",
+        CloseCode::Unauthorized,
+    )
+    .await;
+    s.join(&id, "alice").await;
+}

@@ -496,8 +496,11 @@ async fn postgresql_over_tls_as_sslmode_says() {
 
 /// `PATCH` with rooms in PostgreSQL (and their copy in Redis): every node answers with the
 /// changed room, also once Redis has lost its copy.
+/// A room changed (`PATCH`) and a peer removed from it are durable: Redis empty, the changed
+/// room comes back from PostgreSQL with its removal (the removed identity's older tokens are
+/// still refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_room_is_durable() {
+async fn a_changed_room_and_a_removal_are_durable() {
     let pg = Postgres::start();
     let mut redis = Redis::start();
     let (a, b) = (node(&redis, &pg, None).await, node(&redis, &pg, None).await);
@@ -515,6 +518,9 @@ async fn a_changed_room_is_durable() {
         b.api_get(&format!("/v1/rooms/{room}")).await["description"],
         "kept"
     );
+    let bob = a.join(&room, "bob").await;
+    let removed_at = crate::cluster::kick(&b, &room, &bob.id()).await;
+    let refused = a.token_with(&room, "bob", |c| c.iat = removed_at);
     // Redis empty: the durable copy, changed, comes back.
     redis.restart_empty();
     let deadline = Instant::now() + WAIT * 2;
@@ -526,6 +532,24 @@ async fn a_changed_room_is_durable() {
         assert!(Instant::now() < deadline, "{got}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // With its removal: bob's older token is refused (once the directory is back; until
+    // then a join is told to retry).
+    loop {
+        let mut c = Client::connect(a.addr).await;
+        c.send_frame(&bluecam_proto::ClientMessage::Join {
+            token: refused.clone(),
+            resume: None,
+        })
+        .await;
+        let v = c.recv().await;
+        if v["code"] == "unauthorized" {
+            break;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.join(&room, "alice").await;
 }
 
 /// A node SIGKILLed while its webhook attempt is in flight: the event stays claimed by the dead

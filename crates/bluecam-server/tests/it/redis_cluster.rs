@@ -259,10 +259,34 @@ async fn peers_of_a_dead_node_are_orphaned_and_swept_from_every_shards_index() {
     }
 }
 
+/// A peer removed through the other node, in a room on each shard: closed with `kicked`, seen
+/// leaving with reason `kicked`, its older token refused (the removal is in the room's slot).
+async fn a_peer_removed_through_another_node_leaves_on_every_shard() {
+    use bluecam_proto::CloseCode;
+    let cluster = shared();
+    let (a, b) = (node(cluster).await, node(cluster).await);
+    for room in rooms_on_every_shard(&a, 1).await {
+        let (mut alice, mut bob) = pair(&a, &b, &room).await;
+        let removed_at = crate::cluster::kick(&a, &room, &bob.id()).await;
+        assert_eq!(bob.closed().await, Some(CloseCode::Kicked.code()));
+        let left = alice.recv_op("peer_left").await;
+        assert_eq!(left["reason"], "kicked", "{left}");
+        Client::join_fails(
+            b.addr,
+            b.token_with(&room, "bob", |c| c.iat = removed_at),
+            "unauthorized",
+            CloseCode::Unauthorized,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_scenarios() {
     eprintln!("scenario: rooms_on_every_shard_relay_once_and_in_order_across_nodes");
     rooms_on_every_shard_relay_once_and_in_order_across_nodes().await;
+    eprintln!("scenario: a_peer_removed_through_another_node_leaves_on_every_shard");
+    a_peer_removed_through_another_node_leaves_on_every_shard().await;
     eprintln!("scenario: a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster");
     a_room_full_counts_the_peers_of_every_node_on_a_redis_cluster().await;
     eprintln!("scenario: the_http_transport_is_relayed_between_nodes_over_shard_channels");

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `bc:{room}:room` | string | the room (JSON), as the HTTP API created it |
 //! | `bc:{room}:active` | string | when the room was last occupied (Unix seconds) |
+//! | `bc:{room}:removed` | hash | identity → when the backend removed it (Unix seconds): its older tokens are refused (`rooms.rs`; not a directory key) |
 //! | `bc:{room}:peers` | hash | peer id → `{"info":…,"seq":…}` |
 //! | `bc:{room}:nodes` | hash | peer id → `node\nsession` (node `~`: an orphan) |
 //! | `bc:{room}:ver` | counter | membership version (every join, leave and move) |
@@ -669,6 +670,9 @@ impl RedisBroker {
             Ok(Some(Decoded::Closed { room, reason })) => {
                 host.handle(Input::RoomClosed { room, reason });
             }
+            Ok(Some(Decoded::Kick { room, peer })) => {
+                host.handle(Input::Kick { room, peer });
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "undecodable cluster message");
@@ -797,6 +801,53 @@ impl Broker for RedisBroker {
                     })
                     .collect(),
             ))
+        })
+    }
+
+    fn kick(
+        &self,
+        room: RoomId,
+        peer: PeerId,
+    ) -> BoxFuture<'_, Result<crate::directory::Kick, BrokerError>> {
+        use crate::directory::Kick;
+        Box::pin(async move {
+            let (_, peers) = self.room_snapshot(&room).await?;
+            let Some(node) = peers
+                .into_iter()
+                .find(|p| p.info.id == peer)
+                .map(|p| p.node)
+            else {
+                return Ok(Kick::Unknown);
+            };
+            if node == self.node {
+                return Ok(Kick::Here);
+            }
+            if node.as_str() != bluecam_core::cluster::ORPHAN_NODE {
+                let msg = bluecam_proto::NodeMessage::Kick {
+                    room: room.clone(),
+                    peer: peer.clone(),
+                }
+                .encode();
+                let listeners = self
+                    .publish_to(channel(&node), msg)
+                    .await
+                    .map_err(backend)?;
+                if listeners > 0 {
+                    return Ok(Kick::Told);
+                }
+            }
+            // No node holds it (an orphan waiting for its resume, or a node gone and not
+            // reaped yet): the directory removes it and tells the others, as that node would.
+            let removed = self
+                .dir
+                .leave(&room, &peer, &node, bluecam_proto::LeaveReason::Kicked)
+                .await
+                .map_err(backend)?;
+            Ok(if removed {
+                Kick::Removed
+            } else {
+                Kick::Unknown
+            })
         })
     }
 

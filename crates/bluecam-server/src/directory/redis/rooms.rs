@@ -13,6 +13,14 @@ fn store_err(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
     StoreError::Redis(e.into())
 }
 
+/// A room's removals (`Room::removed`): a hash, identity → Unix seconds, in the room's slot,
+/// beside its record (never in it: a `PATCH` writing the record cannot lose one). Not a
+/// directory key: no script reads it. Left behind by a delete only if a removal races it,
+/// and harmless then: a later room of the id refuses only tokens issued before it anyway.
+fn removed_key(room: &RoomId) -> String {
+    format!("bc:{{{room}}}:removed")
+}
+
 impl RedisStore {
     async fn rooms_by_id(&self, ids: Vec<String>) -> Result<Vec<Room>, StoreError> {
         if ids.is_empty() {
@@ -55,6 +63,7 @@ impl RedisStore {
                 .zrem("bc:rooms", id.as_str())
                 .await
                 .map_err(store_err)?;
+            let _: i64 = b.cmd().del(removed_key(&id)).await.map_err(store_err)?;
         }
         Ok(deleted)
     }
@@ -112,14 +121,50 @@ impl Store for RedisStore {
 
     fn room(&self, id: RoomId) -> BoxFuture<'_, Result<Option<Room>, StoreError>> {
         Box::pin(async move {
-            let v: Option<String> = self
-                .broker
-                .cmd()
+            // One round trip: the record and its removals (one slot).
+            let pipe = self.broker.client.pipeline();
+            let _: () = pipe
                 .get(room_key(&id, "room").as_str())
                 .await
                 .map_err(store_err)?;
-            v.map(|v| serde_json::from_str(&v).map_err(store_err))
-                .transpose()
+            let _: () = pipe.hgetall(removed_key(&id)).await.map_err(store_err)?;
+            let (room, removed): (Option<String>, HashMap<String, u64>) =
+                pipe.all().await.map_err(store_err)?;
+            let Some(room) = room else {
+                return Ok(None);
+            };
+            let mut room: Room = serde_json::from_str(&room).map_err(store_err)?;
+            room.removed = removed
+                .into_iter()
+                .map(|(who, at)| (Identity::new(who), at))
+                .collect();
+            Ok(Some(room))
+        })
+    }
+
+    fn remove_identity(
+        &self,
+        id: RoomId,
+        identity: Identity,
+        at: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let exists: i64 = self
+                .broker
+                .cmd()
+                .exists(room_key(&id, "room").as_str())
+                .await
+                .map_err(store_err)?;
+            if exists == 0 {
+                return Ok(false);
+            }
+            let _: i64 = self
+                .broker
+                .cmd()
+                .hset(removed_key(&id), (identity.as_str(), at))
+                .await
+                .map_err(store_err)?;
+            Ok(true)
         })
     }
 

@@ -76,6 +76,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX participants_left ON participants (left_at_ms) WHERE left_at_ms IS NOT NULL;
     CREATE INDEX webhook_outbox_failed ON webhook_outbox (next_at_ms) WHERE state = 2;
 ",
+    // 3: identities removed from a room by the backend (`Room::removed`), beside the room's
+    // body (a change of the room writes the body, never these).
+    "
+    CREATE TABLE room_removals (
+        room TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (room, identity)
+    );
+",
 ];
 
 /// The lock every migrating node takes (any constant of ours).
@@ -651,10 +661,28 @@ impl Store for ClusterRooms {
                 && !self.live.recently_deleted(&id).await?
             {
                 // Redis lost it (a restart without persistence): put it back (not a room an
-                // expiry is deleting: Redis first, then here).
+                // expiry is deleting: Redis first, then here), its removals first.
+                let key = id.to_string();
+                let removed = rooms_tx(&self.pg, move |db| {
+                    Ok(db
+                        .rows(
+                            "SELECT identity, at FROM room_removals WHERE room = $1",
+                            &[&key],
+                        )?
+                        .iter()
+                        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                        .collect::<Vec<_>>())
+                })
+                .await?;
                 match self.live.create_room(room.clone()).await {
                     Ok(()) | Err(StoreError::Exists) => {}
                     Err(e) => return Err(e),
+                }
+                for (who, at) in removed {
+                    let at = u64::try_from(at).unwrap_or(0);
+                    self.live
+                        .remove_identity(id.clone(), Identity::new(who), at)
+                        .await?;
                 }
                 tracing::info!(room = %room.id, "room put back into Redis from PostgreSQL");
                 return self.live.room(id).await;
@@ -686,6 +714,7 @@ impl Store for ClusterRooms {
             // the join it serves is ended by the Redis delete), never a room to put back.
             let key = id.to_string();
             let durable = rooms_tx(&self.pg, move |db| {
+                db.exec("DELETE FROM room_removals WHERE room = $1", &[&key])?;
                 Ok(db.exec("DELETE FROM rooms WHERE id = $1", &[&key])? > 0)
             })
             .await?;
@@ -710,6 +739,39 @@ impl Store for ClusterRooms {
         })
     }
 
+    fn remove_identity(
+        &self,
+        id: RoomId,
+        identity: Identity,
+        at: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let (key, who) = (id.to_string(), identity.to_string());
+            let stamp = i64::try_from(at).unwrap_or(i64::MAX);
+            let durable = rooms_tx(&self.pg, move |db| {
+                if db
+                    .row("SELECT 1 FROM rooms WHERE id = $1", &[&key])?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                db.exec(
+                    "INSERT INTO room_removals (room, identity, at) VALUES ($1, $2, $3)
+                     ON CONFLICT (room, identity)
+                     DO UPDATE SET at = GREATEST(room_removals.at, EXCLUDED.at)",
+                    &[&key, &who, &stamp],
+                )?;
+                Ok(true)
+            })
+            .await?;
+            if durable {
+                // (A Redis that lacks the room gets it, with this, when it is next read.)
+                self.live.remove_identity(id, identity, at).await?;
+            }
+            Ok(durable)
+        })
+    }
+
     fn delete_empty_room(&self, id: RoomId) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             // Redis checks emptiness and deletes in one step; then the durable record goes.
@@ -718,6 +780,7 @@ impl Store for ClusterRooms {
             }
             let key = id.to_string();
             rooms_tx(&self.pg, move |db| {
+                db.exec("DELETE FROM room_removals WHERE room = $1", &[&key])?;
                 db.exec("DELETE FROM rooms WHERE id = $1", &[&key])?;
                 Ok(())
             })
