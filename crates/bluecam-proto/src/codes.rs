@@ -6,6 +6,7 @@ use std::fmt;
 /// The `code` of an `error` frame or of an HTTP error body. Stable: clients match on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     /// The room of the token does not exist (or was deleted).
     RoomNotFound,

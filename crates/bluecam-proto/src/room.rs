@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 /// A room as the HTTP API returns it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Room {
     pub id: RoomId,
@@ -17,6 +18,8 @@ pub struct Room {
     pub max_peers: u32,
     /// Remove the room after it has been empty this long; `None`: never.
     pub empty_timeout_secs: Option<u64>,
+    /// Any JSON the app stored with the room.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Box<RawValue>>,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
@@ -67,13 +70,16 @@ impl From<&Room> for RoomSummary {
 
 /// A peer as other peers (and the HTTP API) see it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PeerInfo {
     pub id: PeerId,
     pub identity: Identity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The `metadata` of its token: any JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Box<RawValue>>,
 }
 
@@ -89,6 +95,7 @@ impl PartialEq for PeerInfo {
 
 /// What a token allows; each permission is granted when absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Permissions {
     #[serde(default = "yes")]

@@ -8,10 +8,11 @@ use axum::{
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use bluecam_proto::{ErrorCode, Identity, Permissions, RawValue, Room, RoomClosedReason, RoomId};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Longest room id, name, description or identity accepted.
 const MAX_ID_LEN: usize = 128;
@@ -78,21 +79,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    code: ErrorCode,
+    /// For people: never matched on (the code is stable, the text is not).
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: Inner<'a>,
-        }
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            code: ErrorCode,
-            message: &'a str,
-        }
-        let body = Body {
-            error: Inner {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: self.message,
             },
         };
         (self.status, Json(body)).into_response()
@@ -242,24 +248,108 @@ where
     }
 }
 
-/// The `/v1/rooms` routes, behind the bearer secret.
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/v1/rooms", post(create_room).get(list_rooms))
-        .route(
-            "/v1/rooms/{id}",
-            get(get_room).patch(update_room).delete(delete_room),
-        )
-        .route("/v1/rooms/{id}/peers", get(room_peers))
-        .route(
-            "/v1/rooms/{id}/peers/{peer}",
-            axum::routing::delete(remove_peer),
-        )
-        .route("/v1/rooms/{id}/tokens", post(create_token))
-        .route("/v1/rooms/{id}/calls", get(room_calls))
-        .route("/v1/calls/{id}", get(get_call))
-        .route("/v1/usage", get(usage))
+/// The API's routes for backends, behind the bearer secret, and their OpenAPI document: each
+/// route is registered with its `#[utoipa::path]`, so the document lists exactly the routes the
+/// router has (`GET /v1/openapi.json` serves it, see [`openapi`]).
+pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(create_room, list_rooms))
+        .routes(routes!(get_room, update_room, delete_room))
+        .routes(routes!(room_peers))
+        .routes(routes!(remove_peer))
+        .routes(routes!(create_token))
+        .routes(routes!(room_calls))
+        .routes(routes!(get_call))
+        .routes(routes!(usage))
         .route_layer(middleware::from_fn_with_state(state, require_secret))
+        .split_for_parts();
+    // (After the routes: a modifier of the derive runs before they are added.)
+    utoipa::Modify::modify(&Common, &mut doc);
+    (router, doc)
+}
+
+/// The document's frame: what is not a route (info, the bearer scheme, the errors every
+/// route of the API can answer).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "BlueCam HTTP API",
+        description = "For the app's own backend: rooms, tokens, peers, call history and usage \
+            (docs/http-api.md). Every request carries `Authorization: Bearer <API secret>`; \
+            every error has the body `{\"error\": {\"code\", \"message\"}}`. The clients' \
+            protocol (`/v1/ws`, `/v1/http/*`) is in docs/protocol.md.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// Adds the bearer scheme and, to every operation, the errors any route can answer.
+struct Common;
+
+impl utoipa::Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            Ref, ResponseBuilder,
+            security::{Http, HttpAuthScheme, SecurityScheme},
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            (
+                "400",
+                "bad input (`bad_request`): invalid JSON, an unknown field, a value out of range",
+            ),
+            ("401", "missing or wrong API secret (`unauthorized`)"),
+            ("413", "body too large (`too_large`)"),
+            (
+                "500",
+                "a server fault (`internal`); details only in the server's log",
+            ),
+            (
+                "503",
+                "a backing store does not answer (`unavailable`); retry",
+            ),
+        ];
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, what) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document of [`routes`], as served at `GET /v1/openapi.json`.
+pub fn openapi(doc: &utoipa::openapi::OpenApi) -> String {
+    doc.to_pretty_json().unwrap_or_default()
 }
 
 async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -296,17 +386,26 @@ async fn require_secret(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// The body of `POST /v1/rooms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRoom {
+    /// 1 to 128 of `A-Z a-z 0-9 - _ .`; default: 128 random bits.
     id: Option<String>,
+    /// At most 1024 bytes.
     name: Option<String>,
+    /// At most 1024 bytes.
     description: Option<String>,
     owner: Option<String>,
+    /// When set, only the owner and these identities may join (at most 1000).
     members: Option<Vec<String>>,
+    /// 1 to the server's `max_peers_per_room` (its default).
     max_peers: Option<u32>,
+    /// Delete the room once it has been empty this long (up to ten years); default never.
     empty_timeout_secs: Option<u64>,
+    /// Any JSON up to 16 KiB.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
+    /// Let one identity hold several seats at once; default false (a new join replaces).
     multiple_sessions: Option<bool>,
 }
 
@@ -358,6 +457,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Creates a room.
+#[utoipa::path(post, path = "/v1/rooms", tag = "rooms", request_body = CreateRoom,
+    responses(
+        (status = 201, description = "the room", body = Room),
+        (status = 409, description = "the id is taken (`room_exists`)", body = ErrorBody),
+    ))]
 async fn create_room(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateRoom>,
@@ -435,7 +540,8 @@ impl CreateRoom {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Rooms this identity owns or is a member of.
@@ -448,7 +554,8 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A page of rooms.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RoomList {
     rooms: Vec<Room>,
@@ -480,6 +587,9 @@ fn decode_cursor(text: &str) -> Option<(u64, String)> {
     Some((at.parse().ok()?, id.to_owned()))
 }
 
+/// Lists rooms, oldest first, in pages.
+#[utoipa::path(get, path = "/v1/rooms", tag = "rooms", params(ListQuery),
+    responses((status = 200, description = "a page of rooms", body = RoomList)))]
 async fn list_rooms(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -540,6 +650,12 @@ async fn load_room(state: &AppState, id: String) -> Result<Room, ApiError> {
     Ok(room)
 }
 
+/// One room.
+#[utoipa::path(get, path = "/v1/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "the room's id")),
+    responses(
+        (status = 200, description = "the room", body = Room),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
 async fn get_room(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -549,21 +665,28 @@ async fn get_room(
 
 /// The body of `PATCH /v1/rooms/{id}`: the fields to change (absent: unchanged; `null`
 /// clears an optional one). The id, the owner, the creation time and `multipleSessions` stay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateRoom {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
+    /// `null`: no member list any more.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
     members: Option<Option<Vec<String>>>,
     /// (A room always has a maximum: `null` is refused.)
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = u32)]
     max_peers: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
     empty_timeout_secs: Option<Option<u64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Option<Box<RawValue>>>,
 }
 
@@ -578,6 +701,12 @@ where
 
 /// Changes a room: checked like a new one, written over it. Joins from now on follow the new
 /// settings (maximum, members); peers in the room stay. Two changes at once: the last wins.
+#[utoipa::path(patch, path = "/v1/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "the room's id")),
+    request_body = UpdateRoom,
+    responses(
+        (status = 200, description = "the changed room", body = Room),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
 async fn update_room(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -614,6 +743,12 @@ async fn update_room(
     Ok(Json(updated))
 }
 
+/// Deletes a room: every peer inside gets `room_closed` and close 4040.
+#[utoipa::path(delete, path = "/v1/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "the room's id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
 async fn delete_room(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -655,7 +790,8 @@ async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+/// A page of a room's peers.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PeerList {
     peers: Vec<PeerEntry>,
@@ -663,10 +799,13 @@ struct PeerList {
     next_cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
+    /// Items per page (default 100, at most 1000).
     limit: Option<usize>,
+    /// Where the page starts: the `nextCursor` of the page before.
     cursor: Option<String>,
 }
 
@@ -716,13 +855,20 @@ fn peers_page(
 
 /// A peer as the API lists it: its info plus whether its WebSocket is up (false while it is
 /// away within the resume window).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PeerEntry {
     #[serde(flatten)]
     info: bluecam_proto::PeerInfo,
+    /// False while its connection is down within the resume window.
     connected: bool,
 }
 
+/// A room's peers, in join order, in pages.
+#[utoipa::path(get, path = "/v1/rooms/{id}/peers", tag = "peers", params(("id" = String, Path, description = "the room's id"), PageQuery),
+    responses(
+        (status = 200, description = "a page of peers", body = PeerList),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
 async fn room_peers(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -744,7 +890,7 @@ async fn room_peers(
 }
 
 /// The answer to `DELETE /v1/rooms/{id}/peers/{peerId}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Removal {
     /// The peer removed.
@@ -757,6 +903,13 @@ struct Removal {
 /// Removes a peer: it leaves with reason `kicked`, its connection closes with the `kicked`
 /// close code, and the tokens of its identity for this room issued until now stop working.
 /// On a cluster, the node that holds it removes it.
+#[utoipa::path(delete, path = "/v1/rooms/{id}/peers/{peer}", tag = "peers",
+    params(("id" = String, Path, description = "the room's id"), ("peer" = String, Path, description = "the peer's id")),
+    responses(
+        (status = 200, description = "removed", body = Removal),
+        (status = 404, description = "no such room (`room_not_found`) or peer (`unknown_peer`)",
+            body = ErrorBody),
+    ))]
 async fn remove_peer(
     State(state): State<AppState>,
     Path((id, peer)): Path<(String, String)>,
@@ -817,17 +970,22 @@ async fn remove_peer(
 }
 
 /// The body of `POST /v1/rooms/{id}/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateToken {
+    /// The user (`sub`): 1 to 1024 bytes.
     identity: String,
+    /// A display name the other peers see.
     name: Option<String>,
+    /// Lifetime: 1 to the server's `max_token_ttl_secs`; default 3600.
     ttl_secs: Option<u64>,
     permissions: Option<Permissions>,
+    /// Any JSON up to 16 KiB, which the other peers see.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TokenResponse {
     token: String,
@@ -835,6 +993,13 @@ pub(crate) struct TokenResponse {
     expires_at: u64,
 }
 
+/// Mints a token for one identity in this room.
+#[utoipa::path(post, path = "/v1/rooms/{id}/tokens", tag = "tokens", params(("id" = String, Path, description = "the room's id")),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "the token", body = TokenResponse),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
 async fn create_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -922,7 +1087,8 @@ fn history(state: &AppState) -> Result<crate::History, ApiError> {
     })
 }
 
-#[derive(Serialize)]
+/// A page of calls.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CallList {
     calls: Vec<crate::persist::history::CallRecord>,
@@ -930,6 +1096,14 @@ struct CallList {
     next_cursor: Option<String>,
 }
 
+/// A room's calls, newest first, in pages.
+#[utoipa::path(get, path = "/v1/rooms/{id}/calls", tag = "history", params(("id" = String, Path, description = "the room's id"), PageQuery),
+    responses(
+        (status = 200, description = "a page of calls", body = CallList),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+        (status = 501, description = "no history here: a cluster node without a database",
+            body = ErrorBody),
+    ))]
 async fn room_calls(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -981,6 +1155,15 @@ async fn room_calls(
     Ok(Json(CallList { calls, next_cursor }))
 }
 
+/// One call with its participants.
+#[utoipa::path(get, path = "/v1/calls/{id}", tag = "history",
+    params(("id" = String, Path, description = "the call's id")),
+    responses(
+        (status = 200, description = "the call", body = crate::persist::history::CallRecord),
+        (status = 404, description = "no such call (`not_found`)", body = ErrorBody),
+        (status = 501, description = "no history here: a cluster node without a database",
+            body = ErrorBody),
+    ))]
 async fn get_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -993,15 +1176,27 @@ async fn get_call(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such call"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
+    /// Start of the interval, Unix seconds (included). Required.
     from: Option<u64>,
+    /// End of the interval, Unix seconds (excluded). Required.
     to: Option<u64>,
+    /// Only rooms this identity owned.
     owner: Option<String>,
+    /// Only rooms this identity owned or was a member of.
     member: Option<String>,
 }
 
+/// Calls and their time in an interval, per room.
+#[utoipa::path(get, path = "/v1/usage", tag = "history", params(UsageQuery),
+    responses(
+        (status = 200, description = "the report", body = crate::persist::history::Usage),
+        (status = 501, description = "no history here: a cluster node without a database",
+            body = ErrorBody),
+    ))]
 async fn usage(
     State(state): State<AppState>,
     query_: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,

@@ -691,8 +691,22 @@ pub async fn run(
 /// The router: HTTP API, WebSocket, health and metrics.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
+    let (api, doc) = api::routes(state.clone());
+    let doc: Arc<str> = api::openapi(&doc).into();
     let mut router = Router::new()
-        .merge(api::routes(state.clone()))
+        .merge(api)
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .merge(web::routes())
         .route(bluecam_proto::WS_PATH, get(ws::upgrade))
         .route("/healthz", get(healthz))

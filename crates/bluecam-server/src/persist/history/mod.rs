@@ -697,7 +697,7 @@ fn enqueue(
 
 /// One participant of a call, as the API shows it: its time in the call (its join, or the
 /// call's start if it was waiting alone; its leave, or the call's end).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Participant {
     pub identity: String,
@@ -711,7 +711,7 @@ pub struct Participant {
 }
 
 /// One call: an interval with at least two peers in the room.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub id: String,
@@ -779,7 +779,7 @@ pub fn calls(
 }
 
 /// What `GET /v1/usage` reports for one room.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomUsage {
     pub room_id: String,
@@ -789,7 +789,7 @@ pub struct RoomUsage {
 }
 
 /// What `GET /v1/usage` reports.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     pub from: u64,
