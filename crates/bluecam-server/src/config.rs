@@ -23,6 +23,14 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Origins allowed to open `/v1/ws` (`Origin` header). Empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies (addresses or prefixes) trusted to name the client: a request from one
+    /// is counted under the right-most address of `forwarded_header` that is not one of them.
+    pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies append the client to: `x-forwarded-for` or `forwarded`.
+    pub forwarded_header: String,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming its client (an
+    /// L4 load balancer in front); with `trusted_proxies`, only those may connect.
+    pub proxy_protocol: bool,
     /// ICE servers handed to clients in `joined`.
     pub ice_servers: Vec<IceServer>,
     /// A TURN server sharing a secret with this node (coturn's `use-auth-secret`): each session
@@ -321,6 +329,9 @@ impl Default for Config {
             tls: None,
             api_secret: None,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: "x-forwarded-for".into(),
+            proxy_protocol: false,
             ice_servers: Vec::new(),
             turn: None,
             demo: None,
@@ -540,6 +551,9 @@ pub const SETTINGS: &[Setting] = {
         setting("tls.cert", Str, Some("--tls-cert")),
         setting("tls.key", Str, Some("--tls-key")),
         setting("allowed_origins", List, Some("--allowed-origin")),
+        setting("trusted_proxies", List, None),
+        setting("forwarded_header", Str, None),
+        setting("proxy_protocol", Scalar, None),
         setting("demo", Scalar, Some("--demo")),
         setting("metrics_bind", Str, Some("--metrics-bind")),
         setting("redis_url", Str, Some("--redis")),

@@ -278,8 +278,14 @@ impl Server {
             )));
         }
         let metrics = metrics::Metrics::new();
+        let proxies = crate::front::proxied::Proxies::new(
+            &config.trusted_proxies,
+            &config.forwarded_header,
+            config.proxy_protocol,
+        )?;
         let gate = Arc::new(serve::Gate::new(
             &config.limits,
+            proxies,
             metrics.http_connections.clone(),
         )?);
         // The built-in STUN server: on the HTTP address and port (UDP) unless told otherwise.

@@ -10,7 +10,9 @@
 //!   for IPv6), both counted until the connection, or the WebSocket it became, closes.
 //!
 //! A connection over a cap is answered `503` with the JSON error body and closed (on a TLS
-//! port, just closed).
+//! port, just closed). Behind a trusted proxy the client is the one it names (`proxied.rs`):
+//! the proxy's connection counts in the total only, and each request, or the WebSocket it
+//! becomes, counts under its client's address.
 
 use crate::{AppState, config::LimitsConfig};
 use axum::{Router, extract::ConnectInfo};
@@ -41,6 +43,8 @@ pub struct Gate {
     /// 0: no per-address cap.
     max_per_source: usize,
     exempt: Vec<Prefix>,
+    /// Who may name the client (`trusted_proxies`, the PROXY protocol).
+    pub proxies: super::proxied::Proxies,
     total: AtomicUsize,
     by_source: Mutex<HashMap<IpAddr, usize>>,
     /// `bluecam_http_connections`, kept at `total`.
@@ -54,8 +58,11 @@ pub struct ConnPermit {
     gate: Arc<Gate>,
     /// The source it was counted under (`None`: exempt).
     source: Option<IpAddr>,
-    /// The address it came from.
+    /// The client's address.
     pub ip: IpAddr,
+    /// The permit of the connection it came through, when this one counts a client behind a
+    /// proxy (the connection, counted in the total, lives as long as this does).
+    via: Option<Arc<ConnPermit>>,
 }
 
 impl ConnPermit {
@@ -74,6 +81,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Total => "too many connections on this node",
+            Self::PerSource => "too many connections from this address",
+        }
+    }
+
     /// Counts it in `bluecam_http_refused_total{cap}`.
     pub fn count(self, metrics: &crate::metrics::Metrics) {
         match self {
@@ -87,9 +102,11 @@ impl Gate {
     /// Fails on an entry of `per_source_exempt` that is not an address or prefix.
     pub fn new(
         limits: &LimitsConfig,
+        proxies: super::proxied::Proxies,
         gauge: metrics::Gauge,
     ) -> Result<Self, crate::config::Invalid> {
         Ok(Self {
+            proxies,
             max_total: limits.max_http_connections,
             max_per_source: limits.max_connections_per_source,
             exempt: limits
@@ -115,34 +132,65 @@ impl Gate {
         }
     }
 
-    /// Admits a connection from `ip`, or says which cap it hit.
+    /// Admits a connection from `ip`, or says which cap it hit. A trusted proxy's connection
+    /// (or, with the PROXY protocol, any connection before its header is read) counts in the
+    /// total only: its clients are counted by [`Gate::admit_client`].
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
-        let canonical = ip.to_canonical();
-        let source =
-            if self.max_per_source == 0 || self.exempt.iter().any(|p| p.contains(canonical)) {
-                None
-            } else {
-                let key = Self::source_key(canonical);
-                let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
-                let n = map.entry(key).or_insert(0);
-                if *n >= self.max_per_source {
-                    drop(map);
+        let for_others = self.proxies.proxy_protocol || self.proxies.trusts(ip);
+        let source = if for_others {
+            None
+        } else {
+            match self.count_source(ip) {
+                Ok(source) => source,
+                Err(why) => {
                     self.total.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Refusal::PerSource);
+                    return Err(why);
                 }
-                *n += 1;
-                Some(key)
-            };
+            }
+        };
         self.gauge.set(self.open() as f64);
         Ok(ConnPermit {
             gate: self.clone(),
             source,
             ip,
+            via: None,
         })
+    }
+
+    /// Counts `client`, behind the proxy whose connection holds `via`, under its own
+    /// address, for as long as the permit lives (a request, or the WebSocket it becomes; with
+    /// the PROXY protocol, the connection).
+    pub fn admit_client(
+        self: &Arc<Self>,
+        client: IpAddr,
+        via: &Arc<ConnPermit>,
+    ) -> Result<ConnPermit, Refusal> {
+        Ok(ConnPermit {
+            gate: self.clone(),
+            source: self.count_source(client)?,
+            ip: client,
+            via: Some(Arc::clone(via)),
+        })
+    }
+
+    /// Takes a place of `ip`'s source; `None` when it is not counted (exempt, or no cap).
+    fn count_source(&self, ip: IpAddr) -> Result<Option<IpAddr>, Refusal> {
+        let canonical = ip.to_canonical();
+        if self.max_per_source == 0 || self.exempt.iter().any(|p| p.contains(canonical)) {
+            return Ok(None);
+        }
+        let key = Self::source_key(canonical);
+        let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(Refusal::PerSource);
+        }
+        *n += 1;
+        Ok(Some(key))
     }
 
     /// Open connections now.
@@ -208,8 +256,11 @@ impl Drop for ConnPermit {
                 }
             }
         }
-        self.gate.total.fetch_sub(1, Ordering::AcqRel);
-        self.gate.gauge.set(self.gate.open() as f64);
+        // (A client behind a proxy: its connection counts in the total.)
+        if self.via.is_none() {
+            self.gate.total.fetch_sub(1, Ordering::AcqRel);
+            self.gate.gauge.set(self.gate.open() as f64);
+        }
     }
 }
 
@@ -321,10 +372,12 @@ impl Front {
                     continue;
                 }
             };
-            let service = ConnService {
+            let mut service = ConnService {
                 router: router.clone(),
                 peer,
                 permit: Arc::new(permit),
+                behind_proxy: false,
+                metrics: state.metrics.clone(),
             };
             let h1 = h1.clone();
             let tls = tls.clone();
@@ -332,9 +385,18 @@ impl Front {
             let state = state.clone();
             conns.spawn(async move {
                 use axum_server::accept::Accept as _;
+                let mut tcp = tcp;
+                if state.gate.proxies.proxy_protocol {
+                    match proxy_protocol_client(&state, &mut tcp, &service, header_timeout).await {
+                        Some(permit) => service.permit = permit,
+                        None => return,
+                    }
+                }
+                // From a trusted proxy, each request names its client: hyper reads them.
+                service.behind_proxy = state.gate.proxies.trusts(service.permit.ip);
                 match tls {
                     // A WebSocket handshake straight from the socket; anything else, hyper.
-                    None if websockets => {
+                    None if websockets && !service.behind_proxy => {
                         let direct = crate::transport::ws::serve_direct(
                             &state,
                             tcp,
@@ -358,6 +420,37 @@ impl Front {
         conns.close();
         if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             tracing::warn!("some HTTP connections did not finish within the grace period");
+        }
+    }
+}
+
+/// Reads a connection's PROXY protocol header and counts the client it names (the TCP peer for
+/// a header without one); `None` when the connection is refused (closed): no valid header in
+/// time, a peer that is not a trusted proxy (when `trusted_proxies` is set), or a client over
+/// its source's cap.
+async fn proxy_protocol_client(
+    state: &AppState,
+    tcp: &mut TcpStream,
+    service: &ConnService,
+    wait: Duration,
+) -> Option<Arc<ConnPermit>> {
+    let proxies = &state.gate.proxies;
+    if proxies.has_trusted() && !proxies.trusts(service.peer.ip()) {
+        tracing::debug!("a PROXY protocol connection from a peer not in trusted_proxies: closed");
+        return None;
+    }
+    let client = match super::proxied::read_proxy_header(tcp, wait).await {
+        Ok(client) => client.unwrap_or(service.peer.ip()),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection refused");
+            return None;
+        }
+    };
+    match state.gate.admit_client(client, &service.permit) {
+        Ok(permit) => Some(Arc::new(permit)),
+        Err(why) => {
+            why.count(&state.metrics);
+            None
         }
     }
 }
@@ -392,16 +485,41 @@ struct ConnService {
     router: Router,
     peer: SocketAddr,
     permit: Arc<ConnPermit>,
+    /// The connection comes from a trusted proxy: each request is counted under the client
+    /// it names.
+    behind_proxy: bool,
+    metrics: crate::metrics::Metrics,
 }
 
 impl ConnService {
     fn call(
         &self,
         mut req: hyper::Request<Incoming>,
-    ) -> axum::routing::future::RouteFuture<std::convert::Infallible> {
+    ) -> futures_util::future::Either<
+        axum::routing::future::RouteFuture<std::convert::Infallible>,
+        std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+    > {
+        use axum::response::IntoResponse as _;
+        use futures_util::future::Either;
+        let permit = if self.behind_proxy {
+            let gate = &self.permit.gate;
+            let client = gate.proxies.client(self.permit.ip, req.headers());
+            match gate.admit_client(client, &self.permit) {
+                Ok(permit) => Arc::new(permit),
+                Err(why) => {
+                    why.count(&self.metrics);
+                    let mut res = crate::api::ApiError::unavailable(why.message()).into_response();
+                    res.headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                    return Either::Right(std::future::ready(Ok(res)));
+                }
+            }
+        } else {
+            self.permit.clone()
+        };
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        req.extensions_mut().insert(self.permit.clone());
-        self.router.clone().call(req)
+        req.extensions_mut().insert(permit);
+        Either::Left(self.router.clone().call(req))
     }
 }
 
@@ -417,10 +535,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// Answers a connection over a cap with `503` and the JSON error body, then closes it after a
 /// short drain (so the kernel does not reset it over an unread request and lose the answer).
 async fn refuse(mut tcp: TcpStream, why: Refusal) {
-    let message = match why {
-        Refusal::Total => "too many connections on this node",
-        Refusal::PerSource => "too many connections from this address",
-    };
+    let message = why.message();
     let body = format!(r#"{{"error":{{"code":"unavailable","message":"{message}"}}}}"#);
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
@@ -447,7 +562,14 @@ mod tests {
             per_source_exempt: exempt.iter().map(|s| s.to_string()).collect(),
             ..LimitsConfig::default()
         };
-        Arc::new(Gate::new(&limits, metrics::Gauge::noop()).unwrap())
+        Arc::new(
+            Gate::new(
+                &limits,
+                super::super::proxied::Proxies::none(),
+                metrics::Gauge::noop(),
+            )
+            .unwrap(),
+        )
     }
 
     fn ip(s: &str) -> IpAddr {

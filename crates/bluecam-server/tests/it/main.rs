@@ -11,6 +11,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod postgres;
+mod proxy;
 mod redis_cluster;
 mod restart;
 mod resume;
