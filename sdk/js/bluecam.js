@@ -34,6 +34,13 @@ export { MAX_MESSAGE_BYTES } from "./delivery.js";
 export { CLOSE, CLOSE_CODES } from "./close-codes.js";
 
 /**
+ * The `from` of a message the app's backend sent (`POST /v1/rooms/{id}/messages`):
+ * `from.server === true`.
+ * @type {Readonly<import("./frames.js").Peer>}
+ */
+export const SERVER_PEER = Object.freeze({ id: "server", identity: "server", server: /** @type {true} */ (true) });
+
+/**
  * @typedef {import("./frames.js").Peer} Peer
  * @typedef {import("./events.js").Path} Path
  * @typedef {import("./events.js").ConnectionState} ConnectionState
@@ -322,6 +329,15 @@ export class Room {
     const freshToken = getToken && roomName !== undefined && userId !== undefined
       ? () => getToken({ roomName, userId })
       : getToken && (() => getToken(undefined));
+    /**
+     * The last message of the app's backend delivered, per sequence space.
+     * @internal @type {Map<number, number>}
+     */
+    this.serverSeen = new Map();
+    /** @internal @type {{e: number, s: number} | null} */
+    this.serverAck = null;
+    /** @internal @type {ReturnType<typeof setTimeout> | undefined} */
+    this.serverAckTimer = undefined;
     /** @internal */
     this.signaling = new Signaling(wsUrls(options.server), options.token ?? "", {
       onFrame: (f) => this.onFrame(f),
@@ -665,6 +681,45 @@ export class Room {
   }
 
   /**
+   * A message from the app's backend (docs/protocol.md, 5.9): delivered once (the server
+   * sends again, after a resume, what it has not seen acknowledged), acknowledged shortly
+   * after.
+   * @internal
+   * @param {import("./frames.js").ServerMessageFrame} f
+   */
+  onServerMessage(f) {
+    const last = this.serverSeen.get(f.e) ?? 0;
+    if (f.s > last) {
+      this.serverSeen.set(f.e, f.s);
+      // A few spaces are enough: a space ends when the peer moves to another node, whose
+      // forwarded messages of the old one may still come.
+      if (this.serverSeen.size > 8) this.serverSeen.delete(this.serverSeen.keys().next().value ?? 0);
+      this.events.emit("message", f.type, reviveBytes(f.data), SERVER_PEER, { path: "relay" });
+    }
+    this.serverAck = { e: f.e, s: Math.max(last, f.s) };
+    this.flushServerAck(10);
+  }
+
+  /**
+   * Sends the latest `server_ack` after `ms`, and again until the connection takes it.
+   * @internal
+   * @param {number} ms
+   */
+  flushServerAck(ms) {
+    if (this.serverAckTimer !== undefined) return;
+    this.serverAckTimer = setTimeout(() => {
+      this.serverAckTimer = undefined;
+      const ack = this.serverAck;
+      if (!ack || this.left) return;
+      if (this.signaling.send({ op: "server_ack", e: ack.e, s: ack.s })) {
+        if (this.serverAck === ack) this.serverAck = null;
+      } else {
+        this.flushServerAck(100);
+      }
+    }, ms);
+  }
+
+  /**
    * @internal
    * @param {import("./frames.js").ServerFrame} f
    */
@@ -685,6 +740,9 @@ export class Room {
         for (const env of [f.msg].flat()) this.scheduler.onEnvelope(remote, env, "relay");
         break;
       }
+      case "server_message":
+        this.onServerMessage(f);
+        break;
       case "room_closed":
         this.onFatal(new ConnectionError(`the room was ${f.reason}`, "room_closed"), CLOSE.room_closed);
         break;

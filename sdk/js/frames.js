@@ -6,7 +6,8 @@
  */
 
 /**
- * @typedef {{id: string, identity: string, name?: string, metadata?: unknown}} Peer
+ * @typedef {{id: string, identity: string, name?: string, metadata?: unknown, server?: true}} Peer
+ *   (`server: true` only on the `from` of a message the app's backend sent)
  * @typedef {{id: string, name?: string, description?: string, metadata?: unknown, maxPeers: number}} RoomInfo
  * @typedef {{id: string, secret: string, resumeWindowSecs?: number}} SessionInfo
  * @typedef {{maxFrameBytes?: number, rateFramesPerSec?: number, rateBurstFrames?: number,
@@ -22,12 +23,13 @@
  * @typedef {{op: "peer_left", peer: Peer, reason: string}} PeerLeftFrame
  * @typedef {{op: "signal", from: string, data: unknown}} SignalInFrame
  * @typedef {{op: "message", from: string, msg: unknown}} MessageFrame
+ * @typedef {{op: "server_message", e: number, s: number, type: string, data: unknown}} ServerMessageFrame
  * @typedef {{op: "room_closed", reason: string}} RoomClosedFrame
  * @typedef {{op: "error", code: string, message: string, ref?: number, peers?: string[],
  *   retryAfterMs?: number, close?: number}} ErrorFrame
  * @typedef {{op: "ping"} | {op: "pong"}} PingFrame
  * @typedef {JoinedFrame | PeerJoinedFrame | PeerLeftFrame | SignalInFrame | MessageFrame |
- *   RoomClosedFrame | ErrorFrame | PingFrame} ServerFrame
+ *   ServerMessageFrame | RoomClosedFrame | ErrorFrame | PingFrame} ServerFrame
  */
 
 /**
@@ -36,7 +38,8 @@
  * @typedef {{op: "signal", to: string, data: any}} SignalOutFrame
  * @typedef {{op: "send", to?: string[], msg: unknown}} SendFrame
  * @typedef {{op: "leave"}} LeaveFrame
- * @typedef {JoinFrame | SignalOutFrame | SendFrame | LeaveFrame | PingFrame} ClientFrame
+ * @typedef {{op: "server_ack", e: number, s: number}} ServerAckFrame
+ * @typedef {JoinFrame | SignalOutFrame | SendFrame | ServerAckFrame | LeaveFrame | PingFrame} ClientFrame
  */
 
 /** @param {unknown} v */
@@ -55,6 +58,8 @@ const SERVER_CHECKS = /** @type {Record<ServerFrame["op"], (f: any) => boolean>}
   peer_left: (f) => isPeer(f.peer) && isString(f.reason),
   signal: (f) => isString(f.from) && "data" in f,
   message: (f) => isString(f.from) && "msg" in f,
+  server_message: (f) => Number.isSafeInteger(f.e) && f.e >= 0 && Number.isSafeInteger(f.s) && f.s >= 1 &&
+    isString(f.type) && "data" in f,
   room_closed: (f) => isString(f.reason),
   error: (f) => isString(f.code) && isString(f.message) &&
     (f.peers === undefined || (Array.isArray(f.peers) && f.peers.every(isString))),

@@ -258,6 +258,39 @@ test("a peer removed by the backend: its page gets ConnectionError kicked, the o
   await expectEvents([a]);
 });
 
+test("messages from the backend reach onMessage with from.server, each once and in order, through a cut WebSocket and over HTTP", async () => {
+  const room = await server.room();
+  const [a, b] = [await peer("alice", { noWebrtc: true }), await peer("bob on HTTP", { noWebrtc: true })];
+  await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
+  await join(b.page, await server.token(room, "bob"), { video: false, audio: false, signalMethod: "http" });
+  await waitPeers(a.page, 1);
+  for (const p of [a, b]) {
+    await evaluate(p.page, () => {
+      const w = /** @type {any} */ (window);
+      w.fromServer = [];
+      w.room.on("message", (/** @type {string} */ type, /** @type {any} */ data, /** @type {any} */ from) => {
+        if (from.server === true) w.fromServer.push([type, data, from.id]);
+      });
+      return 0;
+    }, undefined, "watch the backend's messages");
+  }
+  const N = 60;
+  for (let i = 0; i < N; i++) {
+    // Alice's WebSocket is cut for two seconds in the middle: what her old connection may have
+    // taken with it comes again after the resume, and she drops what she has.
+    if (i === N / 2) await evaluate(a.page, () => { /** @type {any} */ (window).room._test.cutSocket(2000); return 0; }, undefined, "cut");
+    const r = await server.api("POST", `/v1/rooms/${room}/messages`, { type: "tick", data: { i } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+  }
+  const want = Array.from({ length: N }, (_, i) => ["tick", { i }, "server"]);
+  for (const p of [a, b]) {
+    await waitFor(async () => (await evaluate(p.page, () => /** @type {any} */ (window).fromServer.length, undefined, "count")) >= N, `${p.label} got ${N}`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(await evaluate(p.page, () => /** @type {any} */ (window).fromServer, undefined, "messages"), want, p.label);
+  }
+  await expectEvents([a, b]);
+});
+
 test("a server published under a path prefix: the SDK loaded from it finds it, over a WebSocket and over HTTP", async () => {
   const proxy = await startHttpProxy([server.url], { webSocket: "pass", prefix: "/rooms" });
   try {

@@ -366,6 +366,12 @@ pub enum Decoded {
     },
     /// `Hub::handle_kick`.
     Kick { room: RoomId, peer: PeerId },
+    /// `Hub::handle_server_message`: `body` is `{"type", "data"}`.
+    ServerMessage {
+        room: RoomId,
+        to: Option<Vec<PeerId>>,
+        body: Box<bluecam_proto::RawValue>,
+    },
 }
 
 impl Decoded {
@@ -402,6 +408,13 @@ impl Decoded {
             } => (room, ver, RoomEvent::Moved(remote(node, peer))),
             NodeMessage::Closed { room, reason } => return Some(Self::Closed { room, reason }),
             NodeMessage::Kick { room, peer } => return Some(Self::Kick { room, peer }),
+            NodeMessage::ServerMessage { room, to, body } => {
+                return Some(Self::ServerMessage {
+                    room,
+                    to,
+                    body: body.to_owned(),
+                });
+            }
         };
         Some(Self::Room { room, ver, event })
     }

@@ -44,6 +44,12 @@ impl Frame {
         self.as_str().starts_with(r#"{"op":"peer_"#)
     }
 
+    /// Whether it is a `server_message` (kept by the hub until acknowledged, so a copy kept
+    /// for a resume is not sent twice).
+    pub fn is_server_message(&self) -> bool {
+        self.as_str().starts_with(r#"{"op":"server_message""#)
+    }
+
     /// Whether the frame belongs to the peer (kept across a resume) rather than to the one
     /// connection it answers.
     pub fn resumable(&self) -> bool {

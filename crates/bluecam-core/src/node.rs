@@ -82,6 +82,16 @@ pub enum Input<'a> {
     /// The app's backend removes a peer (see [`Hub::handle_kick`]): from the API of this
     /// node, or (cluster) of another one that found it here. [`Handled::Kicked`].
     Kick { room: RoomId, peer: PeerId },
+    /// A message from the app's backend to peers of this node (see
+    /// [`Hub::handle_server_message`]); `to: None`, to every one of them in the room.
+    /// [`Handled::ServerSent`].
+    ServerMessage {
+        room: RoomId,
+        to: Option<Vec<PeerId>>,
+        msg_type: &'a str,
+        data: &'a bluecam_proto::RawValue,
+        epoch: u64,
+    },
     /// Cluster: something the shell noticed (a reconnection, a failed command, ...).
     Signal(Signal),
     /// Cluster: how a step of [`Output::Directory`] ended.
@@ -113,6 +123,8 @@ pub enum Handled {
     },
     /// [`Input::Kick`]: whether this node held the peer (and removed it).
     Kicked(bool),
+    /// [`Input::ServerMessage`]: the peers it went to.
+    ServerSent(Vec<PeerId>),
 }
 
 /// See the module doc.
@@ -207,6 +219,19 @@ impl Node {
                 Handled::Nothing
             }
             Input::Kick { room, peer } => Handled::Kicked(self.hub.handle_kick(&room, &peer)),
+            Input::ServerMessage {
+                room,
+                to,
+                msg_type,
+                data,
+                epoch,
+            } => Handled::ServerSent(self.hub.handle_server_message(
+                &room,
+                to.as_deref(),
+                msg_type,
+                data,
+                epoch,
+            )),
             Input::Signal(signal) => {
                 if let Some(c) = &mut self.cluster {
                     c.signal(signal, now);

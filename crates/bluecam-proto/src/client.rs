@@ -34,6 +34,11 @@ pub enum ClientMessage<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
     },
+    /// Every `server_message` of the sequence space `e` up to `s` was delivered (cumulative).
+    ServerAck {
+        e: u64,
+        s: u64,
+    },
     /// Leave the room for good (closing the socket without it keeps the session resumable).
     Leave,
     Ping,
@@ -82,6 +87,10 @@ struct FlatFrame<'a> {
     msg: Option<&'a RawValue>,
     #[serde(default, rename = "ref")]
     reference: Option<u64>,
+    #[serde(default)]
+    e: Option<u64>,
+    #[serde(default)]
+    s: Option<u64>,
 }
 
 impl<'a> ClientMessage<'a> {
@@ -135,6 +144,15 @@ impl<'a> ClientMessage<'a> {
                     reference,
                 }
             }
+            "server_ack" => match (flat.e, flat.s) {
+                (Some(e), Some(s)) => Self::ServerAck { e, s },
+                _ => {
+                    return Err(FrameError::bad(
+                        "server_ack needs e and s: whole numbers",
+                        reference,
+                    ));
+                }
+            },
             "leave" => Self::Leave,
             "ping" => Self::Ping,
             "pong" => Self::Pong,
@@ -148,6 +166,7 @@ impl<'a> ClientMessage<'a> {
             Self::Join { .. } => "join",
             Self::Signal { .. } => "signal",
             Self::Send { .. } => "send",
+            Self::ServerAck { .. } => "server_ack",
             Self::Leave => "leave",
             Self::Ping => "ping",
             Self::Pong => "pong",

@@ -20,7 +20,8 @@ pub use room::{IceServer, Limits, PeerInfo, Permissions, Room, RoomSummary};
 pub use serde_json::value::RawValue;
 pub use server::{
     ErrorFrame, Joined, LeaveReason, MessageFrame, PeerJoined, PeerLeft, RoomClosed,
-    RoomClosedReason, ServerMessage, SessionInfo, SignalFrame,
+    RoomClosedReason, ServerMessage, ServerMessageBody, ServerMessageFrame, SessionInfo,
+    SignalFrame,
 };
 
 /// Path of the WebSocket endpoint.

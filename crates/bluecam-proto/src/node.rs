@@ -52,6 +52,13 @@ pub enum NodeMessage<'a> {
     /// The app's backend removes `peer` of `room`, which the directory places on the
     /// receiving node (sent by the node whose API was asked).
     Kick { room: RoomId, peer: PeerId },
+    /// A message from the app's backend to the peers `to` of `room` held by the receiving node
+    /// (`None`: to every one of them); `body` is `{"type", "data"}`, as the API took it.
+    ServerMessage {
+        room: RoomId,
+        to: Option<Vec<PeerId>>,
+        body: &'a RawValue,
+    },
 }
 
 /// Why a node message was refused.
@@ -108,6 +115,7 @@ impl<'a> NodeMessage<'a> {
             Self::Moved { .. } => "moved",
             Self::Closed { .. } => "closed",
             Self::Kick { .. } => "kick",
+            Self::ServerMessage { .. } => "message",
         }
     }
 
@@ -119,7 +127,8 @@ impl<'a> NodeMessage<'a> {
             | Self::Left { room, .. }
             | Self::Moved { room, .. }
             | Self::Closed { room, .. }
-            | Self::Kick { room, .. } => room,
+            | Self::Kick { room, .. }
+            | Self::ServerMessage { room, .. } => room,
         }
     }
 
@@ -173,6 +182,11 @@ impl<'a> NodeMessage<'a> {
             "kick" => Self::Kick {
                 room,
                 peer: flat.peer.ok_or(need("kick", "peer"))?,
+            },
+            "message" => Self::ServerMessage {
+                room,
+                to: flat.to,
+                body: flat.f.ok_or(need("message", "f"))?,
             },
             _ => return Ok(None),
         }))
@@ -242,6 +256,10 @@ impl<'a> NodeMessage<'a> {
                 });
             }
             Self::Kick { peer, .. } => flat.peer = Some(peer.clone()),
+            Self::ServerMessage { to, body, .. } => {
+                flat.to = to.clone();
+                flat.f = Some(body);
+            }
         }
         // Serializing ids, numbers and raw JSON cannot fail.
         serde_json::to_string(&flat).unwrap_or_default()

@@ -21,6 +21,7 @@ pub enum ServerMessage<'a> {
     PeerLeft(PeerLeft),
     Signal(SignalFrame<'a>),
     Message(MessageFrame<'a>),
+    ServerMessage(ServerMessageFrame<'a>),
     RoomClosed(RoomClosed),
     Error(ErrorFrame),
     Ping,
@@ -89,6 +90,28 @@ pub struct SignalFrame<'a> {
 pub struct MessageFrame<'a> {
     pub from: PeerId,
     pub msg: Cow<'a, RawValue>,
+}
+
+/// What the app's backend sends into a room (`POST /v1/rooms/{id}/messages`, and the node
+/// message `message` that carries it to the nodes holding its recipients): `{"type", "data"}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerMessageBody<'a> {
+    #[serde(rename = "type", borrow)]
+    pub msg_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+/// `server_message`: a message from the app's backend (`POST /v1/rooms/{id}/messages`), number
+/// `s` of this peer's sequence space `e` (acknowledged with `server_ack`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerMessageFrame<'a> {
+    pub e: u64,
+    pub s: u64,
+    #[serde(rename = "type")]
+    pub msg_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: Cow<'a, RawValue>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +195,7 @@ impl<'a> ServerMessage<'a> {
             "peer_left" => Self::PeerLeft(serde_json::from_str(text)?),
             "signal" => Self::Signal(serde_json::from_str(text)?),
             "message" => Self::Message(serde_json::from_str(text)?),
+            "server_message" => Self::ServerMessage(serde_json::from_str(text)?),
             "room_closed" => Self::RoomClosed(serde_json::from_str(text)?),
             "error" => Self::Error(serde_json::from_str(text)?),
             "ping" => Self::Ping,

@@ -257,6 +257,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_room, update_room, delete_room))
         .routes(routes!(room_peers))
         .routes(routes!(remove_peer))
+        .routes(routes!(send_message))
         .routes(routes!(create_token))
         .routes(routes!(room_calls))
         .routes(routes!(get_call))
@@ -967,6 +968,107 @@ async fn remove_peer(
         peer: info,
         removed_at,
     }))
+}
+
+/// The body of `POST /v1/rooms/{id}/messages`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendMessage {
+    /// The message's type, as `sendMessage(type, data)` has it: 1 to 1024 bytes.
+    #[serde(rename = "type")]
+    msg_type: String,
+    /// Any JSON (default `null`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    data: Option<Box<RawValue>>,
+    /// The peers to send it to; default every peer in the room.
+    to: Option<Vec<String>>,
+}
+
+/// The answer to `POST /v1/rooms/{id}/messages`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Sent {
+    /// The peers it was handed to, each of which gets it once, in order with the room's other
+    /// messages from the backend, acknowledged end to end (a connection lost meanwhile gets it
+    /// again after its resume).
+    sent: Vec<bluecam_proto::PeerId>,
+    /// Peers it could not be handed to: not in the room, or whose node is gone (waiting for
+    /// their resume elsewhere).
+    unreachable: Vec<bluecam_proto::PeerId>,
+}
+
+/// Sends a message from the backend to every peer of the room or to the peers `to`: the
+/// SDK's `onMessage` gets it with `from.server === true`.
+#[utoipa::path(post, path = "/v1/rooms/{id}/messages", tag = "peers",
+    params(("id" = String, Path, description = "the room's id")),
+    request_body = SendMessage,
+    responses(
+        (status = 202, description = "accepted: handed to these peers", body = Sent),
+        (status = 404, description = "no such room (`room_not_found`)", body = ErrorBody),
+    ))]
+async fn send_message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> Result<(StatusCode, Json<Sent>), ApiError> {
+    check_identity("type", &body.msg_type)?;
+    if body.to.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::bad_request(
+            "to must name at least one peer (leave it out for every peer)",
+        ));
+    }
+    let room = state
+        .store
+        .room(RoomId::new(id))
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    let data = body
+        .data
+        .as_deref()
+        .map_or_else(|| "null".to_owned(), |d| d.get().to_owned());
+    let wire = serde_json::to_string(&bluecam_proto::ServerMessageBody {
+        msg_type: std::borrow::Cow::Borrowed(&body.msg_type),
+        data: &RawValue::from_string(data).map_err(|_| ApiError::bad_request("invalid data"))?,
+    })
+    .map_err(|_| ApiError::bad_request("invalid data"))?;
+    let wire = RawValue::from_string(wire).map_err(|_| ApiError::bad_request("invalid data"))?;
+    let to: Option<Vec<bluecam_proto::PeerId>> = body
+        .to
+        .map(|t| t.into_iter().map(bluecam_proto::PeerId::new).collect());
+    // In a task of its own: a client that hangs up cannot leave the message half handed out.
+    let sent = tokio::spawn(async move {
+        let routed = state
+            .broker
+            .server_message(room.id.clone(), to.clone(), wire.clone())
+            .await?;
+        let here = match state.broker.node() {
+            None => to.clone(),
+            Some(_) => Some(routed.here.clone()),
+        };
+        let (mut sent, vacated) = if here.as_ref().is_some_and(Vec::is_empty) {
+            (Vec::new(), Vec::new())
+        } else {
+            state.driver.server_message(&room.id, here.clone(), &wire)
+        };
+        state.touch_rooms(vacated).await;
+        let mut unreachable = routed.unreachable;
+        if let Some(here) = here {
+            unreachable.extend(here.into_iter().filter(|p| !sent.contains(p)));
+        }
+        sent.extend(routed.elsewhere);
+        Ok::<_, StoreError>(Sent { sent, unreachable })
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "backend message task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "the message could not be handed out",
+        )
+    })??;
+    Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
 /// The body of `POST /v1/rooms/{id}/tokens`.

@@ -613,6 +613,35 @@ impl Driver {
         self.drain(&mut inner);
     }
 
+    /// Hands a message of the app's backend (`body`: `{"type", "data"}`) to this node's peers
+    /// `to` of `room` (`None`: every one of them): the peers it went to, and the rooms left
+    /// empty (by a peer ended for leaving too many unacknowledged).
+    pub fn server_message(
+        &self,
+        room: &RoomId,
+        to: Option<Vec<PeerId>>,
+        body: &bluecam_proto::RawValue,
+    ) -> (Vec<PeerId>, Vacated) {
+        let Ok(parsed) = serde_json::from_str::<bluecam_proto::ServerMessageBody<'_>>(body.get())
+        else {
+            tracing::warn!(room = %room, "a backend message without type and data: dropped");
+            return (Vec::new(), Vacated::default());
+        };
+        let mut inner = self.lock();
+        let input = Input::ServerMessage {
+            room: room.clone(),
+            to,
+            msg_type: &parsed.msg_type,
+            data: parsed.data,
+            epoch: server_epoch(),
+        };
+        let sent = match inner.node.handle(input, Instant::now()) {
+            Handled::ServerSent(sent) => sent,
+            _ => Vec::new(),
+        };
+        (sent, self.drain(&mut inner))
+    }
+
     /// Removes a peer of this node for the app's backend (`Input::Kick`): whether it was
     /// here, and the rooms it left empty.
     pub fn kick(&self, room: &RoomId, peer: &PeerId) -> (bool, Vacated) {
@@ -849,6 +878,15 @@ impl crate::directory::Host for Driver {
         Driver::handle(self, input)
     }
 
+    fn server_message(
+        &self,
+        room: &RoomId,
+        to: Option<Vec<PeerId>>,
+        body: &bluecam_proto::RawValue,
+    ) {
+        Driver::server_message(self, room, to, body);
+    }
+
     fn local_peers(&self) -> Vec<LocalPeer> {
         Driver::local_peers(self)
     }
@@ -870,12 +908,52 @@ impl crate::directory::Host for Driver {
     }
 }
 
+/// A fresh sequence space for the backend's messages to one peer (`server_message.e`): the
+/// time in microseconds, and never twice in this process (nor, by the clock, in the process
+/// before it: a client that sees a new space after a restart starts over).
+pub fn server_epoch() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut last = LAST.load(Ordering::Acquire);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ConnShared, Next, Outbound};
     use bluecam_proto::CloseCode;
     use std::{sync::Arc, time::Duration};
     use tungstenite::Utf8Bytes;
+
+    #[test]
+    fn sequence_spaces_are_never_drawn_twice_even_from_several_threads() {
+        let drawn: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..10_000)
+                            .map(|_| super::server_epoch())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let unique: std::collections::HashSet<u64> = drawn.iter().copied().collect();
+        assert_eq!(unique.len(), drawn.len());
+    }
 
     fn frame(n: u32) -> Outbound {
         Outbound::Frame {

@@ -217,6 +217,13 @@ pub fn cluster_messages(data: &[u8]) {
             Ok(Some(Decoded::Kick { room, peer })) => {
                 hub.handle_kick(&room, &peer);
             }
+            Ok(Some(Decoded::ServerMessage { room, to, body })) => {
+                if let Ok(b) =
+                    serde_json::from_str::<bluecam_proto::ServerMessageBody<'_>>(body.get())
+                {
+                    hub.handle_server_message(&room, to.as_deref(), &b.msg_type, b.data, 1);
+                }
+            }
             Ok(None) | Err(_) => continue,
         }
         while hub.poll_output().is_some() {}

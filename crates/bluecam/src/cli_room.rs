@@ -112,6 +112,20 @@ enum RoomCommand {
         /// The peer's id (`bluecam room peers` lists them).
         peer: String,
     },
+    /// Send a message from the backend into a room (every peer, or those given): the SDK's
+    /// `onMessage` gets it with `from.server`; prints whom it reached.
+    Send {
+        id: String,
+        /// The message's type.
+        #[arg(long = "type")]
+        msg_type: String,
+        /// Its data, JSON (default null).
+        #[arg(long)]
+        data: Option<String>,
+        /// A peer to send it to (repeatable; default every peer).
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
 }
 
 /// The settings of a room that `room create` sets and `room update` changes.
@@ -285,6 +299,23 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         RoomCommand::Kick { id, peer } => http.delete(format!("{base}/v1/rooms/{id}/peers/{peer}")),
+        RoomCommand::Send {
+            id,
+            msg_type,
+            data,
+            to,
+        } => {
+            let data: serde_json::Value = match data {
+                Some(text) => serde_json::from_str(&text).context("--data is not JSON")?,
+                None => serde_json::Value::Null,
+            };
+            let mut body = serde_json::json!({ "type": msg_type, "data": data });
+            if !to.is_empty() {
+                body["to"] = to.into();
+            }
+            http.post(format!("{base}/v1/rooms/{id}/messages"))
+                .json(&body)
+        }
         RoomCommand::Get { id } => http.get(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Delete { id } => http.delete(format!("{base}/v1/rooms/{id}")),
         RoomCommand::Update {

@@ -176,6 +176,24 @@ fn serve_room_token_and_graceful_shutdown() {
     // bluecam-server's tests).
     let peers = json_of(&bluecam(&["room", "peers", &id], &dir, &url));
     assert_eq!(peers, serde_json::json!({"peers": []}));
+    let sent = json_of(&bluecam(
+        &[
+            "room",
+            "send",
+            &id,
+            "--type",
+            "notice",
+            "--data",
+            r#"{"a":1}"#,
+        ],
+        &dir,
+        &url,
+    ));
+    assert_eq!(
+        sent,
+        serde_json::json!({"sent": [], "unreachable": []}),
+        "{sent}"
+    );
     let kick = bluecam(&["room", "kick", &id, "nobody"], &dir, &url);
     assert!(!kick.status.success());
     assert!(

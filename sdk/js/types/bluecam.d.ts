@@ -22,6 +22,12 @@ export function sendMessage(type: string, data: unknown, opts?: {
 }): Promise<boolean>;
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 /**
+ * The `from` of a message the app's backend sent (`POST /v1/rooms/{id}/messages`):
+ * `from.server === true`.
+ * @type {Readonly<import("./frames.js").Peer>}
+ */
+export const SERVER_PEER: Readonly<import("./frames.js").Peer>;
+/**
  * Joins a room. Rejects with RoomNotFoundError (after calling roomNotFoundCallback),
  * UnauthorizedError, ForbiddenError, RoomFullError, ConnectionError, a BlueCamError with code
  * `server_required` or `bad_options`, or (`signal` aborted) a DOMException `AbortError`.

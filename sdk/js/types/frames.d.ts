@@ -6,11 +6,15 @@
  * @returns {ServerFrame | null}
  */
 export function parseServerFrame(raw: unknown): ServerFrame | null;
+/**
+ * (`server: true` only on the `from` of a message the app's backend sent)
+ */
 export type Peer = {
     id: string;
     identity: string;
     name?: string;
     metadata?: unknown;
+    server?: true;
 };
 export type RoomInfo = {
     id: string;
@@ -82,6 +86,16 @@ export type MessageFrame = {
 /**
  * What the server sends.
  */
+export type ServerMessageFrame = {
+    op: "server_message";
+    e: number;
+    s: number;
+    type: string;
+    data: unknown;
+};
+/**
+ * What the server sends.
+ */
 export type RoomClosedFrame = {
     op: "room_closed";
     reason: string;
@@ -109,7 +123,7 @@ export type PingFrame = {
 /**
  * What the server sends.
  */
-export type ServerFrame = JoinedFrame | PeerJoinedFrame | PeerLeftFrame | SignalInFrame | MessageFrame | RoomClosedFrame | ErrorFrame | PingFrame;
+export type ServerFrame = JoinedFrame | PeerJoinedFrame | PeerLeftFrame | SignalInFrame | MessageFrame | ServerMessageFrame | RoomClosedFrame | ErrorFrame | PingFrame;
 /**
  * What the SDK sends.
  */
@@ -146,4 +160,12 @@ export type LeaveFrame = {
 /**
  * What the SDK sends.
  */
-export type ClientFrame = JoinFrame | SignalOutFrame | SendFrame | LeaveFrame | PingFrame;
+export type ServerAckFrame = {
+    op: "server_ack";
+    e: number;
+    s: number;
+};
+/**
+ * What the SDK sends.
+ */
+export type ClientFrame = JoinFrame | SignalOutFrame | SendFrame | ServerAckFrame | LeaveFrame | PingFrame;

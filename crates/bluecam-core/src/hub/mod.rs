@@ -227,6 +227,22 @@ struct PeerState {
     /// The room version of its last move heard from the directory (cluster): a claim of it
     /// answered at an older version was overtaken by that move.
     moved_ver: u64,
+    /// Messages from the app's backend not acknowledged yet (a peer of this node that got
+    /// any; boxed, so a peer that never gets one costs a pointer).
+    out: Option<Box<ServerOut>>,
+}
+
+/// The app's backend's messages to one peer of this node (`server_message`), kept until the
+/// peer acknowledges them (`server_ack`): sent again after its resume (a connection that died
+/// may have taken some with it), and after it when it moves to another node.
+#[derive(Debug)]
+struct ServerOut {
+    /// The sequence space: drawn by the shell when this node sent the peer its first one.
+    epoch: u64,
+    /// The number of the last message (the first is 1).
+    last: u64,
+    unacked: VecDeque<(u64, Frame)>,
+    bytes: usize,
 }
 
 impl PeerState {
@@ -238,6 +254,7 @@ impl PeerState {
             seq: p.seq,
             at: At::There(p.node),
             moved_ver: 0,
+            out: None,
         }
     }
 
@@ -382,6 +399,7 @@ impl Hub {
                     },
                 },
                 moved_ver: 0,
+                out: None,
             },
         );
         self.sessions
@@ -515,6 +533,7 @@ impl Hub {
                     link: Link::Attached(req.conn),
                 },
                 moved_ver: 0,
+                out: None,
             },
         );
         let joined = Joined {
@@ -674,7 +693,8 @@ impl Hub {
             limits: req.limits,
             resumed: true,
         };
-        self.conns.insert(req.conn, (room_id, peer_id.clone()));
+        self.conns
+            .insert(req.conn, (room_id.clone(), peer_id.clone()));
         self.push_deliver(
             vec![req.conn],
             Frame::new(&ServerMessage::Joined(Box::new(joined))),
@@ -692,10 +712,16 @@ impl Hub {
                 expires, buffer, ..
             } => {
                 self.expiries.remove(&(expires, creds.session));
-                for frame in buffer {
+                // (The backend's messages follow, all those not acknowledged.)
+                for frame in buffer.into_iter().filter(|f| !f.is_server_message()) {
                     self.push_deliver(vec![req.conn], frame);
                 }
             }
+        }
+        // What the old connection may have taken with it: every message of the backend not
+        // acknowledged, in order (the client drops those it has).
+        for frame in self.unacked_server_messages(&room_id, &peer_id) {
+            self.push_deliver(vec![req.conn], frame);
         }
         Ok(peer_id)
     }

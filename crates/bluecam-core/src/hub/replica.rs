@@ -286,6 +286,7 @@ impl Hub {
                     link: Link::Attached(req.conn),
                 },
                 moved_ver: 0,
+                out: None,
             },
         );
         let joined = Joined {
@@ -415,6 +416,11 @@ impl Hub {
             return;
         };
         let old = std::mem::replace(&mut peer.at, At::There(node.clone()));
+        let unacked: Vec<Frame> = peer
+            .out
+            .take()
+            .map(|o| o.unacked.into_iter().map(|(_, f)| f).collect())
+            .unwrap_or_default();
         let At::Here { session, link, .. } = old else {
             return;
         };
@@ -435,7 +441,10 @@ impl Hub {
                 // Membership changes are not sent after it: its `joined` on the new node
                 // lists the room as it is, and this node's view may be stale (it was cut off,
                 // and announced as gone a peer that had moved on meanwhile).
-                for frame in buffer.into_iter().filter(|f| !f.is_membership()) {
+                for frame in buffer
+                    .into_iter()
+                    .filter(|f| !f.is_membership() && !f.is_server_message())
+                {
                     self.outputs.push_back(Output::Publish {
                         node: node.clone(),
                         room: room_id.clone(),
@@ -445,6 +454,17 @@ impl Hub {
                     });
                 }
             }
+        }
+        // The backend's messages it has not acknowledged go after it too (its new node numbers
+        // the next ones in a sequence space of its own).
+        for frame in unacked {
+            self.outputs.push_back(Output::Publish {
+                node: node.clone(),
+                room: room_id.clone(),
+                to: vec![peer_id.clone()],
+                frame,
+                origin: None,
+            });
         }
         self.drop_if_no_local_peers(room_id);
     }

@@ -65,6 +65,7 @@ impl Hub {
                     self.push_error(conn, unknown_peers(unknown, reference));
                 }
             }
+            M::ServerAck { e, s } => self.server_ack(&room_id, &from, e, s),
             M::Leave => {
                 self.remove_peer(&room_id, &from, LeaveReason::Left);
                 self.outputs.push_back(Output::Close {
@@ -191,5 +192,131 @@ impl Hub {
             });
             self.remove_peer(room_id, &peer, LeaveReason::Timeout);
         }
+    }
+}
+
+impl Hub {
+    /// A message from the app's backend (`POST /v1/rooms/{id}/messages`) to the peers `to` of
+    /// this node, or to every peer of this node in the room. Each peer gets it as number `s` of
+    /// its own sequence space (`epoch` starts one for a peer that has none here: a fresh value
+    /// from the shell), through its connection or its resume buffer, and keeps it until it
+    /// acknowledges it. A peer that lets [`CoreConfig::resume_buffer_frames`] (or
+    /// `resume_buffer_bytes`) of them go unacknowledged is broken or hostile: its session ends,
+    /// as a resume buffer's overflow ends it. The peers it went to.
+    pub fn handle_server_message(
+        &mut self,
+        room_id: &RoomId,
+        to: Option<&[PeerId]>,
+        msg_type: &str,
+        data: &RawValue,
+        epoch: u64,
+    ) -> Vec<PeerId> {
+        let Some(room) = self.rooms.get(room_id) else {
+            return Vec::new();
+        };
+        let here: Vec<PeerId> = match to {
+            Some(to) => to
+                .iter()
+                .filter(|p| matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. })))
+                .cloned()
+                .collect(),
+            None => sorted_peers(room)
+                .into_iter()
+                .map(|p| p.id)
+                .filter(|p| matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. })))
+                .collect(),
+        };
+        let (max_frames, max_bytes) = (
+            self.config.resume_buffer_frames,
+            self.config.resume_buffer_bytes,
+        );
+        let mut sent = Vec::with_capacity(here.len());
+        for peer_id in here {
+            let Some(peer) = self
+                .rooms
+                .get_mut(room_id)
+                .and_then(|r| r.peers.get_mut(&peer_id))
+            else {
+                continue;
+            };
+            let out = peer.out.get_or_insert_with(|| {
+                Box::new(ServerOut {
+                    epoch,
+                    last: 0,
+                    unacked: VecDeque::new(),
+                    bytes: 0,
+                })
+            });
+            let s = out.last + 1;
+            let frame = Frame::new(&ServerMessage::ServerMessage(
+                bluecam_proto::ServerMessageFrame {
+                    e: out.epoch,
+                    s,
+                    msg_type: Cow::Borrowed(msg_type),
+                    data: Cow::Borrowed(data),
+                },
+            ));
+            if out.unacked.len() >= max_frames || out.bytes + frame.len() > max_bytes {
+                let conn = match peer.link() {
+                    Some(Link::Attached(conn)) => Some(*conn),
+                    _ => None,
+                };
+                self.outputs.push_back(Output::ResumeBufferOverflow {
+                    room: room_id.clone(),
+                    peer: peer_id.clone(),
+                });
+                self.remove_peer(room_id, &peer_id, LeaveReason::Timeout);
+                if let Some(conn) = conn {
+                    self.outputs.push_back(Output::Close {
+                        conn,
+                        code: CloseCode::SessionExpired,
+                    });
+                }
+                continue;
+            }
+            out.last = s;
+            out.bytes += frame.len();
+            out.unacked.push_back((s, frame.clone()));
+            match peer.link() {
+                Some(Link::Attached(conn)) => {
+                    let conn = *conn;
+                    self.push_deliver(vec![conn], frame);
+                }
+                _ => self.buffer_for(room_id, std::slice::from_ref(&peer_id), &frame),
+            }
+            sent.push(peer_id);
+        }
+        sent
+    }
+
+    /// `server_ack`: the peer has every message of its sequence space `epoch` up to `s`.
+    fn server_ack(&mut self, room_id: &RoomId, peer_id: &PeerId, epoch: u64, s: u64) {
+        let Some(out) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.peers.get_mut(peer_id))
+            .and_then(|p| p.out.as_mut())
+        else {
+            return;
+        };
+        if out.epoch != epoch {
+            return;
+        }
+        while out.unacked.front().is_some_and(|(n, _)| *n <= s) {
+            if let Some((_, frame)) = out.unacked.pop_front() {
+                out.bytes -= frame.len();
+            }
+        }
+    }
+
+    /// The backend's messages a peer has not acknowledged, in order (sent again after a
+    /// resume or a move).
+    pub(super) fn unacked_server_messages(&self, room_id: &RoomId, peer_id: &PeerId) -> Vec<Frame> {
+        self.rooms
+            .get(room_id)
+            .and_then(|r| r.peers.get(peer_id))
+            .and_then(|p| p.out.as_ref())
+            .map(|o| o.unacked.iter().map(|(_, f)| f.clone()).collect())
+            .unwrap_or_default()
     }
 }

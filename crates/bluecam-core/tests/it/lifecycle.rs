@@ -228,3 +228,139 @@ fn a_kick_removes_the_peer_tells_the_others_kicked_and_closes_it_kicked() {
     assert_eq!(w.hub.peer_count(&id), 1);
     w.check();
 }
+
+/// The `server_message`s one connection got, as (epoch, seq, "type data").
+fn server_messages(out: &Outbox, conn: ConnId) -> Vec<(u64, u64, String)> {
+    out.to(conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            Seen::ServerMessage {
+                e,
+                s,
+                msg_type,
+                data,
+            } => Some((e, s, format!("{msg_type} {data}"))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_backends_messages_are_numbered_per_peer_kept_until_acked_and_sent_again_after_a_resume() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let id = r.summary.id.clone();
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_owned()).unwrap();
+
+    // To everyone: each peer gets number 1 of its own space.
+    let sent = w
+        .hub
+        .handle_server_message(&id, None, "notice", &raw(r#"{"n":1}"#), 77);
+    assert_eq!(sent, vec![alice.peer.clone(), bob.peer.clone()]);
+    let out = w.drain();
+    assert_eq!(
+        server_messages(&out, alice.conn),
+        [(77, 1, r#"notice {"n":1}"#.into())]
+    );
+    assert_eq!(
+        server_messages(&out, bob.conn),
+        [(77, 1, r#"notice {"n":1}"#.into())]
+    );
+    // To bob only; a peer that is not here is skipped; the epoch given later does not change
+    // a space that exists.
+    let sent = w.hub.handle_server_message(
+        &id,
+        Some(&[bob.peer.clone(), bluecam_proto::PeerId::new("nobody")]),
+        "notice",
+        &raw("2"),
+        99,
+    );
+    assert_eq!(sent, vec![bob.peer.clone()]);
+    let out = w.drain();
+    assert_eq!(
+        server_messages(&out, bob.conn),
+        [(77, 2, "notice 2".into())]
+    );
+    assert!(out.to(alice.conn).is_empty());
+
+    // Bob acknowledges the first; his connection drops; a third is kept for him.
+    w.input(&bob, r#"{"op":"server_ack","e":77,"s":1}"#);
+    w.hub.handle_disconnect(bob.conn, w.at(1));
+    let _ = w.drain();
+    w.hub.handle_server_message(
+        &id,
+        Some(std::slice::from_ref(&bob.peer)),
+        "notice",
+        &raw("3"),
+        1,
+    );
+    assert!(w.drain().is_empty());
+    // He resumes: every one not acknowledged (2, which his old connection may have lost, and
+    // 3), once each, in order.
+    let req = w.resume_request(&r, &bob);
+    let conn = req.conn;
+    w.hub.handle_join(req).unwrap();
+    let out = w.drain();
+    assert_eq!(
+        server_messages(&out, conn),
+        [(77, 2, "notice 2".into()), (77, 3, "notice 3".into())]
+    );
+    // An ack of another space, or of nothing new, changes nothing; then all acknowledged, a
+    // resume sends none again.
+    w.hub.handle_message(
+        conn,
+        crate::support::client(r#"{"op":"server_ack","e":5,"s":9}"#),
+    );
+    w.hub.handle_message(
+        conn,
+        crate::support::client(r#"{"op":"server_ack","e":77,"s":3}"#),
+    );
+    w.check();
+    let _ = w.drain();
+    w.hub.handle_disconnect(conn, w.at(2));
+    let _ = w.drain();
+    let mut again = bob.clone();
+    again.conn = conn;
+    let req = w.resume_request(&r, &again);
+    let conn2 = req.conn;
+    w.hub.handle_join(req).unwrap();
+    assert!(server_messages(&w.drain(), conn2).is_empty());
+    w.check();
+}
+
+#[test]
+fn a_peer_that_never_acknowledges_the_backends_messages_is_ended_at_the_resume_buffers_size() {
+    let mut w = World::new();
+    let r = room("r1", 8);
+    let id = r.summary.id.clone();
+    let (alice, _) = w.join(&r, "alice");
+    let (bob, _) = w.join(&r, "bob");
+    let raw = serde_json::value::RawValue::from_string("0".into()).unwrap();
+    let cap = bluecam_core::CoreConfig::default().resume_buffer_frames;
+    for _ in 0..cap {
+        assert_eq!(
+            w.hub
+                .handle_server_message(&id, Some(std::slice::from_ref(&bob.peer)), "t", &raw, 1)
+                .len(),
+            1
+        );
+    }
+    let _ = w.drain();
+    let sent =
+        w.hub
+            .handle_server_message(&id, Some(std::slice::from_ref(&bob.peer)), "t", &raw, 1);
+    assert!(sent.is_empty());
+    let out = w.drain();
+    assert_eq!(out.closes(), vec![(bob.conn, CloseCode::SessionExpired)]);
+    assert_eq!(out.overflows(), vec![(id.clone(), bob.peer.clone())]);
+    assert!(matches!(
+        &out.to(alice.conn)[..],
+        [Seen::PeerLeft {
+            reason: LeaveReason::Timeout,
+            ..
+        }]
+    ));
+    w.check();
+}

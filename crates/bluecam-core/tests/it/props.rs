@@ -917,6 +917,8 @@ impl Sim {
                 take(&mut self.expect.errors, &key)
                     .ok_or_else(|| format!("unexpected error {e:?} to {conn:?}"))?;
             }
+            // (The model sends none.)
+            Seen::ServerMessage { .. } => return Err(format!("unexpected {seen:?}")),
             Seen::RoomClosed(_) | Seen::Ping | Seen::Pong => {
                 return Err(format!("unexpected {seen:?}"));
             }

@@ -783,6 +783,8 @@ impl Sim {
                 Decoded::Room { room, ver, event } => Input::RoomEvent { room, ver, event },
                 Decoded::Closed { room, reason } => Input::RoomClosed { room, reason },
                 Decoded::Kick { room, peer } => Input::Kick { room, peer },
+                // (The simulation's backend sends none.)
+                Decoded::ServerMessage { .. } => return Err("unexpected backend message".into()),
             };
             self.input(i, input);
         }
@@ -1439,7 +1441,8 @@ impl Sim {
             Seen::RoomClosed(_) => {
                 self.end_session(c, "room closed");
             }
-            Seen::Signal { .. } | Seen::Ping | Seen::Pong => {}
+            // (The simulation's backend sends none.)
+            Seen::Signal { .. } | Seen::ServerMessage { .. } | Seen::Ping | Seen::Pong => {}
         }
     }
 

@@ -104,9 +104,24 @@ pub fn signal_frame(to: &PeerId, data: &str, reference: Option<u64>) -> String {
 pub enum Seen {
     Joined(Box<Joined>),
     PeerJoined(PeerInfo),
-    PeerLeft { peer: PeerId, reason: LeaveReason },
-    Signal { from: PeerId, data: String },
-    Message { from: PeerId, msg: String },
+    PeerLeft {
+        peer: PeerId,
+        reason: LeaveReason,
+    },
+    Signal {
+        from: PeerId,
+        data: String,
+    },
+    Message {
+        from: PeerId,
+        msg: String,
+    },
+    ServerMessage {
+        e: u64,
+        s: u64,
+        msg_type: String,
+        data: String,
+    },
     RoomClosed(RoomClosedReason),
     Error(ErrorFrame),
     Ping,
@@ -152,6 +167,12 @@ pub fn decode(frame: &Frame) -> Seen {
         ServerMessage::Message(m) => Seen::Message {
             from: m.from,
             msg: m.msg.get().to_owned(),
+        },
+        ServerMessage::ServerMessage(m) => Seen::ServerMessage {
+            e: m.e,
+            s: m.s,
+            msg_type: m.msg_type.into_owned(),
+            data: m.data.get().to_owned(),
         },
         ServerMessage::RoomClosed(r) => Seen::RoomClosed(r.reason),
         ServerMessage::Error(e) => Seen::Error(e),

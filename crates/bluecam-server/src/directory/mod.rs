@@ -99,6 +99,18 @@ pub enum Kick {
     Unknown,
 }
 
+/// Where a message of the app's backend goes in a cluster (`Broker::server_message`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Recipients this node holds: the driver hands it to them.
+    pub here: Vec<PeerId>,
+    /// Recipients of other nodes, which were handed it.
+    pub elsewhere: Vec<PeerId>,
+    /// Recipients no live node holds (an orphan waiting for its resume, a node gone), and ids
+    /// that are not in the room.
+    pub unreachable: Vec<PeerId>,
+}
+
 /// A request of the HTTP transport (`crate::transport::http`) passed to the node holding its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -167,6 +179,16 @@ pub trait Broker: Send + Sync + 'static {
     /// remove it (see [`Kick`]). A single node holds every peer: [`Kick::Here`].
     fn kick(&self, room: RoomId, peer: PeerId) -> BoxFuture<'_, Result<Kick, BrokerError>>;
 
+    /// Hands a message of the app's backend (`body`: `{"type", "data"}`) to the other nodes
+    /// holding its recipients (`to`, or every peer of the room), and says where each is (see
+    /// [`Routed`]). A single node holds every peer: nothing is routed, the driver finds them.
+    fn server_message(
+        &self,
+        room: RoomId,
+        to: Option<Vec<PeerId>>,
+        body: Box<bluecam_proto::RawValue>,
+    ) -> BoxFuture<'_, Result<Routed, BrokerError>>;
+
     /// Peer counts of rooms across the cluster; `None` on a single node.
     fn peer_counts(
         &self,
@@ -204,6 +226,14 @@ pub trait Host: Send + Sync + 'static {
     /// Gives the node an input (an event from another node, a room's snapshot, a room closed,
     /// a peer gone, a signal, a step done) and carries out what it decided.
     fn handle(&self, input: Input<'static>) -> Handled;
+    /// A message of the app's backend for this node's peers `to` of `room` (`None`: all),
+    /// from the node whose API took it (`body`: `{"type", "data"}`).
+    fn server_message(
+        &self,
+        room: &RoomId,
+        to: Option<Vec<PeerId>>,
+        body: &bluecam_proto::RawValue,
+    );
     /// This node's peers (to put them back into the directory).
     fn local_peers(&self) -> Vec<LocalPeer>;
     /// Rooms with peers on this node.
@@ -283,6 +313,15 @@ impl Broker for LocalBroker {
 
     fn kick(&self, _: RoomId, _: PeerId) -> BoxFuture<'_, Result<Kick, BrokerError>> {
         Box::pin(async { Ok(Kick::Here) })
+    }
+
+    fn server_message(
+        &self,
+        _: RoomId,
+        _: Option<Vec<PeerId>>,
+        _: Box<bluecam_proto::RawValue>,
+    ) -> BoxFuture<'_, Result<Routed, BrokerError>> {
+        Box::pin(async { Ok(Routed::default()) })
     }
 
     fn peer_counts(&self, _: Vec<RoomId>) -> BoxFuture<'_, Result<Option<Vec<u32>>, BrokerError>> {

@@ -1076,3 +1076,50 @@ async fn a_peer_removed_through_one_node_leaves_from_the_node_that_holds_it() {
     );
     assert_eq!(a.presence(&room, &carol_id).await, None);
 }
+
+/// A message of the backend sent through one node reaches the peers of the other nodes (and
+/// those of its own), each once; a peer whose node is gone is reported unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_message_reaches_the_peers_of_every_node() {
+    let redis = Redis::start();
+    let (a, b, room, mut alice, mut bob) = alice_and_bob(&redis).await;
+    let send = |to: Value| {
+        let (a, room) = (&a, &room);
+        async move {
+            let res = a
+                .http()
+                .post(a.url(&format!("/v1/rooms/{room}/messages")))
+                .bearer_auth(SECRET)
+                .json(&json!({"type": "notice", "data": "hi", "to": to}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let body = send(Value::Null).await;
+    assert_eq!(body["sent"].as_array().unwrap().len(), 2, "{body}");
+    for c in [&mut alice, &mut bob] {
+        let m = c.recv_op("server_message").await;
+        assert_eq!((m["s"].as_u64(), &m["data"]), (Some(1), &json!("hi")));
+    }
+    let body = send(json!([bob.id()])).await;
+    assert_eq!(body["sent"], json!([bob.id()]));
+    assert_eq!(bob.recv_op("server_message").await["s"], 2);
+    alice.assert_alive().await;
+    // Carol's node is killed: she is unreachable until she resumes somewhere.
+    let url = redis.url();
+    let c = TestServer::crashable(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await;
+    let carol = join_on(&c, &room, "carol").await;
+    alice.recv_op("peer_joined").await;
+    let carol_id = carol.id();
+    c.crash();
+    let body = send(json!([carol_id])).await;
+    assert_eq!(body["unreachable"], json!([carol_id]), "{body}");
+    drop(b);
+}

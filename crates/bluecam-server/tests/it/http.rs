@@ -706,3 +706,111 @@ async fn a_removed_peer_is_closed_and_its_tokens_stop_working() {
     .await;
     s.join(&id, "alice").await;
 }
+
+/// `POST /v1/rooms/{id}/messages`: every peer, or those named, gets a `server_message`,
+/// numbered in its own sequence space; what a peer has not acknowledged comes again after
+/// its resume (and only that); ids not in the room are reported, not an error.
+#[tokio::test]
+async fn the_backend_sends_messages_into_a_room_acknowledged_end_to_end() {
+    use crate::common::{Client, creds};
+    use bluecam_proto::ClientMessage;
+    let s = TestServer::start().await;
+    let id = s.room().await;
+    let path = format!("/v1/rooms/{id}/messages");
+    let mut alice = s.join(&id, "alice").await;
+    let mut bob = s.join(&id, "bob").await;
+    alice.recv_op("peer_joined").await;
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"type": "notice", "data": {"text": "ends in 5 minutes"}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["unreachable"], json!([]));
+    assert_eq!(body["sent"].as_array().unwrap().len(), 2);
+    let mut epochs = Vec::new();
+    for c in [&mut alice, &mut bob] {
+        let m = c.recv_op("server_message").await;
+        assert_eq!(
+            (m["s"].as_u64(), &m["type"], &m["data"]),
+            (
+                Some(1),
+                &json!("notice"),
+                &json!({"text": "ends in 5 minutes"})
+            ),
+            "{m}"
+        );
+        epochs.push(m["e"].as_u64().unwrap());
+    }
+    // To bob, and to an id that is not in the room.
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"type": "t", "data": 2, "to": [bob.id(), "nobody"]})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["sent"].clone(), body["unreachable"].clone()),
+        (json!([bob.id()]), json!(["nobody"]))
+    );
+    assert_eq!(bob.recv_op("server_message").await["s"], 2);
+    // Bob acknowledges the first only, and his connection drops; a third comes meanwhile.
+    bob.send_json(json!({"op": "server_ack", "e": epochs[1], "s": 1}))
+        .await;
+    bob.assert_alive().await;
+    let bob_id = bob.id();
+    let bob_creds = creds(&bob);
+    drop(bob);
+    s.wait_disconnected(&id, &bob_id).await;
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"type": "t", "data": 3, "to": [bob_id]})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (mut back, _) = s.resume(&id, "bob", bob_creds).await;
+    for want in [2, 3] {
+        let m = back.recv_op("server_message").await;
+        assert_eq!(
+            (m["e"].as_u64(), m["s"].as_u64()),
+            (Some(epochs[1]), Some(want))
+        );
+    }
+    back.assert_alive().await;
+    // Bad requests.
+    for (body, what) in [
+        (json!({"data": 1}), "no type"),
+        (json!({"type": ""}), "an empty type"),
+        (json!({"type": "t", "to": []}), "an empty to"),
+        (json!({"type": "t", "extra": 1}), "an unknown field"),
+    ] {
+        let (status, body) = call(&s, Method::POST, &path, Some(body)).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_error(&body, "bad_request");
+    }
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/v1/rooms/nope/messages",
+        Some(json!({"type": "t"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_error(&body, "room_not_found");
+    // A malformed ack is a bad frame, not a crash.
+    let mut c = Client::connect(s.addr).await;
+    c.send_frame(&ClientMessage::Join {
+        token: s.token(&id, "carol"),
+        resume: None,
+    })
+    .await;
+    c.expect_joined().await;
+    c.send_json(json!({"op": "server_ack", "e": "x"})).await;
+    c.expect_error("bad_request").await;
+}

@@ -673,6 +673,9 @@ impl RedisBroker {
             Ok(Some(Decoded::Kick { room, peer })) => {
                 host.handle(Input::Kick { room, peer });
             }
+            Ok(Some(Decoded::ServerMessage { room, to, body })) => {
+                host.server_message(&room, to, &body);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "undecodable cluster message");
@@ -848,6 +851,68 @@ impl Broker for RedisBroker {
             } else {
                 Kick::Unknown
             })
+        })
+    }
+
+    fn server_message(
+        &self,
+        room: RoomId,
+        to: Option<Vec<PeerId>>,
+        body: Box<bluecam_proto::RawValue>,
+    ) -> BoxFuture<'_, Result<crate::directory::Routed, BrokerError>> {
+        Box::pin(async move {
+            let (_, mut seats) = self.room_snapshot(&room).await?;
+            seats.sort_by_key(|p| p.seq);
+            let mut routed = crate::directory::Routed::default();
+            let wanted: Vec<(PeerId, Option<NodeId>)> = match to {
+                Some(to) => to
+                    .into_iter()
+                    .map(|id| {
+                        let node = seats
+                            .iter()
+                            .find(|s| s.info.id == id)
+                            .map(|s| s.node.clone());
+                        (id, node)
+                    })
+                    .collect(),
+                None => seats
+                    .into_iter()
+                    .map(|s| (s.info.id, Some(s.node)))
+                    .collect(),
+            };
+            let mut by_node: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
+            for (peer, node) in wanted {
+                match node {
+                    Some(n) if n == self.node => routed.here.push(peer),
+                    Some(n) if n.as_str() != bluecam_core::cluster::ORPHAN_NODE => {
+                        match by_node.iter_mut().find(|(m, _)| *m == n) {
+                            Some((_, list)) => list.push(peer),
+                            None => by_node.push((n, vec![peer])),
+                        }
+                    }
+                    _ => routed.unreachable.push(peer),
+                }
+            }
+            // One after the other, each published before the answer: a backend that waits
+            // for it before its next message keeps its order on every node.
+            for (node, peers) in by_node {
+                let msg = bluecam_proto::NodeMessage::ServerMessage {
+                    room: room.clone(),
+                    to: Some(peers.clone()),
+                    body: &body,
+                }
+                .encode();
+                let listeners = self
+                    .publish_to(channel(&node), msg)
+                    .await
+                    .map_err(backend)?;
+                if listeners > 0 {
+                    routed.elsewhere.extend(peers);
+                } else {
+                    routed.unreachable.extend(peers);
+                }
+            }
+            Ok(routed)
         })
     }
 
