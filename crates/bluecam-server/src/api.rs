@@ -452,6 +452,26 @@ fn check_metadata(metadata: Option<&RawValue>) -> Result<(), ApiError> {
     }
 }
 
+/// Runs a change in a task of its own, so a client that hangs up mid-request cannot stop it
+/// halfway (between the store and the driver); `what` names it in the answer and the log if
+/// the task itself fails.
+async fn in_own_task<T: Send + 'static>(
+    what: &'static str,
+    change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "{what} task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                format!("the {what} failed"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -759,22 +779,14 @@ async fn delete_room(
     // deleted from the store and still open in the driver.
     let deleted = {
         let (state, id) = (state.clone(), id.clone());
-        tokio::spawn(async move {
+        in_own_task("room deletion", async move {
             let deleted = state.store.delete_room(id.clone()).await?;
             if deleted {
                 state.driver.close_room(&id, RoomClosedReason::Deleted);
             }
             Ok::<_, crate::persist::store::StoreError>(deleted)
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "room deletion task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "the deletion failed",
-            )
-        })??
+        .await?
     };
     if !deleted {
         return Err(ApiError::room_not_found());
@@ -935,7 +947,7 @@ async fn remove_peer(
     // (a resume presents its token too) from the moment it is out.
     let removal = {
         let (state, room, identity) = (state.clone(), room.id.clone(), info.identity.clone());
-        tokio::spawn(async move {
+        in_own_task("peer removal", async move {
             if !state
                 .store
                 .remove_identity(room.clone(), identity, removed_at)
@@ -950,15 +962,7 @@ async fn remove_peer(
             }
             Ok::<_, StoreError>(Some(kick))
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "peer removal task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "the removal failed",
-            )
-        })??
+        .await?
     };
     let Some(kick) = removal else {
         return Err(ApiError::room_not_found());
@@ -1036,8 +1040,7 @@ async fn send_message(
     let to: Option<Vec<bluecam_proto::PeerId>> = body
         .to
         .map(|t| t.into_iter().map(bluecam_proto::PeerId::new).collect());
-    // In a task of its own: a client that hangs up cannot leave the message half handed out.
-    let sent = tokio::spawn(async move {
+    let sent = in_own_task("message hand-out", async move {
         let routed = state
             .broker
             .server_message(room.id.clone(), to.clone(), wire.clone())
@@ -1059,15 +1062,7 @@ async fn send_message(
         sent.extend(routed.elsewhere);
         Ok::<_, StoreError>(Sent { sent, unreachable })
     })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "backend message task failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "the message could not be handed out",
-        )
-    })??;
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 

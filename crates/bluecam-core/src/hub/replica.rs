@@ -426,38 +426,32 @@ impl Hub {
         };
         self.sessions.remove(&session);
         self.ended(session.clone(), Ended::HandedOver { ver });
-        match link {
+        let kept = match link {
             Link::Attached(conn) => {
                 self.conns.remove(&conn);
                 self.outputs.push_back(Output::Close {
                     conn,
                     code: CloseCode::Replaced,
                 });
+                VecDeque::new()
             }
             Link::Detached {
                 expires, buffer, ..
             } => {
                 self.expiries.remove(&(expires, session));
-                // Membership changes are not sent after it: its `joined` on the new node
-                // lists the room as it is, and this node's view may be stale (it was cut off,
-                // and announced as gone a peer that had moved on meanwhile).
-                for frame in buffer
-                    .into_iter()
-                    .filter(|f| !f.is_membership() && !f.is_server_message())
-                {
-                    self.outputs.push_back(Output::Publish {
-                        node: node.clone(),
-                        room: room_id.clone(),
-                        to: vec![peer_id.clone()],
-                        frame,
-                        origin: None,
-                    });
-                }
+                buffer
             }
-        }
-        // The backend's messages it has not acknowledged go after it too (its new node numbers
-        // the next ones in a sequence space of its own).
-        for frame in unacked {
+        };
+        // What was kept for it goes after it, except membership changes (its `joined` on the
+        // new node lists the room as it is, and this node's view may be stale: it was cut off,
+        // and announced as gone a peer that had moved on meanwhile); then every message of the
+        // backend it has not acknowledged (its new node numbers the next ones in a sequence
+        // space of its own).
+        let after = kept
+            .into_iter()
+            .filter(|f| !f.is_membership() && !f.is_server_message())
+            .chain(unacked);
+        for frame in after {
             self.outputs.push_back(Output::Publish {
                 node: node.clone(),
                 room: room_id.clone(),

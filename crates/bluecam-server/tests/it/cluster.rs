@@ -1014,6 +1014,22 @@ async fn a_room_changed_on_one_node_is_changed_on_every_node() {
     .await;
 }
 
+/// `identity` joined `room` on a node of its own, which is then killed (SIGKILL, as
+/// [`TestServer::crash`] does it) once `watcher` has seen the join: the peer's id.
+async fn crashed_peer(redis: &Redis, room: &str, identity: &str, watcher: &mut Client) -> String {
+    let url = redis.url();
+    let node = TestServer::crashable(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.node_ttl_secs = 3;
+    })
+    .await;
+    let peer = join_on(&node, room, identity).await;
+    watcher.recv_op("peer_joined").await;
+    let id = peer.id();
+    node.crash();
+    id
+}
+
 /// Removes `peer` of `room` through `via`'s API; the removal's time.
 pub(crate) async fn kick(via: &TestServer, room: &str, peer: &str) -> u64 {
     let res = via
@@ -1039,12 +1055,7 @@ async fn a_peer_removed_through_one_node_leaves_from_the_node_that_holds_it() {
     let (a, b, room, mut alice, mut bob) = alice_and_bob(&redis).await;
     let removed_at = kick(&a, &room, &bob.id()).await;
     assert_eq!(bob.closed().await, Some(CloseCode::Kicked.code()));
-    let left = alice.recv_op("peer_left").await;
-    assert_eq!(
-        (left["peer"]["id"].as_str(), left["reason"].as_str()),
-        (Some(bob.id().as_str()), Some("kicked")),
-        "{left}"
-    );
+    alice.expect_left(&bob.id(), "kicked").await;
     for node in [&a, &b] {
         Client::join_fails(
             node.addr,
@@ -1057,23 +1068,9 @@ async fn a_peer_removed_through_one_node_leaves_from_the_node_that_holds_it() {
     drop(b);
 
     // Carol on a node that is killed: nobody listens on its channel any more.
-    let url = redis.url();
-    let c = TestServer::crashable(move |c| {
-        c.redis_url = Some(url);
-        c.cluster.node_ttl_secs = 3;
-    })
-    .await;
-    let carol = join_on(&c, &room, "carol").await;
-    alice.recv_op("peer_joined").await;
-    let carol_id = carol.id();
-    c.crash();
+    let carol_id = crashed_peer(&redis, &room, "carol", &mut alice).await;
     kick(&a, &room, &carol_id).await;
-    let left = alice.recv_op("peer_left").await;
-    assert_eq!(
-        (left["peer"]["id"].as_str(), left["reason"].as_str()),
-        (Some(carol_id.as_str()), Some("kicked")),
-        "{left}"
-    );
+    alice.expect_left(carol_id.as_str(), "kicked").await;
     assert_eq!(a.presence(&room, &carol_id).await, None);
 }
 
@@ -1109,16 +1106,7 @@ async fn a_backend_message_reaches_the_peers_of_every_node() {
     assert_eq!(bob.recv_op("server_message").await["s"], 2);
     alice.assert_alive().await;
     // Carol's node is killed: she is unreachable until she resumes somewhere.
-    let url = redis.url();
-    let c = TestServer::crashable(move |c| {
-        c.redis_url = Some(url);
-        c.cluster.node_ttl_secs = 3;
-    })
-    .await;
-    let carol = join_on(&c, &room, "carol").await;
-    alice.recv_op("peer_joined").await;
-    let carol_id = carol.id();
-    c.crash();
+    let carol_id = crashed_peer(&redis, &room, "carol", &mut alice).await;
     let body = send(json!([carol_id])).await;
     assert_eq!(body["unreachable"], json!([carol_id]), "{body}");
     drop(b);

@@ -438,6 +438,16 @@ impl Client {
         }
     }
 
+    /// Skips frames until a `peer_left`, which must be about `peer` with `reason`.
+    pub async fn expect_left(&mut self, peer: &str, reason: &str) {
+        let left = self.recv_op("peer_left").await;
+        assert_eq!(
+            (left["peer"]["id"].as_str(), left["reason"].as_str()),
+            (Some(peer), Some(reason)),
+            "{left}"
+        );
+    }
+
     /// Reads until the server closes; returns the close code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
