@@ -674,6 +674,10 @@ pub struct SessionLog {
 
 /// Operations one transaction takes at most.
 const SESSION_BATCH: usize = 4096;
+/// How long the session writer waits, after an operation that found the queue empty, for
+/// others to share its transaction: a `joined` is that much later, and under a storm of joins
+/// each commit takes several.
+const SESSION_GATHER: std::time::Duration = std::time::Duration::from_micros(500);
 
 impl std::fmt::Debug for SessionOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -721,6 +725,11 @@ impl SqliteStore {
             .name("bluecam-sessions".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
+                    // Group commit: joins that arrive within a moment of this one share its
+                    // transaction (one commit's locks and WAL frames for many sessions).
+                    if rx.is_empty() {
+                        std::thread::sleep(SESSION_GATHER);
+                    }
                     let mut batch = vec![first];
                     while batch.len() < SESSION_BATCH {
                         match rx.try_recv() {

@@ -201,6 +201,9 @@ use crate::metrics::DropReason;
 pub const QUEUE: usize = 65_536;
 /// Events one transaction takes at most.
 const BATCH: usize = 1024;
+/// How long the writer waits after an event that found the queue empty, for others to share
+/// its transaction.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 /// A failed batch is tried again after this, then after twice as long each time, up to a
 /// wait of `RETRY_LAST` (about a minute in all): then it is given up (logged).
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
@@ -274,6 +277,11 @@ impl Recorder {
             .name("bluecam-history".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
+                    // Group commit: nothing waits for the history, so events that arrive
+                    // within a few milliseconds share one transaction.
+                    if rx.is_empty() {
+                        std::thread::sleep(GATHER);
+                    }
                     let mut batch = vec![first];
                     while batch.len() < batch_max {
                         match rx.try_recv() {
