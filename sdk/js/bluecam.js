@@ -334,8 +334,11 @@ export class Room {
      * @internal @type {Map<number, number>}
      */
     this.serverSeen = new Map();
-    /** @internal @type {{e: number, s: number} | null} */
-    this.serverAck = null;
+    /**
+     * The `server_ack` to send, per sequence space.
+     * @internal @type {Map<number, number>}
+     */
+    this.serverAcks = new Map();
     /** @internal @type {ReturnType<typeof setTimeout> | undefined} */
     this.serverAckTimer = undefined;
     /** @internal */
@@ -696,12 +699,15 @@ export class Room {
       if (this.serverSeen.size > 8) this.serverSeen.delete(this.serverSeen.keys().next().value ?? 0);
       this.events.emit("message", f.type, reviveBytes(f.data), SERVER_PEER, { path: "relay" });
     }
-    this.serverAck = { e: f.e, s: Math.max(last, f.s) };
+    // (Each space is acknowledged on its own: after a move, the old node's come forwarded
+    // while the new node's own may be arriving.)
+    this.serverAcks.set(f.e, Math.max(this.serverAcks.get(f.e) ?? 0, f.s, last));
     this.flushServerAck(10);
   }
 
   /**
-   * Sends the latest `server_ack` after `ms`, and again until the connection takes it.
+   * Sends the pending `server_ack`s (the latest number of each space) after `ms`, and again
+   * until the connection takes them.
    * @internal
    * @param {number} ms
    */
@@ -709,12 +715,13 @@ export class Room {
     if (this.serverAckTimer !== undefined) return;
     this.serverAckTimer = setTimeout(() => {
       this.serverAckTimer = undefined;
-      const ack = this.serverAck;
-      if (!ack || this.left) return;
-      if (this.signaling.send({ op: "server_ack", e: ack.e, s: ack.s })) {
-        if (this.serverAck === ack) this.serverAck = null;
-      } else {
-        this.flushServerAck(100);
+      if (this.left) return;
+      for (const [e, s] of [...this.serverAcks]) {
+        if (!this.signaling.send({ op: "server_ack", e, s })) {
+          this.flushServerAck(100);
+          return;
+        }
+        if (this.serverAcks.get(e) === s) this.serverAcks.delete(e);
       }
     }, ms);
   }

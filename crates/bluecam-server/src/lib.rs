@@ -283,6 +283,13 @@ impl Server {
             &config.forwarded_header,
             config.proxy_protocol,
         )?;
+        if config.proxy_protocol && config.trusted_proxies.is_empty() {
+            tracing::warn!(
+                "proxy_protocol is on and trusted_proxies is empty: whoever reaches this port \
+                 can name any client address in its PROXY header; list your load balancers in \
+                 trusted_proxies"
+            );
+        }
         let gate = Arc::new(serve::Gate::new(
             &config.limits,
             proxies,

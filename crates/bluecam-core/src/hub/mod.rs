@@ -234,15 +234,29 @@ struct PeerState {
 
 /// The app's backend's messages to one peer of this node (`server_message`), kept until the
 /// peer acknowledges them (`server_ack`): sent again after its resume (a connection that died
-/// may have taken some with it), and after it when it moves to another node.
+/// may have taken some with it), and after it when it moves to another node. Those another
+/// node forwarded after the peer when it moved here are kept too, in their own space.
 #[derive(Debug)]
 struct ServerOut {
-    /// The sequence space: drawn by the shell when this node sent the peer its first one.
+    /// This node's sequence space for the peer: drawn by the shell when this node sent it its
+    /// first one (0 until then: only forwarded ones so far).
     epoch: u64,
-    /// The number of the last message (the first is 1).
+    /// The number of this node's last message to it (the first is 1).
     last: u64,
-    unacked: VecDeque<(u64, Frame)>,
+    /// (space, number, frame), in the order they were sent.
+    unacked: VecDeque<(u64, u64, Frame)>,
     bytes: usize,
+}
+
+impl ServerOut {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            epoch: 0,
+            last: 0,
+            unacked: VecDeque::new(),
+            bytes: 0,
+        })
+    }
 }
 
 impl PeerState {

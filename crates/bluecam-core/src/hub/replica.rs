@@ -400,7 +400,13 @@ impl Hub {
                         peers: missing,
                     });
                 }
-                self.route(room_id, &targets, frame, None);
+                if frame.is_server_message() {
+                    // The backend's messages another node forwarded after a peer that moved
+                    // here: kept until acknowledged, as this node's own are.
+                    self.adopt_server_message(room_id, &targets, frame);
+                } else {
+                    self.route(room_id, &targets, frame, None);
+                }
             }
         }
     }
@@ -419,7 +425,7 @@ impl Hub {
         let unacked: Vec<Frame> = peer
             .out
             .take()
-            .map(|o| o.unacked.into_iter().map(|(_, f)| f).collect())
+            .map(|o| o.unacked.into_iter().map(|(_, _, f)| f).collect())
             .unwrap_or_default();
         let At::Here { session, link, .. } = old else {
             return;

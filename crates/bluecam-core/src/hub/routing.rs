@@ -199,10 +199,11 @@ impl Hub {
     /// A message from the app's backend (`POST /v1/rooms/{id}/messages`) to the peers `to` of
     /// this node, or to every peer of this node in the room. Each peer gets it as number `s` of
     /// its own sequence space (`epoch` starts one for a peer that has none here: a fresh value
-    /// from the shell), through its connection or its resume buffer, and keeps it until it
-    /// acknowledges it. A peer that lets [`CoreConfig::resume_buffer_frames`] (or
-    /// `resume_buffer_bytes`) of them go unacknowledged is broken or hostile: its session ends,
-    /// as a resume buffer's overflow ends it. The peers it went to.
+    /// from the shell), through its connection (a detached peer gets it with the others not
+    /// acknowledged when it resumes), and this node keeps it until the peer acknowledges it. A
+    /// peer with [`CoreConfig::resume_buffer_frames`] (or `resume_buffer_bytes`) of them not
+    /// acknowledged gets no more until it acknowledges some: it is not among the peers
+    /// returned, which the sender is told.
     pub fn handle_server_message(
         &mut self,
         room_id: &RoomId,
@@ -214,18 +215,19 @@ impl Hub {
         let Some(room) = self.rooms.get(room_id) else {
             return Vec::new();
         };
-        let here: Vec<PeerId> = match to {
-            Some(to) => to
-                .iter()
-                .filter(|p| matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. })))
-                .cloned()
-                .collect(),
+        let is_here =
+            |p: &PeerId| matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. }));
+        let mut here: Vec<PeerId> = match to {
+            Some(to) => to.iter().filter(|p| is_here(p)).cloned().collect(),
             None => sorted_peers(room)
                 .into_iter()
                 .map(|p| p.id)
-                .filter(|p| matches!(room.peers.get(p).map(|s| &s.at), Some(At::Here { .. })))
+                .filter(|p| is_here(p))
                 .collect(),
         };
+        // (An id named twice gets it once.)
+        let mut seen = std::collections::HashSet::new();
+        here.retain(|p| seen.insert(p.clone()));
         let (max_frames, max_bytes) = (
             self.config.resume_buffer_frames,
             self.config.resume_buffer_bytes,
@@ -239,14 +241,10 @@ impl Hub {
             else {
                 continue;
             };
-            let out = peer.out.get_or_insert_with(|| {
-                Box::new(ServerOut {
-                    epoch,
-                    last: 0,
-                    unacked: VecDeque::new(),
-                    bytes: 0,
-                })
-            });
+            let out = peer.out.get_or_insert_with(ServerOut::new);
+            if out.epoch == 0 {
+                out.epoch = epoch;
+            }
             let s = out.last + 1;
             let frame = Frame::new(&ServerMessage::ServerMessage(
                 bluecam_proto::ServerMessageFrame {
@@ -257,36 +255,54 @@ impl Hub {
                 },
             ));
             if out.unacked.len() >= max_frames || out.bytes + frame.len() > max_bytes {
-                let conn = match peer.link() {
-                    Some(Link::Attached(conn)) => Some(*conn),
-                    _ => None,
-                };
-                self.outputs.push_back(Output::ResumeBufferOverflow {
-                    room: room_id.clone(),
-                    peer: peer_id.clone(),
-                });
-                self.remove_peer(room_id, &peer_id, LeaveReason::Timeout);
-                if let Some(conn) = conn {
-                    self.outputs.push_back(Output::Close {
-                        conn,
-                        code: CloseCode::SessionExpired,
-                    });
-                }
                 continue;
             }
             out.last = s;
             out.bytes += frame.len();
-            out.unacked.push_back((s, frame.clone()));
-            match peer.link() {
-                Some(Link::Attached(conn)) => {
-                    let conn = *conn;
-                    self.push_deliver(vec![conn], frame);
-                }
-                _ => self.buffer_for(room_id, std::slice::from_ref(&peer_id), &frame),
+            out.unacked.push_back((out.epoch, s, frame.clone()));
+            if let Some(Link::Attached(conn)) = peer.link() {
+                let conn = *conn;
+                self.push_deliver(vec![conn], frame);
             }
             sent.push(peer_id);
         }
         sent
+    }
+
+    /// The backend's messages another node forwarded after `peers` (which moved here): kept
+    /// as this node's own until acknowledged, and delivered to those connected.
+    pub(super) fn adopt_server_message(
+        &mut self,
+        room_id: &RoomId,
+        peers: &[PeerId],
+        frame: Frame,
+    ) {
+        let Ok(parsed) =
+            serde_json::from_str::<bluecam_proto::ServerMessageFrame<'_>>(frame.as_str())
+        else {
+            return;
+        };
+        let (e, s) = (parsed.e, parsed.s);
+        let mut conns = Vec::new();
+        for peer_id in peers {
+            let Some(peer) = self
+                .rooms
+                .get_mut(room_id)
+                .and_then(|r| r.peers.get_mut(peer_id))
+            else {
+                continue;
+            };
+            let out = peer.out.get_or_insert_with(ServerOut::new);
+            if out.unacked.iter().any(|(ue, us, _)| *ue == e && *us == s) {
+                continue;
+            }
+            out.bytes += frame.len();
+            out.unacked.push_back((e, s, frame.clone()));
+            if let Some(Link::Attached(conn)) = peer.link() {
+                conns.push(*conn);
+            }
+        }
+        self.push_deliver(conns, frame);
     }
 
     /// `server_ack`: the peer has every message of its sequence space `epoch` up to `s`.
@@ -299,14 +315,15 @@ impl Hub {
         else {
             return;
         };
-        if out.epoch != epoch {
-            return;
-        }
-        while out.unacked.front().is_some_and(|(n, _)| *n <= s) {
-            if let Some((_, frame)) = out.unacked.pop_front() {
-                out.bytes -= frame.len();
+        let mut freed = 0;
+        out.unacked.retain(|(e, n, frame)| {
+            let acked = *e == epoch && *n <= s;
+            if acked {
+                freed += frame.len();
             }
-        }
+            !acked
+        });
+        out.bytes -= freed;
     }
 
     /// The backend's messages a peer has not acknowledged, in order (sent again after a
@@ -316,7 +333,7 @@ impl Hub {
             .get(room_id)
             .and_then(|r| r.peers.get(peer_id))
             .and_then(|p| p.out.as_ref())
-            .map(|o| o.unacked.iter().map(|(_, f)| f.clone()).collect())
+            .map(|o| o.unacked.iter().map(|(_, _, f)| f.clone()).collect())
             .unwrap_or_default()
     }
 }

@@ -136,12 +136,26 @@ impl Gate {
     /// (or, with the PROXY protocol, any connection before its header is read) counts in the
     /// total only: its clients are counted by [`Gate::admit_client`].
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        let for_others = self.proxies.proxy_protocol || self.proxies.trusts(ip);
+        self.admit_counted(ip, !for_others)
+    }
+
+    /// Admits something that is one client's own, as a connection of `ip` (an HTTP transport
+    /// session: `ip` is the client a request came from, behind a proxy the one it named).
+    pub fn admit_own(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        self.admit_counted(ip, true)
+    }
+
+    fn admit_counted(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_source: bool,
+    ) -> Result<ConnPermit, Refusal> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
-        let for_others = self.proxies.proxy_protocol || self.proxies.trusts(ip);
-        let source = if for_others {
+        let source = if !per_source {
             None
         } else {
             match self.count_source(ip) {
@@ -619,6 +633,32 @@ mod tests {
         for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
             assert!(Prefix::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn behind_the_proxy_protocol_a_client_is_counted_by_what_it_holds_not_by_its_connection() {
+        let limits = LimitsConfig {
+            max_http_connections: 100,
+            max_connections_per_source: 1,
+            per_source_exempt: Vec::new(),
+            ..LimitsConfig::default()
+        };
+        let proxies = super::super::proxied::Proxies::new(&[], "x-forwarded-for", true).unwrap();
+        let g = Arc::new(Gate::new(&limits, proxies, metrics::Gauge::noop()).unwrap());
+        // Connections are counted under their client once its header is read (not at accept)...
+        let conns: Vec<_> = (0..3).map(|_| g.admit(ip("10.0.0.1")).unwrap()).collect();
+        let first = Arc::new(conns.into_iter().next().unwrap());
+        let _client = g.admit_client(ip("203.0.113.9"), &first).unwrap();
+        assert_eq!(
+            g.admit_client(ip("203.0.113.9"), &first).unwrap_err(),
+            Refusal::PerSource
+        );
+        // ...and what a client holds of its own (an HTTP transport session) is counted too.
+        let _session = g.admit_own(ip("198.51.100.7")).unwrap();
+        assert_eq!(
+            g.admit_own(ip("198.51.100.7")).unwrap_err(),
+            Refusal::PerSource
+        );
     }
 
     #[test]

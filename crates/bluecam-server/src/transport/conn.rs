@@ -429,7 +429,7 @@ async fn join(
             members: room.members.clone(),
             multiple_sessions: room.multiple_sessions,
         },
-        identity: claims.sub,
+        identity: claims.sub.clone(),
         name: claims.name,
         metadata: claims.metadata,
         permissions,
@@ -474,8 +474,15 @@ async fn join(
     // close yet: look again, so the room cannot live on in the driver after its deletion. (On
     // one node the read is a lookup in memory: the store forgets a room once its delete is
     // committed, before the DELETE closes it in the driver.)
-    if matches!(state.store.room(room_id.clone()).await, Ok(None)) {
-        state.driver.close_room(&room_id, RoomClosedReason::Deleted);
+    // The same for a removal of this identity (`DELETE /v1/rooms/{id}/peers/{peerId}`) that
+    // came between: the peer it let in goes as removed.
+    match state.store.room(room_id.clone()).await {
+        Ok(None) => state.driver.close_room(&room_id, RoomClosedReason::Deleted),
+        Ok(Some(now)) if now.revoked(&claims.sub, claims.iat) => {
+            let (_, vacated) = state.driver.kick(&room_id, &peer);
+            state.touch_rooms(vacated).await;
+        }
+        _ => {}
     }
     Ok(peer)
 }

@@ -266,7 +266,7 @@ pub async fn open(
     let slot = ConnectionSlot(state.clone());
     // A session holds a place under the TCP caps, overall and per source, as a WebSocket's
     // connection does: one address cannot open sessions without bound over a few requests.
-    let place = match tcp.map(|t| state.gate.admit(t.ip)) {
+    let place = match tcp.map(|t| state.gate.admit_own(t.ip)) {
         Some(Ok(place)) => Some(place),
         Some(Err(why)) => {
             why.count(&state.metrics);
