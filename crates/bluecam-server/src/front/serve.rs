@@ -324,6 +324,8 @@ impl Front {
             state,
             websockets,
         } = self;
+        #[cfg(target_os = "linux")]
+        tune_listener(&listener);
         let limits = &state.config.limits;
         let header_timeout = limits.http_header_timeout();
         // HTTP/1.1 only (TLS offers nothing else, see `Server::bind`): no sniffing of the
@@ -356,18 +358,10 @@ impl Front {
                     }
                 }
             };
-            // Signaling is small frames that must go out at once: no Nagle delay (with
-            // delayed ACKs it costs 40 ms per exchange).
+            // (Set on the listener where accepted sockets inherit it, below: Linux.)
+            #[cfg(not(target_os = "linux"))]
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            // The kernel wakes a blocked writer once its unsent bytes fall below this, rather
-            // than once a third of a send buffer of up to several MB has drained: a slow reader
-            // that keeps reading shows steady progress, which the write-stall rule looks at
-            // (and a slow connection holds less in kernel memory).
-            #[cfg(target_os = "linux")]
-            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
-                tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
             }
             let permit = match state.gate.admit(peer.ip()) {
                 Ok(permit) => permit,
@@ -466,6 +460,23 @@ async fn proxy_protocol_client(
             why.count(&state.metrics);
             None
         }
+    }
+}
+
+/// Signaling is small frames that must go out at once: no Nagle delay (with delayed ACKs it
+/// costs 40 ms per exchange). And the kernel wakes a blocked writer once its unsent bytes fall
+/// below [`NOTSENT_LOWAT`], rather than once a third of a send buffer of up to several MB has
+/// drained: a slow reader that keeps reading shows steady progress, which the write-stall rule
+/// looks at (and a slow connection holds less in kernel memory). Linux copies both from the
+/// listening socket to every socket it accepts: set once here, not twice per connection.
+#[cfg(target_os = "linux")]
+fn tune_listener(listener: &TcpListener) {
+    let sock = socket2::SockRef::from(listener);
+    if let Err(e) = sock.set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
+    }
+    if let Err(e) = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
 }
 
@@ -659,6 +670,21 @@ mod tests {
             g.admit_own(ip("198.51.100.7")).unwrap_err(),
             Refusal::PerSource
         );
+    }
+
+    /// The accepted sockets have what the listener was given (the accept loop sets nothing
+    /// per connection on Linux).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_the_unsent_low_mark_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tune_listener(&listener);
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert_eq!(sock.tcp_notsent_lowat().unwrap(), NOTSENT_LOWAT);
     }
 
     #[test]
