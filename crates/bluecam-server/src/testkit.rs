@@ -251,23 +251,34 @@ impl RedisCluster {
     /// Starts six processes and joins them; returns once every slot is served and every
     /// replica is in sync (a replica that never synced cannot take over).
     pub fn start() -> Self {
-        let mut ports = Vec::new();
-        while ports.len() < CLUSTER_NODES {
-            let p = free_port_pair(&ports);
-            ports.push(p);
-        }
-        let dir = std::env::temp_dir().join(format!(
-            "bluecam-redis-cluster-{}",
-            crate::auth::random_token(9)
-        ));
-        let cluster = Self {
-            procs: std::sync::Mutex::new((0..CLUSTER_NODES).map(|_| None).collect()),
-            ports,
-            dir,
+        // A port found free can be taken (by another test's outgoing connection: the ports
+        // are of the ephemeral range) before redis-server binds it: then it exits, and the
+        // whole set is drawn again.
+        let mut attempt = 0;
+        let cluster = loop {
+            attempt += 1;
+            let mut ports = Vec::new();
+            while ports.len() < CLUSTER_NODES {
+                let p = free_port_pair(&ports);
+                ports.push(p);
+            }
+            let dir = std::env::temp_dir().join(format!(
+                "bluecam-redis-cluster-{}",
+                crate::auth::random_token(9)
+            ));
+            let cluster = Self {
+                procs: std::sync::Mutex::new((0..CLUSTER_NODES).map(|_| None).collect()),
+                ports,
+                dir,
+            };
+            if (0..CLUSTER_NODES).all(|i| cluster.try_spawn(i)) {
+                break cluster;
+            }
+            assert!(
+                attempt < 5,
+                "redis-server did not start on 5 sets of free ports"
+            );
         };
-        for i in 0..CLUSTER_NODES {
-            cluster.spawn(i);
-        }
         let addrs: Vec<String> = cluster
             .ports
             .iter()
@@ -300,6 +311,13 @@ impl RedisCluster {
     /// a replica).
     fn spawn(&self, i: usize) {
         let port = self.ports[i];
+        assert!(self.try_spawn(i), "redis-server {port} did not start");
+    }
+
+    /// [`RedisCluster::spawn`]; false (and nothing left running) when it did not start: it
+    /// exited (its port taken meanwhile) or did not answer within 10 s.
+    fn try_spawn(&self, i: usize) -> bool {
+        let port = self.ports[i];
         let dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("a directory for redis-server");
         let mut shell = Command::new("sh")
@@ -324,14 +342,23 @@ impl RedisCluster {
         if let Some(out) = shell.stdout.take() {
             let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
         }
-        let pid = line.trim().parse().expect("redis-server's pid");
+        let pid: u32 = line.trim().parse().expect("redis-server's pid");
         let alive = shell.stdin.take().expect("the shell's stdin");
         let deadline = Instant::now() + Duration::from_secs(10);
+        // (An exited one is a zombie of the shell until the shell is told to end.)
+        let exited = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        };
         while redis_cli(port, &["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server {port} did not start"
-            );
+            if Instant::now() >= deadline || exited() {
+                drop(alive);
+                let _ = shell.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.lock()[i] = Some(ClusterProc {
@@ -339,6 +366,7 @@ impl RedisCluster {
             shell,
             _alive: alive,
         });
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<ClusterProc>>> {
