@@ -13,10 +13,21 @@ fn store_err(e: impl Into<crate::persist::store::BackendError>) -> StoreError {
     StoreError::Redis(e.into())
 }
 
+/// Records a removal (`Store::remove_identity`): KEYS the room's record and its removals,
+/// ARGV the identity and the time. 1 when the room is there.
+const REMOVE_IDENTITY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > old then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
+"#;
+
 /// A room's removals (`Room::removed`): a hash, identity → Unix seconds, in the room's slot,
 /// beside its record (never in it: a `PATCH` writing the record cannot lose one). Not a
-/// directory key: no script reads it. Left behind by a delete only if a removal races it,
-/// and harmless then: a later room of the id refuses only tokens issued before it anyway.
+/// directory key: no directory script reads it. A delete removes it after the room (and a
+/// removal writes it only while the room is there, [`REMOVE_IDENTITY`]); one left behind
+/// (that second step failed) is harmless: a later room of the id refuses only tokens issued
+/// before it anyway.
 fn removed_key(room: &RoomId) -> String {
     format!("bc:{{{room}}}:removed")
 }
@@ -149,22 +160,18 @@ impl Store for RedisStore {
         at: u64,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
-            let exists: i64 = self
+            // In one step: only for a room that is there (never a removal left behind a
+            // deletion), and a later removal never lowers an identity's time (two removals at
+            // once from nodes whose clocks differ).
+            let keys = vec![room_key(&id, "room"), removed_key(&id)];
+            let args = vec![identity.to_string(), at.to_string()];
+            let done: i64 = self
                 .broker
                 .cmd()
-                .exists(room_key(&id, "room").as_str())
+                .eval(REMOVE_IDENTITY, keys, args)
                 .await
                 .map_err(store_err)?;
-            if exists == 0 {
-                return Ok(false);
-            }
-            let _: i64 = self
-                .broker
-                .cmd()
-                .hset(removed_key(&id), (identity.as_str(), at))
-                .await
-                .map_err(store_err)?;
-            Ok(true)
+            Ok(done == 1)
         })
     }
 
