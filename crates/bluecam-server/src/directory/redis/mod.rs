@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `bc:{room}:room` | string | the room (JSON), as the HTTP API created it |
 //! | `bc:{room}:active` | string | when the room was last occupied (Unix seconds) |
-//! | `bc:{room}:removed` | hash | identity → when the backend removed it (Unix seconds): its older tokens are refused (`rooms.rs`; not a directory key) |
+//! | `bc:{room}:removed` | string | JSON object: identity → when the backend removed it (Unix seconds): its older tokens are refused (`rooms.rs`; not a directory key) |
 //! | `bc:{room}:peers` | hash | peer id → `{"info":…,"seq":…}` |
 //! | `bc:{room}:nodes` | hash | peer id → `node\nsession` (node `~`: an orphan) |
 //! | `bc:{room}:ver` | counter | membership version (every join, leave and move) |
