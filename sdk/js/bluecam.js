@@ -10,7 +10,8 @@
  * (one RTCPeerConnection per peer), scheduler.js (the send loop: outboxes, inboxes, acks,
  * retransmissions), delivery.js (sequence numbers, acks, chunks; pure), sender.js (when to
  * retransmit or give up; pure), media.js (this peer's media, the camera and screen, the page's
- * elements), close-codes.js (generated from the shared vectors), errors.js; bluecam.global.js
+ * elements), e2ee.js (end-to-end encryption with the app's room key), close-codes.js
+ * (generated from the shared vectors), errors.js; bluecam.global.js
  * loads this module for classic pages.
  */
 
@@ -21,14 +22,15 @@ import { Scheduler } from "./scheduler.js";
 import { Peers } from "./peers.js";
 import { CLOSE } from "./close-codes.js";
 import { LocalMedia, cameraAvailable, wireButtons } from "./media.js";
+import { RoomCrypto, e2eeSupported } from "./e2ee.js";
 import {
-  BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
-  RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
+  BlueCamError, ConnectionError, E2eeMismatchError, ForbiddenError, MessageTooLargeError,
+  PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
 } from "./errors.js";
 
 export {
-  BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError,
-  RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
+  BlueCamError, ConnectionError, E2eeMismatchError, ForbiddenError, MessageTooLargeError,
+  PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError,
 };
 export { MAX_MESSAGE_BYTES } from "./delivery.js";
 export { CLOSE, CLOSE_CODES } from "./close-codes.js";
@@ -80,6 +82,17 @@ export const SERVER_PEER = Object.freeze({ id: "server", identity: "server", ser
  * @property {number} [deliveryTimeoutMs] a message a peer has not acknowledged this long after
  *   `sendMessage` rejects with PeerUnreachableError (with every later one still unacknowledged
  *   to that peer, which stays in the room); default 60000
+ * @property {E2eeOptions} [e2ee] end-to-end encryption with a room key the app gives every
+ *   participant (never through BlueCam): relayed messages, signaling and the data channel are
+ *   sealed per pair of peers; a peer with another key (or none) is reported (`e2ee_mismatch`)
+ *   and nothing passes between the two. See docs/security.md
+ */
+
+/**
+ * @typedef {object} E2eeOptions
+ * @property {string} key the room key, the same for every participant: at least 22
+ *   characters, and at least 128 random bits (for example 32 random bytes in base64url). The
+ *   demo puts it in the invite link's fragment (`#k=…`), which browsers never send to a server
  */
 
 /**
@@ -341,6 +354,19 @@ export class Room {
     this.serverAcks = new Map();
     /** @internal @type {ReturnType<typeof setTimeout> | undefined} */
     this.serverAckTimer = undefined;
+    /** End-to-end encryption (e2ee.js), when the app gave a room key.
+     * @internal @type {RoomCrypto | null} */
+    this.crypto = null;
+    if (options.e2ee !== undefined) {
+      if (!e2eeSupported()) {
+        throw new BlueCamError("e2ee needs WebCrypto, which browsers give only to secure pages (https, or http://localhost)", "unsupported");
+      }
+      try {
+        this.crypto = new RoomCrypto(options.e2ee?.key);
+      } catch (err) {
+        throw new BlueCamError(err instanceof Error ? err.message : String(err), "bad_options");
+      }
+    }
     /** @internal */
     this.signaling = new Signaling(wsUrls(options.server), options.token ?? "", {
       onFrame: (f) => this.onFrame(f),
@@ -358,6 +384,7 @@ export class Room {
     this.scheduler = new Scheduler({
       remotes,
       signaling: this.signaling,
+      crypto: this.crypto,
       canSendData: () => this.canSendData,
       deliveryTimeoutMs: options.deliveryTimeoutMs,
       deliver: (remote, type, data, path) => {
@@ -372,6 +399,7 @@ export class Room {
       options,
       signaling: this.signaling,
       scheduler: this.scheduler,
+      crypto: this.crypto,
       media: this.media,
       self: () => this.self,
       iceServers: () => this.iceServers,
@@ -482,6 +510,8 @@ export class Room {
     const joined = await this.signaling.join();
     if (this.left) return;
     this.self = joined.self;
+    // (The room is the token's: the app's backend named it, not the server.)
+    void this.crypto?.bind(String(tokenClaims(this.signaling.token)?.room ?? joined.room?.id ?? ""), joined.self.id);
     this.canSendData = tokenClaims(this.signaling.token)?.permissions?.sendData !== false;
     this.iceServers = joined.iceServers ?? [];
     for (const peer of joined.peers) this.roster.add(peer, false);
@@ -490,6 +520,21 @@ export class Room {
     globalThis.addEventListener?.("pagehide", this.onPageHide);
     globalThis.addEventListener?.("online", this.onOnline);
     this.setState(this.signaling.connected ? "connected" : "reconnecting");
+  }
+
+  /** Whether this room is end-to-end encrypted (`joinRoom` was given `e2ee`). */
+  get e2ee() {
+    return this.crypto !== null;
+  }
+
+  /**
+   * What the end-to-end encryption did so far: records sealed, opened, and rejected (failed
+   * authentication, replayed, or came unsealed: dropped, never delivered); null when it is off.
+   * @returns {{sealed: number, opened: number, rejected: number} | null}
+   */
+  get e2eeStats() {
+    const c = this.crypto;
+    return c && { sealed: c.sealed, opened: c.opened, rejected: c.rejected };
   }
 
   /** The link to the server now. */
@@ -552,7 +597,15 @@ export class Room {
     const ids = opts.to === undefined ? [...remotes.keys()] : [...new Set([opts.to].flat())];
     const missing = ids.filter((id) => !remotes.has(id));
     if (missing.length > 0) throw new PeerUnreachableError("not in the room: " + missing.join(", "), missing);
-    const failed = await this.scheduler.send(ids, String(type), encoded);
+    // Nothing goes to a peer whose end-to-end encryption does not match (peers.js).
+    const mismatched = (/** @type {string[]} */ list) => list.filter((id) => remotes.get(id)?.mismatch);
+    const refused = mismatched(ids);
+    const live = ids.filter((id) => !refused.includes(id));
+    const failed = live.length > 0 ? await this.scheduler.send(live, String(type), encoded) : [];
+    const bad = [...refused, ...mismatched(failed)];
+    if (bad.length > 0) {
+      throw new E2eeMismatchError("end-to-end encryption does not match with: " + bad.join(", "), [...refused, ...failed]);
+    }
     if (failed.length > 0) throw new PeerUnreachableError("could not reach: " + failed.join(", "), failed);
   }
 
@@ -743,8 +796,7 @@ export class Room {
         break;
       case "message": {
         const remote = this.remotes.get(f.from);
-        if (!remote) break;
-        for (const env of [f.msg].flat()) this.scheduler.onEnvelope(remote, env, "relay");
+        if (remote) this.roster.onRelayed(remote, f.msg);
         break;
       }
       case "server_message":

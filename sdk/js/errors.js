@@ -10,12 +10,14 @@
  * `protocol_error`, …; `connection_closed` for a code this SDK does not know); and the SDK's
  * own: `server_required`, `bad_options`, `unreachable` (no server could be reached for the
  * join), `unsupported` (no WebSocket with `signalMethod: "websocket"`), `left` (the room was
- * left), `too_large`, `unserializable`, `permission_denied`, `peer_unreachable`.
+ * left), `too_large`, `unserializable`, `permission_denied`, `peer_unreachable`,
+ * `e2ee_mismatch` (end-to-end encryption does not match with a peer: another room key, or one
+ * side has none).
  * @typedef {"room_not_found" | "unauthorized" | "forbidden" | "room_full" | "unavailable"
  *   | "room_closed" | "superseded" | "kicked" | "session_expired" | "too_many_errors" | "protocol_error"
  *   | "invalid_data" | "message_too_big" | "bad_join" | "connection_closed"
  *   | "server_required" | "bad_options" | "unreachable" | "unsupported" | "left" | "too_large"
- *   | "unserializable" | "permission_denied" | "peer_unreachable"
+ *   | "unserializable" | "permission_denied" | "peer_unreachable" | "e2ee_mismatch"
  *   | (string & {})} ErrorCode
  */
 
@@ -52,6 +54,25 @@ export class PeerUnreachableError extends BlueCamError {
   constructor(message, peers) {
     super(message, "peer_unreachable");
     this.peers = peers;
+  }
+}
+/**
+ * End-to-end encryption does not match with these peers (`e2ee_mismatch`): they use another
+ * room key, or one side has none. Nothing was sent to them and nothing of theirs is delivered.
+ * Reported through `onError` (with `peer`) when found, and the reason a `sendMessage` to them
+ * rejects.
+ */
+export class E2eeMismatchError extends PeerUnreachableError {
+  /**
+   * @param {string} message
+   * @param {string[]} peers their ids
+   * @param {import("./frames.js").Peer} [peer] the peer found mismatched (in `onError`)
+   */
+  constructor(message, peers, peer) {
+    super(message, peers);
+    /** @type {ErrorCode} */
+    this.code = "e2ee_mismatch";
+    this.peer = peer;
   }
 }
 /** The connection to the server failed for good (for example the room was closed). */

@@ -53,9 +53,12 @@ export class PeerLink {
    * @param {MediaStream | null} local
    * @param {LinkHandlers} handlers
    * @param {boolean} [receiveMedia] whether this side takes the other side's media
+   * @param {import("./e2ee.js").Pair | null} [pair] the room is encrypted: every message on the
+   *   data channel is sealed for this peer (e2ee.js), and one that is not is dropped
    */
-  constructor(polite, rtcConfig, local, handlers, receiveMedia = true) {
+  constructor(polite, rtcConfig, local, handlers, receiveMedia = true, pair = null) {
     this.polite = polite;
+    this.pair = pair;
     /** Whether this side takes the other's media (a token's `subscribeMedia`). */
     this.receiveMedia = receiveMedia;
     /** This connection's generation: every signal it sends carries it. */
@@ -108,15 +111,24 @@ export class PeerLink {
     this.restarting = false;
     this.dc.onmessage = (ev) => {
       if (typeof ev.data !== "string") return;
-      if (ev.data.startsWith(CHANNEL_SIGNAL)) {
-        try {
-          this.enqueueSignal(JSON.parse(ev.data).sig, true);
-        } catch {
-          // Not ours to read: ignored, as a malformed envelope would be.
-        }
+      const pair = this.pair;
+      if (!pair) {
+        this.onChannelText(ev.data);
         return;
       }
-      handlers.onData(ev.data);
+      let rec;
+      try {
+        rec = JSON.parse(ev.data);
+      } catch {
+        rec = null;
+      }
+      if (typeof rec?.x !== "string") {
+        pair.room.rejected++;
+        return;
+      }
+      void pair.open("channel", rec.x, (text) => {
+        if (!this.closed) this.onChannelText(text);
+      });
     };
     // Perfect negotiation, plus one rule that keeps the first exchange free of glare: the
     // polite side lets the impolite side make the first offer (both would otherwise offer at
@@ -153,6 +165,42 @@ export class PeerLink {
     this.pc.ontrack = ({ streams, track }) => {
       if (this.receiveMedia) handlers.onStream(streams[0] ?? new MediaStream([track]));
     };
+  }
+
+  /**
+   * A data channel message (opened, when the room is encrypted): a signal, or app data.
+   * @param {string} text
+   */
+  onChannelText(text) {
+    if (text.startsWith(CHANNEL_SIGNAL)) {
+      try {
+        this.enqueueSignal(JSON.parse(text).sig, true);
+      } catch {
+        // Not ours to read: ignored, as a malformed envelope would be.
+      }
+      return;
+    }
+    this.handlers.onData(text);
+  }
+
+  /**
+   * Puts a message on the data channel, sealed first when the room is encrypted (in order; one
+   * sealed while the channel closed is lost with it, as unsent messages are: the send loop
+   * retransmits over the relay).
+   * @param {string} text
+   */
+  channelSend(text) {
+    if (!this.pair) {
+      this.dc.send(text);
+      return;
+    }
+    void this.pair.seal("channel", text, (rec) => {
+      try {
+        if (this.open) this.dc.send(JSON.stringify(rec));
+      } catch {
+        // Closed meanwhile.
+      }
+    });
   }
 
   /**
@@ -207,7 +255,7 @@ export class PeerLink {
   sendDescription(data, overChannel) {
     if (overChannel && this.open) {
       try {
-        this.dc.send(`${CHANNEL_SIGNAL}${JSON.stringify(data)}}`);
+        this.channelSend(`${CHANNEL_SIGNAL}${JSON.stringify(data)}}`);
         return;
       } catch {
         // Closed just now: through the server.
@@ -294,7 +342,7 @@ export class PeerLink {
   send(text) {
     if (!this.open || this.dc.bufferedAmount > 4 * 1024 * 1024) return false;
     try {
-      this.dc.send(text);
+      this.channelSend(text);
       return true;
     } catch {
       return false;

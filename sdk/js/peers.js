@@ -7,7 +7,8 @@
 
 import { PeerLink, webrtcAvailable } from "./mesh.js";
 import { isEnvelope } from "./delivery.js";
-import { PeerUnreachableError } from "./errors.js";
+import { E2eeMismatchError, PeerUnreachableError } from "./errors.js";
+import { isSealed } from "./e2ee.js";
 
 /** After the data channel of a peer closes, a new connection is tried after this long. */
 const RELINK_MS = 1000;
@@ -28,6 +29,7 @@ const RELINK_MS = 1000;
  * @property {import("./media.js").LocalMedia} media
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
+ * @property {import("./e2ee.js").RoomCrypto | null} crypto the room's end-to-end encryption, if on
  * @property {() => boolean} left whether the room was left or ended
  * @property {() => boolean} receiveMedia whether the token lets this peer receive media
  *   (`permissions.subscribeMedia`)
@@ -69,6 +71,8 @@ export class Peers {
     if (this.remotes.has(info.id) || info.id === this.host.self().id) return;
     const remote = this.host.scheduler.newRemote(info);
     this.remotes.set(info.id, remote);
+    // (The key exchange first: every signal after it is sealed, and waits for its keys.)
+    if (this.host.crypto) this.sendHello(info.id);
     if (webrtcAvailable()) {
       this.link(remote);
     } else {
@@ -92,7 +96,7 @@ export class Peers {
       onData: (text) => this.host.scheduler.onChannelData(remote, text),
       onChannel: (open) => this.onChannel(remote, open),
       onStream: (stream) => this.onStream(remote, stream),
-    }, this.host.receiveMedia());
+    }, this.host.receiveMedia(), this.host.crypto?.pair(id) ?? null);
     // A peer that connects (or reconnects) during a screen share gets the screen.
     if (media.screenTrack && media.screenStream) void remote.link.setTrack(media.screenTrack, media.screenStream);
   }
@@ -119,7 +123,82 @@ export class Peers {
    */
   signal(to, data) {
     // Signaling must survive a WebSocket outage: queue it for the resume.
-    this.host.signaling.sendOrQueue({ op: "signal", to, data });
+    const { crypto, signaling } = this.host;
+    if (!crypto) {
+      signaling.sendOrQueue({ op: "signal", to, data });
+      return;
+    }
+    // Sealed once the pair's keys exist (e2ee.js): never in the clear.
+    const pair = crypto.pair(to);
+    if (pair.state !== "mismatch") void pair.sealSignal(data, (rec) => signaling.sendOrQueue({ op: "signal", to, data: rec }));
+  }
+
+  /**
+   * Sends our key exchange's hello to a peer (not sealed: it is what the seals come from).
+   * @param {string} to
+   */
+  sendHello(to) {
+    const pair = this.host.crypto?.pair(to);
+    if (!pair || pair.state === "mismatch") return;
+    pair.hello().then(
+      (data) => this.host.signaling.sendOrQueue({ op: "signal", to, data }),
+      () => {},
+    );
+  }
+
+  /**
+   * End-to-end encryption does not match with this peer (another room key, or one side has
+   * none, or it sent in the clear what must be sealed): nothing goes to it or comes from it,
+   * and no peer-to-peer connection is made (its signaling cannot be trusted). Both sides say so.
+   * @param {Remote} remote
+   * @param {string} why
+   */
+  mismatch(remote, why) {
+    if (remote.mismatch) return;
+    remote.mismatch = true;
+    const id = remote.info.id;
+    this.host.crypto?.pair(id).mismatch();
+    remote.noWebrtc = true;
+    clearTimeout(remote.relinkTimer);
+    remote.link?.close();
+    remote.link = null;
+    const error = new E2eeMismatchError(`end-to-end encryption does not match with peer ${id}: ${why}`, [id], remote.info);
+    remote.outbox.fail(error);
+    this.host.scheduler.wakeSpaceWaiters();
+    if (!this.host.left()) this.host.emit("error", error);
+  }
+
+  /**
+   * A relayed message from a peer: its envelopes, opened first when the room is encrypted.
+   * @param {Remote} remote
+   * @param {unknown} msg
+   */
+  onRelayed(remote, msg) {
+    const { crypto, scheduler } = this.host;
+    if (remote.mismatch) return;
+    if (!crypto) {
+      if (isSealed(msg)) this.mismatch(remote, "it encrypts end to end, and this page has no room key");
+      else for (const env of [msg].flat()) scheduler.onEnvelope(remote, env, "relay");
+      return;
+    }
+    if (!isSealed(msg)) {
+      // In the clear: from a peer without the key (before any exchange with it), or forged
+      // (after one: dropped).
+      crypto.rejected++;
+      if (crypto.pair(remote.info.id).state !== "ready") this.mismatch(remote, "it sent a message unencrypted");
+      return;
+    }
+    void crypto.pair(remote.info.id).open("relay", msg.x, (text) => {
+      if (this.remotes.get(remote.info.id) !== remote) return;
+      let envs;
+      try {
+        envs = JSON.parse(text);
+      } catch {
+        crypto.rejected++;
+        return;
+      }
+      for (const env of [envs].flat()) scheduler.onEnvelope(remote, env, "relay");
+    });
   }
 
   /**
@@ -128,7 +207,40 @@ export class Peers {
    */
   onSignal(from, data) {
     const remote = this.remotes.get(from);
-    if (!remote || typeof data !== "object" || data === null) return;
+    if (!remote || typeof data !== "object" || data === null || remote.mismatch) return;
+    const { crypto } = this.host;
+    if (!crypto) {
+      if (data.e2ee !== undefined || isSealed(data)) this.mismatch(remote, "it encrypts end to end, and this page has no room key");
+      else this.onOpenSignal(remote, data);
+      return;
+    }
+    const pair = crypto.pair(from);
+    if (data.e2ee !== undefined) {
+      void pair.takeHello(
+        data.e2ee,
+        (reply) => {
+          if (reply && this.remotes.get(from) === remote) this.sendHello(from);
+        },
+        (err) => this.mismatch(remote, err.message),
+      );
+    } else if (isSealed(data)) {
+      void pair.openSignal(data.x, (d) => {
+        if (this.remotes.get(from) === remote && !remote.mismatch && typeof d === "object" && d !== null) this.onOpenSignal(remote, d);
+      });
+    } else {
+      // In the clear: never applied. From a peer without the key (before any exchange with
+      // it: a mismatch, and no connection), or forged (after one: dropped).
+      crypto.rejected++;
+      if (pair.state !== "ready") this.mismatch(remote, "it sent signaling unencrypted");
+    }
+  }
+
+  /**
+   * Signaling data from a peer, in the clear (or opened).
+   * @param {Remote} remote
+   * @param {any} data
+   */
+  onOpenSignal(remote, data) {
     if (data.ack !== undefined) {
       // An acknowledgement from a peer that may not send data: acks only, never messages.
       if (isEnvelope(data.ack) && data.ack.k === "a") this.host.scheduler.onEnvelope(remote, data.ack, "relay");

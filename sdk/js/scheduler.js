@@ -40,6 +40,8 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
  * @property {number} lastProgressAt when acks or the data channel's draining last showed progress
  * @property {number} lastBuffered the data channel's bufferedAmount at the last tick
+ * @property {boolean} mismatch end-to-end encryption does not match with this peer: nothing
+ *   goes to it, nothing of its is delivered (peers.js)
  */
 
 /**
@@ -47,6 +49,7 @@ const DELIVERY_TIMEOUT_MS = 60000;
  * @typedef {object} SchedulerHost
  * @property {Map<string, Remote>} remotes the room's peers (the room adds and removes them)
  * @property {import("./signaling.js").Signaling} signaling the relay
+ * @property {import("./e2ee.js").RoomCrypto | null} crypto the room's end-to-end encryption, if on
  * @property {() => boolean} canSendData whether this peer's token allows sending data
  * @property {number} [deliveryTimeoutMs]
  * @property {(remote: Remote, type: string, data: unknown, path: Path) => void} deliver a
@@ -93,7 +96,7 @@ export class Scheduler {
     return {
       info, link: null, outbox: new Outbox(), inbox: this.inboxFor(info.id), ackDue: false,
       lastProgressAt: 0, lastBuffered: 0,
-      path: "relay", noWebrtc: false, relinkTimer: undefined,
+      path: "relay", noWebrtc: false, relinkTimer: undefined, mismatch: false,
     };
   }
 
@@ -254,9 +257,7 @@ export class Scheduler {
         // (which carry only acks: the receiver takes nothing else from a signal's `ack`).
         const sent =
           remote.link?.send(ack) ||
-          (this.host.canSendData()
-            ? signaling.send({ op: "send", to: [remote.info.id], msg: env })
-            : signaling.send({ op: "signal", to: remote.info.id, data: { ack: env } }));
+          (this.host.canSendData() ? this.relay(remote, env) : this.ackSignal(remote, env));
         remote.ackDue = !sent;
       }
     }, ACK_DELAY_MS);
@@ -290,13 +291,43 @@ export class Scheduler {
     // socket down) leaves its messages and every later one unsent (sentAt 0): they go with the
     // next chance (the rate limit's onWritable, a tick, a resume).
     for (const frame of relayFrames(relay)) {
-      const ok = Date.now() >= this.relayPausedUntil &&
-        this.host.signaling.send({ op: "send", to: [remote.info.id], msg: frame.envs });
+      const ok = Date.now() >= this.relayPausedUntil && this.relay(remote, frame.envs);
       if (!ok) {
         for (const rest of relay.slice(frame.first)) rest.entry.sentAt = 0;
         return;
       }
     }
+  }
+
+  /**
+   * Sends `msg` (envelopes) to one peer over the relay: sealed first when the room is
+   * encrypted (in order, after the pair's key exchange). False when it cannot go now (the
+   * socket is down, or the rate limit says wait): the caller tries again later.
+   * @param {Remote} remote
+   * @param {unknown} msg
+   */
+  relay(remote, msg) {
+    const { signaling, crypto } = this.host;
+    const to = [remote.info.id];
+    if (!crypto) return signaling.send({ op: "send", to, msg });
+    // (The frame's share of the rate limit is taken now: sealing takes a moment.)
+    if (!signaling.connected || !signaling.takeToken()) return false;
+    void crypto.pair(remote.info.id).seal("relay", JSON.stringify(msg), (rec) => signaling.sendTaken({ op: "send", to, msg: rec }));
+    return true;
+  }
+
+  /**
+   * An acknowledgement as a signal (from a peer whose token may not send data).
+   * @param {Remote} remote
+   * @param {import("./delivery.js").AckEnvelope} env
+   */
+  ackSignal(remote, env) {
+    const { signaling, crypto } = this.host;
+    const to = remote.info.id;
+    if (!crypto) return signaling.send({ op: "signal", to, data: { ack: env } });
+    if (!signaling.connected || !signaling.takeToken()) return false;
+    void crypto.pair(to).sealSignal({ ack: env }, (rec) => signaling.sendTaken({ op: "signal", to, data: rec }));
+    return true;
   }
 
   /** Resends everything unacknowledged (after a reconnection). */

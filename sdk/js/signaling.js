@@ -50,7 +50,7 @@ function httpUrl(wsUrl) {
  * A token's claims (the JWT's middle part; no secret is needed to read them), or null when
  * they cannot be read (the server decides about the token anyway).
  * @param {string} token
- * @returns {{exp?: number, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
+ * @returns {{exp?: number, room?: string, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
  */
 export function tokenClaims(token) {
   try {
@@ -379,6 +379,22 @@ export class Signaling {
   send(frame) {
     if (!this.connected || !this.ws || this.ws.readyState !== OPEN) return false;
     if (!this.takeToken()) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  /**
+   * Sends a frame whose share of the rate limit `takeToken` took already (a sealed one, made
+   * meanwhile); a signal goes behind signals queued for the resume (sealed signals count up:
+   * they must arrive in the order they were sealed). False when the socket is down.
+   * @param {ClientFrame} frame
+   */
+  sendTaken(frame) {
+    if (frame.op === "signal" && this.queued.length > 0) {
+      this.queued.push(frame);
+      return true;
+    }
+    if (!this.connected || !this.ws || this.ws.readyState !== OPEN) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
   }

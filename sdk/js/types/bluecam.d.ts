@@ -61,6 +61,18 @@ export class Room {
     off<K extends RoomEventName>(event: K, handler: (...args: RoomEvents[K]) => void): void;
     /** How this peer reaches the server now: "websocket" or "http" (null before the join). */
     get transport(): import("./signaling.js").SignalMethod | null;
+    /** Whether this room is end-to-end encrypted (`joinRoom` was given `e2ee`). */
+    get e2ee(): boolean;
+    /**
+     * What the end-to-end encryption did so far: records sealed, opened, and rejected (failed
+     * authentication, replayed, or came unsealed: dropped, never delivered); null when it is off.
+     * @returns {{sealed: number, opened: number, rejected: number} | null}
+     */
+    get e2eeStats(): {
+        sealed: number;
+        opened: number;
+        rejected: number;
+    } | null;
     /** The link to the server now. */
     get connectionState(): import("./events.js").ConnectionState;
     /** The peers in the room now (without yourself). */
@@ -190,6 +202,21 @@ export type ConnectionOptions = {
      * to that peer, which stays in the room); default 60000
      */
     deliveryTimeoutMs?: number | undefined;
+    /**
+     * end-to-end encryption with a room key the app gives every
+     * participant (never through BlueCam): relayed messages, signaling and the data channel are
+     * sealed per pair of peers; a peer with another key (or none) is reported (`e2ee_mismatch`)
+     * and nothing passes between the two. See docs/security.md
+     */
+    e2ee?: E2eeOptions | undefined;
+};
+export type E2eeOptions = {
+    /**
+     * the room key, the same for every participant: at least 22
+     * characters, and at least 128 random bits (for example 32 random bytes in base64url). The
+     * demo puts it in the invite link's fragment (`#k=…`), which browsers never send to a server
+     */
+    key: string;
 };
 /**
  * This peer's media. A token whose `permissions.publishMedia` is false opens no camera or
@@ -293,6 +320,7 @@ export type AnyOptions = Partial<{
 export type Remote = import("./scheduler.js").Remote;
 import { BlueCamError } from "./errors.js";
 import { ConnectionError } from "./errors.js";
+import { E2eeMismatchError } from "./errors.js";
 import { ForbiddenError } from "./errors.js";
 import { MessageTooLargeError } from "./errors.js";
 import { PeerUnreachableError } from "./errors.js";
@@ -302,8 +330,9 @@ import { UnauthorizedError } from "./errors.js";
 import { UnserializableError } from "./errors.js";
 import { Emitter } from "./events.js";
 import { LocalMedia } from "./media.js";
+import { RoomCrypto } from "./e2ee.js";
 import { Signaling } from "./signaling.js";
 import { Scheduler } from "./scheduler.js";
 import { Peers } from "./peers.js";
-export { BlueCamError, ConnectionError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError };
+export { BlueCamError, ConnectionError, E2eeMismatchError, ForbiddenError, MessageTooLargeError, PeerUnreachableError, RoomFullError, RoomNotFoundError, UnauthorizedError, UnserializableError };
 export { CLOSE, CLOSE_CODES } from "./close-codes.js";

@@ -7,9 +7,12 @@ export class PeerLink {
      * @param {MediaStream | null} local
      * @param {LinkHandlers} handlers
      * @param {boolean} [receiveMedia] whether this side takes the other side's media
+     * @param {import("./e2ee.js").Pair | null} [pair] the room is encrypted: every message on the
+     *   data channel is sealed for this peer (e2ee.js), and one that is not is dropped
      */
-    constructor(polite: boolean, rtcConfig: RTCConfiguration, local: MediaStream | null, handlers: LinkHandlers, receiveMedia?: boolean);
+    constructor(polite: boolean, rtcConfig: RTCConfiguration, local: MediaStream | null, handlers: LinkHandlers, receiveMedia?: boolean, pair?: import("./e2ee.js").Pair | null);
     polite: boolean;
+    pair: import("./e2ee.js").Pair | null;
     /** Whether this side takes the other's media (a token's `subscribeMedia`). */
     receiveMedia: boolean;
     /** This connection's generation: every signal it sends carries it. */
@@ -62,6 +65,18 @@ export class PeerLink {
     disconnectedTimer: ReturnType<typeof setTimeout> | undefined;
     /** ICE restarts so far (for tests and debugging). */
     iceRestarts: number;
+    /**
+     * A data channel message (opened, when the room is encrypted): a signal, or app data.
+     * @param {string} text
+     */
+    onChannelText(text: string): void;
+    /**
+     * Puts a message on the data channel, sealed first when the room is encrypted (in order; one
+     * sealed while the channel closed is lost with it, as unsent messages are: the send loop
+     * retransmits over the relay).
+     * @param {string} text
+     */
+    channelSend(text: string): void;
     /**
      * Records a negotiation step (the last few, for debugging a connection that never opens).
      * @param {string} what

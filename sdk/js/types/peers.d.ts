@@ -13,6 +13,7 @@
  * @property {import("./media.js").LocalMedia} media
  * @property {() => Peer} self
  * @property {() => RTCIceServer[]} iceServers
+ * @property {import("./e2ee.js").RoomCrypto | null} crypto the room's end-to-end encryption, if on
  * @property {() => boolean} left whether the room was left or ended
  * @property {() => boolean} receiveMedia whether the token lets this peer receive media
  *   (`permissions.subscribeMedia`)
@@ -53,10 +54,35 @@ export class Peers {
      */
     signal(to: string, data: unknown): void;
     /**
+     * Sends our key exchange's hello to a peer (not sealed: it is what the seals come from).
+     * @param {string} to
+     */
+    sendHello(to: string): void;
+    /**
+     * End-to-end encryption does not match with this peer (another room key, or one side has
+     * none, or it sent in the clear what must be sealed): nothing goes to it or comes from it,
+     * and no peer-to-peer connection is made (its signaling cannot be trusted). Both sides say so.
+     * @param {Remote} remote
+     * @param {string} why
+     */
+    mismatch(remote: Remote, why: string): void;
+    /**
+     * A relayed message from a peer: its envelopes, opened first when the room is encrypted.
+     * @param {Remote} remote
+     * @param {unknown} msg
+     */
+    onRelayed(remote: Remote, msg: unknown): void;
+    /**
      * @param {string} from
      * @param {any} data
      */
     onSignal(from: string, data: any): void;
+    /**
+     * Signaling data from a peer, in the clear (or opened).
+     * @param {Remote} remote
+     * @param {any} data
+     */
+    onOpenSignal(remote: Remote, data: any): void;
     /** Tells every peer whether our microphone and camera are on. */
     announceMedia(): void;
     /**
@@ -90,6 +116,10 @@ export type PeersHost = {
     media: import("./media.js").LocalMedia;
     self: () => Peer;
     iceServers: () => RTCIceServer[];
+    /**
+     * the room's end-to-end encryption, if on
+     */
+    crypto: import("./e2ee.js").RoomCrypto | null;
     /**
      * whether the room was left or ended
      */

@@ -15,12 +15,15 @@
  * @property {ReturnType<typeof setTimeout> | undefined} relinkTimer
  * @property {number} lastProgressAt when acks or the data channel's draining last showed progress
  * @property {number} lastBuffered the data channel's bufferedAmount at the last tick
+ * @property {boolean} mismatch end-to-end encryption does not match with this peer: nothing
+ *   goes to it, nothing of its is delivered (peers.js)
  */
 /**
  * What the send loop needs of its room.
  * @typedef {object} SchedulerHost
  * @property {Map<string, Remote>} remotes the room's peers (the room adds and removes them)
  * @property {import("./signaling.js").Signaling} signaling the relay
+ * @property {import("./e2ee.js").RoomCrypto | null} crypto the room's end-to-end encryption, if on
  * @property {() => boolean} canSendData whether this peer's token allows sending data
  * @property {number} [deliveryTimeoutMs]
  * @property {(remote: Remote, type: string, data: unknown, path: Path) => void} deliver a
@@ -124,6 +127,20 @@ export class Scheduler {
      * @param {boolean} relayOnly
      */
     transmit(remote: Remote, entries: import("./delivery.js").Pending[], relayOnly: boolean): void;
+    /**
+     * Sends `msg` (envelopes) to one peer over the relay: sealed first when the room is
+     * encrypted (in order, after the pair's key exchange). False when it cannot go now (the
+     * socket is down, or the rate limit says wait): the caller tries again later.
+     * @param {Remote} remote
+     * @param {unknown} msg
+     */
+    relay(remote: Remote, msg: unknown): boolean;
+    /**
+     * An acknowledgement as a signal (from a peer whose token may not send data).
+     * @param {Remote} remote
+     * @param {import("./delivery.js").AckEnvelope} env
+     */
+    ackSignal(remote: Remote, env: import("./delivery.js").AckEnvelope): boolean;
     /** Resends everything unacknowledged (after a reconnection). */
     retransmitAll(): void;
     /** Retransmits what has waited too long for its ack, over the relay. */
@@ -157,6 +174,11 @@ export type Remote = {
      * the data channel's bufferedAmount at the last tick
      */
     lastBuffered: number;
+    /**
+     * end-to-end encryption does not match with this peer: nothing
+     * goes to it, nothing of its is delivered (peers.js)
+     */
+    mismatch: boolean;
 };
 /**
  * What the send loop needs of its room.
@@ -170,6 +192,10 @@ export type SchedulerHost = {
      * the relay
      */
     signaling: import("./signaling.js").Signaling;
+    /**
+     * the room's end-to-end encryption, if on
+     */
+    crypto: import("./e2ee.js").RoomCrypto | null;
     /**
      * whether this peer's token allows sending data
      */

@@ -2,10 +2,11 @@
  * A token's claims (the JWT's middle part; no secret is needed to read them), or null when
  * they cannot be read (the server decides about the token anyway).
  * @param {string} token
- * @returns {{exp?: number, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
+ * @returns {{exp?: number, room?: string, permissions?: {sendData?: boolean, publishMedia?: boolean, subscribeMedia?: boolean}} | null}
  */
 export function tokenClaims(token: string): {
     exp?: number;
+    room?: string;
     permissions?: {
         sendData?: boolean;
         publishMedia?: boolean;
@@ -129,6 +130,13 @@ export class Signaling {
      * @param {ClientFrame} frame
      */
     send(frame: ClientFrame): boolean;
+    /**
+     * Sends a frame whose share of the rate limit `takeToken` took already (a sealed one, made
+     * meanwhile); a signal goes behind signals queued for the resume (sealed signals count up:
+     * they must arrive in the order they were sealed). False when the socket is down.
+     * @param {ClientFrame} frame
+     */
+    sendTaken(frame: ClientFrame): boolean;
     /** Takes one frame's worth of the rate limit, or schedules `onWritable` for when it refills. */
     takeToken(): boolean;
     /**

@@ -33,6 +33,7 @@ const SDK_FILES: &[(&str, &str)] = &[
         "delivery.js",
         include_str!("../../../../sdk/js/delivery.js"),
     ),
+    ("e2ee.js", include_str!("../../../../sdk/js/e2ee.js")),
     ("errors.js", include_str!("../../../../sdk/js/errors.js")),
     ("events.js", include_str!("../../../../sdk/js/events.js")),
     ("frames.js", include_str!("../../../../sdk/js/frames.js")),
