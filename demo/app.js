@@ -12,7 +12,7 @@ import { joinRoom } from "/sdk/bluecam.js";
  *   self: Peer, peers: Peer[], path(peerId: string): Path,
  *   sendMessage(type: string, data: unknown, options?: {to?: string}): Promise<unknown>,
  *   setAudioEnabled(on: boolean): unknown, setVideoEnabled(on: boolean): Promise<void>,
- *   readonly audioEnabled: boolean, readonly videoEnabled: boolean,
+ *   readonly audioEnabled: boolean, readonly videoEnabled: boolean, readonly e2ee: boolean,
  *   shareScreen(): Promise<unknown>, stopScreenShare(): unknown, leave(): unknown,
  * }} Room
  */
@@ -55,6 +55,7 @@ const els = {
   startForm: byId("start-form", HTMLFormElement), name: byId("name", HTMLInputElement),
   start: byId("start", HTMLButtonElement), newRoom: byId("new-room", HTMLButtonElement),
   invite: byId("invite", HTMLInputElement), copy: byId("copy", HTMLButtonElement),
+  lock: byId("lock", HTMLElement),
   local: byId("local", HTMLVideoElement),
   videos: byId("videos", HTMLElement), localTile: byId("local-tile", HTMLElement), remotes: byId("remotes", HTMLElement),
   mic: byId("mic", HTMLButtonElement), cam: byId("cam", HTMLButtonElement),
@@ -95,6 +96,17 @@ const errorText = (e) => (e instanceof Error ? e.message : String(e));
 /** @param {Peer | null | undefined} peer */
 const peerName = (peer) => (peer ? peer.name || peer.identity || peer.id : "Someone");
 const urlRoomId = () => new URLSearchParams(location.search).get("room");
+/** The room's end-to-end key: in the invite link's fragment (`#k=…`), which browsers never send
+ * to a server, so BlueCam never sees it. */
+const urlRoomKey = () => new URLSearchParams(location.hash.slice(1)).get("k");
+
+/** A new room key: 32 random bytes, base64url. Null where the page cannot encrypt (WebCrypto
+ * exists only on secure pages: https, or http://localhost). */
+function newRoomKey() {
+  if (!globalThis.crypto || !crypto.subtle) return null;
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
 
 /** @param {string} text */
 function showNotice(text, ms = NOTICE_MS) {
@@ -147,7 +159,9 @@ async function createRoom() {
   const json = await postJson("/demo/rooms", {});
   const id = isObj(json.room) ? json.room.id : undefined;
   if (typeof id !== "string") throw new Error("the server answered without a room id");
-  history.replaceState(null, "", typeof json.invite === "string" ? json.invite : `/?room=${encodeURIComponent(id)}`);
+  const key = newRoomKey();
+  const link = typeof json.invite === "string" ? json.invite : `/?room=${encodeURIComponent(id)}`;
+  history.replaceState(null, "", key ? `${link}#k=${key}` : link);
   return id;
 }
 
@@ -162,8 +176,10 @@ async function mintToken(id, name) {
 
 /** @param {string} id @param {string} name @param {boolean} media @returns {Promise<Room>} */
 async function connect(id, name, media) {
+  const key = urlRoomKey();
   return joinRoom({
     token: await mintToken(id, name),
+    ...(key ? { e2ee: { key } } : {}),
     video: media,
     audio: media,
     localVideo: "#local",
@@ -216,6 +232,7 @@ async function start(pickRoom) {
     room = await joinWithFallback(roomId, els.name.value.trim() || els.name.placeholder);
     for (const peer of room.peers) addPeer(peer);
     Object.assign(window, { bluecamDemo: { room, getDrawing: () => drawing } });
+    els.lock.hidden = !room.e2ee;
     syncControls();
     showView("room");
     resizeBoard();
@@ -360,7 +377,8 @@ async function toggleShare() {
 }
 
 async function copyInvite() {
-  const url = `${location.origin}/?room=${encodeURIComponent(roomId)}`;
+  const key = urlRoomKey();
+  const url = `${location.origin}/?room=${encodeURIComponent(roomId)}${key ? `#k=${key}` : ""}`;
   els.invite.value = url;
   try {
     await navigator.clipboard.writeText(url);

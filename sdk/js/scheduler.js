@@ -8,7 +8,7 @@
  */
 
 import { Outbox, Inbox, envelopesOf, isEnvelope } from "./delivery.js";
-import { relayFrames, tickPeer } from "./sender.js";
+import { RELAY_BATCH_CHARS, relayFrames, tickPeer } from "./sender.js";
 import { PeerUnreachableError } from "./errors.js";
 
 /** How often the retransmission check runs (sender.js decides what it does). */
@@ -290,7 +290,9 @@ export class Scheduler {
     // In frames, in order (sender.js). A frame that cannot go now (the rate limit's pause, the
     // socket down) leaves its messages and every later one unsent (sentAt 0): they go with the
     // next chance (the rate limit's onWritable, a tick, a resume).
-    for (const frame of relayFrames(relay)) {
+    // (Sealed, a frame's text grows by a third, base64: half a frame's usual payload keeps a
+    // sealed one within the server's frame limit whatever the characters.)
+    for (const frame of relayFrames(relay, this.host.crypto ? RELAY_BATCH_CHARS / 2 : RELAY_BATCH_CHARS)) {
       const ok = Date.now() >= this.relayPausedUntil && this.relay(remote, frame.envs);
       if (!ok) {
         for (const rest of relay.slice(frame.first)) rest.entry.sentAt = 0;

@@ -25,22 +25,30 @@ test("two pages create and join a room through the invite link and share a drawi
   await host.page.click("#start");
   await host.page.waitForSelector("body[data-state=joined]", { timeout: DEADLINE_MS });
   const invite = await evaluate(host.page, () => location.href, undefined, "location.href");
-  // A demo room id: "demo-", 12 random characters and a 20-character MAC (docs/configuration.md).
-  assert.match(invite, /\?room=demo-[A-Za-z0-9_-]{32}$/);
+  // A demo room id: "demo-", 12 random characters and a 20-character MAC (docs/configuration.md),
+  // and the room's end-to-end key in the fragment (32 random bytes, base64url), which the
+  // browser never sends to the server.
+  assert.match(invite, /\?room=demo-[A-Za-z0-9_-]{32}#k=[A-Za-z0-9_-]{43}$/);
 
   // The guest opens the invite link on a phone-sized window (its own context: like another
   // browser on this machine, nothing shared with the host's, so it opens it with the demo's
   // key, as from the start line).
   const key = new URL(demo, server.url).searchParams.get("demo");
-  const guest = await launchPeer(server, { path: new URL(invite).pathname + new URL(invite).search + `&demo=${key}`, label: "guest" });
+  const link = new URL(invite);
+  const guest = await launchPeer(server, { path: link.pathname + link.search + `&demo=${key}` + link.hash, label: "guest" });
   await guest.page.setViewportSize({ width: 390, height: 844 });
   await guest.page.fill("#name", "Guest");
   await guest.page.click("#start");
   await guest.page.waitForSelector("body[data-state=joined]", { timeout: DEADLINE_MS });
 
-  // Each sees the other, and the badge says p2p once the data channel is up.
+  // Each sees the other, and the badge says p2p once the data channel is up; both show the
+  // lock (the room is end-to-end encrypted with the link's key).
   await host.page.waitForSelector("#peers [data-path=p2p]", { timeout: DEADLINE_MS });
   await guest.page.waitForSelector("#peers [data-path=p2p]", { timeout: DEADLINE_MS });
+  for (const p of [host, guest]) {
+    assert.equal(await p.page.isVisible("#lock"), true, `${p.label}: the lock`);
+    assert.equal(await evaluate(p.page, () => /** @type {any} */ (window).bluecamDemo.room.e2ee, undefined, "room.e2ee"), true);
+  }
 
   const board = await host.page.locator("#board").boundingBox();
   assert.ok(board);

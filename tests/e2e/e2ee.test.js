@@ -311,3 +311,45 @@ test("a DTLS fingerprint the proxy rewrites is refused: sealed (the record fails
     a.expected = {};
   }
 });
+
+test("a resume keeps the pair's keys and a reload makes new ones; a 1 MiB message arrives sealed over both paths", async () => {
+  const key = newKey();
+  const room = await server.room();
+  const [a, b, c] = [await peer("alice"), await peer("bob (no WebRTC)", { noWebrtc: true }), await peer("carol")];
+  const aId = await joinE2ee(a.page, await server.token(room, "alice"), key);
+  let bId = await joinE2ee(b.page, await server.token(room, "bob"), key);
+  const cId = await joinE2ee(c.page, await server.token(room, "carol"), key);
+  await waitFor(async () => (await pathTo(a.page, cId)) === "p2p", "alice and carol connected");
+  await waitPeers(b.page, 2);
+  const hellos = () => tap.seen.filter((f) => f.dir === "up" && f.text.includes('"e2ee":{"v":1')).length;
+  // The WebSocket cut for two seconds while messages flow: the session resumes with its keys.
+  const before = hellos();
+  const sending = send(a.page, bId, 20, "cut", 100);
+  await evaluate(b.page, () => /** @type {any} */ (window).room._test.cutSocket(2000), undefined, "cutSocket");
+  assert.deepEqual(await sending, []);
+  await expectIntact(b.page, aId, 20, "cut");
+  assert.equal(hellos(), before, "no new key exchange after a resume");
+  // A reload: a new session with new keys, exchanged again with both others.
+  await b.page.reload();
+  bId = await joinE2ee(b.page, await server.token(room, "bob"), key);
+  await waitPeers(b.page, 2);
+  assert.ok(hellos() >= before + 2, "the new session exchanged keys");
+  assert.deepEqual(await send(b.page, aId, 5, "after reload"), []);
+  await expectIntact(a.page, bId, 5, "after reload");
+  // 1 MiB of non-ASCII data (each character two bytes of UTF-8), relayed and peer to peer.
+  const big = await evaluate(a.page, async (ids) => {
+    const room = /** @type {any} */ (window).room;
+    const data = "é".repeat(520_000);
+    await Promise.all(ids.map((/** @type {string} */ to) => room.sendMessage("big", data, { to })));
+    return data.length;
+  }, [bId, cId], "two 1 MiB sends");
+  for (const [p, path] of /** @type {const} */ ([[b, "relay"], [c, "p2p"]])) {
+    const got = await waitFor(() => evaluate(p.page, () => {
+      const m = /** @type {any} */ (window).t.received.find((/** @type {any} */ x) => x.type === "big");
+      return m ? { length: m.data.length, ok: /^é+$/.test(m.data), path: m.path } : null;
+    }, undefined, "the big message"), `the big message at ${p.label}`);
+    assert.deepEqual(got, { length: big, ok: true, path });
+  }
+  assert.equal(tap.seen.filter((f) => f.text.includes("éééé")).length, 0, "the big message never in the clear");
+  await expectEvents([a, b, c]);
+});
