@@ -311,3 +311,27 @@ test("remoteVideo follows its peer: a new stream after a relink and after a relo
   }, "the reloaded bob's stream");
   await expectEvents([a, b]);
 });
+
+test("a classic page joins end-to-end encrypted: JoinRoom with getToken and e2ee, inline sendMessage sealed", async () => {
+  const room = await server.room();
+  const [a, b] = [await classicPeer("alice"), await classicPeer("bob")];
+  const key = "classic-room-key-0123456789abcdefghij";
+  for (const p of [a, b]) await p.page.exposeFunction("mintToken", (/** @type {string} */ r, /** @type {string} */ u) => server.token(r, u));
+  const start = (/** @type {import("playwright-core").Page} */ page, /** @type {string} */ user) => evaluate(page, ({ room, user, key }) => /** @type {any} */ (window).start({
+    roomName: room, userId: user, e2ee: { key },
+    getToken: (/** @type {{roomName: string, userId: string}} */ c) => /** @type {any} */ (window).mintToken(c.roomName, c.userId),
+  }), { room, user, key }, "JoinRoom with e2ee");
+  const aId = await start(a.page, "alice");
+  await start(b.page, "bob");
+  await waitPeers(b.page, 1);
+  assert.equal(await evaluate(b.page, () => /** @type {any} */ (window).room.e2ee, undefined, "room.e2ee"), true);
+  await b.page.click("#draw");
+  const got = await waitFor(async () => {
+    const g = await evaluate(a.page, () => /** @type {any} */ (window).got, undefined, "got");
+    return g.length >= 1 ? g : null;
+  }, "the drawing at alice");
+  assert.deepEqual(got, [{ type: "changedDrawing", data: { circles: [{ x: 1 }], bgColor: "blue" }, from: await evaluate(b.page, () => /** @type {any} */ (window).room.self.id, undefined, "id") }]);
+  assert.ok((await evaluate(a.page, () => /** @type {any} */ (window).room.e2eeStats.opened, undefined, "opened")) >= 1);
+  assert.equal(typeof aId, "string");
+  await expectEvents([a, b]);
+});

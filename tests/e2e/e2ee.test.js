@@ -353,3 +353,19 @@ test("a resume keeps the pair's keys and a reload makes new ones; a 1 MiB messag
   assert.equal(tap.seen.filter((f) => f.text.includes("éééé")).length, 0, "the big message never in the clear");
   await expectEvents([a, b, c]);
 });
+
+test("a peer that may not send data acknowledges with sealed signals: the sender's promises resolve", async () => {
+  const key = newKey();
+  const room = await server.room();
+  const [a, v] = [await peer("alice", { noWebrtc: true }), await peer("viewer", { noWebrtc: true })];
+  const aId = await joinE2ee(a.page, await server.token(room, "alice"), key);
+  const r = await server.api("POST", `/v1/rooms/${room}/tokens`, { identity: "viewer", permissions: { sendData: false } });
+  const vId = await joinE2ee(v.page, r.body.token, key);
+  await waitPeers(a.page, 1);
+  const seenFrom = tap.seen.length;
+  assert.deepEqual(await send(a.page, vId, 10, "t"), [], "every send acknowledged");
+  await expectIntact(v.page, aId, 10, "t");
+  const up = tap.seen.slice(seenFrom).filter((f) => f.dir === "up" && f.text.includes(`"to":"${aId}"`));
+  assert.ok(up.length >= 1 && up.every((f) => f.text.startsWith('{"op":"signal"') && f.text.includes('"data":{"x":')), "the viewer's acks: sealed signals only");
+  await expectEvents([a, v]);
+});
