@@ -10,7 +10,9 @@
  * pair (a resume keeps it). Each pair of peers exchanges a `hello` signal carrying its public
  * key, MACed with the room's key over both peer ids (and the public key of the other side it
  * holds, if any); from the ECDH secret, HKDF derives one AES-256-GCM key per direction. A peer
- * whose key differs fails the MAC: that is the mismatch, reported on both sides.
+ * whose key differs fails the MAC: that is the mismatch, reported on both sides. Every MAC,
+ * associated data and derivation input is a JSON array of its fields (no field can be read as
+ * another).
  *
  * After the exchange everything between the two is a sealed record `{x: base64(iv ‖ ciphertext
  * ‖ tag)}` with a random 96-bit IV and, as associated data, the version, the room, the kind of
@@ -18,8 +20,10 @@
  * (envelopes, acknowledgements and chunk headers included), signals (SDP, ICE, media state:
  * sealed SDP authenticates the DTLS fingerprints) and data channel messages. Signals carry a
  * counter inside the seal (the server passes them in order, so one that does not count up was
- * replayed or reordered: refused). Relayed messages need none: their sequence numbers are
- * inside the seal, and the delivery layer drops what it has already delivered.
+ * replayed or reordered: refused; the last counter of each public key of a peer is kept for the
+ * session's life, and a hello of an earlier key is refused). Relayed messages need none: their
+ * sequence numbers are inside the seal, and the delivery layer drops what it has already
+ * delivered.
  *
  * Pure WebCrypto, no DOM: the unit tests run it in Node.
  */
@@ -42,6 +46,29 @@ const dec = new TextDecoder("utf-8", { fatal: true });
  */
 function buf(u) {
   return /** @type {Uint8Array<ArrayBuffer>} */ (u);
+}
+
+/**
+ * What a MAC, a record's associated data or a derivation covers: the version, a label and the
+ * fields, as a JSON array (no field can be read as another's, whatever characters ids hold).
+ * @param {string} label
+ * @param {...string} parts
+ */
+function fields(label, ...parts) {
+  return enc.encode(JSON.stringify([`bluecam e2ee v${E2EE_VERSION}`, label, ...parts]));
+}
+
+/**
+ * Whether `text` is a P-256 public key as a hello carries it: base64 of 65 bytes, uncompressed.
+ * @param {string} text
+ */
+function isPublicKey(text) {
+  try {
+    const raw = fromBase64(text);
+    return raw.length === 65 && raw[0] === 4;
+  } catch {
+    return false;
+  }
 }
 
 /** @returns {SubtleCrypto | undefined} */
@@ -96,8 +123,14 @@ export class RoomCrypto {
     this.key = key;
     /** @type {Map<string, Pair>} */
     this.pairs = new Map();
-    /** Records that failed authentication, came unsealed, or were replayed, dropped. */
+    /** Records dropped: failed authentication, came unsealed, or a replayed signal or hello. */
     this.rejected = 0;
+    /** The counter of the signals this session seals, for all peers (each sees it count up). */
+    this.signalsOut = 0;
+    /** The last counter opened from each public key of a peer (kept for this session's life:
+     * a signal of a key seen before, replayed after a new exchange, still does not count up).
+     * @type {Map<string, number>} */
+    this.signalsIn = new Map();
     /** Records sealed and opened. */
     this.sealed = 0;
     this.opened = 0;
@@ -162,6 +195,19 @@ export class RoomCrypto {
   }
 
   /**
+   * Starts the pair with peer `id` over (it mismatched, and is back: perhaps with the right
+   * key). Its earlier sessions' keys stay refused.
+   * @param {string} id
+   */
+  renew(id) {
+    const old = this.pairs.get(id);
+    const p = new Pair(this, id);
+    if (old) p.pastPubs = old.pastPubs;
+    this.pairs.set(id, p);
+    return p;
+  }
+
+  /**
    * The text a hello's MAC covers.
    * @param {string} from
    * @param {string} to
@@ -169,7 +215,7 @@ export class RoomCrypto {
    * @param {string} r the recipient's public key as the sender holds it ("" if none)
    */
   helloText(from, to, pub, r) {
-    return enc.encode(`bluecam e2ee v${E2EE_VERSION} hello|${from}|${to}|${pub}|${r}`);
+    return fields("hello", from, to, pub, r);
   }
 
   /**
@@ -179,13 +225,15 @@ export class RoomCrypto {
    * @param {string} to
    */
   aad(kind, from, to) {
-    return enc.encode(`bluecam e2ee v${E2EE_VERSION}|${this.room}|${kind}|${from}|${to}`);
+    return fields("record", this.room, kind, from, to);
   }
 }
 
 /**
  * One peer's keys and the order of what is sealed for it and opened from it: both run one
  * after the other (WebCrypto is asynchronous; a record must not overtake the one before it).
+ * Hellos have a queue of their own: a record that came before the hello it needs waits for the
+ * keys without holding the hello up.
  */
 export class Pair {
   /**
@@ -199,11 +247,10 @@ export class Pair {
     this.state = "waiting";
     /** The peer's public key, once its hello came. */
     this.theirPub = "";
+    /** Its earlier public keys (a hello of one of them is a replay). @type {Set<string>} */
+    this.pastPubs = new Set();
     /** @type {{send: CryptoKey, recv: CryptoKey} | null} */
     this.keys = null;
-    /** Signals sealed and opened: the counters inside their seals. */
-    this.signalsOut = 0;
-    this.signalsIn = 0;
     /** @type {() => void} */
     this.resolveReady = () => {};
     /** @type {(e: Error) => void} */
@@ -214,9 +261,10 @@ export class Pair {
       this.rejectReady = reject;
     });
     this.ready.catch(() => {});
-    /** The tails of the sealing and opening queues. */
+    /** The tails of the sealing, opening and hello queues. */
     this.out = Promise.resolve();
     this.in = Promise.resolve();
+    this.hellos = Promise.resolve();
   }
 
   /** This side's hello to the peer. @returns {Promise<{e2ee: Hello}>} */
@@ -231,17 +279,20 @@ export class Pair {
 
   /**
    * Takes the peer's hello: checks its MAC (a wrong one is a mismatch), derives the pair's keys
-   * when its public key is new (a new session of the peer: the signal counters start again).
+   * when its public key is new (a new session of the peer).
    * @param {unknown} hello
    * @returns {Promise<boolean>} whether to answer with a hello of ours (the peer does not hold
    *   our current public key)
-   * @throws {MismatchError}
+   * @throws {MismatchError} another key, or none; {@link Error} a replayed hello (dropped)
    */
   async onHello(hello) {
     const { room } = this;
     await room.bound;
     const s = /** @type {SubtleCrypto} */ (subtle());
-    if (!isHello(hello)) throw new MismatchError("its key exchange is not one this SDK speaks");
+    if (hello === false) throw new MismatchError("it has no room key");
+    if (!isHello(hello) || !isPublicKey(hello.pub) || (hello.r !== "" && !isPublicKey(hello.r))) {
+      throw new MismatchError("its key exchange is not one this SDK speaks");
+    }
     let mac;
     try {
       mac = fromBase64(hello.mac);
@@ -250,7 +301,10 @@ export class Pair {
     }
     const ok = await s.verify("HMAC", /** @type {CryptoKey} */ (room.macKey), buf(mac), room.helloText(this.id, room.self, hello.pub, hello.r));
     if (!ok) throw new MismatchError("it uses another room key");
+    if (this.state === "mismatch") return false;
     if (hello.pub !== this.theirPub) {
+      // An earlier session's hello, replayed: refused (a new session always has a new key).
+      if (this.pastPubs.has(hello.pub)) throw new Error("a hello of an earlier session of the peer");
       let theirs;
       try {
         theirs = await s.importKey("raw", buf(fromBase64(hello.pub)), { name: "ECDH", namedCurve: "P-256" }, false, []);
@@ -262,14 +316,15 @@ export class Pair {
       const ikm = await s.importKey("raw", shared, "HKDF", false, ["deriveBits"]);
       const low = room.self < this.id;
       const [a, b] = low ? [[room.self, room.pub], [this.id, hello.pub]] : [[this.id, hello.pub], [room.self, room.pub]];
-      const info = enc.encode(`bluecam e2ee v${E2EE_VERSION} pair|${a[0]}|${b[0]}|${a[1]}|${b[1]}`);
+      const info = fields("pair", a[0], b[0], a[1], b[1]);
       const bits = new Uint8Array(await s.deriveBits({ name: "HKDF", hash: "SHA-256", salt: buf(room.pairSalt), info }, ikm, 512));
       const aes = (/** @type {Uint8Array} */ raw) => s.importKey("raw", buf(raw), "AES-GCM", false, ["encrypt", "decrypt"]);
       const [lowToHigh, highToLow] = await Promise.all([aes(bits.slice(0, 32)), aes(bits.slice(32))]);
+      // (The pair may have mismatched while this was derived.)
+      if (this.mismatched()) return false;
       this.keys = low ? { send: lowToHigh, recv: highToLow } : { send: highToLow, recv: lowToHigh };
+      if (this.theirPub) this.pastPubs.add(this.theirPub);
       this.theirPub = hello.pub;
-      this.signalsOut = 0;
-      this.signalsIn = 0;
     }
     if (this.state !== "ready") {
       this.state = "ready";
@@ -278,16 +333,21 @@ export class Pair {
     return hello.r !== room.pub;
   }
 
-  /** The pair cannot talk: what waits for its keys fails. */
+  /** Whether the pair mismatched (read anew after every `await`). */
+  mismatched() {
+    return this.state === "mismatch";
+  }
+
+  /** The pair cannot talk: what waits for its keys fails, and nothing more goes or comes. */
   mismatch() {
     this.state = "mismatch";
     this.rejectReady(new MismatchError("mismatch"));
   }
 
   /**
-   * Runs `step` after every step queued before it on `queue` ("out" or "in"); a failing step
-   * counts as a rejected record and does not stop the queue.
-   * @param {"out" | "in"} queue
+   * Runs `step` after every step queued before it on `queue`; a failing step counts as a
+   * rejected record and does not stop the queue.
+   * @param {"out" | "in" | "hellos"} queue
    * @param {() => Promise<void>} step
    */
   enqueue(queue, step) {
@@ -299,7 +359,8 @@ export class Pair {
   }
 
   /**
-   * Seals `text` once the keys exist, then hands the record to `send`, in call order.
+   * Seals `text` once the keys exist, then hands the record to `send`, in call order (not once
+   * the pair mismatched).
    * @param {RecordKind} kind
    * @param {string} text
    * @param {(record: {x: string}) => void} send
@@ -307,13 +368,44 @@ export class Pair {
   seal(kind, text, send) {
     return this.enqueue("out", async () => {
       await this.ready;
-      send(await this.sealNow(kind, text));
+      const rec = await this.sealNow(kind, text);
+      if (this.state === "ready") send(rec);
     });
   }
 
   /**
+   * Seals signaling data (with the session's next signal counter) for the peer.
+   * @param {unknown} data
+   * @param {(record: {x: string}) => void} send
+   */
+  sealSignal(data, send) {
+    return this.enqueue("out", async () => {
+      await this.ready;
+      const rec = await this.sealNow("signal", JSON.stringify({ n: ++this.room.signalsOut, d: data }));
+      if (this.state === "ready") send(rec);
+    });
+  }
+
+  /**
+   * @param {RecordKind} kind
+   * @param {string} text
+   */
+  async sealNow(kind, text) {
+    const { room } = this;
+    const s = /** @type {SubtleCrypto} */ (subtle());
+    const iv = globalThis.crypto.getRandomValues(new Uint8Array(12));
+    const keys = /** @type {{send: CryptoKey}} */ (this.keys);
+    const ct = new Uint8Array(await s.encrypt({ name: "AES-GCM", iv, additionalData: room.aad(kind, room.self, this.id) }, keys.send, enc.encode(text)));
+    const out = new Uint8Array(12 + ct.length);
+    out.set(iv);
+    out.set(ct, 12);
+    room.sealed++;
+    return { x: toBase64(out) };
+  }
+
+  /**
    * Opens a record from the peer, in arrival order, and hands its text to `deliver`; one that
-   * fails authentication is dropped and counted.
+   * fails authentication is dropped and counted. Nothing is delivered once the pair mismatched.
    * @param {RecordKind} kind
    * @param {string} x the record's base64
    * @param {(text: string) => void} deliver
@@ -321,7 +413,8 @@ export class Pair {
   open(kind, x, deliver) {
     return this.enqueue("in", async () => {
       await this.ready;
-      deliver(await this.openNow(kind, x));
+      const text = await this.openNow(kind, x);
+      if (this.state === "ready") deliver(text);
     });
   }
 
@@ -345,58 +438,31 @@ export class Pair {
   }
 
   /**
-   * Seals signaling data (with the next counter) for the peer.
-   * @param {unknown} data
-   * @param {(record: {x: string}) => void} send
-   */
-  sealSignal(data, send) {
-    return this.enqueue("out", async () => {
-      await this.ready;
-      send(await this.sealNow("signal", JSON.stringify({ n: ++this.signalsOut, d: data })));
-    });
-  }
-
-  /**
-   * @param {RecordKind} kind
-   * @param {string} text
-   */
-  async sealNow(kind, text) {
-    const { room } = this;
-    const s = /** @type {SubtleCrypto} */ (subtle());
-    const iv = globalThis.crypto.getRandomValues(new Uint8Array(12));
-    const keys = /** @type {{send: CryptoKey}} */ (this.keys);
-    const ct = new Uint8Array(await s.encrypt({ name: "AES-GCM", iv, additionalData: room.aad(kind, room.self, this.id) }, keys.send, enc.encode(text)));
-    const out = new Uint8Array(12 + ct.length);
-    out.set(iv);
-    out.set(ct, 12);
-    room.sealed++;
-    return { x: toBase64(out) };
-  }
-
-  /**
    * Opens a sealed signal: its data, or nothing (counted) when it fails, or does not count up
-   * (replayed or reordered).
+   * for the key it was sealed under (replayed or reordered).
    * @param {string} x
    * @param {(data: unknown) => void} deliver
    */
   openSignal(x, deliver) {
     return this.enqueue("in", async () => {
       await this.ready;
+      const pub = this.theirPub;
       const { n, d } = JSON.parse(await this.openNow("signal", x));
-      if (typeof n !== "number" || n <= this.signalsIn) throw new Error("a signal replayed or out of order");
-      this.signalsIn = n;
-      deliver(d);
+      const last = this.room.signalsIn.get(pub) ?? 0;
+      if (typeof n !== "number" || n <= last) throw new Error("a signal replayed or out of order");
+      this.room.signalsIn.set(pub, n);
+      if (this.state === "ready") deliver(d);
     });
   }
 
   /**
-   * Takes a hello in arrival order (before what the peer sealed after it).
+   * Takes a hello in its own queue (a record that came before it waits for the keys it brings).
    * @param {unknown} hello
    * @param {(reply: boolean) => void} done
    * @param {(err: MismatchError) => void} failed
    */
   takeHello(hello, done, failed) {
-    return this.enqueue("in", async () => {
+    return this.enqueue("hellos", async () => {
       try {
         done(await this.onHello(hello));
       } catch (err) {

@@ -195,3 +195,83 @@ test("a new session of the peer (a new public key) gets new keys: the old ones' 
   const fresh = await seal(b2, "a", "relay", "from the new session");
   assert.equal(await open(a, "b", "relay", fresh.x), "from the new session");
 });
+
+test("a hello MACed for a peer whose id holds a separator cannot pass as another pair's", async () => {
+  const [a, b] = await peers(["a", "b"]);
+  const [m] = await peers(["x"], ["m".repeat(32)]);
+  // The server announces to a a peer "b|<m's key>"; a's hello to it is passed to b as a's,
+  // with the fields shifted.
+  const h = (await a.crypto.pair(`b|${m.crypto.pub}`).hello()).e2ee;
+  const forged = { v: 1, pub: m.crypto.pub, r: `${h.pub}|${h.r}`, mac: h.mac };
+  await assert.rejects(b.crypto.pair("a").onHello(forged), MismatchError);
+  await assert.rejects(b.crypto.pair("a").onHello({ ...h, r: "not a key" }), MismatchError);
+  assert.notEqual(b.crypto.pair("a").state, "ready");
+});
+
+test("after a new session's exchange, an earlier session's hello and signals replayed are refused", async () => {
+  const [a1, b] = await peers(["a", "b"]);
+  await exchange(a1, b);
+  const oldHello = (await a1.crypto.pair("b").hello()).e2ee;
+  /** @type {string[]} */
+  const oldSignals = [];
+  for (const d of ["offer 1", "candidate 1"]) await a1.crypto.pair("b").sealSignal({ d }, (r) => oldSignals.push(r.x));
+  /** @type {unknown[]} */
+  const got = [];
+  const pb = b.crypto.pair("a");
+  for (const x of oldSignals) await pb.openSignal(x, (d) => got.push(d));
+  // a reloads; the server gives its new session the same id.
+  const [a2] = await peers(["a"]);
+  await exchange(a2, b);
+  /** @type {string[]} */
+  const newSignals = [];
+  await a2.crypto.pair("b").sealSignal({ d: "offer 2" }, (r) => newSignals.push(r.x));
+  await pb.openSignal(newSignals[0], (d) => got.push(d));
+  const rejected = b.crypto.rejected;
+  // Replays: the old hello (refused: an earlier key), then its signals (under the current keys
+  // they do not open, and their counters are spent), then the new one again.
+  await pb.takeHello(oldHello, () => assert.fail("an old hello taken"), () => assert.fail("an old hello is not a mismatch"));
+  for (const x of [...oldSignals, ...newSignals]) await pb.openSignal(x, (d) => got.push(d));
+  assert.deepEqual(got, [{ d: "offer 1" }, { d: "candidate 1" }, { d: "offer 2" }]);
+  assert.equal(b.crypto.rejected, rejected + 4);
+  assert.equal(pb.theirPub, a2.crypto.pub, "still the new session's key");
+});
+
+test("a record that comes before the hello it needs waits for it (no deadlock)", async () => {
+  const [a, b] = await peers(["a", "b"]);
+  const pa = a.crypto.pair("b");
+  const pb = b.crypto.pair("a");
+  const hb = (await pb.hello()).e2ee;
+  await pb.takeHello((await pa.hello()).e2ee, () => {}, () => assert.fail("mismatch"));
+  const rec = await seal(b, "a", "relay", "early");
+  /** @type {string | null} */
+  let got = null;
+  const opened = pa.open("relay", rec.x, (t) => {
+    got = t;
+  });
+  await pa.takeHello(hb, () => {}, () => assert.fail("mismatch"));
+  await opened;
+  assert.equal(got, "early");
+});
+
+test("once a pair mismatched, nothing queued for it goes out and nothing queued from it is delivered", async () => {
+  const [a, b] = await peers(["a", "b"]);
+  await exchange(a, b);
+  const pa = a.crypto.pair("b");
+  const rec = await seal(b, "a", "relay", "late");
+  let sent = 0;
+  let delivered = 0;
+  const out = pa.seal("relay", "x", () => sent++);
+  const inn = pa.open("relay", rec.x, () => delivered++);
+  pa.mismatch();
+  await Promise.all([out, inn]);
+  assert.deepEqual([sent, delivered], [0, 0]);
+  // Renewed (the peer came back), the pair exchanges again.
+  a.crypto.renew("b");
+  await exchange(a, b);
+  assert.equal(a.crypto.pair("b").state, "ready");
+});
+
+test("a page without a key answers a hello with {e2ee: false}: the keyed side mismatches", async () => {
+  const [a] = await peers(["a"]);
+  await assert.rejects(a.crypto.pair("b").onHello(false), /no room key/);
+});

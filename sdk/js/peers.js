@@ -71,8 +71,14 @@ export class Peers {
     if (this.remotes.has(info.id) || info.id === this.host.self().id) return;
     const remote = this.host.scheduler.newRemote(info);
     this.remotes.set(info.id, remote);
-    // (The key exchange first: every signal after it is sealed, and waits for its keys.)
-    if (this.host.crypto) this.sendHello(info.id);
+    // (The key exchange first: every signal after it is sealed, and waits for its keys. A peer
+    // that mismatched and comes back with the same id gets a fresh exchange: it may have
+    // rejoined with the right key.)
+    const { crypto } = this.host;
+    if (crypto) {
+      if (crypto.pair(info.id).state === "mismatch") crypto.renew(info.id);
+      this.sendHello(info.id);
+    }
     if (webrtcAvailable()) {
       this.link(remote);
     } else {
@@ -130,7 +136,9 @@ export class Peers {
     }
     // Sealed once the pair's keys exist (e2ee.js): never in the clear.
     const pair = crypto.pair(to);
-    if (pair.state !== "mismatch") void pair.sealSignal(data, (rec) => signaling.sendOrQueue({ op: "signal", to, data: rec }));
+    const d = /** @type {any} */ (data);
+    const about = { gen: d?.gen, media: d?.media };
+    if (pair.state !== "mismatch") void pair.sealSignal(data, (rec) => signaling.sendOrQueue({ op: "signal", to, data: rec }, about));
   }
 
   /**
@@ -210,8 +218,15 @@ export class Peers {
     if (!remote || typeof data !== "object" || data === null || remote.mismatch) return;
     const { crypto } = this.host;
     if (!crypto) {
-      if (data.e2ee !== undefined || isSealed(data)) this.mismatch(remote, "it encrypts end to end, and this page has no room key");
-      else this.onOpenSignal(remote, data);
+      if (data.e2ee === false) return;
+      if (data.e2ee !== undefined || isSealed(data)) {
+        // Say so: a peer that encrypts hears of the mismatch at once, even from a page that
+        // would send it nothing else.
+        if (data.e2ee !== undefined) this.host.signaling.sendOrQueue({ op: "signal", to: from, data: { e2ee: false } });
+        this.mismatch(remote, "it encrypts end to end, and this page has no room key");
+      } else {
+        this.onOpenSignal(remote, data);
+      }
       return;
     }
     const pair = crypto.pair(from);
@@ -219,7 +234,10 @@ export class Peers {
       void pair.takeHello(
         data.e2ee,
         (reply) => {
-          if (reply && this.remotes.get(from) === remote) this.sendHello(from);
+          if (this.remotes.get(from) !== remote) return;
+          if (reply) this.sendHello(from);
+          // What waited for the pair's keys goes now.
+          this.host.scheduler.sendUnsent();
         },
         (err) => this.mismatch(remote, err.message),
       );

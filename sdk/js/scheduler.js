@@ -312,9 +312,11 @@ export class Scheduler {
     const { signaling, crypto } = this.host;
     const to = [remote.info.id];
     if (!crypto) return signaling.send({ op: "send", to, msg });
-    // (The frame's share of the rate limit is taken now: sealing takes a moment.)
-    if (!signaling.connected || !signaling.takeToken()) return false;
-    void crypto.pair(remote.info.id).seal("relay", JSON.stringify(msg), (rec) => signaling.sendTaken({ op: "send", to, msg: rec }));
+    // Not before the pair's keys exist (peers.js sends what waited once they do); the frame's
+    // share of the rate limit is taken now (sealing takes a moment).
+    const pair = crypto.pair(remote.info.id);
+    if (pair.state !== "ready" || !signaling.connected || !signaling.takeToken()) return false;
+    void pair.seal("relay", JSON.stringify(msg), (rec) => signaling.sendTaken({ op: "send", to, msg: rec }));
     return true;
   }
 
@@ -327,8 +329,9 @@ export class Scheduler {
     const { signaling, crypto } = this.host;
     const to = remote.info.id;
     if (!crypto) return signaling.send({ op: "signal", to, data: { ack: env } });
-    if (!signaling.connected || !signaling.takeToken()) return false;
-    void crypto.pair(to).sealSignal({ ack: env }, (rec) => signaling.sendTaken({ op: "signal", to, data: rec }));
+    const pair = crypto.pair(to);
+    if (pair.state !== "ready" || !signaling.connected || !signaling.takeToken()) return false;
+    void pair.sealSignal({ ack: env }, (rec) => signaling.sendTaken({ op: "signal", to, data: rec }));
     return true;
   }
 

@@ -129,6 +129,8 @@ export class Signaling {
     this.tokenRefused = false;
     /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
     this.queued = [];
+    /** What each queued sealed signal holds (sendOrQueue). @type {WeakMap<ClientFrame, {gen?: unknown, media?: unknown}>} */
+    this.about = new WeakMap();
     // The server's per-connection frame rate limit, from `joined.limits`, kept with a margin so
     // that frames are held and batched here instead of being refused there.
     this.ratePerMs = 0.2 * RATE_MARGIN;
@@ -424,19 +426,26 @@ export class Signaling {
    * Nothing is dropped for want of room. What waits is bounded by what is still current: a
    * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
    * older connection to it (the peer would ignore those: it starts over on the newer offer),
-   * and a media state supersedes the one before it.
+   * and a media state supersedes the one before it. A sealed signal (end-to-end encryption)
+   * says what it carries in `about` (its `gen` and whether it is a media state), which the
+   * server never sees.
    * @param {ClientFrame} frame
+   * @param {{gen?: unknown, media?: unknown}} [about] what a sealed signal's data holds
    */
-  sendOrQueue(frame) {
+  sendOrQueue(frame, about) {
     if (this.queued.length === 0 && this.send(frame)) return;
-    const data = frame.op === "signal" ? frame.data : undefined;
+    const data = about ?? (frame.op === "signal" ? frame.data : undefined);
     if (frame.op === "signal" && data && typeof data === "object") {
-      this.queued = this.queued.filter((q) => !(
-        q.op === "signal" && q.to === frame.to && q.data && typeof q.data === "object" &&
-        ((data.gen !== undefined && q.data.gen !== undefined && q.data.gen !== data.gen) ||
-          (data.media !== undefined && q.data.media !== undefined))
-      ));
+      this.queued = this.queued.filter((q) => {
+        const was = this.about.get(q) ?? (q.op === "signal" ? q.data : undefined);
+        return !(
+          q.op === "signal" && q.to === frame.to && was && typeof was === "object" &&
+          ((data.gen !== undefined && was.gen !== undefined && was.gen !== data.gen) ||
+            (data.media !== undefined && was.media !== undefined))
+        );
+      });
     }
+    if (about) this.about.set(frame, about);
     this.queued.push(frame);
   }
 

@@ -620,7 +620,10 @@ export class Postgres {
  * through to the next upstream (`"pass"`), or passed through for the handshake only, every
  * frame after it dropped both ways (`"mute"`: a proxy that lets the upgrade through and then
  * passes nothing). With `prefix`, BlueCam is published under that path (`/rooms`): the proxy
- * strips it, and answers 404 to anything outside it.
+ * strips it, and answers 404 to anything outside it. The HTTP transport's `open` requests (its
+ * joins) take turns among themselves, so that two joins land on two upstreams whatever else
+ * the pages requested in between (the SDK's modules, other pages' polls): a test of sessions
+ * on different nodes does not depend on how many files the SDK has.
  * @param {string[]} upstreams base URLs (http://127.0.0.1:PORT)
  * @param {{webSocket?: "refuse" | "hang" | "pass" | "mute", prefix?: string}} [opts]
  * @returns {Promise<{url: string, requests: () => number[], upgrades: () => number, close: () => Promise<void>}>}
@@ -629,11 +632,12 @@ export function startHttpProxy(upstreams, opts = {}) {
   const mode = opts.webSocket ?? "refuse";
   const counts = upstreams.map(() => 0);
   let next = 0;
+  let nextOpen = 0;
   let upgrades = 0;
   /** @type {Set<import("node:net").Socket>} */
   const sockets = new Set();
-  const pick = () => {
-    const i = next++ % upstreams.length;
+  const pick = (/** @type {string} */ path = "") => {
+    const i = path.startsWith("/v1/http/open") ? nextOpen++ % upstreams.length : next++ % upstreams.length;
     counts[i]++;
     return new URL(upstreams[i]);
   };
@@ -646,7 +650,7 @@ export function startHttpProxy(upstreams, opts = {}) {
       res.writeHead(404).end();
       return;
     }
-    const up = pick();
+    const up = pick(path);
     const fwd = httpRequest({
       host: up.hostname, port: up.port, method: req.method, path,
       headers: { ...req.headers, host: up.host },

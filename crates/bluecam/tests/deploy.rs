@@ -3,12 +3,20 @@
 //! alert rules use only metrics the server exports and the docs list.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::BTreeSet, path::Path, process::Command};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bluecam");
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+fn root() -> PathBuf {
+    // The crate's directory as the test runner says it is now, not as it was at build time (a
+    // binary built in another clone sharing the target directory would look there).
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&dir).join("../..")
 }
 
 fn read(path: &str) -> String {

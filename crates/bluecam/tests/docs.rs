@@ -7,7 +7,10 @@ use std::{collections::BTreeSet, process::Command};
 const BIN: &str = env!("CARGO_BIN_EXE_bluecam");
 
 fn doc(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    // (The crate's directory as the test runner says it is now, not as it was at build time.)
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    std::fs::read_to_string(format!("{dir}/../../{path}")).unwrap()
 }
 
 /// The long flags of a command, from its `--help` (without `--help` itself).

@@ -65,7 +65,9 @@ export class Room {
     get e2ee(): boolean;
     /**
      * What the end-to-end encryption did so far: records sealed, opened, and rejected (failed
-     * authentication, replayed, or came unsealed: dropped, never delivered); null when it is off.
+     * authentication, came unsealed, or a replayed signal or hello: dropped, never delivered; a
+     * replayed relayed message opens and the delivery layer drops it as a duplicate); null when
+     * it is off.
      * @returns {{sealed: number, opened: number, rejected: number} | null}
      */
     get e2eeStats(): {

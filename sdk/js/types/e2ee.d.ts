@@ -38,8 +38,14 @@ export class RoomCrypto {
     key: string;
     /** @type {Map<string, Pair>} */
     pairs: Map<string, Pair>;
-    /** Records that failed authentication, came unsealed, or were replayed, dropped. */
+    /** Records dropped: failed authentication, came unsealed, or a replayed signal or hello. */
     rejected: number;
+    /** The counter of the signals this session seals, for all peers (each sees it count up). */
+    signalsOut: number;
+    /** The last counter opened from each public key of a peer (kept for this session's life:
+     * a signal of a key seen before, replayed after a new exchange, still does not count up).
+     * @type {Map<string, number>} */
+    signalsIn: Map<string, number>;
     /** Records sealed and opened. */
     sealed: number;
     opened: number;
@@ -72,6 +78,12 @@ export class RoomCrypto {
      */
     pair(id: string): Pair;
     /**
+     * Starts the pair with peer `id` over (it mismatched, and is back: perhaps with the right
+     * key). Its earlier sessions' keys stay refused.
+     * @param {string} id
+     */
+    renew(id: string): Pair;
+    /**
      * The text a hello's MAC covers.
      * @param {string} from
      * @param {string} to
@@ -90,6 +102,8 @@ export class RoomCrypto {
 /**
  * One peer's keys and the order of what is sealed for it and opened from it: both run one
  * after the other (WebCrypto is asynchronous; a record must not overtake the one before it).
+ * Hellos have a queue of their own: a record that came before the hello it needs waits for the
+ * keys without holding the hello up.
  */
 export class Pair {
     /**
@@ -103,47 +117,50 @@ export class Pair {
     state: "waiting" | "ready" | "mismatch";
     /** The peer's public key, once its hello came. */
     theirPub: string;
+    /** Its earlier public keys (a hello of one of them is a replay). @type {Set<string>} */
+    pastPubs: Set<string>;
     /** @type {{send: CryptoKey, recv: CryptoKey} | null} */
     keys: {
         send: CryptoKey;
         recv: CryptoKey;
     } | null;
-    /** Signals sealed and opened: the counters inside their seals. */
-    signalsOut: number;
-    signalsIn: number;
     /** @type {() => void} */
     resolveReady: () => void;
     /** @type {(e: Error) => void} */
     rejectReady: (e: Error) => void;
     /** Settles once the keys exist (or the pair mismatched). @type {Promise<void>} */
     ready: Promise<void>;
-    /** The tails of the sealing and opening queues. */
+    /** The tails of the sealing, opening and hello queues. */
     out: Promise<void>;
     in: Promise<void>;
+    hellos: Promise<void>;
     /** This side's hello to the peer. @returns {Promise<{e2ee: Hello}>} */
     hello(): Promise<{
         e2ee: Hello;
     }>;
     /**
      * Takes the peer's hello: checks its MAC (a wrong one is a mismatch), derives the pair's keys
-     * when its public key is new (a new session of the peer: the signal counters start again).
+     * when its public key is new (a new session of the peer).
      * @param {unknown} hello
      * @returns {Promise<boolean>} whether to answer with a hello of ours (the peer does not hold
      *   our current public key)
-     * @throws {MismatchError}
+     * @throws {MismatchError} another key, or none; {@link Error} a replayed hello (dropped)
      */
     onHello(hello: unknown): Promise<boolean>;
-    /** The pair cannot talk: what waits for its keys fails. */
+    /** Whether the pair mismatched (read anew after every `await`). */
+    mismatched(): boolean;
+    /** The pair cannot talk: what waits for its keys fails, and nothing more goes or comes. */
     mismatch(): void;
     /**
-     * Runs `step` after every step queued before it on `queue` ("out" or "in"); a failing step
-     * counts as a rejected record and does not stop the queue.
-     * @param {"out" | "in"} queue
+     * Runs `step` after every step queued before it on `queue`; a failing step counts as a
+     * rejected record and does not stop the queue.
+     * @param {"out" | "in" | "hellos"} queue
      * @param {() => Promise<void>} step
      */
-    enqueue(queue: "out" | "in", step: () => Promise<void>): Promise<void>;
+    enqueue(queue: "out" | "in" | "hellos", step: () => Promise<void>): Promise<void>;
     /**
-     * Seals `text` once the keys exist, then hands the record to `send`, in call order.
+     * Seals `text` once the keys exist, then hands the record to `send`, in call order (not once
+     * the pair mismatched).
      * @param {RecordKind} kind
      * @param {string} text
      * @param {(record: {x: string}) => void} send
@@ -152,21 +169,7 @@ export class Pair {
         x: string;
     }) => void): Promise<void>;
     /**
-     * Opens a record from the peer, in arrival order, and hands its text to `deliver`; one that
-     * fails authentication is dropped and counted.
-     * @param {RecordKind} kind
-     * @param {string} x the record's base64
-     * @param {(text: string) => void} deliver
-     */
-    open(kind: RecordKind, x: string, deliver: (text: string) => void): Promise<void>;
-    /**
-     * @param {RecordKind} kind
-     * @param {string} x
-     * @returns {Promise<string>}
-     */
-    openNow(kind: RecordKind, x: string): Promise<string>;
-    /**
-     * Seals signaling data (with the next counter) for the peer.
+     * Seals signaling data (with the session's next signal counter) for the peer.
      * @param {unknown} data
      * @param {(record: {x: string}) => void} send
      */
@@ -181,14 +184,28 @@ export class Pair {
         x: string;
     }>;
     /**
+     * Opens a record from the peer, in arrival order, and hands its text to `deliver`; one that
+     * fails authentication is dropped and counted. Nothing is delivered once the pair mismatched.
+     * @param {RecordKind} kind
+     * @param {string} x the record's base64
+     * @param {(text: string) => void} deliver
+     */
+    open(kind: RecordKind, x: string, deliver: (text: string) => void): Promise<void>;
+    /**
+     * @param {RecordKind} kind
+     * @param {string} x
+     * @returns {Promise<string>}
+     */
+    openNow(kind: RecordKind, x: string): Promise<string>;
+    /**
      * Opens a sealed signal: its data, or nothing (counted) when it fails, or does not count up
-     * (replayed or reordered).
+     * for the key it was sealed under (replayed or reordered).
      * @param {string} x
      * @param {(data: unknown) => void} deliver
      */
     openSignal(x: string, deliver: (data: unknown) => void): Promise<void>;
     /**
-     * Takes a hello in arrival order (before what the peer sealed after it).
+     * Takes a hello in its own queue (a record that came before it waits for the keys it brings).
      * @param {unknown} hello
      * @param {(reply: boolean) => void} done
      * @param {(err: MismatchError) => void} failed

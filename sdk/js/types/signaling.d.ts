@@ -71,6 +71,11 @@ export class Signaling {
     tokenRefused: boolean;
     /** @type {ClientFrame[]} frames to send once the socket is back (bounded) */
     queued: ClientFrame[];
+    /** What each queued sealed signal holds (sendOrQueue). @type {WeakMap<ClientFrame, {gen?: unknown, media?: unknown}>} */
+    about: WeakMap<ClientFrame, {
+        gen?: unknown;
+        media?: unknown;
+    }>;
     ratePerMs: number;
     burst: number;
     tokens: number;
@@ -144,10 +149,16 @@ export class Signaling {
      * Nothing is dropped for want of room. What waits is bounded by what is still current: a
      * signal of a newer peer connection (`data.gen`) to a peer supersedes the waiting ones of an
      * older connection to it (the peer would ignore those: it starts over on the newer offer),
-     * and a media state supersedes the one before it.
+     * and a media state supersedes the one before it. A sealed signal (end-to-end encryption)
+     * says what it carries in `about` (its `gen` and whether it is a media state), which the
+     * server never sees.
      * @param {ClientFrame} frame
+     * @param {{gen?: unknown, media?: unknown}} [about] what a sealed signal's data holds
      */
-    sendOrQueue(frame: ClientFrame): void;
+    sendOrQueue(frame: ClientFrame, about?: {
+        gen?: unknown;
+        media?: unknown;
+    }): void;
     /** Sends what waited for the socket; call after a resume. */
     flushQueued(): void;
     /** Stops the rate-limit timer (leave). */

@@ -32,8 +32,12 @@ struct Step {
 }
 
 fn path() -> PathBuf {
+    // The crate's directory as the test runner says it is now, not as it was at build time (a
+    // binary built in another clone sharing the target directory would look there).
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
     [
-        env!("CARGO_MANIFEST_DIR"),
+        dir.as_str(),
         "..",
         "..",
         "tests",
