@@ -16,6 +16,24 @@ test("shared envelope vectors", () => {
   for (const v of vectors.invalid) assert.ok(!isEnvelope(v.envelope), v.name);
 });
 
+test("the shared chunk vectors are what this SDK writes and delivers (the native client checks the same file)", () => {
+  // node scripts/gen-chunk-vectors.mjs writes them from this very module.
+  const chunks = JSON.parse(readFileSync(new URL("../../tests/vectors/chunks.json", import.meta.url), "utf8"));
+  assert.equal(chunks.chunkChars, CHUNK_CHARS);
+  for (const c of chunks.chunking) {
+    const got = envelopesOf(c.seq, c.type, c.json, { epoch: c.epoch, base: c.base }).map((e) => JSON.stringify(e));
+    assert.deepEqual(got, c.envelopes, c.name);
+  }
+  for (const c of chunks.inboxes) {
+    const box = new Inbox();
+    for (const step of c.steps) {
+      const got = box.receive(JSON.parse(step.envelope)).map((m) => ({ seq: m.seq, type: m.type, data: m.data }));
+      assert.deepEqual(got, step.delivered, c.name);
+      assert.equal(JSON.stringify(box.ack()), step.ack, c.name);
+    }
+  }
+});
+
 /**
  * The server's rules for a `send` frame (docs/protocol.md §4.3 and §6), written from the
  * document: a JSON object, `op` "send", `to` absent, null or an array of strings, `msg` present
