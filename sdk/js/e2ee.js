@@ -30,6 +30,9 @@
 
 import { fromBase64, toBase64 } from "./delivery.js";
 
+/** When the last session of this page began (sessions of one page never share a millisecond). */
+let lastSince = 0;
+
 /** Shortest room key accepted: 22 characters carry 128 bits when they are random base64url. */
 export const MIN_KEY_CHARS = 22;
 /** Version of the exchange and of the records (in every MAC and associated data). */
@@ -87,7 +90,7 @@ export class MismatchError extends Error {}
 
 /**
  * @typedef {"relay" | "signal" | "channel"} RecordKind
- * @typedef {{v: number, pub: string, r: string, mac: string}} Hello
+ * @typedef {{v: number, pub: string, r: string, t: number, mac: string}} Hello
  */
 
 /**
@@ -107,7 +110,7 @@ export function isSealed(value) {
 export function isHello(value) {
   const h = /** @type {any} */ (value);
   return typeof h === "object" && h !== null && typeof h.pub === "string" && typeof h.r === "string" &&
-    typeof h.mac === "string" && h.v === E2EE_VERSION;
+    Number.isSafeInteger(h.t) && typeof h.mac === "string" && h.v === E2EE_VERSION;
 }
 
 /** The room's side of the encryption: its keys and one {@link Pair} per peer. */
@@ -145,6 +148,10 @@ export class RoomCrypto {
     this.pairSalt = new Uint8Array(0);
     /** This session's key pair, made at once (the join need not wait for it). */
     this.keyPair = this.makeKeyPair();
+    /** When this session began (ms): its hellos say so, and a peer takes a new key of a peer
+     * id only from a hello of a later session than the key it holds (an earlier session's
+     * hello, held back and replayed, cannot take over). */
+    this.since = lastSince = Math.max(Date.now(), lastSince + 1);
     /** @type {() => void} */
     this.resolveBound = () => {};
     /** Resolves once `bind` has the room's keys (the key exchange waits for it). */
@@ -195,8 +202,8 @@ export class RoomCrypto {
   }
 
   /**
-   * Starts the pair with peer `id` over (it mismatched, and is back: perhaps with the right
-   * key). Its earlier sessions' keys stay refused.
+   * Starts the pair with peer `id` over (it is back: perhaps with the right key, perhaps as a
+   * new session). Its earlier sessions' keys stay refused.
    * @param {string} id
    */
   renew(id) {
@@ -208,14 +215,25 @@ export class RoomCrypto {
   }
 
   /**
+   * The pair with a peer that has just come into the room, or back: a fresh exchange (the same
+   * session re-derives the same keys and goes on counting; a new session with the same id gets
+   * new ones), its earlier sessions' keys still refused.
+   * @param {string} id
+   */
+  fresh(id) {
+    return this.pairs.has(id) ? this.renew(id) : this.pair(id);
+  }
+
+  /**
    * The text a hello's MAC covers.
    * @param {string} from
    * @param {string} to
    * @param {string} pub the sender's public key
    * @param {string} r the recipient's public key as the sender holds it ("" if none)
+   * @param {number} since when the sender's session began (ms)
    */
-  helloText(from, to, pub, r) {
-    return fields("hello", from, to, pub, r);
+  helloText(from, to, pub, r, since) {
+    return fields("hello", from, to, pub, r, String(since));
   }
 
   /**
@@ -249,6 +267,8 @@ export class Pair {
     this.theirPub = "";
     /** Its earlier public keys (a hello of one of them is a replay). @type {Set<string>} */
     this.pastPubs = new Set();
+    /** When the session of `theirPub` began, as its hello said. */
+    this.theirSince = -1;
     /** @type {{send: CryptoKey, recv: CryptoKey} | null} */
     this.keys = null;
     /** @type {() => void} */
@@ -272,9 +292,9 @@ export class Pair {
     const { room } = this;
     await room.bound;
     const s = /** @type {SubtleCrypto} */ (subtle());
-    const text = room.helloText(room.self, this.id, room.pub, this.theirPub);
+    const text = room.helloText(room.self, this.id, room.pub, this.theirPub, room.since);
     const mac = toBase64(new Uint8Array(await s.sign("HMAC", /** @type {CryptoKey} */ (room.macKey), text)));
-    return { e2ee: { v: E2EE_VERSION, pub: room.pub, r: this.theirPub, mac } };
+    return { e2ee: { v: E2EE_VERSION, pub: room.pub, r: this.theirPub, t: room.since, mac } };
   }
 
   /**
@@ -299,12 +319,15 @@ export class Pair {
     } catch {
       throw new MismatchError("its key exchange is malformed");
     }
-    const ok = await s.verify("HMAC", /** @type {CryptoKey} */ (room.macKey), buf(mac), room.helloText(this.id, room.self, hello.pub, hello.r));
+    const ok = await s.verify("HMAC", /** @type {CryptoKey} */ (room.macKey), buf(mac), room.helloText(this.id, room.self, hello.pub, hello.r, hello.t));
     if (!ok) throw new MismatchError("it uses another room key");
     if (this.state === "mismatch") return false;
     if (hello.pub !== this.theirPub) {
-      // An earlier session's hello, replayed: refused (a new session always has a new key).
-      if (this.pastPubs.has(hello.pub)) throw new Error("a hello of an earlier session of the peer");
+      // An earlier session's hello, replayed: refused (a new session always has a new key, and
+      // began later than the one whose key this pair holds).
+      if (this.pastPubs.has(hello.pub) || (this.theirPub !== "" && hello.t <= this.theirSince)) {
+        throw new Error("a hello of an earlier session of the peer");
+      }
       let theirs;
       try {
         theirs = await s.importKey("raw", buf(fromBase64(hello.pub)), { name: "ECDH", namedCurve: "P-256" }, false, []);
@@ -325,6 +348,7 @@ export class Pair {
       this.keys = low ? { send: lowToHigh, recv: highToLow } : { send: highToLow, recv: lowToHigh };
       if (this.theirPub) this.pastPubs.add(this.theirPub);
       this.theirPub = hello.pub;
+      this.theirSince = hello.t;
     }
     if (this.state !== "ready") {
       this.state = "ready";
@@ -462,7 +486,7 @@ export class Pair {
    * @param {(err: MismatchError) => void} failed
    */
   takeHello(hello, done, failed) {
-    return this.enqueue("hellos", async () => {
+    const taken = this.enqueue("hellos", async () => {
       try {
         done(await this.onHello(hello));
       } catch (err) {
@@ -470,5 +494,11 @@ export class Pair {
         else throw err;
       }
     });
+    // A pair that has keys may get new ones from this hello: records that came after it wait
+    // for it (they may be sealed with the new keys). One without keys must not wait here: a
+    // record that came before its hello waits for the keys instead, and would hold the hello
+    // up.
+    if (this.state === "ready") this.in = this.in.then(() => taken);
+    return taken;
   }
 }

@@ -275,3 +275,53 @@ test("a page without a key answers a hello with {e2ee: false}: the keyed side mi
   const [a] = await peers(["a"]);
   await assert.rejects(a.crypto.pair("b").onHello(false), /no room key/);
 });
+
+test("an earlier session's hello held back and replayed after the new session's exchange cannot take over", async () => {
+  const [a, b1] = await peers(["a", "b"]);
+  const held = (await b1.crypto.pair("a").hello()).e2ee;
+  // b reloads; the server gives the new session the same id, and delivers the old hello last.
+  const [b2] = await peers(["b"]);
+  await exchange(a, b2);
+  const pa = a.crypto.pair("b");
+  await pa.takeHello(held, () => assert.fail("taken"), () => assert.fail("a replay is not a mismatch"));
+  assert.equal(pa.theirPub, b2.crypto.pub, "still the new session's key");
+  const rec = await seal(b2, "a", "relay", "still talking");
+  assert.equal(await open(a, "b", "relay", rec.x), "still talking");
+});
+
+test("a record that comes right after a hello with new keys is opened with them", async () => {
+  const [a, b1] = await peers(["a", "b"]);
+  await exchange(a, b1);
+  const [b2] = await peers(["b"]);
+  const pa = a.crypto.pair("b");
+  const hello = (await b2.crypto.pair("a").hello()).e2ee;
+  await b2.crypto.pair("a").onHello((await pa.hello()).e2ee);
+  const rec = await seal(b2, "a", "relay", "sealed with the new keys");
+  // Both arrive together (one poll, or a resume's replay): the hello first.
+  /** @type {string | null} */
+  let got = null;
+  const taken = pa.takeHello(hello, () => {}, () => assert.fail("mismatch"));
+  const opened = pa.open("relay", rec.x, (t) => {
+    got = t;
+  });
+  await Promise.all([taken, opened]);
+  assert.equal(got, "sealed with the new keys");
+});
+
+test("a pair started over for a peer that came back re-derives the same keys with the same session", async () => {
+  const [a, b] = await peers(["a", "b"]);
+  await exchange(a, b);
+  /** @type {string[]} */
+  const sig = [];
+  await b.crypto.pair("a").sealSignal({ d: 1 }, (r) => sig.push(r.x));
+  /** @type {unknown[]} */
+  const got = [];
+  await a.crypto.pair("b").openSignal(sig[0], (d) => got.push(d));
+  // The cluster reports b gone and back (the same session): a starts the pair over.
+  a.crypto.fresh("b");
+  await exchange(a, b);
+  await b.crypto.pair("a").sealSignal({ d: 2 }, (r) => sig.push(r.x));
+  await a.crypto.pair("b").openSignal(sig[0], (d) => got.push(d));
+  await a.crypto.pair("b").openSignal(sig[1], (d) => got.push(d));
+  assert.deepEqual(got, [{ d: 1 }, { d: 2 }], "counting goes on; the old signal stays spent");
+});

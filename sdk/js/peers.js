@@ -76,7 +76,7 @@ export class Peers {
     // rejoined with the right key.)
     const { crypto } = this.host;
     if (crypto) {
-      if (crypto.pair(info.id).state === "mismatch") crypto.renew(info.id);
+      crypto.fresh(info.id);
       this.sendHello(info.id);
     }
     if (webrtcAvailable()) {
@@ -239,7 +239,13 @@ export class Peers {
           // What waited for the pair's keys goes now.
           this.host.scheduler.sendUnsent();
         },
-        (err) => this.mismatch(remote, err.message),
+        (err) => {
+          // After a verified exchange, a hello that fails (or a forged "no key") can only come
+          // from the server: dropped, not a mismatch (a new session of the peer has a new id,
+          // or comes back through peer_joined, which starts the pair over).
+          if (pair.state === "ready") crypto.rejected++;
+          else this.mismatch(remote, err.message);
+        },
       );
     } else if (isSealed(data)) {
       void pair.openSignal(data.x, (d) => {

@@ -133,7 +133,8 @@ export class Scheduler {
     const results = await Promise.all(
       ids.map((id) => {
         const remote = this.host.remotes.get(id);
-        if (!remote) return Promise.resolve(id);
+        // (A peer found mismatched while this send waited for room: refused at once.)
+        if (!remote || remote.mismatch) return Promise.resolve(id);
         const { done } = remote.outbox.add(type, encoded.json, encoded.bytes);
         this.scheduleFlush();
         return done.then(() => null, () => id);

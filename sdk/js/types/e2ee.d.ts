@@ -2,7 +2,7 @@
 export function e2eeSupported(): boolean;
 /**
  * @typedef {"relay" | "signal" | "channel"} RecordKind
- * @typedef {{v: number, pub: string, r: string, mac: string}} Hello
+ * @typedef {{v: number, pub: string, r: string, t: number, mac: string}} Hello
  */
 /**
  * A sealed record's shape, `{x: "<base64>"}`.
@@ -60,6 +60,10 @@ export class RoomCrypto {
     pairSalt: Uint8Array;
     /** This session's key pair, made at once (the join need not wait for it). */
     keyPair: Promise<void>;
+    /** When this session began (ms): its hellos say so, and a peer takes a new key of a peer
+     * id only from a hello of a later session than the key it holds (an earlier session's
+     * hello, held back and replayed, cannot take over). */
+    since: number;
     /** @type {() => void} */
     resolveBound: () => void;
     /** Resolves once `bind` has the room's keys (the key exchange waits for it). */
@@ -78,19 +82,27 @@ export class RoomCrypto {
      */
     pair(id: string): Pair;
     /**
-     * Starts the pair with peer `id` over (it mismatched, and is back: perhaps with the right
-     * key). Its earlier sessions' keys stay refused.
+     * Starts the pair with peer `id` over (it is back: perhaps with the right key, perhaps as a
+     * new session). Its earlier sessions' keys stay refused.
      * @param {string} id
      */
     renew(id: string): Pair;
+    /**
+     * The pair with a peer that has just come into the room, or back: a fresh exchange (the same
+     * session re-derives the same keys and goes on counting; a new session with the same id gets
+     * new ones), its earlier sessions' keys still refused.
+     * @param {string} id
+     */
+    fresh(id: string): Pair;
     /**
      * The text a hello's MAC covers.
      * @param {string} from
      * @param {string} to
      * @param {string} pub the sender's public key
      * @param {string} r the recipient's public key as the sender holds it ("" if none)
+     * @param {number} since when the sender's session began (ms)
      */
-    helloText(from: string, to: string, pub: string, r: string): Uint8Array<ArrayBuffer>;
+    helloText(from: string, to: string, pub: string, r: string, since: number): Uint8Array<ArrayBuffer>;
     /**
      * The associated data of a record.
      * @param {RecordKind} kind
@@ -119,6 +131,8 @@ export class Pair {
     theirPub: string;
     /** Its earlier public keys (a hello of one of them is a replay). @type {Set<string>} */
     pastPubs: Set<string>;
+    /** When the session of `theirPub` began, as its hello said. */
+    theirSince: number;
     /** @type {{send: CryptoKey, recv: CryptoKey} | null} */
     keys: {
         send: CryptoKey;
@@ -217,5 +231,6 @@ export type Hello = {
     v: number;
     pub: string;
     r: string;
+    t: number;
     mac: string;
 };
