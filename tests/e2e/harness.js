@@ -23,7 +23,7 @@ import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
-const BIN = process.env.BLUECAM_BIN ?? joinPath(process.env.CARGO_TARGET_DIR ?? "target", "debug", "bluecam");
+export const BIN = process.env.BLUECAM_BIN ?? joinPath(process.env.CARGO_TARGET_DIR ?? "target", "debug", "bluecam");
 export const SECRET = "e2e-secret-0123456789abcdefghijklmn";
 
 /** Deadlines: generous, so that a loaded machine is slow rather than failing. */

@@ -34,4 +34,5 @@
 //! ```
 
 pub mod delivery;
+pub mod room;
 pub mod sender;

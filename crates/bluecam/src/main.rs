@@ -1,7 +1,8 @@
 //! `bluecam`: the one binary users deploy. `serve` runs a node; `room` and `token` manage
-//! rooms and mint tokens for an app's backend or a shell. (The load generator is its own
+//! rooms and mint tokens for an app's backend or a shell; `join` takes part in a room. (The load generator is its own
 //! binary, `bluecam-bench`, so nothing of it ships here.)
 
+mod cli_join;
 mod cli_room;
 mod logs;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Mint a room token offline with the API secret; prints the token alone (or, with
     /// --print-key, the token signing key derived from the secret).
     Token(cli_room::TokenArgs),
+    /// Join a room as a native peer: events out on stdout and messages in on stdin, one JSON
+    /// object per line (docs/native-client.md).
+    Join(cli_join::JoinArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Calls(args) => cli_room::calls(args).await,
         Command::Usage(args) => cli_room::usage(args).await,
         Command::Token(args) => cli_room::token(args),
+        Command::Join(args) => cli_join::join(args).await,
     }
 }
 

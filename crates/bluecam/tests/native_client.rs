@@ -1,0 +1,215 @@
+//! The native client (`bluecam-client`) against the real `bluecam serve`: two native peers in a
+//! room exchange messages through the relay, exactly once and in order, and keep doing so
+//! while the server is SIGKILLed and started again (their sessions resume; nothing is lost).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bluecam_client::room::{Event, Options, Room};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bluecam");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bluecam-native-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bluecam serve` on `bind`, until it prints its address.
+fn serve(dir: &Path, bind: &str) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--no-stun", "--bind", bind, "--data-dir"])
+        .arg(dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("BlueCam is listening on ")
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    // (The rest of what it prints is not read: a pipe nobody reads must not stop it.)
+    std::thread::spawn(move || for _ in out.lines() {});
+    Served { child, url }
+}
+
+fn cli(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("BLUECAM_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits for `n` messages of `msg_type` and returns their data's numbers, failing after 60 s;
+/// the connection states seen meanwhile go to `states`.
+async fn collect_states(
+    room: &mut Room,
+    msg_type: &str,
+    n: usize,
+    states: &mut Vec<&'static str>,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        let ev = tokio::time::timeout_at(deadline, room.next_event())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {n} messages of {msg_type} after 60 s: {got:?}",
+                    got.len()
+                )
+            })
+            .expect("the room ended");
+        match ev {
+            Event::Message {
+                msg_type: t, data, ..
+            } if t == msg_type => {
+                let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+                got.push(v["i"].as_u64().unwrap());
+            }
+            Event::Connection(state) => states.push(state),
+            _ => {}
+        }
+    }
+    got
+}
+
+async fn collect(room: &mut Room, msg_type: &str, n: usize) -> Vec<u64> {
+    collect_states(room, msg_type, n, &mut Vec::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_native_peers_relay_exactly_once_in_order_through_a_server_sigkill() {
+    let dir = temp_dir("relay");
+    let first = serve(&dir, "127.0.0.1:0");
+    let url = first.url.clone();
+    let room_json = cli(&dir, &["room", "create", "--server", &url]);
+    let room: serde_json::Value = serde_json::from_str(&room_json).unwrap();
+    let id = room["id"].as_str().unwrap().to_owned();
+    let token = |who: &str| {
+        cli(
+            &dir,
+            &["token", "--room", &id, "--identity", who, "--ttl", "600"],
+        )
+        .trim()
+        .to_owned()
+    };
+    let mut a = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let mut b = Room::join(&url, &token("bob"), Options::default())
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.me().id.to_string(), b.me().id.to_string());
+    // Bob sees alice in the room at his join; alice hears of bob.
+    assert_eq!(b.initial_peers().len(), 1);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), a.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::PeerJoined(p) => {
+                assert_eq!(p.id.to_string(), b_id);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // 300 each way, not waiting for each other.
+    let send = |room: &Room, to: &str, kind: &str, range: std::ops::Range<u64>| {
+        range
+            .map(|i| {
+                room.send(
+                    kind,
+                    format!(r#"{{"i":{i},"text":"é ✓ {i}"}}"#),
+                    Some(vec![to.to_owned()]),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let ab = send(&a, &b_id, "ab", 0..300);
+    let ba = send(&b, &a_id, "ba", 0..300);
+    assert_eq!(
+        collect(&mut b, "ab", 300).await,
+        (0..300).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(&mut a, "ba", 300).await,
+        (0..300).collect::<Vec<_>>()
+    );
+    for d in ab.into_iter().chain(ba) {
+        d.await.unwrap().unwrap();
+    }
+
+    // The server is SIGKILLed while alice sends, and started again on the same address: both
+    // resume their sessions (a single node keeps them on disk), and every message arrives once.
+    let bind = url.trim_start_matches("http://").to_owned();
+    let more = send(&a, &b_id, "kill", 0..100);
+    drop(first);
+    let more_after = send(&a, &b_id, "kill", 100..200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = serve(&dir, &bind);
+    let mut states = Vec::new();
+    assert_eq!(
+        collect_states(&mut b, "kill", 200, &mut states).await,
+        (0..200).collect::<Vec<_>>()
+    );
+    assert!(
+        states.ends_with(&["reconnecting", "connected"]),
+        "bob resumed: {states:?}"
+    );
+    for d in more.into_iter().chain(more_after) {
+        d.await.unwrap().unwrap();
+    }
+    a.leave().await;
+    // Bob sees alice leave.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), b.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::PeerLeft { peer, reason } => {
+                assert_eq!(
+                    (peer.id.to_string(), reason.as_str()),
+                    (a_id.clone(), "left")
+                );
+                break;
+            }
+            _ => continue,
+        }
+    }
+    b.leave().await;
+}

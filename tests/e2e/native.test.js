@@ -1,0 +1,105 @@
+// @ts-check
+// The native client's CLI (`bluecam join`, docs/native-client.md) in a room with real Chromium:
+// app messages both ways through the relay, exactly once and in order; stdin's end leaves.
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import {
+  BIN, TestServer, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll, received, leftSeen,
+} from "./harness.js";
+
+/** @type {TestServer} */
+let server;
+
+before(async () => {
+  server = await TestServer.start();
+});
+afterEach(endTest);
+after(stopAll);
+
+/**
+ * `bluecam join` as a child process: its stdout's JSON lines, and a way to write lines in.
+ * @param {string} token
+ */
+function nativePeer(token) {
+  const child = spawn(BIN, ["join", "--server", server.url, "--token", token, "--no-webrtc"], { stdio: ["pipe", "pipe", "inherit"] });
+  /** @type {any[]} */
+  const events = [];
+  createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) }).on("line", (line) => events.push(JSON.parse(line)));
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  return {
+    events,
+    exited,
+    /** @param {unknown} obj */
+    write: (obj) => /** @type {import("node:stream").Writable} */ (child.stdin).write(JSON.stringify(obj) + "\n"),
+    end: () => /** @type {import("node:stream").Writable} */ (child.stdin).end(),
+    kill: () => child.kill("SIGKILL"),
+  };
+}
+
+test("bluecam join and a browser: 1,000 messages each way through the relay, once and in order; the end of stdin leaves", async () => {
+  const room = await server.room();
+  const native = nativePeer(await server.token(room, "bot"));
+  try {
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    const nativeId = joined.self.id;
+    assert.equal(joined.self.identity, "bot");
+    const b = await launchPeer(server, { label: "browser" });
+    const bId = await join(b.page, await server.token(room, "alice"), { video: false, audio: false });
+    await waitPeers(b.page, 1);
+    await waitFor(async () => native.events.some((e) => e.event === "peer_joined" && e.peer.id === bId), "the native peer saw the browser");
+    // The browser to the native peer.
+    const sent = evaluate(b.page, async (to) => {
+      const room = /** @type {any} */ (window).room;
+      const all = [];
+      for (let i = 0; i < 1000; i++) all.push(room.sendMessage("b2n", { i, text: `é ${i} ✓` }, { to }));
+      return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
+    }, nativeId, "1,000 sends to the native peer");
+    // The native peer to the browser.
+    for (let i = 0; i < 1000; i++) native.write({ type: "n2b", data: { i, text: `ü ${i}` }, to: bId });
+    assert.equal(await sent, 1000, "every browser send acknowledged by the native peer");
+    const got = await waitFor(() => {
+      const m = native.events.filter((e) => e.event === "message" && e.type === "b2n");
+      return m.length >= 1000 ? m : null;
+    }, "1,000 messages at the native peer");
+    assert.deepEqual(got.map((m) => m.data.i), [...Array(1000).keys()], "once each, in order");
+    assert.ok(got.every((m) => m.from.id === bId && m.from.identity === "alice" && m.path === "relay" && m.data.text === `é ${m.data.i} ✓`));
+    await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "n2b").length >= 1000, "1,000 messages at the browser");
+    await new Promise((r) => setTimeout(r, 300));
+    const atBrowser = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "n2b");
+    assert.deepEqual(atBrowser.map((/** @type {any} */ m) => m.data.i), [...Array(1000).keys()]);
+    assert.ok(atBrowser.every((/** @type {any} */ m) => m.from === nativeId && m.path === "relay"));
+    const delivered = await waitFor(() => {
+      const d = native.events.filter((e) => e.event === "delivered");
+      return d.length >= 1000 ? d : null;
+    }, "1,000 delivered at the native peer");
+    assert.deepEqual(new Set(delivered.map((d) => d.line)).size, 1000);
+    assert.equal(native.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0);
+    // The end of stdin: the native peer leaves, and exits 0.
+    native.end();
+    assert.equal(await native.exited, 0);
+    await waitFor(async () => (await leftSeen(b.page)).includes(nativeId), "the browser saw the native peer leave");
+    await expectEvents([b]);
+  } finally {
+    native.kill();
+  }
+});
+
+test("bluecam join: a bad line gets an error naming it; a message to a peer not in the room is undeliverable", async () => {
+  const room = await server.room();
+  const native = nativePeer(await server.token(room, "bot"));
+  try {
+    await waitFor(async () => native.events.find((e) => e.event === "joined"), "joined");
+    native.write({ data: "no type" });
+    native.write({ type: "x", data: 1, to: "nobody" });
+    const bad = await waitFor(async () => native.events.find((e) => e.event === "error" && e.code === "bad_input"), "the bad line reported");
+    assert.equal(bad.line, 1);
+    const und = await waitFor(async () => native.events.find((e) => e.event === "undeliverable"), "undeliverable");
+    assert.deepEqual([und.line, und.peers], [2, ["nobody"]]);
+    native.end();
+    assert.equal(await native.exited, 0);
+  } finally {
+    native.kill();
+  }
+});
