@@ -75,7 +75,27 @@ test("bluecam join and a browser: 1,000 messages each way through the relay, onc
       return d.length >= 1000 ? d : null;
     }, "1,000 delivered at the native peer");
     assert.deepEqual(new Set(delivered.map((d) => d.line)).size, 1000);
-    assert.equal(native.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0);
+    assert.equal(native.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0, JSON.stringify(native.events.filter((e) => e.event === "undeliverable" || e.event === "error")));
+    // Large messages both ways: a chunk boundary inside a surrogate pair, and 100 KB of
+    // non-ASCII text (the native client cuts and joins chunks at the SDK's UTF-16 offsets).
+    const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
+    const big = "é€😀中".repeat(25_000);
+    const bigSent = evaluate(b.page, async ({ to, straddle, big }) => {
+      const room = /** @type {any} */ (window).room;
+      await room.sendMessage("straddle", straddle, { to });
+      await room.sendMessage("big", big, { to });
+      return true;
+    }, { to: nativeId, straddle, big }, "two large sends to the native peer");
+    native.write({ type: "big back", data: big, to: bId });
+    assert.equal(await bigSent, true);
+    const large = await waitFor(() => {
+      const m = native.events.filter((e) => e.event === "message" && (e.type === "straddle" || e.type === "big"));
+      return m.length >= 2 ? m : null;
+    }, "the large messages at the native peer");
+    assert.deepEqual(large.map((m) => [m.type, m.data === (m.type === "big" ? big : straddle)]), [["straddle", true], ["big", true]]);
+    await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
+    assert.ok((await evaluate(b.page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
+    await waitFor(() => native.events.filter((e) => e.event === "delivered").length >= 1001, "the large message delivered");
     // The end of stdin: the native peer leaves, and exits 0.
     native.end();
     assert.equal(await native.exited, 0);

@@ -2,24 +2,39 @@
 //!
 //! [`Room::join`] connects to a BlueCam server over a WebSocket, joins with a token, and spawns
 //! the task that keeps the room: it answers the server, keeps one [`Outbox`] per peer and one
-//! [`Inbox`] per sender, sends each message through the relay (this client does not make
-//! WebRTC connections yet: it tells every peer `{"nortc": true}`, so browsers use the relay
-//! with it too), retransmits what is not acknowledged, gives up at the delivery bound and
-//! resumes its session after a dropped connection or a server restart.
+//! [`Inbox`] per sender, sends what the app hands it through the relay in batched frames
+//! within the server's rate limit (this client makes no WebRTC connection yet: it tells every
+//! peer `{"nortc": true}`, so browsers use the relay with it too), retransmits what is not
+//! acknowledged, gives up at the delivery bound, notices a silent server, and resumes its
+//! session after a dropped connection or a server restart.
 
-use crate::delivery::{Envelope, Epochs, Inbox, Outbox, Via, envelopes_of};
+use crate::delivery::{Envelope, Epochs, Inbox, MAX_MESSAGE_BYTES, Outbox, Via, envelopes_of};
 use crate::sender::{
     DELIVERY_TIMEOUT_MS, PathState, RELAY_BATCH_CHARS, TICK_MS, Tick, relay_frames, relay_msg,
     tick_peer,
 };
 use bluecam_proto::{CloseCode, PeerInfo};
 use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// A connection attempt (TCP, WebSocket handshake, join) gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silent this long, the server is pinged; silent [`DEAD_AFTER`], the connection is given up
+/// and the session resumed (as the SDK does).
+const PING_AFTER: Duration = Duration::from_secs(5);
+const DEAD_AFTER: Duration = Duration::from_secs(12);
+/// Acks wait this long, so that several messages share one.
+const ACK_DELAY: Duration = Duration::from_millis(10);
+/// The share of the server's frame rate limit this client keeps to (it holds frames back
+/// rather than have the server refuse them).
+const RATE_MARGIN: f64 = 0.9;
 
 /// What a room reports, in order.
 #[derive(Debug)]
@@ -42,13 +57,22 @@ pub enum Event {
     Error { code: String, message: String },
 }
 
-/// Why a message did not reach some of its peers.
+/// Why a message was not delivered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("could not reach: {}", peers.join(", "))]
-pub struct Undeliverable {
-    /// The ids of the peers that did not acknowledge it (they left, the room ended, or the
-    /// delivery bound passed).
-    pub peers: Vec<String>,
+pub enum SendError {
+    /// These peers did not acknowledge it (they left or were not in the room, the room ended,
+    /// or the delivery bound passed).
+    #[error("could not reach: {}", .0.join(", "))]
+    Undeliverable(Vec<String>),
+    /// Its data's JSON is larger than 1 MiB; nothing was sent.
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge(usize),
+    /// Its data is not JSON text; nothing was sent.
+    #[error("the data is not JSON")]
+    NotJson,
+    /// This peer's token does not allow sending data (`permissions.sendData` is false).
+    #[error("this peer's token does not allow sending data")]
+    PermissionDenied,
 }
 
 /// Why a join failed.
@@ -61,15 +85,15 @@ pub enum JoinError {
     Refused { code: String, message: String },
 }
 
-/// Settles when every addressed peer acknowledged the message, or with the peers that did not.
-pub type Delivery = oneshot::Receiver<Result<(), Undeliverable>>;
+/// Settles when every addressed peer acknowledged the message, or with why not.
+pub type Delivery = oneshot::Receiver<Result<(), SendError>>;
 
 enum Command {
     Send {
         msg_type: String,
         json: String,
         to: Option<Vec<String>>,
-        done: oneshot::Sender<Result<(), Undeliverable>>,
+        done: oneshot::Sender<Result<(), SendError>>,
     },
     Leave(oneshot::Sender<()>),
 }
@@ -89,7 +113,7 @@ impl Default for Options {
     }
 }
 
-/// A joined room. Dropping it leaves the task running until [`Room::leave`]; leave to go.
+/// A joined room. Dropping it leaves.
 #[derive(Debug)]
 pub struct Room {
     me: PeerInfo,
@@ -141,11 +165,81 @@ fn ws_url(server: &str) -> String {
     format!("{base}/v1/ws")
 }
 
+/// Whether the token lets this peer send data (its `permissions.sendData`; true when it does
+/// not say, or cannot be read: the server decides anyway).
+fn token_sends_data(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return true;
+    };
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
+    else {
+        return true;
+    };
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    claims["permissions"]["sendData"].as_bool() != Some(false)
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A frame from the server, its payloads as they came (never re-serialized: a chunk may hold
+/// a lone surrogate, and data keeps its bytes).
+#[derive(Deserialize)]
+struct Frame<'a> {
+    op: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default, borrow)]
+    msg: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    peer: Option<PeerInfo>,
+    #[serde(default)]
+    peers: Option<Vec<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "retryAfterMs")]
+    retry_after_ms: Option<u64>,
+    #[serde(default)]
+    e: Option<u64>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(default, rename = "type")]
+    msg_type: Option<String>,
+}
+
+/// A join's answer: refused for good, or to be tried again (`unavailable`, `internal`: the
+/// server says try again).
+fn join_refusal(code: &str, message: String) -> JoinError {
+    if matches!(code, "unavailable" | "internal") {
+        JoinError::Connect(format!("{code}: {message}"))
+    } else {
+        JoinError::Refused {
+            code: code.to_owned(),
+            message,
+        }
+    }
+}
+
 /// Opens a WebSocket and joins (or resumes); the socket and the `joined` frame.
 async fn connect(
+    url: &str,
+    token: &str,
+    resume: Option<(&str, &str)>,
+) -> Result<(Ws, bluecam_proto::Joined), JoinError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token, resume))
+        .await
+        .unwrap_or_else(|_| Err(JoinError::Connect("no answer to the join".to_owned())))
+}
+
+async fn connect_now(
     url: &str,
     token: &str,
     resume: Option<(&str, &str)>,
@@ -172,10 +266,10 @@ async fn connect(
                 return Ok((ws, joined));
             }
             Some("error") => {
-                return Err(JoinError::Refused {
-                    code: v["code"].as_str().unwrap_or("error").to_owned(),
-                    message: v["message"].as_str().unwrap_or_default().to_owned(),
-                });
+                return Err(join_refusal(
+                    v["code"].as_str().unwrap_or("error"),
+                    v["message"].as_str().unwrap_or_default().to_owned(),
+                ));
             }
             _ => {}
         }
@@ -186,7 +280,7 @@ async fn connect(
 }
 
 impl Room {
-    /// Joins the room of `token` on `server` (`http(s)://host:port`, a path prefix kept).
+    /// Joins the room of `token` on `server` (`http://host:port`, a path prefix kept).
     pub async fn join(server: &str, token: &str, options: Options) -> Result<Room, JoinError> {
         let url = ws_url(server);
         let (ws, joined) = connect(&url, token, None).await?;
@@ -196,6 +290,7 @@ impl Room {
         let peers = joined.peers.clone();
         let mut driver = Driver {
             url,
+            sends_data: token_sends_data(token),
             token: token.to_owned(),
             options,
             session: (
@@ -209,9 +304,14 @@ impl Room {
             deliveries: HashMap::new(),
             next_delivery: 0,
             events: events_tx,
-            out: Vec::new(),
+            out: VecDeque::new(),
             server_acks: HashMap::new(),
             server_seen: HashMap::new(),
+            bucket: Bucket::new(&joined.limits),
+            relay_paused_until: None,
+            flush_due: false,
+            acks_due_at: None,
+            leave_done: None,
         };
         for p in joined.peers {
             driver.add_peer(p, false);
@@ -235,9 +335,24 @@ impl Room {
         &self.peers
     }
 
-    /// Sends `json` (the data's JSON text) of `msg_type` to every peer, or to `to`.
+    /// Sends `json` (the data's JSON text) of `msg_type` to every peer, or to `to` (each id
+    /// once, whatever the list repeats).
     pub fn send(&self, msg_type: &str, json: String, to: Option<Vec<String>>) -> Delivery {
         let (done, rx) = oneshot::channel();
+        if json.len() > MAX_MESSAGE_BYTES {
+            let _ = done.send(Err(SendError::TooLarge(json.len())));
+            return rx;
+        }
+        if serde_json::from_str::<&RawValue>(&json).is_err() {
+            let _ = done.send(Err(SendError::NotJson));
+            return rx;
+        }
+        let to = to.map(|ids| {
+            let mut seen = std::collections::HashSet::new();
+            ids.into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect()
+        });
         let cmd = Command::Send {
             msg_type: msg_type.to_owned(),
             json,
@@ -245,7 +360,7 @@ impl Room {
             done,
         };
         if let Err(mpsc::error::SendError(Command::Send { done, .. })) = self.commands.send(cmd) {
-            let _ = done.send(Err(Undeliverable { peers: Vec::new() }));
+            let _ = done.send(Err(SendError::Undeliverable(Vec::new())));
         }
         rx
     }
@@ -256,12 +371,57 @@ impl Room {
     }
 
     /// Leaves: tells the server (the others see `peer_left` at once); what is not acknowledged
-    /// yet fails.
+    /// yet fails (its deliveries are settled before this returns).
     pub async fn leave(self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Leave(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// The server's frame rate limit, kept with a margin: frames wait here rather than be refused.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_ms: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limits: &bluecam_proto::Limits) -> Self {
+        let burst = (limits.rate_burst_frames as f64 * RATE_MARGIN).max(1.0);
+        Self {
+            tokens: burst,
+            burst,
+            per_ms: (limits.rate_frames_per_sec as f64 * RATE_MARGIN / 1000.0).max(0.001),
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.at).as_secs_f64() * 1000.0 * self.per_ms)
+            .min(self.burst);
+        self.at = now;
+    }
+
+    fn take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token comes.
+    fn next_at(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.at + Duration::from_secs_f64(missing / self.per_ms / 1000.0)
     }
 }
 
@@ -276,12 +436,13 @@ struct PeerState {
 struct PendingDelivery {
     remaining: usize,
     failed: Vec<String>,
-    done: Option<oneshot::Sender<Result<(), Undeliverable>>>,
+    done: Option<oneshot::Sender<Result<(), SendError>>>,
 }
 
 struct Driver {
     url: String,
     token: String,
+    sends_data: bool,
     options: Options,
     session: (String, String),
     me: PeerInfo,
@@ -292,10 +453,18 @@ struct Driver {
     deliveries: HashMap<u64, PendingDelivery>,
     next_delivery: u64,
     events: mpsc::UnboundedSender<Event>,
-    /// Frames to write, in order.
-    out: Vec<String>,
+    /// Frames to write, in order (within the rate limit).
+    out: VecDeque<String>,
     server_acks: HashMap<u64, u64>,
     server_seen: HashMap<u64, u64>,
+    bucket: Bucket,
+    /// The server said `rate_limited`: no relay frame until then.
+    relay_paused_until: Option<Instant>,
+    /// New messages wait for the end of this turn, so that a burst shares frames.
+    flush_due: bool,
+    acks_due_at: Option<Instant>,
+    /// The app's `leave`, answered once the room is over.
+    leave_done: Option<oneshot::Sender<()>>,
 }
 
 enum End {
@@ -308,6 +477,13 @@ enum End {
 impl Driver {
     fn emit(&self, e: Event) {
         let _ = self.events.send(e);
+    }
+
+    fn nortc(&mut self, id: &str) {
+        // This client makes no WebRTC connection: the peer uses the relay with it.
+        self.out.push_back(
+            serde_json::json!({"op": "signal", "to": id, "data": {"nortc": true}}).to_string(),
+        );
     }
 
     fn add_peer(&mut self, info: PeerInfo, announce: bool) {
@@ -326,10 +502,7 @@ impl Driver {
                 ack_due: false,
             },
         );
-        // This client does not make WebRTC connections: the peer uses the relay with it.
-        self.out.push(
-            serde_json::json!({"op": "signal", "to": id, "data": {"nortc": true}}).to_string(),
-        );
+        self.nortc(&id);
         if announce {
             self.emit(Event::PeerJoined(info));
         }
@@ -360,7 +533,7 @@ impl Driver {
             let _ = done.send(if p.failed.is_empty() {
                 Ok(())
             } else {
-                Err(Undeliverable { peers: p.failed })
+                Err(SendError::Undeliverable(p.failed))
             });
         }
     }
@@ -370,8 +543,12 @@ impl Driver {
         msg_type: String,
         json: String,
         to: Option<Vec<String>>,
-        done: oneshot::Sender<Result<(), Undeliverable>>,
+        done: oneshot::Sender<Result<(), SendError>>,
     ) {
+        if !self.sends_data {
+            let _ = done.send(Err(SendError::PermissionDenied));
+            return;
+        }
         let ids: Vec<String> = match to {
             Some(ids) => ids,
             None => self.peers.keys().cloned().collect(),
@@ -385,7 +562,7 @@ impl Driver {
             let _ = done.send(if missing.is_empty() {
                 Ok(())
             } else {
-                Err(Undeliverable { peers: missing })
+                Err(SendError::Undeliverable(missing))
             });
             return;
         }
@@ -407,14 +584,36 @@ impl Driver {
                     .entry((peer.outbox.epoch(), seq))
                     .or_default()
                     .push(d);
-                let last = peer.outbox.pending().len() - 1;
-                self.transmit(&id, &[last]);
+            }
+        }
+        self.flush_due = true;
+    }
+
+    /// Sends what was never sent (new messages, or frames that could not go), batched.
+    fn flush(&mut self) {
+        self.flush_due = false;
+        let ids: Vec<String> = self.peers.keys().cloned().collect();
+        for id in ids {
+            let unsent: Vec<usize> = self.peers[&id]
+                .outbox
+                .pending()
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.sent_at == 0)
+                .map(|(i, _)| i)
+                .collect();
+            if !unsent.is_empty() {
+                self.transmit(&id, &unsent);
             }
         }
     }
 
-    /// Sends these pending messages of one peer over the relay.
+    /// Sends these pending messages of one peer over the relay (not while the server asked
+    /// to wait: they stay unsent, and go with the next flush).
     fn transmit(&mut self, id: &str, due: &[usize]) {
+        if self.relay_paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -431,7 +630,7 @@ impl Driver {
             ));
         }
         for frame in relay_frames(messages, RELAY_BATCH_CHARS) {
-            self.out.push(format!(
+            self.out.push_back(format!(
                 "{{\"op\":\"send\",\"to\":[{}],\"msg\":{}}}",
                 serde_json::json!(id),
                 relay_msg(&frame.envelopes)
@@ -473,28 +672,39 @@ impl Driver {
                 }
             }
         }
-        self.flush_acks();
+        self.flush();
     }
 
     fn flush_acks(&mut self) {
+        self.acks_due_at = None;
         let mut out = Vec::new();
         for (id, peer) in &mut self.peers {
-            if peer.ack_due {
-                peer.ack_due = false;
-                if let Some(inbox) = self.inboxes.get(id) {
-                    out.push(format!(
-                        "{{\"op\":\"send\",\"to\":[{}],\"msg\":{}}}",
-                        serde_json::json!(id),
-                        inbox.ack().to_json()
-                    ));
-                }
+            if !peer.ack_due {
+                continue;
+            }
+            peer.ack_due = false;
+            if let Some(inbox) = self.inboxes.get(id) {
+                let ack = inbox.ack().to_json();
+                let to = serde_json::json!(id);
+                // A peer that may not send data has its relayed frames refused: its acks go
+                // as signals (as the SDK's do).
+                out.push(if self.sends_data {
+                    format!("{{\"op\":\"send\",\"to\":[{to}],\"msg\":{ack}}}")
+                } else {
+                    format!("{{\"op\":\"signal\",\"to\":{to},\"data\":{{\"ack\":{ack}}}}}")
+                });
             }
         }
         self.out.extend(out);
         for (e, s) in std::mem::take(&mut self.server_acks) {
             self.out
-                .push(serde_json::json!({"op": "server_ack", "e": e, "s": s}).to_string());
+                .push_back(serde_json::json!({"op": "server_ack", "e": e, "s": s}).to_string());
         }
+    }
+
+    fn ack_soon(&mut self) {
+        self.acks_due_at
+            .get_or_insert_with(|| Instant::now() + ACK_DELAY);
     }
 
     fn on_envelope(&mut self, from: &str, env: &Envelope) {
@@ -531,82 +741,120 @@ impl Driver {
                 from: Some(info.clone()),
             });
         }
+        self.ack_soon();
+    }
+
+    /// A relayed `msg`: one envelope, or an array of them.
+    fn on_relayed(&mut self, from: &str, msg: &RawValue) {
+        let list: Vec<&RawValue> = if msg.get().trim_start().starts_with('[') {
+            serde_json::from_str(msg.get()).unwrap_or_default()
+        } else {
+            vec![msg]
+        };
+        for raw in list {
+            if let Some(env) = Envelope::from_raw(raw) {
+                self.on_envelope(from, &env);
+            }
+        }
     }
 
     /// One frame from the server; `Some` when the session ends.
     fn on_frame(&mut self, text: &str) -> Option<End> {
-        let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        match v["op"].as_str()? {
+        let f: Frame<'_> = serde_json::from_str(text).ok()?;
+        let from = f.from.clone().unwrap_or_default();
+        match f.op.as_str() {
             "peer_joined" => {
-                if let Ok(p) = serde_json::from_value::<PeerInfo>(v["peer"].clone()) {
+                if let Some(p) = f.peer {
                     self.add_peer(p, true);
                 }
             }
             "peer_left" => {
-                let id = v["peer"]["id"].as_str().unwrap_or_default().to_owned();
+                let id = f.peer.map(|p| p.id.to_string()).unwrap_or_default();
                 if let Some(info) = self.remove_peer(&id) {
                     self.emit(Event::PeerLeft {
                         peer: info,
-                        reason: v["reason"].as_str().unwrap_or("left").to_owned(),
+                        reason: f.reason.unwrap_or_else(|| "left".to_owned()),
                     });
                 }
             }
             "message" => {
-                let from = v["from"].as_str().unwrap_or_default().to_owned();
-                let msg = &v["msg"];
-                let list = if msg.is_array() {
-                    msg.as_array().cloned().unwrap_or_default()
-                } else {
-                    vec![msg.clone()]
-                };
-                for e in list {
-                    if let Some(env) = Envelope::parse(&e.to_string()) {
-                        self.on_envelope(&from, &env);
-                    }
+                if let Some(msg) = f.msg {
+                    self.on_relayed(&from, msg);
                 }
             }
             "signal" => {
-                // Acks of a peer that may not send data come as signals.
-                let from = v["from"].as_str().unwrap_or_default().to_owned();
-                if let Some(env) = v["data"]
-                    .get("ack")
-                    .and_then(|a| Envelope::parse(&a.to_string()))
-                    && let Envelope::Ack { .. } = env
-                {
-                    self.on_envelope(&from, &env);
+                #[derive(Deserialize)]
+                struct SignalData<'a> {
+                    #[serde(default, borrow)]
+                    ack: Option<&'a RawValue>,
+                    #[serde(default)]
+                    description: Option<serde_json::Value>,
+                }
+                let data: Option<SignalData<'_>> =
+                    f.data.and_then(|d| serde_json::from_str(d.get()).ok());
+                match data {
+                    // Acks of a peer that may not send data come as signals.
+                    Some(SignalData { ack: Some(ack), .. }) => {
+                        if let Some(env @ Envelope::Ack { .. }) = Envelope::from_raw(ack) {
+                            self.on_envelope(&from, &env);
+                        }
+                    }
+                    // An offer: the peer did not hear (or forgot) that this one has no WebRTC.
+                    Some(SignalData {
+                        description: Some(d),
+                        ..
+                    }) if d["type"] == "offer" => self.nortc(&from),
+                    _ => {}
                 }
             }
             "server_message" => {
-                let (e, s) = (v["e"].as_u64()?, v["s"].as_u64()?);
+                let (e, s) = (f.e?, f.s?);
                 let last = self.server_seen.get(&e).copied().unwrap_or(0);
                 if s > last {
                     self.server_seen.insert(e, s);
-                    if let Ok(data) = RawValue::from_string(v["data"].to_string()) {
+                    if let Some(data) = f.data {
                         self.emit(Event::Message {
-                            msg_type: v["type"].as_str().unwrap_or_default().to_owned(),
-                            data,
+                            msg_type: f.msg_type.unwrap_or_default(),
+                            data: data.to_owned(),
                             from: None,
                         });
                     }
                 }
                 let ack = self.server_acks.entry(e).or_insert(0);
                 *ack = (*ack).max(s).max(last);
+                self.ack_soon();
             }
+            "ping" => self.out.push_back(r#"{"op":"pong"}"#.to_owned()),
             "room_closed" => {
                 self.emit(Event::Error {
                     code: "room_closed".to_owned(),
-                    message: format!("the room was {}", v["reason"].as_str().unwrap_or("closed")),
+                    message: format!("the room was {}", f.reason.as_deref().unwrap_or("closed")),
                 });
                 return Some(End::Over);
             }
             "error" => {
-                let code = v["code"].as_str().unwrap_or("error");
-                // (Relay frames the server could not pass on are the delivery layer's business.)
-                if !matches!(code, "unknown_peer" | "unavailable" | "rate_limited") {
-                    self.emit(Event::Error {
-                        code: code.to_owned(),
-                        message: v["message"].as_str().unwrap_or_default().to_owned(),
-                    });
+                let code = f.code.unwrap_or_else(|| "error".to_owned());
+                match code.as_str() {
+                    "rate_limited" => {
+                        let wait = Duration::from_millis(f.retry_after_ms.unwrap_or(100).max(1));
+                        self.relay_paused_until = Some(Instant::now() + wait);
+                    }
+                    // Not passed on to these peers now (their node is away): soon again.
+                    "unavailable" => {
+                        for id in f.peers.unwrap_or_default() {
+                            if let Some(p) = self.peers.get_mut(&id) {
+                                for e in p.outbox.pending_mut() {
+                                    e.tries = 0;
+                                }
+                            }
+                        }
+                    }
+                    // (A relay frame for a peer that is gone is the delivery layer's business.)
+                    "unknown_peer" => {}
+                    _ => self.emit(Event::Error {
+                        code,
+                        message: f.message.unwrap_or_default(),
+                    }),
                 }
             }
             _ => {}
@@ -631,6 +879,15 @@ impl Driver {
                 }
             }
         }
+        self.end();
+        // (`leave` returns once every delivery is settled.)
+        if let Some(done) = self.leave_done.take() {
+            let _ = done.send(());
+        }
+    }
+
+    /// The room is over: whatever is not acknowledged fails.
+    fn end(&mut self) {
         let ids: Vec<String> = self.peers.keys().cloned().collect();
         for id in ids {
             self.remove_peer(&id);
@@ -638,34 +895,33 @@ impl Driver {
         self.emit(Event::Connection("disconnected"));
     }
 
-    /// Resumes the session (backing off); `None` when it cannot be.
+    /// Resumes the session, backing off up to 5 s; `None` when the server refuses it (the
+    /// session expired, the token was refused, the room is gone) or the app left meanwhile.
     async fn resume(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<Ws> {
         let mut wait = Duration::from_millis(250);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Send {
-                        msg_type,
-                        json,
-                        to,
-                        done,
-                    } => self.send(msg_type, json, to, done),
-                    Command::Leave(done) => {
-                        let _ = done.send(());
-                        return None;
-                    }
+            let (url, token, (session, secret)) =
+                (self.url.clone(), self.token.clone(), self.session.clone());
+            let attempt = connect(&url, &token, Some((&session, &secret)));
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
+                        // Left (or the Room was dropped) while away: over.
+                        Some(Command::Leave(done)) => {
+                            self.leave_done = Some(done);
+                            return None;
+                        }
+                        None => return None,
+                    },
                 }
-            }
-            self.out.clear();
-            match connect(
-                &self.url,
-                &self.token,
-                Some((&self.session.0, &self.session.1)),
-            )
-            .await
-            {
+            };
+            match result {
                 Ok((ws, joined)) => {
+                    self.out.clear();
+                    self.bucket = Bucket::new(&joined.limits);
                     // Reconcile the peers: those gone left; new ones joined.
                     let present: Vec<String> =
                         joined.peers.iter().map(|p| p.id.to_string()).collect();
@@ -686,13 +942,20 @@ impl Driver {
                     for p in joined.peers {
                         self.add_peer(p, true);
                     }
-                    // Everything unacknowledged goes again.
+                    // What may have been lost with the connection goes again: every
+                    // unacknowledged message, the acks, and that this peer has no WebRTC.
                     let ids: Vec<String> = self.peers.keys().cloned().collect();
                     for id in ids {
-                        let n = self.peers.get(&id).map_or(0, |p| p.outbox.pending().len());
-                        let all: Vec<usize> = (0..n).collect();
-                        self.transmit(&id, &all);
+                        self.nortc(&id);
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.ack_due = true;
+                            for e in p.outbox.pending_mut() {
+                                e.sent_at = 0;
+                            }
+                        }
                     }
+                    self.flush();
+                    self.ack_soon();
                     return Some(ws);
                 }
                 Err(JoinError::Refused { code, message }) => {
@@ -701,53 +964,128 @@ impl Driver {
                 }
                 Err(JoinError::Connect(_)) => {}
             }
-            if tokio::time::Instant::now() >= deadline {
-                self.emit(Event::Error {
-                    code: "unreachable".to_owned(),
-                    message: "the server could not be reached to resume".to_owned(),
-                });
-                return None;
-            }
-            tokio::time::sleep(wait).await;
+            // (A little jitter, so that clients of a restarted server do not come back at once.)
+            let jitter = Duration::from_millis(
+                u64::from(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos()),
+                ) % 100,
+            );
+            tokio::time::sleep(wait + jitter).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
-    async fn serve(&mut self, ws: &mut Ws, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
-        let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
-        let mut acks = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            for text in std::mem::take(&mut self.out) {
-                if ws.send(WsMessage::text(text)).await.is_err() {
-                    return End::Resume;
-                }
-            }
-            tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        if let Some(end) = self.on_frame(&text) {
-                            let _ = ws.close(None).await;
-                            return end;
-                        }
-                    }
-                    Some(Ok(WsMessage::Close(frame))) => return self.closed(frame),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return End::Resume,
-                },
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
-                    Some(Command::Leave(done)) => {
-                        let _ = ws.send(WsMessage::text(r#"{"op":"leave"}"#)).await;
-                        let _ = ws.close(None).await;
-                        let _ = done.send(());
-                        return End::Over;
-                    }
-                    None => {}
-                },
-                _ = ticker.tick() => self.tick(),
-                _ = acks.tick() => self.flush_acks(),
+    /// Writes what is queued, within the rate limit: false when the socket is gone.
+    async fn write_out(&mut self, ws: &mut Ws) -> bool {
+        while !self.out.is_empty() && self.bucket.take() {
+            let Some(text) = self.out.pop_front() else {
+                break;
+            };
+            let sent = tokio::time::timeout(DEAD_AFTER, ws.send(WsMessage::text(text))).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return false;
             }
         }
+        true
+    }
+
+    async fn serve(&mut self, ws: &mut Ws, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
+        let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
+        let mut heard = Instant::now();
+        let mut pinged = false;
+        loop {
+            if self.flush_due {
+                self.flush();
+            }
+            if !self.write_out(ws).await {
+                return End::Resume;
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            let write_at = if self.out.is_empty() {
+                far
+            } else {
+                self.bucket.next_at()
+            };
+            let acks_at = self.acks_due_at.unwrap_or(far);
+            let silent_at = if pinged {
+                heard + DEAD_AFTER
+            } else {
+                heard + PING_AFTER
+            };
+            tokio::select! {
+                msg = ws.next() => {
+                    heard = Instant::now();
+                    pinged = false;
+                    match msg {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if let Some(end) = self.on_frame(&text) {
+                                let _ = ws.close(None).await;
+                                return end;
+                            }
+                        }
+                        // (tungstenite queues the pong; sending it now.)
+                        Some(Ok(WsMessage::Ping(_))) => {
+                            let _ = ws.flush().await;
+                        }
+                        Some(Ok(WsMessage::Close(frame))) => return self.closed(frame),
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return End::Resume,
+                    }
+                }
+                cmd = commands.recv() => {
+                    let mut next = cmd;
+                    loop {
+                        match next {
+                            Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
+                            // Left, or the Room was dropped: leave.
+                            Some(Command::Leave(done)) => {
+                                self.leave(ws).await;
+                                self.leave_done = Some(done);
+                                return End::Over;
+                            }
+                            None => {
+                                self.leave(ws).await;
+                                return End::Over;
+                            }
+                        }
+                        // (Everything already asked for goes in this turn: a burst shares frames.)
+                        match commands.try_recv() {
+                            Ok(c) => next = Some(c),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => next = None,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.tick(),
+                _ = tokio::time::sleep_until(acks_at) => self.flush_acks(),
+                _ = tokio::time::sleep_until(write_at) => {}
+                _ = tokio::time::sleep_until(silent_at) => {
+                    if pinged {
+                        return End::Resume;
+                    }
+                    pinged = true;
+                    self.out.push_back(r#"{"op":"ping"}"#.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Tells the server (after the acks that are due), and fails what is not acknowledged.
+    async fn leave(&mut self, ws: &mut Ws) {
+        self.flush_acks();
+        self.out.push_back(r#"{"op":"leave"}"#.to_owned());
+        // (Within the rate limit, but not waiting for it: a leave goes now.)
+        while let Some(text) = self.out.pop_front() {
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), ws.send(WsMessage::text(text))).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     }
 
     /// The server closed the connection: resume, or the session is over.

@@ -3,10 +3,9 @@
 //! goes in on stdin, one JSON object per line, `{"type", "data", "to"?}`.
 
 use anyhow::Context as _;
-use bluecam_client::room::{Event, Options, Room};
+use bluecam_client::room::{Event, Options, Room, SendError};
 use std::io::Write as _;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 
 #[derive(Debug, clap::Args)]
@@ -37,8 +36,21 @@ fn peer_json(p: &bluecam_proto::PeerInfo) -> serde_json::Value {
     serde_json::to_value(p).unwrap_or_default()
 }
 
-fn event_json(e: &Event) -> serde_json::Value {
-    match e {
+/// A `message` line. Written with the data as it came (never re-parsed: a peer's data may hold
+/// what `serde_json::Value` cannot, a lone surrogate's escape).
+#[derive(serde::Serialize)]
+struct MessageLine<'a> {
+    event: &'static str,
+    #[serde(rename = "type")]
+    msg_type: &'a str,
+    data: &'a serde_json::value::RawValue,
+    from: serde_json::Value,
+    path: &'static str,
+}
+
+/// An event as one line.
+fn event_line(e: &Event) -> String {
+    let json = match e {
         Event::PeerJoined(p) => serde_json::json!({"event": "peer_joined", "peer": peer_json(p)}),
         Event::PeerLeft { peer, reason } => {
             serde_json::json!({"event": "peer_left", "peer": peer_json(peer), "reason": reason})
@@ -47,19 +59,53 @@ fn event_json(e: &Event) -> serde_json::Value {
             msg_type,
             data,
             from,
-        } => serde_json::json!({
-            "event": "message",
-            "type": msg_type,
-            "data": data,
-            "from": from.as_ref().map_or(serde_json::json!({"server": true}), |p| {
-                serde_json::json!({"id": p.id, "identity": p.identity})
-            }),
-            "path": "relay",
-        }),
+        } => {
+            let line = MessageLine {
+                event: "message",
+                msg_type,
+                data,
+                from: from.as_ref().map_or(
+                    serde_json::json!({"server": true}),
+                    |p| serde_json::json!({"id": p.id, "identity": p.identity}),
+                ),
+                path: "relay",
+            };
+            return serde_json::to_string(&line).unwrap_or_default();
+        }
         Event::Connection(state) => serde_json::json!({"event": "connection", "state": state}),
         Event::Error { code, message } => {
             serde_json::json!({"event": "error", "code": code, "message": message})
         }
+    };
+    json.to_string()
+}
+
+fn emit_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The line for what became of stdin's line `n`.
+fn outcome(
+    n: u64,
+    result: Result<Result<(), SendError>, tokio::sync::oneshot::error::RecvError>,
+) -> serde_json::Value {
+    match result {
+        Ok(Ok(())) => serde_json::json!({"event": "delivered", "line": n}),
+        Ok(Err(SendError::Undeliverable(peers))) => {
+            serde_json::json!({"event": "undeliverable", "line": n, "peers": peers})
+        }
+        Ok(Err(e)) => {
+            let code = match e {
+                SendError::TooLarge(_) => "too_large",
+                SendError::NotJson => "not_json",
+                SendError::PermissionDenied => "permission_denied",
+                SendError::Undeliverable(_) => "undeliverable",
+            };
+            serde_json::json!({"event": "undeliverable", "line": n, "peers": [], "code": code, "message": e.to_string()})
+        }
+        Err(_) => serde_json::json!({"event": "undeliverable", "line": n, "peers": []}),
     }
 }
 
@@ -88,12 +134,22 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         "self": peer_json(room.me()),
         "peers": room.initial_peers().iter().map(peer_json).collect::<Vec<_>>(),
     }));
-    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<Result<String, String>>();
     tokio::spawn(async move {
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = stdin.next_line().await {
-            if lines_tx.send(line).is_err() {
-                return;
+        use tokio::io::AsyncBufReadExt as _;
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        loop {
+            let mut buf = Vec::new();
+            match stdin.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let line = String::from_utf8(buf)
+                        .map(|l| l.trim_end_matches(['\n', '\r']).to_owned())
+                        .map_err(|_| "the line is not UTF-8".to_owned());
+                    if lines_tx.send(line).is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
@@ -105,11 +161,8 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             line = lines.recv() => {
                 let Some(line) = line else { break false };
                 line_no += 1;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let parsed: Result<Line, _> = serde_json::from_str(&line);
-                let parsed = parsed.map_err(|e| e.to_string()).and_then(|l| {
+                let parsed = line.and_then(|line| {
+                    let l: Line = serde_json::from_str(&line).map_err(|e| e.to_string())?;
                     let to = match l.to {
                         None | Some(serde_json::Value::Null) => None,
                         Some(serde_json::Value::String(s)) => Some(vec![s]),
@@ -121,47 +174,59 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                     Ok((msg_type, json, to)) => {
                         let delivery = room.send(&msg_type, json, to);
                         let n = line_no;
-                        outstanding.spawn(async move {
-                            match delivery.await {
-                                Ok(Ok(())) => emit(&serde_json::json!({"event": "delivered", "line": n})),
-                                Ok(Err(u)) => emit(&serde_json::json!({"event": "undeliverable", "line": n, "peers": u.peers})),
-                                Err(_) => emit(&serde_json::json!({"event": "undeliverable", "line": n, "peers": []})),
-                            }
-                        });
+                        outstanding.spawn(async move { emit(&outcome(n, delivery.await)) });
                     }
                     Err(message) => emit(&serde_json::json!({"event": "error", "code": "bad_input", "line": line_no, "message": message})),
                 }
             }
             event = room.next_event() => {
                 let Some(event) = event else { break true };
-                emit(&event_json(&event));
+                emit_line(&event_line(&event));
                 if matches!(event, Event::Connection("disconnected")) {
                     break true;
                 }
             }
             _ = &mut interrupt => {
+                // At once: what is outstanding is told undeliverable.
                 room.leave().await;
-                return Ok(());
+                while outstanding.join_next().await.is_some() {}
+                std::process::exit(130);
             }
         }
     };
     if ended_by_server {
+        while outstanding.join_next().await.is_some() {}
         anyhow::bail!("the session ended");
     }
     // End of stdin: what is outstanding is waited for (bounded), while events still come out.
     let drain = tokio::time::sleep(Duration::from_secs(args.drain_secs));
     tokio::pin!(drain);
+    let mut ended = false;
     loop {
         tokio::select! {
             done = outstanding.join_next() => if done.is_none() { break },
             event = room.next_event() => match event {
-                Some(event) => emit(&event_json(&event)),
-                None => break,
+                Some(event) => {
+                    emit_line(&event_line(&event));
+                    if matches!(event, Event::Connection("disconnected")) {
+                        ended = true;
+                        break;
+                    }
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
             },
             _ = &mut drain => break,
             _ = &mut interrupt => break,
         }
     }
+    // Leaving settles what is still outstanding (told undeliverable), then each says so.
     room.leave().await;
+    while outstanding.join_next().await.is_some() {}
+    if ended {
+        anyhow::bail!("the session ended");
+    }
     Ok(())
 }
