@@ -614,6 +614,29 @@ export class Postgres {
 // ---- an HTTP proxy or load balancer --------------------------------------------------------
 
 /**
+ * Passes one HTTP request on to `up` (at `path`) and its answer back; 502 when `up` cannot be
+ * reached. (The proxies of the tests: this one, and the hostile one of wstap.js.)
+ * @param {import("node:http").IncomingMessage} req
+ * @param {import("node:http").ServerResponse} res
+ * @param {URL} up
+ * @param {string} path
+ */
+export function passHttp(req, res, up, path) {
+  const fwd = httpRequest({
+    host: up.hostname, port: up.port, method: req.method, path,
+    headers: { ...req.headers, host: up.host },
+  }, (upRes) => {
+    res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+    upRes.pipe(res);
+  });
+  fwd.on("error", () => {
+    if (!res.headersSent) res.writeHead(502);
+    res.end();
+  });
+  req.pipe(fwd);
+}
+
+/**
  * An HTTP proxy in front of one or more servers, as corporate proxies and load balancers are:
  * every request goes to the next upstream in turn (no sticky sessions), and a WebSocket
  * upgrade is refused with 403 (`webSocket: "refuse"`), held unanswered (`"hang"`), passed
@@ -650,19 +673,7 @@ export function startHttpProxy(upstreams, opts = {}) {
       res.writeHead(404).end();
       return;
     }
-    const up = pick(path);
-    const fwd = httpRequest({
-      host: up.hostname, port: up.port, method: req.method, path,
-      headers: { ...req.headers, host: up.host },
-    }, (upRes) => {
-      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-      upRes.pipe(res);
-    });
-    fwd.on("error", () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(fwd);
+    passHttp(req, res, pick(path), path);
   });
   server.on("connection", (s) => {
     sockets.add(s);

@@ -3,9 +3,10 @@
 // compromised operator (or anyone with the server's TLS key): plain HTTP passes through, and
 // every WebSocket message, both ways, is decoded, recorded, and handed to the test, which may
 // pass it on, change it, drop it, hold it back, repeat it or inject others.
-import { createServer as createHttpServer, request as httpRequest } from "node:http";
+import { createServer as createHttpServer } from "node:http";
 import { createConnection } from "node:net";
 import { randomBytes } from "node:crypto";
+import { passHttp } from "./harness.js";
 
 /**
  * One WebSocket connection through the tap.
@@ -100,20 +101,7 @@ export function startWsTap(upstream) {
   /** @type {Set<import("node:net").Socket>} */
   const sockets = new Set();
   let conns = 0;
-  const server = createHttpServer((req, res) => {
-    const fwd = httpRequest({
-      host: up.hostname, port: up.port, method: req.method, path: req.url,
-      headers: { ...req.headers, host: up.host },
-    }, (upRes) => {
-      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-      upRes.pipe(res);
-    });
-    fwd.on("error", () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(fwd);
-  });
+  const server = createHttpServer((req, res) => passHttp(req, res, up, req.url ?? "/"));
   server.on("connection", (s) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
