@@ -123,3 +123,36 @@ test("bluecam join: a bad line gets an error naming it; a message to a peer not 
     native.kill();
   }
 });
+
+test("bluecam join while the browser reloads: lines to the old page are undeliverable, the new page gets what follows, nothing hangs", async () => {
+  const room = await server.room();
+  const native = nativePeer(await server.token(room, "bot"));
+  try {
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    const nativeId = joined.self.id;
+    const b = await launchPeer(server, { label: "browser" });
+    const token = await server.token(room, "alice");
+    const oldId = await join(b.page, token, { video: false, audio: false });
+    await waitFor(async () => native.events.some((e) => e.event === "peer_joined" && e.peer.id === oldId), "the native peer saw the browser");
+    // A stream to the browser, and a reload in the middle of it.
+    for (let i = 0; i < 200; i++) native.write({ type: "before", data: i, to: oldId });
+    await waitFor(async () => (await received(b.page)).length >= 50, "some messages at the browser");
+    await b.page.reload();
+    const newId = await join(b.page, token, { video: false, audio: false });
+    await waitFor(async () => native.events.some((e) => e.event === "peer_joined" && e.peer.id === newId), "the native peer saw the new page");
+    // Every line to the old page settled: delivered, or undeliverable naming it.
+    await waitFor(() => native.events.filter((e) => e.event === "delivered" || e.event === "undeliverable").length >= 200, "every line to the old page settled");
+    const outcomes = native.events.filter((e) => e.event === "delivered" || e.event === "undeliverable");
+    assert.ok(outcomes.every((e) => e.event === "delivered" || JSON.stringify(e.peers) === JSON.stringify([oldId])), JSON.stringify(outcomes.filter((e) => e.event !== "delivered").slice(0, 3)));
+    assert.ok(native.events.some((e) => e.event === "peer_left" && e.peer.id === oldId), "the old page left");
+    for (let i = 0; i < 50; i++) native.write({ type: "after", data: i, to: newId });
+    await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after").length >= 50, "the new page got what followed");
+    assert.deepEqual((await received(b.page)).filter((/** @type {any} */ m) => m.type === "after").map((/** @type {any} */ m) => m.data), [...Array(50).keys()]);
+    assert.ok((await received(b.page)).every((/** @type {any} */ m) => m.from === nativeId));
+    native.end();
+    assert.equal(await native.exited, 0);
+    await expectEvents([b]);
+  } finally {
+    native.kill();
+  }
+});

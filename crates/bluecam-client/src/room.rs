@@ -408,6 +408,12 @@ impl Bucket {
         self.at = now;
     }
 
+    /// Whether a frame could go now (without taking its token).
+    fn ready(&mut self) -> bool {
+        self.refill();
+        self.tokens >= 1.0
+    }
+
     fn take(&mut self) -> bool {
         self.refill();
         if self.tokens >= 1.0 {
@@ -672,7 +678,8 @@ impl Driver {
                 }
             }
         }
-        self.flush();
+        // (What could not go yet goes with the next frame the rate limit allows.)
+        self.flush_due = true;
     }
 
     fn flush_acks(&mut self) {
@@ -996,14 +1003,16 @@ impl Driver {
         let mut heard = Instant::now();
         let mut pinged = false;
         loop {
-            if self.flush_due {
+            // New messages become frames only when a frame can go: while the rate limit holds
+            // frames back, messages gather, and then share one.
+            if self.flush_due && self.out.is_empty() && self.bucket.ready() {
                 self.flush();
             }
             if !self.write_out(ws).await {
                 return End::Resume;
             }
             let far = Instant::now() + Duration::from_secs(3600);
-            let write_at = if self.out.is_empty() {
+            let write_at = if self.out.is_empty() && !self.flush_due {
                 far
             } else {
                 self.bucket.next_at()

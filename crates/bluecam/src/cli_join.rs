@@ -25,6 +25,9 @@ pub struct JoinArgs {
     drain_secs: u64,
 }
 
+/// Lines sent and not yet delivered (or reported undeliverable) at most; stdin waits beyond.
+const MAX_OUTSTANDING: usize = 1024;
+
 /// One line on stdout (lines are written whole, one at a time).
 fn emit(value: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
@@ -158,7 +161,10 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     let ended_by_server = loop {
         tokio::select! {
-            line = lines.recv() => {
+            // (Back-pressure: at most MAX_OUTSTANDING lines wait for their outcome; stdin is
+            // not read meanwhile, as the SDK's sendMessage waits above 1,024 unacknowledged.)
+            Some(_) = outstanding.join_next(), if outstanding.len() >= MAX_OUTSTANDING => {}
+            line = lines.recv(), if outstanding.len() < MAX_OUTSTANDING => {
                 let Some(line) = line else { break false };
                 line_no += 1;
                 let parsed = line.and_then(|line| {

@@ -213,3 +213,48 @@ async fn two_native_peers_relay_exactly_once_in_order_through_a_server_sigkill()
     }
     b.leave().await;
 }
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_joins_and_leaves_keep_the_open_files_flat() {
+    let dir = temp_dir("cycles");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let room: serde_json::Value =
+        serde_json::from_str(&cli(&dir, &["room", "create", "--server", &url])).unwrap();
+    let id = room["id"].as_str().unwrap().to_owned();
+    let token = |who: &str| {
+        cli(
+            &dir,
+            &["token", "--room", &id, "--identity", who, "--ttl", "600"],
+        )
+        .trim()
+        .to_owned()
+    };
+    let mut stay = Room::join(&url, &token("stay"), Options::default())
+        .await
+        .unwrap();
+    let visitor = token("visitor");
+    let mut fds = Vec::new();
+    for round in 0..20u64 {
+        let v = Room::join(&url, &visitor, Options::default())
+            .await
+            .unwrap();
+        let d = v.send("hello", format!(r#"{{"i":{round}}}"#), None);
+        assert_eq!(
+            collect(&mut stay, "hello", 1).await,
+            vec![round],
+            "visitor {round}'s message"
+        );
+        d.await.unwrap().unwrap();
+        v.leave().await;
+        fds.push(open_fds());
+    }
+    // After the first rounds (the runtime's own files), the count does not grow.
+    assert!(fds[19] <= fds[4] + 2, "open files per round: {fds:?}");
+    stay.leave().await;
+}
