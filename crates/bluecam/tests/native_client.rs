@@ -6,31 +6,13 @@
 use bluecam_client::room::{Event, Options, Room};
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_bluecam");
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bluecam-native-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{BIN, Served, temp_dir};
 
 /// `bluecam serve` on `bind`, until it prints its address.
 fn serve(dir: &Path, bind: &str) -> Served {
@@ -52,7 +34,11 @@ fn serve(dir: &Path, bind: &str) -> Served {
         .to_owned();
     // (The rest of what it prints is not read: a pipe nobody reads must not stop it.)
     std::thread::spawn(move || for _ in out.lines() {});
-    Served { child, url }
+    Served {
+        child,
+        url,
+        lines: vec![line],
+    }
 }
 
 fn cli(dir: &Path, args: &[&str]) -> String {
