@@ -57,6 +57,22 @@ fn cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Creates a room on `url`; a function that mints a token of it for an identity.
+fn room_tokens(dir: &Path, url: &str) -> impl Fn(&str) -> String {
+    let room: serde_json::Value =
+        serde_json::from_str(&cli(dir, &["room", "create", "--server", url])).unwrap();
+    let id = room["id"].as_str().unwrap().to_owned();
+    let dir = dir.to_owned();
+    move |who| {
+        cli(
+            &dir,
+            &["token", "--room", &id, "--identity", who, "--ttl", "600"],
+        )
+        .trim()
+        .to_owned()
+    }
+}
+
 /// Waits for `n` messages of `msg_type` and returns their data's numbers, failing after 60 s;
 /// the connection states seen meanwhile go to `states`.
 async fn collect_states(
@@ -100,17 +116,7 @@ async fn two_native_peers_relay_exactly_once_in_order_through_a_server_sigkill()
     let dir = temp_dir("relay");
     let first = serve(&dir, "127.0.0.1:0");
     let url = first.url.clone();
-    let room_json = cli(&dir, &["room", "create", "--server", &url]);
-    let room: serde_json::Value = serde_json::from_str(&room_json).unwrap();
-    let id = room["id"].as_str().unwrap().to_owned();
-    let token = |who: &str| {
-        cli(
-            &dir,
-            &["token", "--room", &id, "--identity", who, "--ttl", "600"],
-        )
-        .trim()
-        .to_owned()
-    };
+    let token = room_tokens(&dir, &url);
     let mut a = Room::join(&url, &token("alice"), Options::default())
         .await
         .unwrap();
@@ -210,17 +216,7 @@ async fn twenty_joins_and_leaves_keep_the_open_files_flat() {
     let dir = temp_dir("cycles");
     let served = serve(&dir, "127.0.0.1:0");
     let url = served.url.clone();
-    let room: serde_json::Value =
-        serde_json::from_str(&cli(&dir, &["room", "create", "--server", &url])).unwrap();
-    let id = room["id"].as_str().unwrap().to_owned();
-    let token = |who: &str| {
-        cli(
-            &dir,
-            &["token", "--room", &id, "--identity", who, "--ttl", "600"],
-        )
-        .trim()
-        .to_owned()
-    };
+    let token = room_tokens(&dir, &url);
     let mut stay = Room::join(&url, &token("stay"), Options::default())
         .await
         .unwrap();
@@ -243,4 +239,57 @@ async fn twenty_joins_and_leaves_keep_the_open_files_flat() {
     // After the first rounds (the runtime's own files), the count does not grow.
     assert!(fds[19] <= fds[4] + 2, "open files per round: {fds:?}");
     stay.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_frozen_past_the_watchdog_is_left_and_resumed_nothing_lost() {
+    let dir = temp_dir("frozen");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let token = room_tokens(&dir, &url);
+    let a = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let mut b = Room::join(&url, &token("bob"), Options::default())
+        .await
+        .unwrap();
+    let b_id = b.me().id.to_string();
+    let pid = served.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // Frozen (SIGSTOP) for longer than the client's 12 s watchdog, while alice sends: both
+    // give the silent connection up, and resume once it thaws; every message arrives once.
+    signal("-STOP");
+    let sends: Vec<_> = (0..50u64)
+        .map(|i| {
+            a.send(
+                "frozen",
+                format!(r#"{{"i":{i}}}"#),
+                Some(vec![b_id.clone()]),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    signal("-CONT");
+    let mut states = Vec::new();
+    assert_eq!(
+        collect_states(&mut b, "frozen", 50, &mut states).await,
+        (0..50).collect::<Vec<_>>()
+    );
+    assert!(
+        states.contains(&"reconnecting") && states.last() == Some(&"connected"),
+        "bob gave the frozen server up and resumed: {states:?}"
+    );
+    for d in sends {
+        d.await.unwrap().unwrap();
+    }
+    a.leave().await;
+    b.leave().await;
 }
