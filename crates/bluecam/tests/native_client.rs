@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 mod common;
@@ -267,6 +267,27 @@ async fn a_server_frozen_past_the_watchdog_is_left_and_resumed_nothing_lost() {
     // Frozen (SIGSTOP) for longer than the client's 12 s watchdog, while alice sends: both
     // give the silent connection up, and resume once it thaws; every message arrives once.
     signal("-STOP");
+    // (kill returns before every thread of the server has stopped: a message sent at once
+    // could still be relayed, and nobody would need to resume.)
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|task| {
+                let stat =
+                    std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+                // (The state follows the command's closing parenthesis.)
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+    };
+    let stopping = Instant::now();
+    while !all_stopped() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let sends: Vec<_> = (0..50u64)
         .map(|i| {
             a.send(
