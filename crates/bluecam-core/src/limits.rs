@@ -6,35 +6,31 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
+/// What a token bucket holds and how fast it fills, without the clock (a [`RateLimiter`]'s
+/// two buckets share theirs: every connection has one).
 #[derive(Clone, Debug)]
-pub struct TokenBucket {
+struct Level {
     rate: f64,
     burst: f64,
     tokens: f64,
-    last: Instant,
 }
 
-impl TokenBucket {
+impl Level {
     /// A full bucket.
-    pub fn new(rate_per_sec: f64, burst: f64, now: Instant) -> Self {
+    fn new(rate_per_sec: f64, burst: f64) -> Self {
         Self {
             rate: rate_per_sec.max(f64::MIN_POSITIVE),
             burst,
             tokens: burst,
-            last: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
+    fn refill(&mut self, elapsed_secs: f64) {
+        self.tokens = (self.tokens + elapsed_secs * self.rate).min(self.burst);
     }
 
     /// How long until `n` tokens are available (zero when they are now).
-    fn wait_for(&mut self, n: f64, now: Instant) -> Duration {
-        self.refill(now);
+    fn wait_for(&self, n: f64) -> Duration {
         if self.tokens >= n || (n > self.burst && self.tokens >= self.burst) {
             // A single cost above the burst passes when the bucket is full, so an allowed
             // frame size larger than the byte burst can still get through.
@@ -47,18 +43,47 @@ impl TokenBucket {
     fn take(&mut self, n: f64) {
         self.tokens -= n;
     }
+}
+
+/// Seconds from `last` to `now` (none when the clock reads earlier), and `last` moved to `now`.
+fn elapsed(last: &mut Instant, now: Instant) -> f64 {
+    let secs = now.saturating_duration_since(*last).as_secs_f64();
+    *last = now;
+    secs
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    level: Level,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate_per_sec: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            level: Level::new(rate_per_sec, burst),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.level.refill(elapsed(&mut self.last, now));
+    }
 
     /// Takes `n` tokens whether they are there or not: a cost known only afterwards (an
     /// answer's size). The bucket may go into debt; nothing more passes until it is repaid.
     pub fn charge(&mut self, n: f64, now: Instant) {
         self.refill(now);
-        self.take(n);
+        self.level.take(n);
     }
 
     /// Takes `n` tokens if they are there now; false (and nothing taken) otherwise.
     pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
-        if self.wait_for(n, now).is_zero() {
-            self.take(n);
+        self.refill(now);
+        if self.level.wait_for(n).is_zero() {
+            self.level.take(n);
             true
         } else {
             false
@@ -66,11 +91,13 @@ impl TokenBucket {
     }
 }
 
-/// Frames-per-second and bytes-per-second limits of one connection.
+/// Frames-per-second and bytes-per-second limits of one connection: two buckets filled by
+/// one clock.
 #[derive(Clone, Debug)]
 pub struct RateLimiter {
-    frames: TokenBucket,
-    bytes: TokenBucket,
+    frames: Level,
+    bytes: Level,
+    last: Instant,
 }
 
 impl RateLimiter {
@@ -83,17 +110,21 @@ impl RateLimiter {
         now: Instant,
     ) -> Self {
         Self {
-            frames: TokenBucket::new(frames_per_sec.into(), burst_frames.into(), now),
-            bytes: TokenBucket::new(bytes_per_sec as f64, burst_bytes as f64, now),
+            frames: Level::new(frames_per_sec.into(), burst_frames.into()),
+            bytes: Level::new(bytes_per_sec as f64, burst_bytes as f64),
+            last: now,
         }
     }
 
     /// Admits a frame of `len` bytes, or says how long to wait. A refused frame costs nothing.
     pub fn check(&mut self, len: usize, now: Instant) -> Result<(), Duration> {
+        let secs = elapsed(&mut self.last, now);
+        self.frames.refill(secs);
+        self.bytes.refill(secs);
         let wait = self
             .frames
-            .wait_for(1.0, now)
-            .max(self.bytes.wait_for(len as f64, now));
+            .wait_for(1.0)
+            .max(self.bytes.wait_for(len as f64));
         if wait.is_zero() {
             self.frames.take(1.0);
             self.bytes.take(len as f64);

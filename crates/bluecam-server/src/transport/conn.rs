@@ -151,6 +151,29 @@ enum Event {
     Socket(Incoming),
 }
 
+/// What [`Connection::step`] came to.
+enum Step {
+    /// The connection ends (with that code, or none: it is gone).
+    End(Option<CloseCode>),
+    /// Something has to wait ([`Connection::wait`]).
+    Wait(Slow),
+}
+
+/// What a connection has to wait for, rarely: boxed, so that its state is not part of every
+/// connection's task.
+enum Slow {
+    /// A batch whose write waits for the socket (see `write_waiting`).
+    Write,
+    /// A liveness ping.
+    Ping,
+    /// Rooms a frame left empty (a `leave`), to record.
+    Touch(Vec<bluecam_proto::RoomId>),
+    /// A bad frame, to answer (and count towards the bad-frame limit).
+    Reject(FrameError),
+    /// An error to send (the frame was dropped).
+    Error(ErrorFrame),
+}
+
 /// What came in from the client.
 pub(crate) enum Incoming {
     Text(Utf8Bytes),
@@ -194,20 +217,20 @@ pub(crate) fn run<T: Transport, H: Send>(
     host: Option<String>,
     held: H,
 ) -> impl std::future::Future<Output = ()> {
+    // (Without its spare capacity: the task holds it until the join is done.)
+    let host = host.map(String::into_boxed_str);
     async move {
-        serve_connection(&state, &mut socket, host).await;
+        // (Written out here rather than in a function of its own, whose arguments the task
+        // would hold a second time.) The join and the end are boxed: each runs once, and
+        // their state would otherwise be part of every idle connection's task.
+        let Some(mut connection) = Box::pin(begin(&state, &mut socket, host)).await else {
+            drop(held);
+            return;
+        };
+        let end = connection.serve(&mut socket).await;
+        Box::pin(connection.end(&mut socket, end)).await;
         drop(held);
     }
-}
-
-async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: Option<String>) {
-    // Boxed: each runs once, and their state would otherwise be part of every idle
-    // connection's task.
-    let Some(mut connection) = Box::pin(begin(state, socket, host)).await else {
-        return;
-    };
-    let end = connection.serve(socket).await;
-    Box::pin(connection.end(socket, end)).await;
 }
 
 /// The connection up to its join: the join frame (within the deadline), verified and
@@ -215,7 +238,7 @@ async fn serve_connection<T: Transport>(state: &AppState, socket: &mut T, host: 
 async fn begin<T: Transport>(
     state: &AppState,
     socket: &mut T,
-    host: Option<String>,
+    host: Option<Box<str>>,
 ) -> Option<Connection> {
     state
         .metrics
@@ -281,15 +304,13 @@ async fn begin<T: Transport>(
             limits.rate_burst_bytes,
             Instant::now(),
         ),
-        bad_frames: BadFrameWindow::new(
-            limits.max_bad_frames,
-            Duration::from_secs(limits.bad_frame_window_secs),
-        ),
+        bad_frames: None,
         last_heard: Instant::now(),
         state: state.clone(),
         conn,
         shared,
         unsent: None,
+        socket_first: false,
     })
 }
 impl Connection {
@@ -568,150 +589,163 @@ async fn cluster_admit(
     admitted.map_err(|rejected| fail(rejected.code(), rejected.message()))
 }
 
-/// What is left to do about a frame from the client once [`Connection::on_text`] handled it.
-enum Answered {
-    Done,
-    /// Rooms the frame left empty (a `leave`), to record.
-    Touch(Vec<bluecam_proto::RoomId>),
-    /// A bad frame, to answer (and count towards the bad-frame limit).
-    Reject(FrameError),
-    /// An error to send (the frame was dropped).
-    Error(ErrorFrame),
-}
-
 /// The per-connection state of the main loop.
 struct Connection {
     state: AppState,
     conn: ConnId,
     shared: Arc<crate::driver::ConnShared>,
     limiter: RateLimiter,
-    bad_frames: BadFrameWindow,
+    /// The client's recent bad frames, from its first (few connections ever send one).
+    bad_frames: Option<Box<BadFrameWindow>>,
     last_heard: Instant,
     /// A frame taken from the queue whose write did not complete (see `write_batch`).
     unsent: Option<Outbound>,
+    /// Whether [`Connection::step`] looks at the socket before the driver's signal this turn.
+    socket_first: bool,
 }
 
 impl Connection {
     /// Runs until the connection ends; returns the close code to send, if one is due.
-    async fn serve<T: Transport>(&mut self, socket: &mut T) -> Option<CloseCode> {
-        let state = self.state.clone();
-        let shared = Arc::clone(&self.shared);
-        let shared = &shared;
-        let limits = &state.config.limits;
-        // The driver ends connections at shutdown (`Driver::kill_all`); one registered after
-        // that sees it here.
-        if state.shutdown.is_cancelled() {
-            return Some(CloseCode::ServiceRestart);
-        }
-        shared.writing.store(true, Ordering::Release);
-        let mut socket_first = false;
-        loop {
-            // One poll of the two things a connection waits on (the driver's signal and its
-            // socket), each first in turn: a connection whose queue is never empty still reads
-            // its socket and one whose client never stops sending still writes. (No future is
-            // kept for either: both are polls.)
-            socket_first = !socket_first;
-            let event = std::future::poll_fn(|cx| {
-                use std::task::Poll;
-                if socket_first && let Poll::Ready(read) = socket.poll_next(cx) {
-                    return Poll::Ready(Event::Socket(read));
-                }
-                if let Poll::Ready(next) = shared.poll_next(cx) {
-                    return Poll::Ready(Event::Driver(next));
-                }
-                if !socket_first && let Poll::Ready(read) = socket.poll_next(cx) {
-                    return Poll::Ready(Event::Socket(read));
-                }
-                Poll::Pending
-            })
-            .await;
-            match event {
-                Event::Driver(next) => match next {
-                    Next::Out(first) => {
-                        self.unsent = Some(first);
-                        // Most batches are written at once: tried first without waiting, so
-                        // the waiting write's state (timers, the transport's write futures)
-                        // is allocated only when a socket is full, not kept in every
-                        // connection's task. (Cancellation-safe: what was not taken stays.)
-                        let now = std::future::poll_fn(|cx| {
-                            let write = write_batch(socket, &mut self.unsent, shared, &state);
-                            std::task::Poll::Ready(std::pin::pin!(write).as_mut().poll(cx))
-                        })
-                        .await;
-                        match now {
-                            std::task::Poll::Ready(Some(code)) => return code,
-                            std::task::Poll::Ready(None) => continue,
-                            std::task::Poll::Pending => {}
-                        }
-                        let waited =
-                            Box::pin(write_waiting(socket, &mut self.unsent, shared, &state));
-                        if let Some(code) = waited.await {
-                            return code;
-                        }
-                    }
-                    // Its turn in the driver's ping round (`Driver::ping_round`).
-                    Next::Ping => {
-                        // Between pings a connection is often idle: its queue holds no memory
-                        // then.
-                        shared.queue.trim();
-                        if socket.heard_at(self.last_heard).elapsed() >= limits.idle_timeout() {
-                            return Some(CloseCode::IdleTimeout);
-                        }
-                        if !socket.ping().await {
-                            return None;
-                        }
-                    }
-                    Next::Killed(code) => return Some(code),
-                    // (Let go of by the driver: with the code it asked for, if it did.)
-                    Next::Closed => return shared.kill_code(),
-                },
-                Event::Socket(msg) => match msg {
-                    Incoming::Text(text) => {
-                        let answer = match self.on_text(&text) {
-                            Answered::Done => None,
-                            // Rare, and boxed: their state is not kept in every task.
-                            Answered::Touch(vacated) => {
-                                Box::pin(state.touch_rooms(vacated)).await;
-                                None
-                            }
-                            Answered::Reject(e) => Box::pin(self.reject(socket, e)).await,
-                            Answered::Error(e) => {
-                                Box::pin(send_error_frame(&state, socket, e)).await.err()
-                            }
-                        };
-                        if let Some(code) = answer {
-                            return Some(code);
-                        }
-                    }
-                    Incoming::Binary => {
-                        state.metrics.frame_in("invalid");
-                        let e = FrameError {
-                            code: ErrorCode::BadRequest,
-                            message: "binary frames are not part of the protocol".into(),
-                            reference: None,
-                        };
-                        if let Some(code) = Box::pin(self.reject(socket, e)).await {
-                            return Some(code);
-                        }
-                    }
-                    Incoming::Heard => self.last_heard = Instant::now(),
-                    Incoming::Gone => return None,
-                    Incoming::Broken(code) => return code,
-                },
+    ///
+    /// Most of what a connection does (a frame in, a batch out) is done without waiting, in
+    /// [`Connection::step`]; what has to wait (a full socket, a ping, an error to send, rooms
+    /// to record) is boxed. So the loop's own state is a few bytes: this future is part of
+    /// every idle connection's task (BENCHMARKS.md, "What an idle connection holds"); not an
+    /// `async fn`, which would keep its arguments twice.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice in the connection's task"
+    )]
+    fn serve<'a, T: Transport>(
+        &'a mut self,
+        socket: &'a mut T,
+    ) -> impl std::future::Future<Output = Option<CloseCode>> + 'a {
+        async move {
+            // The driver ends connections at shutdown (`Driver::kill_all`); one registered
+            // after that sees it here.
+            if self.state.shutdown.is_cancelled() {
+                return Some(CloseCode::ServiceRestart);
             }
+            self.shared.writing.store(true, Ordering::Release);
+            loop {
+                let slow = match std::future::poll_fn(|cx| self.step(socket, cx)).await {
+                    Step::End(code) => return code,
+                    Step::Wait(slow) => slow,
+                };
+                if let Some(code) = Box::pin(self.wait(socket, slow)).await {
+                    return code;
+                }
+            }
+        }
+    }
+
+    /// Handles what the driver's signal and the socket have ready, until both are pending
+    /// (`Pending`, the task registered with both), the connection ends, or something has to
+    /// wait. Each is looked at first in turn: a connection whose queue is never empty still
+    /// reads its socket and one whose client never stops sending still writes.
+    fn step<T: Transport>(
+        &mut self,
+        socket: &mut T,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Step> {
+        use std::task::Poll;
+        loop {
+            self.socket_first = !self.socket_first;
+            let event = if self.socket_first
+                && let Poll::Ready(read) = socket.poll_next(cx)
+            {
+                Event::Socket(read)
+            } else if let Poll::Ready(next) = self.shared.poll_next(cx) {
+                Event::Driver(next)
+            } else if !self.socket_first
+                && let Poll::Ready(read) = socket.poll_next(cx)
+            {
+                Event::Socket(read)
+            } else {
+                return Poll::Pending;
+            };
+            let step = match event {
+                Event::Driver(Next::Out(first)) => {
+                    self.unsent = Some(first);
+                    // Most batches are written at once: tried without waiting, so the
+                    // waiting write's state (timers, the transport's write futures) is
+                    // allocated only when a socket is full. (Cancellation-safe: what was not
+                    // taken stays in `unsent`.)
+                    let write = write_batch(socket, &mut self.unsent, &self.shared, &self.state);
+                    match std::pin::pin!(write).poll(cx) {
+                        Poll::Ready(Some(code)) => Step::End(code),
+                        Poll::Ready(None) => continue,
+                        Poll::Pending => Step::Wait(Slow::Write),
+                    }
+                }
+                // Its turn in the driver's ping round (`Driver::ping_round`).
+                Event::Driver(Next::Ping) => {
+                    // Between pings a connection is often idle: its queue holds no memory
+                    // then.
+                    self.shared.queue.trim();
+                    let idle = self.state.config.limits.idle_timeout();
+                    if socket.heard_at(self.last_heard).elapsed() >= idle {
+                        Step::End(Some(CloseCode::IdleTimeout))
+                    } else {
+                        Step::Wait(Slow::Ping)
+                    }
+                }
+                Event::Driver(Next::Killed(code)) => Step::End(Some(code)),
+                // (Let go of by the driver: with the code it asked for, if it did.)
+                Event::Driver(Next::Closed) => Step::End(self.shared.kill_code()),
+                Event::Socket(Incoming::Text(text)) => match self.on_text(&text) {
+                    None => continue,
+                    Some(slow) => Step::Wait(slow),
+                },
+                Event::Socket(Incoming::Binary) => {
+                    self.state.metrics.frame_in("invalid");
+                    Step::Wait(Slow::Reject(FrameError {
+                        code: ErrorCode::BadRequest,
+                        message: "binary frames are not part of the protocol".into(),
+                        reference: None,
+                    }))
+                }
+                Event::Socket(Incoming::Heard) => {
+                    self.last_heard = Instant::now();
+                    continue;
+                }
+                Event::Socket(Incoming::Gone) => Step::End(None),
+                Event::Socket(Incoming::Broken(code)) => Step::End(code),
+            };
+            return Poll::Ready(step);
+        }
+    }
+
+    /// What [`Connection::step`] left to wait for; `Some` when the connection must end (with
+    /// that code, or none: it is gone).
+    async fn wait<T: Transport>(
+        &mut self,
+        socket: &mut T,
+        slow: Slow,
+    ) -> Option<Option<CloseCode>> {
+        let state = &self.state.clone();
+        match slow {
+            Slow::Write => write_waiting(socket, &mut self.unsent, &self.shared, state).await,
+            Slow::Ping => (!socket.ping().await).then_some(None),
+            Slow::Touch(vacated) => {
+                state.touch_rooms(vacated).await;
+                None
+            }
+            Slow::Reject(e) => self.reject(socket, e).await.map(Some),
+            Slow::Error(e) => send_error_frame(state, socket, e).await.err().map(Some),
         }
     }
 
     /// One text frame from the client, handled without waiting; what is left to do (rarely
     /// anything) is the answer.
-    fn on_text(&mut self, text: &Utf8Bytes) -> Answered {
+    fn on_text(&mut self, text: &Utf8Bytes) -> Option<Slow> {
         let now = Instant::now();
         self.last_heard = now;
         let state = &self.state;
         let limits = &state.config.limits;
         if text.len() > limits.max_frame_bytes {
             state.metrics.frame_in("invalid");
-            return Answered::Reject(FrameError {
+            return Some(Slow::Reject(FrameError {
                 code: ErrorCode::TooLarge,
                 message: format!(
                     "frame of {} bytes exceeds the limit of {} bytes",
@@ -719,7 +753,7 @@ impl Connection {
                     limits.max_frame_bytes
                 ),
                 reference: None,
-            });
+            }));
         }
         if let Err(wait) = self.limiter.check(text.len(), now) {
             state.metrics.frame_in("invalid");
@@ -737,7 +771,7 @@ impl Connection {
             .with_ref(reference);
             error.retry_after_ms = Some(wait.as_millis().max(1) as u64);
             state.metrics.error(ErrorCode::RateLimited);
-            return Answered::Error(error);
+            return Some(Slow::Error(error));
         }
         match ClientMessage::from_json(text) {
             Ok(msg) => {
@@ -749,15 +783,11 @@ impl Connection {
                         .increment(payload.get().len() as u64);
                 }
                 let vacated = state.driver.message(self.conn, msg, now);
-                if vacated.is_empty() {
-                    Answered::Done
-                } else {
-                    Answered::Touch(vacated)
-                }
+                (!vacated.is_empty()).then_some(Slow::Touch(vacated))
             }
             Err(e) => {
                 state.metrics.frame_in("invalid");
-                Answered::Reject(e)
+                Some(Slow::Reject(e))
             }
         }
     }
@@ -766,7 +796,16 @@ impl Connection {
     async fn reject<T: Transport>(&mut self, socket: &mut T, e: FrameError) -> Option<CloseCode> {
         self.state.metrics.error(e.code);
         let mut error = ErrorFrame::new(e.code, e.message).with_ref(e.reference);
-        let too_many = self.bad_frames.record(Instant::now());
+        let limits = &self.state.config.limits;
+        let too_many = self
+            .bad_frames
+            .get_or_insert_with(|| {
+                Box::new(BadFrameWindow::new(
+                    limits.max_bad_frames,
+                    Duration::from_secs(limits.bad_frame_window_secs),
+                ))
+            })
+            .record(Instant::now());
         if too_many {
             error = error.closing(CloseCode::TooManyErrors);
         }

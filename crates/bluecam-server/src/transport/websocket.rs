@@ -241,8 +241,9 @@ pub(crate) struct Socket<S> {
     /// Frames to write. Unallocated once written.
     out: Vec<u8>,
     /// The payload of the pong owed for the last ping (only the last is answered, section
-    /// 5.5.3), written when nothing else waits to be.
-    pong: Option<Bytes>,
+    /// 5.5.3), written when nothing else waits to be. (Boxed: every connection has the field,
+    /// few clients ping.)
+    pong: Option<Box<Bytes>>,
     /// A close frame came: nothing more is read.
     closed: bool,
     /// A flush the stream has not finished: TLS keeps bytes it took until they are flushed, so
@@ -383,7 +384,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             Event::Text(text) => Some(Incoming::Text(text)),
             Event::Binary => Some(Incoming::Binary),
             Event::Ping(payload) => {
-                self.pong = Some(payload);
+                self.pong = Some(Box::new(payload));
                 Some(Incoming::Heard)
             }
             Event::Pong => Some(Incoming::Heard),
