@@ -147,7 +147,7 @@ impl Outq {
     }
 
     /// Queues `out` unless `cap` frames are queued already (or the queue is closed).
-    fn try_push(&self, out: Outbound, cap: usize) -> Result<(), Outbound> {
+    pub(crate) fn try_push(&self, out: Outbound, cap: usize) -> Result<(), Outbound> {
         let mut frames = self.lock();
         if frames.len() >= cap || self.closed.load(Ordering::Acquire) {
             return Err(out);

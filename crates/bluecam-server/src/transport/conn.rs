@@ -111,9 +111,11 @@ pub(crate) async fn write_batch<T: Transport>(
             }
             Outbound::Close(code) => {
                 let code = *code;
-                *slot = None;
-                // (The frames before it go out first, if they can.)
+                // (The frames before it go out first, if they can. The close stays in `slot`
+                // until they have: a batch tried without waiting and dropped at this flush
+                // leaves it for the write that waits.)
                 let _ = socket.flush_batch(state).await;
+                *slot = None;
                 return Some(Some(code));
             }
         }
@@ -725,7 +727,10 @@ impl Connection {
     ) -> Option<Option<CloseCode>> {
         let state = &self.state.clone();
         match slow {
-            Slow::Write => write_waiting(socket, &mut self.unsent, &self.shared, state).await,
+            // (Boxed on its own: the timers of a waiting write are not allocated for a ping.)
+            Slow::Write => {
+                Box::pin(write_waiting(socket, &mut self.unsent, &self.shared, state)).await
+            }
             Slow::Ping => (!socket.ping().await).then_some(None),
             Slow::Touch(vacated) => {
                 state.touch_rooms(vacated).await;

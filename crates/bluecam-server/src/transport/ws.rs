@@ -624,4 +624,70 @@ mod tests {
             assert!(direct_handshake(head.as_bytes()).is_none(), "{what}");
         }
     }
+
+    /// A batch that ends in the driver's close (a room deleted, a peer removed or replaced)
+    /// while the client reads slowly: the frames are buffered, the close is reached, and the
+    /// flush has to wait for the socket. The loop tries a batch once without waiting, drops
+    /// that attempt, and waits in another: the close must be left for that one.
+    #[tokio::test]
+    async fn a_close_behind_a_flush_that_waits_is_kept_for_the_write_that_waits() {
+        use super::{Counted, Outbound, Socket, WebSocket};
+        use crate::transport::conn::write_batch;
+        use bluecam_proto::CloseCode;
+        use std::{pin::pin, sync::atomic::Ordering, task::Poll};
+        use tokio::io::AsyncReadExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "bluecam-ws-close-{}-{}",
+            std::process::id(),
+            crate::auth::random_token(6)
+        ));
+        let config = crate::Config {
+            data_dir: dir.clone(),
+            api_secret: Some("a-test-secret-of-at-least-32-characters".into()),
+            ..crate::Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = crate::Server::bind(listener, config).await.unwrap();
+        let state = server.state.clone();
+        // The client's end takes 64 bytes, then nothing until it reads.
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let io = Counted {
+            inner: ours,
+            written: Default::default(),
+        };
+        let mut socket: WebSocket<_> = Socket::new(io, 1 << 20);
+        let (_conn, shared) = state.driver.register();
+        let text = "x".repeat(200);
+        shared.queued_bytes.fetch_add(text.len(), Ordering::AcqRel);
+        let mut slot = Some(Outbound::Frame {
+            text: text.into(),
+            resumable: true,
+        });
+        shared
+            .queue
+            .try_push(Outbound::Close(CloseCode::RoomClosed), 16)
+            .unwrap();
+        let once = std::future::poll_fn(|cx| {
+            let write = write_batch(&mut socket, &mut slot, &shared, &state);
+            Poll::Ready(pin!(write).poll(cx))
+        })
+        .await;
+        assert!(once.is_pending(), "the flush waits for the socket");
+        assert!(
+            matches!(slot, Some(Outbound::Close(CloseCode::RoomClosed))),
+            "the close waits for the write that waits"
+        );
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            theirs.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let ended = write_batch(&mut socket, &mut slot, &shared, &state).await;
+        assert_eq!(ended, Some(Some(CloseCode::RoomClosed)));
+        drop(socket);
+        // (The frame's 200 bytes and its header; the close frame itself is `close`'s.)
+        assert_eq!(reader.await.unwrap().len(), 204);
+        drop(server);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
