@@ -420,6 +420,13 @@ struct Applied {
     dropped: u64,
 }
 
+/// Whether the room's call starts now: none is open and at least two sessions are connected.
+/// (The open call is looked up first: once a room has a call, every later join finds it and
+/// counts nobody.)
+fn call_due(db: &mut dyn Db, room: &str) -> R<bool> {
+    Ok(db.open_call(room)?.is_none() && db.connected_sessions(room)? >= 2)
+}
+
 fn apply(
     db: &mut dyn Db,
     event: &Event,
@@ -454,8 +461,7 @@ fn apply(
                 "joinedAt": secs(*at_ms),
             });
             enqueue(db, outbox, out, room.as_str(), "peer.joined", *at_ms, data)?;
-            if db.connected_sessions(room.as_str())? >= 2 && db.open_call(room.as_str())?.is_none()
-            {
+            if call_due(db, room.as_str())? {
                 start_call(db, outbox, out, room.as_str(), *at_ms)?;
             }
         }
@@ -467,10 +473,7 @@ fn apply(
             db.lock_room(room.as_str())?;
             // Another node may have ended it a moment before (its resume window ran out there
             // as it resumed here): it is back, and so may be the room's call.
-            if db.attach(session.as_str(), &node.node)?
-                && db.connected_sessions(room.as_str())? >= 2
-                && db.open_call(room.as_str())?.is_none()
-            {
+            if db.attach(session.as_str(), &node.node)? && call_due(db, room.as_str())? {
                 start_call(db, outbox, out, room.as_str(), *at_ms)?;
             }
         }
