@@ -312,6 +312,7 @@ impl Room {
             flush_due: false,
             acks_due_at: None,
             leave_done: None,
+            held: VecDeque::new(),
         };
         for p in joined.peers {
             driver.add_peer(p, false);
@@ -336,7 +337,9 @@ impl Room {
     }
 
     /// Sends `json` (the data's JSON text) of `msg_type` to every peer, or to `to` (each id
-    /// once, whatever the list repeats).
+    /// once, whatever the list repeats). While an addressee has 1,024 messages or 16 MiB
+    /// unacknowledged, the message waits (and every message sent after it) until there is
+    /// room, as the SDK's `sendMessage` does: memory in flight stays bounded per peer.
     pub fn send(&self, msg_type: &str, json: String, to: Option<Vec<String>>) -> Delivery {
         let (done, rx) = oneshot::channel();
         if json.len() > MAX_MESSAGE_BYTES {
@@ -471,7 +474,24 @@ struct Driver {
     acks_due_at: Option<Instant>,
     /// The app's `leave`, answered once the room is over.
     leave_done: Option<oneshot::Sender<()>>,
+    /// Sends waiting for room in an addressee's outbox, in the order they were made.
+    held: VecDeque<Held>,
 }
+
+/// A send waiting for room in the outboxes of its addressees ([`OUTBOX_MAX_MESSAGES`],
+/// [`OUTBOX_MAX_BYTES`]).
+struct Held {
+    msg_type: String,
+    json: String,
+    ids: Vec<String>,
+    done: oneshot::Sender<Result<(), SendError>>,
+}
+
+/// Unacknowledged messages to one peer above which a send waits for room, as the SDK's
+/// `sendMessage` does (back-pressure, never a drop).
+const OUTBOX_MAX_MESSAGES: usize = 1024;
+/// Unacknowledged bytes to one peer above which a send waits for room.
+const OUTBOX_MAX_BYTES: usize = 16 << 20;
 
 enum End {
     /// Left, or the session ended for good.
@@ -572,6 +592,67 @@ impl Driver {
             });
             return;
         }
+        // An addressee with a full outbox: the send waits (and every send after it, so that
+        // each peer gets its messages in the order they were sent).
+        if !self.held.is_empty() || self.full(&ids) {
+            self.held.push_back(Held {
+                msg_type,
+                json,
+                ids,
+                done,
+            });
+            return;
+        }
+        self.add(msg_type, json, ids, done);
+    }
+
+    /// Whether one of these peers has no room for another message.
+    fn full(&self, ids: &[String]) -> bool {
+        ids.iter().any(|id| {
+            self.peers.get(id).is_some_and(|p| {
+                p.outbox.pending().len() >= OUTBOX_MAX_MESSAGES
+                    || p.outbox.bytes() >= OUTBOX_MAX_BYTES
+            })
+        })
+    }
+
+    /// Takes the sends that waited, in order, while their addressees have room (a peer that
+    /// left meanwhile makes its send undeliverable).
+    fn release_held(&mut self) {
+        while let Some(next) = self.held.front() {
+            if self.full(&next.ids) {
+                return;
+            }
+            let Some(Held {
+                msg_type,
+                json,
+                ids,
+                done,
+            }) = self.held.pop_front()
+            else {
+                return;
+            };
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !self.peers.contains_key(*id))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                self.add(msg_type, json, ids, done);
+            } else {
+                let _ = done.send(Err(SendError::Undeliverable(missing)));
+            }
+        }
+    }
+
+    /// Adds a message for these peers (all in the room, all with room) to their outboxes.
+    fn add(
+        &mut self,
+        msg_type: String,
+        json: String,
+        ids: Vec<String>,
+        done: oneshot::Sender<Result<(), SendError>>,
+    ) {
         let d = self.next_delivery;
         self.next_delivery += 1;
         self.deliveries.insert(
@@ -899,6 +980,9 @@ impl Driver {
         for id in ids {
             self.remove_peer(&id);
         }
+        for held in std::mem::take(&mut self.held) {
+            let _ = held.done.send(Err(SendError::Undeliverable(held.ids)));
+        }
         self.emit(Event::Connection("disconnected"));
     }
 
@@ -1003,6 +1087,10 @@ impl Driver {
         let mut heard = Instant::now();
         let mut pinged = false;
         loop {
+            // (Acknowledgements, or a peer's leaving, may have made room for sends that wait.)
+            if !self.held.is_empty() {
+                self.release_held();
+            }
             // New messages become frames only when a frame can go: while the rate limit holds
             // frames back, messages gather, and then share one.
             if self.flush_due && self.out.is_empty() && self.bucket.ready() {

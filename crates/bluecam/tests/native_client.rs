@@ -314,3 +314,92 @@ async fn a_server_frozen_past_the_watchdog_is_left_and_resumed_nothing_lost() {
     a.leave().await;
     b.leave().await;
 }
+
+/// A peer that never acknowledges (a raw WebSocket client, not the crate): the sender keeps at
+/// most 1,024 of its messages unacknowledged, the rest wait, and all of them settle
+/// (undeliverable) once that peer leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_acknowledges_holds_back_what_goes_beyond_the_bound() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = temp_dir("bound");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let token = room_tokens(&dir, &url);
+    let ws_url = format!("{}/v1/ws", url.replacen("http", "ws", 1));
+    let (mut mute, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let join = serde_json::json!({"op": "join", "token": token("mute")}).to_string();
+    mute.send(Message::text(join)).await.unwrap();
+    let joined: serde_json::Value = loop {
+        if let Some(Ok(Message::Text(t))) = mute.next().await {
+            break serde_json::from_str(&t).unwrap();
+        }
+    };
+    assert_eq!(joined["op"], "joined", "{joined}");
+    let mute_id = joined["self"]["id"].as_str().unwrap().to_owned();
+    let mut alice = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..1_100u64)
+        .map(|i| alice.send("n", format!(r#"{{"i":{i}}}"#), Some(vec![mute_id.clone()])))
+        .collect();
+    // Everything the mute peer gets for 3 s (retransmissions included): no message past the
+    // 1,024th.
+    let mut highest = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, mute.next()).await {
+        let Message::Text(text) = msg else { continue };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["op"] != "message" {
+            continue;
+        }
+        let envelopes = match &frame["msg"] {
+            serde_json::Value::Array(list) => list.clone(),
+            one => vec![one.clone()],
+        };
+        for e in envelopes {
+            if e["k"] == "m" {
+                highest = highest.max(e["s"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        highest, 1_024,
+        "the highest sequence number the mute peer got"
+    );
+    // It leaves: every send settles, none as delivered.
+    mute.send(Message::text(r#"{"op":"leave"}"#)).await.unwrap();
+    for (i, d) in sends.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_secs(20), d)
+            .await
+            .unwrap_or_else(|_| panic!("send {i} still pending after the peer left"))
+            .unwrap();
+        assert!(outcome.is_err(), "send {i} settled as {outcome:?}");
+    }
+    // A peer that acknowledges lets what waited go as room is made: 3,000 sent at once all
+    // arrive, once and in order, and every send resolves.
+    let mut bob = Room::join(&url, &token("bob"), Options::default())
+        .await
+        .unwrap();
+    let bob_id = bob.me().id.to_string();
+    // (Once alice knows of bob: a send to a peer she has not heard of is undeliverable.)
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await {
+            Ok(Some(Event::PeerJoined(p))) if p.id.as_str() == bob_id => break,
+            Ok(Some(_)) => {}
+            other => panic!("alice never heard of bob: {other:?}"),
+        }
+    }
+    let sends: Vec<_> = (0..3_000u64)
+        .map(|i| alice.send("m", format!(r#"{{"i":{i}}}"#), Some(vec![bob_id.clone()])))
+        .collect();
+    assert_eq!(
+        collect(&mut bob, "m", 3_000).await,
+        (0..3_000).collect::<Vec<_>>()
+    );
+    for d in sends {
+        d.await.unwrap().unwrap();
+    }
+    alice.leave().await;
+    bob.leave().await;
+}
