@@ -584,7 +584,7 @@ impl Driver {
             .filter(|id| !self.peers.contains_key(*id))
             .cloned()
             .collect();
-        if !missing.is_empty() || ids.is_empty() {
+        if ids.is_empty() || missing.len() == ids.len() {
             let _ = done.send(if missing.is_empty() {
                 Ok(())
             } else {
@@ -632,20 +632,17 @@ impl Driver {
             else {
                 return;
             };
-            let missing: Vec<String> = ids
-                .iter()
-                .filter(|id| !self.peers.contains_key(*id))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
+            if ids.iter().any(|id| self.peers.contains_key(id)) {
                 self.add(msg_type, json, ids, done);
             } else {
-                let _ = done.send(Err(SendError::Undeliverable(missing)));
+                let _ = done.send(Err(SendError::Undeliverable(ids)));
             }
         }
     }
 
-    /// Adds a message for these peers (all in the room, all with room) to their outboxes.
+    /// Adds a message to the outboxes of these peers (at least one of them in the room; those
+    /// with room): it goes to those in the room, and the send fails naming the others once the
+    /// rest is settled.
     fn add(
         &mut self,
         msg_type: String,
@@ -653,13 +650,15 @@ impl Driver {
         ids: Vec<String>,
         done: oneshot::Sender<Result<(), SendError>>,
     ) {
+        let (ids, missing): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| self.peers.contains_key(id));
         let d = self.next_delivery;
         self.next_delivery += 1;
         self.deliveries.insert(
             d,
             PendingDelivery {
                 remaining: ids.len(),
-                failed: Vec::new(),
+                failed: missing,
                 done: Some(done),
             },
         );
@@ -726,6 +725,18 @@ impl Driver {
     }
 
     fn tick(&mut self) {
+        self.tick_peers(true);
+    }
+
+    /// While reconnecting: only the delivery bound (nothing can be sent; a resume sends
+    /// everything unacknowledged again), so that every send settles in time however long the
+    /// server is away, as in the SDK; sends that waited for room may go into the outboxes.
+    fn expire(&mut self) {
+        self.tick_peers(false);
+        self.release_held();
+    }
+
+    fn tick_peers(&mut self, connected: bool) {
         let now = now_ms();
         let bound = self.options.delivery_timeout.as_millis() as u64;
         let ids: Vec<String> = self.peers.keys().cloned().collect();
@@ -753,7 +764,7 @@ impl Driver {
                     }
                 }
                 Tick::Send { due, .. } => {
-                    if !due.is_empty() {
+                    if connected && !due.is_empty() {
                         self.transmit(&id, &due);
                     }
                 }
@@ -990,6 +1001,7 @@ impl Driver {
     /// session expired, the token was refused, the room is gone) or the app left meanwhile.
     async fn resume(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<Ws> {
         let mut wait = Duration::from_millis(250);
+        let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
             let (url, token, (session, secret)) =
                 (self.url.clone(), self.token.clone(), self.session.clone());
@@ -1007,6 +1019,7 @@ impl Driver {
                         }
                         None => return None,
                     },
+                    _ = ticker.tick() => self.expire(),
                 }
             };
             match result {
@@ -1063,7 +1076,14 @@ impl Driver {
                         .map_or(0, |d| d.subsec_nanos()),
                 ) % 100,
             );
-            tokio::time::sleep(wait + jitter).await;
+            let backoff = tokio::time::sleep(wait + jitter);
+            tokio::pin!(backoff);
+            loop {
+                tokio::select! {
+                    () = &mut backoff => break,
+                    _ = ticker.tick() => self.expire(),
+                }
+            }
             wait = (wait * 2).min(Duration::from_secs(5));
         }
     }

@@ -400,6 +400,54 @@ async fn a_peer_that_never_acknowledges_holds_back_what_goes_beyond_the_bound() 
     for d in sends {
         d.await.unwrap().unwrap();
     }
+    // A send to a peer in the room and to one that is not: it goes to the one, and fails
+    // naming the other.
+    let partly = alice.send(
+        "x",
+        r#"{"i":0}"#.to_owned(),
+        Some(vec![bob_id.clone(), "nobody".to_owned()]),
+    );
+    assert_eq!(collect(&mut bob, "x", 1).await, vec![0]);
+    match partly.await.unwrap() {
+        Err(bluecam_client::room::SendError::Undeliverable(peers)) => {
+            assert_eq!(peers, vec!["nobody".to_owned()]);
+        }
+        other => panic!("a send to bob and nobody settled as {other:?}"),
+    }
+    alice.leave().await;
+    bob.leave().await;
+}
+
+/// The server gone for longer than the delivery bound: a send made meanwhile settles
+/// (undeliverable) within the bound while the client is still trying to reconnect, as the
+/// SDK's do; it does not wait for the app to leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_settles_within_the_bound_while_the_server_is_away() {
+    let dir = temp_dir("away");
+    let mut served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let token = room_tokens(&dir, &url);
+    let options = || Options {
+        delivery_timeout: Duration::from_secs(2),
+    };
+    let mut alice = Room::join(&url, &token("alice"), options()).await.unwrap();
+    let bob = Room::join(&url, &token("bob"), options()).await.unwrap();
+    let bob_id = bob.me().id.to_string();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await {
+            Ok(Some(Event::PeerJoined(p))) if p.id.as_str() == bob_id => break,
+            Ok(Some(_)) => {}
+            other => panic!("alice never heard of bob: {other:?}"),
+        }
+    }
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let d = alice.send("late", r#"{"i":0}"#.to_owned(), Some(vec![bob_id]));
+    let outcome = tokio::time::timeout(Duration::from_secs(15), d)
+        .await
+        .expect("the send still pending 15 s into the outage (bound: 2 s)")
+        .unwrap();
+    assert!(outcome.is_err(), "settled as {outcome:?}");
     alice.leave().await;
     bob.leave().await;
 }
