@@ -73,6 +73,17 @@ fn room_tokens(dir: &Path, url: &str) -> impl Fn(&str) -> String {
     }
 }
 
+/// Waits until `room` has heard that the peer `id` joined (its other events are dropped).
+async fn heard_of(room: &mut Room, id: &str) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), room.next_event()).await {
+            Ok(Some(Event::PeerJoined(p))) if p.id.as_str() == id => return,
+            Ok(Some(_)) => {}
+            other => panic!("{id} never joined, as far as the room heard: {other:?}"),
+        }
+    }
+}
+
 /// Waits for `n` messages of `msg_type` and returns their data's numbers, failing after 60 s;
 /// the connection states seen meanwhile go to `states`.
 async fn collect_states(
@@ -383,13 +394,7 @@ async fn a_peer_that_never_acknowledges_holds_back_what_goes_beyond_the_bound() 
         .unwrap();
     let bob_id = bob.me().id.to_string();
     // (Once alice knows of bob: a send to a peer she has not heard of is undeliverable.)
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await {
-            Ok(Some(Event::PeerJoined(p))) if p.id.as_str() == bob_id => break,
-            Ok(Some(_)) => {}
-            other => panic!("alice never heard of bob: {other:?}"),
-        }
-    }
+    heard_of(&mut alice, &bob_id).await;
     let sends: Vec<_> = (0..3_000u64)
         .map(|i| alice.send("m", format!(r#"{{"i":{i}}}"#), Some(vec![bob_id.clone()])))
         .collect();
@@ -433,13 +438,7 @@ async fn a_send_settles_within_the_bound_while_the_server_is_away() {
     let mut alice = Room::join(&url, &token("alice"), options()).await.unwrap();
     let bob = Room::join(&url, &token("bob"), options()).await.unwrap();
     let bob_id = bob.me().id.to_string();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await {
-            Ok(Some(Event::PeerJoined(p))) if p.id.as_str() == bob_id => break,
-            Ok(Some(_)) => {}
-            other => panic!("alice never heard of bob: {other:?}"),
-        }
-    }
+    heard_of(&mut alice, &bob_id).await;
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     let d = alice.send("late", r#"{"i":0}"#.to_owned(), Some(vec![bob_id]));
