@@ -34,5 +34,6 @@
 //! ```
 
 pub mod delivery;
+mod link;
 pub mod room;
 pub mod sender;

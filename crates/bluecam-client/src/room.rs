@@ -1,6 +1,7 @@
 //! A room over the server's relay: the join, the peers, the delivery guarantee, resume.
 //!
-//! [`Room::join`] connects to a BlueCam server over a WebSocket, joins with a token, and spawns
+//! [`Room::join`] connects to a BlueCam server (a WebSocket, or the HTTP long-polling transport
+//! where one cannot be opened: `link.rs`), joins with a token, and spawns
 //! the task that keeps the room: it answers the server, keeps one [`Outbox`] per peer and one
 //! [`Inbox`] per sender, sends what the app hands it through the relay in batched frames
 //! within the server's rate limit (this client makes no WebRTC connection yet: it tells every
@@ -9,23 +10,20 @@
 //! session after a dropped connection or a server restart.
 
 use crate::delivery::{Envelope, Epochs, Inbox, MAX_MESSAGE_BYTES, Outbox, Via, envelopes_of};
+pub use crate::link::Transport;
+use crate::link::{Incoming, Link, Nodes};
 use crate::sender::{
     DELIVERY_TIMEOUT_MS, PathState, RELAY_BATCH_CHARS, TICK_MS, Tick, relay_frames, relay_msg,
     tick_peer,
 };
 use bluecam_proto::{CloseCode, PeerInfo};
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-/// A connection attempt (TCP, WebSocket handshake, join) gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silent this long, the server is pinged; silent [`DEAD_AFTER`], the connection is given up
 /// and the session resumed (as the SDK does).
 const PING_AFTER: Duration = Duration::from_secs(5);
@@ -103,12 +101,21 @@ enum Command {
 pub struct Options {
     /// A message not acknowledged this long is given up (with every later one to that peer).
     pub delivery_timeout: Duration,
+    /// How the server is reached: a WebSocket, falling back to HTTP long-polling where one
+    /// cannot be opened (the default), or only one of them.
+    pub transport: Transport,
+    /// Further nodes of the same cluster (`http(s)://host:port`), in order of preference after
+    /// the `server` of [`Room::join`]: a node that cannot be reached, or that goes away
+    /// (restarting, draining, silent), gives way to the next (the SDK's list of nodes).
+    pub nodes: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             delivery_timeout: Duration::from_millis(DELIVERY_TIMEOUT_MS),
+            transport: Transport::Auto,
+            nodes: Vec::new(),
         }
     }
 }
@@ -120,6 +127,7 @@ pub struct Room {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<Event>,
     peers: Vec<PeerInfo>,
+    transport: &'static str,
 }
 
 impl std::fmt::Debug for Command {
@@ -153,18 +161,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn ws_url(server: &str) -> String {
-    let base = server.trim_end_matches('/');
-    let base = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        base.to_owned()
-    };
-    format!("{base}/v1/ws")
-}
-
 /// Whether the token lets this peer send data (its `permissions.sendData`; true when it does
 /// not say, or cannot be read: the server decides anyway).
 fn token_sends_data(token: &str) -> bool {
@@ -180,9 +176,6 @@ fn token_sends_data(token: &str) -> bool {
     let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     claims["permissions"]["sendData"].as_bool() != Some(false)
 }
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A frame from the server, its payloads as they came (never re-serialized: a chunk may hold
 /// a lone surrogate, and data keeps its bytes).
@@ -215,81 +208,29 @@ struct Frame<'a> {
     msg_type: Option<String>,
 }
 
-/// A join's answer: refused for good, or to be tried again (`unavailable`, `internal`: the
-/// server says try again).
-fn join_refusal(code: &str, message: String) -> JoinError {
-    if matches!(code, "unavailable" | "internal") {
-        JoinError::Connect(format!("{code}: {message}"))
-    } else {
-        JoinError::Refused {
-            code: code.to_owned(),
-            message,
-        }
-    }
-}
-
-/// Opens a WebSocket and joins (or resumes); the socket and the `joined` frame.
-async fn connect(
-    url: &str,
-    token: &str,
-    resume: Option<(&str, &str)>,
-) -> Result<(Ws, bluecam_proto::Joined), JoinError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token, resume))
-        .await
-        .unwrap_or_else(|_| Err(JoinError::Connect("no answer to the join".to_owned())))
-}
-
-async fn connect_now(
-    url: &str,
-    token: &str,
-    resume: Option<(&str, &str)>,
-) -> Result<(Ws, bluecam_proto::Joined), JoinError> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| JoinError::Connect(e.to_string()))?;
-    let mut join = serde_json::json!({"op": "join", "token": token});
-    if let Some((session, secret)) = resume {
-        join["resume"] = serde_json::json!({"session": session, "secret": secret});
-    }
-    ws.send(WsMessage::text(join.to_string()))
-        .await
-        .map_err(|e| JoinError::Connect(e.to_string()))?;
-    while let Some(msg) = ws.next().await {
-        let msg = msg.map_err(|e| JoinError::Connect(e.to_string()))?;
-        let WsMessage::Text(text) = msg else { continue };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        match v["op"].as_str() {
-            Some("joined") => {
-                let joined: bluecam_proto::Joined = serde_json::from_value(v).map_err(|e| {
-                    JoinError::Connect(format!("a joined frame it cannot read: {e}"))
-                })?;
-                return Ok((ws, joined));
-            }
-            Some("error") => {
-                return Err(join_refusal(
-                    v["code"].as_str().unwrap_or("error"),
-                    v["message"].as_str().unwrap_or_default().to_owned(),
-                ));
-            }
-            _ => {}
-        }
-    }
-    Err(JoinError::Connect(
-        "the server closed the connection before answering the join".to_owned(),
-    ))
-}
-
 impl Room {
-    /// Joins the room of `token` on `server` (`http://host:port`, a path prefix kept).
-    pub async fn join(server: &str, token: &str, options: Options) -> Result<Room, JoinError> {
-        let url = ws_url(server);
-        let (ws, joined) = connect(&url, token, None).await?;
+    /// Joins the room of `token` on `server` (`http(s)://host:port`, a path prefix kept),
+    /// or, when it cannot be reached, on the first of `options.nodes` that can (each is tried
+    /// once; a refusal is not tried elsewhere).
+    pub async fn join(server: &str, token: &str, mut options: Options) -> Result<Room, JoinError> {
+        let mut urls = vec![server.to_owned()];
+        urls.append(&mut options.nodes);
+        let mut nodes = Nodes::new(urls, options.transport);
+        let mut tried = 0;
+        let (link, joined) = loop {
+            match nodes.connect(token, None).await {
+                Ok(ok) => break ok,
+                Err(JoinError::Connect(_)) if tried + 1 < nodes.len() => tried += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let transport = link.transport();
         let (commands, rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let me = joined.self_.clone();
         let peers = joined.peers.clone();
         let mut driver = Driver {
-            url,
+            nodes,
             sends_data: token_sends_data(token),
             token: token.to_owned(),
             options,
@@ -317,13 +258,19 @@ impl Room {
         for p in joined.peers {
             driver.add_peer(p, false);
         }
-        tokio::spawn(driver.run(ws, rx));
+        tokio::spawn(driver.run(link, rx));
         Ok(Room {
             me,
             commands,
             events,
             peers,
+            transport,
         })
+    }
+
+    /// How the join went: `websocket` or `http` (the SDK's `room.transport`).
+    pub fn transport(&self) -> &'static str {
+        self.transport
     }
 
     /// This peer.
@@ -449,7 +396,7 @@ struct PendingDelivery {
 }
 
 struct Driver {
-    url: String,
+    nodes: Nodes,
     token: String,
     sends_data: bool,
     options: Options,
@@ -961,16 +908,16 @@ impl Driver {
         None
     }
 
-    async fn run(mut self, mut ws: Ws, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut link: Link, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.emit(Event::Connection("connected"));
         loop {
-            match self.serve(&mut ws, &mut commands).await {
+            match self.serve(&mut link, &mut commands).await {
                 End::Over => break,
                 End::Resume => {
                     self.emit(Event::Connection("reconnecting"));
                     match self.resume(&mut commands).await {
                         Some(next) => {
-                            ws = next;
+                            link = next;
                             self.emit(Event::Connection("connected"));
                         }
                         None => break,
@@ -999,31 +946,35 @@ impl Driver {
 
     /// Resumes the session, backing off up to 5 s; `None` when the server refuses it (the
     /// session expired, the token was refused, the room is gone) or the app left meanwhile.
-    async fn resume(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<Ws> {
+    async fn resume(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<Link> {
         let mut wait = Duration::from_millis(250);
         let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
-            let (url, token, (session, secret)) =
-                (self.url.clone(), self.token.clone(), self.session.clone());
-            let attempt = connect(&url, &token, Some((&session, &secret)));
-            tokio::pin!(attempt);
-            let result = loop {
-                tokio::select! {
-                    r = &mut attempt => break r,
-                    cmd = commands.recv() => match cmd {
-                        Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
-                        // Left (or the Room was dropped) while away: over.
-                        Some(Command::Leave(done)) => {
-                            self.leave_done = Some(done);
-                            return None;
-                        }
-                        None => return None,
-                    },
-                    _ = ticker.tick() => self.expire(),
+            let (token, (session, secret)) = (self.token.clone(), self.session.clone());
+            // (Taken out while the attempt runs beside the sends and the ticker.)
+            let mut nodes = std::mem::take(&mut self.nodes);
+            let result = {
+                let attempt = nodes.connect(&token, Some((&session, &secret)));
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        r = &mut attempt => break r,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
+                            // Left (or the Room was dropped) while away: over.
+                            Some(Command::Leave(done)) => {
+                                self.leave_done = Some(done);
+                                return None;
+                            }
+                            None => return None,
+                        },
+                        _ = ticker.tick() => self.expire(),
+                    }
                 }
             };
+            self.nodes = nodes;
             match result {
-                Ok((ws, joined)) => {
+                Ok((link, joined)) => {
                     self.out.clear();
                     self.bucket = Bucket::new(&joined.limits);
                     // Reconcile the peers: those gone left; new ones joined.
@@ -1060,7 +1011,7 @@ impl Driver {
                     }
                     self.flush();
                     self.ack_soon();
-                    return Some(ws);
+                    return Some(link);
                 }
                 Err(JoinError::Refused { code, message }) => {
                     self.emit(Event::Error { code, message });
@@ -1089,20 +1040,23 @@ impl Driver {
     }
 
     /// Writes what is queued, within the rate limit: false when the socket is gone.
-    async fn write_out(&mut self, ws: &mut Ws) -> bool {
+    async fn write_out(&mut self, link: &mut Link) -> bool {
         while !self.out.is_empty() && self.bucket.take() {
             let Some(text) = self.out.pop_front() else {
                 break;
             };
-            let sent = tokio::time::timeout(DEAD_AFTER, ws.send(WsMessage::text(text))).await;
-            if !matches!(sent, Ok(Ok(()))) {
+            if !link.send(text).await {
                 return false;
             }
         }
         true
     }
 
-    async fn serve(&mut self, ws: &mut Ws, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
+    async fn serve(
+        &mut self,
+        link: &mut Link,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> End {
         let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
         let mut heard = Instant::now();
         let mut pinged = false;
@@ -1116,7 +1070,7 @@ impl Driver {
             if self.flush_due && self.out.is_empty() && self.bucket.ready() {
                 self.flush();
             }
-            if !self.write_out(ws).await {
+            if !self.write_out(link).await {
                 return End::Resume;
             }
             let far = Instant::now() + Duration::from_secs(3600);
@@ -1132,23 +1086,17 @@ impl Driver {
                 heard + PING_AFTER
             };
             tokio::select! {
-                msg = ws.next() => {
+                incoming = link.recv() => {
                     heard = Instant::now();
                     pinged = false;
-                    match msg {
-                        Some(Ok(WsMessage::Text(text))) => {
-                            if let Some(end) = self.on_frame(&text) {
-                                let _ = ws.close(None).await;
+                    match incoming {
+                        Incoming::Frame(text) => {
+                            if let Some(end) = self.on_frame(text.as_str()) {
+                                link.close().await;
                                 return end;
                             }
                         }
-                        // (tungstenite queues the pong; sending it now.)
-                        Some(Ok(WsMessage::Ping(_))) => {
-                            let _ = ws.flush().await;
-                        }
-                        Some(Ok(WsMessage::Close(frame))) => return self.closed(frame),
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => return End::Resume,
+                        Incoming::Closed(code) => return self.closed(code),
                     }
                 }
                 cmd = commands.recv() => {
@@ -1158,12 +1106,12 @@ impl Driver {
                             Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
                             // Left, or the Room was dropped: leave.
                             Some(Command::Leave(done)) => {
-                                self.leave(ws).await;
+                                self.leave(link).await;
                                 self.leave_done = Some(done);
                                 return End::Over;
                             }
                             None => {
-                                self.leave(ws).await;
+                                self.leave(link).await;
                                 return End::Over;
                             }
                         }
@@ -1180,6 +1128,8 @@ impl Driver {
                 _ = tokio::time::sleep_until(write_at) => {}
                 _ = tokio::time::sleep_until(silent_at) => {
                     if pinged {
+                        // (Another node, if there is one, as the SDK after 4998.)
+                        self.nodes.advance();
                         return End::Resume;
                     }
                     pinged = true;
@@ -1190,25 +1140,29 @@ impl Driver {
     }
 
     /// Tells the server (after the acks that are due), and fails what is not acknowledged.
-    async fn leave(&mut self, ws: &mut Ws) {
+    async fn leave(&mut self, link: &mut Link) {
         self.flush_acks();
         self.out.push_back(r#"{"op":"leave"}"#.to_owned());
         // (Within the rate limit, but not waiting for it: a leave goes now.)
         while let Some(text) = self.out.pop_front() {
             if !matches!(
-                tokio::time::timeout(Duration::from_secs(2), ws.send(WsMessage::text(text))).await,
-                Ok(Ok(()))
+                tokio::time::timeout(Duration::from_secs(2), link.send(text)).await,
+                Ok(true)
             ) {
                 break;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        link.close().await;
     }
 
-    /// The server closed the connection: resume, or the session is over.
-    fn closed(&mut self, frame: Option<CloseFrame>) -> End {
-        let code = frame.as_ref().map(|f| u16::from(f.code));
-        match code.and_then(CloseCode::from_code) {
+    /// The server ended the connection (`code`: its close code; `None`: it dropped): resume
+    /// (on the next node when this one is going away), or the session is over.
+    fn closed(&mut self, code: Option<u16>) -> End {
+        let code = code.and_then(CloseCode::from_code);
+        if code.is_some_and(CloseCode::next_node) {
+            self.nodes.advance();
+        }
+        match code {
             Some(c) if !c.resumable() => {
                 self.emit(Event::Error {
                     code: snake(&format!("{c:?}")),

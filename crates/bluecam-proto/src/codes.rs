@@ -215,6 +215,12 @@ impl CloseCode {
         }
     }
 
+    /// Whether a client's next attempt should go to the next node of a cluster: this one is
+    /// going away (draining, restarting).
+    pub fn next_node(self) -> bool {
+        matches!(self, Self::GoingAway | Self::ServiceRestart)
+    }
+
     /// Whether a client should try to resume its session after this close.
     pub fn resumable(self) -> bool {
         matches!(

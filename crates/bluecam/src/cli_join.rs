@@ -3,16 +3,22 @@
 //! goes in on stdin, one JSON object per line, `{"type", "data", "to"?}`.
 
 use anyhow::Context as _;
-use bluecam_client::room::{Event, Options, Room, SendError};
+use bluecam_client::room::{Event, Options, Room, SendError, Transport};
 use std::io::Write as _;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(Debug, clap::Args)]
 pub struct JoinArgs {
-    /// The server's URL (`http(s)://host:port`, a path prefix kept).
-    #[arg(long, env = "BLUECAM_SERVER")]
-    server: String,
+    /// The server's URL (`http(s)://host:port`, a path prefix kept). Several nodes of a
+    /// cluster, in order of preference: the flag again, or a comma-separated list (a node that
+    /// cannot be reached, or goes away, gives way to the next).
+    #[arg(long, env = "BLUECAM_SERVER", required = true, value_delimiter = ',')]
+    server: Vec<String>,
+    /// How to reach the server: `auto` (a WebSocket, or HTTP long-polling where one cannot be
+    /// opened), `websocket` or `http`.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
     /// The room token (from the app's backend, `bluecam token`, or the HTTP API).
     #[arg(long, env = "BLUECAM_TOKEN", hide_env_values = true)]
     token: String,
@@ -23,6 +29,13 @@ pub struct JoinArgs {
     /// At the end of stdin, wait at most this long for what is still unacknowledged.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    Websocket,
+    Http,
 }
 
 /// Lines sent and not yet delivered (or reported undeliverable) at most; stdin waits beyond.
@@ -129,11 +142,25 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             "bluecam join: this client has no WebRTC yet: it uses the relay with every peer (as with --no-webrtc)"
         );
     }
-    let mut room = Room::join(&args.server, &args.token, Options::default())
+    let (first, others) = args
+        .server
+        .split_first()
+        .context("--server: at least one URL")?;
+    let options = Options {
+        transport: match args.transport {
+            TransportArg::Auto => Transport::Auto,
+            TransportArg::Websocket => Transport::WebSocket,
+            TransportArg::Http => Transport::Http,
+        },
+        nodes: others.to_vec(),
+        ..Options::default()
+    };
+    let mut room = Room::join(first, &args.token, options)
         .await
         .context("joining")?;
     emit(&serde_json::json!({
         "event": "joined",
+        "transport": room.transport(),
         "self": peer_json(room.me()),
         "peers": room.initial_peers().iter().map(peer_json).collect::<Vec<_>>(),
     }));

@@ -3,7 +3,7 @@
 //! while the server is SIGKILLed and started again (their sessions resume; nothing is lost).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bluecam_client::room::{Event, Options, Room};
+use bluecam_client::room::{Event, JoinError, Options, Room, Transport};
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -16,8 +16,14 @@ use common::{BIN, Served, temp_dir};
 
 /// `bluecam serve` on `bind`, until it prints its address.
 fn serve(dir: &Path, bind: &str) -> Served {
+    serve_with(dir, bind, &[])
+}
+
+fn serve_with(dir: &Path, bind: &str, args: &[&str]) -> Served {
     let mut child = Command::new(BIN)
-        .args(["serve", "--no-stun", "--bind", bind, "--data-dir"])
+        .args(["serve", "--no-stun", "--bind", bind])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env_remove("BLUECAM_API_SECRET")
         .env("RUST_LOG", "warn")
@@ -42,8 +48,13 @@ fn serve(dir: &Path, bind: &str) -> Served {
 }
 
 fn cli(dir: &Path, args: &[&str]) -> String {
+    cli_env(dir, args, &[])
+}
+
+fn cli_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
     let out = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .arg("--data-dir")
         .arg(dir)
         .env_remove("BLUECAM_API_SECRET")
@@ -122,18 +133,40 @@ async fn collect(room: &mut Room, msg_type: &str, n: usize) -> Vec<u64> {
     collect_states(room, msg_type, n, &mut Vec::new()).await
 }
 
+fn over(transport: Transport) -> Options {
+    Options {
+        transport,
+        ..Options::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_native_peers_relay_exactly_once_in_order_through_a_server_sigkill() {
+    relay_through_a_sigkill(Transport::Auto, "websocket").await;
+}
+
+/// The same with alice on the HTTP long-polling transport (bob on a WebSocket): her polls
+/// fail while the server is away, the new server does not know her transport session (404),
+/// and she resumes over HTTP with nothing lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_peer_over_http_long_polling_relays_exactly_once_in_order_through_a_server_sigkill()
+ {
+    relay_through_a_sigkill(Transport::Http, "http").await;
+}
+
+async fn relay_through_a_sigkill(alice: Transport, alice_over: &str) {
     let dir = temp_dir("relay");
     let first = serve(&dir, "127.0.0.1:0");
     let url = first.url.clone();
     let token = room_tokens(&dir, &url);
-    let mut a = Room::join(&url, &token("alice"), Options::default())
+    let mut a = Room::join(&url, &token("alice"), over(alice))
         .await
         .unwrap();
+    assert_eq!(a.transport(), alice_over);
     let mut b = Room::join(&url, &token("bob"), Options::default())
         .await
         .unwrap();
+    assert_eq!(b.transport(), "websocket");
     let (a_id, b_id) = (a.me().id.to_string(), b.me().id.to_string());
     // Bob sees alice in the room at his join; alice hears of bob.
     assert_eq!(b.initial_peers().len(), 1);
@@ -434,6 +467,7 @@ async fn a_send_settles_within_the_bound_while_the_server_is_away() {
     let token = room_tokens(&dir, &url);
     let options = || Options {
         delivery_timeout: Duration::from_secs(2),
+        ..Options::default()
     };
     let mut alice = Room::join(&url, &token("alice"), options()).await.unwrap();
     let bob = Room::join(&url, &token("bob"), options()).await.unwrap();
@@ -449,4 +483,274 @@ async fn a_send_settles_within_the_bound_while_the_server_is_away() {
     assert!(outcome.is_err(), "settled as {outcome:?}");
     alice.leave().await;
     bob.leave().await;
+}
+
+/// A hostile proxy in front of `upstream`: plain HTTP passes, and every WebSocket upgrade is
+/// refused with a 403 or, with `hold`, left unanswered (as proxies that do not know WebSockets
+/// do).
+async fn websocket_blocking_proxy(upstream: &str, hold: bool) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if text.contains("upgrade: websocket") {
+                    if hold {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    } else {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                    return;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                if server.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Where WebSockets are blocked (refused, or held unanswered by a proxy), the client joins
+/// over HTTP long-polling on its own and the guarantee holds across the two transports; a
+/// client told to use WebSockets only says it cannot connect. A node that cannot be reached
+/// gives way to the next of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_websockets_fall_back_to_http_and_a_dead_node_to_the_next() {
+    let dir = temp_dir("fallback");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let token = room_tokens(&dir, &url);
+    let refusing = websocket_blocking_proxy(&url, false).await;
+    let holding = websocket_blocking_proxy(&url, true).await;
+
+    let mut alice = Room::join(&refusing, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    assert_eq!(alice.transport(), "http");
+    let started = Instant::now();
+    let mut carol = Room::join(&holding, &token("carol"), Options::default())
+        .await
+        .unwrap();
+    assert_eq!(carol.transport(), "http");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "an upgrade held unanswered is given 2 s"
+    );
+    match Room::join(&refusing, &token("dave"), over(Transport::WebSocket)).await {
+        Err(JoinError::Connect(why)) => assert!(why.contains("403"), "{why}"),
+        other => panic!("a refused WebSocket, with no fallback: {other:?}"),
+    }
+
+    // Bob's first node is gone (a port nobody listens on): he joins on the second.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let options = Options {
+        nodes: vec![url.clone()],
+        ..Options::default()
+    };
+    let mut bob = Room::join(&dead, &token("bob"), options).await.unwrap();
+    assert_eq!(bob.transport(), "websocket");
+    let bob_id = bob.me().id.to_string();
+    let alice_id = alice.me().id.to_string();
+    heard_of(&mut alice, &bob_id).await;
+    heard_of(&mut carol, &bob_id).await;
+
+    // 200 each way between HTTP and WebSocket, and 50 to both at once.
+    let to_bob: Vec<_> = (0..200)
+        .map(|i| alice.send("ab", format!(r#"{{"i":{i}}}"#), Some(vec![bob_id.clone()])))
+        .collect();
+    let to_alice: Vec<_> = (0..200)
+        .map(|i| {
+            bob.send(
+                "ba",
+                format!(r#"{{"i":{i}}}"#),
+                Some(vec![alice_id.clone()]),
+            )
+        })
+        .collect();
+    let to_all: Vec<_> = (0..50)
+        .map(|i| bob.send("all", format!(r#"{{"i":{i}}}"#), None))
+        .collect();
+    assert_eq!(
+        collect(&mut bob, "ab", 200).await,
+        (0..200).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(&mut alice, "ba", 200).await,
+        (0..200).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(&mut alice, "all", 50).await,
+        (0..50).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(&mut carol, "all", 50).await,
+        (0..50).collect::<Vec<_>>()
+    );
+    for d in to_bob.into_iter().chain(to_alice).chain(to_all) {
+        d.await.unwrap().unwrap();
+    }
+    // Alice leaves over HTTP: bob sees her go at once (a leave, not a timeout).
+    alice.leave().await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), bob.next_event()).await {
+            Ok(Some(Event::PeerLeft { peer, reason })) if peer.id.as_str() == alice_id => {
+                assert_eq!(reason, "left");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("bob never saw alice leave: {other:?}"),
+        }
+    }
+    carol.leave().await;
+    bob.leave().await;
+}
+
+/// `bluecam join` as a child: its stdout's lines come through the receiver.
+fn join_cli(
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    let mut child = Command::new(BIN)
+        .arg("join")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    (child, rx)
+}
+
+/// The next line of `event` (others skipped), within 20 s.
+fn next_line(
+    lines: &std::sync::mpsc::Receiver<serde_json::Value>,
+    event: &str,
+) -> serde_json::Value {
+    loop {
+        let v = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no {event} line: {e}"));
+        if v["event"] == event {
+            return v;
+        }
+    }
+}
+
+/// `wss://` and the HTTP transport over `https://`, with built-in TLS and a certificate the
+/// client trusts through `SSL_CERT_FILE` (the platform's roots otherwise).
+#[test]
+fn bluecam_join_reaches_a_tls_server_over_wss_and_over_https_long_polling() {
+    use std::io::Write as _;
+    let dir = temp_dir("tls");
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let served = serve_with(
+        &dir,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = served.url.rsplit(':').next().unwrap().trim_end_matches('/');
+    let url = format!("https://localhost:{port}");
+    let trust = [("SSL_CERT_FILE", cert.as_path())];
+    let room: serde_json::Value = serde_json::from_str(&cli_env(
+        &dir,
+        &["room", "create", "--server", &url],
+        &trust,
+    ))
+    .unwrap();
+    let token = |who: &str| {
+        cli(
+            &dir,
+            &[
+                "token",
+                "--room",
+                room["id"].as_str().unwrap(),
+                "--identity",
+                who,
+            ],
+        )
+        .trim()
+        .to_owned()
+    };
+    let (mut alice, alice_out) = join_cli(
+        &[
+            "--server",
+            &url,
+            "--transport",
+            "websocket",
+            "--token",
+            &token("alice"),
+        ],
+        &trust,
+    );
+    assert_eq!(next_line(&alice_out, "joined")["transport"], "websocket");
+    let (mut bob, bob_out) = join_cli(
+        &[
+            "--server",
+            &url,
+            "--transport",
+            "http",
+            "--token",
+            &token("bob"),
+        ],
+        &trust,
+    );
+    assert_eq!(next_line(&bob_out, "joined")["transport"], "http");
+    {
+        let mut stdin = bob.stdin.take().unwrap();
+        for i in 0..20 {
+            writeln!(stdin, r#"{{"type":"t","data":{{"i":{i}}}}}"#).unwrap();
+        }
+    }
+    for i in 0..20 {
+        assert_eq!(next_line(&alice_out, "message")["data"]["i"], i);
+    }
+    for _ in 0..20 {
+        next_line(&bob_out, "delivered");
+    }
+    assert!(bob.wait().unwrap().success());
+    drop(alice.stdin.take());
+    assert!(alice.wait().unwrap().success());
+    // Without the certificate trusted, the client says it cannot connect.
+    let (mut carol, _) = join_cli(&["--server", &url, "--token", &token("carol")], &[]);
+    assert!(!carol.wait().unwrap().success());
 }
