@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import {
-  BIN, TestServer, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll, received, leftSeen,
+  BIN, TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll,
+  received, leftSeen,
 } from "./harness.js";
 
 /** @type {TestServer} */
@@ -21,9 +22,10 @@ after(stopAll);
 /**
  * `bluecam join` as a child process: its stdout's JSON lines, and a way to write lines in.
  * @param {string} token
+ * @param {string[]} [servers] the nodes, in order (this file's server by default)
  */
-function nativePeer(token) {
-  const child = spawn(BIN, ["join", "--server", server.url, "--token", token, "--no-webrtc"], { stdio: ["pipe", "pipe", "inherit"] });
+function nativePeer(token, servers = [server.url]) {
+  const child = spawn(BIN, ["join", "--server", servers.join(","), "--token", token, "--no-webrtc"], { stdio: ["pipe", "pipe", "inherit"] });
   /** @type {any[]} */
   const events = [];
   createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) }).on("line", (line) => events.push(JSON.parse(line)));
@@ -154,5 +156,67 @@ test("bluecam join while the browser reloads: lines to the old page are undelive
     await expectEvents([b]);
   } finally {
     native.kill();
+  }
+});
+
+test("bluecam join on a cluster: a node SIGKILLed mid-stream, its native peer resumes on the next node of its list; every line delivered, every message once and in order", async () => {
+  const redis = await Redis.start();
+  /** @type {TestServer[]} */
+  let nodes = [];
+  try {
+    // A short liveness TTL and resume window, so that the dead node's peer is taken over soon.
+    nodes = await startCluster(redis, 3, 3, "[limits]\nresume_window_secs = 8\n");
+    const [n1, n2, n3] = nodes;
+    const room = await n1.room();
+    const lists = [[n1.url, n2.url, n3.url], [n2.url, n3.url, n1.url], [n3.url, n1.url, n2.url]];
+    const peers = [];
+    for (const [i, list] of lists.entries()) {
+      const p = nativePeer(await n1.token(room, `peer${i}`), list);
+      const joined = await waitFor(async () => p.events.find((e) => e.event === "joined"), `peer${i} joined`);
+      peers.push({ ...p, id: joined.self.id });
+    }
+    for (const p of peers) {
+      await waitFor(async () => {
+        const known = new Set(p.events.filter((e) => e.event === "peer_joined").map((e) => e.peer.id));
+        for (const e of p.events) if (e.event === "joined") for (const q of e.peers) known.add(q.id);
+        return known.size >= 2;
+      }, "every native peer knows the two others");
+    }
+    const N = 300;
+    // Paced (a line every 10 ms each, 3 s in all), so that the kill lands mid-stream.
+    const writing = Promise.all(peers.map(async (p) => {
+      for (let i = 0; i < N; i++) {
+        p.write({ type: "n", data: { i } });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }));
+    await waitFor(async () => peers[2].events.filter((e) => e.event === "message").length >= 50, "the stream under way");
+    await n3.kill();
+    await writing;
+    for (const [i, p] of peers.entries()) {
+      const delivered = await waitFor(async () => {
+        const d = p.events.filter((e) => e.event === "delivered" || e.event === "undeliverable");
+        return d.length >= N ? d : null;
+      }, `peer${i}'s ${N} lines settled`, 60000);
+      assert.deepEqual(delivered.filter((d) => d.event !== "delivered"), [], `peer${i}: every line delivered`);
+      for (const [j, from] of peers.entries()) {
+        if (i === j) continue;
+        const got = await waitFor(async () => {
+          const m = p.events.filter((e) => e.event === "message" && e.from.id === from.id);
+          return m.length >= N ? m : null;
+        }, `peer${i} has peer${j}'s ${N}`, 30000);
+        assert.deepEqual(got.map((m) => m.data.i), [...Array(N).keys()], `peer${i} from peer${j}: once each, in order`);
+      }
+      // Nobody left anyone's room (the killed node's peer kept its id and its seat).
+      assert.deepEqual(p.events.filter((e) => e.event === "peer_left"), [], `peer${i} saw nobody leave`);
+    }
+    const states = peers[2].events.filter((e) => e.event === "connection").map((e) => e.state);
+    assert.deepEqual(states, ["connected", "reconnecting", "connected"], "the killed node's peer resumed, once");
+    for (const p of peers) p.end();
+    for (const p of peers) assert.equal(await p.exited, 0);
+  } finally {
+    // (This file's server stays for the other tests.)
+    await Promise.allSettled(nodes.map((n) => n.stop()));
+    await redis.stop();
   }
 });

@@ -25,14 +25,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(12);
 /// the request is tried again.
 const POLL_TIMEOUT: Duration = Duration::from_secs(35);
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The server answers `open` once the join is done, or after the join timeout less a second
+/// (then a poll brings the answer); as the SDK, this long at most.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request of the client's close waits this long at most.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requests that fail (no answer, 5xx, 429) are tried again, waiting twice as long each time
 /// from [`RETRY_MIN`] to [`RETRY_MAX`], until they have failed for this long.
 const LOST_AFTER: Duration = Duration::from_secs(8);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Bytes of frames one `send` request carries at most, until the `joined` frame says the
-/// server's frame limit (then twice that, as the server allows).
-const SEND_BATCH_BYTES: usize = 256 * 1024;
 
 /// How this client reaches a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,7 +132,7 @@ impl Link {
             Self::Http(h) => {
                 let (done, sent) = oneshot::channel();
                 if h.up.send(Up::Close(done)).is_ok() {
-                    let _ = tokio::time::timeout(wait, sent).await;
+                    let _ = tokio::time::timeout(wait + CLOSE_TIMEOUT, sent).await;
                 }
             }
         }
@@ -151,9 +153,20 @@ pub(crate) struct Nodes {
 
 impl Nodes {
     pub(crate) fn new(urls: Vec<String>, transport: Transport) -> Self {
+        // (A WebSocket URL is taken as its node's: `ws(s)://host/v1/ws` → `http(s)://host`.)
         let urls = urls
             .into_iter()
-            .map(|u| u.trim_end_matches('/').to_owned())
+            .map(|u| {
+                let u = u.trim_end_matches('/');
+                let u = u.strip_suffix("/v1/ws").unwrap_or(u);
+                if let Some(rest) = u.strip_prefix("wss://") {
+                    format!("https://{rest}")
+                } else if let Some(rest) = u.strip_prefix("ws://") {
+                    format!("http://{rest}")
+                } else {
+                    u.to_owned()
+                }
+            })
             .collect();
         Self {
             urls,
@@ -243,7 +256,7 @@ impl Nodes {
             }
         };
         let base = format!("{node}/v1/http");
-        tokio::time::timeout(CONNECT_TIMEOUT, open_http(client, base, join))
+        tokio::time::timeout(OPEN_TIMEOUT, open_http(client, base, join))
             .await
             .unwrap_or_else(|_| Err(JoinError::Connect("no answer to the join".to_owned())))
     }
@@ -373,18 +386,19 @@ enum Up {
     Close(oneshot::Sender<()>),
 }
 
-/// The HTTP transport's session: a task polls (down), one sends (up).
+/// The HTTP transport's session: a task polls (down), one sends (up). Dropped, the poll
+/// stops at once and the sender ends the session on the server (`close: true`), so that
+/// nothing more is taken for it there: what comes for this peer meanwhile is kept for its
+/// resume, as for a WebSocket that closed.
 pub(crate) struct HttpLink {
     down: mpsc::UnboundedReceiver<Incoming>,
     up: mpsc::UnboundedSender<Up>,
-    tasks: [tokio::task::AbortHandle; 2],
+    poller: tokio::task::AbortHandle,
 }
 
 impl Drop for HttpLink {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.poller.abort();
     }
 }
 
@@ -450,41 +464,58 @@ async fn open_http(
     base: String,
     join: String,
 ) -> Result<(Link, bluecam_proto::Joined), JoinError> {
-    let answer = post(&client, &format!("{base}/open"), join, CONNECT_TIMEOUT)
+    let answer = post(&client, &format!("{base}/open"), join, OPEN_TIMEOUT)
         .await
         .map_err(|e| match e {
             PostError::Final(code) => JoinError::Connect(format!("HTTP open refused ({code})")),
             PostError::Retry(why) => JoinError::Connect(why),
         })?;
-    let down: Down = serde_json::from_slice(&answer)
+    let mut down: Down = serde_json::from_slice(&answer)
         .map_err(|e| JoinError::Connect(format!("an answer it cannot read: {e}")))?;
-    let mut frames = down.frames.into_iter();
+    let sid = down.sid.take();
     // The number of the last frame taken.
     let mut ack = down.first.saturating_sub(1);
-    let joined = loop {
-        let Some(frame) = frames.next() else {
+    let mut after = Vec::new();
+    let mut joined = take_answer(&mut down, &mut ack, &mut after);
+    if let (None, Some(sid)) = (&joined, &sid) {
+        // The join took longer than the server waits to answer `open`: the session is there,
+        // and its `joined` (or error) comes with a poll.
+        let url = format!("{base}/poll");
+        while joined.is_none() && down.close.is_none() {
+            let body = serde_json::json!({"sid": sid, "ack": ack}).to_string();
+            let answer = post_retrying(&client, &url, &body, POLL_TIMEOUT)
+                .await
+                .map_err(|_| JoinError::Connect("the join's session was lost".to_owned()))?;
+            down = serde_json::from_slice(&answer)
+                .map_err(|e| JoinError::Connect(format!("an answer it cannot read: {e}")))?;
+            joined = take_answer(&mut down, &mut ack, &mut after);
+        }
+    }
+    let joined = match (joined, down.close) {
+        (Some(answer), None) => answer?,
+        (Some(Err(refused)), Some(_)) => return Err(refused),
+        (_, Some(close)) => {
+            return Err(JoinError::Connect(format!(
+                "the server ended the session at its join ({})",
+                close.code
+            )));
+        }
+        (None, None) => {
             return Err(JoinError::Connect(
-                "the server ended the session before answering the join".to_owned(),
+                "no answer to the join, and no transport session".to_owned(),
             ));
-        };
-        ack += 1;
-        if let Some(answer) = answer_to_join(frame.get()) {
-            break answer?;
         }
     };
-    let Some(sid) = down.sid else {
+    let Some(sid) = sid else {
         return Err(JoinError::Connect("no transport session".to_owned()));
     };
     let (down_tx, down_rx) = mpsc::unbounded_channel();
     // The frames after `joined` in the same answer come first.
-    for frame in frames {
+    for frame in after {
         let _ = down_tx.send(Incoming::Frame(Text::Http(frame)));
-        ack += 1;
     }
-    if let Some(close) = down.close {
-        let _ = down_tx.send(Incoming::Closed(Some(close.code)));
-    }
-    let batch = 2 * joined.limits.max_frame_bytes.max(SEND_BATCH_BYTES / 2);
+    // A `send` body the server takes: twice its frame limit (it allows 64 KiB more).
+    let batch = 2 * joined.limits.max_frame_bytes;
     let (up_tx, up_rx) = mpsc::unbounded_channel();
     let poller = tokio::spawn(poll_loop(
         client.clone(),
@@ -493,13 +524,37 @@ async fn open_http(
         ack,
         down_tx.clone(),
     ));
-    let sender = tokio::spawn(send_loop(client, base, sid, batch, up_rx, down_tx));
+    // (Not aborted with the link: it ends the session on the server when the link goes.)
+    tokio::spawn(send_loop(client, base, sid, batch, up_rx, down_tx));
     let link = HttpLink {
         down: down_rx,
         up: up_tx,
-        tasks: [poller.abort_handle(), sender.abort_handle()],
+        poller: poller.abort_handle(),
     };
     Ok((Link::Http(link), joined))
+}
+
+/// Takes the frames of an answer up to the join's answer (`joined` or an error), if it is
+/// among them; those after it go to `after`. `ack` counts every frame taken.
+fn take_answer(
+    down: &mut Down,
+    ack: &mut u64,
+    after: &mut Vec<Box<RawValue>>,
+) -> Option<Result<bluecam_proto::Joined, JoinError>> {
+    let mut answer = None;
+    for (i, frame) in std::mem::take(&mut down.frames).into_iter().enumerate() {
+        // (Frames already taken, in an answer sent again, are skipped.)
+        if down.first + i as u64 != *ack + 1 {
+            continue;
+        }
+        *ack += 1;
+        if answer.is_some() {
+            after.push(frame);
+        } else {
+            answer = answer_to_join(frame.get());
+        }
+    }
+    answer
 }
 
 /// Polls for frames (acknowledging those received) until the session ends.
@@ -544,13 +599,66 @@ async fn poll_loop(
     }
 }
 
+/// The frames of one `send` body from the front of `waiting`: as many as fit in `max` bytes
+/// (one at least), after the header.
+fn send_body(
+    sid: &str,
+    seq: u64,
+    close: bool,
+    waiting: &VecDeque<(u64, String)>,
+    max: usize,
+) -> (String, usize) {
+    let mut body = if close {
+        serde_json::json!({"sid": sid, "seq": seq, "close": true})
+    } else {
+        serde_json::json!({"sid": sid, "seq": seq})
+    }
+    .to_string();
+    let mut taken = 0;
+    for (_, text) in waiting {
+        if taken > 0 && body.len() + 1 + text.len() > max {
+            break;
+        }
+        body.push('\n');
+        body.push_str(text);
+        taken += 1;
+    }
+    (body, taken)
+}
+
+/// The client's close: what waits goes (in bodies the server takes), the last with
+/// `close: true` (after a `leave`, the session ends as a leave; otherwise its peer is detached
+/// and resumable). One try each: a close that does not arrive ends like a dropped connection.
+async fn close_session(
+    client: &reqwest::Client,
+    url: &str,
+    sid: &str,
+    mut waiting: VecDeque<(u64, String)>,
+    next: u64,
+    max: usize,
+) {
+    loop {
+        let seq = waiting.front().map_or(next, |(n, _)| *n);
+        let (body, taken) = send_body(sid, seq, false, &waiting, max);
+        if taken == waiting.len() {
+            let (body, _) = send_body(sid, seq, true, &waiting, usize::MAX);
+            let _ = post(client, url, body, CLOSE_TIMEOUT).await;
+            return;
+        }
+        if post(client, url, body, CLOSE_TIMEOUT).await.is_err() {
+            return;
+        }
+        waiting.drain(..taken);
+    }
+}
+
 /// Sends frames up in order, a request at a time, each batch tried again until the server
-/// took it.
+/// took it; closes the session when told, or when the link is dropped.
 async fn send_loop(
     client: reqwest::Client,
     base: String,
     sid: String,
-    batch_bytes: usize,
+    max: usize,
     mut up: mpsc::UnboundedReceiver<Up>,
     down: mpsc::UnboundedSender<Incoming>,
 ) {
@@ -558,52 +666,50 @@ async fn send_loop(
     // The join was frame 1.
     let mut next = 2u64;
     let mut waiting: VecDeque<(u64, String)> = VecDeque::new();
-    let mut closing = None;
+    let push = |waiting: &mut VecDeque<(u64, String)>, next: &mut u64, text: String| {
+        waiting.push_back((*next, text));
+        *next += 1;
+    };
     loop {
-        if waiting.is_empty() && closing.is_none() {
+        if waiting.is_empty() {
             match up.recv().await {
-                Some(Up::Frame(text)) => {
-                    waiting.push_back((next, text));
-                    next += 1;
+                Some(Up::Frame(text)) => push(&mut waiting, &mut next, text),
+                Some(Up::Close(done)) => {
+                    close_session(&client, &url, &sid, waiting, next, max).await;
+                    let _ = done.send(());
+                    return;
                 }
-                Some(Up::Close(done)) => closing = Some(done),
-                None => return,
-            }
-        }
-        while closing.is_none() {
-            match up.try_recv() {
-                Ok(Up::Frame(text)) => {
-                    waiting.push_back((next, text));
-                    next += 1;
+                // The link was dropped (given up for another): the session ends, resumable.
+                None => {
+                    close_session(&client, &url, &sid, waiting, next, max).await;
+                    return;
                 }
-                Ok(Up::Close(done)) => closing = Some(done),
-                Err(_) => break,
             }
         }
         let seq = waiting.front().map_or(next, |(n, _)| *n);
-        if let Some(done) = closing {
-            // The client's close: what waits, then the end of the session (one try: a leave
-            // that does not arrive ends like a dropped connection).
-            let mut body = serde_json::json!({"sid": sid, "seq": seq, "close": true}).to_string();
-            for (_, text) in &waiting {
-                body.push('\n');
-                body.push_str(text);
+        let (body, _) = send_body(&sid, seq, false, &waiting, max);
+        let request = post_retrying(&client, &url, &body, SEND_TIMEOUT);
+        tokio::pin!(request);
+        // Frames that come meanwhile queue; a close goes at once, beside the request under
+        // way (the server takes two at a time, and numbering skips what it already took).
+        let result = loop {
+            tokio::select! {
+                r = &mut request => break r,
+                up_next = up.recv() => match up_next {
+                    Some(Up::Frame(text)) => push(&mut waiting, &mut next, text),
+                    Some(Up::Close(done)) => {
+                        close_session(&client, &url, &sid, waiting, next, max).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        close_session(&client, &url, &sid, waiting, next, max).await;
+                        return;
+                    }
+                },
             }
-            let _ = post(&client, &url, body, Duration::from_secs(2)).await;
-            let _ = done.send(());
-            return;
-        }
-        let mut body = serde_json::json!({"sid": sid, "seq": seq}).to_string();
-        let mut bytes = 0;
-        for (i, (_, text)) in waiting.iter().enumerate() {
-            if i > 0 && bytes + text.len() > batch_bytes {
-                break;
-            }
-            bytes += text.len();
-            body.push('\n');
-            body.push_str(text);
-        }
-        match post_retrying(&client, &url, &body, SEND_TIMEOUT).await {
+        };
+        match result {
             Ok(answer) => {
                 let Ok(answer) = serde_json::from_slice::<SendAnswer>(&answer) else {
                     let _ = down.send(Incoming::Closed(None));

@@ -297,6 +297,15 @@ impl Room {
             let _ = done.send(Err(SendError::NotJson));
             return rx;
         }
+        // A line break in JSON text can only be whitespace between its tokens (a string
+        // cannot hold one raw): it becomes a space, so that the data is one line as the SDK's
+        // `JSON.stringify` writes it (the HTTP transport sends a frame per line, and
+        // `bluecam join` writes a message per line).
+        let json = if json.contains(['\n', '\r']) {
+            json.replace(['\n', '\r'], " ")
+        } else {
+            json
+        };
         let to = to.map(|ids| {
             let mut seen = std::collections::HashSet::new();
             ids.into_iter()
@@ -908,20 +917,18 @@ impl Driver {
         None
     }
 
-    async fn run(mut self, mut link: Link, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, link: Link, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.emit(Event::Connection("connected"));
-        loop {
-            match self.serve(&mut link, &mut commands).await {
-                End::Over => break,
-                End::Resume => {
-                    self.emit(Event::Connection("reconnecting"));
-                    match self.resume(&mut commands).await {
-                        Some(next) => {
-                            link = next;
-                            self.emit(Event::Connection("connected"));
-                        }
-                        None => break,
-                    }
+        let mut link = Some(link);
+        while let Some(mut current) = link.take() {
+            if let End::Resume = self.serve(&mut current, &mut commands).await {
+                // Let go of the old connection first (an HTTP session is ended on the server,
+                // so that what comes meanwhile is kept for the resume).
+                drop(current);
+                self.emit(Event::Connection("reconnecting"));
+                link = self.resume(&mut commands).await;
+                if link.is_some() {
+                    self.emit(Event::Connection("connected"));
                 }
             }
         }

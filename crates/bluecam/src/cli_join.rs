@@ -86,7 +86,14 @@ fn event_line(e: &Event) -> String {
                 ),
                 path: "relay",
             };
-            return serde_json::to_string(&line).unwrap_or_default();
+            let text = serde_json::to_string(&line).unwrap_or_default();
+            // One line each: a raw line break in a peer's data is whitespace between its
+            // JSON's tokens (a string cannot hold one), so a space in its place.
+            return if text.contains(['\n', '\r']) {
+                text.replace(['\n', '\r'], " ")
+            } else {
+                text
+            };
         }
         Event::Connection(state) => serde_json::json!({"event": "connection", "state": state}),
         Event::Error { code, message } => {

@@ -575,6 +575,25 @@ async fn blocked_websockets_fall_back_to_http_and_a_dead_node_to_the_next() {
     heard_of(&mut alice, &bob_id).await;
     heard_of(&mut carol, &bob_id).await;
 
+    // Pretty-printed data over HTTP (a frame a line there): it arrives as the same JSON (its
+    // line breaks were whitespace), and the frames after it are numbered right.
+    let pretty = alice.send(
+        "pretty",
+        "{\n  \"i\": 0,\r\n  \"s\": \"a\\nb\"\n}".to_owned(),
+        Some(vec![bob_id.clone()]),
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), bob.next_event()).await {
+            Ok(Some(Event::Message { msg_type, data, .. })) if msg_type == "pretty" => {
+                let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+                assert_eq!(v, serde_json::json!({"i": 0, "s": "a\nb"}));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("the pretty-printed message never came: {other:?}"),
+        }
+    }
+    pretty.await.unwrap().unwrap();
     // 200 each way between HTTP and WebSocket, and 50 to both at once.
     let to_bob: Vec<_> = (0..200)
         .map(|i| alice.send("ab", format!(r#"{{"i":{i}}}"#), Some(vec![bob_id.clone()])))
