@@ -4,6 +4,8 @@
 
 use anyhow::Context as _;
 use bluecam_client::room::{Event, Options, Room, SendError, Transport};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use std::io::Write as _;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -190,14 +192,16 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let mut outstanding = tokio::task::JoinSet::new();
+    // Each line's outcome, written as it settles: in the order the room settles them (a
+    // peer's acknowledgement settles its messages in the order they were sent).
+    let mut outstanding = FuturesUnordered::new();
     let mut line_no = 0u64;
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     let ended_by_server = loop {
         tokio::select! {
             // (Back-pressure: at most MAX_OUTSTANDING lines wait for their outcome; stdin is
             // not read meanwhile, as the SDK's sendMessage waits above 1,024 unacknowledged.)
-            Some(_) = outstanding.join_next(), if outstanding.len() >= MAX_OUTSTANDING => {}
+            Some(done) = outstanding.next(), if !outstanding.is_empty() => emit(&done),
             line = lines.recv(), if outstanding.len() < MAX_OUTSTANDING => {
                 let Some(line) = line else { break false };
                 line_no += 1;
@@ -214,7 +218,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                     Ok((msg_type, json, to)) => {
                         let delivery = room.send(&msg_type, json, to);
                         let n = line_no;
-                        outstanding.spawn(async move { emit(&outcome(n, delivery.await)) });
+                        outstanding.push(async move { outcome(n, delivery.await) });
                     }
                     Err(message) => emit(&serde_json::json!({"event": "error", "code": "bad_input", "line": line_no, "message": message})),
                 }
@@ -229,13 +233,17 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             _ = &mut interrupt => {
                 // At once: what is outstanding is told undeliverable.
                 room.leave().await;
-                while outstanding.join_next().await.is_some() {}
+                while let Some(done) = outstanding.next().await {
+                    emit(&done);
+                }
                 std::process::exit(130);
             }
         }
     };
     if ended_by_server {
-        while outstanding.join_next().await.is_some() {}
+        while let Some(done) = outstanding.next().await {
+            emit(&done);
+        }
         anyhow::bail!("the session ended");
     }
     // End of stdin: what is outstanding is waited for (bounded), while events still come out.
@@ -244,7 +252,10 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let mut ended = false;
     loop {
         tokio::select! {
-            done = outstanding.join_next() => if done.is_none() { break },
+            done = outstanding.next() => match done {
+                Some(done) => emit(&done),
+                None => break,
+            },
             event = room.next_event() => match event {
                 Some(event) => {
                     emit_line(&event_line(&event));
@@ -264,7 +275,9 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
     // Leaving settles what is still outstanding (told undeliverable), then each says so.
     room.leave().await;
-    while outstanding.join_next().await.is_some() {}
+    while let Some(done) = outstanding.next().await {
+        emit(&done);
+    }
     if ended {
         anyhow::bail!("the session ended");
     }
