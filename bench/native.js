@@ -5,7 +5,7 @@
  * each process's CPU time (user + system, from /proc) and peak RSS (VmHWM) are read once every
  * message is delivered and acknowledged.
  *
- *   node bench/native.js [--messages 20000] [--bytes 100]
+ *   node bench/native.js [--messages 20000] [--bytes 100] [--transport auto|websocket|http]
  *
  * The binary is $BLUECAM_BIN (default $CARGO_TARGET_DIR/release/bluecam, then
  * target/release/bluecam): build it with `cargo build --release -p bluecam`.
@@ -18,7 +18,12 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 
 const { values: args } = parseArgs({
-  options: { messages: { type: "string", default: "20000" }, bytes: { type: "string", default: "100" } },
+  options: {
+    messages: { type: "string", default: "20000" },
+    bytes: { type: "string", default: "100" },
+    // Both peers' transport (`bluecam join --transport`).
+    transport: { type: "string", default: "auto" },
+  },
 });
 const N = Number(args.messages);
 const BYTES = Number(args.bytes);
@@ -45,7 +50,7 @@ try {
   const cli = (/** @type {string[]} */ a) => execFileSync(BIN, [...a, "--data-dir", dir], { encoding: "utf8" }).trim();
   const room = JSON.parse(cli(["room", "create", "--server", url])).id;
   const peer = (/** @type {string} */ who) => {
-    const child = spawn(BIN, ["join", "--server", url, "--token", cli(["token", "--room", room, "--identity", who, "--ttl", "3600"]), "--no-webrtc"], { stdio: ["pipe", "pipe", "inherit"] });
+    const child = spawn(BIN, ["join", "--server", url, "--token", cli(["token", "--room", room, "--identity", who, "--ttl", "3600"]), "--no-webrtc", "--transport", String(args.transport)], { stdio: ["pipe", "pipe", "inherit"] });
     /** @type {any[]} */
     const events = [];
     /** Events seen, by kind (counted as they come: the checks must not walk every line). */
@@ -97,6 +102,7 @@ try {
   const inOrder = b.count("outOfOrder") === 0;
   const result = {
     bench: "native-peer",
+    transport: args.transport,
     messages: N,
     bytes: BYTES,
     seconds: Math.round(secs * 100) / 100,
