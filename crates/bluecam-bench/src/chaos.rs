@@ -102,12 +102,73 @@ async fn wait_delivering(
     (times, all)
 }
 
+/// The clients of a run: this generator's own protocol clients, or native peers
+/// (`bluecam-client`, `--native`).
+enum Clients {
+    Wire {
+        tasks: tokio::task::JoinSet<anyhow::Result<super::restart::Ended>>,
+        counts: Arc<Counts>,
+        stop: Arc<AtomicBool>,
+        drain_until: Arc<AtomicU64>,
+        delivered_at: Vec<Arc<AtomicU64>>,
+    },
+    Native(super::native::Fleet),
+}
+
+impl Clients {
+    fn delivered_at(&self) -> &[Arc<AtomicU64>] {
+        match self {
+            Self::Wire { delivered_at, .. } => delivered_at,
+            Self::Native(fleet) => &fleet.delivered_at,
+        }
+    }
+
+    fn up(&self) -> u64 {
+        match self {
+            Self::Wire { counts, .. } => counts.up.load(Ordering::Relaxed),
+            Self::Native(fleet) => fleet.up(),
+        }
+    }
+
+    /// Stops the senders, drains, and counts every message.
+    async fn finish(self, started: Instant) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Self::Wire {
+                tasks,
+                counts,
+                stop,
+                drain_until,
+                ..
+            } => {
+                let (unacked, expired) = drain(tasks, &stop, &drain_until, started, 60_000).await?;
+                let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let sent = c(&counts.sent);
+                let delivered = c(&counts.delivered);
+                Ok(serde_json::json!({
+                    "sessions_expired": expired,
+                    "messages": {
+                        "sent": sent,
+                        "delivered_in_order_once": delivered,
+                        "reported_lost": unacked,
+                        "lost_silently": sent.saturating_sub(delivered).saturating_sub(unacked),
+                        "retransmitted": c(&counts.retransmitted),
+                        "duplicates_discarded": c(&counts.duplicates),
+                        "gaps_discarded": c(&counts.out_of_order),
+                    },
+                }))
+            }
+            Self::Native(fleet) => Ok(fleet.finish().await),
+        }
+    }
+}
+
 pub(super) async fn chaos(
     bin: &ServerBin,
     clients: usize,
     rate: f64,
     settle_secs: u64,
     redis_cluster: bool,
+    native: Option<bluecam_client::room::Transport>,
 ) -> anyhow::Result<serde_json::Value> {
     let clients = clients.max(2) / 2 * 2;
     let base = std::env::temp_dir().join(format!("bluecam-bench-chaos-{}", std::process::id()));
@@ -166,56 +227,84 @@ pub(super) async fn chaos(
         "3 nodes, {clients} clients in {rooms} rooms of 2 (partners on different nodes)"
     ));
     create_rooms(&target, "chaos-", rooms, 2).await?;
-    let mut joined = Vec::with_capacity(clients);
-    for i in 0..clients {
-        // Partners on different nodes: room k's peers on nodes k and k + 1.
-        let home = (i / 2 + i % 2) % addrs.len();
-        let token = mint(
-            &target.secret,
-            &format!("chaos-{}", i / 2),
-            &format!("c{i}"),
-        )?;
-        let mut ws = connect(addrs[home], "/v1/ws", Some(source_ip(i))).await?;
-        let j = join(&mut ws, token.clone()).await?;
-        joined.push((ws, token, j, home));
-    }
-    let ids: Vec<PeerId> = joined
-        .iter()
-        .map(|(_, _, j, _)| j.self_.id.clone())
-        .collect();
-    let counts = Arc::new(Counts::default());
-    counts.up.store(clients as u64, Ordering::Relaxed);
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain_until = Arc::new(AtomicU64::new(u64::MAX));
     let started = Instant::now();
-    let delivered_at: Vec<Arc<AtomicU64>> =
-        (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (ws, token, j, home)) in joined.into_iter().enumerate() {
-        let mut mine = addrs.clone();
-        mine.rotate_left(home);
-        let client = Client {
-            i,
-            clients,
-            addrs: mine,
-            token,
-            creds: ResumeCredentials {
-                session: j.session.id.clone(),
-                secret: j.session.secret.clone(),
-            },
-            partner: ids[i ^ 1].clone(),
-            counts: Arc::clone(&counts),
-            resumed_at: Arc::new(AtomicU64::new(0)),
-            delivered_at: Arc::clone(&delivered_at[i]),
-            watchdog: Some(WATCHDOG),
-            started,
+    // Partners on different nodes: room k's peers on nodes k and k + 1; each client's list of
+    // nodes starts with its own.
+    let home = |i: usize| (i / 2 + i % 2) % addrs.len();
+    let fleet = if let Some(transport) = native {
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let nodes = |i: usize| {
+            let mut mine = urls.clone();
+            mine.rotate_left(home(i));
+            mine
         };
-        tasks.spawn(client.run(ws, rate, Arc::clone(&stop), Arc::clone(&drain_until)));
-    }
+        let fleet = super::native::Fleet::start(
+            &target.secret,
+            "chaos-",
+            clients,
+            nodes,
+            transport,
+            rate,
+            started,
+        )
+        .await?;
+        Clients::Native(fleet)
+    } else {
+        let mut joined = Vec::with_capacity(clients);
+        for i in 0..clients {
+            let token = mint(
+                &target.secret,
+                &format!("chaos-{}", i / 2),
+                &format!("c{i}"),
+            )?;
+            let mut ws = connect(addrs[home(i)], "/v1/ws", Some(source_ip(i))).await?;
+            let j = join(&mut ws, token.clone()).await?;
+            joined.push((ws, token, j, home(i)));
+        }
+        let ids: Vec<PeerId> = joined
+            .iter()
+            .map(|(_, _, j, _)| j.self_.id.clone())
+            .collect();
+        let counts = Arc::new(Counts::default());
+        counts.up.store(clients as u64, Ordering::Relaxed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let drain_until = Arc::new(AtomicU64::new(u64::MAX));
+        let delivered_at: Vec<Arc<AtomicU64>> =
+            (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (ws, token, j, home)) in joined.into_iter().enumerate() {
+            let mut mine = addrs.clone();
+            mine.rotate_left(home);
+            let client = Client {
+                i,
+                clients,
+                addrs: mine,
+                token,
+                creds: ResumeCredentials {
+                    session: j.session.id.clone(),
+                    secret: j.session.secret.clone(),
+                },
+                partner: ids[i ^ 1].clone(),
+                counts: Arc::clone(&counts),
+                resumed_at: Arc::new(AtomicU64::new(0)),
+                delivered_at: Arc::clone(&delivered_at[i]),
+                watchdog: Some(WATCHDOG),
+                started,
+            };
+            tasks.spawn(client.run(ws, rate, Arc::clone(&stop), Arc::clone(&drain_until)));
+        }
+        Clients::Wire {
+            tasks,
+            counts,
+            stop,
+            drain_until,
+            delivered_at,
+        }
+    };
     let mut faults = Vec::new();
-    let mut measure = async |name: &str, counts: &Counts, from: u64| {
+    let mut measure = async |name: &str, fleet: &Clients, from: u64| {
         let (times, all) =
-            wait_delivering(&delivered_at, started, from, Duration::from_secs(60)).await;
+            wait_delivering(fleet.delivered_at(), started, from, Duration::from_secs(60)).await;
         faults.push(serde_json::json!({
             "fault": name,
             "delivering_again_ms": {
@@ -223,7 +312,7 @@ pub(super) async fn chaos(
                 "max": times.last().copied().unwrap_or(0),
             },
             "every_client_delivering": all,
-            "clients_up_after": counts.up.load(Ordering::Relaxed),
+            "clients_up_after": fleet.up(),
         }));
     };
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -234,7 +323,7 @@ pub(super) async fn chaos(
     nodes[1].stop("KILL")?;
     nodes[1].spawn()?;
     nodes[1].healthy().await?;
-    measure("node SIGKILL and restart", &counts, t).await;
+    measure("node SIGKILL and restart", &fleet, t).await;
 
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
     let freeze = Duration::from_secs(NODE_TTL_SECS + 2);
@@ -245,7 +334,7 @@ pub(super) async fn chaos(
     nodes[2].signal("STOP")?;
     tokio::time::sleep(freeze).await;
     nodes[2].signal("CONT")?;
-    measure("node frozen past its expiry, then thawed", &counts, t).await;
+    measure("node frozen past its expiry, then thawed", &fleet, t).await;
 
     if let Some(c) = cluster {
         tokio::time::sleep(Duration::from_secs(settle_secs)).await;
@@ -253,7 +342,7 @@ pub(super) async fn chaos(
         let victim = c.masters().first().copied().context("no master")?;
         let t = now_ms();
         c.kill(victim);
-        measure("Redis Cluster master SIGKILL, failover", &counts, t).await;
+        measure("Redis Cluster master SIGKILL, failover", &fleet, t).await;
         let c = tokio::task::spawn_blocking(move || {
             c.wait_whole();
             c.restart(victim);
@@ -267,7 +356,7 @@ pub(super) async fn chaos(
         let victim = c.masters().last().copied().context("no master")?;
         let t = now_ms();
         let _ = super::rediscluster::redis_cli(victim, &["flushall"]);
-        measure("Redis Cluster shard emptied", &counts, t).await;
+        measure("Redis Cluster shard emptied", &fleet, t).await;
         cluster = Some(c);
     } else {
         tokio::time::sleep(Duration::from_secs(settle_secs)).await;
@@ -276,7 +365,7 @@ pub(super) async fn chaos(
         redis.kill();
         tokio::time::sleep(Duration::from_secs(1)).await;
         redis.start()?;
-        measure("Redis SIGKILL, restart from its file", &counts, t).await;
+        measure("Redis SIGKILL, restart from its file", &fleet, t).await;
 
         tokio::time::sleep(Duration::from_secs(settle_secs)).await;
         progress("Redis restarted without its data");
@@ -284,32 +373,26 @@ pub(super) async fn chaos(
         redis.kill();
         redis.wipe()?;
         redis.start()?;
-        measure("Redis restarted empty", &counts, t).await;
+        measure("Redis restarted empty", &fleet, t).await;
     }
 
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    let (unacked, expired) = drain(tasks, &stop, &drain_until, started, 60_000).await?;
-    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let sent = c(&counts.sent);
-    let delivered = c(&counts.delivered);
+    let mut result = fleet.finish(started).await?;
     drop(cluster);
-    Ok(serde_json::json!({
-        "scenario": "chaos",
-        "redis": if redis_cluster { "a Redis Cluster of 3 masters and 3 replicas" } else { "one Redis" },
-        "nodes": 3,
-        "node_ttl_secs": NODE_TTL_SECS,
-        "clients": clients,
-        "rate_per_client": rate,
-        "faults": faults,
-        "sessions_expired": expired,
-        "messages": {
-            "sent": sent,
-            "delivered_in_order_once": delivered,
-            "reported_lost": unacked,
-            "lost_silently": sent.saturating_sub(delivered).saturating_sub(unacked),
-            "retransmitted": c(&counts.retransmitted),
-            "duplicates_discarded": c(&counts.duplicates),
-            "gaps_discarded": c(&counts.out_of_order),
-        },
-    }))
+    result["scenario"] = "chaos".into();
+    result["redis"] = if redis_cluster {
+        "a Redis Cluster of 3 masters and 3 replicas"
+    } else {
+        "one Redis"
+    }
+    .into();
+    result["nodes"] = 3.into();
+    result["node_ttl_secs"] = NODE_TTL_SECS.into();
+    result["clients"] = clients.into();
+    if let Some(transport) = native {
+        result["native_clients"] = format!("{transport:?}").into();
+    }
+    result["rate_per_client"] = rate.into();
+    result["faults"] = faults.into();
+    Ok(result)
 }

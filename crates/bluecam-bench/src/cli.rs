@@ -191,6 +191,13 @@ pub(crate) enum Scenario {
         /// Seconds of traffic before each restart and after the last.
         #[arg(long, default_value_t = 3)]
         settle_secs: u64,
+        /// The clients are native peers (`bluecam-client`, as `bluecam join`), with the SDK's
+        /// delivery guarantee, instead of this generator's own protocol clients.
+        #[arg(long)]
+        native: bool,
+        /// With `--native`: the clients' transport (`auto`, `websocket` or `http`).
+        #[arg(long, default_value = "auto", requires = "native")]
+        transport: String,
     },
     /// Three `serve --redis` nodes on one Redis with persistence (all started here), clients in
     /// two-peer rooms across nodes messaging through the relay, and four faults in a row: a
@@ -210,6 +217,13 @@ pub(crate) enum Scenario {
         /// Redis faults become a master SIGKILLed (failover) and a shard emptied.
         #[arg(long)]
         redis_cluster: bool,
+        /// The clients are native peers (`bluecam-client`, as `bluecam join`, each with the
+        /// three nodes as its list), with the SDK's delivery guarantee.
+        #[arg(long)]
+        native: bool,
+        /// With `--native`: the clients' transport (`auto`, `websocket` or `http`).
+        #[arg(long, default_value = "auto", requires = "native")]
+        transport: String,
     },
     /// Several `serve --redis` nodes on one Redis or a Redis Cluster (started here): relay and
     /// join latency for peers on the same node against peers on different nodes, and the load

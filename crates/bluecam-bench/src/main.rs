@@ -48,6 +48,7 @@ mod cli;
 mod cluster;
 mod history;
 mod idle;
+mod native;
 mod plot;
 mod progress;
 mod rediscluster;
@@ -278,10 +279,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             clients,
             rate,
             settle_secs,
+            native,
+            transport,
         } => {
             let bin = ServerBin::find(args.bluecam.as_deref())?;
-            let result =
-                restart::restart(&bin, *clients, rate.max(0.1), (*settle_secs).max(1)).await?;
+            let (rate, settle) = (rate.max(0.1), (*settle_secs).max(1));
+            let result = if *native {
+                let transport = native::transport(transport)?;
+                native::restart_native(&bin, *clients, rate, settle, transport).await?
+            } else {
+                restart::restart(&bin, *clients, rate, settle).await?
+            };
             return report(&args, result);
         }
         Scenario::Chaos {
@@ -289,14 +297,22 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             settle_secs,
             redis_cluster,
+            native,
+            transport,
         } => {
             let bin = ServerBin::find(args.bluecam.as_deref())?;
+            let native = if *native {
+                Some(native::transport(transport)?)
+            } else {
+                None
+            };
             let result = chaos::chaos(
                 &bin,
                 *clients,
                 rate.max(0.1),
                 (*settle_secs).max(1),
                 *redis_cluster,
+                native,
             )
             .await?;
             return report(&args, result);

@@ -404,6 +404,32 @@ fn bench_restart_smoke() {
     assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
 }
 
+/// The same with native peers (`bluecam-client`) over the HTTP transport: every send settles
+/// delivered, each arrives once and in order, all resume.
+#[test]
+fn bench_restart_native_smoke() {
+    let v = bench(&[
+        "restart",
+        "--native",
+        "--transport",
+        "http",
+        "--clients",
+        "20",
+        "--settle-secs",
+        "1",
+    ]);
+    for r in v["restarts"].as_array().unwrap() {
+        assert_eq!(r["all_resumed"], true, "{v}");
+    }
+    assert_eq!(v["rooms_ended"], 0, "{v}");
+    let m = &v["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost_silently"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered"], "{v}");
+    assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
+    assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
+}
+
 #[test]
 fn bench_stun_smoke() {
     let v = bench(&["stun", "--senders", "2", "--duration-secs", "1"]);
@@ -453,6 +479,25 @@ fn bench_chaos_smoke() {
     assert_eq!(m["lost_silently"], 0, "{v}");
     assert_eq!(m["reported_lost"], 0, "{v}");
     assert_eq!(m["sent"], m["delivered_in_order_once"], "{v}");
+}
+
+/// The same with native peers (`bluecam-client`), each with the three nodes as its list:
+/// every send settles delivered, each arrives once and in order, no room ends.
+#[test]
+fn bench_chaos_native_smoke() {
+    let v = bench(&["chaos", "--native", "--clients", "6", "--settle-secs", "1"]);
+    let faults = v["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 4, "{v}");
+    for f in faults {
+        assert_eq!(f["every_client_delivering"], true, "{v}");
+    }
+    assert_eq!(v["rooms_ended"], 0, "{v}");
+    let m = &v["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost_silently"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered"], "{v}");
+    assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
+    assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
 }
 
 /// The same on a Redis Cluster of three masters and three replicas started by the bench: a

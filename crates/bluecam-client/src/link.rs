@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// A connection attempt (TCP, WebSocket handshake or HTTP open, join) gives up after this long.
@@ -148,7 +149,21 @@ pub(crate) struct Nodes {
     transport: Transport,
     /// A WebSocket could not be opened and HTTP worked: HTTP first from now on.
     ws_blocked: bool,
-    http: Option<reqwest::Client>,
+}
+
+/// The process's HTTP client, shared by its rooms (its connection pool, and the root
+/// certificates it reads once: about 200 KB and a few ms each).
+fn http_client() -> Result<reqwest::Client, JoinError> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| JoinError::Connect(format!("HTTP client: {e}")))
 }
 
 impl Nodes {
@@ -173,7 +188,6 @@ impl Nodes {
             at: 0,
             transport,
             ws_blocked: false,
-            http: None,
         }
     }
 
@@ -245,16 +259,7 @@ impl Nodes {
         node: &str,
         join: String,
     ) -> Result<(Link, bluecam_proto::Joined), JoinError> {
-        let client = match &self.http {
-            Some(c) => c.clone(),
-            None => {
-                let c = reqwest::Client::builder()
-                    .build()
-                    .map_err(|e| JoinError::Connect(format!("HTTP client: {e}")))?;
-                self.http = Some(c.clone());
-                c
-            }
-        };
+        let client = http_client()?;
         let base = format!("{node}/v1/http");
         tokio::time::timeout(OPEN_TIMEOUT, open_http(client, base, join))
             .await
@@ -321,16 +326,21 @@ async fn connect_ws(
     } else {
         CONNECT_TIMEOUT
     };
-    let mut ws =
-        match tokio::time::timeout(open_within, tokio_tungstenite::connect_async(url)).await {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => return Err(WsFailure::NotOpened(e.to_string())),
-            Err(_) => {
-                return Err(WsFailure::NotOpened(
-                    "WebSocket not opened in time".to_owned(),
-                ));
-            }
-        };
+    // Buffers of 8 KiB rather than tungstenite's 128 KiB each (a peer's frames are small, and
+    // a large one only takes more reads), and no Nagle delay on frames.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(8 << 10);
+    let open = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let mut ws = match tokio::time::timeout(open_within, open).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return Err(WsFailure::NotOpened(e.to_string())),
+        Err(_) => {
+            return Err(WsFailure::NotOpened(
+                "WebSocket not opened in time".to_owned(),
+            ));
+        }
+    };
     let answer = async {
         ws.send(WsMessage::text(join.to_owned()))
             .await
