@@ -178,6 +178,10 @@ pub(crate) enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 30)]
         sample_secs: u64,
+        /// Two-peer rooms of native peers (`bluecam-client`, as `bluecam join`) relaying at
+        /// `rate` throughout, with the SDK's delivery guarantee (counted end to end).
+        #[arg(long, default_value_t = 0)]
+        native_pairs: usize,
     },
     /// Clients in two-peer rooms messaging through the relay; the server (started here) is
     /// restarted with SIGTERM, then SIGKILL: time until every client resumed its session, and

@@ -191,6 +191,7 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             relay_rooms,
             rate,
             sample_secs,
+            native_pairs,
         } => {
             let opts = SoakOpts {
                 minutes,
@@ -198,6 +199,7 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
                 relay_rooms,
                 rate,
                 sample_secs,
+                native_pairs,
             };
             soak(target, &opts).await?
         }

@@ -6,7 +6,7 @@
 //! delivered (acknowledged by the partner) or undeliverable (the sender is told), each partner
 //! gets what it gets once and in order, and nothing is lost silently.
 
-use super::restart::{Node, pct};
+use super::restart::{pct, single_node};
 use super::*;
 use bluecam_client::room::{Delivery, Event, Options, Room, Transport};
 use futures_util::stream::FuturesUnordered;
@@ -264,31 +264,8 @@ pub(super) async fn restart_native(
     transport: Transport,
 ) -> anyhow::Result<serde_json::Value> {
     let clients = clients.max(2) / 2 * 2;
-    let dir = std::env::temp_dir().join(format!("bluecam-bench-native-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let dir = TempDir(dir);
-    std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
-    let mut node = Node {
-        bin: bin.clone(),
-        addr: free_addr()?,
-        dir,
-        secret: bluecam_server::auth::random_token(32),
-        redis: None,
-        child: None,
-    };
-    node.spawn()?;
-    node.healthy().await?;
-    let http = format!("http://{}", node.addr);
-    let target = Target {
-        kind: TargetKind::Bluecam,
-        http: http.clone(),
-        addr: node.addr,
-        spread: Vec::new(),
-        secret: Secret::new(node.secret.clone()),
-        pid: None,
-        child: None,
-        _dir: None,
-    };
+    let (mut node, target) = single_node(bin, "native").await?;
+    let http = target.http.clone();
     let rooms = clients / 2;
     progress(&format!(
         "{clients} native clients ({transport:?}) in {rooms} rooms of 2"

@@ -382,14 +382,10 @@ pub(super) fn pct(sorted: &[u64], q: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-pub(super) async fn restart(
-    bin: &ServerBin,
-    clients: usize,
-    rate: f64,
-    settle_secs: u64,
-) -> anyhow::Result<serde_json::Value> {
-    let clients = clients.max(2) / 2 * 2;
-    let dir = std::env::temp_dir().join(format!("bluecam-bench-restart-{}", std::process::id()));
+/// One `bluecam serve` started here (the bench's configuration, a data dir in a temp dir),
+/// healthy, and the target that reaches it.
+pub(super) async fn single_node(bin: &ServerBin, tag: &str) -> anyhow::Result<(Node, Target)> {
+    let dir = std::env::temp_dir().join(format!("bluecam-bench-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
     std::fs::write(dir.0.join("bench.toml"), BENCH_CONFIG)?;
@@ -413,6 +409,17 @@ pub(super) async fn restart(
         child: None,
         _dir: None,
     };
+    Ok((node, target))
+}
+
+pub(super) async fn restart(
+    bin: &ServerBin,
+    clients: usize,
+    rate: f64,
+    settle_secs: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let clients = clients.max(2) / 2 * 2;
+    let (mut node, target) = single_node(bin, "restart").await?;
     let rooms = clients / 2;
     progress(&format!("{clients} clients in {rooms} rooms of 2"));
     create_rooms(&target, "restart-", rooms, 2).await?;

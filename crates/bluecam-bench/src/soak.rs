@@ -25,6 +25,9 @@ pub(super) struct SoakOpts {
     /// Messages per second each relay peer sends.
     pub rate: u64,
     pub sample_secs: u64,
+    /// Two-peer rooms of native peers (`bluecam-client`) relaying at `rate` throughout, each
+    /// send settled delivered or undeliverable and counted once and in order at its partner.
+    pub native_pairs: usize,
 }
 
 /// What the relay pairs saw.
@@ -70,6 +73,22 @@ pub(super) async fn soak(target: &Target, opts: &SoakOpts) -> anyhow::Result<ser
     create_rooms(target, "soak-relay-", opts.relay_rooms, 4).await?;
     create_rooms(target, "soak-slow-", 1, 50).await?;
     create_rooms(target, "soak-bad-", 1, 1000).await?;
+    let native = if opts.native_pairs > 0 {
+        create_rooms(target, "soak-native-", opts.native_pairs, 2).await?;
+        let fleet = super::native::Fleet::start(
+            &target.secret,
+            "soak-native-",
+            opts.native_pairs * 2,
+            |_| vec![target.http.clone()],
+            bluecam_client::room::Transport::Auto,
+            opts.rate as f64,
+            Instant::now(),
+        )
+        .await?;
+        Some(fleet)
+    } else {
+        None
+    };
     let stop = CancellationToken::new();
     let relay = Arc::new(RelayCount::default());
     let hostile = Arc::new(Hostile::default());
@@ -170,6 +189,10 @@ pub(super) async fn soak(target: &Target, opts: &SoakOpts) -> anyhow::Result<ser
     while let Some(done) = tasks.join_next().await {
         done??;
     }
+    let native = match native {
+        Some(fleet) => fleet.finish().await,
+        None => serde_json::Value::Null,
+    };
     // Everything closed: what the server holds now, once the dropped sessions expired too
     // (they wait out the resume window, 60 s by default; sampled once here as it stands).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -201,6 +224,7 @@ pub(super) async fn soak(target: &Target, opts: &SoakOpts) -> anyhow::Result<ser
             "out_of_order": relay.out_of_order.load(Ordering::Relaxed),
             "dropped_connections": relay.dropped.load(Ordering::Relaxed),
         },
+        "native": native,
         "hostile": {
             "runs": hostile.runs.load(Ordering::Relaxed),
             "closed_as_documented": hostile.as_documented.load(Ordering::Relaxed),

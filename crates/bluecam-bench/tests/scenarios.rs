@@ -279,8 +279,16 @@ fn bench_soak_smoke() {
         "20",
         "--sample-secs",
         "2",
+        "--native-pairs",
+        "2",
     ]);
     let relay = &v["relay"];
+    // The native pairs: every send settled delivered, each once and in order at its partner.
+    let native = &v["native"]["messages"];
+    assert!(native["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(native["sent"], native["delivered"], "{v}");
+    assert_eq!(native["sent"], native["received_once_in_order"], "{v}");
+    assert_eq!(native["lost_silently"], 0, "{v}");
     assert!(relay["delivered"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(relay["out_of_order"], 0, "{v}");
     assert_eq!(relay["dropped_connections"], 0, "{v}");

@@ -646,6 +646,7 @@ async fn close_session(
     mut waiting: VecDeque<(u64, String)>,
     next: u64,
     max: usize,
+    done: Option<oneshot::Sender<()>>,
 ) {
     loop {
         let seq = waiting.front().map_or(next, |(n, _)| *n);
@@ -653,12 +654,34 @@ async fn close_session(
         if taken == waiting.len() {
             let (body, _) = send_body(sid, seq, true, &waiting, usize::MAX);
             let _ = post(client, url, body, CLOSE_TIMEOUT).await;
-            return;
+            break;
         }
         if post(client, url, body, CLOSE_TIMEOUT).await.is_err() {
-            return;
+            break;
         }
         waiting.drain(..taken);
+    }
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+/// Takes what the link hands over: a frame is queued with the next number (`None`); the
+/// client's close (with what to answer once it went) or the link dropped ends the session.
+fn take(
+    up: Option<Up>,
+    waiting: &mut VecDeque<(u64, String)>,
+    next: &mut u64,
+) -> Option<Option<oneshot::Sender<()>>> {
+    match up {
+        Some(Up::Frame(text)) => {
+            waiting.push_back((*next, text));
+            *next += 1;
+            None
+        }
+        Some(Up::Close(done)) => Some(Some(done)),
+        // The link was dropped (given up for another): the session ends, resumable.
+        None => Some(None),
     }
 }
 
@@ -676,25 +699,12 @@ async fn send_loop(
     // The join was frame 1.
     let mut next = 2u64;
     let mut waiting: VecDeque<(u64, String)> = VecDeque::new();
-    let push = |waiting: &mut VecDeque<(u64, String)>, next: &mut u64, text: String| {
-        waiting.push_back((*next, text));
-        *next += 1;
-    };
     loop {
-        if waiting.is_empty() {
-            match up.recv().await {
-                Some(Up::Frame(text)) => push(&mut waiting, &mut next, text),
-                Some(Up::Close(done)) => {
-                    close_session(&client, &url, &sid, waiting, next, max).await;
-                    let _ = done.send(());
-                    return;
-                }
-                // The link was dropped (given up for another): the session ends, resumable.
-                None => {
-                    close_session(&client, &url, &sid, waiting, next, max).await;
-                    return;
-                }
-            }
+        if waiting.is_empty()
+            && let Some(done) = take(up.recv().await, &mut waiting, &mut next)
+        {
+            close_session(&client, &url, &sid, waiting, next, max, done).await;
+            return;
         }
         let seq = waiting.front().map_or(next, |(n, _)| *n);
         let (body, _) = send_body(&sid, seq, false, &waiting, max);
@@ -705,17 +715,9 @@ async fn send_loop(
         let result = loop {
             tokio::select! {
                 r = &mut request => break r,
-                up_next = up.recv() => match up_next {
-                    Some(Up::Frame(text)) => push(&mut waiting, &mut next, text),
-                    Some(Up::Close(done)) => {
-                        close_session(&client, &url, &sid, waiting, next, max).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => {
-                        close_session(&client, &url, &sid, waiting, next, max).await;
-                        return;
-                    }
+                up_next = up.recv() => if let Some(done) = take(up_next, &mut waiting, &mut next) {
+                    close_session(&client, &url, &sid, waiting, next, max, done).await;
+                    return;
                 },
             }
         };
