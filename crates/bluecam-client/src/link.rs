@@ -419,6 +419,16 @@ enum PostError {
     Retry(String),
 }
 
+impl PostError {
+    /// The end of the connection this failure makes (`None`: it dropped; retry elsewhere).
+    fn closed(self) -> Incoming {
+        match self {
+            Self::Final(code) => Incoming::Closed(Some(code)),
+            Self::Retry(_) => Incoming::Closed(None),
+        }
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -580,12 +590,8 @@ async fn poll_loop(
         let body = serde_json::json!({"sid": sid, "ack": ack}).to_string();
         let answer = match post_retrying(&client, &url, &body, POLL_TIMEOUT).await {
             Ok(answer) => answer,
-            Err(PostError::Final(code)) => {
-                let _ = down.send(Incoming::Closed(Some(code)));
-                return;
-            }
-            Err(PostError::Retry(_)) => {
-                let _ = down.send(Incoming::Closed(None));
+            Err(e) => {
+                let _ = down.send(e.closed());
                 return;
             }
         };
@@ -742,12 +748,8 @@ async fn send_loop(
                     return;
                 }
             }
-            Err(PostError::Final(code)) => {
-                let _ = down.send(Incoming::Closed(Some(code)));
-                return;
-            }
-            Err(PostError::Retry(_)) => {
-                let _ = down.send(Incoming::Closed(None));
+            Err(e) => {
+                let _ = down.send(e.closed());
                 return;
             }
         }
