@@ -773,3 +773,61 @@ fn bluecam_join_reaches_a_tls_server_over_wss_and_over_https_long_polling() {
     let (mut carol, _) = join_cli(&["--server", &url, "--token", &token("carol")], &[]);
     assert!(!carol.wait().unwrap().success());
 }
+
+/// Waits for the room to end with an `Error` of `code` then `disconnected`.
+async fn ended_with(room: &mut Room, code: &str) {
+    let mut error = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), room.next_event()).await {
+            Ok(Some(Event::Error { code: c, .. })) => error = Some(c),
+            Ok(Some(Event::Connection("disconnected"))) | Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(_) => panic!("the room did not end (expected {code})"),
+        }
+    }
+    assert_eq!(error.as_deref(), Some(code));
+}
+
+/// One seat per identity: a fresh join of the same identity ends the older room (4042,
+/// `superseded`, not resumed), and a peer kicked by the backend ends (`kicked`), as the SDK
+/// decides from the same close-code vectors; the delivery to them settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_taken_by_the_same_identity_or_a_kick_ends_the_room_for_good() {
+    let dir = temp_dir("seat");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let room: serde_json::Value =
+        serde_json::from_str(&cli(&dir, &["room", "create", "--server", &url])).unwrap();
+    let id = room["id"].as_str().unwrap().to_owned();
+    let token = |who: &str| {
+        cli(&dir, &["token", "--room", &id, "--identity", who])
+            .trim()
+            .to_owned()
+    };
+    let mut first = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let mut bob = Room::join(&url, &token("bob"), Options::default())
+        .await
+        .unwrap();
+    let first_id = first.me().id.to_string();
+    heard_of(&mut first, bob.me().id.as_str()).await;
+    let second = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    ended_with(&mut first, "superseded").await;
+    // Bob sees the old seat go and the new one come.
+    heard_of(&mut bob, second.me().id.as_str()).await;
+    let late = bob.send("t", "1".to_owned(), Some(vec![first_id.clone()]));
+    assert_eq!(
+        late.await.unwrap(),
+        Err(bluecam_client::room::SendError::Undeliverable(vec![
+            first_id
+        ]))
+    );
+    // The backend kicks bob.
+    let bob_id = bob.me().id.to_string();
+    cli(&dir, &["room", "kick", &id, &bob_id, "--server", &url]);
+    ended_with(&mut bob, "kicked").await;
+    second.leave().await;
+}
