@@ -390,7 +390,8 @@ pub(super) async fn chaos(
     result["node_ttl_secs"] = NODE_TTL_SECS.into();
     result["clients"] = clients.into();
     if let Some(transport) = native {
-        result["native_clients"] = format!("{transport:?}").into();
+        result["native"] = true.into();
+        result["transport"] = format!("{transport:?}").into();
     }
     result["rate_per_client"] = rate.into();
     result["faults"] = faults.into();

@@ -8,8 +8,11 @@
 
 use super::restart::{pct, single_node};
 use super::*;
-use bluecam_client::room::{Delivery, Event, Options, Room, Transport};
+use bluecam_client::room::{Delivery, Event, Options, Room, SendError, Transport};
+use futures_util::FutureExt as _;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::oneshot::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct Counts {
@@ -20,6 +23,9 @@ struct Counts {
     received: AtomicU64,
     /// Messages the partner got out of order or twice (must be 0).
     broken: AtomicU64,
+    /// Numbers the partner never got, skipped by a later one: each was undeliverable, its
+    /// sender told (the delivery bound passed).
+    skipped: AtomicU64,
     /// `connected` after a `reconnecting`.
     resumes: AtomicU64,
     /// Clients connected right now.
@@ -29,6 +35,47 @@ struct Counts {
     /// Clients whose deliveries have all settled after the senders stopped (each keeps reading
     /// and acknowledging until every client has).
     settled: AtomicU64,
+}
+
+/// What one native peer received and settled (the counting of [`client`]).
+struct Tally {
+    counts: Arc<Counts>,
+    delivered_at: Arc<AtomicU64>,
+    started: Instant,
+    /// The partner's next number.
+    expected: u64,
+}
+
+impl Tally {
+    fn outcome(&self, outcome: Result<Result<(), SendError>, RecvError>) {
+        match outcome {
+            Ok(Ok(())) => self.counts.delivered.fetch_add(1, Ordering::Relaxed),
+            _ => self.counts.undeliverable.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// A message of the partner: the next number, or a later one after numbers its sender
+    /// was told were undeliverable (the delivery bound passed: a new epoch); an earlier one
+    /// is out of order or twice.
+    fn message(&mut self, data: &RawValue) {
+        let i = serde_json::from_str::<serde_json::Value>(data.get())
+            .ok()
+            .and_then(|v| v["i"].as_u64());
+        match i {
+            Some(i) if i >= self.expected => {
+                self.counts
+                    .skipped
+                    .fetch_add(i - self.expected, Ordering::Relaxed);
+                self.expected = i + 1;
+                self.counts.received.fetch_add(1, Ordering::Relaxed);
+                let now = self.started.elapsed().as_millis() as u64;
+                self.delivered_at.store(now, Ordering::Relaxed);
+            }
+            _ => {
+                self.counts.broken.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// One native peer: sends to `partner` at `rate` until `stop`, then waits for its deliveries
@@ -42,16 +89,19 @@ async fn client(
     counts: Arc<Counts>,
     resumed_at: Arc<AtomicU64>,
     delivered_at: Arc<AtomicU64>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
     started: Instant,
 ) {
     let mut outstanding: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    let mut tally = Tally {
+        counts: Arc::clone(&counts),
+        delivered_at,
+        started,
+        expected: 0,
+    };
     let mut next = 0u64;
-    let mut expected = 0u64;
-    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
     let mut sending = true;
     let mut settled = false;
     let mut down = false;
@@ -59,12 +109,13 @@ async fn client(
     tokio::pin!(deadline);
     // (While draining: a look at whether every client has settled.)
     let mut check = tokio::time::interval(Duration::from_millis(50));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         if !sending && !settled && outstanding.is_empty() {
             settled = true;
-            counts.settled.fetch_add(1, Ordering::Relaxed);
+            counts.settled.fetch_add(1, Ordering::Release);
         }
-        if settled && counts.settled.load(Ordering::Relaxed) >= clients {
+        if settled && counts.settled.load(Ordering::Acquire) >= clients {
             break;
         }
         tokio::select! {
@@ -74,25 +125,9 @@ async fn client(
                 counts.sent.fetch_add(1, Ordering::Relaxed);
                 outstanding.push(d);
             }
-            Some(outcome) = outstanding.next(), if !outstanding.is_empty() => {
-                match outcome {
-                    Ok(Ok(())) => counts.delivered.fetch_add(1, Ordering::Relaxed),
-                    _ => counts.undeliverable.fetch_add(1, Ordering::Relaxed),
-                };
-            }
+            Some(outcome) = outstanding.next(), if !outstanding.is_empty() => tally.outcome(outcome),
             event = room.next_event() => match event {
-                Some(Event::Message { data, .. }) => {
-                    let i = serde_json::from_str::<serde_json::Value>(data.get())
-                        .ok()
-                        .and_then(|v| v["i"].as_u64());
-                    if i == Some(expected) {
-                        expected += 1;
-                        counts.received.fetch_add(1, Ordering::Relaxed);
-                        delivered_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    } else {
-                        counts.broken.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                Some(Event::Message { data, .. }) => tally.message(&data),
                 Some(Event::Connection("reconnecting")) => {
                     down = true;
                     counts.up.fetch_sub(1, Ordering::Relaxed);
@@ -110,19 +145,16 @@ async fn client(
                     }
                     // (Its deliveries settle as the room ends.)
                     while let Some(outcome) = outstanding.next().await {
-                        match outcome {
-                            Ok(Ok(())) => counts.delivered.fetch_add(1, Ordering::Relaxed),
-                            _ => counts.undeliverable.fetch_add(1, Ordering::Relaxed),
-                        };
+                        tally.outcome(outcome);
                     }
                     if !settled {
-                        counts.settled.fetch_add(1, Ordering::Relaxed);
+                        counts.settled.fetch_add(1, Ordering::Release);
                     }
                     return;
                 }
                 Some(_) => {}
             },
-            () = &mut stopped, if sending => {
+            () = stop.cancelled(), if sending => {
                 sending = false;
                 // Draining: bounded.
                 deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(90));
@@ -131,13 +163,16 @@ async fn client(
             () = &mut deadline => break,
         }
     }
+    // What the room already took (and acknowledged) but this task has not read yet counts too.
+    while let Some(Some(event)) = room.next_event().now_or_never() {
+        if let Event::Message { data, .. } = event {
+            tally.message(&data);
+        }
+    }
     room.leave().await;
     // (Whatever was still outstanding settled with the leave.)
     while let Some(outcome) = outstanding.next().await {
-        match outcome {
-            Ok(Ok(())) => counts.delivered.fetch_add(1, Ordering::Relaxed),
-            _ => counts.undeliverable.fetch_add(1, Ordering::Relaxed),
-        };
+        tally.outcome(outcome);
     }
 }
 
@@ -145,7 +180,7 @@ async fn client(
 pub(super) struct Fleet {
     tasks: tokio::task::JoinSet<()>,
     counts: Arc<Counts>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
     /// When each client last connected again after a drop (ms since `started`).
     pub(super) resumed_at: Vec<Arc<AtomicU64>>,
     /// When each client last got a message from its partner (ms since `started`).
@@ -183,7 +218,7 @@ impl Fleet {
         let ids: Vec<String> = joined.iter().map(|r| r.me().id.to_string()).collect();
         let counts = Arc::new(Counts::default());
         counts.up.store(clients as u64, Ordering::Relaxed);
-        let stop = Arc::new(tokio::sync::Notify::new());
+        let stop = CancellationToken::new();
         let at = || -> Vec<Arc<AtomicU64>> { (0..clients).map(|_| Arc::default()).collect() };
         let (resumed_at, delivered_at) = (at(), at());
         let mut tasks = tokio::task::JoinSet::new();
@@ -196,7 +231,7 @@ impl Fleet {
                 Arc::clone(&counts),
                 Arc::clone(&resumed_at[i]),
                 Arc::clone(&delivered_at[i]),
-                Arc::clone(&stop),
+                stop.clone(),
                 started,
             ));
         }
@@ -223,7 +258,7 @@ impl Fleet {
     /// until all have, at most 90 s), and counts the messages.
     pub(super) async fn finish(mut self) -> serde_json::Value {
         progress("stopping the senders; every delivery settles");
-        self.stop.notify_waiters();
+        self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let counts = &self.counts;
@@ -241,6 +276,7 @@ impl Fleet {
                 "lost_silently": sent.saturating_sub(delivered + undeliverable),
                 "received_once_in_order": c(&counts.received),
                 "received_out_of_order_or_twice": c(&counts.broken),
+                "skipped_after_undeliverable": c(&counts.skipped),
             },
         })
     }
@@ -323,9 +359,9 @@ pub(super) async fn restart_native(
     tokio::time::sleep(Duration::from_secs(settle_secs)).await;
     let mut result = fleet.finish().await;
     result["scenario"] = "restart".into();
-    result["clients"] = "native".into();
+    result["clients"] = clients.into();
+    result["native"] = true.into();
     result["transport"] = format!("{transport:?}").into();
-    result["native_clients"] = clients.into();
     result["rate_per_client"] = rate.into();
     result["restarts"] = phases.into();
     Ok(result)

@@ -81,7 +81,7 @@ pub(super) async fn soak(target: &Target, opts: &SoakOpts) -> anyhow::Result<ser
             opts.native_pairs * 2,
             |_| vec![target.http.clone()],
             bluecam_client::room::Transport::Auto,
-            opts.rate as f64,
+            opts.rate.max(1) as f64,
             Instant::now(),
         )
         .await?;

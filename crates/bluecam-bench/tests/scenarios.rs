@@ -436,6 +436,7 @@ fn bench_restart_native_smoke() {
     assert_eq!(m["sent"], m["delivered"], "{v}");
     assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
     assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
+    assert_eq!(m["skipped_after_undeliverable"], 0, "{v}");
 }
 
 #[test]
@@ -506,6 +507,7 @@ fn bench_chaos_native_smoke() {
     assert_eq!(m["sent"], m["delivered"], "{v}");
     assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
     assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
+    assert_eq!(m["skipped_after_undeliverable"], 0, "{v}");
 }
 
 /// The same on a Redis Cluster of three masters and three replicas started by the bench: a
