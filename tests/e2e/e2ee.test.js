@@ -261,10 +261,11 @@ test("a DTLS fingerprint the proxy rewrites is refused: sealed (the record fails
   {
     const [a, b] = [await peer("alice"), await peer("bob")];
     const aId = await joinE2ee(a.page, await server.token(room, "alice"), key);
-    let bId = "";
     let altered = 0;
+    // (Bob's connection by its identity: alice's first sealed signals to him can come before
+    // his join returns here.)
     tap.setTamper((dir, text, conn) => {
-      if (dir !== "down" || conn.peer !== bId || !text.startsWith('{"op":"signal"')) return [text];
+      if (dir !== "down" || conn.identity !== "bob" || !text.startsWith('{"op":"signal"')) return [text];
       const f = JSON.parse(text);
       if (typeof f.data?.x !== "string") return [text];
       const x = f.data.x;
@@ -272,7 +273,7 @@ test("a DTLS fingerprint the proxy rewrites is refused: sealed (the record fails
       altered++;
       return [JSON.stringify(f)];
     });
-    bId = await joinE2ee(b.page, await server.token(room, "bob"), key);
+    const bId = await joinE2ee(b.page, await server.token(room, "bob"), key);
     await waitPeers(a.page, 1);
     assert.deepEqual(await send(a.page, bId, 5, "t"), []);
     await expectIntact(b.page, aId, 5, "t");

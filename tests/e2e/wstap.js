@@ -13,6 +13,7 @@ import { passHttp } from "./harness.js";
  * @typedef {object} TapConn
  * @property {number} n its number, from 1
  * @property {string | null} peer the peer id the server gave it (its `joined` frame)
+ * @property {string | null} identity its peer's identity (the same frame)
  * @property {(text: string) => void} toClient sends a text message to the browser
  * @property {(text: string) => void} toServer sends a text message to the server
  */
@@ -118,6 +119,7 @@ export function startWsTap(upstream) {
     const conn = {
       n: ++conns,
       peer: null,
+      identity: null,
       toClient: (text) => client.write(encodeFrame(1, Buffer.from(text), false)),
       toServer: (text) => srv.write(encodeFrame(1, Buffer.from(text), true)),
     };
@@ -170,7 +172,9 @@ export function startWsTap(upstream) {
           seen.push({ dir, conn: conn.n, text });
           if (dir === "down" && conn.peer === null && text.startsWith('{"op":"joined"')) {
             try {
-              conn.peer = JSON.parse(text).self.id;
+              const self = JSON.parse(text).self;
+              conn.peer = self.id;
+              conn.identity = self.identity;
             } catch {
               // Not a joined frame after all.
             }
