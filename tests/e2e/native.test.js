@@ -23,9 +23,10 @@ after(stopAll);
  * `bluecam join` as a child process: its stdout's JSON lines, and a way to write lines in.
  * @param {string} token
  * @param {string[]} [servers] the nodes, in order (this file's server by default)
+ * @param {string[]} [extra] more flags
  */
-function nativePeer(token, servers = [server.url]) {
-  const child = spawn(BIN, ["join", "--server", servers.join(","), "--token", token, "--no-webrtc"], { stdio: ["pipe", "pipe", "inherit"] });
+function nativePeer(token, servers = [server.url], extra = []) {
+  const child = spawn(BIN, ["join", "--server", servers.join(","), "--token", token, "--no-webrtc", ...extra], { stdio: ["pipe", "pipe", "inherit"] });
   /** @type {any[]} */
   const events = [];
   createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) }).on("line", (line) => events.push(JSON.parse(line)));
@@ -154,6 +155,52 @@ test("bluecam join while the browser reloads: lines to the old page are undelive
     assert.ok((await received(b.page)).every((/** @type {any} */ m) => m.from === nativeId));
     native.end();
     assert.equal(await native.exited, 0);
+    await expectEvents([b]);
+  } finally {
+    native.kill();
+  }
+});
+
+test("bluecam join over HTTP long-polling and a browser without WebSocket: 300 each way and a large message, once and in order", async () => {
+  const room = await server.room();
+  const native = nativePeer(await server.token(room, "bot"), [server.url], ["--transport", "http"]);
+  try {
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    assert.equal(joined.transport, "http");
+    const nativeId = joined.self.id;
+    const b = await launchPeer(server, { label: "browser", noWebSocket: true });
+    const bId = await join(b.page, await server.token(room, "alice"), { video: false, audio: false });
+    assert.equal(await evaluate(b.page, () => /** @type {any} */ (window).room.transport, undefined, "room.transport"), "http");
+    await waitFor(async () => native.events.some((e) => e.event === "peer_joined" && e.peer.id === bId), "the native peer saw the browser");
+    const sent = evaluate(b.page, async (to) => {
+      const room = /** @type {any} */ (window).room;
+      const all = [];
+      for (let i = 0; i < 300; i++) all.push(room.sendMessage("b2n", { i, text: `é ${i}\n✓` }, { to }));
+      return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
+    }, nativeId, "300 sends to the native peer");
+    for (let i = 0; i < 300; i++) native.write({ type: "n2b", data: { i, text: `ü ${i}` }, to: bId });
+    // A large one (chunked: a boundary inside a surrogate pair), over HTTP both ways.
+    const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
+    native.write({ type: "straddle", data: straddle, to: bId });
+    assert.equal(await sent, 300, "every browser send acknowledged by the native peer");
+    const got = await waitFor(() => {
+      const m = native.events.filter((e) => e.event === "message" && e.type === "b2n");
+      return m.length >= 300 ? m : null;
+    }, "300 messages at the native peer");
+    assert.deepEqual(got.map((m) => m.data.i), [...Array(300).keys()], "once each, in order");
+    assert.ok(got.every((m) => m.data.text === `é ${m.data.i}\n✓` && m.path === "relay"));
+    await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "straddle"), "the large message at the browser");
+    const atBrowser = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "n2b");
+    assert.deepEqual(atBrowser.map((/** @type {any} */ m) => m.data.i), [...Array(300).keys()]);
+    assert.ok(await evaluate(b.page, (s) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "straddle").data === s, straddle, "the large message intact"));
+    const delivered = await waitFor(() => {
+      const d = native.events.filter((e) => e.event === "delivered");
+      return d.length >= 301 ? d : null;
+    }, "301 delivered at the native peer");
+    assert.deepEqual(delivered.map((d) => d.line), [...Array(301).keys()].map((i) => i + 1));
+    native.end();
+    assert.equal(await native.exited, 0);
+    await waitFor(async () => (await leftSeen(b.page)).includes(nativeId), "the browser saw the native peer leave");
     await expectEvents([b]);
   } finally {
     native.kill();

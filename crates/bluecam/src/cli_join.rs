@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use bluecam_client::room::{Event, Options, Room, SendError, Transport};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use std::io::Write as _;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -219,11 +219,6 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                         let delivery = room.send(&msg_type, json, to);
                         let n = line_no;
                         outstanding.push(async move { outcome(n, delivery.await) });
-                        // Polled at once, so that it is woken (and written) in the order the
-                        // room settles it, after lines pushed before it.
-                        while let Some(Some(done)) = outstanding.next().now_or_never() {
-                            emit(&done);
-                        }
                     }
                     Err(message) => emit(&serde_json::json!({"event": "error", "code": "bad_input", "line": line_no, "message": message})),
                 }
