@@ -4,8 +4,8 @@
 
 use anyhow::Context as _;
 use bluecam_client::room::{Event, Options, Room, SendError, Transport};
-use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use std::io::Write as _;
 use std::time::Duration;
 use tokio::sync::mpsc;
