@@ -41,6 +41,20 @@ function nativePeer(token, servers = [server.url], extra = []) {
   };
 }
 
+/**
+ * The end of stdin: the native peer leaves and exits 0, the browser sees it leave, and the
+ * browser's app saw no error or gap.
+ * @param {ReturnType<typeof nativePeer>} native
+ * @param {Awaited<ReturnType<typeof launchPeer>>} b
+ * @param {string} nativeId
+ */
+async function endsAndLeaves(native, b, nativeId) {
+  native.end();
+  assert.equal(await native.exited, 0);
+  await waitFor(async () => (await leftSeen(b.page)).includes(nativeId), "the browser saw the native peer leave");
+  await expectEvents([b]);
+}
+
 test("bluecam join and a browser: 1,000 messages each way through the relay, once and in order; the end of stdin leaves", async () => {
   const room = await server.room();
   const native = nativePeer(await server.token(room, "bot"));
@@ -100,11 +114,7 @@ test("bluecam join and a browser: 1,000 messages each way through the relay, onc
     await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
     assert.ok((await evaluate(b.page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
     await waitFor(() => native.events.filter((e) => e.event === "delivered").length >= 1001, "the large message delivered");
-    // The end of stdin: the native peer leaves, and exits 0.
-    native.end();
-    assert.equal(await native.exited, 0);
-    await waitFor(async () => (await leftSeen(b.page)).includes(nativeId), "the browser saw the native peer leave");
-    await expectEvents([b]);
+    await endsAndLeaves(native, b, nativeId);
   } finally {
     native.kill();
   }
@@ -198,10 +208,7 @@ test("bluecam join over HTTP long-polling and a browser without WebSocket: 300 e
       return d.length >= 301 ? d : null;
     }, "301 delivered at the native peer");
     assert.deepEqual(delivered.map((d) => d.line), [...Array(301).keys()].map((i) => i + 1));
-    native.end();
-    assert.equal(await native.exited, 0);
-    await waitFor(async () => (await leftSeen(b.page)).includes(nativeId), "the browser saw the native peer leave");
-    await expectEvents([b]);
+    await endsAndLeaves(native, b, nativeId);
   } finally {
     native.kill();
   }

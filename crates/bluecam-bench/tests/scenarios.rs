@@ -265,6 +265,20 @@ fn bench_slow_reader_smoke() {
     assert!(v["others_after"]["count"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// What a run of native peers (`--native`, `--native-pairs`) must count, in `r` (a part of
+/// the result `v`): no room ended, every send delivered and received once and in order,
+/// nothing lost, skipped or doubled.
+fn assert_native_counted(r: &serde_json::Value, v: &serde_json::Value) {
+    assert_eq!(r["rooms_ended"], 0, "{v}");
+    let m = &r["messages"];
+    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(m["lost_silently"], 0, "{v}");
+    assert_eq!(m["sent"], m["delivered"], "{v}");
+    assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
+    assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
+    assert_eq!(m["skipped_after_undeliverable"], 0, "{v}");
+}
+
 #[test]
 fn bench_soak_smoke() {
     let v = bench(&[
@@ -284,11 +298,7 @@ fn bench_soak_smoke() {
     ]);
     let relay = &v["relay"];
     // The native pairs: every send settled delivered, each once and in order at its partner.
-    let native = &v["native"]["messages"];
-    assert!(native["sent"].as_u64().unwrap() > 0, "{v}");
-    assert_eq!(native["sent"], native["delivered"], "{v}");
-    assert_eq!(native["sent"], native["received_once_in_order"], "{v}");
-    assert_eq!(native["lost_silently"], 0, "{v}");
+    assert_native_counted(&v["native"], &v);
     assert!(relay["delivered"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(relay["out_of_order"], 0, "{v}");
     assert_eq!(relay["dropped_connections"], 0, "{v}");
@@ -429,14 +439,7 @@ fn bench_restart_native_smoke() {
     for r in v["restarts"].as_array().unwrap() {
         assert_eq!(r["all_resumed"], true, "{v}");
     }
-    assert_eq!(v["rooms_ended"], 0, "{v}");
-    let m = &v["messages"];
-    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
-    assert_eq!(m["lost_silently"], 0, "{v}");
-    assert_eq!(m["sent"], m["delivered"], "{v}");
-    assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
-    assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
-    assert_eq!(m["skipped_after_undeliverable"], 0, "{v}");
+    assert_native_counted(&v, &v);
 }
 
 #[test]
@@ -500,14 +503,7 @@ fn bench_chaos_native_smoke() {
     for f in faults {
         assert_eq!(f["every_client_delivering"], true, "{v}");
     }
-    assert_eq!(v["rooms_ended"], 0, "{v}");
-    let m = &v["messages"];
-    assert!(m["sent"].as_u64().unwrap() > 0, "{v}");
-    assert_eq!(m["lost_silently"], 0, "{v}");
-    assert_eq!(m["sent"], m["delivered"], "{v}");
-    assert_eq!(m["sent"], m["received_once_in_order"], "{v}");
-    assert_eq!(m["received_out_of_order_or_twice"], 0, "{v}");
-    assert_eq!(m["skipped_after_undeliverable"], 0, "{v}");
+    assert_native_counted(&v, &v);
 }
 
 /// The same on a Redis Cluster of three masters and three replicas started by the bench: a

@@ -202,7 +202,8 @@ impl Nodes {
 
     /// The next node (the same one when there is one).
     pub(crate) fn advance(&mut self) {
-        self.at = (self.at + 1) % self.urls.len();
+        // (None while the room's resume has them taken out: nothing to move.)
+        self.at = (self.at + 1) % self.urls.len().max(1);
     }
 
     /// Connects to the node in use and joins (or resumes): over a WebSocket, or HTTP as the
