@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import {
-  BIN, TestServer, Redis, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll,
-  received, leftSeen,
+  BIN, TestServer, Redis, Coturn, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll,
+  received, leftSeen, pathTo, videoStats,
 } from "./harness.js";
 
 /** @type {TestServer} */
@@ -24,9 +24,11 @@ after(stopAll);
  * @param {string} token
  * @param {string[]} [servers] the nodes, in order (this file's server by default)
  * @param {string[]} [extra] more flags
+ * @param {boolean} [webrtc] with WebRTC data channels (relay only, `--no-webrtc`, by default)
  */
-function nativePeer(token, servers = [server.url], extra = []) {
-  const child = spawn(BIN, ["join", "--server", servers.join(","), "--token", token, "--no-webrtc", ...extra], { stdio: ["pipe", "pipe", "inherit"] });
+function nativePeer(token, servers = [server.url], extra = [], webrtc = false) {
+  const flags = webrtc ? extra : ["--no-webrtc", ...extra];
+  const child = spawn(BIN, ["join", "--server", servers.join(","), "--token", token, ...flags], { stdio: ["pipe", "pipe", "inherit"] });
   /** @type {any[]} */
   const events = [];
   createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) }).on("line", (line) => events.push(JSON.parse(line)));
@@ -273,5 +275,146 @@ test("bluecam join on a cluster: a node SIGKILLed mid-stream, its native peer re
     // (This file's server stays for the other tests.)
     await Promise.allSettled(nodes.map((n) => n.stop()));
     await redis.stop();
+  }
+});
+
+/**
+ * Native peers with WebRTC (`bluecam join` without `--no-webrtc`) in `room` with the browser
+ * `bId` until one plays each negotiation role: the smaller peer id is the impolite side and
+ * makes the first offer (the native peer offers), the larger waits for it (the browser offers,
+ * with its media, and then offers its tracks again over the data channel). Those that repeat
+ * a role leave at once.
+ * @param {TestServer} srv
+ * @param {string} room
+ * @param {string} bId
+ * @param {string[]} [extra] more flags
+ */
+async function nativesInBothRoles(srv, room, bId, extra = []) {
+  /** @type {Map<string, {native: ReturnType<typeof nativePeer>, id: string}>} */
+  const roles = new Map();
+  /** @type {ReturnType<typeof nativePeer>[]} */
+  const all = [];
+  for (let n = 0; n < 16 && roles.size < 2; n++) {
+    const native = nativePeer(await srv.token(room, `bot${n}`), [srv.url], extra, true);
+    all.push(native);
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    const role = joined.self.id < bId ? "native offers" : "browser offers";
+    if (roles.has(role)) {
+      native.end();
+      assert.equal(await native.exited, 0);
+    } else {
+      roles.set(role, { native, id: joined.self.id });
+    }
+  }
+  assert.equal(roles.size, 2, "both roles played");
+  return { roles: [...roles.entries()], all };
+}
+
+/**
+ * The data channel is up between a native peer and the browser, as both say.
+ * @param {ReturnType<typeof nativePeer>} native
+ * @param {string} nativeId
+ * @param {import("playwright-core").Page} page
+ * @param {string} bId
+ * @param {string} role
+ */
+async function channelUp(native, nativeId, page, bId, role) {
+  await waitFor(async () => native.events.some((e) => e.event === "path" && e.peer.id === bId && e.path === "p2p"), `the native peer's data channel (${role})`, 30_000);
+  await waitFor(async () => (await pathTo(page, nativeId)) === "p2p", `the browser's data channel to the native peer (${role})`, 30_000);
+}
+
+test("bluecam join over the data channel with a browser, whichever side offers: 500 messages each way and large ones, path p2p, once and in order", async () => {
+  const room = await server.room();
+  const b = await launchPeer(server, { label: "browser" });
+  // (With camera and microphone: the browser's media offer comes over the channel, refused.)
+  const bId = await join(b.page, await server.token(room, "alice"));
+  const { roles, all } = await nativesInBothRoles(server, room, bId);
+  try {
+    for (const [role, { native, id }] of roles) await channelUp(native, id, b.page, bId, role);
+    for (const [role, { native, id }] of roles) {
+      const sent = evaluate(b.page, async ({ to, role }) => {
+        const room = /** @type {any} */ (window).room;
+        const all = [];
+        for (let i = 0; i < 500; i++) all.push(room.sendMessage(`b2n ${role}`, { i, text: `é ${i} ✓` }, { to }));
+        return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
+      }, { to: id, role }, "500 sends to the native peer");
+      for (let i = 0; i < 500; i++) native.write({ type: `n2b ${role}`, data: { i, text: `ü ${i}` }, to: bId });
+      assert.equal(await sent, 500, `every browser send acknowledged (${role})`);
+      const got = await waitFor(() => {
+        const m = native.events.filter((e) => e.event === "message" && e.type === `b2n ${role}`);
+        return m.length >= 500 ? m : null;
+      }, `500 messages at the native peer (${role})`);
+      assert.deepEqual(got.map((m) => m.data.i), [...Array(500).keys()], `once each, in order (${role})`);
+      assert.ok(got.every((m) => m.from.id === bId && m.path === "p2p" && m.data.text === `é ${m.data.i} ✓`), `over the data channel (${role})`);
+      await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === `n2b ${role}`).length >= 500, `500 messages at the browser (${role})`);
+      const atBrowser = (await received(b.page)).filter((/** @type {any} */ m) => m.type === `n2b ${role}`);
+      assert.deepEqual(atBrowser.map((/** @type {any} */ m) => m.data.i), [...Array(500).keys()]);
+      assert.ok(atBrowser.every((/** @type {any} */ m) => m.from === id && m.path === "p2p"), `over the data channel at the browser (${role})`);
+      const delivered = await waitFor(() => {
+        const d = native.events.filter((e) => e.event === "delivered");
+        return d.length >= 500 ? d : null;
+      }, `500 delivered (${role})`);
+      assert.deepEqual(delivered.map((d) => d.line), [...Array(500).keys()].map((i) => i + 1));
+    }
+    // Large messages both ways over the channel (chunks of 16 Ki UTF-16 units, one boundary
+    // inside a surrogate pair, about 100 KB of non-ASCII text).
+    const [, { native, id }] = roles[0];
+    const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
+    const big = "é€😀中".repeat(25_000);
+    const bigSent = evaluate(b.page, async ({ to, straddle, big }) => {
+      const room = /** @type {any} */ (window).room;
+      await room.sendMessage("straddle", straddle, { to });
+      await room.sendMessage("big", big, { to });
+      return true;
+    }, { to: id, straddle, big }, "two large sends to the native peer");
+    native.write({ type: "big back", data: big, to: bId });
+    assert.equal(await bigSent, true);
+    const large = await waitFor(() => {
+      const m = native.events.filter((e) => e.event === "message" && (e.type === "straddle" || e.type === "big"));
+      return m.length >= 2 ? m : null;
+    }, "the large messages at the native peer");
+    assert.deepEqual(large.map((m) => [m.type, m.data === (m.type === "big" ? big : straddle), m.path]), [["straddle", true, "p2p"], ["big", true, "p2p"]]);
+    await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
+    assert.ok((await evaluate(b.page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
+    assert.equal((await received(b.page)).find((/** @type {any} */ m) => m.type === "big back").path, "p2p");
+    for (const [, { native: n }] of roles) {
+      assert.equal(n.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0, JSON.stringify(n.events.filter((e) => e.event === "undeliverable" || e.event === "error")));
+    }
+    for (const [, { native: n, id: nId }] of roles) await endsAndLeaves(n, b, nId);
+  } finally {
+    for (const n of all) n.kill();
+  }
+});
+
+test("bluecam join --relay-only-ice and a relay-only browser: the data channel through coturn", async () => {
+  const secret = "turn-secret-" + Math.random().toString(36).slice(2);
+  const turn = await Coturn.start(secret);
+  const natives = [];
+  try {
+    const srv = await TestServer.start([], {
+      BLUECAM_TURN_URLS: `turn:127.0.0.1:${turn.port}?transport=udp`,
+      BLUECAM_TURN_SECRET: secret,
+    });
+    const room = await srv.room();
+    const b = await launchPeer(srv, { label: "browser" });
+    const bId = await join(b.page, await srv.token(room, "alice"), { video: false, audio: false, iceTransportPolicy: "relay" });
+    const native = nativePeer(await srv.token(room, "bot"), [srv.url], ["--relay-only-ice"], true);
+    natives.push(native);
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    await channelUp(native, joined.self.id, b.page, bId, "through TURN");
+    // The pair the browser's channel uses is a TURN relay's, at both ends.
+    const pair = await waitFor(async () => {
+      const v = await videoStats(b.page, joined.self.id);
+      return v.local ? v : null;
+    }, "the selected candidate pair");
+    assert.deepEqual([pair.local, pair.remote], ["relay", "relay"]);
+    for (let i = 0; i < 100; i++) native.write({ type: "turn", data: { i }, to: bId });
+    await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "turn").length >= 100, "100 messages through TURN");
+    const got = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "turn");
+    assert.deepEqual(got.map((/** @type {any} */ m) => [m.data.i, m.path]), [...Array(100).keys()].map((i) => [i, "p2p"]));
+    await endsAndLeaves(native, b, joined.self.id);
+  } finally {
+    for (const n of natives) n.kill();
+    await turn.stop();
   }
 });

@@ -35,5 +35,10 @@
 
 pub mod delivery;
 mod link;
+#[cfg(feature = "webrtc")]
+mod p2p;
+#[cfg(not(feature = "webrtc"))]
+#[path = "p2p_off.rs"]
+mod p2p;
 pub mod room;
 pub mod sender;

@@ -3,15 +3,18 @@
 //! [`Room::join`] connects to a BlueCam server (a WebSocket, or the HTTP long-polling transport
 //! where one cannot be opened: `link.rs`), joins with a token, and spawns
 //! the task that keeps the room: it answers the server, keeps one [`Outbox`] per peer and one
-//! [`Inbox`] per sender, sends what the app hands it through the relay in batched frames
-//! within the server's rate limit (this client makes no WebRTC connection yet: it tells every
-//! peer `{"nortc": true}`, so browsers use the relay with it too), retransmits what is not
-//! acknowledged, gives up at the delivery bound, notices a silent server, and resumes its
-//! session after a dropped connection or a server restart.
+//! [`Inbox`] per sender, a WebRTC data channel to each peer (`p2p.rs`, as the SDK's
+//! `mesh.js`; unless [`Options::webrtc`] is off: then it tells every peer `{"nortc": true}`
+//! and browsers use the relay with it), sends what the app hands it over that channel when it
+//! is open and otherwise through the relay in batched frames within the server's rate limit,
+//! retransmits what is not acknowledged (over the relay), gives up at the delivery bound,
+//! notices a silent server, and resumes its session after a dropped connection or a server
+//! restart (the data channels carry on meanwhile).
 
 use crate::delivery::{Envelope, Epochs, Inbox, MAX_MESSAGE_BYTES, Outbox, Via, envelopes_of};
 pub use crate::link::Transport;
 use crate::link::{Incoming, Link, Nodes};
+use crate::p2p::{IceConfig, LinkEvent, LinkEvents, PeerLink};
 use crate::sender::{
     DELIVERY_TIMEOUT_MS, PathState, RELAY_BATCH_CHARS, TICK_MS, Tick, relay_frames, relay_msg,
     tick_peer,
@@ -33,6 +36,27 @@ const ACK_DELAY: Duration = Duration::from_millis(10);
 /// The share of the server's frame rate limit this client keeps to (it holds frames back
 /// rather than have the server refuse them).
 const RATE_MARGIN: f64 = 0.9;
+/// After a peer's data channel closes, a new connection is tried after this long (the SDK's).
+const RELINK_AFTER: Duration = Duration::from_secs(1);
+
+/// The way messages to and from a peer go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The WebRTC data channel, directly between the two peers.
+    P2p,
+    /// The server's relay.
+    Relay,
+}
+
+impl Path {
+    /// `p2p` or `relay`, as the SDK names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::P2p => "p2p",
+            Path::Relay => "relay",
+        }
+    }
+}
 
 /// What a room reports, in order.
 #[derive(Debug)]
@@ -47,7 +71,11 @@ pub enum Event {
         msg_type: String,
         data: Box<RawValue>,
         from: Option<PeerInfo>,
+        /// How it came (the backend's come through the server: `Relay`).
+        path: Path,
     },
+    /// Messages to and from a peer now go this way (its data channel opened or closed).
+    PathChange { peer: PeerInfo, path: Path },
     /// The link to the server: `connected`, `reconnecting`, or `disconnected` (for good).
     Connection(&'static str),
     /// Something the app can act on (the server's error code, or the close that ended the
@@ -108,6 +136,12 @@ pub struct Options {
     /// the `server` of [`Room::join`]: a node that cannot be reached, or that goes away
     /// (restarting, draining, silent), gives way to the next (the SDK's list of nodes).
     pub nodes: Vec<String>,
+    /// Whether to open a WebRTC data channel to each peer (the default, when the crate is
+    /// built with its `webrtc` feature); off, every message goes through the server's relay.
+    pub webrtc: bool,
+    /// Reach peers only through the TURN servers of the server's `iceServers` (the SDK's
+    /// `iceTransportPolicy: "relay"`).
+    pub relay_only_ice: bool,
 }
 
 impl Default for Options {
@@ -116,6 +150,8 @@ impl Default for Options {
             delivery_timeout: Duration::from_millis(DELIVERY_TIMEOUT_MS),
             transport: Transport::Auto,
             nodes: Vec::new(),
+            webrtc: crate::p2p::AVAILABLE,
+            relay_only_ice: false,
         }
     }
 }
@@ -229,7 +265,15 @@ impl Room {
         let (events_tx, events) = mpsc::unbounded_channel();
         let me = joined.self_.clone();
         let peers = joined.peers.clone();
+        let (link_events, link_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
+            webrtc: options.webrtc && crate::p2p::AVAILABLE,
+            ice: IceConfig {
+                servers: joined.ice_servers.clone(),
+                relay_only: options.relay_only_ice,
+            },
+            link_events,
+            connected: true,
             nodes,
             sends_data: token_sends_data(token),
             token: token.to_owned(),
@@ -258,7 +302,7 @@ impl Room {
         for p in joined.peers {
             driver.add_peer(p, false);
         }
-        tokio::spawn(driver.run(link, rx));
+        tokio::spawn(driver.run(link, rx, link_rx));
         Ok(Room {
             me,
             commands,
@@ -396,6 +440,17 @@ struct PeerState {
     /// (epoch, seq) → the deliveries waiting for it.
     waiting: HashMap<(u64, u64), Vec<u64>>,
     ack_due: bool,
+    /// The WebRTC connection to this peer (its data channel), when there is one.
+    link: Option<PeerLink>,
+    path: Path,
+    /// The peer said it makes no WebRTC connection (`nortc`).
+    no_webrtc: bool,
+    /// When a new connection is tried (after the last one's channel closed).
+    relink_at: Option<Instant>,
+    /// When acks or the channel's draining last showed progress (ms), and the channel's
+    /// buffered bytes at the last tick (sender.rs).
+    last_progress_at: u64,
+    last_buffered: u64,
 }
 
 struct PendingDelivery {
@@ -405,6 +460,12 @@ struct PendingDelivery {
 }
 
 struct Driver {
+    /// Whether this room makes WebRTC connections.
+    webrtc: bool,
+    ice: IceConfig,
+    link_events: LinkEvents,
+    /// Whether the server is reachable now (frames can go).
+    connected: bool,
     nodes: Nodes,
     token: String,
     sends_data: bool,
@@ -449,6 +510,9 @@ const OUTBOX_MAX_MESSAGES: usize = 1024;
 /// Unacknowledged bytes to one peer above which a send waits for room.
 const OUTBOX_MAX_BYTES: usize = 16 << 20;
 
+/// What the links tell the room: the peer's id, the link's generation, and what happened.
+type LinkRx = mpsc::UnboundedReceiver<(String, String, LinkEvent)>;
+
 enum End {
     /// Left, or the session ended for good.
     Over,
@@ -468,6 +532,163 @@ impl Driver {
         );
     }
 
+    /// A new WebRTC connection to a peer, in place of the one it had (`polite`: the larger
+    /// id, as the SDK decides).
+    fn link(&mut self, id: &str) {
+        let polite = self.me.id.to_string().as_str() > id;
+        let link = PeerLink::start(id, polite, &self.ice, self.link_events.clone());
+        self.drop_link(id);
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.link = link;
+            peer.relink_at = None;
+        }
+    }
+
+    /// Lets a peer's connection go: what was on its channel unacknowledged goes over the
+    /// relay now, and the path is the relay's.
+    fn drop_link(&mut self, id: &str) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.link.take().is_none() {
+            return;
+        }
+        if peer.path == Path::P2p {
+            peer.path = Path::Relay;
+            let info = peer.info.clone();
+            let all: Vec<usize> = (0..peer.outbox.pending().len()).collect();
+            self.emit(Event::PathChange {
+                peer: info,
+                path: Path::Relay,
+            });
+            self.transmit(id, &all, true);
+        }
+    }
+
+    /// What a peer's link did.
+    fn on_link(&mut self, id: &str, generation: &str, event: LinkEvent) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer
+            .link
+            .as_ref()
+            .is_none_or(|l| l.generation != generation)
+        {
+            return;
+        }
+        match event {
+            LinkEvent::Signal(data) => self
+                .out
+                .push_back(serde_json::json!({"op": "signal", "to": id, "data": data}).to_string()),
+            LinkEvent::Open => {
+                if peer.path != Path::P2p {
+                    peer.path = Path::P2p;
+                    let info = peer.info.clone();
+                    self.emit(Event::PathChange {
+                        peer: info,
+                        path: Path::P2p,
+                    });
+                }
+                // What never went out goes over the channel now.
+                let Some(peer) = self.peers.get(id) else {
+                    return;
+                };
+                let fresh: Vec<usize> = peer
+                    .outbox
+                    .pending()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.via == Via::None)
+                    .map(|(i, _)| i)
+                    .collect();
+                self.transmit(id, &fresh, false);
+            }
+            LinkEvent::Down => {
+                self.drop_link(id);
+                if let Some(peer) = self.peers.get_mut(id)
+                    && !peer.no_webrtc
+                {
+                    peer.relink_at = Some(Instant::now() + RELINK_AFTER);
+                }
+            }
+            LinkEvent::Data(text) => {
+                if let Ok(raw) = serde_json::from_str::<&RawValue>(&text)
+                    && let Some(env) = Envelope::from_raw(raw)
+                {
+                    self.on_envelope(id, &env, Path::P2p);
+                }
+            }
+        }
+    }
+
+    /// New connections for peers whose channel closed a while ago.
+    fn relink_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.relink_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.link(&id);
+        }
+    }
+
+    /// Signaling data from a peer that is about its WebRTC connection (perfect negotiation,
+    /// with the SDK's generations: `gen` names the sender's connection, `to` ours).
+    fn on_rtc_signal(&mut self, from: &str, data: serde_json::Value) {
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        if data.get("nortc").is_some_and(|v| v == true) {
+            peer.no_webrtc = true;
+            peer.relink_at = None;
+            self.drop_link(from);
+            return;
+        }
+        let offer = data["description"]["type"] == "offer";
+        if !self.webrtc {
+            // The peer did not hear (or forgot) that this one has no WebRTC.
+            if offer {
+                self.nortc(from);
+            }
+            return;
+        }
+        if data.get("description").is_none() && data.get("candidate").is_none() {
+            return;
+        }
+        let generation = data.get("gen").and_then(|g| g.as_str()).map(str::to_owned);
+        let to = data.get("to").and_then(|g| g.as_str());
+        if let Some(link) = &peer.link
+            && to.is_some_and(|to| to != link.generation)
+        {
+            // Addressed to an older connection of ours: stale.
+            return;
+        }
+        // An offer from a newer remote connection: the peer started over, so do we.
+        let fresh = offer
+            && peer
+                .link
+                .as_ref()
+                .is_some_and(|l| l.remote_gen.is_some() && l.remote_gen != generation);
+        if peer.link.is_none() || fresh {
+            peer.no_webrtc = false;
+            self.link(from);
+        }
+        let Some(link) = self.peers.get_mut(from).and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        if link.remote_gen.is_none() {
+            link.remote_gen.clone_from(&generation);
+        }
+        if generation.is_some() && generation != link.remote_gen {
+            return;
+        }
+        link.signal(data, false);
+    }
+
     fn add_peer(&mut self, info: PeerInfo, announce: bool) {
         let id = info.id.to_string();
         if id == self.me.id.to_string() || self.peers.contains_key(&id) {
@@ -482,9 +703,19 @@ impl Driver {
                 outbox,
                 waiting: HashMap::new(),
                 ack_due: false,
+                link: None,
+                path: Path::Relay,
+                no_webrtc: false,
+                relink_at: None,
+                last_progress_at: 0,
+                last_buffered: 0,
             },
         );
-        self.nortc(&id);
+        if self.webrtc {
+            self.link(&id);
+        } else {
+            self.nortc(&id);
+        }
         if announce {
             self.emit(Event::PeerJoined(info));
         }
@@ -645,31 +876,43 @@ impl Driver {
                 .map(|(i, _)| i)
                 .collect();
             if !unsent.is_empty() {
-                self.transmit(&id, &unsent);
+                self.transmit(&id, &unsent, false);
             }
         }
     }
 
-    /// Sends these pending messages of one peer over the relay (not while the server asked
-    /// to wait: they stay unsent, and go with the next flush).
-    fn transmit(&mut self, id: &str, due: &[usize]) {
-        if self.relay_paused_until.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
+    /// Sends these pending messages of one peer: over its data channel when that is open
+    /// (and `relay_only` is false), otherwise over the relay (not while the server asked to
+    /// wait, or is away: they stay unsent, and go with the next flush or the resume).
+    fn transmit(&mut self, id: &str, due: &[usize], relay_only: bool) {
+        let relay_ok =
+            self.connected && self.relay_paused_until.is_none_or(|t| Instant::now() >= t);
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         let now = now_ms();
         let stamp = peer.outbox.stamp();
+        let link = peer.link.as_ref().filter(|l| !relay_only && l.is_open());
         let mut messages = Vec::new();
         for &i in due {
-            let p = &mut peer.outbox.pending_mut()[i];
+            let Some(p) = peer.outbox.pending_mut().get_mut(i) else {
+                continue;
+            };
+            let envelopes = envelopes_of(p.seq, &p.msg_type, &p.json, Some(stamp));
+            if let Some(link) = link
+                && envelopes.iter().all(|e| link.send(e.to_json()))
+            {
+                p.via = Via::P2p;
+                p.sent_at = now;
+                peer.last_progress_at = now;
+                continue;
+            }
+            if !relay_ok {
+                continue;
+            }
             p.via = Via::Relay;
             p.sent_at = now;
-            messages.push((
-                p.json.encode_utf16().count(),
-                envelopes_of(p.seq, &p.msg_type, &p.json, Some(stamp)),
-            ));
+            messages.push((p.json.encode_utf16().count(), envelopes));
         }
         for frame in relay_frames(messages, RELAY_BATCH_CHARS) {
             self.out.push_back(format!(
@@ -682,6 +925,7 @@ impl Driver {
 
     fn tick(&mut self) {
         self.tick_peers(true);
+        self.relink_due();
     }
 
     /// While reconnecting: only the delivery bound (nothing can be sent; a resume sends
@@ -689,6 +933,7 @@ impl Driver {
     /// server is away, as in the SDK; sends that waited for room may go into the outboxes.
     fn expire(&mut self) {
         self.tick_peers(false);
+        self.relink_due();
         self.release_held();
     }
 
@@ -700,12 +945,18 @@ impl Driver {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            match tick_peer(
-                peer.outbox.pending_mut().iter_mut(),
-                PathState::default(),
-                now,
-                bound,
-            ) {
+            let link_open = peer.link.as_ref().is_some_and(PeerLink::is_open);
+            let path = PathState {
+                link_open,
+                buffered: if link_open {
+                    peer.link.as_ref().map_or(0, PeerLink::buffered)
+                } else {
+                    0
+                },
+                last_buffered: peer.last_buffered,
+                last_progress_at: peer.last_progress_at,
+            };
+            match tick_peer(peer.outbox.pending_mut().iter_mut(), path, now, bound) {
                 Tick::Expire => {
                     let epoch = peer.outbox.epoch();
                     let failed: Vec<u64> = peer
@@ -719,9 +970,17 @@ impl Driver {
                         self.settle(d, Some(&id));
                     }
                 }
-                Tick::Send { due, .. } => {
-                    if connected && !due.is_empty() {
-                        self.transmit(&id, &due);
+                Tick::Send {
+                    due,
+                    last_progress_at,
+                    last_buffered,
+                } => {
+                    peer.last_progress_at = last_progress_at;
+                    peer.last_buffered = last_buffered;
+                    // Again over the relay while the server is there; over the channel
+                    // while it is away (as the SDK).
+                    if !due.is_empty() {
+                        self.transmit(&id, &due, connected);
                     }
                 }
             }
@@ -732,28 +991,42 @@ impl Driver {
 
     fn flush_acks(&mut self) {
         self.acks_due_at = None;
+        let connected = self.connected;
         let mut out = Vec::new();
         for (id, peer) in &mut self.peers {
             if !peer.ack_due {
                 continue;
             }
-            peer.ack_due = false;
-            if let Some(inbox) = self.inboxes.get(id) {
-                let ack = inbox.ack().to_json();
-                let to = serde_json::json!(id);
-                // A peer that may not send data has its relayed frames refused: its acks go
-                // as signals (as the SDK's do).
-                out.push(if self.sends_data {
-                    format!("{{\"op\":\"send\",\"to\":[{to}],\"msg\":{ack}}}")
-                } else {
-                    format!("{{\"op\":\"signal\",\"to\":{to},\"data\":{{\"ack\":{ack}}}}}")
-                });
+            let Some(inbox) = self.inboxes.get(id) else {
+                continue;
+            };
+            let ack = inbox.ack().to_json();
+            if let Some(link) = &peer.link
+                && link.send(ack.clone())
+            {
+                peer.ack_due = false;
+                continue;
             }
+            // (While the server is away, the resume sends it.)
+            if !connected {
+                continue;
+            }
+            peer.ack_due = false;
+            let to = serde_json::json!(id);
+            // A peer that may not send data has its relayed frames refused: its acks go
+            // as signals (as the SDK's do).
+            out.push(if self.sends_data {
+                format!("{{\"op\":\"send\",\"to\":[{to}],\"msg\":{ack}}}")
+            } else {
+                format!("{{\"op\":\"signal\",\"to\":{to},\"data\":{{\"ack\":{ack}}}}}")
+            });
         }
         self.out.extend(out);
-        for (e, s) in std::mem::take(&mut self.server_acks) {
-            self.out
-                .push_back(serde_json::json!({"op": "server_ack", "e": e, "s": s}).to_string());
+        if connected {
+            for (e, s) in std::mem::take(&mut self.server_acks) {
+                self.out
+                    .push_back(serde_json::json!({"op": "server_ack", "e": e, "s": s}).to_string());
+            }
         }
     }
 
@@ -762,7 +1035,7 @@ impl Driver {
             .get_or_insert_with(|| Instant::now() + ACK_DELAY);
     }
 
-    fn on_envelope(&mut self, from: &str, env: &Envelope) {
+    fn on_envelope(&mut self, from: &str, env: &Envelope, path: Path) {
         if let Envelope::Ack { .. } = env {
             let Some(peer) = self.peers.get_mut(from) else {
                 return;
@@ -774,6 +1047,9 @@ impl Driver {
                 .into_iter()
                 .flat_map(|seq| peer.waiting.remove(&(epoch, seq)).unwrap_or_default())
                 .collect();
+            if !settled.is_empty() {
+                peer.last_progress_at = now_ms();
+            }
             for d in settled {
                 self.settle(d, None);
             }
@@ -794,6 +1070,7 @@ impl Driver {
                 msg_type: m.msg_type,
                 data: m.data,
                 from: Some(info.clone()),
+                path,
             });
         }
         self.ack_soon();
@@ -808,7 +1085,7 @@ impl Driver {
         };
         for raw in list {
             if let Some(env) = Envelope::from_raw(raw) {
-                self.on_envelope(from, &env);
+                self.on_envelope(from, &env, Path::Relay);
             }
         }
     }
@@ -842,24 +1119,23 @@ impl Driver {
                 struct SignalData<'a> {
                     #[serde(default, borrow)]
                     ack: Option<&'a RawValue>,
-                    #[serde(default)]
-                    description: Option<serde_json::Value>,
                 }
-                let data: Option<SignalData<'_>> =
-                    f.data.and_then(|d| serde_json::from_str(d.get()).ok());
-                match data {
+                let raw = f.data?;
+                match serde_json::from_str::<SignalData<'_>>(raw.get()) {
                     // Acks of a peer that may not send data come as signals.
-                    Some(SignalData { ack: Some(ack), .. }) => {
+                    Ok(SignalData { ack: Some(ack) }) => {
                         if let Some(env @ Envelope::Ack { .. }) = Envelope::from_raw(ack) {
-                            self.on_envelope(&from, &env);
+                            self.on_envelope(&from, &env, Path::Relay);
                         }
                     }
-                    // An offer: the peer did not hear (or forgot) that this one has no WebRTC.
-                    Some(SignalData {
-                        description: Some(d),
-                        ..
-                    }) if d["type"] == "offer" => self.nortc(&from),
-                    _ => {}
+                    Ok(_) => {
+                        if let Ok(data) = serde_json::from_str::<serde_json::Value>(raw.get())
+                            && data.is_object()
+                        {
+                            self.on_rtc_signal(&from, data);
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
             "server_message" => {
@@ -872,6 +1148,7 @@ impl Driver {
                             msg_type: f.msg_type.unwrap_or_default(),
                             data: data.to_owned(),
                             from: None,
+                            path: Path::Relay,
                         });
                     }
                 }
@@ -917,17 +1194,24 @@ impl Driver {
         None
     }
 
-    async fn run(mut self, link: Link, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        link: Link,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut links: LinkRx,
+    ) {
         self.emit(Event::Connection("connected"));
         let mut link = Some(link);
         while let Some(mut current) = link.take() {
-            if let End::Resume = self.serve(&mut current, &mut commands).await {
+            if let End::Resume = self.serve(&mut current, &mut commands, &mut links).await {
                 // Let go of the old connection first (an HTTP session is ended on the server,
                 // so that what comes meanwhile is kept for the resume).
                 drop(current);
+                self.connected = false;
                 self.emit(Event::Connection("reconnecting"));
-                link = self.resume(&mut commands).await;
+                link = self.resume(&mut commands, &mut links).await;
                 if link.is_some() {
+                    self.connected = true;
                     self.emit(Event::Connection("connected"));
                 }
             }
@@ -953,7 +1237,11 @@ impl Driver {
 
     /// Resumes the session, backing off up to 5 s; `None` when the server refuses it (the
     /// session expired, the token was refused, the room is gone) or the app left meanwhile.
-    async fn resume(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<Link> {
+    async fn resume(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        links: &mut LinkRx,
+    ) -> Option<Link> {
         let mut wait = Duration::from_millis(250);
         let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
@@ -976,13 +1264,20 @@ impl Driver {
                             None => return None,
                         },
                         _ = ticker.tick() => self.expire(),
+                        Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
+                    }
+                    // (Acks over the data channels go while the server is away.)
+                    if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
+                        self.flush_acks();
                     }
                 }
             };
             self.nodes = nodes;
             match result {
                 Ok((link, joined)) => {
-                    self.out.clear();
+                    // (Relay frames are made again below; what the data channels asked to
+                    // signal meanwhile goes now.)
+                    self.out.retain(|f| f.starts_with(r#"{"op":"signal""#));
                     self.bucket = Bucket::new(&joined.limits);
                     // Reconcile the peers: those gone left; new ones joined.
                     let present: Vec<String> =
@@ -1005,17 +1300,23 @@ impl Driver {
                         self.add_peer(p, true);
                     }
                     // What may have been lost with the connection goes again: every
-                    // unacknowledged message, the acks, and that this peer has no WebRTC.
+                    // unacknowledged message (over the data channel where it is open), the
+                    // acks, and that this peer has no WebRTC (where it has none).
                     let ids: Vec<String> = self.peers.keys().cloned().collect();
                     for id in ids {
-                        self.nortc(&id);
+                        if !self.webrtc {
+                            self.nortc(&id);
+                        }
                         if let Some(p) = self.peers.get_mut(&id) {
                             p.ack_due = true;
                             for e in p.outbox.pending_mut() {
-                                e.sent_at = 0;
+                                if e.via != Via::P2p {
+                                    e.sent_at = 0;
+                                }
                             }
                         }
                     }
+                    self.connected = true;
                     self.flush();
                     self.ack_soon();
                     return Some(link);
@@ -1040,6 +1341,10 @@ impl Driver {
                 tokio::select! {
                     () = &mut backoff => break,
                     _ = ticker.tick() => self.expire(),
+                    Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
+                }
+                if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
+                    self.flush_acks();
                 }
             }
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -1063,6 +1368,7 @@ impl Driver {
         &mut self,
         link: &mut Link,
         commands: &mut mpsc::UnboundedReceiver<Command>,
+        links: &mut LinkRx,
     ) -> End {
         let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
         let mut heard = Instant::now();
@@ -1131,6 +1437,7 @@ impl Driver {
                     }
                 }
                 _ = ticker.tick() => self.tick(),
+                Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
                 _ = tokio::time::sleep_until(acks_at) => self.flush_acks(),
                 _ = tokio::time::sleep_until(write_at) => {}
                 _ = tokio::time::sleep_until(silent_at) => {

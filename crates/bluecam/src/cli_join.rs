@@ -24,10 +24,12 @@ pub struct JoinArgs {
     /// The room token (from the app's backend, `bluecam token`, or the HTTP API).
     #[arg(long, env = "BLUECAM_TOKEN", hide_env_values = true)]
     token: String,
-    /// Relay only: no WebRTC data channel. (The native client has no WebRTC yet, so this is
-    /// what it does either way; the peers are told, and use the relay with it.)
+    /// Relay only: no WebRTC data channel (the peers are told, and use the relay with it).
     #[arg(long)]
     no_webrtc: bool,
+    /// Reach peers only through the server's TURN relays (`iceTransportPolicy: "relay"`).
+    #[arg(long, conflicts_with = "no_webrtc")]
+    relay_only_ice: bool,
     /// At the end of stdin, wait at most this long for what is still unacknowledged.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
@@ -77,6 +79,7 @@ fn event_line(e: &Event) -> String {
             msg_type,
             data,
             from,
+            path,
         } => {
             let line = MessageLine {
                 event: "message",
@@ -86,7 +89,7 @@ fn event_line(e: &Event) -> String {
                     serde_json::json!({"server": true}),
                     |p| serde_json::json!({"id": p.id, "identity": p.identity}),
                 ),
-                path: "relay",
+                path: path.as_str(),
             };
             let text = serde_json::to_string(&line).unwrap_or_default();
             // One line each: a raw line break in a peer's data is whitespace between its
@@ -96,6 +99,9 @@ fn event_line(e: &Event) -> String {
             } else {
                 text
             };
+        }
+        Event::PathChange { peer, path } => {
+            serde_json::json!({"event": "path", "peer": peer_json(peer), "path": path.as_str()})
         }
         Event::Connection(state) => serde_json::json!({"event": "connection", "state": state}),
         Event::Error { code, message } => {
@@ -146,11 +152,6 @@ struct Line {
 }
 
 pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
-    if !args.no_webrtc {
-        eprintln!(
-            "bluecam join: this client has no WebRTC yet: it uses the relay with every peer (as with --no-webrtc)"
-        );
-    }
     let (first, others) = args
         .server
         .split_first()
@@ -162,6 +163,8 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             TransportArg::Http => Transport::Http,
         },
         nodes: others.to_vec(),
+        webrtc: !args.no_webrtc,
+        relay_only_ice: args.relay_only_ice,
         ..Options::default()
     };
     let mut room = Room::join(first, &args.token, options)

@@ -109,7 +109,9 @@ enum RoomCommand {
     /// identity for this room issued until now stop working.
     Kick {
         id: String,
-        /// The peer's id (`bluecam room peers` lists them).
+        /// The peer's id (`bluecam room peers` lists them; one that starts with `-` is taken
+        /// as the id, not as an option).
+        #[arg(allow_hyphen_values = true)]
         peer: String,
     },
     /// Send a message from the backend into a room (every peer, or those given): the SDK's

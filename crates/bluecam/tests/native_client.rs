@@ -133,10 +133,19 @@ async fn collect(room: &mut Room, msg_type: &str, n: usize) -> Vec<u64> {
     collect_states(room, msg_type, n, &mut Vec::new()).await
 }
 
+/// The relay alone (these tests are about what goes through the server; the data channel's
+/// own are in native_p2p.rs).
+fn relay_options() -> Options {
+    Options {
+        webrtc: false,
+        ..Options::default()
+    }
+}
+
 fn over(transport: Transport) -> Options {
     Options {
         transport,
-        ..Options::default()
+        ..relay_options()
     }
 }
 
@@ -163,7 +172,7 @@ async fn relay_through_a_sigkill(alice: Transport, alice_over: &str) {
         .await
         .unwrap();
     assert_eq!(a.transport(), alice_over);
-    let mut b = Room::join(&url, &token("bob"), Options::default())
+    let mut b = Room::join(&url, &token("bob"), relay_options())
         .await
         .unwrap();
     assert_eq!(b.transport(), "websocket");
@@ -261,15 +270,13 @@ async fn twenty_joins_and_leaves_keep_the_open_files_flat() {
     let served = serve(&dir, "127.0.0.1:0");
     let url = served.url.clone();
     let token = room_tokens(&dir, &url);
-    let mut stay = Room::join(&url, &token("stay"), Options::default())
+    let mut stay = Room::join(&url, &token("stay"), relay_options())
         .await
         .unwrap();
     let visitor = token("visitor");
     let mut fds = Vec::new();
     for round in 0..20u64 {
-        let v = Room::join(&url, &visitor, Options::default())
-            .await
-            .unwrap();
+        let v = Room::join(&url, &visitor, relay_options()).await.unwrap();
         let d = v.send("hello", format!(r#"{{"i":{round}}}"#), None);
         assert_eq!(
             collect(&mut stay, "hello", 1).await,
@@ -291,10 +298,10 @@ async fn a_server_frozen_past_the_watchdog_is_left_and_resumed_nothing_lost() {
     let served = serve(&dir, "127.0.0.1:0");
     let url = served.url.clone();
     let token = room_tokens(&dir, &url);
-    let a = Room::join(&url, &token("alice"), Options::default())
+    let a = Room::join(&url, &token("alice"), relay_options())
         .await
         .unwrap();
-    let mut b = Room::join(&url, &token("bob"), Options::default())
+    let mut b = Room::join(&url, &token("bob"), relay_options())
         .await
         .unwrap();
     let b_id = b.me().id.to_string();
@@ -381,7 +388,7 @@ async fn a_peer_that_never_acknowledges_holds_back_what_goes_beyond_the_bound() 
     };
     assert_eq!(joined["op"], "joined", "{joined}");
     let mute_id = joined["self"]["id"].as_str().unwrap().to_owned();
-    let mut alice = Room::join(&url, &token("alice"), Options::default())
+    let mut alice = Room::join(&url, &token("alice"), relay_options())
         .await
         .unwrap();
     let sends: Vec<_> = (0..1_100u64)
@@ -422,7 +429,7 @@ async fn a_peer_that_never_acknowledges_holds_back_what_goes_beyond_the_bound() 
     }
     // A peer that acknowledges lets what waited go as room is made: 3,000 sent at once all
     // arrive, once and in order, and every send resolves.
-    let mut bob = Room::join(&url, &token("bob"), Options::default())
+    let mut bob = Room::join(&url, &token("bob"), relay_options())
         .await
         .unwrap();
     let bob_id = bob.me().id.to_string();
@@ -467,7 +474,7 @@ async fn a_send_settles_within_the_bound_while_the_server_is_away() {
     let token = room_tokens(&dir, &url);
     let options = || Options {
         delivery_timeout: Duration::from_secs(2),
-        ..Options::default()
+        ..relay_options()
     };
     let mut alice = Room::join(&url, &token("alice"), options()).await.unwrap();
     let bob = Room::join(&url, &token("bob"), options()).await.unwrap();
@@ -541,12 +548,12 @@ async fn blocked_websockets_fall_back_to_http_and_a_dead_node_to_the_next() {
     let refusing = websocket_blocking_proxy(&url, false).await;
     let holding = websocket_blocking_proxy(&url, true).await;
 
-    let mut alice = Room::join(&refusing, &token("alice"), Options::default())
+    let mut alice = Room::join(&refusing, &token("alice"), relay_options())
         .await
         .unwrap();
     assert_eq!(alice.transport(), "http");
     let started = Instant::now();
-    let mut carol = Room::join(&holding, &token("carol"), Options::default())
+    let mut carol = Room::join(&holding, &token("carol"), relay_options())
         .await
         .unwrap();
     assert_eq!(carol.transport(), "http");
@@ -566,7 +573,7 @@ async fn blocked_websockets_fall_back_to_http_and_a_dead_node_to_the_next() {
     };
     let options = Options {
         nodes: vec![url.clone()],
-        ..Options::default()
+        ..relay_options()
     };
     let mut bob = Room::join(&dead, &token("bob"), options).await.unwrap();
     assert_eq!(bob.transport(), "websocket");
@@ -804,15 +811,15 @@ async fn a_seat_taken_by_the_same_identity_or_a_kick_ends_the_room_for_good() {
             .trim()
             .to_owned()
     };
-    let mut first = Room::join(&url, &token("alice"), Options::default())
+    let mut first = Room::join(&url, &token("alice"), relay_options())
         .await
         .unwrap();
-    let mut bob = Room::join(&url, &token("bob"), Options::default())
+    let mut bob = Room::join(&url, &token("bob"), relay_options())
         .await
         .unwrap();
     let first_id = first.me().id.to_string();
     heard_of(&mut first, bob.me().id.as_str()).await;
-    let second = Room::join(&url, &token("alice"), Options::default())
+    let second = Room::join(&url, &token("alice"), relay_options())
         .await
         .unwrap();
     ended_with(&mut first, "superseded").await;
@@ -830,4 +837,219 @@ async fn a_seat_taken_by_the_same_identity_or_a_kick_ends_the_room_for_good() {
     cli(&dir, &["room", "kick", &id, &bob_id, "--server", &url]);
     ended_with(&mut bob, "kicked").await;
     second.leave().await;
+}
+
+// ---- The WebRTC data channel (`Options::webrtc`, on by default) -------------------------
+
+use bluecam_client::room::Path as Route;
+
+/// Waits until `room` says messages to and from `id` go by `path`.
+async fn path_becomes(room: &mut Room, id: &str, path: Route) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, room.next_event()).await {
+            Ok(Some(Event::PathChange { peer, path: p }))
+                if peer.id.as_str() == id && p == path =>
+            {
+                return;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("the path to {id} never became {path:?}: {other:?}"),
+        }
+    }
+}
+
+/// Waits for `n` messages of `msg_type`: their numbers and the paths they came by.
+async fn collect_paths(room: &mut Room, msg_type: &str, n: usize) -> Vec<(u64, Route)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        let ev = tokio::time::timeout_at(deadline, room.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} messages of {msg_type} after 60 s", got.len()))
+            .expect("the room ended");
+        if let Event::Message {
+            msg_type: t,
+            data,
+            path,
+            ..
+        } = ev
+            && t == msg_type
+        {
+            let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+            got.push((v["i"].as_u64().unwrap(), path));
+        }
+    }
+    got
+}
+
+fn numbered(
+    room: &Room,
+    to: &str,
+    kind: &str,
+    range: std::ops::Range<u64>,
+) -> Vec<bluecam_client::room::Delivery> {
+    range
+        .map(|i| {
+            room.send(
+                kind,
+                format!(r#"{{"i":{i},"text":"é ✓ {i}"}}"#),
+                Some(vec![to.to_owned()]),
+            )
+        })
+        .collect()
+}
+
+/// Two native peers open the SDK's data channel to each other (whichever is polite: both
+/// roles are played, one by each), 1,000 messages each way go over it once and in order, and
+/// while the server is SIGKILLed they keep going peer to peer (acknowledged too: every
+/// delivery resolves with no server at all); both resume when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_native_peers_talk_over_the_data_channel_and_on_while_the_server_is_killed() {
+    let dir = temp_dir("p2p");
+    let first = serve(&dir, "127.0.0.1:0");
+    let url = first.url.clone();
+    let token = room_tokens(&dir, &url);
+    let mut a = Room::join(&url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let mut b = Room::join(&url, &token("bob"), Options::default())
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.me().id.to_string(), b.me().id.to_string());
+    path_becomes(&mut a, &b_id, Route::P2p).await;
+    path_becomes(&mut b, &a_id, Route::P2p).await;
+
+    let ab = numbered(&a, &b_id, "ab", 0..1000);
+    let ba = numbered(&b, &a_id, "ba", 0..1000);
+    let want: Vec<(u64, Route)> = (0..1000).map(|i| (i, Route::P2p)).collect();
+    assert_eq!(collect_paths(&mut b, "ab", 1000).await, want);
+    assert_eq!(collect_paths(&mut a, "ba", 1000).await, want);
+    for d in ab.into_iter().chain(ba) {
+        d.await.unwrap().unwrap();
+    }
+
+    // No server: the channel carries on, messages and their acknowledgements.
+    let bind = url.trim_start_matches("http://").to_owned();
+    drop(first);
+    let ab = numbered(&a, &b_id, "away", 0..200);
+    let ba = numbered(&b, &a_id, "away", 0..200);
+    let want: Vec<(u64, Route)> = (0..200).map(|i| (i, Route::P2p)).collect();
+    assert_eq!(collect_paths(&mut b, "away", 200).await, want);
+    assert_eq!(collect_paths(&mut a, "away", 200).await, want);
+    for d in ab.into_iter().chain(ba) {
+        tokio::time::timeout(Duration::from_secs(10), d)
+            .await
+            .expect("settled without the server")
+            .unwrap()
+            .unwrap();
+    }
+    let _second = serve(&dir, &bind);
+    for room in [&mut a, &mut b] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, room.next_event()).await {
+                Ok(Some(Event::Connection("connected"))) => break,
+                Ok(Some(Event::PeerLeft { peer, .. })) => panic!("{} seen leaving", peer.id),
+                Ok(Some(_)) => {}
+                other => panic!("never resumed: {other:?}"),
+            }
+        }
+    }
+    let d = a.send("after", r#"{"i":0}"#.to_owned(), None);
+    assert_eq!(
+        collect_paths(&mut b, "after", 1).await,
+        vec![(0, Route::P2p)]
+    );
+    d.await.unwrap().unwrap();
+    a.leave().await;
+    b.leave().await;
+}
+
+/// A native peer that makes no WebRTC connection (`webrtc: false`) tells the other, which
+/// then reaches it through the relay (no channel is ever reported open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_webrtc_is_reached_through_the_relay() {
+    let dir = temp_dir("nortc");
+    let served = serve(&dir, "127.0.0.1:0");
+    let token = room_tokens(&dir, &served.url);
+    let mut a = Room::join(&served.url, &token("alice"), Options::default())
+        .await
+        .unwrap();
+    let mut b = Room::join(&served.url, &token("bob"), relay_options())
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.me().id.to_string(), b.me().id.to_string());
+    heard_of(&mut a, &b_id).await;
+    let ab = numbered(&a, &b_id, "ab", 0..100);
+    let ba = numbered(&b, &a_id, "ba", 0..100);
+    let want: Vec<(u64, Route)> = (0..100).map(|i| (i, Route::Relay)).collect();
+    assert_eq!(collect_paths(&mut b, "ab", 100).await, want);
+    assert_eq!(collect_paths(&mut a, "ba", 100).await, want);
+    for d in ab.into_iter().chain(ba) {
+        d.await.unwrap().unwrap();
+    }
+    // (Nor does one open later.)
+    let late = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Some(Event::PathChange { .. }) = a.next_event().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(late.is_err(), "a data channel to a peer without WebRTC");
+    a.leave().await;
+    b.leave().await;
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 20 visitors join, open a data channel with a peer that stays, send over it and leave: the
+/// connections are let go of (open files flat, memory not growing per round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_p2p_joins_and_leaves_keep_open_files_and_memory_flat() {
+    let dir = temp_dir("p2p-cycles");
+    let served = serve(&dir, "127.0.0.1:0");
+    let url = served.url.clone();
+    let token = room_tokens(&dir, &url);
+    let mut stay = Room::join(&url, &token("stay"), Options::default())
+        .await
+        .unwrap();
+    let visitor = token("visitor");
+    let (mut fds, mut rss) = (Vec::new(), Vec::new());
+    for round in 0..20u64 {
+        let mut v = Room::join(&url, &visitor, Options::default())
+            .await
+            .unwrap();
+        let v_id = v.me().id.to_string();
+        path_becomes(&mut v, &stay.me().id.to_string(), Route::P2p).await;
+        path_becomes(&mut stay, &v_id, Route::P2p).await;
+        let d = v.send("hello", format!(r#"{{"i":{round}}}"#), None);
+        assert_eq!(
+            collect_paths(&mut stay, "hello", 1).await,
+            vec![(round, Route::P2p)],
+            "visitor {round}'s message"
+        );
+        d.await.unwrap().unwrap();
+        v.leave().await;
+        // (The connection's task closes it once its room lets go.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds.push(open_fds());
+        rss.push(rss_kib());
+    }
+    assert!(fds[19] <= fds[4] + 2, "open files per round: {fds:?}");
+    assert!(
+        rss[19] <= rss[4] + 8 * 1024,
+        "resident KiB per round: {rss:?}"
+    );
+    stay.leave().await;
 }
