@@ -4,6 +4,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { createInterface } from "node:readline";
 import {
   BIN, TestServer, Redis, Coturn, startCluster, launchPeer, join, waitFor, waitPeers, evaluate, expectEvents, endTest, stopAll,
@@ -140,9 +141,14 @@ test("bluecam join: a bad line gets an error naming it; a message to a peer not 
   }
 });
 
-test("bluecam join while the browser reloads: lines to the old page are undeliverable, the new page gets what follows, nothing hangs", async () => {
+/**
+ * A stream from `bluecam join` to a browser that reloads in the middle of it.
+ * @param {boolean} webrtc over the data channel (the relay alone otherwise)
+ */
+async function reloadMidStream(webrtc) {
   const room = await server.room();
-  const native = nativePeer(await server.token(room, "bot"));
+  const native = nativePeer(await server.token(room, "bot"), [server.url], [], webrtc);
+  const path = webrtc ? "p2p" : "relay";
   try {
     const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
     const nativeId = joined.self.id;
@@ -150,6 +156,7 @@ test("bluecam join while the browser reloads: lines to the old page are undelive
     const token = await server.token(room, "alice");
     const oldId = await join(b.page, token, { video: false, audio: false });
     await waitFor(async () => native.events.some((e) => e.event === "peer_joined" && e.peer.id === oldId), "the native peer saw the browser");
+    if (webrtc) await channelUp(native, nativeId, b.page, oldId, "the first page");
     // A stream to the browser, and a reload in the middle of it.
     for (let i = 0; i < 200; i++) native.write({ type: "before", data: i, to: oldId });
     await waitFor(async () => (await received(b.page)).length >= 50, "some messages at the browser");
@@ -161,16 +168,27 @@ test("bluecam join while the browser reloads: lines to the old page are undelive
     const outcomes = native.events.filter((e) => e.event === "delivered" || e.event === "undeliverable");
     assert.ok(outcomes.every((e) => e.event === "delivered" || JSON.stringify(e.peers) === JSON.stringify([oldId])), JSON.stringify(outcomes.filter((e) => e.event !== "delivered").slice(0, 3)));
     assert.ok(native.events.some((e) => e.event === "peer_left" && e.peer.id === oldId), "the old page left");
+    if (webrtc) await channelUp(native, nativeId, b.page, newId, "the new page");
     for (let i = 0; i < 50; i++) native.write({ type: "after", data: i, to: newId });
     await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after").length >= 50, "the new page got what followed");
-    assert.deepEqual((await received(b.page)).filter((/** @type {any} */ m) => m.type === "after").map((/** @type {any} */ m) => m.data), [...Array(50).keys()]);
+    const after = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after");
+    assert.deepEqual(after.map((/** @type {any} */ m) => [m.data, m.path]), [...Array(50).keys()].map((i) => [i, path]));
     assert.ok((await received(b.page)).every((/** @type {any} */ m) => m.from === nativeId));
     native.end();
     assert.equal(await native.exited, 0);
+    assert.equal(native.events.filter((e) => e.event === "error").length, 0);
     await expectEvents([b]);
   } finally {
     native.kill();
   }
+}
+
+test("bluecam join while the browser reloads: lines to the old page are undeliverable, the new page gets what follows, nothing hangs", async () => {
+  await reloadMidStream(false);
+});
+
+test("bluecam join over the data channel while the browser reloads: the same, and a new channel to the new page carries what follows", async () => {
+  await reloadMidStream(true);
 });
 
 test("bluecam join over HTTP long-polling and a browser without WebSocket: 300 each way and a large message, once and in order", async () => {
@@ -323,7 +341,7 @@ async function channelUp(native, nativeId, page, bId, role) {
   await waitFor(async () => (await pathTo(page, nativeId)) === "p2p", `the browser's data channel to the native peer (${role})`, 30_000);
 }
 
-test("bluecam join over the data channel with a browser, whichever side offers: 500 messages each way and large ones, path p2p, once and in order", async () => {
+test("bluecam join over the data channel with a browser, whichever side offers: 1,000 messages each way and large ones, path p2p, once and in order; the browser restarts ICE", async () => {
   const room = await server.room();
   const b = await launchPeer(server, { label: "browser" });
   // (With camera and microphone: the browser's media offer comes over the channel, refused.)
@@ -335,26 +353,40 @@ test("bluecam join over the data channel with a browser, whichever side offers: 
       const sent = evaluate(b.page, async ({ to, role }) => {
         const room = /** @type {any} */ (window).room;
         const all = [];
-        for (let i = 0; i < 500; i++) all.push(room.sendMessage(`b2n ${role}`, { i, text: `é ${i} ✓` }, { to }));
+        for (let i = 0; i < 1000; i++) all.push(room.sendMessage(`b2n ${role}`, { i, text: `é ${i} ✓` }, { to }));
         return (await Promise.allSettled(all)).filter((s) => s.status === "fulfilled").length;
-      }, { to: id, role }, "500 sends to the native peer");
-      for (let i = 0; i < 500; i++) native.write({ type: `n2b ${role}`, data: { i, text: `ü ${i}` }, to: bId });
-      assert.equal(await sent, 500, `every browser send acknowledged (${role})`);
+      }, { to: id, role }, "1,000 sends to the native peer");
+      for (let i = 0; i < 1000; i++) native.write({ type: `n2b ${role}`, data: { i, text: `ü ${i}` }, to: bId });
+      assert.equal(await sent, 1000, `every browser send acknowledged (${role})`);
       const got = await waitFor(() => {
         const m = native.events.filter((e) => e.event === "message" && e.type === `b2n ${role}`);
-        return m.length >= 500 ? m : null;
-      }, `500 messages at the native peer (${role})`);
-      assert.deepEqual(got.map((m) => m.data.i), [...Array(500).keys()], `once each, in order (${role})`);
+        return m.length >= 1000 ? m : null;
+      }, `1,000 messages at the native peer (${role})`);
+      assert.deepEqual(got.map((m) => m.data.i), [...Array(1000).keys()], `once each, in order (${role})`);
       assert.ok(got.every((m) => m.from.id === bId && m.path === "p2p" && m.data.text === `é ${m.data.i} ✓`), `over the data channel (${role})`);
-      await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === `n2b ${role}`).length >= 500, `500 messages at the browser (${role})`);
+      await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === `n2b ${role}`).length >= 1000, `1,000 messages at the browser (${role})`);
       const atBrowser = (await received(b.page)).filter((/** @type {any} */ m) => m.type === `n2b ${role}`);
-      assert.deepEqual(atBrowser.map((/** @type {any} */ m) => m.data.i), [...Array(500).keys()]);
+      assert.deepEqual(atBrowser.map((/** @type {any} */ m) => m.data.i), [...Array(1000).keys()]);
       assert.ok(atBrowser.every((/** @type {any} */ m) => m.from === id && m.path === "p2p"), `over the data channel at the browser (${role})`);
       const delivered = await waitFor(() => {
         const d = native.events.filter((e) => e.event === "delivered");
-        return d.length >= 500 ? d : null;
-      }, `500 delivered (${role})`);
-      assert.deepEqual(delivered.map((d) => d.line), [...Array(500).keys()].map((i) => i + 1));
+        return d.length >= 1000 ? d : null;
+      }, `1,000 delivered (${role})`);
+      assert.deepEqual(delivered.map((d) => d.line), [...Array(1000).keys()].map((i) => i + 1));
+    }
+    // The browser restarts ICE (as it does when its network changes): the native peer answers
+    // with new credentials, and the channel carries on without closing.
+    {
+      const [, { native, id }] = roles[1];
+      const ufrag = () => evaluate(b.page, (id) => /a=ice-ufrag:(\S+)/.exec(/** @type {any} */ (window).room.remotes.get(id).link.pc.remoteDescription.sdp)?.[1], id, "the native side's ICE ufrag");
+      const before = await ufrag();
+      await evaluate(b.page, (id) => /** @type {any} */ (window).room.remotes.get(id).link.restartIce("test"), id, "an ICE restart");
+      await waitFor(async () => (await ufrag()) !== before, "the native peer answered the ICE restart with new credentials");
+      for (let i = 0; i < 100; i++) native.write({ type: "after restart", data: { i }, to: bId });
+      await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after restart").length >= 100, "100 messages after the restart");
+      const got = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after restart");
+      assert.deepEqual(got.map((/** @type {any} */ m) => [m.data.i, m.path]), [...Array(100).keys()].map((i) => [i, "p2p"]));
+      assert.ok(!native.events.some((e) => e.event === "path" && e.path === "relay"), "the channel never closed");
     }
     // Large messages both ways over the channel (chunks of 16 Ki UTF-16 units, one boundary
     // inside a surrogate pair, about 100 KB of non-ASCII text).
@@ -416,5 +448,32 @@ test("bluecam join --relay-only-ice and a relay-only browser: the data channel t
   } finally {
     for (const n of natives) n.kill();
     await turn.stop();
+  }
+});
+
+test("bluecam join in a room a browser encrypts end to end: both report e2ee_mismatch at once, nothing goes either way, no channel", async () => {
+  const room = await server.room();
+  const b = await launchPeer(server, { label: "browser" });
+  const key = randomBytes(32).toString("base64url");
+  const bId = await join(b.page, await server.token(room, "alice"), /** @type {any} */ ({ video: false, audio: false, e2ee: { key } }));
+  const native = nativePeer(await server.token(room, "bot"), [server.url], [], true);
+  try {
+    const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
+    const error = await waitFor(async () => native.events.find((e) => e.event === "error"), "the native peer's error");
+    assert.equal(error.code, "e2ee_mismatch");
+    assert.match(error.message, new RegExp(bId));
+    await waitFor(async () => (await b.events()).errors.length === 1, "the browser's error");
+    await expectEvents([b], { errors: [{ name: "E2eeMismatchError", code: "e2ee_mismatch" }] });
+    // A line to the browser fails at once, naming it; nothing reaches the page.
+    native.write({ type: "hello", data: 1, to: bId });
+    const outcome = await waitFor(async () => native.events.find((e) => e.event === "undeliverable" || e.event === "delivered"), "the line's outcome", 5000);
+    assert.deepEqual([outcome.event, outcome.peers], ["undeliverable", [bId]]);
+    assert.deepEqual(await received(b.page), []);
+    assert.ok(!native.events.some((e) => e.event === "path"), "no data channel");
+    assert.equal(await pathTo(b.page, joined.self.id), "relay");
+    native.end();
+    assert.equal(await native.exited, 0);
+  } finally {
+    native.kill();
   }
 });

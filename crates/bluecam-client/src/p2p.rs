@@ -38,9 +38,14 @@ use webrtc::peer_connection::{
 const FIRST_OFFER_WAIT: Duration = Duration::from_secs(3);
 /// How a signal sent over the data channel starts (app data there is envelopes, `{"v":…`).
 const CHANNEL_SIGNAL: &str = "{\"sig\":";
-/// Bytes handed to a link and not yet on its channel above which `send` says no (the SDK's
-/// `bufferedAmount` bound): the message goes over the relay instead.
+/// Bytes handed to a link and not yet sent by its channel above which `send` says no (the
+/// SDK's `bufferedAmount` bound): the message goes over the relay instead.
 const MAX_QUEUED: usize = 4 << 20;
+/// A connection whose channel has not opened this long is given up (the room makes another,
+/// later and later).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a channel with bytes outstanding says how many are left.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// Where links tell their room what happened: the peer's id, the link's generation, and what.
 pub(crate) type LinkEvents = mpsc::UnboundedSender<(String, String, LinkEvent)>;
@@ -76,6 +81,8 @@ pub(crate) struct PeerLink {
     pub remote_gen: Option<String>,
     open: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    /// Bytes the channel has taken and not yet sent (SCTP's outstanding bytes).
+    outstanding: Arc<AtomicUsize>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -112,6 +119,7 @@ impl PeerLink {
         let generation = new_gen();
         let open = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let (commands, rx) = mpsc::unbounded_channel();
         tokio::spawn(
             Negotiation {
@@ -122,6 +130,7 @@ impl PeerLink {
                 events,
                 open: open.clone(),
                 queued: queued.clone(),
+                outstanding: outstanding.clone(),
                 have_local_offer: false,
                 got_offer: false,
                 exchanged: false,
@@ -135,6 +144,7 @@ impl PeerLink {
             remote_gen: None,
             open,
             queued,
+            outstanding,
             commands,
         })
     }
@@ -144,15 +154,15 @@ impl PeerLink {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Bytes handed over and not yet on the channel.
+    /// Bytes handed over and not yet sent (the SDK's `bufferedAmount`).
     pub fn buffered(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed) as u64
+        (self.queued.load(Ordering::Relaxed) + self.outstanding.load(Ordering::Relaxed)) as u64
     }
 
     /// Puts text on the data channel, in order; false when the channel is not open or backed
     /// up (then it goes by the relay).
     pub fn send(&self, text: String) -> bool {
-        if !self.is_open() || self.queued.load(Ordering::Relaxed) > MAX_QUEUED {
+        if !self.is_open() || self.buffered() > MAX_QUEUED as u64 {
             return false;
         }
         self.queued.fetch_add(text.len(), Ordering::Relaxed);
@@ -201,6 +211,7 @@ struct Negotiation {
     events: LinkEvents,
     open: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    outstanding: Arc<AtomicUsize>,
     have_local_offer: bool,
     got_offer: bool,
     exchanged: bool,
@@ -283,6 +294,9 @@ impl Negotiation {
         let first_offer = tokio::time::sleep(FIRST_OFFER_WAIT);
         tokio::pin!(first_offer);
         let mut waited = self.polite;
+        let open_by = tokio::time::sleep(OPEN_TIMEOUT);
+        tokio::pin!(open_by);
+        let mut drain = tokio::time::interval(DRAIN_POLL);
         loop {
             tokio::select! {
                 () = &mut first_offer, if waited => {
@@ -291,11 +305,19 @@ impl Negotiation {
                         self.offer(&pc).await;
                     }
                 }
+                () = &mut open_by, if !self.open.load(Ordering::Acquire) => break,
+                _ = drain.tick(), if self.outstanding.load(Ordering::Relaxed) > 0 => {
+                    self.outstanding.store(dc.outstanding_bytes().await.unwrap_or(0), Ordering::Relaxed);
+                }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Send(text)) => {
                         self.queued.fetch_sub(text.len(), Ordering::Relaxed);
                         if dc.send_text(&text).await.is_err() {
                             break;
+                        }
+                        // (After a burst: what the channel holds now.)
+                        if commands.is_empty() {
+                            self.outstanding.store(dc.outstanding_bytes().await.unwrap_or(0), Ordering::Relaxed);
                         }
                     }
                     Some(Command::Signal(data, over_channel)) => {

@@ -36,8 +36,10 @@ const ACK_DELAY: Duration = Duration::from_millis(10);
 /// The share of the server's frame rate limit this client keeps to (it holds frames back
 /// rather than have the server refuse them).
 const RATE_MARGIN: f64 = 0.9;
-/// After a peer's data channel closes, a new connection is tried after this long (the SDK's).
+/// After a peer's data channel closes, a new connection is tried after this long (the SDK's);
+/// after connections that never opened, after twice as long each time, up to RELINK_MAX.
 const RELINK_AFTER: Duration = Duration::from_secs(1);
+const RELINK_MAX: Duration = Duration::from_secs(60);
 
 /// The way messages to and from a peer go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -451,6 +453,13 @@ struct PeerState {
     /// buffered bytes at the last tick (sender.rs).
     last_progress_at: u64,
     last_buffered: u64,
+    /// The generation of the connection let go last (signals to it are stale).
+    last_generation: Option<String>,
+    /// Connections in a row that never opened.
+    relink_fails: u32,
+    /// End-to-end encryption does not match with this peer (it encrypts; this client has no
+    /// room key): nothing goes to it or is taken from it.
+    mismatch: bool,
 }
 
 struct PendingDelivery {
@@ -544,25 +553,74 @@ impl Driver {
         }
     }
 
-    /// Lets a peer's connection go: what was on its channel unacknowledged goes over the
-    /// relay now, and the path is the relay's.
+    /// Lets a peer's connection go: what went on its channel unacknowledged goes over the
+    /// relay now (whatever the room had heard of the channel: it may have opened, and been
+    /// used, before its `Open` was taken), and the path is the relay's.
     fn drop_link(&mut self, id: &str) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        if peer.link.take().is_none() {
+        let Some(old) = peer.link.take() else {
             return;
-        }
-        if peer.path == Path::P2p {
-            peer.path = Path::Relay;
-            let info = peer.info.clone();
-            let all: Vec<usize> = (0..peer.outbox.pending().len()).collect();
+        };
+        peer.last_generation = Some(old.generation.clone());
+        let was_p2p = peer.path == Path::P2p;
+        peer.path = Path::Relay;
+        let info = peer.info.clone();
+        let on_channel: Vec<usize> = peer
+            .outbox
+            .pending()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.via == Via::P2p)
+            .map(|(i, _)| i)
+            .collect();
+        if was_p2p {
             self.emit(Event::PathChange {
                 peer: info,
                 path: Path::Relay,
             });
-            self.transmit(id, &all, true);
         }
+        if !on_channel.is_empty() {
+            self.transmit(id, &on_channel, true);
+        }
+    }
+
+    /// End-to-end encryption does not match with this peer (it encrypts, this client has no
+    /// room key): nothing goes to it or is taken from it, no connection is made, what waits
+    /// for it fails, and the app is told (as the SDK's `E2eeMismatchError`).
+    fn mismatch(&mut self, id: &str) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.mismatch {
+            return;
+        }
+        peer.mismatch = true;
+        peer.no_webrtc = true;
+        peer.relink_at = None;
+        self.drop_link(id);
+        let now = now_ms();
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let epoch = peer.outbox.epoch();
+        let failed: Vec<u64> = peer
+            .outbox
+            .fail()
+            .into_iter()
+            .flat_map(|p| peer.waiting.remove(&(epoch, p.seq)).unwrap_or_default())
+            .collect();
+        peer.outbox = Outbox::new(self.epochs.next(now));
+        for d in failed {
+            self.settle(d, Some(id));
+        }
+        self.emit(Event::Error {
+            code: "e2ee_mismatch".to_owned(),
+            message: format!(
+                "end-to-end encryption does not match with peer {id}: it encrypts end to end, and this client has no room key"
+            ),
+        });
     }
 
     /// What a peer's link did.
@@ -570,6 +628,17 @@ impl Driver {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
+        // (An envelope is the same whichever connection brought it: one from a connection
+        // just replaced is taken, and spares its sender a retransmission.)
+        if let LinkEvent::Data(text) = &event {
+            if !peer.mismatch
+                && let Ok(raw) = serde_json::from_str::<&RawValue>(text)
+                && let Some(env) = Envelope::from_raw(raw)
+            {
+                self.on_envelope(id, &env, Path::P2p);
+            }
+            return;
+        }
         if peer
             .link
             .as_ref()
@@ -582,6 +651,7 @@ impl Driver {
                 .out
                 .push_back(serde_json::json!({"op": "signal", "to": id, "data": data}).to_string()),
             LinkEvent::Open => {
+                peer.relink_fails = 0;
                 if peer.path != Path::P2p {
                     peer.path = Path::P2p;
                     let info = peer.info.clone();
@@ -605,20 +675,21 @@ impl Driver {
                 self.transmit(id, &fresh, false);
             }
             LinkEvent::Down => {
+                let opened = peer.path == Path::P2p;
                 self.drop_link(id);
                 if let Some(peer) = self.peers.get_mut(id)
                     && !peer.no_webrtc
                 {
-                    peer.relink_at = Some(Instant::now() + RELINK_AFTER);
+                    // A connection that never opened is tried again later and later (up to
+                    // RELINK_MAX): the peer may not be reachable at all.
+                    if !opened {
+                        peer.relink_fails = peer.relink_fails.saturating_add(1);
+                    }
+                    let wait = (RELINK_AFTER * 2u32.pow(peer.relink_fails.min(6))).min(RELINK_MAX);
+                    peer.relink_at = Some(Instant::now() + wait);
                 }
             }
-            LinkEvent::Data(text) => {
-                if let Ok(raw) = serde_json::from_str::<&RawValue>(&text)
-                    && let Some(env) = Envelope::from_raw(raw)
-                {
-                    self.on_envelope(id, &env, Path::P2p);
-                }
-            }
+            LinkEvent::Data(_) => {}
         }
     }
 
@@ -642,6 +713,26 @@ impl Driver {
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
+        if peer.mismatch {
+            return;
+        }
+        // A peer that encrypts end to end (its key exchange's hello, or a sealed signal): this
+        // client has no room key. It is told (at once, as the SDK does), and nothing more goes
+        // either way.
+        let hello = data.get("e2ee");
+        if hello.is_some_and(|v| v == false) {
+            return;
+        }
+        if hello.is_some() || data.get("x").is_some() {
+            if hello.is_some() {
+                self.out.push_back(
+                    serde_json::json!({"op": "signal", "to": from, "data": {"e2ee": false}})
+                        .to_string(),
+                );
+            }
+            self.mismatch(from);
+            return;
+        }
         if data.get("nortc").is_some_and(|v| v == true) {
             peer.no_webrtc = true;
             peer.relink_at = None;
@@ -661,11 +752,12 @@ impl Driver {
         }
         let generation = data.get("gen").and_then(|g| g.as_str()).map(str::to_owned);
         let to = data.get("to").and_then(|g| g.as_str());
-        if let Some(link) = &peer.link
-            && to.is_some_and(|to| to != link.generation)
-        {
+        match &peer.link {
             // Addressed to an older connection of ours: stale.
-            return;
+            Some(link) if to.is_some_and(|to| to != link.generation) => return,
+            // To the connection let go last (before the next one is made): stale too.
+            None if to.is_some() => return,
+            _ => {}
         }
         // An offer from a newer remote connection: the peer started over, so do we.
         let fresh = offer
@@ -709,6 +801,9 @@ impl Driver {
                 relink_at: None,
                 last_progress_at: 0,
                 last_buffered: 0,
+                last_generation: None,
+                relink_fails: 0,
+                mismatch: false,
             },
         );
         if self.webrtc {
@@ -768,7 +863,7 @@ impl Driver {
         };
         let missing: Vec<String> = ids
             .iter()
-            .filter(|id| !self.peers.contains_key(*id))
+            .filter(|id| !self.reachable(id))
             .cloned()
             .collect();
         if ids.is_empty() || missing.len() == ids.len() {
@@ -791,6 +886,12 @@ impl Driver {
             return;
         }
         self.add(msg_type, json, ids, done);
+    }
+
+    /// Whether a message can be addressed to this peer (in the room, and not one whose
+    /// end-to-end encryption does not match).
+    fn reachable(&self, id: &str) -> bool {
+        self.peers.get(id).is_some_and(|p| !p.mismatch)
     }
 
     /// Whether one of these peers has no room for another message.
@@ -819,7 +920,7 @@ impl Driver {
             else {
                 return;
             };
-            if ids.iter().any(|id| self.peers.contains_key(id)) {
+            if ids.iter().any(|id| self.reachable(id)) {
                 self.add(msg_type, json, ids, done);
             } else {
                 let _ = done.send(Err(SendError::Undeliverable(ids)));
@@ -838,7 +939,7 @@ impl Driver {
         done: oneshot::Sender<Result<(), SendError>>,
     ) {
         let (ids, missing): (Vec<String>, Vec<String>) =
-            ids.into_iter().partition(|id| self.peers.contains_key(id));
+            ids.into_iter().partition(|id| self.reachable(id));
         let d = self.next_delivery;
         self.next_delivery += 1;
         self.deliveries.insert(
@@ -865,7 +966,23 @@ impl Driver {
     /// Sends what was never sent (new messages, or frames that could not go), batched.
     fn flush(&mut self) {
         self.flush_due = false;
-        let ids: Vec<String> = self.peers.keys().cloned().collect();
+        self.flush_to(false);
+    }
+
+    /// Sends what was never sent to peers whose data channel is open, at once: the relay's
+    /// rate limit (or its absence while the server is away) holds back only what goes by the
+    /// relay, which waits for [`Driver::flush`].
+    fn flush_channels(&mut self) {
+        self.flush_to(true);
+    }
+
+    fn flush_to(&mut self, channels_only: bool) {
+        let ids: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !channels_only || p.link.as_ref().is_some_and(PeerLink::is_open))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             let unsent: Vec<usize> = self.peers[&id]
                 .outbox
@@ -876,7 +993,7 @@ impl Driver {
                 .map(|(i, _)| i)
                 .collect();
             if !unsent.is_empty() {
-                self.transmit(&id, &unsent, false);
+                self.send_pending(&id, &unsent, false, !channels_only);
             }
         }
     }
@@ -885,8 +1002,13 @@ impl Driver {
     /// (and `relay_only` is false), otherwise over the relay (not while the server asked to
     /// wait, or is away: they stay unsent, and go with the next flush or the resume).
     fn transmit(&mut self, id: &str, due: &[usize], relay_only: bool) {
+        self.send_pending(id, due, relay_only, true);
+    }
+
+    /// [`Driver::transmit`]; `relay`: whether the relay may be used now at all.
+    fn send_pending(&mut self, id: &str, due: &[usize], relay_only: bool, relay: bool) {
         let relay_ok =
-            self.connected && self.relay_paused_until.is_none_or(|t| Instant::now() >= t);
+            relay && self.connected && self.relay_paused_until.is_none_or(|t| Instant::now() >= t);
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -908,6 +1030,12 @@ impl Driver {
                 continue;
             }
             if !relay_ok {
+                // Nowhere to go now: unsent (the next tick, flush or resume sends it; a try
+                // that did not happen does not count).
+                p.sent_at = 0;
+                if p.via == Via::P2p {
+                    p.via = Via::Relay;
+                }
                 continue;
             }
             p.via = Via::Relay;
@@ -990,6 +1118,12 @@ impl Driver {
     }
 
     fn flush_acks(&mut self) {
+        self.flush_acks_by(true);
+    }
+
+    /// `channels`: acks may go over the data channels (not at a leave, which lets them go at
+    /// once: the relay's go out before the `leave`).
+    fn flush_acks_by(&mut self, channels: bool) {
         self.acks_due_at = None;
         let connected = self.connected;
         let mut out = Vec::new();
@@ -1001,7 +1135,8 @@ impl Driver {
                 continue;
             };
             let ack = inbox.ack().to_json();
-            if let Some(link) = &peer.link
+            if channels
+                && let Some(link) = &peer.link
                 && link.send(ack.clone())
             {
                 peer.ack_due = false;
@@ -1078,6 +1213,9 @@ impl Driver {
 
     /// A relayed `msg`: one envelope, or an array of them.
     fn on_relayed(&mut self, from: &str, msg: &RawValue) {
+        if self.peers.get(from).is_some_and(|p| p.mismatch) {
+            return;
+        }
         let list: Vec<&RawValue> = if msg.get().trim_start().starts_with('[') {
             serde_json::from_str(msg.get()).unwrap_or_default()
         } else {
@@ -1266,7 +1404,10 @@ impl Driver {
                         _ = ticker.tick() => self.expire(),
                         Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
                     }
-                    // (Acks over the data channels go while the server is away.)
+                    // (Messages and acks over the data channels go while the server is away.)
+                    if self.flush_due {
+                        self.flush_channels();
+                    }
                     if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
                         self.flush_acks();
                     }
@@ -1342,6 +1483,17 @@ impl Driver {
                     () = &mut backoff => break,
                     _ = ticker.tick() => self.expire(),
                     Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
+                        Some(Command::Leave(done)) => {
+                            self.leave_done = Some(done);
+                            return None;
+                        }
+                        None => return None,
+                    },
+                }
+                if self.flush_due {
+                    self.flush_channels();
                 }
                 if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
                     self.flush_acks();
@@ -1382,6 +1534,9 @@ impl Driver {
             // frames back, messages gather, and then share one.
             if self.flush_due && self.out.is_empty() && self.bucket.ready() {
                 self.flush();
+            } else if self.flush_due {
+                // (Messages to peers on an open channel do not wait for the relay's turn.)
+                self.flush_channels();
             }
             if !self.write_out(link).await {
                 return End::Resume;
@@ -1455,7 +1610,7 @@ impl Driver {
 
     /// Tells the server (after the acks that are due), and fails what is not acknowledged.
     async fn leave(&mut self, link: &mut Link) {
-        self.flush_acks();
+        self.flush_acks_by(false);
         self.out.push_back(r#"{"op":"leave"}"#.to_owned());
         // (Within the rate limit, but not waiting for it: a leave goes now.)
         while let Some(text) = self.out.pop_front() {
