@@ -1,11 +1,12 @@
 // @ts-check
 /**
  * What a native peer costs: two `bluecam join` processes in one room of a `bluecam serve` started
- * here; A sends N messages to B through the relay (stdin lines as fast as A takes them), and
- * each process's CPU time (user + system, from /proc) and peak RSS (VmHWM) are read once every
- * message is delivered and acknowledged.
+ * here; A sends N messages to B through the relay (stdin lines as fast as A takes them), or
+ * with --webrtc over their data channel once it is open, and each process's CPU time (user +
+ * system, from /proc; the server's too) and peak RSS (VmHWM) are read once every message is
+ * delivered and acknowledged.
  *
- *   node bench/native.js [--messages 20000] [--bytes 100] [--transport auto|websocket|http]
+ *   node bench/native.js [--messages 20000] [--bytes 100] [--transport auto|websocket|http] [--webrtc]
  *
  * The binary is $BLUECAM_BIN (default $CARGO_TARGET_DIR/release/bluecam, then
  * target/release/bluecam): build it with `cargo build --release -p bluecam`.
@@ -23,6 +24,8 @@ const { values: args } = parseArgs({
     bytes: { type: "string", default: "100" },
     // Both peers' transport (`bluecam join --transport`).
     transport: { type: "string", default: "auto" },
+    // Over the peers' WebRTC data channel (the relay otherwise: `--no-webrtc`).
+    webrtc: { type: "boolean", default: false },
   },
 });
 const N = Number(args.messages);
@@ -50,7 +53,7 @@ try {
   const cli = (/** @type {string[]} */ a) => execFileSync(BIN, [...a, "--data-dir", dir], { encoding: "utf8" }).trim();
   const room = JSON.parse(cli(["room", "create", "--server", url])).id;
   const peer = (/** @type {string} */ who) => {
-    const child = spawn(BIN, ["join", "--server", url, "--token", cli(["token", "--room", room, "--identity", who, "--ttl", "3600"]), "--no-webrtc", "--transport", String(args.transport)], { stdio: ["pipe", "pipe", "inherit"] });
+    const child = spawn(BIN, ["join", "--server", url, "--token", cli(["token", "--room", room, "--identity", who, "--ttl", "3600"]), ...(args.webrtc ? [] : ["--no-webrtc"]), "--transport", String(args.transport)], { stdio: ["pipe", "pipe", "inherit"] });
     /** @type {any[]} */
     const events = [];
     /** Events seen, by kind (counted as they come: the checks must not walk every line). */
@@ -63,6 +66,7 @@ try {
       // (Messages are checked as they come, not kept.)
       if (e.event === "message") {
         if (e.data.i !== (counts.message ?? 0)) counts.outOfOrder = (counts.outOfOrder ?? 0) + 1;
+        if (e.path === "p2p") counts.p2p = (counts.p2p ?? 0) + 1;
       } else if (e.event !== "delivered") {
         events.push(e);
       }
@@ -82,7 +86,11 @@ try {
   await b.until(() => b.count("joined") > 0);
   await a.until(() => a.count("peer_joined") > 0);
   const bId = b.events.find((e) => e.event === "joined").self.id;
-  const before = { a: usage(/** @type {number} */ (a.child.pid)), b: usage(/** @type {number} */ (b.child.pid)) };
+  if (args.webrtc) {
+    await a.until(() => a.events.some((e) => e.event === "path" && e.path === "p2p"));
+    await b.until(() => b.events.some((e) => e.event === "path" && e.path === "p2p"));
+  }
+  const before = { a: usage(/** @type {number} */ (a.child.pid)), b: usage(/** @type {number} */ (b.child.pid)), server: usage(/** @type {number} */ (server.pid)) };
   const pad = "x".repeat(Math.max(0, BYTES - 20));
   const started = performance.now();
   const stdin = /** @type {import("node:stream").Writable} */ (a.child.stdin);
@@ -98,17 +106,20 @@ try {
   const received = b.count("message");
   const delivered = a.count("delivered");
   const secs = (performance.now() - started) / 1000;
-  const after = { a: usage(/** @type {number} */ (a.child.pid)), b: usage(/** @type {number} */ (b.child.pid)) };
+  const after = { a: usage(/** @type {number} */ (a.child.pid)), b: usage(/** @type {number} */ (b.child.pid)), server: usage(/** @type {number} */ (server.pid)) };
   const inOrder = b.count("outOfOrder") === 0;
   const result = {
     bench: "native-peer",
     transport: args.transport,
+    webrtc: args.webrtc,
     messages: N,
     bytes: BYTES,
     seconds: Math.round(secs * 100) / 100,
     messagesPerSec: Math.round(N / secs),
     exactlyOnceInOrder: inOrder && received === N,
     delivered,
+    overDataChannel: b.count("p2p"),
+    server: { cpuUsPerMessage: Math.round(((after.server.cpuMs - before.server.cpuMs) * 1000) / N * 10) / 10 },
     sender: { cpuUsPerMessage: Math.round(((after.a.cpuMs - before.a.cpuMs) * 1000) / N * 10) / 10, peakRssKb: after.a.peakRssKb },
     receiver: { cpuUsPerMessage: Math.round(((after.b.cpuMs - before.b.cpuMs) * 1000) / N * 10) / 10, peakRssKb: after.b.peakRssKb },
     atJoin: before,

@@ -116,6 +116,18 @@ impl PeerLink {
         ice: &IceConfig,
         events: LinkEvents,
     ) -> Option<PeerLink> {
+        Self::start_with(peer, polite, ice, events, FIRST_OFFER_WAIT)
+    }
+
+    /// [`PeerLink::start`], the polite side making its own offer after `first_offer_wait`
+    /// if none came (a test makes both sides offer at once).
+    fn start_with(
+        peer: &str,
+        polite: bool,
+        ice: &IceConfig,
+        events: LinkEvents,
+        first_offer_wait: Duration,
+    ) -> Option<PeerLink> {
         let generation = new_gen();
         let open = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -124,6 +136,7 @@ impl PeerLink {
         tokio::spawn(
             Negotiation {
                 polite,
+                first_offer_wait,
                 peer: peer.to_owned(),
                 generation: generation.clone(),
                 remote_gen: None,
@@ -205,6 +218,7 @@ impl PeerConnectionEventHandler for Handler {
 /// being made while a signal is applied, so a collision is an offer in `have-local-offer`).
 struct Negotiation {
     polite: bool,
+    first_offer_wait: Duration,
     peer: String,
     generation: String,
     remote_gen: Option<String>,
@@ -291,7 +305,7 @@ impl Negotiation {
         if !self.polite {
             self.offer(&pc).await;
         }
-        let first_offer = tokio::time::sleep(FIRST_OFFER_WAIT);
+        let first_offer = tokio::time::sleep(self.first_offer_wait);
         tokio::pin!(first_offer);
         let mut waited = self.polite;
         let open_by = tokio::time::sleep(OPEN_TIMEOUT);
@@ -475,5 +489,77 @@ async fn read_channel(dc: Arc<dyn DataChannel>, notes: mpsc::UnboundedSender<Not
         if notes.send(note).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Glare: both sides offer at once (the polite one does not wait), and each gets the
+    /// other's offer in `have-local-offer`: the impolite side ignores it, the polite side rolls
+    /// its own back and answers; the channel opens and carries data both ways. Real WebRTC on
+    /// this machine's interfaces, the two links' signals passed by hand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_sides_offering_at_once_still_open_the_channel() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ice = IceConfig::default();
+        // (Each link's events name its remote peer: "b" are impolite a's, "a" polite b's.)
+        let a = PeerLink::start_with("b", false, &ice, tx.clone(), Duration::ZERO).unwrap();
+        let b = PeerLink::start_with("a", true, &ice, tx, Duration::ZERO).unwrap();
+        let mut held: Vec<(bool, Value)> = Vec::new();
+        let mut offers = (false, false);
+        let mut opened = (false, false);
+        let mut got = (None, None);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while got.0.is_none() || got.1.is_none() {
+                let (peer, _, event) = rx.recv().await.expect("the links went away");
+                let from_a = peer == "b";
+                match event {
+                    LinkEvent::Signal(data) => {
+                        if data["description"]["type"] == "offer" {
+                            if from_a {
+                                offers.0 = true;
+                            } else {
+                                offers.1 = true;
+                            }
+                        }
+                        // Nothing passes before both offers are out: they cross.
+                        held.push((from_a, data));
+                        if offers.0 && offers.1 {
+                            for (from_a, data) in held.drain(..) {
+                                if from_a {
+                                    b.signal(data, false);
+                                } else {
+                                    a.signal(data, false);
+                                }
+                            }
+                        }
+                    }
+                    LinkEvent::Open => {
+                        if from_a {
+                            opened.0 = true;
+                            assert!(a.send("from a".to_owned()));
+                        } else {
+                            opened.1 = true;
+                            assert!(b.send("from b".to_owned()));
+                        }
+                    }
+                    LinkEvent::Data(text) => {
+                        if from_a {
+                            got.0 = Some(text);
+                        } else {
+                            got.1 = Some(text);
+                        }
+                    }
+                    LinkEvent::Down => panic!("a link went down (a's: {from_a})"),
+                }
+            }
+        })
+        .await
+        .expect("the channel opened within 20 s");
+        assert_eq!(opened, (true, true));
+        assert_eq!(got, (Some("from b".to_owned()), Some("from a".to_owned())));
     }
 }
