@@ -58,6 +58,36 @@ async function endsAndLeaves(native, b, nativeId) {
   await expectEvents([b]);
 }
 
+/**
+ * Large messages both ways, by `path`: a chunk boundary inside a surrogate pair, and 100 KB of
+ * non-ASCII text (the native client cuts and joins chunks at the SDK's UTF-16 offsets).
+ * @param {ReturnType<typeof nativePeer>} native
+ * @param {import("playwright-core").Page} page
+ * @param {string} nativeId
+ * @param {string} bId
+ * @param {string} path
+ */
+async function largeBothWays(native, page, nativeId, bId, path) {
+  const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
+  const big = "é€😀中".repeat(25_000);
+  const bigSent = evaluate(page, async ({ to, straddle, big }) => {
+    const room = /** @type {any} */ (window).room;
+    await room.sendMessage("straddle", straddle, { to });
+    await room.sendMessage("big", big, { to });
+    return true;
+  }, { to: nativeId, straddle, big }, "two large sends to the native peer");
+  native.write({ type: "big back", data: big, to: bId });
+  assert.equal(await bigSent, true);
+  const large = await waitFor(() => {
+    const m = native.events.filter((e) => e.event === "message" && (e.type === "straddle" || e.type === "big"));
+    return m.length >= 2 ? m : null;
+  }, "the large messages at the native peer");
+  assert.deepEqual(large.map((m) => [m.type, m.data === (m.type === "big" ? big : straddle), m.path]), [["straddle", true, path], ["big", true, path]]);
+  await waitFor(async () => (await received(page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
+  assert.ok((await evaluate(page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
+  assert.equal((await received(page)).find((/** @type {any} */ m) => m.type === "big back").path, path);
+}
+
 test("bluecam join and a browser: 1,000 messages each way through the relay, once and in order; the end of stdin leaves", async () => {
   const room = await server.room();
   const native = nativePeer(await server.token(room, "bot"));
@@ -97,25 +127,7 @@ test("bluecam join and a browser: 1,000 messages each way through the relay, onc
     // Reported in the order they settled: to one peer, the order they were sent.
     assert.deepEqual(delivered.slice(0, 1000).map((d) => d.line), [...Array(1000).keys()].map((i) => i + 1));
     assert.equal(native.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0, JSON.stringify(native.events.filter((e) => e.event === "undeliverable" || e.event === "error")));
-    // Large messages both ways: a chunk boundary inside a surrogate pair, and 100 KB of
-    // non-ASCII text (the native client cuts and joins chunks at the SDK's UTF-16 offsets).
-    const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
-    const big = "é€😀中".repeat(25_000);
-    const bigSent = evaluate(b.page, async ({ to, straddle, big }) => {
-      const room = /** @type {any} */ (window).room;
-      await room.sendMessage("straddle", straddle, { to });
-      await room.sendMessage("big", big, { to });
-      return true;
-    }, { to: nativeId, straddle, big }, "two large sends to the native peer");
-    native.write({ type: "big back", data: big, to: bId });
-    assert.equal(await bigSent, true);
-    const large = await waitFor(() => {
-      const m = native.events.filter((e) => e.event === "message" && (e.type === "straddle" || e.type === "big"));
-      return m.length >= 2 ? m : null;
-    }, "the large messages at the native peer");
-    assert.deepEqual(large.map((m) => [m.type, m.data === (m.type === "big" ? big : straddle)]), [["straddle", true], ["big", true]]);
-    await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
-    assert.ok((await evaluate(b.page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
+    await largeBothWays(native, b.page, nativeId, bId, "relay");
     await waitFor(() => native.events.filter((e) => e.event === "delivered").length >= 1001, "the large message delivered");
     await endsAndLeaves(native, b, nativeId);
   } finally {
@@ -297,35 +309,40 @@ test("bluecam join on a cluster: a node SIGKILLed mid-stream, its native peer re
 });
 
 /**
- * Native peers with WebRTC (`bluecam join` without `--no-webrtc`) in `room` with the browser
- * `bId` until one plays each negotiation role: the smaller peer id is the impolite side and
- * makes the first offer (the native peer offers), the larger waits for it (the browser offers,
- * with its media, and then offers its tracks again over the data channel). Those that repeat
- * a role leave at once.
+ * Native peers with WebRTC (`bluecam join` without `--no-webrtc`) and the browser `page` in
+ * `room`, so that one native peer plays each negotiation role with the browser: the smaller peer
+ * id is the impolite side and makes the first offer (the native peer offers), the larger waits
+ * for it (the browser offers, with its media, and then offers its tracks again over the data
+ * channel). Ids are random: six native peers join, and the browser joins (again, after a
+ * reload, while its id is not between theirs) with camera and microphone; the two native peers
+ * kept are the smallest and the largest id, the others leave.
  * @param {TestServer} srv
  * @param {string} room
- * @param {string} bId
- * @param {string[]} [extra] more flags
+ * @param {import("playwright-core").Page} page
  */
-async function nativesInBothRoles(srv, room, bId, extra = []) {
-  /** @type {Map<string, {native: ReturnType<typeof nativePeer>, id: string}>} */
-  const roles = new Map();
-  /** @type {ReturnType<typeof nativePeer>[]} */
-  const all = [];
-  for (let n = 0; n < 16 && roles.size < 2; n++) {
-    const native = nativePeer(await srv.token(room, `bot${n}`), [srv.url], extra, true);
-    all.push(native);
+async function nativesInBothRoles(srv, room, page) {
+  /** @type {{native: ReturnType<typeof nativePeer>, id: string}[]} */
+  const natives = [];
+  for (let n = 0; n < 6; n++) {
+    const native = nativePeer(await srv.token(room, `bot${n}`), [srv.url], [], true);
     const joined = await waitFor(async () => native.events.find((e) => e.event === "joined"), "the native peer joined");
-    const role = joined.self.id < bId ? "native offers" : "browser offers";
-    if (roles.has(role)) {
-      native.end();
-      assert.equal(await native.exited, 0);
-    } else {
-      roles.set(role, { native, id: joined.self.id });
-    }
+    natives.push({ native, id: joined.self.id });
   }
-  assert.equal(roles.size, 2, "both roles played");
-  return { roles: [...roles.entries()], all };
+  natives.sort((x, y) => (x.id < y.id ? -1 : 1));
+  const [low, high] = [natives[0], natives[natives.length - 1]];
+  const token = await srv.token(room, "alice");
+  let bId = "";
+  for (let attempt = 0; attempt < 12; attempt++) {
+    if (attempt > 0) await page.reload();
+    bId = await join(page, token);
+    if (low.id < bId && bId < high.id) break;
+  }
+  assert.ok(low.id < bId && bId < high.id, `the browser's id between the native peers': ${low.id} < ${bId} < ${high.id}`);
+  for (const { native } of natives.slice(1, -1)) {
+    native.end();
+    assert.equal(await native.exited, 0);
+  }
+  return { bId, roles: [["native offers", low], ["browser offers", high]], all: natives.map((n) => n.native) };
 }
 
 /**
@@ -345,8 +362,7 @@ test("bluecam join over the data channel with a browser, whichever side offers: 
   const room = await server.room();
   const b = await launchPeer(server, { label: "browser" });
   // (With camera and microphone: the browser's media offer comes over the channel, refused.)
-  const bId = await join(b.page, await server.token(room, "alice"));
-  const { roles, all } = await nativesInBothRoles(server, room, bId);
+  const { bId, roles, all } = await nativesInBothRoles(server, room, b.page);
   try {
     for (const [role, { native, id }] of roles) await channelUp(native, id, b.page, bId, role);
     for (const [role, { native, id }] of roles) {
@@ -385,30 +401,13 @@ test("bluecam join over the data channel with a browser, whichever side offers: 
       for (let i = 0; i < 100; i++) native.write({ type: "after restart", data: { i }, to: bId });
       await waitFor(async () => (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after restart").length >= 100, "100 messages after the restart");
       const got = (await received(b.page)).filter((/** @type {any} */ m) => m.type === "after restart");
+      const toBrowser = native.events.filter((e) => e.event === "path" && e.peer.id === bId).map((e) => e.path);
+      assert.deepEqual(toBrowser, ["p2p"], "the channel to the browser never closed");
       assert.deepEqual(got.map((/** @type {any} */ m) => [m.data.i, m.path]), [...Array(100).keys()].map((i) => [i, "p2p"]));
-      assert.ok(!native.events.some((e) => e.event === "path" && e.path === "relay"), "the channel never closed");
     }
-    // Large messages both ways over the channel (chunks of 16 Ki UTF-16 units, one boundary
-    // inside a surrogate pair, about 100 KB of non-ASCII text).
+    // Large messages both ways over the channel.
     const [, { native, id }] = roles[0];
-    const straddle = "a".repeat(16 * 1024 - 2) + "😀" + "b".repeat(10);
-    const big = "é€😀中".repeat(25_000);
-    const bigSent = evaluate(b.page, async ({ to, straddle, big }) => {
-      const room = /** @type {any} */ (window).room;
-      await room.sendMessage("straddle", straddle, { to });
-      await room.sendMessage("big", big, { to });
-      return true;
-    }, { to: id, straddle, big }, "two large sends to the native peer");
-    native.write({ type: "big back", data: big, to: bId });
-    assert.equal(await bigSent, true);
-    const large = await waitFor(() => {
-      const m = native.events.filter((e) => e.event === "message" && (e.type === "straddle" || e.type === "big"));
-      return m.length >= 2 ? m : null;
-    }, "the large messages at the native peer");
-    assert.deepEqual(large.map((m) => [m.type, m.data === (m.type === "big" ? big : straddle), m.path]), [["straddle", true, "p2p"], ["big", true, "p2p"]]);
-    await waitFor(async () => (await received(b.page)).some((/** @type {any} */ m) => m.type === "big back"), "the large message at the browser");
-    assert.ok((await evaluate(b.page, (big) => /** @type {any} */ (window).t.received.find((/** @type {any} */ m) => m.type === "big back").data === big, big, "the large message intact")));
-    assert.equal((await received(b.page)).find((/** @type {any} */ m) => m.type === "big back").path, "p2p");
+    await largeBothWays(native, b.page, id, bId, "p2p");
     for (const [, { native: n }] of roles) {
       assert.equal(n.events.filter((e) => e.event === "undeliverable" || e.event === "error").length, 0, JSON.stringify(n.events.filter((e) => e.event === "undeliverable" || e.event === "error")));
     }

@@ -600,21 +600,7 @@ impl Driver {
         peer.no_webrtc = true;
         peer.relink_at = None;
         self.drop_link(id);
-        let now = now_ms();
-        let Some(peer) = self.peers.get_mut(id) else {
-            return;
-        };
-        let epoch = peer.outbox.epoch();
-        let failed: Vec<u64> = peer
-            .outbox
-            .fail()
-            .into_iter()
-            .flat_map(|p| peer.waiting.remove(&(epoch, p.seq)).unwrap_or_default())
-            .collect();
-        peer.outbox = Outbox::new(self.epochs.next(now));
-        for d in failed {
-            self.settle(d, Some(id));
-        }
+        self.fail_outbox(id, now_ms());
         self.emit(Event::Error {
             code: "e2ee_mismatch".to_owned(),
             message: format!(
@@ -888,6 +874,25 @@ impl Driver {
         self.add(msg_type, json, ids, done);
     }
 
+    /// Everything unacknowledged to a peer fails (its deliveries settle naming it), and the
+    /// pair starts a new sequence space (a new epoch).
+    fn fail_outbox(&mut self, id: &str, now: u64) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let epoch = peer.outbox.epoch();
+        let failed: Vec<u64> = peer
+            .outbox
+            .fail()
+            .into_iter()
+            .flat_map(|p| peer.waiting.remove(&(epoch, p.seq)).unwrap_or_default())
+            .collect();
+        peer.outbox = Outbox::new(self.epochs.next(now));
+        for d in failed {
+            self.settle(d, Some(id));
+        }
+    }
+
     /// Whether a message can be addressed to this peer (in the room, and not one whose
     /// end-to-end encryption does not match).
     fn reachable(&self, id: &str) -> bool {
@@ -1085,19 +1090,7 @@ impl Driver {
                 last_progress_at: peer.last_progress_at,
             };
             match tick_peer(peer.outbox.pending_mut().iter_mut(), path, now, bound) {
-                Tick::Expire => {
-                    let epoch = peer.outbox.epoch();
-                    let failed: Vec<u64> = peer
-                        .outbox
-                        .fail()
-                        .into_iter()
-                        .flat_map(|p| peer.waiting.remove(&(epoch, p.seq)).unwrap_or_default())
-                        .collect();
-                    peer.outbox = Outbox::new(self.epochs.next(now));
-                    for d in failed {
-                        self.settle(d, Some(&id));
-                    }
-                }
+                Tick::Expire => self.fail_outbox(&id, now),
                 Tick::Send {
                     due,
                     last_progress_at,

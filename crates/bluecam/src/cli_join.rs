@@ -140,6 +140,51 @@ fn outcome(
     }
 }
 
+/// Writes a line's outcome and every other outcome already settled, in line order. Outcomes
+/// that settle together (one acknowledgement settles many lines at once) come out of the set
+/// in the order it polls them, not the order they settled: a line pushed just now whose
+/// outcome was already there is polled first, ahead of older lines woken by the same
+/// acknowledgement. Every outcome settled before this one has been woken by then (the room
+/// settles them in order), so taking every woken one (through the set's pauses for fairness)
+/// and sorting puts them back in order.
+fn emit_settled(
+    first: (u64, serde_json::Value),
+    outstanding: &mut FuturesUnordered<impl Future<Output = (u64, serde_json::Value)>>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+    /// Whether the set asked to be polled again (it pauses after a while, and wakes itself).
+    struct Woken(AtomicBool);
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut settled = vec![first];
+    // (Each pause for fairness polls some; a bound all the same, should something wake itself
+    // for ever.)
+    for _ in 0..4 * (outstanding.len() + 1) {
+        woken.0.store(false, Ordering::SeqCst);
+        match futures_util::Stream::poll_next(std::pin::Pin::new(&mut *outstanding), &mut cx) {
+            Poll::Ready(Some(next)) => settled.push(next),
+            Poll::Ready(None) => break,
+            Poll::Pending if woken.0.load(Ordering::SeqCst) => {}
+            Poll::Pending => break,
+        }
+    }
+    settled.sort_by_key(|(n, _)| *n);
+    for (_, line) in settled {
+        emit(&line);
+    }
+}
+
 /// One stdin line: what to send.
 #[derive(serde::Deserialize)]
 struct Line {
@@ -204,7 +249,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         tokio::select! {
             // (Back-pressure: at most MAX_OUTSTANDING lines wait for their outcome; stdin is
             // not read meanwhile, as the SDK's sendMessage waits above 1,024 unacknowledged.)
-            Some(done) = outstanding.next(), if !outstanding.is_empty() => emit(&done),
+            Some(done) = outstanding.next(), if !outstanding.is_empty() => emit_settled(done, &mut outstanding),
             line = lines.recv(), if outstanding.len() < MAX_OUTSTANDING => {
                 let Some(line) = line else { break false };
                 line_no += 1;
@@ -221,7 +266,8 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                     Ok((msg_type, json, to)) => {
                         let delivery = room.send(&msg_type, json, to);
                         let n = line_no;
-                        outstanding.push(async move { outcome(n, delivery.await) });
+                        // (Outside tokio's cooperative budget: `emit_settled` polls many at once.)
+                        outstanding.push(tokio::task::unconstrained(async move { (n, outcome(n, delivery.await)) }));
                     }
                     Err(message) => emit(&serde_json::json!({"event": "error", "code": "bad_input", "line": line_no, "message": message})),
                 }
@@ -237,7 +283,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                 // At once: what is outstanding is told undeliverable.
                 room.leave().await;
                 while let Some(done) = outstanding.next().await {
-                    emit(&done);
+                    emit_settled(done, &mut outstanding);
                 }
                 std::process::exit(130);
             }
@@ -245,7 +291,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     };
     if ended_by_server {
         while let Some(done) = outstanding.next().await {
-            emit(&done);
+            emit_settled(done, &mut outstanding);
         }
         anyhow::bail!("the session ended");
     }
@@ -256,7 +302,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             done = outstanding.next() => match done {
-                Some(done) => emit(&done),
+                Some(done) => emit_settled(done, &mut outstanding),
                 None => break,
             },
             event = room.next_event() => match event {
@@ -279,7 +325,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     // Leaving settles what is still outstanding (told undeliverable), then each says so.
     room.leave().await;
     while let Some(done) = outstanding.next().await {
-        emit(&done);
+        emit_settled(done, &mut outstanding);
     }
     if ended {
         anyhow::bail!("the session ended");
