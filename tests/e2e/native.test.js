@@ -179,6 +179,9 @@ async function reloadMidStream(webrtc) {
     await waitFor(() => native.events.filter((e) => e.event === "delivered" || e.event === "undeliverable").length >= 200, "every line to the old page settled");
     const outcomes = native.events.filter((e) => e.event === "delivered" || e.event === "undeliverable");
     assert.ok(outcomes.every((e) => e.event === "delivered" || JSON.stringify(e.peers) === JSON.stringify([oldId])), JSON.stringify(outcomes.filter((e) => e.event !== "delivered").slice(0, 3)));
+    // Written in the order they settled: to one peer, the order they were sent (the
+    // undeliverable ones too, all settled at once when the old page left).
+    assert.deepEqual(outcomes.map((e) => e.line), [...Array(200).keys()].map((i) => i + 1));
     assert.ok(native.events.some((e) => e.event === "peer_left" && e.peer.id === oldId), "the old page left");
     if (webrtc) await channelUp(native, nativeId, b.page, newId, "the new page");
     for (let i = 0; i < 50; i++) native.write({ type: "after", data: i, to: newId });

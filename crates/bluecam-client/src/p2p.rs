@@ -175,11 +175,27 @@ impl PeerLink {
     /// Puts text on the data channel, in order; false when the channel is not open or backed
     /// up (then it goes by the relay).
     pub fn send(&self, text: String) -> bool {
-        if !self.is_open() || self.buffered() > MAX_QUEUED as u64 {
+        self.send_all(vec![text])
+    }
+
+    /// Whether the channel is open and takes more now.
+    pub fn can_take_more(&self) -> bool {
+        self.is_open() && self.buffered() <= MAX_QUEUED as u64
+    }
+
+    /// Puts all of these on the data channel, in order, or none of them (a message's chunks:
+    /// part of a message on the channel would only be sent again).
+    pub fn send_all(&self, texts: Vec<String>) -> bool {
+        if !self.can_take_more() {
             return false;
         }
-        self.queued.fetch_add(text.len(), Ordering::Relaxed);
-        self.commands.send(Command::Send(text)).is_ok()
+        for text in texts {
+            self.queued.fetch_add(text.len(), Ordering::Relaxed);
+            if self.commands.send(Command::Send(text)).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Applies signaling data from the remote peer, after what came before it (`over_channel`:
@@ -311,6 +327,8 @@ impl Negotiation {
         let open_by = tokio::time::sleep(OPEN_TIMEOUT);
         tokio::pin!(open_by);
         let mut drain = tokio::time::interval(DRAIN_POLL);
+        // (Not polled while nothing is outstanding: no burst of missed ticks afterwards.)
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = &mut first_offer, if waited => {

@@ -453,8 +453,6 @@ struct PeerState {
     /// buffered bytes at the last tick (sender.rs).
     last_progress_at: u64,
     last_buffered: u64,
-    /// The generation of the connection let go last (signals to it are stale).
-    last_generation: Option<String>,
     /// Connections in a row that never opened.
     relink_fails: u32,
     /// End-to-end encryption does not match with this peer (it encrypts; this client has no
@@ -560,10 +558,9 @@ impl Driver {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        let Some(old) = peer.link.take() else {
+        if peer.link.take().is_none() {
             return;
-        };
-        peer.last_generation = Some(old.generation.clone());
+        }
         let was_p2p = peer.path == Path::P2p;
         peer.path = Path::Relay;
         let info = peer.info.clone();
@@ -787,7 +784,6 @@ impl Driver {
                 relink_at: None,
                 last_progress_at: 0,
                 last_buffered: 0,
-                last_generation: None,
                 relink_fails: 0,
                 mismatch: false,
             },
@@ -804,7 +800,10 @@ impl Driver {
 
     fn remove_peer(&mut self, id: &str) -> Option<PeerInfo> {
         let peer = self.peers.remove(id)?;
-        let failed: Vec<u64> = peer.waiting.into_values().flatten().collect();
+        // (In the order they were sent: delivery ids grow with it, and an app, `bluecam join`
+        // among them, may be told of them in the order they settle.)
+        let mut failed: Vec<u64> = peer.waiting.into_values().flatten().collect();
+        failed.sort_unstable();
         for d in failed {
             self.settle(d, Some(id));
         }
@@ -985,7 +984,7 @@ impl Driver {
         let ids: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, p)| !channels_only || p.link.as_ref().is_some_and(PeerLink::is_open))
+            .filter(|(_, p)| !channels_only || p.link.as_ref().is_some_and(PeerLink::can_take_more))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -1019,20 +1018,23 @@ impl Driver {
         };
         let now = now_ms();
         let stamp = peer.outbox.stamp();
-        let link = peer.link.as_ref().filter(|l| !relay_only && l.is_open());
+        let mut link = peer.link.as_ref().filter(|l| !relay_only && l.is_open());
         let mut messages = Vec::new();
         for &i in due {
             let Some(p) = peer.outbox.pending_mut().get_mut(i) else {
                 continue;
             };
             let envelopes = envelopes_of(p.seq, &p.msg_type, &p.json, Some(stamp));
-            if let Some(link) = link
-                && envelopes.iter().all(|e| link.send(e.to_json()))
-            {
-                p.via = Via::P2p;
-                p.sent_at = now;
-                peer.last_progress_at = now;
-                continue;
+            if let Some(l) = link {
+                // (All of a message's chunks or none; after a refusal, none of the later
+                // messages either: they go as the channel drains, or by the relay.)
+                if l.send_all(envelopes.iter().map(Envelope::to_json).collect()) {
+                    p.via = Via::P2p;
+                    p.sent_at = now;
+                    peer.last_progress_at = now;
+                    continue;
+                }
+                link = None;
             }
             if !relay_ok {
                 // Nowhere to go now: unsent (the next tick, flush or resume sends it; a try
@@ -1356,9 +1358,19 @@ impl Driver {
 
     /// The room is over: whatever is not acknowledged fails.
     fn end(&mut self) {
-        let ids: Vec<String> = self.peers.keys().cloned().collect();
-        for id in ids {
-            self.remove_peer(&id);
+        // (Every peer's, in the order they were sent.)
+        let mut failed: Vec<(u64, String)> = Vec::new();
+        for (id, peer) in std::mem::take(&mut self.peers) {
+            failed.extend(
+                peer.waiting
+                    .into_values()
+                    .flatten()
+                    .map(|d| (d, id.clone())),
+            );
+        }
+        failed.sort_unstable();
+        for (d, id) in failed {
+            self.settle(d, Some(&id));
         }
         for held in std::mem::take(&mut self.held) {
             let _ = held.done.send(Err(SendError::Undeliverable(held.ids)));
