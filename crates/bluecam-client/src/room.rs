@@ -193,6 +193,17 @@ fn snake(name: &str) -> String {
     out
 }
 
+/// The indexes of a peer's pending messages that `keep` picks, oldest first.
+fn pending_where(outbox: &Outbox, keep: impl Fn(&crate::delivery::Pending) -> bool) -> Vec<usize> {
+    outbox
+        .pending()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| keep(p))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -564,14 +575,7 @@ impl Driver {
         let was_p2p = peer.path == Path::P2p;
         peer.path = Path::Relay;
         let info = peer.info.clone();
-        let on_channel: Vec<usize> = peer
-            .outbox
-            .pending()
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.via == Via::P2p)
-            .map(|(i, _)| i)
-            .collect();
+        let on_channel = pending_where(&peer.outbox, |p| p.via == Via::P2p);
         if was_p2p {
             self.emit(Event::PathChange {
                 peer: info,
@@ -647,14 +651,7 @@ impl Driver {
                 let Some(peer) = self.peers.get(id) else {
                     return;
                 };
-                let fresh: Vec<usize> = peer
-                    .outbox
-                    .pending()
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.via == Via::None)
-                    .map(|(i, _)| i)
-                    .collect();
+                let fresh = pending_where(&peer.outbox, |p| p.via == Via::None);
                 self.transmit(id, &fresh, false);
             }
             LinkEvent::Down => {
@@ -988,14 +985,7 @@ impl Driver {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            let unsent: Vec<usize> = self.peers[&id]
-                .outbox
-                .pending()
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.sent_at == 0)
-                .map(|(i, _)| i)
-                .collect();
+            let unsent = pending_where(&self.peers[&id].outbox, |p| p.sent_at == 0);
             if !unsent.is_empty() {
                 self.send_pending(&id, &unsent, false, !channels_only);
             }
