@@ -1368,6 +1368,37 @@ impl Driver {
         self.emit(Event::Connection("disconnected"));
     }
 
+    /// The app's command while the server is away; true when it left (or dropped the Room):
+    /// the room is over.
+    fn command_while_away(&mut self, cmd: Option<Command>) -> bool {
+        match cmd {
+            Some(Command::Send {
+                msg_type,
+                json,
+                to,
+                done,
+            }) => {
+                self.send(msg_type, json, to, done);
+                false
+            }
+            Some(Command::Leave(done)) => {
+                self.leave_done = Some(done);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Messages and acks over the data channels go while the server is away.
+    fn flush_while_away(&mut self) {
+        if self.flush_due {
+            self.flush_channels();
+        }
+        if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
+            self.flush_acks();
+        }
+    }
+
     /// Resumes the session, backing off up to 5 s; `None` when the server refuses it (the
     /// session expired, the token was refused, the room is gone) or the app left meanwhile.
     async fn resume(
@@ -1387,25 +1418,13 @@ impl Driver {
                 loop {
                     tokio::select! {
                         r = &mut attempt => break r,
-                        cmd = commands.recv() => match cmd {
-                            Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
-                            // Left (or the Room was dropped) while away: over.
-                            Some(Command::Leave(done)) => {
-                                self.leave_done = Some(done);
-                                return None;
-                            }
-                            None => return None,
+                        cmd = commands.recv() => if self.command_while_away(cmd) {
+                            return None;
                         },
                         _ = ticker.tick() => self.expire(),
                         Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
                     }
-                    // (Messages and acks over the data channels go while the server is away.)
-                    if self.flush_due {
-                        self.flush_channels();
-                    }
-                    if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
-                        self.flush_acks();
-                    }
+                    self.flush_while_away();
                 }
             };
             self.nodes = nodes;
@@ -1478,21 +1497,11 @@ impl Driver {
                     () = &mut backoff => break,
                     _ = ticker.tick() => self.expire(),
                     Some((id, generation, event)) = links.recv() => self.on_link(&id, &generation, event),
-                    cmd = commands.recv() => match cmd {
-                        Some(Command::Send { msg_type, json, to, done }) => self.send(msg_type, json, to, done),
-                        Some(Command::Leave(done)) => {
-                            self.leave_done = Some(done);
-                            return None;
-                        }
-                        None => return None,
+                    cmd = commands.recv() => if self.command_while_away(cmd) {
+                        return None;
                     },
                 }
-                if self.flush_due {
-                    self.flush_channels();
-                }
-                if self.acks_due_at.is_some_and(|t| t <= Instant::now()) {
-                    self.flush_acks();
-                }
+                self.flush_while_away();
             }
             wait = (wait * 2).min(Duration::from_secs(5));
         }
