@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 /// The JSON text of one server frame. Cloning shares the bytes.
 ///
-/// Invariant: the bytes are valid UTF-8 (they only ever come from a `String`).
+/// Invariant: the bytes are valid UTF-8 (serde_json writes UTF-8; other bytes are checked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     bytes: Bytes,
@@ -25,7 +25,7 @@ impl Frame {
                 | ServerMessage::Pong
         );
         Self {
-            bytes: Bytes::from(msg.to_json()),
+            bytes: Bytes::from(msg.to_json_bytes()),
             resumable,
         }
     }

@@ -186,6 +186,23 @@ impl<'a> ServerMessage<'a> {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// [`Self::to_json`] as bytes (UTF-8), in a buffer sized for the frame up front: a relayed
+    /// `message` or `signal` is written once, without growing (and copying) its buffer on
+    /// the way.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // `{"op":"message","from":"…","msg":…}`: the payload, the sender's id and 40 bytes.
+        let size = match self {
+            Self::Message(m) => m.msg.get().len() + m.from.as_str().len() + 40,
+            Self::Signal(s) => s.data.get().len() + s.from.as_str().len() + 40,
+            Self::ServerMessage(m) => m.data.get().len() + m.msg_type.len() + 96,
+            _ => 128,
+        };
+        let mut out = Vec::with_capacity(size);
+        // (Cannot fail, as above.)
+        let _ = serde_json::to_writer(&mut out, self);
+        out
+    }
+
     /// Parses one frame (for clients).
     pub fn from_json(text: &'a str) -> Result<Self, serde_json::Error> {
         let op: OpOnly<'_> = serde_json::from_str(text)?;

@@ -106,6 +106,22 @@ fn server_frames_parse_and_serialize_back_to_the_same_bytes() {
                         v.name, v.text
                     ));
                 }
+                // The server writes frames with `to_json_bytes`: the same bytes, and a relayed
+                // frame's buffer sized right at once (one that grew would have spare room).
+                let bytes = msg.to_json_bytes();
+                if bytes != again.as_bytes() {
+                    failures.push(format!("{}: to_json_bytes differs from to_json", v.name));
+                }
+                if matches!(v.op.as_str(), "message" | "signal")
+                    && bytes.capacity() - bytes.len() > 16
+                {
+                    failures.push(format!(
+                        "{}: buffer of {} bytes for a frame of {}",
+                        v.name,
+                        bytes.capacity(),
+                        bytes.len()
+                    ));
+                }
             }
             Err(e) => failures.push(format!("{}: refused: {e}", v.name)),
         }

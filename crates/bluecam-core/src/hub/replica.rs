@@ -405,7 +405,12 @@ impl Hub {
                     // here: kept until acknowledged, as this node's own are.
                     self.adopt_server_message(room_id, &targets, frame);
                 } else {
-                    self.route(room_id, &targets, frame, None);
+                    self.route(
+                        room_id,
+                        super::routing::Targets::Peers(&targets),
+                        frame,
+                        None,
+                    );
                 }
             }
         }

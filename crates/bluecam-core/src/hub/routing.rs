@@ -35,7 +35,8 @@ impl Hub {
                     from,
                     data: Cow::Borrowed(&*data),
                 }));
-                self.route(&room_id, &[to], frame, Some(Origin { conn, reference }));
+                let origin = Some(Origin { conn, reference });
+                self.route(&room_id, Targets::Peers(&[to]), frame, origin);
             }
             M::Send { to, msg, reference } => {
                 if !self.may_send_data(&room_id, &from) {
@@ -49,13 +50,26 @@ impl Hub {
                     );
                     return;
                 }
-                let (targets, unknown) = self.targets(&room_id, &from, to);
-                if !targets.is_empty() {
-                    let frame = Frame::new(&ServerMessage::Message(MessageFrame {
+                let origin = Some(Origin { conn, reference });
+                let message = |from| {
+                    Frame::new(&ServerMessage::Message(MessageFrame {
                         from,
                         msg: Cow::Borrowed(&*msg),
-                    }));
-                    self.route(&room_id, &targets, frame, Some(Origin { conn, reference }));
+                    }))
+                };
+                let Some(to) = to else {
+                    // To everyone else: the room's peers are gone through once, in place
+                    // (most messages; the sender is in the room, so one more means someone).
+                    if self.rooms.get(&room_id).is_some_and(|r| r.peers.len() > 1) {
+                        let frame = message(from.clone());
+                        self.route(&room_id, Targets::AllBut(&from), frame, origin);
+                    }
+                    return;
+                };
+                let (targets, unknown) = self.targets(&room_id, &from, Some(to));
+                if !targets.is_empty() {
+                    let frame = message(from);
+                    self.route(&room_id, Targets::Peers(&targets), frame, origin);
                 }
                 if !unknown.is_empty() {
                     self.outputs.push_back(Output::UnknownPeers {
@@ -120,31 +134,47 @@ impl Hub {
     pub(super) fn route(
         &mut self,
         room_id: &RoomId,
-        targets: &[PeerId],
+        targets: Targets<'_>,
         frame: Frame,
         origin: Option<Origin>,
     ) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
-        let mut conns = Vec::with_capacity(targets.len());
+        let mut conns = Vec::with_capacity(match targets {
+            Targets::Peers(list) => list.len(),
+            Targets::AllBut(_) => room.peers.len().saturating_sub(1),
+        });
         let mut detached = Vec::new();
         let mut remote: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
-        for target in targets {
-            match room.peers.get(target).map(|p| &p.at) {
-                Some(At::Here {
-                    link: Link::Attached(conn),
-                    ..
-                }) => conns.push(*conn),
-                Some(At::Here {
-                    link: Link::Detached { .. },
-                    ..
-                }) => detached.push(target.clone()),
-                Some(At::There(node)) => match remote.iter_mut().find(|(n, _)| n == node) {
-                    Some((_, to)) => to.push(target.clone()),
-                    None => remote.push((node.clone(), vec![target.clone()])),
-                },
-                None => {}
+        let mut sort = |target: &PeerId, at: &At| match at {
+            At::Here {
+                link: Link::Attached(conn),
+                ..
+            } => conns.push(*conn),
+            At::Here {
+                link: Link::Detached { .. },
+                ..
+            } => detached.push(target.clone()),
+            At::There(node) => match remote.iter_mut().find(|(n, _)| n == node) {
+                Some((_, to)) => to.push(target.clone()),
+                None => remote.push((node.clone(), vec![target.clone()])),
+            },
+        };
+        match targets {
+            Targets::Peers(list) => {
+                for target in list {
+                    if let Some(peer) = room.peers.get(target) {
+                        sort(target, &peer.at);
+                    }
+                }
+            }
+            Targets::AllBut(from) => {
+                for (target, peer) in &room.peers {
+                    if target != from {
+                        sort(target, &peer.at);
+                    }
+                }
             }
         }
         for (node, to) in remote {
@@ -163,6 +193,9 @@ impl Hub {
     /// Keeps `frame` for detached peers; a peer whose buffer would overflow loses its session
     /// (its sender learns through `peer_left`: nothing is dropped silently).
     pub(super) fn buffer_for(&mut self, room_id: &RoomId, peers: &[PeerId], frame: &Frame) {
+        if peers.is_empty() {
+            return;
+        }
         let mut overflowed = Vec::new();
         if let Some(room) = self.rooms.get_mut(room_id) {
             for peer_id in peers {
@@ -336,4 +369,13 @@ impl Hub {
             .map(|o| o.unacked.iter().map(|(_, _, f)| f.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The peers of a room a frame goes to.
+#[derive(Clone, Copy)]
+pub(super) enum Targets<'a> {
+    /// These (ids not in the room are passed over).
+    Peers(&'a [PeerId]),
+    /// Every peer of the room but this one.
+    AllBut(&'a PeerId),
 }

@@ -92,22 +92,27 @@ pub(crate) async fn write_batch<T: Transport>(
     shared: &crate::driver::ConnShared,
     state: &AppState,
 ) -> Option<Option<CloseCode>> {
-    let mut written = 0;
-    while let Some(out) = slot.as_ref() {
+    // Frames written are counted once per batch, one update of the shared counter rather than
+    // one per frame; when the batch ends, or when it is dropped while it waits (see
+    // `Connection::step`).
+    let mut written = FramesOut(0, &state.metrics.frames_out);
+    let end = loop {
+        let Some(out) = slot.as_ref() else {
+            break None;
+        };
         match out {
             Outbound::Frame { text, resumable } => {
                 let len = text.len();
                 let put = socket.put(text, *resumable, state).await;
                 if matches!(put, Put::Stalled) {
-                    return Some(Some(CloseCode::SlowConsumer));
+                    break Some(Some(CloseCode::SlowConsumer));
                 }
                 *slot = None;
                 shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 if matches!(put, Put::Gone) {
-                    return Some(None);
+                    break Some(None);
                 }
-                state.metrics.frames_out.increment(1);
-                written += 1;
+                written.0 += 1;
             }
             Outbound::Close(code) => {
                 let code = *code;
@@ -116,14 +121,29 @@ pub(crate) async fn write_batch<T: Transport>(
                 // leaves it for the write that waits.)
                 let _ = socket.flush_batch(state).await;
                 *slot = None;
-                return Some(Some(code));
+                break Some(Some(code));
             }
         }
-        if written < WRITE_BATCH {
+        if written.0 < WRITE_BATCH {
             *slot = shared.queue.try_pop();
         }
+    };
+    drop(written);
+    match end {
+        Some(end) => Some(end),
+        None => socket.flush_batch(state).await,
     }
-    socket.flush_batch(state).await
+}
+
+/// Frames written by one [`write_batch`], counted when it ends or is dropped.
+struct FramesOut<'a>(usize, &'a ::metrics::Counter);
+
+impl Drop for FramesOut<'_> {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            self.1.increment(self.0 as u64);
+        }
+    }
 }
 
 /// A batch whose write has to wait for the socket (a peer that stops reading: TCP zero
