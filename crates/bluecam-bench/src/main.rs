@@ -523,34 +523,51 @@ async fn connect(addr: SocketAddr, path: &str, source: Option<Ipv4Addr>) -> anyh
     if let Some(ip) = source {
         socket.bind(SocketAddr::from((ip, 0)))?;
     }
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
-        .write_buffer_size(0);
-    let url = format!("ws://{addr}{path}");
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
-    Ok(ws)
+    let open = async {
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0);
+        let url = format!("ws://{addr}{path}");
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        anyhow::Ok(ws)
+    };
+    match tokio::time::timeout(ANSWER_BOUND, open).await {
+        Ok(ws) => ws,
+        Err(_) => bail!("no WebSocket to {addr} within {ANSWER_BOUND:?}"),
+    }
 }
 
-/// Sends `join` and waits for `joined`.
+/// How long [`connect`] and [`join`] wait for the server: a server that holds a connection or
+/// a join fails the run, naming which, instead of hanging it.
+const ANSWER_BOUND: Duration = Duration::from_secs(20);
+
+/// Sends `join` and waits for `joined` (at most [`ANSWER_BOUND`]).
 async fn join(ws: &mut Ws, token: String) -> anyhow::Result<Joined> {
     let frame = ClientMessage::Join {
         token,
         resume: None,
     }
     .to_json();
-    ws.send(Message::text(frame)).await?;
-    while let Some(msg) = ws.next().await {
-        if let Message::Text(text) = msg? {
-            match ServerMessage::from_json(&text)? {
-                ServerMessage::Joined(joined) => return Ok(*joined),
-                ServerMessage::Error(e) => bail!("join failed: {} {}", e.code, e.message),
-                _ => {}
+    let answer = async {
+        ws.send(Message::text(frame)).await?;
+        while let Some(msg) = ws.next().await {
+            if let Message::Text(text) = msg? {
+                match ServerMessage::from_json(&text)? {
+                    ServerMessage::Joined(joined) => return Ok(*joined),
+                    ServerMessage::Error(e) => bail!("join failed: {} {}", e.code, e.message),
+                    _ => {}
+                }
             }
         }
+        bail!("connection closed before joined")
+    };
+    match tokio::time::timeout(ANSWER_BOUND, answer).await {
+        Ok(joined) => joined,
+        Err(_) => bail!("no joined within {ANSWER_BOUND:?}"),
     }
-    bail!("connection closed before joined")
 }
 
 fn source_ip(i: usize) -> Ipv4Addr {

@@ -61,7 +61,11 @@ impl Node {
     }
 
     pub(super) async fn healthy(&self) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
+        // (Each check bounded: a server that takes the connection and never answers is not
+        // healthy.)
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         for _ in 0..400 {
             if http
                 .get(format!("http://{}/healthz", self.addr))

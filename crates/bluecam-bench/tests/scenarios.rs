@@ -11,6 +11,7 @@
 
 use serde_json::Value;
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -35,25 +36,51 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// How long one bench run may take (below the test runner's bound of 300 s per test).
+const RUN_BOUND: std::time::Duration = std::time::Duration::from_secs(240);
+
 fn bench(args: &[&str]) -> Value {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = temp_dir(&format!("bench-{}-{run}", args[0]));
     let json = dir.join("result.json");
     require_server_bin();
-    let out = Command::new(BENCH)
+    // The bench's progress goes to a file, so that a run that does not end is stopped here,
+    // before the test runner's bound, and fails with what it had done (a run killed by the
+    // runner shows nothing).
+    let log = dir.join("stderr.log");
+    let mut child = Command::new(BENCH)
         .args(args)
         .arg("--json")
         .arg(&json)
         .env_remove("BLUECAM_API_SECRET")
         .env_remove("BLUECAM_BIN")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        // (Its own process group: one that does not end is killed with what it started.)
+        .process_group(0)
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let deadline = std::time::Instant::now() + RUN_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    match status {
+        None => {
+            panic!("`bluecam-bench {args:?}` did not end in {RUN_BOUND:?}; it wrote:\n{stderr}")
+        }
+        Some(status) => assert!(status.success(), "{stderr}"),
+    }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
     v
