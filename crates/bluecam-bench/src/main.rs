@@ -14,6 +14,11 @@
 //! `--target peerjs|matchbox` measures those servers with the same load (`wire.rs`);
 //! `--pin` puts the server on core 0 and the generator on core 1. The flags: `cli.rs`.
 
+/// The allocator `bluecam` ships with: the bare relay (`baseline-server`) and BlueCam are
+/// compared on the same one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context as _, bail};
 use bluecam_proto::{ClientMessage, Joined, PeerId, RawValue, ServerMessage};
 use bluecam_server::{Claims, Secret};

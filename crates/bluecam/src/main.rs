@@ -2,6 +2,11 @@
 //! rooms and mint tokens for an app's backend or a shell; `join` takes part in a room. (The load generator is its own
 //! binary, `bluecam-bench`, so nothing of it ships here.)
 
+/// The allocator (BENCHMARKS.md, "The allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli_join;
 mod cli_room;
 mod logs;
