@@ -519,6 +519,12 @@ mod tests {
     /// other's offer in `have-local-offer`: the impolite side ignores it, the polite side rolls
     /// its own back and answers; the channel opens and carries data both ways. Real WebRTC on
     /// this machine's interfaces, the two links' signals passed by hand.
+    ///
+    /// Each side sends again every 100 ms until the other's message has arrived, as the room
+    /// does with what is not acknowledged: a message sent the moment one side's channel opens
+    /// can reach the other before the `webrtc` crate has opened the channel there, and that
+    /// crate then drops it (docs/native-client.md, "Known limits"; 1 run in 8 under load
+    /// before this loop).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn both_sides_offering_at_once_still_open_the_channel() {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -530,9 +536,22 @@ mod tests {
         let mut offers = (false, false);
         let mut opened = (false, false);
         let mut got = (None, None);
+        let mut again = tokio::time::interval(Duration::from_millis(100));
         tokio::time::timeout(Duration::from_secs(20), async {
             while got.0.is_none() || got.1.is_none() {
-                let (peer, _, event) = rx.recv().await.expect("the links went away");
+                let (peer, _, event) = tokio::select! {
+                    got = rx.recv() => got.expect("the links went away"),
+                    _ = again.tick() => {
+                        // (What the other side has not had yet, again.)
+                        if opened.0 && got.1.is_none() {
+                            assert!(a.send("from a".to_owned()));
+                        }
+                        if opened.1 && got.0.is_none() {
+                            assert!(b.send("from b".to_owned()));
+                        }
+                        continue;
+                    }
+                };
                 let from_a = peer == "b";
                 match event {
                     LinkEvent::Signal(data) => {
