@@ -705,9 +705,15 @@ impl Connection {
                     // Between pings a connection is often idle: its queue holds no memory
                     // then.
                     self.shared.queue.trim();
-                    let idle = self.state.config.limits.idle_timeout();
-                    if socket.heard_at(self.last_heard).elapsed() >= idle {
+                    let limits = &self.state.config.limits;
+                    let silent = socket.heard_at(self.last_heard).elapsed();
+                    if silent >= limits.idle_timeout() {
                         Step::End(Some(CloseCode::IdleTimeout))
+                    } else if silent < limits.ping_interval() / 2 {
+                        // Heard from lately (the SDK pings every 5 s when it has nothing to
+                        // say): alive, and its traffic keeps proxies and NATs open; a ping
+                        // would only cost both ends a frame.
+                        continue;
                     } else {
                         Step::Wait(Slow::Ping)
                     }

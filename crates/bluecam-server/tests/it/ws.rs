@@ -339,3 +339,46 @@ async fn a_websocket_handshake_in_one_piece_or_in_pieces_both_join() {
         c.expect_joined().await;
     }
 }
+
+/// The server pings a connection it has not heard from lately, and only that: a client that
+/// talks (the SDK pings every 5 s when it has nothing to say) gets no WebSocket ping, a silent
+/// one gets one per round (and answers it, so it stays).
+#[tokio::test]
+async fn only_a_silent_connection_is_pinged() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::with(|c| c.limits.ping_interval_secs = 1).await;
+    let room = s.room().await;
+    let mut talker = s.join(&room, "talker").await;
+    let mut silent = s.join(&room, "silent").await;
+    // Three rounds of pings; each client reads all along (tungstenite answers a ping when read).
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    async fn pings(client: &mut Client, talks: bool, until: tokio::time::Instant) -> usize {
+        let ws = &mut client.ws;
+        let mut pings = 0;
+        let mut beat = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return pings,
+                _ = beat.tick(), if talks => {
+                    let ping = Message::text(r#"{"op":"ping"}"#);
+                    futures_util::SinkExt::send(ws, ping).await.unwrap();
+                }
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    Some(Ok(_)) => {}
+                    other => panic!("the connection ended: {other:?}"),
+                },
+            }
+        }
+    }
+    let (talked, was_silent) = tokio::join!(
+        pings(&mut talker, true, until),
+        pings(&mut silent, false, until)
+    );
+    assert_eq!(talked, 0, "a client heard from lately was pinged");
+    assert!(
+        was_silent >= 2,
+        "a silent client got {was_silent} pings in three rounds"
+    );
+}
