@@ -63,6 +63,11 @@ pub(crate) enum Scenario {
         /// RSS is measured again once they are idle (a used connection; 0: not measured).
         #[arg(long, default_value_t = 100)]
         pings: u32,
+        /// While held, each connection pings every this many seconds, as an idle SDK client
+        /// does (its watchdog pings after 5 s of silence; BlueCam's `ping` frame, a WebSocket
+        /// ping to the other targets), the first at a point spread over the period; 0: silent.
+        #[arg(long, default_value_t = 0)]
+        heartbeat_secs: u64,
     },
     /// N clients connect and join as fast as allowed; join rate and latency.
     JoinStorm {
@@ -282,5 +287,7 @@ pub(crate) enum Scenario {
         source_ip: Ipv4Addr,
         #[arg(long, default_value_t = 0)]
         pings: u32,
+        #[arg(long, default_value_t = 0)]
+        heartbeat_secs: u64,
     },
 }

@@ -10,6 +10,7 @@ pub(super) async fn idle(
     room_size: usize,
     procs: usize,
     hold_secs: u64,
+    heartbeat_secs: u64,
     pings: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let rooms = connections.div_ceil(room_size);
@@ -42,6 +43,8 @@ pub(super) async fn idle(
             .arg(source_ip(w).to_string())
             .arg("--pings")
             .arg(pings.to_string())
+            .arg("--heartbeat-secs")
+            .arg(heartbeat_secs.to_string())
             .env("BLUECAM_API_SECRET", target.secret.expose())
             .env("BLUECAM_BENCH_TAG", wire::run_tag())
             .stdin(Stdio::piped())
@@ -133,6 +136,7 @@ pub(super) async fn idle(
         "server_rss_after_kib": rss_after,
         "server_rss_per_connection_bytes": per_conn,
         "server_idle_cpu_percent": idle_cpu,
+        "heartbeat_secs": heartbeat_secs,
         "pings_per_connection": pings,
         "ping_secs": ping_secs,
         "ping_connections_lost": ping_lost,
@@ -187,6 +191,8 @@ pub(super) struct WorkerSpec {
     pub source: Ipv4Addr,
     /// WebSocket pings each connection sends when told (`ping` on stdin).
     pub pings: u32,
+    /// While held, a ping every this long (zero: none).
+    pub heartbeat: Duration,
 }
 
 pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Result<()> {
@@ -197,6 +203,7 @@ pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Resul
         count,
         source,
         pings,
+        heartbeat,
     } = w;
     let sem = Arc::new(Semaphore::new(128));
     let mut tasks = tokio::task::JoinSet::new();
@@ -232,11 +239,22 @@ pub(super) async fn idle_worker(target: &Target, w: WorkerSpec) -> anyhow::Resul
             let ok = ws.is_ok();
             let _ = done.send(ok).await;
             if let Ok(mut ws) = ws {
-                // Keep reading so pings are answered; ping when told; stop when told.
+                // Keep reading so pings are answered; ping when told; stop when told; and,
+                // with a heartbeat, ping every period, the first at this connection's share
+                // of it (so the connections' pings are spread evenly).
                 let mut told_to_ping = false;
+                let period = heartbeat.max(Duration::from_millis(1));
+                let offset = period.mul_f64((i % 1000) as f64 / 1000.0);
+                let mut beat =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                 loop {
                     tokio::select! {
                         msg = ws.next() => if msg.is_none() { break },
+                        _ = beat.tick(), if !heartbeat.is_zero() && !told_to_ping => {
+                            if ws.send(heartbeat_frame(kind)).await.is_err() {
+                                break;
+                            }
+                        }
                         () = ping.cancelled(), if !told_to_ping => {
                             told_to_ping = true;
                             let ok = ping_pong(&mut ws, kind, pings).await;
@@ -285,6 +303,15 @@ async fn tally(reports: &mut tokio::sync::mpsc::Receiver<bool>, n: usize) -> (us
         }
     }
     (ok, failed)
+}
+
+/// What an idle client sends as its heartbeat: BlueCam's `ping` frame (as the SDK), a
+/// WebSocket ping to the others.
+fn heartbeat_frame(kind: TargetKind) -> Message {
+    match kind {
+        TargetKind::Bluecam => Message::Text(ClientMessage::Ping.to_json().into()),
+        _ => Message::Ping(Vec::new().into()),
+    }
 }
 
 /// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, answered

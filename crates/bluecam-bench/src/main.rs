@@ -104,6 +104,7 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
             procs,
             hold_secs,
             pings,
+            heartbeat_secs,
         } => {
             idle(
                 target,
@@ -111,6 +112,7 @@ async fn run_on(target: &Target, scenario: &Scenario) -> anyhow::Result<serde_js
                 room_size,
                 procs.max(1),
                 hold_secs,
+                heartbeat_secs,
                 pings,
             )
             .await?
@@ -260,6 +262,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             count,
             source_ip,
             pings,
+            heartbeat_secs,
         } => {
             let target = Target {
                 kind: args.target,
@@ -278,6 +281,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 count: *count,
                 source: *source_ip,
                 pings: *pings,
+                heartbeat: Duration::from_secs(*heartbeat_secs),
             };
             return idle_worker(&target, spec).await;
         }

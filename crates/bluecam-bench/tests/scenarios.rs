@@ -100,8 +100,11 @@ fn bench_idle_smoke() {
         "1",
         "--pings",
         "5",
+        "--heartbeat-secs",
+        "1",
     ]);
     assert_eq!(v["connections_held"], 40, "{v}");
+    assert_eq!(v["heartbeat_secs"], 1, "{v}");
     assert_eq!(v["connections_failed"], 0, "{v}");
     assert!(v["server_rss_per_connection_bytes"].is_number(), "{v}");
     assert!(v["server_rss_per_used_connection_bytes"].is_number(), "{v}");
