@@ -194,6 +194,8 @@ enum Slow {
     Reject(FrameError),
     /// An error to send (the frame was dropped).
     Error(ErrorFrame),
+    /// The answer to the client's `ping`.
+    Pong,
 }
 
 /// What came in from the client.
@@ -764,6 +766,10 @@ impl Connection {
             }
             Slow::Reject(e) => self.reject(socket, e).await.map(Some),
             Slow::Error(e) => send_error_frame(state, socket, e).await.err().map(Some),
+            Slow::Pong => {
+                let pong = ServerMessage::Pong.to_json();
+                socket.send_text(pong, state).await.err().map(Some)
+            }
         }
     }
 
@@ -807,6 +813,12 @@ impl Connection {
         match ClientMessage::from_json(text) {
             Ok(msg) => {
                 state.metrics.frame_in(msg.op());
+                if matches!(msg, ClientMessage::Ping) {
+                    // Answered by the connection itself, as an error is: a `pong` concerns no
+                    // one else (an idle SDK client sends a `ping` every 5 s; through the
+                    // driver it took the node's lock, the room's rules and the queue).
+                    return Some(Slow::Pong);
+                }
                 if let ClientMessage::Send { msg: payload, .. } = &msg {
                     state
                         .metrics
