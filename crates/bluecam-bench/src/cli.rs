@@ -64,8 +64,9 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 100)]
         pings: u32,
         /// While held, each connection pings every this many seconds, as an idle SDK client
-        /// does (its watchdog pings after 5 s of silence; BlueCam's `ping` frame, a WebSocket
-        /// ping to the other targets), the first at a point spread over the period; 0: silent.
+        /// does (BlueCam's SDK pings after 5 s of silence; peerjs's client sends `HEARTBEAT`
+        /// every 5 s; a WebSocket ping to matchbox and the bare relay), the first at a point
+        /// spread over the period; 0: silent.
         #[arg(long, default_value_t = 0)]
         heartbeat_secs: u64,
     },

@@ -305,17 +305,20 @@ async fn tally(reports: &mut tokio::sync::mpsc::Receiver<bool>, n: usize) -> (us
     (ok, failed)
 }
 
-/// What an idle client sends as its heartbeat: BlueCam's `ping` frame (as the SDK), a
-/// WebSocket ping to the others.
+/// What an idle client sends as its heartbeat: BlueCam's `ping` frame (as the SDK does),
+/// peerjs's `HEARTBEAT` (as its client library does, every 5 s), a WebSocket ping to the
+/// others (matchbox's protocol has no heartbeat message; the bare relay would relay one).
 fn heartbeat_frame(kind: TargetKind) -> Message {
     match kind {
         TargetKind::Bluecam => Message::Text(ClientMessage::Ping.to_json().into()),
+        TargetKind::Peerjs => Message::Text(r#"{"type":"HEARTBEAT"}"#.into()),
         _ => Message::Ping(Vec::new().into()),
     }
 }
 
-/// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, answered
-/// by the server's room logic, as a client's frames are), a WebSocket ping to the others;
+/// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, whose
+/// `pong` goes through the connection's queue as every frame to it does), a WebSocket ping to
+/// the others;
 /// false when the connection broke.
 async fn ping_pong(ws: &mut Ws, kind: TargetKind, n: u32) -> bool {
     let bluecam = matches!(kind, TargetKind::Bluecam);

@@ -135,6 +135,20 @@ pub(crate) async fn write_batch<T: Transport>(
     }
 }
 
+/// Writes the `pong` to a client's `ping` (as [`write_batch`] writes a frame); `Some` when the
+/// connection must end, as there.
+async fn answer<T: Transport>(socket: &mut T, state: &AppState) -> Option<Option<CloseCode>> {
+    match socket
+        .put(&Utf8Bytes::from_static(PONG), false, state)
+        .await
+    {
+        Put::Stalled => return Some(Some(CloseCode::SlowConsumer)),
+        Put::Gone => return Some(None),
+        Put::Taken => state.metrics.frames_out.increment(1),
+    }
+    socket.flush_batch(state).await
+}
+
 /// Frames written by one [`write_batch`], counted when it ends or is dropped.
 struct FramesOut<'a>(usize, &'a ::metrics::Counter);
 
@@ -194,7 +208,7 @@ enum Slow {
     Reject(FrameError),
     /// An error to send (the frame was dropped).
     Error(ErrorFrame),
-    /// The answer to the client's `ping`.
+    /// The answer to the client's `ping` (written by `Connection::step`, never waited on).
     Pong,
 }
 
@@ -725,6 +739,20 @@ impl Connection {
                 Event::Driver(Next::Closed) => Step::End(self.shared.kill_code()),
                 Event::Socket(Incoming::Text(text)) => match self.on_text(&text) {
                     None => continue,
+                    // An idle SDK client pings every 5 s: through the driver each `pong` took
+                    // the node's lock, the room's rules, the queue and a wake of this task. It
+                    // goes the way a batch does (`put`, then the flush tried without waiting),
+                    // under the same rules; a flush that has to wait is the waiting write's
+                    // (`Slow::Write`, with the kill, shutdown and idle bounds). A socket too
+                    // full to take it leaves it out: that client is being sent frames anyway.
+                    Some(Slow::Pong) => {
+                        let write = answer(socket, &self.state);
+                        match std::pin::pin!(write).poll(cx) {
+                            Poll::Ready(Some(code)) => Step::End(code),
+                            Poll::Ready(None) => continue,
+                            Poll::Pending => Step::Wait(Slow::Write),
+                        }
+                    }
                     Some(slow) => Step::Wait(slow),
                 },
                 Event::Socket(Incoming::Binary) => {
@@ -766,10 +794,8 @@ impl Connection {
             }
             Slow::Reject(e) => self.reject(socket, e).await.map(Some),
             Slow::Error(e) => send_error_frame(state, socket, e).await.err().map(Some),
-            Slow::Pong => {
-                let pong = ServerMessage::Pong.to_json();
-                socket.send_text(pong, state).await.err().map(Some)
-            }
+            // (`step` writes it; as a waiting write, should it ever come here.)
+            Slow::Pong => answer(socket, state).await,
         }
     }
 
@@ -814,9 +840,8 @@ impl Connection {
             Ok(msg) => {
                 state.metrics.frame_in(msg.op());
                 if matches!(msg, ClientMessage::Ping) {
-                    // Answered by the connection itself, as an error is: a `pong` concerns no
-                    // one else (an idle SDK client sends a `ping` every 5 s; through the
-                    // driver it took the node's lock, the room's rules and the queue).
+                    // A `pong` concerns no one else: written by the connection itself (see
+                    // `Connection::step`), not through the node.
                     return Some(Slow::Pong);
                 }
                 if let ClientMessage::Send { msg: payload, .. } = &msg {
@@ -858,6 +883,9 @@ impl Connection {
         too_many.then_some(CloseCode::TooManyErrors)
     }
 }
+
+/// The answer to a client's `ping` (`ServerMessage::Pong`'s text: a test checks it).
+const PONG: &str = r#"{"op":"pong"}"#;
 
 fn frame_ref(msg: &ClientMessage<'_>) -> Option<u64> {
     match msg {
@@ -920,4 +948,13 @@ fn builtin_stun(
         username: None,
         credential: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `pong` a connection queues itself is the protocol's.
+    #[test]
+    fn the_pong_is_the_protocols() {
+        assert_eq!(super::PONG, bluecam_proto::ServerMessage::Pong.to_json());
+    }
 }
