@@ -317,8 +317,7 @@ fn heartbeat_frame(kind: TargetKind) -> Message {
 }
 
 /// Sends `n` pings, each after the last one's pong: BlueCam's own (`{"op":"ping"}`, whose
-/// `pong` goes through the connection's queue as every frame to it does), a WebSocket ping to
-/// the others;
+/// `pong` the connection writes at once, without its queue), a WebSocket ping to the others;
 /// false when the connection broke.
 async fn ping_pong(ws: &mut Ws, kind: TargetKind, n: u32) -> bool {
     let bluecam = matches!(kind, TargetKind::Bluecam);

@@ -952,7 +952,7 @@ fn builtin_stun(
 
 #[cfg(test)]
 mod tests {
-    /// The `pong` a connection queues itself is the protocol's.
+    /// The `pong` a connection writes itself is the protocol's.
     #[test]
     fn the_pong_is_the_protocols() {
         assert_eq!(super::PONG, bluecam_proto::ServerMessage::Pong.to_json());
