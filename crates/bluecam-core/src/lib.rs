@@ -18,5 +18,5 @@ pub use hub::{
     JoinRequest, LocalPeer, Origin, Output, RemotePeer, RestoredSession, RoomAccess, RoomEvent,
     secret_digest,
 };
-pub use limits::{BadFrameWindow, RateLimiter, TokenBucket};
+pub use limits::{BadFrameWindow, RateLimiter, Rates, TokenBucket};
 pub use node::{DirAnswer, Handled, Input, Node};

@@ -6,42 +6,36 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// What a token bucket holds and how fast it fills, without the clock (a [`RateLimiter`]'s
-/// two buckets share theirs: every connection has one).
-#[derive(Clone, Debug)]
-struct Level {
+/// How fast a token bucket fills and what it holds at most: the same for every connection (a
+/// [`RateLimiter`] is given its [`Rates`] at each check rather than keeping a copy: every
+/// connection has one).
+#[derive(Clone, Copy, Debug)]
+struct Fill {
     rate: f64,
     burst: f64,
-    tokens: f64,
 }
 
-impl Level {
-    /// A full bucket.
+impl Fill {
     fn new(rate_per_sec: f64, burst: f64) -> Self {
         Self {
             rate: rate_per_sec.max(f64::MIN_POSITIVE),
             burst,
-            tokens: burst,
         }
     }
 
-    fn refill(&mut self, elapsed_secs: f64) {
-        self.tokens = (self.tokens + elapsed_secs * self.rate).min(self.burst);
+    fn refill(self, tokens: &mut f64, elapsed_secs: f64) {
+        *tokens = (*tokens + elapsed_secs * self.rate).min(self.burst);
     }
 
-    /// How long until `n` tokens are available (zero when they are now).
-    fn wait_for(&self, n: f64) -> Duration {
-        if self.tokens >= n || (n > self.burst && self.tokens >= self.burst) {
+    /// How long until `n` tokens are available with `tokens` there now (zero when they are).
+    fn wait_for(self, tokens: f64, n: f64) -> Duration {
+        if tokens >= n || (n > self.burst && tokens >= self.burst) {
             // A single cost above the burst passes when the bucket is full, so an allowed
             // frame size larger than the byte burst can still get through.
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((n.min(self.burst) - self.tokens) / self.rate)
+            Duration::from_secs_f64((n.min(self.burst) - tokens) / self.rate)
         }
-    }
-
-    fn take(&mut self, n: f64) {
-        self.tokens -= n;
     }
 }
 
@@ -55,7 +49,8 @@ fn elapsed(last: &mut Instant, now: Instant) -> f64 {
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
-    level: Level,
+    fill: Fill,
+    tokens: f64,
     last: Instant,
 }
 
@@ -63,27 +58,29 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_sec: f64, burst: f64, now: Instant) -> Self {
         Self {
-            level: Level::new(rate_per_sec, burst),
+            fill: Fill::new(rate_per_sec, burst),
+            tokens: burst,
             last: now,
         }
     }
 
     fn refill(&mut self, now: Instant) {
-        self.level.refill(elapsed(&mut self.last, now));
+        self.fill
+            .refill(&mut self.tokens, elapsed(&mut self.last, now));
     }
 
     /// Takes `n` tokens whether they are there or not: a cost known only afterwards (an
     /// answer's size). The bucket may go into debt; nothing more passes until it is repaid.
     pub fn charge(&mut self, n: f64, now: Instant) {
         self.refill(now);
-        self.level.take(n);
+        self.tokens -= n;
     }
 
     /// Takes `n` tokens if they are there now; false (and nothing taken) otherwise.
     pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
         self.refill(now);
-        if self.level.wait_for(n).is_zero() {
-            self.level.take(n);
+        if self.fill.wait_for(self.tokens, n).is_zero() {
+            self.tokens -= n;
             true
         } else {
             false
@@ -91,43 +88,59 @@ impl TokenBucket {
     }
 }
 
-/// Frames-per-second and bytes-per-second limits of one connection: two buckets filled by
-/// one clock.
-#[derive(Clone, Debug)]
-pub struct RateLimiter {
-    frames: Level,
-    bytes: Level,
-    last: Instant,
+/// The frames-per-second and bytes-per-second limits a [`RateLimiter`] applies, and their
+/// bursts.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    frames: Fill,
+    bytes: Fill,
 }
 
-impl RateLimiter {
-    /// Both buckets start full.
+impl Rates {
     pub fn new(
         frames_per_sec: u32,
         burst_frames: u32,
         bytes_per_sec: u64,
         burst_bytes: u64,
-        now: Instant,
     ) -> Self {
         Self {
-            frames: Level::new(frames_per_sec.into(), burst_frames.into()),
-            bytes: Level::new(bytes_per_sec as f64, burst_bytes as f64),
+            frames: Fill::new(frames_per_sec.into(), burst_frames.into()),
+            bytes: Fill::new(bytes_per_sec as f64, burst_bytes as f64),
+        }
+    }
+}
+
+/// One connection's two buckets, frames and bytes, filled by one clock at the [`Rates`] each
+/// check is given (32 bytes: what it keeps is its own levels and clock).
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    frames: f64,
+    bytes: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// Both buckets start full.
+    pub fn new(rates: &Rates, now: Instant) -> Self {
+        Self {
+            frames: rates.frames.burst,
+            bytes: rates.bytes.burst,
             last: now,
         }
     }
 
     /// Admits a frame of `len` bytes, or says how long to wait. A refused frame costs nothing.
-    pub fn check(&mut self, len: usize, now: Instant) -> Result<(), Duration> {
+    pub fn check(&mut self, rates: &Rates, len: usize, now: Instant) -> Result<(), Duration> {
         let secs = elapsed(&mut self.last, now);
-        self.frames.refill(secs);
-        self.bytes.refill(secs);
-        let wait = self
+        rates.frames.refill(&mut self.frames, secs);
+        rates.bytes.refill(&mut self.bytes, secs);
+        let wait = rates
             .frames
-            .wait_for(1.0)
-            .max(self.bytes.wait_for(len as f64));
+            .wait_for(self.frames, 1.0)
+            .max(rates.bytes.wait_for(self.bytes, len as f64));
         if wait.is_zero() {
-            self.frames.take(1.0);
-            self.bytes.take(len as f64);
+            self.frames -= 1.0;
+            self.bytes -= len as f64;
             Ok(())
         } else {
             Err(wait)
@@ -179,27 +192,35 @@ mod tests {
     #[test]
     fn bucket_allows_burst_then_refuses_then_refills() {
         let t0 = Instant::now();
-        let mut rl = RateLimiter::new(10, 20, 1_000_000, 1_000_000, t0);
+        let rates = Rates::new(10, 20, 1_000_000, 1_000_000);
+        let mut rl = RateLimiter::new(&rates, t0);
         for _ in 0..20 {
-            assert!(rl.check(10, t0).is_ok());
+            assert!(rl.check(&rates, 10, t0).is_ok());
         }
-        let wait = rl.check(10, t0).unwrap_err();
+        let wait = rl.check(&rates, 10, t0).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
-        assert!(rl.check(10, t0 + Duration::from_millis(100)).is_ok());
-        assert!(rl.check(10, t0 + Duration::from_millis(100)).is_err());
+        assert!(
+            rl.check(&rates, 10, t0 + Duration::from_millis(100))
+                .is_ok()
+        );
+        assert!(
+            rl.check(&rates, 10, t0 + Duration::from_millis(100))
+                .is_err()
+        );
     }
 
     #[test]
     fn byte_bucket_limits_large_frames_and_refusal_costs_nothing() {
         let t0 = Instant::now();
-        let mut rl = RateLimiter::new(1000, 1000, 1000, 2000, t0);
-        assert!(rl.check(1500, t0).is_ok());
-        assert!(rl.check(1000, t0).is_err());
+        let rates = Rates::new(1000, 1000, 1000, 2000);
+        let mut rl = RateLimiter::new(&rates, t0);
+        assert!(rl.check(&rates, 1500, t0).is_ok());
+        assert!(rl.check(&rates, 1000, t0).is_err());
         // The refused frame did not consume frame tokens or bytes.
-        assert!(rl.check(500, t0).is_ok());
+        assert!(rl.check(&rates, 500, t0).is_ok());
         // A frame bigger than the byte burst passes only from a full bucket.
-        assert!(rl.check(5000, t0).is_err());
-        assert!(rl.check(5000, t0 + Duration::from_secs(2)).is_ok());
+        assert!(rl.check(&rates, 5000, t0).is_err());
+        assert!(rl.check(&rates, 5000, t0 + Duration::from_secs(2)).is_ok());
     }
 
     #[test]

@@ -390,6 +390,16 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// A connection's inbound rate limits (its `RateLimiter` keeps only its levels).
+    pub fn rates(&self) -> bluecam_core::Rates {
+        bluecam_core::Rates::new(
+            self.rate_frames_per_sec,
+            self.rate_burst_frames,
+            self.rate_bytes_per_sec,
+            self.rate_burst_bytes,
+        )
+    }
+
     pub fn join_timeout(&self) -> Duration {
         Duration::from_secs(self.join_timeout_secs)
     }

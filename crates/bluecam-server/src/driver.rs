@@ -46,6 +46,8 @@ pub enum Outbound {
 /// State shared between the driver and one connection task.
 #[derive(Debug, Default)]
 pub struct ConnShared {
+    /// The connection's id (kept here rather than in its task, whose every byte counts).
+    pub conn: ConnId,
     /// Bytes queued and not yet written; bounded by `outbound_queue_bytes`.
     pub queued_bytes: AtomicUsize,
     /// Set (with `kill`) when the driver drops the connection out of band: slow consumer.
@@ -190,7 +192,9 @@ struct ConnTx {
     shared: Arc<ConnShared>,
     /// Set once the connection overflowed: frames for it wait here, after those in its queue,
     /// until its task ends and hands both to the core's resume buffer.
-    spill: Option<Spill>,
+    /// (Boxed: few connections overflow, and every connection has an entry in the driver's
+    /// map.)
+    spill: Option<Box<Spill>>,
     /// Bytes replayed to it when it resumed: its queue may hold that much on top of the
     /// usual bound, so live frames arriving behind a large replay do not count the replay
     /// against it (a resume must not overflow before the client could read a frame).
@@ -323,7 +327,10 @@ impl Driver {
     /// Gives a new connection its id and outbound queue (`ConnShared::queue`).
     pub fn register(&self) -> (ConnId, Arc<ConnShared>) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let shared = Arc::new(ConnShared::default());
+        let shared = Arc::new(ConnShared {
+            conn,
+            ..ConnShared::default()
+        });
         self.lock().conns.insert(
             conn,
             ConnTx {
@@ -845,7 +852,7 @@ impl Driver {
             c.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.metrics.outbound_overflows.increment(1);
             c.shared.kill(CloseCode::SlowConsumer);
-            c.spill = Some(Spill::default());
+            c.spill = Some(Box::default());
         }
         if let Some(spill) = &mut c.spill
             && !spill.truncated

@@ -35,7 +35,7 @@ use std::{
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A WebSocket connection, numbered by the shell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
 /// Settings of the core.
@@ -88,15 +88,26 @@ pub fn secret_digest(secret: &SessionSecret) -> [u8; 32] {
     sha2::Sha256::digest(secret.expose().as_bytes()).into()
 }
 
-/// What the core keeps to check a resume's secret.
+/// What the core keeps to check a resume's secret. On a single node, its digest (as the
+/// durable session records keep it), inline: 32 bytes in the peer's record rather than an
+/// allocation of its own for every peer. In a cluster the secret itself: the directory keeps
+/// secrets, and this node registers its peers with it again after the directory lost its data.
 #[derive(Clone)]
 enum Secret {
     Plain(SessionSecret),
-    /// A session restored from disk keeps only the digest until its first resume.
     Digest([u8; 32]),
 }
 
 impl Secret {
+    /// How a node keeps `secret`.
+    fn kept(secret: &SessionSecret, cluster: bool) -> Self {
+        if cluster {
+            Self::Plain(secret.clone())
+        } else {
+            Self::Digest(secret_digest(secret))
+        }
+    }
+
     fn matches(&self, presented: &SessionSecret) -> bool {
         match self {
             Self::Plain(s) => s.matches(presented),
@@ -199,7 +210,12 @@ enum Link {
     Attached(ConnId),
     Detached {
         expires: Instant,
-        buffer: VecDeque<Frame>,
+        /// (Boxed: the peer's record, which every peer has, stays small.)
+        #[allow(
+            clippy::box_collection,
+            reason = "24 bytes less in every peer's record; a detached peer is rare"
+        )]
+        buffer: Box<VecDeque<Frame>>,
         bytes: usize,
     },
 }
@@ -397,25 +413,22 @@ impl Hub {
                 peers: peers::PeerMap::default(),
                 ver: 0,
             });
-        room.peers.insert(
-            r.info.id.clone(),
-            PeerState {
-                info: r.info.clone(),
-                permissions: r.permissions,
-                seq: self.next_seq,
-                at: At::Here {
-                    session: r.session.clone(),
-                    secret: Secret::Digest(r.secret_digest),
-                    link: Link::Detached {
-                        expires,
-                        buffer: VecDeque::new(),
-                        bytes: 0,
-                    },
+        room.peers.insert(PeerState {
+            info: r.info.clone(),
+            permissions: r.permissions,
+            seq: self.next_seq,
+            at: At::Here {
+                session: r.session.clone(),
+                secret: Secret::Digest(r.secret_digest),
+                link: Link::Detached {
+                    expires,
+                    buffer: Box::default(),
+                    bytes: 0,
                 },
-                moved_ver: 0,
-                out: None,
             },
-        );
+            moved_ver: 0,
+            out: None,
+        });
         self.sessions
             .insert(r.session.clone(), (room_id, r.info.id));
         self.expiries.insert((expires, r.session));
@@ -535,21 +548,18 @@ impl Hub {
         let others = sorted_peers(room);
         let others_conns = attached_conns(room, None);
         let detached_others: Vec<PeerId> = detached_peers(room);
-        room.peers.insert(
-            info.id.clone(),
-            PeerState {
-                info: info.clone(),
-                permissions: req.permissions,
-                seq,
-                at: At::Here {
-                    session: req.fresh.session.clone(),
-                    secret: Secret::Plain(req.fresh.secret.clone()),
-                    link: Link::Attached(req.conn),
-                },
-                moved_ver: 0,
-                out: None,
+        room.peers.insert(PeerState {
+            info: info.clone(),
+            permissions: req.permissions,
+            seq,
+            at: At::Here {
+                session: req.fresh.session.clone(),
+                secret: Secret::kept(&req.fresh.secret, view.is_some()),
+                link: Link::Attached(req.conn),
             },
-        );
+            moved_ver: 0,
+            out: None,
+        });
         let joined = Joined {
             self_: info.clone(),
             room: room.summary.clone(),
@@ -685,8 +695,6 @@ impl Hub {
         if room_id != req.room.summary.id || peer.info.identity != req.identity {
             return Err(JoinRejected::Unauthorized);
         }
-        // A restored session keeps the digest only until it is resumed with the secret.
-        *secret = Secret::Plain(creds.secret.clone());
         let old = std::mem::replace(link, Link::Attached(req.conn));
         let session_info = SessionInfo {
             id: session.clone(),
@@ -755,7 +763,7 @@ impl Hub {
         {
             *link = Link::Detached {
                 expires,
-                buffer: VecDeque::new(),
+                buffer: Box::default(),
                 bytes: 0,
             };
             self.expiries.insert((expires, session.clone()));

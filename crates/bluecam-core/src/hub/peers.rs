@@ -1,7 +1,8 @@
 //! A room's peers: a vector searched in order, rather than a hash map. Rooms are small (50
 //! peers by default), a peer is looked up by comparing ids, and the vector holds exactly its
 //! peers: a hash map of a room of ten kept sixteen slots of about 220 bytes each, the largest
-//! share of what the core holds per idle connection (BENCHMARKS.md). A large room (the limit
+//! share of what the core holds per idle connection (BENCHMARKS.md). A peer's id is the one in
+//! its record (`info.id`), not kept a second time as a key. A large room (the limit
 //! can be raised) gets an index by id, so that a broadcast, which looks up every peer, is not
 //! quadratic.
 
@@ -16,7 +17,7 @@ const INDEX_FROM: usize = 32;
 
 #[derive(Debug, Default)]
 pub(super) struct PeerMap {
-    entries: Vec<(PeerId, PeerState)>,
+    entries: Vec<PeerState>,
     /// Each peer's place in `entries`, in a large room.
     index: Option<Box<HashMap<PeerId, usize>>>,
 }
@@ -29,25 +30,26 @@ impl PeerMap {
     fn position(&self, id: &PeerId) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(id).copied(),
-            None => self.entries.iter().position(|(k, _)| k == id),
+            None => self.entries.iter().position(|p| p.info.id == *id),
         }
     }
 
     pub(super) fn get(&self, id: &PeerId) -> Option<&PeerState> {
-        self.position(id).map(|i| &self.entries[i].1)
+        self.position(id).map(|i| &self.entries[i])
     }
 
     pub(super) fn get_mut(&mut self, id: &PeerId) -> Option<&mut PeerState> {
-        self.position(id).map(|i| &mut self.entries[i].1)
+        self.position(id).map(|i| &mut self.entries[i])
     }
 
     pub(super) fn contains_key(&self, id: &PeerId) -> bool {
         self.position(id).is_some()
     }
 
-    /// Sets `id`'s state; the state it replaces, if any.
-    pub(super) fn insert(&mut self, id: PeerId, state: PeerState) -> Option<PeerState> {
-        if let Some(old) = self.get_mut(&id) {
+    /// Sets the state of its peer (`state.info.id`); the state it replaces, if any.
+    pub(super) fn insert(&mut self, state: PeerState) -> Option<PeerState> {
+        let id = &state.info.id;
+        if let Some(old) = self.get_mut(id) {
             return Some(std::mem::replace(old, state));
         }
         // One slot more at a time while the room is small (most are): its vector holds its
@@ -59,22 +61,24 @@ impl PeerMap {
         if let Some(index) = &mut self.index {
             index.insert(id.clone(), self.entries.len());
         }
-        self.entries.push((id, state));
+        self.entries.push(state);
         if self.index.is_none() && self.entries.len() > INDEX_FROM {
             let index = self.entries.iter().enumerate();
-            self.index = Some(Box::new(index.map(|(i, (k, _))| (k.clone(), i)).collect()));
+            self.index = Some(Box::new(
+                index.map(|(i, p)| (p.info.id.clone(), i)).collect(),
+            ));
         }
         None
     }
 
     pub(super) fn remove(&mut self, id: &PeerId) -> Option<PeerState> {
         let i = self.position(id)?;
-        let (_, state) = self.entries.swap_remove(i);
+        let state = self.entries.swap_remove(i);
         if let Some(index) = &mut self.index {
             index.remove(id);
             // The last peer took the removed one's place.
-            if let Some((moved, _)) = self.entries.get(i) {
-                index.insert(moved.clone(), i);
+            if let Some(moved) = self.entries.get(i) {
+                index.insert(moved.info.id.clone(), i);
             }
             if self.entries.len() <= INDEX_FROM / 2 {
                 self.index = None;
@@ -87,31 +91,31 @@ impl PeerMap {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.entries.iter().map(|p| (&p.info.id, p))
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = &PeerId> {
-        self.entries.iter().map(|(k, _)| k)
+        self.entries.iter().map(|p| &p.info.id)
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &PeerState> {
-        self.entries.iter().map(|(_, v)| v)
+        self.entries.iter()
     }
 
     pub(super) fn into_values(self) -> impl Iterator<Item = PeerState> {
-        self.entries.into_iter().map(|(_, v)| v)
+        self.entries.into_iter()
     }
 }
 
 impl<'a> IntoIterator for &'a PeerMap {
     type Item = (&'a PeerId, &'a PeerState);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (PeerId, PeerState)>,
-        fn(&'a (PeerId, PeerState)) -> (&'a PeerId, &'a PeerState),
+        std::slice::Iter<'a, PeerState>,
+        fn(&'a PeerState) -> (&'a PeerId, &'a PeerState),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.entries.iter().map(|p| (&p.info.id, p))
     }
 }
 
@@ -149,7 +153,7 @@ mod tests {
             .chain((0..INDEX_FROM as u64 + 5).map(|n| (n, true)));
         for (n, join) in steps {
             if join {
-                let replaced = map.insert(id(n), state(&format!("p{n}"), n));
+                let replaced = map.insert(state(&format!("p{n}"), n));
                 assert_eq!(replaced.is_some(), model.insert(n, n).is_some());
             } else {
                 let removed = map.remove(&id(n)).map(|s| s.seq);
@@ -171,7 +175,7 @@ mod tests {
         }
         // Replacing a peer's state keeps one entry.
         let before = map.len();
-        assert!(map.insert(id(0), state("p0", 99)).is_some());
+        assert!(map.insert(state("p0", 99)).is_some());
         assert_eq!(
             (map.len(), map.get(&id(0)).map(|s| s.seq)),
             (before, Some(99))

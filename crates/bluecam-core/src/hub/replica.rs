@@ -158,8 +158,7 @@ impl Hub {
             if let Some(view) = view {
                 room.ver = view.ver;
                 for p in view.peers.iter().filter(|p| p.info.id != *joiner) {
-                    room.peers
-                        .insert(p.info.id.clone(), PeerState::remote(p.clone()));
+                    room.peers.insert(PeerState::remote(p.clone()));
                 }
             }
             self.rooms.insert(id.clone(), room);
@@ -188,8 +187,7 @@ impl Hub {
                 && !room.peers.contains_key(&p.info.id)
                 && !replaced.contains(&p.info.id)
             {
-                room.peers
-                    .insert(p.info.id.clone(), PeerState::remote(p.clone()));
+                room.peers.insert(PeerState::remote(p.clone()));
                 arriving.push(p.info.clone());
             }
         }
@@ -274,21 +272,18 @@ impl Hub {
                 peer: claimed.info.clone(),
             }))
         });
-        room.peers.insert(
-            peer_id.clone(),
-            PeerState {
-                info: claimed.info.clone(),
-                permissions: claimed.permissions,
-                seq: view.seq,
-                at: At::Here {
-                    session: claimed.session.clone(),
-                    secret: Secret::Plain(claimed.secret.clone()),
-                    link: Link::Attached(req.conn),
-                },
-                moved_ver: 0,
-                out: None,
+        room.peers.insert(PeerState {
+            info: claimed.info.clone(),
+            permissions: claimed.permissions,
+            seq: view.seq,
+            at: At::Here {
+                session: claimed.session.clone(),
+                secret: Secret::Plain(claimed.secret.clone()),
+                link: Link::Attached(req.conn),
             },
-        );
+            moved_ver: 0,
+            out: None,
+        });
         let joined = Joined {
             self_: claimed.info,
             room: room.summary.clone(),
@@ -450,7 +445,7 @@ impl Hub {
                 expires, buffer, ..
             } => {
                 self.expiries.remove(&(expires, session));
-                buffer
+                *buffer
             }
         };
         // What was kept for it goes after it, except membership changes (its `joined` on the
@@ -569,7 +564,7 @@ impl Hub {
         let announce = Frame::new(&ServerMessage::PeerJoined(PeerJoined {
             peer: p.info.clone(),
         }));
-        room.peers.insert(p.info.id.clone(), PeerState::remote(p));
+        room.peers.insert(PeerState::remote(p));
         let conns = attached_conns(room, None);
         let detached = detached_peers(room);
         self.push_deliver(conns, announce.clone());

@@ -242,38 +242,67 @@ impl Drop for ConnectionSlot {
 ///
 /// This future is most of what an idle connection's task holds, so it is kept small
 /// (BENCHMARKS.md, "What an idle connection holds"): it is the task's whole future (the
-/// transports spawn it, not a block around it), it is not an `async fn`, whose arguments are
-/// stored twice (as they came and again as locals), and what runs once (the join, the end)
-/// is boxed.
+/// transports spawn it, not a block around it); it is not an `async fn`, whose arguments are
+/// stored twice (as they came and again as locals); the join owns the socket until it is done
+/// and is boxed, as is the end (each runs once); and the loop is written out here, so that
+/// what it waits on is one pointer rather than a future of its own. What the task keeps for
+/// the connection's life is the socket, the [`Connection`] and `held`.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would keep its arguments twice in the connection's task"
 )]
 pub(crate) fn run<T: Transport, H: Send>(
     state: AppState,
-    mut socket: T,
+    socket: T,
     host: Option<String>,
     held: H,
 ) -> impl std::future::Future<Output = ()> {
-    // (Without its spare capacity: the task holds it until the join is done.)
-    let host = host.map(String::into_boxed_str);
+    // (Without its spare capacity: the join holds it until it is done.)
+    let begin = Box::pin(begin(state, socket, host.map(String::into_boxed_str)));
     async move {
-        // (Written out here rather than in a function of its own, whose arguments the task
-        // would hold a second time.) The join and the end are boxed: each runs once, and
-        // their state would otherwise be part of every idle connection's task.
-        let Some(mut connection) = Box::pin(begin(&state, &mut socket, host)).await else {
+        let Some((mut socket, mut connection)) = begin.await else {
             drop(held);
             return;
         };
-        let end = connection.serve(&mut socket).await;
+        // The driver ends connections at shutdown (`Driver::kill_all`); one registered after
+        // that sees it here.
+        let end = if connection.state.shutdown.is_cancelled() {
+            Some(CloseCode::ServiceRestart)
+        } else {
+            connection.shared.writing.store(true, Ordering::Release);
+            // Most of what a connection does (a frame in, a batch out) is done without
+            // waiting, in `Connection::step`; what has to wait (a full socket, a ping, an
+            // error to send, rooms to record) is boxed.
+            loop {
+                let step = std::future::poll_fn(|cx| connection.step(&mut socket, cx));
+                let slow = match step.await {
+                    Step::End(code) => break code,
+                    Step::Wait(slow) => slow,
+                };
+                if let Some(code) = Box::pin(connection.wait(&mut socket, slow)).await {
+                    break code;
+                }
+            }
+        };
         Box::pin(connection.end(&mut socket, end)).await;
         drop(held);
     }
 }
 
+/// The join, owning the socket until it is done: the socket and the admitted connection, or
+/// `None` when the connection ended instead (its socket closed and dropped here).
+async fn begin<T: Transport>(
+    state: AppState,
+    mut socket: T,
+    host: Option<Box<str>>,
+) -> Option<(T, Connection)> {
+    let connection = admit(&state, &mut socket, host).await?;
+    Some((socket, connection))
+}
+
 /// The connection up to its join: the join frame (within the deadline), verified and
 /// admitted; `None` when the connection ended instead.
-async fn begin<T: Transport>(
+async fn admit<T: Transport>(
     state: &AppState,
     socket: &mut T,
     host: Option<Box<str>>,
@@ -335,17 +364,10 @@ async fn begin<T: Transport>(
     // The join frame and the host are needed no more: not kept for the connection's life.
     drop((text, host));
     Some(Connection {
-        limiter: RateLimiter::new(
-            limits.rate_frames_per_sec,
-            limits.rate_burst_frames,
-            limits.rate_bytes_per_sec,
-            limits.rate_burst_bytes,
-            Instant::now(),
-        ),
+        limiter: RateLimiter::new(&limits.rates(), Instant::now()),
         bad_frames: None,
-        last_heard: Instant::now(),
+        last_heard: Heard::at(Instant::now()),
         state: state.clone(),
-        conn,
         shared,
         unsent: None,
         socket_first: false,
@@ -360,11 +382,11 @@ impl Connection {
         // poll has carried yet (like a WebSocket's queue; those carried and not acknowledged
         // are like bytes handed to a socket), then the one whose write was interrupted.
         let mut unsent = socket.take_unsent();
-        unsent.extend(self.unsent.take());
+        unsent.extend(self.unsent.take().map(|out| *out));
         let vacated =
             state
                 .driver
-                .disconnect(self.conn, Instant::now(), unsent, &self.shared.queue);
+                .disconnect(self.shared.conn, Instant::now(), unsent, &self.shared.queue);
         state.touch_rooms(vacated).await;
         match end {
             Some(code) => close(state, socket, code).await,
@@ -628,55 +650,45 @@ async fn cluster_admit(
 }
 
 /// The per-connection state of the main loop.
+///
+/// Part of every connection's task, so kept small (80 bytes): its id is in `shared`, its
+/// limiter keeps only its levels, its clock is coarse, what is rare is boxed.
 struct Connection {
     state: AppState,
-    conn: ConnId,
     shared: Arc<crate::driver::ConnShared>,
     limiter: RateLimiter,
     /// The client's recent bad frames, from its first (few connections ever send one).
     bad_frames: Option<Box<BadFrameWindow>>,
-    last_heard: Instant,
-    /// A frame taken from the queue whose write did not complete (see `write_batch`).
-    unsent: Option<Outbound>,
+    last_heard: Heard,
+    /// A frame taken from the queue whose write did not complete (see `write_batch`): boxed,
+    /// as a batch is written at once but when a socket is full.
+    unsent: Option<Box<Outbound>>,
     /// Whether [`Connection::step`] looks at the socket before the driver's signal this turn.
     socket_first: bool,
 }
 
-impl Connection {
-    /// Runs until the connection ends; returns the close code to send, if one is due.
-    ///
-    /// Most of what a connection does (a frame in, a batch out) is done without waiting, in
-    /// [`Connection::step`]; what has to wait (a full socket, a ping, an error to send, rooms
-    /// to record) is boxed. So the loop's own state is a few bytes: this future is part of
-    /// every idle connection's task (BENCHMARKS.md, "What an idle connection holds"); not an
-    /// `async fn`, which would keep its arguments twice.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep its arguments twice in the connection's task"
-    )]
-    fn serve<'a, T: Transport>(
-        &'a mut self,
-        socket: &'a mut T,
-    ) -> impl std::future::Future<Output = Option<CloseCode>> + 'a {
-        async move {
-            // The driver ends connections at shutdown (`Driver::kill_all`); one registered
-            // after that sees it here.
-            if self.state.shutdown.is_cancelled() {
-                return Some(CloseCode::ServiceRestart);
-            }
-            self.shared.writing.store(true, Ordering::Release);
-            loop {
-                let slow = match std::future::poll_fn(|cx| self.step(socket, cx)).await {
-                    Step::End(code) => return code,
-                    Step::Wait(slow) => slow,
-                };
-                if let Some(code) = Box::pin(self.wait(socket, slow)).await {
-                    return code;
-                }
-            }
-        }
+/// When a connection last heard from its client, in 8 bytes where an `Instant` takes 16:
+/// milliseconds since the first reading of this clock in the process.
+#[derive(Clone, Copy, Debug)]
+struct Heard(u64);
+
+impl Heard {
+    fn epoch() -> Instant {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
     }
 
+    fn at(t: Instant) -> Self {
+        let millis = t.saturating_duration_since(Self::epoch()).as_millis();
+        Self(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        Self::epoch() + Duration::from_millis(self.0)
+    }
+}
+
+impl Connection {
     /// Handles what the driver's signal and the socket have ready, until both are pending
     /// (`Pending`, the task registered with both), the connection ends, or something has to
     /// wait. Each is looked at first in turn: a connection whose queue is never empty still
@@ -704,13 +716,15 @@ impl Connection {
             };
             let step = match event {
                 Event::Driver(Next::Out(first)) => {
-                    self.unsent = Some(first);
                     // Most batches are written at once: tried without waiting, so the
                     // waiting write's state (timers, the transport's write futures) is
                     // allocated only when a socket is full. (Cancellation-safe: what was not
-                    // taken stays in `unsent`.)
-                    let write = write_batch(socket, &mut self.unsent, &self.shared, &self.state);
-                    match std::pin::pin!(write).poll(cx) {
+                    // taken stays in `slot`, and is kept in `unsent`.)
+                    let mut slot = Some(first);
+                    let write = write_batch(socket, &mut slot, &self.shared, &self.state);
+                    let written = std::pin::pin!(write).poll(cx);
+                    self.unsent = slot.map(Box::new);
+                    match written {
                         Poll::Ready(Some(code)) => Step::End(code),
                         Poll::Ready(None) => continue,
                         Poll::Pending => Step::Wait(Slow::Write),
@@ -722,7 +736,7 @@ impl Connection {
                     // then.
                     self.shared.queue.trim();
                     let limits = &self.state.config.limits;
-                    let silent = socket.heard_at(self.last_heard).elapsed();
+                    let silent = socket.heard_at(self.last_heard.instant()).elapsed();
                     if silent >= limits.idle_timeout() {
                         Step::End(Some(CloseCode::IdleTimeout))
                     } else if silent < limits.ping_interval() / 2 {
@@ -764,7 +778,7 @@ impl Connection {
                     }))
                 }
                 Event::Socket(Incoming::Heard) => {
-                    self.last_heard = Instant::now();
+                    self.last_heard = Heard::at(Instant::now());
                     continue;
                 }
                 Event::Socket(Incoming::Gone) => Step::End(None),
@@ -785,7 +799,10 @@ impl Connection {
         match slow {
             // (Boxed on its own: the timers of a waiting write are not allocated for a ping.)
             Slow::Write => {
-                Box::pin(write_waiting(socket, &mut self.unsent, &self.shared, state)).await
+                let mut slot = self.unsent.take().map(|out| *out);
+                let end = Box::pin(write_waiting(socket, &mut slot, &self.shared, state)).await;
+                self.unsent = slot.map(Box::new);
+                end
             }
             Slow::Ping => (!socket.ping().await).then_some(None),
             Slow::Touch(vacated) => {
@@ -803,7 +820,7 @@ impl Connection {
     /// anything) is the answer.
     fn on_text(&mut self, text: &Utf8Bytes) -> Option<Slow> {
         let now = Instant::now();
-        self.last_heard = now;
+        self.last_heard = Heard::at(now);
         let state = &self.state;
         let limits = &state.config.limits;
         if text.len() > limits.max_frame_bytes {
@@ -818,7 +835,7 @@ impl Connection {
                 reference: None,
             }));
         }
-        if let Err(wait) = self.limiter.check(text.len(), now) {
+        if let Err(wait) = self.limiter.check(&limits.rates(), text.len(), now) {
             state.metrics.frame_in("invalid");
             let reference = if text.len() <= RATE_LIMITED_REF_MAX {
                 ClientMessage::from_json(text)
@@ -850,7 +867,7 @@ impl Connection {
                         .relay_bytes
                         .increment(payload.get().len() as u64);
                 }
-                let vacated = state.driver.message(self.conn, msg, now);
+                let vacated = state.driver.message(self.shared.conn, msg, now);
                 (!vacated.is_empty()).then_some(Slow::Touch(vacated))
             }
             Err(e) => {
