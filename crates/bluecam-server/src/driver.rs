@@ -309,8 +309,8 @@ impl Driver {
     }
 
     /// Ends every connection with `code` (the server's shutdown: 1012). A connection that
-    /// registers afterwards sees the shutdown itself (`conn::Connection::serve` looks once its
-    /// registration is in).
+    /// registers afterwards sees the shutdown itself (`conn::run` looks once its registration is
+    /// in).
     pub fn kill_all(&self, code: CloseCode) {
         for c in self.lock().conns.values() {
             // (A code asked for before, a slow consumer's, stays.)

@@ -38,6 +38,7 @@ impl PeerMap {
         self.position(id).map(|i| &self.entries[i])
     }
 
+    /// (The state's `info.id` is its key: not to be changed through this.)
     pub(super) fn get_mut(&mut self, id: &PeerId) -> Option<&mut PeerState> {
         self.position(id).map(|i| &mut self.entries[i])
     }

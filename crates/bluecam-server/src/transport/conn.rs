@@ -623,7 +623,7 @@ async fn cluster_admit(
                 room: room.id.clone(),
                 max_peers: room.max_peers,
                 // One seat per identity across nodes, as on one node (a join read late, its
-                // client gone, never gets here: see `begin`).
+                // client gone, never gets here: see `admit`).
                 multiple_sessions: room.multiple_sessions,
                 info: bluecam_proto::PeerInfo {
                     id: fresh.peer.clone(),
@@ -679,8 +679,8 @@ impl Heard {
     }
 
     fn at(t: Instant) -> Self {
-        let millis = t.saturating_duration_since(Self::epoch()).as_millis();
-        Self(u64::try_from(millis).unwrap_or(u64::MAX))
+        let since = t.saturating_duration_since(Self::epoch());
+        Self(since.as_secs() * 1000 + u64::from(since.subsec_millis()))
     }
 
     fn instant(self) -> Instant {
@@ -720,6 +720,9 @@ impl Connection {
                     // waiting write's state (timers, the transport's write futures) is
                     // allocated only when a socket is full. (Cancellation-safe: what was not
                     // taken stays in `slot`, and is kept in `unsent`.)
+                    // (Nothing is left in `unsent` once a batch or a waiting write has ended
+                    // without ending the connection.)
+                    debug_assert!(self.unsent.is_none());
                     let mut slot = Some(first);
                     let write = write_batch(socket, &mut slot, &self.shared, &self.state);
                     let written = std::pin::pin!(write).poll(cx);
@@ -789,7 +792,8 @@ impl Connection {
     }
 
     /// What [`Connection::step`] left to wait for; `Some` when the connection must end (with
-    /// that code, or none: it is gone).
+    /// that code, or none: it is gone). Run to completion (`run` does): a waiting write holds
+    /// the interrupted frame in its own state and puts it back in `unsent` when it ends.
     async fn wait<T: Transport>(
         &mut self,
         socket: &mut T,
