@@ -34,7 +34,7 @@ const ROOM_SIZE: usize = 10;
 /// Pings each connection sends (one at a time) before the second count.
 const PINGS: usize = 20;
 /// Live heap bytes one idle joined connection may hold, fresh or used. Measured at this
-/// commit: 1,433 fresh, 1,403 used: the server's own WebSocket layer holds no read or write
+/// commit: 1,409 fresh, 1,389 used: the server's own WebSocket layer holds no read or write
 /// buffer while a connection is idle (3,326; 5,383 with tungstenite's socket), the
 /// connection's task is its loop alone (the join and the end boxed, no block or function
 /// around it keeping its arguments twice), the loop polls two things, its socket and one
@@ -45,7 +45,7 @@ const PINGS: usize = 20;
 /// the socket until it is done, the loop is written in the task's own future and its record
 /// is 80 bytes, so the task is 384 bytes (1,691: 512); a peer's record keeps its id once, a
 /// single node keeps a session secret's digest, and the driver's entry per connection is 32
-/// bytes (was 64). The budget leaves room for small changes, not for a buffer or a queue
+/// bytes (was 64), and the connection's permit under the caps 56 (72). The budget leaves room for small changes, not for a buffer or a queue
 /// block more per connection, nor for the task's next size (512 bytes: tokio aligns it to
 /// 128).
 const BUDGET: isize = 1_500;

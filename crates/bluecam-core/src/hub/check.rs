@@ -15,11 +15,24 @@ impl Hub {
             {
                 return Err(format!("room {room_id} has no local peer but is kept"));
             }
+            room.peers
+                .check()
+                .map_err(|e| format!("room {room_id}: {e}"))?;
             for (peer_id, peer) in &room.peers {
-                let At::Here { session, link, .. } = &peer.at else {
+                let At::Here {
+                    session,
+                    link,
+                    secret,
+                } = &peer.at
+                else {
                     continue;
                 };
                 local += 1;
+                // A cluster's node registers its peers' secrets again after the directory lost
+                // its data (`local_peers`): it keeps them, not their digests.
+                if room.ver > 0 && matches!(secret, Secret::Digest(_)) {
+                    return Err(format!("{peer_id} of a cluster's room keeps only a digest"));
+                }
                 if self.sessions.get(session) != Some(&(room_id.clone(), peer_id.clone())) {
                     return Err(format!("session of {peer_id} does not map back"));
                 }

@@ -91,6 +91,22 @@ impl PeerMap {
         Some(state)
     }
 
+    /// Each peer is found where it is (by its id, through the index of a large room); for the
+    /// hub's invariants.
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (i, p) in self.entries.iter().enumerate() {
+            if self.position(&p.info.id) != Some(i) {
+                return Err(format!("{} is not found at its place", p.info.id));
+            }
+        }
+        match &self.index {
+            Some(index) if index.len() != self.entries.len() => {
+                Err("the index and the peers differ in number".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
         self.entries.iter().map(|p| (&p.info.id, p))
     }
@@ -161,6 +177,7 @@ mod tests {
                 assert_eq!(removed, model.remove(&n));
             }
             assert_eq!(map.len(), model.len());
+            map.check().unwrap();
             for k in 0..3 * INDEX_FROM as u64 {
                 assert_eq!(
                     map.get(&id(k)).map(|s| s.seq),

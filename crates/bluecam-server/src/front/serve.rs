@@ -56,8 +56,9 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct ConnPermit {
     gate: Arc<Gate>,
-    /// The source it was counted under (`None`: exempt).
-    source: Option<IpAddr>,
+    /// Whether it is counted under its source (`Gate::source_key` of `ip`): not when exempt.
+    /// (A flag rather than the key: every connection holds one of these.)
+    counted: bool,
     /// The client's address.
     pub ip: IpAddr,
     /// The permit of the connection it came through, when this one counts a client behind a
@@ -69,7 +70,7 @@ impl ConnPermit {
     /// The source its connection is counted under (an IPv4 address or an IPv6 /64); `None`
     /// for an exempt one (a same-host proxy carries everyone's requests).
     pub fn source(&self) -> Option<IpAddr> {
-        self.source
+        self.counted.then(|| Gate::source_key(self.ip))
     }
 }
 
@@ -155,11 +156,11 @@ impl Gate {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
-        let source = if !per_source {
-            None
+        let counted = if !per_source {
+            false
         } else {
             match self.count_source(ip) {
-                Ok(source) => source,
+                Ok(counted) => counted,
                 Err(why) => {
                     self.total.fetch_sub(1, Ordering::AcqRel);
                     return Err(why);
@@ -169,7 +170,7 @@ impl Gate {
         self.gauge.set(self.open() as f64);
         Ok(ConnPermit {
             gate: self.clone(),
-            source,
+            counted,
             ip,
             via: None,
         })
@@ -185,17 +186,17 @@ impl Gate {
     ) -> Result<ConnPermit, Refusal> {
         Ok(ConnPermit {
             gate: self.clone(),
-            source: self.count_source(client)?,
+            counted: self.count_source(client)?,
             ip: client,
             via: Some(Arc::clone(via)),
         })
     }
 
-    /// Takes a place of `ip`'s source; `None` when it is not counted (exempt, or no cap).
-    fn count_source(&self, ip: IpAddr) -> Result<Option<IpAddr>, Refusal> {
+    /// Takes a place of `ip`'s source; false when it is not counted (exempt, or no cap).
+    fn count_source(&self, ip: IpAddr) -> Result<bool, Refusal> {
         let canonical = ip.to_canonical();
         if self.max_per_source == 0 || self.exempt.iter().any(|p| p.contains(canonical)) {
-            return Ok(None);
+            return Ok(false);
         }
         let key = Self::source_key(canonical);
         let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,7 +205,7 @@ impl Gate {
             return Err(Refusal::PerSource);
         }
         *n += 1;
-        Ok(Some(key))
+        Ok(true)
     }
 
     /// Open connections now.
@@ -257,7 +258,7 @@ impl Prefix {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        if let Some(key) = self.source {
+        if let Some(key) = self.source() {
             let mut map = self
                 .gate
                 .by_source
