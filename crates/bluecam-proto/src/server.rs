@@ -198,8 +198,25 @@ impl<'a> ServerMessage<'a> {
             _ => 128,
         };
         let mut out = Vec::with_capacity(size);
-        // (Cannot fail, as above.)
-        let _ = serde_json::to_writer(&mut out, self);
+        // A relayed frame (most frames a server writes) is written out by hand: the derived
+        // serializer escapes each key and the tag as it goes. The same bytes (the tests
+        // compare them with the derived serializer's).
+        let (op, from, key, payload): (&[u8], _, &[u8], _) = match self {
+            Self::Message(m) => (br#"{"op":"message","from":"#, &m.from, b"msg", &m.msg),
+            Self::Signal(s) => (br#"{"op":"signal","from":"#, &s.from, b"data", &s.data),
+            // (Cannot fail, as above.)
+            _ => {
+                let _ = serde_json::to_writer(&mut out, self);
+                return out;
+            }
+        };
+        out.extend_from_slice(op);
+        let _ = serde_json::to_writer(&mut out, from.as_str());
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(payload.get().as_bytes());
+        out.push(b'}');
         out
     }
 
@@ -223,5 +240,44 @@ impl<'a> ServerMessage<'a> {
                 )));
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MessageFrame, ServerMessage, SignalFrame};
+    use crate::PeerId;
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+
+    proptest! {
+        /// A relayed frame written by hand is the derived serializer's, byte for byte, whatever
+        /// the sender's id (quotes, backslashes, control characters, any Unicode) and payload.
+        #[test]
+        fn relayed_frames_are_written_as_derived(from in any::<String>(), data in any::<String>(), n in any::<i64>()) {
+            let payloads = [
+                serde_json::to_string(&data).unwrap(),
+                format!(r#"{{"k":{},"n":{n},"a":[1,true,null]}}"#, serde_json::to_string(&data).unwrap()),
+            ];
+            for payload in &payloads {
+                let raw = RawValue::from_string(payload.clone()).unwrap();
+                for msg in [
+                    ServerMessage::Message(MessageFrame {
+                        from: PeerId::new(from.as_str()),
+                        msg: Cow::Borrowed(&raw),
+                    }),
+                    ServerMessage::Signal(SignalFrame {
+                        from: PeerId::new(from.as_str()),
+                        data: Cow::Borrowed(&raw),
+                    }),
+                ] {
+                    prop_assert_eq!(
+                        String::from_utf8(msg.to_json_bytes()).unwrap(),
+                        serde_json::to_string(&msg).unwrap()
+                    );
+                }
+            }
+        }
     }
 }
