@@ -259,6 +259,8 @@ mod tests {
             let payloads = [
                 serde_json::to_string(&data).unwrap(),
                 format!(r#"{{"k":{},"n":{n},"a":[1,true,null]}}"#, serde_json::to_string(&data).unwrap()),
+                // (A payload is relayed as it came, its whitespace too.)
+                format!("[ {} ,\n\t{n} ]", serde_json::to_string(&data).unwrap()),
             ];
             for payload in &payloads {
                 let raw = RawValue::from_string(payload.clone()).unwrap();
