@@ -382,7 +382,7 @@ impl Driver {
                 },
                 permissions: req.permissions,
                 session: req.fresh.session.clone(),
-                secret_digest: bluecam_core::secret_digest(&req.fresh.secret),
+                secret_digest: req.fresh.secret_digest(),
             }),
             _ => None,
         };

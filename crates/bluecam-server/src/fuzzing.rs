@@ -175,11 +175,11 @@ fn cluster_core() -> Hub {
         metadata: None,
         permissions: Permissions::default(),
         resume: None,
-        fresh: FreshIds {
-            peer: PeerId::new("local-peer"),
-            session: SessionId::new("local-session"),
-            secret: SessionSecret::new("local-secret"),
-        },
+        fresh: FreshIds::new(
+            PeerId::new("local-peer"),
+            SessionId::new("local-session"),
+            SessionSecret::new("local-secret"),
+        ),
         ice_servers: Vec::new(),
         limits: LimitsConfig::default().to_wire(8),
         cluster: Some(ClusterView {

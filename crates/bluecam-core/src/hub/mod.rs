@@ -99,12 +99,12 @@ enum Secret {
 }
 
 impl Secret {
-    /// How a node keeps `secret`.
-    fn kept(secret: &SessionSecret, cluster: bool) -> Self {
+    /// How a node keeps a newcomer's secret.
+    fn kept(fresh: &FreshIds, cluster: bool) -> Self {
         if cluster {
-            Self::Plain(secret.clone())
+            Self::Plain(fresh.secret.clone())
         } else {
-            Self::Digest(secret_digest(secret))
+            Self::Digest(fresh.secret_digest)
         }
     }
 
@@ -131,6 +131,26 @@ pub struct FreshIds {
     pub peer: PeerId,
     pub session: SessionId,
     pub secret: SessionSecret,
+    /// [`secret_digest`] of `secret`, computed where the ids are drawn rather than under the
+    /// node's lock (a single node keeps it, and records it with the session).
+    secret_digest: [u8; 32],
+}
+
+impl FreshIds {
+    pub fn new(peer: PeerId, session: SessionId, secret: SessionSecret) -> Self {
+        let secret_digest = secret_digest(&secret);
+        Self {
+            peer,
+            session,
+            secret,
+            secret_digest,
+        }
+    }
+
+    /// [`secret_digest`] of the secret.
+    pub fn secret_digest(&self) -> [u8; 32] {
+        self.secret_digest
+    }
 }
 
 /// A `join` whose token the shell has verified.
@@ -554,7 +574,7 @@ impl Hub {
             seq,
             at: At::Here {
                 session: req.fresh.session.clone(),
-                secret: Secret::kept(&req.fresh.secret, view.is_some()),
+                secret: Secret::kept(&req.fresh, view.is_some()),
                 link: Link::Attached(req.conn),
             },
             moved_ver: 0,

@@ -487,11 +487,11 @@ impl Sim {
     fn fresh_ids(&mut self) -> FreshIds {
         self.next_id += 1;
         let n = self.next_id;
-        FreshIds {
-            peer: PeerId::new(format!("p{n}")),
-            session: SessionId::new(format!("s{n}")),
-            secret: SessionSecret::new(format!("x{n}")),
-        }
+        FreshIds::new(
+            PeerId::new(format!("p{n}")),
+            SessionId::new(format!("s{n}")),
+            SessionSecret::new(format!("x{n}")),
+        )
     }
 
     // ----- the run -----

@@ -44,11 +44,11 @@ pub fn limits(max_peers: u32) -> Limits {
 
 /// Ids the shell would draw for newcomer number `n`.
 pub fn fresh(n: u64) -> FreshIds {
-    FreshIds {
-        peer: PeerId::new(format!("peer-{n}")),
-        session: SessionId::new(format!("session-{n}")),
-        secret: SessionSecret::new(format!("secret-{n}")),
-    }
+    FreshIds::new(
+        PeerId::new(format!("peer-{n}")),
+        SessionId::new(format!("session-{n}")),
+        SessionSecret::new(format!("secret-{n}")),
+    )
 }
 
 /// A verified `join` of `identity` into `room` on `conn`, as a new peer.

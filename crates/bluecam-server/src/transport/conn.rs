@@ -482,11 +482,11 @@ async fn join(
     {
         ice_servers.push(turn.ice_server(peer.as_str(), crate::unix_now()));
     }
-    let fresh = FreshIds {
+    let fresh = FreshIds::new(
         peer,
-        session: SessionId::new(crate::auth::random_token(16)),
-        secret: SessionSecret::new(crate::auth::random_token(32)),
-    };
+        SessionId::new(crate::auth::random_token(16)),
+        SessionSecret::new(crate::auth::random_token(32)),
+    );
     let permissions = claims.permissions.unwrap_or_default();
     let room_id = room.id.clone();
     let cluster = if state.broker.node().is_some() {
