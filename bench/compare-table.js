@@ -3,10 +3,13 @@
  * The table of bench/compare.sh: reads the JSON results in DIR (NAME-TARGET.json, written by
  * `bluecam-bench --json`) and prints one Markdown table: each server's figure and BlueCam's
  * advantage over each peer server (× > 1: BlueCam is ahead, whichever way the figure goes).
+ * When DIR holds runs (subdirectories run1, run2, …, from `compare.sh --runs N`), each figure
+ * is the median of the runs, and each advantage the median of the runs' own advantages (every
+ * run measured all servers in one stretch of time), with their range.
  *
  *   node bench/compare-table.js DIR "peerjs-server 1.0.2" "matchbox_server 0.15.0"
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const [dir, peerjsName = "peerjs-server", matchboxName = "matchbox_server"] = process.argv.slice(2);
@@ -15,15 +18,24 @@ if (!dir) {
   process.exit(2);
 }
 
+/** The runs' directories: DIR's run1, run2, … in order, or DIR itself. */
+const runs = readdirSync(dir, { withFileTypes: true })
+  .filter((e) => e.isDirectory() && /^run\d+$/.test(e.name))
+  .map((e) => e.name)
+  .sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)))
+  .map((name) => join(dir, name));
+if (runs.length === 0) runs.push(dir);
+
 /**
+ * @param {string} run
  * @param {string} name
  * @param {string} target
  * @returns {any}
  */
-function load(name, target) {
+function load(run, name, target) {
   // The baseline's relay, signal and storm figures come inside BlueCam's results.
-  if (target === "baseline" && name !== "idle") return load(name, "bluecam")?.baseline ?? null;
-  const file = join(dir, `${name}-${target}.json`);
+  if (target === "baseline" && name !== "idle") return load(run, name, "bluecam")?.baseline ?? null;
+  const file = join(run, `${name}-${target}.json`);
   return existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : null;
 }
 
@@ -47,11 +59,12 @@ const rows = [
 ];
 
 /**
+ * @param {string} run
  * @param {Row} row
  * @param {string} target
  */
-function value(row, target) {
-  const r = load(row.file, target);
+function value(run, row, target) {
+  const r = load(run, row.file, target);
   if (!r) return null;
   try {
     const v = row.get(r);
@@ -65,30 +78,66 @@ function value(row, target) {
 const fmt = (v, digits) => (v === null ? "–" : v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }));
 
 /**
- * BlueCam's advantage: > 1 when BlueCam is ahead.
+ * BlueCam's advantage: > 1 when BlueCam is ahead (Infinity when the other's figure is the
+ * worst there is, NaN when both are nothing), or null when a figure is missing.
  * @param {Row} row
  * @param {number | null} ours
  * @param {number | null} theirs
  */
 function advantage(row, ours, theirs) {
-  if (ours === null || theirs === null) return "–";
-  if (ours === 0 && theirs === 0) return "=";
-  if (row.higherIsBetter ? theirs === 0 : ours === 0) return "∞";
-  const x = row.higherIsBetter ? ours / theirs : theirs / ours;
-  return `${x.toFixed(2)}×`;
+  if (ours === null || theirs === null) return null;
+  if (ours === 0 && theirs === 0) return NaN;
+  if (row.higherIsBetter ? theirs === 0 : ours === 0) return Infinity;
+  return row.higherIsBetter ? ours / theirs : theirs / ours;
 }
 
-const machine = load("relay", "bluecam")?.machine ?? load("idle", "bluecam")?.machine;
+/**
+ * The median of the numbers among `xs` (null when there is none).
+ * @param {(number | null)[]} xs
+ */
+function median(xs) {
+  const v = /** @type {number[]} */ (xs.filter((x) => x !== null)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/** @param {number} x */
+const times = (x) => (Number.isNaN(x) ? "=" : x === Infinity ? "∞" : `${x.toFixed(2)}×`);
+
+/**
+ * The advantages of the runs: their median, and their range when there are several.
+ * @param {(number | null)[]} xs
+ */
+function fmtAdvantage(xs) {
+  const v = /** @type {number[]} */ (xs.filter((x) => x !== null));
+  if (v.length === 0) return "–";
+  if (v.every((x) => Number.isNaN(x))) return "=";
+  const known = v.filter((x) => !Number.isNaN(x));
+  const m = median(known);
+  if (m === null) return "–";
+  if (known.length < 2) return times(m);
+  return `${times(m)} (${times(Math.min(...known))}–${times(Math.max(...known))})`;
+}
+
+const first = runs[0];
+const machine = load(first, "relay", "bluecam")?.machine ?? load(first, "idle", "bluecam")?.machine;
 console.log(
   `Machine: ${machine?.cpus ?? "?"} cores, ${machine?.pinned ? "server pinned to core 0, generator to core 1" : "not pinned"}.`,
 );
+if (runs.length > 1) {
+  console.log(`Medians of ${runs.length} runs; each advantage is the median of the runs' own, with their range.`);
+}
 console.log("BlueCam's advantage: its figure against the other server's, > 1× = BlueCam ahead.");
 console.log("");
 console.log(`| scenario | unit | BlueCam | baseline relay | ${peerjsName} | ${matchboxName} | BlueCam vs peerjs | BlueCam vs matchbox |`);
 console.log("|---|---|---|---|---|---|---|---|");
 for (const row of rows) {
-  const [b, base, p, m] = ["bluecam", "baseline", "peerjs", "matchbox"].map((t) => value(row, t));
+  const per = runs.map((run) => ["bluecam", "baseline", "peerjs", "matchbox"].map((t) => value(run, row, t)));
+  const [b, base, p, m] = [0, 1, 2, 3].map((i) => median(per.map((r) => r[i])));
+  const vsPeerjs = fmtAdvantage(per.map((r) => advantage(row, r[0], r[2])));
+  const vsMatchbox = fmtAdvantage(per.map((r) => advantage(row, r[0], r[3])));
   console.log(
-    `| ${row.label} | ${row.unit} | ${fmt(b, row.digits)} | ${fmt(base, row.digits)} | ${fmt(p, row.digits)} | ${fmt(m, row.digits)} | ${advantage(row, b, p)} | ${advantage(row, b, m)} |`,
+    `| ${row.label} | ${row.unit} | ${fmt(b, row.digits)} | ${fmt(base, row.digits)} | ${fmt(p, row.digits)} | ${fmt(m, row.digits)} | ${vsPeerjs} | ${vsMatchbox} |`,
   );
 }

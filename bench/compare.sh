@@ -4,10 +4,13 @@
 # (latency) and between many pairs (throughput), 2-peer relay flat out (forwarding throughput),
 # and a join storm. Prints one table: each server's figure and BlueCam's advantage over it.
 #
-#   bench/compare.sh [--quick] [--pin] [--out DIR]
+#   bench/compare.sh [--quick] [--pin] [--runs N] [--out DIR]
 #
 # --quick   tiny sizes (checks the script and the protocols, figures mean nothing)
 # --pin     server on core 0, generator on core 1 (bluecam-bench --pin, with taskset)
+# --runs N  N rounds of every row (default 1; each in DIR/runK): the table gives medians, and
+#           each advantage as the median of the rounds' own with its range. On a noisy
+#           machine one round can put a server ahead that the next puts behind.
 # --out     where the JSON results and table.md go (default: a new temporary directory)
 #
 # The peers are installed from their registries on first use, outside the repository (nothing
@@ -21,13 +24,15 @@ cd "$(dirname "$0")/.."
 
 quick=0
 pin=()
+runs=1
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --pin) pin=(--pin) ;;
+    --runs) runs="$2"; shift ;;
     --out) out="$2"; shift ;;
-    *) echo "usage: bench/compare.sh [--quick] [--pin] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: bench/compare.sh [--quick] [--pin] [--runs N] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -110,7 +115,13 @@ else
   storm=(join-storm --joins 5000 --concurrency 256 --room-size 10)
 fi
 
-# run NAME TARGET ARGS...: one bench run, a fresh server each time (so memory is its own).
+case "$runs" in
+  ''|*[!0-9]*|0) echo "compare: --runs takes a count of 1 or more" >&2; exit 2 ;;
+esac
+
+# run NAME TARGET ARGS...: one bench run, a fresh server each time (so memory is its own); its
+# result goes to $dest.
+dest="$out"
 run() {
   local name="$1" target="$2"; shift 2
   local server=()
@@ -123,18 +134,25 @@ run() {
   esac
   say "$target: $name"
   "${lock[@]}" "$bench" "$@" --bluecam "$bin" --target "$target" "${server[@]}" "${pin[@]}" \
-    --json "$out/$name-$target.json" >/dev/null
+    --json "$dest/$name-$target.json" >/dev/null
   stop
 }
 
-for t in bluecam baseline peerjs matchbox; do
-  run idle "$t" "${idle[@]}"
-done
-for t in bluecam peerjs matchbox; do   # (bluecam's runs include the baseline's)
-  run signal1 "$t" "${signal1[@]}"
-  run signal100 "$t" "${signal100[@]}"
-  run relay "$t" "${relay[@]}"
-  run storm "$t" "${storm[@]}"
+for k in $(seq "$runs"); do
+  if [ "$runs" -gt 1 ]; then
+    dest="$out/run$k"
+    mkdir -p "$dest"
+    say "round $k of $runs"
+  fi
+  for t in bluecam baseline peerjs matchbox; do
+    run idle "$t" "${idle[@]}"
+  done
+  for t in bluecam peerjs matchbox; do   # (bluecam's runs include the baseline's)
+    run signal1 "$t" "${signal1[@]}"
+    run signal100 "$t" "${signal100[@]}"
+    run relay "$t" "${relay[@]}"
+    run storm "$t" "${storm[@]}"
+  done
 done
 
 node bench/compare-table.js "$out" "peerjs-server $peerjs_version" "matchbox_server $matchbox_version" \
