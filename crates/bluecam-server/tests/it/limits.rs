@@ -250,6 +250,59 @@ async fn a_reader_that_stops_is_cut_off_by_the_stall_rule_long_before_its_queue_
     assert_eq!(code, Some(4030));
 }
 
+/// The answer to a `ping` is written by the connection itself, not through its queue: a client
+/// that pings and never reads fills its socket with `pong`s alone, and is cut off by the same
+/// write-stall rule (not left with a write that never ends); its room goes on.
+#[tokio::test]
+async fn a_client_that_pings_and_never_reads_is_cut_off_by_the_stall_rule() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::with(|c| {
+        c.limits.write_stall_ms = 300;
+        unlimited_rates(c);
+    })
+    .await;
+    let room = s.room().await;
+    let mut other = s.join(&room, "other").await;
+    let mut pinger = s.join(&room, "pinger").await; // never reads until the end
+    other.recv_op("peer_joined").await;
+    let pinger_id = pinger.id();
+    let mut sent = 0u64;
+    loop {
+        // A batch of pings, then a look at the peer. Once the server stops reading (its write
+        // waits), the batch cannot go out: given up after a while, the look still comes.
+        let batch = async {
+            for _ in 0..1024 {
+                pinger.ws.feed(Message::text(r#"{"op":"ping"}"#)).await?;
+            }
+            pinger.ws.flush().await
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), batch).await {
+            sent += 1024;
+        }
+        // Detached, or already gone.
+        if s.presence(&room, &pinger_id).await != Some(true) {
+            break;
+        }
+        assert!(sent < 4_000_000, "never cut off");
+    }
+    assert!(sent > 0);
+    // The pongs that reached its socket are readable, then the close says slow consumer.
+    let mut pongs = 0u64;
+    let code = loop {
+        match pinger.next().await {
+            Ok(frame) => {
+                assert_eq!(frame["op"], "pong", "only pongs were sent to it: {frame}");
+                pongs += 1;
+            }
+            Err(crate::common::Closed(code)) => break code,
+        }
+    };
+    assert!(pongs > 0, "no pong for {sent} pings");
+    assert_eq!(code, Some(4030));
+    other.assert_alive().await;
+}
+
 #[tokio::test]
 async fn origin_allow_list_refuses_other_origins() {
     let s = TestServer::with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
