@@ -45,9 +45,9 @@ const PINGS: usize = 20;
 /// the socket until it is done, the loop is written in the task's own future and its record
 /// is 80 bytes, so the task is 384 bytes (1,691: 512); a peer's record keeps its id once, a
 /// single node keeps a session secret's digest, and the driver's entry per connection is 32
-/// bytes (was 64), and the connection's permit under the caps 56 (72). The budget leaves room for small changes, not for a buffer or a queue
-/// block more per connection, nor for the task's next size (512 bytes: tokio aligns it to
-/// 128).
+/// bytes (was 64), and the connection's permit under the caps 56 (72). The budget leaves room
+/// for small changes, not for a buffer or a queue block more per connection, nor for the
+/// task's next size (512 bytes: tokio aligns it to 128).
 const BUDGET: isize = 1_500;
 
 /// Live bytes once the count has settled (background work comes and goes).
