@@ -104,9 +104,11 @@ test("a WebSocket refused, held, or let through and then muted by a proxy: the S
       const t0 = Date.now();
       const aId = await join(a.page, await server.token(room, "alice"), { video: false, audio: false });
       const took = Date.now() - t0;
-      // Refused or unanswered: within 3 s. Muted after the upgrade: once the join has had
-      // no answer for the SDK's join deadline (10 s).
-      assert.ok(took < (mode === "mute" ? 13000 : 3000), `${mode}: joined over HTTP after ${took} ms`);
+      // Refused or unanswered: once the WebSocket's open has waited its 2 s at most, then a join
+      // over HTTP (within 5 s in all: well before the join deadline of 10 s, which is what an
+      // unanswered upgrade must not wait for; 3 s was one slow machine's 3,138 ms too tight).
+      // Muted after the upgrade: once the join has had no answer for the join deadline.
+      assert.ok(took < (mode === "mute" ? 13000 : 5000), `${mode}: joined over HTTP after ${took} ms`);
       assert.equal(proxy.upgrades(), 1, `${mode}: one WebSocket tried`);
       assert.equal(await transportOf(a.page), "http");
       const bId = await join(b.page, await server.token(room, "bob"), { video: false, audio: false });
